@@ -1,0 +1,3 @@
+"""spikeport: pretrained ANN (ONNX) -> calibrated, quantised spiking network -> edge targets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""Activation statistics on calibration data, from the float reference (onnxruntime)."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spikeport.ir.graph import Graph
+
+MAX_SAMPLES_PER_CHANNEL = 1 << 20  # keeps memory flat on big calibration sets
+
+# A runner maps a float input batch to {tensor name: activations (batch first)}.
+Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
+
+
+def onnx_runner(path: str | os.PathLike[str]) -> Runner:
+    """Run the source ONNX model with the named intermediate tensors exposed as outputs."""
+    model = onnx.load(str(path))
+
+    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        present = {o.name for o in model.graph.output}
+        for name in names:
+            if name not in present:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        input_name = sess.get_inputs()[0].name
+        out = sess.run(names, {input_name: x.astype(np.float32)})
+        return dict(zip(names, out))
+
+    return run
+
+
+def activation_tensors(graph: Graph) -> list[str]:
+    """The tensors that become spike trains: outputs of ReLU/Clip nodes."""
+    return [n.output for n in graph.nodes if n.op == "relu"]
+
+
+def collect(graph: Graph, runner: Runner, x: np.ndarray, batch_size: int = 256,
+            seed: int = 0) -> dict[str, np.ndarray]:
+    """Per activation tensor, its values as (channels, samples): channel = first per-sample axis."""
+    names = activation_tensors(graph)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(x), batch_size):
+        acts = runner(x[start : start + batch_size], names)
+        for n in names:
+            a = np.asarray(acts[n], np.float32)
+            parts[n].append(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1))
+    rng = np.random.default_rng(seed)
+    stats = {}
+    for n, chunks in parts.items():
+        vals = np.concatenate(chunks, axis=1)
+        if vals.shape[1] > MAX_SAMPLES_PER_CHANNEL:
+            vals = vals[:, rng.choice(vals.shape[1], MAX_SAMPLES_PER_CHANNEL, replace=False)]
+        stats[n] = vals
+    return stats

@@ -1,0 +1,295 @@
+"""ONNX -> Graph (stage "ann").
+
+The model is checked (onnx.checker) and shape-inferred first. Each ONNX op has one importer,
+registered by op type; BatchNormalization and bias Adds are folded into the Conv/Gemm before
+them, Identity and Dropout vanish, and anything else is refused with the node's name and type.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spikeport.errors import BadInput, UnsupportedOp
+from spikeport.fileio import existing_file, sha256_file
+from spikeport.ir.check import check_graph
+from spikeport.ir.graph import Graph, Node, TensorInfo
+from spikeport.ir.ops import infer_shape
+
+
+@dataclass
+class _Ctx:
+    """Import state: constants, aliases of removed nodes, and the IR being built."""
+
+    consts: dict[str, np.ndarray]
+    tensors: dict[str, TensorInfo]
+    nodes: list[Node] = field(default_factory=list)
+    alias: dict[str, str] = field(default_factory=dict)
+    uses: dict[str, int] = field(default_factory=dict)
+
+    def name(self, t: str) -> str:
+        while t in self.alias:
+            t = self.alias[t]
+        return t
+
+    def const(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
+        t = n.input[i] if i < len(n.input) else ""
+        if t not in self.consts:
+            raise UnsupportedOp(f"node '{n.name}' ({n.op_type}): {what} must be a constant "
+                                f"(an initializer), '{t}' is computed at run time")
+        return self.consts[t]
+
+    def emit(self, node: Node) -> None:
+        node.inputs = [self.name(t) for t in node.inputs]
+        shape = infer_shape(node, [self.tensors[t].shape for t in node.inputs])
+        self.tensors[node.output] = TensorInfo(node.output, shape)
+        self.nodes.append(node)
+
+    def producer(self, t: str) -> Node | None:
+        t = self.name(t)
+        return next((n for n in self.nodes if n.output == t), None)
+
+    def fold_target(self, t: str) -> Node | None:
+        """The Conv/Gemm that alone feeds `t`, if folding a per-channel affine into it is safe."""
+        p = self.producer(t)
+        ok = p is not None and p.op in ("dense", "conv2d") and self.uses.get(p.output, 0) == 1
+        return p if ok else None
+
+    def rename_output(self, node: Node, new: str) -> None:
+        self.tensors[new] = TensorInfo(new, self.tensors.pop(node.output).shape)
+        node.output = new
+
+
+Importer = Callable[[_Ctx, onnx.NodeProto], None]
+IMPORTERS: dict[str, Importer] = {}
+
+
+def importer(*op_types: str) -> Callable[[Importer], Importer]:
+    def deco(fn: Importer) -> Importer:
+        for op in op_types:
+            IMPORTERS[op] = fn
+        return fn
+
+    return deco
+
+
+def _attrs(n: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+
+
+def _refuse(n: onnx.NodeProto, why: str) -> UnsupportedOp:
+    return UnsupportedOp(f"node '{n.name}' ({n.op_type}): {why}")
+
+
+def _window_attrs(n: onnx.NodeProto, rank_ok: int = 2) -> dict[str, list[int]]:
+    a = _attrs(n)
+    k = list(a.get("kernel_shape", []))
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+        raise _refuse(n, f"auto_pad={a['auto_pad'].decode()} is not supported; export explicit pads")
+    if a.get("ceil_mode", 0):
+        raise _refuse(n, "ceil_mode=1 is not supported")
+    if k and len(k) != rank_ok:
+        raise _refuse(n, f"only 2-D windows are supported, got kernel {k}")
+    return {"kernel": k, "strides": list(a.get("strides", [1, 1])),
+            "pads": list(a.get("pads", [0, 0, 0, 0])), "dilations": list(a.get("dilations", [1, 1]))}
+
+
+@importer("Constant")
+def _constant(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    a = n.attribute[0]
+    if a.name != "value":
+        raise _refuse(n, f"constant attribute '{a.name}' is not supported")
+    ctx.consts[n.output[0]] = numpy_helper.to_array(a.t)
+
+
+@importer("Identity", "Dropout")
+def _passthrough(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    if n.input[0] in ctx.consts:
+        ctx.consts[n.output[0]] = ctx.consts[n.input[0]]
+    if len(n.output) > 1 and n.output[1] and ctx.uses.get(n.output[1]):
+        raise _refuse(n, "its mask output is used")
+    ctx.alias[n.output[0]] = n.input[0]
+
+
+@importer("Conv")
+def _conv(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    w = ctx.const(n, 1, "the weight").astype(np.float32)
+    b = ctx.const(n, 2, "the bias") if len(n.input) > 2 and n.input[2] else np.zeros(w.shape[0])
+    if w.ndim != 4:
+        raise _refuse(n, f"only 2-D convolution is supported, weight is {w.shape}")
+    win = _window_attrs(n)
+    attrs = {"strides": win["strides"], "pads": win["pads"], "dilations": win["dilations"],
+             "group": int(_attrs(n).get("group", 1))}
+    ctx.emit(Node(n.name, "conv2d", [n.input[0]], n.output[0], attrs,
+                  {"weight": w, "bias": b.astype(np.float32)}))
+
+
+@importer("Gemm", "MatMul")
+def _gemm(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    a = _attrs(n)
+    if a.get("transA", 0):
+        raise _refuse(n, "transA=1 is not supported")
+    w = ctx.const(n, 1, "the second operand (weight)").astype(np.float64)
+    if w.ndim != 2:
+        raise _refuse(n, f"weight must be 2-D, got {w.shape}")
+    w = (w if a.get("transB", 0) else w.T) * float(a.get("alpha", 1.0))
+    b = np.zeros(w.shape[0])
+    if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2]:
+        b = b + float(a.get("beta", 1.0)) * ctx.const(n, 2, "the bias")
+    ctx.emit(Node(n.name, "dense", [n.input[0]], n.output[0], {},
+                  {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}))
+
+
+@importer("Add")
+def _add(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    const = [i for i in n.input if i in ctx.consts]
+    if not const:
+        ctx.emit(Node(n.name, "add", list(n.input), n.output[0]))
+        return
+    act = next(i for i in n.input if i not in ctx.consts)
+    target = ctx.fold_target(act)
+    c = ctx.consts[const[0]]
+    if target is None or c.size != target.params["bias"].size and c.size != 1:
+        raise _refuse(n, "adding a constant is supported only as the bias of the Conv/Gemm/MatMul "
+                         "right before it")
+    target.params["bias"] = (target.params["bias"] + c.reshape(-1)).astype(np.float32)
+    ctx.rename_output(target, n.output[0])
+
+
+@importer("BatchNormalization")
+def _batchnorm(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    target = ctx.fold_target(n.input[0])
+    if target is None:
+        raise _refuse(n, "only a BatchNormalization right after a Conv/Gemm (its only consumer) "
+                         "can be folded")
+    gamma, beta, mean, var = (ctx.const(n, i, k).astype(np.float64)
+                              for i, k in enumerate(("scale", "B", "mean", "var"), 1))
+    scale = gamma / np.sqrt(var + float(_attrs(n).get("epsilon", 1e-5)))
+    w = target.params["weight"]
+    target.params["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    target.params["bias"] = ((target.params["bias"] - mean) * scale + beta).astype(np.float32)
+    ctx.rename_output(target, n.output[0])
+
+
+@importer("Relu")
+def _relu(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    ctx.emit(Node(n.name, "relu", [n.input[0]], n.output[0], {"cap": None}))
+
+
+@importer("Clip")
+def _clip(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    a = _attrs(n)
+    lo = float(ctx.const(n, 1, "min")) if len(n.input) > 1 and n.input[1] else a.get("min")
+    hi = float(ctx.const(n, 2, "max")) if len(n.input) > 2 and n.input[2] else a.get("max")
+    if lo != 0.0:
+        raise _refuse(n, f"only Clip(min=0, max) maps to a neuron, min is {lo}")
+    ctx.emit(Node(n.name, "relu", [n.input[0]], n.output[0], {"cap": hi}))
+
+
+@importer("AveragePool", "GlobalAveragePool")
+def _avgpool(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    if n.op_type == "GlobalAveragePool":
+        _, h, w = ctx.tensors[ctx.name(n.input[0])].shape
+        attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
+    else:
+        win = _window_attrs(n)
+        if any(win["pads"]) and not _attrs(n).get("count_include_pad", 0):
+            raise _refuse(n, "padding with count_include_pad=0 divides border windows by a "
+                             "varying count; export with count_include_pad=1 or no padding")
+        attrs = {k: win[k] for k in ("kernel", "strides", "pads")}
+    ctx.emit(Node(n.name, "avgpool2d", [n.input[0]], n.output[0], attrs))
+
+
+@importer("MaxPool")
+def _maxpool(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    win = _window_attrs(n)
+    if win["dilations"] != [1, 1]:
+        raise _refuse(n, "dilated max pooling is not supported")
+    if len(n.output) > 1 and n.output[1]:
+        raise _refuse(n, "the indices output is not supported")
+    ctx.emit(Node(n.name, "maxpool2d", [n.input[0]], n.output[0],
+                  {k: win[k] for k in ("kernel", "strides", "pads")}))
+
+
+@importer("Flatten")
+def _flatten(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    if _attrs(n).get("axis", 1) != 1:
+        raise _refuse(n, "only Flatten(axis=1) keeps the batch axis apart")
+    shape = ctx.tensors[ctx.name(n.input[0])].shape
+    ctx.emit(Node(n.name, "reshape", [n.input[0]], n.output[0], {"shape": [int(np.prod(shape))]}))
+
+
+@importer("Reshape")
+def _reshape(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    target = [int(d) for d in ctx.const(n, 1, "the shape")]
+    in_shape = ctx.tensors[ctx.name(n.input[0])].shape
+    if not target or target[0] not in (-1, 0):
+        raise _refuse(n, f"shape {target} must keep the batch axis first (-1 or 0)")
+    rest = [in_shape[i - 1] if d == 0 and not _attrs(n).get("allowzero", 0) else d
+            for i, d in enumerate(target) if i > 0]
+    if rest.count(-1) > 1 or (target[0] == -1 and -1 in rest):
+        raise _refuse(n, f"shape {target} leaves the batch axis ambiguous")
+    if -1 in rest:
+        known = int(np.prod([d for d in rest if d != -1]))
+        rest[rest.index(-1)] = int(np.prod(in_shape)) // max(known, 1)
+    ctx.emit(Node(n.name, "reshape", [n.input[0]], n.output[0], {"shape": rest}))
+
+
+@importer("Concat")
+def _concat(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    axis = int(_attrs(n)["axis"])
+    rank = len(ctx.tensors[ctx.name(n.input[0])].shape) + 1
+    axis %= rank
+    if axis == 0:
+        raise _refuse(n, "concatenating along the batch axis is not supported")
+    ctx.emit(Node(n.name, "concat", list(n.input), n.output[0], {"axis": axis - 1}))
+
+
+def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    p = existing_file(path, "ONNX model")
+    try:
+        model = onnx.load(str(p))
+        onnx.checker.check_model(model)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, InferenceError...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInput(f"{p}: not a valid ONNX model ({first})") from None
+
+
+def _graph_input(model: onnx.ModelProto) -> TensorInfo:
+    inits = {i.name for i in model.graph.initializer}
+    ins = [i for i in model.graph.input if i.name not in inits]
+    if len(ins) != 1:
+        raise UnsupportedOp(f"the model has {len(ins)} inputs {[i.name for i in ins]}; "
+                            "CNN/MLP import takes exactly one")
+    dims = ins[0].type.tensor_type.shape.dim
+    rest = [d.dim_value for d in dims[1:]]
+    if not dims or any(d <= 0 for d in rest):
+        raise BadInput(f"input '{ins[0].name}' needs a batch axis and static sizes after it")
+    return TensorInfo(ins[0].name, tuple(rest))
+
+
+def import_onnx(path: str | os.PathLike[str]) -> Graph:
+    """Read an ONNX CNN/MLP into a float ANN graph, refusing what it cannot represent."""
+    model = _load(path)
+    inp = _graph_input(model)
+    ctx = _Ctx(consts={i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
+               tensors={inp.name: inp})
+    for n in model.graph.node:
+        for i in n.input:
+            ctx.uses[i] = ctx.uses.get(i, 0) + 1
+    for i, n in enumerate(model.graph.node):
+        n.name = n.name or f"{n.op_type}_{i}"
+        if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
+            raise _refuse(n, "op is not in spikeport's vocabulary")
+        IMPORTERS[n.op_type](ctx, n)
+    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=[ctx.name(o.name) for o in model.graph.output],
+                  meta={"source": {"format": "onnx", "file": os.path.basename(path),
+                                   "sha256": sha256_file(path),
+                                   "opset": max(o.version for o in model.opset_import)}})
+    return check_graph(graph)

@@ -1,0 +1,185 @@
+"""The op vocabulary: one registry, keyed by op name.
+
+Each entry says which params and attrs a node of that op carries, how many inputs it takes,
+whether it keeps state across timesteps, whether it is a synapse (weights), and its shape rule.
+Import, the simulator, quantize, the targets and the tests all read this registry; nothing
+else lists the ops.
+
+Shapes are per sample (no batch axis). Image tensors are (C, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from spikeport.errors import BadInput
+from spikeport.ir.graph import Node
+
+Shape = tuple[int, ...]
+ShapeRule = Callable[[Node, list[Shape]], Shape]
+
+
+class ShapeMismatch(BadInput):
+    """A node's inputs or params do not fit its shape rule."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    rule: ShapeRule
+    params: tuple[str, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    n_inputs: int | None = 1  # None: two or more
+    stateful: bool = False
+    synaptic: bool = False
+    stages: tuple[str, ...] = ("ann", "snn", "int")
+    doc: str = ""
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register(name: str, **kw: Any) -> Callable[[ShapeRule], ShapeRule]:
+    def deco(rule: ShapeRule) -> ShapeRule:
+        OPS[name] = OpSpec(name=name, rule=rule, doc=(rule.__doc__ or "").strip(), **kw)
+        return rule
+
+    return deco
+
+
+def _fail(node: Node, why: str) -> ShapeMismatch:
+    return ShapeMismatch(f"node '{node.name}' ({node.op}): {why}")
+
+
+def infer_shape(node: Node, in_shapes: list[Shape]) -> Shape:
+    """Check a node against its op's rule and return its output shape (raises ShapeMismatch)."""
+    spec = OPS.get(node.op)
+    if spec is None:
+        raise ShapeMismatch(f"node '{node.name}': unknown op '{node.op}'")
+    n = len(in_shapes)
+    if (spec.n_inputs is None and n < 2) or (spec.n_inputs is not None and n != spec.n_inputs):
+        raise _fail(node, f"takes {spec.n_inputs or '2 or more'} inputs, got {n}")
+    for p in spec.params:
+        if p not in node.params:
+            raise _fail(node, f"missing param '{p}'")
+    return tuple(spec.rule(node, in_shapes))
+
+
+def window_out(size: int, k: int, s: int, p0: int, p1: int, d: int = 1) -> int:
+    """Output length of a sliding window (ONNX floor rule)."""
+    return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
+
+
+def _spatial(node: Node, x: Shape, kernel: list[int]) -> tuple[int, int]:
+    if len(x) != 3:
+        raise _fail(node, f"expects a (C, H, W) input, got {x}")
+    st, pads = node.attrs["strides"], node.attrs["pads"]
+    dil = node.attrs.get("dilations", [1, 1])
+    h = window_out(x[1], kernel[0], st[0], pads[0], pads[2], dil[0])
+    w = window_out(x[2], kernel[1], st[1], pads[1], pads[3], dil[1])
+    if h <= 0 or w <= 0:
+        raise _fail(node, f"window {kernel} does not fit input {x}")
+    return h, w
+
+
+@register("dense", params=("weight", "bias"), synaptic=True)
+def _dense(node: Node, ins: list[Shape]) -> Shape:
+    """y = W x + b over the last axis; weight (out, in), bias (out,). Input (..., in)."""
+    w, b = node.params["weight"], node.params["bias"]
+    if w.ndim != 2 or b.shape != (w.shape[0],):
+        raise _fail(node, f"weight {w.shape} / bias {b.shape} are not (out, in) / (out,)")
+    if ins[0][-1:] != (w.shape[1],):
+        raise _fail(node, f"input {ins[0]} does not end in {w.shape[1]} features")
+    return ins[0][:-1] + (w.shape[0],)
+
+
+@register(
+    "conv2d",
+    params=("weight", "bias"),
+    attrs={"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1},
+    synaptic=True,
+)
+def _conv2d(node: Node, ins: list[Shape]) -> Shape:
+    """y = conv(x, W) + b (cross-correlation, ONNX semantics); weight (O, C/group, kh, kw)."""
+    w, b, g = node.params["weight"], node.params["bias"], node.attrs["group"]
+    if w.ndim != 4 or b.shape != (w.shape[0],) or w.shape[0] % g:
+        raise _fail(node, f"weight {w.shape} / bias {b.shape} / group {g} do not agree")
+    if ins[0] and ins[0][0] != w.shape[1] * g:
+        raise _fail(node, f"input has {ins[0][0]} channels, weight expects {w.shape[1] * g}")
+    return (w.shape[0],) + _spatial(node, ins[0], list(w.shape[2:]))
+
+
+@register("avgpool2d", attrs={"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]})
+def _avgpool(node: Node, ins: list[Shape]) -> Shape:
+    """Mean over each window; padded cells count as zeros (constant divisor kh*kw)."""
+    return (ins[0][0],) + _spatial(node, ins[0], node.attrs["kernel"])
+
+
+@register(
+    "maxpool2d", attrs={"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]}, stateful=True
+)
+def _maxpool(node: Node, ins: list[Shape]) -> Shape:
+    """Max over each window. In time it is expectation-compensated: with S_t the running sum of
+    its input, it emits max(S_t) - max(S_{t-1}), so its outputs sum to max over the window of
+    the summed input: exactly t * max(mean input). Integer-only (no division)."""
+    return (ins[0][0],) + _spatial(node, ins[0], node.attrs["kernel"])
+
+
+@register("add", n_inputs=None)
+def _add(node: Node, ins: list[Shape]) -> Shape:
+    """y = sum of inputs (all the same shape). In "int" a per-channel integer multiplier
+    `mult_q` (n_inputs, *channel shape) brings every input to the output scale."""
+    if any(s != ins[0] for s in ins):
+        raise _fail(node, f"inputs differ in shape: {ins}")
+    return ins[0]
+
+
+@register("concat", n_inputs=None, attrs={"axis": 0})
+def _concat(node: Node, ins: list[Shape]) -> Shape:
+    """Join inputs along per-sample `axis`; all other axes equal."""
+    ax = node.attrs["axis"]
+    rank = len(ins[0])
+    if not -rank <= ax < rank:
+        raise _fail(node, f"axis {ax} is outside rank {rank}")
+    ax %= rank
+    rest = [s[:ax] + s[ax + 1 :] for s in ins]
+    if any(r != rest[0] for r in rest):
+        raise _fail(node, f"inputs differ off axis {ax}: {ins}")
+    return ins[0][:ax] + (sum(s[ax] for s in ins),) + ins[0][ax + 1 :]
+
+
+@register("reshape", attrs={"shape": []})
+def _reshape(node: Node, ins: list[Shape]) -> Shape:
+    """Same values, new per-sample shape (C-order), e.g. Flatten."""
+    shape = tuple(node.attrs["shape"])
+    n_in, n_out = 1, 1
+    for d in ins[0]:
+        n_in *= d
+    for d in shape:
+        n_out *= d
+    if n_in != n_out:
+        raise _fail(node, f"cannot reshape {ins[0]} to {shape}")
+    return shape
+
+
+@register("relu", attrs={"cap": None}, stages=("ann",))
+def _relu(node: Node, ins: list[Shape]) -> Shape:
+    """y = min(max(x, 0), cap) (cap None: no upper bound). Replaced by `if` in conversion."""
+    return ins[0]
+
+
+@register(
+    "if", params=("threshold",), attrs={"signed": False, "cap": None}, stateful=True,
+    stages=("snn", "int"),
+)
+def _if(node: Node, ins: list[Shape]) -> Shape:
+    """Integrate-and-fire, reset by subtraction, threshold theta > 0 (per channel):
+    v0 = theta/2 (floor(theta/2) in "int"); each step v += I; if v >= theta: s = +1, v -= theta;
+    signed variant: else if v < 0 and the running spike count > 0: s = -1, v += theta.
+    A spike carries the value theta (in real units). `cap` keeps the source Clip bound for the
+    ANN view."""
+    th = node.params["threshold"]
+    if th.ndim > len(ins[0]) or any(a not in (1, b) for a, b in zip(th.shape[::-1], ins[0][::-1])):
+        raise _fail(node, f"threshold {th.shape} does not broadcast to {ins[0]}")
+    return ins[0]

@@ -1,0 +1,68 @@
+"""Target profiles: what integer network a target can run, checked before anything is written.
+
+A target package registers its own profile (`register_profile`); "sim" is the reference
+profile of the specification (int8 weights, int32 bias and state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import OPS
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Capabilities of a target: bit widths, neuron features, fan-in, and the ops it runs."""
+
+    name: str
+    weight_bits: int = 8
+    bias_bits: int = 32
+    state_bits: int = 32
+    input_bits: int = 8
+    signed_spikes: bool = True
+    max_fanin: int | None = None
+    ops: frozenset[str] = field(default_factory=lambda: frozenset(
+        op for op, spec in OPS.items() if "int" in spec.stages))
+
+
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(profile: Profile) -> Profile:
+    PROFILES[profile.name] = profile
+    return profile
+
+
+register_profile(Profile("sim"))
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise BadInput(f"unknown target '{name}'; known: {', '.join(sorted(PROFILES))}") from None
+
+
+def fanin(graph: Graph, node: Node) -> int:
+    """Synapses into one output neuron of a dense/conv node."""
+    w = node.params["weight"]
+    return int(np.prod(w.shape[1:]))
+
+
+def check_capabilities(graph: Graph, profile: Profile) -> None:
+    """Refuse, naming the node, anything the target cannot run."""
+    for n in graph.nodes:
+        if n.op not in profile.ops:
+            raise CapabilityExceeded(f"node '{n.name}': op '{n.op}' is not supported by target "
+                                     f"'{profile.name}'")
+        if n.op == "if" and n.attrs["signed"] and not profile.signed_spikes:
+            raise CapabilityExceeded(f"node '{n.name}': target '{profile.name}' has no signed "
+                                     "spikes; convert without --signed")
+        if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
+            raise CapabilityExceeded(f"node '{n.name}': fan-in {fanin(graph, n)} exceeds target "
+                                     f"'{profile.name}' limit {profile.max_fanin}")

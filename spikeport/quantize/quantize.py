@@ -1,0 +1,199 @@
+"""Float SNN (stage "snn") -> integer SNN (stage "int") for a target profile.
+
+Walks the graph once, carrying the real scale of every tensor:
+  input      int8 codes, scale = max|x| / 127 over the calibration data
+  dense/conv folds its input scale into the weights (so spikes stay +-1 and a spike's value
+             lambda never appears at run time), then int8 weights per output channel when the
+             layer feeds neurons only (per tensor otherwise, so outputs share one scale), int32 bias
+  if         threshold_q = round(theta / input scale); its spikes then carry theta_q * scale
+  avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
+  add        integer multipliers bring every input to a common output scale
+Then the range analysis proves every value fits its bits for T <= max_timesteps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.ir.check import check_graph
+from spikeport.ir.graph import Graph, Node
+from spikeport.quantize.profiles import Profile, check_capabilities
+from spikeport.quantize.ranges import prove_ranges
+from spikeport.quantize.scales import channel_vector, compact, feature_vector
+from spikeport.sim.arith import int_limit, round_to_int
+
+DEFAULT_MAX_TIMESTEPS = 64
+MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
+
+
+@dataclass
+class _Ctx:
+    graph: Graph
+    profile: Profile
+    scales: dict[str, np.ndarray]
+
+    def scale_in(self, node: Node, i: int = 0) -> np.ndarray:
+        return self.scales[node.inputs[i]]
+
+    def shape_in(self, node: Node, i: int = 0) -> tuple[int, ...]:
+        return self.graph.shape(node.inputs[i])
+
+    def per_channel(self, node: Node) -> bool:
+        """Per-output-channel weight scales only where neurons absorb them into thresholds."""
+        users = self.graph.consumers(node.output)
+        return bool(users) and node.output not in self.graph.outputs and all(
+            u.op == "if" for u in users)
+
+    def refuse(self, node: Node, why: str) -> CapabilityExceeded:
+        return CapabilityExceeded(f"node '{node.name}' ({node.op}): {why}")
+
+
+Handler = Callable[[_Ctx, Node], np.ndarray]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(op: str) -> Callable[[Handler], Handler]:
+    def deco(fn: Handler) -> Handler:
+        HANDLERS[op] = fn
+        return fn
+
+    return deco
+
+
+def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:
+    """Store int weights and bias for real weights w_eff (input scale folded in); return the
+    per-output scale (O,)."""
+    lim = int_limit(ctx.profile.weight_bits)
+    absmax = np.abs(w_eff.reshape(len(w_eff), -1)).max(axis=1)
+    top = absmax.max() / lim if absmax.max() > 0 else 1.0
+    # Per channel, but a near-dead channel's scale is floored so its threshold stays in range.
+    s_w = np.maximum(absmax / lim, top * MIN_CHANNEL_SCALE) if ctx.per_channel(node) else (
+        np.full(len(w_eff), top))
+    shape = (-1,) + (1,) * (w_eff.ndim - 1)
+    node.params["weight_q"] = np.clip(round_to_int(w_eff / s_w.reshape(shape)), -lim, lim).astype(
+        np.int8 if ctx.profile.weight_bits <= 8 else np.int32)
+    bias_q = round_to_int(node.params["bias"] / s_w)
+    if np.abs(bias_q).max(initial=0) > int_limit(ctx.profile.bias_bits):
+        raise ctx.refuse(node, f"bias needs more than {ctx.profile.bias_bits} bits at this scale")
+    node.params["bias_q"] = bias_q.astype(np.int32)
+    return s_w
+
+
+@handler("dense")
+def _dense(ctx: _Ctx, node: Node) -> np.ndarray:
+    s_x = feature_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_x is None:
+        raise ctx.refuse(node, "input scale varies along non-feature axes")
+    s_w = _quantize_weights(ctx, node, node.params["weight"].astype(np.float64) * s_x[None, :])
+    return s_w
+
+
+@handler("conv2d")
+def _conv(ctx: _Ctx, node: Node) -> np.ndarray:
+    s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_x is None:
+        raise ctx.refuse(node, "input scale varies inside a channel")
+    w = node.params["weight"].astype(np.float64)
+    og, cg = w.shape[0] // node.attrs["group"], w.shape[1]
+    cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]  # (O, C/g)
+    s_w = _quantize_weights(ctx, node, w * s_x[cin][:, :, None, None])
+    return s_w.reshape(-1, 1, 1)
+
+
+@handler("avgpool2d")
+def _avgpool(ctx: _Ctx, node: Node) -> np.ndarray:
+    s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_x is None:
+        raise ctx.refuse(node, "input scale varies inside a channel")
+    k = node.attrs["kernel"]
+    return s_x.reshape(-1, 1, 1) / (k[0] * k[1])
+
+
+@handler("maxpool2d")
+def _maxpool(ctx: _Ctx, node: Node) -> np.ndarray:
+    s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_x is None:
+        raise ctx.refuse(node, "input scale varies inside a channel; max needs one scale")
+    return s_x.reshape(-1, 1, 1)
+
+
+@handler("add")
+def _add(ctx: _Ctx, node: Node) -> np.ndarray:
+    shape = ctx.graph.shape(node.output)
+    ins = [compact(ctx.scales[i], shape) for i in node.inputs]
+    s_y = compact(np.maximum.reduce(np.broadcast_arrays(*ins)), shape) / int_limit(
+        ctx.profile.weight_bits)
+    mult = np.stack([np.broadcast_to(round_to_int(s / s_y), s_y.shape) for s in ins])
+    if (mult == 0).any():
+        bad = node.inputs[int(np.argwhere(mult == 0)[0][0])]
+        raise ctx.refuse(node, f"input '{bad}' is below the resolution of the other input")
+    node.params["mult_q"] = mult.astype(np.int32)
+    return s_y
+
+
+@handler("concat")
+def _concat(ctx: _Ctx, node: Node) -> np.ndarray:
+    full = [np.broadcast_to(ctx.scales[i], ctx.graph.shape(i)) for i in node.inputs]
+    return np.concatenate(full, axis=node.attrs["axis"])
+
+
+@handler("reshape")
+def _reshape(ctx: _Ctx, node: Node) -> np.ndarray:
+    full = np.broadcast_to(ctx.scale_in(node), ctx.shape_in(node))
+    return full.reshape(ctx.graph.shape(node.output))
+
+
+@handler("if")
+def _if(ctx: _Ctx, node: Node) -> np.ndarray:
+    shape = ctx.graph.shape(node.output)
+    s = compact(ctx.scale_in(node), shape)
+    theta = node.params["threshold"].astype(np.float64)
+    th_q = np.maximum(round_to_int(theta / s), 1)
+    if th_q.max() > int_limit(ctx.profile.state_bits):
+        raise ctx.refuse(node, f"threshold needs more than {ctx.profile.state_bits} bits")
+    node.params["threshold_q"] = compact(th_q, shape).astype(np.int32)
+    return th_q * s  # the real value one integer spike now carries
+
+
+def input_scale(x: np.ndarray, bits: int) -> float:
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if not np.isfinite(peak) or peak == 0:
+        raise BadInput("calibration data is all zeros or not finite; cannot set the input scale")
+    return peak / int_limit(bits)
+
+
+def quantize(graph: Graph, calib_x: np.ndarray, profile: Profile,
+             max_timesteps: int = DEFAULT_MAX_TIMESTEPS) -> Graph:
+    """Return the integer graph of a float spiking graph, proven free of overflow."""
+    if graph.stage not in ("snn", "int"):
+        raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
+    if max_timesteps < 1:
+        raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
+    out = copy.deepcopy(graph)
+    for n in out.nodes:
+        for k in [k for k in n.params if k.endswith("_q")]:
+            del n.params[k]  # re-quantizing starts from the float params
+    check_capabilities(out, profile)
+    inp = out.input
+    ctx = _Ctx(out, profile, {inp.name: np.full((1,) * len(inp.shape),
+                                                input_scale(calib_x, profile.input_bits))})
+    for n in out.nodes:
+        ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
+    for o in out.outputs:
+        if ctx.scales[o].size != 1:
+            raise CapabilityExceeded(f"graph output '{o}' has per-channel scales; its argmax "
+                                     "needs one scale")
+    out.stage, out.scales = "int", ctx.scales
+    out.meta["quantization"] = {
+        "target": profile.name, "weight_bits": profile.weight_bits, "bias_bits": profile.bias_bits,
+        "state_bits": profile.state_bits, "input_bits": profile.input_bits,
+        "max_timesteps": max_timesteps, "input_rounding": "floor(x / scale + 1/2), clamped",
+    }
+    check_graph(out)
+    out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
+    return out

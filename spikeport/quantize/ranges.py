@@ -1,0 +1,105 @@
+"""Range analysis: prove that no integer value leaves its bits for T <= max_timesteps.
+
+Each op has a bound rule mapping elementwise bounds of |input| to bounds of |output| (and of
+any state it keeps over T steps). Bounds are computed with the simulator's own kernels on
+|weights|, so they hold for every input the int8 encoding can produce.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from spikeport.errors import CapabilityExceeded
+from spikeport.ir.graph import Graph, Node
+from spikeport.sim import kernels as K
+from spikeport.sim.arith import int_limit
+
+# rule(node, input bounds (full per-sample shape), T) -> (output bound, peak of kept state)
+BoundRule = Callable[[Node, list[np.ndarray], int], tuple[np.ndarray, float]]
+BOUNDS: dict[str, BoundRule] = {}
+
+
+def bound(op: str) -> Callable[[BoundRule], BoundRule]:
+    def deco(fn: BoundRule) -> BoundRule:
+        BOUNDS[op] = fn
+        return fn
+
+    return deco
+
+
+def _abs(node: Node, name: str) -> np.ndarray:
+    return np.abs(node.params[name].astype(np.float64))
+
+
+@bound("dense")
+def _dense(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    return K.dense(b[0], _abs(node, "weight_q"), _abs(node, "bias_q")), 0.0
+
+
+@bound("conv2d")
+def _conv(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    a = node.attrs
+    y = K.conv2d(b[0][None], _abs(node, "weight_q"), _abs(node, "bias_q"), a["strides"],
+                 a["pads"], a["dilations"], a["group"])
+    return y[0], 0.0
+
+
+@bound("avgpool2d")
+def _avgpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    a = node.attrs
+    return K.window_sum(b[0][None], a["kernel"], a["strides"], a["pads"])[0], 0.0
+
+
+@bound("maxpool2d")
+def _maxpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    # S_t moves by at most b per step, so max(S_t) - max(S_{t-1}) does too; S reaches T * b.
+    a = node.attrs
+    out = K.window_max(b[0][None], a["kernel"], a["strides"], a["pads"])[0]
+    return out, 2.0 * T * float(b[0].max(initial=0))
+
+
+@bound("add")
+def _add(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    mult = np.abs(node.params["mult_q"].astype(np.float64))
+    return sum(m * x for m, x in zip(mult, b)), 0.0
+
+
+@bound("concat")
+def _concat(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    return np.concatenate(b, axis=node.attrs["axis"]), 0.0
+
+
+@bound("reshape")
+def _reshape(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    return b[0].reshape(node.attrs["shape"]), 0.0
+
+
+@bound("if")
+def _if(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+    # v starts at theta/2, moves by at most b per step and by theta per spike: |v| <= theta + T*b.
+    theta = np.broadcast_to(node.params["threshold_q"].astype(np.float64), b[0].shape)
+    return np.ones_like(b[0]), float((theta + T * b[0]).max(initial=0))
+
+
+def prove_ranges(graph: Graph, max_timesteps: int) -> dict[str, object]:
+    """Raise CapabilityExceeded naming the first node that could overflow; return the peak."""
+    limit = int_limit(graph.meta["quantization"]["state_bits"])
+    inp = graph.input
+    bounds = {inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))}
+    peak: dict[str, object] = {"value": 0, "node": None}
+    for n in graph.nodes:
+        out, state = BOUNDS[n.op](n, [bounds[i] for i in n.inputs], max_timesteps)
+        bounds[n.output] = out
+        worst = max(float(out.max(initial=0)), state)
+        if n.output in graph.outputs:  # the output layer accumulates over T steps
+            worst = max(worst, max_timesteps * float(out.max(initial=0)))
+        if worst > limit:
+            raise CapabilityExceeded(
+                f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
+                f"beyond the {limit} of {graph.meta['quantization']['state_bits']}-bit state; "
+                "lower --max-T or the weight bits")
+        if worst > peak["value"]:
+            peak = {"value": int(worst), "node": n.name}
+    return peak

@@ -1,0 +1,33 @@
+"""Per-tensor scales: real value = scale * integer. Scales are arrays that broadcast to the
+per-sample shape, kept compact (an axis along which the scale is constant has size 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compact(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Broadcast `scale` to `shape`, then shrink every axis on which it does not vary."""
+    s = np.broadcast_to(np.asarray(scale, np.float64), shape)
+    for ax in range(len(shape)):
+        first = np.take(s, [0], axis=ax)
+        if np.array_equal(s, np.broadcast_to(first, s.shape)):
+            s = first
+    return np.ascontiguousarray(s)
+
+
+def channel_vector(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The (C,) scale of an image tensor (C, H, W), or None when it varies inside a channel."""
+    s = compact(scale, shape)
+    if len(shape) == 3 and s.shape[1:] != (1, 1):
+        return None
+    return np.broadcast_to(s.reshape(-1) if len(shape) == 3 else s, (shape[0],)).copy()
+
+
+def feature_vector(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The scale along the last axis (the features a dense layer reads), or None if it varies
+    along the other axes."""
+    s = compact(scale, shape)
+    if any(d != 1 for d in s.shape[:-1]):
+        return None
+    return np.broadcast_to(s.reshape(-1), (shape[-1],)).copy()

@@ -1,0 +1,177 @@
+"""Simulator kernels, one per op of the IR registry, in three modes:
+
+  "ann"    the source network, one pass (neurons read as ReLU, max pooling as max)
+  "float"  the spiking network with real numbers, one call per timestep
+  "int"    the integer spiking network: the specification every target must match
+
+A kernel is made once per node (prepare) and then called once per step with the input
+arrays (batch first). Stateful kernels have `reset(batch)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from spikeport.ir.graph import Node
+from spikeport.sim import kernels as K
+from spikeport.sim.arith import initial_potential
+
+MODES = ("ann", "float", "int")
+
+
+class Kernel(Protocol):
+    def reset(self, batch: int) -> None: ...
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray: ...
+
+
+class Stateless:
+    """Wraps a pure function of the inputs as a kernel."""
+
+    def __init__(self, fn: Callable[..., np.ndarray]):
+        self.fn = fn
+
+    def reset(self, batch: int) -> None:
+        pass
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return self.fn(*xs)
+
+
+Shape = tuple[int, ...]
+Maker = Callable[[Node, str, Shape], Kernel]
+KERNELS: dict[str, Maker] = {}
+
+
+def kernel(op: str) -> Callable[[Maker], Maker]:
+    def deco(fn: Maker) -> Maker:
+        KERNELS[op] = fn
+        return fn
+
+    return deco
+
+
+def _p(node: Node, name: str, mode: str) -> np.ndarray:
+    """The float param in "ann"/"float" mode, its integer `_q` twin in "int" mode."""
+    return node.params[f"{name}_q" if mode == "int" else name]
+
+
+def _as_int(mode: str, y: np.ndarray) -> np.ndarray:
+    return y.astype(np.int64) if mode == "int" else y
+
+
+@kernel("dense")
+def _dense(node: Node, mode: str, shape: Shape) -> Kernel:
+    w, b = _p(node, "weight", mode), _p(node, "bias", mode)
+    return Stateless(lambda x: _as_int(mode, K.dense(x, w, b)))
+
+
+@kernel("conv2d")
+def _conv(node: Node, mode: str, shape: Shape) -> Kernel:
+    w, b, a = _p(node, "weight", mode), _p(node, "bias", mode), node.attrs
+    return Stateless(lambda x: _as_int(mode, K.conv2d(
+        x, w, b, a["strides"], a["pads"], a["dilations"], a["group"])))
+
+
+@kernel("avgpool2d")
+def _avgpool(node: Node, mode: str, shape: Shape) -> Kernel:
+    a = node.attrs
+    area = a["kernel"][0] * a["kernel"][1]
+    if mode == "int":  # the 1/area lives in the output scale, never applied at run time
+        return Stateless(lambda x: K.window_sum(x, a["kernel"], a["strides"], a["pads"]))
+    return Stateless(lambda x: K.window_sum(x, a["kernel"], a["strides"], a["pads"]) / area)
+
+
+class _ECMaxPool:
+    """Expectation-compensated max pooling: out_t = max(S_t) - max(S_{t-1}), S the running sum."""
+
+    def __init__(self, node: Node):
+        self.a = node.attrs
+        self.total: np.ndarray | float = 0
+        self.prev_max: np.ndarray | float = 0
+
+    def reset(self, batch: int) -> None:
+        self.total, self.prev_max = 0, 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.total = self.total + x
+        m = K.window_max(np.asarray(self.total), self.a["kernel"], self.a["strides"], self.a["pads"])
+        out = m - self.prev_max
+        self.prev_max = m
+        return out
+
+
+@kernel("maxpool2d")
+def _maxpool(node: Node, mode: str, shape: Shape) -> Kernel:
+    a = node.attrs
+    if mode == "ann":
+        return Stateless(lambda x: K.window_max(x, a["kernel"], a["strides"], a["pads"]))
+    return _ECMaxPool(node)
+
+
+@kernel("add")
+def _add(node: Node, mode: str, shape: Shape) -> Kernel:
+    if mode != "int":
+        return Stateless(lambda *xs: sum(xs[1:], xs[0]))
+    mult = node.params["mult_q"].astype(np.int64)  # (n_inputs, *channel shape)
+    return Stateless(lambda *xs: sum(m * x for m, x in zip(mult, xs)))
+
+
+@kernel("concat")
+def _concat(node: Node, mode: str, shape: Shape) -> Kernel:
+    ax = node.attrs["axis"]
+    return Stateless(lambda *xs: np.concatenate(xs, axis=ax + 1 if ax >= 0 else ax))
+
+
+@kernel("reshape")
+def _reshape(node: Node, mode: str, shape: Shape) -> Kernel:
+    shape = tuple(node.attrs["shape"])
+    return Stateless(lambda x: x.reshape((x.shape[0],) + shape))
+
+
+def _relu(cap: float | None) -> Kernel:
+    return Stateless(lambda x: np.clip(x, 0, cap) if cap is not None else np.maximum(x, 0))
+
+
+@kernel("relu")
+def _relu_kernel(node: Node, mode: str, shape: Shape) -> Kernel:
+    return _relu(node.attrs["cap"])
+
+
+class IFNeuron:
+    """Integrate-and-fire with reset by subtraction (see spikeport.ir.ops, op "if").
+
+    Returns the spikes (+1/-1/0) in "int" mode and spikes * theta (their real value) in
+    "float" mode. `v` and `count` are exposed for state checks and recording.
+    """
+
+    def __init__(self, theta: np.ndarray, signed: bool, integer: bool, shape: Shape):
+        self.theta = np.asarray(theta, np.int64 if integer else np.float64)
+        self.signed, self.integer, self.shape = signed, integer, shape
+        self.v: np.ndarray = np.zeros(0)
+        self.count: np.ndarray = np.zeros(0)
+
+    def reset(self, batch: int) -> None:
+        v0 = initial_potential(self.theta) if self.integer else self.theta / 2
+        self.v = np.broadcast_to(v0, (batch,) + self.shape).copy()
+        self.count = np.zeros(self.v.shape, np.int64)
+
+    def __call__(self, current: np.ndarray) -> np.ndarray:
+        self.v += current
+        pos = self.v >= self.theta
+        spikes = pos.astype(np.int64)
+        if self.signed:
+            neg = ~pos & (self.v < 0) & (self.count > 0)
+            spikes -= neg
+        self.v -= spikes * self.theta
+        self.count += spikes
+        return spikes if self.integer else spikes * self.theta
+
+
+@kernel("if")
+def _if(node: Node, mode: str, shape: Shape) -> Kernel:
+    if mode == "ann":
+        return _relu(node.attrs["cap"])
+    return IFNeuron(_p(node, "threshold", mode), node.attrs["signed"], mode == "int", shape)

@@ -1,0 +1,140 @@
+"""The reference simulator: runs a Graph over T timesteps, batch-vectorised with numpy.
+
+Its "int" mode is the specification of what a network computes (DESIGN.md section 6):
+every target must reproduce its output accumulators and every layer's spikes bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from spikeport.errors import BadInput, SimulationOverflow
+from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import OPS
+from spikeport.sim.arith import int_limit, quantize_input
+from spikeport.sim.kernels import conv_fanout
+from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
+
+DEFAULT_BATCH = 256
+
+
+@dataclass
+class SimResult:
+    """What one run produced, per timestep t = 1..T (index t-1).
+
+    outputs: graph output -> (T, N, ...) output accumulated over steps 1..t ("ann": (1, N, ...))
+    spikes:  (T,) neuron spikes (|+-1|) emitted at step t, summed over neurons and batch
+    sops:    (T,) synaptic operations at step t: for every dense/conv, nonzero inputs x fan-out
+    trace:   tensor -> (T, N, ...) every tensor at every step (only when recorded)
+    """
+
+    outputs: dict[str, np.ndarray]
+    spikes: np.ndarray
+    sops: np.ndarray
+    trace: dict[str, np.ndarray] | None = None
+
+
+def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
+    if node.op == "dense":
+        return int(node.params["weight"].shape[0])
+    a = node.attrs
+    return conv_fanout(graph.shape(node.inputs[0]), node.params["weight"].shape, a["strides"],
+                       a["pads"], a["dilations"], a["group"])
+
+
+class Simulator:
+    """Prepare once (kernels, checks), then `run(x, T)` any number of batches."""
+
+    def __init__(self, graph: Graph, mode: str = "int"):
+        if mode not in MODES:
+            raise BadInput(f"simulator mode '{mode}' is not one of {MODES}")
+        if mode == "int" and graph.stage != "int":
+            raise BadInput(f"integer mode needs a quantized graph (stage 'int'), this one is "
+                           f"'{graph.stage}': run `spikeport quantize` first")
+        if mode == "float" and graph.stage == "ann":
+            raise BadInput("float spiking mode needs a converted graph: run `spikeport convert`")
+        self.graph, self.mode = graph, mode
+        quant = graph.meta.get("quantization", {})
+        self.limit = int_limit(quant.get("state_bits", 32))
+        self.max_t = quant.get("max_timesteps") if mode == "int" else None
+        self.kernels: list[tuple[Node, Kernel]] = [
+            (n, KERNELS[n.op](n, mode, graph.shape(n.output))) for n in graph.nodes]
+        self.static = self._static_tensors()
+        self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
+
+    def _static_tensors(self) -> set[str]:
+        """Tensors that are the same at every step (direct input through stateless ops)."""
+        static = {t.name for t in self.graph.inputs}
+        for n in self.graph.nodes:
+            if not OPS[n.op].stateful and all(i in static for i in n.inputs):
+                static.add(n.output)
+        return static
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """The network's input at every step: int8 codes in "int" mode, x itself otherwise."""
+        if self.mode != "int":
+            return np.asarray(x, np.float64)
+        return quantize_input(x, self.graph.scales[self.graph.input.name])
+
+    def run(self, x: np.ndarray, T: int, record: bool = False) -> SimResult:
+        if self.mode == "ann":
+            T = 1
+        elif self.max_t is not None and T > self.max_t:
+            raise BadInput(f"T={T} exceeds the {self.max_t} timesteps quantize proved free of "
+                           f"overflow; quantize again with --max-T {T}")
+        batch = len(x)
+        for _, k in self.kernels:
+            k.reset(batch)
+        values: dict[str, np.ndarray] = {self.graph.input.name: self.encode(x)}
+        acc: dict[str, np.ndarray | float] = {o: 0 for o in self.graph.outputs}
+        outputs: dict[str, list[np.ndarray]] = {o: [] for o in self.graph.outputs}
+        trace: dict[str, list[np.ndarray]] = {}
+        spikes, sops = np.zeros(T, np.int64), np.zeros(T, np.int64)
+        for t in range(T):
+            for node, k in self.kernels:
+                if t > 0 and node.output in self.static:
+                    continue
+                ins = [values[i] for i in node.inputs]
+                values[node.output] = y = k(*ins)
+                if self.mode == "int":
+                    self._check_range(node, k, y, t)
+                if node.name in self.fanout:
+                    sops[t] += int(((ins[0] != 0) * self.fanout[node.name]).sum())
+                if isinstance(k, IFNeuron):
+                    spikes[t] += int(np.abs(np.sign(y)).sum())
+            for o in self.graph.outputs:
+                acc[o] = acc[o] + values[o]
+                outputs[o].append(np.asarray(acc[o]).copy())
+            if record:
+                for name, v in values.items():
+                    trace.setdefault(name, []).append(v)
+        return SimResult({o: np.stack(v) for o, v in outputs.items()}, spikes, sops,
+                         {k: np.stack(v) for k, v in trace.items()} if record else None)
+
+    def _check_range(self, node: Node, k: Kernel, y: np.ndarray, t: int) -> None:
+        """The spec asserts every value fits its bit width at run time; overflow is never silent."""
+        worst = int(np.abs(y).max(initial=0))
+        if isinstance(k, IFNeuron):
+            worst = max(worst, int(np.abs(k.v).max(initial=0)))
+        if worst > self.limit:
+            raise SimulationOverflow(f"node '{node.name}' ({node.op}) reached {worst} at step "
+                                     f"{t + 1}, beyond the {self.limit} its state bits allow")
+
+
+def simulate(graph: Graph, x: np.ndarray, T: int, mode: str = "int",
+             batch_size: int = DEFAULT_BATCH,
+             progress: Callable[[int], None] | None = None) -> SimResult:
+    """Run `x` in batches and join the results (trace is not kept here)."""
+    sim = Simulator(graph, mode)
+    parts = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        parts.append(sim.run(chunk, T))
+        if progress:
+            progress(len(chunk))
+    return SimResult(
+        {o: np.concatenate([p.outputs[o] for p in parts], axis=1) for o in graph.outputs},
+        sum(p.spikes for p in parts), sum(p.sops for p in parts))
