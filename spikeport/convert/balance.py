@@ -37,13 +37,23 @@ def to_neuron(node: Node, theta: np.ndarray, rank: int, signed: bool) -> Node:
     if cap is not None:
         theta = np.minimum(theta, cap)
     shape = (theta.size,) + (1,) * (rank - 1) if theta.size > 1 else (1,) * rank
-    return Node(node.name, "if", list(node.inputs), node.output, {"signed": signed, "cap": cap},
-                {"threshold": theta.reshape(shape).astype(np.float32)})
+    return Node(
+        node.name,
+        "if",
+        list(node.inputs),
+        node.output,
+        {"signed": signed, "cap": cap},
+        {"threshold": theta.reshape(shape).astype(np.float32)},
+    )
 
 
-def balance_thresholds(graph: Graph, stats: dict[str, np.ndarray],
-                       percentile: float = DEFAULT_PERCENTILE, per_channel: bool = False,
-                       signed: bool = False) -> Graph:
+def balance_thresholds(
+    graph: Graph,
+    stats: dict[str, np.ndarray],
+    percentile: float = DEFAULT_PERCENTILE,
+    per_channel: bool = False,
+    signed: bool = False,
+) -> Graph:
     """Return the float spiking graph (stage "snn") of an "ann" graph."""
     out = copy.deepcopy(graph)
     nodes = []
@@ -53,7 +63,11 @@ def balance_thresholds(graph: Graph, stats: dict[str, np.ndarray],
             n = to_neuron(n, theta, len(graph.shape(n.output)), signed)
         nodes.append(n)
     out.nodes, out.stage = nodes, "snn"
-    out.meta["conversion"] = {"percentile": percentile, "per_channel": per_channel,
-                              "signed_spikes": signed, "neuron": "if, reset by subtraction, "
-                              "v0 = theta/2", "encoding": "direct (constant input current)"}
+    out.meta["conversion"] = {
+        "percentile": percentile,
+        "per_channel": per_channel,
+        "signed_spikes": signed,
+        "neuron": "if, reset by subtraction, v0 = theta/2",
+        "encoding": "direct (constant input current)",
+    }
     return check_graph(out)

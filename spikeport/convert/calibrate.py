@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -25,12 +25,13 @@ def onnx_runner(path: str | os.PathLike[str]) -> Runner:
         present = {o.name for o in model.graph.output}
         for name in names:
             if name not in present:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(
-                    name, onnx.TensorProto.FLOAT, None))
+                model.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                )
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         input_name = sess.get_inputs()[0].name
         out = sess.run(names, {input_name: x.astype(np.float32)})
-        return dict(zip(names, out))
+        return dict(zip(names, out, strict=True))
 
     return run
 
@@ -40,8 +41,9 @@ def activation_tensors(graph: Graph) -> list[str]:
     return [n.output for n in graph.nodes if n.op == "relu"]
 
 
-def collect(graph: Graph, runner: Runner, x: np.ndarray, batch_size: int = 256,
-            seed: int = 0) -> dict[str, np.ndarray]:
+def collect(
+    graph: Graph, runner: Runner, x: np.ndarray, batch_size: int = 256, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Per activation tensor, its values as (channels, samples): channel = first per-sample axis."""
     names = activation_tensors(graph)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}

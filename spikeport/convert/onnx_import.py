@@ -8,8 +8,8 @@ them, Identity and Dropout vanish, and anything else is refused with the node's 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -40,8 +40,10 @@ class _Ctx:
     def const(self, n: onnx.NodeProto, i: int, what: str) -> np.ndarray:
         t = n.input[i] if i < len(n.input) else ""
         if t not in self.consts:
-            raise UnsupportedOp(f"node '{n.name}' ({n.op_type}): {what} must be a constant "
-                                f"(an initializer), '{t}' is computed at run time")
+            raise UnsupportedOp(
+                f"node '{n.name}' ({n.op_type}): {what} must be a constant "
+                f"(an initializer), '{t}' is computed at run time"
+            )
         return self.consts[t]
 
     def emit(self, node: Node) -> None:
@@ -90,13 +92,19 @@ def _window_attrs(n: onnx.NodeProto, rank_ok: int = 2) -> dict[str, list[int]]:
     a = _attrs(n)
     k = list(a.get("kernel_shape", []))
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
-        raise _refuse(n, f"auto_pad={a['auto_pad'].decode()} is not supported; export explicit pads")
+        raise _refuse(
+            n, f"auto_pad={a['auto_pad'].decode()} is not supported; export explicit pads"
+        )
     if a.get("ceil_mode", 0):
         raise _refuse(n, "ceil_mode=1 is not supported")
     if k and len(k) != rank_ok:
         raise _refuse(n, f"only 2-D windows are supported, got kernel {k}")
-    return {"kernel": k, "strides": list(a.get("strides", [1, 1])),
-            "pads": list(a.get("pads", [0, 0, 0, 0])), "dilations": list(a.get("dilations", [1, 1]))}
+    return {
+        "kernel": k,
+        "strides": list(a.get("strides", [1, 1])),
+        "pads": list(a.get("pads", [0, 0, 0, 0])),
+        "dilations": list(a.get("dilations", [1, 1])),
+    }
 
 
 @importer("Constant")
@@ -123,10 +131,22 @@ def _conv(ctx: _Ctx, n: onnx.NodeProto) -> None:
     if w.ndim != 4:
         raise _refuse(n, f"only 2-D convolution is supported, weight is {w.shape}")
     win = _window_attrs(n)
-    attrs = {"strides": win["strides"], "pads": win["pads"], "dilations": win["dilations"],
-             "group": int(_attrs(n).get("group", 1))}
-    ctx.emit(Node(n.name, "conv2d", [n.input[0]], n.output[0], attrs,
-                  {"weight": w, "bias": b.astype(np.float32)}))
+    attrs = {
+        "strides": win["strides"],
+        "pads": win["pads"],
+        "dilations": win["dilations"],
+        "group": int(_attrs(n).get("group", 1)),
+    }
+    ctx.emit(
+        Node(
+            n.name,
+            "conv2d",
+            [n.input[0]],
+            n.output[0],
+            attrs,
+            {"weight": w, "bias": b.astype(np.float32)},
+        )
+    )
 
 
 @importer("Gemm", "MatMul")
@@ -141,8 +161,16 @@ def _gemm(ctx: _Ctx, n: onnx.NodeProto) -> None:
     b = np.zeros(w.shape[0])
     if n.op_type == "Gemm" and len(n.input) > 2 and n.input[2]:
         b = b + float(a.get("beta", 1.0)) * ctx.const(n, 2, "the bias")
-    ctx.emit(Node(n.name, "dense", [n.input[0]], n.output[0], {},
-                  {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}))
+    ctx.emit(
+        Node(
+            n.name,
+            "dense",
+            [n.input[0]],
+            n.output[0],
+            {},
+            {"weight": w.astype(np.float32), "bias": b.astype(np.float32)},
+        )
+    )
 
 
 @importer("Add")
@@ -155,8 +183,11 @@ def _add(ctx: _Ctx, n: onnx.NodeProto) -> None:
     target = ctx.fold_target(act)
     c = ctx.consts[const[0]]
     if target is None or c.size != target.params["bias"].size and c.size != 1:
-        raise _refuse(n, "adding a constant is supported only as the bias of the Conv/Gemm/MatMul "
-                         "right before it")
+        raise _refuse(
+            n,
+            "adding a constant is supported only as the bias of the Conv/Gemm/MatMul "
+            "right before it",
+        )
     target.params["bias"] = (target.params["bias"] + c.reshape(-1)).astype(np.float32)
     ctx.rename_output(target, n.output[0])
 
@@ -165,10 +196,13 @@ def _add(ctx: _Ctx, n: onnx.NodeProto) -> None:
 def _batchnorm(ctx: _Ctx, n: onnx.NodeProto) -> None:
     target = ctx.fold_target(n.input[0])
     if target is None:
-        raise _refuse(n, "only a BatchNormalization right after a Conv/Gemm (its only consumer) "
-                         "can be folded")
-    gamma, beta, mean, var = (ctx.const(n, i, k).astype(np.float64)
-                              for i, k in enumerate(("scale", "B", "mean", "var"), 1))
+        raise _refuse(
+            n, "only a BatchNormalization right after a Conv/Gemm (its only consumer) can be folded"
+        )
+    gamma, beta, mean, var = (
+        ctx.const(n, i, k).astype(np.float64)
+        for i, k in enumerate(("scale", "B", "mean", "var"), 1)
+    )
     scale = gamma / np.sqrt(var + float(_attrs(n).get("epsilon", 1e-5)))
     w = target.params["weight"]
     target.params["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
@@ -199,8 +233,11 @@ def _avgpool(ctx: _Ctx, n: onnx.NodeProto) -> None:
     else:
         win = _window_attrs(n)
         if any(win["pads"]) and not _attrs(n).get("count_include_pad", 0):
-            raise _refuse(n, "padding with count_include_pad=0 divides border windows by a "
-                             "varying count; export with count_include_pad=1 or no padding")
+            raise _refuse(
+                n,
+                "padding with count_include_pad=0 divides border windows by a "
+                "varying count; export with count_include_pad=1 or no padding",
+            )
         attrs = {k: win[k] for k in ("kernel", "strides", "pads")}
     ctx.emit(Node(n.name, "avgpool2d", [n.input[0]], n.output[0], attrs))
 
@@ -212,8 +249,15 @@ def _maxpool(ctx: _Ctx, n: onnx.NodeProto) -> None:
         raise _refuse(n, "dilated max pooling is not supported")
     if len(n.output) > 1 and n.output[1]:
         raise _refuse(n, "the indices output is not supported")
-    ctx.emit(Node(n.name, "maxpool2d", [n.input[0]], n.output[0],
-                  {k: win[k] for k in ("kernel", "strides", "pads")}))
+    ctx.emit(
+        Node(
+            n.name,
+            "maxpool2d",
+            [n.input[0]],
+            n.output[0],
+            {k: win[k] for k in ("kernel", "strides", "pads")},
+        )
+    )
 
 
 @importer("Flatten")
@@ -230,8 +274,11 @@ def _reshape(ctx: _Ctx, n: onnx.NodeProto) -> None:
     in_shape = ctx.tensors[ctx.name(n.input[0])].shape
     if not target or target[0] not in (-1, 0):
         raise _refuse(n, f"shape {target} must keep the batch axis first (-1 or 0)")
-    rest = [in_shape[i - 1] if d == 0 and not _attrs(n).get("allowzero", 0) else d
-            for i, d in enumerate(target) if i > 0]
+    rest = [
+        in_shape[i - 1] if d == 0 and not _attrs(n).get("allowzero", 0) else d
+        for i, d in enumerate(target)
+        if i > 0
+    ]
     if rest.count(-1) > 1 or (target[0] == -1 and -1 in rest):
         raise _refuse(n, f"shape {target} leaves the batch axis ambiguous")
     if -1 in rest:
@@ -265,8 +312,10 @@ def _graph_input(model: onnx.ModelProto) -> TensorInfo:
     inits = {i.name for i in model.graph.initializer}
     ins = [i for i in model.graph.input if i.name not in inits]
     if len(ins) != 1:
-        raise UnsupportedOp(f"the model has {len(ins)} inputs {[i.name for i in ins]}; "
-                            "CNN/MLP import takes exactly one")
+        raise UnsupportedOp(
+            f"the model has {len(ins)} inputs {[i.name for i in ins]}; "
+            "CNN/MLP import takes exactly one"
+        )
     dims = ins[0].type.tensor_type.shape.dim
     rest = [d.dim_value for d in dims[1:]]
     if not dims or any(d <= 0 for d in rest):
@@ -278,8 +327,10 @@ def import_onnx(path: str | os.PathLike[str]) -> Graph:
     """Read an ONNX CNN/MLP into a float ANN graph, refusing what it cannot represent."""
     model = _load(path)
     inp = _graph_input(model)
-    ctx = _Ctx(consts={i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
-               tensors={inp.name: inp})
+    ctx = _Ctx(
+        consts={i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
+        tensors={inp.name: inp},
+    )
     for n in model.graph.node:
         for i in n.input:
             ctx.uses[i] = ctx.uses.get(i, 0) + 1
@@ -288,8 +339,17 @@ def import_onnx(path: str | os.PathLike[str]) -> Graph:
         if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
             raise _refuse(n, "op is not in spikeport's vocabulary")
         IMPORTERS[n.op_type](ctx, n)
-    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=[ctx.name(o.name) for o in model.graph.output],
-                  meta={"source": {"format": "onnx", "file": os.path.basename(path),
-                                   "sha256": sha256_file(path),
-                                   "opset": max(o.version for o in model.opset_import)}})
+    graph = Graph(
+        inputs=[inp],
+        nodes=ctx.nodes,
+        outputs=[ctx.name(o.name) for o in model.graph.output],
+        meta={
+            "source": {
+                "format": "onnx",
+                "file": os.path.basename(path),
+                "sha256": sha256_file(path),
+                "opset": max(o.version for o in model.opset_import),
+            }
+        },
+    )
     return check_graph(graph)

@@ -34,8 +34,14 @@ def to_json(graph: Graph) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     arrays: dict[str, np.ndarray] = {}
     nodes = []
     for n in graph.nodes:
-        entry = {"name": n.name, "op": n.op, "inputs": n.inputs, "output": n.output,
-                 "attrs": n.attrs, "params": {}}
+        entry = {
+            "name": n.name,
+            "op": n.op,
+            "inputs": n.inputs,
+            "output": n.output,
+            "attrs": n.attrs,
+            "params": {},
+        }
         for pname, arr in n.params.items():
             key = f"{n.name}/{pname}"
             arrays[key] = np.ascontiguousarray(arr)
@@ -47,12 +53,20 @@ def to_json(graph: Graph) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         arrays[key] = np.ascontiguousarray(arr)
         scales[t] = _array_entry(key, arr)
     doc = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "spikeport_version": __version__,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spikeport_version": __version__,
         "stage": graph.stage,
-        "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in graph.inputs],
+        "inputs": [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in graph.inputs
+        ],
         "outputs": graph.outputs,
-        "tensors": {k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in graph.tensors.items()},
-        "nodes": nodes, "scales": scales, "meta": graph.meta,
+        "tensors": {
+            k: {"shape": list(t.shape), "dtype": t.dtype} for k, t in graph.tensors.items()
+        },
+        "nodes": nodes,
+        "scales": scales,
+        "meta": graph.meta,
     }
     return doc, arrays
 
@@ -101,8 +115,10 @@ def _load_array(path: Any, arrays: Any, entry: dict[str, Any], what: str) -> np.
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise FormatError(f"{path}: {what}: array '{key}' is corrupted ({e})") from None
     if list(arr.shape) != list(entry["shape"]) or str(arr.dtype) != entry["dtype"]:
-        raise FormatError(f"{path}: {what}: array '{key}' is {arr.dtype}{list(arr.shape)}, "
-                          f"graph.json says {entry['dtype']}{entry['shape']}")
+        raise FormatError(
+            f"{path}: {what}: array '{key}' is {arr.dtype}{list(arr.shape)}, "
+            f"graph.json says {entry['dtype']}{entry['shape']}"
+        )
     return arr
 
 
@@ -110,24 +126,34 @@ def load(path: str | os.PathLike[str]) -> Graph:
     """Read and fully check a `.spk` file; errors name the bad entry."""
     doc, arrays = _read_zip(path)
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{path}: format {doc.get('format')!r} version "
-                          f"{doc.get('format_version')!r}; this spikeport reads {FORMAT} "
-                          f"version {FORMAT_VERSION}")
+        raise FormatError(
+            f"{path}: format {doc.get('format')!r} version "
+            f"{doc.get('format_version')!r}; this spikeport reads {FORMAT} "
+            f"version {FORMAT_VERSION}"
+        )
     try:
         nodes = []
         for e in doc["nodes"]:
-            params = {k: _load_array(path, arrays, v, f"node '{e['name']}' param '{k}'")
-                      for k, v in e["params"].items()}
-            nodes.append(Node(e["name"], e["op"], list(e["inputs"]), e["output"],
-                              dict(e["attrs"]), params))
-        scales = {t: _load_array(path, arrays, v, f"scale of '{t}'")
-                  for t, v in doc["scales"].items()}
+            params = {
+                k: _load_array(path, arrays, v, f"node '{e['name']}' param '{k}'")
+                for k, v in e["params"].items()
+            }
+            nodes.append(
+                Node(e["name"], e["op"], list(e["inputs"]), e["output"], dict(e["attrs"]), params)
+            )
+        scales = {
+            t: _load_array(path, arrays, v, f"scale of '{t}'") for t, v in doc["scales"].items()
+        }
         graph = Graph(
             inputs=[TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in doc["inputs"]],
-            nodes=nodes, outputs=list(doc["outputs"]), stage=doc["stage"], meta=doc["meta"],
+            nodes=nodes,
+            outputs=list(doc["outputs"]),
+            stage=doc["stage"],
+            meta=doc["meta"],
             scales=scales,
-            tensors={k: TensorInfo(k, tuple(v["shape"]), v["dtype"])
-                     for k, v in doc["tensors"].items()},
+            tensors={
+                k: TensorInfo(k, tuple(v["shape"]), v["dtype"]) for k, v in doc["tensors"].items()
+            },
         )
     except (KeyError, TypeError) as e:
         raise FormatError(f"{path}: graph.json lacks or mistypes entry {e}") from None
@@ -135,6 +161,7 @@ def load(path: str | os.PathLike[str]) -> Graph:
     check_graph(graph)
     for k, t in graph.tensors.items():
         if stored.get(k) != t.shape:
-            raise FormatError(f"{path}: tensor '{k}' is stored as {stored.get(k)}, "
-                              f"its node gives {t.shape}")
+            raise FormatError(
+                f"{path}: tensor '{k}' is stored as {stored.get(k)}, its node gives {t.shape}"
+            )
     return graph

@@ -24,8 +24,9 @@ def check_graph(graph: Graph) -> Graph:
         if spec is None:
             raise FormatError(f"node '{node.name}': unknown op '{node.op}'")
         if graph.stage not in spec.stages:
-            raise FormatError(f"node '{node.name}': op '{node.op}' is not allowed in a "
-                              f"'{graph.stage}' graph")
+            raise FormatError(
+                f"node '{node.name}': op '{node.op}' is not allowed in a '{graph.stage}' graph"
+            )
         for t in node.inputs:
             if t not in known:
                 raise FormatError(f"node '{node.name}' reads '{t}' before anything writes it")

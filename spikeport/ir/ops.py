@@ -10,8 +10,9 @@ Shapes are per sample (no batch axis). Image tensors are (C, H, W).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from spikeport.errors import BadInput
 from spikeport.ir.graph import Node
@@ -170,7 +171,10 @@ def _relu(node: Node, ins: list[Shape]) -> Shape:
 
 
 @register(
-    "if", params=("threshold",), attrs={"signed": False, "cap": None}, stateful=True,
+    "if",
+    params=("threshold",),
+    attrs={"signed": False, "cap": None},
+    stateful=True,
     stages=("snn", "int"),
 )
 def _if(node: Node, ins: list[Shape]) -> Shape:
@@ -180,6 +184,7 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     A spike carries the value theta (in real units). `cap` keeps the source Clip bound for the
     ANN view."""
     th = node.params["threshold"]
-    if th.ndim > len(ins[0]) or any(a not in (1, b) for a, b in zip(th.shape[::-1], ins[0][::-1])):
+    pairs = zip(th.shape[::-1], ins[0][::-1], strict=False)  # numpy broadcasting, from the right
+    if th.ndim > len(ins[0]) or any(a not in (1, b) for a, b in pairs):
         raise _fail(node, f"threshold {th.shape} does not broadcast to {ins[0]}")
     return ins[0]

@@ -24,10 +24,12 @@ class Profile:
     bias_bits: int = 32
     state_bits: int = 32
     input_bits: int = 8
+    mult_bits: int = 16  # the integer multipliers that align the inputs of an add
     signed_spikes: bool = True
     max_fanin: int | None = None
-    ops: frozenset[str] = field(default_factory=lambda: frozenset(
-        op for op, spec in OPS.items() if "int" in spec.stages))
+    ops: frozenset[str] = field(
+        default_factory=lambda: frozenset(op for op, spec in OPS.items() if "int" in spec.stages)
+    )
 
 
 PROFILES: dict[str, Profile] = {}
@@ -58,11 +60,16 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
     """Refuse, naming the node, anything the target cannot run."""
     for n in graph.nodes:
         if n.op not in profile.ops:
-            raise CapabilityExceeded(f"node '{n.name}': op '{n.op}' is not supported by target "
-                                     f"'{profile.name}'")
+            raise CapabilityExceeded(
+                f"node '{n.name}': op '{n.op}' is not supported by target '{profile.name}'"
+            )
         if n.op == "if" and n.attrs["signed"] and not profile.signed_spikes:
-            raise CapabilityExceeded(f"node '{n.name}': target '{profile.name}' has no signed "
-                                     "spikes; convert without --signed")
+            raise CapabilityExceeded(
+                f"node '{n.name}': target '{profile.name}' has no signed "
+                "spikes; convert without --signed"
+            )
         if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
-            raise CapabilityExceeded(f"node '{n.name}': fan-in {fanin(graph, n)} exceeds target "
-                                     f"'{profile.name}' limit {profile.max_fanin}")
+            raise CapabilityExceeded(
+                f"node '{n.name}': fan-in {fanin(graph, n)} exceeds target "
+                f"'{profile.name}' limit {profile.max_fanin}"
+            )

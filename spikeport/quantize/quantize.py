@@ -14,8 +14,8 @@ Then the range analysis proves every value fits its bits for T <= max_timesteps.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -46,8 +46,11 @@ class _Ctx:
     def per_channel(self, node: Node) -> bool:
         """Per-output-channel weight scales only where neurons absorb them into thresholds."""
         users = self.graph.consumers(node.output)
-        return bool(users) and node.output not in self.graph.outputs and all(
-            u.op == "if" for u in users)
+        return (
+            bool(users)
+            and node.output not in self.graph.outputs
+            and all(u.op == "if" for u in users)
+        )
 
     def refuse(self, node: Node, why: str) -> CapabilityExceeded:
         return CapabilityExceeded(f"node '{node.name}' ({node.op}): {why}")
@@ -72,11 +75,15 @@ def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:
     absmax = np.abs(w_eff.reshape(len(w_eff), -1)).max(axis=1)
     top = absmax.max() / lim if absmax.max() > 0 else 1.0
     # Per channel, but a near-dead channel's scale is floored so its threshold stays in range.
-    s_w = np.maximum(absmax / lim, top * MIN_CHANNEL_SCALE) if ctx.per_channel(node) else (
-        np.full(len(w_eff), top))
+    s_w = (
+        np.maximum(absmax / lim, top * MIN_CHANNEL_SCALE)
+        if ctx.per_channel(node)
+        else (np.full(len(w_eff), top))
+    )
     shape = (-1,) + (1,) * (w_eff.ndim - 1)
     node.params["weight_q"] = np.clip(round_to_int(w_eff / s_w.reshape(shape)), -lim, lim).astype(
-        np.int8 if ctx.profile.weight_bits <= 8 else np.int32)
+        np.int8 if ctx.profile.weight_bits <= 8 else np.int32
+    )
     bias_q = round_to_int(node.params["bias"] / s_w)
     if np.abs(bias_q).max(initial=0) > int_limit(ctx.profile.bias_bits):
         raise ctx.refuse(node, f"bias needs more than {ctx.profile.bias_bits} bits at this scale")
@@ -126,8 +133,11 @@ def _maxpool(ctx: _Ctx, node: Node) -> np.ndarray:
 def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     shape = ctx.graph.shape(node.output)
     ins = [compact(ctx.scales[i], shape) for i in node.inputs]
+    # The coarsest input gets the largest multiplier the profile allows, so the finest keeps
+    # as many bits as possible (a residual adds currents to spikes worth ~1000x more).
     s_y = compact(np.maximum.reduce(np.broadcast_arrays(*ins)), shape) / int_limit(
-        ctx.profile.weight_bits)
+        ctx.profile.mult_bits
+    )
     mult = np.stack([np.broadcast_to(round_to_int(s / s_y), s_y.shape) for s in ins])
     if (mult == 0).any():
         bad = node.inputs[int(np.argwhere(mult == 0)[0][0])]
@@ -167,8 +177,9 @@ def input_scale(x: np.ndarray, bits: int) -> float:
     return peak / int_limit(bits)
 
 
-def quantize(graph: Graph, calib_x: np.ndarray, profile: Profile,
-             max_timesteps: int = DEFAULT_MAX_TIMESTEPS) -> Graph:
+def quantize(
+    graph: Graph, calib_x: np.ndarray, profile: Profile, max_timesteps: int = DEFAULT_MAX_TIMESTEPS
+) -> Graph:
     """Return the integer graph of a float spiking graph, proven free of overflow."""
     if graph.stage not in ("snn", "int"):
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
@@ -180,19 +191,28 @@ def quantize(graph: Graph, calib_x: np.ndarray, profile: Profile,
             del n.params[k]  # re-quantizing starts from the float params
     check_capabilities(out, profile)
     inp = out.input
-    ctx = _Ctx(out, profile, {inp.name: np.full((1,) * len(inp.shape),
-                                                input_scale(calib_x, profile.input_bits))})
+    ctx = _Ctx(
+        out,
+        profile,
+        {inp.name: np.full((1,) * len(inp.shape), input_scale(calib_x, profile.input_bits))},
+    )
     for n in out.nodes:
         ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
     for o in out.outputs:
         if ctx.scales[o].size != 1:
-            raise CapabilityExceeded(f"graph output '{o}' has per-channel scales; its argmax "
-                                     "needs one scale")
+            raise CapabilityExceeded(
+                f"graph output '{o}' has per-channel scales; its argmax needs one scale"
+            )
     out.stage, out.scales = "int", ctx.scales
     out.meta["quantization"] = {
-        "target": profile.name, "weight_bits": profile.weight_bits, "bias_bits": profile.bias_bits,
-        "state_bits": profile.state_bits, "input_bits": profile.input_bits,
-        "max_timesteps": max_timesteps, "input_rounding": "floor(x / scale + 1/2), clamped",
+        "target": profile.name,
+        "weight_bits": profile.weight_bits,
+        "bias_bits": profile.bias_bits,
+        "state_bits": profile.state_bits,
+        "mult_bits": profile.mult_bits,
+        "input_bits": profile.input_bits,
+        "max_timesteps": max_timesteps,
+        "input_rounding": "floor(x / scale + 1/2), clamped",
     }
     check_graph(out)
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)

@@ -7,7 +7,7 @@ any state it keeps over T steps). Bounds are computed with the simulator's own k
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,8 +41,15 @@ def _dense(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
 @bound("conv2d")
 def _conv(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
     a = node.attrs
-    y = K.conv2d(b[0][None], _abs(node, "weight_q"), _abs(node, "bias_q"), a["strides"],
-                 a["pads"], a["dilations"], a["group"])
+    y = K.conv2d(
+        b[0][None],
+        _abs(node, "weight_q"),
+        _abs(node, "bias_q"),
+        a["strides"],
+        a["pads"],
+        a["dilations"],
+        a["group"],
+    )
     return y[0], 0.0
 
 
@@ -63,7 +70,7 @@ def _maxpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float
 @bound("add")
 def _add(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
     mult = np.abs(node.params["mult_q"].astype(np.float64))
-    return sum(m * x for m, x in zip(mult, b)), 0.0
+    return sum(m * x for m, x in zip(mult, b, strict=True)), 0.0
 
 
 @bound("concat")
@@ -87,7 +94,9 @@ def prove_ranges(graph: Graph, max_timesteps: int) -> dict[str, object]:
     """Raise CapabilityExceeded naming the first node that could overflow; return the peak."""
     limit = int_limit(graph.meta["quantization"]["state_bits"])
     inp = graph.input
-    bounds = {inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))}
+    bounds = {
+        inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))
+    }
     peak: dict[str, object] = {"value": 0, "node": None}
     for n in graph.nodes:
         out, state = BOUNDS[n.op](n, [bounds[i] for i in n.inputs], max_timesteps)
@@ -99,7 +108,8 @@ def prove_ranges(graph: Graph, max_timesteps: int) -> dict[str, object]:
             raise CapabilityExceeded(
                 f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
                 f"beyond the {limit} of {graph.meta['quantization']['state_bits']}-bit state; "
-                "lower --max-T or the weight bits")
+                "lower --max-T or the weight bits"
+            )
         if worst > peak["value"]:
             peak = {"value": int(worst), "node": n.name}
     return peak

@@ -1,5 +1,5 @@
 """Reference simulator: "ann", "float" and the bit-exact "int" mode (the specification)."""
 
-from spikeport.sim.simulator import SimResult, Simulator, simulate
+from spikeport.sim.simulator import SimResult, Simulator, mean_output, simulate
 
-__all__ = ["SimResult", "Simulator", "simulate"]
+__all__ = ["SimResult", "Simulator", "mean_output", "simulate"]

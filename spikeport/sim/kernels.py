@@ -18,8 +18,14 @@ def _pad(x: np.ndarray, pads: list[int], value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)), constant_values=value)
 
 
-def windows(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int],
-            dilations: list[int] = (1, 1), pad_value: float = 0.0) -> np.ndarray:
+def windows(
+    x: np.ndarray,
+    kernel: list[int],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int] = (1, 1),
+    pad_value: float = 0.0,
+) -> np.ndarray:
     """View of x (N, C, H, W) as (N, C, Ho, Wo, kh, kw) sliding windows (no copy)."""
     kh, kw = kernel
     dh, dw = dilations
@@ -29,8 +35,15 @@ def windows(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[int
     return v[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, strides: list[int],
-           pads: list[int], dilations: list[int], group: int) -> np.ndarray:
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
     """ONNX Conv (cross-correlation) in float64: x (N, C, H, W), w (O, C/g, kh, kw)."""
     win = windows(x.astype(np.float64, copy=False), list(w.shape[2:]), strides, pads, dilations)
     w = w.astype(np.float64, copy=False)
@@ -63,8 +76,14 @@ def window_max(x: np.ndarray, kernel: list[int], strides: list[int], pads: list[
     return windows(x, kernel, strides, pads, pad_value=low).max(axis=(-2, -1))
 
 
-def conv_fanout(in_shape: tuple[int, ...], w_shape: tuple[int, ...], strides: list[int],
-                pads: list[int], dilations: list[int], group: int) -> np.ndarray:
+def conv_fanout(
+    in_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+) -> np.ndarray:
     """How many outputs of a conv read each input element: (C, H, W) integer map."""
     c, h, wd = in_shape
     ones = np.ones((1, 1, h, wd), np.int64)

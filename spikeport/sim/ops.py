@@ -10,7 +10,8 @@ arrays (batch first). Stateful kernels have `reset(batch)`.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -71,8 +72,11 @@ def _dense(node: Node, mode: str, shape: Shape) -> Kernel:
 @kernel("conv2d")
 def _conv(node: Node, mode: str, shape: Shape) -> Kernel:
     w, b, a = _p(node, "weight", mode), _p(node, "bias", mode), node.attrs
-    return Stateless(lambda x: _as_int(mode, K.conv2d(
-        x, w, b, a["strides"], a["pads"], a["dilations"], a["group"])))
+    return Stateless(
+        lambda x: _as_int(
+            mode, K.conv2d(x, w, b, a["strides"], a["pads"], a["dilations"], a["group"])
+        )
+    )
 
 
 @kernel("avgpool2d")
@@ -97,7 +101,9 @@ class _ECMaxPool:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.total = self.total + x
-        m = K.window_max(np.asarray(self.total), self.a["kernel"], self.a["strides"], self.a["pads"])
+        m = K.window_max(
+            np.asarray(self.total), self.a["kernel"], self.a["strides"], self.a["pads"]
+        )
         out = m - self.prev_max
         self.prev_max = m
         return out
@@ -116,7 +122,7 @@ def _add(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode != "int":
         return Stateless(lambda *xs: sum(xs[1:], xs[0]))
     mult = node.params["mult_q"].astype(np.int64)  # (n_inputs, *channel shape)
-    return Stateless(lambda *xs: sum(m * x for m, x in zip(mult, xs)))
+    return Stateless(lambda *xs: sum(m * x for m, x in zip(mult, xs, strict=True)))
 
 
 @kernel("concat")

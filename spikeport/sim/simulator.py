@@ -6,8 +6,8 @@ every target must reproduce its output accumulators and every layer's spikes bit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -41,8 +41,14 @@ def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
     if node.op == "dense":
         return int(node.params["weight"].shape[0])
     a = node.attrs
-    return conv_fanout(graph.shape(node.inputs[0]), node.params["weight"].shape, a["strides"],
-                       a["pads"], a["dilations"], a["group"])
+    return conv_fanout(
+        graph.shape(node.inputs[0]),
+        node.params["weight"].shape,
+        a["strides"],
+        a["pads"],
+        a["dilations"],
+        a["group"],
+    )
 
 
 class Simulator:
@@ -52,8 +58,10 @@ class Simulator:
         if mode not in MODES:
             raise BadInput(f"simulator mode '{mode}' is not one of {MODES}")
         if mode == "int" and graph.stage != "int":
-            raise BadInput(f"integer mode needs a quantized graph (stage 'int'), this one is "
-                           f"'{graph.stage}': run `spikeport quantize` first")
+            raise BadInput(
+                f"integer mode needs a quantized graph (stage 'int'), this one is "
+                f"'{graph.stage}': run `spikeport quantize` first"
+            )
         if mode == "float" and graph.stage == "ann":
             raise BadInput("float spiking mode needs a converted graph: run `spikeport convert`")
         self.graph, self.mode = graph, mode
@@ -61,7 +69,8 @@ class Simulator:
         self.limit = int_limit(quant.get("state_bits", 32))
         self.max_t = quant.get("max_timesteps") if mode == "int" else None
         self.kernels: list[tuple[Node, Kernel]] = [
-            (n, KERNELS[n.op](n, mode, graph.shape(n.output))) for n in graph.nodes]
+            (n, KERNELS[n.op](n, mode, graph.shape(n.output))) for n in graph.nodes
+        ]
         self.static = self._static_tensors()
         self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
 
@@ -83,8 +92,10 @@ class Simulator:
         if self.mode == "ann":
             T = 1
         elif self.max_t is not None and T > self.max_t:
-            raise BadInput(f"T={T} exceeds the {self.max_t} timesteps quantize proved free of "
-                           f"overflow; quantize again with --max-T {T}")
+            raise BadInput(
+                f"T={T} exceeds the {self.max_t} timesteps quantize proved free of "
+                f"overflow; quantize again with --max-T {T}"
+            )
         batch = len(x)
         for _, k in self.kernels:
             k.reset(batch)
@@ -111,8 +122,12 @@ class Simulator:
             if record:
                 for name, v in values.items():
                     trace.setdefault(name, []).append(v)
-        return SimResult({o: np.stack(v) for o, v in outputs.items()}, spikes, sops,
-                         {k: np.stack(v) for k, v in trace.items()} if record else None)
+        return SimResult(
+            {o: np.stack(v) for o, v in outputs.items()},
+            spikes,
+            sops,
+            {k: np.stack(v) for k, v in trace.items()} if record else None,
+        )
 
     def _check_range(self, node: Node, k: Kernel, y: np.ndarray, t: int) -> None:
         """The spec asserts every value fits its bit width at run time; overflow is never silent."""
@@ -120,13 +135,29 @@ class Simulator:
         if isinstance(k, IFNeuron):
             worst = max(worst, int(np.abs(k.v).max(initial=0)))
         if worst > self.limit:
-            raise SimulationOverflow(f"node '{node.name}' ({node.op}) reached {worst} at step "
-                                     f"{t + 1}, beyond the {self.limit} its state bits allow")
+            raise SimulationOverflow(
+                f"node '{node.name}' ({node.op}) reached {worst} at step "
+                f"{t + 1}, beyond the {self.limit} its state bits allow"
+            )
 
 
-def simulate(graph: Graph, x: np.ndarray, T: int, mode: str = "int",
-             batch_size: int = DEFAULT_BATCH,
-             progress: Callable[[int], None] | None = None) -> SimResult:
+def mean_output(graph: Graph, res: SimResult, mode: str, name: str | None = None) -> np.ndarray:
+    """The output in real units averaged over steps 1..t, (T, N, ...): comparable to the ANN."""
+    name = name or graph.outputs[0]
+    acc = res.outputs[name].astype(np.float64)
+    steps = np.arange(1, len(acc) + 1).reshape((-1,) + (1,) * (acc.ndim - 1))
+    scale = graph.scales[name] if mode == "int" else 1.0
+    return acc * scale / steps
+
+
+def simulate(
+    graph: Graph,
+    x: np.ndarray,
+    T: int,
+    mode: str = "int",
+    batch_size: int = DEFAULT_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
     """Run `x` in batches and join the results (trace is not kept here)."""
     sim = Simulator(graph, mode)
     parts = []
@@ -137,4 +168,6 @@ def simulate(graph: Graph, x: np.ndarray, T: int, mode: str = "int",
             progress(len(chunk))
     return SimResult(
         {o: np.concatenate([p.outputs[o] for p in parts], axis=1) for o in graph.outputs},
-        sum(p.spikes for p in parts), sum(p.sops for p in parts))
+        sum(p.spikes for p in parts),
+        sum(p.sops for p in parts),
+    )

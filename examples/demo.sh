@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# End to end on the bundled digits models: convert, quantize, eval (integer mode) with a CI gate,
+# inspect. Uses the committed models and data; nothing is retrained. Outputs go to out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p out
+
+for model in cnn mlp; do
+  echo "== digits_${model}: convert -> quantize -> eval (integer reference simulator)"
+  spikeport convert  "examples/digits_${model}.onnx" --calib examples/digits_calib.npz -o "out/${model}.spk"
+  spikeport quantize "out/${model}.spk" --calib examples/digits_calib.npz --target sim -o "out/${model}_q.spk"
+  spikeport eval     "out/${model}_q.spk" --data examples/digits_test.npz -T 1,2,4,8 \
+                     --onnx "examples/digits_${model}.onnx" \
+                     --json "out/${model}.json" --plot "out/${model}.png" --require 8:0.97
+  echo
+done
+
+echo "== summary: held-out test accuracy (540 digits), integer mode"
+python - <<'PY'
+import json
+rows = {m: json.load(open(f"out/{m}.json")) for m in ("cnn", "mlp")}
+ts = [r["T"] for r in rows["cnn"]["records"]]
+print("| model | ANN | " + " | ".join(f"SNN T={t}" for t in ts) + " |")
+print("|---|---:|" + "---:|" * len(ts))
+for m, rep in rows.items():
+    accs = " | ".join(f"{100 * r['accuracy']:.2f}" for r in rep["records"])
+    print(f"| digits_{m} | {100 * rep['ann']['accuracy']:.2f} | {accs} |")
+PY
+echo
+spikeport inspect out/cnn_q.spk
+echo "plots: out/cnn.png out/mlp.png   reports: out/cnn.json out/mlp.json"

@@ -1,0 +1,1 @@
+"""Command line (click). Entry point: spikeport.cli.main:main."""

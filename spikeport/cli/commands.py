@@ -1,0 +1,167 @@
+"""The verbs of DESIGN.md section 5."""
+
+from __future__ import annotations
+
+import click
+
+from spikeport.cli.main import QUIET, main, parse_timesteps, run_safely, say
+from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
+from spikeport.data import load_data
+from spikeport.ir import load, save
+from spikeport.progress import progress
+from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
+
+OUT = click.option("-o", "--output", "output", required=True, help="Output file.")
+
+
+@main.command("convert")
+@click.argument("model")
+@click.option("--calib", required=True, help="Calibration .npz (key x).")
+@click.option(
+    "-T",
+    "timesteps",
+    type=int,
+    default=DEFAULT_TIMESTEPS,
+    show_default=True,
+    help="Timesteps the network is meant to run (recorded as its default).",
+)
+@click.option(
+    "--percentile",
+    type=float,
+    default=DEFAULT_PERCENTILE,
+    show_default=True,
+    help="Activation percentile that sets each threshold.",
+)
+@click.option(
+    "--per-channel/--per-layer",
+    default=True,
+    show_default=True,
+    help="One threshold per channel or one per layer.",
+)
+@click.option("--signed", is_flag=True, help="Signed spikes (neurons may emit -1).")
+@OUT
+@QUIET
+@run_safely
+def convert_cmd(
+    model: str,
+    calib: str,
+    timesteps: int,
+    percentile: float,
+    per_channel: bool,
+    signed: bool,
+    output: str,
+    quiet: bool,
+) -> None:
+    """Import MODEL (.onnx), calibrate on CALIB and balance thresholds into a spiking graph."""
+    graph = convert(model, calib, percentile, per_channel, signed, timesteps)
+    save(graph, output)
+    n = sum(1 for node in graph.nodes if node.op == "if")
+    say(
+        quiet,
+        f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "
+        f"(percentile {percentile}, {'per channel' if per_channel else 'per layer'})",
+    )
+
+
+@main.command("quantize")
+@click.argument("model")
+@click.option("--calib", required=True, help="Calibration .npz (sets the input scale).")
+@click.option("--target", type=click.Choice(sorted(PROFILES)), default="sim", show_default=True)
+@click.option(
+    "--max-T",
+    "max_t",
+    type=int,
+    default=DEFAULT_MAX_TIMESTEPS,
+    show_default=True,
+    help="Longest run the overflow proof must cover.",
+)
+@OUT
+@QUIET
+@run_safely
+def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
+    """Quantize a converted MODEL to integers for a target, proving no overflow."""
+    graph = load(model)
+    data = load_data(calib, graph.input.shape)
+    q = quantize(graph, data.x, get_profile(target), max_t)
+    q.meta["quantization"]["calibration"] = data.provenance
+    save(q, output)
+    peak = q.meta["quantization"]["proven_peak"]
+    say(
+        quiet,
+        f"{output}: target {target}, proven peak |value| {peak['value']} "
+        f"(node '{peak['node']}') for T <= {max_t}",
+    )
+
+
+@main.command("eval")
+@click.argument("model")
+@click.option("--data", required=True, help="Test .npz (keys x, y), held out.")
+@click.option("-T", "timesteps", default="1,2,4,8", show_default=True, help="e.g. 1,2,4,8")
+@click.option(
+    "--mode",
+    type=click.Choice(["int", "float"]),
+    default=None,
+    help="Simulator mode (default: int for a quantized graph, else float).",
+)
+@click.option("--onnx", "onnx_path", default=None, help="Source ONNX: ANN reference.")
+@click.option("--json", "json_path", default=None, help="Write the report as JSON.")
+@click.option("--plot", "plot_path", default=None, help="Write accuracy vs T as PNG.")
+@click.option(
+    "--require",
+    "requires",
+    multiple=True,
+    metavar="T:ACC",
+    help="Exit 1 when accuracy at T is below ACC (repeatable).",
+)
+@QUIET
+@run_safely
+def eval_cmd(
+    model: str,
+    data: str,
+    timesteps: str,
+    mode: str | None,
+    onnx_path: str | None,
+    json_path: str | None,
+    plot_path: str | None,
+    requires: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Accuracy of MODEL at each T on held-out DATA, against the ANN."""
+    from spikeport.eval import (
+        Requirement,
+        check_requirements,
+        evaluate,
+        markdown_table,
+        write_json,
+        write_plot,
+    )
+    from spikeport.eval.evaluate import missed_message
+
+    reqs = [Requirement.parse(r) for r in requires]
+    ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
+    graph = load(model)
+    n_classes = graph.shape(graph.outputs[0])[-1]
+    ds = load_data(data, graph.input.shape, labels=True, n_classes=n_classes)
+    mode = mode or ("int" if graph.stage == "int" else "float")
+    with progress(len(ds.x), f"eval T<={max(ts)}", quiet) as advance:
+        report = evaluate(graph, ds, ts, mode, onnx_path, advance)
+    missed = check_requirements(report, reqs)
+    say(quiet, markdown_table(report))
+    if json_path:
+        write_json(report, json_path)
+    if plot_path:
+        write_plot(report, plot_path, title=f"{model} ({mode})")
+    if missed:
+        raise missed_message(missed)
+    if reqs:
+        say(quiet, f"all {len(reqs)} accuracy bars met")
+
+
+@main.command("inspect")
+@click.argument("model")
+@run_safely
+def inspect_cmd(model: str) -> None:
+    """Print a .spk artifact as a table."""
+    from spikeport.ir.inspect import describe
+
+    click.echo(describe(load(model)))

@@ -1,0 +1,45 @@
+"""`convert`: source model + calibration data -> float spiking graph (stage "snn")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spikeport import __version__
+from spikeport.convert.balance import DEFAULT_PERCENTILE, balance_thresholds
+from spikeport.convert.calibrate import collect, onnx_runner
+from spikeport.convert.onnx_import import import_onnx
+from spikeport.data import load_data
+from spikeport.errors import BadInput
+from spikeport.ir.graph import Graph
+
+DEFAULT_TIMESTEPS = 4
+
+
+def import_model(path: str | os.PathLike[str]) -> Graph:
+    """Read a source model by its extension into an "ann" graph."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return import_onnx(path)
+    raise BadInput(f"{path}: unknown model format '{suffix}' (supported: .onnx)")
+
+
+def convert(
+    model: str | os.PathLike[str],
+    calib: str | os.PathLike[str],
+    percentile: float = DEFAULT_PERCENTILE,
+    per_channel: bool = True,
+    signed: bool = False,
+    timesteps: int = DEFAULT_TIMESTEPS,
+) -> Graph:
+    """Import, calibrate on `calib` (onnxruntime) and balance thresholds."""
+    if timesteps < 1:
+        raise BadInput(f"-T must be at least 1, got {timesteps}")
+    ann = import_model(model)
+    data = load_data(calib, ann.input.shape)
+    stats = collect(ann, onnx_runner(model), data.x)
+    snn = balance_thresholds(ann, stats, percentile, per_channel, signed)
+    snn.meta["calibration"] = data.provenance
+    snn.meta["default_timesteps"] = timesteps
+    snn.meta["spikeport_version"] = __version__
+    return snn

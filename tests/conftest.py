@@ -1,0 +1,68 @@
+"""Shared fixtures: the two shipped digits examples and the generated fixture models, each
+imported, converted and quantized once per session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fixture_models import FIXTURES
+
+from spikeport.convert import convert
+from spikeport.ir.graph import Graph
+from spikeport.quantize import get_profile, quantize
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@dataclass
+class Case:
+    """A model with its files and its converted (snn) and quantized (int) graphs."""
+
+    name: str
+    onnx: Path
+    calib: Path
+    test_x: np.ndarray
+    snn: Graph
+    int: Graph
+
+
+def _case(name: str, onnx_path: Path, calib: Path, test_x: np.ndarray, signed: bool) -> Case:
+    snn = convert(onnx_path, calib, signed=signed)
+    calib_x = np.load(calib)["x"]
+    return Case(name, onnx_path, calib, test_x, snn, quantize(snn, calib_x, get_profile("sim")))
+
+
+# Model cases: the shipped examples, and the generated fixtures (wide_mlp with signed spikes).
+CASE_NAMES = ["digits_cnn", "digits_mlp", *FIXTURES]
+
+
+@pytest.fixture(scope="session")
+def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
+    out: dict[str, Case] = {}
+    test_x = np.load(EXAMPLES / "digits_test.npz")["x"]
+    for name in ("digits_cnn", "digits_mlp"):
+        out[name] = _case(
+            name, EXAMPLES / f"{name}.onnx", EXAMPLES / "digits_calib.npz", test_x, signed=False
+        )
+    root = tmp_path_factory.mktemp("fixtures")
+    for name, build in FIXTURES.items():
+        model, x = build()
+        onnx.save(model, root / f"{name}.onnx")
+        np.savez(root / f"{name}_calib.npz", x=x[:48])
+        out[name] = _case(
+            name,
+            root / f"{name}.onnx",
+            root / f"{name}_calib.npz",
+            x[48:],
+            signed=(name == "wide_mlp"),
+        )
+    return out
+
+
+@pytest.fixture(params=CASE_NAMES)
+def case(request: pytest.FixtureRequest, cases: dict[str, Case]) -> Case:
+    return cases[request.param]
