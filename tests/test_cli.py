@@ -1,0 +1,222 @@
+"""The command line: the README's flow, the CI gate both ways, and bad input (exit 2, one line,
+no output file left behind)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from spikeport.cli.main import main
+
+EX = Path(__file__).resolve().parent.parent / "examples"
+CNN, CALIB, TEST = EX / "digits_cnn.onnx", EX / "digits_calib.npz", EX / "digits_test.npz"
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli")
+    assert cli("convert", CNN, "--calib", CALIB, "-o", d / "cnn.spk", "-q")[0] == 0
+    assert (
+        cli(
+            "quantize",
+            d / "cnn.spk",
+            "--calib",
+            CALIB,
+            "--target",
+            "sim",
+            "-o",
+            d / "cnn_q.spk",
+            "-q",
+        )[0]
+        == 0
+    )
+    return d / "cnn_q.spk"
+
+
+def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
+    code, out, _ = cli(
+        "eval",
+        quantized,
+        "--data",
+        TEST,
+        "-T",
+        "1,2,4,8",
+        "--onnx",
+        CNN,
+        "--json",
+        tmp_path / "r.json",
+        "--plot",
+        tmp_path / "r.png",
+        "--require",
+        "4:0.95",
+        "--require",
+        "8:0.97",
+    )
+    assert code == 0, out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["schema"] == "spikeport.eval" and rep["schema_version"] == 1
+    assert [r["T"] for r in rep["records"]] == [1, 2, 4, 8]
+    assert set(rep["records"][0]) == {
+        "T",
+        "accuracy",
+        "agreement_with_ann",
+        "spikes_per_inference",
+        "synaptic_ops_per_inference",
+    }
+    assert rep["ann"]["source"] == "onnxruntime" and rep["data"]["n"] == 540
+    assert all(r["met"] for r in rep["requirements"])
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 8 |" in out
+
+
+def test_require_exits_1_when_a_bar_is_missed(quantized):
+    code, _, err = cli(
+        "eval",
+        quantized,
+        "--data",
+        TEST,
+        "-T",
+        "1,4",
+        "--require",
+        "1:0.999",
+        "--require",
+        "4:0.5",
+        "-q",
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [err.strip()]
+    assert "T=1:" in err and "T=4" not in err
+
+
+def test_inspect_prints_nodes(quantized):
+    code, out, _ = cli("inspect", quantized)
+    assert code == 0
+    assert "node_Conv_19" in out and "threshold_q int32" in out and "stage: int" in out
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("spikeport")
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and "spikeport" in res.stdout
+
+
+def _assert_refused(tmp_path: Path, args: list[object], expect: str) -> None:
+    out = tmp_path / "out.spk"
+    code, stdout, err = cli(*args, "-o", out)
+    assert code == 2, (stdout, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert expect in err, err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def _model_with(tmp_path: Path, op: str) -> Path:
+    node = helper.make_node(op, ["x"], ["y"], name="the_odd_one")
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    path = tmp_path / "odd.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "calib4.npz", x=np.ones((4, 4), np.float32))
+    return path
+
+
+def test_unsupported_op_names_node_and_type(tmp_path):
+    model = _model_with(tmp_path, "Sigmoid")
+    _assert_refused(
+        tmp_path,
+        ["convert", model, "--calib", tmp_path / "calib4.npz"],
+        "node 'the_odd_one' (Sigmoid)",
+    )
+
+
+def test_truncated_onnx(tmp_path):
+    data = CNN.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    _assert_refused(
+        tmp_path, ["convert", tmp_path / "cut.onnx", "--calib", CALIB], "not a valid ONNX model"
+    )
+
+
+def test_missing_npz_key(tmp_path):
+    np.savez(tmp_path / "c.npz", images=np.zeros((3, 1, 8, 8), np.float32))
+    _assert_refused(
+        tmp_path,
+        ["convert", CNN, "--calib", tmp_path / "c.npz"],
+        "key 'x' is missing (keys: images)",
+    )
+
+
+def test_npz_shape_does_not_fit_the_model(tmp_path):
+    np.savez(tmp_path / "c.npz", x=np.zeros((3, 64), np.float32))
+    _assert_refused(
+        tmp_path,
+        ["convert", CNN, "--calib", tmp_path / "c.npz"],
+        "holds samples of shape (64,), the model input expects (1, 8, 8)",
+    )
+
+
+@pytest.mark.parametrize("which", ["model", "calib"])
+def test_nonexistent_path(tmp_path, which):
+    model = tmp_path / "nope.onnx" if which == "model" else CNN
+    calib = tmp_path / "nope.npz" if which == "calib" else CALIB
+    _assert_refused(tmp_path, ["convert", model, "--calib", calib], "does not exist")
+
+
+def test_not_an_npz(tmp_path):
+    (tmp_path / "c.npz").write_text("x,y\n1,2\n")
+    _assert_refused(
+        tmp_path, ["convert", CNN, "--calib", tmp_path / "c.npz"], "not a readable .npz"
+    )
+
+
+def test_nan_in_data(tmp_path):
+    x = np.load(CALIB)["x"].copy()
+    x[3, 0, 2, 2] = np.nan
+    np.savez(tmp_path / "c.npz", x=x)
+    _assert_refused(tmp_path, ["convert", CNN, "--calib", tmp_path / "c.npz"], "NaN")
+
+
+def test_quantize_of_a_corrupt_artifact(tmp_path, quantized):
+    bad = tmp_path / "bad.spk"
+    bad.write_bytes(quantized.read_bytes()[:500])
+    _assert_refused(tmp_path, ["quantize", bad, "--calib", CALIB], "not a readable .spk")
+
+
+def test_eval_refuses_labels_out_of_range(tmp_path, quantized):
+    d = np.load(TEST)
+    np.savez(tmp_path / "t.npz", x=d["x"], y=d["y"] + 5)
+    code, _, err = cli(
+        "eval", quantized, "--data", tmp_path / "t.npz", "--json", tmp_path / "r.json"
+    )
+    assert code == 2 and "labels outside 0..9" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_refuses_a_different_onnx(tmp_path, quantized):
+    other = tmp_path / "other.onnx"
+    shutil.copy(EX / "digits_mlp.onnx", other)
+    code, _, err = cli("eval", quantized, "--data", TEST, "--onnx", other)
+    assert code == 2 and "sha256 differs" in err
+
+
+def test_bad_require_syntax(quantized):
+    code, _, err = cli("eval", quantized, "--data", TEST, "--require", "four")
+    assert code == 2 and "is not T:ACC" in err
