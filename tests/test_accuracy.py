@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 
 from spikeport.data import load_data
 from spikeport.eval import evaluate
 from spikeport.sim import simulate
-from conftest import EXAMPLES
 
 
 @pytest.fixture(scope="module")
