@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean toolchain
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) toolchain
 	$(PY) -m pytest -q
+
+# Cross compiler and QEMU for the C target tests (Debian packages; skipped tests if unavailable).
+toolchain:
+	@bash tools/install-toolchain.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

@@ -90,9 +90,13 @@ def _if(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
     return np.ones_like(b[0]), float((theta + T * b[0]).max(initial=0))
 
 
-def prove_ranges(graph: Graph, max_timesteps: int) -> dict[str, object]:
-    """Raise CapabilityExceeded naming the first node that could overflow; return the peak."""
-    limit = int_limit(graph.meta["quantization"]["state_bits"])
+def prove_ranges(
+    graph: Graph, max_timesteps: int, state_bits: int | None = None, target: str = ""
+) -> dict[str, object]:
+    """Raise CapabilityExceeded naming the first node that could overflow `state_bits` (the
+    graph's own by default); return the peak."""
+    state_bits = state_bits or graph.meta["quantization"]["state_bits"]
+    limit = int_limit(state_bits)
     inp = graph.input
     bounds = {
         inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))
@@ -107,8 +111,8 @@ def prove_ranges(graph: Graph, max_timesteps: int) -> dict[str, object]:
         if worst > limit:
             raise CapabilityExceeded(
                 f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
-                f"beyond the {limit} of {graph.meta['quantization']['state_bits']}-bit state; "
-                "lower --max-T or the weight bits"
+                f"beyond the {limit} of {state_bits}-bit state{target}; lower --max-T or the "
+                "weight bits"
             )
         if worst > peak["value"]:
             peak = {"value": int(worst), "node": n.name}

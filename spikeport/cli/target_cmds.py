@@ -1,0 +1,113 @@
+"""emit, verify and flash: the verbs that reach targets (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from spikeport.cli.main import QUIET, main, run_safely, say
+from spikeport.data import load_data
+from spikeport.fileio import atomic_output
+from spikeport.ir import load
+from spikeport.progress import progress
+from spikeport.targets import discover, emit, read_manifest, verify
+
+TARGET_NAMES = sorted(discover())
+
+
+@main.command("emit")
+@click.argument("model")
+@click.option("--target", type=click.Choice(TARGET_NAMES), required=True)
+@click.option("-o", "--output", "output", required=True, help="Output directory.")
+@QUIET
+@run_safely
+def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
+    """Write MODEL (quantized) as a deployable TARGET into a directory."""
+    manifest = emit(load(model), target, output)
+    size = manifest["summary"].get("size")
+    detail = ""
+    if size:
+        detail = (
+            f", model data {size['flash_bytes_model_data']} B flash, "
+            f"state {size['ram_bytes_state']} B RAM"
+        )
+    say(quiet, f"{output}: target {target}{detail}")
+
+
+@main.command("verify")
+@click.argument("model")
+@click.argument("outdir")
+@click.option("--data", required=True, help="Inputs .npz (key x).")
+@click.option("-n", "count", type=int, default=32, show_default=True, help="Inputs to run.")
+@click.option(
+    "-T",
+    "timesteps",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Steps per input; every step is compared.",
+)
+@QUIET
+@run_safely
+def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, quiet: bool) -> None:
+    """Run the target in OUTDIR and compare it with the simulator, bit for bit (exit 1 if not)."""
+    graph = load(model)
+    x = load_data(data, graph.input.shape).x[:count]
+    with progress(len(x), "verify", quiet) as advance:
+        res = verify(graph, outdir, x, T=timesteps, progress=advance)
+    target = read_manifest(outdir)["target"]
+    say(
+        quiet,
+        f"bit-exact: {target} target equals the simulator on {res['samples']} inputs x "
+        f"{res['timesteps']} steps (every layer's spikes and the output accumulators)",
+    )
+
+
+@main.command("flash")
+@click.argument("outdir")
+@click.option("--board", required=True, help="qemu-mps2-an385, or a pyOCD target name.")
+@click.option("--data", default=None, help="Test inputs .npz (default: random int8 codes).")
+@click.option("-n", "count", type=int, default=20, show_default=True)
+@click.option("-T", "timesteps", type=int, default=8, show_default=True)
+@click.option("--count-instructions/--no-count-instructions", default=True, show_default=True)
+@QUIET
+@run_safely
+def flash_cmd(
+    outdir: str,
+    board: str,
+    data: str | None,
+    count: int,
+    timesteps: int,
+    count_instructions: bool,
+    quiet: bool,
+) -> None:
+    """Run OUTDIR (C target) on a board: QEMU runs and compares with the simulator."""
+    from spikeport.targets.c.flash import QEMU_BOARD, flash_pyocd, flash_qemu
+
+    if read_manifest(outdir)["target"] != "c":
+        raise click.UsageError("flash takes a C target directory (emit --target c)")
+    out = Path(outdir)
+    if board != QEMU_BOARD:
+        res = flash_pyocd(out, board)
+        say(quiet, f"programmed {res['programmed']} on {board}")
+        return
+    graph = load(out / "model.spk")
+    x = load_data(data, graph.input.shape).x if data else None
+    say(quiet, f"running {count} inputs x {timesteps} steps on QEMU {board} ...")
+    report = flash_qemu(out, x, count, timesteps, count_instructions)
+    with atomic_output(out / "flash_report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    size = report["model_o"]
+    say(
+        quiet,
+        f"bit-exact on Cortex-M3 (QEMU): {report['samples']} inputs x {timesteps} steps; "
+        f"model.o flash {size['flash_bytes']} B, RAM {size['ram_bytes']} B",
+    )
+    if "instructions_per_inference" in report:
+        say(
+            quiet,
+            f"{report['instructions_per_inference']} instructions per inference "
+            f"(T={timesteps}; {report['instructions_note']})",
+        )

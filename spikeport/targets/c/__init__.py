@@ -1,0 +1,77 @@
+"""Microcontroller C target: plain C99, bit-exact with the integer reference simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spikeport.ir.artifact import save
+from spikeport.ir.graph import Graph
+from spikeport.quantize.profiles import Profile
+from spikeport.targets import Target, register_target
+from spikeport.targets.c.emit import C_OPS, emit_c
+from spikeport.targets.c.run import run_host
+from spikeport.targets.compare import check_equal, reference
+
+# C has int32 arithmetic everywhere; the limits are those of the emitted types: int8 weights,
+# int32 bias and state, int16 add multipliers, and a fan-in that keeps index arithmetic in int.
+PROFILE = Profile(
+    "c",
+    weight_bits=8,
+    bias_bits=32,
+    state_bits=32,
+    input_bits=8,
+    mult_bits=16,
+    signed_spikes=True,
+    max_fanin=1 << 20,
+    ops=frozenset(C_OPS),
+)
+
+DEFAULT_T = 8
+BATCH = 256
+
+
+def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
+    summary = emit_c(graph, outdir)
+    save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
+    return summary
+
+
+def verify(
+    graph: Graph,
+    outdir: Path,
+    x: np.ndarray,
+    T: int = DEFAULT_T,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Build the host harness, run x, compare every step's spikes and accumulators."""
+    for start in range(0, len(x), BATCH):
+        chunk = x[start : start + BATCH]
+        check_one_batch(graph, outdir, chunk, T, run_host, start)
+        if progress:
+            progress(len(chunk))
+    return {"samples": len(x), "timesteps": T, "runner": "host cc"}
+
+
+def check_one_batch(
+    graph: Graph,
+    outdir: Path,
+    x: np.ndarray,
+    T: int,
+    runner: Any,
+    first: int = 0,
+    target: str = "C (host)",
+) -> None:
+    codes, ref_spikes, ref_acc = reference(graph, x, T)
+    sizes = [s.shape[-1] for s in ref_spikes.values()]
+    trace = runner(outdir, codes.reshape(len(x), -1), T, sizes, ref_acc.shape[-1])
+    got = dict(zip(ref_spikes, trace.spikes, strict=True))
+    check_equal(target, ref_spikes, ref_acc, got, trace.acc, first)
+
+
+TARGET = register_target(
+    Target("c", PROFILE, emit, verify, "C99 for microcontrollers (host, Cortex-M3/QEMU)")
+)

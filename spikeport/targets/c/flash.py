@@ -1,0 +1,123 @@
+"""`spikeport flash`: run the emitted C on a Cortex-M3 (QEMU mps2-an385) or a real board.
+
+On QEMU it runs the harness firmware on test inputs and compares every step with the
+simulator, reports the compiled size of the model (arm-none-eabi-size of model.o, so newlib
+and the harness are not counted), and counts the instructions one inference executes.
+
+Instruction counting: QEMU is not cycle-accurate, so no cycles are claimed. The count
+firmware (board/count.c) runs spk_run() SPK_RUNS times; QEMU executes it one instruction per
+translation block (-singlestep) and logs every block it executes (-d nochain,exec). The log
+lines of a 1-run build minus those of a 0-run build are the instructions of one inference of
+T steps, start-up and exit excluded. They are Thumb-2 instructions, not cycles.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spikeport.errors import BadInput
+from spikeport.ir.artifact import load
+from spikeport.ir.graph import Graph
+from spikeport.sim.arith import int_limit
+from spikeport.targets.c import check_one_batch
+from spikeport.targets.c.run import make, need, qemu_command, run_qemu, write_inputs_h
+
+QEMU_BOARD = "qemu-mps2-an385"
+
+
+def test_inputs(graph: Graph, x: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    """x itself, or random inputs that encode to uniformly random int8 codes."""
+    if x is not None:
+        return x[:n]
+    lim = int_limit(graph.meta["quantization"]["input_bits"])
+    codes = np.random.default_rng(seed).integers(-lim, lim + 1, (n,) + graph.input.shape)
+    return (codes * graph.scales[graph.input.name]).astype(np.float64)
+
+
+def arm_size(outdir: Path) -> dict[str, int]:
+    make(outdir, "model.o")
+    res = subprocess.run(
+        [need("arm-none-eabi-size"), str(outdir / "model.o")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text, data, bss = (int(v) for v in res.stdout.splitlines()[1].split()[:3])
+    return {
+        "text": text,
+        "data": data,
+        "bss": bss,
+        "flash_bytes": text + data,
+        "ram_bytes": data + bss,
+    }
+
+
+def _executed(outdir: Path, runs: int) -> int:
+    elf = f"count{runs}.elf"
+    make(outdir, elf)
+    cmd = qemu_command(outdir / elf, "-singlestep", "-d", "nochain,exec", "-D", "/dev/stdout")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    count = sum(chunk.count(b"\nTrace ") for chunk in iter(lambda: proc.stdout.read(1 << 22), b""))
+    if proc.wait() != 0:
+        raise BadInput(f"QEMU count run of {elf} exited {proc.returncode}")
+    return count
+
+
+def instructions_per_inference(outdir: Path, codes: np.ndarray, T: int) -> int:
+    write_inputs_h(outdir, codes[:1], T)
+    return _executed(outdir, 1) - _executed(outdir, 0)
+
+
+def flash_qemu(
+    outdir: Path, x: np.ndarray | None, n: int, T: int, count: bool = True
+) -> dict[str, Any]:
+    """Run n inputs for T steps on QEMU, compare with the simulator, measure size and cost."""
+    graph = load(outdir / "model.spk")
+    inputs = test_inputs(graph, x, n)
+    check_one_batch(graph, outdir, inputs, T, run_qemu, target="C (Cortex-M3, QEMU)")
+    report: dict[str, Any] = {
+        "board": QEMU_BOARD,
+        "samples": len(inputs),
+        "timesteps": T,
+        "bit_exact": True,
+        "model_o": arm_size(outdir),
+    }
+    if count:
+        codes = inputs / graph.scales[graph.input.name]
+        report["instructions_per_inference"] = instructions_per_inference(
+            outdir, np.floor(codes.reshape(len(codes), -1) + 0.5).astype(np.int64), T
+        )
+        report["instructions_note"] = (
+            "Thumb-2 instructions executed by one spk_run() of T steps under QEMU (not cycles)"
+        )
+    return report
+
+
+def flash_pyocd(outdir: Path, board: str) -> dict[str, Any]:
+    """Program firmware.elf through pyOCD's Python API onto an attached board."""
+    try:
+        from pyocd.core.helpers import ConnectHelper
+        from pyocd.flash.file_programmer import FileProgrammer
+    except ImportError:
+        raise BadInput(
+            "pyOCD is not installed (pip install pyocd) - needed for real boards"
+        ) from None
+    if not ConnectHelper.get_all_connected_probes(blocking=False, print_wait_message=False):
+        raise BadInput(f"no debug probe attached for board '{board}'")
+    session = ConnectHelper.session_with_chosen_probe(
+        target_override=board, blocking=False, return_first=True, auto_open=False
+    )
+    elf = outdir / "firmware.elf"
+    if not elf.exists():
+        raise BadInput(
+            f"{elf} is missing: build it for your board (make firmware, with your "
+            "board's linker script in board/)"
+        )
+    with session:
+        FileProgrammer(session).program(str(elf))
+    return {"board": board, "programmed": str(elf)}

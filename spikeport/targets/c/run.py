@@ -1,0 +1,125 @@
+"""Build and run the emitted C (host compiler, or Cortex-M3 under QEMU) and read its trace."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spikeport.errors import BadInput, SpikeportError
+
+QEMU_TIMEOUT_S = 300
+
+
+class ToolMissing(SpikeportError):
+    """A compiler or emulator the command needs is not installed."""
+
+
+@dataclass
+class Trace:
+    """What the harness printed: spikes[probe] (T, N, size) int8, acc (T, N, n_out) int64."""
+
+    spikes: list[np.ndarray]
+    acc: np.ndarray
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ToolMissing(f"'{tool}' is not installed (Debian: see the C target's README)")
+    return path
+
+
+def make(outdir: Path, *targets: str, env: dict[str, str] | None = None) -> None:
+    """Run the emitted Makefile; a failed build is reported with the compiler's first error."""
+    need("make")
+    res = subprocess.run(
+        ["make", "-s", "-C", str(outdir), *targets], capture_output=True, text=True, env=env
+    )
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stderr + res.stdout).splitlines() if "error" in ln.lower()]
+        raise BadInput(
+            f"{outdir}: `make {' '.join(targets)}` failed: "
+            f"{(lines or (res.stderr + res.stdout).splitlines() or ['?'])[0].strip()}"
+        )
+
+
+VALUES = {ord("+"): 1, ord("-"): -1, ord("."): 0}
+_LUT = np.zeros(256, np.int8)
+for _k, _v in VALUES.items():
+    _LUT[_k] = _v
+
+
+def parse_trace(text: str, n: int, T: int, sizes: list[int], n_out: int) -> Trace:
+    spikes = [np.zeros((T, n, s), np.int8) for s in sizes]
+    acc = np.zeros((T, n, n_out), np.int64)
+    seen = 0
+    for line in text.splitlines():
+        if not line.startswith("S "):
+            continue
+        head, _, tail = line.partition(" | ")
+        parts = head.split(" ")
+        k, t = int(parts[1]), int(parts[2]) - 1
+        for p, field in enumerate(parts[3:]):
+            spikes[p][t, k] = _LUT[np.frombuffer(field.encode(), np.uint8)]
+        acc[t, k] = [int(v) for v in tail.split()]
+        seen += 1
+    if seen != n * T:
+        raise BadInput(f"the harness printed {seen} of {n * T} expected steps")
+    return Trace(spikes, acc)
+
+
+def run_host(outdir: Path, codes: np.ndarray, T: int, sizes: list[int], n_out: int) -> Trace:
+    need("cc")
+    make(outdir, "harness")
+    res = subprocess.run(
+        [str(outdir / "harness"), str(T)],
+        input=codes.astype(np.int8).tobytes(),
+        capture_output=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise BadInput(f"{outdir}/harness exited {res.returncode}: {res.stderr.decode()[:200]}")
+    return parse_trace(res.stdout.decode(), len(codes), T, sizes, n_out)
+
+
+def write_inputs_h(outdir: Path, codes: np.ndarray, T: int) -> None:
+    rows = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in codes)
+    (outdir / "inputs.h").write_text(
+        "/* Inputs embedded by spikeport flash (int8 codes). */\n"
+        f"#define SPK_N_SAMPLES {len(codes)}\n#define SPK_T {T}\n"
+        f"static const int8_t spk_inputs[SPK_N_SAMPLES][SPK_INPUT_SIZE] = {{\n    {rows}\n}};\n"
+    )
+
+
+def qemu_command(elf: Path, *extra: str) -> list[str]:
+    return [
+        need("qemu-system-arm"),
+        "-M",
+        "mps2-an385",
+        "-nographic",
+        "-semihosting-config",
+        "enable=on,target=native",
+        *extra,
+        "-kernel",
+        str(elf),
+    ]
+
+
+def run_qemu(outdir: Path, codes: np.ndarray, T: int, sizes: list[int], n_out: int) -> Trace:
+    need("arm-none-eabi-gcc")
+    write_inputs_h(outdir, codes, T)
+    make(outdir, "firmware.elf")
+    res = subprocess.run(
+        qemu_command(outdir / "firmware.elf"),
+        capture_output=True,
+        timeout=QEMU_TIMEOUT_S,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if res.returncode != 0:
+        raise BadInput(f"QEMU run exited {res.returncode}: {res.stderr.decode()[:200]}")
+    return parse_trace(res.stdout.decode(), len(codes), T, sizes, n_out)

@@ -1,0 +1,52 @@
+"""Bit-exact comparison of a target's run with the reference simulator, shared by targets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikeport.errors import CheckFailed
+from spikeport.ir.graph import Graph
+from spikeport.sim import Simulator
+
+
+def reference(
+    graph: Graph, x: np.ndarray, T: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(int8 input codes, spikes per neuron node (T, N, size), output accumulators (T, N, out))."""
+    sim = Simulator(graph, "int")
+    res = sim.run(x, T, record=True)
+    assert res.trace is not None
+    spikes = {
+        n.name: res.trace[n.output].reshape(T, len(x), -1) for n in graph.nodes if n.op == "if"
+    }
+    acc = res.outputs[graph.outputs[0]].reshape(T, len(x), -1)
+    return sim.encode(x), spikes, acc
+
+
+def check_equal(
+    target: str,
+    ref_spikes: dict[str, np.ndarray],
+    ref_acc: np.ndarray,
+    got_spikes: dict[str, np.ndarray],
+    got_acc: np.ndarray,
+    first_sample: int = 0,
+) -> None:
+    """Raise CheckFailed naming the first (step, layer, neuron, sample) that differs."""
+    T = ref_acc.shape[0]
+    for t in range(T):
+        for name, ref in ref_spikes.items():
+            diff = np.argwhere(ref[t] != got_spikes[name][t])
+            if len(diff):
+                k, i = diff[0]
+                raise CheckFailed(
+                    f"{target} differs from the simulator at step {t + 1}, layer '{name}', "
+                    f"neuron {i}, sample {first_sample + k}: spike {got_spikes[name][t, k, i]} "
+                    f"vs {ref[t, k, i]}"
+                )
+        diff = np.argwhere(ref_acc[t] != got_acc[t])
+        if len(diff):
+            k, i = diff[0]
+            raise CheckFailed(
+                f"{target} differs from the simulator at step {t + 1}, output {i}, sample "
+                f"{first_sample + k}: accumulator {got_acc[t, k, i]} vs {ref_acc[t, k, i]}"
+            )

@@ -1,0 +1,165 @@
+"""C target: bit-exact with the integer simulator on every model case, at every step.
+
+Tiers: host tests need a C compiler (cc); QEMU tests need gcc-arm-none-eabi, newlib and
+qemu-system-arm (installed by `make test` as root). Missing tools make those tests skip, with
+the reason, never pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from spikeport.cli.main import main
+from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.ir import save
+from spikeport.quantize import Profile, quantize
+from spikeport.targets import TARGETS, emit, get_target, verify
+from spikeport.targets.c import check_one_batch
+from spikeport.targets.c.flash import flash_qemu
+from spikeport.targets.c.run import run_host
+
+HAS_CC = shutil.which("cc") is not None and shutil.which("make") is not None
+HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
+needs_cc = pytest.mark.skipif(not HAS_CC, reason="no host C compiler (cc) / make")
+needs_qemu = pytest.mark.skipif(not HAS_ARM, reason="gcc-arm-none-eabi / qemu-system-arm missing")
+
+BATCH, EXAMPLES_PER_MODEL = 20, 50  # 50 hypothesis batches of 20 = 1,000 inputs per model
+
+
+@pytest.fixture(scope="module")
+def emitted(cases, tmp_path_factory):
+    root = tmp_path_factory.mktemp("c")
+    return {
+        name: (case, emit(case.int, "c", root / name) and root / name)
+        for name, case in cases.items()
+    }
+
+
+def codes_to_x(case, codes: np.ndarray) -> np.ndarray:
+    """Float inputs that encode to exactly these int8 codes."""
+    return (
+        codes.reshape((len(codes),) + case.int.input.shape) * case.int.scales[case.int.input.name]
+    )
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    "name", ["digits_cnn", "digits_mlp", "residual", "concat_pool", "wide_mlp"]
+)
+def test_host_bit_exact_on_random_inputs(emitted, name):
+    """1,000 random int8 inputs per model (hypothesis), T = 8: spikes of every layer and the
+    output accumulators equal the simulator's at every step."""
+    case, outdir = emitted[name]
+    size = int(np.prod(case.int.input.shape))
+
+    @settings(
+        max_examples=EXAMPLES_PER_MODEL,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(arrays(np.int64, (BATCH, size), elements=st.integers(-127, 127)))
+    def check(codes):
+        check_one_batch(case.int, outdir, codes_to_x(case, codes), 8, run_host)
+
+    check()
+
+
+@needs_cc
+def test_host_bit_exact_on_test_data(emitted):
+    case, outdir = emitted["digits_cnn"]
+    assert verify(case.int, outdir, case.test_x, T=8)["samples"] == len(case.test_x)
+
+
+def test_emitted_c_is_integer_only_and_self_contained(emitted):
+    for _, outdir in emitted.values():
+        src = (outdir / "model.c").read_text() + (outdir / "model.h").read_text()
+        src = re.sub(r"/\*.*?\*/", "", src, flags=re.S)  # comments may name what code avoids
+        assert not re.search(r"\b(float|double|malloc|printf)\b", src)
+        assert set(re.findall(r"#include <([^>]+)>", src)) <= {"stdint.h", "string.h"}
+        assert "static const int8_t w_" in src
+
+
+@needs_cc
+def test_corrupted_weight_is_caught(emitted, tmp_path):
+    case, outdir = emitted["digits_cnn"]
+    bad = tmp_path / "bad"
+    shutil.copytree(outdir, bad)
+    src = (bad / "model.c").read_text()
+    first = re.search(r"static const int8_t w_3\[\d+\] = \{\n    (-?\d+)", src)
+    flipped = str(int(first.group(1)) + 1)
+    (bad / "model.c").write_text(src[: first.start(1)] + flipped + src[first.end(1) :])
+    with pytest.raises(CheckFailed, match="differs from the simulator at step .* layer "):
+        verify(case.int, bad, case.test_x[:64], T=8)
+    save(case.int, tmp_path / "m.spk")
+    res = CliRunner().invoke(
+        main, ["verify", str(tmp_path / "m.spk"), str(bad), "--data", str(case.calib), "-n", "64"]
+    )
+    assert res.exit_code == 1 and "differs from the simulator" in res.stderr
+
+
+def _refused(graph, tmp_path, match, target="c"):
+    out = tmp_path / "never"
+    with pytest.raises(CapabilityExceeded, match=match):
+        emit(graph, target, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_weights_wider_than_the_target_are_refused(cases, tmp_path):
+    case = cases["digits_mlp"]
+    wide = quantize(case.snn, np.load(case.calib)["x"], Profile("w12", weight_bits=12))
+    _refused(wide, tmp_path, "node 'node_linear' \\(dense\\): weight_q needs more than the 8 bits")
+
+
+def test_possible_int32_overflow_is_refused(cases, tmp_path):
+    case = cases["wide_mlp"]
+    g = quantize(
+        case.snn, np.load(case.calib)["x"], Profile("s40", state_bits=40), max_timesteps=100_000
+    )
+    _refused(g, tmp_path, "can reach .* beyond the 2147483647 of 32-bit state on target 'c'")
+
+
+def test_unsupported_op_is_refused(cases, tmp_path, monkeypatch):
+    c = get_target("c")
+    narrow = dataclasses.replace(c.profile, ops=c.profile.ops - {"maxpool2d"})
+    monkeypatch.setitem(TARGETS, "c", dataclasses.replace(c, profile=narrow))
+    _refused(
+        cases["digits_cnn"].int,
+        tmp_path,
+        "node 'node_max_pool2d': op 'maxpool2d' is not supported by target 'c'",
+    )
+
+
+@needs_qemu
+@pytest.mark.parametrize(
+    "name", ["digits_cnn", "digits_mlp", "residual", "concat_pool", "wide_mlp"]
+)
+def test_cortex_m3_under_qemu_is_bit_exact(emitted, name):
+    """20 random inputs per model on an emulated Cortex-M3, every step of T = 8."""
+    _, outdir = emitted[name]
+    report = flash_qemu(outdir, None, 20, 8, count=False)
+    assert report["bit_exact"] and report["model_o"]["flash_bytes"] > 0
+
+
+@needs_qemu
+def test_instruction_count_grows_with_timesteps(emitted):
+    _, outdir = emitted["digits_mlp"]
+    counts = [flash_qemu(outdir, None, 2, t)["instructions_per_inference"] for t in (2, 4)]
+    assert 0 < counts[0] < counts[1] < 3 * counts[0]
+
+
+def test_flash_without_a_probe_is_one_line_and_exit_2(emitted):
+    _, outdir = emitted["digits_mlp"]
+    res = CliRunner().invoke(main, ["flash", str(outdir), "--board", "stm32f429zi"])
+    assert res.exit_code == 2
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "no debug probe" in res.stderr or "pyOCD is not installed" in res.stderr
