@@ -27,5 +27,14 @@ for m, rep in rows.items():
     print(f"| digits_{m} | {100 * rep['ann']['accuracy']:.2f} | {accs} |")
 PY
 echo
+echo "== digits_cnn on a microcontroller: emit C99, verify bit for bit on the host, run on Cortex-M3"
+spikeport emit   out/cnn_q.spk --target c -o out/cnn_c
+spikeport verify out/cnn_q.spk out/cnn_c --data examples/digits_test.npz -n 540 -T 8
+if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then
+  spikeport flash out/cnn_c --board qemu-mps2-an385 --data examples/digits_test.npz -n 20 -T 4
+else
+  echo "(skipping the QEMU run: gcc-arm-none-eabi / qemu-system-arm not installed; make test installs them)"
+fi
+echo
 spikeport inspect out/cnn_q.spk
 echo "plots: out/cnn.png out/mlp.png   reports: out/cnn.json out/mlp.json"
