@@ -10,6 +10,9 @@ from spikeport.data import load_data
 from spikeport.ir import load, save
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
+from spikeport.targets import discover
+
+discover()  # every target registers its quantize profile before --target lists them
 
 OUT = click.option("-o", "--output", "output", required=True, help="Output file.")
 
