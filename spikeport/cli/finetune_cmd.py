@@ -1,0 +1,66 @@
+"""`spikeport finetune`: the click command over spikeport.finetune (no logic of its own).
+
+Runs unchanged under torchrun: every process trains its shard, only rank 0 writes the output.
+"""
+
+from __future__ import annotations
+
+import click
+
+from spikeport.cli.main import QUIET, main, run_safely, say
+
+
+@main.command("finetune")
+@click.argument("model")
+@click.option("--data", required=True, help="Training .npz (keys x, y).")
+@click.option(
+    "-T", "timesteps", type=int, default=4, show_default=True, help="Timesteps to train for."
+)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option(
+    "--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay)."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Global batch size (split over torchrun processes).",
+)
+@click.option("--val", default=None, help="Validation .npz (keys x, y): keeps the best epoch.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", "output", required=True, help="Output .spk.")
+@QUIET
+@run_safely
+def finetune_cmd(
+    model: str,
+    data: str,
+    timesteps: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    val: str | None,
+    device: str,
+    seed: int,
+    output: str,
+    quiet: bool,
+) -> None:
+    """Fine-tune a converted MODEL (.spk, stage snn) through T timesteps on labelled DATA."""
+    from spikeport.finetune import Settings, finetune_files
+
+    settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    meta = finetune_files(model, data, output, settings, val, device, quiet)
+    if meta is None:  # not rank 0: rank 0 reports
+        return
+    val_text = (
+        f", val accuracy {100 * meta['val']['accuracy_before']:.2f}% -> "
+        f"{100 * meta['val']['accuracy']:.2f}% (epoch {meta['val']['epoch']})"
+        if "val" in meta
+        else ""
+    )
+    say(
+        quiet,
+        f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "
+        f"{meta['data']['n']} samples ({meta['world_size']} process(es), {device}){val_text}",
+    )

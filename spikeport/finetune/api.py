@@ -1,0 +1,49 @@
+"""File-level entry point shared by the CLI and `python -m spikeport.finetune`."""
+
+from __future__ import annotations
+
+import os
+
+from spikeport.data import Dataset, load_data
+from spikeport.finetune.distributed import join, leave
+from spikeport.finetune.train import Settings, finetune
+from spikeport.ir import load, save
+from spikeport.ir.graph import Graph
+
+PathLike = str | os.PathLike[str]
+
+
+def _labelled(path: PathLike, graph: Graph) -> Dataset:
+    """Load a data file checked against the graph: input shape, labels in 0..classes-1."""
+    n_classes = graph.shape(graph.outputs[0])[-1]
+    return load_data(path, graph.input.shape, labels=True, n_classes=n_classes)
+
+
+def finetune_files(
+    model: PathLike,
+    data: PathLike,
+    output: PathLike,
+    settings: Settings | None = None,
+    val: PathLike | None = None,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> dict[str, object] | None:
+    """Read, fine-tune and write (rank 0 only); returns meta["finetune"] on rank 0, else None.
+
+    Every input is read and checked before any process group is joined or anything trained,
+    so bad data is refused at once and no output file is written.
+    """
+    settings = settings or Settings()
+    settings.check()
+    graph = load(model)
+    train = _labelled(data, graph)
+    val_set = _labelled(val, graph) if val is not None else None
+    world = join(device)
+    try:
+        result = finetune(graph, train, settings, val_set, world, quiet)
+        if not world.leader:
+            return None
+        save(result.graph, output)
+        return result.graph.meta["finetune"]
+    finally:
+        leave(world)

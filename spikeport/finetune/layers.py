@@ -1,0 +1,233 @@
+"""Torch layers, one per op of the IR registry (spikeport.ir.ops.OPS), with the float-mode
+semantics of the reference simulator (spikeport.sim.ops) written in differentiable torch.
+
+A layer is made once per node and then called once per timestep with that step's inputs
+(batch first), like a simulator kernel; `reset()` clears its state before a run. Layers with
+trainable params name them as the node does (`weight`, `bias`, `threshold`) and give them back
+with `export()`. A missing op is refused by `make_layer` naming the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeport.errors import UnsupportedOp
+from spikeport.finetune.surrogate import Shape, spike
+from spikeport.ir.graph import Node
+
+THRESHOLD_FLOOR = 1e-3  # a threshold never drops below this fraction of its converted value
+
+
+class Layer(nn.Module):
+    """A step function of the op; stateless unless it overrides `reset`."""
+
+    def reset(self) -> None:
+        """Forget all state: the next call is step t = 1."""
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The node's float params as they are now (float32, the node's shapes)."""
+        return {k: p.detach().cpu().to(torch.float32).numpy() for k, p in self.named_parameters()}
+
+    def constrain(self) -> None:
+        """Project params back into their valid set after an optimiser step."""
+
+
+Maker = Callable[[Node, tuple[int, ...], Shape], Layer]
+LAYERS: dict[str, Maker] = {}
+
+
+def layer(op: str) -> Callable[[Maker], Maker]:
+    def deco(fn: Maker) -> Maker:
+        LAYERS[op] = fn
+        return fn
+
+    return deco
+
+
+def make_layer(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    """The torch layer of `node`, or UnsupportedOp naming it when its op has none."""
+    maker = LAYERS.get(node.op)
+    if maker is None:
+        raise UnsupportedOp(
+            f"node '{node.name}' ({node.op}): fine-tuning has no torch layer for this op; "
+            "register one in spikeport/finetune/layers.py"
+        )
+    return maker(node, shape, surrogate)
+
+
+def as_param(arr: np.ndarray) -> nn.Parameter:
+    """A trainable float32 copy of a node param."""
+    return nn.Parameter(torch.as_tensor(np.asarray(arr, np.float32).copy()))
+
+
+def _pad(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
+    """ONNX pads (top, left, bottom, right) on an (N, C, H, W) tensor."""
+    top, left, bottom, right = pads
+    if not any(pads):
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+class Fn(Layer):
+    """A stateless op without params, from a function of the step inputs."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.fn(*xs)
+
+
+class Dense(Layer):
+    """y = x W^T + b over the last axis (b (out,) or broadcastable to the output)."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight) + self.bias
+
+
+class Conv2d(Layer):
+    """ONNX Conv: explicit (possibly asymmetric) zero padding, then an unpadded conv."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
+        self.a = node.attrs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a
+        return F.conv2d(
+            _pad(x, a["pads"]),
+            self.weight,
+            self.bias,
+            stride=a["strides"],
+            dilation=a["dilations"],
+            groups=a["group"],
+        )
+
+
+class ECMaxPool(Layer):
+    """Expectation-compensated max pooling: out_t = max(S_t) - max(S_{t-1}), S the running sum
+    of the input; the outputs sum to the windowed max of the summed input (simulator: _ECMaxPool).
+    """
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.a = node.attrs
+        self.reset()
+
+    def reset(self) -> None:
+        self.total: torch.Tensor | float = 0.0
+        self.prev: torch.Tensor | float = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.total = self.total + x
+        a = self.a
+        m = F.max_pool2d(_pad(self.total, a["pads"], -torch.inf), a["kernel"], a["strides"])
+        out, self.prev = m - self.prev, m
+        return out
+
+
+class IF(Layer):
+    """Integrate-and-fire, reset by subtraction, v0 = theta / 2; returns spikes * theta.
+
+    Signed variant: a neuron whose running count is positive emits -1 (v += theta) when v < 0;
+    bipolar variant: any neuron emits -1 when v < 0 (no floor on the count).
+    The threshold is trained as it is stored (no reparametrisation), so the forward pass uses
+    exactly the value the simulator reads; `constrain` keeps it positive.
+    """
+
+    def __init__(self, node: Node, surrogate: Shape):
+        super().__init__()
+        self.threshold = as_param(node.params["threshold"])
+        self.register_buffer("floor", self.threshold.detach().abs() * THRESHOLD_FLOOR)
+        self.signed, self.surrogate = bool(node.attrs["signed"]), surrogate
+        self.bipolar = bool(node.attrs.get("bipolar", False))
+        self.reset()
+
+    def reset(self) -> None:
+        self.v: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold
+        v = (theta / 2 if self.v is None else self.v) + current
+        s = spike(v - theta, theta, self.surrogate)
+        if self.bipolar:  # v < 0 is "not (v >= 0)"
+            s = s - (1.0 - spike(v, theta, self.surrogate))
+        elif self.signed:
+            count = torch.zeros_like(v) if self.count is None else self.count
+            # v < 0 is "not (v >= 0)"; the count gate carries no gradient
+            s = s - (1.0 - spike(v, theta, self.surrogate)) * (count > 0).to(v.dtype)
+            self.count = count + s.detach()
+        self.v = v - s * theta
+        return s * theta
+
+    def export(self) -> dict[str, np.ndarray]:
+        return {"threshold": self.threshold.detach().cpu().to(torch.float32).numpy()}
+
+    @torch.no_grad()
+    def constrain(self) -> None:
+        self.threshold.copy_(torch.maximum(self.threshold, self.floor))
+
+
+@layer("dense")
+def _dense(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return Dense(node)
+
+
+@layer("conv2d")
+def _conv2d(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return Conv2d(node)
+
+
+@layer("avgpool2d")
+def _avgpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    a = node.attrs  # padded cells count as zeros: pad first, constant divisor kh * kw
+    return Fn(lambda x: F.avg_pool2d(_pad(x, a["pads"]), a["kernel"], a["strides"]))
+
+
+@layer("maxpool2d")
+def _maxpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return ECMaxPool(node)
+
+
+@layer("add")
+def _add(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return Fn(lambda *xs: sum(xs[1:], xs[0]))
+
+
+@layer("concat")
+def _concat(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    ax = node.attrs["axis"]
+    return Fn(lambda *xs: torch.cat(xs, dim=ax + 1 if ax >= 0 else ax))
+
+
+@layer("reshape")
+def _reshape(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    out = tuple(node.attrs["shape"])
+    return Fn(lambda x: x.reshape((x.shape[0],) + out))
+
+
+@layer("relu")
+def _relu(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    cap = node.attrs["cap"]  # only in "ann" graphs; kept so every op of the IR has a layer
+    return Fn(lambda x: x.clamp(0, cap) if cap is not None else x.clamp(min=0))
+
+
+@layer("if")
+def _if(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return IF(node, surrogate)
+
+
+# Sequence-model layers register into the same LAYERS table.
+from spikeport.finetune import seq_layers as _seq_layers  # noqa: E402,F401
