@@ -1,0 +1,339 @@
+"""Fine-tuning (spikeport.finetune): the torch module is the float simulator, training raises
+accuracy at low T, the result goes on through quantize, bad data is refused, and the same
+command runs under torchrun with two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import EXAMPLES
+
+from spikeport.cli.main import main
+from spikeport.data import Dataset, load_data
+from spikeport.errors import BadInput, UnsupportedOp
+from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_layer
+from spikeport.finetune.distributed import pick_device
+from spikeport.finetune.surrogate import SURROGATES
+from spikeport.finetune.train import loss_fn
+from spikeport.ir import OPS, Node, load, save
+from spikeport.quantize import get_profile, quantize
+from spikeport.sim import Simulator, simulate
+
+TRAIN, CALIB, TEST = (EXAMPLES / f"digits_{k}.npz" for k in ("train", "calib", "test"))
+
+
+def cli(*args: object) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def int_accuracy(graph, x: np.ndarray, y: np.ndarray, T: int) -> float:
+    q = quantize(graph, np.load(CALIB)["x"], get_profile("sim"))
+    out = simulate(q, x, T, "int").outputs[q.outputs[0]][-1]
+    return float((out.argmax(-1) == y).mean())
+
+
+@pytest.fixture(scope="module")
+def train_set() -> Dataset:
+    return load_data(TRAIN, labels=True, n_classes=10)
+
+
+@pytest.fixture(scope="module")
+def cnn_spk(cases, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ft") / "cnn.spk"
+    save(cases["digits_cnn"].snn, path)
+    return path
+
+
+# --- the module is the float simulator -------------------------------------------------------
+
+
+def test_every_op_of_the_ir_has_a_torch_layer():
+    assert set(OPS) <= set(LAYERS), f"no finetune layer for {sorted(set(OPS) - set(LAYERS))}"
+
+
+@pytest.mark.parametrize(
+    "name", ["digits_cnn", "digits_mlp", "residual", "concat_pool", "wide_mlp"]
+)
+def test_forward_gives_the_float_simulators_spikes(cases, name):
+    """Before training, every neuron spikes at the same steps as in the float simulator, and
+    the accumulated outputs agree (float64 in both; wide_mlp has signed neurons)."""
+    case, T = cases[name], 6
+    x = case.test_x[:64]
+    ref = Simulator(case.snn, "float").run(x, T, record=True)
+    net = SpikingNet(case.snn).double()
+    with torch.no_grad():
+        run = net.run(torch.from_numpy(x).double(), T, record=True)
+    neurons = [n for n in case.snn.nodes if n.op == "if"]
+    assert neurons
+    for n in neurons:
+        want, got = np.sign(ref.trace[n.output]), np.sign(run.trace[n.output].numpy())
+        assert np.array_equal(want, got), f"{name}: spikes of '{n.name}' differ"
+    out = case.snn.outputs[0]
+    np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[out], rtol=1e-9, atol=1e-9)
+
+
+def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
+    """One node of every op (several for the neuron), with per-sample input shapes."""
+    r = np.random.default_rng(0)
+
+    def w(*shape: int) -> np.ndarray:
+        return r.normal(0, 1, shape).astype(np.float32)
+
+    def node(op: str, n_in: int = 1, attrs: dict | None = None, **params) -> Node:
+        return Node(op, op, [f"x{i}" for i in range(n_in)], "y", attrs or {}, params)
+
+    def neuron(**attrs) -> Node:
+        return node("if", attrs={"signed": False, "cap": None, **attrs}, threshold=w(3, 1) ** 2)
+
+    win = {"kernel": [2, 3], "strides": [2, 1], "pads": [1, 0, 0, 1]}
+    conv = {"strides": [2, 1], "pads": [1, 0, 0, 1], "dilations": [1, 2], "group": 2}
+    ex = {
+        "dense": (node("dense", weight=w(3, 5), bias=w(3)), [(4, 5)]),
+        "conv2d": (node("conv2d", attrs=conv, weight=w(4, 1, 3, 2), bias=w(4)), [(2, 6, 7)]),
+        "avgpool2d": (node("avgpool2d", attrs=win), [(3, 5, 5)]),
+        "maxpool2d": (node("maxpool2d", attrs=win), [(3, 5, 5)]),
+        "add": (node("add", 3), [(3, 4)] * 3),
+        "concat": (node("concat", 2, {"axis": -1}), [(2, 3), (2, 4)]),
+        "reshape": (node("reshape", attrs={"shape": [6, 2]}), [(3, 4)]),
+        "relu": (node("relu", attrs={"cap": 0.5}), [(3, 4)]),
+        "if": (neuron(), [(3, 4)]),
+        "if/signed": (neuron(signed=True), [(3, 4)]),
+        "transpose": (node("transpose", attrs={"perm": [1, 0, 2]}), [(2, 3, 4)]),
+        "take": (node("take", attrs={"axis": 0, "index": 1}), [(3, 4)]),
+        "scale": (node("scale", attrs={"factor": -0.5}), [(3, 4)]),
+        "offset": (node("offset", value=w(1, 4)), [(3, 4)]),
+        "reduce_mean": (node("reduce_mean", attrs={"axes": [1], "keepdims": 0}), [(3, 4)]),
+        "layernorm": (node("layernorm", attrs={"epsilon": 1e-5}, gamma=w(4), beta=w(4)), [(3, 4)]),
+        "softmax": (node("softmax"), [(3, 4)]),
+        "gelu": (node("gelu"), [(3, 4)]),
+        "matmul": (node("matmul", 2), [(2, 3, 4), (2, 4, 5)]),
+    }
+    if "bipolar" in OPS["if"].attrs:
+        ex["if/bipolar"] = (neuron(bipolar=True), [(3, 4)])
+    return {k: v for k, v in ex.items() if k.split("/")[0] in OPS}
+
+
+def test_every_op_has_an_example_below():
+    covered = {k.split("/")[0] for k in _op_examples()}
+    assert set(OPS) <= covered, f"add {sorted(set(OPS) - covered)} to _op_examples"
+
+
+@pytest.mark.parametrize("label", sorted(_op_examples()))
+def test_each_layer_steps_like_its_simulator_kernel(label):
+    """Op by op, 6 steps of random inputs: the torch layer (float64) gives the float-mode
+    kernel's outputs; a neuron's spikes are identical."""
+    from spikeport.ir.ops import infer_shape
+    from spikeport.sim.ops import KERNELS
+
+    node, in_shapes = _op_examples()[label]
+    shape = infer_shape(node, in_shapes)
+    ref = KERNELS[node.op](node, "float", shape)
+    lay = make_layer(node, shape, SURROGATES["rectangle"]).double()
+    ref.reset(5)
+    lay.reset()
+    r = np.random.default_rng(1)
+    for _ in range(6):
+        xs = [r.normal(0, 1, (5, *s)) for s in in_shapes]
+        want = ref(*xs)
+        with torch.no_grad():
+            got = lay(*[torch.from_numpy(x) for x in xs]).numpy()
+        if node.op == "if":
+            assert np.array_equal(np.sign(want), np.sign(got)), label
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=label)
+
+
+def test_signed_neurons_take_spikes_back_like_the_simulator():
+    node = Node("n", "if", ["x"], "y", {"signed": True, "cap": None}, {"threshold": np.ones(1)})
+    lay = make_layer(node, (1,), SURROGATES["rectangle"]).double()
+    lay.reset()
+    # v0 = 0.5 (theta 1): +1.25 -> 1.75 spike, v 0.75; -1.5 -> -0.75 < 0 with count 1: -1
+    steps = [lay(torch.tensor([[c]], dtype=torch.float64)).item() for c in (1.25, -1.5, -1.5)]
+    assert steps == [1.0, -1.0, 0.0]
+
+
+def test_an_op_without_a_layer_is_refused_naming_the_node():
+    node = Node("the_odd_one", "sigmoid", ["x"], "y")
+    with pytest.raises(UnsupportedOp, match="'the_odd_one' \\(sigmoid\\)"):
+        make_layer(node, (4,), SURROGATES["rectangle"])
+
+
+def test_only_a_converted_float_graph_is_fine_tuned(cases):
+    with pytest.raises(BadInput, match="stage 'snn'.*'int'"):
+        SpikingNet(cases["digits_mlp"].int)
+
+
+def test_gradients_reach_weights_biases_and_thresholds(cases):
+    net = SpikingNet(cases["residual"].snn)
+    x = torch.from_numpy(cases["residual"].test_x[:8])
+    loss_fn(net(x, 3), torch.zeros(8, dtype=torch.long), "every_step").backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_the_every_step_loss_at_T_1_is_plain_cross_entropy():
+    out, y = torch.randn(1, 5, 3), torch.tensor([0, 1, 2, 0, 1])
+    want = torch.nn.functional.cross_entropy(out[0], y)
+    assert torch.allclose(loss_fn(out, y, "every_step"), want)
+
+
+def test_thresholds_stay_positive():
+    node = Node("n", "if", ["x"], "y", {"signed": False, "cap": None}, {"threshold": np.ones(3)})
+    lay = make_layer(node, (3,), SURROGATES["rectangle"])
+    with torch.no_grad():
+        lay.threshold.fill_(-5.0)
+    lay.constrain()
+    assert (lay.threshold > 0).all()
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def test_fine_tuning_raises_integer_accuracy_at_T2(cases, train_set):
+    """Seeded: 3 epochs at T = 2 on the training split lift the quantized digits CNN's
+    held-out accuracy at T = 2 (95.2 % before)."""
+    snn = cases["digits_cnn"].snn
+    test = load_data(TEST, labels=True, n_classes=10)
+    before = int_accuracy(snn, test.x, test.y, 2)
+    res = finetune(snn, train_set, Settings(T=2, epochs=3, seed=0), quiet=True)
+    after = int_accuracy(res.graph, test.x, test.y, 2)
+    assert after > before + 0.01, (before, after)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_output_keeps_the_graph_and_records_the_training(cases, train_set):
+    snn = cases["digits_mlp"].snn
+    small = Dataset(train_set.path, train_set.x[:96], train_set.y[:96])
+    val = load_data(CALIB, labels=True, n_classes=10)
+    out = finetune(snn, small, Settings(T=2, epochs=1, seed=3), val=val, quiet=True).graph
+    assert out.stage == "snn"
+    assert [(n.name, n.op, n.inputs) for n in out.nodes] == [
+        (n.name, n.op, n.inputs) for n in snn.nodes
+    ]
+    for new, old in zip(out.nodes, snn.nodes, strict=True):
+        assert set(new.params) == set(old.params)
+        for k, v in new.params.items():
+            assert v.shape == old.params[k].shape and v.dtype == np.float32
+    meta = out.meta["finetune"]
+    assert meta["T"] == 2 and meta["epochs"] == 1 and meta["seed"] == 3 and meta["lr"] > 0
+    assert meta["data"]["file"] == TRAIN.name and len(meta["data"]["sha256"]) == 64
+    assert meta["val"]["file"] == CALIB.name and 0 <= meta["val"]["accuracy"] <= 1
+    assert "BPTT" in meta["method"]
+
+
+def test_same_seed_same_result(cases, train_set):
+    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
+    runs = [
+        finetune(cases["digits_mlp"].snn, small, Settings(T=2, epochs=1, seed=5), quiet=True)
+        for _ in range(2)
+    ]
+    for a, b in zip(runs[0].graph.nodes, runs[1].graph.nodes, strict=True):
+        for k in a.params:
+            assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_cli_fine_tunes_and_the_result_goes_on_through_quantize_and_eval(cnn_spk, tmp_path):
+    small = tmp_path / "small.npz"
+    d = np.load(TRAIN)
+    np.savez(small, x=d["x"][:128], y=d["y"][:128])
+    out = tmp_path / "ft.spk"
+    code, stdout, _ = cli(
+        "finetune", cnn_spk, "--data", small, "-T", "2", "--epochs", "1", "--val", CALIB,
+        "-o", out,
+    )  # fmt: skip
+    assert code == 0 and "fine-tuned at T=2" in stdout and out.is_file()
+    assert load(out).meta["finetune"]["data"]["file"] == "small.npz"
+    q = tmp_path / "q.spk"
+    assert cli("quantize", out, "--calib", CALIB, "-o", q, "-q")[0] == 0
+    code, stdout, _ = cli("eval", q, "--data", TEST, "-T", "1,2", "--json", tmp_path / "r.json")
+    assert code == 0
+    assert json.loads((tmp_path / "r.json").read_text())["records"][1]["accuracy"] > 0.9
+
+
+def _bad_files(tmp_path: Path) -> list[tuple[str, Path, str]]:
+    d = np.load(TRAIN)
+    x, y = d["x"][:32].copy(), d["y"][:32].copy()
+    out = []
+    y_bad = y.copy()
+    y_bad[3] = 10
+    x_nan = x.copy()
+    x_nan[0, 0, 0, 0] = np.nan
+    for name, arrays, key in (
+        ("label", {"x": x, "y": y_bad}, "'y'"),
+        ("shape", {"x": x[:, :, :4], "y": y}, "'x'"),
+        ("nan", {"x": x_nan, "y": y}, "'x'"),
+        ("nolabels", {"x": x}, "'y'"),
+    ):
+        p = tmp_path / f"bad_{name}.npz"
+        np.savez(p, **arrays)
+        out.append((name, p, key))
+    return out
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val"])
+def test_bad_training_data_is_refused_with_one_line_and_no_output(cnn_spk, tmp_path, flag):
+    for name, bad, key in _bad_files(tmp_path):
+        out = tmp_path / "never.spk"
+        files = (
+            ["--data", bad, "--val", CALIB] if flag == "--data" else ["--data", TRAIN, "--val", bad]
+        )
+        code, _, err = cli("finetune", cnn_spk, *files, "-T", "2", "--epochs", "1", "-o", out)
+        lines = err.strip().splitlines()
+        assert code == 2, (name, err)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, err)
+        assert bad.name in lines[0] and key in lines[0], (name, err)
+        assert not out.exists() and not list(tmp_path.glob(".never*")), name
+
+
+def test_bad_settings_are_refused(cnn_spk, tmp_path):
+    for args, what in (
+        (("-T", "0"), "-T"),
+        (("--lr", "-1"), "--lr"),
+        (("--epochs", "-2"), "--epochs"),
+    ):
+        code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, *args, "-o", tmp_path / "x.spk")
+        assert code == 2 and what in err and not (tmp_path / "x.spk").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_a_gpu_is_refused():
+    with pytest.raises(BadInput, match="no CUDA device"):
+        pick_device("cuda")
+
+
+# --- torchrun ------------------------------------------------------------------------------
+
+
+def test_torchrun_two_cpu_processes(cases, tmp_path):
+    """The unchanged command under torchrun: 2 gloo processes, 1 epoch; rank 0 writes, the
+    replicas are checked bit for bit before it does."""
+    model = tmp_path / "mlp.spk"
+    save(cases["digits_mlp"].snn, model)
+    small = tmp_path / "small.npz"
+    d = np.load(TRAIN)
+    np.savez(small, x=d["x"][:96], y=d["y"][:96])
+    out = tmp_path / "ddp.spk"
+    script = Path(sys.executable).parent / "spikeport"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(script), "finetune", str(model), "--data", str(small), "--val", str(CALIB),
+        "-T", "2", "--epochs", "1", "--batch-size", "32", "-o", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("fine-tuned at T=2") == 1  # only rank 0 reports
+    meta = load(out).meta["finetune"]
+    assert meta["world_size"] == 2 and meta["ranks_agree"] is True
+    assert meta["data"]["n"] == 96
