@@ -1,0 +1,127 @@
+"""LiteRT (ai-edge-litert) as the float / int8 reference for .tflite models.
+
+It plays the part onnxruntime plays for ONNX: calibration activations (`litert_runner`) and
+the ANN's predictions in eval (`litert_logits`). Data stays (N, C, H, W) as DESIGN section 4
+says; it is transposed to the model's NHWC here, quantised when the model's input is int8
+(round half away from zero, as TFLite does), and every tensor read back is dequantised and
+brought to the IR layout. The interpreter runs TFLite's builtin kernels without the default
+XNNPACK delegate, so every intermediate tensor is real when all tensors are preserved.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from spikeport.convert.calibrate import Runner
+from spikeport.convert.tflite_import import INSTALL_HINT
+from spikeport.errors import BadInput
+from spikeport.fileio import existing_file
+from spikeport.ir.graph import Graph
+
+
+def interpreter(path: str | os.PathLike[str], preserve_all: bool = False) -> Any:
+    """A LiteRT interpreter for `path` (builtin kernels, one thread)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise BadInput(INSTALL_HINT) from None
+    p = existing_file(path, "TFLite model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # preserve_all_tensors warns that it is for debugging
+        try:
+            return Interpreter(
+                model_path=str(p),
+                num_threads=1,
+                experimental_preserve_all_tensors=preserve_all,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
+        except (ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BadInput(f"{p}: LiteRT cannot load it ({first})") from None
+
+
+def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dt = detail["dtype"]
+    if not np.issubdtype(dt, np.integer):
+        return x.astype(dt)
+    scale, zp = detail["quantization"]
+    v = x.astype(np.float64) / scale
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5) + zp
+    info = np.iinfo(dt)
+    return np.clip(q, info.min, info.max).astype(dt)
+
+
+def _dequantize(v: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    scale, zp = detail["quantization"]
+    if np.issubdtype(v.dtype, np.integer) and scale:
+        return ((v.astype(np.float64) - zp) * scale).astype(np.float32)
+    return v.astype(np.float32)
+
+
+def _to_ir(v: np.ndarray, layout: list[Any]) -> np.ndarray:
+    """A batch of a TFLite tensor in the IR layout (batch first)."""
+    if layout[0] == "nhwc":
+        return np.moveaxis(v, -1, 1)
+    if layout[0] == "hwc":
+        c, h, w = layout[1:]
+        return np.moveaxis(v.reshape(len(v), h, w, c), -1, 1).reshape(len(v), -1)
+    return v
+
+
+def run(
+    interp: Any, x: np.ndarray, fetch: list[int]
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Run (N, C, H, W) or (N, K) data; return the raw batches of tensors `fetch` and their
+    details. Tries one batch; a model that cannot be resized runs one sample at a time."""
+    inp = interp.get_input_details()[0]
+    feed = _quantize(np.moveaxis(x, 1, -1) if x.ndim == 4 else x, inp)
+    try:
+        return _invoke(interp, inp["index"], feed, fetch)
+    except (ValueError, RuntimeError):
+        parts = [_invoke(interp, inp["index"], feed[i : i + 1], fetch) for i in range(len(x))]
+        return [np.concatenate([p[0][k] for p in parts]) for k in range(len(fetch))], parts[0][1]
+
+
+def _invoke(
+    interp: Any, index: int, feed: np.ndarray, fetch: list[int]
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    interp.resize_tensor_input(index, list(feed.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(index, feed)
+    interp.invoke()
+    details = {d["index"]: d for d in interp.get_tensor_details()}
+    return [interp.get_tensor(i).copy() for i in fetch], [details[i] for i in fetch]
+
+
+def litert_logits(path: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:
+    """The reference: the source .tflite run by LiteRT, output dequantised, batch first."""
+    interp = interpreter(path)
+    out = interp.get_output_details()[0]
+    (v,), (detail,) = run(interp, x, [out["index"]])
+    return _dequantize(v, detail).reshape(len(x), -1)
+
+
+def litert_runner(path: str | os.PathLike[str], graph: Graph) -> Runner:
+    """Run the source .tflite exposing the TFLite twins of the named IR tensors, dequantised
+    and in IR layout (mirrors onnx_runner)."""
+    twins = graph.meta.get("tflite", {}).get("tensors", {})
+
+    def runner(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        missing = [n for n in names if n not in twins]
+        if missing:
+            raise BadInput(f"{path}: tensor '{missing[0]}' has no twin in the TFLite model")
+        interp = interpreter(path, preserve_all=True)
+        vals, details = run(interp, x, [int(twins[n]["index"]) for n in names])
+        return {
+            n: _to_ir(_dequantize(v, d), twins[n]["layout"])
+            for n, v, d in zip(names, vals, details, strict=True)
+        }
+
+    return runner
+
+
+__all__ = ["interpreter", "litert_logits", "litert_runner", "run"]

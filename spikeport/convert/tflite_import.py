@@ -1,0 +1,631 @@
+"""TFLite -> Graph (stage "ann"), float and int8 models alike.
+
+The flatbuffer is read with the schema that ai-edge-litert ships (no TensorFlow). Each builtin
+op has one importer, registered by its name; anything else is refused naming the op and its
+index. What differs from ONNX, and how it is handled:
+
+- Layout. TFLite activations are NHWC; the IR is (C, H, W) per sample. Weights are transposed
+  at import (conv OHWI -> OIHW, depthwise 1HW(C*M) -> (C*M)1HW with group C) and nothing is
+  added at run time. A flatten of an NHWC tensor is an IR reshape of the (C, H, W) tensor, so
+  its values come out in C, H, W order instead of TFLite's H, W, C: the fully connected layer
+  after it gets its weight columns permuted to match. Data files stay (N, C, H, W) as DESIGN
+  section 4 says; the LiteRT reference is fed transposed data (spikeport.convert.litert).
+- Fused activations (RELU, RELU6) become a relu node after the op.
+- int8 (and other quantised) tensors are dequantised: constants as real = scale * (q - zp)
+  per tensor or per channel; the graph is the real-valued network the int8 model encodes.
+  Every scale and zero point is kept in `meta["tflite"]` (per IR tensor and per node param,
+  in IR layout), so the int8 codes stay recoverable as round(w / scale) + zp. An int8
+  ReLU's output saturates at scale * (127 - zp): that bound becomes the relu's cap, as the
+  model computes it.
+- QUANTIZE / DEQUANTIZE of activations are the identity on real values and vanish (noted);
+  a DEQUANTIZE of a constant (float16 / int8 weights) becomes that constant.
+- SOFTMAX is accepted only as the op that writes the graph output: it does not change the
+  argmax, so it is dropped and a note says so; anywhere else it is refused.
+
+`meta["tflite"]["tensors"]` maps each IR tensor with a TFLite twin to that tensor's index and
+layout: the LiteRT calibration runner reads the IR's relu outputs through it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spikeport.errors import BadInput, UnsupportedOp
+from spikeport.fileio import existing_file, sha256_file
+from spikeport.ir.check import check_graph
+from spikeport.ir.graph import Graph, Node, TensorInfo
+from spikeport.ir.ops import infer_shape
+
+INSTALL_HINT = "reading .tflite needs ai-edge-litert: pip install 'spikeport[tflite]'"
+
+
+def schema() -> Any:
+    """The TFLite flatbuffer schema (generated Python) shipped by ai-edge-litert."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        raise BadInput(INSTALL_HINT) from None
+    return schema_py_generated
+
+
+# Layout of an IR tensor's TFLite twin: ("nhwc",) for (C, H, W) <-> (N, H, W, C);
+# ("plain",) for (K,) <-> (N, K); ("hwc", C, H, W) for a flattened NHWC tensor, whose IR
+# values are in C, H, W order and TFLite's in H, W, C order.
+Layout = tuple[Any, ...]
+NHWC: Layout = ("nhwc",)
+PLAIN: Layout = ("plain",)
+
+NP_TYPES = {
+    "FLOAT32": np.float32,
+    "FLOAT16": np.float16,
+    "FLOAT64": np.float64,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+}
+
+
+def enum_names(cls: type) -> dict[int, str]:
+    """Value -> name of a generated flatbuffers enum class."""
+    return {v: k for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+@dataclass
+class _Op:
+    """One TFLite operator as the importers see it."""
+
+    index: int
+    name: str  # builtin op name, e.g. "CONV_2D"
+    inputs: list[int]  # tensor indices, -1 for an absent optional input
+    outputs: list[int]
+    opts: Any  # the builtin options object (schema object API) or None
+
+    @property
+    def node(self) -> str:
+        """Name of the IR node made from this op."""
+        return f"{self.name.lower()}_{self.index}"
+
+    def refuse(self, why: str) -> UnsupportedOp:
+        return UnsupportedOp(f"operator {self.index} ({self.name}): {why}")
+
+    def opt(self, name: str, default: Any = 0) -> Any:
+        return getattr(self.opts, name, default) if self.opts is not None else default
+
+
+@dataclass
+class _Ctx:
+    """Import state: the flatbuffer, the IR being built, and where each TFLite tensor went."""
+
+    fb: Any
+    model: Any
+    sub: Any
+    data: bytes
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    nodes: list[Node] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)  # TFLite tensor -> IR tensor
+    layouts: dict[str, Layout] = field(default_factory=dict)  # IR tensor -> layout of its twin
+    consts: dict[int, np.ndarray] = field(default_factory=dict)  # folded constants (real)
+    uses: dict[int, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    quant: dict[str, Any] = field(default_factory=dict)  # provenance: TFLite quantisation
+
+    # -- tensors ---------------------------------------------------------------------------
+
+    def tfl(self, i: int) -> Any:
+        return self.sub.tensors[i]
+
+    def tname(self, i: int) -> str:
+        name = self.tfl(i).name
+        return name.decode() if isinstance(name, bytes) else str(name or f"tensor_{i}")
+
+    def dtype(self, i: int) -> str:
+        return enum_names(self.fb.TensorType).get(self.tfl(i).type, "?")
+
+    def qparams(self, i: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(scale, zero_point, axis) of a quantised tensor, or None."""
+        q = self.tfl(i).quantization
+        if q is None or q.scale is None or len(q.scale) == 0:
+            return None
+        zp = np.zeros(len(q.scale), np.int64) if q.zeroPoint is None else np.asarray(q.zeroPoint)
+        return np.asarray(q.scale, np.float64), zp.astype(np.int64), int(q.quantizedDimension)
+
+    def raw(self, op: _Op, i: int) -> np.ndarray | None:
+        """The stored values of tensor `i`, or None when it is computed at run time."""
+        t = self.tfl(i)
+        buf = self.model.buffers[t.buffer] if 0 < t.buffer < len(self.model.buffers) else None
+        if buf is None:
+            return None
+        if buf.offset > 1:  # large models keep buffers after the flatbuffer
+            if buf.offset + buf.size > len(self.data):
+                raise BadInput(f"tensor '{self.tname(i)}': its data lies past the end of the file")
+            payload = self.data[buf.offset : buf.offset + buf.size]
+        elif buf.data is None or len(buf.data) == 0:
+            return None
+        else:
+            payload = np.asarray(buf.data, np.uint8).tobytes()
+        dt = NP_TYPES.get(self.dtype(i))
+        if dt is None:
+            raise op.refuse(f"tensor '{self.tname(i)}' has type {self.dtype(i)}")
+        shape = list(t.shape) if t.shape is not None else []
+        try:
+            return np.frombuffer(payload, np.dtype(dt).newbyteorder("<")).reshape(shape)
+        except ValueError:
+            raise BadInput(f"tensor '{self.tname(i)}': data does not fit shape {shape}") from None
+
+    def const(self, op: _Op, k: int, what: str) -> np.ndarray:
+        """Input `k` of `op` as a real-valued (dequantised) float array."""
+        i = op.inputs[k] if k < len(op.inputs) else -1
+        if i in self.consts:
+            return self.consts[i]
+        arr = self.raw(op, i) if i >= 0 else None
+        if arr is None:
+            src = f"'{self.tname(i)}' is computed at run time" if i >= 0 else "it is absent"
+            raise op.refuse(f"{what} must be a constant, {src}")
+        q = self.qparams(i)
+        if q is None or arr.dtype.kind == "f":
+            return arr.astype(np.float32)
+        scale, zp, axis = q
+        shape = [1] * arr.ndim
+        if len(scale) > 1:
+            shape[axis] = len(scale)
+        return ((arr.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)).astype(
+            np.float32
+        )
+
+    def act(self, op: _Op, k: int = 0) -> str:
+        """The IR tensor behind input `k` of `op` (which must be computed, not constant)."""
+        i = op.inputs[k]
+        if i not in self.names:
+            raise op.refuse(f"input {k} ('{self.tname(i)}') must be computed, not a constant")
+        return self.names[i]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape
+
+    # -- building --------------------------------------------------------------------------
+
+    def add(self, node: Node) -> str:
+        shape = infer_shape(node, [self.tensors[t].shape for t in node.inputs])
+        self.tensors[node.output] = TensorInfo(node.output, shape)
+        self.nodes.append(node)
+        return node.output
+
+    def bind(self, op: _Op, ir: str, layout: Layout, k: int = 0) -> None:
+        """Output `k` of `op` is IR tensor `ir` (checked against the TFLite shape)."""
+        i = op.outputs[k]
+        want = _ir_shape(self.tfl(i).shape, layout)
+        if want is not None and want != self.shape(ir):
+            raise BadInput(
+                f"operator {op.index} ({op.name}): output '{self.tname(i)}' is declared "
+                f"{list(self.tfl(i).shape)}, the op gives {list(self.shape(ir))} per sample"
+            )
+        self.names[i] = ir
+        self.layouts.setdefault(ir, layout)
+        q = self.qparams(i)
+        if q is not None:
+            self.quant.setdefault("tensors", {})[ir] = _qrecord(q, self.dtype(i), None)
+
+    def activation(self, op: _Op, x: str, code: int) -> str:
+        """Append the fused activation `code` of `op` after IR tensor `x`."""
+        kind = enum_names(self.fb.ActivationFunctionType).get(code, str(code))
+        if kind == "NONE":
+            return x
+        if kind not in ("RELU", "RELU6"):
+            raise op.refuse(f"fused activation {kind} is not supported (only RELU, RELU6)")
+        cap = 6.0 if kind == "RELU6" else None
+        return self.relu(op, x, cap, f"{op.node}_{kind.lower()}")
+
+    def relu(self, op: _Op, x: str, cap: float | None, name: str) -> str:
+        """A relu node; an int8 output's saturation bound becomes (part of) its cap."""
+        q = self.qparams(op.outputs[0])
+        if q is not None and len(q[0]) == 1:
+            hi = np.iinfo(NP_TYPES[self.dtype(op.outputs[0])]).max
+            top = float(q[0][0] * (hi - q[1][0]))
+            cap = top if cap is None else min(cap, top)
+        return self.add(Node(name, "relu", [x], name, {"cap": cap}))
+
+    def record_param(self, op: _Op, k: int, param: str, axis: int | None) -> None:
+        """Keep the TFLite quantisation of a constant input (provenance; axis in IR layout)."""
+        i = op.inputs[k] if k < len(op.inputs) else -1
+        q = self.qparams(i) if i >= 0 else None
+        if q is not None:
+            rec = _qrecord(q, self.dtype(i), axis)
+            self.quant.setdefault("params", {}).setdefault(op.node, {})[param] = rec
+
+
+def _qrecord(q: tuple[np.ndarray, np.ndarray, int], dtype: str, axis: int | None) -> dict:
+    scale, zp, _ = q
+    rec: dict[str, Any] = {"dtype": dtype.lower(), "scale": scale.tolist()}
+    rec["zero_point"] = zp.tolist()
+    if axis is not None and len(scale) > 1:
+        rec["axis"] = axis
+    return rec
+
+
+def _ir_shape(shape: Any, layout: Layout) -> tuple[int, ...] | None:
+    """The per-sample IR shape of a TFLite tensor shape under `layout` (None: unknown)."""
+    if shape is None or len(shape) == 0:
+        return None
+    s = [int(d) for d in shape]
+    if layout == NHWC and len(s) == 4:
+        return (s[3], s[1], s[2])
+    if len(s) == 2:
+        return (s[1],)
+    return tuple(s[1:])
+
+
+def hwc_perm(c: int, h: int, w: int) -> np.ndarray:
+    """perm with tflite_flat[i] = ir_flat[perm[i]]: TFLite flattens H, W, C; the IR C, H, W."""
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def same_pads(size: tuple[int, int], k: list[int], s: list[int], d: list[int]) -> list[int]:
+    """TensorFlow's SAME padding as IR pads [top, left, bottom, right]."""
+    before, after = [], []
+    for n, kk, ss, dd in zip(size, k, s, d, strict=True):
+        out = -(-n // ss)
+        total = max((out - 1) * ss + (kk - 1) * dd + 1 - n, 0)
+        before.append(total // 2)
+        after.append(total - total // 2)
+    return before + after
+
+
+def _window(op: _Op, ctx: _Ctx, x: str, k: list[int], stride: list[int], dil: list[int]) -> dict:
+    pad = enum_names(ctx.fb.Padding).get(op.opt("padding"), "?")
+    if pad not in ("SAME", "VALID"):
+        raise op.refuse(f"padding {pad} is not supported")
+    hw = ctx.shape(x)[1:]
+    pads = same_pads(hw, k, stride, dil) if pad == "SAME" else [0, 0, 0, 0]
+    return {"strides": stride, "pads": pads, "dilations": dil}
+
+
+Importer = Callable[[_Ctx, _Op], None]
+IMPORTERS: dict[str, Importer] = {}
+
+
+def importer(*names: str) -> Callable[[Importer], Importer]:
+    def deco(fn: Importer) -> Importer:
+        for name in names:
+            IMPORTERS[name] = fn
+        return fn
+
+    return deco
+
+
+def _nhwc_input(ctx: _Ctx, op: _Op) -> str:
+    x = ctx.act(op)
+    if ctx.layouts.get(x) != NHWC:
+        raise op.refuse(f"expects a 4-D NHWC input, '{ctx.tname(op.inputs[0])}' is not one")
+    return x
+
+
+def _bias(ctx: _Ctx, op: _Op, k: int, n: int) -> np.ndarray:
+    if k >= len(op.inputs) or op.inputs[k] < 0:
+        return np.zeros(n, np.float32)
+    b = ctx.const(op, k, "the bias").reshape(-1)
+    if b.size != n:
+        raise op.refuse(f"bias has {b.size} values for {n} output channels")
+    ctx.record_param(op, k, "bias", 0)
+    return b.astype(np.float32)
+
+
+@importer("CONV_2D", "DEPTHWISE_CONV_2D")
+def _conv(ctx: _Ctx, op: _Op) -> None:
+    x = _nhwc_input(ctx, op)
+    w = ctx.const(op, 1, "the filter")
+    cin = ctx.shape(x)[0]
+    if w.ndim != 4:
+        raise op.refuse(f"filter must be 4-D, got {list(w.shape)}")
+    if op.name == "CONV_2D":
+        weight = w.transpose(0, 3, 1, 2)  # OHWI -> OIHW
+        if cin % w.shape[3]:
+            raise op.refuse(f"input has {cin} channels, filter expects a multiple of {w.shape[3]}")
+        group = cin // w.shape[3]
+    else:
+        weight = w.transpose(3, 0, 1, 2)  # 1HW(C*M) -> (C*M)1HW
+        if w.shape[3] % cin:
+            raise op.refuse(f"{w.shape[3]} output channels are not a multiple of {cin} inputs")
+        group = cin
+    ctx.record_param(op, 1, "weight", 0)
+    dil = [op.opt("dilationHFactor", 1) or 1, op.opt("dilationWFactor", 1) or 1]
+    stride = [op.opt("strideH", 1) or 1, op.opt("strideW", 1) or 1]
+    attrs = _window(op, ctx, x, list(weight.shape[2:]), stride, dil) | {"group": group}
+    b = _bias(ctx, op, 2, weight.shape[0])
+    y = ctx.add(Node(op.node, "conv2d", [x], op.node, attrs, {"weight": weight, "bias": b}))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+
+
+def _flatten(ctx: _Ctx, op: _Op, x: str, name: str) -> tuple[str, Layout]:
+    """Flatten an NHWC IR tensor (C, H, W): values in C, H, W order, layout ('hwc', C, H, W)."""
+    c, h, w = ctx.shape(x)
+    y = ctx.add(Node(name, "reshape", [x], name, {"shape": [c * h * w]}))
+    return y, (PLAIN if c == 1 or h * w == 1 else ("hwc", c, h, w))
+
+
+@importer("FULLY_CONNECTED")
+def _fully_connected(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    w = ctx.const(op, 1, "the weight")
+    if w.ndim != 2 or op.opt("weightsFormat") != 0:
+        raise op.refuse(f"weight must be a plain 2-D matrix, got {list(w.shape)}")
+    layout = ctx.layouts[x]
+    if layout == NHWC:  # TFLite flattens a 4-D input implicitly
+        x, layout = _flatten(ctx, op, x, f"{op.node}_flatten")
+    if ctx.shape(x) != (w.shape[1],):
+        raise op.refuse(
+            f"input '{ctx.tname(op.inputs[0])}' has {list(ctx.shape(x))} values per sample, "
+            f"the weight reads {w.shape[1]} (a per-position FULLY_CONNECTED is not supported)"
+        )
+    if layout[0] == "hwc":
+        perm, cols = hwc_perm(*layout[1:]), w
+        w = np.empty_like(cols)
+        w[:, perm] = cols
+    ctx.record_param(op, 1, "weight", 0)
+    b = _bias(ctx, op, 2, w.shape[0])
+    y = ctx.add(Node(op.node, "dense", [x], op.node, {}, {"weight": w, "bias": b}))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), PLAIN)
+
+
+@importer("ADD")
+def _add(ctx: _Ctx, op: _Op) -> None:
+    const = [k for k in (0, 1) if op.inputs[k] not in ctx.names]
+    if not const:
+        a, b = ctx.act(op, 0), ctx.act(op, 1)
+        if ctx.shape(a) != ctx.shape(b) or ctx.layouts[a] != ctx.layouts[b]:
+            raise op.refuse(f"adds {list(ctx.shape(a))} and {list(ctx.shape(b))}: no broadcast")
+        y = ctx.add(Node(op.node, "add", [a, b], op.node))
+        ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), ctx.layouts[a])
+        return
+    k_act = 1 - const[0]
+    x = ctx.act(op, k_act)
+    c = ctx.const(op, const[0], "the added constant").reshape(-1)
+    target = next((n for n in ctx.nodes if n.output == x), None)
+    uses = ctx.uses.get(op.inputs[k_act], 0)
+    if target is None or target.op not in ("conv2d", "dense") or uses != 1:
+        raise op.refuse("adding a constant is supported only as the bias of the layer before it")
+    if c.size not in (1, target.params["bias"].size):
+        raise op.refuse(f"constant of {c.size} values is not a per-channel bias")
+    target.params["bias"] = (target.params["bias"] + c).astype(np.float32)
+    y = ctx.activation(op, x, op.opt("fusedActivationFunction"))
+    ctx.names.pop(op.inputs[k_act], None)
+    ctx.bind(op, y, ctx.layouts[x])
+
+
+@importer("RELU", "RELU6")
+def _relu(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    y = ctx.relu(op, x, 6.0 if op.name == "RELU6" else None, op.node)
+    ctx.bind(op, y, ctx.layouts[x])
+
+
+@importer("AVERAGE_POOL_2D", "MAX_POOL_2D")
+def _pool(ctx: _Ctx, op: _Op) -> None:
+    x = _nhwc_input(ctx, op)
+    k = [op.opt("filterHeight"), op.opt("filterWidth")]
+    win = _window(op, ctx, x, k, [op.opt("strideH"), op.opt("strideW")], [1, 1])
+    if op.name == "AVERAGE_POOL_2D" and any(win["pads"]):
+        raise op.refuse(
+            "SAME padding averages border windows over a varying count; use VALID "
+            "padding or an explicit PAD"
+        )
+    attrs = {"kernel": k, "strides": win["strides"], "pads": win["pads"]}
+    op_ir = "avgpool2d" if op.name == "AVERAGE_POOL_2D" else "maxpool2d"
+    y = ctx.add(Node(op.node, op_ir, [x], op.node, attrs))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+
+
+@importer("MEAN")
+def _mean(ctx: _Ctx, op: _Op) -> None:
+    x = _nhwc_input(ctx, op)
+    axes = sorted({int(a) % 4 for a in ctx.const(op, 1, "the axes").reshape(-1)})
+    if axes != [1, 2]:
+        raise op.refuse(f"only a mean over H and W (axes 1, 2) is supported, got {axes}")
+    _, h, w = ctx.shape(x)
+    attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
+    y = ctx.add(Node(op.node, "avgpool2d", [x], op.node, attrs))
+    if op.opt("keepDims", False):
+        ctx.bind(op, y, NHWC)
+        return
+    name = f"{op.node}_squeeze"
+    ctx.bind(op, ctx.add(Node(name, "reshape", [y], name, {"shape": [ctx.shape(y)[0]]})), PLAIN)
+
+
+def _new_shape(ctx: _Ctx, op: _Op) -> list[int]:
+    if len(op.inputs) > 1 and op.inputs[1] >= 0:
+        shape = [int(d) for d in ctx.const(op, 1, "the new shape").reshape(-1)]
+    else:
+        shape = list(op.opt("newShape", None) or [])
+    out = ctx.tfl(op.outputs[0]).shape
+    if not shape and out is not None:
+        shape = [int(d) for d in out]
+    return shape
+
+
+@importer("RESHAPE")
+def _reshape(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    n = int(np.prod(ctx.shape(x)))
+    shape = _new_shape(ctx, op)
+    rest = shape[1:]
+    if -1 in rest:
+        known = int(np.prod([d for d in rest if d != -1]))
+        rest[rest.index(-1)] = n // max(known, 1)
+    layout = ctx.layouts[x]
+    flat = len(shape) == 2 and rest == [n]
+    same_image = len(shape) == 4 and layout == NHWC and (rest[2], *rest[:2]) == ctx.shape(x)
+    if flat and layout == NHWC:
+        y, lay = _flatten(ctx, op, x, op.node)
+        ctx.bind(op, y, lay)
+    elif flat or same_image:
+        ctx.names[op.outputs[0]] = x  # same values, same layout: nothing to do
+    else:
+        raise op.refuse(
+            f"reshape of {list(ctx.tfl(op.inputs[0]).shape)} to {shape} is not supported "
+            "(only flattening to (batch, features))"
+        )
+
+
+@importer("CONCATENATION")
+def _concat(ctx: _Ctx, op: _Op) -> None:
+    xs = [ctx.act(op, k) for k in range(len(op.inputs))]
+    layout = ctx.layouts[xs[0]]
+    if any(ctx.layouts[x] != layout for x in xs) or layout not in (NHWC, PLAIN):
+        raise op.refuse("inputs must all be NHWC images or all plain (batch, features)")
+    rank = 4 if layout == NHWC else 2
+    axis = op.opt("axis") % rank
+    if axis == 0:
+        raise op.refuse("concatenating along the batch axis is not supported")
+    ir_axis = {1: 1, 2: 2, 3: 0}[axis] if layout == NHWC else axis - 1
+    y = ctx.add(Node(op.node, "concat", xs, op.node, {"axis": ir_axis}))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), layout)
+
+
+@importer("QUANTIZE", "DEQUANTIZE")
+def _requantize(ctx: _Ctx, op: _Op) -> None:
+    i, o = op.inputs[0], op.outputs[0]
+    if i not in ctx.names:  # DEQUANTIZE of stored weights (float16 / int8)
+        ctx.consts[o] = ctx.const(op, 0, "the input")
+        return
+    ctx.names[o] = ctx.names[i]
+    q = ctx.qparams(o)
+    if q is not None:
+        ctx.quant.setdefault("tensors", {})[ctx.names[i]] = _qrecord(q, ctx.dtype(o), None)
+    ctx.notes.append(
+        f"operator {op.index} ({op.name}): {ctx.dtype(i).lower()} -> {ctx.dtype(o).lower()}, "
+        "the identity on real values"
+    )
+
+
+@importer("SOFTMAX")
+def _softmax(ctx: _Ctx, op: _Op) -> None:
+    if op.outputs[0] not in ctx.sub.outputs or ctx.uses.get(op.outputs[0], 0):
+        raise op.refuse("softmax is supported only as the op that writes the graph output")
+    if op.opt("beta", 1.0) <= 0:
+        raise op.refuse(f"beta {op.opt('beta')} changes the argmax")
+    ctx.names[op.outputs[0]] = ctx.act(op)
+    ctx.notes.append(
+        f"operator {op.index} (SOFTMAX) at the output dropped: it does not change the argmax; "
+        "the graph outputs its input (logits)"
+    )
+
+
+# ---- the file --------------------------------------------------------------------------------
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[Any, bytes]:
+    """Parse and fully unpack the flatbuffer; a damaged file is one line of BadInput."""
+    fb = schema()
+    p = existing_file(path, "TFLite model")
+    data = p.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise BadInput(f"{p}: not a TFLite flatbuffer (no 'TFL3' identifier)")
+    try:
+        model = fb.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as e:  # flatbuffers raises IndexError, struct.error, ValueError...
+        raise BadInput(
+            f"{p}: truncated or damaged TFLite flatbuffer ({type(e).__name__})"
+        ) from None
+    if model.version != 3 or not model.subgraphs:
+        raise BadInput(f"{p}: TFLite schema version {model.version} with no subgraph")
+    return model, data
+
+
+def _op_name(fb: Any, model: Any, op: Any, names: dict[int, str]) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    name = names.get(builtin, f"BUILTIN_{builtin}")
+    if name == "CUSTOM":
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+        name = f"CUSTOM:{custom}"
+    return name
+
+
+def _ops(fb: Any, model: Any, sub: Any) -> list[_Op]:
+    names = enum_names(fb.BuiltinOperator)
+    out = []
+    for i, op in enumerate(sub.operators or []):
+        ins = [int(t) for t in (op.inputs if op.inputs is not None else [])]
+        outs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
+        out.append(_Op(i, _op_name(fb, model, op, names), ins, outs, op.builtinOptions))
+    return out
+
+
+def _graph_input(ctx: _Ctx, path: Any) -> TensorInfo:
+    ins = [int(i) for i in ctx.sub.inputs]
+    if len(ins) != 1:
+        raise UnsupportedOp(f"the model has {len(ins)} inputs; CNN/MLP import takes exactly one")
+    i = ins[0]
+    shape = [int(d) for d in ctx.tfl(i).shape]
+    if len(shape) not in (2, 4) or any(d <= 0 for d in shape[1:]):
+        raise BadInput(
+            f"{path}: input '{ctx.tname(i)}' is {shape}; spikeport takes (batch, H, W, C) "
+            "images or (batch, features) vectors with static sizes"
+        )
+    layout = NHWC if len(shape) == 4 else PLAIN
+    name = re.sub(r"[^A-Za-z0-9_]", "_", ctx.tname(i)) or "input"
+    info = TensorInfo(name, _ir_shape(shape, layout) or ())
+    ctx.tensors[name], ctx.names[i], ctx.layouts[name] = info, name, layout
+    q = ctx.qparams(i)
+    if q is not None:
+        ctx.quant.setdefault("tensors", {})[name] = _qrecord(q, ctx.dtype(i), None)
+    return info
+
+
+def _tensor_map(ctx: _Ctx) -> dict[str, dict[str, Any]]:
+    """IR tensor -> its TFLite twin (index, name, layout): what the LiteRT runner reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, ir in ctx.names.items():
+        if ir in out:
+            continue  # an alias (QUANTIZE, a dropped SOFTMAX...): the first twin wrote the values
+        out[ir] = {"index": i, "name": ctx.tname(i), "layout": list(ctx.layouts[ir])}
+    return out
+
+
+def import_tflite(path: str | os.PathLike[str]) -> Graph:
+    """Read a float or int8 TFLite CNN/MLP into a float ANN graph, refusing what it cannot
+    represent (the op's name and index in the message)."""
+    fb = schema()
+    model, data = _read(path)
+    sub = model.subgraphs[0]
+    ctx = _Ctx(fb, model, sub, data)
+    inp = _graph_input(ctx, path)
+    ops = _ops(fb, model, sub)
+    for op in ops:
+        for i in op.inputs:
+            ctx.uses[i] = ctx.uses.get(i, 0) + 1
+    for op in ops:
+        if op.name not in IMPORTERS:
+            raise op.refuse("op is not in spikeport's TFLite vocabulary")
+        IMPORTERS[op.name](ctx, op)
+    return _graph(ctx, path, inp)
+
+
+def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
+    outs = [int(o) for o in ctx.sub.outputs]
+    if len(outs) != 1 or outs[0] not in ctx.names:
+        raise UnsupportedOp(f"the model must have one computed output, it has {len(outs)}")
+    out = ctx.names[outs[0]]
+    if ctx.layouts[out][0] == "hwc":
+        raise UnsupportedOp(f"graph output '{ctx.tname(outs[0])}' is a flattened NHWC tensor")
+    is_int = any(ctx.dtype(i) in ("INT8", "UINT8") for i in ctx.names)
+    meta = {
+        "source": {
+            "format": "tflite",
+            "file": os.path.basename(path),
+            "sha256": sha256_file(path),
+            "schema_version": int(ctx.model.version),
+            "activations": "int8 (dequantised)" if is_int else "float",
+            "notes": ctx.notes,
+        },
+        "tflite": {"tensors": _tensor_map(ctx), "quantization": ctx.quant},
+    }
+    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=[out], meta=meta)
+    return check_graph(graph)
