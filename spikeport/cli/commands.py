@@ -55,7 +55,8 @@ def convert_cmd(
     output: str,
     quiet: bool,
 ) -> None:
-    """Import MODEL (.onnx), calibrate on CALIB and balance thresholds into a spiking graph."""
+    """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
+    spiking graph."""
     graph = convert(model, calib, percentile, per_channel, signed, timesteps)
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
@@ -107,6 +108,7 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     help="Simulator mode (default: int for a quantized graph, else float).",
 )
 @click.option("--onnx", "onnx_path", default=None, help="Source ONNX: ANN reference.")
+@click.option("--tflite", "tflite_path", default=None, help="Source .tflite: ANN reference.")
 @click.option("--json", "json_path", default=None, help="Write the report as JSON.")
 @click.option("--plot", "plot_path", default=None, help="Write accuracy vs T as PNG.")
 @click.option(
@@ -124,6 +126,7 @@ def eval_cmd(
     timesteps: str,
     mode: str | None,
     onnx_path: str | None,
+    tflite_path: str | None,
     json_path: str | None,
     plot_path: str | None,
     requires: tuple[str, ...],
@@ -147,7 +150,7 @@ def eval_cmd(
     ds = load_data(data, graph.input.shape, labels=True, n_classes=n_classes)
     mode = mode or ("int" if graph.stage == "int" else "float")
     with progress(len(ds.x), f"eval T<={max(ts)}", quiet) as advance:
-        report = evaluate(graph, ds, ts, mode, onnx_path, advance)
+        report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))
     if json_path:

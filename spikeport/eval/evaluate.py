@@ -50,15 +50,25 @@ def onnx_logits(path: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
-def ann_reference(graph: Graph, data: Dataset, onnx_path: str | None) -> tuple[np.ndarray, str]:
-    """ANN predictions: onnxruntime on the source model if given, else the graph's ANN view."""
-    if onnx_path is None:
+def ann_reference(
+    graph: Graph, data: Dataset, onnx_path: str | None, tflite_path: str | None = None
+) -> tuple[np.ndarray, str]:
+    """ANN predictions: onnxruntime (or LiteRT for a .tflite) on the source model if given,
+    else the graph's ANN view."""
+    if onnx_path is None and tflite_path is None:
         logits = simulate(graph, data.x, 1, "ann").outputs[graph.outputs[0]][0]
         return logits.argmax(-1), "spikeport ann mode (ReLU view of this graph)"
+    if onnx_path is not None and tflite_path is not None:
+        raise BadInput("--onnx and --tflite both name a reference model; give one")
+    path, what = (onnx_path, "ONNX model") if onnx_path else (tflite_path, "TFLite model")
     want = graph.meta.get("source", {}).get("sha256")
-    if want and sha256_file(existing_file(onnx_path, "ONNX model")) != want:
-        raise BadInput(f"{onnx_path}: not the model this graph was converted from (sha256 differs)")
-    return onnx_logits(onnx_path, data.x).argmax(-1), "onnxruntime"
+    if want and sha256_file(existing_file(path, what)) != want:
+        raise BadInput(f"{path}: not the model this graph was converted from (sha256 differs)")
+    if tflite_path is not None:
+        from spikeport.convert.litert import litert_logits  # needs ai-edge-litert
+
+        return litert_logits(tflite_path, data.x).argmax(-1), "LiteRT (ai-edge-litert)"
+    return onnx_logits(path, data.x).argmax(-1), "onnxruntime"
 
 
 def evaluate(
@@ -68,13 +78,14 @@ def evaluate(
     mode: str = "int",
     onnx_path: str | None = None,
     progress: Callable[[int], None] | None = None,
+    tflite_path: str | None = None,
 ) -> dict[str, object]:
     """The eval report (schema in docs/eval-json.md): one record per T."""
     if data.y is None:
         raise BadInput(f"{data.path}: key 'y' (labels) is missing; eval needs labels")
     if not timesteps or min(timesteps) < 1:
         raise BadInput(f"-T needs positive timesteps, got {timesteps}")
-    ann_pred, ann_source = ann_reference(graph, data, onnx_path)
+    ann_pred, ann_source = ann_reference(graph, data, onnx_path, tflite_path)
     res = simulate(graph, data.x, max(timesteps), mode, progress=progress)
     out = res.outputs[graph.outputs[0]]
     n = len(data.x)
