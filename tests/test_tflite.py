@@ -121,6 +121,19 @@ def test_int8_scales_are_kept_and_the_first_layer_keeps_its_codes(digits):
     )
 
 
+def test_per_layer_thresholds_keep_every_int8_code():
+    """With one threshold per layer every layer's input scale is uniform, so spikeport's int8
+    weights are exactly the TFLite model's codes in every layer."""
+    snn = convert(TFLITE["int8"], CALIB, per_channel=False)
+    g = quantize(snn, np.load(CALIB)["x"], get_profile("sim"))
+    params = g.meta["tflite"]["quantization"]["params"]
+    for name, rec in params.items():
+        w = g.node(name).params["weight"]
+        scale = np.array(rec["weight"]["scale"]).reshape((-1,) + (1,) * (w.ndim - 1))
+        np.testing.assert_array_equal(g.node(name).params["weight_q"], np.round(w / scale))
+    assert sorted(params) == ["conv_2d_0", "conv_2d_2", "fully_connected_5"]
+
+
 HAS_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 
 
