@@ -530,8 +530,9 @@ def _read(path: str | os.PathLike[str]) -> tuple[Any, bytes]:
     try:
         model = fb.ModelT.InitFromPackedBuf(data, 0)
     except Exception as e:  # flatbuffers raises IndexError, struct.error, ValueError...
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(
-            f"{p}: truncated or damaged TFLite flatbuffer ({type(e).__name__})"
+            f"{p}: truncated or damaged TFLite flatbuffer of {len(data)} bytes ({why})"
         ) from None
     if model.version != 3 or not model.subgraphs:
         raise BadInput(f"{p}: TFLite schema version {model.version} with no subgraph")
