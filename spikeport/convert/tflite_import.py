@@ -357,6 +357,8 @@ def _fully_connected(ctx: _Ctx, op: _Op) -> None:
     if w.ndim != 2 or op.opt("weightsFormat") != 0:
         raise op.refuse(f"weight must be a plain 2-D matrix, got {list(w.shape)}")
     layout = ctx.layouts[x]
+    if layout == NHWC and op.opt("keepNumDims", False):
+        raise op.refuse("keep_num_dims on an image applies it per position; not supported")
     if layout == NHWC:  # TFLite flattens a 4-D input implicitly
         x, layout = _flatten(ctx, op, x, f"{op.node}_flatten")
     if ctx.shape(x) != (w.shape[1],):
@@ -410,7 +412,10 @@ def _relu(ctx: _Ctx, op: _Op) -> None:
 def _pool(ctx: _Ctx, op: _Op) -> None:
     x = _nhwc_input(ctx, op)
     k = [op.opt("filterHeight"), op.opt("filterWidth")]
-    win = _window(op, ctx, x, k, [op.opt("strideH"), op.opt("strideW")], [1, 1])
+    if min(k) < 1:
+        raise op.refuse(f"filter {k} is empty")
+    stride = [op.opt("strideH", 1) or 1, op.opt("strideW", 1) or 1]
+    win = _window(op, ctx, x, k, stride, [1, 1])
     if op.name == "AVERAGE_POOL_2D" and any(win["pads"]):
         raise op.refuse(
             "SAME padding averages border windows over a varying count; use VALID "
