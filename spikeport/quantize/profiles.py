@@ -6,6 +6,7 @@ profile of the specification (int8 weights, int32 bias and state).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,9 @@ class Profile:
     ops: frozenset[str] = field(
         default_factory=lambda: frozenset(op for op, spec in OPS.items() if "int" in spec.stages)
     )
+    # A target's own check of a whole graph ("snn" at quantize, "int" at emit/verify), for
+    # limits the fields above cannot say; raises CapabilityExceeded naming the node.
+    check: Callable[[Graph], None] | None = field(default=None, compare=False)
 
 
 PROFILES: dict[str, Profile] = {}
@@ -73,3 +77,5 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
                 f"node '{n.name}': fan-in {fanin(graph, n)} exceeds target "
                 f"'{profile.name}' limit {profile.max_fanin}"
             )
+    if profile.check is not None:
+        profile.check(graph)
