@@ -7,7 +7,7 @@ from pathlib import Path
 
 from spikeport import __version__
 from spikeport.convert.balance import DEFAULT_PERCENTILE, balance_thresholds
-from spikeport.convert.calibrate import collect, ir_runner, onnx_runner
+from spikeport.convert.calibrate import collect, onnx_runner
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.data import load_data
 from spikeport.errors import BadInput
@@ -45,10 +45,6 @@ def convert(
         from spikeport.convert.litert import litert_runner
 
         stats = collect(ann, litert_runner(model, ann), data.x)
-    elif ann.meta["source"].get("sequence_model"):
-        # Sequence models read tensors that exist only in the IR (the inputs of fused linear
-        # layers): their ANN view, tested equal to onnxruntime, is the calibration runner.
-        stats = collect(ann, ir_runner(ann), data.x)
     else:
         stats = collect(ann, onnx_runner(model), data.x)
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed)
