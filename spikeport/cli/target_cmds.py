@@ -34,6 +34,8 @@ def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
             f"state {size['ram_bytes_state']} B RAM"
         )
     say(quiet, f"{output}: target {target}{detail}")
+    for note in manifest["summary"].get("notes", []):  # what the target cannot say in files only
+        say(quiet, f"note: {note}")
 
 
 @main.command("verify")
@@ -58,10 +60,11 @@ def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, q
     with progress(len(x), "verify", quiet) as advance:
         res = verify(graph, outdir, x, T=timesteps, progress=advance)
     target = read_manifest(outdir)["target"]
+    runner = f", run by {res['runner']}" if res.get("runner") else ""
     say(
         quiet,
         f"bit-exact: {target} target equals the simulator on {res['samples']} inputs x "
-        f"{res['timesteps']} steps (every layer's spikes and the output accumulators)",
+        f"{res['timesteps']} steps (every layer's spikes and the output accumulators{runner})",
     )
 
 

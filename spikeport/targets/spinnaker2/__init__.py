@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.ir.graph import Graph
-from spikeport.quantize.profiles import Profile, register_profile
+from spikeport.quantize.profiles import Profile
 from spikeport.targets import Target, register_target
 from spikeport.targets.compare import check_equal, reference
 from spikeport.targets.spinnaker2 import capabilities as cap
@@ -57,8 +57,9 @@ def _check(graph: Graph) -> None:
 # 4-bit signed weights by default: they fit every neuron model (so any layer may take a delay)
 # and keep the first layer's state below 2^24; on the digits examples they cost no accuracy.
 PROFILE = _profile("spinnaker2", cap.DELAY_MODEL)
-# 8-bit weights for `lif_no_delay`: for networks that need no delay and fit float32.
-PROFILE_8BIT = register_profile(_profile("spinnaker2-8bit", cap.DEFAULT_MODEL))
+# 8-bit weights for `lif_no_delay`: for networks whose weighted layers need no delay and whose
+# state fits float32 at that width (emit refuses, naming the layer, where one does not).
+PROFILE_8BIT = _profile("spinnaker2-8bit", cap.DEFAULT_MODEL)
 
 
 def _assumptions() -> str:
@@ -151,12 +152,6 @@ def check_batch(
     check_equal("SpiNNaker2 model", ref_spikes, ref_acc, got_spikes, got_acc, first)
 
 
-TARGET = register_target(
-    Target(
-        "spinnaker2",
-        PROFILE,
-        emit,
-        verify,
-        "SpiNNaker2 via py-spinnaker2 (verified on spikeport's model of the chip, not hardware)",
-    )
-)
+DESCRIPTION = "SpiNNaker2 via py-spinnaker2 (verified on spikeport's chip model, not hardware)"
+TARGET = register_target(Target("spinnaker2", PROFILE, emit, verify, DESCRIPTION))
+TARGET_8BIT = register_target(Target("spinnaker2-8bit", PROFILE_8BIT, emit, verify, DESCRIPTION))

@@ -94,7 +94,7 @@ SPINNAKER2_OPS: dict[str, str] = {
 
 
 def refuse(node: str, op: str, why: str) -> CapabilityExceeded:
-    return CapabilityExceeded(f"node '{node}' ({op}): {why} on target 'spinnaker2'")
+    return CapabilityExceeded(f"node '{node}' ({op}): {why} on SpiNNaker2")
 
 
 @dataclass

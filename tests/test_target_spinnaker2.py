@@ -1,0 +1,434 @@
+"""SpiNNaker2 target: network JSON + py-spinnaker2 script, bit-exact with the integer simulator
+on spikeport's model of the chip's `lif` neuron (not the hardware), and refusals that name the
+layer and the limit before anything is written.
+
+py-spinnaker2 is not installable here: the emitted script runs against a stand-in `spinnaker2`
+package written by this test, which checks every API call it receives and simulates the
+network it was given (from those calls, not from the JSON) with the chip model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from fixture_models import _Builder
+
+from spikeport.cli.main import main
+from spikeport.convert import convert
+from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.ir import save
+from spikeport.ir.ops import OPS
+from spikeport.quantize import Profile, get_profile, quantize
+from spikeport.targets import emit, verify
+from spikeport.targets.compare import reference
+from spikeport.targets.spinnaker2 import capabilities as cap
+from spikeport.targets.spinnaker2 import check_batch
+from spikeport.targets.spinnaker2.chip import ChipModel
+
+MAPPED = ["digits_cnn", "digits_mlp", "wide_mlp"]  # wide_mlp converted without --signed
+RANDOM_INPUTS = 200
+MAX_T = 15  # max pooling is exact for T <= 15 on the chip
+
+
+def _calib(case) -> np.ndarray:
+    return np.load(case.calib)["x"]
+
+
+def s2_graph(case, profile: str = "spinnaker2"):
+    snn = case.snn
+    if case.name == "wide_mlp":  # the fixture is signed; SpiNNaker2 has no negative spikes
+        snn = convert(case.onnx, case.calib, signed=False)
+    return quantize(snn, _calib(case), get_profile(profile), max_timesteps=MAX_T)
+
+
+@pytest.fixture(scope="module")
+def emitted(cases, tmp_path_factory):
+    root = tmp_path_factory.mktemp("s2")
+    out = {}
+    for name in MAPPED:
+        g = s2_graph(cases[name])
+        emit(g, "spinnaker2", root / name)
+        out[name] = (cases[name], g, root / name)
+    return out
+
+
+def random_x(graph, n: int, seed: int) -> np.ndarray:
+    codes = np.random.default_rng(seed).integers(-127, 128, (n,) + graph.input.shape)
+    return codes * graph.scales[graph.input.name]
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_chip_model_is_bit_exact_for_T_1_to_8(emitted, name):
+    """200 random int8 inputs per model, each T in 1..8: every layer's spikes and the output
+    accumulators equal the integer simulator's at every step."""
+    _, g, outdir = emitted[name]
+    net = json.loads((outdir / "network.json").read_text())
+    model = ChipModel(net)
+    x = random_x(g, RANDOM_INPUTS, seed=len(name))
+    for T in range(1, 9):
+        check_batch(g, net, model, x, T)
+
+
+def test_verify_on_test_data_through_the_registry(emitted):
+    case, g, outdir = emitted["digits_cnn"]
+    res = verify(g, outdir, case.test_x, T=8)
+    assert res["samples"] == len(case.test_x) and "not hardware" in res["runner"]
+
+
+def test_profile_keeps_weights_and_state_inside_the_chip(emitted):
+    for _, g, outdir in emitted.values():
+        assert all(
+            np.abs(n.params["weight_q"]).max() <= 15 for n in g.nodes if "weight_q" in n.params
+        )
+        net = json.loads((outdir / "network.json").read_text())
+        for p in net["populations"]:
+            for key in ("threshold", "i_offset", "v_init"):
+                assert np.abs(p["params"][key]).max(initial=0) <= cap.FLOAT_EXACT
+            assert (
+                p["params"]["alpha_decay"] == 1.0 and p["params"]["reset"] == "reset_by_subtraction"
+            )
+        for proj in net["projections"]:
+            c = np.asarray(proj["connections"])
+            post = next(p for p in net["populations"] if p["name"] == proj["post"])
+            model = cap.NEURON_MODELS[post["neuron_model"]]
+            assert np.abs(c[:, 2]).max() <= model.weight_limit
+            assert 0 <= c[:, 3].min() and c[:, 3].max() <= model.max_delay
+
+
+def test_max_pooling_runs_as_comparator_populations(emitted):
+    net = json.loads((emitted["digits_cnn"][2] / "network.json").read_text())
+    roles = [p["role"] for p in net["populations"]]
+    assert roles.count("comparator") == 4 and roles.count("maxpool") == 1
+    readme = (emitted["digits_cnn"][2] / "README.md").read_text()
+    assert "not on the hardware" in readme and "Max pooling" in readme
+
+
+@pytest.mark.parametrize("compare", [">", ">="])
+def test_either_spike_compare_is_bridged_exactly(cases, tmp_path, monkeypatch, compare):
+    monkeypatch.setattr(cap, "COMPARE", compare)
+    g = s2_graph(cases["digits_mlp"])
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    assert net["assumptions"]["compare"] == compare
+    check_batch(g, net, ChipModel(net), random_x(g, 64, 1), 8)
+
+
+def test_corrupted_weight_is_caught(emitted, tmp_path):
+    case, g, outdir = emitted["digits_mlp"]
+    net = json.loads((outdir / "network.json").read_text())
+    net["projections"][0]["connections"][0][2] += 1
+    with pytest.raises(CheckFailed, match="SpiNNaker2 model differs from the simulator at step"):
+        check_batch(g, net, ChipModel(net), case.test_x[:100], 8)
+
+
+# --- the emitted script against a stand-in of py-spinnaker2 ------------------------------------
+
+STANDIN_SNN = '''
+"""Stand-in of py-spinnaker2's snn module: the documented API only, every argument checked."""
+LIF_PARAMS = {"threshold", "alpha_decay", "i_offset", "v_init", "v_reset", "reset"}
+WEIGHT_LIMIT = {"lif": 15, "lif_no_delay": 127}
+MAX_DELAY = {"lif": 7, "lif_no_delay": 0}
+CALLS = []
+
+
+def _per_neuron(value, size, key):
+    values = value if isinstance(value, list) else [value] * size
+    assert len(values) == size, key
+    assert all(isinstance(v, float) and v == int(v) for v in values), key
+    return values
+
+
+class Population:
+    def __init__(self, size, neuron_model, params, name, record=None):
+        assert isinstance(size, int) and size > 0
+        assert neuron_model in WEIGHT_LIMIT, neuron_model
+        assert set(params) == LIF_PARAMS, sorted(params)
+        assert params["reset"] in ("reset_by_subtraction", "reset_to_v_reset")
+        for key in ("threshold", "i_offset", "v_init"):
+            _per_neuron(params[key], size, key)
+        assert set(record or []) <= {"spikes", "v"}
+        self.size, self.neuron_model, self.params = size, neuron_model, params
+        self.name, self.record = name, list(record or [])
+        self.atoms = None
+        self.spikes, self.voltages = {}, {}
+        CALLS.append(("Population", name))
+
+    def set_max_atoms_per_core(self, n):
+        assert isinstance(n, int) and n > 0
+        self.atoms = n
+
+    def get_spikes(self):
+        assert "spikes" in self.record
+        return self.spikes
+
+    def get_voltages(self):
+        assert "v" in self.record
+        return self.voltages
+
+
+class Projection:
+    def __init__(self, pre, post, connections):
+        assert isinstance(pre, Population) and isinstance(post, Population)
+        for i, j, w, d in connections:
+            assert 0 <= i < pre.size and 0 <= j < post.size
+            assert abs(w) <= WEIGHT_LIMIT[post.neuron_model], (post.name, w)
+            assert 0 <= d <= MAX_DELAY[post.neuron_model], (post.name, d)
+        self.pre, self.post, self.connections = pre, post, connections
+        CALLS.append(("Projection", pre.name, post.name))
+
+
+class Network:
+    def __init__(self, name=""):
+        self.name, self.populations, self.projections = name, [], []
+
+    def add(self, *objects):
+        for o in objects:
+            assert isinstance(o, (Population, Projection)), type(o)
+            (self.populations if isinstance(o, Population) else self.projections).append(o)
+'''
+
+STANDIN_HARDWARE = '''
+"""Stand-in of py-spinnaker2's hardware module: simulates the network it is given with
+spikeport's chip model, built from the Population/Projection objects (not from the JSON)."""
+import numpy as np
+
+from spinnaker2 import snn
+from spikeport.targets.spinnaker2.chip import ChipModel
+
+RUNS = []
+
+
+class SpiNNaker2Chip:
+    def __init__(self, eth_ip):
+        assert isinstance(eth_ip, str) and eth_ip
+        self.eth_ip = eth_ip
+
+    def run(self, net, timesteps):
+        assert isinstance(net, snn.Network) and timesteps > 0
+        doc = {
+            "populations": [
+                {"name": p.name, "size": p.size, "record": p.record, "params": p.params,
+                 "input_current": None}
+                for p in net.populations
+            ],
+            "projections": [
+                {"pre": q.pre.name, "post": q.post.name, "connections": q.connections}
+                for q in net.projections
+            ],
+        }
+        run = ChipModel(doc).run(np.zeros((1, 1), np.int64), timesteps)
+        for p in net.populations:
+            if "spikes" in p.record:
+                s = run.spikes[p.name][:, 0]
+                p.spikes = {i: [int(t) for t in np.flatnonzero(s[:, i])] for i in range(p.size)}
+            if "v" in p.record:
+                p.voltages = {i: run.v[p.name][:, 0, i].astype(np.float64) for i in range(p.size)}
+        RUNS.append((self.eth_ip, timesteps))
+'''
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch):
+    pkg = tmp_path / "standin" / "spinnaker2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "snn.py").write_text(textwrap.dedent(STANDIN_SNN))
+    (pkg / "hardware.py").write_text(textwrap.dedent(STANDIN_HARDWARE))
+    monkeypatch.syspath_prepend(str(tmp_path / "standin"))
+    for mod in [m for m in sys.modules if m == "spinnaker2" or m.startswith("spinnaker2.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    yield
+    for mod in [m for m in sys.modules if m == "spinnaker2" or m.startswith("spinnaker2.")]:
+        del sys.modules[mod]
+
+
+def _run_script(outdir, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["run_spinnaker2.py", *argv])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(outdir / "run_spinnaker2.py"), run_name="__main__")
+    assert done.value.code == 0
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_emitted_script_builds_and_runs_the_network(emitted, standin, tmp_path, monkeypatch, name):
+    """The script's py-spinnaker2 calls, run by the stand-in, give the simulator's output
+    accumulators and every layer's spikes, step for step."""
+    _, g, outdir = emitted[name]
+    x = random_x(g, 4, seed=7)
+    codes, ref_spikes, ref_acc = reference(g, x, 6)
+    np.savez(tmp_path / "codes.npz", x=codes.reshape(len(x), -1))
+    res = tmp_path / "results.npz"
+    argv = ["--eth-ip", "192.168.1.25", "--codes", str(tmp_path / "codes.npz"), "-T", "6"]
+    _run_script(outdir, [*argv, "--record-spikes", "--out", str(res)], monkeypatch)
+    got = np.load(res)
+    assert np.array_equal(got["acc"], ref_acc.transpose(1, 0, 2))
+    assert np.array_equal(got["pred"], ref_acc[-1].argmax(-1))
+    for node, spikes in ref_spikes.items():
+        assert np.array_equal(got[f"spikes/{node}"], spikes.transpose(1, 0, 2))
+    hardware = sys.modules["spinnaker2.hardware"]
+    net = json.loads((outdir / "network.json").read_text())
+    assert hardware.RUNS == [("192.168.1.25", 6 + net["steps_ahead"])] * len(x)
+
+
+def test_emitted_script_encodes_float_inputs_like_spikeport(
+    emitted, standin, tmp_path, monkeypatch
+):
+    case, g, outdir = emitted["digits_mlp"]
+    np.savez(tmp_path / "test.npz", x=case.test_x[:3])
+    argv = ["--eth-ip", "10.0.0.2", "--data", str(tmp_path / "test.npz"), "-T", "4"]
+    _run_script(outdir, [*argv, "--out", str(tmp_path / "r.npz")], monkeypatch)
+    _, _, ref_acc = reference(g, case.test_x[:3], 4)
+    assert np.array_equal(np.load(tmp_path / "r.npz")["acc"], ref_acc.transpose(1, 0, 2))
+
+
+# --- refusals: before anything is written, naming the layer and the limit ---------------------
+
+
+def _refused(graph, tmp_path, match):
+    out = tmp_path / "never"
+    with pytest.raises(CapabilityExceeded, match=match):
+        emit(graph, "spinnaker2", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def _onnx_case(tmp_path, builder):
+    model, x = builder()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=x)
+    return convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x
+
+
+def _skip_concat():
+    """Two hidden layers at different depths joined by a Concat: the output layer needs a delay."""
+    b = _Builder(6)
+    a = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 12)])
+    h = b.op("Relu", [b.gemm(a, 12, 10)])
+    out = b.gemm(b.op("Concat", [a, h], axis=1), 22, 3)
+    return b.model((16,), out, 3), b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
+
+
+def _wide_hidden():
+    """An on-chip layer with fan-in 1,100 (the first layer runs on the host and may be wider)."""
+    b = _Builder(5)
+    h = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 1100)])
+    out = b.gemm(h, 1100, 3)
+    return b.model((16,), out, 3), b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
+
+
+def test_branches_of_different_depth_get_delays_and_stay_exact(tmp_path):
+    snn, x = _onnx_case(tmp_path, _skip_concat)
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    out = next(p for p in net["populations"] if p["role"] == "output")
+    assert out["neuron_model"] == "lif" and out["depth"] == 2
+    check_batch(g, net, ChipModel(net), random_x(g, RANDOM_INPUTS, 3), 8)
+
+
+def test_weights_beyond_the_neuron_model_are_refused(tmp_path):
+    """8-bit weights fit `lif_no_delay` but not `lif`, which a delayed layer needs."""
+    work = tmp_path / "work"
+    work.mkdir()
+    snn, x = _onnx_case(work, _skip_concat)
+    g = quantize(snn, x, get_profile("spinnaker2-8bit"), max_timesteps=MAX_T)
+    out = tmp_path / "never"
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'gemm_7' \\(synapses\\): synapse weights "
+        "into 'output' reach \\d+, beyond the \\[-15, 15\\] of neuron model 'lif'",
+    ):
+        emit(g, "spinnaker2-8bit", out)
+    assert not out.exists()
+    wide = quantize(snn, x, Profile("w12", weight_bits=12, state_bits=32), max_timesteps=8)
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'gemm_4' \\(synapses\\): synapse weights "
+        "into 'relu_5' reach \\d+, beyond the \\[-127, 127\\] of neuron model "
+        "'lif_no_delay'",
+    ):
+        emit(wide, "spinnaker2", out)
+    assert not out.exists()
+
+
+def test_fan_in_beyond_the_chip_is_refused_at_quantize_and_emit(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    snn, x = _onnx_case(work, _wide_hidden)
+    limit = cap.MAX_FANIN
+    why = f"fan-in 1100 synapses per neuron into 'output' exceeds the SpiNNaker2 limit {limit}"
+    with pytest.raises(CapabilityExceeded, match=f"node 'gemm_4' \\(synapses\\): {why}"):
+        quantize(snn, x, get_profile("spinnaker2"), max_timesteps=8)
+    p5 = Profile("p5", weight_bits=5, mult_bits=5, bias_bits=25, state_bits=25)
+    g = quantize(snn, x, p5, max_timesteps=8)
+    out = tmp_path / "emit"
+    out.mkdir()
+    _refused(g, out, f"node 'gemm_4' \\(synapses\\): {why}")
+
+
+def test_unsupported_ops_are_refused_by_name(cases, tmp_path, monkeypatch):
+    g = s2_graph(cases["digits_mlp"])
+    odd = dataclasses.replace(OPS["reshape"], name="softmax")
+    monkeypatch.setitem(OPS, "softmax", odd)
+    g.nodes[0].op = "softmax"  # a transformer operator in place of the flatten
+    _refused(
+        g, tmp_path, "node 'node_Reshape_7': op 'softmax' is not supported by target 'spinnaker2'"
+    )
+
+
+def test_fixtures_that_cannot_map_are_refused_naming_the_node(cases):
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of a neuron layer",
+    ):
+        s2_graph(cases["concat_pool"])
+    with pytest.raises(CapabilityExceeded, match="node 'add_5' \\(add\\): input 't4' is below"):
+        s2_graph(cases["residual"])
+    with pytest.raises(
+        CapabilityExceeded, match="node 'relu_3': target 'spinnaker2' has no signed"
+    ):
+        quantize(cases["wide_mlp"].snn, _calib(cases["wide_mlp"]), get_profile("spinnaker2"))
+
+
+def test_max_pooling_beyond_15_steps_is_refused(cases, tmp_path):
+    case = cases["digits_cnn"]
+    g = quantize(case.snn, _calib(case), get_profile("spinnaker2"), max_timesteps=16)
+    _refused(
+        g,
+        tmp_path,
+        "node 'node_max_pool2d' \\(maxpool2d\\): the max-pooling comparators "
+        "are exact for T <= 15 only",
+    )
+
+
+def test_cli_says_the_model_is_not_the_hardware(emitted, tmp_path):
+    case, g, _ = emitted["digits_mlp"]
+    save(g, tmp_path / "m.spk")
+    r = CliRunner().invoke(
+        main, ["emit", str(tmp_path / "m.spk"), "--target", "spinnaker2", "-o", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "not against the hardware" in r.output
+    r = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(tmp_path / "m.spk"),
+            str(tmp_path / "o"),
+            "--data",
+            str(case.calib),
+            "-n",
+            "16",
+            "-T",
+            "4",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "not hardware" in r.output
