@@ -59,7 +59,7 @@ class Settings:
             raise BadInput(f"--lr must be a positive number, got {self.lr}")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.loss not in ("every_step", "final", "linear"):
+        if self.loss not in ("every_step", "final"):
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
 
@@ -78,9 +78,7 @@ def loss_fn(outputs: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
         return F.cross_entropy(outputs[-1] / T, y)
     steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
     means = outputs / steps.reshape((T,) + (1,) * (outputs.ndim - 1))
-    ce = F.cross_entropy(means.flatten(0, 1), y.repeat(T), reduction="none").reshape(T, -1)
-    w = steps if kind == "linear" else torch.ones_like(steps)
-    return (ce.mean(1) * w).sum() / w.sum()
+    return F.cross_entropy(means.flatten(0, 1), y.repeat(T))
 
 
 def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
