@@ -316,10 +316,10 @@ def _skip_concat():
 
 
 def _wide_hidden():
-    """An on-chip layer with fan-in 1,100 (the first layer runs on the host and may be wider)."""
+    """An on-chip layer with fan-in 2,000 (the first layer runs on the host and may be wider)."""
     b = _Builder(5)
-    h = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 1100)])
-    out = b.gemm(h, 1100, 3)
+    h = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 2000)])
+    out = b.gemm(h, 2000, 3)
     return b.model((16,), out, 3), b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
 
 
@@ -363,7 +363,7 @@ def test_fan_in_beyond_the_chip_is_refused_at_quantize_and_emit(tmp_path):
     work.mkdir()
     snn, x = _onnx_case(work, _wide_hidden)
     limit = cap.MAX_FANIN
-    why = f"fan-in 1100 synapses per neuron into 'output' exceeds the SpiNNaker2 limit {limit}"
+    why = f"fan-in \\d+ synapses per neuron into 'output' exceeds the SpiNNaker2 limit {limit}"
     with pytest.raises(CapabilityExceeded, match=f"node 'gemm_4' \\(synapses\\): {why}"):
         quantize(snn, x, get_profile("spinnaker2"), max_timesteps=8)
     p5 = Profile("p5", weight_bits=5, mult_bits=5, bias_bits=25, state_bits=25)
