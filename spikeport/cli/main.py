@@ -53,5 +53,4 @@ def main() -> None:
     """Turn a pretrained ANN (ONNX) into a calibrated, integer spiking network."""
 
 
-from spikeport.cli import commands, target_cmds  # noqa: E402,F401  (registers the verbs)
-from spikeport.cli import finetune_cmd  # noqa: E402,F401  (registers `finetune`)
+from spikeport.cli import commands, finetune_cmd, target_cmds  # noqa: E402,F401  (registers the verbs)
