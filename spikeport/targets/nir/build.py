@@ -1,0 +1,289 @@
+"""Spiking graph -> nir.NIRGraph (nir 1.0.x), the float network of spikeport's float simulator.
+
+Units. NIR's IF fires 0/1 spikes and every consumer keeps one threshold per layer best, so each
+IF gets v_threshold = 1: its potential is ours divided by theta. A tensor's NIR value times its
+`sigma` is its real value: the input has sigma 1, an IF output sigma theta (a spike is worth
+theta), an IF input sigma theta, the graph output sigma 1. Affine and Conv2d absorb the sigmas
+of their input and output into their weights (W' = W sigma_in / sigma_out, b' = b / sigma_out);
+AvgPool2d and Flatten carry sigma along; where two sigmas must meet (an add of spikes and a
+current, an IF right after a pool) a 1x1 scaling node is inserted. Add and Concat have no NIR
+node: edges into one node are summed (NIR's rule), Concat by embedding each input into its
+slot with a 1x1 Conv2d or an Affine.
+
+The op table NIR_OPS is the one list of what maps; anything else is refused by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spikeport.errors import CapabilityExceeded
+from spikeport.ir.graph import Graph, Node
+
+# What the file records about the neuron, for consumers and people (NIR does not encode it).
+NEURON_METADATA = {
+    "spikeport_neuron": "integrate-and-fire, discrete time, one step per input sample",
+    "reset": "subtract",  # v -= v_threshold on a spike (NIR >= 1.0.6 documents reset to v_reset)
+    "spike_condition": "v >= v_threshold",
+    "v_initial": "0.5 * v_threshold",  # spikeport starts every neuron at half its threshold
+    "input": "direct encoding: the same input at every step",
+}
+
+
+@dataclass
+class Edge:
+    """A NIR node feeding a tensor, and the sigma (full tensor shape) of what it carries."""
+
+    src: str
+    sigma: np.ndarray
+
+
+def refuse(node: Node, why: str) -> CapabilityExceeded:
+    return CapabilityExceeded(f"node '{node.name}' ({node.op}): {why} on target 'nir'")
+
+
+class NirBuilder:
+    """Walks the graph once; NIR_OPS says what each op becomes."""
+
+    def __init__(self, graph: Graph):
+        import nir  # a dependency of this target only
+
+        self.nir, self.graph = nir, graph
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.handles: dict[str, list[Edge]] = {}
+        shape = graph.input.shape
+        self.nodes["input"] = nir.Input(input_type={"input": np.array(shape)})
+        self.handles[graph.input.name] = [Edge("input", np.ones(shape))]
+
+    def shape(self, tensor: str) -> tuple[int, ...]:
+        return self.graph.shape(tensor)
+
+    def demand(self, tensor: str) -> np.ndarray | None:
+        """The sigma the consumers of `tensor` want, if they agree on one."""
+        if tensor in self.graph.outputs:
+            return np.ones(self.shape(tensor))
+        wants = []
+        for user in self.graph.consumers(tensor):
+            if user.op == "if":
+                wants.append(self.theta(user))
+            elif user.op == "add":
+                wants.append(self.demand(user.output))
+            else:
+                wants.append(None)
+        first = wants[0] if wants else None
+        same = all(w is not None and np.array_equal(w, first) for w in wants)
+        return first if same else None
+
+    def theta(self, node: Node) -> np.ndarray:
+        th = np.asarray(node.params["threshold"], np.float64)
+        return np.broadcast_to(th, self.shape(node.output)).copy()
+
+    def add_node(self, name: str, nir_node: Any, inputs: list[Edge]) -> str:
+        self.nodes[name] = nir_node
+        self.edges += [(e.src, name) for e in inputs]
+        return name
+
+    def unify(self, node: Node, inputs: list[Edge], sigma: np.ndarray) -> list[Edge]:
+        """Edges that all carry `sigma`: scale those that do not with a 1x1 node."""
+        out = []
+        for k, e in enumerate(inputs):
+            if np.array_equal(e.sigma, sigma):
+                out.append(e)
+            else:
+                name = f"{node.name}.scale{k}"
+                out.append(
+                    Edge(self.add_node(name, self.scaler(node, e.sigma / sigma), [e]), sigma)
+                )
+        return out
+
+    def scaler(self, node: Node, ratio: np.ndarray) -> Any:
+        """Multiply a tensor by `ratio` (per channel / feature) with an Affine or 1x1 Conv2d."""
+        if ratio.ndim == 1:
+            return self.nir.Affine(weight=np.diag(ratio), bias=np.zeros(len(ratio)))
+        # A full diagonal 1x1 kernel: nir's shape inference ignores `groups`.
+        return _embedder(self, np.diag(channel_sigma(node, ratio)), ratio.shape)
+
+    def build(self) -> Any:
+        for node in self.graph.nodes:
+            make = NIR_OPS.get(node.op)
+            if make is None:
+                raise refuse(node, "the op has no NIR node")
+            self.handles[node.output] = make(self, node)
+        out = self.graph.outputs[0]
+        last = self.graph.producer(out)
+        assert last is not None
+        edges = self.unify(last, self.handles[out], np.ones(self.shape(out)))
+        output = self.nir.Output(output_type={"output": np.array(self.shape(out))})
+        self.add_node("output", output, edges)
+        return self.nir.NIRGraph(
+            nodes=self.nodes, edges=self.edges, metadata={"spikeport": dict(NEURON_METADATA)}
+        )
+
+
+def channel_sigma(node: Node, sigma: np.ndarray) -> np.ndarray:
+    """(C,) of a (C, H, W) sigma, or refuse where it varies inside a channel."""
+    flat = sigma.reshape(len(sigma), -1)
+    if not np.all(flat == flat[:, :1]):
+        raise refuse(node, "a scale varies inside a channel")
+    return flat[:, 0]
+
+
+def feature_sigma(node: Node, sigma: np.ndarray) -> np.ndarray:
+    if sigma.ndim != 1:
+        raise refuse(node, "a dense layer needs a 1-D input")
+    return sigma
+
+
+def _single(b: NirBuilder, node: Node, k: int = 0) -> list[Edge]:
+    """The edges feeding input k, brought to one sigma (the first edge's)."""
+    edges = b.handles[node.inputs[k]]
+    return b.unify(node, edges, edges[0].sigma)
+
+
+def _weighted_out_sigma(b: NirBuilder, node: Node) -> np.ndarray:
+    want = b.demand(node.output)
+    return want if want is not None else np.ones(b.shape(node.output))
+
+
+def _dense(b: NirBuilder, node: Node) -> list[Edge]:
+    ins = _single(b, node)
+    s_in = feature_sigma(node, ins[0].sigma)
+    s_out = _weighted_out_sigma(b, node)
+    so = feature_sigma(node, s_out)
+    w = np.asarray(node.params["weight"], np.float64) * s_in[None, :] / so[:, None]
+    bias = np.asarray(node.params["bias"], np.float64) / so
+    return [Edge(b.add_node(node.name, b.nir.Affine(weight=w, bias=bias), ins), s_out)]
+
+
+def _symmetric(node: Node, pads: list[int]) -> tuple[int, int]:
+    top, left, bottom, right = pads
+    if top != bottom or left != right:
+        raise refuse(node, f"NIR pads both sides alike; pads {pads} are not symmetric")
+    return top, left
+
+
+def _conv(b: NirBuilder, node: Node) -> list[Edge]:
+    ins = _single(b, node)
+    a = node.attrs
+    w = np.asarray(node.params["weight"], np.float64)
+    g = a["group"]
+    s_in = channel_sigma(node, ins[0].sigma)
+    s_out = _weighted_out_sigma(b, node)
+    so = channel_sigma(node, s_out)
+    og, cg = w.shape[0] // g, w.shape[1]
+    cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]
+    w = w * s_in[cin][:, :, None, None] / so[:, None, None, None]
+    conv = b.nir.Conv2d(
+        input_shape=tuple(b.shape(node.inputs[0])[1:]),
+        weight=w,
+        stride=tuple(a["strides"]),
+        padding=_symmetric(node, a["pads"]),
+        dilation=tuple(a["dilations"]),
+        groups=g,
+        bias=np.asarray(node.params["bias"], np.float64) / so,
+    )
+    return [Edge(b.add_node(node.name, conv, ins), s_out)]
+
+
+def _avgpool(b: NirBuilder, node: Node) -> list[Edge]:
+    ins = _single(b, node)
+    a = node.attrs
+    sig = channel_sigma(node, ins[0].sigma)
+    pool = b.nir.AvgPool2d(
+        kernel_size=np.array(a["kernel"]),
+        stride=np.array(a["strides"]),
+        padding=np.array(_symmetric(node, a["pads"])),
+    )
+    shape = b.shape(node.output)
+    return [
+        Edge(b.add_node(node.name, pool, ins), np.broadcast_to(sig[:, None, None], shape).copy())
+    ]
+
+
+def _reshape(b: NirBuilder, node: Node) -> list[Edge]:
+    shape_in, shape_out = b.shape(node.inputs[0]), b.shape(node.output)
+    if len(shape_out) != 1:
+        raise refuse(node, f"only a flatten to one axis maps to NIR, not {shape_in} -> {shape_out}")
+    ins = _single(b, node)
+    if len(shape_in) == 1:
+        return ins
+    flat = b.nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=0, end_dim=-1)
+    return [Edge(b.add_node(node.name, flat, ins), ins[0].sigma.reshape(-1))]
+
+
+def _add(b: NirBuilder, node: Node) -> list[Edge]:
+    """No node: every input's edges go on to the consumer, which sums them, at one sigma."""
+    want = b.demand(node.output)
+    edges = [e for t in node.inputs for e in b.handles[t]]
+    return b.unify(node, edges, want if want is not None else edges[0].sigma)
+
+
+def _concat(b: NirBuilder, node: Node) -> list[Edge]:
+    """Each input goes into its slot of the output by a 1x1 Conv2d / an Affine (zeros elsewhere)."""
+    shape = b.shape(node.output)
+    if node.attrs["axis"] % len(shape) != 0:
+        raise refuse(node, "only a concat along the first (channel / feature) axis maps to NIR")
+    want = b.demand(node.output)
+    s_out = want if want is not None else np.ones(shape)
+    per = channel_sigma(node, s_out) if len(shape) == 3 else s_out
+    edges, offset = [], 0
+    for k, t in enumerate(node.inputs):
+        ins = b.unify(node, b.handles[t], b.handles[t][0].sigma)
+        s_in = ins[0].sigma
+        n = b.shape(t)[0]
+        per_in = channel_sigma(node, s_in) if len(shape) == 3 else s_in
+        embed = np.zeros((shape[0], n))
+        embed[offset + np.arange(n), np.arange(n)] = per_in / per[offset : offset + n]
+        offset += n
+        edges.append(Edge(b.add_node(f"{node.name}.in{k}", _embedder(b, embed, shape), ins), s_out))
+    return edges
+
+
+def _embedder(b: NirBuilder, embed: np.ndarray, shape: tuple[int, ...]) -> Any:
+    if len(shape) == 1:
+        return b.nir.Affine(weight=embed, bias=np.zeros(shape[0]))
+    return b.nir.Conv2d(
+        input_shape=tuple(shape[1:]),
+        weight=embed[:, :, None, None],
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=np.zeros(shape[0]),
+    )
+
+
+def _if(b: NirBuilder, node: Node) -> list[Edge]:
+    if node.attrs["signed"]:
+        raise refuse(node, "NIR's IF has no negative spikes; convert without --signed")
+    theta = b.theta(node)
+    ins = b.unify(node, b.handles[node.inputs[0]], theta)
+    ones = np.ones(theta.shape)
+    neuron = b.nir.IF(
+        r=ones,
+        v_threshold=ones,
+        v_reset=np.zeros(theta.shape),
+        metadata=dict(NEURON_METADATA),
+    )
+    return [Edge(b.add_node(node.name, neuron, ins), theta)]
+
+
+NIR_OPS: dict[str, Callable[[NirBuilder, Node], list[Edge]]] = {
+    "dense": _dense,
+    "conv2d": _conv,
+    "avgpool2d": _avgpool,
+    "reshape": _reshape,
+    "add": _add,
+    "concat": _concat,
+    "if": _if,
+}
+
+
+def to_nir(graph: Graph) -> Any:
+    """The nir.NIRGraph of `graph`'s float spiking network (refuses what NIR cannot hold)."""
+    return NirBuilder(graph).build()
