@@ -1,0 +1,161 @@
+"""NIR target: model.nir read back with nir.read and run in snnTorch (a real NIR consumer) gives
+the float simulator's spikes at every step of every IF layer; what NIR cannot hold is refused by
+name before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from fixture_models import _Builder
+
+from spikeport.cli.main import main
+from spikeport.convert import convert
+from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.ir import save
+from spikeport.ir.ops import OPS
+from spikeport.quantize import get_profile, quantize
+from spikeport.targets import emit, verify
+
+nir = pytest.importorskip("nir")
+pytest.importorskip("snntorch")
+pytest.importorskip("nirtorch")
+
+from spikeport.targets.nir import check_batch  # noqa: E402
+from spikeport.targets.nir.snntorch_run import SnnTorchRun  # noqa: E402
+
+MAPPED = ["digits_mlp", "residual", "wide_mlp"]  # wide_mlp converted without --signed
+INPUTS = 100
+
+
+def nir_graph(case):
+    snn = case.snn
+    if case.name == "wide_mlp":  # NIR's IF has no negative spikes
+        snn = convert(case.onnx, case.calib, signed=False)
+    return quantize(snn, np.load(case.calib)["x"], get_profile("nir"))
+
+
+@pytest.fixture(scope="module")
+def emitted(cases, tmp_path_factory):
+    root = tmp_path_factory.mktemp("nir")
+    out = {}
+    for name in MAPPED:
+        g = nir_graph(cases[name])
+        emit(g, "nir", root / name)
+        out[name] = (cases[name], g, root / name)
+    return out
+
+
+def random_x(case, n: int, seed: int) -> np.ndarray:
+    """Inputs spread over the range of the model's own data."""
+    lo, hi = float(case.test_x.min()), float(case.test_x.max())
+    return np.random.default_rng(seed).uniform(lo, hi, (n,) + case.test_x.shape[1:])
+
+
+@pytest.mark.parametrize("name", MAPPED)
+def test_snntorch_round_trip_equals_the_float_simulator(emitted, name):
+    """100 random inputs (and the model's own test inputs), T = 8: spikes of every IF layer
+    equal, outputs equal to float rounding."""
+    case, g, outdir = emitted[name]
+    assert verify(g, outdir, random_x(case, INPUTS, len(name)), T=8)["samples"] == INPUTS
+    assert verify(g, outdir, case.test_x, T=8)["samples"] == len(case.test_x)
+
+
+def test_file_holds_nir_nodes_and_our_semantics_in_metadata(emitted):
+    graph = nir.read(str(emitted["residual"][2] / "model.nir"))
+    kinds = {type(n).__name__ for n in graph.nodes.values()}
+    assert {"Input", "Conv2d", "IF", "AvgPool2d", "Flatten", "Affine", "Output"} <= kinds
+    for node in graph.nodes.values():
+        if isinstance(node, nir.IF):
+            assert (node.r == 1).all() and (node.v_threshold == 1).all()
+            assert (node.v_reset == 0).all()
+            assert node.metadata["reset"] == "subtract"
+            assert node.metadata["v_initial"] == "0.5 * v_threshold"
+    assert graph.metadata["spikeport"]["spike_condition"] == "v >= v_threshold"
+    readme = (emitted["residual"][2] / "README.md").read_text()
+    assert "initial potential" in readme and "set beta to 1" in readme
+
+
+def test_snntorch_defaults_run_another_network(emitted):
+    """Why the fixes matter: snnTorch's own IF import (leaky, beta 0.9) gives other spikes."""
+    case, g, outdir = emitted["digits_mlp"]
+    run = SnnTorchRun(outdir / "model.nir")
+    for mod, _ in run.neurons.values():
+        mod.beta = run.torch.tensor(0.9, dtype=run.dtype)
+    with pytest.raises(CheckFailed, match="snnTorch \\(NIR\\) differs from the simulator"):
+        check_batch(g, run, case.test_x[:64], 8)
+
+
+def _skip_concat(tmp_path):
+    b = _Builder(6)
+    a = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 12)])
+    h = b.op("Relu", [b.gemm(a, 12, 10)])
+    out = b.gemm(b.op("Concat", [a, h], axis=1), 22, 3)
+    onnx.save(b.model((16,), out, 3), tmp_path / "m.onnx")
+    x = b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    return convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x
+
+
+def test_concat_maps_by_embedding(tmp_path):
+    snn, x = _skip_concat(tmp_path)
+    g = quantize(snn, x, get_profile("nir"))
+    emit(g, "nir", tmp_path / "o")
+    xs = np.random.default_rng(2).uniform(0, 1, (INPUTS, 16))
+    assert verify(g, tmp_path / "o", xs, T=8)["samples"] == INPUTS
+
+
+def _refused(graph, tmp_path, match):
+    out = tmp_path / "never"
+    with pytest.raises(CapabilityExceeded, match=match):
+        emit(graph, "nir", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_max_pooling_is_refused_by_name(cases, tmp_path):
+    case = cases["digits_cnn"]
+    with pytest.raises(CapabilityExceeded, match="node 'node_max_pool2d': op 'maxpool2d' is not"):
+        nir_graph(case)
+    _refused(
+        case.int,
+        tmp_path,
+        "node 'node_max_pool2d': op 'maxpool2d' is not supported by target 'nir'",
+    )
+
+
+def test_signed_spikes_and_transformer_ops_are_refused(cases, tmp_path, monkeypatch):
+    _refused(cases["wide_mlp"].int, tmp_path, "node 'relu_3': target 'nir' has no signed spikes")
+    g = nir_graph(cases["digits_mlp"])
+    monkeypatch.setitem(OPS, "softmax", dataclasses.replace(OPS["reshape"], name="softmax"))
+    g.nodes[0].op = "softmax"
+    _refused(g, tmp_path, "node 'node_Reshape_7': op 'softmax' is not supported by target 'nir'")
+
+
+def test_emit_says_what_nir_cannot_hold(emitted, tmp_path):
+    case, g, _ = emitted["digits_mlp"]
+    save(g, tmp_path / "m.spk")
+    r = CliRunner().invoke(
+        main, ["emit", str(tmp_path / "m.spk"), "--target", "nir", "-o", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "initial potential" in r.output and "reset" in r.output
+    manifest = json.loads((tmp_path / "o" / "spikeport-target.json").read_text())
+    assert manifest["target"] == "nir"
+    r = CliRunner().invoke(
+        main,
+        [
+            "verify",
+            str(tmp_path / "m.spk"),
+            str(tmp_path / "o"),
+            "--data",
+            str(case.calib),
+            "-n",
+            "16",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "snnTorch" in r.output
