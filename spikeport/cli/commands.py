@@ -6,6 +6,7 @@ import click
 
 from spikeport.cli.main import QUIET, main, parse_timesteps, run_safely, say
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
+from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
 from spikeport.data import load_data
 from spikeport.ir import load, save
 from spikeport.progress import progress
@@ -42,6 +43,13 @@ OUT = click.option("-o", "--output", "output", required=True, help="Output file.
     help="One threshold per channel or one per layer.",
 )
 @click.option("--signed", is_flag=True, help="Signed spikes (neurons may emit -1).")
+@click.option(
+    "--input-percentile",
+    type=float,
+    default=DEFAULT_INPUT_PERCENTILE,
+    show_default=True,
+    help="Sequence models: |activation| percentile of the neurons before linear layers.",
+)
 @OUT
 @QUIET
 @run_safely
@@ -52,12 +60,13 @@ def convert_cmd(
     percentile: float,
     per_channel: bool,
     signed: bool,
+    input_percentile: float,
     output: str,
     quiet: bool,
 ) -> None:
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
-    graph = convert(model, calib, percentile, per_channel, signed, timesteps)
+    graph = convert(model, calib, percentile, per_channel, signed, timesteps, input_percentile)
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
     say(

@@ -36,9 +36,27 @@ def onnx_runner(path: str | os.PathLike[str]) -> Runner:
     return run
 
 
+def ir_runner(graph: Graph) -> Runner:
+    """The graph's own ANN view (equal to onnxruntime to float rounding, see the tests): it
+    exposes tensors that exist only in the IR, such as the inputs of fused linear layers."""
+    from spikeport.sim import Simulator
+
+    sim = Simulator(graph, "ann")
+
+    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        trace = sim.run(x, 1, record=True).trace
+        assert trace is not None
+        return {n: trace[n][0] for n in names}
+
+    return run
+
+
 def activation_tensors(graph: Graph) -> list[str]:
-    """The tensors that become spike trains: outputs of ReLU/Clip nodes."""
-    return [n.output for n in graph.nodes if n.op == "relu"]
+    """The tensors that become spike trains: outputs of ReLU/Clip nodes and, in sequence
+    models, the analog inputs of linear layers (see balance.spike_inputs)."""
+    from spikeport.convert.balance import spike_inputs
+
+    return [n.output for n in graph.nodes if n.op == "relu"] + spike_inputs(graph)
 
 
 def collect(

@@ -31,6 +31,12 @@ class _Ctx:
     nodes: list[Node] = field(default_factory=list)
     alias: dict[str, str] = field(default_factory=dict)
     uses: dict[str, int] = field(default_factory=dict)
+    # Sequence models are imported from their batch-1 form: every tensor keeps its full shape
+    # (batch axis of size 1 included) as its per-sample shape, and ONNX axes apply unchanged.
+    keep_batch: bool = False
+
+    def shape(self, t: str) -> tuple[int, ...]:
+        return self.tensors[self.name(t)].shape
 
     def name(self, t: str) -> str:
         while t in self.alias:
@@ -152,6 +158,9 @@ def _conv(ctx: _Ctx, n: onnx.NodeProto) -> None:
 @importer("Gemm", "MatMul")
 def _gemm(ctx: _Ctx, n: onnx.NodeProto) -> None:
     a = _attrs(n)
+    if n.op_type == "MatMul" and ctx.keep_batch and n.input[1] not in ctx.consts:
+        ctx.emit(Node(n.name, "matmul", list(n.input), n.output[0]))
+        return
     if a.get("transA", 0):
         raise _refuse(n, "transA=1 is not supported")
     w = ctx.const(n, 1, "the second operand (weight)").astype(np.float64)
@@ -182,6 +191,18 @@ def _add(ctx: _Ctx, n: onnx.NodeProto) -> None:
     act = next(i for i in n.input if i not in ctx.consts)
     target = ctx.fold_target(act)
     c = ctx.consts[const[0]]
+    if (target is None or c.size != target.params["bias"].size and c.size != 1) and ctx.keep_batch:
+        ctx.emit(
+            Node(
+                n.name,
+                "offset",
+                [act],
+                n.output[0],
+                {},
+                {"value": c.astype(np.float32).reshape(c.shape[-len(ctx.shape(act)) :])},
+            )
+        )
+        return
     if target is None or c.size != target.params["bias"].size and c.size != 1:
         raise _refuse(
             n,
@@ -264,13 +285,30 @@ def _maxpool(ctx: _Ctx, n: onnx.NodeProto) -> None:
 def _flatten(ctx: _Ctx, n: onnx.NodeProto) -> None:
     if _attrs(n).get("axis", 1) != 1:
         raise _refuse(n, "only Flatten(axis=1) keeps the batch axis apart")
+    if ctx.keep_batch:
+        _full_reshape(ctx, n, [1, -1])
+        return
     shape = ctx.tensors[ctx.name(n.input[0])].shape
     ctx.emit(Node(n.name, "reshape", [n.input[0]], n.output[0], {"shape": [int(np.prod(shape))]}))
+
+
+def _full_reshape(ctx: _Ctx, n: onnx.NodeProto, target: list[int]) -> None:
+    """Batch-1 form: the whole target shape is per sample (0 copies, -1 is inferred)."""
+    in_shape = ctx.shape(n.input[0])
+    keep_zero = _attrs(n).get("allowzero", 0)
+    dims = [in_shape[i] if d == 0 and not keep_zero else d for i, d in enumerate(target)]
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1]))
+        dims[dims.index(-1)] = int(np.prod(in_shape)) // max(known, 1)
+    ctx.emit(Node(n.name, "reshape", [n.input[0]], n.output[0], {"shape": dims}))
 
 
 @importer("Reshape")
 def _reshape(ctx: _Ctx, n: onnx.NodeProto) -> None:
     target = [int(d) for d in ctx.const(n, 1, "the shape")]
+    if ctx.keep_batch:
+        _full_reshape(ctx, n, target)
+        return
     in_shape = ctx.tensors[ctx.name(n.input[0])].shape
     if not target or target[0] not in (-1, 0):
         raise _refuse(n, f"shape {target} must keep the batch axis first (-1 or 0)")
@@ -290,6 +328,9 @@ def _reshape(ctx: _Ctx, n: onnx.NodeProto) -> None:
 @importer("Concat")
 def _concat(ctx: _Ctx, n: onnx.NodeProto) -> None:
     axis = int(_attrs(n)["axis"])
+    if ctx.keep_batch:
+        ctx.emit(Node(n.name, "concat", list(n.input), n.output[0], {"axis": axis}))
+        return
     rank = len(ctx.tensors[ctx.name(n.input[0])].shape) + 1
     axis %= rank
     if axis == 0:
@@ -313,8 +354,7 @@ def _graph_input(model: onnx.ModelProto) -> TensorInfo:
     ins = [i for i in model.graph.input if i.name not in inits]
     if len(ins) != 1:
         raise UnsupportedOp(
-            f"the model has {len(ins)} inputs {[i.name for i in ins]}; "
-            "CNN/MLP import takes exactly one"
+            f"the model has {len(ins)} inputs {[i.name for i in ins]}; import takes exactly one"
         )
     dims = ins[0].type.tensor_type.shape.dim
     rest = [d.dim_value for d in dims[1:]]
@@ -323,32 +363,64 @@ def _graph_input(model: onnx.ModelProto) -> TensorInfo:
     return TensorInfo(ins[0].name, tuple(rest))
 
 
+def _batch1_input(ctx: _Ctx, inp: TensorInfo) -> None:
+    """Give the batch-1 graph its leading axis back: x (per sample) -> x with shape (1, ...)."""
+    inner = f"{inp.name}:batch1"
+    ctx.emit(Node(inner, "reshape", [inp.name], inner, {"shape": [1, *inp.shape]}))
+    ctx.alias[inp.name] = inner
+
+
+def _batch1_outputs(ctx: _Ctx, outputs: list[str]) -> list[str]:
+    """Drop the leading axis of size 1 from each graph output (per-sample classifier logits)."""
+    for out in outputs:
+        node = ctx.producer(out)
+        shape = ctx.shape(out)
+        if node is None or not shape or shape[0] != 1:
+            raise UnsupportedOp(f"graph output '{out}' does not start with the batch axis")
+        ctx.rename_output(node, f"{out}:batch1")
+        ctx.emit(Node(f"{out}:sample", "reshape", [node.output], out, {"shape": list(shape[1:])}))
+    return outputs
+
+
 def import_onnx(path: str | os.PathLike[str]) -> Graph:
-    """Read an ONNX CNN/MLP into a float ANN graph, refusing what it cannot represent."""
+    """Read an ONNX CNN/MLP or sequence model into a float ANN graph, refusing what it cannot
+    represent (naming the node)."""
+    from spikeport.convert import onnx_seq  # registers the sequence importers
+
     model = _load(path)
     inp = _graph_input(model)
+    sequence = onnx_seq.is_sequence_model(model)
+    if sequence:
+        model = onnx_seq.fuse_erf_gelu(onnx_seq.specialise_batch1(model))
     ctx = _Ctx(
         consts={i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
         tensors={inp.name: inp},
+        keep_batch=sequence,
     )
     for n in model.graph.node:
         for i in n.input:
             ctx.uses[i] = ctx.uses.get(i, 0) + 1
+    if sequence:
+        _batch1_input(ctx, inp)
     for i, n in enumerate(model.graph.node):
         n.name = n.name or f"{n.op_type}_{i}"
         if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
             raise _refuse(n, "op is not in spikeport's vocabulary")
         IMPORTERS[n.op_type](ctx, n)
+    outputs = [ctx.name(o.name) for o in model.graph.output]
+    if sequence:
+        outputs = _batch1_outputs(ctx, outputs)
     graph = Graph(
         inputs=[inp],
         nodes=ctx.nodes,
-        outputs=[ctx.name(o.name) for o in model.graph.output],
+        outputs=outputs,
         meta={
             "source": {
                 "format": "onnx",
                 "file": os.path.basename(path),
                 "sha256": sha256_file(path),
                 "opset": max(o.version for o in model.opset_import),
+                "sequence_model": sequence,
             }
         },
     )

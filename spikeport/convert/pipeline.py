@@ -6,8 +6,12 @@ import os
 from pathlib import Path
 
 from spikeport import __version__
-from spikeport.convert.balance import DEFAULT_PERCENTILE, balance_thresholds
-from spikeport.convert.calibrate import collect, onnx_runner
+from spikeport.convert.balance import (
+    DEFAULT_INPUT_PERCENTILE,
+    DEFAULT_PERCENTILE,
+    balance_thresholds,
+)
+from spikeport.convert.calibrate import collect, ir_runner, onnx_runner
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.data import load_data
 from spikeport.errors import BadInput
@@ -35,6 +39,7 @@ def convert(
     per_channel: bool = True,
     signed: bool = False,
     timesteps: int = DEFAULT_TIMESTEPS,
+    input_percentile: float = DEFAULT_INPUT_PERCENTILE,
 ) -> Graph:
     """Import, calibrate on `calib` (onnxruntime, or LiteRT for .tflite) and balance thresholds."""
     if timesteps < 1:
@@ -45,9 +50,13 @@ def convert(
         from spikeport.convert.litert import litert_runner
 
         stats = collect(ann, litert_runner(model, ann), data.x)
+    elif ann.meta["source"].get("sequence_model"):
+        # Sequence models read tensors that exist only in the IR (the inputs of fused linear
+        # layers): their ANN view, tested equal to onnxruntime, is the calibration runner.
+        stats = collect(ann, ir_runner(ann), data.x)
     else:
         stats = collect(ann, onnx_runner(model), data.x)
-    snn = balance_thresholds(ann, stats, percentile, per_channel, signed)
+    snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps
     snn.meta["spikeport_version"] = __version__

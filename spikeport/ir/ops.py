@@ -86,9 +86,10 @@ def _spatial(node: Node, x: Shape, kernel: list[int]) -> tuple[int, int]:
 
 @register("dense", params=("weight", "bias"), synaptic=True)
 def _dense(node: Node, ins: list[Shape]) -> Shape:
-    """y = W x + b over the last axis; weight (out, in), bias (out,). Input (..., in)."""
+    """y = W x + b over the last axis; weight (out, in), bias (out,) or broadcastable to the
+    output (..., out), e.g. a folded position embedding. Input (..., in)."""
     w, b = node.params["weight"], node.params["bias"]
-    if w.ndim != 2 or b.shape != (w.shape[0],):
+    if w.ndim != 2 or b.shape[-1:] != (w.shape[0],) or b.ndim > len(ins[0]):
         raise _fail(node, f"weight {w.shape} / bias {b.shape} are not (out, in) / (out,)")
     if ins[0][-1:] != (w.shape[1],):
         raise _fail(node, f"input {ins[0]} does not end in {w.shape[1]} features")
@@ -173,7 +174,7 @@ def _relu(node: Node, ins: list[Shape]) -> Shape:
 @register(
     "if",
     params=("threshold",),
-    attrs={"signed": False, "cap": None},
+    attrs={"signed": False, "bipolar": False, "cap": None},
     stateful=True,
     stages=("snn", "int"),
 )
@@ -181,6 +182,8 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     """Integrate-and-fire, reset by subtraction, threshold theta > 0 (per channel):
     v0 = theta/2 (floor(theta/2) in "int"); each step v += I; if v >= theta: s = +1, v -= theta;
     signed variant: else if v < 0 and the running spike count > 0: s = -1, v += theta.
+    bipolar variant (signed values, e.g. the inputs of a transformer's linear layers): else if
+    v < 0: s = -1, v += theta, with no floor on the count (its ANN view is the identity).
     A spike carries the value theta (in real units). `cap` keeps the source Clip bound for the
     ANN view."""
     th = node.params["threshold"]
@@ -188,3 +191,7 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     if th.ndim > len(ins[0]) or any(a not in (1, b) for a, b in pairs):
         raise _fail(node, f"threshold {th.shape} does not broadcast to {ins[0]}")
     return ins[0]
+
+
+# Sequence-model ops register into the same OPS table.
+from spikeport.ir import seq_ops as _seq_ops  # noqa: E402,F401

@@ -14,6 +14,7 @@ Then the range analysis proves every value fits its bits for T <= max_timesteps.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from spikeport.quantize.scales import channel_vector, compact, feature_vector
 from spikeport.sim.arith import int_limit, round_to_int
 
 DEFAULT_MAX_TIMESTEPS = 64
+ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
 
 
@@ -36,6 +38,17 @@ class _Ctx:
     graph: Graph
     profile: Profile
     scales: dict[str, np.ndarray]
+    calib_x: np.ndarray | None = None
+    _peaks: dict[str, float] | None = None
+
+    def peak(self, tensor: str) -> float:
+        """max |value| of `tensor` in the ANN view of the calibration data (computed once)."""
+        if self._peaks is None:
+            from spikeport.sim import Simulator
+
+            trace = Simulator(self.graph, "ann").run(self.calib_x[:256], 1, record=True).trace
+            self._peaks = {k: float(np.abs(v).max(initial=0)) for k, v in trace.items()}
+        return self._peaks[tensor]
 
     def scale_in(self, node: Node, i: int = 0) -> np.ndarray:
         return self.scales[node.inputs[i]]
@@ -131,19 +144,28 @@ def _maxpool(ctx: _Ctx, node: Node) -> np.ndarray:
 
 @handler("add")
 def _add(ctx: _Ctx, node: Node) -> np.ndarray:
+    """y = floor(sum_i mult_i * x_i / 2^shift): every input brought to one output scale, set
+    from the output's calibrated range, with integer multipliers of at most `mult_bits`."""
     shape = ctx.graph.shape(node.output)
-    ins = [compact(ctx.scales[i], shape) for i in node.inputs]
-    # The coarsest input gets the largest multiplier the profile allows, so the finest keeps
-    # as many bits as possible (a residual adds currents to spikes worth ~1000x more).
-    s_y = compact(np.maximum.reduce(np.broadcast_arrays(*ins)), shape) / int_limit(
-        ctx.profile.mult_bits
+    ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
+    # Coarser if needed so that the coarsest input's multiplier fits the profile's bits.
+    s_y = max(
+        ctx.peak(node.output) / 2**ADD_OUT_BITS,
+        max(float(s.max()) for s in ins) / int_limit(ctx.profile.mult_bits),
+        1e-30,
     )
-    mult = np.stack([np.broadcast_to(round_to_int(s / s_y), s_y.shape) for s in ins])
+    ratio = np.stack(ins) / s_y
+    top = int(math.ceil(math.log2(float(ratio.max()))))
+    shift = max(0, ctx.profile.mult_bits - 2 - top)  # one bit of headroom: mult < 2^(bits-1)
+    mult = round_to_int(ratio * 2.0**shift)
+    if mult.max() > int_limit(ctx.profile.mult_bits):
+        raise ctx.refuse(node, f"inputs differ in scale by more than {ctx.profile.mult_bits} bits")
     if (mult == 0).any():
         bad = node.inputs[int(np.argwhere(mult == 0)[0][0])]
-        raise ctx.refuse(node, f"input '{bad}' is below the resolution of the other input")
-    node.params["mult_q"] = mult.astype(np.int32)
-    return s_y
+        raise ctx.refuse(node, f"input '{bad}' is below the resolution of the output")
+    node.params["mult_q"] = compact(mult, mult.shape).astype(np.int32)
+    node.attrs["shift"] = shift
+    return np.full(ins[0].shape, s_y)
 
 
 @handler("concat")
@@ -195,6 +217,7 @@ def quantize(
         out,
         profile,
         {inp.name: np.full((1,) * len(inp.shape), input_scale(calib_x, profile.input_bits))},
+        calib_x,
     )
     for n in out.nodes:
         ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
@@ -217,3 +240,7 @@ def quantize(
     check_graph(out)
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
     return out
+
+
+# Sequence-model handlers register into the same HANDLERS table.
+from spikeport.quantize import seq as _seq  # noqa: E402,F401

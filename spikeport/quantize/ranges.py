@@ -16,8 +16,13 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
 
-# rule(node, input bounds (full per-sample shape), T) -> (output bound, peak of kept state)
-BoundRule = Callable[[Node, list[np.ndarray], int], tuple[np.ndarray, float]]
+# rule(node, per-step bounds of |inputs|, T, bounds of |inputs summed over t <= T steps|)
+#   -> (per-step output bound, peak of kept state[, bound of the output summed over steps])
+# Every bound array has the full per-sample shape. Without the third element the summed
+# output is bounded by T times the per-step bound; data movement moves summed bounds as is.
+BoundRule = Callable[..., tuple]
+# Linear ops without a bias: the summed output is bounded by the rule applied to summed inputs.
+MOVES = frozenset({"reshape", "transpose", "take", "scale", "concat", "avgpool2d", "reduce_mean"})
 BOUNDS: dict[str, BoundRule] = {}
 
 
@@ -34,33 +39,31 @@ def _abs(node: Node, name: str) -> np.ndarray:
 
 
 @bound("dense")
-def _dense(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
-    return K.dense(b[0], _abs(node, "weight_q"), _abs(node, "bias_q")), 0.0
+def _dense(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
+    w, bias = _abs(node, "weight_q"), _abs(node, "bias_q")
+    return K.dense(b[0], w, bias), 0.0, K.dense(c[0], w, T * bias)
 
 
 @bound("conv2d")
-def _conv(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _conv(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
     a = node.attrs
-    y = K.conv2d(
-        b[0][None],
-        _abs(node, "weight_q"),
-        _abs(node, "bias_q"),
-        a["strides"],
-        a["pads"],
-        a["dilations"],
-        a["group"],
-    )
-    return y[0], 0.0
+    w, bias = _abs(node, "weight_q"), _abs(node, "bias_q")
+    geo = (a["strides"], a["pads"], a["dilations"], a["group"])
+    return (K.conv2d(b[0][None], w, bias, *geo)[0], 0.0, K.conv2d(c[0][None], w, T * bias, *geo)[0])
 
 
 @bound("avgpool2d")
-def _avgpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _avgpool(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]
+) -> tuple[np.ndarray, float]:
     a = node.attrs
     return K.window_sum(b[0][None], a["kernel"], a["strides"], a["pads"])[0], 0.0
 
 
 @bound("maxpool2d")
-def _maxpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _maxpool(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]
+) -> tuple[np.ndarray, float]:
     # S_t moves by at most b per step, so max(S_t) - max(S_{t-1}) does too; S reaches T * b.
     a = node.attrs
     out = K.window_max(b[0][None], a["kernel"], a["strides"], a["pads"])[0]
@@ -68,26 +71,33 @@ def _maxpool(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float
 
 
 @bound("add")
-def _add(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _add(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[np.ndarray, float]:
     mult = np.abs(node.params["mult_q"].astype(np.float64))
-    return sum(m * x for m, x in zip(mult, b, strict=True)), 0.0
+    total = sum(m * x for m, x in zip(mult, b, strict=True))
+    return np.floor(total / 2 ** node.attrs.get("shift", 0)) + 1, 0.0
 
 
 @bound("concat")
-def _concat(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _concat(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]
+) -> tuple[np.ndarray, float]:
     return np.concatenate(b, axis=node.attrs["axis"]), 0.0
 
 
 @bound("reshape")
-def _reshape(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
+def _reshape(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]
+) -> tuple[np.ndarray, float]:
     return b[0].reshape(node.attrs["shape"]), 0.0
 
 
 @bound("if")
-def _if(node: Node, b: list[np.ndarray], T: int) -> tuple[np.ndarray, float]:
-    # v starts at theta/2, moves by at most b per step and by theta per spike: |v| <= theta + T*b.
+def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    # v = v0 + (summed input) - theta * (net spikes): |v| <= theta/2 + c + T*theta; and, step by
+    # step, v starts at theta/2 and moves by at most b per step: |v| <= theta + T*b.
     theta = np.broadcast_to(node.params["threshold_q"].astype(np.float64), b[0].shape)
-    return np.ones_like(b[0]), float((theta + T * b[0]).max(initial=0))
+    state = np.minimum(theta + T * b[0], theta / 2 + c[0] + T * theta)
+    return np.ones_like(b[0]), float(state.max(initial=0))
 
 
 def prove_ranges(
@@ -102,8 +112,19 @@ def prove_ranges(
         inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))
     }
     peak: dict[str, object] = {"value": 0, "node": None}
+    cums = {inp.name: max_timesteps * bounds[inp.name]}
     for n in graph.nodes:
-        out, state = BOUNDS[n.op](n, [bounds[i] for i in n.inputs], max_timesteps)
+        rule = BOUNDS[n.op]
+        res = rule(n, [bounds[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs])
+        out, state = res[0], res[1]
+        if len(res) > 2:
+            cums[n.output] = res[2]
+        elif n.op in MOVES:
+            cums[n.output] = rule(
+                n, [cums[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs]
+            )[0]
+        else:
+            cums[n.output] = max_timesteps * out
         bounds[n.output] = out
         worst = max(float(out.max(initial=0)), state)
         if n.output in graph.outputs:  # the output layer accumulates over T steps

@@ -34,3 +34,8 @@ def round_to_int(x: np.ndarray) -> np.ndarray:
     """Offline rounding of parameters (weights, biases, thresholds): nearest, half away from 0."""
     x = np.asarray(x, np.float64)
     return (np.sign(x) * np.floor(np.abs(x) + 0.5)).astype(np.int64)
+
+
+def floor_shift(x: np.ndarray, shift: int) -> np.ndarray:
+    """floor(x / 2^shift) on integers (an arithmetic right shift: rounds toward -inf)."""
+    return np.right_shift(np.asarray(x, np.int64), shift) if shift else x

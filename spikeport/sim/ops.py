@@ -17,7 +17,7 @@ import numpy as np
 
 from spikeport.ir.graph import Node
 from spikeport.sim import kernels as K
-from spikeport.sim.arith import initial_potential
+from spikeport.sim.arith import floor_shift, initial_potential
 
 MODES = ("ann", "float", "int")
 
@@ -122,7 +122,10 @@ def _add(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode != "int":
         return Stateless(lambda *xs: sum(xs[1:], xs[0]))
     mult = node.params["mult_q"].astype(np.int64)  # (n_inputs, *channel shape)
-    return Stateless(lambda *xs: sum(m * x for m, x in zip(mult, xs, strict=True)))
+    shift = node.attrs.get("shift", 0)
+    return Stateless(
+        lambda *xs: floor_shift(sum(m * x for m, x in zip(mult, xs, strict=True)), shift)
+    )
 
 
 @kernel("concat")
@@ -153,9 +156,11 @@ class IFNeuron:
     "float" mode. `v` and `count` are exposed for state checks and recording.
     """
 
-    def __init__(self, theta: np.ndarray, signed: bool, integer: bool, shape: Shape):
+    def __init__(
+        self, theta: np.ndarray, signed: bool, integer: bool, shape: Shape, bipolar: bool = False
+    ):
         self.theta = np.asarray(theta, np.int64 if integer else np.float64)
-        self.signed, self.integer, self.shape = signed, integer, shape
+        self.signed, self.integer, self.shape, self.bipolar = signed, integer, shape, bipolar
         self.v: np.ndarray = np.zeros(0)
         self.count: np.ndarray = np.zeros(0)
 
@@ -168,9 +173,10 @@ class IFNeuron:
         self.v += current
         pos = self.v >= self.theta
         spikes = pos.astype(np.int64)
-        if self.signed:
-            neg = ~pos & (self.v < 0) & (self.count > 0)
-            spikes -= neg
+        if self.bipolar:
+            spikes -= ~pos & (self.v < 0)
+        elif self.signed:
+            spikes -= ~pos & (self.v < 0) & (self.count > 0)
         self.v -= spikes * self.theta
         self.count += spikes
         return spikes if self.integer else spikes * self.theta
@@ -178,6 +184,16 @@ class IFNeuron:
 
 @kernel("if")
 def _if(node: Node, mode: str, shape: Shape) -> Kernel:
-    if mode == "ann":
-        return _relu(node.attrs["cap"])
-    return IFNeuron(_p(node, "threshold", mode), node.attrs["signed"], mode == "int", shape)
+    if mode == "ann":  # a bipolar neuron stands for a signed value: the ANN view is identity
+        return Stateless(lambda x: x) if node.attrs.get("bipolar") else _relu(node.attrs["cap"])
+    return IFNeuron(
+        _p(node, "threshold", mode),
+        node.attrs["signed"],
+        mode == "int",
+        shape,
+        node.attrs.get("bipolar", False),
+    )
+
+
+# Sequence-model kernels register into the same KERNELS table.
+from spikeport.sim import seq_ops as _seq_ops  # noqa: E402,F401

@@ -134,6 +134,7 @@ class Simulator:
         worst = int(np.abs(y).max(initial=0))
         if isinstance(k, IFNeuron):
             worst = max(worst, int(np.abs(k.v).max(initial=0)))
+        worst = max(worst, getattr(k, "state_peak", 0))  # running sums of EC operators
         if worst > self.limit:
             raise SimulationOverflow(
                 f"node '{node.name}' ({node.op}) reached {worst} at step "

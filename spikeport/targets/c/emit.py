@@ -195,7 +195,10 @@ def _add(plan: Plan, n: Node, cid: str) -> Layer:
             )
         )
     body = K.ADD.substitute(
-        n=plan.size(n.output), y=plan.buffer[n.output], terms="\n            + ".join(terms)
+        n=plan.size(n.output),
+        y=plan.buffer[n.output],
+        terms="\n            + ".join(terms),
+        div=f"INT64_C({1 << n.attrs.get('shift', 0)})",
     )
     return Layer(n, body, consts=consts)
 
@@ -233,7 +236,9 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
     th = n.params["threshold_q"]
     size, v, count = plan.size(n.output), f"spk_state.v_{cid}", f"spk_state.c_{cid}"
     ti = broadcast_index(shape, th.shape)
-    signed = n.attrs["signed"]
+    bipolar = n.attrs.get("bipolar", False)
+    signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
+    branch = K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
     body = K.IF_NEURON.substitute(
         n=size,
         th=f"th_{cid}",
@@ -241,7 +246,7 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
         v=v,
         x=plan.buffer[n.inputs[0]],
         y=plan.buffer[n.output],
-        signed_branch=K.IF_SIGNED.substitute(count=count) if signed else "",
+        signed_branch=branch,
     )
     state = [("int32_t", f"v_{cid}", size)] + ([("int32_t", f"c_{cid}", size)] if signed else [])
     return Layer(

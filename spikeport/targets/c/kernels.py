@@ -83,10 +83,12 @@ MAXPOOL_FOLD = (
 )
 MAXPOOL_STORE = "${y}[j] = m - ${prev}[j]; ${prev}[j] = m;"
 
-ADD_TERM = Template("(int32_t)${m}[$mi] * (int32_t)${x}[i]")
+ADD_TERM = Template("(int64_t)${m}[$mi] * (int64_t)${x}[i]")
+# floor(sum / 2^shift) written without >> on a negative value (implementation-defined in C).
 ADD = Template("""\
     for (int i = 0; i < $n; ++i) {
-        ${y}[i] = $terms;
+        const int64_t acc = $terms;
+        ${y}[i] = (int32_t)(acc >= 0 ? acc / $div : -((-acc + $div - 1) / $div));
     }
 """)
 
@@ -117,6 +119,12 @@ IF_SIGNED = Template(""" else if (v < 0 && ${count}[i] > 0) {
             v += th;
         }
         ${count}[i] += s;""")
+
+# Bipolar neurons (signed values, no floor on the count): no count to keep.
+IF_BIPOLAR = """ else if (v < 0) {
+            s = -1;
+            v += th;
+        }"""
 
 IF_RESET = Template("""\
     for (int i = 0; i < $n; ++i) ${v}[i] = ${th}[$ti] / 2; /* th > 0: floor(th / 2) */

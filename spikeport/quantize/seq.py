@@ -1,0 +1,187 @@
+"""Quantize handlers and range-proof rules of the sequence-model ops (spikeport.ir.seq_ops).
+
+Data movement moves scales with the values; `scale` only rescales; expectation-compensated
+operators requantize their running mean to their integer function's input scale and store the
+integer constants that function needs (spikeport.sim.intfunc), so targets copy them as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from spikeport.ir.graph import Node
+from spikeport.quantize.quantize import _Ctx, handler
+from spikeport.quantize.ranges import bound
+from spikeport.quantize.scales import compact
+from spikeport.sim import intfunc as F
+from spikeport.sim.arith import int_limit, round_to_int
+
+
+def _full(ctx: _Ctx, node: Node, i: int = 0) -> np.ndarray:
+    return np.broadcast_to(ctx.scale_in(node, i), ctx.shape_in(node, i))
+
+
+@handler("transpose")
+def _transpose(ctx: _Ctx, node: Node) -> np.ndarray:
+    return _full(ctx, node).transpose(node.attrs["perm"])
+
+
+@handler("take")
+def _take(ctx: _Ctx, node: Node) -> np.ndarray:
+    return np.take(_full(ctx, node), node.attrs["index"], axis=node.attrs["axis"])
+
+
+@handler("scale")
+def _scale(ctx: _Ctx, node: Node) -> np.ndarray:
+    return ctx.scale_in(node) * abs(node.attrs["factor"])
+
+
+@handler("offset")
+def _offset(ctx: _Ctx, node: Node) -> np.ndarray:
+    value_q = round_to_int(node.params["value"] / _full(ctx, node))
+    if np.abs(value_q).max(initial=0) > int_limit(ctx.profile.bias_bits):
+        raise ctx.refuse(node, f"constant needs more than {ctx.profile.bias_bits} bits")
+    node.params["value_q"] = compact(value_q, value_q.shape).astype(np.int32)
+    return ctx.scale_in(node)
+
+
+@handler("reduce_mean")
+def _reduce_mean(ctx: _Ctx, node: Node) -> np.ndarray:
+    full = _full(ctx, node)
+    axes = tuple(a % full.ndim for a in node.attrs["axes"])
+    if not np.all(full.max(axis=axes) == full.min(axis=axes)):
+        raise ctx.refuse(node, "input scale varies along the reduced axes")
+    count = int(np.prod([full.shape[a] for a in axes]))
+    return full.max(axis=axes, keepdims=bool(node.attrs["keepdims"])) / count
+
+
+def _requant(ctx: _Ctx, node: Node, func_scale: float) -> None:
+    """Store the multiplier/shift that bring the running mean to the function's input scale."""
+    rq = F.requant_consts(compact(ctx.scale_in(node), ctx.shape_in(node)), func_scale)
+    node.params["requant_q"] = rq["mul"].astype(np.int64)
+    node.attrs["requant_shift"] = rq["shift"]
+
+
+@handler("softmax")
+def _softmax(ctx: _Ctx, node: Node) -> np.ndarray:
+    _requant(ctx, node, F.SOFTMAX_IN_SCALE)
+    node.attrs["int"] = F.softmax_consts()
+    return np.array(2.0**-F.SOFTMAX_OUT_BITS)
+
+
+@handler("gelu")
+def _gelu(ctx: _Ctx, node: Node) -> np.ndarray:
+    _requant(ctx, node, F.GELU_IN_SCALE)
+    consts = F.gelu_consts()
+    node.attrs["int"] = {k: v for k, v in consts.items() if k != "out_scale"}
+    return np.array(consts["out_scale"])
+
+
+@handler("layernorm")
+def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
+    peak = max(ctx.peak(node.inputs[0]), 1e-12)
+    in_scale = peak / 2**F.LN_IN_BITS
+    _requant(ctx, node, in_scale)
+    gamma, beta = node.params["gamma"].astype(np.float64), node.params["beta"].astype(np.float64)
+    s_gamma = max(float(np.abs(gamma).max()), 1e-12) / 2**F.LN_GAMMA_BITS
+    out_scale = s_gamma * 2.0**-F.LN_NORM_BITS
+    node.params["gamma_q"] = round_to_int(gamma / s_gamma).astype(np.int32)
+    node.params["beta_q"] = round_to_int(beta / out_scale).astype(np.int64)
+    node.attrs["int"] = {"eps": int(math.floor(node.attrs["epsilon"] / in_scale**2))}
+    return np.array(out_scale)
+
+
+@handler("matmul")
+def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
+    a, b = (compact(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
+    if a.size != 1 or b.size != 1:
+        raise ctx.refuse(node, "both operands need one scale each (per-layer thresholds)")
+    return a * b / 2**F.MATMUL_FRAC_BITS
+
+
+# -- range proof ------------------------------------------------------------------------------
+
+Bounds = tuple
+
+
+@bound("transpose")
+def _b_transpose(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return b[0].transpose(node.attrs["perm"]), 0.0
+
+
+@bound("take")
+def _b_take(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return np.take(b[0], node.attrs["index"], axis=node.attrs["axis"]), 0.0
+
+
+@bound("scale")
+def _b_scale(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return b[0], 0.0
+
+
+@bound("offset")
+def _b_offset(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    v = np.abs(node.params["value_q"].astype(np.float64))
+    return b[0] + v, 0.0, c[0] + T * v
+
+
+@bound("reduce_mean")
+def _b_reduce(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    axes = tuple(a % b[0].ndim for a in node.attrs["axes"])
+    return b[0].sum(axis=axes, keepdims=bool(node.attrs["keepdims"])), 0.0
+
+
+def _ec(
+    c_in: list[np.ndarray], y_max: float, T: int, shape: tuple[int, ...]
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """EC output: |G(t) - G(t-1)| <= (2T - 1) * max|f| per step, but the outputs telescope, so
+    their sum is G(t), at most T * max|f|; the kept running sums are the summed inputs."""
+    state = max(float(c.max(initial=0)) for c in c_in)
+    return np.full(shape, (2 * T - 1) * y_max), state, np.full(shape, T * y_max)
+
+
+@bound("softmax")
+def _b_softmax(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape)
+
+
+def _q_max(node: Node, b_in: np.ndarray) -> float:
+    mul = node.params["requant_q"].astype(np.float64)
+    return (
+        float(
+            (np.broadcast_to(b_in, np.broadcast_shapes(b_in.shape, mul.shape)) * mul).max(initial=0)
+        )
+        / 2 ** node.attrs["requant_shift"]
+        + 1
+    )
+
+
+@bound("gelu")
+def _b_gelu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    k = node.attrs["int"]
+    y_max = _q_max(node, b[0]) * (2 * k["one"] + k["clip"] ** 2) / 2 ** k["shift"]
+    return _ec(c, y_max, T, b[0].shape)
+
+
+@bound("layernorm")
+def _b_layernorm(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    d = b[0].shape[-1]
+    normed = math.sqrt(d) * 2**F.LN_NORM_BITS + 1
+    y_max = normed * float(np.abs(node.params["gamma_q"]).max()) + float(
+        np.abs(node.params["beta_q"]).max()
+    )
+    return _ec(c, y_max, T, b[0].shape)
+
+
+@bound("matmul")
+def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    k = b[0].shape[-1]
+    y_max = k * float(b[0].max(initial=0)) * float(b[1].max(initial=0)) * 2**F.MATMUL_FRAC_BITS
+    out_shape = np.broadcast_shapes(b[0].shape[:-2], b[1].shape[:-2]) + (
+        b[0].shape[-2],
+        b[1].shape[-1],
+    )
+    # G(t) = S_A S_B / t with |S| <= t * b: |G(t)| <= t * k * b_A * b_B.
+    return _ec(c, y_max, T, out_shape)

@@ -1,0 +1,155 @@
+"""Integer functions of the specification for sequence models (integers only, numpy int64).
+
+Each works on integers q with a known real scale (x = q * scale) and returns integers with a
+known output scale. The constants they need are integers computed once by quantize from the
+scales (`*_consts` below) and stored in the graph, so a target only copies these loops.
+Polynomials follow I-BERT (Kim et al., ICML 2021):
+
+  exp:  x = -ln2 * z + p, p in (-ln2, 0];  exp(p) ~ 0.3585 * (p + 1.353)^2 + 0.344;  >> z
+  erf:  erf(x) ~ sgn(x) * [a * (min(|x|, -b) + b)^2 + 1],  a = -0.2888, b = -1.769
+  gelu: x / 2 * (1 + erf(x / sqrt 2))
+  sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
+
+Documented error bounds, each asserted by tests/test_intfunc.py over the whole input range:
+  softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10)
+  gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
+  isqrt      exact floor(sqrt(n))
+  layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta (unit-variance rows)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erf
+
+SOFTMAX_IN_SCALE = 2.0**-10
+SOFTMAX_OUT_BITS = 15  # probabilities as integers of scale 2^-15
+GELU_IN_SCALE = 2.0**-8
+LN_NORM_BITS = 10  # normalised (x - mean) / std as integers of scale 2^-10
+LN_IN_BITS = 20  # layernorm input requantised to +-2^20 over its proven range
+LN_GAMMA_BITS = 10  # gamma as integers up to 2^10
+EXP_ZMAX = 30
+MATMUL_FRAC_BITS = 10  # activation x activation products keep 10 fraction bits
+
+SOFTMAX_BOUND = 4e-3
+GELU_BOUND = 2.5e-2
+LAYERNORM_BOUND = 4e-3
+
+
+def floor_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
+    """Floor division (toward -inf), the only division of the specification."""
+    return np.floor_divide(a, b)
+
+
+def requant_consts(in_scale: np.ndarray, out_scale: float, mul_bits: int = 15) -> dict:
+    """(mul, shift) with mul / 2^shift ~ in_scale / out_scale, mul < 2^mul_bits."""
+    ratio = np.asarray(in_scale, np.float64) / out_scale
+    shift = max(0, mul_bits - 1 - int(math.ceil(math.log2(float(ratio.max())))))
+    return {"mul": np.round(ratio * 2.0**shift).astype(np.int64), "shift": shift}
+
+
+def requant_mean(total: np.ndarray, t: int, mul: np.ndarray, shift: int) -> np.ndarray:
+    """floor(total * mul / (t * 2^shift)): the running mean, at the function's input scale."""
+    return floor_div(total.astype(np.int64) * mul, t << shift)
+
+
+# -- exp / softmax -------------------------------------------------------------------------
+
+
+def softmax_consts(in_scale: float = SOFTMAX_IN_SCALE) -> dict:
+    return {
+        "ln2": int(math.floor(math.log(2) / in_scale)),
+        "b": int(math.floor(1.353 / in_scale)),
+        "c": int(math.floor(0.344 / (0.3585 * in_scale**2))),
+    }
+
+
+def int_exp(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
+    """exp(q * s) for q <= 0, as integers of scale 0.3585 * s^2 (I-BERT i-exp)."""
+    z = np.minimum(floor_div(-q, ln2), EXP_ZMAX)
+    p = q + z * ln2
+    poly = (p + b) ** 2 + c
+    return np.right_shift(poly, z)
+
+
+def int_softmax(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
+    """softmax over the last axis of q (scale 2^-10) -> integers of scale 2^-15."""
+    e = int_exp(q - q.max(axis=-1, keepdims=True), ln2, b, c)
+    return floor_div(e << SOFTMAX_OUT_BITS, e.sum(axis=-1, keepdims=True))
+
+
+# -- gelu ------------------------------------------------------------------------------------
+
+
+def gelu_consts(in_scale: float = GELU_IN_SCALE) -> dict:
+    s = in_scale / math.sqrt(2)  # erf is evaluated at x / sqrt 2
+    a, b = -0.2888, -1.769
+    s_l = -a * s * s  # positive scale of the (negated) polynomial
+    q_one = int(math.floor(1 / s_l))
+    # out = q * (q_one - L) has scale in_scale * s_l / 2; shift keeps it near 2^20.
+    shift = 10
+    return {
+        "clip": int(math.floor(-b / s)),
+        "c": int(math.floor(1 / (a * s * s))),
+        "one": q_one,
+        "shift": shift,
+        "out_scale": in_scale * s_l / 2 * 2**shift,
+    }
+
+
+def int_gelu(q: np.ndarray, clip: int, c: int, one: int, shift: int, **_: object) -> np.ndarray:
+    """GELU(q * s_in), integers of scale consts['out_scale'] (I-BERT i-GELU)."""
+    u = np.minimum(np.abs(q), clip) - clip  # in [-clip, 0]
+    erf_neg = np.sign(q) * (u * u + c)  # = -erf / s_l  (c < 0)
+    return np.right_shift(q * (one - erf_neg), shift)
+
+
+# -- sqrt / layernorm -----------------------------------------------------------------------
+
+
+def isqrt(n: np.ndarray) -> np.ndarray:
+    """floor(sqrt(n)) for n >= 0, Newton's method on integers (I-BERT i-sqrt)."""
+    n = np.asarray(n, np.int64)
+    bits = np.where(n > 0, np.ceil(np.log2(np.maximum(n, 1) + 1)), 0).astype(np.int64)
+    x = np.left_shift(1, (bits + 1) // 2)
+    for _ in range(40):  # converges in a few steps; bounded so it always ends
+        y = floor_div(x + floor_div(n, np.maximum(x, 1)), 2)
+        done = y >= x
+        x = np.where(done, x, y)
+        if done.all():
+            break
+    return np.where(n > 0, x, 0)
+
+
+def int_layernorm(q: np.ndarray, eps: int, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """(q - mean) / sqrt(var + eps) * gamma + beta over the last axis, integers only.
+
+    Normalised values have scale 2^-LN_NORM_BITS; gamma/beta are the integer params, so the
+    output scale is 2^-LN_NORM_BITS * gamma's scale."""
+    d = q.shape[-1]
+    centred = q - floor_div(q.sum(axis=-1, keepdims=True), d)
+    var = floor_div((centred * centred).sum(axis=-1, keepdims=True), d)
+    std = np.maximum(isqrt(var + eps), 1)
+    normed = floor_div(centred << LN_NORM_BITS, std)
+    return normed * gamma + beta
+
+
+# -- float references ------------------------------------------------------------------------
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, x * Phi(x)."""
+    return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma + beta

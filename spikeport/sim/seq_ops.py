@@ -1,0 +1,142 @@
+"""Simulator kernels for the sequence-model ops of spikeport.ir.seq_ops.
+
+Arrays carry the simulator's batch axis in front of the per-sample axes, so a per-sample axis
+attribute `a >= 0` is axis `a + 1` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from spikeport.ir.graph import Node
+from spikeport.sim import intfunc as F
+from spikeport.sim.ops import Kernel, Shape, Stateless, kernel
+
+
+def _ax(a: int) -> int:
+    return a + 1 if a >= 0 else a
+
+
+@kernel("transpose")
+def _transpose(node: Node, mode: str, shape: Shape) -> Kernel:
+    perm = (0,) + tuple(p + 1 for p in node.attrs["perm"])
+    return Stateless(lambda x: np.transpose(x, perm))
+
+
+@kernel("take")
+def _take(node: Node, mode: str, shape: Shape) -> Kernel:
+    a = node.attrs
+    return Stateless(lambda x: np.take(x, a["index"], axis=_ax(a["axis"])))
+
+
+@kernel("scale")
+def _scale(node: Node, mode: str, shape: Shape) -> Kernel:
+    factor = node.attrs["factor"]
+    if mode == "int":  # |factor| lives in the output scale; only its sign touches integers
+        sign = -1 if factor < 0 else 1
+        return Stateless(lambda x: sign * x)
+    return Stateless(lambda x: factor * x)
+
+
+@kernel("offset")
+def _offset(node: Node, mode: str, shape: Shape) -> Kernel:
+    value = node.params["value_q" if mode == "int" else "value"]
+    if mode == "int":
+        value = value.astype(np.int64)
+    return Stateless(lambda x: x + value)
+
+
+@kernel("reduce_mean")
+def _reduce_mean(node: Node, mode: str, shape: Shape) -> Kernel:
+    a = node.attrs
+    axes = tuple(_ax(x) for x in a["axes"])
+    keep = bool(a["keepdims"])
+    if mode == "int":
+        return Stateless(lambda x: x.sum(axis=axes, keepdims=keep))
+    return Stateless(lambda x: x.mean(axis=axes, keepdims=keep))
+
+
+class ExpectationCompensated:
+    """out_t = G(t) - G(t-1), with G(t) = g(S_t, t) and S_t the running sums of the inputs.
+
+    The outputs telescope: summed over t steps they equal G(t) = t * f(mean input)."""
+
+    def __init__(self, g: Callable[[list[np.ndarray], int], np.ndarray]):
+        self.g = g
+        self.t = 0
+        self.totals: list[np.ndarray] = []
+        self.prev: np.ndarray | float = 0
+
+    def reset(self, batch: int) -> None:
+        self.t, self.totals, self.prev = 0, [], 0
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        self.t += 1
+        self.totals = (
+            [x.copy() for x in xs]
+            if not self.totals
+            else [s + x for s, x in zip(self.totals, xs, strict=True)]
+        )
+        now = self.g(self.totals, self.t)
+        out = now - self.prev
+        self.prev = now
+        return out
+
+    @property
+    def state_peak(self) -> int:
+        return max((int(np.abs(s).max(initial=0)) for s in self.totals), default=0)
+
+
+def _unary(
+    node: Node,
+    mode: str,
+    f: Callable[[np.ndarray], np.ndarray],
+    f_int: Callable[[np.ndarray], np.ndarray],
+) -> Kernel:
+    """The ann function, or its EC wrapper over real or integer running means."""
+    if mode == "ann":
+        return Stateless(f)
+    if mode == "float":
+        return ExpectationCompensated(lambda s, t: t * f(s[0] / t))
+    mul, shift = node.params["requant_q"].astype(np.int64), node.attrs["requant_shift"]
+    return ExpectationCompensated(lambda s, t: t * f_int(F.requant_mean(s[0], t, mul, shift)))
+
+
+@kernel("softmax")
+def _softmax(node: Node, mode: str, shape: Shape) -> Kernel:
+    c = node.attrs.get("int", {})
+    return _unary(node, mode, F.softmax, lambda q: F.int_softmax(q, c["ln2"], c["b"], c["c"]))
+
+
+@kernel("gelu")
+def _gelu(node: Node, mode: str, shape: Shape) -> Kernel:
+    c = node.attrs.get("int", {})
+    return _unary(node, mode, F.gelu, lambda q: F.int_gelu(q, **c))
+
+
+@kernel("layernorm")
+def _layernorm(node: Node, mode: str, shape: Shape) -> Kernel:
+    p, eps = node.params, node.attrs["epsilon"]
+    gq, bq = p.get("gamma_q"), p.get("beta_q")
+    return _unary(
+        node,
+        mode,
+        lambda x: F.layernorm(x, p["gamma"], p["beta"], eps),
+        lambda q: F.int_layernorm(
+            q, node.attrs.get("int", {}).get("eps", 0), gq.astype(np.int64), bq.astype(np.int64)
+        ),
+    )
+
+
+@kernel("matmul")
+def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
+    if mode == "ann":
+        return Stateless(np.matmul)
+    if mode == "float":
+        return ExpectationCompensated(lambda s, t: np.matmul(s[0], s[1]) / t)
+    frac = F.MATMUL_FRAC_BITS  # G(t) = S_A S_B / t keeps fraction bits: spikes are coarse
+    return ExpectationCompensated(
+        lambda s, t: F.floor_div(np.matmul(s[0].astype(np.int64), s[1].astype(np.int64)) << frac, t)
+    )

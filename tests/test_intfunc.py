@@ -1,0 +1,104 @@
+"""Integer functions of the sequence-model specification against their float functions, over
+their whole input range, with the error bounds documented in spikeport.sim.intfunc; and the
+expectation-compensation property of the operators built on them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from spikeport.ir import Node
+from spikeport.sim import intfunc as F
+from spikeport.sim.ops import KERNELS
+
+
+def test_softmax_within_bound_over_its_range():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-20, 20, (4000, 16)) * rng.uniform(0.05, 1, (4000, 1))
+    q = np.floor(x / F.SOFTMAX_IN_SCALE).astype(np.int64)
+    got = F.int_softmax(q, **F.softmax_consts()) * 2.0**-F.SOFTMAX_OUT_BITS
+    assert np.abs(got - F.softmax(q * F.SOFTMAX_IN_SCALE)).max() <= F.SOFTMAX_BOUND
+
+
+def test_gelu_within_bound_over_its_range():
+    q = np.arange(-6000, 6001, dtype=np.int64)  # x in [-23.4, 23.4] at scale 2^-8
+    c = F.gelu_consts()
+    got = F.int_gelu(q, **c) * c["out_scale"]
+    assert np.abs(got - F.gelu(q * F.GELU_IN_SCALE)).max() <= F.GELU_BOUND
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**50))
+def test_isqrt_is_exact_floor(n):
+    r = int(F.isqrt(np.array([n]))[0])
+    assert r * r <= n < (r + 1) ** 2
+
+
+def test_layernorm_within_bound():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (2000, 32)) * rng.uniform(0.05, 10, (2000, 1)) + rng.normal(
+        0, 3, (2000, 1)
+    )
+    scale = np.abs(x).max() / 2**F.LN_IN_BITS
+    gamma, beta = rng.uniform(0.3, 2, 32), rng.normal(0, 0.5, 32)
+    s_gamma = np.abs(gamma).max() / 2**F.LN_GAMMA_BITS
+    out_scale = s_gamma * 2.0**-F.LN_NORM_BITS
+    got = (
+        F.int_layernorm(
+            np.floor(x / scale).astype(np.int64),
+            int(1e-5 / scale**2),
+            np.round(gamma / s_gamma).astype(np.int64),
+            np.round(beta / out_scale).astype(np.int64),
+        )
+        * out_scale
+    )
+    ref = F.layernorm(x, gamma, beta, 1e-5)
+    assert np.abs(got - ref).max() <= F.LAYERNORM_BOUND * np.abs(gamma).max()
+
+
+def _ec_sum(op, xs, params=None, attrs=None, mode="float", n_in=1):
+    node = Node("n", op, [f"i{k}" for k in range(n_in)], "o", attrs or {}, params or {})
+    k = KERNELS[op](node, mode, xs[0][0].shape[1:])
+    k.reset(len(xs[0][0]))
+    return sum(k(*(x[t] for x in xs)) for t in range(len(xs[0])))
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, (5, 2, 3, 4), elements=st.floats(-3, 3)))
+def test_expectation_compensation_float(xs):
+    """Summed over t steps, an EC operator's outputs equal t * f(mean input)."""
+    T = len(xs)
+    got = _ec_sum("softmax", [xs])
+    np.testing.assert_allclose(got, T * F.softmax(xs.mean(axis=0)), atol=1e-9)
+    got = _ec_sum("gelu", [xs])
+    np.testing.assert_allclose(got, T * F.gelu(xs.mean(axis=0)), atol=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.int64, (6, 2, 3, 4), elements=st.integers(-1, 1)),
+    arrays(np.int64, (6, 2, 4, 5), elements=st.integers(-1, 1)),
+)
+def test_spiking_product_sums_to_product_of_means(a, b):
+    """Float: sum_t out = t * mean(A) @ mean(B). Int: the same, to 2^-10 of one spike product."""
+    T = len(a)
+    ref = a.sum(0).astype(float) @ b.sum(0) / T
+    np.testing.assert_allclose(
+        _ec_sum("matmul", [a.astype(float), b.astype(float)], n_in=2), ref, atol=1e-9
+    )
+    got = _ec_sum("matmul", [a, b], mode="int", n_in=2) * 2.0**-F.MATMUL_FRAC_BITS
+    assert np.abs(got - ref).max() <= 2.0**-F.MATMUL_FRAC_BITS
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_integer_softmax_operator_tracks_the_float_one(T):
+    rng = np.random.default_rng(T)
+    xs = rng.integers(-3000, 3000, (T, 4, 16)).astype(np.int64)  # scale 2^-10 per unit
+    consts = F.requant_consts(np.array([F.SOFTMAX_IN_SCALE]), F.SOFTMAX_IN_SCALE)
+    attrs = {"requant_shift": consts["shift"], "int": F.softmax_consts()}
+    got = _ec_sum("softmax", [xs], {"requant_q": consts["mul"]}, attrs, "int")
+    ref = T * F.softmax(xs.mean(axis=0) * F.SOFTMAX_IN_SCALE)
+    assert np.abs(got * 2.0**-F.SOFTMAX_OUT_BITS - ref).max() <= T * (F.SOFTMAX_BOUND + 2e-3)
