@@ -80,7 +80,7 @@ def test_chip_model_is_bit_exact_for_T_1_to_8(emitted, name):
 def test_verify_on_test_data_through_the_registry(emitted):
     case, g, outdir = emitted["digits_cnn"]
     res = verify(g, outdir, case.test_x, T=8)
-    assert res["samples"] == len(case.test_x) and "not hardware" in res["runner"]
+    assert res["samples"] == len(case.test_x) and "not the hardware" in res["runner"]
 
 
 def test_profile_keeps_weights_and_state_inside_the_chip(emitted):
@@ -431,4 +431,4 @@ def test_cli_says_the_model_is_not_the_hardware(emitted, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "not hardware" in r.output
+    assert "not the hardware" in r.output

@@ -139,7 +139,7 @@ def verify(
         check_batch(graph, net, model, chunk, T, start)
         if progress:
             progress(len(chunk))
-    runner = "spikeport's SpiNNaker2 model (not hardware)"
+    runner = "spikeport's model of the SpiNNaker2 lif neuron, not the hardware"
     return {"samples": len(x), "timesteps": T, "runner": runner}
 
 
