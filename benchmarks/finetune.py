@@ -104,13 +104,14 @@ def markdown(rows: list[dict[str, Any]], timing: dict[str, float]) -> str:
         f"Integer mode, held-out test split (540 images). Training time, digits_cnn, "
         f"{EPOCHS} epochs at T = 4 on 2 CPU cores: {timing['in_process_2_threads_s']:.1f} s in "
         f"one process (2 threads), {timing['torchrun_2_procs_s']:.1f} s with torchrun "
-        f"(2 processes, start-up included).",
+        f"(2 processes, start-up included); load average {timing['load_average']:.1f} at start.",
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
     torch.set_num_threads(2)
+    load = os.getloadavg()  # other work on the machine slows the timings (threads oversubscribed)
     rows: list[dict[str, Any]] = []
     timing: dict[str, float] = {}
     # (T, seed) runs per model: the default seed at T = 4 and 2, and two more seeds at T = 4
@@ -124,6 +125,7 @@ def main() -> None:
             if (model, T, seed) == ("cnn", 4, 0):
                 timing["in_process_2_threads_s"] = rows[-1]["seconds"]
                 timing["torchrun_2_procs_s"] = torchrun_seconds(snn, T)
+    timing["load_average"] = load[0]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "finetune",
@@ -134,6 +136,7 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
+            "load_average_at_start": load,
         },
     }
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
