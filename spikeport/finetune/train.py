@@ -135,6 +135,7 @@ class _Trainer:
             self.opt, max(1, s.epochs * self.steps)
         )
         self.x, self.y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        self.val_text = ""  # the last validation accuracy, kept on the progress bar
 
     def epoch(self, e: int, bar: tqdm) -> float:
         """Train one epoch; returns the mean training loss over all ranks."""
@@ -151,7 +152,7 @@ class _Trainer:
             self.sched.step()
             total, n = total + float(loss.detach()) * len(idx), n + len(idx)
             bar.update(1)
-            bar.set_postfix_str(f"loss {total / n:.4f}", refresh=False)
+            bar.set_postfix_str(f"loss {total / n:.4f}{self.val_text}", refresh=False)
         loss_sum, count = all_sum(self.world, [total, n])
         return loss_sum / count
 
@@ -195,7 +196,8 @@ def finetune(
             rec: dict[str, float] = {"epoch": e, "loss": tr.epoch(e, bar)}
             if val is not None:
                 rec["val_accuracy"] = acc = accuracy(tr.net, val, s.T, world)
-                bar.set_postfix_str(f"loss {rec['loss']:.4f} val {100 * acc:.2f}%")
+                tr.val_text = f", val {100 * acc:.2f}%"
+                bar.set_postfix_str(f"loss {rec['loss']:.4f}{tr.val_text}")
                 if acc >= best[0] or not s.keep_best:
                     best = (acc, copy.deepcopy(tr.net.state_dict()), e)
             history.append(rec)
