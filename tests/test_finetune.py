@@ -306,6 +306,26 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
         assert code == 2 and what in err and not (tmp_path / "x.spk").exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU")
+def test_cuda_gives_the_same_spikes_and_trains(cases, train_set, tmp_path):
+    case = cases["digits_cnn"]
+    x = case.test_x[:64]
+    ref = Simulator(case.snn, "float").run(x, 4, record=True)
+    net = SpikingNet(case.snn).double().cuda()
+    with torch.no_grad():
+        run = net.run(torch.from_numpy(x).double().cuda(), 4, record=True)
+    for n in (n for n in case.snn.nodes if n.op == "if"):
+        assert np.array_equal(
+            np.sign(ref.trace[n.output]), np.sign(run.trace[n.output].cpu().numpy())
+        )
+    model, out = tmp_path / "cnn.spk", tmp_path / "ft.spk"
+    save(case.snn, model)
+    code, _, err = cli("finetune", model, "--data", TRAIN, "-T", "2", "--epochs", "1",
+                       "--device", "cuda", "-o", out, "-q")  # fmt: skip
+    assert code == 0, err
+    assert load(out).meta["finetune"]["device"] == "cuda"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_a_gpu_is_refused():
     with pytest.raises(BadInput, match="no CUDA device"):
