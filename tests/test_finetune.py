@@ -151,6 +151,30 @@ def test_each_layer_steps_like_its_simulator_kernel(label):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=label)
 
 
+@pytest.fixture(scope="module")
+def vit_snn():
+    from spikeport.convert import convert
+
+    return convert(EXAMPLES / "digits_vit.onnx", CALIB)
+
+
+def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set):
+    """The digits ViT (layernorm, softmax attention, gelu, matmul of activations, bipolar
+    neurons): same spikes as the float simulator, then one short epoch that quantizes."""
+    x = np.load(CALIB)["x"][:16]
+    ref = Simulator(vit_snn, "float").run(x, 4, record=True)
+    net = SpikingNet(vit_snn).double()
+    with torch.no_grad():
+        run = net.run(torch.from_numpy(x).double(), 4, record=True)
+    for n in (n for n in vit_snn.nodes if n.op == "if"):
+        assert np.array_equal(np.sign(ref.trace[n.output]), np.sign(run.trace[n.output].numpy()))
+    np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[vit_snn.outputs[0]], atol=1e-9)
+    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
+    out = finetune(vit_snn, small, Settings(T=2, epochs=1), quiet=True).graph
+    q = quantize(out, np.load(CALIB)["x"], get_profile("sim"))
+    assert simulate(q, x, 2, "int").outputs[q.outputs[0]].shape == (2, 16, 10)
+
+
 def test_signed_neurons_take_spikes_back_like_the_simulator():
     node = Node("n", "if", ["x"], "y", {"signed": True, "cap": None}, {"threshold": np.ones(1)})
     lay = make_layer(node, (1,), SURROGATES["rectangle"]).double()
