@@ -178,7 +178,7 @@ def finetune(
         _check_data(graph, val)
     tr = _Trainer(graph, data, s, world)
     history: list[dict[str, float]] = []
-    best = (-1.0, copy.deepcopy(tr.net.state_dict()), 0)
+    best: tuple[float, dict | None, int] = (-1.0, None, 0)  # (val accuracy, state, epoch)
     if val is not None:
         acc = accuracy(tr.net, val, s.T, world)
         history.append({"epoch": 0, "val_accuracy": acc})
@@ -201,7 +201,7 @@ def finetune(
                 if acc >= best[0] or not s.keep_best:
                     best = (acc, copy.deepcopy(tr.net.state_dict()), e)
             history.append(rec)
-    if val is not None:
+    if best[1] is not None:
         tr.net.load_state_dict(best[1])
     check_ranks_agree(world, tr.net)
     out = tr.net.cpu().to_graph()
@@ -215,7 +215,7 @@ def _provenance(
     data: Dataset,
     val: Dataset | None,
     history: list[dict[str, float]],
-    best: tuple[float, dict, int],
+    best: tuple[float, dict | None, int],
     world: World,
 ) -> dict[str, object]:
     meta: dict[str, object] = {
