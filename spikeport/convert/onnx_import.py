@@ -20,6 +20,7 @@ from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import infer_shape
+from spikeport.registry import registrar
 
 
 @dataclass
@@ -77,13 +78,7 @@ Importer = Callable[[_Ctx, onnx.NodeProto], None]
 IMPORTERS: dict[str, Importer] = {}
 
 
-def importer(*op_types: str) -> Callable[[Importer], Importer]:
-    def deco(fn: Importer) -> Importer:
-        for op in op_types:
-            IMPORTERS[op] = fn
-        return fn
-
-    return deco
+importer = registrar(IMPORTERS)
 
 
 def _attrs(n: onnx.NodeProto) -> dict[str, object]:

@@ -41,6 +41,7 @@ from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import infer_shape
+from spikeport.registry import registrar
 
 INSTALL_HINT = "reading .tflite needs ai-edge-litert: pip install 'spikeport[tflite]'"
 
@@ -291,13 +292,7 @@ Importer = Callable[[_Ctx, _Op], None]
 IMPORTERS: dict[str, Importer] = {}
 
 
-def importer(*names: str) -> Callable[[Importer], Importer]:
-    def deco(fn: Importer) -> Importer:
-        for name in names:
-            IMPORTERS[name] = fn
-        return fn
-
-    return deco
+importer = registrar(IMPORTERS)
 
 
 def _nhwc_input(ctx: _Ctx, op: _Op) -> str:

@@ -26,6 +26,7 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import prove_ranges
 from spikeport.quantize.scales import channel_vector, compact, feature_vector
+from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
 
 DEFAULT_MAX_TIMESTEPS = 64
@@ -73,12 +74,7 @@ Handler = Callable[[_Ctx, Node], np.ndarray]
 HANDLERS: dict[str, Handler] = {}
 
 
-def handler(op: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        HANDLERS[op] = fn
-        return fn
-
-    return deco
+handler = registrar(HANDLERS)
 
 
 def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
+from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
 
@@ -26,12 +27,7 @@ MOVES = frozenset({"reshape", "transpose", "take", "scale", "concat", "avgpool2d
 BOUNDS: dict[str, BoundRule] = {}
 
 
-def bound(op: str) -> Callable[[BoundRule], BoundRule]:
-    def deco(fn: BoundRule) -> BoundRule:
-        BOUNDS[op] = fn
-        return fn
-
-    return deco
+bound = registrar(BOUNDS)
 
 
 def _abs(node: Node, name: str) -> np.ndarray:

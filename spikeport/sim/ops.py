@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from spikeport.ir.graph import Node
+from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import floor_shift, initial_potential
 
@@ -46,12 +47,7 @@ Maker = Callable[[Node, str, Shape], Kernel]
 KERNELS: dict[str, Maker] = {}
 
 
-def kernel(op: str) -> Callable[[Maker], Maker]:
-    def deco(fn: Maker) -> Maker:
-        KERNELS[op] = fn
-        return fn
-
-    return deco
+kernel = registrar(KERNELS)
 
 
 def _p(node: Node, name: str, mode: str) -> np.ndarray:

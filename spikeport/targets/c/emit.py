@@ -19,6 +19,7 @@ import numpy as np
 
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS
+from spikeport.registry import registrar
 from spikeport.targets.c import kernels as K
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -111,12 +112,7 @@ LayerMaker = Callable[[Plan, Node, str], Layer]
 C_OPS: dict[str, LayerMaker] = {}
 
 
-def c_op(op: str) -> Callable[[LayerMaker], LayerMaker]:
-    def deco(fn: LayerMaker) -> LayerMaker:
-        C_OPS[op] = fn
-        return fn
-
-    return deco
+c_op = registrar(C_OPS)
 
 
 @c_op("dense")
