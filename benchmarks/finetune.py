@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/finetune.py     # writes benchmarks/results/finetune.json
 
-For each digits model: convert, then fine-tune with the defaults of `spikeport finetune`
+For each digits model (CNN, MLP, ViT): convert, then fine-tune with the defaults of `spikeport finetune`
 (20 epochs, --val digits_calib.npz, seed 0) at T = 4 (and T = 2, and seeds 1 and 2 at T = 4,
 for the CNN), quantize
 (`--target sim`) and evaluate in INTEGER mode on the held-out test split at T = 1, 2, 4, 8.
@@ -116,7 +116,7 @@ def main() -> None:
     timing: dict[str, float] = {}
     # (T, seed) runs per model: the default seed at T = 4 and 2, and two more seeds at T = 4
     # for the CNN to show the spread a different seed gives.
-    runs = {"cnn": [(4, 0), (4, 1), (4, 2), (2, 0)], "mlp": [(4, 0)]}
+    runs = {"cnn": [(4, 0), (4, 1), (4, 2), (2, 0)], "mlp": [(4, 0)], "vit": [(4, 0)]}
     for model, settings in runs.items():
         snn = convert(EX / f"digits_{model}.onnx", EX / "digits_calib.npz")
         rows.append({"model": f"digits_{model}", **int_eval(snn, model)})
