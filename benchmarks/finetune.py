@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/finetune.py     # writes benchmarks/results/finetune.json
 
-For each digits model (CNN, MLP, ViT): convert, then fine-tune with the defaults of `spikeport finetune`
-(20 epochs, --val digits_calib.npz, seed 0) at T = 4 (and T = 2, and seeds 1 and 2 at T = 4,
-for the CNN), quantize
-(`--target sim`) and evaluate in INTEGER mode on the held-out test split at T = 1, 2, 4, 8.
+For each digits model (CNN, MLP, ViT): convert, then fine-tune with the defaults of
+`spikeport finetune` (20 epochs, --val digits_calib.npz, seed 0) at T = 4 (and T = 2, and
+seeds 1 and 2 at T = 4, for the CNN), quantize (`--target sim`) and evaluate in INTEGER mode
+on the held-out test split at T = 1, 2, 4, 8.
 The test split is never used for training or for choosing anything.
 
 Timing: the CNN's 20 epochs at T = 4 run (a) in this process on 2 torch threads and (b) as

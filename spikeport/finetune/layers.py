@@ -19,6 +19,7 @@ from torch import nn
 from spikeport.errors import UnsupportedOp
 from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
+from spikeport.registry import registrar
 
 THRESHOLD_FLOOR = 1e-3  # a threshold never drops below this fraction of its converted value
 
@@ -41,12 +42,7 @@ Maker = Callable[[Node, tuple[int, ...], Shape], Layer]
 LAYERS: dict[str, Maker] = {}
 
 
-def layer(op: str) -> Callable[[Maker], Maker]:
-    def deco(fn: Maker) -> Maker:
-        LAYERS[op] = fn
-        return fn
-
-    return deco
+layer = registrar(LAYERS)
 
 
 def make_layer(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
