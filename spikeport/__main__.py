@@ -1,0 +1,5 @@
+"""`python -m spikeport ...` is the `spikeport` command."""
+
+from spikeport.cli.main import main
+
+main()
