@@ -24,7 +24,9 @@ test: $(STAMP) toolchain
 toolchain:
 	@bash tools/install-toolchain.sh
 
-bench: $(STAMP)
+# SpikingJelly (the peer converter) goes to benchmarks/work/sjlib, never into .venv or pyproject.
+bench: $(STAMP) toolchain
+	PY=$(PY) bash benchmarks/install_spikingjelly.sh
 	$(PY) benchmarks/run.py
 
 lint: $(STAMP)
