@@ -1,155 +1,350 @@
-"""Spine benchmarks: conversion/quantization cost and reference-simulator throughput.
+"""spikeport benchmarks: `make bench` runs every section, in one process, on one machine.
 
-    make bench        # writes benchmarks/results/spine.json and benchmarks/RESULTS.md
+    make bench                                    # installs SpikingJelly for benchmarks, then:
+    .venv/bin/python benchmarks/run.py            # every section
+    .venv/bin/python benchmarks/run.py --only accuracy --only c_target
 
-Times are wall-clock on this machine, measured in one run; memory is the tracemalloc peak
-(Python and numpy allocations) of each stage. Nothing here is asserted in tests.
+Sections (each writes benchmarks/results/<name>.json; then benchmarks/report.py writes
+benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png from those files):
+
+  accuracy    accuracy vs T of spikeport (conversion only; fine-tuned) and of SpikingJelly's
+              ann2snn recipes, same models, same calibration and test splits
+  throughput  reference simulator, integer and float modes, against SpikingJelly's torch
+              simulation of the same network (batch 256, T = 8), ratios from one run
+  cost        convert and quantize time and peak memory, digits examples and ResNet-18-shaped
+              generated networks (random weights, 32x32), each stage in a fresh process
+  c_target    C on a Cortex-M3 under QEMU: flash, RAM, instructions per inference
+
+Wall-clock figures are from this machine in this run; nothing here is asserted in tests.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
-import tracemalloc
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from spikeport.convert import convert
-from spikeport.ir.graph import Graph
-from spikeport.quantize import get_profile, quantize
-from spikeport.sim import simulate
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-ROOT = Path(__file__).resolve().parent.parent
+import peer_sj  # noqa: E402
+import report  # noqa: E402
+from resnet import resnet18_onnx  # noqa: E402
+
+from spikeport.convert import convert  # noqa: E402
+from spikeport.data import load_data  # noqa: E402
+from spikeport.eval import evaluate  # noqa: E402
+from spikeport.finetune import Settings, finetune  # noqa: E402
+from spikeport.quantize import get_profile, quantize  # noqa: E402
+from spikeport.sim import simulate  # noqa: E402
+
+ROOT = HERE.parent
 EX = ROOT / "examples"
-OUT = ROOT / "benchmarks"
-BATCH, T = 256, 8
+RESULTS = HERE / "results"
+WORK = HERE / "work"
+CALIB, TRAIN, TEST = (EX / f"digits_{s}.npz" for s in ("calib", "train", "test"))
+
+TS = [1, 2, 4, 8, 16, 32]
+MODELS = ["cnn", "mlp", "vit"]
+FINETUNED = ["cnn", "mlp"]  # the ViT's 20 epochs take many minutes on 2 cores: see RESULTS.md
+FT_T, FT_EPOCHS, FT_SEED = 4, 20, 0  # docs/finetune.md's command: -T 4, defaults otherwise
+BATCH, SIM_T, REPEATS = 256, 8, 3
+RESNET_WIDTHS, RESNET_CALIB = [16, 32, 64], 64
+C_T = 4
 
 
-def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, seconds, peak MiB) of one call."""
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return result, seconds, peak
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def throughput(graph, x: np.ndarray, mode: str, repeats: int = 3) -> float:
-    """Samples x timesteps per second, batch 256, best of `repeats`."""
-    xb = np.resize(x, (BATCH,) + x.shape[1:])
-    best = min(
-        measured(lambda: simulate(graph, xb, T, mode, batch_size=BATCH))[1] for _ in range(repeats)
-    )
-    return BATCH * T / best
+def test_data(graph: Any) -> Any:
+    return load_data(TEST, graph.input.shape, labels=True, n_classes=10)
 
 
-def c_target(graph: Graph, name: str, T: int = 4) -> dict[str, Any] | None:
-    """Compiled Cortex-M3 size of the model and instructions per inference under QEMU."""
+def int_eval(graph: Any, model: str) -> dict[str, Any]:
+    """quantize --target sim, then eval in integer mode on the test split at every T."""
+    q = quantize(graph, np.load(CALIB)["x"], get_profile("sim"))
+    rep = evaluate(q, test_data(graph), TS, "int", str(EX / f"digits_{model}.onnx"))
+    return {
+        "ann": rep["ann"]["accuracy"],
+        "accuracy": {r["T"]: r["accuracy"] for r in rep["records"]},
+        "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in rep["records"]},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. accuracy vs T
+
+
+def accuracy() -> dict[str, Any]:
+    x_test, y_test = np.load(TEST)["x"], np.load(TEST)["y"]
+    x_calib = torch.from_numpy(np.load(CALIB)["x"])
+    sj = peer_sj.available()
+    if not sj:
+        log("SpikingJelly is not installed (benchmarks/install_spikingjelly.sh): no peer rows")
+    models: dict[str, Any] = {}
+    for model in MODELS:
+        log(f"accuracy: digits_{model}: spikeport convert -> quantize -> eval (int)")
+        snn = convert(EX / f"digits_{model}.onnx", CALIB)
+        conv = int_eval(snn, model)
+        rows = [{"method": "spikeport", "what": "convert (defaults), integer mode", **conv}]
+        if model in FINETUNED:
+            log(f"accuracy: digits_{model}: spikeport finetune T={FT_T}, {FT_EPOCHS} epochs")
+            train = load_data(TRAIN, snn.input.shape, labels=True, n_classes=10)
+            val = load_data(CALIB, snn.input.shape, labels=True, n_classes=10)
+            t0 = time.perf_counter()
+            res = finetune(
+                snn, train, Settings(T=FT_T, epochs=FT_EPOCHS, seed=FT_SEED), val=val, quiet=True
+            )
+            seconds = time.perf_counter() - t0
+            rows.append(
+                {
+                    "method": "spikeport_finetuned",
+                    "what": f"finetune -T {FT_T} (--epochs {FT_EPOCHS}, --seed {FT_SEED}, "
+                    "--val calib), integer mode",
+                    "finetune_seconds": seconds,
+                    **int_eval(res.graph, model),
+                }
+            )
+        entry: dict[str, Any] = {"ann": conv["ann"], "rows": rows}
+        if sj and model in ("cnn", "mlp"):
+            ann, diff = peer_sj.ann_from_onnx(model, EX / f"digits_{model}.onnx", x_test)
+            entry["sj_ann_max_abs_logit_diff_vs_onnxruntime"] = diff
+            for key, (what, make) in peer_sj.recipes(x_calib).items():
+                log(f"accuracy: digits_{model}: SpikingJelly {key}")
+                net, seconds = peer_sj.convert(ann, make())
+                acc = peer_sj.accuracy_vs_t(net, x_test, y_test, TS)
+                rows.append(
+                    {"method": key, "what": what, "convert_seconds": seconds, "accuracy": acc}
+                )
+        models[f"digits_{model}"] = entry
+    return {
+        "timesteps": TS,
+        "spikingjelly": peer_sj.version() if sj else None,
+        "models": models,
+        "splits": {"calibration": CALIB.name, "training": TRAIN.name, "test": TEST.name},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. simulator throughput
+
+
+def best_rates(runners: dict[str, Callable[[], Any]], work: int) -> dict[str, float]:
+    """work / best seconds of REPEATS calls each, the runners interleaved round-robin so that
+    a change of machine load during the run hits every one of them alike."""
+    for run in runners.values():
+        run()  # warm-up
+    best = {k: float("inf") for k in runners}
+    for _ in range(REPEATS):
+        for key, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return {k: work / s for k, s in best.items()}
+
+
+def sim_runner(graph: Any, x: np.ndarray, mode: str) -> Callable[[], Any]:
+    return lambda: simulate(graph, x, SIM_T, mode, batch_size=BATCH)
+
+
+def throughput() -> dict[str, Any]:
+    sj = peer_sj.available()
+    x_test = np.load(TEST)["x"]
+    rows = []
+    for model in MODELS:
+        log(f"throughput: digits_{model} (batch {BATCH}, T = {SIM_T}, best of {REPEATS})")
+        q = quantize(
+            convert(EX / f"digits_{model}.onnx", CALIB), np.load(CALIB)["x"], get_profile("sim")
+        )
+        xb = np.resize(x_test, (BATCH,) + x_test.shape[1:])
+        runners = {f"spikeport_{mode}": sim_runner(q, xb, mode) for mode in ("int", "float")}
+        if sj and model in ("cnn", "mlp"):
+            ann, _ = peer_sj.ann_from_onnx(model, EX / f"digits_{model}.onnx", x_test)
+            net, _ = peer_sj.convert(
+                ann, peer_sj.recipes(torch.from_numpy(np.load(CALIB)["x"]))["sj_channel_half"][1]()
+            )
+            for step_mode in ("s", "m"):
+                runners[f"sj_{step_mode}"] = peer_sj.runner(net, xb, SIM_T, step_mode)
+        rates = best_rates(runners, BATCH * SIM_T)
+        row: dict[str, Any] = {"model": f"digits_{model}", "samples_x_steps_per_s": rates}
+        if "sj_s" in rates:
+            sj_best = max(rates["sj_s"], rates["sj_m"])
+            row["ratio_vs_spikingjelly"] = {
+                "int": rates["spikeport_int"] / sj_best,
+                "float": rates["spikeport_float"] / sj_best,
+            }
+        rows.append(row)
+    return {
+        "batch": BATCH,
+        "T": SIM_T,
+        "repeats": REPEATS,
+        "spikingjelly_network": "sj_channel_half" if sj else None,
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. conversion and quantisation cost
+
+
+def stage(*args: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "stage.py"), *args]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def cost() -> dict[str, Any]:
+    work = WORK / "cost"
+    work.mkdir(parents=True, exist_ok=True)
+    cases: list[tuple[str, Path, Path, int]] = []
+    import onnx
+
+    for model in ("mlp", "cnn", "vit"):
+        path = EX / f"digits_{model}.onnx"
+        params = sum(int(np.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer)
+        cases.append((f"digits_{model}", path, CALIB, params))
+    calib = work / f"random_calib_{RESNET_CALIB}.npz"
+    rng = np.random.default_rng(0)
+    np.savez(calib, x=rng.standard_normal((RESNET_CALIB, 3, 32, 32)).astype(np.float32))
+    for width in RESNET_WIDTHS:
+        path = work / f"resnet18_w{width}.onnx"
+        cases.append((f"resnet18_w{width} (32x32)", path, calib, resnet18_onnx(path, width)))
+    rows = []
+    for name, path, cal, params in cases:
+        log(f"cost: {name}: convert, then quantize, each in a fresh process")
+        spk, spk_q = work / f"{path.stem}.spk", work / f"{path.stem}_q.spk"
+        conv = stage("convert", str(path), str(cal), str(spk))
+        quant = stage("quantize", str(spk), str(cal), str(spk_q), "4", "4")
+        rows.append(
+            {
+                "model": name,
+                "parameters": params,
+                "calibration_samples": len(np.load(cal)["x"]),
+                "convert": conv,
+                "quantize": {k: v for k, v in quant.items() if k != "sim_int"},
+                "sim_int": quant["sim_int"],
+            }
+        )
+    return {"rows": rows, "resnet_calibration": f"{RESNET_CALIB} N(0, 1) images, seed 0"}
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. C target on Cortex-M3
+
+
+def c_target() -> dict[str, Any]:
     import shutil
 
+    from spikeport.errors import SpikeportError
     from spikeport.targets import emit
     from spikeport.targets.c.flash import flash_qemu
 
-    if not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")):
-        return None
-    outdir = OUT / "work" / f"{name}_c"
-    emit(graph, "c", outdir)
-    report = flash_qemu(outdir, None, 4, T)
-    ann_bytes = sum(
-        n.params["weight_q"].size + 4 * n.params["bias_q"].size
-        for n in graph.nodes
-        if "weight_q" in n.params
-    )
-    return {
-        "T": T,
-        "flash_bytes": report["model_o"]["flash_bytes"],
-        "ram_bytes": report["model_o"]["ram_bytes"],
-        "instructions_per_inference": report["instructions_per_inference"],
-        "int8_ann_weight_bytes": ann_bytes,
-    }
-
-
-def bench_model(name: str) -> dict[str, Any]:
-    onnx_path, calib = EX / f"digits_{name}.onnx", EX / "digits_calib.npz"
-    x = np.load(EX / "digits_test.npz")["x"]
-    snn, t_conv, m_conv = measured(lambda: convert(onnx_path, calib))
-    q, t_q, m_q = measured(lambda: quantize(snn, np.load(calib)["x"], get_profile("sim")))
-    return {
-        "model": f"digits_{name}",
-        "convert_s": t_conv,
-        "convert_peak_mib": m_conv,
-        "quantize_s": t_q,
-        "quantize_peak_mib": m_q,
-        "sim_int_samples_x_steps_per_s": throughput(q, x, "int"),
-        "sim_float_samples_x_steps_per_s": throughput(q, x, "float"),
-        "c_cortex_m3": c_target(q, f"digits_{name}"),
-    }
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "# Benchmark results",
-        "",
-        "Produced by `make bench` (`benchmarks/run.py`); all figures from one run on one machine.",
-        "",
-        "## Conversion cost and reference simulator throughput",
-        "",
-        f"Simulator: batch {BATCH}, T = {T}; throughput in samples x timesteps per second.",
-        "",
-        "| model | convert (s) | convert peak (MiB) | quantize (s) | quantize peak (MiB) "
-        "| sim int | sim float | int / float |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = r["sim_int_samples_x_steps_per_s"] / r["sim_float_samples_x_steps_per_s"]
-        lines.append(
-            f"| {r['model']} | {r['convert_s']:.2f} | {r['convert_peak_mib']:.1f} | "
-            f"{r['quantize_s']:.3f} | {r['quantize_peak_mib']:.1f} | "
-            f"{r['sim_int_samples_x_steps_per_s']:.0f} | "
-            f"{r['sim_float_samples_x_steps_per_s']:.0f} | {ratio:.2f} |"
+    tools = shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")
+    rows = []
+    for model in MODELS:
+        log(f"c_target: digits_{model}: emit C, run on QEMU mps2-an385 (T = {C_T})")
+        q = quantize(
+            convert(EX / f"digits_{model}.onnx", CALIB), np.load(CALIB)["x"], get_profile("sim")
         )
-    lines += [
-        "",
-        "## C target on Cortex-M3 (QEMU mps2-an385)",
-        "",
-        "`model.o` built with arm-none-eabi-gcc -Os -mcpu=cortex-m3 (harness and libc excluded). "
-        "Instructions: Thumb-2 instructions one `spk_run()` executes under QEMU, counted from its "
-        "exec trace (not cycles).",
-        "",
-        "| model | T | flash (B) | RAM (B) | instructions / inference | int8 ANN weights + int32 "
-        "biases (B) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        c = r["c_cortex_m3"]
-        if c is None:
-            lines.append(f"| {r['model']} | - | toolchain not installed | | | |")
+        ann_bytes = sum(
+            n.params["weight_q"].size + 4 * n.params["bias_q"].size
+            for n in q.nodes
+            if "weight_q" in n.params and "bias_q" in n.params
+        )
+        row: dict[str, Any] = {"model": f"digits_{model}", "int8_ann_weight_bytes": ann_bytes}
+        outdir = WORK / f"digits_{model}_c"
+        shutil.rmtree(outdir, ignore_errors=True)
+        try:
+            emit(q, "c", outdir)
+        except SpikeportError as e:  # a graph the target cannot hold: refused by name
+            row["refused"] = str(e)
+            rows.append(row)
             continue
-        lines.append(
-            f"| {r['model']} | {c['T']} | {c['flash_bytes']} | {c['ram_bytes']} | "
-            f"{c['instructions_per_inference']} | {c['int8_ann_weight_bytes']} |"
+        if not tools:
+            row["skipped"] = "arm-none-eabi-gcc / qemu-system-arm not installed"
+            rows.append(row)
+            continue
+        rep = flash_qemu(outdir, None, 4, C_T)
+        row.update(
+            {
+                "T": C_T,
+                "bit_exact_samples": rep["samples"],
+                "flash_bytes": rep["model_o"]["flash_bytes"],
+                "ram_bytes": rep["model_o"]["ram_bytes"],
+                "model_o": rep["model_o"],
+                "instructions_per_inference": rep["instructions_per_inference"],
+            }
         )
-    return "\n".join(lines) + "\n"
+        rows.append(row)
+    return {"board": "qemu-mps2-an385 (Cortex-M3)", "T": C_T, "rows": rows}
 
 
-def main() -> None:
-    rows = [bench_model(m) for m in ("cnn", "mlp")]
-    meta = {
-        "machine": platform.machine(),
+# ---------------------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+    "accuracy": accuracy,
+    "throughput": throughput,
+    "cost": cost,
+    "c_target": c_target,
+}
+
+
+def machine() -> dict[str, Any]:
+    pkgs = ("numpy", "torch", "onnxruntime")
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "numpy": np.__version__,
-        "date": time.strftime("%Y-%m-%d"),
+        **{p: version(p) for p in pkgs},
     }
-    (OUT / "results").mkdir(exist_ok=True)
-    (OUT / "results" / "spine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (OUT / "RESULTS.md").write_text(markdown(rows))
-    print(markdown(rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", choices=list(SECTIONS), help="repeatable")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    names = args.only or list(SECTIONS)
+    command = (
+        "make bench"
+        if not args.only
+        else "benchmarks/run.py " + " ".join(f"--only {n}" for n in names)
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    for name in names:
+        load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
+        t0 = time.perf_counter()
+        data = SECTIONS[name]()
+        doc = {
+            "benchmark": name,
+            "command": command,
+            "started": started,
+            "seconds": time.perf_counter() - t0,
+            "load_average_at_start": load,
+            "machine": machine(),
+            **data,
+        }
+        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        log(f"{name}: {doc['seconds']:.0f} s -> benchmarks/results/{name}.json")
+    report.write(RESULTS, HERE)
+    log(
+        f"done in {time.perf_counter() - t_all:.0f} s: benchmarks/RESULTS.md, "
+        "benchmarks/accuracy_vs_T.png"
+    )
 
 
 if __name__ == "__main__":

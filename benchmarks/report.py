@@ -1,0 +1,309 @@
+"""benchmarks/results/*.json -> benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png.
+
+Run by benchmarks/run.py after its sections; `.venv/bin/python benchmarks/report.py` rewrites
+the two files from the JSON alone. Every table states the command and the run it came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PLOT = "accuracy_vs_T.png"
+
+LABELS = {
+    "spikeport": "spikeport, conversion only",
+    "spikeport_finetuned": "spikeport, fine-tuned (T=4)",
+    "sj_max": "SpikingJelly max",
+    "sj_robust": "SpikingJelly 99.9%",
+    "sj_half_max": "SpikingJelly 1/2 max",
+    "sj_channel_half": "SpikingJelly channel-wise 99.9%, half threshold",
+    "sj_ltb": "SpikingJelly local threshold balancing",
+}
+
+
+def provenance(doc: dict[str, Any]) -> str:
+    name = doc["benchmark"]
+    if doc["command"] == "make bench":
+        how = f"`make bench`, section `{name}` of `benchmarks/run.py`"
+    else:
+        how = f"`.venv/bin/python {doc['command']}`"
+    return (
+        f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s, load average "
+        f"{doc['load_average_at_start']:.1f} at its start; data: "
+        f"[results/{name}.json](results/{name}.json).*"
+    )
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def accuracy_md(doc: dict[str, Any]) -> list[str]:
+    ts = doc["timesteps"]
+    sj = doc["spikingjelly"]
+    lines = [
+        "## 1. Accuracy vs T",
+        "",
+        provenance(doc),
+        "",
+        "Held-out test split (`examples/digits_test.npz`, 540 images; one image is 0.19 points). "
+        "Every converter calibrates on `examples/digits_calib.npz` (180 images) and nothing "
+        "else; fine-tuning trains on `examples/digits_train.npz` and keeps the epoch with the "
+        "best accuracy on the calibration split. ANN: onnxruntime on the source ONNX file.",
+        "",
+        "- **spikeport, conversion only**: `convert` (defaults: per-channel 99.99th percentile "
+        "thresholds, v0 = theta/2) -> `quantize --target sim` -> `eval`, integer mode.",
+        "- **spikeport, fine-tuned**: `finetune -T 4` (20 epochs, seed 0, `--val` the "
+        "calibration split, as in docs/finetune.md) -> `quantize --target sim` -> `eval`, "
+        "integer mode.",
+    ]
+    if sj:
+        lines += [
+            f"- **SpikingJelly {sj}** `ann2snn.Converter` (float32 torch simulation, direct "
+            "input at every step, output summed over steps, as its own `val()`), recipes:",
+        ]
+        seen: dict[str, str] = {}
+        for m in doc["models"].values():
+            for r in m["rows"]:
+                if r["method"].startswith("sj_"):
+                    seen.setdefault(r["method"], r["what"])
+        lines += [f"  - {LABELS[k]}: `{w}`" for k, w in seen.items()]
+        diffs = [
+            f"{name} {m['sj_ann_max_abs_logit_diff_vs_onnxruntime']:.1e}"
+            for name, m in doc["models"].items()
+            if "sj_ann_max_abs_logit_diff_vs_onnxruntime" in m
+        ]
+        lines += [
+            "",
+            "SpikingJelly needs a torch module: the CNN and MLP are rebuilt with the "
+            "architecture of `examples/make_digits.py` (BatchNorm folded into the convolutions, "
+            "as the ONNX export has it) and loaded with the ONNX file's own initializers, not "
+            "retrained; max |logit difference| to onnxruntime on the test split: "
+            + ", ".join(diffs)
+            + ". The rate-coding recipes see the calibration split as one batch (their "
+            "statistic is then exactly that of the split); local threshold balancing sees it "
+            "in batches of 100, one pass, like SpikingJelly's cnn_mnist example. The ViT has "
+            "no SpikingJelly row: its transformer recipes (TD-equivalent, STA) re-run float "
+            "LayerNorm, softmax and GELU on running sums and are not rate-coded conversions "
+            "calibrated on data.",
+        ]
+    head = "| model | method | ANN | " + " | ".join(f"T={t}" for t in ts) + " |"
+    lines += ["", head, "|---|---|---:|" + "---:|" * len(ts)]
+    for name, m in doc["models"].items():
+        for r in m["rows"]:
+            accs = " | ".join(pct(r["accuracy"].get(str(t))) for t in ts)
+            lines.append(f"| {name} | {LABELS[r['method']]} | {pct(m['ann'])} | {accs} |")
+    ft = [
+        f"{name} {r['finetune_seconds']:.0f} s"
+        for name, m in doc["models"].items()
+        for r in m["rows"]
+        if "finetune_seconds" in r
+    ]
+    lines += [
+        "",
+        f"![accuracy vs T]({PLOT})",
+        "",
+        "Fine-tuning time in this run (20 epochs, one process): "
+        + ", ".join(ft)
+        + ". The ViT is not fine-tuned here: its 20 epochs take many minutes on 2 cores "
+        "(`benchmarks/finetune.py` measures fine-tuning separately).",
+    ]
+    return lines
+
+
+def throughput_md(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 2. Reference simulator throughput",
+        "",
+        provenance(doc),
+        "",
+        f"Samples x timesteps per second, batch {doc['batch']}, T = {doc['T']}, best of "
+        f"{doc['repeats']} calls each, all runners interleaved in the same loop (so the "
+        "ratios compare the same moments of machine load). spikeport: `spikeport.sim.simulate` "
+        "(numpy) in integer and float mode. SpikingJelly: its torch simulation (float32, CPU, "
+        f"{doc['machine']['torch_threads']} torch threads) of the network its "
+        "channel-wise half-threshold recipe made from the same ONNX weights, single-step "
+        "(T calls, as its example's loop) and multi-step (one call on T copies); "
+        "ratio = spikeport / the faster SpikingJelly mode (above 1: spikeport is faster).",
+        "",
+        "| model | spikeport int | spikeport float | SpikingJelly single-step "
+        "| SpikingJelly multi-step | int / SJ | float / SJ |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        s = r["samples_x_steps_per_s"]
+        sj = [f"{s[k]:,.0f}" if k in s else "-" for k in ("sj_s", "sj_m")]
+        ratio = r.get("ratio_vs_spikingjelly")
+        rr = [f"{ratio[k]:.2f}" if ratio else "-" for k in ("int", "float")]
+        lines.append(
+            f"| {r['model']} | {s['spikeport_int']:,.0f} | {s['spikeport_float']:,.0f} | "
+            f"{sj[0]} | {sj[1]} | {rr[0]} | {rr[1]} |"
+        )
+    return lines
+
+
+def cost_md(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 3. Conversion and quantisation cost",
+        "",
+        provenance(doc),
+        "",
+        "Each stage runs in a fresh process (`benchmarks/stage.py`): `convert` (import, "
+        "calibration through onnxruntime, threshold balancing) and `quantize --target sim` "
+        "(integers and the overflow proof for T <= 64). Peak memory is the process's peak "
+        "resident set (VmHWM: numpy and onnxruntime's native memory included); in brackets "
+        "the part above the process before the stage (imports, inputs, the loaded graph). "
+        "ResNet-18-shaped networks: `benchmarks/resnet.py` (CIFAR stem, 32x32x3 input, "
+        f"four stages of two basic blocks, random He-normal weights), calibrated on "
+        f"{doc['resnet_calibration']}; resnet18_w64 is ResNet-18's own width. Last column: "
+        "the integer simulator right after quantize, batch 4, T = 4, best of two runs.",
+        "",
+        "| model | parameters | calibration samples | convert (s) | convert peak (MiB) "
+        "| quantize (s) | quantize peak (MiB) | int sim, batch 4 (samples x T / s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        c, q = r["convert"], r["quantize"]
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['calibration_samples']} | "
+            f"{c['seconds']:.2f} | {c['peak_rss_mib']:,.0f} [{c['peak_above_baseline_mib']:,.0f}]"
+            f" | {q['seconds']:.2f} | {q['peak_rss_mib']:,.0f} "
+            f"[{q['peak_above_baseline_mib']:,.0f}] | "
+            f"{r['sim_int']['samples_x_steps_per_s']:,.1f} |"
+        )
+    return lines
+
+
+def c_target_md(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 4. C target on Cortex-M3 (QEMU mps2-an385)",
+        "",
+        provenance(doc),
+        "",
+        "`spikeport emit --target c`, then `spikeport.targets.c.flash.flash_qemu` (what "
+        "`spikeport flash --board qemu-mps2-an385` runs): 4 random inputs checked bit for bit "
+        "against the simulator at every step, `model.o` sizes from arm-none-eabi-size "
+        "(-Os -mcpu=cortex-m3; harness and libc excluded; flash = text + data, RAM = data + "
+        "bss), and the Thumb-2 instructions one `spk_run()` of T steps executes under QEMU "
+        "(not cycles: QEMU is not cycle-accurate). Last column: the same layers as an int8 ANN "
+        "would store them (int8 weights, int32 biases).",
+        "",
+        "| model | T | flash (B) | RAM (B) | instructions / inference "
+        "| int8 ANN weights + int32 biases (B) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        if "refused" in r or "skipped" in r:
+            why = r.get("refused") or r["skipped"]
+            lines.append(
+                f"| {r['model']} | - | - | - | - ({why}) | {r['int8_ann_weight_bytes']:,} |"
+            )
+            continue
+        lines.append(
+            f"| {r['model']} | {r['T']} | {r['flash_bytes']:,} | {r['ram_bytes']:,} | "
+            f"{r['instructions_per_inference']:,} | {r['int8_ann_weight_bytes']:,} |"
+        )
+    return lines
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ts = doc["timesteps"]
+    models = doc["models"]
+    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7.5), squeeze=False)
+    styles = {
+        "spikeport": dict(color="C0", lw=2.5, marker="o"),
+        "spikeport_finetuned": dict(color="C3", lw=2.5, marker="s"),
+    }
+    for col, (name, m) in enumerate(models.items()):
+        for row, (lo, title) in enumerate([(0, name), (90, f"{name} (90-100 %)")]):
+            ax = axes[row][col]
+            for i, r in enumerate(m["rows"]):
+                style = styles.get(r["method"], dict(color=f"C{i + 2}", lw=1.2, marker="^"))
+                ys = [100 * r["accuracy"][str(t)] for t in ts]
+                ax.plot(ts, ys, label=LABELS[r["method"]], **style)
+            ax.axhline(100 * m["ann"], color="k", ls="--", lw=1, label="ANN (onnxruntime)")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(ts, [str(t) for t in ts])
+            ax.set_ylim(lo, 100.5)
+            ax.set_title(title)
+            ax.set_xlabel("timesteps T")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+    handles, labels = {}, {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+            labels[lab] = lab
+    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=4, fontsize=8)
+    fig.suptitle("Accuracy vs T, digits test split (make bench)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+SECTIONS = {
+    "accuracy": accuracy_md,
+    "throughput": throughput_md,
+    "cost": cost_md,
+    "c_target": c_target_md,
+}
+
+
+def write(results: Path = HERE / "results", out: Path = HERE) -> None:
+    docs = {
+        name: json.loads((results / f"{name}.json").read_text())
+        for name in SECTIONS
+        if (results / f"{name}.json").exists()
+    }
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench`: `benchmarks/install_spikingjelly.sh` (SpikingJelly for the "
+        "benchmarks only, see below) then `.venv/bin/python benchmarks/run.py`, which runs the "
+        "four sections below in one process on one machine and writes `benchmarks/results/"
+        "<section>.json`, this file and `accuracy_vs_T.png`. Each table names the command and "
+        "the run it came from; ratios are taken within one run, never across runs. Nothing "
+        "here is asserted in tests.",
+    ]
+    if docs:
+        mach = next(iter(docs.values()))["machine"]
+        lines += [
+            "",
+            f"Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, "
+            f"numpy {mach['numpy']}, torch {mach['torch']} ({mach['torch_threads']} threads), "
+            f"onnxruntime {mach['onnxruntime']}. Wall-clock figures depend on the machine and "
+            "its load (the load average at each section's start is given).",
+        ]
+    for name, fn in SECTIONS.items():
+        if name in docs:
+            lines += ["", *fn(docs[name])]
+    lines += [
+        "",
+        "## SpikingJelly, for the benchmarks only",
+        "",
+        "`benchmarks/install_spikingjelly.sh` installs spikingjelly 2.0.0 with `pip install "
+        "--no-deps --target benchmarks/work/sjlib` (its declared torchvision and torchaudio "
+        "would pull a CUDA torch of several GB) and, into the same folder, the two small "
+        "packages its ann2snn imports (loguru, requests with its own dependencies). "
+        "`benchmarks/peer_sj.py` appends that folder to `sys.path`; it is not in `.venv` and "
+        "not a dependency of spikeport (pyproject.toml does not name it). `make clean` "
+        "removes it.",
+        "",
+        "Fine-tuning is measured further (seeds, T = 2, torchrun) by "
+        "`benchmarks/finetune.py`; see [docs/finetune.md](../docs/finetune.md).",
+    ]
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    if "accuracy" in docs:
+        plot(docs["accuracy"], out / PLOT)
+
+
+if __name__ == "__main__":
+    write()
