@@ -204,3 +204,129 @@ def runner(snn: nn.Module, x: np.ndarray, T: int, step_mode: str) -> Callable[[]
                     out = out + net(xt)
 
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The digits ViT: SpikingJelly's STA transformer recipe
+
+
+class _EncoderBlock(nn.Module):
+    """One pre-norm nn.TransformerEncoderLayer, unrolled so that torch.fx sees its parts.
+
+    SpikingJelly's transformer recipes refuse nn.TransformerEncoder(Layer) as an opaque
+    module; the same weights called in the same order (eval mode: no dropout) trace.
+    """
+
+    def __init__(self, layer: nn.TransformerEncoderLayer):
+        super().__init__()
+        layer.self_attn.dropout = 0.0  # TD attention requires it; eval mode drops nothing anyway
+        self.norm1, self.self_attn, self.norm2 = layer.norm1, layer.self_attn, layer.norm2
+        self.linear1, self.gelu, self.linear2 = layer.linear1, nn.GELU(), layer.linear2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        attn = self.self_attn(h, h, h, need_weights=False)
+        attn[1]  # noqa: B018  SpikingJelly's step-mode adapter recognises the MHA tuple by it
+        x = x + attn[0]
+        return x + self.linear2(self.gelu(self.linear1(self.norm2(x))))
+
+
+class _UnrolledViT(nn.Module):
+    """examples/make_transformers.py's TinyViT with its encoder layers unrolled."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.embed, self.pos, self.norm, self.head = vit.embed, vit.pos, vit.norm, vit.head
+        self.blocks = nn.ModuleList(_EncoderBlock(layer) for layer in vit.encoder.layers)
+        self.patch, self.grid = vit.patch, 8 // vit.patch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, g = self.patch, self.grid
+        patches = x.reshape(-1, 1, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(-1, g * g, p * p)
+        h = self.embed(patches) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h.mean(dim=1)))
+
+
+def vit_from_onnx(onnx_path: Path, x_test: np.ndarray) -> tuple[nn.Module, float]:
+    """TinyViT with the ONNX file's weights (MatMul weights are stored transposed, in the
+    order of the state dict's missing names), unrolled; max |logit difference| to
+    onnxruntime."""
+    sys.path.insert(0, str(onnx_path.resolve().parent))
+    from make_transformers import TinyViT
+
+    model = onnx.load(str(onnx_path))
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    vit = TinyViT().eval()
+    shapes = {k: tuple(v.shape) for k, v in vit.state_dict().items()}
+    by_order = [k for k in shapes if k not in init]
+    matmul = [
+        init[i] for n in model.graph.node if n.op_type == "MatMul" for i in n.input if i in init
+    ]
+    if len(by_order) != len(matmul):
+        raise ValueError(f"{onnx_path}: {len(matmul)} MatMul weights for {len(by_order)} names")
+    state = {k: init[k] for k in shapes if k in init}
+    state.update({k: w.T for k, w in zip(by_order, matmul, strict=True)})
+    for k, v in state.items():
+        if tuple(v.shape) != shapes[k]:
+            raise ValueError(f"{onnx_path}: {k} has shape {v.shape}, torch {shapes[k]}")
+    vit.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()})
+    net = _UnrolledViT(vit).eval()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: x_test.astype(np.float32)})[0]
+    with torch.no_grad():
+        got = net(torch.from_numpy(x_test.astype(np.float32))).numpy()
+    return net, float(np.abs(ref - got).max())
+
+
+STA_WHAT = (
+    "STATransformerRecipe(mode='spiking_encoder', time_steps=T), one conversion per T: "
+    "float Linear, LayerNorm, softmax and GELU on running sums, calibrated spike encoders "
+    "after LayerNorm, GELU and attention; input first real then zero, output summed (its "
+    "imagenet_vit_sta example)"
+)
+
+
+def sta_accuracy(
+    net: nn.Module, x_calib: torch.Tensor, x: np.ndarray, y: np.ndarray, ts: list[int]
+) -> tuple[dict[int, float], float]:
+    """Accuracy at each T of the STA spiking-encoder recipe converted for that T; seconds."""
+    from spikingjelly.activation_based import ann2snn, functional
+
+    acc: dict[int, float] = {}
+    seconds = 0.0
+    for T in ts:
+        recipe = ann2snn.STATransformerRecipe(
+            dataloader=[x_calib], time_steps=T, mode="spiking_encoder"
+        )
+        snn, s = convert(net, recipe)
+        seconds += s
+        functional.set_step_mode(snn, "m")
+        functional.reset_net(snn)
+        seq = torch.zeros((T,) + x.shape)
+        seq[0] = torch.from_numpy(x.astype(np.float32))
+        with torch.no_grad():
+            out = snn(seq).sum(0)
+        acc[T] = float((out.argmax(1).numpy() == y).mean())
+    return acc, seconds
+
+
+def sta_runner(net: nn.Module, x_calib: torch.Tensor, x: np.ndarray, T: int) -> Callable[[], None]:
+    """One multi-step inference of the STA spiking-encoder network converted for T."""
+    from spikingjelly.activation_based import ann2snn, functional
+
+    recipe = ann2snn.STATransformerRecipe(
+        dataloader=[x_calib], time_steps=T, mode="spiking_encoder"
+    )
+    snn, _ = convert(net, recipe)
+    functional.set_step_mode(snn, "m")
+    seq = torch.zeros((T,) + x.shape)
+    seq[0] = torch.from_numpy(x.astype(np.float32))
+
+    def run() -> None:
+        functional.reset_net(snn)
+        with torch.inference_mode():
+            snn(seq).sum(0)
+
+    return run

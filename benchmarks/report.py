@@ -21,6 +21,7 @@ LABELS = {
     "sj_half_max": "SpikingJelly 1/2 max",
     "sj_channel_half": "SpikingJelly channel-wise 99.9%, half threshold",
     "sj_ltb": "SpikingJelly local threshold balancing",
+    "sj_sta_encoder": "SpikingJelly STA spiking encoder (converted per T)",
 }
 
 
@@ -80,15 +81,24 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             "",
             "SpikingJelly needs a torch module: the CNN and MLP are rebuilt with the "
             "architecture of `examples/make_digits.py` (BatchNorm folded into the convolutions, "
-            "as the ONNX export has it) and loaded with the ONNX file's own initializers, not "
-            "retrained; max |logit difference| to onnxruntime on the test split: "
+            "as the ONNX export has it), the ViT with `TinyViT` of "
+            "`examples/make_transformers.py` (its encoder layers unrolled into the same "
+            "LayerNorm, attention, Linear and GELU calls, because SpikingJelly's transformer "
+            "recipes refuse `nn.TransformerEncoder` as an opaque module); all are loaded with "
+            "the ONNX file's own initializers, not retrained. Max |logit difference| to "
+            "onnxruntime on the test split: "
             + ", ".join(diffs)
             + ". The rate-coding recipes see the calibration split as one batch (their "
             "statistic is then exactly that of the split); local threshold balancing sees it "
-            "in batches of 100, one pass, like SpikingJelly's cnn_mnist example. The ViT has "
-            "no SpikingJelly row: its transformer recipes (TD-equivalent, STA) re-run float "
-            "LayerNorm, softmax and GELU on running sums and are not rate-coded conversions "
-            "calibrated on data.",
+            "in batches of 100, one pass, like SpikingJelly's cnn_mnist example.",
+            "",
+            "The ViT rows compare different things: spikeport's integer network puts a "
+            "bipolar IF neuron in front of every linear layer and computes LayerNorm, softmax "
+            "and GELU with integer functions; SpikingJelly's STA recipe keeps every Linear and "
+            "those three operators in float on running sums and only spikes in the encoders "
+            "after them, and its `time_steps` is a conversion parameter, so each T is a "
+            "separate conversion. Its `mode='equivalent'` (no spikes at all) equals the ANN at "
+            "every T by construction and is not listed.",
         ]
     head = "| model | method | ANN | " + " | ".join(f"T={t}" for t in ts) + " |"
     lines += ["", head, "|---|---|---:|" + "---:|" * len(ts)]
@@ -108,8 +118,8 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
         "",
         "Fine-tuning time in this run (20 epochs, one process): "
         + ", ".join(ft)
-        + ". The ViT is not fine-tuned here: its 20 epochs take many minutes on 2 cores "
-        "(`benchmarks/finetune.py` measures fine-tuning separately).",
+        + " (`benchmarks/finetune.py` measures fine-tuning further: seeds, T = 2, torchrun; "
+        "see [docs/finetune.md](../docs/finetune.md)).",
     ]
     return lines
 
@@ -121,12 +131,15 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
         provenance(doc),
         "",
         f"Samples x timesteps per second, batch {doc['batch']}, T = {doc['T']}, best of "
-        f"{doc['repeats']} calls each, all runners interleaved in the same loop (so the "
+        f"{doc['repeats']} timings each (a timing repeats a call until it lasts "
+        f"{doc['min_timing_s']} s), all runners interleaved in the same loop (so the "
         "ratios compare the same moments of machine load). spikeport: `spikeport.sim.simulate` "
         "(numpy) in integer and float mode. SpikingJelly: its torch simulation (float32, CPU, "
         f"{doc['machine']['torch_threads']} torch threads) of the network its "
         "channel-wise half-threshold recipe made from the same ONNX weights, single-step "
-        "(T calls, as its example's loop) and multi-step (one call on T copies); "
+        "(T calls, as its example's loop) and multi-step (one call on T copies); for the ViT "
+        "its STA spiking-encoder network converted for T (multi-step only; float Linear, "
+        "LayerNorm, softmax and GELU, see section 1, so not the same computation); "
         "ratio = spikeport / the faster SpikingJelly mode (above 1: spikeport is faster).",
         "",
         "| model | spikeport int | spikeport float | SpikingJelly single-step "
@@ -296,9 +309,6 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         "`benchmarks/peer_sj.py` appends that folder to `sys.path`; it is not in `.venv` and "
         "not a dependency of spikeport (pyproject.toml does not name it). `make clean` "
         "removes it.",
-        "",
-        "Fine-tuning is measured further (seeds, T = 2, torchrun) by "
-        "`benchmarks/finetune.py`; see [docs/finetune.md](../docs/finetune.md).",
     ]
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")
     if "accuracy" in docs:
