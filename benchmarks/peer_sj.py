@@ -128,12 +128,13 @@ def recipes(x_calib: torch.Tensor) -> dict[str, tuple[str, Callable[[], Any]]]:
             lambda: ann2snn.RateCodingRecipe(dataloader=one, mode="99.9%"),
         ),
         "sj_half_max": (
-            "RateCodingRecipe(mode=1/2): layer-wise, half the max",
+            "RateCodingRecipe(mode=0.5): layer-wise, half the max (its '1/2')",
             lambda: ann2snn.RateCodingRecipe(dataloader=one, mode=0.5),
         ),
         "sj_channel_half": (
-            "RateCodingRecipe(mode='99.9%', channel_wise, half_threshold, "
-            "pre_spike_maxpool): channel-wise, v0 = theta/2",
+            "RateCodingRecipe(mode='99.9%', channel_wise=True, half_threshold=True, "
+            "pre_spike_maxpool=True): channel-wise thresholds, v0 = theta/2, max pooling "
+            "of the currents before the neuron",
             lambda: ann2snn.RateCodingRecipe(
                 dataloader=one,
                 mode="99.9%",
@@ -143,7 +144,8 @@ def recipes(x_calib: torch.Tensor) -> dict[str, tuple[str, Callable[[], Any]]]:
             ),
         ),
         "sj_ltb": (
-            "LocalThresholdBalancingRecipe: channel-wise, v0 = theta/2",
+            "LocalThresholdBalancingRecipe(): channel-wise thresholds, v0 = theta/2, max "
+            "pooling of the currents before the neuron",
             lambda: ann2snn.LocalThresholdBalancingRecipe(
                 dataloader=list(x_calib.split(LTB_BATCH))
             ),
@@ -281,7 +283,7 @@ def vit_from_onnx(onnx_path: Path, x_test: np.ndarray) -> tuple[nn.Module, float
 
 
 STA_WHAT = (
-    "STATransformerRecipe(mode='spiking_encoder', time_steps=T), one conversion per T: "
+    "STATransformerRecipe(mode='spiking_encoder', time_steps=T): one conversion per T; "
     "float Linear, LayerNorm, softmax and GELU on running sums, calibrated spike encoders "
     "after LayerNorm, GELU and attention; input first real then zero, output summed (its "
     "imagenet_vit_sta example)"

@@ -71,7 +71,9 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             for r in m["rows"]:
                 if r["method"].startswith("sj_"):
                     seen.setdefault(r["method"], r["what"])
-        lines += [f"  - {LABELS[k]}: `{w}`" for k, w in seen.items()]
+        for k, w in seen.items():
+            call, _, what = w.partition("): ")
+            lines.append(f"  - {LABELS[k]}: `{call})`: {what}")
         diffs = [
             f"{name} {m['sj_ann_max_abs_logit_diff_vs_onnxruntime']:.1e}"
             for name, m in doc["models"].items()
