@@ -235,13 +235,14 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7.5), squeeze=False)
     styles = {
         "spikeport": dict(color="C0", lw=2.5, marker="o"),
-        "spikeport_finetuned": dict(color="C3", lw=2.5, marker="s"),
+        "spikeport_finetuned": dict(color="C1", lw=2.5, marker="s"),
     }
     for col, (name, m) in enumerate(models.items()):
         for row, (lo, title) in enumerate([(0, name), (90, f"{name} (90-100 %)")]):
             ax = axes[row][col]
-            for i, r in enumerate(m["rows"]):
-                style = styles.get(r["method"], dict(color=f"C{i + 2}", lw=1.2, marker="^"))
+            for r in m["rows"]:
+                color = f"C{list(LABELS).index(r['method'])}"
+                style = styles.get(r["method"], dict(color=color, lw=1.2, marker="^"))
                 ys = [100 * r["accuracy"][str(t)] for t in ts]
                 ax.plot(ts, ys, label=LABELS[r["method"]], **style)
             ax.axhline(100 * m["ann"], color="k", ls="--", lw=1, label="ANN (onnxruntime)")
