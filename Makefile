@@ -3,18 +3,25 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+BASE := $(VENV)/.base-stamp
+STAMP := $(VENV)/.dev-stamp
 
 .PHONY: demo test bench lint clean toolchain
 
-$(STAMP): pyproject.toml
+# The package and its runtime dependencies: all the demo needs.
+$(BASE): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $(BASE)
+
+# Plus the test, lint and optional-target tools (pytest, hypothesis, nir, snntorch, LiteRT...).
+$(STAMP): $(BASE)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
 test: $(STAMP) toolchain
