@@ -36,6 +36,13 @@ def _case(name: str, onnx_path: Path, calib: Path, test_x: np.ndarray, signed: b
     return Case(name, onnx_path, calib, test_x, snn, quantize(snn, calib_x, get_profile("sim")))
 
 
+def unsigned_snn(case: Case) -> Graph:
+    """The case's float SNN without signed spikes (targets that have none: SpiNNaker2, NIR)."""
+    if not any(n.attrs.get("signed") for n in case.snn.nodes if n.op == "if"):
+        return case.snn
+    return convert(case.onnx, case.calib, signed=False)
+
+
 # Model cases: the shipped examples, and the generated fixtures (wide_mlp with signed spikes).
 CASE_NAMES = ["digits_cnn", "digits_mlp", *FIXTURES]
 

@@ -38,10 +38,11 @@ BATCH, EXAMPLES_PER_MODEL = 20, 50  # 50 hypothesis batches of 20 = 1,000 inputs
 @pytest.fixture(scope="module")
 def emitted(cases, tmp_path_factory):
     root = tmp_path_factory.mktemp("c")
-    return {
-        name: (case, emit(case.int, "c", root / name) and root / name)
-        for name, case in cases.items()
-    }
+    out = {}
+    for name, case in cases.items():
+        emit(case.int, "c", root / name)
+        out[name] = (case, root / name)
+    return out
 
 
 def codes_to_x(case, codes: np.ndarray) -> np.ndarray:

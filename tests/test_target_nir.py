@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import unsigned_snn
 from fixture_models import _Builder
 
 from spikeport.cli.main import main
@@ -33,10 +34,7 @@ INPUTS = 100
 
 
 def nir_graph(case):
-    snn = case.snn
-    if case.name == "wide_mlp":  # NIR's IF has no negative spikes
-        snn = convert(case.onnx, case.calib, signed=False)
-    return quantize(snn, np.load(case.calib)["x"], get_profile("nir"))
+    return quantize(unsigned_snn(case), np.load(case.calib)["x"], get_profile("nir"))
 
 
 @pytest.fixture(scope="module")

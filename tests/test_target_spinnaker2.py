@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from conftest import unsigned_snn
 from fixture_models import _Builder
 
 from spikeport.cli.main import main
@@ -28,7 +29,7 @@ from spikeport.ir import save
 from spikeport.ir.ops import OPS
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.targets import emit, verify
-from spikeport.targets.compare import reference
+from spikeport.targets.compare import random_inputs, reference
 from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2 import check_batch
 from spikeport.targets.spinnaker2.chip import ChipModel
@@ -43,10 +44,7 @@ def _calib(case) -> np.ndarray:
 
 
 def s2_graph(case, profile: str = "spinnaker2"):
-    snn = case.snn
-    if case.name == "wide_mlp":  # the fixture is signed; SpiNNaker2 has no negative spikes
-        snn = convert(case.onnx, case.calib, signed=False)
-    return quantize(snn, _calib(case), get_profile(profile), max_timesteps=MAX_T)
+    return quantize(unsigned_snn(case), _calib(case), get_profile(profile), max_timesteps=MAX_T)
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +58,6 @@ def emitted(cases, tmp_path_factory):
     return out
 
 
-def random_x(graph, n: int, seed: int) -> np.ndarray:
-    codes = np.random.default_rng(seed).integers(-127, 128, (n,) + graph.input.shape)
-    return codes * graph.scales[graph.input.name]
-
-
 @pytest.mark.parametrize("name", MAPPED)
 def test_chip_model_is_bit_exact_for_T_1_to_8(emitted, name):
     """200 random int8 inputs per model, each T in 1..8: every layer's spikes and the output
@@ -72,7 +65,7 @@ def test_chip_model_is_bit_exact_for_T_1_to_8(emitted, name):
     _, g, outdir = emitted[name]
     net = json.loads((outdir / "network.json").read_text())
     model = ChipModel(net)
-    x = random_x(g, RANDOM_INPUTS, seed=len(name))
+    x = random_inputs(g, RANDOM_INPUTS, seed=len(name))
     for T in range(1, 9):
         check_batch(g, net, model, x, T)
 
@@ -118,7 +111,7 @@ def test_either_spike_compare_is_bridged_exactly(cases, tmp_path, monkeypatch, c
     emit(g, "spinnaker2", tmp_path / "o")
     net = json.loads((tmp_path / "o" / "network.json").read_text())
     assert net["assumptions"]["compare"] == compare
-    check_batch(g, net, ChipModel(net), random_x(g, 64, 1), 8)
+    check_batch(g, net, ChipModel(net), random_inputs(g, 64, 1), 8)
 
 
 def test_corrupted_weight_is_caught(emitted, tmp_path):
@@ -262,7 +255,7 @@ def test_emitted_script_builds_and_runs_the_network(emitted, standin, tmp_path, 
     """The script's py-spinnaker2 calls, run by the stand-in, give the simulator's output
     accumulators and every layer's spikes, step for step."""
     _, g, outdir = emitted[name]
-    x = random_x(g, 4, seed=7)
+    x = random_inputs(g, 4, seed=7)
     codes, ref_spikes, ref_acc = reference(g, x, 6)
     np.savez(tmp_path / "codes.npz", x=codes.reshape(len(x), -1))
     res = tmp_path / "results.npz"
@@ -330,7 +323,7 @@ def test_branches_of_different_depth_get_delays_and_stay_exact(tmp_path):
     net = json.loads((tmp_path / "o" / "network.json").read_text())
     out = next(p for p in net["populations"] if p["role"] == "output")
     assert out["neuron_model"] == "lif" and out["depth"] == 2
-    check_batch(g, net, ChipModel(net), random_x(g, RANDOM_INPUTS, 3), 8)
+    check_batch(g, net, ChipModel(net), random_inputs(g, RANDOM_INPUTS, 3), 8)
 
 
 def test_weights_beyond_the_neuron_model_are_refused(tmp_path):

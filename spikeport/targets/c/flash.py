@@ -21,21 +21,11 @@ import numpy as np
 
 from spikeport.errors import BadInput
 from spikeport.ir.artifact import load
-from spikeport.ir.graph import Graph
-from spikeport.sim.arith import int_limit
 from spikeport.targets.c import check_one_batch
 from spikeport.targets.c.run import make, need, qemu_command, run_qemu, write_inputs_h
+from spikeport.targets.compare import random_inputs
 
 QEMU_BOARD = "qemu-mps2-an385"
-
-
-def test_inputs(graph: Graph, x: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
-    """x itself, or random inputs that encode to uniformly random int8 codes."""
-    if x is not None:
-        return x[:n]
-    lim = int_limit(graph.meta["quantization"]["input_bits"])
-    codes = np.random.default_rng(seed).integers(-lim, lim + 1, (n,) + graph.input.shape)
-    return (codes * graph.scales[graph.input.name]).astype(np.float64)
 
 
 def arm_size(outdir: Path) -> dict[str, int]:
@@ -78,7 +68,7 @@ def flash_qemu(
 ) -> dict[str, Any]:
     """Run n inputs for T steps on QEMU, compare with the simulator, measure size and cost."""
     graph = load(outdir / "model.spk")
-    inputs = test_inputs(graph, x, n)
+    inputs = x[:n] if x is not None else random_inputs(graph, n)
     check_one_batch(graph, outdir, inputs, T, run_qemu, target="C (Cortex-M3, QEMU)")
     report: dict[str, Any] = {
         "board": QEMU_BOARD,
