@@ -46,7 +46,7 @@ EPOCHS = 20
 def int_eval(graph: Any, model: str) -> dict[str, Any]:
     """Quantize for the sim profile and evaluate in integer mode on the test split."""
     q = quantize(graph, np.load(EX / "digits_calib.npz")["x"], get_profile("sim"))
-    test = load_data(EX / "digits_test.npz", graph.input.shape, labels=True, n_classes=10)
+    test = load_data(EX / "digits_test.npz", graph.inputs, labels=True, n_classes=10)
     rep = evaluate(q, test, TS, "int", str(EX / f"digits_{model}.onnx"))
     return {
         "ann": rep["ann"]["accuracy"],
@@ -57,8 +57,8 @@ def int_eval(graph: Any, model: str) -> dict[str, Any]:
 
 def tuned(snn: Any, model: str, T: int, seed: int = 0) -> dict[str, Any]:
     """Fine-tune in this process (2 threads), time it, evaluate the result."""
-    train = load_data(EX / "digits_train.npz", snn.input.shape, labels=True, n_classes=10)
-    val = load_data(EX / "digits_calib.npz", snn.input.shape, labels=True, n_classes=10)
+    train = load_data(EX / "digits_train.npz", snn.inputs, labels=True, n_classes=10)
+    val = load_data(EX / "digits_calib.npz", snn.inputs, labels=True, n_classes=10)
     t0 = time.perf_counter()
     res = finetune(snn, train, Settings(T=T, epochs=EPOCHS, seed=seed), val=val, quiet=True)
     seconds = time.perf_counter() - t0

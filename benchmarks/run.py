@@ -69,7 +69,7 @@ def log(msg: str) -> None:
 
 
 def test_data(graph: Any) -> Any:
-    return load_data(TEST, graph.input.shape, labels=True, n_classes=10)
+    return load_data(TEST, graph.inputs, labels=True, n_classes=10)
 
 
 def int_eval(graph: Any, model: str) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def accuracy() -> dict[str, Any]:
         conv = int_eval(snn, model)
         rows = [{"method": "spikeport", "what": "convert (defaults), integer mode", **conv}]
         log(f"accuracy: digits_{model}: spikeport finetune T={FT_T}, {FT_EPOCHS} epochs")
-        train = load_data(TRAIN, snn.input.shape, labels=True, n_classes=10)
-        val = load_data(CALIB, snn.input.shape, labels=True, n_classes=10)
+        train = load_data(TRAIN, snn.inputs, labels=True, n_classes=10)
+        val = load_data(CALIB, snn.inputs, labels=True, n_classes=10)
         t0 = time.perf_counter()
         res = finetune(
             snn, train, Settings(T=FT_T, epochs=FT_EPOCHS, seed=FT_SEED), val=val, quiet=True

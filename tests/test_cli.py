@@ -169,7 +169,7 @@ def test_npz_shape_does_not_fit_the_model(tmp_path):
     _assert_refused(
         tmp_path,
         ["convert", CNN, "--calib", tmp_path / "c.npz"],
-        "holds samples of shape (64,), the model input expects (1, 8, 8)",
+        "holds samples of shape (64,), the model input 'x' expects (1, 8, 8)",
     )
 
 

@@ -51,7 +51,7 @@ def cli(*args: object) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def digits() -> dict[str, dict[str, Any]]:
     """Integer-mode accuracy at T = 4, 8 and the ANN's, per source (onnx, float, int8)."""
-    ds = load_data(TEST, (1, 8, 8), labels=True)
+    ds = load_data(TEST, labels=True)
     calib_x = np.load(CALIB)["x"]
     sources = {"onnx": ("onnx_path", EX / "digits_cnn.onnx")}
     sources |= {kind: ("tflite_path", path) for kind, path in TFLITE.items()}

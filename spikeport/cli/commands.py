@@ -94,7 +94,7 @@ def convert_cmd(
 def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
     graph = load(model)
-    data = load_data(calib, graph.input.shape)
+    data = load_data(calib, graph.inputs)
     q = quantize(graph, data.x, get_profile(target), max_t)
     q.meta["quantization"]["calibration"] = data.provenance
     save(q, output)
@@ -156,9 +156,9 @@ def eval_cmd(
     ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
     graph = load(model)
     n_classes = graph.shape(graph.outputs[0])[-1]
-    ds = load_data(data, graph.input.shape, labels=True, n_classes=n_classes)
+    ds = load_data(data, graph.inputs, labels=True, n_classes=n_classes)
     mode = mode or ("int" if graph.stage == "int" else "float")
-    with progress(len(ds.x), f"eval T<={max(ts)}", quiet) as advance:
+    with progress(len(ds), f"eval T<={max(ts)}", quiet) as advance:
         report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))

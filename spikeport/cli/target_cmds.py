@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from spikeport import batch
 from spikeport.cli.main import QUIET, main, run_safely, say
 from spikeport.data import load_data
 from spikeport.fileio import atomic_output
@@ -56,8 +57,8 @@ def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
 def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, quiet: bool) -> None:
     """Run the target in OUTDIR and compare it with the simulator, bit for bit (exit 1 if not)."""
     graph = load(model)
-    x = load_data(data, graph.input.shape).x[:count]
-    with progress(len(x), "verify", quiet) as advance:
+    x = batch.take(load_data(data, graph.inputs).x, slice(count))
+    with progress(batch.size(x), "verify", quiet) as advance:
         res = verify(graph, outdir, x, T=timesteps, progress=advance)
     target = read_manifest(outdir)["target"]
     runner = f", run by {res['runner']}" if res.get("runner") else ""
@@ -97,7 +98,7 @@ def flash_cmd(
         say(quiet, f"programmed {res['programmed']} on {board}")
         return
     graph = load(out / "model.spk")
-    x = load_data(data, graph.input.shape).x if data else None
+    x = load_data(data, graph.inputs).x if data else None
     say(quiet, f"running {count} inputs x {timesteps} steps on QEMU {board} ...")
     report = flash_qemu(out, x, count, timesteps, count_instructions)
     with atomic_output(out / "flash_report.json") as tmp:

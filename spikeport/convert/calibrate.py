@@ -9,19 +9,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from spikeport.batch import Batch, size, take
 from spikeport.ir.graph import Graph
 
 MAX_SAMPLES_PER_CHANNEL = 1 << 20  # keeps memory flat on big calibration sets
 
-# A runner maps a float input batch to {tensor name: activations (batch first)}.
-Runner = Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]
+# A runner maps an input batch to {tensor name: activations (batch first)}.
+Runner = Callable[[Batch, list[str]], dict[str, np.ndarray]]
 
 
 def onnx_runner(path: str | os.PathLike[str]) -> Runner:
     """Run the source ONNX model with the named intermediate tensors exposed as outputs."""
     model = onnx.load(str(path))
 
-    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    def run(x: Batch, names: list[str]) -> dict[str, np.ndarray]:
         present = {o.name for o in model.graph.output}
         for name in names:
             if name not in present:
@@ -29,8 +30,8 @@ def onnx_runner(path: str | os.PathLike[str]) -> Runner:
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                 )
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        input_name = sess.get_inputs()[0].name
-        out = sess.run(names, {input_name: x.astype(np.float32)})
+        feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x.astype(np.float32)}
+        out = sess.run(names, feeds)
         return dict(zip(names, out, strict=True))
 
     return run
@@ -43,7 +44,7 @@ def ir_runner(graph: Graph) -> Runner:
 
     sim = Simulator(graph, "ann")
 
-    def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    def run(x: Batch, names: list[str]) -> dict[str, np.ndarray]:
         trace = sim.run(x, 1, record=True).trace
         assert trace is not None
         return {n: trace[n][0] for n in names}
@@ -60,13 +61,13 @@ def activation_tensors(graph: Graph) -> list[str]:
 
 
 def collect(
-    graph: Graph, runner: Runner, x: np.ndarray, batch_size: int = 256, seed: int = 0
+    graph: Graph, runner: Runner, x: Batch, batch_size: int = 256, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Per activation tensor, its values as (channels, samples): channel = first per-sample axis."""
     names = activation_tensors(graph)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for start in range(0, len(x), batch_size):
-        acts = runner(x[start : start + batch_size], names)
+    for start in range(0, size(x), batch_size):
+        acts = runner(take(x, slice(start, start + batch_size)), names)
         for n in names:
             a = np.asarray(acts[n], np.float32)
             parts[n].append(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1))

@@ -45,7 +45,7 @@ def convert(
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     ann = import_model(model)
-    data = load_data(calib, ann.input.shape)
+    data = load_data(calib, ann.inputs)
     if ann.meta["source"]["format"] == "tflite":
         from spikeport.convert.litert import litert_runner
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from spikeport.batch import Batch
 from spikeport.data import Dataset
 from spikeport.errors import BadInput, CheckFailed
 from spikeport.fileio import existing_file, sha256_file
@@ -42,12 +43,14 @@ class Requirement:
         return req
 
 
-def onnx_logits(path: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:
-    """The float reference: the source ONNX model run by onnxruntime."""
+def onnx_logits(path: str | os.PathLike[str], x: Batch) -> np.ndarray:
+    """The float reference: the source ONNX model run by onnxruntime (integer inputs such as
+    token ids keep their type)."""
     sess = ort.InferenceSession(
         str(existing_file(path, "ONNX model")), providers=["CPUExecutionProvider"]
     )
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x.astype(np.float32)}
+    return sess.run(None, feeds)[0]
 
 
 def ann_reference(
@@ -88,7 +91,7 @@ def evaluate(
     ann_pred, ann_source = ann_reference(graph, data, onnx_path, tflite_path)
     res = simulate(graph, data.x, max(timesteps), mode, progress=progress)
     out = res.outputs[graph.outputs[0]]
-    n = len(data.x)
+    n = len(data)
     records = []
     for t in sorted(set(timesteps)):
         pred = out[t - 1].argmax(-1)

@@ -16,7 +16,7 @@ PathLike = str | os.PathLike[str]
 def _labelled(path: PathLike, graph: Graph) -> Dataset:
     """Load a data file checked against the graph: input shape, labels in 0..classes-1."""
     n_classes = graph.shape(graph.outputs[0])[-1]
-    return load_data(path, graph.input.shape, labels=True, n_classes=n_classes)
+    return load_data(path, graph.inputs, labels=True, n_classes=n_classes)
 
 
 def finetune_files(

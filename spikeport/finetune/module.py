@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from spikeport.batch import named
 from spikeport.errors import BadInput
 from spikeport.finetune.layers import make_layer
 from spikeport.finetune.surrogate import get_surrogate
@@ -56,14 +57,14 @@ class SpikingNet(nn.Module):
         )
         self.static = _static_tensors(graph)
 
-    def run(self, x: torch.Tensor, T: int, record: bool = False) -> Run:
-        """Simulate T steps of the batch `x` (N, *input shape)."""
+    def run(self, x: torch.Tensor | dict[str, torch.Tensor], T: int, record: bool = False) -> Run:
+        """Simulate T steps of the batch `x` (N, *input shape), or {input name: batch}."""
         if T < 1:
             raise BadInput(f"-T must be at least 1, got {T}")
         for lay in self.layers:
             lay.reset()
         out_name = self.graph.outputs[0]
-        values: dict[str, torch.Tensor] = {self.graph.input.name: x}
+        values: dict[str, torch.Tensor] = named(self.graph.inputs, x)  # type: ignore[arg-type]
         acc: torch.Tensor | float = 0.0
         outs: list[torch.Tensor] = []
         trace: dict[str, list[torch.Tensor]] = {}
@@ -80,7 +81,7 @@ class SpikingNet(nn.Module):
         stacked = {k: torch.stack(v) for k, v in trace.items()} if record else None
         return Run(torch.stack(outs), stacked)
 
-    def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | dict[str, torch.Tensor], T: int) -> torch.Tensor:
         """(T, N, classes): the accumulated output after each step t = 1..T."""
         return self.run(x, T).outputs
 

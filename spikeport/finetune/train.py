@@ -22,6 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from spikeport import __version__
+from spikeport.batch import Batch
 from spikeport.data import Dataset
 from spikeport.errors import BadInput
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
@@ -81,6 +82,23 @@ def loss_fn(outputs: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     return F.cross_entropy(means.flatten(0, 1), y.repeat(T))
 
 
+TensorBatch = torch.Tensor | dict[str, torch.Tensor]
+
+
+def _tensors(x: Batch) -> TensorBatch:
+    """The data as torch tensors, one per model input for multi-input models."""
+    if isinstance(x, dict):
+        return {k: torch.from_numpy(v) for k, v in x.items()}
+    return torch.from_numpy(x)
+
+
+def _on(x: TensorBatch, idx: list[int], device: torch.device) -> TensorBatch:
+    """The samples `idx` of a batch, on `device`."""
+    if isinstance(x, dict):
+        return {k: v[idx].to(device) for k, v in x.items()}
+    return x[idx].to(device)
+
+
 def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(indices), size):
         yield indices[i : i + size]
@@ -88,13 +106,13 @@ def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
 
 def accuracy(net: SpikingNet, data: Dataset, T: int, world: World, batch_size: int = 256) -> float:
     """Float-mode accuracy at T of this network on `data`, sharded over ranks, summed exactly."""
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    mine = list(range(world.rank, len(x), world.size))
+    x, y = _tensors(data.x), torch.from_numpy(data.y)
+    mine = list(range(world.rank, len(data), world.size))
     correct = 0
     net.eval()
     with torch.no_grad():
         for idx in _batches(mine, batch_size):
-            out = net(x[idx].to(world.device), T)[-1]
+            out = net(_on(x, idx, world.device), T)[-1]
             correct += int((out.argmax(-1).cpu() == y[idx]).sum())
     hits, n = all_sum(world, [correct, len(mine)])
     return hits / n
@@ -127,14 +145,14 @@ class _Trainer:
             self.model = DistributedDataParallel(self.net, device_ids=ids)
         self.local_batch = max(1, s.batch_size // world.size)
         self.sampler = DistributedSampler(
-            range(len(data.x)), num_replicas=world.size, rank=world.rank, seed=s.seed
+            range(len(data)), num_replicas=world.size, rank=world.rank, seed=s.seed
         )
         self.steps = math.ceil(len(self.sampler) / self.local_batch)
         self.opt = _optimizer(self.net, s.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt, max(1, s.epochs * self.steps)
         )
-        self.x, self.y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+        self.x, self.y = _tensors(data.x), torch.from_numpy(data.y)
         self.val_text = ""  # the last validation accuracy, kept on the progress bar
 
     def epoch(self, e: int, bar: tqdm) -> float:
@@ -143,7 +161,7 @@ class _Trainer:
         self.net.train()
         total, n = 0.0, 0
         for idx in _batches(list(self.sampler), self.local_batch):
-            xb, yb = self.x[idx].to(self.world.device), self.y[idx].to(self.world.device)
+            xb, yb = _on(self.x, idx, self.world.device), self.y[idx].to(self.world.device)
             self.opt.zero_grad(set_to_none=True)
             loss = loss_fn(self.model(xb, self.s.T), yb, self.s.loss)
             loss.backward()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikeport.batch import Batch, is_integer, named, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
@@ -39,7 +40,7 @@ class _Ctx:
     graph: Graph
     profile: Profile
     scales: dict[str, np.ndarray]
-    calib_x: np.ndarray | None = None
+    calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
 
     def peak(self, tensor: str) -> float:
@@ -47,7 +48,8 @@ class _Ctx:
         if self._peaks is None:
             from spikeport.sim import Simulator
 
-            trace = Simulator(self.graph, "ann").run(self.calib_x[:256], 1, record=True).trace
+            sample = take(self.calib_x, slice(256))
+            trace = Simulator(self.graph, "ann").run(sample, 1, record=True).trace
             self._peaks = {k: float(np.abs(v).max(initial=0)) for k, v in trace.items()}
         return self._peaks[tensor]
 
@@ -195,8 +197,17 @@ def input_scale(x: np.ndarray, bits: int) -> float:
     return peak / int_limit(bits)
 
 
+def _input_scales(graph: Graph, calib_x: Batch, bits: int) -> dict[str, np.ndarray]:
+    """int8 codes for float inputs; integer inputs (token ids, masks) are not values: scale 1."""
+    x = named(graph.inputs, calib_x)
+    return {
+        t.name: np.full((1,) * len(t.shape), 1.0 if is_integer(t) else input_scale(x[t.name], bits))
+        for t in graph.inputs
+    }
+
+
 def quantize(
-    graph: Graph, calib_x: np.ndarray, profile: Profile, max_timesteps: int = DEFAULT_MAX_TIMESTEPS
+    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int = DEFAULT_MAX_TIMESTEPS
 ) -> Graph:
     """Return the integer graph of a float spiking graph, proven free of overflow."""
     if graph.stage not in ("snn", "int"):
@@ -208,13 +219,7 @@ def quantize(
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
     check_capabilities(out, profile)
-    inp = out.input
-    ctx = _Ctx(
-        out,
-        profile,
-        {inp.name: np.full((1,) * len(inp.shape), input_scale(calib_x, profile.input_bits))},
-        calib_x,
-    )
+    ctx = _Ctx(out, profile, _input_scales(out, calib_x, profile.input_bits), calib_x)
     for n in out.nodes:
         ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
     for o in out.outputs:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from spikeport.batch import is_integer
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.registry import registrar
@@ -103,12 +104,12 @@ def prove_ranges(
     graph's own by default); return the peak."""
     state_bits = state_bits or graph.meta["quantization"]["state_bits"]
     limit = int_limit(state_bits)
-    inp = graph.input
-    bounds = {
-        inp.name: np.full(inp.shape, float(int_limit(graph.meta["quantization"]["input_bits"])))
-    }
+    in_max = float(int_limit(graph.meta["quantization"]["input_bits"]))
+    # Integer inputs are token ids and 0/1 masks: their consumers (embed, masked softmax)
+    # bound their outputs by their own tables, so the 1 here is never multiplied.
+    bounds = {t.name: np.full(t.shape, 1.0 if is_integer(t) else in_max) for t in graph.inputs}
     peak: dict[str, object] = {"value": 0, "node": None}
-    cums = {inp.name: max_timesteps * bounds[inp.name]}
+    cums = {name: max_timesteps * b for name, b in bounds.items()}
     for n in graph.nodes:
         rule = BOUNDS[n.op]
         res = rule(n, [bounds[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS
@@ -82,13 +83,21 @@ class Simulator:
                 static.add(n.output)
         return static
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        """The network's input at every step: int8 codes in "int" mode, x itself otherwise."""
-        if self.mode != "int":
-            return np.asarray(x, np.float64)
-        return quantize_input(x, self.graph.scales[self.graph.input.name])
+    def encode(self, x: Batch) -> dict[str, np.ndarray]:
+        """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
+        integer inputs (token ids, masks) are indices and flags and pass unchanged."""
+        values = {}
+        for t in self.graph.inputs:
+            v = named(self.graph.inputs, x)[t.name]
+            if is_integer(t):
+                values[t.name] = np.asarray(v, np.int64)
+            elif self.mode == "int":
+                values[t.name] = quantize_input(v, self.graph.scales[t.name])
+            else:
+                values[t.name] = np.asarray(v, np.float64)
+        return values
 
-    def run(self, x: np.ndarray, T: int, record: bool = False) -> SimResult:
+    def run(self, x: Batch, T: int, record: bool = False) -> SimResult:
         if self.mode == "ann":
             T = 1
         elif self.max_t is not None and T > self.max_t:
@@ -96,10 +105,9 @@ class Simulator:
                 f"T={T} exceeds the {self.max_t} timesteps quantize proved free of "
                 f"overflow; quantize again with --max-T {T}"
             )
-        batch = len(x)
         for _, k in self.kernels:
-            k.reset(batch)
-        values: dict[str, np.ndarray] = {self.graph.input.name: self.encode(x)}
+            k.reset(size(x))
+        values = self.encode(x)
         acc: dict[str, np.ndarray | float] = {o: 0 for o in self.graph.outputs}
         outputs: dict[str, list[np.ndarray]] = {o: [] for o in self.graph.outputs}
         trace: dict[str, list[np.ndarray]] = {}
@@ -153,7 +161,7 @@ def mean_output(graph: Graph, res: SimResult, mode: str, name: str | None = None
 
 def simulate(
     graph: Graph,
-    x: np.ndarray,
+    x: Batch,
     T: int,
     mode: str = "int",
     batch_size: int = DEFAULT_BATCH,
@@ -162,11 +170,11 @@ def simulate(
     """Run `x` in batches and join the results (trace is not kept here)."""
     sim = Simulator(graph, mode)
     parts = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
+    for start in range(0, size(x), batch_size):
+        chunk = take(x, slice(start, start + batch_size))
         parts.append(sim.run(chunk, T))
         if progress:
-            progress(len(chunk))
+            progress(size(chunk))
     return SimResult(
         {o: np.concatenate([p.outputs[o] for p in parts], axis=1) for o in graph.outputs},
         sum(p.spikes for p in parts),

@@ -21,7 +21,8 @@ def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
 def reference(
     graph: Graph, x: np.ndarray, T: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """(int8 input codes, spikes per neuron node (T, N, size), output accumulators (T, N, out))."""
+    """(int8 input codes, spikes per neuron node (T, N, size), output accumulators (T, N, out))
+    of a single-input graph (the targets take one input)."""
     sim = Simulator(graph, "int")
     res = sim.run(x, T, record=True)
     assert res.trace is not None
@@ -29,7 +30,7 @@ def reference(
         n.name: res.trace[n.output].reshape(T, len(x), -1) for n in graph.nodes if n.op == "if"
     }
     acc = res.outputs[graph.outputs[0]].reshape(T, len(x), -1)
-    return sim.encode(x), spikes, acc
+    return sim.encode(x)[graph.inputs[0].name], spikes, acc
 
 
 def check_equal(
