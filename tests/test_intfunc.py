@@ -102,3 +102,51 @@ def test_integer_softmax_operator_tracks_the_float_one(T):
     got = _ec_sum("softmax", [xs], {"requant_q": consts["mul"]}, attrs, "int")
     ref = T * F.softmax(xs.mean(axis=0) * F.SOFTMAX_IN_SCALE)
     assert np.abs(got * 2.0**-F.SOFTMAX_OUT_BITS - ref).max() <= T * (F.SOFTMAX_BOUND + 2e-3)
+
+
+def test_tanh_within_bound_over_its_range():
+    q = np.arange(-16 * 1024, 16 * 1024 + 1, dtype=np.int64)  # x in [-16, 16] at scale 2^-10
+    got = F.int_tanh(q, **F.softmax_consts(F.TANH_IN_SCALE)) * 2.0**-F.TANH_OUT_BITS
+    assert np.abs(got - np.tanh(q * F.TANH_IN_SCALE)).max() <= F.TANH_BOUND
+    assert F.int_tanh(np.zeros(1, np.int64), **F.softmax_consts())[0] == 0
+
+
+def test_masked_softmax_within_bound_and_masked_keys_are_exactly_zero():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-20, 20, (4000, 16)) * rng.uniform(0.05, 1, (4000, 1))
+    keep = rng.random((4000, 16)) < 0.6
+    keep[:, 0] = True
+    q = np.floor(x / F.SOFTMAX_IN_SCALE).astype(np.int64)
+    got = F.int_softmax(q, **F.softmax_consts(), keep=keep)
+    assert (got[~keep] == 0).all()
+    ref = F.softmax(q * F.SOFTMAX_IN_SCALE, keep)
+    assert np.abs(got * 2.0**-F.SOFTMAX_OUT_BITS - ref).max() <= F.SOFTMAX_BOUND
+    # the float function equals the softmax of the kept keys alone
+    row = np.flatnonzero(keep[0])
+    np.testing.assert_allclose(ref[0, row], F.softmax(q[0, row] * F.SOFTMAX_IN_SCALE))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    arrays(np.float64, (5, 2, 3, 4), elements=st.floats(-3, 3)),
+    arrays(np.int64, (2, 4), elements=st.integers(0, 1)),
+)
+def test_expectation_compensation_of_tanh_and_masked_softmax(xs, mask):
+    T = len(xs)
+    np.testing.assert_allclose(_ec_sum("tanh", [xs]), T * np.tanh(xs.mean(axis=0)), atol=1e-9)
+    masks = np.broadcast_to(mask, (T,) + mask.shape)  # the same flags at every step
+    got = _ec_sum("masked_softmax", [xs, masks], n_in=2)
+    ref = T * F.softmax(xs.mean(axis=0), mask[:, None, :] > 0)
+    np.testing.assert_allclose(got, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_integer_tanh_operator_tracks_the_float_one(T):
+    rng = np.random.default_rng(T)
+    xs = rng.integers(-4000, 4000, (T, 4, 16)).astype(np.int64)  # scale 2^-10 per unit
+    consts = F.requant_consts(np.array([F.TANH_IN_SCALE]), F.TANH_IN_SCALE)
+    attrs = {"requant_shift": consts["shift"], "int": F.softmax_consts(F.TANH_IN_SCALE)}
+    got = _ec_sum("tanh", [xs], {"requant_q": consts["mul"]}, attrs, "int")
+    ref = T * np.tanh(xs.mean(axis=0) * F.TANH_IN_SCALE)
+    # the running mean is floored to the input scale: at most one input step (2^-10) off
+    assert np.abs(got * 2.0**-F.TANH_OUT_BITS - ref).max() <= T * (F.TANH_BOUND + 2e-3)

@@ -35,6 +35,8 @@ class _Ctx:
     # Sequence models are imported from their batch-1 form: every tensor keeps its full shape
     # (batch axis of size 1 included) as its per-sample shape, and ONNX axes apply unchanged.
     keep_batch: bool = False
+    # Add outputs that are scores + an additive attention mask -> (scores, mask input).
+    masks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def shape(self, t: str) -> tuple[int, ...]:
         return self.tensors[self.name(t)].shape
@@ -344,24 +346,41 @@ def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise BadInput(f"{p}: not a valid ONNX model ({first})") from None
 
 
-def _graph_input(model: onnx.ModelProto) -> TensorInfo:
+INTEGER_INPUTS = {onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int64"}
+
+
+def _graph_inputs(model: onnx.ModelProto, sequence: bool) -> list[TensorInfo]:
+    """The model inputs: one float input, or (sequence models) several, integer ones (token
+    ids, attention masks) included."""
     inits = {i.name for i in model.graph.initializer}
     ins = [i for i in model.graph.input if i.name not in inits]
-    if len(ins) != 1:
+    if len(ins) != 1 and not (sequence and ins):
         raise UnsupportedOp(
-            f"the model has {len(ins)} inputs {[i.name for i in ins]}; import takes exactly one"
+            f"the model has {len(ins)} inputs {[i.name for i in ins]}; import takes exactly one "
+            "(several only for sequence models)"
         )
-    dims = ins[0].type.tensor_type.shape.dim
-    rest = [d.dim_value for d in dims[1:]]
-    if not dims or any(d <= 0 for d in rest):
-        raise BadInput(f"input '{ins[0].name}' needs a batch axis and static sizes after it")
-    return TensorInfo(ins[0].name, tuple(rest))
+    infos = []
+    for i in ins:
+        dims = i.type.tensor_type.shape.dim
+        rest = [d.dim_value for d in dims[1:]]
+        if not dims or any(d <= 0 for d in rest):
+            raise BadInput(f"input '{i.name}' needs a batch axis and static sizes after it")
+        elem = i.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT and not (sequence and elem in INTEGER_INPUTS):
+            raise UnsupportedOp(
+                f"input '{i.name}': element type "
+                f"{onnx.TensorProto.DataType.Name(elem)} is not supported (float32, or int64 "
+                "token ids / masks in sequence models)"
+            )
+        infos.append(TensorInfo(i.name, tuple(rest), INTEGER_INPUTS.get(elem, "float32")))
+    return infos
 
 
 def _batch1_input(ctx: _Ctx, inp: TensorInfo) -> None:
     """Give the batch-1 graph its leading axis back: x (per sample) -> x with shape (1, ...)."""
     inner = f"{inp.name}:batch1"
     ctx.emit(Node(inner, "reshape", [inp.name], inner, {"shape": [1, *inp.shape]}))
+    ctx.tensors[inner].dtype = inp.dtype
     ctx.alias[inp.name] = inner
 
 
@@ -383,22 +402,34 @@ def import_onnx(path: str | os.PathLike[str]) -> Graph:
     from spikeport.convert import onnx_seq  # registers the sequence importers
 
     model = _load(path)
-    inp = _graph_input(model)
     sequence = onnx_seq.is_sequence_model(model)
+    inputs = _graph_inputs(model, sequence)
+    plan = onnx_seq.MaskPlan()
     if sequence:
-        model = onnx_seq.fuse_erf_gelu(onnx_seq.specialise_batch1(model))
+        model = onnx_seq.specialise_batch1(model)
+        model = onnx_seq.fuse_decomposed_layernorm(onnx_seq.fuse_erf_gelu(model))
+        for i, n in enumerate(model.graph.node):
+            n.name = n.name or f"{n.op_type}_{i}"
+        plan = onnx_seq.plan_masks(model)
     ctx = _Ctx(
         consts={i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
-        tensors={inp.name: inp},
+        tensors={t.name: t for t in inputs},
         keep_batch=sequence,
+        masks=plan.adds,
     )
     for n in model.graph.node:
         for i in n.input:
             ctx.uses[i] = ctx.uses.get(i, 0) + 1
     if sequence:
-        _batch1_input(ctx, inp)
+        for t in inputs:
+            _batch1_input(ctx, t)
     for i, n in enumerate(model.graph.node):
         n.name = n.name or f"{n.op_type}_{i}"
+        if n.name in plan.skip:
+            continue  # computes the attention mask: fused into the masked softmax
+        if n.output[0] in plan.adds:
+            ctx.alias[n.output[0]] = plan.adds[n.output[0]][0]  # scores; the mask goes to Softmax
+            continue
         if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
             raise _refuse(n, "op is not in spikeport's vocabulary")
         IMPORTERS[n.op_type](ctx, n)
@@ -406,7 +437,7 @@ def import_onnx(path: str | os.PathLike[str]) -> Graph:
     if sequence:
         outputs = _batch1_outputs(ctx, outputs)
     graph = Graph(
-        inputs=[inp],
+        inputs=inputs,
         nodes=ctx.nodes,
         outputs=outputs,
         meta={

@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from spikeport.convert.onnx_import import _attrs, _Ctx, _refuse, importer
+from spikeport.errors import UnsupportedOp
 from spikeport.ir.graph import Node
 
 # Any of these marks a sequence model: it is imported in its batch-1 form.
@@ -89,11 +91,32 @@ def _transpose(ctx: _Ctx, n: onnx.NodeProto) -> None:
 @importer("Gather")
 def _gather(ctx: _Ctx, n: onnx.NodeProto) -> None:
     _need_seq(ctx, n)
+    if n.input[0] in ctx.consts and n.input[1] not in ctx.consts:
+        _embedding(ctx, n)
+        return
     idx = ctx.const(n, 1, "the index")
     if idx.ndim != 0:
         raise _refuse(n, f"only a scalar constant index is supported, got shape {idx.shape}")
     axis = int(_attrs(n).get("axis", 0))
     ctx.emit(Node(n.name, "take", [n.input[0]], n.output[0], {"axis": axis, "index": int(idx)}))
+
+
+def _embedding(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    """Gather(table, ids): a lookup of token embeddings by an integer model input."""
+    table = ctx.consts[n.input[0]]
+    if table.ndim != 2 or int(_attrs(n).get("axis", 0)) != 0:
+        raise _refuse(n, f"only row lookups in a 2-D table are supported, table is {table.shape}")
+    if ctx.tensors[ctx.name(n.input[1])].dtype != "int64":
+        raise _refuse(n, f"the ids '{n.input[1]}' must be an integer model input")
+    ctx.emit(
+        Node(n.name, "embed", [n.input[1]], n.output[0], {}, {"table": table.astype(np.float32)})
+    )
+
+
+@importer("Tanh")
+def _tanh(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    _need_seq(ctx, n)
+    ctx.emit(Node(n.name, "tanh", [n.input[0]], n.output[0]))
 
 
 @importer("Unsqueeze", "Squeeze")
@@ -174,6 +197,10 @@ def _layernorm(ctx: _Ctx, n: onnx.NodeProto) -> None:
 def _softmax(ctx: _Ctx, n: onnx.NodeProto) -> None:
     _need_seq(ctx, n)
     _last_axis(ctx, n, -1)
+    if n.input[0] in ctx.masks:  # scores + additive attention mask, fused (plan_masks)
+        scores, mask = ctx.masks[n.input[0]]
+        ctx.emit(Node(n.name, "masked_softmax", [scores, mask], n.output[0]))
+        return
     ctx.emit(Node(n.name, "softmax", [n.input[0]], n.output[0]))
 
 
@@ -228,3 +255,212 @@ def _index_after(g: onnx.GraphProto, tensor: str) -> int:
         if tensor in node.output:
             return k + 1
     return 0
+
+
+# -- attention masks ---------------------------------------------------------------------------
+
+MASKED_BELOW = -1e4  # an additive mask value at or below this excludes a key (exp underflows)
+
+
+@dataclass
+class MaskPlan:
+    """How the model uses its integer inputs besides embedding lookups.
+
+    skip:  nodes that compute only from integer inputs (the mask's Equal/Where/Expand/Reshape
+           chain); they are not imported one by one.
+    adds:  output of each Add(scores, mask values) that feeds Softmax -> (scores tensor, the
+           integer input it masks by); the Softmax becomes one masked_softmax node.
+    """
+
+    skip: set[str] = field(default_factory=set)
+    adds: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _integer_inputs(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in g.initializer}
+    ints = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+    return [i for i in g.input if i.name not in inits and i.type.tensor_type.elem_type in ints]
+
+
+def plan_masks(model: onnx.ModelProto) -> MaskPlan:
+    """Find the additive attention masks; refuse any other use of an integer input."""
+    g = model.graph
+    consts = {i.name for i in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output
+    }
+    ints = {i.name: i for i in _integer_inputs(g)}
+    derived: dict[str, set[str]] = {name: {name} for name in ints}  # tensor -> integer inputs
+    plan = MaskPlan()
+    for n in g.node:
+        live = [i for i in n.input if i and i not in consts]
+        if not live or not all(i in derived for i in live) or _is_embedding(n, consts):
+            continue
+        for o in n.output:
+            derived[o] = set().union(*(derived[i] for i in live))
+        plan.skip.add(n.name)
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    for n in g.node:
+        if n.name in plan.skip:
+            continue
+        masked = [i for i in n.input if i in derived]
+        if n.op_type == "Add" and len(masked) == 1 and len(derived[masked[0]]) == 1:
+            if all(u.op_type == "Softmax" for u in users.get(n.output[0], [None])):
+                (source,) = derived[masked[0]]
+                _check_key_mask(model, n, masked[0], ints[source])
+                scores = next(i for i in n.input if i != masked[0])
+                plan.adds[n.output[0]] = (scores, source)
+                continue
+        if masked and not _is_embedding(n, consts):
+            raise UnsupportedOp(
+                f"node '{n.name}' ({n.op_type}): computes with integer input "
+                f"'{sorted(derived[masked[0]])[0]}'; integer inputs are supported as token ids "
+                "of an embedding (Gather) and as an additive attention mask before Softmax"
+            )
+    return plan
+
+
+def _is_embedding(n: onnx.NodeProto, consts: set[str]) -> bool:
+    return n.op_type == "Gather" and n.input[0] in consts and n.input[1] not in consts
+
+
+def _check_key_mask(
+    model: onnx.ModelProto, add: onnx.NodeProto, bias: str, mask: onnx.ValueInfoProto
+) -> None:
+    """Run the mask's subgraph on random 0/1 masks: it must give 0 for kept keys and at most
+    MASKED_BELOW for masked ones, one value per key along the last axis (key padding)."""
+    sub = onnx.utils.Extractor(model).extract_model([mask.name], [bias])
+    sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    shape = [d.dim_value for d in mask.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        flags = (rng.random(shape) < 0.6).astype(dtype)
+        flags.reshape(-1)[0] = 1
+        values = sess.run(None, {mask.name: flags})[0]
+        keep = flags.reshape(-1) > 0
+        ok = values.shape[-1] == keep.size and (
+            np.all(values[..., keep] == 0) and np.all(values[..., ~keep] <= MASKED_BELOW)
+        )
+        if not ok:
+            raise UnsupportedOp(
+                f"node '{add.name}' (Add): '{bias}' is not a key-padding mask of "
+                f"'{mask.name}' (0 where kept, <= {MASKED_BELOW:g} where masked, per key)"
+            )
+
+
+# -- decomposed LayerNorm ------------------------------------------------------------------------
+
+
+def fuse_decomposed_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace mean/centre/variance/sqrt/divide (+ scale, + shift) chains over the last axis,
+    as older exports write LayerNorm, by one LayerNormalization node."""
+    g = model.graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for rm in [n for n in g.node if n.op_type == "ReduceMean"]:
+        chain = _layernorm_chain(g, rm, consts)
+        if chain is None:
+            continue
+        nodes, x, out, eps, gamma, beta = chain
+        width = _last_dim(g, x)
+        names = [f"{rm.name}_ln_gamma", f"{rm.name}_ln_beta"]
+        gamma = np.ones(width) if gamma is None else gamma
+        beta = np.zeros(width) if beta is None else beta
+        for name, v in zip(names, (gamma, beta), strict=True):
+            v = np.broadcast_to(v, (width,)).astype(np.float32)
+            g.initializer.append(onnx.numpy_helper.from_array(v, name))
+        ln = onnx.helper.make_node(
+            "LayerNormalization",
+            [x, *names],
+            [out],
+            name=rm.name + "_layernorm",
+            axis=-1,
+            epsilon=eps,
+        )
+        at = list(g.node).index(nodes[0])
+        for dead in nodes:
+            g.node.remove(dead)
+        g.node.insert(at, ln)
+    return model
+
+
+def _last_dim(g: onnx.GraphProto, tensor: str) -> int:
+    for v in list(g.value_info) + list(g.input):
+        if v.name == tensor:
+            return int(v.type.tensor_type.shape.dim[-1].dim_value)
+    raise UnsupportedOp(f"tensor '{tensor}': shape unknown, cannot fuse its LayerNorm")
+
+
+def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, np.ndarray]):
+    """(nodes, x, output, eps, gamma, beta) of the pattern starting at `rm`, or None."""
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def only(t: str, op: str) -> onnx.NodeProto | None:
+        u = users.get(t, [])
+        return u[0] if len(u) == 1 and u[0].op_type == op else None
+
+    def scalar(t: str) -> float | None:
+        v = consts.get(t)
+        return float(v.reshape(())) if v is not None and v.size == 1 else None
+
+    x = rm.input[0]
+    if not _reduces_last_axis(g, rm, consts):
+        return None
+    sub = only(rm.output[0], "Sub")
+    if sub is None or list(sub.input) != [x, rm.output[0]]:
+        return None
+    d_users = users.get(sub.output[0], [])
+    pw = next((u for u in d_users if u.op_type == "Pow"), None)
+    div = next((u for u in d_users if u.op_type == "Div"), None)
+    if len(d_users) != 2 or pw is None or div is None or scalar(pw.input[1]) != 2.0:
+        return None
+    rm2 = only(pw.output[0], "ReduceMean")
+    if rm2 is None or not _reduces_last_axis(g, rm2, consts):
+        return None
+    nodes, eps, t = [rm, sub, pw, rm2], 0.0, rm2.output[0]
+    add = only(t, "Add")
+    if add is not None:
+        e = scalar(next(i for i in add.input if i != t))
+        if e is None:
+            return None
+        nodes, eps, t = nodes + [add], e, add.output[0]
+    sq = only(t, "Sqrt")
+    if sq is None or list(div.input) != [sub.output[0], sq.output[0]]:
+        return None
+    nodes += [sq, div]
+    out, gamma, beta = div.output[0], None, None
+    mul = only(out, "Mul")
+    if mul is not None:
+        c = next((i for i in mul.input if i != out and i in consts), None)
+        if c is not None:
+            nodes, gamma, out = nodes + [mul], consts[c].reshape(-1), mul.output[0]
+    add_b = only(out, "Add")
+    if add_b is not None:
+        c = next((i for i in add_b.input if i != out and i in consts), None)
+        if c is not None:
+            nodes, beta, out = nodes + [add_b], consts[c].reshape(-1), add_b.output[0]
+    return nodes, x, out, eps, gamma, beta
+
+
+def _reduces_last_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> bool:
+    if len(rm.input) > 1 and rm.input[1]:
+        axes = consts.get(rm.input[1])
+        axes = None if axes is None else [int(a) for a in np.atleast_1d(axes)]
+    else:
+        axes = [int(a) for a in _attrs(rm).get("axes", [])]
+    if axes is None or len(axes) != 1:
+        return False
+    rank = next(
+        (
+            len(v.type.tensor_type.shape.dim)
+            for v in list(g.value_info) + list(g.input)
+            if v.name == rm.input[0]
+        ),
+        None,
+    )
+    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)

@@ -129,3 +129,34 @@ def _layernorm_layer(node: Node, shape: tuple[int, ...], surrogate: Shape) -> La
 @layer("matmul")
 def _matmul(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return ExpectationCompensated(lambda s, t: torch.matmul(s[0], s[1]) / t)
+
+
+class Embed(Layer):
+    """y = table[ids] with a trainable table."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.table = as_param(node.params["table"])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids]
+
+
+@layer("embed")
+def _embed(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return Embed(node)
+
+
+def _masked_softmax_fn(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    keep = mask.reshape((len(mask),) + (1,) * (x.dim() - 2) + (-1,)) > 0
+    return torch.softmax(x.masked_fill(~keep, float("-inf")), dim=-1).nan_to_num(0.0)
+
+
+@layer("masked_softmax")
+def _masked_softmax(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return ExpectationCompensated(lambda s, t: t * _masked_softmax_fn(s[0] / t, s[1]))
+
+
+@layer("tanh")
+def _tanh(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return ExpectationCompensated(lambda s, t: t * torch.tanh(s[0] / t))

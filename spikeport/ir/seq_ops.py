@@ -1,7 +1,8 @@
 """Op vocabulary for sequence models (ViT/BERT-like encoders), same registry as ops.py.
 
-Data movement (transpose, take, reshape) and scaling by a constant are linear. Ops with no
-linear spiking twin (layernorm, softmax, gelu, tanh, matmul of two activations) run as
+Data movement (transpose, take, reshape) and scaling by a constant are linear; an embedding
+lookup is a constant current. Ops with no linear spiking twin (layernorm, softmax and its
+masked form, gelu, tanh, matmul of two activations) run as
 expectation-compensated operators: each keeps S_t, the running sum of its inputs, and at step
 t emits G(t) - G(t-1) with G(t) = t * f(S_t / t), so the outputs summed over t steps are exactly
 t * f(mean input). In "int" mode f is the integer function of spikeport.sim.intfunc.
@@ -113,3 +114,28 @@ def _matmul(node: Node, ins: list[Shape]) -> Shape:
     except ValueError:
         raise _fail(node, f"leading axes of {a} and {b} do not broadcast") from None
     return tuple(lead) + (a[-2], b[-1])
+
+
+@register("embed", params=("table",))
+def _embed(node: Node, ins: list[Shape]) -> Shape:
+    """y = table[ids]: token embeddings (ONNX Gather of a constant table by an integer input).
+    The ids are the same at every step, so y is a constant current, like a direct input; in
+    "int" mode `table_q` holds the table as int8 codes of the output scale."""
+    return tuple(ins[0]) + (node.params["table"].shape[1],)
+
+
+@register("masked_softmax", n_inputs=2, stateful=True)
+def _masked_softmax(node: Node, ins: list[Shape]) -> Shape:
+    """softmax over the last axis of x, keys whose mask is 0 excluded (probability exactly 0):
+    the fused additive attention mask (attention_mask -> 0 / -inf -> Add -> Softmax). The mask
+    (0/1, one value per key) broadcasts along the last axis; EC in time."""
+    x, mask = ins
+    if int(np.prod(mask)) != x[-1]:
+        raise _fail(node, f"mask {mask} does not give one flag per key of {x}")
+    return x
+
+
+@register("tanh", stateful=True)
+def _tanh(node: Node, ins: list[Shape]) -> Shape:
+    """f(x) = tanh(x) (e.g. a BERT pooler); EC in time."""
+    return ins[0]

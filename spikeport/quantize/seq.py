@@ -71,6 +71,30 @@ def _softmax(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.array(2.0**-F.SOFTMAX_OUT_BITS)
 
 
+@handler("masked_softmax")
+def _masked_softmax(ctx: _Ctx, node: Node) -> np.ndarray:
+    return _softmax(ctx, node)
+
+
+@handler("tanh")
+def _tanh(ctx: _Ctx, node: Node) -> np.ndarray:
+    _requant(ctx, node, F.TANH_IN_SCALE)
+    node.attrs["int"] = F.softmax_consts(F.TANH_IN_SCALE)  # the same integer exp
+    return np.array(2.0**-F.TANH_OUT_BITS)
+
+
+@handler("embed")
+def _embed(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The table as codes of the input width, one scale for the whole table (like an input)."""
+    table = node.params["table"].astype(np.float64)
+    lim = int_limit(ctx.profile.input_bits)
+    scale = max(float(np.abs(table).max()), 1e-12) / lim
+    node.params["table_q"] = np.clip(round_to_int(table / scale), -lim, lim).astype(
+        np.int8 if lim <= 127 else np.int32
+    )
+    return np.array(scale)
+
+
 @handler("gelu")
 def _gelu(ctx: _Ctx, node: Node) -> np.ndarray:
     _requant(ctx, node, F.GELU_IN_SCALE)
@@ -145,6 +169,23 @@ def _ec(
 @bound("softmax")
 def _b_softmax(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape)
+
+
+@bound("masked_softmax")
+def _b_masked_softmax(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape)
+
+
+@bound("tanh")
+def _b_tanh(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return _ec(c, 2.0**F.TANH_OUT_BITS, T, b[0].shape)
+
+
+@bound("embed")
+def _b_embed(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    top = float(np.abs(node.params["table_q"]).max(initial=0))
+    shape = b[0].shape + (node.params["table"].shape[1],)
+    return np.full(shape, top), 0.0, np.full(shape, T * top)
 
 
 def _q_max(node: Node, b_in: np.ndarray) -> float:

@@ -9,9 +9,12 @@ Polynomials follow I-BERT (Kim et al., ICML 2021):
   erf:  erf(x) ~ sgn(x) * [a * (min(|x|, -b) + b)^2 + 1],  a = -0.2888, b = -1.769
   gelu: x / 2 * (1 + erf(x / sqrt 2))
   sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
+  tanh: sgn(x) * (e(0) - e(-2|x|)) / (e(0) + e(-2|x|)) with e the integer exp above
 
 Documented error bounds, each asserted by tests/test_intfunc.py over the whole input range:
-  softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10)
+  softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
+             form gives masked keys exactly 0 and the others the softmax of the unmasked keys
+  tanh       |error| <= TANH_BOUND (inputs at scale 2^-10)
   gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
   isqrt      exact floor(sqrt(n))
   layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta (unit-variance rows)
@@ -33,7 +36,11 @@ LN_GAMMA_BITS = 10  # gamma as integers up to 2^10
 EXP_ZMAX = 30
 MATMUL_FRAC_BITS = 10  # activation x activation products keep 10 fraction bits
 
+TANH_IN_SCALE = 2.0**-10
+TANH_OUT_BITS = 15
+
 SOFTMAX_BOUND = 4e-3
+TANH_BOUND = 2e-3
 GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
 
@@ -74,10 +81,26 @@ def int_exp(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
     return np.right_shift(poly, z)
 
 
-def int_softmax(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
-    """softmax over the last axis of q (scale 2^-10) -> integers of scale 2^-15."""
-    e = int_exp(q - q.max(axis=-1, keepdims=True), ln2, b, c)
-    return floor_div(e << SOFTMAX_OUT_BITS, e.sum(axis=-1, keepdims=True))
+def int_softmax(
+    q: np.ndarray, ln2: int, b: int, c: int, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """softmax over the last axis of q (scale 2^-10) -> integers of scale 2^-15. With `keep`
+    (bool, broadcasts to q), entries where it is False are excluded and come out 0; a row with
+    none kept comes out all 0."""
+    if keep is None:
+        e = int_exp(q - q.max(axis=-1, keepdims=True), ln2, b, c)
+    else:
+        floor = np.iinfo(np.int64).min // 4  # below any real input, far from wrapping
+        top = np.where(keep, q, floor).max(axis=-1, keepdims=True)
+        e = np.where(keep, int_exp(np.minimum(q - top, 0), ln2, b, c), 0)
+    return floor_div(e << SOFTMAX_OUT_BITS, np.maximum(e.sum(axis=-1, keepdims=True), 1))
+
+
+def int_tanh(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
+    """tanh(q * 2^-10) as integers of scale 2^-15, from the integer exp (exact 0 at 0)."""
+    one = int_exp(np.zeros(1, np.int64), ln2, b, c)  # exp(0) at the exp's own scale
+    e = int_exp(-2 * np.abs(q), ln2, b, c)
+    return np.sign(q) * floor_div((one - e) << TANH_OUT_BITS, one + e)
 
 
 # -- gelu ------------------------------------------------------------------------------------
@@ -144,9 +167,14 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def softmax(x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis; entries where `keep` is False are excluded (0)."""
+    if keep is None:
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+    else:
+        top = np.where(keep, x, -np.inf).max(axis=-1, keepdims=True)
+        e = np.where(keep, np.exp(np.minimum(x - np.where(np.isfinite(top), top, 0), 0)), 0)
+    return e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
 
 
 def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:

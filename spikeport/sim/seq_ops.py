@@ -140,3 +140,38 @@ def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
     return ExpectationCompensated(
         lambda s, t: F.floor_div(np.matmul(s[0].astype(np.int64), s[1].astype(np.int64)) << frac, t)
     )
+
+
+@kernel("embed")
+def _embed(node: Node, mode: str, shape: Shape) -> Kernel:
+    table = node.params["table_q" if mode == "int" else "table"]
+    table = table.astype(np.int64 if mode == "int" else np.float64)
+    return Stateless(lambda ids: table[ids])
+
+
+@kernel("masked_softmax")
+def _masked_softmax(node: Node, mode: str, shape: Shape) -> Kernel:
+    c = node.attrs.get("int", {})
+
+    def keep(mask: np.ndarray) -> np.ndarray:  # (N, ...) flags -> one per key, broadcasting
+        return mask.reshape((len(mask),) + (1,) * (len(shape) - 1) + (-1,)) > 0
+
+    if mode == "ann":
+        return Stateless(lambda x, mask: F.softmax(x, keep(mask)))
+    if mode == "float":  # the mask's running sum is t * mask: positive exactly where kept
+        return ExpectationCompensated(lambda s, t: t * F.softmax(s[0] / t, keep(s[1])))
+    mul, shift = node.params["requant_q"].astype(np.int64), node.attrs["requant_shift"]
+    return ExpectationCompensated(
+        lambda s, t: (
+            t
+            * F.int_softmax(
+                F.requant_mean(s[0], t, mul, shift), c["ln2"], c["b"], c["c"], keep(s[1])
+            )
+        )
+    )
+
+
+@kernel("tanh")
+def _tanh(node: Node, mode: str, shape: Shape) -> Kernel:
+    c = node.attrs.get("int", {})
+    return _unary(node, mode, np.tanh, lambda q: F.int_tanh(q, c["ln2"], c["b"], c["c"]))
