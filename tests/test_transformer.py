@@ -93,3 +93,38 @@ def test_unsupported_op_in_a_transformer_is_refused_by_name(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(UnsupportedOp, match="node 'gate' \\(HardSigmoid\\)"):
         import_onnx(path)
+
+
+def test_split_and_slice_import_and_match_onnxruntime(tmp_path):
+    """q/k halves by Split (as older MHA exports do), a Slice with a negative step."""
+    d = 8
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], name="ln", axis=-1),
+        helper.make_node("Split", ["h", "sizes"], ["q", "k"], name="qk_split", axis=-1),
+        helper.make_node("Transpose", ["k"], ["kT"], name="tr", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kT"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+        helper.make_node("Slice", ["p", "st", "en", "ax", "sp"], ["y"], name="rows"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4])],
+        [
+            numpy_helper.from_array(np.ones(d, np.float32), "g"),
+            numpy_helper.from_array(np.zeros(d, np.float32), "b"),
+            numpy_helper.from_array(np.array([4, 4], np.int64), "sizes"),
+            numpy_helper.from_array(np.array([3], np.int64), "st"),
+            numpy_helper.from_array(np.array([-10], np.int64), "en"),
+            numpy_helper.from_array(np.array([1], np.int64), "ax"),
+            numpy_helper.from_array(np.array([-2], np.int64), "sp"),
+        ],
+    )
+    path = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    graph = import_onnx(path)
+    assert [n.op for n in graph.nodes].count("slice") == 3
+    x = np.random.default_rng(0).normal(size=(16, 4, d)).astype(np.float32)
+    ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
+    np.testing.assert_allclose(ours, onnx_logits(path, x), atol=1e-5)

@@ -119,6 +119,56 @@ def _tanh(ctx: _Ctx, n: onnx.NodeProto) -> None:
     ctx.emit(Node(n.name, "tanh", [n.input[0]], n.output[0]))
 
 
+def _emit_slice(ctx: _Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tuple]) -> None:
+    """One slice node from (axis, start, end, step) tuples, clamped like ONNX Slice."""
+    shape = ctx.shape(n.input[0])
+    attrs: dict[str, list[int]] = {"axes": [], "starts": [], "ends": [], "steps": []}
+    for axis, start, end, step in spec:
+        ax = int(axis) % len(shape)
+        if step == 0:
+            raise _refuse(n, "a step of 0 is not a slice")
+        s, e, _ = slice(int(start), int(end), int(step)).indices(shape[ax])
+        for k, v in zip(attrs, (ax, s, e, int(step)), strict=True):
+            attrs[k].append(v)
+    ctx.emit(Node(name, "slice", [n.input[0]], out, attrs))
+
+
+@importer("Slice")
+def _slice(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    _need_seq(ctx, n)
+    starts = ctx.const(n, 1, "starts")
+    ends = ctx.const(n, 2, "ends")
+    rank = len(ctx.shape(n.input[0]))
+    axes = ctx.const(n, 3, "axes") if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
+    steps = ctx.const(n, 4, "steps") if len(n.input) > 4 and n.input[4] else np.ones(len(starts))
+    if any(int(a) % rank == 0 for a in axes):
+        raise _refuse(n, "slicing the batch axis is not supported")
+    _emit_slice(ctx, n, n.output[0], n.name, list(zip(axes, starts, ends, steps, strict=True)))
+
+
+@importer("Split")
+def _split(ctx: _Ctx, n: onnx.NodeProto) -> None:
+    """Split into k outputs: k slice nodes, named after the Split node and output index."""
+    _need_seq(ctx, n)
+    shape = ctx.shape(n.input[0])
+    axis = int(_attrs(n).get("axis", 0)) % len(shape)
+    if axis == 0:
+        raise _refuse(n, "splitting the batch axis is not supported")
+    if len(n.input) > 1 and n.input[1]:
+        sizes = [int(s) for s in ctx.const(n, 1, "the split sizes")]
+    elif "split" in _attrs(n):
+        sizes = [int(s) for s in _attrs(n)["split"]]
+    else:
+        k = len(n.output)
+        chunk = -(-shape[axis] // k)  # ONNX: equal parts, the last one smaller
+        sizes = [min(chunk, shape[axis] - i * chunk) for i in range(k)]
+    start = 0
+    for i, (out, size) in enumerate(zip(n.output, sizes, strict=True)):
+        if out:
+            _emit_slice(ctx, n, out, f"{n.name}:{i}", [(axis, start, start + size, 1)])
+        start += size
+
+
 @importer("Unsqueeze", "Squeeze")
 def _squeeze(ctx: _Ctx, n: onnx.NodeProto) -> None:
     _need_seq(ctx, n)

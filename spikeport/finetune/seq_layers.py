@@ -17,6 +17,7 @@ import torch
 from spikeport.finetune.layers import Fn, Layer, as_param, layer
 from spikeport.finetune.surrogate import Shape
 from spikeport.ir.graph import Node
+from spikeport.ir.seq_ops import slicer
 
 
 def _ax(a: int) -> int:
@@ -80,6 +81,12 @@ def _transpose(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 def _take(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     a = node.attrs
     return Fn(lambda x: x.select(_ax(a["axis"]), a["index"]))
+
+
+@layer("slice")
+def _slice(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    index = slicer(node, batch=True)
+    return Fn(lambda x: x[index])
 
 
 @layer("scale")

@@ -139,3 +139,28 @@ def _masked_softmax(node: Node, ins: list[Shape]) -> Shape:
 def _tanh(node: Node, ins: list[Shape]) -> Shape:
     """f(x) = tanh(x) (e.g. a BERT pooler); EC in time."""
     return ins[0]
+
+
+@register("slice", attrs={"axes": [], "starts": [], "ends": [], "steps": []})
+def _slice(node: Node, ins: list[Shape]) -> Shape:
+    """y = x[start:end:step] along each of `axes` (ONNX Slice / one output of Split), with
+    in-range starts and ends fixed at import."""
+    a = node.attrs
+    out = list(ins[0])
+    for ax, s, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"], strict=True):
+        ax = _axis(node, ins[0], ax)
+        out[ax] = len(range(s, e, st))
+        if out[ax] == 0:
+            raise _fail(node, f"slice {s}:{e}:{st} of axis {ax} is empty")
+    return tuple(out)
+
+
+def slicer(node: Node, batch: bool) -> tuple[slice, ...]:
+    """The numpy index of a slice node (with a leading batch axis when `batch`)."""
+    a = node.attrs
+    rank = 1 + max(a["axes"], default=0)  # import stores non-negative axes
+    index: dict[int, slice] = {}
+    for ax, s, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"], strict=True):
+        index[ax] = slice(s, e if e >= 0 or st > 0 else None, st)
+    full = [index.get(i, slice(None)) for i in range(rank)]
+    return tuple(([slice(None)] if batch else []) + full)

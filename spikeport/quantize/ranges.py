@@ -24,7 +24,9 @@ from spikeport.sim.arith import int_limit
 # output is bounded by T times the per-step bound; data movement moves summed bounds as is.
 BoundRule = Callable[..., tuple]
 # Linear ops without a bias: the summed output is bounded by the rule applied to summed inputs.
-MOVES = frozenset({"reshape", "transpose", "take", "scale", "concat", "avgpool2d", "reduce_mean"})
+MOVES = frozenset(
+    {"reshape", "transpose", "take", "slice", "scale", "concat", "avgpool2d", "reduce_mean"}
+)
 BOUNDS: dict[str, BoundRule] = {}
 
 

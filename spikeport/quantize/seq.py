@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from spikeport.ir.graph import Node
+from spikeport.ir.seq_ops import slicer
 from spikeport.quantize.quantize import _Ctx, handler
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import compact
@@ -31,6 +32,11 @@ def _transpose(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("take")
 def _take(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.take(_full(ctx, node), node.attrs["index"], axis=node.attrs["axis"])
+
+
+@handler("slice")
+def _slice(ctx: _Ctx, node: Node) -> np.ndarray:
+    return _full(ctx, node)[slicer(node, batch=False)]
 
 
 @handler("scale")
@@ -138,6 +144,11 @@ def _b_transpose(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
 @bound("take")
 def _b_take(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     return np.take(b[0], node.attrs["index"], axis=node.attrs["axis"]), 0.0
+
+
+@bound("slice")
+def _b_slice(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return b[0][slicer(node, batch=False)], 0.0
 
 
 @bound("scale")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.ir.graph import Node
+from spikeport.ir.seq_ops import slicer
 from spikeport.sim import intfunc as F
 from spikeport.sim.ops import Kernel, Shape, Stateless, kernel
 
@@ -175,3 +176,9 @@ def _masked_softmax(node: Node, mode: str, shape: Shape) -> Kernel:
 def _tanh(node: Node, mode: str, shape: Shape) -> Kernel:
     c = node.attrs.get("int", {})
     return _unary(node, mode, np.tanh, lambda q: F.int_tanh(q, c["ln2"], c["b"], c["c"]))
+
+
+@kernel("slice")
+def _slice(node: Node, mode: str, shape: Shape) -> Kernel:
+    index = slicer(node, batch=True)
+    return Stateless(lambda x: x[index])
