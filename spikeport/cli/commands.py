@@ -108,7 +108,11 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
 
 @main.command("eval")
 @click.argument("model")
-@click.option("--data", required=True, help="Test .npz (keys x, y), held out.")
+@click.option(
+    "--data",
+    required=True,
+    help="Test .npz (keys x, y; text models: input_ids, attention_mask, y), held out.",
+)
 @click.option("-T", "timesteps", default="1,2,4,8", show_default=True, help="e.g. 1,2,4,8")
 @click.option(
     "--mode",

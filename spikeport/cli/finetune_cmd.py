@@ -12,7 +12,9 @@ from spikeport.cli.main import QUIET, main, run_safely, say
 
 @main.command("finetune")
 @click.argument("model")
-@click.option("--data", required=True, help="Training .npz (keys x, y).")
+@click.option(
+    "--data", required=True, help="Training .npz (keys x, y; text models: one key per input, y)."
+)
 @click.option(
     "-T", "timesteps", type=int, default=4, show_default=True, help="Timesteps to train for."
 )
@@ -27,7 +29,7 @@ from spikeport.cli.main import QUIET, main, run_safely, say
     show_default=True,
     help="Global batch size (split over torchrun processes).",
 )
-@click.option("--val", default=None, help="Validation .npz (keys x, y): keeps the best epoch.")
+@click.option("--val", default=None, help="Validation .npz (like --data): keeps the best epoch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", "output", required=True, help="Output .spk.")
