@@ -2,7 +2,8 @@
 
 Needs lava-nc 0.10.0, numpy and h5py (not spikeport). Builds the network from Lava processes:
 a RingBuffer that sends the first layer's input current, then per layer an LIF (and, from the
-second layer on, a Dense in front of it), run with Loihi2SimCfg(select_tag="fixed_pt").
+second layer on, a Dense in front of it), run with Loihi2SimCfg(select_tag="fixed_pt"); a small
+process of our own (SpikeLog) records every layer's spikes, a Monitor the output layer's v.
 
     python run_lava.py --data test.npz -n 20 -T 8          # predictions (and accuracy with y)
     python run_lava.py --codes codes.npz -T 8 --out run.npz  # int8 input codes in, every
@@ -20,19 +21,58 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.dense.process import Dense
 from lava.proc.io.source import RingBuffer
 from lava.proc.lif.process import LIF
 from lava.proc.monitor.process import Monitor
 
 HERE = Path(__file__).resolve().parent
+BITS = 16  # spikes recorded 16 to an int32 word: Var.get moves one element at a time
 ACT_SHIFT = 6  # Lava shifts a_in and vth left by 6 bits; v counts in those units
 # An int8 weight w goes to the Dense as 2 * w with weight_exp -1: mixed-sign 8-bit weights lose
 # their least significant bit in Lava (truncate_weights), 2 * w loses nothing, and the shift
 # brings the sum back to sum(w * s) exactly.
 WEIGHT_SCALE, WEIGHT_EXP = 2, -1
+
+
+class SpikeLog(AbstractProcess):
+    """Records a layer's spikes at every step, packed BITS to a word (a sink of our own)."""
+
+    def __init__(self, *, size: int, steps: int) -> None:
+        super().__init__(size=size, steps=steps)
+        self.a_in = InPort(shape=(size,))
+        self.data = Var(shape=(-(-size // BITS), steps), init=0)
+
+
+@implements(proc=SpikeLog, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikeLogModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+    data: np.ndarray = LavaPyType(np.ndarray, np.int32)
+
+    def run_spk(self) -> None:
+        s = (self.a_in.recv() != 0).astype(np.int64)
+        s = np.pad(s, (0, self.data.shape[0] * BITS - len(s))).reshape(-1, BITS)
+        words = (s << np.arange(BITS)).sum(1)
+        self.data[:, (self.time_step - 1) % self.data.shape[1]] = words
+
+
+def unpack(words: np.ndarray, size: int) -> np.ndarray:
+    """(words, steps) -> (steps, size) 0/1."""
+    bits = (words.T[:, :, None].astype(np.int64) >> np.arange(BITS)) & 1
+    return bits.reshape(len(bits), -1)[:, :size]
 
 
 def read(path: Path) -> tuple[list[dict], dict]:
@@ -83,11 +123,13 @@ class LavaNet:
                 dense.a_out.connect(lif.a_in)
                 self.denses.append(dense)
             self.lifs.append(lif)
-        self.monitors = []
+        # Spikes go to ring-buffer sinks holding every step of the run (read once at the end:
+        # much faster than monitors); the output's v, which no port carries, to a Monitor.
+        self.sinks = []
         for lif in self.lifs[:-1]:
-            m = Monitor()
-            m.probe(lif.s_out, steps)
-            self.monitors.append(m)
+            sink = SpikeLog(size=lif.s_out.shape[0], steps=steps)
+            lif.s_out.connect(sink.a_in)
+            self.sinks.append(sink)
         self.out_monitor = Monitor()
         self.out_monitor.probe(self.lifs[-1].v, steps)
 
@@ -113,8 +155,8 @@ class LavaNet:
     def results(self, n: int, T: int) -> dict[str, np.ndarray]:
         """spikes_<i> (T, N, size) of every firing layer and v_out (T, N, outputs)."""
         out = {}
-        for i, (lif, m) in enumerate(zip(self.lifs[:-1], self.monitors, strict=True)):
-            s = np.asarray(m.get_data()[lif.name]["s_out"]).reshape(n, T, -1)
+        for i, (lif, sink) in enumerate(zip(self.lifs, self.sinks, strict=False)):
+            s = unpack(np.asarray(sink.data.get()), lif.s_out.shape[0]).reshape(n, T, -1)
             out[f"spikes_{i}"] = s.transpose(1, 0, 2).astype(np.int8)
         v = np.asarray(self.out_monitor.get_data()[self.lifs[-1].name]["v"]).reshape(n, T, -1)
         out["v_out"] = v.transpose(1, 0, 2).astype(np.int64)
