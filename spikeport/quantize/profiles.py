@@ -76,15 +76,15 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
             raise CapabilityExceeded(
                 f"node '{n.name}': op '{n.op}' is not supported by target '{profile.name}'"
             )
-        if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
-            raise CapabilityExceeded(
-                f"node '{n.name}': neuron kind '{kind_of(n)}' does not run on target "
-                f"'{profile.name}', which runs '{profile.neuron_kind}'"
-            )
         if n.op == "if" and n.attrs["signed"] and not profile.signed_spikes:
             raise CapabilityExceeded(
                 f"node '{n.name}': target '{profile.name}' has no signed "
                 "spikes; convert without --signed"
+            )
+        if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
+            raise CapabilityExceeded(
+                f"node '{n.name}': neuron kind '{kind_of(n)}' does not run on target "
+                f"'{profile.name}', which runs '{profile.neuron_kind}'"
             )
         if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
             raise CapabilityExceeded(

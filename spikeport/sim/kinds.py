@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 
-from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.errors import BadInput
 from spikeport.ir.graph import Graph, Node
 
 SUBTRACT = "subtract"
@@ -37,9 +37,10 @@ def kind_of(node: Node) -> str:
 def set_kind(graph: Graph, kind: str) -> Graph:
     """A copy of `graph` whose neurons and max pools of the default kind run `kind` instead.
 
-    Nodes that already carry another kind are left as they are (the profile check refuses a
-    mix). The float params are unchanged: the thresholds balanced for the default kind are the
-    starting point that fine-tuning for `kind` improves on.
+    Nodes that already carry another kind, and signed or bipolar neurons (the "lava" kind
+    has unsigned spikes only), are left as they are: the target's profile check refuses them
+    by name. The float params are unchanged: the thresholds balanced for the default kind are
+    the starting point that fine-tuning for `kind` improves on.
     """
     if kind not in NEURON_KINDS:
         raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
@@ -50,9 +51,6 @@ def set_kind(graph: Graph, kind: str) -> Graph:
         if n.op not in KIND_OPS or kind_of(n) != SUBTRACT:
             continue
         if n.op == "if" and (n.attrs.get("signed") or n.attrs.get("bipolar")):
-            raise CapabilityExceeded(
-                f"node '{n.name}' (if): the '{kind}' neuron kind has no signed spikes; "
-                "convert without --signed"
-            )
+            continue
         n.attrs["kind"] = kind
     return out

@@ -9,6 +9,7 @@ delay: the graph must be quantized with --target lava, which gives it that neuro
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from spikeport.errors import CheckFailed, SpikeportError
+from spikeport.errors import BadInput, CheckFailed, SpikeportError
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
 from spikeport.sim.kinds import LAVA
@@ -93,6 +94,10 @@ def _readme(graph: Graph, net: Network) -> str:
 
 def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
     """network.h5, run_lava.py and README.md (check_fits has run the profile check)."""
+    if importlib.util.find_spec("h5py") is None:
+        raise BadInput(
+            "the lava target writes HDF5 with the Python package 'h5py': pip install h5py"
+        )
     from spikeport.targets.lava import hdf5
 
     net = prepare(graph)
