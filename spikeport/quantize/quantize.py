@@ -314,6 +314,8 @@ def quantize(
         "max_timesteps": max_timesteps,
         "input_rounding": "floor(x / scale + 1/2), clamped",
     }
+    if profile.neuron_kind != "subtract":  # recorded only where it differs: old graphs unchanged
+        out.meta["quantization"]["neuron_kind"] = profile.neuron_kind
     check_graph(out)
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
     return out
