@@ -22,7 +22,7 @@ from spikeport.cli.main import main
 from spikeport.convert import convert
 from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.finetune import SpikingNet
-from spikeport.ir import save
+from spikeport.ir import load, save
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator
@@ -331,3 +331,31 @@ def test_cli_emit_and_verify(lava_env, cases, tmp_path):
         ],
     )
     assert res.exit_code == 0 and "bit-exact: lava target" in res.output
+
+
+def test_cli_finetune_for_lava_trains_the_lava_kind(cases, tmp_path):
+    spk, out = tmp_path / "mlp.spk", tmp_path / "mlp_ft.spk"
+    save(unsigned_snn(cases["digits_mlp"]), spk)
+    args = [
+        "finetune",
+        str(spk),
+        "--data",
+        str(EXAMPLES / "digits_train.npz"),
+        "-T",
+        "4",
+        "--epochs",
+        "1",
+        "--target",
+        "lava",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    g = load(out)
+    assert all(kind_of(n) == LAVA for n in g.nodes if n.op == "if")
+    q = quantize(g, np.load(EXAMPLES / "digits_calib.npz")["x"], get_profile("lava"), MAX_T)
+    assert q.meta["quantization"]["neuron_kind"] == LAVA
+    res = CliRunner().invoke(main, ["inspect", str(out)])
+    assert "if (lava)" in res.output
