@@ -9,6 +9,11 @@ Walks the graph once, carrying the real scale of every tensor:
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
   add        integer multipliers bring every input to a common output scale
 Then the range analysis proves every value fits its bits for T <= max_timesteps.
+
+A profile may ask for more (all off for the reference profile): `neuron_kind` gives the
+graph's neurons that kind first; `layer_threshold` picks per-channel weight scales that give
+every neuron of a layer one integer threshold; `max_current` coarsens a layer's weight scale
+until its proven per-step current (and an output's T-step sum) fits.
 """
 
 from __future__ import annotations
