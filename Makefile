@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 BASE := $(VENV)/.base-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: demo test bench lint clean toolchain
+LAVA_VENV := .venv-lava
+LAVA_STAMP := $(LAVA_VENV)/.lava-stamp
+
+.PHONY: demo test bench lint clean toolchain lava-venv
 
 # The package and its runtime dependencies: all the demo needs.
 $(BASE): pyproject.toml
@@ -24,8 +27,22 @@ $(STAMP): $(BASE)
 demo: $(BASE)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-test: $(STAMP) toolchain
+test: $(STAMP) toolchain $(LAVA_STAMP)
 	$(PY) -m pytest -q
+
+# Lava's fixed-point CPU model for `verify --target lava` and its tests, in a venv of its own:
+# lava-nc 0.10.0 declares Python < 3.11 and needs numpy < 2, so it cannot share .venv.
+# tools/patch_lava_py311.py applies the one fix it needs on Python 3.11 (see its docstring).
+$(LAVA_STAMP): tools/patch_lava_py311.py
+	test -x $(LAVA_VENV)/bin/python || $(PYTHON) -m venv $(LAVA_VENV)
+	$(LAVA_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LAVA_VENV)/bin/python -m pip install -q "numpy<2" "scipy<1.17" "h5py>=3.8"
+	$(LAVA_VENV)/bin/python -m pip install -q --ignore-requires-python lava-nc==0.10.0
+	$(LAVA_VENV)/bin/python tools/patch_lava_py311.py
+	$(LAVA_VENV)/bin/python -c "from lava.proc.lif.process import LIF; from lava.proc.dense.process import Dense"
+	touch $(LAVA_STAMP)
+
+lava-venv: $(LAVA_STAMP)
 
 # Cross compiler and QEMU for the C target tests (Debian packages; skipped tests if unavailable).
 toolchain:

@@ -32,6 +32,11 @@ from spikeport.cli.main import QUIET, main, run_safely, say
 @click.option("--val", default=None, help="Validation .npz (like --data): keeps the best epoch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--target",
+    default=None,
+    help="Train for the neuron kind this target runs (e.g. lava); default: the graph's own.",
+)
 @click.option("-o", "--output", "output", required=True, help="Output .spk.")
 @QUIET
 @run_safely
@@ -45,6 +50,7 @@ def finetune_cmd(
     val: str | None,
     device: str,
     seed: int,
+    target: str | None,
     output: str,
     quiet: bool,
 ) -> None:
@@ -52,7 +58,14 @@ def finetune_cmd(
     from spikeport.finetune import Settings, finetune_files
 
     settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    meta = finetune_files(model, data, output, settings, val, device, quiet)
+    kind = None
+    if target is not None:
+        from spikeport.quantize import get_profile
+        from spikeport.targets import discover
+
+        discover()  # target profiles register themselves
+        kind = get_profile(target).neuron_kind
+    meta = finetune_files(model, data, output, settings, val, device, quiet, kind)
     if meta is None:  # not rank 0: rank 0 reports
         return
     val_text = (

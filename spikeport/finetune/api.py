@@ -9,6 +9,7 @@ from spikeport.finetune.distributed import join, leave
 from spikeport.finetune.train import Settings, finetune
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
+from spikeport.sim.kinds import set_kind
 
 PathLike = str | os.PathLike[str]
 
@@ -27,15 +28,19 @@ def finetune_files(
     val: PathLike | None = None,
     device: str = "cpu",
     quiet: bool = False,
+    neuron_kind: str | None = None,
 ) -> dict[str, object] | None:
     """Read, fine-tune and write (rank 0 only); returns meta["finetune"] on rank 0, else None.
 
     Every input is read and checked before any process group is joined or anything trained,
-    so bad data is refused at once and no output file is written.
+    so bad data is refused at once and no output file is written. `neuron_kind` (e.g. "lava")
+    gives the neurons that kind before training, so training sees what the target runs.
     """
     settings = settings or Settings()
     settings.check()
     graph = load(model)
+    if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
+        graph = set_kind(graph, neuron_kind)
     train = _labelled(data, graph)
     val_set = _labelled(val, graph) if val is not None else None
     world = join(device)

@@ -20,6 +20,7 @@ from spikeport.errors import UnsupportedOp
 from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
 from spikeport.registry import registrar
+from spikeport.sim.kinds import LAVA, kind_of
 
 THRESHOLD_FLOOR = 1e-3  # a threshold never drops below this fraction of its converted value
 
@@ -176,6 +177,45 @@ class IF(Layer):
         self.threshold.copy_(torch.maximum(self.threshold, self.floor))
 
 
+class LavaIF(IF):
+    """Kind "lava" (spikeport.sim.kinds): reset to zero, fire when v > theta, v0 = theta / 2,
+    and the spikes reach the next layer one step late (simulator: LavaIFNeuron, float mode).
+    Strict compare as 1 - H(theta - v); the reset multiplies v by (1 - s), so gradients also
+    flow through what a spike wipes out."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.prev: torch.Tensor | None = None
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        theta = self.threshold
+        v = (theta / 2 if self.v is None else self.v) + current
+        s = 1.0 - spike(theta - v, theta, self.surrogate)
+        out = torch.zeros_like(v) if self.prev is None else self.prev
+        self.v, self.prev = v * (1.0 - s), s * theta
+        return out
+
+
+class LavaMaxPool(Layer):
+    """Kind "lava": the per-step max (OR) of the window's spikes, one step late (simulator:
+    _LavaMaxPool)."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.a = node.attrs
+        self.reset()
+
+    def reset(self) -> None:
+        self.prev: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a
+        m = F.max_pool2d(_pad(x, a["pads"], -torch.inf), a["kernel"], a["strides"])
+        out = torch.zeros_like(m) if self.prev is None else self.prev
+        self.prev = m
+        return out
+
+
 @layer("dense")
 def _dense(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return Dense(node)
@@ -194,7 +234,7 @@ def _avgpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("maxpool2d")
 def _maxpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
-    return ECMaxPool(node)
+    return LavaMaxPool(node) if kind_of(node) == LAVA else ECMaxPool(node)
 
 
 @layer("add")
@@ -222,7 +262,7 @@ def _relu(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("if")
 def _if(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
-    return IF(node, surrogate)
+    return LavaIF(node, surrogate) if kind_of(node) == LAVA else IF(node, surrogate)
 
 
 # Sequence-model layers register into the same LAYERS table.

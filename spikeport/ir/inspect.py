@@ -41,7 +41,7 @@ def describe(graph: Graph) -> str:
         rows.append(
             [
                 n.name,
-                n.op,
+                f"{n.op} ({n.attrs['kind']})" if "kind" in n.attrs else n.op,  # a non-default kind
                 ",".join(n.inputs),
                 str(list(graph.shape(n.output))),
                 _threshold(n),

@@ -124,7 +124,9 @@ def _avgpool(node: Node, ins: list[Shape]) -> Shape:
 def _maxpool(node: Node, ins: list[Shape]) -> Shape:
     """Max over each window. In time it is expectation-compensated: with S_t the running sum of
     its input, it emits max(S_t) - max(S_{t-1}), so its outputs sum to max over the window of
-    the summed input: exactly t * max(mean input). Integer-only (no division)."""
+    the summed input: exactly t * max(mean input). Integer-only (no division).
+    Attribute `kind` "lava" (spikeport.sim.kinds): the per-step max of spikes instead (their
+    OR), delivered one step late."""
     return (ins[0][0],) + _spatial(node, ins[0], node.attrs["kernel"])
 
 
@@ -185,7 +187,9 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     bipolar variant (signed values, e.g. the inputs of a transformer's linear layers): else if
     v < 0: s = -1, v += theta, with no floor on the count (its ANN view is the identity).
     A spike carries the value theta (in real units). `cap` keeps the source Clip bound for the
-    ANN view."""
+    ANN view. Attribute `kind` (absent: "subtract", all of the above) "lava" runs Lava's LIF
+    instead: reset to zero, v > theta, v saturating, spikes one step late (spikeport.sim.kinds).
+    """
     th = node.params["threshold"]
     pairs = zip(th.shape[::-1], ins[0][::-1], strict=False)  # numpy broadcasting, from the right
     if th.ndim > len(ins[0]) or any(a not in (1, b) for a, b in pairs):

@@ -14,6 +14,7 @@ import numpy as np
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS
+from spikeport.sim.kinds import KIND_OPS, kind_of
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class Profile:
     ops: frozenset[str] = field(
         default_factory=lambda: frozenset(op for op, spec in OPS.items() if "int" in spec.stages)
     )
+    # The neuron kind the target runs (spikeport.sim.kinds); quantize gives it to the graph.
+    neuron_kind: str = "subtract"
+    # Largest |per-step input current| a neuron accepts (None: only state_bits limits it);
+    # quantize coarsens a layer's weight scale until its proven bound fits.
+    max_current: int | None = None
+    # One integer threshold per neuron layer (a population shares its threshold register):
+    # quantize picks per-channel weight scales that make every channel's threshold the same.
+    layer_threshold: bool = False
     # A target's own check of a whole graph ("snn" at quantize, "int" at emit/verify), for
     # limits the fields above cannot say; raises CapabilityExceeded naming the node.
     check: Callable[[Graph], None] | None = field(default=None, compare=False)
@@ -71,6 +80,11 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
             raise CapabilityExceeded(
                 f"node '{n.name}': target '{profile.name}' has no signed "
                 "spikes; convert without --signed"
+            )
+        if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
+            raise CapabilityExceeded(
+                f"node '{n.name}': neuron kind '{kind_of(n)}' does not run on target "
+                f"'{profile.name}', which runs '{profile.neuron_kind}'"
             )
         if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
             raise CapabilityExceeded(

@@ -9,14 +9,18 @@ Walks the graph once, carrying the real scale of every tensor:
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
   add        integer multipliers bring every input to a common output scale
 Then the range analysis proves every value fits its bits for T <= max_timesteps.
+
+A profile may ask for more (all off for the reference profile): `neuron_kind` gives the
+graph's neurons that kind first; `layer_threshold` picks per-channel weight scales that give
+every neuron of a layer one integer threshold; `max_current` coarsens a layer's weight scale
+until its proven per-step current (and an output's T-step sum) fits.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,10 +29,11 @@ from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize.profiles import Profile, check_capabilities
-from spikeport.quantize.ranges import prove_ranges
+from spikeport.quantize.ranges import BOUNDS, prove_ranges
 from spikeport.quantize.scales import channel_vector, compact, feature_vector
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
+from spikeport.sim.kinds import set_kind
 
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
@@ -42,6 +47,8 @@ class _Ctx:
     scales: dict[str, np.ndarray]
     calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
+    max_timesteps: int = DEFAULT_MAX_TIMESTEPS
+    bounds: dict[str, np.ndarray] = field(default_factory=dict)  # per-step |value| bounds
 
     def peak(self, tensor: str) -> float:
         """max |value| of `tensor` in the ANN view of the calibration data (computed once)."""
@@ -91,6 +98,79 @@ def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:
         if ctx.per_channel(node)
         else (np.full(len(w_eff), top))
     )
+    if ctx.profile.layer_threshold and ctx.per_channel(node):
+        s_w = _uniform_threshold_scales(ctx, node, absmax)
+    _store_weights(ctx, node, w_eff, s_w)
+    if ctx.profile.max_current is None:
+        return s_w
+    return _fit_current(ctx, node, w_eff, s_w)
+
+
+def _current_limit(ctx: _Ctx, node: Node) -> int:
+    """The profile's per-step current limit; an output must also hold T steps of it."""
+    limit = int(ctx.profile.max_current or 0)
+    if node.output in ctx.graph.outputs:
+        limit = min(limit, int_limit(ctx.profile.state_bits) // ctx.max_timesteps)
+    return limit
+
+
+def _fit_current(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> np.ndarray:
+    """Coarsen the weight scale of the output channels whose proven per-step current exceeds
+    the profile's `max_current` (fewer effective weight bits there), until every one fits."""
+    limit = _current_limit(ctx, node)
+    rule = BOUNDS[node.op]
+    for _ in range(8):  # rounding can leave a channel just above the limit: go again
+        b = ctx.bounds[node.inputs[0]]
+        out = rule(node, [b], ctx.max_timesteps, [ctx.max_timesteps * b])[0]
+        axes = tuple(range(out.ndim - 1)) if node.op == "dense" else tuple(range(1, out.ndim))
+        peak = np.broadcast_to(out.max(axis=axes), s_w.shape) if axes else out
+        over = np.maximum(peak / limit, _threshold_over(ctx, node, s_w))
+        if over.max(initial=0) <= 1:
+            return s_w
+        over = np.where(over > 1, over * 1.01, 1.0)  # a step past the limit: rounding
+        if ctx.profile.layer_threshold and ctx.per_channel(node):
+            theta = _channel_thresholds(ctx, node)
+            s_w = theta / max(1, math.floor(round(float(theta[0] / s_w[0])) / over.max()))
+        else:
+            s_w = s_w * (over if ctx.per_channel(node) else over.max())
+        _store_weights(ctx, node, w_eff, s_w)
+    raise ctx.refuse(node, f"cannot fit its current within {limit} on target {ctx.profile.name}")
+
+
+def _channel_thresholds(ctx: _Ctx, node: Node) -> np.ndarray:
+    """(O,) the largest real threshold of the neurons that each output channel feeds."""
+    axis = -1 if node.op == "dense" else 0
+    shape = ctx.graph.shape(node.output)
+    th = np.zeros(shape[axis])
+    for user in ctx.graph.consumers(node.output):
+        t = np.abs(np.broadcast_to(user.params["threshold"], shape).astype(np.float64))
+        th = np.maximum(th, np.moveaxis(t, axis, 0).reshape(len(th), -1).max(1))
+    return th
+
+
+def _threshold_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
+    """How far each channel's threshold in integer units (theta / s_w) is above the state
+    limit, for the neurons this node feeds (0 where it feeds none)."""
+    if not ctx.per_channel(node):
+        return np.zeros_like(s_w)
+    return _channel_thresholds(ctx, node) / s_w / int_limit(ctx.profile.state_bits)
+
+
+def _uniform_threshold_scales(ctx: _Ctx, node: Node, absmax: np.ndarray) -> np.ndarray:
+    """Per-channel weight scales s_c = theta_c / TH that give every neuron of the layer one
+    integer threshold TH (targets with one threshold per population): the largest TH at
+    which every channel's weights still fit the weight bits and TH the state bits."""
+    theta = _channel_thresholds(ctx, node)
+    lim = int_limit(ctx.profile.weight_bits)
+    room = np.where(absmax > 0, lim * theta / np.maximum(absmax, 1e-300), np.inf)
+    th = math.floor(min(float(room.min()), int_limit(ctx.profile.state_bits)))
+    if th < 1:
+        raise ctx.refuse(node, "its channels' thresholds and weights admit no common threshold")
+    return theta / th
+
+
+def _store_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> None:
+    lim = int_limit(ctx.profile.weight_bits)
     shape = (-1,) + (1,) * (w_eff.ndim - 1)
     node.params["weight_q"] = np.clip(round_to_int(w_eff / s_w.reshape(shape)), -lim, lim).astype(
         np.int8 if ctx.profile.weight_bits <= 8 else np.int32
@@ -99,7 +179,6 @@ def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:
     if np.abs(bias_q).max(initial=0) > int_limit(ctx.profile.bias_bits):
         raise ctx.refuse(node, f"bias needs more than {ctx.profile.bias_bits} bits at this scale")
     node.params["bias_q"] = bias_q.astype(np.int32)
-    return s_w
 
 
 @handler("dense")
@@ -214,14 +293,27 @@ def quantize(
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
     if max_timesteps < 1:
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
-    out = copy.deepcopy(graph)
+    out = set_kind(graph, profile.neuron_kind)  # a copy, in the target's neuron kind
     for n in out.nodes:
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
     check_capabilities(out, profile)
-    ctx = _Ctx(out, profile, _input_scales(out, calib_x, profile.input_bits), calib_x)
+    ctx = _Ctx(
+        out,
+        profile,
+        _input_scales(out, calib_x, profile.input_bits),
+        calib_x,
+        max_timesteps=max_timesteps,
+    )
+    if profile.max_current is not None:  # lava: one float input of int8 codes
+        inp = out.input
+        ctx.bounds[inp.name] = np.full(inp.shape, float(int_limit(profile.input_bits)))
     for n in out.nodes:
         ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
+        if profile.max_current is not None:
+            ins = [ctx.bounds[i] for i in n.inputs]
+            res = BOUNDS[n.op](n, ins, max_timesteps, [max_timesteps * b for b in ins])
+            ctx.bounds[n.output] = np.broadcast_to(res[0], out.shape(n.output))
     for o in out.outputs:
         if ctx.scales[o].size != 1:
             raise CapabilityExceeded(
@@ -238,6 +330,8 @@ def quantize(
         "max_timesteps": max_timesteps,
         "input_rounding": "floor(x / scale + 1/2), clamped",
     }
+    if profile.neuron_kind != "subtract":  # recorded only where it differs: old graphs unchanged
+        out.meta["quantization"]["neuron_kind"] = profile.neuron_kind
     check_graph(out)
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
     return out

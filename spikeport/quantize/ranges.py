@@ -17,6 +17,7 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, kind_of
 
 # rule(node, per-step bounds of |inputs|, T, bounds of |inputs summed over t <= T steps|)
 #   -> (per-step output bound, peak of kept state[, bound of the output summed over steps])
@@ -95,6 +96,10 @@ def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[n
     # v = v0 + (summed input) - theta * (net spikes): |v| <= theta/2 + c + T*theta; and, step by
     # step, v starts at theta/2 and moves by at most b per step: |v| <= theta + T*b.
     theta = np.broadcast_to(node.params["threshold_q"].astype(np.float64), b[0].shape)
+    if kind_of(node) == LAVA:
+        # Reset to zero: v <= theta before a step (else it fired), so at most theta + b after
+        # it; v saturates at +-LAVA_V_LIMIT (the simulator models it, as Lava's v does).
+        return np.ones_like(b[0]), float(np.minimum(theta + b[0], LAVA_V_LIMIT).max(initial=0))
     state = np.minimum(theta + T * b[0], theta / 2 + c[0] + T * theta)
     return np.ones_like(b[0]), float(state.max(initial=0))
 

@@ -19,6 +19,7 @@ from spikeport.ir.graph import Node
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import floor_shift, initial_potential
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, kind_of
 
 MODES = ("ann", "float", "int")
 
@@ -105,11 +106,32 @@ class _ECMaxPool:
         return out
 
 
+class _LavaMaxPool:
+    """Kind "lava": the per-step OR of the window's spikes (max of 0/1, or of 0/theta in float
+    mode), delivered one step late like any spike in Lava (an LIF with threshold 0 behind a
+    Dense of ones). `fired` is this step's pooled spikes, before the delay."""
+
+    def __init__(self, node: Node):
+        self.a = node.attrs
+        self.fired: np.ndarray | None = None
+
+    def reset(self, batch: int) -> None:
+        self.fired = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        m = K.window_max(x, self.a["kernel"], self.a["strides"], self.a["pads"])
+        out = np.zeros_like(m) if self.fired is None else self.fired
+        self.fired = m
+        return out
+
+
 @kernel("maxpool2d")
 def _maxpool(node: Node, mode: str, shape: Shape) -> Kernel:
     a = node.attrs
     if mode == "ann":
         return Stateless(lambda x: K.window_max(x, a["kernel"], a["strides"], a["pads"]))
+    if kind_of(node) == LAVA:
+        return _LavaMaxPool(node)
     return _ECMaxPool(node)
 
 
@@ -178,10 +200,42 @@ class IFNeuron:
         return spikes if self.integer else spikes * self.theta
 
 
+class LavaIFNeuron(IFNeuron):
+    """Kind "lava" (spikeport.sim.kinds): Lava's fixed-point LIF with du = 4095 (u is the
+    step's input) and dv = 0 (no leak), behind a Dense that delivers spikes one step late.
+
+    Each step: v += I; in "int" mode v saturates at +-LAVA_V_LIMIT (Lava's 24-bit v in these
+    units); fire when v > theta (strict); a neuron that fired resets to 0. Returns the spikes
+    fired at the previous step (zeros at step 1): that is what the next layer's Dense delivers
+    now. `fired` holds this step's own spikes, which is what Lava records as the LIF's s_out.
+    """
+
+    def __init__(self, theta: np.ndarray, integer: bool, shape: Shape):
+        super().__init__(theta, False, integer, shape)
+        self.fired: np.ndarray = np.zeros(0, np.int64)
+
+    def reset(self, batch: int) -> None:
+        super().reset(batch)
+        self.fired = np.zeros(self.v.shape, np.int64)
+
+    def __call__(self, current: np.ndarray) -> np.ndarray:
+        out = self.fired
+        self.v += current
+        if self.integer:
+            np.clip(self.v, -LAVA_V_LIMIT, LAVA_V_LIMIT, out=self.v)
+        fired = self.v > self.theta
+        self.v[fired] = 0
+        self.fired = fired.astype(np.int64)
+        self.count += self.fired
+        return out if self.integer else out * self.theta
+
+
 @kernel("if")
 def _if(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "ann":  # a bipolar neuron stands for a signed value: the ANN view is identity
         return Stateless(lambda x: x) if node.attrs.get("bipolar") else _relu(node.attrs["cap"])
+    if kind_of(node) == LAVA:
+        return LavaIFNeuron(_p(node, "threshold", mode), mode == "int", shape)
     return IFNeuron(
         _p(node, "threshold", mode),
         node.attrs["signed"],

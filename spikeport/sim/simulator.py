@@ -122,8 +122,8 @@ class Simulator:
                     self._check_range(node, k, y, t)
                 if node.name in self.fanout:
                     sops[t] += int(((ins[0] != 0) * self.fanout[node.name]).sum())
-                if isinstance(k, IFNeuron):
-                    spikes[t] += int(np.abs(np.sign(y)).sum())
+                if isinstance(k, IFNeuron):  # a delayed kind counts its own step's spikes
+                    spikes[t] += int(np.abs(np.sign(getattr(k, "fired", y))).sum())
             for o in self.graph.outputs:
                 acc[o] = acc[o] + values[o]
                 outputs[o].append(np.asarray(acc[o]).copy())

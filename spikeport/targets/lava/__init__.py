@@ -1,0 +1,183 @@
+"""Lava / Loihi 2 target: network.h5 (lava-dl netx layout) and run_lava.py (Lava processes,
+Loihi2SimCfg fixed_pt), verified bit for bit by running run_lava.py in Lava's own fixed-point
+CPU model (lava-nc 0.10.0 in a virtual environment of its own, .venv-lava; `make lava-venv`).
+
+Lava's LIF resets to zero, fires on v > vth and sits behind Dense layers that add a step of
+delay: the graph must be quantized with --target lava, which gives it that neuron kind
+(spikeport.sim.kinds "lava"); the subtractive-reset network does not run on Lava.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from spikeport.errors import BadInput, CheckFailed, SpikeportError
+from spikeport.ir.graph import Graph
+from spikeport.quantize.profiles import Profile
+from spikeport.sim.kinds import LAVA
+from spikeport.targets import Target, register_target
+from spikeport.targets.compare import check_equal
+from spikeport.targets.lava import capabilities as cap
+from spikeport.targets.lava.plan import LAVA_OPS, Network, prepare
+from spikeport.targets.lava.reference import reference
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REPO = Path(__file__).resolve().parents[3]
+LAVA_VENV = ".venv-lava"
+BATCH = 64  # inputs per Lava run (one process network, reset between inputs)
+RUN_TIMEOUT_S = 1800
+
+
+class LavaUnavailable(SpikeportError):
+    """Lava's runtime (the .venv-lava interpreter) is missing or broken: verify cannot run."""
+
+
+def _check(graph: Graph) -> None:
+    """The profile's own check: the layer chain must build and fit (on integer graphs)."""
+    if graph.stage == "int":
+        prepare(graph)
+
+
+PROFILE = Profile(
+    "lava",
+    weight_bits=cap.WEIGHT_BITS,
+    bias_bits=32,  # the first layer's bias is host-side; Dense-fed biases: 13 bits (plan.check)
+    state_bits=cap.STATE_BITS,
+    input_bits=8,
+    mult_bits=16,
+    signed_spikes=False,
+    ops=frozenset(LAVA_OPS),
+    neuron_kind=LAVA,
+    max_current=(1 << (cap.A_IN_BITS - 1)) - 1,
+    layer_threshold=True,
+    check=_check,
+)
+
+
+def lava_python() -> Path:
+    """The interpreter of Lava's environment: .venv-lava in the working directory or in the
+    spikeport checkout; LavaUnavailable naming what to run when there is none."""
+    for root in (Path.cwd(), REPO):
+        py = root / LAVA_VENV / "bin" / "python"
+        if py.is_file():
+            return py
+    raise LavaUnavailable(
+        f"Lava's runtime is not installed: no {LAVA_VENV}/bin/python here or in {REPO}; "
+        "run `make lava-venv` (lava-nc 0.10.0 in a venv of its own)"
+    )
+
+
+def _readme(graph: Graph, net: Network) -> str:
+    rows = [
+        "| # | layer | spikeport node | neurons | vth | fed by |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for i, la in enumerate(net.layers):
+        fed = "host: W x + b into a_in" if la.src is None else f"Dense from layer {i - 1}"
+        rows.append(f"| {i} | {la.role} | {la.name} | {la.size} | {la.vth} | {fed} |")
+    return Template((TEMPLATES / "README.md.tmpl").read_text()).substitute(
+        layers="\n".join(rows),
+        depth=len(net.layers),
+        max_t=graph.meta["quantization"]["max_timesteps"],
+        output_scale=float(np.asarray(graph.scales[graph.outputs[0]]).reshape(-1)[0]),
+    )
+
+
+def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
+    """network.h5, run_lava.py and README.md (check_fits has run the profile check)."""
+    if importlib.util.find_spec("h5py") is None:
+        raise BadInput(
+            "the lava target writes HDF5 with the Python package 'h5py': pip install h5py"
+        )
+    from spikeport.targets.lava import hdf5
+
+    net = prepare(graph)
+    extra = {
+        "input_scale": np.asarray(graph.scales[graph.input.name], np.float64),
+        "output_scale": np.asarray(graph.scales[graph.outputs[0]], np.float64),
+        "input_shape": list(graph.input.shape),
+        "max_timesteps": graph.meta["quantization"]["max_timesteps"],
+        "source": graph.meta.get("source", {}),
+    }
+    hdf5.write(outdir / "network.h5", net, extra)
+    shutil.copyfile(TEMPLATES / "run_lava.py", outdir / "run_lava.py")
+    (outdir / "README.md").write_text(_readme(graph, net))
+    return {
+        "layers": len(net.layers),
+        "neurons": int(sum(la.size for la in net.layers)),
+        "synapses": int(sum(np.count_nonzero(la.weight) for la in net.layers[1:])),
+        "notes": [
+            "Lava's LIF resets to zero, fires on v > vth, and each Dense adds a step: this is "
+            "the network of neuron kind 'lava', not the subtractive-reset one",
+            "netx ignores neuron/vInit: run_lava.py sets each LIF's start v, netx's Network "
+            "would start at 0",
+        ],
+    }
+
+
+def run_lava(outdir: Path, codes: np.ndarray, T: int) -> dict[str, np.ndarray]:
+    """Run outdir/run_lava.py in Lava's environment on int8 input codes (N, inputs)."""
+    py = lava_python()
+    with tempfile.TemporaryDirectory(prefix="spikeport-lava-") as tmp:
+        src, dst = Path(tmp) / "codes.npz", Path(tmp) / "run.npz"
+        np.savez(src, codes=codes.reshape(len(codes), -1).astype(np.int64))
+        cmd = [str(py), str(outdir / "run_lava.py"), "--codes", str(src), "-T", str(T)]
+        try:
+            proc = subprocess.run(
+                [*cmd, "--out", str(dst)], capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise LavaUnavailable(f"Lava's runtime {py} did not run: {e}") from None
+        if proc.returncode != 0 or not dst.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LavaUnavailable(
+                f"Lava's runtime {py} failed on {outdir / 'run_lava.py'} "
+                f"(exit {proc.returncode}): {last}"
+            )
+        with np.load(dst) as z:
+            return {k: z[k] for k in z.files}
+
+
+def check_batch(graph: Graph, outdir: Path, x: np.ndarray, T: int, first: int = 0) -> None:
+    """Lava's run of x equals the simulator's at every step: every layer's spikes (each LIF's
+    own s_out) and the output accumulator (the output LIF's v / 64, which must divide)."""
+    codes, ref_spikes, ref_acc = reference(graph, x, T)
+    got = run_lava(outdir, codes, T)
+    names = list(ref_spikes)
+    got_spikes = {name: got[f"spikes_{i}"].astype(np.int64) for i, name in enumerate(names)}
+    v = got["v_out"]
+    if np.any(v % (1 << cap.ACT_SHIFT)):
+        raise CheckFailed(f"Lava's output v is not a multiple of {1 << cap.ACT_SHIFT}")
+    check_equal("Lava (fixed_pt)", ref_spikes, ref_acc, got_spikes, v >> cap.ACT_SHIFT, first)
+
+
+def verify(
+    graph: Graph,
+    outdir: Path,
+    x: np.ndarray,
+    T: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the emitted network in Lava (fixed_pt), compare every step with the simulator."""
+    lava_python()  # say at once, before any work, when Lava's runtime is missing
+    for start in range(0, len(x), BATCH):
+        chunk = x[start : start + BATCH]
+        check_batch(graph, outdir, chunk, T, start)
+        if progress:
+            progress(len(chunk))
+    runner = "lava-nc 0.10.0, Loihi2SimCfg(select_tag='fixed_pt'), run_lava.py"
+    return {"samples": len(x), "timesteps": T, "runner": runner}
+
+
+DESCRIPTION = "Lava / Loihi 2: netx HDF5 + Lava script, verified in Lava's fixed-point model"
+TARGET = register_target(Target("lava", PROFILE, emit, verify, DESCRIPTION))
+__all__ = ["PROFILE", "TARGET", "LavaUnavailable", "check_batch", "lava_python", "run_lava"]
