@@ -116,10 +116,21 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
         "softmax": (node("softmax"), [(3, 4)]),
         "gelu": (node("gelu"), [(3, 4)]),
         "matmul": (node("matmul", 2), [(2, 3, 4), (2, 4, 5)]),
+        "tanh": (node("tanh"), [(3, 4)]),
+        "masked_softmax": (node("masked_softmax", 2), [(2, 3, 4), (1, 4)]),
+        "embed": (node("embed", table=w(6, 3)), [(1, 4)]),
+        "slice": (
+            node("slice", attrs={"axes": [1], "starts": [3], "ends": [0], "steps": [-2]}),
+            [(2, 5)],
+        ),
     }
     if "bipolar" in OPS["if"].attrs:
         ex["if/bipolar"] = (neuron(bipolar=True), [(3, 4)])
     return {k: v for k, v in ex.items() if k.split("/")[0] in OPS}
+
+
+# (op, input index) -> exclusive upper end of its integer values: token ids, 0/1 masks.
+INTEGER_INPUTS = {("embed", 0): 6, ("masked_softmax", 1): 2}
 
 
 def test_every_op_has_an_example_below():
@@ -142,7 +153,12 @@ def test_each_layer_steps_like_its_simulator_kernel(label):
     lay.reset()
     r = np.random.default_rng(1)
     for _ in range(6):
-        xs = [r.normal(0, 1, (5, *s)) for s in in_shapes]
+        xs = [
+            r.integers(0, INTEGER_INPUTS[(node.op, i)], (5, *s))
+            if (node.op, i) in INTEGER_INPUTS
+            else r.normal(0, 1, (5, *s))
+            for i, s in enumerate(in_shapes)
+        ]
         want = ref(*xs)
         with torch.no_grad():
             got = lay(*[torch.from_numpy(x) for x in xs]).numpy()

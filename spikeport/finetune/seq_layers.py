@@ -17,7 +17,6 @@ import torch
 from spikeport.finetune.layers import Fn, Layer, as_param, layer
 from spikeport.finetune.surrogate import Shape
 from spikeport.ir.graph import Node
-from spikeport.ir.seq_ops import slicer
 
 
 def _ax(a: int) -> int:
@@ -85,8 +84,19 @@ def _take(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("slice")
 def _slice(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
-    index = slicer(node, batch=True)
-    return Fn(lambda x: x[index])
+    """index_select per axis: torch slices take no negative steps."""
+    a = node.attrs
+    picks = [
+        (_ax(ax), torch.tensor(list(range(s, e, st))))
+        for ax, s, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"], strict=True)
+    ]
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        for dim, idx in picks:
+            x = x.index_select(dim, idx.to(x.device))
+        return x
+
+    return Fn(pick)
 
 
 @layer("scale")
