@@ -28,7 +28,7 @@ def reference(
     n = len(x)
     for _, k in sim.kernels:
         k.reset(n)
-    values = {graph.input.name: sim.encode(x)}
+    values = sim.encode(x)
     fired: dict[str, list[np.ndarray]] = {
         node.name: [] for node, k in sim.kernels if hasattr(k, "fired")
     }
@@ -46,4 +46,4 @@ def reference(
     if not np.array_equal(np.asarray(acc).reshape(n, -1), ref_acc[-1]):
         raise RuntimeError("the lava reference loop disagrees with Simulator.run")
     spikes = {name: np.stack(v) for name, v in fired.items()}
-    return sim.encode(x), spikes, ref_acc
+    return values[graph.input.name], spikes, ref_acc
