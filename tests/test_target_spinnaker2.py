@@ -34,7 +34,8 @@ from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2 import check_batch
 from spikeport.targets.spinnaker2.chip import ChipModel
 
-MAPPED = ["digits_cnn", "digits_mlp", "wide_mlp"]  # wide_mlp converted without --signed
+# wide_mlp converted without --signed; residual's add is folded into synapses (fold_add)
+MAPPED = ["digits_cnn", "digits_mlp", "residual", "wide_mlp"]
 RANDOM_INPUTS = 200
 MAX_T = 15  # max pooling is exact for T <= 15 on the chip
 
@@ -377,17 +378,61 @@ def test_unsupported_ops_are_refused_by_name(cases, tmp_path, monkeypatch):
 
 
 def test_fixtures_that_cannot_map_are_refused_naming_the_node(cases):
+    """concat_pool max-pools an average pool: sums of up to 9 spikes a step, not 0/1 trains."""
     with pytest.raises(
         CapabilityExceeded,
-        match="node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of a neuron layer",
+        match="node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of neuron layers "
+        "\\(it weights or sums spikes: 'averagepool_6' \\(avgpool2d\\)",
     ):
         s2_graph(cases["concat_pool"])
-    with pytest.raises(CapabilityExceeded, match="node 'add_5' \\(add\\): input 't4' is below"):
-        s2_graph(cases["residual"])
     with pytest.raises(
         CapabilityExceeded, match="node 'relu_3': target 'spinnaker2' has no signed"
     ):
         quantize(cases["wide_mlp"].snn, _calib(cases["wide_mlp"]), get_profile("spinnaker2"))
+
+
+def test_residual_add_is_folded_into_synapse_weights(emitted):
+    """The add's inputs are quantized jointly: conv weight x multiplier and the identity's
+    multiplier are each synapse weights, shift 0, the scale left to the next threshold."""
+    _, g, outdir = emitted["residual"]
+    add = g.node("add_5")
+    assert add.attrs["shift"] == 0
+    assert np.all(add.params["mult_q"][0] == 1)  # the conv is quantized at the add's scale
+    assert 1 <= add.params["mult_q"][1].min() and add.params["mult_q"][1].max() <= 15
+    net = json.loads((outdir / "network.json").read_text())
+    proj = [p for p in net["projections"] if p["post"] == "relu_6"]
+    assert [p["pre"] for p in proj] == ["relu_3"]  # conv and identity: one projection
+    assert np.abs(np.asarray(proj[0]["connections"])[:, 2]).max() <= 15
+
+
+def test_an_add_with_a_floor_shift_is_refused(cases, tmp_path):
+    """An add quantized for another profile (or edited) may floor-shift, which no synapse does."""
+    g = s2_graph(cases["residual"])
+    g.node("add_5").attrs["shift"] = 2
+    _refused(g, tmp_path, "node 'add_5' \\(add\\): its floor shift 2 has no synapse equivalent")
+
+
+def _concat_maxpool():
+    """Two conv branches of spikes, Concat, MaxPool: max pooling over a concat of spikes."""
+    b = _Builder(7)
+    a1 = b.op("Relu", [b.conv("x", 2, 3, 1, 0)])
+    a2 = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
+    m = b.op("MaxPool", [b.op("Concat", [a1, a2], axis=1)], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Relu", [b.gemm(b.op("Flatten", [m], axis=1), 7 * 16, 12)])
+    out = b.gemm(h, 12, 3)
+    return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+
+
+def test_max_pooling_over_a_concat_of_spikes_is_exact(tmp_path):
+    snn, x = _onnx_case(tmp_path, _concat_maxpool)
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    pre = {p["pre"] for p in net["projections"] if p["post"] == "maxpool_6/max1a"}
+    assert {"relu_2", "relu_4"} <= pre  # both branches feed the comparators
+    xs = random_inputs(g, RANDOM_INPUTS, 4)
+    for T in range(1, 9):
+        check_batch(g, net, ChipModel(net), xs, T)
 
 
 def test_max_pooling_beyond_15_steps_is_refused(cases, tmp_path):

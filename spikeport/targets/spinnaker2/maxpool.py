@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Node
 from spikeport.sim import kernels as K
 from spikeport.targets.spinnaker2 import capabilities as cap
-from spikeport.targets.spinnaker2.plan import Builder, Population, Projection, refuse
+from spikeport.targets.spinnaker2.plan import Builder, Population, Projection, decompose, refuse
 
 COMPARATOR_WEIGHT = cap.NEURON_MODELS[cap.DELAY_MODEL].weight_limit  # K
 MAX_TIMESTEPS = COMPARATOR_WEIGHT  # exact while a count difference stays below K
@@ -55,15 +56,7 @@ def _windows(b: Builder, node: Node) -> np.ndarray:
     return win.reshape(-1, a["kernel"][0] * a["kernel"][1])
 
 
-def _check(b: Builder, node: Node) -> str:
-    src = node.inputs[0]
-    if src not in b.net.sources:
-        raise refuse(
-            node.name,
-            node.op,
-            "its input is not the spikes of a neuron layer; the expectation-compensated "
-            "max maps to the chip only on spike trains",
-        )
+def _check_timesteps(b: Builder, node: Node) -> None:
     max_t = b.graph.meta.get("quantization", {}).get("max_timesteps")
     if b.mode == "int" and max_t is not None and max_t > MAX_TIMESTEPS:
         raise refuse(
@@ -73,7 +66,70 @@ def _check(b: Builder, node: Node) -> str:
             f"`lif` weights), this graph is proven for T <= {max_t}: quantize with "
             f"--max-T {MAX_TIMESTEPS}",
         )
-    return b.net.sources[src]
+
+
+def _not_spikes(b: Builder, node: Node, why: str) -> CapabilityExceeded:
+    return refuse(
+        node.name,
+        node.op,
+        f"its input is not the spikes of neuron layers ({why}); the expectation-compensated "
+        "max maps to the chip only on 0/1 spike trains",
+    )
+
+
+def _spike_units(b: Builder, node: Node) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each input unit as one spike unit: (population number, index) per unit, populations.
+
+    A concat or reshape of neuron spikes is still spike trains, a block from each population;
+    anything that adds or weights spikes (an average pool, a conv) is not, and is refused."""
+    src = node.inputs[0]
+    if src in b.net.sources:
+        n = int(np.prod(b.graph.shape(src)))
+        return np.zeros(n, np.int64), np.arange(n), [b.net.sources[src]]
+    aff = decompose(b.graph, src, b.leaves, b.mode)
+    n = len(aff.const)
+    pop_of, idx_of, hits = np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64)
+    pops = []
+    for leaf, conns in aff.parts.items():
+        if leaf not in b.net.sources:
+            raise _not_spikes(b, node, "it is computed from the network input")
+        if np.any(conns[:, 2] != 1):
+            raise _not_spikes(b, node, f"it weights or sums spikes: {_culprit(b, src)}")
+        sink = conns[:, 1].astype(np.int64)
+        np.add.at(hits, sink, 1)
+        pop_of[sink], idx_of[sink] = len(pops), conns[:, 0].astype(np.int64)
+        pops.append(b.net.sources[leaf])
+    if np.any(aff.const != 0) or np.any(hits != 1):
+        raise _not_spikes(b, node, f"it weights or sums spikes: {_culprit(b, src)}")
+    return pop_of, idx_of, pops
+
+
+def _culprit(b: Builder, tensor: str) -> str:
+    """The first op on the way back from `tensor` that is not pure data movement."""
+    node = b.graph.producer(tensor)
+    while node is not None and node.op in ("reshape", "concat") and len(node.inputs) == 1:
+        node = b.graph.producer(node.inputs[0])
+    if node is None or node.op in ("reshape", "concat"):
+        return "a concat or reshape with a bias or overlap"
+    return f"'{node.name}' ({node.op}) adds several spikes or weights them"
+
+
+def _cell_train(
+    b: Builder, cells: np.ndarray, pop_of: np.ndarray, idx_of: np.ndarray, pops: list[str]
+) -> Train:
+    """One window cell's train over all units: a part per population it reads (a concat
+    puts channel blocks of several populations in one window cell; at most one fires per
+    unit, so the parts stay mutually exclusive). -1 marks padding and other populations."""
+    safe = np.maximum(cells, 0)
+    train = []
+    for k, pop in enumerate(pops):
+        mine = (cells >= 0) & (pop_of[safe] == k)
+        if mine.any():
+            index = np.where(mine, idx_of[safe], -1)
+            train.append(Part(pop, index, b.net.populations[pop].depth))
+    if not train:  # a cell that is padding for every unit: a train that never fires
+        train.append(Part(pops[0], np.full(len(cells), -1), b.net.populations[pops[0]].depth))
+    return train
 
 
 def _connect(b: Builder, train: Train, post: Population, post_idx: np.ndarray, wd: list) -> None:
@@ -136,11 +192,11 @@ def _level(b: Builder, node: Node, trains: list[Train], level: int, units: int) 
 
 def build_maxpool(b: Builder, node: Node) -> None:
     """Add the comparator tree and the OR population; its spikes are the pooled output."""
-    pre = _check(b, node)
+    pop_of, idx_of, pops = _spike_units(b, node)
+    _check_timesteps(b, node)
     win = _windows(b, node)
     units = len(win)
-    depth0 = b.net.populations[pre].depth
-    trains: list[Train] = [[Part(pre, win[:, j], depth0)] for j in range(win.shape[1])]
+    trains = [_cell_train(b, win[:, j], pop_of, idx_of, pops) for j in range(win.shape[1])]
     level = 0
     while len(trains) > 1:
         level += 1

@@ -123,6 +123,13 @@ def _cone(graph: Graph, sink: str, leaves: set[str]) -> tuple[list[Node], list[s
         assert node is not None
         if node.op not in LINEAR_OPS:
             raise refuse(node.name, node.op, "the op is not supported")
+        if node.attrs.get("shift", 0):  # a floor shift is not linear: no synapse computes it
+            raise refuse(
+                node.name,
+                node.op,
+                f"its floor shift {node.attrs['shift']} has no synapse equivalent (quantize "
+                "with --target spinnaker2, which folds an add into weights)",
+            )
         if node.name not in needed:
             needed.add(node.name)
             stack.extend(node.inputs)
