@@ -8,7 +8,9 @@ of their input and output into their weights (W' = W sigma_in / sigma_out, b' = 
 AvgPool2d and Flatten carry sigma along; where two sigmas must meet (an add of spikes and a
 current, an IF right after a pool) a 1x1 scaling node is inserted. Add and Concat have no NIR
 node: edges into one node are summed (NIR's rule), Concat by embedding each input into its
-slot with a 1x1 Conv2d or an Affine.
+slot with a 1x1 Conv2d or an Affine. MaxPool2d has no NIR node either: on the spikes of an IF
+layer it becomes comparator IF nodes with recurrent Conv2d edges (maxpool.py), whose 0/1
+output carries the input's sigma.
 
 The op table NIR_OPS is the one list of what maps; anything else is refused by name.
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
+from spikeport.quantize import DEFAULT_MAX_TIMESTEPS
 
 # What the file records about the neuron, for consumers and people (NIR does not encode it).
 NEURON_METADATA = {
@@ -273,7 +276,29 @@ def _if(b: NirBuilder, node: Node) -> list[Edge]:
     return [Edge(b.add_node(node.name, neuron, ins), theta)]
 
 
+def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
+    """Comparator IF nodes with a recurrent Conv2d each (see maxpool.py): exact on the spikes
+    of an IF layer for T up to the graph's proven --max-T."""
+    from spikeport.targets.nir.maxpool import MaxPoolBuilder
+
+    prod = b.graph.producer(node.inputs[0])
+    if prod is None or prod.op != "if":
+        why = f"'{prod.name}' ({prod.op})" if prod is not None else "the network input"
+        raise refuse(
+            node,
+            f"its input is not the spikes of an IF layer but the output of {why}; the "
+            "expectation-compensated max maps to IF comparators only on 0/1 spike trains",
+        )
+    _symmetric(node, node.attrs["pads"])
+    (edge,) = b.handles[node.inputs[0]]
+    t_max = b.graph.meta.get("quantization", {}).get("max_timesteps", DEFAULT_MAX_TIMESTEPS)
+    out = MaxPoolBuilder(b, node, edge.src, t_max, NEURON_METADATA).build()
+    sigma = channel_sigma(node, edge.sigma)[:, None, None]
+    return [Edge(out, np.broadcast_to(sigma, b.shape(node.output)).copy())]
+
+
 NIR_OPS: dict[str, Callable[[NirBuilder, Node], list[Edge]]] = {
+    "maxpool2d": _maxpool,
     "dense": _dense,
     "conv2d": _conv,
     "avgpool2d": _avgpool,
