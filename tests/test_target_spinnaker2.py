@@ -405,6 +405,42 @@ def test_residual_add_is_folded_into_synapse_weights(emitted):
     assert np.abs(np.asarray(proj[0]["connections"])[:, 2]).max() <= 15
 
 
+def _diagonal_residual():
+    """A 1x1 conv with a large positive diagonal plus its own input: the identity and the
+    conv's weight land on the same synapse and, at the finest scale, add up beyond 15."""
+    b = _Builder(8)
+    h = b.op("Relu", [b.conv("x", 2, 6, 3, 1)])
+    w = (np.eye(6) * 2.0 + b.rng.normal(0, 0.1, (6, 6))).astype(np.float32)[:, :, None, None]
+    c = b.op("Conv", [h, b.const(w), b.const(np.zeros(6, np.float32))], kernel_shape=[1, 1])
+    r = b.op("Relu", [b.op("Add", [c, h])])
+    out = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [r])], axis=1), 6, 3)
+    return b.model((2, 6, 6), out, 3), b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+
+
+def test_composed_residual_weights_are_coarsened_to_fit(tmp_path, monkeypatch):
+    from spikeport.quantize import fold_add
+
+    peaks = []
+    composed = fold_add._composed_peak
+
+    def spy(*args):
+        peak = composed(*args)
+        peaks.append(peak.max())
+        return peak
+
+    monkeypatch.setattr(fold_add, "_composed_peak", spy)
+    snn, x = _onnx_case(tmp_path, _diagonal_residual)
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    assert peaks[0] > 15 and peaks[-1] <= 15  # the first, finest scale did not fit
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    weights = np.concatenate([np.asarray(p["connections"])[:, 2] for p in net["projections"]])
+    assert np.abs(weights).max() <= 15
+    xs = random_inputs(g, RANDOM_INPUTS, 2)
+    for T in range(1, 9):
+        check_batch(g, net, ChipModel(net), xs, T)
+
+
 def test_an_add_with_a_floor_shift_is_refused(cases, tmp_path):
     """An add quantized for another profile (or edited) may floor-shift, which no synapse does."""
     g = s2_graph(cases["residual"])

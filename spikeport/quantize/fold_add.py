@@ -29,7 +29,8 @@ from spikeport.sim.ops import KERNELS
 
 EFFECTIVE = {"dense": dense_weights, "conv2d": conv_weights}
 MAX_COARSENING = 16  # rounds of coarsening before giving up (each one strictly coarsens)
-CHUNK = 512  # impulses evaluated at once
+CHUNK = 512  # impulses evaluated at once ...
+IMPULSE_VALUES = 1 << 24  # ... and at most this many values per array (128 MiB of float64)
 
 
 def _channel_axis(shape: tuple[int, ...]) -> int:
@@ -77,16 +78,19 @@ def _quantize_synapse(ctx: _Ctx, syn: Node, w_eff: np.ndarray, s_out: np.ndarray
 def _composed_peak(
     ctx: _Ctx, node: Node, syns: list[Node | None], mult: np.ndarray, per_channel: bool
 ) -> np.ndarray:
-    """Largest |composed integer weight| from any unit of a leaf to each output unit's channel:
-    the inputs reading one leaf are evaluated together on impulses (exact integers)."""
+    """Largest |composed integer weight| into each output channel from a leaf that two or more
+    inputs read (a residual's conv and identity), evaluated together on impulses (exact
+    integers). A leaf read by one input needs no check: its weights were clipped to the limit
+    and its multiplier is at most the limit by the choice of s_y."""
     shape = ctx.graph.shape(node.output)
     peak = np.zeros(shape)
-    leaves = {_leaf(node, k, s) for k, s in enumerate(syns)}
-    for leaf in leaves:
-        users = [k for k, s in enumerate(syns) if _leaf(node, k, s) == leaf]
+    leaves = [_leaf(node, k, s) for k, s in enumerate(syns)]
+    for leaf in {x for x in leaves if leaves.count(x) > 1}:
+        users = [k for k, x in enumerate(leaves) if x == leaf]
         n = int(np.prod(ctx.graph.shape(leaf)))
-        for start in range(0, n, CHUNK):
-            idx = np.arange(start, min(n, start + CHUNK))
+        chunk = max(1, min(CHUNK, IMPULSE_VALUES // max(n, int(np.prod(shape)))))
+        for start in range(0, n, chunk):
+            idx = np.arange(start, min(n, start + chunk))
             hot = np.zeros((len(idx), n))
             hot[np.arange(len(idx)), idx] = 1
             hot = hot.reshape((len(idx),) + ctx.graph.shape(leaf))
