@@ -28,10 +28,11 @@ pytest.importorskip("snntorch")
 pytest.importorskip("nirtorch")
 
 from spikeport.targets.nir import check_batch  # noqa: E402
-from spikeport.targets.nir.snntorch_run import SnnTorchRun  # noqa: E402
+from spikeport.targets.nir.snntorch_run import SnnTorchRun, _module_name  # noqa: E402
 
-# wide_mlp converted without --signed; digits_cnn's max pool becomes comparator IF nodes
-MAPPED = ["digits_cnn", "digits_mlp", "residual", "wide_mlp"]
+# wide_mlp converted without --signed; the max pools of digits_cnn (spikes) and concat_pool
+# (an average pool of spikes) become comparator IF nodes
+MAPPED = ["concat_pool", "digits_cnn", "digits_mlp", "residual", "wide_mlp"]
 INPUTS = 100
 
 
@@ -177,15 +178,61 @@ def test_comparators_give_the_max_of_arbitrary_spike_trains_in_snntorch(emitted)
     assert (leaders > 1).mean() > 0.05 and (expect == 0).mean() > 0.2  # ties and silences occur
 
 
-def test_max_pooling_of_an_average_pool_is_refused_by_name(cases, tmp_path):
-    """concat_pool max-pools an average pool: graded values, not 0/1 spike trains."""
-    why = (
-        "node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of an IF layer but "
-        "the output of 'averagepool_6' \\(avgpool2d\\)"
-    )
-    with pytest.raises(CapabilityExceeded, match=why):
-        nir_graph(cases["concat_pool"])
-    _refused(cases["concat_pool"].int, tmp_path, why)
+def test_graded_comparators_give_the_max_of_arbitrary_counts_in_snntorch(emitted):
+    """concat_pool max-pools an average pool of spikes (0..9 spikes per cell and step). Driven
+    by a new random input at every step, the pooled output of the imported network must be
+    the expectation-compensated max of the counts snnTorch itself computed, every step."""
+    _, g, outdir = emitted["concat_pool"]
+    run = SnnTorchRun(outdir / "model.nir")
+    torch = run.torch
+    pooled = [n for n in run.graph.nodes if n.startswith("maxpool_7.") and ".out_" in n]
+    seen: dict[str, list] = {name: [] for name in ["averagepool_6", *pooled]}
+    hooks = [
+        getattr(run.module, _module_name(name)).register_forward_hook(
+            lambda m, i, o, name=name: seen[name].append(o.numpy().copy())
+        )
+        for name in seen
+    ]
+    rng = np.random.default_rng(6)
+    n, steps = 32, 40
+    run.reset(n)
+    state = None
+    with torch.no_grad():
+        for _ in range(steps):
+            x = rng.uniform(0, 1, (n, 2, 8, 8)) * rng.uniform(0, 1.5, (n, 1, 1, 1))
+            _, state = run.module(torch.tensor(x, dtype=run.dtype), state)
+    for h in hooks:
+        h.remove()
+    # the first comparator neuron, [a >= 1], reads cell 0 with weight = count per NIR value
+    per = [
+        run.graph.nodes[f"maxpool_7.c{c}.max1.from_averagepool_6"].weight[0, c, 0, 0]
+        for c in range(10)
+    ]
+    avg = np.stack(seen["averagepool_6"]) * np.array(per)[:, None, None]
+    counts = np.rint(avg)  # (steps, n, 10, 8, 8): spikes in each 3x3 window, 0..9
+    assert np.abs(counts - avg).max() < 1e-9 and counts.max() == 9
+    best = K.window_max(np.cumsum(counts, 0).reshape(-1, 10, 8, 8), [2, 2], [2, 2], [0] * 4)
+    expect = np.diff(best.reshape(steps, n, 10, 4, 4), axis=0, prepend=0)
+    got = sum(np.stack(seen[name]) for name in pooled)  # the pooled counts, summed edges
+    assert np.array_equal(np.rint(got), expect) and np.abs(got - expect).max() < 1e-9
+    assert (expect > 1).mean() > 0.05  # graded increments do occur
+
+
+def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
+    """A MaxPool right after a Conv pools currents, which no IF comparator can read."""
+    b = _Builder(9)
+    m = b.op("MaxPool", [b.conv("x", 2, 4, 3, 1)], kernel_shape=[2, 2], strides=[2, 2])
+    out = b.gemm(b.op("Flatten", [b.op("Relu", [m])], axis=1), 4 * 16, 3)
+    onnx.save(b.model((2, 8, 8), out, 3), tmp_path / "m.onnx")
+    x = b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz")
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'maxpool_2' \\(maxpool2d\\): its input is the output of 'conv_1' "
+        "\\(conv2d\\), neither the spikes of an IF layer nor an average pool of them",
+    ):
+        quantize(snn, x, get_profile("nir"))
 
 
 def test_signed_spikes_and_transformer_ops_are_refused(cases, tmp_path, monkeypatch):

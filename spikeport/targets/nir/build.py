@@ -277,24 +277,53 @@ def _if(b: NirBuilder, node: Node) -> list[Edge]:
 
 
 def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
-    """Comparator IF nodes with a recurrent Conv2d each (see maxpool.py): exact on the spikes
-    of an IF layer for T up to the graph's proven --max-T."""
+    """Comparator IF nodes with recurrent Conv2d edges: on the spikes of an IF layer
+    (maxpool.py, exact for T up to the graph's --max-T), or on an average pool of spikes,
+    whose values are counts times a unit per channel (maxpool_graded.py, exact for any T)."""
     from spikeport.targets.nir.maxpool import MaxPoolBuilder
+    from spikeport.targets.nir.maxpool_graded import GradedMaxPool
 
-    prod = b.graph.producer(node.inputs[0])
-    if prod is None or prod.op != "if":
-        why = f"'{prod.name}' ({prod.op})" if prod is not None else "the network input"
-        raise refuse(
-            node,
-            f"its input is not the spikes of an IF layer but the output of {why}; the "
-            "expectation-compensated max maps to IF comparators only on 0/1 spike trains",
-        )
     _symmetric(node, node.attrs["pads"])
-    (edge,) = b.handles[node.inputs[0]]
-    t_max = b.graph.meta.get("quantization", {}).get("max_timesteps", DEFAULT_MAX_TIMESTEPS)
-    out = MaxPoolBuilder(b, node, edge.src, t_max, NEURON_METADATA).build()
-    sigma = channel_sigma(node, edge.sigma)[:, None, None]
-    return [Edge(out, np.broadcast_to(sigma, b.shape(node.output)).copy())]
+    (edge,) = b.unify(node, b.handles[node.inputs[0]], b.handles[node.inputs[0]][0].sigma)
+    prod = b.graph.producer(node.inputs[0])
+    if prod is not None and prod.op == "if":
+        t_max = b.graph.meta.get("quantization", {}).get("max_timesteps", DEFAULT_MAX_TIMESTEPS)
+        outs = [MaxPoolBuilder(b, node, edge.src, t_max, NEURON_METADATA).build()]
+        unit = channel_sigma(node, edge.sigma)
+    else:
+        theta = _spike_thresholds(b, prod.inputs[0]) if prod and prod.op == "avgpool2d" else None
+        if theta is None:
+            why = f"'{prod.name}' ({prod.op})" if prod is not None else "the network input"
+            raise refuse(
+                node,
+                f"its input is the output of {why}, neither the spikes of an IF layer nor an "
+                "average pool of them; the expectation-compensated max maps to IF comparators "
+                "only on spike counts",
+            )
+        m = int(np.prod(prod.attrs["kernel"]))
+        unit = theta / m  # an average pool of spikes is (spikes in the window) x theta / m
+        counts = channel_sigma(node, edge.sigma) / unit
+        outs = [
+            out
+            for c in range(len(counts))
+            for out in GradedMaxPool(
+                b, node, edge.src, counts, m, NEURON_METADATA, c
+            ).build_graded()
+        ]
+    sigma = np.broadcast_to(unit[:, None, None], b.shape(node.output)).copy()
+    return [Edge(out, sigma) for out in outs]
+
+
+def _spike_thresholds(b: NirBuilder, tensor: str) -> np.ndarray | None:
+    """(C,) spike value per channel of `tensor` when it is the spikes of IF layers (one, or a
+    channel concat of several), else None."""
+    prod = b.graph.producer(tensor)
+    if prod is not None and prod.op == "if" and len(b.shape(tensor)) == 3:
+        return channel_sigma(prod, b.theta(prod))
+    if prod is not None and prod.op == "concat" and prod.attrs["axis"] % 3 == 0:
+        parts = [_spike_thresholds(b, t) for t in prod.inputs]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+    return None
 
 
 NIR_OPS: dict[str, Callable[[NirBuilder, Node], list[Edge]]] = {
