@@ -12,7 +12,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import unsigned_snn
-from fixture_models import _Builder
+from fixture_models import _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
@@ -218,6 +218,16 @@ def test_graded_comparators_give_the_max_of_arbitrary_counts_in_snntorch(emitted
     assert (expect > 1).mean() > 0.05  # graded increments do occur
 
 
+def test_max_pooling_over_a_concat_of_spikes_maps(tmp_path):
+    onnx.save(concat_maxpool()[0], tmp_path / "m.onnx")
+    x = concat_maxpool()[1]
+    np.savez(tmp_path / "c.npz", x=x)
+    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
+    emit(g, "nir", tmp_path / "o")
+    xs = np.random.default_rng(7).uniform(0, 1, (INPUTS, 2, 8, 8))
+    assert verify(g, tmp_path / "o", xs, T=12)["samples"] == INPUTS
+
+
 def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
     """A MaxPool right after a Conv pools currents, which no IF comparator can read."""
     b = _Builder(9)
@@ -230,7 +240,7 @@ def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
     with pytest.raises(
         CapabilityExceeded,
         match="node 'maxpool_2' \\(maxpool2d\\): its input is the output of 'conv_1' "
-        "\\(conv2d\\), neither the spikes of an IF layer nor an average pool of them",
+        "\\(conv2d\\), not spikes of IF layers nor an average pool of them",
     ):
         quantize(snn, x, get_profile("nir"))
 

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import unsigned_snn
-from fixture_models import _Builder
+from fixture_models import _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
@@ -448,19 +448,8 @@ def test_an_add_with_a_floor_shift_is_refused(cases, tmp_path):
     _refused(g, tmp_path, "node 'add_5' \\(add\\): its floor shift 2 has no synapse equivalent")
 
 
-def _concat_maxpool():
-    """Two conv branches of spikes, Concat, MaxPool: max pooling over a concat of spikes."""
-    b = _Builder(7)
-    a1 = b.op("Relu", [b.conv("x", 2, 3, 1, 0)])
-    a2 = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
-    m = b.op("MaxPool", [b.op("Concat", [a1, a2], axis=1)], kernel_shape=[2, 2], strides=[2, 2])
-    h = b.op("Relu", [b.gemm(b.op("Flatten", [m], axis=1), 7 * 16, 12)])
-    out = b.gemm(h, 12, 3)
-    return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
-
-
 def test_max_pooling_over_a_concat_of_spikes_is_exact(tmp_path):
-    snn, x = _onnx_case(tmp_path, _concat_maxpool)
+    snn, x = _onnx_case(tmp_path, concat_maxpool)
     g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
     emit(g, "spinnaker2", tmp_path / "o")
     net = json.loads((tmp_path / "o" / "network.json").read_text())

@@ -278,40 +278,49 @@ def _if(b: NirBuilder, node: Node) -> list[Edge]:
 
 def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
     """Comparator IF nodes with recurrent Conv2d edges: on the spikes of an IF layer
-    (maxpool.py, exact for T up to the graph's --max-T), or on an average pool of spikes,
-    whose values are counts times a unit per channel (maxpool_graded.py, exact for any T)."""
+    (maxpool.py, exact for T up to the graph's --max-T); on counts of spikes per cell (a
+    concat of IF layers: 0..1, an average pool of spikes: 0..window) times a unit per channel
+    (maxpool_graded.py, exact for any T)."""
     from spikeport.targets.nir.maxpool import MaxPoolBuilder
     from spikeport.targets.nir.maxpool_graded import GradedMaxPool
 
     _symmetric(node, node.attrs["pads"])
-    (edge,) = b.unify(node, b.handles[node.inputs[0]], b.handles[node.inputs[0]][0].sigma)
+    edges = b.unify(node, b.handles[node.inputs[0]], b.handles[node.inputs[0]][0].sigma)
     prod = b.graph.producer(node.inputs[0])
     if prod is not None and prod.op == "if":
         t_max = b.graph.meta.get("quantization", {}).get("max_timesteps", DEFAULT_MAX_TIMESTEPS)
-        outs = [MaxPoolBuilder(b, node, edge.src, t_max, NEURON_METADATA).build()]
-        unit = channel_sigma(node, edge.sigma)
+        outs = [MaxPoolBuilder(b, node, edges[0].src, t_max, NEURON_METADATA).build()]
+        unit = channel_sigma(node, edges[0].sigma)
     else:
-        theta = _spike_thresholds(b, prod.inputs[0]) if prod and prod.op == "avgpool2d" else None
+        theta, m = _spike_counts(b, node.inputs[0])
         if theta is None:
             why = f"'{prod.name}' ({prod.op})" if prod is not None else "the network input"
             raise refuse(
                 node,
-                f"its input is the output of {why}, neither the spikes of an IF layer nor an "
-                "average pool of them; the expectation-compensated max maps to IF comparators "
-                "only on spike counts",
+                f"its input is the output of {why}, not spikes of IF layers nor an average "
+                "pool of them; the expectation-compensated max maps to IF comparators only on "
+                "spike counts",
             )
-        m = int(np.prod(prod.attrs["kernel"]))
-        unit = theta / m  # an average pool of spikes is (spikes in the window) x theta / m
-        counts = channel_sigma(node, edge.sigma) / unit
+        unit = theta / m  # (spikes in the cell) x theta / m, m = 1 or the average pool's area
+        counts = channel_sigma(node, edges[0].sigma) / unit
+        srcs = [e.src for e in edges]
         outs = [
             out
             for c in range(len(counts))
-            for out in GradedMaxPool(
-                b, node, edge.src, counts, m, NEURON_METADATA, c
-            ).build_graded()
+            for out in GradedMaxPool(b, node, srcs, counts, m, NEURON_METADATA, c).build_graded()
         ]
     sigma = np.broadcast_to(unit[:, None, None], b.shape(node.output)).copy()
     return [Edge(out, sigma) for out in outs]
+
+
+def _spike_counts(b: NirBuilder, tensor: str) -> tuple[np.ndarray | None, int]:
+    """(spike value per channel, most spikes per cell and step) of a concat of IF spikes or an
+    average pool of IF spikes; (None, 0) for anything else."""
+    prod = b.graph.producer(tensor)
+    if prod is not None and prod.op == "avgpool2d":
+        theta = _spike_thresholds(b, prod.inputs[0])
+        return theta, int(np.prod(prod.attrs["kernel"]))
+    return _spike_thresholds(b, tensor), 1
 
 
 def _spike_thresholds(b: NirBuilder, tensor: str) -> np.ndarray | None:

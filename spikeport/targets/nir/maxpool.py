@@ -67,6 +67,7 @@ class MaxPoolBuilder:
 
     def __init__(self, b: Any, node: Node, src: str, t_max: int, metadata: dict[str, str]):
         self.b, self.node, self.src, self.t_max = b, node, src, t_max
+        self.window_srcs = {src}  # nodes read through the pool's window geometry
         self.c = b.shape(node.inputs[0])[0]
         self.out_hw = tuple(b.shape(node.output)[1:])
         self.coef = coefficients(1.0 / (2 * t_max + 1))
@@ -141,7 +142,7 @@ class MaxPoolBuilder:
     def conv(self, src: str, weight: np.ndarray) -> Any:
         """A Conv2d from `src`: the pool's window geometry from the spikes, else 1x1."""
         a = self.node.attrs
-        if src == self.src:
+        if src in self.window_srcs:
             in_hw, stride, pad = self.b.shape(self.node.inputs[0])[1:], a["strides"], a["pads"][:2]
         else:
             in_hw, stride, pad = self.out_hw, (1, 1), (0, 0)

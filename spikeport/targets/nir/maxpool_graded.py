@@ -56,9 +56,13 @@ class GradedMaxPool(MaxPoolBuilder):
     stays (pairs x roles)^2 instead of (channels x pairs x roles)^2."""
 
     def __init__(
-        self, b: Any, node: Node, src: str, counts: np.ndarray, m: int, meta: dict, channel: int
+        self, b: Any, node: Node, srcs: list[str], counts: np.ndarray, m: int, meta: dict, c: int
     ):
-        super().__init__(b, node, src, 0, meta)
+        super().__init__(b, node, srcs[0], 0, meta)
+        # the pooled input is the sum of these nodes' outputs (a concat's embeddings are zero
+        # outside their own channels), so a window cell is read from each of them
+        self.window_srcs = set(srcs)
+        channel = c
         self.metadata["role"] = f"max-pooling comparators (counts 0..{m}), exact for any T"
         self.m, self.counts, self.in_c, self.channels = m, counts, channel, self.c
         self.c = 1  # this builder's nodes hold one channel
@@ -68,7 +72,10 @@ class GradedMaxPool(MaxPoolBuilder):
         """The nodes whose outputs, summed, are this channel of the pooled counts (C, H', W')."""
         kh, kw = self.node.attrs["kernel"]
         one = np.array([self.in_c])
-        trains = [[Term(self.src, one, self.counts[one], cell=j)] for j in range(kh * kw)]
+        trains = [
+            [Term(src, one, self.counts[one], cell=j) for src in sorted(self.window_srcs)]
+            for j in range(kh * kw)
+        ]
         level = 0
         while len(trains) > 1:
             level += 1
