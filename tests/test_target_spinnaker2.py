@@ -34,8 +34,9 @@ from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2 import check_batch
 from spikeport.targets.spinnaker2.chip import ChipModel
 
-# wide_mlp converted without --signed; residual's add is folded into synapses (fold_add)
-MAPPED = ["digits_cnn", "digits_mlp", "residual", "wide_mlp"]
+# wide_mlp converted without --signed; residual's add is folded into synapses (fold_add);
+# concat_pool max-pools an average pool of spikes (graded comparators, maxpool_graded.py)
+MAPPED = ["concat_pool", "digits_cnn", "digits_mlp", "residual", "wide_mlp"]
 RANDOM_INPUTS = 200
 MAX_T = 15  # max pooling is exact for T <= 15 on the chip
 
@@ -377,18 +378,44 @@ def test_unsupported_ops_are_refused_by_name(cases, tmp_path, monkeypatch):
     )
 
 
-def test_fixtures_that_cannot_map_are_refused_naming_the_node(cases):
-    """concat_pool max-pools an average pool: sums of up to 9 spikes a step, not 0/1 trains."""
-    with pytest.raises(
-        CapabilityExceeded,
-        match="node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of neuron layers "
-        "\\(it weights or sums spikes: 'averagepool_6' \\(avgpool2d\\)",
-    ):
-        s2_graph(cases["concat_pool"])
+def test_signed_spikes_are_refused_naming_the_node(cases):
     with pytest.raises(
         CapabilityExceeded, match="node 'relu_3': target 'spinnaker2' has no signed"
     ):
         quantize(cases["wide_mlp"].snn, _calib(cases["wide_mlp"]), get_profile("spinnaker2"))
+
+
+def test_graded_max_pool_sends_each_pooled_unit_as_bits(emitted):
+    """concat_pool pools counts of 0..9 spikes: the pooled unit leaves as 4 neurons worth 1, 2,
+    4, 8, so the next layer reads 160 x 4 synapses (not 160 x 9, beyond the fan-in limit)."""
+    _, _, outdir = emitted["concat_pool"]
+    net = json.loads((outdir / "network.json").read_text())
+    pops = {p["name"]: p for p in net["populations"]}
+    assert pops["maxpool_7"]["size"] == 160 * 4 and pops["maxpool_7"]["role"] == "maxpool"
+    (into,) = [p for p in net["projections"] if (p["pre"], p["post"]) == ("maxpool_7", "clip_11")]
+    c = np.asarray(into["connections"])
+    assert np.bincount(c[:, 1]).max() <= 640 and pops["clip_11"]["neuron_model"] == "lif_no_delay"
+    comparators = [p for p in net["projections"] if p["post"].startswith("maxpool_7/")]
+    assert all(np.abs(np.asarray(p["connections"])[:, 2]).max() == 1 for p in comparators)
+
+
+def _pool_of_a_conv():
+    """MaxPool over a conv of spikes: weighted sums, which no comparator reads."""
+    b = _Builder(9)
+    h = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
+    m = b.op("MaxPool", [b.conv(h, 4, 4, 3, 1)], kernel_shape=[2, 2], strides=[2, 2])
+    out = b.gemm(b.op("Flatten", [b.op("Relu", [m])], axis=1), 4 * 16, 3)
+    return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+
+
+def test_max_pooling_of_weighted_spikes_is_refused_naming_the_node(tmp_path):
+    snn, x = _onnx_case(tmp_path, _pool_of_a_conv)
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'maxpool_4' \\(maxpool2d\\): its input is not spikes of neuron layers "
+        "nor sums of them \\(it weights spikes: 'conv_3' \\(conv2d\\)",
+    ):
+        quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
 
 
 def test_residual_add_is_folded_into_synapse_weights(emitted):

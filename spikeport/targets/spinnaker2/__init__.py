@@ -95,10 +95,11 @@ def _summary(net: Network) -> str:
     return "\n".join(rows)
 
 
-MAXPOOL_NOTE = """- Max pooling (expectation-compensated) runs as comparator populations
-  (`*/max*a|b`, neuron model `lif`, self-connections and two synapses per pair one step
-  apart) and an OR population per pooling layer; exact for T <= 15. See
-  docs/targets-spinnaker2.md in spikeport."""
+MAXPOOL_NOTE = """- Max pooling (expectation-compensated) runs as comparator populations, neuron
+  model `lif`, with self-connections and pairs of synapses one step apart: on spike trains
+  `*/max*a|b` and an OR population (exact for T <= 15); on counts (an average pool of
+  spikes) `*/gmax*`, `*/gunary` and a population sending each pooled unit as bits worth
+  1, 2, 4, 8 (exact for any T). See docs/targets-spinnaker2.md in spikeport."""
 
 
 def emit(graph: Graph, outdir: Path) -> dict[str, Any]:

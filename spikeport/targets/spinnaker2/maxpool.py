@@ -72,35 +72,45 @@ def _not_spikes(b: Builder, node: Node, why: str) -> CapabilityExceeded:
     return refuse(
         node.name,
         node.op,
-        f"its input is not the spikes of neuron layers ({why}); the expectation-compensated "
-        "max maps to the chip only on 0/1 spike trains",
+        f"its input is not spikes of neuron layers nor sums of them ({why}); the "
+        "expectation-compensated max maps to the chip only on spike counts",
     )
 
 
-def _spike_units(b: Builder, node: Node) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Each input unit as one spike unit: (population number, index) per unit, populations.
+def _spike_sources(b: Builder, node: Node) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The spike neurons each input unit sums, one slot each: (population number, index),
+    both (units, slots), -1 in unused slots; and the populations.
 
-    A concat or reshape of neuron spikes is still spike trains, a block from each population;
-    anything that adds or weights spikes (an average pool, a conv) is not, and is refused."""
+    A concat or reshape of neuron spikes is one spike a unit (one slot); an average pool of
+    them sums up to its window (a count per step, many slots); anything that weights spikes
+    (a conv) or reads the network input is refused."""
     src = node.inputs[0]
     if src in b.net.sources:
         n = int(np.prod(b.graph.shape(src)))
-        return np.zeros(n, np.int64), np.arange(n), [b.net.sources[src]]
+        return np.zeros((n, 1), np.int64), np.arange(n)[:, None], [b.net.sources[src]]
     aff = decompose(b.graph, src, b.leaves, b.mode)
-    n = len(aff.const)
-    pop_of, idx_of, hits = np.full(n, -1), np.full(n, -1), np.zeros(n, np.int64)
-    pops = []
+    n, pops, entries = len(aff.const), [], []
     for leaf, conns in aff.parts.items():
         if leaf not in b.net.sources:
             raise _not_spikes(b, node, "it is computed from the network input")
-        if np.any(conns[:, 2] != 1):
-            raise _not_spikes(b, node, f"it weights or sums spikes: {_culprit(b, src)}")
-        sink = conns[:, 1].astype(np.int64)
-        np.add.at(hits, sink, 1)
-        pop_of[sink], idx_of[sink] = len(pops), conns[:, 0].astype(np.int64)
+        w = conns[:, 2]
+        one = w == 1 if b.mode == "int" else np.isclose(w, w[0]) & (w > 0)
+        if not np.all(one):
+            raise _not_spikes(b, node, f"it weights spikes: {_culprit(b, src)}")
+        entries.append((len(pops), conns[:, 1].astype(np.int64), conns[:, 0].astype(np.int64)))
         pops.append(b.net.sources[leaf])
-    if np.any(aff.const != 0) or np.any(hits != 1):
-        raise _not_spikes(b, node, f"it weights or sums spikes: {_culprit(b, src)}")
+    if np.any(aff.const != 0):
+        raise _not_spikes(b, node, f"it adds a constant: {_culprit(b, src)}")
+    hits = np.zeros(n, np.int64)
+    for _, sink, _ in entries:
+        np.add.at(hits, sink, 1)
+    pop_of = np.full((n, max(int(hits.max(initial=1)), 1)), -1)
+    idx_of = np.full(pop_of.shape, -1)
+    slot = np.zeros(n, np.int64)
+    for k, sink, index in entries:
+        for s_i, i in zip(sink, index, strict=True):  # small: a pool window's cells
+            pop_of[s_i, slot[s_i]], idx_of[s_i, slot[s_i]] = k, i
+            slot[s_i] += 1
     return pop_of, idx_of, pops
 
 
@@ -191,12 +201,23 @@ def _level(b: Builder, node: Node, trains: list[Train], level: int, units: int) 
 
 
 def build_maxpool(b: Builder, node: Node) -> None:
-    """Add the comparator tree and the OR population; its spikes are the pooled output."""
-    pop_of, idx_of, pops = _spike_units(b, node)
-    _check_timesteps(b, node)
+    """Add the comparator tree and its output population; its spikes are the pooled output.
+    One spike per unit: the 0/1 comparators (T <= 15); counts: the graded tree (any T)."""
+    pop_of, idx_of, pops = _spike_sources(b, node)
     win = _windows(b, node)
     units = len(win)
-    trains = [_cell_train(b, win[:, j], pop_of, idx_of, pops) for j in range(win.shape[1])]
+    if pop_of.shape[1] > 1:
+        from spikeport.targets.spinnaker2.maxpool_graded import build_graded
+
+        cells = [_graded_cell(b, win[:, j], pop_of, idx_of, pops) for j in range(win.shape[1])]
+        out = build_graded(b, node, cells, pop_of.shape[1], units)
+        b.net.sources[node.output] = out.name
+        b.leaves.add(node.output)
+        return
+    _check_timesteps(b, node)
+    trains = [
+        _cell_train(b, win[:, j], pop_of[:, 0], idx_of[:, 0], pops) for j in range(win.shape[1])
+    ]
     level = 0
     while len(trains) > 1:
         level += 1
@@ -217,3 +238,20 @@ def build_maxpool(b: Builder, node: Node) -> None:
     _connect(b, trains[0], out, np.arange(units), [(1, 0)])
     b.net.sources[node.output] = out.name
     b.leaves.add(node.output)
+
+
+def _graded_cell(
+    b: Builder, cells: np.ndarray, pop_of: np.ndarray, idx_of: np.ndarray, pops: list[str]
+) -> list:
+    """One window cell's count: a term per (slot, population), weight 1, -1 where none."""
+    from spikeport.targets.spinnaker2.maxpool_graded import Term
+
+    safe = np.maximum(cells, 0)
+    terms = []
+    for s in range(pop_of.shape[1]):
+        for k, pop in enumerate(pops):
+            mine = (cells >= 0) & (pop_of[safe, s] == k)
+            if mine.any():
+                index = np.where(mine, idx_of[safe, s], -1)
+                terms.append(Term(pop, index, 1, b.net.populations[pop].depth))
+    return terms
