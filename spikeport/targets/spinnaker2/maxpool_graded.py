@@ -51,7 +51,11 @@ class GradedPool:
         self.b, self.node, self.m, self.units = b, node, m, units
         self.rows: dict[tuple[str, str], list[np.ndarray]] = {}
 
-    def population(self, name: str, v0: np.ndarray, depth: int, role: str = "comparator"):
+    def population(
+        self, name: str, v0: np.ndarray, depth: int, role: str = "comparator"
+    ) -> Population:
+        """A population of threshold-1 neurons (v0 sets what each tests) with self-synapses
+        of weight 1 that undo their resets a step later."""
         size = len(v0)
         pop = Population(
             name,
