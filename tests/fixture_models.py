@@ -119,6 +119,18 @@ def wide_mlp() -> tuple[onnx.ModelProto, np.ndarray]:
     return b.model((3, 20, 20), out, 4), b.rng.normal(0, 1, (64, 3, 20, 20)).astype(np.float32)
 
 
+def concat_maxpool() -> tuple[onnx.ModelProto, np.ndarray]:
+    """Two conv branches, Concat, MaxPool straight on the concat of spikes, Gemm-ReLU, Gemm.
+    Not in FIXTURES: the targets that map max pooling of spikes test it themselves."""
+    b = _Builder(7)
+    a1 = b.op("Relu", [b.conv("x", 2, 3, 1, 0)])
+    a2 = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
+    m = b.op("MaxPool", [b.op("Concat", [a1, a2], axis=1)], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.op("Relu", [b.gemm(b.op("Flatten", [m], axis=1), 7 * 16, 12)])
+    out = b.gemm(h, 12, 3)
+    return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+
+
 FIXTURES: dict[str, Callable[[], tuple[onnx.ModelProto, np.ndarray]]] = {
     "residual": residual,
     "concat_pool": concat_pool,

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import unsigned_snn
-from fixture_models import _Builder
+from fixture_models import _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
@@ -34,7 +34,9 @@ from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2 import check_batch
 from spikeport.targets.spinnaker2.chip import ChipModel
 
-MAPPED = ["digits_cnn", "digits_mlp", "wide_mlp"]  # wide_mlp converted without --signed
+# wide_mlp converted without --signed; residual's add is folded into synapses (fold_add);
+# concat_pool max-pools an average pool of spikes (graded comparators, maxpool_graded.py)
+MAPPED = ["concat_pool", "digits_cnn", "digits_mlp", "residual", "wide_mlp"]
 RANDOM_INPUTS = 200
 MAX_T = 15  # max pooling is exact for T <= 15 on the chip
 
@@ -376,18 +378,113 @@ def test_unsupported_ops_are_refused_by_name(cases, tmp_path, monkeypatch):
     )
 
 
-def test_fixtures_that_cannot_map_are_refused_naming_the_node(cases):
-    with pytest.raises(
-        CapabilityExceeded,
-        match="node 'maxpool_7' \\(maxpool2d\\): its input is not the spikes of a neuron layer",
-    ):
-        s2_graph(cases["concat_pool"])
-    with pytest.raises(CapabilityExceeded, match="node 'add_5' \\(add\\): input 't4' is below"):
-        s2_graph(cases["residual"])
+def test_signed_spikes_are_refused_naming_the_node(cases):
     with pytest.raises(
         CapabilityExceeded, match="node 'relu_3': target 'spinnaker2' has no signed"
     ):
         quantize(cases["wide_mlp"].snn, _calib(cases["wide_mlp"]), get_profile("spinnaker2"))
+
+
+def test_graded_max_pool_sends_each_pooled_unit_as_bits(emitted):
+    """concat_pool pools counts of 0..9 spikes: the pooled unit leaves as 4 neurons worth 1, 2,
+    4, 8, so the next layer reads 160 x 4 synapses (not 160 x 9, beyond the fan-in limit)."""
+    _, _, outdir = emitted["concat_pool"]
+    net = json.loads((outdir / "network.json").read_text())
+    pops = {p["name"]: p for p in net["populations"]}
+    assert pops["maxpool_7"]["size"] == 160 * 4 and pops["maxpool_7"]["role"] == "maxpool"
+    (into,) = [p for p in net["projections"] if (p["pre"], p["post"]) == ("maxpool_7", "clip_11")]
+    c = np.asarray(into["connections"])
+    assert np.bincount(c[:, 1]).max() <= 640 and pops["clip_11"]["neuron_model"] == "lif_no_delay"
+    comparators = [p for p in net["projections"] if p["post"].startswith("maxpool_7/")]
+    assert all(np.abs(np.asarray(p["connections"])[:, 2]).max() == 1 for p in comparators)
+
+
+def _pool_of_a_conv():
+    """MaxPool over a conv of spikes: weighted sums, which no comparator reads."""
+    b = _Builder(9)
+    h = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
+    m = b.op("MaxPool", [b.conv(h, 4, 4, 3, 1)], kernel_shape=[2, 2], strides=[2, 2])
+    out = b.gemm(b.op("Flatten", [b.op("Relu", [m])], axis=1), 4 * 16, 3)
+    return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+
+
+def test_max_pooling_of_weighted_spikes_is_refused_naming_the_node(tmp_path):
+    snn, x = _onnx_case(tmp_path, _pool_of_a_conv)
+    with pytest.raises(
+        CapabilityExceeded,
+        match="node 'maxpool_4' \\(maxpool2d\\): its input is not spikes of neuron layers "
+        "nor sums of them \\(it weights spikes: 'conv_3' \\(conv2d\\)",
+    ):
+        quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+
+
+def test_residual_add_is_folded_into_synapse_weights(emitted):
+    """The add's inputs are quantized jointly: conv weight x multiplier and the identity's
+    multiplier are each synapse weights, shift 0, the scale left to the next threshold."""
+    _, g, outdir = emitted["residual"]
+    add = g.node("add_5")
+    assert add.attrs["shift"] == 0
+    assert np.all(add.params["mult_q"][0] == 1)  # the conv is quantized at the add's scale
+    assert 1 <= add.params["mult_q"][1].min() and add.params["mult_q"][1].max() <= 15
+    net = json.loads((outdir / "network.json").read_text())
+    proj = [p for p in net["projections"] if p["post"] == "relu_6"]
+    assert [p["pre"] for p in proj] == ["relu_3"]  # conv and identity: one projection
+    assert np.abs(np.asarray(proj[0]["connections"])[:, 2]).max() <= 15
+
+
+def _diagonal_residual():
+    """A 1x1 conv with a large positive diagonal plus its own input: the identity and the
+    conv's weight land on the same synapse and, at the finest scale, add up beyond 15."""
+    b = _Builder(8)
+    h = b.op("Relu", [b.conv("x", 2, 6, 3, 1)])
+    w = (np.eye(6) * 2.0 + b.rng.normal(0, 0.1, (6, 6))).astype(np.float32)[:, :, None, None]
+    c = b.op("Conv", [h, b.const(w), b.const(np.zeros(6, np.float32))], kernel_shape=[1, 1])
+    r = b.op("Relu", [b.op("Add", [c, h])])
+    out = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [r])], axis=1), 6, 3)
+    return b.model((2, 6, 6), out, 3), b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+
+
+def test_composed_residual_weights_are_coarsened_to_fit(tmp_path, monkeypatch):
+    from spikeport.quantize import fold_add
+
+    peaks = []
+    composed = fold_add._composed_peak
+
+    def spy(*args):
+        peak = composed(*args)
+        peaks.append(peak.max())
+        return peak
+
+    monkeypatch.setattr(fold_add, "_composed_peak", spy)
+    snn, x = _onnx_case(tmp_path, _diagonal_residual)
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    assert peaks[0] > 15 and peaks[-1] <= 15  # the first, finest scale did not fit
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    weights = np.concatenate([np.asarray(p["connections"])[:, 2] for p in net["projections"]])
+    assert np.abs(weights).max() <= 15
+    xs = random_inputs(g, RANDOM_INPUTS, 2)
+    for T in range(1, 9):
+        check_batch(g, net, ChipModel(net), xs, T)
+
+
+def test_an_add_with_a_floor_shift_is_refused(cases, tmp_path):
+    """An add quantized for another profile (or edited) may floor-shift, which no synapse does."""
+    g = s2_graph(cases["residual"])
+    g.node("add_5").attrs["shift"] = 2
+    _refused(g, tmp_path, "node 'add_5' \\(add\\): its floor shift 2 has no synapse equivalent")
+
+
+def test_max_pooling_over_a_concat_of_spikes_is_exact(tmp_path):
+    snn, x = _onnx_case(tmp_path, concat_maxpool)
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    pre = {p["pre"] for p in net["projections"] if p["post"] == "maxpool_6/max1a"}
+    assert {"relu_2", "relu_4"} <= pre  # both branches feed the comparators
+    xs = random_inputs(g, RANDOM_INPUTS, 4)
+    for T in range(1, 9):
+        check_batch(g, net, ChipModel(net), xs, T)
 
 
 def test_max_pooling_beyond_15_steps_is_refused(cases, tmp_path):

@@ -29,6 +29,10 @@ class Profile:
     mult_bits: int = 16  # the integer multipliers that align the inputs of an add
     signed_spikes: bool = True
     max_fanin: int | None = None
+    # A target with no add (synapses only): an add's inputs become synapses into the neurons it
+    # feeds, so quantize makes every input's effective integer weight (weight x multiplier) fit
+    # weight_bits with shift 0 and leaves the add's scale to the next threshold (fold_add.py).
+    fold_add: bool = False
     ops: frozenset[str] = field(
         default_factory=lambda: frozenset(op for op, spec in OPS.items() if "int" in spec.stages)
     )

@@ -181,25 +181,33 @@ def _store_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) ->
     node.params["bias_q"] = bias_q.astype(np.int32)
 
 
-@handler("dense")
-def _dense(ctx: _Ctx, node: Node) -> np.ndarray:
+def dense_weights(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The real weights of a dense node with its input scale folded in, (out, in)."""
     s_x = feature_vector(ctx.scale_in(node), ctx.shape_in(node))
     if s_x is None:
         raise ctx.refuse(node, "input scale varies along non-feature axes")
-    s_w = _quantize_weights(ctx, node, node.params["weight"].astype(np.float64) * s_x[None, :])
-    return s_w
+    return node.params["weight"].astype(np.float64) * s_x[None, :]
 
 
-@handler("conv2d")
-def _conv(ctx: _Ctx, node: Node) -> np.ndarray:
+def conv_weights(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The real weights of a conv2d node with its input scale folded in, (O, C/g, kh, kw)."""
     s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
     if s_x is None:
         raise ctx.refuse(node, "input scale varies inside a channel")
     w = node.params["weight"].astype(np.float64)
     og, cg = w.shape[0] // node.attrs["group"], w.shape[1]
     cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]  # (O, C/g)
-    s_w = _quantize_weights(ctx, node, w * s_x[cin][:, :, None, None])
-    return s_w.reshape(-1, 1, 1)
+    return w * s_x[cin][:, :, None, None]
+
+
+@handler("dense")
+def _dense(ctx: _Ctx, node: Node) -> np.ndarray:
+    return _quantize_weights(ctx, node, dense_weights(ctx, node))
+
+
+@handler("conv2d")
+def _conv(ctx: _Ctx, node: Node) -> np.ndarray:
+    return _quantize_weights(ctx, node, conv_weights(ctx, node)).reshape(-1, 1, 1)
 
 
 @handler("avgpool2d")
@@ -222,7 +230,12 @@ def _maxpool(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("add")
 def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     """y = floor(sum_i mult_i * x_i / 2^shift): every input brought to one output scale, set
-    from the output's calibrated range, with integer multipliers of at most `mult_bits`."""
+    from the output's calibrated range, with integer multipliers of at most `mult_bits`.
+    A profile with `fold_add` (a target with no add) folds it into synapses instead."""
+    if ctx.profile.fold_add:
+        from spikeport.quantize.fold_add import fold_add
+
+        return fold_add(ctx, node)
     shape = ctx.graph.shape(node.output)
     ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
     # Coarser if needed so that the coarsest input's multiplier fits the profile's bits.

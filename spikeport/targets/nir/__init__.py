@@ -33,6 +33,10 @@ NOTES = [
     "see README.md for the settings to change "
     "(spikeport.targets.nir.snntorch_run applies them).",
 ]
+MAXPOOL_NOTE = (
+    "Max pooling is written as IF comparator nodes with recurrent Conv2d edges: a consumer "
+    "must deliver a recurrent edge one step late (nirtorch: pass the returned state back)."
+)
 
 
 def _check(graph: Graph) -> None:
@@ -62,7 +66,9 @@ def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
         unfixable="\n".join(f"- {u}" for u in _unfixable()),
     )
     (outdir / "README.md").write_text(readme)
-    return {"nodes": len(ng.nodes), "edges": len(ng.edges), "notes": NOTES}
+    pooled = any(n.op == "maxpool2d" for n in graph.nodes)
+    notes = NOTES + ([MAXPOOL_NOTE] if pooled else [])
+    return {"nodes": len(ng.nodes), "edges": len(ng.edges), "notes": notes}
 
 
 def _fixes() -> tuple[str, ...]:

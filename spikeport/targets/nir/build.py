@@ -8,7 +8,9 @@ of their input and output into their weights (W' = W sigma_in / sigma_out, b' = 
 AvgPool2d and Flatten carry sigma along; where two sigmas must meet (an add of spikes and a
 current, an IF right after a pool) a 1x1 scaling node is inserted. Add and Concat have no NIR
 node: edges into one node are summed (NIR's rule), Concat by embedding each input into its
-slot with a 1x1 Conv2d or an Affine.
+slot with a 1x1 Conv2d or an Affine. MaxPool2d has no NIR node either: on the spikes of an IF
+layer it becomes comparator IF nodes with recurrent Conv2d edges (maxpool.py), whose 0/1
+output carries the input's sigma.
 
 The op table NIR_OPS is the one list of what maps; anything else is refused by name.
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
+from spikeport.quantize import DEFAULT_MAX_TIMESTEPS
 
 # What the file records about the neuron, for consumers and people (NIR does not encode it).
 NEURON_METADATA = {
@@ -273,7 +276,67 @@ def _if(b: NirBuilder, node: Node) -> list[Edge]:
     return [Edge(b.add_node(node.name, neuron, ins), theta)]
 
 
+def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
+    """Comparator IF nodes with recurrent Conv2d edges: on the spikes of an IF layer
+    (maxpool.py, exact for T up to the graph's --max-T); on counts of spikes per cell (a
+    concat of IF layers: 0..1, an average pool of spikes: 0..window) times a unit per channel
+    (maxpool_graded.py, exact for any T)."""
+    from spikeport.targets.nir.maxpool import MaxPoolBuilder
+    from spikeport.targets.nir.maxpool_graded import GradedMaxPool
+
+    _symmetric(node, node.attrs["pads"])
+    edges = b.unify(node, b.handles[node.inputs[0]], b.handles[node.inputs[0]][0].sigma)
+    prod = b.graph.producer(node.inputs[0])
+    if prod is not None and prod.op == "if":
+        t_max = b.graph.meta.get("quantization", {}).get("max_timesteps", DEFAULT_MAX_TIMESTEPS)
+        outs = [MaxPoolBuilder(b, node, edges[0].src, t_max, NEURON_METADATA).build()]
+        unit = channel_sigma(node, edges[0].sigma)
+    else:
+        theta, m = _spike_counts(b, node.inputs[0])
+        if theta is None:
+            why = f"'{prod.name}' ({prod.op})" if prod is not None else "the network input"
+            raise refuse(
+                node,
+                f"its input is the output of {why}, not spikes of IF layers nor an average "
+                "pool of them; the expectation-compensated max maps to IF comparators only on "
+                "spike counts",
+            )
+        unit = theta / m  # (spikes in the cell) x theta / m, m = 1 or the average pool's area
+        counts = channel_sigma(node, edges[0].sigma) / unit
+        srcs = [e.src for e in edges]
+        outs = [
+            out
+            for c in range(len(counts))
+            for out in GradedMaxPool(b, node, srcs, counts, m, NEURON_METADATA, c).build_graded()
+        ]
+    sigma = np.broadcast_to(unit[:, None, None], b.shape(node.output)).copy()
+    return [Edge(out, sigma) for out in outs]
+
+
+def _spike_counts(b: NirBuilder, tensor: str) -> tuple[np.ndarray | None, int]:
+    """(spike value per channel, most spikes per cell and step) of a concat of IF spikes or an
+    average pool of IF spikes; (None, 0) for anything else."""
+    prod = b.graph.producer(tensor)
+    if prod is not None and prod.op == "avgpool2d":
+        theta = _spike_thresholds(b, prod.inputs[0])
+        return theta, int(np.prod(prod.attrs["kernel"]))
+    return _spike_thresholds(b, tensor), 1
+
+
+def _spike_thresholds(b: NirBuilder, tensor: str) -> np.ndarray | None:
+    """(C,) spike value per channel of `tensor` when it is the spikes of IF layers (one, or a
+    channel concat of several), else None."""
+    prod = b.graph.producer(tensor)
+    if prod is not None and prod.op == "if" and len(b.shape(tensor)) == 3:
+        return channel_sigma(prod, b.theta(prod))
+    if prod is not None and prod.op == "concat" and prod.attrs["axis"] % 3 == 0:
+        parts = [_spike_thresholds(b, t) for t in prod.inputs]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+    return None
+
+
 NIR_OPS: dict[str, Callable[[NirBuilder, Node], list[Edge]]] = {
+    "maxpool2d": _maxpool,
     "dense": _dense,
     "conv2d": _conv,
     "avgpool2d": _avgpool,

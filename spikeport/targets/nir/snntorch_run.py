@@ -25,6 +25,9 @@ CONSUMER_FIXES = (
     "torch.nn.Flatten, whose axis 0 is the batch: set start_dim to 1",
     "the membrane starts at 0: set it to 0.5 * v_threshold (spikeport's initial potential) "
     "before the first step",
+    "the imported module returns (output, state): pass that state back at the next step "
+    "(`out, state = module(x, state)`); recurrent edges, which max pooling uses, read the "
+    "previous step's output from it and get zeros without it",
 )
 UNFIXABLE = (
     "snnTorch fires at v > v_threshold, spikeport at v >= v_threshold: they differ only where "
@@ -108,10 +111,10 @@ class SnnTorchRun:
             self.reset(len(x))
             inp = self.torch.tensor(np.asarray(x), dtype=self.dtype)
             outs = []
+            state = None  # nirtorch's: the previous step's outputs that recurrent edges read
             with self.torch.no_grad():
                 for _ in range(T):
-                    out = self.module(inp)
-                    out = out[0] if isinstance(out, tuple) else out
+                    out, state = self.module(inp, state)
                     outs.append(out.numpy().reshape(len(x), -1))
         finally:
             for h in hooks:

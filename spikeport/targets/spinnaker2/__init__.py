@@ -29,8 +29,8 @@ BATCH = 256
 
 
 def _profile(name: str, model: str) -> Profile:
-    """Weights as wide as `model` takes; 25-bit state and bias (exact in float32); add
-    multipliers are synapse weights on the chip, so they get the weight width too."""
+    """Weights as wide as `model` takes; 25-bit state and bias (exact in float32); an add is
+    quantized jointly with its inputs so that its composed synapse weights fit that width."""
     bits = cap.NEURON_MODELS[model].weight_bits
     return Profile(
         name,
@@ -39,6 +39,7 @@ def _profile(name: str, model: str) -> Profile:
         state_bits=cap.STATE_BITS,
         input_bits=8,
         mult_bits=bits,
+        fold_add=True,  # the chip has synapses only: an add becomes weights into its neurons
         signed_spikes=False,
         max_fanin=None,  # checked on the chip's synapses only (the first layer runs on the host)
         ops=frozenset(SPINNAKER2_OPS),
@@ -94,10 +95,11 @@ def _summary(net: Network) -> str:
     return "\n".join(rows)
 
 
-MAXPOOL_NOTE = """- Max pooling (expectation-compensated) runs as comparator populations
-  (`*/max*a|b`, neuron model `lif`, self-connections and two synapses per pair one step
-  apart) and an OR population per pooling layer; exact for T <= 15. See
-  docs/targets-spinnaker2.md in spikeport."""
+MAXPOOL_NOTE = """- Max pooling (expectation-compensated) runs as comparator populations, neuron
+  model `lif`, with self-connections and pairs of synapses one step apart: on spike trains
+  `*/max*a|b` and an OR population (exact for T <= 15); on counts (an average pool of
+  spikes) `*/gmax*`, `*/gunary` and a population sending each pooled unit as bits worth
+  1, 2, 4, 8 (exact for any T). See docs/targets-spinnaker2.md in spikeport."""
 
 
 def emit(graph: Graph, outdir: Path) -> dict[str, Any]:

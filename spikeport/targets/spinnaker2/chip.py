@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 
 from spikeport.targets.spinnaker2 import capabilities as cap
 
@@ -36,16 +37,17 @@ class Synapses:
     post_idx: np.ndarray
     weight: np.ndarray
     dense: np.ndarray | None  # (pre size, post size) when small enough
+    matrix: sparse.csc_matrix | None = None  # (post size, pre size) otherwise
 
     def current(self, spikes: np.ndarray, post_size: int) -> np.ndarray:
         """Synaptic input (N, post) from presynaptic spikes (N, pre): integer sums, exact in
-        float64 (far below 2^53) whatever order BLAS adds in."""
+        float64 (far below 2^53) whatever order BLAS or the sparse product adds in."""
         if self.dense is not None:
             return spikes.astype(np.float64) @ self.dense
-        n = len(spikes)
-        vals = spikes[:, self.pre_idx] * self.weight.astype(np.float64)
-        idx = self.post_idx[None, :] + post_size * np.arange(n)[:, None]
-        return np.bincount(idx.ravel(), vals.ravel(), n * post_size).reshape(n, post_size)
+        assert self.matrix is not None
+        active = np.flatnonzero(spikes.any(axis=0))  # most comparators are silent at a step
+        pre = np.ascontiguousarray(spikes[:, active].T, dtype=np.float64)
+        return np.asarray(self.matrix[:, active] @ pre).T
 
 
 def _synapses(proj: dict[str, Any], sizes: dict[str, int]) -> list[Synapses]:
@@ -54,12 +56,19 @@ def _synapses(proj: dict[str, Any], sizes: dict[str, int]) -> list[Synapses]:
     for d in np.unique(c[:, 3]):
         sel = c[c[:, 3] == d]
         n_pre, n_post = sizes[proj["pre"]], sizes[proj["post"]]
-        dense = None
+        dense, matrix = None, None
         if n_pre * n_post <= min(DENSE_LIMIT, len(sel) / DENSE_FILL):
             dense = np.zeros((n_pre, n_post), np.float64)
             np.add.at(dense, (sel[:, 0], sel[:, 1]), sel[:, 2])
+        else:  # duplicate (pre, post) entries are summed, as np.add.at does above
+            shape = (n_post, n_pre)
+            matrix = sparse.csc_matrix(
+                (sel[:, 2].astype(np.float64), (sel[:, 1], sel[:, 0])), shape
+            )
         out.append(
-            Synapses(proj["pre"], proj["post"], int(d), sel[:, 0], sel[:, 1], sel[:, 2], dense)
+            Synapses(
+                proj["pre"], proj["post"], int(d), sel[:, 0], sel[:, 1], sel[:, 2], dense, matrix
+            )
         )
     return out
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Node
 from spikeport.sim import kernels as K
 from spikeport.targets.spinnaker2 import capabilities as cap
-from spikeport.targets.spinnaker2.plan import Builder, Population, Projection, refuse
+from spikeport.targets.spinnaker2.plan import Builder, Population, Projection, decompose, refuse
 
 COMPARATOR_WEIGHT = cap.NEURON_MODELS[cap.DELAY_MODEL].weight_limit  # K
 MAX_TIMESTEPS = COMPARATOR_WEIGHT  # exact while a count difference stays below K
@@ -55,15 +56,7 @@ def _windows(b: Builder, node: Node) -> np.ndarray:
     return win.reshape(-1, a["kernel"][0] * a["kernel"][1])
 
 
-def _check(b: Builder, node: Node) -> str:
-    src = node.inputs[0]
-    if src not in b.net.sources:
-        raise refuse(
-            node.name,
-            node.op,
-            "its input is not the spikes of a neuron layer; the expectation-compensated "
-            "max maps to the chip only on spike trains",
-        )
+def _check_timesteps(b: Builder, node: Node) -> None:
     max_t = b.graph.meta.get("quantization", {}).get("max_timesteps")
     if b.mode == "int" and max_t is not None and max_t > MAX_TIMESTEPS:
         raise refuse(
@@ -73,7 +66,80 @@ def _check(b: Builder, node: Node) -> str:
             f"`lif` weights), this graph is proven for T <= {max_t}: quantize with "
             f"--max-T {MAX_TIMESTEPS}",
         )
-    return b.net.sources[src]
+
+
+def _not_spikes(b: Builder, node: Node, why: str) -> CapabilityExceeded:
+    return refuse(
+        node.name,
+        node.op,
+        f"its input is not spikes of neuron layers nor sums of them ({why}); the "
+        "expectation-compensated max maps to the chip only on spike counts",
+    )
+
+
+def _spike_sources(b: Builder, node: Node) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The spike neurons each input unit sums, one slot each: (population number, index),
+    both (units, slots), -1 in unused slots; and the populations.
+
+    A concat or reshape of neuron spikes is one spike a unit (one slot); an average pool of
+    them sums up to its window (a count per step, many slots); anything that weights spikes
+    (a conv) or reads the network input is refused."""
+    src = node.inputs[0]
+    if src in b.net.sources:
+        n = int(np.prod(b.graph.shape(src)))
+        return np.zeros((n, 1), np.int64), np.arange(n)[:, None], [b.net.sources[src]]
+    aff = decompose(b.graph, src, b.leaves, b.mode)
+    n, pops, entries = len(aff.const), [], []
+    for leaf, conns in aff.parts.items():
+        if leaf not in b.net.sources:
+            raise _not_spikes(b, node, "it is computed from the network input")
+        w = conns[:, 2]
+        one = w == 1 if b.mode == "int" else np.isclose(w, w[0]) & (w > 0)
+        if not np.all(one):
+            raise _not_spikes(b, node, f"it weights spikes: {_culprit(b, src)}")
+        entries.append((len(pops), conns[:, 1].astype(np.int64), conns[:, 0].astype(np.int64)))
+        pops.append(b.net.sources[leaf])
+    if np.any(aff.const != 0):
+        raise _not_spikes(b, node, f"it adds a constant: {_culprit(b, src)}")
+    hits = np.zeros(n, np.int64)
+    for _, sink, _ in entries:
+        np.add.at(hits, sink, 1)
+    pop_of = np.full((n, max(int(hits.max(initial=1)), 1)), -1)
+    idx_of = np.full(pop_of.shape, -1)
+    slot = np.zeros(n, np.int64)
+    for k, sink, index in entries:
+        for s_i, i in zip(sink, index, strict=True):  # small: a pool window's cells
+            pop_of[s_i, slot[s_i]], idx_of[s_i, slot[s_i]] = k, i
+            slot[s_i] += 1
+    return pop_of, idx_of, pops
+
+
+def _culprit(b: Builder, tensor: str) -> str:
+    """The first op on the way back from `tensor` that is not pure data movement."""
+    node = b.graph.producer(tensor)
+    while node is not None and node.op in ("reshape", "concat") and len(node.inputs) == 1:
+        node = b.graph.producer(node.inputs[0])
+    if node is None or node.op in ("reshape", "concat"):
+        return "a concat or reshape with a bias or overlap"
+    return f"'{node.name}' ({node.op}) adds several spikes or weights them"
+
+
+def _cell_train(
+    b: Builder, cells: np.ndarray, pop_of: np.ndarray, idx_of: np.ndarray, pops: list[str]
+) -> Train:
+    """One window cell's train over all units: a part per population it reads (a concat
+    puts channel blocks of several populations in one window cell; at most one fires per
+    unit, so the parts stay mutually exclusive). -1 marks padding and other populations."""
+    safe = np.maximum(cells, 0)
+    train = []
+    for k, pop in enumerate(pops):
+        mine = (cells >= 0) & (pop_of[safe] == k)
+        if mine.any():
+            index = np.where(mine, idx_of[safe], -1)
+            train.append(Part(pop, index, b.net.populations[pop].depth))
+    if not train:  # a cell that is padding for every unit: a train that never fires
+        train.append(Part(pops[0], np.full(len(cells), -1), b.net.populations[pops[0]].depth))
+    return train
 
 
 def _connect(b: Builder, train: Train, post: Population, post_idx: np.ndarray, wd: list) -> None:
@@ -135,12 +201,23 @@ def _level(b: Builder, node: Node, trains: list[Train], level: int, units: int) 
 
 
 def build_maxpool(b: Builder, node: Node) -> None:
-    """Add the comparator tree and the OR population; its spikes are the pooled output."""
-    pre = _check(b, node)
+    """Add the comparator tree and its output population; its spikes are the pooled output.
+    One spike per unit: the 0/1 comparators (T <= 15); counts: the graded tree (any T)."""
+    pop_of, idx_of, pops = _spike_sources(b, node)
     win = _windows(b, node)
     units = len(win)
-    depth0 = b.net.populations[pre].depth
-    trains: list[Train] = [[Part(pre, win[:, j], depth0)] for j in range(win.shape[1])]
+    if pop_of.shape[1] > 1:
+        from spikeport.targets.spinnaker2.maxpool_graded import build_graded
+
+        cells = [_graded_cell(b, win[:, j], pop_of, idx_of, pops) for j in range(win.shape[1])]
+        out = build_graded(b, node, cells, pop_of.shape[1], units)
+        b.net.sources[node.output] = out.name
+        b.leaves.add(node.output)
+        return
+    _check_timesteps(b, node)
+    trains = [
+        _cell_train(b, win[:, j], pop_of[:, 0], idx_of[:, 0], pops) for j in range(win.shape[1])
+    ]
     level = 0
     while len(trains) > 1:
         level += 1
@@ -161,3 +238,20 @@ def build_maxpool(b: Builder, node: Node) -> None:
     _connect(b, trains[0], out, np.arange(units), [(1, 0)])
     b.net.sources[node.output] = out.name
     b.leaves.add(node.output)
+
+
+def _graded_cell(
+    b: Builder, cells: np.ndarray, pop_of: np.ndarray, idx_of: np.ndarray, pops: list[str]
+) -> list:
+    """One window cell's count: a term per (slot, population), weight 1, -1 where none."""
+    from spikeport.targets.spinnaker2.maxpool_graded import Term
+
+    safe = np.maximum(cells, 0)
+    terms = []
+    for s in range(pop_of.shape[1]):
+        for k, pop in enumerate(pops):
+            mine = (cells >= 0) & (pop_of[safe, s] == k)
+            if mine.any():
+                index = np.where(mine, idx_of[safe, s], -1)
+                terms.append(Term(pop, index, 1, b.net.populations[pop].depth))
+    return terms

@@ -51,6 +51,9 @@ class Population:
     depth: int = 0
     input_conns: np.ndarray | None = None  # (k, 3) input index, neuron, weight: host current
     model: str = cap.DEFAULT_MODEL
+    # What a unit of the carried tensor is worth per neuron: (1,) one neuron a unit; a graded
+    # max pool sends each unit as bits, neurons unit * len(code) + i worth code[i] each.
+    code: tuple[int, ...] = (1,)
 
 
 @dataclass
@@ -89,7 +92,8 @@ LINEAR_OPS = ("dense", "conv2d", "avgpool2d", "add", "concat", "reshape")
 SPINNAKER2_OPS: dict[str, str] = {
     **{op: "exact: folded into the integer weights of a projection" for op in LINEAR_OPS},
     "if": "exact: a `lif` population, alpha_decay 1, reset by subtraction (unsigned only)",
-    "maxpool2d": "exact for T <= 15: comparator populations on the spikes of a neuron layer",
+    "maxpool2d": "exact: comparator populations on spikes of neuron layers (T <= 15) or on "
+    "sums of them, e.g. an average pool (any T)",
 }
 
 
@@ -123,6 +127,13 @@ def _cone(graph: Graph, sink: str, leaves: set[str]) -> tuple[list[Node], list[s
         assert node is not None
         if node.op not in LINEAR_OPS:
             raise refuse(node.name, node.op, "the op is not supported")
+        if node.attrs.get("shift", 0):  # a floor shift is not linear: no synapse computes it
+            raise refuse(
+                node.name,
+                node.op,
+                f"its floor shift {node.attrs['shift']} has no synapse equivalent (quantize "
+                "with --target spinnaker2, which folds an add into weights)",
+            )
         if node.name not in needed:
             needed.add(node.name)
             stack.extend(node.inputs)
@@ -203,7 +214,7 @@ class Builder:
         pop.depth = max((pops[self.net.sources[s]].depth + 1 for s in spikes), default=0)
         for leaf in spikes:
             pre = pops[self.net.sources[leaf]]
-            c = aff.parts[leaf]
+            c = _expand(aff.parts[leaf], pre.code)
             delay = np.full((len(c), 1), pop.depth - pre.depth - 1)
             self.net.projections.append(
                 Projection(pre.name, pop.name, np.hstack([c, delay]), pop.layer)
@@ -229,6 +240,20 @@ class Builder:
         )
         self.net.add(pop)
         self.connect(pop, aff)
+
+
+def _expand(conns: np.ndarray, code: tuple[int, ...]) -> np.ndarray:
+    """Connections from units to connections from the neurons that code them."""
+    if code == (1,):
+        return conns
+    n = len(code)
+    return np.concatenate(
+        [
+            np.stack([c[:, 0] * n + i, c[:, 1], c[:, 2] * v], 1)
+            for i, v in enumerate(code)
+            for c in [conns]
+        ]
+    )
 
 
 def _neuron(b: Builder, node: Node) -> None:
