@@ -64,7 +64,8 @@ def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, q
     runner = f", run by {res['runner']}" if res.get("runner") else ""
     say(
         quiet,
-        f"bit-exact: {target} target equals the simulator on {res['samples']} inputs x "
+        f"{res.get('match', 'bit-exact')}: {target} target equals the simulator on "
+        f"{res['samples']} inputs x "
         f"{res['timesteps']} steps (every layer's spikes and the output accumulators{runner})",
     )
 
