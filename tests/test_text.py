@@ -199,3 +199,15 @@ def test_an_integer_input_used_as_data_is_refused(tmp_path):
         UnsupportedOp, match="node 'gate_by_mask' \\(Mul\\): computes with integer input 'mask'"
     ):
         import_onnx(path)
+
+
+def test_ids_computed_from_an_integer_input_are_refused(tmp_path):
+    path = _text_model(tmp_path, KEY_PADDING, "bias")
+    model = onnx.load(path)
+    cast = helper.make_node("Add", ["ids", "one"], ["ids1"], name="shift_ids")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "one"))
+    model.graph.node.insert(0, cast)
+    model.graph.node[1].input[1] = "ids1"  # the embedding Gather reads the shifted ids
+    onnx.save(model, path)
+    with pytest.raises(UnsupportedOp, match="node 'embed' \\(Gather\\): the ids 'ids1' must be"):
+        import_onnx(path)

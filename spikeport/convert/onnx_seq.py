@@ -106,7 +106,8 @@ def _embedding(ctx: _Ctx, n: onnx.NodeProto) -> None:
     table = ctx.consts[n.input[0]]
     if table.ndim != 2 or int(_attrs(n).get("axis", 0)) != 0:
         raise _refuse(n, f"only row lookups in a 2-D table are supported, table is {table.shape}")
-    if ctx.tensors[ctx.name(n.input[1])].dtype != "int64":
+    ids = ctx.tensors.get(ctx.name(n.input[1]))
+    if ids is None or ids.dtype != "int64":
         raise _refuse(n, f"the ids '{n.input[1]}' must be an integer model input")
     ctx.emit(
         Node(n.name, "embed", [n.input[1]], n.output[0], {}, {"table": table.astype(np.float32)})
