@@ -93,16 +93,21 @@ class ExpectationCompensated:
 def _unary(
     node: Node,
     mode: str,
-    f: Callable[[np.ndarray], np.ndarray],
-    f_int: Callable[[np.ndarray], np.ndarray],
+    f: Callable[..., np.ndarray],
+    f_int: Callable[..., np.ndarray],
+    side: Callable[[np.ndarray], np.ndarray] = lambda v: v,
 ) -> Kernel:
-    """The ann function, or its EC wrapper over real or integer running means."""
+    """The ann function, or its EC wrapper over real or integer running means of the first
+    input. Further inputs are static flags (a mask): `side` reads them, from their value in
+    "ann" mode and from their running sum (t times the value: same sign) otherwise."""
     if mode == "ann":
-        return Stateless(f)
+        return Stateless(lambda x, *rest: f(x, *map(side, rest)))
     if mode == "float":
-        return ExpectationCompensated(lambda s, t: t * f(s[0] / t))
+        return ExpectationCompensated(lambda s, t: t * f(s[0] / t, *map(side, s[1:])))
     mul, shift = node.params["requant_q"].astype(np.int64), node.attrs["requant_shift"]
-    return ExpectationCompensated(lambda s, t: t * f_int(F.requant_mean(s[0], t, mul, shift)))
+    return ExpectationCompensated(
+        lambda s, t: t * f_int(F.requant_mean(s[0], t, mul, shift), *map(side, s[1:]))
+    )
 
 
 @kernel("softmax")
@@ -157,18 +162,12 @@ def _masked_softmax(node: Node, mode: str, shape: Shape) -> Kernel:
     def keep(mask: np.ndarray) -> np.ndarray:  # (N, ...) flags -> one per key, broadcasting
         return mask.reshape((len(mask),) + (1,) * (len(shape) - 1) + (-1,)) > 0
 
-    if mode == "ann":
-        return Stateless(lambda x, mask: F.softmax(x, keep(mask)))
-    if mode == "float":  # the mask's running sum is t * mask: positive exactly where kept
-        return ExpectationCompensated(lambda s, t: t * F.softmax(s[0] / t, keep(s[1])))
-    mul, shift = node.params["requant_q"].astype(np.int64), node.attrs["requant_shift"]
-    return ExpectationCompensated(
-        lambda s, t: (
-            t
-            * F.int_softmax(
-                F.requant_mean(s[0], t, mul, shift), c["ln2"], c["b"], c["c"], keep(s[1])
-            )
-        )
+    return _unary(
+        node,
+        mode,
+        F.softmax,
+        lambda q, kept: F.int_softmax(q, c["ln2"], c["b"], c["c"], kept),
+        side=keep,
     )
 
 
