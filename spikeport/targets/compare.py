@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from spikeport.errors import CheckFailed
 from spikeport.ir.graph import Graph
 from spikeport.sim import Simulator
 from spikeport.sim.arith import int_limit
+
+
+def check_in_batches(
+    x: np.ndarray,
+    size: int,
+    check: Callable[[np.ndarray, int], None],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Call `check(chunk, index of its first sample)` on x in chunks of `size` (a target's
+    verify: each check raises at the first difference), reporting progress; return len(x)."""
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        check(chunk, start)
+        if progress:
+            progress(len(chunk))
+    return len(x)
 
 
 def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ from spikeport.quantize.profiles import Profile
 from spikeport.targets import Target, register_target
 from spikeport.targets.c.emit import C_OPS, emit_c
 from spikeport.targets.c.run import run_host
-from spikeport.targets.compare import check_equal, reference
+from spikeport.targets.compare import check_equal, check_in_batches, reference
 
 # C has int32 arithmetic everywhere; the limits are those of the emitted types: int8 weights,
 # int32 bias and state, int16 add multipliers, and a fan-in that keeps index arithmetic in int.
@@ -48,12 +48,13 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Build the host harness, run x, compare every step's spikes and accumulators."""
-    for start in range(0, len(x), BATCH):
-        chunk = x[start : start + BATCH]
-        check_one_batch(graph, outdir, chunk, T, run_host, start)
-        if progress:
-            progress(len(chunk))
-    return {"samples": len(x), "timesteps": T, "runner": "host cc"}
+    n = check_in_batches(
+        x,
+        BATCH,
+        lambda chunk, first: check_one_batch(graph, outdir, chunk, T, run_host, first),
+        progress,
+    )
+    return {"samples": n, "timesteps": T, "runner": "host cc"}
 
 
 def check_one_batch(

@@ -25,7 +25,7 @@ from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
 from spikeport.sim.kinds import LAVA
 from spikeport.targets import Target, register_target
-from spikeport.targets.compare import check_equal
+from spikeport.targets.compare import check_equal, check_in_batches
 from spikeport.targets.lava import capabilities as cap
 from spikeport.targets.lava.plan import LAVA_OPS, Network, prepare
 from spikeport.targets.lava.reference import reference
@@ -169,13 +169,11 @@ def verify(
 ) -> dict[str, Any]:
     """Run the emitted network in Lava (fixed_pt), compare every step with the simulator."""
     lava_python()  # say at once, before any work, when Lava's runtime is missing
-    for start in range(0, len(x), BATCH):
-        chunk = x[start : start + BATCH]
-        check_batch(graph, outdir, chunk, T, start)
-        if progress:
-            progress(len(chunk))
+    n = check_in_batches(
+        x, BATCH, lambda chunk, first: check_batch(graph, outdir, chunk, T, first), progress
+    )
     runner = "lava-nc 0.10.0, Loihi2SimCfg(select_tag='fixed_pt'), run_lava.py"
-    return {"samples": len(x), "timesteps": T, "runner": runner}
+    return {"samples": n, "timesteps": T, "runner": runner}
 
 
 DESCRIPTION = "Lava / Loihi 2: netx HDF5 + Lava script, verified in Lava's fixed-point model"

@@ -18,7 +18,7 @@ from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
 from spikeport.sim import Simulator
 from spikeport.targets import Target, register_target
-from spikeport.targets.compare import check_equal
+from spikeport.targets.compare import check_equal, check_in_batches
 from spikeport.targets.nir.build import NIR_OPS, to_nir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -125,17 +125,15 @@ def verify(
     from spikeport.targets.nir.snntorch_run import SnnTorchRun
 
     run = SnnTorchRun(outdir / "model.nir")
-    for start in range(0, len(x), BATCH):
-        chunk = x[start : start + BATCH]
-        check_batch(graph, run, chunk, T, start)
-        if progress:
-            progress(len(chunk))
+    n = check_in_batches(
+        x, BATCH, lambda chunk, first: check_batch(graph, run, chunk, T, first), progress
+    )
     runner = (
         "snnTorch float64 from model.nir vs the float simulator: spikes identical, outputs "
         f"within {OUTPUT_RTOL:g} relative"
     )
     # Float against float: the spikes are identical, the outputs equal to rounding only.
-    return {"samples": len(x), "timesteps": T, "runner": runner, "match": "equal spikes"}
+    return {"samples": n, "timesteps": T, "runner": runner, "match": "equal spikes"}
 
 
 TARGET = register_target(

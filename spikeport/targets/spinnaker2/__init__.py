@@ -17,7 +17,7 @@ import numpy as np
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
 from spikeport.targets import Target, register_target
-from spikeport.targets.compare import check_equal, reference
+from spikeport.targets.compare import check_equal, check_in_batches, reference
 from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2.chip import ChipModel, aligned
 from spikeport.targets.spinnaker2.netjson import MODEL_NOTE, to_json
@@ -136,13 +136,11 @@ def verify(
     """Run network.json in the chip model; compare every step with the simulator."""
     net = json.loads((outdir / "network.json").read_text())
     model = ChipModel(net)
-    for start in range(0, len(x), BATCH):
-        chunk = x[start : start + BATCH]
-        check_batch(graph, net, model, chunk, T, start)
-        if progress:
-            progress(len(chunk))
+    n = check_in_batches(
+        x, BATCH, lambda chunk, first: check_batch(graph, net, model, chunk, T, first), progress
+    )
     runner = "spikeport's model of the SpiNNaker2 lif neuron, not the hardware"
-    return {"samples": len(x), "timesteps": T, "runner": runner}
+    return {"samples": n, "timesteps": T, "runner": runner}
 
 
 def check_batch(
