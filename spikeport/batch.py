@@ -37,10 +37,10 @@ def named(inputs: Sequence[TensorInfo], x: Batch) -> dict[str, np.ndarray]:
     return {inputs[0].name: x}
 
 
-def float_part(inputs: Sequence[TensorInfo], x: Batch) -> np.ndarray | None:
-    """The one float input's values (what an input scale is calibrated on), None if none."""
-    floats = [t.name for t in inputs if not is_integer(t)]
-    return named(inputs, x)[floats[0]] if floats else None
+def onnx_feeds(input_names: Sequence[str], x: Batch) -> dict[str, np.ndarray]:
+    """onnxruntime's feeds: a dict goes as it is (integer ids keep their type), a bare array
+    is the first input's, as float32."""
+    return x if isinstance(x, dict) else {input_names[0]: x.astype(np.float32)}
 
 
 def is_integer(t: TensorInfo) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spikeport.batch import Batch, size, take
+from spikeport.batch import Batch, onnx_feeds, size, take
 from spikeport.ir.graph import Graph
 
 MAX_SAMPLES_PER_CHANNEL = 1 << 20  # keeps memory flat on big calibration sets
@@ -30,8 +30,7 @@ def onnx_runner(path: str | os.PathLike[str]) -> Runner:
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                 )
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x.astype(np.float32)}
-        out = sess.run(names, feeds)
+        out = sess.run(names, onnx_feeds([i.name for i in sess.get_inputs()], x))
         return dict(zip(names, out, strict=True))
 
     return run

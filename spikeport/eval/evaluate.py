@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from spikeport.batch import Batch
+from spikeport.batch import Batch, onnx_feeds
 from spikeport.data import Dataset
 from spikeport.errors import BadInput, CheckFailed
 from spikeport.fileio import existing_file, sha256_file
@@ -49,8 +49,7 @@ def onnx_logits(path: str | os.PathLike[str], x: Batch) -> np.ndarray:
     sess = ort.InferenceSession(
         str(existing_file(path, "ONNX model")), providers=["CPUExecutionProvider"]
     )
-    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x.astype(np.float32)}
-    return sess.run(None, feeds)[0]
+    return sess.run(None, onnx_feeds([i.name for i in sess.get_inputs()], x))[0]
 
 
 def ann_reference(

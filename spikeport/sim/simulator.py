@@ -86,9 +86,10 @@ class Simulator:
     def encode(self, x: Batch) -> dict[str, np.ndarray]:
         """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
         integer inputs (token ids, masks) are indices and flags and pass unchanged."""
+        given = named(self.graph.inputs, x)
         values = {}
         for t in self.graph.inputs:
-            v = named(self.graph.inputs, x)[t.name]
+            v = given[t.name]
             if is_integer(t):
                 values[t.name] = np.asarray(v, np.int64)
             elif self.mode == "int":
