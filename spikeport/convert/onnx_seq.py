@@ -263,14 +263,20 @@ def _gelu(ctx: _Ctx, n: onnx.NodeProto) -> None:
     ctx.emit(Node(n.name, "gelu", [n.input[0]], n.output[0]))
 
 
-def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace the exported erf pattern 0.5 * x * (1 + erf(x / sqrt 2)) by one Gelu node."""
-    g = model.graph
-    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+def _users(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor -> the nodes that read it, in graph order."""
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in g.node:
         for i in node.input:
             users.setdefault(i, []).append(node)
+    return users
+
+
+def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace the exported erf pattern 0.5 * x * (1 + erf(x / sqrt 2)) by one Gelu node."""
+    g = model.graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    users = _users(g)
     producer = {o: node for node in g.node for o in node.output}
 
     def scalar(name: str) -> float | None:
@@ -349,10 +355,7 @@ def plan_masks(model: onnx.ModelProto) -> MaskPlan:
         for o in n.output:
             derived[o] = set().union(*(derived[i] for i in live))
         plan.skip.add(n.name)
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = _users(g)
     for n in g.node:
         if n.name in plan.skip:
             continue
@@ -446,10 +449,7 @@ def _last_dim(g: onnx.GraphProto, tensor: str) -> int:
 
 def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, np.ndarray]):
     """(nodes, x, output, eps, gamma, beta) of the pattern starting at `rm`, or None."""
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            users.setdefault(i, []).append(n)
+    users = _users(g)
 
     def only(t: str, op: str) -> onnx.NodeProto | None:
         u = users.get(t, [])
