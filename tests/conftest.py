@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from fixture_models import FIXTURES
 
+from spikeport.cli.main import main
 from spikeport.convert import convert
+from spikeport.ir import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize import get_profile, quantize
 
@@ -34,6 +37,21 @@ def _case(name: str, onnx_path: Path, calib: Path, test_x: np.ndarray, signed: b
     snn = convert(onnx_path, calib, signed=signed)
     calib_x = np.load(calib)["x"]
     return Case(name, onnx_path, calib, test_x, snn, quantize(snn, calib_x, get_profile("sim")))
+
+
+def cli_emit_verify(
+    graph: Graph, target: str, tmp_path: Path, data: Path, n: int, T: int | None = None
+) -> tuple[str, str]:
+    """`emit --target` then `verify` through the CLI (each must exit 0): their outputs."""
+    spk, out = tmp_path / "m.spk", tmp_path / "o"
+    save(graph, spk)
+    runner = CliRunner()
+    emitted = runner.invoke(main, ["emit", str(spk), "--target", target, "-o", str(out)])
+    assert emitted.exit_code == 0, emitted.output
+    args = ["verify", str(spk), str(out), "--data", str(data), "-n", str(n)]
+    verified = runner.invoke(main, args + (["-T", str(T)] if T else []))
+    assert verified.exit_code == 0, verified.output
+    return emitted.output, verified.output
 
 
 def unsigned_snn(case: Case) -> Graph:

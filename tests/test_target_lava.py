@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES, unsigned_snn
+from conftest import EXAMPLES, cli_emit_verify, unsigned_snn
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
@@ -311,26 +311,9 @@ def test_a_changed_weight_is_caught(lava_env, emitted, tmp_path):
 
 
 def test_cli_emit_and_verify(lava_env, cases, tmp_path):
-    spk = tmp_path / "mlp.spk"
-    save(lava_graph(cases["digits_mlp"]), spk)
-    r = CliRunner()
-    res = r.invoke(main, ["emit", str(spk), "--target", "lava", "-o", str(tmp_path / "o")])
-    assert res.exit_code == 0, res.output
-    res = r.invoke(
-        main,
-        [
-            "verify",
-            str(spk),
-            str(tmp_path / "o"),
-            "--data",
-            str(EXAMPLES / "digits_test.npz"),
-            "-n",
-            "8",
-            "-T",
-            "4",
-        ],
-    )
-    assert res.exit_code == 0 and "bit-exact: lava target" in res.output
+    graph = lava_graph(cases["digits_mlp"])
+    _, verify_out = cli_emit_verify(graph, "lava", tmp_path, EXAMPLES / "digits_test.npz", 8, T=4)
+    assert "bit-exact: lava target" in verify_out
 
 
 def test_cli_finetune_for_lava_trains_the_lava_kind(cases, tmp_path):

@@ -10,14 +10,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
-from conftest import unsigned_snn
+from conftest import cli_emit_verify, unsigned_snn
 from fixture_models import _Builder, concat_maxpool
 
-from spikeport.cli.main import main
 from spikeport.convert import convert
 from spikeport.errors import CapabilityExceeded, CheckFailed
-from spikeport.ir import save
 from spikeport.ir.ops import OPS
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import kernels as K
@@ -255,25 +252,8 @@ def test_signed_spikes_and_transformer_ops_are_refused(cases, tmp_path, monkeypa
 
 def test_emit_says_what_nir_cannot_hold(emitted, tmp_path):
     case, g, _ = emitted["digits_mlp"]
-    save(g, tmp_path / "m.spk")
-    r = CliRunner().invoke(
-        main, ["emit", str(tmp_path / "m.spk"), "--target", "nir", "-o", str(tmp_path / "o")]
-    )
-    assert r.exit_code == 0, r.output
-    assert "initial potential" in r.output and "reset" in r.output
+    emit_out, verify_out = cli_emit_verify(g, "nir", tmp_path, case.calib, 16)
+    assert "initial potential" in emit_out and "reset" in emit_out
     manifest = json.loads((tmp_path / "o" / "spikeport-target.json").read_text())
     assert manifest["target"] == "nir"
-    r = CliRunner().invoke(
-        main,
-        [
-            "verify",
-            str(tmp_path / "m.spk"),
-            str(tmp_path / "o"),
-            "--data",
-            str(case.calib),
-            "-n",
-            "16",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert "snnTorch" in r.output
+    assert "snnTorch" in verify_out

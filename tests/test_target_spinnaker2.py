@@ -18,14 +18,11 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
-from conftest import unsigned_snn
+from conftest import cli_emit_verify, unsigned_snn
 from fixture_models import _Builder, concat_maxpool
 
-from spikeport.cli.main import main
 from spikeport.convert import convert
 from spikeport.errors import CapabilityExceeded, CheckFailed
-from spikeport.ir import save
 from spikeport.ir.ops import OPS
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.targets import emit, verify
@@ -500,25 +497,6 @@ def test_max_pooling_beyond_15_steps_is_refused(cases, tmp_path):
 
 def test_cli_says_the_model_is_not_the_hardware(emitted, tmp_path):
     case, g, _ = emitted["digits_mlp"]
-    save(g, tmp_path / "m.spk")
-    r = CliRunner().invoke(
-        main, ["emit", str(tmp_path / "m.spk"), "--target", "spinnaker2", "-o", str(tmp_path / "o")]
-    )
-    assert r.exit_code == 0, r.output
-    assert "not against the hardware" in r.output
-    r = CliRunner().invoke(
-        main,
-        [
-            "verify",
-            str(tmp_path / "m.spk"),
-            str(tmp_path / "o"),
-            "--data",
-            str(case.calib),
-            "-n",
-            "16",
-            "-T",
-            "4",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    assert "not the hardware" in r.output
+    emit_out, verify_out = cli_emit_verify(g, "spinnaker2", tmp_path, case.calib, 16, T=4)
+    assert "not against the hardware" in emit_out
+    assert "not the hardware" in verify_out
