@@ -60,6 +60,16 @@ def emitted(cases, tmp_path_factory):
     return out
 
 
+def _drive(run, n: int, steps: int, draw) -> None:
+    """Step the imported network `steps` times on a fresh input `draw()` each step, handing
+    its returned state back (how a consumer must run the recurrent comparator edges)."""
+    run.reset(n)
+    state = None
+    with run.torch.no_grad():
+        for _ in range(steps):
+            _, state = run.module(run.torch.tensor(draw(), dtype=run.dtype), state)
+
+
 def random_x(case, n: int, seed: int) -> np.ndarray:
     """Inputs spread over the range of the model's own data."""
     lo, hi = float(case.test_x.min()), float(case.test_x.max())
@@ -144,7 +154,6 @@ def test_comparators_give_the_max_of_arbitrary_spike_trains_in_snntorch(emitted)
     of the spikes snnTorch itself recorded, at every step up to T = 64."""
     _, g, outdir = emitted["digits_cnn"]
     run = SnnTorchRun(outdir / "model.nir")
-    torch = run.torch
     seen = {"relu": [], "pool": []}
     hooks = [
         run.neurons["node_relu"][0].register_forward_hook(
@@ -156,12 +165,9 @@ def test_comparators_give_the_max_of_arbitrary_spike_trains_in_snntorch(emitted)
     ]
     rng = np.random.default_rng(5)
     n, steps = 64, 64
-    run.reset(n)
-    state = None
-    with torch.no_grad():
-        for _ in range(steps):
-            x = rng.uniform(0, 16, (n, 1, 8, 8)) * rng.uniform(0, 1, (n, 1, 1, 1))
-            _, state = run.module(torch.tensor(x, dtype=run.dtype), state)
+    _drive(
+        run, n, steps, lambda: rng.uniform(0, 16, (n, 1, 8, 8)) * rng.uniform(0, 1, (n, 1, 1, 1))
+    )
     for h in hooks:
         h.remove()
     counts = np.cumsum(np.stack(seen["relu"]), axis=0).reshape(steps * n, 16, 8, 8)
@@ -181,7 +187,6 @@ def test_graded_comparators_give_the_max_of_arbitrary_counts_in_snntorch(emitted
     the expectation-compensated max of the counts snnTorch itself computed, every step."""
     _, g, outdir = emitted["concat_pool"]
     run = SnnTorchRun(outdir / "model.nir")
-    torch = run.torch
     pooled = [n for n in run.graph.nodes if n.startswith("maxpool_7.") and ".out_" in n]
     seen: dict[str, list] = {name: [] for name in ["averagepool_6", *pooled]}
     hooks = [
@@ -192,12 +197,9 @@ def test_graded_comparators_give_the_max_of_arbitrary_counts_in_snntorch(emitted
     ]
     rng = np.random.default_rng(6)
     n, steps = 32, 40
-    run.reset(n)
-    state = None
-    with torch.no_grad():
-        for _ in range(steps):
-            x = rng.uniform(0, 1, (n, 2, 8, 8)) * rng.uniform(0, 1.5, (n, 1, 1, 1))
-            _, state = run.module(torch.tensor(x, dtype=run.dtype), state)
+    _drive(
+        run, n, steps, lambda: rng.uniform(0, 1, (n, 2, 8, 8)) * rng.uniform(0, 1.5, (n, 1, 1, 1))
+    )
     for h in hooks:
         h.remove()
     # the first comparator neuron, [a >= 1], reads cell 0 with weight = count per NIR value
