@@ -21,7 +21,7 @@ from spikeport.finetune.layers import make_layer
 from spikeport.finetune.surrogate import get_surrogate
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph
-from spikeport.ir.ops import OPS
+from spikeport.ir.ops import static_tensors
 
 DEFAULT_SURROGATE = "rectangle"
 
@@ -55,7 +55,7 @@ class SpikingNet(nn.Module):
         self.layers = nn.ModuleList(
             make_layer(n, graph.shape(n.output), shape) for n in graph.nodes
         )
-        self.static = _static_tensors(graph)
+        self.static = static_tensors(graph)
 
     def run(self, x: torch.Tensor | dict[str, torch.Tensor], T: int, record: bool = False) -> Run:
         """Simulate T steps of the batch `x` (N, *input shape), or {input name: batch}."""
@@ -96,12 +96,3 @@ class SpikingNet(nn.Module):
         for node, lay in zip(out.nodes, self.layers, strict=True):
             node.params.update(lay.export())
         return check_graph(out)
-
-
-def _static_tensors(graph: Graph) -> set[str]:
-    """Tensors equal at every step: the input through stateless ops (simulator rule)."""
-    static = {t.name for t in graph.inputs}
-    for n in graph.nodes:
-        if not OPS[n.op].stateful and all(i in static for i in n.inputs):
-            static.add(n.output)
-    return static

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spikeport.errors import BadInput
-from spikeport.ir.graph import Node
+from spikeport.ir.graph import Graph, Node
 
 Shape = tuple[int, ...]
 ShapeRule = Callable[[Node, list[Shape]], Shape]
@@ -65,6 +65,16 @@ def infer_shape(node: Node, in_shapes: list[Shape]) -> Shape:
         if p not in node.params:
             raise _fail(node, f"missing param '{p}'")
     return tuple(spec.rule(node, in_shapes))
+
+
+def static_tensors(graph: Graph) -> set[str]:
+    """Tensors equal at every step: the graph inputs (direct encoding) through stateless ops.
+    The simulator, the torch module and the C target compute them once, not every step."""
+    static = {t.name for t in graph.inputs}
+    for n in graph.nodes:
+        if not OPS[n.op].stateful and all(i in static for i in n.inputs):
+            static.add(n.output)
+    return static
 
 
 def window_out(size: int, k: int, s: int, p0: int, p1: int, d: int = 1) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import OPS
+from spikeport.ir.ops import OPS, static_tensors
 from spikeport.sim.arith import int_limit, quantize_input
 from spikeport.sim.kernels import conv_fanout
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
@@ -72,16 +72,8 @@ class Simulator:
         self.kernels: list[tuple[Node, Kernel]] = [
             (n, KERNELS[n.op](n, mode, graph.shape(n.output))) for n in graph.nodes
         ]
-        self.static = self._static_tensors()
+        self.static = static_tensors(graph)
         self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
-
-    def _static_tensors(self) -> set[str]:
-        """Tensors that are the same at every step (direct input through stateless ops)."""
-        static = {t.name for t in self.graph.inputs}
-        for n in self.graph.nodes:
-            if not OPS[n.op].stateful and all(i in static for i in n.inputs):
-                static.add(n.output)
-        return static
 
     def encode(self, x: Batch) -> dict[str, np.ndarray]:
         """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import OPS
+from spikeport.ir.ops import static_tensors
 from spikeport.registry import registrar
 from spikeport.targets.c import kernels as K
 
@@ -65,15 +65,13 @@ class Plan:
         self.graph = graph
         self.ctype: dict[str, str] = {graph.input.name: "int8_t"}
         self.buffer: dict[str, str] = {graph.input.name: "spk_state.in"}
-        self.static = {graph.input.name}
+        self.static = static_tensors(graph)
         for n in graph.nodes:
             self.ctype[n.output] = self._ctype(n)
             if n.op == "reshape":
                 self.buffer[n.output] = self.buffer[n.inputs[0]]
             else:
                 self.buffer[n.output] = f"spk_state.{c_ident('t_' + n.name)}"
-            if not OPS[n.op].stateful and all(i in self.static for i in n.inputs):
-                self.static.add(n.output)
 
     def _ctype(self, n: Node) -> str:
         if n.op == "if":
