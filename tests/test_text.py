@@ -5,6 +5,8 @@ its padding is provably ignored, and what cannot be treated is refused naming th
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,36 @@ def test_ids_computed_from_an_integer_input_are_refused(tmp_path):
     onnx.save(model, path)
     with pytest.raises(UnsupportedOp, match="node 'embed' \\(Gather\\): the ids 'ids1' must be"):
         import_onnx(path)
+
+
+def test_cli_refuses_a_bad_mask_in_one_line_and_writes_nothing(tmp_path):
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["mf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["mf", "five"], ["b0"], name="scale_mask"),
+        helper.make_node("Reshape", ["b0", "shape"], ["bias"], name="view"),
+    ]
+    path = _text_model(tmp_path, nodes, "bias")
+    np.savez(tmp_path / "c.npz", ids=np.zeros((4, L), np.int64), mask=np.ones((4, L), np.int64))
+    out = tmp_path / "o.spk"
+    # a real process: onnxruntime logs from C++ straight to fd 2, which CliRunner cannot see
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spikeport",
+            "convert",
+            path,
+            "--calib",
+            tmp_path / "c.npz",
+            "-o",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: node 'add_mask' (Add): 'bias' is not a key-padding mask of 'mask' "
+        "(0 where kept, <= -10000 where masked, per key)"
+    ]
+    assert not out.exists()

@@ -50,6 +50,14 @@ def is_sequence_model(model: onnx.ModelProto) -> bool:
     return any(n.op_type in SEQUENCE_OPS for n in model.graph.node)
 
 
+def _quiet_options() -> ort.SessionOptions:
+    """onnxruntime options that keep its warnings (e.g. unused initializers after folding) off
+    stderr, so an import error stays one line."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    return opts
+
+
 def specialise_batch1(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fix the batch axis to 1 and fold every shape computation into constants."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -60,7 +68,7 @@ def specialise_batch1(model: onnx.ModelProto) -> onnx.ModelProto:
             dims[0].dim_value = 1
     del model.graph.value_info[:]
     model = onnx.shape_inference.infer_shapes(model)
-    opts = ort.SessionOptions()
+    opts = _quiet_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     with tempfile.TemporaryDirectory() as tmp:
         opts.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
@@ -386,7 +394,9 @@ def _check_key_mask(
     """Run the mask's subgraph on random 0/1 masks: it must give 0 for kept keys and at most
     MASKED_BELOW for masked ones, one value per key along the last axis (key padding)."""
     sub = onnx.utils.Extractor(model).extract_model([mask.name], [bias])
-    sess = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        sub.SerializeToString(), _quiet_options(), providers=["CPUExecutionProvider"]
+    )
     shape = [d.dim_value for d in mask.type.tensor_type.shape.dim]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
