@@ -35,7 +35,7 @@ class Dataset:
         return {"file": self.path.name, "sha256": sha256_file(self.path), "n": len(self)}
 
 
-def _read(p: Path) -> dict[str, np.ndarray]:
+def read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(p, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -53,7 +53,7 @@ def load_data(
 ) -> Dataset:
     """Load and check a data file against the model's inputs and, if asked, its labels."""
     p = existing_file(path, "data file")
-    arrays = _read(p)
+    arrays = read_npz(p)
     if inputs and (len(inputs) > 1 or is_integer(inputs[0])):
         x: Batch = {t.name: _input(p, arrays, t.name, t) for t in inputs}
         lengths = {k: len(v) for k, v in x.items()}

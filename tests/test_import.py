@@ -1,14 +1,17 @@
-"""ONNX import refuses what it cannot represent, naming the node; folds what it can."""
+"""ONNX import maps what it can exactly (equal to onnxruntime), folds constants into the layer
+before them, and refuses what it cannot represent, naming the node."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spikeport.convert import import_onnx
 from spikeport.errors import UnsupportedOp
+from spikeport.sim import simulate
 
 
 def _save(tmp_path, nodes, inits=(), inputs=(("x", ["N", 4]),), out=("y", ["N", 4])):
@@ -24,48 +27,56 @@ def _save(tmp_path, nodes, inits=(), inputs=(("x", ["N", 4]),), out=("y", ["N", 
     return path
 
 
-def test_a_second_graph_input_is_refused(tmp_path):
+def test_two_float_inputs_import_and_match_onnxruntime(tmp_path):
     path = _save(
         tmp_path,
         [helper.make_node("Add", ["x", "x2"], ["y"], name="join")],
         inputs=(("x", ["N", 4]), ("x2", ["N", 4])),
     )
-    with pytest.raises(UnsupportedOp, match="2 inputs"):
+    graph = import_onnx(path)
+    assert [t.name for t in graph.inputs] == ["x", "x2"]
+    x = {"x": np.arange(8.0).reshape(2, 4), "x2": np.ones((2, 4))}
+    out = simulate(graph, x, 1, "ann").outputs["y"][0]
+    np.testing.assert_allclose(out, x["x"] + 1)
+
+
+def test_a_constant_first_matmul_operand_names_the_node(tmp_path):
+    nodes = [helper.make_node("MatMul", ["w", "x"], ["y"], name="wx")]
+    io = {"inputs": (("x", ["N", 4, 4]),), "out": ("y", ["N", 4, 4])}
+    path = _save(tmp_path, nodes, inits=[("w", np.ones((4, 4)))], **io)
+    with pytest.raises(UnsupportedOp, match="node 'wx' \\(MatMul\\): a constant first operand"):
         import_onnx(path)
 
 
-def test_matmul_of_two_activations_names_the_node(tmp_path):
-    nodes = [
-        helper.make_node("Relu", ["x"], ["r"], name="act"),
-        helper.make_node("MatMul", ["x", "r"], ["y"], name="qk"),
-    ]
-    path = _save(tmp_path, nodes, inputs=(("x", ["N", 4, 4]),), out=("y", ["N", 4, 4]))
-    with pytest.raises(UnsupportedOp, match="node 'qk' \\(MatMul\\): the second operand"):
-        import_onnx(path)
+def _matches_onnxruntime(path, x) -> None:
+    graph = import_onnx(path)
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x.astype(np.float32)})[0]
+    ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
 
 
-def test_batchnorm_without_a_conv_before_it_is_refused(tmp_path):
-    c = np.ones(4)
+def test_batchnorm_without_a_conv_before_it_is_a_channel_affine(tmp_path):
+    c = np.array([1.0, 2.0, 0.5, 3.0])
     path = _save(
         tmp_path,
         [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn0")],
-        inits=[("g", c), ("b", c), ("m", c), ("v", c)],
+        inits=[("g", c), ("b", -c), ("m", c / 2), ("v", c)],
     )
-    with pytest.raises(UnsupportedOp, match="node 'bn0' \\(BatchNormalization\\): only"):
-        import_onnx(path)
+    assert [n.op for n in import_onnx(path).nodes] == ["channel_scale", "offset"]
+    _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(5, 4)))
 
 
-def test_add_of_a_constant_that_is_not_a_bias_is_refused(tmp_path):
+def test_add_of_a_constant_that_is_not_a_bias_is_an_offset(tmp_path):
     path = _save(
         tmp_path,
         [
             helper.make_node("Relu", ["x"], ["r"], name="act"),
             helper.make_node("Add", ["r", "c"], ["y"], name="shift"),
         ],
-        inits=[("c", np.ones(4))],
+        inits=[("c", np.arange(4.0))],
     )
-    with pytest.raises(UnsupportedOp, match="node 'shift' \\(Add\\)"):
-        import_onnx(path)
+    assert [n.op for n in import_onnx(path).nodes] == ["relu", "offset"]
+    _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(5, 4)))
 
 
 def test_clip_with_nonzero_min_is_refused(tmp_path):

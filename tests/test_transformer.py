@@ -51,7 +51,7 @@ def test_every_linear_layer_reads_spikes(vit_int):
                     "scale",
                 ):
                     t = producers[t].inputs[0]
-                assert t not in producers or producers[t].op == "if" or t.endswith(":batch1"), (
+                assert t not in producers or producers[t].op == "if", (
                     n.name,
                     t,
                 )
@@ -77,7 +77,7 @@ def test_unsupported_op_in_a_transformer_is_refused_by_name(tmp_path):
     d = 8
     nodes = [
         helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], name="ln", axis=-1),
-        helper.make_node("HardSigmoid", ["h"], ["y"], name="gate"),
+        helper.make_node("Sin", ["h"], ["y"], name="gate"),
     ]
     g = helper.make_graph(
         nodes,
@@ -91,7 +91,7 @@ def test_unsupported_op_in_a_transformer_is_refused_by_name(tmp_path):
     )
     path = tmp_path / "t.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-    with pytest.raises(UnsupportedOp, match="node 'gate' \\(HardSigmoid\\)"):
+    with pytest.raises(UnsupportedOp, match="node 'gate' \\(Sin\\)"):
         import_onnx(path)
 
 

@@ -24,7 +24,7 @@ DEFAULT_PERCENTILE = 99.99
 DEFAULT_INPUT_PERCENTILE = 99.0
 # Ops that move or rescale values without computing: spikes stay spikes through them.
 DATA_MOVEMENT = frozenset({"reshape", "transpose", "take", "slice", "scale", "concat"})
-SYNAPTIC_SEQ = ("dense", "matmul")
+SYNAPTIC_SEQ = ("dense", "matmul", "conv2d")
 
 
 def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.ndarray:
@@ -40,46 +40,83 @@ def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.nda
     return np.where(theta > 0, theta, 1.0)  # a silent layer still needs theta > 0
 
 
-def to_neuron(node: Node, theta: np.ndarray, rank: int, signed: bool) -> Node:
+def to_neuron(node: Node, theta: np.ndarray, shape: tuple[int, ...], axis: int, signed: bool) -> Node:
+    """The IF neuron of a ReLU/Clip node: theta per channel along `axis`, or one for all."""
     cap = node.attrs.get("cap")
     if cap is not None:
         theta = np.minimum(theta, cap)
-    shape = (theta.size,) + (1,) * (rank - 1) if theta.size > 1 else (1,) * rank
+    rank = len(shape)
+    if theta.size == 1:
+        theta = theta.reshape((1,) * rank)
+    elif axis % rank == rank - 1:
+        theta = theta.reshape(-1)  # features: broadcasts from the right
+    else:
+        theta = theta.reshape((-1,) + (1,) * (rank - 1))
     return Node(
         node.name,
         "if",
         list(node.inputs),
         node.output,
         {"signed": signed, "cap": cap},
-        {"threshold": theta.reshape(shape).astype(np.float32)},
+        {"threshold": theta.astype(np.float32)},
     )
 
 
-def _kind(graph: Graph, tensor: str) -> str:
-    """ "static" (never changes: the direct input through stateless ops), "spikes" (a neuron's
-    output, possibly moved or rescaled) or "analog"."""
-    node = graph.producer(tensor)
-    if node is None:
-        return "static"
-    if node.op == "if":
-        return "spikes"
-    kinds = {_kind(graph, i) for i in node.inputs}
-    if kinds == {"static"} and not OPS[node.op].stateful:
-        return "static"
-    if node.op in DATA_MOVEMENT and kinds == {"spikes"}:
-        return "spikes"
-    return "analog"
+# Ops whose output channels lie along the first per-sample axis (C, H, W); dense and the
+# transformer ops work on the last axis (features).
+IMAGE_OPS = frozenset({"conv2d", "avgpool2d", "maxpool2d", "resize", "pad"})
+
+
+def channel_axes(graph: Graph) -> dict[str, int]:
+    """Per tensor, the axis its channels lie on: 0 for image tensors (from a conv or a pool,
+    kept through elementwise ops), -1 (the features) otherwise."""
+    axes: dict[str, int] = {t.name: 0 if len(t.shape) == 3 else -1 for t in graph.inputs}
+    for n in graph.nodes:
+        if n.op in IMAGE_OPS:
+            axes[n.output] = 0
+        elif n.op in ("dense", "reshape", "transpose", "matmul", "embed"):
+            axes[n.output] = -1
+        else:  # elementwise: the channels of its first input
+            axes[n.output] = axes.get(n.inputs[0], -1) if n.inputs else -1
+        if len(graph.shape(n.output)) < 2:
+            axes[n.output] = 0
+    return axes
+
+
+def tensor_kinds(graph: Graph) -> dict[str, str]:
+    """Per tensor: "static" (never changes: the direct input through stateless ops), "spikes"
+    (a neuron's output, possibly moved or rescaled) or "analog". One pass in graph order."""
+    kinds = {t.name: "static" for t in graph.inputs}
+    for node in graph.nodes:
+        ins = {kinds[i] for i in node.inputs}
+        if node.op == "if":
+            kinds[node.output] = "spikes"
+        elif ins <= {"static"} and not OPS[node.op].stateful:
+            kinds[node.output] = "static"
+        elif node.op in DATA_MOVEMENT and ins == {"spikes"}:
+            kinds[node.output] = "spikes"
+        else:
+            kinds[node.output] = "analog"
+    return kinds
+
+
+def has_ec_ops(graph: Graph) -> bool:
+    """Whether the graph has operators with no spiking twin (softmax, layernorm, gelu, the
+    product of two activations, sigmoid-family gates...): expectation-compensated in time."""
+    return any(OPS[n.op].stateful and n.op not in ("if", "maxpool2d", "relu") for n in graph.nodes)
 
 
 def spike_inputs(graph: Graph) -> list[str]:
-    """In a sequence model, the analog tensors that linear layers (dense, matmul) read: each
-    gets a bipolar IF neuron in front, so every synaptic op is driven by spikes."""
-    if not graph.meta.get("source", {}).get("sequence_model"):
+    """In a graph with expectation-compensated operators, the analog tensors that synaptic
+    layers (dense, matmul, conv) read: each gets a bipolar IF neuron in front, so every
+    synaptic op is driven by spikes. A ReLU-only CNN/MLP has none (its ops read spikes)."""
+    if not has_ec_ops(graph):
         return []
+    kinds = tensor_kinds(graph)
     found: list[str] = []
     for n in graph.nodes:
         if n.op in SYNAPTIC_SEQ:
-            found += [t for t in n.inputs if t not in found and _kind(graph, t) == "analog"]
+            found += [t for t in n.inputs if t not in found and kinds[t] == "analog"]
     return found
 
 
@@ -122,10 +159,11 @@ def balance_thresholds(
     the bipolar neurons that sequence models get in front of their linear layers."""
     out = copy.deepcopy(graph)
     nodes = []
+    axes = channel_axes(graph)
     for n in out.nodes:
         if n.op == "relu":
             theta = thresholds(stats[n.output], percentile, per_channel)
-            n = to_neuron(n, theta, len(graph.shape(n.output)), signed)
+            n = to_neuron(n, theta, graph.shape(n.output), axes[n.output], signed)
         nodes.append(n)
     out.nodes, out.stage = nodes, "snn"
     _insert_input_neurons(out, stats, input_percentile)

@@ -60,16 +60,20 @@ def activation_tensors(graph: Graph) -> list[str]:
 
 
 def collect(
-    graph: Graph, runner: Runner, x: Batch, batch_size: int = 256, seed: int = 0
+    graph: Graph, runner: Runner, x: Batch, batch_size: int = 64, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Per activation tensor, its values as (channels, samples): channel = first per-sample axis."""
+    from spikeport.convert.balance import channel_axes
+
     names = activation_tensors(graph)
+    axes = channel_axes(graph)
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for start in range(0, size(x), batch_size):
         acts = runner(take(x, slice(start, start + batch_size)), names)
         for n in names:
             a = np.asarray(acts[n], np.float32)
-            parts[n].append(np.moveaxis(a, 1, 0).reshape(a.shape[1], -1))
+            ax = axes[n] + 1 if axes[n] >= 0 else axes[n]  # the batch axis comes first here
+            parts[n].append(np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1))
     rng = np.random.default_rng(seed)
     stats = {}
     for n, chunks in parts.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from spikeport import __version__
@@ -11,25 +12,44 @@ from spikeport.convert.balance import (
     DEFAULT_PERCENTILE,
     balance_thresholds,
 )
-from spikeport.convert.calibrate import collect, ir_runner, onnx_runner
+from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
-from spikeport.data import load_data
+from spikeport.convert.onnx_load import data_inputs, load_checked
+from spikeport.data import load_data, read_npz
 from spikeport.errors import BadInput
+from spikeport.fileio import existing_file
 from spikeport.ir.graph import Graph
 
 DEFAULT_TIMESTEPS = 4
 
 
-def import_model(path: str | os.PathLike[str]) -> Graph:
+def import_model(
+    path: str | os.PathLike[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Graph:
     """Read a source model by its extension into an "ann" graph."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        return import_onnx(path)
+        return import_onnx(path, input_shapes)
     if suffix == ".tflite":
         from spikeport.convert.tflite_import import import_tflite  # needs ai-edge-litert
 
         return import_tflite(path)
     raise BadInput(f"{path}: unknown model format '{suffix}' (supported: .onnx, .tflite)")
+
+
+def data_shapes(
+    model: str | os.PathLike[str], calib: str | os.PathLike[str]
+) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of an ONNX model's inputs as the calibration data has them (a key
+    per input name, or `x` for a single input): they fix the model's dynamic axes."""
+    if Path(model).suffix.lower() != ".onnx":
+        return {}
+    names = [i.name for i in data_inputs(load_checked(existing_file(model, "ONNX model")))]
+    arrays = read_npz(existing_file(calib, "calibration data"))
+    shapes = {n: arrays[n].shape[1:] for n in names if n in arrays}
+    if len(names) == 1 and names[0] not in shapes and "x" in arrays:
+        shapes[names[0]] = arrays["x"].shape[1:]
+    return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
 
 def convert(
@@ -40,22 +60,23 @@ def convert(
     signed: bool = False,
     timesteps: int = DEFAULT_TIMESTEPS,
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Graph:
-    """Import, calibrate on `calib` (onnxruntime, or LiteRT for .tflite) and balance thresholds."""
+    """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
+    ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
+    as the inputs of fused linear layers); TFLite graphs on LiteRT. `input_shapes` (per-sample,
+    by input name) fixes dynamic axes; by default the calibration data does."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
-    ann = import_model(model)
+    shapes = {**data_shapes(model, calib), **(input_shapes or {})}
+    ann = import_model(model, shapes)
     data = load_data(calib, ann.inputs)
     if ann.meta["source"]["format"] == "tflite":
         from spikeport.convert.litert import litert_runner
 
         stats = collect(ann, litert_runner(model, ann), data.x)
-    elif ann.meta["source"].get("sequence_model"):
-        # Sequence models read tensors that exist only in the IR (the inputs of fused linear
-        # layers): their ANN view, tested equal to onnxruntime, is the calibration runner.
-        stats = collect(ann, ir_runner(ann), data.x)
     else:
-        stats = collect(ann, onnx_runner(model), data.x)
+        stats = collect(ann, ir_runner(ann), data.x)
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps

@@ -1,274 +1,29 @@
-"""Sequence-model (ViT/BERT-like) import: batch-1 specialisation and the importers of the ops
-transformers add. Registers into the same IMPORTERS table as the CNN ops.
+"""Patterns that real exporters write for one operation, fused into the one ONNX node (or IR
+op) that says it, before the per-op importers run. Each fusion is checked, not assumed.
 
-torch.onnx exports of nn.MultiheadAttention / nn.TransformerEncoderLayer carry shape
-subgraphs (Shape, Slice, Concat, ...) that depend only on static shapes once the batch size is
-fixed. We fix it to 1, let onnxruntime's basic offline optimiser fold them into constants,
-and read the result with every tensor's full batch-1 shape as its per-sample shape: samples
-never interact, so the simulator runs N independent copies of the batch-1 graph.
+- `0.5 * x * (1 + erf(x / sqrt 2))` -> Gelu (older torch exports; onnxruntime's basic optimiser
+  does not fuse it, its Gelu fusion lives in the contrib-op transformer optimiser).
+- ReduceMean/Sub/Pow/ReduceMean/[Add eps]/Sqrt/Div/[Mul gamma]/[Add beta] -> LayerNormalization.
+- attention_mask -> (Cast/Sub/Mul/Where/Expand/...) -> Add to the scores -> Softmax: the mask
+  subgraph is run by onnxruntime on random 0/1 masks and must give 0 for kept keys and a large
+  negative value for masked ones (`plan_masks`), then the Softmax becomes `masked_softmax`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spikeport.convert.onnx_import import _attrs, _Ctx, _refuse, importer
+from spikeport.convert.onnx_load import quiet_session_options
 from spikeport.errors import UnsupportedOp
-from spikeport.ir.graph import Node
-
-# Any of these marks a sequence model: it is imported in its batch-1 form.
-SEQUENCE_OPS = frozenset(
-    {
-        "LayerNormalization",
-        "Softmax",
-        "Gelu",
-        "Erf",
-        "Shape",
-        "Transpose",
-        "Gather",
-        "Unsqueeze",
-        "Squeeze",
-        "ReduceMean",
-        "Where",
-        "Expand",
-        "Tanh",
-        "Split",
-        "Slice",
-        "ConstantOfShape",
-    }
-)
 
 
-def is_sequence_model(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in SEQUENCE_OPS for n in model.graph.node)
-
-
-def _quiet_options() -> ort.SessionOptions:
-    """onnxruntime options that keep its warnings (e.g. unused initializers after folding) off
-    stderr, so an import error stays one line."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only
-    return opts
-
-
-def specialise_batch1(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fix the batch axis to 1 and fold every shape computation into constants."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for v in list(model.graph.input) + list(model.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
-    del model.graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model)
-    opts = _quiet_options()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        folded = onnx.load(opts.optimized_model_filepath)
-    return onnx.shape_inference.infer_shapes(folded)
-
-
-def _need_seq(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    if not ctx.keep_batch:
-        raise _refuse(n, "only supported inside a sequence model")
-
-
-def _axes(ctx: _Ctx, n: onnx.NodeProto) -> list[int]:
-    if len(n.input) > 1 and n.input[1]:
-        return [int(a) for a in np.atleast_1d(ctx.const(n, 1, "axes"))]
-    return [int(a) for a in _attrs(n).get("axes", [])]
-
-
-@importer("Transpose")
-def _transpose(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    rank = len(ctx.shape(n.input[0]))
-    perm = [int(p) for p in _attrs(n).get("perm", list(range(rank))[::-1])]
-    ctx.emit(Node(n.name, "transpose", [n.input[0]], n.output[0], {"perm": perm}))
-
-
-@importer("Gather")
-def _gather(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    if n.input[0] in ctx.consts and n.input[1] not in ctx.consts:
-        _embedding(ctx, n)
-        return
-    idx = ctx.const(n, 1, "the index")
-    if idx.ndim != 0:
-        raise _refuse(n, f"only a scalar constant index is supported, got shape {idx.shape}")
-    axis = int(_attrs(n).get("axis", 0))
-    ctx.emit(Node(n.name, "take", [n.input[0]], n.output[0], {"axis": axis, "index": int(idx)}))
-
-
-def _embedding(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    """Gather(table, ids): a lookup of token embeddings by an integer model input."""
-    table = ctx.consts[n.input[0]]
-    if table.ndim != 2 or int(_attrs(n).get("axis", 0)) != 0:
-        raise _refuse(n, f"only row lookups in a 2-D table are supported, table is {table.shape}")
-    ids = ctx.tensors.get(ctx.name(n.input[1]))
-    if ids is None or ids.dtype != "int64":
-        raise _refuse(n, f"the ids '{n.input[1]}' must be an integer model input")
-    ctx.emit(
-        Node(n.name, "embed", [n.input[1]], n.output[0], {}, {"table": table.astype(np.float32)})
-    )
-
-
-@importer("Tanh")
-def _tanh(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    ctx.emit(Node(n.name, "tanh", [n.input[0]], n.output[0]))
-
-
-def _emit_slice(ctx: _Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tuple]) -> None:
-    """One slice node from (axis, start, end, step) tuples, clamped like ONNX Slice."""
-    shape = ctx.shape(n.input[0])
-    attrs: dict[str, list[int]] = {"axes": [], "starts": [], "ends": [], "steps": []}
-    for axis, start, end, step in spec:
-        ax = int(axis) % len(shape)
-        if step == 0:
-            raise _refuse(n, "a step of 0 is not a slice")
-        s, e, _ = slice(int(start), int(end), int(step)).indices(shape[ax])
-        for k, v in zip(attrs, (ax, s, e, int(step)), strict=True):
-            attrs[k].append(v)
-    ctx.emit(Node(name, "slice", [n.input[0]], out, attrs))
-
-
-@importer("Slice")
-def _slice(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    starts = ctx.const(n, 1, "starts")
-    ends = ctx.const(n, 2, "ends")
-    rank = len(ctx.shape(n.input[0]))
-    axes = ctx.const(n, 3, "axes") if len(n.input) > 3 and n.input[3] else np.arange(len(starts))
-    steps = ctx.const(n, 4, "steps") if len(n.input) > 4 and n.input[4] else np.ones(len(starts))
-    if any(int(a) % rank == 0 for a in axes):
-        raise _refuse(n, "slicing the batch axis is not supported")
-    _emit_slice(ctx, n, n.output[0], n.name, list(zip(axes, starts, ends, steps, strict=True)))
-
-
-@importer("Split")
-def _split(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    """Split into k outputs: k slice nodes, named after the Split node and output index."""
-    _need_seq(ctx, n)
-    shape = ctx.shape(n.input[0])
-    axis = int(_attrs(n).get("axis", 0)) % len(shape)
-    if axis == 0:
-        raise _refuse(n, "splitting the batch axis is not supported")
-    if len(n.input) > 1 and n.input[1]:
-        sizes = [int(s) for s in ctx.const(n, 1, "the split sizes")]
-    elif "split" in _attrs(n):
-        sizes = [int(s) for s in _attrs(n)["split"]]
-    else:
-        k = len(n.output)
-        chunk = -(-shape[axis] // k)  # ONNX: equal parts, the last one smaller
-        sizes = [min(chunk, shape[axis] - i * chunk) for i in range(k)]
-    start = 0
-    for i, (out, size) in enumerate(zip(n.output, sizes, strict=True)):
-        if out:
-            _emit_slice(ctx, n, out, f"{n.name}:{i}", [(axis, start, start + size, 1)])
-        start += size
-
-
-@importer("Unsqueeze", "Squeeze")
-def _squeeze(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    shape = list(ctx.shape(n.input[0]))
-    axes = _axes(ctx, n)
-    if n.op_type == "Unsqueeze":
-        rank = len(shape) + len(axes)
-        for a in sorted(a % rank for a in axes):
-            shape.insert(a, 1)
-    else:
-        drop = (
-            {a % len(shape) for a in axes} if axes else {i for i, d in enumerate(shape) if d == 1}
-        )
-        shape = [d for i, d in enumerate(shape) if i not in drop]
-    ctx.emit(Node(n.name, "reshape", [n.input[0]], n.output[0], {"shape": shape}))
-
-
-@importer("Mul", "Div")
-def _mul(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    const = [i for i in n.input if i in ctx.consts]
-    if len(const) != 1 or ctx.consts[const[0]].size != 1:
-        raise _refuse(n, "only multiplication or division by a scalar constant is supported")
-    if n.op_type == "Div" and n.input[1] != const[0]:
-        raise _refuse(n, "dividing a constant by an activation is not supported")
-    c = float(ctx.consts[const[0]].reshape(()))
-    factor = 1.0 / c if n.op_type == "Div" else c
-    act = next(i for i in n.input if i not in ctx.consts)
-    ctx.emit(Node(n.name, "scale", [act], n.output[0], {"factor": factor}))
-
-
-@importer("ReduceMean")
-def _reduce_mean(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    axes = _axes(ctx, n)
-    if not axes:
-        raise _refuse(n, "a mean over all axes would mix the batch axis in")
-    ctx.emit(
-        Node(
-            n.name,
-            "reduce_mean",
-            [n.input[0]],
-            n.output[0],
-            {"axes": axes, "keepdims": int(_attrs(n).get("keepdims", 1))},
-        )
-    )
-
-
-def _last_axis(ctx: _Ctx, n: onnx.NodeProto, default: int) -> None:
-    rank = len(ctx.shape(n.input[0]))
-    if int(_attrs(n).get("axis", default)) % rank != rank - 1:
-        raise _refuse(n, "only the last axis is supported")
-
-
-@importer("LayerNormalization")
-def _layernorm(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    _last_axis(ctx, n, -1)
-    gamma = ctx.const(n, 1, "scale").astype(np.float32)
-    beta = (
-        ctx.const(n, 2, "bias") if len(n.input) > 2 and n.input[2] else np.zeros_like(gamma)
-    ).astype(np.float32)
-    ctx.emit(
-        Node(
-            n.name,
-            "layernorm",
-            [n.input[0]],
-            n.output[0],
-            {"epsilon": float(_attrs(n).get("epsilon", 1e-5))},
-            {"gamma": gamma, "beta": beta},
-        )
-    )
-
-
-@importer("Softmax")
-def _softmax(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    _last_axis(ctx, n, -1)
-    if n.input[0] in ctx.masks:  # scores + additive attention mask, fused (plan_masks)
-        scores, mask = ctx.masks[n.input[0]]
-        ctx.emit(Node(n.name, "masked_softmax", [scores, mask], n.output[0]))
-        return
-    ctx.emit(Node(n.name, "softmax", [n.input[0]], n.output[0]))
-
-
-@importer("Gelu")
-def _gelu(ctx: _Ctx, n: onnx.NodeProto) -> None:
-    _need_seq(ctx, n)
-    if _attrs(n).get("approximate", b"none") not in (b"none", "none"):
-        raise _refuse(n, "only the exact (erf) GELU is supported, not approximate='tanh'")
-    ctx.emit(Node(n.name, "gelu", [n.input[0]], n.output[0]))
+def _attrs(n: onnx.NodeProto) -> dict[str, object]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
 
 
 def _users(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -369,7 +124,10 @@ def plan_masks(model: onnx.ModelProto) -> MaskPlan:
             continue
         masked = [i for i in n.input if i in derived]
         if n.op_type == "Add" and len(masked) == 1 and len(derived[masked[0]]) == 1:
-            if all(u.op_type == "Softmax" for u in users.get(n.output[0], [None])):
+            outputs = {o.name for o in g.output}
+            readers = users.get(n.output[0], [])
+            to_softmax = bool(readers) and all(u.op_type == "Softmax" for u in readers)
+            if to_softmax and n.output[0] not in outputs:
                 (source,) = derived[masked[0]]
                 _check_key_mask(model, n, masked[0], ints[source])
                 scores = next(i for i in n.input if i != masked[0])
@@ -395,7 +153,7 @@ def _check_key_mask(
     MASKED_BELOW for masked ones, one value per key along the last axis (key padding)."""
     sub = onnx.utils.Extractor(model).extract_model([mask.name], [bias])
     sess = ort.InferenceSession(
-        sub.SerializeToString(), _quiet_options(), providers=["CPUExecutionProvider"]
+        sub.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"]
     )
     shape = [d.dim_value for d in mask.type.tensor_type.shape.dim]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)

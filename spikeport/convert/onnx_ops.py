@@ -1,0 +1,706 @@
+"""One small importer per ONNX op, in one registry (spikeport.convert.onnx_ctx.IMPORTERS).
+
+Each reads the batch-1 ONNX node and emits IR nodes over per-sample tensors, mapping axes
+through `Ctx.axis`. Constants that scale or shift the output of a Conv/Gemm alone (bias Add,
+BatchNormalization, per-channel Mul/Div/Sub) are folded into it; elsewhere they become
+`channel_scale` / `offset`. Anything an importer cannot map exactly is refused naming the node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from spikeport.convert.onnx_ctx import Ctx, attrs, importer, refuse
+from spikeport.ir.graph import Node
+from spikeport.ir.ops import window_out
+
+# -- constants and pass-throughs ------------------------------------------------------------
+
+
+@importer("Constant")
+def _constant(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = n.attribute[0]
+    if a.name == "value":
+        ctx.consts[n.output[0]] = numpy_helper.to_array(a.t)
+    elif a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+        ctx.consts[n.output[0]] = np.asarray(onnx.helper.get_attribute_value(a))
+    else:
+        raise refuse(n, f"constant attribute '{a.name}' is not supported")
+
+
+@importer("Identity", "Dropout")
+def _passthrough(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if ctx.is_const(n.input[0]):
+        ctx.consts[n.output[0]] = ctx.consts[n.input[0]]
+    if len(n.output) > 1 and n.output[1] and ctx.uses.get(n.output[1]):
+        raise refuse(n, "its mask output is used")
+    ctx.alias[n.output[0]] = n.input[0]
+
+
+@importer("Cast")
+def _cast(ctx: Ctx, n: onnx.NodeProto) -> None:
+    to = int(attrs(n)["to"])
+    if to not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        raise refuse(n, f"a cast to {onnx.TensorProto.DataType.Name(to)} of an activation")
+    ctx.alias[n.output[0]] = n.input[0]
+
+
+# -- synapses -------------------------------------------------------------------------------
+
+
+def _image_input(ctx: Ctx, n: onnx.NodeProto) -> tuple[int, int, int]:
+    x = n.input[0]
+    if ctx.batch(x) != 0 or len(ctx.shape(x)) != 3:
+        raise refuse(n, f"expects an (N, C, H, W) input, got batch-1 shape {ctx.onnx_full(x)}")
+    return ctx.shape(x)  # type: ignore[return-value]
+
+
+def _window(ctx: Ctx, n: onnx.NodeProto, kernel: list[int]) -> dict[str, list[int]]:
+    """strides / pads / dilations of a 2-D window op, with auto_pad and ceil_mode resolved to
+    explicit pads (ceil_mode: extra end padding that padding never wins, see window_max)."""
+    a = attrs(n)
+    if len(kernel) != 2:
+        raise refuse(n, f"only 2-D windows are supported, got kernel {kernel}")
+    _, h, w = _image_input(ctx, n)
+    st = [int(s) for s in a.get("strides", [1, 1])]
+    dil = [int(d) for d in a.get("dilations", [1, 1])]
+    pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i, size in enumerate((h, w)):
+            total = max(0, (-(-size // st[i]) - 1) * st[i] + dil[i] * (kernel[i] - 1) + 1 - size)
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    if a.get("ceil_mode", 0):
+        full = ctx.onnx_shapes.get(n.output[0])
+        if full is None:
+            raise refuse(n, "ceil_mode=1 needs the output shape, which shape inference lacks")
+        for i, size in enumerate((h, w)):
+            want = full[2 + i]
+            got = window_out(size, kernel[i], st[i], pads[i], pads[i + 2], dil[i])
+            pads[i + 2] += max(0, (want - got) * st[i])
+    return {"strides": st, "pads": pads, "dilations": dil}
+
+
+@importer("Conv")
+def _conv(ctx: Ctx, n: onnx.NodeProto) -> None:
+    w = ctx.const(n, 1, "the weight").astype(np.float32)
+    b = ctx.optional_const(n, 2, "the bias")
+    b = np.zeros(w.shape[0]) if b is None else b
+    if w.ndim != 4:
+        raise refuse(n, f"only 2-D convolution is supported, weight is {w.shape}")
+    win = _window(ctx, n, list(w.shape[2:]))
+    win["group"] = int(attrs(n).get("group", 1))
+    params = {"weight": w, "bias": b.astype(np.float32)}
+    ctx.emit(n, Node(n.name, "conv2d", [n.input[0]], n.output[0], win, params))
+
+
+@importer("Gemm")
+def _gemm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = attrs(n)
+    if a.get("transA", 0):
+        raise refuse(n, "transA=1 is not supported")
+    if ctx.batch(n.input[0]) == 1:
+        raise refuse(n, "the batch axis is the multiplied axis")
+    w = ctx.const(n, 1, "the weight (B)").astype(np.float64)
+    w = (w if a.get("transB", 0) else w.T) * float(a.get("alpha", 1.0))
+    b = np.zeros(w.shape[0])
+    c = ctx.optional_const(n, 2, "the bias (C)")
+    if c is not None:
+        b = b + float(a.get("beta", 1.0)) * np.broadcast_to(c.reshape(-1), b.shape)
+    _dense(ctx, n, n.input[0], w, b)
+
+
+def _dense(ctx: Ctx, n: onnx.NodeProto, x: str, w: np.ndarray, b: np.ndarray) -> None:
+    params = {"weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+    ctx.emit(n, Node(n.name, "dense", [x], n.output[0], {}, params))
+
+
+@importer("MatMul")
+def _matmul(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a, b = n.input[0], n.input[1]
+    if ctx.is_const(a):
+        raise refuse(n, "a constant first operand (W @ x) is not supported; export x @ W^T")
+    if not ctx.is_const(b):
+        rank = ctx.rank(a)
+        for t in (a, b):
+            if ctx.batch(t) is not None and ctx.batch(t) >= ctx.rank(t) - 2:
+                raise refuse(n, "the batch axis is one of the multiplied axes")
+        if ctx.rank(b) != rank:
+            raise refuse(n, "operands of different rank are not supported")
+        ctx.emit(n, Node(n.name, "matmul", [a, b], n.output[0]))
+        return
+    w = ctx.consts[b]
+    if w.ndim != 2:
+        raise refuse(n, f"a constant weight must be 2-D, got {w.shape}")
+    if ctx.batch(a) == ctx.rank(a) - 1:
+        raise refuse(n, "the batch axis is the multiplied axis")
+    _dense(ctx, n, a, w.T.astype(np.float64), np.zeros(w.shape[1]))
+
+
+# -- elementwise arithmetic -------------------------------------------------------------------
+
+
+def _per_channel(ctx: Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
+    """`c` (per-sample, broadcast against the target's output) as one value per output channel
+    of a Conv (C, 1, 1) / dense (..., O) layer, or None when it varies otherwise."""
+    out = ctx.shape(target.output)
+    full = np.broadcast_to(c, out) if np.broadcast_shapes(c.shape, out) == out else None
+    if full is None:
+        return None
+    axis = 0 if target.op == "conv2d" else len(out) - 1
+    first = np.take(full, np.arange(out[axis]), axis=axis)
+    moved = np.moveaxis(first, axis, 0).reshape(out[axis], -1)
+    if not np.all(moved == moved[:, :1]):
+        return None
+    return moved[:, 0].astype(np.float64)
+
+
+def _fold_scale(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
+    """y = c * x with x the output of a Conv/Gemm alone: fold c into its weights and bias."""
+    target = ctx.fold_target(x)
+    v = None if target is None else _per_channel(ctx, target, c)
+    if target is None or v is None:
+        return False
+    w = target.params["weight"]
+    target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
+    ctx.rename_output(target, out)
+    return True
+
+
+def _fold_shift(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
+    """y = x + c with x the output of a Conv/Gemm alone: fold c into its bias (a dense bias
+    may vary along its leading axes, e.g. a position embedding)."""
+    target = ctx.fold_target(x)
+    if target is None:
+        return False
+    v = _per_channel(ctx, target, c)
+    if v is not None:
+        target.params["bias"] = (target.params["bias"] + v).astype(np.float32)
+    elif target.op == "dense":
+        target.params["bias"] = (target.params["bias"] + c).astype(np.float32)
+    else:
+        return False
+    ctx.rename_output(target, out)
+    return True
+
+
+def _scale(ctx: Ctx, n: onnx.NodeProto, x: str, c: np.ndarray, out: str, name: str) -> None:
+    if _fold_scale(ctx, x, c, out):
+        return
+    if np.any(c == 0):
+        raise refuse(n, "multiplying by a constant that is 0 somewhere is not supported")
+    if c.size == 1:
+        ctx.emit(n, Node(name, "scale", [x], out, {"factor": float(c.reshape(()))}))
+        return
+    params = {"factor": c.astype(np.float32)}
+    ctx.emit(n, Node(name, "channel_scale", [x], out, {}, params))
+
+
+def _shift(ctx: Ctx, n: onnx.NodeProto, x: str, c: np.ndarray, out: str, name: str) -> None:
+    if not _fold_shift(ctx, x, c, out):
+        ctx.emit(n, Node(name, "offset", [x], out, {}, {"value": c.astype(np.float32)}))
+
+
+def _negate(ctx: Ctx, n: onnx.NodeProto, x: str) -> str:
+    out = f"{n.name}:neg"
+    ctx.onnx_shapes.setdefault(out, ctx.onnx_full(x))
+    ctx.emit(n, Node(out, "scale", [x], out, {"factor": -1.0}))
+    return out
+
+
+@importer("Add", "Sub", "Mul", "Div")
+def _arith(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a, b = n.input[0], n.input[1]
+    out, op = n.output[0], n.op_type
+    if ctx.is_const(a) and op in ("Add", "Mul"):
+        a, b = b, a
+    if not ctx.is_const(b):
+        if ctx.is_const(a):  # c - x, c / x
+            if op == "Div":
+                raise refuse(n, "dividing a constant by an activation is not supported")
+            c = ctx.sample_const(ctx.consts[a], b)
+            _shift(ctx, n, _negate(ctx, n, b), c, out, n.name)
+            return
+        _two_streams(ctx, n, a, b)
+        return
+    c = ctx.sample_const(ctx.consts[b], a)
+    if op == "Add":
+        _shift(ctx, n, a, c, out, n.name)
+    elif op == "Sub":
+        _shift(ctx, n, a, -c, out, n.name)
+    elif op == "Mul":
+        _scale(ctx, n, a, c, out, n.name)
+    else:
+        if np.any(c == 0):
+            raise refuse(n, "division by a constant that is 0 somewhere")
+        _scale(ctx, n, a, 1.0 / c, out, n.name)
+
+
+def _aligned(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> str:
+    """`b` reshaped to `a`'s per-sample shape where both are the same ONNX tensor shape but
+    their batch axes were tracked differently (one merged, then split again)."""
+    if ctx.shape(a) == ctx.shape(b) or ctx.onnx_full(a) != ctx.onnx_full(b):
+        return b
+    out = f"{n.name}:aligned"
+    ctx.onnx_shapes.setdefault(out, ctx.onnx_full(a))
+    ctx.emit(n, Node(out, "reshape", [b], out, {"shape": list(ctx.shape(a))}), ctx.batch(a))
+    return out
+
+
+def _two_streams(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> None:
+    out, op = n.output[0], n.op_type
+    if ctx.batch(b) is None:
+        b = _aligned(ctx, n, a, b)
+    elif ctx.batch(a) is None:
+        a = _aligned(ctx, n, b, a)
+    if op in ("Add", "Sub"):
+        if ctx.shape(a) != ctx.shape(b):
+            raise refuse(n, f"adding {ctx.shape(a)} and {ctx.shape(b)} (broadcasting) per sample")
+        inputs = [a, _negate(ctx, n, b) if op == "Sub" else b]
+        ctx.emit(n, Node(n.name, "add", inputs, out))
+        return
+    if op == "Mul":
+        for x, g in ((a, b), (b, a)):
+            p = ctx.producer(g)
+            if p is not None and p.op == "sigmoid" and p.inputs[0] == ctx.name(x):
+                ctx.emit(n, Node(n.name, "silu", [x], out))  # x * sigmoid(x)
+                return
+        ctx.emit(n, Node(n.name, "mul", [a, b], out))
+        return
+    ctx.emit(n, Node(n.name, "div", [a, b], out))
+
+
+@importer("Sum")
+def _sum(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if any(ctx.is_const(i) for i in n.input):
+        raise refuse(n, "a Sum with a constant term is not supported")
+    if len(n.input) == 1:
+        ctx.alias[n.output[0]] = n.input[0]
+        return
+    ctx.emit(n, Node(n.name, "add", list(n.input), n.output[0]))
+
+
+@importer("BatchNormalization")
+def _batchnorm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    gamma, beta, mean, var = (
+        ctx.const(n, i, k).astype(np.float64)
+        for i, k in enumerate(("scale", "B", "mean", "var"), 1)
+    )
+    scale = gamma / np.sqrt(var + float(attrs(n).get("epsilon", 1e-5)))
+    shift = beta - mean * scale
+    x, out = n.input[0], n.output[0]
+    rank = ctx.rank(x)
+    as_const = (1, -1) + (1,) * (rank - 2)  # channels on ONNX axis 1
+    mid = f"{n.name}:scaled"
+    target = ctx.fold_target(x)
+    if target is not None and _per_channel(ctx, target, ctx.sample_const(
+            scale.reshape(as_const), x)) is not None:
+        _fold_scale(ctx, x, ctx.sample_const(scale.reshape(as_const), x), mid)
+        _fold_shift(ctx, mid, ctx.sample_const(shift.reshape(as_const), x), out)
+        return
+    ctx.onnx_shapes.setdefault(mid, ctx.onnx_full(x))
+    _scale(ctx, n, x, ctx.sample_const(scale.reshape(as_const), x), mid, mid)
+    _shift(ctx, n, mid, ctx.sample_const(shift.reshape(as_const), x), out, n.name)
+
+
+# -- activations ---------------------------------------------------------------------------
+
+
+@importer("Relu")
+def _relu(ctx: Ctx, n: onnx.NodeProto) -> None:
+    ctx.emit(n, Node(n.name, "relu", [n.input[0]], n.output[0], {"cap": None}))
+
+
+@importer("Clip")
+def _clip(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = attrs(n)
+    lo = ctx.optional_const(n, 1, "min")
+    hi = ctx.optional_const(n, 2, "max")
+    lo = float(lo) if lo is not None else a.get("min")
+    hi = float(hi) if hi is not None else a.get("max")
+    if lo != 0.0:
+        raise refuse(n, f"only Clip(min=0, max) maps to a neuron, min is {lo}")
+    ctx.emit(n, Node(n.name, "relu", [n.input[0]], n.output[0], {"cap": hi}))
+
+
+@importer("LeakyRelu", "PRelu")
+def _prelu(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if n.op_type == "LeakyRelu":
+        slope = np.asarray(float(attrs(n).get("alpha", 0.01)))
+    else:
+        slope = ctx.sample_const(ctx.const(n, 1, "the slope"), n.input[0])
+    params = {"slope": np.asarray(slope, np.float32)}
+    ctx.emit(n, Node(n.name, "prelu", [n.input[0]], n.output[0], {}, params))
+
+
+@importer("Sigmoid", "HardSwish", "Tanh")
+def _unary(ctx: Ctx, n: onnx.NodeProto) -> None:
+    op = {"Sigmoid": "sigmoid", "HardSwish": "hardswish", "Tanh": "tanh"}[n.op_type]
+    ctx.emit(n, Node(n.name, op, [n.input[0]], n.output[0]))
+
+
+@importer("HardSigmoid")
+def _hardsigmoid(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = attrs(n)
+    kw = {"alpha": float(a.get("alpha", 0.2)), "beta": float(a.get("beta", 0.5))}
+    ctx.emit(n, Node(n.name, "hardsigmoid", [n.input[0]], n.output[0], kw))
+
+
+@importer("Gelu")
+def _gelu(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if attrs(n).get("approximate", b"none") not in (b"none", "none"):
+        raise refuse(n, "only the exact (erf) GELU is supported, not approximate='tanh'")
+    ctx.emit(n, Node(n.name, "gelu", [n.input[0]], n.output[0]))
+
+
+def _last_axis(ctx: Ctx, n: onnx.NodeProto, default: int) -> None:
+    x = n.input[0]
+    if ctx.axis(n, x, int(attrs(n).get("axis", default))) != len(ctx.shape(x)) - 1:
+        raise refuse(n, "only the last axis is supported")
+
+
+@importer("Softmax")
+def _softmax(ctx: Ctx, n: onnx.NodeProto) -> None:
+    _last_axis(ctx, n, -1)
+    if n.input[0] in ctx.masks:  # scores + additive attention mask, fused (plan_masks)
+        scores, mask = ctx.masks[n.input[0]]
+        ctx.emit(n, Node(n.name, "masked_softmax", [scores, mask], n.output[0]))
+        return
+    ctx.emit(n, Node(n.name, "softmax", [n.input[0]], n.output[0]))
+
+
+@importer("LogSoftmax")
+def _log_softmax(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if n.output[0] not in ctx.graph_outputs or ctx.uses.get(n.output[0]):
+        raise refuse(n, "LogSoftmax is supported only as the last op of a classifier")
+    _last_axis(ctx, n, -1)
+    ctx.emit(n, Node(n.name, "softmax", [n.input[0]], n.output[0]))  # dropped at the end
+
+
+@importer("LayerNormalization")
+def _layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    _last_axis(ctx, n, -1)
+    gamma = ctx.const(n, 1, "scale").astype(np.float32).reshape(-1)
+    beta = ctx.optional_const(n, 2, "bias")
+    beta = (np.zeros_like(gamma) if beta is None else beta).astype(np.float32).reshape(-1)
+    width = ctx.shape(n.input[0])[-1]
+    gamma, beta = (np.broadcast_to(v, (width,)).copy() for v in (gamma, beta))
+    eps = {"epsilon": float(attrs(n).get("epsilon", 1e-5))}
+    params = {"gamma": gamma, "beta": beta}
+    ctx.emit(n, Node(n.name, "layernorm", [n.input[0]], n.output[0], eps, params))
+
+
+# -- pooling and reductions -------------------------------------------------------------------
+
+
+@importer("AveragePool")
+def _avgpool(ctx: Ctx, n: onnx.NodeProto) -> None:
+    kernel = [int(k) for k in attrs(n)["kernel_shape"]]
+    win = _window(ctx, n, kernel)
+    if win["dilations"] != [1, 1]:
+        raise refuse(n, "dilated average pooling is not supported")
+    win.pop("dilations")
+    explicit = [int(p) for p in attrs(n).get("pads", [0, 0, 0, 0])]
+    counts_pad = attrs(n).get("count_include_pad", 0)
+    if win["pads"] == explicit and (counts_pad or not any(win["pads"])):
+        ctx.emit(n, Node(n.name, "avgpool2d", [n.input[0]], n.output[0], {"kernel": kernel, **win}))
+        return
+    # Border windows divide by the cells they really cover: an average pool that counts the
+    # padding, then a fixed per-position factor (kh*kw / count), both exact linear maps.
+    covered = _covered(ctx.shape(n.input[0])[1:], kernel, win, explicit if counts_pad else None)
+    mid = f"{n.name}:window"
+    ctx.onnx_shapes.setdefault(mid, ctx.onnx_shapes[n.output[0]])
+    ctx.emit(n, Node(mid, "avgpool2d", [n.input[0]], mid, {"kernel": kernel, **win}))
+    factor = (kernel[0] * kernel[1] / covered)[None].astype(np.float32)
+    ctx.emit(n, Node(n.name, "channel_scale", [mid], n.output[0], {}, {"factor": factor}))
+
+
+def _covered(hw: tuple[int, ...], kernel: list[int], win: dict, counted: list[int] | None):
+    """Per output position, how many cells its window divides by: the input cells it covers,
+    plus the explicit padding when it is counted (count_include_pad=1)."""
+    ones = np.zeros((1, hw[0] + win["pads"][0] + win["pads"][2], hw[1] + win["pads"][1] + win["pads"][3]))
+    p = win["pads"]
+    ones[:, p[0] : p[0] + hw[0], p[1] : p[1] + hw[1]] = 1
+    if counted is not None:  # the explicit pads count, the ceil_mode extension does not
+        ones[:, p[0] - counted[0] : p[0] + hw[0] + counted[2],
+             p[1] - counted[1] : p[1] + hw[1] + counted[3]] = 1
+    st = win["strides"]
+    oh = window_out(hw[0], kernel[0], st[0], p[0], p[2])
+    ow = window_out(hw[1], kernel[1], st[1], p[1], p[3])
+    out = np.empty((oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[i, j] = ones[0, i * st[0] : i * st[0] + kernel[0], j * st[1] : j * st[1] + kernel[1]].sum()
+    return out
+
+
+@importer("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(ctx: Ctx, n: onnx.NodeProto) -> None:
+    _, h, w = _image_input(ctx, n)
+    op = "avgpool2d" if n.op_type == "GlobalAveragePool" else "maxpool2d"
+    a = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
+    ctx.emit(n, Node(n.name, op, [n.input[0]], n.output[0], a))
+
+
+@importer("MaxPool")
+def _maxpool(ctx: Ctx, n: onnx.NodeProto) -> None:
+    kernel = [int(k) for k in attrs(n)["kernel_shape"]]
+    win = _window(ctx, n, kernel)
+    if win.pop("dilations") != [1, 1]:
+        raise refuse(n, "dilated max pooling is not supported")
+    if len(n.output) > 1 and n.output[1]:
+        raise refuse(n, "the indices output is not supported")
+    ctx.emit(n, Node(n.name, "maxpool2d", [n.input[0]], n.output[0], {"kernel": kernel, **win}))
+
+
+def _reduce_axes(ctx: Ctx, n: onnx.NodeProto) -> list[int]:
+    x = n.input[0]
+    given = ctx.optional_const(n, 1, "axes")
+    axes = [int(a) for a in np.atleast_1d(given)] if given is not None else None
+    if axes is None:
+        axes = [int(a) for a in attrs(n).get("axes", [])] or None
+    if axes is None:
+        if attrs(n).get("noop_with_empty_axes", 0):
+            raise refuse(n, "a reduction over no axes is not supported")
+        axes = [a for a in range(ctx.rank(x)) if a != ctx.batch(x)]
+    return [ctx.axis(n, x, a) for a in axes]
+
+
+@importer("ReduceMean", "ReduceSum")
+def _reduce(ctx: Ctx, n: onnx.NodeProto) -> None:
+    x, out = n.input[0], n.output[0]
+    axes = sorted(_reduce_axes(ctx, n))
+    keep = int(attrs(n).get("keepdims", 1))
+    shape = ctx.shape(x)
+    if n.op_type == "ReduceMean" and len(shape) == 3 and axes == [1, 2] and ctx.batch(x) == 0:
+        # The mean over H, W of an image is global average pooling (x.mean((2, 3)) in torch).
+        pooled = out if keep else f"{n.name}:pool"
+        ctx.onnx_shapes.setdefault(pooled, (1, shape[0], 1, 1))
+        kw = {"kernel": list(shape[1:]), "strides": [1, 1], "pads": [0, 0, 0, 0]}
+        ctx.emit(n, Node(pooled if not keep else n.name, "avgpool2d", [x], pooled, kw))
+        if not keep:
+            ctx.emit(n, Node(n.name, "reshape", [pooled], out, {"shape": [shape[0]]}))
+        return
+    op = "reduce_mean" if n.op_type == "ReduceMean" else "reduce_sum"
+    ctx.emit(n, Node(n.name, op, [x], out, {"axes": axes, "keepdims": keep}))
+
+
+# -- data movement ----------------------------------------------------------------------------
+
+
+def _reshape_to(ctx: Ctx, n: onnx.NodeProto, x: str, out: str, name: str) -> None:
+    """Any reshape-like op (Reshape, Flatten, Squeeze, Unsqueeze): the output's batch-1 shape
+    comes from shape inference; its batch axis is the size-1 axis that splits the elements
+    where the input's batch axis did, else it was merged (None)."""
+    full = ctx.onnx_shapes.get(out)
+    if full is None:
+        raise refuse(n, "shape inference gives no output shape")
+    b_in = ctx.batch(x)
+    ones = [j for j, d in enumerate(full) if d == 1]
+    if b_in is not None:
+        before = int(np.prod(ctx.onnx_full(x)[:b_in]))
+        b_out = next((j for j in ones if int(np.prod(full[:j])) == before), None)
+    else:
+        # A merged batch axis (e.g. (L*N, E) -> (L, N, E)) comes back as a size-1 axis; with
+        # batch 1 any size-1 axis holds the same values, so taking one is exact.
+        b_out = ones[0] if ones else None
+    shape = [d for j, d in enumerate(full) if j != b_out]
+    ctx.emit(n, Node(name, "reshape", [x], out, {"shape": shape}), hint=b_out)
+
+
+@importer("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if ctx.is_const(n.input[0]):
+        raise refuse(n, "reshaping a constant that onnxruntime did not fold")
+    _reshape_to(ctx, n, n.input[0], n.output[0], n.name)
+
+
+@importer("Transpose")
+def _transpose(ctx: Ctx, n: onnx.NodeProto) -> None:
+    x = n.input[0]
+    rank, b = ctx.rank(x), ctx.batch(x)
+    perm = [int(p) for p in attrs(n).get("perm", list(range(rank))[::-1])]
+    if b is not None:
+        perm = [p - (p > b) for p in perm if p != b]
+    if perm == sorted(perm):
+        _reshape_to(ctx, n, x, n.output[0], n.name)  # only size-1 axes moved
+        return
+    ctx.emit(n, Node(n.name, "transpose", [x], n.output[0], {"perm": perm}))
+
+
+@importer("Concat")
+def _concat(ctx: Ctx, n: onnx.NodeProto) -> None:
+    live = [i for i in n.input if not ctx.is_const(i)]
+    ref = live[0]
+    axis = ctx.axis(n, ref, int(attrs(n)["axis"]))
+    if len(live) == len(n.input):
+        ctx.emit(n, Node(n.name, "concat", list(n.input), n.output[0], {"axis": axis}))
+        return
+    if len(live) > 1:
+        raise refuse(n, "a constant between several activations is not supported")
+    # A constant joined to one activation (a CLS / distillation token): zero-pad the activation
+    # where the constant goes, then add the constant there (pad and offset are both exact).
+    parts = [ctx.sample_const(ctx.consts[i], ref) if ctx.is_const(i) else None for i in n.input]
+    rank = len(ctx.shape(ref))
+    parts = [p.reshape((1,) * (rank - p.ndim) + p.shape) if p is not None else None for p in parts]
+    k = n.input.index(ref) if ref in n.input else 0
+    before = sum(p.shape[axis] for p in parts[:k])
+    after = sum(p.shape[axis] for p in parts[k + 1 :])
+    pads = [0] * (2 * rank)
+    pads[axis], pads[rank + axis] = before, after
+    padded = f"{n.name}:pad"
+    ctx.onnx_shapes.setdefault(padded, ctx.onnx_shapes[n.output[0]])
+    ctx.emit(n, Node(padded, "pad", [ref], padded, {"pads": pads}))
+    shape = ctx.shape(ref)
+    value = np.concatenate(
+        [
+            np.broadcast_to(p, shape[:axis] + (p.shape[axis],) + shape[axis + 1 :])
+            if p is not None
+            else np.zeros(shape)
+            for p in parts
+        ],
+        axis=axis,
+    )
+    ctx.emit(n, Node(n.name, "offset", [padded], n.output[0], {}, {"value": value.astype(np.float32)}))
+
+
+@importer("Gather")
+def _gather(ctx: Ctx, n: onnx.NodeProto) -> None:
+    data, idx = n.input[0], n.input[1]
+    if ctx.is_const(data) and not ctx.is_const(idx):
+        _embedding(ctx, n)
+        return
+    index = ctx.const(n, 1, "the index")
+    axis = ctx.axis(n, data, int(attrs(n).get("axis", 0)))
+    if index.ndim == 0:
+        a = {"axis": axis, "index": int(index) % ctx.shape(data)[axis]}
+        ctx.emit(n, Node(n.name, "take", [data], n.output[0], a))
+        return
+    size = ctx.shape(data)[axis]
+    index = index % size
+    steps = np.diff(index) if index.ndim == 1 and len(index) > 1 else None
+    if steps is not None and np.all(steps == steps[0]) and steps[0] != 0:
+        start, step = int(index[0]), int(steps[0])
+        stop = start + step * len(index)
+        spec = {"axes": [axis], "starts": [start], "ends": [max(stop, -1)], "steps": [step]}
+        ctx.emit(n, Node(n.name, "slice", [data], n.output[0], spec))
+        return
+    raise refuse(n, f"a gather by index {index.tolist()} is not a slice")
+
+
+def _embedding(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """Gather(table, ids): a lookup of token embeddings by an integer model input."""
+    table = ctx.consts[n.input[0]]
+    if table.ndim != 2 or int(attrs(n).get("axis", 0)) != 0:
+        raise refuse(n, f"only row lookups in a 2-D table are supported, table is {table.shape}")
+    ids = ctx.tensors.get(ctx.name(n.input[1]))
+    if ids is None or ids.dtype != "int64":
+        raise refuse(n, f"the ids '{n.input[1]}' must be an integer model input")
+    params = {"table": table.astype(np.float32)}
+    ctx.emit(n, Node(n.name, "embed", [n.input[1]], n.output[0], {}, params))
+
+
+def _emit_slice(ctx: Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tuple]) -> None:
+    """One slice node from (ONNX axis, start, end, step) tuples, clamped like ONNX Slice."""
+    x = n.input[0]
+    shape = ctx.shape(x)
+    a: dict[str, list[int]] = {"axes": [], "starts": [], "ends": [], "steps": []}
+    for axis, start, end, step in spec:
+        ax = ctx.axis(n, x, int(axis))
+        if step == 0:
+            raise refuse(n, "a step of 0 is not a slice")
+        big = np.iinfo(np.int64).max
+        s, e, _ = slice(int(max(min(start, big), -big)), int(max(min(end, big), -big)), int(step)).indices(shape[ax])
+        for k, v in zip(a, (ax, s, e, int(step)), strict=True):
+            a[k].append(v)
+    ctx.emit(n, Node(name, "slice", [x], out, a))
+
+
+@importer("Slice")
+def _slice(ctx: Ctx, n: onnx.NodeProto) -> None:
+    starts = ctx.const(n, 1, "starts")
+    ends = ctx.const(n, 2, "ends")
+    axes = ctx.optional_const(n, 3, "axes")
+    axes = np.arange(len(starts)) if axes is None else axes
+    steps = ctx.optional_const(n, 4, "steps")
+    steps = np.ones(len(starts), np.int64) if steps is None else steps
+    spec = list(zip(axes, starts, ends, steps, strict=True))
+    _emit_slice(ctx, n, n.output[0], n.name, spec)
+
+
+@importer("Split")
+def _split(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """Split into k outputs: k slice nodes, named after the Split node and output index."""
+    x = n.input[0]
+    onnx_axis = int(attrs(n).get("axis", 0))
+    size = ctx.shape(x)[ctx.axis(n, x, onnx_axis)]
+    given = ctx.optional_const(n, 1, "the split sizes")
+    if given is not None:
+        sizes = [int(s) for s in given]
+    elif "split" in attrs(n):
+        sizes = [int(s) for s in attrs(n)["split"]]
+    else:
+        k = len(n.output)
+        chunk = -(-size // k)  # ONNX: equal parts, the last one smaller
+        sizes = [min(chunk, size - i * chunk) for i in range(k)]
+    start = 0
+    for i, (out, part) in enumerate(zip(n.output, sizes, strict=True)):
+        if out:
+            _emit_slice(ctx, n, out, f"{n.name}:{i}", [(onnx_axis, start, start + part, 1)])
+        start += part
+
+
+@importer("Pad")
+def _pad(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = attrs(n)
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = ctx.optional_const(n, 1, "the pads")
+    pads = [int(p) for p in (pads if pads is not None else a.get("pads", []))]
+    value = ctx.optional_const(n, 2, "the pad value")
+    value = float(value.reshape(-1)[0]) if value is not None and value.size else float(a.get("value", 0.0))
+    if mode != "constant" or value != 0.0:
+        raise refuse(n, f"only zero padding is supported, got mode={mode} value={value}")
+    if ctx.optional_const(n, 3, "the axes") is not None:
+        raise refuse(n, "Pad with an axes input is not supported")
+    x = n.input[0]
+    rank, b = ctx.rank(x), ctx.batch(x)
+    if min(pads, default=0) < 0:
+        raise refuse(n, "negative pads (cropping) are not supported")
+    if b is not None and (pads[b] or pads[rank + b]):
+        raise refuse(n, "it pads the batch axis")
+    keep = [i for i in range(rank) if i != b]
+    per_sample = [pads[i] for i in keep] + [pads[rank + i] for i in keep]
+    ctx.emit(n, Node(n.name, "pad", [x], n.output[0], {"pads": per_sample}))
+
+
+@importer("Resize", "Upsample")
+def _resize(ctx: Ctx, n: onnx.NodeProto) -> None:
+    a = attrs(n)
+    _image_input(ctx, n)
+
+    def text(k: str, default: str) -> str:
+        v = a.get(k, default)
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    mode = text("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        raise refuse(n, f"mode '{mode}' is not supported (nearest, linear)")
+    full = ctx.onnx_shapes.get(n.output[0])
+    if full is None or full[:2] != ctx.onnx_full(n.input[0])[:2]:
+        raise refuse(n, "only the spatial axes of (N, C, H, W) may be resized")
+    kw = {
+        "mode": mode,
+        "out_shape": list(full[1:]),
+        "coordinate_transformation_mode": text("coordinate_transformation_mode", "half_pixel"),
+        "nearest_mode": text("nearest_mode", "round_prefer_floor"),
+    }
+    ctx.emit(n, Node(n.name, "resize", [n.input[0]], n.output[0], kw))
