@@ -8,6 +8,7 @@ from spikeport.cli.main import QUIET, main, parse_timesteps, run_safely, say
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
 from spikeport.data import load_data
+from spikeport.errors import BadInput
 from spikeport.ir import load, save
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
@@ -16,6 +17,18 @@ from spikeport.targets import discover
 discover()  # every target registers its quantize profile before --target lists them
 
 OUT = click.option("-o", "--output", "output", required=True, help="Output file.")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`NAME=1x3x32x32` -> (NAME, (1, 3, 32, 32)): one input's per-sample shape."""
+    name, _, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not name or not shape or min(shape) < 1:
+        raise BadInput(f"--input-shape '{text}' is not NAME=D1xD2... with positive sizes")
+    return name, shape
 
 
 @main.command("convert")
@@ -50,6 +63,13 @@ OUT = click.option("-o", "--output", "output", required=True, help="Output file.
     show_default=True,
     help="Sequence models: |activation| percentile of the neurons before linear layers.",
 )
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D1xD2...",
+    help="Per-sample shape of an input with dynamic axes (default: the calibration data's).",
+)
 @OUT
 @QUIET
 @run_safely
@@ -61,12 +81,18 @@ def convert_cmd(
     per_channel: bool,
     signed: bool,
     input_percentile: float,
+    input_shapes: tuple[str, ...],
     output: str,
     quiet: bool,
 ) -> None:
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
-    graph = convert(model, calib, percentile, per_channel, signed, timesteps, input_percentile)
+    shapes = dict(parse_input_shape(s) for s in input_shapes)
+    graph = convert(
+        model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes
+    )
+    for note in graph.meta["source"].get("import_notes", []):
+        say(quiet, f"note: {note}")
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
     say(
@@ -131,6 +157,9 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     metavar="T:ACC",
     help="Exit 1 when accuracy at T is below ACC (repeatable).",
 )
+@click.option(
+    "--output", "scored", default=None, help="The model output to score (default: the first)."
+)
 @QUIET
 @run_safely
 def eval_cmd(
@@ -143,6 +172,7 @@ def eval_cmd(
     json_path: str | None,
     plot_path: str | None,
     requires: tuple[str, ...],
+    scored: str | None,
     quiet: bool,
 ) -> None:
     """Accuracy of MODEL at each T on held-out DATA, against the ANN."""
@@ -159,11 +189,13 @@ def eval_cmd(
     reqs = [Requirement.parse(r) for r in requires]
     ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
     graph = load(model)
-    n_classes = graph.shape(graph.outputs[0])[-1]
+    from spikeport.eval.evaluate import output_index
+
+    n_classes = graph.shape(graph.outputs[output_index(graph, scored)])[-1]
     ds = load_data(data, graph.inputs, labels=True, n_classes=n_classes)
     mode = mode or ("int" if graph.stage == "int" else "float")
     with progress(len(ds), f"eval T<={max(ts)}", quiet) as advance:
-        report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path)
+        report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path, scored)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))
     if json_path:

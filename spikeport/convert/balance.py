@@ -40,7 +40,9 @@ def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.nda
     return np.where(theta > 0, theta, 1.0)  # a silent layer still needs theta > 0
 
 
-def to_neuron(node: Node, theta: np.ndarray, shape: tuple[int, ...], axis: int, signed: bool) -> Node:
+def to_neuron(
+    node: Node, theta: np.ndarray, shape: tuple[int, ...], axis: int, signed: bool
+) -> Node:
     """The IF neuron of a ReLU/Clip node: theta per channel along `axis`, or one for all."""
     cap = node.attrs.get("cap")
     if cap is not None:

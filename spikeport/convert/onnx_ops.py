@@ -301,8 +301,10 @@ def _batchnorm(ctx: Ctx, n: onnx.NodeProto) -> None:
     as_const = (1, -1) + (1,) * (rank - 2)  # channels on ONNX axis 1
     mid = f"{n.name}:scaled"
     target = ctx.fold_target(x)
-    if target is not None and _per_channel(ctx, target, ctx.sample_const(
-            scale.reshape(as_const), x)) is not None:
+    if (
+        target is not None
+        and _per_channel(ctx, target, ctx.sample_const(scale.reshape(as_const), x)) is not None
+    ):
         _fold_scale(ctx, x, ctx.sample_const(scale.reshape(as_const), x), mid)
         _fold_shift(ctx, mid, ctx.sample_const(shift.reshape(as_const), x), out)
         return
@@ -426,19 +428,26 @@ def _avgpool(ctx: Ctx, n: onnx.NodeProto) -> None:
 def _covered(hw: tuple[int, ...], kernel: list[int], win: dict, counted: list[int] | None):
     """Per output position, how many cells its window divides by: the input cells it covers,
     plus the explicit padding when it is counted (count_include_pad=1)."""
-    ones = np.zeros((1, hw[0] + win["pads"][0] + win["pads"][2], hw[1] + win["pads"][1] + win["pads"][3]))
+    ones = np.zeros(
+        (1, hw[0] + win["pads"][0] + win["pads"][2], hw[1] + win["pads"][1] + win["pads"][3])
+    )
     p = win["pads"]
     ones[:, p[0] : p[0] + hw[0], p[1] : p[1] + hw[1]] = 1
     if counted is not None:  # the explicit pads count, the ceil_mode extension does not
-        ones[:, p[0] - counted[0] : p[0] + hw[0] + counted[2],
-             p[1] - counted[1] : p[1] + hw[1] + counted[3]] = 1
+        ones[
+            :,
+            p[0] - counted[0] : p[0] + hw[0] + counted[2],
+            p[1] - counted[1] : p[1] + hw[1] + counted[3],
+        ] = 1
     st = win["strides"]
     oh = window_out(hw[0], kernel[0], st[0], p[0], p[2])
     ow = window_out(hw[1], kernel[1], st[1], p[1], p[3])
     out = np.empty((oh, ow))
     for i in range(oh):
         for j in range(ow):
-            out[i, j] = ones[0, i * st[0] : i * st[0] + kernel[0], j * st[1] : j * st[1] + kernel[1]].sum()
+            out[i, j] = ones[
+                0, i * st[0] : i * st[0] + kernel[0], j * st[1] : j * st[1] + kernel[1]
+            ].sum()
     return out
 
 
@@ -569,7 +578,9 @@ def _concat(ctx: Ctx, n: onnx.NodeProto) -> None:
         ],
         axis=axis,
     )
-    ctx.emit(n, Node(n.name, "offset", [padded], n.output[0], {}, {"value": value.astype(np.float32)}))
+    ctx.emit(
+        n, Node(n.name, "offset", [padded], n.output[0], {}, {"value": value.astype(np.float32)})
+    )
 
 
 @importer("Gather")
@@ -618,7 +629,9 @@ def _emit_slice(ctx: Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tup
         if step == 0:
             raise refuse(n, "a step of 0 is not a slice")
         big = np.iinfo(np.int64).max
-        s, e, _ = slice(int(max(min(start, big), -big)), int(max(min(end, big), -big)), int(step)).indices(shape[ax])
+        s, e, _ = slice(
+            int(max(min(start, big), -big)), int(max(min(end, big), -big)), int(step)
+        ).indices(shape[ax])
         for k, v in zip(a, (ax, s, e, int(step)), strict=True):
             a[k].append(v)
     ctx.emit(n, Node(name, "slice", [x], out, a))
@@ -666,7 +679,11 @@ def _pad(ctx: Ctx, n: onnx.NodeProto) -> None:
     pads = ctx.optional_const(n, 1, "the pads")
     pads = [int(p) for p in (pads if pads is not None else a.get("pads", []))]
     value = ctx.optional_const(n, 2, "the pad value")
-    value = float(value.reshape(-1)[0]) if value is not None and value.size else float(a.get("value", 0.0))
+    value = (
+        float(value.reshape(-1)[0])
+        if value is not None and value.size
+        else float(a.get("value", 0.0))
+    )
     if mode != "constant" or value != 0.0:
         raise refuse(n, f"only zero padding is supported, got mode={mode} value={value}")
     if ctx.optional_const(n, 3, "the axes") is not None:

@@ -40,15 +40,20 @@ def import_model(
 def data_shapes(
     model: str | os.PathLike[str], calib: str | os.PathLike[str]
 ) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of an ONNX model's inputs as the calibration data has them (a key
-    per input name, or `x` for a single input): they fix the model's dynamic axes."""
+    """Per-sample shapes of an ONNX model's inputs with dynamic axes, as the calibration data
+    has them (a key per input name, or `x` for a single input): they fix those axes."""
     if Path(model).suffix.lower() != ".onnx":
         return {}
-    names = [i.name for i in data_inputs(load_checked(existing_file(model, "ONNX model")))]
+    inputs = data_inputs(load_checked(existing_file(model, "ONNX model")))
+    names = [i.name for i in inputs]
+    dynamic = {
+        i.name for i in inputs if not all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:])
+    }
     arrays = read_npz(existing_file(calib, "calibration data"))
     shapes = {n: arrays[n].shape[1:] for n in names if n in arrays}
     if len(names) == 1 and names[0] not in shapes and "x" in arrays:
         shapes[names[0]] = arrays["x"].shape[1:]
+    shapes = {k: v for k, v in shapes.items() if k in dynamic}  # static inputs: load_data checks
     return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
 
 

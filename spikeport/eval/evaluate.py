@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from spikeport.batch import Batch, onnx_feeds
+from spikeport.batch import Batch, onnx_feeds, size, take
 from spikeport.data import Dataset
 from spikeport.errors import BadInput, CheckFailed
 from spikeport.fileio import existing_file, sha256_file
@@ -43,22 +43,57 @@ class Requirement:
         return req
 
 
-def onnx_logits(path: str | os.PathLike[str], x: Batch) -> np.ndarray:
-    """The float reference: the source ONNX model run by onnxruntime (integer inputs such as
-    token ids keep their type)."""
+REFERENCE_BATCH = 256
+
+
+def onnx_outputs(path: str | os.PathLike[str], x: Batch) -> list[np.ndarray]:
+    """The float reference: every output of the source ONNX model run by onnxruntime (integer
+    inputs such as token ids keep their type). A file whose batch axis is fixed at 1 runs
+    sample by sample; others in batches."""
+    from spikeport.convert.onnx_load import quiet_session_options
+
     sess = ort.InferenceSession(
-        str(existing_file(path, "ONNX model")), providers=["CPUExecutionProvider"]
+        str(existing_file(path, "ONNX model")),
+        quiet_session_options(),
+        providers=["CPUExecutionProvider"],
     )
-    return sess.run(None, onnx_feeds([i.name for i in sess.get_inputs()], x))[0]
+    names = [i.name for i in sess.get_inputs()]
+    step = 1 if all(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else REFERENCE_BATCH
+    parts = [
+        sess.run(None, onnx_feeds(names, take(x, slice(s, s + step))))
+        for s in range(0, size(x), step)
+    ]
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+
+def onnx_logits(path: str | os.PathLike[str], x: Batch, output: int = 0) -> np.ndarray:
+    """Output `output` (by position) of the source ONNX model on `x` (see onnx_outputs)."""
+    return onnx_outputs(path, x)[output]
+
+
+def output_index(graph: Graph, name: str | None) -> int:
+    """The position of the output that eval scores: `name` (an output of the graph or of the
+    source model), or the first one."""
+    if name is None:
+        return 0
+    source = graph.meta.get("source", {}).get("outputs", [])
+    for names in (graph.outputs, source):
+        if name in names:
+            return list(names).index(name)
+    raise BadInput(f"--output '{name}': the model's outputs are {list(source or graph.outputs)}")
 
 
 def ann_reference(
-    graph: Graph, data: Dataset, onnx_path: str | None, tflite_path: str | None = None
+    graph: Graph,
+    data: Dataset,
+    onnx_path: str | None,
+    tflite_path: str | None = None,
+    output: int = 0,
 ) -> tuple[np.ndarray, str]:
     """ANN predictions: onnxruntime (or LiteRT for a .tflite) on the source model if given,
     else the graph's ANN view."""
     if onnx_path is None and tflite_path is None:
-        logits = simulate(graph, data.x, 1, "ann").outputs[graph.outputs[0]][0]
+        logits = simulate(graph, data.x, 1, "ann").outputs[graph.outputs[output]][0]
         return logits.argmax(-1), "spikeport ann mode (ReLU view of this graph)"
     if onnx_path is not None and tflite_path is not None:
         raise BadInput("--onnx and --tflite both name a reference model; give one")
@@ -70,7 +105,7 @@ def ann_reference(
         from spikeport.convert.litert import litert_logits  # needs ai-edge-litert
 
         return litert_logits(tflite_path, data.x).argmax(-1), "LiteRT (ai-edge-litert)"
-    return onnx_logits(path, data.x).argmax(-1), "onnxruntime"
+    return onnx_logits(path, data.x, output).argmax(-1), "onnxruntime"
 
 
 def evaluate(
@@ -81,15 +116,18 @@ def evaluate(
     onnx_path: str | None = None,
     progress: Callable[[int], None] | None = None,
     tflite_path: str | None = None,
+    output: str | None = None,
 ) -> dict[str, object]:
-    """The eval report (schema in docs/eval-json.md): one record per T."""
+    """The eval report (schema in docs/eval-json.md): one record per T. `output` names the
+    graph output scored (default: the first)."""
     if data.y is None:
         raise BadInput(f"{data.path}: key 'y' (labels) is missing; eval needs labels")
     if not timesteps or min(timesteps) < 1:
         raise BadInput(f"-T needs positive timesteps, got {timesteps}")
-    ann_pred, ann_source = ann_reference(graph, data, onnx_path, tflite_path)
+    k = output_index(graph, output)
+    ann_pred, ann_source = ann_reference(graph, data, onnx_path, tflite_path, k)
     res = simulate(graph, data.x, max(timesteps), mode, progress=progress)
-    out = res.outputs[graph.outputs[0]]
+    out = res.outputs[graph.outputs[k]]
     n = len(data)
     records = []
     for t in sorted(set(timesteps)):
@@ -107,6 +145,7 @@ def evaluate(
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "model": {"stage": graph.stage, "source": graph.meta.get("source", {})},
+        "output": graph.outputs[k],
         "data": data.provenance,
         "mode": mode,
         "ann": {"accuracy": float((ann_pred == data.y).mean()), "source": ann_source},
