@@ -68,6 +68,7 @@ class Ctx:
     masks: dict[str, tuple[str, str]] = field(default_factory=dict)
     graph_outputs: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)  # what import changed, for meta/inspect
+    dropped_softmax: list[str] = field(default_factory=list)
 
     # -- tensors -------------------------------------------------------------------------
     def name(self, t: str) -> str:

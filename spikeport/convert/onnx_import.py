@@ -79,6 +79,7 @@ def _drop_argmax_keeping_tail(ctx: Ctx, outputs: list[str]) -> list[str]:
                 f"dropped, the output is its input '{node.inputs[0]}' (same argmax)"
             )
             out = node.inputs[0]
+            ctx.dropped_softmax.append(out)
         kept.append(out)
     return kept
 
@@ -136,6 +137,8 @@ def import_onnx(
         "batch_fixed_at_one": batch_fixed_at_one(original),
         "outputs": [o.name for o in original.graph.output],
         "import_notes": ctx.notes,
+        # outputs whose final softmax was dropped: the source model's output is softmax(them)
+        "dropped_softmax": ctx.dropped_softmax,
     }
     graph = Graph(inputs=inputs, nodes=ctx.nodes, outputs=outputs, meta={"source": source})
     return check_graph(graph)

@@ -560,7 +560,7 @@ def _concat(ctx: Ctx, n: onnx.NodeProto) -> None:
     parts = [ctx.sample_const(ctx.consts[i], ref) if ctx.is_const(i) else None for i in n.input]
     rank = len(ctx.shape(ref))
     parts = [p.reshape((1,) * (rank - p.ndim) + p.shape) if p is not None else None for p in parts]
-    k = n.input.index(ref) if ref in n.input else 0
+    k = list(n.input).index(ref)
     before = sum(p.shape[axis] for p in parts[:k])
     after = sum(p.shape[axis] for p in parts[k + 1 :])
     pads = [0] * (2 * rank)
