@@ -27,8 +27,11 @@ from spikeport.convert.onnx_load import (
     load_checked,
 )
 from spikeport.convert.onnx_patterns import (
+    SPIKEPORT_DOMAIN,
     fuse_decomposed_layernorm,
     fuse_erf_gelu,
+    fuse_l2norm,
+    fuse_masked_mean,
     plan_masks,
 )
 from spikeport.errors import UnsupportedOp
@@ -101,6 +104,7 @@ def import_onnx(
     original = load_checked(p)
     model = canonicalise(original, input_shapes)
     model = fuse_decomposed_layernorm(fuse_erf_gelu(model))
+    model = fuse_l2norm(fuse_masked_mean(model))
     plan = plan_masks(model)
     inputs = _graph_inputs(model)
     ctx = Ctx(
@@ -121,7 +125,7 @@ def import_onnx(
         if n.output[0] in plan.adds:
             ctx.alias[n.output[0]] = plan.adds[n.output[0]][0]  # scores; the mask goes to Softmax
             continue
-        if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
+        if n.domain not in ("", "ai.onnx", SPIKEPORT_DOMAIN) or n.op_type not in IMPORTERS:
             raise refuse(n, "op is not in spikeport's vocabulary")
         IMPORTERS[n.op_type](ctx, n)
     outputs = [ctx.name(o.name) for o in model.graph.output]

@@ -721,3 +721,23 @@ def _resize(ctx: Ctx, n: onnx.NodeProto) -> None:
         "nearest_mode": text("nearest_mode", "round_prefer_floor"),
     }
     ctx.emit(n, Node(n.name, "resize", [n.input[0]], n.output[0], kw))
+
+
+# -- fused patterns (spikeport.convert.onnx_patterns) ------------------------------------------
+
+
+@importer("MaskedMean")
+def _masked_mean(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """The mean of h over the tokens its 0/1 mask keeps (masked mean pooling)."""
+    h, mask = n.input
+    a = {"axis": ctx.axis(n, h, int(attrs(n)["axis"])), "keepdims": int(attrs(n)["keepdims"])}
+    ctx.emit(n, Node(n.name, "masked_mean", [h, mask], n.output[0], a))
+
+
+@importer("L2Norm")
+def _l2norm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    x = n.input[0]
+    if ctx.axis(n, x, int(attrs(n)["axis"])) != len(ctx.shape(x)) - 1:
+        raise refuse(n, "only an L2 normalisation over the last axis is supported")
+    a = {"axis": -1, "eps": float(attrs(n)["epsilon"])}
+    ctx.emit(n, Node(n.name, "l2norm", [x], n.output[0], a))

@@ -79,6 +79,7 @@ def _index_after(g: onnx.GraphProto, tensor: str) -> int:
 
 # -- attention masks ---------------------------------------------------------------------------
 
+SPIKEPORT_DOMAIN = "spikeport"  # fused nodes that no ONNX op spells: MaskedMean, L2Norm
 MASKED_BELOW = -1e4  # an additive mask value at or below this excludes a key (exp underflows)
 
 
@@ -105,22 +106,13 @@ def _integer_inputs(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 def plan_masks(model: onnx.ModelProto) -> MaskPlan:
     """Find the additive attention masks; refuse any other use of an integer input."""
     g = model.graph
-    consts = {i.name for i in g.initializer} | {
-        o for n in g.node if n.op_type == "Constant" for o in n.output
-    }
+    consts = _consts(g)
     ints = {i.name: i for i in _integer_inputs(g)}
-    derived: dict[str, set[str]] = {name: {name} for name in ints}  # tensor -> integer inputs
     plan = MaskPlan()
-    for n in g.node:
-        live = [i for i in n.input if i and i not in consts]
-        if not live or not all(i in derived for i in live) or _is_embedding(n, consts):
-            continue
-        for o in n.output:
-            derived[o] = set().union(*(derived[i] for i in live))
-        plan.skip.add(n.name)
+    derived = _derived(g, consts, plan.skip)
     users = _users(g)
     for n in g.node:
-        if n.name in plan.skip:
+        if n.name in plan.skip or n.domain == SPIKEPORT_DOMAIN:
             continue
         masked = [i for i in n.input if i in derived]
         if n.op_type == "Add" and len(masked) == 1 and len(derived[masked[0]]) == 1:
@@ -140,6 +132,26 @@ def plan_masks(model: onnx.ModelProto) -> MaskPlan:
                 "of an embedding (Gather) and as an additive attention mask before Softmax"
             )
     return plan
+
+
+def _derived(g: onnx.GraphProto, consts: set[str], skip: set[str]) -> dict[str, set[str]]:
+    """tensor -> the integer inputs it is computed from, for tensors computed only from
+    integer inputs and constants (mask arithmetic); their nodes' names go into `skip`."""
+    derived: dict[str, set[str]] = {i.name: {i.name} for i in _integer_inputs(g)}
+    for n in g.node:
+        live = [i for i in n.input if i and i not in consts]
+        if not live or not all(i in derived for i in live) or _is_embedding(n, consts):
+            continue
+        for o in n.output:
+            derived[o] = set().union(*(derived[i] for i in live))
+        skip.add(n.name)
+    return derived
+
+
+def _consts(g: onnx.GraphProto) -> set[str]:
+    return {i.name for i in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output
+    }
 
 
 def _is_embedding(n: onnx.NodeProto, consts: set[str]) -> bool:
@@ -283,3 +295,136 @@ def _reduces_last_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> 
         None,
     )
     return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+
+
+# -- sentence-embedding heads --------------------------------------------------------------------
+
+
+def _run_sub(model: onnx.ModelProto, inputs: list[str], outputs: list[str], feeds: dict):
+    sub = onnx.utils.Extractor(model).extract_model(inputs, outputs)
+    sess = ort.InferenceSession(
+        sub.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"]
+    )
+    return sess.run(None, feeds)
+
+
+def _random_masks(mask: onnx.ValueInfoProto, rng: np.random.Generator) -> np.ndarray:
+    shape = [d.dim_value for d in mask.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(mask.type.tensor_type.elem_type)
+    flags = (rng.random(shape) < 0.6).astype(dtype)
+    flags.reshape(-1)[0] = 1  # at least one kept token
+    return flags
+
+
+def fuse_masked_mean(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Div(ReduceSum(Mul(h, M), tokens), C) with M the 0/1 mask spread over the features and C
+    the kept-token count (clamped away from 0) -> MaskedMean(h, mask): the mean of h over kept
+    tokens (masked mean pooling of sentence encoders). M and C are checked by running their
+    subgraphs on random masks."""
+    g = model.graph
+    consts = _consts(g)
+    derived = _derived(g, consts, set())
+    ints = {i.name: i for i in _integer_inputs(g)}
+    producer = {o: n for n in g.node for o in n.output}
+    users = _users(g)
+    for div in [n for n in g.node if n.op_type == "Div" and n.input[1] in derived]:
+        red = producer.get(div.input[0])
+        mul = producer.get(red.input[0]) if red is not None else None
+        if red is None or red.op_type != "ReduceSum" or mul is None or mul.op_type != "Mul":
+            continue
+        spread = next((i for i in mul.input if i in derived), None)
+        h = next((i for i in mul.input if i not in derived and i not in consts), None)
+        if spread is None or h is None or len(derived[spread] | derived[div.input[1]]) != 1:
+            continue
+        (source,) = derived[spread]
+        axis = _reduce_axis(red, consts, g)
+        if axis is None or not _is_mask_mean(model, ints[source], spread, div.input[1], axis):
+            continue
+        fused = onnx.helper.make_node(
+            "MaskedMean",
+            [h, source],
+            [div.output[0]],
+            name=div.name + "_masked_mean",
+            domain=SPIKEPORT_DOMAIN,
+            axis=axis,
+            keepdims=_keepdims(red),
+        )
+        dead = [div] + [n for n in (red, mul) if len(users.get(n.output[0], [])) == 1]
+        at = list(g.node).index(div)
+        g.node.insert(at, fused)
+        for n in dead:
+            g.node.remove(n)
+    return model
+
+
+def _keepdims(n: onnx.NodeProto) -> int:
+    return int(_attrs(n).get("keepdims", 1))
+
+
+def _reduce_axis(red: onnx.NodeProto, consts: set[str], g: onnx.GraphProto) -> int | None:
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    axes = values.get(red.input[1]) if len(red.input) > 1 and red.input[1] else None
+    axes = _attrs(red).get("axes") if axes is None else axes
+    if axes is None or np.size(axes) != 1:
+        return None
+    return int(np.reshape(axes, -1)[0])
+
+
+def _is_mask_mean(
+    model: onnx.ModelProto, mask: onnx.ValueInfoProto, spread: str, count: str, axis: int
+) -> bool:
+    """Whether `spread` is the mask (0/1 per token, the same over the features) and `count` is
+    the number of kept tokens, on random masks."""
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        flags = _random_masks(mask, rng)
+        m, c = _run_sub(model, [mask.name], [spread, count], {mask.name: flags})
+        per_token = np.moveaxis(m, axis, -1)
+        kept = flags.reshape(-1).astype(np.float64)
+        if per_token.shape[-1] != kept.size or not np.all(per_token == kept):
+            return False
+        if not np.allclose(c, kept.sum(), rtol=1e-6):
+            return False
+    return True
+
+
+def fuse_l2norm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """x / [Expand](Clip|Max(ReduceL2(x, last axis, keepdims), eps)) -> L2Norm(x, eps): the
+    L2 normalisation of torch.nn.functional.normalize and sentence-transformers' Normalize."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for div in [n for n in g.node if n.op_type == "Div"]:
+        chain, t, eps = [], div.input[1], 0.0
+        node = producer.get(t)
+        if node is not None and node.op_type == "Expand":
+            chain.append(node)
+            node = producer.get(node.input[0])
+        if node is not None and node.op_type in ("Clip", "Max") and len(node.input) > 1:
+            lo = values.get(node.input[1])
+            if lo is None:
+                continue
+            eps = float(np.reshape(lo, -1)[0])
+            chain.append(node)
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "ReduceL2" or node.input[0] != div.input[0]:
+            continue
+        axis = _reduce_axis(node, set(values), g)
+        if axis is None or not _keepdims(node):
+            continue
+        fused = onnx.helper.make_node(
+            "L2Norm",
+            [div.input[0]],
+            [div.output[0]],
+            name=div.name + "_l2norm",
+            domain=SPIKEPORT_DOMAIN,
+            axis=axis,
+            epsilon=eps,
+        )
+        at = list(g.node).index(div)
+        g.node.insert(at, fused)
+        users = _users(g)
+        for dead in [div, *chain, node]:
+            if dead is div or all(u in (div, *chain) for u in users.get(dead.output[0], [])):
+                g.node.remove(dead)
+    return model
