@@ -197,7 +197,9 @@ def test_prelu_is_exact_above_zero_and_rounds_only_its_slope():
     c = F.slope_consts(slope)
     q = np.arange(-(2**20), 2**20, 97, dtype=np.int64)[None, :]
     got = F.int_prelu(q, c["mul"], c["shift"])
-    np.testing.assert_array_equal(got[:, q[0] >= 0], np.broadcast_to(q[q >= 0], (5, (q >= 0).sum())))
+    np.testing.assert_array_equal(
+        got[:, q[0] >= 0], np.broadcast_to(q[q >= 0], (5, (q >= 0).sum()))
+    )
     rounding = np.abs(c["mul"] / 2.0 ** c["shift"] - slope)
     assert rounding.max() <= 2.0 ** -(c["shift"] + 1)
     assert np.all(np.abs(got - np.where(q >= 0, q, slope * q)) <= np.abs(q) * rounding + 1)

@@ -186,8 +186,10 @@ def slope_consts(slope: np.ndarray, mul_bits: int = 16) -> dict:
     """Integer slopes mul / 2^shift ~ slope (one shift, from the largest |slope|)."""
     top = float(np.abs(slope).max(initial=0)) or 1.0
     shift = max(0, mul_bits - 2 - int(math.ceil(math.log2(top))))
-    return {"mul": np.round(np.asarray(slope, np.float64) * 2.0**shift).astype(np.int64),
-            "shift": shift}
+    return {
+        "mul": np.round(np.asarray(slope, np.float64) * 2.0**shift).astype(np.int64),
+        "shift": shift,
+    }
 
 
 def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int) -> np.ndarray:
@@ -294,3 +296,17 @@ def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) ->
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
     return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), written with tanh so it never overflows."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def hardsigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return np.clip(alpha * x + beta, 0, 1)
+
+
+def l2norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """x / max(||x||_2, eps) over the last axis."""
+    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)), eps)
