@@ -123,6 +123,22 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
             node("slice", attrs={"axes": [1], "starts": [3], "ends": [0], "steps": [-2]}),
             [(2, 5)],
         ),
+        "sigmoid": (node("sigmoid"), [(3, 4)]),
+        "hardsigmoid": (node("hardsigmoid", attrs={"alpha": 0.3, "beta": 0.4}), [(3, 4)]),
+        "hardswish": (node("hardswish"), [(3, 4)]),
+        "silu": (node("silu"), [(3, 4)]),
+        "prelu": (node("prelu", slope=w(3, 1)), [(3, 4)]),
+        "mul": (node("mul", 2), [(2, 3, 4), (3, 1)]),
+        "div": (node("div", 2), [(2, 3, 4), (3, 1)]),
+        "l2norm": (node("l2norm"), [(3, 4)]),
+        "channel_scale": (node("channel_scale", factor=w(3, 1)), [(3, 4)]),
+        "pad": (node("pad", attrs={"pads": [0, 1, 2, 0]}), [(3, 4)]),
+        "reduce_sum": (node("reduce_sum", attrs={"axes": [0], "keepdims": 1}), [(3, 4)]),
+        "resize": (
+            node("resize", attrs={"mode": "linear", "out_shape": [2, 5, 3]}),
+            [(2, 3, 2)],
+        ),
+        "resize/nearest": (node("resize", attrs={"out_shape": [2, 6, 1]}), [(2, 3, 2)]),
     }
     if "bipolar" in OPS["if"].attrs:
         ex["if/bipolar"] = (neuron(bipolar=True), [(3, 4)])
@@ -201,8 +217,8 @@ def test_signed_neurons_take_spikes_back_like_the_simulator():
 
 
 def test_an_op_without_a_layer_is_refused_naming_the_node():
-    node = Node("the_odd_one", "sigmoid", ["x"], "y")
-    with pytest.raises(UnsupportedOp, match="'the_odd_one' \\(sigmoid\\)"):
+    node = Node("the_odd_one", "frobnicate", ["x"], "y")
+    with pytest.raises(UnsupportedOp, match="'the_odd_one' \\(frobnicate\\)"):
         make_layer(node, (4,), SURROGATES["rectangle"])
 
 

@@ -150,3 +150,78 @@ def test_integer_tanh_operator_tracks_the_float_one(T):
     ref = T * np.tanh(xs.mean(axis=0) * F.TANH_IN_SCALE)
     # the running mean is floored to the input scale: at most one input step (2^-10) off
     assert np.abs(got * 2.0**-F.TANH_OUT_BITS - ref).max() <= T * (F.TANH_BOUND + 2e-3)
+
+
+# -- activations, gates, prelu, l2 norm, division (spikeport.ir.ext_ops) ---------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(x / 2))
+
+
+def test_sigmoid_within_bound_over_its_range():
+    """Far beyond the exp's interval too: the integer exp floors its input at -30 ln 2."""
+    q = np.arange(-64 * 1024, 64 * 1024 + 1, dtype=np.int64)  # x in [-64, 64] at scale 2^-10
+    c = F.softmax_consts(F.SIGMOID_IN_SCALE)
+    got = F.int_sigmoid(q, **c) * 2.0**-F.GATE_BITS
+    assert np.abs(got - _sigmoid(q * F.SIGMOID_IN_SCALE)).max() <= F.SIGMOID_BOUND
+    assert F.int_sigmoid(np.zeros(1, np.int64), **c)[0] == 2 ** (F.GATE_BITS - 1)
+    np.testing.assert_array_equal(F.int_sigmoid(q, **c) + F.int_sigmoid(-q, **c), 2**F.GATE_BITS)
+    far = np.array([-(10**9), -(10**6), 10**6, 10**9], np.int64)
+    np.testing.assert_array_equal(F.int_sigmoid(far, **c), [0, 0, 2**15, 2**15])
+
+
+def _act_inputs(s: float) -> np.ndarray:
+    """Every integer near 0 and a sweep far out (|q| <= 2^22: 256 times the calibrated peak)."""
+    sweep = np.linspace(-(2**22), 2**22, 200_001).astype(np.int64)
+    return np.unique(np.concatenate([np.arange(-(2**16), 2**16 + 1), sweep]))
+
+
+@pytest.mark.parametrize("peak", [0.01, 1.0, 6.0, 300.0])
+def test_gated_activations_within_bound_over_their_range(peak):
+    s = F.act_scale(peak)
+    q = _act_inputs(s)
+    x = q * s
+    silu = F.int_silu(q, **F.silu_consts(s)) * s
+    assert np.abs(silu - x * _sigmoid(x)).max() <= F.SILU_BOUND + 2 * s
+    hsw = F.int_hardswish(q, **F.gate_consts(s, 1 / 6, 0.5)) * s
+    assert np.abs(hsw - x * np.clip(x / 6 + 0.5, 0, 1)).max() <= F.HARDSWISH_BOUND + 2 * s
+    for alpha, beta in ((0.2, 0.5), (1 / 6, 0.5), (0.5, 0.25)):
+        hs = F.int_hardsigmoid(q, **F.gate_consts(s, alpha, beta)) * 2.0**-F.GATE_BITS
+        ref = np.clip(alpha * x + beta, 0, 1)
+        assert np.abs(hs - ref).max() <= F.HARD_BOUND + alpha * s
+
+
+def test_prelu_is_exact_above_zero_and_rounds_only_its_slope():
+    slope = np.array([0.01, 0.25, -0.3, 1.7, 0.0])[:, None]
+    c = F.slope_consts(slope)
+    q = np.arange(-(2**20), 2**20, 97, dtype=np.int64)[None, :]
+    got = F.int_prelu(q, c["mul"], c["shift"])
+    np.testing.assert_array_equal(
+        got[:, q[0] >= 0], np.broadcast_to(q[q >= 0], (5, (q >= 0).sum()))
+    )
+    rounding = np.abs(c["mul"] / 2.0 ** c["shift"] - slope)
+    assert rounding.max() <= 2.0 ** -(c["shift"] + 1)
+    assert np.all(np.abs(got - np.where(q >= 0, q, slope * q)) <= np.abs(q) * rounding + 1)
+
+
+@pytest.mark.parametrize("d", [2, 8, 384])
+def test_l2norm_within_bound(d):
+    rng = np.random.default_rng(d)
+    x = rng.normal(0, 1, (3000, d)) * rng.uniform(0.001, 1, (3000, 1))
+    x *= rng.random((3000, d)) < 0.7  # sparse rows, some all zero
+    q = np.floor(x / F.act_scale(np.abs(x).max())).astype(np.int64)
+    norm = np.sqrt((q.astype(np.float64) ** 2).sum(-1, keepdims=True))
+    got = F.int_l2norm(q, 1)
+    assert np.abs(got).max() <= 2**F.L2_OUT_BITS
+    live = norm[:, 0] > 1
+    err = np.abs(got * 2.0**-F.L2_OUT_BITS - q / np.maximum(norm, 1))[live]
+    assert (err <= 2.0**-F.L2_OUT_BITS + 1 / (norm[live] - 1)).all()
+    np.testing.assert_array_equal(got[norm[:, 0] == 0], 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(2**40), 2**40), st.integers(-5, 2**30), st.integers(0, 16), st.integers(1, 64))
+def test_integer_division_is_the_floor_of_the_exact_quotient(a, b, frac, least):
+    got = int(F.int_div(np.array([a]), np.array([b]), frac, least)[0])
+    assert got == (a * 2**frac) // max(b, least)

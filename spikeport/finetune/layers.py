@@ -265,5 +265,6 @@ def _if(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return LavaIF(node, surrogate) if kind_of(node) == LAVA else IF(node, surrogate)
 
 
-# Sequence-model layers register into the same LAYERS table.
+# Layers of the sequence-model ops and of spikeport.ir.ext_ops register into the same table.
+from spikeport.finetune import ext_layers as _ext_layers  # noqa: E402,F401
 from spikeport.finetune import seq_layers as _seq_layers  # noqa: E402,F401

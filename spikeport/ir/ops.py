@@ -77,6 +77,11 @@ def static_tensors(graph: Graph) -> set[str]:
     return static
 
 
+def attr(node: Node, key: str) -> Any:
+    """A node's attribute, or its op's registered default when the node leaves it out."""
+    return node.attrs[key] if key in node.attrs else OPS[node.op].attrs[key]
+
+
 def window_out(size: int, k: int, s: int, p0: int, p1: int, d: int = 1) -> int:
     """Output length of a sliding window (ONNX floor rule)."""
     return (size + p0 + p1 - d * (k - 1) - 1) // s + 1
@@ -207,5 +212,7 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     return ins[0]
 
 
-# Sequence-model ops register into the same OPS table.
+# Sequence-model ops and the activations, gates and data movement of imported CNN/ViT/embedding
+# models register into the same OPS table.
+from spikeport.ir import ext_ops as _ext_ops  # noqa: E402,F401
 from spikeport.ir import seq_ops as _seq_ops  # noqa: E402,F401

@@ -350,5 +350,6 @@ def quantize(
     return out
 
 
-# Sequence-model handlers register into the same HANDLERS table.
+# Handlers of the sequence-model ops and of spikeport.ir.ext_ops register into the same table.
+from spikeport.quantize import ext as _ext  # noqa: E402,F401
 from spikeport.quantize import seq as _seq  # noqa: E402,F401

@@ -27,6 +27,7 @@ BoundRule = Callable[..., tuple]
 # Linear ops without a bias: the summed output is bounded by the rule applied to summed inputs.
 MOVES = frozenset(
     {"reshape", "transpose", "take", "slice", "scale", "concat", "avgpool2d", "reduce_mean"}
+    | {"channel_scale", "pad", "reduce_sum", "resize"}
 )
 BOUNDS: dict[str, BoundRule] = {}
 

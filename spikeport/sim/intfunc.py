@@ -10,11 +10,20 @@ Polynomials follow I-BERT (Kim et al., ICML 2021):
   gelu: x / 2 * (1 + erf(x / sqrt 2))
   sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
   tanh: sgn(x) * (e(0) - e(-2|x|)) / (e(0) + e(-2|x|)) with e the integer exp above
+  sigmoid: e(0) / (e(0) + e(-|x|)) for x >= 0, one minus that below (exactly 1/2 at 0)
+  gates: silu = x * sigmoid(x), hardswish = x * hardsigmoid(x), as floor(q * gate / 2^15)
 
 Documented error bounds, each asserted by tests/test_intfunc.py over the whole input range:
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
              form gives masked keys exactly 0 and the others the softmax of the unmasked keys
   tanh       |error| <= TANH_BOUND (inputs at scale 2^-10)
+  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; exactly 1/2 at 0, odd about it)
+  hardsigmoid|error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
+  silu       |error| <= SILU_BOUND + 2 * s (input and output at scale s = act_scale(peak))
+  hardswish  |error| <= HARDSWISH_BOUND + 2 * s (likewise)
+  prelu      exact for x >= 0; |error| <= |x| * |slope rounding| + s below (slope_consts)
+  l2norm     |error| <= 2^-15 + 1 / (||q|| - 1) per entry against q / ||q|| (input steps)
+  div        exact: floor(a * 2^frac / max(b, floor)), one rule for every target
   gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
   isqrt      exact floor(sqrt(n))
   layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta (unit-variance rows)
@@ -41,6 +50,15 @@ TANH_OUT_BITS = 15
 
 SOFTMAX_BOUND = 4e-3
 TANH_BOUND = 2e-3
+SIGMOID_BOUND = 1e-3
+SILU_BOUND = 1.5e-3
+HARD_BOUND = 2.0**-14
+HARDSWISH_BOUND = 2.0**-13
+
+GATE_BITS = 15  # gates (sigmoid, hard sigmoid) as integers of scale 2^-15: 1 is 2^15
+SIGMOID_IN_SCALE = 2.0**-10
+ACT_IN_BITS = 14  # unbounded inputs (silu, hardswish, l2norm) at scale peak / 2^14
+L2_OUT_BITS = 15  # unit vectors as integers of scale 2^-15
 GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
 
@@ -74,7 +92,10 @@ def softmax_consts(in_scale: float = SOFTMAX_IN_SCALE) -> dict:
 
 
 def int_exp(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
-    """exp(q * s) for q <= 0, as integers of scale 0.3585 * s^2 (I-BERT i-exp)."""
+    """exp(q * s) for q <= 0, as integers of scale 0.3585 * s^2 (I-BERT i-exp). Inputs below
+    -EXP_ZMAX * ln2 are read as that floor (exp is 0 there at every output scale used): past
+    it the polynomial would leave its interval (p < -ln2) and grow with |q|."""
+    q = np.maximum(q, -EXP_ZMAX * ln2)
     z = np.minimum(floor_div(-q, ln2), EXP_ZMAX)
     p = q + z * ln2
     poly = (p + b) ** 2 + c
@@ -101,6 +122,100 @@ def int_tanh(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
     one = int_exp(np.zeros(1, np.int64), ln2, b, c)  # exp(0) at the exp's own scale
     e = int_exp(-2 * np.abs(q), ln2, b, c)
     return np.sign(q) * floor_div((one - e) << TANH_OUT_BITS, one + e)
+
+
+def int_sigmoid(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
+    """sigmoid(q * 2^-10) as integers of scale 2^-15, from the integer exp; computed for |x|
+    and mirrored, so sigmoid(-x) = 1 - sigmoid(x) exactly and sigmoid(0) = 2^14."""
+    one = int_exp(np.zeros(1, np.int64), ln2, b, c)
+    up = floor_div(one << GATE_BITS, one + int_exp(-np.abs(q), ln2, b, c))
+    return np.where(q >= 0, up, (1 << GATE_BITS) - up)
+
+
+def int_hardsigmoid(q: np.ndarray, mul: int, shift: int, beta: int) -> np.ndarray:
+    """clip(alpha * x + beta, 0, 1) as integers of scale 2^-15: mul / 2^shift ~ alpha * s * 2^15
+    (s the scale of q, alpha > 0) and beta = round(beta * 2^15) (`gate_consts`)."""
+    return np.clip(floor_div(q * mul, 1 << shift) + beta, 0, 1 << GATE_BITS)
+
+
+def gated(q: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """q * gate at q's own scale, for a gate of scale 2^-15: floor(q * gate / 2^15)."""
+    return floor_div(q * gate, 1 << GATE_BITS)
+
+
+def int_silu(q: np.ndarray, mul: int, shift: int, ln2: int, b: int, c: int) -> np.ndarray:
+    """x * sigmoid(x) at q's scale s; mul / 2^shift ~ s / 2^-10 brings q to the sigmoid's
+    input scale (`silu_consts`)."""
+    return gated(q, int_sigmoid(floor_div(q * mul, 1 << shift), ln2, b, c))
+
+
+def int_hardswish(q: np.ndarray, mul: int, shift: int, beta: int) -> np.ndarray:
+    """x * clip(x / 6 + 1/2, 0, 1) at q's scale (constants: `gate_consts(s, 1/6, 1/2)`)."""
+    return gated(q, int_hardsigmoid(q, mul, shift, beta))
+
+
+def _mul_shift(ratio: float, mul_bits: int = 15) -> tuple[int, int]:
+    """(mul, shift), mul / 2^shift ~ ratio > 0 with mul < 2^mul_bits."""
+    rq = requant_consts(np.array([ratio]), 1.0, mul_bits)
+    return int(rq["mul"][0]), int(rq["shift"])
+
+
+def gate_consts(in_scale: float, alpha: float, beta: float) -> dict:
+    """Constants of int_hardsigmoid / int_hardswish for inputs of scale `in_scale`."""
+    if alpha <= 0:
+        raise ValueError(f"hard sigmoid slope alpha={alpha} must be > 0")
+    mul, shift = _mul_shift(alpha * in_scale * 2**GATE_BITS)
+    return {"mul": mul, "shift": shift, "beta": int(round(beta * 2**GATE_BITS))}
+
+
+def silu_consts(in_scale: float) -> dict:
+    """Constants of int_silu for inputs of scale `in_scale`."""
+    mul, shift = _mul_shift(in_scale / SIGMOID_IN_SCALE)
+    return {"mul": mul, "shift": shift, **softmax_consts(SIGMOID_IN_SCALE)}
+
+
+def act_scale(peak: float) -> float:
+    """Input scale of an unbounded activation: its calibrated peak spans 2^ACT_IN_BITS steps."""
+    return max(peak, 1e-12) / 2**ACT_IN_BITS
+
+
+# -- prelu -----------------------------------------------------------------------------------
+
+
+def slope_consts(slope: np.ndarray, mul_bits: int = 16) -> dict:
+    """Integer slopes mul / 2^shift ~ slope (one shift, from the largest |slope|)."""
+    top = float(np.abs(slope).max(initial=0)) or 1.0
+    shift = max(0, mul_bits - 2 - int(math.ceil(math.log2(top))))
+    return {
+        "mul": np.round(np.asarray(slope, np.float64) * 2.0**shift).astype(np.int64),
+        "shift": shift,
+    }
+
+
+def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int) -> np.ndarray:
+    """q if q >= 0 else floor(q * mul / 2^shift), at q's own scale. PReLU is positively
+    homogeneous (t * f(S / t) = f(S)), so its EC operator applies this to the running sum S:
+    no mean, no requantisation; the only error is the slope's rounding and the floor."""
+    return np.where(q >= 0, q, floor_div(q * mul, 1 << shift))
+
+
+# -- l2 norm ---------------------------------------------------------------------------------
+
+
+def int_l2norm(q: np.ndarray, eps: int) -> np.ndarray:
+    """q / max(||q||, eps) over the last axis, integers of scale 2^-15; ||q|| = isqrt of the
+    sum of squares (so |output| <= 2^15: isqrt(sum) >= |q_i|)."""
+    norm = isqrt((q * q).sum(axis=-1, keepdims=True))
+    return floor_div(q << L2_OUT_BITS, np.maximum(norm, max(eps, 1)))
+
+
+# -- division -------------------------------------------------------------------------------
+
+
+def int_div(a: np.ndarray, b: np.ndarray, frac: int, least: np.ndarray | int) -> np.ndarray:
+    """floor(a * 2^frac / max(b, least)) with least >= 1: a quotient with `frac` fraction bits;
+    a divisor below `least` (0 included) is read as `least`, so the result stays bounded."""
+    return floor_div(np.asarray(a, np.int64) << frac, np.maximum(b, least))
 
 
 # -- gelu ------------------------------------------------------------------------------------
@@ -181,3 +296,17 @@ def layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) ->
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
     return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), written with tanh so it never overflows."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def hardsigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return np.clip(alpha * x + beta, 0, 1)
+
+
+def l2norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """x / max(||x||_2, eps) over the last axis."""
+    return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)), eps)

@@ -245,5 +245,6 @@ def _if(node: Node, mode: str, shape: Shape) -> Kernel:
     )
 
 
-# Sequence-model kernels register into the same KERNELS table.
+# Sequence-model kernels and those of spikeport.ir.ext_ops register into the same KERNELS table.
+from spikeport.sim import ext_ops as _ext_ops  # noqa: E402,F401
 from spikeport.sim import seq_ops as _seq_ops  # noqa: E402,F401

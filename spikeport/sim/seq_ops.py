@@ -59,6 +59,11 @@ def _reduce_mean(node: Node, mode: str, shape: Shape) -> Kernel:
     return Stateless(lambda x: x.mean(axis=axes, keepdims=keep))
 
 
+def _widen(x: np.ndarray) -> np.ndarray:
+    """A copy to sum into: int64 for integers (a graph input arrives as int8 codes)."""
+    return x.astype(np.int64) if np.issubdtype(x.dtype, np.integer) else x.copy()
+
+
 class ExpectationCompensated:
     """out_t = G(t) - G(t-1), with G(t) = g(S_t, t) and S_t the running sums of the inputs.
 
@@ -76,7 +81,7 @@ class ExpectationCompensated:
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         self.t += 1
         self.totals = (
-            [x.copy() for x in xs]
+            [_widen(x) for x in xs]
             if not self.totals
             else [s + x for s, x in zip(self.totals, xs, strict=True)]
         )

@@ -1,0 +1,231 @@
+"""Quantize handlers and range-proof rules of the ops in spikeport.ir.ext_ops.
+
+EC activations requantize their running mean to their integer function's input scale (fixed
+2^-10 for the saturating sigmoid / hard sigmoid, peak / 2^14 for the unbounded silu, hardswish
+and l2norm) and store that function's integer constants; prelu works on the running sum at
+the input's own scale; a product or quotient of two streams keeps `frac` fraction bits, as
+many as bring its calibrated peak to about 2^16 integer steps (like an add). Linear ops move
+or rescale scales with the values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from spikeport.ir.ext_ops import pad_width, resize_matrices
+from spikeport.ir.graph import Node
+from spikeport.ir.ops import attr, static_tensors
+from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler
+from spikeport.quantize.ranges import bound
+from spikeport.quantize.scales import channel_vector, compact
+from spikeport.quantize.seq import _ec, _full, _q_max, _requant
+from spikeport.sim import intfunc as F
+from spikeport.sim.arith import round_to_int
+
+RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis
+DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
+
+
+def _act_in(ctx: _Ctx, node: Node) -> float:
+    """Requantize an unbounded activation's running mean to peak / 2^14 (no finer than 2^-14
+    of an input step, so a dead input's multiplier stays small); return that scale."""
+    s_in = float(np.max(ctx.scale_in(node)))
+    s = max(F.act_scale(ctx.peak(node.inputs[0])), s_in * 2.0**-F.ACT_IN_BITS)
+    _requant(ctx, node, s)
+    return s
+
+
+@handler("sigmoid")
+def _sigmoid(ctx: _Ctx, node: Node) -> np.ndarray:
+    _requant(ctx, node, F.SIGMOID_IN_SCALE)
+    node.attrs["int"] = F.softmax_consts(F.SIGMOID_IN_SCALE)  # the integer exp
+    return np.array(2.0**-F.GATE_BITS)
+
+
+@handler("hardsigmoid")
+def _hardsigmoid(ctx: _Ctx, node: Node) -> np.ndarray:
+    s = _act_in(ctx, node)
+    try:
+        node.attrs["int"] = F.gate_consts(s, attr(node, "alpha"), attr(node, "beta"))
+    except ValueError as e:
+        raise ctx.refuse(node, str(e)) from None
+    return np.array(2.0**-F.GATE_BITS)
+
+
+@handler("hardswish")
+def _hardswish(ctx: _Ctx, node: Node) -> np.ndarray:
+    s = _act_in(ctx, node)
+    node.attrs["int"] = F.gate_consts(s, 1 / 6, 0.5)
+    return np.array(s)
+
+
+@handler("silu")
+def _silu(ctx: _Ctx, node: Node) -> np.ndarray:
+    s = _act_in(ctx, node)
+    node.attrs["int"] = F.silu_consts(s)
+    return np.array(s)
+
+
+@handler("l2norm")
+def _l2norm(ctx: _Ctx, node: Node) -> np.ndarray:
+    s = _act_in(ctx, node)
+    node.attrs["int"] = {"eps": max(1, math.ceil(attr(node, "eps") / s))}
+    return np.array(2.0**-F.L2_OUT_BITS)
+
+
+@handler("prelu")
+def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
+    c = F.slope_consts(node.params["slope"])
+    node.params["slope_q"] = c["mul"].astype(np.int32)
+    node.attrs["slope_shift"] = c["shift"]
+    return ctx.scale_in(node)
+
+
+def _two_scales(ctx: _Ctx, node: Node) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(compact(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
+
+
+def _frac(ctx: _Ctx, node: Node, unit: float, most: int) -> int:
+    """Fraction bits that bring the output's calibrated peak to ~2^ADD_OUT_BITS integer steps
+    of `unit` / 2^frac (0 to `most`)."""
+    peak = max(ctx.peak(node.output), 1e-30)
+    return int(np.clip(math.ceil(math.log2(unit * 2**ADD_OUT_BITS / peak)), 0, most))
+
+
+@handler("mul")
+def _mul(ctx: _Ctx, node: Node) -> np.ndarray:
+    """With a static operand (the same value b every step: a mask, an input) S_B = t * b, so
+    S_A S_B / t = S_A b is exact in integers: no fraction bits, no growth."""
+    sa, sb = _two_scales(ctx, node)
+    static = static_tensors(ctx.graph)
+    frac = (
+        0
+        if any(i in static for i in node.inputs)
+        else _frac(ctx, node, float(sa.max() * sb.max()), F.MATMUL_FRAC_BITS)
+    )
+    node.attrs["frac"] = frac
+    return sa * sb / 2**frac
+
+
+@handler("div")
+def _div(ctx: _Ctx, node: Node) -> np.ndarray:
+    """Output scale s_a / (s_b 2^frac); the divisor is floored at `least` integer steps: one
+    step, or eps in real units where that is more."""
+    sa, sb = _two_scales(ctx, node)
+    frac = _frac(ctx, node, float(sa.max() / sb.min()), DIV_FRAC_BITS)
+    node.attrs["frac"] = frac
+    node.attrs["least"] = max(1, math.ceil(attr(node, "eps") / float(sb.min())))
+    return sa / sb / 2**frac
+
+
+@handler("channel_scale")
+def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
+    return ctx.scale_in(node) * np.abs(node.params["factor"].astype(np.float64))
+
+
+@handler("pad")
+def _pad(ctx: _Ctx, node: Node) -> np.ndarray:
+    """Padded cells hold 0 at any scale: they take the edge's, so a uniform scale stays one."""
+    return np.pad(_full(ctx, node), pad_width(node), mode="edge")
+
+
+@handler("reduce_sum")
+def _reduce_sum(ctx: _Ctx, node: Node) -> np.ndarray:
+    full = _full(ctx, node)
+    axes = tuple(a % full.ndim for a in node.attrs["axes"])
+    if not np.all(full.max(axis=axes) == full.min(axis=axes)):
+        raise ctx.refuse(node, "input scale varies along the summed axes")
+    return full.max(axis=axes, keepdims=bool(node.attrs["keepdims"]))
+
+
+def integer_rows(m: np.ndarray, bits: int) -> np.ndarray:
+    """round(m * 2^bits), each row's largest entry adjusted so the row sums to exactly 2^bits
+    (every row of a resize matrix sums to 1)."""
+    q = round_to_int(m * 2**bits)
+    rows = np.arange(len(q))
+    q[rows, m.argmax(axis=1)] += 2**bits - q.sum(axis=1)
+    return q
+
+
+@handler("resize")
+def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
+    mh, mw = resize_matrices(node, ctx.shape_in(node))
+    if attr(node, "mode") == "nearest":  # an index map: scales move with the values
+        return _full(ctx, node)[:, mh.argmax(axis=1)][:, :, mw.argmax(axis=1)]
+    s_c = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_c is None:
+        raise ctx.refuse(node, "input scale varies inside a channel; linear resize mixes cells")
+    node.params["rows_q"] = integer_rows(mh, RESIZE_BITS).astype(np.int32)
+    node.params["cols_q"] = integer_rows(mw, RESIZE_BITS).astype(np.int32)
+    return s_c.reshape(-1, 1, 1) * 2.0 ** (-2 * RESIZE_BITS)
+
+
+# -- range proof ------------------------------------------------------------------------------
+
+Bounds = tuple
+
+
+@bound("sigmoid", "hardsigmoid", "l2norm")
+def _b_unit(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """Outputs in [-1, 1] at scale 2^-15 (a gate, a unit vector's entries)."""
+    return _ec(c, 2.0**F.GATE_BITS, T, b[0].shape)
+
+
+@bound("silu", "hardswish")
+def _b_gated(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """|x * gate| <= |x|: the requantized mean's bound, plus one for the floor."""
+    return _ec(c, _q_max(node, b[0]) + 1, T, b[0].shape)
+
+
+@bound("prelu")
+def _b_prelu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """G(t) = f(S_t) with f Lipschitz (k = max(1, |slope|)): steps move by <= k * b + 1."""
+    k = max(1.0, float(np.abs(node.params["slope_q"]).max()) / 2 ** node.attrs["slope_shift"])
+    return k * b[0] + 1, float(c[0].max(initial=0)), k * c[0] + 1
+
+
+def _ec_array(c: list[np.ndarray], g_max: np.ndarray) -> Bounds:
+    """EC bounds from an elementwise bound g_max of |G(t)| over t <= T: one step moves by at
+    most 2 g_max, the kept running sums are the summed inputs, the outputs sum to G."""
+    return 2 * g_max, max(float(x.max(initial=0)) for x in c), g_max
+
+
+@bound("mul")
+def _b_mul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """|S(t)| <= min(t * b, c), so |G(t)| = |S_A S_B| / t <= min(T b_A b_B, b_A c_B, c_A b_B)."""
+    (ba, bb), (ca, cb) = b, c
+    g = np.minimum(np.minimum(T * ba * bb, ba * cb), ca * bb) * 2 ** node.attrs["frac"]
+    return _ec_array(c, g)
+
+
+@bound("div")
+def _b_div(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """|G(t)| = t |S_A| 2^frac / max(S_B, t * least) <= |S_A| 2^frac / least."""
+    g = c[0] * 2.0 ** node.attrs["frac"] / node.attrs["least"]
+    return _ec_array(c, np.broadcast_to(g, np.broadcast_shapes(c[0].shape, c[1].shape)))
+
+
+@bound("channel_scale")
+def _b_channel_scale(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return b[0], 0.0
+
+
+@bound("pad")
+def _b_pad(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return np.pad(b[0], pad_width(node)), 0.0
+
+
+@bound("reduce_sum")
+def _b_reduce_sum(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    axes = tuple(a % b[0].ndim for a in node.attrs["axes"])
+    return b[0].sum(axis=axes, keepdims=bool(node.attrs["keepdims"])), 0.0
+
+
+@bound("resize")
+def _b_resize(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    mh, mw = resize_matrices(node, b[0].shape)
+    if attr(node, "mode") == "linear":
+        mh, mw = (np.abs(node.params[k].astype(np.float64)) for k in ("rows_q", "cols_q"))
+    return np.einsum("hH,CHW,wW->Chw", mh, b[0], mw), 0.0

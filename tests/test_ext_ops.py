@@ -1,0 +1,403 @@
+"""The activations, gates, normalisation and data movement of spikeport.ir.ext_ops, op by op on
+small hand-built graphs: (a) the ANN view against numpy / torch / onnxruntime, (b) float mode
+telescopes (outputs summed over T steps == T * f(mean input)), (c) after quantize with the
+"sim" profile the integer mode stays within the op's documented bound of the float mode run on
+the same (int8) input, (d) the torch layers give the float simulator's outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as TF
+from onnx import TensorProto, helper, numpy_helper
+
+from spikeport.finetune import SpikingNet
+from spikeport.ir import Graph, Node, TensorInfo, check_graph
+from spikeport.ir.ops import ShapeMismatch
+from spikeport.quantize import get_profile, quantize
+from spikeport.sim import Simulator, mean_output
+from spikeport.sim import intfunc as F
+from spikeport.sim.ops import KERNELS
+from spikeport.sim.seq_ops import ExpectationCompensated
+
+RNG = np.random.default_rng(0)
+T_INT = 4
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@dataclass
+class Case:
+    """A graph from float input 'x' (and int64 input 'mask' when `mask`) to one output."""
+
+    nodes: list[Node]
+    shape: tuple[int, ...]
+    ref: object  # ann reference: x (N, *shape) [, mask] -> output
+    tol: object = 0.0  # int-vs-float bound in real units: number, or fn(graph, x) -> number
+    mask: int = 0  # > 0: a (mask,) int64 input too
+    spread: float = 3.0
+    extra: dict = field(default_factory=dict)
+
+    def graph(self) -> Graph:
+        ins = [TensorInfo("x", self.shape)]
+        if self.mask:
+            ins.append(TensorInfo("mask", (self.mask,), "int64"))
+        return check_graph(Graph(ins, self.nodes, [self.nodes[-1].output], stage="snn"))
+
+    def inputs(self, n: int) -> dict[str, np.ndarray]:
+        x = (RNG.normal(0, 1, (n, *self.shape)) * self.spread).astype(np.float32)
+        out = {"x": x}
+        if self.mask:
+            m = (RNG.random((n, self.mask)) < 0.6).astype(np.int64)
+            m[:, 0] = 1
+            out["mask"] = m
+        return out
+
+
+def N(name, op, inputs, attrs=None, **params) -> Node:
+    return Node(name, op, inputs, name, attrs or {}, params)
+
+
+def _func_scale(g: Graph, name: str = "y") -> float:
+    """The scale quantize requantized a node's running mean to: s_in * 2^shift / mul."""
+    n = g.node(name)
+    return (
+        float(g.scales[n.inputs[0]].max())
+        * 2 ** n.attrs["requant_shift"]
+        / float(n.params["requant_q"].max())
+    )
+
+
+def _act_tol(bound: float, out_steps: float, lip: float):
+    """The documented bound (`bound` + `out_steps` steps s of the function's input scale), plus
+    `lip` (the function's Lipschitz constant) times the one step s that requantization floors."""
+    return lambda g, x: bound + (out_steps + lip) * _func_scale(g)
+
+
+def _l2_tol(g: Graph, x: dict) -> float:
+    """2^-15 + 1 / (||q|| - 1) (intfunc), plus what flooring each entry to the step s moves
+    a unit vector: at most 2 sqrt(d) s / ||x||."""
+    s, norm, d = _func_scale(g), np.linalg.norm(x["x"], axis=-1).min(), x["x"].shape[-1]
+    return 2**-15 + s / (norm - s) + 2 * np.sqrt(d) * s / norm
+
+
+SLOPE = np.array([0.1, -0.2, 0.25], np.float32).reshape(3, 1, 1)
+FACTOR = np.array([1e-3, -2.0, 0.5], np.float32).reshape(3, 1, 1)
+CASES = {
+    "sigmoid": Case([N("y", "sigmoid", ["x"])], (3, 5), _sig, F.SIGMOID_BOUND + 2**-10),
+    "hardsigmoid": Case(
+        [N("y", "hardsigmoid", ["x"], {"alpha": 0.25, "beta": 0.4})],
+        (3, 5),
+        lambda x: np.clip(0.25 * x + 0.4, 0, 1),
+        _act_tol(F.HARD_BOUND, 0.25, 0.25),
+    ),
+    "hardsigmoid/defaults": Case(
+        [N("y", "hardsigmoid", ["x"])],
+        (4,),
+        lambda x: np.clip(0.2 * x + 0.5, 0, 1),
+        _act_tol(F.HARD_BOUND, 0.2, 0.2),
+    ),
+    "hardswish": Case(
+        [N("y", "hardswish", ["x"])],
+        (3, 5),
+        lambda x: TF.hardswish(torch.from_numpy(x)).numpy(),
+        _act_tol(F.HARDSWISH_BOUND, 2, 1.5),
+    ),
+    "silu": Case(
+        [N("y", "silu", ["x"])],
+        (3, 5),
+        lambda x: TF.silu(torch.from_numpy(x)).numpy(),
+        _act_tol(F.SILU_BOUND, 2, 1.1),
+    ),
+    "prelu": Case(
+        [N("y", "prelu", ["x"], slope=SLOPE)],
+        (3, 2, 4),
+        lambda x: TF.prelu(torch.from_numpy(x), torch.from_numpy(SLOPE.reshape(-1))).numpy(),
+        # a floor of the running sum (one input step at t = 1) and the slope's rounding
+        lambda g, x: g.scales["x"].max() + 2**-14 * float(np.abs(x["x"]).max()),
+    ),
+    "prelu/leaky": Case(
+        [N("y", "prelu", ["x"], slope=np.array(0.01, np.float32))],
+        (6,),
+        lambda x: TF.leaky_relu(torch.from_numpy(x), 0.01).numpy(),
+        lambda g, x: g.scales["x"].max() + 2**-14 * float(np.abs(x["x"]).max()),
+    ),
+    "mul/squeeze_excite": Case(
+        [
+            N("pool", "reduce_mean", ["x"], {"axes": [1, 2], "keepdims": 1}),
+            N("gate", "sigmoid", ["pool"]),
+            N("y", "mul", ["x", "gate"]),
+        ],
+        (3, 2, 4),
+        lambda x: x * _sig(x.mean(axis=(2, 3), keepdims=True)),
+        lambda g, x: (
+            float(np.abs(x["x"]).max()) * (F.SIGMOID_BOUND + 2**-10) + 2 * g.scales["y"].max()
+        ),
+    ),
+    "mul/x_sigmoid_x": Case(
+        [N("gate", "sigmoid", ["x"]), N("y", "mul", ["x", "gate"])],
+        (5,),
+        lambda x: x * _sig(x),
+        lambda g, x: (
+            float(np.abs(x["x"]).max()) * (F.SIGMOID_BOUND + 2**-10) + 2 * g.scales["y"].max()
+        ),
+    ),
+    "div/masked_mean_pool": Case(
+        [
+            N("m", "reshape", ["mask"], {"shape": [5, 1]}),
+            N("xm", "mul", ["x", "m"]),
+            N("total", "reduce_sum", ["xm"], {"axes": [0], "keepdims": 0}),
+            N("count", "reduce_sum", ["m"], {"axes": [0], "keepdims": 0}),
+            N("y", "div", ["total", "count"]),
+        ],
+        (5, 4),
+        lambda x, m: (x * m[:, :, None]).sum(1) / m.sum(1, keepdims=True),
+        lambda g, x: 2 * g.scales["y"].max(),  # x * mask is exact (static mask): the floor
+        mask=5,
+    ),
+    "l2norm": Case(
+        [N("y", "l2norm", ["x"], {"axis": -1, "eps": 1e-12})],
+        (3, 8),
+        lambda x: TF.normalize(torch.from_numpy(x), dim=-1).numpy(),
+        _l2_tol,
+    ),
+    # an add after it: a graph output needs one scale, channel_scale's is per channel
+    "channel_scale": Case(
+        [N("cs", "channel_scale", ["x"], factor=FACTOR), N("y", "add", ["cs", "x"])],
+        (3, 2, 2),
+        lambda x: FACTOR * x + x,
+        lambda g, x: 2 * g.scales["y"].max() + 2**-13 * 3 * float(np.abs(x["x"]).max()),
+    ),
+    "pad": Case(
+        [N("y", "pad", ["x"], {"pads": [0, 1, 2, 0, 2, 1]})],
+        (2, 3, 3),
+        lambda x: np.pad(x, [(0, 0), (0, 0), (1, 2), (2, 1)]),
+    ),
+    "reduce_sum": Case(
+        [N("y", "reduce_sum", ["x"], {"axes": [1], "keepdims": 1})],
+        (3, 4, 5),
+        lambda x: x.sum(axis=2, keepdims=True),
+    ),
+}
+
+RESIZES = {
+    "nearest/asymmetric/floor/x2": ("nearest", "asymmetric", "floor", (3, 8, 6)),
+    "nearest/half_pixel/round_prefer_floor": (
+        "nearest",
+        "half_pixel",
+        "round_prefer_floor",
+        (3, 7, 5),
+    ),
+    "nearest/half_pixel/round_prefer_ceil/down": (
+        "nearest",
+        "half_pixel",
+        "round_prefer_ceil",
+        (3, 3, 2),
+    ),
+    "linear/half_pixel/x2": ("linear", "half_pixel", "round_prefer_floor", (3, 8, 6)),
+    "linear/align_corners": ("linear", "align_corners", "round_prefer_floor", (3, 7, 5)),
+    "linear/pytorch_half_pixel": ("linear", "pytorch_half_pixel", "round_prefer_floor", (3, 5, 1)),
+    "linear/asymmetric/down": ("linear", "asymmetric", "round_prefer_floor", (3, 3, 2)),
+}
+
+
+def _onnx_resize(mode, how, nearest, out_shape):
+    def ref(x):
+        node = helper.make_node(
+            "Resize",
+            ["x", "", "", "sizes"],
+            ["y"],
+            mode=mode,
+            coordinate_transformation_mode=how,
+            nearest_mode=nearest,
+        )
+        g = helper.make_graph(
+            [node],
+            "r",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(np.array([len(x), *out_shape], np.int64), "sizes")],
+        )
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    return ref
+
+
+for label, (mode, how, nearest, out) in RESIZES.items():
+    attrs = {
+        "mode": mode,
+        "out_shape": list(out),
+        "coordinate_transformation_mode": how,
+        "nearest_mode": nearest,
+    }
+    CASES[f"resize/{label}"] = Case(
+        [N("y", "resize", ["x"], attrs)],
+        (3, 4, 3),
+        _onnx_resize(mode, how, nearest, out),
+        # linear: integer weights are the float ones rounded to 2^-8 (each row sums exactly)
+        (lambda g, x: 2**-8 * float(np.abs(x["x"]).max())) if mode == "linear" else 0.0,
+    )
+
+
+def _feeds(case: Case, x: dict) -> object:
+    return x if case.mask else x["x"]
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_ann_view_matches_the_reference(label):
+    case = CASES[label]
+    g, x = case.graph(), case.inputs(16)
+    got = Simulator(g, "ann").run(_feeds(case, x), 1).outputs["y"][0]
+    want = case.ref(*([x["x"], x["mask"]] if case.mask else [x["x"]]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _int_and_float(case: Case, g: Graph, T: int, max_t: int = 16):
+    """Quantize with the sim profile; run the integer mode, and the float mode on the same
+    input decoded from its int8 codes: what is left is the integer functions' own error.
+    Returns the quantized graph, the (T, N, ...) mean outputs of both, and the decoded input."""
+    q = quantize(g, _feeds(case, case.inputs(64)), get_profile("sim"), max_timesteps=max_t)
+    x = case.inputs(32)
+    decoded, s_in = dict(x), float(q.scales["x"].max())
+    decoded["x"] = np.clip(np.floor(x["x"] / s_in + 0.5), -127, 127) * s_in
+    got = mean_output(q, Simulator(q, "int").run(_feeds(case, x), T), "int")
+    want = mean_output(g, Simulator(g, "float").run(_feeds(case, decoded), T), "float")
+    return q, got, want, decoded
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_integer_mode_stays_within_the_bound_of_the_float_mode(label):
+    case = CASES[label]
+    q, got, want, decoded = _int_and_float(case, case.graph(), T_INT)
+    tol = case.tol(q, decoded) if callable(case.tol) else case.tol
+    err = np.abs(got - want).max()
+    assert err <= tol + 1e-6 * np.abs(want).max(), (label, err, tol)
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_torch_module_gives_the_float_simulator(label):
+    case = CASES[label]
+    g, x = case.graph(), case.inputs(8)
+    ref = Simulator(g, "float").run(_feeds(case, x), 5).outputs["y"]
+    net = SpikingNet(g).double()
+    feeds = {
+        k: torch.from_numpy(v if v.dtype == np.int64 else v.astype(np.float64))
+        for k, v in x.items()
+    }
+    with torch.no_grad():
+        got = net.run(feeds if case.mask else feeds["x"], 5).outputs.numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+
+
+# -- (b) expectation compensation, kernel by kernel ------------------------------------------
+
+EC = {
+    "sigmoid": (Node("n", "sigmoid", ["a"], "o"), _sig),
+    "hardsigmoid": (
+        Node("n", "hardsigmoid", ["a"], "o", {"alpha": 0.3, "beta": 0.4}),
+        lambda m: np.clip(0.3 * m + 0.4, 0, 1),
+    ),
+    "hardswish": (Node("n", "hardswish", ["a"], "o"), lambda m: m * np.clip(m / 6 + 0.5, 0, 1)),
+    "silu": (Node("n", "silu", ["a"], "o"), lambda m: m * _sig(m)),
+    "prelu": (
+        Node("n", "prelu", ["a"], "o", {}, {"slope": np.array([0.1, -0.5, 2.0, 0.0])}),
+        lambda m: np.where(m >= 0, m, np.array([0.1, -0.5, 2.0, 0.0]) * m),
+    ),
+    "l2norm": (Node("n", "l2norm", ["a"], "o"), lambda m: F.l2norm(m, 1e-12)),
+}
+
+
+@pytest.mark.parametrize("op", sorted(EC))
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_float_outputs_telescope_to_t_times_f_of_the_mean(op, T):
+    node, f = EC[op]
+    xs = RNG.normal(0, 2, (T, 5, 3, 4))
+    k = KERNELS[node.op](node, "float", (3, 4))
+    assert isinstance(k, ExpectationCompensated)
+    k.reset(5)
+    total = sum(k(x) for x in xs)
+    np.testing.assert_allclose(total, T * f(xs.mean(axis=0)), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("T", [1, 3, 6])
+def test_products_and_quotients_telescope(T):
+    a, b = RNG.normal(0, 1, (T, 4, 3, 5)), RNG.uniform(0.5, 2, (T, 4, 3, 1))
+    for op, f in (("mul", np.multiply), ("div", np.divide)):
+        k = KERNELS[op](Node("n", op, ["a", "b"], "o"), "float", (3, 5))
+        k.reset(4)
+        total = sum(k(x, y) for x, y in zip(a, b, strict=True))
+        np.testing.assert_allclose(total, T * f(a.mean(0), b.mean(0)), rtol=1e-9)
+
+
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_integer_product_sums_to_the_product_of_sums_over_t(T):
+    """G(t) = floor(S_A S_B 2^frac / t): the outputs sum to it exactly (broadcast (3,1))."""
+    a, b = RNG.integers(-1, 2, (T, 2, 3, 4)), RNG.integers(-300, 300, (T, 2, 3, 1))
+    node = Node("n", "mul", ["a", "b"], "o", {"frac": 6})
+    k = KERNELS["mul"](node, "int", (3, 4))
+    k.reset(2)
+    total = sum(k(x, y) for x, y in zip(a, b, strict=True))
+    np.testing.assert_array_equal(total, (a.sum(0) * b.sum(0) * 2**6) // T)
+
+
+def test_integer_prelu_is_exact_on_the_running_sum():
+    """G(t) = f(S_t): the integer outputs sum to int_prelu of the summed input, for any T."""
+    node = Node(
+        "n",
+        "prelu",
+        ["a"],
+        "o",
+        {"slope_shift": 14},
+        {"slope_q": np.array([1638, -8192], np.int64)},
+    )
+    k = KERNELS["prelu"](node, "int", (2,))
+    k.reset(3)
+    xs = RNG.integers(-9, 9, (6, 3, 2))
+    total = sum(k(x) for x in xs)
+    np.testing.assert_array_equal(total, F.int_prelu(xs.sum(0), node.params["slope_q"], 14))
+
+
+def test_sentence_embedding_head_quantizes_and_tracks_the_float_mode():
+    """Masked mean pooling then L2 normalisation, end to end through quantize."""
+    case = Case(
+        CASES["div/masked_mean_pool"].nodes + [N("e", "l2norm", ["y"])], (5, 4), None, mask=5
+    )
+    q, got, want, _ = _int_and_float(case, case.graph(), 4, max_t=8)
+    assert np.abs(got - want).max() <= 0.01
+    np.testing.assert_allclose(np.linalg.norm(got[-1], axis=-1), 1, atol=0.01)
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "node, shape, why",
+    [
+        (N("y", "prelu", ["x"], slope=np.ones((4, 1))), (3, 5), "does not broadcast"),
+        (N("y", "channel_scale", ["x"], factor=np.array([1.0, 0.0, 2.0])), (3,), "zeros"),
+        (N("y", "pad", ["x"], {"pads": [0, 1, 0]}), (3, 5), "not 4 values"),
+        (N("y", "pad", ["x"], {"pads": [0, -1, 0, 0]}), (3, 5), "not 4 values"),
+        (N("y", "l2norm", ["x"], {"axis": 0}), (3, 5), "last axis only"),
+        (N("y", "resize", ["x"], {"mode": "cubic", "out_shape": [2, 4, 4]}), (2, 2, 2), "cubic"),
+        (N("y", "resize", ["x"], {"out_shape": [3, 4, 4]}), (2, 2, 2), "resizes"),
+        (N("y", "mul", ["x", "x2"]), (3, 5), "do not broadcast"),
+    ],
+)
+def test_bad_nodes_are_refused_by_name(node, shape, why):
+    ins = [TensorInfo("x", shape)] + ([TensorInfo("x2", (4,))] if len(node.inputs) > 1 else [])
+    with pytest.raises(ShapeMismatch, match=f"node 'y' \\({node.op}\\).*{why}"):
+        check_graph(Graph(ins, [node], ["y"], stage="snn"))
+
+
+def test_a_non_positive_hard_sigmoid_slope_is_refused_at_quantize():
+    case = Case([N("y", "hardsigmoid", ["x"], {"alpha": -0.2, "beta": 0.5})], (4,), None)
+    with pytest.raises(Exception, match="node 'y' \\(hardsigmoid\\).*alpha"):
+        quantize(case.graph(), case.inputs(8)["x"], get_profile("sim"))
