@@ -91,7 +91,7 @@ def tensor_kinds(graph: Graph) -> dict[str, str]:
     kinds = {t.name: "static" for t in graph.inputs}
     for node in graph.nodes:
         ins = {kinds[i] for i in node.inputs}
-        if node.op == "if":
+        if node.op in ("if", "relu"):  # a ReLU becomes a neuron: the same answer before and after
             kinds[node.output] = "spikes"
         elif ins <= {"static"} and not OPS[node.op].stateful:
             kinds[node.output] = "static"
@@ -164,7 +164,9 @@ def balance_thresholds(
     axes = channel_axes(graph)
     for n in out.nodes:
         if n.op == "relu":
-            theta = thresholds(stats[n.output], percentile, per_channel)
+            # A graph output is read in real units: one threshold gives it one scale.
+            channels = per_channel and n.output not in graph.outputs
+            theta = thresholds(stats[n.output], percentile, channels)
             n = to_neuron(n, theta, graph.shape(n.output), axes[n.output], signed)
         nodes.append(n)
     out.nodes, out.stage = nodes, "snn"

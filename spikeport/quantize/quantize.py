@@ -72,7 +72,7 @@ class _Ctx:
         return (
             bool(users)
             and node.output not in self.graph.outputs
-            and all(u.op == "if" for u in users)
+            and all(u.op == "if" and u.output not in self.graph.outputs for u in users)
         )
 
     def refuse(self, node: Node, why: str) -> CapabilityExceeded:
