@@ -131,3 +131,18 @@ def _resize(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
         return torch.einsum("hH,nCHW,wW->nChw", mh, x, mw)
 
     return Fn(mix)
+
+
+@layer("masked_mean")
+def _masked_mean(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    axis, keep = attr(node, "axis"), bool(attr(node, "keepdims"))
+
+    def mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        rank = x.dim() - 1
+        w_shape = [len(mask)] + [1] * rank
+        w_shape[1 + axis % rank] = -1
+        w = (mask.reshape(w_shape) > 0).to(x.dtype)
+        ax = 1 + axis % rank
+        return (x * w).sum(dim=ax, keepdim=keep) / w.sum(dim=ax, keepdim=keep).clamp_min(1)
+
+    return Fn(mean)

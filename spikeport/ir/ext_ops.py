@@ -192,3 +192,21 @@ def resize_matrices(node: Node, in_shape: Shape) -> tuple[np.ndarray, np.ndarray
             np.add.at(m, (rows, hi), src - lo)
         mats.append(m)
     return mats[0], mats[1]
+
+
+@register("masked_mean", n_inputs=2, attrs={"axis": 0, "keepdims": 0}, stateful=True)
+def _masked_mean(node: Node, ins: list[Shape]) -> Shape:
+    """The mean of x over the tokens along `axis` whose 0/1 mask (the second input, one flag
+    per token) is set: the masked mean pooling of sentence encoders. Linear in x for a given
+    mask; in "int" mode EC, G(t) = floor(masked sum of S_t / kept count), so the outputs sum
+    to the floor of the exact mean of the summed input."""
+    x, mask = ins
+    ax = attr(node, "axis")
+    if not -len(x) <= ax < len(x):
+        raise _fail(node, f"axis {ax} is outside rank {len(x)}")
+    ax %= len(x)
+    if int(np.prod(mask)) != x[ax]:
+        raise _fail(node, f"mask {mask} does not give one flag per token of axis {ax} of {x}")
+    if attr(node, "keepdims"):
+        return tuple(1 if i == ax else d for i, d in enumerate(x))
+    return tuple(d for i, d in enumerate(x) if i != ax)

@@ -229,3 +229,22 @@ def _b_resize(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> B
     if attr(node, "mode") == "linear":
         mh, mw = (np.abs(node.params[k].astype(np.float64)) for k in ("rows_q", "cols_q"))
     return np.einsum("hH,CHW,wW->Chw", mh, b[0], mw), 0.0
+
+
+@handler("masked_mean")
+def _masked_mean(ctx: _Ctx, node: Node) -> np.ndarray:
+    """A mean keeps its input's scale, which must not vary along the pooled tokens."""
+    full = _full(ctx, node)
+    ax = attr(node, "axis") % full.ndim
+    if not np.all(full.max(axis=ax) == full.min(axis=ax)):
+        raise ctx.refuse(node, "input scale varies along the pooled tokens")
+    return full.max(axis=ax, keepdims=bool(attr(node, "keepdims")))
+
+
+@bound("masked_mean")
+def _b_masked_mean(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """A mean is at most the largest term: |G(t)| <= max over tokens of the summed bound; one
+    step moves G by at most the per-step bound plus 1 (the floor)."""
+    ax, keep = attr(node, "axis") % b[0].ndim, bool(attr(node, "keepdims"))
+    g = c[0].max(axis=ax, keepdims=keep)
+    return b[0].max(axis=ax, keepdims=keep) + 1, float(c[0].max(initial=0)), g

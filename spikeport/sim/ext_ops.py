@@ -139,3 +139,18 @@ def _resize(node: Node, mode: str, shape: Shape) -> Kernel:
         return np.einsum("hH,nCHW,wW->nChw", mh, x, mw)
 
     return Stateless(mix)
+
+
+@kernel("masked_mean")
+def _masked_mean(node: Node, mode: str, shape: Shape) -> Kernel:
+    axis, keep = attr(node, "axis"), bool(attr(node, "keepdims"))
+    if mode == "int":  # EC: the floor division does not commute with the sum over steps
+        return ExpectationCompensated(lambda s, t: F.int_masked_mean(s[0], s[1], axis, keep))
+
+    def mean(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        w = F.token_weights(mask, x.ndim - 1, axis)
+        ax = 1 + axis % (x.ndim - 1)
+        kept = (x * w).sum(axis=ax, keepdims=keep)
+        return kept / np.maximum(w.sum(axis=ax, keepdims=keep), 1)
+
+    return Stateless(mean)

@@ -310,3 +310,20 @@ def hardsigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 def l2norm(x: np.ndarray, eps: float) -> np.ndarray:
     """x / max(||x||_2, eps) over the last axis."""
     return x / np.maximum(np.sqrt((x * x).sum(axis=-1, keepdims=True)), eps)
+
+
+def token_weights(mask: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """(N, tokens) 0/1 flags -> (N, ...) 0/1 that broadcast along per-sample `axis` of a
+    batched array of per-sample rank `rank`."""
+    shape = [len(mask)] + [1] * rank
+    shape[1 + axis % rank] = -1
+    return (mask.reshape(shape) > 0).astype(np.int64)
+
+
+def int_masked_mean(total: np.ndarray, mask: np.ndarray, axis: int, keepdims: bool) -> np.ndarray:
+    """floor(sum of the kept tokens' integers / kept count) along per-sample `axis` (at least
+    one token counts, as the exported clamp(count, min=1e-9) implies)."""
+    w = token_weights(mask, total.ndim - 1, axis)
+    ax = 1 + axis % (total.ndim - 1)
+    kept = (total * w).sum(axis=ax, keepdims=keepdims)
+    return floor_div(kept, np.maximum(w.sum(axis=ax, keepdims=keepdims), 1))
