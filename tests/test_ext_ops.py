@@ -401,3 +401,42 @@ def test_a_non_positive_hard_sigmoid_slope_is_refused_at_quantize():
     case = Case([N("y", "hardsigmoid", ["x"], {"alpha": -0.2, "beta": 0.5})], (4,), None)
     with pytest.raises(Exception, match="node 'y' \\(hardsigmoid\\).*alpha"):
         quantize(case.graph(), case.inputs(8)["x"], get_profile("sim"))
+
+
+# -- the quantized graphs save, load and stay inside their proven ranges ----------------------
+
+
+def _proven_bounds(q: Graph, T: int) -> dict[str, np.ndarray]:
+    """Per-step |value| bounds of every tensor, by the range rules (as prove_ranges runs them)."""
+    from spikeport.quantize.ranges import BOUNDS, MOVES
+
+    b = {t.name: np.full(t.shape, 1.0 if t.dtype == "int64" else 127.0) for t in q.inputs}
+    c = {k: T * v for k, v in b.items()}
+    for n in q.nodes:
+        res = BOUNDS[n.op](n, [b[i] for i in n.inputs], T, [c[i] for i in n.inputs])
+        b[n.output] = np.broadcast_to(res[0], q.shape(n.output))
+        if len(res) > 2:
+            c[n.output] = res[2]
+        elif n.op in MOVES:
+            c[n.output] = BOUNDS[n.op](n, [c[i] for i in n.inputs], T, [c[i] for i in n.inputs])[0]
+        else:
+            c[n.output] = T * b[n.output]
+    return b
+
+
+@pytest.mark.parametrize("label", sorted(CASES))
+def test_values_stay_within_the_proven_bounds_and_survive_save_load(label, tmp_path):
+    from spikeport.ir import load, save
+
+    case, T = CASES[label], 8
+    q = quantize(case.graph(), _feeds(case, case.inputs(64)), get_profile("sim"), max_timesteps=T)
+    x = case.inputs(32)
+    x["x"] *= 3  # past the calibrated range: the int8 codes saturate, the bounds still hold
+    run = Simulator(q, "int").run(_feeds(case, x), T, record=True)
+    bounds = _proven_bounds(q, T)
+    for n in q.nodes:
+        seen = np.abs(run.trace[n.output]).max(axis=(0, 1))
+        assert (seen <= bounds[n.output]).all(), n.name
+    save(q, tmp_path / "m.spk")
+    again = Simulator(load(tmp_path / "m.spk"), "int").run(_feeds(case, x), T)
+    np.testing.assert_array_equal(again.outputs["y"], run.outputs["y"])
