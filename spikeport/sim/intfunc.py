@@ -1,4 +1,5 @@
-"""Integer functions of the specification for sequence models (integers only, numpy int64).
+"""Integer functions of the specification (integers only, numpy int64): the nonlinear
+operators of sequence models and of imported CNN/embedding heads.
 
 Each works on integers q with a known real scale (x = q * scale) and returns integers with a
 known output scale. The constants they need are integers computed once by quantize from the
@@ -17,8 +18,8 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
              form gives masked keys exactly 0 and the others the softmax of the unmasked keys
   tanh       |error| <= TANH_BOUND (inputs at scale 2^-10)
-  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; exactly 1/2 at 0, odd about it)
-  hardsigmoid|error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
+  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; 1/2 at 0, sigmoid(-x) = 1 - sigmoid(x))
+  hardsig.   |error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
   silu       |error| <= SILU_BOUND + 2 * s (input and output at scale s = act_scale(peak))
   hardswish  |error| <= HARDSWISH_BOUND + 2 * s (likewise)
   prelu      exact for x >= 0; |error| <= |x| * |slope rounding| + s below (slope_consts)
