@@ -18,7 +18,7 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
              form gives masked keys exactly 0 and the others the softmax of the unmasked keys
   tanh       |error| <= TANH_BOUND (inputs at scale 2^-10)
-  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; 1/2 at 0, sigmoid(-x) = 1 - sigmoid(x))
+  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; 1/2 at 0, s(-x) = 1 - s(x) exactly)
   hardsig.   |error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
   silu       |error| <= SILU_BOUND + 2 * s (input and output at scale s = act_scale(peak))
   hardswish  |error| <= HARDSWISH_BOUND + 2 * s (likewise)
