@@ -61,7 +61,8 @@ def _prelu(node: Node, mode: str, shape: Shape) -> Kernel:
         return _unary(node, mode, lambda x: np.where(x >= 0, x, slope * x), lambda q: q)
     # Positively homogeneous: t * f(S / t) = f(S), so G(t) is f of the running sum itself.
     mul, shift = node.params["slope_q"].astype(np.int64), node.attrs["slope_shift"]
-    return ExpectationCompensated(lambda s, t: F.int_prelu(s[0], mul, shift))
+    frac = node.attrs["frac"]
+    return ExpectationCompensated(lambda s, t: F.int_prelu(s[0], mul, shift, frac))
 
 
 def _align(x: np.ndarray, rank: int) -> np.ndarray:
