@@ -1,11 +1,11 @@
 """Quantize handlers and range-proof rules of the ops in spikeport.ir.ext_ops.
 
 EC activations requantize their running mean to their integer function's input scale (fixed
-2^-10 for the saturating sigmoid / hard sigmoid, peak / 2^14 for the unbounded silu, hardswish
-and l2norm) and store that function's integer constants; prelu works on the running sum at
-the input's own scale; a product or quotient of two streams keeps `frac` fraction bits, as
-many as bring its calibrated peak to about 2^16 integer steps (like an add). Linear ops move
-or rescale scales with the values.
+2^-10 for sigmoid, whose exp saturates; the calibrated peak / 2^14 for hard sigmoid, silu,
+hardswish and l2norm) and store that function's integer constants; prelu works on the running
+sum itself. prelu, and a product or quotient of two streams, keep `frac` fraction bits: as
+many as bring the output's calibrated peak to about 2^16 integer steps (like an add), within a
+cap. Linear ops move or rescale scales with the values.
 """
 
 from __future__ import annotations
