@@ -488,3 +488,19 @@ def test_values_stay_within_the_proven_bounds_and_survive_save_load(label, tmp_p
     save(q, tmp_path / "m.spk")
     again = Simulator(load(tmp_path / "m.spk"), "int").run(_feeds(case, x), T)
     np.testing.assert_array_equal(again.outputs["y"], run.outputs["y"])
+
+
+def test_stateful_ops_fed_int8_input_codes_do_not_wrap():
+    """A graph input arrives as int8 codes; running sums over steps must not stay int8."""
+    x = np.broadcast_to(np.array([[100, 20], [5, -3]], np.int8), (2, 1, 2, 2))
+    for op, attrs in (
+        ("maxpool2d", {"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]}),
+        ("mul", {"frac": 0}),
+    ):
+        node = Node("n", op, ["a"] * (2 if op == "mul" else 1), "o", attrs)
+        k = KERNELS[op](node, "int", (1, 1, 1) if op == "maxpool2d" else (1, 2, 2))
+        k.reset(2)
+        ins = [x, np.ones_like(x)] if op == "mul" else [x]
+        total = sum(k(*ins).astype(np.int64) for _ in range(4))
+        want = 400 if op == "maxpool2d" else 4 * x.astype(np.int64)  # max(S_4); S_4 * 1
+        assert (total == want).all(), op
