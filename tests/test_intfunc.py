@@ -196,13 +196,14 @@ def test_prelu_is_exact_above_zero_and_rounds_only_its_slope():
     slope = np.array([0.01, 0.25, -0.3, 1.7, 0.0])[:, None]
     c = F.slope_consts(slope)
     q = np.arange(-(2**20), 2**20, 97, dtype=np.int64)[None, :]
-    got = F.int_prelu(q, c["mul"], c["shift"])
-    np.testing.assert_array_equal(
-        got[:, q[0] >= 0], np.broadcast_to(q[q >= 0], (5, (q >= 0).sum()))
-    )
     rounding = np.abs(c["mul"] / 2.0 ** c["shift"] - slope)
     assert rounding.max() <= 2.0 ** -(c["shift"] + 1)
-    assert np.all(np.abs(got - np.where(q >= 0, q, slope * q)) <= np.abs(q) * rounding + 1)
+    for frac in (0, 8):  # output scale: q's / 2^frac
+        got = F.int_prelu(q, c["mul"], c["shift"], frac) * 2.0**-frac
+        pos = q[0] >= 0
+        np.testing.assert_array_equal(got[:, pos], np.broadcast_to(q[:, pos], (5, pos.sum())))
+        err = np.abs(got - np.where(q >= 0, q, slope * q))
+        assert np.all(err <= np.abs(q) * rounding + 2.0**-frac)
 
 
 @pytest.mark.parametrize("d", [2, 8, 384])

@@ -25,6 +25,11 @@ FORMAT = "spikeport.spk"
 FORMAT_VERSION = 1
 
 
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy that keeps a 0-d array 0-d (ascontiguousarray makes it 1-d)."""
+    return np.ascontiguousarray(arr).reshape(np.shape(arr))
+
+
 def _array_entry(key: str, arr: np.ndarray) -> dict[str, Any]:
     return {"key": key, "shape": list(arr.shape), "dtype": str(arr.dtype)}
 
@@ -44,13 +49,13 @@ def to_json(graph: Graph) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         }
         for pname, arr in n.params.items():
             key = f"{n.name}/{pname}"
-            arrays[key] = np.ascontiguousarray(arr)
+            arrays[key] = _contiguous(arr)
             entry["params"][pname] = _array_entry(key, arr)
         nodes.append(entry)
     scales = {}
     for t, arr in graph.scales.items():
         key = f"scale/{t}"
-        arrays[key] = np.ascontiguousarray(arr)
+        arrays[key] = _contiguous(arr)
         scales[t] = _array_entry(key, arr)
     doc = {
         "format": FORMAT,

@@ -120,7 +120,7 @@ def pad_width(node: Node) -> list[tuple[int, int]]:
 
 @register("reduce_sum", attrs={"axes": [], "keepdims": 0})
 def _reduce_sum(node: Node, ins: list[Shape]) -> Shape:
-    """Sum over `axes` (all when empty is not supported: list them); linear, stateless."""
+    """Sum over the listed `axes` (an empty list sums nothing); linear, stateless."""
     return _reduce_mean(node, ins)
 
 

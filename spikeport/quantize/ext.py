@@ -1,11 +1,11 @@
 """Quantize handlers and range-proof rules of the ops in spikeport.ir.ext_ops.
 
 EC activations requantize their running mean to their integer function's input scale (fixed
-2^-10 for the saturating sigmoid / hard sigmoid, peak / 2^14 for the unbounded silu, hardswish
-and l2norm) and store that function's integer constants; prelu works on the running sum at
-the input's own scale; a product or quotient of two streams keeps `frac` fraction bits, as
-many as bring its calibrated peak to about 2^16 integer steps (like an add). Linear ops move
-or rescale scales with the values.
+2^-10 for sigmoid, whose exp saturates; the calibrated peak / 2^14 for hard sigmoid, silu,
+hardswish and l2norm) and store that function's integer constants; prelu works on the running
+sum itself. prelu, and a product or quotient of two streams, keep `frac` fraction bits: as
+many as bring the output's calibrated peak to about 2^16 integer steps (like an add), within a
+cap. Linear ops move or rescale scales with the values.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from spikeport.sim.arith import round_to_int
 
 RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
+PRELU_FRAC_BITS = 8  # most fraction bits prelu adds to its input's scale
 
 
 def _act_in(ctx: _Ctx, node: Node) -> float:
@@ -77,10 +78,13 @@ def _l2norm(ctx: _Ctx, node: Node) -> np.ndarray:
 
 @handler("prelu")
 def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
+    """Integer slopes; fraction bits (up to PRELU_FRAC_BITS) where the input is coarse next
+    to its peak (spikes), none where it is already fine (a conv's accumulator)."""
     c = F.slope_consts(node.params["slope"])
     node.params["slope_q"] = c["mul"].astype(np.int32)
     node.attrs["slope_shift"] = c["shift"]
-    return ctx.scale_in(node)
+    node.attrs["frac"] = _frac(ctx, node, float(np.max(ctx.scale_in(node))), PRELU_FRAC_BITS)
+    return ctx.scale_in(node) / 2 ** node.attrs["frac"]
 
 
 def _two_scales(ctx: _Ctx, node: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -181,8 +185,11 @@ def _b_gated(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bo
 
 @bound("prelu")
 def _b_prelu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """G(t) = f(S_t) with f Lipschitz (k = max(1, |slope|)): steps move by <= k * b + 1."""
-    k = max(1.0, float(np.abs(node.params["slope_q"]).max()) / 2 ** node.attrs["slope_shift"])
+    """G(t) = f(S_t) 2^frac with f Lipschitz (k = max(1, |slope|)): steps move by at most
+    k b 2^frac + 1 (the floor)."""
+    a = node.attrs
+    k = max(1.0, float(np.abs(node.params["slope_q"]).max()) / 2 ** a["slope_shift"])
+    k *= 2 ** a["frac"]
     return k * b[0] + 1, float(c[0].max(initial=0)), k * c[0] + 1
 
 

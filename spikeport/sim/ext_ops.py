@@ -18,7 +18,9 @@ from spikeport.sim.ops import Kernel, Shape, Stateless, _as_int, kernel
 from spikeport.sim.seq_ops import ExpectationCompensated, _ax, _unary
 
 
-def _act(node: Node, mode: str, f: Callable[..., np.ndarray], f_int: Callable[..., np.ndarray]):
+def _act(
+    node: Node, mode: str, f: Callable[..., np.ndarray], f_int: Callable[..., np.ndarray]
+) -> Kernel:
     """An EC activation whose integer function takes the node's stored constants."""
     consts = node.attrs.get("int", {})
     return _unary(node, mode, f, lambda q: f_int(q, **consts))
@@ -55,10 +57,12 @@ def _l2norm(node: Node, mode: str, shape: Shape) -> Kernel:
 def _prelu(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode != "int":
         slope = node.params["slope"].astype(np.float64)
+        # (the integer function below replaces _unary's requantized mean in "int" mode)
         return _unary(node, mode, lambda x: np.where(x >= 0, x, slope * x), lambda q: q)
     # Positively homogeneous: t * f(S / t) = f(S), so G(t) is f of the running sum itself.
     mul, shift = node.params["slope_q"].astype(np.int64), node.attrs["slope_shift"]
-    return ExpectationCompensated(lambda s, t: F.int_prelu(s[0], mul, shift))
+    frac = node.attrs["frac"]
+    return ExpectationCompensated(lambda s, t: F.int_prelu(s[0], mul, shift, frac))
 
 
 def _align(x: np.ndarray, rank: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Integer functions of the specification for sequence models (integers only, numpy int64).
+"""Integer functions of the specification (integers only, numpy int64): the nonlinear
+operators of sequence models and of imported CNN/embedding heads.
 
 Each works on integers q with a known real scale (x = q * scale) and returns integers with a
 known output scale. The constants they need are integers computed once by quantize from the
@@ -17,11 +18,11 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
              form gives masked keys exactly 0 and the others the softmax of the unmasked keys
   tanh       |error| <= TANH_BOUND (inputs at scale 2^-10)
-  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; exactly 1/2 at 0, odd about it)
-  hardsigmoid|error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
+  sigmoid    |error| <= SIGMOID_BOUND (inputs at scale 2^-10; 1/2 at 0, s(-x) = 1 - s(x) exactly)
+  hardsig.   |error| <= HARD_BOUND + alpha * s (s: the input scale, any s)
   silu       |error| <= SILU_BOUND + 2 * s (input and output at scale s = act_scale(peak))
   hardswish  |error| <= HARDSWISH_BOUND + 2 * s (likewise)
-  prelu      exact for x >= 0; |error| <= |x| * |slope rounding| + s below (slope_consts)
+  prelu      exact for x >= 0; |error| <= |x| * |slope rounding| + s / 2^frac below
   l2norm     |error| <= 2^-15 + 1 / (||q|| - 1) per entry against q / ||q|| (input steps)
   div        exact: floor(a * 2^frac / max(b, floor)), one rule for every target
   gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
@@ -192,11 +193,13 @@ def slope_consts(slope: np.ndarray, mul_bits: int = 16) -> dict:
     }
 
 
-def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int) -> np.ndarray:
-    """q if q >= 0 else floor(q * mul / 2^shift), at q's own scale. PReLU is positively
-    homogeneous (t * f(S / t) = f(S)), so its EC operator applies this to the running sum S:
-    no mean, no requantisation; the only error is the slope's rounding and the floor."""
-    return np.where(q >= 0, q, floor_div(q * mul, 1 << shift))
+def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int, frac: int = 0) -> np.ndarray:
+    """q if q >= 0 else q * mul / 2^shift, with `frac` fraction bits (output scale: q's scale
+    / 2^frac), floored. PReLU is positively homogeneous (t * f(S / t) = f(S)), so its EC
+    operator applies this to the running sum S: no mean, no requantisation; the only error is
+    the slope's rounding and the floor (fraction bits keep a few spikes' leak from flooring
+    to a whole spike)."""
+    return np.where(q >= 0, q << frac, floor_div((q * mul) << frac, 1 << shift))
 
 
 # -- l2 norm ---------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class _ECMaxPool:
         self.total, self.prev_max = 0, 0
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if np.issubdtype(x.dtype, np.integer):  # int8 input codes: sum in int64, never wrap
+            x = x.astype(np.int64)
         self.total = self.total + x
         m = K.window_max(
             np.asarray(self.total), self.a["kernel"], self.a["strides"], self.a["pads"]
