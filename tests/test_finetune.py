@@ -139,6 +139,7 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
             [(2, 3, 2)],
         ),
         "resize/nearest": (node("resize", attrs={"out_shape": [2, 6, 1]}), [(2, 3, 2)]),
+        "masked_mean": (node("masked_mean", 2, attrs={"axis": 0, "keepdims": 0}), [(4, 3), (4,)]),
     }
     if "bipolar" in OPS["if"].attrs:
         ex["if/bipolar"] = (neuron(bipolar=True), [(3, 4)])
@@ -146,7 +147,7 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
 
 
 # (op, input index) -> exclusive upper end of its integer values: token ids, 0/1 masks.
-INTEGER_INPUTS = {("embed", 0): 6, ("masked_softmax", 1): 2}
+INTEGER_INPUTS = {("embed", 0): 6, ("masked_softmax", 1): 2, ("masked_mean", 1): 2}
 
 
 def test_every_op_has_an_example_below():

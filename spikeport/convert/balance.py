@@ -23,7 +23,9 @@ DEFAULT_PERCENTILE = 99.99
 # T = 4) 99.99 gave 80.0 %, 99.9 gave 90.6 %, 99.0 gave 93.3 % (ANN 97.8 %).
 DEFAULT_INPUT_PERCENTILE = 99.0
 # Ops that move or rescale values without computing: spikes stay spikes through them.
-DATA_MOVEMENT = frozenset({"reshape", "transpose", "take", "slice", "scale", "concat"})
+DATA_MOVEMENT = frozenset(
+    {"reshape", "transpose", "take", "slice", "scale", "concat", "pad", "channel_scale"}
+)
 SYNAPTIC_SEQ = ("dense", "matmul", "conv2d")
 
 
