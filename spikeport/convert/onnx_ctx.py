@@ -67,6 +67,10 @@ class Ctx:
     # Add outputs that are scores + an additive attention mask -> (scores, mask input).
     masks: dict[str, tuple[str, str]] = field(default_factory=dict)
     graph_outputs: set[str] = field(default_factory=set)
+    # The canonical model, its integer inputs, and what is computed from them alone.
+    model: onnx.ModelProto | None = None
+    input_info: dict[str, onnx.ValueInfoProto] = field(default_factory=dict)
+    derived: dict[str, set[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what import changed, for meta/inspect
     dropped_softmax: list[str] = field(default_factory=list)
 

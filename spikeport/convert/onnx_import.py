@@ -114,6 +114,9 @@ def import_onnx(
         bpos={t.name: 0 for t in inputs},
         masks=plan.adds,
         graph_outputs={o.name for o in model.graph.output},
+        model=model,
+        input_info={i.name: i for i in model.graph.input},
+        derived=plan.derived,
     )
     _count_uses(ctx, model)
     for n in model.graph.node:

@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from spikeport.convert.onnx_ctx import Ctx, attrs, importer, refuse
+from spikeport.convert.onnx_patterns import constant_ids, position_pad
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import window_out
 
@@ -612,11 +613,25 @@ def _embedding(ctx: Ctx, n: onnx.NodeProto) -> None:
     table = ctx.consts[n.input[0]]
     if table.ndim != 2 or int(attrs(n).get("axis", 0)) != 0:
         raise refuse(n, f"only row lookups in a 2-D table are supported, table is {table.shape}")
-    ids = ctx.tensors.get(ctx.name(n.input[1]))
-    if ids is None or ids.dtype != "int64":
-        raise refuse(n, f"the ids '{n.input[1]}' must be an integer model input")
+    ids, attrs_ = n.input[1], {}
+    info = ctx.tensors.get(ctx.name(ids))
+    if info is None or info.dtype != "int64":
+        sources = ctx.derived.get(ids, set())
+        pad = None
+        if len(sources) == 1:
+            (source,) = sources
+            fixed = constant_ids(ctx.model, ids, ctx.input_info[source])
+            if fixed is not None:  # the same rows for every input: a constant
+                ctx.consts[n.output[0]] = table[fixed]
+                return
+            pad = position_pad(ctx.model, ids, ctx.input_info[source])
+        if pad is None:
+            raise refuse(
+                n, f"the ids '{ids}' must be an integer model input or its RoBERTa position ids"
+            )
+        ids, attrs_ = source, {"position_pad": pad}
     params = {"table": table.astype(np.float32)}
-    ctx.emit(n, Node(n.name, "embed", [n.input[1]], n.output[0], {}, params))
+    ctx.emit(n, Node(n.name, "embed", [ids], n.output[0], attrs_, params))
 
 
 def _emit_slice(ctx: Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tuple]) -> None:

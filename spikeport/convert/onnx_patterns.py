@@ -95,6 +95,7 @@ class MaskPlan:
 
     skip: set[str] = field(default_factory=set)
     adds: dict[str, tuple[str, str]] = field(default_factory=dict)
+    derived: dict[str, set[str]] = field(default_factory=dict)  # tensor -> its integer inputs
 
 
 def _integer_inputs(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
@@ -109,7 +110,7 @@ def plan_masks(model: onnx.ModelProto) -> MaskPlan:
     consts = _consts(g)
     ints = {i.name: i for i in _integer_inputs(g)}
     plan = MaskPlan()
-    derived = _derived(g, consts, plan.skip)
+    derived = plan.derived = _derived(g, consts, plan.skip)
     users = _users(g)
     for n in g.node:
         if n.name in plan.skip or n.domain == SPIKEPORT_DOMAIN:
@@ -428,3 +429,48 @@ def fuse_l2norm(model: onnx.ModelProto) -> onnx.ModelProto:
             if dead is div or all(u in (div, *chain) for u in users.get(dead.output[0], [])):
                 g.node.remove(dead)
     return model
+
+
+# -- position ids computed from the token ids (RoBERTa, MPNet, ...) ----------------------------
+
+
+def position_pad(model: onnx.ModelProto, ids: str, source: onnx.ValueInfoProto) -> int | None:
+    """The padding id p for which tensor `ids`, computed from integer input `source` alone, is
+    cumsum(source != p) * (source != p) + p (RoBERTa's position ids), checked on random ids with
+    padding; None when no small constant of the graph fits."""
+    from spikeport.sim.intfunc import position_ids
+
+    values = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
+    candidates = sorted({int(v) for v in values if v.size == 1 and v.dtype.kind in "iu"})
+    shape = [d.dim_value for d in source.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(source.type.tensor_type.elem_type)
+    rng = np.random.default_rng(0)
+    for pad in [c for c in candidates if 0 <= c < 2**16]:
+        ok = True
+        for _ in range(3):
+            tokens = rng.integers(0, 50, shape).astype(dtype)
+            tokens[..., -rng.integers(0, shape[-1]) :] = pad  # right padding
+            (got,) = _run_sub(model, [source.name], [ids], {source.name: tokens})
+            if got.shape != tokens.shape or not np.array_equal(got, position_ids(tokens, pad)):
+                ok = False
+                break
+        if ok:
+            return pad
+    return None
+
+
+def constant_ids(
+    model: onnx.ModelProto, ids: str, source: onnx.ValueInfoProto
+) -> np.ndarray | None:
+    """The value of `ids` when it does not depend on the values of integer input `source`
+    (only on its shape, e.g. RoBERTa's all-zero token types from a buffer), else None."""
+    shape = [d.dim_value for d in source.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(source.type.tensor_type.elem_type)
+    rng = np.random.default_rng(1)
+    runs = [
+        _run_sub(
+            model, [source.name], [ids], {source.name: rng.integers(0, 50, shape).astype(dtype)}
+        )[0]
+        for _ in range(3)
+    ]
+    return runs[0] if all(np.array_equal(runs[0], r) for r in runs[1:]) else None

@@ -17,6 +17,8 @@ import torch
 from spikeport.finetune.layers import Fn, Layer, as_param, layer
 from spikeport.finetune.surrogate import Shape
 from spikeport.ir.graph import Node
+from spikeport.ir.ops import attr
+from spikeport.sim.intfunc import position_ids
 
 
 def _ax(a: int) -> int:
@@ -154,8 +156,11 @@ class Embed(Layer):
     def __init__(self, node: Node):
         super().__init__()
         self.table = as_param(node.params["table"])
+        self.pad = attr(node, "position_pad")
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            ids = position_ids(ids, self.pad)
         return self.table[ids]
 
 

@@ -116,11 +116,13 @@ def _matmul(node: Node, ins: list[Shape]) -> Shape:
     return tuple(lead) + (a[-2], b[-1])
 
 
-@register("embed", params=("table",))
+@register("embed", params=("table",), attrs={"position_pad": None})
 def _embed(node: Node, ins: list[Shape]) -> Shape:
     """y = table[ids]: token embeddings (ONNX Gather of a constant table by an integer input).
     The ids are the same at every step, so y is a constant current, like a direct input; in
-    "int" mode `table_q` holds the table as int8 codes of the output scale."""
+    "int" mode `table_q` holds the table as int8 codes of the output scale. With
+    `position_pad` p set, the rows are position ids computed from the token ids as RoBERTa-style
+    models do: cumsum(ids != p) * (ids != p) + p (spikeport.sim.intfunc.position_ids)."""
     return tuple(ins[0]) + (node.params["table"].shape[1],)
 
 

@@ -64,6 +64,14 @@ GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
 
 
+def position_ids(ids: np.ndarray, pad: int) -> np.ndarray:
+    """RoBERTa's position ids: each real token counts the real tokens up to it (from pad + 1);
+    padding tokens get `pad`. `ids` (N, S) batch first, numpy or torch."""
+    real = ids != pad
+    counts = real.cumsum(-1) if isinstance(ids, np.ndarray) else real.long().cumsum(-1)
+    return counts * real + pad
+
+
 def floor_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     """Floor division (toward -inf), the only division of the specification."""
     return np.floor_divide(a, b)

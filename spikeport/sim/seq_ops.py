@@ -11,6 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.ir.graph import Node
+from spikeport.ir.ops import attr
 from spikeport.ir.seq_ops import slicer
 from spikeport.sim import intfunc as F
 from spikeport.sim.ops import Kernel, Shape, Stateless, kernel
@@ -157,6 +158,9 @@ def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
 def _embed(node: Node, mode: str, shape: Shape) -> Kernel:
     table = node.params["table_q" if mode == "int" else "table"]
     table = table.astype(np.int64 if mode == "int" else np.float64)
+    pad = attr(node, "position_pad")
+    if pad is not None:
+        return Stateless(lambda ids: table[F.position_ids(ids, pad)])
     return Stateless(lambda ids: table[ids])
 
 
