@@ -32,6 +32,7 @@ from spikeport.convert.onnx_patterns import (
     fuse_erf_gelu,
     fuse_l2norm,
     fuse_masked_mean,
+    fuse_tanh_gelu,
     plan_masks,
 )
 from spikeport.errors import UnsupportedOp
@@ -103,7 +104,7 @@ def import_onnx(
     p = existing_file(path, "ONNX model")
     original = load_checked(p)
     model = canonicalise(original, input_shapes)
-    model = fuse_decomposed_layernorm(fuse_erf_gelu(model))
+    model = fuse_decomposed_layernorm(fuse_tanh_gelu(fuse_erf_gelu(model)))
     model = fuse_l2norm(fuse_masked_mean(model))
     plan = plan_masks(model)
     inputs = _graph_inputs(model)

@@ -359,9 +359,9 @@ def _hardsigmoid(ctx: Ctx, n: onnx.NodeProto) -> None:
 
 @importer("Gelu")
 def _gelu(ctx: Ctx, n: onnx.NodeProto) -> None:
-    if attrs(n).get("approximate", b"none") not in (b"none", "none"):
-        raise refuse(n, "only the exact (erf) GELU is supported, not approximate='tanh'")
-    ctx.emit(n, Node(n.name, "gelu", [n.input[0]], n.output[0]))
+    form = attrs(n).get("approximate", b"none")
+    form = form.decode() if isinstance(form, bytes) else str(form)
+    ctx.emit(n, Node(n.name, "gelu", [n.input[0]], n.output[0], {"approximate": form}))
 
 
 def _last_axis(ctx: Ctx, n: onnx.NodeProto, default: int) -> None:

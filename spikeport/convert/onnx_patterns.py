@@ -474,3 +474,67 @@ def constant_ids(
         for _ in range(3)
     ]
     return runs[0] if all(np.array_equal(runs[0], r) for r in runs[1:]) else None
+
+
+# -- tanh-form GELU ------------------------------------------------------------------------------
+
+
+TANH_GELU_OPS = frozenset({"Pow", "Mul", "Add", "Tanh", "Div"})
+
+
+def fuse_tanh_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The exported tanh GELU (Pow(x, 3), Mul, Add, Mul, Tanh, Add, Mul, Mul in any order) ->
+    Gelu(approximate="tanh"). Candidates are the nodes reachable from Pow(x, 3) that read only x,
+    constants and each other; the fusion is checked by running them on random x."""
+    g = model.graph
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    users = _users(g)
+    for pw in [n for n in g.node if n.op_type == "Pow"]:
+        e = values.get(pw.input[1])
+        if e is None or e.size != 1 or float(e.reshape(())) != 3.0:
+            continue
+        x = pw.input[0]
+        region, known, frontier = [pw], {x, pw.output[0]}, [pw.output[0], x]
+        while frontier and len(region) < 12:
+            t = frontier.pop()
+            for u in users.get(t, []):
+                inside = u.op_type in TANH_GELU_OPS and u not in region
+                if inside and all(i in known or i in values for i in u.input if i):
+                    region.append(u)
+                    known.update(u.output)
+                    frontier.extend(u.output)
+        sinks = [n for n in region if not all(u in region for u in users.get(n.output[0], []))]
+        if len(sinks) != 1 or not any(n.op_type == "Tanh" for n in region):
+            continue
+        out = sinks[0].output[0]
+        if not _is_tanh_gelu(model, x, out):
+            continue
+        fused = onnx.helper.make_node(
+            "Gelu", [x], [out], name=pw.name + "_gelu", approximate="tanh"
+        )
+        g.node.insert(list(g.node).index(sinks[0]), fused)
+        for n in region:
+            g.node.remove(n)
+        users = _users(g)
+    return model
+
+
+def _is_tanh_gelu(model: onnx.ModelProto, x: str, out: str) -> bool:
+    from spikeport.sim.intfunc import gelu
+
+    shape = _shape_of(model.graph, x)
+    if shape is None:
+        return False
+    probe = np.random.default_rng(0).normal(0, 3, shape).astype(np.float32)
+    try:
+        (got,) = _run_sub(model, [x], [out], {x: probe})
+    except Exception:  # the region needs more than x: not this pattern
+        return False
+    return got.shape == probe.shape and np.allclose(got, gelu(probe, "tanh"), atol=1e-4)
+
+
+def _shape_of(g: onnx.GraphProto, t: str) -> list[int] | None:
+    for v in list(g.value_info) + list(g.input):
+        if v.name == t:
+            return [d.dim_value for d in v.type.tensor_type.shape.dim]
+    return None

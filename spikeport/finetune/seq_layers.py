@@ -137,7 +137,10 @@ def _softmax(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("gelu")
 def _gelu_layer(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
-    return ExpectationCompensated(lambda s, t: t * _gelu(s[0] / t))
+    form = attr(node, "approximate")
+    return ExpectationCompensated(
+        lambda s, t: t * torch.nn.functional.gelu(s[0] / t, approximate=form)
+    )
 
 
 @layer("layernorm")

@@ -96,9 +96,13 @@ def _softmax(node: Node, ins: list[Shape]) -> Shape:
     return ins[0]
 
 
-@register("gelu", stateful=True)
+@register("gelu", attrs={"approximate": "none"}, stateful=True)
 def _gelu(node: Node, ins: list[Shape]) -> Shape:
-    """f(x) = x * Phi(x) (exact, erf form); EC in time."""
+    """f(x) = x * Phi(x) (exact, erf form), or with `approximate` "tanh" the tanh form
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (BERT's gelu_new); EC in time. The
+    integer function is the same for both (they differ by < 5e-4, far below its bound)."""
+    if node.attrs.get("approximate", "none") not in ("none", "tanh"):
+        raise _fail(node, f"approximate={node.attrs['approximate']!r} is not 'none' or 'tanh'")
     return ins[0]
 
 

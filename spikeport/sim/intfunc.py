@@ -288,8 +288,10 @@ def int_layernorm(q: np.ndarray, eps: int, gamma: np.ndarray, beta: np.ndarray) 
 # -- float references ------------------------------------------------------------------------
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact GELU, x * Phi(x)."""
+def gelu(x: np.ndarray, approximate: str = "none") -> np.ndarray:
+    """Exact GELU, x * Phi(x), or its tanh form (approximate="tanh")."""
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
 

@@ -124,8 +124,8 @@ def _softmax(node: Node, mode: str, shape: Shape) -> Kernel:
 
 @kernel("gelu")
 def _gelu(node: Node, mode: str, shape: Shape) -> Kernel:
-    c = node.attrs.get("int", {})
-    return _unary(node, mode, F.gelu, lambda q: F.int_gelu(q, **c))
+    c, form = node.attrs.get("int", {}), attr(node, "approximate")
+    return _unary(node, mode, lambda x: F.gelu(x, form), lambda q: F.int_gelu(q, **c))
 
 
 @kernel("layernorm")
