@@ -103,6 +103,32 @@ def _fix_dims(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]
             d.Clear()
 
 
+def merge_duplicates(g: onnx.GraphProto) -> None:
+    """Common-subexpression elimination: a node with the same op, inputs and attributes as an
+    earlier one is dropped and its outputs read from that one (some exporters write the mean of
+    a LayerNorm twice, which onnxruntime's basic level leaves, so its pattern would not match)."""
+    seen: dict[bytes, onnx.NodeProto] = {}
+    rename: dict[str, str] = {}
+    kept = []
+    for n in g.node:
+        for k, t in enumerate(n.input):
+            n.input[k] = rename.get(t, t)
+        key = onnx.NodeProto(
+            op_type=n.op_type, domain=n.domain, input=n.input, attribute=n.attribute
+        )
+        first = seen.get(key.SerializeToString(deterministic=True))
+        if first is None or len(first.output) != len(n.output):
+            seen.setdefault(key.SerializeToString(deterministic=True), n)
+            kept.append(n)
+            continue
+        rename.update(zip(n.output, first.output, strict=True))
+    outputs = {o.name for o in g.output}
+    if any(t in outputs for t in rename):  # keep graph output names: leave such graphs alone
+        return
+    del g.node[:]
+    g.node.extend(kept)
+
+
 def canonicalise(
     model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> onnx.ModelProto:
@@ -132,6 +158,7 @@ def canonicalise(
         folded = onnx.load(opts.optimized_model_filepath)
     for i, n in enumerate(folded.graph.node):
         n.name = n.name or f"{n.op_type}_{i}"
+    merge_duplicates(folded.graph)
     try:
         return onnx.shape_inference.infer_shapes(folded, data_prop=True)
     except Exception as e:

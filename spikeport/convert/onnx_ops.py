@@ -388,17 +388,36 @@ def _log_softmax(ctx: Ctx, n: onnx.NodeProto) -> None:
     ctx.emit(n, Node(n.name, "softmax", [n.input[0]], n.output[0]))  # dropped at the end
 
 
+@importer("AxisLayerNorm")
+def _axis_layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """A norm over one inner axis (e.g. the channels of an image): move it last, normalise,
+    move it back (onnx_patterns.fuse_decomposed_layernorm)."""
+    x = n.input[0]
+    rank = len(ctx.shape(x))
+    axis = ctx.axis(n, x, int(attrs(n)["axis"]))
+    perm = [a for a in range(rank) if a != axis] + [axis]
+    back = [perm.index(a) for a in range(rank)]
+    moved, normed = f"{n.name}:last", f"{n.name}:normed"
+    ctx.emit(n, Node(moved, "transpose", [x], moved, {"perm": perm}))
+    _layernorm_node(ctx, n, moved, normed, f"{n.name}:norm")
+    ctx.emit(n, Node(n.name, "transpose", [normed], n.output[0], {"perm": back}))
+
+
 @importer("LayerNormalization")
 def _layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
     _last_axis(ctx, n, -1)
+    _layernorm_node(ctx, n, n.input[0], n.output[0], n.name)
+
+
+def _layernorm_node(ctx: Ctx, n: onnx.NodeProto, x: str, out: str, name: str) -> None:
     gamma = ctx.const(n, 1, "scale").astype(np.float32).reshape(-1)
     beta = ctx.optional_const(n, 2, "bias")
     beta = (np.zeros_like(gamma) if beta is None else beta).astype(np.float32).reshape(-1)
-    width = ctx.shape(n.input[0])[-1]
+    width = ctx.shape(x)[-1]
     gamma, beta = (np.broadcast_to(v, (width,)).copy() for v in (gamma, beta))
     eps = {"epsilon": float(attrs(n).get("epsilon", 1e-5))}
     params = {"gamma": gamma, "beta": beta}
-    ctx.emit(n, Node(n.name, "layernorm", [n.input[0]], n.output[0], eps, params))
+    ctx.emit(n, Node(name, "layernorm", [x], out, eps, params))
 
 
 # -- pooling and reductions -------------------------------------------------------------------

@@ -190,29 +190,34 @@ def _check_key_mask(
 
 
 def fuse_decomposed_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replace mean/centre/variance/sqrt/divide (+ scale, + shift) chains over the last axis,
-    as older exports write LayerNorm, by one LayerNormalization node."""
+    """Replace mean/centre/variance/sqrt/divide (+ scale, + shift) chains over one axis, as
+    older exports write LayerNorm (and channel norms of images), by one node."""
     g = model.graph
     consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
     for rm in [n for n in g.node if n.op_type == "ReduceMean"]:
         chain = _layernorm_chain(g, rm, consts)
         if chain is None:
             continue
-        nodes, x, out, eps, gamma, beta = chain
-        width = _last_dim(g, x)
+        nodes, x, out, eps, gamma, beta, axis = chain
+        shape = _shape_of(g, x)
+        width = shape[axis]
+        last = axis == len(shape) - 1
         names = [f"{rm.name}_ln_gamma", f"{rm.name}_ln_beta"]
         gamma = np.ones(width) if gamma is None else gamma
         beta = np.zeros(width) if beta is None else beta
         for name, v in zip(names, (gamma, beta), strict=True):
             v = np.broadcast_to(v, (width,)).astype(np.float32)
             g.initializer.append(onnx.numpy_helper.from_array(v, name))
+        # ONNX's LayerNormalization normalises every axis from `axis` on; a channel norm of
+        # (N, C, H, W) over C alone has no ONNX op: spikeport's own node says it.
         ln = onnx.helper.make_node(
-            "LayerNormalization",
+            "LayerNormalization" if last else "AxisLayerNorm",
             [x, *names],
             [out],
             name=rm.name + "_layernorm",
-            axis=-1,
+            axis=-1 if last else axis,
             epsilon=eps,
+            **({} if last else {"domain": SPIKEPORT_DOMAIN}),
         )
         at = list(g.node).index(nodes[0])
         for dead in nodes:
@@ -221,11 +226,17 @@ def fuse_decomposed_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _last_dim(g: onnx.GraphProto, tensor: str) -> int:
-    for v in list(g.value_info) + list(g.input):
-        if v.name == tensor:
-            return int(v.type.tensor_type.shape.dim[-1].dim_value)
-    raise UnsupportedOp(f"tensor '{tensor}': shape unknown, cannot fuse its LayerNorm")
+def _along(v: np.ndarray, shape: list[int] | None, axis: int) -> np.ndarray | None:
+    """A gamma/beta constant as its (width,) vector when it varies along `axis` only."""
+    if shape is None or v.ndim > len(shape):
+        return None
+    v = v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
+    if any(d != 1 for i, d in enumerate(v.shape) if i != axis) or v.shape[axis] not in (
+        1,
+        shape[axis],
+    ):
+        return None
+    return np.broadcast_to(v.reshape(-1), (shape[axis],))
 
 
 def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, np.ndarray]):
@@ -241,7 +252,8 @@ def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, n
         return float(v.reshape(())) if v is not None and v.size == 1 else None
 
     x = rm.input[0]
-    if not _reduces_last_axis(g, rm, consts):
+    axis = _reduced_axis(g, rm, consts)
+    if axis is None:
         return None
     sub = only(rm.output[0], "Sub")
     if sub is None or list(sub.input) != [x, rm.output[0]]:
@@ -252,7 +264,7 @@ def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, n
     if len(d_users) != 2 or pw is None or div is None or scalar(pw.input[1]) != 2.0:
         return None
     rm2 = only(pw.output[0], "ReduceMean")
-    if rm2 is None or not _reduces_last_axis(g, rm2, consts):
+    if rm2 is None or _reduced_axis(g, rm2, consts) != axis:
         return None
     nodes, eps, t = [rm, sub, pw, rm2], 0.0, rm2.output[0]
     add = only(t, "Add")
@@ -270,32 +282,32 @@ def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, n
     if mul is not None:
         c = next((i for i in mul.input if i != out and i in consts), None)
         if c is not None:
-            nodes, gamma, out = nodes + [mul], consts[c].reshape(-1), mul.output[0]
+            gamma = _along(consts[c], _shape_of(g, x), axis)
+            if gamma is None:
+                return None
+            nodes, out = nodes + [mul], mul.output[0]
     add_b = only(out, "Add")
     if add_b is not None:
         c = next((i for i in add_b.input if i != out and i in consts), None)
         if c is not None:
-            nodes, beta, out = nodes + [add_b], consts[c].reshape(-1), add_b.output[0]
-    return nodes, x, out, eps, gamma, beta
+            beta = _along(consts[c], _shape_of(g, x), axis)
+            if beta is None:
+                return None
+            nodes, out = nodes + [add_b], add_b.output[0]
+    return nodes, x, out, eps, gamma, beta, axis
 
 
-def _reduces_last_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> bool:
+def _reduced_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> int | None:
+    """The one axis (non-negative) a ReduceMean reduces, or None."""
     if len(rm.input) > 1 and rm.input[1]:
         axes = consts.get(rm.input[1])
         axes = None if axes is None else [int(a) for a in np.atleast_1d(axes)]
     else:
         axes = [int(a) for a in _attrs(rm).get("axes", [])]
-    if axes is None or len(axes) != 1:
-        return False
-    rank = next(
-        (
-            len(v.type.tensor_type.shape.dim)
-            for v in list(g.value_info) + list(g.input)
-            if v.name == rm.input[0]
-        ),
-        None,
-    )
-    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+    shape = _shape_of(g, rm.input[0])
+    if axes is None or len(axes) != 1 or shape is None:
+        return None
+    return axes[0] % len(shape)
 
 
 # -- sentence-embedding heads --------------------------------------------------------------------
@@ -441,7 +453,9 @@ def position_pad(model: onnx.ModelProto, ids: str, source: onnx.ValueInfoProto) 
     from spikeport.sim.intfunc import position_ids
 
     values = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
-    candidates = sorted({int(v) for v in values if v.size == 1 and v.dtype.kind in "iu"})
+    candidates = sorted(
+        {int(v.reshape(())) for v in values if v.size == 1 and v.dtype.kind in "iu"}
+    )
     shape = [d.dim_value for d in source.type.tensor_type.shape.dim]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(source.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
@@ -503,7 +517,12 @@ def fuse_tanh_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
                     region.append(u)
                     known.update(u.output)
                     frontier.extend(u.output)
-        sinks = [n for n in region if not all(u in region for u in users.get(n.output[0], []))]
+        outputs = {o.name for o in g.output}
+        sinks = [
+            n
+            for n in region
+            if n.output[0] in outputs or not all(u in region for u in users.get(n.output[0], []))
+        ]
         if len(sinks) != 1 or not any(n.op_type == "Tanh" for n in region):
             continue
         out = sinks[0].output[0]

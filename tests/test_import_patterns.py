@@ -1,0 +1,131 @@
+"""Patterns that exporters spell in several nodes import as one IR op, each checked against
+onnxruntime on the exported file (tiny torch models, random weights, exported here)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from spikeport.convert import import_onnx
+from spikeport.errors import UnsupportedOp
+from spikeport.sim import simulate
+
+
+def _export(model: nn.Module, args: tuple, path, names: list[str], dynamic: bool = True):
+    model.eval()
+    axes = {n: {0: "N"} for n in names} if dynamic else None
+    torch.onnx.export(model, args, str(path), input_names=names, dynamic_axes=axes, dynamo=False)
+    return path
+
+
+def _check(path, feeds: dict[str, np.ndarray], input_shapes=None):
+    graph = import_onnx(path, input_shapes)
+    ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    x = (
+        feeds
+        if len(feeds) > 1 or feeds[next(iter(feeds))].dtype == np.int64
+        else next(iter(feeds.values()))
+    )
+    ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
+    np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max() + 1e-6)
+    return graph
+
+
+class ChannelNorm(nn.Module):
+    """ConvNeXt's channels-first LayerNorm, written out (mean over C of (N, C, H, W))."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.w, self.b = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + 1e-6)
+        return self.w[:, None, None] * x + self.b[:, None, None]
+
+
+def test_a_decomposed_channel_norm_is_one_layernorm(tmp_path):
+    torch.manual_seed(0)
+    path = _export(ChannelNorm(), (torch.randn(2, 3, 5, 5),), tmp_path / "cn.onnx", ["x"])
+    x = np.random.default_rng(0).normal(size=(3, 3, 5, 5)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    assert [n.op for n in graph.nodes].count("layernorm") == 1
+
+
+class TanhGelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # BERT's gelu_new, as transformers writes it
+        return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+
+
+def test_the_tanh_gelu_is_one_gelu(tmp_path):
+    torch.manual_seed(0)
+    path = _export(TanhGelu(), (torch.randn(2, 4, 6),), tmp_path / "g.onnx", ["x"])
+    x = np.random.default_rng(0).normal(0, 2, size=(3, 4, 6)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    gelu = [n for n in graph.nodes if n.op == "gelu"]
+    assert len(gelu) == 1 and gelu[0].attrs["approximate"] == "tanh"
+
+
+class Roberta(nn.Module):
+    """RoBERTa's embeddings: position ids from the token ids, token types from a buffer."""
+
+    def __init__(self, pad: int = 1):
+        super().__init__()
+        self.pad = pad
+        self.words, self.pos, self.types = (
+            nn.Embedding(50, 8),
+            nn.Embedding(40, 8),
+            nn.Embedding(1, 8),
+        )
+        self.register_buffer("type_ids", torch.zeros(1, 12, dtype=torch.long))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = ids.ne(self.pad).int()
+        positions = torch.cumsum(mask, dim=1).type_as(mask) * mask + self.pad
+        types = self.type_ids[:, : ids.shape[1]].expand(ids.shape[0], ids.shape[1])
+        return self.words(ids) + self.pos(positions.long()) + self.types(types)
+
+
+def test_roberta_position_ids_and_buffered_token_types(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(2, 50, (2, 12))
+    path = _export(Roberta(), (ids,), tmp_path / "r.onnx", ["ids"])
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, 50, (4, 12))
+    tokens[1, 7:] = 1  # padding
+    tokens[3, 2:] = 1
+    graph = _check(path, {"ids": tokens})
+    embeds = [n for n in graph.nodes if n.op == "embed"]
+    assert sorted(str(n.attrs.get("position_pad")) for n in embeds) == ["1", "None"]
+
+
+class Positions(nn.Module):
+    """Position ids computed some other way (reversed): not RoBERTa's, refused by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos = nn.Embedding(40, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.pos(ids.flip(1) * 2 % 40)
+
+
+def test_other_ids_computed_from_the_input_are_refused_by_name(tmp_path):
+    path = _export(Positions(), (torch.randint(0, 20, (2, 6)),), tmp_path / "p.onnx", ["ids"])
+    with pytest.raises(
+        UnsupportedOp, match=r"\(Gather\): the ids .* must be an integer model input"
+    ):
+        import_onnx(path)
