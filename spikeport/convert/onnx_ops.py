@@ -372,7 +372,12 @@ def _last_axis(ctx: Ctx, n: onnx.NodeProto, default: int) -> None:
 
 @importer("Softmax")
 def _softmax(ctx: Ctx, n: onnx.NodeProto) -> None:
-    _last_axis(ctx, n, -1)
+    x = n.input[0]
+    axis = ctx.axis(n, x, int(attrs(n).get("axis", -1)))
+    if axis != len(ctx.shape(x)) - 1 and x not in ctx.masks:
+        inner = lambda a, b: ctx.emit(n, Node(f"{n.name}:last", "softmax", [a], b))  # noqa: E731
+        _on_last_axis(ctx, n, axis, inner)
+        return
     if n.input[0] in ctx.masks:  # scores + additive attention mask, fused (plan_masks)
         scores, mask = ctx.masks[n.input[0]]
         ctx.emit(n, Node(n.name, "masked_softmax", [scores, mask], n.output[0]))
@@ -388,19 +393,25 @@ def _log_softmax(ctx: Ctx, n: onnx.NodeProto) -> None:
     ctx.emit(n, Node(n.name, "softmax", [n.input[0]], n.output[0]))  # dropped at the end
 
 
-@importer("AxisLayerNorm")
-def _axis_layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
-    """A norm over one inner axis (e.g. the channels of an image): move it last, normalise,
-    move it back (onnx_patterns.fuse_decomposed_layernorm)."""
+def _on_last_axis(ctx: Ctx, n: onnx.NodeProto, axis: int, inner) -> None:  # noqa: ANN001
+    """An op of the last axis applied to per-sample `axis` of n's input: move that axis last,
+    `inner(moved, result)` emits the op, move it back."""
     x = n.input[0]
     rank = len(ctx.shape(x))
-    axis = ctx.axis(n, x, int(attrs(n)["axis"]))
     perm = [a for a in range(rank) if a != axis] + [axis]
     back = [perm.index(a) for a in range(rank)]
-    moved, normed = f"{n.name}:last", f"{n.name}:normed"
+    moved, done = f"{n.name}:moved", f"{n.name}:done"
     ctx.emit(n, Node(moved, "transpose", [x], moved, {"perm": perm}))
-    _layernorm_node(ctx, n, moved, normed, f"{n.name}:norm")
-    ctx.emit(n, Node(n.name, "transpose", [normed], n.output[0], {"perm": back}))
+    inner(moved, done)
+    ctx.emit(n, Node(n.name, "transpose", [done], n.output[0], {"perm": back}))
+
+
+@importer("AxisLayerNorm")
+def _axis_layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """A norm over one inner axis (e.g. the channels of an image), written out by the exporter
+    (onnx_patterns.fuse_decomposed_layernorm)."""
+    axis = ctx.axis(n, n.input[0], int(attrs(n)["axis"]))
+    _on_last_axis(ctx, n, axis, lambda a, b: _layernorm_node(ctx, n, a, b, f"{n.name}:norm"))
 
 
 @importer("LayerNormalization")
