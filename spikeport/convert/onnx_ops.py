@@ -52,9 +52,18 @@ def _cast(ctx: Ctx, n: onnx.NodeProto) -> None:
 
 
 def _image_input(ctx: Ctx, n: onnx.NodeProto) -> tuple[int, int, int]:
+    """The (C, H, W) per-sample shape of n's input; a batch-1 (1, C, H, W) tensor whose batch
+    axis was merged and split again is given its batch axis first (a reshape, aliased)."""
     x = n.input[0]
+    full = ctx.onnx_full(x)
+    if ctx.batch(x) != 0 and len(full) == 4 and full[0] == 1:
+        first = f"{ctx.name(x)}:batch_first"
+        if first not in ctx.tensors:
+            ctx.emit(n, Node(first, "reshape", [x], first, {"shape": list(full[1:])}), hint=0)
+            ctx.bpos[first] = 0
+        ctx.alias[x] = first
     if ctx.batch(x) != 0 or len(ctx.shape(x)) != 3:
-        raise refuse(n, f"expects an (N, C, H, W) input, got batch-1 shape {ctx.onnx_full(x)}")
+        raise refuse(n, f"expects an (N, C, H, W) input, got batch-1 shape {full}")
     return ctx.shape(x)  # type: ignore[return-value]
 
 
@@ -129,12 +138,12 @@ def _matmul(ctx: Ctx, n: onnx.NodeProto) -> None:
     if ctx.is_const(a):
         raise refuse(n, "a constant first operand (W @ x) is not supported; export x @ W^T")
     if not ctx.is_const(b):
-        rank = ctx.rank(a)
-        for t in (a, b):
-            if ctx.batch(t) is not None and ctx.batch(t) >= ctx.rank(t) - 2:
-                raise refuse(n, "the batch axis is one of the multiplied axes")
-        if ctx.rank(b) != rank:
+        if ctx.rank(b) != ctx.rank(a):
             raise refuse(n, "operands of different rank are not supported")
+        if any(ctx.batch(t) is not None and ctx.batch(t) >= ctx.rank(t) - 2 for t in (a, b)):
+            # The size-1 axis taken for the batch is a matrix axis here (the batch was merged
+            # into another axis, as MobileViT's patches do): keep every axis of both operands.
+            a, b = _undrop(ctx, n, a), _undrop(ctx, n, b)
         ctx.emit(n, Node(n.name, "matmul", [a, b], n.output[0]))
         return
     w = ctx.consts[b]
@@ -253,6 +262,18 @@ def _aligned(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> str:
     out = f"{n.name}:aligned"
     ctx.onnx_shapes.setdefault(out, ctx.onnx_full(a))
     ctx.emit(n, Node(out, "reshape", [b], out, {"shape": list(ctx.shape(a))}), ctx.batch(a))
+    return out
+
+
+def _undrop(ctx: Ctx, n: onnx.NodeProto, t: str) -> str:
+    """`t` with its batch-1 ONNX shape as its per-sample shape (its size-1 batch axis kept as
+    data: exact, a batch-1 tensor is one sample)."""
+    if ctx.batch(t) is None:
+        return t
+    out = f"{ctx.name(t)}:whole"
+    if out not in ctx.tensors:
+        ctx.emit(n, Node(out, "reshape", [t], out, {"shape": list(ctx.onnx_full(t))}), hint=None)
+        ctx.bpos[out] = None
     return out
 
 
