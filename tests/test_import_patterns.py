@@ -129,3 +129,40 @@ def test_other_ids_computed_from_the_input_are_refused_by_name(tmp_path):
         UnsupportedOp, match=r"\(Gather\): the ids .* must be an integer model input"
     ):
         import_onnx(path)
+
+
+@pytest.mark.parametrize("op", ["unshuffle", "shuffle"])
+def test_pixel_shuffles_are_data_movement(tmp_path, op):
+    torch.manual_seed(0)
+    layer = nn.PixelUnshuffle(2) if op == "unshuffle" else nn.PixelShuffle(2)
+    channels = 3 if op == "unshuffle" else 8
+    model = nn.Sequential(nn.Conv2d(channels, channels, 1), layer)
+    path = _export(model, (torch.randn(2, channels, 4, 6),), tmp_path / "s.onnx", ["x"])
+    x = np.random.default_rng(0).normal(size=(3, channels, 4, 6)).astype(np.float32)
+    _check(path, {"x": x})
+
+
+@pytest.mark.parametrize(
+    "op,attrs,channels",
+    [
+        ("SpaceToDepth", {}, 3),
+        ("DepthToSpace", {"mode": "DCR"}, 8),
+        ("DepthToSpace", {"mode": "CRD"}, 8),
+    ],
+)
+def test_space_to_depth_ops(tmp_path, op, attrs, channels):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(op, ["x"], ["y"], name="shuffle", blocksize=2, **attrs)
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", None, None, None])],
+    )
+    path = tmp_path / "s.onnx"
+    import onnx
+
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(0).normal(size=(3, channels, 4, 6)).astype(np.float32)
+    _check(path, {"x": x})

@@ -807,3 +807,22 @@ def _l2norm(ctx: Ctx, n: onnx.NodeProto) -> None:
         raise refuse(n, "only an L2 normalisation over the last axis is supported")
     a = {"axis": -1, "eps": float(attrs(n)["epsilon"])}
     ctx.emit(n, Node(n.name, "l2norm", [x], n.output[0], a))
+
+
+@importer("SpaceToDepth", "DepthToSpace")
+def _space_depth(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """Pixel (un)shuffles are reshape, transpose, reshape (ONNX's own definition)."""
+    c, h, w = _image_input(ctx, n)
+    b = int(attrs(n)["blocksize"])
+    mode = attrs(n).get("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if n.op_type == "SpaceToDepth":
+        split, perm, out = [c, h // b, b, w // b, b], [2, 4, 0, 1, 3], [c * b * b, h // b, w // b]
+    elif mode == "DCR":
+        split, perm, out = [b, b, c // (b * b), h, w], [2, 3, 0, 4, 1], [c // (b * b), h * b, w * b]
+    else:  # CRD
+        split, perm, out = [c // (b * b), b, b, h, w], [0, 3, 1, 4, 2], [c // (b * b), h * b, w * b]
+    first, moved = f"{n.name}:split", f"{n.name}:moved"
+    ctx.emit(n, Node(first, "reshape", [n.input[0]], first, {"shape": split}), hint=0)
+    ctx.emit(n, Node(moved, "transpose", [first], moved, {"perm": perm}), hint=0)
+    ctx.emit(n, Node(n.name, "reshape", [moved], n.output[0], {"shape": out}))
