@@ -166,3 +166,19 @@ def test_space_to_depth_ops(tmp_path, op, attrs, channels):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = np.random.default_rng(0).normal(size=(3, channels, 4, 6)).astype(np.float32)
     _check(path, {"x": x})
+
+
+class OneHotTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(30, 8))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(ids, 30).float() @ self.table
+
+
+def test_one_hot_times_a_table_is_an_embedding(tmp_path):
+    torch.manual_seed(0)
+    path = _export(OneHotTable(), (torch.randint(0, 30, (2, 5)),), tmp_path / "o.onnx", ["ids"])
+    graph = _check(path, {"ids": np.random.default_rng(0).integers(0, 30, (3, 5))})
+    assert [n.op for n in graph.nodes] == ["embed"]

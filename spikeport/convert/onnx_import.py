@@ -32,10 +32,11 @@ from spikeport.convert.onnx_patterns import (
     fuse_erf_gelu,
     fuse_l2norm,
     fuse_masked_mean,
+    fuse_one_hot_matmul,
     fuse_tanh_gelu,
     plan_masks,
 )
-from spikeport.errors import UnsupportedOp
+from spikeport.errors import SpikeportError, UnsupportedOp
 from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, TensorInfo
@@ -96,6 +97,18 @@ def _check_outputs(ctx: Ctx, outputs: list[str]) -> None:
             raise UnsupportedOp(f"graph output '{out}' does not keep the batch axis first")
 
 
+def _import_node(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """Run n's importer. An importer that meets an attribute or shape combination it was not
+    written for says so naming the node, rather than ending the import in a traceback."""
+    try:
+        IMPORTERS[n.op_type](ctx, n)
+    except SpikeportError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise refuse(n, f"cannot be imported ({type(e).__name__}: {detail})") from e
+
+
 def import_onnx(
     path: str | os.PathLike[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> Graph:
@@ -105,7 +118,7 @@ def import_onnx(
     original = load_checked(p)
     model = canonicalise(original, input_shapes)
     model = fuse_decomposed_layernorm(fuse_tanh_gelu(fuse_erf_gelu(model)))
-    model = fuse_l2norm(fuse_masked_mean(model))
+    model = fuse_l2norm(fuse_masked_mean(fuse_one_hot_matmul(model)))
     plan = plan_masks(model)
     inputs = _graph_inputs(model)
     ctx = Ctx(
@@ -131,7 +144,7 @@ def import_onnx(
             continue
         if n.domain not in ("", "ai.onnx", SPIKEPORT_DOMAIN) or n.op_type not in IMPORTERS:
             raise refuse(n, "op is not in spikeport's vocabulary")
-        IMPORTERS[n.op_type](ctx, n)
+        _import_node(ctx, n)
     outputs = [ctx.name(o.name) for o in model.graph.output]
     outputs = _drop_argmax_keeping_tail(ctx, outputs)
     _check_outputs(ctx, outputs)

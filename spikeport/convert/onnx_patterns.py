@@ -557,3 +557,40 @@ def _shape_of(g: onnx.GraphProto, t: str) -> list[int] | None:
         if v.name == t:
             return [d.dim_value for d in v.type.tensor_type.shape.dim]
     return None
+
+
+# -- one-hot codes times a table ----------------------------------------------------------------
+
+
+def fuse_one_hot_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MatMul(OneHot(ids, depth, [0, v]) [, Cast], W) -> Gather(v * W, ids): a one-hot encoded
+    integer input times a table is an embedding lookup, exactly."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    users = _users(g)
+    for mm in [n for n in g.node if n.op_type == "MatMul" and n.input[1] in values]:
+        chain, src = [], producer.get(mm.input[0])
+        if src is not None and src.op_type == "Cast":
+            chain.append(src)
+            src = producer.get(src.input[0])
+        if src is None or src.op_type != "OneHot" or int(_attrs(src).get("axis", -1)) != -1:
+            continue
+        off_on = values.get(src.input[2])
+        table = values[mm.input[1]]
+        if off_on is None or off_on.size != 2 or float(off_on[0]) != 0.0 or table.ndim != 2:
+            continue
+        chain.append(src)
+        name = f"{mm.name}_table"
+        g.initializer.append(
+            onnx.numpy_helper.from_array((float(off_on[1]) * table).astype(np.float32), name)
+        )
+        gather = onnx.helper.make_node(
+            "Gather", [name, src.input[0]], [mm.output[0]], name=mm.name + "_embedding", axis=0
+        )
+        g.node.insert(list(g.node).index(mm), gather)
+        g.node.remove(mm)
+        for n in chain:
+            if all(u is mm or u in chain for u in users.get(n.output[0], [])):
+                g.node.remove(n)
+    return model
