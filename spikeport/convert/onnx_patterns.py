@@ -563,34 +563,50 @@ def _shape_of(g: onnx.GraphProto, t: str) -> list[int] | None:
 
 
 def fuse_one_hot_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """MatMul(OneHot(ids, depth, [0, v]) [, Cast], W) -> Gather(v * W, ids): a one-hot encoded
-    integer input times a table is an embedding lookup, exactly."""
+    """MatMul(A, W) where A is computed from one integer input `ids` alone and equals
+    v * one_hot(ids, len(W)) (OneHot, or Equal against an arange, then Cast) -> Gather(v W,
+    ids): an embedding lookup, exactly. Checked by running A's subgraph on random ids."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
     values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
-    users = _users(g)
+    ints = {i.name: i for i in _integer_inputs(g)}
+    derived = _derived(g, _consts(g), set())
     for mm in [n for n in g.node if n.op_type == "MatMul" and n.input[1] in values]:
-        chain, src = [], producer.get(mm.input[0])
-        if src is not None and src.op_type == "Cast":
-            chain.append(src)
-            src = producer.get(src.input[0])
-        if src is None or src.op_type != "OneHot" or int(_attrs(src).get("axis", -1)) != -1:
-            continue
-        off_on = values.get(src.input[2])
+        sources = derived.get(mm.input[0], set())
         table = values[mm.input[1]]
-        if off_on is None or off_on.size != 2 or float(off_on[0]) != 0.0 or table.ndim != 2:
+        if len(sources) != 1 or table.ndim != 2:
             continue
-        chain.append(src)
+        (source,) = sources
+        v = _one_hot_value(model, mm.input[0], ints[source], table.shape[0])
+        if v is None:
+            continue
         name = f"{mm.name}_table"
-        g.initializer.append(
-            onnx.numpy_helper.from_array((float(off_on[1]) * table).astype(np.float32), name)
-        )
+        g.initializer.append(onnx.numpy_helper.from_array((v * table).astype(np.float32), name))
         gather = onnx.helper.make_node(
-            "Gather", [name, src.input[0]], [mm.output[0]], name=mm.name + "_embedding", axis=0
+            "Gather", [name, source], [mm.output[0]], name=mm.name + "_embedding", axis=0
         )
         g.node.insert(list(g.node).index(mm), gather)
-        g.node.remove(mm)
-        for n in chain:
-            if all(u is mm or u in chain for u in users.get(n.output[0], [])):
-                g.node.remove(n)
+        g.node.remove(mm)  # the one-hot nodes are left to the mask plan, which skips them
     return model
+
+
+def _one_hot_value(
+    model: onnx.ModelProto, codes: str, ids: onnx.ValueInfoProto, depth: int
+) -> float | None:
+    """v when tensor `codes` is v * one_hot(ids, depth) on random ids, else None."""
+    shape = [d.dim_value for d in ids.type.tensor_type.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(ids.type.tensor_type.elem_type)
+    rng = np.random.default_rng(0)
+    v = None
+    for _ in range(3):
+        tokens = rng.integers(0, depth, shape).astype(dtype)
+        try:
+            (got,) = _run_sub(model, [ids.name], [codes], {ids.name: tokens})
+        except Exception:  # not computable from ids alone
+            return None
+        want = np.eye(depth)[tokens]
+        if got.shape != want.shape:
+            return None
+        v = float(got.max()) if v is None else v
+        if v == 0 or not np.array_equal(got, v * want):
+            return None
+    return v
