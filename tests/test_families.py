@@ -1,0 +1,77 @@
+"""The families of issue #15 (tests/family_models.py): every miniature imports with an ANN view
+equal to onnxruntime on every output, converts, quantizes for `sim` and runs in the integer
+simulator at T = 4. These are the targets of the one-path ONNX import (DESIGN.md section 3b);
+many fail on an import that does not have it yet."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from family_models import FAMILIES, Fixture
+
+from spikeport.convert import convert, import_onnx
+from spikeport.quantize import get_profile, quantize
+from spikeport.sim import simulate
+
+N_CHECK = 6  # samples compared (padded and unpadded ones for the text families)
+
+
+@pytest.fixture(scope="module")
+def family_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("families")
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request: pytest.FixtureRequest, family_dir: Path) -> Fixture:
+    return FAMILIES[request.param](family_dir)
+
+
+def _head(x: np.ndarray | dict[str, np.ndarray], n: int) -> np.ndarray | dict[str, np.ndarray]:
+    return {k: v[:n] for k, v in x.items()} if isinstance(x, dict) else x[:n]
+
+
+def _reference(path: Path, x: np.ndarray | dict[str, np.ndarray]) -> list[np.ndarray]:
+    """onnxruntime's outputs in graph order; a batch-1 file runs one sample at a time."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = x if isinstance(x, dict) else {sess.get_inputs()[0].name: x}
+    fixed = sess.get_inputs()[0].shape[0] == 1
+    if not fixed:
+        return sess.run(None, feeds)
+    runs = [sess.run(None, {k: v[i : i + 1] for k, v in feeds.items()}) for i in range(N_CHECK)]
+    return [np.concatenate(parts) for parts in zip(*runs, strict=True)]
+
+
+def _import(fx: Fixture):  # noqa: ANN202
+    """import_onnx, with the sequence length given where it stays dynamic and the import takes
+    `input_shapes` (the one-path import adds it)."""
+    if fx.input_shapes and "input_shapes" in inspect.signature(import_onnx).parameters:
+        return import_onnx(fx.onnx, input_shapes=fx.input_shapes)
+    return import_onnx(fx.onnx)
+
+
+def test_ann_view_matches_onnxruntime(family: Fixture):
+    graph = _import(family)
+    x = _head(family.calib, N_CHECK)
+    refs = _reference(family.onnx, x)
+    assert len(graph.outputs) == len(refs)
+    res = simulate(graph, x, 1, "ann")
+    for k, ref in enumerate(refs):
+        ours = res.outputs[graph.outputs[k]][0]
+        assert ours.shape == ref.shape, (graph.outputs[k], ours.shape, ref.shape)
+        tol = 1e-4 * np.abs(ref).max() + 1e-6
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=tol, err_msg=graph.outputs[k])
+
+
+def test_convert_quantize_runs_integer(family: Fixture, tmp_path: Path):
+    calib = family.save_calib(tmp_path / "calib.npz")
+    snn = convert(family.onnx, calib)
+    q = quantize(snn, family.calib, get_profile("sim"))
+    x = _head(family.calib, 4)
+    res = simulate(q, x, 4, "int")
+    for name in q.outputs:
+        assert res.outputs[name].shape[:2] == (4, 4), name
+        assert np.isfinite(res.outputs[name]).all(), name
