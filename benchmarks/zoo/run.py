@@ -14,11 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -26,6 +30,7 @@ MODELS = HERE / "work" / "models"
 RUNS = HERE / "work" / "runs"
 STAGES = ("import", "convert", "quantize", "eval")
 N_ANN = 8  # test samples in the ANN-view check
+MIN_EACH = 10.0  # seconds every model keeps from the --total budget
 SPIKEPORT = [sys.executable, "-m", "spikeport"]
 
 
@@ -41,6 +46,7 @@ class Row:
     agree_t8: float | None = None
     refusal: str = ""  # the first failing stage's `error:` line, TRACEBACK or TIMEOUT
     seconds: float = 0.0
+    labels: int = 0  # distinct labels in the test file: 1 means agreement is trivially 100 %
 
 
 def _env() -> dict[str, str]:
@@ -73,8 +79,6 @@ def _run(cmd: list[str], deadline: float) -> subprocess.CompletedProcess[str] | 
 def ann_check(name: str) -> None:
     """In a subprocess: import the model, run the ANN view on N_ANN test inputs, print the max
     relative difference to the reference runtime over every output (TFLite: the first)."""
-    import numpy as np
-
     from spikeport.convert import import_model
     from spikeport.data import load_data
     from spikeport.errors import SpikeportError
@@ -112,6 +116,8 @@ def ann_check(name: str) -> None:
 
 def run_model(entry: dict, budget: float) -> Row:
     row = Row(entry["name"], entry["source"], entry["exporter"])
+    with np.load(MODELS / entry["test"]) as z:
+        row.labels = len(np.unique(z["y"]))
     started = time.time()
     deadline = started + budget
     work = RUNS / entry["name"]
@@ -152,6 +158,11 @@ def _manifest() -> dict[str, dict]:
     return {e["name"]: e for e in json.loads((MODELS / "manifest.json").read_text())}
 
 
+def _kind(refusal: str) -> str:
+    """A refusal with node names, quoted values and numbers masked, to group alike ones."""
+    return re.sub(r"\b\d+\b", "N", re.sub(r"'[^']*'|\[[^\]]*\]", "…", refusal))
+
+
 def _fmt(v: float | None, pct: bool = False) -> str:
     if v is None:
         return "-"
@@ -172,21 +183,30 @@ def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
         f"{sum(r.ann_rel_diff is not None and r.ann_rel_diff <= 1e-4 for r in rows)}.",
         "",
         "| model | source | exporter | stage | result | ANN rel diff | agree T=4 % | agree T=8 % "
-        "| first refusal | s |",
-        "|---|---|---|---|---|---:|---:|---:|---|---:|",
+        "| labels | first refusal | s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         refusal = r.refusal.replace("|", "\\|")
         lines.append(
             f"| {r.model} | {r.source} | {r.exporter} | {r.stage} | {r.result} | "
             f"{_fmt(r.ann_rel_diff)} | {_fmt(r.agree_t4, True)} | {_fmt(r.agree_t8, True)} | "
-            f"{refusal} | {r.seconds:.0f} |"
+            f"{r.labels} | {refusal} | {r.seconds:.0f} |"
         )
     for e in unbuilt:
         lines.append(
-            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | "
+            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | "
             f"build: {e['build_error']} | - |"
         )
+    lines += [
+        "",
+        "## Refusals by kind (names and numbers masked)",
+        "",
+        "| models | refusal |",
+        "|---:|---|",
+    ]
+    kinds = Counter(_kind(r.refusal) for r in rows if r.refusal)
+    lines += [f"| {n} | {k.replace('|', chr(92) + '|')} |" for k, n in kinds.most_common()]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     data = {
         "rows": [asdict(r) for r in rows],
@@ -200,17 +220,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="run only these models")
     ap.add_argument("--budget", type=float, default=240, help="seconds per model, all stages")
+    ap.add_argument("--total", type=float, default=1320, help="seconds for the whole run")
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ann_check:
         ann_check(a.ann_check)
         return
     entries = [e for e in _manifest().values() if not a.only or e["name"] in a.only]
-    rows = []
-    for e in entries:
-        if "build_error" in e:
-            continue
-        rows.append(run_model(e, a.budget))
+    todo = [e for e in entries if "build_error" not in e]
+    rows: list[Row] = []
+    end = time.time() + a.total
+    for i, e in enumerate(todo):
+        # a slow model may not eat the others' time: each later one keeps at least MIN_EACH
+        budget = min(a.budget, end - time.time() - MIN_EACH * (len(todo) - i - 1))
+        rows.append(run_model(e, max(budget, MIN_EACH)))
         r = rows[-1]
         print(f"{r.model:32s} {r.stage:9s} {r.seconds:6.1f}s {r.refusal[:110]}", flush=True)
     write_results(rows, [e for e in entries if "build_error" in e])
