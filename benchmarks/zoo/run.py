@@ -1,0 +1,244 @@
+"""Run every zoo model (benchmarks/zoo/work/models/manifest.json, made by build.py) through
+spikeport's CLI and write benchmarks/zoo/RESULTS.md and results.json.
+
+Per model, each in a subprocess under one time budget: an ANN-view check (the imported graph's
+ANN mode against onnxruntime / LiteRT on the test inputs), then `spikeport convert`, `quantize
+--target sim`, `eval -T 4,8 --onnx|--tflite --json`. Run with .venv's python; the spikeport
+imported is the one on PYTHONPATH (this checkout; `make zoo` sets nothing else).
+
+    python benchmarks/zoo/run.py [--only NAME ...] [--budget 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+MODELS = HERE / "work" / "models"
+RUNS = HERE / "work" / "runs"
+STAGES = ("import", "convert", "quantize", "eval")
+N_ANN = 8  # test samples in the ANN-view check
+MIN_EACH = 10.0  # seconds every model keeps from the --total budget
+SPIKEPORT = [sys.executable, "-m", "spikeport"]
+
+
+@dataclass
+class Row:
+    model: str
+    source: str
+    exporter: str
+    stage: str = "-"  # the furthest stage that succeeded
+    result: str = "fail"  # pass: convert + quantize + eval all succeeded
+    ann_rel_diff: float | None = None  # max |ANN view - reference| / max |reference|
+    agree_t4: float | None = None  # eval's agreement with the source model at T = 4
+    agree_t8: float | None = None
+    refusal: str = ""  # the first failing stage's `error:` line, TRACEBACK or TIMEOUT
+    seconds: float = 0.0
+    labels: int = 0  # distinct labels in the test file: 1 means agreement is trivially 100 %
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _why(proc: subprocess.CompletedProcess[str]) -> str:
+    """The first `error:` line verbatim, else TRACEBACK when a traceback appeared."""
+    if "Traceback" in proc.stderr:
+        return "TRACEBACK"
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    return lines[0] if lines else f"exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
+
+
+def _run(cmd: list[str], deadline: float) -> subprocess.CompletedProcess[str] | None:
+    """None when the model's time budget ran out."""
+    left = deadline - time.time()
+    if left <= 0:
+        return None
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=left, env=_env(), cwd=REPO
+        )
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def ann_check(name: str) -> None:
+    """In a subprocess: import the model, run the ANN view on N_ANN test inputs, print the max
+    relative difference to the reference runtime over every output (TFLite: the first)."""
+    from spikeport.convert import import_model
+    from spikeport.data import load_data
+    from spikeport.errors import SpikeportError
+    from spikeport.sim import simulate
+
+    entry = _manifest()[name]
+    path = MODELS / entry["file"]
+    try:
+        graph = import_model(path)
+    except SpikeportError as e:  # one line, as the CLI prints it
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    x = load_data(MODELS / entry["test"], graph.inputs).x
+    x = {k: v[:N_ANN] for k, v in x.items()} if isinstance(x, dict) else x[:N_ANN]
+    if path.suffix == ".tflite":
+        from spikeport.convert.litert import litert_logits
+
+        refs = [litert_logits(path, x)]
+    else:
+        import onnxruntime as ort
+
+        from spikeport.batch import onnx_feeds
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        refs = sess.run(None, onnx_feeds([i.name for i in sess.get_inputs()], x))
+    out = simulate(graph, x, 1, "ann").outputs
+    diffs = []
+    for k, ref in enumerate(refs[: len(graph.outputs)]):
+        ours = out[graph.outputs[k]][0]
+        if ours.shape != ref.shape:
+            raise SystemExit(f"error: output {k} has shape {ours.shape}, reference {ref.shape}")
+        diffs.append(float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12)))
+    print(json.dumps({"rel_diff": max(diffs)}))
+
+
+def run_model(entry: dict, budget: float) -> Row:
+    row = Row(entry["name"], entry["source"], entry["exporter"])
+    with np.load(MODELS / entry["test"]) as z:
+        row.labels = len(np.unique(z["y"]))
+    started = time.time()
+    deadline = started + budget
+    work = RUNS / entry["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    model, calib, test = (str(MODELS / entry[k]) for k in ("file", "calib", "test"))
+    ref_flag = "--tflite" if entry["reference"] == "tflite" else "--onnx"
+    commands = {
+        "import": [sys.executable, __file__, "--ann-check", entry["name"]],
+        "convert": [*SPIKEPORT, "convert", model, "--calib", calib, "-o", f"{work}/a.spk", "-q"],
+        "quantize": [*SPIKEPORT, "quantize", f"{work}/a.spk", "--calib", calib, "--target", "sim",
+                     "-o", f"{work}/q.spk", "-q"],
+        "eval": [*SPIKEPORT, "eval", f"{work}/q.spk", "--data", test, "-T", "4,8", ref_flag, model,
+                 "--json", f"{work}/r.json", "-q"],
+    }  # fmt: skip
+    ann_failure = ""
+    for stage, cmd in commands.items():
+        proc = _run(cmd, deadline)
+        if proc is None or proc.returncode != 0:
+            why = "TIMEOUT" if proc is None else _why(proc)
+            if stage == "import":  # the CLI's convert will say it too; keep going for its line
+                ann_failure = f"ANN check: {why}"
+                continue
+            row.refusal = why
+            break
+        if stage == "import":
+            row.ann_rel_diff = json.loads(proc.stdout.strip().splitlines()[-1])["rel_diff"]
+        row.stage = stage
+    row.refusal = row.refusal or ann_failure
+    if row.stage == "eval":
+        records = {r["T"]: r for r in json.loads((work / "r.json").read_text())["records"]}
+        row.agree_t4, row.agree_t8 = (records[t]["agreement_with_ann"] for t in (4, 8))
+        row.result = "pass"
+    row.seconds = round(time.time() - started, 1)
+    return row
+
+
+def _manifest() -> dict[str, dict]:
+    return {e["name"]: e for e in json.loads((MODELS / "manifest.json").read_text())}
+
+
+def _kind(refusal: str) -> str:
+    """A refusal with node names, quoted values and numbers masked, to group alike ones."""
+    return re.sub(r"\b\d+\b", "N", re.sub(r"'[^']*'|\[[^\]]*\]", "…", refusal))
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}" if pct else f"{v:.1e}"
+
+
+def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
+    passed = sum(r.stage in ("quantize", "eval") for r in rows)
+    total = len(rows) + len(unbuilt)
+    lines = [
+        "# Model zoo results",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC by `make zoo` against this checkout's "
+        "spikeport (columns: benchmarks/zoo/README.md).",
+        "",
+        f"**{passed} of {total} pass convert+quantize**; {sum(r.result == 'pass' for r in rows)} "
+        f"also pass eval; ANN view within 1e-4 of the reference: "
+        f"{sum(r.ann_rel_diff is not None and r.ann_rel_diff <= 1e-4 for r in rows)}.",
+        "",
+        "| model | source | exporter | stage | result | ANN rel diff | agree T=4 % | agree T=8 % "
+        "| labels | first refusal | s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        refusal = r.refusal.replace("|", "\\|")
+        lines.append(
+            f"| {r.model} | {r.source} | {r.exporter} | {r.stage} | {r.result} | "
+            f"{_fmt(r.ann_rel_diff)} | {_fmt(r.agree_t4, True)} | {_fmt(r.agree_t8, True)} | "
+            f"{r.labels} | {refusal} | {r.seconds:.0f} |"
+        )
+    for e in unbuilt:
+        lines.append(
+            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | "
+            f"build: {e['build_error']} | - |"
+        )
+    lines += [
+        "",
+        "## Refusals by kind (names and numbers masked)",
+        "",
+        "| models | refusal |",
+        "|---:|---|",
+    ]
+    kinds = Counter(_kind(r.refusal) for r in rows if r.refusal)
+    lines += [f"| {n} | {k.replace('|', chr(92) + '|')} |" for k, n in kinds.most_common()]
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    data = {
+        "rows": [asdict(r) for r in rows],
+        "not_built": unbuilt,
+        "pass_convert_quantize": passed,
+    }
+    (HERE / "results.json").write_text(json.dumps(data, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="run only these models")
+    ap.add_argument("--budget", type=float, default=240, help="seconds per model, all stages")
+    ap.add_argument("--total", type=float, default=1320, help="seconds for the whole run")
+    ap.add_argument("--ann-check", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.ann_check:
+        ann_check(a.ann_check)
+        return
+    entries = [e for e in _manifest().values() if not a.only or e["name"] in a.only]
+    todo = [e for e in entries if "build_error" not in e]
+    rows: list[Row] = []
+    end = time.time() + a.total
+    for i, e in enumerate(todo):
+        # a slow model may not eat the others' time: each later one keeps at least MIN_EACH
+        budget = min(a.budget, end - time.time() - MIN_EACH * (len(todo) - i - 1))
+        rows.append(run_model(e, max(budget, MIN_EACH)))
+        r = rows[-1]
+        print(f"{r.model:32s} {r.stage:9s} {r.seconds:6.1f}s {r.refusal[:110]}", flush=True)
+    write_results(rows, [e for e in entries if "build_error" in e])
+    print((HERE / "RESULTS.md").read_text().splitlines()[4])
+
+
+if __name__ == "__main__":
+    main()
