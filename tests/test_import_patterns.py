@@ -182,3 +182,38 @@ def test_one_hot_times_a_table_is_an_embedding(tmp_path):
     path = _export(OneHotTable(), (torch.randint(0, 30, (2, 5)),), tmp_path / "o.onnx", ["ids"])
     graph = _check(path, {"ids": np.random.default_rng(0).integers(0, 30, (3, 5))})
     assert [n.op for n in graph.nodes] == ["embed"]
+
+
+def test_a_masked_score_that_is_a_graph_output_is_refused_by_name(tmp_path):
+    """The masked scores can be fused into a masked softmax only when nothing else reads
+    them; as a graph output they would be the mask's own -1e9s: refused, one line."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["m"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "m"], ["inv"], name="inv"),
+        helper.make_node("Mul", ["inv", "big"], ["bias"], name="bias"),
+        helper.make_node("Add", ["x", "bias"], ["scores"], name="masked"),
+        helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 4, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4, 4]),
+        ],
+        [
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array(-1e9, np.float32), "big"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(UnsupportedOp, match=r"node 'masked' \(Add\): computes with integer input"):
+        import_onnx(path)
