@@ -7,7 +7,9 @@ any state it keeps over T steps). Bounds are computed with the simulator's own k
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -71,10 +73,15 @@ def _maxpool(
 
 
 @bound("add")
-def _add(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def _add(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
+    # floor(z) lies in [z - 1, z]: |floor(z)| <= |z| + 1 a step, and summed over t steps
+    # |sum floor(z_t)| <= |sum z_t| + t, where sum z_t is the same add of the inputs' sums.
+    # (Bounding the sum by T times the step bound squared the T of an EC input: (2T - 1) T.)
     mult = np.abs(node.params["mult_q"].astype(np.float64))
-    total = sum(m * x for m, x in zip(mult, b, strict=True))
-    return np.floor(total / 2 ** node.attrs.get("shift", 0)) + 1, 0.0
+    shift = 2 ** node.attrs.get("shift", 0)
+    step = sum(m * x for m, x in zip(mult, b, strict=True))
+    total = sum(m * x for m, x in zip(mult, c, strict=True))
+    return np.floor(step / shift) + 1, 0.0, np.floor(total / shift) + T
 
 
 @bound("concat")
@@ -104,40 +111,65 @@ def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[n
     return np.ones_like(b[0]), float(state.max(initial=0))
 
 
+@dataclass
+class NodeBounds:
+    """What the proof knows of one node's output tensor, elementwise over its per-sample shape:
+    `step` bounds |value| at any one step, `total` bounds |sum of its values over steps 1..t|
+    for every t <= T (what a reader that accumulates sees), `state` the peak of kept state."""
+
+    step: np.ndarray
+    total: np.ndarray
+    state: float
+
+    def worst(self, is_output: bool) -> float:
+        """The largest integer this node holds: a value, its state, and for a graph output its
+        accumulator (the sum over steps, bounded by `total`, not T times `step`: an EC operator's
+        single step can reach (2T - 1) max|f| while its outputs telescope to at most T max|f|)."""
+        w = max(float(self.step.max(initial=0)), self.state)
+        return max(w, float(self.total.max(initial=0))) if is_output else w
+
+
+def range_bounds(graph: Graph, max_timesteps: int) -> dict[str, NodeBounds]:
+    """Bounds of every node's output for T <= max_timesteps, in graph order (inputs first)."""
+    T = max_timesteps
+    in_max = float(int_limit(graph.meta["quantization"]["input_bits"]))
+    # Integer inputs are token ids and 0/1 masks: their consumers (embed, masked softmax)
+    # bound their outputs by their own tables, so the 1 here is never multiplied.
+    out: dict[str, NodeBounds] = {}
+    for t in graph.inputs:
+        b = np.full(t.shape, 1.0 if is_integer(t) else in_max)
+        out[t.name] = NodeBounds(b, T * b, 0.0)
+    for n in graph.nodes:
+        rule = BOUNDS[n.op]
+        steps, totals = [out[i].step for i in n.inputs], [out[i].total for i in n.inputs]
+        res = rule(n, steps, T, totals)
+        if len(res) > 2:
+            total = res[2]
+        elif n.op in MOVES:
+            total = rule(n, totals, T, totals)[0]
+        else:
+            total = T * res[0]
+        out[n.output] = NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]))
+    return out
+
+
 def prove_ranges(
     graph: Graph, max_timesteps: int, state_bits: int | None = None, target: str = ""
 ) -> dict[str, object]:
     """Raise CapabilityExceeded naming the first node that could overflow `state_bits` (the
-    graph's own by default); return the peak."""
+    graph's own by default), and by how many bits; return the peak."""
     state_bits = state_bits or graph.meta["quantization"]["state_bits"]
     limit = int_limit(state_bits)
-    in_max = float(int_limit(graph.meta["quantization"]["input_bits"]))
-    # Integer inputs are token ids and 0/1 masks: their consumers (embed, masked softmax)
-    # bound their outputs by their own tables, so the 1 here is never multiplied.
-    bounds = {t.name: np.full(t.shape, 1.0 if is_integer(t) else in_max) for t in graph.inputs}
     peak: dict[str, object] = {"value": 0, "node": None}
-    cums = {name: max_timesteps * b for name, b in bounds.items()}
+    bounds = range_bounds(graph, max_timesteps)
     for n in graph.nodes:
-        rule = BOUNDS[n.op]
-        res = rule(n, [bounds[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs])
-        out, state = res[0], res[1]
-        if len(res) > 2:
-            cums[n.output] = res[2]
-        elif n.op in MOVES:
-            cums[n.output] = rule(
-                n, [cums[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs]
-            )[0]
-        else:
-            cums[n.output] = max_timesteps * out
-        bounds[n.output] = out
-        worst = max(float(out.max(initial=0)), state)
-        if n.output in graph.outputs:  # the output layer accumulates over T steps
-            worst = max(worst, max_timesteps * float(out.max(initial=0)))
+        worst = bounds[n.output].worst(n.output in graph.outputs)
         if worst > limit:
+            extra = math.ceil(math.log2((worst + 1) / (limit + 1)))
             raise CapabilityExceeded(
                 f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
-                f"beyond the {limit} of {state_bits}-bit state{target}; lower --max-T or the "
-                "weight bits"
+                f"beyond the {limit} of {state_bits}-bit state{target} ({extra} bit"
+                f"{'s' if extra > 1 else ''} more); lower --max-T or the weight bits"
             )
         if worst > peak["value"]:
             peak = {"value": int(worst), "node": n.name}
