@@ -30,6 +30,7 @@ BoundRule = Callable[..., tuple]
 MOVES = frozenset(
     {"reshape", "transpose", "take", "slice", "scale", "concat", "avgpool2d", "reduce_mean"}
 )
+SYNAPTIC = frozenset({"dense", "conv2d"})
 BOUNDS: dict[str, BoundRule] = {}
 
 
@@ -120,6 +121,7 @@ class NodeBounds:
     step: np.ndarray
     total: np.ndarray
     state: float
+    nonneg: bool = False  # never negative: unsigned spikes (0 / 1) and data movement of them
 
     def worst(self, is_output: bool) -> float:
         """The largest integer this node holds: a value, its state, and for a graph output its
@@ -129,27 +131,54 @@ class NodeBounds:
         return max(w, float(self.total.max(initial=0))) if is_output else w
 
 
+def input_bounds(graph: Graph, max_timesteps: int, input_bits: int) -> dict[str, NodeBounds]:
+    """Bounds of the graph's inputs: int8 codes (or the target's width); integer inputs are
+    token ids and 0/1 masks, whose consumers (embed, masked softmax) bound their outputs by
+    their own tables, so the 1 here is never multiplied."""
+    out = {}
+    for t in graph.inputs:
+        b = np.full(t.shape, 1.0 if is_integer(t) else float(int_limit(input_bits)))
+        out[t.name] = NodeBounds(b, max_timesteps * b, 0.0)
+    return out
+
+
+def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> NodeBounds:
+    """Bounds of one (quantized) node's output from the bounds of its inputs."""
+    T, rule = max_timesteps, BOUNDS[n.op]
+    steps, totals = [bounds[i].step for i in n.inputs], [bounds[i].total for i in n.inputs]
+    nonneg = all(bounds[i].nonneg for i in n.inputs)
+    if n.op in SYNAPTIC and nonneg:
+        # Inputs in [0, b] (unsigned spikes): W x + bias lies in [-W- b, W+ b] + bias, so
+        # |W x + bias| <= max(W+ b, W- b) + |bias|, about half of |W| b (a bit per layer).
+        w = n.params["weight_q"].astype(np.float64)
+        parts = [
+            rule(Node(n.name, n.op, n.inputs, n.output, n.attrs, {**n.params, "weight_q": p}),
+                 steps, T, totals)
+            for p in (np.maximum(w, 0), np.maximum(-w, 0))
+        ]  # fmt: skip
+        res = tuple(np.maximum(a, b) for a, b in zip(*parts, strict=True))
+    else:
+        res = rule(n, steps, T, totals)
+    if len(res) > 2:
+        total = res[2]
+    elif n.op in MOVES:
+        total = rule(n, totals, T, totals)[0]
+    else:
+        total = T * res[0]
+    if n.op == "if":
+        nonneg = not (n.attrs.get("signed") or n.attrs.get("bipolar"))
+    elif n.op == "scale":
+        nonneg = nonneg and n.attrs["factor"] >= 0
+    elif n.op not in MOVES:
+        nonneg = False  # synapses, adds, EC operators (their steps swing both ways)
+    return NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]), nonneg)
+
+
 def range_bounds(graph: Graph, max_timesteps: int) -> dict[str, NodeBounds]:
     """Bounds of every node's output for T <= max_timesteps, in graph order (inputs first)."""
-    T = max_timesteps
-    in_max = float(int_limit(graph.meta["quantization"]["input_bits"]))
-    # Integer inputs are token ids and 0/1 masks: their consumers (embed, masked softmax)
-    # bound their outputs by their own tables, so the 1 here is never multiplied.
-    out: dict[str, NodeBounds] = {}
-    for t in graph.inputs:
-        b = np.full(t.shape, 1.0 if is_integer(t) else in_max)
-        out[t.name] = NodeBounds(b, T * b, 0.0)
+    out = input_bounds(graph, max_timesteps, graph.meta["quantization"]["input_bits"])
     for n in graph.nodes:
-        rule = BOUNDS[n.op]
-        steps, totals = [out[i].step for i in n.inputs], [out[i].total for i in n.inputs]
-        res = rule(n, steps, T, totals)
-        if len(res) > 2:
-            total = res[2]
-        elif n.op in MOVES:
-            total = rule(n, totals, T, totals)[0]
-        else:
-            total = T * res[0]
-        out[n.output] = NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]))
+        out[n.output] = node_bounds(n, out, max_timesteps)
     return out
 
 
