@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spikeport.batch import Batch, is_integer, named, take
+from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
@@ -38,6 +38,7 @@ from spikeport.sim.kinds import set_kind
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
+PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
 
 
 @dataclass
@@ -51,13 +52,20 @@ class _Ctx:
     bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
 
     def peak(self, tensor: str) -> float:
-        """max |value| of `tensor` in the ANN view of the calibration data (computed once)."""
+        """max |value| of `tensor` in the ANN view of the calibration data (computed once).
+
+        Streamed over small batches, keeping only each tensor's running max: recording every
+        tensor of all PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
         if self._peaks is None:
             from spikeport.sim import Simulator
 
-            sample = take(self.calib_x, slice(256))
-            trace = Simulator(self.graph, "ann").run(sample, 1, record=True).trace
-            self._peaks = {k: float(np.abs(v).max(initial=0)) for k, v in trace.items()}
+            sim, peaks = Simulator(self.graph, "ann"), {}
+            n = min(size(self.calib_x), PEAK_SAMPLES)
+            for start in range(0, n, PEAK_BATCH):
+                part = take(self.calib_x, slice(start, min(n, start + PEAK_BATCH)))
+                for k, v in sim.run(part, 1, record=True).trace.items():
+                    peaks[k] = max(peaks.get(k, 0.0), float(np.abs(v).max(initial=0)))
+            self._peaks = peaks
         return self._peaks[tensor]
 
     def scale_in(self, node: Node, i: int = 0) -> np.ndarray:
