@@ -121,7 +121,9 @@ def test_examples_prove_far_beyond_the_default_max_T(transformers):
 
 def test_refusal_names_the_node_and_the_missing_bits(cases):
     graph = cases["residual"].int
-    with pytest.raises(CapabilityExceeded, match=r"node '.*' \(.*\) can reach .* \(\d+ bits? more\)"):
+    with pytest.raises(
+        CapabilityExceeded, match=r"node '.*' \(.*\) can reach .* \(\d+ bits? more\)"
+    ):
         prove_ranges(graph, 64, state_bits=12)
 
 
@@ -130,7 +132,8 @@ def test_post_norm_encoder_layernorm_into_residual_add_quantizes(tmp_path):
     Add) with trained-like gammas and outlier weights. Before: refused, "input ... is below the
     resolution of the output" (the LayerNorm's output scale, max|gamma| * 2^-20, thousands of
     times finer than the add's). Now its LayerNorms are requantized to their calibrated range:
-    it proves at the default --max-T (and to T = 4076), and its integer mode tracks the ANN."""
+    it proves at the default --max-T (and beyond T = 4000), and its integer mode tracks the
+    ANN."""
     from quantize_models import post_norm_encoder
 
     from spikeport.sim import mean_output, simulate
@@ -165,6 +168,7 @@ def test_mobilenetv2_proves_at_the_default_max_T(mobilenet):
 
     graph, x = mobilenet
     assert graph.meta["quantization"]["max_timesteps"] == 64
+
     def agreement(mode: str) -> float:  # correlation of the T = 32 logits with the ANN's
         out = mean_output(graph, simulate(graph, x[:16], 32, mode), mode)[-1]
         return float(np.corrcoef(out.ravel(), ann.ravel())[0, 1])

@@ -7,7 +7,8 @@ Walks the graph once, carrying the real scale of every tensor:
              layer feeds neurons only (per tensor otherwise, so outputs share one scale), int32 bias
   if         threshold_q = round(theta / input scale); its spikes then carry theta_q * scale
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
-  add        integer multipliers bring every input to a common output scale
+  add        integer multipliers bring every input to a common output scale (from the output's
+             calibrated peak; coarser where synapses read it, so their neurons provably fit)
 Then the range analysis proves every value fits its bits for T <= max_timesteps.
 
 A profile may ask for more (all off for the reference profile): `neuron_kind` gives the
@@ -288,7 +289,10 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
     T, lim = ctx.max_timesteps, int_limit(ctx.profile.weight_bits)
     limit = 0.9 * int_limit(ctx.profile.state_bits)  # margin for the rounding of w, b, theta
     shape = ctx.graph.shape(node.output)
-    terms = [np.broadcast_to(ctx.bounds[i].step * s, shape) for i, s in zip(node.inputs, ins)]
+    terms = [
+        np.broadcast_to(ctx.bounds[i].step * s, shape)
+        for i, s in zip(node.inputs, ins, strict=True)
+    ]
     worst = float(sum(terms).max(initial=0))  # the add's worst |value| a step, real units
     need = 0.0
     for u in readers:
