@@ -37,7 +37,19 @@ def test_isqrt_is_exact_floor(n):
     assert r * r <= n < (r + 1) ** 2
 
 
-def test_layernorm_within_bound():
+def test_gelu_with_a_calibrated_output_shift_stays_within_bound():
+    """quantize shifts GELU's output to span ~2^16 steps over its calibrated peak: one output
+    step more of error at most."""
+    q = np.arange(-6000, 6001, dtype=np.int64)
+    c = F.gelu_consts(peak=8.0)
+    assert c["shift"] > F.gelu_consts()["shift"]
+    assert 2**15 <= 8.0 / c["out_scale"] < 2**17
+    got = F.int_gelu(q, **c) * c["out_scale"]
+    assert np.abs(got - F.gelu(q * F.GELU_IN_SCALE)).max() <= F.GELU_BOUND + c["out_scale"]
+
+
+@pytest.mark.parametrize("out_shift", [0, 6])
+def test_layernorm_within_bound(out_shift):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (2000, 32)) * rng.uniform(0.05, 10, (2000, 1)) + rng.normal(
         0, 3, (2000, 1)
@@ -45,18 +57,20 @@ def test_layernorm_within_bound():
     scale = np.abs(x).max() / 2**F.LN_IN_BITS
     gamma, beta = rng.uniform(0.3, 2, 32), rng.normal(0, 0.5, 32)
     s_gamma = np.abs(gamma).max() / 2**F.LN_GAMMA_BITS
-    out_scale = s_gamma * 2.0**-F.LN_NORM_BITS
+    fine = s_gamma * 2.0**-F.LN_NORM_BITS  # beta's scale; the output's is 2^out_shift coarser
+    out_scale = fine * 2.0**out_shift
     got = (
         F.int_layernorm(
             np.floor(x / scale).astype(np.int64),
             int(1e-5 / scale**2),
             np.round(gamma / s_gamma).astype(np.int64),
-            np.round(beta / out_scale).astype(np.int64),
+            np.round(beta / fine).astype(np.int64),
+            out_shift,
         )
         * out_scale
     )
     ref = F.layernorm(x, gamma, beta, 1e-5)
-    assert np.abs(got - ref).max() <= F.LAYERNORM_BOUND * np.abs(gamma).max()
+    assert np.abs(got - ref).max() <= F.LAYERNORM_BOUND * np.abs(gamma).max() + out_scale
 
 
 def _ec_sum(op, xs, params=None, attrs=None, mode="float", n_in=1):

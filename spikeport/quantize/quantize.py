@@ -7,7 +7,8 @@ Walks the graph once, carrying the real scale of every tensor:
              layer feeds neurons only (per tensor otherwise, so outputs share one scale), int32 bias
   if         threshold_q = round(theta / input scale); its spikes then carry theta_q * scale
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
-  add        integer multipliers bring every input to a common output scale
+  add        integer multipliers bring every input to a common output scale (from the output's
+             calibrated peak; coarser where synapses read it, so their neurons provably fit)
 Then the range analysis proves every value fits its bits for T <= max_timesteps.
 
 A profile may ask for more (all off for the reference profile): `neuron_kind` gives the
@@ -24,12 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spikeport.batch import Batch, is_integer, named, take
+from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize.profiles import Profile, check_capabilities
-from spikeport.quantize.ranges import BOUNDS, prove_ranges
+from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
 from spikeport.quantize.scales import channel_vector, compact, feature_vector
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
@@ -38,6 +39,7 @@ from spikeport.sim.kinds import set_kind
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
+PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
 
 
 @dataclass
@@ -48,16 +50,23 @@ class _Ctx:
     calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS
-    bounds: dict[str, np.ndarray] = field(default_factory=dict)  # per-step |value| bounds
+    bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
 
     def peak(self, tensor: str) -> float:
-        """max |value| of `tensor` in the ANN view of the calibration data (computed once)."""
+        """max |value| of `tensor` in the ANN view of the calibration data (computed once).
+
+        Streamed over small batches, keeping only each tensor's running max: recording every
+        tensor of all PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
         if self._peaks is None:
             from spikeport.sim import Simulator
 
-            sample = take(self.calib_x, slice(256))
-            trace = Simulator(self.graph, "ann").run(sample, 1, record=True).trace
-            self._peaks = {k: float(np.abs(v).max(initial=0)) for k, v in trace.items()}
+            sim, peaks = Simulator(self.graph, "ann"), {}
+            n = min(size(self.calib_x), PEAK_SAMPLES)
+            for start in range(0, n, PEAK_BATCH):
+                part = take(self.calib_x, slice(start, min(n, start + PEAK_BATCH)))
+                for k, v in sim.run(part, 1, record=True).trace.items():
+                    peaks[k] = max(peaks.get(k, 0.0), float(np.abs(v).max(initial=0)))
+            self._peaks = peaks
         return self._peaks[tensor]
 
     def scale_in(self, node: Node, i: int = 0) -> np.ndarray:
@@ -121,7 +130,7 @@ def _fit_current(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> n
     rule = BOUNDS[node.op]
     for _ in range(8):  # rounding can leave a channel just above the limit: go again
         b = ctx.bounds[node.inputs[0]]
-        out = rule(node, [b], ctx.max_timesteps, [ctx.max_timesteps * b])[0]
+        out = rule(node, [b.step], ctx.max_timesteps, [b.total])[0]
         axes = tuple(range(out.ndim - 1)) if node.op == "dense" else tuple(range(1, out.ndim))
         peak = np.broadcast_to(out.max(axis=axes), s_w.shape) if axes else out
         over = np.maximum(peak / limit, _threshold_over(ctx, node, s_w))
@@ -238,10 +247,12 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
         return fold_add(ctx, node)
     shape = ctx.graph.shape(node.output)
     ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
-    # Coarser if needed so that the coarsest input's multiplier fits the profile's bits.
+    # Coarser if needed so that the coarsest input's multiplier fits the profile's bits, and
+    # so that the synapses that read the add (if any) provably fit the state bits.
     s_y = max(
         ctx.peak(node.output) / 2**ADD_OUT_BITS,
         max(float(s.max()) for s in ins) / int_limit(ctx.profile.mult_bits),
+        _synapse_scale(ctx, node, ins),
         1e-30,
     )
     ratio = np.stack(ins) / s_y
@@ -256,6 +267,57 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     node.params["mult_q"] = compact(mult, mult.shape).astype(np.int32)
     node.attrs["shift"] = shift
     return np.full(ins[0].shape, s_y)
+
+
+def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
+    """The finest output scale of an add read by synapses (a dense or conv reading the add's
+    values, not spikes: MobileNetV2's linear-bottleneck residuals feed 1x1 convs) at which
+    their neurons' potentials (or an output's sum) provably fit the state bits for T steps.
+
+    An add read by neurons only may have 2^ADD_OUT_BITS steps over its calibrated peak; a
+    synapse multiplies that by its weights and fan-in, and its neuron sums T steps of it:
+    MobileNetV2's 16-bit residuals overflowed int32 at T = 1. The reader's integer weights
+    w_q = w / a do not depend on this scale (it is one scale for the whole add, folded into
+    the reader's weight scale s_w = a * s_y); its bias, threshold and the add's worst value
+    R (real units, from its inputs' proven bounds) are all divided by s_y. So with W1 the sum
+    of |w_q| into one neuron, theta + T (W1 (R / s_y + 1) + |b| / s_w) <= limit solves for s_y.
+    Where the scale this leaves has fewer steps over the calibrated peak than an input code,
+    the layer needs more state bits than the target has: refuse, saying how many."""
+    readers = [u for u in ctx.graph.consumers(node.output) if u.op in ("dense", "conv2d")]
+    if not readers:
+        return 0.0
+    T, lim = ctx.max_timesteps, int_limit(ctx.profile.weight_bits)
+    limit = 0.9 * int_limit(ctx.profile.state_bits)  # margin for the rounding of w, b, theta
+    shape = ctx.graph.shape(node.output)
+    terms = [
+        np.broadcast_to(ctx.bounds[i].step * s, shape)
+        for i, s in zip(node.inputs, ins, strict=True)
+    ]
+    worst = float(sum(terms).max(initial=0))  # the add's worst |value| a step, real units
+    need = 0.0
+    for u in readers:
+        w = np.abs(u.params["weight"].astype(np.float64)).reshape(len(u.params["weight"]), -1)
+        top = max(float(w.max(initial=0)), 1e-300) / lim
+        a = np.maximum(w.max(axis=1) / lim, top * MIN_CHANNEL_SCALE)
+        a = a if ctx.per_channel(u) else np.full(len(w), top)
+        w1 = np.minimum(np.floor(w / a[:, None] + 0.5), lim).sum(axis=1)
+        bias = np.abs(u.params["bias"].astype(np.float64)) / a
+        theta = _channel_thresholds(ctx, u) / a if ctx.per_channel(u) else 0.0
+        room = limit - T * w1
+        if room.min() <= 0:
+            raise ctx.refuse(u, f"{T} steps of its weights alone exceed the state bits")
+        need = max(need, float(((theta + T * (w1 * worst + bias)) / room).max()))
+    steps = ctx.peak(node.output) / need if need > 0 else np.inf
+    floor = 2 ** (ctx.profile.input_bits - 1)
+    if steps < floor:
+        bits = math.ceil(math.log2(floor / steps))
+        raise ctx.refuse(
+            node,
+            f"read by the synapses of '{readers[0].name}', its output keeps {steps:.0f} integer "
+            f"steps over its calibrated range for T <= {T}, fewer than an input code's {floor}: "
+            f"{bits} more state bit{'s' if bits > 1 else ''} needed, or a lower --max-T",
+        )
+    return need
 
 
 @handler("concat")
@@ -318,15 +380,16 @@ def quantize(
         calib_x,
         max_timesteps=max_timesteps,
     )
-    if profile.max_current is not None:  # lava: one float input of int8 codes
-        inp = out.input
-        ctx.bounds[inp.name] = np.full(inp.shape, float(int_limit(profile.input_bits)))
+    # The range proof runs along: a handler may size its scale from its inputs' proven bounds.
+    ctx.bounds = input_bounds(out, max_timesteps, profile.input_bits)
     for n in out.nodes:
         ctx.scales[n.output] = compact(HANDLERS[n.op](ctx, n), out.shape(n.output))
-        if profile.max_current is not None:
-            ins = [ctx.bounds[i] for i in n.inputs]
-            res = BOUNDS[n.op](n, ins, max_timesteps, [max_timesteps * b for b in ins])
-            ctx.bounds[n.output] = np.broadcast_to(res[0], out.shape(n.output))
+        if n.op == "add":  # fold_add may have re-quantized the synapses that feed it
+            for i in n.inputs:
+                prod = out.producer(i)
+                if prod is not None and prod.op in ("dense", "conv2d"):
+                    ctx.bounds[i] = node_bounds(prod, ctx.bounds, max_timesteps)
+        ctx.bounds[n.output] = node_bounds(n, ctx.bounds, max_timesteps)
     for o in out.outputs:
         if ctx.scales[o].size != 1:
             raise CapabilityExceeded(

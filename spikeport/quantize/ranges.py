@@ -7,7 +7,9 @@ any state it keeps over T steps). Bounds are computed with the simulator's own k
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +31,7 @@ MOVES = frozenset(
     {"reshape", "transpose", "take", "slice", "scale", "concat", "avgpool2d", "reduce_mean"}
     | {"channel_scale", "pad", "reduce_sum", "resize"}
 )
+SYNAPTIC = frozenset({"dense", "conv2d"})
 BOUNDS: dict[str, BoundRule] = {}
 
 
@@ -72,10 +75,15 @@ def _maxpool(
 
 
 @bound("add")
-def _add(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def _add(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
+    # floor(z) lies in [z - 1, z]: |floor(z)| <= |z| + 1 a step, and summed over t steps
+    # |sum floor(z_t)| <= |sum z_t| + t, where sum z_t is the same add of the inputs' sums.
+    # (Bounding the sum by T times the step bound squared the T of an EC input: (2T - 1) T.)
     mult = np.abs(node.params["mult_q"].astype(np.float64))
-    total = sum(m * x for m, x in zip(mult, b, strict=True))
-    return np.floor(total / 2 ** node.attrs.get("shift", 0)) + 1, 0.0
+    shift = 2 ** node.attrs.get("shift", 0)
+    step = sum(m * x for m, x in zip(mult, b, strict=True))
+    total = sum(m * x for m, x in zip(mult, c, strict=True))
+    return np.floor(step / shift) + 1, 0.0, np.floor(total / shift) + T
 
 
 @bound("concat")
@@ -105,40 +113,93 @@ def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[n
     return np.ones_like(b[0]), float(state.max(initial=0))
 
 
+@dataclass
+class NodeBounds:
+    """What the proof knows of one node's output tensor, elementwise over its per-sample shape:
+    `step` bounds |value| at any one step, `total` bounds |sum of its values over steps 1..t|
+    for every t <= T (what a reader that accumulates sees), `state` the peak of kept state."""
+
+    step: np.ndarray
+    total: np.ndarray
+    state: float
+    nonneg: bool = False  # never negative: unsigned spikes (0 / 1) and data movement of them
+
+    def worst(self, is_output: bool) -> float:
+        """The largest integer this node holds: a value, its state, and for a graph output its
+        accumulator (the sum over steps, bounded by `total`, not T times `step`: an EC operator's
+        single step can reach (2T - 1) max|f| while its outputs telescope to at most T max|f|)."""
+        w = max(float(self.step.max(initial=0)), self.state)
+        return max(w, float(self.total.max(initial=0))) if is_output else w
+
+
+def input_bounds(graph: Graph, max_timesteps: int, input_bits: int) -> dict[str, NodeBounds]:
+    """Bounds of the graph's inputs: int8 codes (or the target's width); integer inputs are
+    token ids and 0/1 masks, whose consumers (embed, masked softmax) bound their outputs by
+    their own tables, so the 1 here is never multiplied."""
+    out = {}
+    for t in graph.inputs:
+        b = np.full(t.shape, 1.0 if is_integer(t) else float(int_limit(input_bits)))
+        out[t.name] = NodeBounds(b, max_timesteps * b, 0.0)
+    return out
+
+
+def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> NodeBounds:
+    """Bounds of one (quantized) node's output from the bounds of its inputs."""
+    T, rule = max_timesteps, BOUNDS[n.op]
+    steps, totals = [bounds[i].step for i in n.inputs], [bounds[i].total for i in n.inputs]
+    nonneg = all(bounds[i].nonneg for i in n.inputs)
+    if n.op in SYNAPTIC and nonneg:
+        # Inputs in [0, b] (unsigned spikes): W x + bias lies in [-W- b, W+ b] + bias, so
+        # |W x + bias| <= max(W+ b, W- b) + |bias|, about half of |W| b (a bit per layer).
+        w = n.params["weight_q"].astype(np.float64)
+        parts = [
+            rule(Node(n.name, n.op, n.inputs, n.output, n.attrs, {**n.params, "weight_q": p}),
+                 steps, T, totals)
+            for p in (np.maximum(w, 0), np.maximum(-w, 0))
+        ]  # fmt: skip
+        res = tuple(np.maximum(a, b) for a, b in zip(*parts, strict=True))
+    else:
+        res = rule(n, steps, T, totals)
+    if len(res) > 2:
+        total = res[2]
+    elif n.op in MOVES:
+        total = rule(n, totals, T, totals)[0]
+    else:
+        total = T * res[0]
+    if n.op == "if":
+        nonneg = not (n.attrs.get("signed") or n.attrs.get("bipolar"))
+    elif n.op == "scale":
+        nonneg = nonneg and n.attrs["factor"] >= 0
+    elif n.op not in MOVES:
+        nonneg = False  # synapses, adds, EC operators (their steps swing both ways)
+    return NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]), nonneg)
+
+
+def range_bounds(graph: Graph, max_timesteps: int) -> dict[str, NodeBounds]:
+    """Bounds of every node's output for T <= max_timesteps, in graph order (inputs first)."""
+    out = input_bounds(graph, max_timesteps, graph.meta["quantization"]["input_bits"])
+    for n in graph.nodes:
+        out[n.output] = node_bounds(n, out, max_timesteps)
+    return out
+
+
 def prove_ranges(
     graph: Graph, max_timesteps: int, state_bits: int | None = None, target: str = ""
 ) -> dict[str, object]:
     """Raise CapabilityExceeded naming the first node that could overflow `state_bits` (the
-    graph's own by default); return the peak."""
+    graph's own by default), and by how many bits; return the peak."""
     state_bits = state_bits or graph.meta["quantization"]["state_bits"]
     limit = int_limit(state_bits)
-    in_max = float(int_limit(graph.meta["quantization"]["input_bits"]))
-    # Integer inputs are token ids and 0/1 masks: their consumers (embed, masked softmax)
-    # bound their outputs by their own tables, so the 1 here is never multiplied.
-    bounds = {t.name: np.full(t.shape, 1.0 if is_integer(t) else in_max) for t in graph.inputs}
     peak: dict[str, object] = {"value": 0, "node": None}
-    cums = {name: max_timesteps * b for name, b in bounds.items()}
+    bounds = range_bounds(graph, max_timesteps)
     for n in graph.nodes:
-        rule = BOUNDS[n.op]
-        res = rule(n, [bounds[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs])
-        out, state = res[0], res[1]
-        if len(res) > 2:
-            cums[n.output] = res[2]
-        elif n.op in MOVES:
-            cums[n.output] = rule(
-                n, [cums[i] for i in n.inputs], max_timesteps, [cums[i] for i in n.inputs]
-            )[0]
-        else:
-            cums[n.output] = max_timesteps * out
-        bounds[n.output] = out
-        worst = max(float(out.max(initial=0)), state)
-        if n.output in graph.outputs:  # the output layer accumulates over T steps
-            worst = max(worst, max_timesteps * float(out.max(initial=0)))
+        worst = bounds[n.output].worst(n.output in graph.outputs)
         if worst > limit:
+            extra = math.ceil(math.log2((worst + 1) / (limit + 1)))
             raise CapabilityExceeded(
                 f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
-                f"beyond the {limit} of {state_bits}-bit state{target}; lower --max-T or the "
-                "weight bits"
+                f"beyond the {limit} of {state_bits}-bit state{target} ({extra} bit"
+                f"{'s' if extra > 1 else ''} more); lower --max-T or the weight bits"
             )
         if worst > peak["value"]:
             peak = {"value": int(worst), "node": n.name}

@@ -104,7 +104,7 @@ def _embed(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("gelu")
 def _gelu(ctx: _Ctx, node: Node) -> np.ndarray:
     _requant(ctx, node, F.GELU_IN_SCALE)
-    consts = F.gelu_consts()
+    consts = F.gelu_consts(peak=ctx.peak(node.output))  # output requantized to its range
     node.attrs["int"] = {k: v for k, v in consts.items() if k != "out_scale"}
     return np.array(consts["out_scale"])
 
@@ -116,11 +116,20 @@ def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
     _requant(ctx, node, in_scale)
     gamma, beta = node.params["gamma"].astype(np.float64), node.params["beta"].astype(np.float64)
     s_gamma = max(float(np.abs(gamma).max()), 1e-12) / 2**F.LN_GAMMA_BITS
-    out_scale = s_gamma * 2.0**-F.LN_NORM_BITS
+    fine = s_gamma * 2.0**-F.LN_NORM_BITS  # the scale of normed * gamma_q (and of beta_q)
     node.params["gamma_q"] = round_to_int(gamma / s_gamma).astype(np.int32)
-    node.params["beta_q"] = round_to_int(beta / out_scale).astype(np.int64)
-    node.attrs["int"] = {"eps": int(math.floor(node.attrs["epsilon"] / in_scale**2))}
-    return np.array(out_scale)
+    node.params["beta_q"] = round_to_int(beta / fine).astype(np.int64)
+    # Requantize the output to its calibrated range (about 2^LN_OUT_BITS steps over its peak),
+    # as an add's output is: a residual add then bridges the two with small multipliers, and
+    # the output's integers (and the thresholds of the neurons it feeds) stay small.
+    peak_out = ctx.peak(node.output)
+    ratio = peak_out / 2**F.LN_OUT_BITS / fine if peak_out > 0 else 1.0
+    shift = max(0, math.floor(math.log2(ratio)))
+    node.attrs["int"] = {
+        "eps": int(math.floor(node.attrs["epsilon"] / in_scale**2)),
+        "out_shift": shift,
+    }
+    return np.array(fine * 2.0**shift)
 
 
 @handler("matmul")
@@ -169,22 +178,27 @@ def _b_reduce(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> B
 
 
 def _ec(
-    c_in: list[np.ndarray], y_max: float, T: int, shape: tuple[int, ...]
+    c_in: list[np.ndarray], y_max: float, T: int, shape: tuple[int, ...], y_min: float | None = None
 ) -> tuple[np.ndarray, float, np.ndarray]:
-    """EC output: |G(t) - G(t-1)| <= (2T - 1) * max|f| per step, but the outputs telescope, so
-    their sum is G(t), at most T * max|f|; the kept running sums are the summed inputs."""
+    """EC output with f in [y_min, y_max] (y_min = -y_max unless given; y_min <= 0 <= y_max):
+    a step's G(t) - G(t-1) = t f_t - (t-1) f_{t-1} lies in [T y_min - (T-1) y_max,
+    T y_max - (T-1) y_min], up to (2T - 1) max|f| for a symmetric f but T max f for one that is
+    never negative (softmax); the outputs telescope, so their sum is G(t), at most T * max|f|.
+    The kept running sums are the summed inputs."""
+    lo = -y_max if y_min is None else min(0.0, y_min)
+    step = max(T * y_max - (T - 1) * lo, (T - 1) * y_max - T * lo)
     state = max(float(c.max(initial=0)) for c in c_in)
-    return np.full(shape, (2 * T - 1) * y_max), state, np.full(shape, T * y_max)
+    return np.full(shape, step), state, np.full(shape, T * max(y_max, -lo))
 
 
 @bound("softmax")
 def _b_softmax(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape)
+    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape, 0.0)  # probabilities: never negative
 
 
 @bound("masked_softmax")
 def _b_masked_softmax(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape)
+    return _ec(c, 2.0**F.SOFTMAX_OUT_BITS, T, b[0].shape, 0.0)
 
 
 @bound("tanh")
@@ -214,7 +228,10 @@ def _q_max(node: Node, b_in: np.ndarray) -> float:
 def _b_gelu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     k = node.attrs["int"]
     y_max = _q_max(node, b[0]) * (2 * k["one"] + k["clip"] ** 2) / 2 ** k["shift"]
-    return _ec(c, y_max, T, b[0].shape)
+    # GELU dips below 0 only for inputs in [-clip, 0] (beyond, erf is clipped to -1 and
+    # q * (one + c) >= 0 as one + c is 0 or -1): its exact minimum, over those few integers.
+    y_min = float(F.int_gelu(np.arange(-k["clip"] - 1, 1, dtype=np.int64), **k).min())
+    return _ec(c, y_max, T, b[0].shape, y_min)
 
 
 @bound("layernorm")
@@ -224,7 +241,8 @@ def _b_layernorm(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
     y_max = normed * float(np.abs(node.params["gamma_q"]).max()) + float(
         np.abs(node.params["beta_q"]).max()
     )
-    return _ec(c, y_max, T, b[0].shape)
+    shift = node.attrs.get("int", {}).get("out_shift", 0)
+    return _ec(c, math.floor(y_max / 2**shift) + 1, T, b[0].shape)
 
 
 @bound("matmul")

@@ -27,7 +27,7 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
   div        exact: floor(a * 2^frac / max(b, floor)), one rule for every target
   gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
   isqrt      exact floor(sqrt(n))
-  layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta (unit-variance rows)
+  layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta + one output step
 """
 
 from __future__ import annotations
@@ -40,9 +40,15 @@ from scipy.special import erf
 SOFTMAX_IN_SCALE = 2.0**-10
 SOFTMAX_OUT_BITS = 15  # probabilities as integers of scale 2^-15
 GELU_IN_SCALE = 2.0**-8
+GELU_OUT_BITS = 16  # the calibrated output peak spans about 2^16 integer steps (gelu_consts)
 LN_NORM_BITS = 10  # normalised (x - mean) / std as integers of scale 2^-10
 LN_IN_BITS = 20  # layernorm input requantised to +-2^20 over its proven range
 LN_GAMMA_BITS = 10  # gamma as integers up to 2^10
+# Layernorm output: its calibrated peak spans about 2^12 integer steps (floor shift by
+# `out_shift`), about the 10 fraction bits the normalised values carry. Without it the output
+# scale, max|gamma| * 2^-20, was thousands of times finer than a residual add's, beyond what
+# its 16-bit multipliers bridge (and a multiplier of a few units is a gain error of percents).
+LN_OUT_BITS = 12
 EXP_ZMAX = 30
 MATMUL_FRAC_BITS = 10  # activation x activation products keep 10 fraction bits
 
@@ -232,13 +238,20 @@ def int_div(a: np.ndarray, b: np.ndarray, frac: int, least: np.ndarray | int) ->
 # -- gelu ------------------------------------------------------------------------------------
 
 
-def gelu_consts(in_scale: float = GELU_IN_SCALE) -> dict:
+def gelu_consts(in_scale: float = GELU_IN_SCALE, peak: float | None = None) -> dict:
+    """The integer constants of GELU at input scale `in_scale`. The output is shifted right by
+    10 bits at least, and further where the output's calibrated `peak` (real units) allows:
+    it then spans about 2^GELU_OUT_BITS integer steps (its fixed scale was ~2^-18, so the
+    outputs and the thresholds of the neurons they feed took 20+ bits)."""
     s = in_scale / math.sqrt(2)  # erf is evaluated at x / sqrt 2
     a, b = -0.2888, -1.769
     s_l = -a * s * s  # positive scale of the (negated) polynomial
     q_one = int(math.floor(1 / s_l))
-    # out = q * (q_one - L) has scale in_scale * s_l / 2; shift keeps it near 2^20.
+    # out = q * (q_one - L) has scale in_scale * s_l / 2; a shift of 10 keeps it near 2^20.
     shift = 10
+    if peak is not None and peak > 0:
+        over = peak / 2**GELU_OUT_BITS / (in_scale * s_l / 2)
+        shift = max(shift, math.floor(math.log2(over)))
     return {
         "clip": int(math.floor(-b / s)),
         "c": int(math.floor(1 / (a * s * s))),
@@ -272,17 +285,21 @@ def isqrt(n: np.ndarray) -> np.ndarray:
     return np.where(n > 0, x, 0)
 
 
-def int_layernorm(q: np.ndarray, eps: int, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """(q - mean) / sqrt(var + eps) * gamma + beta over the last axis, integers only.
+def int_layernorm(
+    q: np.ndarray, eps: int, gamma: np.ndarray, beta: np.ndarray, out_shift: int = 0
+) -> np.ndarray:
+    """floor(((q - mean) / sqrt(var + eps) * gamma + beta) / 2^out_shift) over the last axis,
+    integers only.
 
-    Normalised values have scale 2^-LN_NORM_BITS; gamma/beta are the integer params, so the
-    output scale is 2^-LN_NORM_BITS * gamma's scale."""
+    Normalised values have scale 2^-LN_NORM_BITS; gamma/beta are the integer params (beta at
+    the scale of normed * gamma), so the output scale is 2^(out_shift - LN_NORM_BITS) * gamma's
+    scale. quantize picks out_shift from the output's calibrated peak (LN_OUT_BITS)."""
     d = q.shape[-1]
     centred = q - floor_div(q.sum(axis=-1, keepdims=True), d)
     var = floor_div((centred * centred).sum(axis=-1, keepdims=True), d)
     std = np.maximum(isqrt(var + eps), 1)
     normed = floor_div(centred << LN_NORM_BITS, std)
-    return normed * gamma + beta
+    return np.right_shift(normed * gamma + beta, out_shift)
 
 
 # -- float references ------------------------------------------------------------------------

@@ -131,13 +131,17 @@ def _gelu(node: Node, mode: str, shape: Shape) -> Kernel:
 @kernel("layernorm")
 def _layernorm(node: Node, mode: str, shape: Shape) -> Kernel:
     p, eps = node.params, node.attrs["epsilon"]
-    gq, bq = p.get("gamma_q"), p.get("beta_q")
+    gq, bq, consts = p.get("gamma_q"), p.get("beta_q"), node.attrs.get("int", {})
     return _unary(
         node,
         mode,
         lambda x: F.layernorm(x, p["gamma"], p["beta"], eps),
         lambda q: F.int_layernorm(
-            q, node.attrs.get("int", {}).get("eps", 0), gq.astype(np.int64), bq.astype(np.int64)
+            q,
+            consts.get("eps", 0),
+            gq.astype(np.int64),
+            bq.astype(np.int64),
+            consts.get("out_shift", 0),  # absent in graphs quantized before it existed
         ),
     )
 
