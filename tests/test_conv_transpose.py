@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from spikeport.convert import convert, import_onnx
-from spikeport.errors import CapabilityExceeded
+from spikeport.errors import CapabilityExceeded, UnsupportedOp
 from spikeport.ir import Node
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.profiles import fanin
@@ -164,13 +164,11 @@ def test_quantized_weights_fold_the_input_scale_per_output_channel(up_net):
     s_x = q.scales[n.inputs[0]].reshape(-1)
     s_y = q.scales[n.output].reshape(-1)
     assert s_y.size == 6 and len(set(s_y)) > 1  # feeds neurons only: one scale per channel
-    og, g = n.params["weight"].shape[1], n.attrs["group"]
-    out_ch = (np.arange(6).reshape(g, 1, og)).repeat(2, axis=1).reshape(4, og)  # (C, O/g)
-    back = (
-        n.params["weight_q"]
-        * s_y[out_ch][:, :, None, None]
-        / np.broadcast_to(s_x, 4)[:, None, None, None]
-    )
+    cin, og = n.params["weight"].shape[:2]
+    cg = cin // n.attrs["group"]
+    out_ch = (np.arange(cin)[:, None] // cg) * og + np.arange(og)  # (C, O/g): o of w[c, k]
+    s_in = np.broadcast_to(s_x, cin)
+    back = n.params["weight_q"] * s_y[out_ch][:, :, None, None] / s_in[:, None, None, None]
     np.testing.assert_allclose(back, n.params["weight"], atol=0.51 * s_y.max() / s_x.min())
 
 
@@ -197,23 +195,19 @@ def test_range_proof_holds_on_random_inputs(up_net):
 
 
 def test_bound_rule_covers_extreme_int8_inputs():
+    """Inputs at the int8 limits (the proof's worst case) stay within the rule's bound."""
     r = np.random.default_rng(4)
-    node = Node("up", "conv_transpose2d", ["x"], "y", {
-        "strides": [2, 2], "pads": [1, 0, 0, 1], "dilations": [1, 2], "group": 2,
-        "output_padding": [1, 0],
-    }, {"weight_q": r.integers(-127, 128, (4, 3, 3, 2)).astype(np.int8),
-        "bias_q": r.integers(-1000, 1000, 6).astype(np.int32)})  # fmt: skip
-    bound = BOUNDS["conv_transpose2d"](
-        node, [np.full((4, 5, 5), 127.0)], 1, [np.full((4, 5, 5), 127.0)]
-    )[0]
-    a = node.attrs
+    a = {"strides": [2, 2], "pads": [1, 0, 0, 1], "dilations": [1, 2], "group": 2}
+    a["output_padding"] = [1, 0]
+    w = r.integers(-127, 128, (4, 3, 3, 2)).astype(np.int8)
+    b = r.integers(-1000, 1000, 6).astype(np.int32)
+    node = Node("up", "conv_transpose2d", ["x"], "y", a, {"weight_q": w, "bias_q": b})
+    limit = np.full((4, 5, 5), 127.0)
+    bound = BOUNDS["conv_transpose2d"](node, [limit], 1, [limit])[0]
     geo = (a["strides"], a["pads"], a["dilations"], a["group"], a["output_padding"])
     for _ in range(20):
         x = r.choice([-127, 0, 127], size=(3, 4, 5, 5)).astype(np.int8)
-        y = K.conv_transpose2d(x, node.params["weight_q"], node.params["bias_q"], *geo)
-        assert (np.abs(y) <= bound).all()
-    # the worst case is reached: x = 127 * sign(w) where each output's taps agree
-    assert bound.max() > 0
+        assert (np.abs(K.conv_transpose2d(x, w, b, *geo)) <= bound).all()
 
 
 def _pair(v: int | tuple[int, int]) -> list[int]:
@@ -272,3 +266,22 @@ def test_current_limited_targets_refuse_it_naming_the_node(up_net):
     x = np.random.default_rng(5).normal(size=(8, 3, 8, 8))
     with pytest.raises(CapabilityExceeded, match=r"\(conv_transpose2d\): per-step current"):
         quantize(snn, x, Profile("limited", max_current=1 << 20))
+
+
+def test_an_output_shape_beyond_the_full_output_is_refused(tmp_path):
+    path, _ = _onnx_convt(tmp_path, (4, 5), strides=[2, 2], output_shape=[12, 13])
+    with pytest.raises(UnsupportedOp, match=r"'up' \(ConvTranspose\): output_shape \[12, 13\]"):
+        import_onnx(path)
+
+
+def test_the_finetune_module_spikes_like_the_float_simulator(up_net):
+    from spikeport.finetune import SpikingNet
+
+    snn, _, x = up_net
+    ref = Simulator(snn, "float").run(x, 6, record=True)
+    net = SpikingNet(snn).double()
+    with torch.no_grad():
+        run = net.run(torch.from_numpy(x).double(), 6, record=True)
+    for n in (n for n in snn.nodes if n.op == "if"):
+        assert np.array_equal(np.sign(ref.trace[n.output]), np.sign(run.trace[n.output].numpy()))
+    np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[snn.outputs[0]], atol=1e-9)
