@@ -99,6 +99,15 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
     ex = {
         "dense": (node("dense", weight=w(3, 5), bias=w(3)), [(4, 5)]),
         "conv2d": (node("conv2d", attrs=conv, weight=w(4, 1, 3, 2), bias=w(4)), [(2, 6, 7)]),
+        "conv_transpose2d": (
+            node(
+                "conv_transpose2d",
+                attrs={**conv, "output_padding": [1, 0]},
+                weight=w(2, 3, 3, 2),
+                bias=w(6),
+            ),
+            [(2, 6, 7)],
+        ),
         "avgpool2d": (node("avgpool2d", attrs=win), [(3, 5, 5)]),
         "maxpool2d": (node("maxpool2d", attrs=win), [(3, 5, 5)]),
         "add": (node("add", 3), [(3, 4)] * 3),

@@ -26,7 +26,7 @@ DEFAULT_INPUT_PERCENTILE = 99.0
 DATA_MOVEMENT = frozenset(
     {"reshape", "transpose", "take", "slice", "scale", "concat", "pad", "channel_scale"}
 )
-SYNAPTIC_SEQ = ("dense", "matmul", "conv2d")
+SYNAPTIC_SEQ = ("dense", "matmul", "conv2d", "conv_transpose2d")
 
 
 def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.ndarray:
@@ -68,7 +68,7 @@ def to_neuron(
 
 # Ops whose output channels lie along the first per-sample axis (C, H, W); dense and the
 # transformer ops work on the last axis (features).
-IMAGE_OPS = frozenset({"conv2d", "avgpool2d", "maxpool2d", "resize", "pad"})
+IMAGE_OPS = frozenset({"conv2d", "conv_transpose2d", "avgpool2d", "maxpool2d", "resize", "pad"})
 
 
 def channel_axes(graph: Graph) -> dict[str, int]:

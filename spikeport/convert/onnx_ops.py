@@ -826,3 +826,42 @@ def _space_depth(ctx: Ctx, n: onnx.NodeProto) -> None:
     ctx.emit(n, Node(first, "reshape", [n.input[0]], first, {"shape": split}), hint=0)
     ctx.emit(n, Node(moved, "transpose", [first], moved, {"perm": perm}), hint=0)
     ctx.emit(n, Node(n.name, "reshape", [moved], n.output[0], {"shape": out}))
+
+
+@importer("ConvTranspose")
+def _conv_transpose(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """ONNX ConvTranspose, 2-D. auto_pad and output_shape become explicit pads, split between
+    start and end as onnxruntime splits them."""
+    w = ctx.const(n, 1, "the weight").astype(np.float32)
+    if w.ndim != 4:
+        raise refuse(n, f"only 2-D transposed convolution is supported, weight is {w.shape}")
+    a = attrs(n)
+    g = int(a.get("group", 1))
+    b = ctx.optional_const(n, 2, "the bias")
+    b = np.zeros(w.shape[1] * g) if b is None else b
+    if list(a.get("kernel_shape", w.shape[2:])) != list(w.shape[2:]):
+        raise refuse(n, f"kernel_shape {a['kernel_shape']} differs from the weight {w.shape}")
+    _, h, wd = _image_input(ctx, n)
+    st = [int(s) for s in a.get("strides", [1, 1])]
+    dil = [int(d) for d in a.get("dilations", [1, 1])]
+    pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+    out_pad = [int(p) for p in a.get("output_padding", [0, 0])]
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    want = [int(s) for s in a.get("output_shape", [])][-2:]
+    if not want and auto in ("SAME_UPPER", "SAME_LOWER"):
+        want = [h * st[0], wd * st[1]]
+    if auto == "VALID":
+        pads = [0, 0, 0, 0]
+    if want:
+        for i, size in enumerate((h, wd)):
+            full = (size - 1) * st[i] + (w.shape[2 + i] - 1) * dil[i] + 1 + out_pad[i]
+            total = full - want[i]
+            if total < 0:  # onnxruntime refuses it too
+                raise refuse(n, f"output_shape {want} exceeds the full output on axis {i}")
+            # onnxruntime crops the odd cell at the end for SAME_UPPER, at the start otherwise
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    win = {"strides": st, "pads": pads, "dilations": dil, "group": g, "output_padding": out_pad}
+    params = {"weight": w, "bias": b.astype(np.float32)}
+    ctx.emit(n, Node(n.name, "conv_transpose2d", [n.input[0]], n.output[0], win, params))

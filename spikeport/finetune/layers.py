@@ -112,6 +112,27 @@ class Conv2d(Layer):
         )
 
 
+class ConvTranspose2d(Layer):
+    """ONNX ConvTranspose: torch's unpadded transposed conv gives the full output; the
+    output_padding cells are zeros appended at the end (torch's own output_padding must stay
+    below the stride), pads are cropped, then the bias goes on every cell that is left."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
+        self.a = node.attrs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a
+        y = F.conv_transpose2d(
+            x, self.weight, stride=a["strides"], dilation=a["dilations"], groups=a["group"]
+        )
+        y = F.pad(y, (0, a["output_padding"][1], 0, a["output_padding"][0]))
+        top, left, bottom, right = a["pads"]
+        y = y[:, :, top : y.shape[2] - bottom, left : y.shape[3] - right]
+        return y + self.bias.view(1, -1, 1, 1)
+
+
 class ECMaxPool(Layer):
     """Expectation-compensated max pooling: out_t = max(S_t) - max(S_{t-1}), S the running sum
     of the input; the outputs sum to the windowed max of the summed input (simulator: _ECMaxPool).
@@ -224,6 +245,11 @@ def _dense(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 @layer("conv2d")
 def _conv2d(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return Conv2d(node)
+
+
+@layer("conv_transpose2d")
+def _conv_transpose2d(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    return ConvTranspose2d(node)
 
 
 @layer("avgpool2d")

@@ -127,6 +127,42 @@ def _conv2d(node: Node, ins: list[Shape]) -> Shape:
     return (w.shape[0],) + _spatial(node, ins[0], list(w.shape[2:]))
 
 
+@register(
+    "conv_transpose2d",
+    params=("weight", "bias"),
+    attrs={
+        "strides": [1, 1],
+        "pads": [0, 0, 0, 0],
+        "dilations": [1, 1],
+        "group": 1,
+        "output_padding": [0, 0],
+    },
+    synaptic=True,
+)
+def _conv_transpose2d(node: Node, ins: list[Shape]) -> Shape:
+    """ONNX ConvTranspose (the gradient of conv2d): each input element adds x * W[c] to the
+    outputs it reaches, then pads are cropped off; weight (C, O/group, kh, kw) as ONNX stores
+    it. Output size (s - 1) * stride + (k - 1) * dilation + 1 + output_padding - pads, per
+    axis (auto_pad / output_shape are resolved to explicit pads at import)."""
+    w, b, g = node.params["weight"], node.params["bias"], node.attrs["group"]
+    if w.ndim != 4 or b.shape != (w.shape[1] * g,) or w.shape[0] % g:
+        raise _fail(node, f"weight {w.shape} / bias {b.shape} / group {g} do not agree")
+    x = ins[0]
+    if len(x) != 3 or x[0] != w.shape[0]:
+        raise _fail(node, f"expects a ({w.shape[0]}, H, W) input, got {x}")
+    a = node.attrs
+    st, pads, dil, opad = a["strides"], a["pads"], a["dilations"], a["output_padding"]
+    if min(pads) < 0 or min(opad) < 0 or min(st) < 1 or min(dil) < 1:
+        raise _fail(node, f"strides {st} / dilations {dil} / pads {pads} / output_padding {opad}")
+    hw = [
+        (x[1 + i] - 1) * st[i] + (w.shape[2 + i] - 1) * dil[i] + 1 + opad[i] - pads[i] - pads[i + 2]
+        for i in range(2)
+    ]
+    if min(hw) <= 0:
+        raise _fail(node, f"pads {pads} crop away the whole output of input {x}")
+    return (w.shape[1] * g, hw[0], hw[1])
+
+
 @register("avgpool2d", attrs={"kernel": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]})
 def _avgpool(node: Node, ins: list[Shape]) -> Shape:
     """Mean over each window; padded cells count as zeros (constant divisor kh*kw)."""

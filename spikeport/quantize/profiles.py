@@ -14,6 +14,7 @@ import numpy as np
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS
+from spikeport.sim.kernels import conv_transpose_fanin
 from spikeport.sim.kinds import KIND_OPS, kind_of
 
 
@@ -70,6 +71,10 @@ def get_profile(name: str) -> Profile:
 def fanin(graph: Graph, node: Node) -> int:
     """Synapses into one output neuron of a dense/conv node."""
     w = node.params["weight"]
+    if node.op == "conv_transpose2d":  # weight (C, O/g, kh, kw): a tap reaches few outputs
+        a = node.attrs
+        geo = (a["strides"], a["pads"], a["dilations"], a["output_padding"], a["group"])
+        return conv_transpose_fanin(graph.shape(node.inputs[0]), w.shape, *geo)
     return int(np.prod(w.shape[1:]))
 
 

@@ -219,6 +219,37 @@ def _conv(ctx: _Ctx, node: Node) -> np.ndarray:
     return _quantize_weights(ctx, node, conv_weights(ctx, node)).reshape(-1, 1, 1)
 
 
+def _out_major(w: np.ndarray, group: int) -> np.ndarray:
+    """ConvTranspose weights (C, O/g, kh, kw) -> (O, C/g, kh, kw), output channels first like
+    conv2d's, so the per-output-channel machinery above applies as is."""
+    c, og = w.shape[:2]
+    w = w.reshape(group, c // group, og, *w.shape[2:]).swapaxes(1, 2)
+    return w.reshape(group * og, c // group, *w.shape[3:])
+
+
+def _in_major(w: np.ndarray, group: int) -> np.ndarray:
+    """The inverse of _out_major: back to ONNX's (C, O/g, kh, kw)."""
+    o, cg = w.shape[:2]
+    w = w.reshape(group, o // group, cg, *w.shape[2:]).swapaxes(1, 2)
+    return w.reshape(group * cg, o // group, *w.shape[3:])
+
+
+@handler("conv_transpose2d")
+def _conv_transpose(ctx: _Ctx, node: Node) -> np.ndarray:
+    """As conv2d: input scale folded into the weights (one per input channel, axis 0), int8
+    weights per output channel where neurons alone read the output, int32 bias."""
+    if ctx.profile.max_current is not None:  # _fit_current reads weight_q mid-way, out-major
+        raise ctx.refuse(node, "per-step current limits are not implemented for this op")
+    s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
+    if s_x is None:
+        raise ctx.refuse(node, "input scale varies inside a channel")
+    g = node.attrs["group"]
+    w_eff = node.params["weight"].astype(np.float64) * s_x[:, None, None, None]
+    s_w = _quantize_weights(ctx, node, _out_major(w_eff, g))
+    node.params["weight_q"] = _in_major(node.params["weight_q"], g)
+    return s_w.reshape(-1, 1, 1)
+
+
 @handler("avgpool2d")
 def _avgpool(ctx: _Ctx, node: Node) -> np.ndarray:
     s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))

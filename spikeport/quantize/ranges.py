@@ -204,3 +204,12 @@ def prove_ranges(
         if worst > peak["value"]:
             peak = {"value": int(worst), "node": n.name}
     return peak
+
+
+@bound("conv_transpose2d")
+def _conv_transpose(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
+    a = node.attrs
+    w, bias = _abs(node, "weight_q"), _abs(node, "bias_q")
+    geo = (a["strides"], a["pads"], a["dilations"], a["group"], a["output_padding"])
+    step = K.conv_transpose2d(b[0][None], w, bias, *geo)[0]
+    return step, 0.0, K.conv_transpose2d(c[0][None], w, T * bias, *geo)[0]

@@ -59,6 +59,50 @@ def conv2d(
     return y
 
 
+def conv_transpose_size(size: int, k: int, s: int, d: int, out_pad: int) -> int:
+    """Length of ConvTranspose's full output along one axis, before `pads` crop it."""
+    return (size - 1) * s + (k - 1) * d + 1 + out_pad
+
+
+def conv_transpose2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    group: int,
+    output_padding: list[int],
+) -> np.ndarray:
+    """ONNX ConvTranspose: x (N, C, H, W), w (C, O/g, kh, kw). Input (h, w) adds
+    x * w[:, :, i, j] at full-output position (h*s + i*d, w*s + j*d); `output_padding` cells at
+    the end get bias only; then pads (top, left, bottom, right) are cropped off.
+    Integer x and w accumulate in int64 (exact, the "int" mode), anything else in float64:
+    the same sums in the same order either way."""
+    integer = np.issubdtype(x.dtype, np.integer) and np.issubdtype(w.dtype, np.integer)
+    dt = np.int64 if integer else np.float64
+    x, w = x.astype(dt, copy=False), w.astype(dt, copy=False)
+    n, c, h, wd = x.shape
+    cg, og, kh, kw = c // group, w.shape[1], w.shape[2], w.shape[3]
+    (sh, sw), (dh, dw) = strides, dilations
+    fh = conv_transpose_size(h, kh, sh, dh, output_padding[0])
+    fw = conv_transpose_size(wd, kw, sw, dw, output_padding[1])
+    y = np.zeros((n, og * group, fh, fw), dt)
+    for g in range(group):
+        xg, wg = x[:, g * cg : (g + 1) * cg], w[g * cg : (g + 1) * cg]
+        for i in range(kh):
+            for j in range(kw):
+                tap = np.tensordot(xg, wg[:, :, i, j], axes=([1], [0]))  # (N, H, W, O/g)
+                rows = slice(i * dh, i * dh + (h - 1) * sh + 1, sh)
+                cols = slice(j * dw, j * dw + (wd - 1) * sw + 1, sw)
+                y[:, g * og : (g + 1) * og, rows, cols] += tap.transpose(0, 3, 1, 2)
+    top, left, bottom, right = pads
+    y = y[:, :, top : fh - bottom, left : fw - right]
+    if b is not None:
+        y = y + b.astype(dt).reshape(1, -1, 1, 1)
+    return y
+
+
 def dense(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """y = x W^T + b over the last axis, in float64."""
     y = x.astype(np.float64, copy=False) @ w.astype(np.float64, copy=False).T
@@ -92,3 +136,60 @@ def conv_fanout(
     win = windows(idx, list(w_shape[2:]), strides, pads_, dilations, pad_value=-1)
     hits = np.bincount(win[win >= 0].ravel(), minlength=h * wd).reshape(h, wd)
     return np.broadcast_to(hits * (w_shape[0] // group), (c, h, wd))
+
+
+def _tap_positions(size: int, k: int, s: int, d: int, p0: int, out: int) -> np.ndarray:
+    """Along one axis of a ConvTranspose: the output position each (input, tap) pair writes,
+    (size, k), or -1 where pads crop it off the output of length `out`."""
+    pos = np.arange(size)[:, None] * s + np.arange(k)[None, :] * d - p0
+    return np.where((pos >= 0) & (pos < out), pos, -1)
+
+
+def _transpose_axes(
+    in_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    output_padding: list[int],
+) -> list[np.ndarray]:
+    """_tap_positions of the rows and of the columns of a ConvTranspose."""
+    out = []
+    for i in range(2):
+        size, k = in_shape[1 + i], w_shape[2 + i]
+        full = conv_transpose_size(size, k, strides[i], dilations[i], output_padding[i])
+        o = full - pads[i] - pads[i + 2]
+        out.append(_tap_positions(size, k, strides[i], dilations[i], pads[i], o))
+    return out
+
+
+def conv_transpose_fanout(
+    in_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    output_padding: list[int],
+) -> np.ndarray:
+    """How many outputs of a ConvTranspose each input element writes: (C, H, W) integer map.
+    Separable: the taps that land inside the output, per row times per column, times the
+    group's O/g output channels."""
+    rows, cols = _transpose_axes(in_shape, w_shape, strides, pads, dilations, output_padding)
+    hits = np.outer((rows >= 0).sum(axis=1), (cols >= 0).sum(axis=1))
+    return np.broadcast_to(hits * w_shape[1], tuple(in_shape))
+
+
+def conv_transpose_fanin(
+    in_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    strides: list[int],
+    pads: list[int],
+    dilations: list[int],
+    output_padding: list[int],
+    group: int,
+) -> int:
+    """Synapses into the most-connected output of a ConvTranspose: (input, tap) pairs that
+    reach one output cell, most per row times most per column, times the group's C/g."""
+    rows, cols = _transpose_axes(in_shape, w_shape, strides, pads, dilations, output_padding)
+    most = [int(np.bincount(p[p >= 0], minlength=1).max()) for p in (rows, cols)]
+    return most[0] * most[1] * (in_shape[0] // group)

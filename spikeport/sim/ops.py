@@ -76,6 +76,14 @@ def _conv(node: Node, mode: str, shape: Shape) -> Kernel:
     )
 
 
+@kernel("conv_transpose2d")
+def _conv_transpose(node: Node, mode: str, shape: Shape) -> Kernel:
+    w, b, a = _p(node, "weight", mode), _p(node, "bias", mode), node.attrs
+    geo = (a["strides"], a["pads"], a["dilations"], a["group"], a["output_padding"])
+    # In "int" mode x and w are integers: the kernel accumulates in int64 itself.
+    return Stateless(lambda x: K.conv_transpose2d(x, w, b, *geo))
+
+
 @kernel("avgpool2d")
 def _avgpool(node: Node, mode: str, shape: Shape) -> Kernel:
     a = node.attrs

@@ -16,7 +16,7 @@ from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, static_tensors
 from spikeport.sim.arith import int_limit, quantize_input
-from spikeport.sim.kernels import conv_fanout
+from spikeport.sim.kernels import conv_fanout, conv_transpose_fanout
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
 
 DEFAULT_BATCH = 256
@@ -42,6 +42,15 @@ def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
     if node.op == "dense":
         return int(node.params["weight"].shape[0])
     a = node.attrs
+    if node.op == "conv_transpose2d":
+        return conv_transpose_fanout(
+            graph.shape(node.inputs[0]),
+            node.params["weight"].shape,
+            a["strides"],
+            a["pads"],
+            a["dilations"],
+            a["output_padding"],
+        )
     return conv_fanout(
         graph.shape(node.inputs[0]),
         node.params["weight"].shape,
