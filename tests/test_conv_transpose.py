@@ -285,3 +285,33 @@ def test_the_finetune_module_spikes_like_the_float_simulator(up_net):
     for n in (n for n in snn.nodes if n.op == "if"):
         assert np.array_equal(np.sign(ref.trace[n.output]), np.sign(run.trace[n.output].numpy()))
     np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[snn.outputs[0]], atol=1e-9)
+
+
+def test_batchnorm_and_bias_fold_into_a_grouped_conv_transpose(tmp_path):
+    """BatchNorm after a grouped ConvTranspose folds into it: one node, still onnxruntime's."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from spikeport.convert import import_onnx
+    from spikeport.sim import simulate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), nn.BatchNorm2d(6))
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    path = tmp_path / "ct.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 4, 5, 5),),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    graph = import_onnx(path)
+    assert [n.op for n in graph.nodes] == ["conv_transpose2d"]
+    x = np.random.default_rng(0).normal(size=(3, 4, 5, 5)).astype(np.float32)
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
+    np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())

@@ -24,6 +24,8 @@ from spikeport.ir.ops import infer_shape
 from spikeport.registry import registrar
 
 Shape = tuple[int, ...]
+# Layers a following per-channel scale or shift folds into (weights and bias).
+FOLD_TARGETS = frozenset({"dense", "conv2d", "conv_transpose2d"})
 
 
 def attrs(n: onnx.NodeProto) -> dict[str, object]:
@@ -172,7 +174,7 @@ class Ctx:
     def fold_target(self, t: str) -> Node | None:
         """The Conv/Gemm that alone feeds `t`, if folding a per-channel affine into it is safe."""
         p = self.producer(t)
-        ok = p is not None and p.op in ("dense", "conv2d") and self.single_use(p.output)
+        ok = p is not None and p.op in FOLD_TARGETS and self.single_use(p.output)
         return p if ok else None
 
     def rename_output(self, node: Node, new: str) -> None:

@@ -161,10 +161,11 @@ def _per_channel(ctx: Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
     """`c` (per-sample, broadcast against the target's output) as one value per output channel
     of a Conv (C, 1, 1) / dense (..., O) layer, or None when it varies otherwise."""
     out = ctx.shape(target.output)
-    full = np.broadcast_to(c, out) if np.broadcast_shapes(c.shape, out) == out else None
-    if full is None:
+    try:
+        full = np.broadcast_to(c, out)
+    except ValueError:
         return None
-    axis = 0 if target.op == "conv2d" else len(out) - 1
+    axis = len(out) - 1 if target.op == "dense" else 0
     first = np.take(full, np.arange(out[axis]), axis=axis)
     moved = np.moveaxis(first, axis, 0).reshape(out[axis], -1)
     if not np.all(moved == moved[:, :1]):
@@ -179,7 +180,13 @@ def _fold_scale(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
     if target is None or v is None:
         return False
     w = target.params["weight"]
-    target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    if target.op == "conv_transpose2d":  # weight (C_in, C_out / group, kh, kw)
+        g = int(target.attrs["group"])
+        per_group = v.reshape(g, 1, -1, 1, 1)
+        scaled = w.reshape(g, w.shape[0] // g, *w.shape[1:]) * per_group
+        target.params["weight"] = scaled.reshape(w.shape).astype(np.float32)
+    else:
+        target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
     target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
     ctx.rename_output(target, out)
     return True
