@@ -193,3 +193,41 @@ def test_an_add_read_by_synapses_that_needs_more_bits_is_refused_by_name(mobilen
     narrow = Profile("narrow", state_bits=24)
     with pytest.raises(CapabilityExceeded, match=r"node '.*Add' \(add\): .* \d+ more state bits?"):
         quantize(graph, x, narrow)
+
+
+def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_path):
+    """ConvNeXt's layer scale starts at 1e-6: that branch of the residual add is below the
+    output's resolution. Quantize leaves it out (saying so) instead of refusing the model."""
+    import torch
+    from torch import nn
+
+    from spikeport.convert import convert
+    from spikeport.quantize import get_profile, quantize
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.branch = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+            self.gamma = nn.Parameter(torch.full((8, 1, 1), 1e-6))
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            h = torch.relu(h + self.gamma * self.branch(h))
+            return self.head(h.mean((2, 3)))
+
+    torch.manual_seed(0)
+    path = tmp_path / "b.onnx"
+    torch.onnx.export(
+        Block().eval(),
+        (torch.randn(1, 3, 6, 6),),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    x = np.random.default_rng(0).normal(size=(32, 3, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    q = quantize(convert(path, tmp_path / "c.npz"), x, get_profile("sim"))
+    (note,) = q.meta["quantization"]["notes"]
+    assert "below half an output step" in note and "left out" in note

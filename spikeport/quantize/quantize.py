@@ -51,6 +51,7 @@ class _Ctx:
     _peaks: dict[str, float] | None = None
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS
     bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
+    notes: list[str] = field(default_factory=list)  # what quantize left out, for the artifact
 
     def peak(self, tensor: str) -> float:
         """max |value| of `tensor` in the ANN view of the calibration data (computed once).
@@ -292,12 +293,29 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     mult = round_to_int(ratio * 2.0**shift)
     if mult.max() > int_limit(ctx.profile.mult_bits):
         raise ctx.refuse(node, f"inputs differ in scale by more than {ctx.profile.mult_bits} bits")
-    if (mult == 0).any():
-        bad = node.inputs[int(np.argwhere(mult == 0)[0][0])]
-        raise ctx.refuse(node, f"input '{bad}' is below the resolution of the output")
+    for i in sorted({int(k) for k in np.argwhere(mult == 0)[:, 0]}):
+        _below_resolution(ctx, node, i, float(ratio[i].min()) * 2.0**shift, s_y)
     node.params["mult_q"] = compact(mult, mult.shape).astype(np.int32)
     node.attrs["shift"] = shift
     return np.full(ins[0].shape, s_y)
+
+
+def _below_resolution(ctx: _Ctx, node: Node, i: int, step: float, s_y: float) -> None:
+    """An input whose multiplier rounds to 0. Where its whole calibrated range is below half
+    an output step (ConvNeXt's layer scale at 1e-6, a branch that barely contributes) it is
+    left out, recorded in the artifact; otherwise refuse, saying how many bits it needs."""
+    name = node.inputs[i]
+    peak = ctx.peak(name)
+    if peak < 0.5 * s_y:
+        note = f"node '{node.name}' (add): input '{name}' (peak {peak:.3g}) is below half an "
+        ctx.notes.append(note + f"output step ({s_y:.3g}) and is left out")
+        return
+    need = max(1, math.ceil(math.log2(0.5 / max(step, 1e-300))))
+    raise ctx.refuse(
+        node,
+        f"input '{name}' is below the resolution of the output: its multiplier needs "
+        f"{need} more bits than the {ctx.profile.mult_bits} the profile has",
+    )
 
 
 def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
@@ -440,6 +458,8 @@ def quantize(
     if profile.neuron_kind != "subtract":  # recorded only where it differs: old graphs unchanged
         out.meta["quantization"]["neuron_kind"] = profile.neuron_kind
     check_graph(out)
+    if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
+        out.meta["quantization"]["notes"] = ctx.notes
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
     return out
 
