@@ -68,15 +68,18 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
     )
     assert code == 0, out
     rep = json.loads((tmp_path / "r.json").read_text())
-    assert rep["schema"] == "spikeport.eval" and rep["schema_version"] == 1
+    assert rep["schema"] == "spikeport.eval" and rep["schema_version"] == 2
     assert [r["T"] for r in rep["records"]] == [1, 2, 4, 8]
     assert set(rep["records"][0]) == {
         "T",
         "accuracy",
         "agreement_with_ann",
+        "cosine_to_ann",
+        "relative_error_to_ann",
         "spikes_per_inference",
         "synaptic_ops_per_inference",
     }
+    assert 0.9 < rep["records"][-1]["cosine_to_ann"] <= 1.0
     assert rep["ann"]["source"] == "onnxruntime" and rep["data"]["n"] == 540
     assert all(r["met"] for r in rep["requirements"])
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"

@@ -78,3 +78,38 @@ def test_convert_quantize_runs_integer(family: Fixture, tmp_path: Path):
     for name in q.outputs:
         assert res.outputs[name].shape[:2] == (4, 4), name
         assert np.isfinite(res.outputs[name]).all(), name
+
+
+def test_eval_reports_fidelity_for_embedding_and_token_level_outputs(family_dir: Path, tmp_path):
+    """A sentence embedding (no labels) and a token-level output: eval reports the cosine and
+    relative error to onnxruntime per T (no accuracy), and --require gates on the cosine."""
+    import torch
+    from torch import nn
+
+    from spikeport.data import load_data
+    from spikeport.eval.evaluate import Requirement, check_requirements, evaluate
+
+    fx = FAMILIES["sentence_embedding"](family_dir)
+    tokens = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval()
+    token_onnx = tmp_path / "tokens.onnx"
+    torch.onnx.export(
+        tokens,
+        (torch.randn(1, 7, 6),),
+        str(token_onnx),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    x = np.random.default_rng(0).normal(size=(64, 7, 6)).astype(np.float32)
+    cases = [(fx.onnx, fx.calib), (token_onnx, x)]
+    for k, (path, calib_x) in enumerate(cases):
+        calib = tmp_path / f"calib{k}.npz"
+        np.savez(calib, **(calib_x if isinstance(calib_x, dict) else {"x": calib_x}))
+        q = quantize(convert(path, calib), calib_x, get_profile("sim"))
+        rep = evaluate(q, load_data(calib, q.inputs), [2, 16], "int", str(path))
+        first, last = rep["records"]
+        assert "accuracy" not in first and "accuracy" not in rep["ann"]
+        assert -1 <= first["cosine_to_ann"] <= last["cosine_to_ann"] <= 1
+        assert last["relative_error_to_ann"] < first["relative_error_to_ann"]
+        missed = check_requirements(rep, [Requirement.parse("16:cosine_to_ann=1.0")])
+        assert missed and missed[0]["metric"] == "cosine_to_ann"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from scipy.special import softmax
 
 from spikeport.batch import Batch, onnx_feeds, size, take
 from spikeport.data import Dataset
@@ -19,27 +20,37 @@ from spikeport.errors import BadInput, CheckFailed
 from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.graph import Graph
 from spikeport.sim import simulate
+from spikeport.sim.simulator import mean_output
 
 SCHEMA = "spikeport.eval"
-SCHEMA_VERSION = 1
+METRICS = ("accuracy", "agreement_with_ann", "cosine_to_ann")  # what --require can gate on
+SCHEMA_VERSION = 2  # 2: accuracy only for class scores with labels; fidelity fields
 
 
 @dataclass(frozen=True)
 class Requirement:
-    """`--require T:ACC`: accuracy at T must be at least ACC (a fraction)."""
+    """`--require T:ACC` (accuracy at T at least ACC, a fraction) or `--require
+    T:METRIC=VALUE` with METRIC one of accuracy, agreement_with_ann, cosine_to_ann."""
 
     T: int
-    accuracy: float
+    accuracy: float  # the bar, whatever the metric
+    metric: str = "accuracy"
 
     @classmethod
     def parse(cls, text: str) -> Requirement:
         try:
-            t, acc = text.split(":")
-            req = cls(int(t), float(acc))
+            t, bar = text.split(":")
+            metric, _, value = bar.rpartition("=")
+            req = cls(int(t), float(value), metric or "accuracy")
         except ValueError:
-            raise BadInput(f"--require '{text}' is not T:ACC (e.g. 4:0.95)") from None
-        if req.T < 1 or not 0.0 <= req.accuracy <= 1.0:
-            raise BadInput(f"--require '{text}': T must be >= 1 and ACC a fraction in [0, 1]")
+            raise BadInput(
+                f"--require '{text}' is not T:ACC or T:METRIC=VALUE "
+                "(e.g. 4:0.95, 8:cosine_to_ann=0.99)"
+            ) from None
+        if req.metric not in METRICS:
+            raise BadInput(f"--require '{text}': metric '{req.metric}' is not one of {METRICS}")
+        if req.T < 1 or not -1.0 <= req.accuracy <= 1.0:
+            raise BadInput(f"--require '{text}': T must be >= 1 and the bar a fraction")
         return req
 
 
@@ -90,11 +101,13 @@ def ann_reference(
     tflite_path: str | None = None,
     output: int = 0,
 ) -> tuple[np.ndarray, str]:
-    """ANN predictions: onnxruntime (or LiteRT for a .tflite) on the source model if given,
-    else the graph's ANN view."""
+    """The ANN's output `output` (N, ...): onnxruntime (or LiteRT for a .tflite) on the source
+    model if given, else the graph's ANN view. A final softmax that import dropped is applied
+    to the ANN view too, so both references speak in the source model's terms."""
     if onnx_path is None and tflite_path is None:
-        logits = simulate(graph, data.x, 1, "ann").outputs[graph.outputs[output]][0]
-        return logits.argmax(-1), "spikeport ann mode (ReLU view of this graph)"
+        name = graph.outputs[output]
+        values = simulate(graph, data.x, 1, "ann").outputs[name][0]
+        return _as_source(graph, name, values), "spikeport ann mode (ReLU view of this graph)"
     if onnx_path is not None and tflite_path is not None:
         raise BadInput("--onnx and --tflite both name a reference model; give one")
     path, what = (onnx_path, "ONNX model") if onnx_path else (tflite_path, "TFLite model")
@@ -104,8 +117,27 @@ def ann_reference(
     if tflite_path is not None:
         from spikeport.convert.litert import litert_logits  # needs ai-edge-litert
 
-        return litert_logits(tflite_path, data.x).argmax(-1), "LiteRT (ai-edge-litert)"
-    return onnx_logits(path, data.x, output).argmax(-1), "onnxruntime"
+        return litert_logits(tflite_path, data.x), "LiteRT (ai-edge-litert)"
+    return onnx_logits(path, data.x, output), "onnxruntime"
+
+
+def _as_source(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
+    """Output values in the source model's terms: softmax put back where import dropped it."""
+    if name in graph.meta.get("source", {}).get("dropped_softmax", []):
+        return softmax(values, axis=-1)
+    return values
+
+
+def fidelity(snn: np.ndarray, ann: np.ndarray) -> tuple[float, float]:
+    """Mean over samples of the cosine similarity and of the relative L2 error between the
+    SNN's output (real units, mean over steps) and the ANN's: for outputs that are not class
+    scores (embeddings, token-level outputs, detection heads), and for class scores too."""
+    a = snn.reshape(len(snn), -1).astype(np.float64)
+    b = ann.reshape(len(ann), -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-30)
+    rel = np.linalg.norm(a - b, axis=1) / np.maximum(nb, 1e-30)
+    return float(cos.mean()), float(rel.mean())
 
 
 def evaluate(
@@ -119,36 +151,47 @@ def evaluate(
     output: str | None = None,
 ) -> dict[str, object]:
     """The eval report (schema in docs/eval-json.md): one record per T. `output` names the
-    graph output scored (default: the first)."""
-    if data.y is None:
-        raise BadInput(f"{data.path}: key 'y' (labels) is missing; eval needs labels")
+    graph output scored (default: the first). Class scores (one axis per sample) get accuracy
+    (with labels) and agreement with the ANN; every output gets its fidelity to the ANN."""
     if not timesteps or min(timesteps) < 1:
         raise BadInput(f"-T needs positive timesteps, got {timesteps}")
     k = output_index(graph, output)
-    ann_pred, ann_source = ann_reference(graph, data, onnx_path, tflite_path, k)
+    name = graph.outputs[k]
+    classes = len(graph.shape(name)) == 1
+    ann_out, ann_source = ann_reference(graph, data, onnx_path, tflite_path, k)
     res = simulate(graph, data.x, max(timesteps), mode, progress=progress)
-    out = res.outputs[graph.outputs[k]]
+    snn_out = mean_output(graph, res, mode, name)
+    if snn_out.shape[1:] != ann_out.shape:
+        raise BadInput(
+            f"output '{name}': the reference gives shape {ann_out.shape[1:]} per sample, "
+            f"the graph {snn_out.shape[2:]}"
+        )
+    labels = data.y if classes else None
     n = len(data)
     records = []
     for t in sorted(set(timesteps)):
-        pred = out[t - 1].argmax(-1)
-        records.append(
-            {
-                "T": t,
-                "accuracy": float((pred == data.y).mean()),
-                "agreement_with_ann": float((pred == ann_pred).mean()),
-                "spikes_per_inference": float(res.spikes[:t].sum() / n),
-                "synaptic_ops_per_inference": float(res.sops[:t].sum() / n),
-            }
-        )
+        record: dict[str, object] = {"T": t}
+        if classes:
+            pred = snn_out[t - 1].argmax(-1)
+            if labels is not None:
+                record["accuracy"] = float((pred == labels).mean())
+            record["agreement_with_ann"] = float((pred == ann_out.argmax(-1)).mean())
+        cos, rel = fidelity(_as_source(graph, name, snn_out[t - 1]), ann_out)
+        record["cosine_to_ann"], record["relative_error_to_ann"] = cos, rel
+        record["spikes_per_inference"] = float(res.spikes[:t].sum() / n)
+        record["synaptic_ops_per_inference"] = float(res.sops[:t].sum() / n)
+        records.append(record)
+    ann: dict[str, object] = {"source": ann_source}
+    if labels is not None:
+        ann["accuracy"] = float((ann_out.argmax(-1) == labels).mean())
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "model": {"stage": graph.stage, "source": graph.meta.get("source", {})},
-        "output": graph.outputs[k],
+        "output": name,
         "data": data.provenance,
         "mode": mode,
-        "ann": {"accuracy": float((ann_pred == data.y).mean()), "source": ann_source},
+        "ann": ann,
         "records": records,
     }
 
@@ -157,20 +200,28 @@ def check_requirements(
     report: dict[str, object], reqs: list[Requirement]
 ) -> list[dict[str, object]]:
     """Add a `requirements` entry to the report; return the ones missed."""
-    by_t = {r["T"]: r["accuracy"] for r in report["records"]}  # type: ignore[index]
-    results = [
-        {
-            "T": q.T,
-            "min_accuracy": q.accuracy,
-            "accuracy": by_t[q.T],
-            "met": by_t[q.T] >= q.accuracy,
-        }
-        for q in reqs
-    ]
+    by_t = {r["T"]: r for r in report["records"]}  # type: ignore[index]
+    results = []
+    for q in reqs:
+        if q.metric not in by_t[q.T]:
+            raise BadInput(
+                f"--require {q.T}:{q.metric}=...: this output has no {q.metric} "
+                f"(reported: {', '.join(k for k in by_t[q.T] if k in METRICS)})"
+            )
+        value = by_t[q.T][q.metric]
+        results.append(
+            {
+                "T": q.T,
+                "metric": q.metric,
+                "min": q.accuracy,
+                "value": value,
+                "met": value >= q.accuracy,
+            }
+        )
     report["requirements"] = results
     return [r for r in results if not r["met"]]
 
 
 def missed_message(missed: list[dict[str, object]]) -> CheckFailed:
-    parts = [f"T={m['T']}: {m['accuracy']:.4f} < {m['min_accuracy']:.4f}" for m in missed]
-    return CheckFailed("accuracy bar missed: " + "; ".join(parts))
+    parts = [f"T={m['T']}: {m['metric']} {m['value']:.4f} < {m['min']:.4f}" for m in missed]
+    return CheckFailed("bar missed: " + "; ".join(parts))

@@ -7,19 +7,25 @@ import os
 
 from spikeport.fileio import atomic_output
 
+COLUMNS = (  # (record field, header, format): a column shows when any record has the field
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("agreement_with_ann", "agreement with ANN", "{:.4f}"),
+    ("cosine_to_ann", "cosine to ANN", "{:.4f}"),
+    ("relative_error_to_ann", "relative error", "{:.4f}"),
+    ("spikes_per_inference", "spikes / inference", "{:.1f}"),
+    ("synaptic_ops_per_inference", "synaptic ops / inference", "{:.0f}"),
+)
+
 
 def markdown_table(report: dict[str, object]) -> str:
-    ann = report["ann"]["accuracy"]  # type: ignore[index]
-    lines = [
-        "| T | accuracy | ANN | agreement with ANN | spikes / inference "
-        "| synaptic ops / inference |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["records"]:  # type: ignore[union-attr]
-        lines.append(
-            f"| {r['T']} | {r['accuracy']:.4f} | {ann:.4f} | {r['agreement_with_ann']:.4f} "
-            f"| {r['spikes_per_inference']:.1f} | {r['synaptic_ops_per_inference']:.0f} |"
-        )
+    records = report["records"]  # type: ignore[assignment]
+    cols = [c for c in COLUMNS if any(c[0] in r for r in records)]  # type: ignore[union-attr]
+    ann = report["ann"].get("accuracy")  # type: ignore[union-attr]
+    head = ["T"] + [h for _, h, _ in cols] + (["ANN accuracy"] if ann is not None else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for r in records:  # type: ignore[union-attr]
+        cells = [str(r["T"])] + [f.format(r[k]) if k in r else "-" for k, _, f in cols]
+        lines.append("| " + " | ".join(cells + ([f"{ann:.4f}"] if ann is not None else [])) + " |")
     return "\n".join(lines)
 
 
@@ -35,19 +41,25 @@ def write_plot(report: dict[str, object], path: str | os.PathLike[str], title: s
     import matplotlib.pyplot as plt
 
     ts = [r["T"] for r in report["records"]]  # type: ignore[union-attr]
-    acc = [100 * r["accuracy"] for r in report["records"]]  # type: ignore[union-attr]
+    # Class scores plot accuracy (or agreement without labels); other outputs their cosine.
+    key = next(
+        k
+        for k in ("accuracy", "agreement_with_ann", "cosine_to_ann")
+        if k in report["records"][0]  # type: ignore[index]
+    )
+    ys = [100 * r[key] for r in report["records"]]  # type: ignore[union-attr]
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(ts, acc, "o-", label=f"SNN ({report['mode']} mode)")
-    ax.axhline(100 * report["ann"]["accuracy"], color="gray", ls="--", label="ANN")  # type: ignore[index]
+    ax.plot(ts, ys, "o-", label=f"SNN ({report['mode']} mode)")
+    if key == "accuracy" and "accuracy" in report["ann"]:  # type: ignore[operator]
+        ax.axhline(100 * report["ann"]["accuracy"], color="gray", ls="--", label="ANN")  # type: ignore[index]
     for req in report.get("requirements", []):  # type: ignore[union-attr]
-        ax.plot(
-            [req["T"]], [100 * req["min_accuracy"]], "v", color="red" if not req["met"] else "green"
-        )
+        if req["metric"] == key:
+            ax.plot([req["T"]], [100 * req["min"]], "v", color="red" if not req["met"] else "green")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ts, [str(t) for t in ts])
     ax.set_xlabel("timesteps T")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "accuracy vs timesteps")
+    ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
+    ax.set_title(title or f"{key.replace('_', ' ')} vs timesteps")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
