@@ -27,6 +27,11 @@ from spikeport.sim.arith import round_to_int
 RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
 PRELU_FRAC_BITS = 8  # most fraction bits prelu adds to its input's scale
+MUL_LEAST_FRAC = -48  # most bits a product drops (its int64 divisor t * 2^48 cannot wrap)
+# A product's calibrated peak spans about 2^12 integer steps: fewer than an add's 2^16, as the
+# proof bounds it by the product of its inputs' worst cases (often 2^10 beyond the calibrated
+# peak), and the neuron after it holds T steps of that (tinynet_e, EfficientNet-B0).
+MUL_OUT_BITS = 12
 
 
 def _act_in(ctx: _Ctx, node: Node) -> float:
@@ -55,18 +60,25 @@ def _hardsigmoid(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.array(2.0**-F.GATE_BITS)
 
 
+def _drop(ctx: _Ctx, node: Node, s: float) -> int:
+    """Bits a gated activation drops from its function's scale `s`, so its calibrated output
+    peak spans about 2^ACT_OUT_BITS steps."""
+    peak = ctx.peak(node.output)
+    return max(0, math.floor(math.log2(peak / s / 2**F.ACT_OUT_BITS))) if peak > 0 else 0
+
+
 @handler("hardswish")
 def _hardswish(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
-    node.attrs["int"] = F.gate_consts(s, 1 / 6, 0.5)
-    return np.array(s)
+    node.attrs["int"] = {**F.gate_consts(s, 1 / 6, 0.5), "drop": _drop(ctx, node, s)}
+    return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 
 @handler("silu")
 def _silu(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
-    node.attrs["int"] = F.silu_consts(s)
-    return np.array(s)
+    node.attrs["int"] = {**F.silu_consts(s), "drop": _drop(ctx, node, s)}
+    return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 
 @handler("l2norm")
@@ -91,24 +103,27 @@ def _two_scales(ctx: _Ctx, node: Node) -> tuple[np.ndarray, np.ndarray]:
     return tuple(compact(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
 
 
-def _frac(ctx: _Ctx, node: Node, unit: float, most: int) -> int:
-    """Fraction bits that bring the output's calibrated peak to ~2^ADD_OUT_BITS integer steps
-    of `unit` / 2^frac (0 to `most`)."""
+def _frac(
+    ctx: _Ctx, node: Node, unit: float, most: int, least: int = 0, bits: int = ADD_OUT_BITS
+) -> int:
+    """Fraction bits that bring the output's calibrated peak to ~2^bits integer steps of
+    `unit` / 2^frac (`least` to `most`; a negative count drops bits)."""
     peak = max(ctx.peak(node.output), 1e-30)
-    return int(np.clip(math.ceil(math.log2(unit * 2**ADD_OUT_BITS / peak)), 0, most))
+    return int(np.clip(math.ceil(math.log2(unit * 2**bits / peak)), least, most))
 
 
 @handler("mul")
 def _mul(ctx: _Ctx, node: Node) -> np.ndarray:
-    """With a static operand (the same value b every step: a mask, an input) S_B = t * b, so
-    S_A S_B / t = S_A b is exact in integers: no fraction bits, no growth."""
+    """The product is requantized to its calibrated range, like an add's output: fraction bits
+    where spikes are coarse, dropped bits (negative `frac`) where both scales are fine (x * gate:
+    x at peak / 2^14 times a gate at 2^-15 gave 2^30 steps over the peak, and the threshold of
+    the neuron reading it needed more than 32 bits). With a static operand (the same value b
+    every step: a mask, an input) S_B = t * b, so S_A S_B / t = S_A b is exact in integers: no
+    fraction bits are needed there."""
     sa, sb = _two_scales(ctx, node)
     static = static_tensors(ctx.graph)
-    frac = (
-        0
-        if any(i in static for i in node.inputs)
-        else _frac(ctx, node, float(sa.max() * sb.max()), F.MATMUL_FRAC_BITS)
-    )
+    most = 0 if any(i in static for i in node.inputs) else F.MATMUL_FRAC_BITS
+    frac = _frac(ctx, node, float(sa.max() * sb.max()), most, MUL_LEAST_FRAC, MUL_OUT_BITS)
     node.attrs["frac"] = frac
     return sa * sb / 2**frac
 
@@ -171,16 +186,79 @@ def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
 Bounds = tuple
 
 
-@bound("sigmoid", "hardsigmoid", "l2norm")
+@bound("l2norm")
 def _b_unit(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """Outputs in [-1, 1] at scale 2^-15 (a gate, a unit vector's entries)."""
+    """Outputs in [-1, 1] at scale 2^-15 (a unit vector's entries)."""
     return _ec(c, 2.0**F.GATE_BITS, T, b[0].shape)
 
 
-@bound("silu", "hardswish")
-def _b_gated(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """|x * gate| <= |x|: the requantized mean's bound, plus one for the floor."""
-    return _ec(c, _q_max(node, b[0]) + 1, T, b[0].shape)
+def _ec_smooth(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray], lo: float, hi: float,
+    lip: float, slack: float, drop: int = 0,
+) -> Bounds:  # fmt: skip
+    """EC bounds of an activation whose integer function f lies in [lo, hi] (lo <= 0 <= hi)
+    and moves by |f(q) - f(q')| <= lip |q - q'| + slack (q: the requantized mean); with
+    `drop`, the output is floor(f / 2^drop), which moves by 1/2^drop of that plus 1.
+
+    A step emits t f_t - (t-1) f_{t-1} = f_t + (t-1)(f_t - f_{t-1}). The mean moves by
+    (x_t - m_{t-1}) / t, at most 2 b / t with b the per-step input bound (at the function's
+    input scale), and the floor of the requantization adds 1: so (t-1)|f_t - f_{t-1}| <=
+    2 lip b + (T-1)(lip + slack), and never more than (T-1)(hi - lo). The generic bound
+    (2T - 1) max|f| was ~40 times looser for silu at T = 64: a global average pool of 32 x 32
+    such steps passed int32 (EfficientNet-B0's first squeeze-excite)."""
+    if drop:
+        d = 2.0**drop
+        lo, hi, lip, slack = lo / d - 1, hi / d, lip / d, slack / d + 1
+    b_mean = _q_max(node, b[0])
+    move = min((T - 1) * (hi - lo), 2 * lip * b_mean + (T - 1) * (lip + slack))
+    step = max(hi, -lo) + move
+    state = max(float(x.max(initial=0)) for x in c)
+    return np.full(b[0].shape, step), state, np.full(b[0].shape, T * max(hi, -lo))
+
+
+def _func_scale(node: Node, ratio_scale: float) -> float:
+    """The input scale of an activation's integer function, from its stored mul / 2^shift =
+    s / ratio_scale, taken a little small (mul is rounded to 15 bits), so errors in units of
+    s are not underestimated."""
+    k = node.attrs["int"]
+    return k["mul"] / 2.0 ** k["shift"] * ratio_scale * (1 - 2.0**-12)
+
+
+@bound("sigmoid")
+def _b_sigmoid(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """A gate in [0, 2^15]; the exact sigmoid's slope is at most 1/4, the integer one is
+    within SIGMOID_BOUND of it everywhere."""
+    one = 2.0**F.GATE_BITS
+    lip = one * F.SIGMOID_IN_SCALE / 4
+    return _ec_smooth(node, b, T, c, 0.0, one, lip, 2 * F.SIGMOID_BOUND * one + 1)
+
+
+@bound("hardsigmoid")
+def _b_hardsigmoid(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """A gate in [0, 2^15]: floor(q mul / 2^shift) + beta, clipped, moves by at most
+    mul / 2^shift per input step, plus 1 for the floor."""
+    k = node.attrs["int"]
+    return _ec_smooth(node, b, T, c, 0.0, 2.0**F.GATE_BITS, k["mul"] / 2.0 ** k["shift"], 1.0)
+
+
+@bound("silu")
+def _b_silu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """x sigmoid(x): slope in [-0.1, 1.1], minimum -0.2785, |f(q)| <= |q| + 1; the integer
+    function is within SILU_BOUND + 2 s of it (s its scale, the output's too)."""
+    s = _func_scale(node, F.SIGMOID_IN_SCALE)
+    err, hi = F.SILU_BOUND / s + 2, _q_max(node, b[0]) + 1
+    drop = node.attrs["int"].get("drop", 0)
+    return _ec_smooth(node, b, T, c, -(0.2785 / s + err), hi, 1.1, 2 * err, drop)
+
+
+@bound("hardswish")
+def _b_hardswish(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """x clip(x / 6 + 1/2, 0, 1): slope in [-1/2, 3/2], minimum -3/8, |f(q)| <= |q| + 1; the
+    integer function is within HARDSWISH_BOUND + 2 s of it (s its scale, the output's too)."""
+    s = _func_scale(node, 6 * 2.0**-F.GATE_BITS)
+    err, hi = F.HARDSWISH_BOUND / s + 2, _q_max(node, b[0]) + 1
+    drop = node.attrs["int"].get("drop", 0)
+    return _ec_smooth(node, b, T, c, -(0.375 / s + err), hi, 1.5, 2 * err, drop)
 
 
 @bound("prelu")
@@ -201,10 +279,24 @@ def _ec_array(c: list[np.ndarray], g_max: np.ndarray) -> Bounds:
 
 @bound("mul")
 def _b_mul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """|S(t)| <= min(t * b, c), so |G(t)| = |S_A S_B| / t <= min(T b_A b_B, b_A c_B, c_A b_B)."""
-    (ba, bb), (ca, cb) = b, c
-    g = np.minimum(np.minimum(T * ba * bb, ba * cb), ca * bb) * 2 ** node.attrs["frac"]
-    return _ec_array(c, g)
+    """G(t) = floor(S_A S_B 2^frac / t) with |S(t)| <= s(t) = min(t b, c): |G(t)| <= s_A(t)
+    s_B(t) 2^frac / t + 1. A step: with S = S' + x (S' the sums to t - 1, x this step's
+    inputs), S_A S_B / t - S'_A S'_B / (t-1) = (x_A S'_B + x_B S'_A + x_A x_B) / t -
+    S'_A S'_B / (t (t-1)), plus less than 1 for the two floors. Both taken over t <= T; the
+    step bound is far below 2 max|G| where an input is EC (its step bound exceeds its rate)."""
+    ba, bb, ca, cb = np.broadcast_arrays(*b, *c)
+    g = move = np.zeros(ba.shape)
+    pa = pb = 0.0  # s_A(t - 1), s_B(t - 1)
+    for t in range(1, T + 1):
+        sa, sb = np.minimum(t * ba, ca), np.minimum(t * bb, cb)
+        g = np.maximum(g, sa * sb / t)
+        old = pa * pb / (t * (t - 1)) if t > 1 else 0.0
+        move = np.maximum(move, (ba * pb + bb * pa + ba * bb) / t + old)
+        pa, pb = sa, sb
+    unit = 2.0 ** node.attrs["frac"]
+    g = g * unit + 1
+    state = max(float(x.max(initial=0)) for x in c)
+    return np.minimum(move * unit + 1, 2 * g), state, g
 
 
 @bound("div")
