@@ -60,10 +60,11 @@ GATE_BITS = 15  # gates (sigmoid, hard sigmoid) as integers of scale 2^-15: 1 is
 SIGMOID_IN_SCALE = 2.0**-10
 ACT_IN_BITS = 14  # unbounded inputs (silu, hardswish, l2norm) at scale peak / 2^14
 # silu and hardswish outputs: their calibrated peak spans about 2^ACT_OUT_BITS steps (the
-# function's result floored by `drop` bits). Its readers hold up to T steps of H x W of them
-# (a squeeze-excite's global pool, the neuron after it) at the range proof's worst case: with
-# 14 bits EfficientNet-B0's first pool needed more than int32 at T = 64.
-ACT_OUT_BITS = 10
+# function's result floored by `drop` bits), what an int8 network keeps. Their readers hold
+# T steps of H x W of them (a squeeze-excite's or the head's global pool and the neuron after
+# it) at the range proof's worst case, often 2^10 beyond the calibrated peak: with 14 bits
+# EfficientNet-B0 (3x64x64) needed 35 bits at T = 64, with 10 still 33.
+ACT_OUT_BITS = 8
 L2_OUT_BITS = 15  # unit vectors as integers of scale 2^-15
 GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
