@@ -24,7 +24,7 @@ from spikeport.quantize.seq import _ec, _full, _q_max, _requant
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import round_to_int
 
-RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis
+RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis, at most
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
 PRELU_FRAC_BITS = 8  # most fraction bits prelu adds to its input's scale
 MUL_LEAST_FRAC = -48  # most bits a product drops (its int64 divisor t * 2^48 cannot wrap)
@@ -91,11 +91,14 @@ def _l2norm(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("prelu")
 def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
     """Integer slopes; fraction bits (up to PRELU_FRAC_BITS) where the input is coarse next
-    to its peak (spikes), none where it is already fine (a conv's accumulator)."""
+    to its peak (spikes), none where it is already fine (a conv's accumulator): its output's
+    peak spans about 2^ACT_OUT_BITS steps, like silu's (with an add's 2^16 a global pool of
+    16 x 16 of them and the neuron after it needed 34 bits at T = 64)."""
     c = F.slope_consts(node.params["slope"])
     node.params["slope_q"] = c["mul"].astype(np.int32)
     node.attrs["slope_shift"] = c["shift"]
-    node.attrs["frac"] = _frac(ctx, node, float(np.max(ctx.scale_in(node))), PRELU_FRAC_BITS)
+    unit = float(np.max(ctx.scale_in(node)))
+    node.attrs["frac"] = _frac(ctx, node, unit, PRELU_FRAC_BITS, bits=F.ACT_OUT_BITS)
     return ctx.scale_in(node) / 2 ** node.attrs["frac"]
 
 
@@ -176,9 +179,20 @@ def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
     s_c = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
     if s_c is None:
         raise ctx.refuse(node, "input scale varies inside a channel; linear resize mixes cells")
-    node.params["rows_q"] = integer_rows(mh, RESIZE_BITS).astype(np.int32)
-    node.params["cols_q"] = integer_rows(mw, RESIZE_BITS).astype(np.int32)
-    return s_c.reshape(-1, 1, 1) * 2.0 ** (-2 * RESIZE_BITS)
+    bh, bw = _exact_bits(mh), _exact_bits(mw)
+    node.params["rows_q"] = integer_rows(mh, bh).astype(np.int32)
+    node.params["cols_q"] = integer_rows(mw, bw).astype(np.int32)
+    return s_c.reshape(-1, 1, 1) * 2.0 ** -(bh + bw)
+
+
+def _exact_bits(m: np.ndarray) -> int:
+    """The fewest bits (up to RESIZE_BITS) that hold a resize matrix exactly: 2 for a 2x
+    bilinear upsample (weights 1/4, 3/4). Every bit more multiplies the output's integers,
+    and a conv reading them sums those: 2 x 8 bits overflowed int32 after one conv."""
+    for bits in range(RESIZE_BITS):
+        if np.allclose(m * 2**bits, np.round(m * 2**bits), rtol=0, atol=1e-9):
+            return bits
+    return RESIZE_BITS
 
 
 # -- range proof ------------------------------------------------------------------------------
