@@ -574,3 +574,17 @@ def test_product_steps_stay_within_their_proven_bound_on_hostile_inputs(T, frac)
     assert (np.abs(outs) <= step).all(), (np.abs(outs).max(), step.max())
     assert (np.abs(np.cumsum(outs, axis=0)) <= total).all()
     assert k.state_peak <= state
+
+
+def test_bilinear_2x_upsample_keeps_two_weight_bits_per_axis_exactly():
+    """Weights 1/4 and 3/4: 2 bits per axis hold them exactly, so the output's integers grow
+    16 times the input's, not 2^16 (the conv reading them overflowed int32)."""
+    node = N("y", "resize", ["x"], {"mode": "linear", "out_shape": [3, 8, 6]})
+    g = Case([node], (3, 4, 3), None).graph()
+    q = quantize(g, RNG.normal(0, 1, (16, 3, 4, 3)).astype(np.float32), get_profile("sim"))
+    s_in, s_out = float(q.scales["x"].max()), float(q.scales["y"].max())
+    assert s_out == s_in * 2.0**-4
+    x = RNG.integers(-127, 128, (2, 3, 4, 3))
+    got = Simulator(q, "int").run(x * s_in, 1).outputs["y"][0] * s_out
+    want = Simulator(g, "ann").run(x * s_in, 1).outputs["y"][0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)

@@ -3,9 +3,16 @@
 EC activations requantize their running mean to their integer function's input scale (fixed
 2^-10 for sigmoid, whose exp saturates; the calibrated peak / 2^14 for hard sigmoid, silu,
 hardswish and l2norm) and store that function's integer constants; prelu works on the running
-sum itself. prelu, and a product or quotient of two streams, keep `frac` fraction bits: as
-many as bring the output's calibrated peak to about 2^16 integer steps (like an add), within a
-cap. Linear ops move or rescale scales with the values.
+sum itself. Outputs are requantized to their calibrated range, with fewer steps where the
+readers sum many of them over T steps at the proof's worst case: a quotient keeps `frac`
+fraction bits for about 2^16 steps over its peak (like an add), a product 2^MUL_OUT_BITS (a
+negative `frac` drops bits), silu, hardswish and prelu 2^ACT_OUT_BITS (silu and hardswish by
+dropping `drop` bits of their function's result). Linear ops move or rescale scales with the
+values; a linear resize keeps as few weight bits as hold its matrices exactly.
+
+The proof bounds an EC activation's step by its function's slope (how far the running mean
+moves in one step), and a product's from its inputs' steps and running sums, not by
+(2T - 1) max|f|: tests drive both with hostile inputs and compare.
 """
 
 from __future__ import annotations

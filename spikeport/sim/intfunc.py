@@ -12,7 +12,9 @@ Polynomials follow I-BERT (Kim et al., ICML 2021):
   sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
   tanh: sgn(x) * (e(0) - e(-2|x|)) / (e(0) + e(-2|x|)) with e the integer exp above
   sigmoid: e(0) / (e(0) + e(-|x|)) for x >= 0, one minus that below (exactly 1/2 at 0)
-  gates: silu = x * sigmoid(x), hardswish = x * hardsigmoid(x), as floor(q * gate / 2^15)
+  gates: silu = x * sigmoid(x), hardswish = x * hardsigmoid(x), as floor(q * gate / 2^15),
+         or floor(q * gate / 2^(15 + drop)) where the output keeps fewer bits than q
+  product: floor(a * b * 2^frac / t), frac of either sign
 
 Documented error bounds, each asserted by tests/test_intfunc.py over the whole input range:
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
