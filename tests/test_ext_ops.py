@@ -588,3 +588,24 @@ def test_bilinear_2x_upsample_keeps_two_weight_bits_per_axis_exactly():
     got = Simulator(q, "int").run(x * s_in, 1).outputs["y"][0] * s_out
     want = Simulator(g, "ann").run(x * s_in, 1).outputs["y"][0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ["efficientnet", "mobilenetv3", "prelu_leakyrelu"])
+def test_gated_families_stay_within_their_proven_bounds(family, tmp_path):
+    """Whole squeeze-excite / SiLU / HardSwish / PReLU networks (tests/family_models.py),
+    quantized for T <= 12 and run on images far outside the calibrated range: every tensor at
+    every step within the proof's bound."""
+    from family_models import FAMILIES
+
+    from spikeport.convert import convert
+
+    T = 12
+    fx = FAMILIES[family](tmp_path)
+    snn = convert(fx.onnx, fx.save_calib(tmp_path / "calib.npz"))
+    q = quantize(snn, fx.calib, get_profile("sim"), max_timesteps=T)
+    x = RNG.uniform(-3, 4, (24, *fx.calib.shape[1:])).astype(np.float32)
+    run = Simulator(q, "int").run(x, T, record=True)
+    bounds = _proven_bounds(q, T)
+    for n in q.nodes:
+        seen = np.abs(run.trace[n.output]).max(axis=(0, 1))
+        assert (seen <= bounds[n.output]).all(), n.name
