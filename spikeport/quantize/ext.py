@@ -34,7 +34,7 @@ from spikeport.sim.arith import round_to_int
 RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis, at most
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
 PRELU_FRAC_BITS = 8  # most fraction bits prelu adds to its input's scale
-MUL_LEAST_FRAC = -48  # most bits a product drops (its int64 divisor t * 2^48 cannot wrap)
+MUL_LEAST_FRAC = -40  # most bits a product drops (its int64 divisor t * 2^40 cannot wrap)
 # A product's calibrated peak spans about 2^10 integer steps: fewer than an add's 2^16, as the
 # proof bounds it by the product of its inputs' worst cases (often 2^10 beyond the calibrated
 # peak), and the neuron after it holds T steps of that (EfficientNet-B0 needed 33 bits at 12).
