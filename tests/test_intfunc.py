@@ -240,3 +240,21 @@ def test_l2norm_within_bound(d):
 def test_integer_division_is_the_floor_of_the_exact_quotient(a, b, frac, least):
     got = int(F.int_div(np.array([a]), np.array([b]), frac, least)[0])
     assert got == (a * 2**frac) // max(b, least)
+
+
+@pytest.mark.parametrize("drop", [1, 3, 6])
+def test_gated_activations_dropping_bits_floor_the_full_result(drop):
+    """drop = k is floor(f / 2^k) of the k = 0 result, for negative results too."""
+    s = F.act_scale(6.0)
+    q = _act_inputs(s)
+    for f, c in ((F.int_silu, F.silu_consts(s)), (F.int_hardswish, F.gate_consts(s, 1 / 6, 0.5))):
+        np.testing.assert_array_equal(f(q, **c, drop=drop), f(q, **c) >> drop)
+
+
+def test_integer_product_requantizes_with_either_sign_of_frac():
+    a = np.arange(-300, 301, 7, dtype=np.int64)[:, None]
+    b = np.arange(-(2**20), 2**20, 4099, dtype=np.int64)[None, :]
+    for t in (1, 3, 64):
+        for frac in (-20, -1, 0, 5):
+            want = np.floor(a * b * 2.0**frac / t).astype(np.int64)  # exact: |a b| < 2^29
+            np.testing.assert_array_equal(F.int_product(a, b, t, frac), want)

@@ -3,9 +3,16 @@
 EC activations requantize their running mean to their integer function's input scale (fixed
 2^-10 for sigmoid, whose exp saturates; the calibrated peak / 2^14 for hard sigmoid, silu,
 hardswish and l2norm) and store that function's integer constants; prelu works on the running
-sum itself. prelu, and a product or quotient of two streams, keep `frac` fraction bits: as
-many as bring the output's calibrated peak to about 2^16 integer steps (like an add), within a
-cap. Linear ops move or rescale scales with the values.
+sum itself. Outputs are requantized to their calibrated range, with fewer steps where the
+readers sum many of them over T steps at the proof's worst case: a quotient keeps `frac`
+fraction bits for about 2^16 steps over its peak (like an add), a product 2^MUL_OUT_BITS (a
+negative `frac` drops bits), silu, hardswish and prelu 2^ACT_OUT_BITS (silu and hardswish by
+dropping `drop` bits of their function's result). Linear ops move or rescale scales with the
+values; a linear resize keeps as few weight bits as hold its matrices exactly.
+
+The proof bounds an EC activation's step by its function's slope (how far the running mean
+moves in one step), and a product's from its inputs' steps and running sums, not by
+(2T - 1) max|f|: tests drive both with hostile inputs and compare.
 """
 
 from __future__ import annotations
@@ -24,9 +31,14 @@ from spikeport.quantize.seq import _ec, _full, _q_max, _requant
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import round_to_int
 
-RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis
+RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis, at most
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
 PRELU_FRAC_BITS = 8  # most fraction bits prelu adds to its input's scale
+MUL_LEAST_FRAC = -40  # most bits a product drops (its int64 divisor t * 2^40 cannot wrap)
+# A product's calibrated peak spans about 2^10 integer steps: fewer than an add's 2^16, as the
+# proof bounds it by the product of its inputs' worst cases (often 2^10 beyond the calibrated
+# peak), and the neuron after it holds T steps of that (EfficientNet-B0 needed 33 bits at 12).
+MUL_OUT_BITS = 10
 
 
 def _act_in(ctx: _Ctx, node: Node) -> float:
@@ -55,18 +67,25 @@ def _hardsigmoid(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.array(2.0**-F.GATE_BITS)
 
 
+def _drop(ctx: _Ctx, node: Node, s: float) -> int:
+    """Bits a gated activation drops from its function's scale `s`, so its calibrated output
+    peak spans about 2^ACT_OUT_BITS steps."""
+    peak = ctx.peak(node.output)
+    return max(0, math.floor(math.log2(peak / s / 2**F.ACT_OUT_BITS))) if peak > 0 else 0
+
+
 @handler("hardswish")
 def _hardswish(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
-    node.attrs["int"] = F.gate_consts(s, 1 / 6, 0.5)
-    return np.array(s)
+    node.attrs["int"] = {**F.gate_consts(s, 1 / 6, 0.5), "drop": _drop(ctx, node, s)}
+    return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 
 @handler("silu")
 def _silu(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
-    node.attrs["int"] = F.silu_consts(s)
-    return np.array(s)
+    node.attrs["int"] = {**F.silu_consts(s), "drop": _drop(ctx, node, s)}
+    return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 
 @handler("l2norm")
@@ -79,11 +98,14 @@ def _l2norm(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("prelu")
 def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
     """Integer slopes; fraction bits (up to PRELU_FRAC_BITS) where the input is coarse next
-    to its peak (spikes), none where it is already fine (a conv's accumulator)."""
+    to its peak (spikes), none where it is already fine (a conv's accumulator): its output's
+    peak spans about 2^ACT_OUT_BITS steps, like silu's (with an add's 2^16 a global pool of
+    16 x 16 of them and the neuron after it needed 34 bits at T = 64)."""
     c = F.slope_consts(node.params["slope"])
     node.params["slope_q"] = c["mul"].astype(np.int32)
     node.attrs["slope_shift"] = c["shift"]
-    node.attrs["frac"] = _frac(ctx, node, float(np.max(ctx.scale_in(node))), PRELU_FRAC_BITS)
+    unit = float(np.max(ctx.scale_in(node)))
+    node.attrs["frac"] = _frac(ctx, node, unit, PRELU_FRAC_BITS, bits=F.ACT_OUT_BITS)
     return ctx.scale_in(node) / 2 ** node.attrs["frac"]
 
 
@@ -91,24 +113,27 @@ def _two_scales(ctx: _Ctx, node: Node) -> tuple[np.ndarray, np.ndarray]:
     return tuple(compact(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
 
 
-def _frac(ctx: _Ctx, node: Node, unit: float, most: int) -> int:
-    """Fraction bits that bring the output's calibrated peak to ~2^ADD_OUT_BITS integer steps
-    of `unit` / 2^frac (0 to `most`)."""
+def _frac(
+    ctx: _Ctx, node: Node, unit: float, most: int, least: int = 0, bits: int = ADD_OUT_BITS
+) -> int:
+    """Fraction bits that bring the output's calibrated peak to ~2^bits integer steps of
+    `unit` / 2^frac (`least` to `most`; a negative count drops bits)."""
     peak = max(ctx.peak(node.output), 1e-30)
-    return int(np.clip(math.ceil(math.log2(unit * 2**ADD_OUT_BITS / peak)), 0, most))
+    return int(np.clip(math.ceil(math.log2(unit * 2**bits / peak)), least, most))
 
 
 @handler("mul")
 def _mul(ctx: _Ctx, node: Node) -> np.ndarray:
-    """With a static operand (the same value b every step: a mask, an input) S_B = t * b, so
-    S_A S_B / t = S_A b is exact in integers: no fraction bits, no growth."""
+    """The product is requantized to its calibrated range, like an add's output: fraction bits
+    where spikes are coarse, dropped bits (negative `frac`) where both scales are fine (x * gate:
+    x at peak / 2^14 times a gate at 2^-15 gave 2^30 steps over the peak, and the threshold of
+    the neuron reading it needed more than 32 bits). With a static operand (the same value b
+    every step: a mask, an input) S_B = t * b, so S_A S_B / t = S_A b is exact in integers: no
+    fraction bits are needed there."""
     sa, sb = _two_scales(ctx, node)
     static = static_tensors(ctx.graph)
-    frac = (
-        0
-        if any(i in static for i in node.inputs)
-        else _frac(ctx, node, float(sa.max() * sb.max()), F.MATMUL_FRAC_BITS)
-    )
+    most = 0 if any(i in static for i in node.inputs) else F.MATMUL_FRAC_BITS
+    frac = _frac(ctx, node, float(sa.max() * sb.max()), most, MUL_LEAST_FRAC, MUL_OUT_BITS)
     node.attrs["frac"] = frac
     return sa * sb / 2**frac
 
@@ -161,9 +186,20 @@ def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
     s_c = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
     if s_c is None:
         raise ctx.refuse(node, "input scale varies inside a channel; linear resize mixes cells")
-    node.params["rows_q"] = integer_rows(mh, RESIZE_BITS).astype(np.int32)
-    node.params["cols_q"] = integer_rows(mw, RESIZE_BITS).astype(np.int32)
-    return s_c.reshape(-1, 1, 1) * 2.0 ** (-2 * RESIZE_BITS)
+    bh, bw = _exact_bits(mh), _exact_bits(mw)
+    node.params["rows_q"] = integer_rows(mh, bh).astype(np.int32)
+    node.params["cols_q"] = integer_rows(mw, bw).astype(np.int32)
+    return s_c.reshape(-1, 1, 1) * 2.0 ** -(bh + bw)
+
+
+def _exact_bits(m: np.ndarray) -> int:
+    """The fewest bits (up to RESIZE_BITS) that hold a resize matrix exactly: 2 for a 2x
+    bilinear upsample (weights 1/4, 3/4). Every bit more multiplies the output's integers,
+    and a conv reading them sums those: 2 x 8 bits overflowed int32 after one conv."""
+    for bits in range(RESIZE_BITS):
+        if np.allclose(m * 2**bits, np.round(m * 2**bits), rtol=0, atol=1e-9):
+            return bits
+    return RESIZE_BITS
 
 
 # -- range proof ------------------------------------------------------------------------------
@@ -171,16 +207,79 @@ def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
 Bounds = tuple
 
 
-@bound("sigmoid", "hardsigmoid", "l2norm")
+@bound("l2norm")
 def _b_unit(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """Outputs in [-1, 1] at scale 2^-15 (a gate, a unit vector's entries)."""
+    """Outputs in [-1, 1] at scale 2^-15 (a unit vector's entries)."""
     return _ec(c, 2.0**F.GATE_BITS, T, b[0].shape)
 
 
-@bound("silu", "hardswish")
-def _b_gated(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """|x * gate| <= |x|: the requantized mean's bound, plus one for the floor."""
-    return _ec(c, _q_max(node, b[0]) + 1, T, b[0].shape)
+def _ec_smooth(
+    node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray], lo: float, hi: float,
+    lip: float, slack: float, drop: int = 0,
+) -> Bounds:  # fmt: skip
+    """EC bounds of an activation whose integer function f lies in [lo, hi] (lo <= 0 <= hi)
+    and moves by |f(q) - f(q')| <= lip |q - q'| + slack (q: the requantized mean); with
+    `drop`, the output is floor(f / 2^drop), which moves by 1/2^drop of that plus 1.
+
+    A step emits t f_t - (t-1) f_{t-1} = f_t + (t-1)(f_t - f_{t-1}). The mean moves by
+    (x_t - m_{t-1}) / t, at most 2 b / t with b the per-step input bound (at the function's
+    input scale), and the floor of the requantization adds 1: so (t-1)|f_t - f_{t-1}| <=
+    2 lip b + (T-1)(lip + slack), and never more than (T-1)(hi - lo). The generic bound
+    (2T - 1) max|f| was ~40 times looser for silu at T = 64: a global average pool of 32 x 32
+    such steps passed int32 (EfficientNet-B0's first squeeze-excite)."""
+    if drop:
+        d = 2.0**drop
+        lo, hi, lip, slack = lo / d - 1, hi / d, lip / d, slack / d + 1
+    b_mean = _q_max(node, b[0])
+    move = min((T - 1) * (hi - lo), 2 * lip * b_mean + (T - 1) * (lip + slack))
+    step = max(hi, -lo) + move
+    state = max(float(x.max(initial=0)) for x in c)
+    return np.full(b[0].shape, step), state, np.full(b[0].shape, T * max(hi, -lo))
+
+
+def _func_scale(node: Node, ratio_scale: float) -> float:
+    """The input scale of an activation's integer function, from its stored mul / 2^shift =
+    s / ratio_scale, taken a little small (mul is rounded to 15 bits), so errors in units of
+    s are not underestimated."""
+    k = node.attrs["int"]
+    return k["mul"] / 2.0 ** k["shift"] * ratio_scale * (1 - 2.0**-12)
+
+
+@bound("sigmoid")
+def _b_sigmoid(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """A gate in [0, 2^15]; the exact sigmoid's slope is at most 1/4, the integer one is
+    within SIGMOID_BOUND of it everywhere."""
+    one = 2.0**F.GATE_BITS
+    lip = one * F.SIGMOID_IN_SCALE / 4
+    return _ec_smooth(node, b, T, c, 0.0, one, lip, 2 * F.SIGMOID_BOUND * one + 1)
+
+
+@bound("hardsigmoid")
+def _b_hardsigmoid(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """A gate in [0, 2^15]: floor(q mul / 2^shift) + beta, clipped, moves by at most
+    mul / 2^shift per input step, plus 1 for the floor."""
+    k = node.attrs["int"]
+    return _ec_smooth(node, b, T, c, 0.0, 2.0**F.GATE_BITS, k["mul"] / 2.0 ** k["shift"], 1.0)
+
+
+@bound("silu")
+def _b_silu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """x sigmoid(x): slope in [-0.1, 1.1], minimum -0.2785, |f(q)| <= |q| + 1; the integer
+    function is within SILU_BOUND + 2 s of it (s its scale, the output's too)."""
+    s = _func_scale(node, F.SIGMOID_IN_SCALE)
+    err, hi = F.SILU_BOUND / s + 2, _q_max(node, b[0]) + 1
+    drop = node.attrs["int"].get("drop", 0)
+    return _ec_smooth(node, b, T, c, -(0.2785 / s + err), hi, 1.1, 2 * err, drop)
+
+
+@bound("hardswish")
+def _b_hardswish(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    """x clip(x / 6 + 1/2, 0, 1): slope in [-1/2, 3/2], minimum -3/8, |f(q)| <= |q| + 1; the
+    integer function is within HARDSWISH_BOUND + 2 s of it (s its scale, the output's too)."""
+    s = _func_scale(node, 6 * 2.0**-F.GATE_BITS)
+    err, hi = F.HARDSWISH_BOUND / s + 2, _q_max(node, b[0]) + 1
+    drop = node.attrs["int"].get("drop", 0)
+    return _ec_smooth(node, b, T, c, -(0.375 / s + err), hi, 1.5, 2 * err, drop)
 
 
 @bound("prelu")
@@ -201,10 +300,24 @@ def _ec_array(c: list[np.ndarray], g_max: np.ndarray) -> Bounds:
 
 @bound("mul")
 def _b_mul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    """|S(t)| <= min(t * b, c), so |G(t)| = |S_A S_B| / t <= min(T b_A b_B, b_A c_B, c_A b_B)."""
-    (ba, bb), (ca, cb) = b, c
-    g = np.minimum(np.minimum(T * ba * bb, ba * cb), ca * bb) * 2 ** node.attrs["frac"]
-    return _ec_array(c, g)
+    """G(t) = floor(S_A S_B 2^frac / t) with |S(t)| <= s(t) = min(t b, c): |G(t)| <= s_A(t)
+    s_B(t) 2^frac / t + 1. A step: with S = S' + x (S' the sums to t - 1, x this step's
+    inputs), S_A S_B / t - S'_A S'_B / (t-1) = (x_A S'_B + x_B S'_A + x_A x_B) / t -
+    S'_A S'_B / (t (t-1)), plus less than 1 for the two floors. Both taken over t <= T; the
+    step bound is far below 2 max|G| where an input is EC (its step bound exceeds its rate)."""
+    ba, bb, ca, cb = np.broadcast_arrays(*b, *c)
+    g = move = np.zeros(ba.shape)
+    pa = pb = 0.0  # s_A(t - 1), s_B(t - 1)
+    for t in range(1, T + 1):
+        sa, sb = np.minimum(t * ba, ca), np.minimum(t * bb, cb)
+        g = np.maximum(g, sa * sb / t)
+        old = pa * pb / (t * (t - 1)) if t > 1 else 0.0
+        move = np.maximum(move, (ba * pb + bb * pa + ba * bb) / t + old)
+        pa, pb = sa, sb
+    unit = 2.0 ** node.attrs["frac"]
+    g = g * unit + 1
+    state = max(float(x.max(initial=0)) for x in c)
+    return np.minimum(move * unit + 1, 2 * g), state, g
 
 
 @bound("div")

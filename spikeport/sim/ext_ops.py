@@ -82,9 +82,9 @@ def _mul(node: Node, mode: str, shape: Shape) -> Kernel:
         return Stateless(_binary(shape, np.multiply))
     if mode == "float":
         return ExpectationCompensated(lambda s, t: _binary(shape, np.multiply)(*s) / t)
-    frac = node.attrs["frac"]  # G(t) = S_A S_B / t with `frac` fraction bits
-    prod = _binary(shape, lambda a, b: a.astype(np.int64) * b.astype(np.int64))
-    return ExpectationCompensated(lambda s, t: F.floor_div(prod(*s) << frac, t))
+    frac = node.attrs["frac"]  # G(t) = S_A S_B / t with `frac` fraction bits (any sign)
+    prod = _binary(shape, lambda a, b, t: F.int_product(a, b, t, frac))
+    return ExpectationCompensated(lambda s, t: prod(*s, t))
 
 
 @kernel("div")

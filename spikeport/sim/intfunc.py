@@ -12,7 +12,9 @@ Polynomials follow I-BERT (Kim et al., ICML 2021):
   sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
   tanh: sgn(x) * (e(0) - e(-2|x|)) / (e(0) + e(-2|x|)) with e the integer exp above
   sigmoid: e(0) / (e(0) + e(-|x|)) for x >= 0, one minus that below (exactly 1/2 at 0)
-  gates: silu = x * sigmoid(x), hardswish = x * hardsigmoid(x), as floor(q * gate / 2^15)
+  gates: silu = x * sigmoid(x), hardswish = x * hardsigmoid(x), as floor(q * gate / 2^15),
+         or floor(q * gate / 2^(15 + drop)) where the output keeps fewer bits than q
+  product: floor(a * b * 2^frac / t), frac of either sign
 
 Documented error bounds, each asserted by tests/test_intfunc.py over the whole input range:
   softmax    |error| <= SOFTMAX_BOUND per probability (inputs at scale 2^-10); the masked
@@ -65,6 +67,12 @@ HARDSWISH_BOUND = 2.0**-13
 GATE_BITS = 15  # gates (sigmoid, hard sigmoid) as integers of scale 2^-15: 1 is 2^15
 SIGMOID_IN_SCALE = 2.0**-10
 ACT_IN_BITS = 14  # unbounded inputs (silu, hardswish, l2norm) at scale peak / 2^14
+# silu and hardswish outputs: their calibrated peak spans about 2^ACT_OUT_BITS steps (the
+# function's result floored by `drop` bits), what an int8 network keeps. Their readers hold
+# T steps of H x W of them (a squeeze-excite's or the head's global pool and the neuron after
+# it) at the range proof's worst case, often 2^10 beyond the calibrated peak: with 14 bits
+# EfficientNet-B0 (3x64x64) needed 35 bits at T = 64, with 10 still 33.
+ACT_OUT_BITS = 8
 L2_OUT_BITS = 15  # unit vectors as integers of scale 2^-15
 GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
@@ -153,20 +161,24 @@ def int_hardsigmoid(q: np.ndarray, mul: int, shift: int, beta: int) -> np.ndarra
     return np.clip(floor_div(q * mul, 1 << shift) + beta, 0, 1 << GATE_BITS)
 
 
-def gated(q: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """q * gate at q's own scale, for a gate of scale 2^-15: floor(q * gate / 2^15)."""
-    return floor_div(q * gate, 1 << GATE_BITS)
+def gated(q: np.ndarray, gate: np.ndarray, drop: int = 0) -> np.ndarray:
+    """q * gate at q's scale times 2^drop, for a gate of scale 2^-15: floor(q * gate /
+    2^(15 + drop))."""
+    return floor_div(q * gate, 1 << (GATE_BITS + drop))
 
 
-def int_silu(q: np.ndarray, mul: int, shift: int, ln2: int, b: int, c: int) -> np.ndarray:
-    """x * sigmoid(x) at q's scale s; mul / 2^shift ~ s / 2^-10 brings q to the sigmoid's
-    input scale (`silu_consts`)."""
-    return gated(q, int_sigmoid(floor_div(q * mul, 1 << shift), ln2, b, c))
+def int_silu(
+    q: np.ndarray, mul: int, shift: int, ln2: int, b: int, c: int, drop: int = 0
+) -> np.ndarray:
+    """x * sigmoid(x) at q's scale s times 2^drop; mul / 2^shift ~ s / 2^-10 brings q to the
+    sigmoid's input scale (`silu_consts`)."""
+    return gated(q, int_sigmoid(floor_div(q * mul, 1 << shift), ln2, b, c), drop)
 
 
-def int_hardswish(q: np.ndarray, mul: int, shift: int, beta: int) -> np.ndarray:
-    """x * clip(x / 6 + 1/2, 0, 1) at q's scale (constants: `gate_consts(s, 1/6, 1/2)`)."""
-    return gated(q, int_hardsigmoid(q, mul, shift, beta))
+def int_hardswish(q: np.ndarray, mul: int, shift: int, beta: int, drop: int = 0) -> np.ndarray:
+    """x * clip(x / 6 + 1/2, 0, 1) at q's scale times 2^drop (constants: `gate_consts(s, 1/6,
+    1/2)`)."""
+    return gated(q, int_hardsigmoid(q, mul, shift, beta), drop)
 
 
 def _mul_shift(ratio: float, mul_bits: int = 15) -> tuple[int, int]:
@@ -214,6 +226,19 @@ def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int, frac: int = 0) -> np.n
     the slope's rounding and the floor (fraction bits keep a few spikes' leak from flooring
     to a whole spike)."""
     return np.where(q >= 0, q << frac, floor_div((q * mul) << frac, 1 << shift))
+
+
+# -- product of two streams -------------------------------------------------------------------
+
+
+def int_product(a: np.ndarray, b: np.ndarray, t: int, frac: int) -> np.ndarray:
+    """floor(a * b * 2^frac / t): t times the product of the means of two running sums, with
+    `frac` fraction bits. A negative `frac` requantizes: the product of two fine scales
+    (an activation times a gate of scale 2^-15) would carry 2^30 and more integer steps over
+    its peak, beyond the thresholds and weights of its readers. |a * b| < 2^62 where both sums
+    fit int32, so the int64 product never wraps."""
+    p = a.astype(np.int64) * b.astype(np.int64)
+    return floor_div(p << frac, t) if frac >= 0 else floor_div(p, t << -frac)
 
 
 # -- l2 norm ---------------------------------------------------------------------------------
