@@ -96,6 +96,8 @@ def _l2_tol(g: Graph, x: dict) -> float:
 
 SLOPE = np.array([0.1, -0.2, 0.25], np.float32).reshape(3, 1, 1)
 FACTOR = np.array([1e-3, -2.0, 0.5], np.float32).reshape(3, 1, 1)
+POSITIONS = np.array([[[1.0, 1.5], [1.5, 2.25]]] * 3, np.float32)  # 9 / covered cells
+CONV1 = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1}
 CASES = {
     "sigmoid": Case([N("y", "sigmoid", ["x"])], (3, 5), _sig, F.SIGMOID_BOUND + 2**-10),
     "hardsigmoid": Case(
@@ -184,6 +186,18 @@ CASES = {
         (3, 2, 2),
         lambda x: FACTOR * x + x,
         lambda g, x: 2 * g.scales["y"].max() + 2**-13 * 3 * float(np.abs(x["x"]).max()),
+    ),
+    # a factor that varies inside a channel (an average pool that excludes padding): integer
+    # multipliers of 2^-15, then a 1x1 conv that needs one scale per channel
+    "channel_scale/per_position": Case(
+        [
+            N("cs", "channel_scale", ["x"], factor=POSITIONS),
+            N("y", "conv2d", ["cs"], CONV1, weight=np.ones((1, 3, 1, 1)), bias=np.zeros(1)),
+        ],
+        (3, 2, 2),
+        lambda x: (POSITIONS * x).sum(axis=1, keepdims=True),
+        # each of the 3 channels floors once a step (one step of cs's scale), factors at 2^-15
+        lambda g, x: 3 * g.scales["cs"].max() + 2**-13 * 3 * float(np.abs(x["x"]).max()),
     ),
     "pad": Case(
         [N("y", "pad", ["x"], {"pads": [0, 1, 2, 0, 2, 1]})],

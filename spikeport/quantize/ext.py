@@ -149,9 +149,28 @@ def _div(ctx: _Ctx, node: Node) -> np.ndarray:
     return sa / sb / 2**frac
 
 
+CHANNEL_SCALE_BITS = 15  # a factor that varies inside a channel: integers of scale 2^-15
+CHANNEL_SCALE_FRAC = 8  # ... and its output keeps 8 bits below the input's step (the floor)
+
+
 @handler("channel_scale")
 def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
-    return ctx.scale_in(node) * np.abs(node.params["factor"].astype(np.float64))
+    """|factor| goes into the output scale, unless that scale would vary inside a channel of
+    an image (the border windows of an average pool that excludes padding): then the factor
+    relative to the channel's largest is an integer multiplier `factor_q` / 2^shift, the output
+    finer than the input by 2^CHANNEL_SCALE_FRAC so that the floor costs little."""
+    scale = ctx.scale_in(node) * np.abs(node.params["factor"].astype(np.float64))
+    shape = ctx.shape_in(node)
+    if len(shape) != 3 or channel_vector(scale, shape) is not None:
+        return scale
+    full = np.broadcast_to(scale, shape)
+    top = full.reshape(shape[0], -1).max(axis=1).reshape(-1, 1, 1)
+    sign = np.sign(np.broadcast_to(node.params["factor"], shape))
+    node.params["factor_q"] = (sign * round_to_int(full / top * 2**CHANNEL_SCALE_BITS)).astype(
+        np.int32
+    )
+    node.attrs["shift"] = CHANNEL_SCALE_BITS - CHANNEL_SCALE_FRAC
+    return top / 2**CHANNEL_SCALE_FRAC
 
 
 @handler("pad")
@@ -329,7 +348,10 @@ def _b_div(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Boun
 
 @bound("channel_scale")
 def _b_channel_scale(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    return b[0], 0.0
+    if "factor_q" not in node.params:
+        return b[0], 0.0
+    q = np.abs(node.params["factor_q"].astype(np.float64)) / 2 ** node.attrs["shift"]
+    return np.floor(b[0] * q) + 1, 0.0, np.floor(c[0] * q) + T
 
 
 @bound("pad")

@@ -170,6 +170,8 @@ def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> N
         nonneg = not (n.attrs.get("signed") or n.attrs.get("bipolar"))
     elif n.op == "scale":
         nonneg = nonneg and n.attrs["factor"] >= 0
+    elif n.op == "channel_scale":
+        nonneg = nonneg and bool(np.all(n.params["factor"] >= 0))
     elif n.op not in MOVES:
         nonneg = False  # synapses, adds, EC operators (their steps swing both ways)
     return NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]), nonneg)

@@ -103,6 +103,9 @@ def _div(node: Node, mode: str, shape: Shape) -> Kernel:
 @kernel("channel_scale")
 def _channel_scale(node: Node, mode: str, shape: Shape) -> Kernel:
     factor = node.params["factor"].astype(np.float64)
+    if mode == "int" and "factor_q" in node.params:  # a factor that varies inside a channel
+        q, shift = node.params["factor_q"].astype(np.int64), node.attrs["shift"]
+        return Stateless(lambda x: F.floor_div(x.astype(np.int64) * q, 2**shift))
     if mode == "int":  # |factor| lives in the output scale; only its sign touches integers
         sign = np.where(factor < 0, -1, 1).astype(np.int64)
         return Stateless(lambda x: sign * x)
