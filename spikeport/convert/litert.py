@@ -97,31 +97,55 @@ def _invoke(
     return [interp.get_tensor(i).copy() for i in fetch], [details[i] for i in fetch]
 
 
-def litert_logits(path: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:
-    """The reference: the source .tflite run by LiteRT, output dequantised, batch first."""
+def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
+    """Every output of the source .tflite run by LiteRT, in the model's order, dequantised,
+    batch first, in the IR layout: a 4-D (NHWC) output comes back (N, C, H, W), as the
+    importer makes every rank-4 tensor an image."""
     interp = interpreter(path)
-    out = interp.get_output_details()[0]
-    (v,), (detail,) = run(interp, x, [out["index"]])
-    return _dequantize(v, detail).reshape(len(x), -1)
+    details = interp.get_output_details()
+    vals, got = run(interp, x, [int(d["index"]) for d in details])
+    outs = [_dequantize(v, d) for v, d in zip(vals, got, strict=True)]
+    return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs]
+
+
+def litert_logits(path: str | os.PathLike[str], x: np.ndarray, output: int = 0) -> np.ndarray:
+    """The reference: output `output` (by position) of the source .tflite run by LiteRT, as
+    litert_outputs gives it (a (N, K) classifier output stays (N, K))."""
+    outs = litert_outputs(path, x)
+    if not 0 <= output < len(outs):
+        raise BadInput(f"{path}: output {output} asked, the model has {len(outs)}")
+    return outs[output]
 
 
 def litert_runner(path: str | os.PathLike[str], graph: Graph) -> Runner:
     """Run the source .tflite exposing the TFLite twins of the named IR tensors, dequantised
-    and in IR layout (mirrors onnx_runner)."""
+    and in IR layout (mirrors onnx_runner). A tensor that exists only in the IR (the input of
+    a layer that absorbed a constant, a layout transpose) comes from the graph's ANN view on
+    the same data: equal to LiteRT for a float model (tested), the dequantised network for an
+    int8 one."""
     twins = graph.meta.get("tflite", {}).get("tensors", {})
+    sim: Any = None
 
     def runner(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        missing = [n for n in names if n not in twins]
-        if missing:
-            raise BadInput(f"{path}: tensor '{missing[0]}' has no twin in the TFLite model")
-        interp = interpreter(path, preserve_all=True)
-        vals, details = run(interp, x, [int(twins[n]["index"]) for n in names])
-        return {
-            n: _to_ir(_dequantize(v, d), twins[n]["layout"])
-            for n, v, d in zip(names, vals, details, strict=True)
-        }
+        nonlocal sim
+        known = [n for n in names if n in twins]
+        out: dict[str, np.ndarray] = {}
+        if known:
+            interp = interpreter(path, preserve_all=True)
+            vals, details = run(interp, x, [int(twins[n]["index"]) for n in known])
+            for n, v, d in zip(known, vals, details, strict=True):
+                out[n] = _to_ir(_dequantize(v, d), twins[n]["layout"])
+        rest = [n for n in names if n not in twins]
+        if rest:
+            if sim is None:
+                from spikeport.sim import Simulator
+
+                sim = Simulator(graph, "ann")
+            trace = sim.run(x, 1, record=True).trace
+            out |= {n: trace[n][0] for n in rest}
+        return out
 
     return runner
 
 
-__all__ = ["interpreter", "litert_logits", "litert_runner", "run"]
+__all__ = ["interpreter", "litert_logits", "litert_outputs", "litert_runner", "run"]

@@ -117,6 +117,7 @@ class _Ctx:
     uses: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quant: dict[str, Any] = field(default_factory=dict)  # provenance: TFLite quantisation
+    dropped_softmax: list[str] = field(default_factory=list)  # outputs whose SOFTMAX was dropped
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -219,8 +220,11 @@ class _Ctx:
         kind = enum_names(self.fb.ActivationFunctionType).get(code, str(code))
         if kind == "NONE":
             return x
+        if kind == "TANH":
+            name = f"{op.node}_tanh"
+            return self.add(Node(name, "tanh", [x], name))
         if kind not in ("RELU", "RELU6"):
-            raise op.refuse(f"fused activation {kind} is not supported (only RELU, RELU6)")
+            raise op.refuse(f"fused activation {kind} is not supported (RELU, RELU6, TANH)")
         cap = 6.0 if kind == "RELU6" else None
         return self.relu(op, x, cap, f"{op.node}_{kind.lower()}")
 
@@ -371,29 +375,129 @@ def _fully_connected(ctx: _Ctx, op: _Op) -> None:
     ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), PLAIN)
 
 
-@importer("ADD")
-def _add(ctx: _Ctx, op: _Op) -> None:
+def _producer(ctx: _Ctx, t: str) -> Node | None:
+    return next((n for n in reversed(ctx.nodes) if n.output == t), None)
+
+
+def ir_const(ctx: _Ctx, op: _Op, c: np.ndarray, x: str) -> np.ndarray:
+    """A constant that broadcasts against TFLite tensor `x` (batch first, TFLite layout) as a
+    per-sample IR constant that broadcasts against the IR tensor `x` (channels first)."""
+    rank = len(ctx.shape(x)) + 1
+    if c.ndim > rank or (c.ndim == rank and c.shape[0] != 1):
+        raise op.refuse(f"constant {list(c.shape)} does not broadcast per sample")
+    c = c.reshape((1,) * (rank - c.ndim) + c.shape)[0]
+    layout = ctx.layouts[x]
+    if layout == NHWC:
+        return np.ascontiguousarray(c.transpose(2, 0, 1))
+    if layout[0] == "hwc" and c.size > 1:  # features in H, W, C order -> the IR's C, H, W
+        perm, flat = hwc_perm(*layout[1:]), np.broadcast_to(c, ctx.shape(x)).reshape(-1)
+        out = np.empty_like(flat)
+        out[perm] = flat
+        return out
+    return c
+
+
+def _channel_values(ctx: _Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
+    """`c` as one value per output channel of a conv (axis 0) / dense (last axis), or None
+    when it varies along another axis (then it cannot be folded into the layer)."""
+    out = ctx.shape(target.output)
+    try:
+        full = np.broadcast_to(c, out)
+    except ValueError:
+        return None
+    axis = 0 if target.op == "conv2d" else len(out) - 1
+    moved = np.moveaxis(full, axis, 0).reshape(out[axis], -1)
+    return moved[:, 0].astype(np.float64) if np.all(moved == moved[:, :1]) else None
+
+
+def _fold_target(ctx: _Ctx, op: _Op, k: int) -> Node | None:
+    """The conv / dense whose output alone feeds input `k` of `op` (folding into it is safe)."""
+    i = op.inputs[k]
+    p = _producer(ctx, ctx.names[i])
+    alone = ctx.uses.get(i, 0) == 1 and i not in ctx.sub.outputs
+    return p if p is not None and p.op in ("conv2d", "dense") and alone else None
+
+
+def _by_constant(ctx: _Ctx, op: _Op, x: str, c: np.ndarray, k_act: int, fold: bool) -> str:
+    """y = x * c (MUL, DIV) or x + c (ADD, SUB): folded into the conv / dense right before
+    (weights and bias, or bias) like the ONNX importer, else `scale` / `channel_scale` /
+    `offset`."""
+    mul = op.name in ("MUL", "DIV")
+    target = _fold_target(ctx, op, k_act) if fold else None
+    v = _channel_values(ctx, target, c) if target is not None else None
+    if target is not None and v is not None:
+        if mul:
+            w = target.params["weight"]
+            target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(
+                np.float32
+            )
+            target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
+        else:
+            target.params["bias"] = (target.params["bias"] + v).astype(np.float32)
+        ctx.names.pop(op.inputs[k_act], None)  # the layer's own output is gone: no twin
+        return x
+    if not mul:
+        value = np.broadcast_to(c, ctx.shape(x)) if c.ndim > len(ctx.shape(x)) else c
+        return ctx.add(Node(op.node, "offset", [x], op.node, {}, {"value": value.astype(np.float32)}))
+    if np.any(c == 0):
+        raise op.refuse("multiplying by a constant that is 0 somewhere is not supported")
+    flat = np.unique(c)
+    if flat.size == 1:
+        return ctx.add(Node(op.node, "scale", [x], op.node, {"factor": float(flat[0])}))
+    params = {"factor": c.astype(np.float32)}
+    return ctx.add(Node(op.node, "channel_scale", [x], op.node, {}, params))
+
+
+def _negate(ctx: _Ctx, op: _Op, x: str) -> str:
+    name = f"{op.node}_neg"
+    return ctx.add(Node(name, "scale", [x], name, {"factor": -1.0}))
+
+
+def _two_streams(ctx: _Ctx, op: _Op, a: str, b: str) -> str:
+    if ctx.layouts[a] != ctx.layouts[b]:  # broadcasting rules differ between the layouts
+        raise op.refuse(f"operands differ in layout ({ctx.layouts[a][0]}, {ctx.layouts[b][0]})")
+    if op.name in ("ADD", "SUB"):
+        if ctx.shape(a) != ctx.shape(b):
+            raise op.refuse(f"adds {list(ctx.shape(a))} and {list(ctx.shape(b))}: no broadcast")
+        ins = [a, _negate(ctx, op, b) if op.name == "SUB" else b]
+        return ctx.add(Node(op.node, "add", ins, op.node))
+    if op.name == "MUL":
+        for x, g in ((a, b), (b, a)):  # x * sigmoid(x) is SiLU, as in the ONNX importer
+            p = _producer(ctx, g)
+            if p is not None and p.op == "sigmoid" and p.inputs[0] == x:
+                return ctx.add(Node(op.node, "silu", [x], op.node))
+        return ctx.add(Node(op.node, "mul", [a, b], op.node))
+    return ctx.add(Node(op.node, "div", [a, b], op.node))
+
+
+@importer("ADD", "SUB", "MUL", "DIV")
+def _arith(ctx: _Ctx, op: _Op) -> None:
     const = [k for k in (0, 1) if op.inputs[k] not in ctx.names]
+    if len(const) == 2:
+        raise op.refuse("both operands are constants (an unfolded constant expression)")
     if not const:
         a, b = ctx.act(op, 0), ctx.act(op, 1)
-        if ctx.shape(a) != ctx.shape(b) or ctx.layouts[a] != ctx.layouts[b]:
-            raise op.refuse(f"adds {list(ctx.shape(a))} and {list(ctx.shape(b))}: no broadcast")
-        y = ctx.add(Node(op.node, "add", [a, b], op.node))
+        y = _two_streams(ctx, op, a, b)
         ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), ctx.layouts[a])
         return
     k_act = 1 - const[0]
     x = ctx.act(op, k_act)
-    c = ctx.const(op, const[0], "the added constant").reshape(-1)
-    target = next((n for n in ctx.nodes if n.output == x), None)
-    uses = ctx.uses.get(op.inputs[k_act], 0)
-    if target is None or target.op not in ("conv2d", "dense") or uses != 1:
-        raise op.refuse("adding a constant is supported only as the bias of the layer before it")
-    if c.size not in (1, target.params["bias"].size):
-        raise op.refuse(f"constant of {c.size} values is not a per-channel bias")
-    target.params["bias"] = (target.params["bias"] + c).astype(np.float32)
-    y = ctx.activation(op, x, op.opt("fusedActivationFunction"))
-    ctx.names.pop(op.inputs[k_act], None)
-    ctx.bind(op, y, ctx.layouts[x])
+    layout = ctx.layouts[x]
+    c = ir_const(ctx, op, ctx.const(op, const[0], "the constant").astype(np.float64), x)
+    if op.name == "DIV":
+        if k_act == 1:
+            raise op.refuse("dividing a constant by an activation is not supported")
+        if np.any(c == 0):
+            raise op.refuse("division by a constant that is 0 somewhere")
+        c = 1.0 / c
+    fold = True
+    if op.name == "SUB":
+        if k_act == 1:  # c - x = (-x) + c; the negation sits between: nothing to fold into
+            x, fold = _negate(ctx, op, x), False
+        else:
+            c = -c
+    y = _by_constant(ctx, op, x, c, k_act, fold)
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), layout)
 
 
 @importer("RELU", "RELU6")
@@ -401,6 +505,128 @@ def _relu(ctx: _Ctx, op: _Op) -> None:
     x = ctx.act(op)
     y = ctx.relu(op, x, 6.0 if op.name == "RELU6" else None, op.node)
     ctx.bind(op, y, ctx.layouts[x])
+
+
+@importer("RELU_0_TO_1")
+def _relu01(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    ctx.bind(op, ctx.relu(op, x, 1.0, op.node), ctx.layouts[x])
+
+
+# Elementwise functions with no linear spiking twin: expectation-compensated IR ops.
+UNARY = {"LOGISTIC": "sigmoid", "HARD_SWISH": "hardswish", "TANH": "tanh"}
+
+
+@importer(*UNARY)
+def _unary(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    ctx.bind(op, ctx.add(Node(op.node, UNARY[op.name], [x], op.node)), ctx.layouts[x])
+
+
+@importer("PRELU", "LEAKY_RELU")
+def _prelu(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    if op.name == "LEAKY_RELU":
+        slope = np.asarray(float(op.opt("alpha", 0.2)))
+    else:
+        slope = ir_const(ctx, op, ctx.const(op, 1, "alpha"), x)
+        ctx.record_param(op, 1, "slope", None)
+    params = {"slope": slope.astype(np.float32)}
+    ctx.bind(op, ctx.add(Node(op.node, "prelu", [x], op.node, {}, params)), ctx.layouts[x])
+
+
+def ir_axes(ctx: _Ctx, op: _Op, x: str) -> list[int]:
+    """The TFLite axis (batch = 0) behind each per-sample IR axis of `x`."""
+    layout = ctx.layouts[x]
+    if layout == NHWC:
+        return [3, 1, 2]
+    if layout == PLAIN:
+        return list(range(1, len(ctx.shape(x)) + 1))
+    raise op.refuse("its input is a flattened image (H, W, C order); not supported here")
+
+
+@importer("PAD", "PADV2")
+def _pad(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    pads = ctx.const(op, 1, "the paddings").astype(np.int64).reshape(-1, 2)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        value = ctx.const(op, 2, "the pad value")
+        if np.any(value != 0):
+            raise op.refuse(f"only zero padding is supported, the value is {value.tolist()}")
+    if len(pads) != len(ctx.shape(x)) + 1 or pads.min() < 0 or pads[0].any():
+        raise op.refuse(f"paddings {pads.tolist()} are not >= 0 per sample axis")
+    axes = ir_axes(ctx, op, x)
+    attrs = {"pads": [int(pads[a, 0]) for a in axes] + [int(pads[a, 1]) for a in axes]}
+    ctx.bind(op, ctx.add(Node(op.node, "pad", [x], op.node, attrs)), ctx.layouts[x])
+
+
+@importer("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+def _resize(ctx: _Ctx, op: _Op) -> None:
+    """TFLite's coordinate rules are ONNX Resize modes: align_corners -> align_corners,
+    half_pixel_centers -> half_pixel (nearest: floor((x + 0.5) * scale), ONNX's round up),
+    neither -> asymmetric (nearest: floor)."""
+    x = _nhwc_input(ctx, op)
+    size = [int(v) for v in ctx.const(op, 1, "the size").reshape(-1)]
+    corners, half = bool(op.opt("alignCorners", False)), bool(op.opt("halfPixelCenters", False))
+    if corners and half:
+        raise op.refuse("align_corners with half_pixel_centers has no ONNX twin")
+    how = "align_corners" if corners else "half_pixel" if half else "asymmetric"
+    nearest = op.name == "RESIZE_NEAREST_NEIGHBOR"
+    attrs = {
+        "mode": "nearest" if nearest else "linear",
+        "out_shape": [ctx.shape(x)[0], *size],
+        "coordinate_transformation_mode": how,
+        "nearest_mode": "floor" if how == "asymmetric" else "round_prefer_ceil",
+    }
+    ctx.bind(op, ctx.add(Node(op.node, "resize", [x], op.node, attrs)), NHWC)
+
+
+@importer("STRIDED_SLICE")
+def _strided_slice(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    begin, end, steps = (
+        [int(v) for v in ctx.const(op, k, what).reshape(-1)]
+        for k, what in ((1, "begin"), (2, "end"), (3, "strides"))
+    )
+    if op.opt("ellipsisMask") or op.opt("newAxisMask") or op.opt("offset", False):
+        raise op.refuse("ellipsis, new-axis and offset masks are not supported")
+    shape_in = [1, *_tfl_order(ctx, x)]
+    if len(begin) != len(shape_in):
+        raise op.refuse(f"slices {len(begin)} axes of a rank-{len(shape_in)} tensor")
+    spec = []
+    for a, size in enumerate(shape_in):
+        if op.opt("shrinkAxisMask") >> a & 1:  # one index; the axis goes away below
+            lo, hi, st = begin[a] % size, begin[a] % size + 1, 1
+        else:
+            b = None if op.opt("beginMask") >> a & 1 else begin[a]
+            e = None if op.opt("endMask") >> a & 1 else end[a]
+            if steps[a] == 0:
+                raise op.refuse(f"stride 0 on axis {a}")
+            lo, hi, st = slice(b, e, steps[a]).indices(size)
+        if a == 0 and len(range(lo, hi, st)) != 1:
+            raise op.refuse("it slices the batch axis")
+        spec.append((lo, hi, st))
+    axes = ir_axes(ctx, op, x)
+    sl = {"axes": [], "starts": [], "ends": [], "steps": []}
+    for i, a in enumerate(axes):
+        lo, hi, st = spec[a]
+        if (lo, hi, st) != (0, shape_in[a], 1):
+            for k, v in zip(sl, (i, lo, hi, st), strict=True):
+                sl[k].append(v)
+    y = ctx.add(Node(op.node, "slice", [x], op.node, sl)) if sl["axes"] else x
+    shrink = [a for a in range(1, len(shape_in)) if op.opt("shrinkAxisMask") >> a & 1]
+    if shrink:  # the shrunk axes disappear: a reshape in TFLite's order
+        out = [1] + [len(range(*spec[a])) for a in range(1, len(shape_in)) if a not in shrink]
+        ctx.layouts.setdefault(y, ctx.layouts[x])
+        _reshape_to(ctx, op, y, out)
+    else:
+        ctx.bind(op, y, ctx.layouts[x])
+
+
+def _tfl_order(ctx: _Ctx, x: str) -> list[int]:
+    """The per-sample shape of IR tensor `x` in TFLite's axis order."""
+    s = ctx.shape(x)
+    return [s[1], s[2], s[0]] if ctx.layouts[x] == NHWC else list(s)
 
 
 @importer("AVERAGE_POOL_2D", "MAX_POOL_2D")
@@ -424,53 +650,101 @@ def _pool(ctx: _Ctx, op: _Op) -> None:
 
 @importer("MEAN")
 def _mean(ctx: _Ctx, op: _Op) -> None:
-    x = _nhwc_input(ctx, op)
-    axes = sorted({int(a) % 4 for a in ctx.const(op, 1, "the axes").reshape(-1)})
-    if axes != [1, 2]:
-        raise op.refuse(f"only a mean over H and W (axes 1, 2) is supported, got {axes}")
-    _, h, w = ctx.shape(x)
-    attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
-    y = ctx.add(Node(op.node, "avgpool2d", [x], op.node, attrs))
-    if op.opt("keepDims", False):
-        ctx.bind(op, y, NHWC)
+    x = ctx.act(op)
+    rank = len(ctx.shape(x)) + 1
+    axes = sorted({int(a) % rank for a in ctx.const(op, 1, "the axes").reshape(-1)})
+    keep = bool(op.opt("keepDims", False))
+    if 0 in axes:
+        raise op.refuse("a mean over the batch axis mixes samples")
+    layout = ctx.layouts[x]
+    if layout == NHWC and axes == [1, 2]:  # over H, W: global average pooling, anywhere
+        _, h, w = ctx.shape(x)
+        attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
+        y = ctx.add(Node(op.node, "avgpool2d", [x], op.node, attrs))
+        if keep:
+            ctx.bind(op, y, NHWC)
+            return
+        name = f"{op.node}_squeeze"
+        c = ctx.shape(y)[0]
+        ctx.bind(op, ctx.add(Node(name, "reshape", [y], name, {"shape": [c]})), PLAIN)
         return
-    name = f"{op.node}_squeeze"
-    ctx.bind(op, ctx.add(Node(name, "reshape", [y], name, {"shape": [ctx.shape(y)[0]]})), PLAIN)
+    if layout == NHWC and keep:  # stays an image: mean over the matching IR axes
+        ir_axes = sorted({1: 1, 2: 2, 3: 0}[a] for a in axes)
+        attrs = {"axes": ir_axes, "keepdims": 1}
+        ctx.bind(op, ctx.add(Node(op.node, "reduce_mean", [x], op.node, attrs)), NHWC)
+        return
+    p = to_plain(ctx, op.node, x)
+    attrs = {"axes": [a - 1 for a in axes], "keepdims": int(keep)}
+    ctx.bind(op, ctx.add(Node(op.node, "reduce_mean", [p], op.node, attrs)), PLAIN)
 
 
 def _new_shape(ctx: _Ctx, op: _Op) -> list[int]:
-    if len(op.inputs) > 1 and op.inputs[1] >= 0:
-        shape = [int(d) for d in ctx.const(op, 1, "the new shape").reshape(-1)]
-    else:
-        shape = list(op.opt("newShape", None) or [])
     out = ctx.tfl(op.outputs[0]).shape
-    if not shape and out is not None:
-        shape = [int(d) for d in out]
-    return shape
+    if out is not None and len(out) and all(int(d) > 0 for d in out):
+        return [int(d) for d in out]  # the declared static shape says it all
+    if len(op.inputs) > 1 and op.inputs[1] >= 0:
+        return [int(d) for d in ctx.const(op, 1, "the new shape").reshape(-1)]
+    return list(op.opt("newShape", None) or [])
 
 
-@importer("RESHAPE")
-def _reshape(ctx: _Ctx, op: _Op) -> None:
-    x = ctx.act(op)
+def to_plain(ctx: _Ctx, name: str, x: str) -> str:
+    """`x` with its values in TFLite's order (layout plain): an NHWC image is transposed to
+    (H, W, C), a flattened one is put back in H, W, C order. Data movement, exact."""
+    layout = ctx.layouts[x]
+    if layout == PLAIN:
+        return x
+    if layout[0] == "hwc":
+        c, h, w = layout[1:]
+        x = ctx.add(Node(f"{name}_chw", "reshape", [x], f"{name}_chw", {"shape": [c, h, w]}))
+    y = ctx.add(Node(f"{name}_hwc", "transpose", [x], f"{name}_hwc", {"perm": [1, 2, 0]}))
+    if layout[0] == "hwc":
+        flat = {"shape": [int(np.prod(ctx.shape(x)))]}
+        y = ctx.add(Node(f"{name}_flat", "reshape", [y], f"{name}_flat", flat))
+    ctx.layouts[y] = PLAIN
+    return y
+
+
+def _reshape_to(ctx: _Ctx, op: _Op, x: str, shape: list[int]) -> None:
+    """Output 0 of `op` is `x` reshaped to the TFLite shape `shape` (batch first). Rank-4
+    tensors are NHWC images in the IR (C, H, W), everything else keeps TFLite's order."""
     n = int(np.prod(ctx.shape(x)))
-    shape = _new_shape(ctx, op)
-    rest = shape[1:]
-    if -1 in rest:
+    if len(shape) < 1 or shape[0] not in (1, -1):
+        raise op.refuse(f"reshape to {shape} moves data across the batch axis")
+    rest = list(shape[1:])
+    if rest.count(-1) == 1:
         known = int(np.prod([d for d in rest if d != -1]))
         rest[rest.index(-1)] = n // max(known, 1)
+    if int(np.prod(rest)) != n:
+        raise op.refuse(f"cannot reshape {n} values per sample to {shape}")
     layout = ctx.layouts[x]
-    flat = len(shape) == 2 and rest == [n]
-    same_image = len(shape) == 4 and layout == NHWC and (rest[2], *rest[:2]) == ctx.shape(x)
-    if flat and layout == NHWC:
+    if len(rest) == 1 and layout == NHWC:  # a flatten: let the dense after it absorb the order
         y, lay = _flatten(ctx, op, x, op.node)
         ctx.bind(op, y, lay)
-    elif flat or same_image:
-        ctx.names[op.outputs[0]] = x  # same values, same layout: nothing to do
-    else:
-        raise op.refuse(
-            f"reshape of {list(ctx.tfl(op.inputs[0]).shape)} to {shape} is not supported "
-            "(only flattening to (batch, features))"
+        return
+    if len(rest) == 3 and layout == NHWC and (rest[2], *rest[:2]) == ctx.shape(x):
+        ctx.names[op.outputs[0]] = x  # same image: nothing to do
+        return
+    p = to_plain(ctx, op.node, x)
+    if len(rest) == 3:  # back to an image: (H, W, C) -> (C, H, W)
+        hwc = p if tuple(rest) == ctx.shape(p) else ctx.add(
+            Node(f"{op.node}_hwc", "reshape", [p], f"{op.node}_hwc", {"shape": rest})
         )
+        y = ctx.add(Node(op.node, "transpose", [hwc], op.node, {"perm": [2, 0, 1]}))
+        ctx.bind(op, y, NHWC)
+    elif tuple(rest) == ctx.shape(p):
+        ctx.names[op.outputs[0]] = p
+        ctx.layouts.setdefault(p, PLAIN)
+    else:
+        ctx.bind(op, ctx.add(Node(op.node, "reshape", [p], op.node, {"shape": rest})), PLAIN)
+
+
+@importer("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+def _reshape(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    shape = _new_shape(ctx, op)
+    if op.name != "RESHAPE" and not all(d > 0 for d in shape):
+        raise op.refuse("the output shape is not static")
+    _reshape_to(ctx, op, x, shape)
 
 
 @importer("CONCATENATION")
@@ -511,6 +785,7 @@ def _softmax(ctx: _Ctx, op: _Op) -> None:
     if op.opt("beta", 1.0) <= 0:
         raise op.refuse(f"beta {op.opt('beta')} changes the argmax")
     ctx.names[op.outputs[0]] = ctx.act(op)
+    ctx.dropped_softmax.append(ctx.act(op))
     ctx.notes.append(
         f"operator {op.index} (SOFTMAX) at the output dropped: it does not change the argmax; "
         "the graph outputs its input (logits)"
@@ -611,11 +886,14 @@ def import_tflite(path: str | os.PathLike[str]) -> Graph:
 
 def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
     outs = [int(o) for o in ctx.sub.outputs]
-    if len(outs) != 1 or outs[0] not in ctx.names:
-        raise UnsupportedOp(f"the model must have one computed output, it has {len(outs)}")
-    out = ctx.names[outs[0]]
-    if ctx.layouts[out][0] == "hwc":
-        raise UnsupportedOp(f"graph output '{ctx.tname(outs[0])}' is a flattened NHWC tensor")
+    if not outs:
+        raise UnsupportedOp("the model has no output")
+    for k, i in enumerate(outs):
+        if i not in ctx.names:
+            raise UnsupportedOp(f"graph output {k} ('{ctx.tname(i)}') is not computed from the input")
+        if ctx.layouts[ctx.names[i]][0] == "hwc":  # a flattened image: back in TFLite's order
+            ctx.names[i] = to_plain(ctx, f"output_{k}", ctx.names[i])
+    out = [ctx.names[i] for i in outs]
     is_int = any(ctx.dtype(i) in ("INT8", "UINT8") for i in ctx.names)
     meta = {
         "source": {
@@ -624,9 +902,12 @@ def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
             "sha256": sha256_file(path),
             "schema_version": int(ctx.model.version),
             "activations": "int8 (dequantised)" if is_int else "float",
+            "outputs": [ctx.tname(i) for i in outs],
             "notes": ctx.notes,
+            # outputs whose final SOFTMAX was dropped: the source model's output is softmax(them)
+            "dropped_softmax": ctx.dropped_softmax,
         },
         "tflite": {"tensors": _tensor_map(ctx), "quantization": ctx.quant},
     }
-    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=[out], meta=meta)
+    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=out, meta=meta)
     return check_graph(graph)
