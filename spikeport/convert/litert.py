@@ -76,11 +76,19 @@ def run(
     interp: Any, x: np.ndarray, fetch: list[int]
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Run (N, C, H, W) or (N, K) data; return the raw batches of tensors `fetch` and their
-    details. Tries one batch; a model that cannot be resized runs one sample at a time."""
+    details. A model whose input declares a dynamic batch (shape signature -1) runs in one
+    batch; others run one sample at a time: a converter writes batch-1 constants into
+    RESHAPE ops, and LiteRT then folds samples together without an error."""
     inp = interp.get_input_details()[0]
     feed = _quantize(np.moveaxis(x, 1, -1) if x.ndim == 4 else x, inp)
+    sig = inp.get("shape_signature")
     try:
-        return _invoke(interp, inp["index"], feed, fetch)
+        if sig is None or len(sig) == 0 or int(sig[0]) != -1:
+            raise ValueError("batch fixed at 1")
+        vals, details = _invoke(interp, inp["index"], feed, fetch)
+        if any(v.shape[:1] != (len(x),) for v in vals):
+            raise ValueError("a fetched tensor lost the batch axis")
+        return vals, details
     except (ValueError, RuntimeError):
         parts = [_invoke(interp, inp["index"], feed[i : i + 1], fetch) for i in range(len(x))]
         return [np.concatenate([p[0][k] for p in parts]) for k in range(len(fetch))], parts[0][1]
