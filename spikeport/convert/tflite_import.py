@@ -453,6 +453,22 @@ def _negate(ctx: _Ctx, op: _Op, x: str) -> str:
     return ctx.add(Node(name, "scale", [x], name, {"factor": -1.0}))
 
 
+def _silu(ctx: _Ctx, op: _Op) -> str | None:
+    """x * LOGISTIC(x) as one `silu` node (as the ONNX importer fuses it); the LOGISTIC goes
+    when nothing else reads it."""
+    for k in (0, 1):
+        x, g = ctx.names[op.inputs[k]], ctx.names[op.inputs[1 - k]]
+        p = _producer(ctx, g)
+        if p is None or p.op != "sigmoid" or p.inputs[0] != x:
+            continue
+        gi = op.inputs[1 - k]
+        if ctx.uses.get(gi, 0) == 1 and gi not in ctx.sub.outputs:
+            ctx.nodes.remove(p)
+            del ctx.tensors[g], ctx.names[gi]
+        return ctx.add(Node(op.node, "silu", [x], op.node))
+    return None
+
+
 def _two_streams(ctx: _Ctx, op: _Op, a: str, b: str) -> str:
     if ctx.layouts[a] != ctx.layouts[b]:  # broadcasting rules differ between the layouts
         raise op.refuse(f"operands differ in layout ({ctx.layouts[a][0]}, {ctx.layouts[b][0]})")
@@ -462,11 +478,7 @@ def _two_streams(ctx: _Ctx, op: _Op, a: str, b: str) -> str:
         ins = [a, _negate(ctx, op, b) if op.name == "SUB" else b]
         return ctx.add(Node(op.node, "add", ins, op.node))
     if op.name == "MUL":
-        for x, g in ((a, b), (b, a)):  # x * sigmoid(x) is SiLU, as in the ONNX importer
-            p = _producer(ctx, g)
-            if p is not None and p.op == "sigmoid" and p.inputs[0] == x:
-                return ctx.add(Node(op.node, "silu", [x], op.node))
-        return ctx.add(Node(op.node, "mul", [a, b], op.node))
+        return _silu(ctx, op) or ctx.add(Node(op.node, "mul", [a, b], op.node))
     return ctx.add(Node(op.node, "div", [a, b], op.node))
 
 
@@ -613,8 +625,9 @@ def _strided_slice(ctx: _Ctx, op: _Op) -> None:
         if (lo, hi, st) != (0, shape_in[a], 1):
             for k, v in zip(sl, (i, lo, hi, st), strict=True):
                 sl[k].append(v)
-    y = ctx.add(Node(op.node, "slice", [x], op.node, sl)) if sl["axes"] else x
     shrink = [a for a in range(1, len(shape_in)) if op.opt("shrinkAxisMask") >> a & 1]
+    name = f"{op.node}_slice" if shrink else op.node
+    y = ctx.add(Node(name, "slice", [x], name, sl)) if sl["axes"] else x
     if shrink:  # the shrunk axes disappear: a reshape in TFLite's order
         out = [1] + [len(range(*spec[a])) for a in range(1, len(shape_in)) if a not in shrink]
         ctx.layouts.setdefault(y, ctx.layouts[x])
