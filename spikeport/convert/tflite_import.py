@@ -157,8 +157,11 @@ class _Ctx:
         if dt is None:
             raise op.refuse(f"tensor '{self.tname(i)}' has type {self.dtype(i)}")
         shape = list(t.shape) if t.shape is not None else []
+        values = np.frombuffer(payload, np.dtype(dt).newbyteorder("<"))
+        if t.sparsity is not None:  # only the stored (nonzero) values: see DENSIFY
+            return values
         try:
-            return np.frombuffer(payload, np.dtype(dt).newbyteorder("<")).reshape(shape)
+            return values.reshape(shape)
         except ValueError:
             raise BadInput(f"tensor '{self.tname(i)}': data does not fit shape {shape}") from None
 
@@ -789,6 +792,71 @@ def _requantize(ctx: _Ctx, op: _Op) -> None:
         f"operator {op.index} ({op.name}): {ctx.dtype(i).lower()} -> {ctx.dtype(o).lower()}, "
         "the identity on real values"
     )
+
+
+def densify(values: np.ndarray, shape: list[int], sp: Any) -> np.ndarray:
+    """The dense array of a sparse TFLite constant (TACO-style: per traversed dimension DENSE
+    or SPARSE_CSR, optional block dimensions), as TFLite's FormatConverter expands it."""
+    order, rank = [int(d) for d in sp.traversalOrder], len(shape)
+    blocks = [int(d) for d in (sp.blockMap if sp.blockMap is not None else [])]
+    coords = np.zeros((1, 0), np.int64)  # one row per stored prefix, traversal order
+    pos = np.zeros(1, np.int64)  # each prefix's position at its level
+    for dm in sp.dimMetadata:
+        if dm.format == 0:  # DENSE: every index, positions row-major under the parent
+            n = int(dm.denseSize)
+            coords = np.hstack([np.repeat(coords, n, 0), np.tile(np.arange(n), len(pos))[:, None]])
+            pos = (pos[:, None] * n + np.arange(n)).reshape(-1)
+        else:  # SPARSE_CSR: the parent's segment of stored indices
+            seg = np.asarray(dm.arraySegments.values, np.int64)
+            idx = np.asarray(dm.arrayIndices.values, np.int64)
+            counts = seg[pos + 1] - seg[pos]
+            pos = np.concatenate([np.arange(seg[p], seg[p + 1]) for p in pos] + [pos[:0]])
+            coords = np.hstack([np.repeat(coords, counts, 0), idx[pos][:, None]])
+    expanded = np.empty_like(coords)
+    expanded[:, order] = coords
+    full = expanded[:, :rank].copy()
+    for j, d in enumerate(blocks):  # block dimension rank + j splits original dimension d
+        size = int(sp.dimMetadata[order.index(rank + j)].denseSize)
+        full[:, d] = full[:, d] * size + expanded[:, rank + j]
+    out = np.zeros(shape, values.dtype)
+    out[tuple(full.T)] = values[pos]
+    return out
+
+
+@importer("DENSIFY")
+def _densify(ctx: _Ctx, op: _Op) -> None:
+    i = op.inputs[0]
+    t = ctx.tfl(i)
+    values = ctx.raw(op, i)
+    if values is None or t.sparsity is None:
+        raise op.refuse(f"'{ctx.tname(i)}' is not a stored sparse constant")
+    dense = densify(values, [int(d) for d in t.shape], t.sparsity)
+    q = ctx.qparams(i)
+    if q is not None and dense.dtype.kind != "f":
+        scale, zp, axis = q
+        shape = [1] * dense.ndim
+        if len(scale) > 1:
+            shape[axis] = len(scale)
+        dense = (dense - zp.reshape(shape)) * scale.reshape(shape)
+    ctx.consts[op.outputs[0]] = dense.astype(np.float32)
+
+
+@importer("DEPTH_TO_SPACE")
+def _depth_to_space(ctx: _Ctx, op: _Op) -> None:
+    """TFLite's depth order is (row offset, column offset, channel): in the IR a reshape to
+    (b, b, C, H, W), a transpose to (C, H, b, W, b) and a reshape to (C, H*b, W*b)."""
+    x = _nhwc_input(ctx, op)
+    b = int(op.opt("blockSize"))
+    cin, h, w = ctx.shape(x)
+    if b < 1 or cin % (b * b):
+        raise op.refuse(f"{cin} channels do not split into blocks of {b}x{b}")
+    c = cin // (b * b)
+    split = f"{op.node}_split"
+    y = ctx.add(Node(split, "reshape", [x], split, {"shape": [b, b, c, h, w]}))
+    moved = f"{op.node}_move"
+    y = ctx.add(Node(moved, "transpose", [y], moved, {"perm": [2, 3, 0, 4, 1]}))
+    y = ctx.add(Node(op.node, "reshape", [y], op.node, {"shape": [c, h * b, w * b]}))
+    ctx.bind(op, y, NHWC)
 
 
 @importer("SOFTMAX")
