@@ -85,24 +85,32 @@ def run(
     try:
         if sig is None or len(sig) == 0 or int(sig[0]) != -1:
             raise ValueError("batch fixed at 1")
-        vals, details = _invoke(interp, inp["index"], feed, fetch)
+        vals, details = _invoke(interp, inp["index"], [feed], fetch)
         if any(v.shape[:1] != (len(x),) for v in vals):
             raise ValueError("a fetched tensor lost the batch axis")
         return vals, details
     except (ValueError, RuntimeError):
-        parts = [_invoke(interp, inp["index"], feed[i : i + 1], fetch) for i in range(len(x))]
-        return [np.concatenate([p[0][k] for p in parts]) for k in range(len(fetch))], parts[0][1]
+        try:
+            return _invoke(interp, inp["index"], [feed[i : i + 1] for i in range(len(x))], fetch)
+        except (ValueError, RuntimeError) as e:  # e.g. a custom op LiteRT has no kernel for
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BadInput(f"LiteRT cannot run the model ({first})") from None
 
 
 def _invoke(
-    interp: Any, index: int, feed: np.ndarray, fetch: list[int]
+    interp: Any, index: int, feeds: list[np.ndarray], fetch: list[int]
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    interp.resize_tensor_input(index, list(feed.shape))
+    """Invoke once per feed (all of one shape: tensors are allocated once) and concatenate."""
+    interp.resize_tensor_input(index, list(feeds[0].shape))
     interp.allocate_tensors()
-    interp.set_tensor(index, feed)
-    interp.invoke()
+    got: list[list[np.ndarray]] = [[] for _ in fetch]
+    for feed in feeds:
+        interp.set_tensor(index, feed)
+        interp.invoke()
+        for k, i in enumerate(fetch):
+            got[k].append(interp.get_tensor(i).copy())
     details = {d["index"]: d for d in interp.get_tensor_details()}
-    return [interp.get_tensor(i).copy() for i in fetch], [details[i] for i in fetch]
+    return [np.concatenate(v) for v in got], [details[i] for i in fetch]
 
 
 def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
