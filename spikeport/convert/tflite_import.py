@@ -1,16 +1,24 @@
 """TFLite -> Graph (stage "ann"), float and int8 models alike.
 
 The flatbuffer is read with the schema that ai-edge-litert ships (no TensorFlow). Each builtin
-op has one importer, registered by its name; anything else is refused naming the op and its
-index. What differs from ONNX, and how it is handled:
+op has one importer, registered by its name, emitting the same IR ops the ONNX importer emits
+for its twin (spikeport.convert.onnx_ops); anything else is refused in one line naming the
+operator's index and op. What differs from ONNX, and how it is handled:
 
-- Layout. TFLite activations are NHWC; the IR is (C, H, W) per sample. Weights are transposed
-  at import (conv OHWI -> OIHW, depthwise 1HW(C*M) -> (C*M)1HW with group C) and nothing is
-  added at run time. A flatten of an NHWC tensor is an IR reshape of the (C, H, W) tensor, so
-  its values come out in C, H, W order instead of TFLite's H, W, C: the fully connected layer
-  after it gets its weight columns permuted to match. Data files stay (N, C, H, W) as DESIGN
-  section 4 says; the LiteRT reference is fed transposed data (spikeport.convert.litert).
-- Fused activations (RELU, RELU6) become a relu node after the op.
+- Layout. TFLite activations are NHWC; the IR is (C, H, W) per sample. Every rank-4 TFLite
+  tensor is an image, (C, H, W) in the IR; every other tensor keeps TFLite's axis order
+  (batch dropped). Weights and per-channel constants (PRELU alpha, MUL / ADD operands, PAD
+  widths) are moved to the IR layout at import, so nothing is added at run time for them.
+  A flatten of an NHWC tensor is an IR reshape of the (C, H, W) tensor, so its values come
+  out in C, H, W order instead of TFLite's H, W, C: the fully connected layer after it gets
+  its weight columns permuted to match. Any other reshape of an image (a detection head's
+  (1, H*W*anchors, 4)) transposes it to (H, W, C) first: one exact data-movement node. Data
+  files stay (N, C, H, W) as DESIGN section 4 says; the LiteRT reference is fed transposed
+  data (spikeport.convert.litert).
+- Fused activations (RELU, RELU6, TANH) become a node after the op.
+- MUL / ADD / SUB / DIV by a constant fold into the conv / fully connected layer right
+  before (weights and bias, or bias) when nothing else reads its output and the constant is
+  per channel; elsewhere they become `scale` / `channel_scale` / `offset`, as for ONNX.
 - int8 (and other quantised) tensors are dequantised: constants as real = scale * (q - zp)
   per tensor or per channel; the graph is the real-valued network the int8 model encodes.
   Every scale and zero point is kept in `meta["tflite"]` (per IR tensor and per node param,
@@ -18,12 +26,15 @@ index. What differs from ONNX, and how it is handled:
   ReLU's output saturates at scale * (127 - zp): that bound becomes the relu's cap, as the
   model computes it.
 - QUANTIZE / DEQUANTIZE of activations are the identity on real values and vanish (noted);
-  a DEQUANTIZE of a constant (float16 / int8 weights) becomes that constant.
-- SOFTMAX is accepted only as the op that writes the graph output: it does not change the
-  argmax, so it is dropped and a note says so; anywhere else it is refused.
+  a DEQUANTIZE of a constant (float16 / int8 weights) becomes that constant, and DENSIFY of
+  a sparse constant its dense array.
+- SOFTMAX is accepted only as the op that writes a graph output: it does not change the
+  argmax, so it is dropped, noted and listed in meta["source"]["dropped_softmax"] (as the
+  ONNX importer does); anywhere else it is refused.
+- Several graph outputs are kept, in the model's order.
 
 `meta["tflite"]["tensors"]` maps each IR tensor with a TFLite twin to that tensor's index and
-layout: the LiteRT calibration runner reads the IR's relu outputs through it.
+layout: the LiteRT calibration runner reads the IR's activations through it.
 """
 
 from __future__ import annotations
