@@ -402,3 +402,92 @@ def test_mul_by_zero_not_after_a_layer_is_refused(tmp_path):
     path = _write(tmp_path, "z", wr.finish([x], [out]))
     with pytest.raises(UnsupportedOp, match=r"operator 1 \(MUL\): multiplying by a constant"):
         import_tflite(path)
+
+
+# ---- int8: the new ops in a full-integer body -----------------------------------------------
+
+
+def int8_blocks(act: dict[str, list[float]] | None = None) -> Model:
+    """QUANTIZE -> PAD -> CONV_2D -> PRELU -> LOGISTIC, MUL of the two (SiLU), ADD back -> MEAN and
+    RESIZE_BILINEAR -> DEQUANTIZE, in float (act None) or int8 with activation ranges `act`
+    (TFLite's spec: per-channel int8 weights, int32 biases, LOGISTIC at 1/256 - 128, PAD and
+    RESIZE sharing their input's parameters)."""
+    wr = mk.TFLiteWriter()
+    q = act is not None
+    dt = np.int8 if q else np.float32
+
+    def qa(name: str):
+        return mk.asymmetric(*act[name]) if q else None  # type: ignore[index]
+
+    def t(name: str, shape: list[int], quant=None):
+        return wr.tensor(name, shape, dt, quant=quant if q else None)
+
+    x = wr.tensor("x", [1, 6, 6, 2])
+    cur = x
+    if q:
+        cur = t("x_q", [1, 6, 6, 2], mk.asymmetric(0.0, 4.0))
+        wr.op(OP.QUANTIZE, [x], [cur], version=2)
+    q_in = mk.asymmetric(0.0, 4.0)
+    p = t("pad", [1, 8, 8, 2], q_in)
+    wr.op(OP.PAD, [cur, _i(wr, "pad/p", [[0, 0], [1, 1], [1, 1], [0, 0]])], [p], version=2)
+    w = _w(30, 4, 3, 3, 2)
+    bias = np.linspace(-0.2, 0.2, 4).astype(np.float32)
+    if q:
+        sw = np.abs(w.reshape(4, -1)).max(1) / 127
+        wt = wr.tensor("c/w", [4, 3, 3, 2], np.int8, np.round(w / sw[:, None, None, None]),
+                       mk.Quant(list(sw), [0] * 4))
+        bt = wr.tensor("c/b", [4], np.int32, np.round(bias / (sw * q_in.scale[0])),
+                       mk.Quant(list(sw * q_in.scale[0]), [0] * 4))
+    else:
+        wt, bt = _c(wr, "c/w", w), _c(wr, "c/b", bias)
+    c = t("conv", [1, 6, 6, 4], qa("conv"))
+    wr.op(OP.CONV_2D, [p, wt, bt], [c], mk.options(
+        fb.Conv2DOptionsT, padding=fb.Padding.VALID, strideH=1, strideW=1), version=3 if q else 1)
+    alpha = np.linspace(0.1, 0.4, 4).reshape(1, 1, 4).astype(np.float32)
+    if q:
+        sa = float(np.abs(alpha).max() / 127)
+        at = wr.tensor("prelu/alpha", [1, 1, 4], np.int8, np.round(alpha / sa), mk.Quant([sa], [0]))
+    else:
+        at = _c(wr, "prelu/alpha", alpha)
+    pr = t("prelu", [1, 6, 6, 4], qa("prelu"))
+    wr.op(OP.PRELU, [c, at], [pr])
+    sg = t("sig", [1, 6, 6, 4], mk.Quant([1 / 256], [-128]))
+    wr.op(OP.LOGISTIC, [pr], [sg], version=2 if q else 1)
+    m = t("mul", [1, 6, 6, 4], qa("mul"))
+    wr.op(OP.MUL, [pr, sg], [m], mk.options(fb.MulOptionsT), version=2 if q else 1)
+    a = t("add", [1, 6, 6, 4], qa("add"))
+    wr.op(OP.ADD, [m, pr], [a], mk.options(fb.AddOptionsT), version=2 if q else 1)
+    mean = t("mean", [1, 1, 1, 4], qa("mean"))
+    wr.op(OP.MEAN, [a, _i(wr, "mean/axes", [1, 2])], [mean],
+          mk.options(fb.ReducerOptionsT, keepDims=True), version=2 if q else 1)
+    up = t("up", [1, 9, 9, 4], qa("add"))
+    wr.op(OP.RESIZE_BILINEAR, [a, _i(wr, "up/size", [9, 9])], [up],
+          mk.options(fb.ResizeBilinearOptionsT, halfPixelCenters=True), version=3)
+    outs = [mean, up]
+    if q:
+        outs = []
+        for name, src, shape in (("mean_f", mean, [1, 1, 1, 4]), ("up_f", up, [1, 9, 9, 4])):
+            o = wr.tensor(name, shape)
+            wr.op(OP.DEQUANTIZE, [src], [o], version=2)
+            outs.append(o)
+    return wr.finish([x], outs), (2, 6, 6)
+
+
+def test_int8_new_ops_match_litert(tmp_path):
+    """The dequantised graph of an int8 PAD / PRELU / LOGISTIC / MUL / ADD / MEAN / RESIZE body
+    is within a few int8 steps of LiteRT's int8 kernels."""
+    x = np.random.default_rng(1).uniform(0, 4, size=(16, 2, 6, 6)).astype(np.float32)
+    model_f, _ = int8_blocks()
+    ranges = mk.float_ranges(model_f, x)
+    model, _ = int8_blocks({k: list(v) for k, v in ranges.items()})
+    path = _write(tmp_path, "q", model)
+    g = import_tflite(path)
+    assert [n.op for n in g.nodes] == [
+        "pad", "conv2d", "prelu", "silu", "add", "avgpool2d", "resize"
+    ]  # prelu * LOGISTIC(prelu) is SiLU
+    assert g.meta["source"]["activations"] == "int8 (dequantised)"
+    out = Simulator(g, "ann").run(x, 1).outputs
+    for k, o in enumerate(g.outputs):
+        ref = litert_outputs(path, x)[k]
+        step = mk.asymmetric(*ranges["add"]).scale[0]
+        assert np.abs(out[o][0] - ref).max() <= 3 * step, o  # measured: 0.4 and 2.0 steps
