@@ -227,6 +227,34 @@ for _code, _kind in ((OP.RESIZE_BILINEAR, "bilinear"), (OP.RESIZE_NEAREST_NEIGHB
             MODELS[f"{_kind}_{_mode}_{_size[0]}x{_size[1]}"] = resize(_code, _align, _half, _size)
 
 
+def transpose_conv(k: int, s: int, pad: int, bias: bool) -> Callable[[], Model]:
+    def build() -> Model:
+        wr = mk.TFLiteWriter()
+        x = wr.tensor("x", [1, 4, 3, 2])
+        c = _conv(wr, x, "c", _w(40, 3, 1, 1, 2), [1, 4, 3, 3], act=ACT.RELU)
+        if pad == fb.Padding.SAME:
+            out = [4 * s, 3 * s]
+        else:
+            out = [(4 - 1) * s + k, (3 - 1) * s + k]
+        y = wr.tensor("up", [1, *out, 5])
+        ins = [_i(wr, "shape", [1, *out, 5]), _c(wr, "w", _w(41, 5, k, k, 3)), c]
+        if bias:
+            ins.append(_c(wr, "b", np.linspace(-0.3, 0.3, 5)))
+        opts = mk.options(fb.TransposeConvOptionsT, padding=pad, strideH=s, strideW=s)
+        wr.op(OP.TRANSPOSE_CONV, ins, [y], opts, version=3 if bias else 1)
+        return wr.finish([x], [y]), (2, 4, 3)
+
+    return build
+
+
+for _k, _s, _pad, _b in (
+    (3, 2, fb.Padding.SAME, True), (4, 2, fb.Padding.SAME, False), (2, 2, fb.Padding.VALID, True),
+    (3, 1, fb.Padding.SAME, True), (3, 3, fb.Padding.VALID, False), (5, 2, fb.Padding.SAME, True),
+):  # fmt: skip
+    _pname = "same" if _pad == fb.Padding.SAME else "valid"
+    MODELS[f"transpose_conv_k{_k}_s{_s}_{_pname}"] = transpose_conv(_k, _s, _pad, _b)
+
+
 def _write(tmp_path: Path, name: str, model: bytes) -> Path:
     p = tmp_path / f"{name}.tflite"
     p.write_bytes(model)
@@ -336,12 +364,11 @@ def _chain(code: int, opts=None, extra: list[int] | None = None, **kw) -> bytes:
 
 REFUSED = {
     "unknown op": (lambda: _chain(OP.EXP), r"operator 1 \(EXP\): op is not in"),
-    "transpose conv": (
+    "mirror pad": (
         lambda: _chain(
-            OP.TRANSPOSE_CONV,
-            mk.options(fb.TransposeConvOptionsT, padding=fb.Padding.SAME, strideH=1, strideW=1),
+            OP.MIRROR_PAD, mk.options(fb.MirrorPadOptionsT), extra=[lambda wr: _i(wr, "p", [[0, 0]] * 4)]
         ),
-        r"operator 1 \(TRANSPOSE_CONV\)",
+        r"operator 1 \(MIRROR_PAD\): op is not in",
     ),
     "pad value": (
         lambda: _chain(
@@ -491,3 +518,4 @@ def test_int8_new_ops_match_litert(tmp_path):
         ref = litert_outputs(path, x)[k]
         step = mk.asymmetric(*ranges["add"]).scale[0]
         assert np.abs(out[o][0] - ref).max() <= 3 * step, o  # measured: 0.4 and 2.0 steps
+

@@ -870,6 +870,67 @@ def _depth_to_space(ctx: _Ctx, op: _Op) -> None:
     ctx.bind(op, y, NHWC)
 
 
+@importer("TRANSPOSE_CONV")
+def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
+    """Exactly, as sub-pixel convolution: output row u = q*s + r (phase r) sums x[q - m] *
+    W[r + s*m], an ordinary convolution of x with the taps of phase r, flipped. One conv2d
+    gives every phase as a channel group, ordered (r_h, r_w, c) like DEPTH_TO_SPACE's depth;
+    then the phases are interleaved (reshape, transpose, reshape) and the padding cropped
+    (slice). Inputs: output shape, filter (OHWI), x, optional bias."""
+    x = ctx.act(op, 2)
+    if ctx.layouts.get(x) != NHWC:
+        raise op.refuse(f"expects a 4-D NHWC input, '{ctx.tname(op.inputs[2])}' is not one")
+    w = ctx.const(op, 1, "the filter").astype(np.float64)  # (Cout, kh, kw, Cin)
+    out_shape = [int(v) for v in ctx.const(op, 0, "the output shape").reshape(-1)]
+    cin, h, wd = ctx.shape(x)
+    cout, k = w.shape[0], list(w.shape[1:3])
+    if w.ndim != 4 or w.shape[3] != cin or len(out_shape) != 4 or out_shape[3] != cout:
+        raise op.refuse(f"filter {list(w.shape)} / output {out_shape} do not fit input {cin}")
+    st = [op.opt("strideH", 1) or 1, op.opt("strideW", 1) or 1]
+    out = out_shape[1:3]
+    pad = enum_names(ctx.fb.Padding).get(op.opt("padding"), "?")
+    if pad not in ("SAME", "VALID"):
+        raise op.refuse(f"padding {pad} is not supported")
+    # TFLite pads as the forward convolution from the output size back to the input size.
+    before = same_pads((out[0], out[1]), k, st, [1, 1])[:2] if pad == "SAME" else [0, 0]
+    m = [-(-k[a] // st[a]) for a in (0, 1)]
+    q = [h + m[0] - 1, wd + m[1] - 1]  # rows of each phase's convolution (pads m - 1 each side)
+    if any(before[a] + out[a] > q[a] * st[a] for a in (0, 1)):
+        raise op.refuse(f"output {out} does not fit the input {[h, wd]} at strides {st}")
+    sub = np.zeros((st[0], st[1], cout, cin, m[0], m[1]))
+    for rh in range(st[0]):
+        for jh in range(m[0]):
+            kh = rh + st[0] * (m[0] - 1 - jh)
+            for rw in range(st[1]):
+                for jw in range(m[1]):
+                    kw = rw + st[1] * (m[1] - 1 - jw)
+                    if kh < k[0] and kw < k[1]:
+                        sub[rh, rw, :, :, jh, jw] = w[:, kh, kw, :]
+    b = _bias(ctx, op, 3, cout)
+    params = {
+        "weight": sub.reshape(-1, cin, m[0], m[1]).astype(np.float32),
+        "bias": np.tile(b, st[0] * st[1]).astype(np.float32),
+    }
+    attrs = {"strides": [1, 1], "pads": [m[0] - 1, m[1] - 1] * 2, "dilations": [1, 1], "group": 1}
+    phases = f"{op.node}_phases"
+    y = ctx.add(Node(phases, "conv2d", [x], phases, attrs, params))
+    ctx.record_param(op, 1, "weight", None)
+    split = f"{op.node}_split"
+    y = ctx.add(Node(split, "reshape", [y], split, {"shape": [st[0], st[1], cout, *q]}))
+    moved = f"{op.node}_move"
+    y = ctx.add(Node(moved, "transpose", [y], moved, {"perm": [2, 3, 0, 4, 1]}))
+    full = f"{op.node}_full"
+    y = ctx.add(Node(full, "reshape", [y], full, {"shape": [cout, q[0] * st[0], q[1] * st[1]]}))
+    crop = {
+        "axes": [1, 2],
+        "starts": before,
+        "ends": [before[0] + out[0], before[1] + out[1]],
+        "steps": [1, 1],
+    }
+    y = ctx.add(Node(op.node, "slice", [y], op.node, crop))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+
+
 @importer("SOFTMAX")
 def _softmax(ctx: _Ctx, op: _Op) -> None:
     if op.outputs[0] not in ctx.sub.outputs or ctx.uses.get(op.outputs[0], 0):
