@@ -255,6 +255,22 @@ for _k, _s, _pad, _b in (
     MODELS[f"transpose_conv_k{_k}_s{_s}_{_pname}"] = transpose_conv(_k, _s, _pad, _b)
 
 
+def alias() -> Model:
+    """CONV_2D -> identity RESHAPE -> MUL by a per-channel constant, ADDed to the conv output
+    itself: the conv has two readers (one through the alias), so the MUL must not fold."""
+    wr = mk.TFLiteWriter()
+    x = wr.tensor("x", [1, 4, 4, 2])
+    c = _conv(wr, x, "c", _w(50, 3, 1, 1, 2), [1, 4, 4, 3])
+    r = wr.tensor("same", [1, 4, 4, 3])
+    wr.op(OP.RESHAPE, [c, _i(wr, "same/shape", [1, 4, 4, 3])], [r],
+          mk.options(fb.ReshapeOptionsT, newShape=[1, 4, 4, 3]))
+    m = _binary(wr, OP.MUL, r, _c(wr, "m/c", [2.0, -1.0, 0.5]), "m", [1, 4, 4, 3], fb.MulOptionsT)
+    out = _binary(wr, OP.ADD, m, c, "out", [1, 4, 4, 3], fb.AddOptionsT)
+    return wr.finish([x], [out]), (2, 4, 4)
+
+
+MODELS["alias"] = alias
+
 def _write(tmp_path: Path, name: str, model: bytes) -> Path:
     p = tmp_path / f"{name}.tflite"
     p.write_bytes(model)
@@ -314,6 +330,11 @@ def test_gates_map_to_the_onnx_vocabulary(tmp_path):
     assert g.node("sub_11").params["value"].shape == (8, 1, 1)
     assert g.outputs == ["add_21", "conv_2d_8_relu", "prelu_4"]
     assert g.meta["source"]["outputs"] == ["sum", "se/conv", "prelu"]
+
+
+def test_no_fold_into_a_layer_read_twice(tmp_path):
+    g = import_tflite(_write(tmp_path, "a", alias()[0]))
+    assert [n.op for n in g.nodes] == ["conv2d", "channel_scale", "add"]
 
 
 def test_head_layouts_and_dropped_softmax(tmp_path):

@@ -424,12 +424,24 @@ def _channel_values(ctx: _Ctx, target: Node, c: np.ndarray) -> np.ndarray | None
     return moved[:, 0].astype(np.float64) if np.all(moved == moved[:, :1]) else None
 
 
+def _aliases(ctx: _Ctx, ir: str) -> list[int]:
+    """Every TFLite tensor whose values IR tensor `ir` holds (an identity RESHAPE aliases)."""
+    return [t for t, n in ctx.names.items() if n == ir]
+
+
+def _only_reader(ctx: _Ctx, op: _Op, k: int) -> bool:
+    """Whether `op` is the one reader of input `k`'s values (through any alias) and they are
+    no graph output: then the op may rewrite the layer that made them."""
+    twins = _aliases(ctx, ctx.names[op.inputs[k]])
+    outs = {int(o) for o in ctx.sub.outputs}
+    return sum(ctx.uses.get(t, 0) for t in twins) == 1 and not outs & set(twins)
+
+
 def _fold_target(ctx: _Ctx, op: _Op, k: int) -> Node | None:
     """The conv / dense whose output alone feeds input `k` of `op` (folding into it is safe)."""
-    i = op.inputs[k]
-    p = _producer(ctx, ctx.names[i])
-    alone = ctx.uses.get(i, 0) == 1 and i not in ctx.sub.outputs
-    return p if p is not None and p.op in ("conv2d", "dense") and alone else None
+    p = _producer(ctx, ctx.names[op.inputs[k]])
+    ok = p is not None and p.op in ("conv2d", "dense") and _only_reader(ctx, op, k)
+    return p if ok else None
 
 
 def _by_constant(ctx: _Ctx, op: _Op, x: str, c: np.ndarray, k_act: int, fold: bool) -> str:
@@ -448,7 +460,8 @@ def _by_constant(ctx: _Ctx, op: _Op, x: str, c: np.ndarray, k_act: int, fold: bo
             target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
         else:
             target.params["bias"] = (target.params["bias"] + v).astype(np.float32)
-        ctx.names.pop(op.inputs[k_act], None)  # the layer's own output is gone: no twin
+        for t in _aliases(ctx, x):  # the layer's own output is gone: no twin any more
+            del ctx.names[t]
         return x
     if not mul:
         value = np.broadcast_to(c, ctx.shape(x)) if c.ndim > len(ctx.shape(x)) else c
@@ -475,10 +488,11 @@ def _silu(ctx: _Ctx, op: _Op) -> str | None:
         p = _producer(ctx, g)
         if p is None or p.op != "sigmoid" or p.inputs[0] != x:
             continue
-        gi = op.inputs[1 - k]
-        if ctx.uses.get(gi, 0) == 1 and gi not in ctx.sub.outputs:
+        if _only_reader(ctx, op, 1 - k):
             ctx.nodes.remove(p)
-            del ctx.tensors[g], ctx.names[gi]
+            del ctx.tensors[g]
+            for t in _aliases(ctx, g):
+                del ctx.names[t]
         return ctx.add(Node(op.node, "silu", [x], op.node))
     return None
 
