@@ -464,8 +464,8 @@ def _by_constant(ctx: _Ctx, op: _Op, x: str, c: np.ndarray, k_act: int, fold: bo
             del ctx.names[t]
         return x
     if not mul:
-        value = np.broadcast_to(c, ctx.shape(x)) if c.ndim > len(ctx.shape(x)) else c
-        return ctx.add(Node(op.node, "offset", [x], op.node, {}, {"value": value.astype(np.float32)}))
+        params = {"value": c.astype(np.float32)}
+        return ctx.add(Node(op.node, "offset", [x], op.node, {}, params))
     if np.any(c == 0):
         raise op.refuse("multiplying by a constant that is 0 somewhere is not supported")
     flat = np.unique(c)
