@@ -97,13 +97,26 @@ def gates() -> Model:
     wr.op(OP.PRELU, [a1, alpha], [pr])
     dw = wr.tensor("dw", s8)
     dopts = mk.options(
-        fb.DepthwiseConv2DOptionsT, padding=fb.Padding.SAME, strideH=1, strideW=1,
+        fb.DepthwiseConv2DOptionsT,
+        padding=fb.Padding.SAME,
+        strideH=1,
+        strideW=1,
         depthMultiplier=1,
     )
-    wr.op(OP.DEPTHWISE_CONV_2D, [pr, _c(wr, "dw/w", _w(3, 1, 3, 3, 8, gain=3)), _c(wr, "dw/b", np.zeros(8))], [dw], dopts)
+    wr.op(
+        OP.DEPTHWISE_CONV_2D,
+        [pr, _c(wr, "dw/w", _w(3, 1, 3, 3, 8, gain=3)), _c(wr, "dw/b", np.zeros(8))],
+        [dw],
+        dopts,
+    )
     hs = _unary(wr, OP.HARD_SWISH, dw, "hswish", s8)
     se = wr.tensor("se/mean", [1, 1, 1, 8])
-    wr.op(OP.MEAN, [hs, _i(wr, "se/axes", [1, 2])], [se], mk.options(fb.ReducerOptionsT, keepDims=True))
+    wr.op(
+        OP.MEAN,
+        [hs, _i(wr, "se/axes", [1, 2])],
+        [se],
+        mk.options(fb.ReducerOptionsT, keepDims=True),
+    )
     se2 = _conv(wr, se, "se/conv", _w(4, 8, 1, 1, 8), [1, 1, 1, 8], act=ACT.RELU)
     gate = _unary(wr, OP.LOGISTIC, se2, "se/gate", [1, 1, 1, 8])
     g = _binary(wr, OP.MUL, hs, gate, "se/mul", s8, fb.MulOptionsT)
@@ -131,32 +144,61 @@ def head() -> Model:
     f = _conv(wr, x, "f", _w(6, 6, 3, 3, 3), [1, 4, 4, 6], act=ACT.RELU, stride=2)
     reg = _conv(wr, f, "reg", _w(7, 8, 1, 1, 6), [1, 4, 4, 8])
     r1 = wr.tensor("reg/r", [1, 32, 4])
-    wr.op(OP.RESHAPE, [reg, _i(wr, "reg/shape", [1, 32, 4])], [r1],
-          mk.options(fb.ReshapeOptionsT, newShape=[1, 32, 4]))
+    wr.op(
+        OP.RESHAPE,
+        [reg, _i(wr, "reg/shape", [1, 32, 4])],
+        [r1],
+        mk.options(fb.ReshapeOptionsT, newShape=[1, 32, 4]),
+    )
     mp = wr.tensor("pool", [1, 2, 2, 6])
-    wr.op(OP.MAX_POOL_2D, [f], [mp], mk.options(
-        fb.Pool2DOptionsT, padding=fb.Padding.VALID, filterHeight=2, filterWidth=2,
-        strideH=2, strideW=2))
+    wr.op(
+        OP.MAX_POOL_2D,
+        [f],
+        [mp],
+        mk.options(
+            fb.Pool2DOptionsT,
+            padding=fb.Padding.VALID,
+            filterHeight=2,
+            filterWidth=2,
+            strideH=2,
+            strideW=2,
+        ),
+    )
     reg2 = _conv(wr, mp, "reg2", _w(8, 8, 1, 1, 6), [1, 2, 2, 8])
     r2 = wr.tensor("reg2/r", [1, 8, 4])
-    wr.op(OP.RESHAPE, [reg2, _i(wr, "reg2/shape", [1, 8, 4])], [r2],
-          mk.options(fb.ReshapeOptionsT, newShape=[1, 8, 4]))
+    wr.op(
+        OP.RESHAPE,
+        [reg2, _i(wr, "reg2/shape", [1, 8, 4])],
+        [r2],
+        mk.options(fb.ReshapeOptionsT, newShape=[1, 8, 4]),
+    )
     cat = wr.tensor("boxes", [1, 40, 4])
     wr.op(OP.CONCATENATION, [r1, r2], [cat], mk.options(fb.ConcatenationOptionsT, axis=1))
     sl = wr.tensor("boxes/xy", [1, 40, 2])
     ss = fb.StridedSliceOptionsT
-    wr.op(OP.STRIDED_SLICE, [cat, _i(wr, "sl/b", [0, 0, 1]), _i(wr, "sl/e", [1, 40, 3]),
-                             _i(wr, "sl/s", [1, 1, 1])], [sl], mk.options(ss))
+    wr.op(
+        OP.STRIDED_SLICE,
+        [cat, _i(wr, "sl/b", [0, 0, 1]), _i(wr, "sl/e", [1, 40, 3]), _i(wr, "sl/s", [1, 1, 1])],
+        [sl],
+        mk.options(ss),
+    )
     first = wr.tensor("boxes/first", [1, 40])
-    wr.op(OP.STRIDED_SLICE, [cat, _i(wr, "sh/b", [0, 0, 0]), _i(wr, "sh/e", [1, 40, 1]),
-                             _i(wr, "sh/s", [1, 1, 1])], [first],
-          mk.options(ss, shrinkAxisMask=4))
+    wr.op(
+        OP.STRIDED_SLICE,
+        [cat, _i(wr, "sh/b", [0, 0, 0]), _i(wr, "sh/e", [1, 40, 1]), _i(wr, "sh/s", [1, 1, 1])],
+        [first],
+        mk.options(ss, shrinkAxisMask=4),
+    )
     m = wr.tensor("boxes/mean", [1, 40])
     wr.op(OP.MEAN, [cat, _i(wr, "m/axes", [2])], [m], mk.options(fb.ReducerOptionsT))
     s = _binary(wr, OP.ADD, m, first, "score", [1, 40], fb.AddOptionsT)
     logits = wr.tensor("logits", [1, 3])
-    wr.op(OP.FULLY_CONNECTED, [s, _c(wr, "fc/w", _w(9, 3, 40)), -1], [logits],
-          mk.options(fb.FullyConnectedOptionsT))
+    wr.op(
+        OP.FULLY_CONNECTED,
+        [s, _c(wr, "fc/w", _w(9, 3, 40)), -1],
+        [logits],
+        mk.options(fb.FullyConnectedOptionsT),
+    )
     prob = wr.tensor("prob", [1, 3])
     wr.op(OP.SOFTMAX, [logits], [prob], mk.options(fb.SoftmaxOptionsT, beta=1.0))
     return wr.finish([x], [cat, sl, prob]), (3, 8, 8)
@@ -173,11 +215,18 @@ def blaze() -> Model:
     wr.op(OP.PRELU, [c0, _c(wr, "a/alpha", np.full((1, 1, 8), 0.25))], [a])
     dw = wr.tensor("dw", [1, 4, 4, 8])
     dopts = mk.options(
-        fb.DepthwiseConv2DOptionsT, padding=fb.Padding.SAME, strideH=1, strideW=1,
+        fb.DepthwiseConv2DOptionsT,
+        padding=fb.Padding.SAME,
+        strideH=1,
+        strideW=1,
         depthMultiplier=1,
     )
-    wr.op(OP.DEPTHWISE_CONV_2D, [a, _c(wr, "dw/w", _w(21, 1, 3, 3, 8, gain=3)),
-                                 _c(wr, "dw/b", np.zeros(8))], [dw], dopts)
+    wr.op(
+        OP.DEPTHWISE_CONV_2D,
+        [a, _c(wr, "dw/w", _w(21, 1, 3, 3, 8, gain=3)), _c(wr, "dw/b", np.zeros(8))],
+        [dw],
+        dopts,
+    )
     b = _conv(wr, dw, "pw", _w(22, 12, 1, 1, 8), [1, 4, 4, 12])
     short = wr.tensor("short", [1, 4, 4, 12])
     wr.op(OP.PAD, [a, _i(wr, "short/p", [[0, 0], [0, 0], [0, 0], [0, 4]])], [short])
@@ -185,20 +234,44 @@ def blaze() -> Model:
     c = wr.tensor("c", [1, 4, 4, 12])
     wr.op(OP.PRELU, [s, _c(wr, "c/alpha", np.linspace(0.1, 0.3, 12))], [c])
     mp = wr.tensor("pool", [1, 2, 2, 12])
-    wr.op(OP.MAX_POOL_2D, [c], [mp], mk.options(
-        fb.Pool2DOptionsT, padding=fb.Padding.VALID, filterHeight=2, filterWidth=2,
-        strideH=2, strideW=2))
+    wr.op(
+        OP.MAX_POOL_2D,
+        [c],
+        [mp],
+        mk.options(
+            fb.Pool2DOptionsT,
+            padding=fb.Padding.VALID,
+            filterHeight=2,
+            filterWidth=2,
+            strideH=2,
+            strideW=2,
+        ),
+    )
     up = wr.tensor("up", [1, 4, 4, 12])
-    wr.op(OP.RESIZE_NEAREST_NEIGHBOR, [mp, _i(wr, "up/size", [4, 4])], [up],
-          mk.options(fb.ResizeNearestNeighborOptionsT, halfPixelCenters=True), version=3)
+    wr.op(
+        OP.RESIZE_NEAREST_NEIGHBOR,
+        [mp, _i(wr, "up/size", [4, 4])],
+        [up],
+        mk.options(fb.ResizeNearestNeighborOptionsT, halfPixelCenters=True),
+        version=3,
+    )
     d = _unary(wr, OP.RELU, up, "d", [1, 4, 4, 12])
-    seg = _unary(wr, OP.LOGISTIC, _conv(wr, d, "segc", _w(23, 1, 1, 1, 12), [1, 4, 4, 1]),
-                 "seg", [1, 4, 4, 1])
+    seg = _unary(
+        wr,
+        OP.LOGISTIC,
+        _conv(wr, d, "segc", _w(23, 1, 1, 1, 12), [1, 4, 4, 1]),
+        "seg",
+        [1, 4, 4, 1],
+    )
     m = wr.tensor("mean", [1, 12])
     wr.op(OP.MEAN, [d, _i(wr, "mean/axes", [1, 2])], [m], mk.options(fb.ReducerOptionsT))
     out = wr.tensor("out", [1, 4])
-    wr.op(OP.FULLY_CONNECTED, [m, _c(wr, "fc/w", _w(24, 4, 12)), _c(wr, "fc/b", np.zeros(4))],
-          [out], mk.options(fb.FullyConnectedOptionsT))
+    wr.op(
+        OP.FULLY_CONNECTED,
+        [m, _c(wr, "fc/w", _w(24, 4, 12)), _c(wr, "fc/b", np.zeros(4))],
+        [out],
+        mk.options(fb.FullyConnectedOptionsT),
+    )
     return wr.finish([x], [seg, out]), (3, 8, 8)
 
 
@@ -222,7 +295,11 @@ def resize(code: int, align: bool, half: bool, size: tuple[int, int]) -> Callabl
 
 MODELS: dict[str, Callable[[], Model]] = {"gates": gates, "head": head, "blaze": blaze}
 for _code, _kind in ((OP.RESIZE_BILINEAR, "bilinear"), (OP.RESIZE_NEAREST_NEIGHBOR, "nearest")):
-    for _align, _half, _mode in ((False, False, "asym"), (True, False, "corners"), (False, True, "half")):
+    for _align, _half, _mode in (
+        (False, False, "asym"),
+        (True, False, "corners"),
+        (False, True, "half"),
+    ):
         for _size in ((10, 8), (7, 3)):
             MODELS[f"{_kind}_{_mode}_{_size[0]}x{_size[1]}"] = resize(_code, _align, _half, _size)
 
@@ -262,14 +339,19 @@ def alias() -> Model:
     x = wr.tensor("x", [1, 4, 4, 2])
     c = _conv(wr, x, "c", _w(50, 3, 1, 1, 2), [1, 4, 4, 3])
     r = wr.tensor("same", [1, 4, 4, 3])
-    wr.op(OP.RESHAPE, [c, _i(wr, "same/shape", [1, 4, 4, 3])], [r],
-          mk.options(fb.ReshapeOptionsT, newShape=[1, 4, 4, 3]))
+    wr.op(
+        OP.RESHAPE,
+        [c, _i(wr, "same/shape", [1, 4, 4, 3])],
+        [r],
+        mk.options(fb.ReshapeOptionsT, newShape=[1, 4, 4, 3]),
+    )
     m = _binary(wr, OP.MUL, r, _c(wr, "m/c", [2.0, -1.0, 0.5]), "m", [1, 4, 4, 3], fb.MulOptionsT)
     out = _binary(wr, OP.ADD, m, c, "out", [1, 4, 4, 3], fb.AddOptionsT)
     return wr.finish([x], [out]), (2, 4, 4)
 
 
 MODELS["alias"] = alias
+
 
 def _write(tmp_path: Path, name: str, model: bytes) -> Path:
     p = tmp_path / f"{name}.tflite"
@@ -387,7 +469,9 @@ REFUSED = {
     "unknown op": (lambda: _chain(OP.EXP), r"operator 1 \(EXP\): op is not in"),
     "mirror pad": (
         lambda: _chain(
-            OP.MIRROR_PAD, mk.options(fb.MirrorPadOptionsT), extra=[lambda wr: _i(wr, "p", [[0, 0]] * 4)]
+            OP.MIRROR_PAD,
+            mk.options(fb.MirrorPadOptionsT),
+            extra=[lambda wr: _i(wr, "p", [[0, 0]] * 4)],
         ),
         r"operator 1 \(MIRROR_PAD\): op is not in",
     ),
@@ -434,7 +518,8 @@ def test_refusals_name_the_operator(case, tmp_path):
         import_tflite(path)
     np.savez(tmp_path / "c.npz", x=_data((2, 4, 4), 2))
     res = CliRunner().invoke(
-        main, ["convert", str(path), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "o.spk")]
+        main,
+        ["convert", str(path), "--calib", str(tmp_path / "c.npz"), "-o", str(tmp_path / "o.spk")],
     )
     assert res.exit_code == 2 and res.stderr.strip().count("\n") == 0
     assert "operator 1" in res.stderr
@@ -482,15 +567,30 @@ def int8_blocks(act: dict[str, list[float]] | None = None) -> Model:
     bias = np.linspace(-0.2, 0.2, 4).astype(np.float32)
     if q:
         sw = np.abs(w.reshape(4, -1)).max(1) / 127
-        wt = wr.tensor("c/w", [4, 3, 3, 2], np.int8, np.round(w / sw[:, None, None, None]),
-                       mk.Quant(list(sw), [0] * 4))
-        bt = wr.tensor("c/b", [4], np.int32, np.round(bias / (sw * q_in.scale[0])),
-                       mk.Quant(list(sw * q_in.scale[0]), [0] * 4))
+        wt = wr.tensor(
+            "c/w",
+            [4, 3, 3, 2],
+            np.int8,
+            np.round(w / sw[:, None, None, None]),
+            mk.Quant(list(sw), [0] * 4),
+        )
+        bt = wr.tensor(
+            "c/b",
+            [4],
+            np.int32,
+            np.round(bias / (sw * q_in.scale[0])),
+            mk.Quant(list(sw * q_in.scale[0]), [0] * 4),
+        )
     else:
         wt, bt = _c(wr, "c/w", w), _c(wr, "c/b", bias)
     c = t("conv", [1, 6, 6, 4], qa("conv"))
-    wr.op(OP.CONV_2D, [p, wt, bt], [c], mk.options(
-        fb.Conv2DOptionsT, padding=fb.Padding.VALID, strideH=1, strideW=1), version=3 if q else 1)
+    wr.op(
+        OP.CONV_2D,
+        [p, wt, bt],
+        [c],
+        mk.options(fb.Conv2DOptionsT, padding=fb.Padding.VALID, strideH=1, strideW=1),
+        version=3 if q else 1,
+    )
     alpha = np.linspace(0.1, 0.4, 4).reshape(1, 1, 4).astype(np.float32)
     if q:
         sa = float(np.abs(alpha).max() / 127)
@@ -506,11 +606,21 @@ def int8_blocks(act: dict[str, list[float]] | None = None) -> Model:
     a = t("add", [1, 6, 6, 4], qa("add"))
     wr.op(OP.ADD, [m, pr], [a], mk.options(fb.AddOptionsT), version=2 if q else 1)
     mean = t("mean", [1, 1, 1, 4], qa("mean"))
-    wr.op(OP.MEAN, [a, _i(wr, "mean/axes", [1, 2])], [mean],
-          mk.options(fb.ReducerOptionsT, keepDims=True), version=2 if q else 1)
+    wr.op(
+        OP.MEAN,
+        [a, _i(wr, "mean/axes", [1, 2])],
+        [mean],
+        mk.options(fb.ReducerOptionsT, keepDims=True),
+        version=2 if q else 1,
+    )
     up = t("up", [1, 9, 9, 4], qa("add"))
-    wr.op(OP.RESIZE_BILINEAR, [a, _i(wr, "up/size", [9, 9])], [up],
-          mk.options(fb.ResizeBilinearOptionsT, halfPixelCenters=True), version=3)
+    wr.op(
+        OP.RESIZE_BILINEAR,
+        [a, _i(wr, "up/size", [9, 9])],
+        [up],
+        mk.options(fb.ResizeBilinearOptionsT, halfPixelCenters=True),
+        version=3,
+    )
     outs = [mean, up]
     if q:
         outs = []
@@ -531,7 +641,13 @@ def test_int8_new_ops_match_litert(tmp_path):
     path = _write(tmp_path, "q", model)
     g = import_tflite(path)
     assert [n.op for n in g.nodes] == [
-        "pad", "conv2d", "prelu", "silu", "add", "avgpool2d", "resize"
+        "pad",
+        "conv2d",
+        "prelu",
+        "silu",
+        "add",
+        "avgpool2d",
+        "resize",
     ]  # prelu * LOGISTIC(prelu) is SiLU
     assert g.meta["source"]["activations"] == "int8 (dequantised)"
     out = Simulator(g, "ann").run(x, 1).outputs
@@ -539,4 +655,3 @@ def test_int8_new_ops_match_litert(tmp_path):
         ref = litert_outputs(path, x)[k]
         step = mk.asymmetric(*ranges["add"]).scale[0]
         assert np.abs(out[o][0] - ref).max() <= 3 * step, o  # measured: 0.4 and 2.0 steps
-

@@ -767,8 +767,10 @@ def _reshape_to(ctx: _Ctx, op: _Op, x: str, shape: list[int]) -> None:
         return
     p = to_plain(ctx, op.node, x)
     if len(rest) == 3:  # back to an image: (H, W, C) -> (C, H, W)
-        hwc = p if tuple(rest) == ctx.shape(p) else ctx.add(
-            Node(f"{op.node}_hwc", "reshape", [p], f"{op.node}_hwc", {"shape": rest})
+        hwc = (
+            p
+            if tuple(rest) == ctx.shape(p)
+            else ctx.add(Node(f"{op.node}_hwc", "reshape", [p], f"{op.node}_hwc", {"shape": rest}))
         )
         y = ctx.add(Node(op.node, "transpose", [hwc], op.node, {"perm": [2, 0, 1]}))
         ctx.bind(op, y, NHWC)
@@ -1057,7 +1059,9 @@ def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
         raise UnsupportedOp("the model has no output")
     for k, i in enumerate(outs):
         if i not in ctx.names:
-            raise UnsupportedOp(f"graph output {k} ('{ctx.tname(i)}') is not computed from the input")
+            raise UnsupportedOp(
+                f"graph output {k} ('{ctx.tname(i)}') is not computed from the input"
+            )
         if ctx.layouts[ctx.names[i]][0] == "hwc":  # a flattened image: back in TFLite's order
             ctx.names[i] = to_plain(ctx, f"output_{k}", ctx.names[i])
     out = [ctx.names[i] for i in outs]
