@@ -76,52 +76,92 @@ def run(
     interp: Any, x: np.ndarray, fetch: list[int]
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Run (N, C, H, W) or (N, K) data; return the raw batches of tensors `fetch` and their
-    details. Tries one batch; a model that cannot be resized runs one sample at a time."""
+    details. A model whose input declares a dynamic batch (shape signature -1) runs in one
+    batch; others run one sample at a time: a converter writes batch-1 constants into
+    RESHAPE ops, and LiteRT then folds samples together without an error."""
     inp = interp.get_input_details()[0]
     feed = _quantize(np.moveaxis(x, 1, -1) if x.ndim == 4 else x, inp)
+    sig = inp.get("shape_signature")
     try:
-        return _invoke(interp, inp["index"], feed, fetch)
+        if sig is None or len(sig) == 0 or int(sig[0]) != -1:
+            raise ValueError("batch fixed at 1")
+        vals, details = _invoke(interp, inp["index"], [feed], fetch)
+        if any(v.shape[:1] != (len(x),) for v in vals):
+            raise ValueError("a fetched tensor lost the batch axis")
+        return vals, details
     except (ValueError, RuntimeError):
-        parts = [_invoke(interp, inp["index"], feed[i : i + 1], fetch) for i in range(len(x))]
-        return [np.concatenate([p[0][k] for p in parts]) for k in range(len(fetch))], parts[0][1]
+        try:
+            return _invoke(interp, inp["index"], [feed[i : i + 1] for i in range(len(x))], fetch)
+        except (ValueError, RuntimeError) as e:  # e.g. a custom op LiteRT has no kernel for
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BadInput(f"LiteRT cannot run the model ({first})") from None
 
 
 def _invoke(
-    interp: Any, index: int, feed: np.ndarray, fetch: list[int]
+    interp: Any, index: int, feeds: list[np.ndarray], fetch: list[int]
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    interp.resize_tensor_input(index, list(feed.shape))
+    """Invoke once per feed (all of one shape: tensors are allocated once) and concatenate."""
+    interp.resize_tensor_input(index, list(feeds[0].shape))
     interp.allocate_tensors()
-    interp.set_tensor(index, feed)
-    interp.invoke()
+    got: list[list[np.ndarray]] = [[] for _ in fetch]
+    for feed in feeds:
+        interp.set_tensor(index, feed)
+        interp.invoke()
+        for k, i in enumerate(fetch):
+            got[k].append(interp.get_tensor(i).copy())
     details = {d["index"]: d for d in interp.get_tensor_details()}
-    return [interp.get_tensor(i).copy() for i in fetch], [details[i] for i in fetch]
+    return [np.concatenate(v) for v in got], [details[i] for i in fetch]
 
 
-def litert_logits(path: str | os.PathLike[str], x: np.ndarray) -> np.ndarray:
-    """The reference: the source .tflite run by LiteRT, output dequantised, batch first."""
+def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
+    """Every output of the source .tflite run by LiteRT, in the model's order, dequantised,
+    batch first, in the IR layout: a 4-D (NHWC) output comes back (N, C, H, W), as the
+    importer makes every rank-4 tensor an image."""
     interp = interpreter(path)
-    out = interp.get_output_details()[0]
-    (v,), (detail,) = run(interp, x, [out["index"]])
-    return _dequantize(v, detail).reshape(len(x), -1)
+    details = interp.get_output_details()
+    vals, got = run(interp, x, [int(d["index"]) for d in details])
+    outs = [_dequantize(v, d) for v, d in zip(vals, got, strict=True)]
+    return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs]
+
+
+def litert_logits(path: str | os.PathLike[str], x: np.ndarray, output: int = 0) -> np.ndarray:
+    """The reference: output `output` (by position) of the source .tflite run by LiteRT, as
+    litert_outputs gives it (a (N, K) classifier output stays (N, K))."""
+    outs = litert_outputs(path, x)
+    if not 0 <= output < len(outs):
+        raise BadInput(f"{path}: output {output} asked, the model has {len(outs)}")
+    return outs[output]
 
 
 def litert_runner(path: str | os.PathLike[str], graph: Graph) -> Runner:
     """Run the source .tflite exposing the TFLite twins of the named IR tensors, dequantised
-    and in IR layout (mirrors onnx_runner)."""
+    and in IR layout (mirrors onnx_runner). A tensor that exists only in the IR (the input of
+    a layer that absorbed a constant, a layout transpose) comes from the graph's ANN view on
+    the same data: equal to LiteRT for a float model (tested), the dequantised network for an
+    int8 one."""
     twins = graph.meta.get("tflite", {}).get("tensors", {})
+    sim: Any = None
 
     def runner(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        missing = [n for n in names if n not in twins]
-        if missing:
-            raise BadInput(f"{path}: tensor '{missing[0]}' has no twin in the TFLite model")
-        interp = interpreter(path, preserve_all=True)
-        vals, details = run(interp, x, [int(twins[n]["index"]) for n in names])
-        return {
-            n: _to_ir(_dequantize(v, d), twins[n]["layout"])
-            for n, v, d in zip(names, vals, details, strict=True)
-        }
+        nonlocal sim
+        known = [n for n in names if n in twins]
+        out: dict[str, np.ndarray] = {}
+        if known:
+            interp = interpreter(path, preserve_all=True)
+            vals, details = run(interp, x, [int(twins[n]["index"]) for n in known])
+            for n, v, d in zip(known, vals, details, strict=True):
+                out[n] = _to_ir(_dequantize(v, d), twins[n]["layout"])
+        rest = [n for n in names if n not in twins]
+        if rest:
+            if sim is None:
+                from spikeport.sim import Simulator
+
+                sim = Simulator(graph, "ann")
+            trace = sim.run(x, 1, record=True).trace
+            out |= {n: trace[n][0] for n in rest}
+        return out
 
     return runner
 
 
-__all__ = ["interpreter", "litert_logits", "litert_runner", "run"]
+__all__ = ["interpreter", "litert_logits", "litert_outputs", "litert_runner", "run"]

@@ -1,16 +1,24 @@
 """TFLite -> Graph (stage "ann"), float and int8 models alike.
 
 The flatbuffer is read with the schema that ai-edge-litert ships (no TensorFlow). Each builtin
-op has one importer, registered by its name; anything else is refused naming the op and its
-index. What differs from ONNX, and how it is handled:
+op has one importer, registered by its name, emitting the same IR ops the ONNX importer emits
+for its twin (spikeport.convert.onnx_ops); anything else is refused in one line naming the
+operator's index and op. What differs from ONNX, and how it is handled:
 
-- Layout. TFLite activations are NHWC; the IR is (C, H, W) per sample. Weights are transposed
-  at import (conv OHWI -> OIHW, depthwise 1HW(C*M) -> (C*M)1HW with group C) and nothing is
-  added at run time. A flatten of an NHWC tensor is an IR reshape of the (C, H, W) tensor, so
-  its values come out in C, H, W order instead of TFLite's H, W, C: the fully connected layer
-  after it gets its weight columns permuted to match. Data files stay (N, C, H, W) as DESIGN
-  section 4 says; the LiteRT reference is fed transposed data (spikeport.convert.litert).
-- Fused activations (RELU, RELU6) become a relu node after the op.
+- Layout. TFLite activations are NHWC; the IR is (C, H, W) per sample. Every rank-4 TFLite
+  tensor is an image, (C, H, W) in the IR; every other tensor keeps TFLite's axis order
+  (batch dropped). Weights and per-channel constants (PRELU alpha, MUL / ADD operands, PAD
+  widths) are moved to the IR layout at import, so nothing is added at run time for them.
+  A flatten of an NHWC tensor is an IR reshape of the (C, H, W) tensor, so its values come
+  out in C, H, W order instead of TFLite's H, W, C: the fully connected layer after it gets
+  its weight columns permuted to match. Any other reshape of an image (a detection head's
+  (1, H*W*anchors, 4)) transposes it to (H, W, C) first: one exact data-movement node. Data
+  files stay (N, C, H, W) as DESIGN section 4 says; the LiteRT reference is fed transposed
+  data (spikeport.convert.litert).
+- Fused activations (RELU, RELU6, TANH) become a node after the op.
+- MUL / ADD / SUB / DIV by a constant fold into the conv / fully connected layer right
+  before (weights and bias, or bias) when nothing else reads its output and the constant is
+  per channel; elsewhere they become `scale` / `channel_scale` / `offset`, as for ONNX.
 - int8 (and other quantised) tensors are dequantised: constants as real = scale * (q - zp)
   per tensor or per channel; the graph is the real-valued network the int8 model encodes.
   Every scale and zero point is kept in `meta["tflite"]` (per IR tensor and per node param,
@@ -18,12 +26,15 @@ index. What differs from ONNX, and how it is handled:
   ReLU's output saturates at scale * (127 - zp): that bound becomes the relu's cap, as the
   model computes it.
 - QUANTIZE / DEQUANTIZE of activations are the identity on real values and vanish (noted);
-  a DEQUANTIZE of a constant (float16 / int8 weights) becomes that constant.
-- SOFTMAX is accepted only as the op that writes the graph output: it does not change the
-  argmax, so it is dropped and a note says so; anywhere else it is refused.
+  a DEQUANTIZE of a constant (float16 / int8 weights) becomes that constant, and DENSIFY of
+  a sparse constant its dense array.
+- SOFTMAX is accepted only as the op that writes a graph output: it does not change the
+  argmax, so it is dropped, noted and listed in meta["source"]["dropped_softmax"] (as the
+  ONNX importer does); anywhere else it is refused.
+- Several graph outputs are kept, in the model's order.
 
 `meta["tflite"]["tensors"]` maps each IR tensor with a TFLite twin to that tensor's index and
-layout: the LiteRT calibration runner reads the IR's relu outputs through it.
+layout: the LiteRT calibration runner reads the IR's activations through it.
 """
 
 from __future__ import annotations
@@ -117,6 +128,7 @@ class _Ctx:
     uses: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     quant: dict[str, Any] = field(default_factory=dict)  # provenance: TFLite quantisation
+    dropped_softmax: list[str] = field(default_factory=list)  # outputs whose SOFTMAX was dropped
 
     # -- tensors ---------------------------------------------------------------------------
 
@@ -156,8 +168,11 @@ class _Ctx:
         if dt is None:
             raise op.refuse(f"tensor '{self.tname(i)}' has type {self.dtype(i)}")
         shape = list(t.shape) if t.shape is not None else []
+        values = np.frombuffer(payload, np.dtype(dt).newbyteorder("<"))
+        if t.sparsity is not None:  # only the stored (nonzero) values: see DENSIFY
+            return values
         try:
-            return np.frombuffer(payload, np.dtype(dt).newbyteorder("<")).reshape(shape)
+            return values.reshape(shape)
         except ValueError:
             raise BadInput(f"tensor '{self.tname(i)}': data does not fit shape {shape}") from None
 
@@ -219,8 +234,11 @@ class _Ctx:
         kind = enum_names(self.fb.ActivationFunctionType).get(code, str(code))
         if kind == "NONE":
             return x
+        if kind == "TANH":
+            name = f"{op.node}_tanh"
+            return self.add(Node(name, "tanh", [x], name))
         if kind not in ("RELU", "RELU6"):
-            raise op.refuse(f"fused activation {kind} is not supported (only RELU, RELU6)")
+            raise op.refuse(f"fused activation {kind} is not supported (RELU, RELU6, TANH)")
         cap = 6.0 if kind == "RELU6" else None
         return self.relu(op, x, cap, f"{op.node}_{kind.lower()}")
 
@@ -371,29 +389,155 @@ def _fully_connected(ctx: _Ctx, op: _Op) -> None:
     ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), PLAIN)
 
 
-@importer("ADD")
-def _add(ctx: _Ctx, op: _Op) -> None:
+def _producer(ctx: _Ctx, t: str) -> Node | None:
+    return next((n for n in reversed(ctx.nodes) if n.output == t), None)
+
+
+def ir_const(ctx: _Ctx, op: _Op, c: np.ndarray, x: str) -> np.ndarray:
+    """A constant that broadcasts against TFLite tensor `x` (batch first, TFLite layout) as a
+    per-sample IR constant that broadcasts against the IR tensor `x` (channels first)."""
+    rank = len(ctx.shape(x)) + 1
+    if c.ndim > rank or (c.ndim == rank and c.shape[0] != 1):
+        raise op.refuse(f"constant {list(c.shape)} does not broadcast per sample")
+    c = c.reshape((1,) * (rank - c.ndim) + c.shape)[0]
+    layout = ctx.layouts[x]
+    if layout == NHWC:
+        return np.ascontiguousarray(c.transpose(2, 0, 1))
+    if layout[0] == "hwc" and c.size > 1:  # features in H, W, C order -> the IR's C, H, W
+        perm, flat = hwc_perm(*layout[1:]), np.broadcast_to(c, ctx.shape(x)).reshape(-1)
+        out = np.empty_like(flat)
+        out[perm] = flat
+        return out
+    return c
+
+
+def _channel_values(ctx: _Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
+    """`c` as one value per output channel of a conv (axis 0) / dense (last axis), or None
+    when it varies along another axis (then it cannot be folded into the layer)."""
+    out = ctx.shape(target.output)
+    try:
+        full = np.broadcast_to(c, out)
+    except ValueError:
+        return None
+    axis = 0 if target.op == "conv2d" else len(out) - 1
+    moved = np.moveaxis(full, axis, 0).reshape(out[axis], -1)
+    return moved[:, 0].astype(np.float64) if np.all(moved == moved[:, :1]) else None
+
+
+def _aliases(ctx: _Ctx, ir: str) -> list[int]:
+    """Every TFLite tensor whose values IR tensor `ir` holds (an identity RESHAPE aliases)."""
+    return [t for t, n in ctx.names.items() if n == ir]
+
+
+def _only_reader(ctx: _Ctx, op: _Op, k: int) -> bool:
+    """Whether `op` is the one reader of input `k`'s values (through any alias) and they are
+    no graph output: then the op may rewrite the layer that made them."""
+    twins = _aliases(ctx, ctx.names[op.inputs[k]])
+    outs = {int(o) for o in ctx.sub.outputs}
+    return sum(ctx.uses.get(t, 0) for t in twins) == 1 and not outs & set(twins)
+
+
+def _fold_target(ctx: _Ctx, op: _Op, k: int) -> Node | None:
+    """The conv / dense whose output alone feeds input `k` of `op` (folding into it is safe)."""
+    p = _producer(ctx, ctx.names[op.inputs[k]])
+    ok = p is not None and p.op in ("conv2d", "dense") and _only_reader(ctx, op, k)
+    return p if ok else None
+
+
+def _by_constant(ctx: _Ctx, op: _Op, x: str, c: np.ndarray, k_act: int, fold: bool) -> str:
+    """y = x * c (MUL, DIV) or x + c (ADD, SUB): folded into the conv / dense right before
+    (weights and bias, or bias) like the ONNX importer, else `scale` / `channel_scale` /
+    `offset`."""
+    mul = op.name in ("MUL", "DIV")
+    target = _fold_target(ctx, op, k_act) if fold else None
+    v = _channel_values(ctx, target, c) if target is not None else None
+    if target is not None and v is not None:
+        if mul:
+            w = target.params["weight"]
+            target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(
+                np.float32
+            )
+            target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
+        else:
+            target.params["bias"] = (target.params["bias"] + v).astype(np.float32)
+        for t in _aliases(ctx, x):  # the layer's own output is gone: no twin any more
+            del ctx.names[t]
+        return x
+    if not mul:
+        params = {"value": c.astype(np.float32)}
+        return ctx.add(Node(op.node, "offset", [x], op.node, {}, params))
+    if np.any(c == 0):
+        raise op.refuse("multiplying by a constant that is 0 somewhere is not supported")
+    flat = np.unique(c)
+    if flat.size == 1:
+        return ctx.add(Node(op.node, "scale", [x], op.node, {"factor": float(flat[0])}))
+    params = {"factor": c.astype(np.float32)}
+    return ctx.add(Node(op.node, "channel_scale", [x], op.node, {}, params))
+
+
+def _negate(ctx: _Ctx, op: _Op, x: str) -> str:
+    name = f"{op.node}_neg"
+    return ctx.add(Node(name, "scale", [x], name, {"factor": -1.0}))
+
+
+def _silu(ctx: _Ctx, op: _Op) -> str | None:
+    """x * LOGISTIC(x) as one `silu` node (as the ONNX importer fuses it); the LOGISTIC goes
+    when nothing else reads it."""
+    for k in (0, 1):
+        x, g = ctx.names[op.inputs[k]], ctx.names[op.inputs[1 - k]]
+        p = _producer(ctx, g)
+        if p is None or p.op != "sigmoid" or p.inputs[0] != x:
+            continue
+        if _only_reader(ctx, op, 1 - k):
+            ctx.nodes.remove(p)
+            del ctx.tensors[g]
+            for t in _aliases(ctx, g):
+                del ctx.names[t]
+        return ctx.add(Node(op.node, "silu", [x], op.node))
+    return None
+
+
+def _two_streams(ctx: _Ctx, op: _Op, a: str, b: str) -> str:
+    if ctx.layouts[a] != ctx.layouts[b]:  # broadcasting rules differ between the layouts
+        raise op.refuse(f"operands differ in layout ({ctx.layouts[a][0]}, {ctx.layouts[b][0]})")
+    if op.name in ("ADD", "SUB"):
+        if ctx.shape(a) != ctx.shape(b):
+            raise op.refuse(f"adds {list(ctx.shape(a))} and {list(ctx.shape(b))}: no broadcast")
+        ins = [a, _negate(ctx, op, b) if op.name == "SUB" else b]
+        return ctx.add(Node(op.node, "add", ins, op.node))
+    if op.name == "MUL":
+        return _silu(ctx, op) or ctx.add(Node(op.node, "mul", [a, b], op.node))
+    return ctx.add(Node(op.node, "div", [a, b], op.node))
+
+
+@importer("ADD", "SUB", "MUL", "DIV")
+def _arith(ctx: _Ctx, op: _Op) -> None:
     const = [k for k in (0, 1) if op.inputs[k] not in ctx.names]
+    if len(const) == 2:
+        raise op.refuse("both operands are constants (an unfolded constant expression)")
     if not const:
         a, b = ctx.act(op, 0), ctx.act(op, 1)
-        if ctx.shape(a) != ctx.shape(b) or ctx.layouts[a] != ctx.layouts[b]:
-            raise op.refuse(f"adds {list(ctx.shape(a))} and {list(ctx.shape(b))}: no broadcast")
-        y = ctx.add(Node(op.node, "add", [a, b], op.node))
+        y = _two_streams(ctx, op, a, b)
         ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), ctx.layouts[a])
         return
     k_act = 1 - const[0]
     x = ctx.act(op, k_act)
-    c = ctx.const(op, const[0], "the added constant").reshape(-1)
-    target = next((n for n in ctx.nodes if n.output == x), None)
-    uses = ctx.uses.get(op.inputs[k_act], 0)
-    if target is None or target.op not in ("conv2d", "dense") or uses != 1:
-        raise op.refuse("adding a constant is supported only as the bias of the layer before it")
-    if c.size not in (1, target.params["bias"].size):
-        raise op.refuse(f"constant of {c.size} values is not a per-channel bias")
-    target.params["bias"] = (target.params["bias"] + c).astype(np.float32)
-    y = ctx.activation(op, x, op.opt("fusedActivationFunction"))
-    ctx.names.pop(op.inputs[k_act], None)
-    ctx.bind(op, y, ctx.layouts[x])
+    layout = ctx.layouts[x]
+    c = ir_const(ctx, op, ctx.const(op, const[0], "the constant").astype(np.float64), x)
+    if op.name == "DIV":
+        if k_act == 1:
+            raise op.refuse("dividing a constant by an activation is not supported")
+        if np.any(c == 0):
+            raise op.refuse("division by a constant that is 0 somewhere")
+        c = 1.0 / c
+    fold = True
+    if op.name == "SUB":
+        if k_act == 1:  # c - x = (-x) + c; the negation sits between: nothing to fold into
+            x, fold = _negate(ctx, op, x), False
+        else:
+            c = -c
+    y = _by_constant(ctx, op, x, c, k_act, fold)
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), layout)
 
 
 @importer("RELU", "RELU6")
@@ -401,6 +545,129 @@ def _relu(ctx: _Ctx, op: _Op) -> None:
     x = ctx.act(op)
     y = ctx.relu(op, x, 6.0 if op.name == "RELU6" else None, op.node)
     ctx.bind(op, y, ctx.layouts[x])
+
+
+@importer("RELU_0_TO_1")
+def _relu01(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    ctx.bind(op, ctx.relu(op, x, 1.0, op.node), ctx.layouts[x])
+
+
+# Elementwise functions with no linear spiking twin: expectation-compensated IR ops.
+UNARY = {"LOGISTIC": "sigmoid", "HARD_SWISH": "hardswish", "TANH": "tanh"}
+
+
+@importer(*UNARY)
+def _unary(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    ctx.bind(op, ctx.add(Node(op.node, UNARY[op.name], [x], op.node)), ctx.layouts[x])
+
+
+@importer("PRELU", "LEAKY_RELU")
+def _prelu(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    if op.name == "LEAKY_RELU":
+        slope = np.asarray(float(op.opt("alpha", 0.2)))
+    else:
+        slope = ir_const(ctx, op, ctx.const(op, 1, "alpha"), x)
+        ctx.record_param(op, 1, "slope", None)
+    params = {"slope": slope.astype(np.float32)}
+    ctx.bind(op, ctx.add(Node(op.node, "prelu", [x], op.node, {}, params)), ctx.layouts[x])
+
+
+def ir_axes(ctx: _Ctx, op: _Op, x: str) -> list[int]:
+    """The TFLite axis (batch = 0) behind each per-sample IR axis of `x`."""
+    layout = ctx.layouts[x]
+    if layout == NHWC:
+        return [3, 1, 2]
+    if layout == PLAIN:
+        return list(range(1, len(ctx.shape(x)) + 1))
+    raise op.refuse("its input is a flattened image (H, W, C order); not supported here")
+
+
+@importer("PAD", "PADV2")
+def _pad(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    pads = ctx.const(op, 1, "the paddings").astype(np.int64).reshape(-1, 2)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        value = ctx.const(op, 2, "the pad value")
+        if np.any(value != 0):
+            raise op.refuse(f"only zero padding is supported, the value is {value.tolist()}")
+    if len(pads) != len(ctx.shape(x)) + 1 or pads.min() < 0 or pads[0].any():
+        raise op.refuse(f"paddings {pads.tolist()} are not >= 0 per sample axis")
+    axes = ir_axes(ctx, op, x)
+    attrs = {"pads": [int(pads[a, 0]) for a in axes] + [int(pads[a, 1]) for a in axes]}
+    ctx.bind(op, ctx.add(Node(op.node, "pad", [x], op.node, attrs)), ctx.layouts[x])
+
+
+@importer("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+def _resize(ctx: _Ctx, op: _Op) -> None:
+    """TFLite's coordinate rules are ONNX Resize modes: align_corners -> align_corners,
+    half_pixel_centers -> half_pixel (nearest: floor((x + 0.5) * scale), ONNX's round up),
+    neither -> asymmetric (nearest: floor)."""
+    x = _nhwc_input(ctx, op)
+    size = [int(v) for v in ctx.const(op, 1, "the size").reshape(-1)]
+    corners, half = bool(op.opt("alignCorners", False)), bool(op.opt("halfPixelCenters", False))
+    if corners and half:
+        raise op.refuse("align_corners with half_pixel_centers has no ONNX twin")
+    how = "align_corners" if corners else "half_pixel" if half else "asymmetric"
+    nearest = op.name == "RESIZE_NEAREST_NEIGHBOR"
+    attrs = {
+        "mode": "nearest" if nearest else "linear",
+        "out_shape": [ctx.shape(x)[0], *size],
+        "coordinate_transformation_mode": how,
+        "nearest_mode": "floor" if how == "asymmetric" else "round_prefer_ceil",
+    }
+    ctx.bind(op, ctx.add(Node(op.node, "resize", [x], op.node, attrs)), NHWC)
+
+
+@importer("STRIDED_SLICE")
+def _strided_slice(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    begin, end, steps = (
+        [int(v) for v in ctx.const(op, k, what).reshape(-1)]
+        for k, what in ((1, "begin"), (2, "end"), (3, "strides"))
+    )
+    if op.opt("ellipsisMask") or op.opt("newAxisMask") or op.opt("offset", False):
+        raise op.refuse("ellipsis, new-axis and offset masks are not supported")
+    shape_in = [1, *_tfl_order(ctx, x)]
+    if len(begin) != len(shape_in):
+        raise op.refuse(f"slices {len(begin)} axes of a rank-{len(shape_in)} tensor")
+    spec = []
+    for a, size in enumerate(shape_in):
+        if op.opt("shrinkAxisMask") >> a & 1:  # one index; the axis goes away below
+            lo, hi, st = begin[a] % size, begin[a] % size + 1, 1
+        else:
+            b = None if op.opt("beginMask") >> a & 1 else begin[a]
+            e = None if op.opt("endMask") >> a & 1 else end[a]
+            if steps[a] == 0:
+                raise op.refuse(f"stride 0 on axis {a}")
+            lo, hi, st = slice(b, e, steps[a]).indices(size)
+        if a == 0 and len(range(lo, hi, st)) != 1:
+            raise op.refuse("it slices the batch axis")
+        spec.append((lo, hi, st))
+    axes = ir_axes(ctx, op, x)
+    sl = {"axes": [], "starts": [], "ends": [], "steps": []}
+    for i, a in enumerate(axes):
+        lo, hi, st = spec[a]
+        if (lo, hi, st) != (0, shape_in[a], 1):
+            for k, v in zip(sl, (i, lo, hi, st), strict=True):
+                sl[k].append(v)
+    shrink = [a for a in range(1, len(shape_in)) if op.opt("shrinkAxisMask") >> a & 1]
+    name = f"{op.node}_slice" if shrink else op.node
+    y = ctx.add(Node(name, "slice", [x], name, sl)) if sl["axes"] else x
+    if shrink:  # the shrunk axes disappear: a reshape in TFLite's order
+        out = [1] + [len(range(*spec[a])) for a in range(1, len(shape_in)) if a not in shrink]
+        ctx.layouts.setdefault(y, ctx.layouts[x])
+        _reshape_to(ctx, op, y, out)
+    else:
+        ctx.bind(op, y, ctx.layouts[x])
+
+
+def _tfl_order(ctx: _Ctx, x: str) -> list[int]:
+    """The per-sample shape of IR tensor `x` in TFLite's axis order."""
+    s = ctx.shape(x)
+    return [s[1], s[2], s[0]] if ctx.layouts[x] == NHWC else list(s)
 
 
 @importer("AVERAGE_POOL_2D", "MAX_POOL_2D")
@@ -424,53 +691,103 @@ def _pool(ctx: _Ctx, op: _Op) -> None:
 
 @importer("MEAN")
 def _mean(ctx: _Ctx, op: _Op) -> None:
-    x = _nhwc_input(ctx, op)
-    axes = sorted({int(a) % 4 for a in ctx.const(op, 1, "the axes").reshape(-1)})
-    if axes != [1, 2]:
-        raise op.refuse(f"only a mean over H and W (axes 1, 2) is supported, got {axes}")
-    _, h, w = ctx.shape(x)
-    attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
-    y = ctx.add(Node(op.node, "avgpool2d", [x], op.node, attrs))
-    if op.opt("keepDims", False):
-        ctx.bind(op, y, NHWC)
+    x = ctx.act(op)
+    rank = len(ctx.shape(x)) + 1
+    axes = sorted({int(a) % rank for a in ctx.const(op, 1, "the axes").reshape(-1)})
+    keep = bool(op.opt("keepDims", False))
+    if 0 in axes:
+        raise op.refuse("a mean over the batch axis mixes samples")
+    layout = ctx.layouts[x]
+    if layout == NHWC and axes == [1, 2]:  # over H, W: global average pooling, anywhere
+        _, h, w = ctx.shape(x)
+        attrs = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
+        y = ctx.add(Node(op.node, "avgpool2d", [x], op.node, attrs))
+        if keep:
+            ctx.bind(op, y, NHWC)
+            return
+        name = f"{op.node}_squeeze"
+        c = ctx.shape(y)[0]
+        ctx.bind(op, ctx.add(Node(name, "reshape", [y], name, {"shape": [c]})), PLAIN)
         return
-    name = f"{op.node}_squeeze"
-    ctx.bind(op, ctx.add(Node(name, "reshape", [y], name, {"shape": [ctx.shape(y)[0]]})), PLAIN)
+    if layout == NHWC and keep:  # stays an image: mean over the matching IR axes
+        ir_axes = sorted({1: 1, 2: 2, 3: 0}[a] for a in axes)
+        attrs = {"axes": ir_axes, "keepdims": 1}
+        ctx.bind(op, ctx.add(Node(op.node, "reduce_mean", [x], op.node, attrs)), NHWC)
+        return
+    p = to_plain(ctx, op.node, x)
+    attrs = {"axes": [a - 1 for a in axes], "keepdims": int(keep)}
+    ctx.bind(op, ctx.add(Node(op.node, "reduce_mean", [p], op.node, attrs)), PLAIN)
 
 
 def _new_shape(ctx: _Ctx, op: _Op) -> list[int]:
-    if len(op.inputs) > 1 and op.inputs[1] >= 0:
-        shape = [int(d) for d in ctx.const(op, 1, "the new shape").reshape(-1)]
-    else:
-        shape = list(op.opt("newShape", None) or [])
     out = ctx.tfl(op.outputs[0]).shape
-    if not shape and out is not None:
-        shape = [int(d) for d in out]
-    return shape
+    if out is not None and len(out) and all(int(d) > 0 for d in out):
+        return [int(d) for d in out]  # the declared static shape says it all
+    if len(op.inputs) > 1 and op.inputs[1] >= 0:
+        return [int(d) for d in ctx.const(op, 1, "the new shape").reshape(-1)]
+    return list(op.opt("newShape", None) or [])
 
 
-@importer("RESHAPE")
-def _reshape(ctx: _Ctx, op: _Op) -> None:
-    x = ctx.act(op)
+def to_plain(ctx: _Ctx, name: str, x: str) -> str:
+    """`x` with its values in TFLite's order (layout plain): an NHWC image is transposed to
+    (H, W, C), a flattened one is put back in H, W, C order. Data movement, exact."""
+    layout = ctx.layouts[x]
+    if layout == PLAIN:
+        return x
+    if layout[0] == "hwc":
+        c, h, w = layout[1:]
+        x = ctx.add(Node(f"{name}_chw", "reshape", [x], f"{name}_chw", {"shape": [c, h, w]}))
+    y = ctx.add(Node(f"{name}_hwc", "transpose", [x], f"{name}_hwc", {"perm": [1, 2, 0]}))
+    if layout[0] == "hwc":
+        flat = {"shape": [int(np.prod(ctx.shape(x)))]}
+        y = ctx.add(Node(f"{name}_flat", "reshape", [y], f"{name}_flat", flat))
+    ctx.layouts[y] = PLAIN
+    return y
+
+
+def _reshape_to(ctx: _Ctx, op: _Op, x: str, shape: list[int]) -> None:
+    """Output 0 of `op` is `x` reshaped to the TFLite shape `shape` (batch first). Rank-4
+    tensors are NHWC images in the IR (C, H, W), everything else keeps TFLite's order."""
     n = int(np.prod(ctx.shape(x)))
-    shape = _new_shape(ctx, op)
-    rest = shape[1:]
-    if -1 in rest:
+    if len(shape) < 1 or shape[0] not in (1, -1):
+        raise op.refuse(f"reshape to {shape} moves data across the batch axis")
+    rest = list(shape[1:])
+    if rest.count(-1) == 1:
         known = int(np.prod([d for d in rest if d != -1]))
         rest[rest.index(-1)] = n // max(known, 1)
+    if int(np.prod(rest)) != n:
+        raise op.refuse(f"cannot reshape {n} values per sample to {shape}")
     layout = ctx.layouts[x]
-    flat = len(shape) == 2 and rest == [n]
-    same_image = len(shape) == 4 and layout == NHWC and (rest[2], *rest[:2]) == ctx.shape(x)
-    if flat and layout == NHWC:
+    if len(rest) == 1 and layout == NHWC:  # a flatten: let the dense after it absorb the order
         y, lay = _flatten(ctx, op, x, op.node)
         ctx.bind(op, y, lay)
-    elif flat or same_image:
-        ctx.names[op.outputs[0]] = x  # same values, same layout: nothing to do
-    else:
-        raise op.refuse(
-            f"reshape of {list(ctx.tfl(op.inputs[0]).shape)} to {shape} is not supported "
-            "(only flattening to (batch, features))"
+        return
+    if len(rest) == 3 and layout == NHWC and (rest[2], *rest[:2]) == ctx.shape(x):
+        ctx.names[op.outputs[0]] = x  # same image: nothing to do
+        return
+    p = to_plain(ctx, op.node, x)
+    if len(rest) == 3:  # back to an image: (H, W, C) -> (C, H, W)
+        hwc = (
+            p
+            if tuple(rest) == ctx.shape(p)
+            else ctx.add(Node(f"{op.node}_hwc", "reshape", [p], f"{op.node}_hwc", {"shape": rest}))
         )
+        y = ctx.add(Node(op.node, "transpose", [hwc], op.node, {"perm": [2, 0, 1]}))
+        ctx.bind(op, y, NHWC)
+    elif tuple(rest) == ctx.shape(p):
+        ctx.names[op.outputs[0]] = p
+        ctx.layouts.setdefault(p, PLAIN)
+    else:
+        ctx.bind(op, ctx.add(Node(op.node, "reshape", [p], op.node, {"shape": rest})), PLAIN)
+
+
+@importer("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+def _reshape(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    shape = _new_shape(ctx, op)
+    if op.name != "RESHAPE" and not all(d > 0 for d in shape):
+        raise op.refuse("the output shape is not static")
+    _reshape_to(ctx, op, x, shape)
 
 
 @importer("CONCATENATION")
@@ -504,6 +821,132 @@ def _requantize(ctx: _Ctx, op: _Op) -> None:
     )
 
 
+def densify(values: np.ndarray, shape: list[int], sp: Any) -> np.ndarray:
+    """The dense array of a sparse TFLite constant (TACO-style: per traversed dimension DENSE
+    or SPARSE_CSR, optional block dimensions), as TFLite's FormatConverter expands it."""
+    order, rank = [int(d) for d in sp.traversalOrder], len(shape)
+    blocks = [int(d) for d in (sp.blockMap if sp.blockMap is not None else [])]
+    coords = np.zeros((1, 0), np.int64)  # one row per stored prefix, traversal order
+    pos = np.zeros(1, np.int64)  # each prefix's position at its level
+    for dm in sp.dimMetadata:
+        if dm.format == 0:  # DENSE: every index, positions row-major under the parent
+            n = int(dm.denseSize)
+            coords = np.hstack([np.repeat(coords, n, 0), np.tile(np.arange(n), len(pos))[:, None]])
+            pos = (pos[:, None] * n + np.arange(n)).reshape(-1)
+        else:  # SPARSE_CSR: the parent's segment of stored indices
+            seg = np.asarray(dm.arraySegments.values, np.int64)
+            idx = np.asarray(dm.arrayIndices.values, np.int64)
+            counts = seg[pos + 1] - seg[pos]
+            pos = np.concatenate([np.arange(seg[p], seg[p + 1]) for p in pos] + [pos[:0]])
+            coords = np.hstack([np.repeat(coords, counts, 0), idx[pos][:, None]])
+    expanded = np.empty_like(coords)
+    expanded[:, order] = coords
+    full = expanded[:, :rank].copy()
+    for j, d in enumerate(blocks):  # block dimension rank + j splits original dimension d
+        size = int(sp.dimMetadata[order.index(rank + j)].denseSize)
+        full[:, d] = full[:, d] * size + expanded[:, rank + j]
+    out = np.zeros(shape, values.dtype)
+    out[tuple(full.T)] = values[pos]
+    return out
+
+
+@importer("DENSIFY")
+def _densify(ctx: _Ctx, op: _Op) -> None:
+    i = op.inputs[0]
+    t = ctx.tfl(i)
+    values = ctx.raw(op, i)
+    if values is None or t.sparsity is None:
+        raise op.refuse(f"'{ctx.tname(i)}' is not a stored sparse constant")
+    dense = densify(values, [int(d) for d in t.shape], t.sparsity)
+    q = ctx.qparams(i)
+    if q is not None and dense.dtype.kind != "f":
+        scale, zp, axis = q
+        shape = [1] * dense.ndim
+        if len(scale) > 1:
+            shape[axis] = len(scale)
+        dense = (dense - zp.reshape(shape)) * scale.reshape(shape)
+    ctx.consts[op.outputs[0]] = dense.astype(np.float32)
+
+
+@importer("DEPTH_TO_SPACE")
+def _depth_to_space(ctx: _Ctx, op: _Op) -> None:
+    """TFLite's depth order is (row offset, column offset, channel): in the IR a reshape to
+    (b, b, C, H, W), a transpose to (C, H, b, W, b) and a reshape to (C, H*b, W*b)."""
+    x = _nhwc_input(ctx, op)
+    b = int(op.opt("blockSize"))
+    cin, h, w = ctx.shape(x)
+    if b < 1 or cin % (b * b):
+        raise op.refuse(f"{cin} channels do not split into blocks of {b}x{b}")
+    c = cin // (b * b)
+    split = f"{op.node}_split"
+    y = ctx.add(Node(split, "reshape", [x], split, {"shape": [b, b, c, h, w]}))
+    moved = f"{op.node}_move"
+    y = ctx.add(Node(moved, "transpose", [y], moved, {"perm": [2, 3, 0, 4, 1]}))
+    y = ctx.add(Node(op.node, "reshape", [y], op.node, {"shape": [c, h * b, w * b]}))
+    ctx.bind(op, y, NHWC)
+
+
+@importer("TRANSPOSE_CONV")
+def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
+    """Exactly, as sub-pixel convolution: output row u = q*s + r (phase r) sums x[q - m] *
+    W[r + s*m], an ordinary convolution of x with the taps of phase r, flipped. One conv2d
+    gives every phase as a channel group, ordered (r_h, r_w, c) like DEPTH_TO_SPACE's depth;
+    then the phases are interleaved (reshape, transpose, reshape) and the padding cropped
+    (slice). Inputs: output shape, filter (OHWI), x, optional bias."""
+    x = ctx.act(op, 2)
+    if ctx.layouts.get(x) != NHWC:
+        raise op.refuse(f"expects a 4-D NHWC input, '{ctx.tname(op.inputs[2])}' is not one")
+    w = ctx.const(op, 1, "the filter").astype(np.float64)  # (Cout, kh, kw, Cin)
+    out_shape = [int(v) for v in ctx.const(op, 0, "the output shape").reshape(-1)]
+    cin, h, wd = ctx.shape(x)
+    cout, k = w.shape[0], list(w.shape[1:3])
+    if w.ndim != 4 or w.shape[3] != cin or len(out_shape) != 4 or out_shape[3] != cout:
+        raise op.refuse(f"filter {list(w.shape)} / output {out_shape} do not fit input {cin}")
+    st = [op.opt("strideH", 1) or 1, op.opt("strideW", 1) or 1]
+    out = out_shape[1:3]
+    pad = enum_names(ctx.fb.Padding).get(op.opt("padding"), "?")
+    if pad not in ("SAME", "VALID"):
+        raise op.refuse(f"padding {pad} is not supported")
+    # TFLite pads as the forward convolution from the output size back to the input size.
+    before = same_pads((out[0], out[1]), k, st, [1, 1])[:2] if pad == "SAME" else [0, 0]
+    m = [-(-k[a] // st[a]) for a in (0, 1)]
+    q = [h + m[0] - 1, wd + m[1] - 1]  # rows of each phase's convolution (pads m - 1 each side)
+    if any(before[a] + out[a] > q[a] * st[a] for a in (0, 1)):
+        raise op.refuse(f"output {out} does not fit the input {[h, wd]} at strides {st}")
+    sub = np.zeros((st[0], st[1], cout, cin, m[0], m[1]))
+    for rh in range(st[0]):
+        for jh in range(m[0]):
+            kh = rh + st[0] * (m[0] - 1 - jh)
+            for rw in range(st[1]):
+                for jw in range(m[1]):
+                    kw = rw + st[1] * (m[1] - 1 - jw)
+                    if kh < k[0] and kw < k[1]:
+                        sub[rh, rw, :, :, jh, jw] = w[:, kh, kw, :]
+    b = _bias(ctx, op, 3, cout)
+    params = {
+        "weight": sub.reshape(-1, cin, m[0], m[1]).astype(np.float32),
+        "bias": np.tile(b, st[0] * st[1]).astype(np.float32),
+    }
+    attrs = {"strides": [1, 1], "pads": [m[0] - 1, m[1] - 1] * 2, "dilations": [1, 1], "group": 1}
+    phases = f"{op.node}_phases"
+    y = ctx.add(Node(phases, "conv2d", [x], phases, attrs, params))
+    ctx.record_param(op, 1, "weight", None)
+    split = f"{op.node}_split"
+    y = ctx.add(Node(split, "reshape", [y], split, {"shape": [st[0], st[1], cout, *q]}))
+    moved = f"{op.node}_move"
+    y = ctx.add(Node(moved, "transpose", [y], moved, {"perm": [2, 3, 0, 4, 1]}))
+    full = f"{op.node}_full"
+    y = ctx.add(Node(full, "reshape", [y], full, {"shape": [cout, q[0] * st[0], q[1] * st[1]]}))
+    crop = {
+        "axes": [1, 2],
+        "starts": before,
+        "ends": [before[0] + out[0], before[1] + out[1]],
+        "steps": [1, 1],
+    }
+    y = ctx.add(Node(op.node, "slice", [y], op.node, crop))
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+
+
 @importer("SOFTMAX")
 def _softmax(ctx: _Ctx, op: _Op) -> None:
     if op.outputs[0] not in ctx.sub.outputs or ctx.uses.get(op.outputs[0], 0):
@@ -511,6 +954,7 @@ def _softmax(ctx: _Ctx, op: _Op) -> None:
     if op.opt("beta", 1.0) <= 0:
         raise op.refuse(f"beta {op.opt('beta')} changes the argmax")
     ctx.names[op.outputs[0]] = ctx.act(op)
+    ctx.dropped_softmax.append(ctx.act(op))
     ctx.notes.append(
         f"operator {op.index} (SOFTMAX) at the output dropped: it does not change the argmax; "
         "the graph outputs its input (logits)"
@@ -611,11 +1055,16 @@ def import_tflite(path: str | os.PathLike[str]) -> Graph:
 
 def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
     outs = [int(o) for o in ctx.sub.outputs]
-    if len(outs) != 1 or outs[0] not in ctx.names:
-        raise UnsupportedOp(f"the model must have one computed output, it has {len(outs)}")
-    out = ctx.names[outs[0]]
-    if ctx.layouts[out][0] == "hwc":
-        raise UnsupportedOp(f"graph output '{ctx.tname(outs[0])}' is a flattened NHWC tensor")
+    if not outs:
+        raise UnsupportedOp("the model has no output")
+    for k, i in enumerate(outs):
+        if i not in ctx.names:
+            raise UnsupportedOp(
+                f"graph output {k} ('{ctx.tname(i)}') is not computed from the input"
+            )
+        if ctx.layouts[ctx.names[i]][0] == "hwc":  # a flattened image: back in TFLite's order
+            ctx.names[i] = to_plain(ctx, f"output_{k}", ctx.names[i])
+    out = [ctx.names[i] for i in outs]
     is_int = any(ctx.dtype(i) in ("INT8", "UINT8") for i in ctx.names)
     meta = {
         "source": {
@@ -624,9 +1073,12 @@ def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
             "sha256": sha256_file(path),
             "schema_version": int(ctx.model.version),
             "activations": "int8 (dequantised)" if is_int else "float",
+            "outputs": [ctx.tname(i) for i in outs],
             "notes": ctx.notes,
+            # outputs whose final SOFTMAX was dropped: the source model's output is softmax(them)
+            "dropped_softmax": ctx.dropped_softmax,
         },
         "tflite": {"tensors": _tensor_map(ctx), "quantization": ctx.quant},
     }
-    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=[out], meta=meta)
+    graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=out, meta=meta)
     return check_graph(graph)
