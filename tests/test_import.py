@@ -95,3 +95,28 @@ def test_batchnorm_is_folded_exactly(cases):
     graph = import_onnx(cases["residual"].onnx)
     assert "BatchNormalization" not in {n.op for n in graph.nodes}
     assert [n.op for n in graph.nodes][:2] == ["conv2d", "relu"]
+
+
+def test_batchnorm_after_a_conv_that_onnxruntime_leaves_folds_into_it(tmp_path):
+    """A Conv whose output is a graph output too cannot be fused by onnxruntime; BN after a
+    ConvTranspose neither: spikeport folds both its scale and shift (DBNet's head)."""
+    c = np.array([1.0, 2.0, 0.5, 3.0])
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["h"], name="up", strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["h", "g", "b", "m", "v"], ["y"], name="bn"),
+    ]
+    path = _save(
+        tmp_path,
+        nodes,
+        inits=[
+            ("w", np.random.default_rng(0).normal(size=(4, 4, 2, 2))),
+            ("g", c),
+            ("b", -c),
+            ("m", c / 2),
+            ("v", c),
+        ],
+        inputs=(("x", ["N", 4, 3, 3]),),
+        out=("y", ["N", 4, 6, 6]),
+    )
+    assert [n.op for n in import_onnx(path).nodes] == ["conv_transpose2d"]
+    _matches_onnxruntime(path, np.random.default_rng(1).normal(size=(2, 4, 3, 3)))

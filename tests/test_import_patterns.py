@@ -217,3 +217,22 @@ def test_a_masked_score_that_is_a_graph_output_is_refused_by_name(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(UnsupportedOp, match=r"node 'masked' \(Add\): computes with integer input"):
         import_onnx(path)
+
+
+def test_a_gather_that_permutes_channels_is_slices_and_a_concat(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    order = np.array([0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11], np.int64)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["x", "order"], ["y"], name="shuffle", axis=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12, 2, 2])],
+        [numpy_helper.from_array(order, "order")],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(0).normal(size=(3, 12, 2, 2)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    assert [n.op for n in graph.nodes] == ["slice"] * 4 + ["concat"]

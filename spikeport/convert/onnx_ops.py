@@ -328,18 +328,17 @@ def _batchnorm(ctx: Ctx, n: onnx.NodeProto) -> None:
     x, out = n.input[0], n.output[0]
     rank = ctx.rank(x)
     as_const = (1, -1) + (1,) * (rank - 2)  # channels on ONNX axis 1
-    mid = f"{n.name}:scaled"
+    c_scale = ctx.sample_const(scale.reshape(as_const), x)
+    c_shift = ctx.sample_const(shift.reshape(as_const), x)
     target = ctx.fold_target(x)
-    if (
-        target is not None
-        and _per_channel(ctx, target, ctx.sample_const(scale.reshape(as_const), x)) is not None
-    ):
-        _fold_scale(ctx, x, ctx.sample_const(scale.reshape(as_const), x), mid)
-        _fold_shift(ctx, mid, ctx.sample_const(shift.reshape(as_const), x), out)
+    shift_v = None if target is None else _per_channel(ctx, target, c_shift)
+    if shift_v is not None and _fold_scale(ctx, x, c_scale, out):  # the layer now writes out
+        target.params["bias"] = (target.params["bias"] + shift_v).astype(np.float32)
         return
+    mid = f"{n.name}:scaled"
     ctx.onnx_shapes.setdefault(mid, ctx.onnx_full(x))
-    _scale(ctx, n, x, ctx.sample_const(scale.reshape(as_const), x), mid, mid)
-    _shift(ctx, n, mid, ctx.sample_const(shift.reshape(as_const), x), out, n.name)
+    _scale(ctx, n, x, c_scale, mid, mid)
+    _shift(ctx, n, mid, c_shift, out, n.name)
 
 
 # -- activations ---------------------------------------------------------------------------
@@ -663,7 +662,30 @@ def _gather(ctx: Ctx, n: onnx.NodeProto) -> None:
         spec = {"axes": [axis], "starts": [start], "ends": [max(stop, -1)], "steps": [step]}
         ctx.emit(n, Node(n.name, "slice", [data], n.output[0], spec))
         return
+    runs = _runs(index) if index.ndim == 1 else []
+    if 1 < len(runs) <= MAX_GATHER_RUNS:  # a channel permutation: slices joined again
+        parts = []
+        for k, (start, stop) in enumerate(runs):
+            part = f"{n.name}:{k}"
+            spec = {"axes": [axis], "starts": [start], "ends": [stop], "steps": [1]}
+            ctx.emit(n, Node(part, "slice", [data], part, spec))
+            parts.append(part)
+        ctx.emit(n, Node(n.name, "concat", parts, n.output[0], {"axis": axis}))
+        return
     raise refuse(n, f"a gather by index {index.tolist()} is not a slice")
+
+
+MAX_GATHER_RUNS = 16  # a gather by index becomes at most this many slices and a concat
+
+
+def _runs(index: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive indices: [0, 1, 2, 6, 7, 3] -> (0, 3), (6, 8), (3, 4)."""
+    runs, start = [], 0
+    for k in range(1, len(index) + 1):
+        if k == len(index) or index[k] != index[k - 1] + 1:
+            runs.append((int(index[start]), int(index[k - 1]) + 1))
+            start = k
+    return runs
 
 
 def _embedding(ctx: Ctx, n: onnx.NodeProto) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from spikeport.ir.graph import Node
 from spikeport.quantize.quantize import _Ctx, conv_weights, dense_weights
-from spikeport.quantize.scales import compact
+from spikeport.quantize.scales import compact, compact_rows
 from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.ops import KERNELS
 
@@ -138,7 +138,7 @@ def fold_add(ctx: _Ctx, node: Node) -> np.ndarray:
     for s in syns:
         if s is not None:
             ctx.scales[s.output] = compact(s_y, shape)
-    node.params["mult_q"] = compact(mult, mult.shape).astype(np.int32)
+    node.params["mult_q"] = compact_rows(mult).astype(np.int32)
     node.attrs["shift"] = 0
     return compact(s_y, shape)
 

@@ -31,7 +31,7 @@ from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
-from spikeport.quantize.scales import channel_vector, compact, feature_vector
+from spikeport.quantize.scales import channel_vector, compact, compact_rows, feature_vector
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.kinds import set_kind
@@ -295,7 +295,7 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
         raise ctx.refuse(node, f"inputs differ in scale by more than {ctx.profile.mult_bits} bits")
     for i in sorted({int(k) for k in np.argwhere(mult == 0)[:, 0]}):
         _below_resolution(ctx, node, i, float(ratio[i].min()) * 2.0**shift, s_y)
-    node.params["mult_q"] = compact(mult, mult.shape).astype(np.int32)
+    node.params["mult_q"] = compact_rows(mult).astype(np.int32)
     node.attrs["shift"] = shift
     return np.full(ins[0].shape, s_y)
 
@@ -440,10 +440,16 @@ def quantize(
                     ctx.bounds[i] = node_bounds(prod, ctx.bounds, max_timesteps)
         ctx.bounds[n.output] = node_bounds(n, ctx.bounds, max_timesteps)
     for o in out.outputs:
-        if ctx.scales[o].size != 1:
-            raise CapabilityExceeded(
-                f"graph output '{o}' has per-channel scales; its argmax needs one scale"
+        # Class scores are compared as integers (argmax): one scale. Other outputs (boxes,
+        # embeddings, maps) are read in real units by the simulator; a target's emitted code
+        # reports one scale per output, so target profiles need one everywhere.
+        if ctx.scales[o].size != 1 and (len(out.shape(o)) == 1 or profile.name != "sim"):
+            why = (
+                "its argmax needs one scale"
+                if len(out.shape(o)) == 1
+                else (f"target '{profile.name}' reports one scale per output")
             )
+            raise CapabilityExceeded(f"graph output '{o}' has per-channel scales; {why}")
     out.stage, out.scales = "int", ctx.scales
     out.meta["quantization"] = {
         "target": profile.name,

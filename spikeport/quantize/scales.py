@@ -31,3 +31,9 @@ def feature_vector(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | No
     if any(d != 1 for d in s.shape[:-1]):
         return None
     return np.broadcast_to(s.reshape(-1), (shape[-1],)).copy()
+
+
+def compact_rows(a: np.ndarray) -> np.ndarray:
+    """`compact` over every axis but the first (one row per add input: equal rows stay two)."""
+    c = compact(a, a.shape)
+    return np.ascontiguousarray(np.broadcast_to(c, (a.shape[0],) + c.shape[1:]))
