@@ -117,7 +117,7 @@ def ann_reference(
     if tflite_path is not None:
         from spikeport.convert.litert import litert_logits  # needs ai-edge-litert
 
-        return litert_logits(tflite_path, data.x), "LiteRT (ai-edge-litert)"
+        return litert_logits(tflite_path, data.x, output), "LiteRT (ai-edge-litert)"
     return onnx_logits(path, data.x, output), "onnxruntime"
 
 
