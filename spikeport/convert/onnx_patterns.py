@@ -277,24 +277,21 @@ def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, n
     if sq is None or list(div.input) != [sub.output[0], sq.output[0]]:
         return None
     nodes += [sq, div]
-    out, gamma, beta = div.output[0], None, None
-    mul = only(out, "Mul")
-    if mul is not None:
-        c = next((i for i in mul.input if i != out and i in consts), None)
-        if c is not None:
-            gamma = _along(consts[c], _shape_of(g, x), axis)
-            if gamma is None:
-                return None
-            nodes, out = nodes + [mul], mul.output[0]
-    add_b = only(out, "Add")
-    if add_b is not None:
-        c = next((i for i in add_b.input if i != out and i in consts), None)
-        if c is not None:
-            beta = _along(consts[c], _shape_of(g, x), axis)
-            if beta is None:
-                return None
-            nodes, out = nodes + [add_b], add_b.output[0]
-    return nodes, x, out, eps, gamma, beta, axis
+    out, affine = div.output[0], {}
+    for op in ("Mul", "Add"):  # the optional gamma, then the optional beta
+        node = only(out, op)
+        c = (
+            None
+            if node is None
+            else next((i for i in node.input if i != out and i in consts), None)
+        )
+        if c is None:
+            continue
+        affine[op] = _along(consts[c], _shape_of(g, x), axis)
+        if affine[op] is None:
+            return None
+        nodes, out = nodes + [node], node.output[0]
+    return nodes, x, out, eps, affine.get("Mul"), affine.get("Add"), axis
 
 
 def _reduced_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> int | None:
