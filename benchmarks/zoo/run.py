@@ -45,6 +45,7 @@ class Row:
     ann_rel_diff: float | None = None  # max |ANN view - reference| / max |reference|
     agree_t4: float | None = None  # eval's agreement with the source model at T = 4
     agree_t8: float | None = None
+    cos_t8: float | None = None  # eval's cosine to the source model's output at T = 8
     refusal: str = ""  # the first failing stage's `error:` line, TRACEBACK or TIMEOUT
     seconds: float = 0.0
     labels: int = 0  # distinct labels in the test file: 1 means agreement is trivially 100 %
@@ -149,7 +150,9 @@ def run_model(entry: dict, budget: float) -> Row:
     row.refusal = row.refusal or ann_failure
     if row.stage == "eval":
         records = {r["T"]: r for r in json.loads((work / "r.json").read_text())["records"]}
-        row.agree_t4, row.agree_t8 = (records[t]["agreement_with_ann"] for t in (4, 8))
+        # class scores: argmax agreement with the source model; every output: cosine to it
+        row.agree_t4, row.agree_t8 = (records[t].get("agreement_with_ann") for t in (4, 8))
+        row.cos_t8 = records[8]["cosine_to_ann"]
         row.result = "pass"
     row.seconds = round(time.time() - started, 1)
     return row
@@ -184,19 +187,20 @@ def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
         f"{sum(r.ann_rel_diff is not None and r.ann_rel_diff <= 1e-4 for r in rows)}.",
         "",
         "| model | source | exporter | stage | result | ANN rel diff | agree T=4 % | agree T=8 % "
-        "| labels | first refusal | s |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---|---:|",
+        "| cosine T=8 | labels | first refusal | s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         refusal = r.refusal.replace("|", "\\|")
         lines.append(
             f"| {r.model} | {r.source} | {r.exporter} | {r.stage} | {r.result} | "
             f"{_fmt(r.ann_rel_diff)} | {_fmt(r.agree_t4, True)} | {_fmt(r.agree_t8, True)} | "
-            f"{r.labels} | {refusal} | {r.seconds:.0f} |"
+            f"{'-' if r.cos_t8 is None else f'{r.cos_t8:.3f}'} | {r.labels} | {refusal} | "
+            f"{r.seconds:.0f} |"
         )
     for e in unbuilt:
         lines.append(
-            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | "
+            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | - | "
             f"build: {e['build_error']} | - |"
         )
     lines += [
