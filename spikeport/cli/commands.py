@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from spikeport.cli.main import QUIET, main, parse_timesteps, run_safely, say
+from spikeport.cli.main import PERCENTILE, QUIET, TIMESTEPS, main, output_file, parse_timesteps, say
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
-from spikeport.data import load_data
+from spikeport.data import check_onnx_token_ids, check_token_ids, load_data
+from spikeport.errors import BadInput
 from spikeport.ir import load, save
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
@@ -15,7 +18,9 @@ from spikeport.targets import discover
 
 discover()  # every target registers its quantize profile before --target lists them
 
-OUT = click.option("-o", "--output", "output", required=True, help="Output file.")
+OUT = click.option(
+    "-o", "--output", "output", required=True, callback=output_file, help="Output file."
+)
 
 
 @main.command("convert")
@@ -24,14 +29,14 @@ OUT = click.option("-o", "--output", "output", required=True, help="Output file.
 @click.option(
     "-T",
     "timesteps",
-    type=int,
+    type=TIMESTEPS,
     default=DEFAULT_TIMESTEPS,
     show_default=True,
     help="Timesteps the network is meant to run (recorded as its default).",
 )
 @click.option(
     "--percentile",
-    type=float,
+    type=PERCENTILE,
     default=DEFAULT_PERCENTILE,
     show_default=True,
     help="Activation percentile that sets each threshold.",
@@ -45,14 +50,13 @@ OUT = click.option("-o", "--output", "output", required=True, help="Output file.
 @click.option("--signed", is_flag=True, help="Signed spikes (neurons may emit -1).")
 @click.option(
     "--input-percentile",
-    type=float,
+    type=PERCENTILE,
     default=DEFAULT_INPUT_PERCENTILE,
     show_default=True,
     help="Sequence models: |activation| percentile of the neurons before linear layers.",
 )
 @OUT
 @QUIET
-@run_safely
 def convert_cmd(
     model: str,
     calib: str,
@@ -66,6 +70,7 @@ def convert_cmd(
 ) -> None:
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
+    check_onnx_token_ids(model, calib)
     graph = convert(model, calib, percentile, per_channel, signed, timesteps, input_percentile)
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
@@ -83,18 +88,18 @@ def convert_cmd(
 @click.option(
     "--max-T",
     "max_t",
-    type=int,
+    type=TIMESTEPS,
     default=DEFAULT_MAX_TIMESTEPS,
     show_default=True,
     help="Longest run the overflow proof must cover.",
 )
 @OUT
 @QUIET
-@run_safely
 def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
     graph = load(model)
     data = load_data(calib, graph.inputs)
+    check_token_ids(graph, data.x, calib)
     q = quantize(graph, data.x, get_profile(target), max_t)
     q.meta["quantization"]["calibration"] = data.provenance
     save(q, output)
@@ -122,8 +127,12 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
 )
 @click.option("--onnx", "onnx_path", default=None, help="Source ONNX: ANN reference.")
 @click.option("--tflite", "tflite_path", default=None, help="Source .tflite: ANN reference.")
-@click.option("--json", "json_path", default=None, help="Write the report as JSON.")
-@click.option("--plot", "plot_path", default=None, help="Write accuracy vs T as PNG.")
+@click.option(
+    "--json", "json_path", default=None, callback=output_file, help="Write the report as JSON."
+)
+@click.option(
+    "--plot", "plot_path", default=None, callback=output_file, help="Write accuracy vs T as PNG."
+)
 @click.option(
     "--require",
     "requires",
@@ -132,7 +141,6 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     help="Exit 1 when accuracy at T is below ACC (repeatable).",
 )
 @QUIET
-@run_safely
 def eval_cmd(
     model: str,
     data: str,
@@ -146,30 +154,24 @@ def eval_cmd(
     quiet: bool,
 ) -> None:
     """Accuracy of MODEL at each T on held-out DATA, against the ANN."""
-    from spikeport.eval import (
-        Requirement,
-        check_requirements,
-        evaluate,
-        markdown_table,
-        write_json,
-        write_plot,
-    )
+    from spikeport.eval import Requirement, check_requirements, evaluate, markdown_table
     from spikeport.eval.evaluate import missed_message
+    from spikeport.eval.report import write_outputs
 
+    if json_path and plot_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
+        raise BadInput(f"--json and --plot both name '{json_path}'")
     reqs = [Requirement.parse(r) for r in requires]
     ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
     graph = load(model)
     n_classes = graph.shape(graph.outputs[0])[-1]
     ds = load_data(data, graph.inputs, labels=True, n_classes=n_classes)
+    check_token_ids(graph, ds.x, data)
     mode = mode or ("int" if graph.stage == "int" else "float")
     with progress(len(ds), f"eval T<={max(ts)}", quiet) as advance:
         report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))
-    if json_path:
-        write_json(report, json_path)
-    if plot_path:
-        write_plot(report, plot_path, title=f"{model} ({mode})")
+    write_outputs(report, json_path, plot_path, title=f"{model} ({mode})")
     if missed:
         raise missed_message(missed)
     if reqs:
@@ -178,7 +180,6 @@ def eval_cmd(
 
 @main.command("inspect")
 @click.argument("model")
-@run_safely
 def inspect_cmd(model: str) -> None:
     """Print a .spk artifact as a table."""
     from spikeport.ir.inspect import describe
