@@ -46,6 +46,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (or SIGHUP), raised in the main thread so that cleanup runs as for Ctrl-C."""
 
 
+class Interrupted(BaseException):
+    """A KeyboardInterrupt carried out of a command past click (which would print a blank
+    line for it); `describe` reports it like the interrupt itself."""
+
+
 def one_line(text: str, limit: int = 400) -> str:
     """`text` on one line, shortened to `limit` characters."""
     flat = " ".join(str(text).split())
@@ -66,7 +71,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return EXIT_BAD_INPUT, one_line(exc.format_message()) + hint
-    if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
+    if isinstance(exc, (KeyboardInterrupt, Interrupted, click.exceptions.Abort)):
         cause = exc.__cause__ or exc.__context__
         what = (
             "terminated"

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from spikeport import __version__
-from spikeport.errors import TRACEBACK_ENV, BadInput, Terminated, describe
+from spikeport.errors import TRACEBACK_ENV, BadInput, Interrupted, Terminated, describe
 from spikeport.fileio import check_output_file, remove_temporaries
 
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
@@ -110,6 +110,12 @@ def _report(exc: BaseException) -> int:
 
 class SpikeportGroup(click.Group):
     """click's group, with one exit path for every outcome (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # past click's own handler, which prints a blank line
+            raise Interrupted() from e
 
     def main(  # type: ignore[override]
         self,
