@@ -9,7 +9,7 @@ import click
 
 from spikeport import batch
 from spikeport.cli.main import QUIET, TIMESTEPS, main, positive_int, say
-from spikeport.data import load_data
+from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import atomic_output
 from spikeport.ir import load
@@ -66,6 +66,7 @@ def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, q
     """Run the target in OUTDIR and compare it with the simulator, bit for bit (exit 1 if not)."""
     graph = load(model)
     x = batch.take(load_data(data, graph.inputs).x, slice(count))
+    check_token_ids(graph, x, data)
     with progress(batch.size(x), "verify", quiet) as advance:
         res = verify(graph, outdir, x, T=timesteps, progress=advance)
     target = read_manifest(outdir)["target"]

@@ -17,6 +17,7 @@ from spikeport.ir.ops import OPS, infer_shape
 MAX_ELEMENTS = 1 << 31  # elements of one tensor per sample: beyond, no stage could hold it
 OPTIONAL_ATTRS = frozenset({"bipolar", "dilations", "cap"})  # read with a default
 POSITIVE_LIST_ATTRS = frozenset({"strides", "kernel", "dilations"})
+QUANT_BITS = ("weight_bits", "bias_bits", "mult_bits", "input_bits")  # checked where recorded
 
 
 def check_graph(graph: Graph) -> Graph:
@@ -138,11 +139,16 @@ def check_artifact(graph: Graph) -> None:
         q = graph.meta.get("quantization")
         if not isinstance(q, dict):
             raise FormatError("an integer graph needs meta 'quantization' (an object)")
-        mt = q.get("max_timesteps")
-        if type(mt) is not int or mt < 1:
-            raise FormatError(
-                f"meta 'quantization' 'max_timesteps' must be an integer >= 1, got {mt!r:.40}"
-            )
+        for key in ("max_timesteps", "state_bits", *QUANT_BITS):
+            v = q.get(key)
+            if v is None and key in QUANT_BITS:
+                continue  # not every profile records every width
+            top = 64 if key != "max_timesteps" else None
+            if type(v) is not int or v < 1 or (top is not None and v > top):
+                raise FormatError(
+                    f"meta 'quantization' '{key}' must be an integer in 1..{top or 'any'}, "
+                    f"got {v!r:.40}"
+                )
         for t in graph.inputs:
             if t.name not in graph.scales:
                 raise FormatError(f"an integer graph needs the scale of input '{t.name}'")
