@@ -466,6 +466,26 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
     "convert-missing-option": (lambda f, w: ["convert", CNN, "-o", w / "o.spk"], 2),
     "convert-not-a-model": (lambda f, w: ["convert", TEST, "--calib", CALIB, "-o", w / "o.spk"], 2),
     "unknown-verb": (lambda f, w: ["frobnicate"], 2),
+    "convert-out-is-its-calib": (
+        lambda f, w: ["convert", CNN, "--calib", w / "keep.txt", "-o", w / "keep.txt"],
+        2,
+    ),
+    "quantize-out-is-its-model": (
+        lambda f, w: ["quantize", w / "keep.txt", "--calib", CALIB, "-o", w / "keep.txt"],
+        2,
+    ),
+    "eval-json-is-plot": (
+        lambda f, w: ["eval", f.q, "--data", TEST, "--json", w / "r", "--plot", w / "r"],
+        2,
+    ),
+    "eval-json-is-data": (
+        lambda f, w: ["eval", f.q, "--data", w / "keep.txt", "--json", w / "keep.txt"],
+        2,
+    ),
+    "finetune-out-is-its-data": (
+        lambda f, w: ["finetune", f.snn, "--data", w / "keep.txt", "-o", w / "keep.txt"],
+        2,
+    ),
     "quantize-bad-target": (
         lambda f, w: ["quantize", f.snn, "--calib", CALIB, "--target", "bogus", "-o", w / "o.spk"],
         2,

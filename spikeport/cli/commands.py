@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
-from spikeport.cli.main import PERCENTILE, QUIET, TIMESTEPS, main, output_file, parse_timesteps, say
+from spikeport.cli.main import (
+    PERCENTILE,
+    QUIET,
+    TIMESTEPS,
+    main,
+    output_file,
+    parse_timesteps,
+    refuse_overwrite,
+    say,
+)
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
 from spikeport.data import check_onnx_token_ids, check_token_ids, load_data
-from spikeport.errors import BadInput
 from spikeport.ir import load, save
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
@@ -70,6 +76,7 @@ def convert_cmd(
 ) -> None:
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
+    refuse_overwrite((output,), (model, calib))
     check_onnx_token_ids(model, calib)
     graph = convert(model, calib, percentile, per_channel, signed, timesteps, input_percentile)
     save(graph, output)
@@ -97,6 +104,7 @@ def convert_cmd(
 @QUIET
 def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
+    refuse_overwrite((output,), (model, calib))
     graph = load(model)
     data = load_data(calib, graph.inputs)
     check_token_ids(graph, data.x, calib)
@@ -158,8 +166,7 @@ def eval_cmd(
     from spikeport.eval.evaluate import missed_message
     from spikeport.eval.report import write_outputs
 
-    if json_path and plot_path and os.path.abspath(json_path) == os.path.abspath(plot_path):
-        raise BadInput(f"--json and --plot both name '{json_path}'")
+    refuse_overwrite((json_path, plot_path), (model, data, onnx_path, tflite_path))
     reqs = [Requirement.parse(r) for r in requires]
     ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
     graph = load(model)

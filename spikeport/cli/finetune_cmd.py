@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import click
 
-from spikeport.cli.main import QUIET, TIMESTEPS, Finite, main, output_file, positive_int, say
+from spikeport.cli.main import (
+    QUIET,
+    TIMESTEPS,
+    Finite,
+    main,
+    output_file,
+    positive_int,
+    refuse_overwrite,
+    say,
+)
 
 
 @main.command("finetune")
@@ -62,6 +71,7 @@ def finetune_cmd(
     from spikeport.finetune import Settings, finetune_files
     from spikeport.ir import load
 
+    refuse_overwrite((output,), (model, data, val))
     settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     kind = None
     if target is not None:

@@ -68,6 +68,25 @@ def output_file(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def refuse_overwrite(outputs: tuple[str | None, ...], inputs: tuple[str | None, ...]) -> None:
+    """An output must be none of the command's inputs, nor another of its outputs: writing it
+    would destroy the file the command reads (a model, its data) or write one file twice."""
+    given = [o for o in outputs if o]
+    for k, out in enumerate(given):
+        for other in (*inputs, *given[k + 1 :]):
+            if other and _same_file(out, other):
+                raise BadInput(
+                    f"'{out}' is named as an output and as '{other}' too; write elsewhere"
+                )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: same only if the paths are
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def parse_timesteps(text: str) -> list[int]:
     try:
         ts = [int(t) for t in text.split(",") if t.strip()]
