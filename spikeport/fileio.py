@@ -156,6 +156,19 @@ def _temp_name(final: Path) -> str:
 
 
 @contextlib.contextmanager
+def _environment_errors(finals: Sequence[Path]) -> Iterator[None]:
+    """A full disk, a quota, a read-only file system while writing `finals`: BadInput naming
+    them (the machine's fault, not spikeport's), raised after the temporaries are gone."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        names = ", ".join(f"'{f}'" for f in finals)
+        raise BadInput(f"could not write {names}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
 def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[list[Path]]:
     """Yield one temporary path beside each of `paths`; rename them onto `paths` only if the
     block succeeds. A failure, Ctrl-C or SIGTERM leaves no half-written file and no temporary;
@@ -172,13 +185,14 @@ def atomic_outputs(paths: Sequence[PathLike]) -> Iterator[list[Path]]:
                 _LIVE.add(tmp)
                 tmps.append(tmp)
             os.close(fd)
-        yield [Path(t) for t in tmps]
-        mode = 0o666 & ~_umask()
-        for tmp, final in zip(tmps, finals, strict=True):
-            os.chmod(tmp, mode)
-            with _signals_held():
-                os.replace(tmp, final)
-                _LIVE.discard(tmp)
+        with _environment_errors(finals):
+            yield [Path(t) for t in tmps]
+            mode = 0o666 & ~_umask()
+            for tmp, final in zip(tmps, finals, strict=True):
+                os.chmod(tmp, mode)
+                with _signals_held():
+                    os.replace(tmp, final)
+                    _LIVE.discard(tmp)
     finally:
         with _signals_held():
             for tmp in tmps:
@@ -204,8 +218,9 @@ def temp_dir_beside(final: PathLike) -> Iterator[Path]:
         tmp = tempfile.mkdtemp(prefix=_temp_name(final), suffix=".tmp", dir=final.parent)
         _LIVE.add(tmp)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield Path(tmp)
+        with _environment_errors([final]):
+            os.chmod(tmp, 0o777 & ~_umask())
+            yield Path(tmp)
     finally:
         with _signals_held():
             if os.path.exists(tmp):

@@ -599,3 +599,21 @@ def test_bad_input(files: Files, tmp_path: Path, monkeypatch, name: str, args: A
     assert got == code, (got, err)
     assert _snapshot(work) == before, "the work dir changed"
     assert _snapshot(files.root) == given, "an input changed"
+
+
+def test_a_full_disk_mid_write_is_one_line_and_leaves_nothing(files, tmp_path, monkeypatch):
+    """ENOSPC (or EDQUOT, EROFS...) at the final write: exit 2 naming the file, no temporary."""
+    import errno
+
+    import spikeport.ir.artifact as artifact
+
+    def full(file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(artifact.zipfile.ZipFile, "writestr", full)
+    code, _, err, exc = run_cli(
+        ["quantize", str(files.snn), "--calib", str(CALIB), "-o", str(tmp_path / "o.spk")]
+    )
+    assert exc is None and code == 2 and err.count("\n") == 1, err
+    assert "No space left on device" in err and "o.spk" in err
+    assert list(tmp_path.iterdir()) == []
