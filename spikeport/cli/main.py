@@ -26,6 +26,7 @@ from spikeport.fileio import check_output_file, remove_temporaries
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
 MAX_T = 100_000  # a sanity bound on any timestep count: beyond it a run would not end
 _debug = False
+_NO_ARGS: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def run_safely(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,6 +155,9 @@ class SpikeportGroup(click.Group):
             code = rv if isinstance(rv, int) else 0  # click returns an Exit's code
         except SystemExit:
             raise
+        except _NO_ARGS as exc:  # `spikeport` alone: its help (click >= 8.2 raises for it)
+            click.echo(exc.ctx.get_help() if exc.ctx else "")  # type: ignore[attr-defined]
+            code = 0
         except BaseException as exc:  # noqa: BLE001 - the one place every error ends
             code = _report(exc)
         finally:

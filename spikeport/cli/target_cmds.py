@@ -19,6 +19,12 @@ from spikeport.targets import check_emit_dir, discover, emit, read_manifest, ver
 TARGET_NAMES = sorted(discover())
 
 
+def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Option callback: emit's directory is checked when the arguments are parsed."""
+    check_emit_dir(value)
+    return value
+
+
 @main.command("emit")
 @click.argument("model")
 @click.option("--target", type=click.Choice(TARGET_NAMES), required=True)
@@ -27,7 +33,7 @@ TARGET_NAMES = sorted(discover())
     "--output",
     "output",
     required=True,
-    callback=lambda ctx, param, value: check_emit_dir(value) and value,
+    callback=output_dir,
     help="Output directory (new, empty, or written by emit before).",
 )
 @QUIET
