@@ -617,3 +617,25 @@ def test_a_full_disk_mid_write_is_one_line_and_leaves_nothing(files, tmp_path, m
     assert exc is None and code == 2 and err.count("\n") == 1, err
     assert "No space left on device" in err and "o.spk" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_plot_leaves_no_json_behind(files, tmp_path, monkeypatch):
+    import spikeport.eval.report as report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("matplotlib fell over")
+
+    monkeypatch.setattr(report, "plot_png", broken)
+    args = [
+        "eval",
+        str(files.q),
+        "--data",
+        str(TEST),
+        "-T",
+        "1",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    code, _, err, exc = run_cli(args + ["--plot", str(tmp_path / "r.png")])
+    assert exc is None and code == 3 and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
