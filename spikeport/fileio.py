@@ -325,9 +325,9 @@ def read_npz(
     budget = limit
     with z:
         for info in z.infolist():
-            if info.is_dir():
-                continue
-            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.is_dir() or not info.filename.endswith(".npy"):
+                continue  # not an array (np.savez writes every array as KEY.npy)
+            key = info.filename[:-4]
             what = f"{where}: key '{key}'"
             zip_member(z, info.filename, where, budget)
             try:
