@@ -17,6 +17,9 @@ from spikeport.ir.ops import OPS, infer_shape
 MAX_ELEMENTS = 1 << 31  # elements of one tensor per sample: beyond, no stage could hold it
 OPTIONAL_ATTRS = frozenset({"bipolar", "dilations", "cap"})  # read with a default
 POSITIVE_LIST_ATTRS = frozenset({"strides", "kernel", "dilations"})
+SHIFT_ATTRS = frozenset({"shift", "requant_shift"})
+MAX_SHIFT = 62
+MAX_INT_CONSTANT = 1 << 40  # the integer functions' constants are int32-sized; far beyond: corrupt
 QUANT_BITS = ("weight_bits", "bias_bits", "mult_bits", "input_bits")  # checked where recorded
 
 
@@ -92,15 +95,28 @@ def _check_attrs(node: Node) -> None:
         value = node.attrs[key]
         if not _same_kind(value, default):
             raise _attr_fail(node, key, f"must be like {default!r}, got {value!r:.60}")
-        if isinstance(value, list) and key in POSITIVE_LIST_ATTRS | {"pads"}:
+        if isinstance(value, list) and not all(type(v) is int for v in value):
+            raise _attr_fail(node, key, f"must hold integers, got {value!r:.60}")
+        if isinstance(value, list) and key in POSITIVE_LIST_ATTRS | {"pads", "shape"}:
             least = 0 if key == "pads" else 1
-            if not all(type(v) is int and v >= least for v in value):
+            if not all(v >= least for v in value):
                 raise _attr_fail(node, key, f"must hold integers >= {least}, got {value!r:.60}")
         if key == "group" and value < 1:
             raise _attr_fail(node, key, f"must be at least 1, got {value}")
     for key, value in node.attrs.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise _attr_fail(node, key, f"is {value}")
+    # What quantize adds for the integer simulator: shifts, and the integer constants of an
+    # integer function (attrs "int"); which ones an op needs is quantize's and sim's to say.
+    for key in SHIFT_ATTRS & node.attrs.keys():
+        v = node.attrs[key]
+        if type(v) is not int or not 0 <= v <= MAX_SHIFT:
+            raise _attr_fail(node, key, f"must be an integer in 0..{MAX_SHIFT}, got {v!r:.40}")
+    consts = node.attrs.get("int", {})
+    if not isinstance(consts, dict) or not all(
+        type(v) is int and abs(v) <= MAX_INT_CONSTANT for v in consts.values()
+    ):
+        raise _attr_fail(node, "int", f"must map names to integers, got {consts!r:.60}")
 
 
 def check_artifact(graph: Graph) -> None:
