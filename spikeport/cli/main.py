@@ -72,13 +72,12 @@ def output_file(ctx: click.Context, param: click.Parameter, value: str | None) -
 def refuse_overwrite(outputs: tuple[str | None, ...], inputs: tuple[str | None, ...]) -> None:
     """An output must be none of the command's inputs, nor another of its outputs: writing it
     would destroy the file the command reads (a model, its data) or write one file twice."""
-    given = [o for o in outputs if o]
-    for k, out in enumerate(given):
-        for other in (*inputs, *given[k + 1 :]):
-            if other and _same_file(out, other):
-                raise BadInput(
-                    f"'{out}' is named as an output and as '{other}' too; write elsewhere"
-                )
+    seen = [(i, "an input") for i in inputs if i]
+    for out in (o for o in outputs if o):
+        for other, what in seen:
+            if _same_file(out, other):
+                raise BadInput(f"output '{out}' is also {what} of this command; write it elsewhere")
+        seen.append((out, "another output"))
 
 
 def _same_file(a: str, b: str) -> bool:
