@@ -528,6 +528,7 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
     "verify-manifest-list": (lambda f, w: ["verify", f.qc, w / "listdir", "--data", TEST], 2),
     "verify-manifest-bad-json": (lambda f, w: ["verify", f.qc, w / "badjson", "--data", TEST], 2),
     "flash-board-bogus": (lambda f, w: ["flash", f.cdir, "--board", "bogus!board"], 2),
+    "flash-board-unknown": (lambda f, w: ["flash", f.cdir, "--board", "bogus"], 2),
     "flash-n-0": (lambda f, w: ["flash", f.cdir, "--board", "qemu-mps2-an385", "-n", "0"], 2),
     "flash-n-neg": (lambda f, w: ["flash", f.cdir, "--board", "qemu-mps2-an385", "-n", "-1"], 2),
     "flash-T-0": (lambda f, w: ["flash", f.cdir, "--board", "qemu-mps2-an385", "-T", "0"], 2),

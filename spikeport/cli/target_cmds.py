@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -109,8 +110,11 @@ def flash_cmd(
         raise BadInput(f"flash takes a C target directory (emit --target c); '{outdir}' is not")
     out = Path(outdir)
     if board != QEMU_BOARD:
-        check_board(board)
-        res = flash_pyocd(out, board)
+        note = check_board(board)
+        try:
+            res = flash_pyocd(out, board)
+        except BadInput as e:
+            raise BadInput(f"{e}; {note}" if note else str(e)) from None
         say(quiet, f"programmed {res['programmed']} on {board}")
         return
     graph = load(out / "model.spk")
@@ -133,13 +137,24 @@ def flash_cmd(
         )
 
 
-def check_board(board: str) -> None:
-    """Refuse a board name that is neither QEMU's nor a target pyOCD knows (when pyOCD is
-    installed: without it, flashing a real board is refused anyway, by name)."""
+BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_board(board: str) -> str:
+    """Refuse a board that cannot be a pyOCD target name; return a note (or '') when pyOCD
+    knows no such target among its built-in ones and the installed packs (a pack may still
+    be missing: the probe is asked first, and its error carries the note)."""
+    from spikeport.targets.c.flash import QEMU_BOARD
+
+    if not BOARD_NAME.fullmatch(board):
+        raise BadInput(
+            f"unknown board '{board}': give {QEMU_BOARD} or a pyOCD target name "
+            "(`pyocd list --targets`)"
+        )
     try:
         from pyocd.target import TARGET
     except ImportError:
-        return
+        return ""
     known = {k.lower() for k in TARGET}
     try:  # targets of installed CMSIS packs
         from pyocd.target.pack.pack_target import ManagedPacks
@@ -147,10 +162,9 @@ def check_board(board: str) -> None:
         known |= {t.part_number.lower() for t in ManagedPacks.get_installed_targets()}
     except Exception:  # noqa: BLE001 - pack support is optional in pyOCD
         pass
-    if board.lower() not in known:
-        from spikeport.targets.c.flash import QEMU_BOARD
-
-        raise BadInput(
-            f"unknown board '{board}': give {QEMU_BOARD} or a pyOCD target name "
-            "(`pyocd list --targets`)"
-        )
+    if board.lower() in known:
+        return ""
+    return (
+        f"pyOCD knows no target '{board}': check the name (`pyocd list --targets`) or "
+        f"install its pack (`pyocd pack install {board}`)"
+    )
