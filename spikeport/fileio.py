@@ -119,7 +119,9 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal
 def _signals_held() -> Iterator[None]:
     """Defer SIGINT / SIGTERM over a few statements, so that a temporary is created and
     registered (or renamed and forgotten) as one step."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):  # other threads get no signals; Windows has no signal mask
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
