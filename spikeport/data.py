@@ -8,17 +8,19 @@ Every error names the file and the key.
 from __future__ import annotations
 
 import os
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from spikeport.batch import Batch, is_integer, size
+from spikeport.batch import Batch, is_integer, named, size
 from spikeport.errors import BadInput
-from spikeport.fileio import existing_file, sha256_file
-from spikeport.ir.graph import TensorInfo
+from spikeport.fileio import existing_file, read_npz, sha256_file
+from spikeport.ir.graph import Graph, TensorInfo
+
+# Ops an id tensor may pass through on its way from a graph input to an embedding table.
+_ID_MOVES = frozenset({"reshape", "transpose", "slice", "take"})
 
 
 @dataclass
@@ -35,14 +37,9 @@ class Dataset:
         return {"file": self.path.name, "sha256": sha256_file(self.path), "n": len(self)}
 
 
-def read_npz(p: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise BadInput(f"{p}: is a single .npy array, expected an .npz with key 'x'")
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise BadInput(f"{p}: not a readable .npz file ({str(e).splitlines()[0]})") from None
+def _read(p: Path) -> dict[str, np.ndarray]:
+    """Every array of the file; headers and sizes are checked before anything is allocated."""
+    return read_npz(p, str(p))
 
 
 def load_data(
@@ -53,7 +50,7 @@ def load_data(
 ) -> Dataset:
     """Load and check a data file against the model's inputs and, if asked, its labels."""
     p = existing_file(path, "data file")
-    arrays = read_npz(p)
+    arrays = _read(p)
     if inputs and (len(inputs) > 1 or is_integer(inputs[0])):
         x: Batch = {t.name: _input(p, arrays, t.name, t) for t in inputs}
         lengths = {k: len(v) for k, v in x.items()}
@@ -74,6 +71,8 @@ def _input(p: Path, arrays: dict[str, np.ndarray], key: str, t: TensorInfo | Non
     if key not in arrays:
         raise BadInput(f"{p}: key '{key}' is missing (keys: {', '.join(arrays) or 'none'})")
     x = arrays[key]
+    if np.iscomplexobj(x):
+        raise BadInput(f"{p}: key '{key}' holds complex numbers ({x.dtype}); give real values")
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 1 or len(x) == 0:
         raise BadInput(
             f"{p}: key '{key}' must be a non-empty numeric array, got {x.dtype}{x.shape}"
@@ -86,6 +85,8 @@ def _input(p: Path, arrays: dict[str, np.ndarray], key: str, t: TensorInfo | Non
     if t is not None and is_integer(t):
         if not np.issubdtype(x.dtype, np.integer):
             raise BadInput(f"{p}: key '{key}' must hold integers (token ids / mask), got {x.dtype}")
+        if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
+            raise BadInput(f"{p}: key '{key}' holds integers beyond int64")
         return x.astype(np.int64)
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
@@ -101,3 +102,69 @@ def _check_labels(p: Path, y: np.ndarray, n: int, n_classes: int | None) -> np.n
             f"{p}: key 'y' has labels outside 0..{n_classes - 1} (min {y.min()}, max {y.max()})"
         )
     return y.astype(np.int64)
+
+
+def vocab_sizes(graph: Graph) -> dict[str, int]:
+    """{graph input: rows of the embedding table its ids index}, for inputs that feed an
+    `embed` node (directly or through reshapes and slices)."""
+    inputs = {t.name for t in graph.inputs}
+    out: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op != "embed" or "table" not in node.params:
+            continue
+        t = node.inputs[0]
+        while t not in inputs:
+            prod = graph.producer(t)
+            if prod is None or prod.op not in _ID_MOVES or len(prod.inputs) != 1:
+                break
+            t = prod.inputs[0]
+        if t in inputs:
+            rows = int(node.params["table"].shape[0])
+            out[t] = min(rows, out.get(t, rows))
+    return out
+
+
+def _check_ids(vocab: Mapping[str, int], arrays: Mapping[str, np.ndarray], where: object) -> None:
+    for name, rows in vocab.items():
+        ids = arrays.get(name)
+        if ids is None or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            continue
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= rows:
+            bad = lo if lo < 0 else hi
+            raise BadInput(
+                f"{where}: key '{name}' holds token id {bad}, outside the vocabulary 0..{rows - 1} "
+                "of the model's embedding table"
+            )
+
+
+def check_token_ids(graph: Graph, batch: Batch, where: object = "data") -> None:
+    """Refuse token ids outside the vocabulary of the embedding table they index (negative
+    ids too), naming the file (`where`) and the key. Models without an embedding: no-op."""
+    vocab = vocab_sizes(graph)
+    if vocab:
+        _check_ids(vocab, named(graph.inputs, batch), where)
+
+
+def check_onnx_token_ids(model: str | os.PathLike[str], data: str | os.PathLike[str]) -> None:
+    """Before conversion: token ids of `data` against the ONNX model's embedding tables
+    (Gather of a constant table by a graph input). Anything it cannot read is left to
+    convert, which reports it."""
+    if not str(model).endswith(".onnx") or not os.path.isfile(model) or not os.path.isfile(data):
+        return
+    try:
+        import onnx
+
+        g = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a broken model is convert's to report
+        return
+    tables = {i.name: i.dims for i in g.initializer}
+    inputs = {i.name for i in g.input} - set(tables)
+    vocab: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in inputs:
+            dims = tables.get(n.input[0])
+            if dims:
+                vocab[n.input[1]] = min(int(dims[0]), vocab.get(n.input[1], int(dims[0])))
+    if vocab:
+        _check_ids(vocab, _read(existing_file(data, "data file")), data)

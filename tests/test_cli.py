@@ -223,3 +223,41 @@ def test_eval_refuses_a_different_onnx(tmp_path, quantized):
 def test_bad_require_syntax(quantized):
     code, _, err = cli("eval", quantized, "--data", TEST, "--require", "four")
     assert code == 2 and "is not T:ACC" in err
+
+
+def test_an_internal_error_is_one_line_exit_3_and_the_traceback_on_request(monkeypatch, quantized):
+    import spikeport.cli.commands as commands
+
+    def broken(path):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(commands, "load", broken)
+    code, _, err = cli("inspect", quantized)
+    assert code == 3 and err.count("\n") == 1 and err.startswith("error: internal error")
+    assert "ValueError: a bug" in err and "SPIKEPORT_TRACEBACK=1" in err
+    assert "Traceback" not in err
+    monkeypatch.setenv("SPIKEPORT_TRACEBACK", "1")
+    code, _, err = cli("inspect", quantized)
+    assert code == 3 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error:")
+    monkeypatch.delenv("SPIKEPORT_TRACEBACK")
+    code, _, err = cli("--debug", "inspect", quantized)
+    assert code == 3 and "Traceback" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "m.spk", "--data", "d.npz", "-T", "abc"],
+        ["convert", "m.onnx", "--calib", "c.npz", "--bogus", "-o", "o.spk"],
+        ["emit", "m.spk", "--target", "bogus", "-o", "o"],
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2_in_a_real_process(tmp_path, args):
+    """The console script, not CliRunner: what a shell sees."""
+    exe = Path(sys.executable).with_name("spikeport")
+    env = {**__import__("os").environ, "PYTHONPATH": str(EX.parent)}
+    res = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert list(tmp_path.iterdir()) == []

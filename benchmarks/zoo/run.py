@@ -200,7 +200,8 @@ def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
         )
     for e in unbuilt:
         lines.append(
-            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | - | "
+            f"| {e['name']} | {e['source']} | {e['exporter']} | - | not built | - | - | - | - | - "
+            "| "
             f"build: {e['build_error']} | - |"
         )
     lines += [

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import click
 
-from spikeport.cli.main import QUIET, main, parse_timesteps, run_safely, say
+from spikeport.cli.main import (
+    PERCENTILE,
+    QUIET,
+    TIMESTEPS,
+    main,
+    output_file,
+    parse_timesteps,
+    refuse_overwrite,
+    say,
+)
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
-from spikeport.data import load_data
+from spikeport.data import check_onnx_token_ids, check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
 from spikeport.progress import progress
@@ -16,7 +25,9 @@ from spikeport.targets import discover
 
 discover()  # every target registers its quantize profile before --target lists them
 
-OUT = click.option("-o", "--output", "output", required=True, help="Output file.")
+OUT = click.option(
+    "-o", "--output", "output", required=True, callback=output_file, help="Output file."
+)
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -37,14 +48,14 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @click.option(
     "-T",
     "timesteps",
-    type=int,
+    type=TIMESTEPS,
     default=DEFAULT_TIMESTEPS,
     show_default=True,
     help="Timesteps the network is meant to run (recorded as its default).",
 )
 @click.option(
     "--percentile",
-    type=float,
+    type=PERCENTILE,
     default=DEFAULT_PERCENTILE,
     show_default=True,
     help="Activation percentile that sets each threshold.",
@@ -58,7 +69,7 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @click.option("--signed", is_flag=True, help="Signed spikes (neurons may emit -1).")
 @click.option(
     "--input-percentile",
-    type=float,
+    type=PERCENTILE,
     default=DEFAULT_INPUT_PERCENTILE,
     show_default=True,
     help="Sequence models: |activation| percentile of the neurons before linear layers.",
@@ -72,7 +83,6 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 )
 @OUT
 @QUIET
-@run_safely
 def convert_cmd(
     model: str,
     calib: str,
@@ -87,6 +97,8 @@ def convert_cmd(
 ) -> None:
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
+    refuse_overwrite((output,), (model, calib))
+    check_onnx_token_ids(model, calib)
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     graph = convert(
         model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes
@@ -109,18 +121,19 @@ def convert_cmd(
 @click.option(
     "--max-T",
     "max_t",
-    type=int,
+    type=TIMESTEPS,
     default=DEFAULT_MAX_TIMESTEPS,
     show_default=True,
     help="Longest run the overflow proof must cover.",
 )
 @OUT
 @QUIET
-@run_safely
 def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
+    refuse_overwrite((output,), (model, calib))
     graph = load(model)
     data = load_data(calib, graph.inputs)
+    check_token_ids(graph, data.x, calib)
     q = quantize(graph, data.x, get_profile(target), max_t)
     q.meta["quantization"]["calibration"] = data.provenance
     save(q, output)
@@ -148,8 +161,12 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
 )
 @click.option("--onnx", "onnx_path", default=None, help="Source ONNX: ANN reference.")
 @click.option("--tflite", "tflite_path", default=None, help="Source .tflite: ANN reference.")
-@click.option("--json", "json_path", default=None, help="Write the report as JSON.")
-@click.option("--plot", "plot_path", default=None, help="Write accuracy vs T as PNG.")
+@click.option(
+    "--json", "json_path", default=None, callback=output_file, help="Write the report as JSON."
+)
+@click.option(
+    "--plot", "plot_path", default=None, callback=output_file, help="Write accuracy vs T as PNG."
+)
 @click.option(
     "--require",
     "requires",
@@ -162,7 +179,6 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     "--output", "scored", default=None, help="The model output to score (default: the first)."
 )
 @QUIET
-@run_safely
 def eval_cmd(
     model: str,
     data: str,
@@ -177,16 +193,11 @@ def eval_cmd(
     quiet: bool,
 ) -> None:
     """Accuracy of MODEL at each T on held-out DATA, and its fidelity to the ANN."""
-    from spikeport.eval import (
-        Requirement,
-        check_requirements,
-        evaluate,
-        markdown_table,
-        write_json,
-        write_plot,
-    )
+    from spikeport.eval import Requirement, check_requirements, evaluate, markdown_table
     from spikeport.eval.evaluate import missed_message
+    from spikeport.eval.report import write_outputs
 
+    refuse_overwrite((json_path, plot_path), (model, data, onnx_path, tflite_path))
     reqs = [Requirement.parse(r) for r in requires]
     ts = sorted(set(parse_timesteps(timesteps)) | {r.T for r in reqs})
     graph = load(model)
@@ -195,15 +206,13 @@ def eval_cmd(
     out_shape = graph.shape(graph.outputs[output_index(graph, scored)])
     classes = len(out_shape) == 1  # class scores: labels (if the file has them) give accuracy
     ds = load_data(data, graph.inputs, n_classes=out_shape[0] if classes else None)
+    check_token_ids(graph, ds.x, data)
     mode = mode or ("int" if graph.stage == "int" else "float")
     with progress(len(ds), f"eval T<={max(ts)}", quiet) as advance:
         report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path, scored)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))
-    if json_path:
-        write_json(report, json_path)
-    if plot_path:
-        write_plot(report, plot_path, title=f"{model} ({mode})")
+    write_outputs(report, json_path, plot_path, title=f"{model} ({mode})")
     if missed:
         raise missed_message(missed)
     if reqs:
@@ -212,7 +221,6 @@ def eval_cmd(
 
 @main.command("inspect")
 @click.argument("model")
-@run_safely
 def inspect_cmd(model: str) -> None:
     """Print a .spk artifact as a table."""
     from spikeport.ir.inspect import describe

@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import click
 
-from spikeport.cli.main import QUIET, main, run_safely, say
+from spikeport.cli.main import (
+    QUIET,
+    TIMESTEPS,
+    Finite,
+    main,
+    output_file,
+    positive_int,
+    refuse_overwrite,
+    say,
+)
 
 
 @main.command("finetune")
@@ -16,15 +25,19 @@ from spikeport.cli.main import QUIET, main, run_safely, say
     "--data", required=True, help="Training .npz (keys x, y; text models: one key per input, y)."
 )
 @click.option(
-    "-T", "timesteps", type=int, default=4, show_default=True, help="Timesteps to train for."
+    "-T", "timesteps", type=TIMESTEPS, default=4, show_default=True, help="Timesteps to train for."
 )
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=positive_int(), default=20, show_default=True)
 @click.option(
-    "--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay)."
+    "--lr",
+    type=Finite(0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Adam learning rate (cosine decay).",
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=positive_int(),
     default=64,
     show_default=True,
     help="Global batch size (split over torchrun processes).",
@@ -37,9 +50,8 @@ from spikeport.cli.main import QUIET, main, run_safely, say
     default=None,
     help="Train for the neuron kind this target runs (e.g. lava); default: the graph's own.",
 )
-@click.option("-o", "--output", "output", required=True, help="Output .spk.")
+@click.option("-o", "--output", "output", required=True, callback=output_file, help="Output .spk.")
 @QUIET
-@run_safely
 def finetune_cmd(
     model: str,
     data: str,
@@ -55,8 +67,11 @@ def finetune_cmd(
     quiet: bool,
 ) -> None:
     """Fine-tune a converted MODEL (.spk, stage snn) through T timesteps on labelled DATA."""
+    from spikeport.data import check_token_ids, load_data
     from spikeport.finetune import Settings, finetune_files
+    from spikeport.ir import load
 
+    refuse_overwrite((output,), (model, data, val))
     settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     kind = None
     if target is not None:
@@ -65,6 +80,9 @@ def finetune_cmd(
 
         discover()  # target profiles register themselves
         kind = get_profile(target).neuron_kind
+    graph = load(model)  # token ids are checked here until finetune_files checks them itself
+    for path in (data, val) if val is not None else (data,):
+        check_token_ids(graph, load_data(path, graph.inputs).x, path)
     meta = finetune_files(model, data, output, settings, val, device, quiet, kind)
     if meta is None:  # not rank 0: rank 0 reports
         return

@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
 
 from spikeport import batch
-from spikeport.cli.main import QUIET, main, run_safely, say
-from spikeport.data import load_data
+from spikeport.cli.main import QUIET, TIMESTEPS, main, positive_int, say
+from spikeport.data import check_token_ids, load_data
+from spikeport.errors import BadInput
 from spikeport.fileio import atomic_output
 from spikeport.ir import load
 from spikeport.progress import progress
-from spikeport.targets import discover, emit, read_manifest, verify
+from spikeport.targets import check_emit_dir, discover, emit, read_manifest, verify
 
 TARGET_NAMES = sorted(discover())
+
+
+def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Option callback: emit's directory is checked when the arguments are parsed."""
+    check_emit_dir(value)
+    return value
 
 
 @main.command("emit")
 @click.argument("model")
 @click.option("--target", type=click.Choice(TARGET_NAMES), required=True)
-@click.option("-o", "--output", "output", required=True, help="Output directory.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    required=True,
+    callback=output_dir,
+    help="Output directory (new, empty, or written by emit before).",
+)
 @QUIET
-@run_safely
 def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
     """Write MODEL (quantized) as a deployable TARGET into a directory."""
     manifest = emit(load(model), target, output)
@@ -43,21 +57,23 @@ def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
 @click.argument("model")
 @click.argument("outdir")
 @click.option("--data", required=True, help="Inputs .npz (key x).")
-@click.option("-n", "count", type=int, default=32, show_default=True, help="Inputs to run.")
+@click.option(
+    "-n", "count", type=positive_int(), default=32, show_default=True, help="Inputs to run."
+)
 @click.option(
     "-T",
     "timesteps",
-    type=int,
+    type=TIMESTEPS,
     default=8,
     show_default=True,
     help="Steps per input; every step is compared.",
 )
 @QUIET
-@run_safely
 def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, quiet: bool) -> None:
     """Run the target in OUTDIR and compare it with the simulator, bit for bit (exit 1 if not)."""
     graph = load(model)
     x = batch.take(load_data(data, graph.inputs).x, slice(count))
+    check_token_ids(graph, x, data)
     with progress(batch.size(x), "verify", quiet) as advance:
         res = verify(graph, outdir, x, T=timesteps, progress=advance)
     target = read_manifest(outdir)["target"]
@@ -74,11 +90,10 @@ def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, q
 @click.argument("outdir")
 @click.option("--board", required=True, help="qemu-mps2-an385, or a pyOCD target name.")
 @click.option("--data", default=None, help="Test inputs .npz (default: random int8 codes).")
-@click.option("-n", "count", type=int, default=20, show_default=True)
-@click.option("-T", "timesteps", type=int, default=8, show_default=True)
+@click.option("-n", "count", type=positive_int(), default=20, show_default=True)
+@click.option("-T", "timesteps", type=TIMESTEPS, default=8, show_default=True)
 @click.option("--count-instructions/--no-count-instructions", default=True, show_default=True)
 @QUIET
-@run_safely
 def flash_cmd(
     outdir: str,
     board: str,
@@ -92,10 +107,14 @@ def flash_cmd(
     from spikeport.targets.c.flash import QEMU_BOARD, flash_pyocd, flash_qemu
 
     if read_manifest(outdir)["target"] != "c":
-        raise click.UsageError("flash takes a C target directory (emit --target c)")
+        raise BadInput(f"flash takes a C target directory (emit --target c); '{outdir}' is not")
     out = Path(outdir)
     if board != QEMU_BOARD:
-        res = flash_pyocd(out, board)
+        note = check_board(board)
+        try:
+            res = flash_pyocd(out, board)
+        except BadInput as e:
+            raise BadInput(f"{e}; {note}" if note else str(e)) from None
         say(quiet, f"programmed {res['programmed']} on {board}")
         return
     graph = load(out / "model.spk")
@@ -116,3 +135,36 @@ def flash_cmd(
             f"{report['instructions_per_inference']} instructions per inference "
             f"(T={timesteps}; {report['instructions_note']})",
         )
+
+
+BOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_board(board: str) -> str:
+    """Refuse a board that cannot be a pyOCD target name; return a note (or '') when pyOCD
+    knows no such target among its built-in ones and the installed packs (a pack may still
+    be missing: the probe is asked first, and its error carries the note)."""
+    from spikeport.targets.c.flash import QEMU_BOARD
+
+    if not BOARD_NAME.fullmatch(board):
+        raise BadInput(
+            f"unknown board '{board}': give {QEMU_BOARD} or a pyOCD target name "
+            "(`pyocd list --targets`)"
+        )
+    try:
+        from pyocd.target import TARGET
+    except ImportError:
+        return ""
+    known = {k.lower() for k in TARGET}
+    try:  # targets of installed CMSIS packs
+        from pyocd.target.pack.pack_target import ManagedPacks
+
+        known |= {t.part_number.lower() for t in ManagedPacks.get_installed_targets()}
+    except Exception:  # noqa: BLE001 - pack support is optional in pyOCD
+        pass
+    if board.lower() in known:
+        return ""
+    return (
+        f"pyOCD knows no target '{board}': check the name (`pyocd list --targets`) or "
+        f"install its pack (`pyocd pack install {board}`)"
+    )

@@ -15,9 +15,9 @@ from spikeport.convert.balance import (
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.convert.onnx_load import data_inputs, load_checked
-from spikeport.data import load_data, read_npz
+from spikeport.data import load_data
 from spikeport.errors import BadInput
-from spikeport.fileio import existing_file
+from spikeport.fileio import existing_file, read_npz
 from spikeport.ir.graph import Graph
 
 DEFAULT_TIMESTEPS = 4
@@ -49,7 +49,8 @@ def data_shapes(
     dynamic = {
         i.name for i in inputs if not all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:])
     }
-    arrays = read_npz(existing_file(calib, "calibration data"))
+    path = existing_file(calib, "calibration data")
+    arrays = read_npz(path, str(path))
     shapes = {n: arrays[n].shape[1:] for n in names if n in arrays}
     if len(names) == 1 and names[0] not in shapes and "x" in arrays:
         shapes[names[0]] = arrays["x"].shape[1:]

@@ -1,11 +1,16 @@
-"""Eval report output: markdown table, JSON file, PNG plot (all written atomically)."""
+"""Eval report output: markdown table, JSON file, PNG plot (all written atomically).
+
+`write_outputs` writes the JSON and the plot together: the plot is drawn in memory first, and
+neither file appears unless both can be written.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
-from spikeport.fileio import atomic_output
+from spikeport.fileio import atomic_output, atomic_outputs
 
 COLUMNS = (  # (record field, header, format): a column shows when any record has the field
     ("accuracy", "accuracy", "{:.4f}"),
@@ -31,10 +36,41 @@ def markdown_table(report: dict[str, object]) -> str:
 
 def write_json(report: dict[str, object], path: str | os.PathLike[str]) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.write_text(json_text(report))
+
+
+def json_text(report: dict[str, object]) -> str:
+    return json.dumps(report, indent=2) + "\n"
 
 
 def write_plot(report: dict[str, object], path: str | os.PathLike[str], title: str = "") -> None:
+    png = plot_png(report, title)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(png)
+
+
+def write_outputs(
+    report: dict[str, object],
+    json_path: str | os.PathLike[str] | None,
+    plot_path: str | os.PathLike[str] | None,
+    title: str = "",
+) -> None:
+    """The JSON and / or the plot, both or neither (the plot is drawn before anything is
+    written)."""
+    blobs: dict[str | os.PathLike[str], bytes] = {}
+    if plot_path:
+        blobs[plot_path] = plot_png(report, title)
+    if json_path:
+        blobs[json_path] = json_text(report).encode()
+    if not blobs:
+        return
+    with atomic_outputs(list(blobs)) as tmps:
+        for tmp, data in zip(tmps, blobs.values(), strict=True):
+            tmp.write_bytes(data)
+
+
+def plot_png(report: dict[str, object], title: str = "") -> bytes:
+    """Accuracy vs T as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,6 +99,9 @@ def write_plot(report: dict[str, object], path: str | os.PathLike[str], title: s
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

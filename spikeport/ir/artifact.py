@@ -7,6 +7,7 @@ quantisation profile). tensors.npz is read with allow_pickle=False. Writes are a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -16,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from spikeport import __version__
-from spikeport.errors import FormatError
-from spikeport.fileio import atomic_output, existing_file
-from spikeport.ir.check import check_graph
+from spikeport.errors import BadInput, FormatError
+from spikeport.fileio import MAX_ARRAY_BYTES, atomic_output, existing_file, read_npz, zip_member
+from spikeport.ir.check import check_artifact, check_graph
 from spikeport.ir.graph import Graph, Node, TensorInfo
 
 FORMAT = "spikeport.spk"
@@ -96,74 +97,208 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in graph.json")
 
 
-def _read_zip(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Any]:
+GRAPH_JSON_LIMIT = 256 << 20  # bytes graph.json may declare
+MAX_DEPTH = 64  # nesting of graph.json (meta and attrs included)
+
+
+def fingerprint(graph: Graph) -> str:
+    """sha256 of the graph as it would be saved (document and arrays), without the version of
+    spikeport that wrote it: equal graphs give equal fingerprints, loaded or in memory."""
+    doc, arrays = to_json(graph)
+    doc.pop("spikeport_version", None)
+    h = hashlib.sha256(json.dumps(doc, sort_keys=True, default=_json_default).encode())
+    for key in sorted(arrays):
+        arr = arrays[key]
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _read_zip(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """graph.json and every array of tensors.npz, each size checked before it is read."""
     p = existing_file(path, "model")
     try:
         with zipfile.ZipFile(p) as z:
-            doc = json.loads(z.read("graph.json"))
-            npz_bytes = z.read("tensors.npz")
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
+            info = zip_member(z, "graph.json", str(p), GRAPH_JSON_LIMIT)
+            raw = z.read(info)
+            info = zip_member(z, "tensors.npz", str(p), MAX_ARRAY_BYTES)
+            with z.open(info) as f:
+                arrays = read_npz(io.BytesIO(f.read()), f"{p}: tensors.npz")
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
         raise FormatError(f"{p}: not a readable .spk artifact ({e})") from None
+    except FormatError:
+        raise
+    except BadInput as e:  # the container checks of fileio
+        raise FormatError(str(e)) from None
     try:
-        arrays = np.load(io.BytesIO(npz_bytes), allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise FormatError(f"{p}: tensors.npz is unreadable ({e})") from None
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{p}: graph.json is not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise FormatError(f"{p}: graph.json is nested too deeply") from None
+    except ValueError as e:
+        raise FormatError(f"{p}: graph.json is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{p}: graph.json holds a {type(doc).__name__}, not an object")
     return doc, arrays
 
 
-def _load_array(path: Any, arrays: Any, entry: dict[str, Any], what: str) -> np.ndarray:
-    key = entry.get("key")
-    try:
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            break
+        if isinstance(v, dict):
+            stack += [(x, d + 1) for x in v.values()]
+        elif isinstance(v, list):
+            stack += [(x, d + 1) for x in v]
+    return deepest
+
+
+class _Doc:
+    """Hand checks of graph.json's structure, in one place; every error names the entry."""
+
+    def __init__(self, path: Any):
+        self.path = path
+
+    def fail(self, where: str, why: str) -> FormatError:
+        return FormatError(f"{self.path}: graph.json {where}: {why}")
+
+    def obj(self, v: Any, where: str) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise self.fail(where, f"must be an object, got {type(v).__name__}")
+        return v
+
+    def lst(self, v: Any, where: str) -> list[Any]:
+        if not isinstance(v, list):
+            raise self.fail(where, f"must be a list, got {type(v).__name__}")
+        return v
+
+    def text(self, v: Any, where: str) -> str:
+        if not isinstance(v, str) or not v:
+            raise self.fail(where, f"must be a non-empty string, got {v!r:.40}")
+        return v
+
+    def key(self, d: dict[str, Any], k: str, where: str) -> Any:
+        if k not in d:
+            raise self.fail(where, f"lacks '{k}'")
+        return d[k]
+
+    def shape(self, v: Any, where: str) -> tuple[int, ...]:
+        dims = self.lst(v, where)
+        if not all(type(d) is int and d >= 0 for d in dims):
+            raise self.fail(where, f"shape {v!r:.60} must be a list of non-negative integers")
+        return tuple(dims)
+
+    def dtype(self, v: Any, where: str) -> str:
+        try:
+            dt = np.dtype(self.text(v, where))
+        except TypeError:
+            raise self.fail(where, f"'{v}' is not a numpy dtype") from None
+        if dt.hasobject or dt.kind not in "biuf":
+            raise self.fail(where, f"dtype '{v}' is not a boolean, integer or float type")
+        return str(dt)
+
+    def tensor(self, v: Any, where: str) -> TensorInfo:
+        t = self.obj(v, where)
+        shape = self.shape(self.key(t, "shape", where), where)
+        if any(d == 0 for d in shape):
+            raise self.fail(where, f"shape {list(shape)} has a zero axis")
+        name = t.get("name", where)
+        return TensorInfo(name, shape, self.dtype(self.key(t, "dtype", where), where))
+
+    def array(self, arrays: dict[str, np.ndarray], v: Any, where: str) -> np.ndarray:
+        e = self.obj(v, where)
+        key = self.text(self.key(e, "key", where), where)
+        shape = self.shape(self.key(e, "shape", where), where)
+        dtype = self.dtype(self.key(e, "dtype", where), where)
+        if key not in arrays:
+            raise self.fail(where, f"array '{key}' is missing from tensors.npz")
         arr = arrays[key]
-    except KeyError:
-        raise FormatError(f"{path}: {what}: array '{key}' is missing from tensors.npz") from None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise FormatError(f"{path}: {what}: array '{key}' is corrupted ({e})") from None
-    if list(arr.shape) != list(entry["shape"]) or str(arr.dtype) != entry["dtype"]:
+        if arr.shape != shape or str(arr.dtype) != dtype:
+            raise self.fail(
+                where,
+                f"array '{key}' is {arr.dtype}{list(arr.shape)}, graph.json says "
+                f"{dtype}{list(shape)}",
+            )
+        return arr
+
+
+def _graph_from_doc(doc: dict[str, Any], arrays: dict[str, np.ndarray], path: Any) -> Graph:
+    c = _Doc(path)
+    if _depth(doc) > MAX_DEPTH:
+        raise FormatError(f"{path}: graph.json is nested more than {MAX_DEPTH} levels deep")
+    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise FormatError(
-            f"{path}: {what}: array '{key}' is {arr.dtype}{list(arr.shape)}, "
-            f"graph.json says {entry['dtype']}{entry['shape']}"
+            f"{path}: format {doc.get('format')!r:.40} version "
+            f"{doc.get('format_version')!r:.20}; this spikeport reads {FORMAT} "
+            f"version {FORMAT_VERSION}"
         )
-    return arr
+    nodes = []
+    for i, e in enumerate(c.lst(c.key(doc, "nodes", "top level"), "'nodes'")):
+        where = f"node {i}"
+        e = c.obj(e, where)
+        name = c.text(c.key(e, "name", where), where)
+        where = f"node '{name}'"
+        params = {
+            c.text(k, f"{where} params"): c.array(arrays, v, f"{where} param '{k}'")
+            for k, v in c.obj(c.key(e, "params", where), f"{where} params").items()
+        }
+        inputs = [c.text(t, f"{where} inputs") for t in c.lst(c.key(e, "inputs", where), where)]
+        nodes.append(
+            Node(
+                name,
+                c.text(c.key(e, "op", where), f"{where} op"),
+                inputs,
+                c.text(c.key(e, "output", where), f"{where} output"),
+                dict(c.obj(c.key(e, "attrs", where), f"{where} attrs")),
+                params,
+            )
+        )
+    scales = {
+        t: c.array(arrays, v, f"scale of '{t}'")
+        for t, v in c.obj(c.key(doc, "scales", "top level"), "'scales'").items()
+    }
+    inputs = [c.tensor(t, f"input {k}") for k, t in enumerate(c.lst(doc.get("inputs"), "'inputs'"))]
+    for k, t in enumerate(c.lst(doc.get("inputs"), "'inputs'")):
+        c.text(c.key(t, "name", f"input {k}"), f"input {k} name")
+    outputs = [
+        c.text(t, "'outputs'") for t in c.lst(c.key(doc, "outputs", "top level"), "'outputs'")
+    ]
+    tensors = {
+        k: c.tensor({"name": k, **c.obj(v, f"tensor '{k}'")}, f"tensor '{k}'")
+        for k, v in c.obj(c.key(doc, "tensors", "top level"), "'tensors'").items()
+    }
+    return Graph(
+        inputs=inputs,
+        nodes=nodes,
+        outputs=outputs,
+        stage=c.text(c.key(doc, "stage", "top level"), "'stage'"),
+        meta=c.obj(c.key(doc, "meta", "top level"), "'meta'"),
+        scales=scales,
+        tensors=tensors,
+    )
 
 
 def load(path: str | os.PathLike[str]) -> Graph:
-    """Read and fully check a `.spk` file; errors name the bad entry."""
+    """Read and fully check a `.spk` file; errors name the file and the bad entry.
+
+    Checked before anything is trusted: the zip (sizes, methods, no encryption), every npz
+    header before its array is allocated, graph.json's structure (_Doc), every shape by the op
+    rules (check_graph), and the values later stages rely on (check_artifact)."""
     doc, arrays = _read_zip(path)
-    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-        raise FormatError(
-            f"{path}: format {doc.get('format')!r} version "
-            f"{doc.get('format_version')!r}; this spikeport reads {FORMAT} "
-            f"version {FORMAT_VERSION}"
-        )
-    try:
-        nodes = []
-        for e in doc["nodes"]:
-            params = {
-                k: _load_array(path, arrays, v, f"node '{e['name']}' param '{k}'")
-                for k, v in e["params"].items()
-            }
-            nodes.append(
-                Node(e["name"], e["op"], list(e["inputs"]), e["output"], dict(e["attrs"]), params)
-            )
-        scales = {
-            t: _load_array(path, arrays, v, f"scale of '{t}'") for t, v in doc["scales"].items()
-        }
-        graph = Graph(
-            inputs=[TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in doc["inputs"]],
-            nodes=nodes,
-            outputs=list(doc["outputs"]),
-            stage=doc["stage"],
-            meta=doc["meta"],
-            scales=scales,
-            tensors={
-                k: TensorInfo(k, tuple(v["shape"]), v["dtype"]) for k, v in doc["tensors"].items()
-            },
-        )
-    except (KeyError, TypeError) as e:
-        raise FormatError(f"{path}: graph.json lacks or mistypes entry {e}") from None
+    graph = _graph_from_doc(doc, arrays, path)
     stored = {k: t.shape for k, t in graph.tensors.items()}
-    check_graph(graph)
+    try:
+        check_artifact(graph)
+        check_graph(graph)
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+    except BadInput as e:  # ShapeMismatch and the like
+        raise FormatError(f"{path}: {e}") from None
     for k, t in graph.tensors.items():
         if stored.get(k) != t.shape:
             raise FormatError(

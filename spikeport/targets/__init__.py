@@ -6,12 +6,11 @@ the atomic output directory, and the manifest that tells `verify` which target w
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
 import pkgutil
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 
 from spikeport import __version__
 from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.fileio import check_output_dir, signals_held, temp_dir_beside
+from spikeport.ir.artifact import fingerprint
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile, check_capabilities, register_profile
 from spikeport.quantize.ranges import prove_ranges
@@ -99,51 +100,100 @@ def check_fits(graph: Graph, profile: Profile) -> None:
     )
 
 
+def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
+    """Refuse, before any work, a directory `emit` may not replace: one that cannot be created,
+    or an existing non-empty directory that holds no manifest of spikeport's (emit never
+    deletes what it did not write)."""
+    out = check_output_dir(outdir)
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            read_manifest(out)
+        except BadInput:
+            raise BadInput(
+                f"output directory '{out}' is not empty and was not written by `spikeport emit` "
+                f"(no valid {MANIFEST}); give a new or empty directory"
+            ) from None
+    return out
+
+
 def emit(graph: Graph, target_name: str, outdir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check, then write the target into `outdir` atomically (a failure leaves it untouched)."""
+    """Check, then write the target into a new directory beside `outdir` and rename it into
+    place (a failure leaves `outdir` untouched; see check_emit_dir for what is replaced)."""
     target = get_target(target_name)
+    out = check_emit_dir(outdir)
     check_fits(graph, target.profile)
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise BadInput(f"output '{out}' exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with temp_dir_beside(out) as tmp:
         summary = target.emit(graph, tmp)
         manifest = {
             "target": target.name,
             "spikeport_version": __version__,
             "source": graph.meta.get("source", {}),
+            "graph_sha256": fingerprint(graph),
             "summary": summary,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 
 def _replace_dir(new: Path, final: Path) -> None:
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename `new` onto `final`, moving an existing `final` aside first (it is removed after).
+    When another process renames its own output there in between, it is moved aside too: of
+    concurrent emits into one directory, the last one wins and none fails."""
+    for attempt in range(5):
+        with temp_dir_beside(final) as aside:
+            try:
+                with signals_held():  # no signal between the two renames
+                    if final.exists():
+                        try:
+                            os.rename(final, aside / "old")
+                        except FileNotFoundError:  # another writer moved it first
+                            pass
+                    os.rename(new, final)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 4:
+                    raise BadInput(
+                        f"output directory '{final}' keeps being replaced by another process"
+                    ) from None
 
 
 def read_manifest(outdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest `emit` wrote in `outdir`, checked: a JSON object naming a known target."""
     path = Path(outdir) / MANIFEST
+    if not Path(outdir).is_dir():
+        raise BadInput(f"'{outdir}' is not a directory written by `spikeport emit`")
     if not path.is_file():
         raise BadInput(
             f"'{outdir}' holds no {MANIFEST}: not a directory written by `spikeport emit`"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}: unreadable ({e})") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError, OSError) as e:
+        raise BadInput(f"{path}: unreadable ({str(e).splitlines()[0] if str(e) else e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("target"), str):
+        raise BadInput(f"{path}: not a spikeport manifest (a JSON object naming its target)")
+    discover()
+    if manifest["target"] not in TARGETS:
+        raise BadInput(f"{path}: unknown target '{manifest['target']}'")
+    return manifest
+
+
+def check_emitted_from(
+    graph: Graph, outdir: str | os.PathLike[str], manifest: dict[str, Any]
+) -> None:
+    """Refuse a directory emitted from another graph than `graph` (its manifest says which)."""
+    want = manifest.get("graph_sha256")
+    if want is not None:
+        same = want == fingerprint(graph)
+    else:  # written before manifests held the graph's hash: compare the source model
+        source = manifest.get("source")
+        same = not source or source == graph.meta.get("source", {})
+    if not same:
+        raise BadInput(
+            f"'{outdir}' was emitted from another graph than this one; emit this graph again "
+            "or verify with the .spk it came from"
+        )
 
 
 def verify(
@@ -154,7 +204,9 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Run what `emit` wrote on `x` for T steps; compare every step with the simulator."""
-    target = get_target(read_manifest(outdir)["target"])
+    manifest = read_manifest(outdir)
+    target = get_target(manifest["target"])
+    check_emitted_from(graph, outdir, manifest)
     check_fits(graph, target.profile)
     if not 1 <= T <= graph.meta["quantization"]["max_timesteps"]:
         raise BadInput(f"-T {T} is outside 1..{graph.meta['quantization']['max_timesteps']}")

@@ -19,7 +19,7 @@ from spikeport.quantize.profiles import Profile
 from spikeport.sim import Simulator
 from spikeport.targets import Target, register_target
 from spikeport.targets.compare import check_equal, check_in_batches
-from spikeport.targets.nir.build import NIR_OPS, to_nir
+from spikeport.targets.nir.build import NAMES_METADATA, NIR_OPS, nir_names, to_nir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BATCH = 256
@@ -60,8 +60,12 @@ def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
 
     ng = to_nir(graph)
     nir.write(str(outdir / "model.nir"), ng)
+    renamed = ng.metadata.get(NAMES_METADATA, {})
     readme = Template((TEMPLATES / "README.md.tmpl").read_text()).substitute(
-        nodes="\n".join(f"| {k} | {type(v).__name__} |" for k, v in ng.nodes.items()),
+        nodes="\n".join(
+            f"| {k}{f' (spikeport: `{renamed[k]}`)' if k in renamed else ''} | {type(v).__name__} |"
+            for k, v in ng.nodes.items()
+        ),
         fixes="\n".join(f"{i + 1}. {fix}" for i, fix in enumerate(_fixes())),
         unfixable="\n".join(f"- {u}" for u in _unfixable()),
     )
@@ -86,11 +90,13 @@ def _unfixable() -> tuple[str, ...]:
 def reference_float(
     graph: Graph, x: np.ndarray, T: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The float simulator: spikes 0/1 per neuron node (T, N, size), outputs summed (T, N, out)."""
+    """The float simulator: spikes 0/1 per neuron node (T, N, size), keyed by the node's NIR
+    name (nir_names), and the outputs summed (T, N, out)."""
     res = Simulator(graph, "float").run(x, T, record=True)
     assert res.trace is not None
+    names = nir_names(graph)
     spikes = {
-        n.name: (res.trace[n.output] != 0).astype(np.int64).reshape(T, len(x), -1)
+        names[n.name]: (res.trace[n.output] != 0).astype(np.int64).reshape(T, len(x), -1)
         for n in graph.nodes
         if n.op == "if"
     }

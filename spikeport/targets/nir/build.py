@@ -17,6 +17,8 @@ The op table NIR_OPS is the one list of what maps; anything else is refused by n
 
 from __future__ import annotations
 
+import keyword
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,54 @@ NEURON_METADATA = {
     "v_initial": "0.5 * v_threshold",  # spikeport starts every neuron at half its threshold
     "input": "direct encoding: the same input at every step",
 }
+
+
+# NIR's own nodes, and attributes every torch module has (nirtorch makes each node one).
+RESERVED_NAMES = frozenset(
+    {
+        "input",
+        "output",
+        "forward",
+        "training",
+        "train",
+        "eval",
+        "to",
+        "type",
+        "float",
+        "double",
+        "half",
+        "cpu",
+        "cuda",
+        "apply",
+        "modules",
+        "children",
+        "parameters",
+        "buffers",
+        "state_dict",
+    }
+)
+NAMES_METADATA = "spikeport_node_names"  # {NIR node name: spikeport node name}, where they differ
+
+
+def nir_names(graph: Graph) -> dict[str, str]:
+    """{spikeport node name: NIR node name}. Exporters write names such as `/0/Conv` or
+    `conv.weight`; NIR's HDF5 file nests groups at '/', and its torch consumers make every node
+    a module attribute. So a NIR name keeps letters, digits and '_' (anything else becomes
+    '_'), does not start with a digit, is no reserved name or Python keyword, and is unique
+    (a suffix _2, _3, ...). Names that already are so stay as they are. Emit and verify both
+    use this mapping; model.nir records it in its metadata."""
+    used = set(RESERVED_NAMES)
+    out: dict[str, str] = {}
+    for n in graph.nodes:
+        base = re.sub(r"\W", "_", n.name, flags=re.ASCII)
+        if not base or base[0].isdigit() or base in RESERVED_NAMES or keyword.iskeyword(base):
+            base = f"n_{base}"
+        name, k = base, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        out[n.name] = name
+    return out
 
 
 @dataclass
@@ -59,12 +109,17 @@ class NirBuilder:
         self.nodes: dict[str, Any] = {}
         self.edges: list[tuple[str, str]] = []
         self.handles: dict[str, list[Edge]] = {}
+        self.names = nir_names(graph)
         shape = graph.input.shape
         self.nodes["input"] = nir.Input(input_type={"input": np.array(shape)})
         self.handles[graph.input.name] = [Edge("input", np.ones(shape))]
 
     def shape(self, tensor: str) -> tuple[int, ...]:
         return self.graph.shape(tensor)
+
+    def name(self, node: Node) -> str:
+        """The NIR name of `node` (nir_names); derived nodes append '.suffix' to it."""
+        return self.names[node.name]
 
     def demand(self, tensor: str) -> np.ndarray | None:
         """The sigma the consumers of `tensor` want, if they agree on one."""
@@ -98,7 +153,7 @@ class NirBuilder:
             if np.array_equal(e.sigma, sigma):
                 out.append(e)
             else:
-                name = f"{node.name}.scale{k}"
+                name = f"{self.name(node)}.scale{k}"
                 out.append(
                     Edge(self.add_node(name, self.scaler(node, e.sigma / sigma), [e]), sigma)
                 )
@@ -123,9 +178,11 @@ class NirBuilder:
         edges = self.unify(last, self.handles[out], np.ones(self.shape(out)))
         output = self.nir.Output(output_type={"output": np.array(self.shape(out))})
         self.add_node("output", output, edges)
-        return self.nir.NIRGraph(
-            nodes=self.nodes, edges=self.edges, metadata={"spikeport": dict(NEURON_METADATA)}
-        )
+        renamed = {new: old for old, new in self.names.items() if new != old}
+        metadata: dict[str, Any] = {"spikeport": dict(NEURON_METADATA)}
+        if renamed:
+            metadata[NAMES_METADATA] = renamed
+        return self.nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=metadata)
 
 
 def channel_sigma(node: Node, sigma: np.ndarray) -> np.ndarray:
@@ -160,7 +217,7 @@ def _dense(b: NirBuilder, node: Node) -> list[Edge]:
     so = feature_sigma(node, s_out)
     w = np.asarray(node.params["weight"], np.float64) * s_in[None, :] / so[:, None]
     bias = np.asarray(node.params["bias"], np.float64) / so
-    return [Edge(b.add_node(node.name, b.nir.Affine(weight=w, bias=bias), ins), s_out)]
+    return [Edge(b.add_node(b.name(node), b.nir.Affine(weight=w, bias=bias), ins), s_out)]
 
 
 def _symmetric(node: Node, pads: list[int]) -> tuple[int, int]:
@@ -190,7 +247,7 @@ def _conv(b: NirBuilder, node: Node) -> list[Edge]:
         groups=g,
         bias=np.asarray(node.params["bias"], np.float64) / so,
     )
-    return [Edge(b.add_node(node.name, conv, ins), s_out)]
+    return [Edge(b.add_node(b.name(node), conv, ins), s_out)]
 
 
 def _avgpool(b: NirBuilder, node: Node) -> list[Edge]:
@@ -204,7 +261,7 @@ def _avgpool(b: NirBuilder, node: Node) -> list[Edge]:
     )
     shape = b.shape(node.output)
     return [
-        Edge(b.add_node(node.name, pool, ins), np.broadcast_to(sig[:, None, None], shape).copy())
+        Edge(b.add_node(b.name(node), pool, ins), np.broadcast_to(sig[:, None, None], shape).copy())
     ]
 
 
@@ -216,7 +273,7 @@ def _reshape(b: NirBuilder, node: Node) -> list[Edge]:
     if len(shape_in) == 1:
         return ins
     flat = b.nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=0, end_dim=-1)
-    return [Edge(b.add_node(node.name, flat, ins), ins[0].sigma.reshape(-1))]
+    return [Edge(b.add_node(b.name(node), flat, ins), ins[0].sigma.reshape(-1))]
 
 
 def _add(b: NirBuilder, node: Node) -> list[Edge]:
@@ -243,7 +300,9 @@ def _concat(b: NirBuilder, node: Node) -> list[Edge]:
         embed = np.zeros((shape[0], n))
         embed[offset + np.arange(n), np.arange(n)] = per_in / per[offset : offset + n]
         offset += n
-        edges.append(Edge(b.add_node(f"{node.name}.in{k}", _embedder(b, embed, shape), ins), s_out))
+        edges.append(
+            Edge(b.add_node(f"{b.name(node)}.in{k}", _embedder(b, embed, shape), ins), s_out)
+        )
     return edges
 
 
@@ -273,7 +332,7 @@ def _if(b: NirBuilder, node: Node) -> list[Edge]:
         v_reset=np.zeros(theta.shape),
         metadata=dict(NEURON_METADATA),
     )
-    return [Edge(b.add_node(node.name, neuron, ins), theta)]
+    return [Edge(b.add_node(b.name(node), neuron, ins), theta)]
 
 
 def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:

@@ -89,11 +89,11 @@ class MaxPoolBuilder:
         cs = np.arange(self.c)
         self.feed(inputs, trains[0], cs, self.c, 1.0)
         ((src, weight),) = inputs.items()
-        return self.add(f"{self.node.name}.out", self.conv(src, weight), src)
+        return self.add(f"{self.b.name(self.node)}.out", self.conv(src, weight), src)
 
     def level(self, level: int, trains: list[Train]) -> list[Train]:
         """One IF node for the pairs of this tree level; an odd train passes on unchanged."""
-        name = f"{self.node.name}.max{level}"
+        name = f"{self.b.name(self.node)}.max{level}"
         pairs = [(trains[i], trains[i + 1]) for i in range(0, len(trains) - 1, 2)]
         size = len(pairs) * len(ROLES) * self.c
         ones = np.ones((size, *self.out_hw))

@@ -83,7 +83,7 @@ class GradedMaxPool(MaxPoolBuilder):
         inputs: dict[str, np.ndarray] = {}
         self.feed_terms(inputs, trains[0], one, self.channels, 1.0)
         return [
-            self.add(f"{self.node.name}.c{self.in_c}.out_{src}", self.conv(src, w), src)
+            self.add(f"{self.b.name(self.node)}.c{self.in_c}.out_{src}", self.conv(src, w), src)
             for src, w in inputs.items()
         ]
 
@@ -96,7 +96,7 @@ class GradedMaxPool(MaxPoolBuilder):
         pairs = [(trains[i], trains[i + 1]) for i in range(0, len(trains) - 1, 2)]
         r1, r2 = 4 * m, 6 * m  # L2: relays of the 4m L1 neurons, then 2m [C + a - b >= k]
         n1, n2 = len(pairs) * r1 * self.c, len(pairs) * r2 * self.c
-        l1 = f"{self.node.name}.c{self.in_c}.max{level}"
+        l1 = f"{self.b.name(self.node)}.c{self.in_c}.max{level}"
         l2 = f"{l1}.sum"
         ff1: dict[str, np.ndarray] = {}
         rec1, ff2, rec2 = np.zeros((n1, n1)), np.zeros((n2, n1)), np.zeros((n2, n2))
