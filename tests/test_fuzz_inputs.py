@@ -187,11 +187,6 @@ def test_any_data_file_loads_or_is_refused(tmp_path, dtype, shape, key, special)
 @given(
     flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3)
 )
-@pytest.mark.xfail(
-    reason="convert/onnx_import.py reads node names that protobuf decodes lazily: a damaged "
-    "string field raises UnicodeDecodeError (exit 3); to be caught in the importer",
-    strict=False,
-)
 def test_damaged_onnx_gives_exit_0_or_2(tmp_path, flips):
     raw = bytearray((EX / "digits_mlp.onnx").read_bytes())
     for pos, byte in flips:

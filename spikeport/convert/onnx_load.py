@@ -43,10 +43,22 @@ def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
+        _decode_names(model.graph)
         return model
     except Exception as e:  # onnx raises DecodeError, ValidationError, InferenceError...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInput(f"{path}: not a valid ONNX model ({first})") from None
+
+
+def _decode_names(g: onnx.GraphProto) -> None:
+    """Every name must be text: protobuf hands a name that is not UTF-8 back as bytes, which
+    fails wherever it is next used; here it is one BadInput line instead."""
+    names = [v.name for v in list(g.input) + list(g.output) + list(g.initializer)]
+    for n in g.node:
+        names += [n.name, n.op_type, n.domain, *n.input, *n.output]
+    bad = next((x for x in names if not isinstance(x, str)), None)
+    if bad is not None:
+        raise ValueError(f"a name is not UTF-8 text: {bad[:40]!r}")
 
 
 def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
