@@ -231,3 +231,35 @@ def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_pat
     q = quantize(convert(path, tmp_path / "c.npz"), x, get_profile("sim"))
     (note,) = q.meta["quantization"]["notes"]
     assert "below half an output step" in note and "left out" in note
+
+
+def test_two_convs_with_no_activation_between_get_a_neuron_and_prove(tmp_path):
+    """MobileNetV4 / HGNet blocks: a 1x1 conv straight into a depthwise conv. The second reads
+    the first's raw integer currents; a bipolar neuron between them keeps both in range."""
+    import torch
+    from torch import nn
+
+    from spikeport.convert import convert
+    from spikeport.quantize import get_profile, quantize
+
+    torch.manual_seed(0)
+    blocks = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
+    for _ in range(4):  # pointwise, then depthwise with no activation between, then ReLU
+        blocks += [nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()]
+    model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+    path = tmp_path / "chain.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 16, 16),),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    x = np.random.default_rng(0).normal(size=(32, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    snn = convert(path, tmp_path / "c.npz")
+    bipolar = [n for n in snn.nodes if n.op == "if" and n.attrs.get("bipolar")]
+    assert len(bipolar) == 4  # one between each pointwise and depthwise pair
+    q = quantize(snn, x, get_profile("sim"))  # the default --max-T proves
+    assert q.meta["quantization"]["max_timesteps"] == 64

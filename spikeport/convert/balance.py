@@ -111,17 +111,33 @@ def has_ec_ops(graph: Graph) -> bool:
 
 
 def spike_inputs(graph: Graph) -> list[str]:
-    """In a graph with expectation-compensated operators, the analog tensors that synaptic
-    layers (dense, matmul, conv) read: each gets a bipolar IF neuron in front, so every
-    synaptic op is driven by spikes. A ReLU-only CNN/MLP has none (its ops read spikes)."""
-    if not has_ec_ops(graph):
-        return []
+    """The analog tensors that synaptic layers (dense, matmul, conv) read and that get a
+    bipolar IF neuron in front, so those synaptic ops are driven by spikes:
+    - in a graph with expectation-compensated operators, every analog input;
+    - in any graph, the raw output of another synaptic layer (two convs with no activation
+      between them, as MobileNetV4's and HGNet's blocks have): a synapse summing another's
+      integer currents compounds their ranges, 2^7 a layer, past any state width.
+    A ReLU CNN/MLP otherwise has none (its synapses read spikes, pools or adds of spikes)."""
     kinds = tensor_kinds(graph)
+    direct = _synapse_outputs(graph)
+    everywhere = has_ec_ops(graph)
     found: list[str] = []
     for n in graph.nodes:
         if n.op in SYNAPTIC_SEQ:
-            found += [t for t in n.inputs if t not in found and kinds[t] == "analog"]
+            for t in n.inputs:
+                wanted = kinds[t] == "analog" and (everywhere or t in direct)
+                if wanted and t not in found:
+                    found.append(t)
     return found
+
+
+def _synapse_outputs(graph: Graph) -> set[str]:
+    """Tensors that are a synaptic layer's output, possibly moved (reshaped, transposed...)."""
+    out: set[str] = set()
+    for n in graph.nodes:
+        if n.op in SYNAPTIC_SEQ or (n.op in DATA_MOVEMENT and all(i in out for i in n.inputs)):
+            out.add(n.output)
+    return out
 
 
 def _insert_input_neurons(graph: Graph, stats: dict[str, np.ndarray], percentile: float) -> None:
