@@ -112,6 +112,8 @@ def vocab_sizes(graph: Graph) -> dict[str, int]:
     for node in graph.nodes:
         if node.op != "embed" or "table" not in node.params:
             continue
+        if node.attrs.get("position_pad") is not None:  # rows are positions, not the ids
+            continue
         t = node.inputs[0]
         while t not in inputs:
             prod = graph.producer(t)
@@ -144,27 +146,3 @@ def check_token_ids(graph: Graph, batch: Batch, where: object = "data") -> None:
     vocab = vocab_sizes(graph)
     if vocab:
         _check_ids(vocab, named(graph.inputs, batch), where)
-
-
-def check_onnx_token_ids(model: str | os.PathLike[str], data: str | os.PathLike[str]) -> None:
-    """Before conversion: token ids of `data` against the ONNX model's embedding tables
-    (Gather of a constant table by a graph input). Anything it cannot read is left to
-    convert, which reports it."""
-    if not str(model).endswith(".onnx") or not os.path.isfile(model) or not os.path.isfile(data):
-        return
-    try:
-        import onnx
-
-        g = onnx.load(str(model), load_external_data=False).graph
-    except Exception:  # noqa: BLE001 - a broken model is convert's to report
-        return
-    tables = {i.name: i.dims for i in g.initializer}
-    inputs = {i.name for i in g.input} - set(tables)
-    vocab: dict[str, int] = {}
-    for n in g.node:
-        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in inputs:
-            dims = tables.get(n.input[0])
-            if dims:
-                vocab[n.input[1]] = min(int(dims[0]), vocab.get(n.input[1], int(dims[0])))
-    if vocab:
-        _check_ids(vocab, _read(existing_file(data, "data file")), data)

@@ -16,7 +16,7 @@ from spikeport.cli.main import (
 )
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
-from spikeport.data import check_onnx_token_ids, check_token_ids, load_data
+from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
 from spikeport.progress import progress
@@ -98,7 +98,6 @@ def convert_cmd(
     """Import MODEL (.onnx or .tflite), calibrate on CALIB and balance thresholds into a
     spiking graph."""
     refuse_overwrite((output,), (model, calib))
-    check_onnx_token_ids(model, calib)
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     graph = convert(
         model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes

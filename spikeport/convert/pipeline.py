@@ -15,7 +15,7 @@ from spikeport.convert.balance import (
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.convert.onnx_load import data_inputs, load_checked
-from spikeport.data import load_data
+from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz
 from spikeport.ir.graph import Graph
@@ -77,6 +77,7 @@ def convert(
     shapes = {**data_shapes(model, calib), **(input_shapes or {})}
     ann = import_model(model, shapes)
     data = load_data(calib, ann.inputs)
+    check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
     if ann.meta["source"]["format"] == "tflite":
         from spikeport.convert.litert import litert_runner
 
