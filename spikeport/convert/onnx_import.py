@@ -89,6 +89,17 @@ def _drop_argmax_keeping_tail(ctx: Ctx, outputs: list[str]) -> list[str]:
     return kept
 
 
+def _prune(ctx: Ctx, outputs: list[str]) -> None:
+    """Drop nodes nothing reads (the Sigmoid of a fused x * Sigmoid(x), a dropped branch)."""
+    needed = set(outputs)
+    kept = []
+    for node in reversed(ctx.nodes):
+        if node.output in needed:
+            kept.append(node)
+            needed.update(node.inputs)
+    ctx.nodes = kept[::-1]
+
+
 def _check_outputs(ctx: Ctx, outputs: list[str]) -> None:
     for out in outputs:
         if out not in ctx.tensors or out in {t for t, _ in ctx.masks.values()}:
@@ -148,6 +159,7 @@ def import_onnx(
     outputs = [ctx.name(o.name) for o in model.graph.output]
     outputs = _drop_argmax_keeping_tail(ctx, outputs)
     _check_outputs(ctx, outputs)
+    _prune(ctx, outputs)
     source = {
         "format": "onnx",
         "file": os.path.basename(p),
