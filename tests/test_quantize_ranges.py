@@ -263,3 +263,34 @@ def test_two_convs_with_no_activation_between_get_a_neuron_and_prove(tmp_path):
     assert len(bipolar) == 4  # one between each pointwise and depthwise pair
     q = quantize(snn, x, get_profile("sim"))  # the default --max-T proves
     assert q.meta["quantization"]["max_timesteps"] == 64
+
+
+def test_a_pixel_shuffle_after_neurons_keeps_one_scale_per_channel(tmp_path):
+    """ReLU -> PixelShuffle -> conv (super-resolution and pose heads): the neurons before the
+    shuffle get one threshold and their layer one weight scale, so every channel the conv
+    reads after the shuffle has one scale."""
+    import torch
+    from torch import nn
+
+    from spikeport.convert import convert
+    from spikeport.quantize import get_profile, quantize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.PixelShuffle(2), nn.Conv2d(4, 4, 3)
+    ).eval()
+    path = tmp_path / "shuffle.onnx"
+    torch.onnx.export(
+        model,
+        (torch.randn(1, 3, 6, 6),),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    x = np.random.default_rng(0).normal(size=(32, 3, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    snn = convert(path, tmp_path / "c.npz")
+    (neuron,) = [n for n in snn.nodes if n.op == "if"]
+    assert neuron.params["threshold"].size == 1
+    quantize(snn, x, get_profile("sim"))

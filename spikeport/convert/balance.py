@@ -15,7 +15,7 @@ import numpy as np
 from spikeport.errors import BadInput
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import OPS
+from spikeport.ir.ops import OPS, keeps_channels
 
 DEFAULT_PERCENTILE = 99.99
 # Signed, heavy-tailed transformer activations (LayerNorm outputs, Q, K, V) trade clipping for
@@ -182,8 +182,11 @@ def balance_thresholds(
     axes = channel_axes(graph)
     for n in out.nodes:
         if n.op == "relu":
-            # A graph output is read in real units: one threshold gives it one scale.
+            # A graph output is read in real units: one threshold gives it one scale; so does
+            # a tensor whose channels are moved into other axes (a pixel shuffle), since the
+            # layer after it needs one scale per channel of its own.
             channels = per_channel and n.output not in graph.outputs
+            channels = channels and keeps_channels(graph, n.output)
             theta = thresholds(stats[n.output], percentile, channels)
             n = to_neuron(n, theta, graph.shape(n.output), axes[n.output], signed)
         nodes.append(n)

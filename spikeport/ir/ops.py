@@ -82,6 +82,19 @@ def attr(node: Node, key: str) -> Any:
     return node.attrs[key] if key in node.attrs else OPS[node.op].attrs[key]
 
 
+def keeps_channels(graph: Graph, tensor: str) -> bool:
+    """Whether every reader of `tensor` keeps its channels apart: anything but a reshape or
+    transpose, except a flatten (a dense layer takes one scale per input feature). Where
+    channels move into other axes (a pixel shuffle), per-channel scales would end up varying
+    inside the channels of the next layer, which needs one scale per channel."""
+    for user in graph.consumers(tensor):
+        if user.op == "transpose":
+            return False
+        if user.op == "reshape" and len(graph.shape(user.output)) != 1:
+            return False
+    return True
+
+
 def window_out(size: int, k: int, s: int, p0: int, p1: int, d: int = 1) -> int:
     """Output length of a sliding window (ONNX floor rule)."""
     return (size + p0 + p1 - d * (k - 1) - 1) // s + 1

@@ -29,6 +29,7 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import keeps_channels
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
 from spikeport.quantize.scales import channel_vector, compact, compact_rows, feature_vector
@@ -82,7 +83,12 @@ class _Ctx:
         return (
             bool(users)
             and node.output not in self.graph.outputs
-            and all(u.op == "if" and u.output not in self.graph.outputs for u in users)
+            and all(
+                u.op == "if"
+                and u.output not in self.graph.outputs
+                and keeps_channels(self.graph, u.output)
+                for u in users
+            )
         )
 
     def refuse(self, node: Node, why: str) -> CapabilityExceeded:
