@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spikeport.convert import import_onnx
-from spikeport.errors import UnsupportedOp
+from spikeport.errors import BadInput, UnsupportedOp
 from spikeport.sim import simulate
 
 
@@ -120,3 +120,12 @@ def test_batchnorm_after_a_conv_that_onnxruntime_leaves_folds_into_it(tmp_path):
     )
     assert [n.op for n in import_onnx(path).nodes] == ["conv_transpose2d"]
     _matches_onnxruntime(path, np.random.default_rng(1).normal(size=(2, 4, 3, 3)))
+
+
+def test_an_opset_newer_than_onnx_knows_is_one_line(tmp_path):
+    path = _save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="act")])
+    model = onnx.load(path)
+    model.opset_import[0].version = 99
+    onnx.save(model, path)
+    with pytest.raises(BadInput, match="opset 99 is newer than this onnx"):
+        import_onnx(path)

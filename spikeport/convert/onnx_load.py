@@ -42,6 +42,14 @@ def load_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """onnx.load + checker; any failure is one line naming the file."""
     try:
         model = onnx.load(str(path))
+        opset = max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+        )
+        if opset > onnx.defs.onnx_opset_version():
+            raise ValueError(
+                f"opset {opset} is newer than this onnx / onnxruntime know "
+                f"({onnx.defs.onnx_opset_version()}); export with an older opset"
+            )
         onnx.checker.check_model(model)
         _decode_names(model.graph)
         return model
