@@ -195,13 +195,33 @@ def test_an_add_read_by_synapses_that_needs_more_bits_is_refused_by_name(mobilen
         quantize(graph, x, narrow)
 
 
+def _convert_torch(model, shape: tuple[int, ...], tmp_path):  # noqa: ANN001, ANN202
+    """Export a torch model (legacy exporter, dynamic batch), calibrate on 32 random samples:
+    (float SNN, calibration x)."""
+    import torch
+
+    from spikeport.convert import convert
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(1, *shape),),
+        str(path),
+        input_names=["x"],
+        dynamic_axes={"x": {0: "N"}},
+        dynamo=False,
+    )
+    x = np.random.default_rng(0).normal(size=(32, *shape)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    return convert(path, tmp_path / "c.npz"), x
+
+
 def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_path):
     """ConvNeXt's layer scale starts at 1e-6: that branch of the residual add is below the
     output's resolution. Quantize leaves it out (saying so) instead of refusing the model."""
     import torch
     from torch import nn
 
-    from spikeport.convert import convert
     from spikeport.quantize import get_profile, quantize
 
     class Block(nn.Module):
@@ -217,18 +237,8 @@ def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_pat
             return self.head(h.mean((2, 3)))
 
     torch.manual_seed(0)
-    path = tmp_path / "b.onnx"
-    torch.onnx.export(
-        Block().eval(),
-        (torch.randn(1, 3, 6, 6),),
-        str(path),
-        input_names=["x"],
-        dynamic_axes={"x": {0: "N"}},
-        dynamo=False,
-    )
-    x = np.random.default_rng(0).normal(size=(32, 3, 6, 6)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    q = quantize(convert(path, tmp_path / "c.npz"), x, get_profile("sim"))
+    snn, x = _convert_torch(Block(), (3, 6, 6), tmp_path)
+    q = quantize(snn, x, get_profile("sim"))
     (note,) = q.meta["quantization"]["notes"]
     assert "below half an output step" in note and "left out" in note
 
@@ -239,26 +249,14 @@ def test_two_convs_with_no_activation_between_get_a_neuron_and_prove(tmp_path):
     import torch
     from torch import nn
 
-    from spikeport.convert import convert
     from spikeport.quantize import get_profile, quantize
 
     torch.manual_seed(0)
     blocks = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()]
     for _ in range(4):  # pointwise, then depthwise with no activation between, then ReLU
         blocks += [nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU()]
-    model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
-    path = tmp_path / "chain.onnx"
-    torch.onnx.export(
-        model,
-        (torch.randn(1, 3, 16, 16),),
-        str(path),
-        input_names=["x"],
-        dynamic_axes={"x": {0: "N"}},
-        dynamo=False,
-    )
-    x = np.random.default_rng(0).normal(size=(32, 3, 16, 16)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    snn = convert(path, tmp_path / "c.npz")
+    model = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    snn, x = _convert_torch(model, (3, 16, 16), tmp_path)
     bipolar = [n for n in snn.nodes if n.op == "if" and n.attrs.get("bipolar")]
     assert len(bipolar) == 4  # one between each pointwise and depthwise pair
     q = quantize(snn, x, get_profile("sim"))  # the default --max-T proves
@@ -272,25 +270,13 @@ def test_a_pixel_shuffle_after_neurons_keeps_one_scale_per_channel(tmp_path):
     import torch
     from torch import nn
 
-    from spikeport.convert import convert
     from spikeport.quantize import get_profile, quantize
 
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.PixelShuffle(2), nn.Conv2d(4, 4, 3)
-    ).eval()
-    path = tmp_path / "shuffle.onnx"
-    torch.onnx.export(
-        model,
-        (torch.randn(1, 3, 6, 6),),
-        str(path),
-        input_names=["x"],
-        dynamic_axes={"x": {0: "N"}},
-        dynamo=False,
     )
-    x = np.random.default_rng(0).normal(size=(32, 3, 6, 6)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    snn = convert(path, tmp_path / "c.npz")
+    snn, x = _convert_torch(model, (3, 6, 6), tmp_path)
     (neuron,) = [n for n in snn.nodes if n.op == "if"]
     assert neuron.params["threshold"].size == 1
     quantize(snn, x, get_profile("sim"))

@@ -92,13 +92,17 @@ class Dense(Layer):
         return F.linear(x, self.weight) + self.bias
 
 
-class Conv2d(Layer):
-    """ONNX Conv: explicit (possibly asymmetric) zero padding, then an unpadded conv."""
+class _Weighted(Layer):
+    """A synapse with a trainable weight and bias and the node's attributes."""
 
     def __init__(self, node: Node):
         super().__init__()
         self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
         self.a = node.attrs
+
+
+class Conv2d(_Weighted):
+    """ONNX Conv: explicit (possibly asymmetric) zero padding, then an unpadded conv."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.a
@@ -112,15 +116,10 @@ class Conv2d(Layer):
         )
 
 
-class ConvTranspose2d(Layer):
+class ConvTranspose2d(_Weighted):
     """ONNX ConvTranspose: torch's unpadded transposed conv gives the full output; the
     output_padding cells are zeros appended at the end (torch's own output_padding must stay
     below the stride), pads are cropped, then the bias goes on every cell that is left."""
-
-    def __init__(self, node: Node):
-        super().__init__()
-        self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
-        self.a = node.attrs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.a

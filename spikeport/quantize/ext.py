@@ -27,7 +27,7 @@ from spikeport.ir.ops import attr, static_tensors
 from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import channel_vector, compact
-from spikeport.quantize.seq import _ec, _full, _q_max, _requant
+from spikeport.quantize.seq import _ec, _full, _q_max, _requant, reduced_scale
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import round_to_int
 
@@ -181,11 +181,7 @@ def _pad(ctx: _Ctx, node: Node) -> np.ndarray:
 
 @handler("reduce_sum")
 def _reduce_sum(ctx: _Ctx, node: Node) -> np.ndarray:
-    full = _full(ctx, node)
-    axes = tuple(a % full.ndim for a in node.attrs["axes"])
-    if not np.all(full.max(axis=axes) == full.min(axis=axes)):
-        raise ctx.refuse(node, "input scale varies along the summed axes")
-    return full.max(axis=axes, keepdims=bool(node.attrs["keepdims"]))
+    return reduced_scale(ctx, node)[0]
 
 
 def integer_rows(m: np.ndarray, bits: int) -> np.ndarray:

@@ -53,14 +53,21 @@ def _offset(ctx: _Ctx, node: Node) -> np.ndarray:
     return ctx.scale_in(node)
 
 
-@handler("reduce_mean")
-def _reduce_mean(ctx: _Ctx, node: Node) -> np.ndarray:
+def reduced_scale(ctx: _Ctx, node: Node) -> tuple[np.ndarray, int]:
+    """The scale of a sum over `axes` (the input's, which must not vary along them) and how
+    many cells each output sums."""
     full = _full(ctx, node)
     axes = tuple(a % full.ndim for a in node.attrs["axes"])
     if not np.all(full.max(axis=axes) == full.min(axis=axes)):
         raise ctx.refuse(node, "input scale varies along the reduced axes")
     count = int(np.prod([full.shape[a] for a in axes]))
-    return full.max(axis=axes, keepdims=bool(node.attrs["keepdims"])) / count
+    return full.max(axis=axes, keepdims=bool(node.attrs["keepdims"])), count
+
+
+@handler("reduce_mean")
+def _reduce_mean(ctx: _Ctx, node: Node) -> np.ndarray:
+    scale, count = reduced_scale(ctx, node)
+    return scale / count  # the integers are the sum: 1/count lives in the scale
 
 
 def _requant(ctx: _Ctx, node: Node, func_scale: float) -> None:
