@@ -66,6 +66,21 @@ def _conv(wr, x: int, name: str, w: np.ndarray, out: list[int], act=0, pad=None,
     return y
 
 
+def _depthwise(wr, x: int, w: np.ndarray, out: list[int]) -> int:
+    """A 3x3 depthwise conv 'dw' (SAME, stride 1, multiplier 1), zero bias."""
+    y = wr.tensor("dw", out)
+    opts = mk.options(
+        fb.DepthwiseConv2DOptionsT, padding=fb.Padding.SAME, strideH=1, strideW=1, depthMultiplier=1
+    )
+    wr.op(
+        OP.DEPTHWISE_CONV_2D,
+        [x, _c(wr, "dw/w", w), _c(wr, "dw/b", np.zeros(w.shape[-1]))],
+        [y],
+        opts,
+    )
+    return y
+
+
 def _unary(wr, code: int, x: int, name: str, shape: list[int], opts=None) -> int:
     y = wr.tensor(name, shape)
     wr.op(code, [x], [y], opts)
@@ -95,20 +110,7 @@ def gates() -> Model:
     alpha = _c(wr, "prelu/alpha", np.linspace(0.05, 0.4, 8).reshape(1, 1, 8))
     pr = wr.tensor("prelu", s8)
     wr.op(OP.PRELU, [a1, alpha], [pr])
-    dw = wr.tensor("dw", s8)
-    dopts = mk.options(
-        fb.DepthwiseConv2DOptionsT,
-        padding=fb.Padding.SAME,
-        strideH=1,
-        strideW=1,
-        depthMultiplier=1,
-    )
-    wr.op(
-        OP.DEPTHWISE_CONV_2D,
-        [pr, _c(wr, "dw/w", _w(3, 1, 3, 3, 8, gain=3)), _c(wr, "dw/b", np.zeros(8))],
-        [dw],
-        dopts,
-    )
+    dw = _depthwise(wr, pr, _w(3, 1, 3, 3, 8, gain=3), s8)
     hs = _unary(wr, OP.HARD_SWISH, dw, "hswish", s8)
     se = wr.tensor("se/mean", [1, 1, 1, 8])
     wr.op(
@@ -213,20 +215,7 @@ def blaze() -> Model:
     c0 = _conv(wr, x, "c0", _w(20, 8, 3, 3, 3), [1, 4, 4, 8], stride=2)
     a = wr.tensor("a", [1, 4, 4, 8])
     wr.op(OP.PRELU, [c0, _c(wr, "a/alpha", np.full((1, 1, 8), 0.25))], [a])
-    dw = wr.tensor("dw", [1, 4, 4, 8])
-    dopts = mk.options(
-        fb.DepthwiseConv2DOptionsT,
-        padding=fb.Padding.SAME,
-        strideH=1,
-        strideW=1,
-        depthMultiplier=1,
-    )
-    wr.op(
-        OP.DEPTHWISE_CONV_2D,
-        [a, _c(wr, "dw/w", _w(21, 1, 3, 3, 8, gain=3)), _c(wr, "dw/b", np.zeros(8))],
-        [dw],
-        dopts,
-    )
+    dw = _depthwise(wr, a, _w(21, 1, 3, 3, 8, gain=3), [1, 4, 4, 8])
     b = _conv(wr, dw, "pw", _w(22, 12, 1, 1, 8), [1, 4, 4, 12])
     short = wr.tensor("short", [1, 4, 4, 12])
     wr.op(OP.PAD, [a, _i(wr, "short/p", [[0, 0], [0, 0], [0, 0], [0, 4]])], [short])
