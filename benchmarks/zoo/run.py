@@ -231,7 +231,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="run only these models")
     ap.add_argument("--budget", type=float, default=240, help="seconds per model, all stages")
-    ap.add_argument("--total", type=float, default=1320, help="seconds for the whole run")
+    ap.add_argument("--total", type=float, default=2400, help="seconds for the whole run")
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ann_check:
