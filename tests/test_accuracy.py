@@ -48,3 +48,20 @@ def test_test_split_is_disjoint_from_calibration_and_training():
 
     test = rows("test")
     assert not test & rows("calib") and not test & rows("train")
+
+
+def test_t_aware_conversion_moves_thresholds_deterministically():
+    """`convert --t-aware` (experimental): thresholds searched for T on the SNN's own inputs,
+    the same on every run, recorded in the artifact, and different from the percentile's."""
+    from spikeport.convert import convert
+
+    model, calib = EXAMPLES / "digits_mlp.onnx", EXAMPLES / "digits_calib.npz"
+
+    def thresholds(graph) -> list[np.ndarray]:  # noqa: ANN001
+        return [n.params["threshold"] for n in graph.nodes if n.op == "if"]
+
+    base = thresholds(convert(model, calib, timesteps=2))
+    a, b = (convert(model, calib, timesteps=2, tune=True) for _ in range(2))
+    assert a.meta["conversion"]["t_aware"]["tuned_layers"] == 2
+    assert all(np.array_equal(x, y) for x, y in zip(thresholds(a), thresholds(b), strict=True))
+    assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), base, strict=True))

@@ -81,6 +81,13 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     metavar="NAME=D1xD2...",
     help="Per-sample shape of an input with dynamic axes (default: the calibration data's).",
 )
+@click.option(
+    "--t-aware",
+    "tune",
+    is_flag=True,
+    help="Experimental: search each layer's thresholds for -T on the SNN's own inputs, with a "
+    "bias correction (mixed results so far, see README).",
+)
 @OUT
 @QUIET
 def convert_cmd(
@@ -92,6 +99,7 @@ def convert_cmd(
     signed: bool,
     input_percentile: float,
     input_shapes: tuple[str, ...],
+    tune: bool,
     output: str,
     quiet: bool,
 ) -> None:
@@ -100,7 +108,7 @@ def convert_cmd(
     refuse_overwrite((output,), (model, calib))
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     graph = convert(
-        model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes
+        model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes, tune
     )
     for note in graph.meta["source"].get("import_notes", []):
         say(quiet, f"note: {note}")

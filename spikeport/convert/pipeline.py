@@ -11,10 +11,12 @@ from spikeport.convert.balance import (
     DEFAULT_INPUT_PERCENTILE,
     DEFAULT_PERCENTILE,
     balance_thresholds,
+    channel_axes,
 )
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.convert.onnx_load import data_inputs, load_checked
+from spikeport.convert.tune import tune_thresholds
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz
@@ -67,6 +69,7 @@ def convert(
     timesteps: int = DEFAULT_TIMESTEPS,
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tune: bool = False,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -85,6 +88,9 @@ def convert(
     else:
         stats = collect(ann, ir_runner(ann), data.x)
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
+    if tune:
+        snn, record = tune_thresholds(snn, ann, data.x, timesteps, channel_axes(ann))
+        snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps
     snn.meta["spikeport_version"] = __version__
