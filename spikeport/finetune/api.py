@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from spikeport.data import Dataset, load_data
-from spikeport.finetune.distributed import join, leave
+from spikeport.finetune.distributed import barrier, join, leave
 from spikeport.finetune.train import Settings, finetune
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
@@ -46,9 +46,12 @@ def finetune_files(
     world = join(device)
     try:
         result = finetune(graph, train, settings, val_set, world, quiet)
-        if not world.leader:
-            return None
-        save(result.graph, output)
-        return result.graph.meta["finetune"]
+        if world.leader:
+            save(result.graph, output)
+        # Every rank waits for the leader's write before any leaves the group: a rank that tore
+        # down gloo while the other still held it aborted in C++ under load ("terminate called
+        # without an active exception").
+        barrier(world)
+        return result.graph.meta["finetune"] if world.leader else None
     finally:
         leave(world)

@@ -81,6 +81,12 @@ def join(device: str) -> World:
     return World(rank, size, local, dev)
 
 
+def barrier(world: World) -> None:
+    """Wait for every rank (a no-op on one process)."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def leave(world: World) -> None:
     """Leave the process group joined by `join` (a no-op on one process)."""
     if world.distributed and dist.is_initialized():
