@@ -123,7 +123,7 @@ class Ctx:
         c = c.reshape((1,) * (rank - c.ndim) + c.shape)
         if b is not None:
             c = np.take(c, 0, axis=b)
-        while c.ndim > 0 and c.shape[0] == 1 and c.ndim > 0:
+        while c.ndim > 0 and c.shape[0] == 1:
             c = c[0]  # leading 1s broadcast anyway; keep constants compact
         return c
 
@@ -139,7 +139,7 @@ class Ctx:
         return self.const(n, i, what) if i < len(n.input) and n.input[i] else None
 
     # -- nodes ---------------------------------------------------------------------------
-    def emit(self, n: onnx.NodeProto | None, node: Node, hint: int | None = None) -> None:
+    def emit(self, n: onnx.NodeProto, node: Node, hint: int | None = None) -> None:
         """Add `node` to the IR; find its output's batch axis from the ONNX shape (or `hint`
         when the ONNX tensor has no inferred shape, e.g. an IR-only tensor)."""
         node.inputs = [self.name(t) for t in node.inputs]
@@ -153,9 +153,8 @@ class Ctx:
             try:
                 b = batch_axis_of(full, shape, hint)
             except ValueError:
-                where = n if n is not None else None
                 msg = f"imported as shape {shape}, ONNX shape inference says {full} (batch 1)"
-                raise (refuse(where, msg) if where else UnsupportedOp(msg)) from None
+                raise refuse(n, msg) from None
         # Integer inputs (ids, masks) stay integers through data movement only.
         moves = node.op in ("reshape", "transpose", "slice", "take")
         dtype = self.tensors[node.inputs[0]].dtype if moves else "float32"

@@ -78,8 +78,7 @@ def _drop_argmax_keeping_tail(ctx: Ctx, outputs: list[str]) -> list[str]:
     for out in outputs:
         node = ctx.producer(out)
         if node is not None and node.op in ARGMAX_KEEPING and ctx.uses.get(out, 0) == 0:
-            ctx.nodes.remove(node)
-            ctx.notes.append(
+            ctx.notes.append(  # the node itself goes with the unread ones (_prune)
                 f"node '{node.name}' (softmax over the last axis) gave graph output '{out}': "
                 f"dropped, the output is its input '{node.inputs[0]}' (same argmax)"
             )
@@ -102,7 +101,7 @@ def _prune(ctx: Ctx, outputs: list[str]) -> None:
 
 def _check_outputs(ctx: Ctx, outputs: list[str]) -> None:
     for out in outputs:
-        if out not in ctx.tensors or out in {t for t, _ in ctx.masks.values()}:
+        if out not in ctx.tensors:
             raise UnsupportedOp(f"graph output '{out}' is not computed from the data inputs")
         if ctx.bpos.get(out) != 0:
             raise UnsupportedOp(f"graph output '{out}' does not keep the batch axis first")
@@ -121,13 +120,16 @@ def _import_node(ctx: Ctx, n: onnx.NodeProto) -> None:
 
 
 def import_onnx(
-    path: str | os.PathLike[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    path: str | os.PathLike[str],
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    data_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Graph:
     """Read an ONNX model into a float ANN graph, refusing what it cannot represent (naming
-    the node). `input_shapes` gives per-sample shapes of inputs with dynamic axes."""
+    the node). `input_shapes` gives per-sample shapes of inputs with dynamic axes; where it
+    does not, `data_shapes` (a data file's per-sample shapes by key) fills dynamic axes."""
     p = existing_file(path, "ONNX model")
     original = load_checked(p)
-    model = canonicalise(original, input_shapes)
+    model = canonicalise(original, input_shapes, data_shapes)
     model = fuse_decomposed_layernorm(fuse_tanh_gelu(fuse_erf_gelu(model)))
     model = fuse_l2norm(fuse_masked_mean(fuse_one_hot_matmul(model)))
     plan = plan_masks(model)

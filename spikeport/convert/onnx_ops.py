@@ -58,9 +58,9 @@ def _image_input(ctx: Ctx, n: onnx.NodeProto) -> tuple[int, int, int]:
     full = ctx.onnx_full(x)
     if ctx.batch(x) != 0 and len(full) == 4 and full[0] == 1:
         first = f"{ctx.name(x)}:batch_first"
-        if first not in ctx.tensors:
-            ctx.emit(n, Node(first, "reshape", [x], first, {"shape": list(full[1:])}), hint=0)
-            ctx.bpos[first] = 0
+        if first not in ctx.tensors:  # the same batch-1 tensor: emit finds its batch axis at 0
+            ctx.onnx_shapes[first] = full
+            ctx.emit(n, Node(first, "reshape", [x], first, {"shape": list(full[1:])}))
         ctx.alias[x] = first
     if ctx.batch(x) != 0 or len(ctx.shape(x)) != 3:
         raise refuse(n, f"expects an (N, C, H, W) input, got batch-1 shape {full}")
@@ -278,9 +278,9 @@ def _undrop(ctx: Ctx, n: onnx.NodeProto, t: str) -> str:
     if ctx.batch(t) is None:
         return t
     out = f"{ctx.name(t)}:whole"
-    if out not in ctx.tensors:
-        ctx.emit(n, Node(out, "reshape", [t], out, {"shape": list(ctx.onnx_full(t))}), hint=None)
-        ctx.bpos[out] = None
+    if out not in ctx.tensors:  # the same batch-1 tensor: emit finds no batch axis to drop
+        ctx.onnx_shapes[out] = ctx.onnx_full(t)
+        ctx.emit(n, Node(out, "reshape", [t], out, {"shape": list(ctx.onnx_full(t))}))
     return out
 
 
