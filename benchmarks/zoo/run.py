@@ -83,7 +83,7 @@ def ann_check(name: str) -> None:
     """In a subprocess: import the model, run the ANN view on N_ANN test inputs, print the max
     relative difference to the reference runtime over every output (TFLite: the first)."""
     from spikeport.convert import import_model
-    from spikeport.convert.pipeline import data_shapes
+    from spikeport.convert.pipeline import sample_shapes
     from spikeport.data import load_data
     from spikeport.errors import SpikeportError
     from spikeport.sim import simulate
@@ -91,7 +91,7 @@ def ann_check(name: str) -> None:
     entry = _manifest()[name]
     path = MODELS / entry["file"]
     try:
-        graph = import_model(path, data_shapes(path, MODELS / entry["calib"]))
+        graph = import_model(path, data_shapes=sample_shapes(MODELS / entry["calib"]))
     except SpikeportError as e:  # one line, as the CLI prints it
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

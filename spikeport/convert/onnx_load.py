@@ -82,9 +82,16 @@ def batch_fixed_at_one(model: onnx.ModelProto) -> bool:
     return all(d and d[0].HasField("dim_value") and d[0].dim_value == 1 for d in dims)
 
 
-def _fix_dims(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
-    """Batch axis -> 1; other dynamic axes from `input_shapes` (per-sample shapes)."""
-    for vi in data_inputs(model):
+def _fix_dims(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    data_shapes: Mapping[str, tuple[int, ...]],
+) -> None:
+    """Batch axis -> 1; other dynamic axes from `input_shapes` (per-sample shapes, by input
+    name), else from `data_shapes` (the calibration file's arrays, by key: the input's name,
+    or `x` for a single input), which only ever fill axes the model leaves dynamic."""
+    inputs = data_inputs(model)
+    for vi in inputs:
         elem = vi.type.tensor_type.elem_type
         if elem not in INTEGER_INPUTS and elem not in FLOAT_INPUTS:
             raise UnsupportedOp(
@@ -95,6 +102,10 @@ def _fix_dims(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]
         if not dims:
             raise BadInput(f"input '{vi.name}' has no shape; it needs at least a batch axis")
         given = input_shapes.get(vi.name)
+        dynamic = not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:])
+        if given is None and dynamic:
+            single = data_shapes.get("x") if len(inputs) == 1 else None
+            given = data_shapes.get(vi.name, single)
         if given is not None and len(given) != len(dims) - 1:
             raise BadInput(
                 f"input '{vi.name}': shape {'x'.join(map(str, given))} has {len(given)} axes, "
@@ -150,7 +161,9 @@ def merge_duplicates(g: onnx.GraphProto) -> None:
 
 
 def canonicalise(
-    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    data_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> onnx.ModelProto:
     """The batch-1, shape-folded, shape-inferred form of `model` (see the module docstring)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -160,7 +173,7 @@ def canonicalise(
     model.graph.input.extend(kept)
     if not kept:
         raise BadInput("the model has no data input (every graph input is an initializer)")
-    _fix_dims(model, input_shapes or {})
+    _fix_dims(model, input_shapes or {}, data_shapes or {})
     del model.graph.value_info[:]
     for i, n in enumerate(model.graph.node):
         n.name = n.name or f"{n.op_type}_{i}"

@@ -15,7 +15,6 @@ from spikeport.convert.balance import (
 )
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
-from spikeport.convert.onnx_load import data_inputs, load_checked
 from spikeport.convert.tune import tune_thresholds
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
@@ -26,12 +25,15 @@ DEFAULT_TIMESTEPS = 4
 
 
 def import_model(
-    path: str | os.PathLike[str], input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    path: str | os.PathLike[str],
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    data_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Graph:
-    """Read a source model by its extension into an "ann" graph."""
+    """Read a source model by its extension into an "ann" graph (ONNX dynamic axes: see
+    import_onnx)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        return import_onnx(path, input_shapes)
+        return import_onnx(path, input_shapes, data_shapes)
     if suffix == ".tflite":
         from spikeport.convert.tflite_import import import_tflite  # needs ai-edge-litert
 
@@ -39,25 +41,10 @@ def import_model(
     raise BadInput(f"{path}: unknown model format '{suffix}' (supported: .onnx, .tflite)")
 
 
-def data_shapes(
-    model: str | os.PathLike[str], calib: str | os.PathLike[str]
-) -> dict[str, tuple[int, ...]]:
-    """Per-sample shapes of an ONNX model's inputs with dynamic axes, as the calibration data
-    has them (a key per input name, or `x` for a single input): they fix those axes."""
-    if Path(model).suffix.lower() != ".onnx":
-        return {}
-    inputs = data_inputs(load_checked(existing_file(model, "ONNX model")))
-    names = [i.name for i in inputs]
-    dynamic = {
-        i.name for i in inputs if not all(d.dim_value > 0 for d in i.type.tensor_type.shape.dim[1:])
-    }
+def sample_shapes(calib: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Per-sample shapes of a data file's arrays, by key: what fixes a model's dynamic axes."""
     path = existing_file(calib, "calibration data")
-    arrays = read_npz(path, str(path))
-    shapes = {n: arrays[n].shape[1:] for n in names if n in arrays}
-    if len(names) == 1 and names[0] not in shapes and "x" in arrays:
-        shapes[names[0]] = arrays["x"].shape[1:]
-    shapes = {k: v for k, v in shapes.items() if k in dynamic}  # static inputs: load_data checks
-    return {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+    return {k: tuple(int(d) for d in v.shape[1:]) for k, v in read_npz(path, str(path)).items()}
 
 
 def convert(
@@ -77,8 +64,7 @@ def convert(
     by input name) fixes dynamic axes; by default the calibration data does."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
-    shapes = {**data_shapes(model, calib), **(input_shapes or {})}
-    ann = import_model(model, shapes)
+    ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
     if ann.meta["source"]["format"] == "tflite":
