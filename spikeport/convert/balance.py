@@ -26,7 +26,9 @@ DEFAULT_INPUT_PERCENTILE = 99.0
 DATA_MOVEMENT = frozenset(
     {"reshape", "transpose", "take", "slice", "scale", "concat", "pad", "channel_scale"}
 )
-SYNAPTIC_SEQ = ("dense", "matmul", "conv2d", "conv_transpose2d")
+# What bipolar neurons may drive: every synaptic op of the registry, and the product of two
+# activations (matmul), whose operands are spike trains too.
+SPIKE_READERS = frozenset({name for name, spec in OPS.items() if spec.synaptic} | {"matmul"})
 
 
 def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.ndarray:
@@ -123,7 +125,7 @@ def spike_inputs(graph: Graph) -> list[str]:
     everywhere = has_ec_ops(graph)
     found: list[str] = []
     for n in graph.nodes:
-        if n.op in SYNAPTIC_SEQ:
+        if n.op in SPIKE_READERS:
             for t in n.inputs:
                 wanted = kinds[t] == "analog" and (everywhere or t in direct)
                 if wanted and t not in found:
@@ -135,7 +137,7 @@ def _synapse_outputs(graph: Graph) -> set[str]:
     """Tensors that are a synaptic layer's output, possibly moved (reshaped, transposed...)."""
     out: set[str] = set()
     for n in graph.nodes:
-        if n.op in SYNAPTIC_SEQ or (n.op in DATA_MOVEMENT and all(i in out for i in n.inputs)):
+        if n.op in SPIKE_READERS or (n.op in DATA_MOVEMENT and all(i in out for i in n.inputs)):
             out.add(n.output)
     return out
 
@@ -161,7 +163,7 @@ def _insert_input_neurons(graph: Graph, stats: dict[str, np.ndarray], percentile
                     )
                 )
                 made.add(t)
-        if n.op in SYNAPTIC_SEQ:
+        if n.op in SPIKE_READERS:
             n.inputs = [f"{t}:spikes" if t in points else t for t in n.inputs]
         nodes.append(n)
     graph.nodes = nodes

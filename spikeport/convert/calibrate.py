@@ -62,7 +62,8 @@ def activation_tensors(graph: Graph) -> list[str]:
 def collect(
     graph: Graph, runner: Runner, x: Batch, batch_size: int = 64, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Per activation tensor, its values as (channels, samples): channel = first per-sample axis."""
+    """Per activation tensor, its values as (channels, samples), channels on the tensor's own
+    channel axis (balance.channel_axes: 0 for images, the features otherwise)."""
     from spikeport.convert.balance import channel_axes
 
     names = activation_tensors(graph)
