@@ -50,8 +50,8 @@ def test_test_split_is_disjoint_from_calibration_and_training():
     assert not test & rows("calib") and not test & rows("train")
 
 
-def test_t_aware_conversion_moves_thresholds_deterministically():
-    """`convert --t-aware` (experimental): thresholds searched for T on the SNN's own inputs,
+def test_t_aware_conversion_is_deterministic_and_recorded():
+    """`convert -T 2` (T-aware by default): thresholds searched for T on the SNN's own inputs,
     the same on every run, recorded in the artifact, and different from the percentile's."""
     from spikeport.convert import convert
 
@@ -60,8 +60,42 @@ def test_t_aware_conversion_moves_thresholds_deterministically():
     def thresholds(graph) -> list[np.ndarray]:  # noqa: ANN001
         return [n.params["threshold"] for n in graph.nodes if n.op == "if"]
 
-    base = thresholds(convert(model, calib, timesteps=2))
-    a, b = (convert(model, calib, timesteps=2, tune=True) for _ in range(2))
-    assert a.meta["conversion"]["t_aware"]["tuned_layers"] == 2
+    base = convert(model, calib, timesteps=2, tune=False)
+    assert "t_aware" not in base.meta["conversion"]
+    a, b = (convert(model, calib, timesteps=2) for _ in range(2))
+    record = a.meta["conversion"]["t_aware"]
+    assert record["T"] == 2 and set(record["candidates"]) == {"percentile", "T=2", "T=4", "T=8"}
+    assert record["kept"] != "percentile"
     assert all(np.array_equal(x, y) for x, y in zip(thresholds(a), thresholds(b), strict=True))
-    assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), base, strict=True))
+    assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), thresholds(base), strict=True))
+
+
+@pytest.mark.parametrize("bipolar", [False, True])
+def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar):
+    """tune.rate_code scores thresholds; it must be the float IF neuron's own rate code."""
+    from spikeport.convert.tune import rate_code
+    from spikeport.sim.ops import IFNeuron
+
+    rng = np.random.default_rng(0)
+    currents = rng.normal(0.3, 1.0, (5, 4, 50))
+    theta = rng.uniform(0.5, 2.0, (4, 1))
+    neuron = IFNeuron(theta, bipolar, False, (4, 50), bipolar=bipolar)
+    neuron.reset(1)
+    spiked = sum(neuron(c[None])[0] for c in currents)
+    np.testing.assert_allclose(rate_code(currents, theta, bipolar), spiked / len(currents))
+
+
+def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
+    """The reason it is the default: at T = 2 the held-out accuracy of the digits CNN rises
+    (measured 95.2 % -> 97.6 %, integer mode)."""
+    from spikeport.convert import convert
+    from spikeport.quantize import get_profile, quantize
+
+    model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
+    x_calib = load_data(calib).x
+    acc = {}
+    for tune in (False, True):
+        snn = convert(model, calib, timesteps=2, tune=tune)
+        graph = quantize(snn, x_calib, get_profile("sim"))
+        acc[tune] = _acc(evaluate(graph, test_set, [2], "int", str(model)), 2)
+    assert acc[True] >= acc[False] + 0.01

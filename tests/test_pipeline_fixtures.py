@@ -4,9 +4,12 @@ with each other and with onnxruntime, in output values (not only argmax)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from spikeport.convert import import_onnx
+from spikeport.convert import convert, import_onnx
 from spikeport.eval.evaluate import onnx_logits
+from spikeport.ir.graph import Graph
+from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator, mean_output, simulate
 
 
@@ -21,19 +24,33 @@ def test_ann_view_matches_onnxruntime(case):
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+@pytest.fixture
+def percentile_int(case) -> Graph:  # noqa: ANN001
+    """The case converted with percentile thresholds only (--no-t-aware), quantized: no bias
+    moved and no threshold chosen for a T, so its rate code converges to the ANN."""
+    snn = convert(case.onnx, case.calib, tune=False)
+    return quantize(snn, np.load(case.calib)["x"], get_profile("sim"))
+
+
 def test_converted_graph_keeps_ann_view(case):
-    """Neurons read as ReLU in "ann" mode: conversion changed no weight."""
-    ours = simulate(case.snn, case.test_x, 1, "ann").outputs[case.snn.outputs[0]][0]
+    """Neurons read as ReLU in "ann" mode: the percentile conversion changed no weight, and
+    the T-aware one (the case's) only thresholds and biases."""
+    snn = convert(case.onnx, case.calib, tune=False)
+    ours = simulate(snn, case.test_x, 1, "ann").outputs[snn.outputs[0]][0]
     ref = onnx_logits(case.onnx, case.test_x)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    for tuned, plain in zip(case.snn.nodes, snn.nodes, strict=True):
+        for key in set(plain.params) - {"threshold", "bias", "beta"}:
+            np.testing.assert_array_equal(tuned.params[key], plain.params[key])
 
 
-def test_spiking_output_converges_to_ann(case):
+def test_spiking_output_converges_to_ann(case, percentile_int):
     """Rate coding converges: the mean output over T steps approaches the ANN's logits, in both
-    float and integer mode, and the error shrinks with T."""
+    float and integer mode, and the error shrinks with T (percentile conversion: the T-aware
+    one is chosen for its T, and may trade the limit for it)."""
     ref = onnx_logits(case.onnx, case.test_x)
     for mode in ("float", "int"):
-        out = mean_output(case.int, simulate(case.int, case.test_x, 64, mode), mode)
+        out = mean_output(percentile_int, simulate(percentile_int, case.test_x, 64, mode), mode)
         errors = [rel_error(out[t - 1], ref) for t in (2, 8, 64)]
         assert errors[2] < 0.05, (mode, errors)
         assert errors[0] > errors[1] > errors[2], (mode, errors)

@@ -82,11 +82,12 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     help="Per-sample shape of an input with dynamic axes (default: the calibration data's).",
 )
 @click.option(
-    "--t-aware",
+    "--t-aware/--no-t-aware",
     "tune",
-    is_flag=True,
-    help="Experimental: search each layer's thresholds for -T on the SNN's own inputs, with a "
-    "bias correction (mixed results so far, see README).",
+    default=True,
+    show_default=True,
+    help="Choose each neuron's threshold for -T on the SNN's own inputs, with a bias "
+    "correction (README: T-aware conversion); --no-t-aware keeps the percentile thresholds.",
 )
 @OUT
 @QUIET

@@ -15,7 +15,7 @@ from spikeport.convert.balance import (
 )
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
-from spikeport.convert.tune import tune_thresholds
+from spikeport.convert.tune import t_aware
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz
@@ -56,7 +56,7 @@ def convert(
     timesteps: int = DEFAULT_TIMESTEPS,
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
-    tune: bool = False,
+    tune: bool = True,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -75,7 +75,7 @@ def convert(
         stats = collect(ann, ir_runner(ann), data.x)
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
     if tune:
-        snn, record = tune_thresholds(snn, ann, data.x, timesteps, channel_axes(ann))
+        snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann))
         snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps
