@@ -62,7 +62,12 @@ def codes_to_x(case, codes: np.ndarray) -> np.ndarray:
 def test_host_bit_exact_on_random_inputs(emitted, name):
     """1,000 random int8 inputs per model (hypothesis), T = 8: spikes of every layer and the
     output accumulators equal the simulator's at every step."""
-    case, outdir = emitted[name]
+    check_random_batches(*emitted[name])
+
+
+def check_random_batches(case, outdir, also=None) -> None:
+    """EXAMPLES_PER_MODEL hypothesis batches of BATCH random int8 inputs, T = 8, on the host
+    build; `also(x)` sees every batch after its check."""
     size = int(np.prod(case.int.input.shape))
 
     @settings(
@@ -73,7 +78,10 @@ def test_host_bit_exact_on_random_inputs(emitted, name):
     )
     @given(arrays(np.int64, (BATCH, size), elements=st.integers(-127, 127)))
     def check(codes):
-        check_one_batch(case.int, outdir, codes_to_x(case, codes), 8, run_host)
+        x = codes_to_x(case, codes)
+        check_one_batch(case.int, outdir, x, 8, run_host)
+        if also is not None:
+            also(x)
 
     check()
 
@@ -124,23 +132,13 @@ def test_host_bit_exact_with_graded_spikes(graded_emitted, name):
     and bipolar_mlp."""
     case, outdir = graded_emitted[name]
     assert "#define SPK_GRADED 1" in (outdir / "model.h").read_text()
-    size = int(np.prod(case.int.input.shape))
     seen: list[int] = []
 
-    @settings(
-        max_examples=EXAMPLES_PER_MODEL,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(arrays(np.int64, (BATCH, size), elements=st.integers(-127, 127)))
-    def check(codes):
-        x = codes_to_x(case, codes)
-        check_one_batch(case.int, outdir, x, 8, run_host)
+    def extremes(x: np.ndarray) -> None:
         for spikes in reference(case.int, x, 8)[1].values():
             seen.extend((int(spikes.min()), int(spikes.max())))
 
-    check()
+    check_random_batches(case, outdir, extremes)
     assert max(seen) > 1
     if name in ("digits_cnn", "bipolar_mlp"):
         assert min(seen) < 0

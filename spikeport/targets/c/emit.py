@@ -233,15 +233,13 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
     bipolar = n.attrs.get("bipolar", False)
     signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
     levels = spike_levels(n)
+    io = dict(
+        n=size, th=f"th_{cid}", ti=ti, v=v, x=plan.buffer[n.inputs[0]], y=plan.buffer[n.output]
+    )
     if levels > 1:
         low = f"-{levels}" if bipolar else (f"-({count}[i] < {levels} ? {count}[i] : {levels})")
         body = K.IF_GRADED.substitute(
-            n=size,
-            th=f"th_{cid}",
-            ti=ti,
-            v=v,
-            x=plan.buffer[n.inputs[0]],
-            y=plan.buffer[n.output],
+            io,
             levels=levels,
             low=low if bipolar or signed else "0",
             count_update=f"\n        {count}[i] += s;" if signed else "",
@@ -250,15 +248,7 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
         branch = (
             K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
         )
-        body = K.IF_NEURON.substitute(
-            n=size,
-            th=f"th_{cid}",
-            ti=ti,
-            v=v,
-            x=plan.buffer[n.inputs[0]],
-            y=plan.buffer[n.output],
-            signed_branch=branch,
-        )
+        body = K.IF_NEURON.substitute(io, signed_branch=branch)
     state = [("int32_t", f"v_{cid}", size)] + ([("int32_t", f"c_{cid}", size)] if signed else [])
     return Layer(
         n,
