@@ -131,6 +131,16 @@ def concat_maxpool() -> tuple[onnx.ModelProto, np.ndarray]:
     return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
 
 
+def bipolar_mlp() -> tuple[onnx.ModelProto, np.ndarray]:
+    """Gemm-ReLU, then Gemm straight into Gemm (no activation between: convert puts a bipolar
+    neuron there), ReLU, Gemm. Not in FIXTURES: the graded-spike tests of the C target use it."""
+    b = _Builder(11)
+    h = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 48, 24)])
+    h = b.op("Relu", [b.gemm(b.gemm(h, 24, 20), 20, 16)])
+    out = b.gemm(h, 16, 4)
+    return b.model((3, 4, 4), out, 4), b.rng.normal(0, 1, (64, 3, 4, 4)).astype(np.float32)
+
+
 FIXTURES: dict[str, Callable[[], tuple[onnx.ModelProto, np.ndarray]]] = {
     "residual": residual,
     "concat_pool": concat_pool,

@@ -71,7 +71,8 @@ def test_t_aware_conversion_is_deterministic_and_recorded():
 
 
 @pytest.mark.parametrize("bipolar", [False, True])
-def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar):
+@pytest.mark.parametrize("levels", [1, 3])
+def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar, levels):
     """tune.rate_code scores thresholds; it must be the float IF neuron's own rate code."""
     from spikeport.convert.tune import rate_code
     from spikeport.sim.ops import IFNeuron
@@ -79,10 +80,11 @@ def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar):
     rng = np.random.default_rng(0)
     currents = rng.normal(0.3, 1.0, (5, 4, 50))
     theta = rng.uniform(0.5, 2.0, (4, 1))
-    neuron = IFNeuron(theta, bipolar, False, (4, 50), bipolar=bipolar)
+    neuron = IFNeuron(theta, bipolar, False, (4, 50), bipolar=bipolar, levels=levels)
     neuron.reset(1)
     spiked = sum(neuron(c[None])[0] for c in currents)
-    np.testing.assert_allclose(rate_code(currents, theta, bipolar), spiked / len(currents))
+    rates = rate_code(currents, theta, bipolar, levels)
+    np.testing.assert_allclose(rates, spiked / len(currents), atol=1e-12)
 
 
 def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):

@@ -77,8 +77,13 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
         "cosine_to_ann",
         "relative_error_to_ann",
         "spikes_per_inference",
+        "spike_levels_per_inference",
+        "bits_per_event",
         "synaptic_ops_per_inference",
     }
+    first = rep["records"][0]  # binary neurons: one level and one bit an event
+    assert first["spike_levels_per_inference"] == first["spikes_per_inference"]
+    assert first["bits_per_event"] == 1.0 and "bits / event" not in out
     assert 0.9 < rep["records"][-1]["cosine_to_ann"] <= 1.0
     assert rep["ann"]["source"] == "onnxruntime" and rep["data"]["n"] == 540
     assert all(r["met"] for r in rep["requirements"])

@@ -152,6 +152,10 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
     }
     if "bipolar" in OPS["if"].attrs:
         ex["if/bipolar"] = (neuron(bipolar=True), [(3, 4)])
+    if "spike_bits" in OPS["if"].attrs:  # graded: thresholds well below the currents
+        ex["if/graded"] = (neuron(spike_bits=3), [(3, 4)])
+        ex["if/graded_signed"] = (neuron(spike_bits=2, signed=True), [(3, 4)])
+        ex["if/graded_bipolar"] = (neuron(spike_bits=4, bipolar=True), [(3, 4)])
     return {k: v for k, v in ex.items() if k.split("/")[0] in OPS}
 
 
@@ -215,6 +219,22 @@ def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set):
     out = finetune(vit_snn, small, Settings(T=2, epochs=1), quiet=True).graph
     q = quantize(out, np.load(CALIB)["x"], get_profile("sim"))
     assert simulate(q, x, 2, "int").outputs[q.outputs[0]].shape == (2, 16, 10)
+
+
+def test_graded_neurons_step_and_learn_like_k_binary_steps():
+    """A 2-bit neuron (theta 1, v0 0.5): counts clamp(floor(v), 0, 3); its surrogate gradient
+    is the sum of three bumps, one a threshold apart, so v = 2.5 gets a gradient where a binary
+    neuron (one bump around v = 1) gets none."""
+    node = Node("n", "if", ["x"], "y", {"signed": False, "cap": None, "spike_bits": 2}, {})
+    node.params["threshold"] = np.ones(1)
+    lay = make_layer(node, (1,), SURROGATES["triangle"]).double()
+    lay.reset()
+    steps = [lay(torch.tensor([[c]], dtype=torch.float64)).item() for c in (0.2, 2.9, 9.0)]
+    assert steps == [0.0, 3.0, 3.0]  # v: 0.7 -> 0 spikes; 3.6 -> 3, v 0.6; 9.6 -> 3 (clamped)
+    lay.reset()
+    x = torch.tensor([[2.2]], dtype=torch.float64, requires_grad=True)
+    lay(x).sum().backward()  # v = 2.7: bumps at 2 and 3 are 0.3 away
+    assert x.grad.item() == pytest.approx(1.0)
 
 
 def test_signed_neurons_take_spikes_back_like_the_simulator():

@@ -7,11 +7,13 @@ the reason, never pass.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +28,7 @@ from spikeport.targets import TARGETS, emit, get_target, verify
 from spikeport.targets.c import check_one_batch
 from spikeport.targets.c.flash import flash_qemu
 from spikeport.targets.c.run import run_host
+from spikeport.targets.compare import reference
 
 HAS_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -59,7 +62,12 @@ def codes_to_x(case, codes: np.ndarray) -> np.ndarray:
 def test_host_bit_exact_on_random_inputs(emitted, name):
     """1,000 random int8 inputs per model (hypothesis), T = 8: spikes of every layer and the
     output accumulators equal the simulator's at every step."""
-    case, outdir = emitted[name]
+    check_random_batches(*emitted[name])
+
+
+def check_random_batches(case, outdir, also=None) -> None:
+    """EXAMPLES_PER_MODEL hypothesis batches of BATCH random int8 inputs, T = 8, on the host
+    build; `also(x)` sees every batch after its check."""
     size = int(np.prod(case.int.input.shape))
 
     @settings(
@@ -70,9 +78,85 @@ def test_host_bit_exact_on_random_inputs(emitted, name):
     )
     @given(arrays(np.int64, (BATCH, size), elements=st.integers(-127, 127)))
     def check(codes):
-        check_one_batch(case.int, outdir, codes_to_x(case, codes), 8, run_host)
+        x = codes_to_x(case, codes)
+        check_one_batch(case.int, outdir, x, 8, run_host)
+        if also is not None:
+            also(x)
 
     check()
+
+
+# Graded spikes (spike_bits b, convert --spike-bits): every fixture with its own b, signed
+# neurons in digits_cnn and wide_mlp, a bipolar neuron in bipolar_mlp. 1,000 random inputs each.
+SIGNED = ("digits_cnn", "wide_mlp")
+GRADED_BITS = {
+    "digits_cnn": 2,
+    "digits_mlp": 3,
+    "residual": 4,
+    "concat_pool": 2,
+    "wide_mlp": 3,
+    "bipolar_mlp": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def graded_emitted(cases, tmp_path_factory):
+    from fixture_models import bipolar_mlp
+
+    from spikeport.convert import convert
+    from spikeport.quantize import get_profile
+
+    root = tmp_path_factory.mktemp("c_graded")
+    model, x = bipolar_mlp()
+    onnx.save(model, root / "bipolar_mlp.onnx")
+    np.savez(root / "bipolar_mlp_calib.npz", x=x)
+    out = {}
+    for name, bits in GRADED_BITS.items():
+        src = (root / "bipolar_mlp.onnx", root / "bipolar_mlp_calib.npz")
+        if name in cases:
+            src = (cases[name].onnx, cases[name].calib)
+        snn = convert(*src, signed=name in SIGNED, spike_bits=bits)
+        q = quantize(snn, np.load(src[1])["x"], get_profile("c"), max_timesteps=8)
+        emit(q, "c", root / name)
+        case = dataclasses.replace(cases["digits_mlp"], name=name, snn=snn, int=q)
+        out[name] = (case, root / name)
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("name", sorted(GRADED_BITS))
+def test_host_bit_exact_with_graded_spikes(graded_emitted, name):
+    """1,000 random int8 inputs per model (hypothesis), T = 8, graded neurons: every layer's
+    counts and the output accumulators equal the simulator's at every step; the counts do
+    go past +-1, and below 0 in digits_cnn (signed: its second conv's neurons take counts back)
+    and bipolar_mlp."""
+    case, outdir = graded_emitted[name]
+    assert "#define SPK_GRADED 1" in (outdir / "model.h").read_text()
+    seen: list[int] = []
+
+    def extremes(x: np.ndarray) -> None:
+        for spikes in reference(case.int, x, 8)[1].values():
+            seen.extend((int(spikes.min()), int(spikes.max())))
+
+    check_random_batches(case, outdir, extremes)
+    assert max(seen) > 1
+    if name in ("digits_cnn", "bipolar_mlp"):
+        assert min(seen) < 0
+
+
+@needs_qemu
+def test_cortex_m3_under_qemu_is_bit_exact_with_graded_spikes(graded_emitted):
+    _, outdir = graded_emitted["digits_cnn"]
+    report = flash_qemu(outdir, None, 20, 8, count=False)
+    assert report["bit_exact"]
+
+
+def test_spikes_wider_than_int8_are_refused(cases, tmp_path):
+    from spikeport.convert.balance import grade_neurons
+
+    snn = grade_neurons(copy.deepcopy(cases["digits_mlp"].snn), 8)
+    q = quantize(snn, np.load(cases["digits_mlp"].calib)["x"], Profile("sim"))
+    _refused(q, tmp_path, "spike_bits 8: target 'c' carries spikes of at most 7 bits")
 
 
 @needs_cc

@@ -19,6 +19,7 @@ from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
+from spikeport.ir.check import MAX_SPIKE_BITS
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
 from spikeport.targets import discover
@@ -40,6 +41,14 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if not name or not shape or min(shape) < 1:
         raise BadInput(f"--input-shape '{text}' is not NAME=D1xD2... with positive sizes")
     return name, shape
+
+
+def parse_layer_bits(text: str) -> tuple[str, int]:
+    """`NODE=B` -> (NODE, B): one neuron's spike bits."""
+    name, _, bits = text.rpartition("=")
+    if not name or not bits.isdigit():
+        raise BadInput(f"--spike-bits-layer '{text}' is not NODE=B with B a positive integer")
+    return name, int(bits)
 
 
 @main.command("convert")
@@ -82,6 +91,20 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     help="Per-sample shape of an input with dynamic axes (default: the calibration data's).",
 )
 @click.option(
+    "--spike-bits",
+    type=click.IntRange(1, MAX_SPIKE_BITS),
+    default=1,
+    show_default=True,
+    help="Graded spikes: each neuron emits a count 0..2^b-1 a step (1: binary spikes).",
+)
+@click.option(
+    "--spike-bits-layer",
+    "layer_bits",
+    multiple=True,
+    metavar="NODE=B",
+    help="Spike bits of one neuron node by name, over --spike-bits (repeatable).",
+)
+@click.option(
     "--t-aware/--no-t-aware",
     "tune",
     default=True,
@@ -100,6 +123,8 @@ def convert_cmd(
     signed: bool,
     input_percentile: float,
     input_shapes: tuple[str, ...],
+    spike_bits: int,
+    layer_bits: tuple[str, ...],
     tune: bool,
     output: str,
     quiet: bool,
@@ -109,7 +134,17 @@ def convert_cmd(
     refuse_overwrite((output,), (model, calib))
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     graph = convert(
-        model, calib, percentile, per_channel, signed, timesteps, input_percentile, shapes, tune
+        model,
+        calib,
+        percentile,
+        per_channel,
+        signed,
+        timesteps,
+        input_percentile,
+        shapes,
+        tune,
+        spike_bits,
+        dict(parse_layer_bits(s) for s in layer_bits),
     )
     for note in graph.meta["source"].get("import_notes", []):
         say(quiet, f"note: {note}")
@@ -118,7 +153,8 @@ def convert_cmd(
     say(
         quiet,
         f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "
-        f"(percentile {percentile}, {'per channel' if per_channel else 'per layer'})",
+        f"(percentile {percentile}, {'per channel' if per_channel else 'per layer'}"
+        f"{f', {spike_bits}-bit graded spikes' if spike_bits > 1 else ''})",
     )
 
 

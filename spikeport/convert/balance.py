@@ -203,3 +203,32 @@ def balance_thresholds(
         "encoding": "direct (constant input current)",
     }
     return check_graph(out)
+
+
+def grade_neurons(graph: Graph, spike_bits: int, layers: dict[str, int] | None = None) -> Graph:
+    """Give every neuron `spike_bits` b (`layers`: per-node overrides by name), in place.
+
+    A balanced threshold theta is the value of a full-rate neuron (one spike a step); a
+    neuron of b bits emits up to K = 2^b - 1 levels a step, so its threshold becomes theta / K
+    (K levels of theta / K carry the same maximum, at K times the resolution; v0 = floor of
+    half the new threshold still rounds to nearest). b = 1 leaves the graph as it is."""
+    from spikeport.ir.check import MAX_SPIKE_BITS
+
+    layers = dict(layers or {})
+    neurons = {n.name for n in graph.nodes if n.op == "if"}
+    unknown = sorted(set(layers) - neurons)
+    if unknown:
+        raise BadInput(f"--spike-bits-layer: no neuron named {unknown[0]!r} in this graph")
+    for n in graph.nodes:
+        if n.op != "if":
+            continue
+        b = layers.get(n.name, spike_bits)
+        if not 1 <= b <= MAX_SPIKE_BITS:
+            raise BadInput(f"node '{n.name}': spike bits {b} are not in 1..{MAX_SPIKE_BITS}")
+        if b == 1:
+            continue
+        n.attrs["spike_bits"] = b
+        n.params["threshold"] = (n.params["threshold"] / ((1 << b) - 1)).astype(np.float32)
+    if spike_bits != 1 or layers:
+        graph.meta.setdefault("conversion", {})["spike_bits"] = {"default": spike_bits, **layers}
+    return graph

@@ -12,6 +12,7 @@ from spikeport.convert.balance import (
     DEFAULT_PERCENTILE,
     balance_thresholds,
     channel_axes,
+    grade_neurons,
 )
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.onnx_import import import_onnx
@@ -57,11 +58,15 @@ def convert(
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     tune: bool = True,
+    spike_bits: int = 1,
+    layer_spike_bits: Mapping[str, int] | None = None,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
     as the inputs of fused linear layers); TFLite graphs on LiteRT. `input_shapes` (per-sample,
-    by input name) fixes dynamic axes; by default the calibration data does."""
+    by input name) fixes dynamic axes; by default the calibration data does. `spike_bits` b
+    gives every neuron graded spikes of b bits (1: binary), `layer_spike_bits` per neuron by
+    name (balance.grade_neurons)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     ann = import_model(model, input_shapes, sample_shapes(calib))
@@ -74,6 +79,7 @@ def convert(
     else:
         stats = collect(ann, ir_runner(ann), data.x)
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
+    grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann))
         snn.meta["conversion"]["t_aware"] = record

@@ -31,7 +31,7 @@ import numpy as np
 from spikeport.batch import Batch, size, take
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import static_tensors
+from spikeport.ir.ops import spike_levels, static_tensors
 
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
@@ -49,34 +49,42 @@ ERROR_POWER = 2.5
 BIAS_OWNERS = {"dense": "bias", "conv2d": "bias", "conv_transpose2d": "bias", "layernorm": "beta"}
 
 
-def rate_code(currents: np.ndarray, theta: np.ndarray, bipolar: bool) -> np.ndarray:
-    """The T-step rate code, in real units (count * theta / T), of IF neurons (reset by
-    subtraction, v0 = theta / 2; bipolar ones also fire -1 when v < 0) driven by `currents`
-    (T, C, M) with thresholds `theta` (C, 1): what the float simulator computes."""
+def rate_code(
+    currents: np.ndarray, theta: np.ndarray, bipolar: bool, levels: int = 1
+) -> np.ndarray:
+    """The T-step rate code, in real units (sum of counts * theta / T), of IF neurons (reset by
+    subtraction, v0 = theta / 2) driven by `currents` (T, C, M) with thresholds `theta`
+    (C, 1): each step they emit k = clamp(floor(v / theta), lo, levels), lo = -levels for
+    bipolar neurons and 0 otherwise (with one level: fire at v >= theta, and -1 at v < 0),
+    as the float simulator does."""
     v = np.broadcast_to(theta / 2, currents.shape[1:]).copy()
     count = np.zeros(currents.shape[1:])
     for current in currents:
         v += current
-        fired = (v >= theta).astype(np.float64)
-        if bipolar:
-            fired -= v < 0
-        v -= fired * theta
-        count += fired
+        k = np.clip(np.floor_divide(v, theta), -levels if bipolar else 0, levels)
+        v -= k * theta
+        count += k
     return count * theta / len(currents)
 
 
 def search(
-    currents: np.ndarray, target: np.ndarray, start: np.ndarray, bipolar: bool, shifts: bool
+    currents: np.ndarray,
+    target: np.ndarray,
+    start: np.ndarray,
+    bipolar: bool,
+    shifts: bool,
+    levels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per channel (row of `target` (C, M); `currents` (T, C, M)), the threshold and the bias
-    shift (zero unless `shifts`) whose rate code has the least mean squared error, and that
-    error. Candidates: `start` and THETA_GRID times the channel's largest |activation|."""
+    shift (zero unless `shifts`) whose rate code has the least error, and that error.
+    Candidates: `start` and THETA_GRID times the channel's largest |activation| over
+    `levels` (a graded neuron's full step carries levels * theta)."""
     T = len(currents)
-    top = np.maximum(np.abs(target).max(axis=1), 1e-12)
+    top = np.maximum(np.abs(target).max(axis=1), 1e-12) / levels
     best_theta, best_err = start.astype(np.float64), np.full(len(target), np.inf)
     for theta in [start] + [top * f for f in THETA_GRID]:
         theta = np.where(theta > 0, theta, 1.0)
-        err = (np.abs(rate_code(currents, theta[:, None], bipolar) - target) ** ERROR_POWER).mean(
+        err = (np.abs(rate_code(currents, theta[:, None], bipolar, levels) - target) ** ERROR_POWER).mean(
             axis=1
         )
         better = err < best_err
@@ -85,7 +93,7 @@ def search(
     for f in SHIFT_GRID if shifts else ():
         shift = f * best_theta / T
         moved = currents + shift[None, :, None]
-        err = (np.abs(rate_code(moved, best_theta[:, None], bipolar) - target) ** ERROR_POWER).mean(
+        err = (np.abs(rate_code(moved, best_theta[:, None], bipolar, levels) - target) ** ERROR_POWER).mean(
             axis=1
         )
         better = err < best_err
@@ -264,7 +272,7 @@ def _tune_neuron(
     owner = _bias_owner(graph, users, src)
     shifts = owner is not None and (layout == "channel" or channels == 1)
     shifts = shifts and owner.params[BIAS_OWNERS[owner.op]].shape == (channels,)
-    theta, shift, _ = search(currents, target, start, bipolar, shifts)
+    theta, shift, _ = search(currents, target, start, bipolar, shifts, spike_levels(node))
     if node.attrs.get("cap") is not None:
         theta = np.minimum(theta, node.attrs["cap"])
     shape = graph.shape(src)

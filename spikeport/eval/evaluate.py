@@ -179,6 +179,9 @@ def evaluate(
         cos, rel = fidelity(_as_source(graph, name, snn_out[t - 1]), ann_out)
         record["cosine_to_ann"], record["relative_error_to_ann"] = cos, rel
         record["spikes_per_inference"] = float(res.spikes[:t].sum() / n)
+        record["spike_levels_per_inference"] = float(res.levels[:t].sum() / n)
+        if res.spikes[:t].sum():  # the mean over events: none, no mean
+            record["bits_per_event"] = float(res.event_bits[:t].sum() / res.spikes[:t].sum())
         record["synaptic_ops_per_inference"] = float(res.sops[:t].sum() / n)
         records.append(record)
     ann: dict[str, object] = {"source": ann_source}

@@ -18,13 +18,26 @@ COLUMNS = (  # (record field, header, format): a column shows when any record ha
     ("cosine_to_ann", "cosine to ANN", "{:.4f}"),
     ("relative_error_to_ann", "relative error", "{:.4f}"),
     ("spikes_per_inference", "spikes / inference", "{:.1f}"),
+    ("spike_levels_per_inference", "spike levels / inference", "{:.1f}"),
+    ("bits_per_event", "bits / event", "{:.2f}"),
     ("synaptic_ops_per_inference", "synaptic ops / inference", "{:.0f}"),
 )
+
+
+GRADED_COLUMNS = ("spike_levels_per_inference", "bits_per_event")
+
+
+def _graded(record: dict[str, object]) -> bool:
+    """Whether a record's spikes carry more than one level or bit (graded neurons fired)."""
+    levels = record.get("spike_levels_per_inference", record.get("spikes_per_inference"))
+    return levels != record.get("spikes_per_inference") or record.get("bits_per_event", 1) != 1
 
 
 def markdown_table(report: dict[str, object]) -> str:
     records = report["records"]  # type: ignore[assignment]
     cols = [c for c in COLUMNS if any(c[0] in r for r in records)]  # type: ignore[union-attr]
+    if not any(_graded(r) for r in records):  # type: ignore[union-attr]
+        cols = [c for c in cols if c[0] not in GRADED_COLUMNS]  # binary spikes: as before
     ann = report["ann"].get("accuracy")  # type: ignore[union-attr]
     head = ["T"] + [h for _, h, _ in cols] + (["ANN accuracy"] if ann is not None else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]

@@ -19,6 +19,7 @@ from torch import nn
 from spikeport.errors import UnsupportedOp
 from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
+from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
 from spikeport.sim.kinds import LAVA, kind_of
 
@@ -159,6 +160,11 @@ class IF(Layer):
 
     Signed variant: a neuron whose running count is positive emits -1 (v += theta) when v < 0;
     bipolar variant: any neuron emits -1 when v < 0 (no floor on the count).
+    Graded (spike_bits b, K = 2^b - 1): the count clamp(floor(v / theta), lo, K) is a sum of K
+    steps, s = sum_j H(v - j theta) (j = 1..K), minus, for signed / bipolar neurons,
+    sum_j [v < -(j - 1) theta] (gated by count >= j for signed ones): the same integers as the
+    simulator's floor, and each step brings its own surrogate, so the gradient is a staircase
+    of K bumps one threshold apart (b = 1: the binary neuron, term for term).
     The threshold is trained as it is stored (no reparametrisation), so the forward pass uses
     exactly the value the simulator reads; `constrain` keeps it positive.
     """
@@ -169,6 +175,7 @@ class IF(Layer):
         self.register_buffer("floor", self.threshold.detach().abs() * THRESHOLD_FLOOR)
         self.signed, self.surrogate = bool(node.attrs["signed"]), surrogate
         self.bipolar = bool(node.attrs.get("bipolar", False))
+        self.levels = spike_levels(node)
         self.reset()
 
     def reset(self) -> None:
@@ -179,12 +186,19 @@ class IF(Layer):
         theta = self.threshold
         v = (theta / 2 if self.v is None else self.v) + current
         s = spike(v - theta, theta, self.surrogate)
+        for j in range(2, self.levels + 1):
+            s = s + spike(v - j * theta, theta, self.surrogate)
         if self.bipolar:  # v < 0 is "not (v >= 0)"
             s = s - (1.0 - spike(v, theta, self.surrogate))
+            for j in range(1, self.levels):
+                s = s - (1.0 - spike(v + j * theta, theta, self.surrogate))
         elif self.signed:
             count = torch.zeros_like(v) if self.count is None else self.count
             # v < 0 is "not (v >= 0)"; the count gate carries no gradient
             s = s - (1.0 - spike(v, theta, self.surrogate)) * (count > 0).to(v.dtype)
+            for j in range(1, self.levels):
+                below = 1.0 - spike(v + j * theta, theta, self.surrogate)
+                s = s - below * (count > j).to(v.dtype)
             self.count = count + s.detach()
         self.v = v - s * theta
         return s * theta
@@ -287,6 +301,11 @@ def _relu(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("if")
 def _if(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    if kind_of(node) == LAVA and spike_levels(node) > 1:
+        raise UnsupportedOp(
+            f"node '{node.name}' (if): kind 'lava' has binary spikes only (Lava's LIF), "
+            f"not spike_bits {node.attrs['spike_bits']}"
+        )
     return LavaIF(node, surrogate) if kind_of(node) == LAVA else IF(node, surrogate)
 
 

@@ -19,12 +19,13 @@ MAX_ELEMENTS = 1 << 31  # elements of one tensor per sample: beyond, no stage co
 # and nodes that leave them out stay valid. Every other registered attribute must be there.
 OPTIONAL_ATTRS = frozenset(
     {"bipolar", "dilations", "cap", "position_pad", "approximate", "alpha", "beta", "eps"}
-    | {"mode", "coordinate_transformation_mode", "nearest_mode"}
+    | {"mode", "coordinate_transformation_mode", "nearest_mode", "spike_bits"}
 )
 POSITIVE_LIST_ATTRS = frozenset({"strides", "kernel", "dilations"})
 SHIFT_ATTRS = frozenset({"shift", "requant_shift"})
 MAX_SHIFT = 62
 MAX_INT_CONSTANT = 1 << 40  # the integer functions' constants are int32-sized; far beyond: corrupt
+MAX_SPIKE_BITS = 16  # a graded spike's count k fits 2^16 - 1 (targets declare their own limit)
 QUANT_BITS = ("weight_bits", "bias_bits", "mult_bits", "input_bits")  # checked where recorded
 
 
@@ -108,6 +109,8 @@ def _check_attrs(node: Node) -> None:
                 raise _attr_fail(node, key, f"must hold integers >= {least}, got {value!r:.60}")
         if key == "group" and value < 1:
             raise _attr_fail(node, key, f"must be at least 1, got {value}")
+        if key == "spike_bits" and not 1 <= value <= MAX_SPIKE_BITS:
+            raise _attr_fail(node, key, f"must be in 1..{MAX_SPIKE_BITS}, got {value}")
     for key, value in node.attrs.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise _attr_fail(node, key, f"is {value}")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import attr
 
 
 def _params(node: Node) -> str:
@@ -36,7 +37,7 @@ def describe(graph: Graph) -> str:
     for key in ("source", "calibration", "conversion", "quantization"):
         if key in graph.meta:
             head.append(f"{key}: {json.dumps(graph.meta[key], default=str)}")
-    rows = [["node", "op", "inputs", "output shape", "threshold", "params"]]
+    rows = [["node", "op", "inputs", "output shape", "threshold", "spike bits", "params"]]
     for n in graph.nodes:
         rows.append(
             [
@@ -45,6 +46,7 @@ def describe(graph: Graph) -> str:
                 ",".join(n.inputs),
                 str(list(graph.shape(n.output))),
                 _threshold(n),
+                str(attr(n, "spike_bits")) if n.op == "if" else "",  # graded spikes: b > 1
                 _params(n),
             ]
         )

@@ -82,6 +82,11 @@ def attr(node: Node, key: str) -> Any:
     return node.attrs[key] if key in node.attrs else OPS[node.op].attrs[key]
 
 
+def spike_levels(node: Node) -> int:
+    """K = 2^b - 1, the largest count a neuron of `spike_bits` b emits in one step (1: binary)."""
+    return (1 << attr(node, "spike_bits")) - 1
+
+
 def keeps_channels(graph: Graph, tensor: str) -> bool:
     """Whether every reader of `tensor` keeps its channels apart: anything but a reshape or
     transpose, except a flatten (a dense layer takes one scale per input feature). Where
@@ -240,7 +245,7 @@ def _relu(node: Node, ins: list[Shape]) -> Shape:
 @register(
     "if",
     params=("threshold",),
-    attrs={"signed": False, "bipolar": False, "cap": None},
+    attrs={"signed": False, "bipolar": False, "cap": None, "spike_bits": 1},
     stateful=True,
     stages=("snn", "int"),
 )
@@ -253,6 +258,13 @@ def _if(node: Node, ins: list[Shape]) -> Shape:
     A spike carries the value theta (in real units). `cap` keeps the source Clip bound for the
     ANN view. Attribute `kind` (absent: "subtract", all of the above) "lava" runs Lava's LIF
     instead: reset to zero, v > theta, v saturating, spikes one step late (spikeport.sim.kinds).
+
+    Graded spikes: attribute `spike_bits` b (absent: 1, the binary neuron above). With
+    K = 2^b - 1 each step emits the integer count s = clamp(floor(v / theta), lo, K) and
+    v -= s * theta, where lo = 0 (unsigned), -min(K, running count) (signed: the count never
+    goes below 0) or -K (bipolar); floor rounds toward -inf. For b = 1 this is exactly the rule
+    above (floor(v / theta) >= 1 iff v >= theta, <= -1 iff v < 0). A spike s carries s * theta.
+    Kind "lava" has binary spikes only (Lava's LIF).
     """
     th = node.params["threshold"]
     pairs = zip(th.shape[::-1], ins[0][::-1], strict=False)  # numpy broadcasting, from the right

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.ir.check import MAX_SPIKE_BITS
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import OPS
+from spikeport.ir.ops import OPS, attr
 from spikeport.sim.kernels import conv_transpose_fanin
 from spikeport.sim.kinds import KIND_OPS, kind_of
 
@@ -29,6 +30,9 @@ class Profile:
     input_bits: int = 8
     mult_bits: int = 16  # the integer multipliers that align the inputs of an add
     signed_spikes: bool = True
+    # Largest `spike_bits` of a neuron (graded spikes, spikeport.ir.ops "if"); 1: binary only.
+    max_spike_bits: int = MAX_SPIKE_BITS
+    spike_bits_why: str = ""  # why not more: said when a graded neuron is refused
     max_fanin: int | None = None
     # A target with no add (synapses only): an add's inputs become synapses into the neurons it
     # feeds, so quantize makes every input's effective integer weight (weight x multiplier) fit
@@ -78,6 +82,17 @@ def fanin(graph: Graph, node: Node) -> int:
     return int(np.prod(w.shape[1:]))
 
 
+def graded_refusal(node: Node, profile: Profile) -> str:
+    """The one line that refuses a neuron whose spikes have more bits than the target carries."""
+    b, most = attr(node, "spike_bits"), profile.max_spike_bits
+    carries = "only binary spikes" if most == 1 else f"spikes of at most {most} bits"
+    why = f" ({profile.spike_bits_why})" if profile.spike_bits_why else ""
+    return (
+        f"node '{node.name}' (if): spike_bits {b}: target '{profile.name}' carries {carries}"
+        f"{why}; convert with --spike-bits {min(most, b)}"
+    )
+
+
 def check_capabilities(graph: Graph, profile: Profile) -> None:
     """Refuse, naming the node, anything the target cannot run."""
     for n in graph.nodes:
@@ -85,6 +100,8 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
             raise CapabilityExceeded(
                 f"node '{n.name}': op '{n.op}' is not supported by target '{profile.name}'"
             )
+        if n.op == "if" and attr(n, "spike_bits") > profile.max_spike_bits:
+            raise CapabilityExceeded(graded_refusal(n, profile))
         if n.op == "if" and n.attrs["signed"] and not profile.signed_spikes:
             raise CapabilityExceeded(
                 f"node '{n.name}': target '{profile.name}' has no signed "

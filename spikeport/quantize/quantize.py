@@ -6,6 +6,7 @@ Walks the graph once, carrying the real scale of every tensor:
              lambda never appears at run time), then int8 weights per output channel when the
              layer feeds neurons only (per tensor otherwise, so outputs share one scale), int32 bias
   if         threshold_q = round(theta / input scale); its spikes then carry theta_q * scale
+             (a graded neuron's count k carries k times that: the range proof bounds it by K)
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
   add        integer multipliers bring every input to a common output scale (from the output's
              calibrated peak; coarser where synapses read it, so their neurons provably fit)

@@ -16,6 +16,7 @@ import numpy as np
 from spikeport.batch import is_integer
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
@@ -101,16 +102,26 @@ def _reshape(
 
 
 @bound("if")
-def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    # v = v0 + (summed input) - theta * (net spikes): |v| <= theta/2 + c + T*theta; and, step by
-    # step, v starts at theta/2 and moves by at most b per step: |v| <= theta + T*b.
+def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
+    # A step emits at most K = 2^spike_bits - 1 (1: binary). v = v0 + (summed input) - theta *
+    # (net count N): |v| <= theta/2 + c + theta |N|; and, step by step, v starts at theta/2 and
+    # moves by at most b per step (a reset moves v toward [0, theta), never past it in
+    # magnitude): |v| <= theta + T*b.
+    # Graded (K > 1): |N| < c/theta + 1 besides T*K. After a step that emits s > 0, v >= 0, so
+    # N there is (v0 + C - v) / theta <= 1/2 + c/theta; after one that emits s < 0, v < theta,
+    # so N there > -(c/theta) - 1; N between such steps does not move. (Binary neurons keep
+    # |N| <= T, so graphs without graded neurons quantize exactly as before.)
     theta = np.broadcast_to(node.params["threshold_q"].astype(np.float64), b[0].shape)
     if kind_of(node) == LAVA:
         # Reset to zero: v <= theta before a step (else it fired), so at most theta + b after
         # it; v saturates at +-LAVA_V_LIMIT (the simulator models it, as Lava's v does).
         return np.ones_like(b[0]), float(np.minimum(theta + b[0], LAVA_V_LIMIT).max(initial=0))
-    state = np.minimum(theta + T * b[0], theta / 2 + c[0] + T * theta)
-    return np.ones_like(b[0]), float(state.max(initial=0))
+    k = spike_levels(node)
+    net = np.full(b[0].shape, float(T * k))
+    if k > 1:
+        net = np.minimum(net, np.floor(c[0] / theta) + 1)
+    state = np.minimum(theta + T * b[0], theta / 2 + c[0] + net * theta)
+    return np.full(b[0].shape, float(k)), float(state.max(initial=0)), net
 
 
 @dataclass

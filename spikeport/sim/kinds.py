@@ -37,10 +37,10 @@ def kind_of(node: Node) -> str:
 def set_kind(graph: Graph, kind: str) -> Graph:
     """A copy of `graph` whose neurons and max pools of the default kind run `kind` instead.
 
-    Nodes that already carry another kind, and signed or bipolar neurons (the "lava" kind
-    has unsigned spikes only), are left as they are: the target's profile check refuses them
-    by name. The float params are unchanged: the thresholds balanced for the default kind are
-    the starting point that fine-tuning for `kind` improves on.
+    Nodes that already carry another kind, and signed, bipolar or graded neurons (the "lava"
+    kind has unsigned binary spikes only), are left as they are: the target's profile check
+    refuses them by name. The float params are unchanged: the thresholds balanced for the
+    default kind are the starting point that fine-tuning for `kind` improves on.
     """
     if kind not in NEURON_KINDS:
         raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
@@ -50,7 +50,9 @@ def set_kind(graph: Graph, kind: str) -> Graph:
     for n in out.nodes:
         if n.op not in KIND_OPS or kind_of(n) != SUBTRACT:
             continue
-        if n.op == "if" and (n.attrs.get("signed") or n.attrs.get("bipolar")):
+        if n.op == "if" and (
+            n.attrs.get("signed") or n.attrs.get("bipolar") or n.attrs.get("spike_bits", 1) > 1
+        ):
             continue
         n.attrs["kind"] = kind
     return out

@@ -15,7 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
+from spikeport.errors import BadInput
 from spikeport.ir.graph import Node
+from spikeport.ir.ops import attr, spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import floor_shift, initial_potential
@@ -180,33 +182,54 @@ def _relu_kernel(node: Node, mode: str, shape: Shape) -> Kernel:
 class IFNeuron:
     """Integrate-and-fire with reset by subtraction (see spikeport.ir.ops, op "if").
 
-    Returns the spikes (+1/-1/0) in "int" mode and spikes * theta (their real value) in
-    "float" mode. `v` and `count` are exposed for state checks and recording.
+    Returns the spike counts s (in 0..K, or -K..K for signed and bipolar neurons; K = 1 for
+    binary neurons) in "int" mode and s * theta (their real value) in "float" mode:
+    s = clamp(floor(v / theta), lo, K), v -= s * theta. `v`, `count` and `k` (the last step's
+    counts) are exposed for state checks, recording and event counts.
     """
 
     def __init__(
-        self, theta: np.ndarray, signed: bool, integer: bool, shape: Shape, bipolar: bool = False
+        self,
+        theta: np.ndarray,
+        signed: bool,
+        integer: bool,
+        shape: Shape,
+        bipolar: bool = False,
+        levels: int = 1,
     ):
         self.theta = np.asarray(theta, np.int64 if integer else np.float64)
         self.signed, self.integer, self.shape, self.bipolar = signed, integer, shape, bipolar
+        self.levels = levels
         self.v: np.ndarray = np.zeros(0)
         self.count: np.ndarray = np.zeros(0)
+        self.k: np.ndarray = np.zeros(0, np.int64)
 
     def reset(self, batch: int) -> None:
         v0 = initial_potential(self.theta) if self.integer else self.theta / 2
         self.v = np.broadcast_to(v0, (batch,) + self.shape).copy()
         self.count = np.zeros(self.v.shape, np.int64)
+        self.k = np.zeros(self.v.shape, np.int64)
 
     def __call__(self, current: np.ndarray) -> np.ndarray:
         self.v += current
-        pos = self.v >= self.theta
-        spikes = pos.astype(np.int64)
-        if self.bipolar:
-            spikes -= ~pos & (self.v < 0)
-        elif self.signed:
-            spikes -= ~pos & (self.v < 0) & (self.count > 0)
+        if self.levels == 1:  # binary: the compare form, the same rule as the formula below
+            pos = self.v >= self.theta
+            spikes = pos.astype(np.int64)
+            if self.bipolar:
+                spikes -= ~pos & (self.v < 0)
+            elif self.signed:
+                spikes -= ~pos & (self.v < 0) & (self.count > 0)
+        else:  # floor division on integers is exact; on floats it rounds toward -inf too
+            low = 0
+            if self.bipolar:
+                low = -self.levels
+            elif self.signed:
+                low = -np.minimum(self.count, self.levels)
+            spikes = np.clip(np.floor_divide(self.v, self.theta), low, self.levels)
+            spikes = spikes.astype(np.int64)
         self.v -= spikes * self.theta
         self.count += spikes
+        self.k = spikes
         return spikes if self.integer else spikes * self.theta
 
 
@@ -235,7 +258,7 @@ class LavaIFNeuron(IFNeuron):
             np.clip(self.v, -LAVA_V_LIMIT, LAVA_V_LIMIT, out=self.v)
         fired = self.v > self.theta
         self.v[fired] = 0
-        self.fired = fired.astype(np.int64)
+        self.fired = self.k = fired.astype(np.int64)
         self.count += self.fired
         return out if self.integer else out * self.theta
 
@@ -245,6 +268,11 @@ def _if(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "ann":  # a bipolar neuron stands for a signed value: the ANN view is identity
         return Stateless(lambda x: x) if node.attrs.get("bipolar") else _relu(node.attrs["cap"])
     if kind_of(node) == LAVA:
+        if spike_levels(node) > 1:
+            raise BadInput(
+                f"node '{node.name}' (if): kind 'lava' has binary spikes only (Lava's LIF), "
+                f"not spike_bits {attr(node, 'spike_bits')}"
+            )
         return LavaIFNeuron(_p(node, "threshold", mode), mode == "int", shape)
     return IFNeuron(
         _p(node, "threshold", mode),
@@ -252,6 +280,7 @@ def _if(node: Node, mode: str, shape: Shape) -> Kernel:
         mode == "int",
         shape,
         node.attrs.get("bipolar", False),
+        spike_levels(node),
     )
 
 

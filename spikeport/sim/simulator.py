@@ -14,7 +14,7 @@ import numpy as np
 from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import OPS, static_tensors
+from spikeport.ir.ops import OPS, spike_levels, static_tensors
 from spikeport.sim.arith import int_limit, quantize_input
 from spikeport.sim.kernels import conv_fanout, conv_transpose_fanout
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
@@ -27,15 +27,29 @@ class SimResult:
     """What one run produced, per timestep t = 1..T (index t-1).
 
     outputs: graph output -> (T, N, ...) output accumulated over steps 1..t ("ann": (1, N, ...))
-    spikes:  (T,) neuron spikes (|+-1|) emitted at step t, summed over neurons and batch
+    spikes:  (T,) neuron spike events (nonzero counts s) emitted at step t, summed over
+             neurons and batch
     sops:    (T,) synaptic operations at step t: for every dense/conv, nonzero inputs x fan-out
     trace:   tensor -> (T, N, ...) every tensor at every step (only when recorded)
+    levels:  (T,) sum of |s| at step t (equal to `spikes` where every neuron is binary)
+    event_bits: (T,) sum over events of the bits one event carries (event_bits(node))
     """
 
     outputs: dict[str, np.ndarray]
     spikes: np.ndarray
     sops: np.ndarray
     trace: dict[str, np.ndarray] | None = None
+    levels: np.ndarray | None = None
+    event_bits: np.ndarray | None = None
+
+
+def event_bits(node: Node) -> int:
+    """Bits a spike event of this neuron carries: enough to tell apart the nonzero counts it
+    may emit (K of them unsigned, 2K signed or bipolar; K = 2^spike_bits - 1), at least 1.
+    Binary: 1; graded b bits: b unsigned, b + 1 signed."""
+    k = spike_levels(node)
+    values = 2 * k if node.attrs.get("signed") or node.attrs.get("bipolar") else k
+    return max(1, (values - 1).bit_length())
 
 
 def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
@@ -83,6 +97,7 @@ class Simulator:
         ]
         self.static = static_tensors(graph)
         self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
+        self.bits = {n.name: event_bits(n) for n in graph.nodes if n.op == "if"}
 
     def encode(self, x: Batch) -> dict[str, np.ndarray]:
         """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
@@ -114,6 +129,7 @@ class Simulator:
         outputs: dict[str, list[np.ndarray]] = {o: [] for o in self.graph.outputs}
         trace: dict[str, list[np.ndarray]] = {}
         spikes, sops = np.zeros(T, np.int64), np.zeros(T, np.int64)
+        levels, bits = np.zeros(T, np.int64), np.zeros(T, np.int64)
         for t in range(T):
             for node, k in self.kernels:
                 if t > 0 and node.output in self.static:
@@ -125,7 +141,10 @@ class Simulator:
                 if node.name in self.fanout:
                     sops[t] += int(((ins[0] != 0) * self.fanout[node.name]).sum())
                 if isinstance(k, IFNeuron):  # a delayed kind counts its own step's spikes
-                    spikes[t] += int(np.abs(np.sign(getattr(k, "fired", y))).sum())
+                    events = int(np.count_nonzero(k.k))
+                    spikes[t] += events
+                    levels[t] += int(np.abs(k.k).sum())
+                    bits[t] += events * self.bits[node.name]
             for o in self.graph.outputs:
                 acc[o] = acc[o] + values[o]
                 outputs[o].append(np.asarray(acc[o]).copy())
@@ -137,6 +156,8 @@ class Simulator:
             spikes,
             sops,
             {k: np.stack(v) for k, v in trace.items()} if record else None,
+            levels,
+            bits,
         )
 
     def _check_range(self, node: Node, k: Kernel, y: np.ndarray, t: int) -> None:
@@ -181,4 +202,6 @@ def simulate(
         {o: np.concatenate([p.outputs[o] for p in parts], axis=1) for o in graph.outputs},
         sum(p.spikes for p in parts),
         sum(p.sops for p in parts),
+        levels=sum(p.levels for p in parts),
+        event_bits=sum(p.event_bits for p in parts),
     )

@@ -26,6 +26,7 @@ PROFILE = Profile(
     input_bits=8,
     mult_bits=16,
     signed_spikes=True,
+    max_spike_bits=7,  # spike buffers are int8: a count k up to 127
     max_fanin=1 << 20,
     ops=frozenset(C_OPS),
 )

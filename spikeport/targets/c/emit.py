@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import static_tensors
+from spikeport.ir.ops import spike_levels, static_tensors
 from spikeport.registry import registrar
 from spikeport.targets.c import kernels as K
 
@@ -232,16 +232,23 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
     ti = broadcast_index(shape, th.shape)
     bipolar = n.attrs.get("bipolar", False)
     signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
-    branch = K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
-    body = K.IF_NEURON.substitute(
-        n=size,
-        th=f"th_{cid}",
-        ti=ti,
-        v=v,
-        x=plan.buffer[n.inputs[0]],
-        y=plan.buffer[n.output],
-        signed_branch=branch,
+    levels = spike_levels(n)
+    io = dict(
+        n=size, th=f"th_{cid}", ti=ti, v=v, x=plan.buffer[n.inputs[0]], y=plan.buffer[n.output]
     )
+    if levels > 1:
+        low = f"-{levels}" if bipolar else (f"-({count}[i] < {levels} ? {count}[i] : {levels})")
+        body = K.IF_GRADED.substitute(
+            io,
+            levels=levels,
+            low=low if bipolar or signed else "0",
+            count_update=f"\n        {count}[i] += s;" if signed else "",
+        )
+    else:
+        branch = (
+            K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
+        )
+        body = K.IF_NEURON.substitute(io, signed_branch=branch)
     state = [("int32_t", f"v_{cid}", size)] + ([("int32_t", f"c_{cid}", size)] if signed else [])
     return Layer(
         n,
@@ -308,6 +315,11 @@ def model_sources(graph: Graph) -> dict[str, str]:
         input_size=plan.size(graph.input.name),
         output_size=plan.size(out),
         num_probes=len(probes),
+        graded_define=(
+            "#define SPK_GRADED 1 /* a spike is a count; an event adds count * w */\n"
+            if any(spike_levels(n) > 1 for n in probes)
+            else ""
+        ),
         input_scale=repr(float(graph.scales[graph.input.name].item())),
         output_scale=repr(float(graph.scales[out].item())),
         max_t=graph.meta["quantization"]["max_timesteps"],

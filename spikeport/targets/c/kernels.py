@@ -126,6 +126,24 @@ IF_BIPOLAR = """ else if (v < 0) {
             v += th;
         }"""
 
+# Graded neurons (spike_bits b, K = 2^b - 1): s = clamp(floor(v / th), $low, K), v -= s * th.
+# C's / truncates toward zero: floor for v >= 0, and -ceil(-v / th) = -((th - 1 - v) / th)
+# below 0 (in 64 bits: th - 1 - v may pass int32 where v is near its proven bound).
+# $low: 0 (unsigned), -K (bipolar), or -min(K, count) (signed: the count never drops below 0).
+IF_GRADED = Template("""\
+    for (int i = 0; i < $n; ++i) {
+        const int32_t th = ${th}[$ti];
+        int32_t v = ${v}[i] + ${x}[i];
+        int32_t s = v >= 0 ? v / th : (int32_t)(-(((int64_t)th - 1 - v) / th));
+        int32_t low = $low;
+        if (s > $levels) s = $levels;
+        if (s < low) s = low;
+        v = (int32_t)((int64_t)v - (int64_t)s * th);$count_update
+        ${v}[i] = v;
+        ${y}[i] = (int8_t)s;
+    }
+""")
+
 IF_RESET = Template("""\
     for (int i = 0; i < $n; ++i) ${v}[i] = ${th}[$ti] / 2; /* th > 0: floor(th / 2) */
 """)

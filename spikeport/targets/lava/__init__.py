@@ -55,6 +55,13 @@ PROFILE = Profile(
     input_bits=8,
     mult_bits=16,
     signed_spikes=False,
+    max_spike_bits=1,
+    spike_bits_why=(
+        "Lava's LIF spikes are binary; its graded processes send a value, not a count of "
+        "thresholds: GradedVec and GradedReluVec send the potential and zero it, SigmaDelta the "
+        "whole change once it passes vth; none emits clamp(floor(v / theta), 0, K) and keeps "
+        "v - k * theta, so none runs this neuron bit for bit"
+    ),
     ops=frozenset(LAVA_OPS),
     neuron_kind=LAVA,
     max_current=(1 << (cap.A_IN_BITS - 1)) - 1,

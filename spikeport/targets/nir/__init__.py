@@ -45,7 +45,14 @@ def _check(graph: Graph) -> None:
         to_nir(graph)
 
 
-PROFILE = Profile("nir", signed_spikes=False, ops=frozenset(NIR_OPS), check=_check)
+PROFILE = Profile(
+    "nir",
+    signed_spikes=False,
+    max_spike_bits=1,
+    spike_bits_why="NIR's IF node emits 0/1 spikes; it has no multi-threshold neuron",
+    ops=frozenset(NIR_OPS),
+    check=_check,
+)
 
 
 def _needs(module: str, what: str) -> None:

@@ -41,6 +41,8 @@ def _profile(name: str, model: str) -> Profile:
         mult_bits=bits,
         fold_add=True,  # the chip has synapses only: an add becomes weights into its neurons
         signed_spikes=False,
+        max_spike_bits=1,  # py-spinnaker2's populations exchange spike events, no payload
+        spike_bits_why="a py-spinnaker2 spike is an event with no payload",
         max_fanin=None,  # checked on the chip's synapses only (the first layer runs on the host)
         ops=frozenset(SPINNAKER2_OPS),
         check=_check,
