@@ -5,7 +5,6 @@ runs are in test_target_c.py."""
 from __future__ import annotations
 
 import copy
-
 import json
 import re
 

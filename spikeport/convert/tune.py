@@ -84,21 +84,22 @@ def search(
     best_theta, best_err = start.astype(np.float64), np.full(len(target), np.inf)
     for theta in [start] + [top * f for f in THETA_GRID]:
         theta = np.where(theta > 0, theta, 1.0)
-        err = (np.abs(rate_code(currents, theta[:, None], bipolar, levels) - target) ** ERROR_POWER).mean(
-            axis=1
-        )
+        err = _error(rate_code(currents, theta[:, None], bipolar, levels), target)
         better = err < best_err
         best_theta, best_err = np.where(better, theta, best_theta), np.minimum(err, best_err)
     best_shift = np.zeros(len(target))
     for f in SHIFT_GRID if shifts else ():
         shift = f * best_theta / T
         moved = currents + shift[None, :, None]
-        err = (np.abs(rate_code(moved, best_theta[:, None], bipolar, levels) - target) ** ERROR_POWER).mean(
-            axis=1
-        )
+        err = _error(rate_code(moved, best_theta[:, None], bipolar, levels), target)
         better = err < best_err
         best_shift, best_err = np.where(better, shift, best_shift), np.minimum(err, best_err)
     return best_theta, best_shift, best_err
+
+
+def _error(rates: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per channel, the mean of |rate - activation| ** ERROR_POWER."""
+    return (np.abs(rates - target) ** ERROR_POWER).mean(axis=1)
 
 
 def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
