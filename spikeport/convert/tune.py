@@ -35,6 +35,7 @@ from spikeport.ir.ops import spike_levels, static_tensors
 
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
+SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 CANDIDATE_STEPS = 32  # the searches for 2T and 4T steps run only up to this many steps
 SEARCH_POSITIONS = 8192  # values per channel the grid search scores, at most (evenly spaced)
 THETA_GRID = np.geomspace(0.1, 1.5, 32)  # candidate thresholds, relative to the largest activation
@@ -201,14 +202,16 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     for T itself (measured on digits CNNs: 87.6 % -> 94.1 % at T = 1 on one, no change on most).
     """
     steps = sorted({T} | {t for t in (2 * T, 4 * T) if t <= CANDIDATE_STEPS})
+    scored = take(x, slice(SCORE_SAMPLES))
     x = _samples(snn, x, max(steps))
-    reference = _float_outputs(snn, x, 1, "ann")
     candidates = {"percentile": snn} | {f"T={t}": tune_thresholds(snn, x, t, axes) for t in steps}
-    scores = {name: _score(g, x, T, reference) for name, g in candidates.items()}
+    reference = _float_outputs(snn, scored, 1, "ann")
+    scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = max(scores, key=lambda name: scores[name])
     record: dict[str, object] = {
         "T": T,
         "samples": size(x),
+        "scored_samples": size(scored),
         "kept": kept,
         "candidates": {k: {"agreement": a, "relative_error": -e} for k, (a, e) in scores.items()},
     }
@@ -229,9 +232,9 @@ def _score(graph: Graph, x: Batch, T: int, reference: list[np.ndarray]) -> tuple
 
 def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray]:
     """Each output's mean over T steps ("float") or its ANN value ("ann", T = 1)."""
-    from spikeport.sim.simulator import Simulator
+    from spikeport.sim.simulator import simulate
 
-    res = Simulator(graph, mode).run(x, T)
+    res = simulate(graph, x, T, mode)
     return [res.outputs[o][-1] / T for o in graph.outputs]
 
 
