@@ -45,8 +45,42 @@ def zoo_files(name: str = NAME) -> dict[str, Path]:
                                                 ("test", "_test.npz"))}  # fmt: skip
 
 
-def run(n_test: int = N_TEST, timesteps: list[int] | None = None, name: str = NAME) -> dict:
-    """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage."""
+def per_feature_input_thresholds(snn, model: Path, calib: Path, percentile: float) -> int:  # noqa: ANN001
+    """Diagnostic (not spikeport's conversion): give each bipolar neuron that only feeds dense
+    layers one threshold per feature, the `percentile` of |activation| over the calibration
+    tokens, in place of balance.py's one per tensor. Returns how many neurons changed."""
+    import numpy as np
+
+    from spikeport.convert.calibrate import collect, ir_runner
+    from spikeport.convert.pipeline import import_model, sample_shapes
+    from spikeport.data import load_data
+
+    ann = import_model(model, None, sample_shapes(calib))
+    stats = collect(ann, ir_runner(ann), load_data(calib, ann.inputs).x)  # (features, tokens)
+    readers: dict[str, set[str]] = {}
+    for n in snn.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, set()).add(n.op)
+    changed = 0
+    for n in snn.nodes:
+        if n.op == "if" and n.attrs.get("bipolar") and readers.get(n.output) == {"dense"}:
+            theta = np.percentile(np.abs(stats[n.inputs[0]]), percentile, axis=1)
+            n.params["threshold"] = np.where(theta > 0, theta, 1.0).astype(np.float32)
+            changed += 1
+    return changed
+
+
+def run(
+    n_test: int = N_TEST,
+    timesteps: list[int] | None = None,
+    name: str = NAME,
+    per_feature: float | None = None,
+    weight_bits: int | None = None,
+) -> dict:
+    """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
+    Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
+    front of dense layers per-feature thresholds (per_feature_input_thresholds);
+    `weight_bits` overrides the sim profile's."""
     from spikeport.batch import take
     from spikeport.convert import convert
     from spikeport.data import load_data
@@ -71,8 +105,17 @@ def run(n_test: int = N_TEST, timesteps: list[int] | None = None, name: str = NA
     t0 = time.perf_counter()
     snn = convert(files["onnx"], files["calib"])
     t1 = time.perf_counter()
+    diagnostic = {}
+    if per_feature is not None:  # its own calibration pass: not counted in any stage below
+        k = per_feature_input_thresholds(snn, files["onnx"], files["calib"], per_feature)
+        diagnostic["per_feature_input_thresholds"] = {"percentile": per_feature, "neurons": k}
+    t1b = time.perf_counter()
     calib = load_data(files["calib"], snn.inputs)
-    q = quantize(snn, calib.x, get_profile("sim"))
+    profile = get_profile("sim")
+    if weight_bits is not None:
+        profile = dataclasses.replace(profile, weight_bits=weight_bits)
+        diagnostic["weight_bits"] = weight_bits
+    q = quantize(snn, calib.x, profile)
     t2 = time.perf_counter()
     test = load_data(files["test"], snn.inputs)
     n = min(n_test, len(test))
@@ -91,11 +134,12 @@ def run(n_test: int = N_TEST, timesteps: list[int] | None = None, name: str = NA
         "sequence_length": snn.shape("input_ids")[0] if "input_ids" in snn.inputs else None,
         "what": "convert (defaults), quantize --target sim, eval integer mode; "
         "mean cosine of the sentence embedding to onnxruntime's",
+        **({"diagnostic": diagnostic} if diagnostic else {}),
         "timesteps": ts,
         "cosine_to_ann": cosine,
         "relative_error_to_ann": {r["T"]: r["relative_error_to_ann"] for r in rep["records"]},
         "bar": {"T": BAR_T, "cosine_to_ann": BAR, "met": cosine.get(BAR_T, 0.0) >= BAR},
-        "seconds": {"convert": t1 - t0, "quantize": t2 - t1, "eval": t3 - t2},
+        "seconds": {"convert": t1 - t0, "quantize": t2 - t1b, "eval": t3 - t2},
     }
 
 
@@ -103,22 +147,27 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--n-test", type=int, default=N_TEST, help="test sentences scored")
     ap.add_argument("-T", type=lambda s: [int(t) for t in s.split(",")], default=TS)
+    ap.add_argument("--per-feature", type=float, metavar="P",
+                    help="diagnostic: per-feature thresholds (percentile P) for the bipolar "
+                    "neurons in front of dense layers")  # fmt: skip
+    ap.add_argument("--weight-bits", type=int, help="diagnostic: the sim profile's weight bits")
+    ap.add_argument("-o", type=Path, default=RESULTS / "encoder.json")
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    data = run(a.n_test, a.T)
+    data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits)
     if "skipped" in data:
         return
     doc = {
         "benchmark": "encoder",
-        "command": "benchmarks/encoder.py" + ("" if argv is None else " " + " ".join(argv)),
+        "command": " ".join(["benchmarks/encoder.py", *(sys.argv[1:] if argv is None else argv)]),
         "started": started,
         "cpus": os.cpu_count(),
         **data,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "encoder.json").write_text(json.dumps(doc, indent=1) + "\n")
+    a.o.parent.mkdir(parents=True, exist_ok=True)
+    a.o.write_text(json.dumps(doc, indent=1) + "\n")
     line = ", ".join(f"T={t}: {c:.4f}" for t, c in data["cosine_to_ann"].items())
-    print(f"[encoder] cosine to ANN {line} -> benchmarks/results/encoder.json", flush=True)
+    print(f"[encoder] cosine to ANN {line} -> {a.o}", flush=True)
 
 
 if __name__ == "__main__":
