@@ -37,9 +37,10 @@ TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 CANDIDATE_STEPS = 32  # the searches for 2T and 4T steps run only up to this many steps
-SEARCH_POSITIONS = 8192  # values per channel the grid search scores, at most (evenly spaced)
-THETA_GRID = np.geomspace(0.1, 1.5, 32)  # candidate thresholds, relative to the largest activation
-SHIFT_GRID = np.linspace(-0.5, 0.5, 21)  # candidate bias shifts, in units of theta / T
+SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
+THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the largest activation
+REFINE = 6  # then as many between the best one's neighbours, per channel
+SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
 WEIGHT_READERS = frozenset({"dense", "conv2d", "conv_transpose2d"})  # absorb an input scale
 # The error is |rate - activation| ** ERROR_POWER: a little above 2 weighs the clipped large
 # activations, which carry the class evidence, above rounding noise (LAPQ, Nahshan et al. 2021,
@@ -83,8 +84,18 @@ def search(
     T = len(currents)
     top = np.maximum(np.abs(target).max(axis=1), 1e-12) / levels
     best_theta, best_err = start.astype(np.float64), np.full(len(target), np.inf)
-    for theta in [start] + [top * f for f in THETA_GRID]:
+    best_step = np.zeros(len(target), np.int64)
+    for i, theta in enumerate([start] + [top * f for f in THETA_GRID]):
         theta = np.where(theta > 0, theta, 1.0)
+        err = _error(rate_code(currents, theta[:, None], bipolar, levels), target)
+        better = err < best_err
+        best_theta, best_err = np.where(better, theta, best_theta), np.minimum(err, best_err)
+        best_step = np.where(better, i - 1, best_step)
+    # Refine between the grid's neighbours of each channel's best (the start: around it).
+    ratio = THETA_GRID[1] / THETA_GRID[0]
+    centre = np.where(best_step >= 0, top * THETA_GRID[np.maximum(best_step, 0)], best_theta)
+    for f in ratio ** np.linspace(-1, 1, REFINE + 2)[1:-1]:
+        theta = centre * f
         err = _error(rate_code(currents, theta[:, None], bipolar, levels), target)
         better = err < best_err
         best_theta, best_err = np.where(better, theta, best_theta), np.minimum(err, best_err)
