@@ -201,7 +201,7 @@ def test_each_layer_steps_like_its_simulator_kernel(label):
 def vit_snn():
     from spikeport.convert import convert
 
-    return convert(EXAMPLES / "digits_vit.onnx", CALIB)
+    return convert(EXAMPLES / "digits_vit.onnx", CALIB, tune=False)
 
 
 def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set):

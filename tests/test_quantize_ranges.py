@@ -96,9 +96,9 @@ def test_fixture_models_never_exceed_their_proven_bounds(cases, seed, extreme):
 
 @pytest.fixture(scope="module")
 def transformers() -> list[Graph]:
-    vit = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz")
+    vit = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
     calib = np.load(EXAMPLES / "digits_calib.npz")["x"]
-    text = convert(EXAMPLES / "text_bert.onnx", EXAMPLES / "text_calib.npz")
+    text = convert(EXAMPLES / "text_bert.onnx", EXAMPLES / "text_calib.npz", tune=False)
     d = np.load(EXAMPLES / "text_calib.npz")
     tokens = {k: d[k] for k in ("input_ids", "attention_mask")}
     sim = get_profile("sim")
@@ -165,7 +165,7 @@ def mobilenet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Graph, np.ndarr
 
     path, calib = mobilenetv2(tmp_path_factory.mktemp("mnv2"))
     x = np.load(calib)["x"]
-    return quantize(convert(path, calib), x, get_profile("sim")), x
+    return quantize(convert(path, calib, tune=False), x, get_profile("sim")), x
 
 
 def test_mobilenetv2_proves_at_the_default_max_T(mobilenet):
@@ -222,7 +222,7 @@ def _convert_torch(model, shape: tuple[int, ...], tmp_path):  # noqa: ANN001, AN
     )
     x = np.random.default_rng(0).normal(size=(32, *shape)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
-    return convert(path, tmp_path / "c.npz"), x
+    return convert(path, tmp_path / "c.npz", tune=False), x
 
 
 def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_path):

@@ -36,8 +36,9 @@ from spikeport.ir.ops import spike_levels, static_tensors
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
-CANDIDATE_STEPS = 32  # the searches for 2T and 4T steps run only up to this many steps
+CANDIDATE_STEPS = 16  # the searches for 2T and 4T steps run only up to this many steps
 SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
+SEARCH_VALUES = 2**23  # and at most this many values over all channels and steps
 THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the largest activation
 REFINE = 6  # then as many between the best one's neighbours, per channel
 SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
@@ -120,9 +121,11 @@ def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
 
 
-def _positions(m: int) -> slice:
-    """An even subsample of m positions, at most SEARCH_POSITIONS of them."""
-    return slice(None, None, max(1, -(-m // SEARCH_POSITIONS)))
+def _positions(m: int, channels: int, T: int) -> slice:
+    """An even subsample of m positions: at most SEARCH_POSITIONS, and few enough that one
+    rate code of all channels over T steps stays within SEARCH_VALUES values."""
+    most = max(64, min(SEARCH_POSITIONS, SEARCH_VALUES // (channels * T)))
+    return slice(None, None, max(1, -(-m // most)))
 
 
 def _consumers(graph: Graph) -> dict[str, list[Node]]:
@@ -272,7 +275,7 @@ def _tune_neuron(
     bipolar = bool(node.attrs.get("bipolar"))
     target = _channels_first(run.ann[src], axis)
     channels, m = target.shape
-    pick = _positions(m)
+    pick = _positions(m, channels, run.T)
     currents = np.stack([_channels_first(c, axis)[:, pick] for c in run.spiking[src]])
     target = target[:, pick]
     if not bipolar:
