@@ -208,7 +208,9 @@ def test_transformer_ops_are_refused_by_name(vit):
 
 @pytest.fixture(scope="module")
 def vit():
-    return convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", signed=False, tune=False)
+    return convert(
+        EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", signed=False, tune=False
+    )
 
 
 def test_subtractive_network_is_not_emitted_as_lava_nor_lava_as_c(cases, emitted, tmp_path):
