@@ -32,6 +32,7 @@ machine); the ANN test accuracies it prints: 0.9944, 0.9981 and 1.0000.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +43,10 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "nets"
 EX = HERE.parent / "examples"
+sys.path.insert(0, str(EX))
+from make_digits import train as train_digits  # noqa: E402
+from make_text import CLS, MAX_LEN, make_split  # noqa: E402
+
 SEED = 1  # the examples train with seed 0
 OPSET = 17
 
@@ -124,26 +129,10 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def train_digits(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int) -> nn.Module:
-    torch.manual_seed(SEED)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt)).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
-
-
 # ---------------------------------------------------------------------------------------------
 # counting task and its BERT-like encoder
 
-MAX_LEN = 16
-PAD, CLS, A = 0, 1, 2
+A = 2  # PAD 0, CLS 1 and MAX_LEN 16 as in examples/make_text.py
 OTHER = range(3, 16)  # 13 other words; with A a vocabulary of 14 words
 VOCAB = 16
 CLASSES = 5  # count(A) in 0..4
@@ -159,17 +148,6 @@ def count_sentence(rng: np.random.Generator) -> tuple[list[int], int]:
     return [CLS] + tokens, count
 
 
-def count_split(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    ids = np.full((n, MAX_LEN), PAD, np.int64)
-    mask = np.zeros((n, MAX_LEN), np.int64)
-    y = np.zeros(n, np.int64)
-    for i in range(n):
-        tokens, y[i] = count_sentence(rng)
-        ids[i, : len(tokens)] = tokens
-        mask[i, : len(tokens)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "y": y}
-
-
 def count_data() -> dict[str, dict[str, np.ndarray]]:
     """Disjoint splits: a sentence drawn for calib or test that also occurs in train is
     drawn again (short sentences of few words repeat otherwise)."""
@@ -177,10 +155,10 @@ def count_data() -> dict[str, dict[str, np.ndarray]]:
     seen: set[bytes] = set()
     data = {}
     for name, n in COUNT_SPLITS.items():
-        d = count_split(n, rng)
+        d = make_split(n, rng, count_sentence)
         keep = np.array([r.tobytes() not in seen for r in d["input_ids"]])
         while not keep.all():
-            more = count_split(int((~keep).sum()), rng)
+            more = make_split(int((~keep).sum()), rng, count_sentence)
             for k in d:
                 d[k][~keep] = more[k]
             keep = np.array([r.tobytes() not in seen for r in d["input_ids"]])
@@ -257,7 +235,7 @@ def main() -> None:
     for name, make, epochs in (("bench_cnn_bn", CnnBn, 40), ("bench_resnet", ResNet, 30)):
         t0 = time.perf_counter()
         torch.manual_seed(SEED)
-        model = train_digits(make(), x_tr, y_tr, epochs)
+        model = train_digits(make(), x_tr, y_tr, epochs, seed=SEED)
         export(model, (torch.zeros(1, 1, 8, 8),), ["x"], OUT / f"{name}.onnx")
         acc = accuracy(model, (digits["test"]["x"],), digits["test"]["y"])
         print(f"{name}: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
