@@ -42,9 +42,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-# Thread pools, set before numpy loads: numpy's BLAS and torch each get one thread per core
-# (they never run at once here); an environment that sets these keeps its own values.
-THREADS = os.cpu_count() or 1
+# Thread pools, set before numpy loads: numpy's BLAS and torch each get OMP_NUM_THREADS
+# threads, by default one per core (they never run at once here). On a machine that other work
+# keeps busy, OMP_NUM_THREADS=1: torch's threads spin-wait for each other on busy cores, and
+# fine-tuning these small networks then runs many times slower than on one thread.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))
 
