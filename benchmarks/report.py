@@ -27,17 +27,19 @@ LABELS = {
 
 def provenance(doc: dict[str, Any]) -> str:
     name = doc["benchmark"]
+    env = "".join(f"{k}={v} " for k, v in (doc.get("environment") or {}).items())
     if doc["command"] == "make bench":
-        how = f"`make bench`, section `{name}` of `benchmarks/run.py`"
+        how = f"`{env}make bench`, section `{name}` of `benchmarks/run.py`"
     else:
-        how = f"`.venv/bin/python {doc['command']}`"
+        how = f"`{env}.venv/bin/python {doc['command']}`"
     sp = doc.get("spikeport") or {}
     if sp.get("commit"):
         how += f" at spikeport commit {sp['commit'][:10]}" + (
             " (spikeport/ modified)" if sp.get("spikeport_modified") else ""
         )
     return (
-        f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s, load average "
+        f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s "
+        f"({doc['machine']['torch_threads']} torch threads), load average "
         f"{doc['load_average_at_start']:.1f} at its start; data: "
         f"[results/{name}.json](results/{name}.json).*"
     )
@@ -373,7 +375,7 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         lines += [
             "",
             f"Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, "
-            f"numpy {mach['numpy']}, torch {mach['torch']} ({mach['torch_threads']} threads), "
+            f"numpy {mach['numpy']}, torch {mach['torch']}, "
             f"onnxruntime {mach['onnxruntime']}. Wall-clock figures depend on the machine and "
             "its load (the load average at each section's start is given).",
         ]

@@ -47,6 +47,7 @@ from typing import Any
 # keeps busy, OMP_NUM_THREADS=1: torch's threads spin-wait for each other on busy cores, and
 # fine-tuning these small networks then runs many times slower than on one thread.
 THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+GIVEN_ENV = {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))
 
@@ -486,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = {
             "benchmark": name,
             "command": command,
+            "environment": GIVEN_ENV,
             "started": started,
             "seconds": time.perf_counter() - t0,
             "load_average_at_start": load,
