@@ -39,10 +39,15 @@ def provenance(doc: dict[str, Any]) -> str:
         )
     return (
         f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s "
-        f"({doc['machine']['torch_threads']} torch threads), load average "
+        f"({threads(doc)}), load average "
         f"{doc['load_average_at_start']:.1f} at its start; data: "
         f"[results/{name}.json](results/{name}.json).*"
     )
+
+
+def threads(doc: dict[str, Any]) -> str:
+    n = doc["machine"]["torch_threads"]
+    return f"{n} torch thread{'' if n == 1 else 's'}"
 
 
 def pct(v: float | None) -> str:
@@ -158,8 +163,7 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
         "",
         f"![accuracy vs T]({PLOT})",
         "",
-        "Fine-tuning time in this run (one process, "
-        f"{doc['machine']['torch_threads']} torch threads): "
+        f"Fine-tuning time in this run (one process, {threads(doc)}): "
         + ", ".join(ft)
         + " (`benchmarks/finetune.py` measures fine-tuning further: seeds, T = 2, torchrun; "
         "see [docs/finetune.md](../docs/finetune.md)). Whole time per model (conversion, "
