@@ -7,8 +7,9 @@ or a CUDA torch and never enters `.venv` or spikeport's dependencies. This modul
 that folder to sys.path (after .venv's packages, so nothing of .venv is shadowed).
 
 The torch ANN is rebuilt from the ONNX file itself: the architecture of
-examples/make_digits.py (cnn(), mlp()) with BatchNorm already folded into the convolutions,
-as torch.onnx exported it, and every Conv/Gemm initializer loaded in graph order.
+examples/make_digits.py (cnn(), mlp()) or benchmarks/nets.py's module, with BatchNorm already
+folded into the convolutions as torch.onnx exported it, and every Conv/Gemm initializer loaded
+in graph order.
 `ann_from_onnx` checks the logits against onnxruntime on the test split.
 """
 
@@ -81,12 +82,28 @@ def architecture(name: str) -> nn.Sequential:
     raise ValueError(f"no torch architecture for digits_{name}")
 
 
-def ann_from_onnx(name: str, onnx_path: Path, x_test: np.ndarray) -> tuple[nn.Module, float]:
-    """The torch ANN with the ONNX file's weights; max |logit difference| to onnxruntime."""
+def ann_from_onnx(
+    name: str | nn.Module, onnx_path: Path, x_test: np.ndarray
+) -> tuple[nn.Module, float]:
+    """The torch ANN with the ONNX file's weights; max |logit difference| to onnxruntime.
+
+    `name`: a digits example ("cnn", "mlp": `architecture`) or a module whose BatchNorm is
+    already folded (benchmarks/nets.py's `fold_bn`). Its Conv2d/Linear layers, in the order
+    they run on one input, take the weights of the file's Conv/Gemm nodes in graph order.
+    """
     model = onnx.load(str(onnx_path))
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    net = architecture(name)
-    layers = [m for m in net if isinstance(m, nn.Conv2d | nn.Linear)]
+    net = architecture(name) if isinstance(name, str) else name
+    layers: list[nn.Module] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _: layers.append(m) if m not in layers else None)
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    with torch.no_grad():
+        net.eval()(torch.from_numpy(x_test[:1].astype(np.float32)))
+    for h in hooks:
+        h.remove()
     ops = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     if len(ops) != len(layers):
         raise ValueError(f"{onnx_path}: {len(ops)} Conv/Gemm nodes, torch has {len(layers)}")
@@ -162,8 +179,51 @@ def convert(ann: nn.Module, recipe: Any) -> tuple[nn.Module, float]:
     return snn.eval(), time.perf_counter() - t0
 
 
-def accuracy_vs_t(snn: nn.Module, x: np.ndarray, y: np.ndarray, ts: list[int]) -> dict[int, float]:
-    """Accuracy of the output summed over t steps (as SpikingJelly's own val()), every t in ts.
+class _Counter:
+    """Events and synaptic operations of one run, counted as spikeport's simulator counts
+    them: a neuron's nonzero outputs are its events; a Conv2d or Linear does, per step, one
+    operation for every (nonzero input, output it reaches) pair (the exact fan-out, padding
+    and stride included; the first layer's input current counts too), an average pooling
+    one per nonzero input (each input reaches one output of a non-overlapping window)."""
+
+    def __init__(self, snn: nn.Module):
+        from spikingjelly.activation_based.neuron import BaseNode
+
+        self.events = 0
+        self.sops = 0
+        self.hooks = []
+        for m in snn.modules():
+            if isinstance(m, BaseNode):
+                self.hooks.append(m.register_forward_hook(self._neuron))
+            elif isinstance(m, nn.Conv2d | nn.Linear | nn.AvgPool2d | nn.AdaptiveAvgPool2d):
+                self.hooks.append(m.register_forward_pre_hook(self._synapses))
+
+    def _neuron(self, _m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        self.events += int((out != 0).sum())
+
+    def _synapses(self, m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        nz = (inp[0] != 0).to(torch.float32)
+        if isinstance(m, nn.Linear):
+            self.sops += int(nz.sum()) * m.out_features
+        elif isinstance(m, nn.Conv2d):
+            ones = torch.ones_like(m.weight)
+            reach = torch.nn.functional.conv2d(
+                nz, ones, None, m.stride, m.padding, m.dilation, m.groups
+            )
+            self.sops += int(reach.sum())
+        else:
+            self.sops += int(nz.sum())
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def accuracy_vs_t(
+    snn: nn.Module, x: np.ndarray, y: np.ndarray, ts: list[int]
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """Accuracy of the output summed over t steps (as SpikingJelly's own val()), every t in ts;
+    events and synaptic operations per inference over steps 1..t (`_Counter`).
 
     Direct encoding: the image is the input at every step, as in spikeport.
     """
@@ -172,14 +232,22 @@ def accuracy_vs_t(snn: nn.Module, x: np.ndarray, y: np.ndarray, ts: list[int]) -
     functional.reset_net(snn)
     xt = torch.from_numpy(x.astype(np.float32))
     acc: dict[int, float] = {}
+    events: dict[int, float] = {}
+    sops: dict[int, float] = {}
     out = None
-    with torch.no_grad():
-        for t in range(1, max(ts) + 1):
-            step = snn(xt)
-            out = step if out is None else out + step
-            if t in ts:
-                acc[t] = float((out.argmax(1).numpy() == y).mean())
-    return acc
+    count = _Counter(snn)
+    try:
+        with torch.no_grad():
+            for t in range(1, max(ts) + 1):
+                step = snn(xt)
+                out = step if out is None else out + step
+                if t in ts:
+                    acc[t] = float((out.argmax(1).numpy() == y).mean())
+                    events[t] = count.events / len(x)
+                    sops[t] = count.sops / len(x)
+    finally:
+        count.remove()
+    return acc, events, sops
 
 
 def runner(snn: nn.Module, x: np.ndarray, T: int, step_mode: str) -> Callable[[], None]:

@@ -27,39 +27,81 @@ LABELS = {
 
 def provenance(doc: dict[str, Any]) -> str:
     name = doc["benchmark"]
+    env = "".join(f"{k}={v} " for k, v in (doc.get("environment") or {}).items())
     if doc["command"] == "make bench":
-        how = f"`make bench`, section `{name}` of `benchmarks/run.py`"
+        how = f"`{env}make bench`, section `{name}` of `benchmarks/run.py`"
     else:
-        how = f"`.venv/bin/python {doc['command']}`"
+        how = f"`{env}.venv/bin/python {doc['command']}`"
+    sp = doc.get("spikeport") or {}
+    if sp.get("commit"):
+        how += f" at spikeport commit {sp['commit'][:10]}" + (
+            " (spikeport/ modified)" if sp.get("spikeport_modified") else ""
+        )
     return (
-        f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s, load average "
+        f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s "
+        f"({threads(doc)}), load average "
         f"{doc['load_average_at_start']:.1f} at its start; data: "
         f"[results/{name}.json](results/{name}.json).*"
     )
+
+
+def threads(doc: dict[str, Any]) -> str:
+    n = doc["machine"]["torch_threads"]
+    return f"{n} torch thread{'' if n == 1 else 's'}"
 
 
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def count(v: float | None) -> str:
+    """Events and operations per inference, three significant digits (1.23k, 45.6M)."""
+    if v is None:
+        return "-"
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
+
+
 def accuracy_md(doc: dict[str, Any]) -> list[str]:
     ts = doc["timesteps"]
     sj = doc["spikingjelly"]
+    models = doc["models"]
+    opts = doc.get("convert_options") or {}
+    given = ", ".join(f"{k}={v!r}" for k, v in opts.items()) or "none: the defaults"
     lines = [
         "## 1. Accuracy vs T",
         "",
         provenance(doc),
         "",
-        "Held-out test split (`examples/digits_test.npz`, 540 images; one image is 0.19 points). "
-        "Every converter calibrates on `examples/digits_calib.npz` (180 images) and nothing "
-        "else; fine-tuning trains on `examples/digits_train.npz` and keeps the epoch with the "
-        "best accuracy on the calibration split. ANN: onnxruntime on the source ONNX file.",
+        "Every network is converted from its ONNX file, calibrated on its calibration split "
+        "and nothing else, and scored on a held-out test split that no training or "
+        "calibration saw; fine-tuning trains on the training split and keeps the epoch with "
+        "the best accuracy on the calibration split. ANN: onnxruntime on the source ONNX file.",
         "",
-        "- **spikeport, conversion only**: `convert` (defaults: per-channel 99.99th percentile "
-        "thresholds, v0 = theta/2) -> `quantize --target sim` -> `eval`, integer mode.",
-        "- **spikeport, fine-tuned**: `finetune -T 4` (20 epochs, seed 0, `--val` the "
-        "calibration split, as in docs/finetune.md) -> `quantize --target sim` -> `eval`, "
-        "integer mode.",
+        "| model | made by | ONNX | calibration / training / test | test samples |",
+        "|---|---|---|---|---:|",
+    ]
+    for name, m in models.items():
+        src = m.get("source", f"examples/{name}.onnx")
+        made = "benchmarks/nets.py" if src.startswith("benchmarks/") else "examples/"
+        sp = m.get("splits", {})
+        splits = " / ".join(f"`{sp[k]}`" for k in ("calib", "train", "test") if k in sp)
+        lines.append(f"| {name} | {made} | `{src}` | {splits} | {m.get('test_samples', '-')} |")
+    lines += [
+        "",
+        "The `bench_*` networks are not made by the example scripts: `benchmarks/nets.py` "
+        "trains them (another seed, BatchNorm, a stride-2 convolution, residual blocks, a "
+        "pre-norm encoder with a ReLU feed-forward on an exact-counting task of 5 classes) and "
+        "exports them with torch's TorchScript exporter at opset 17, as a proxy for networks "
+        "a user brings; the examples come from the dynamo exporter at opset 20.",
+        "",
+        f"- **spikeport, conversion only**: `convert` (options: {given}) -> "
+        "`quantize --target sim` -> `eval`, integer mode.",
+        "- **spikeport, fine-tuned**: `finetune -T 4` (seed 0, `--val` the calibration "
+        "split; the epochs of each model are given with its fine-tuning time below) -> "
+        "`quantize --target sim` -> `eval`, integer mode.",
     ]
     if sj:
         lines += [
@@ -67,7 +109,7 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             "input at every step, output summed over steps, as its own `val()`), recipes:",
         ]
         seen: dict[str, str] = {}
-        for m in doc["models"].values():
+        for m in models.values():
             for r in m["rows"]:
                 if r["method"].startswith("sj_"):
                     seen.setdefault(r["method"], r["what"])
@@ -76,23 +118,25 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  - {LABELS[k]}: `{call})`: {what}")
         diffs = [
             f"{name} {m['sj_ann_max_abs_logit_diff_vs_onnxruntime']:.1e}"
-            for name, m in doc["models"].items()
+            for name, m in models.items()
             if "sj_ann_max_abs_logit_diff_vs_onnxruntime" in m
         ]
         lines += [
             "",
-            "SpikingJelly needs a torch module: the CNN and MLP are rebuilt with the "
-            "architecture of `examples/make_digits.py` (BatchNorm folded into the convolutions, "
-            "as the ONNX export has it), the ViT with `TinyViT` of "
-            "`examples/make_transformers.py` (its encoder layers unrolled into the same "
-            "LayerNorm, attention, Linear and GELU calls, because SpikingJelly's transformer "
-            "recipes refuse `nn.TransformerEncoder` as an opaque module); all are loaded with "
-            "the ONNX file's own initializers, not retrained. Max |logit difference| to "
-            "onnxruntime on the test split: "
+            "SpikingJelly needs a torch module: the digits CNN and MLP are rebuilt with the "
+            "architecture of `examples/make_digits.py`, the `bench_*` CNNs with the module "
+            "classes of `benchmarks/nets.py` (BatchNorm folded into the convolutions, as the "
+            "ONNX export has it), the ViT with `TinyViT` of `examples/make_transformers.py` "
+            "(its encoder layers unrolled into the same LayerNorm, attention, Linear and GELU "
+            "calls, because SpikingJelly's transformer recipes refuse `nn.TransformerEncoder` "
+            "as an opaque module); all are loaded with the ONNX file's own initializers, not "
+            "retrained. Max |logit difference| to onnxruntime on the test split: "
             + ", ".join(diffs)
             + ". The rate-coding recipes see the calibration split as one batch (their "
             "statistic is then exactly that of the split); local threshold balancing sees it "
-            "in batches of 100, one pass, like SpikingJelly's cnn_mnist example.",
+            "in batches of 100, one pass, like SpikingJelly's cnn_mnist example. No "
+            "SpikingJelly recipe takes the text models (token embeddings and a padding mask): "
+            "they have spikeport rows only.",
             "",
             "The ViT rows compare different things: spikeport's integer network puts a "
             "bipolar IF neuron in front of every linear layer and computes LayerNorm, softmax "
@@ -103,26 +147,59 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             "every T by construction and is not listed.",
         ]
     head = "| model | method | ANN | " + " | ".join(f"T={t}" for t in ts) + " |"
-    lines += ["", head, "|---|---|---:|" + "---:|" * len(ts)]
-    for name, m in doc["models"].items():
+    lines += ["", "Test accuracy (%):", "", head, "|---|---|---:|" + "---:|" * len(ts)]
+    for name, m in models.items():
         for r in m["rows"]:
             accs = " | ".join(pct(r["accuracy"].get(str(t))) for t in ts)
             lines.append(f"| {name} | {LABELS[r['method']]} | {pct(m['ann'])} | {accs} |")
     ft = [
-        f"{name} {r['finetune_seconds']:.0f} s"
-        for name, m in doc["models"].items()
+        f"{name} {r['finetune_seconds']:.0f} s ({r.get('finetune_epochs', 20)} epochs)"
+        for name, m in models.items()
         for r in m["rows"]
         if "finetune_seconds" in r
     ]
+    per_model = [f"{name} {m['seconds']:.0f} s" for name, m in models.items() if "seconds" in m]
     lines += [
         "",
         f"![accuracy vs T]({PLOT})",
         "",
-        "Fine-tuning time in this run (20 epochs, one process): "
+        f"Fine-tuning time in this run (one process, {threads(doc)}): "
         + ", ".join(ft)
         + " (`benchmarks/finetune.py` measures fine-tuning further: seeds, T = 2, torchrun; "
-        "see [docs/finetune.md](../docs/finetune.md)).",
+        "see [docs/finetune.md](../docs/finetune.md)). Whole time per model (conversion, "
+        "fine-tuning, SpikingJelly, every evaluation): " + ", ".join(per_model) + ".",
     ]
+    lines += activity_md(doc)
+    return lines
+
+
+def activity_md(doc: dict[str, Any]) -> list[str]:
+    """Events and synaptic operations per inference, every row that reports them."""
+    ts = doc["timesteps"]
+    head = "| model | method | " + " | ".join(f"T={t}" for t in ts) + " |"
+    lines = [
+        "",
+        "Events and synaptic operations per inference over T steps, test split, same runs. "
+        "An event is a neuron's nonzero output at one step (spikeport: `eval`'s "
+        "`spikes_per_inference`, a signed spike counted once; SpikingJelly: its IF neurons' "
+        "spikes, counted by forward hooks). A synaptic operation is one (nonzero input, "
+        "output it reaches) pair of a convolution or dense layer at one step, exact fan-out "
+        "(`eval`'s `synaptic_ops_per_inference`; SpikingJelly's convolutions, Linear and "
+        "average pooling counted the same way); the first layer's analog input current counts "
+        "too. In spikeport's transformers the expectation-compensated operators (softmax, "
+        "LayerNorm, GELU, attention products) send multi-bit values, not spikes: their "
+        "nonzero outputs count as synaptic inputs, but not as events.",
+    ]
+    for key, title in (
+        ("events_per_inference", "Events per inference"),
+        ("synaptic_ops_per_inference", "Synaptic operations per inference"),
+    ):
+        lines += ["", f"{title}:", "", head, "|---|---|" + "---:|" * len(ts)]
+        for name, m in doc["models"].items():
+            for r in m["rows"]:
+                if key in r:
+                    vals = " | ".join(count(r[key].get(str(t))) for t in ts)
+                    lines.append(f"| {name} | {LABELS[r['method']]} | {vals} |")
     return lines
 
 
@@ -225,6 +302,7 @@ def c_target_md(doc: dict[str, Any]) -> list[str]:
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
+    """Per model a full-range panel and, below it, the 90-100 % range; four models a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,14 +310,21 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     ts = doc["timesteps"]
     models = doc["models"]
-    fig, axes = plt.subplots(2, len(models), figsize=(5 * len(models), 7.5), squeeze=False)
+    cols = min(4, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(
+        2 * rows, cols, figsize=(4.6 * cols, 3.6 * 2 * rows + 1), squeeze=False
+    )
     styles = {
         "spikeport": dict(color="C0", lw=2.5, marker="o"),
         "spikeport_finetuned": dict(color="C1", lw=2.5, marker="s"),
     }
-    for col, (name, m) in enumerate(models.items()):
-        for row, (lo, title) in enumerate([(0, name), (90, f"{name} (90-100 %)")]):
-            ax = axes[row][col]
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for i, (name, m) in enumerate(models.items()):
+        for sub, (lo, title) in enumerate([(0, name), (90, f"{name} (90-100 %)")]):
+            ax = axes[2 * (i // cols) + sub][i % cols]
+            ax.set_visible(True)
             for r in m["rows"]:
                 color = f"C{list(LABELS).index(r['method'])}"
                 style = styles.get(r["method"], dict(color=color, lw=1.2, marker="^"))
@@ -253,15 +338,15 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("timesteps T")
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
-    handles, labels = {}, {}
-    for ax in axes[0]:
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(lab, h)
-            labels[lab] = lab
-    fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle("Accuracy vs T, digits test split (make bench)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
-    fig.savefig(path, dpi=110)
+    ncol = 4 if cols > 2 else 2
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=9)
+    fig.suptitle("Accuracy vs T, held-out test splits (make bench)")
+    fig.tight_layout(rect=(0, 0.5 / (3.6 * rows), 1, 0.98))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -294,7 +379,7 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         lines += [
             "",
             f"Machine: {mach['platform']}, {mach['cpus']} CPUs, Python {mach['python']}, "
-            f"numpy {mach['numpy']}, torch {mach['torch']} ({mach['torch_threads']} threads), "
+            f"numpy {mach['numpy']}, torch {mach['torch']}, "
             f"onnxruntime {mach['onnxruntime']}. Wall-clock figures depend on the machine and "
             "its load (the load average at each section's start is given).",
         ]

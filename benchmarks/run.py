@@ -3,12 +3,20 @@
     make bench                                    # installs SpikingJelly for benchmarks, then:
     .venv/bin/python benchmarks/run.py            # every section
     .venv/bin/python benchmarks/run.py --only accuracy --only c_target
+    .venv/bin/python benchmarks/run.py --only accuracy --models bench_cnn_bn,digits_mlp
+
+`--models` runs a subset of the accuracy section's networks (NETS) and writes to
+benchmarks/work/results/ instead, so a quick look never overwrites the full run's files.
+The spikeport imported is this checkout's (its commit is recorded). CONVERT_OPTIONS holds the
+keyword options of `spikeport.convert.convert` for every section.
 
 Sections (each writes benchmarks/results/<name>.json; then benchmarks/report.py writes
 benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png from those files):
 
-  accuracy    accuracy vs T of spikeport (conversion only; fine-tuned) and of SpikingJelly's
-              ann2snn recipes, same models, same calibration and test splits
+  accuracy    accuracy, events and synaptic operations vs T of spikeport (conversion only;
+              fine-tuned) and of SpikingJelly's ann2snn recipes, same models, same
+              calibration and test splits: the digits and text examples and the networks of
+              benchmarks/nets.py (not made by the example scripts)
   throughput  reference simulator, integer and float modes, against SpikingJelly's torch
               simulation of the same network (batch 256, T = 8), ratios from one run
   cost        convert and quantize time and peak memory, digits examples and ResNet-18-shaped
@@ -29,16 +37,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# Thread pools, set before numpy loads: numpy's BLAS and torch each get OMP_NUM_THREADS
+# threads, by default one per core (they never run at once here). On a machine that other work
+# keeps busy, OMP_NUM_THREADS=1: torch's threads spin-wait for each other on busy cores, and
+# fine-tuning these small networks then runs many times slower than on one thread.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+GIVEN_ENV = {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# This checkout's spikeport, whichever checkout the interpreter's editable install points at.
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+import nets as bench_nets  # noqa: E402
 import peer_sj  # noqa: E402
 import report  # noqa: E402
 from resnet import resnet18_onnx  # noqa: E402
@@ -52,34 +72,82 @@ from spikeport.sim import simulate  # noqa: E402
 
 ROOT = HERE.parent
 EX = ROOT / "examples"
+NETS_DIR = HERE / "nets"  # benchmarks/nets.py's networks (committed)
 RESULTS = HERE / "results"
 WORK = HERE / "work"
 CALIB, TRAIN, TEST = (EX / f"digits_{s}.npz" for s in ("calib", "train", "test"))
 
 TS = [1, 2, 4, 8, 16, 32]
-MODELS = ["cnn", "mlp", "vit"]
+MODELS = ["cnn", "mlp", "vit"]  # the digits examples of the throughput and c_target sections
+# Keyword options of spikeport.convert.convert, for every network of every section: the one
+# place to change conversion settings (T-aware conversion, tune=...) for a rerun.
+CONVERT_OPTIONS: dict[str, Any] = {}
 FT_T, FT_EPOCHS, FT_SEED = 4, 20, 0  # docs/finetune.md's command: -T 4, defaults otherwise
 BATCH, SIM_T, REPEATS, MIN_TIMING = 256, 8, 3, 0.2
 RESNET_WIDTHS, RESNET_CALIB = [16, 32, 64], 64
 C_T = 4
 
 
+@dataclass(frozen=True)
+class Net:
+    """One network of the accuracy section: its files, classes, fine-tuning epochs and how
+    SpikingJelly gets it ("cnn"/"mlp": examples/make_digits.py's architecture, "vit": the STA
+    transformer recipe, a benchmarks/nets.py class name: that module, BatchNorm folded; None:
+    no SpikingJelly recipe takes it)."""
+
+    onnx: Path
+    calib: Path
+    train: Path
+    test: Path
+    classes: int
+    ft_epochs: int
+    peer: str | None
+
+
+def _digits(onnx: Path, ft_epochs: int, peer: str | None) -> Net:
+    return Net(onnx, CALIB, TRAIN, TEST, 10, ft_epochs, peer)
+
+
+def _text(onnx: Path, data: str, classes: int, ft_epochs: int) -> Net:
+    calib, train, test = (onnx.parent / f"{data}_{s}.npz" for s in ("calib", "train", "test"))
+    return Net(onnx, calib, train, test, classes, ft_epochs, None)
+
+
+# The text models train on 6,000 sequences, the digits on 1,077 images: 3 epochs see about as
+# many samples as the digits' 20 (18,000 and 21,540). Measured on one thread, 2 busy cores:
+# 1 epoch took text_bert from 84.5 to 89.5 % at T = 4 and bench_count_bert from 75.9 to 95.1;
+# 3 epochs to 88.5 and 99.5, in 77 s and 34 s.
+NETS = {
+    "digits_cnn": _digits(EX / "digits_cnn.onnx", FT_EPOCHS, "cnn"),
+    "digits_mlp": _digits(EX / "digits_mlp.onnx", FT_EPOCHS, "mlp"),
+    "digits_vit": _digits(EX / "digits_vit.onnx", FT_EPOCHS, "vit"),
+    "text_bert": _text(EX / "text_bert.onnx", "text", 2, 3),
+    "bench_cnn_bn": _digits(NETS_DIR / "bench_cnn_bn.onnx", FT_EPOCHS, "CnnBn"),
+    "bench_resnet": _digits(NETS_DIR / "bench_resnet.onnx", FT_EPOCHS, "ResNet"),
+    "bench_count_bert": _text(NETS_DIR / "bench_count_bert.onnx", "count", 5, 3),
+}
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def test_data(graph: Any) -> Any:
-    return load_data(TEST, graph.inputs, labels=True, n_classes=10)
+def spikeport_convert(onnx: Path, calib: Path) -> Any:
+    return convert(onnx, calib, **CONVERT_OPTIONS)
 
 
-def int_eval(graph: Any, model: str) -> dict[str, Any]:
+def int_eval(graph: Any, net: Net) -> dict[str, Any]:
     """quantize --target sim, then eval in integer mode on the test split at every T."""
-    q = quantize(graph, np.load(CALIB)["x"], get_profile("sim"))
-    rep = evaluate(q, test_data(graph), TS, "int", str(EX / f"digits_{model}.onnx"))
+    q = quantize(graph, load_data(net.calib, graph.inputs).x, get_profile("sim"))
+    test = load_data(net.test, graph.inputs, labels=True, n_classes=net.classes)
+    rep = evaluate(q, test, TS, "int", str(net.onnx))
+    recs = rep["records"]
     return {
         "ann": rep["ann"]["accuracy"],
-        "accuracy": {r["T"]: r["accuracy"] for r in rep["records"]},
-        "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in rep["records"]},
+        "accuracy": {r["T"]: r["accuracy"] for r in recs},
+        "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in recs},
+        "events_per_inference": {r["T"]: r["spikes_per_inference"] for r in recs},
+        "synaptic_ops_per_inference": {r["T"]: r["synaptic_ops_per_inference"] for r in recs},
     }
 
 
@@ -87,65 +155,98 @@ def int_eval(graph: Any, model: str) -> dict[str, Any]:
 # 1. accuracy vs T
 
 
-def accuracy() -> dict[str, Any]:
-    x_test, y_test = np.load(TEST)["x"], np.load(TEST)["y"]
-    x_calib = torch.from_numpy(np.load(CALIB)["x"])
+def sj_rows(name: str, net: Net, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """SpikingJelly's recipes on the same network, calibration and test split."""
+    x_test, y_test = np.load(net.test)["x"], np.load(net.test)["y"]
+    x_calib = torch.from_numpy(np.load(net.calib)["x"])
+    rows = []
+    if net.peer == "vit":
+        ann, diff = peer_sj.vit_from_onnx(net.onnx, x_test)
+        entry["sj_ann_max_abs_logit_diff_vs_onnxruntime"] = diff
+        log(f"accuracy: {name}: SpikingJelly STA spiking encoder, one conversion per T")
+        acc, seconds = peer_sj.sta_accuracy(ann, x_calib, x_test, y_test, TS)
+        what = peer_sj.STA_WHAT
+        return [
+            {"method": "sj_sta_encoder", "what": what, "convert_seconds": seconds, "accuracy": acc}
+        ]
+    if net.peer in ("cnn", "mlp"):
+        module: str | torch.nn.Module = net.peer
+    else:
+        module = bench_nets.fold_bn(getattr(bench_nets, net.peer)())
+    ann, diff = peer_sj.ann_from_onnx(module, net.onnx, x_test)
+    entry["sj_ann_max_abs_logit_diff_vs_onnxruntime"] = diff
+    for key, (what, make) in peer_sj.recipes(x_calib).items():
+        log(f"accuracy: {name}: SpikingJelly {key}")
+        snn, seconds = peer_sj.convert(ann, make())
+        acc, events, sops = peer_sj.accuracy_vs_t(snn, x_test, y_test, TS)
+        rows.append(
+            {
+                "method": key,
+                "what": what,
+                "convert_seconds": seconds,
+                "accuracy": acc,
+                "events_per_inference": events,
+                "synaptic_ops_per_inference": sops,
+            }
+        )
+    return rows
+
+
+def accuracy(models: list[str]) -> dict[str, Any]:
     sj = peer_sj.available()
     if not sj:
         log("SpikingJelly is not installed (benchmarks/install_spikingjelly.sh): no peer rows")
-    models: dict[str, Any] = {}
-    for model in MODELS:
-        log(f"accuracy: digits_{model}: spikeport convert -> quantize -> eval (int)")
-        snn = convert(EX / f"digits_{model}.onnx", CALIB)
-        conv = int_eval(snn, model)
-        rows = [{"method": "spikeport", "what": "convert (defaults), integer mode", **conv}]
-        log(f"accuracy: digits_{model}: spikeport finetune T={FT_T}, {FT_EPOCHS} epochs")
-        train = load_data(TRAIN, snn.inputs, labels=True, n_classes=10)
-        val = load_data(CALIB, snn.inputs, labels=True, n_classes=10)
+    out: dict[str, Any] = {}
+    for name in models:
+        net = NETS[name]
+        t_model = time.perf_counter()
+        log(f"accuracy: {name}: spikeport convert -> quantize -> eval (int)")
         t0 = time.perf_counter()
-        res = finetune(
-            snn, train, Settings(T=FT_T, epochs=FT_EPOCHS, seed=FT_SEED), val=val, quiet=True
-        )
+        snn = spikeport_convert(net.onnx, net.calib)
+        convert_seconds = time.perf_counter() - t0
+        conv = int_eval(snn, net)
+        rows = [
+            {
+                "method": "spikeport",
+                "what": "convert, integer mode",
+                "convert_seconds": convert_seconds,
+                **conv,
+            }
+        ]
+        log(f"accuracy: {name}: spikeport finetune T={FT_T}, {net.ft_epochs} epochs")
+        train = load_data(net.train, snn.inputs, labels=True, n_classes=net.classes)
+        val = load_data(net.calib, snn.inputs, labels=True, n_classes=net.classes)
+        t0 = time.perf_counter()
+        settings = Settings(T=FT_T, epochs=net.ft_epochs, seed=FT_SEED)
+        res = finetune(snn, train, settings, val=val, quiet=True)
         seconds = time.perf_counter() - t0
         rows.append(
             {
                 "method": "spikeport_finetuned",
-                "what": f"finetune -T {FT_T} (--epochs {FT_EPOCHS}, --seed {FT_SEED}, "
+                "what": f"finetune -T {FT_T} (--epochs {net.ft_epochs}, --seed {FT_SEED}, "
                 "--val calib), integer mode",
+                "finetune_epochs": net.ft_epochs,
                 "finetune_seconds": seconds,
-                **int_eval(res.graph, model),
+                **int_eval(res.graph, net),
             }
         )
-        entry: dict[str, Any] = {"ann": conv["ann"], "rows": rows}
-        if sj and model == "vit":
-            net, diff = peer_sj.vit_from_onnx(EX / "digits_vit.onnx", x_test)
-            entry["sj_ann_max_abs_logit_diff_vs_onnxruntime"] = diff
-            log("accuracy: digits_vit: SpikingJelly STA spiking encoder, one conversion per T")
-            acc, seconds = peer_sj.sta_accuracy(net, x_calib, x_test, y_test, TS)
-            rows.append(
-                {
-                    "method": "sj_sta_encoder",
-                    "what": peer_sj.STA_WHAT,
-                    "convert_seconds": seconds,
-                    "accuracy": acc,
-                }
-            )
-        if sj and model in ("cnn", "mlp"):
-            ann, diff = peer_sj.ann_from_onnx(model, EX / f"digits_{model}.onnx", x_test)
-            entry["sj_ann_max_abs_logit_diff_vs_onnxruntime"] = diff
-            for key, (what, make) in peer_sj.recipes(x_calib).items():
-                log(f"accuracy: digits_{model}: SpikingJelly {key}")
-                net, seconds = peer_sj.convert(ann, make())
-                acc = peer_sj.accuracy_vs_t(net, x_test, y_test, TS)
-                rows.append(
-                    {"method": key, "what": what, "convert_seconds": seconds, "accuracy": acc}
-                )
-        models[f"digits_{model}"] = entry
+        entry: dict[str, Any] = {
+            "ann": conv["ann"],
+            "source": str(net.onnx.relative_to(ROOT)),
+            "splits": {k: getattr(net, k).name for k in ("calib", "train", "test")},
+            "test_samples": len(np.load(net.test)["y"]),
+            "rows": rows,
+        }
+        if sj and net.peer:
+            rows += sj_rows(name, net, entry)
+        entry["seconds"] = time.perf_counter() - t_model
+        log(f"accuracy: {name}: {entry['seconds']:.0f} s")
+        out[name] = entry
     return {
         "timesteps": TS,
+        "convert_options": CONVERT_OPTIONS,
         "spikingjelly": peer_sj.version() if sj else None,
-        "models": models,
-        "splits": {"calibration": CALIB.name, "training": TRAIN.name, "test": TEST.name},
+        "models": out,
     }
 
 
@@ -183,7 +284,9 @@ def throughput() -> dict[str, Any]:
     for model in MODELS:
         log(f"throughput: digits_{model} (batch {BATCH}, T = {SIM_T}, best of {REPEATS})")
         q = quantize(
-            convert(EX / f"digits_{model}.onnx", CALIB), np.load(CALIB)["x"], get_profile("sim")
+            spikeport_convert(EX / f"digits_{model}.onnx", CALIB),
+            np.load(CALIB)["x"],
+            get_profile("sim"),
         )
         xb = np.resize(x_test, (BATCH,) + x_test.shape[1:])
         runners = {f"spikeport_{mode}": sim_runner(q, xb, mode) for mode in ("int", "float")}
@@ -225,7 +328,8 @@ def throughput() -> dict[str, Any]:
 
 def stage(*args: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "stage.py"), *args]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = {**os.environ, "SPIKEPORT_CONVERT_OPTIONS": json.dumps(CONVERT_OPTIONS)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -280,7 +384,9 @@ def c_target() -> dict[str, Any]:
     for model in MODELS:
         log(f"c_target: digits_{model}: emit C, run on QEMU mps2-an385 (T = {C_T})")
         q = quantize(
-            convert(EX / f"digits_{model}.onnx", CALIB), np.load(CALIB)["x"], get_profile("sim")
+            spikeport_convert(EX / f"digits_{model}.onnx", CALIB),
+            np.load(CALIB)["x"],
+            get_profile("sim"),
         )
         ann_bytes = sum(
             n.params["weight_q"].size + 4 * n.params["bias_q"].size
@@ -317,12 +423,26 @@ def c_target() -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 
-SECTIONS: dict[str, Callable[[], dict[str, Any]]] = {
+SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "accuracy": accuracy,
     "throughput": throughput,
     "cost": cost,
     "c_target": c_target,
 }
+
+
+def checkout() -> dict[str, Any]:
+    """The spikeport this run imported: its folder and the checkout's commit."""
+    import spikeport
+
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "spikeport"], capture_output=True)
+    return {
+        "path": str(Path(spikeport.__file__).parent),
+        "commit": head.stdout.strip() or None,
+        "spikeport_modified": bool(dirty.stdout.strip()),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -331,6 +451,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
         "python": platform.python_version(),
         **{p: version(p) for p in pkgs},
     }
@@ -339,35 +460,49 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", choices=list(SECTIONS), help="repeatable")
+    ap.add_argument(
+        "--models",
+        help="accuracy section: comma-separated subset of " + ", ".join(NETS) + "; the "
+        "results then go to benchmarks/work/results/ (JSON, RESULTS.md, plot), leaving the "
+        "full run's files alone",
+    )
     args = ap.parse_args(argv)
-    torch.set_num_threads(os.cpu_count() or 1)
+    models = args.models.split(",") if args.models else list(NETS)
+    if unknown := [m for m in models if m not in NETS]:
+        ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(NETS)})")
+    torch.set_num_threads(THREADS)
     names = args.only or list(SECTIONS)
     command = (
         "make bench"
-        if not args.only
-        else "benchmarks/run.py " + " ".join(f"--only {n}" for n in names)
-    )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+        if not args.only and not args.models
+        else "benchmarks/run.py "
+        + " ".join(f"--only {n}" for n in args.only or [])
+        + (f" --models {args.models}" if args.models else "")
+    ).strip()
+    results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
+    results.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     for name in names:
         load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
         t0 = time.perf_counter()
-        data = SECTIONS[name]()
+        data = SECTIONS[name](models) if name == "accuracy" else SECTIONS[name]()
         doc = {
             "benchmark": name,
             "command": command,
+            "environment": GIVEN_ENV,
             "started": started,
             "seconds": time.perf_counter() - t0,
             "load_average_at_start": load,
             "machine": machine(),
+            "spikeport": checkout(),
             **data,
         }
-        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
-        log(f"{name}: {doc['seconds']:.0f} s -> benchmarks/results/{name}.json")
-    report.write(RESULTS, HERE)
+        (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        log(f"{name}: {doc['seconds']:.0f} s -> {results.relative_to(ROOT)}/{name}.json")
+    report.write(results, out)
     log(
-        f"done in {time.perf_counter() - t_all:.0f} s: benchmarks/RESULTS.md, "
-        "benchmarks/accuracy_vs_T.png"
+        f"done in {time.perf_counter() - t_all:.0f} s: {out.relative_to(ROOT)}/RESULTS.md, "
+        f"{out.relative_to(ROOT)}/{report.PLOT}"
     )
 
 

@@ -13,6 +13,7 @@ best of two runs).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -42,7 +43,10 @@ def main(argv: list[str]) -> None:
     base = rss_mib()
     t0 = time.perf_counter()
     if stage == "convert":
-        result = convert(src, calib)
+        # keyword options of convert, as JSON (run.py's CONVERT_OPTIONS)
+        result = convert(
+            src, calib, **json.loads(os.environ.get("SPIKEPORT_CONVERT_OPTIONS", "{}"))
+        )
     elif stage == "quantize":
         result = quantize(graph, x, get_profile("sim"))
     else:

@@ -59,8 +59,10 @@ def mlp() -> nn.Module:
     )
 
 
-def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 60) -> nn.Module:
-    torch.manual_seed(SEED)
+def train(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 60, seed: int = SEED
+) -> nn.Module:
+    torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)

@@ -30,6 +30,7 @@ or calibration.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,17 @@ def sentence(rng: np.random.Generator) -> tuple[list[int], int]:
     return [CLS] + tokens, int(total > 0)
 
 
-def make_split(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_split(
+    n: int,
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator], tuple[list[int], int]] = sentence,
+) -> dict[str, np.ndarray]:
+    """n sentences drawn by `draw` (tokens from [CLS] on, label), padded to MAX_LEN."""
     ids = np.full((n, MAX_LEN), PAD, np.int64)
     mask = np.zeros((n, MAX_LEN), np.int64)
     y = np.zeros(n, np.int64)
     for i in range(n):
-        tokens, y[i] = sentence(rng)
+        tokens, y[i] = draw(rng)
         ids[i, : len(tokens)] = tokens
         mask[i, : len(tokens)] = 1
     return {"input_ids": ids, "attention_mask": mask, "y": y}
