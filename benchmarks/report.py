@@ -14,7 +14,10 @@ HERE = Path(__file__).resolve().parent
 PLOT = "accuracy_vs_T.png"
 
 LABELS = {
-    "spikeport": "spikeport, conversion only",
+    "spikeport": "spikeport, T-aware conversion (-T T)",
+    "spikeport_percentile": "spikeport, percentile conversion (--no-t-aware)",
+    "spikeport_b2": "spikeport, T-aware, graded 2-bit spikes",
+    "spikeport_b4": "spikeport, T-aware, graded 4-bit spikes",
     "spikeport_finetuned": "spikeport, fine-tuned (T=4)",
     "sj_max": "SpikingJelly max",
     "sj_robust": "SpikingJelly 99.9%",
@@ -97,9 +100,16 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
         "exports them with torch's TorchScript exporter at opset 17, as a proxy for networks "
         "a user brings; the examples come from the dynamo exporter at opset 20.",
         "",
-        f"- **spikeport, conversion only**: `convert` (options: {given}) -> "
-        "`quantize --target sim` -> `eval`, integer mode.",
-        "- **spikeport, fine-tuned**: `finetune -T 4` (seed 0, `--val` the calibration "
+        f"- **spikeport, T-aware conversion**: `convert -T T` (options: {given}) -> "
+        "`quantize --target sim` -> `eval -T T`, integer mode: one conversion per T, each "
+        "scored at its own T (the T-aware search chooses thresholds for that T), 1-bit spikes.",
+        "- **spikeport, percentile conversion**: `convert --no-t-aware` (per-channel 99.99th "
+        "percentile thresholds, the converter's previous default): one graph scored at every T.",
+        "- **spikeport, graded b-bit spikes**: `convert -T T --spike-bits b` (T-aware): each "
+        "neuron sends a count 0..2^b - 1 per step (bipolar ones -(2^b - 1)..2^b - 1); one "
+        "conversion per T.",
+        "- **spikeport, fine-tuned**: `finetune -T 4` from the T-aware conversion for T = 4 "
+        "(seed 0, `--val` the calibration "
         "split; the epochs of each model are given with its fine-tuning time below) -> "
         "`quantize --target sim` -> `eval`, integer mode.",
     ]
@@ -192,6 +202,7 @@ def activity_md(doc: dict[str, Any]) -> list[str]:
     ]
     for key, title in (
         ("events_per_inference", "Events per inference"),
+        ("bits_per_event", "Bits per event (graded rows: b, or b + 1 where neurons are signed)"),
         ("synaptic_ops_per_inference", "Synaptic operations per inference"),
     ):
         lines += ["", f"{title}:", "", head, "|---|---|" + "---:|" * len(ts)]
@@ -317,6 +328,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     )
     styles = {
         "spikeport": dict(color="C0", lw=2.5, marker="o"),
+        "spikeport_percentile": dict(color="C0", lw=1.2, ls=":", marker="o"),
+        "spikeport_b2": dict(color="C2", lw=2.0, marker="D"),
+        "spikeport_b4": dict(color="C3", lw=2.0, marker="D"),
         "spikeport_finetuned": dict(color="C1", lw=2.5, marker="s"),
     }
     for ax in axes.flat:
@@ -328,8 +342,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             for r in m["rows"]:
                 color = f"C{list(LABELS).index(r['method'])}"
                 style = styles.get(r["method"], dict(color=color, lw=1.2, marker="^"))
-                ys = [100 * r["accuracy"][str(t)] for t in ts]
-                ax.plot(ts, ys, label=LABELS[r["method"]], **style)
+                have = [t for t in ts if str(t) in r["accuracy"]]
+                ys = [100 * r["accuracy"][str(t)] for t in have]
+                ax.plot(have, ys, label=LABELS[r["method"]], **style)
             ax.axhline(100 * m["ann"], color="k", ls="--", lw=1, label="ANN (onnxruntime)")
             ax.set_xscale("log", base=2)
             ax.set_xticks(ts, [str(t) for t in ts])

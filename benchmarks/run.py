@@ -82,6 +82,9 @@ MODELS = ["cnn", "mlp", "vit"]  # the digits examples of the throughput and c_ta
 # Keyword options of spikeport.convert.convert, for every network of every section: the one
 # place to change conversion settings (T-aware conversion, tune=...) for a rerun.
 CONVERT_OPTIONS: dict[str, Any] = {}
+T_AWARE_TS = [1, 2, 4, 8]  # `convert -T T` converts for T: one conversion per T
+GRADED_BITS = [2, 4]  # --spike-bits of the graded rows
+GRADED_TS = {False: [1, 2, 4], True: [2, 4]}  # by "is a transformer": CNN/MLP, transformers
 FT_T, FT_EPOCHS, FT_SEED = 4, 20, 0  # docs/finetune.md's command: -T 4, defaults otherwise
 BATCH, SIM_T, REPEATS, MIN_TIMING = 256, 8, 3, 0.2
 RESNET_WIDTHS, RESNET_CALIB = [16, 32, 64], 64
@@ -132,15 +135,15 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def spikeport_convert(onnx: Path, calib: Path) -> Any:
-    return convert(onnx, calib, **CONVERT_OPTIONS)
+def spikeport_convert(onnx: Path, calib: Path, **options: Any) -> Any:
+    return convert(onnx, calib, **{**CONVERT_OPTIONS, **options})
 
 
-def int_eval(graph: Any, net: Net) -> dict[str, Any]:
-    """quantize --target sim, then eval in integer mode on the test split at every T."""
+def int_eval(graph: Any, net: Net, ts: list[int] = TS) -> dict[str, Any]:
+    """quantize --target sim, then eval in integer mode on the test split at every T of ts."""
     q = quantize(graph, load_data(net.calib, graph.inputs).x, get_profile("sim"))
     test = load_data(net.test, graph.inputs, labels=True, n_classes=net.classes)
-    rep = evaluate(q, test, TS, "int", str(net.onnx))
+    rep = evaluate(q, test, ts, "int", str(net.onnx))
     recs = rep["records"]
     return {
         "ann": rep["ann"]["accuracy"],
@@ -148,7 +151,28 @@ def int_eval(graph: Any, net: Net) -> dict[str, Any]:
         "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in recs},
         "events_per_inference": {r["T"]: r["spikes_per_inference"] for r in recs},
         "synaptic_ops_per_inference": {r["T"]: r["synaptic_ops_per_inference"] for r in recs},
+        "bits_per_event": {r["T"]: r.get("bits_per_event", 1) for r in recs},
     }
+
+
+def per_t_rows(name: str, net: Net, ts: list[int], **options: Any) -> tuple[dict[str, Any], Any]:
+    """`convert -T T` (T-aware) for each T of ts, each evaluated at its own T: one row; and the
+    conversion for FT_T (what fine-tuning starts from), if FT_T is in ts."""
+    row: dict[str, Any] = {"convert_seconds": {}}
+    start = None
+    for t in ts:
+        log(f"accuracy: {name}: spikeport convert -T {t} {options or ''}")
+        t0 = time.perf_counter()
+        snn = spikeport_convert(net.onnx, net.calib, timesteps=t, **options)
+        row["convert_seconds"][t] = time.perf_counter() - t0
+        row.setdefault("t_aware", {})[t] = snn.meta["conversion"].get("t_aware", {}).get("kept")
+        res = int_eval(snn, net, [t])
+        row["ann"] = res.pop("ann")
+        for key, per_t in res.items():
+            row.setdefault(key, {}).update(per_t)
+        if t == FT_T:
+            start = snn
+    return row, start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,19 +224,27 @@ def accuracy(models: list[str]) -> dict[str, Any]:
     for name in models:
         net = NETS[name]
         t_model = time.perf_counter()
-        log(f"accuracy: {name}: spikeport convert -> quantize -> eval (int)")
+        log(f"accuracy: {name}: spikeport convert --no-t-aware -> quantize -> eval (int)")
         t0 = time.perf_counter()
-        snn = spikeport_convert(net.onnx, net.calib)
+        plain = spikeport_convert(net.onnx, net.calib, tune=False)
         convert_seconds = time.perf_counter() - t0
-        conv = int_eval(snn, net)
+        conv = int_eval(plain, net)
         rows = [
             {
-                "method": "spikeport",
-                "what": "convert, integer mode",
+                "method": "spikeport_percentile",
+                "what": "convert --no-t-aware (percentile thresholds, one graph for every T), "
+                "integer mode",
                 "convert_seconds": convert_seconds,
                 **conv,
             }
         ]
+        row, snn = per_t_rows(name, net, T_AWARE_TS)
+        rows.append({"method": "spikeport", "what": "convert -T T (T-aware), integer mode", **row})
+        for bits in GRADED_BITS:
+            ts = GRADED_TS[net.peer in ("vit", None)]
+            row, _ = per_t_rows(name, net, ts, spike_bits=bits)
+            what = f"convert -T T --spike-bits {bits} (T-aware, graded), integer mode"
+            rows.append({"method": f"spikeport_b{bits}", "what": what, **row})
         log(f"accuracy: {name}: spikeport finetune T={FT_T}, {net.ft_epochs} epochs")
         train = load_data(net.train, snn.inputs, labels=True, n_classes=net.classes)
         val = load_data(net.calib, snn.inputs, labels=True, n_classes=net.classes)
