@@ -289,3 +289,54 @@ def test_a_pixel_shuffle_after_neurons_keeps_one_scale_per_channel(tmp_path):
     (neuron,) = [n for n in snn.nodes if n.op == "if"]
     assert neuron.params["threshold"].size == 1
     quantize(snn, x, get_profile("sim"))
+
+
+@pytest.mark.parametrize("reader", ["add", "layernorm"])
+def test_a_dense_layer_read_by_an_add_or_a_layernorm_keeps_per_channel_scales(tmp_path, reader):
+    """A dense layer whose output an add (a residual) or a LayerNorm reads, not a neuron: its
+    weights keep one scale per output channel (before: one for the whole layer, so 4 outlier
+    rows 30 times larger left the other 28 about 4 of the 127 steps), and the reader
+    requantizes per channel (the add's `mult_q`, the LayerNorm's `requant_q`). The proof
+    holds on hostile inputs, and the C target runs the residual bit for bit."""
+    import shutil
+
+    import torch
+    from torch import nn
+
+    from spikeport.targets import emit
+    from spikeport.targets.c import check_one_batch
+    from spikeport.targets.c.run import run_host
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.mid, self.head = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 5)
+            self.norm = nn.LayerNorm(32)
+            with torch.no_grad():
+                self.mid.weight[:4] *= 30  # outlier output rows
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            h = torch.relu(h + self.mid(h) if reader == "add" else self.norm(self.mid(h)))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    snn, x = _convert_torch(Block(), (16,), tmp_path)
+    q = quantize(snn, x, get_profile("sim"), T_PROOF)
+    (mid,) = [n for n in q.nodes if n.op == "dense" and n.params["weight"].shape == (32, 32)]
+    assert [u.op for u in q.consumers(mid.output)] == [reader]
+    s = q.scales[mid.output].ravel()
+    assert s.size == 32 and s[:4].min() > 10 * s[4:].max()  # the outlier rows' own scale
+    rows = np.abs(mid.params["weight_q"].astype(np.int64)).max(axis=1)
+    assert np.all(rows >= 126)  # every row spans its 8 bits (was ~4 steps for 28 of them)
+    (user,) = q.consumers(mid.output)
+    if reader == "add":  # the row that brings this input to the add's one output scale
+        mult = user.params["mult_q"][user.inputs.index(mid.output)].ravel()
+    else:
+        mult = user.params["requant_q"].ravel()
+    assert mult.size == 32 and len(np.unique(mult)) > 1
+    for seed, extreme in ((0, False), (1, True), (2, True)):
+        _fuzz(q, seed, extreme)
+    if reader == "add" and shutil.which("cc") and shutil.which("make"):
+        emit(q, "c", tmp_path / "c")
+        check_one_batch(q, tmp_path / "c", x[:16], 8, run_host)

@@ -4,7 +4,10 @@ Walks the graph once, carrying the real scale of every tensor:
   input      int8 codes, scale = max|x| / 127 over the calibration data
   dense/conv folds its input scale into the weights (so spikes stay +-1 and a spike's value
              lambda never appears at run time), then int8 weights per output channel when the
-             layer feeds neurons only (per tensor otherwise, so outputs share one scale), int32 bias
+             layer feeds neurons only, or (profiles without fold_add, current limits or layer
+             thresholds) readers that requantize every element: an add's multipliers, an EC
+             function's requant_q, also through reshapes and transposes (a transformer's
+             residual, LayerNorm, GELU); per tensor otherwise (a matmul, a graph output), int32 bias
   if         threshold_q = round(theta / input scale); its spikes then carry theta_q * scale
              (a graded neuron's count k carries k times that: the range proof bounds it by K)
   avgpool    sums windows: scale / (kh * kw); maxpool, reshape, concat move scales with values
@@ -42,6 +45,11 @@ DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
 PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
+# Readers that bring every element of their input to their own scale with an integer
+# multiplier: a dense / conv layer read only by these (and neurons) keeps per-channel scales.
+REQUANT_READERS = frozenset(
+    {"add", "layernorm", "gelu", "tanh", "softmax", "masked_softmax", "sigmoid"}
+)
 
 
 @dataclass
@@ -84,12 +92,39 @@ class _Ctx:
         return (
             bool(users)
             and node.output not in self.graph.outputs
-            and all(
-                u.op == "if"
-                and u.output not in self.graph.outputs
-                and keeps_channels(self.graph, u.output)
-                for u in users
-            )
+            and all(self.per_channel_if(u) for u in users)
+        )
+
+    def channel_weights(self, node: Node) -> bool:
+        """Per-output-channel weight scales: where neurons absorb them (`per_channel`), or,
+        on a profile whose ops requantize every element on their own (no fold_add, per-step
+        current limit or layer threshold), where every reader does so, directly or through
+        reshapes and transposes: an add (one multiplier per channel in `mult_q`), or an
+        EC function that requantizes its running mean (`requant_q`, one per element)."""
+        p = self.profile
+        if self.per_channel(node):
+            return True
+        if p.fold_add or p.layer_threshold or p.max_current is not None:
+            return False
+        return self._requantized(node.output, direct=True)
+
+    def _requantized(self, tensor: str, direct: bool = False) -> bool:
+        users = self.graph.consumers(tensor)
+        if not users or tensor in self.graph.outputs:
+            return False
+        return all(
+            u.op in REQUANT_READERS
+            or (u.op in ("reshape", "transpose") and self._requantized(u.output))
+            or (direct and u.op == "if" and self.per_channel_if(u))
+            for u in users
+        )
+
+    def per_channel_if(self, user: Node) -> bool:
+        """A neuron that absorbs per-channel scales into its thresholds."""
+        return (
+            user.op == "if"
+            and user.output not in self.graph.outputs
+            and keeps_channels(self.graph, user.output)
         )
 
     def refuse(self, node: Node, why: str) -> CapabilityExceeded:
@@ -112,7 +147,7 @@ def _quantize_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray) -> np.ndarray:
     # Per channel, but a near-dead channel's scale is floored so its threshold stays in range.
     s_w = (
         np.maximum(absmax / lim, top * MIN_CHANNEL_SCALE)
-        if ctx.per_channel(node)
+        if ctx.channel_weights(node)
         else (np.full(len(w_eff), top))
     )
     if ctx.profile.layer_threshold and ctx.per_channel(node):
@@ -355,7 +390,7 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
         w = np.abs(u.params["weight"].astype(np.float64)).reshape(len(u.params["weight"]), -1)
         top = max(float(w.max(initial=0)), 1e-300) / lim
         a = np.maximum(w.max(axis=1) / lim, top * MIN_CHANNEL_SCALE)
-        a = a if ctx.per_channel(u) else np.full(len(w), top)
+        a = a if ctx.channel_weights(u) else np.full(len(w), top)
         w1 = np.minimum(np.floor(w / a[:, None] + 0.5), lim).sum(axis=1)
         bias = np.abs(u.params["bias"].astype(np.float64)) / a
         theta = _channel_thresholds(ctx, u) / a if ctx.per_channel(u) else 0.0
