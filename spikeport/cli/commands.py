@@ -150,10 +150,12 @@ def convert_cmd(
         say(quiet, f"note: {note}")
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
+    tuned = graph.meta["conversion"].get("t_aware")
+    how = f"T-aware for T={timesteps}, kept {tuned['kept']}" if tuned else "percentile only"
     say(
         quiet,
         f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "
-        f"(percentile {percentile}, {'per channel' if per_channel else 'per layer'}"
+        f"(percentile {percentile}, {'per channel' if per_channel else 'per layer'}, {how}"
         f"{f', {spike_bits}-bit graded spikes' if spike_bits > 1 else ''})",
     )
 
