@@ -105,6 +105,7 @@ def run(
     name: str = NAME,
     per_feature: float | None = None,
     weight_bits: int | None = None,
+    spike_bits: int = 1,
 ) -> dict:
     """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
     Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
@@ -131,8 +132,16 @@ def run(
     entry = next(
         (e for e in json.loads(manifest.read_text()) if e["name"] == name), {}
     ) if manifest.exists() else {}  # fmt: skip
+    if len(ts) > 1:  # `convert -T T` converts for T: one run of this function per T
+        runs = [run(n_test, [t], name, per_feature, weight_bits, spike_bits) for t in ts]
+        merged = dict(runs[0])
+        for key in ("cosine_to_ann", "relative_error_to_ann"):
+            merged[key] = {k: v for r in runs for k, v in r[key].items()}
+        merged["timesteps"], merged["seconds"] = ts, {r["timesteps"][0]: r["seconds"] for r in runs}
+        merged["bar"]["met"] = merged["cosine_to_ann"].get(BAR_T, 0.0) >= BAR
+        return merged
     t0 = time.perf_counter()
-    snn = convert(files["onnx"], files["calib"])
+    snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits)
     t1 = time.perf_counter()
     diagnostic = {}
     if per_feature is not None:  # its own calibration pass: not counted in any stage below
@@ -161,8 +170,10 @@ def run(
         "calibration_sentences": len(calib),
         "test_sentences": n,
         "sequence_length": snn.shape("input_ids")[0] if "input_ids" in snn.inputs else None,
-        "what": "convert (defaults), quantize --target sim, eval integer mode; "
-        "mean cosine of the sentence embedding to onnxruntime's",
+        "what": f"convert -T T --spike-bits {spike_bits} (T-aware, one conversion per T), "
+        "quantize --target sim, eval -T T integer mode; mean cosine of the sentence "
+        "embedding to onnxruntime's",
+        "spike_bits": spike_bits,
         **({"diagnostic": diagnostic} if diagnostic else {}),
         "timesteps": ts,
         "cosine_to_ann": cosine,
@@ -180,10 +191,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="diagnostic: per-feature thresholds (percentile P) for the bipolar "
                     "neurons in front of dense layers")  # fmt: skip
     ap.add_argument("--weight-bits", type=int, help="diagnostic: the sim profile's weight bits")
+    ap.add_argument("--spike-bits", type=int, default=1, help="graded spikes of b bits")
     ap.add_argument("-o", type=Path, default=RESULTS / "encoder.json")
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits)
+    data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits,
+               spike_bits=a.spike_bits)  # fmt: skip
     if "skipped" in data:
         return
     doc = {
