@@ -254,6 +254,10 @@ def eval_cmd(
     ds = load_data(data, graph.inputs, n_classes=out_shape[0] if classes else None)
     check_token_ids(graph, ds.x, data)
     mode = mode or ("int" if graph.stage == "int" else "float")
+    tuned_for = graph.meta.get("conversion", {}).get("t_aware", {}).get("T")
+    if tuned_for is not None and any(t != tuned_for for t in ts):
+        say(quiet, f"note: {model} was converted for T={tuned_for} (T-aware); at other T "
+            f"it may do worse than `convert -T T` for that T")  # fmt: skip
     with progress(len(ds), f"eval T<={max(ts)}", quiet) as advance:
         report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path, scored)
     missed = check_requirements(report, reqs)
