@@ -14,7 +14,11 @@ the mean over test sentences of the cosine between the SNN's embedding (mean ove
 and onnxruntime's. `run()` returns the section's data (benchmarks/run.py can list it among its
 SECTIONS); when the zoo files are missing it returns {"skipped": why} and writes nothing.
 
-Measured 2026-11-29 (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test sentences except the
+Measured 2026-11-30 with T-aware conversion per T and per-channel dense weight scales (16 test
+sentences): 1-bit spikes 0.9415 at T = 16 (`-T 16 -n 16`), 4-bit graded spikes 0.9871 at T = 8
+(`-T 8 --spike-bits 4 -n 16`): results/encoder.json and results/encoder_b4.json.
+
+Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test sentences except the
 first row's 32; ANN view vs onnxruntime: 1e-7):
 
     defaults, integer mode (results/encoder.json)             0.58 / 0.70 / 0.70 / 0.69
