@@ -44,6 +44,16 @@ def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.nda
     return np.where(theta > 0, theta, 1.0)  # a silent layer still needs theta > 0
 
 
+def threshold_shape(theta: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    """theta (one, or one per channel along `axis`) shaped to broadcast over a tensor of
+    `rank` per-sample axes."""
+    if theta.size == 1:
+        return theta.reshape((1,) * rank)
+    if axis % rank == rank - 1:
+        return theta.reshape(-1)  # features: broadcasts from the right
+    return theta.reshape((-1,) + (1,) * (rank - 1))
+
+
 def to_neuron(
     node: Node, theta: np.ndarray, shape: tuple[int, ...], axis: int, signed: bool
 ) -> Node:
@@ -51,13 +61,7 @@ def to_neuron(
     cap = node.attrs.get("cap")
     if cap is not None:
         theta = np.minimum(theta, cap)
-    rank = len(shape)
-    if theta.size == 1:
-        theta = theta.reshape((1,) * rank)
-    elif axis % rank == rank - 1:
-        theta = theta.reshape(-1)  # features: broadcasts from the right
-    else:
-        theta = theta.reshape((-1,) + (1,) * (rank - 1))
+    theta = threshold_shape(theta, len(shape), axis)
     return Node(
         node.name,
         "if",

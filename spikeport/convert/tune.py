@@ -24,14 +24,17 @@ tensor is large), plus the grid search on at most SEARCH_POSITIONS values per ch
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
 
 from spikeport.batch import Batch, size, take
+from spikeport.convert.balance import threshold_shape
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels, static_tensors
+from spikeport.sim.ops import IFNeuron
 
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
@@ -55,19 +58,12 @@ BIAS_OWNERS = {"dense": "bias", "conv2d": "bias", "conv_transpose2d": "bias", "l
 def rate_code(
     currents: np.ndarray, theta: np.ndarray, bipolar: bool, levels: int = 1
 ) -> np.ndarray:
-    """The T-step rate code, in real units (sum of counts * theta / T), of IF neurons (reset by
-    subtraction, v0 = theta / 2) driven by `currents` (T, C, M) with thresholds `theta`
-    (C, 1): each step they emit k = clamp(floor(v / theta), lo, levels), lo = -levels for
-    bipolar neurons and 0 otherwise (with one level: fire at v >= theta, and -1 at v < 0),
-    as the float simulator does."""
-    v = np.broadcast_to(theta / 2, currents.shape[1:]).copy()
-    count = np.zeros(currents.shape[1:])
-    for current in currents:
-        v += current
-        k = np.clip(np.floor_divide(v, theta), -levels if bipolar else 0, levels)
-        v -= k * theta
-        count += k
-    return count * theta / len(currents)
+    """The T-step rate code, in real units (sum of counts * theta / T), of the float
+    simulator's own IF neurons (reset by subtraction, v0 = theta / 2; bipolar, or unsigned)
+    with `levels` levels a step and thresholds `theta` (C, 1), driven by `currents` (T, C, M)."""
+    neuron = IFNeuron(theta, False, False, currents.shape[1:], bipolar=bipolar, levels=levels)
+    neuron.reset(1)
+    return sum(neuron(current[None])[0] for current in currents) / len(currents)
 
 
 def search(
@@ -81,32 +77,32 @@ def search(
     """Per channel (row of `target` (C, M); `currents` (T, C, M)), the threshold and the bias
     shift (zero unless `shifts`) whose rate code has the least error, and that error.
     Candidates: `start` and THETA_GRID times the channel's largest |activation| over
-    `levels` (a graded neuron's full step carries levels * theta)."""
+    `levels` (a graded neuron's full step carries levels * theta), then REFINE between the
+    grid neighbours of each channel's best."""
     T = len(currents)
     top = np.maximum(np.abs(target).max(axis=1), 1e-12) / levels
     best_theta, best_err = start.astype(np.float64), np.full(len(target), np.inf)
-    best_step = np.zeros(len(target), np.int64)
-    for i, theta in enumerate([start] + [top * f for f in THETA_GRID]):
-        theta = np.where(theta > 0, theta, 1.0)
-        err = _error(rate_code(currents, theta[:, None], bipolar, levels), target)
-        better = err < best_err
-        best_theta, best_err = np.where(better, theta, best_theta), np.minimum(err, best_err)
-        best_step = np.where(better, i - 1, best_step)
-    # Refine between the grid's neighbours of each channel's best (the start: around it).
-    ratio = THETA_GRID[1] / THETA_GRID[0]
-    centre = np.where(best_step >= 0, top * THETA_GRID[np.maximum(best_step, 0)], best_theta)
-    for f in ratio ** np.linspace(-1, 1, REFINE + 2)[1:-1]:
-        theta = centre * f
-        err = _error(rate_code(currents, theta[:, None], bipolar, levels), target)
-        better = err < best_err
-        best_theta, best_err = np.where(better, theta, best_theta), np.minimum(err, best_err)
     best_shift = np.zeros(len(target))
-    for f in SHIFT_GRID if shifts else ():
-        shift = f * best_theta / T
-        moved = currents + shift[None, :, None]
-        err = _error(rate_code(moved, best_theta[:, None], bipolar, levels), target)
+
+    def consider(theta: np.ndarray, shift: np.ndarray) -> None:
+        nonlocal best_theta, best_shift, best_err
+        moved = currents + shift[None, :, None] if np.any(shift) else currents
+        err = _error(rate_code(moved, theta[:, None], bipolar, levels), target)
         better = err < best_err
-        best_shift, best_err = np.where(better, shift, best_shift), np.minimum(err, best_err)
+        best_theta, best_shift = (
+            np.where(better, theta, best_theta),
+            np.where(better, shift, best_shift),
+        )
+        best_err = np.minimum(err, best_err)
+
+    for theta in [np.where(start > 0, start, 1.0)] + [top * f for f in THETA_GRID]:
+        consider(theta, best_shift)
+    ratio = THETA_GRID[1] / THETA_GRID[0]
+    centre = best_theta
+    for f in ratio ** np.linspace(-1, 1, REFINE + 2)[1:-1]:
+        consider(centre * f, best_shift)
+    for f in SHIFT_GRID if shifts else ():
+        consider(best_theta, f * best_theta / T)
     return best_theta, best_shift, best_err
 
 
@@ -128,25 +124,17 @@ def _positions(m: int, channels: int, T: int) -> slice:
     return slice(None, None, max(1, -(-m // most)))
 
 
-def _consumers(graph: Graph) -> dict[str, list[Node]]:
-    users: dict[str, list[Node]] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            users.setdefault(i, []).append(n)
-    return users
-
-
-def _bias_owner(graph: Graph, users: dict[str, list[Node]], tensor: str) -> Node | None:
+def _bias_owner(graph: Graph, tensor: str) -> Node | None:
     """The layer whose bias moves `tensor` one for one and nothing else: the tensor's
     producer if it has a bias, or through an add, one of the add's inputs that does."""
-    prod = next((n for n in graph.nodes if n.output == tensor), None)
-    if prod is None or len(users.get(tensor, [])) != 1 or tensor in graph.outputs:
+    prod = graph.producer(tensor)
+    if prod is None or len(graph.consumers(tensor)) != 1 or tensor in graph.outputs:
         return None
     if prod.op in BIAS_OWNERS:
         return prod
     if prod.op == "add":
         for t in prod.inputs:
-            owner = _bias_owner(graph, users, t)
+            owner = _bias_owner(graph, t)
             if owner is not None:
                 return owner
     return None
@@ -173,7 +161,7 @@ class _Run:
         given = Simulator(graph, "float").encode(x)
         self.spiking = {k: [v] * T for k, v in given.items()}
         self.ann = dict(given)
-        self.left = {k: len(v) for k, v in _consumers(graph).items()}
+        self.left = Counter(i for n in graph.nodes for i in n.inputs)
 
     def step(self, node: Node, ann_node: Node) -> None:
         from spikeport.sim.ops import KERNELS
@@ -258,17 +246,14 @@ def tune_thresholds(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> Graph
     channel axis (balance.channel_axes)."""
     out = copy.deepcopy(snn)
     run = _Run(out, x, T)
-    users = _consumers(out)
     for node, original in zip(out.nodes, snn.nodes, strict=True):
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
-            _tune_neuron(out, run, node, users, axes.get(node.inputs[0], -1))
+            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1))
         run.step(node, original)
     return check_graph(out)
 
 
-def _tune_neuron(
-    graph: Graph, run: _Run, node: Node, users: dict[str, list[Node]], axis: int
-) -> None:
+def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int) -> None:
     """Choose one neuron's thresholds and its feeding layer's bias shift; move the recorded
     currents by that shift."""
     src = node.inputs[0]
@@ -281,26 +266,19 @@ def _tune_neuron(
     if not bipolar:
         target = np.maximum(target, 0)  # the ReLU's output; a cap is applied below
     old = node.params["threshold"]
-    layout = _layout(node, users.get(node.output, []), channels)
+    layout = _layout(node, graph.consumers(node.output), channels)
     if layout == "layer":
         currents, target = currents.reshape(len(currents), 1, -1), target.reshape(1, -1)
     start = np.broadcast_to(old.reshape(-1), (len(target),))
     if node.attrs.get("cap") is not None:
         target = np.minimum(target, node.attrs["cap"])
-    owner = _bias_owner(graph, users, src)
+    owner = _bias_owner(graph, src)
     shifts = owner is not None and (layout == "channel" or channels == 1)
     shifts = shifts and owner.params[BIAS_OWNERS[owner.op]].shape == (channels,)
     theta, shift, _ = search(currents, target, start, bipolar, shifts, spike_levels(node))
     if node.attrs.get("cap") is not None:
         theta = np.minimum(theta, node.attrs["cap"])
-    shape = graph.shape(src)
-    rank = len(shape)
-    if layout == "layer":
-        theta_arr = theta.reshape((1,) * rank)
-    elif axis % rank == rank - 1:
-        theta_arr = theta.reshape(-1)
-    else:
-        theta_arr = theta.reshape((-1,) + (1,) * (rank - 1))
+    theta_arr = threshold_shape(theta, len(graph.shape(src)), axis)
     node.params["threshold"] = theta_arr.astype(np.float32)
     if shifts and np.any(shift):
         key = BIAS_OWNERS[owner.op]
