@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from spikeport.batch import Batch, is_integer, size, take
 from spikeport.errors import CheckFailed
 from spikeport.ir.graph import Graph
 from spikeport.sim import Simulator
@@ -13,41 +14,54 @@ from spikeport.sim.arith import int_limit
 
 
 def check_in_batches(
-    x: np.ndarray,
-    size: int,
-    check: Callable[[np.ndarray, int], None],
+    x: Batch,
+    chunk_size: int,
+    check: Callable[[Batch, int], None],
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Call `check(chunk, index of its first sample)` on x in chunks of `size` (a target's
     verify: each check raises at the first difference), reporting progress; return len(x)."""
-    for start in range(0, len(x), size):
-        chunk = x[start : start + size]
+    for start in range(0, size(x), chunk_size):
+        chunk = take(x, slice(start, start + chunk_size))
         check(chunk, start)
         if progress:
-            progress(len(chunk))
-    return len(x)
+            progress(size(chunk))
+    return size(x)
 
 
-def random_inputs(graph: Graph, n: int, seed: int = 0) -> np.ndarray:
-    """Float inputs that encode exactly to uniformly random int8 codes: they reach every input
-    the range proof covers, so targets are checked beyond the shipped test data."""
+def random_inputs(graph: Graph, n: int, seed: int = 0) -> Batch:
+    """Inputs that reach every input the range proof covers, so targets are checked beyond the
+    shipped test data: float inputs that encode exactly to uniformly random int8 codes; token
+    ids uniform over the rows of the embedding that reads them; other integer inputs (masks)
+    random 0/1 flags. One array for a single-input graph, else {input name: array}."""
+    rng = np.random.default_rng(seed)
     lim = int_limit(graph.meta["quantization"]["input_bits"])
-    codes = np.random.default_rng(seed).integers(-lim, lim + 1, (n,) + graph.input.shape)
-    return (codes * graph.scales[graph.input.name]).astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    for t in graph.inputs:
+        if is_integer(t):
+            rows = [
+                c.params["table_q"].shape[0] for c in graph.consumers(t.name) if c.op == "embed"
+            ]
+            out[t.name] = rng.integers(0, min(rows) if rows else 2, (n,) + t.shape)
+        else:
+            codes = rng.integers(-lim, lim + 1, (n,) + t.shape)
+            out[t.name] = (codes * graph.scales[t.name]).astype(np.float64)
+    return out if len(out) > 1 else out[graph.inputs[0].name]
 
 
 def reference(
-    graph: Graph, x: np.ndarray, T: int
+    graph: Graph, x: Batch, T: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """(int8 input codes, spikes per neuron node (T, N, size), output accumulators (T, N, out))
-    of a single-input graph (the targets take one input)."""
+    """(int8 codes of the first input, spikes per neuron node (T, N, size), the output
+    accumulators of every graph output side by side (T, N, total size))."""
     sim = Simulator(graph, "int")
     res = sim.run(x, T, record=True)
     assert res.trace is not None
+    n = size(x)
     spikes = {
-        n.name: res.trace[n.output].reshape(T, len(x), -1) for n in graph.nodes if n.op == "if"
+        n_.name: res.trace[n_.output].reshape(T, n, -1) for n_ in graph.nodes if n_.op == "if"
     }
-    acc = res.outputs[graph.outputs[0]].reshape(T, len(x), -1)
+    acc = np.concatenate([res.outputs[o].reshape(T, n, -1) for o in graph.outputs], axis=-1)
     return sim.encode(x)[graph.inputs[0].name], spikes, acc
 
 

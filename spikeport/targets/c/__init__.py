@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from spikeport.batch import Batch, is_integer
 from spikeport.ir.artifact import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
+from spikeport.sim import Simulator
 from spikeport.targets import Target, register_target
 from spikeport.targets.c.emit import C_OPS, emit_c
 from spikeport.targets.c.run import run_host
@@ -35,8 +37,8 @@ DEFAULT_T = 8
 BATCH = 256
 
 
-def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
-    summary = emit_c(graph, outdir)
+def emit(graph: Graph, outdir: Path, board: str | None = None) -> dict[str, Any]:
+    summary = emit_c(graph, outdir, board)
     save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
     return summary
 
@@ -44,7 +46,7 @@ def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
 def verify(
     graph: Graph,
     outdir: Path,
-    x: np.ndarray,
+    x: Batch,
     T: int = DEFAULT_T,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -58,18 +60,24 @@ def verify(
     return {"samples": n, "timesteps": T, "runner": "host cc"}
 
 
+def c_inputs(graph: Graph, x: Batch) -> list[np.ndarray]:
+    """The fields of spk_input_t for x: int8 codes of float inputs, int32 integer inputs."""
+    values = Simulator(graph, "int").encode(x)
+    return [values[t.name].astype(np.int32 if is_integer(t) else np.int8) for t in graph.inputs]
+
+
 def check_one_batch(
     graph: Graph,
     outdir: Path,
-    x: np.ndarray,
+    x: Batch,
     T: int,
     runner: Any,
     first: int = 0,
     target: str = "C (host)",
 ) -> None:
-    codes, ref_spikes, ref_acc = reference(graph, x, T)
+    _, ref_spikes, ref_acc = reference(graph, x, T)
     sizes = [s.shape[-1] for s in ref_spikes.values()]
-    trace = runner(outdir, codes.reshape(len(x), -1), T, sizes, ref_acc.shape[-1])
+    trace = runner(outdir, c_inputs(graph, x), T, sizes, ref_acc.shape[-1])
     got = dict(zip(ref_spikes, trace.spikes, strict=True))
     check_equal(target, ref_spikes, ref_acc, got, trace.acc, first)
 

@@ -1,13 +1,17 @@
 """Integer graph -> C99 sources (model.h, model.c), a test harness, a Makefile and a README.
 
-Every tensor is a buffer in one static state struct (spikes int8, currents int32; a reshape
-aliases its input). Weights, biases, thresholds and multipliers are `static const` arrays, so
-they live in flash. Layers whose inputs never change (the direct-encoded input through
-stateless ops) run once after spk_reset(), exactly as in the reference simulator.
+Spikes are int8, currents int32, the running sums and integer functions of the
+expectation-compensated operators int64. Tensors that live within a step share per-type
+arenas planned by liveness (memory.py); the inputs, the tensors computed once, and all
+neuron and operator state live in one static state struct; a reshape aliases its input.
+Weights, biases, thresholds, multipliers and index tables are `static const` arrays, so they
+live in flash. Layers whose inputs never change (the direct-encoded input through stateless
+ops) run once after spk_reset(), exactly as in the reference simulator.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,14 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from spikeport.batch import is_integer
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import spike_levels, static_tensors
+from spikeport.ir.ops import attr, spike_levels, static_tensors
 from spikeport.registry import registrar
 from spikeport.targets.c import kernels as K
+from spikeport.targets.c.boards import check_fit
+from spikeport.targets.c.intfunc import c_functions
+from spikeport.targets.c.memory import Lifetime, plan_offsets
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BOARD = Path(__file__).resolve().parent / "board"
-CTYPE_BYTES = {"int8_t": 1, "int16_t": 2, "int32_t": 4}
+CTYPE_BYTES = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint16_t": 2}
 
 
 @dataclass
@@ -37,6 +45,8 @@ class Layer:
     consts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # ctype, name, data
     state: list[tuple[str, str, int]] = field(default_factory=list)  # ctype, name, size
     reset: str = ""
+    scratch: list[tuple[str, str, int]] = field(default_factory=list)  # ctype, name, size
+    probe: str = ""  # the verification hook's call, after a neuron layer
 
 
 def c_ident(text: str) -> str:
@@ -59,31 +69,44 @@ def broadcast_index(full: tuple[int, ...], compact: tuple[int, ...], var: str = 
 
 
 class Plan:
-    """Buffers and names for every tensor of the graph."""
+    """C types, buffers and names of every tensor of the graph.
+
+    A reshape shares its input's buffer. Layer bodies name a tensor's buffer by a macro
+    (`plan.buf(t)`, B<k>); `model_sources` defines it once the buffers are placed (memory.py).
+    """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.ctype: dict[str, str] = {graph.input.name: "int8_t"}
-        self.buffer: dict[str, str] = {graph.input.name: "spk_state.in"}
         self.static = static_tensors(graph)
+        self.ctype: dict[str, str] = {
+            t.name: "int32_t" if is_integer(t) else "int8_t" for t in graph.inputs
+        }
+        self.root: dict[str, str] = {t.name: t.name for t in graph.inputs}
         for n in graph.nodes:
             self.ctype[n.output] = self._ctype(n)
-            if n.op == "reshape":
-                self.buffer[n.output] = self.buffer[n.inputs[0]]
-            else:
-                self.buffer[n.output] = f"spk_state.{c_ident('t_' + n.name)}"
+            self.root[n.output] = self.root[n.inputs[0]] if n.op == "reshape" else n.output
+        roots = dict.fromkeys(self.root.values())
+        self.macro = {t: f"B{k}" for k, t in enumerate(roots)}
+        self.probe = {n.name: k for k, n in enumerate(n for n in graph.nodes if n.op == "if")}
+        self.functions: set[str] = set()  # integer functions the layers call (intfunc.py)
 
     def _ctype(self, n: Node) -> str:
         if n.op == "if":
             return "int8_t"
-        if n.op in ("reshape", "maxpool2d", "concat") and all(
-            self.ctype[i] == "int8_t" for i in n.inputs
-        ):
+        moves = n.op in INT8_KEEPING or (n.op == "resize" and attr(n, "mode") == "nearest")
+        if moves and all(self.ctype[i] == "int8_t" for i in n.inputs):
             return "int8_t"
         return "int32_t"
 
+    def buf(self, tensor: str) -> str:
+        return self.macro[self.root[tensor]]
+
     def size(self, tensor: str) -> int:
         return int(np.prod(self.graph.shape(tensor)))
+
+
+# Ops that only move or pick values keep int8 spikes int8 (a max of int8 running maxima too).
+INT8_KEEPING = frozenset({"reshape", "maxpool2d", "concat", "transpose", "take", "slice", "pad"})
 
 
 def _geometry(plan: Plan, n: Node) -> dict[str, Any]:
@@ -101,8 +124,8 @@ def _geometry(plan: Plan, n: Node) -> dict[str, Any]:
         pl=pads[1],
         sh=strides[0],
         sw=strides[1],
-        x=plan.buffer[n.inputs[0]],
-        y=plan.buffer[n.output],
+        x=plan.buf(n.inputs[0]),
+        y=plan.buf(n.output),
     )
 
 
@@ -124,8 +147,8 @@ def _dense(plan: Plan, n: Node, cid: str) -> Layer:
         n_out=n_out,
         w=f"w_{cid}",
         b=f"b_{cid}",
-        x=plan.buffer[n.inputs[0]],
-        y=plan.buffer[n.output],
+        x=plan.buf(n.inputs[0]),
+        y=plan.buf(n.output),
     )
     return Layer(
         n, body, consts=[("int8_t", f"w_{cid}", w), ("int32_t", f"b_{cid}", n.params["bias_q"])]
@@ -163,7 +186,7 @@ def _pool(plan: Plan, n: Node, init: str, fold: str, store: str, src: str, **ext
 
 @c_op("avgpool2d")
 def _avgpool(plan: Plan, n: Node, cid: str) -> Layer:
-    body = _pool(plan, n, "0", K.AVGPOOL_FOLD, K.AVGPOOL_STORE, plan.buffer[n.inputs[0]])
+    body = _pool(plan, n, "0", K.AVGPOOL_FOLD, K.AVGPOOL_STORE, plan.buf(n.inputs[0]))
     return Layer(n, body)
 
 
@@ -171,7 +194,7 @@ def _avgpool(plan: Plan, n: Node, cid: str) -> Layer:
 def _maxpool(plan: Plan, n: Node, cid: str) -> Layer:
     n_in, n_out = plan.size(n.inputs[0]), plan.size(n.output)
     total, prev = f"spk_state.s_{cid}", f"spk_state.m_{cid}"
-    pre = K.MAXPOOL_PRE.substitute(n_in=n_in, sum=total, x=plan.buffer[n.inputs[0]])
+    pre = K.MAXPOOL_PRE.substitute(n_in=n_in, sum=total, x=plan.buf(n.inputs[0]))
     body = pre + _pool(plan, n, "INT32_MIN", K.MAXPOOL_FOLD, K.MAXPOOL_STORE, total, prev=prev)
     return Layer(n, body, state=[("int32_t", f"s_{cid}", n_in), ("int32_t", f"m_{cid}", n_out)])
 
@@ -185,12 +208,12 @@ def _add(plan: Plan, n: Node, cid: str) -> Layer:
         consts.append(("int16_t", f"m{k}_{cid}", mult[k]))
         terms.append(
             K.ADD_TERM.substitute(
-                m=f"m{k}_{cid}", x=plan.buffer[t], mi=broadcast_index(shape, mult.shape[1:])
+                m=f"m{k}_{cid}", x=plan.buf(t), mi=broadcast_index(shape, mult.shape[1:])
             )
         )
     body = K.ADD.substitute(
         n=plan.size(n.output),
-        y=plan.buffer[n.output],
+        y=plan.buf(n.output),
         terms="\n            + ".join(terms),
         div=f"INT64_C({1 << n.attrs.get('shift', 0)})",
     )
@@ -211,8 +234,8 @@ def _concat(plan: Plan, n: Node, cid: str) -> Layer:
                 inner=inner,
                 inner_out=inner_out,
                 offset=offset,
-                x=plan.buffer[t],
-                y=plan.buffer[n.output],
+                x=plan.buf(t),
+                y=plan.buf(n.output),
             )
         )
         offset += inner
@@ -233,9 +256,7 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
     bipolar = n.attrs.get("bipolar", False)
     signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
     levels = spike_levels(n)
-    io = dict(
-        n=size, th=f"th_{cid}", ti=ti, v=v, x=plan.buffer[n.inputs[0]], y=plan.buffer[n.output]
-    )
+    io = dict(n=size, th=f"th_{cid}", ti=ti, v=v, x=plan.buf(n.inputs[0]), y=plan.buf(n.output))
     if levels > 1:
         low = f"-{levels}" if bipolar else (f"-({count}[i] < {levels} ? {count}[i] : {levels})")
         body = K.IF_GRADED.substitute(
@@ -255,6 +276,7 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
         body,
         consts=[("int32_t", f"th_{cid}", th)],
         state=state,
+        probe=f"    SPK_PROBE({plan.probe[n.name]}, {plan.buf(n.output)}, {size});\n",
         reset=K.IF_RESET.substitute(n=size, v=v, th=f"th_{cid}", ti=ti),
     )
 
@@ -279,106 +301,231 @@ def _render(name: str, **values: Any) -> str:
     return Template((TEMPLATES / name).read_text()).substitute(values)
 
 
-def _state_fields(plan: Plan, layers: list[Layer]) -> list[tuple[str, str, int]]:
+@dataclass
+class Memory:
+    """Where every buffer lives: persistent `fields` of the state struct (inputs, tensors
+    computed once, neuron and operator state, accumulators) and one arena per C type for the
+    tensors and scratch rows that live within a step."""
+
+    fields: list[tuple[str, str, int]]
+    arenas: dict[str, int]
+    defines: list[str]
+
+    @property
+    def ram_bytes(self) -> int:
+        state = sum(CTYPE_BYTES[t] * size for t, _, size in self.fields) + 4
+        return state + sum(CTYPE_BYTES[t] * size for t, size in self.arenas.items())
+
+
+ARENA = {"int8_t": "spk_arena8", "int32_t": "spk_arena32", "int64_t": "spk_arena64"}
+
+
+def _lifetimes(plan: Plan, layers: list[Layer]) -> dict[str, list[Lifetime]]:
+    """Lifetimes (in step order) of the tensors and scratch rows that live within a step."""
     g = plan.graph
-    fields = [("int8_t", "in", plan.size(g.input.name))]
-    for n in g.nodes:
+    step = [layer for layer in layers if not layer.static]
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, layer in enumerate(step):
+        n = layer.node
+        for t in n.inputs:
+            last[plan.root[t]] = i
         if n.op != "reshape":
-            fields.append((plan.ctype[n.output], c_ident("t_" + n.name), plan.size(n.output)))
+            first.setdefault(n.output, i)
+    for o in g.outputs:  # read after the last layer, by the accumulators
+        last[plan.root[o]] = len(step)
+    by_type: dict[str, list[Lifetime]] = {}
+    for t, i in first.items():
+        size = plan.size(t)
+        by_type.setdefault(plan.ctype[t], []).append(Lifetime(t, size, i, max(i, last.get(t, i))))
+    for i, layer in enumerate(step):
+        for ctype, name, size in layer.scratch:
+            by_type.setdefault(ctype, []).append(Lifetime(name, size, i, i))
+    return by_type
+
+
+def plan_memory(plan: Plan, layers: list[Layer]) -> Memory:
+    g = plan.graph
+    fields: list[tuple[str, str, int]] = []
+    defines: list[str] = []
+    persistent = [t.name for t in g.inputs] + [
+        n.output for n in g.nodes if n.op != "reshape" and n.output in plan.static
+    ]
+    for t in persistent:
+        name = plan.macro[t].lower()
+        fields.append((plan.ctype[t], name, plan.size(t)))
+        defines.append(f"#define {plan.macro[t]} (spk_state.{name}) /* {t} */")
+    arenas: dict[str, int] = {}
+    for ctype, lives in sorted(_lifetimes(plan, layers).items()):
+        offsets, arenas[ctype] = plan_offsets(lives)
+        for life in lives:
+            macro = plan.macro.get(life.name, life.name)
+            note = f" /* {life.name} */" if life.name in plan.macro else ""
+            defines.append(f"#define {macro} ({ARENA[ctype]} + {offsets[life.name]}){note}")
     for layer in layers:
         fields += layer.state
     fields += [("int32_t", f"acc{k}", plan.size(o)) for k, o in enumerate(g.outputs)]
-    return fields
+    return Memory(fields, {t: s for t, s in arenas.items() if s}, defines)
 
 
-def model_sources(graph: Graph) -> dict[str, str]:
-    """model.h and model.c for `graph`, plus size figures."""
+def input_fields(graph: Graph) -> list[tuple[str, str, int, str]]:
+    """(ctype, field name, size, description) of each graph input in spk_input_t."""
+    out, seen = [], set()
+    for t in graph.inputs:
+        name = c_ident(t.name)
+        while name in seen:
+            name += "_"
+        seen.add(name)
+        if is_integer(t):
+            note = "integers (token ids, mask flags), as given"
+        else:
+            scale = float(graph.scales[t.name].reshape(-1)[0])
+            note = f"int8 codes q = clamp(floor(x / {scale!r} + 1/2), -127, 127)"
+        ctype = "int32_t" if is_integer(t) else "int8_t"
+        out.append((ctype, name, int(np.prod(t.shape)), f"'{t.name}' {list(t.shape)}: {note}"))
+    return out
+
+
+def _io_values(graph: Graph, plan: Plan) -> dict[str, Any]:
+    fields = input_fields(graph)
+    outs, offset = [], 0
+    for o in graph.outputs:
+        outs.append(
+            f" *   out[{offset}..{offset + plan.size(o) - 1}]: '{o}' {list(graph.shape(o))}"
+        )
+        offset += plan.size(o)
+    return dict(
+        input_fields="\n".join(
+            f"    {t} {name}[{size}]; /* {note} */" for t, name, size, note in fields
+        ),
+        copy_inputs="\n".join(
+            f"        memcpy({plan.buf(t.name)}, in->{f[1]}, sizeof in->{f[1]});"
+            for t, f in zip(graph.inputs, fields, strict=True)
+        ),
+        read_input=" &&\n           ".join(
+            f"fread(in->{name}, sizeof in->{name}, 1, stdin) == 1" for _, name, _, _ in fields
+        ),
+        output_size=offset,
+        output_map="\n".join(outs),
+        output_scales="\n".join(
+            f" *   '{o}': {float(graph.scales[o].reshape(-1)[0])!r}"
+            + (" (per channel: see the artifact)" if graph.scales[o].size > 1 else "")
+            for o in graph.outputs
+        ),
+    )
+
+
+def _accumulate(plan: Plan) -> str:
+    parts, offset = [], 0
+    for k, o in enumerate(plan.graph.outputs):
+        n = plan.size(o)
+        parts.append(K.ACCUMULATE.substitute(n=n, acc=f"acc{k}", y=plan.buf(o), offset=offset))
+        offset += n
+    return "".join(parts)
+
+
+def model_sources(graph: Graph) -> dict[str, Any]:
+    """model.h, model.c and harness.c for `graph`, plus size figures."""
     plan, layers = build_layers(graph)
     probes = [n for n in graph.nodes if n.op == "if"]
-    out = graph.outputs[0]
-    fields = _state_fields(plan, layers)
+    memory = plan_memory(plan, layers)
     functions, static_calls, step_calls = [], [], []
     for i, layer in enumerate(layers):
         n = layer.node
         functions.append(
             f"/* {n.name}: {n.op} -> {list(graph.shape(n.output))} */\n"
-            f"static void layer_{i}(void)\n{{\n{layer.body}}}\n"
+            f"static void layer_{i}(void)\n{{\n{layer.body}{layer.probe}}}\n"
         )
-        if layer.static:
-            static_calls.append(f"        layer_{i}();")
-        else:
-            step_calls.append(f"    layer_{i}();")
+        (static_calls if layer.static else step_calls).append(f"layer_{i}();")
     consts = [c for layer in layers for c in layer.consts]
     flash = sum(CTYPE_BYTES[t] * np.asarray(d).size for t, _, d in consts)
-    ram = sum(CTYPE_BYTES[t] * size for t, _, size in fields) + 4
     values = dict(
-        input_size=plan.size(graph.input.name),
-        output_size=plan.size(out),
+        _io_values(graph, plan),
         num_probes=len(probes),
         graded_define=(
             "#define SPK_GRADED 1 /* a spike is a count; an event adds count * w */\n"
             if any(spike_levels(n) > 1 for n in probes)
             else ""
         ),
-        input_scale=repr(float(graph.scales[graph.input.name].item())),
-        output_scale=repr(float(graph.scales[out].item())),
         max_t=graph.meta["quantization"]["max_timesteps"],
         probe_names="\n".join(
             f" *   {k}: {n.name} {list(graph.shape(n.output))}" for k, n in enumerate(probes)
         ),
+        int_functions=c_functions(plan.functions),
         consts="\n\n".join(c_array(*c) for c in consts),
-        state_fields="\n".join(f"    {t} {name}[{size}];" for t, name, size in fields),
-        probe_ptrs=", ".join(plan.buffer[n.output] for n in probes) or "0",
-        probe_sizes=", ".join(str(plan.size(n.output)) for n in probes) or "0",
+        state_fields="\n".join(f"    {t} {name}[{size}];" for t, name, size in memory.fields),
+        arenas="\n".join(
+            f"static {t} {ARENA[t]}[{size}];" for t, size in sorted(memory.arenas.items())
+        ),
+        buffers="\n".join(memory.defines),
         functions="\n".join(functions),
         resets="".join(layer.reset for layer in layers),
-        static_calls="\n".join(static_calls),
-        step_calls="\n".join(step_calls),
-        accumulate=K.ACCUMULATE.substitute(n=plan.size(out), acc="acc0", y=plan.buffer[out]),
+        static_calls="\n".join(f"        {c}" for c in static_calls),
+        step_calls="\n".join(f"    {c}" for c in step_calls),
+        accumulate=_accumulate(plan),
         flash_bytes=flash,
-        ram_bytes=ram,
+        ram_bytes=memory.ram_bytes,
     )
     return {
         "model.h": _render("model.h.tmpl", **values),
         "model.c": _render("model.c.tmpl", **values),
-        "flash_bytes": str(flash),
-        "ram_bytes": str(ram),
+        "harness.c": _render("harness.c.tmpl", **values),
+        "flash_bytes": flash,
+        "ram_bytes": memory.ram_bytes,
+        "arena_bytes": {t: CTYPE_BYTES[t] * s for t, s in memory.arenas.items()},
     }
 
 
-def emit_c(graph: Graph, outdir: Path) -> dict[str, Any]:
-    """Write the C target into `outdir`; return the size summary."""
+def emit_c(graph: Graph, outdir: Path, board: str | None = None) -> dict[str, Any]:
+    """Write the C target into `outdir`; return the size summary. With a `board`, a model
+    that does not fit its flash or RAM is refused before anything is written."""
     src = model_sources(graph)
-    for name in ("model.h", "model.c"):
+    size = {
+        "flash_bytes_model_data": int(src["flash_bytes"]),
+        "ram_bytes_state": int(src["ram_bytes"]),
+    }
+    if board is not None:
+        size["board"] = check_fit(board, size["flash_bytes_model_data"], size["ram_bytes_state"])
+    for name in ("model.h", "model.c", "harness.c"):
         (outdir / name).write_text(src[name])
-    for name in ("harness.c", "Makefile", "README.md"):
+    for name in ("Makefile", "README.md"):
         (outdir / name).write_text((TEMPLATES / f"{name}.tmpl").read_text())
-    board = outdir / "board"
-    board.mkdir()
+    board_dir = outdir / "board"
+    board_dir.mkdir()
     for f in BOARD.iterdir():
-        (board / f.name).write_text(f.read_text())
+        (board_dir / f.name).write_text(f.read_text())
     probes = [
         {"node": n.name, "size": int(np.prod(graph.shape(n.output)))}
         for n in graph.nodes
         if n.op == "if"
     ]
-    size = {
-        "flash_bytes_model_data": int(src["flash_bytes"]),
-        "ram_bytes_state": int(src["ram_bytes"]),
-    }
-    (outdir / "size_report.txt").write_text(
-        "spikeport C target, size of the model alone (before compilation):\n"
-        "  flash (weights, biases, thresholds, multipliers): "
-        f"{size['flash_bytes_model_data']} bytes\n"
-        f"  RAM (state struct: buffers, potentials): {size['ram_bytes_state']} bytes\n"
-        "Compiled section sizes: `make size` (arm-none-eabi-size of model.o).\n"
-    )
-    import json
-
+    (outdir / "size_report.txt").write_text(size_text(size))
     (outdir / "size_report.json").write_text(json.dumps(size, indent=2) + "\n")
     return {
         "size": size,
         "probes": probes,
-        "input_size": int(np.prod(graph.input.shape)),
-        "output_size": int(np.prod(graph.shape(graph.outputs[0]))),
+        "input_size": sum(int(np.prod(t.shape)) for t in graph.inputs),
+        "output_size": sum(int(np.prod(graph.shape(o))) for o in graph.outputs),
     }
+
+
+def size_text(size: dict[str, Any]) -> str:
+    lines = [
+        "spikeport C target, size of the model alone (before compilation):",
+        "  flash (weights, biases, thresholds, multipliers, tables): "
+        f"{size['flash_bytes_model_data']} bytes",
+        "  RAM (state struct and the step arenas, planned by liveness): "
+        f"{size['ram_bytes_state']} bytes",
+    ]
+    if "board" in size:
+        b = size["board"]
+        lines.append(
+            f"  board {b['name']}: {b['flash_bytes']} bytes flash, {b['ram_bytes']} bytes RAM "
+            f"({b['core']})"
+        )
+    lines.append("Compiled section sizes: `make size` (arm-none-eabi-size of model.o).")
+    return "\n".join(lines) + "\n"
+
+
+# The transformer and extension ops register into C_OPS too.
+from spikeport.targets.c import seq_ops as _seq_ops  # noqa: E402,F401

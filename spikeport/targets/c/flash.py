@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from spikeport.batch import Batch, size, take
 from spikeport.errors import BadInput
 from spikeport.ir.artifact import load
-from spikeport.targets.c import check_one_batch
+from spikeport.targets.c import c_inputs, check_one_batch
 from spikeport.targets.c.run import make, need, qemu_command, run_qemu, write_inputs_h
 from spikeport.targets.compare import random_inputs
 
@@ -58,29 +59,26 @@ def _executed(outdir: Path, runs: int) -> int:
     return count
 
 
-def instructions_per_inference(outdir: Path, codes: np.ndarray, T: int) -> int:
-    write_inputs_h(outdir, codes[:1], T)
+def instructions_per_inference(outdir: Path, inputs: list[np.ndarray], T: int) -> int:
+    write_inputs_h(outdir, [a[:1] for a in inputs], T)
     return _executed(outdir, 1) - _executed(outdir, 0)
 
 
-def flash_qemu(
-    outdir: Path, x: np.ndarray | None, n: int, T: int, count: bool = True
-) -> dict[str, Any]:
+def flash_qemu(outdir: Path, x: Batch | None, n: int, T: int, count: bool = True) -> dict[str, Any]:
     """Run n inputs for T steps on QEMU, compare with the simulator, measure size and cost."""
     graph = load(outdir / "model.spk")
-    inputs = x[:n] if x is not None else random_inputs(graph, n)
+    inputs = take(x, slice(0, n)) if x is not None else random_inputs(graph, n)
     check_one_batch(graph, outdir, inputs, T, run_qemu, target="C (Cortex-M3, QEMU)")
     report: dict[str, Any] = {
         "board": QEMU_BOARD,
-        "samples": len(inputs),
+        "samples": size(inputs),
         "timesteps": T,
         "bit_exact": True,
         "model_o": arm_size(outdir),
     }
     if count:
-        codes = inputs / graph.scales[graph.input.name]
         report["instructions_per_inference"] = instructions_per_inference(
-            outdir, np.floor(codes.reshape(len(codes), -1) + 0.5).astype(np.int64), T
+            outdir, c_inputs(graph, inputs), T
         )
         report["instructions_note"] = (
             "Thumb-2 instructions executed by one spk_run() of T steps under QEMU (not cycles)"

@@ -149,5 +149,8 @@ IF_RESET = Template("""\
 """)
 
 ACCUMULATE = Template("""\
-    for (int i = 0; i < $n; ++i) spk_state.${acc}[i] += ${y}[i];
+    for (int i = 0; i < $n; ++i) {
+        spk_state.${acc}[i] += ${y}[i];
+        out[$offset + i] = spk_state.${acc}[i];
+    }
 """)

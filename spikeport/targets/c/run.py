@@ -75,26 +75,42 @@ def parse_trace(text: str, n: int, T: int, sizes: list[int], n_out: int) -> Trac
     return Trace(spikes, acc)
 
 
-def run_host(outdir: Path, codes: np.ndarray, T: int, sizes: list[int], n_out: int) -> Trace:
+def input_bytes(inputs: list[np.ndarray]) -> bytes:
+    """The harness's stdin: each sample's spk_input_t fields in order, raw little-endian."""
+    n = len(inputs[0])
+    flat = [a.reshape(n, -1) for a in inputs]
+    return b"".join(
+        b"".join(a[k].astype(a.dtype.newbyteorder("<")).tobytes() for a in flat) for k in range(n)
+    )
+
+
+def run_host(outdir: Path, inputs: list[np.ndarray], T: int, sizes: list[int], n_out: int) -> Trace:
+    """Run the host harness on `inputs` (one (N, ...) array per spk_input_t field, int8 or
+    int32) for T steps."""
     need("cc")
     make(outdir, "harness")
     res = subprocess.run(
         [str(outdir / "harness"), str(T)],
-        input=codes.astype(np.int8).tobytes(),
+        input=input_bytes(inputs),
         capture_output=True,
         check=False,
     )
     if res.returncode != 0:
         raise BadInput(f"{outdir}/harness exited {res.returncode}: {res.stderr.decode()[:200]}")
-    return parse_trace(res.stdout.decode(), len(codes), T, sizes, n_out)
+    return parse_trace(res.stdout.decode(), len(inputs[0]), T, sizes, n_out)
 
 
-def write_inputs_h(outdir: Path, codes: np.ndarray, T: int) -> None:
-    rows = ",\n    ".join("{" + ", ".join(str(int(v)) for v in row) + "}" for row in codes)
+def write_inputs_h(outdir: Path, inputs: list[np.ndarray], T: int) -> None:
+    n = len(inputs[0])
+
+    def field(a: np.ndarray) -> str:
+        return "{" + ", ".join(str(int(v)) for v in a.reshape(-1)) + "}"
+
+    rows = ",\n    ".join("{" + ", ".join(field(a[k]) for a in inputs) + "}" for k in range(n))
     (outdir / "inputs.h").write_text(
-        "/* Inputs embedded by spikeport flash (int8 codes). */\n"
-        f"#define SPK_N_SAMPLES {len(codes)}\n#define SPK_T {T}\n"
-        f"static const int8_t spk_inputs[SPK_N_SAMPLES][SPK_INPUT_SIZE] = {{\n    {rows}\n}};\n"
+        "/* Inputs embedded by spikeport flash (the fields of spk_input_t). */\n"
+        f"#define SPK_N_SAMPLES {n}\n#define SPK_T {T}\n"
+        f"static const spk_input_t spk_inputs[SPK_N_SAMPLES] = {{\n    {rows}\n}};\n"
     )
 
 
@@ -112,9 +128,9 @@ def qemu_command(elf: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_qemu(outdir: Path, codes: np.ndarray, T: int, sizes: list[int], n_out: int) -> Trace:
+def run_qemu(outdir: Path, inputs: list[np.ndarray], T: int, sizes: list[int], n_out: int) -> Trace:
     need("arm-none-eabi-gcc")
-    write_inputs_h(outdir, codes, T)
+    write_inputs_h(outdir, inputs, T)
     make(outdir, "firmware.elf")
     res = subprocess.run(
         qemu_command(outdir / "firmware.elf"),
@@ -125,4 +141,4 @@ def run_qemu(outdir: Path, codes: np.ndarray, T: int, sizes: list[int], n_out: i
     )
     if res.returncode != 0:
         raise BadInput(f"QEMU run exited {res.returncode}: {res.stderr.decode()[:200]}")
-    return parse_trace(res.stdout.decode(), len(codes), T, sizes, n_out)
+    return parse_trace(res.stdout.decode(), len(inputs[0]), T, sizes, n_out)

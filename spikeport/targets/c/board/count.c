@@ -9,7 +9,7 @@ int main(void)
     int32_t out[SPK_OUTPUT_SIZE] = {0};
     int r;
     for (r = 0; r < SPK_RUNS; ++r) {
-        spk_run(spk_inputs[0], SPK_T, out);
+        spk_run(&spk_inputs[0], SPK_T, out);
     }
     return out[0] == 0x7fffffff;  /* keeps the work observable */
 }
