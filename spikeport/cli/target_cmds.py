@@ -16,6 +16,7 @@ from spikeport.fileio import atomic_output
 from spikeport.ir import load
 from spikeport.progress import progress
 from spikeport.targets import check_emit_dir, discover, emit, read_manifest, verify
+from spikeport.targets.c.boards import BOARDS
 
 TARGET_NAMES = sorted(discover())
 
@@ -37,10 +38,16 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=output_dir,
     help="Output directory (new, empty, or written by emit before).",
 )
+@click.option(
+    "--board",
+    type=click.Choice(sorted(BOARDS)),
+    default=None,
+    help="C target: refuse, before writing, a model that does not fit this board's flash/RAM.",
+)
 @QUIET
-def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
+def emit_cmd(model: str, target: str, output: str, board: str | None, quiet: bool) -> None:
     """Write MODEL (quantized) as a deployable TARGET into a directory."""
-    manifest = emit(load(model), target, output)
+    manifest = emit(load(model), target, output, board=board)
     size = manifest["summary"].get("size")
     detail = ""
     if size:
@@ -48,6 +55,9 @@ def emit_cmd(model: str, target: str, output: str, quiet: bool) -> None:
             f", model data {size['flash_bytes_model_data']} B flash, "
             f"state {size['ram_bytes_state']} B RAM"
         )
+    if size and "board" in size:
+        b = size["board"]
+        detail += f"; fits {b['name']} ({b['flash_bytes']} B flash, {b['ram_bytes']} B RAM)"
     say(quiet, f"{output}: target {target}{detail}")
     for note in manifest["summary"].get("notes", []):  # what the target cannot say in files only
         say(quiet, f"note: {note}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import inspect
 import json
 import os
 import pkgutil
@@ -116,14 +117,20 @@ def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
     return out
 
 
-def emit(graph: Graph, target_name: str, outdir: str | os.PathLike[str]) -> dict[str, Any]:
+def emit(
+    graph: Graph, target_name: str, outdir: str | os.PathLike[str], board: str | None = None
+) -> dict[str, Any]:
     """Check, then write the target into a new directory beside `outdir` and rename it into
-    place (a failure leaves `outdir` untouched; see check_emit_dir for what is replaced)."""
+    place (a failure leaves `outdir` untouched; see check_emit_dir for what is replaced).
+    `board`: a memory profile the target checks the model against (targets that have them)."""
     target = get_target(target_name)
+    takes_board = "board" in inspect.signature(target.emit).parameters
+    if board is not None and not takes_board:
+        raise BadInput(f"target '{target_name}' has no board profiles (--board is for 'c')")
     out = check_emit_dir(outdir)
     check_fits(graph, target.profile)
     with temp_dir_beside(out) as tmp:
-        summary = target.emit(graph, tmp)
+        summary = target.emit(graph, tmp, board=board) if takes_board else target.emit(graph, tmp)
         manifest = {
             "target": target.name,
             "spikeport_version": __version__,
