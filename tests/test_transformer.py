@@ -12,12 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from spikeport.convert import convert, import_onnx
 from spikeport.data import load_data
-from spikeport.errors import CapabilityExceeded, UnsupportedOp
+from spikeport.errors import UnsupportedOp
 from spikeport.eval import evaluate
 from spikeport.eval.evaluate import onnx_logits
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import simulate
-from spikeport.targets import emit
 
 VIT = EXAMPLES / "digits_vit.onnx"
 CALIB = EXAMPLES / "digits_calib.npz"
@@ -65,12 +64,6 @@ def test_vit_integer_accuracy_close_to_ann(vit_int):
     assert ann > 0.95
     assert acc[8] >= ann - 0.02
     assert acc[4] >= ann - 0.05
-
-
-def test_c_target_refuses_transformer_ops_by_name(vit_int, tmp_path):
-    with pytest.raises(CapabilityExceeded, match="node '.*': op '.*' is not supported by target"):
-        emit(vit_int, "c", tmp_path / "vit_c")
-    assert not (tmp_path / "vit_c").exists()
 
 
 def test_unsupported_op_in_a_transformer_is_refused_by_name(tmp_path):

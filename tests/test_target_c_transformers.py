@@ -1,0 +1,209 @@
+"""C target on transformers and every import family: bit-exact with the integer simulator at
+every step (spikes of every neuron layer and the output accumulators), on random inputs and
+on the test sets, on the host and on an emulated Cortex-M3; buffers planned by liveness;
+boards that cannot hold a model refuse it before anything is written.
+
+Tiers as in test_target_c.py: host tests need cc, QEMU tests gcc-arm-none-eabi and
+qemu-system-arm; missing tools skip, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import EXAMPLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from test_target_c import needs_cc, needs_qemu
+
+from spikeport.cli.main import main
+from spikeport.convert import convert
+from spikeport.data import load_data
+from spikeport.errors import CapabilityExceeded
+from spikeport.ir import save
+from spikeport.quantize import get_profile, quantize
+from spikeport.targets import emit, verify
+from spikeport.targets.c import boards
+from spikeport.targets.c.flash import flash_qemu
+from spikeport.targets.c.memory import Lifetime, plan_offsets
+from spikeport.targets.compare import random_inputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from family_models import FAMILIES  # noqa: E402
+
+BATCH, EXAMPLES_PER_MODEL, T = 20, 50, 8  # 50 hypothesis batches of 20 = 1,000 inputs
+EXAMPLE_MODELS = {
+    "digits_vit": ("digits_vit.onnx", "digits_calib.npz", "digits_test.npz"),
+    "text_bert": ("text_bert.onnx", "text_calib.npz", "text_test.npz"),
+}
+TRANSFORMER_FAMILIES = ("vit", "bert_hf", "sentence_embedding")
+
+
+def _quantize_for_c(onnx_path: Path, calib: Path):  # noqa: ANN202
+    """The percentile conversion (fast; what the C checks is the integer graph, not how its
+    thresholds were chosen), quantized for the C profile."""
+    snn = convert(onnx_path, calib, tune=False)
+    return quantize(snn, load_data(calib, snn.inputs).x, get_profile("c"), max_timesteps=T)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """name -> (quantized graph, emitted C directory, test data or None)."""
+    root = tmp_path_factory.mktemp("c_seq")
+    out = {}
+    for name, (model, calib, test) in EXAMPLE_MODELS.items():
+        q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib)
+        emit(q, "c", root / name)
+        out[name] = (q, root / name, load_data(EXAMPLES / test, q.inputs).x)
+    for name, make in FAMILIES.items():
+        fx = make(root)
+        q = _quantize_for_c(fx.onnx, fx.save_calib(root / f"{name}_calib.npz"))
+        emit(q, "c", root / name)
+        out[name] = (q, root / name, None)
+    return out
+
+
+def _strategy(graph):  # noqa: ANN001, ANN202
+    """Hypothesis batches of BATCH inputs covering what the range proof covers: int8 codes of
+    float inputs, token ids over the embedding's rows, 0/1 mask flags (rows all 0 included)."""
+    parts = {}
+    for t in graph.inputs:
+        shape = (BATCH, *t.shape)
+        if np.issubdtype(np.dtype(t.dtype), np.integer):
+            rows = [
+                c.params["table_q"].shape[0] for c in graph.consumers(t.name) if c.op == "embed"
+            ]
+            top = min(rows) - 1 if rows else 1
+            parts[t.name] = arrays(np.int64, shape, elements=st.integers(0, top))
+        else:
+            codes = arrays(np.int64, shape, elements=st.integers(-127, 127))
+            scale = graph.scales[t.name]
+            parts[t.name] = codes.map(lambda c, s=scale: c * s)
+    return st.fixed_dictionaries(parts)
+
+
+def check_random(graph, outdir: Path, examples: int = EXAMPLES_PER_MODEL) -> None:  # noqa: ANN001
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(_strategy(graph))
+    def check(x: dict[str, np.ndarray]) -> None:
+        verify(graph, outdir, x if len(x) > 1 else next(iter(x.values())), T=T)
+
+    check()
+
+
+@needs_cc
+@pytest.mark.parametrize("name", [*EXAMPLE_MODELS, *TRANSFORMER_FAMILIES])
+def test_transformer_bit_exact_on_1000_random_inputs(built, name):
+    graph, outdir, _ = built[name]
+    assert {"matmul", "layernorm"} <= {n.op for n in graph.nodes}
+    check_random(graph, outdir)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", list(EXAMPLE_MODELS))
+def test_transformer_bit_exact_on_its_test_set(built, name):
+    graph, outdir, test = built[name]
+    res = verify(graph, outdir, test, T=T)
+    assert res["samples"] == len(next(iter(test.values())) if isinstance(test, dict) else test)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - set(TRANSFORMER_FAMILIES)))
+def test_every_import_family_bit_exact(built, name):
+    """The CNN families of the import work (softmax heads, dynamo means, residuals, inverted
+    residuals with SiLU/hard-swish and squeeze-excite gates, ConvNeXt's LayerNorm and GELU,
+    PReLU, ceil-mode and exclude-pad pooling, resizes, two outputs): 200 random inputs."""
+    graph, outdir, _ = built[name]
+    verify(graph, outdir, random_inputs(graph, 200, seed=3), T=T)
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", list(EXAMPLE_MODELS))
+def test_transformer_on_cortex_m3_under_qemu(built, name):
+    """20 test inputs, every step of T = 8, on an emulated Cortex-M3."""
+    _, outdir, test = built[name]
+    report = flash_qemu(outdir, test, 20, T, count=False)
+    assert report["bit_exact"] and report["samples"] == 20
+
+
+def test_emitted_transformer_c_is_integer_only(built):
+    for name in (*EXAMPLE_MODELS, *TRANSFORMER_FAMILIES):
+        _, outdir, _ = built[name]
+        src = (outdir / "model.c").read_text() + (outdir / "model.h").read_text()
+        src = re.sub(r"/\*.*?\*/", "", src, flags=re.S)
+        assert not re.search(r"\b(float|double|malloc|printf)\b", src), name
+        assert set(re.findall(r"#include <([^>]+)>", src)) <= {"stdint.h", "string.h"}
+    header = (built["text_bert"][1] / "model.h").read_text()
+    assert "int32_t input_ids[16];" in header and "int32_t attention_mask[16];" in header
+
+
+def test_buffers_share_memory_by_liveness(built):
+    """Step tensors share arenas: RAM is well below one buffer per tensor."""
+    graph, outdir, _ = built["digits_vit"]
+    summed = sum(
+        (1 if n.op == "if" else 4) * int(np.prod(graph.shape(n.output)))
+        for n in graph.nodes
+        if n.op != "reshape"
+    )
+    src = (outdir / "model.c").read_text()
+    arenas = {
+        t: int(k)
+        for t, k in re.findall(r"static (int8_t|int32_t|int64_t) spk_arena\d+\[(\d+)\];", src)
+    }
+    arena_bytes = arenas.get("int8_t", 0) + 4 * arenas.get("int32_t", 0)
+    assert 0 < arena_bytes < summed / 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_planned_buffers_never_overlap_while_alive(seed):
+    rng = np.random.default_rng(seed)
+    lives = []
+    for k in range(30):
+        first = int(rng.integers(0, 20))
+        lives.append(
+            Lifetime(f"b{k}", int(rng.integers(1, 50)), first, first + int(rng.integers(0, 5)))
+        )
+    offsets, total = plan_offsets(lives)
+    for a in lives:
+        assert 0 <= offsets[a.name] and offsets[a.name] + a.size <= total
+        for b in lives:
+            if a is not b and a.overlaps(b):
+                disjoint = (
+                    offsets[a.name] + a.size <= offsets[b.name]
+                    or offsets[b.name] + b.size <= offsets[a.name]
+                )
+                assert disjoint, (a, b)
+    peak = max(sum(b.size for b in lives if b.first <= t <= b.last) for t in range(25))
+    assert peak <= total < sum(b.size for b in lives)
+
+
+def test_a_board_too_small_is_refused_in_one_line_before_writing(built, tmp_path, monkeypatch):
+    graph, _, _ = built["text_bert"]
+    tiny = boards.Board("tiny-m0", "Cortex-M0", 1024 * 1024, 16 * 1024, "test")
+    monkeypatch.setitem(boards.BOARDS, "tiny-m0", tiny)
+    with pytest.raises(CapabilityExceeded, match="bytes of RAM .* board 'tiny-m0' .* has 16,384"):
+        emit(graph, "c", tmp_path / "never", board="tiny-m0")
+    assert list(tmp_path.iterdir()) == []
+    save(graph, tmp_path / "m.spk")
+    res = CliRunner().invoke(
+        main, ["emit", str(tmp_path / "m.spk"), "--target", "c", "--board", "nrf52840-dk", "-o",
+               str(tmp_path / "fits")],
+    )  # fmt: skip
+    assert res.exit_code == 0 and "fits nrf52840-dk" in res.output
+    res = CliRunner().invoke(
+        main, ["emit", str(tmp_path / "m.spk"), "--target", "nir", "--board", "nrf52840-dk",
+               "-o", str(tmp_path / "nir")],
+    )  # fmt: skip
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nir").exists()
