@@ -14,6 +14,7 @@ T steps, start-up and exit excluded. They are Thumb-2 instructions, not cycles.
 from __future__ import annotations
 
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +48,42 @@ def arm_size(outdir: Path) -> dict[str, int]:
     }
 
 
-def _executed(outdir: Path, runs: int) -> int:
+def _executed(outdir: Path, runs: int) -> Counter[str]:
+    """Instructions the count firmware of `runs` inferences executes, per function (QEMU's
+    exec log names the function of every block it runs; with -singlestep a block is one
+    instruction)."""
     elf = f"count{runs}.elf"
     make(outdir, elf)
     cmd = qemu_command(outdir / elf, "-singlestep", "-d", "nochain,exec", "-D", "/dev/stdout")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
-    count = sum(chunk.count(b"\nTrace ") for chunk in iter(lambda: proc.stdout.read(1 << 22), b""))
+    counts: Counter[str] = Counter()
+    for line in proc.stdout:
+        if line.startswith(b"Trace "):
+            counts[line.rsplit(b" ", 1)[-1].strip().decode(errors="replace")] += 1
     if proc.wait() != 0:
         raise BadInput(f"QEMU count run of {elf} exited {proc.returncode}")
-    return count
+    return counts
 
 
-def instructions_per_inference(outdir: Path, inputs: list[np.ndarray], T: int) -> int:
+# libgcc's 64-bit division on cores without it in hardware (Cortex-M3: 32-bit UDIV/SDIV only);
+# 64-bit multiplies and shifts are inline instructions.
+INT64_HELPERS = ("__aeabi_ldivmod", "__aeabi_uldivmod", "__udivmoddi4", "__divdi3", "__udivdi3")
+
+
+def instructions_per_inference(outdir: Path, inputs: list[np.ndarray], T: int) -> dict[str, Any]:
+    """Instructions of one inference of T steps (a 1-run build minus a 0-run build), with the
+    functions that take them."""
     write_inputs_h(outdir, [a[:1] for a in inputs], T)
-    return _executed(outdir, 1) - _executed(outdir, 0)
+    per_function = _executed(outdir, 1)
+    per_function.subtract(_executed(outdir, 0))
+    total = sum(per_function.values())
+    helpers = sum(per_function[f] for f in INT64_HELPERS)
+    return {
+        "total": total,
+        "int64_division_helpers": helpers,
+        "top_functions": dict(per_function.most_common(8)),
+    }
 
 
 def flash_qemu(outdir: Path, x: Batch | None, n: int, T: int, count: bool = True) -> dict[str, Any]:
@@ -77,9 +99,10 @@ def flash_qemu(outdir: Path, x: Batch | None, n: int, T: int, count: bool = True
         "model_o": arm_size(outdir),
     }
     if count:
-        report["instructions_per_inference"] = instructions_per_inference(
-            outdir, c_inputs(graph, inputs), T
-        )
+        cost = instructions_per_inference(outdir, c_inputs(graph, inputs), T)
+        report["instructions_per_inference"] = cost["total"]
+        report["instructions_in_int64_division"] = cost["int64_division_helpers"]
+        report["instructions_top_functions"] = cost["top_functions"]
         report["instructions_note"] = (
             "Thumb-2 instructions executed by one spk_run() of T steps under QEMU (not cycles)"
         )
