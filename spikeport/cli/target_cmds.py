@@ -17,6 +17,7 @@ from spikeport.ir import load
 from spikeport.progress import progress
 from spikeport.targets import check_emit_dir, discover, emit, read_manifest, verify
 from spikeport.targets.c.boards import BOARDS
+from spikeport.targets.c.emit import KERNEL_MODES
 
 TARGET_NAMES = sorted(discover())
 
@@ -44,10 +45,20 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=None,
     help="C target: refuse, before writing, a model that does not fit this board's flash/RAM.",
 )
+@click.option(
+    "--kernels",
+    type=click.Choice(KERNEL_MODES),
+    default=None,
+    help="C target: 'auto' (default) runs fast kernels where the calibration activity makes "
+    "them cheaper (event-driven synapses); 'events' runs every spike-reading layer "
+    "event-driven; 'reference' keeps the reference loops everywhere.",
+)
 @QUIET
-def emit_cmd(model: str, target: str, output: str, board: str | None, quiet: bool) -> None:
+def emit_cmd(
+    model: str, target: str, output: str, board: str | None, kernels: str | None, quiet: bool
+) -> None:
     """Write MODEL (quantized) as a deployable TARGET into a directory."""
-    manifest = emit(load(model), target, output, board=board)
+    manifest = emit(load(model), target, output, board=board, kernels=kernels)
     size = manifest["summary"].get("size")
     detail = ""
     if size:

@@ -118,19 +118,22 @@ def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
 
 
 def emit(
-    graph: Graph, target_name: str, outdir: str | os.PathLike[str], board: str | None = None
+    graph: Graph, target_name: str, outdir: str | os.PathLike[str], **options: Any
 ) -> dict[str, Any]:
     """Check, then write the target into a new directory beside `outdir` and rename it into
     place (a failure leaves `outdir` untouched; see check_emit_dir for what is replaced).
-    `board`: a memory profile the target checks the model against (targets that have them)."""
+    `options` (those not None) go to the target's emit, which must take them: the C target's
+    `board` (a memory profile it checks the model against) and `kernels`."""
     target = get_target(target_name)
-    takes_board = "board" in inspect.signature(target.emit).parameters
-    if board is not None and not takes_board:
-        raise BadInput(f"target '{target_name}' has no board profiles (--board is for 'c')")
+    given = {k: v for k, v in options.items() if v is not None}
+    accepted = inspect.signature(target.emit).parameters
+    for key in given:
+        if key not in accepted:
+            raise BadInput(f"target '{target_name}' takes no --{key} (that option is for 'c')")
     out = check_emit_dir(outdir)
     check_fits(graph, target.profile)
     with temp_dir_beside(out) as tmp:
-        summary = target.emit(graph, tmp, board=board) if takes_board else target.emit(graph, tmp)
+        summary = target.emit(graph, tmp, **given)
         manifest = {
             "target": target.name,
             "spikeport_version": __version__,

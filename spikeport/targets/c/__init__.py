@@ -37,8 +37,10 @@ DEFAULT_T = 8
 BATCH = 256
 
 
-def emit(graph: Graph, outdir: Path, board: str | None = None) -> dict[str, Any]:
-    summary = emit_c(graph, outdir, board)
+def emit(
+    graph: Graph, outdir: Path, board: str | None = None, kernels: str = "auto"
+) -> dict[str, Any]:
+    summary = emit_c(graph, outdir, board, kernels)
     save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
     return summary
 

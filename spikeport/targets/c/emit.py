@@ -47,6 +47,7 @@ class Layer:
     reset: str = ""
     scratch: list[tuple[str, str, int]] = field(default_factory=list)  # ctype, name, size
     probe: str = ""  # the verification hook's call, after a neuron layer
+    kernel: dict[str, Any] | None = None  # which kernel a synaptic layer runs, and why
 
 
 def c_ident(text: str) -> str:
@@ -75,8 +76,11 @@ class Plan:
     (`plan.buf(t)`, B<k>); `model_sources` defines it once the buffers are placed (memory.py).
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, kernels: str = "auto"):
         self.graph = graph
+        self.kernels = kernels  # "auto": fast kernels where cheaper; "reference": none
+        # Nonzero fraction of each synaptic input at calibration (quantize --target c)
+        self.activity: dict[str, float] = graph.meta.get("quantization", {}).get("activity", {})
         self.static = static_tensors(graph)
         self.ctype: dict[str, str] = {
             t.name: "int32_t" if is_integer(t) else "int8_t" for t in graph.inputs
@@ -134,46 +138,6 @@ C_OPS: dict[str, LayerMaker] = {}
 
 
 c_op = registrar(C_OPS)
-
-
-@c_op("dense")
-def _dense(plan: Plan, n: Node, cid: str) -> Layer:
-    w = n.params["weight_q"]
-    n_out, n_in = w.shape
-    rows = plan.size(n.inputs[0]) // n_in
-    body = K.DENSE.substitute(
-        rows=rows,
-        n_in=n_in,
-        n_out=n_out,
-        w=f"w_{cid}",
-        b=f"b_{cid}",
-        x=plan.buf(n.inputs[0]),
-        y=plan.buf(n.output),
-    )
-    return Layer(
-        n, body, consts=[("int8_t", f"w_{cid}", w), ("int32_t", f"b_{cid}", n.params["bias_q"])]
-    )
-
-
-@c_op("conv2d")
-def _conv(plan: Plan, n: Node, cid: str) -> Layer:
-    w = n.params["weight_q"]
-    g = _geometry(plan, n)
-    body = K.CONV2D.substitute(
-        g,
-        c_out=w.shape[0],
-        og=w.shape[0] // n.attrs["group"],
-        cg=w.shape[1],
-        kh=w.shape[2],
-        kw=w.shape[3],
-        dh=n.attrs["dilations"][0],
-        dw=n.attrs["dilations"][1],
-        w=f"w_{cid}",
-        b=f"b_{cid}",
-    )
-    return Layer(
-        n, body, consts=[("int8_t", f"w_{cid}", w), ("int32_t", f"b_{cid}", n.params["bias_q"])]
-    )
 
 
 def _pool(plan: Plan, n: Node, init: str, fold: str, store: str, src: str, **extra: Any) -> str:
@@ -287,8 +251,11 @@ def c_array(ctype: str, name: str, data: np.ndarray) -> str:
     return f"static const {ctype} {name}[{len(flat)}] = {{\n    " + ",\n    ".join(rows) + "\n};"
 
 
-def build_layers(graph: Graph) -> tuple[Plan, list[Layer]]:
-    plan = Plan(graph)
+KERNEL_MODES = ("auto", "events", "reference")
+
+
+def build_layers(graph: Graph, kernels: str = "auto") -> tuple[Plan, list[Layer]]:
+    plan = Plan(graph, kernels)
     layers = []
     for i, n in enumerate(graph.nodes):
         layer = C_OPS[n.op](plan, n, f"{i}")
@@ -424,9 +391,9 @@ def _accumulate(plan: Plan) -> str:
     return "".join(parts)
 
 
-def model_sources(graph: Graph) -> dict[str, Any]:
-    """model.h, model.c and harness.c for `graph`, plus size figures."""
-    plan, layers = build_layers(graph)
+def model_sources(graph: Graph, kernels: str = "auto") -> dict[str, Any]:
+    """model.h, model.c and harness.c for `graph`, plus size figures and kernel choices."""
+    plan, layers = build_layers(graph, kernels)
     probes = [n for n in graph.nodes if n.op == "if"]
     memory = plan_memory(plan, layers)
     functions, static_calls, step_calls = [], [], []
@@ -473,16 +440,20 @@ def model_sources(graph: Graph) -> dict[str, Any]:
         "flash_bytes": flash,
         "ram_bytes": memory.ram_bytes,
         "arena_bytes": {t: CTYPE_BYTES[t] * s for t, s in memory.arenas.items()},
+        "kernels": {layer.node.name: layer.kernel for layer in layers if layer.kernel},
     }
 
 
-def emit_c(graph: Graph, outdir: Path, board: str | None = None) -> dict[str, Any]:
+def emit_c(
+    graph: Graph, outdir: Path, board: str | None = None, kernels: str = "auto"
+) -> dict[str, Any]:
     """Write the C target into `outdir`; return the size summary. With a `board`, a model
     that does not fit its flash or RAM is refused before anything is written."""
-    src = model_sources(graph)
-    size = {
+    src = model_sources(graph, kernels)
+    size: dict[str, Any] = {
         "flash_bytes_model_data": int(src["flash_bytes"]),
         "ram_bytes_state": int(src["ram_bytes"]),
+        "kernels": src["kernels"],
     }
     if board is not None:
         size["board"] = check_fit(board, size["flash_bytes_model_data"], size["ram_bytes_state"])
@@ -523,9 +494,16 @@ def size_text(size: dict[str, Any]) -> str:
             f"  board {b['name']}: {b['flash_bytes']} bytes flash, {b['ram_bytes']} bytes RAM "
             f"({b['core']})"
         )
+    lines.append("Synaptic layers (kernel; calibration activity; instructions/step estimates):")
+    for name, k in size.get("kernels", {}).items():
+        activity = "not recorded" if k["activity"] is None else f"{100 * k['activity']:.1f} %"
+        est = ", ".join(f"{kind} {v:,}" for kind, v in k["instructions_per_step_estimate"].items())
+        lines.append(f"  {name}: {k['kernel']} (activity {activity}; {est})")
     lines.append("Compiled section sizes: `make size` (arm-none-eabi-size of model.o).")
     return "\n".join(lines) + "\n"
 
 
-# The transformer and extension ops register into C_OPS too.
+# The synapses (dense, conv: reference and fast kernels) and the transformer and extension ops
+# register into C_OPS too.
 from spikeport.targets.c import seq_ops as _seq_ops  # noqa: E402,F401
+from spikeport.targets.c import synapses as _synapses  # noqa: E402,F401

@@ -154,3 +154,93 @@ ACCUMULATE = Template("""\
         out[$offset + i] = spk_state.${acc}[i];
     }
 """)
+
+# -- fast kernels (issue #21), each tested bit-equal to the reference loops above -------------
+# Integer sums do not depend on their order and the range proof bounds every partial sum, so
+# these give the reference's integers exactly.
+
+# Event-driven dense: walk the step's nonzero spikes; each adds its column of the transposed
+# weights ($wt[i * n_out + o]), times its count k for graded or signed spikes.
+DENSE_EVENTS = Template("""\
+    for (int r = 0; r < $rows; ++r) {
+        int32_t *acc = &${y}[r * $n_out];
+        const int8_t *xs = &${x}[r * $n_in];
+        for (int o = 0; o < $n_out; ++o) acc[o] = ${b}[o];
+        for (int i = 0; i < $n_in; ++i) {
+            const int32_t k = xs[i];
+            const int8_t *w = &${wt}[i * $n_out];
+            if (k == 0) continue;
+            if (k == 1) {
+                for (int o = 0; o < $n_out; ++o) acc[o] += w[o];
+            } else {
+                for (int o = 0; o < $n_out; ++o) acc[o] += k * w[o];
+            }
+        }
+    }
+""")
+
+# Event-driven conv: each nonzero input spike (ci, ih, iw) adds, at every output position its
+# taps reach, the weights of its channel group ($wt[((ci * kh + i) * kw + j) * og + o]).
+CONV2D_EVENTS = Template("""\
+    for (int o = 0; o < $c_out; ++o) {
+        for (int p = 0; p < $h_out * $w_out; ++p) ${y}[o * $h_out * $w_out + p] = ${b}[o];
+    }
+    for (int ci = 0; ci < $c_in; ++ci) {
+        int32_t *group = &${y}[(ci / $cg) * $og * $h_out * $w_out];
+        for (int ih = 0; ih < $h_in; ++ih) {
+            for (int iw = 0; iw < $w_in; ++iw) {
+                const int32_t k = ${x}[(ci * $h_in + ih) * $w_in + iw];
+                if (k == 0) continue;
+                for (int i = 0; i < $kh; ++i) {
+                    const int nh = ih + $pt - i * $dh;
+                    if (nh < 0 || nh % $sh != 0 || nh / $sh >= $h_out) continue;
+                    for (int j = 0; j < $kw; ++j) {
+                        const int nw = iw + $pl - j * $dw;
+                        const int8_t *w = &${wt}[((ci * $kh + i) * $kw + j) * $og];
+                        int32_t *acc;
+                        if (nw < 0 || nw % $sw != 0 || nw / $sw >= $w_out) continue;
+                        acc = &group[(nh / $sh) * $w_out + nw / $sw];
+                        if (k == 1) {
+                            for (int o = 0; o < $og; ++o) acc[o * $h_out * $w_out] += w[o];
+                        } else {
+                            for (int o = 0; o < $og; ++o) acc[o * $h_out * $w_out] += k * w[o];
+                        }
+                    }
+                }
+            }
+        }
+    }
+""")
+
+# Dense-form conv without per-MAC bounds checks: each output's valid tap range is computed
+# once, then row pointers walk the window.
+CONV2D_ROWS = Template("""\
+    for (int o = 0; o < $c_out; ++o) {
+        const int g = o / $og;
+        for (int oh = 0; oh < $h_out; ++oh) {
+            const int ih0 = oh * $sh - $pt;
+            const int i_lo = ih0 < 0 ? (-ih0 + $dh - 1) / $dh : 0;
+            const int i_hi = $h_in - ih0 <= 0 ? 0 : ($h_in - ih0 + $dh - 1) / $dh;
+            for (int ow = 0; ow < $w_out; ++ow) {
+                const int iw0 = ow * $sw - $pl;
+                const int j_lo = iw0 < 0 ? (-iw0 + $dw - 1) / $dw : 0;
+                const int j_hi = $w_in - iw0 <= 0 ? 0 : ($w_in - iw0 + $dw - 1) / $dw;
+                const int i_end = i_hi < $kh ? i_hi : $kh;
+                const int j_end = j_hi < $kw ? j_hi : $kw;
+                int32_t acc = ${b}[o];
+                for (int c = 0; c < $cg; ++c) {
+                    const int8_t *wc = &${w}[(o * $cg + c) * $kh * $kw];
+                    const ${xt} *xc = &${x}[(g * $cg + c) * $h_in * $w_in];
+                    for (int i = i_lo; i < i_end; ++i) {
+                        const int8_t *wr = &wc[i * $kw];
+                        const int row = (ih0 + i * $dh) * $w_in + iw0;
+                        for (int j = j_lo; j < j_end; ++j) {
+                            acc += (int32_t)wr[j] * (int32_t)xc[row + j * $dw];
+                        }
+                    }
+                }
+                ${y}[(o * $h_out + oh) * $w_out + ow] = acc;
+            }
+        }
+    }
+""")
