@@ -313,6 +313,38 @@ def c_target_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def c_kernels_md(doc: dict[str, Any]) -> list[str]:
+    lines = ["## 5. C kernels against an int8 ANN (Cortex-M3, QEMU)", "", provenance(doc), ""]
+    if "skipped" in doc:
+        return lines + [f"Skipped: {doc['skipped']}."]
+    ts = doc["T"]
+    lines += [
+        "spikeport's C (`quantize --target c`, `emit` with its default kernels: event-driven "
+        "synapses where the calibration activity makes them cheaper) against the same network "
+        "as an int8 ANN (`benchmarks/int8_ann.py`: TFLite's int8 quantization, kernels written "
+        "as TFLite Micro's reference kernels), one harness, instructions per inference under "
+        "QEMU (not cycles), `model.o` flash and RAM. Ratio: SNN instructions / ANN instructions.",
+        "",
+        "| model | opt | int8 ANN instr. | "
+        + " | ".join(f"SNN T={t} (ratio)" for t in ts)
+        + " | flash SNN / ANN (B) | RAM SNN / ANN (B) |",
+        "|---|---|---:|" + "---:|" * len(ts) + "---:|---:|",
+    ]
+    for r in doc["rows"]:
+        for opt in ("-Os", "-O2"):
+            m = r[opt]
+            cells = " | ".join(
+                f"{m['snn']['instructions'][str(t)]:,} ({m['ratio'][str(t)]:.2f})" for t in ts
+            )
+            lines.append(
+                f"| {r['model']} | {opt} | {m['int8_ann']['instructions']:,} | {cells} | "
+                f"{m['snn']['flash_bytes']:,} / {m['int8_ann']['flash_bytes']:,} | "
+                f"{m['snn']['ram_bytes']:,} / {m['int8_ann']['ram_bytes']:,} |"
+            )
+    accs = ", ".join(f"{r['model']} {100 * r['int8_ann_accuracy']:.2f} %" for r in doc["rows"])
+    return lines + ["", f"int8 ANN test accuracy (numpy twin, equal to its C on the host): {accs}."]
+
+
 def plot(doc: dict[str, Any], path: Path) -> None:
     """Per model a full-range panel and, below it, the 90-100 % range; four models a row."""
     import matplotlib
@@ -371,6 +403,7 @@ SECTIONS = {
     "throughput": throughput_md,
     "cost": cost_md,
     "c_target": c_target_md,
+    "c_kernels": c_kernels_md,
 }
 
 

@@ -22,6 +22,7 @@ benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png from those files):
   cost        convert and quantize time and peak memory, digits examples and ResNet-18-shaped
               generated networks (random weights, 32x32), each stage in a fresh process
   c_target    C on a Cortex-M3 under QEMU: flash, RAM, instructions per inference
+  c_kernels   the C kernels against an int8 ANN of the same weights (TFLite Micro style)
 
 Wall-clock figures are from this machine in this run; nothing here is asserted in tests.
 """
@@ -58,6 +59,7 @@ HERE = Path(__file__).resolve().parent
 # This checkout's spikeport, whichever checkout the interpreter's editable install points at.
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+import c_kernels  # noqa: E402
 import nets as bench_nets  # noqa: E402
 import peer_sj  # noqa: E402
 import report  # noqa: E402
@@ -467,6 +469,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "throughput": throughput,
     "cost": cost,
     "c_target": c_target,
+    "c_kernels": lambda: c_kernels.run(WORK, log),
 }
 
 

@@ -28,7 +28,7 @@ from spikeport.targets import TARGETS, emit, get_target, verify
 from spikeport.targets.c import check_one_batch
 from spikeport.targets.c.flash import flash_qemu
 from spikeport.targets.c.run import run_host
-from spikeport.targets.compare import reference
+from spikeport.targets.compare import random_inputs, reference
 
 HAS_CC = shutil.which("cc") is not None and shutil.which("make") is not None
 HAS_ARM = all(shutil.which(t) for t in ("arm-none-eabi-gcc", "qemu-system-arm"))
@@ -248,3 +248,34 @@ def test_flash_without_a_probe_is_one_line_and_exit_2(emitted):
     assert res.exit_code == 2
     assert len(res.stderr.strip().splitlines()) == 1
     assert "no debug probe" in res.stderr or "pyOCD is not installed" in res.stderr
+
+
+@needs_cc
+@pytest.mark.parametrize("kernels", ["events", "reference"])
+@pytest.mark.parametrize(
+    "name", ["digits_cnn", "digits_mlp", "residual", "concat_pool", "wide_mlp", "bipolar_mlp"]
+)
+def test_fast_kernels_equal_the_reference_loops(cases, graded_emitted, tmp_path, name, kernels):
+    """Every synaptic layer that reads spikes forced event-driven (signed, graded and bipolar
+    spikes included), or every layer on the reference loops: bit-exact with the simulator on
+    200 random inputs, T = 8; the default build's choice is covered by the tests above."""
+    if name in cases:
+        case = cases[name]
+    else:
+        case = graded_emitted[name][0]
+    manifest = emit(case.int, "c", tmp_path / "c", kernels=kernels)
+    chosen = {k["kernel"] for k in manifest["summary"]["size"]["kernels"].values()}
+    assert ("events" in chosen) == (kernels == "events")
+    verify(case.int, tmp_path / "c", random_inputs(case.int, 200, seed=5), T=8)
+
+
+@needs_cc
+def test_default_kernels_follow_the_recorded_activity(cases, tmp_path):
+    """quantize --target c records how often each synaptic input is nonzero; emit reads it."""
+    case = cases["digits_cnn"]
+    q = quantize(case.snn, np.load(case.calib)["x"], get_target("c").profile, max_timesteps=8)
+    activity = q.meta["quantization"]["activity"]
+    assert activity and all(0 <= v <= 1 for v in activity.values())
+    kernels = emit(q, "c", tmp_path / "c")["summary"]["size"]["kernels"]
+    assert any(k["kernel"] == "events" and k["activity"] is not None for k in kernels.values())
+    assert "events" in (tmp_path / "c" / "size_report.txt").read_text()

@@ -43,6 +43,9 @@ class Profile:
     )
     # The neuron kind the target runs (spikeport.sim.kinds); quantize gives it to the graph.
     neuron_kind: str = "subtract"
+    # Record the calibration activity of each synaptic input (quantize/activity.py): the
+    # target picks event-driven kernels by it.
+    record_activity: bool = False
     # Largest |per-step input current| a neuron accepts (None: only state_bits limits it);
     # quantize coarsens a layer's weight scale until its proven bound fits.
     max_current: int | None = None

@@ -34,6 +34,7 @@ from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import keeps_channels
+from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
 from spikeport.quantize.scales import channel_vector, compact, compact_rows, feature_vector
@@ -509,6 +510,8 @@ def quantize(
     if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
         out.meta["quantization"]["notes"] = ctx.notes
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
+    if profile.record_activity:
+        out.meta["quantization"]["activity"] = calibration_activity(out, calib_x, max_timesteps)
     return out
 
 

@@ -114,7 +114,8 @@ class Simulator:
                 values[t.name] = np.asarray(v, np.float64)
         return values
 
-    def run(self, x: Batch, T: int, record: bool = False) -> SimResult:
+    def run(self, x: Batch, T: int, record: bool | set[str] = False) -> SimResult:
+        """`record`: keep every tensor at every step in `trace` (True), or only those named."""
         if self.mode == "ann":
             T = 1
         elif self.max_t is not None and T > self.max_t:
@@ -150,7 +151,8 @@ class Simulator:
                 outputs[o].append(np.asarray(acc[o]).copy())
             if record:
                 for name, v in values.items():
-                    trace.setdefault(name, []).append(v)
+                    if record is True or name in record:
+                        trace.setdefault(name, []).append(v)
         return SimResult(
             {o: np.stack(v) for o, v in outputs.items()},
             spikes,

@@ -31,6 +31,7 @@ PROFILE = Profile(
     max_spike_bits=7,  # spike buffers are int8: a count k up to 127
     max_fanin=1 << 20,
     ops=frozenset(C_OPS),
+    record_activity=True,
 )
 
 DEFAULT_T = 8
