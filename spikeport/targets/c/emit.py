@@ -24,6 +24,7 @@ import numpy as np
 from spikeport.batch import is_integer
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import attr, spike_levels, static_tensors
+from spikeport.quantize.ranges import range_bounds
 from spikeport.registry import registrar
 from spikeport.targets.c import kernels as K
 from spikeport.targets.c.boards import check_fit
@@ -81,6 +82,9 @@ class Plan:
         self.kernels = kernels  # "auto": fast kernels where cheaper; "reference": none
         # Nonzero fraction of each synaptic input at calibration (quantize --target c)
         self.activity: dict[str, float] = graph.meta.get("quantization", {}).get("activity", {})
+        # What the range proof knows of every tensor and state: buffers and state take the
+        # narrowest C type that holds their proven bound.
+        self.bounds = range_bounds(graph, graph.meta["quantization"]["max_timesteps"])
         self.static = static_tensors(graph)
         self.ctype: dict[str, str] = {
             t.name: "int32_t" if is_integer(t) else "int8_t" for t in graph.inputs
@@ -100,13 +104,32 @@ class Plan:
         moves = n.op in INT8_KEEPING or (n.op == "resize" and attr(n, "mode") == "nearest")
         if moves and all(self.ctype[i] == "int8_t" for i in n.inputs):
             return "int8_t"
-        return "int32_t"
+        return narrow(float(self.bounds[n.output].step.max(initial=0)), "int16_t")
+
+    def step_bound(self, tensor: str) -> float:
+        return float(self.bounds[tensor].step.max(initial=0))
+
+    def total_bound(self, tensor: str) -> float:
+        """Bound of the running sum of `tensor` over the steps (what a reader accumulates)."""
+        return float(self.bounds[tensor].total.max(initial=0))
 
     def buf(self, tensor: str) -> str:
         return self.macro[self.root[tensor]]
 
     def size(self, tensor: str) -> int:
         return int(np.prod(self.graph.shape(tensor)))
+
+
+C_TYPES = (("int8_t", 127), ("int16_t", 32767), ("int32_t", 2**31 - 1), ("int64_t", 2**63 - 1))
+
+
+def narrow(bound: float, least: str = "int8_t") -> str:
+    """The narrowest signed C type, `least` or wider, that holds every |value| <= bound."""
+    names = [t for t, _ in C_TYPES]
+    for ctype, top in C_TYPES[names.index(least) :]:
+        if bound <= top:
+            return ctype
+    raise ValueError(f"no C integer type holds {bound}")
 
 
 # Ops that only move or pick values keep int8 spikes int8 (a max of int8 running maxima too).
@@ -160,7 +183,9 @@ def _maxpool(plan: Plan, n: Node, cid: str) -> Layer:
     total, prev = f"spk_state.s_{cid}", f"spk_state.m_{cid}"
     pre = K.MAXPOOL_PRE.substitute(n_in=n_in, sum=total, x=plan.buf(n.inputs[0]))
     body = pre + _pool(plan, n, "INT32_MIN", K.MAXPOOL_FOLD, K.MAXPOOL_STORE, total, prev=prev)
-    return Layer(n, body, state=[("int32_t", f"s_{cid}", n_in), ("int32_t", f"m_{cid}", n_out)])
+    # Running sums of the input and their running maximum: bounded by the input's total.
+    ctype = narrow(plan.total_bound(n.inputs[0]))
+    return Layer(n, body, state=[(ctype, f"s_{cid}", n_in), (ctype, f"m_{cid}", n_out)])
 
 
 @c_op("add")
@@ -234,7 +259,10 @@ def _if(plan: Plan, n: Node, cid: str) -> Layer:
             K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
         )
         body = K.IF_NEURON.substitute(io, signed_branch=branch)
-    state = [("int32_t", f"v_{cid}", size)] + ([("int32_t", f"c_{cid}", size)] if signed else [])
+    bounds = plan.bounds[n.output]
+    state = [(narrow(bounds.state, "int16_t"), f"v_{cid}", size)]
+    if signed:  # the net count: |count| <= T * K
+        state.append((narrow(plan.total_bound(n.output), "int16_t"), f"c_{cid}", size))
     return Layer(
         n,
         body,
@@ -284,7 +312,7 @@ class Memory:
         return state + sum(CTYPE_BYTES[t] * size for t, size in self.arenas.items())
 
 
-ARENA = {"int8_t": "spk_arena8", "int32_t": "spk_arena32", "int64_t": "spk_arena64"}
+ARENA = {t: f"spk_arena{8 * CTYPE_BYTES[t]}" for t in ("int8_t", "int16_t", "int32_t", "int64_t")}
 
 
 def _lifetimes(plan: Plan, layers: list[Layer]) -> dict[str, list[Lifetime]]:

@@ -163,7 +163,7 @@ ACCUMULATE = Template("""\
 # weights ($wt[i * n_out + o]), times its count k for graded or signed spikes.
 DENSE_EVENTS = Template("""\
     for (int r = 0; r < $rows; ++r) {
-        int32_t *acc = &${y}[r * $n_out];
+        ${yt} *acc = &${y}[r * $n_out];
         const int8_t *xs = &${x}[r * $n_in];
         for (int o = 0; o < $n_out; ++o) acc[o] = ${b}[o];
         for (int i = 0; i < $n_in; ++i) {
@@ -186,7 +186,7 @@ CONV2D_EVENTS = Template("""\
         for (int p = 0; p < $h_out * $w_out; ++p) ${y}[o * $h_out * $w_out + p] = ${b}[o];
     }
     for (int ci = 0; ci < $c_in; ++ci) {
-        int32_t *group = &${y}[(ci / $cg) * $og * $h_out * $w_out];
+        ${yt} *group = &${y}[(ci / $cg) * $og * $h_out * $w_out];
         for (int ih = 0; ih < $h_in; ++ih) {
             for (int iw = 0; iw < $w_in; ++iw) {
                 const int32_t k = ${x}[(ci * $h_in + ih) * $w_in + iw];
@@ -197,7 +197,7 @@ CONV2D_EVENTS = Template("""\
                     for (int j = 0; j < $kw; ++j) {
                         const int nw = iw + $pl - j * $dw;
                         const int8_t *w = &${wt}[((ci * $kh + i) * $kw + j) * $og];
-                        int32_t *acc;
+                        ${yt} *acc;
                         if (nw < 0 || nw % $sw != 0 || nw / $sw >= $w_out) continue;
                         acc = &group[(nh / $sh) * $w_out + nw / $sw];
                         if (k == 1) {

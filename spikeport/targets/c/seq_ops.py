@@ -18,7 +18,7 @@ from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr
 from spikeport.sim import intfunc as F
 from spikeport.sim.ops import KERNELS
-from spikeport.targets.c.emit import Layer, Plan, broadcast_index, c_op
+from spikeport.targets.c.emit import Layer, Plan, broadcast_index, c_op, narrow
 
 GATHER = Template("""\
     for (int i = 0; i < $n; ++i) ${y}[i] = ${x}[${idx}[i]];
@@ -85,8 +85,8 @@ MATMUL = Template("""\
 $accumulate    for (int b = 0; b < $batches; ++b) {
         for (int m = 0; m < $m; ++m) {
             for (int o = 0; o < $n; ++o) {
-                const int32_t *a = &${sa}[b * $a_step + m * $k];
-                const int32_t *bb = &${sb}[b * $b_step + o];
+                const ${sat} *a = &${sa}[b * $a_step + m * $k];
+                const ${sbt} *bb = &${sb}[b * $b_step + o];
                 const int i = (b * $m + m) * $n + o;
                 int64_t acc = 0, g;
                 for (int k = 0; k < $k; ++k) acc += (int64_t)a[k] * bb[k * $n];
@@ -243,6 +243,16 @@ def _embed(plan: Plan, n: Node, cid: str) -> Layer:
 # -- expectation-compensated operators ------------------------------------------------------
 
 
+def plan_sum_type(plan: Plan, tensor: str) -> str:
+    """C type of the running sum of `tensor`: what its proven total needs."""
+    return narrow(plan.total_bound(tensor), "int16_t")
+
+
+def _g_type(plan: Plan, n: Node) -> str:
+    """C type of G(t), the sum of the operator's outputs so far: bounded by its total."""
+    return narrow(plan.total_bound(n.output), "int32_t")
+
+
 def _running_sums(plan: Plan, n: Node, cid: str, inputs: list[str]) -> tuple[list[str], str, list]:
     """State arrays S of the inputs (int32: the range proof bounds them like any state), the
     C that adds this step's inputs to them, and the state entries."""
@@ -251,7 +261,7 @@ def _running_sums(plan: Plan, n: Node, cid: str, inputs: list[str]) -> tuple[lis
         s = f"spk_state.s{k}_{cid}"
         names.append(s)
         code += ACCUMULATE_SUM.substitute(n=plan.size(t), s=s, x=plan.buf(t))
-        state.append(("int32_t", f"s{k}_{cid}", plan.size(t)))
+        state.append((plan_sum_type(plan, t), f"s{k}_{cid}", plan.size(t)))
     return names, code, state
 
 
@@ -272,7 +282,7 @@ def _ec_rows(plan: Plan, n: Node, cid: str, apply: str, consts: list) -> Layer:
         n,
         body,
         consts=[("int32_t", f"rq_{cid}", mul), *consts],
-        state=[*state, ("int64_t", f"g_{cid}", size)],
+        state=[*state, (_g_type(plan, n), f"g_{cid}", size)],
         scratch=[("int64_t", f"R{cid}", d)],
     )
 
@@ -390,7 +400,7 @@ def _ec_elements(plan: Plan, n: Node, cid: str, expr: str, consts: list) -> Laye
     body = EC_ELEMENTS.substitute(
         n=size, y=plan.buf(n.output), g=f"spk_state.g_{cid}", expr=expr, accumulate=accumulate
     )
-    return Layer(n, body, consts=consts, state=[*state, ("int64_t", f"g_{cid}", size)])
+    return Layer(n, body, consts=consts, state=[*state, (_g_type(plan, n), f"g_{cid}", size)])
 
 
 @c_op("prelu")
@@ -443,9 +453,11 @@ def _matmul(plan: Plan, n: Node, cid: str) -> Layer:
     body = MATMUL.substitute(
         batches=batches, m=a[-2], k=a[-1], n=b[-1], sa=sa, sb=sb, y=plan.buf(n.output),
         g=f"spk_state.g_{cid}", frac=F.MATMUL_FRAC_BITS, accumulate=accumulate,
+        sat=plan_sum_type(plan, n.inputs[0]), sbt=plan_sum_type(plan, n.inputs[1]),
         a_step=a[-2] * a[-1] if len(a) > 2 else 0, b_step=b[-2] * b[-1] if len(b) > 2 else 0,
     )  # fmt: skip
-    return Layer(n, body, state=[*state, ("int64_t", f"g_{cid}", plan.size(n.output))])
+    g_state = (_g_type(plan, n), f"g_{cid}", plan.size(n.output))
+    return Layer(n, body, state=[*state, g_state])
 
 
 @c_op("masked_mean")
@@ -471,6 +483,6 @@ def _masked_mean(plan: Plan, n: Node, cid: str) -> Layer:
         n,
         body,
         consts=[(_index_type(n_out), f"ix_{cid}", idx), (_index_type(tokens), f"tk_{cid}", tok)],
-        state=[*state, ("int64_t", f"g_{cid}", n_out)],
+        state=[*state, (_g_type(plan, n), f"g_{cid}", n_out)],
         scratch=[("int64_t", f"R{cid}", n_out)],
     )

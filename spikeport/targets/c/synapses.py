@@ -74,7 +74,7 @@ def _dense(plan: Plan, n: Node, cid: str) -> Layer:
     rows = plan.size(n.inputs[0]) // n_in
     choice = _choose(plan, n, DENSE_MAC * w.size * rows, SYNOP * w.size * rows)
     io = dict(rows=rows, n_in=n_in, n_out=n_out, b=f"b_{cid}", x=plan.buf(n.inputs[0]))
-    io["y"] = plan.buf(n.output)
+    io.update(y=plan.buf(n.output), yt=plan.ctype[n.output])
     if choice.kernel == "events":  # columns contiguous: a spike's weights are one run
         body = K.DENSE_EVENTS.substitute(io, wt=f"w_{cid}")
         layer = Layer(n, body, consts=_synapse_consts(n, cid, np.ascontiguousarray(w.T)))
@@ -91,7 +91,7 @@ def _conv(plan: Plan, n: Node, cid: str) -> Layer:
     c_out, cg, kh, kw = w.shape
     og = c_out // a["group"]
     geo = dict(g, c_out=c_out, og=og, cg=cg, kh=kh, kw=kw, dh=a["dilations"][0])
-    geo.update(dw=a["dilations"][1], b=f"b_{cid}", c_in=g["c"])
+    geo.update(dw=a["dilations"][1], b=f"b_{cid}", c_in=g["c"], yt=plan.ctype[n.output])
     fanout = conv_fanout(
         plan.graph.shape(n.inputs[0]), w.shape, a["strides"], a["pads"], a["dilations"], a["group"]
     )
