@@ -4,6 +4,8 @@ outputs each input writes."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,6 +22,8 @@ from spikeport.quantize.profiles import fanin
 from spikeport.quantize.ranges import BOUNDS
 from spikeport.sim import Simulator, simulate
 from spikeport.sim import kernels as K
+from spikeport.targets import emit, verify
+from spikeport.targets.compare import random_inputs
 
 # (in channels, out channels, kernel, stride, padding, output_padding, groups, dilation)
 CASES = {
@@ -315,3 +319,13 @@ def test_batchnorm_and_bias_fold_into_a_grouped_conv_transpose(tmp_path):
     ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
     np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no host C compiler (cc)")
+def test_c_target_is_bit_exact(up_net, tmp_path):
+    """Grouped, strided, output-padded transposed convs on the C target: 100 random inputs,
+    every step of T = 8 (the scatter kernel against the simulator)."""
+    snn, _, _ = up_net
+    q = quantize(snn, np.random.default_rng(2).normal(size=(32, 3, 8, 8)), get_profile("c"), 8)
+    emit(q, "c", tmp_path / "c")
+    verify(q, tmp_path / "c", random_inputs(q, 100, seed=4), T=8)

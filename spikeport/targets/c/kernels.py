@@ -244,3 +244,33 @@ CONV2D_ROWS = Template("""\
         }
     }
 """)
+
+# Transposed conv as a scatter (its definition, sim/kernels.conv_transpose2d): each nonzero
+# input (c, h, w) adds x * w[c][o][i][j] at output (h * sh + i * dh - pt, w * sw + j * dw - pl)
+# when that lies inside the cropped output; every output starts at its bias.
+CONV_TRANSPOSE2D = Template("""\
+    for (int o = 0; o < $c_out; ++o) {
+        for (int p = 0; p < $h_out * $w_out; ++p) ${y}[o * $h_out * $w_out + p] = ${b}[o];
+    }
+    for (int c = 0; c < $c_in; ++c) {
+        const int g = c / $cg;
+        for (int h = 0; h < $h_in; ++h) {
+            for (int w = 0; w < $w_in; ++w) {
+                const int32_t x = ${x}[(c * $h_in + h) * $w_in + w];
+                if (x == 0) continue;
+                for (int i = 0; i < $kh; ++i) {
+                    const int oh = h * $sh + i * $dh - $pt;
+                    if (oh < 0 || oh >= $h_out) continue;
+                    for (int j = 0; j < $kw; ++j) {
+                        const int ow = w * $sw + j * $dw - $pl;
+                        if (ow < 0 || ow >= $w_out) continue;
+                        for (int o = 0; o < $og; ++o) {
+                            ${y}[((g * $og + o) * $h_out + oh) * $w_out + ow] +=
+                                x * ${w}[((c * $og + o) * $kh + i) * $kw + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+""")

@@ -111,3 +111,18 @@ def _conv(plan: Plan, n: Node, cid: str) -> Layer:
         choice.kernel = "rows"
     layer.kernel = choice.report()
     return layer
+
+
+@c_op("conv_transpose2d")
+def _conv_transpose(plan: Plan, n: Node, cid: str) -> Layer:
+    w, a = n.params["weight_q"], n.attrs
+    c_in, h_in, w_in = plan.graph.shape(n.inputs[0])
+    c_out, h_out, w_out = plan.graph.shape(n.output)
+    body = K.CONV_TRANSPOSE2D.substitute(
+        c_in=c_in, h_in=h_in, w_in=w_in, c_out=c_out, h_out=h_out, w_out=w_out,
+        cg=c_in // a["group"], og=w.shape[1], kh=w.shape[2], kw=w.shape[3],
+        sh=a["strides"][0], sw=a["strides"][1], dh=a["dilations"][0], dw=a["dilations"][1],
+        pt=a["pads"][0], pl=a["pads"][1], x=plan.buf(n.inputs[0]), y=plan.buf(n.output),
+        w=f"w_{cid}", b=f"b_{cid}",
+    )  # fmt: skip
+    return Layer(n, body, consts=_synapse_consts(n, cid, w))
