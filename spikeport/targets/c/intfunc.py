@@ -16,11 +16,17 @@ from spikeport.sim import intfunc as F
 
 FUNCTIONS: dict[str, str] = {
     "floor_div": """\
-/* floor(a / b) for b > 0 (C's / truncates toward zero). */
+/* floor(a / b) for b > 0 (C's / truncates toward zero). Where both fit 32 bits the division
+ * is a 32-bit one: a single instruction on a Cortex-M3, where 64-bit division is a libgcc call. */
 static int64_t spk_floor_div(int64_t a, int64_t b)
 {
-    const int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    if (a >= INT32_MIN && a <= INT32_MAX && b <= INT32_MAX) {
+        const int32_t a32 = (int32_t)a, b32 = (int32_t)b, q32 = a32 / b32;
+        return (a32 % b32 != 0 && a32 < 0) ? (int64_t)q32 - 1 : q32;
+    } else {
+        const int64_t q = a / b;
+        return (a % b != 0 && a < 0) ? q - 1 : q;
+    }
 }""",
     "asr": """\
 /* floor(a / 2^s): an arithmetic right shift written for negative a too. */

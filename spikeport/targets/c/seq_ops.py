@@ -61,7 +61,8 @@ $accumulate    for (int r = 0; r < $rows; ++r) {
         int64_t *q = $row;
         for (int j = 0; j < $d; ++j) {
             const int i = r * $d + j;
-            q[j] = spk_floor_div((int64_t)${s}[i] * ${mul}[$mi], t << $shift);
+            /* floor(a / (t 2^k)) = floor(floor(a / 2^k) / t): a shift, then a small division */
+            q[j] = spk_floor_div(spk_asr((int64_t)${s}[i] * ${mul}[$mi], $shift), t);
         }
 $apply        for (int j = 0; j < $d; ++j) {
             const int i = r * $d + j;
@@ -272,7 +273,7 @@ def _ec_rows(plan: Plan, n: Node, cid: str, apply: str, consts: list) -> Layer:
     d, size = shape[-1], plan.size(n.output)
     mul = n.params["requant_q"]
     (s,), accumulate, state = _running_sums(plan, n, cid, n.inputs[:1])
-    plan.functions.add("floor_div")
+    plan.functions.update({"floor_div", "asr"})
     body = EC_ROWS.substitute(
         rows=size // d, d=d, s=s, y=plan.buf(n.output), g=f"spk_state.g_{cid}", row=f"R{cid}",
         mul=f"rq_{cid}", mi=broadcast_index(shape, mul.shape), shift=n.attrs["requant_shift"],
