@@ -44,5 +44,14 @@ else
   echo "(skipping the QEMU run: gcc-arm-none-eabi / qemu-system-arm not installed; make test installs them)"
 fi
 echo
+echo "== text_bert on a microcontroller: the transformer's integer LayerNorm, softmax, GELU and"
+echo "   attention as C99 (int32 token ids and mask in, no float), checked bit for bit"
+spikeport quantize out/text_bert.spk --calib examples/text_calib.npz --target c -o out/text_bert_c.spk
+spikeport emit   out/text_bert_c.spk --target c --board nrf52840-dk -o out/text_bert_c
+spikeport verify out/text_bert_c.spk out/text_bert_c --data examples/text_test.npz -n 200 -T 8
+if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then
+  spikeport flash out/text_bert_c --board qemu-mps2-an385 --data examples/text_test.npz -n 4 -T 4
+fi
+echo
 spikeport inspect out/digits_cnn_q.spk
 echo "plots: out/<model>.png   reports: out/<model>.json"
