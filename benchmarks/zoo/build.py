@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from topics import write_topics
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "work" / "models"
@@ -535,6 +536,11 @@ def build_one(spec: Spec, optimum_python: str) -> dict:
             build_optimum(spec, model, calib, optimum_python)
         elif spec.kind == "sentence":
             build_sentence(spec, model, calib)
+            write_topics(  # the labelled task of benchmarks/encoder_classifier.py
+                _package_dir(spec.arg.split("/")[0]) / spec.arg.split("/", 1)[1],
+                spec.inputs["input_ids"][0][0],
+                MODELS / f"{spec.name}_topics.npz",
+            )
         names = data_keys(spec.inputs)
         try:
             y = labels(reference_first_output(model, test))
