@@ -1,0 +1,339 @@
+"""Fast kernels: the reference kernels of spikeport.sim.ops over all T steps at once, in torch.
+
+The layer-by-layer runner (spikeport.sim.layerwise) hands a kernel every step of its inputs
+at once, arrays (T, N, ...). A synaptic op folds T into the batch, so one conv2d call does
+the work of T. Ops without a fast kernel here run their reference kernel (the runner's
+fallback): the fast backend never computes anything the reference does not define.
+
+"int" mode kernels work on running sums over steps ("cumulative": x_1 + ... + x_t at index
+t-1) instead of per-step values. There a synaptic op is still one linear map (W X_t + t b);
+an expectation-compensated max pool is a plain max pool (its outputs telescope to max(S_t));
+a neuron's net spike count N_t follows from its input's running sum C_t alone (IF below);
+and the graph's output accumulators are the running sums themselves. Per-step values exist
+only where a reference kernel, a trace or a check needs them.
+
+Exactness (bit for bit with the reference): a sum of integers in floating point is exact while
+every partial sum stays below 2^24 (float32) or 2^53 (float64), in whatever order the library
+sums. The range proof of spikeport.quantize.ranges, rederived from the graph's own integers,
+bounds every running sum (NodeBounds.total): a kernel takes float32 where that bound is below
+2^23 (a margin for the floor division of IF) and float64 otherwise. The "float" and "ann"
+modes run float64 per step like the reference, in another summation order: equal to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikeport.ir.graph import Node
+from spikeport.ir.ops import spike_levels
+from spikeport.quantize.ranges import NodeBounds
+from spikeport.registry import registrar
+from spikeport.sim.arith import initial_potential
+from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.ops import Shape
+
+# float32 is exact for integers below 2^24; half of it leaves room for IF's floor division
+# (floor(a / b) of integers is exact in floating point when |a| + b is below half the range).
+FLOAT32_SAFE = float(1 << 23)
+Bounds = dict[str, NodeBounds]
+
+
+@dataclass
+class Steps:
+    """What a kernel produced over T steps.
+
+    y:     (T, N, ...) its output: per-step values, or running sums if `cumulative`
+    state: (T,) the peak |state| it kept at each step, to be checked like y (or a function
+           that computes it, called only where the range proof does not already bound it)
+    k:     (T, N, ...) a neuron's per-step spike counts (the reference's stepped neurons)
+    """
+
+    y: np.ndarray
+    state: np.ndarray | Callable[[], np.ndarray] | None = None
+    k: np.ndarray | None = None
+
+
+@dataclass
+class FastKernel:
+    """run(*inputs (T, N, ...)) -> Steps. `cumulative`: inputs and output are running sums,
+    and `dtype` holds the running sums of its inputs exactly (the runner makes them in it)."""
+
+    run: Callable[..., Steps]
+    cumulative: bool = False
+    dtype: torch.dtype = torch.float64
+
+
+# maker(node, mode, per-sample output shape, the range proof's bounds in "int" mode)
+FastMaker = Callable[[Node, str, Shape, Bounds | None], FastKernel | None]
+FAST_KERNELS: dict[str, FastMaker] = {}
+
+fast_kernel = registrar(FAST_KERNELS)
+
+
+def _torch(x: np.ndarray) -> torch.Tensor:
+    """x as a torch tensor, copied where it is a read-only view (a static tensor repeated
+    over T by broadcasting, which torch cannot wrap)."""
+    return torch.from_numpy(x if x.flags.writeable else np.array(x))
+
+
+def _fold(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(T, N, ...) numpy -> (T*N, ...) torch, of `dtype` if given (T folds into the batch)."""
+    y = _torch(x).reshape((-1,) + x.shape[2:])
+    return y if dtype is None else y.to(dtype)
+
+
+def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
+    return y.reshape((T, -1) + tuple(y.shape[1:]))
+
+
+def sum_dtype(bounds: Bounds | None, node: Node, extra: float = 0.0) -> torch.dtype:
+    """float32 where the proof bounds every running sum of the node's inputs and output (plus
+    `extra`) below FLOAT32_SAFE, float64 otherwise."""
+    if bounds is None:
+        return torch.float64
+    tensors = [*node.inputs, node.output]
+    worst = max(float(bounds[t].total.max(initial=0)) for t in tensors) + extra
+    return torch.float32 if worst < FLOAT32_SAFE else torch.float64
+
+
+def _param(node: Node, name: str, mode: str) -> np.ndarray:
+    return node.params[f"{name}_q" if mode == "int" else name]
+
+
+def _param_t(node: Node, name: str, mode: str, dt: torch.dtype) -> torch.Tensor | None:
+    p = node.params.get(f"{name}_q" if mode == "int" else name)
+    return None if p is None else torch.from_numpy(p.astype(np.float64)).to(dt)
+
+
+def _pad(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
+    """ONNX pads (top, left, bottom, right), which may be asymmetric."""
+    t, left, b, r = pads
+    return F.pad(x, (left, r, t, b), value=value) if any(pads) else x
+
+
+def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool) -> np.ndarray:
+    """y (T*N, ...) plus the bias (already shaped to broadcast against one sample) at every
+    step; summed over t steps that is t * b."""
+    y = _unfold(y, T)
+    if b is not None:
+        steps = torch.arange(1, T + 1, dtype=y.dtype).reshape((T,) + (1,) * (y.dim() - 1))
+        y = y + (b * steps if cumulative else b)
+    return y.numpy()
+
+
+def _linear(
+    node: Node, mode: str, bounds: Bounds | None, op: Callable, bias_shape: Shape
+) -> FastKernel:
+    """A synaptic op: op(x folded (T*N, ...), weights of dtype dt) then the bias."""
+    integer = mode == "int"
+    dt = sum_dtype(bounds, node) if integer else torch.float64
+    w, b = _param_t(node, "weight", mode, dt), _param_t(node, "bias", mode, dt)
+    b = None if b is None else b.reshape(bias_shape)
+
+    def run(x: np.ndarray) -> Steps:
+        return Steps(_with_bias(op(_fold(x, dt), w), b, len(x), integer))
+
+    return FastKernel(run, integer, dt)
+
+
+@fast_kernel("conv2d")
+def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+    a = node.attrs
+
+    def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
+        x = _pad(x, a["pads"]).contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, None, a["strides"], 0, a["dilations"], a["group"])
+
+    return _linear(node, mode, bounds, conv, (-1, 1, 1))
+
+
+@fast_kernel("dense")
+def _dense(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+    return _linear(node, mode, bounds, lambda x, w: x @ w.T, (-1,))
+
+
+def _windows(x: torch.Tensor, a: dict, pad_value: float = 0.0) -> list[torch.Tensor]:
+    """The kh * kw strided views whose elementwise max / sum is the pooling: a few whole-tensor
+    ops, many times faster here than torch's max_pool2d / avg_pool2d on small images."""
+    x = _pad(x, a["pads"], pad_value)
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    ho, wo = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+    return [
+        x[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _window_sum(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """Sum of each pooling window, zero padding (exact on integers: see sum_dtype)."""
+    views = _windows(x, a)
+    out = views[0].clone()
+    for v in views[1:]:
+        out += v
+    return out
+
+
+def _window_max(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """Max of each pooling window; padding never wins (-inf, or the integer type's least)."""
+    low = -float("inf") if x.is_floating_point() else float(torch.iinfo(x.dtype).min)
+    views = _windows(x, a, low)
+    out = views[0].clone()
+    for v in views[1:]:
+        torch.maximum(out, v, out=out)
+    return out
+
+
+@fast_kernel("avgpool2d")
+def _avgpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+    a, integer = node.attrs, mode == "int"
+    dt = sum_dtype(bounds, node) if integer else torch.float64
+    area = a["kernel"][0] * a["kernel"][1]  # "int": 1/area lives in the output scale
+
+    def run(x: np.ndarray) -> Steps:
+        y = _window_sum(_fold(x, dt), a)
+        return Steps(_unfold(y if integer else y / area, len(x)).numpy())
+
+    return FastKernel(run, integer, dt)
+
+
+@fast_kernel("maxpool2d")
+def _maxpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """ "ann": the window max. Otherwise expectation-compensated (ops._ECMaxPool): its outputs
+    over t steps sum to max(S_t), the window max of the input's running sum S_t; per step
+    (the "float" mode) that is the difference of consecutive maxima."""
+    a = node.attrs
+    if kind_of(node) == LAVA and mode != "ann":
+        return None  # a one-step delay, not a running sum: the reference kernel runs it
+
+    def window_max(x: np.ndarray) -> np.ndarray:
+        return _unfold(_window_max(_fold(x), a), len(x)).numpy()
+
+    if mode != "float":  # "ann": one step; "int": running sums in, running sums out
+        dt = sum_dtype(bounds, node) if mode == "int" else torch.float64
+        return FastKernel(lambda x: Steps(window_max(x)), mode == "int", dt)
+
+    def run(x: np.ndarray) -> Steps:
+        m = window_max(np.cumsum(x, axis=0))  # the reference's total = total + x, in order
+        return Steps(np.diff(m, axis=0, prepend=np.zeros_like(m[:1])))
+
+    return FastKernel(run)
+
+
+@fast_kernel("if")
+def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    if mode == "ann" or kind_of(node) == LAVA:
+        return None  # ReLU / identity, and Lava's delayed LIF: the reference kernels
+    if mode == "int":
+        assert bounds is not None
+        neuron = IntIF(node, shape, bounds)
+        return FastKernel(neuron, True, neuron.dt)
+    return FastKernel(FloatIF(node, shape))
+
+
+class IntIF:
+    """ops.IFNeuron ("int" mode) on running sums: C_t of its input current in, N_t (its net
+    spike count after step t) out.
+
+    Before step t's spikes v = v0 + C_t - theta * N_{t-1}, and the reference emits
+    s = clamp(floor(v / theta), lo, K) = clamp(q_t - N_{t-1}, lo, K) with
+    q_t = floor((v0 + C_t) / theta) (theta * N is a multiple of theta). So N_t = clamp(q_t,
+    N_{t-1} + lo, N_{t-1} + K): every q_t at once, then a loop over t of cheap ops.
+    lo = 0 (unsigned), -min(N, K) (signed: the count never goes below 0), -K (bipolar).
+    Unsigned binary neurons (the common case) take the compare form instead, no division:
+    s = [v0 + C_t - theta >= theta * N_{t-1}].
+    """
+
+    def __init__(self, node: Node, shape: Shape, bounds: Bounds):
+        theta = np.broadcast_to(node.params["threshold_q"].astype(np.int64), shape)
+        self.dt = sum_dtype(bounds, node, 2.0 * float(theta.max(initial=0)))
+        self.theta = torch.from_numpy(theta.astype(np.float64)).to(self.dt)
+        self.v0 = torch.from_numpy(initial_potential(theta).astype(np.float64)).to(self.dt)
+        self.K = spike_levels(node)
+        self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
+        self.binary = self.K == 1 and not (self.signed or self.bipolar)
+
+    def __call__(self, current: np.ndarray) -> Steps:
+        c = _torch(current).to(self.dt)
+        n = self._binary(c) if self.binary else self._levels(c)
+        return Steps(n.numpy(), lambda: self._state(c, n))
+
+    def _binary(self, c: torch.Tensor) -> torch.Tensor:
+        a = c + (self.v0 - self.theta)
+        n = torch.empty_like(a)
+        prev = torch.zeros_like(a[0])
+        fired = torch.empty(a.shape[1:], dtype=torch.bool)
+        for t in range(len(a)):
+            torch.ge(a[t], self.theta * prev, out=fired)
+            torch.add(prev, fired.to(a.dtype), out=n[t])
+            prev = n[t]
+        return n
+
+    def _levels(self, c: torch.Tensor) -> torch.Tensor:
+        q = torch.floor((c + self.v0) / self.theta)  # exact: see FLOAT32_SAFE
+        n = torch.empty_like(q)
+        prev = torch.zeros_like(q[0])
+        for t in range(len(q)):
+            torch.minimum(torch.maximum(q[t], self._low(prev)), prev + self.K, out=n[t])
+            prev = n[t]
+        return n
+
+    def _low(self, n: torch.Tensor) -> torch.Tensor:
+        if self.bipolar:
+            return n - self.K
+        if self.signed:
+            return torch.clamp(n - self.K, min=0)
+        return n
+
+    def _state(self, c: torch.Tensor, n: torch.Tensor) -> np.ndarray:
+        """Peak |v| after each step: v_t = v0 + C_t - theta * N_t."""
+        v = (c + self.v0 - self.theta * n).reshape(len(c), -1).abs()
+        return v.max(dim=1).values.to(torch.float64).numpy().astype(np.int64)
+
+
+class FloatIF:
+    """ops.IFNeuron ("float" mode) over all T steps in torch: the same rule in the same order,
+    one step at a time on whole tensors. Returns spikes * theta, with the counts in k."""
+
+    def __init__(self, node: Node, shape: Shape):
+        theta = np.broadcast_to(np.asarray(node.params["threshold"], np.float64), shape)
+        self.theta = torch.from_numpy(theta.copy())
+        self.K = spike_levels(node)
+        self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
+
+    def spikes(self, v: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        if self.K == 1:  # binary: the compare form (ops.IFNeuron)
+            pos = v >= self.theta
+            s = pos.long()
+            if self.bipolar:
+                s -= (~pos & (v < 0)).long()
+            elif self.signed:
+                s -= (~pos & (v < 0) & (count > 0)).long()
+            return s
+        low = torch.zeros_like(count)
+        if self.bipolar:
+            low = low - self.K
+        elif self.signed:
+            low = -torch.clamp(count, max=self.K)
+        k = torch.floor_divide(v, self.theta)
+        return torch.minimum(torch.maximum(k, low.to(k.dtype)), k.new_tensor(self.K)).long()
+
+    def __call__(self, current: np.ndarray) -> Steps:
+        cur = _torch(current)
+        v = (self.theta / 2).expand(cur.shape[1:]).clone()
+        count = torch.zeros(v.shape, dtype=torch.int64)
+        k = torch.empty(cur.shape, dtype=torch.int64)
+        for t in range(len(cur)):
+            v += cur[t]
+            k[t] = s = self.spikes(v, count)
+            v -= s * self.theta
+            count += s
+        kn = k.numpy()
+        return Steps(kn * self.theta.numpy(), None, kn)
