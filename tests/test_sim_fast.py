@@ -93,3 +93,16 @@ def test_simulate_takes_the_backend(cases):
     assert_same_run(*runs)
     with pytest.raises(Exception, match="backend 'gpu' is not one of"):
         Simulator(case.int, "int", "gpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_observer_sees_every_tensor_at_every_step(cases, backend):
+    """observe= reads what record= keeps, without keeping it (quantize's calibrated peaks)."""
+    case = cases["residual"]
+    seen: dict[str, list[np.ndarray]] = {}
+    res = Simulator(case.int, "int", backend).run(
+        case.test_x[:5], 3, record=True, observe=lambda k, v: seen.setdefault(k, []).append(v)
+    )
+    assert res.trace is not None and seen.keys() == res.trace.keys()
+    for name, v in res.trace.items():
+        np.testing.assert_array_equal(np.stack(seen[name]), v, err_msg=name)

@@ -27,7 +27,7 @@ from spikeport.sim.fast import Steps
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 
 if TYPE_CHECKING:
-    from spikeport.sim.simulator import SimResult, Simulator
+    from spikeport.sim.simulator import Observer, SimResult, Simulator
 
 MAX_ELEMENTS = 1 << 24  # per tensor over T steps (128 MiB of int64): bounds the memory used
 STATIC, STEP, CUM = "static", "step", "cum"
@@ -204,11 +204,15 @@ def _last_use(graph: Graph) -> dict[str, int]:
     return last
 
 
-def run_layers(sim: Simulator, x: Batch, T: int, record: bool) -> SimResult:
+def run_layers(
+    sim: Simulator, x: Batch, T: int, record: bool, observe: Observer | None = None
+) -> SimResult:
     """Simulator.run for the fast backend (same result), a slice of the batch at a time."""
     n = size(x)
     step = max(1, MAX_ELEMENTS // (T * sim.widest))
-    parts = [_run_all(sim, take(x, slice(s, s + step)), T, record) for s in range(0, n, step)]
+    parts = [
+        _run_all(sim, take(x, slice(s, s + step)), T, record, observe) for s in range(0, n, step)
+    ]
     return parts[0] if len(parts) == 1 else join(parts, record)
 
 
@@ -237,11 +241,20 @@ def _account(
             counts.events(as_step(out, T, integer), sim.bits[node.name])
 
 
-def _run_all(sim: Simulator, x: Batch, T: int, record: bool) -> SimResult:
+def _observe(observe: Observer | None, name: str, v: Val, T: int, integer: bool) -> None:
+    """Simulator.run's observer: every tensor's values at every step, batch first."""
+    if observe is not None:
+        for x in as_step(v, T, integer):
+            observe(name, x)
+
+
+def _run_all(sim: Simulator, x: Batch, T: int, record: bool, observe: Observer | None) -> SimResult:
     from spikeport.sim.simulator import SimResult
 
     graph, integer = sim.graph, sim.mode == "int"
     values = {k: Val(v, STATIC) for k, v in sim.encode(x).items()}
+    for k, v in values.items():
+        _observe(observe, k, v, T, integer)
     counts, last = _Counts(T, integer), _last_use(graph)
     for i, (node, ref) in enumerate(sim.kernels):
         ins = [values[t] for t in node.inputs]
@@ -251,6 +264,7 @@ def _run_all(sim: Simulator, x: Batch, T: int, record: bool) -> SimResult:
             out, steps = _run_node(sim, node, ref, ins, T)
         values[node.output] = out
         _account(sim, node, ins, out, steps, counts, T)
+        _observe(observe, node.output, out, T, integer)
         for t in node.inputs if not record else ():
             if last.get(t) == i:
                 values.pop(t, None)  # read by no later node: free it

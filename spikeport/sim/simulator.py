@@ -24,6 +24,7 @@ from spikeport.sim.layerwise import join, run_layers
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
 
 DEFAULT_BATCH = 256
+Observer = Callable[[str, np.ndarray], None]
 # "reference": the numpy kernels one step at a time, the specification as written;
 # "fast": the same results (bit for bit in "int" mode, tested on every fixture) from torch
 # kernels run layer by layer over all T steps (spikeport.sim.layerwise).
@@ -153,7 +154,12 @@ class Simulator:
                 values[t.name] = np.asarray(v, np.float64)
         return values
 
-    def run(self, x: Batch, T: int, record: bool = False) -> SimResult:
+    def run(
+        self, x: Batch, T: int, record: bool = False, observe: Observer | None = None
+    ) -> SimResult:
+        """Run x for T steps. record: keep every tensor at every step in `trace`. observe:
+        called with (tensor, its values at one step, batch first) for every tensor and step,
+        as they are made: a reader of every tensor that keeps none of them."""
         if self.mode == "ann":
             T = 1
         elif self.max_t is not None and T > self.max_t:
@@ -162,7 +168,7 @@ class Simulator:
                 f"overflow; quantize again with --max-T {T}"
             )
         if self.backend == "fast":
-            return run_layers(self, x, T, record)
+            return run_layers(self, x, T, record, observe)
         for _, k in self.kernels:
             k.reset(size(x))
         values = self.encode(x)
@@ -189,9 +195,11 @@ class Simulator:
             for o in self.graph.outputs:
                 acc[o] = acc[o] + values[o]
                 outputs[o].append(np.asarray(acc[o]).copy())
-            if record:
-                for name, v in values.items():
+            for name, v in values.items():
+                if record:
                     trace.setdefault(name, []).append(v)
+                if observe:
+                    observe(name, v)
         return SimResult(
             {o: np.stack(v) for o, v in outputs.items()},
             spikes,
