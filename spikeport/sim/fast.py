@@ -5,18 +5,21 @@ at once, arrays (T, N, ...). A synaptic op folds T into the batch, so one conv2d
 the work of T. Ops without a fast kernel here run their reference kernel (the runner's
 fallback): the fast backend never computes anything the reference does not define.
 
-"int" mode kernels work on running sums over steps ("cumulative": x_1 + ... + x_t at index
-t-1) instead of per-step values. There a synaptic op is still one linear map (W X_t + t b);
-an expectation-compensated max pool is a plain max pool (its outputs telescope to max(S_t));
-a neuron's net spike count N_t follows from its input's running sum C_t alone (IF below);
-and the graph's output accumulators are the running sums themselves. Per-step values exist
-only where a reference kernel, a trace or a check needs them.
+"int" mode kernels may work on running sums over steps ("cumulative": x_1 + ... + x_t at
+index t-1) instead of per-step values. There a synaptic op is still one linear map
+(W X_t + t b); an expectation-compensated max pool is a plain max pool (its outputs telescope
+to max(S_t)); a neuron's net spike count N_t follows from its input's running sum C_t alone
+(IntIF below); and the graph's output accumulators are the running sums themselves. Linear
+ops and neurons take either form (ANY) and keep it, so a network of convolutions, pools and
+neurons runs on running sums throughout, and one with adds or EC operators (which need
+per-step values) on per-step values, with few conversions between the two.
 
 Exactness (bit for bit with the reference): a sum of integers in floating point is exact while
 every partial sum stays below 2^24 (float32) or 2^53 (float64), in whatever order the library
 sums. The range proof of spikeport.quantize.ranges, rederived from the graph's own integers,
-bounds every running sum (NodeBounds.total): a kernel takes float32 where that bound is below
-2^23 (a margin for the floor division of IF) and float64 otherwise. The "float" and "ann"
+bounds every value (NodeBounds.step), running sum (.total) and neuron state: a kernel takes
+float32 where the bounds it needs are below 2^23 (a margin for the floor division of IF) and
+float64 otherwise. The "float" and "ann"
 modes run float64 per step like the reference, in another summation order: equal to rounding.
 """
 
@@ -58,13 +61,17 @@ class Steps:
     k: np.ndarray | None = None
 
 
+STEP, CUM, ANY = "step", "cum", "any"
+
+
 @dataclass
 class FastKernel:
-    """run(*inputs (T, N, ...)) -> Steps. `cumulative`: inputs and output are running sums,
-    and `dtype` holds the running sums of its inputs exactly (the runner makes them in it)."""
+    """run(*inputs (T, N, ...), cumulative=bool) -> Steps, in the form `takes` names: per-step
+    values (STEP), running sums (CUM), or either (ANY: the output comes in the inputs' form,
+    `cumulative` says which). `dtype` holds its inputs' running sums exactly."""
 
     run: Callable[..., Steps]
-    cumulative: bool = False
+    takes: str = STEP
     dtype: torch.dtype = torch.float64
 
 
@@ -91,14 +98,25 @@ def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
     return y.reshape((T, -1) + tuple(y.shape[1:]))
 
 
-def sum_dtype(bounds: Bounds | None, node: Node, extra: float = 0.0) -> torch.dtype:
-    """float32 where the proof bounds every running sum of the node's inputs and output (plus
-    `extra`) below FLOAT32_SAFE, float64 otherwise."""
+def sum_dtype(
+    bounds: Bounds | None, node: Node, cumulative: bool = True, extra: float = 0.0
+) -> torch.dtype:
+    """float32 where the proof bounds the node's inputs and output (their running sums if
+    `cumulative`, else their values at any step; plus `extra`) below FLOAT32_SAFE, else
+    float64."""
     if bounds is None:
         return torch.float64
     tensors = [*node.inputs, node.output]
-    worst = max(float(bounds[t].total.max(initial=0)) for t in tensors) + extra
+    pick = (lambda b: b.total) if cumulative else (lambda b: b.step)
+    worst = max(float(pick(bounds[t]).max(initial=0)) for t in tensors) + extra
     return torch.float32 if worst < FLOAT32_SAFE else torch.float64
+
+
+def _dtypes(bounds: Bounds | None, node: Node, mode: str) -> dict[bool, torch.dtype]:
+    """The float type of per-step (False) and cumulative (True) sums; float64 outside "int"."""
+    if mode != "int":
+        return {False: torch.float64, True: torch.float64}
+    return {c: sum_dtype(bounds, node, c) for c in (False, True)}
 
 
 def _param(node: Node, name: str, mode: str) -> np.ndarray:
@@ -129,16 +147,19 @@ def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool
 def _linear(
     node: Node, mode: str, bounds: Bounds | None, op: Callable, bias_shape: Shape
 ) -> FastKernel:
-    """A synaptic op: op(x folded (T*N, ...), weights of dtype dt) then the bias."""
-    integer = mode == "int"
-    dt = sum_dtype(bounds, node) if integer else torch.float64
-    w, b = _param_t(node, "weight", mode, dt), _param_t(node, "bias", mode, dt)
-    b = None if b is None else b.reshape(bias_shape)
+    """A synaptic op: op(x folded (T*N, ...), weights) then the bias, in float32 where the
+    proof allows it for the form it gets."""
+    dts = _dtypes(bounds, node, mode)
+    params = {}
+    for dt in set(dts.values()):
+        w, b = _param_t(node, "weight", mode, dt), _param_t(node, "bias", mode, dt)
+        params[dt] = (w, None if b is None else b.reshape(bias_shape))
 
-    def run(x: np.ndarray) -> Steps:
-        return Steps(_with_bias(op(_fold(x, dt), w), b, len(x), integer))
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        w, b = params[dts[cumulative]]
+        return Steps(_with_bias(op(_fold(x, w.dtype), w), b, len(x), cumulative))
 
-    return FastKernel(run, integer, dt)
+    return FastKernel(run, ANY if mode == "int" else STEP, dts[True])
 
 
 @fast_kernel("conv2d")
@@ -194,14 +215,14 @@ def _window_max(x: torch.Tensor, a: dict) -> torch.Tensor:
 @fast_kernel("avgpool2d")
 def _avgpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
     a, integer = node.attrs, mode == "int"
-    dt = sum_dtype(bounds, node) if integer else torch.float64
+    dts = _dtypes(bounds, node, mode)
     area = a["kernel"][0] * a["kernel"][1]  # "int": 1/area lives in the output scale
 
-    def run(x: np.ndarray) -> Steps:
-        y = _window_sum(_fold(x, dt), a)
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        y = _window_sum(_fold(x, dts[cumulative]), a)
         return Steps(_unfold(y if integer else y / area, len(x)).numpy())
 
-    return FastKernel(run, integer, dt)
+    return FastKernel(run, ANY if integer else STEP, dts[True])
 
 
 @fast_kernel("maxpool2d")
@@ -213,15 +234,16 @@ def _maxpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fast
     if kind_of(node) == LAVA and mode != "ann":
         return None  # a one-step delay, not a running sum: the reference kernel runs it
 
-    def window_max(x: np.ndarray) -> np.ndarray:
-        return _unfold(_window_max(_fold(x), a), len(x)).numpy()
+    def window_max(x: np.ndarray, cumulative: bool = False) -> Steps:
+        return Steps(_unfold(_window_max(_fold(x), a), len(x)).numpy())
 
     if mode != "float":  # "ann": one step; "int": running sums in, running sums out
-        dt = sum_dtype(bounds, node) if mode == "int" else torch.float64
-        return FastKernel(lambda x: Steps(window_max(x)), mode == "int", dt)
+        return FastKernel(
+            window_max, CUM if mode == "int" else STEP, _dtypes(bounds, node, mode)[True]
+        )
 
-    def run(x: np.ndarray) -> Steps:
-        m = window_max(np.cumsum(x, axis=0))  # the reference's total = total + x, in order
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        m = window_max(np.cumsum(x, axis=0)).y  # the reference's total = total + x, in order
         return Steps(np.diff(m, axis=0, prepend=np.zeros_like(m[:1])))
 
     return FastKernel(run)
@@ -233,9 +255,30 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
         return None  # ReLU / identity, and Lava's delayed LIF: the reference kernels
     if mode == "int":
         assert bounds is not None
-        neuron = IntIF(node, shape, bounds)
-        return FastKernel(neuron, True, neuron.dt)
-    return FastKernel(FloatIF(node, shape))
+        cum, step = IntIF(node, shape, bounds), StepIF(node, shape, bounds)
+
+        def run(current: np.ndarray, cumulative: bool = False) -> Steps:
+            return cum(current) if cumulative else step(current)
+
+        return FastKernel(run, ANY, cum.dt)
+    return FastKernel(StepIF(node, shape, None))
+
+
+@fast_kernel("add")
+def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step, in float64: each product is
+    below 2^47 (|x| < 2^31, 16-bit m), their sum below 2^53, and a power-of-two scale and
+    floor are exact."""
+    if mode != "int":
+        return None  # a plain sum: the reference kernel, folded
+    mult = [torch.from_numpy(m.astype(np.float64)) for m in node.params["mult_q"]]
+    scale = 2.0 ** -node.attrs.get("shift", 0)
+
+    def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
+        total = sum(m * _torch(x).to(torch.float64) for m, x in zip(mult, xs, strict=True))
+        return Steps(torch.floor(total * scale).numpy())  # type: ignore[union-attr]
+
+    return FastKernel(run)
 
 
 class IntIF:
@@ -253,7 +296,7 @@ class IntIF:
 
     def __init__(self, node: Node, shape: Shape, bounds: Bounds):
         theta = np.broadcast_to(node.params["threshold_q"].astype(np.int64), shape)
-        self.dt = sum_dtype(bounds, node, 2.0 * float(theta.max(initial=0)))
+        self.dt = sum_dtype(bounds, node, True, 2.0 * float(theta.max(initial=0)))
         self.theta = torch.from_numpy(theta.astype(np.float64)).to(self.dt)
         self.v0 = torch.from_numpy(initial_potential(theta).astype(np.float64)).to(self.dt)
         self.K = spike_levels(node)
@@ -261,7 +304,7 @@ class IntIF:
         self.binary = self.K == 1 and not (self.signed or self.bipolar)
 
     def __call__(self, current: np.ndarray) -> Steps:
-        c = _torch(current).to(self.dt)
+        c = _torch(current).to(self.dt)  # running sums of the input current
         n = self._binary(c) if self.binary else self._levels(c)
         return Steps(n.numpy(), lambda: self._state(c, n))
 
@@ -298,42 +341,59 @@ class IntIF:
         return v.max(dim=1).values.to(torch.float64).numpy().astype(np.int64)
 
 
-class FloatIF:
-    """ops.IFNeuron ("float" mode) over all T steps in torch: the same rule in the same order,
-    one step at a time on whole tensors. Returns spikes * theta, with the counts in k."""
+class StepIF:
+    """ops.IFNeuron over all T steps on per-step currents, in torch: the same rule in the same
+    order, one step at a time on whole tensors. "int" mode (bounds given): float32 where the
+    proof bounds |v| + |current| + theta below FLOAT32_SAFE, else float64 (exact either way),
+    spike counts out; "float" mode: float64, spikes * theta out, the counts in k."""
 
-    def __init__(self, node: Node, shape: Shape):
-        theta = np.broadcast_to(np.asarray(node.params["threshold"], np.float64), shape)
-        self.theta = torch.from_numpy(theta.copy())
+    def __init__(self, node: Node, shape: Shape, bounds: Bounds | None):
+        self.integer = bounds is not None
+        theta = np.asarray(_param(node, "threshold", "int" if self.integer else "float"))
+        theta = np.broadcast_to(theta.astype(np.int64 if self.integer else np.float64), shape)
+        v0 = initial_potential(theta) if self.integer else theta / 2
+        self.dt = torch.float64
+        if bounds is not None:
+            b = bounds[node.inputs[0]]
+            room = bounds[node.output].state + float(b.step.max(initial=0))
+            self.dt = sum_dtype(bounds, node, False, room + 2.0 * float(theta.max(initial=0)))
+        self.theta = torch.from_numpy(theta.astype(np.float64)).to(self.dt)
+        self.v0 = torch.from_numpy(np.asarray(v0, np.float64)).to(self.dt)
         self.K = spike_levels(node)
         self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
 
     def spikes(self, v: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         if self.K == 1:  # binary: the compare form (ops.IFNeuron)
             pos = v >= self.theta
-            s = pos.long()
+            s = pos.to(v.dtype)
             if self.bipolar:
-                s -= (~pos & (v < 0)).long()
+                s -= (~pos & (v < 0)).to(v.dtype)
             elif self.signed:
-                s -= (~pos & (v < 0) & (count > 0)).long()
+                s -= (~pos & (v < 0) & (count > 0)).to(v.dtype)
             return s
         low = torch.zeros_like(count)
         if self.bipolar:
             low = low - self.K
         elif self.signed:
             low = -torch.clamp(count, max=self.K)
-        k = torch.floor_divide(v, self.theta)
-        return torch.minimum(torch.maximum(k, low.to(k.dtype)), k.new_tensor(self.K)).long()
+        k = torch.floor_divide(v, self.theta)  # integers: exact (see FLOAT32_SAFE)
+        return torch.clamp(torch.maximum(k, low), max=self.K)
 
-    def __call__(self, current: np.ndarray) -> Steps:
-        cur = _torch(current)
-        v = (self.theta / 2).expand(cur.shape[1:]).clone()
-        count = torch.zeros(v.shape, dtype=torch.int64)
-        k = torch.empty(cur.shape, dtype=torch.int64)
+    def __call__(self, current: np.ndarray, cumulative: bool = False) -> Steps:
+        cur = _torch(current).to(self.dt)
+        v = self.v0.expand(cur.shape[1:]).clone()
+        count = torch.zeros_like(v)
+        k = torch.empty_like(cur)
+        state = np.zeros(len(cur), np.int64)
         for t in range(len(cur)):
             v += cur[t]
             k[t] = s = self.spikes(v, count)
             v -= s * self.theta
             count += s
+            if self.integer:
+                lo, hi = torch.aminmax(v)
+                state[t] = max(int(hi), -int(lo))
         kn = k.numpy()
+        if self.integer:
+            return Steps(kn, state, kn)
         return Steps(kn * self.theta.numpy(), None, kn)

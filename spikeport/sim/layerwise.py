@@ -23,14 +23,14 @@ import torch
 from spikeport.batch import Batch, size, take
 from spikeport.errors import SimulationOverflow
 from spikeport.ir.graph import Graph, Node
-from spikeport.sim.fast import Steps
+from spikeport.sim.fast import ANY, CUM, FLOAT32_SAFE, STEP, FastKernel, Steps
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 
 if TYPE_CHECKING:
     from spikeport.sim.simulator import Observer, SimResult, Simulator
 
 MAX_ELEMENTS = 1 << 24  # per tensor over T steps (128 MiB of int64): bounds the memory used
-STATIC, STEP, CUM = "static", "step", "cum"
+STATIC = "static"
 # Ops that only select or rearrange elements: they commute with running sums, so they move
 # running sums as they are (no per-step copy in between).
 DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice"})
@@ -71,10 +71,6 @@ def as_cum(v: Val, T: int, dtype: torch.dtype | None = None) -> np.ndarray:
     return x[None] * np.arange(1, T + 1, dtype=x.dtype).reshape((T,) + (1,) * x.ndim)
 
 
-def _forms(vals: list[Val]) -> set[str]:
-    return {v.form for v in vals}
-
-
 def _stepped(k: Kernel, ins: list[np.ndarray], T: int, integer: bool) -> Steps:
     """A stateful reference kernel, one call per step, with what the reference reads of it."""
     k.reset(ins[0].shape[1])
@@ -96,24 +92,33 @@ def _folded(k: Stateless, ins: list[np.ndarray]) -> Steps:
     return Steps(y.reshape((T, n) + y.shape[1:]))
 
 
+def _form(fast: FastKernel | None, node: Node, ins: list[Val]) -> str:
+    """The form a node runs in: its fast kernel's, or, where it takes either (and for data
+    moves), running sums unless an input comes per step. Reference kernels run per step."""
+    forms = {v.form for v in ins}
+    if fast is not None and fast.takes != ANY:
+        return fast.takes
+    if fast is not None or (node.op in DATA_MOVES and CUM in forms):
+        return STEP if STEP in forms else CUM
+    return STEP
+
+
 def _run_node(sim: Simulator, node: Node, ref: Kernel, ins: list[Val], T: int) -> tuple[Val, Steps]:
     """The node over all T steps: its fast kernel, else its reference kernel."""
     integer = sim.mode == "int"
     fast = sim.fast.get(node.name)
-    if fast is not None and fast.cumulative:
-        steps = fast.run(*[as_cum(v, T, fast.dtype) for v in ins])
-        return Val(steps.y, CUM), steps
-    if node.op in DATA_MOVES and all(v.form != STEP for v in ins) and CUM in _forms(ins):
-        steps = _folded(ref, [as_cum(v, T) for v in ins])  # type: ignore[arg-type]
-        return Val(steps.y, CUM), steps
-    xs = [as_step(v, T, integer) for v in ins]
+    form = _form(fast, node, ins)
+    if form == CUM:
+        xs = [as_cum(v, T, fast.dtype if fast else None) for v in ins]
+    else:
+        xs = [as_step(v, T, integer and fast is None) for v in ins]
     if fast is not None:
-        steps = fast.run(*xs)
+        steps = fast.run(*xs, cumulative=form == CUM)
     elif isinstance(ref, Stateless):
         steps = _folded(ref, xs)
     else:
         steps = _stepped(ref, xs, T, integer)
-    return Val(steps.y, STEP), steps
+    return Val(steps.y, form), steps
 
 
 def _static(sim: Simulator, node: Node, ref: Kernel, ins: list[Val]) -> Val:
@@ -123,7 +128,7 @@ def _static(sim: Simulator, node: Node, ref: Kernel, ins: list[Val]) -> Val:
     if fast is None:
         ref.reset(ins[0].x.shape[0])
         return Val(ref(*[v.x for v in ins]), STATIC)
-    y = fast.run(*[v.x[None] for v in ins]).y[0]
+    y = fast.run(*[v.x[None] for v in ins], cumulative=fast.takes != STEP).y[0]
     return Val(y.astype(np.int64) if sim.mode == "int" else y, STATIC)
 
 
@@ -139,29 +144,36 @@ class _Counts:
         reference computes a static node once). Unsigned binary spikes held as running sums:
         the fan-out weighted sum of the counts, differenced over steps (no per-step copy)."""
         if v.form == STATIC:
-            self.sops[0] += int(self._weighted(v.x[None] != 0, fanout)[0])
+            self.sops[0] += int(self._weighted(v.x[None] != 0, fanout, 1)[0])
         elif v.form == CUM and binary:
-            self.sops += np.diff(self._weighted(v.x, fanout), prepend=0)
+            self.sops += np.diff(self._weighted(v.x, fanout, self.T), prepend=0)
+        elif v.form == STEP and binary:
+            self.sops += self._weighted(v.x, fanout, 1)
         else:
-            self.sops += self._weighted(as_step(v, self.T, self.integer) != 0, fanout)
+            self.sops += self._weighted(as_step(v, self.T, self.integer) != 0, fanout, 1)
 
     @staticmethod
-    def _weighted(x: np.ndarray, fanout: np.ndarray | int) -> np.ndarray:
-        """sum over batch and elements of x * fanout, per step: (T,) int64 (sums of integers
-        in float64, below 2^53: exact; torch sums with its threads)."""
+    def _weighted(x: np.ndarray, fanout: np.ndarray | int, peak: int) -> np.ndarray:
+        """sum over batch and elements of x * fanout, per step: (T,) int64. x in [0, peak]:
+        one matrix-vector product per sample, in float32 where a sample's sum is below 2^24
+        (exact), then per step in float64."""
         xt = torch.from_numpy(np.ascontiguousarray(x))
-        T = len(x)
+        T, n = x.shape[:2]
         if isinstance(fanout, int):
             return _sum(xt.reshape(T, -1)).astype(np.int64) * fanout
-        per = xt.reshape(T, x.shape[1], -1).sum(dim=1, dtype=torch.float64)
         f = np.broadcast_to(fanout, x.shape[2:]).reshape(-1).astype(np.float64)
-        return (per.numpy() @ f).astype(np.int64)
+        dt = torch.float32 if peak * f.sum() < FLOAT32_SAFE else torch.float64
+        per = xt.reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
+        return _sum(per.reshape(T, n)).astype(np.int64)
 
-    def events(self, k: np.ndarray, bits: int) -> None:
-        flat = k.reshape(len(k), -1)
-        events = np.count_nonzero(flat, axis=1)
+    def events(self, k: np.ndarray, bits: int, binary: bool = False) -> None:
+        """Per-step counts k: events are the nonzero ones, levels the sum of |k| (the sum
+        itself where the proof says every count is 0 or 1)."""
+        flat = torch.from_numpy(np.ascontiguousarray(k)).reshape(len(k), -1)
+        levels = _sum(flat.abs() if not binary else flat).astype(np.int64)
+        events = levels if binary else np.count_nonzero(flat.numpy(), axis=1)
         self.spikes += events
-        self.levels += np.abs(flat).sum(axis=1)
+        self.levels += levels
         self.bits += events * bits
 
     def binary_events(self, cum: np.ndarray, bits: int) -> None:
@@ -233,12 +245,13 @@ def _account(
     if node.name in sim.fanout:
         counts.synapses(ins[0], sim.fanout[node.name], sim.binary(node.inputs[0]))
     if node.op == "if" and sim.mode != "ann" and steps is not None:
-        if steps.k is not None:
-            counts.events(steps.k, sim.bits[node.name])
-        elif sim.binary(node.output):
-            counts.binary_events(out.x, sim.bits[node.name])
+        binary, bits = sim.binary(node.output), sim.bits[node.name]
+        if steps.k is not None:  # a neuron's own counts (a delayed kind's differ from y)
+            counts.events(steps.k, bits, binary)
+        elif out.form == CUM and binary:
+            counts.binary_events(out.x, bits)
         else:
-            counts.events(as_step(out, T, integer), sim.bits[node.name])
+            counts.events(as_step(out, T, integer), bits, binary)
 
 
 def _observe(observe: Observer | None, name: str, v: Val, T: int, integer: bool) -> None:

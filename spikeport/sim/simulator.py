@@ -126,7 +126,7 @@ class Simulator:
         for n in self.graph.nodes:
             make = FAST_KERNELS.get(n.op)
             k = make(n, self.mode, self.graph.shape(n.output), self.bounds) if make else None
-            if k is not None and (k.cumulative is False or self.bounds is not None):
+            if k is not None and (self.mode != "int" or self.bounds is not None):
                 out[n.name] = k
         return out
 
