@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +107,15 @@ def test_observer_sees_every_tensor_at_every_step(cases, backend):
     assert res.trace is not None and seen.keys() == res.trace.keys()
     for name, v in res.trace.items():
         np.testing.assert_array_equal(np.stack(seen[name]), v, err_msg=name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), peak=st.sampled_from([1, 7, 2**12, 2**20]))
+def test_counts_sum_exactly_past_float32(seed, peak):
+    """Event and synapse counts sum float32 tensors in chunks that stay exact: equal to an
+    int64 sum where one float32 sum would round (rows far above 2^24)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-peak, peak + 1, (3, 40_000)).astype(np.float32)
+    np.testing.assert_array_equal(
+        layerwise._sum(torch.from_numpy(x), peak), x.astype(np.int64).sum(axis=1)
+    )

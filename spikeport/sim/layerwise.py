@@ -23,6 +23,7 @@ import torch
 from spikeport.batch import Batch, size, take
 from spikeport.errors import SimulationOverflow
 from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import spike_levels
 from spikeport.sim.fast import ANY, CUM, FLOAT32_SAFE, STEP, FastKernel, Steps
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 
@@ -160,17 +161,17 @@ class _Counts:
         xt = torch.from_numpy(np.ascontiguousarray(x))
         T, n = x.shape[:2]
         if isinstance(fanout, int):
-            return _sum(xt.reshape(T, -1)).astype(np.int64) * fanout
+            return _sum(xt.reshape(T, -1), peak).astype(np.int64) * fanout
         f = np.broadcast_to(fanout, x.shape[2:]).reshape(-1).astype(np.float64)
         dt = torch.float32 if peak * f.sum() < FLOAT32_SAFE else torch.float64
         per = xt.reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
-        return _sum(per.reshape(T, n)).astype(np.int64)
+        return _sum(per.reshape(T, n), peak * float(f.sum())).astype(np.int64)
 
-    def events(self, k: np.ndarray, bits: int, binary: bool = False) -> None:
-        """Per-step counts k: events are the nonzero ones, levels the sum of |k| (the sum
-        itself where the proof says every count is 0 or 1)."""
+    def events(self, k: np.ndarray, bits: int, levels_k: int, binary: bool = False) -> None:
+        """Per-step counts k (|k| <= levels_k): events are the nonzero ones, levels the sum of
+        |k| (the sum itself where the proof says every count is 0 or 1)."""
         flat = torch.from_numpy(np.ascontiguousarray(k)).reshape(len(k), -1)
-        levels = _sum(flat.abs() if not binary else flat).astype(np.int64)
+        levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
         events = levels if binary else np.count_nonzero(flat.numpy(), axis=1)
         self.spikes += events
         self.levels += levels
@@ -178,16 +179,26 @@ class _Counts:
 
     def binary_events(self, cum: np.ndarray, bits: int) -> None:
         """Unsigned binary spikes held as running counts: events are count differences."""
-        total = _sum(torch.from_numpy(cum).reshape(len(cum), -1))
+        total = _sum(torch.from_numpy(cum).reshape(len(cum), -1), len(cum))
         events = np.diff(total, prepend=0).astype(np.int64)
         self.spikes += events
         self.levels += events
         self.bits += events * bits
 
 
-def _sum(x: torch.Tensor) -> np.ndarray:
-    """Row sums of a (T, M) tensor in float64 (exact for integers below 2^53)."""
-    return x.sum(dim=1, dtype=torch.float64).numpy()
+def _sum(x: torch.Tensor, peak: float) -> np.ndarray:
+    """Row sums of a (T, M) tensor of integers in [-peak, peak], exact, in float64: float32
+    sums over chunks short enough to stay below 2^23 first (a float64 sum of a float32
+    tensor converts every element, several times slower here)."""
+    if x.dtype != torch.float32:
+        return x.sum(dim=1, dtype=torch.float64).numpy()
+    T, m = x.shape
+    chunk = max(1, int(FLOAT32_SAFE // max(peak, 1.0)))
+    if m <= chunk:
+        return x.sum(dim=1).to(torch.float64).numpy()
+    whole = m - m % chunk
+    parts = x[:, :whole].reshape(T, -1, chunk).sum(dim=2).to(torch.float64).sum(dim=1)
+    return (parts + x[:, whole:].to(torch.float64).sum(dim=1)).numpy()
 
 
 def _check(sim: Simulator, node: Node, y: np.ndarray, state: np.ndarray | None) -> None:
@@ -245,13 +256,13 @@ def _account(
     if node.name in sim.fanout:
         counts.synapses(ins[0], sim.fanout[node.name], sim.binary(node.inputs[0]))
     if node.op == "if" and sim.mode != "ann" and steps is not None:
-        binary, bits = sim.binary(node.output), sim.bits[node.name]
+        binary, bits, K = sim.binary(node.output), sim.bits[node.name], spike_levels(node)
         if steps.k is not None:  # a neuron's own counts (a delayed kind's differ from y)
-            counts.events(steps.k, bits, binary)
+            counts.events(steps.k, bits, K, binary)
         elif out.form == CUM and binary:
             counts.binary_events(out.x, bits)
         else:
-            counts.events(as_step(out, T, integer), bits, binary)
+            counts.events(as_step(out, T, integer), bits, K, binary)
 
 
 def _observe(observe: Observer | None, name: str, v: Val, T: int, integer: bool) -> None:
