@@ -13,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spikeport.errors import SimulationOverflow
+from spikeport.ir import Node
 from spikeport.quantize import Profile, quantize
-from spikeport.sim import SimResult, Simulator, layerwise, simulate
+from spikeport.quantize.ranges import NodeBounds
+from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
+from spikeport.sim.ops import IFNeuron
 from spikeport.sim.simulator import BACKENDS
 
 
@@ -119,3 +122,34 @@ def test_counts_sum_exactly_past_float32(seed, peak):
     np.testing.assert_array_equal(
         layerwise._sum(torch.from_numpy(x), peak), x.astype(np.int64).sum(axis=1)
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    bits=st.integers(1, 3),
+    kind=st.sampled_from(["unsigned", "signed", "bipolar"]),
+    T=st.integers(1, 10),
+)
+def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T):
+    """fast.IntIF (running sums in, counts out) and fast.StepIF (per step) give the reference
+    IFNeuron's spikes, for binary and graded, unsigned, signed and bipolar neurons."""
+    rng = np.random.default_rng(seed)
+    C, N, K = 5, 7, (1 << bits) - 1
+    theta = rng.integers(1, 60, C)
+    current = rng.integers(-3, 4, (T, N, C)) * rng.integers(0, 60, (T, N, C))
+    signed, bipolar = kind != "unsigned", kind == "bipolar"
+    ref = IFNeuron(theta, signed, True, (C,), bipolar, K)
+    ref.reset(N)
+    want = np.stack([ref(current[t]) for t in range(T)])
+    node = Node("n", "if", ["i"], "o", {"signed": signed, "bipolar": bipolar, "spike_bits": bits},
+                {"threshold_q": theta})  # fmt: skip
+    peak, state = float(np.abs(current).max()), float(theta.max() + T * 200 * (K + 1))
+    bounds = {
+        "i": NodeBounds(np.full(C, peak), np.full(C, T * peak), 0.0),
+        "o": NodeBounds(np.full(C, float(K)), np.full(C, float(T * K)), state),
+    }
+    step = fast.StepIF(node, (C,), bounds)(current).y
+    cum = fast.IntIF(node, (C,), bounds)(np.cumsum(current, axis=0)).y
+    np.testing.assert_array_equal(step, want)
+    np.testing.assert_array_equal(np.diff(cum, axis=0, prepend=0), want)

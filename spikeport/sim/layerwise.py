@@ -24,7 +24,7 @@ from spikeport.batch import Batch, size, take
 from spikeport.errors import SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels
-from spikeport.sim.fast import ANY, CUM, FLOAT32_SAFE, STEP, FastKernel, Steps
+from spikeport.sim.fast import ANY, CUM, FLOAT32_SAFE, STEP, FastKernel, Steps, running_sum
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def as_cum(v: Val, T: int, dtype: torch.dtype | None = None) -> np.ndarray:
         return (torch.from_numpy(v.x).to(dtype)[None] * steps).numpy()
     x = v.x.astype(np.float64 if v.x.dtype.kind == "f" else np.int64, copy=False)
     if v.form == STEP:
-        return np.cumsum(x, axis=0)
+        return running_sum(x)
     return x[None] * np.arange(1, T + 1, dtype=x.dtype).reshape((T,) + (1,) * x.ndim)
 
 
@@ -295,7 +295,7 @@ def _run_all(sim: Simulator, x: Batch, T: int, record: bool, observe: Observer |
     outputs = {}
     for o in graph.outputs:
         v = values[o]
-        acc = as_cum(v, T) if v.form != STATIC or integer else np.cumsum(as_step(v, T, False), 0)
+        acc = as_cum(v, T) if v.form != STATIC or integer else running_sum(as_step(v, T, False))
         outputs[o] = acc.astype(np.int64) if integer else acc
     trace = {k: as_step(v, T, integer) for k, v in values.items()} if record else None
     return SimResult(outputs, counts.spikes, counts.sops, trace, counts.levels, counts.bits)
