@@ -156,9 +156,13 @@ def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool
 
 def _linear(
     node: Node, mode: str, bounds: Bounds | None, op: Callable, bias_shape: Shape
-) -> FastKernel:
+) -> FastKernel | None:
     """A synaptic op: op(x folded (T*N, ...), weights) then the bias, in float32 where the
-    proof allows it for the form it gets."""
+    proof allows it for the form it gets. The "float" and "ann" modes need float64, where
+    torch's convolution has no fast path: the reference kernel (numpy and BLAS), folded over
+    all T steps, is faster there."""
+    if mode != "int":
+        return None
     dts = _dtypes(bounds, node, mode)
     params = {}
     for dt in set(dts.values()):
@@ -173,7 +177,7 @@ def _linear(
 
 
 @fast_kernel("conv2d")
-def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
     a = node.attrs
 
     def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -186,7 +190,7 @@ def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
 
 
 @fast_kernel("dense")
-def _dense(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+def _dense(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
     return _linear(node, mode, bounds, lambda x, w: x @ w.T, (-1,))
 
 
@@ -281,11 +285,18 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     floor are exact."""
     if mode != "int":
         return None  # a plain sum: the reference kernel, folded
-    mult = [torch.from_numpy(m.astype(np.float64)) for m in node.params["mult_q"]]
+    m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
+    dt = torch.float64
+    if bounds is not None:  # float32 where the proof bounds sum |m_i| |x_i| below 2^23
+        peak = sum(
+            np.abs(m).max() * bounds[i].step.max() for m, i in zip(m64, node.inputs, strict=True)
+        )
+        dt = torch.float32 if peak < FLOAT32_SAFE else torch.float64
+    mult = [torch.from_numpy(m).to(dt) for m in m64]
     scale = 2.0 ** -node.attrs.get("shift", 0)
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
-        total = sum(m * _torch(x).to(torch.float64) for m, x in zip(mult, xs, strict=True))
+        total = sum(m * _torch(x).to(dt) for m, x in zip(mult, xs, strict=True))
         return Steps(torch.floor(total * scale).numpy())  # type: ignore[union-attr]
 
     return FastKernel(run)
@@ -314,7 +325,7 @@ class IntIF:
         self.binary = self.K == 1 and not (self.signed or self.bipolar)
 
     def __call__(self, current: np.ndarray) -> Steps:
-        c = _torch(current).to(self.dt)  # running sums of the input current
+        c = _torch(current).to(self.dt).contiguous()  # running sums of the input current
         n = self._binary(c) if self.binary else self._levels(c)
         return Steps(n.numpy(), lambda: self._state(c, n))
 
@@ -398,7 +409,7 @@ class StepIF:
         return torch.clamp(torch.maximum(k, low), max=self.K)
 
     def __call__(self, current: np.ndarray, cumulative: bool = False) -> Steps:
-        cur = _torch(current).to(self.dt)
+        cur = _torch(current).to(self.dt).contiguous()  # a conv's output is channels-last
         v = self.v0.expand(cur.shape[1:]).clone()
         count = torch.zeros_like(v)
         k = torch.empty_like(cur)
