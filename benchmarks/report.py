@@ -215,35 +215,67 @@ def activity_md(doc: dict[str, Any]) -> list[str]:
 
 
 def throughput_md(doc: dict[str, Any]) -> list[str]:
+    th = doc.get("threads") or {"torch": doc["machine"]["torch_threads"], "blas": "?"}
     lines = [
-        "## 2. Reference simulator throughput",
+        "## 2. Simulator throughput",
         "",
         provenance(doc),
         "",
         f"Samples x timesteps per second, batch {doc['batch']}, T = {doc['T']}, best of "
         f"{doc['repeats']} timings each (a timing repeats a call until it lasts "
         f"{doc['min_timing_s']} s), all runners interleaved in the same loop (so the "
-        "ratios compare the same moments of machine load). spikeport: `spikeport.sim.simulate` "
-        "(numpy) in integer and float mode. SpikingJelly: its torch simulation (float32, CPU, "
-        f"{doc['machine']['torch_threads']} torch threads) of the network its "
+        "ratios compare the same moments of machine load). Threads: spikeport and "
+        f"SpikingJelly run in this one process on the same torch pool of {th['torch']} "
+        f"thread(s), numpy's BLAS on {th['blas']} (`spikeport.threads.set_threads`, "
+        "`benchmarks/run.py --threads`). spikeport: `spikeport.sim.simulate`, the fast "
+        "backend (torch, layer by layer over all T, bit-equal to the reference in integer "
+        "mode) in integer and float mode, and the numpy reference backend in integer mode. "
+        "SpikingJelly: its torch simulation (float32, CPU) of the network its "
         "channel-wise half-threshold recipe made from the same ONNX weights, single-step "
         "(T calls, as its example's loop) and multi-step (one call on T copies); for the ViT "
         "its STA spiking-encoder network converted for T (multi-step only; float Linear, "
         "LayerNorm, softmax and GELU, see section 1, so not the same computation); "
         "ratio = spikeport / the faster SpikingJelly mode (above 1: spikeport is faster).",
         "",
-        "| model | spikeport int | spikeport float | SpikingJelly single-step "
-        "| SpikingJelly multi-step | int / SJ | float / SJ |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | spikeport int | spikeport float | spikeport int, reference "
+        "| SpikingJelly single-step | SpikingJelly multi-step | int / SJ | float / SJ "
+        "| int reference / SJ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         s = r["samples_x_steps_per_s"]
-        sj = [f"{s[k]:,.0f}" if k in s else "-" for k in ("sj_s", "sj_m")]
-        ratio = r.get("ratio_vs_spikingjelly")
-        rr = [f"{ratio[k]:.2f}" if ratio else "-" for k in ("int", "float")]
+        cols = [
+            f"{s[k]:,.0f}" if k in s else "-"
+            for k in ("spikeport_int", "spikeport_float", "spikeport_int_reference", "sj_s", "sj_m")
+        ]
+        ratio = r.get("ratio_vs_spikingjelly") or {}
+        rr = [f"{ratio[k]:.2f}" if k in ratio else "-" for k in ("int", "float", "int_reference")]
+        lines.append(f"| {r['model']} | " + " | ".join(cols + rr) + " |")
+    return lines
+
+
+def quantize_memory_md(doc: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 3b. Quantize time and memory",
+        "",
+        provenance(doc),
+        "",
+        "`quantize --target sim` in a fresh process (`benchmarks/stage.py`) on the "
+        "ResNet-18-shaped networks of section 3 (converted once, `tune=False`), with "
+        f"calibration sets of different sizes ({doc['calibration']}). Peak memory: the "
+        "process's peak resident set (VmHWM); in brackets the part above the process before "
+        "the stage (imports, the loaded graph, the calibration data). Quantize reads the "
+        "ANN view's peaks streamed over batches of 16 of at most 256 samples, keeping one "
+        "maximum per tensor, so memory should not grow with the samples.",
+        "",
+        "| model | parameters | calibration samples | quantize (s) | quantize peak (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        q = r["quantize"]
         lines.append(
-            f"| {r['model']} | {s['spikeport_int']:,.0f} | {s['spikeport_float']:,.0f} | "
-            f"{sj[0]} | {sj[1]} | {rr[0]} | {rr[1]} |"
+            f"| {r['model']} | {r['parameters']:,} | {r['calibration_samples']} | "
+            f"{q['seconds']:.1f} | {q['peak_rss_mib']:,.0f} [{q['peak_above_baseline_mib']:,.0f}] |"
         )
     return lines
 
@@ -402,6 +434,7 @@ SECTIONS = {
     "accuracy": accuracy_md,
     "throughput": throughput_md,
     "cost": cost_md,
+    "quantize_memory": quantize_memory_md,
     "c_target": c_target_md,
     "c_kernels": c_kernels_md,
 }
@@ -418,7 +451,7 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         "",
         "Written by `make bench`: `benchmarks/install_spikingjelly.sh` (SpikingJelly for the "
         "benchmarks only, see below) then `.venv/bin/python benchmarks/run.py`, which runs the "
-        "four sections below in one process on one machine and writes `benchmarks/results/"
+        "six sections below in one process on one machine and writes `benchmarks/results/"
         "<section>.json`, this file and `accuracy_vs_T.png`. Each table names the command and "
         "the run it came from; ratios are taken within one run, never across runs. Nothing "
         "here is asserted in tests.",

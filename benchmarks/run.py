@@ -17,10 +17,13 @@ benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png from those files):
               fine-tuned) and of SpikingJelly's ann2snn recipes, same models, same
               calibration and test splits: the digits and text examples and the networks of
               benchmarks/nets.py (not made by the example scripts)
-  throughput  reference simulator, integer and float modes, against SpikingJelly's torch
-              simulation of the same network (batch 256, T = 8), ratios from one run
+  throughput  the simulator (fast backend: integer and float modes; reference backend:
+              integer) against SpikingJelly's torch simulation of the same network (batch
+              256, T = 8), both on one torch thread pool (--threads), ratios from one run
   cost        convert and quantize time and peak memory, digits examples and ResNet-18-shaped
               generated networks (random weights, 32x32), each stage in a fresh process
+  quantize_memory  quantize time and peak memory, ResNet-18-shaped networks of widths 16, 32
+              and 64, with 64 and 256 calibration samples (flat in the samples)
   c_target    C on a Cortex-M3 under QEMU: flash, RAM, instructions per inference
   c_kernels   the C kernels against an int8 ANN of the same weights (TFLite Micro style)
 
@@ -43,17 +46,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-# Thread pools, set before numpy loads: numpy's BLAS and torch each get OMP_NUM_THREADS
-# threads, by default one per core (they never run at once here). On a machine that other work
-# keeps busy, OMP_NUM_THREADS=1: torch's threads spin-wait for each other on busy cores, and
-# fine-tuning these small networks then runs many times slower than on one thread.
-THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-GIVEN_ENV = {k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, str(THREADS))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 HERE = Path(__file__).resolve().parent
 # This checkout's spikeport, whichever checkout the interpreter's editable install points at.
@@ -72,6 +66,7 @@ from spikeport.eval import evaluate  # noqa: E402
 from spikeport.finetune import Settings, finetune  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
 from spikeport.sim import simulate  # noqa: E402
+from spikeport.threads import default_threads, set_threads  # noqa: E402
 
 ROOT = HERE.parent
 EX = ROOT / "examples"
@@ -81,7 +76,9 @@ WORK = HERE / "work"
 CALIB, TRAIN, TEST = (EX / f"digits_{s}.npz" for s in ("calib", "train", "test"))
 
 TS = [1, 2, 4, 8, 16, 32]
-MODELS = ["cnn", "mlp", "vit"]  # the digits examples of the throughput and c_target sections
+MODELS = ["cnn", "mlp", "vit"]  # the digits examples of the c_target section
+# The throughput section's networks: the digits examples and the ResNet-18-shaped one
+THROUGHPUT_NETS = ["digits_cnn", "digits_mlp", "digits_vit", "bench_resnet"]
 # Keyword options of spikeport.convert.convert, for every network of every section: the one
 # place to change conversion settings (T-aware conversion, tune=...) for a rerun.
 CONVERT_OPTIONS: dict[str, Any] = {}
@@ -91,6 +88,7 @@ GRADED_TS = {False: [1, 2, 4], True: [2, 4]}  # by "is a transformer": CNN/MLP, 
 FT_T, FT_EPOCHS, FT_SEED = 4, 20, 0  # docs/finetune.md's command: -T 4, defaults otherwise
 BATCH, SIM_T, REPEATS, MIN_TIMING = 256, 8, 3, 0.2
 RESNET_WIDTHS, RESNET_CALIB = [16, 32, 64], 64
+QUANT_SAMPLES = [64, 256]  # calibration samples of the quantize_memory section
 C_TS = (4, 8)  # the c_target section's timesteps
 
 
@@ -308,41 +306,54 @@ def best_rates(runners: dict[str, Callable[[], Any]], work: int) -> dict[str, fl
     return {k: work / s for k, s in best.items()}
 
 
-def sim_runner(graph: Any, x: np.ndarray, mode: str) -> Callable[[], Any]:
-    return lambda: simulate(graph, x, SIM_T, mode, batch_size=BATCH)
+def sim_runner(graph: Any, x: np.ndarray, mode: str, backend: str) -> Callable[[], Any]:
+    return lambda: simulate(graph, x, SIM_T, mode, batch_size=BATCH, backend=backend)
+
+
+def sj_runners(net: Net, xb: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """SpikingJelly's simulation of the same network: single- and multi-step for the
+    channel-wise half-threshold conversion, multi-step for the ViT's STA encoder."""
+    x_test = np.load(net.test)["x"]
+    x_calib = torch.from_numpy(np.load(net.calib)["x"])
+    if net.peer == "vit":
+        vit, _ = peer_sj.vit_from_onnx(net.onnx, x_test)
+        return {"sj_m": peer_sj.sta_runner(vit, x_calib, xb, SIM_T)}
+    assert net.peer is not None
+    if net.peer in ("cnn", "mlp"):
+        module: str | torch.nn.Module = net.peer
+    else:
+        module = bench_nets.fold_bn(getattr(bench_nets, net.peer)())
+    ann, _ = peer_sj.ann_from_onnx(module, net.onnx, x_test)
+    snn, _ = peer_sj.convert(ann, peer_sj.recipes(x_calib)["sj_channel_half"][1]())
+    return {f"sj_{m}": peer_sj.runner(snn, xb, SIM_T, m) for m in ("s", "m")}
 
 
 def throughput() -> dict[str, Any]:
+    """spikeport's simulator (fast backend: int and float; reference backend: int) beside
+    SpikingJelly's, in this process, on the same torch thread pool (set_threads in main)."""
     sj = peer_sj.available()
-    x_test = np.load(TEST)["x"]
     rows = []
-    for model in MODELS:
-        log(f"throughput: digits_{model} (batch {BATCH}, T = {SIM_T}, best of {REPEATS})")
+    for name in THROUGHPUT_NETS:
+        net = NETS[name]
+        log(f"throughput: {name} (batch {BATCH}, T = {SIM_T}, best of {REPEATS})")
         q = quantize(
-            spikeport_convert(EX / f"digits_{model}.onnx", CALIB),
-            np.load(CALIB)["x"],
-            get_profile("sim"),
+            spikeport_convert(net.onnx, net.calib), np.load(net.calib)["x"], get_profile("sim")
         )
+        x_test = np.load(net.test)["x"]
         xb = np.resize(x_test, (BATCH,) + x_test.shape[1:])
-        runners = {f"spikeport_{mode}": sim_runner(q, xb, mode) for mode in ("int", "float")}
-        if sj and model in ("cnn", "mlp"):
-            ann, _ = peer_sj.ann_from_onnx(model, EX / f"digits_{model}.onnx", x_test)
-            net, _ = peer_sj.convert(
-                ann, peer_sj.recipes(torch.from_numpy(np.load(CALIB)["x"]))["sj_channel_half"][1]()
-            )
-            for step_mode in ("s", "m"):
-                runners[f"sj_{step_mode}"] = peer_sj.runner(net, xb, SIM_T, step_mode)
-        if sj and model == "vit":
-            net, _ = peer_sj.vit_from_onnx(EX / "digits_vit.onnx", x_test)
-            x_calib = torch.from_numpy(np.load(CALIB)["x"])
-            runners["sj_m"] = peer_sj.sta_runner(net, x_calib, xb, SIM_T)
+        runners = {
+            "spikeport_int": sim_runner(q, xb, "int", "fast"),
+            "spikeport_float": sim_runner(q, xb, "float", "fast"),
+            "spikeport_int_reference": sim_runner(q, xb, "int", "reference"),
+        }
+        if sj and net.peer:
+            runners.update(sj_runners(net, xb))
         rates = best_rates(runners, BATCH * SIM_T)
-        row: dict[str, Any] = {"model": f"digits_{model}", "samples_x_steps_per_s": rates}
+        row: dict[str, Any] = {"model": name, "samples_x_steps_per_s": rates}
         if "sj_m" in rates:
             sj_best = max(rates.get("sj_s", 0.0), rates["sj_m"])
             row["ratio_vs_spikingjelly"] = {
-                "int": rates["spikeport_int"] / sj_best,
-                "float": rates["spikeport_float"] / sj_best,
+                k: rates[f"spikeport_{k}"] / sj_best for k in ("int", "float", "int_reference")
             }
         rows.append(row)
     return {
@@ -350,7 +361,13 @@ def throughput() -> dict[str, Any]:
         "T": SIM_T,
         "repeats": REPEATS,
         "min_timing_s": MIN_TIMING,
-        "spikingjelly_network": {"cnn, mlp": "sj_channel_half", "vit": "sj_sta_encoder"}
+        "threads": {
+            "torch": torch.get_num_threads(),
+            "blas": 1,
+            "note": "spikeport and SpikingJelly run in this one process on the same torch "
+            "thread pool (spikeport.threads.set_threads); numpy's BLAS has one thread",
+        },
+        "spikingjelly_network": {"cnn, mlp, resnet": "sj_channel_half", "vit": "sj_sta_encoder"}
         if sj
         else None,
         "rows": rows,
@@ -361,9 +378,10 @@ def throughput() -> dict[str, Any]:
 # 3. conversion and quantisation cost
 
 
-def stage(*args: str) -> dict[str, Any]:
+def stage(*args: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "stage.py"), *args]
-    env = {**os.environ, "SPIKEPORT_CONVERT_OPTIONS": json.dumps(CONVERT_OPTIONS)}
+    opts = CONVERT_OPTIONS if options is None else options
+    env = {**os.environ, "SPIKEPORT_CONVERT_OPTIONS": json.dumps(opts)}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -401,6 +419,41 @@ def cost() -> dict[str, Any]:
             }
         )
     return {"rows": rows, "resnet_calibration": f"{RESNET_CALIB} N(0, 1) images, seed 0"}
+
+
+def _random_calib(work: Path, n: int) -> Path:
+    """n N(0, 1) images 3x32x32, seed 0 (the first ones equal whatever n)."""
+    path = work / f"random_calib_{n}.npz"
+    x = np.random.default_rng(0).standard_normal((n, 3, 32, 32)).astype(np.float32)
+    np.savez(path, x=x)
+    return path
+
+
+def quantize_memory() -> dict[str, Any]:
+    """quantize --target sim on the ResNet-18-shaped networks, each width with
+    QUANT_SAMPLES calibration images, each run in a fresh process: time and peak memory,
+    which should not grow with the samples (issue 20). The graphs are converted once with
+    tune=False (percentile thresholds: quantize's work does not depend on them)."""
+    work = WORK / "cost"
+    work.mkdir(parents=True, exist_ok=True)
+    calibs = {n: _random_calib(work, n) for n in QUANT_SAMPLES}
+    rows = []
+    for width in RESNET_WIDTHS:
+        path = work / f"resnet18_w{width}.onnx"
+        params = resnet18_onnx(path, width)
+        spk = work / f"resnet18_w{width}_percentile.spk"
+        log(f"quantize_memory: resnet18_w{width}: convert (tune=False) in a fresh process")
+        stage(
+            "convert", str(path), str(calibs[min(QUANT_SAMPLES)]), str(spk), options={"tune": False}
+        )
+        for n in QUANT_SAMPLES:
+            log(f"quantize_memory: resnet18_w{width}: quantize, {n} calibration samples")
+            q = stage("quantize", str(spk), str(calibs[n]), str(work / "quantized.spk"))
+            rows.append(
+                {"model": f"resnet18_w{width} (32x32)", "parameters": params,
+                 "calibration_samples": n, "quantize": q}
+            )  # fmt: skip
+    return {"rows": rows, "calibration": "N(0, 1) images 3x32x32, seed 0"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +521,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "accuracy": accuracy,
     "throughput": throughput,
     "cost": cost,
+    "quantize_memory": quantize_memory,
     "c_target": c_target,
     "c_kernels": lambda: c_kernels.run(WORK, log),
 }
@@ -493,7 +547,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "blas_threads": os.environ["OPENBLAS_NUM_THREADS"],
+        "blas_threads": 1,  # set_threads
         "python": platform.python_version(),
         **{p: version(p) for p in pkgs},
     }
@@ -508,11 +562,18 @@ def main(argv: list[str] | None = None) -> None:
         "results then go to benchmarks/work/results/ (JSON, RESULTS.md, plot), leaving the "
         "full run's files alone",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="torch's thread pool for every section, spikeport and SpikingJelly alike "
+        "(numpy's BLAS: one thread); default: one per usable core",
+    )
     args = ap.parse_args(argv)
     models = args.models.split(",") if args.models else list(NETS)
     if unknown := [m for m in models if m not in NETS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(NETS)})")
-    torch.set_num_threads(THREADS)
+    set_threads(args.threads)  # one pool for spikeport and SpikingJelly alike
     names = args.only or list(SECTIONS)
     command = (
         "make bench"
@@ -520,7 +581,7 @@ def main(argv: list[str] | None = None) -> None:
         else "benchmarks/run.py "
         + " ".join(f"--only {n}" for n in args.only or [])
         + (f" --models {args.models}" if args.models else "")
-    ).strip()
+    ).strip() + (f" --threads {args.threads}" if "--threads" in (argv or sys.argv) else "")
     results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
     results.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
@@ -531,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
         doc = {
             "benchmark": name,
             "command": command,
-            "environment": GIVEN_ENV,
+            "environment": {},
             "started": started,
             "seconds": time.perf_counter() - t0,
             "load_average_at_start": load,

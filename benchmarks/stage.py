@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from spikeport.convert import convert
+from spikeport.data import load_data
 from spikeport.ir import load, save
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import simulate
+from spikeport.threads import set_threads
 
 
 def rss_mib() -> float:
@@ -38,8 +40,9 @@ def rss_mib() -> float:
 
 def main(argv: list[str]) -> None:
     stage, src, calib, out = argv[:4]
-    x = np.load(calib)["x"]
+    set_threads()  # torch: one thread per core, numpy's BLAS: one (spikeport.threads)
     graph = load(src) if stage == "quantize" else None
+    x = load_data(calib, graph.inputs).x if graph is not None else None  # images or tokens
     base = rss_mib()
     t0 = time.perf_counter()
     if stage == "convert":
@@ -63,6 +66,7 @@ def main(argv: list[str]) -> None:
     }
     if stage == "quantize" and len(argv) == 6:
         batch, T = int(argv[4]), int(argv[5])
+        assert isinstance(x, np.ndarray)
         xb = np.resize(x, (batch,) + x.shape[1:])
         simulate(result, xb[:1], 1, "int")  # warm-up
         best = float("inf")

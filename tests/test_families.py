@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from family_models import FAMILIES, Fixture
 from scipy.special import softmax
+from test_sim_fast import assert_same_run
 
 from spikeport.convert import convert, import_onnx
 from spikeport.quantize import get_profile, quantize
@@ -74,10 +75,11 @@ def test_convert_quantize_runs_integer(family: Fixture, tmp_path: Path):
     snn = convert(family.onnx, calib)
     q = quantize(snn, family.calib, get_profile("sim"))
     x = _head(family.calib, 4)
-    res = simulate(q, x, 4, "int")
+    res = simulate(q, x, 4, "int", backend="reference")
     for name in q.outputs:
         assert res.outputs[name].shape[:2] == (4, 4), name
         assert np.isfinite(res.outputs[name]).all(), name
+    assert_same_run(res, simulate(q, x, 4, "int", backend="fast"))
 
 
 def test_eval_reports_fidelity_for_embedding_and_token_level_outputs(family_dir: Path, tmp_path):

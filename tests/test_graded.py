@@ -139,7 +139,7 @@ def test_the_range_proof_holds_on_random_inputs_at_the_proven_T(cases, graded, n
     T = q.meta["quantization"]["max_timesteps"]
     bounds = range_bounds(q, T)
     codes = np.random.default_rng(0).integers(-127, 128, (200,) + q.input.shape)
-    sim = Simulator(q, "int")
+    sim = Simulator(q, "int", "reference")  # it watches the reference neurons
     sim.kernels = [(n, _PeakV(k) if isinstance(k, IFNeuron) else k) for n, k in sim.kernels]
     res = sim.run(codes * q.scales[q.input.name], T, record=True)
     for node, k in sim.kernels:
@@ -298,3 +298,22 @@ def test_the_torch_module_spikes_like_the_float_simulator(graded, name):
         assert np.array_equal(want, np.rint(run.trace[n.output].numpy() / theta)), n.name
         assert want.max() > 1
     np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[snn.outputs[0]], atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_fast_backend_equals_reference_on_graded_neurons(cases, graded, name):
+    """The fast simulator's graded neurons (running sums and per-step) equal the reference's,
+    bit for bit, on every tensor at every step; signed ones too."""
+    from test_sim_fast import assert_same_run
+
+    snn, q = graded[name]
+    x = cases[name].test_x[:24]
+    runs = [Simulator(q, "int", b).run(x, 8, record=True) for b in ("reference", "fast")]
+    assert_same_run(*runs)
+    signed = copy.deepcopy(snn)
+    for n in signed.nodes:
+        if n.op == "if":
+            n.attrs["signed"] = True
+    qs = quantize(signed, np.load(CALIB)["x"], get_profile("sim"), max_timesteps=8)
+    runs = [Simulator(qs, "int", b).run(x, 8, record=True) for b in ("reference", "fast")]
+    assert_same_run(*runs)

@@ -22,6 +22,7 @@ import click
 from spikeport import __version__
 from spikeport.errors import TRACEBACK_ENV, BadInput, Interrupted, Terminated, describe
 from spikeport.fileio import check_output_file, remove_temporaries
+from spikeport.threads import set_threads
 
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
 MAX_T = 100_000  # a sanity bound on any timestep count: beyond it a run would not end
@@ -183,8 +184,16 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     callback=_set_debug,
     help=f"Show the traceback of an internal error (or set {TRACEBACK_ENV}=1).",
 )
-def main() -> None:
+@click.option(
+    "--threads",
+    type=positive_int(),
+    default=None,
+    help="Threads for the numeric work: torch's pool gets them, numpy's BLAS one (one pool, "
+    "no oversubscription). Default: one per core.",
+)
+def main(threads: int | None) -> None:
     """Turn a pretrained ANN (ONNX) into a calibrated, integer spiking network."""
+    set_threads(threads)
 
 
 from spikeport.cli import commands, finetune_cmd, target_cmds  # noqa: E402,F401  (registers the verbs)

@@ -22,9 +22,15 @@ def calibration_activity(graph: Graph, calib_x: Batch, max_timesteps: int) -> di
     """{synaptic input tensor: fraction of its values that are nonzero}, over the steps of
     T = min(ACTIVITY_STEPS, max_timesteps) on the first ACTIVITY_SAMPLES calibration inputs."""
     inputs = {n.inputs[0] for n in graph.nodes if OPS[n.op].synaptic}
-    if not inputs:
-        return {}
-    x = take(calib_x, slice(0, ACTIVITY_SAMPLES))
-    res = Simulator(graph, "int").run(x, min(ACTIVITY_STEPS, max_timesteps), record=inputs)
-    assert res.trace is not None
-    return {t: round(float(np.count_nonzero(res.trace[t]) / res.trace[t].size), 4) for t in inputs}
+    nonzero = dict.fromkeys(inputs, 0)
+    count = dict.fromkeys(inputs, 0)
+
+    def observe(tensor: str, values: np.ndarray) -> None:
+        if tensor in nonzero:
+            nonzero[tensor] += int(np.count_nonzero(values))
+            count[tensor] += values.size
+
+    if inputs:
+        x = take(calib_x, slice(0, ACTIVITY_SAMPLES))
+        Simulator(graph, "int").run(x, min(ACTIVITY_STEPS, max_timesteps), observe=observe)
+    return {t: round(nonzero[t] / max(count[t], 1), 4) for t in sorted(inputs)}

@@ -67,17 +67,21 @@ class _Ctx:
     def peak(self, tensor: str) -> float:
         """max |value| of `tensor` in the ANN view of the calibration data (computed once).
 
-        Streamed over small batches, keeping only each tensor's running max: recording every
-        tensor of all PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
+        Streamed over small batches, keeping only each tensor's running max (the simulator's
+        observer sees every tensor and keeps none): recording every tensor of all
+        PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
         if self._peaks is None:
             from spikeport.sim import Simulator
 
             sim, peaks = Simulator(self.graph, "ann"), {}
+
+            def see(name: str, v: np.ndarray) -> None:
+                peaks[name] = max(peaks.get(name, 0.0), float(np.abs(v).max(initial=0)))
+
             n = min(size(self.calib_x), PEAK_SAMPLES)
             for start in range(0, n, PEAK_BATCH):
                 part = take(self.calib_x, slice(start, min(n, start + PEAK_BATCH)))
-                for k, v in sim.run(part, 1, record=True).trace.items():
-                    peaks[k] = max(peaks.get(k, 0.0), float(np.abs(v).max(initial=0)))
+                sim.run(part, 1, observe=see)
             self._peaks = peaks
         return self._peaks[tensor]
 

@@ -6,6 +6,7 @@ every target must reproduce its output accumulators and every layer's spikes bit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,11 +16,20 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, spike_levels, static_tensors
+from spikeport.quantize.ranges import range_bounds
 from spikeport.sim.arith import int_limit, quantize_input
+from spikeport.sim.fast import FAST_KERNELS, FastKernel
 from spikeport.sim.kernels import conv_fanout, conv_transpose_fanout
+from spikeport.sim.layerwise import join, run_layers
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
 
 DEFAULT_BATCH = 256
+Observer = Callable[[str, np.ndarray], None]
+# "reference": the numpy kernels one step at a time, the specification as written;
+# "fast": the same results (bit for bit in "int" mode, tested on every fixture) from torch
+# kernels run layer by layer over all T steps (spikeport.sim.layerwise).
+BACKENDS = ("reference", "fast")
+DEFAULT_BACKEND = "fast"
 
 
 @dataclass
@@ -78,9 +88,12 @@ def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
 class Simulator:
     """Prepare once (kernels, checks), then `run(x, T)` any number of batches."""
 
-    def __init__(self, graph: Graph, mode: str = "int"):
+    def __init__(self, graph: Graph, mode: str = "int", backend: str | None = None):
+        backend = backend or DEFAULT_BACKEND  # read at call time: tests switch it globally
         if mode not in MODES:
             raise BadInput(f"simulator mode '{mode}' is not one of {MODES}")
+        if backend not in BACKENDS:
+            raise BadInput(f"simulator backend '{backend}' is not one of {BACKENDS}")
         if mode == "int" and graph.stage != "int":
             raise BadInput(
                 f"integer mode needs a quantized graph (stage 'int'), this one is "
@@ -98,6 +111,33 @@ class Simulator:
         self.static = static_tensors(graph)
         self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
         self.bits = {n.name: event_bits(n) for n in graph.nodes if n.op == "if"}
+        self.backend = backend
+        # The range proof, rederived from this graph's integers: it picks the float width of
+        # every fast kernel's sums and spares the run-time checks it already guarantees.
+        fast_int = backend == "fast" and mode == "int" and self.max_t is not None
+        self.bounds = range_bounds(graph, self.max_t) if fast_int else None
+        self.fast = self._fast_kernels() if backend == "fast" else {}
+        names = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
+        self.widest = max(math.prod(graph.shape(t)) for t in names)  # values per sample
+
+    def _fast_kernels(self) -> dict[str, FastKernel]:
+        """The fast kernel of every node that has one (the others run their reference one)."""
+        out = {}
+        for n in self.graph.nodes:
+            make = FAST_KERNELS.get(n.op)
+            k = make(n, self.mode, self.graph.shape(n.output), self.bounds) if make else None
+            if k is not None and (self.mode != "int" or self.bounds is not None):
+                out[n.name] = k
+        return out
+
+    def proven(self, tensor: str) -> bool:
+        """The range proof bounds every value and state of `tensor`'s node within the limit."""
+        return self.bounds is not None and self.bounds[tensor].worst(False) <= self.limit
+
+    def binary(self, tensor: str) -> bool:
+        """`tensor` provably holds unsigned binary spikes (0 or 1 at every step)."""
+        b = self.bounds[tensor] if self.bounds is not None else None
+        return b is not None and b.nonneg and float(b.step.max(initial=0)) <= 1
 
     def encode(self, x: Batch) -> dict[str, np.ndarray]:
         """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
@@ -114,8 +154,12 @@ class Simulator:
                 values[t.name] = np.asarray(v, np.float64)
         return values
 
-    def run(self, x: Batch, T: int, record: bool | set[str] = False) -> SimResult:
-        """`record`: keep every tensor at every step in `trace` (True), or only those named."""
+    def run(
+        self, x: Batch, T: int, record: bool = False, observe: Observer | None = None
+    ) -> SimResult:
+        """Run x for T steps. record: keep every tensor at every step in `trace`. observe:
+        called with (tensor, its values at one step, batch first) for every tensor and step,
+        as they are made: a reader of every tensor that keeps none of them."""
         if self.mode == "ann":
             T = 1
         elif self.max_t is not None and T > self.max_t:
@@ -123,6 +167,8 @@ class Simulator:
                 f"T={T} exceeds the {self.max_t} timesteps quantize proved free of "
                 f"overflow; quantize again with --max-T {T}"
             )
+        if self.backend == "fast":
+            return run_layers(self, x, T, record, observe)
         for _, k in self.kernels:
             k.reset(size(x))
         values = self.encode(x)
@@ -149,10 +195,11 @@ class Simulator:
             for o in self.graph.outputs:
                 acc[o] = acc[o] + values[o]
                 outputs[o].append(np.asarray(acc[o]).copy())
-            if record:
-                for name, v in values.items():
-                    if record is True or name in record:
-                        trace.setdefault(name, []).append(v)
+            for name, v in values.items():
+                if record:
+                    trace.setdefault(name, []).append(v)
+                if observe:
+                    observe(name, v)
         return SimResult(
             {o: np.stack(v) for o, v in outputs.items()},
             spikes,
@@ -191,19 +238,14 @@ def simulate(
     mode: str = "int",
     batch_size: int = DEFAULT_BATCH,
     progress: Callable[[int], None] | None = None,
+    backend: str | None = None,
 ) -> SimResult:
     """Run `x` in batches and join the results (trace is not kept here)."""
-    sim = Simulator(graph, mode)
+    sim = Simulator(graph, mode, backend)
     parts = []
     for start in range(0, size(x), batch_size):
         chunk = take(x, slice(start, start + batch_size))
         parts.append(sim.run(chunk, T))
         if progress:
             progress(size(chunk))
-    return SimResult(
-        {o: np.concatenate([p.outputs[o] for p in parts], axis=1) for o in graph.outputs},
-        sum(p.spikes for p in parts),
-        sum(p.sops for p in parts),
-        levels=sum(p.levels for p in parts),
-        event_bits=sum(p.event_bits for p in parts),
-    )
+    return join(parts)

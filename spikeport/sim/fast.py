@@ -1,0 +1,428 @@
+"""Fast kernels: the reference kernels of spikeport.sim.ops over all T steps at once, in torch.
+
+The layer-by-layer runner (spikeport.sim.layerwise) hands a kernel every step of its inputs
+at once, arrays (T, N, ...). A synaptic op folds T into the batch, so one conv2d call does
+the work of T. Ops without a fast kernel here run their reference kernel (the runner's
+fallback): the fast backend never computes anything the reference does not define.
+
+"int" mode kernels may work on running sums over steps ("cumulative": x_1 + ... + x_t at
+index t-1) instead of per-step values. There a synaptic op is still one linear map
+(W X_t + t b); an expectation-compensated max pool is a plain max pool (its outputs telescope
+to max(S_t)); a neuron's net spike count N_t follows from its input's running sum C_t alone
+(IntIF below); and the graph's output accumulators are the running sums themselves. Linear
+ops and neurons take either form (ANY) and keep it, so a network of convolutions, pools and
+neurons runs on running sums throughout, and one with adds or EC operators (which need
+per-step values) on per-step values, with few conversions between the two.
+
+Exactness (bit for bit with the reference): a sum of integers in floating point is exact while
+every partial sum stays below 2^24 (float32) or 2^53 (float64), in whatever order the library
+sums. The range proof of spikeport.quantize.ranges, rederived from the graph's own integers,
+bounds every value (NodeBounds.step), running sum (.total) and neuron state: a kernel takes
+float32 where the bounds it needs are below 2^23 (a margin for the floor division of IF) and
+float64 otherwise. The "float" and "ann"
+modes run float64 per step like the reference, in another summation order: equal to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spikeport.ir.graph import Node
+from spikeport.ir.ops import spike_levels
+from spikeport.quantize.ranges import NodeBounds
+from spikeport.registry import registrar
+from spikeport.sim.arith import initial_potential
+from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.ops import Shape
+
+# float32 is exact for integers below 2^24; half of it leaves room for IF's floor division
+# (floor(a / b) of integers is exact in floating point when |a| + b is below half the range).
+FLOAT32_SAFE = float(1 << 23)
+Bounds = dict[str, NodeBounds]
+
+
+@dataclass
+class Steps:
+    """What a kernel produced over T steps.
+
+    y:     (T, N, ...) its output: per-step values, or running sums if `cumulative`
+    state: (T,) the peak |state| it kept at each step, to be checked like y (or a function
+           that computes it, called only where the range proof does not already bound it)
+    k:     (T, N, ...) a neuron's per-step spike counts (the reference's stepped neurons)
+    """
+
+    y: np.ndarray
+    state: np.ndarray | Callable[[], np.ndarray] | None = None
+    k: np.ndarray | None = None
+
+
+STEP, CUM, ANY = "step", "cum", "any"
+
+
+@dataclass
+class FastKernel:
+    """run(*inputs (T, N, ...), cumulative=bool) -> Steps, in the form `takes` names: per-step
+    values (STEP), running sums (CUM), or either (ANY: the output comes in the inputs' form,
+    `cumulative` says which). `dtype` holds its inputs' running sums exactly."""
+
+    run: Callable[..., Steps]
+    takes: str = STEP
+    dtype: torch.dtype = torch.float64
+
+
+# maker(node, mode, per-sample output shape, the range proof's bounds in "int" mode)
+FastMaker = Callable[[Node, str, Shape, Bounds | None], FastKernel | None]
+FAST_KERNELS: dict[str, FastMaker] = {}
+
+fast_kernel = registrar(FAST_KERNELS)
+
+
+def running_sum(x: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """Cumulative sum over the step axis, one whole-tensor add a step (in the reference's
+    order; numpy's cumsum along axis 0 is several times slower here)."""
+    out = np.empty(x.shape, dtype or x.dtype)
+    out[0] = x[0]
+    for t in range(1, len(x)):
+        np.add(out[t - 1], x[t], out=out[t])
+    return out
+
+
+def _torch(x: np.ndarray) -> torch.Tensor:
+    """x as a torch tensor, copied where it is a read-only view (a static tensor repeated
+    over T by broadcasting, which torch cannot wrap)."""
+    return torch.from_numpy(x if x.flags.writeable else np.array(x))
+
+
+def _fold(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(T, N, ...) numpy -> (T*N, ...) torch, of `dtype` if given (T folds into the batch)."""
+    y = _torch(x).reshape((-1,) + x.shape[2:])
+    return y if dtype is None else y.to(dtype)
+
+
+def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
+    return y.reshape((T, -1) + tuple(y.shape[1:]))
+
+
+def sum_dtype(
+    bounds: Bounds | None, node: Node, cumulative: bool = True, extra: float = 0.0
+) -> torch.dtype:
+    """float32 where the proof bounds the node's inputs and output (their running sums if
+    `cumulative`, else their values at any step; plus `extra`) below FLOAT32_SAFE, else
+    float64."""
+    if bounds is None:
+        return torch.float64
+    tensors = [*node.inputs, node.output]
+    pick = (lambda b: b.total) if cumulative else (lambda b: b.step)
+    worst = max(float(pick(bounds[t]).max(initial=0)) for t in tensors) + extra
+    return torch.float32 if worst < FLOAT32_SAFE else torch.float64
+
+
+def _dtypes(bounds: Bounds | None, node: Node, mode: str) -> dict[bool, torch.dtype]:
+    """The float type of per-step (False) and cumulative (True) sums; float64 outside "int"."""
+    if mode != "int":
+        return {False: torch.float64, True: torch.float64}
+    return {c: sum_dtype(bounds, node, c) for c in (False, True)}
+
+
+def _param(node: Node, name: str, mode: str) -> np.ndarray:
+    return node.params[f"{name}_q" if mode == "int" else name]
+
+
+def _param_t(node: Node, name: str, mode: str, dt: torch.dtype) -> torch.Tensor | None:
+    p = node.params.get(f"{name}_q" if mode == "int" else name)
+    return None if p is None else torch.from_numpy(p.astype(np.float64)).to(dt)
+
+
+def _pad(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
+    """ONNX pads (top, left, bottom, right), which may be asymmetric."""
+    t, left, b, r = pads
+    return F.pad(x, (left, r, t, b), value=value) if any(pads) else x
+
+
+def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool) -> np.ndarray:
+    """y (T*N, ...) plus the bias (already shaped to broadcast against one sample) at every
+    step; summed over t steps that is t * b."""
+    y = _unfold(y, T)
+    if b is not None:
+        steps = torch.arange(1, T + 1, dtype=y.dtype).reshape((T,) + (1,) * (y.dim() - 1))
+        y = y + (b * steps if cumulative else b)
+    return y.numpy()
+
+
+def _linear(
+    node: Node, mode: str, bounds: Bounds | None, op: Callable, bias_shape: Shape
+) -> FastKernel | None:
+    """A synaptic op: op(x folded (T*N, ...), weights) then the bias, in float32 where the
+    proof allows it for the form it gets. The "float" and "ann" modes need float64, where
+    torch's convolution has no fast path: the reference kernel (numpy and BLAS), folded over
+    all T steps, is faster there."""
+    if mode != "int":
+        return None
+    dts = _dtypes(bounds, node, mode)
+    params = {}
+    for dt in set(dts.values()):
+        w, b = _param_t(node, "weight", mode, dt), _param_t(node, "bias", mode, dt)
+        params[dt] = (w, None if b is None else b.reshape(bias_shape))
+
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        w, b = params[dts[cumulative]]
+        return Steps(_with_bias(op(_fold(x, w.dtype), w), b, len(x), cumulative))
+
+    return FastKernel(run, ANY if mode == "int" else STEP, dts[True])
+
+
+@fast_kernel("conv2d")
+def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    a = node.attrs
+
+    def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
+        x = _pad(x, a["pads"]).contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, None, a["strides"], 0, a["dilations"], a["group"])
+
+    return _linear(node, mode, bounds, conv, (-1, 1, 1))
+
+
+@fast_kernel("dense")
+def _dense(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    return _linear(node, mode, bounds, lambda x, w: x @ w.T, (-1,))
+
+
+def _windows(x: torch.Tensor, a: dict, pad_value: float = 0.0) -> list[torch.Tensor]:
+    """The kh * kw strided views whose elementwise max / sum is the pooling: a few whole-tensor
+    ops, many times faster here than torch's max_pool2d / avg_pool2d on small images."""
+    x = _pad(x, a["pads"], pad_value)
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
+    ho, wo = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+    return [
+        x[..., i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _window_sum(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """Sum of each pooling window, zero padding (exact on integers: see sum_dtype)."""
+    views = _windows(x, a)
+    out = views[0].clone()
+    for v in views[1:]:
+        out += v
+    return out
+
+
+def _window_max(x: torch.Tensor, a: dict) -> torch.Tensor:
+    """Max of each pooling window; padding never wins (-inf, or the integer type's least)."""
+    low = -float("inf") if x.is_floating_point() else float(torch.iinfo(x.dtype).min)
+    views = _windows(x, a, low)
+    out = views[0].clone()
+    for v in views[1:]:
+        torch.maximum(out, v, out=out)
+    return out
+
+
+@fast_kernel("avgpool2d")
+def _avgpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel:
+    a, integer = node.attrs, mode == "int"
+    dts = _dtypes(bounds, node, mode)
+    area = a["kernel"][0] * a["kernel"][1]  # "int": 1/area lives in the output scale
+
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        y = _window_sum(_fold(x, dts[cumulative]), a)
+        return Steps(_unfold(y if integer else y / area, len(x)).numpy())
+
+    return FastKernel(run, ANY if integer else STEP, dts[True])
+
+
+@fast_kernel("maxpool2d")
+def _maxpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """ "ann": the window max. Otherwise expectation-compensated (ops._ECMaxPool): its outputs
+    over t steps sum to max(S_t), the window max of the input's running sum S_t; per step
+    (the "float" mode) that is the difference of consecutive maxima."""
+    a = node.attrs
+    if kind_of(node) == LAVA and mode != "ann":
+        return None  # a one-step delay, not a running sum: the reference kernel runs it
+
+    def window_max(x: np.ndarray, cumulative: bool = False) -> Steps:
+        return Steps(_unfold(_window_max(_fold(x), a), len(x)).numpy())
+
+    if mode != "float":  # "ann": one step; "int": running sums in, running sums out
+        return FastKernel(
+            window_max, CUM if mode == "int" else STEP, _dtypes(bounds, node, mode)[True]
+        )
+
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        m = window_max(running_sum(x)).y  # the reference's total = total + x, in order
+        return Steps(np.diff(m, axis=0, prepend=np.zeros_like(m[:1])))
+
+    return FastKernel(run)
+
+
+@fast_kernel("if")
+def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    if mode == "ann" or kind_of(node) == LAVA:
+        return None  # ReLU / identity, and Lava's delayed LIF: the reference kernels
+    if mode == "int":
+        assert bounds is not None
+        cum, step = IntIF(node, shape, bounds), StepIF(node, shape, bounds)
+
+        def run(current: np.ndarray, cumulative: bool = False) -> Steps:
+            return cum(current) if cumulative else step(current)
+
+        return FastKernel(run, ANY, cum.dt)
+    return FastKernel(StepIF(node, shape, None))
+
+
+@fast_kernel("add")
+def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step, in float64: each product is
+    below 2^47 (|x| < 2^31, 16-bit m), their sum below 2^53, and a power-of-two scale and
+    floor are exact."""
+    if mode != "int":
+        return None  # a plain sum: the reference kernel, folded
+    m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
+    dt = torch.float64
+    if bounds is not None:  # float32 where the proof bounds sum |m_i| |x_i| below 2^23
+        peak = sum(
+            np.abs(m).max() * bounds[i].step.max() for m, i in zip(m64, node.inputs, strict=True)
+        )
+        dt = torch.float32 if peak < FLOAT32_SAFE else torch.float64
+    mult = [torch.from_numpy(m).to(dt) for m in m64]
+    scale = 2.0 ** -node.attrs.get("shift", 0)
+
+    def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
+        total = sum(m * _torch(x).to(dt) for m, x in zip(mult, xs, strict=True))
+        return Steps(torch.floor(total * scale).numpy())  # type: ignore[union-attr]
+
+    return FastKernel(run)
+
+
+class IntIF:
+    """ops.IFNeuron ("int" mode) on running sums: C_t of its input current in, N_t (its net
+    spike count after step t) out.
+
+    Before step t's spikes v = v0 + C_t - theta * N_{t-1}, and the reference emits
+    s = clamp(floor(v / theta), lo, K) = clamp(q_t - N_{t-1}, lo, K) with
+    q_t = floor((v0 + C_t) / theta) (theta * N is a multiple of theta). So N_t = clamp(q_t,
+    N_{t-1} + lo, N_{t-1} + K): every q_t at once, then a loop over t of cheap ops.
+    lo = 0 (unsigned), -min(N, K) (signed: the count never goes below 0), -K (bipolar).
+    Unsigned binary neurons (the common case) take the compare form instead, no division:
+    s = [v0 + C_t - theta >= theta * N_{t-1}].
+    """
+
+    def __init__(self, node: Node, shape: Shape, bounds: Bounds):
+        theta = np.broadcast_to(node.params["threshold_q"].astype(np.int64), shape)
+        self.dt = sum_dtype(bounds, node, True, 2.0 * float(theta.max(initial=0)))
+        self.theta = torch.from_numpy(theta.astype(np.float64)).to(self.dt)
+        self.v0 = torch.from_numpy(initial_potential(theta).astype(np.float64)).to(self.dt)
+        self.K = spike_levels(node)
+        self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
+        self.binary = self.K == 1 and not (self.signed or self.bipolar)
+
+    def __call__(self, current: np.ndarray) -> Steps:
+        c = _torch(current).to(self.dt).contiguous()  # running sums of the input current
+        n = self._binary(c) if self.binary else self._levels(c)
+        return Steps(n.numpy(), lambda: self._state(c, n))
+
+    def _binary(self, c: torch.Tensor) -> torch.Tensor:
+        a = c + (self.v0 - self.theta)
+        n = torch.empty_like(a)
+        prev = torch.zeros_like(a[0])
+        fired = torch.empty(a.shape[1:], dtype=torch.bool)
+        for t in range(len(a)):
+            torch.ge(a[t], self.theta * prev, out=fired)
+            torch.add(prev, fired.to(a.dtype), out=n[t])
+            prev = n[t]
+        return n
+
+    def _levels(self, c: torch.Tensor) -> torch.Tensor:
+        q = torch.floor((c + self.v0) / self.theta)  # exact: see FLOAT32_SAFE
+        n = torch.empty_like(q)
+        prev = torch.zeros_like(q[0])
+        for t in range(len(q)):
+            torch.minimum(torch.maximum(q[t], self._low(prev)), prev + self.K, out=n[t])
+            prev = n[t]
+        return n
+
+    def _low(self, n: torch.Tensor) -> torch.Tensor:
+        if self.bipolar:
+            return n - self.K
+        if self.signed:
+            return torch.clamp(n - self.K, min=0)
+        return n
+
+    def _state(self, c: torch.Tensor, n: torch.Tensor) -> np.ndarray:
+        """Peak |v| after each step: v_t = v0 + C_t - theta * N_t."""
+        v = (c + self.v0 - self.theta * n).reshape(len(c), -1).abs()
+        return v.max(dim=1).values.to(torch.float64).numpy().astype(np.int64)
+
+
+class StepIF:
+    """ops.IFNeuron over all T steps on per-step currents, in torch: the same rule in the same
+    order, one step at a time on whole tensors. "int" mode (bounds given): float32 where the
+    proof bounds |v| + |current| + theta below FLOAT32_SAFE, else float64 (exact either way),
+    spike counts out; "float" mode: float64, spikes * theta out, the counts in k."""
+
+    def __init__(self, node: Node, shape: Shape, bounds: Bounds | None):
+        self.integer = bounds is not None
+        theta = np.asarray(_param(node, "threshold", "int" if self.integer else "float"))
+        theta = np.broadcast_to(theta.astype(np.int64 if self.integer else np.float64), shape)
+        v0 = initial_potential(theta) if self.integer else theta / 2
+        self.dt = torch.float64
+        if bounds is not None:
+            b = bounds[node.inputs[0]]
+            room = bounds[node.output].state + float(b.step.max(initial=0))
+            self.dt = sum_dtype(bounds, node, False, room + 2.0 * float(theta.max(initial=0)))
+        self.theta = torch.from_numpy(theta.astype(np.float64)).to(self.dt)
+        self.v0 = torch.from_numpy(np.asarray(v0, np.float64)).to(self.dt)
+        self.K = spike_levels(node)
+        self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
+
+    def spikes(self, v: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        if self.integer and (self.K > 1 or self.signed or self.bipolar):
+            # clamp(floor(v / theta), lo, K): exact on integers below FLOAT32_SAFE / 2^53
+            k = torch.floor(v / self.theta)
+            if self.bipolar:
+                return torch.clamp(k, -self.K, self.K)
+            if self.signed:
+                return torch.clamp(torch.maximum(k, -torch.clamp(count, max=self.K)), max=self.K)
+            return torch.clamp(k, 0, self.K)
+        if self.K == 1:  # binary: the compare form (ops.IFNeuron)
+            pos = v >= self.theta
+            s = pos.to(v.dtype)
+            if self.bipolar:
+                s -= (~pos & (v < 0)).to(v.dtype)
+            elif self.signed:
+                s -= (~pos & (v < 0) & (count > 0)).to(v.dtype)
+            return s
+        low = torch.zeros_like(count)
+        if self.bipolar:
+            low = low - self.K
+        elif self.signed:
+            low = -torch.clamp(count, max=self.K)
+        k = torch.floor_divide(v, self.theta)  # integers: exact (see FLOAT32_SAFE)
+        return torch.clamp(torch.maximum(k, low), max=self.K)
+
+    def __call__(self, current: np.ndarray, cumulative: bool = False) -> Steps:
+        cur = _torch(current).to(self.dt).contiguous()  # a conv's output is channels-last
+        v = self.v0.expand(cur.shape[1:]).clone()
+        count = torch.zeros_like(v)
+        k = torch.empty_like(cur)
+        state = np.zeros(len(cur), np.int64)
+        for t in range(len(cur)):
+            v += cur[t]
+            k[t] = s = self.spikes(v, count)
+            v -= s * self.theta
+            count += s
+            if self.integer:
+                lo, hi = torch.aminmax(v)
+                state[t] = max(int(hi), -int(lo))
+        kn = k.numpy()
+        if self.integer:
+            return Steps(kn, state, kn)
+        return Steps(kn * self.theta.numpy(), None, kn)

@@ -1,0 +1,41 @@
+"""Thread settings, explicit: one pool for the numeric work of a process.
+
+torch's pool (OpenMP) and numpy's BLAS pool each start one thread per core by default. In one
+process they take turns, but each pool's threads spin-wait for a while after its call, so on a
+machine with few cores every switch between them costs: measured on 2 cores, one BLAS thread
+made the reference simulator 2.4 to 2.8 times faster and the range proof 20 times faster.
+`set_threads(n)` gives torch's pool n threads (the fast simulator, fine-tuning and the heavy
+kernels run there) and numpy's BLAS one (threadpoolctl, where installed), so only one pool
+runs wide. Environment variables (OMP_NUM_THREADS...) are never read here: callers pass n.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from spikeport.errors import BadInput
+
+
+def default_threads() -> int:
+    """The threads `set_threads` uses when told nothing: one per core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None = None, blas: int = 1) -> dict[str, int]:
+    """torch's pool gets n threads (default_threads() when None), numpy's BLAS `blas` (when
+    threadpoolctl is installed; otherwise BLAS keeps its own setting). Returns what was set."""
+    n = default_threads() if n is None else n
+    if n < 1 or blas < 1:
+        raise BadInput(f"threads must be at least 1, got {n} (torch) and {blas} (BLAS)")
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return {"torch": n}
+    threadpool_limits(limits=blas, user_api="blas")
+    return {"torch": n, "blas": blas}

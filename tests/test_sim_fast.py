@@ -1,0 +1,155 @@
+"""The fast backend (spikeport.sim.fast, spikeport.sim.layerwise) equals the reference
+simulator: bit for bit in "int" mode (outputs, every traced tensor at every step, spikes, event
+bits, synaptic operations, overflow errors) on every fixture model and on random inputs; to
+float rounding in the "float" and "ann" modes. tests/test_families.py checks the same on every
+family model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spikeport.errors import SimulationOverflow
+from spikeport.ir import Node
+from spikeport.quantize import Profile, quantize
+from spikeport.quantize.ranges import NodeBounds
+from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
+from spikeport.sim.ops import IFNeuron
+from spikeport.sim.simulator import BACKENDS
+
+
+def assert_same_run(ref: SimResult, fast: SimResult) -> None:
+    """Two runs of one graph agree bit for bit (dtypes aside: both hold the same integers)."""
+    assert ref.outputs.keys() == fast.outputs.keys()
+    for name, v in ref.outputs.items():
+        np.testing.assert_array_equal(fast.outputs[name], v, err_msg=name)
+    for key in ("spikes", "sops", "levels", "event_bits"):
+        np.testing.assert_array_equal(getattr(fast, key), getattr(ref, key), err_msg=key)
+    if ref.trace is not None:
+        assert fast.trace is not None and ref.trace.keys() == fast.trace.keys()
+        for name, v in ref.trace.items():
+            np.testing.assert_array_equal(fast.trace[name], v, err_msg=name)
+
+
+def _both(graph, x, T, mode="int", record=True):  # noqa: ANN001, ANN202
+    return [Simulator(graph, mode, b).run(x, T, record=record) for b in BACKENDS]
+
+
+@pytest.mark.parametrize("T", [1, 6])
+def test_int_mode_equals_reference_on_every_fixture(case, T):
+    ref, fast = _both(case.int, case.test_x[:32], T)
+    assert_same_run(ref, fast)
+
+
+def test_float_and_ann_modes_equal_reference_to_rounding(case):
+    for mode, graph in (("float", case.snn), ("ann", case.snn)):
+        ref, fast = _both(graph, case.test_x[:16], 4, mode, record=False)
+        for name, v in ref.outputs.items():
+            np.testing.assert_allclose(fast.outputs[name], v, rtol=1e-9, atol=1e-9)
+        # a spike may flip where float rounding puts v exactly at theta: allow a few
+        assert abs(int(fast.spikes.sum()) - int(ref.spikes.sum())) <= 2
+
+
+def test_batch_slices_join_to_the_whole_batch(cases, monkeypatch):
+    """A batch too wide for MAX_ELEMENTS runs in slices: the same result."""
+    case = cases["digits_cnn"]
+    whole = Simulator(case.int, "int", "fast").run(case.test_x[:20], 5, record=True)
+    monkeypatch.setattr(layerwise, "MAX_ELEMENTS", 3 * 5 * 16 * 8 * 8)  # 3 samples a slice
+    assert_same_run(whole, Simulator(case.int, "int", "fast").run(case.test_x[:20], 5, True))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 12),
+    n=st.integers(1, 9),
+    scale=st.floats(0.1, 30.0),
+    name=st.sampled_from(["digits_cnn", "digits_mlp", "residual", "concat_pool", "wide_mlp"]),
+)
+def test_int_mode_equals_reference_on_random_inputs(cases, seed, T, n, scale, name):
+    """Random inputs, including ones far outside the calibration range (saturated codes)."""
+    case = cases[name]
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n,) + case.test_x.shape[1:]) * scale).astype(np.float32)
+    assert_same_run(*_both(case.int, x, T))
+
+
+def test_overflow_is_raised_alike(cases):
+    """A graph the proof no longer covers (state bits narrowed by hand): both backends raise,
+    naming the same node."""
+    case = cases["digits_mlp"]
+    graph = quantize(case.snn, np.load(case.calib)["x"], Profile("sim"))
+    graph.meta["quantization"]["state_bits"] = 12
+    messages = []
+    for backend in BACKENDS:
+        with pytest.raises(SimulationOverflow) as err:
+            Simulator(graph, "int", backend).run(case.test_x[:4], 8)
+        messages.append(str(err.value).split(" reached")[0])
+    assert messages[0] == messages[1]
+
+
+def test_simulate_takes_the_backend(cases):
+    case = cases["digits_cnn"]
+    runs = [simulate(case.int, case.test_x[:8], 3, backend=b) for b in BACKENDS]
+    assert_same_run(*runs)
+    with pytest.raises(Exception, match="backend 'gpu' is not one of"):
+        Simulator(case.int, "int", "gpu")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_observer_sees_every_tensor_at_every_step(cases, backend):
+    """observe= reads what record= keeps, without keeping it (quantize's calibrated peaks)."""
+    case = cases["residual"]
+    seen: dict[str, list[np.ndarray]] = {}
+    res = Simulator(case.int, "int", backend).run(
+        case.test_x[:5], 3, record=True, observe=lambda k, v: seen.setdefault(k, []).append(v)
+    )
+    assert res.trace is not None and seen.keys() == res.trace.keys()
+    for name, v in res.trace.items():
+        np.testing.assert_array_equal(np.stack(seen[name]), v, err_msg=name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), peak=st.sampled_from([1, 7, 2**12, 2**20]))
+def test_counts_sum_exactly_past_float32(seed, peak):
+    """Event and synapse counts sum float32 tensors in chunks that stay exact: equal to an
+    int64 sum where one float32 sum would round (rows far above 2^24)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-peak, peak + 1, (3, 40_000)).astype(np.float32)
+    np.testing.assert_array_equal(
+        layerwise._sum(torch.from_numpy(x), peak), x.astype(np.int64).sum(axis=1)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    bits=st.integers(1, 3),
+    kind=st.sampled_from(["unsigned", "signed", "bipolar"]),
+    T=st.integers(1, 10),
+)
+def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T):
+    """fast.IntIF (running sums in, counts out) and fast.StepIF (per step) give the reference
+    IFNeuron's spikes, for binary and graded, unsigned, signed and bipolar neurons."""
+    rng = np.random.default_rng(seed)
+    C, N, K = 5, 7, (1 << bits) - 1
+    theta = rng.integers(1, 60, C)
+    current = rng.integers(-3, 4, (T, N, C)) * rng.integers(0, 60, (T, N, C))
+    signed, bipolar = kind != "unsigned", kind == "bipolar"
+    ref = IFNeuron(theta, signed, True, (C,), bipolar, K)
+    ref.reset(N)
+    want = np.stack([ref(current[t]) for t in range(T)])
+    node = Node("n", "if", ["i"], "o", {"signed": signed, "bipolar": bipolar, "spike_bits": bits},
+                {"threshold_q": theta})  # fmt: skip
+    peak, state = float(np.abs(current).max()), float(theta.max() + T * 200 * (K + 1))
+    bounds = {
+        "i": NodeBounds(np.full(C, peak), np.full(C, T * peak), 0.0),
+        "o": NodeBounds(np.full(C, float(K)), np.full(C, float(T * K)), state),
+    }
+    step = fast.StepIF(node, (C,), bounds)(current).y
+    cum = fast.IntIF(node, (C,), bounds)(np.cumsum(current, axis=0)).y
+    np.testing.assert_array_equal(step, want)
+    np.testing.assert_array_equal(np.diff(cum, axis=0, prepend=0), want)
