@@ -12,7 +12,6 @@ import numpy as np
 from spikeport.batch import Batch, take
 from spikeport.ir.graph import Graph
 from spikeport.ir.ops import OPS
-from spikeport.sim import Simulator
 
 ACTIVITY_SAMPLES = 16
 ACTIVITY_STEPS = 8
@@ -31,6 +30,8 @@ def calibration_activity(graph: Graph, calib_x: Batch, max_timesteps: int) -> di
             count[tensor] += values.size
 
     if inputs:
+        from spikeport.sim import Simulator  # here: the simulator's backend imports quantize
+
         x = take(calib_x, slice(0, ACTIVITY_SAMPLES))
         Simulator(graph, "int").run(x, min(ACTIVITY_STEPS, max_timesteps), observe=observe)
     return {t: round(nonzero[t] / max(count[t], 1), 4) for t in sorted(inputs)}
