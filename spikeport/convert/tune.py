@@ -206,7 +206,11 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     steps = sorted({T} | {t for t in (2 * T, 4 * T) if t <= CANDIDATE_STEPS})
     scored = take(x, slice(SCORE_SAMPLES))
     x = _samples(snn, x, max(steps))
-    candidates = {"percentile": snn} | {f"T={t}": tune_thresholds(snn, x, t, axes) for t in steps}
+    candidates = {"percentile": snn}
+    for t in steps:
+        candidates[f"T={t}"] = tune_thresholds(snn, x, t, axes)
+        if _corrected(snn):
+            candidates[f"T={t}, bias corrected"] = tune_thresholds(snn, x, t, axes, correct=True)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = max(scores, key=lambda name: scores[name])
@@ -240,17 +244,53 @@ def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray
     return [res.outputs[o][-1] / T for o in graph.outputs]
 
 
-def tune_thresholds(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> Graph:
+def tune_thresholds(
+    snn: Graph, x: Batch, T: int, axes: dict[str, int], correct: bool = False
+) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
-    channel axis (balance.channel_axes)."""
+    channel axis (balance.channel_axes). `correct`: also correct the mean error of the other
+    layers with a bias (_corrected)."""
     out = copy.deepcopy(snn)
     run = _Run(out, x, T)
+    corrected = _corrected(out) if correct else set()
     for node, original in zip(out.nodes, snn.nodes, strict=True):
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
             _tune_neuron(out, run, node, axes.get(node.inputs[0], -1))
         run.step(node, original)
+        if node.name in corrected:
+            _correct_bias(run, node, axes.get(node.output, -1))
     return check_graph(out)
+
+
+def _corrected(graph: Graph) -> set[str]:
+    """The layers with a bias (BIAS_OWNERS) whose bias no neuron's search moves and whose
+    output is not the network's: in transformers the residual branches, the Q, K, V
+    projections (read by products of two activations through reshapes) and the LayerNorms.
+    A neuron's own search already shifts the bias in front of it, jointly with its threshold,
+    and an output layer's per-class offsets are the ANN's own decision."""
+    owners = [_bias_owner(graph, n.inputs[0]) for n in graph.nodes if n.op == "if"]
+    owned = {o.name for o in owners if o is not None}
+    return {
+        n.name
+        for n in graph.nodes
+        if n.op in BIAS_OWNERS and n.name not in owned and n.output not in graph.outputs
+    }
+
+
+def _correct_bias(run: _Run, node: Node, axis: int) -> None:
+    """Move a layer's bias (a LayerNorm's beta) by minus the mean error, per output channel,
+    of its T-step output (driven by the spiking network's own inputs) against the ANN's, and
+    the recorded values with it."""
+    key = BIAS_OWNERS[node.op]
+    bias = node.params[key]
+    mean = sum(run.spiking[node.output]) / run.T
+    err = _channels_first(mean - run.ann[node.output], axis).mean(axis=1)
+    if node.output in run.static or bias.shape != err.shape:
+        return
+    node.params[key] = (bias - err).astype(np.float32)
+    moved = threshold_shape(err, len(run.graph.shape(node.output)), axis)
+    run.spiking[node.output] = [c - moved for c in run.spiking[node.output]]
 
 
 def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int) -> None:
