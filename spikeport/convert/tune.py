@@ -15,7 +15,13 @@ chosen, so its input currents are what the spiking network will really feed it, 
 - the bias of the layer that feeds the neuron alone (directly or through adds) moves by the
   shift, from a grid of fractions of theta / T, that minimises the same error jointly with
   theta (bias correction, Li et al. 2021, "A free lunch from ANN"; at T = 1 it also sets where
-  the single step fires).
+  the single step fires);
+- with `correct` (a second candidate per T), each other layer with a bias, that no neuron's
+  search moves and that is not an output (in transformers: the Q, K, V projections, residual
+  branches, LayerNorm's beta), moves its bias by minus the mean error of its T-step output
+  against the ANN, per channel (the same paper's bias correction for the layers whose error
+  no threshold sees: on text_bert at T = 8 it raised agreement with the ANN from 95.8 to
+  96.7 % on 2,000 training sequences, float mode).
 Errors do not compound: the next layer sees the spikes this choice produces. Deterministic.
 Cost: one float simulation of T steps and one ANN run on TUNE_SAMPLES samples (fewer when a
 tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel.
