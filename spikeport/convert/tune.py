@@ -24,7 +24,8 @@ chosen, so its input currents are what the spiking network will really feed it, 
   2,000 training sequences, float mode).
 Errors do not compound: the next layer sees the spikes this choice produces. Deterministic.
 Cost: one float simulation of T steps and one ANN run on TUNE_SAMPLES samples (fewer when a
-tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel.
+tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel; twice
+that where the graph has layers to bias-correct (the second search per step count).
 """
 
 from __future__ import annotations
