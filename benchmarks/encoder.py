@@ -16,10 +16,12 @@ SECTIONS); when the zoo files are missing it returns {"skipped": why} and writes
 
 Measured 2026-11-30 with T-aware conversion per T and per-channel dense weight scales (16 test
 sentences): 1-bit spikes 0.9415 at T = 16 (`-T 16 -n 16`), 4-bit graded spikes 0.9871 at T = 8
-(`-T 8 --spike-bits 4 -n 16`): results/encoder.json and results/encoder_b4.json.
+(`-T 8 --spike-bits 4 -n 16`): results/encoder.json and results/encoder_b4.json. With the
+bias-corrected candidates of T-aware conversion (tune.py), 1-bit at T = 16: 0.9507; 4-bit
+at T = 8: 0.9873.
 
-Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test sentences except the
-first row's 32; ANN view vs onnxruntime: 1e-7):
+Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test
+sentences except the first row's 32; ANN view vs onnxruntime: 1e-7):
 
     defaults, integer mode (results/encoder.json)             0.58 / 0.70 / 0.70 / 0.69
     defaults, float mode                                      0.62 / 0.74 / 0.74 / 0.72

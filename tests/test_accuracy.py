@@ -101,3 +101,33 @@ def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
         graph = quantize(snn, x_calib, get_profile("sim"))
         acc[tune] = _acc(evaluate(graph, test_set, [2], "int", str(model)), 2)
     assert acc[True] >= acc[False] + 0.01
+
+
+def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
+    """tune_thresholds(correct=True): each layer with a bias that no neuron's search moves and
+    that is not an output (text_bert: Q, K, V projections, residual branches, LayerNorms) ends
+    with a T-step output whose per-channel mean over the samples equals the ANN's; an MLP,
+    whose every bias feeds a neuron or the output, has none (its conversion is unchanged)."""
+    from spikeport.batch import take
+    from spikeport.convert import convert
+    from spikeport.convert.balance import channel_axes
+    from spikeport.convert.tune import _channels_first, _corrected, _Run, tune_thresholds
+
+    mlp = convert(EXAMPLES / "digits_mlp.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+    assert _corrected(mlp) == set()
+    calib = EXAMPLES / "text_calib.npz"
+    snn = convert(EXAMPLES / "text_bert.onnx", calib, tune=False)
+    layers = _corrected(snn)
+    ops = {n.op for n in snn.nodes if n.name in layers}
+    assert ops == {"dense", "layernorm"}
+    assert not {n.output for n in snn.nodes if n.name in layers} & set(snn.outputs)
+    x, axes, T = take(load_data(calib, snn.inputs).x, slice(32)), channel_axes(snn), 2
+    tuned = tune_thresholds(snn, x, T, axes, correct=True)
+    run = _Run(tuned, x, T)
+    for node, original in zip(tuned.nodes, snn.nodes, strict=True):
+        run.step(node, original)  # the ANN side keeps the original biases
+        if node.name in layers and node.output not in run.static:
+            mean = sum(run.spiking[node.output]) / T
+            err = _channels_first(mean - run.ann[node.output], axes.get(node.output, -1))
+            scale = np.abs(run.ann[node.output]).mean()
+            assert np.abs(err.mean(axis=1)).max() < 1e-4 * scale + 1e-5, node.name
