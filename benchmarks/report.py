@@ -74,8 +74,8 @@ def _remeasured_note(doc: dict[str, Any]) -> list[str]:
     names = ", ".join(later["models"])
     return [
         f"*Rows of {names} (every table of this section) re-measured by a later run: "
-        f"{provenance(later)[1:-1]} The other rows, and each model's times, are from "
-        "the run that measured it.*",
+        f"{provenance(later)[1:-1]} The other rows are from the run above; each model's "
+        "times, from the run that measured it.*",
         "",
     ]
 
