@@ -161,11 +161,11 @@ class _Run:
     tensor's T per-step values (one shared array when it is static), `ann[t]` its ANN value."""
 
     def __init__(self, graph: Graph, x: Batch, T: int):
-        from spikeport.sim.simulator import Simulator
+        from spikeport.sim.simulator import encode_inputs
 
         self.graph, self.T = graph, T
         self.static = static_tensors(graph)
-        given = Simulator(graph, "float").encode(x)
+        given = encode_inputs(graph, x, "float")
         self.spiking = {k: [v] * T for k, v in given.items()}
         self.ann = dict(given)
         self.left = Counter(i for n in graph.nodes for i in n.inputs)

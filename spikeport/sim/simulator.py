@@ -85,6 +85,22 @@ def _fanout(graph: Graph, node: Node) -> np.ndarray | int:
     )
 
 
+def encode_inputs(graph: Graph, x: Batch, mode: str = "int") -> dict[str, np.ndarray]:
+    """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
+    integer inputs (token ids, masks) are indices and flags and pass unchanged."""
+    given = named(graph.inputs, x)
+    values = {}
+    for t in graph.inputs:
+        v = given[t.name]
+        if is_integer(t):
+            values[t.name] = np.asarray(v, np.int64)
+        elif mode == "int":
+            values[t.name] = quantize_input(v, graph.scales[t.name])
+        else:
+            values[t.name] = np.asarray(v, np.float64)
+    return values
+
+
 class Simulator:
     """Prepare once (kernels, checks), then `run(x, T)` any number of batches."""
 
@@ -140,19 +156,7 @@ class Simulator:
         return b is not None and b.nonneg and float(b.step.max(initial=0)) <= 1
 
     def encode(self, x: Batch) -> dict[str, np.ndarray]:
-        """The network's inputs at every step: int8 codes in "int" mode, x itself otherwise;
-        integer inputs (token ids, masks) are indices and flags and pass unchanged."""
-        given = named(self.graph.inputs, x)
-        values = {}
-        for t in self.graph.inputs:
-            v = given[t.name]
-            if is_integer(t):
-                values[t.name] = np.asarray(v, np.int64)
-            elif self.mode == "int":
-                values[t.name] = quantize_input(v, self.graph.scales[t.name])
-            else:
-                values[t.name] = np.asarray(v, np.float64)
-        return values
+        return encode_inputs(self.graph, x, self.mode)
 
     def run(
         self, x: Batch, T: int, record: bool = False, observe: Observer | None = None

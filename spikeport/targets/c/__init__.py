@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from spikeport.batch import Batch, is_integer
+from spikeport.batch import Batch
 from spikeport.ir.artifact import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
-from spikeport.sim import Simulator
+from spikeport.sim.simulator import encode_inputs
 from spikeport.targets import Target, register_target
-from spikeport.targets.c.emit import C_OPS, emit_c
+from spikeport.targets.c.emit import C_OPS, NUMPY_TYPE, emit_c, input_ctype
 from spikeport.targets.c.run import run_host
 from spikeport.targets.compare import check_equal, check_in_batches, reference
 
@@ -65,8 +65,8 @@ def verify(
 
 def c_inputs(graph: Graph, x: Batch) -> list[np.ndarray]:
     """The fields of spk_input_t for x: int8 codes of float inputs, int32 integer inputs."""
-    values = Simulator(graph, "int").encode(x)
-    return [values[t.name].astype(np.int32 if is_integer(t) else np.int8) for t in graph.inputs]
+    values = encode_inputs(graph, x)
+    return [values[t.name].astype(NUMPY_TYPE[input_ctype(t)]) for t in graph.inputs]
 
 
 def check_one_batch(

@@ -1,8 +1,9 @@
 """Integer graph -> C99 sources (model.h, model.c), a test harness, a Makefile and a README.
 
-Spikes are int8, currents int32, the running sums and integer functions of the
-expectation-compensated operators int64. Tensors that live within a step share per-type
-arenas planned by liveness (memory.py); the inputs, the tensors computed once, and all
+Spikes are int8; every other buffer and state array takes the narrowest C type that holds
+its bound from the range proof (`narrow`), and the integer functions of the
+expectation-compensated operators compute in int64. Tensors that live within a step share
+per-type arenas planned by liveness (memory.py); the inputs, the tensors computed once, and all
 neuron and operator state live in one static state struct; a reshape aliases its input.
 Weights, biases, thresholds, multipliers and index tables are `static const` arrays, so they
 live in flash. Layers whose inputs never change (the direct-encoded input through stateless
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.batch import is_integer
-from spikeport.ir.graph import Graph, Node
+from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import attr, spike_levels, static_tensors
 from spikeport.quantize.ranges import range_bounds
 from spikeport.registry import registrar
@@ -86,9 +87,7 @@ class Plan:
         # narrowest C type that holds their proven bound.
         self.bounds = range_bounds(graph, graph.meta["quantization"]["max_timesteps"])
         self.static = static_tensors(graph)
-        self.ctype: dict[str, str] = {
-            t.name: "int32_t" if is_integer(t) else "int8_t" for t in graph.inputs
-        }
+        self.ctype: dict[str, str] = {t.name: input_ctype(t) for t in graph.inputs}
         self.root: dict[str, str] = {t.name: t.name for t in graph.inputs}
         for n in graph.nodes:
             self.ctype[n.output] = self._ctype(n)
@@ -104,7 +103,7 @@ class Plan:
         moves = n.op in INT8_KEEPING or (n.op == "resize" and attr(n, "mode") == "nearest")
         if moves and all(self.ctype[i] == "int8_t" for i in n.inputs):
             return "int8_t"
-        return narrow(float(self.bounds[n.output].step.max(initial=0)), "int16_t")
+        return narrow(self.step_bound(n.output), "int16_t")
 
     def step_bound(self, tensor: str) -> float:
         return float(self.bounds[tensor].step.max(initial=0))
@@ -119,6 +118,13 @@ class Plan:
     def size(self, tensor: str) -> int:
         return int(np.prod(self.graph.shape(tensor)))
 
+
+def input_ctype(t: TensorInfo) -> str:
+    """C type of a graph input: int32 integers (token ids, masks), int8 codes otherwise."""
+    return "int32_t" if is_integer(t) else "int8_t"
+
+
+NUMPY_TYPE = {"int8_t": np.int8, "int32_t": np.int32}
 
 C_TYPES = (("int8_t", 127), ("int16_t", 32767), ("int32_t", 2**31 - 1), ("int64_t", 2**63 - 1))
 
@@ -376,8 +382,9 @@ def input_fields(graph: Graph) -> list[tuple[str, str, int, str]]:
         else:
             scale = float(graph.scales[t.name].reshape(-1)[0])
             note = f"int8 codes q = clamp(floor(x / {scale!r} + 1/2), -127, 127)"
-        ctype = "int32_t" if is_integer(t) else "int8_t"
-        out.append((ctype, name, int(np.prod(t.shape)), f"'{t.name}' {list(t.shape)}: {note}"))
+        out.append(
+            (input_ctype(t), name, int(np.prod(t.shape)), f"'{t.name}' {list(t.shape)}: {note}")
+        )
     return out
 
 
@@ -467,7 +474,6 @@ def model_sources(graph: Graph, kernels: str = "auto") -> dict[str, Any]:
         "harness.c": _render("harness.c.tmpl", **values),
         "flash_bytes": flash,
         "ram_bytes": memory.ram_bytes,
-        "arena_bytes": {t: CTYPE_BYTES[t] * s for t, s in memory.arenas.items()},
         "kernels": {layer.node.name: layer.kernel for layer in layers if layer.kernel},
     }
 

@@ -288,14 +288,11 @@ def _ec_rows(plan: Plan, n: Node, cid: str, apply: str, consts: list) -> Layer:
     )
 
 
-def _per_element(call: str, d_var: str = "$d") -> str:
-    return f"        for (int j = 0; j < {d_var}; ++j) q[j] = {call};\n"
-
-
 def _ec_function(plan: Plan, n: Node, cid: str, fn: str, call: str) -> Layer:
+    """An EC operator whose function applies to each element of the row alone."""
     plan.functions.add(fn)
     d = plan.graph.shape(n.output)[-1]
-    return _ec_rows(plan, n, cid, _per_element(call, str(d)), [])
+    return _ec_rows(plan, n, cid, f"        for (int j = 0; j < {d}; ++j) q[j] = {call};\n", [])
 
 
 @c_op("gelu")
@@ -353,14 +350,20 @@ def _softmax(plan: Plan, n: Node, cid: str) -> Layer:
     return _ec_rows(plan, n, cid, f"        spk_softmax(q, {d}, 0, {_exp_args(n)});\n", [])
 
 
+def _check_mask(plan: Plan, n: Node, what: str, length: int) -> None:
+    """The C reads a mask (input 1) as `length` int32 flags held for the whole inference."""
+    mask = n.inputs[1]
+    if plan.size(mask) != length or plan.ctype[mask] != "int32_t" or mask not in plan.static:
+        raise CapabilityExceeded(
+            f"node '{n.name}' ({n.op}): target 'c' takes a {what} mask of {length} int32 flags "
+            f"held for the inference, not '{mask}' {list(plan.graph.shape(mask))}"
+        )
+
+
 @c_op("masked_softmax")
 def _masked_softmax(plan: Plan, n: Node, cid: str) -> Layer:
     d, mask = plan.graph.shape(n.output)[-1], n.inputs[1]
-    if plan.size(mask) != d or plan.ctype[mask] != "int32_t" or mask not in plan.static:
-        raise CapabilityExceeded(
-            f"node '{n.name}' (masked_softmax): target 'c' takes a key mask of {d} int32 flags "
-            f"held for the inference, not '{mask}' {list(plan.graph.shape(mask))}"
-        )
+    _check_mask(plan, n, "key", d)
     plan.functions.add("softmax")
     # The mask is constant over steps: its running sum is > 0 exactly where it is.
     apply = f"        spk_softmax(q, {d}, {plan.buf(mask)}, {_exp_args(n)});\n"
@@ -466,11 +469,7 @@ def _masked_mean(plan: Plan, n: Node, cid: str) -> Layer:
     x_shape, mask = plan.graph.shape(n.inputs[0]), n.inputs[1]
     axis = attr(n, "axis") % len(x_shape)
     tokens = x_shape[axis]
-    if plan.size(mask) != tokens or plan.ctype[mask] != "int32_t" or mask not in plan.static:
-        raise CapabilityExceeded(
-            f"node '{n.name}' (masked_mean): target 'c' takes a token mask of {tokens} int32 "
-            f"flags held for the inference, not '{mask}' {list(plan.graph.shape(mask))}"
-        )
+    _check_mask(plan, n, "token", tokens)
     idx, n_out = _reduced_index(x_shape, [axis])
     tok = np.indices(x_shape)[axis].reshape(-1)
     (s,), accumulate, state = _running_sums(plan, n, cid, n.inputs[:1])
