@@ -207,3 +207,17 @@ def test_a_board_too_small_is_refused_in_one_line_before_writing(built, tmp_path
     )  # fmt: skip
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nir").exists()
+
+
+def test_flash_refuses_token_ids_outside_the_vocabulary_in_one_line(built, tmp_path):
+    """flash checks its data as verify does, before building or running anything."""
+    _, outdir, test = built["text_bert"]
+    bad = {k: v[:2].copy() for k, v in test.items()}
+    bad["input_ids"][0, 0] = 999
+    np.savez(tmp_path / "bad.npz", **bad)
+    res = CliRunner().invoke(
+        main, ["flash", str(outdir), "--board", "qemu-mps2-an385", "--data",
+               str(tmp_path / "bad.npz"), "-n", "2"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "token id 999, outside the vocabulary" in res.stderr

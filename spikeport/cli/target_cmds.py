@@ -140,6 +140,8 @@ def flash_cmd(
         return
     graph = load(out / "model.spk")
     x = load_data(data, graph.inputs).x if data else None
+    if x is not None:
+        check_token_ids(graph, x, data)
     say(quiet, f"running {count} inputs x {timesteps} steps on QEMU {board} ...")
     report = flash_qemu(out, x, count, timesteps, count_instructions)
     with atomic_output(out / "flash_report.json") as tmp:
