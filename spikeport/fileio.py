@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import zipfile
@@ -101,7 +102,11 @@ def check_output_dir(path: PathLike, what: str = "output directory") -> Path:
     """Refuse an output directory that cannot be created or replaced (its contents are the
     writer's business: see spikeport.targets.emit)."""
     p = _name_checks(path, what)
-    if p.exists() and not p.is_dir():
+    try:  # one look: a directory another writer replaces may be absent for a moment
+        not_a_dir = not stat.S_ISDIR(p.stat().st_mode)
+    except FileNotFoundError:
+        not_a_dir = False
+    if not_a_dir:
         raise BadInput(f"{what} '{p}' exists and is not a directory")
     if p.resolve() == Path.cwd().resolve() or p.resolve().parent == p.resolve():
         raise BadInput(f"{what} '{p}' is the current or root directory; name a new directory")

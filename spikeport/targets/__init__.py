@@ -106,10 +106,19 @@ def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
     or an existing non-empty directory that holds no manifest of spikeport's (emit never
     deletes what it did not write)."""
     out = check_output_dir(outdir)
-    if out.is_dir() and any(out.iterdir()):
+    # Another emit into the same directory may move it aside and its own output in between
+    # two looks here (_replace_dir): a directory that vanishes meanwhile is looked at again.
+    for _ in range(5):
         try:
+            if not (out.is_dir() and any(out.iterdir())):
+                return out
             read_manifest(out)
+            return out
+        except FileNotFoundError:
+            continue
         except BadInput:
+            if not out.exists():
+                continue
             raise BadInput(
                 f"output directory '{out}' is not empty and was not written by `spikeport emit` "
                 f"(no valid {MANIFEST}); give a new or empty directory"
