@@ -16,10 +16,14 @@ from spikeport.errors import UnsupportedOp
 from spikeport.sim import simulate
 
 
-def _export(model: nn.Module, args: tuple, path, names: list[str], dynamic: bool = True):
+def _export(
+    model: nn.Module, args: tuple, path, names: list[str], dynamic: bool = True, **kw
+):
     model.eval()
     axes = {n: {0: "N"} for n in names} if dynamic else None
-    torch.onnx.export(model, args, str(path), input_names=names, dynamic_axes=axes, dynamo=False)
+    torch.onnx.export(
+        model, args, str(path), input_names=names, dynamic_axes=axes, dynamo=False, **kw
+    )
     return path
 
 
@@ -56,6 +60,33 @@ def test_a_decomposed_channel_norm_is_one_layernorm(tmp_path):
     torch.manual_seed(0)
     path = _export(ChannelNorm(), (torch.randn(2, 3, 5, 5),), tmp_path / "cn.onnx", ["x"])
     x = np.random.default_rng(0).normal(size=(3, 3, 5, 5)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    assert [n.op for n in graph.nodes].count("layernorm") == 1
+
+
+class TokensNorm(nn.Module):
+    """SVTR's mixer (PaddleOCR's recogniser, through paddle2onnx): conv features flattened and
+    transposed to tokens, then a LayerNorm written out over the last axis. onnxruntime's
+    transpose optimiser would move the Transpose into the middle of that chain (after the
+    Sub), where no LayerNorm pattern matches; import turns it off."""
+
+    def __init__(self, c: int = 6):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.w, self.b = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).flatten(2).transpose(1, 2)  # (N, H*W, C)
+        u = t.mean(-1, keepdim=True)
+        s = (t - u).pow(2).mean(-1, keepdim=True)
+        return self.w * ((t - u) / torch.sqrt(s + 1e-5)) + self.b
+
+
+def test_a_layernorm_over_transposed_tokens_is_one_layernorm(tmp_path):
+    torch.manual_seed(0)
+    args = (torch.randn(2, 3, 4, 5),)  # opset 12, as paddle2onnx writes it: axes attributes
+    path = _export(TokensNorm(), args, tmp_path / "tn.onnx", ["x"], opset_version=12)
+    x = np.random.default_rng(0).normal(size=(3, 3, 4, 5)).astype(np.float32)
     graph = _check(path, {"x": x})
     assert [n.op for n in graph.nodes].count("layernorm") == 1
 

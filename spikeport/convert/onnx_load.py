@@ -183,7 +183,12 @@ def canonicalise(
         opts.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
         try:
             ort.InferenceSession(
-                model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+                model.SerializeToString(),
+                opts,
+                providers=["CPUExecutionProvider"],
+                # its transpose pushing splits written-out LayerNorms (paddle2onnx's SVTR)
+                # that onnx_patterns fuses; transposes are data movement here anyway
+                disabled_optimizers=["TransposeOptimizer"],
             )
         except Exception as e:  # onnxruntime's own errors: one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
