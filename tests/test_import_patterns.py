@@ -16,9 +16,7 @@ from spikeport.errors import UnsupportedOp
 from spikeport.sim import simulate
 
 
-def _export(
-    model: nn.Module, args: tuple, path, names: list[str], dynamic: bool = True, **kw
-):
+def _export(model: nn.Module, args: tuple, path, names: list[str], dynamic: bool = True, **kw):
     model.eval()
     axes = {n: {0: "N"} for n in names} if dynamic else None
     torch.onnx.export(
