@@ -6,7 +6,7 @@ ANN mode against onnxruntime / LiteRT on the test inputs), then `spikeport conve
 --target sim`, `eval -T 4,8 --onnx|--tflite --json`. Run with .venv's python; the spikeport
 imported is the one on PYTHONPATH (this checkout; `make zoo` sets nothing else).
 
-    python benchmarks/zoo/run.py [--only NAME ...] [--budget 240]
+    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600]
 """
 
 from __future__ import annotations
@@ -230,8 +230,8 @@ def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="run only these models")
-    ap.add_argument("--budget", type=float, default=240, help="seconds per model, all stages")
-    ap.add_argument("--total", type=float, default=2400, help="seconds for the whole run")
+    ap.add_argument("--budget", type=float, default=600, help="seconds per model, all stages")
+    ap.add_argument("--total", type=float, default=10800, help="seconds for the whole run")
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ann_check:

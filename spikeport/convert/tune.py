@@ -48,7 +48,10 @@ MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer 
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 CANDIDATE_STEPS = 16  # the searches for 2T and 4T steps run only up to this many steps
 SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
-SEARCH_VALUES = 2**23  # and at most this many values over all channels and steps
+# and at most this many values over all channels and steps: the search's cost. 2^23 made
+# the search most of a ResNet-50's conversion (64x64, 16 samples: several minutes on one
+# core); 2^21 changes nothing on layers where channels x steps <= 512 (SEARCH_POSITIONS each).
+SEARCH_VALUES = 2**21
 THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the largest activation
 REFINE = 6  # then as many between the best one's neighbours, per channel
 SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
