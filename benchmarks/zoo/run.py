@@ -6,7 +6,7 @@ ANN mode against onnxruntime / LiteRT on the test inputs), then `spikeport conve
 --target sim`, `eval -T 4,8 --onnx|--tflite --json`. Run with .venv's python; the spikeport
 imported is the one on PYTHONPATH (this checkout; `make zoo` sets nothing else).
 
-    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600]
+    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -232,6 +233,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only these models")
     ap.add_argument("--budget", type=float, default=600, help="seconds per model, all stages")
     ap.add_argument("--total", type=float, default=10800, help="seconds for the whole run")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="models at once")
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ann_check:
@@ -239,14 +241,18 @@ def main() -> None:
         return
     entries = [e for e in _manifest().values() if not a.only or e["name"] in a.only]
     todo = [e for e in entries if "build_error" not in e]
-    rows: list[Row] = []
     end = time.time() + a.total
-    for i, e in enumerate(todo):
+
+    def one(i: int, e: dict) -> Row:
         # a slow model may not eat the others' time: each later one keeps at least MIN_EACH
-        budget = min(a.budget, end - time.time() - MIN_EACH * (len(todo) - i - 1))
-        rows.append(run_model(e, max(budget, MIN_EACH)))
-        r = rows[-1]
+        left = end - time.time() - MIN_EACH * (len(todo) - i - 1) / a.jobs
+        r = run_model(e, max(min(a.budget, left), MIN_EACH))
         print(f"{r.model:32s} {r.stage:9s} {r.seconds:6.1f}s {r.refusal[:110]}", flush=True)
+        return r
+
+    # each model runs in subprocesses of one thread each: --jobs of them fill as many cores
+    with ThreadPoolExecutor(a.jobs) as pool:
+        rows = list(pool.map(one, range(len(todo)), todo))
     write_results(rows, [e for e in entries if "build_error" in e])
     print((HERE / "RESULTS.md").read_text().splitlines()[4])
 
