@@ -43,12 +43,15 @@ EXAMPLE_MODELS = {
     "text_bert": ("text_bert.onnx", "text_calib.npz", "text_test.npz"),
 }
 TRANSFORMER_FAMILIES = ("vit", "bert_hf", "sentence_embedding")
+# The examples again with graded spikes (convert --spike-bits b): every neuron, the bipolar
+# ones in front of Q, K, V and the products of two activations included, sends a count.
+GRADED = {"digits_vit": 4, "text_bert": 3}
 
 
-def _quantize_for_c(onnx_path: Path, calib: Path):  # noqa: ANN202
+def _quantize_for_c(onnx_path: Path, calib: Path, spike_bits: int = 1):  # noqa: ANN202
     """The percentile conversion (fast; what the C checks is the integer graph, not how its
     thresholds were chosen), quantized for the C profile."""
-    snn = convert(onnx_path, calib, tune=False)
+    snn = convert(onnx_path, calib, tune=False, spike_bits=spike_bits)
     return quantize(snn, load_data(calib, snn.inputs).x, get_profile("c"), max_timesteps=T)
 
 
@@ -61,6 +64,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
         q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib)
         emit(q, "c", root / name)
         out[name] = (q, root / name, load_data(EXAMPLES / test, q.inputs).x)
+        if name in GRADED:
+            graded = f"{name}_b{GRADED[name]}"
+            q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib, GRADED[name])
+            emit(q, "c", root / graded)
+            out[graded] = (q, root / graded, None)
     for name, make in FAMILIES.items():
         fx = make(root)
         q = _quantize_for_c(fx.onnx, fx.save_calib(root / f"{name}_calib.npz"))
@@ -102,11 +110,17 @@ def check_random(graph, outdir: Path, examples: int = EXAMPLES_PER_MODEL) -> Non
     check()
 
 
+GRADED_MODELS = [f"{name}_b{bits}" for name, bits in GRADED.items()]
+
+
 @needs_cc
-@pytest.mark.parametrize("name", [*EXAMPLE_MODELS, *TRANSFORMER_FAMILIES])
+@pytest.mark.parametrize("name", [*EXAMPLE_MODELS, *GRADED_MODELS, *TRANSFORMER_FAMILIES])
 def test_transformer_bit_exact_on_1000_random_inputs(built, name):
     graph, outdir, _ = built[name]
     assert {"matmul", "layernorm"} <= {n.op for n in graph.nodes}
+    if name in GRADED_MODELS:  # every neuron graded
+        bits = {n.attrs.get("spike_bits", 1) for n in graph.nodes if n.op == "if"}
+        assert bits == {int(name.rsplit("_b", 1)[1])}
     check_random(graph, outdir)
 
 
