@@ -2,11 +2,17 @@
 spikeport's CLI and write benchmarks/zoo/RESULTS.md and results.json.
 
 Per model, each in a subprocess under one time budget: an ANN-view check (the imported graph's
-ANN mode against onnxruntime / LiteRT on the test inputs), then `spikeport convert`, `quantize
---target sim`, `eval -T 4,8 --onnx|--tflite --json`. Run with .venv's python; the spikeport
-imported is the one on PYTHONPATH (this checkout; `make zoo` sets nothing else).
+ANN mode against onnxruntime / LiteRT on the test inputs), then `spikeport convert
+--no-t-aware`, `quantize --target sim`, `eval -T 4,8 --onnx|--tflite --json`. Run with .venv's
+python; the spikeport imported is the one on PYTHONPATH (this checkout; `make zoo` sets
+nothing else).
 
-    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600] [--jobs 2]
+The zoo asks whether a model goes through at all, so it converts with percentile thresholds:
+T-aware conversion (the default, `--t-aware` here) searches every neuron's threshold for T and
+took 2 to 9 minutes a model on 2 shared cores (resnet10t 125 s, resnet18 246 s, resnet50
+526 s, all passing), which made the whole zoo several hours.
+
+    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600] [--jobs 2] [--t-aware]
 """
 
 from __future__ import annotations
@@ -121,7 +127,7 @@ def ann_check(name: str) -> None:
     print(json.dumps({"rel_diff": max(diffs), "within": all(within)}))
 
 
-def run_model(entry: dict, budget: float) -> Row:
+def run_model(entry: dict, budget: float, convert_flags: tuple[str, ...] = ()) -> Row:
     row = Row(entry["name"], entry["source"], entry["exporter"])
     with np.load(MODELS / entry["test"]) as z:
         row.labels = len(np.unique(z["y"]))
@@ -133,7 +139,8 @@ def run_model(entry: dict, budget: float) -> Row:
     ref_flag = "--tflite" if entry["reference"] == "tflite" else "--onnx"
     commands = {
         "import": [sys.executable, __file__, "--ann-check", entry["name"]],
-        "convert": [*SPIKEPORT, "convert", model, "--calib", calib, "-o", f"{work}/a.spk", "-q"],
+        "convert": [*SPIKEPORT, "convert", model, "--calib", calib, "-o", f"{work}/a.spk", "-q",
+                    *convert_flags],
         "quantize": [*SPIKEPORT, "quantize", f"{work}/a.spk", "--calib", calib, "--target", "sim",
                      "-o", f"{work}/q.spk", "-q"],
         "eval": [*SPIKEPORT, "eval", f"{work}/q.spk", "--data", test, "-T", "4,8", ref_flag, model,
@@ -179,14 +186,14 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.1e}"
 
 
-def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
+def write_results(rows: list[Row], unbuilt: list[dict], convert_flags: str = "") -> None:
     passed = sum(r.stage in ("quantize", "eval") for r in rows)
     total = len(rows) + len(unbuilt)
     lines = [
         "# Model zoo results",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC by `make zoo` against this checkout's "
-        "spikeport (columns: benchmarks/zoo/README.md).",
+        f"spikeport (columns: benchmarks/zoo/README.md), `convert {convert_flags or '-T 4'}`.",
         "",
         f"**{passed} of {total} pass convert+quantize**; {sum(r.result == 'pass' for r in rows)} "
         f"also pass eval; ANN view within 1e-4 of the reference: "
@@ -224,6 +231,7 @@ def write_results(rows: list[Row], unbuilt: list[dict]) -> None:
         "rows": [asdict(r) for r in rows],
         "not_built": unbuilt,
         "pass_convert_quantize": passed,
+        "convert_flags": convert_flags,
     }
     (HERE / "results.json").write_text(json.dumps(data, indent=1))
 
@@ -234,6 +242,12 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600, help="seconds per model, all stages")
     ap.add_argument("--total", type=float, default=10800, help="seconds for the whole run")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="models at once")
+    ap.add_argument(
+        "--t-aware",
+        action="store_true",
+        help="convert with T-aware conversion (spikeport's default; a search per neuron: "
+        "minutes per model here) instead of --no-t-aware",
+    )
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.ann_check:
@@ -242,18 +256,19 @@ def main() -> None:
     entries = [e for e in _manifest().values() if not a.only or e["name"] in a.only]
     todo = [e for e in entries if "build_error" not in e]
     end = time.time() + a.total
+    flags = () if a.t_aware else ("--no-t-aware",)
 
     def one(i: int, e: dict) -> Row:
         # a slow model may not eat the others' time: each later one keeps at least MIN_EACH
         left = end - time.time() - MIN_EACH * (len(todo) - i - 1) / a.jobs
-        r = run_model(e, max(min(a.budget, left), MIN_EACH))
+        r = run_model(e, max(min(a.budget, left), MIN_EACH), flags)
         print(f"{r.model:32s} {r.stage:9s} {r.seconds:6.1f}s {r.refusal[:110]}", flush=True)
         return r
 
     # each model runs in subprocesses of one thread each: --jobs of them fill as many cores
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(one, range(len(todo)), todo))
-    write_results(rows, [e for e in entries if "build_error" in e])
+    write_results(rows, [e for e in entries if "build_error" in e], " ".join(flags))
     print((HERE / "RESULTS.md").read_text().splitlines()[4])
 
 
