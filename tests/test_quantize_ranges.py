@@ -340,3 +340,46 @@ def test_a_dense_layer_read_by_an_add_or_a_layernorm_keeps_per_channel_scales(tm
     if reader == "add" and shutil.which("cc") and shutil.which("make"):
         emit(q, "c", tmp_path / "c")
         check_one_batch(q, tmp_path / "c", x[:16], 8, run_host)
+
+
+def test_a_small_branch_beside_coarse_spikes_widens_the_add_multipliers(tmp_path):
+    """RepGhostNet: a residual add of a neuron's spikes (coarse: one step is its threshold)
+    and a small branch. At 16-bit multipliers the branch's rounds to 0; quantize widens the
+    coarse one past 16 bits instead (int64 products, proven), and the simulator, its fast
+    backend and the C target agree bit for bit."""
+    import shutil
+
+    import torch
+    from torch import nn
+
+    from spikeport.quantize import get_profile, quantize
+    from spikeport.sim import simulate
+    from spikeport.targets import emit, verify
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.branch = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+            self.gamma = nn.Parameter(torch.full((8, 1, 1), 2e-3))
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            h = torch.relu(h + self.gamma * self.branch(h))
+            return self.head(h.mean((2, 3)))
+
+    torch.manual_seed(0)
+    snn, x = _convert_torch(Block(), (3, 6, 6), tmp_path)
+    q = quantize(snn, x, get_profile("c"), max_timesteps=8)
+    (add,) = [n for n in q.nodes if n.op == "add"]
+    assert np.abs(add.params["mult_q"]).max() > 2**15  # widened past 16 bits
+    assert np.all(add.params["mult_q"] != 0)  # and the branch kept
+    assert not q.meta["quantization"].get("notes")
+    codes = np.random.default_rng(1).integers(-127, 128, size=(16, 3, 6, 6))
+    data = codes * q.scales[q.inputs[0].name]
+    ref = simulate(q, data, 8, "int", backend="reference").outputs
+    fast = simulate(q, data, 8, "int", backend="fast").outputs
+    np.testing.assert_array_equal(ref[q.outputs[0]], fast[q.outputs[0]])
+    if shutil.which("cc"):
+        emit(q, "c", tmp_path / "c")
+        verify(q, tmp_path / "c", data, T=8)  # raises on any mismatch

@@ -28,7 +28,9 @@ class Profile:
     bias_bits: int = 32
     state_bits: int = 32
     input_bits: int = 8
-    mult_bits: int = 16  # the integer multipliers that align the inputs of an add
+    # the widest integer multipliers that align the inputs of an add (products summed in int64;
+    # quantize aims at 16 bits and widens only where an input would fall below resolution)
+    mult_bits: int = 32
     signed_spikes: bool = True
     # Largest `spike_bits` of a neuron (graded spikes, spikeport.ir.ops "if"); 1: binary only.
     max_spike_bits: int = MAX_SPIKE_BITS

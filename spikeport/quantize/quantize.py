@@ -44,6 +44,9 @@ from spikeport.sim.kinds import set_kind
 
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
+ADD_MULT_BITS = 16  # the precision of an add's multipliers (wider only where _widening needs)
+FINE_MULT_BITS = 7  # what a widened add's finest multiplier carries
+INT64_SAFE = 2.0**62  # an add's sum of products, in int64 with a bit of headroom
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
 PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
 # Readers that bring every element of their input to their own scale with an integer
@@ -328,15 +331,17 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
     # Coarser if needed so that the coarsest input's multiplier fits the profile's bits, and
     # so that the synapses that read the add (if any) provably fit the state bits.
+    bits = min(ADD_MULT_BITS, ctx.profile.mult_bits)
     s_y = max(
         ctx.peak(node.output) / 2**ADD_OUT_BITS,
-        max(float(s.max()) for s in ins) / int_limit(ctx.profile.mult_bits),
+        max(float(s.max()) for s in ins) / int_limit(bits),
         _synapse_scale(ctx, node, ins),
         1e-30,
     )
     ratio = np.stack(ins) / s_y
     top = int(math.ceil(math.log2(float(ratio.max()))))
-    shift = max(0, ctx.profile.mult_bits - 2 - top)  # one bit of headroom: mult < 2^(bits-1)
+    shift = max(0, bits - 2 - top)  # one bit of headroom: mult < 2^(bits-1)
+    shift += _widening(ctx, node, ratio, shift, s_y)
     mult = round_to_int(ratio * 2.0**shift)
     if mult.max() > int_limit(ctx.profile.mult_bits):
         raise ctx.refuse(node, f"inputs differ in scale by more than {ctx.profile.mult_bits} bits")
@@ -345,6 +350,26 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     node.params["mult_q"] = compact_rows(mult).astype(np.int32)
     node.attrs["shift"] = shift
     return np.full(ins[0].shape, s_y)
+
+
+def _widening(ctx: _Ctx, node: Node, ratio: np.ndarray, shift: int, s_y: float) -> int:
+    """Extra shift for an add whose finest input would get a multiplier below 1/2 at the
+    ADD_MULT_BITS precision (RepGhostNet: a small branch added to a coarse one): enough for
+    that input's multiplier to carry FINE_MULT_BITS bits, the coarse multipliers widening up
+    to the profile's mult_bits, where the proof bounds every product sum in int64. Inputs
+    below half an output step are left out instead (_below_resolution), not widened for."""
+    live = [i for i, name in enumerate(node.inputs) if ctx.peak(name) >= 0.5 * s_y]
+    finest = min((float(ratio[i].min()) for i in live), default=0.0) * 2.0**shift
+    if not live or finest >= 0.5 or finest <= 0:
+        return 0
+    extra = math.ceil(math.log2(2**FINE_MULT_BITS / finest))
+    room = ctx.profile.mult_bits - 2 - int(math.ceil(math.log2(float(ratio.max())))) - shift
+    extra = max(0, min(extra, room))
+    mult = np.abs(ratio) * 2.0 ** (shift + extra)
+    worst = sum(
+        float((m * ctx.bounds[t].step).max()) for m, t in zip(mult, node.inputs, strict=True)
+    )
+    return extra if worst < INT64_SAFE else 0
 
 
 def _below_resolution(ctx: _Ctx, node: Node, i: int, step: float, s_y: float) -> None:

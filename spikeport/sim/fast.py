@@ -280,24 +280,28 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
 
 @fast_kernel("add")
 def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
-    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step, in float64: each product is
-    below 2^47 (|x| < 2^31, 16-bit m), their sum below 2^53, and a power-of-two scale and
-    floor are exact."""
+    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step: in float32 where the proof
+    bounds sum |m_i| |x_i| below 2^23, in float64 below 2^53 (power-of-two scale and floor
+    exact), else (multipliers widened past 16 bits, or no proof) in int64, as the reference."""
     if mode != "int":
         return None  # a plain sum: the reference kernel, folded
     m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
-    dt = torch.float64
-    if bounds is not None:  # float32 where the proof bounds sum |m_i| |x_i| below 2^23
+    dt = torch.int64
+    if bounds is not None:
         peak = sum(
             np.abs(m).max() * bounds[i].step.max() for m, i in zip(m64, node.inputs, strict=True)
         )
-        dt = torch.float32 if peak < FLOAT32_SAFE else torch.float64
+        dt = torch.float32 if peak < FLOAT32_SAFE else torch.float64 if peak < 2.0**53 else dt
+    elif max(float(np.abs(m).max()) for m in m64) < 2**16:
+        dt = torch.float64  # |x| < 2^31 and 16-bit m: every product and sum below 2^53
     mult = [torch.from_numpy(m).to(dt) for m in m64]
-    scale = 2.0 ** -node.attrs.get("shift", 0)
+    shift = node.attrs.get("shift", 0)
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
         total = sum(m * _torch(x).to(dt) for m, x in zip(mult, xs, strict=True))
-        return Steps(torch.floor(total * scale).numpy())  # type: ignore[union-attr]
+        if dt == torch.int64:  # an arithmetic shift right is floor division by 2^shift
+            return Steps((total >> shift).to(torch.float64).numpy())  # type: ignore[operator]
+        return Steps(torch.floor(total * 2.0**-shift).numpy())  # type: ignore[union-attr]
 
     return FastKernel(run)
 

@@ -19,14 +19,15 @@ from spikeport.targets.c.run import run_host
 from spikeport.targets.compare import check_equal, check_in_batches, reference
 
 # C has int32 arithmetic everywhere; the limits are those of the emitted types: int8 weights,
-# int32 bias and state, int16 add multipliers, and a fan-in that keeps index arithmetic in int.
+# int32 bias and state, add multipliers up to int32 (products in int64), and a fan-in that keeps
+# index arithmetic in int.
 PROFILE = Profile(
     "c",
     weight_bits=8,
     bias_bits=32,
     state_bits=32,
     input_bits=8,
-    mult_bits=16,
+    mult_bits=32,
     signed_spikes=True,
     max_spike_bits=7,  # spike buffers are int8: a count k up to 127
     max_fanin=1 << 20,

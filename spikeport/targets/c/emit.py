@@ -200,7 +200,7 @@ def _add(plan: Plan, n: Node, cid: str) -> Layer:
     mult = n.params["mult_q"]
     terms, consts = [], []
     for k, t in enumerate(n.inputs):
-        consts.append(("int16_t", f"m{k}_{cid}", mult[k]))
+        consts.append((narrow(float(np.abs(mult[k]).max()), "int16_t"), f"m{k}_{cid}", mult[k]))
         terms.append(
             K.ADD_TERM.substitute(
                 m=f"m{k}_{cid}", x=plan.buf(t), mi=broadcast_index(shape, mult.shape[1:])
