@@ -9,6 +9,7 @@ delay: the graph must be quantized with --target lava, which gives it that neuro
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import numpy as np
 from spikeport.errors import BadInput, CheckFailed, SpikeportError
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
-from spikeport.sim.kinds import LAVA
+from spikeport.sim.kinds import LAVA, SDN
 from spikeport.targets import Target, register_target
 from spikeport.targets.compare import check_equal, check_in_batches
 from spikeport.targets.lava import capabilities as cap
@@ -47,7 +48,7 @@ def _check(graph: Graph) -> None:
         prepare(graph)
 
 
-PROFILE = Profile(
+_LIF = Profile(
     "lava",
     weight_bits=cap.WEIGHT_BITS,
     bias_bits=32,  # the first layer's bias is host-side; Dense-fed biases: 13 bits (plan.check)
@@ -68,6 +69,17 @@ PROFILE = Profile(
     layer_threshold=True,
     check=_check,
 )
+# Sigma-delta neurons (SigmaDelta behind graded Dense, spikeport.sim.kinds "sdn"): 24-bit
+# state, one delta threshold a layer (per-channel weight scales are free: the threshold is not
+# a balanced one). quantize --target lava tries both kinds and keeps the more accurate.
+_SDN = dataclasses.replace(
+    _LIF,
+    neuron_kind=SDN,
+    state_bits=cap.SDN_STATE_BITS,
+    max_current=cap.SDN_A_IN_LIMIT,
+    layer_threshold=False,
+)
+PROFILE = dataclasses.replace(_LIF, kind_profiles=(_SDN,))
 
 
 def lava_python() -> Path:

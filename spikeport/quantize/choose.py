@@ -1,0 +1,80 @@
+"""Pick the neuron kind of a target that runs several (Lava: LIF "lava" or sigma-delta "sdn")
+by measurement: quantize the graph in every kind (and, for "sdn", every delta threshold of
+SDN_VTH_DIVISORS), run each on the calibration data for max_timesteps steps in the integer
+simulator, and keep the one whose predictions agree most with the ANN's (the calibration
+labels are not needed, and the ANN is what conversion approximates); ties go to fewer events.
+The scores of every candidate, and why any was refused, go into meta["quantization"]
+["kind_choice"].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spikeport.batch import Batch, size, take
+from spikeport.errors import CapabilityExceeded
+from spikeport.ir.graph import Graph
+from spikeport.quantize.profiles import Profile
+from spikeport.sim.kinds import SDN, SDN_VTH_DIVISORS
+
+CHOICE_SAMPLES = 256  # calibration inputs the choice is measured on (the first ones)
+
+
+def _candidates(profile: Profile) -> list[tuple[Profile, int]]:
+    out = []
+    for p in (profile, *profile.kind_profiles):
+        divisors = SDN_VTH_DIVISORS if p.neuron_kind == SDN else SDN_VTH_DIVISORS[1:2]
+        out += [(p, d) for d in divisors]
+    return out
+
+
+def _score(graph: Graph, x: Batch, ann: np.ndarray, T: int) -> dict[str, Any]:
+    from spikeport.sim import simulate
+
+    res = simulate(graph, x, T, "int")
+    pred = res.outputs[graph.outputs[0]][-1].reshape(size(x), -1).argmax(-1)
+    return {
+        "agreement": float((pred == ann).mean()),
+        "events": float(res.spikes.sum() / size(x)),
+    }
+
+
+def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
+    """The quantized graph of the best-agreeing kind (see the module docstring)."""
+    from spikeport.quantize.quantize import quantize_kind
+    from spikeport.sim import simulate
+
+    x = take(calib_x, slice(0, min(size(calib_x), CHOICE_SAMPLES)))
+    ann = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][-1]
+    ann = ann.reshape(size(x), -1).argmax(-1)
+    tried: list[dict[str, Any]] = []
+    best: tuple[tuple[float, float], Graph] | None = None
+    first_error: CapabilityExceeded | None = None
+    for p, divisor in _candidates(profile):
+        entry: dict[str, Any] = {"kind": p.neuron_kind}
+        if p.neuron_kind == SDN:
+            entry["vth_divisor"] = divisor
+        try:
+            q = quantize_kind(graph, calib_x, p, max_timesteps, divisor)
+        except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others
+            first_error = first_error or e
+            tried.append({**entry, "refused": str(e)})
+            continue
+        entry.update(_score(q, x, ann, max_timesteps))
+        tried.append(entry)
+        key = (entry["agreement"], -entry["events"])
+        if best is None or key > best[0]:
+            best = (key, q)
+    if best is None:
+        assert first_error is not None
+        raise first_error
+    out = best[1]
+    out.meta["quantization"]["kind_choice"] = {
+        "measured": "agreement with the ANN's argmax on the calibration data, int mode",
+        "T": max_timesteps,
+        "samples": size(x),
+        "candidates": tried,
+    }
+    return out
