@@ -445,18 +445,24 @@ def _if(ctx: _Ctx, node: Node) -> np.ndarray:
 def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
     """Kind "sdn": the neuron's state is in its input current's integer units; its messages
     are that right-shifted by `state_exp` e (Lava's SigmaDelta state_exp), chosen so that the
-    layer's calibrated peak spans about 2^SDN_LEVEL_BITS message units: the output (a level)
-    has the input's scale times 2^e. The delta threshold is one integer a layer (Lava's
-    SigmaDelta has one vth), in state units: the finest channel's theta / scale, at least 1."""
+    layer's proven peak spans at most 2^SDN_LEVEL_BITS message units: the output (a level)
+    has the input's scale times 2^e. Lava gives vth and bias as mantissas shifted left by e
+    (16-bit bias), so both are multiples of 2^e here: the delta threshold, one integer a layer
+    (one vth a population), is the finest channel's theta / scale rounded to one, at least
+    one message unit; the bias of the synapses in front is rounded to a multiple."""
     shape = ctx.graph.shape(node.output)
     s = np.broadcast_to(compact(ctx.scale_in(node), shape), shape)
+    peak = float(ctx.bounds[node.inputs[0]].step.max(initial=1))  # proven, in state units
+    node.attrs["state_exp"] = e = max(0, math.ceil(math.log2(max(peak, 1.0))) - SDN_LEVEL_BITS)
     theta = np.broadcast_to(node.params["threshold"].astype(np.float64), shape)
-    th = max(1, int(round_to_int(np.min(theta / s))))
+    th = max(1, int(round_to_int(np.min(theta / s) / 2.0**e))) << e
     if th > int_limit(ctx.profile.state_bits):
         raise ctx.refuse(node, f"threshold needs more than {ctx.profile.state_bits} bits")
     node.params["threshold_q"] = np.full((1,) * len(shape), th, np.int32)
-    peak = float(ctx.bounds[node.inputs[0]].step.max(initial=1))  # proven, in state units
-    node.attrs["state_exp"] = e = max(0, math.ceil(math.log2(max(peak, 1.0))) - SDN_LEVEL_BITS)
+    prod = ctx.graph.producer(node.inputs[0])
+    if e and prod is not None and prod.op in ("dense", "conv2d"):
+        prod.params["bias_q"] = (round_to_int(prod.params["bias_q"] / 2.0**e) << e).astype(np.int32)
+        ctx.bounds[prod.output] = node_bounds(prod, ctx.bounds, ctx.max_timesteps)
     return compact(s * 2.0**e, shape)
 
 

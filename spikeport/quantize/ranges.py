@@ -73,7 +73,7 @@ def _maxpool(
     a = node.attrs
     out = K.window_max(b[0][None], a["kernel"], a["strides"], a["pads"])[0]
     if kind_of(node) == SDN:  # tournament of relu(u) + relu(v - u) on levels in [-T, b]:
-        return out + T, float(2 * b[0].max(initial=0) + T)  # every stage is in [0, b + T]
+        return out + T, float(b[0].max(initial=0) + T)  # every stage is in [0, b + T]
     return out, 2.0 * T * float(b[0].max(initial=0))
 
 

@@ -31,6 +31,11 @@ NETX_FIELDS: dict[str, tuple[str, ...]] = {
     "dense": ("type", "shape", "weight", "bias", "neuron"),
 }
 NEURON_FIELDS = ("type", "iDecay", "vDecay", "vThMant", "refDelay", "gradedSpike")
+# Kind "sdn": netx's SDNN neuron type (Sigma / SigmaDelta); vThMant is the mantissa Lava shifts
+# left by stateExp, actMode "relu" (the output layer: "unit"). Not loaded through netx here
+# (lava-dl does not install): run_lava_sdn.py reads these fields.
+SDN_NEURON_FIELDS = ("type", "vThMant", "stateExp", "spikeExp", "actMode", "cumError")
+SDN_ROLES = ("sdn", "pool")
 
 
 def _text(group: Any, key: str, value: str) -> None:
@@ -48,6 +53,17 @@ def _neuron(group: Any, vth: int, v0: np.ndarray) -> None:
     n.create_dataset("vInit", data=np.asarray(v0, np.int64))
 
 
+def _sdn_neuron(group: Any, vth: int, exp: int, unit: bool) -> None:
+    n = group.create_group("neuron")
+    _text(n, "type", "SDNN")
+    n.create_dataset("vThMant", data=np.int64(vth >> exp))
+    n.create_dataset("stateExp", data=np.int64(exp))
+    n.create_dataset("spikeExp", data=np.int64(0))
+    _text(n, "actMode", "unit" if unit else "relu")
+    n.create_dataset("cumError", data=np.bool_(False))
+    n.create_dataset("gradedSpike", data=np.bool_(True))
+
+
 def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
     """Write the network; `extra` (scales, source) goes into /spikeport as JSON and arrays."""
     import h5py
@@ -62,7 +78,10 @@ def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
             if la.src is not None:
                 g.create_dataset("weight", data=la.weight.astype(np.int8), **PACK)  # plan.check
                 g.create_dataset("bias", data=la.bias.astype(np.int32))
-            _neuron(g, la.vth, la.v0)
+            if la.role in SDN_ROLES or (la.role == "output" and net.levels):
+                _sdn_neuron(g, la.vth, la.state_exp, la.role == "output")
+            else:
+                _neuron(g, la.vth, la.v0)
         sp = f.create_group("spikeport")
         first = net.layers[0]
         sp.create_dataset("input_weight", data=first.weight.astype(np.int64), **PACK)

@@ -27,7 +27,7 @@ from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import initial_potential, int_limit
-from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.kinds import LAVA, holds_levels, kind_of
 from spikeport.sim.ops import KERNELS
 from spikeport.targets.lava import capabilities as cap
 
@@ -57,19 +57,26 @@ class Layer:
     """
 
     name: str  # the spikeport node it carries ("output" for the output accumulator)
-    role: str  # "neuron" | "maxpool" | "output"
+    role: str  # "neuron" | "maxpool" | "output"; kind "sdn": "sdn" | "pool" | "output"
     size: int
     vth: int
     v0: np.ndarray
     bias: np.ndarray
     weight: np.ndarray
     src: str | None
+    state_exp: int = 0  # kind "sdn": SigmaDelta's state_exp (messages are state >> it)
+    msg_peak: int = 1  # the largest |message| it sends (1: spikes), for the next a_in bound
+    a_in_peak: float = 0.0  # kind "sdn": the largest |graded input| it receives in a step
 
 
 @dataclass
 class Network:
     layers: list[Layer] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # spike tensor -> layer name
+    # tensor -> (its size, the layer's size): the tensor as a sum of the layer's outputs
+    # (kind "sdn" max pooling: a pair's two neurons); absent: the layer's outputs themselves
+    readout: dict[str, np.ndarray] = field(default_factory=dict)
+    levels: bool = False  # kind "sdn": SigmaDelta layers carrying levels
 
     def layer(self, name: str) -> Layer:
         return next(la for la in self.layers if la.name == name)
@@ -239,6 +246,14 @@ def check(net: Network) -> None:
 
 
 def prepare(graph: Graph) -> Network:
+    """The checked layer chain: LIF layers for kind "lava", SigmaDelta for kind "sdn"."""
+    if holds_levels(graph):
+        from spikeport.targets.lava.sdn_plan import build_sdn, check_sdn
+
+        net = build_sdn(graph)
+        _check_order(net)
+        check_sdn(net)
+        return net
     net = build(graph)
     check(net)
     return net
