@@ -553,8 +553,8 @@ def quantize_kind(
     }
     if profile.neuron_kind != "subtract":  # recorded only where it differs: old graphs unchanged
         out.meta["quantization"]["neuron_kind"] = profile.neuron_kind
-    if profile.neuron_kind == SDN:
-        out.meta["quantization"]["sdn_vth_divisor"] = vth_divisor
+    if profile.neuron_kind == SDN and any(kind_of(n) != SDN for n in graph.nodes if n.op == "if"):
+        out.meta["quantization"]["sdn_vth_divisor"] = vth_divisor  # set here, not in finetune
     check_graph(out)
     if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
         out.meta["quantization"]["notes"] = ctx.notes
