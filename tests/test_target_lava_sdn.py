@@ -15,10 +15,12 @@ import time
 
 import h5py
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 from conftest import EXAMPLES, unsigned_snn
+from fixture_models import FIXTURES, _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.errors import CapabilityExceeded, CheckFailed
@@ -225,13 +227,65 @@ def test_hdf5_has_sdnn_neurons(emitted):
     assert "SigmaDelta" in (outdir / "run_lava.py").read_text()
 
 
-@pytest.mark.parametrize(
-    ("name", "why"),
-    [("residual", "op 'add' is not supported"), ("concat_pool", "op 'concat' is not supported")],
-)
-def test_residual_and_concat_are_refused_by_name(cases, name, why):
-    with pytest.raises(CapabilityExceeded, match=why):
-        sdn_graph(cases[name])
+def skip_residual() -> tuple[onnx.ModelProto, np.ndarray]:
+    """A skip over two layers (ResNet's basic block): relu(conv(relu(conv(h))) + h), so the
+    add reads two layers of different depth, two graded Dense into one SigmaDelta."""
+    b = _Builder(11)
+    h = b.op("Relu", [b.conv("x", 2, 6, 3, 1)])
+    h2 = b.op("Relu", [b.conv(h, 6, 6, 3, 1)])
+    r = b.op("Relu", [b.op("Add", [b.conv(h2, 6, 6, 3, 1), h])])
+    g = b.op("GlobalAveragePool", [r])
+    out = b.gemm(b.op("Flatten", [g], axis=1), 6, 4)
+    return b.model((2, 6, 6), out, 4), b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dag_models(tmp_path_factory) -> dict[str, tuple[Graph, np.ndarray]]:
+    """Residual add and concat, which the sigma-delta kind maps (the lava kind refuses them)."""
+    from spikeport.convert import convert
+
+    root = tmp_path_factory.mktemp("dag")
+    out = {}
+    for name, build in [
+        ("residual", FIXTURES["residual"]),
+        ("skip_residual", skip_residual),
+        ("concat_maxpool", concat_maxpool),
+    ]:
+        model, x = build()
+        onnx.save(model, root / f"{name}.onnx")
+        np.savez(root / f"{name}.npz", x=x)
+        snn = convert(root / f"{name}.onnx", root / f"{name}.npz", signed=False)
+        out[name] = (quantize(snn, x, get_profile("lava"), MAX_T), x)
+    return out
+
+
+@pytest.mark.parametrize("name", ["residual", "skip_residual", "concat_maxpool"])
+def test_residual_add_and_concat_map_to_graded_dense(dag_models, name):
+    g, _ = dag_models[name]
+    choice = g.meta["quantization"]["kind_choice"]["candidates"]
+    assert g.meta["quantization"]["neuron_kind"] == SDN
+    assert any("is not supported by target 'lava'" in c.get("refused", "") for c in choice)
+    net = lava_target.plan.prepare(g)
+    adds = [n for n in g.nodes if n.op == "add"]
+    assert all(n.attrs["shift"] == 0 for n in adds)  # folded into the synapses
+    if name != "residual":  # a layer fed by two layers: two graded Dense into one SigmaDelta
+        assert any(la.extra for la in net.layers)
+
+
+@pytest.mark.parametrize("name", ["residual", "skip_residual", "concat_maxpool"])
+def test_residual_and_concat_are_bit_exact_in_lava(lava_env, dag_models, name, tmp_path):
+    g, _ = dag_models[name]
+    emit(g, "lava", tmp_path / name)
+    check_batch(g, tmp_path / name, random_inputs(g, 16, seed=3), MAX_T)
+
+
+def test_a_capped_relu_is_refused_naming_the_node_and_why(cases):
+    """concat_pool ends in Clip(0, 6): SigmaDelta has no cap, the LIF kind no concat."""
+    with pytest.raises(CapabilityExceeded) as e:
+        sdn_graph(cases["concat_pool"])
+    msg = str(e.value)
+    assert "lava: node 'concat_5': op 'concat' is not supported" in msg
+    assert "sdn: node 'clip_11'" in msg and "capped ReLU (cap 6.0)" in msg
 
 
 def test_a_graded_if_stays_refused_by_name(cases):
@@ -252,13 +306,14 @@ def test_an_overflowing_a_in_is_refused_naming_the_layer(emitted):
         lava_target.plan.prepare(bad)
 
 
-def test_cli_quantize_emit_refusal_is_one_line_exit_2(cases, tmp_path):
-    spk = tmp_path / "res.spk"
-    save(cases["residual"].snn, spk)
-    args = ["quantize", str(spk), "--calib", str(cases["residual"].calib), "--target", "lava"]
+def test_cli_quantize_refusal_is_one_line_exit_2(cases, tmp_path):
+    spk = tmp_path / "cp.spk"
+    save(unsigned_snn(cases["concat_pool"]), spk)
+    args = ["quantize", str(spk), "--calib", str(cases["concat_pool"].calib), "--target", "lava"]
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "q.spk")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert res.stderr.startswith("error: node '") and not (tmp_path / "q.spk").exists()
+    assert res.stderr.startswith("error: no neuron kind of target 'lava' runs this graph")
+    assert not (tmp_path / "q.spk").exists()
 
 
 # --- Lava's fixed-point run equals the simulator, bit for bit ----------------------------------

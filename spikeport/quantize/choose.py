@@ -51,7 +51,6 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
     ann = ann.reshape(size(x), -1).argmax(-1)
     tried: list[dict[str, Any]] = []
     best: tuple[tuple[float, float], Graph] | None = None
-    first_error: CapabilityExceeded | None = None
     for p, divisor in _candidates(profile):
         entry: dict[str, Any] = {"kind": p.neuron_kind}
         if p.neuron_kind == SDN:
@@ -59,7 +58,6 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         try:
             q = quantize_kind(graph, calib_x, p, max_timesteps, divisor)
         except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others
-            first_error = first_error or e
             tried.append({**entry, "refused": str(e)})
             continue
         entry.update(_score(q, x, ann, max_timesteps))
@@ -67,9 +65,11 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         key = (entry["agreement"], -entry["events"])
         if best is None or key > best[0]:
             best = (key, q)
-    if best is None:
-        assert first_error is not None
-        raise first_error
+    if best is None:  # every kind refused: say why each one did, on one line
+        whys = {f"{c['kind']}: {c['refused']}" for c in tried}
+        raise CapabilityExceeded(
+            f"no neuron kind of target '{profile.name}' runs this graph; " + "; ".join(sorted(whys))
+        )
     out = best[1]
     out.meta["quantization"]["kind_choice"] = {
         "measured": "agreement with the ANN's argmax on the calibration data, int mode",

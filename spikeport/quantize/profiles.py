@@ -16,7 +16,7 @@ from spikeport.ir.check import MAX_SPIKE_BITS
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, attr
 from spikeport.sim.kernels import conv_transpose_fanin
-from spikeport.sim.kinds import KIND_OPS, kind_of
+from spikeport.sim.kinds import KIND_OPS, kind_of, why_not
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,10 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
             )
         if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
             runs = " or ".join(f"'{k}'" for k in profile.kinds)
+            why = why_not(n, profile.neuron_kind)
             raise CapabilityExceeded(
                 f"node '{n.name}': neuron kind '{kind_of(n)}' does not run on target "
-                f"'{profile.name}', which runs {runs}"
+                f"'{profile.name}', which runs {runs}" + (f"; it has {why}" if why else "")
             )
         if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
             raise CapabilityExceeded(

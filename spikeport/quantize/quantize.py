@@ -459,11 +459,26 @@ def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
     if th > int_limit(ctx.profile.state_bits):
         raise ctx.refuse(node, f"threshold needs more than {ctx.profile.state_bits} bits")
     node.params["threshold_q"] = np.full((1,) * len(shape), th, np.int32)
-    prod = ctx.graph.producer(node.inputs[0])
-    if e and prod is not None and prod.op in ("dense", "conv2d"):
-        prod.params["bias_q"] = (round_to_int(prod.params["bias_q"] / 2.0**e) << e).astype(np.int32)
-        ctx.bounds[prod.output] = node_bounds(prod, ctx.bounds, ctx.max_timesteps)
+    if e:
+        _round_biases(ctx, node.inputs[0], e)
     return compact(s * 2.0**e, shape)
+
+
+def _round_biases(ctx: _Ctx, tensor: str, e: int) -> None:
+    """Round the biases that reach `tensor` unscaled (a dense / conv, or the owned synapses of
+    a shift-0 add with multiplier 1) to multiples of 2^e, and re-prove what they feed."""
+    prod = ctx.graph.producer(tensor)
+    if prod is None:
+        return
+    if prod.op in ("dense", "conv2d"):
+        prod.params["bias_q"] = (round_to_int(prod.params["bias_q"] / 2.0**e) << e).astype(np.int32)
+    elif prod.op == "add" and prod.attrs.get("shift", 0) == 0:
+        for i, m in zip(prod.inputs, prod.params["mult_q"], strict=True):
+            if np.all(m == 1):
+                _round_biases(ctx, i, e)
+    else:
+        return
+    ctx.bounds[prod.output] = node_bounds(prod, ctx.bounds, ctx.max_timesteps)
 
 
 def input_scale(x: np.ndarray, bits: int) -> float:

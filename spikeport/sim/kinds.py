@@ -77,6 +77,20 @@ def kind_of(node: Node) -> str:
     return node.attrs.get("kind", SUBTRACT)
 
 
+def why_not(node: Node, kind: str) -> str:
+    """Why set_kind leaves a neuron of the default kind out of `kind` ("" where it does not)."""
+    a = node.attrs
+    if node.op != "if" or kind == SUBTRACT:
+        return ""
+    if a.get("signed") or a.get("bipolar"):
+        return "signed spikes"
+    if a.get("spike_bits", 1) > 1:
+        return f"graded spikes (spike_bits {a['spike_bits']})"
+    if kind == SDN and a.get("cap") is not None:
+        return f"a capped ReLU (cap {a['cap']}): Lava's SigmaDelta has no cap"
+    return ""
+
+
 def set_kind(graph: Graph, kind: str, vth_divisor: int = SDN_VTH_DIVISORS[1]) -> Graph:
     """A copy of `graph` whose neurons and max pools of the default kind run `kind` instead.
 
@@ -95,11 +109,7 @@ def set_kind(graph: Graph, kind: str, vth_divisor: int = SDN_VTH_DIVISORS[1]) ->
     for n in out.nodes:
         if n.op not in KIND_OPS or kind_of(n) != SUBTRACT:
             continue
-        if n.op == "if" and (
-            n.attrs.get("signed") or n.attrs.get("bipolar") or n.attrs.get("spike_bits", 1) > 1
-        ):
-            continue
-        if kind == SDN and n.op == "if" and n.attrs.get("cap") is not None:
+        if why_not(n, kind):
             continue
         n.attrs["kind"] = kind
         if kind == SDN and n.op == "if":

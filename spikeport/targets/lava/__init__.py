@@ -28,7 +28,7 @@ from spikeport.sim.kinds import LAVA, SDN
 from spikeport.targets import Target, register_target
 from spikeport.targets.compare import check_equal, check_in_batches
 from spikeport.targets.lava import capabilities as cap
-from spikeport.targets.lava.plan import LAVA_OPS, Network, prepare
+from spikeport.targets.lava.plan import LAVA_OPS, SDN_OPS, Network, prepare
 from spikeport.targets.lava.reference import reference
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -75,6 +75,8 @@ _LIF = Profile(
 _SDN = dataclasses.replace(
     _LIF,
     neuron_kind=SDN,
+    ops=frozenset(SDN_OPS),
+    fold_add=True,  # an add is synapses into the next layer: shift 0, composed int8 weights
     state_bits=cap.SDN_STATE_BITS,
     max_current=cap.SDN_A_IN_LIMIT,
     layer_threshold=False,

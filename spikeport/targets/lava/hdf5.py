@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.targets.lava import capabilities as cap
-from spikeport.targets.lava.plan import Network
+from spikeport.targets.lava.plan import Layer, Network
 
 FORMAT = "spikeport-lava/1"
 PACK = {"compression": "gzip", "shuffle": True}  # unrolled convolutions are mostly zeros
@@ -35,7 +35,6 @@ NEURON_FIELDS = ("type", "iDecay", "vDecay", "vThMant", "refDelay", "gradedSpike
 # left by stateExp, actMode "relu" (the output layer: "unit"). Not loaded through netx here
 # (lava-dl does not install): run_lava_sdn.py reads these fields.
 SDN_NEURON_FIELDS = ("type", "vThMant", "stateExp", "spikeExp", "actMode", "cumError")
-SDN_ROLES = ("sdn", "pool")
 
 
 def _text(group: Any, key: str, value: str) -> None:
@@ -64,6 +63,23 @@ def _sdn_neuron(group: Any, vth: int, exp: int, unit: bool) -> None:
     n.create_dataset("gradedSpike", data=np.bool_(True))
 
 
+def _sdn_sources(group: Any, net: Network, la: Layer) -> None:
+    """Kind "sdn" layers form a DAG, which netx's chain cannot say: /layer/<i>/src is the
+    index of the layer `weight` reads (-1: the host, which sends input_weight @ codes +
+    input_bias at the first step), /layer/<i>/extra/<k>/{src, weight} each further graded
+    Dense into the same SigmaDelta."""
+    index = {x.name: i for i, x in enumerate(net.layers)}
+    group.create_dataset("src", data=np.int64(-1 if la.src is None else index[la.src]))
+    if la.src is None:
+        group.create_dataset("input_weight", data=la.weight.astype(np.int64), **PACK)
+        group.create_dataset("input_bias", data=la.bias.astype(np.int64))
+    ex = group.create_group("extra")
+    for k, (src, w) in enumerate(la.extra):
+        e = ex.create_group(str(k))
+        e.create_dataset("src", data=np.int64(index[src]))
+        e.create_dataset("weight", data=w.astype(np.int8), **PACK)
+
+
 def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
     """Write the network; `extra` (scales, source) goes into /spikeport as JSON and arrays."""
     import h5py
@@ -78,8 +94,9 @@ def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
             if la.src is not None:
                 g.create_dataset("weight", data=la.weight.astype(np.int8), **PACK)  # plan.check
                 g.create_dataset("bias", data=la.bias.astype(np.int32))
-            if la.role in SDN_ROLES or (la.role == "output" and net.levels):
+            if net.levels:
                 _sdn_neuron(g, la.vth, la.state_exp, la.role == "output")
+                _sdn_sources(g, net, la)
             else:
                 _neuron(g, la.vth, la.v0)
         sp = f.create_group("spikeport")

@@ -28,29 +28,42 @@ from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
 from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds
 from spikeport.targets.lava import capabilities as cap
-from spikeport.targets.lava.plan import LINEAR_OPS, Layer, Network, affine, refuse
+from spikeport.targets.lava.plan import LINEAR_OPS, Layer, Network, affine_many, refuse
 
 SDN_OUTPUT_VTH = int_limit(cap.SDN_STATE_BITS)
+# Between sigma-delta layers every tensor is a level, so an add with shift 0 (quantize folds it
+# into the synapses: Profile.fold_add) and a concat are linear too, as long as the chain reads
+# one layer (one graded Dense); several are refused by name.
+SDN_LINEAR = (*LINEAR_OPS, "add", "concat")
 
 
-def _connect(net: Network, graph: Graph, sink: str) -> tuple[str | None, np.ndarray, np.ndarray]:
-    """(source layer or None for the host, W over that layer's neurons, b)."""
-    leaf, w, b = affine(graph, sink, set(net.sources) | {graph.input.name})
-    if leaf == graph.input.name:
-        return None, w, b
-    readout = net.readout.get(leaf)
-    return net.sources[leaf], (w if readout is None else w @ readout), b
+def _inputs(
+    net: Network, graph: Graph, sink: str
+) -> tuple[list[tuple[str | None, np.ndarray]], np.ndarray, float]:
+    """What feeds `sink`'s layer: [(source layer, or None for the host, W over its neurons)],
+    the bias, and the largest |graded input| of a step (|W| times each source's message
+    peak; through a readout, a max pool's pairs, whose two messages at a step sum to the change
+    of one pooled value, the bound is over the pooled values, not the neurons)."""
+    ws, b = affine_many(graph, sink, set(net.sources) | {graph.input.name}, SDN_LINEAR)
+    if graph.input.name in ws and len(ws) > 1:
+        raise refuse(sink, "synapses", "reads the input and a layer; the host feeds one alone")
+    out: list[tuple[str | None, np.ndarray]] = []
+    a_in = 0.0
+    for leaf, w in ws.items():
+        if leaf == graph.input.name:
+            out.append((None, w))
+            continue
+        src = net.layer(net.sources[leaf])
+        a_in += float(np.abs(w).sum(1).max(initial=0)) * src.msg_peak
+        readout = net.readout.get(leaf)
+        out.append((src.name, w if readout is None else w @ readout))
+    return out, b, a_in
 
 
-def _a_in_peak(net: Network, graph: Graph, sink: str) -> float:
-    """The largest |graded input| of a step into `sink`'s layer: |W| times the messages'
-    peak. Through a readout (a max pool's pairs) the pair's two messages at a step sum to the
-    change of one pooled value, so the bound is over the pooled values, not the neurons."""
-    leaf, w, _ = affine(graph, sink, set(net.sources) | {graph.input.name})
-    if leaf == graph.input.name:
-        return 0.0
-    peak = net.layer(net.sources[leaf]).msg_peak
-    return float(np.abs(w).sum(1).max(initial=0)) * peak
+def _layer(name: str, role: str, inputs: list, b: np.ndarray, vth: int, exp: int = 0) -> Layer:
+    (src, w), *extra = inputs
+    zero = np.zeros(w.shape[0], np.int64)
+    return Layer(name, role, w.shape[0], vth, zero, b, w, src, state_exp=exp, extra=extra)
 
 
 def _message_peak(bound: float, vth: int, exp: int) -> int:
@@ -59,13 +72,12 @@ def _message_peak(bound: float, vth: int, exp: int) -> int:
 
 
 def _neuron(net: Network, graph: Graph, node: Node, bounds: dict[str, NodeBounds]) -> None:
-    src, w, b = _connect(net, graph, node.inputs[0])
+    inputs, b, a_in = _inputs(net, graph, node.inputs[0])
     vth = int(np.asarray(node.params["threshold_q"]).reshape(-1)[0])
     exp = int(node.attrs.get("state_exp", 0))
-    zero = np.zeros(w.shape[0], np.int64)
-    la = Layer(node.name, "sdn", w.shape[0], vth, zero, b, w, src, state_exp=exp)
+    la = _layer(node.name, "sdn", inputs, b, vth, exp)
     la.msg_peak = _message_peak(float(bounds[node.inputs[0]].step.max(initial=0)), vth, exp)
-    la.a_in_peak = _a_in_peak(net, graph, node.inputs[0])
+    la.a_in_peak = a_in
     net.layers.append(la)
     net.sources[node.output] = node.name
 
@@ -80,45 +92,48 @@ def _cells(graph: Graph, node: Node) -> np.ndarray:
 
 
 def _maxpool(net: Network, graph: Graph, node: Node, bounds: dict[str, NodeBounds]) -> None:
-    src = node.inputs[0]
-    if src not in net.sources:
-        raise refuse(node.name, node.op, "its input is not the levels of a neuron layer")
+    """The tournament's rounds, one SigmaDelta layer each. The first reads the pooled tensor's
+    cells as linear maps of the layers behind it (no bias: levels of neurons, moved, summed
+    or averaged), the next ones the round before."""
+    inputs, b, a_in = _inputs(net, graph, node.inputs[0])
+    if inputs[0][0] is None or np.any(b):
+        raise refuse(node.name, node.op, "its input is not the levels of neuron layers")
     cells = _cells(graph, node)
     n_out, k = cells.shape
-    readout = net.readout.get(src)
-    n_in = int(np.prod(graph.shape(src)))
-    # coef[o][j]: item j of window o as a row over the previous layer's neurons
-    coef = np.zeros((n_out, k, n_in), np.int64)
     ok = cells >= 0
-    coef[np.nonzero(ok)[0], np.nonzero(ok)[1], cells[ok]] = 1
-    if readout is not None:
-        coef = coef @ readout
-    prev = net.sources[src]
+    # per source: coef[o, j] = item j of window o as a row over the source's neurons
+    coefs = []
+    for src, w in inputs:
+        padded = np.vstack([w, np.zeros((1, w.shape[1]), np.int64)])  # row -1: padding reads 0
+        coefs.append((src, padded[np.where(ok, cells, -1)]))
     peak = int(bounds[node.output].step.max(initial=0))  # every round holds values in [0, it]
-    rounds = sdn_pool_rounds(k)
-    for r, rnd in enumerate(rounds):
-        rows, items = [], []
-        for o in range(n_out):
+    for r, rnd in enumerate(sdn_pool_rounds(k)):
+        layer_in, items = [], []
+        for src, coef in coefs:
+            rows = []
+            for o in range(n_out):
+                for p in rnd:
+                    rows.append(coef[o, p[0]])
+                    if len(p) > 1:
+                        rows.append(coef[o, p[1]] - coef[o, p[0]])
+            layer_in.append((src, np.stack(rows)))
+        size = len(layer_in[0][1])
+        first = 0
+        for _ in range(n_out):  # which neurons of this round each item's value sums
             for p in rnd:
-                first = len(rows)
-                rows.append(coef[o, p[0]])
-                if len(p) > 1:
-                    rows.append(coef[o, p[1]] - coef[o, p[0]])
-                items.append(range(first, len(rows)))
-        w = np.stack(rows)
-        name = f"{node.name}/round{r}"
-        zero = np.zeros(len(w), np.int64)
-        la = Layer(name, "pool", len(w), 0, zero, zero, w, prev)
+                items.append(range(first, first + len(p)))
+                first += len(p)
+        zero = np.zeros(size, np.int64)
+        la = _layer(f"{node.name}/round{r}", "pool", layer_in, zero, 0)
         la.msg_peak = peak
-        # from the source neurons (|coef| rows of 0 / +-1) or from the pairs of the last round
-        la.a_in_peak = float(np.abs(w).sum(1).max(initial=0)) * net.layer(prev).msg_peak
+        la.a_in_peak = a_in if r == 0 else float(np.abs(la.weight).sum(1).max()) * peak
         net.layers.append(la)
-        nxt = np.zeros((n_out, len(rnd), len(w)), np.int64)
+        nxt = np.zeros((n_out, len(rnd), size), np.int64)
         for i, neurons in enumerate(items):
             nxt[i // len(rnd), i % len(rnd), list(neurons)] = 1
-        coef, prev = nxt, name
-    net.sources[node.output] = prev
-    net.readout[node.output] = coef[:, 0, :]
+        coefs = [(la.name, nxt)]
+    net.sources[node.output] = coefs[0][0]
+    net.readout[node.output] = coefs[0][1][:, 0, :]
 
 
 def build_sdn(graph: Graph) -> Network:
@@ -132,15 +147,27 @@ def build_sdn(graph: Graph) -> Network:
             _neuron(net, graph, node, bounds)
         elif node.op == "maxpool2d":
             _maxpool(net, graph, node, bounds)
-        elif node.op not in LINEAR_OPS:
+        elif node.op == "add" and node.attrs.get("shift", 0) != 0:
+            raise refuse(node.name, node.op, "a floor shift is not a synapse")
+        elif node.op not in SDN_LINEAR:
             raise refuse(node.name, node.op, "the op is not supported")
-    out = graph.outputs[0]
-    src, w, b = _connect(net, graph, out)
-    zero = np.zeros(w.shape[0], np.int64)
-    la = Layer("output", "output", w.shape[0], SDN_OUTPUT_VTH, zero, b, w, src)
-    la.a_in_peak = _a_in_peak(net, graph, out)
+    inputs, b, a_in = _inputs(net, graph, graph.outputs[0])
+    la = _layer("output", "output", inputs, b, SDN_OUTPUT_VTH)
+    la.a_in_peak = a_in
     net.layers.append(la)
+    _check_sources(net)
     return net
+
+
+def _check_sources(net: Network) -> None:
+    """Every layer reads layers before it (a DAG in graph order) or, alone, the host."""
+    seen: set[str] = set()
+    for la in net.layers:
+        srcs = [la.src, *(s for s, _ in la.extra)]
+        for s in srcs:
+            if s is not None and s not in seen:
+                raise refuse(la.name, "synapses", f"reads '{s}', which is not before it")
+        seen.add(la.name)
 
 
 def _check_mantissa(la: Layer, what: str, x: np.ndarray, bits: int) -> None:
@@ -155,23 +182,22 @@ def _check_mantissa(la: Layer, what: str, x: np.ndarray, bits: int) -> None:
 def check_sdn(net: Network) -> None:
     """Every number within SigmaDelta's and the graded Dense's registers."""
     lim = int_limit(cap.SDN_STATE_BITS)
-    for prev, la in zip([None, *net.layers], net.layers, strict=False):
-        if la.src is None:
+    for la in net.layers:
+        if la.src is None:  # the host sends W x + b once; sigma keeps it
             peak = float((np.abs(la.weight).sum(1) * 127 + np.abs(la.bias)).max(initial=0))
             if peak > lim:
                 raise refuse(la.name, "synapses", f"its input can reach {peak:.0f}, beyond 24 bits")
             continue
-        assert prev is not None
-        top = int(np.abs(la.weight).max(initial=0))
-        if top > int_limit(cap.WEIGHT_BITS):
-            raise refuse(la.name, "synapses", f"a composed weight reaches {top}, beyond 8 bits")
+        for _, w in [(la.src, la.weight), *la.extra]:
+            top = int(np.abs(w).max(initial=0))
+            if top > int_limit(cap.WEIGHT_BITS):
+                raise refuse(la.name, "synapses", f"a composed weight reaches {top}, beyond 8 bits")
         _check_mantissa(la, "bias", la.bias, cap.SDN_BIAS_BITS)
-        a_in = la.a_in_peak
-        if a_in > lim:
+        if la.a_in_peak > lim:
             raise refuse(
                 la.name,
                 "synapses",
-                f"a step's graded input can reach {a_in:.0f}, beyond the 24-bit a_in",
+                f"a step's graded input can reach {la.a_in_peak:.0f}, beyond the 24-bit a_in",
             )
         _check_mantissa(la, "threshold", np.array([la.vth]), cap.SDN_STATE_BITS)
         if la.vth < 0:

@@ -2,15 +2,15 @@
 bit-accurate CPU model.
 
 Needs lava-nc 0.10.0, numpy and h5py (not spikeport). Builds the network from Lava processes:
-a RingBuffer that sends the first layer's input W x + b at the first step of each input (the
-first SigmaDelta's sigma keeps it), then per layer a SigmaDelta (ReLU; the output layer's is
-UNIT and sends nothing) with, from the second layer on, a graded Dense (num_message_bits 24)
-in front; run with Loihi2SimCfg(select_tag="fixed_pt"). A small process of our own (GradedLog)
-records every layer's graded messages and writes them to a file at the last step; a Monitor
-records the output layer's act (sigma + bias: the output at every step).
+per layer a SigmaDelta (ReLU; the output layer's is UNIT and sends nothing), fed either by a
+RingBuffer that sends its input W x + b at the first step of each input (sigma keeps it) or
+by graded Dense connections (num_message_bits 24) from earlier layers; run with
+Loihi2SimCfg(select_tag="fixed_pt"). A small process of our own (GradedLog) records every
+layer's graded messages and writes them to a file at the last step; a Monitor records the
+output layer's act (sigma + bias: the output at every step).
 
-    python run_lava_sdn.py --data test.npz -n 20 -T 8          # predictions (and accuracy)
-    python run_lava_sdn.py --codes codes.npz -T 8 --out run.npz  # int8 input codes in, every
+    python run_lava.py --data test.npz -n 20 -T 8          # predictions (and accuracy)
+    python run_lava.py --codes codes.npz -T 8 --out run.npz  # int8 input codes in, every
                                                                  # layer's messages and output
 
 Every input runs T steps from the same start: between inputs the script sets every
@@ -75,18 +75,30 @@ class PyGradedLogModel(PyLoihiProcessModel):
 
 
 def read(path: Path) -> tuple[list[dict], dict]:
-    """The layers of network.h5 (netx layout, SDNN neurons) and its /spikeport group."""
+    """The layers of network.h5 (netx layout, SDNN neurons, spikeport's src / extra for a
+    DAG of layers) and its /spikeport group."""
     with h5py.File(path, "r") as f:
         layers = []
         for i in range(len(f["layer"])):
             g = f["layer"][str(i)]
-            la = {k: g[k][()] for k in ("shape", "weight", "bias") if k in g}
+            la = {k: g[k][()] for k in g if k not in ("neuron", "extra", "type", "name")}
             la["name"] = g["name"][()].decode()
             la["neuron"] = {k: g["neuron"][k][()] for k in g["neuron"]}
+            la["inputs"] = [] if int(la["src"]) < 0 else [(int(la["src"]), la["weight"])]
+            la["inputs"] += [(int(e["src"][()]), e["weight"][()]) for e in g["extra"].values()]
             layers.append(la)
         sp = {k: f["spikeport"][k][()] for k in f["spikeport"]}
     sp["meta"] = json.loads(sp["meta"].decode())
     return layers, sp
+
+
+def currents(layers: list[dict], codes: np.ndarray) -> dict[int, np.ndarray]:
+    """Each host-fed layer's input W x + b for int8 input codes (N, inputs), by layer index."""
+    return {
+        i: codes.astype(np.int64) @ la["input_weight"].T + la["input_bias"]
+        for i, la in enumerate(layers)
+        if "input_weight" in la
+    }
 
 
 def sigma_delta(la: dict, i: int) -> SigmaDelta:
@@ -110,25 +122,26 @@ def sigma_delta(la: dict, i: int) -> SigmaDelta:
 class LavaNet:
     """The Lava processes of network.h5, logging every layer; `run` feeds inputs."""
 
-    def __init__(self, path: Path, first_current: np.ndarray, T: int, n: int, logdir: Path):
+    def __init__(self, path: Path, first: dict[int, np.ndarray], T: int, n: int, logdir: Path):
         self.layers, self.sp = read(path)
         self.T = T
-        self.source = RingBuffer(data=self.schedule(first_current))
+        self.sources: dict[int, RingBuffer] = {}
         self.sds, self.denses, self.logs = [], [], []
         for i, la in enumerate(self.layers):
             sd = sigma_delta(la, i)
-            if i == 0:
-                self.source.s_out.connect(sd.a_in)
-            else:
+            if i in first:  # host-fed: the input current at the first step only
+                self.sources[i] = RingBuffer(data=self.schedule(first[i]))
+                self.sources[i].s_out.connect(sd.a_in)
+            for k, (src, w) in enumerate(la["inputs"]):
                 dense = Dense(
-                    weights=WEIGHT_SCALE * la["weight"].astype(np.int32),
+                    weights=WEIGHT_SCALE * w.astype(np.int32),
                     weight_exp=WEIGHT_EXP,
                     num_weight_bits=8,
                     num_message_bits=MESSAGE_BITS,
-                    name=f"dense{i}",
+                    name=f"dense{i}_{k}",
                 )
-                self.sds[-1].s_out.connect(dense.s_in)
-                dense.a_out.connect(sd.a_in)
+                self.sds[src].s_out.connect(dense.s_in)
+                dense.a_out.connect(sd.a_in)  # several Dense into one a_in: Lava sums them
                 self.denses.append(dense)
             self.sds.append(sd)
         for i, sd in enumerate(self.sds[:-1]):
@@ -145,12 +158,13 @@ class LavaNet:
         data[:, 0] = current
         return data
 
-    def run(self, currents: np.ndarray) -> None:
+    def run(self, cur: dict[int, np.ndarray]) -> None:
         """Run every input T steps, each from the start state."""
         cfg = Loihi2SimCfg(select_tag="fixed_pt")
-        for k, cur in enumerate(currents):
+        for k in range(len(next(iter(cur.values())))):
             if k:
-                self.source.data.set(self.schedule(cur))
+                for i, source in self.sources.items():
+                    source.data.set(self.schedule(cur[i][k]))
                 for sd in self.sds:
                     for var in STATE_VARS:
                         getattr(sd, var).set(np.zeros(sd.a_in.shape, np.int32))
@@ -179,10 +193,11 @@ def encode(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def run_codes(codes: np.ndarray, T: int, path: Path = HERE / "network.h5") -> dict:
-    _, sp = read(path)
-    cur = codes.astype(np.int64) @ sp["input_weight"].T + sp["input_bias"]
+    layers, _ = read(path)
+    cur = currents(layers, codes)
     with tempfile.TemporaryDirectory(prefix="lava-sdn-") as tmp:
-        net = LavaNet(path, cur[0], T, len(codes), Path(tmp))
+        first = {i: c[0] for i, c in cur.items()}
+        net = LavaNet(path, first, T, len(codes), Path(tmp))
         try:
             net.run(cur)
             return net.results(len(codes))
