@@ -189,6 +189,19 @@ def test_quantize_for_lava_picks_sigma_delta_by_measurement_and_records_it(emitt
                 assert n.params["threshold_q"].size == 1 and th % (1 << e) == 0
 
 
+def test_a_graph_already_of_one_kind_keeps_it(cases):
+    """A graph fine-tuned for a kind (finetune --kind) is quantized in that kind only: the
+    other is refused, not run on neurons of the wrong kind."""
+    case = cases["digits_mlp"]
+    calib = np.load(case.calib)["x"]
+    for kind, other in ((SDN, "lava"), ("lava", SDN)):
+        q = quantize(set_kind(unsigned_snn(case), kind), calib, get_profile("lava"), MAX_T)
+        assert q.meta["quantization"]["neuron_kind"] == kind
+        assert all(kind_of(n) == kind for n in q.nodes if n.op == "if")
+        refused = [c for c in q.meta["quantization"]["kind_choice"]["candidates"] if "refused" in c]
+        assert refused and {c["kind"] for c in refused} == {other}
+
+
 def test_the_proof_bounds_the_sdn_state_within_24_bits(emitted):
     _, g, _ = emitted["digits_cnn"]
     peak = prove_ranges(g, MAX_T, 24)

@@ -9,6 +9,7 @@ The scores of every candidate, and why any was refused, go into meta["quantizati
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,10 @@ CHOICE_SAMPLES = 256  # calibration inputs the choice is measured on (the first 
 
 
 def _candidates(profile: Profile) -> list[tuple[Profile, int]]:
+    """(profile of one kind, delta threshold divisor); the default kind's profile without its
+    alternatives, so that its checks hold the graph to that kind alone."""
     out = []
-    for p in (profile, *profile.kind_profiles):
+    for p in (dataclasses.replace(profile, kind_profiles=()), *profile.kind_profiles):
         divisors = SDN_VTH_DIVISORS if p.neuron_kind == SDN else SDN_VTH_DIVISORS[1:2]
         out += [(p, d) for d in divisors]
     return out
