@@ -25,7 +25,7 @@ from fixture_models import FIXTURES, _Builder, concat_maxpool
 from spikeport.cli.main import main
 from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.finetune import SpikingNet
-from spikeport.ir import save
+from spikeport.ir import load, save
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import get_profile, quantize
 from spikeport.quantize.ranges import prove_ranges
@@ -357,3 +357,18 @@ def test_a_changed_weight_is_caught(lava_env, emitted, tmp_path):
         f["layer/3/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
     with pytest.raises(CheckFailed, match="Lava \\(fixed_pt\\) differs"):
         verify(g, bad, case.test_x[:8], T=MAX_T)
+
+
+def test_cli_finetune_for_the_sdn_kind(cases, tmp_path):
+    spk, out = tmp_path / "mlp.spk", tmp_path / "mlp_ft.spk"
+    save(unsigned_snn(cases["digits_mlp"]), spk)
+    base = ["finetune", str(spk), "--data", str(EXAMPLES / "digits_train.npz"), "-T", "4"]
+    args = [*base, "--epochs", "1", "--target", "lava", "--kind", "sdn", "-o", str(out), "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    g = load(out)
+    assert all(kind_of(n) == SDN for n in g.nodes if n.op in ("if", "maxpool2d"))
+    bad = [*base, "--target", "c", "--kind", "sdn", "-o", str(tmp_path / "x.spk")]
+    res = CliRunner().invoke(main, bad)
+    assert res.exit_code == 2 and "target 'c' runs subtract, not 'sdn'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.spk").exists()
