@@ -69,6 +69,8 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         if best is None or key > best[0]:
             best = (key, q)
     if best is None:  # every kind refused: say why each one did, on one line
+        if len({c["refused"] for c in tried}) == 1:
+            raise CapabilityExceeded(tried[0]["refused"])  # the same for every kind
         whys = {f"{c['kind']}: {c['refused']}" for c in tried}
         raise CapabilityExceeded(
             f"no neuron kind of target '{profile.name}' runs this graph; " + "; ".join(sorted(whys))

@@ -61,7 +61,8 @@ _LIF = Profile(
         "Lava's LIF spikes are binary; its graded processes send a value, not a count of "
         "thresholds: GradedVec and GradedReluVec send the potential and zero it, SigmaDelta the "
         "whole change once it passes vth; none emits clamp(floor(v / theta), 0, K) and keeps "
-        "v - k * theta, so none runs this neuron bit for bit"
+        "v - k * theta, so none runs this neuron bit for bit (Lava's graded messages serve "
+        "the sigma-delta kind, which quantize --target lava picks by itself)"
     ),
     ops=frozenset(LAVA_OPS),
     neuron_kind=LAVA,
