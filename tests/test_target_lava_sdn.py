@@ -206,6 +206,22 @@ def test_a_graph_already_of_one_kind_keeps_it(cases):
         assert refused and {c["kind"] for c in refused} == {other}
 
 
+def test_a_kind_whose_lava_plan_cannot_hold_the_graph_is_not_picked(cases, monkeypatch):
+    """quantize runs the target's own check on each kind's integer graph (Lava: every step's
+    graded a_in within 24 bits), so a kind Lava would refuse at emit is refused here."""
+    from spikeport.targets.lava import sdn_plan
+
+    def too_wide(net) -> None:
+        raise CapabilityExceeded("node 'x' (synapses): beyond the 24-bit a_in on Lava")
+
+    monkeypatch.setattr(sdn_plan, "check_sdn", too_wide)
+    case = cases["digits_mlp"]
+    q = quantize(unsigned_snn(case), np.load(case.calib)["x"], get_profile("lava"), MAX_T)
+    assert q.meta["quantization"]["neuron_kind"] == "lava"
+    sdn = [c for c in q.meta["quantization"]["kind_choice"]["candidates"] if c["kind"] == SDN]
+    assert sdn and all("24-bit a_in" in c["refused"] for c in sdn)
+
+
 def test_the_proof_bounds_the_sdn_state_within_24_bits(emitted):
     _, g, _ = emitted["digits_cnn"]
     peak = prove_ranges(g, MAX_T, 24)

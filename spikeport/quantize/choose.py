@@ -60,6 +60,8 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
             entry["vth_divisor"] = divisor
         try:
             q = quantize_kind(graph, calib_x, p, max_timesteps, divisor)
+            if p.check is not None:  # the target's own limits (Lava: each step's a_in), now,
+                p.check(q)  # so that a kind that cannot hold the integer graph is not picked
         except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others
             tried.append({**entry, "refused": str(e)})
             continue
