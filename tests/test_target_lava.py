@@ -42,8 +42,10 @@ RANDOM_INPUTS = 50  # per model, each T in 1..8
 
 
 def lava_graph(case) -> Graph:
+    """The LIF kind ("lava"): quantize --target lava may pick the sigma-delta kind instead
+    (tests/test_target_lava_sdn.py), so these tests ask for the LIF kind's own profile."""
     calib = np.load(case.calib)["x"]
-    return quantize(unsigned_snn(case), calib, get_profile("lava"), max_timesteps=MAX_T)
+    return quantize(unsigned_snn(case), calib, lava_target.LIF_PROFILE, max_timesteps=MAX_T)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +217,8 @@ def vit():
 
 def test_subtractive_network_is_not_emitted_as_lava_nor_lava_as_c(cases, emitted, tmp_path):
     with pytest.raises(
-        CapabilityExceeded, match="neuron kind 'subtract' does not run on target 'lava'"
+        CapabilityExceeded,
+        match="neuron kind 'subtract' does not run on target 'lava', which runs 'lava' or 'sdn'",
     ):
         emit(cases["digits_mlp"].int, "lava", tmp_path / "a")
     _, g, _ = emitted["digits_mlp"]

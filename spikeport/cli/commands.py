@@ -187,8 +187,22 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     say(
         quiet,
         f"{output}: target {target}, proven peak |value| {peak['value']} "
-        f"(node '{peak['node']}') for T <= {max_t}",
+        f"(node '{peak['node']}') for T <= {max_t}" + _kind_note(q.meta["quantization"]),
     )
+
+
+def _kind_note(quant: dict) -> str:
+    """Which neuron kind quantize picked, where the target runs several, and on what."""
+    choice = quant.get("kind_choice")
+    if choice is None:
+        return ""
+    scores = ", ".join(
+        f"{c['kind']}{'/' + str(c['vth_divisor']) if 'vth_divisor' in c else ''} "
+        + (f"{100 * c['agreement']:.1f}%" if "agreement" in c else "refused")
+        for c in choice["candidates"]
+    )
+    kind, T = quant["neuron_kind"], choice["T"]
+    return f"; neuron kind {kind} (agreement with the ANN at T={T}: {scores})"
 
 
 @main.command("eval")

@@ -17,6 +17,7 @@ from spikeport.cli.main import (
     refuse_overwrite,
     say,
 )
+from spikeport.sim.kinds import NEURON_KINDS
 
 
 @main.command("finetune")
@@ -50,6 +51,12 @@ from spikeport.cli.main import (
     default=None,
     help="Train for the neuron kind this target runs (e.g. lava); default: the graph's own.",
 )
+@click.option(
+    "--kind",
+    type=click.Choice(NEURON_KINDS),
+    default=None,
+    help="Train for this neuron kind of the target (lava: lava or sdn); default: its first.",
+)
 @click.option("-o", "--output", "output", required=True, callback=output_file, help="Output .spk.")
 @QUIET
 def finetune_cmd(
@@ -63,6 +70,7 @@ def finetune_cmd(
     device: str,
     seed: int,
     target: str | None,
+    kind: str | None,
     output: str,
     quiet: bool,
 ) -> None:
@@ -73,13 +81,17 @@ def finetune_cmd(
 
     refuse_overwrite((output,), (model, data, val))
     settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    kind = None
     if target is not None:
         from spikeport.quantize import get_profile
         from spikeport.targets import discover
 
         discover()  # target profiles register themselves
-        kind = get_profile(target).neuron_kind
+        kinds = get_profile(target).kinds
+        if kind is not None and kind not in kinds:
+            raise click.BadParameter(
+                f"target '{target}' runs {', '.join(kinds)}, not '{kind}'", param_hint="--kind"
+            )
+        kind = kind or kinds[0]
     graph = load(model)  # token ids are checked here until finetune_files checks them itself
     for path in (data, val) if val is not None else (data,):
         check_token_ids(graph, load_data(path, graph.inputs).x, path)

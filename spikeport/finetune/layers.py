@@ -21,7 +21,7 @@ from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
-from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.kinds import LAVA, SDN, kind_of, sdn_pool_rounds
 
 THRESHOLD_FLOOR = 1e-3  # a threshold never drops below this fraction of its converted value
 
@@ -250,6 +250,64 @@ class LavaMaxPool(Layer):
         return out
 
 
+class SigmaDeltaIF(IF):
+    """Kind "sdn" (simulator: SigmaDeltaNeuron, float mode): act = relu(I), the change of act
+    plus the residue is sent once |change| >= theta, and the output is the level sent up to
+    the previous step. The message threshold is a step with no useful gradient, so the
+    backward pass is straight-through: the level's gradient goes to the act it approximates
+    (the ANN's ReLU, one step earlier). The delta threshold is kept, not trained."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.act: torch.Tensor | None = None
+        self.residue: torch.Tensor | float = 0.0
+        self.level: torch.Tensor | float = 0.0
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        prev_act = torch.zeros_like(current) if self.act is None else self.act
+        out = (self.level - prev_act.detach()) + prev_act  # forward: the level; backward: act
+        act = current.clamp(min=0)
+        with torch.no_grad():
+            delta = act - prev_act + self.residue
+            sent = torch.where(delta.abs() >= self.threshold, delta, torch.zeros_like(delta))
+            self.residue, self.level = delta - sent, self.level + sent
+        self.act = act
+        return out
+
+    def constrain(self) -> None:
+        pass  # not trained (see the class docstring)
+
+
+class SDNMaxPool(Layer):
+    """Kind "sdn": the tournament max (relu(u) + relu(v - u) pairwise, padding reads 0) of the
+    levels in each window, one step late per round (simulator: _SDNMaxPool)."""
+
+    def __init__(self, node: Node):
+        super().__init__()
+        self.a = node.attrs
+        self.rounds = sdn_pool_rounds(self.a["kernel"][0] * self.a["kernel"][1])
+        self.reset()
+
+    def reset(self) -> None:
+        self.queue: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, (n, c) = self.a, x.shape[:2]
+        cols = F.unfold(_pad(x, a["pads"]), a["kernel"], stride=a["strides"])
+        ho = (x.shape[2] + a["pads"][0] + a["pads"][2] - a["kernel"][0]) // a["strides"][0] + 1
+        cells = list(cols.reshape(n, c, -1, ho, cols.shape[-1] // ho).unbind(2))
+        for rnd in self.rounds:
+            cells = [
+                cells[p[0]].clamp(min=0)
+                + ((cells[p[1]] - cells[p[0]]).clamp(min=0) if len(p) > 1 else 0)
+                for p in rnd
+            ]
+        self.queue.append(cells[0])
+        if len(self.queue) <= len(self.rounds):
+            return torch.zeros_like(cells[0])
+        return self.queue.pop(0)
+
+
 @layer("dense")
 def _dense(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return Dense(node)
@@ -273,6 +331,8 @@ def _avgpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
 
 @layer("maxpool2d")
 def _maxpool(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    if kind_of(node) == SDN:
+        return SDNMaxPool(node)
     return LavaMaxPool(node) if kind_of(node) == LAVA else ECMaxPool(node)
 
 
@@ -306,6 +366,8 @@ def _if(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
             f"node '{node.name}' (if): kind 'lava' has binary spikes only (Lava's LIF), "
             f"not spike_bits {node.attrs['spike_bits']}"
         )
+    if kind_of(node) == SDN:
+        return SigmaDeltaIF(node, surrogate)
     return LavaIF(node, surrogate) if kind_of(node) == LAVA else IF(node, surrogate)
 
 

@@ -22,6 +22,7 @@ from spikeport.finetune.surrogate import get_surrogate
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph
 from spikeport.ir.ops import static_tensors
+from spikeport.sim.kinds import holds_levels
 
 DEFAULT_SURROGATE = "rectangle"
 
@@ -56,6 +57,7 @@ class SpikingNet(nn.Module):
             make_layer(n, graph.shape(n.output), shape) for n in graph.nodes
         )
         self.static = static_tensors(graph)
+        self.levels_out = holds_levels(graph)
 
     def run(self, x: torch.Tensor | dict[str, torch.Tensor], T: int, record: bool = False) -> Run:
         """Simulate T steps of the batch `x` (N, *input shape), or {input name: batch}."""
@@ -73,7 +75,8 @@ class SpikingNet(nn.Module):
                 if t > 0 and node.output in self.static:
                     continue
                 values[node.output] = lay(*[values[i] for i in node.inputs])
-            acc = acc + values[out_name]
+            # the simulator's accumulator: t * output_t where the graph carries levels (sdn)
+            acc = values[out_name] * (t + 1) if self.levels_out else acc + values[out_name]
             outs.append(acc)
             if record:
                 for name, v in values.items():

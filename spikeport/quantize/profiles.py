@@ -16,7 +16,7 @@ from spikeport.ir.check import MAX_SPIKE_BITS
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, attr
 from spikeport.sim.kernels import conv_transpose_fanin
-from spikeport.sim.kinds import KIND_OPS, kind_of
+from spikeport.sim.kinds import KIND_OPS, kind_of, why_not
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,23 @@ class Profile:
     # A target's own check of a whole graph ("snn" at quantize, "int" at emit/verify), for
     # limits the fields above cannot say; raises CapabilityExceeded naming the node.
     check: Callable[[Graph], None] | None = field(default=None, compare=False)
+    # The other neuron kinds the target runs, each a profile of its own limits (same name):
+    # quantize makes the graph in every kind and keeps the one that agrees most with the ANN
+    # on the calibration data (spikeport.quantize.choose), recording the choice.
+    kind_profiles: tuple[Profile, ...] = field(default=(), compare=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every neuron kind the target runs, its default first."""
+        return (self.neuron_kind, *(p.neuron_kind for p in self.kind_profiles))
+
+    def for_graph(self, graph: Graph) -> Profile:
+        """The profile of the kind the graph's neurons run (the default where none is set)."""
+        kinds = {kind_of(n) for n in graph.nodes if n.op in KIND_OPS}
+        for p in self.kind_profiles:
+            if kinds == {p.neuron_kind}:
+                return p
+        return self
 
 
 PROFILES: dict[str, Profile] = {}
@@ -100,6 +117,7 @@ def graded_refusal(node: Node, profile: Profile) -> str:
 
 def check_capabilities(graph: Graph, profile: Profile) -> None:
     """Refuse, naming the node, anything the target cannot run."""
+    profile = profile.for_graph(graph)
     for n in graph.nodes:
         if n.op not in profile.ops:
             raise CapabilityExceeded(
@@ -113,9 +131,11 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
                 "spikes; convert without --signed"
             )
         if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
+            runs = " or ".join(f"'{k}'" for k in profile.kinds)
+            why = why_not(n, profile.neuron_kind)
             raise CapabilityExceeded(
                 f"node '{n.name}': neuron kind '{kind_of(n)}' does not run on target "
-                f"'{profile.name}', which runs '{profile.neuron_kind}'"
+                f"'{profile.name}', which runs {runs}" + (f"; it has {why}" if why else "")
             )
         if OPS[n.op].synaptic and profile.max_fanin and fanin(graph, n) > profile.max_fanin:
             raise CapabilityExceeded(

@@ -40,7 +40,7 @@ from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bou
 from spikeport.quantize.scales import channel_vector, compact, compact_rows, feature_vector
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
-from spikeport.sim.kinds import set_kind
+from spikeport.sim.kinds import SDN, SDN_LEVEL_BITS, SDN_VTH_DIVISORS, kind_of, set_kind
 
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
@@ -455,6 +455,8 @@ def _reshape(ctx: _Ctx, node: Node) -> np.ndarray:
 
 @handler("if")
 def _if(ctx: _Ctx, node: Node) -> np.ndarray:
+    if kind_of(node) == SDN:
+        return _sdn_if(ctx, node)
     shape = ctx.graph.shape(node.output)
     s = compact(ctx.scale_in(node), shape)
     theta = node.params["threshold"].astype(np.float64)
@@ -463,6 +465,45 @@ def _if(ctx: _Ctx, node: Node) -> np.ndarray:
         raise ctx.refuse(node, f"threshold needs more than {ctx.profile.state_bits} bits")
     node.params["threshold_q"] = compact(th_q, shape).astype(np.int32)
     return th_q * s  # the real value one integer spike now carries
+
+
+def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
+    """Kind "sdn": the neuron's state is in its input current's integer units; its messages
+    are that right-shifted by `state_exp` e (Lava's SigmaDelta state_exp), chosen so that the
+    layer's proven peak spans at most 2^SDN_LEVEL_BITS message units: the output (a level)
+    has the input's scale times 2^e. Lava gives vth and bias as mantissas shifted left by e
+    (16-bit bias), so both are multiples of 2^e here: the delta threshold, one integer a layer
+    (one vth a population), is the finest channel's theta / scale rounded to one, at least
+    one message unit; the bias of the synapses in front is rounded to a multiple."""
+    shape = ctx.graph.shape(node.output)
+    s = np.broadcast_to(compact(ctx.scale_in(node), shape), shape)
+    peak = float(ctx.bounds[node.inputs[0]].step.max(initial=1))  # proven, in state units
+    node.attrs["state_exp"] = e = max(0, math.ceil(math.log2(max(peak, 1.0))) - SDN_LEVEL_BITS)
+    theta = np.broadcast_to(node.params["threshold"].astype(np.float64), shape)
+    th = max(1, int(round_to_int(np.min(theta / s) / 2.0**e))) << e
+    if th > int_limit(ctx.profile.state_bits):
+        raise ctx.refuse(node, f"threshold needs more than {ctx.profile.state_bits} bits")
+    node.params["threshold_q"] = np.full((1,) * len(shape), th, np.int32)
+    if e:
+        _round_biases(ctx, node.inputs[0], e)
+    return compact(s * 2.0**e, shape)
+
+
+def _round_biases(ctx: _Ctx, tensor: str, e: int) -> None:
+    """Round the biases that reach `tensor` unscaled (a dense / conv, or the owned synapses of
+    a shift-0 add with multiplier 1) to multiples of 2^e, and re-prove what they feed."""
+    prod = ctx.graph.producer(tensor)
+    if prod is None:
+        return
+    if prod.op in ("dense", "conv2d"):
+        prod.params["bias_q"] = (round_to_int(prod.params["bias_q"] / 2.0**e) << e).astype(np.int32)
+    elif prod.op == "add" and prod.attrs.get("shift", 0) == 0:
+        for i, m in zip(prod.inputs, prod.params["mult_q"], strict=True):
+            if np.all(m == 1):
+                _round_biases(ctx, i, e)
+    else:
+        return
+    ctx.bounds[prod.output] = node_bounds(prod, ctx.bounds, ctx.max_timesteps)
 
 
 def input_scale(x: np.ndarray, bits: int) -> float:
@@ -484,12 +525,29 @@ def _input_scales(graph: Graph, calib_x: Batch, bits: int) -> dict[str, np.ndarr
 def quantize(
     graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int = DEFAULT_MAX_TIMESTEPS
 ) -> Graph:
-    """Return the integer graph of a float spiking graph, proven free of overflow."""
+    """Return the integer graph of a float spiking graph, proven free of overflow. A target
+    that runs several neuron kinds gets the one that agrees most with the ANN on the
+    calibration data (spikeport.quantize.choose)."""
     if graph.stage not in ("snn", "int"):
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
     if max_timesteps < 1:
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
-    out = set_kind(graph, profile.neuron_kind)  # a copy, in the target's neuron kind
+    if profile.kind_profiles:
+        from spikeport.quantize.choose import choose_kind
+
+        return choose_kind(graph, calib_x, profile, max_timesteps)
+    return quantize_kind(graph, calib_x, profile, max_timesteps)
+
+
+def quantize_kind(
+    graph: Graph,
+    calib_x: Batch,
+    profile: Profile,
+    max_timesteps: int = DEFAULT_MAX_TIMESTEPS,
+    vth_divisor: int = SDN_VTH_DIVISORS[1],
+) -> Graph:
+    """quantize in the profile's own neuron kind (`vth_divisor`: kind "sdn"'s, see set_kind)."""
+    out = set_kind(graph, profile.neuron_kind, vth_divisor)  # a copy, in the target's kind
     for n in out.nodes:
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
@@ -535,6 +593,8 @@ def quantize(
     }
     if profile.neuron_kind != "subtract":  # recorded only where it differs: old graphs unchanged
         out.meta["quantization"]["neuron_kind"] = profile.neuron_kind
+    if profile.neuron_kind == SDN and any(kind_of(n) != SDN for n in graph.nodes if n.op == "if"):
+        out.meta["quantization"]["sdn_vth_divisor"] = vth_divisor  # set here, not in finetune
     check_graph(out)
     if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
         out.meta["quantization"]["notes"] = ctx.notes

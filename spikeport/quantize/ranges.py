@@ -20,7 +20,7 @@ from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
-from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, kind_of
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of
 
 # rule(node, per-step bounds of |inputs|, T, bounds of |inputs summed over t <= T steps|)
 #   -> (per-step output bound, peak of kept state[, bound of the output summed over steps])
@@ -72,6 +72,8 @@ def _maxpool(
     # S_t moves by at most b per step, so max(S_t) - max(S_{t-1}) does too; S reaches T * b.
     a = node.attrs
     out = K.window_max(b[0][None], a["kernel"], a["strides"], a["pads"])[0]
+    if kind_of(node) == SDN:  # tournament of relu(u) + relu(v - u) on levels in [-T, b]:
+        return out + T, float(b[0].max(initial=0) + T)  # every stage is in [0, b + T]
     return out, 2.0 * T * float(b[0].max(initial=0))
 
 
@@ -116,12 +118,28 @@ def _if(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> tuple:
         # Reset to zero: v <= theta before a step (else it fired), so at most theta + b after
         # it; v saturates at +-LAVA_V_LIMIT (the simulator models it, as Lava's v does).
         return np.ones_like(b[0]), float(np.minimum(theta + b[0], LAVA_V_LIMIT).max(initial=0))
+    if kind_of(node) == SDN:
+        return _sdn(node, theta, b[0], T)
     k = spike_levels(node)
     net = np.full(b[0].shape, float(T * k))
     if k > 1:
         net = np.minimum(net, np.floor(c[0] / theta) + 1)
     state = np.minimum(theta + T * b[0], theta / 2 + c[0] + net * theta)
     return np.full(b[0].shape, float(k)), float(state.max(initial=0)), net
+
+
+def _sdn(node: Node, theta: np.ndarray, b: np.ndarray, T: int) -> tuple:
+    """Kind "sdn": act = max(I, 0) lies in [0, b]; |residue| < theta, so |delta| =
+    |act - act_prev + residue| and every state value are below b + theta. Messages are
+    floor(s / 2^e): with e = 0 the level received so far is always a past act (after a message
+    residue = 0 and level = act; between messages it does not move), in [0, b]; with e > 0
+    each message loses less than one unit to the floor, so the level lies in [-T, b / 2^e]
+    (at most T messages, each below its share s / 2^e)."""
+    e = node.attrs.get("state_exp", 0)
+    state = float((b + np.maximum(theta, 1)).max(initial=0))
+    if e == 0:
+        return b, state
+    return np.maximum(np.floor(b / 2.0**e), float(T)), state
 
 
 @dataclass
@@ -179,6 +197,8 @@ def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> N
         total = T * res[0]
     if n.op == "if":
         nonneg = not (n.attrs.get("signed") or n.attrs.get("bipolar"))
+        if kind_of(n) == SDN:  # a shifted level may drift below 0 (see _sdn)
+            nonneg = n.attrs.get("state_exp", 0) == 0
     elif n.op == "scale":
         nonneg = nonneg and n.attrs["factor"] >= 0
     elif n.op == "channel_scale":

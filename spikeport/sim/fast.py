@@ -37,7 +37,7 @@ from spikeport.ir.ops import spike_levels
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.registry import registrar
 from spikeport.sim.arith import initial_potential
-from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.kinds import LAVA, SDN, kind_of
 from spikeport.sim.ops import Shape
 
 # float32 is exact for integers below 2^24; half of it leaves room for IF's floor division
@@ -245,8 +245,8 @@ def _maxpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fast
     over t steps sum to max(S_t), the window max of the input's running sum S_t; per step
     (the "float" mode) that is the difference of consecutive maxima."""
     a = node.attrs
-    if kind_of(node) == LAVA and mode != "ann":
-        return None  # a one-step delay, not a running sum: the reference kernel runs it
+    if kind_of(node) in (LAVA, SDN) and mode != "ann":
+        return None  # a delay, not a running sum: the reference kernel runs it
 
     def window_max(x: np.ndarray, cumulative: bool = False) -> Steps:
         return Steps(_unfold(_window_max(_fold(x), a), len(x)).numpy())
@@ -265,8 +265,9 @@ def _maxpool(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fast
 
 @fast_kernel("if")
 def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
-    if mode == "ann" or kind_of(node) == LAVA:
-        return None  # ReLU / identity, and Lava's delayed LIF: the reference kernels
+    if mode == "ann" or kind_of(node) in (LAVA, SDN):
+        # ReLU / identity, Lava's delayed LIF and sigma-delta neuron: the reference kernels
+        return None
     if mode == "int":
         assert bounds is not None
         cum, step = IntIF(node, shape, bounds), StepIF(node, shape, bounds)

@@ -11,6 +11,15 @@ DESIGN.md section 6, so graphs written before kinds existed run exactly as befor
               reaches the next layer one step later (every Dense buffers its output for a step).
               Max pooling is the per-step OR of the window's spikes (a Dense of ones into an LIF
               with threshold 0), which also costs a step. Unsigned spikes only.
+  "sdn"       what Lava's fixed-point SigmaDelta (lava-nc 0.10.0, PySigmaDeltaModelFixed with
+              act_mode RELU, spike_exp = state_exp = 0, cum_error off) and a graded Dense
+              (num_message_bits > 0) run: a neuron sends the change of its ReLU activation as
+              a graded message once that change reaches theta (its delta threshold), and keeps
+              the rest (the residue) for later. Its output tensor is the *level* the next layer
+              has received, one step late (the Dense delay): the sum of its messages so far,
+              not spikes, so the synapses behind it compute W * level + b, exactly what Lava's
+              sigma + bias holds. Max pooling (of levels) becomes SDN_POOL stages of sigma-delta
+              neurons with theta 0 (max(a, b) = a + relu(b - a)), each costing a step.
 """
 
 from __future__ import annotations
@@ -22,11 +31,45 @@ from spikeport.ir.graph import Graph, Node
 
 SUBTRACT = "subtract"
 LAVA = "lava"
-NEURON_KINDS = (SUBTRACT, LAVA)
+SDN = "sdn"
+NEURON_KINDS = (SUBTRACT, LAVA, SDN)
 KIND_OPS = ("if", "maxpool2d")  # the ops whose run-time behaviour a kind changes
 # Lava's v is 24-bit signed and MSB-aligned by 6 bits (synaptic input and threshold are shifted
 # left by 6): in the specification's units it saturates at +-(2^23 - 1) / 64, i.e. 2^17 - 1.
 LAVA_V_LIMIT = (1 << 17) - 1
+# SigmaDelta's sigma, act, residue and messages are declared 24-bit (LavaPyType precision 24).
+SDN_STATE_BITS = 24
+# The delta threshold of kind "sdn", as a fraction of the layer's balanced threshold (its
+# calibrated peak activation): a change below 1/SDN_VTH_DIVISOR of the layer's range waits in
+# the residue. quantize --target lava tries each divisor and keeps the most accurate.
+SDN_VTH_DIVISORS = (256, 64, 16)
+# Messages are the state right-shifted by the layer's state_exp (Lava's SigmaDelta sends
+# s_out >> state_exp), chosen by quantize so that a layer's calibrated peak activation spans
+# about 2^SDN_LEVEL_BITS message units: fine enough for the ANN's accuracy, coarse enough that
+# the next layer's int8 weights times these levels stay within the 24-bit state.
+SDN_LEVEL_BITS = 10
+
+
+def sdn_pool_rounds(k: int) -> list[list[tuple[int, ...]]]:
+    """The tournament of a max pool of k cells in kind "sdn", round by round: each round lists
+    its pairs (u, v) -> relu(u) + relu(v - u) (= max(u, v) for u >= 0) and, when the count is
+    odd, a last single (u,) -> relu(u); indices are into the previous round's results (the
+    window's cells, row-major, for the first). Each round is one layer of sigma-delta neurons
+    on Lava (a pair two neurons, relu(u) and relu(v - u), summed by the next Dense)."""
+    rounds, n = [], k
+    for _ in range(max(1, (k - 1).bit_length())):
+        rnd = [(i, i + 1) for i in range(0, n - 1, 2)] + ([(n - 1,)] if n % 2 else [])
+        rounds.append(rnd)
+        n = len(rnd)
+    return rounds
+
+
+def holds_levels(graph: Graph) -> bool:
+    """A graph of kind "sdn" neurons carries levels, not spikes: its output at step t is the
+    network's value then (it only gets better with t), so the output accumulator holds
+    t * output_t (mean over t = the latest value) instead of the sum of all steps, whose early
+    steps (before the input has come through every layer's delay) would weigh as much."""
+    return any(n.op in KIND_OPS and kind_of(n) == SDN for n in graph.nodes)
 
 
 def kind_of(node: Node) -> str:
@@ -34,13 +77,29 @@ def kind_of(node: Node) -> str:
     return node.attrs.get("kind", SUBTRACT)
 
 
-def set_kind(graph: Graph, kind: str) -> Graph:
+def why_not(node: Node, kind: str) -> str:
+    """Why set_kind leaves a neuron of the default kind out of `kind` ("" where it does not)."""
+    a = node.attrs
+    if node.op != "if" or kind == SUBTRACT:
+        return ""
+    if a.get("signed") or a.get("bipolar"):
+        return "signed spikes"
+    if a.get("spike_bits", 1) > 1:
+        return f"graded spikes (spike_bits {a['spike_bits']})"
+    if kind == SDN and a.get("cap") is not None:
+        return f"a capped ReLU (cap {a['cap']}): Lava's SigmaDelta has no cap"
+    return ""
+
+
+def set_kind(graph: Graph, kind: str, vth_divisor: int = SDN_VTH_DIVISORS[1]) -> Graph:
     """A copy of `graph` whose neurons and max pools of the default kind run `kind` instead.
 
     Nodes that already carry another kind, and signed, bipolar or graded neurons (the "lava"
-    kind has unsigned binary spikes only), are left as they are: the target's profile check
-    refuses them by name. The float params are unchanged: the thresholds balanced for the
-    default kind are the starting point that fine-tuning for `kind` improves on.
+    and "sdn" kinds run unsigned neurons of one threshold only), and capped ReLUs (Lava's
+    SigmaDelta has no cap) for "sdn", are left as they are: the target's profile check refuses
+    them by name. For "lava" the float params are unchanged: the thresholds balanced for the
+    default kind are the starting point that fine-tuning improves on. For "sdn" a neuron's
+    threshold becomes its delta threshold, the balanced one / `vth_divisor`.
     """
     if kind not in NEURON_KINDS:
         raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
@@ -50,9 +109,9 @@ def set_kind(graph: Graph, kind: str) -> Graph:
     for n in out.nodes:
         if n.op not in KIND_OPS or kind_of(n) != SUBTRACT:
             continue
-        if n.op == "if" and (
-            n.attrs.get("signed") or n.attrs.get("bipolar") or n.attrs.get("spike_bits", 1) > 1
-        ):
+        if why_not(n, kind):
             continue
         n.attrs["kind"] = kind
+        if kind == SDN and n.op == "if":
+            n.params["threshold"] = n.params["threshold"] / vth_divisor
     return out

@@ -295,7 +295,11 @@ def _run_all(sim: Simulator, x: Batch, T: int, record: bool, observe: Observer |
     outputs = {}
     for o in graph.outputs:
         v = values[o]
-        acc = as_cum(v, T) if v.form != STATIC or integer else running_sum(as_step(v, T, False))
+        if sim.levels_out:  # t * output_t (spikeport.sim.kinds.holds_levels)
+            y = as_step(v, T, integer)
+            acc = y * np.arange(1, T + 1).reshape((T,) + (1,) * (y.ndim - 1))
+        else:
+            acc = as_cum(v, T) if v.form != STATIC or integer else running_sum(as_step(v, T, False))
         outputs[o] = acc.astype(np.int64) if integer else acc
     trace = {k: as_step(v, T, integer) for k, v in values.items()} if record else None
     return SimResult(outputs, counts.spikes, counts.sops, trace, counts.levels, counts.bits)

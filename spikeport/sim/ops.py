@@ -21,7 +21,7 @@ from spikeport.ir.ops import attr, spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import floor_shift, initial_potential
-from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, kind_of
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of, sdn_pool_rounds
 
 MODES = ("ann", "float", "int")
 
@@ -137,6 +137,40 @@ class _LavaMaxPool:
         return out
 
 
+def sdn_tournament(cells: np.ndarray) -> np.ndarray:
+    """The kind "sdn" max of the last axis: sdn_pool_rounds' pairwise relu(u) + relu(v - u)
+    (the window max wherever the cells are >= 0; a level a floor made negative counts as 0)."""
+    vals = list(np.moveaxis(cells, -1, 0))
+    for rnd in sdn_pool_rounds(len(vals)):
+        vals = [
+            np.maximum(vals[p[0]], 0)
+            + (np.maximum(vals[p[1]] - vals[p[0]], 0) if len(p) > 1 else 0)
+            for p in rnd
+        ]
+    return vals[0]
+
+
+class _SDNMaxPool:
+    """Kind "sdn": the tournament max (sdn_tournament) of each window of the levels it reads,
+    one step late per round (each round is a layer of sigma-delta neurons with theta 0 on
+    Lava, which pass their values on exactly). Padding cells read 0."""
+
+    def __init__(self, node: Node):
+        self.a = node.attrs
+        self.depth = len(sdn_pool_rounds(node.attrs["kernel"][0] * node.attrs["kernel"][1]))
+        self.queue: list[np.ndarray] = []
+
+    def reset(self, batch: int) -> None:
+        self.queue = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        win = K.windows(x, self.a["kernel"], self.a["strides"], self.a["pads"])
+        self.queue.append(sdn_tournament(win.reshape(win.shape[:4] + (-1,))))
+        if len(self.queue) <= self.depth:  # nothing has come through the rounds yet
+            return np.zeros_like(self.queue[-1])
+        return self.queue.pop(0)
+
+
 @kernel("maxpool2d")
 def _maxpool(node: Node, mode: str, shape: Shape) -> Kernel:
     a = node.attrs
@@ -144,6 +178,8 @@ def _maxpool(node: Node, mode: str, shape: Shape) -> Kernel:
         return Stateless(lambda x: K.window_max(x, a["kernel"], a["strides"], a["pads"]))
     if kind_of(node) == LAVA:
         return _LavaMaxPool(node)
+    if kind_of(node) == SDN:
+        return _SDNMaxPool(node)
     return _ECMaxPool(node)
 
 
@@ -263,6 +299,47 @@ class LavaIFNeuron(IFNeuron):
         return out if self.integer else out * self.theta
 
 
+class SigmaDeltaNeuron(IFNeuron):
+    """Kind "sdn" (spikeport.sim.kinds): Lava's fixed-point SigmaDelta with ReLU activation,
+    spike_exp = state_exp = 0 and no cumulative error, behind a graded Dense.
+
+    The input current I is what Lava's sigma + bias holds (the synapses read levels, see
+    below). Each step, in this order (lava/proc/sdn/models.py, AbstractSigmaDeltaModel and
+    PySigmaDeltaModelFixed.run_spk): act = max(I, 0); delta = act - act_prev + residue;
+    s = delta where |delta| >= theta (not strict), else 0; residue = delta - s;
+    act_prev = act; the message is m = s >> state_exp (floor: the bits shifted out are lost,
+    not kept in the residue). `fired` (and `k`) is this step's message m. The output is the
+    level the next layer's Dense has delivered: the sum of the messages up to the previous
+    step (zeros at step 1). The float mode runs the same with real numbers and no shift.
+    `v` holds delta, the widest state, for the range checks.
+    """
+
+    def __init__(self, theta: np.ndarray, integer: bool, shape: Shape, state_exp: int = 0):
+        super().__init__(theta, False, integer, shape)
+        self.state_exp = state_exp if integer else 0
+        dt = np.int64 if integer else np.float64
+        self.act = self.residue = self.level = self.fired = np.zeros(0, dt)
+
+    def reset(self, batch: int) -> None:
+        super().reset(batch)
+        zero = np.zeros((batch,) + self.shape, np.int64 if self.integer else np.float64)
+        self.v, self.act, self.residue, self.level = zero, zero, zero, zero
+        self.fired = self.k = zero
+
+    def __call__(self, current: np.ndarray) -> np.ndarray:
+        out = self.level
+        act = np.maximum(current, 0)
+        delta = act - self.act + self.residue
+        sent = np.where(np.abs(delta) >= self.theta, delta, 0)
+        self.residue, self.act, self.v = delta - sent, act, delta
+        if self.state_exp:
+            sent = np.right_shift(sent, self.state_exp)  # floor, as numpy's right_shift
+        self.level = self.level + sent
+        self.fired = self.k = sent
+        self.count = self.count + (sent != 0)
+        return out
+
+
 @kernel("if")
 def _if(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "ann":  # a bipolar neuron stands for a signed value: the ANN view is identity
@@ -274,6 +351,9 @@ def _if(node: Node, mode: str, shape: Shape) -> Kernel:
                 f"not spike_bits {attr(node, 'spike_bits')}"
             )
         return LavaIFNeuron(_p(node, "threshold", mode), mode == "int", shape)
+    if kind_of(node) == SDN:
+        exp = node.attrs.get("state_exp", 0)
+        return SigmaDeltaNeuron(_p(node, "threshold", mode), mode == "int", shape, exp)
     return IFNeuron(
         _p(node, "threshold", mode),
         node.attrs["signed"],

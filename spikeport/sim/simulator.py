@@ -20,6 +20,7 @@ from spikeport.quantize.ranges import range_bounds
 from spikeport.sim.arith import int_limit, quantize_input
 from spikeport.sim.fast import FAST_KERNELS, FastKernel
 from spikeport.sim.kernels import conv_fanout, conv_transpose_fanout
+from spikeport.sim.kinds import SDN, SDN_STATE_BITS, holds_levels, kind_of
 from spikeport.sim.layerwise import join, run_layers
 from spikeport.sim.ops import KERNELS, MODES, IFNeuron, Kernel
 
@@ -56,7 +57,10 @@ class SimResult:
 def event_bits(node: Node) -> int:
     """Bits a spike event of this neuron carries: enough to tell apart the nonzero counts it
     may emit (K of them unsigned, 2K signed or bipolar; K = 2^spike_bits - 1), at least 1.
-    Binary: 1; graded b bits: b unsigned, b + 1 signed."""
+    Binary: 1; graded b bits: b unsigned, b + 1 signed. A sigma-delta neuron (kind "sdn")
+    sends a graded message of SDN_STATE_BITS (Lava's 24-bit s_out) whatever its value."""
+    if kind_of(node) == SDN:
+        return SDN_STATE_BITS
     k = spike_levels(node)
     values = 2 * k if node.attrs.get("signed") or node.attrs.get("bipolar") else k
     return max(1, (values - 1).bit_length())
@@ -128,6 +132,7 @@ class Simulator:
         self.fanout = {n.name: _fanout(graph, n) for n in graph.nodes if OPS[n.op].synaptic}
         self.bits = {n.name: event_bits(n) for n in graph.nodes if n.op == "if"}
         self.backend = backend
+        self.levels_out = holds_levels(graph)  # accumulate t * output_t (kinds.holds_levels)
         # The range proof, rederived from this graph's integers: it picks the float width of
         # every fast kernel's sums and spares the run-time checks it already guarantees.
         fast_int = backend == "fast" and mode == "int" and self.max_t is not None
@@ -197,7 +202,7 @@ class Simulator:
                     levels[t] += int(np.abs(k.k).sum())
                     bits[t] += events * self.bits[node.name]
             for o in self.graph.outputs:
-                acc[o] = acc[o] + values[o]
+                acc[o] = values[o] * (t + 1) if self.levels_out else acc[o] + values[o]
                 outputs[o].append(np.asarray(acc[o]).copy())
             for name, v in values.items():
                 if record:

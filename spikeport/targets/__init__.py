@@ -71,6 +71,7 @@ def get_target(name: str) -> Target:
 
 def check_fits(graph: Graph, profile: Profile) -> None:
     """Refuse, naming the node, a graph whose integers or ops the target cannot hold."""
+    profile = profile.for_graph(graph)  # the limits of the neuron kind the graph runs
     if graph.stage != "int":
         raise BadInput(
             f"emit needs a quantized graph (stage 'int'), got '{graph.stage}': "

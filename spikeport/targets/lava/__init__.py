@@ -9,6 +9,7 @@ delay: the graph must be quantized with --target lava, which gives it that neuro
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 import subprocess
@@ -23,11 +24,11 @@ import numpy as np
 from spikeport.errors import BadInput, CheckFailed, SpikeportError
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
-from spikeport.sim.kinds import LAVA
+from spikeport.sim.kinds import LAVA, SDN
 from spikeport.targets import Target, register_target
 from spikeport.targets.compare import check_equal, check_in_batches
 from spikeport.targets.lava import capabilities as cap
-from spikeport.targets.lava.plan import LAVA_OPS, Network, prepare
+from spikeport.targets.lava.plan import LAVA_OPS, SDN_OPS, Network, prepare
 from spikeport.targets.lava.reference import reference
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -47,7 +48,7 @@ def _check(graph: Graph) -> None:
         prepare(graph)
 
 
-PROFILE = Profile(
+_LIF = Profile(
     "lava",
     weight_bits=cap.WEIGHT_BITS,
     bias_bits=32,  # the first layer's bias is host-side; Dense-fed biases: 13 bits (plan.check)
@@ -60,7 +61,8 @@ PROFILE = Profile(
         "Lava's LIF spikes are binary; its graded processes send a value, not a count of "
         "thresholds: GradedVec and GradedReluVec send the potential and zero it, SigmaDelta the "
         "whole change once it passes vth; none emits clamp(floor(v / theta), 0, K) and keeps "
-        "v - k * theta, so none runs this neuron bit for bit"
+        "v - k * theta, so none runs this neuron bit for bit (Lava's graded messages serve "
+        "the sigma-delta kind, which quantize --target lava picks by itself)"
     ),
     ops=frozenset(LAVA_OPS),
     neuron_kind=LAVA,
@@ -68,6 +70,19 @@ PROFILE = Profile(
     layer_threshold=True,
     check=_check,
 )
+# Sigma-delta neurons (SigmaDelta behind graded Dense, spikeport.sim.kinds "sdn"): 24-bit
+# state, one delta threshold a layer (per-channel weight scales are free: the threshold is not
+# a balanced one). quantize --target lava tries both kinds and keeps the more accurate.
+_SDN = dataclasses.replace(
+    _LIF,
+    neuron_kind=SDN,
+    ops=frozenset(SDN_OPS),
+    fold_add=True,  # an add is synapses into the next layer: shift 0, composed int8 weights
+    state_bits=cap.SDN_STATE_BITS,
+    max_current=cap.SDN_A_IN_LIMIT,
+    layer_threshold=False,
+)
+PROFILE = dataclasses.replace(_LIF, kind_profiles=(_SDN,))
 
 
 def lava_python() -> Path:
@@ -90,8 +105,11 @@ def _readme(graph: Graph, net: Network) -> str:
     ]
     for i, la in enumerate(net.layers):
         fed = "host: W x + b into a_in" if la.src is None else f"Dense from layer {i - 1}"
+        if net.levels:
+            fed += f"; state_exp {la.state_exp}"
         rows.append(f"| {i} | {la.role} | {la.name} | {la.size} | {la.vth} | {fed} |")
-    return Template((TEMPLATES / "README.md.tmpl").read_text()).substitute(
+    template = "README_sdn.md.tmpl" if net.levels else "README.md.tmpl"
+    return Template((TEMPLATES / template).read_text()).substitute(
         layers="\n".join(rows),
         depth=len(net.layers),
         max_t=graph.meta["quantization"]["max_timesteps"],
@@ -113,22 +131,35 @@ def emit(graph: Graph, outdir: Path) -> dict[str, Any]:
         "output_scale": np.asarray(graph.scales[graph.outputs[0]], np.float64),
         "input_shape": list(graph.input.shape),
         "max_timesteps": graph.meta["quantization"]["max_timesteps"],
+        "neuron_kind": SDN if net.levels else LAVA,
         "source": graph.meta.get("source", {}),
     }
     hdf5.write(outdir / "network.h5", net, extra)
-    shutil.copyfile(TEMPLATES / "run_lava.py", outdir / "run_lava.py")
+    script = "run_lava_sdn.py" if net.levels else "run_lava.py"
+    shutil.copyfile(TEMPLATES / script, outdir / "run_lava.py")
     (outdir / "README.md").write_text(_readme(graph, net))
     return {
         "layers": len(net.layers),
         "neurons": int(sum(la.size for la in net.layers)),
         "synapses": int(sum(np.count_nonzero(la.weight) for la in net.layers[1:])),
-        "notes": [
-            "Lava's LIF resets to zero, fires on v > vth, and each Dense adds a step: this is "
-            "the network of neuron kind 'lava', not the subtractive-reset one",
-            "netx ignores neuron/vInit: run_lava.py sets each LIF's start v, netx's Network "
-            "would start at 0",
-        ],
+        "notes": _notes(net),
     }
+
+
+def _notes(net: Network) -> list[str]:
+    if net.levels:
+        return [
+            "sigma-delta network (neuron kind 'sdn'): SigmaDelta (ReLU) behind graded Dense "
+            "connections; max pooling is a tournament of SigmaDelta layers, a step a round",
+            "network.h5 uses netx's SDNN neuron type with spikeport's own fields (stateExp, "
+            "actMode); it was not loaded through netx (lava-dl does not install here)",
+        ]
+    return [
+        "Lava's LIF resets to zero, fires on v > vth, and each Dense adds a step: this is "
+        "the network of neuron kind 'lava', not the subtractive-reset one",
+        "netx ignores neuron/vInit: run_lava.py sets each LIF's start v, netx's Network "
+        "would start at 0",
+    ]
 
 
 def run_lava(outdir: Path, codes: np.ndarray, T: int) -> dict[str, np.ndarray]:
@@ -156,9 +187,20 @@ def run_lava(outdir: Path, codes: np.ndarray, T: int) -> dict[str, np.ndarray]:
 
 def check_batch(graph: Graph, outdir: Path, x: np.ndarray, T: int, first: int = 0) -> None:
     """Lava's run of x equals the simulator's at every step: every layer's spikes (each LIF's
-    own s_out) and the output accumulator (the output LIF's v / 64, which must divide)."""
+    own s_out; kind "sdn": each SigmaDelta's graded s_out) and the output accumulator (the
+    output LIF's v / 64, which must divide; kind "sdn": t times the output act at step t)."""
     codes, ref_spikes, ref_acc = reference(graph, x, T)
     got = run_lava(outdir, codes, T)
+    if "act_out" in got:  # the sigma-delta script: layers by name, pool rounds not compared
+        layers = prepare(graph).layers[:-1]
+        got_spikes = {
+            la.name: got[f"spikes_{i}"] for i, la in enumerate(layers) if la.name in ref_spikes
+        }
+        steps = np.arange(1, T + 1).reshape(-1, 1, 1)
+        check_equal(
+            "Lava (fixed_pt)", ref_spikes, ref_acc, got_spikes, got["act_out"] * steps, first
+        )
+        return
     names = list(ref_spikes)
     got_spikes = {name: got[f"spikes_{i}"].astype(np.int64) for i, name in enumerate(names)}
     v = got["v_out"]
@@ -185,4 +227,14 @@ def verify(
 
 DESCRIPTION = "Lava / Loihi 2: netx HDF5 + Lava script, verified in Lava's fixed-point model"
 TARGET = register_target(Target("lava", PROFILE, emit, verify, DESCRIPTION))
-__all__ = ["PROFILE", "TARGET", "LavaUnavailable", "check_batch", "lava_python", "run_lava"]
+LIF_PROFILE, SDN_PROFILE = _LIF, _SDN  # each kind's own limits (PROFILE tries both)
+__all__ = [
+    "LIF_PROFILE",
+    "PROFILE",
+    "SDN_PROFILE",
+    "TARGET",
+    "LavaUnavailable",
+    "check_batch",
+    "lava_python",
+    "run_lava",
+]

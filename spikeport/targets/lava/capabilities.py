@@ -9,7 +9,7 @@ weightutils.py (clip_weights, truncate_weights); lava-dl netx/hdf5.py for the HD
 from __future__ import annotations
 
 from spikeport.sim.arith import int_limit
-from spikeport.sim.kinds import LAVA_V_LIMIT
+from spikeport.sim.kinds import LAVA_V_LIMIT, SDN_STATE_BITS
 
 # LIF, per step: u = trunc(u * (4096 - (du + 1)) / 4096) + (a_in << 6), wrapped to 24 bits;
 # v = trunc(v * (4096 - dv) / 4096) + u + (bias_mant << bias_exp), saturated to +-(2^23 - 1);
@@ -39,3 +39,12 @@ DENSE_DELAY = 1
 # The output layer: an LIF that never fires (vth at its maximum; quantize proves the
 # accumulator stays below it) and whose v, divided by 2^ACT_SHIFT, is the output accumulator.
 OUTPUT_VTH = VTH_MAX
+
+# SigmaDelta (lava/proc/sdn/models.py, PySigmaDeltaModelFixed): a_in, sigma, act, residue and
+# the graded s_out are declared int32 with precision 24, bias precision 16; vth has shape (1,)
+# (one per population). spike_exp = state_exp = 0: messages and state in the same units.
+# The graded Dense in front (num_message_bits > 0) computes weights.dot(s_in) on the values.
+assert SDN_STATE_BITS == 24
+SDN_A_IN_LIMIT = int_limit(SDN_STATE_BITS)
+SDN_BIAS_BITS = 16
+SDN_MESSAGE_BITS = 24  # the payload of one graded message (s_out precision 24)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.targets.lava import capabilities as cap
-from spikeport.targets.lava.plan import Network
+from spikeport.targets.lava.plan import Layer, Network
 
 FORMAT = "spikeport-lava/1"
 PACK = {"compression": "gzip", "shuffle": True}  # unrolled convolutions are mostly zeros
@@ -31,6 +31,10 @@ NETX_FIELDS: dict[str, tuple[str, ...]] = {
     "dense": ("type", "shape", "weight", "bias", "neuron"),
 }
 NEURON_FIELDS = ("type", "iDecay", "vDecay", "vThMant", "refDelay", "gradedSpike")
+# Kind "sdn": netx's SDNN neuron type (Sigma / SigmaDelta); vThMant is the mantissa Lava shifts
+# left by stateExp, actMode "relu" (the output layer: "unit"). Not loaded through netx here
+# (lava-dl does not install): run_lava_sdn.py reads these fields.
+SDN_NEURON_FIELDS = ("type", "vThMant", "stateExp", "spikeExp", "actMode", "cumError")
 
 
 def _text(group: Any, key: str, value: str) -> None:
@@ -48,6 +52,34 @@ def _neuron(group: Any, vth: int, v0: np.ndarray) -> None:
     n.create_dataset("vInit", data=np.asarray(v0, np.int64))
 
 
+def _sdn_neuron(group: Any, vth: int, exp: int, unit: bool) -> None:
+    n = group.create_group("neuron")
+    _text(n, "type", "SDNN")
+    n.create_dataset("vThMant", data=np.int64(vth >> exp))
+    n.create_dataset("stateExp", data=np.int64(exp))
+    n.create_dataset("spikeExp", data=np.int64(0))
+    _text(n, "actMode", "unit" if unit else "relu")
+    n.create_dataset("cumError", data=np.bool_(False))
+    n.create_dataset("gradedSpike", data=np.bool_(True))
+
+
+def _sdn_sources(group: Any, net: Network, la: Layer) -> None:
+    """Kind "sdn" layers form a DAG, which netx's chain cannot say: /layer/<i>/src is the
+    index of the layer `weight` reads (-1: the host, which sends input_weight @ codes +
+    input_bias at the first step), /layer/<i>/extra/<k>/{src, weight} each further graded
+    Dense into the same SigmaDelta."""
+    index = {x.name: i for i, x in enumerate(net.layers)}
+    group.create_dataset("src", data=np.int64(-1 if la.src is None else index[la.src]))
+    if la.src is None:
+        group.create_dataset("input_weight", data=la.weight.astype(np.int64), **PACK)
+        group.create_dataset("input_bias", data=la.bias.astype(np.int64))
+    ex = group.create_group("extra")
+    for k, (src, w) in enumerate(la.extra):
+        e = ex.create_group(str(k))
+        e.create_dataset("src", data=np.int64(index[src]))
+        e.create_dataset("weight", data=w.astype(np.int8), **PACK)
+
+
 def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
     """Write the network; `extra` (scales, source) goes into /spikeport as JSON and arrays."""
     import h5py
@@ -62,7 +94,11 @@ def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
             if la.src is not None:
                 g.create_dataset("weight", data=la.weight.astype(np.int8), **PACK)  # plan.check
                 g.create_dataset("bias", data=la.bias.astype(np.int32))
-            _neuron(g, la.vth, la.v0)
+            if net.levels:
+                _sdn_neuron(g, la.vth, la.state_exp, la.role == "output")
+                _sdn_sources(g, net, la)
+            else:
+                _neuron(g, la.vth, la.v0)
         sp = f.create_group("spikeport")
         first = net.layers[0]
         sp.create_dataset("input_weight", data=first.weight.astype(np.int64), **PACK)

@@ -27,7 +27,7 @@ from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import initial_potential, int_limit
-from spikeport.sim.kinds import LAVA, kind_of
+from spikeport.sim.kinds import LAVA, holds_levels, kind_of
 from spikeport.sim.ops import KERNELS
 from spikeport.targets.lava import capabilities as cap
 
@@ -40,6 +40,14 @@ LAVA_OPS: dict[str, str] = {
     "reshape": "exact: an index map, folded into the next Dense's weights",
     "if": "exact for kind 'lava': an LIF (du 4095, dv 0, reset to zero, v > vth)",
     "maxpool2d": "exact for kind 'lava' (OR of spikes): an LIF with vth 0 behind a Dense of ones",
+}
+# Kind "sdn" (targets/lava/sdn_plan.py) maps these too, and its own if and maxpool2d.
+SDN_OPS: dict[str, str] = {
+    **LAVA_OPS,
+    "if": "exact for kind 'sdn': a SigmaDelta (ReLU, cum_error off, spike_exp 0, state_exp)",
+    "maxpool2d": "exact for kind 'sdn': a tournament of SigmaDelta rounds, relu(u) + relu(v - u)",
+    "add": "exact for kind 'sdn' with shift 0 (quantize folds it): synapses of one graded Dense",
+    "concat": "exact for kind 'sdn': an index map, folded into one graded Dense",
 }
 CHUNK = 512  # impulses evaluated at once when composing a linear chain
 
@@ -57,26 +65,38 @@ class Layer:
     """
 
     name: str  # the spikeport node it carries ("output" for the output accumulator)
-    role: str  # "neuron" | "maxpool" | "output"
+    role: str  # "neuron" | "maxpool" | "output"; kind "sdn": "sdn" | "pool" | "output"
     size: int
     vth: int
     v0: np.ndarray
     bias: np.ndarray
     weight: np.ndarray
     src: str | None
+    state_exp: int = 0  # kind "sdn": SigmaDelta's state_exp (messages are state >> it)
+    msg_peak: int = 1  # the largest |message| it sends (1: spikes), for the next a_in bound
+    a_in_peak: float = 0.0  # kind "sdn": the largest |graded input| it receives in a step
+    # kind "sdn": more (source layer, weight) pairs, one graded Dense each, summed in a_in
+    extra: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
 class Network:
     layers: list[Layer] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # spike tensor -> layer name
+    # tensor -> (its size, the layer's size): the tensor as a sum of the layer's outputs
+    # (kind "sdn" max pooling: a pair's two neurons); absent: the layer's outputs themselves
+    readout: dict[str, np.ndarray] = field(default_factory=dict)
+    levels: bool = False  # kind "sdn": SigmaDelta layers carrying levels
 
     def layer(self, name: str) -> Layer:
         return next(la for la in self.layers if la.name == name)
 
 
-def _chain(graph: Graph, sink: str, leaves: set[str]) -> tuple[list[Node], str]:
-    """The linear nodes between one leaf (a spike tensor or the input) and `sink`."""
+def _chain(
+    graph: Graph, sink: str, leaves: set[str], linear: tuple[str, ...] = LINEAR_OPS
+) -> tuple[list[Node], set[str]]:
+    """The linear nodes between the leaves (spike tensors or the input) and `sink`, and the
+    leaves they read."""
     needed: list[Node] = []
     found: set[str] = set()
     stack = [sink]
@@ -87,40 +107,58 @@ def _chain(graph: Graph, sink: str, leaves: set[str]) -> tuple[list[Node], str]:
             continue
         node = graph.producer(t)
         assert node is not None  # check_graph: every tensor but the input has a producer
-        if node.op not in LINEAR_OPS:
+        if node.op not in linear:
             raise refuse(node.name, node.op, "the op is not supported between two layers")
         if node not in needed:
             needed.append(node)
             stack.extend(node.inputs)
-    if len(found) != 1:
-        raise refuse(sink, "synapses", f"reads {len(found)} spike tensors; one Dense takes one")
-    return [n for n in graph.nodes if n in needed], found.pop()
+    return [n for n in graph.nodes if n in needed], found
 
 
-def _run(graph: Graph, nodes: list[Node], leaf: str, x: np.ndarray, sink: str) -> np.ndarray:
-    vals = {leaf: x}
-    for n in nodes:
-        vals[n.output] = KERNELS[n.op](n, "int", graph.shape(n.output))(
-            *[vals[i] for i in n.inputs]
+def _run(graph: Graph, nodes: list[Node], vals: dict[str, np.ndarray], sink: str) -> np.ndarray:
+    n = len(next(iter(vals.values())))
+    for node in nodes:
+        vals[node.output] = KERNELS[node.op](node, "int", graph.shape(node.output))(
+            *[vals[i] for i in node.inputs]
         )
-    return np.asarray(vals[sink], np.float64).reshape(len(x), -1)
+    return np.asarray(vals[sink], np.float64).reshape(n, -1)
 
 
-def affine(graph: Graph, sink: str, leaves: set[str]) -> tuple[str, np.ndarray, np.ndarray]:
-    """(leaf, W, b): sink = W @ leaf + b, from the integer kernels run on impulses (exact:
-    integers in float64, far below 2^53)."""
-    nodes, leaf = _chain(graph, sink, leaves)
-    shape = graph.shape(leaf)
-    n = int(np.prod(shape))
-    const = _run(graph, nodes, leaf, np.zeros((1,) + shape), sink)[0]
-    cols = []
-    for start in range(0, n, CHUNK):
-        idx = np.arange(start, min(n, start + CHUNK))
-        hot = np.zeros((len(idx), n))
-        hot[np.arange(len(idx)), idx] = 1
-        cols.append(_run(graph, nodes, leaf, hot.reshape((len(idx),) + shape), sink) - const)
-    w = np.concatenate(cols).T
-    return leaf, np.rint(w).astype(np.int64), np.rint(const).astype(np.int64)
+def affine_many(
+    graph: Graph, sink: str, leaves: set[str], linear: tuple[str, ...] = LINEAR_OPS
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({leaf: W}, b): sink = sum of W @ leaf + b over the leaves it reads, from the integer
+    kernels run on impulses, one leaf at a time with the others at zero (exact: integers in
+    float64, far below 2^53)."""
+    nodes, found = _chain(graph, sink, leaves, linear)
+    zeros = {leaf: np.zeros((1,) + graph.shape(leaf)) for leaf in found}
+    const = _run(graph, nodes, dict(zeros), sink)[0]
+    out = {}
+    pos = {n.output: i for i, n in enumerate(graph.nodes)}  # the input (absent) comes first
+    for leaf in sorted(found, key=lambda t: pos.get(t, -1)):
+        shape = graph.shape(leaf)
+        n = int(np.prod(shape))
+        cols = []
+        for start in range(0, n, CHUNK):
+            idx = np.arange(start, min(n, start + CHUNK))
+            hot = np.zeros((len(idx), n))
+            hot[np.arange(len(idx)), idx] = 1
+            vals = {k: np.broadcast_to(v, (len(idx),) + v.shape[1:]) for k, v in zeros.items()}
+            vals[leaf] = hot.reshape((len(idx),) + shape)
+            cols.append(_run(graph, nodes, vals, sink) - const)
+        out[leaf] = np.rint(np.concatenate(cols).T).astype(np.int64)
+    return out, np.rint(const).astype(np.int64)
+
+
+def affine(
+    graph: Graph, sink: str, leaves: set[str], linear: tuple[str, ...] = LINEAR_OPS
+) -> tuple[str, np.ndarray, np.ndarray]:
+    """(leaf, W, b): sink = W @ leaf + b, for a sink that reads one leaf (a Dense takes one)."""
+    ws, b = affine_many(graph, sink, leaves, linear)
+    if len(ws) != 1:
+        raise refuse(sink, "synapses", f"reads {len(ws)} spike tensors; one Dense takes one")
+    ((leaf, w),) = ws.items()
+    return leaf, w, b
 
 
 def _connect(net: Network, graph: Graph, node_name: str, sink: str) -> tuple:
@@ -239,6 +277,13 @@ def check(net: Network) -> None:
 
 
 def prepare(graph: Graph) -> Network:
+    """The checked layer chain: LIF layers for kind "lava", SigmaDelta for kind "sdn"."""
+    if holds_levels(graph):
+        from spikeport.targets.lava.sdn_plan import build_sdn, check_sdn
+
+        net = build_sdn(graph)  # checks its own order: a DAG of layers
+        check_sdn(net)
+        return net
     net = build(graph)
     check(net)
     return net

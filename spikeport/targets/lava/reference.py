@@ -12,6 +12,7 @@ import numpy as np
 
 from spikeport.ir.graph import Graph
 from spikeport.sim import Simulator
+from spikeport.sim.kinds import holds_levels
 
 
 def reference(
@@ -20,8 +21,10 @@ def reference(
     """(int8 input codes, spikes fired per layer (T, N, size), output accumulators (T, N, out)).
 
     The layers are the graph's neurons and max pools in graph order, as the Lava plan lays
-    them out. The accumulators come from Simulator.run (range checks included), and the
-    step loop here must reproduce them, or the simulator and this view disagree.
+    them out (kind "sdn": the neurons' graded messages; a max pool's rounds are not recorded
+    here, the next layer's messages depend on them). The accumulators come from
+    Simulator.run (range checks included), and the step loop here must reproduce them, or
+    the simulator and this view disagree.
     """
     sim = Simulator(graph, "int")
     res = sim.run(x, T)  # raises on T beyond the proof, asserts every value's bits
@@ -33,6 +36,7 @@ def reference(
         node.name: [] for node, k in sim.kernels if hasattr(k, "fired")
     }
     out = graph.outputs[0]
+    levels = holds_levels(graph)  # kind "sdn": the accumulator holds t * output_t
     acc: np.ndarray | int = 0
     for t in range(T):
         for node, k in sim.kernels:
@@ -41,7 +45,7 @@ def reference(
             values[node.output] = k(*[values[i] for i in node.inputs])
             if node.name in fired:
                 fired[node.name].append(np.asarray(k.fired).reshape(n, -1).astype(np.int64))
-        acc = acc + values[out]
+        acc = values[out] * (t + 1) if levels else acc + values[out]
     ref_acc = res.outputs[out].reshape(T, n, -1)
     if not np.array_equal(np.asarray(acc).reshape(n, -1), ref_acc[-1]):
         raise RuntimeError("the lava reference loop disagrees with Simulator.run")

@@ -1,0 +1,87 @@
+"""Pick the neuron kind of a target that runs several (Lava: LIF "lava" or sigma-delta "sdn")
+by measurement: quantize the graph in every kind (and, for "sdn", every delta threshold of
+SDN_VTH_DIVISORS), run each on the calibration data for max_timesteps steps in the integer
+simulator, and keep the one whose predictions agree most with the ANN's (the calibration
+labels are not needed, and the ANN is what conversion approximates); ties go to fewer events.
+The scores of every candidate, and why any was refused, go into meta["quantization"]
+["kind_choice"].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from spikeport.batch import Batch, size, take
+from spikeport.errors import CapabilityExceeded
+from spikeport.ir.graph import Graph
+from spikeport.quantize.profiles import Profile
+from spikeport.sim.kinds import SDN, SDN_VTH_DIVISORS
+
+CHOICE_SAMPLES = 256  # calibration inputs the choice is measured on (the first ones)
+
+
+def _candidates(profile: Profile) -> list[tuple[Profile, int]]:
+    """(profile of one kind, delta threshold divisor); the default kind's profile without its
+    alternatives, so that its checks hold the graph to that kind alone."""
+    out = []
+    for p in (dataclasses.replace(profile, kind_profiles=()), *profile.kind_profiles):
+        divisors = SDN_VTH_DIVISORS if p.neuron_kind == SDN else SDN_VTH_DIVISORS[1:2]
+        out += [(p, d) for d in divisors]
+    return out
+
+
+def _score(graph: Graph, x: Batch, ann: np.ndarray, T: int) -> dict[str, Any]:
+    from spikeport.sim import simulate
+
+    res = simulate(graph, x, T, "int")
+    pred = res.outputs[graph.outputs[0]][-1].reshape(size(x), -1).argmax(-1)
+    return {
+        "agreement": float((pred == ann).mean()),
+        "events": float(res.spikes.sum() / size(x)),
+    }
+
+
+def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
+    """The quantized graph of the best-agreeing kind (see the module docstring)."""
+    from spikeport.quantize.quantize import quantize_kind
+    from spikeport.sim import simulate
+
+    x = take(calib_x, slice(0, min(size(calib_x), CHOICE_SAMPLES)))
+    ann = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][-1]
+    ann = ann.reshape(size(x), -1).argmax(-1)
+    tried: list[dict[str, Any]] = []
+    best: tuple[tuple[float, float], Graph] | None = None
+    for p, divisor in _candidates(profile):
+        entry: dict[str, Any] = {"kind": p.neuron_kind}
+        if p.neuron_kind == SDN:
+            entry["vth_divisor"] = divisor
+        try:
+            q = quantize_kind(graph, calib_x, p, max_timesteps, divisor)
+            if p.check is not None:  # the target's own limits (Lava: each step's a_in), now,
+                p.check(q)  # so that a kind that cannot hold the integer graph is not picked
+        except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others
+            tried.append({**entry, "refused": str(e)})
+            continue
+        entry.update(_score(q, x, ann, max_timesteps))
+        tried.append(entry)
+        key = (entry["agreement"], -entry["events"])
+        if best is None or key > best[0]:
+            best = (key, q)
+    if best is None:  # every kind refused: say why each one did, on one line
+        if len({c["refused"] for c in tried}) == 1:
+            raise CapabilityExceeded(tried[0]["refused"])  # the same for every kind
+        whys = {f"{c['kind']}: {c['refused']}" for c in tried}
+        raise CapabilityExceeded(
+            f"no neuron kind of target '{profile.name}' runs this graph; " + "; ".join(sorted(whys))
+        )
+    out = best[1]
+    out.meta["quantization"]["kind_choice"] = {
+        "measured": "agreement with the ANN's argmax on the calibration data, int mode",
+        "T": max_timesteps,
+        "samples": size(x),
+        "candidates": tried,
+    }
+    return out

@@ -1,0 +1,394 @@
+"""Lava target, sigma-delta kind ("sdn"): Lava's fixed-point SigmaDelta in the reference
+simulator (integer and float modes, the fast backend's fallback, the torch layer), the range
+proof and quantize's choice of kind, the emitted files, refusals, and bit-exactness of the
+emitted network run in Lava's own fixed-point CPU model (lava-nc 0.10.0 in .venv-lava).
+
+Without .venv-lava the Lava runs are skipped locally and FAIL under CI=true, as in
+test_target_lava.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import h5py
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import EXAMPLES, unsigned_snn
+from fixture_models import FIXTURES, _Builder, concat_maxpool
+
+from spikeport.cli.main import main
+from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.finetune import SpikingNet
+from spikeport.ir import load, save
+from spikeport.ir.graph import Graph, Node
+from spikeport.quantize import get_profile, quantize
+from spikeport.quantize.ranges import prove_ranges
+from spikeport.sim import Simulator
+from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds, set_kind
+from spikeport.sim.ops import KERNELS, SigmaDeltaNeuron, sdn_tournament
+from spikeport.targets import emit, verify
+from spikeport.targets import lava as lava_target
+from spikeport.targets.compare import random_inputs
+from spikeport.targets.lava import LavaUnavailable, check_batch, lava_python
+from spikeport.targets.lava.hdf5 import SDN_NEURON_FIELDS
+
+DIGITS = ["digits_cnn", "digits_mlp"]
+MAX_T = 12
+RANDOM_INPUTS = 50  # per model, every step of one T = 12 run (see the bit-exact test)
+
+
+def sdn_graph(case) -> Graph:
+    """quantize --target lava: on both digits models it picks the sigma-delta kind."""
+    calib = np.load(case.calib)["x"]
+    return quantize(unsigned_snn(case), calib, get_profile("lava"), max_timesteps=MAX_T)
+
+
+@pytest.fixture(scope="module")
+def lava_env():
+    try:
+        return lava_python()
+    except LavaUnavailable as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run Lava: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def emitted(cases, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lava_sdn")
+    out = {}
+    for name in DIGITS:
+        g = sdn_graph(cases[name])
+        emit(g, "lava", root / name)
+        out[name] = (cases[name], g, root / name)
+    return out
+
+
+# --- the neuron, by hand ------------------------------------------------------------------------
+
+
+def _steps(n: SigmaDeltaNeuron, currents: list[int]) -> tuple[list[int], list[int], list[int]]:
+    n.reset(1)
+    outs, msgs, res = [], [], []
+    for cur in currents:
+        outs.append(int(n(np.array([[cur]]))[0, 0]))
+        msgs.append(int(n.fired[0, 0]))
+        res.append(int(n.residue[0, 0]))
+    return outs, msgs, res
+
+
+def test_sigma_delta_sends_the_change_once_it_reaches_vth_and_keeps_the_rest():
+    """act = relu(I); delta = act - act_prev + residue; sent where |delta| >= vth (not
+    strict, as lava's `np.abs(delta) >= vth`); the output is the level sent up to the step
+    before (the Dense delay)."""
+    n = SigmaDeltaNeuron(np.array([10]), integer=True, shape=(1,))
+    outs, msgs, res = _steps(n, [4, 10, 25, 24, -7, 3])
+    # act: 4, 10, 25, 24, 0, 3; delta: 4, 10, 15, -1, -25, 3
+    assert msgs == [0, 10, 15, 0, -25, 0]
+    assert res == [4, 0, 0, -1, 0, 3]
+    assert outs == [0, 0, 10, 25, 25, 0]  # the level, one step late
+
+
+def test_state_exp_shifts_messages_down_and_the_floor_is_lost():
+    """Lava sends s >> state_exp and keeps no residue of the shifted-out bits."""
+    n = SigmaDeltaNeuron(np.array([4]), integer=True, shape=(1,), state_exp=2)
+    outs, msgs, _ = _steps(n, [7, 7, 0, 13])
+    assert msgs == [1, 0, -2, 3]  # 7 >> 2, nothing, -7 >> 2 = floor(-1.75), 13 >> 2
+    assert outs == [0, 1, 1, -1]  # the floor made the level drift below zero
+
+
+def test_pool_tournament_is_the_max_on_levels_and_one_step_per_round():
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 50, (200, 4))
+    assert np.array_equal(sdn_tournament(cells), cells.max(-1))
+    assert sdn_tournament(np.array([[-3, 5]]))[0] == 8  # relu(-3) + relu(5 + 3): not max
+    assert [len(sdn_pool_rounds(k)) for k in (1, 2, 3, 4, 9)] == [1, 1, 2, 2, 4]
+    node = Node("p", "maxpool2d", ["x"], "y", {"kernel": [2, 2], "strides": [2, 2],
+                                              "pads": [0, 0, 0, 0], "kind": SDN})  # fmt: skip
+    k = KERNELS["maxpool2d"](node, "int", (1, 1, 1))
+    k.reset(1)
+    x = np.arange(4).reshape(1, 1, 2, 2)
+    assert [int(k(x + t)[0, 0, 0, 0]) for t in range(4)] == [0, 0, 3, 4]
+
+
+def test_set_kind_leaves_what_sigma_delta_cannot_run(cases):
+    g = set_kind(unsigned_snn(cases["digits_mlp"]), SDN, vth_divisor=64)
+    base = unsigned_snn(cases["digits_mlp"])
+    for a, b in zip(g.nodes, base.nodes, strict=True):
+        if a.op == "if":
+            assert kind_of(a) == SDN
+            np.testing.assert_allclose(a.params["threshold"] * 64, b.params["threshold"])
+    graded = Node("n", "if", ["x"], "y", {"signed": False, "cap": None, "spike_bits": 2}, {})
+    capped = Node("m", "if", ["x"], "z", {"signed": False, "cap": 6.0}, {})
+    g.nodes += [graded, capped]
+    out = set_kind(g, SDN)
+    assert kind_of(out.nodes[-2]) == "subtract" and kind_of(out.nodes[-1]) == "subtract"
+
+
+# --- the simulator: modes, backends, the torch layer ------------------------------------------
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_fast_backend_falls_back_to_the_reference_bit_for_bit(emitted, name):
+    case, g, _ = emitted[name]
+    x = case.test_x[:32]
+    ref = Simulator(g, "int", backend="reference").run(x, MAX_T)
+    fast = Simulator(g, "int", backend="fast").run(x, MAX_T)
+    out = g.outputs[0]
+    assert np.array_equal(ref.outputs[out], fast.outputs[out])
+    assert np.array_equal(ref.spikes, fast.spikes) and np.array_equal(
+        ref.event_bits, fast.event_bits
+    )
+    assert ref.spikes.sum() > 0
+    snn = set_kind(unsigned_snn(case), SDN)  # float mode: equal to rounding (fast.py)
+    ref = Simulator(snn, "float", backend="reference").run(x, MAX_T)
+    fast = Simulator(snn, "float", backend="fast").run(x, MAX_T)
+    np.testing.assert_allclose(fast.outputs[out], ref.outputs[out], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_finetune_module_runs_the_sdn_kind_like_the_float_simulator(cases, name):
+    snn = set_kind(unsigned_snn(cases[name]), SDN)
+    x, T = cases[name].test_x[:48], 10
+    ref = Simulator(snn, "float").run(x, T, record=True)
+    with torch.no_grad():
+        run = SpikingNet(snn).double().run(torch.from_numpy(x).double(), T, record=True)
+    for n in snn.nodes:
+        if n.op in ("if", "maxpool2d"):
+            np.testing.assert_allclose(run.trace[n.output].numpy(), ref.trace[n.output], atol=1e-9)
+    np.testing.assert_allclose(run.outputs.numpy(), ref.outputs[snn.outputs[0]], atol=1e-9)
+
+
+def test_the_sdn_torch_layer_passes_gradients_straight_through(cases):
+    snn = set_kind(unsigned_snn(cases["digits_mlp"]), SDN)
+    net = SpikingNet(snn).double()
+    out = net.run(torch.from_numpy(cases["digits_mlp"].test_x[:8]).double(), 6).outputs[-1]
+    out.sum().backward()
+    grads = [p.grad for name, p in net.named_parameters() if name.endswith("weight")]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+# --- quantize: the choice of kind, the proof ----------------------------------------------------
+
+
+def test_quantize_for_lava_picks_sigma_delta_by_measurement_and_records_it(emitted):
+    for _, g, _ in emitted.values():
+        q = g.meta["quantization"]
+        assert q["neuron_kind"] == SDN and q["state_bits"] == 24
+        choice = q["kind_choice"]
+        kinds = {c["kind"] for c in choice["candidates"]}
+        assert kinds == {"lava", "sdn"} and choice["T"] == MAX_T
+        best = max(c["agreement"] for c in choice["candidates"] if "agreement" in c)
+        sdn = [c for c in choice["candidates"] if c["kind"] == SDN]
+        assert any(c["agreement"] == best for c in sdn)
+        for n in g.nodes:
+            if n.op == "if":
+                th, e = int(n.params["threshold_q"].reshape(-1)[0]), n.attrs["state_exp"]
+                assert n.params["threshold_q"].size == 1 and th % (1 << e) == 0
+
+
+def test_a_graph_already_of_one_kind_keeps_it(cases):
+    """A graph fine-tuned for a kind (finetune --kind) is quantized in that kind only: the
+    other is refused, not run on neurons of the wrong kind."""
+    case = cases["digits_mlp"]
+    calib = np.load(case.calib)["x"]
+    for kind, other in ((SDN, "lava"), ("lava", SDN)):
+        q = quantize(set_kind(unsigned_snn(case), kind), calib, get_profile("lava"), MAX_T)
+        assert q.meta["quantization"]["neuron_kind"] == kind
+        assert all(kind_of(n) == kind for n in q.nodes if n.op == "if")
+        refused = [c for c in q.meta["quantization"]["kind_choice"]["candidates"] if "refused" in c]
+        assert refused and {c["kind"] for c in refused} == {other}
+
+
+def test_a_kind_whose_lava_plan_cannot_hold_the_graph_is_not_picked(cases, monkeypatch):
+    """quantize runs the target's own check on each kind's integer graph (Lava: every step's
+    graded a_in within 24 bits), so a kind Lava would refuse at emit is refused here."""
+    from spikeport.targets.lava import sdn_plan
+
+    def too_wide(net) -> None:
+        raise CapabilityExceeded("node 'x' (synapses): beyond the 24-bit a_in on Lava")
+
+    monkeypatch.setattr(sdn_plan, "check_sdn", too_wide)
+    case = cases["digits_mlp"]
+    q = quantize(unsigned_snn(case), np.load(case.calib)["x"], get_profile("lava"), MAX_T)
+    assert q.meta["quantization"]["neuron_kind"] == "lava"
+    sdn = [c for c in q.meta["quantization"]["kind_choice"]["candidates"] if c["kind"] == SDN]
+    assert sdn and all("24-bit a_in" in c["refused"] for c in sdn)
+
+
+def test_the_proof_bounds_the_sdn_state_within_24_bits(emitted):
+    _, g, _ = emitted["digits_cnn"]
+    peak = prove_ranges(g, MAX_T, 24)
+    assert 0 < peak["value"] <= (1 << 23) - 1
+    with pytest.raises(CapabilityExceeded, match="node '"):
+        prove_ranges(g, MAX_T, 16)  # the same graph in 16 bits: refused, naming a node
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_sdn_reaches_the_anns_accuracy_at_layers_plus_4(emitted, name):
+    """The acceptance bar of issue #22 on the held-out test split, integer mode, conversion
+    only: within 1 point of the ANN at T = layers + 4 (CNN: conv, pool, conv, dense = 4)."""
+    case, g, _ = emitted[name]
+    d = np.load(EXAMPLES / "digits_test.npz")
+    x, y = d["x"], d["y"]
+    T = {"digits_cnn": 8, "digits_mlp": 7}[name]
+    ann = Simulator(case.snn, "ann").run(x, 1).outputs[g.outputs[0]][-1].argmax(-1)
+    res = Simulator(g, "int").run(x, T).outputs[g.outputs[0]][-1].argmax(-1)
+    assert (res == y).mean() >= (ann == y).mean() - 0.01
+
+
+# --- emit, refusals ------------------------------------------------------------------------------
+
+
+def test_hdf5_has_sdnn_neurons(emitted):
+    _, g, outdir = emitted["digits_cnn"]
+    net = lava_target.plan.prepare(g)
+    with h5py.File(outdir / "network.h5", "r") as f:
+        assert len(f["layer"]) == len(net.layers)
+        for i, la in enumerate(net.layers):
+            nrn = f["layer"][str(i)]["neuron"]
+            assert set(SDN_NEURON_FIELDS) <= set(nrn) and nrn["type"][()] == b"SDNN"
+            assert int(nrn["vThMant"][()]) << int(nrn["stateExp"][()]) == la.vth
+        roles = [r.decode() for r in f["spikeport/roles"][()]]
+    assert roles == ["sdn", "pool", "pool", "sdn", "output"]  # a 2x2 max pool: two rounds
+    assert "SigmaDelta" in (outdir / "run_lava.py").read_text()
+
+
+def skip_residual() -> tuple[onnx.ModelProto, np.ndarray]:
+    """A skip over two layers (ResNet's basic block): relu(conv(relu(conv(h))) + h), so the
+    add reads two layers of different depth, two graded Dense into one SigmaDelta."""
+    b = _Builder(11)
+    h = b.op("Relu", [b.conv("x", 2, 6, 3, 1)])
+    h2 = b.op("Relu", [b.conv(h, 6, 6, 3, 1)])
+    r = b.op("Relu", [b.op("Add", [b.conv(h2, 6, 6, 3, 1), h])])
+    g = b.op("GlobalAveragePool", [r])
+    out = b.gemm(b.op("Flatten", [g], axis=1), 6, 4)
+    return b.model((2, 6, 6), out, 4), b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dag_models(tmp_path_factory) -> dict[str, tuple[Graph, np.ndarray]]:
+    """Residual add and concat, which the sigma-delta kind maps (the lava kind refuses them)."""
+    from spikeport.convert import convert
+
+    root = tmp_path_factory.mktemp("dag")
+    out = {}
+    for name, build in [
+        ("residual", FIXTURES["residual"]),
+        ("skip_residual", skip_residual),
+        ("concat_maxpool", concat_maxpool),
+    ]:
+        model, x = build()
+        onnx.save(model, root / f"{name}.onnx")
+        np.savez(root / f"{name}.npz", x=x)
+        snn = convert(root / f"{name}.onnx", root / f"{name}.npz", signed=False)
+        out[name] = (quantize(snn, x, get_profile("lava"), MAX_T), x)
+    return out
+
+
+@pytest.mark.parametrize("name", ["residual", "skip_residual", "concat_maxpool"])
+def test_residual_add_and_concat_map_to_graded_dense(dag_models, name):
+    g, _ = dag_models[name]
+    choice = g.meta["quantization"]["kind_choice"]["candidates"]
+    assert g.meta["quantization"]["neuron_kind"] == SDN
+    assert any("is not supported by target 'lava'" in c.get("refused", "") for c in choice)
+    net = lava_target.plan.prepare(g)
+    adds = [n for n in g.nodes if n.op == "add"]
+    assert all(n.attrs["shift"] == 0 for n in adds)  # folded into the synapses
+    if name != "residual":  # a layer fed by two layers: two graded Dense into one SigmaDelta
+        assert any(la.extra for la in net.layers)
+
+
+@pytest.mark.parametrize("name", ["residual", "skip_residual", "concat_maxpool"])
+def test_residual_and_concat_are_bit_exact_in_lava(lava_env, dag_models, name, tmp_path):
+    g, _ = dag_models[name]
+    emit(g, "lava", tmp_path / name)
+    check_batch(g, tmp_path / name, random_inputs(g, 16, seed=3), MAX_T)
+
+
+def test_a_capped_relu_is_refused_naming_the_node_and_why(cases):
+    """concat_pool ends in Clip(0, 6): SigmaDelta has no cap, the LIF kind no concat."""
+    with pytest.raises(CapabilityExceeded) as e:
+        sdn_graph(cases["concat_pool"])
+    msg = str(e.value)
+    assert "lava: node 'concat_5': op 'concat' is not supported" in msg
+    assert "sdn: node 'clip_11'" in msg and "capped ReLU (cap 6.0)" in msg
+
+
+def test_a_graded_if_stays_refused_by_name(cases):
+    from spikeport.convert import convert
+
+    case = cases["digits_mlp"]
+    g = convert(case.onnx, case.calib, signed=False, spike_bits=2)
+    with pytest.raises(CapabilityExceeded, match=r"spike_bits 2: target 'lava' carries only"):
+        quantize(g, np.load(case.calib)["x"], get_profile("lava"), MAX_T)
+
+
+def test_an_overflowing_a_in_is_refused_naming_the_layer(emitted):
+    _, g, _ = emitted["digits_mlp"]
+    bad = copy.deepcopy(g)
+    relu = next(n for n in bad.nodes if n.op == "if")
+    relu.attrs["state_exp"] = 0  # messages 2^9 times larger than quantize planned
+    with pytest.raises(CapabilityExceeded, match="node 'node_relu_1' \\(synapses\\).*24-bit a_in"):
+        lava_target.plan.prepare(bad)
+
+
+def test_cli_quantize_refusal_is_one_line_exit_2(cases, tmp_path):
+    spk = tmp_path / "cp.spk"
+    save(unsigned_snn(cases["concat_pool"]), spk)
+    args = ["quantize", str(spk), "--calib", str(cases["concat_pool"].calib), "--target", "lava"]
+    res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "q.spk")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("error: no neuron kind of target 'lava' runs this graph")
+    assert not (tmp_path / "q.spk").exists()
+
+
+# --- Lava's fixed-point run equals the simulator, bit for bit ----------------------------------
+
+
+@pytest.mark.parametrize("name", DIGITS)
+def test_lava_fixed_pt_is_bit_exact_for_every_T_1_to_12(lava_env, emitted, name):
+    """50 random int8 inputs per model, one Lava run of T = 12, every layer's graded messages
+    and the output at every step 1..12. This covers every T from 1 to 12: the network is
+    causal and every input starts from the reset state, so step t of a T = 12 run is step t of
+    a T = t run (the simulator's accumulator t * output_t depends on step t alone)."""
+    _, g, outdir = emitted[name]
+    x = random_inputs(g, RANDOM_INPUTS, seed=len(name))
+    start = time.time()
+    check_batch(g, outdir, x, MAX_T)
+    print(f"{name}: {RANDOM_INPUTS} inputs x T=12 in Lava: {time.time() - start:.1f} s")
+
+
+def test_a_changed_weight_is_caught(lava_env, emitted, tmp_path):
+    case, g, outdir = emitted["digits_cnn"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in outdir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    with h5py.File(bad / "network.h5", "r+") as f:
+        w = f["layer/3/weight"][()]
+        del f["layer/3/weight"]
+        f["layer/3/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
+    with pytest.raises(CheckFailed, match="Lava \\(fixed_pt\\) differs"):
+        verify(g, bad, case.test_x[:8], T=MAX_T)
+
+
+def test_cli_finetune_for_the_sdn_kind(cases, tmp_path):
+    spk, out = tmp_path / "mlp.spk", tmp_path / "mlp_ft.spk"
+    save(unsigned_snn(cases["digits_mlp"]), spk)
+    base = ["finetune", str(spk), "--data", str(EXAMPLES / "digits_train.npz"), "-T", "4"]
+    args = [*base, "--epochs", "1", "--target", "lava", "--kind", "sdn", "-o", str(out), "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    g = load(out)
+    assert all(kind_of(n) == SDN for n in g.nodes if n.op in ("if", "maxpool2d"))
+    bad = [*base, "--target", "c", "--kind", "sdn", "-o", str(tmp_path / "x.spk")]
+    res = CliRunner().invoke(main, bad)
+    assert res.exit_code == 2 and "target 'c' runs subtract, not 'sdn'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.spk").exists()
