@@ -47,6 +47,7 @@ def _check(graph: Graph) -> None:
 
 PROFILE = Profile(
     "nir",
+    mult_bits=16,  # its consumers run adds in float32: products stay exact (no widening)
     signed_spikes=False,
     max_spike_bits=1,
     spike_bits_why="NIR's IF node emits 0/1 spikes; it has no multi-threshold neuron",
