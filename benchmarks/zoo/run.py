@@ -12,7 +12,7 @@ T-aware conversion (the default, `--t-aware` here) searches every neuron's thres
 took 2 to 9 minutes a model on 2 shared cores (resnet10t 125 s, resnet18 246 s, resnet50
 526 s, all passing), which made the whole zoo several hours.
 
-    python benchmarks/zoo/run.py [--only NAME ...] [--budget 600] [--jobs 2] [--t-aware]
+    python benchmarks/zoo/run.py [--only NAME ... [--update]] [--budget 600] [--jobs 2] [--t-aware]
 """
 
 from __future__ import annotations
@@ -276,6 +276,16 @@ def write_results(rows: list[Row], unbuilt: list[dict], convert_flags: str = "")
     (HERE / "results.json").write_text(json.dumps(data, indent=1))
 
 
+def _updated(rows: list[Row], flags: tuple[str, ...]) -> tuple[list[Row], list[dict]]:
+    """The last results.json with `rows` in place of theirs (same conversion flags only)."""
+    last = json.loads((HERE / "results.json").read_text())
+    if last.get("convert_flags", "") != " ".join(flags):
+        raise SystemExit("error: --update needs the conversion flags of results.json's run")
+    new = {r.model: r for r in rows}
+    merged = [new.pop(d["model"], None) or Row(**d) for d in last["rows"]]
+    return merged + list(new.values()), last["not_built"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="run only these models")
@@ -287,6 +297,11 @@ def main() -> None:
         action="store_true",
         help="convert with T-aware conversion (spikeport's default; a search per neuron: "
         "minutes per model here) instead of --no-t-aware",
+    )
+    ap.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace those rows in results.json, keep the others",
     )
     ap.add_argument("--ann-check", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -308,7 +323,10 @@ def main() -> None:
     # each model runs in subprocesses of one thread each: --jobs of them fill as many cores
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(one, range(len(todo)), todo))
-    write_results(rows, [e for e in entries if "build_error" in e], " ".join(flags))
+    unbuilt = [e for e in entries if "build_error" in e]
+    if a.update:  # the other models' rows from the last full run, in manifest order
+        rows, unbuilt = _updated(rows, flags)
+    write_results(rows, unbuilt, " ".join(flags))
     print((HERE / "RESULTS.md").read_text().splitlines()[4])
 
 
