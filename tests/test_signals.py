@@ -57,6 +57,9 @@ def test_a_signal_mid_write_leaves_nothing_and_one_line(tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        # a shell starts background jobs with SIGINT ignored, and Python then keeps ignoring
+        # it (nohup's convention, which the CLI respects): the child gets the default back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(sig)
