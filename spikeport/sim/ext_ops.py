@@ -126,6 +126,12 @@ def _reduce_sum(node: Node, mode: str, shape: Shape) -> Kernel:
     return Stateless(lambda x: x.sum(axis=axes, keepdims=keep))
 
 
+def _separable(mh: np.ndarray, x: np.ndarray, mw: np.ndarray) -> np.ndarray:
+    """Mh @ x[n, c] @ Mw.T for every image: one axis at a time. (One einsum over both axes
+    summed every (h, w, H, W) cell: a 128 -> 256 bilinear upsampling took minutes.)"""
+    return np.matmul(np.matmul(mh, x), mw.T)
+
+
 @kernel("resize")
 def _resize(node: Node, mode: str, shape: Shape) -> Kernel:
     """The matrices follow from the input shape, which a kernel first sees at its first call."""
@@ -139,11 +145,11 @@ def _resize(node: Node, mode: str, shape: Shape) -> Kernel:
         return Stateless(pick)
     if mode == "int":  # integer weights; their 2^-bits per axis live in the output scale
         mh, mw = node.params["rows_q"].astype(np.int64), node.params["cols_q"].astype(np.int64)
-        return Stateless(lambda x: np.einsum("hH,nCHW,wW->nChw", mh, x, mw))
+        return Stateless(lambda x: _separable(mh, x, mw))
 
     def mix(x: np.ndarray) -> np.ndarray:
         mh, mw = maps(x.shape[1:])
-        return np.einsum("hH,nCHW,wW->nChw", mh, x, mw)
+        return _separable(mh, x, mw)
 
     return Stateless(mix)
 
