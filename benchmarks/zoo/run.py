@@ -143,8 +143,8 @@ def _ulp_moved(x: np.ndarray | dict) -> np.ndarray | dict:
     def move(v: np.ndarray) -> np.ndarray:
         if not np.issubdtype(v.dtype, np.floating):
             return v
-        v = v.astype(np.float32)
-        return np.nextafter(v, np.where(rng.random(v.shape) < 0.5, -np.inf, np.inf))
+        v = v.astype(np.float32)  # and the direction too: a float64 one moves by float64's ulp
+        return np.nextafter(v, np.where(rng.random(v.shape) < 0.5, -np.inf, np.inf).astype(v.dtype))
 
     return {k: move(v) for k, v in x.items()} if isinstance(x, dict) else move(x)
 
