@@ -3,6 +3,7 @@ imported, converted and quantized once per session."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +92,16 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 @pytest.fixture(params=CASE_NAMES)
 def case(request: pytest.FixtureRequest, cases: dict[str, Case]) -> Case:
     return cases[request.param]
+
+
+@pytest.fixture(scope="module")
+def lava_env():  # noqa: ANN201
+    """Lava's interpreter, or a skip (locally) / a failure (CI=true) saying why there is none."""
+    from spikeport.targets.lava import LavaUnavailable, lava_python
+
+    try:
+        return lava_python()
+    except LavaUnavailable as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run Lava: {e}")
+        pytest.skip(str(e))

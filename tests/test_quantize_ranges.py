@@ -225,19 +225,17 @@ def _convert_torch(model, shape: tuple[int, ...], tmp_path):  # noqa: ANN001, AN
     return convert(path, tmp_path / "c.npz", tune=False), x
 
 
-def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_path):
-    """ConvNeXt's layer scale starts at 1e-6: that branch of the residual add is below the
-    output's resolution. Quantize leaves it out (saying so) instead of refusing the model."""
+def _scaled_branch(gamma: float):  # noqa: ANN202
+    """A residual block whose branch is scaled by `gamma` (ConvNeXt's layer scale) and added
+    to a neuron's spikes."""
     import torch
     from torch import nn
-
-    from spikeport.quantize import get_profile, quantize
 
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
             self.stem, self.branch = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
-            self.gamma = nn.Parameter(torch.full((8, 1, 1), 1e-6))
+            self.gamma = nn.Parameter(torch.full((8, 1, 1), gamma))
             self.head = nn.Linear(8, 4)
 
         def forward(self, x):
@@ -245,8 +243,18 @@ def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_pat
             h = torch.relu(h + self.gamma * self.branch(h))
             return self.head(h.mean((2, 3)))
 
+    return Block()
+
+
+def test_an_add_input_below_half_an_output_step_is_left_out_and_recorded(tmp_path):
+    """ConvNeXt's layer scale starts at 1e-6: that branch of the residual add is below the
+    output's resolution. Quantize leaves it out (saying so) instead of refusing the model."""
+    import torch
+
+    from spikeport.quantize import get_profile, quantize
+
     torch.manual_seed(0)
-    snn, x = _convert_torch(Block(), (3, 6, 6), tmp_path)
+    snn, x = _convert_torch(_scaled_branch(1e-6), (3, 6, 6), tmp_path)
     q = quantize(snn, x, get_profile("sim"))
     (note,) = q.meta["quantization"]["notes"]
     assert "below half an output step" in note and "left out" in note
@@ -350,26 +358,13 @@ def test_a_small_branch_beside_coarse_spikes_widens_the_add_multipliers(tmp_path
     import shutil
 
     import torch
-    from torch import nn
 
     from spikeport.quantize import get_profile, quantize
     from spikeport.sim import simulate
     from spikeport.targets import emit, verify
 
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem, self.branch = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
-            self.gamma = nn.Parameter(torch.full((8, 1, 1), 2e-3))
-            self.head = nn.Linear(8, 4)
-
-        def forward(self, x):
-            h = torch.relu(self.stem(x))
-            h = torch.relu(h + self.gamma * self.branch(h))
-            return self.head(h.mean((2, 3)))
-
     torch.manual_seed(0)
-    snn, x = _convert_torch(Block(), (3, 6, 6), tmp_path)
+    snn, x = _convert_torch(_scaled_branch(2e-3), (3, 6, 6), tmp_path)
     q = quantize(snn, x, get_profile("c"), max_timesteps=8)
     (add,) = [n for n in q.nodes if n.op == "add"]
     assert np.abs(add.params["mult_q"]).max() > 2**15  # widened past 16 bits

@@ -8,7 +8,6 @@ run Lava must not report this target as verified.
 
 from __future__ import annotations
 
-import os
 import time
 
 import h5py
@@ -31,7 +30,7 @@ from spikeport.sim.ops import IFNeuron, LavaIFNeuron
 from spikeport.targets import emit, verify
 from spikeport.targets import lava as lava_target
 from spikeport.targets.compare import random_inputs
-from spikeport.targets.lava import LavaUnavailable, check_batch, lava_python
+from spikeport.targets.lava import LavaUnavailable, check_batch
 from spikeport.targets.lava import capabilities as cap
 from spikeport.targets.lava.hdf5 import NETX_FIELDS, NEURON_FIELDS
 from spikeport.targets.lava.reference import reference
@@ -46,17 +45,6 @@ def lava_graph(case) -> Graph:
     (tests/test_target_lava_sdn.py), so these tests ask for the LIF kind's own profile."""
     calib = np.load(case.calib)["x"]
     return quantize(unsigned_snn(case), calib, lava_target.LIF_PROFILE, max_timesteps=MAX_T)
-
-
-@pytest.fixture(scope="module")
-def lava_env():
-    """Lava's interpreter, or a skip (locally) / a failure (CI=true) saying why there is none."""
-    try:
-        return lava_python()
-    except LavaUnavailable as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run Lava: {e}")
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ test_target_lava.py.
 from __future__ import annotations
 
 import copy
-import os
 import time
 
 import h5py
@@ -35,7 +34,7 @@ from spikeport.sim.ops import KERNELS, SigmaDeltaNeuron, sdn_tournament
 from spikeport.targets import emit, verify
 from spikeport.targets import lava as lava_target
 from spikeport.targets.compare import random_inputs
-from spikeport.targets.lava import LavaUnavailable, check_batch, lava_python
+from spikeport.targets.lava import check_batch
 from spikeport.targets.lava.hdf5 import SDN_NEURON_FIELDS
 
 DIGITS = ["digits_cnn", "digits_mlp"]
@@ -47,16 +46,6 @@ def sdn_graph(case) -> Graph:
     """quantize --target lava: on both digits models it picks the sigma-delta kind."""
     calib = np.load(case.calib)["x"]
     return quantize(unsigned_snn(case), calib, get_profile("lava"), max_timesteps=MAX_T)
-
-
-@pytest.fixture(scope="module")
-def lava_env():
-    try:
-        return lava_python()
-    except LavaUnavailable as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run Lava: {e}")
-        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
