@@ -105,3 +105,18 @@ def lava_env():  # noqa: ANN201
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI must run Lava: {e}")
         pytest.skip(str(e))
+
+
+def lava_with_a_changed_weight(outdir: Path, dest: Path, layer: int) -> Path:
+    """A copy of an emitted Lava network whose `layer` weights are off by one where nonzero:
+    verify must catch it."""
+    import h5py
+
+    dest.mkdir()
+    for f in outdir.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    with h5py.File(dest / "network.h5", "r+") as f:
+        w = f[f"layer/{layer}/weight"][()]
+        del f[f"layer/{layer}/weight"]
+        f[f"layer/{layer}/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
+    return dest

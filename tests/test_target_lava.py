@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES, cli_emit_verify, unsigned_snn
+from conftest import EXAMPLES, cli_emit_verify, lava_with_a_changed_weight, unsigned_snn
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
@@ -291,14 +291,7 @@ def test_verify_on_test_images_through_the_registry(lava_env, emitted):
 
 def test_a_changed_weight_is_caught(lava_env, emitted, tmp_path):
     case, g, outdir = emitted["digits_cnn"]
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in outdir.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
-    with h5py.File(bad / "network.h5", "r+") as f:
-        w = f["layer/2/weight"][()]
-        del f["layer/2/weight"]
-        f["layer/2/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
+    bad = lava_with_a_changed_weight(outdir, tmp_path / "bad", layer=2)
     with pytest.raises(CheckFailed, match="Lava \\(fixed_pt\\) differs"):
         verify(g, bad, case.test_x[:8], T=MAX_T)
 

@@ -18,7 +18,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES, unsigned_snn
+from conftest import EXAMPLES, lava_with_a_changed_weight, unsigned_snn
 from fixture_models import FIXTURES, _Builder, concat_maxpool
 
 from spikeport.cli.main import main
@@ -356,14 +356,7 @@ def test_lava_fixed_pt_is_bit_exact_for_every_T_1_to_12(lava_env, emitted, name)
 
 def test_a_changed_weight_is_caught(lava_env, emitted, tmp_path):
     case, g, outdir = emitted["digits_cnn"]
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in outdir.iterdir():
-        (bad / f.name).write_bytes(f.read_bytes())
-    with h5py.File(bad / "network.h5", "r+") as f:
-        w = f["layer/3/weight"][()]
-        del f["layer/3/weight"]
-        f["layer/3/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
+    bad = lava_with_a_changed_weight(outdir, tmp_path / "bad", layer=3)
     with pytest.raises(CheckFailed, match="Lava \\(fixed_pt\\) differs"):
         verify(g, bad, case.test_x[:8], T=MAX_T)
 
