@@ -358,7 +358,7 @@ def _widening(ctx: _Ctx, node: Node, ratio: np.ndarray, shift: int, s_y: float) 
     that input's multiplier to carry FINE_MULT_BITS bits, the coarse multipliers widening up
     to the profile's mult_bits, where the proof bounds every product sum in int64. Inputs
     below half an output step are left out instead (_below_resolution), not widened for."""
-    live = [i for i, name in enumerate(node.inputs) if ctx.peak(name) >= 0.5 * s_y]
+    live = [i for i, name in enumerate(node.inputs) if not _left_out(ctx, name, s_y)]
     finest = min((float(ratio[i].min()) for i in live), default=0.0) * 2.0**shift
     if not live or finest >= 0.5 or finest <= 0:
         return 0
@@ -372,15 +372,19 @@ def _widening(ctx: _Ctx, node: Node, ratio: np.ndarray, shift: int, s_y: float) 
     return extra if worst < INT64_SAFE else 0
 
 
+def _left_out(ctx: _Ctx, tensor: str, s_y: float) -> bool:
+    """An add input whose whole calibrated range is below half the output's step."""
+    return ctx.peak(tensor) < 0.5 * s_y
+
+
 def _below_resolution(ctx: _Ctx, node: Node, i: int, step: float, s_y: float) -> None:
     """An input whose multiplier rounds to 0. Where its whole calibrated range is below half
     an output step (ConvNeXt's layer scale at 1e-6, a branch that barely contributes) it is
     left out, recorded in the artifact; otherwise refuse, saying how many bits it needs."""
     name = node.inputs[i]
-    peak = ctx.peak(name)
-    if peak < 0.5 * s_y:
-        note = f"node '{node.name}' (add): input '{name}' (peak {peak:.3g}) is below half an "
-        ctx.notes.append(note + f"output step ({s_y:.3g}) and is left out")
+    if _left_out(ctx, name, s_y):
+        note = f"node '{node.name}' (add): input '{name}' (peak {ctx.peak(name):.3g}) is below "
+        ctx.notes.append(note + f"half an output step ({s_y:.3g}) and is left out")
         return
     need = max(1, math.ceil(math.log2(0.5 / max(step, 1e-300))))
     raise ctx.refuse(
