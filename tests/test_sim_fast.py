@@ -130,14 +130,18 @@ def test_counts_sum_exactly_past_float32(seed, peak):
     bits=st.integers(1, 3),
     kind=st.sampled_from(["unsigned", "signed", "bipolar"]),
     T=st.integers(1, 10),
+    static=st.booleans(),
 )
-def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T):
-    """fast.IntIF (running sums in, counts out) and fast.StepIF (per step) give the reference
-    IFNeuron's spikes, for binary and graded, unsigned, signed and bipolar neurons."""
+def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
+    """fast.IntIF (running sums in, counts out; and its closed form for a current equal at
+    every step) and fast.StepIF (per step) give the reference IFNeuron's spikes, for binary
+    and graded, unsigned, signed and bipolar neurons."""
     rng = np.random.default_rng(seed)
     C, N, K = 5, 7, (1 << bits) - 1
     theta = rng.integers(1, 60, C)
     current = rng.integers(-3, 4, (T, N, C)) * rng.integers(0, 60, (T, N, C))
+    if static:  # every step the first one's current: a first layer fed by a static input
+        current = np.broadcast_to(current[:1], current.shape).copy()
     signed, bipolar = kind != "unsigned", kind == "bipolar"
     ref = IFNeuron(theta, signed, True, (C,), bipolar, K)
     ref.reset(N)
@@ -153,3 +157,6 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T):
     cum = fast.IntIF(node, (C,), bounds)(np.cumsum(current, axis=0)).y
     np.testing.assert_array_equal(step, want)
     np.testing.assert_array_equal(np.diff(cum, axis=0, prepend=0), want)
+    if static:
+        closed = fast.IntIF(node, (C,), bounds).static(current[0], T).y
+        np.testing.assert_array_equal(closed, cum)

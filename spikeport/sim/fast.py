@@ -68,11 +68,14 @@ STEP, CUM, ANY = "step", "cum", "any"
 class FastKernel:
     """run(*inputs (T, N, ...), cumulative=bool) -> Steps, in the form `takes` names: per-step
     values (STEP), running sums (CUM), or either (ANY: the output comes in the inputs' form,
-    `cumulative` says which). `dtype` holds its inputs' running sums exactly."""
+    `cumulative` says which). `dtype` holds its inputs' running sums exactly. `static`, where
+    given, runs it on an input that is equal at every step, (N, ...), for T steps, with the
+    output in running sums."""
 
     run: Callable[..., Steps]
     takes: str = STEP
     dtype: torch.dtype = torch.float64
+    static: Callable[[np.ndarray, int], Steps] | None = None
 
 
 # maker(node, mode, per-sample output shape, the range proof's bounds in "int" mode)
@@ -90,6 +93,25 @@ def running_sum(x: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarr
     for t in range(1, len(x)):
         np.add(out[t - 1], x[t], out=out[t])
     return out
+
+
+# Layout: a convolution's output is channels-last (faster here, see _conv), and the elementwise
+# ops after it (neurons, adds, pools) keep whatever dense layout they get: torch iterates any
+# dense strides in memory order, where a .contiguous() would copy every tensor twice (to NCHW
+# and back for the next convolution).
+
+
+def memory_order(x: torch.Tensor | np.ndarray, first: int = 1) -> list[int]:
+    """The axes from `first` on, by descending stride: the order in which a dense tensor (a
+    channels-last one too) holds its elements in memory."""
+    strides = x.stride() if isinstance(x, torch.Tensor) else x.strides
+    return sorted(range(first, x.ndim), key=lambda d: -strides[d])
+
+
+def step_rows(x: torch.Tensor) -> torch.Tensor:
+    """(T, ...) -> (T, M), each step's elements in memory order: a view, not a copy, of a dense
+    tensor in any layout (a plain reshape copies a channels-last one)."""
+    return x.permute(0, *memory_order(x)).reshape(len(x), -1)
 
 
 def _torch(x: np.ndarray) -> torch.Tensor:
@@ -148,9 +170,9 @@ def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool
     """y (T*N, ...) plus the bias (already shaped to broadcast against one sample) at every
     step; summed over t steps that is t * b."""
     y = _unfold(y, T)
-    if b is not None:
+    if b is not None:  # in place: y is the op's own fresh output
         steps = torch.arange(1, T + 1, dtype=y.dtype).reshape((T,) + (1,) * (y.dim() - 1))
-        y = y + (b * steps if cumulative else b)
+        y.add_(b * steps if cumulative else b)
     return y.numpy()
 
 
@@ -182,9 +204,12 @@ def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
 
     def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
-        x = _pad(x, a["pads"]).contiguous(memory_format=torch.channels_last)
+        t, left, b, r = a["pads"]
+        same = t == b and left == r  # symmetric: the convolution pads, no padded copy
+        x = (x if same else _pad(x, a["pads"])).contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, w, None, a["strides"], 0, a["dilations"], a["group"])
+        pad = (t, left) if same else 0
+        return F.conv2d(x, w, None, a["strides"], pad, a["dilations"], a["group"])
 
     return _linear(node, mode, bounds, conv, (-1, 1, 1))
 
@@ -275,36 +300,59 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
         def run(current: np.ndarray, cumulative: bool = False) -> Steps:
             return cum(current) if cumulative else step(current)
 
-        return FastKernel(run, ANY, cum.dt)
+        return FastKernel(run, ANY, cum.dt, cum.static)
     return FastKernel(StepIF(node, shape, None))
 
 
 @fast_kernel("add")
 def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
-    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step: in float32 where the proof
-    bounds sum |m_i| |x_i| below 2^23, in float64 below 2^53 (power-of-two scale and floor
-    exact), else (multipliers widened past 16 bits, or no proof) in int64, as the reference."""
+    """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step, in the narrowest exact type
+    for the proof's bound on sum |m_i| |x_i| (_exact_type); int64, as the reference, without a
+    proof once multipliers pass 16 bits. With shift 0 it is linear (floor of an integer is
+    itself), so it takes running sums too and a residual block stays in running sums."""
     if mode != "int":
         return None  # a plain sum: the reference kernel, folded
     m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
-    dt = torch.int64
-    if bounds is not None:
-        peak = sum(
-            np.abs(m).max() * bounds[i].step.max() for m, i in zip(m64, node.inputs, strict=True)
-        )
-        dt = torch.float32 if peak < FLOAT32_SAFE else torch.float64 if peak < 2.0**53 else dt
-    elif max(float(np.abs(m).max()) for m in m64) < 2**16:
-        dt = torch.float64  # |x| < 2^31 and 16-bit m: every product and sum below 2^53
-    mult = [torch.from_numpy(m).to(dt) for m in m64]
     shift = node.attrs.get("shift", 0)
+    if bounds is None:
+        wide = max(float(np.abs(m).max()) for m in m64) >= 2**16
+        # |x| < 2^31 and 16-bit m: every product and sum below 2^53
+        dts = {False: torch.int64 if wide else torch.float64}
+        outs = {False: torch.float64}
+    else:
+        dts, outs = {}, {}
+        for cum in (False, True) if shift == 0 else (False,):
+            pick = (lambda b: b.total) if cum else (lambda b: b.step)  # noqa: E731
+            peak = sum(np.abs(m).max() * pick(bounds[i]).max() for m, i in zip(m64, node.inputs))
+            dts[cum] = _exact_type(float(peak))
+            out = float(pick(bounds[node.output]).max(initial=0))
+            outs[cum] = torch.float32 if out < FLOAT32_SAFE else torch.float64
+    mults = {dt: [torch.from_numpy(m).to(dt) for m in m64] for dt in set(dts.values())}
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
-        total = sum(m * _torch(x).to(dt) for m, x in zip(mult, xs, strict=True))
-        if dt == torch.int64:  # an arithmetic shift right is floor division by 2^shift
-            return Steps((total >> shift).to(torch.float64).numpy())  # type: ignore[operator]
-        return Steps(torch.floor(total * 2.0**-shift).numpy())  # type: ignore[union-attr]
+        dt = dts[cumulative]
+        ms = mults[dt]
+        total = ms[0] * _torch(xs[0]).to(dt)
+        for m, x in zip(ms[1:], xs[1:], strict=True):
+            total.addcmul_(m, _torch(x).to(dt))  # in place: no temporaries
+        if not dt.is_floating_point:  # an arithmetic shift right is floor division by 2^shift
+            y = total >> shift  # type: ignore[operator]
+        else:
+            y = torch.floor(total * 2.0**-shift) if shift else total  # type: ignore[operator]
+        return Steps(y.to(outs[cumulative]).numpy())  # type: ignore[union-attr]
 
-    return FastKernel(run)
+    return FastKernel(run, ANY if True in dts else STEP)
+
+
+def _exact_type(peak: float) -> torch.dtype:
+    """The narrowest type whose sums of integers up to `peak` are exact: float32 below 2^23,
+    int32 (half float64's memory traffic; a shift is floor division) below 2^31, float64 below
+    2^53, else int64."""
+    if peak < FLOAT32_SAFE:
+        return torch.float32
+    if peak < 2.0**31:
+        return torch.int32
+    return torch.float64 if peak < 2.0**53 else torch.int64
 
 
 class IntIF:
@@ -330,9 +378,22 @@ class IntIF:
         self.binary = self.K == 1 and not (self.signed or self.bipolar)
 
     def __call__(self, current: np.ndarray) -> Steps:
-        c = _torch(current).to(self.dt).contiguous()  # running sums of the input current
+        c = _torch(current).to(self.dt)  # running sums of the input current (see Layout above)
         n = self._binary(c) if self.binary else self._levels(c)
         return Steps(n.numpy(), lambda: self._state(c, n))
+
+    def static(self, current: np.ndarray, T: int) -> Steps:
+        """The same for an input current I equal at every step (a first layer's): q_t =
+        floor((v0 + t I) / theta) then changes by at most K a step in the direction of I
+        (0 <= v0 < theta), so the clamps above reduce to N_t = clamp(q_t, lo t, K t), with lo
+        = -K for bipolar neurons and 0 otherwise (a signed neuron's count starts at 0 and
+        cannot go below it). All T steps at once, no loop."""
+        i = _torch(current).to(self.dt)
+        t = torch.arange(1, T + 1, dtype=self.dt).reshape((T,) + (1,) * i.dim())
+        n = torch.addcmul(self.v0, i[None], t)  # v0 + C_t, exact: see FLOAT32_SAFE
+        n.div_(self.theta).floor_()  # in place: one tensor of T steps, no temporaries
+        n.clamp_(min=-self.K * t if self.bipolar else torch.zeros_like(t), max=self.K * t)
+        return Steps(n.numpy(), lambda: self._state(i[None] * t, n))
 
     def _binary(self, c: torch.Tensor) -> torch.Tensor:
         a = c + (self.v0 - self.theta)
@@ -363,7 +424,7 @@ class IntIF:
 
     def _state(self, c: torch.Tensor, n: torch.Tensor) -> np.ndarray:
         """Peak |v| after each step: v_t = v0 + C_t - theta * N_t."""
-        v = (c + self.v0 - self.theta * n).reshape(len(c), -1).abs()
+        v = step_rows(c + self.v0 - self.theta * n).abs()
         return v.max(dim=1).values.to(torch.float64).numpy().astype(np.int64)
 
 
@@ -414,8 +475,8 @@ class StepIF:
         return torch.clamp(torch.maximum(k, low), max=self.K)
 
     def __call__(self, current: np.ndarray, cumulative: bool = False) -> Steps:
-        cur = _torch(current).to(self.dt).contiguous()  # a conv's output is channels-last
-        v = self.v0.expand(cur.shape[1:]).clone()
+        cur = _torch(current).to(self.dt)  # in its own layout (see Layout above)
+        v = torch.empty_like(cur[0]).copy_(self.v0.expand(cur.shape[1:]))
         count = torch.zeros_like(v)
         k = torch.empty_like(cur)
         state = np.zeros(len(cur), np.int64)

@@ -24,7 +24,17 @@ from spikeport.batch import Batch, size, take
 from spikeport.errors import SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels
-from spikeport.sim.fast import ANY, CUM, FLOAT32_SAFE, STEP, FastKernel, Steps, running_sum
+from spikeport.sim.fast import (
+    ANY,
+    CUM,
+    FLOAT32_SAFE,
+    STEP,
+    FastKernel,
+    Steps,
+    memory_order,
+    running_sum,
+    step_rows,
+)
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 
 if TYPE_CHECKING:
@@ -108,6 +118,9 @@ def _run_node(sim: Simulator, node: Node, ref: Kernel, ins: list[Val], T: int) -
     """The node over all T steps: its fast kernel, else its reference kernel."""
     integer = sim.mode == "int"
     fast = sim.fast.get(node.name)
+    if fast is not None and fast.static is not None and [v.form for v in ins] == [STATIC]:
+        steps = fast.static(ins[0].x, T)
+        return Val(steps.y, CUM), steps
     form = _form(fast, node, ins)
     if form == CUM:
         xs = [as_cum(v, T, fast.dtype if fast else None) for v in ins]
@@ -158,19 +171,21 @@ class _Counts:
         """sum over batch and elements of x * fanout, per step: (T,) int64. x in [0, peak]:
         one matrix-vector product per sample, in float32 where a sample's sum is below 2^24
         (exact), then per step in float64."""
-        xt = torch.from_numpy(np.ascontiguousarray(x))
+        xt = torch.from_numpy(x)
         T, n = x.shape[:2]
         if isinstance(fanout, int):
-            return _sum(xt.reshape(T, -1), peak).astype(np.int64) * fanout
-        f = np.broadcast_to(fanout, x.shape[2:]).reshape(-1).astype(np.float64)
+            return _sum(step_rows(xt), peak).astype(np.int64) * fanout
+        order = memory_order(xt, 2)  # the fan-outs in the order x holds its elements: no copy
+        f = np.broadcast_to(fanout, x.shape[2:]).transpose([d - 2 for d in order])
+        f = f.reshape(-1).astype(np.float64)
         dt = torch.float32 if peak * f.sum() < FLOAT32_SAFE else torch.float64
-        per = xt.reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
+        per = xt.permute(0, 1, *order).reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
         return _sum(per.reshape(T, n), peak * float(f.sum())).astype(np.int64)
 
     def events(self, k: np.ndarray, bits: int, levels_k: int, binary: bool = False) -> None:
         """Per-step counts k (|k| <= levels_k): events are the nonzero ones, levels the sum of
         |k| (the sum itself where the proof says every count is 0 or 1)."""
-        flat = torch.from_numpy(np.ascontiguousarray(k)).reshape(len(k), -1)
+        flat = step_rows(torch.from_numpy(k))
         levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
         events = levels if binary else np.count_nonzero(flat.numpy(), axis=1)
         self.spikes += events
@@ -179,7 +194,7 @@ class _Counts:
 
     def binary_events(self, cum: np.ndarray, bits: int) -> None:
         """Unsigned binary spikes held as running counts: events are count differences."""
-        total = _sum(torch.from_numpy(cum).reshape(len(cum), -1), len(cum))
+        total = _sum(step_rows(torch.from_numpy(cum)), len(cum))
         events = np.diff(total, prepend=0).astype(np.int64)
         self.spikes += events
         self.levels += events
@@ -203,8 +218,8 @@ def _sum(x: torch.Tensor, peak: float) -> np.ndarray:
 
 def _check(sim: Simulator, node: Node, y: np.ndarray, state: np.ndarray | None) -> None:
     """The reference's run-time range check, over all steps at once (y is (T, N, ...))."""
-    flat = y.reshape(len(y), -1)
-    worst = np.maximum(flat.max(axis=1, initial=0), -flat.min(axis=1, initial=0))
+    rest = tuple(range(1, y.ndim))  # reduced in place: a reshape would copy a channels-last y
+    worst = np.maximum(y.max(axis=rest, initial=0), -y.min(axis=rest, initial=0))
     if state is not None:
         worst = np.maximum(worst, state)
     over = np.flatnonzero(worst > sim.limit)

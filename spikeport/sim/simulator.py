@@ -134,12 +134,24 @@ class Simulator:
         self.backend = backend
         self.levels_out = holds_levels(graph)  # accumulate t * output_t (kinds.holds_levels)
         # The range proof, rederived from this graph's integers: it picks the float width of
-        # every fast kernel's sums and spares the run-time checks it already guarantees.
-        fast_int = backend == "fast" and mode == "int" and self.max_t is not None
-        self.bounds = range_bounds(graph, self.max_t) if fast_int else None
-        self.fast = self._fast_kernels() if backend == "fast" else {}
+        # every fast kernel's sums and spares the run-time checks it already guarantees. It is
+        # made for the T of each run (for_steps): running sums over 8 steps are bounded far
+        # tighter than over max-T, so more kernels sum in float32.
+        self._proof_needed = backend == "fast" and mode == "int" and self.max_t is not None
+        self._by_steps: dict[int, tuple[dict | None, dict[str, FastKernel]]] = {}
+        self.bounds: dict | None = None
+        self.fast: dict[str, FastKernel] = {}
+        if backend == "fast":
+            self.for_steps(self.max_t or 1)
         names = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
         self.widest = max(math.prod(graph.shape(t)) for t in names)  # values per sample
+
+    def for_steps(self, T: int) -> None:
+        """Take the range proof and fast kernels for runs of at most T steps (made once)."""
+        if T not in self._by_steps:
+            self.bounds = range_bounds(self.graph, T) if self._proof_needed else None
+            self._by_steps[T] = (self.bounds, self._fast_kernels())
+        self.bounds, self.fast = self._by_steps[T]
 
     def _fast_kernels(self) -> dict[str, FastKernel]:
         """The fast kernel of every node that has one (the others run their reference one)."""
@@ -177,6 +189,7 @@ class Simulator:
                 f"overflow; quantize again with --max-T {T}"
             )
         if self.backend == "fast":
+            self.for_steps(T)
             return run_layers(self, x, T, record, observe)
         for _, k in self.kernels:
             k.reset(size(x))
