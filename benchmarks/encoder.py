@@ -91,7 +91,7 @@ def per_feature_input_thresholds(snn, model: Path, calib: Path, percentile: floa
     from spikeport.data import load_data
 
     ann = import_model(model, None, sample_shapes(calib))
-    stats = collect(ann, ir_runner(ann), load_data(calib, ann.inputs).x)  # (features, tokens)
+    stats = collect(ann, ir_runner(ann), load_data(calib, ann.inputs).x, lowest=percentile)
     readers: dict[str, set[str]] = {}
     for n in snn.nodes:
         for t in n.inputs:
@@ -99,7 +99,7 @@ def per_feature_input_thresholds(snn, model: Path, calib: Path, percentile: floa
     changed = 0
     for n in snn.nodes:
         if n.op == "if" and n.attrs.get("bipolar") and readers.get(n.output) == {"dense"}:
-            theta = np.percentile(np.abs(stats[n.inputs[0]]), percentile, axis=1)
+            theta = stats[n.inputs[0]].percentile(percentile, True, absolute=True)
             n.params["threshold"] = np.where(theta > 0, theta, 1.0).astype(np.float32)
             changed += 1
     return changed

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import EXAMPLES
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spikeport.data import load_data
 from spikeport.eval import evaluate
@@ -131,3 +133,35 @@ def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
             err = _channels_first(mean - run.ann[node.output], axes.get(node.output, -1))
             scale = np.abs(run.ann[node.output]).mean()
             assert np.abs(err.mean(axis=1)).max() < 1e-4 * scale + 1e-5, node.name
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    channels=st.integers(1, 6),
+    batches=st.lists(st.integers(1, 300), min_size=1, max_size=5),
+    q=st.sampled_from([50.0, 90.0, 99.0, 99.9, 99.99, 100.0]),
+)
+def test_streamed_tails_give_numpys_percentiles(seed, channels, batches, q):
+    """calibrate.Tails keeps only the largest and smallest values of each batch, yet gives
+    np.percentile of all of them: per channel, over the tensor, of the values and of |values|,
+    for every percentile from the lowest it was kept for."""
+    from spikeport.convert.calibrate import Tails
+
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_t(2, (channels, m)).astype(np.float32) for m in batches]
+    if seed % 3 == 0:  # ties, as ReLU outputs have (many zeros)
+        parts = [np.maximum(np.round(p), 0) for p in parts]
+    tails = Tails(channels, sum(batches), lowest=min(q, 90.0))
+    for p in parts:
+        tails.add(p)
+    full = np.concatenate(parts, axis=1).astype(np.float64)
+    for absolute in (False, True):
+        vals = np.abs(full) if absolute else full
+        np.testing.assert_allclose(
+            tails.percentile(q, True, absolute), np.percentile(vals, q, axis=1), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            tails.percentile(q, False, absolute), [np.percentile(vals, q)], rtol=1e-12
+        )
+    assert tails.top.shape[1] <= tails.k and len(tails.top_all) <= tails.big

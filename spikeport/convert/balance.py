@@ -9,6 +9,7 @@ the T+1 levels {0, theta/T, ..., theta} instead of flooring (Bu et al., QCFS, IC
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from spikeport.errors import BadInput
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, keeps_channels
+
+if TYPE_CHECKING:
+    from spikeport.convert.calibrate import Tails
 
 DEFAULT_PERCENTILE = 99.99
 # Signed, heavy-tailed transformer activations (LayerNorm outputs, Q, K, V) trade clipping for
@@ -31,15 +35,15 @@ DATA_MOVEMENT = frozenset(
 SPIKE_READERS = frozenset({name for name, spec in OPS.items() if spec.synaptic} | {"matmul"})
 
 
-def thresholds(acts: np.ndarray, percentile: float, per_channel: bool) -> np.ndarray:
-    """theta per channel (C,) or for the layer (1,) from activations shaped (C, samples)."""
+def thresholds(tails: Tails, percentile: float, per_channel: bool) -> np.ndarray:
+    """theta per channel (C,) or for the layer (1,) from an activation tensor's Tails."""
     if not 0 < percentile <= 100:
         raise BadInput(f"percentile {percentile} is not in (0, 100]")
-    layer = float(np.percentile(acts, percentile))
+    layer = float(tails.percentile(percentile, False)[0])
     if not per_channel:
         theta = np.array([layer])
     else:
-        theta = np.percentile(acts, percentile, axis=1)
+        theta = tails.percentile(percentile, True)
         theta = np.where(theta > 0, theta, layer)  # silent channel: any theta works, keep it sane
     return np.where(theta > 0, theta, 1.0)  # a silent layer still needs theta > 0
 
@@ -146,7 +150,7 @@ def _synapse_outputs(graph: Graph) -> set[str]:
     return out
 
 
-def _insert_input_neurons(graph: Graph, stats: dict[str, np.ndarray], percentile: float) -> None:
+def _insert_input_neurons(graph: Graph, stats: dict[str, Tails], percentile: float) -> None:
     """A bipolar IF neuron (threshold: percentile of |activation|) before each such input."""
     points = set(spike_inputs(graph))
     nodes: list[Node] = []
@@ -154,7 +158,8 @@ def _insert_input_neurons(graph: Graph, stats: dict[str, np.ndarray], percentile
     for n in graph.nodes:
         for t in n.inputs:
             if t in points and t not in made:
-                theta = thresholds(np.abs(stats[t]).reshape(1, -1), percentile, False)
+                theta = stats[t].percentile(percentile, False, absolute=True)
+                theta = np.where(theta > 0, theta, 1.0)  # a silent tensor still needs theta > 0
                 rank = len(graph.shape(t))
                 nodes.append(
                     Node(
@@ -175,7 +180,7 @@ def _insert_input_neurons(graph: Graph, stats: dict[str, np.ndarray], percentile
 
 def balance_thresholds(
     graph: Graph,
-    stats: dict[str, np.ndarray],
+    stats: dict[str, Tails],
     percentile: float = DEFAULT_PERCENTILE,
     per_channel: bool = False,
     signed: bool = False,

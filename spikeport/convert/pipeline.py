@@ -69,15 +69,19 @@ def convert(
     name (balance.grade_neurons)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
+    for name, p in (("percentile", percentile), ("input percentile", input_percentile)):
+        if not 0 < p <= 100:
+            raise BadInput(f"{name} {p} is not in (0, 100]")
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
     if ann.meta["source"]["format"] == "tflite":
         from spikeport.convert.litert import litert_runner
 
-        stats = collect(ann, litert_runner(model, ann), data.x)
+        runner = litert_runner(model, ann)
     else:
-        stats = collect(ann, ir_runner(ann), data.x)
+        runner = ir_runner(ann)
+    stats = collect(ann, runner, data.x, lowest=min(percentile, input_percentile))
     snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
