@@ -294,6 +294,33 @@ def quantize_memory_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def encoder_memory_md(doc: dict[str, Any]) -> list[str]:
+    lines = ["## 3c. A 22M-parameter text encoder: convert and quantize memory", ""]
+    if "skipped" in doc:
+        return lines + [f"Skipped: {doc['skipped']}."]
+    lines += [
+        provenance(doc),
+        "",
+        f"{doc['model']}, {doc['parameters']:,} parameters, calibrated on "
+        f"{doc['calibration_sentences']} sentences of 32 tokens (the first of the zoo's topic "
+        "set: only memory is read here). Each stage in a fresh process (`benchmarks/stage.py`); "
+        "peak: the process's peak resident set (VmHWM), in brackets the part above the process "
+        "before the stage. Issue #20's bar: each under 2 GB (2,048 MiB).",
+        "",
+        "| conversion | convert (s) | convert peak (MiB) | quantize --target sim (s) "
+        "| quantize peak (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in doc["rows"]:
+        c, q = r["convert"], r["quantize"]
+        lines.append(
+            f"| {r['conversion']} | {c['seconds']:.0f} | {c['peak_rss_mib']:,.0f} "
+            f"[{c['peak_above_baseline_mib']:,.0f}] | {q['seconds']:.0f} | "
+            f"{q['peak_rss_mib']:,.0f} [{q['peak_above_baseline_mib']:,.0f}] |"
+        )
+    return lines
+
+
 def cost_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         "## 3. Conversion and quantisation cost",
@@ -449,6 +476,7 @@ SECTIONS = {
     "throughput": throughput_md,
     "cost": cost_md,
     "quantize_memory": quantize_memory_md,
+    "encoder_memory": encoder_memory_md,
     "c_target": c_target_md,
     "c_kernels": c_kernels_md,
 }
@@ -478,7 +506,7 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         "",
         "Written by `make bench`: `benchmarks/install_spikingjelly.sh` (SpikingJelly for the "
         "benchmarks only, see below) then `.venv/bin/python benchmarks/run.py`, which runs the "
-        "six sections below in one process on one machine and writes `benchmarks/results/"
+        "seven sections below in one process on one machine and writes `benchmarks/results/"
         "<section>.json`, this file and `accuracy_vs_T.png`. Each table names the command and "
         "the run it came from; ratios are taken within one run, never across runs. Nothing "
         "here is asserted in tests.",

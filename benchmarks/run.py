@@ -24,6 +24,8 @@ benchmarks/RESULTS.md and benchmarks/accuracy_vs_T.png from those files):
               generated networks (random weights, 32x32), each stage in a fresh process
   quantize_memory  quantize time and peak memory, ResNet-18-shaped networks of widths 16, 32
               and 64, with 64 and 256 calibration samples (flat in the samples)
+  encoder_memory  convert and quantize time and peak memory of the zoo's 22M-parameter
+              text encoder on 200 calibration sentences (skipped without `make zoo`)
   c_target    C on a Cortex-M3 under QEMU: flash, RAM, instructions per inference
   c_kernels   the C kernels against an int8 ANN of the same weights (TFLite Micro style)
 
@@ -456,6 +458,44 @@ def quantize_memory() -> dict[str, Any]:
     return {"rows": rows, "calibration": "N(0, 1) images 3x32x32, seed 0"}
 
 
+ENCODER = HERE / "zoo" / "work" / "models" / "all_minilm_l6_v2"  # made by `make zoo`
+ENCODER_SENTENCES = 200  # issue 20's bar: convert and quantize each under 2 GB with 200
+
+
+def encoder_memory() -> dict[str, Any]:
+    """convert (T-aware for T = 8, the default, and --no-t-aware) and quantize --target sim of
+    the zoo's 22M-parameter text encoder, calibrated on ENCODER_SENTENCES sentences, each stage
+    in a fresh process: time and peak memory. A memory measurement: no accuracy is read, so
+    the sentences are the first ones of the zoo's topic set (32 tokens each)."""
+    onnx, topics = ENCODER.with_suffix(".onnx"), ENCODER.with_name(f"{ENCODER.name}_topics.npz")
+    if not (onnx.exists() and topics.exists()):
+        why = "zoo files missing: run `make zoo`"
+        log(f"encoder_memory: skipped: {why}")
+        return {"skipped": why}
+    work = WORK / "encoder_memory"
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / f"calib_{ENCODER_SENTENCES}.npz"
+    with np.load(topics) as d:
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        np.savez(calib, **{k: d[k][:ENCODER_SENTENCES] for k in keys})
+    import onnx as onnx_lib
+
+    params = sum(int(np.prod(i.dims)) for i in onnx_lib.load(str(onnx)).graph.initializer)
+    rows = []
+    for label, opts in (("T-aware, -T 8", {"timesteps": 8}), ("--no-t-aware", {"tune": False})):
+        log(f"encoder_memory: convert ({label}), then quantize, each in a fresh process")
+        spk = work / f"encoder_{'tuned' if opts.get('tune', True) else 'percentile'}.spk"
+        conv = stage("convert", str(onnx), str(calib), str(spk), options=opts)
+        quant = stage("quantize", str(spk), str(calib), str(work / "quantized.spk"))
+        rows.append({"conversion": label, "convert": conv, "quantize": quant})
+    return {
+        "model": "all-MiniLM-L6-v2 (benchmarks/zoo)",
+        "parameters": params,
+        "calibration_sentences": ENCODER_SENTENCES,
+        "rows": rows,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. C target on Cortex-M3
 
@@ -522,6 +562,7 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "throughput": throughput,
     "cost": cost,
     "quantize_memory": quantize_memory,
+    "encoder_memory": encoder_memory,
     "c_target": c_target,
     "c_kernels": lambda: c_kernels.run(WORK, log),
 }

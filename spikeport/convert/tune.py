@@ -44,8 +44,15 @@ from spikeport.ir.ops import spike_levels, static_tensors
 from spikeport.sim.ops import IFNeuron
 
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
-MEMORY_BUDGET = 2**30  # bytes for one tensor's T steps over the samples (fewer samples if more)
+# Bytes for one tensor's T steps over the samples (fewer samples if more). About three such
+# tensors live at once in a transformer's feed-forward block: 2^30 made the search for T = 16
+# of a 22M-parameter encoder (width 1536 there) peak at 4.4 GB; 2^28 keeps 40 of its
+# 32-token sentences and convert under 2 GB (issue #20). Small networks keep TUNE_SAMPLES.
+MEMORY_BUDGET = 2**28
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
+# and in batches whose widest tensor over T steps holds at most this many bytes: the batches
+# of 256 of 32-token sentences made scoring a 22M-parameter encoder peak at 2.6 GB
+SCORE_BYTES = 2**26
 # The searches for 2T and 4T steps, each only up to this many steps. 4T helps at T = 1 and 2
 # (below); at T = 4 its 16-step search was most of conversion's time, and dropping it changed
 # no benchmark network's accuracy (digits_cnn 98.89, bench_count_bert graded 4-bit 100.0).
@@ -223,9 +230,10 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     x = _samples(snn, x, max(steps))
     candidates = {"percentile": snn}
     for t in steps:
-        candidates[f"T={t}"] = tune_thresholds(snn, x, t, axes)
+        candidates[f"T={t}"] = _share_unchanged(tune_thresholds(snn, x, t, axes), snn)
         if _corrected(snn):
-            candidates[f"T={t}, bias corrected"] = tune_thresholds(snn, x, t, axes, correct=True)
+            tuned = tune_thresholds(snn, x, t, axes, correct=True)
+            candidates[f"T={t}, bias corrected"] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = _pick(scores, size(scored))
@@ -237,6 +245,18 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
         "candidates": {k: {"agreement": a, "relative_error": -e} for k, (a, e) in scores.items()},
     }
     return candidates[kept], record
+
+
+def _share_unchanged(tuned: Graph, base: Graph) -> Graph:
+    """`tuned` with each parameter array equal to `base`'s replaced by `base`'s own: a
+    candidate then holds only the thresholds and biases its search moved (four full copies of
+    a 22M-parameter encoder's weights were 360 MB of convert's peak)."""
+    for a, b in zip(tuned.nodes, base.nodes, strict=True):
+        for k, v in a.params.items():
+            w = b.params.get(k)
+            if w is not None and v.shape == w.shape and v.dtype == w.dtype and np.array_equal(v, w):
+                a.params[k] = w
+    return tuned
 
 
 def _pick(scores: dict[str, tuple[float, float]], n: int) -> str:
@@ -265,9 +285,12 @@ def _score(graph: Graph, x: Batch, T: int, reference: list[np.ndarray]) -> tuple
 
 def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray]:
     """Each output's mean over T steps ("float") or its ANN value ("ann", T = 1)."""
-    from spikeport.sim.simulator import simulate
+    from spikeport.sim.simulator import DEFAULT_BATCH, simulate
 
-    res = simulate(graph, x, T, mode)
+    names = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
+    widest = max(int(np.prod(graph.shape(t))) for t in names)
+    batch = int(np.clip(SCORE_BYTES // (8 * T * widest), 1, DEFAULT_BATCH))
+    res = simulate(graph, x, T, mode, batch_size=batch)
     return [res.outputs[o][-1] / T for o in graph.outputs]
 
 
