@@ -51,7 +51,7 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=None,
     help="C target: 'auto' (default) runs fast kernels where the calibration activity makes "
     "them cheaper (event-driven synapses); 'events' runs every spike-reading layer "
-    "event-driven; 'reference' keeps the reference loops everywhere.",
+    "event-driven; 'reference' keeps the reference loops everywhere (step-major).",
 )
 @click.option(
     "--schedule",

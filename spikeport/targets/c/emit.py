@@ -592,6 +592,9 @@ def size_text(size: dict[str, Any]) -> str:
     lines.append("Synaptic layers (kernel; calibration activity; instructions/step estimates):")
     for name, k in size.get("kernels", {}).items():
         activity = "not recorded" if k["activity"] is None else f"{100 * k['activity']:.1f} %"
+        if "layer_major" in k:
+            lines.append(f"  {name}: {k['kernel']}, {k['layer_major']} (activity {activity})")
+            continue
         est = ", ".join(f"{kind} {v:,}" for kind, v in k["instructions_per_step_estimate"].items())
         lines.append(f"  {name}: {k['kernel']} (activity {activity}; {est})")
     lines.append("Compiled section sizes: `make size` (arm-none-eabi-size of model.o).")

@@ -122,16 +122,17 @@ def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str
     g = plan.graph
     t_max = int(g.meta["quantization"]["max_timesteps"])
     inputs = {t.name for t in g.inputs}
-    if any(is_integer(t) for t in g.inputs):
-        return "integer inputs (token ids, masks)"
     stages: dict[str, Stage] = {}
     packed: dict[str, Packing] = {}
     fused: set[str] = set()
-    for n in g.nodes:
+    for n in g.nodes:  # the ops first: the clearest reason
         if n.op not in OPS:
             return f"'{n.name}' ({n.op}) has no layer-major kernel"
         if n.attrs.get("kind", "subtract") != "subtract":
             return f"'{n.name}' is of kind '{n.attrs['kind']}'"
+    if any(is_integer(t) for t in g.inputs):
+        return "integer inputs (token ids, masks)"
+    for n in g.nodes:
         if n.op == "reshape":
             continue
         if n.op == "if":
@@ -159,11 +160,17 @@ def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str
                 return f"'{stage.out}' needs {t_max} x {(hi - lo).bit_length()} bits, over 64"
             packed[stage.out] = pk
         stages[n.name] = stage
+    written = {st.out for st in stages.values() if st.sink == "output"}
+    for o in g.outputs:  # the output sink writes the accumulators; a reshape in between not
+        if o not in written:
+            return f"graph output '{o}' is not the output of a layer of its own"
     return stages, packed
 
 
 def layer_major_reason(plan: Plan) -> str | None:
     """Why `plan`'s graph must run step-major; None where layer-major applies."""
+    if plan.kernels == "reference":
+        return "reference kernels asked for (they are step-major)"
     found = plan_stages(plan)
     return found if isinstance(found, str) else None
 
@@ -267,7 +274,7 @@ class _Emitter:
             )
             body = K.CONV2D_ROWS.substitute(geo, w=f"w_{i}", b=f"b_{i}", xt="int8_t", store=store)
         layer = Layer(n, body, consts=own)
-        layer.kernel = _report("rows, input current computed once", plan, n)
+        layer.kernel = _report("rows", "the input's current once per output", plan, n)
         return layer
 
     def packed_synapse(self, i: int, n: Node, st: Stage, consts: list) -> Layer:
@@ -308,7 +315,7 @@ class _Emitter:
             wt = np.ascontiguousarray(wt)
         own = [("int8_t", f"w_{i}", wt), ("int32_t", f"b_{i}", n.params["bias_q"])]
         layer = Layer(n, body, consts=own, scratch=[(ct, cur, B * self.t_max)])
-        layer.kernel = _report(f"events on packed spikes, {B} outputs a block", plan, n)
+        layer.kernel = _report("events", f"packed spikes, {B} outputs a block", plan, n)
         return layer
 
     def pool(self, i: int, n: Node, st: Stage, consts: list) -> Layer:
@@ -338,9 +345,10 @@ def _conv_geometry(plan: Plan, n: Node) -> dict:
     return geo
 
 
-def _report(kernel: str, plan: Plan, n: Node) -> dict[str, object]:
+def _report(kernel: str, how: str, plan: Plan, n: Node) -> dict[str, object]:
+    """The size report's entry: the kernel's name as step-major reports it, and how it runs."""
     activity = plan.activity.get(plan.root[n.inputs[0]], plan.activity.get(n.inputs[0]))
-    return {"kernel": kernel, "activity": activity, "instructions_per_step_estimate": {}}
+    return {"kernel": kernel, "layer_major": how, "activity": activity}
 
 
 def _memory(plan: Plan, stages: dict[str, Stage], packed: dict[str, Packing], layers) -> Memory:
