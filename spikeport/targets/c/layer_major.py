@@ -28,7 +28,7 @@ from string import Template
 import numpy as np
 
 from spikeport.batch import is_integer
-from spikeport.ir.graph import Node
+from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels
 from spikeport.targets.c import kernels as K
 from spikeport.targets.c.emit import (
@@ -116,6 +116,18 @@ def _stage(plan: Plan, n: Node) -> Stage | str:
     return Stage(n, "packed", n.output)
 
 
+def _unsupported(g: Graph) -> str | None:
+    """An op, neuron kind or input the schedule has no kernel for (the clearest reason)."""
+    for n in g.nodes:
+        if n.op not in OPS:
+            return f"'{n.name}' ({n.op}) has no layer-major kernel"
+        if n.attrs.get("kind", "subtract") != "subtract":
+            return f"'{n.name}' is of kind '{n.attrs['kind']}'"
+    if any(is_integer(t) for t in g.inputs):
+        return "integer inputs (token ids, masks)"
+    return None
+
+
 def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str:
     """The stages and the packing of every packed tensor (by buffer root), or why the graph
     must stay step-major."""
@@ -125,13 +137,9 @@ def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str
     stages: dict[str, Stage] = {}
     packed: dict[str, Packing] = {}
     fused: set[str] = set()
-    for n in g.nodes:  # the ops first: the clearest reason
-        if n.op not in OPS:
-            return f"'{n.name}' ({n.op}) has no layer-major kernel"
-        if n.attrs.get("kind", "subtract") != "subtract":
-            return f"'{n.name}' is of kind '{n.attrs['kind']}'"
-    if any(is_integer(t) for t in g.inputs):
-        return "integer inputs (token ids, masks)"
+    unsupported = _unsupported(g)
+    if unsupported:
+        return unsupported
     for n in g.nodes:
         if n.op == "reshape":
             continue
@@ -250,73 +258,68 @@ class _Emitter:
         return layer
 
     def static_synapse(self, i: int, n: Node, st: Stage, consts: list) -> Layer:
-        """Dense or conv on the input: each output's current once (the dense-form loops),
-        then its sink over the T steps with that constant current."""
+        """Dense or conv on the input: each output's current once (the dense-form loops of
+        step-major), then its sink over the T steps with that constant current."""
         plan, w = self.plan, n.params["weight_q"]
-        own = [("int8_t", f"w_{i}", w), ("int32_t", f"b_{i}", n.params["bias_q"])]
         if n.op == "dense":
             n_out, n_in = w.shape
-            rows = plan.size(n.inputs[0]) // n_in
-            store = (
-                f"{{\n            const int32_t j = r * {n_out} + o;\n"
-                f"{self.sink(st, 'acc', consts)}            }}"
-            )
-            body = K.DENSE.substitute(
-                rows=rows, n_in=n_in, n_out=n_out, w=f"w_{i}", b=f"b_{i}",
-                x=plan.buf(n.inputs[0]), store=store,
-            )  # fmt: skip
+            io = dict(rows=plan.size(n.inputs[0]) // n_in, n_in=n_in, n_out=n_out, w=f"w_{i}")
+            io.update(b=f"b_{i}", x=plan.buf(n.inputs[0]))
+            store = self._store(f"r * {n_out} + o", st, consts)
+            body = K.DENSE.substitute(io, store=store)
         else:
             geo = _conv_geometry(plan, n)
-            j = "(o * $h_out + oh) * $w_out + ow"
-            store = (
-                f"{{\n            const int32_t j = {Template(j).substitute(geo)};\n"
-                f"{self.sink(st, 'acc', consts)}            }}"
-            )
+            store = self._store(Template(CONV_INDEX).substitute(geo), st, consts)
             body = K.CONV2D_ROWS.substitute(geo, w=f"w_{i}", b=f"b_{i}", xt="int8_t", store=store)
+        own = [("int8_t", f"w_{i}", w), ("int32_t", f"b_{i}", n.params["bias_q"])]
         layer = Layer(n, body, consts=own)
         layer.kernel = _report("rows", "the input's current once per output", plan, n)
         return layer
 
+    def _store(self, index: str, st: Stage, consts: list) -> str:
+        """The store of a dense-form loop's sum `acc` for output `index`: the sink."""
+        sink = self.sink(st, "acc", consts)
+        return f"{{\n            const int32_t j = {index};\n{sink}            }}"
+
     def packed_synapse(self, i: int, n: Node, st: Stage, consts: list) -> Layer:
-        plan, w = self.plan, n.params["weight_q"]
-        pk = self.pk(n.inputs[0])
-        cur = f"cur_{i}"
-        if n.op == "dense":
-            n_out, n_in = w.shape
-            ct, B = self.block(n, n_out)
-            scatter = K.SCATTER_PACKED.substitute(
-                pk.fill(src=f"{plan.buf(n.inputs[0])}[r * {n_in} + i]", ct=ct, cur=cur, B=B,
-                        wp=f"&w_{i}[i * {n_out} + o0]")
-            )  # fmt: skip
-            bias = K.BLOCK_BIAS.substitute(cur=cur, B=B, b=f"b_{i}", o_first="o0")
-            body = K.DENSE_PACKED.substitute(
-                rows=plan.size(n.inputs[0]) // n_in, n_out=n_out, n_in=n_in, B=B, bias=bias,
-                scatter=scatter, sink=self.sink(st, f"{cur}[t * {B} + o]", consts),
-            )  # fmt: skip
-            wt = np.ascontiguousarray(w.T)
-        else:
-            geo = _conv_geometry(plan, n)
-            ct, B = self.block(n, geo["og"])
-            scatter = K.SCATTER_PACKED.substitute(
-                pk.fill(src=f"{plan.buf(n.inputs[0])}[row + jj * {geo['dw']}]", ct=ct, cur=cur,
-                        B=B, wp=f"&w_{i}[((ci * {geo['kh']} + i) * {geo['kw']} + jj) * "
-                        f"{geo['og']} + o0]")
-            )  # fmt: skip
-            bias = K.BLOCK_BIAS.substitute(
-                cur=cur, B=B, b=f"b_{i}", o_first=f"g * {geo['og']} + o0"
-            )
-            bias = "\n".join("    " + ln if ln else ln for ln in bias.split("\n"))
-            body = K.CONV2D_PACKED.substitute(
-                geo, b=f"b_{i}", groups=n.attrs["group"], B=B, bias=bias, scatter=scatter,
-                sink=self.sink(st, f"{cur}[t * {B} + o]", consts),
-            )  # fmt: skip
-            c_out, cg, kh, kw = w.shape
-            wt = w.reshape(n.attrs["group"], geo["og"], cg, kh, kw).transpose(0, 2, 3, 4, 1)
-            wt = np.ascontiguousarray(wt)
+        """Dense or conv on packed spikes: blocks of outputs, every step at once."""
+        make = self._packed_dense if n.op == "dense" else self._packed_conv
+        body, wt, ct, B = make(i, n, st, consts)
         own = [("int8_t", f"w_{i}", wt), ("int32_t", f"b_{i}", n.params["bias_q"])]
-        layer = Layer(n, body, consts=own, scratch=[(ct, cur, B * self.t_max)])
-        layer.kernel = _report("events", f"packed spikes, {B} outputs a block", plan, n)
+        layer = Layer(n, body, consts=own, scratch=[(ct, f"cur_{i}", B * self.t_max)])
+        layer.kernel = _report("events", f"packed spikes, {B} outputs a block", self.plan, n)
         return layer
+
+    def _scatter(self, n: Node, i: int, ct: str, B: int, src: str, wp: str) -> str:
+        fill = self.pk(n.inputs[0]).fill(ct=ct, cur=f"cur_{i}", B=B, wp=wp)
+        return K.SCATTER_PACKED.substitute(fill, src=f"{self.plan.buf(n.inputs[0])}[{src}]")
+
+    def _packed_dense(self, i: int, n: Node, st: Stage, consts: list) -> tuple:
+        w, cur = n.params["weight_q"], f"cur_{i}"
+        n_out, n_in = w.shape
+        ct, B = self.block(n, n_out)
+        body = K.DENSE_PACKED.substitute(
+            rows=self.plan.size(n.inputs[0]) // n_in, n_out=n_out, n_in=n_in, B=B,
+            bias=K.BLOCK_BIAS.substitute(cur=cur, B=B, b=f"b_{i}", o_first="o0"),
+            scatter=self._scatter(n, i, ct, B, f"r * {n_in} + i", f"&w_{i}[i * {n_out} + o0]"),
+            sink=self.sink(st, f"{cur}[t * {B} + o]", consts),
+        )  # fmt: skip
+        return body, np.ascontiguousarray(w.T), ct, B
+
+    def _packed_conv(self, i: int, n: Node, st: Stage, consts: list) -> tuple:
+        w, cur, geo = n.params["weight_q"], f"cur_{i}", _conv_geometry(self.plan, n)
+        ct, B = self.block(n, geo["og"])
+        wp = f"&w_{i}[((ci * {geo['kh']} + i) * {geo['kw']} + jj) * {geo['og']} + o0]"
+        bias = K.BLOCK_BIAS.substitute(cur=cur, B=B, b=f"b_{i}", o_first=f"g * {geo['og']} + o0")
+        body = K.CONV2D_PACKED.substitute(
+            geo, b=f"b_{i}", groups=n.attrs["group"], B=B, bias=_indent(bias),
+            scatter=self._scatter(n, i, ct, B, f"row + jj * {geo['dw']}", wp),
+            sink=self.sink(st, f"{cur}[t * {B} + o]", consts),
+        )  # fmt: skip
+        # [group][c][i][j][o]: the weights of one input and tap to a block are one run
+        _, cg, kh, kw = w.shape
+        wt = w.reshape(n.attrs["group"], geo["og"], cg, kh, kw).transpose(0, 2, 3, 4, 1)
+        return body, np.ascontiguousarray(wt), ct, B
 
     def pool(self, i: int, n: Node, st: Stage, consts: list) -> Layer:
         pk, cur = self.pk(n.inputs[0]), f"cur_{i}"
@@ -335,6 +338,13 @@ class _Emitter:
             self.plan.buf(n.inputs[0]),
         )
         return Layer(n, body, scratch=[("int32_t", cur, self.t_max)])
+
+
+CONV_INDEX = "(o * $h_out + oh) * $w_out + ow"
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + ln if ln else ln for ln in text.split("\n"))
 
 
 def _conv_geometry(plan: Plan, n: Node) -> dict:
