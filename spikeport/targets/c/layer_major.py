@@ -292,6 +292,7 @@ class _Emitter:
 
     def _scatter(self, n: Node, i: int, ct: str, B: int, src: str, wp: str) -> str:
         fill = self.pk(n.inputs[0]).fill(ct=ct, cur=f"cur_{i}", B=B, wp=wp)
+        fill.update(add_w=K.block_add(B, "w[{o}]"), add_kw=K.block_add(B, "k * w[{o}]"))
         return K.SCATTER_PACKED.substitute(fill, src=f"{self.plan.buf(n.inputs[0])}[{src}]")
 
     def _packed_dense(self, i: int, n: Node, st: Stage, consts: list) -> tuple:
