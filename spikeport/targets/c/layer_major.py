@@ -11,9 +11,9 @@ reads a later layer, and a layer's step t reads only step t of its inputs), and 
   element, value - lo in each (b = 1 for binary spikes; graded, signed and pooled values take
   the bits their range needs), one word of SPK_MAX_TIMESTEPS * b bits per element;
 - a synaptic layer that reads packed spikes computes a block of outputs at a time: the
-  currents of the block for every step (a scratch of at most SCRATCH_BYTES) gather the events
-  of its inputs, weights transposed as the event-driven kernel has them; then each neuron of
-  the block runs its T steps.
+  currents of the block for every step (a scratch no larger than the largest packed buffer,
+  or SCRATCH_BYTES) gather the events of its inputs, weights transposed as the event-driven
+  kernel has them; then each neuron of the block runs its T steps.
 
 Packed buffers and scratch share arenas by liveness (memory.py), over the layers' order. A
 graph with an op, neuron kind or tensor this module has no kernel for stays step-major, and
@@ -48,8 +48,9 @@ from spikeport.targets.c.emit import (
 )
 from spikeport.targets.c.memory import Lifetime, plan_offsets
 
-# The most bytes a synaptic layer's block of currents (outputs x SPK_MAX_TIMESTEPS) takes: a
-# bigger block tests each input word for fewer blocks, a smaller one keeps RAM down.
+# The bytes a synaptic layer's block of currents (outputs x SPK_MAX_TIMESTEPS) may always take
+# (more where a packed buffer is larger): a bigger block reads each input word for fewer
+# blocks, a smaller one keeps RAM down.
 SCRATCH_BYTES = 128
 WORDS = (("uint8_t", 8), ("uint16_t", 16), ("uint32_t", 32), ("uint64_t", 64))
 OPS = frozenset({"dense", "conv2d", "avgpool2d", "maxpool2d", "if", "reshape"})
@@ -116,6 +117,16 @@ def _stage(plan: Plan, n: Node) -> Stage | str:
     return Stage(n, "packed", n.output)
 
 
+def _nonneg(plan: Plan, n: Node, packed: dict[str, Packing]) -> bool:
+    """Whether n's output is never negative: as the range proof says, or a pool of values that
+    are not (a sum of them is not, and neither is the max pool's M_t - M_(t-1), its running
+    sums only growing)."""
+    if plan.bounds[n.output].nonneg:
+        return True
+    x = packed.get(plan.root[n.inputs[0]])
+    return n.op in ("avgpool2d", "maxpool2d") and x is not None and x.lo >= 0
+
+
 def _unsupported(g: Graph) -> str | None:
     """An op, neuron kind or input the schedule has no kernel for (the clearest reason)."""
     for n in g.nodes:
@@ -161,7 +172,7 @@ def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str
             lo, hi = _spike_range(stage.neuron)
         else:
             hi = int(plan.step_bound(n.output))
-            lo = 0 if plan.bounds[n.output].nonneg else -hi
+            lo = 0 if _nonneg(plan, n, packed) else -hi
         if stage.sink != "output":
             pk = packing(lo, hi, t_max)
             if pk is None:
