@@ -350,6 +350,7 @@ def test_emit_schedule_step_keeps_step_major(cases, tmp_path):
         main, ["emit", str(spk), "--target", "c", "--schedule", "step", "-o", str(tmp_path / "o")]
     )
     assert res.exit_code == 0, res.output
+    assert "B RAM, step-major" in res.output
     assert "Schedule: step-major" in (tmp_path / "o" / "size_report.txt").read_text()
 
 

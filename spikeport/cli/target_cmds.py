@@ -79,6 +79,8 @@ def emit_cmd(
             f", model data {size['flash_bytes_model_data']} B flash, "
             f"state {size['ram_bytes_state']} B RAM"
         )
+        if "schedule" in size:
+            detail += f", {size['schedule']['schedule']}"
     if size and "board" in size:
         b = size["board"]
         detail += f"; fits {b['name']} ({b['flash_bytes']} B flash, {b['ram_bytes']} B RAM)"
