@@ -8,6 +8,11 @@ neuron and operator state live in one static state struct; a reshape aliases its
 Weights, biases, thresholds, multipliers and index tables are `static const` arrays, so they
 live in flash. Layers whose inputs never change (the direct-encoded input through stateless
 ops) run once after spk_reset(), exactly as in the reference simulator.
+
+That is the step-major schedule (spk_step runs every layer once per timestep), the reference
+and the fallback. A feed-forward graph of the ops layer_major.py has kernels for runs
+layer-major instead (each layer over all T steps, bit-packed spikes between layers); the size
+report says which schedule a model got, and why.
 """
 
 from __future__ import annotations
