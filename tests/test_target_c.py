@@ -328,11 +328,14 @@ def test_layer_major_equals_step_major_bit_for_bit(cases, graded_emitted, tmp_pa
         ("residual", 8, "(add) has no layer-major kernel"),
         ("concat_pool", 8, "(concat) has no layer-major kernel"),
         ("wide_mlp", 64, "over 64"),  # signed spikes: 2 bits a step, 128 bits for 64 steps
+        ("digits_cnn", 64, "over 64"),  # its average pool's sums of 4 spikes: 3 bits a step
+        ("digits_mlp", 64, "less RAM at max-T 64"),  # 8 bytes a neuron against its int32
     ],
 )
 def test_schedule_falls_back_to_step_major(cases, tmp_path, name, max_t, why):
-    """Graphs with an op the layer-major schedule has no kernel for, or whose packed spikes
-    would not fit a 64-bit word, are emitted step-major, and the size report says why."""
+    """Graphs with an op the layer-major schedule has no kernel for, whose packed spikes would
+    not fit a 64-bit word, or that would need more RAM layer-major (packed words grow with
+    max-T) are emitted step-major, and the size report says why."""
     manifest = emit(_quantized(cases[name], max_t), "c", tmp_path / "c")
     schedule = _schedule(manifest)
     assert schedule["schedule"] == "step-major" and why in schedule["why"]
@@ -341,6 +344,33 @@ def test_schedule_falls_back_to_step_major(cases, tmp_path, name, max_t, why):
         f"Schedule: step-major ({schedule['why']})"
         in (tmp_path / "c" / "size_report.txt").read_text()
     )
+
+
+@pytest.fixture(scope="module")
+def layer_major_emitted(cases, tmp_path_factory):
+    """The digits examples quantized with max-T 8, emitted layer-major."""
+    root = tmp_path_factory.mktemp("c_layer_major")
+    out = {}
+    for name in ("digits_cnn", "digits_mlp"):
+        q = _quantized(cases[name])
+        assert _schedule(emit(q, "c", root / name))["schedule"] == "layer-major"
+        out[name] = (dataclasses.replace(cases[name], int=q), root / name)
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_layer_major_host_bit_exact_on_random_inputs(layer_major_emitted, name):
+    """1,000 random int8 inputs (hypothesis), T = 8, layer-major build: every layer's spikes
+    and the accumulators equal the simulator's at every step."""
+    check_random_batches(*layer_major_emitted[name])
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_layer_major_cortex_m3_under_qemu_is_bit_exact(layer_major_emitted, name):
+    _, outdir = layer_major_emitted[name]
+    assert flash_qemu(outdir, None, 20, 8, count=False)["bit_exact"]
 
 
 def test_emit_schedule_step_keeps_step_major(cases, tmp_path):

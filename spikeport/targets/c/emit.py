@@ -307,8 +307,10 @@ def c_array(ctype: str, name: str, data: np.ndarray) -> str:
 KERNEL_MODES = ("auto", "events", "reference")
 
 
-def build_layers(graph: Graph, kernels: str = "auto") -> tuple[Plan, list[Layer]]:
-    plan = Plan(graph, kernels)
+def build_layers(
+    graph: Graph, kernels: str = "auto", plan: Plan | None = None
+) -> tuple[Plan, list[Layer]]:
+    plan = plan or Plan(graph, kernels)
     layers = []
     for i, n in enumerate(graph.nodes):
         layer = C_OPS[n.op](plan, n, f"{i}")
@@ -490,18 +492,27 @@ SCHEDULES = ("auto", "step")
 
 def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -> dict[str, Any]:
     """model.h, model.c and harness.c for `graph`, plus size figures and kernel choices.
-    `schedule` "auto" runs a feed-forward graph layer-major (layer_major.py) where it can,
-    step-major otherwise; "step" keeps step-major."""
+    `schedule` "auto" runs a feed-forward graph layer-major (layer_major.py) where it can and
+    needs less RAM than step-major; "step" keeps step-major."""
     from spikeport.targets.c.layer_major import layer_major_reason, layer_major_values
 
     plan = Plan(graph, kernels)
     reason = layer_major_reason(plan) if schedule == "auto" else "step-major asked for"
+    step_plan, step_layers = build_layers(graph, kernels, plan)
+    step_memory, step_parts = step_major_values(step_plan, step_layers)
     if reason is None:
         layers, memory, parts = layer_major_values(plan)
+        # Packed spikes grow with max-T, potentials do not: at a large max-T a small network
+        # can need less RAM step-major, and RAM is what layer-major is for.
+        if memory.ram_bytes >= step_memory.ram_bytes:
+            reason = (
+                f"less RAM at max-T {graph.meta['quantization']['max_timesteps']}: "
+                f"{step_memory.ram_bytes:,} B against {memory.ram_bytes:,} B layer-major"
+            )
+    if reason is None:
         chosen = {"schedule": "layer-major"}
     else:
-        plan, layers = build_layers(graph, kernels)
-        memory, parts = step_major_values(plan, layers)
+        plan, layers, memory, parts = step_plan, step_layers, step_memory, step_parts
         chosen = {"schedule": "step-major", "why": reason}
     probes = [n for n in graph.nodes if n.op == "if"]
     consts = [c for layer in layers for c in layer.consts]
