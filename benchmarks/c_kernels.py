@@ -1,12 +1,12 @@
 """C kernels against an int8 ANN of the same weights (issue #21), on the same QEMU harness.
 
-For digits_cnn and digits_mlp: spikeport's C (quantize --target c, emit with its default
-kernels: event-driven synapses where the calibration activity makes them cheaper) at
-T = 1, 2, 4, 8, and the int8 ANN anchor of benchmarks/int8_ann.py (TFLite-style quantization,
-kernels written as TFLite Micro's reference kernels), both compiled at -Os and -O2 for a
-Cortex-M3: instructions per inference (QEMU, counted per function), model.o flash and RAM,
-and the SNN / ANN instruction ratio. The anchor's accuracy comes from its numpy twin, checked
-equal to its host build on the test set.
+For digits_cnn and digits_mlp: spikeport's C (quantize --target c --max-T 8, emit with its
+defaults: the layer-major schedule for these feed-forward graphs, event-driven synapses on
+their bit-packed spikes) at T = 1, 2, 4, 8, and the int8 ANN anchor of benchmarks/int8_ann.py
+(TFLite-style quantization, kernels written as TFLite Micro's reference kernels), both
+compiled at -Os and -O2 for a Cortex-M3: instructions per inference (QEMU, counted per
+function), model.o flash and RAM, and the SNN / ANN instruction ratio. The anchor's accuracy
+comes from its numpy twin, checked equal to its host build on the test set.
 
     .venv/bin/python benchmarks/run.py --only c_kernels
 """
@@ -78,6 +78,7 @@ def run(work: Path, log: Any = print) -> dict[str, Any]:
             "model": model,
             "int8_ann_accuracy": float((twin.argmax(1) == test["y"]).mean()),
             "kernels": {k: v["kernel"] for k, v in manifest["summary"]["size"]["kernels"].items()},
+            "schedule": manifest["summary"]["size"]["schedule"],
         }
         for opt in OPTS:
             s = _measure(snn_dir, c_inputs(q, first), TS, opt)

@@ -309,8 +309,10 @@ class Int8Ann:
             f"#define SPK_OUTPUT_SIZE {n_out}\n#define SPK_MAX_TIMESTEPS 1\n"
             "#define SPK_NUM_PROBES 0\nvoid spk_reset(void);\n"
             "void spk_step(const spk_input_t *in, int32_t *out);\n"
-            "void spk_run(const spk_input_t *in, int T, int32_t *out);\n"
-            "#ifdef SPK_PROBE_HOOK\nvoid spk_probe(int probe, const int8_t *spikes, int32_t n);\n"
+            "int spk_run(const spk_input_t *in, int T, int32_t *out);\n"
+            "int spk_run_steps(const spk_input_t *in, int T, int32_t *out);\n"
+            "#ifdef SPK_PROBE_HOOK\n"
+            "void spk_probe(int probe, int t, const int8_t *spikes, int32_t n);\n"
             "#endif\n#endif\n"
         )
         used = {"pool" if "pool" in la["op"] else la["op"] for la in self.layers}
@@ -325,8 +327,11 @@ class Int8Ann:
             + "void spk_step(const spk_input_t *in, int32_t *out)\n{\n    int i;\n"
             + "".join(f"    {c}\n" for c in calls)
             + f"    for (i = 0; i < {n_out}; ++i) out[i] = a{last}[i];\n}}\n\n"
-            + "void spk_run(const spk_input_t *in, int T, int32_t *out)\n{\n"
-            + "    (void)T; /* one pass: an ANN has no timesteps */\n    spk_step(in, out);\n}\n"
+            + "int spk_run(const spk_input_t *in, int T, int32_t *out)\n{\n"
+            + "    (void)T; /* one pass: an ANN has no timesteps */\n    spk_step(in, out);\n"
+            + "    return 0;\n}\n\n"
+            + "int spk_run_steps(const spk_input_t *in, int T, int32_t *out)\n{\n"
+            + "    return spk_run(in, T, out);\n}\n"
         )
         harness = (TEMPLATES / "harness.c.tmpl").read_text()
         harness = harness.replace(

@@ -363,8 +363,9 @@ def c_target_md(doc: dict[str, Any]) -> list[str]:
         "`spikeport.targets.c.flash.flash_qemu` (what `spikeport flash --board qemu-mps2-an385` "
         "runs): 4 test inputs checked bit for bit against the simulator at every step, "
         "`model.o` sizes from arm-none-eabi-size (-Os -mcpu=cortex-m3; harness and libc "
-        "excluded; flash = text + data, RAM = data + bss: the state struct and the step arenas "
-        "planned by liveness), and the Thumb-2 instructions one `spk_run()` of T steps executes "
+        "excluded; flash = text + data, RAM = data + bss: the packed spikes and scratch of a "
+        "layer-major model, the state struct and step arenas of a step-major one, planned by "
+        "liveness), and the Thumb-2 instructions one `spk_run()` of T steps executes "
         "under QEMU (not cycles: QEMU is not cycle-accurate). The transformers' integer "
         "functions run on int64; the Cortex-M3 divides 64-bit integers in libgcc "
         "(`__aeabi_ldivmod`, `__udivmoddi4`): last column, their share of the instructions.",
@@ -392,8 +393,10 @@ def c_kernels_md(doc: dict[str, Any]) -> list[str]:
         return lines + [f"Skipped: {doc['skipped']}."]
     ts = doc["T"]
     lines += [
-        "spikeport's C (`quantize --target c`, `emit` with its default kernels: event-driven "
-        "synapses where the calibration activity makes them cheaper) against the same network "
+        "spikeport's C (`quantize --target c --max-T 8`, `emit` with its defaults: the schedule "
+        "below, event-driven synapses where the calibration activity makes them cheaper; RAM "
+        "depends on max-T, which sizes the packed spikes of a layer-major model) against the "
+        "same network "
         "as an int8 ANN (`benchmarks/int8_ann.py`: TFLite's int8 quantization, kernels written "
         "as TFLite Micro's reference kernels), one harness, instructions per inference under "
         "QEMU (not cycles), `model.o` flash and RAM. Ratio: SNN instructions / ANN instructions.",
@@ -415,7 +418,17 @@ def c_kernels_md(doc: dict[str, Any]) -> list[str]:
                 f"{m['snn']['ram_bytes']:,} / {m['int8_ann']['ram_bytes']:,} |"
             )
     accs = ", ".join(f"{r['model']} {100 * r['int8_ann_accuracy']:.2f} %" for r in doc["rows"])
-    return lines + ["", f"int8 ANN test accuracy (numpy twin, equal to its C on the host): {accs}."]
+    ram = ", ".join(
+        f"{r['model']} {r.get('schedule', {}).get('schedule', 'step-major')} "
+        f"(RAM {r['-Os']['ram_ratio']:.2f}x the ANN's)"
+        for r in doc["rows"]
+    )
+    return lines + [
+        "",
+        f"Schedule: {ram}.",
+        "",
+        f"int8 ANN test accuracy (numpy twin, equal to its C on the host): {accs}.",
+    ]
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.ir import save
 from spikeport.quantize import Profile, quantize
 from spikeport.targets import TARGETS, emit, get_target, verify
-from spikeport.targets.c import check_one_batch
+from spikeport.targets.c import boards, c_inputs, check_one_batch
 from spikeport.targets.c.flash import flash_qemu
 from spikeport.targets.c.run import run_host
 from spikeport.targets.compare import random_inputs, reference
@@ -279,3 +280,146 @@ def test_default_kernels_follow_the_recorded_activity(cases, tmp_path):
     kernels = emit(q, "c", tmp_path / "c")["summary"]["size"]["kernels"]
     assert any(k["kernel"] == "events" and k["activity"] is not None for k in kernels.values())
     assert "events" in (tmp_path / "c" / "size_report.txt").read_text()
+
+
+# -- schedules: layer-major where the graph is feed-forward, step-major otherwise --------------
+
+
+def _schedule(manifest: dict) -> dict:
+    return manifest["summary"]["size"]["schedule"]
+
+
+def _quantized(case, max_t: int = 8):
+    return quantize(case.snn, np.load(case.calib)["x"], get_target("c").profile, max_t)
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    ("name", "graded"),
+    [(name, False) for name in ("digits_cnn", "digits_mlp", "wide_mlp")]
+    + [(name, True) for name in ("digits_cnn", "digits_mlp", "wide_mlp", "bipolar_mlp")],
+)
+def test_layer_major_equals_step_major_bit_for_bit(cases, graded_emitted, tmp_path, name, graded):
+    """One graph (binary, signed, graded and bipolar spikes), max-T 8, emitted layer-major (the
+    default here) and step-major: on 200 random inputs the two host builds print the same
+    spikes of every layer and the same accumulators at every step of T = 8 and of T = 3, and
+    the layer-major one equals the simulator."""
+    case = graded_emitted[name][0] if graded else cases[name]
+    q = case.int if graded else _quantized(case)
+    layer, step = tmp_path / "layer", tmp_path / "step"
+    assert _schedule(emit(q, "c", layer)) == {"schedule": "layer-major"}
+    assert _schedule(emit(q, "c", step, schedule="step"))["schedule"] == "step-major"
+    assert "void spk_step(" not in (layer / "model.h").read_text()
+    x = random_inputs(q, 200, seed=11)
+    inputs = c_inputs(q, x)
+    _, ref_spikes, ref_acc = reference(q, x, 8)
+    sizes = [s.shape[-1] for s in ref_spikes.values()]
+    for T in (8, 3):
+        a = run_host(layer, inputs, T, sizes, ref_acc.shape[-1])
+        b = run_host(step, inputs, T, sizes, ref_acc.shape[-1])
+        assert np.array_equal(a.acc, b.acc)
+        assert all(np.array_equal(p, s) for p, s in zip(a.spikes, b.spikes, strict=True))
+    check_one_batch(q, layer, x, 8, run_host)
+
+
+@pytest.mark.parametrize(
+    ("name", "max_t", "why"),
+    [
+        ("residual", 8, "(add) has no layer-major kernel"),
+        ("concat_pool", 8, "(concat) has no layer-major kernel"),
+        ("wide_mlp", 64, "over 64"),  # signed spikes: 2 bits a step, 128 bits for 64 steps
+        ("digits_cnn", 64, "over 64"),  # its average pool's sums of 4 spikes: 3 bits a step
+        ("digits_mlp", 64, "less RAM at max-T 64"),  # 8 bytes a neuron against its int32
+    ],
+)
+def test_schedule_falls_back_to_step_major(cases, tmp_path, name, max_t, why):
+    """Graphs with an op the layer-major schedule has no kernel for, whose packed spikes would
+    not fit a 64-bit word, or that would need more RAM layer-major (packed words grow with
+    max-T) are emitted step-major, and the size report says why."""
+    manifest = emit(_quantized(cases[name], max_t), "c", tmp_path / "c")
+    schedule = _schedule(manifest)
+    assert schedule["schedule"] == "step-major" and why in schedule["why"]
+    assert "void spk_step(" in (tmp_path / "c" / "model.h").read_text()
+    assert (
+        f"Schedule: step-major ({schedule['why']})"
+        in (tmp_path / "c" / "size_report.txt").read_text()
+    )
+
+
+@pytest.fixture(scope="module")
+def layer_major_emitted(cases, tmp_path_factory):
+    """The digits examples quantized with max-T 8, emitted layer-major."""
+    root = tmp_path_factory.mktemp("c_layer_major")
+    out = {}
+    for name in ("digits_cnn", "digits_mlp"):
+        q = _quantized(cases[name])
+        assert _schedule(emit(q, "c", root / name))["schedule"] == "layer-major"
+        out[name] = (dataclasses.replace(cases[name], int=q), root / name)
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_layer_major_host_bit_exact_on_random_inputs(layer_major_emitted, name):
+    """1,000 random int8 inputs (hypothesis), T = 8, layer-major build: every layer's spikes
+    and the accumulators equal the simulator's at every step."""
+    check_random_batches(*layer_major_emitted[name])
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_layer_major_cortex_m3_under_qemu_is_bit_exact(layer_major_emitted, name):
+    _, outdir = layer_major_emitted[name]
+    assert flash_qemu(outdir, None, 20, 8, count=False)["bit_exact"]
+
+
+def test_emit_schedule_step_keeps_step_major(cases, tmp_path):
+    spk = tmp_path / "m.spk"
+    save(cases["digits_mlp"].int, spk)
+    res = CliRunner().invoke(
+        main, ["emit", str(spk), "--target", "c", "--schedule", "step", "-o", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "B RAM, step-major" in res.output
+    assert "Schedule: step-major" in (tmp_path / "o" / "size_report.txt").read_text()
+
+
+RUN_BEYOND_MAX_T = """\
+#include "model.h"
+int main(void)
+{
+    static spk_input_t in;
+    static int32_t out[(SPK_MAX_TIMESTEPS + 1) * SPK_OUTPUT_SIZE];
+    const int over = spk_run(&in, SPK_MAX_TIMESTEPS + 1, out) == -1
+                     && spk_run_steps(&in, SPK_MAX_TIMESTEPS + 1, out) == -1
+                     && spk_run(&in, 0, out) == -1;
+    return over && spk_run_steps(&in, SPK_MAX_TIMESTEPS, out) == 0 ? 0 : 1;
+}
+"""
+
+
+@needs_cc
+@pytest.mark.parametrize("schedule", ["auto", "step"])
+def test_runs_past_the_proven_max_t_are_refused_at_run_time(cases, tmp_path, schedule):
+    """T is a run-time argument; the packed words (and the range proof) hold max-T steps, so
+    spk_run / spk_run_steps return -1 without running for any other T."""
+    q = _quantized(cases["digits_mlp"], 4)
+    out = tmp_path / "c"
+    emit(q, "c", out, schedule=schedule)
+    (out / "main.c").write_text(RUN_BEYOND_MAX_T)
+    cmd = "cc -std=c99 -Wall -Wextra -Werror -pedantic model.c main.c -o t && ./t"
+    assert subprocess.run(cmd, shell=True, cwd=out).returncode == 0
+
+
+def test_board_check_counts_the_layer_major_ram(cases, tmp_path, monkeypatch):
+    """--board compares the board with the RAM of the plan emitted: a board between the
+    layer-major and the step-major RAM of digits_cnn takes the first and refuses the second."""
+    q = _quantized(cases["digits_cnn"])
+    layer = emit(q, "c", tmp_path / "l")["summary"]["size"]["ram_bytes_state"]
+    step = emit(q, "c", tmp_path / "s", schedule="step")["summary"]["size"]["ram_bytes_state"]
+    assert 2 * layer < step
+    mid = boards.Board("mid", "Cortex-M0", 1 << 20, boards.RESERVE_RAM + (layer + step) // 2, "t")
+    monkeypatch.setitem(boards.BOARDS, "mid", mid)
+    emit(q, "c", tmp_path / "fits", board="mid")
+    with pytest.raises(CapabilityExceeded, match="bytes of RAM"):
+        emit(q, "c", tmp_path / "refused", board="mid", schedule="step")

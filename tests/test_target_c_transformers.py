@@ -9,6 +9,7 @@ qemu-system-arm; missing tools skip, with the reason.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -111,6 +112,17 @@ def check_random(graph, outdir: Path, examples: int = EXAMPLES_PER_MODEL) -> Non
 
 
 GRADED_MODELS = [f"{name}_b{bits}" for name, bits in GRADED.items()]
+
+
+def test_transformers_stay_step_major(built):
+    """The layer-major schedule has no kernels for sequence ops: every transformer here is
+    emitted step-major (its streaming API kept), and the size report names the op."""
+    for name in [*EXAMPLE_MODELS, *GRADED_MODELS, *TRANSFORMER_FAMILIES]:
+        outdir = built[name][1]
+        schedule = json.loads((outdir / "size_report.json").read_text())["schedule"]
+        assert schedule["schedule"] == "step-major", name
+        assert "has no layer-major kernel" in schedule["why"], (name, schedule)
+        assert "void spk_step(" in (outdir / "model.h").read_text()
 
 
 @needs_cc

@@ -17,7 +17,7 @@ from spikeport.ir import load
 from spikeport.progress import progress
 from spikeport.targets import check_emit_dir, discover, emit, read_manifest, verify
 from spikeport.targets.c.boards import BOARDS
-from spikeport.targets.c.emit import KERNEL_MODES
+from spikeport.targets.c.emit import KERNEL_MODES, SCHEDULES
 
 TARGET_NAMES = sorted(discover())
 
@@ -51,14 +51,27 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
     default=None,
     help="C target: 'auto' (default) runs fast kernels where the calibration activity makes "
     "them cheaper (event-driven synapses); 'events' runs every spike-reading layer "
-    "event-driven; 'reference' keeps the reference loops everywhere.",
+    "event-driven; 'reference' keeps the reference loops everywhere (step-major).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=None,
+    help="C target: 'auto' (default) runs a feed-forward graph layer-major (one layer for all "
+    "T steps, then the next: less RAM) where every op allows it; 'step' keeps step-major.",
 )
 @QUIET
 def emit_cmd(
-    model: str, target: str, output: str, board: str | None, kernels: str | None, quiet: bool
+    model: str,
+    target: str,
+    output: str,
+    board: str | None,
+    kernels: str | None,
+    schedule: str | None,
+    quiet: bool,
 ) -> None:
     """Write MODEL (quantized) as a deployable TARGET into a directory."""
-    manifest = emit(load(model), target, output, board=board, kernels=kernels)
+    manifest = emit(load(model), target, output, board=board, kernels=kernels, schedule=schedule)
     size = manifest["summary"].get("size")
     detail = ""
     if size:
@@ -66,6 +79,8 @@ def emit_cmd(
             f", model data {size['flash_bytes_model_data']} B flash, "
             f"state {size['ram_bytes_state']} B RAM"
         )
+        if "schedule" in size:
+            detail += f", {size['schedule']['schedule']}"
     if size and "board" in size:
         b = size["board"]
         detail += f"; fits {b['name']} ({b['flash_bytes']} B flash, {b['ram_bytes']} B RAM)"

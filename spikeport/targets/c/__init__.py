@@ -40,9 +40,13 @@ BATCH = 256
 
 
 def emit(
-    graph: Graph, outdir: Path, board: str | None = None, kernels: str = "auto"
+    graph: Graph,
+    outdir: Path,
+    board: str | None = None,
+    kernels: str = "auto",
+    schedule: str = "auto",
 ) -> dict[str, Any]:
-    summary = emit_c(graph, outdir, board, kernels)
+    summary = emit_c(graph, outdir, board, kernels, schedule)
     save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
     return summary
 

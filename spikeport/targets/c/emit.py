@@ -8,6 +8,11 @@ neuron and operator state live in one static state struct; a reshape aliases its
 Weights, biases, thresholds, multipliers and index tables are `static const` arrays, so they
 live in flash. Layers whose inputs never change (the direct-encoded input through stateless
 ops) run once after spk_reset(), exactly as in the reference simulator.
+
+That is the step-major schedule (spk_step runs every layer once per timestep), the reference
+and the fallback. A feed-forward graph of the ops layer_major.py has kernels for runs
+layer-major instead (each layer over all T steps, bit-packed spikes between layers); the size
+report says which schedule a model got, and why.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from spikeport.targets.c.memory import Lifetime, plan_offsets
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 BOARD = Path(__file__).resolve().parent / "board"
-CTYPE_BYTES = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint16_t": 2}
+CTYPE_BYTES = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8}
+CTYPE_BYTES.update({f"u{t}": b for t, b in CTYPE_BYTES.items()})
 
 
 @dataclass
@@ -179,7 +185,7 @@ def _pool(plan: Plan, n: Node, init: str, fold: str, store: str, src: str, **ext
 
 @c_op("avgpool2d")
 def _avgpool(plan: Plan, n: Node, cid: str) -> Layer:
-    body = _pool(plan, n, "0", K.AVGPOOL_FOLD, K.AVGPOOL_STORE, plan.buf(n.inputs[0]))
+    body = _pool(plan, n, "int32_t m = 0;", K.AVGPOOL_FOLD, K.AVGPOOL_STORE, plan.buf(n.inputs[0]))
     return Layer(n, body)
 
 
@@ -188,7 +194,9 @@ def _maxpool(plan: Plan, n: Node, cid: str) -> Layer:
     n_in, n_out = plan.size(n.inputs[0]), plan.size(n.output)
     total, prev = f"spk_state.s_{cid}", f"spk_state.m_{cid}"
     pre = K.MAXPOOL_PRE.substitute(n_in=n_in, sum=total, x=plan.buf(n.inputs[0]))
-    body = pre + _pool(plan, n, "INT32_MIN", K.MAXPOOL_FOLD, K.MAXPOOL_STORE, total, prev=prev)
+    body = pre + _pool(
+        plan, n, "int32_t m = INT32_MIN;", K.MAXPOOL_FOLD, K.MAXPOOL_STORE, total, prev=prev
+    )
     # Running sums of the input and their running maximum: bounded by the input's total.
     ctype = narrow(plan.total_bound(n.inputs[0]))
     return Layer(n, body, state=[(ctype, f"s_{cid}", n_in), (ctype, f"m_{cid}", n_out)])
@@ -242,39 +250,50 @@ def _reshape(plan: Plan, n: Node, cid: str) -> Layer:
     return Layer(n, "    /* reshape: same buffer, new shape */\n")
 
 
+def if_core(n: Node, count: str) -> str:
+    """One step of neuron `n` on the C locals v, s, th with current `x` (IF_CORE / graded);
+    `count` is the lvalue of a signed neuron's net count."""
+    bipolar = n.attrs.get("bipolar", False)
+    signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
+    levels = spike_levels(n)
+    if levels > 1:
+        low = f"-{levels}" if bipolar else (f"-({count} < {levels} ? {count} : {levels})")
+        return K.IF_GRADED_CORE.substitute(
+            x="$x",
+            levels=levels,
+            low=low if bipolar or signed else "0",
+            count_update=f"\n        {count} += s;" if signed else "",
+        )
+    branch = K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
+    return K.IF_CORE.substitute(x="$x", signed_branch=branch)
+
+
+def counts_spikes(n: Node) -> bool:
+    """Whether neuron `n` keeps a net spike count (the signed, not bipolar, variant)."""
+    return bool(n.attrs["signed"]) and not n.attrs.get("bipolar", False)
+
+
 @c_op("if")
 def _if(plan: Plan, n: Node, cid: str) -> Layer:
     shape = plan.graph.shape(n.output)
     th = n.params["threshold_q"]
     size, v, count = plan.size(n.output), f"spk_state.v_{cid}", f"spk_state.c_{cid}"
     ti = broadcast_index(shape, th.shape)
-    bipolar = n.attrs.get("bipolar", False)
-    signed = n.attrs["signed"] and not bipolar  # only the signed variant counts its spikes
-    levels = spike_levels(n)
-    io = dict(n=size, th=f"th_{cid}", ti=ti, v=v, x=plan.buf(n.inputs[0]), y=plan.buf(n.output))
-    if levels > 1:
-        low = f"-{levels}" if bipolar else (f"-({count}[i] < {levels} ? {count}[i] : {levels})")
-        body = K.IF_GRADED.substitute(
-            io,
-            levels=levels,
-            low=low if bipolar or signed else "0",
-            count_update=f"\n        {count}[i] += s;" if signed else "",
-        )
-    else:
-        branch = (
-            K.IF_BIPOLAR if bipolar else (K.IF_SIGNED.substitute(count=count) if signed else "")
-        )
-        body = K.IF_NEURON.substitute(io, signed_branch=branch)
+    core = Template(if_core(n, f"{count}[i]")).substitute(x=f"{plan.buf(n.inputs[0])}[i]")
+    body = K.IF_STEP.substitute(n=size, th=f"th_{cid}", ti=ti, v=v, y=plan.buf(n.output), core=core)
     bounds = plan.bounds[n.output]
     state = [(narrow(bounds.state, "int16_t"), f"v_{cid}", size)]
-    if signed:  # the net count: |count| <= T * K
+    if counts_spikes(n):  # the net count: |count| <= T * K
         state.append((narrow(plan.total_bound(n.output), "int16_t"), f"c_{cid}", size))
     return Layer(
         n,
         body,
         consts=[("int32_t", f"th_{cid}", th)],
         state=state,
-        probe=f"    SPK_PROBE({plan.probe[n.name]}, {plan.buf(n.output)}, {size});\n",
+        probe=(
+            f"    SPK_PROBE({plan.probe[n.name]}, spk_state.steps + 1, {plan.buf(n.output)}, "
+            f"{size});\n"
+        ),
         reset=K.IF_RESET.substitute(n=size, v=v, th=f"th_{cid}", ti=ti),
     )
 
@@ -288,8 +307,10 @@ def c_array(ctype: str, name: str, data: np.ndarray) -> str:
 KERNEL_MODES = ("auto", "events", "reference")
 
 
-def build_layers(graph: Graph, kernels: str = "auto") -> tuple[Plan, list[Layer]]:
-    plan = Plan(graph, kernels)
+def build_layers(
+    graph: Graph, kernels: str = "auto", plan: Plan | None = None
+) -> tuple[Plan, list[Layer]]:
+    plan = plan or Plan(graph, kernels)
     layers = []
     for i, n in enumerate(graph.nodes):
         layer = C_OPS[n.op](plan, n, f"{i}")
@@ -311,14 +332,15 @@ class Memory:
     fields: list[tuple[str, str, int]]
     arenas: dict[str, int]
     defines: list[str]
+    fixed_bytes: int = 4  # the step counter (step-major), the call's arguments (layer-major)
 
     @property
     def ram_bytes(self) -> int:
-        state = sum(CTYPE_BYTES[t] * size for t, _, size in self.fields) + 4
+        state = sum(CTYPE_BYTES[t] * size for t, _, size in self.fields) + self.fixed_bytes
         return state + sum(CTYPE_BYTES[t] * size for t, size in self.arenas.items())
 
 
-ARENA = {t: f"spk_arena{8 * CTYPE_BYTES[t]}" for t in ("int8_t", "int16_t", "int32_t", "int64_t")}
+ARENA = {t: f"spk_arena{t[0] if t[0] == 'u' else ''}{8 * CTYPE_BYTES[t]}" for t in CTYPE_BYTES}
 
 
 def _lifetimes(plan: Plan, layers: list[Layer]) -> dict[str, list[Lifetime]]:
@@ -426,23 +448,78 @@ def _accumulate(plan: Plan) -> str:
     return "".join(parts)
 
 
-def model_sources(graph: Graph, kernels: str = "auto") -> dict[str, Any]:
-    """model.h, model.c and harness.c for `graph`, plus size figures and kernel choices."""
-    plan, layers = build_layers(graph, kernels)
-    probes = [n for n in graph.nodes if n.op == "if"]
+def _functions(plan: Plan, layers: list[Layer]) -> str:
+    return "\n".join(
+        f"/* {layer.node.name}: {layer.node.op} -> {list(plan.graph.shape(layer.node.output))} */\n"
+        f"static void layer_{i}(void)\n{{\n{layer.body}{layer.probe}}}\n"
+        for i, layer in enumerate(layers)
+        if layer.body
+    )
+
+
+def _arenas(memory: Memory) -> str:
+    return "\n".join(f"static {t} {ARENA[t]}[{size}];" for t, size in sorted(memory.arenas.items()))
+
+
+def step_major_values(plan: Plan, layers: list[Layer]) -> tuple[Memory, dict[str, str]]:
+    """The step-major model: spk_step runs every layer once per timestep."""
     memory = plan_memory(plan, layers)
-    functions, static_calls, step_calls = [], [], []
-    for i, layer in enumerate(layers):
-        n = layer.node
-        functions.append(
-            f"/* {n.name}: {n.op} -> {list(graph.shape(n.output))} */\n"
-            f"static void layer_{i}(void)\n{{\n{layer.body}{layer.probe}}}\n"
-        )
-        (static_calls if layer.static else step_calls).append(f"layer_{i}();")
+    static_calls = [f"        layer_{i}();" for i, la in enumerate(layers) if la.static]
+    step_calls = [f"    layer_{i}();" for i, la in enumerate(layers) if not la.static]
+    api = K.STEP_MAJOR_API.substitute(
+        copy_inputs=_io_values(plan.graph, plan)["copy_inputs"],
+        static_calls="\n".join(static_calls),
+        step_calls="\n".join(step_calls),
+        resets="".join(layer.reset for layer in layers),
+        accumulate=_accumulate(plan),
+    )
+    state = K.STEP_MAJOR_STATE.substitute(
+        fields="\n".join(f"    {t} {name}[{size}];" for t, name, size in memory.fields)
+    )
+    return memory, dict(
+        state=state,
+        arena_note="Tensors that live within one step share these arenas (planned by liveness).",
+        arenas=_arenas(memory),
+        buffers="\n".join(memory.defines),
+        functions=_functions(plan, layers),
+        api=api,
+        schedule_declarations=K.STEP_MAJOR_DECLARATIONS,
+    )
+
+
+SCHEDULES = ("auto", "step")
+
+
+def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -> dict[str, Any]:
+    """model.h, model.c and harness.c for `graph`, plus size figures and kernel choices.
+    `schedule` "auto" runs a feed-forward graph layer-major (layer_major.py) where it can and
+    needs less RAM than step-major; "step" keeps step-major."""
+    from spikeport.targets.c.layer_major import layer_major_reason, layer_major_values
+
+    plan = Plan(graph, kernels)
+    reason = layer_major_reason(plan) if schedule == "auto" else "step-major asked for"
+    step_plan, step_layers = build_layers(graph, kernels, plan)
+    step_memory, step_parts = step_major_values(step_plan, step_layers)
+    if reason is None:
+        layers, memory, parts = layer_major_values(plan)
+        # Packed spikes grow with max-T, potentials do not: at a large max-T a small network
+        # can need less RAM step-major, and RAM is what layer-major is for.
+        if memory.ram_bytes >= step_memory.ram_bytes:
+            reason = (
+                f"less RAM at max-T {graph.meta['quantization']['max_timesteps']}: "
+                f"{step_memory.ram_bytes:,} B against {memory.ram_bytes:,} B layer-major"
+            )
+    if reason is None:
+        chosen = {"schedule": "layer-major"}
+    else:
+        plan, layers, memory, parts = step_plan, step_layers, step_memory, step_parts
+        chosen = {"schedule": "step-major", "why": reason}
+    probes = [n for n in graph.nodes if n.op == "if"]
     consts = [c for layer in layers for c in layer.consts]
     flash = sum(CTYPE_BYTES[t] * np.asarray(d).size for t, _, d in consts)
     values = dict(
-        _io_values(graph, plan),
+        **_io_values(graph, plan),
+        **parts,
         num_probes=len(probes),
         graded_define=(
             "#define SPK_GRADED 1 /* a spike is a count; an event adds count * w */\n"
@@ -455,16 +532,6 @@ def model_sources(graph: Graph, kernels: str = "auto") -> dict[str, Any]:
         ),
         int_functions=c_functions(plan.functions),
         consts="\n\n".join(c_array(*c) for c in consts),
-        state_fields="\n".join(f"    {t} {name}[{size}];" for t, name, size in memory.fields),
-        arenas="\n".join(
-            f"static {t} {ARENA[t]}[{size}];" for t, size in sorted(memory.arenas.items())
-        ),
-        buffers="\n".join(memory.defines),
-        functions="\n".join(functions),
-        resets="".join(layer.reset for layer in layers),
-        static_calls="\n".join(f"        {c}" for c in static_calls),
-        step_calls="\n".join(f"    {c}" for c in step_calls),
-        accumulate=_accumulate(plan),
         flash_bytes=flash,
         ram_bytes=memory.ram_bytes,
     )
@@ -474,19 +541,25 @@ def model_sources(graph: Graph, kernels: str = "auto") -> dict[str, Any]:
         "harness.c": _render("harness.c.tmpl", **values),
         "flash_bytes": flash,
         "ram_bytes": memory.ram_bytes,
+        "schedule": chosen,
         "kernels": {layer.node.name: layer.kernel for layer in layers if layer.kernel},
     }
 
 
 def emit_c(
-    graph: Graph, outdir: Path, board: str | None = None, kernels: str = "auto"
+    graph: Graph,
+    outdir: Path,
+    board: str | None = None,
+    kernels: str = "auto",
+    schedule: str = "auto",
 ) -> dict[str, Any]:
     """Write the C target into `outdir`; return the size summary. With a `board`, a model
     that does not fit its flash or RAM is refused before anything is written."""
-    src = model_sources(graph, kernels)
+    src = model_sources(graph, kernels, schedule)
     size: dict[str, Any] = {
         "flash_bytes_model_data": int(src["flash_bytes"]),
         "ram_bytes_state": int(src["ram_bytes"]),
+        "schedule": src["schedule"],
         "kernels": src["kernels"],
     }
     if board is not None:
@@ -528,9 +601,16 @@ def size_text(size: dict[str, Any]) -> str:
             f"  board {b['name']}: {b['flash_bytes']} bytes flash, {b['ram_bytes']} bytes RAM "
             f"({b['core']})"
         )
+    sched = size.get("schedule", {})
+    if sched:
+        why = f" ({sched['why']})" if "why" in sched else ""
+        lines.append(f"Schedule: {sched['schedule']}{why}")
     lines.append("Synaptic layers (kernel; calibration activity; instructions/step estimates):")
     for name, k in size.get("kernels", {}).items():
         activity = "not recorded" if k["activity"] is None else f"{100 * k['activity']:.1f} %"
+        if "layer_major" in k:
+            lines.append(f"  {name}: {k['kernel']}, {k['layer_major']} (activity {activity})")
+            continue
         est = ", ".join(f"{kind} {v:,}" for kind, v in k["instructions_per_step_estimate"].items())
         lines.append(f"  {name}: {k['kernel']} (activity {activity}; {est})")
     lines.append("Compiled section sizes: `make size` (arm-none-eabi-size of model.o).")

@@ -53,25 +53,35 @@ for _k, _v in VALUES.items():
     _LUT[_k] = _v
 
 
+def _spike_field(field: str, size: int) -> np.ndarray:
+    if len(field) == 2 * size:  # graded: two hex digits a spike, its int8 count
+        return np.frombuffer(bytes.fromhex(field), np.int8)
+    return _LUT[np.frombuffer(field.encode(), np.uint8)]
+
+
 def parse_trace(text: str, n: int, T: int, sizes: list[int], n_out: int) -> Trace:
+    """Read the harness's `P k t p <spikes>` and `S k t | <acc>` lines, in whatever order the
+    model's schedule printed them (step by step, or layer by layer); every one must be there."""
     spikes = [np.zeros((T, n, s), np.int8) for s in sizes]
     acc = np.zeros((T, n, n_out), np.int64)
-    seen = 0
+    seen_probes, seen_steps = set(), 0
     for line in text.splitlines():
-        if not line.startswith("S "):
-            continue
-        head, _, tail = line.partition(" | ")
-        parts = head.split(" ")
-        k, t = int(parts[1]), int(parts[2]) - 1
-        for p, field in enumerate(parts[3:]):
-            if len(field) == 2 * sizes[p]:  # graded: two hex digits a spike, its int8 count
-                spikes[p][t, k] = np.frombuffer(bytes.fromhex(field), np.int8)
-            else:
-                spikes[p][t, k] = _LUT[np.frombuffer(field.encode(), np.uint8)]
-        acc[t, k] = [int(v) for v in tail.split()]
-        seen += 1
-    if seen != n * T:
-        raise BadInput(f"the harness printed {seen} of {n * T} expected steps")
+        if line.startswith("P "):
+            _, k, t, p, field = line.split(" ", 4)
+            kk, tt, pp = int(k), int(t) - 1, int(p)
+            spikes[pp][tt, kk] = _spike_field(field.strip(), sizes[pp])
+            seen_probes.add((kk, tt, pp))
+        elif line.startswith("S "):
+            head, _, tail = line.partition(" |")
+            _, k, t = head.split(" ")
+            acc[int(t) - 1, int(k)] = [int(v) for v in tail.split()]
+            seen_steps += 1
+    if seen_steps != n * T:
+        raise BadInput(f"the harness printed {seen_steps} of {n * T} expected steps")
+    if len(seen_probes) != n * T * len(sizes):
+        raise BadInput(
+            f"the harness printed {len(seen_probes)} of {n * T * len(sizes)} expected probes"
+        )
     return Trace(spikes, acc)
 
 

@@ -12,6 +12,7 @@ written to the size report; `emit --kernels reference` keeps the reference loops
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Template
 
 import numpy as np
 
@@ -75,6 +76,7 @@ def _dense(plan: Plan, n: Node, cid: str) -> Layer:
     choice = _choose(plan, n, DENSE_MAC * w.size * rows, SYNOP * w.size * rows)
     io = dict(rows=rows, n_in=n_in, n_out=n_out, b=f"b_{cid}", x=plan.buf(n.inputs[0]))
     io.update(y=plan.buf(n.output), yt=plan.ctype[n.output])
+    io["store"] = Template(K.DENSE_STORE).substitute(io)
     if choice.kernel == "events":  # columns contiguous: a spike's weights are one run
         body = K.DENSE_EVENTS.substitute(io, wt=f"w_{cid}")
         layer = Layer(n, body, consts=_synapse_consts(n, cid, np.ascontiguousarray(w.T)))
@@ -106,7 +108,8 @@ def _conv(plan: Plan, n: Node, cid: str) -> Layer:
     elif plan.kernels == "reference":
         layer = Layer(n, K.CONV2D.substitute(geo, w=f"w_{cid}"), consts=_synapse_consts(n, cid, w))
     else:
-        body = K.CONV2D_ROWS.substitute(geo, w=f"w_{cid}", xt=plan.ctype[n.inputs[0]])
+        store = Template(K.CONV2D_STORE).substitute(geo)
+        body = K.CONV2D_ROWS.substitute(geo, w=f"w_{cid}", xt=plan.ctype[n.inputs[0]], store=store)
         layer = Layer(n, body, consts=_synapse_consts(n, cid, w))
         choice.kernel = "rows"
     layer.kernel = choice.report()
