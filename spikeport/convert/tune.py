@@ -45,10 +45,11 @@ from spikeport.sim.ops import IFNeuron
 
 TUNE_SAMPLES = 256  # calibration samples the layer-wise search runs on, at most
 # Bytes for one tensor's T steps over the samples (fewer samples if more). About three such
-# tensors live at once in a transformer's feed-forward block: 2^30 made the search for T = 16
-# of a 22M-parameter encoder (width 1536 there) peak at 4.4 GB; 2^28 keeps 40 of its
-# 32-token sentences and convert under 2 GB (issue #20). Small networks keep TUNE_SAMPLES.
-MEMORY_BUDGET = 2**28
+# tensors live at once in a transformer's feed-forward block. all-MiniLM-L6-v2 (width 1536
+# there, T = 8 so 16 steps for the 2T search): 2^30 keeps 160 sentences (4.4 GB peak with 200
+# calibration sentences); 2^28 keeps 40 (1.57 GB) but its graded 4-bit cosine at T = 8 fell
+# from 0.9802 to 0.9708; 2^29 keeps 80, all of the zoo's 64. Small networks keep TUNE_SAMPLES.
+MEMORY_BUDGET = 2**29
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 # and in batches whose widest tensor over T steps holds at most this many bytes: the batches
 # of 256 of 32-token sentences made scoring a 22M-parameter encoder peak at 2.6 GB
@@ -62,6 +63,11 @@ SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (e
 # the search most of a ResNet-50's conversion (64x64, 16 samples: several minutes on one
 # core); 2^21 changes nothing on layers where channels x steps <= 512 (SEARCH_POSITIONS each).
 SEARCH_VALUES = 2**21
+# Features of a sequence (channels on the last axis) have few positions each (tokens x
+# samples), and the search needs them: at 2^21, all-MiniLM-L6-v2's 1536 features kept 85
+# positions each at T = 16, and its graded 4-bit embedding cosine at T = 8 fell from 0.9873 to
+# 0.9802 (16 test sentences). Images keep SEARCH_VALUES (pixels x samples per channel).
+SEARCH_VALUES_FEATURES = 2**23
 THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the largest activation
 REFINE = 6  # then as many between the best one's neighbours, per channel
 SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
@@ -137,10 +143,12 @@ def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
 
 
-def _positions(m: int, channels: int, T: int) -> slice:
+def _positions(m: int, channels: int, T: int, features: bool) -> slice:
     """An even subsample of m positions: at most SEARCH_POSITIONS, and few enough that one
-    rate code of all channels over T steps stays within SEARCH_VALUES values."""
-    most = max(64, min(SEARCH_POSITIONS, SEARCH_VALUES // (channels * T)))
+    rate code of all channels over T steps stays within SEARCH_VALUES values
+    (SEARCH_VALUES_FEATURES for the features of a sequence)."""
+    budget = SEARCH_VALUES_FEATURES if features else SEARCH_VALUES
+    most = max(64, min(SEARCH_POSITIONS, budget // (channels * T)))
     return slice(None, None, max(1, -(-m // most)))
 
 
@@ -350,7 +358,7 @@ def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int) -> None:
     bipolar = bool(node.attrs.get("bipolar"))
     target = _channels_first(run.ann[src], axis)
     channels, m = target.shape
-    pick = _positions(m, channels, run.T)
+    pick = _positions(m, channels, run.T, features=axis == -1)
     currents = np.stack([_channels_first(c, axis)[:, pick] for c in run.spiking[src]])
     target = target[:, pick]
     if not bipolar:
