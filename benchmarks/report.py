@@ -268,6 +268,11 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def peak(stage: dict[str, Any]) -> str:
+    """A stage's peak resident set, MiB, with the part above its baseline in brackets."""
+    return f"{stage['peak_rss_mib']:,.0f} [{stage['peak_above_baseline_mib']:,.0f}]"
+
+
 def quantize_memory_md(doc: dict[str, Any]) -> list[str]:
     lines = [
         "## 3b. Quantize time and memory",
@@ -289,7 +294,7 @@ def quantize_memory_md(doc: dict[str, Any]) -> list[str]:
         q = r["quantize"]
         lines.append(
             f"| {r['model']} | {r['parameters']:,} | {r['calibration_samples']} | "
-            f"{q['seconds']:.1f} | {q['peak_rss_mib']:,.0f} [{q['peak_above_baseline_mib']:,.0f}] |"
+            f"{q['seconds']:.1f} | {peak(q)} |"
         )
     return lines
 
@@ -314,9 +319,8 @@ def encoder_memory_md(doc: dict[str, Any]) -> list[str]:
     for r in doc["rows"]:
         c, q = r["convert"], r["quantize"]
         lines.append(
-            f"| {r['conversion']} | {c['seconds']:.0f} | {c['peak_rss_mib']:,.0f} "
-            f"[{c['peak_above_baseline_mib']:,.0f}] | {q['seconds']:.0f} | "
-            f"{q['peak_rss_mib']:,.0f} [{q['peak_above_baseline_mib']:,.0f}] |"
+            f"| {r['conversion']} | {c['seconds']:.0f} | {peak(c)} | {q['seconds']:.0f} | "
+            f"{peak(q)} |"
         )
     return lines
 
@@ -345,9 +349,7 @@ def cost_md(doc: dict[str, Any]) -> list[str]:
         c, q = r["convert"], r["quantize"]
         lines.append(
             f"| {r['model']} | {r['parameters']:,} | {r['calibration_samples']} | "
-            f"{c['seconds']:.2f} | {c['peak_rss_mib']:,.0f} [{c['peak_above_baseline_mib']:,.0f}]"
-            f" | {q['seconds']:.2f} | {q['peak_rss_mib']:,.0f} "
-            f"[{q['peak_above_baseline_mib']:,.0f}] | "
+            f"{c['seconds']:.2f} | {peak(c)} | {q['seconds']:.2f} | {peak(q)} | "
             f"{r['sim_int']['samples_x_steps_per_s']:,.1f} |"
         )
     return lines

@@ -141,12 +141,12 @@ def collect(
     names = activation_tensors(graph)
     axes = channel_axes(graph)
     tails: dict[str, Tails] = {}
+    elements = {n: int(np.prod(graph.shape(n), dtype=np.int64)) for n in names}  # per sample
     for n in names:
         shape = graph.shape(n)
         channels = shape[axes[n]] if shape else 1
-        per_sample = int(np.prod(shape, dtype=np.int64)) // max(channels, 1)
-        tails[n] = Tails(channels, per_sample * size(x), lowest)
-    sample_bytes = 8 * sum(int(np.prod(graph.shape(n), dtype=np.int64)) for n in names)
+        tails[n] = Tails(channels, elements[n] // max(channels, 1) * size(x), lowest)
+    sample_bytes = 8 * sum(elements.values())
     batch_size = max(1, min(batch_size, BATCH_BYTES // max(sample_bytes, 1)))
     for start in range(0, size(x), batch_size):
         acts = runner(take(x, slice(start, start + batch_size)), names)

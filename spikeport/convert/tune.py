@@ -209,15 +209,13 @@ class _Run:
             # inputs this node reads last: each step is dropped once computed, so a wide layer
             # and its successor do not both hold all T steps (a 22M-parameter encoder's
             # feed-forward block: 0.5 GB at 80 sentences and 16 steps)
-            done = [
-                i for i in node.inputs if self.left[i] == 1 and i not in self.graph.outputs
-            ]
+            kept = set(self.graph.outputs) | self.static
+            done = [i for i in node.inputs if self.left[i] == 1 and i not in kept]
             outs = []
             for t in range(self.T):
                 outs.append(snn_k(*[self.spiking[i][t] for i in node.inputs]))
                 for i in done:
-                    if i not in self.static:
-                        self.spiking[i][t] = None
+                    self.spiking[i][t] = None
             self.spiking[node.output] = outs
         for i in node.inputs:
             self.left[i] -= 1

@@ -130,6 +130,11 @@ def _unfold(y: torch.Tensor, T: int) -> torch.Tensor:
     return y.reshape((T, -1) + tuple(y.shape[1:]))
 
 
+def reach(b: NodeBounds, cumulative: bool) -> np.ndarray:
+    """The proof's bound on a tensor's running sums (cumulative) or its values at any step."""
+    return b.total if cumulative else b.step
+
+
 def sum_dtype(
     bounds: Bounds | None, node: Node, cumulative: bool = True, extra: float = 0.0
 ) -> torch.dtype:
@@ -139,8 +144,7 @@ def sum_dtype(
     if bounds is None:
         return torch.float64
     tensors = [*node.inputs, node.output]
-    pick = (lambda b: b.total) if cumulative else (lambda b: b.step)
-    worst = max(float(pick(bounds[t]).max(initial=0)) for t in tensors) + extra
+    worst = max(float(reach(bounds[t], cumulative).max(initial=0)) for t in tensors) + extra
     return torch.float32 if worst < FLOAT32_SAFE else torch.float64
 
 
@@ -322,10 +326,12 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     else:
         dts, outs = {}, {}
         for cum in (False, True) if shift == 0 else (False,):
-            pick = (lambda b: b.total) if cum else (lambda b: b.step)  # noqa: E731
-            peak = sum(np.abs(m).max() * pick(bounds[i]).max() for m, i in zip(m64, node.inputs))
+            peak = sum(
+                np.abs(m).max() * reach(bounds[i], cum).max()
+                for m, i in zip(m64, node.inputs, strict=True)
+            )
             dts[cum] = _exact_type(float(peak))
-            out = float(pick(bounds[node.output]).max(initial=0))
+            out = float(reach(bounds[node.output], cum).max(initial=0))
             outs[cum] = torch.float32 if out < FLOAT32_SAFE else torch.float64
     mults = {dt: [torch.from_numpy(m).to(dt) for m in m64] for dt in set(dts.values())}
 

@@ -139,10 +139,8 @@ class Simulator:
         # tighter than over max-T, so more kernels sum in float32.
         self._proof_needed = backend == "fast" and mode == "int" and self.max_t is not None
         self._by_steps: dict[int, tuple[dict | None, dict[str, FastKernel]]] = {}
-        self.bounds: dict | None = None
+        self.bounds: dict | None = None  # set by for_steps, which run() calls
         self.fast: dict[str, FastKernel] = {}
-        if backend == "fast":
-            self.for_steps(self.max_t or 1)
         names = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
         self.widest = max(math.prod(graph.shape(t)) for t in names)  # values per sample
 
