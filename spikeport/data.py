@@ -20,7 +20,7 @@ from spikeport.fileio import existing_file, read_npz, sha256_file
 from spikeport.ir.graph import Graph, TensorInfo
 
 # Ops an id tensor may pass through on its way from a graph input to an embedding table.
-_ID_MOVES = frozenset({"reshape", "transpose", "slice", "take"})
+_ID_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
 
 
 @dataclass

@@ -118,6 +118,7 @@ def _op_examples() -> dict[str, tuple[Node, list[tuple[int, ...]]]]:
         "if/signed": (neuron(signed=True), [(3, 4)]),
         "transpose": (node("transpose", attrs={"perm": [1, 0, 2]}), [(2, 3, 4)]),
         "take": (node("take", attrs={"axis": 0, "index": 1}), [(3, 4)]),
+        "gather": (node("gather", attrs={"axis": 1, "indices": [3, 0, 3]}), [(3, 4)]),
         "scale": (node("scale", attrs={"factor": -0.5}), [(3, 4)]),
         "offset": (node("offset", value=w(1, 4)), [(3, 4)]),
         "reduce_mean": (node("reduce_mean", attrs={"axes": [1], "keepdims": 0}), [(3, 4)]),

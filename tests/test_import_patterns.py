@@ -267,6 +267,26 @@ def test_a_gather_that_permutes_channels_is_slices_and_a_concat(tmp_path):
     assert [n.op for n in graph.nodes] == ["slice"] * 4 + ["concat"]
 
 
+def test_a_gather_by_scattered_indices_is_one_gather(tmp_path):
+    """More runs than MAX_GATHER_RUNS: one gather node, equal to onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    order = np.random.default_rng(1).permutation(40)[:30].astype(np.int64)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["x", "order"], ["y"], name="pick", axis=2)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 30])],
+        [numpy_helper.from_array(order, "order")],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(0).normal(size=(4, 3, 40)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    assert [(n.op, n.attrs["indices"]) for n in graph.nodes] == [("gather", order.tolist())]
+
+
 class SentenceTransformersPooling(nn.Module):
     """sentence-transformers' Pooling (mean tokens) and Normalize as they are written: the mask
     expanded to the token embeddings' size, so the kept-token count is spread over the

@@ -28,7 +28,7 @@ DEFAULT_PERCENTILE = 99.99
 DEFAULT_INPUT_PERCENTILE = 99.0
 # Ops that move or rescale values without computing: spikes stay spikes through them.
 DATA_MOVEMENT = frozenset(
-    {"reshape", "transpose", "take", "slice", "scale", "concat", "pad", "channel_scale"}
+    {"reshape", "transpose", "take", "gather", "slice", "scale", "concat", "pad", "channel_scale"}
 )
 # What bipolar neurons may drive: every synaptic op of the registry, and the product of two
 # activations (matmul), whose operands are spike trains too.

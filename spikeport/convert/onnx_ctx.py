@@ -156,7 +156,7 @@ class Ctx:
                 msg = f"imported as shape {shape}, ONNX shape inference says {full} (batch 1)"
                 raise refuse(n, msg) from None
         # Integer inputs (ids, masks) stay integers through data movement only.
-        moves = node.op in ("reshape", "transpose", "slice", "take")
+        moves = node.op in ("reshape", "transpose", "slice", "take", "gather")
         dtype = self.tensors[node.inputs[0]].dtype if moves else "float32"
         self.tensors[node.output] = TensorInfo(node.output, shape, dtype)
         self.bpos[node.output] = b

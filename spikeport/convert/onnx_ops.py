@@ -672,7 +672,10 @@ def _gather(ctx: Ctx, n: onnx.NodeProto) -> None:
             parts.append(part)
         ctx.emit(n, Node(n.name, "concat", parts, n.output[0], {"axis": axis}))
         return
-    raise refuse(n, f"a gather by index {index.tolist()} is not a slice")
+    if index.ndim != 1:
+        raise refuse(n, f"a gather by a {index.ndim}-D index is not supported")
+    spec = {"axis": axis, "indices": [int(i) for i in index]}
+    ctx.emit(n, Node(n.name, "gather", [data], n.output[0], spec))
 
 
 MAX_GATHER_RUNS = 16  # a gather by index becomes at most this many slices and a concat

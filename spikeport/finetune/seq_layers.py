@@ -84,6 +84,12 @@ def _take(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     return Fn(lambda x: x.select(_ax(a["axis"]), a["index"]))
 
 
+@layer("gather")
+def _gather(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
+    a, idx = node.attrs, torch.tensor(node.attrs["indices"])
+    return Fn(lambda x: x.index_select(_ax(a["axis"]), idx.to(x.device)))
+
+
 @layer("slice")
 def _slice(node: Node, shape: tuple[int, ...], surrogate: Shape) -> Layer:
     """index_select per axis: torch slices take no negative steps."""

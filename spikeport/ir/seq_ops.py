@@ -1,6 +1,6 @@
 """Op vocabulary for sequence models (ViT/BERT-like encoders), same registry as ops.py.
 
-Data movement (transpose, take, reshape) and scaling by a constant are linear; an embedding
+Data movement (transpose, take, gather, reshape) and scaling by a constant are linear; an embedding
 lookup is a constant current. Ops with no linear spiking twin (layernorm, softmax and its
 masked form, gelu, tanh, matmul of two activations) run as
 expectation-compensated operators: each keeps S_t, the running sum of its inputs, and at step
@@ -47,6 +47,16 @@ def _take(node: Node, ins: list[Shape]) -> Shape:
     if not 0 <= node.attrs["index"] < ins[0][ax]:
         raise _fail(node, f"index {node.attrs['index']} outside axis of size {ins[0][ax]}")
     return ins[0][:ax] + ins[0][ax + 1 :]
+
+
+@register("gather", attrs={"axis": 0, "indices": []})
+def _gather(node: Node, ins: list[Shape]) -> Shape:
+    """y = x[..., indices, ...] along `axis` (the axis keeps len(indices) entries): an ONNX
+    Gather by a constant index list, or the outlier inputs quantize gives their own synapses."""
+    ax, idx = _axis(node, ins[0], node.attrs["axis"]), node.attrs["indices"]
+    if not idx or not all(0 <= i < ins[0][ax] for i in idx):
+        raise _fail(node, f"indices {idx!r:.60} do not fit an axis of size {ins[0][ax]}")
+    return ins[0][:ax] + (len(idx),) + ins[0][ax + 1 :]
 
 
 @register("scale", attrs={"factor": 1.0})

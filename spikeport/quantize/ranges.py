@@ -29,7 +29,17 @@ from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of
 BoundRule = Callable[..., tuple]
 # Linear ops without a bias: the summed output is bounded by the rule applied to summed inputs.
 MOVES = frozenset(
-    {"reshape", "transpose", "take", "slice", "scale", "concat", "avgpool2d", "reduce_mean"}
+    {
+        "reshape",
+        "transpose",
+        "take",
+        "gather",
+        "slice",
+        "scale",
+        "concat",
+        "avgpool2d",
+        "reduce_mean",
+    }
     | {"channel_scale", "pad", "reduce_sum", "resize"}
 )
 SYNAPTIC = frozenset({"dense", "conv2d"})

@@ -34,6 +34,11 @@ def _take(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.take(_full(ctx, node), node.attrs["index"], axis=node.attrs["axis"])
 
 
+@handler("gather")
+def _gather(ctx: _Ctx, node: Node) -> np.ndarray:
+    return np.take(_full(ctx, node), node.attrs["indices"], axis=node.attrs["axis"])
+
+
 @handler("slice")
 def _slice(ctx: _Ctx, node: Node) -> np.ndarray:
     return _full(ctx, node)[slicer(node, batch=False)]
@@ -160,6 +165,11 @@ def _b_transpose(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
 @bound("take")
 def _b_take(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     return np.take(b[0], node.attrs["index"], axis=node.attrs["axis"]), 0.0
+
+
+@bound("gather")
+def _b_gather(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
+    return np.take(b[0], node.attrs["indices"], axis=node.attrs["axis"]), 0.0
 
 
 @bound("slice")

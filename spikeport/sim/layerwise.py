@@ -44,7 +44,7 @@ MAX_ELEMENTS = 1 << 24  # per tensor over T steps (128 MiB of int64): bounds the
 STATIC = "static"
 # Ops that only select or rearrange elements: they commute with running sums, so they move
 # running sums as they are (no per-step copy in between).
-DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice"})
+DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice", "gather"})
 
 
 @dataclass

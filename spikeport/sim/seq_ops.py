@@ -33,6 +33,12 @@ def _take(node: Node, mode: str, shape: Shape) -> Kernel:
     return Stateless(lambda x: np.take(x, a["index"], axis=_ax(a["axis"])))
 
 
+@kernel("gather")
+def _gather(node: Node, mode: str, shape: Shape) -> Kernel:
+    a = node.attrs
+    return Stateless(lambda x: np.take(x, a["indices"], axis=_ax(a["axis"])))
+
+
 @kernel("scale")
 def _scale(node: Node, mode: str, shape: Shape) -> Kernel:
     factor = node.attrs["factor"]

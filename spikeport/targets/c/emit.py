@@ -145,7 +145,9 @@ def narrow(bound: float, least: str = "int8_t") -> str:
 
 
 # Ops that only move or pick values keep int8 spikes int8 (a max of int8 running maxima too).
-INT8_KEEPING = frozenset({"reshape", "maxpool2d", "concat", "transpose", "take", "slice", "pad"})
+INT8_KEEPING = frozenset(
+    {"reshape", "maxpool2d", "concat", "transpose", "take", "gather", "slice", "pad"}
+)
 
 
 def _geometry(plan: Plan, n: Node) -> dict[str, Any]:

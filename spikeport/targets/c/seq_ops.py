@@ -155,7 +155,7 @@ def _gather(plan: Plan, n: Node, cid: str) -> Layer:
     return Layer(n, body, consts=[(_index_type(n_in), f"ix_{cid}", table)])
 
 
-c_op("transpose", "take", "slice", "pad")(_gather)
+c_op("transpose", "take", "gather", "slice", "pad")(_gather)
 
 
 @c_op("resize")
