@@ -141,8 +141,24 @@ def bipolar_mlp() -> tuple[onnx.ModelProto, np.ndarray]:
     return b.model((3, 4, 4), out, 4), b.rng.normal(0, 1, (64, 3, 4, 4)).astype(np.float32)
 
 
+def outlier_mlp() -> tuple[onnx.ModelProto, np.ndarray]:
+    """Gemm-ReLU of 96 units, units 3 and 17 boosted 40 times, then a Gemm of it plus a Gemm
+    of the input (an Add, like a residual), ReLU, Gemm: outlier features (and a few dead
+    units, whose placeholder thresholds look alike), for which quantize gives the Add's first
+    Gemm's outlier columns a dense layer of their own (spikeport.quantize.outliers)."""
+    b = _Builder(11)
+    flat = b.op("Flatten", ["x"], axis=1)
+    boost = np.ones(96, np.float32)
+    boost[[3, 17]] = 40.0
+    h = b.op("Relu", [b.op("Mul", [b.gemm(flat, 48, 96), b.const(boost)])])
+    h = b.op("Relu", [b.op("Add", [b.gemm(h, 96, 16), b.gemm(flat, 48, 16)])])
+    out = b.gemm(h, 16, 4)
+    return b.model((3, 4, 4), out, 4), b.rng.uniform(0, 1, (64, 3, 4, 4)).astype(np.float32)
+
+
 FIXTURES: dict[str, Callable[[], tuple[onnx.ModelProto, np.ndarray]]] = {
     "residual": residual,
     "concat_pool": concat_pool,
     "wide_mlp": wide_mlp,
+    "outlier_mlp": outlier_mlp,
 }

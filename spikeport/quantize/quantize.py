@@ -35,9 +35,16 @@ from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import keeps_channels
 from spikeport.quantize.activity import calibration_activity
+from spikeport.quantize.outliers import split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
-from spikeport.quantize.scales import channel_vector, compact, compact_rows, feature_vector
+from spikeport.quantize.scales import (
+    channel_vector,
+    compact,
+    compact_rows,
+    feature_vector,
+    read_requantized,
+)
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.kinds import SDN, SDN_LEVEL_BITS, SDN_VTH_DIVISORS, kind_of, set_kind
@@ -51,9 +58,6 @@ MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to th
 PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
 # Readers that bring every element of their input to their own scale with an integer
 # multiplier: a dense / conv layer read only by these (and neurons) keeps per-channel scales.
-REQUANT_READERS = frozenset(
-    {"add", "layernorm", "gelu", "tanh", "softmax", "masked_softmax", "sigmoid"}
-)
 
 
 @dataclass
@@ -114,18 +118,7 @@ class _Ctx:
             return True
         if p.fold_add or p.layer_threshold or p.max_current is not None:
             return False
-        return self._requantized(node.output, direct=True)
-
-    def _requantized(self, tensor: str, direct: bool = False) -> bool:
-        users = self.graph.consumers(tensor)
-        if not users or tensor in self.graph.outputs:
-            return False
-        return all(
-            u.op in REQUANT_READERS
-            or (u.op in ("reshape", "transpose") and self._requantized(u.output))
-            or (direct and u.op == "if" and self.per_channel_if(u))
-            for u in users
-        )
+        return read_requantized(self.graph, node.output, self.per_channel_if)
 
     def per_channel_if(self, user: Node) -> bool:
         """A neuron that absorbs per-channel scales into its thresholds."""
@@ -353,14 +346,15 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
 
 
 def _widening(ctx: _Ctx, node: Node, ratio: np.ndarray, shift: int, s_y: float) -> int:
-    """Extra shift for an add whose finest input would get a multiplier below 1/2 at the
-    ADD_MULT_BITS precision (RepGhostNet: a small branch added to a coarse one): enough for
+    """Extra shift for an add whose finest input would get a multiplier of fewer than
+    FINE_MULT_BITS bits at the ADD_MULT_BITS precision, a gain error above 0.4 % (RepGhostNet:
+    a small branch added to a coarse one; the inliers of an outlier split): enough for
     that input's multiplier to carry FINE_MULT_BITS bits, the coarse multipliers widening up
     to the profile's mult_bits, where the proof bounds every product sum in int64. Inputs
     below half an output step are left out instead (_below_resolution), not widened for."""
     live = [i for i, name in enumerate(node.inputs) if not _left_out(ctx, name, s_y)]
     finest = min((float(ratio[i].min()) for i in live), default=0.0) * 2.0**shift
-    if not live or finest >= 0.5 or finest <= 0:
+    if not live or finest >= 2**FINE_MULT_BITS or finest <= 0:
         return 0
     extra = math.ceil(math.log2(2**FINE_MULT_BITS / finest))
     room = ctx.profile.mult_bits - 2 - int(math.ceil(math.log2(float(ratio.max())))) - shift
@@ -556,6 +550,7 @@ def quantize_kind(
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
     check_capabilities(out, profile)
+    split = split_outlier_inputs(out, profile)
     ctx = _Ctx(
         out,
         profile,
@@ -600,6 +595,8 @@ def quantize_kind(
     if profile.neuron_kind == SDN and any(kind_of(n) != SDN for n in graph.nodes if n.op == "if"):
         out.meta["quantization"]["sdn_vth_divisor"] = vth_divisor  # set here, not in finetune
     check_graph(out)
+    if split:  # recorded only where it happened: other artifacts unchanged
+        out.meta["quantization"]["outlier_inputs_split"] = split
     if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
         out.meta["quantization"]["notes"] = ctx.notes
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)

@@ -3,7 +3,34 @@ per-sample shape, kept compact (an axis along which the scale is constant has si
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+from spikeport.ir.graph import Graph, Node
+
+# Ops that requantize every element of their input on their own (an add's multipliers per
+# channel, an EC function's requant_q per element): a layer they read may have any scale per
+# output channel.
+REQUANT_READERS = frozenset(
+    {"add", "layernorm", "gelu", "tanh", "softmax", "masked_softmax", "sigmoid"}
+)
+
+
+def read_requantized(
+    graph: Graph, tensor: str, direct: Callable[[Node], bool] = lambda u: False
+) -> bool:
+    """Whether every reader of `tensor` requantizes it (REQUANT_READERS, through reshapes and
+    transposes; `direct` may accept other readers of `tensor` itself); a graph output is not."""
+    users = graph.consumers(tensor)
+    if not users or tensor in graph.outputs:
+        return False
+    return all(
+        u.op in REQUANT_READERS
+        or (u.op in ("reshape", "transpose") and read_requantized(graph, u.output))
+        or direct(u)
+        for u in users
+    )
 
 
 def compact(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
