@@ -24,10 +24,20 @@ def test_softmax_within_bound_over_its_range():
 
 
 def test_gelu_within_bound_over_its_range():
-    q = np.arange(-6000, 6001, dtype=np.int64)  # x in [-23.4, 23.4] at scale 2^-8
+    q = np.arange(-24000, 24001, dtype=np.int64)  # x in [-23.4, 23.4] at scale 2^-10
     c = F.gelu_consts()
     got = F.int_gelu(q, **c) * c["out_scale"]
-    assert np.abs(got - F.gelu(q * F.GELU_IN_SCALE)).max() <= F.GELU_BOUND
+    for form in ("none", "tanh"):  # erf's GELU, and the tanh form it computes
+        assert np.abs(got - F.gelu(q * F.GELU_IN_SCALE, form)).max() <= F.GELU_BOUND
+
+
+def test_ibert_gelu_of_older_graphs_within_its_bound():
+    q = np.arange(-6000, 6001, dtype=np.int64)  # x in [-23.4, 23.4] at scale 2^-8
+    c = F.ibert_gelu_consts()
+    assert F.gelu_function(c) is F.int_gelu_ibert
+    got = F.int_gelu_ibert(q, **c) * c["out_scale"]
+    err = np.abs(got - F.gelu(q * F.IBERT_GELU_IN_SCALE)).max()
+    assert F.GELU_BOUND < err <= F.IBERT_GELU_BOUND
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,7 +50,7 @@ def test_isqrt_is_exact_floor(n):
 def test_gelu_with_a_calibrated_output_shift_stays_within_bound():
     """quantize shifts GELU's output to span ~2^16 steps over its calibrated peak: one output
     step more of error at most."""
-    q = np.arange(-6000, 6001, dtype=np.int64)
+    q = np.arange(-24000, 24001, dtype=np.int64)
     c = F.gelu_consts(peak=8.0)
     assert c["shift"] > F.gelu_consts()["shift"]
     assert 2**15 <= 8.0 / c["out_scale"] < 2**17

@@ -137,6 +137,26 @@ def test_transformer_bit_exact_on_1000_random_inputs(built, name):
 
 
 @needs_cc
+def test_a_graph_quantized_with_ibert_gelu_still_runs_bit_exact(built, tmp_path):
+    """Graphs quantized before the sigmoid-form GELU carry I-BERT's constants: the simulator
+    and the C target still run them (intfunc.gelu_function), alike."""
+    import copy
+
+    from spikeport.quantize.ranges import prove_ranges
+    from spikeport.sim import intfunc as F
+
+    graph = copy.deepcopy(built["digits_vit"][0])
+    gelus = [n for n in graph.nodes if n.op == "gelu"]
+    assert gelus
+    for n in gelus:
+        n.attrs["int"] = {k: v for k, v in F.ibert_gelu_consts().items() if k != "out_scale"}
+    graph.meta["quantization"]["proven_peak"] = prove_ranges(graph, T)
+    emit(graph, "c", tmp_path / "old")
+    assert "spk_gelu_ibert(" in (tmp_path / "old" / "model.c").read_text()
+    check_random(graph, tmp_path / "old", examples=5)
+
+
+@needs_cc
 @pytest.mark.parametrize("name", list(EXAMPLE_MODELS))
 def test_transformer_bit_exact_on_its_test_set(built, name):
     graph, outdir, test = built[name]

@@ -244,10 +244,15 @@ def _q_max(node: Node, b_in: np.ndarray) -> float:
 @bound("gelu")
 def _b_gelu(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     k = node.attrs["int"]
-    y_max = _q_max(node, b[0]) * (2 * k["one"] + k["clip"] ** 2) / 2 ** k["shift"]
-    # GELU dips below 0 only for inputs in [-clip, 0] (beyond, erf is clipped to -1 and
-    # q * (one + c) >= 0 as one + c is 0 or -1): its exact minimum, over those few integers.
-    y_min = float(F.int_gelu(np.arange(-k["clip"] - 1, 1, dtype=np.int64), **k).min())
+    # q times a gate: the sigmoid's at most 2^GATE_BITS; I-BERT's one - erf_neg at most
+    # 2 one + clip^2
+    gain = 2**F.GATE_BITS if "cubic" in k else 2 * k["one"] + k["clip"] ** 2
+    y_max = _q_max(node, b[0]) * gain / 2 ** k["shift"]
+    # GELU dips below 0 only for inputs in [-clip, 0] (beyond, the gate is 0: the sigmoid's
+    # argument stops at -clip, I-BERT's erf is clipped to -1 and q * (one + c) >= 0 as
+    # one + c is 0 or -1): its exact minimum, over those integers.
+    low = np.arange(-k["clip"] - 1, 1, dtype=np.int64)
+    y_min = float(F.gelu_function(k)(low, **k).min())
     return _ec(c, y_max, T, b[0].shape, y_min)
 
 

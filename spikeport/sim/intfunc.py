@@ -8,7 +8,9 @@ Polynomials follow I-BERT (Kim et al., ICML 2021):
 
   exp:  x = -ln2 * z + p, p in (-ln2, 0];  exp(p) ~ 0.3585 * (p + 1.353)^2 + 0.344;  >> z
   erf:  erf(x) ~ sgn(x) * [a * (min(|x|, -b) + b)^2 + 1],  a = -0.2888, b = -1.769
-  gelu: x / 2 * (1 + erf(x / sqrt 2))
+  gelu: x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the tanh form of x * Phi(x) (its
+        distance to erf's GELU is 5e-4), with the integer sigmoid below; graphs quantized
+        before it have I-BERT's x / 2 * (1 + erf(x / sqrt 2)) with the erf polynomial
   sqrt: Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2) until it stops falling
   tanh: sgn(x) * (e(0) - e(-2|x|)) / (e(0) + e(-2|x|)) with e the integer exp above
   sigmoid: e(0) / (e(0) + e(-|x|)) for x >= 0, one minus that below (exactly 1/2 at 0)
@@ -27,7 +29,8 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
   prelu      exact for x >= 0; |error| <= |x| * |slope rounding| + s / 2^frac below
   l2norm     |error| <= 2^-15 + 1 / (||q|| - 1) per entry against q / ||q|| (input steps)
   div        exact: floor(a * 2^frac / max(b, floor)), one rule for every target
-  gelu       |error| <= GELU_BOUND (inputs at scale 2^-8; I-BERT's own Linf is 0.018)
+  gelu       |error| <= GELU_BOUND against erf's GELU (inputs at scale 2^-10); I-BERT's
+             form: IBERT_GELU_BOUND (inputs at 2^-8; its own Linf is 0.018)
   isqrt      exact floor(sqrt(n))
   layernorm  |error| <= LAYERNORM_BOUND * max|gamma| + rounding of beta + one output step
 """
@@ -35,14 +38,18 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import erf
 
 SOFTMAX_IN_SCALE = 2.0**-10
 SOFTMAX_OUT_BITS = 15  # probabilities as integers of scale 2^-15
-GELU_IN_SCALE = 2.0**-8
+GELU_IN_SCALE = 2.0**-10  # the sigmoid's input scale: GELU's gate is a sigmoid (gelu_consts)
 GELU_OUT_BITS = 16  # the calibrated output peak spans about 2^16 integer steps (gelu_consts)
+GELU_CUBIC_SHIFT = 34  # fraction bits of the gate argument's two coefficients
+GELU_CLIP = 8.0  # |x| beyond which GELU is x or 0 (to 1e-14): the gate's argument stops there
+IBERT_GELU_IN_SCALE = 2.0**-8  # graphs quantized before the sigmoid form
 LN_NORM_BITS = 10  # normalised (x - mean) / std as integers of scale 2^-10
 LN_IN_BITS = 20  # layernorm input requantised to +-2^20 over its proven range
 LN_GAMMA_BITS = 10  # gamma as integers up to 2^10
@@ -74,7 +81,8 @@ ACT_IN_BITS = 14  # unbounded inputs (silu, hardswish, l2norm) at scale peak / 2
 # EfficientNet-B0 (3x64x64) needed 35 bits at T = 64, with 10 still 33.
 ACT_OUT_BITS = 8
 L2_OUT_BITS = 15  # unit vectors as integers of scale 2^-15
-GELU_BOUND = 2.5e-2
+GELU_BOUND = 1e-3
+IBERT_GELU_BOUND = 2.5e-2
 LAYERNORM_BOUND = 4e-3
 
 
@@ -264,10 +272,49 @@ def int_div(a: np.ndarray, b: np.ndarray, frac: int, least: np.ndarray | int) ->
 
 
 def gelu_consts(in_scale: float = GELU_IN_SCALE, peak: float | None = None) -> dict:
-    """The integer constants of GELU at input scale `in_scale`. The output is shifted right by
-    10 bits at least, and further where the output's calibrated `peak` (real units) allows:
-    it then spans about 2^GELU_OUT_BITS integer steps (its fixed scale was ~2^-18, so the
-    outputs and the thresholds of the neurons they feed took 20+ bits)."""
+    """The integer constants of GELU at input scale `in_scale` (the sigmoid's, 2^-10): the
+    gate's argument z = a x + cubic x^3 at the sigmoid's input scale, a and cubic with
+    GELU_CUBIC_SHIFT fraction bits; the integer exp of the sigmoid; and an output shift
+    where the output's calibrated `peak` (real units) allows it, so that it spans about
+    2^GELU_OUT_BITS integer steps (q * gate alone has scale in_scale * 2^-15)."""
+    k = math.sqrt(8 / math.pi)  # sigmoid(2u) = (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + ...)
+    frac = 2.0**GELU_CUBIC_SHIFT
+    shift = 0
+    if peak is not None and peak > 0:
+        shift = max(
+            0, math.floor(math.log2(peak / 2**GELU_OUT_BITS / (in_scale * 2.0**-GATE_BITS)))
+        )
+    return {
+        "a": round(k * in_scale / SIGMOID_IN_SCALE * frac),
+        "cubic": round(k * 0.044715 * in_scale**3 / SIGMOID_IN_SCALE * frac),
+        "clip": math.floor(GELU_CLIP / in_scale),
+        **softmax_consts(SIGMOID_IN_SCALE),
+        "shift": shift,
+        "out_scale": in_scale * 2.0**-GATE_BITS * 2**shift,
+    }
+
+
+def int_gelu(
+    q: np.ndarray, a: int, cubic: int, clip: int, ln2: int, b: int, c: int, shift: int, **_: object
+) -> np.ndarray:
+    """GELU(q * s_in) = x * sigmoid(z), integers of scale consts['out_scale']: the gate's
+    argument z from |x| <= GELU_CLIP (the gate is 0 or 1 beyond), the integer sigmoid, then
+    q * gate floored by 2^shift."""
+    x = np.clip(q, -clip, clip)
+    z = np.right_shift(a * x + cubic * x * x * x, GELU_CUBIC_SHIFT)
+    return np.right_shift(q * int_sigmoid(z, ln2, b, c), shift)
+
+
+def gelu_function(consts: dict) -> Callable[..., np.ndarray]:
+    """The integer GELU a quantized node's constants are for: the sigmoid form, or I-BERT's in
+    graphs quantized before it (their constants have no `cubic`)."""
+    return int_gelu if "cubic" in consts else int_gelu_ibert
+
+
+def ibert_gelu_consts(in_scale: float = IBERT_GELU_IN_SCALE, peak: float | None = None) -> dict:
+    """I-BERT's GELU constants (graphs quantized before the sigmoid form). The output is
+    shifted right by 10 bits at least, and further where the output's calibrated `peak`
+    allows: it then spans about 2^GELU_OUT_BITS integer steps."""
     s = in_scale / math.sqrt(2)  # erf is evaluated at x / sqrt 2
     a, b = -0.2888, -1.769
     s_l = -a * s * s  # positive scale of the (negated) polynomial
@@ -286,7 +333,9 @@ def gelu_consts(in_scale: float = GELU_IN_SCALE, peak: float | None = None) -> d
     }
 
 
-def int_gelu(q: np.ndarray, clip: int, c: int, one: int, shift: int, **_: object) -> np.ndarray:
+def int_gelu_ibert(
+    q: np.ndarray, clip: int, c: int, one: int, shift: int, **_: object
+) -> np.ndarray:
     """GELU(q * s_in), integers of scale consts['out_scale'] (I-BERT i-GELU)."""
     u = np.minimum(np.abs(q), clip) - clip  # in [-clip, 0]
     erf_neg = np.sign(q) * (u * u + c)  # = -erf / s_l  (c < 0)

@@ -131,7 +131,7 @@ def _softmax(node: Node, mode: str, shape: Shape) -> Kernel:
 @kernel("gelu")
 def _gelu(node: Node, mode: str, shape: Shape) -> Kernel:
     c, form = node.attrs.get("int", {}), attr(node, "approximate")
-    return _unary(node, mode, lambda x: F.gelu(x, form), lambda q: F.int_gelu(q, **c))
+    return _unary(node, mode, lambda x: F.gelu(x, form), lambda q: F.gelu_function(c)(q, **c))
 
 
 @kernel("layernorm")

@@ -113,9 +113,18 @@ static int64_t spk_gated(int64_t q, int64_t gate, int drop)
 {{
     return spk_floor_div(q * gate, (int64_t)1 << ({F.GATE_BITS} + drop));
 }}""",
-    "gelu": """\
-/* GELU (I-BERT i-GELU; intfunc.int_gelu). */
-static int64_t spk_gelu(int64_t q, int64_t clip, int64_t c, int64_t one, int shift)
+    "gelu": f"""\
+/* GELU(q * s) = x * sigmoid(a x + cubic x^3), |x| clipped in the gate (intfunc.int_gelu). */
+static int64_t spk_gelu(int64_t q, int64_t a, int64_t cubic, int64_t clip, int64_t ln2,
+                        int64_t b, int64_t c, int shift)
+{{
+    const int64_t x = q < -clip ? -clip : (q > clip ? clip : q);
+    const int64_t z = spk_asr(a * x + cubic * x * x * x, {F.GELU_CUBIC_SHIFT});
+    return spk_asr(q * spk_sigmoid(z, ln2, b, c), shift);
+}}""",
+    "gelu_ibert": """\
+/* GELU (I-BERT i-GELU, graphs quantized before the sigmoid form; intfunc.int_gelu_ibert). */
+static int64_t spk_gelu_ibert(int64_t q, int64_t clip, int64_t c, int64_t one, int shift)
 {
     const int64_t u = (spk_abs(q) < clip ? spk_abs(q) : clip) - clip;
     const int64_t erf_neg = spk_sign(q) * (u * u + c);
@@ -178,7 +187,8 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "sigmoid": ("exp", "abs"),
     "hardsigmoid": ("floor_div",),
     "gated": ("floor_div",),
-    "gelu": ("abs", "sign", "asr"),
+    "gelu": ("sigmoid", "asr"),
+    "gelu_ibert": ("abs", "sign", "asr"),
     "layernorm": ("floor_div", "isqrt", "shl", "asr"),
     "l2norm": ("floor_div", "isqrt", "shl"),
 }

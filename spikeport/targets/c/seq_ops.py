@@ -298,8 +298,11 @@ def _ec_function(plan: Plan, n: Node, cid: str, fn: str, call: str) -> Layer:
 @c_op("gelu")
 def _gelu(plan: Plan, n: Node, cid: str) -> Layer:
     c = n.attrs["int"]
-    call = f"spk_gelu(q[j], {c['clip']}, {c['c']}, {c['one']}, {c['shift']})"
-    return _ec_function(plan, n, cid, "gelu", call)
+    if "cubic" not in c:  # quantized before the sigmoid form: I-BERT's (intfunc.gelu_function)
+        call = f"spk_gelu_ibert(q[j], {c['clip']}, {c['c']}, {c['one']}, {c['shift']})"
+        return _ec_function(plan, n, cid, "gelu_ibert", call)
+    args = ", ".join(str(c[k]) for k in ("a", "cubic", "clip", "ln2", "b", "c", "shift"))
+    return _ec_function(plan, n, cid, "gelu", f"spk_gelu(q[j], {args})")
 
 
 def _exp_args(n: Node) -> str:
