@@ -45,8 +45,9 @@ def emit(
     board: str | None = None,
     kernels: str = "auto",
     schedule: str = "auto",
+    max_timesteps: int | None = None,
 ) -> dict[str, Any]:
-    summary = emit_c(graph, outdir, board, kernels, schedule)
+    summary = emit_c(graph, outdir, board, kernels, schedule, max_timesteps)
     save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
     return summary
 
