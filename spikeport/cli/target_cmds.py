@@ -115,7 +115,8 @@ def emit_cmd(
     type=TIMESTEPS,
     default=8,
     show_default=True,
-    help="Steps per input; every step is compared.",
+    help="Steps per input; every step is compared (at most the steps the C target was "
+    "emitted for: more is refused).",
 )
 @QUIET
 def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, quiet: bool) -> None:
@@ -153,6 +154,7 @@ def flash_cmd(
     quiet: bool,
 ) -> None:
     """Run OUTDIR (C target) on a board: QEMU runs and compares with the simulator."""
+    from spikeport.targets.c import check_timesteps
     from spikeport.targets.c.flash import QEMU_BOARD, flash_pyocd, flash_qemu
 
     if read_manifest(outdir)["target"] != "c":
@@ -167,6 +169,7 @@ def flash_cmd(
         say(quiet, f"programmed {res['programmed']} on {board}")
         return
     graph = load(out / "model.spk")
+    check_timesteps(graph, out, timesteps)  # before the run is announced
     x = load_data(data, graph.inputs).x if data else None
     if x is not None:
         check_token_ids(graph, x, data)
