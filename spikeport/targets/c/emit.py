@@ -109,7 +109,7 @@ class Plan:
         self.activity: dict[str, float] = graph.meta.get("quantization", {}).get("activity", {})
         # What the range proof knows of every tensor and state: buffers and state take the
         # narrowest C type that holds their bound. The firmware refuses runs past max_t, so
-        # the proof for T <= max_t is the one that holds (running sums only grow with T).
+        # the proof it needs is the one for T <= max_t (tighter where running sums grow).
         self.bounds = range_bounds(graph, self.max_t)
         self.static = static_tensors(graph)
         self.ctype: dict[str, str] = {t.name: input_ctype(t) for t in graph.inputs}
