@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from spikeport.cli.main import main
-from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.errors import BadInput, CapabilityExceeded, CheckFailed
 from spikeport.ir import save
 from spikeport.quantize import Profile, quantize
 from spikeport.targets import TARGETS, emit, get_target, verify
@@ -66,9 +67,9 @@ def test_host_bit_exact_on_random_inputs(emitted, name):
     check_random_batches(*emitted[name])
 
 
-def check_random_batches(case, outdir, also=None) -> None:
-    """EXAMPLES_PER_MODEL hypothesis batches of BATCH random int8 inputs, T = 8, on the host
-    build; `also(x)` sees every batch after its check."""
+def check_random_batches(case, outdir, also=None, steps=(8,)) -> None:
+    """EXAMPLES_PER_MODEL hypothesis batches of BATCH random int8 inputs, each T of `steps`, on
+    the host build; `also(x)` sees every batch after its check."""
     size = int(np.prod(case.int.input.shape))
 
     @settings(
@@ -80,7 +81,8 @@ def check_random_batches(case, outdir, also=None) -> None:
     @given(arrays(np.int64, (BATCH, size), elements=st.integers(-127, 127)))
     def check(codes):
         x = codes_to_x(case, codes)
-        check_one_batch(case.int, outdir, x, 8, run_host)
+        for T in steps:
+            check_one_batch(case.int, outdir, x, T, run_host)
         if also is not None:
             also(x)
 
@@ -423,3 +425,111 @@ def test_board_check_counts_the_layer_major_ram(cases, tmp_path, monkeypatch):
     emit(q, "c", tmp_path / "fits", board="mid")
     with pytest.raises(CapabilityExceeded, match="bytes of RAM"):
         emit(q, "c", tmp_path / "refused", board="mid", schedule="step")
+
+
+# -- emit --max-T: a firmware built for fewer steps than quantize proved -----------------------
+
+
+@pytest.fixture(scope="module")
+def fewer_steps_emitted(cases, tmp_path_factory):
+    """The digits examples quantized with max-T 16, emitted for 8 steps (emit --max-T 8)."""
+    root = tmp_path_factory.mktemp("c_fewer_steps")
+    out = {}
+    for name in ("digits_cnn", "digits_mlp"):
+        q = _quantized(cases[name], 16)
+        size = emit(q, "c", root / name, max_timesteps=8)["summary"]["size"]
+        assert size["schedule"] == {"schedule": "layer-major"}
+        assert (size["max_timesteps"], size["proven_max_timesteps"]) == (8, 16)
+        out[name] = (dataclasses.replace(cases[name], int=q), root / name)
+    return out
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp"])
+def test_fewer_steps_than_proven_host_bit_exact_on_random_inputs(fewer_steps_emitted, name):
+    """1,000 random int8 inputs (hypothesis) on a build for 8 of the 16 proven steps: every
+    layer's spikes and the accumulators equal the simulator's at every step of T = 8 and of
+    T = 3."""
+    check_random_batches(*fewer_steps_emitted[name], steps=(8, 3))
+
+
+@needs_qemu
+def test_fewer_steps_than_proven_cortex_m3_under_qemu_is_bit_exact(fewer_steps_emitted):
+    _, outdir = fewer_steps_emitted["digits_cnn"]
+    assert flash_qemu(outdir, None, 20, 8, count=False)["bit_exact"]
+
+
+def test_fewer_steps_size_the_firmware(cases, fewer_steps_emitted, tmp_path):
+    """The build for 8 steps says so (model.h, size report, README) and needs less RAM than
+    the one for the proven 16, which is what emit writes by default (the same model.c)."""
+    case, outdir = fewer_steps_emitted["digits_cnn"]
+    assert "#define SPK_MAX_TIMESTEPS 8\n" in (outdir / "model.h").read_text()
+    assert "Built for T <= 8 " in (outdir / "size_report.txt").read_text()
+    assert "at most **8 timesteps**" in (outdir / "README.md").read_text()
+    full = emit(case.int, "c", tmp_path / "16", max_timesteps=16)["summary"]["size"]
+    default = emit(case.int, "c", tmp_path / "default")["summary"]["size"]
+    assert full == default and full["max_timesteps"] == 16
+    same = [(tmp_path / d / "model.c").read_text() for d in ("16", "default")]
+    assert same[0] == same[1]
+    eight = json.loads((outdir / "size_report.json").read_text())
+    assert eight["ram_bytes_state"] < full["ram_bytes_state"]
+
+
+@needs_cc
+def test_fewer_steps_keep_layer_major_past_64_bits(cases, tmp_path):
+    """digits_cnn at max-T 64 needs 64 x 3 bits a pooled element and runs step-major (above);
+    emitted for 21 steps (63 bits) it runs layer-major, bit-exact at T = 21."""
+    q = _quantized(cases["digits_cnn"], 64)
+    assert _schedule(emit(q, "c", tmp_path / "c", max_timesteps=21)) == {"schedule": "layer-major"}
+    verify(q, tmp_path / "c", random_inputs(q, 100, seed=3), T=21)
+
+
+@needs_cc
+@pytest.mark.parametrize("schedule", ["auto", "step"])
+def test_runs_past_the_emitted_max_t_are_refused_at_run_time(cases, tmp_path, schedule):
+    """Emitted for 3 of the 4 proven steps, spk_run / spk_run_steps return -1 for T = 4."""
+    q = _quantized(cases["digits_mlp"], 4)
+    out = tmp_path / "c"
+    emit(q, "c", out, schedule=schedule, max_timesteps=3)
+    assert "#define SPK_MAX_TIMESTEPS 3\n" in (out / "model.h").read_text()
+    (out / "main.c").write_text(RUN_BEYOND_MAX_T)
+    cmd = "cc -std=c99 -Wall -Wextra -Werror -pedantic model.c main.c -o t && ./t"
+    assert subprocess.run(cmd, shell=True, cwd=out).returncode == 0
+
+
+def test_verify_and_flash_refuse_more_steps_than_emitted(fewer_steps_emitted, tmp_path):
+    """-T past the emitted 8 steps (within the proven 16) is refused, not clamped: one error
+    line, exit 2, before anything runs."""
+    case, outdir = fewer_steps_emitted["digits_mlp"]
+    with pytest.raises(BadInput, match="-T 9 is more than the 8 steps .* emitted for"):
+        verify(case.int, outdir, case.test_x[:4], T=9)
+    with pytest.raises(BadInput, match="-T 9 is more than the 8 steps"):
+        flash_qemu(outdir, None, 2, 9, count=False)
+    spk = tmp_path / "m.spk"
+    save(case.int, spk)
+    for args in (
+        ["verify", str(spk), str(outdir), "--data", str(case.calib), "-T", "9"],
+        ["flash", str(outdir), "--board", "qemu-mps2-an385", "-T", "9"],
+    ):
+        res = CliRunner().invoke(main, args)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1, res.output
+        assert lines[0].startswith("error: -T 9 is more than the 8 steps")
+        assert "running" not in res.stdout
+
+
+def test_emit_max_t_above_the_proven_one_is_refused(cases, tmp_path):
+    """A firmware may run fewer steps than quantize proved, never more: refused before anything
+    is written, one error line, exit 2."""
+    q = _quantized(cases["digits_mlp"], 4)
+    with pytest.raises(BadInput, match="--max-T 5 is outside 1..4"):
+        emit(q, "c", tmp_path / "never", max_timesteps=5)
+    assert list(tmp_path.iterdir()) == []
+    spk = tmp_path / "m.spk"
+    save(q, spk)
+    for steps in ("5", "0"):
+        args = ["emit", str(spk), "--target", "c", "--max-T", steps, "-o", str(tmp_path / "o")]
+        res = CliRunner().invoke(main, args)
+        lines = res.stderr.strip().splitlines()
+        assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.spk"]

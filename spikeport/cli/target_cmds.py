@@ -60,6 +60,15 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="C target: 'auto' (default) runs a feed-forward graph layer-major (one layer for all "
     "T steps, then the next: less RAM) where every op allows it; 'step' keeps step-major.",
 )
+@click.option(
+    "--max-T",
+    "max_timesteps",
+    type=positive_int(),
+    default=None,
+    help="C target: the most timesteps the firmware runs (default and upper limit: the max-T "
+    "quantize proved). Packed spikes, scratch and state are sized for it; spk_run, verify and "
+    "flash refuse more.",
+)
 @QUIET
 def emit_cmd(
     model: str,
@@ -68,10 +77,12 @@ def emit_cmd(
     board: str | None,
     kernels: str | None,
     schedule: str | None,
+    max_timesteps: int | None,
     quiet: bool,
 ) -> None:
     """Write MODEL (quantized) as a deployable TARGET into a directory."""
-    manifest = emit(load(model), target, output, board=board, kernels=kernels, schedule=schedule)
+    options = dict(board=board, kernels=kernels, schedule=schedule, max_timesteps=max_timesteps)
+    manifest = emit(load(model), target, output, **options)
     size = manifest["summary"].get("size")
     detail = ""
     if size:
@@ -81,6 +92,8 @@ def emit_cmd(
         )
         if "schedule" in size:
             detail += f", {size['schedule']['schedule']}"
+        if "max_timesteps" in size:
+            detail += f", for T <= {size['max_timesteps']}"
     if size and "board" in size:
         b = size["board"]
         detail += f"; fits {b['name']} ({b['flash_bytes']} B flash, {b['ram_bytes']} B RAM)"
@@ -102,7 +115,8 @@ def emit_cmd(
     type=TIMESTEPS,
     default=8,
     show_default=True,
-    help="Steps per input; every step is compared.",
+    help="Steps per input; every step is compared (at most the steps the C target was "
+    "emitted for: more is refused).",
 )
 @QUIET
 def verify_cmd(model: str, outdir: str, data: str, count: int, timesteps: int, quiet: bool) -> None:
@@ -140,6 +154,7 @@ def flash_cmd(
     quiet: bool,
 ) -> None:
     """Run OUTDIR (C target) on a board: QEMU runs and compares with the simulator."""
+    from spikeport.targets.c import check_timesteps
     from spikeport.targets.c.flash import QEMU_BOARD, flash_pyocd, flash_qemu
 
     if read_manifest(outdir)["target"] != "c":
@@ -154,6 +169,7 @@ def flash_cmd(
         say(quiet, f"programmed {res['programmed']} on {board}")
         return
     graph = load(out / "model.spk")
+    check_timesteps(graph, out, timesteps)  # before the run is announced
     x = load_data(data, graph.inputs).x if data else None
     if x is not None:
         check_token_ids(graph, x, data)

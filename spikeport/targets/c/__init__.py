@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from spikeport.batch import Batch
+from spikeport.errors import BadInput
 from spikeport.ir.artifact import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize.profiles import Profile
 from spikeport.sim.simulator import encode_inputs
-from spikeport.targets import Target, register_target
+from spikeport.targets import Target, read_manifest, register_target
 from spikeport.targets.c.emit import C_OPS, NUMPY_TYPE, emit_c, input_ctype
 from spikeport.targets.c.run import run_host
 from spikeport.targets.compare import check_equal, check_in_batches, reference
@@ -45,8 +46,9 @@ def emit(
     board: str | None = None,
     kernels: str = "auto",
     schedule: str = "auto",
+    max_timesteps: int | None = None,
 ) -> dict[str, Any]:
-    summary = emit_c(graph, outdir, board, kernels, schedule)
+    summary = emit_c(graph, outdir, board, kernels, schedule, max_timesteps)
     save(graph, outdir / "model.spk")  # flash compares with the simulator without the user's file
     return summary
 
@@ -59,6 +61,7 @@ def verify(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Build the host harness, run x, compare every step's spikes and accumulators."""
+    check_timesteps(graph, outdir, T)
     n = check_in_batches(
         x,
         BATCH,
@@ -66,6 +69,25 @@ def verify(
         progress,
     )
     return {"samples": n, "timesteps": T, "runner": "host cc"}
+
+
+def check_timesteps(graph: Graph, outdir: Path, T: int) -> None:
+    """Refuse (not clamp: a check of fewer steps than asked would pass unnoticed) a run of more
+    steps than the firmware in `outdir` was emitted for: its buffers hold no more, and its
+    spk_run returns -1."""
+    size = read_manifest(outdir)["summary"].get("size", {})
+    proven = int(graph.meta["quantization"]["max_timesteps"])
+    most = int(size.get("max_timesteps", proven))  # emitted before --max-T: the proven max-T
+    if T > most:
+        more = (
+            f", or emit again with --max-T {T}"
+            if T <= proven
+            else f" (the graph is proven free of overflow for T <= {proven} only)"
+        )
+        raise BadInput(
+            f"-T {T} is more than the {most} steps '{outdir}' was emitted for "
+            f"(emit --max-T {most}): run -T {most} or less{more}"
+        )
 
 
 def c_inputs(graph: Graph, x: Batch) -> list[np.ndarray]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from spikeport.batch import is_integer
+from spikeport.errors import BadInput
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import attr, spike_levels, static_tensors
 from spikeport.quantize.ranges import range_bounds
@@ -77,21 +78,39 @@ def broadcast_index(full: tuple[int, ...], compact: tuple[int, ...], var: str = 
     return " + ".join(reversed(terms)) or "0"
 
 
+def firmware_timesteps(graph: Graph, max_timesteps: int | None = None) -> int:
+    """The most timesteps the emitted firmware runs (its SPK_MAX_TIMESTEPS): `max_timesteps`
+    (emit --max-T), which may not exceed the max-T quantize proved free of overflow; by
+    default that proven max-T."""
+    proven = int(graph.meta["quantization"]["max_timesteps"])
+    if max_timesteps is None:
+        return proven
+    if not 1 <= max_timesteps <= proven:
+        raise BadInput(
+            f"--max-T {max_timesteps} is outside 1..{proven}: the graph is proven free of "
+            f"overflow for T <= {proven} only (quantize --max-T {proven})"
+        )
+    return max_timesteps
+
+
 class Plan:
-    """C types, buffers and names of every tensor of the graph.
+    """C types, buffers and names of every tensor of the graph, for runs of at most `max_t`
+    timesteps (firmware_timesteps).
 
     A reshape shares its input's buffer. Layer bodies name a tensor's buffer by a macro
     (`plan.buf(t)`, B<k>); `model_sources` defines it once the buffers are placed (memory.py).
     """
 
-    def __init__(self, graph: Graph, kernels: str = "auto"):
+    def __init__(self, graph: Graph, kernels: str = "auto", max_timesteps: int | None = None):
         self.graph = graph
         self.kernels = kernels  # "auto": fast kernels where cheaper; "reference": none
+        self.max_t = firmware_timesteps(graph, max_timesteps)
         # Nonzero fraction of each synaptic input at calibration (quantize --target c)
         self.activity: dict[str, float] = graph.meta.get("quantization", {}).get("activity", {})
         # What the range proof knows of every tensor and state: buffers and state take the
-        # narrowest C type that holds their proven bound.
-        self.bounds = range_bounds(graph, graph.meta["quantization"]["max_timesteps"])
+        # narrowest C type that holds their bound. The firmware refuses runs past max_t, so
+        # the proof it needs is the one for T <= max_t (tighter where running sums grow).
+        self.bounds = range_bounds(graph, self.max_t)
         self.static = static_tensors(graph)
         self.ctype: dict[str, str] = {t.name: input_ctype(t) for t in graph.inputs}
         self.root: dict[str, str] = {t.name: t.name for t in graph.inputs}
@@ -492,13 +511,19 @@ def step_major_values(plan: Plan, layers: list[Layer]) -> tuple[Memory, dict[str
 SCHEDULES = ("auto", "step")
 
 
-def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -> dict[str, Any]:
-    """model.h, model.c and harness.c for `graph`, plus size figures and kernel choices.
-    `schedule` "auto" runs a feed-forward graph layer-major (layer_major.py) where it can and
-    needs less RAM than step-major; "step" keeps step-major."""
+def model_sources(
+    graph: Graph,
+    kernels: str = "auto",
+    schedule: str = "auto",
+    max_timesteps: int | None = None,
+) -> dict[str, Any]:
+    """model.h, model.c, harness.c and README.md for `graph`, plus size figures and kernel
+    choices. `schedule` "auto" runs a feed-forward graph layer-major (layer_major.py) where it
+    can and needs less RAM than step-major; "step" keeps step-major. `max_timesteps` is the
+    most timesteps the firmware runs (firmware_timesteps)."""
     from spikeport.targets.c.layer_major import layer_major_reason, layer_major_values
 
-    plan = Plan(graph, kernels)
+    plan = Plan(graph, kernels, max_timesteps)
     reason = layer_major_reason(plan) if schedule == "auto" else "step-major asked for"
     step_plan, step_layers = build_layers(graph, kernels, plan)
     step_memory, step_parts = step_major_values(step_plan, step_layers)
@@ -508,7 +533,7 @@ def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -
         # can need less RAM step-major, and RAM is what layer-major is for.
         if memory.ram_bytes >= step_memory.ram_bytes:
             reason = (
-                f"less RAM at max-T {graph.meta['quantization']['max_timesteps']}: "
+                f"less RAM at max-T {plan.max_t}: "
                 f"{step_memory.ram_bytes:,} B against {memory.ram_bytes:,} B layer-major"
             )
     if reason is None:
@@ -528,7 +553,8 @@ def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -
             if any(spike_levels(n) > 1 for n in probes)
             else ""
         ),
-        max_t=graph.meta["quantization"]["max_timesteps"],
+        max_t=plan.max_t,
+        proven_max_t=graph.meta["quantization"]["max_timesteps"],
         probe_names="\n".join(
             f" *   {k}: {n.name} {list(graph.shape(n.output))}" for k, n in enumerate(probes)
         ),
@@ -541,8 +567,10 @@ def model_sources(graph: Graph, kernels: str = "auto", schedule: str = "auto") -
         "model.h": _render("model.h.tmpl", **values),
         "model.c": _render("model.c.tmpl", **values),
         "harness.c": _render("harness.c.tmpl", **values),
+        "README.md": _render("README.md.tmpl", **values),
         "flash_bytes": flash,
         "ram_bytes": memory.ram_bytes,
+        "max_timesteps": plan.max_t,
         "schedule": chosen,
         "kernels": {layer.node.name: layer.kernel for layer in layers if layer.kernel},
     }
@@ -554,22 +582,26 @@ def emit_c(
     board: str | None = None,
     kernels: str = "auto",
     schedule: str = "auto",
+    max_timesteps: int | None = None,
 ) -> dict[str, Any]:
-    """Write the C target into `outdir`; return the size summary. With a `board`, a model
-    that does not fit its flash or RAM is refused before anything is written."""
-    src = model_sources(graph, kernels, schedule)
+    """Write the C target into `outdir` for runs of at most `max_timesteps` steps (default:
+    the proven max-T); return the size summary. With a `board`, a model that does not fit
+    its flash or RAM is refused before anything is written, and so is a `max_timesteps`
+    beyond the proven max-T."""
+    src = model_sources(graph, kernels, schedule, max_timesteps)
     size: dict[str, Any] = {
         "flash_bytes_model_data": int(src["flash_bytes"]),
         "ram_bytes_state": int(src["ram_bytes"]),
+        "max_timesteps": src["max_timesteps"],
+        "proven_max_timesteps": int(graph.meta["quantization"]["max_timesteps"]),
         "schedule": src["schedule"],
         "kernels": src["kernels"],
     }
     if board is not None:
         size["board"] = check_fit(board, size["flash_bytes_model_data"], size["ram_bytes_state"])
-    for name in ("model.h", "model.c", "harness.c"):
+    for name in ("model.h", "model.c", "harness.c", "README.md"):
         (outdir / name).write_text(src[name])
-    for name in ("Makefile", "README.md"):
-        (outdir / name).write_text((TEMPLATES / f"{name}.tmpl").read_text())
+    (outdir / "Makefile").write_text((TEMPLATES / "Makefile.tmpl").read_text())
     board_dir = outdir / "board"
     board_dir.mkdir()
     for f in BOARD.iterdir():
@@ -596,6 +628,9 @@ def size_text(size: dict[str, Any]) -> str:
         f"{size['flash_bytes_model_data']} bytes",
         "  RAM (state struct and the step arenas, planned by liveness): "
         f"{size['ram_bytes_state']} bytes",
+        f"Built for T <= {size['max_timesteps']} (SPK_MAX_TIMESTEPS; emit --max-T, at most the "
+        f"{size['proven_max_timesteps']} steps quantize proved free of overflow): spk_run "
+        "refuses more",
     ]
     if "board" in size:
         b = size["board"]

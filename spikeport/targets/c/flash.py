@@ -23,7 +23,7 @@ import numpy as np
 from spikeport.batch import Batch, size, take
 from spikeport.errors import BadInput
 from spikeport.ir.artifact import load
-from spikeport.targets.c import c_inputs, check_one_batch
+from spikeport.targets.c import c_inputs, check_one_batch, check_timesteps
 from spikeport.targets.c.run import make, need, qemu_command, run_qemu, write_inputs_h
 from spikeport.targets.compare import random_inputs
 
@@ -87,8 +87,10 @@ def instructions_per_inference(outdir: Path, inputs: list[np.ndarray], T: int) -
 
 
 def flash_qemu(outdir: Path, x: Batch | None, n: int, T: int, count: bool = True) -> dict[str, Any]:
-    """Run n inputs for T steps on QEMU, compare with the simulator, measure size and cost."""
+    """Run n inputs for T steps on QEMU, compare with the simulator, measure size and cost.
+    A T beyond the steps the firmware was emitted for is refused (check_timesteps)."""
     graph = load(outdir / "model.spk")
+    check_timesteps(graph, outdir, T)
     inputs = take(x, slice(0, n)) if x is not None else random_inputs(graph, n)
     check_one_batch(graph, outdir, inputs, T, run_qemu, target="C (Cortex-M3, QEMU)")
     report: dict[str, Any] = {

@@ -342,7 +342,8 @@ STEP_MAJOR_DECLARATIONS = """\
 /* Clear all state (potentials start at floor(threshold / 2)). */
 void spk_reset(void);
 
-/* One timestep; writes the output accumulators after this step to `out`. */
+/* One timestep; writes the output accumulators after this step to `out`. At most
+ * SPK_MAX_TIMESTEPS steps after spk_reset(): the state is sized and proven for no more. */
 void spk_step(const spk_input_t *in, int32_t *out);
 """
 

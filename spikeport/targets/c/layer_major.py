@@ -9,7 +9,9 @@ reads a later layer, and a layer's step t reads only step t of its inputs), and 
   the static current of a layer fed by the input (computed once, as step-major does);
 - between layers only spikes (or pooled values) are kept, bit-packed: T fields of b bits per
   element, value - lo in each (b = 1 for binary spikes; graded, signed and pooled values take
-  the bits their range needs), one word of SPK_MAX_TIMESTEPS * b bits per element;
+  the bits their range needs), one word of SPK_MAX_TIMESTEPS * b bits per element, where
+  SPK_MAX_TIMESTEPS is the most steps the firmware runs (emit --max-T; by default the max-T
+  quantize proved), so a firmware built for fewer steps holds narrower words;
 - a synaptic layer that reads packed spikes computes a block of outputs at a time: the
   currents of the block for every step (a scratch no larger than the largest packed buffer,
   or SCRATCH_BYTES) gather the events of its inputs, weights transposed as the event-driven
@@ -143,7 +145,7 @@ def plan_stages(plan: Plan) -> tuple[dict[str, Stage], dict[str, Packing]] | str
     """The stages and the packing of every packed tensor (by buffer root), or why the graph
     must stay step-major."""
     g = plan.graph
-    t_max = int(g.meta["quantization"]["max_timesteps"])
+    t_max = plan.max_t
     inputs = {t.name for t in g.inputs}
     stages: dict[str, Stage] = {}
     packed: dict[str, Packing] = {}
@@ -199,7 +201,7 @@ class _Emitter:
 
     def __init__(self, plan: Plan, stages: dict[str, Stage], packed: dict[str, Packing]):
         self.plan, self.stages, self.packed = plan, stages, packed
-        self.t_max = int(plan.graph.meta["quantization"]["max_timesteps"])
+        self.t_max = plan.max_t
         offsets, offset = {}, 0
         for o in plan.graph.outputs:
             offsets[o], offset = offset, offset + plan.size(o)
