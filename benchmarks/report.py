@@ -68,16 +68,25 @@ def count(v: float | None) -> str:
 
 
 def _remeasured_note(doc: dict[str, Any]) -> list[str]:
-    later = doc.get("remeasured")
-    if not later:
-        return []
-    names = ", ".join(later["models"])
-    return [
-        f"*Rows of {names} (every table of this section) re-measured by a later run: "
-        f"{provenance(later)[1:-1]} The other rows are from the run above; each model's "
-        "times, from the run that measured it.*",
-        "",
-    ]
+    """One line per later partial run, naming the models whose rows it gave (a model a still
+    later run re-measured is that run's)."""
+    runs = doc.get("remeasured") or []
+    lines = []
+    for k, later in enumerate(runs):
+        names = [m for m in later["models"] if not any(m in r["models"] for r in runs[k + 1 :])]
+        if names:
+            lines += [
+                f"*Rows of {', '.join(names)} (every table of this section) re-measured by a "
+                f"later run: {provenance(later)[1:-1]}*",
+                "",
+            ]
+    if lines:
+        lines += [
+            "*The other rows are from the run above; each model's times, from the run that "
+            "measured it.*",
+            "",
+        ]
+    return lines
 
 
 def accuracy_md(doc: dict[str, Any]) -> list[str]:
@@ -498,14 +507,17 @@ SECTIONS = {
 
 
 def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
-    """The accuracy run with the models a later partial run re-measured (results/
-    accuracy_remeasured.json: `run.py --only accuracy --models ...`, copied there) in place of
-    its own rows; `remeasured` keeps that run's provenance for the section's note."""
-    path = results / "accuracy_remeasured.json"
-    if not path.exists():
+    """The accuracy run with the models later partial runs re-measured (results/
+    accuracy_remeasured*.json: `run.py --only accuracy --models ...`, copied there; applied in
+    name order, the later file's rows winning) in place of its own rows; `remeasured` keeps
+    each run's provenance for the section's note."""
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("accuracy_remeasured*.json"))]
+    if not runs:
         return doc
-    later = json.loads(path.read_text())
-    return {**doc, "models": {**doc["models"], **later["models"]}, "remeasured": later}
+    models = dict(doc["models"])
+    for later in runs:
+        models.update(later["models"])
+    return {**doc, "models": models, "remeasured": runs}
 
 
 def write(results: Path = HERE / "results", out: Path = HERE) -> None:
