@@ -515,6 +515,10 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
     "emit-into-user-dir": (lambda f, w: ["emit", f.qc, "--target", "c", "-o", w / "somedir"], 2),
     "emit-onto-file": (lambda f, w: ["emit", f.qc, "--target", "c", "-o", w / "keep.txt"], 2),
     "emit-into-cwd": (lambda f, w: ["emit", f.qc, "--target", "c", "-o", w], 2),
+    "emit-c-option-on-nir": (
+        lambda f, w: ["emit", f.qc, "--target", "nir", "--max-T", "8", "-o", w / "o"],
+        2,
+    ),
     "verify-n-0": (lambda f, w: ["verify", f.qc, f.cdir, "--data", TEST, "-n", "0"], 2),
     "verify-n-neg": (lambda f, w: ["verify", f.qc, f.cdir, "--data", TEST, "-n", "-1"], 2),
     "verify-T-0": (lambda f, w: ["verify", f.qc, f.cdir, "--data", TEST, "-T", "0"], 2),
@@ -640,3 +644,10 @@ def test_a_failing_plot_leaves_no_json_behind(files, tmp_path, monkeypatch):
     code, _, err, exc = run_cli(args + ["--plot", str(tmp_path / "r.png")])
     assert exc is None and code == 3 and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_c_only_emit_option_is_named_as_typed(files, tmp_path):
+    got, _, err, _ = run_cli(
+        ["emit", str(files.qc), "--target", "nir", "--max-T", "8", "-o", str(tmp_path / "o")]
+    )
+    assert got == 2 and "takes no --max-T (that option is for 'c')" in err, err

@@ -127,6 +127,10 @@ def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
     return out
 
 
+# emit's keyword options whose command-line flag is not the keyword itself
+EMIT_FLAGS = {"max_timesteps": "max-T"}
+
+
 def emit(
     graph: Graph, target_name: str, outdir: str | os.PathLike[str], **options: Any
 ) -> dict[str, Any]:
@@ -139,7 +143,8 @@ def emit(
     accepted = inspect.signature(target.emit).parameters
     for key in given:
         if key not in accepted:
-            raise BadInput(f"target '{target_name}' takes no --{key} (that option is for 'c')")
+            flag = EMIT_FLAGS.get(key, key.replace("_", "-"))
+            raise BadInput(f"target '{target_name}' takes no --{flag} (that option is for 'c')")
     out = check_emit_dir(outdir)
     check_fits(graph, target.profile)
     with temp_dir_beside(out) as tmp:
