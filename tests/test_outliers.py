@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -115,3 +117,24 @@ def test_the_split_survives_save_and_load(outlier_case, tmp_path):
 def test_examples_without_outliers_are_not_split(cases):
     for name in ("digits_cnn", "digits_mlp"):
         assert "outlier_inputs_split" not in cases[name].int.meta["quantization"]
+
+
+def test_a_quantized_graph_quantized_again_starts_from_the_unsplit_layers(outlier_case):
+    """Re-quantizing the sim graph: for sim the same split again, for a target without one
+    (no `gather`) the layers as converted, equal to quantizing the converted graph."""
+    x_cal = np.load(outlier_case.calib)["x"]
+    again = quantize(outlier_case.int, x_cal, get_profile("sim"))
+    assert [n.name for n in again.nodes] == [n.name for n in outlier_case.int.nodes]
+    for a, b in zip(again.nodes, outlier_case.int.nodes, strict=True):
+        for k in a.params:
+            np.testing.assert_array_equal(a.params[k], b.params[k])
+    sim = get_profile("sim")
+    plain = dataclasses.replace(sim, name="no_gather", ops=sim.ops - {"gather"})
+    direct = quantize(outlier_case.snn, x_cal, plain)
+    via = quantize(outlier_case.int, x_cal, plain)
+    assert "gather" not in {n.op for n in via.nodes}
+    assert [n.name for n in via.nodes] == [n.name for n in direct.nodes]
+    for a, b in zip(via.nodes, direct.nodes, strict=True):
+        assert a.output == b.output
+        for k in a.params:
+            np.testing.assert_array_equal(a.params[k], b.params[k])

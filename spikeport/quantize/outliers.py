@@ -114,3 +114,22 @@ def _split(graph: Graph, node: Node, cols: list[int]) -> None:
         graph.tensors[name] = TensorInfo(name, shape)
     at = graph.nodes.index(node) + 1
     graph.nodes[at:at] = [gather, side, join]
+
+
+def join_outlier_inputs(graph: Graph) -> None:
+    """Undo, in place, the split of a graph quantized before (its meta lists the layers): a
+    quantized graph quantized again, maybe for a target that runs no split, starts from the
+    float layers it was split from."""
+    for name in graph.meta.get("quantization", {}).get("outlier_inputs_split", []):
+        main = graph.node(name)
+        gather, side, join = (
+            graph.node(f"{name}:{k}") for k in ("outlier_inputs", "outliers", "join")
+        )
+        weight = main.params["weight"].copy()
+        weight[:, gather.attrs["indices"]] = side.params["weight"]
+        main.params["weight"] = weight
+        for t in (main.output, gather.output, side.output):
+            graph.tensors.pop(t, None)
+        main.output = join.output
+        for n in (gather, side, join):
+            graph.nodes.remove(n)

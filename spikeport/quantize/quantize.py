@@ -35,7 +35,7 @@ from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import keeps_channels
 from spikeport.quantize.activity import calibration_activity
-from spikeport.quantize.outliers import split_outlier_inputs
+from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
 from spikeport.quantize.ranges import BOUNDS, NodeBounds, input_bounds, node_bounds, prove_ranges
 from spikeport.quantize.scales import (
@@ -546,6 +546,7 @@ def quantize_kind(
 ) -> Graph:
     """quantize in the profile's own neuron kind (`vth_divisor`: kind "sdn"'s, see set_kind)."""
     out = set_kind(graph, profile.neuron_kind, vth_divisor)  # a copy, in the target's kind
+    join_outlier_inputs(out)  # quantized before: start from the layers as converted
     for n in out.nodes:
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
