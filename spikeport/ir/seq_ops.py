@@ -49,6 +49,11 @@ def _take(node: Node, ins: list[Shape]) -> Shape:
     return ins[0][:ax] + ins[0][ax + 1 :]
 
 
+def picked(node: Node) -> int | list[int]:
+    """What a `take` (one index: the axis goes) or a `gather` (a list: the axis stays) picks."""
+    return node.attrs["index"] if node.op == "take" else node.attrs["indices"]
+
+
 @register("gather", attrs={"axis": 0, "indices": []})
 def _gather(node: Node, ins: list[Shape]) -> Shape:
     """y = x[..., indices, ...] along `axis` (the axis keeps len(indices) entries): an ONNX

@@ -42,12 +42,7 @@ MAX_OUTLIER_SHARE = 1 / 16
 
 def splits_outliers(profile: Profile) -> bool:
     """Whether the target runs what the split needs (see the module docstring)."""
-    return (
-        {"gather", "add", "dense"} <= set(profile.ops)
-        and not profile.fold_add
-        and not profile.layer_threshold
-        and profile.max_current is None
-    )
+    return {"gather", "add", "dense"} <= set(profile.ops) and profile.requantizes_elements
 
 
 def outlier_columns(graph: Graph, node: Node) -> list[int]:

@@ -67,6 +67,13 @@ class Profile:
         """Every neuron kind the target runs, its default first."""
         return (self.neuron_kind, *(p.neuron_kind for p in self.kind_profiles))
 
+    @property
+    def requantizes_elements(self) -> bool:
+        """Whether its ops requantize every element on their own: no add folded into
+        synapses, no per-step current limit, no one threshold a population. A layer whose
+        readers all requantize may then keep any scale per output channel."""
+        return not self.fold_add and self.max_current is None and not self.layer_threshold
+
     def for_graph(self, graph: Graph) -> Profile:
         """The profile of the kind the graph's neurons run (the default where none is set)."""
         kinds = {kind_of(n) for n in graph.nodes if n.op in KIND_OPS}

@@ -56,8 +56,6 @@ FINE_MULT_BITS = 7  # what a widened add's finest multiplier carries
 INT64_SAFE = 2.0**62  # an add's sum of products, in int64 with a bit of headroom
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
 PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
-# Readers that bring every element of their input to their own scale with an integer
-# multiplier: a dense / conv layer read only by these (and neurons) keeps per-channel scales.
 
 
 @dataclass
@@ -113,10 +111,9 @@ class _Ctx:
         current limit or layer threshold), where every reader does so, directly or through
         reshapes and transposes: an add (one multiplier per channel in `mult_q`), or an
         EC function that requantizes its running mean (`requant_q`, one per element)."""
-        p = self.profile
         if self.per_channel(node):
             return True
-        if p.fold_add or p.layer_threshold or p.max_current is not None:
+        if not self.profile.requantizes_elements:
             return False
         return read_requantized(self.graph, node.output, self.per_channel_if)
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from spikeport.ir.graph import Node
-from spikeport.ir.seq_ops import slicer
+from spikeport.ir.seq_ops import picked, slicer
 from spikeport.quantize.quantize import _Ctx, handler
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import compact
@@ -29,14 +29,9 @@ def _transpose(ctx: _Ctx, node: Node) -> np.ndarray:
     return _full(ctx, node).transpose(node.attrs["perm"])
 
 
-@handler("take")
+@handler("take", "gather")
 def _take(ctx: _Ctx, node: Node) -> np.ndarray:
-    return np.take(_full(ctx, node), node.attrs["index"], axis=node.attrs["axis"])
-
-
-@handler("gather")
-def _gather(ctx: _Ctx, node: Node) -> np.ndarray:
-    return np.take(_full(ctx, node), node.attrs["indices"], axis=node.attrs["axis"])
+    return np.take(_full(ctx, node), picked(node), axis=node.attrs["axis"])
 
 
 @handler("slice")
@@ -162,14 +157,9 @@ def _b_transpose(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
     return b[0].transpose(node.attrs["perm"]), 0.0
 
 
-@bound("take")
+@bound("take", "gather")
 def _b_take(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    return np.take(b[0], node.attrs["index"], axis=node.attrs["axis"]), 0.0
-
-
-@bound("gather")
-def _b_gather(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    return np.take(b[0], node.attrs["indices"], axis=node.attrs["axis"]), 0.0
+    return np.take(b[0], picked(node), axis=node.attrs["axis"]), 0.0
 
 
 @bound("slice")

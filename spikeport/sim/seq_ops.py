@@ -12,7 +12,7 @@ import numpy as np
 
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr
-from spikeport.ir.seq_ops import slicer
+from spikeport.ir.seq_ops import picked, slicer
 from spikeport.sim import intfunc as F
 from spikeport.sim.ops import Kernel, Shape, Stateless, kernel
 
@@ -27,16 +27,10 @@ def _transpose(node: Node, mode: str, shape: Shape) -> Kernel:
     return Stateless(lambda x: np.transpose(x, perm))
 
 
-@kernel("take")
+@kernel("take", "gather")
 def _take(node: Node, mode: str, shape: Shape) -> Kernel:
-    a = node.attrs
-    return Stateless(lambda x: np.take(x, a["index"], axis=_ax(a["axis"])))
-
-
-@kernel("gather")
-def _gather(node: Node, mode: str, shape: Shape) -> Kernel:
-    a = node.attrs
-    return Stateless(lambda x: np.take(x, a["indices"], axis=_ax(a["axis"])))
+    index, axis = picked(node), _ax(node.attrs["axis"])
+    return Stateless(lambda x: np.take(x, index, axis=axis))
 
 
 @kernel("scale")
