@@ -40,11 +40,42 @@ def test_ibert_gelu_of_older_graphs_within_its_bound():
     assert F.GELU_BOUND < err <= F.IBERT_GELU_BOUND
 
 
+def test_exp_table_is_the_polynomial_on_and_beyond_its_domain():
+    """int_exp looks its values up; the table must equal the specification's polynomial
+    everywhere, the inputs read as the floor -EXP_ZMAX * ln2 included."""
+    c = F.softmax_consts()
+    q = np.concatenate([-np.arange(40 * c["ln2"]), [-(2**40)]]).astype(np.int64)
+    np.testing.assert_array_equal(F.int_exp(q, **c), F.exp_polynomial(q, **c))
+
+
+@pytest.mark.parametrize("peak", [None, 3.0, 40.0])
+def test_gelu_gate_table_is_the_formula(peak):
+    """int_gelu looks the gate up by the clipped input: equal to the gate computed in full,
+    for inputs far beyond the clip too."""
+    c = F.gelu_consts(peak=peak)
+    q = np.concatenate([np.arange(-30000, 30001), [-(2**33), 2**33]]).astype(np.int64)
+    gate = F.gelu_gate(
+        np.clip(q, -c["clip"], c["clip"]), c["a"], c["cubic"], c["ln2"], c["b"], c["c"]
+    )
+    np.testing.assert_array_equal(F.int_gelu(q, **c), np.right_shift(q * gate, c["shift"]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**50))
+@given(st.integers(0, 2**62))
 def test_isqrt_is_exact_floor(n):
     r = int(F.isqrt(np.array([n]))[0])
     assert r * r <= n < (r + 1) ** 2
+    near = np.array([n, max(n - 1, 0), n + 1, max(n - 2**40, 0)], np.int64)  # both methods of isqrt
+    roots = F.isqrt(near)
+    assert all(int(r) ** 2 <= int(v) < (int(r) + 1) ** 2 for r, v in zip(roots, near, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(2**52), 2**52), st.integers(-(2**40), 2**40).filter(bool))
+def test_floor_div_is_integer_floor_division_in_every_range(a, b):
+    """floor_div runs in float64 where it is exact: equal to Python's // throughout."""
+    got = F.floor_div(np.array([a, -a, a // 3, 2**60], np.int64), np.array([b, b, -b, b], np.int64))
+    assert got.tolist() == [a // b, -a // b, (a // 3) // -b, 2**60 // b]
 
 
 def test_gelu_with_a_calibrated_output_shift_stays_within_bound():

@@ -413,19 +413,20 @@ class IntIF:
         return n
 
     def _levels(self, c: torch.Tensor) -> torch.Tensor:
+        """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
+        class docstring)."""
         q = torch.floor((c + self.v0) / self.theta)  # exact: see FLOAT32_SAFE
         n = torch.empty_like(q)
         prev = torch.zeros_like(q[0])
         for t in range(len(q)):
-            torch.minimum(torch.maximum(q[t], self._low(prev)), prev + self.K, out=n[t])
-            prev = n[t]
-        return n
-
-    def _low(self, n: torch.Tensor) -> torch.Tensor:
-        if self.bipolar:
-            return n - self.K
-        if self.signed:
-            return torch.clamp(n - self.K, min=0)
+            d = torch.sub(q[t], prev, out=n[t])
+            if self.bipolar:
+                d.clamp_(-self.K, self.K)
+            elif self.signed:
+                torch.maximum(d.clamp_(max=self.K), -torch.clamp(prev, max=self.K), out=d)
+            else:
+                d.clamp_(0, self.K)
+            prev = d.add_(prev)
         return n
 
     def _state(self, c: torch.Tensor, n: torch.Tensor) -> np.ndarray:

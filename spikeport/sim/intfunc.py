@@ -37,6 +37,7 @@ Documented error bounds, each asserted by tests/test_intfunc.py over the whole i
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -95,7 +96,14 @@ def position_ids(ids: np.ndarray, pad: int) -> np.ndarray:
 
 
 def floor_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """Floor division (toward -inf), the only division of the specification."""
+    """Floor division (toward -inf), the only division of the specification. By an array of
+    divisors it runs in float64 where that is exact (several times faster than integer
+    division): floor(fl(a / b)) = floor(a / b) for integers with |a| + |b| < 2^53, since a
+    quotient that is not an integer stays at least 1 / |b| from the next one."""
+    if isinstance(b, np.ndarray) and b.size > 1 and np.size(a) > 1:
+        if _peak(a) + _peak(b) < 2.0**53:
+            q = np.divide(a, b, dtype=np.float64)
+            return np.floor(q, out=q).astype(np.int64)
     return np.floor_divide(a, b)
 
 
@@ -125,12 +133,27 @@ def softmax_consts(in_scale: float = SOFTMAX_IN_SCALE) -> dict:
 def int_exp(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
     """exp(q * s) for q <= 0, as integers of scale 0.3585 * s^2 (I-BERT i-exp). Inputs below
     -EXP_ZMAX * ln2 are read as that floor (exp is 0 there at every output scale used): past
-    it the polynomial would leave its interval (p < -ln2) and grow with |q|."""
+    it the polynomial would leave its interval (p < -ln2) and grow with |q|. Looked up in
+    exp_table (one pass instead of eight over a large q)."""
+    return exp_table(ln2, b, c)[np.minimum(-np.asarray(q), EXP_ZMAX * ln2)]
+
+
+def exp_polynomial(q: np.ndarray, ln2: int, b: int, c: int) -> np.ndarray:
+    """int_exp as the specification writes it: z = floor(-q / ln2) halvings of the
+    polynomial at p = q + z ln2 (in (-ln2, 0])."""
     q = np.maximum(q, -EXP_ZMAX * ln2)
     z = np.minimum(floor_div(-q, ln2), EXP_ZMAX)
     p = q + z * ln2
     poly = (p + b) ** 2 + c
     return np.right_shift(poly, z)
+
+
+@functools.lru_cache(maxsize=32)
+def exp_table(ln2: int, b: int, c: int) -> np.ndarray:
+    """exp_polynomial(-i) for i = 0 .. EXP_ZMAX * ln2 (read-only): its whole domain."""
+    table = exp_polynomial(-np.arange(EXP_ZMAX * ln2 + 1, dtype=np.int64), ln2, b, c)
+    table.flags.writeable = False
+    return table
 
 
 def int_softmax(
@@ -236,6 +259,25 @@ def int_prelu(q: np.ndarray, mul: np.ndarray, shift: int, frac: int = 0) -> np.n
     return np.where(q >= 0, q << frac, floor_div((q * mul) << frac, 1 << shift))
 
 
+# -- products -------------------------------------------------------------------------------
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b of integers, exact, as int64: through float64 (BLAS; numpy has no fast integer
+    matmul) where every partial sum provably stays below 2^53, else in int64."""
+    a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
+    peak = _peak(a) * _peak(b) * a.shape[-1]
+    if peak < 2.0**53:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return np.matmul(a, b)
+
+
+def _peak(x: np.ndarray) -> float:
+    """max |x| (0 for an empty x), without an |x| copy."""
+    x = np.asarray(x)
+    return float(max(-int(x.min(initial=0)), int(x.max(initial=0))))
+
+
 # -- product of two streams -------------------------------------------------------------------
 
 
@@ -299,10 +341,24 @@ def int_gelu(
 ) -> np.ndarray:
     """GELU(q * s_in) = x * sigmoid(z), integers of scale consts['out_scale']: the gate's
     argument z from |x| <= GELU_CLIP (the gate is 0 or 1 beyond), the integer sigmoid, then
-    q * gate floored by 2^shift."""
+    q * gate floored by 2^shift. The gate, a function of the clipped x only, is looked up in
+    gelu_gates (two passes over q instead of twenty)."""
     x = np.clip(q, -clip, clip)
+    return np.right_shift(q * gelu_gates(a, cubic, clip, ln2, b, c)[x + clip], shift)
+
+
+def gelu_gate(x: np.ndarray, a: int, cubic: int, ln2: int, b: int, c: int) -> np.ndarray:
+    """The gate sigmoid(a x + cubic x^3) of int_gelu, scale 2^-15, for |x| <= clip."""
     z = np.right_shift(a * x + cubic * x * x * x, GELU_CUBIC_SHIFT)
-    return np.right_shift(q * int_sigmoid(z, ln2, b, c), shift)
+    return int_sigmoid(z, ln2, b, c)
+
+
+@functools.lru_cache(maxsize=32)
+def gelu_gates(a: int, cubic: int, clip: int, ln2: int, b: int, c: int) -> np.ndarray:
+    """gelu_gate(x) for x = -clip .. clip (read-only): its whole domain."""
+    table = gelu_gate(np.arange(-clip, clip + 1, dtype=np.int64), a, cubic, ln2, b, c)
+    table.flags.writeable = False
+    return table
 
 
 def gelu_function(consts: dict) -> Callable[..., np.ndarray]:
@@ -346,8 +402,15 @@ def int_gelu_ibert(
 
 
 def isqrt(n: np.ndarray) -> np.ndarray:
-    """floor(sqrt(n)) for n >= 0, Newton's method on integers (I-BERT i-sqrt)."""
+    """floor(sqrt(n)) for n >= 0 (exact; the C target runs I-BERT's i-sqrt, Newton's method
+    on integers). Below 2^52 the float64 root is off by at most one and one correction each
+    way makes it exact; above, Newton from 2^ceil(bits/2), x <- floor((x + floor(n / x)) / 2)
+    until it stops falling."""
     n = np.asarray(n, np.int64)
+    if _peak(n) < 2.0**52:
+        r = np.floor(np.sqrt(np.maximum(n, 0).astype(np.float64))).astype(np.int64)
+        r -= r * r > n
+        return r + ((r + 1) * (r + 1) <= n)
     bits = np.where(n > 0, np.ceil(np.log2(np.maximum(n, 1) + 1)), 0).astype(np.int64)
     x = np.left_shift(1, (bits + 1) // 2)
     for _ in range(40):  # converges in a few steps; bounded so it always ends

@@ -36,15 +36,17 @@ from spikeport.sim.fast import (
     step_rows,
 )
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
+from spikeport.sim.seq_ops import ExpectationCompensated
 
 if TYPE_CHECKING:
     from spikeport.sim.simulator import Observer, SimResult, Simulator
 
 MAX_ELEMENTS = 1 << 24  # per tensor over T steps (128 MiB of int64): bounds the memory used
 STATIC = "static"
-# Ops that only select or rearrange elements: they commute with running sums, so they move
-# running sums as they are (no per-step copy in between).
-DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice", "gather"})
+# Ops that only select, rearrange or scale elements (a "scale" in "int" mode only flips signs):
+# they commute with running sums, so they move running sums as they are (no per-step copy in
+# between).
+DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice", "take", "gather", "scale"})
 
 
 @dataclass
@@ -96,6 +98,20 @@ def _stepped(k: Kernel, ins: list[np.ndarray], T: int, integer: bool) -> Steps:
     return Steps(np.stack(ys), state, np.stack(ks) if ks else None)
 
 
+def _compensated(k: ExpectationCompensated, sums: list[np.ndarray], integer: bool) -> Steps:
+    """An expectation-compensated kernel on the running sums S_t of its inputs. Its outputs
+    telescope: their running sum is G(t) = g(S_t, t) itself, so G(t) goes out as running sums
+    (no differences, and the reader that takes running sums needs none either)."""
+    sums = [s.astype(np.int64 if integer else np.float64, copy=False) for s in sums]
+    g = np.stack([k.g([s[t] for s in sums], t + 1) for t in range(len(sums[0]))])
+
+    def state() -> np.ndarray:  # the reference's state_peak: max |S_t| over the inputs
+        peaks = [np.abs(step_rows(torch.from_numpy(s)).numpy()).max(axis=1) for s in sums]
+        return np.max(peaks, axis=0)
+
+    return Steps(g, state if integer else None)
+
+
 def _folded(k: Stateless, ins: list[np.ndarray]) -> Steps:
     """A stateless reference kernel on all steps at once: T folds into its batch."""
     T, n = ins[0].shape[:2]
@@ -103,12 +119,15 @@ def _folded(k: Stateless, ins: list[np.ndarray]) -> Steps:
     return Steps(y.reshape((T, n) + y.shape[1:]))
 
 
-def _form(fast: FastKernel | None, node: Node, ins: list[Val]) -> str:
+def _form(fast: FastKernel | None, ref: Kernel, node: Node, ins: list[Val]) -> str:
     """The form a node runs in: its fast kernel's, or, where it takes either (and for data
-    moves), running sums unless an input comes per step. Reference kernels run per step."""
+    moves), running sums unless an input comes per step. Expectation-compensated reference
+    kernels take running sums (their own state); the other reference kernels run per step."""
     forms = {v.form for v in ins}
     if fast is not None and fast.takes != ANY:
         return fast.takes
+    if isinstance(ref, ExpectationCompensated):
+        return CUM
     if fast is not None or (node.op in DATA_MOVES and CUM in forms):
         return STEP if STEP in forms else CUM
     return STEP
@@ -121,13 +140,15 @@ def _run_node(sim: Simulator, node: Node, ref: Kernel, ins: list[Val], T: int) -
     if fast is not None and fast.static is not None and [v.form for v in ins] == [STATIC]:
         steps = fast.static(ins[0].x, T)
         return Val(steps.y, CUM), steps
-    form = _form(fast, node, ins)
+    form = _form(fast, ref, node, ins)
     if form == CUM:
         xs = [as_cum(v, T, fast.dtype if fast else None) for v in ins]
     else:
         xs = [as_step(v, T, integer and fast is None) for v in ins]
     if fast is not None:
         steps = fast.run(*xs, cumulative=form == CUM)
+    elif isinstance(ref, ExpectationCompensated):
+        steps = _compensated(ref, xs, integer)
     elif isinstance(ref, Stateless):
         steps = _folded(ref, xs)
     else:
@@ -152,17 +173,26 @@ class _Counts:
     def __init__(self, T: int, integer: bool):
         self.T, self.integer = T, integer
         self.spikes, self.levels, self.bits, self.sops = (np.zeros(T, np.int64) for _ in range(4))
+        # per-step nonzero counts of each neuron output counted so far: a dense layer reading
+        # one has that many inputs that fire, each with the same fan-out (no second pass)
+        self.nonzero: dict[str, np.ndarray] = {}
 
-    def synapses(self, v: Val, fanout: np.ndarray | int, binary: bool) -> None:
+    def synapses(self, name: str, v: Val, fanout: np.ndarray | int, binary: bool) -> None:
         """Nonzero inputs times fan-out at each step; a static input counts at step 1 only (the
         reference computes a static node once). Unsigned binary spikes held as running sums:
         the fan-out weighted sum of the counts, differenced over steps (no per-step copy)."""
-        if v.form == STATIC:
+        if isinstance(fanout, int) and name in self.nonzero and v.form != STATIC:
+            self.sops += self.nonzero[name] * fanout
+        elif v.form == STATIC:
             self.sops[0] += int(self._weighted(v.x[None] != 0, fanout, 1)[0])
         elif v.form == CUM and binary:
             self.sops += np.diff(self._weighted(v.x, fanout, self.T), prepend=0)
         elif v.form == STEP and binary:
             self.sops += self._weighted(v.x, fanout, 1)
+        elif v.form == CUM:  # nonzero differences, in the sums' own (exact) type
+            n = torch.from_numpy(v.x)
+            moved = torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1])) != 0
+            self.sops += self._weighted(moved.numpy(), fanout, 1)
         else:
             self.sops += self._weighted(as_step(v, self.T, self.integer) != 0, fanout, 1)
 
@@ -182,23 +212,37 @@ class _Counts:
         per = xt.permute(0, 1, *order).reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
         return _sum(per.reshape(T, n), peak * float(f.sum())).astype(np.int64)
 
-    def events(self, k: np.ndarray, bits: int, levels_k: int, binary: bool = False) -> None:
+    def events(
+        self, k: np.ndarray | torch.Tensor, bits: int, levels_k: int, binary: bool = False
+    ) -> np.ndarray:
         """Per-step counts k (|k| <= levels_k): events are the nonzero ones, levels the sum of
-        |k| (the sum itself where the proof says every count is 0 or 1)."""
-        flat = step_rows(torch.from_numpy(k))
+        |k| (the sum itself where the proof says every count is 0 or 1; equal to the events
+        where no count passes 1)."""
+        flat = step_rows(k if isinstance(k, torch.Tensor) else torch.from_numpy(k))
         levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
-        events = levels if binary else np.count_nonzero(flat.numpy(), axis=1)
+        if binary or levels_k == 1:
+            events = levels
+        else:
+            events = (flat != 0).sum(dim=1).numpy()
         self.spikes += events
         self.levels += levels
         self.bits += events * bits
+        return events
 
-    def binary_events(self, cum: np.ndarray, bits: int) -> None:
+    def cum_events(self, cum: np.ndarray, bits: int, levels_k: int) -> np.ndarray:
+        """events() of spikes held as running counts: the counts are their differences, taken
+        in the counts' own (exact) type."""
+        n = torch.from_numpy(cum)
+        return self.events(torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1])), bits, levels_k)
+
+    def binary_events(self, cum: np.ndarray, bits: int) -> np.ndarray:
         """Unsigned binary spikes held as running counts: events are count differences."""
         total = _sum(step_rows(torch.from_numpy(cum)), len(cum))
         events = np.diff(total, prepend=0).astype(np.int64)
         self.spikes += events
         self.levels += events
         self.bits += events * bits
+        return events
 
 
 def _sum(x: torch.Tensor, peak: float) -> np.ndarray:
@@ -269,15 +313,17 @@ def _account(
         state = steps.state() if steps and callable(steps.state) else steps and steps.state
         _check(sim, node, as_step(out, T, integer) if out.form != STATIC else out.x[None], state)
     if node.name in sim.fanout:
-        counts.synapses(ins[0], sim.fanout[node.name], sim.binary(node.inputs[0]))
+        counts.synapses(node.inputs[0], ins[0], sim.fanout[node.name], sim.binary(node.inputs[0]))
     if node.op == "if" and sim.mode != "ann" and steps is not None:
         binary, bits, K = sim.binary(node.output), sim.bits[node.name], spike_levels(node)
         if steps.k is not None:  # a neuron's own counts (a delayed kind's differ from y)
             counts.events(steps.k, bits, K, binary)
         elif out.form == CUM and binary:
-            counts.binary_events(out.x, bits)
+            counts.nonzero[node.output] = counts.binary_events(out.x, bits)
+        elif out.form == CUM:
+            counts.nonzero[node.output] = counts.cum_events(out.x, bits, K)
         else:
-            counts.events(as_step(out, T, integer), bits, K, binary)
+            counts.nonzero[node.output] = counts.events(as_step(out, T, integer), bits, K, binary)
 
 
 def _observe(observe: Observer | None, name: str, v: Val, T: int, integer: bool) -> None:

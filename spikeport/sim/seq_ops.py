@@ -30,6 +30,13 @@ def _transpose(node: Node, mode: str, shape: Shape) -> Kernel:
 @kernel("take", "gather")
 def _take(node: Node, mode: str, shape: Shape) -> Kernel:
     index, axis = picked(node), _ax(node.attrs["axis"])
+    if isinstance(index, int):  # one index: a view (np.take would copy the whole slice)
+        at = (
+            (slice(None),) * axis + (index,)
+            if axis >= 0
+            else (..., index) + (slice(None),) * (-axis - 1)
+        )
+        return Stateless(lambda x: x[at])
     return Stateless(lambda x: np.take(x, index, axis=axis))
 
 
@@ -153,9 +160,7 @@ def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "float":
         return ExpectationCompensated(lambda s, t: np.matmul(s[0], s[1]) / t)
     frac = F.MATMUL_FRAC_BITS  # G(t) = S_A S_B / t keeps fraction bits: spikes are coarse
-    return ExpectationCompensated(
-        lambda s, t: F.floor_div(np.matmul(s[0].astype(np.int64), s[1].astype(np.int64)) << frac, t)
-    )
+    return ExpectationCompensated(lambda s, t: F.floor_div(F.int_matmul(s[0], s[1]) << frac, t))
 
 
 @kernel("embed")
