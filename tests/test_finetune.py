@@ -272,6 +272,19 @@ def test_the_every_step_loss_at_T_1_is_plain_cross_entropy():
     assert torch.allclose(loss_fn(out, y, "every_step"), want)
 
 
+def test_distillation_is_zero_where_the_student_matches_its_teacher():
+    """The distillation term is the KL divergence of the running means from the teacher's soft
+    labels: zero where every step's mean is the teacher's logits, positive otherwise; with
+    weight 1 the labels do not count."""
+    teacher, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    steps = torch.arange(1, 4, dtype=torch.float32).reshape(3, 1, 1)
+    matched = teacher[None] * steps  # running sums whose mean is the teacher at every step
+    assert float(loss_fn(matched, y, "every_step", teacher, 1.0)) < 1e-6
+    assert float(loss_fn(matched.flip(-1), y, "every_step", teacher, 1.0)) > 0.01
+    half = loss_fn(matched, y, "every_step", teacher, 0.5)
+    assert torch.allclose(half, 0.5 * loss_fn(matched, y, "every_step"), atol=1e-6)
+
+
 def test_thresholds_stay_positive():
     node = Node("n", "if", ["x"], "y", {"signed": False, "cap": None}, {"threshold": np.ones(3)})
     lay = make_layer(node, (3,), SURROGATES["rectangle"])
@@ -385,11 +398,31 @@ def test_bad_training_data_is_refused_with_one_line_and_no_output(cnn_spk, tmp_p
         assert not out.exists() and not list(tmp_path.glob(".never*")), name
 
 
+def test_cli_distils_the_source_model_and_records_it(cnn_spk, tmp_path):
+    small = tmp_path / "small.npz"
+    d = np.load(TRAIN)
+    np.savez(small, x=d["x"][:64], y=d["y"][:64])
+    out = tmp_path / "kd.spk"
+    src = EXAMPLES / "digits_cnn.onnx"
+    code, stdout, err = cli(
+        "finetune", cnn_spk, "--data", small, "-T", "2", "--epochs", "1", "--teacher", src,
+        "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = load(out).meta["finetune"]
+    assert meta["distill"] == 1.0 and meta["temperature"] == 4.0
+    assert meta["teacher"] == "digits_cnn.onnx"
+
+
 def test_bad_settings_are_refused(cnn_spk, tmp_path):
     for args, what in (
         (("-T", "0"), "-T"),
         (("--lr", "-1"), "--lr"),
         (("--epochs", "-2"), "--epochs"),
+        (("--distill", "0.5"), "--teacher"),  # a weight without a teacher
+        (("--distill", "2", "--teacher", EXAMPLES / "digits_cnn.onnx"), "--distill"),
+        (("--teacher", EXAMPLES / "digits_mlp.onnx"), "not the model"),  # sha256 differs
+        (("--teacher", EXAMPLES / "missing.onnx"), "missing.onnx"),
     ):
         code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, *args, "-o", tmp_path / "x.spk")
         assert code == 2 and what in err and not (tmp_path / "x.spk").exists()

@@ -57,6 +57,25 @@ from spikeport.sim.kinds import NEURON_KINDS
     default=None,
     help="Train for this neuron kind of the target (lava: lava or sdn); default: its first.",
 )
+@click.option(
+    "--teacher",
+    default=None,
+    help="The source model (.onnx, .tflite) MODEL was converted from: distil its logits.",
+)
+@click.option(
+    "--distill",
+    type=Finite(0, 1),
+    default=None,
+    help="Weight of the teacher's soft labels against the labels' cross-entropy "
+    "[default: 1 with --teacher, else 0].",
+)
+@click.option(
+    "--temperature",
+    type=Finite(0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="Softmax temperature of distillation.",
+)
 @click.option("-o", "--output", "output", required=True, callback=output_file, help="Output .spk.")
 @QUIET
 def finetune_cmd(
@@ -71,6 +90,9 @@ def finetune_cmd(
     seed: int,
     target: str | None,
     kind: str | None,
+    teacher: str | None,
+    distill: float | None,
+    temperature: float,
     output: str,
     quiet: bool,
 ) -> None:
@@ -79,8 +101,19 @@ def finetune_cmd(
     from spikeport.finetune import Settings, finetune_files
     from spikeport.ir import load
 
-    refuse_overwrite((output,), (model, data, val))
-    settings = Settings(T=timesteps, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    refuse_overwrite((output,), (model, data, val, teacher))
+    if distill and teacher is None:
+        raise click.BadParameter("needs --teacher, the source model", param_hint="--distill")
+    weight = (1.0 if teacher is not None else 0.0) if distill is None else distill
+    settings = Settings(
+        T=timesteps,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        distill=weight,
+        temperature=temperature,
+    )
     if target is not None:
         from spikeport.quantize import get_profile
         from spikeport.targets import discover
@@ -95,7 +128,9 @@ def finetune_cmd(
     graph = load(model)  # token ids are checked here until finetune_files checks them itself
     for path in (data, val) if val is not None else (data,):
         check_token_ids(graph, load_data(path, graph.inputs).x, path)
-    meta = finetune_files(model, data, output, settings, val, device, quiet, kind)
+    meta = finetune_files(
+        model, data, output, settings, val, device, quiet, kind, teacher if weight else None
+    )
     if meta is None:  # not rank 0: rank 0 reports
         return
     val_text = (

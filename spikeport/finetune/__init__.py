@@ -6,7 +6,7 @@ surrogate gradients through time; `finetune_files` is the file-level verb behind
 `spikeport finetune` and runs unchanged under torchrun (DistributedDataParallel).
 """
 
-from spikeport.finetune.api import finetune_files
+from spikeport.finetune.api import finetune_files, teacher_logits
 from spikeport.finetune.layers import LAYERS, make_layer
 from spikeport.finetune.module import SpikingNet
 from spikeport.finetune.train import METHOD, Result, Settings, finetune
@@ -19,5 +19,6 @@ __all__ = [
     "SpikingNet",
     "finetune",
     "finetune_files",
+    "teacher_logits",
     "make_layer",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from spikeport.data import Dataset, load_data
 from spikeport.finetune.distributed import barrier, join, leave
 from spikeport.finetune.train import Settings, finetune
@@ -20,6 +22,21 @@ def _labelled(path: PathLike, graph: Graph) -> Dataset:
     return load_data(path, graph.inputs, labels=True, n_classes=n_classes)
 
 
+def teacher_logits(graph: Graph, data: Dataset, source: PathLike) -> np.ndarray:
+    """The distillation teacher: the source model's logits on `data`, from onnxruntime (or
+    LiteRT for a .tflite) on the file the graph was converted from (its sha256 is checked).
+    A final softmax that import dropped is undone: the log of its probabilities is the logits
+    up to a constant, which a softmax ignores."""
+    from spikeport.eval.evaluate import ann_reference
+
+    path = str(source)
+    tflite = path.lower().endswith(".tflite")
+    out, _ = ann_reference(graph, data, None if tflite else path, path if tflite else None)
+    if graph.outputs[0] in graph.meta.get("source", {}).get("dropped_softmax", []):
+        out = np.log(np.maximum(out, np.finfo(np.float32).tiny))
+    return out
+
+
 def finetune_files(
     model: PathLike,
     data: PathLike,
@@ -29,12 +46,14 @@ def finetune_files(
     device: str = "cpu",
     quiet: bool = False,
     neuron_kind: str | None = None,
+    teacher: PathLike | None = None,
 ) -> dict[str, object] | None:
     """Read, fine-tune and write (rank 0 only); returns meta["finetune"] on rank 0, else None.
 
     Every input is read and checked before any process group is joined or anything trained,
     so bad data is refused at once and no output file is written. `neuron_kind` (e.g. "lava")
     gives the neurons that kind before training, so training sees what the target runs.
+    `teacher`: the source model file (.onnx, .tflite), whose logits settings.distill weighs.
     """
     settings = settings or Settings()
     settings.check()
@@ -43,9 +62,12 @@ def finetune_files(
         graph = set_kind(graph, neuron_kind)
     train = _labelled(data, graph)
     val_set = _labelled(val, graph) if val is not None else None
+    soft = teacher_logits(graph, train, teacher) if teacher is not None else None
     world = join(device)
     try:
-        result = finetune(graph, train, settings, val_set, world, quiet)
+        result = finetune(graph, train, settings, val_set, world, quiet, soft)
+        if soft is not None:
+            result.graph.meta["finetune"]["teacher"] = os.path.basename(str(teacher))
         if world.leader:
             save(result.graph, output)
         # Every rank waits for the leader's write before any leaves the group: a rank that tore

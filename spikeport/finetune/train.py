@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -50,6 +51,8 @@ class Settings:
     surrogate: str = DEFAULT_SURROGATE
     loss: str = "every_step"  # or "final": the cross-entropy of the T-step output only
     keep_best: bool = True  # with --val: keep the epoch with the best validation accuracy
+    distill: float = 0.0  # weight of the distillation term (the source ANN's soft labels)
+    temperature: float = 4.0  # of the distillation term's softmaxes
 
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
@@ -60,6 +63,10 @@ class Settings:
             raise BadInput(f"--lr must be a positive number, got {self.lr}")
         if self.batch_size < 1:
             raise BadInput(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.distill <= 1:
+            raise BadInput(f"--distill must be between 0 and 1, got {self.distill}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise BadInput(f"--temperature must be a positive number, got {self.temperature}")
         if self.loss not in ("every_step", "final"):
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
@@ -72,14 +79,32 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def loss_fn(outputs: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    """Cross-entropy of the running-mean output (acc_t / t): every step's, or the last one's."""
+def loss_fn(
+    outputs: torch.Tensor,
+    y: torch.Tensor,
+    kind: str,
+    teacher: torch.Tensor | None = None,
+    distill: float = 0.0,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Cross-entropy of the running-mean output (acc_t / t): every step's, or the last one's.
+    With a `teacher` (the ANN's logits) a `distill` share of it is the KL divergence of the
+    same means from the teacher's soft labels at `temperature` (Hinton et al. 2015), times
+    temperature^2 so that its gradients keep their size."""
     T = outputs.shape[0]
     if kind == "final":
-        return F.cross_entropy(outputs[-1] / T, y)
-    steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
-    means = outputs / steps.reshape((T,) + (1,) * (outputs.ndim - 1))
-    return F.cross_entropy(means.flatten(0, 1), y.repeat(T))
+        means = (outputs[-1] / T)[None]
+    else:
+        steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
+        means = outputs / steps.reshape((T,) + (1,) * (outputs.ndim - 1))
+    n = len(means)
+    ce = F.cross_entropy(means.flatten(0, 1), y.repeat(n))
+    if teacher is None or distill == 0:
+        return ce
+    soft = F.softmax(teacher / temperature, dim=-1).repeat(n, 1)
+    logp = F.log_softmax(means.flatten(0, 1) / temperature, dim=-1)
+    kd = F.kl_div(logp, soft, reduction="batchmean") * temperature**2
+    return (1 - distill) * ce + distill * kd
 
 
 TensorBatch = torch.Tensor | dict[str, torch.Tensor]
@@ -135,7 +160,9 @@ def _check_data(graph: Graph, data: Dataset) -> None:
 class _Trainer:
     """One training run: the network (DDP-wrapped when distributed), optimiser and sampler."""
 
-    def __init__(self, graph: Graph, data: Dataset, s: Settings, world: World):
+    def __init__(
+        self, graph: Graph, data: Dataset, s: Settings, world: World, teacher: np.ndarray | None
+    ):
         torch.manual_seed(s.seed)
         self.s, self.world, self.data = s, world, data
         self.net = SpikingNet(graph, s.surrogate).to(world.device)
@@ -153,6 +180,7 @@ class _Trainer:
             self.opt, max(1, s.epochs * self.steps)
         )
         self.x, self.y = _tensors(data.x), torch.from_numpy(data.y)
+        self.teacher = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
         self.val_text = ""  # the last validation accuracy, kept on the progress bar
 
     def epoch(self, e: int, bar: tqdm) -> float:
@@ -163,7 +191,9 @@ class _Trainer:
         for idx in _batches(list(self.sampler), self.local_batch):
             xb, yb = _on(self.x, idx, self.world.device), self.y[idx].to(self.world.device)
             self.opt.zero_grad(set_to_none=True)
-            loss = loss_fn(self.model(xb, self.s.T), yb, self.s.loss)
+            soft = None if self.teacher is None else self.teacher[idx].to(self.world.device)
+            out = self.model(xb, self.s.T)
+            loss = loss_fn(out, yb, self.s.loss, soft, self.s.distill, self.s.temperature)
             loss.backward()
             self.opt.step()
             self.net.constrain()
@@ -182,19 +212,28 @@ def finetune(
     val: Dataset | None = None,
     world: World | None = None,
     quiet: bool = False,
+    teacher: np.ndarray | None = None,
 ) -> Result:
     """Fine-tune the float spiking `graph` (stage "snn") on labelled `data` for T steps.
 
     Returns a new graph (same nodes, new float weights, biases and thresholds) whose
-    meta["finetune"] records the settings, the data and the validation accuracy.
+    meta["finetune"] records the settings, the data and the validation accuracy. With
+    settings.distill > 0, `teacher` holds the source model's logits on `data` (N, classes):
+    onnxruntime's or LiteRT's, not the graph's ANN view, whose biases the T-aware conversion
+    moved for its spikes.
     """
     s = settings or Settings()
     s.check()
+    if s.distill > 0 and (teacher is None or len(teacher) != len(data)):
+        raise BadInput(
+            "distillation needs the source model's logits on the training data "
+            "(finetune --onnx/--tflite MODEL)"
+        )
     world = world or World()
     _check_data(graph, data)
     if val is not None:
         _check_data(graph, val)
-    tr = _Trainer(graph, data, s, world)
+    tr = _Trainer(graph, data, s, world, teacher if s.distill > 0 else None)
     history: list[dict[str, float]] = []
     best: tuple[float, dict | None, int] = (-1.0, None, 0)  # (val accuracy, state, epoch)
     if val is not None:
