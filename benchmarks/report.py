@@ -237,6 +237,42 @@ def activity_md(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def few_step_md(doc: dict[str, Any]) -> list[str]:
+    T = doc["T"]
+    lines = [
+        f"## 1b. Fine-tuning at T = {T}, three seeds",
+        "",
+        provenance(doc),
+        "",
+        f"`convert -T {T}` (T-aware), then `{doc['finetune_command']}` for each seed (no "
+        "`--val`: the last epoch is kept), then `quantize --target sim` and `eval`, integer mode, "
+        "held-out test split. Labels only: the cross-entropy of every step's running mean "
+        "(the default loss). Distilled: `--teacher` the source ONNX file, weight 1 "
+        f"(`--distill` default with a teacher), temperature {doc['temperature']:g}: the "
+        "KL divergence of every step's running mean from the source model's soft labels "
+        "on the training split. Gap: the ANN minus the worst seed.",
+        "",
+        f"| model | ANN | conversion T={T} | loss | seed 0 | seed 1 | seed 2 | gap (worst) "
+        "| fine-tuning time per seed (s) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in doc["models"].items():
+        for distill, label in ((0.0, "labels only"), (1.0, "distilled")):
+            rows = [r for r in m["rows"] if r["distill"] == distill]
+            accs = [
+                r["accuracy"][str(T)] if str(T) in r["accuracy"] else r["accuracy"][T] for r in rows
+            ]
+            secs = sum(r["finetune_seconds"] for r in rows) / max(1, len(rows))
+            conv = m["conversion"]["accuracy"]
+            conv_t = conv.get(str(T), conv.get(T))
+            lines.append(
+                f"| {name} | {pct(m['ann'])} | {pct(conv_t)} | {label} | "
+                + " | ".join(pct(a) for a in accs)
+                + f" | {100 * (m['ann'] - min(accs)):.2f} | {secs:.0f} |"
+            )
+    return lines
+
+
 def throughput_md(doc: dict[str, Any]) -> list[str]:
     th = doc.get("threads") or {"torch": doc["machine"]["torch_threads"], "blas": "?"}
     lines = [
@@ -497,6 +533,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 SECTIONS = {
     "accuracy": accuracy_md,
+    "few_step": few_step_md,
     "throughput": throughput_md,
     "cost": cost_md,
     "quantize_memory": quantize_memory_md,
@@ -533,7 +570,7 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
         "",
         "Written by `make bench`: `benchmarks/install_spikingjelly.sh` (SpikingJelly for the "
         "benchmarks only, see below) then `.venv/bin/python benchmarks/run.py`, which runs the "
-        "seven sections below in one process on one machine and writes `benchmarks/results/"
+        "eight sections below in one process on one machine and writes `benchmarks/results/"
         "<section>.json`, this file and `accuracy_vs_T.png`. Each table names the command and "
         "the run it came from; ratios are taken within one run, never across runs. Nothing "
         "here is asserted in tests.",

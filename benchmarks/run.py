@@ -323,7 +323,7 @@ def few_step() -> dict[str, Any]:
         "epochs": FEW_EPOCHS,
         "lr": FEW_LR,
         "temperature": Settings().temperature,
-        "command": f"finetune -T {FEW_T} --epochs {FEW_EPOCHS} --lr {FEW_LR} --seed S "
+        "finetune_command": f"finetune -T {FEW_T} --epochs {FEW_EPOCHS} --lr {FEW_LR} --seed S "
         "[--teacher SOURCE.onnx]",
         "models": out,
     }
