@@ -43,10 +43,11 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels, static_tensors
 from spikeport.sim.ops import IFNeuron
 
-# Calibration samples the layer-wise search runs on, at most. text_bert (500 calibration
-# sentences) at T = 8, float mode: 95.5 % on 256 of them, 96.1 on all 500 (ANN 97.9); the
-# memory budget below still caps large networks, and image sets of 180 are taken whole.
-TUNE_SAMPLES = 512
+# Calibration samples the layer-wise search runs on, at most. 512 (all 500 of text_bert's
+# sentences) raised text_bert at T = 8 from 95.5 to 96.1 % in float mode but not in integer
+# mode (95.4), and lowered it at T = 1 and 2 (61.2 -> 56.7, 75.9 -> 71.9), bench_count_bert
+# at T = 2 (69.8 -> 61.4): no better over the family, twice the time.
+TUNE_SAMPLES = 256
 # Bytes for one tensor's T steps over the samples (fewer samples if more). About three such
 # tensors live at once in a transformer's feed-forward block. all-MiniLM-L6-v2 (width 1536
 # there, T = 8 so 16 steps for the 2T search): 2^30 keeps 160 sentences (4.4 GB peak with 200

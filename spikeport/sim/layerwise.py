@@ -216,14 +216,11 @@ class _Counts:
         self, k: np.ndarray | torch.Tensor, bits: int, levels_k: int, binary: bool = False
     ) -> np.ndarray:
         """Per-step counts k (|k| <= levels_k): events are the nonzero ones, levels the sum of
-        |k| (the sum itself where the proof says every count is 0 or 1; equal to the events
-        where no count passes 1)."""
+        |k| (the sum itself where the proof says every count is 0 or 1). A sigma-delta
+        neuron's graded messages pass levels_k: only `binary` says every |k| is 1."""
         flat = step_rows(k if isinstance(k, torch.Tensor) else torch.from_numpy(k))
         levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
-        if binary or levels_k == 1:
-            events = levels
-        else:
-            events = (flat != 0).sum(dim=1).numpy()
+        events = levels if binary else (flat != 0).sum(dim=1).numpy()
         self.spikes += events
         self.levels += levels
         self.bits += events * bits
