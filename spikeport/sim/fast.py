@@ -409,7 +409,7 @@ class IntIF:
     def _levels(self, c: torch.Tensor) -> torch.Tensor:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring)."""
-        q = torch.floor((c + self.v0) / self.theta)  # exact: see FLOAT32_SAFE
+        q = torch.add(c, self.v0).div_(self.theta).floor_()  # exact: see FLOAT32_SAFE
         n = torch.empty_like(q)
         prev = torch.zeros_like(q[0])
         for t in range(len(q)):

@@ -213,14 +213,20 @@ class _Counts:
         return _sum(per.reshape(T, n), peak * float(f.sum())).astype(np.int64)
 
     def events(
-        self, k: np.ndarray | torch.Tensor, bits: int, levels_k: int, binary: bool = False
+        self,
+        k: np.ndarray | torch.Tensor,
+        bits: int,
+        levels_k: int,
+        binary: bool = False,
+        unit: bool = False,
     ) -> np.ndarray:
         """Per-step counts k (|k| <= levels_k): events are the nonzero ones, levels the sum of
-        |k| (the sum itself where the proof says every count is 0 or 1). A sigma-delta
-        neuron's graded messages pass levels_k: only `binary` says every |k| is 1."""
+        |k| (the sum itself where the proof says every count is 0 or 1; equal to the events
+        where every |k| is at most 1: `unit`). A sigma-delta neuron's graded messages pass
+        levels_k, so its spike levels alone do not make it `unit`."""
         flat = step_rows(k if isinstance(k, torch.Tensor) else torch.from_numpy(k))
         levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
-        events = levels if binary else (flat != 0).sum(dim=1).numpy()
+        events = levels if binary or unit else (flat != 0).sum(dim=1).numpy()
         self.spikes += events
         self.levels += levels
         self.bits += events * bits
@@ -228,9 +234,11 @@ class _Counts:
 
     def cum_events(self, cum: np.ndarray, bits: int, levels_k: int) -> np.ndarray:
         """events() of spikes held as running counts: the counts are their differences, taken
-        in the counts' own (exact) type."""
+        in the counts' own (exact) type. Only IntIF's neurons come as running counts, and
+        their counts stay within levels_k (so with one level, events are the levels)."""
         n = torch.from_numpy(cum)
-        return self.events(torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1])), bits, levels_k)
+        k = torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1]))
+        return self.events(k, bits, levels_k, unit=levels_k == 1)
 
     def binary_events(self, cum: np.ndarray, bits: int) -> np.ndarray:
         """Unsigned binary spikes held as running counts: events are count differences."""
