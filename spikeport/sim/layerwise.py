@@ -78,6 +78,8 @@ def as_cum(v: Val, T: int, dtype: torch.dtype | None = None) -> np.ndarray:
     if dtype is not None and v.form == STATIC:
         steps = torch.arange(1, T + 1, dtype=dtype).reshape((T,) + (1,) * v.x.ndim)
         return (torch.from_numpy(v.x).to(dtype)[None] * steps).numpy()
+    if dtype is not None:  # per-step values: summed in that type, exact by its choice
+        return torch.cumsum(torch.from_numpy(v.x), 0, dtype=dtype).numpy()
     x = v.x.astype(np.float64 if v.x.dtype.kind == "f" else np.int64, copy=False)
     if v.form == STEP:
         return running_sum(x)
@@ -128,6 +130,8 @@ def _form(fast: FastKernel | None, ref: Kernel, node: Node, ins: list[Val]) -> s
         return fast.takes
     if isinstance(ref, ExpectationCompensated):
         return CUM
+    if fast is not None and node.op == "if":
+        return CUM  # a running sum of the input (one add a step) beats stepping the neuron
     if fast is not None or (node.op in DATA_MOVES and CUM in forms):
         return STEP if STEP in forms else CUM
     return STEP
