@@ -100,7 +100,8 @@ def floor_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
     divisors it runs in float64 where that is exact (several times faster than integer
     division): floor(fl(a / b)) = floor(a / b) for integers with |a| + |b| < 2^53, since a
     quotient that is not an integer stays at least 1 / |b| from the next one."""
-    if isinstance(b, np.ndarray) and b.size > 1 and np.size(a) > 1:
+    integers = isinstance(a, np.ndarray) and a.dtype.kind in "iu" and a.size > 1
+    if integers and isinstance(b, np.ndarray) and b.dtype.kind in "iu" and b.size > 1:
         if _peak(a) + _peak(b) < 2.0**53:
             q = np.divide(a, b, dtype=np.float64)
             return np.floor(q, out=q).astype(np.int64)
