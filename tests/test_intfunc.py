@@ -70,6 +70,16 @@ def test_isqrt_is_exact_floor(n):
     assert all(int(r) ** 2 <= int(v) < (int(r) + 1) ** 2 for r, v in zip(roots, near, strict=True))
 
 
+def test_isqrt_is_exact_around_every_square_of_the_float_path():
+    """Below 2^52 isqrt corrects the float64 root: exact at r^2 - 1, r^2 and r^2 + 1."""
+    r = np.concatenate([np.arange(0, 2**26, 997), [2**26 - 1]]).astype(np.int64)
+    n = np.concatenate([r * r - 1, r * r, r * r + 1])
+    n = n[(n >= 0) & (n < 2**52)]
+    got = F.isqrt(n).astype(object)
+    ok = (got * got <= n.astype(object)) & ((got + 1) * (got + 1) > n.astype(object))
+    assert ok.all()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(-(2**52), 2**52), st.integers(-(2**40), 2**40).filter(bool))
 def test_floor_div_is_integer_floor_division_in_every_range(a, b):
