@@ -10,9 +10,10 @@ index t-1) instead of per-step values. There a synaptic op is still one linear m
 (W X_t + t b); an expectation-compensated max pool is a plain max pool (its outputs telescope
 to max(S_t)); a neuron's net spike count N_t follows from its input's running sum C_t alone
 (IntIF below); and the graph's output accumulators are the running sums themselves. Linear
-ops and neurons take either form (ANY) and keep it, so a network of convolutions, pools and
-neurons runs on running sums throughout, and one with adds or EC operators (which need
-per-step values) on per-step values, with few conversions between the two.
+ops take either form (ANY) and keep it; neurons take running sums (a per-step input is summed
+first), and so do the expectation-compensated operators (spikeport.sim.layerwise), so a
+network runs on running sums throughout except after an add that requantizes (which needs
+per-step values), with few conversions between the two.
 
 Exactness (bit for bit with the reference): a sum of integers in floating point is exact while
 every partial sum stays below 2^24 (float32) or 2^53 (float64), in whatever order the library
@@ -301,13 +302,11 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
         # ReLU / identity, Lava's delayed LIF and sigma-delta neuron: the reference kernels
         return None
     if mode == "int":
+        # running sums only: summing a per-step input (one add a step) and IntIF's loop
+        # cost less than stepping the neuron with a state check every step (StepIF)
         assert bounds is not None
-        cum, step = IntIF(node, shape, bounds), StepIF(node, shape, bounds)
-
-        def run(current: np.ndarray, cumulative: bool = False) -> Steps:
-            return cum(current) if cumulative else step(current)
-
-        return FastKernel(run, ANY, cum.dt, cum.static)
+        cum = IntIF(node, shape, bounds)
+        return FastKernel(lambda current, cumulative=True: cum(current), CUM, cum.dt, cum.static)
     return FastKernel(StepIF(node, shape, None))
 
 
@@ -433,7 +432,9 @@ class StepIF:
     """ops.IFNeuron over all T steps on per-step currents, in torch: the same rule in the same
     order, one step at a time on whole tensors. "int" mode (bounds given): float32 where the
     proof bounds |v| + |current| + theta below FLOAT32_SAFE, else float64 (exact either way),
-    spike counts out; "float" mode: float64, spikes * theta out, the counts in k."""
+    spike counts out; "float" mode: float64, spikes * theta out, the counts in k. The runner
+    uses it in "float" mode only (its "int" neurons run IntIF on running sums); the "int" mode
+    is the same rule per step, tested equal to the reference beside IntIF."""
 
     def __init__(self, node: Node, shape: Shape, bounds: Bounds | None):
         self.integer = bounds is not None

@@ -58,12 +58,19 @@ class Val:
     form: str
 
 
+def differences(cum: np.ndarray) -> torch.Tensor:
+    """Per-step values of running sums (T, N, ...), in the sums' own type: exact, since each
+    step's value is bounded by the running sums' bound."""
+    n = torch.from_numpy(cum)
+    return torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1]))
+
+
 def as_step(v: Val, T: int, integer: bool) -> np.ndarray:
     """Per-step values (T, N, ...): int64 in "int" mode, what the reference kernels take."""
     if v.form == STATIC:
         x = np.broadcast_to(v.x, (T,) + v.x.shape)
     elif v.form == CUM:
-        x = np.diff(v.x, axis=0, prepend=np.zeros_like(v.x[:1]))
+        x = differences(v.x).numpy()
     else:
         x = v.x
     return x.astype(np.int64, copy=False) if integer else x
@@ -130,8 +137,6 @@ def _form(fast: FastKernel | None, ref: Kernel, node: Node, ins: list[Val]) -> s
         return fast.takes
     if isinstance(ref, ExpectationCompensated):
         return CUM
-    if fast is not None and node.op == "if":
-        return CUM  # a running sum of the input (one add a step) beats stepping the neuron
     if fast is not None or (node.op in DATA_MOVES and CUM in forms):
         return STEP if STEP in forms else CUM
     return STEP
@@ -193,10 +198,8 @@ class _Counts:
             self.sops += np.diff(self._weighted(v.x, fanout, self.T), prepend=0)
         elif v.form == STEP and binary:
             self.sops += self._weighted(v.x, fanout, 1)
-        elif v.form == CUM:  # nonzero differences, in the sums' own (exact) type
-            n = torch.from_numpy(v.x)
-            moved = torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1])) != 0
-            self.sops += self._weighted(moved.numpy(), fanout, 1)
+        elif v.form == CUM:
+            self.sops += self._weighted((differences(v.x) != 0).numpy(), fanout, 1)
         else:
             self.sops += self._weighted(as_step(v, self.T, self.integer) != 0, fanout, 1)
 
@@ -240,9 +243,7 @@ class _Counts:
         """events() of spikes held as running counts: the counts are their differences, taken
         in the counts' own (exact) type. Only IntIF's neurons come as running counts, and
         their counts stay within levels_k (so with one level, events are the levels)."""
-        n = torch.from_numpy(cum)
-        k = torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1]))
-        return self.events(k, bits, levels_k, unit=levels_k == 1)
+        return self.events(differences(cum), bits, levels_k, unit=levels_k == 1)
 
     def binary_events(self, cum: np.ndarray, bits: int) -> np.ndarray:
         """Unsigned binary spikes held as running counts: events are count differences."""
