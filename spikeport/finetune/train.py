@@ -227,7 +227,7 @@ def finetune(
     if s.distill > 0 and (teacher is None or len(teacher) != len(data)):
         raise BadInput(
             "distillation needs the source model's logits on the training data "
-            "(finetune --onnx/--tflite MODEL)"
+            "(finetune --teacher SOURCE)"
         )
     world = world or World()
     _check_data(graph, data)
