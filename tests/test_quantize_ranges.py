@@ -8,6 +8,8 @@ Tight enough: networks that quantize used to refuse (issue 15 item 4) prove at t
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from conftest import EXAMPLES
@@ -16,11 +18,13 @@ from hypothesis import strategies as st
 
 from spikeport.batch import is_integer
 from spikeport.convert import convert
+from spikeport.convert.tune import _product_operand
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import prove_ranges, range_bounds
 from spikeport.sim import Simulator
+from spikeport.sim import intfunc as F
 from spikeport.sim.ops import IFNeuron
 
 T_PROOF = 8  # the proof's T: observed runs go all the way to it
@@ -94,6 +98,20 @@ def test_fixture_models_never_exceed_their_proven_bounds(cases, seed, extreme):
         _fuzz(graph, seed, extreme)
 
 
+def per_feature_products(snn: Graph, seed: int = 0) -> Graph:
+    """`snn` with one threshold per feature (0.2 to 1.5 times its own) on every bipolar neuron
+    that feeds products of two activations, as T-aware conversion gives them: the products
+    then weigh their contracted features by integer multipliers (quantize.seq._matmul)."""
+    rng = np.random.default_rng(seed)
+    for n in snn.nodes:
+        features = snn.shape(n.inputs[0])[-1] if n.op == "if" else 0
+        if features and _product_operand(snn, n, features):
+            n.params["threshold"] = (
+                np.max(n.params["threshold"]) * rng.uniform(0.2, 1.5, features)
+            ).astype(np.float32)
+    return snn
+
+
 @pytest.fixture(scope="module")
 def transformers() -> list[Graph]:
     vit = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
@@ -102,7 +120,37 @@ def transformers() -> list[Graph]:
     d = np.load(EXAMPLES / "text_calib.npz")
     tokens = {k: d[k] for k in ("input_ids", "attention_mask")}
     sim = get_profile("sim")
-    return [quantize(vit, calib, sim, T_PROOF), quantize(text, tokens, sim, T_PROOF)]
+    graphs = [(vit, calib), (text, tokens)]
+    graphs += [(per_feature_products(copy.deepcopy(g)), x) for g, x in graphs]
+    return [quantize(g, x, sim, T_PROOF) for g, x in graphs]
+
+
+def test_products_of_per_feature_operands_carry_multipliers(transformers):
+    for graph in transformers[2:]:
+        products = [n for n in graph.nodes if n.op == "matmul"]
+        weighted = [n.params["contract_q"] for n in products if "contract_q" in n.params]
+        assert weighted, "no product weighs its contracted features"
+        for q in weighted:
+            assert 1 <= q.min() and q.max() == 2**F.MATMUL_CONTRACT_BITS
+
+
+def test_a_product_operand_scaled_along_rows_and_features_is_refused_by_name():
+    """A scale that varies along both axes of an operand's matrix has no multiplier per
+    contracted feature: quantize names the product and why, instead of a wrong product."""
+    snn = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+    rng = np.random.default_rng(1)
+    neuron = next(
+        n
+        for n in snn.nodes
+        if n.op == "if" and _product_operand(snn, n, snn.shape(n.inputs[0])[-1])
+    )
+    shape = snn.shape(neuron.inputs[0])
+    neuron.params["threshold"] = rng.uniform(0.1, 1.0, shape).astype(np.float32)
+    calib = np.load(EXAMPLES / "digits_calib.npz")["x"]
+    with pytest.raises(
+        CapabilityExceeded, match=r"\(matmul\): operand \d's scale varies along both"
+    ):
+        quantize(snn, calib, get_profile("sim"), T_PROOF)
 
 
 @SETTINGS

@@ -49,10 +49,16 @@ TRANSFORMER_FAMILIES = ("vit", "bert_hf", "sentence_embedding")
 GRADED = {"digits_vit": 4, "text_bert": 3}
 
 
-def _quantize_for_c(onnx_path: Path, calib: Path, spike_bits: int = 1):  # noqa: ANN202
+# The examples again as `convert` makes them by default (T-aware): their Q, K and V neurons
+# have one threshold per feature, so each product of two activations multiplies its
+# contracted features by integers (`contract_q`), and V's features reach the output's scale.
+TUNED = ("digits_vit", "text_bert")
+
+
+def _quantize_for_c(onnx_path: Path, calib: Path, spike_bits: int = 1, tune: bool = False):  # noqa: ANN202
     """The percentile conversion (fast; what the C checks is the integer graph, not how its
-    thresholds were chosen), quantized for the C profile."""
-    snn = convert(onnx_path, calib, tune=False, spike_bits=spike_bits)
+    thresholds were chosen) unless `tune`, quantized for the C profile."""
+    snn = convert(onnx_path, calib, tune=tune, spike_bits=spike_bits)
     return quantize(snn, load_data(calib, snn.inputs).x, get_profile("c"), max_timesteps=T)
 
 
@@ -65,6 +71,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
         q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib)
         emit(q, "c", root / name)
         out[name] = (q, root / name, load_data(EXAMPLES / test, q.inputs).x)
+        if name in TUNED:
+            q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib, tune=True)
+            emit(q, "c", root / f"{name}_tuned")
+            out[f"{name}_tuned"] = (q, root / f"{name}_tuned", None)
         if name in GRADED:
             graded = f"{name}_b{GRADED[name]}"
             q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib, GRADED[name])
@@ -112,6 +122,7 @@ def check_random(graph, outdir: Path, examples: int = EXAMPLES_PER_MODEL) -> Non
 
 
 GRADED_MODELS = [f"{name}_b{bits}" for name, bits in GRADED.items()]
+TUNED_MODELS = [f"{name}_tuned" for name in TUNED]
 
 
 def test_transformers_stay_step_major(built):
@@ -126,13 +137,18 @@ def test_transformers_stay_step_major(built):
 
 
 @needs_cc
-@pytest.mark.parametrize("name", [*EXAMPLE_MODELS, *GRADED_MODELS, *TRANSFORMER_FAMILIES])
+@pytest.mark.parametrize(
+    "name", [*EXAMPLE_MODELS, *GRADED_MODELS, *TUNED_MODELS, *TRANSFORMER_FAMILIES]
+)
 def test_transformer_bit_exact_on_1000_random_inputs(built, name):
     graph, outdir, _ = built[name]
     assert {"matmul", "layernorm"} <= {n.op for n in graph.nodes}
     if name in GRADED_MODELS:  # every neuron graded
         bits = {n.attrs.get("spike_bits", 1) for n in graph.nodes if n.op == "if"}
         assert bits == {int(name.rsplit("_b", 1)[1])}
+    if name in TUNED_MODELS:  # per-feature operands: every product of Q and K weighs them
+        products = [n for n in graph.nodes if n.op == "matmul"]
+        assert any("contract_q" in n.params for n in products), name
     check_random(graph, outdir)
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -77,6 +76,7 @@ THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the
 REFINE = 6  # then as many between the best one's neighbours, per channel
 SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
 WEIGHT_READERS = frozenset({"dense", "conv2d", "conv_transpose2d"})  # absorb an input scale
+MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})  # carry scales along
 # The error is |rate - activation| ** ERROR_POWER: a little above 2 weighs the clipped large
 # activations, which carry the class evidence, above rounding noise (LAPQ, Nahshan et al. 2021,
 # found p of 2.5 to 4 best for 2-4 bit quantisers). On seven digits networks (four trained
@@ -173,13 +173,66 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
     return None
 
 
-def _layout(node: Node, users: Iterable[Node], channels: int) -> str:
-    """ "channel": one threshold per channel; "layer": one for the tensor."""
+def _layout(graph: Graph, node: Node, channels: int, product_features: bool = True) -> str:
+    """ "channel": one threshold per channel; "layer": one for the tensor. Bipolar neurons
+    get one per feature where the next weights absorb it (dense, conv) or, with
+    `product_features`, where they feed products of two activations that take one multiplier
+    per contracted feature (quantize.seq._matmul: Q, K and V of attention, whose few outlier
+    features otherwise set one threshold for all)."""
     if node.params["threshold"].size == channels and channels > 1:
         return "channel"
+    users = graph.consumers(node.output)
     if node.attrs.get("bipolar") and all(u.op in WEIGHT_READERS for u in users):
         return "channel"
+    if product_features and _product_operand(graph, node, channels):
+        return "channel"
     return "layer"
+
+
+def _product_operand(graph: Graph, node: Node, channels: int) -> bool:
+    return bool(node.attrs.get("bipolar")) and channels > 1 and _feeds_products(graph, node.output)
+
+
+def _product_operands(graph: Graph) -> bool:
+    """Whether some neuron of `graph` feeds products of two activations (a candidate choice:
+    one threshold per feature there helps at T = 8 and costs at T = 1 and 2, see t_aware)."""
+    return any(
+        n.op == "if" and _product_operand(graph, n, graph.shape(n.inputs[0])[-1])
+        for n in graph.nodes
+    )
+
+
+def _feeds_products(graph: Graph, tensor: str) -> bool:
+    """Whether `tensor`'s features (last axis) reach only matmul operands, through data moves,
+    along one axis of each operand's matrix (rows or the contracted axis for A, the contracted
+    axis or columns for B): then a scale per feature factors into the product's multipliers."""
+    from spikeport.sim.ops import KERNELS
+
+    shape = graph.shape(tensor)
+    index = np.broadcast_to(np.arange(shape[-1], dtype=np.float64), (1, *shape)).copy()
+    values, todo = {tensor: index}, [tensor]
+    while todo:
+        t = todo.pop()
+        if t in graph.outputs or not graph.consumers(t):
+            return False
+        for user in graph.consumers(t):
+            if user.op == "matmul":
+                operand = values[t][0] if user.inputs[0] == t else np.swapaxes(values[t][0], -1, -2)
+                if user.inputs[0] == user.inputs[1] or not _one_axis(operand):
+                    return False
+            elif user.op in MOVES and len(user.inputs) == 1:
+                kernel = KERNELS[user.op](user, "ann", graph.shape(user.output))
+                kernel.reset(1)
+                values[user.output] = kernel(values[t])
+                todo.append(user.output)
+            else:
+                return False
+    return True
+
+
+def _one_axis(m: np.ndarray) -> bool:
+    """Whether a (..., rows, contracted) array varies along at most one of its last two axes."""
+    return bool(np.all(m == m[..., :1, :]) or np.all(m == m[..., :, :1]))
 
 
 class _Run:
@@ -251,11 +304,15 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     scored = take(x, slice(SCORE_SAMPLES))
     x = _samples(snn, x, max(steps))
     candidates = {"percentile": snn}
+    corrections = [False, True] if _corrected(snn) else [False]
+    operands = [True, False] if _product_operands(snn) else [True]
     for t in steps:
-        candidates[f"T={t}"] = _share_unchanged(tune_thresholds(snn, x, t, axes), snn)
-        if _corrected(snn):
-            tuned = tune_thresholds(snn, x, t, axes, correct=True)
-            candidates[f"T={t}, bias corrected"] = _share_unchanged(tuned, snn)
+        for correct in corrections:
+            for per_feature in operands:
+                name = f"T={t}" + (", bias corrected" if correct else "")
+                name += "" if per_feature else ", one threshold per product operand"
+                tuned = tune_thresholds(snn, x, t, axes, correct, per_feature)
+                candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = _pick(scores, size(scored))
@@ -317,18 +374,24 @@ def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray
 
 
 def tune_thresholds(
-    snn: Graph, x: Batch, T: int, axes: dict[str, int], correct: bool = False
+    snn: Graph,
+    x: Batch,
+    T: int,
+    axes: dict[str, int],
+    correct: bool = False,
+    product_features: bool = True,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
     channel axis (balance.channel_axes). `correct`: also correct the mean error of the other
-    layers with a bias (_corrected)."""
+    layers with a bias (_corrected). `product_features`: one threshold per feature for the
+    bipolar neurons that feed products of two activations (_layout), else one for each."""
     out = copy.deepcopy(snn)
     run = _Run(out, x, T)
     corrected = _corrected(out) if correct else set()
     for node, original in zip(out.nodes, snn.nodes, strict=True):
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
-            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1))
+            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1), product_features)
         run.step(node, original)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
@@ -365,7 +428,7 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
     run.spiking[node.output] = [c - moved for c in run.spiking[node.output]]
 
 
-def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int) -> None:
+def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int, product_features: bool) -> None:
     """Choose one neuron's thresholds and its feeding layer's bias shift; move the recorded
     currents by that shift."""
     src = node.inputs[0]
@@ -378,7 +441,7 @@ def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int) -> None:
     if not bipolar:
         target = np.maximum(target, 0)  # the ReLU's output; a cap is applied below
     old = node.params["threshold"]
-    layout = _layout(node, graph.consumers(node.output), channels)
+    layout = _layout(graph, node, channels, product_features)
     if layout == "layer":
         currents, target = currents.reshape(len(currents), 1, -1), target.reshape(1, -1)
     start = np.broadcast_to(old.reshape(-1), (len(target),))

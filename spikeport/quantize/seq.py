@@ -141,10 +141,41 @@ def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
 
 @handler("matmul")
 def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
-    a, b = (compact(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
-    if a.size != 1 or b.size != 1:
-        raise ctx.refuse(node, "both operands need one scale each (per-layer thresholds)")
-    return a * b / 2**F.MATMUL_FRAC_BITS
+    """Scales A = r_A (rows) x c_A (contracted axis), B = c_B (contracted) x r_B (columns):
+    per-feature thresholds on the neurons in front (tune.py) make Q and K vary along the
+    contracted axis and V along its columns. The rows and columns give the output's scale;
+    the contracted products c_A c_B become integer multipliers `contract_q` (the largest
+    2^MATMUL_CONTRACT_BITS) of A's running sum, G(t) = S_A diag(m) S_B 2^frac / (t 2^bits):
+    the output keeps the range it has with one scale per operand."""
+    a, b = (np.broadcast_to(ctx.scale_in(node, i), ctx.shape_in(node, i)) for i in (0, 1))
+    r_a, c_a = _separate(ctx, node, a, 0)
+    r_b, c_b = _separate(ctx, node, np.swapaxes(b, -1, -2), 1)
+    out = r_a * np.swapaxes(r_b, -1, -2) / 2**F.MATMUL_FRAC_BITS  # (..., m, 1) x (..., 1, n)
+    contract = c_a * c_b  # (..., 1, k)
+    shape = ctx.graph.shape(node.output)
+    if np.all(contract == contract.flat[0]):
+        return compact(out * contract.flat[0], shape)
+    top = float(contract.max())
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    q = np.maximum(round_to_int(contract / top * 2**F.MATMUL_CONTRACT_BITS), 1)
+    node.params["contract_q"] = np.ascontiguousarray(
+        np.broadcast_to(q, lead + (1, a.shape[-1]))
+    ).astype(np.int64)
+    return compact(out * top, shape)
+
+
+def _separate(ctx: _Ctx, node: Node, s: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """A scale (..., m, k) as rows (..., m, 1) times contracted (..., 1, k), or a refusal
+    naming the operand whose scale varies along both."""
+    rows = s[..., :, :1]
+    contracted = s[..., :1, :] / s[..., :1, :1]
+    if not np.allclose(rows * contracted, s, rtol=1e-9, atol=0):
+        raise ctx.refuse(
+            node,
+            f"operand {i}'s scale varies along both its rows and the contracted axis "
+            "(one multiplier per contracted index needs it constant along one of them)",
+        )
+    return rows, contracted
 
 
 # -- range proof ------------------------------------------------------------------------------
@@ -261,6 +292,9 @@ def _b_layernorm(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
 def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
     k = b[0].shape[-1]
     y_max = k * float(b[0].max(initial=0)) * float(b[1].max(initial=0)) * 2**F.MATMUL_FRAC_BITS
+    if "contract_q" in node.params:  # each contracted index weighted by its multiplier
+        weighted = np.matmul(b[0] * node.params["contract_q"], b[1]).max(initial=0)
+        y_max = math.ceil(weighted * 2.0 ** (F.MATMUL_FRAC_BITS - F.MATMUL_CONTRACT_BITS))
     out_shape = np.broadcast_shapes(b[0].shape[:-2], b[1].shape[:-2]) + (
         b[0].shape[-2],
         b[1].shape[-1],

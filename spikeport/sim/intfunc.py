@@ -61,6 +61,9 @@ LN_GAMMA_BITS = 10  # gamma as integers up to 2^10
 LN_OUT_BITS = 12
 EXP_ZMAX = 30
 MATMUL_FRAC_BITS = 10  # activation x activation products keep 10 fraction bits
+# Multipliers of a product's contracted index where its operands' scales vary along it
+# (quantize.seq._matmul): the smallest feature's product scale rounds to within 1/2 of a step.
+MATMUL_CONTRACT_BITS = 12
 
 TANH_IN_SCALE = 2.0**-10
 TANH_OUT_BITS = 15

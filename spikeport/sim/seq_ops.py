@@ -160,7 +160,13 @@ def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "float":
         return ExpectationCompensated(lambda s, t: np.matmul(s[0], s[1]) / t)
     frac = F.MATMUL_FRAC_BITS  # G(t) = S_A S_B / t keeps fraction bits: spikes are coarse
-    return ExpectationCompensated(lambda s, t: F.floor_div(F.int_matmul(s[0], s[1]) << frac, t))
+    contract = node.params.get("contract_q")  # per contracted index, on A's running sum
+    if contract is None:
+        return ExpectationCompensated(lambda s, t: F.floor_div(F.int_matmul(s[0], s[1]) << frac, t))
+    contract, bits = contract.astype(np.int64), F.MATMUL_CONTRACT_BITS
+    return ExpectationCompensated(
+        lambda s, t: F.floor_div(F.int_matmul(s[0] * contract, s[1]) << frac, t << bits)
+    )
 
 
 @kernel("embed")
