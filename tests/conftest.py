@@ -15,6 +15,7 @@ from fixture_models import FIXTURES
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
+from spikeport.convert.tune import _product_operand
 from spikeport.ir import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize import get_profile, quantize
@@ -120,3 +121,17 @@ def lava_with_a_changed_weight(outdir: Path, dest: Path, layer: int) -> Path:
         del f[f"layer/{layer}/weight"]
         f[f"layer/{layer}/weight"] = np.clip(w.astype(np.int64) + (w != 0), -127, 127)
     return dest
+
+
+def per_feature_products(snn: Graph, seed: int = 0) -> Graph:
+    """`snn` with one threshold per feature (0.2 to 1.5 times its own) on every bipolar neuron
+    that feeds products of two activations, as T-aware conversion gives them: the products
+    then weigh their contracted features by integer multipliers (quantize.seq._matmul)."""
+    rng = np.random.default_rng(seed)
+    for n in snn.nodes:
+        features = snn.shape(n.inputs[0])[-1] if n.op == "if" else 0
+        if features and _product_operand(snn, n, features):
+            n.params["threshold"] = (
+                np.max(n.params["threshold"]) * rng.uniform(0.2, 1.5, features)
+            ).astype(np.float32)
+    return snn

@@ -12,7 +12,7 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, per_feature_products
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,20 +96,6 @@ def test_fixture_models_never_exceed_their_proven_bounds(cases, seed, extreme):
     for case in cases.values():
         graph = quantize(case.snn, np.load(case.calib)["x"], Profile("sim"), T_PROOF)
         _fuzz(graph, seed, extreme)
-
-
-def per_feature_products(snn: Graph, seed: int = 0) -> Graph:
-    """`snn` with one threshold per feature (0.2 to 1.5 times its own) on every bipolar neuron
-    that feeds products of two activations, as T-aware conversion gives them: the products
-    then weigh their contracted features by integer multipliers (quantize.seq._matmul)."""
-    rng = np.random.default_rng(seed)
-    for n in snn.nodes:
-        features = snn.shape(n.inputs[0])[-1] if n.op == "if" else 0
-        if features and _product_operand(snn, n, features):
-            n.params["threshold"] = (
-                np.max(n.params["threshold"]) * rng.uniform(0.2, 1.5, features)
-            ).astype(np.float32)
-    return snn
 
 
 @pytest.fixture(scope="module")

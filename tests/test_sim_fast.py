@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, per_feature_products
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spikeport.convert import convert
 from spikeport.errors import SimulationOverflow
 from spikeport.ir import Node
-from spikeport.quantize import Profile, quantize
+from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
 from spikeport.sim.ops import IFNeuron
@@ -41,6 +43,18 @@ def _both(graph, x, T, mode="int", record=True):  # noqa: ANN001, ANN202
 @pytest.mark.parametrize("T", [1, 6])
 def test_int_mode_equals_reference_on_every_fixture(case, T):
     ref, fast = _both(case.int, case.test_x[:32], T)
+    assert_same_run(ref, fast)
+
+
+def test_int_mode_equals_reference_on_products_of_per_feature_operands():
+    """The ViT with one threshold per feature on Q, K and V: its products weigh their
+    contracted features by integer multipliers, on both backends alike."""
+    snn = per_feature_products(
+        convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+    )
+    g = quantize(snn, np.load(EXAMPLES / "digits_calib.npz")["x"], get_profile("sim"), 8)
+    assert any("contract_q" in n.params for n in g.nodes)
+    ref, fast = _both(g, np.load(EXAMPLES / "digits_test.npz")["x"][:16], 6)
     assert_same_run(ref, fast)
 
 
