@@ -220,7 +220,10 @@ def _feeds_products(graph: Graph, tensor: str) -> bool:
         for user in graph.consumers(t):
             if user.op == "matmul":
                 operand = values[t][0] if user.inputs[0] == t else np.swapaxes(values[t][0], -1, -2)
-                if user.inputs[0] == user.inputs[1] or not _one_axis(operand):
+                a, b = (graph.shape(i) for i in user.inputs)
+                if user.inputs[0] == user.inputs[1] or len(a) != len(b):
+                    return False  # (a stack broadcast over another: one multiplier row)
+                if not _one_axis(operand):
                     return False
             elif user.op in MOVES and len(user.inputs) == 1:
                 kernel = KERNELS[user.op](user, "ann", graph.shape(user.output))

@@ -156,11 +156,14 @@ def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
     if np.all(contract == contract.flat[0]):
         return compact(out * contract.flat[0], shape)
     top = float(contract.max())
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     q = np.maximum(round_to_int(contract / top * 2**F.MATMUL_CONTRACT_BITS), 1)
-    node.params["contract_q"] = np.ascontiguousarray(
-        np.broadcast_to(q, lead + (1, a.shape[-1]))
-    ).astype(np.int64)
+    try:  # A's running sum is weighted: its own stack axes must hold the multipliers
+        q = np.broadcast_to(q, a.shape[:-2] + (1, a.shape[-1]))
+    except ValueError:
+        raise ctx.refuse(
+            node, "operand 1's scale varies along stack axes that operand 0 is broadcast over"
+        ) from None
+    node.params["contract_q"] = np.ascontiguousarray(q).astype(np.int64)
     return compact(out * top, shape)
 
 
