@@ -467,7 +467,8 @@ def _matmul(plan: Plan, n: Node, cid: str) -> Layer:
         divisor = f" << {F.MATMUL_CONTRACT_BITS}"
     body = MATMUL.substitute(
         batches=batches, m=a[-2], k=a[-1], n=b[-1], sa=sa, sb=sb, y=plan.buf(n.output),
-        weight=weight, divisor=divisor, g=f"spk_state.g_{cid}", frac=F.MATMUL_FRAC_BITS, accumulate=accumulate,
+        weight=weight, divisor=divisor, g=f"spk_state.g_{cid}", frac=F.MATMUL_FRAC_BITS,
+        accumulate=accumulate,
         sat=plan_sum_type(plan, n.inputs[0]), sbt=plan_sum_type(plan, n.inputs[1]),
         a_step=a[-2] * a[-1] if len(a) > 2 else 0, b_step=b[-2] * b[-1] if len(b) > 2 else 0,
     )  # fmt: skip
