@@ -15,7 +15,8 @@ from fixture_models import FIXTURES
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
-from spikeport.convert.tune import _product_operand
+from spikeport.convert.balance import threshold_shape
+from spikeport.convert.tune import product_axis
 from spikeport.ir import save
 from spikeport.ir.graph import Graph
 from spikeport.quantize import get_profile, quantize
@@ -124,14 +125,15 @@ def lava_with_a_changed_weight(outdir: Path, dest: Path, layer: int) -> Path:
 
 
 def per_feature_products(snn: Graph, seed: int = 0) -> Graph:
-    """`snn` with one threshold per feature (0.2 to 1.5 times its own) on every bipolar neuron
-    that feeds products of two activations, as T-aware conversion gives them: the products
-    then weigh their contracted features by integer multipliers (quantize.seq._matmul)."""
+    """`snn` with one threshold per contracted index (0.2 to 1.5 times its own) on every
+    bipolar neuron that feeds products of two activations, as T-aware conversion gives them:
+    the products then weigh their contracted indices by integer multipliers
+    (quantize.seq._matmul)."""
     rng = np.random.default_rng(seed)
     for n in snn.nodes:
-        features = snn.shape(n.inputs[0])[-1] if n.op == "if" else 0
-        if features and _product_operand(snn, n, features):
-            n.params["threshold"] = (
-                np.max(n.params["threshold"]) * rng.uniform(0.2, 1.5, features)
-            ).astype(np.float32)
+        axis = product_axis(snn, n)
+        if axis is not None:
+            shape = snn.shape(n.inputs[0])
+            theta = np.max(n.params["threshold"]) * rng.uniform(0.2, 1.5, shape[axis])
+            n.params["threshold"] = threshold_shape(theta, len(shape), axis).astype(np.float32)
     return snn

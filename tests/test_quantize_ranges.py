@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from spikeport.batch import is_integer
 from spikeport.convert import convert
-from spikeport.convert.tune import _product_operand
+from spikeport.convert.tune import product_axis
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph
 from spikeport.quantize import Profile, get_profile, quantize
@@ -125,11 +125,7 @@ def test_a_product_operand_scaled_along_rows_and_features_is_refused_by_name():
     contracted feature: quantize names the product and why, instead of a wrong product."""
     snn = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
     rng = np.random.default_rng(1)
-    neuron = next(
-        n
-        for n in snn.nodes
-        if n.op == "if" and _product_operand(snn, n, snn.shape(n.inputs[0])[-1])
-    )
+    neuron = next(n for n in snn.nodes if product_axis(snn, n) is not None)
     shape = snn.shape(neuron.inputs[0])
     neuron.params["threshold"] = rng.uniform(0.1, 1.0, shape).astype(np.float32)
     calib = np.load(EXAMPLES / "digits_calib.npz")["x"]

@@ -55,7 +55,7 @@ def threshold_shape(theta: np.ndarray, rank: int, axis: int) -> np.ndarray:
         return theta.reshape((1,) * rank)
     if axis % rank == rank - 1:
         return theta.reshape(-1)  # features: broadcasts from the right
-    return theta.reshape((-1,) + (1,) * (rank - 1))
+    return theta.reshape([-1 if a == axis % rank else 1 for a in range(rank)])
 
 
 def to_neuron(

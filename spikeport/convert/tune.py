@@ -175,55 +175,78 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
     return None
 
 
-def _layout(graph: Graph, node: Node, channels: int, product_features: bool = True) -> str:
+def _layout(graph: Graph, node: Node, channels: int, product_axis: bool = False) -> str:
     """ "channel": one threshold per channel; "layer": one for the tensor. Bipolar neurons
     get one per feature where the next weights absorb it (dense, conv) or, with
-    `product_features`, where they feed products of two activations that take one multiplier
-    per contracted feature (quantize.seq._matmul: Q, K and V of attention, whose few outlier
-    features otherwise set one threshold for all)."""
+    `product_axis` (_product_axis found one), one per index of the axis that the products of
+    two activations they feed contract."""
     if node.params["threshold"].size == channels and channels > 1:
         return "channel"
     users = graph.consumers(node.output)
     if node.attrs.get("bipolar") and all(u.op in WEIGHT_READERS for u in users):
         return "channel"
-    if product_features and _product_operand(graph, node, channels):
-        return "channel"
-    return "layer"
+    return "channel" if product_axis else "layer"
 
 
-def _product_operand(graph: Graph, node: Node, channels: int) -> bool:
-    return bool(node.attrs.get("bipolar")) and channels > 1 and _feeds_products(graph, node.output)
+def _absorbing_axis(graph: Graph, node: Node, axis: int) -> int:
+    """The axis whose per-channel scale a neuron's readers absorb into their weights: a dense
+    layer's input features (last), a convolution's input channels (first of (C, H, W));
+    `axis` (the tensor's channel axis) for other readers. They differ where tokens are folded
+    back into an image (MobileViT): the tensor still has its features last there, and
+    thresholds along it varied inside the convolution's channels (quantize refused)."""
+    ops = {u.op for u in graph.consumers(node.output)}
+    if ops == {"dense"}:
+        return -1
+    if ops and ops <= {"conv2d", "conv_transpose2d"} and len(graph.shape(node.output)) == 3:
+        return 0
+    return axis
+
+
+def product_axis(graph: Graph, node: Node) -> int | None:
+    """The axis of a bipolar neuron's tensor (per sample, last axes first) that reaches every
+    product of two activations it feeds as the contracted axis, through data moves only, or
+    None. One threshold per index of that axis then becomes one integer multiplier per
+    contracted index (quantize.seq._matmul), and the product's output keeps one scale: Q's
+    features, K's features (on K or on its transpose), the attention probabilities' keys
+    (where the few attention-sink keys otherwise set one threshold for all)."""
+    shape = graph.shape(node.output)
+    if node.op != "if" or not node.attrs.get("bipolar") or node.params["threshold"].size > 1:
+        return None
+    for axis in reversed(range(len(shape))):
+        if shape[axis] > 1 and _contracted(graph, node.output, axis):
+            return axis
+    return None
 
 
 def _product_operands(graph: Graph) -> bool:
-    """Whether some neuron of `graph` feeds products of two activations (a candidate choice:
-    one threshold per feature there helps at T = 8 and costs at T = 1 and 2, see t_aware)."""
-    return any(
-        n.op == "if" and _product_operand(graph, n, graph.shape(n.inputs[0])[-1])
-        for n in graph.nodes
-    )
+    """Whether some neuron of `graph` feeds products of two activations along their contracted
+    axis (a candidate choice: one threshold per index there helps at T = 8 and costs at T = 1
+    and 2, see t_aware)."""
+    return any(product_axis(graph, n) is not None for n in graph.nodes)
 
 
-def _feeds_products(graph: Graph, tensor: str) -> bool:
-    """Whether `tensor`'s features (last axis) reach only matmul operands, through data moves,
-    along one axis of each operand's matrix (rows or the contracted axis for A, the contracted
-    axis or columns for B): then a scale per feature factors into the product's multipliers."""
+def _contracted(graph: Graph, tensor: str, axis: int) -> bool:
+    """Whether `tensor`'s `axis` reaches only matmul operands (through data moves), each time
+    along the contracted axis alone (or a stack axis): an index array along `axis` is moved as
+    the values are and must be equal along the operand matrix's other axis."""
     from spikeport.sim.ops import KERNELS
 
     shape = graph.shape(tensor)
-    index = np.broadcast_to(np.arange(shape[-1], dtype=np.float64), (1, *shape)).copy()
-    values, todo = {tensor: index}, [tensor]
+    index = np.arange(shape[axis], dtype=np.float64).reshape(
+        [-1 if a == axis else 1 for a in range(len(shape))]
+    )
+    values, todo = {tensor: np.broadcast_to(index, (1, *shape)).copy()}, [tensor]
     while todo:
         t = todo.pop()
         if t in graph.outputs or not graph.consumers(t):
             return False
         for user in graph.consumers(t):
             if user.op == "matmul":
-                operand = values[t][0] if user.inputs[0] == t else np.swapaxes(values[t][0], -1, -2)
                 a, b = (graph.shape(i) for i in user.inputs)
                 if user.inputs[0] == user.inputs[1] or len(a) != len(b):
                     return False  # (a stack broadcast over another: one multiplier row)
-                if not _one_axis(operand):
+                m = values[t][0] if user.inputs[0] == t else np.swapaxes(values[t][0], -1, -2)
+                if not np.all(m == m[..., :1, :]):  # (..., rows, contracted)
                     return False
             elif user.op in MOVES and len(user.inputs) == 1:
                 kernel = KERNELS[user.op](user, "ann", graph.shape(user.output))
@@ -233,11 +256,6 @@ def _feeds_products(graph: Graph, tensor: str) -> bool:
             else:
                 return False
     return True
-
-
-def _one_axis(m: np.ndarray) -> bool:
-    """Whether a (..., rows, contracted) array varies along at most one of its last two axes."""
-    return bool(np.all(m == m[..., :1, :]) or np.all(m == m[..., :, :1]))
 
 
 class _Run:
@@ -443,6 +461,9 @@ def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int, product_feature
     currents by that shift."""
     src = node.inputs[0]
     bipolar = bool(node.attrs.get("bipolar"))
+    axis = _absorbing_axis(graph, node, axis)
+    contracted = product_axis(graph, node) if product_features else None
+    axis = axis if contracted is None else contracted
     target = _channels_first(run.ann[src], axis)
     channels, m = target.shape
     pick = _positions(m, channels, run.T, features=axis == -1)
@@ -451,7 +472,7 @@ def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int, product_feature
     if not bipolar:
         target = np.maximum(target, 0)  # the ReLU's output; a cap is applied below
     old = node.params["threshold"]
-    layout = _layout(graph, node, channels, product_features)
+    layout = _layout(graph, node, channels, contracted is not None)
     if layout == "layer":
         currents, target = currents.reshape(len(currents), 1, -1), target.reshape(1, -1)
     start = np.broadcast_to(old.reshape(-1), (len(target),))
