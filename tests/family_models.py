@@ -325,6 +325,23 @@ class ViT(nn.Module):
         return self.head(h[:, 0])
 
 
+class ConvTransformer(nn.Module):
+    """MobileViT's block: a conv, the image unfolded into tokens (flatten(2).transpose(1, 2)),
+    a pre-norm transformer block, the tokens folded back into an image (transpose, reshape),
+    a 1x1 conv projection that reads them, ReLU, mean pooling, a head."""
+
+    def __init__(self, d: int = 8, classes: int = 5):
+        super().__init__()
+        self.conv, self.block = nn.Conv2d(3, d, 3, 2, 1), PreNormBlock(d, 2)
+        self.proj, self.head = nn.Conv2d(d, d, 1), nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        n, c, rows, cols = h.shape
+        h = self.block(h.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, c, rows, cols)
+        return self.head(torch.relu(self.proj(h)).mean((2, 3)))
+
+
 class Mean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -453,4 +470,5 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
     "upsample_nearest": _I("upsample_nearest", lambda: _upsample("nearest"), 16, shape=(3, 8, 8)),
     "upsample_bilinear": _I("upsample_bilinear", lambda: _upsample("bilinear"), 17),
     "output_also_read": _I("output_also_read", TwoOutputs, 18, outputs=["hidden", "logits"]),
+    "conv_transformer": _I("conv_transformer", ConvTransformer, 19),
 }  # fmt: skip
