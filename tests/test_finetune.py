@@ -4,6 +4,7 @@ command runs under torchrun with two processes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES
+from conftest import EXAMPLES, per_feature_products
 
 from spikeport.cli.main import main
 from spikeport.data import Dataset, load_data
@@ -205,9 +206,13 @@ def vit_snn():
     return convert(EXAMPLES / "digits_vit.onnx", CALIB, tune=False)
 
 
-def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set):
+@pytest.mark.parametrize("per_index", [False, True], ids=["one_threshold", "per_index"])
+def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set, per_index):
     """The digits ViT (layernorm, softmax attention, gelu, matmul of activations, bipolar
-    neurons): same spikes as the float simulator, then one short epoch that quantizes."""
+    neurons; `per_index`: the products' operands with one threshold per contracted index, as
+    T-aware conversion gives them): same spikes as the float simulator, then one short epoch
+    that quantizes."""
+    vit_snn = per_feature_products(copy.deepcopy(vit_snn)) if per_index else vit_snn
     x = np.load(CALIB)["x"][:16]
     ref = Simulator(vit_snn, "float").run(x, 4, record=True)
     net = SpikingNet(vit_snn).double()
