@@ -85,12 +85,12 @@ MATMUL = Template("""\
     const int64_t t = (int64_t)spk_state.steps + 1;
 $accumulate    for (int b = 0; b < $batches; ++b) {
         for (int m = 0; m < $m; ++m) {
-            for (int o = 0; o < $n; ++o) {
-                const ${sat} *a = &${sa}[b * $a_step + m * $k];
+            const ${sat} *a = &${sa}[b * $a_step + m * $k];
+$weigh            for (int o = 0; o < $n; ++o) {
                 const ${sbt} *bb = &${sb}[b * $b_step + o];
                 const int i = (b * $m + m) * $n + o;
                 int64_t acc = 0, g;
-                for (int k = 0; k < $k; ++k) acc += (int64_t)a[k] * bb[k * $n]$weight;
+                for (int k = 0; k < $k; ++k) acc += (int64_t)${row}[k] * bb[k * $n];
                 g = spk_floor_div(spk_shl(acc, $frac), t$divisor);
                 ${y}[i] = (int32_t)(g - ${g}[i]);
                 ${g}[i] = g;
@@ -457,23 +457,29 @@ def _matmul(plan: Plan, n: Node, cid: str) -> Layer:
     (sa, sb), accumulate, state = _running_sums(plan, n, cid, n.inputs)
     plan.functions.update({"floor_div", "shl"})
     batches = int(np.prod(out[:-2]))
-    # per contracted index multipliers (quantize.seq._matmul), one row per output stack
+    # per contracted index multipliers (quantize.seq._matmul), one row per output stack: each
+    # row of A's running sum is weighted once, before the products that read it
     contract = n.params.get("contract_q")
-    consts, weight, divisor = [], "", ""
+    consts, scratch, weigh, row, divisor = [], [], "", "a", ""
     if contract is not None:
         rows = np.broadcast_to(contract, tuple(out[:-2]) + (1, a[-1])).reshape(batches, a[-1])
         consts = [("int16_t", f"cq_{cid}", rows)]  # at most 2^MATMUL_CONTRACT_BITS
-        weight = f" * cq_{cid}[b * {a[-1]} + k]"
+        wtype = narrow(plan.total_bound(n.inputs[0]) * float(rows.max()), "int32_t")
+        scratch, row = [(wtype, f"W{cid}", a[-1])], f"W{cid}"
+        weigh = (
+            f"            for (int k = 0; k < {a[-1]}; ++k) "
+            f"W{cid}[k] = ({wtype})a[k] * cq_{cid}[b * {a[-1]} + k];\n"
+        )
         divisor = f" << {F.MATMUL_CONTRACT_BITS}"
     body = MATMUL.substitute(
         batches=batches, m=a[-2], k=a[-1], n=b[-1], sa=sa, sb=sb, y=plan.buf(n.output),
-        weight=weight, divisor=divisor, g=f"spk_state.g_{cid}", frac=F.MATMUL_FRAC_BITS,
-        accumulate=accumulate,
+        weigh=weigh, row=row, divisor=divisor, g=f"spk_state.g_{cid}",
+        frac=F.MATMUL_FRAC_BITS, accumulate=accumulate,
         sat=plan_sum_type(plan, n.inputs[0]), sbt=plan_sum_type(plan, n.inputs[1]),
         a_step=a[-2] * a[-1] if len(a) > 2 else 0, b_step=b[-2] * b[-1] if len(b) > 2 else 0,
     )  # fmt: skip
     g_state = (_g_type(plan, n), f"g_{cid}", plan.size(n.output))
-    return Layer(n, body, consts=consts, state=[*state, g_state])
+    return Layer(n, body, consts=consts, state=[*state, g_state], scratch=scratch)
 
 
 @c_op("masked_mean")
