@@ -11,9 +11,10 @@ chosen, so its input currents are what the spiking network will really feed it, 
 - per channel where the layer already has per-channel thresholds, and per feature for the
   bipolar neurons in front of weight layers (dense, conv), whose scale the next weights absorb
   (transformers' few outlier features otherwise set one threshold for all: LLM.int8(),
-  SmoothQuant), and per feature for the bipolar neurons that feed products of two
-  activations (attention's Q, K and V), which then weigh their contracted features by integer
-  multipliers (quantize.seq._matmul), or one threshold each (a second candidate, below);
+  SmoothQuant), and per index of the contracted axis for the bipolar neurons that feed
+  products of two activations (Q's and K's features, the attention probabilities' keys),
+  which then weigh those indices by integer multipliers (quantize.seq._matmul), or one
+  threshold each (a second candidate, below);
 - the bias of the layer that feeds the neuron alone (directly or through adds) moves by the
   shift, from a grid of fractions of theta / T, that minimises the same error jointly with
   theta (bias correction, Li et al. 2021, "A free lunch from ANN"; at T = 1 it also sets where
@@ -178,8 +179,8 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
 def _layout(graph: Graph, node: Node, channels: int, product_axis: bool = False) -> str:
     """ "channel": one threshold per channel; "layer": one for the tensor. Bipolar neurons
     get one per feature where the next weights absorb it (dense, conv) or, with
-    `product_axis` (_product_axis found one), one per index of the axis that the products of
-    two activations they feed contract."""
+    `product_axis` (the function product_axis found one), one per index of the axis that the
+    products of two activations they feed contract."""
     if node.params["threshold"].size == channels and channels > 1:
         return "channel"
     users = graph.consumers(node.output)
@@ -323,10 +324,11 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     87.6 % -> 94.1 % at T = 1 on one, no change on most).
 
     Where neurons feed products of two activations, each search runs twice: one threshold
-    per feature there, and one per operand. Per feature lifted text_bert at T = 8 from 95.5 to
-    96.2 % and the ViT from 97.96 to 98.33 (integer mode, test splits), but always on it cost
-    text_bert 4.5 and 5.4 points at T = 1 and 2 (per operand is then the better choice on
-    the calibration data too); transformers' conversion takes twice as long.
+    per index of the contracted axis there (product_axis), and one per operand. As
+    candidates they lifted text_bert at T = 8 from 95.5 to 96.3 % and the ViT at T = 1 from
+    52.0 to 56.9 (integer mode, test splits); always on, a first version cost text_bert 4.5
+    and 5.4 points at T = 1 and 2, where the calibration data prefers one per operand too.
+    Transformers' conversion takes twice as long.
     """
     steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
@@ -412,8 +414,9 @@ def tune_thresholds(
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
     channel axis (balance.channel_axes). `correct`: also correct the mean error of the other
-    layers with a bias (_corrected). `product_features`: one threshold per feature for the
-    bipolar neurons that feed products of two activations (_layout), else one for each."""
+    layers with a bias (_corrected). `product_features`: one threshold per index of the
+    contracted axis for the bipolar neurons that feed products of two activations
+    (product_axis), else one for each."""
     out = copy.deepcopy(snn)
     run = _Run(out, x, T)
     corrected = _corrected(out) if correct else set()

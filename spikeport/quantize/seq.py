@@ -142,8 +142,9 @@ def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
 @handler("matmul")
 def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
     """Scales A = r_A (rows) x c_A (contracted axis), B = c_B (contracted) x r_B (columns):
-    per-feature thresholds on the neurons in front (tune.py) make Q and K vary along the
-    contracted axis and V along its columns. The rows and columns give the output's scale;
+    per-index thresholds on the neurons in front (tune.product_axis) make an operand vary
+    along the contracted axis (Q's and K's features, the probabilities' keys); a scale per
+    row or column may come from other neurons. The rows and columns give the output's scale;
     the contracted products c_A c_B become integer multipliers `contract_q` (the largest
     2^MATMUL_CONTRACT_BITS) of A's running sum, G(t) = S_A diag(m) S_B 2^frac / (t 2^bits):
     the output keeps the range it has with one scale per operand."""
