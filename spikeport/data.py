@@ -18,9 +18,7 @@ from spikeport.batch import Batch, is_integer, named, size
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz, sha256_file
 from spikeport.ir.graph import Graph, TensorInfo
-
-# Ops an id tensor may pass through on its way from a graph input to an embedding table.
-_ID_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
+from spikeport.ir.ops import ELEMENT_MOVES
 
 
 @dataclass
@@ -117,7 +115,7 @@ def vocab_sizes(graph: Graph) -> dict[str, int]:
         t = node.inputs[0]
         while t not in inputs:
             prod = graph.producer(t)
-            if prod is None or prod.op not in _ID_MOVES or len(prod.inputs) != 1:
+            if prod is None or prod.op not in ELEMENT_MOVES or len(prod.inputs) != 1:
                 break
             t = prod.inputs[0]
         if t in inputs:

@@ -124,7 +124,7 @@ def lava_with_a_changed_weight(outdir: Path, dest: Path, layer: int) -> Path:
     return dest
 
 
-def per_feature_products(snn: Graph, seed: int = 0) -> Graph:
+def per_index_products(snn: Graph, seed: int = 0) -> Graph:
     """`snn` with one threshold per contracted index (0.2 to 1.5 times its own) on every
     bipolar neuron that feeds products of two activations, as T-aware conversion gives them:
     the products then weigh their contracted indices by integer multipliers

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES, per_feature_products
+from conftest import EXAMPLES, per_index_products
 
 from spikeport.cli.main import main
 from spikeport.data import Dataset, load_data
@@ -212,7 +212,7 @@ def test_a_transformer_graph_is_fine_tuned_the_same_way(vit_snn, train_set, per_
     neurons; `per_index`: the products' operands with one threshold per contracted index, as
     T-aware conversion gives them): same spikes as the float simulator, then one short epoch
     that quantizes."""
-    vit_snn = per_feature_products(copy.deepcopy(vit_snn)) if per_index else vit_snn
+    vit_snn = per_index_products(copy.deepcopy(vit_snn)) if per_index else vit_snn
     x = np.load(CALIB)["x"][:16]
     ref = Simulator(vit_snn, "float").run(x, 4, record=True)
     net = SpikingNet(vit_snn).double()

@@ -12,7 +12,7 @@ import copy
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, per_feature_products
+from conftest import EXAMPLES, per_index_products
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,11 +107,11 @@ def transformers() -> list[Graph]:
     tokens = {k: d[k] for k in ("input_ids", "attention_mask")}
     sim = get_profile("sim")
     graphs = [(vit, calib), (text, tokens)]
-    graphs += [(per_feature_products(copy.deepcopy(g)), x) for g, x in graphs]
+    graphs += [(per_index_products(copy.deepcopy(g)), x) for g, x in graphs]
     return [quantize(g, x, sim, T_PROOF) for g, x in graphs]
 
 
-def test_products_of_per_feature_operands_carry_multipliers(transformers):
+def test_products_of_per_index_operands_carry_multipliers(transformers):
     for graph in transformers[2:]:
         products = [n for n in graph.nodes if n.op == "matmul"]
         weighted = [n.params["contract_q"] for n in products if "contract_q" in n.params]

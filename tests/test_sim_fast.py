@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, per_feature_products
+from conftest import EXAMPLES, per_index_products
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,10 +46,10 @@ def test_int_mode_equals_reference_on_every_fixture(case, T):
     assert_same_run(ref, fast)
 
 
-def test_int_mode_equals_reference_on_products_of_per_feature_operands():
+def test_int_mode_equals_reference_on_products_of_per_index_operands():
     """The ViT with one threshold per feature on Q, K and V: its products weigh their
     contracted features by integer multipliers, on both backends alike."""
-    snn = per_feature_products(
+    snn = per_index_products(
         convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
     )
     g = quantize(snn, np.load(EXAMPLES / "digits_calib.npz")["x"], get_profile("sim"), 8)

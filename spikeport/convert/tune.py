@@ -42,7 +42,7 @@ from spikeport.batch import Batch, size, take
 from spikeport.convert.balance import threshold_shape
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import spike_levels, static_tensors
+from spikeport.ir.ops import ELEMENT_MOVES, spike_levels, static_tensors
 from spikeport.sim.ops import IFNeuron
 
 # Calibration samples the layer-wise search runs on, at most. 512 (all 500 of text_bert's
@@ -79,7 +79,6 @@ THETA_GRID = np.geomspace(0.1, 1.5, 16)  # candidate thresholds, relative to the
 REFINE = 6  # then as many between the best one's neighbours, per channel
 SHIFT_GRID = np.linspace(-0.5, 0.5, 11)  # candidate bias shifts, in units of theta / T
 WEIGHT_READERS = frozenset({"dense", "conv2d", "conv_transpose2d"})  # absorb an input scale
-MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})  # carry scales along
 # The error is |rate - activation| ** ERROR_POWER: a little above 2 weighs the clipped large
 # activations, which carry the class evidence, above rounding noise (LAPQ, Nahshan et al. 2021,
 # found p of 2.5 to 4 best for 2-4 bit quantisers). On seven digits networks (four trained
@@ -176,17 +175,17 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
     return None
 
 
-def _layout(graph: Graph, node: Node, channels: int, product_axis: bool = False) -> str:
+def _layout(graph: Graph, node: Node, channels: int, per_index: bool = False) -> str:
     """ "channel": one threshold per channel; "layer": one for the tensor. Bipolar neurons
-    get one per feature where the next weights absorb it (dense, conv) or, with
-    `product_axis` (the function product_axis found one), one per index of the axis that the
-    products of two activations they feed contract."""
+    get one per feature where the next weights absorb it (dense, conv) or, with `per_index`
+    (product_axis found an axis), one per index of the axis that the products of two
+    activations they feed contract."""
     if node.params["threshold"].size == channels and channels > 1:
         return "channel"
     users = graph.consumers(node.output)
     if node.attrs.get("bipolar") and all(u.op in WEIGHT_READERS for u in users):
         return "channel"
-    return "channel" if product_axis else "layer"
+    return "channel" if per_index else "layer"
 
 
 def _absorbing_axis(graph: Graph, node: Node, axis: int) -> int:
@@ -249,7 +248,7 @@ def _contracted(graph: Graph, tensor: str, axis: int) -> bool:
                 m = values[t][0] if user.inputs[0] == t else np.swapaxes(values[t][0], -1, -2)
                 if not np.all(m == m[..., :1, :]):  # (..., rows, contracted)
                     return False
-            elif user.op in MOVES and len(user.inputs) == 1:
+            elif user.op in ELEMENT_MOVES and len(user.inputs) == 1:
                 kernel = KERNELS[user.op](user, "ann", graph.shape(user.output))
                 kernel.reset(1)
                 values[user.output] = kernel(values[t])
@@ -338,10 +337,10 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     operands = [True, False] if _product_operands(snn) else [True]
     for t in steps:
         for correct in corrections:
-            for per_feature in operands:
+            for per_index in operands:
                 name = f"T={t}" + (", bias corrected" if correct else "")
-                name += "" if per_feature else ", one threshold per product operand"
-                tuned = tune_thresholds(snn, x, t, axes, correct, per_feature)
+                name += "" if per_index else ", one threshold per product operand"
+                tuned = tune_thresholds(snn, x, t, axes, correct, per_index)
                 candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
@@ -409,12 +408,12 @@ def tune_thresholds(
     T: int,
     axes: dict[str, int],
     correct: bool = False,
-    product_features: bool = True,
+    per_index_products: bool = True,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
     channel axis (balance.channel_axes). `correct`: also correct the mean error of the other
-    layers with a bias (_corrected). `product_features`: one threshold per index of the
+    layers with a bias (_corrected). `per_index_products`: one threshold per index of the
     contracted axis for the bipolar neurons that feed products of two activations
     (product_axis), else one for each."""
     out = copy.deepcopy(snn)
@@ -422,7 +421,7 @@ def tune_thresholds(
     corrected = _corrected(out) if correct else set()
     for node, original in zip(out.nodes, snn.nodes, strict=True):
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
-            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1), product_features)
+            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1), per_index_products)
         run.step(node, original)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
@@ -459,13 +458,13 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
     run.spiking[node.output] = [c - moved for c in run.spiking[node.output]]
 
 
-def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int, product_features: bool) -> None:
+def _tune_neuron(graph: Graph, run: _Run, node: Node, axis: int, per_index_products: bool) -> None:
     """Choose one neuron's thresholds and its feeding layer's bias shift; move the recorded
     currents by that shift."""
     src = node.inputs[0]
     bipolar = bool(node.attrs.get("bipolar"))
     axis = _absorbing_axis(graph, node, axis)
-    contracted = product_axis(graph, node) if product_features else None
+    contracted = product_axis(graph, node) if per_index_products else None
     axis = axis if contracted is None else contracted
     target = _channels_first(run.ann[src], axis)
     channels, m = target.shape

@@ -67,6 +67,11 @@ def infer_shape(node: Node, in_shapes: list[Shape]) -> Shape:
     return tuple(spec.rule(node, in_shapes))
 
 
+# One-input ops that only pick or rearrange elements, never change them: an index array (or a
+# token id, or a per-element scale) passes through them as the values do.
+ELEMENT_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
+
+
 def static_tensors(graph: Graph) -> set[str]:
     """Tensors equal at every step: the graph inputs (direct encoding) through stateless ops.
     The simulator, the torch module and the C target compute them once, not every step."""

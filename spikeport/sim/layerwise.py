@@ -23,7 +23,7 @@ import torch
 from spikeport.batch import Batch, size, take
 from spikeport.errors import SimulationOverflow
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import spike_levels
+from spikeport.ir.ops import ELEMENT_MOVES, spike_levels
 from spikeport.sim.fast import (
     ANY,
     CUM,
@@ -46,7 +46,7 @@ STATIC = "static"
 # Ops that only select, rearrange or scale elements (a "scale" in "int" mode only flips signs):
 # they commute with running sums, so they move running sums as they are (no per-step copy in
 # between).
-DATA_MOVES = frozenset({"reshape", "transpose", "concat", "slice", "take", "gather", "scale"})
+DATA_MOVES = ELEMENT_MOVES | {"concat", "scale"}
 
 
 @dataclass
