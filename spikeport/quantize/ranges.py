@@ -213,8 +213,12 @@ def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> N
         nonneg = nonneg and n.attrs["factor"] >= 0
     elif n.op == "channel_scale":
         nonneg = nonneg and bool(np.all(n.params["factor"] >= 0))
+    elif n.op == "maxpool2d":
+        # max(S_t) of nondecreasing running sums never falls: its steps stay in [0, b]; a
+        # sigma-delta tournament's levels do go below 0 (see _maxpool)
+        nonneg = nonneg and kind_of(n) != SDN
     elif n.op not in MOVES:
-        nonneg = False  # synapses, adds, EC operators (their steps swing both ways)
+        nonneg = False  # synapses, adds, other EC operators (their steps swing both ways)
     return NodeBounds(res[0], np.broadcast_to(total, res[0].shape), float(res[1]), nonneg)
 
 

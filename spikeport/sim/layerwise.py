@@ -198,6 +198,8 @@ class _Counts:
             self.sops += np.diff(self._weighted(v.x, fanout, self.T), prepend=0)
         elif v.form == STEP and binary:
             self.sops += self._weighted(v.x, fanout, 1)
+        elif v.form == CUM and isinstance(fanout, int):
+            self.sops += torch.count_nonzero(step_rows(differences(v.x)), dim=1).numpy() * fanout
         elif v.form == CUM:
             self.sops += self._weighted((differences(v.x) != 0).numpy(), fanout, 1)
         else:
