@@ -7,11 +7,19 @@ made the reference simulator 2.4 to 2.8 times faster and the range proof 20 time
 `set_threads(n)` gives torch's pool n threads (the fast simulator, fine-tuning and the heavy
 kernels run there) and numpy's BLAS one (threadpoolctl, where installed), so only one pool
 runs wide. Environment variables (OMP_NUM_THREADS...) are never read here: callers pass n.
+
+It also keeps freed memory for reuse (`keep_freed_memory`): the fast simulator allocates and
+frees tensors of megabytes at every node, and glibc's allocator hands such blocks back to the
+kernel and page-faults them in again at the next allocation (measured: a sixth of the
+ResNet-shaped net's simulation time on this machine).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 import torch
 
@@ -33,9 +41,32 @@ def set_threads(n: int | None = None, blas: int = 1) -> dict[str, int]:
     if n < 1 or blas < 1:
         raise BadInput(f"threads must be at least 1, got {n} (torch) and {blas} (BLAS)")
     torch.set_num_threads(n)
+    keep_freed_memory()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return {"torch": n}
     threadpool_limits(limits=blas, user_api="blas")
     return {"torch": n, "blas": blas}
+
+
+# glibc's mallopt parameters (malloc.h); 32 MiB is the largest mmap threshold it accepts on
+# 64-bit machines (a larger block is always mapped afresh)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 << 20, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """glibc (Linux): blocks up to 32 MiB come from the heap, and up to 1 GiB of freed heap
+    stays mapped, so a tensor freed at one node is reused at the next without page faults.
+    The peak memory is unchanged. Elsewhere, nothing (returns False)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
