@@ -6,6 +6,8 @@ family model."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,8 @@ from spikeport.ir import Node
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
-from spikeport.sim.ops import IFNeuron
+from spikeport.sim.int8 import Int8Synapse, int8_products_exact
+from spikeport.sim.ops import KERNELS, IFNeuron
 from spikeport.sim.simulator import BACKENDS
 
 
@@ -174,3 +177,65 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
     if static:
         closed = fast.IntIF(node, (C,), bounds).static(current[0], T).y
         np.testing.assert_array_equal(closed, cum)
+
+
+int8_call = Int8Synapse.__call__
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 5),
+    k=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    pads=st.tuples(*[st.integers(0, 2)] * 4),
+    group=st.sampled_from([1, 2]),
+    peak=st.sampled_from([1, 63, 64, 127, 128, 3000]),
+    nonneg=st.booleans(),
+    cumulative=st.booleans(),
+)
+def test_int8_synaptic_kernels_equal_the_reference(
+    seed, T, k, stride, dilation, pads, group, peak, nonneg, cumulative
+):
+    """Convolutions and dense layers take int8 products (spikeport.sim.int8) where the proof
+    bounds their inputs within u8 codes below 128 (0 <= x <= 127, or |x| <= 63 around a zero
+    point of 64) and float32 / float64 otherwise: the reference kernel's integers either way,
+    at the edges of both ranges and past float32's exact range (peak 3000 with 127-weights:
+    sums above 2^23 fall to float64)."""
+    rng = np.random.default_rng(seed)
+    C, Co, N, H, W = 4, 4, 2, 7, 6
+    attrs = {"strides": list(stride), "pads": list(pads), "dilations": list(dilation),
+             "group": group}  # fmt: skip
+    # weights as transposed views (as an imported MatMul's are): read in logical order
+    w = rng.integers(-127, 128, k + (C // group, Co)).transpose(3, 2, 0, 1)
+    conv = Node("c", "conv2d", ["i"], "o", attrs,
+                {"weight": w * 1.0, "bias": np.zeros(Co), "weight_q": w,
+                 "bias_q": rng.integers(-900, 900, Co)})  # fmt: skip
+    wd = rng.integers(-127, 128, (W, Co)).T
+    dense = Node("d", "dense", ["i"], "o", {},
+                 {"weight": wd * 1.0, "bias": np.zeros(Co), "weight_q": wd,
+                  "bias_q": rng.integers(-900, 900, Co)})  # fmt: skip
+    x = rng.integers(0 if nonneg else -peak, peak + 1, (T, N, C, H, W))
+    x *= rng.random((T, N, C, H, W)) < 0.4
+    x[0, 0, 0] = peak  # the extremes, where a wrapped or saturated int8 would show
+    for node in (conv, dense):
+        ref = KERNELS[node.op](node, "int", ())
+        want = np.stack([ref(x[t]) for t in range(T)])
+        big = float(np.abs(want).max(initial=0)) + 900 * T + 1
+        reach = np.full((C, H, W), float(peak))
+        bounds = {
+            "i": NodeBounds(reach, reach, 0.0, nonneg),
+            "o": NodeBounds(np.full(1, big), np.full(1, big), 0.0),
+        }
+        kern = fast.FAST_KERNELS[node.op](node, "int", (), bounds)
+        with mock.patch.object(
+            Int8Synapse, "__call__", autospec=True, side_effect=int8_call
+        ) as spy:
+            got = kern.run(x.astype(np.float64), cumulative=cumulative).y
+        if cumulative:  # running sums in: W S_t + t b, one bias more per step than W x_t + b
+            b = node.params["bias_q"].reshape((-1, 1, 1) if node.op == "conv2d" else (-1,))
+            want = want + np.arange(T).reshape((T,) + (1,) * (want.ndim - 1)) * b
+        np.testing.assert_array_equal(np.asarray(got, np.int64), want, err_msg=node.op)
+        fits = peak <= 127 if nonneg else peak <= 63
+        assert spy.called == (fits and int8_products_exact()), "int8 where the bounds allow"

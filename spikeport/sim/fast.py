@@ -38,6 +38,7 @@ from spikeport.ir.ops import spike_levels
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.registry import registrar
 from spikeport.sim.arith import initial_potential
+from spikeport.sim.int8 import Int8Synapse
 from spikeport.sim.kinds import LAVA, SDN, kind_of
 from spikeport.sim.ops import Shape
 
@@ -115,6 +116,16 @@ def step_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, *memory_order(x)).reshape(len(x), -1)
 
 
+def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample tensor p (its shape x's trailing axes) in the memory order of x's samples:
+    an elementwise pass over x with p is then one contiguous run per sample, where a p in
+    another order (an NCHW threshold beside a channels-last current) takes twice as long."""
+    sample = x.reshape((-1,) + tuple(x.shape[-p.dim() :]))[0] if p.dim() else x
+    if p.dim() == 0 or sample.stride() == p.stride():
+        return p
+    return torch.empty_like(sample, dtype=p.dtype).copy_(p)
+
+
 def _torch(x: np.ndarray) -> torch.Tensor:
     """x as a torch tensor, copied where it is a read-only view (a static tensor repeated
     over T by broadcasting, which torch cannot wrap)."""
@@ -171,34 +182,59 @@ def _pad(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
     return F.pad(x, (left, r, t, b), value=value) if any(pads) else x
 
 
-def _with_bias(y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool) -> np.ndarray:
-    """y (T*N, ...) plus the bias (already shaped to broadcast against one sample) at every
-    step; summed over t steps that is t * b."""
+def _with_bias(
+    y: torch.Tensor, b: torch.Tensor | None, T: int, cumulative: bool, channels: int
+) -> np.ndarray:
+    """y (T*N, ...) plus the bias b (O,) along a sample's axis `channels` at every step; summed
+    over t steps that is t * b. Added with that axis last (a view: contiguous where y is
+    channels-last, as a convolution's output is here), so b broadcasts along the innermost."""
     y = _unfold(y, T)
     if b is not None:  # in place: y is the op's own fresh output
         steps = torch.arange(1, T + 1, dtype=y.dtype).reshape((T,) + (1,) * (y.dim() - 1))
-        y.add_(b * steps if cumulative else b)
+        y.movedim(2 + channels if channels >= 0 else channels, -1).add_(
+            b * steps if cumulative else b
+        )
     return y.numpy()
 
 
 def _linear(
-    node: Node, mode: str, bounds: Bounds | None, op: Callable, bias_shape: Shape
+    node: Node, mode: str, bounds: Bounds | None, op: Callable, channels: int
 ) -> FastKernel | None:
-    """A synaptic op: op(x folded (T*N, ...), weights) then the bias, in float32 where the
-    proof allows it for the form it gets. The "float" and "ann" modes need float64, where
-    torch's convolution has no fast path: the reference kernel (numpy and BLAS), folded over
-    all T steps, is faster there."""
+    """A synaptic op: op(x folded (T*N, ...), weights) then the bias (along a sample's axis
+    `channels`), in float32 where the proof allows it for the form it gets. Where the inputs
+    it gets are small integers (running sums of a few steps of spikes, input codes), int8
+    products instead (spikeport.sim.int8): the same integers. The "float" and "ann" modes need
+    float64, where torch's convolution has no fast path: the reference kernel (numpy and
+    BLAS), folded over all T steps, is faster there."""
     if mode != "int":
         return None
     dts = _dtypes(bounds, node, mode)
     params = {}
     for dt in set(dts.values()):
         w, b = _param_t(node, "weight", mode, dt), _param_t(node, "bias", mode, dt)
-        params[dt] = (w, None if b is None else b.reshape(bias_shape))
+        params[dt] = (w, b)
+    int8 = Int8Synapse.of(node)
+
+    def zero_point(x: np.ndarray, folded: torch.Tensor, cumulative: bool) -> int | None:
+        """int8's zero point for the inputs as they come, from the proof's bound (one step of
+        running sums is a value: a static input), else from the inputs themselves."""
+        if int8 is None:
+            return None
+        if bounds is None:
+            lo, hi = torch.aminmax(folded) if folded.numel() else (0, 0)
+            return int8.zero_point(max(-float(lo), float(hi)), float(lo) >= 0)
+        b = bounds[node.inputs[0]]
+        return int8.zero_point(float(reach(b, cumulative and len(x) > 1).max(initial=0)), b.nonneg)
 
     def run(x: np.ndarray, cumulative: bool = False) -> Steps:
         w, b = params[dts[cumulative]]
-        return Steps(_with_bias(op(_fold(x, w.dtype), w), b, len(x), cumulative))
+        folded = _fold(x)
+        zp = zero_point(x, folded, cumulative)
+        if zp is not None and int8 is not None:
+            y = int8(folded, zp).to(w.dtype)
+        else:
+            y = op(folded.to(w.dtype), w)
+        return Steps(_with_bias(y, b, len(x), cumulative, channels))
 
     return FastKernel(run, ANY if mode == "int" else STEP, dts[True])
 
@@ -214,14 +250,17 @@ def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
         x = (x if same else _pad(x, a["pads"])).contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
         pad = (t, left) if same else 0
-        return F.conv2d(x, w, None, a["strides"], pad, a["dilations"], a["group"])
+        y = F.conv2d(x, w, None, a["strides"], pad, a["dilations"], a["group"])
+        # channels-last out even where torch reads one input channel as NCHW: every tensor
+        # after it then shares one layout (elementwise passes over mixed layouts are slow)
+        return y.contiguous(memory_format=torch.channels_last)
 
-    return _linear(node, mode, bounds, conv, (-1, 1, 1))
+    return _linear(node, mode, bounds, conv, 0)
 
 
 @fast_kernel("dense")
 def _dense(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
-    return _linear(node, mode, bounds, lambda x, w: x @ w.T, (-1,))
+    return _linear(node, mode, bounds, lambda x, w: x @ w.T, -1)
 
 
 def _pooled(
@@ -335,14 +374,17 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
             dts[cum] = _exact_type(float(peak))
             out = float(reach(bounds[node.output], cum).max(initial=0))
             outs[cum] = torch.float32 if out < FLOAT32_SAFE else torch.float64
-    mults = {dt: [torch.from_numpy(m).to(dt) for m in m64] for dt in set(dts.values())}
+    # whole per-sample tensors, to be laid out like the inputs (see laid_out_like)
+    full = [np.ascontiguousarray(np.broadcast_to(m, shape)) for m in m64]
+    mults = {dt: [torch.from_numpy(m).to(dt) for m in full] for dt in set(dts.values())}
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
         dt = dts[cumulative]
-        ms = mults[dt]
-        total = ms[0] * _torch(xs[0]).to(dt)
-        for m, x in zip(ms[1:], xs[1:], strict=True):
-            total.addcmul_(m, _torch(x).to(dt))  # in place: no temporaries
+        ins = [_torch(x).to(dt) for x in xs]
+        ms = [laid_out_like(m, ins[0]) for m in mults[dt]]
+        total = ins[0] * ms[0]  # in the first input's layout
+        for m, x in zip(ms[1:], ins[1:], strict=True):
+            total.addcmul_(x, m)  # in place: no temporaries
         if not dt.is_floating_point:  # an arithmetic shift right is floor division by 2^shift
             y = total >> shift  # type: ignore[operator]
         else:
@@ -396,19 +438,23 @@ class IntIF:
         = -K for bipolar neurons and 0 otherwise (a signed neuron's count starts at 0 and
         cannot go below it). All T steps at once, no loop; the clamps act on I (below)."""
         i = _torch(current).to(self.dt)
+        theta, v0 = laid_out_like(self.theta, i), laid_out_like(self.v0, i)
         t = torch.arange(1, T + 1, dtype=self.dt).reshape((T,) + (1,) * i.dim())
         # The clamps move to the current, once: with I in [lo theta, K theta] the count is
         # already in [lo t, K t] (0 <= v0 < theta), and at either end it is exactly lo t or K t.
-        low = -self.K * self.theta if self.bipolar else torch.zeros_like(self.theta)
-        clamped = torch.minimum(torch.maximum(i, low), self.K * self.theta)
-        n = torch.addcmul(self.v0, clamped[None], t)  # v0 + t I, exact: see FLOAT32_SAFE
-        n.div_(self.theta).floor_()  # in place: one tensor of T steps, no temporaries
+        low = -self.K * theta if self.bipolar else torch.zeros_like(theta)
+        clamped = torch.minimum(torch.maximum(i, low), self.K * theta)
+        # v0 + t I, exact (see FLOAT32_SAFE), in I's layout (a channels-last one too: torch
+        # lays a result out like its first operand, and a mixed-layout pass is twice as slow)
+        n = torch.mul(clamped[None], t).add_(v0)
+        n.div_(theta).floor_()  # in place: one tensor of T steps, no temporaries
         return Steps(n.numpy(), lambda: self._state(i[None] * t, n))
 
     def _levels(self, c: torch.Tensor) -> torch.Tensor:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring)."""
-        q = torch.add(c, self.v0).div_(self.theta).floor_()  # exact: see FLOAT32_SAFE
+        theta, v0 = laid_out_like(self.theta, c), laid_out_like(self.v0, c)
+        q = torch.add(c, v0).div_(theta).floor_()  # exact: see FLOAT32_SAFE
         n = torch.empty_like(q)
         prev = torch.zeros_like(q[0])
         for t in range(len(q)):
