@@ -56,11 +56,14 @@ class Steps:
     state: (T,) the peak |state| it kept at each step, to be checked like y (or a function
            that computes it, called only where the range proof does not already bound it)
     k:     (T, N, ...) a neuron's per-step spike counts (the reference's stepped neurons)
+    form:  y's form where it is not the inputs' (an add that floors per step reads running
+           sums and gives per-step values)
     """
 
     y: np.ndarray
     state: np.ndarray | Callable[[], np.ndarray] | None = None
     k: np.ndarray | None = None
+    form: str | None = None
 
 
 STEP, CUM, ANY = "step", "cum", "any"
@@ -124,6 +127,17 @@ def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if p.dim() == 0 or sample.stride() == p.stride():
         return p
     return torch.empty_like(sample, dtype=p.dtype).copy_(p)
+
+
+def step_values(cum: torch.Tensor) -> torch.Tensor:
+    """Per-step values of running sums (T, N, ...): x_1 = S_1, x_t = S_t - S_{t-1}, in the
+    sums' own type (exact: each step's value is within the sums' bound) and layout. One
+    subtraction into a fresh tensor (torch.diff with a prepended zero concatenates first:
+    twice the time here)."""
+    out = torch.empty_like(cum)
+    out[0] = cum[0]
+    torch.sub(cum[1:], cum[:-1], out=out[1:])
+    return out
 
 
 def _torch(x: np.ndarray) -> torch.Tensor:
@@ -354,7 +368,10 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     """ "int": floor(sum m_i x_i / 2^shift) (ops._add) per step, in the narrowest exact type
     for the proof's bound on sum |m_i| |x_i| (_exact_type); int64, as the reference, without a
     proof once multipliers pass 16 bits. With shift 0 it is linear (floor of an integer is
-    itself), so it takes running sums too and a residual block stays in running sums."""
+    itself), so it takes running sums too and a residual block stays in running sums. With a
+    shift it takes running sums where their weighted sum D_t = sum m_i S_i,t has an exact
+    type: the step's sum is D_t - D_{t-1} (one difference, not one per input), floored, out
+    per step."""
     if mode != "int":
         return None  # a plain sum: the reference kernel, folded
     m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
@@ -366,7 +383,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
         outs = {False: torch.float64}
     else:
         dts, outs = {}, {}
-        for cum in (False, True) if shift == 0 else (False,):
+        for cum in (False, True):
             peak = sum(
                 np.abs(m).max() * reach(bounds[i], cum).max()
                 for m, i in zip(m64, node.inputs, strict=True)
@@ -385,13 +402,19 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
         total = ins[0] * ms[0]  # in the first input's layout
         for m, x in zip(ms[1:], ins[1:], strict=True):
             total.addcmul_(x, m)  # in place: no temporaries
+        if not shift:
+            return Steps(total.to(outs[cumulative]).numpy())
+        if cumulative:  # D_t - D_{t-1}: exact in D's type (|a step's sum| <= D's bound)
+            total = step_values(total)
         if not dt.is_floating_point:  # an arithmetic shift right is floor division by 2^shift
-            y = total >> shift  # type: ignore[operator]
+            y = total.bitwise_right_shift_(shift)
         else:
-            y = torch.floor(total * 2.0**-shift) if shift else total  # type: ignore[operator]
-        return Steps(y.to(outs[cumulative]).numpy())  # type: ignore[union-attr]
+            y = total.mul_(2.0**-shift).floor_()  # exact: a power of two
+        return Steps(y.to(outs[False]).numpy(), form=STEP if cumulative else None)
 
-    return FastKernel(run, ANY if True in dts else STEP)
+    if True not in dts:
+        return FastKernel(run, STEP)
+    return FastKernel(run, ANY if shift == 0 else CUM, dts[True])
 
 
 def _exact_type(peak: float) -> torch.dtype:

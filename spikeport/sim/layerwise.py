@@ -34,6 +34,7 @@ from spikeport.sim.fast import (
     memory_order,
     running_sum,
     step_rows,
+    step_values,
 )
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 from spikeport.sim.seq_ops import ExpectationCompensated
@@ -61,8 +62,7 @@ class Val:
 def differences(cum: np.ndarray) -> torch.Tensor:
     """Per-step values of running sums (T, N, ...), in the sums' own type: exact, since each
     step's value is bounded by the running sums' bound."""
-    n = torch.from_numpy(cum)
-    return torch.diff(n, dim=0, prepend=torch.zeros_like(n[:1]))
+    return step_values(torch.from_numpy(cum))
 
 
 def as_step(v: Val, T: int, integer: bool) -> np.ndarray:
@@ -162,7 +162,7 @@ def _run_node(sim: Simulator, node: Node, ref: Kernel, ins: list[Val], T: int) -
         steps = _folded(ref, xs)
     else:
         steps = _stepped(ref, xs, T, integer)
-    return Val(steps.y, form), steps
+    return Val(steps.y, steps.form or form), steps
 
 
 def _static(sim: Simulator, node: Node, ref: Kernel, ins: list[Val]) -> Val:
