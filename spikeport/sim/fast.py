@@ -129,6 +129,15 @@ def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(sample, dtype=p.dtype).copy_(p)
 
 
+def running_sum_t(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """running_sum in torch, in `dtype` and x's layout: one add a step (torch.cumsum along
+    the step axis is six times slower here)."""
+    out = x.to(dtype, copy=True)  # in x's layout
+    for t in range(1, len(x)):
+        out[t].add_(out[t - 1])
+    return out
+
+
 def step_values(cum: torch.Tensor) -> torch.Tensor:
     """Per-step values of running sums (T, N, ...): x_1 = S_1, x_t = S_t - S_{t-1}, in the
     sums' own type (exact: each step's value is within the sums' bound) and layout. One

@@ -33,6 +33,7 @@ from spikeport.sim.fast import (
     Steps,
     memory_order,
     running_sum,
+    running_sum_t,
     step_rows,
     step_values,
 )
@@ -86,7 +87,7 @@ def as_cum(v: Val, T: int, dtype: torch.dtype | None = None) -> np.ndarray:
         steps = torch.arange(1, T + 1, dtype=dtype).reshape((T,) + (1,) * v.x.ndim)
         return (torch.from_numpy(v.x).to(dtype)[None] * steps).numpy()
     if dtype is not None:  # per-step values: summed in that type, exact by its choice
-        return torch.cumsum(torch.from_numpy(v.x), 0, dtype=dtype).numpy()
+        return running_sum_t(torch.from_numpy(v.x), dtype).numpy()
     x = v.x.astype(np.float64 if v.x.dtype.kind == "f" else np.int64, copy=False)
     if v.form == STEP:
         return running_sum(x)
