@@ -239,15 +239,20 @@ def _linear(
     int8 = Int8Synapse.of(node)
 
     def zero_point(x: np.ndarray, folded: torch.Tensor, cumulative: bool) -> int | None:
-        """int8's zero point for the inputs as they come, from the proof's bound (one step of
-        running sums is a value: a static input), else from the inputs themselves."""
+        """int8's zero point for the inputs as they come, from the proof's bound, else (no
+        proof, or one step: a static input, whose codes the proof bounds by +-127 whatever
+        their sign, and which is T times smaller than any other) from the inputs themselves."""
         if int8 is None:
             return None
-        if bounds is None:
-            lo, hi = torch.aminmax(folded) if folded.numel() else (0, 0)
-            return int8.zero_point(max(-float(lo), float(hi)), float(lo) >= 0)
-        b = bounds[node.inputs[0]]
-        return int8.zero_point(float(reach(b, cumulative and len(x) > 1).max(initial=0)), b.nonneg)
+        b = bounds[node.inputs[0]] if bounds is not None else None
+        if b is not None:
+            zp = int8.zero_point(
+                float(reach(b, cumulative and len(x) > 1).max(initial=0)), b.nonneg
+            )
+            if zp is not None or len(x) > 1:
+                return zp
+        lo, hi = torch.aminmax(folded) if folded.numel() else (0, 0)
+        return int8.zero_point(max(-float(lo), float(hi)), float(lo) >= 0)
 
     def run(x: np.ndarray, cumulative: bool = False) -> Steps:
         w, b = params[dts[cumulative]]

@@ -78,7 +78,7 @@ class Int8Synapse:
         """x (N, C, H, W) (channels-last is fastest) or (..., K) of integers that `zp` admits
         (zero_point) -> float32 (N, O, Ho, Wo) channels-last, or (..., O)."""
         u8 = x.to(torch.int8)  # |x| <= 127 - zp: no wrap, and with zp added still an int8
-        u8 = (u8.add_(zp) if zp else u8).view(torch.uint8)
+        u8 = (u8 + zp if zp else u8).view(torch.uint8)  # not in place: x may be int8 itself
         if self.op == "conv2d":
             return self._conv(u8, zp)
         rows = u8.reshape(-1, x.shape[-1])
