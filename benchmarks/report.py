@@ -285,9 +285,12 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
         "ratios compare the same moments of machine load). Threads: spikeport and "
         f"SpikingJelly run in this one process on the same torch pool of {th['torch']} "
         f"thread(s), numpy's BLAS on {th['blas']} (`spikeport.threads.set_threads`, "
-        "`benchmarks/run.py --threads`). spikeport: `spikeport.sim.simulate`, the fast "
-        "backend (torch, layer by layer over all T, bit-equal to the reference in integer "
-        "mode) in integer and float mode, and the numpy reference backend in integer mode. "
+        "`benchmarks/run.py --threads`). spikeport: `spikeport.sim.Simulator.run` on a "
+        "simulator made once per network (as SpikingJelly's network is converted once; its "
+        "setup, the range proof and the fast kernels, is timed apart: last column), the fast "
+        "backend (torch, layer by layer over all T, int8 synaptic products where the proof "
+        "bounds their inputs, bit-equal to the reference in integer mode) in integer and "
+        "float mode, and the numpy reference backend in integer mode. "
         "SpikingJelly: its torch simulation (float32, CPU) of the network its "
         "channel-wise half-threshold recipe made from the same ONNX weights, single-step "
         "(T calls, as its example's loop) and multi-step (one call on T copies); for the ViT "
@@ -297,8 +300,8 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
         "",
         "| model | spikeport int | spikeport float | spikeport int, reference "
         "| SpikingJelly single-step | SpikingJelly multi-step | int / SJ | float / SJ "
-        "| int reference / SJ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| int reference / SJ | int setup (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         s = r["samples_x_steps_per_s"]
@@ -308,6 +311,8 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
         ]
         ratio = r.get("ratio_vs_spikingjelly") or {}
         rr = [f"{ratio[k]:.2f}" if k in ratio else "-" for k in ("int", "float", "int_reference")]
+        setup = r.get("setup_s", {}).get("int")
+        rr.append(f"{setup * 1e3:.1f}" if setup is not None else "-")
         lines.append(f"| {r['model']} | " + " | ".join(cols + rr) + " |")
     return lines
 
