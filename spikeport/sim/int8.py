@@ -144,6 +144,7 @@ def int8_products_exact() -> bool:
                 )
                 if not torch.equal(syn(x, zp).double(), want):
                     return False
-    except (RuntimeError, AttributeError, NotImplementedError):
+    except (RuntimeError, AttributeError, NotImplementedError, TypeError, ValueError):
+        # no oneDNN in this torch build, or its int8 ops take other arguments: float kernels
         return False
     return True
