@@ -123,8 +123,10 @@ def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A per-sample tensor p (its shape x's trailing axes) in the memory order of x's samples:
     an elementwise pass over x with p is then one contiguous run per sample, where a p in
     another order (an NCHW threshold beside a channels-last current) takes twice as long."""
-    sample = x.reshape((-1,) + tuple(x.shape[-p.dim() :]))[0] if p.dim() else x
-    if p.dim() == 0 or sample.stride() == p.stride():
+    if p.dim() == 0:
+        return p
+    sample = x[(0,) * (x.dim() - p.dim())]  # a view of one sample, whatever x's strides
+    if sample.stride() == p.stride():
         return p
     return torch.empty_like(sample, dtype=p.dtype).copy_(p)
 
