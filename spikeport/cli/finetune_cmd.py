@@ -99,6 +99,7 @@ def finetune_cmd(
     """Fine-tune a converted MODEL (.spk, stage snn) through T timesteps on labelled DATA."""
     from spikeport.data import check_token_ids, load_data
     from spikeport.finetune import Settings, finetune_files
+    from spikeport.finetune.distributed import end_worker
     from spikeport.ir import load
 
     refuse_overwrite((output,), (model, data, val, teacher))
@@ -132,6 +133,7 @@ def finetune_cmd(
         model, data, output, settings, val, device, quiet, kind, teacher if weight else None
     )
     if meta is None:  # not rank 0: rank 0 reports
+        end_worker()
         return
     val_text = (
         f", val accuracy {100 * meta['val']['accuracy_before']:.2f}% -> "
@@ -144,3 +146,4 @@ def finetune_cmd(
         f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "
         f"{meta['data']['n']} samples ({meta['world_size']} process(es), {device}){val_text}",
     )
+    end_worker()

@@ -9,6 +9,7 @@ is world size 1 with the same sampler, so both paths walk the data in the same o
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,18 @@ def _env_int(name: str, default: int) -> int:
 def launched_by_torchrun() -> bool:
     """torchrun (torch.distributed.run) sets these for each process it starts."""
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def end_worker() -> None:
+    """A torchrun worker, its work done and its process group destroyed, ends here: streams
+    flushed, then os._exit(0), past the interpreter's finalization, where gloo's worker threads
+    can still hold tensors and abort the process (SIGABRT, "terminate called without an
+    active exception", seen now and then in this project's test runs; pytorch/pytorch PR
+    179291)."""
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
