@@ -242,3 +242,20 @@ def test_int8_synaptic_kernels_equal_the_reference(
         np.testing.assert_array_equal(np.asarray(got, np.int64), want, err_msg=node.op)
         fits = peak <= 127 if nonneg else peak <= 63
         assert spy.called == (fits and int8_products_exact()), "int8 where the bounds allow"
+
+
+def test_int8_synapses_are_reused_until_their_weights_change():
+    """Packed weights are kept per weight array (a simulator is made for each simulate call),
+    and packed afresh when that array's values change in place."""
+    w = np.arange(-12, 12).reshape(4, 6)
+    node = Node("d", "dense", ["i"], "o", {}, {"weight_q": w})
+    first = Int8Synapse.of(node)
+    if not int8_products_exact():
+        assert first is None
+        return
+    assert Int8Synapse.of(node) is first
+    w[0, 0] = 99
+    again = Int8Synapse.of(node)
+    assert again is not first and again.weight[0, 0] == 99
+    x = torch.ones(2, 6)
+    np.testing.assert_array_equal(again(x, 0).numpy(), x.numpy() @ w.T)
