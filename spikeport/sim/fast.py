@@ -39,6 +39,7 @@ from spikeport.quantize.ranges import NodeBounds
 from spikeport.registry import registrar
 from spikeport.sim.arith import initial_potential
 from spikeport.sim.int8 import Int8Synapse
+from spikeport.sim.kernels import symmetric_pads
 from spikeport.sim.kinds import LAVA, SDN, kind_of
 from spikeport.sim.ops import Shape
 
@@ -90,14 +91,10 @@ FAST_KERNELS: dict[str, FastMaker] = {}
 fast_kernel = registrar(FAST_KERNELS)
 
 
-def running_sum(x: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
-    """Cumulative sum over the step axis, one whole-tensor add a step (in the reference's
-    order; numpy's cumsum along axis 0 is several times slower here)."""
-    out = np.empty(x.shape, dtype or x.dtype)
-    out[0] = x[0]
-    for t in range(1, len(x)):
-        np.add(out[t - 1], x[t], out=out[t])
-    return out
+def running_sum(x: np.ndarray) -> np.ndarray:
+    """Cumulative sum over the step axis in x's own type (running_sum_t, on numpy arrays)."""
+    t = _torch(x)
+    return running_sum_t(t, t.dtype).numpy()
 
 
 # Layout: a convolution's output is channels-last (faster here, see _conv), and the elementwise
@@ -132,8 +129,9 @@ def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def running_sum_t(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """running_sum in torch, in `dtype` and x's layout: one add a step (torch.cumsum along
-    the step axis is six times slower here)."""
+    """Cumulative sum over the step axis, in `dtype` and x's layout: one whole-tensor add a
+    step, in the reference's order (torch.cumsum along the step axis is six times slower
+    here, numpy's cumsum along axis 0 several times)."""
     out = x.to(dtype, copy=True)  # in x's layout
     for t in range(1, len(x)):
         out[t].add_(out[t - 1])
@@ -275,12 +273,10 @@ def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
 
     def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
-        t, left, b, r = a["pads"]
-        same = t == b and left == r  # symmetric: the convolution pads, no padded copy
-        x = (x if same else _pad(x, a["pads"])).contiguous(memory_format=torch.channels_last)
+        pads = symmetric_pads(a["pads"])  # symmetric: the convolution pads, no padded copy
+        x = (x if pads else _pad(x, a["pads"])).contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
-        pad = (t, left) if same else 0
-        y = F.conv2d(x, w, None, a["strides"], pad, a["dilations"], a["group"])
+        y = F.conv2d(x, w, None, a["strides"], pads or 0, a["dilations"], a["group"])
         # channels-last out even where torch reads one input channel as NCHW: every tensor
         # after it then shares one layout (elementwise passes over mixed layouts are slow)
         return y.contiguous(memory_format=torch.channels_last)

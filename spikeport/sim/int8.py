@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeport.ir.graph import Node
+from spikeport.sim.kernels import symmetric_pads
 
 FLOAT32_EXACT = float(1 << 23)
 U8_MAX = 127  # an input's u8 code, zero point included: pairs of products below 2^15
@@ -51,6 +52,12 @@ class Int8Synapse:
     attrs: dict
     abs_sum: float  # the largest sum of |w| that one output reads
     packed: dict[int, torch.Tensor] = field(default_factory=dict)  # by zero point
+    # the weights' and the output's scales, all 1 (and zero points 0): the integers as they are
+    unit_scales: tuple[torch.Tensor, torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        o = len(self.weight)
+        self.unit_scales = (torch.ones(o, dtype=torch.float32), torch.zeros(o, dtype=torch.int64))
 
     @staticmethod
     def of(node: Node) -> Int8Synapse | None:
@@ -84,39 +91,30 @@ class Int8Synapse:
             return self._conv(u8, zp)
         rows = u8.reshape(-1, x.shape[-1])
         y = torch.ops.onednn.qlinear_pointwise(
-            rows, 1.0, zp, self._packed(zp), *self._unit_scales(), None, 1.0, 0,
+            rows, 1.0, zp, self._packed(zp), *self.unit_scales, None, 1.0, 0,
             torch.float32, "none", [], "",
         )  # fmt: skip
         return y.reshape(x.shape[:-1] + (-1,))
 
     def _conv(self, u8: torch.Tensor, zp: int) -> torch.Tensor:
         a = self.attrs
-        top, left, bottom, right = a["pads"]
-        if top != bottom or left != right:  # padding holds the zero point: a real 0
+        pads = symmetric_pads(a["pads"])
+        if pads is None:  # padded here, with the zero point: a real 0
+            top, left, bottom, right = a["pads"]
             u8 = F.pad(u8, (left, right, top, bottom), value=zp)
-            top = left = 0
         u8 = u8.contiguous(memory_format=torch.channels_last)
         return torch.ops.onednn.qconv2d_pointwise(
-            u8, 1.0, zp, self._packed(zp), *self._unit_scales(), None, a["strides"],
-            [top, left], a["dilations"], a["group"], 1.0, 0, torch.float32, "none", [], "",
+            u8, 1.0, zp, self._packed(zp), *self.unit_scales, None, a["strides"],
+            pads or [0, 0], a["dilations"], a["group"], 1.0, 0, torch.float32, "none", [], "",
         )  # fmt: skip
-
-    def _unit_scales(self) -> tuple[torch.Tensor, torch.Tensor]:
-        o = len(self.weight)
-        return torch.ones(o, dtype=torch.float32), torch.zeros(o, dtype=torch.int64)
 
     def _packed(self, zp: int) -> torch.Tensor:
         if zp not in self.packed:
             if self.op == "conv2d":
                 a = self.attrs
-                pads = (
-                    [0, 0]
-                    if a["pads"][0] != a["pads"][2] or a["pads"][1] != a["pads"][3]
-                    else a["pads"][:2]
-                )
                 self.packed[zp] = torch.ops.onednn.qconv_prepack(
-                    self.weight, self._unit_scales()[0], 1.0, zp, a["strides"], pads,
-                    a["dilations"], a["group"], None,
+                    self.weight, self.unit_scales[0], 1.0, zp, a["strides"],
+                    symmetric_pads(a["pads"]) or [0, 0], a["dilations"], a["group"], None,
                 )  # fmt: skip
             else:
                 self.packed[zp] = torch.ops.onednn.qlinear_prepack(self.weight, None)

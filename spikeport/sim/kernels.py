@@ -11,6 +11,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+def symmetric_pads(pads: list[int]) -> list[int] | None:
+    """ONNX pads (top, left, bottom, right) as the (rows, columns) a convolution library
+    pads by itself, or None where they are asymmetric (the input is padded first)."""
+    t, left, b, r = pads
+    return [t, left] if t == b and left == r else None
+
+
 def _pad(x: np.ndarray, pads: list[int], value: float = 0.0) -> np.ndarray:
     t, left, b, r = pads
     if not any(pads):
