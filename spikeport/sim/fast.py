@@ -150,9 +150,11 @@ def step_values(cum: torch.Tensor) -> torch.Tensor:
 
 
 def _torch(x: np.ndarray) -> torch.Tensor:
-    """x as a torch tensor, copied where it is a read-only view (a static tensor repeated
-    over T by broadcasting, which torch cannot wrap)."""
-    return torch.from_numpy(x if x.flags.writeable else np.array(x))
+    """x as a torch tensor, copied where torch cannot wrap it: a read-only view (a static
+    tensor repeated over T by broadcasting) or one with negative strides (a reversing
+    slice)."""
+    wraps = x.flags.writeable and all(s >= 0 for s in x.strides)
+    return torch.from_numpy(x if wraps else np.array(x))
 
 
 def _fold(x: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
