@@ -21,6 +21,7 @@ from spikeport.ir import Node
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
+from spikeport.sim import intfunc as F
 from spikeport.sim.int8 import Int8Synapse, int8_products_exact
 from spikeport.sim.ops import KERNELS, IFNeuron
 from spikeport.sim.simulator import BACKENDS
@@ -259,3 +260,65 @@ def test_int8_synapses_are_reused_until_their_weights_change():
     assert again is not first and again.weight[0, 0] == 99
     x = torch.ones(2, 6)
     np.testing.assert_array_equal(again(x, 0).numpy(), x.numpy() @ w.T)
+
+
+def _ec_node(op: str, rng: np.random.Generator, d: int) -> Node:
+    """A quantized sequence operator as quantize.seq makes one (its integer constants)."""
+    params = {"requant_q": rng.integers(1, 1 << 14, d), "gamma_q": rng.integers(-1024, 1025, d),
+              "beta_q": rng.integers(-(1 << 16), 1 << 16, d)}  # fmt: skip
+    attrs: dict = {"requant_shift": int(rng.integers(0, 12))}
+    if op == "layernorm":
+        attrs |= {"epsilon": 1e-5, "int": {"eps": int(rng.integers(0, 1 << 20)),
+                                           "out_shift": int(rng.integers(0, 10))}}  # fmt: skip
+    elif op == "gelu":
+        consts = F.gelu_consts(peak=float(rng.uniform(0.5, 50)))
+        attrs |= {
+            "approximate": "none",
+            "int": {k: v for k, v in consts.items() if k != "out_scale"},
+        }
+    elif op == "matmul":
+        params = {"contract_q": rng.integers(1, 1 << 12, d)} if rng.random() < 0.5 else {}
+        attrs = {}
+    else:
+        attrs |= {"int": F.softmax_consts()}
+    return Node("n", op, ["a", "b"] if op in ("matmul", "masked_softmax") else ["a"], "o",
+                attrs, params)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 5),
+    op=st.sampled_from(["layernorm", "softmax", "masked_softmax", "gelu", "matmul"]),
+    peak=st.sampled_from([1, 50, 1 << 12, 1 << 20, 1 << 30]),
+)
+def test_sequence_operator_kernels_equal_the_reference(seed, T, op, peak):
+    """The fast kernels of the expectation-compensated operators (spikeport.sim.fast_seq):
+    the reference's G(t) on running sums from one spike to 2^30 (a layernorm's variance then
+    leaves float64's exact range: those steps run the reference), masked rows with no key
+    kept, per-index product multipliers."""
+    rng = np.random.default_rng(seed)
+    N, S, d = 3, 4, 6
+    node = _ec_node(op, rng, d)
+    a = rng.integers(-peak, peak + 1, (T, N, S, d)).cumsum(0)
+    if op == "matmul":
+        sums = [a, rng.integers(-peak, peak + 1, (T, N, d, S)).cumsum(0)]
+    elif op == "masked_softmax":
+        mask = (rng.random((N, d)) < 0.6).astype(np.int64)
+        mask[0] = 0  # a row with no key kept: all 0
+        sums = [a, mask[None] * np.arange(1, T + 1).reshape(T, 1, 1)]
+    else:
+        sums = [a]
+    shape = (S, S) if op == "matmul" else (S, d)
+    want = layerwise._compensated(KERNELS[op](node, "int", shape), sums, True).y
+    bounds = {i: NodeBounds(np.abs(s).max(0)[0] * 1.0, np.abs(s).max(0)[0] * 1.0, 0.0)
+              for i, s in zip(node.inputs, sums, strict=True)}  # fmt: skip
+    top = np.full(shape, float(np.abs(want).max(initial=0)))
+    bounds["o"] = NodeBounds(top, top, 0.0)
+    kern = fast.FAST_KERNELS[op](node, "int", shape, bounds)
+    if kern is None:  # only where the proof leaves float64's exact range
+        assert peak >= 1 << 20
+        return
+    got = kern.run(*[s.astype(np.float64) for s in sums]).y
+    np.testing.assert_array_equal(np.asarray(got, np.int64), want)
+    np.testing.assert_array_equal(kern.run(*sums).y, got)  # int64 sums in

@@ -149,6 +149,13 @@ def step_values(cum: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def input_peaks(sums: list[np.ndarray]) -> np.ndarray:
+    """The reference's state_peak of an expectation-compensated operator at each step: the
+    largest |S_t| over its inputs' running sums (T, N, ...)."""
+    peaks = [np.abs(step_rows(_torch(s)).numpy()).max(axis=1) for s in sums]
+    return np.max(peaks, axis=0)
+
+
 def _torch(x: np.ndarray) -> torch.Tensor:
     """x as a torch tensor, copied where torch cannot wrap it: a read-only view (a static
     tensor repeated over T by broadcasting) or one with negative strides (a reversing
@@ -577,3 +584,6 @@ class StepIF:
         if self.integer:
             return Steps(kn, state, kn)
         return Steps(kn * self.theta.numpy(), None, kn)
+
+
+from spikeport.sim import fast_seq as _fast_seq  # noqa: E402,F401  (registers its kernels)

@@ -31,6 +31,7 @@ from spikeport.sim.fast import (
     STEP,
     FastKernel,
     Steps,
+    input_peaks,
     memory_order,
     running_sum,
     running_sum_t,
@@ -115,11 +116,7 @@ def _compensated(k: ExpectationCompensated, sums: list[np.ndarray], integer: boo
     sums = [s.astype(np.int64 if integer else np.float64, copy=False) for s in sums]
     g = np.stack([k.g([s[t] for s in sums], t + 1) for t in range(len(sums[0]))])
 
-    def state() -> np.ndarray:  # the reference's state_peak: max |S_t| over the inputs
-        peaks = [np.abs(step_rows(torch.from_numpy(s)).numpy()).max(axis=1) for s in sums]
-        return np.max(peaks, axis=0)
-
-    return Steps(g, state if integer else None)
+    return Steps(g, (lambda: input_peaks(sums)) if integer else None)
 
 
 def _folded(k: Stateless, ins: list[np.ndarray]) -> Steps:

@@ -1,0 +1,209 @@
+"""Fast kernels of the expectation-compensated sequence operators in "int" mode: layernorm,
+softmax (masked too), GELU and the product of two activations, in torch.
+
+The reference (spikeport.sim.seq_ops) computes G(t) = t * f(requant_mean(S_t)) for each step
+with numpy int64 arithmetic (spikeport.sim.intfunc). These kernels compute the same integers in
+float64: an integer below 2^53 is exact there, so are sums and products that stay below it,
+and floor(fl(a / b)) = floor(a / b) while |a| + |b| < 2^53 (intfunc.floor_div). Each maker
+derives, once, from the range proof's bound on its inputs' running sums, that every value its
+kernel forms stays below 2^52; where that does not follow, the node keeps its reference kernel.
+Passes run in place one step at a time (a step's tensors stay in cache: faster here than all T
+steps in one pass); the products of two activations run as one batched matmul over all steps,
+in float32 where the proof keeps their partial sums below 2^24.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from spikeport.ir.graph import Node
+from spikeport.sim import intfunc as F
+from spikeport.sim.fast import CUM, Bounds, FastKernel, Steps, _torch, fast_kernel, input_peaks
+from spikeport.sim.ops import KERNELS, Shape
+
+EXACT = 2.0**52  # below this every integer, and the sum of two, is exact in float64
+FLOAT32_EXACT = 2.0**24
+
+
+def _peak(bounds: Bounds, tensor: str) -> float:
+    """The proof's bound on |running sum| of `tensor` at any step."""
+    return float(bounds[tensor].total.max(initial=0))
+
+
+def _exact(bounds: Bounds, node: Node, *tops: float) -> bool:
+    """Every intermediate value (bounded by `tops`) and the output's running sums are below
+    2^52."""
+    return max((*tops, _peak(bounds, node.output))) < EXACT
+
+
+def _t64(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, np.float64))
+
+
+class Requant:
+    """m = floor(S_t * mul / (t * 2^shift)): the running mean at the function's input scale
+    (intfunc.requant_mean), for sums bounded by `peak`; `top` bounds |m|."""
+
+    def __init__(self, node: Node, peak: float):
+        mul = node.params["requant_q"]
+        self.mul, self.shift = _t64(mul), int(node.attrs["requant_shift"])
+        self.exact = peak * float(np.abs(mul).max(initial=0)) < EXACT
+        self.top = peak * float(np.abs(mul).max(initial=0)) / 2.0**self.shift
+
+    def __call__(self, s: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
+        """Into `out` (float64, s's shape): s may be of any type that holds its integers."""
+        return torch.mul(s, self.mul, out=out).div_(t * 2.0**self.shift).floor_()
+
+
+# f(m, [the other inputs' running sums at step t]) -> f(m) or None; may overwrite m
+Function = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor | None]
+
+
+def _stepwise(f: Function, node: Node, shape: Shape, mean: Requant) -> FastKernel:
+    """The kernel of a unary operator G(t) = t * f(m_t), m_t the requantized running mean of
+    its first input (further inputs: static flags), a step at a time. Where f returns None (a
+    step whose values it cannot keep below 2^52), that step runs the reference's G(t)."""
+    reference = KERNELS[node.op](node, "int", shape).g  # type: ignore[attr-defined]
+
+    def run(*sums: np.ndarray, cumulative: bool = True) -> Steps:
+        xs = [_torch(s) for s in sums]
+        out = torch.empty(xs[0].shape, dtype=torch.float64)
+        m = torch.empty_like(out[0])
+        for t in range(1, len(out) + 1):
+            y = f(mean(xs[0][t - 1], t, m), [x[t - 1] for x in xs[1:]])
+            if y is None:
+                y = torch.from_numpy(reference([s[t - 1].astype(np.int64) for s in sums], t))
+                out[t - 1] = y
+            else:
+                torch.mul(y, t, out=out[t - 1])
+        return Steps(out.numpy(), lambda: input_peaks(list(sums)))
+
+    return FastKernel(run, CUM)
+
+
+def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for integer-valued float `index` (index_select: five times faster here
+    than advanced indexing)."""
+    return torch.index_select(table, 0, index.long().reshape(-1)).reshape(index.shape)
+
+
+def _isqrt(n: torch.Tensor) -> torch.Tensor:
+    """floor(sqrt(n)) for integers 0 <= n < 2^52 in float64 (intfunc.isqrt's float path: the
+    root is off by at most one, one correction each way)."""
+    r = torch.sqrt(n).floor_()
+    r -= (r * r > n).to(r.dtype)
+    return r.add_(((r + 1) * (r + 1) <= n).to(r.dtype))
+
+
+@fast_kernel("layernorm")
+def _layernorm(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    if mode != "int" or bounds is None:
+        return None
+    c, d = node.attrs.get("int", {}), shape[-1]
+    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    gamma, beta = _t64(node.params["gamma_q"]), _t64(node.params["beta_q"])
+    eps, out_shift = float(c.get("eps", 0)), int(c.get("out_shift", 0))
+    norm = float(1 << F.LN_NORM_BITS)
+    scale = norm * float(gamma.abs().max())
+    if not (mean.exact and _exact(bounds, node)):
+        return None
+
+    def f(q: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor | None:
+        # the proof's bound on the mean (its worst case) is far above what runs (a few bits
+        # above the calibrated peak): the bound that decides is this step's own
+        lo, hi = torch.aminmax(q)
+        centred = 2 * max(-float(lo), float(hi)) + 1  # |q - floor(mean q)|
+        if d * centred**2 + eps >= EXACT or centred * scale + float(beta.abs().max()) >= EXACT:
+            return None
+        q -= q.sum(-1, keepdim=True).div_(d).floor_()
+        var = (q * q).sum(-1, keepdim=True).div_(d).floor_().add_(eps)
+        q.mul_(norm).div_(_isqrt(var).clamp_(min=1)).floor_()  # normalised
+        return q.mul_(gamma).add_(beta).mul_(2.0**-out_shift).floor_()
+
+    return _stepwise(f, node, shape, mean)
+
+
+def _softmax_kernel(node: Node, bounds: Bounds, shape: Shape, masked: bool) -> FastKernel | None:
+    c = node.attrs.get("int", {})
+    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    table = torch.from_numpy(F.exp_table(c["ln2"], c["b"], c["c"]).astype(np.float64))
+    last = float(len(table) - 1)
+    sums = float(table[0]) * 2.0**16 * shape[-1]  # e <= table[0]: e * 2^15, the keys' sum of e
+    if not (mean.exact and _exact(bounds, node, 2 * mean.top, sums)):
+        return None
+    one = float(1 << F.SOFTMAX_OUT_BITS)
+
+    def f(q: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor:
+        if not masked:
+            top = q.amax(-1, keepdim=True)
+            e = _lookup(table, (top - q).clamp_(max=last))
+        else:  # intfunc.int_softmax's `keep`: masked keys are 0, a row of none is all 0
+            mask = rest[0]
+            keep = mask.reshape((len(mask),) + (1,) * (len(shape) - 1) + (-1,)) > 0
+            top = torch.where(keep, q, -torch.inf).amax(-1, keepdim=True)
+            e = _lookup(table, (top - q).clamp_(0, last)).mul_(keep)
+        total = e.sum(-1, keepdim=True).clamp_(min=1)
+        return e.mul_(one).div_(total).floor_()
+
+    return _stepwise(f, node, shape, mean)
+
+
+@fast_kernel("softmax")
+def _softmax(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    return None if mode != "int" or bounds is None else _softmax_kernel(node, bounds, shape, False)
+
+
+@fast_kernel("masked_softmax")
+def _masked(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    return None if mode != "int" or bounds is None else _softmax_kernel(node, bounds, shape, True)
+
+
+@fast_kernel("gelu")
+def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    c = node.attrs.get("int", {})
+    if mode != "int" or bounds is None or "cubic" not in c:  # I-BERT's form: the reference's
+        return None
+    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    gates = F.gelu_gates(c["a"], c["cubic"], c["clip"], c["ln2"], c["b"], c["c"])
+    gates, clip, unshift = _t64(gates), float(c["clip"]), 2.0 ** -c["shift"]  # exact
+    if not (mean.exact and _exact(bounds, node, mean.top * float(1 << F.GATE_BITS))):
+        return None
+
+    def f(q: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor:
+        gate = _lookup(gates, q.clamp(-clip, clip).add_(clip))
+        return q.mul_(gate).mul_(unshift).floor_()
+
+    return _stepwise(f, node, shape, mean)
+
+
+@fast_kernel("matmul")
+def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """floor(S_A S_B 2^frac / t), A's running sum weighted per contracted index where the
+    node has `contract_q` (seq_ops._matmul): one batched matmul over all steps."""
+    if mode != "int" or bounds is None:
+        return None
+    contract = node.params.get("contract_q")
+    bits = F.MATMUL_CONTRACT_BITS if contract is not None else 0
+    weight = float(np.abs(contract).max(initial=0)) if contract is not None else 1.0
+    a_peak, b_peak = (_peak(bounds, i) for i in node.inputs[:2])
+    k = int(bounds[node.inputs[0]].total.shape[-1])  # the contracted axis: A's last
+    product = a_peak * weight * b_peak * k  # every partial sum of the products
+    if not _exact(bounds, node, product * 2.0**F.MATMUL_FRAC_BITS):
+        return None
+    dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
+    contract_t = _t64(contract).to(dt) if contract is not None else None
+    scale = 2.0**F.MATMUL_FRAC_BITS
+
+    def run(a: np.ndarray, b: np.ndarray, cumulative: bool = True) -> Steps:
+        at, bt = _torch(a).to(dt), _torch(b).to(dt)
+        if contract_t is not None:
+            at = at * contract_t
+        p = torch.matmul(at, bt).to(torch.float64).mul_(scale)
+        steps = torch.arange(1, len(a) + 1, dtype=torch.float64) * 2.0**bits
+        p.div_(steps.reshape((-1,) + (1,) * (p.dim() - 1))).floor_()
+        return Steps(p.numpy(), lambda: input_peaks([a, b]))
+
+    return FastKernel(run, CUM)
