@@ -59,12 +59,15 @@ class Steps:
     k:     (T, N, ...) a neuron's per-step spike counts (the reference's stepped neurons)
     form:  y's form where it is not the inputs' (an add that floors per step reads running
            sums and gives per-step values)
+    events: a neuron's (events, levels) per step (T,), counted as it ran, where y holds its
+           running counts (what the runner would otherwise take from their differences)
     """
 
     y: np.ndarray
     state: np.ndarray | Callable[[], np.ndarray] | None = None
     k: np.ndarray | None = None
     form: str | None = None
+    events: tuple[np.ndarray, np.ndarray] | None = None
 
 
 STEP, CUM, ANY = "step", "cum", "any"
@@ -472,8 +475,8 @@ class IntIF:
 
     def __call__(self, current: np.ndarray) -> Steps:
         c = _torch(current).to(self.dt)  # running sums of the input current (see Layout above)
-        n = self._levels(c)
-        return Steps(n.numpy(), lambda: self._state(c, n))
+        n, events = self._levels(c)
+        return Steps(n.numpy(), lambda: self._state(c, n), events=events)
 
     def static(self, current: np.ndarray, T: int) -> Steps:
         """The same for an input current I equal at every step (a first layer's): q_t =
@@ -494,13 +497,15 @@ class IntIF:
         n.div_(theta).floor_()  # in place: one tensor of T steps, no temporaries
         return Steps(n.numpy(), lambda: self._state(i[None] * t, n))
 
-    def _levels(self, c: torch.Tensor) -> torch.Tensor:
+    def _levels(self, c: torch.Tensor) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
-        class docstring)."""
+        class docstring); and each step's events (nonzero counts) and levels (sum of |count|),
+        taken while the step's counts are in cache."""
         theta, v0 = laid_out_like(self.theta, c), laid_out_like(self.v0, c)
         q = torch.add(c, v0).div_(theta).floor_()  # exact: see FLOAT32_SAFE
         n = torch.empty_like(q)
         prev = torch.zeros_like(q[0])
+        events, levels = np.zeros(len(q), np.int64), np.zeros(len(q), np.int64)
         for t in range(len(q)):
             d = torch.sub(q[t], prev, out=n[t])
             if self.bipolar:
@@ -509,8 +514,23 @@ class IntIF:
                 torch.maximum(d.clamp_(max=self.K), -torch.clamp(prev, max=self.K), out=d)
             else:
                 d.clamp_(0, self.K)
+            events[t], levels[t] = self._count(d)
             prev = d.add_(prev)
-        return n
+        return n, (events, levels)
+
+    def _count(self, d: torch.Tensor) -> tuple[int, int]:
+        """One step's events (nonzero counts) and levels (sum of |count|): dot products (a
+        fifth of the time of abs and sum, ten of a nonzero count, here); exact in float32
+        while the sum stays below 2^24, else in float64 (|count| <= K)."""
+        flat = d.permute(*memory_order(d, 0)).reshape(-1)  # a view in any dense layout
+        if flat.numel() * self.K >= FLOAT32_SAFE:
+            flat = flat.to(torch.float64)
+        if self.K == 1 and not (self.signed or self.bipolar):  # 0 / 1
+            return (int(flat.sum()),) * 2
+        if self.K == 1:  # -1 / 0 / 1: |d| = d^2
+            return (int(torch.dot(flat, flat)),) * 2
+        sign = torch.sign(flat)
+        return int(torch.dot(sign, sign)), int(torch.dot(sign, flat))
 
     def _state(self, c: torch.Tensor, n: torch.Tensor) -> np.ndarray:
         """Peak |v| after each step: v_t = v0 + C_t - theta * N_t."""

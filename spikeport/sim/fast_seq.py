@@ -21,7 +21,16 @@ import torch
 
 from spikeport.ir.graph import Node
 from spikeport.sim import intfunc as F
-from spikeport.sim.fast import CUM, Bounds, FastKernel, Steps, _torch, fast_kernel, input_peaks
+from spikeport.sim.fast import (
+    CUM,
+    FLOAT32_SAFE,
+    Bounds,
+    FastKernel,
+    Steps,
+    _torch,
+    fast_kernel,
+    input_peaks,
+)
 from spikeport.sim.ops import KERNELS, Shape
 
 EXACT = 2.0**52  # below this every integer, and the sum of two, is exact in float64
@@ -62,7 +71,16 @@ class Requant:
 Function = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor | None]
 
 
-def _stepwise(f: Function, node: Node, shape: Shape, mean: Requant) -> FastKernel:
+def out_type(bounds: Bounds, node: Node) -> torch.dtype:
+    """float32 for outputs whose running sums the proof keeps below FLOAT32_SAFE (half the
+    traffic for the kernel and its reader, a neuron or synapse that takes float32), else
+    float64."""
+    return torch.float32 if _peak(bounds, node.output) < FLOAT32_SAFE else torch.float64
+
+
+def _stepwise(
+    f: Function, node: Node, shape: Shape, mean: Requant, out_dt: torch.dtype
+) -> FastKernel:
     """The kernel of a unary operator G(t) = t * f(m_t), m_t the requantized running mean of
     its first input (further inputs: static flags), a step at a time. Where f returns None (a
     step whose values it cannot keep below 2^52), that step runs the reference's G(t)."""
@@ -70,8 +88,8 @@ def _stepwise(f: Function, node: Node, shape: Shape, mean: Requant) -> FastKerne
 
     def run(*sums: np.ndarray, cumulative: bool = True) -> Steps:
         xs = [_torch(s) for s in sums]
-        out = torch.empty(xs[0].shape, dtype=torch.float64)
-        m = torch.empty_like(out[0])
+        out = torch.empty(xs[0].shape, dtype=out_dt)
+        m = torch.empty_like(out[0], dtype=torch.float64)  # the mean: float64 (see Requant)
         for t in range(1, len(out) + 1):
             y = f(mean(xs[0][t - 1], t, m), [x[t - 1] for x in xs[1:]])
             if y is None:
@@ -123,7 +141,7 @@ def _layernorm(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fa
         q.mul_(norm).div_(_isqrt(var).clamp_(min=1)).floor_()  # normalised
         return q.mul_(gamma).add_(beta).mul_(2.0**-out_shift).floor_()
 
-    return _stepwise(f, node, shape, mean)
+    return _stepwise(f, node, shape, mean, out_type(bounds, node))
 
 
 def _softmax_kernel(node: Node, bounds: Bounds, shape: Shape, masked: bool) -> FastKernel | None:
@@ -148,7 +166,7 @@ def _softmax_kernel(node: Node, bounds: Bounds, shape: Shape, masked: bool) -> F
         total = e.sum(-1, keepdim=True).clamp_(min=1)
         return e.mul_(one).div_(total).floor_()
 
-    return _stepwise(f, node, shape, mean)
+    return _stepwise(f, node, shape, mean, out_type(bounds, node))
 
 
 @fast_kernel("softmax")
@@ -176,7 +194,7 @@ def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
         gate = _lookup(gates, q.clamp(-clip, clip).add_(clip))
         return q.mul_(gate).mul_(unshift).floor_()
 
-    return _stepwise(f, node, shape, mean)
+    return _stepwise(f, node, shape, mean, out_type(bounds, node))
 
 
 @fast_kernel("matmul")
@@ -195,15 +213,18 @@ def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastK
         return None
     dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
     contract_t = _t64(contract).to(dt) if contract is not None else None
+    out_dt = out_type(bounds, node)
     scale = 2.0**F.MATMUL_FRAC_BITS
 
     def run(a: np.ndarray, b: np.ndarray, cumulative: bool = True) -> Steps:
         at, bt = _torch(a).to(dt), _torch(b).to(dt)
         if contract_t is not None:
             at = at * contract_t
-        p = torch.matmul(at, bt).to(torch.float64).mul_(scale)
-        steps = torch.arange(1, len(a) + 1, dtype=torch.float64) * 2.0**bits
+        # the floor division in float32 too where |p 2^frac| + t 2^bits stays below 2^23
+        small = product * scale + len(a) * 2.0**bits < FLOAT32_SAFE
+        p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64).mul_(scale)
+        steps = torch.arange(1, len(a) + 1, dtype=p.dtype) * 2.0**bits
         p.div_(steps.reshape((-1,) + (1,) * (p.dim() - 1))).floor_()
-        return Steps(p.numpy(), lambda: input_peaks([a, b]))
+        return Steps(p.to(out_dt).numpy(), lambda: input_peaks([a, b]))
 
     return FastKernel(run, CUM)

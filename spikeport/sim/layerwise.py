@@ -234,10 +234,7 @@ class _Counts:
         flat = step_rows(k if isinstance(k, torch.Tensor) else torch.from_numpy(k))
         levels = _sum(flat.abs() if not binary else flat, levels_k).astype(np.int64)
         events = levels if binary or unit else (flat != 0).sum(dim=1).numpy()
-        self.spikes += events
-        self.levels += levels
-        self.bits += events * bits
-        return events
+        return self.counted(events, levels, bits)
 
     def cum_events(self, cum: np.ndarray, bits: int, levels_k: int) -> np.ndarray:
         """events() of spikes held as running counts: the counts are their differences, taken
@@ -249,8 +246,12 @@ class _Counts:
         """Unsigned binary spikes held as running counts: events are count differences."""
         total = _sum(step_rows(torch.from_numpy(cum)), len(cum))
         events = np.diff(total, prepend=0).astype(np.int64)
+        return self.counted(events, events, bits)
+
+    def counted(self, events: np.ndarray, levels: np.ndarray, bits: int) -> np.ndarray:
+        """Per-step events and levels counted elsewhere (T,): added, events returned."""
         self.spikes += events
-        self.levels += events
+        self.levels += levels
         self.bits += events * bits
         return events
 
@@ -328,6 +329,8 @@ def _account(
         binary, bits, K = sim.binary(node.output), sim.bits[node.name], spike_levels(node)
         if steps.k is not None:  # a neuron's own counts (a delayed kind's differ from y)
             counts.events(steps.k, bits, K, binary)
+        elif steps.events is not None:  # counted as it ran (IntIF)
+            counts.nonzero[node.output] = counts.counted(*steps.events, bits)
         elif out.form == CUM and binary:
             counts.nonzero[node.output] = counts.binary_events(out.x, bits)
         elif out.form == CUM:
