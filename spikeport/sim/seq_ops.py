@@ -44,8 +44,7 @@ def _take(node: Node, mode: str, shape: Shape) -> Kernel:
 def _scale(node: Node, mode: str, shape: Shape) -> Kernel:
     factor = node.attrs["factor"]
     if mode == "int":  # |factor| lives in the output scale; only its sign touches integers
-        sign = -1 if factor < 0 else 1
-        return Stateless(lambda x: sign * x)
+        return Stateless(np.negative if factor < 0 else lambda x: x)  # no copy for +
     return Stateless(lambda x: factor * x)
 
 
