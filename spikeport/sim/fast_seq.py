@@ -104,8 +104,9 @@ def _stepwise(
 
 def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """table[index] for integer-valued float `index` (index_select: five times faster here
-    than advanced indexing)."""
-    return torch.index_select(table, 0, index.long().reshape(-1)).reshape(index.shape)
+    than advanced indexing; int32 indices: float64 -> int64 converts four times slower)."""
+    flat = index.to(torch.int32).reshape(-1)  # tables are far shorter than 2^31
+    return torch.index_select(table, 0, flat).reshape(index.shape)
 
 
 def _isqrt(n: torch.Tensor) -> torch.Tensor:
