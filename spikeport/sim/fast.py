@@ -420,21 +420,29 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     mults = {dt: [torch.from_numpy(m).to(dt) for m in full] for dt in set(dts.values())}
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
-        dt = dts[cumulative]
-        ins = [_torch(x).to(dt) for x in xs]
+        """A step at a time into one output (a step's tensors stay in cache), in place."""
+        dt, ins = dts[cumulative], [_torch(x) for x in xs]
         ms = [laid_out_like(m, ins[0]) for m in mults[dt]]
-        total = ins[0] * ms[0]  # in the first input's layout
-        for m, x in zip(ms[1:], ins[1:], strict=True):
-            total.addcmul_(x, m)  # in place: no temporaries
-        if not shift:
-            return Steps(total.to(outs[cumulative]).numpy())
-        if cumulative:  # D_t - D_{t-1}: exact in D's type (|a step's sum| <= D's bound)
-            total = step_values(total)
-        if not dt.is_floating_point:  # an arithmetic shift right is floor division by 2^shift
-            y = total.bitwise_right_shift_(shift)
-        else:
-            y = total.mul_(2.0**-shift).floor_()  # exact: a power of two
-        return Steps(y.to(outs[False]).numpy(), form=STEP if cumulative else None)
+        out = torch.empty_like(ins[0], dtype=outs[cumulative and not shift])
+        total = torch.empty_like(ins[0][0], dtype=dt)  # D_t
+        prev, step = (torch.zeros_like(total), torch.empty_like(total)) if shift else (None, None)
+        for t in range(len(out)):
+            total.copy_(ins[0][t]).mul_(ms[0])
+            for m, x in zip(ms[1:], ins[1:], strict=True):
+                total.addcmul_(x[t].to(dt), m)
+            if not shift:
+                out[t].copy_(total)
+                continue
+            if cumulative:  # D_t - D_{t-1}: exact in D's type (|a step's sum| <= D's bound)
+                torch.sub(total, prev, out=step)
+                prev, total = total, prev
+            else:
+                step, total = total, step
+            if not dt.is_floating_point:  # an arithmetic shift right: floor division by 2^k
+                out[t].copy_(step.bitwise_right_shift_(shift))
+            else:
+                out[t].copy_(step.mul_(2.0**-shift).floor_())  # exact: a power of two
+        return Steps(out.numpy(), form=STEP if shift and cumulative else None)
 
     if True not in dts:
         return FastKernel(run, STEP)
