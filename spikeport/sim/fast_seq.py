@@ -216,16 +216,17 @@ def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastK
     dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
     contract_t = _t64(contract).to(dt) if contract is not None else None
     out_dt = out_type(bounds, node)
-    scale = 2.0**F.MATMUL_FRAC_BITS
+    # floor(p 2^frac / (t 2^bits)) is the floor of the same rational with the powers of two
+    # cancelled: p 2^up / (t 2^down), the smaller numbers (float32 where they stay exact)
+    up, down = max(F.MATMUL_FRAC_BITS - bits, 0), max(bits - F.MATMUL_FRAC_BITS, 0)
 
     def run(a: np.ndarray, b: np.ndarray, cumulative: bool = True) -> Steps:
         at, bt = _torch(a).to(dt), _torch(b).to(dt)
         if contract_t is not None:
             at = at * contract_t
-        # the floor division in float32 too where |p 2^frac| + t 2^bits stays below 2^23
-        small = product * scale + len(a) * 2.0**bits < FLOAT32_SAFE
-        p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64).mul_(scale)
-        steps = torch.arange(1, len(a) + 1, dtype=p.dtype) * 2.0**bits
+        small = product * 2.0**up + len(a) * 2.0**down < FLOAT32_SAFE  # floor(a / b): exact
+        p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64).mul_(2.0**up)
+        steps = torch.arange(1, len(a) + 1, dtype=p.dtype) * 2.0**down
         p.div_(steps.reshape((-1,) + (1,) * (p.dim() - 1))).floor_()
         return Steps(p.to(out_dt).numpy(), lambda: input_peaks([a, b]))
 
