@@ -116,6 +116,27 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
+class ResNet18(nn.Module):
+    """benchmarks/resnet.py's ResNet-18 shape as a torch module, for SpikingJelly's side of the
+    throughput table (its Conv/Gemm weights come from that ONNX file): CIFAR stem (a 3x3
+    convolution and ReLU on 3x32x32), four stages of two basic blocks, width 16."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        blocks, cin = [], width
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            for j in range(2):
+                blocks.append(BasicBlock(cin, width * mult, 2 if j == 0 and stage > 0 else 1))
+                cin = width * mult
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
 def fold_bn(model: nn.Module) -> nn.Module:
     """The module as the exporter writes it: every BatchNorm an identity (folded into the
     convolution before it, which then has a bias). For SpikingJelly (benchmarks/peer_sj.py),

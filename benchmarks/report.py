@@ -296,7 +296,11 @@ def throughput_md(doc: dict[str, Any]) -> list[str]:
         "(T calls, as its example's loop) and multi-step (one call on T copies); for the ViT "
         "its STA spiking-encoder network converted for T (multi-step only; float Linear, "
         "LayerNorm, softmax and GELU, see section 1, so not the same computation); "
-        "ratio = spikeport / the faster SpikingJelly mode (above 1: spikeport is faster).",
+        "ratio = spikeport / the faster SpikingJelly mode (above 1: spikeport is faster). "
+        "bench_resnet is the digits' two-block residual net (1x8x8); resnet18_w16 is the "
+        "ResNet-18 shape of section 3 (`benchmarks/resnet.py`: 3x32x32, four stages of two "
+        "basic blocks, width 16, random weights, N(0, 1) images), SpikingJelly's side "
+        "`benchmarks/nets.py` ResNet18 with the same weights.",
         "",
         "| model | spikeport int | spikeport float | spikeport int, reference "
         "| SpikingJelly single-step | SpikingJelly multi-step | int / SJ | float / SJ "

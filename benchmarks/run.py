@@ -82,7 +82,7 @@ CALIB, TRAIN, TEST = (EX / f"digits_{s}.npz" for s in ("calib", "train", "test")
 TS = [1, 2, 4, 8, 16, 32]
 MODELS = ["cnn", "mlp", "vit"]  # the digits examples of the c_target section
 # The throughput section's networks: the digits examples and the ResNet-18-shaped one
-THROUGHPUT_NETS = ["digits_cnn", "digits_mlp", "digits_vit", "bench_resnet"]
+THROUGHPUT_NETS = ["digits_cnn", "digits_mlp", "digits_vit", "bench_resnet", "resnet18_w16"]
 # Keyword options of spikeport.convert.convert, for every network of every section: the one
 # place to change conversion settings (T-aware conversion, tune=...) for a rerun.
 CONVERT_OPTIONS: dict[str, Any] = {}
@@ -142,6 +142,22 @@ NETS = {
     "bench_resnet": _digits(NETS_DIR / "bench_resnet.onnx", FT_EPOCHS, "ResNet"),
     "bench_count_bert": _text(NETS_DIR / "bench_count_bert.onnx", "count", 5, 3),
 }
+
+
+def resnet18_net(width: int = 16) -> Net:
+    """benchmarks/resnet.py's ResNet-18 shape (3x32x32, random He-normal weights) with N(0, 1)
+    images as calibration and test inputs (written to benchmarks/work): for throughput only."""
+    work = WORK / "throughput"
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / f"resnet18_w{width}.onnx"
+    resnet18_onnx(onnx_path, width)
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, n in (("calib", RESNET_CALIB), ("test", BATCH)):
+        data[split] = work / f"resnet18_{split}.npz"
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+        np.savez(data[split], x=x, y=np.zeros(n, np.int64))
+    return Net(onnx_path, data["calib"], data["calib"], data["test"], 10, 0, "ResNet18")
 
 
 def log(msg: str) -> None:
@@ -390,7 +406,7 @@ def throughput() -> dict[str, Any]:
     sj = peer_sj.available()
     rows = []
     for name in THROUGHPUT_NETS:
-        net = NETS[name]
+        net = NETS[name] if name in NETS else resnet18_net(int(name.split("_w")[1]))
         log(f"throughput: {name} (batch {BATCH}, T = {SIM_T}, best of {REPEATS})")
         q = quantize(
             spikeport_convert(net.onnx, net.calib), np.load(net.calib)["x"], get_profile("sim")

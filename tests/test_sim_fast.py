@@ -142,6 +142,23 @@ def test_counts_sum_exactly_past_float32(seed, peak):
     )
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    peak=st.sampled_from([1, 8, 255]),
+    top=st.sampled_from([9, 1 << 12, 1 << 22, 1 << 23]),
+)
+def test_weighted_synapse_counts_are_exact(seed, peak, top):
+    """Fan-out weighted synapse counts (_Counts._weighted) over rows whose weighted sums pass
+    2^24: float32 products over runs below 2^23, equal to an int64 sum; fan-outs near 2^23
+    take float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, peak + 1, (2, 3, 4, 50, 50)).astype(np.float32)  # (T, N, C, H, W)
+    fanout = rng.integers(0, top + 1, (4, 50, 50))
+    want = (x.astype(np.int64) * fanout).sum(axis=(1, 2, 3, 4))
+    np.testing.assert_array_equal(layerwise._Counts._weighted(x, fanout, peak), want)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),

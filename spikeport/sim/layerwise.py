@@ -206,8 +206,9 @@ class _Counts:
     @staticmethod
     def _weighted(x: np.ndarray, fanout: np.ndarray | int, peak: int) -> np.ndarray:
         """sum over batch and elements of x * fanout, per step: (T,) int64. x in [0, peak]:
-        one matrix-vector product per sample, in float32 where a sample's sum is below 2^24
-        (exact), then per step in float64."""
+        matrix-vector products per sample over runs of elements whose weighted sum stays
+        below 2^23 (exact in float32: a large layer's whole row would need float64, and its
+        conversion cost more than the product), the runs and steps then summed in float64."""
         xt = torch.from_numpy(x)
         T, n = x.shape[:2]
         if isinstance(fanout, int):
@@ -215,8 +216,16 @@ class _Counts:
         order = memory_order(xt, 2)  # the fan-outs in the order x holds its elements: no copy
         f = np.broadcast_to(fanout, x.shape[2:]).transpose([d - 2 for d in order])
         f = f.reshape(-1).astype(np.float64)
-        dt = torch.float32 if peak * f.sum() < FLOAT32_SAFE else torch.float64
-        per = xt.permute(0, 1, *order).reshape(T * n, -1).to(dt) @ torch.from_numpy(f).to(dt)
+        rows = xt.permute(0, 1, *order).reshape(T * n, -1)
+        # the run each element falls in: a run's sum is below 2^23 + its first element's
+        run = np.cumsum(f) * max(peak, 1) // FLOAT32_SAFE
+        cuts = np.flatnonzero(np.diff(run)) + 1
+        if float(f.max(initial=0)) * peak >= FLOAT32_SAFE or len(cuts) > 64:  # float64 then
+            per = rows.to(torch.float64) @ torch.from_numpy(f)
+        else:
+            f32, per = torch.from_numpy(f).float(), torch.zeros(T * n, dtype=torch.float64)
+            for a, b in zip([0, *cuts], [*cuts, len(f)], strict=True):
+                per += (rows[:, a:b].float() @ f32[a:b]).double()
         return _sum(per.reshape(T, n), peak * float(f.sum())).astype(np.int64)
 
     def events(
