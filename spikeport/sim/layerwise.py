@@ -50,6 +50,7 @@ STATIC = "static"
 # they commute with running sums, so they move running sums as they are (no per-step copy in
 # between).
 DATA_MOVES = ELEMENT_MOVES | {"concat", "scale"}
+REARRANGES = {"reshape", "transpose"}  # every element kept: as many nonzero values
 
 
 @dataclass
@@ -332,6 +333,8 @@ def _account(
     if integer and not sim.proven(node.output):
         state = steps.state() if steps and callable(steps.state) else steps and steps.state
         _check(sim, node, as_step(out, T, integer) if out.form != STATIC else out.x[None], state)
+    if node.op in REARRANGES and node.inputs[0] in counts.nonzero:  # the same values
+        counts.nonzero[node.output] = counts.nonzero[node.inputs[0]]
     if node.name in sim.fanout:
         counts.synapses(node.inputs[0], ins[0], sim.fanout[node.name], sim.binary(node.inputs[0]))
     if node.op == "if" and sim.mode != "ann" and steps is not None:
