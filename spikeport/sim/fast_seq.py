@@ -202,28 +202,33 @@ def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
 @fast_kernel("matmul")
 def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
     """floor(S_A S_B 2^frac / t), A's running sum weighted per contracted index where the
-    node has `contract_q` (seq_ops._matmul): one batched matmul over all steps."""
+    node has `contract_q` (seq_ops._matmul): one batched matmul over all steps, where the
+    proof keeps every partial sum of its products below 2^52 (else the reference's G(t))."""
     if mode != "int" or bounds is None:
         return None
     contract = node.params.get("contract_q")
     bits = F.MATMUL_CONTRACT_BITS if contract is not None else 0
     weight = float(np.abs(contract).max(initial=0)) if contract is not None else 1.0
     a_peak, b_peak = (_peak(bounds, i) for i in node.inputs[:2])
-    k = int(bounds[node.inputs[0]].total.shape[-1])  # the contracted axis: A's last
-    product = a_peak * weight * b_peak * k  # every partial sum of the products
-    if not _exact(bounds, node, product * 2.0**F.MATMUL_FRAC_BITS):
-        return None
-    dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
-    contract_t = _t64(contract).to(dt) if contract is not None else None
+    contract_t = _t64(contract) if contract is not None else None
     out_dt = out_type(bounds, node)
+    reference = KERNELS[node.op](node, "int", shape).g  # type: ignore[attr-defined]
     # floor(p 2^frac / (t 2^bits)) is the floor of the same rational with the powers of two
     # cancelled: p 2^up / (t 2^down), the smaller numbers (float32 where they stay exact)
     up, down = max(F.MATMUL_FRAC_BITS - bits, 0), max(bits - F.MATMUL_FRAC_BITS, 0)
 
     def run(a: np.ndarray, b: np.ndarray, cumulative: bool = True) -> Steps:
+        product = a_peak * weight * b_peak * a.shape[-1]  # every partial sum of the products
+        if not _exact(bounds, node, product * 2.0**up):
+            g = [
+                reference([a[t].astype(np.int64), b[t].astype(np.int64)], t + 1)
+                for t in range(len(a))
+            ]
+            return Steps(np.stack(g), lambda: input_peaks([a, b]))
+        dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
         at, bt = _torch(a).to(dt), _torch(b).to(dt)
         if contract_t is not None:
-            at = at * contract_t
+            at = at * contract_t.to(dt)
         small = product * 2.0**up + len(a) * 2.0**down < FLOAT32_SAFE  # floor(a / b): exact
         p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64).mul_(2.0**up)
         steps = torch.arange(1, len(a) + 1, dtype=p.dtype) * 2.0**down
