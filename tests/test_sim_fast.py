@@ -20,7 +20,7 @@ from spikeport.errors import SimulationOverflow
 from spikeport.ir import Node
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import NodeBounds
-from spikeport.sim import SimResult, Simulator, fast, layerwise, simulate
+from spikeport.sim import SimResult, Simulator, fast, fast_seq, layerwise, simulate
 from spikeport.sim import intfunc as F
 from spikeport.sim.int8 import Int8Synapse, int8_products_exact
 from spikeport.sim.ops import KERNELS, IFNeuron
@@ -327,7 +327,7 @@ def test_sequence_operator_kernels_equal_the_reference(seed, T, op, peak):
     else:
         sums = [a]
     shape = (S, S) if op == "matmul" else (S, d)
-    want = layerwise._compensated(KERNELS[op](node, "int", shape), sums, True).y
+    want = fast_seq.compensated(KERNELS[op](node, "int", shape), sums, True).y
     bounds = {i: NodeBounds(np.abs(s).max(0)[0] * 1.0, np.abs(s).max(0)[0] * 1.0, 0.0)
               for i, s in zip(node.inputs, sums, strict=True)}  # fmt: skip
     top = np.full(shape, float(np.abs(want).max(initial=0)))

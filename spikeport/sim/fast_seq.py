@@ -6,10 +6,11 @@ with numpy int64 arithmetic (spikeport.sim.intfunc). These kernels compute the s
 float64: an integer below 2^53 is exact there, so are sums and products that stay below it,
 and floor(fl(a / b)) = floor(a / b) while |a| + |b| < 2^53 (intfunc.floor_div). Each maker
 derives, once, from the range proof's bound on its inputs' running sums, that every value its
-kernel forms stays below 2^52; where that does not follow, the node keeps its reference kernel.
+kernel forms stays below 2^52; where that does not follow, the node keeps its reference kernel
+(or, where the bound needs the inputs' own values, a step or run takes the reference's G(t)).
 Passes run in place one step at a time (a step's tensors stay in cache: faster here than all T
 steps in one pass); the products of two activations run as one batched matmul over all steps,
-in float32 where the proof keeps their partial sums below 2^24.
+in float32 where the proof keeps their partial sums below 2^23 (FLOAT32_SAFE).
 """
 
 from __future__ import annotations
@@ -32,9 +33,18 @@ from spikeport.sim.fast import (
     input_peaks,
 )
 from spikeport.sim.ops import KERNELS, Shape
+from spikeport.sim.seq_ops import ExpectationCompensated
 
 EXACT = 2.0**52  # below this every integer, and the sum of two, is exact in float64
-FLOAT32_EXACT = 2.0**24
+
+
+def compensated(k: ExpectationCompensated, sums: list[np.ndarray], integer: bool) -> Steps:
+    """A reference expectation-compensated kernel on the running sums S_t of its inputs. Its
+    outputs telescope: their running sum is G(t) = g(S_t, t) itself, so G(t) goes out as
+    running sums (no differences, and the reader that takes running sums needs none either)."""
+    sums = [s.astype(np.int64 if integer else np.float64, copy=False) for s in sums]
+    g = np.stack([k.g([s[t] for s in sums], t + 1) for t in range(len(sums[0]))])
+    return Steps(g, (lambda: input_peaks(sums)) if integer else None)
 
 
 def _peak(bounds: Bounds, tensor: str) -> float:
@@ -212,7 +222,7 @@ def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastK
     a_peak, b_peak = (_peak(bounds, i) for i in node.inputs[:2])
     contract_t = _t64(contract) if contract is not None else None
     out_dt = out_type(bounds, node)
-    reference = KERNELS[node.op](node, "int", shape).g  # type: ignore[attr-defined]
+    reference = KERNELS[node.op](node, "int", shape)
     # floor(p 2^frac / (t 2^bits)) is the floor of the same rational with the powers of two
     # cancelled: p 2^up / (t 2^down), the smaller numbers (float32 where they stay exact)
     up, down = max(F.MATMUL_FRAC_BITS - bits, 0), max(bits - F.MATMUL_FRAC_BITS, 0)
@@ -220,12 +230,9 @@ def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastK
     def run(a: np.ndarray, b: np.ndarray, cumulative: bool = True) -> Steps:
         product = a_peak * weight * b_peak * a.shape[-1]  # every partial sum of the products
         if not _exact(bounds, node, product * 2.0**up):
-            g = [
-                reference([a[t].astype(np.int64), b[t].astype(np.int64)], t + 1)
-                for t in range(len(a))
-            ]
-            return Steps(np.stack(g), lambda: input_peaks([a, b]))
-        dt = torch.float32 if product < FLOAT32_EXACT else torch.float64
+            return compensated(reference, [a, b], True)  # type: ignore[arg-type]
+        # float32 where its partial sums stay below 2^23 (FLOAT32_SAFE, the project's rule)
+        dt = torch.float32 if product < FLOAT32_SAFE else torch.float64
         at, bt = _torch(a).to(dt), _torch(b).to(dt)
         if contract_t is not None:
             at = at * contract_t.to(dt)

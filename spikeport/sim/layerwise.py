@@ -31,13 +31,13 @@ from spikeport.sim.fast import (
     STEP,
     FastKernel,
     Steps,
-    input_peaks,
     memory_order,
     running_sum,
     running_sum_t,
     step_rows,
     step_values,
 )
+from spikeport.sim.fast_seq import compensated
 from spikeport.sim.ops import IFNeuron, Kernel, Stateless
 from spikeport.sim.seq_ops import ExpectationCompensated
 
@@ -110,16 +110,6 @@ def _stepped(k: Kernel, ins: list[np.ndarray], T: int, integer: bool) -> Steps:
     return Steps(np.stack(ys), state, np.stack(ks) if ks else None)
 
 
-def _compensated(k: ExpectationCompensated, sums: list[np.ndarray], integer: bool) -> Steps:
-    """An expectation-compensated kernel on the running sums S_t of its inputs. Its outputs
-    telescope: their running sum is G(t) = g(S_t, t) itself, so G(t) goes out as running sums
-    (no differences, and the reader that takes running sums needs none either)."""
-    sums = [s.astype(np.int64 if integer else np.float64, copy=False) for s in sums]
-    g = np.stack([k.g([s[t] for s in sums], t + 1) for t in range(len(sums[0]))])
-
-    return Steps(g, (lambda: input_peaks(sums)) if integer else None)
-
-
 def _folded(k: Stateless, ins: list[np.ndarray]) -> Steps:
     """A stateless reference kernel on all steps at once: T folds into its batch."""
     T, n = ins[0].shape[:2]
@@ -156,7 +146,7 @@ def _run_node(sim: Simulator, node: Node, ref: Kernel, ins: list[Val], T: int) -
     if fast is not None:
         steps = fast.run(*xs, cumulative=form == CUM)
     elif isinstance(ref, ExpectationCompensated):
-        steps = _compensated(ref, xs, integer)
+        steps = compensated(ref, xs, integer)
     elif isinstance(ref, Stateless):
         steps = _folded(ref, xs)
     else:
