@@ -8,8 +8,6 @@ Tight enough: networks that quantize used to refuse (issue 15 item 4) prove at t
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 from conftest import EXAMPLES, per_index_products
@@ -18,6 +16,7 @@ from hypothesis import strategies as st
 
 from spikeport.batch import is_integer
 from spikeport.convert import convert
+from spikeport.convert.balance import PRODUCT_OPERANDS
 from spikeport.convert.tune import product_axis
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph
@@ -100,15 +99,30 @@ def test_fixture_models_never_exceed_their_proven_bounds(cases, seed, extreme):
 
 @pytest.fixture(scope="module")
 def transformers() -> list[Graph]:
-    vit = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+    """The ViT and text_bert as converted (products of their operands' running sums), then
+    with spiking product operands of one threshold per contracted index."""
     calib = np.load(EXAMPLES / "digits_calib.npz")["x"]
-    text = convert(EXAMPLES / "text_bert.onnx", EXAMPLES / "text_calib.npz", tune=False)
     d = np.load(EXAMPLES / "text_calib.npz")
     tokens = {k: d[k] for k in ("input_ids", "attention_mask")}
-    sim = get_profile("sim")
-    graphs = [(vit, calib), (text, tokens)]
-    graphs += [(per_index_products(copy.deepcopy(g)), x) for g, x in graphs]
+    sources = [
+        ("digits_vit.onnx", "digits_calib.npz", calib),
+        ("text_bert.onnx", "text_calib.npz", tokens),
+    ]
+    sim, graphs = get_profile("sim"), []
+    for how in PRODUCT_OPERANDS:
+        for model, data, x in sources:
+            g = convert(EXAMPLES / model, EXAMPLES / data, tune=False, product_operands=how)
+            graphs.append((g if how == "analog" else per_index_products(g), x))
     return [quantize(g, x, sim, T_PROOF) for g, x in graphs]
+
+
+def test_products_of_analog_operands_drop_fraction_bits(transformers):
+    """A product of a linear layer's currents (or softmax's probabilities) would keep a scale
+    far finer than its range: quantize drops fraction bits (`out_shift`), so the neurons it
+    feeds get thresholds within the state width."""
+    for graph in transformers[:2]:
+        products = [n for n in graph.nodes if n.op == "matmul"]
+        assert products and all(n.attrs.get("out_shift", 0) > 0 for n in products)
 
 
 def test_products_of_per_index_operands_carry_multipliers(transformers):
@@ -123,7 +137,10 @@ def test_products_of_per_index_operands_carry_multipliers(transformers):
 def test_a_product_operand_scaled_along_rows_and_features_is_refused_by_name():
     """A scale that varies along both axes of an operand's matrix has no multiplier per
     contracted feature: quantize names the product and why, instead of a wrong product."""
-    snn = convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+    snn = convert(
+        EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False,
+        product_operands="spikes",
+    )  # fmt: skip
     rng = np.random.default_rng(1)
     neuron = next(n for n in snn.nodes if product_axis(snn, n) is not None)
     shape = snn.shape(neuron.inputs[0])

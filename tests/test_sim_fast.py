@@ -54,7 +54,12 @@ def test_int_mode_equals_reference_on_products_of_per_index_operands():
     """The ViT with one threshold per feature on Q, K and V: its products weigh their
     contracted features by integer multipliers, on both backends alike."""
     snn = per_index_products(
-        convert(EXAMPLES / "digits_vit.onnx", EXAMPLES / "digits_calib.npz", tune=False)
+        convert(
+            EXAMPLES / "digits_vit.onnx",
+            EXAMPLES / "digits_calib.npz",
+            tune=False,
+            product_operands="spikes",
+        )  # fmt: skip
     )
     g = quantize(snn, np.load(EXAMPLES / "digits_calib.npz")["x"], get_profile("sim"), 8)
     assert any("contract_q" in n.params for n in g.nodes)

@@ -49,16 +49,20 @@ TRANSFORMER_FAMILIES = ("vit", "bert_hf", "sentence_embedding")
 GRADED = {"digits_vit": 4, "text_bert": 3}
 
 
-# The examples again as `convert` makes them by default (T-aware): their Q, K and V neurons
-# have one threshold per feature, so each product of two activations multiplies its
-# contracted features by integers (`contract_q`), and V's features reach the output's scale.
+# The examples again T-aware (`convert`'s default) with spiking product operands
+# (--product-operands spikes): their Q, K and V neurons have one threshold per feature, so each
+# product of two activations multiplies its contracted features by integers (`contract_q`),
+# and V's features reach the output's scale. The others' products read their operands'
+# running sums (the default), dropping fraction bits (`out_shift`).
 TUNED = ("digits_vit", "text_bert")
 
 
-def _quantize_for_c(onnx_path: Path, calib: Path, spike_bits: int = 1, tune: bool = False):  # noqa: ANN202
+def _quantize_for_c(  # noqa: ANN202
+    onnx_path: Path, calib: Path, spike_bits: int = 1, tune: bool = False, products: str = "analog"
+):
     """The percentile conversion (fast; what the C checks is the integer graph, not how its
     thresholds were chosen) unless `tune`, quantized for the C profile."""
-    snn = convert(onnx_path, calib, tune=tune, spike_bits=spike_bits)
+    snn = convert(onnx_path, calib, tune=tune, spike_bits=spike_bits, product_operands=products)
     return quantize(snn, load_data(calib, snn.inputs).x, get_profile("c"), max_timesteps=T)
 
 
@@ -72,7 +76,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
         emit(q, "c", root / name)
         out[name] = (q, root / name, load_data(EXAMPLES / test, q.inputs).x)
         if name in TUNED:
-            q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib, tune=True)
+            q = _quantize_for_c(EXAMPLES / model, EXAMPLES / calib, tune=True, products="spikes")
             emit(q, "c", root / f"{name}_tuned")
             out[f"{name}_tuned"] = (q, root / f"{name}_tuned", None)
         if name in GRADED:
@@ -149,6 +153,9 @@ def test_transformer_bit_exact_on_1000_random_inputs(built, name):
     if name in TUNED_MODELS:  # per-feature operands: every product of Q and K weighs them
         products = [n for n in graph.nodes if n.op == "matmul"]
         assert any("contract_q" in n.params for n in products), name
+    elif name in EXAMPLE_MODELS:  # analog operands: the products drop fraction bits
+        products = [n for n in graph.nodes if n.op == "matmul"]
+        assert all(n.attrs.get("out_shift", 0) > 0 for n in products), name
     check_random(graph, outdir)
 
 

@@ -15,7 +15,7 @@ from spikeport.cli.main import (
     say,
 )
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
-from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE
+from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE, PRODUCT_OPERANDS
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
@@ -112,6 +112,14 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     help="Choose each neuron's threshold for -T on the SNN's own inputs, with a bias "
     "correction (README: T-aware conversion); --no-t-aware keeps the percentile thresholds.",
 )
+@click.option(
+    "--product-operands",
+    type=click.Choice(PRODUCT_OPERANDS),
+    default="analog",
+    show_default=True,
+    help="Transformers: what a product of two activations (Q K^T, P V) reads: its operands' "
+    "running sums (analog, like LayerNorm and softmax) or a bipolar IF neuron's spikes.",
+)
 @OUT
 @QUIET
 def convert_cmd(
@@ -126,6 +134,7 @@ def convert_cmd(
     spike_bits: int,
     layer_bits: tuple[str, ...],
     tune: bool,
+    product_operands: str,
     output: str,
     quiet: bool,
 ) -> None:
@@ -145,6 +154,7 @@ def convert_cmd(
         tune,
         spike_bits,
         dict(parse_layer_bits(s) for s in layer_bits),
+        product_operands,
     )
     for note in graph.meta["source"].get("import_notes", []):
         say(quiet, f"note: {note}")

@@ -120,20 +120,29 @@ def has_ec_ops(graph: Graph) -> bool:
     return any(OPS[n.op].stateful and n.op not in ("if", "maxpool2d", "relu") for n in graph.nodes)
 
 
-def spike_inputs(graph: Graph) -> list[str]:
+# What a product of two activations (attention's Q K^T and P V) reads: "analog", the running
+# sums of its operands as they come (a linear layer's currents, softmax's probabilities), as
+# LayerNorm, softmax and GELU read theirs; or "spikes", a bipolar IF neuron in front of each
+# operand, whose rate code at T steps is one more rounding per operand.
+PRODUCT_OPERANDS = ("analog", "spikes")
+
+
+def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
     """The analog tensors that synaptic layers (dense, matmul, conv) read and that get a
     bipolar IF neuron in front, so those synaptic ops are driven by spikes:
     - in a graph with expectation-compensated operators, every analog input;
     - in any graph, the raw output of another synaptic layer (two convs with no activation
       between them, as MobileNetV4's and HGNet's blocks have): a synapse summing another's
       integer currents compounds their ranges, 2^7 a layer, past any state width.
-    A ReLU CNN/MLP otherwise has none (its synapses read spikes, pools or adds of spikes)."""
+    A ReLU CNN/MLP otherwise has none (its synapses read spikes, pools or adds of spikes).
+    A product of two activations (matmul) is a reader only with `product_operands` "spikes"."""
     kinds = tensor_kinds(graph)
     direct = _synapse_outputs(graph)
     everywhere = has_ec_ops(graph)
+    readers = SPIKE_READERS if product_operands == "spikes" else SPIKE_READERS - {"matmul"}
     found: list[str] = []
     for n in graph.nodes:
-        if n.op in SPIKE_READERS:
+        if n.op in readers:
             for t in n.inputs:
                 wanted = kinds[t] == "analog" and (everywhere or t in direct)
                 if wanted and t not in found:
@@ -150,9 +159,11 @@ def _synapse_outputs(graph: Graph) -> set[str]:
     return out
 
 
-def _insert_input_neurons(graph: Graph, stats: dict[str, Tails], percentile: float) -> None:
+def _insert_input_neurons(
+    graph: Graph, stats: dict[str, Tails], percentile: float, product_operands: str
+) -> None:
     """A bipolar IF neuron (threshold: percentile of |activation|) before each such input."""
-    points = set(spike_inputs(graph))
+    points = set(spike_inputs(graph, product_operands))
     nodes: list[Node] = []
     made: set[str] = set()
     for n in graph.nodes:
@@ -172,7 +183,7 @@ def _insert_input_neurons(graph: Graph, stats: dict[str, Tails], percentile: flo
                     )
                 )
                 made.add(t)
-        if n.op in SPIKE_READERS:
+        if n.op in SPIKE_READERS and (n.op != "matmul" or product_operands == "spikes"):
             n.inputs = [f"{t}:spikes" if t in points else t for t in n.inputs]
         nodes.append(n)
     graph.nodes = nodes
@@ -185,9 +196,11 @@ def balance_thresholds(
     per_channel: bool = False,
     signed: bool = False,
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
+    product_operands: str = "analog",
 ) -> Graph:
     """Return the float spiking graph (stage "snn") of an "ann" graph. `input_percentile` sets
-    the bipolar neurons that sequence models get in front of their linear layers."""
+    the bipolar neurons that sequence models get in front of their linear layers (and, with
+    `product_operands` "spikes", in front of the products of two activations)."""
     out = copy.deepcopy(graph)
     nodes = []
     axes = channel_axes(graph)
@@ -202,12 +215,14 @@ def balance_thresholds(
             n = to_neuron(n, theta, graph.shape(n.output), axes[n.output], signed)
         nodes.append(n)
     out.nodes, out.stage = nodes, "snn"
-    _insert_input_neurons(out, stats, input_percentile)
+    _insert_input_neurons(out, stats, input_percentile, product_operands)
+    products = any(n.op == "matmul" for n in graph.nodes)
     out.meta["conversion"] = {
         "percentile": percentile,
         "per_channel": per_channel,
         "signed_spikes": signed,
-        "input_percentile": input_percentile if spike_inputs(graph) else None,
+        "input_percentile": input_percentile if spike_inputs(graph, product_operands) else None,
+        **({"product_operands": product_operands} if products else {}),
         "neuron": "if, reset by subtraction, v0 = theta/2",
         "encoding": "direct (constant input current)",
     }

@@ -58,12 +58,13 @@ def ir_runner(graph: Graph) -> Runner:
     return run
 
 
-def activation_tensors(graph: Graph) -> list[str]:
+def activation_tensors(graph: Graph, product_operands: str = "analog") -> list[str]:
     """The tensors that become spike trains: outputs of ReLU/Clip nodes and, in sequence
     models, the analog inputs of linear layers (see balance.spike_inputs)."""
     from spikeport.convert.balance import spike_inputs
 
-    return [n.output for n in graph.nodes if n.op == "relu"] + spike_inputs(graph)
+    relus = [n.output for n in graph.nodes if n.op == "relu"]
+    return relus + spike_inputs(graph, product_operands)
 
 
 class Tails:
@@ -131,6 +132,7 @@ def collect(
     x: Batch,
     lowest: float,
     batch_size: int = 64,
+    product_operands: str = "analog",
 ) -> dict[str, Tails]:
     """Per activation tensor, the Tails of its values over the calibration set, channels on
     the tensor's own channel axis (balance.channel_axes: 0 for images, the features
@@ -138,7 +140,7 @@ def collect(
     samples and hold at most BATCH_BYTES of activations (float64)."""
     from spikeport.convert.balance import channel_axes
 
-    names = activation_tensors(graph)
+    names = activation_tensors(graph, product_operands)
     axes = channel_axes(graph)
     tails: dict[str, Tails] = {}
     elements = {n: int(np.prod(graph.shape(n), dtype=np.int64)) for n in names}  # per sample

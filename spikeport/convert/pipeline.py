@@ -10,6 +10,7 @@ from spikeport import __version__
 from spikeport.convert.balance import (
     DEFAULT_INPUT_PERCENTILE,
     DEFAULT_PERCENTILE,
+    PRODUCT_OPERANDS,
     balance_thresholds,
     channel_axes,
     grade_neurons,
@@ -60,13 +61,15 @@ def convert(
     tune: bool = True,
     spike_bits: int = 1,
     layer_spike_bits: Mapping[str, int] | None = None,
+    product_operands: str = "analog",
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
     as the inputs of fused linear layers); TFLite graphs on LiteRT. `input_shapes` (per-sample,
     by input name) fixes dynamic axes; by default the calibration data does. `spike_bits` b
     gives every neuron graded spikes of b bits (1: binary), `layer_spike_bits` per neuron by
-    name (balance.grade_neurons)."""
+    name (balance.grade_neurons). `product_operands` (balance.PRODUCT_OPERANDS): what the
+    products of two activations read, their operands' running sums or spikes."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     for name, p in (("percentile", percentile), ("input percentile", input_percentile)):
@@ -81,8 +84,13 @@ def convert(
         runner = litert_runner(model, ann)
     else:
         runner = ir_runner(ann)
-    stats = collect(ann, runner, data.x, lowest=min(percentile, input_percentile))
-    snn = balance_thresholds(ann, stats, percentile, per_channel, signed, input_percentile)
+    if product_operands not in PRODUCT_OPERANDS:
+        raise BadInput(f"--product-operands must be one of {PRODUCT_OPERANDS}")
+    lowest = min(percentile, input_percentile)
+    stats = collect(ann, runner, data.x, lowest, product_operands=product_operands)
+    snn = balance_thresholds(
+        ann, stats, percentile, per_channel, signed, input_percentile, product_operands
+    )
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann))

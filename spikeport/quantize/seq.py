@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Node
 from spikeport.ir.seq_ops import picked, slicer
 from spikeport.quantize.quantize import _Ctx, handler
@@ -154,9 +155,10 @@ def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
     out = r_a * np.swapaxes(r_b, -1, -2) / 2**F.MATMUL_FRAC_BITS  # (..., m, 1) x (..., 1, n)
     contract = c_a * c_b  # (..., 1, k)
     shape = ctx.graph.shape(node.output)
+    top = float(contract.max())
+    out = out * 2.0 ** _out_shift(ctx, node, float((out * top).max()))
     if np.all(contract == contract.flat[0]):
         return compact(out * contract.flat[0], shape)
-    top = float(contract.max())
     q = np.maximum(round_to_int(contract / top * 2**F.MATMUL_CONTRACT_BITS), 1)
     try:  # A's running sum is weighted: its own stack axes must hold the multipliers
         q = np.broadcast_to(q, a.shape[:-2] + (1, a.shape[-1]))
@@ -166,6 +168,25 @@ def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
         ) from None
     node.params["contract_q"] = np.ascontiguousarray(q).astype(np.int64)
     return compact(out * top, shape)
+
+
+def _out_shift(ctx: _Ctx, node: Node, scale: float) -> int:
+    """Fraction bits a product drops (`out_shift`): operands that are not spikes (a linear
+    layer's currents, softmax's probabilities) make its output scale, the product of theirs,
+    far finer than its range needs; like LayerNorm's, its output keeps about 2^MATMUL_OUT_BITS
+    steps over its calibrated peak, so that the integers (and the thresholds of the neurons
+    it feeds) stay small. Spike operands' products are coarse already: shift 0."""
+    from spikeport.convert.balance import tensor_kinds
+
+    peak, kinds = ctx.peak(node.output), tensor_kinds(ctx.graph)
+    spikes = all(kinds[i] == "spikes" for i in node.inputs)
+    shift = 0 if spikes or peak <= 0 else math.floor(math.log2(peak / 2**F.MATMUL_OUT_BITS / scale))
+    shift = max(0, shift)
+    if shift:
+        node.attrs["out_shift"] = shift
+    else:
+        node.attrs.pop("out_shift", None)
+    return shift
 
 
 def _separate(ctx: _Ctx, node: Node, s: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,14 +315,23 @@ def _b_layernorm(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
 
 @bound("matmul")
 def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    k = b[0].shape[-1]
-    y_max = k * float(b[0].max(initial=0)) * float(b[1].max(initial=0)) * 2**F.MATMUL_FRAC_BITS
-    if "contract_q" in node.params:  # each contracted index weighted by its multiplier
-        weighted = np.matmul(b[0] * node.params["contract_q"], b[1]).max(initial=0)
-        y_max = math.ceil(weighted * 2.0 ** (F.MATMUL_FRAC_BITS - F.MATMUL_CONTRACT_BITS))
+    # G(t) = S_A S_B 2^frac / (t 2^out_shift), with |S(t)| <= t m for m = c / T, the largest
+    # running mean (an EC operand's steps telescope: its step bound b is up to 2T times m):
+    # |G(t)| <= t k m_A m_B 2^frac / 2^out_shift.
+    m_a, m_b = c[0] / T, c[1] / T
+    weigh = node.params.get("contract_q", 1)  # each contracted index weighted by its multiplier
+    product = float(np.matmul(m_a * weigh, m_b).max(initial=0))
+    if product * T * T * 2.0**F.MATMUL_FRAC_BITS >= 2.0**62:  # S_A S_B: int64 in every target
+        raise CapabilityExceeded(
+            f"node '{node.name}' (matmul): the product of its operands' running sums can pass "
+            f"2^62 within {T} steps; lower --max-T or the operands' ranges"
+        )
+    bits = F.MATMUL_FRAC_BITS - node.attrs.get("out_shift", 0)
+    if "contract_q" in node.params:
+        bits -= F.MATMUL_CONTRACT_BITS
+    y_max = math.ceil(product * 2.0**bits)
     out_shape = np.broadcast_shapes(b[0].shape[:-2], b[1].shape[:-2]) + (
         b[0].shape[-2],
         b[1].shape[-1],
     )
-    # G(t) = S_A S_B / t with |S| <= t * b: |G(t)| <= t * k * b_A * b_B.
     return _ec(c, y_max, T, out_shape)

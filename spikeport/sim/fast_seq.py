@@ -211,13 +211,13 @@ def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
 
 @fast_kernel("matmul")
 def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
-    """floor(S_A S_B 2^frac / t), A's running sum weighted per contracted index where the
-    node has `contract_q` (seq_ops._matmul): one batched matmul over all steps, where the
+    """floor(S_A S_B 2^frac / (t 2^out_shift)), A's running sum weighted per contracted index
+    where the node has `contract_q` (seq_ops._matmul): one batched matmul over all steps, where the
     proof keeps every partial sum of its products below 2^52 (else the reference's G(t))."""
     if mode != "int" or bounds is None:
         return None
     contract = node.params.get("contract_q")
-    bits = F.MATMUL_CONTRACT_BITS if contract is not None else 0
+    bits = (F.MATMUL_CONTRACT_BITS if contract is not None else 0) + node.attrs.get("out_shift", 0)
     weight = float(np.abs(contract).max(initial=0)) if contract is not None else 1.0
     a_peak, b_peak = (_peak(bounds, i) for i in node.inputs[:2])
     contract_t = _t64(contract) if contract is not None else None

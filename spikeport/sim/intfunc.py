@@ -64,6 +64,9 @@ MATMUL_FRAC_BITS = 10  # activation x activation products keep 10 fraction bits
 # Multipliers of a product's contracted index where its operands' scales vary along it
 # (quantize.seq._matmul): the smallest feature's product scale rounds to within 1/2 of a step.
 MATMUL_CONTRACT_BITS = 12
+# A product of operands that are not spikes drops fraction bits (its `out_shift`) to keep about
+# 2^MATMUL_OUT_BITS steps over its calibrated peak (quantize.seq._out_shift), as LayerNorm does.
+MATMUL_OUT_BITS = 12
 
 TANH_IN_SCALE = 2.0**-10
 TANH_OUT_BITS = 15

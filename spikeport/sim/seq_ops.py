@@ -159,10 +159,13 @@ def _matmul(node: Node, mode: str, shape: Shape) -> Kernel:
     if mode == "float":
         return ExpectationCompensated(lambda s, t: np.matmul(s[0], s[1]) / t)
     frac = F.MATMUL_FRAC_BITS  # G(t) = S_A S_B / t keeps fraction bits: spikes are coarse
+    shift = node.attrs.get("out_shift", 0)  # and drops some where its operands are not spikes
     contract = node.params.get("contract_q")  # per contracted index, on A's running sum
     if contract is None:
-        return ExpectationCompensated(lambda s, t: F.floor_div(F.int_matmul(s[0], s[1]) << frac, t))
-    contract, bits = contract.astype(np.int64), F.MATMUL_CONTRACT_BITS
+        return ExpectationCompensated(
+            lambda s, t: F.floor_div(F.int_matmul(s[0], s[1]) << frac, t << shift)
+        )
+    contract, bits = contract.astype(np.int64), F.MATMUL_CONTRACT_BITS + shift
     return ExpectationCompensated(
         lambda s, t: F.floor_div(F.int_matmul(s[0] * contract, s[1]) << frac, t << bits)
     )

@@ -91,7 +91,7 @@ $weigh            for (int o = 0; o < $n; ++o) {
                 const int i = (b * $m + m) * $n + o;
                 int64_t acc = 0, g;
                 for (int k = 0; k < $k; ++k) acc += (int64_t)${row}[k] * bb[k * $n];
-                g = spk_floor_div(spk_shl(acc, $frac), t$divisor);
+                g = spk_floor_div(spk_shl(acc, $frac), $divisor);
                 ${y}[i] = (int32_t)(g - ${g}[i]);
                 ${g}[i] = g;
             }
@@ -460,7 +460,8 @@ def _matmul(plan: Plan, n: Node, cid: str) -> Layer:
     # per contracted index multipliers (quantize.seq._matmul), one row per output stack: each
     # row of A's running sum is weighted once, before the products that read it
     contract = n.params.get("contract_q")
-    consts, scratch, weigh, row, divisor = [], [], "", "a", ""
+    consts, scratch, weigh, row = [], [], "", "a"
+    shift = n.attrs.get("out_shift", 0)  # quantize.seq._out_shift
     if contract is not None:
         rows = np.broadcast_to(contract, tuple(out[:-2]) + (1, a[-1])).reshape(batches, a[-1])
         consts = [("int16_t", f"cq_{cid}", rows)]  # at most 2^MATMUL_CONTRACT_BITS
@@ -470,7 +471,8 @@ def _matmul(plan: Plan, n: Node, cid: str) -> Layer:
             f"            for (int k = 0; k < {a[-1]}; ++k) "
             f"W{cid}[k] = ({wtype})a[k] * cq_{cid}[b * {a[-1]} + k];\n"
         )
-        divisor = f" << {F.MATMUL_CONTRACT_BITS}"
+        shift += F.MATMUL_CONTRACT_BITS
+    divisor = f"((int64_t)t << {shift})" if shift else "t"
     body = MATMUL.substitute(
         batches=batches, m=a[-2], k=a[-1], n=b[-1], sa=sa, sb=sb, y=plan.buf(n.output),
         weigh=weigh, row=row, divisor=divisor, g=f"spk_state.g_{cid}",
