@@ -26,7 +26,9 @@ form (error 6e-4, was I-BERT's 0.018): 4-bit graded at T = 8, 0.9873 -> 0.9914 (
 0.9923 (both), results/encoder_b4.json; 1-bit at T = 16, 0.9507 -> 0.9570 (both),
 results/encoder.json. Then per-feature thresholds for the neurons in front of the products of
 two activations (a T-aware candidate; per index of the axis each product contracts): 1-bit
-at T = 16, 0.9570 -> 0.9613, convert 253 -> 513 s (twice the searches).
+at T = 16, 0.9570 -> 0.9613, convert 253 -> 513 s (twice the searches). Then the products
+read their operands' running sums (convert --product-operands analog, the default): 1-bit at
+T = 16, 0.9613 -> 0.9762, convert 384 s (results/encoder.json).
 
 Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test
 sentences except the first row's 32; ANN view vs onnxruntime: 1e-7):

@@ -172,10 +172,13 @@ def accuracy_md(doc: dict[str, Any]) -> list[str]:
             "they have spikeport rows only.",
             "",
             "The ViT rows compare different things: spikeport's integer network puts a "
-            "bipolar IF neuron in front of every linear layer and computes LayerNorm, softmax "
-            "and GELU with integer functions; SpikingJelly's STA recipe keeps every Linear and "
-            "those three operators in float on running sums and only spikes in the encoders "
-            "after them, and its `time_steps` is a conversion parameter, so each T is a "
+            "bipolar IF neuron in front of every linear layer (dense) and computes LayerNorm, "
+            "softmax, GELU and the products of two activations with integer functions on "
+            "running sums (the products read their operands' running sums, "
+            "`--product-operands analog`, the default since 2026-11-30); SpikingJelly's STA "
+            "recipe keeps every Linear and those operators in float on running sums and only "
+            "spikes in the encoders after them, and its `time_steps` is a conversion parameter, "
+            "so each T is a "
             "separate conversion. Its `mode='equivalent'` (no spikes at all) equals the ANN at "
             "every T by construction and is not listed.",
         ]
