@@ -8,6 +8,9 @@ Tight enough: networks that quantize used to refuse (issue 15 item 4) prove at t
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import EXAMPLES, per_index_products
@@ -21,9 +24,11 @@ from spikeport.convert.tune import product_axis
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph
 from spikeport.quantize import Profile, get_profile, quantize
-from spikeport.quantize.ranges import prove_ranges, range_bounds
+from spikeport.quantize.ranges import NodeBounds, prove_ranges, range_bounds
+from spikeport.quantize.seq import _out_shift
 from spikeport.sim import Simulator
 from spikeport.sim import intfunc as F
+from spikeport.sim.arith import int_limit
 from spikeport.sim.ops import IFNeuron
 
 T_PROOF = 8  # the proof's T: observed runs go all the way to it
@@ -425,3 +430,26 @@ def test_a_small_branch_beside_coarse_spikes_widens_the_add_multipliers(tmp_path
     if shutil.which("cc"):
         emit(q, "c", tmp_path / "c")
         verify(q, tmp_path / "c", data, T=8)  # raises on any mismatch
+
+
+def test_a_product_drops_the_fraction_bits_its_proof_needs(transformers):
+    """Where the calibrated range would leave a product's steps beyond the state width for
+    --max-T, quantize drops just enough more fraction bits to prove it (and notes it) instead
+    of refusing the graph."""
+    graph = copy.deepcopy(transformers[0])  # the fixture's graphs stay as quantized
+    node = next(n for n in graph.nodes if n.op == "matmul")
+    T, big = 64, 2.0**20
+    bounds = {
+        i: NodeBounds(np.full(graph.shape(i), big), np.full(graph.shape(i), T * big), 0.0)
+        for i in node.inputs
+    }
+    ctx = SimpleNamespace(
+        graph=graph, peak=lambda t: 1.0, max_timesteps=T, bounds=bounds,
+        profile=SimpleNamespace(state_bits=32), notes=[],
+    )  # fmt: skip
+    shift = _out_shift(ctx, node, 1.0)
+    k = graph.shape(node.inputs[0])[-1]
+    step = (2 * T - 1) * k * big * big * 2.0 ** (F.MATMUL_FRAC_BITS - shift)
+    assert step <= int_limit(32) < 2 * step  # the fewest bits that prove
+    assert node.attrs["out_shift"] == shift
+    assert len(ctx.notes) == 1 and "more fraction bits" in ctx.notes[0]

@@ -175,13 +175,29 @@ def _out_shift(ctx: _Ctx, node: Node, scale: float) -> int:
     layer's currents, softmax's probabilities) make its output scale, the product of theirs,
     far finer than its range needs; like LayerNorm's, its output keeps about 2^MATMUL_OUT_BITS
     steps over its calibrated peak, so that the integers (and the thresholds of the neurons
-    it feeds) stay small. Spike operands' products are coarse already: shift 0."""
+    it feeds) stay small. Spike operands' products are coarse already: shift 0. Either way at
+    least the bits without which the proof could not bound its steps by the state width (a
+    note in the artifact says so where that is more than the calibration asks)."""
     from spikeport.convert.balance import tensor_kinds
 
     peak, kinds = ctx.peak(node.output), tensor_kinds(ctx.graph)
     spikes = all(kinds[i] == "spikes" for i in node.inputs)
-    shift = 0 if spikes or peak <= 0 else math.floor(math.log2(peak / 2**F.MATMUL_OUT_BITS / scale))
-    shift = max(0, shift)
+    wanted = (
+        0 if spikes or peak <= 0 else math.floor(math.log2(peak / 2**F.MATMUL_OUT_BITS / scale))
+    )
+    wanted = max(0, wanted)
+    # the proof's bound of a step, (2T - 1) k m_A m_B 2^frac (seq._b_matmul, multipliers <= 1)
+    T = ctx.max_timesteps
+    m_a, m_b = (ctx.bounds[i].total / T for i in node.inputs)
+    step = (2 * T - 1) * float(np.matmul(m_a, m_b).max(initial=0)) * 2.0**F.MATMUL_FRAC_BITS
+    needed = max(0, math.ceil(math.log2(step / int_limit(ctx.profile.state_bits)))) if step else 0
+    if needed > wanted:
+        ctx.notes.append(
+            f"node '{node.name}' (matmul) drops {needed - wanted} more fraction bits than its "
+            f"calibrated range asks, so that its steps provably fit {ctx.profile.state_bits}-bit "
+            f"state for T <= {T}"
+        )
+    shift = max(wanted, needed)
     if shift:
         node.attrs["out_shift"] = shift
     else:
