@@ -233,11 +233,15 @@ def _matmul(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastK
             return compensated(reference, [a, b], True)  # type: ignore[arg-type]
         # float32 where its partial sums stay below 2^23 (FLOAT32_SAFE, the project's rule)
         dt = torch.float32 if product < FLOAT32_SAFE else torch.float64
-        at, bt = _torch(a).to(dt), _torch(b).to(dt)
+        # one contiguous copy each in the product's type (a transposed K, as matmul would
+        # copy it again, costs twice the product itself)
+        at, bt = (_torch(v).to(dt, memory_format=torch.contiguous_format) for v in (a, b))
         if contract_t is not None:
-            at = at * contract_t.to(dt)
+            at = at * contract_t.to(dt)  # (at may be the caller's own array)
         small = product * 2.0**up + len(a) * 2.0**down < FLOAT32_SAFE  # floor(a / b): exact
-        p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64).mul_(2.0**up)
+        p = torch.matmul(at, bt).to(torch.float32 if small else torch.float64)
+        if up:
+            p.mul_(2.0**up)
         steps = torch.arange(1, len(a) + 1, dtype=p.dtype) * 2.0**down
         p.div_(steps.reshape((-1,) + (1,) * (p.dim() - 1))).floor_()
         return Steps(p.to(out_dt).numpy(), lambda: input_peaks([a, b]))
