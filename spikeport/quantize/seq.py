@@ -170,6 +170,18 @@ def _matmul(ctx: _Ctx, node: Node) -> np.ndarray:
     return compact(out * top, shape)
 
 
+def product_peak(
+    b: list[np.ndarray], c: list[np.ndarray], weigh: np.ndarray | int = 1
+) -> np.ndarray:
+    """A bound of |S_A(t) diag(w) S_B(t)| / t over t <= T from the operands' step bounds b and
+    running-sum bounds c: |S(t)| <= min(t b, c), so each term is at most b_A c_B and at most
+    c_A b_B. Where the operands' running means are bounded by c / T (a linear layer's
+    currents, an EC operator's telescoping outputs) this is T k m_A m_B, what the product's
+    sum reaches at t = T; a step bound alone (up to 2T times an EC output's mean) is never
+    multiplied by the other's."""
+    return np.minimum(np.matmul(b[0] * weigh, c[1]), np.matmul(c[0] * weigh, b[1]))
+
+
 def _out_shift(ctx: _Ctx, node: Node, scale: float) -> int:
     """Fraction bits a product drops (`out_shift`): operands that are not spikes (a linear
     layer's currents, softmax's probabilities) make its output scale, the product of theirs,
@@ -186,10 +198,11 @@ def _out_shift(ctx: _Ctx, node: Node, scale: float) -> int:
         0 if spikes or peak <= 0 else math.floor(math.log2(peak / 2**F.MATMUL_OUT_BITS / scale))
     )
     wanted = max(0, wanted)
-    # the proof's bound of a step, (2T - 1) k m_A m_B 2^frac (seq._b_matmul, multipliers <= 1)
+    # the proof's bound of a step, (2T - 1) peak / T 2^frac (_b_matmul; multipliers <= 1)
     T = ctx.max_timesteps
-    m_a, m_b = (ctx.bounds[i].total / T for i in node.inputs)
-    step = (2 * T - 1) * float(np.matmul(m_a, m_b).max(initial=0)) * 2.0**F.MATMUL_FRAC_BITS
+    ins = [ctx.bounds[i] for i in node.inputs]
+    peak = float(product_peak([v.step for v in ins], [v.total for v in ins]).max(initial=0))
+    step = (2 * T - 1) * peak / T * 2.0**F.MATMUL_FRAC_BITS
     needed = max(0, math.ceil(math.log2(step / int_limit(ctx.profile.state_bits)))) if step else 0
     if needed > wanted:
         ctx.notes.append(
@@ -331,13 +344,11 @@ def _b_layernorm(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -
 
 @bound("matmul")
 def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> Bounds:
-    # G(t) = S_A S_B 2^frac / (t 2^out_shift), with |S(t)| <= t m for m = c / T, the largest
-    # running mean (an EC operand's steps telescope: its step bound b is up to 2T times m):
-    # |G(t)| <= t k m_A m_B 2^frac / 2^out_shift.
-    m_a, m_b = c[0] / T, c[1] / T
+    # G(t) = S_A S_B 2^frac / (t 2^out_shift): G(t) = t f_t with |f_t| <= peak / T
     weigh = node.params.get("contract_q", 1)  # each contracted index weighted by its multiplier
-    product = float(np.matmul(m_a * weigh, m_b).max(initial=0))
-    if product * T * T * 2.0**F.MATMUL_FRAC_BITS >= 2.0**62:  # S_A S_B: int64 in every target
+    peak = float(product_peak(b, c, weigh).max(initial=0))
+    # S_A S_B before its division, int64 in every target: |S| <= c
+    if float(np.matmul(c[0] * weigh, c[1]).max(initial=0)) * 2.0**F.MATMUL_FRAC_BITS >= 2.0**62:
         raise CapabilityExceeded(
             f"node '{node.name}' (matmul): the product of its operands' running sums can pass "
             f"2^62 within {T} steps; lower --max-T or the operands' ranges"
@@ -345,7 +356,7 @@ def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> B
     bits = F.MATMUL_FRAC_BITS - node.attrs.get("out_shift", 0)
     if "contract_q" in node.params:
         bits -= F.MATMUL_CONTRACT_BITS
-    y_max = math.ceil(product * 2.0**bits)
+    y_max = math.ceil(peak / T * 2.0**bits)
     out_shape = np.broadcast_shapes(b[0].shape[:-2], b[1].shape[:-2]) + (
         b[0].shape[-2],
         b[1].shape[-1],
