@@ -127,6 +127,11 @@ def has_ec_ops(graph: Graph) -> bool:
 PRODUCT_OPERANDS = ("analog", "spikes")
 
 
+def spike_readers(product_operands: str) -> frozenset[str]:
+    """The ops whose analog inputs get a bipolar IF neuron: products only with "spikes"."""
+    return SPIKE_READERS if product_operands == "spikes" else SPIKE_READERS - {"matmul"}
+
+
 def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
     """The analog tensors that synaptic layers (dense, matmul, conv) read and that get a
     bipolar IF neuron in front, so those synaptic ops are driven by spikes:
@@ -139,7 +144,7 @@ def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
     kinds = tensor_kinds(graph)
     direct = _synapse_outputs(graph)
     everywhere = has_ec_ops(graph)
-    readers = SPIKE_READERS if product_operands == "spikes" else SPIKE_READERS - {"matmul"}
+    readers = spike_readers(product_operands)
     found: list[str] = []
     for n in graph.nodes:
         if n.op in readers:
@@ -164,6 +169,7 @@ def _insert_input_neurons(
 ) -> None:
     """A bipolar IF neuron (threshold: percentile of |activation|) before each such input."""
     points = set(spike_inputs(graph, product_operands))
+    readers = spike_readers(product_operands)
     nodes: list[Node] = []
     made: set[str] = set()
     for n in graph.nodes:
@@ -183,7 +189,7 @@ def _insert_input_neurons(
                     )
                 )
                 made.add(t)
-        if n.op in SPIKE_READERS and (n.op != "matmul" or product_operands == "spikes"):
+        if n.op in readers:
             n.inputs = [f"{t}:spikes" if t in points else t for t in n.inputs]
         nodes.append(n)
     graph.nodes = nodes
