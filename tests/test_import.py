@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from spikeport.convert import import_onnx
+from spikeport.convert.pipeline import import_model
 from spikeport.errors import BadInput, UnsupportedOp
 from spikeport.sim import simulate
 
@@ -48,8 +49,8 @@ def test_a_constant_first_matmul_operand_names_the_node(tmp_path):
         import_onnx(path)
 
 
-def _matches_onnxruntime(path, x) -> None:
-    graph = import_onnx(path)
+def _matches_onnxruntime(path, x, importer=import_onnx) -> None:
+    graph = importer(path)
     ref = ort.InferenceSession(str(path)).run(None, {"x": x.astype(np.float32)})[0]
     ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
@@ -79,14 +80,53 @@ def test_add_of_a_constant_that_is_not_a_bias_is_an_offset(tmp_path):
     _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(5, 4)))
 
 
-def test_clip_with_nonzero_min_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "op, bounds", [("Clip", (-1.0, 1.0)), ("Clip", (0.5, 2.0)), ("Max", 0.25), ("Min", 0.5)]
+)
+def test_clamps_by_constants_are_one_relu_between_shifts(tmp_path, op, bounds):
+    """Clip with any bounds, and max / min with a constant, import exactly: the ReLU's input
+    shift folds into the layer before it, and its output shift into the layer after it."""
+    inputs = ["h", "lo", "hi"] if op == "Clip" else ["h", "c"]
+    consts = dict(zip(inputs[1:], np.atleast_1d(bounds), strict=True))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node(op, inputs, ["a"], name="clamp"),
+        helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+    ]
+    rng = np.random.default_rng(0)
+    inits = [("w", rng.normal(size=(4, 4))), ("w2", rng.normal(size=(4, 4)))]
+    path = _save(tmp_path, nodes, inits=inits + [(k, np.array(v)) for k, v in consts.items()])
+    for importer in (import_onnx, import_model):  # as imported, and with the shifts folded
+        _matches_onnxruntime(path, rng.normal(size=(50, 4)), importer)
+    ops = [n.op for n in import_model(path).nodes]
+    assert ops == (["dense", "relu", "dense"] if op != "Min" else
+                   ["dense", "scale", "offset", "relu", "scale", "dense"])  # fmt: skip
+
+
+def test_max_of_two_activations_is_refused(tmp_path):
     path = _save(
         tmp_path,
-        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="hardtanh")],
-        inits=[("lo", np.array(-1.0)), ("hi", np.array(1.0))],
+        [helper.make_node("Max", ["x", "x2"], ["y"], name="both")],
+        inputs=(("x", ["N", 4]), ("x2", ["N", 4])),
     )
-    with pytest.raises(UnsupportedOp, match="node 'hardtanh' \\(Clip\\): only Clip\\(min=0"):
+    with pytest.raises(UnsupportedOp, match="node 'both' \\(Max\\): only the max or min of one"):
         import_onnx(path)
+
+
+def test_adding_two_activations_broadcasts_by_repeating(tmp_path):
+    """x - mean(x) with keepdims (a norm written by hand): the mean repeats along the axis it
+    reduced, and the ANN view equals onnxruntime."""
+    path = _save(
+        tmp_path,
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[-1], keepdims=1),
+            helper.make_node("Sub", ["x", "m"], ["y"], name="centre"),
+        ],
+        inputs=(("x", ["N", 3, 4]),),
+        out=("y", ["N", 3, 4]),
+    )
+    assert "gather" in [n.op for n in import_onnx(path).nodes]
+    _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(5, 3, 4)))
 
 
 def test_batchnorm_is_folded_exactly(cases):

@@ -284,6 +284,27 @@ def _undrop(ctx: Ctx, n: onnx.NodeProto, t: str) -> str:
     return out
 
 
+def _broadcast(ctx: Ctx, n: onnx.NodeProto, x: str, shape: tuple[int, ...], tag: str) -> str:
+    """`x` repeated to the per-sample `shape` it broadcasts to, for an add of two activations
+    ((T, D) + (1, D), x - mean(x) with keepdims): leading size-1 axes by a reshape, each
+    size-1 axis by a gather of index 0 (data movement, exact in every mode and target)."""
+    have = ctx.shape(x)
+    if have == shape:
+        return x
+    if len(have) < len(shape):
+        have = (1,) * (len(shape) - len(have)) + have
+        out = f"{n.name}:{tag}:rank"
+        ctx.emit(n, Node(out, "reshape", [x], out, {"shape": list(have)}), ctx.batch(x))
+        x = out
+    for axis, (size, want) in enumerate(zip(have, shape, strict=True)):
+        if size != want:
+            out = f"{n.name}:{tag}:repeat{axis}"
+            attrs = {"axis": axis, "indices": [0] * want}
+            ctx.emit(n, Node(out, "gather", [x], out, attrs), ctx.batch(x))
+            x = out
+    return x
+
+
 def _two_streams(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> None:
     out, op = n.output[0], n.op_type
     if ctx.batch(b) is None:
@@ -291,8 +312,12 @@ def _two_streams(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> None:
     elif ctx.batch(a) is None:
         a = _aligned(ctx, n, b, a)
     if op in ("Add", "Sub"):
-        if ctx.shape(a) != ctx.shape(b):
-            raise refuse(n, f"adding {ctx.shape(a)} and {ctx.shape(b)} (broadcasting) per sample")
+        try:
+            shape = tuple(np.broadcast_shapes(ctx.shape(a), ctx.shape(b)))
+        except ValueError:
+            msg = f"adding {ctx.shape(a)} and {ctx.shape(b)}: they do not broadcast"
+            raise refuse(n, msg) from None
+        a, b = _broadcast(ctx, n, a, shape, "a"), _broadcast(ctx, n, b, shape, "b")
         inputs = [a, _negate(ctx, n, b) if op == "Sub" else b]
         ctx.emit(n, Node(n.name, "add", inputs, out))
         return
@@ -356,9 +381,49 @@ def _clip(ctx: Ctx, n: onnx.NodeProto) -> None:
     hi = ctx.optional_const(n, 2, "max")
     lo = float(lo) if lo is not None else a.get("min")
     hi = float(hi) if hi is not None else a.get("max")
-    if lo != 0.0:
-        raise refuse(n, f"only Clip(min=0, max) maps to a neuron, min is {lo}")
-    ctx.emit(n, Node(n.name, "relu", [n.input[0]], n.output[0], {"cap": hi}))
+    _clamp(ctx, n, n.input[0], lo, hi)
+
+
+@importer("Max", "Min")
+def _max_min(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """max(x, c) or min(x, c) with c a scalar constant (a variance floored at 0, a clamp written
+    as two ops); the max of two activations has no neuron."""
+    if len(n.input) != 2 or sum(ctx.is_const(t) for t in n.input) != 1:
+        raise refuse(n, "only the max or min of one activation and a constant maps to a neuron")
+    x, c = (n.input[1], n.input[0]) if ctx.is_const(n.input[0]) else n.input
+    value = np.asarray(ctx.consts[c])
+    if value.size != 1:
+        raise refuse(n, f"the constant has shape {value.shape}; only a scalar maps to a neuron")
+    bound = float(value.reshape(()))
+    _clamp(ctx, n, x, bound if n.op_type == "Max" else None, bound if n.op_type == "Min" else None)
+
+
+def _clamp(ctx: Ctx, n: onnx.NodeProto, x: str, lo: float | None, hi: float | None) -> None:
+    """y = min(max(x, lo), hi) (either bound may be absent) on one ReLU neuron between two
+    shifts: relu(x - lo, cap hi - lo) + lo; with no lower bound, hi - relu(hi - x). The first
+    shift folds into the bias of a Conv/Gemm before it, as an Add would."""
+    out = n.output[0]
+    if lo is None and hi is None:
+        ctx.alias[out] = x
+        return
+    if lo is not None and hi is not None and hi <= lo:
+        raise refuse(n, f"the upper bound {hi} is not above the lower bound {lo}")
+    flip = lo is None  # the neuron sees hi - x: its floor is the upper bound
+    base = float(hi if flip else lo)
+    cap = None if flip or hi is None else hi - base
+    steps: list[tuple[str, dict, dict]] = [("scale", {"factor": -1.0}, {})] if flip else []
+    if base:
+        steps.append(("offset", {}, {"value": np.asarray(base if flip else -base, np.float32)}))
+    steps.append(("relu", {"cap": cap}, {}))
+    steps += [("scale", {"factor": -1.0}, {})] if flip else []
+    if base:
+        steps.append(("offset", {}, {"value": np.asarray(base, np.float32)}))
+    for i, (op, node_attrs, params) in enumerate(steps):
+        y = out if i == len(steps) - 1 else f"{n.name}:clamp{i}"
+        ctx.onnx_shapes.setdefault(y, ctx.onnx_full(x))
+        if not (op == "offset" and i == 0 and _fold_shift(ctx, x, params["value"], y)):
+            ctx.emit(n, Node(n.name if y == out else y, op, [x], y, node_attrs, params))
+        x = y
 
 
 @importer("LeakyRelu", "PRelu")

@@ -16,6 +16,7 @@ from spikeport.convert.balance import (
     grade_neurons,
 )
 from spikeport.convert.calibrate import collect, ir_runner
+from spikeport.convert.fold import fold_offsets
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.convert.tune import t_aware
 from spikeport.data import check_token_ids, load_data
@@ -32,14 +33,14 @@ def import_model(
     data_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Graph:
     """Read a source model by its extension into an "ann" graph (ONNX dynamic axes: see
-    import_onnx)."""
+    import_onnx), constants after neurons folded into the linear layers that read them."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        return import_onnx(path, input_shapes, data_shapes)
+        return fold_offsets(import_onnx(path, input_shapes, data_shapes))
     if suffix == ".tflite":
         from spikeport.convert.tflite_import import import_tflite  # needs ai-edge-litert
 
-        return import_tflite(path)
+        return fold_offsets(import_tflite(path))
     raise BadInput(f"{path}: unknown model format '{suffix}' (supported: .onnx, .tflite)")
 
 
