@@ -30,6 +30,14 @@ at T = 16, 0.9570 -> 0.9613, convert 253 -> 513 s (twice the searches). Then the
 read their operands' running sums (convert --product-operands analog, the default): 1-bit at
 T = 16, 0.9613 -> 0.9762, convert 384 s (results/encoder.json).
 
+Where the rest goes (2026-12-01, 1-bit, T = 16, 16 test sentences, the same conversion): with
+every neuron's count replaced by the count it would reach with no limit of one spike a step
+(N_t = clamp(floor((v0 + C_t) / theta), -t, t): no lag behind its input), 0.9762 -> 0.979.
+So the neurons' dynamics cost 0.003; the rest is each neuron's mean rounded to its 2T + 1
+levels (theta / T apart), spread over every group of neurons (float mode, one group exact at
+a time: GELU -> FFN2 inputs 0.9854, LN -> FFN1 0.9808, LN -> QKV 0.9801, attention ->
+out-projection 0.9793, all spiking 0.9759).
+
 Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test
 sentences except the first row's 32; ANN view vs onnxruntime: 1e-7):
 
