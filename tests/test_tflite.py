@@ -20,6 +20,7 @@ from spikeport.cli.main import main  # noqa: E402
 from spikeport.convert import convert, import_onnx  # noqa: E402
 from spikeport.convert.calibrate import onnx_runner  # noqa: E402
 from spikeport.convert.litert import litert_logits, litert_runner  # noqa: E402
+from spikeport.convert.pipeline import import_model  # noqa: E402
 from spikeport.convert.tflite_import import import_tflite  # noqa: E402
 from spikeport.data import load_data  # noqa: E402
 from spikeport.errors import BadInput, UnsupportedOp  # noqa: E402
@@ -270,7 +271,30 @@ def dense_on_image() -> tuple[bytes, tuple[int, ...]]:
     return wr.finish([x], [out]), (2, 4, 4)
 
 
+def clamps() -> tuple[bytes, tuple[int, ...]]:
+    """FULLY_CONNECTED with a fused RELU_N1_TO_1, MAXIMUM and MINIMUM by scalar constants, a
+    standalone RELU_N1_TO_1: each one ReLU between shifts."""
+    wr = mk.TFLiteWriter()
+    x = wr.tensor("x", [1, 6])
+    h = wr.tensor("h", [1, 5])
+    fc = mk.options(fb.FullyConnectedOptionsT, fusedActivationFunction=ACT.RELU_N1_TO_1)
+    wr.op(OP.FULLY_CONNECTED, [x, wr.tensor("h/w", [5, 6], data=_w(5, 6)), -1], [h], fc)
+    lo, hi = wr.tensor("lo", [], data=np.float32(-0.5)), wr.tensor("hi", [], data=np.float32(0.3))
+    m = wr.tensor("m", [1, 5])
+    wr.op(OP.MAXIMUM, [h, lo], [m])
+    g = wr.tensor("g", [1, 4])
+    plain = mk.options(fb.FullyConnectedOptionsT)
+    wr.op(OP.FULLY_CONNECTED, [m, wr.tensor("g/w", [4, 5], data=_w(4, 5)), -1], [g], plain)
+    n, r = wr.tensor("n", [1, 4]), wr.tensor("r", [1, 4])
+    wr.op(OP.MINIMUM, [hi, g], [n])
+    wr.op(OP.RELU_N1_TO_1, [n], [r])
+    out = wr.tensor("out", [1, 3])
+    wr.op(OP.FULLY_CONNECTED, [r, wr.tensor("o/w", [3, 4], data=_w(3, 4)), -1], [out], plain)
+    return wr.finish([x], [out]), (6,)
+
+
 FLOAT_MODELS = {
+    "clamps": clamps,
     "dense_on_image": dense_on_image,
     "depthwise_mean_softmax": depthwise_mean_softmax,
     "residual": residual_concat_flatten,
@@ -301,6 +325,20 @@ def test_every_tensor_matches_litert(name, tmp_path):
     np.savez(tmp_path / "calib.npz", x=x)
     snn = convert(path, tmp_path / "calib.npz")
     assert sum(n.op == "if" for n in snn.nodes) == sum(n.op == "relu" for n in g.nodes)
+
+
+def test_shifts_around_neurons_fold_into_the_layers_beside_them(tmp_path):
+    """The clamps' shifts fold into the dense layer before the neuron, into each other and into
+    the dense layer after it; the folded network still equals LiteRT."""
+    path = _write(tmp_path, "clamps", clamps()[0])
+    g = import_model(path)
+    assert [n.op for n in g.nodes] == [
+        "dense", "relu", "offset", "relu", "dense",  # clip(-1, 1), max(., -0.5)
+        "scale", "offset", "relu", "scale", "offset", "relu", "dense",  # min(., 0.3), clip
+    ]  # fmt: skip
+    x = _rng().normal(size=(64, 6)).astype(np.float32)
+    out = Simulator(g, "ann").run(x, 1).outputs[g.outputs[0]][0]
+    np.testing.assert_allclose(out, litert_logits(path, x), rtol=1e-4, atol=1e-5)
 
 
 def test_folds_and_notes(tmp_path):

@@ -16,22 +16,59 @@ from spikeport.ir.graph import Graph, Node
 
 
 def fold_offsets(graph: Graph) -> Graph:
-    """Every `offset` node whose readers are all dense layers, or convolutions without padding
-    of a per-channel constant, folded into their biases and removed."""
+    """Every `offset` node folded away where that is exact: into the bias of the dense layer
+    or convolution that alone feeds it, into an offset after it, or into the biases of the
+    dense layers (or convolutions without padding, of a per-channel constant) that alone read
+    it."""
     check_graph(graph)
     for off in [n for n in graph.nodes if n.op == "offset"]:
-        readers = graph.consumers(off.output)
-        if off.output in graph.outputs or not readers:
+        if not (_into_producer(graph, off) or _into_readers(graph, off)):
             continue
-        x_shape = graph.shape(off.inputs[0])
-        shifts = [_bias_shift(r, off.params["value"], x_shape) for r in readers]
-        if any(s is None for s in shifts):
-            continue
-        for reader, shift in zip(readers, shifts, strict=True):
-            reader.params["bias"] = (reader.params["bias"] + shift).astype(np.float32)
+        for reader in graph.consumers(off.output):
             reader.inputs = [off.inputs[0] if t == off.output else t for t in reader.inputs]
         graph.nodes.remove(off)
     return check_graph(graph)
+
+
+def _into_producer(graph: Graph, off: Node) -> bool:
+    """y = W x + b then + c: b + c, where nothing else reads W x + b."""
+    p, c = graph.producer(off.inputs[0]), np.asarray(off.params["value"], np.float64)
+    if p is None or off.output in graph.outputs or p.output in graph.outputs:
+        return False
+    if len(graph.consumers(p.output)) != 1:
+        return False
+    shape = graph.shape(p.output)
+    if p.op == "dense" and _broadcasts(p.params["bias"].shape, c.shape, shape):
+        p.params["bias"] = (p.params["bias"] + c).astype(np.float32)  # may vary per position
+    elif p.op == "conv2d" and (c.size == 1 or c.shape == (shape[0], 1, 1)):
+        p.params["bias"] = (p.params["bias"] + c.reshape(-1)).astype(np.float32)
+    elif p.op == "offset" and _broadcasts(p.params["value"].shape, c.shape, shape):
+        p.params["value"] = (p.params["value"] + c).astype(np.float32)
+    else:
+        return False
+    return True
+
+
+def _broadcasts(a: tuple[int, ...], b: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """a + b broadcasts to a shape that itself broadcasts to `shape` (no wider)."""
+    try:
+        return np.broadcast_shapes(np.broadcast_shapes(a, b), shape) == tuple(shape)
+    except ValueError:
+        return False
+
+
+def _into_readers(graph: Graph, off: Node) -> bool:
+    """W (x + c) + b = W x + (W c + b) in every reader, where all of them are linear layers."""
+    readers = graph.consumers(off.output)
+    if off.output in graph.outputs or not readers:
+        return False
+    x_shape = graph.shape(off.inputs[0])
+    shifts = [_bias_shift(r, off.params["value"], x_shape) for r in readers]
+    if any(s is None for s in shifts):
+        return False
+    for reader, shift in zip(readers, shifts, strict=True):
+        reader.params["bias"] = (reader.params["bias"] + shift).astype(np.float32)
+    return True
 
 
 def _bias_shift(reader: Node, c: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray | None:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from spikeport.convert.clamp import clamp_steps
 from spikeport.convert.onnx_ctx import Ctx, attrs, importer, refuse
 from spikeport.convert.onnx_patterns import constant_ids, position_pad
 from spikeport.ir.graph import Node
@@ -399,30 +400,20 @@ def _max_min(ctx: Ctx, n: onnx.NodeProto) -> None:
 
 
 def _clamp(ctx: Ctx, n: onnx.NodeProto, x: str, lo: float | None, hi: float | None) -> None:
-    """y = min(max(x, lo), hi) (either bound may be absent) on one ReLU neuron between two
-    shifts: relu(x - lo, cap hi - lo) + lo; with no lower bound, hi - relu(hi - x). The first
-    shift folds into the bias of a Conv/Gemm before it, as an Add would."""
-    out = n.output[0]
-    if lo is None and hi is None:
-        ctx.alias[out] = x
-        return
-    if lo is not None and hi is not None and hi <= lo:
-        raise refuse(n, f"the upper bound {hi} is not above the lower bound {lo}")
-    flip = lo is None  # the neuron sees hi - x: its floor is the upper bound
-    base = float(hi if flip else lo)
-    cap = None if flip or hi is None else hi - base
-    steps: list[tuple[str, dict, dict]] = [("scale", {"factor": -1.0}, {})] if flip else []
-    if base:
-        steps.append(("offset", {}, {"value": np.asarray(base if flip else -base, np.float32)}))
-    steps.append(("relu", {"cap": cap}, {}))
-    steps += [("scale", {"factor": -1.0}, {})] if flip else []
-    if base:
-        steps.append(("offset", {}, {"value": np.asarray(base, np.float32)}))
+    """y = min(max(x, lo), hi) (clamp.clamp_steps); the shift before the neuron folds into
+    the bias of a Conv/Gemm before it, as an Add would."""
+    try:
+        steps = clamp_steps(lo, hi)
+    except ValueError as e:
+        raise refuse(n, str(e)) from None
+    if not steps:
+        ctx.alias[n.output[0]] = x
     for i, (op, node_attrs, params) in enumerate(steps):
-        y = out if i == len(steps) - 1 else f"{n.name}:clamp{i}"
+        last = i == len(steps) - 1
+        y = n.output[0] if last else f"{n.name}:clamp{i}"
         ctx.onnx_shapes.setdefault(y, ctx.onnx_full(x))
         if not (op == "offset" and i == 0 and _fold_shift(ctx, x, params["value"], y)):
-            ctx.emit(n, Node(n.name if y == out else y, op, [x], y, node_attrs, params))
+            ctx.emit(n, Node(n.name if last else y, op, [x], y, node_attrs, params))
         x = y
 
 

@@ -15,7 +15,7 @@ operator's index and op. What differs from ONNX, and how it is handled:
   (1, H*W*anchors, 4)) transposes it to (H, W, C) first: one exact data-movement node. Data
   files stay (N, C, H, W) as DESIGN section 4 says; the LiteRT reference is fed transposed
   data (spikeport.convert.litert).
-- Fused activations (RELU, RELU6, TANH) become a node after the op.
+- Fused activations (RELU, RELU6, RELU_N1_TO_1, TANH) become nodes after the op.
 - MUL / ADD / SUB / DIV by a constant fold into the conv / fully connected layer right
   before (weights and bias, or bias) when nothing else reads its output and the constant is
   per channel; elsewhere they become `scale` / `channel_scale` / `offset`, as for ONNX.
@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeport.convert.clamp import clamp_steps
 from spikeport.errors import BadInput, UnsupportedOp
 from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.check import check_graph
@@ -237,8 +238,12 @@ class _Ctx:
         if kind == "TANH":
             name = f"{op.node}_tanh"
             return self.add(Node(name, "tanh", [x], name))
+        if kind == "RELU_N1_TO_1":
+            return _clamp(self, op, x, -1.0, 1.0, f"{op.node}_relu_n1_to_1")
         if kind not in ("RELU", "RELU6"):
-            raise op.refuse(f"fused activation {kind} is not supported (RELU, RELU6, TANH)")
+            raise op.refuse(
+                f"fused activation {kind} is not supported (RELU, RELU6, RELU_N1_TO_1, TANH)"
+            )
         cap = 6.0 if kind == "RELU6" else None
         return self.relu(op, x, cap, f"{op.node}_{kind.lower()}")
 
@@ -551,6 +556,38 @@ def _relu(ctx: _Ctx, op: _Op) -> None:
 def _relu01(ctx: _Ctx, op: _Op) -> None:
     x = ctx.act(op)
     ctx.bind(op, ctx.relu(op, x, 1.0, op.node), ctx.layouts[x])
+
+
+@importer("RELU_N1_TO_1")
+def _relu_n1(ctx: _Ctx, op: _Op) -> None:
+    x = ctx.act(op)
+    ctx.bind(op, _clamp(ctx, op, x, -1.0, 1.0, op.node), ctx.layouts[x])
+
+
+@importer("MAXIMUM", "MINIMUM")
+def _max_min(ctx: _Ctx, op: _Op) -> None:
+    """max(x, c) or min(x, c) with c a scalar constant; of two activations: refused."""
+    const = [k for k in (0, 1) if op.inputs[k] not in ctx.names]
+    if len(const) != 1:
+        raise op.refuse("only the max or min of one activation and a constant maps to a neuron")
+    x, c = ctx.act(op, 1 - const[0]), ctx.const(op, const[0], "the bound")
+    if c.size != 1:
+        raise op.refuse(f"the bound has shape {list(c.shape)}; only a scalar maps to a neuron")
+    bound = float(c.reshape(()))
+    lo, hi = (bound, None) if op.name == "MAXIMUM" else (None, bound)
+    ctx.bind(op, _clamp(ctx, op, x, lo, hi, op.node), ctx.layouts[x])
+
+
+def _clamp(ctx: _Ctx, op: _Op, x: str, lo: float | None, hi: float | None, name: str) -> str:
+    """min(max(x, lo), hi) as clamp.clamp_steps' chain, its last node named `name`."""
+    try:
+        steps = clamp_steps(lo, hi)
+    except ValueError as e:
+        raise op.refuse(str(e)) from None
+    for i, (kind, attrs, params) in enumerate(steps):
+        y = name if i == len(steps) - 1 else f"{name}:clamp{i}"
+        x = ctx.add(Node(y, kind, [x], y, attrs, params))
+    return x
 
 
 # Elementwise functions with no linear spiking twin: expectation-compensated IR ops.
