@@ -21,13 +21,20 @@ def fold_offsets(graph: Graph) -> Graph:
     dense layers (or convolutions without padding, of a per-channel constant) that alone read
     it."""
     check_graph(graph)
-    for off in [n for n in graph.nodes if n.op == "offset"]:
-        if not (_into_producer(graph, off) or _into_readers(graph, off)):
-            continue
-        for reader in graph.consumers(off.output):
-            reader.inputs = [off.inputs[0] if t == off.output else t for t in reader.inputs]
-        graph.nodes.remove(off)
+    # until none folds: a shift merged into the one before it may then fold into the readers
+    while any(_fold(graph, off) for off in [n for n in graph.nodes if n.op == "offset"]):
+        pass
     return check_graph(graph)
+
+
+def _fold(graph: Graph, off: Node) -> bool:
+    """Fold `off` away if it can go anywhere, rewiring its readers to its input."""
+    if not (_into_producer(graph, off) or _into_readers(graph, off)):
+        return False
+    for reader in graph.consumers(off.output):
+        reader.inputs = [off.inputs[0] if t == off.output else t for t in reader.inputs]
+    graph.nodes.remove(off)
+    return True
 
 
 def _into_producer(graph: Graph, off: Node) -> bool:
