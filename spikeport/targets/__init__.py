@@ -108,17 +108,23 @@ def check_emit_dir(outdir: str | os.PathLike[str]) -> Path:
     deletes what it did not write)."""
     out = check_output_dir(outdir)
     # Another emit into the same directory may move it aside and its own output in between
-    # two looks here (_replace_dir): a directory that vanishes meanwhile is looked at again.
+    # two looks here (_replace_dir): a directory that vanishes or is another one (another
+    # inode) by the end of the look is looked at again. Only one that stays put, without a
+    # manifest, is refused (emit renames a directory into place with its manifest written).
     for _ in range(5):
         try:
-            if not (out.is_dir() and any(out.iterdir())):
+            looked_at = out.stat().st_ino if out.is_dir() else None
+            if looked_at is None or not any(out.iterdir()):
                 return out
             read_manifest(out)
             return out
         except FileNotFoundError:
             continue
         except BadInput:
-            if not out.exists():
+            try:
+                if out.stat().st_ino != looked_at:
+                    continue
+            except FileNotFoundError:
                 continue
             raise BadInput(
                 f"output directory '{out}' is not empty and was not written by `spikeport emit` "
