@@ -103,6 +103,17 @@ def test_clamps_by_constants_are_one_relu_between_shifts(tmp_path, op, bounds):
                    ["dense", "scale", "offset", "relu", "scale", "dense"])  # fmt: skip
 
 
+@pytest.mark.parametrize("op, a", [("Max", 0.2), ("Min", 3.0)])
+def test_max_of_x_and_a_times_x_is_a_leaky_relu(tmp_path, op, a):
+    nodes = [
+        helper.make_node("Mul", ["x", "a"], ["ax"], name="times"),
+        helper.make_node(op, ["ax", "x"], ["y"], name="leaky"),
+    ]
+    path = _save(tmp_path, nodes, inits=[("a", np.array(a))])
+    assert [n.op for n in import_onnx(path).nodes] == ["prelu"]
+    _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(50, 4)))
+
+
 def test_max_of_two_activations_is_refused(tmp_path):
     path = _save(
         tmp_path,

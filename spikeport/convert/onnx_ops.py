@@ -388,7 +388,11 @@ def _clip(ctx: Ctx, n: onnx.NodeProto) -> None:
 @importer("Max", "Min")
 def _max_min(ctx: Ctx, n: onnx.NodeProto) -> None:
     """max(x, c) or min(x, c) with c a scalar constant (a variance floored at 0, a clamp written
-    as two ops); the max of two activations has no neuron."""
+    as two ops); max(x, a x) for 0 < a < 1 or min(x, a x) for a > 1, a leaky ReLU written by
+    hand. Any other max of two activations has no neuron."""
+    if len(n.input) == 2 and not any(ctx.is_const(t) for t in n.input):
+        if _leaky(ctx, n):
+            return
     if len(n.input) != 2 or sum(ctx.is_const(t) for t in n.input) != 1:
         raise refuse(n, "only the max or min of one activation and a constant maps to a neuron")
     x, c = (n.input[1], n.input[0]) if ctx.is_const(n.input[0]) else n.input
@@ -397,6 +401,20 @@ def _max_min(ctx: Ctx, n: onnx.NodeProto) -> None:
         raise refuse(n, f"the constant has shape {value.shape}; only a scalar maps to a neuron")
     bound = float(value.reshape(()))
     _clamp(ctx, n, x, bound if n.op_type == "Max" else None, bound if n.op_type == "Min" else None)
+
+
+def _leaky(ctx: Ctx, n: onnx.NodeProto) -> bool:
+    """max(x, a x) (0 < a < 1) or min(x, a x) (a > 1) as prelu with slope a, if it is one."""
+    for x, ax in (n.input, n.input[::-1]):
+        p = ctx.producer(ax)
+        if p is None or p.op != "scale" or p.inputs != [ctx.name(x)]:
+            continue
+        a = p.attrs["factor"]
+        if (0 < a < 1) if n.op_type == "Max" else (a > 1):
+            params = {"slope": np.asarray(a, np.float32)}
+            ctx.emit(n, Node(n.name, "prelu", [x], n.output[0], {}, params))
+            return True  # the scale goes with the other unread nodes (_prune)
+    return False
 
 
 def _clamp(ctx: Ctx, n: onnx.NodeProto, x: str, lo: float | None, hi: float | None) -> None:
