@@ -114,6 +114,19 @@ def test_max_of_x_and_a_times_x_is_a_leaky_relu(tmp_path, op, a):
     _matches_onnxruntime(path, np.random.default_rng(0).normal(size=(50, 4)))
 
 
+@pytest.mark.parametrize(
+    "bounds, why", [((1.0, -1.0), "upper bound -1.0 is not above"), ((np.zeros(4), 1.0), "min")]
+)
+def test_a_clip_no_neuron_can_be_is_refused_by_name(tmp_path, bounds, why):
+    path = _save(
+        tmp_path,
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="odd")],
+        inits=[("lo", bounds[0]), ("hi", bounds[1])],
+    )
+    with pytest.raises(UnsupportedOp, match=f"node 'odd' \\(Clip\\): .*{why}"):
+        import_onnx(path)
+
+
 def test_max_of_two_activations_is_refused(tmp_path):
     path = _save(
         tmp_path,

@@ -378,11 +378,13 @@ def _relu(ctx: Ctx, n: onnx.NodeProto) -> None:
 @importer("Clip")
 def _clip(ctx: Ctx, n: onnx.NodeProto) -> None:
     a = attrs(n)
-    lo = ctx.optional_const(n, 1, "min")
-    hi = ctx.optional_const(n, 2, "max")
-    lo = float(lo) if lo is not None else a.get("min")
-    hi = float(hi) if hi is not None else a.get("max")
-    _clamp(ctx, n, n.input[0], lo, hi)
+    bounds = []
+    for i, key in ((1, "min"), (2, "max")):
+        v = ctx.optional_const(n, i, key)
+        if v is not None and np.size(v) != 1:
+            raise refuse(n, f"its {key} has shape {np.shape(v)}; only a scalar maps to a neuron")
+        bounds.append(float(np.reshape(v, ())) if v is not None else a.get(key))
+    _clamp(ctx, n, n.input[0], *bounds)
 
 
 @importer("Max", "Min")
