@@ -47,8 +47,8 @@ def _into_producer(graph: Graph, off: Node) -> bool:
     shape = graph.shape(p.output)
     if p.op == "dense" and _broadcasts(p.params["bias"].shape, c.shape, shape):
         p.params["bias"] = (p.params["bias"] + c).astype(np.float32)  # may vary per position
-    elif p.op == "conv2d" and (c.size == 1 or c.shape == (shape[0], 1, 1)):
-        p.params["bias"] = (p.params["bias"] + c.reshape(-1)).astype(np.float32)
+    elif p.op == "conv2d" and (per_channel := _per_channel(c, shape[0])) is not None:
+        p.params["bias"] = (p.params["bias"] + per_channel).astype(np.float32)
     elif p.op == "offset" and _broadcasts(p.params["value"].shape, c.shape, shape):
         p.params["value"] = (p.params["value"] + c).astype(np.float32)
     else:
@@ -82,21 +82,25 @@ def _bias_shift(reader: Node, c: np.ndarray, x_shape: tuple[int, ...]) -> np.nda
     """W c for a linear `reader` of x + c (x of per-sample shape x_shape), in the shape its
     bias can take; None where the constant does not fold into it."""
     c = np.asarray(c, np.float64)
-    w = reader.params["weight"].astype(np.float64) if "weight" in reader.params else None
     if reader.op == "dense":
         # constant along the leading axes: one vector; else one per position (a dense bias may
         # vary along its leading axes)
+        w = reader.params["weight"].astype(np.float64)
         return np.broadcast_to(c, x_shape[-1:] if c.ndim <= 1 else x_shape) @ w.T
-    if reader.op == "conv2d" and not any(reader.attrs["pads"]):
-        channels = x_shape[0]
-        if c.size == 1:
-            per_channel = np.full(channels, float(c.reshape(())))
-        elif c.shape == (channels, 1, 1):
-            per_channel = c.reshape(-1)
-        else:
-            return None  # varies over the image: no per-channel bias holds it
-        g = reader.attrs["group"]
-        # output o of group k reads input channels k C/g .. (k + 1) C/g - 1
-        per_group = w.reshape(g, len(w) // g, *w.shape[1:]) * per_channel.reshape(g, 1, -1, 1, 1)
-        return per_group.sum(axis=(2, 3, 4)).reshape(-1)
-    return None
+    if reader.op != "conv2d" or any(reader.attrs["pads"]):
+        return None  # a padded border reads zeros, not x + c
+    per_channel = _per_channel(c, x_shape[0])
+    if per_channel is None:
+        return None
+    w, g = reader.params["weight"].astype(np.float64), reader.attrs["group"]
+    # output o of group k reads input channels k C/g .. (k + 1) C/g - 1
+    per_group = w.reshape(g, len(w) // g, *w.shape[1:]) * per_channel.reshape(g, 1, -1, 1, 1)
+    return per_group.sum(axis=(2, 3, 4)).reshape(-1)
+
+
+def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
+    """A shift of an image (C, H, W) as one value per channel; None where it varies over the
+    image (no per-channel bias holds it)."""
+    if c.size == 1:
+        return np.full(channels, float(c.reshape(())))
+    return c.reshape(-1) if c.shape == (channels, 1, 1) else None

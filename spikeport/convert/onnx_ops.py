@@ -420,8 +420,8 @@ def _leaky(ctx: Ctx, n: onnx.NodeProto) -> bool:
 
 
 def _clamp(ctx: Ctx, n: onnx.NodeProto, x: str, lo: float | None, hi: float | None) -> None:
-    """y = min(max(x, lo), hi) (clamp.clamp_steps); the shift before the neuron folds into
-    the bias of a Conv/Gemm before it, as an Add would."""
+    """y = min(max(x, lo), hi) (clamp.clamp_steps); its shifts fold into the layers beside
+    the neuron after import (fold.fold_offsets)."""
     try:
         steps = clamp_steps(lo, hi)
     except ValueError as e:
@@ -432,8 +432,7 @@ def _clamp(ctx: Ctx, n: onnx.NodeProto, x: str, lo: float | None, hi: float | No
         last = i == len(steps) - 1
         y = n.output[0] if last else f"{n.name}:clamp{i}"
         ctx.onnx_shapes.setdefault(y, ctx.onnx_full(x))
-        if not (op == "offset" and i == 0 and _fold_shift(ctx, x, params["value"], y)):
-            ctx.emit(n, Node(n.name if last else y, op, [x], y, node_attrs, params))
+        ctx.emit(n, Node(n.name if last else y, op, [x], y, node_attrs, params))
         x = y
 
 
