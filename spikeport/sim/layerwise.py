@@ -44,7 +44,12 @@ from spikeport.sim.seq_ops import ExpectationCompensated
 if TYPE_CHECKING:
     from spikeport.sim.simulator import Observer, SimResult, Simulator
 
-MAX_ELEMENTS = 1 << 24  # per tensor over T steps (128 MiB of int64): bounds the memory used
+# Per tensor over T steps: bounds the memory used, and keeps a float32 tensor (16 MiB) under
+# the 32 MiB up to which glibc reuses freed heap (spikeport.threads.keep_freed_memory): at
+# 2^24 every large tensor was mapped afresh and page-faulted in, and the ResNet-18-shaped
+# net (width 16, batch 256, T = 8) ran at 720-880 samples x steps per second, at 2^22
+# 1,140-1,250 (2^21: 1,090, 2^20: 870, more calls); the digits networks and the ViT alike.
+MAX_ELEMENTS = 1 << 22
 STATIC = "static"
 # Ops that only select, rearrange or scale elements (a "scale" in "int" mode only flips signs):
 # they commute with running sums, so they move running sums as they are (no per-step copy in
