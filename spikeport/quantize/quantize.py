@@ -33,7 +33,7 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import keeps_channels
+from spikeport.ir.ops import ELEMENT_MOVES, keeps_channels
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
@@ -65,6 +65,7 @@ class _Ctx:
     scales: dict[str, np.ndarray]
     calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
+    _sums: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # per last-axis index
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS
     bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
     notes: list[str] = field(default_factory=list)  # what quantize left out, for the artifact
@@ -78,10 +79,14 @@ class _Ctx:
         if self._peaks is None:
             from spikeport.sim import Simulator
 
-            sim, peaks = Simulator(self.graph, "ann"), {}
+            sim, peaks, sums = Simulator(self.graph, "ann"), {}, self._sums
 
             def see(name: str, v: np.ndarray) -> None:
                 peaks[name] = max(peaks.get(name, 0.0), float(np.abs(v).max(initial=0)))
+                if v.ndim > 1:  # batch first
+                    total, count = sums.get(name, (0.0, 0))
+                    part = v.reshape(-1, v.shape[-1]).sum(axis=0, dtype=np.float64)
+                    sums[name] = (total + part, count + v.size // v.shape[-1])
 
             n = min(size(self.calib_x), PEAK_SAMPLES)
             for start in range(0, n, PEAK_BATCH):
@@ -89,6 +94,13 @@ class _Ctx:
                 sim.run(part, 1, observe=see)
             self._peaks = peaks
         return self._peaks[tensor]
+
+    def mean(self, tensor: str) -> np.ndarray:
+        """The mean of `tensor` per index of its last axis (a dense layer's input features),
+        over the same samples and pass as `peak`."""
+        self.peak(tensor)
+        total, count = self._sums[tensor]
+        return np.asarray(total) / max(count, 1)
 
     def scale_in(self, node: Node, i: int = 0) -> np.ndarray:
         return self.scales[node.inputs[i]]
@@ -225,10 +237,36 @@ def _store_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) ->
     node.params["weight_q"] = np.clip(round_to_int(w_eff / s_w.reshape(shape)), -lim, lim).astype(
         np.int8 if ctx.profile.weight_bits <= 8 else np.int32
     )
-    bias_q = round_to_int(node.params["bias"] / s_w)
+    bias = node.params["bias"] - _mean_error(ctx, node, w_eff, s_w)
+    bias_q = round_to_int(bias / s_w)
     if np.abs(bias_q).max(initial=0) > int_limit(ctx.profile.bias_bits):
         raise ctx.refuse(node, f"bias needs more than {ctx.profile.bias_bits} bits at this scale")
     node.params["bias_q"] = bias_q.astype(np.int32)
+
+
+def _mean_error(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> np.ndarray | float:
+    """The mean error the rounded weights make on a dense layer's output, (O,) real units,
+    where bipolar neurons feed it: (W_q s_w - W) E[x] (Nagel et al. 2019, "Data-free
+    quantization", bias correction), E[x] in input integer units over the calibration data.
+    A neuron that codes x - c (tune's centring) sends about -c / theta every step, the same
+    in every sample: its readers' rounded weights would otherwise turn it into an error of
+    the same size every step. Measured on all-MiniLM-L6-v2 (1-bit, T = 16, 16 test
+    sentences), sentence cosine in integer mode: centred 0.9759 -> 0.9790 (float mode 0.9805,
+    12-bit weights 0.9801), not centred 0.9762 -> 0.9765."""
+    if node.op != "dense" or not _bipolar_fed(ctx.graph, node.inputs[0]) or ctx.calib_x is None:
+        return 0.0
+    s_x = feature_vector(ctx.scale_in(node), ctx.shape_in(node))
+    mean_codes = ctx.mean(node.inputs[0]) / s_x
+    w_q = node.params["weight_q"].astype(np.float64) * s_w[:, None]
+    return (w_q - w_eff) @ mean_codes
+
+
+def _bipolar_fed(graph: Graph, tensor: str) -> bool:
+    """`tensor` holds a bipolar neuron's spikes, directly or through element moves."""
+    prod = graph.producer(tensor)
+    while prod is not None and prod.op in ELEMENT_MOVES and len(prod.inputs) == 1:
+        prod = graph.producer(prod.inputs[0])
+    return prod is not None and prod.op == "if" and bool(prod.attrs.get("bipolar"))
 
 
 def dense_weights(ctx: _Ctx, node: Node) -> np.ndarray:
