@@ -416,7 +416,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
             out = float(reach(bounds[node.output], cum).max(initial=0))
             outs[cum] = torch.float32 if out < FLOAT32_SAFE else torch.float64
     # whole per-sample tensors, to be laid out like the inputs (see laid_out_like)
-    full = [np.ascontiguousarray(np.broadcast_to(m, shape)) for m in m64]
+    full = [np.array(np.broadcast_to(m, shape)) for m in m64]  # a copy: writable
     mults = {dt: [torch.from_numpy(m).to(dt) for m in full] for dt in set(dts.values())}
 
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
@@ -447,6 +447,30 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     if True not in dts:
         return FastKernel(run, STEP)
     return FastKernel(run, ANY if shift == 0 else CUM, dts[True])
+
+
+@fast_kernel("offset")
+def _offset(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
+    """ "int": x + v at every step; on running sums S_t + t v, so it keeps either form (a
+    centred neuron after a LayerNorm reads running sums through it, no differences taken).
+    Exact in the type the proof gives its input and output (sum_dtype)."""
+    if mode != "int":
+        return None  # float64 per step: the reference kernel, folded
+    dts = _dtypes(bounds, node, mode)
+    value = np.broadcast_to(node.params["value_q"].astype(np.float64), shape)
+    values = {dt: torch.from_numpy(np.array(value)).to(dt) for dt in set(dts.values())}
+
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        dt = dts[cumulative]
+        y = _torch(x).to(dt, copy=True)  # in x's layout
+        v = laid_out_like(values[dt], y)
+        if not cumulative:
+            return Steps(y.add_(v).numpy())
+        for t in range(len(y)):  # S_t + t v, a step at a time (no T-fold temporary)
+            y[t].add_(v, alpha=t + 1)
+        return Steps(y.numpy())
+
+    return FastKernel(run, ANY, dts[True])
 
 
 def _exact_type(peak: float) -> torch.dtype:
