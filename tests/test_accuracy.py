@@ -113,7 +113,13 @@ def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
     from spikeport.batch import take
     from spikeport.convert import convert
     from spikeport.convert.balance import channel_axes
-    from spikeport.convert.tune import _channels_first, _corrected, _Run, tune_thresholds
+    from spikeport.convert.tune import (
+        _channels_first,
+        _corrected,
+        _Run,
+        ann_twins,
+        tune_thresholds,
+    )
 
     mlp = convert(EXAMPLES / "digits_mlp.onnx", EXAMPLES / "digits_calib.npz", tune=False)
     assert _corrected(mlp) == set()
@@ -126,7 +132,7 @@ def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
     x, axes, T = take(load_data(calib, snn.inputs).x, slice(32)), channel_axes(snn), 2
     tuned = tune_thresholds(snn, x, T, axes, correct=True)
     run = _Run(tuned, x, T)
-    for node, original in zip(tuned.nodes, snn.nodes, strict=True):
+    for node, original in ann_twins(tuned, snn):
         run.step(node, original)  # the ANN side keeps the original biases
         if node.name in layers and node.output not in run.static:
             mean = sum(run.spiking[node.output]) / T
@@ -165,3 +171,67 @@ def test_streamed_tails_give_numpys_percentiles(seed, channels, batches, q):
             tails.percentile(q, False, absolute), [np.percentile(vals, q)], rtol=1e-12
         )
     assert tails.top.shape[1] <= tails.k and len(tails.top_all) <= tails.big
+
+
+def _skewed_mlp(tmp_path):
+    """Gemm, then a LayerNorm whose 20 features sit far from 0 (its beta 2 to 6), read by a
+    Gemm and by a residual Add (so its beta cannot move for the Gemm alone), whose sum feeds
+    another Gemm: convert puts a bipolar neuron, one threshold per feature, in front of both
+    Gemms."""
+    from fixture_models import _Builder
+
+    b = _Builder(5)
+    flat = b.op("Flatten", ["x"], axis=1)
+    scale, beta = np.ones(20, np.float32), np.linspace(2, 6, 20).astype(np.float32)
+    mid = b.op("LayerNormalization", [b.gemm(flat, 48, 20), b.const(scale), b.const(beta)],
+               axis=-1)  # fmt: skip
+    res = b.op("Add", [mid, b.gemm(flat, 48, 20)])
+    out = b.op("Add", [b.gemm(mid, 20, 4), b.gemm(res, 20, 4)])
+    model = tmp_path / "skewed.onnx"
+    model.write_bytes(b.model((3, 4, 4), out, 4).SerializeToString())
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=b.rng.uniform(0, 1, (96, 3, 4, 4)).astype(np.float32))
+    return model, calib
+
+
+def test_t_aware_conversion_centres_features_far_from_zero(tmp_path):
+    """A bipolar neuron whose features sit far from 0 codes x - c (c each feature's middle,
+    through an offset node), its reader's bias takes W c: at T = 4 the float spiking network's
+    output is nearer the ANN than with the neuron coding x itself; `convert -T` scores both as
+    candidates; the integer network runs the offset (quantize, simulate) and agrees with the
+    float one, on both backends."""
+    from spikeport.convert import convert
+    from spikeport.convert.balance import channel_axes
+    from spikeport.convert.tune import tune_thresholds
+    from spikeport.quantize import get_profile, quantize
+
+    model, calib = _skewed_mlp(tmp_path)
+    x = load_data(calib).x
+
+    def error(graph) -> float:  # noqa: ANN001
+        ann = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][-1]
+        snn = simulate(graph, x, 4, "float").outputs[graph.outputs[0]][-1] / 4
+        return float(np.linalg.norm(snn - ann) / np.linalg.norm(ann))
+
+    snn = convert(model, calib, tune=False)
+    centred, plain = (
+        tune_thresholds(snn, x, 4, channel_axes(snn), centre=c) for c in (True, False)
+    )
+    offsets = [n for n in centred.nodes if n.op == "offset"]
+    assert offsets and all(n.name.endswith("/centre") for n in offsets)
+    assert all(centred.consumers(n.output)[0].attrs["bipolar"] for n in offsets)
+    assert 2.5 < -float(offsets[0].params["value"].mean()) < 5.5  # the features' middles
+    assert not any(n.op == "offset" for n in plain.nodes)
+    assert error(centred) < 0.7 * error(plain)
+    record = convert(model, calib, timesteps=4).meta["conversion"]["t_aware"]
+    assert {"T=4, centred", "T=4"} <= set(record["candidates"])
+    q = quantize(centred, x, get_profile("sim"))
+    ints = simulate(q, x, 4, "int").outputs[q.outputs[0]][-1] * q.scales[q.outputs[0]] / 4
+    floats = simulate(centred, x, 4, "float").outputs[centred.outputs[0]][-1] / 4
+    assert np.corrcoef(ints.ravel(), floats.ravel())[0, 1] > 0.99
+    from spikeport.sim import Simulator
+    from spikeport.sim.simulator import BACKENDS
+
+    runs = [Simulator(q, "int", b).run(x, 6) for b in BACKENDS]  # the offset's fast kernel
+    for a, b in zip(runs[0].outputs.values(), runs[1].outputs.values(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -93,3 +93,24 @@ def test_a_shift_that_is_a_graph_output_or_read_by_a_neuron_stays():
         "relu",
         "offset",
     ]
+
+
+def _layernorm(name: str, x: str, features: int) -> Node:
+    params = {
+        "gamma": RNG.uniform(0.5, 2, features).astype(np.float32),
+        "beta": RNG.normal(size=features).astype(np.float32),
+    }
+    return Node(name, "layernorm", [x], name, {"epsilon": 1e-5}, params)
+
+
+def test_a_per_feature_shift_folds_into_the_layernorm_before_it_alone():
+    """One value per feature moves into beta; one per token, or a LayerNorm that something
+    else also reads, keeps the shift."""
+    per_feature = [_layernorm("n", "x", 4), _offset("s", "n", RNG.normal(size=4)), _relu("q", "s")]
+    assert _folded(per_feature, (3, 4), "q") == ["layernorm", "relu"]
+    per_token = [
+        _layernorm("n", "x", 4),
+        _offset("s", "n", RNG.normal(size=(3, 4))),
+        _relu("q", "s"),
+    ]
+    assert _folded(per_token, (3, 4), "q") == ["layernorm", "offset", "relu"]

@@ -17,9 +17,9 @@ from spikeport.ir.graph import Graph, Node
 
 def fold_offsets(graph: Graph) -> Graph:
     """Every `offset` node folded away where that is exact: into the bias of the dense layer
-    or convolution that alone feeds it, into an offset after it, or into the biases of the
-    dense layers (or convolutions without padding, of a per-channel constant) that alone read
-    it."""
+    or convolution (the beta of the LayerNorm, for a constant per feature) that alone feeds
+    it, into an offset after it, or into the biases of the dense layers (or convolutions
+    without padding, of a per-channel constant) that alone read it."""
     check_graph(graph)
     # until none folds: a shift merged into the one before it may then fold into the readers
     while any(_fold(graph, off) for off in [n for n in graph.nodes if n.op == "offset"]):
@@ -51,6 +51,8 @@ def _into_producer(graph: Graph, off: Node) -> bool:
         p.params["bias"] = (p.params["bias"] + per_channel).astype(np.float32)
     elif p.op == "offset" and _broadcasts(p.params["value"].shape, c.shape, shape):
         p.params["value"] = (p.params["value"] + c).astype(np.float32)
+    elif p.op == "layernorm" and _within(c.shape, p.params["beta"].shape):
+        p.params["beta"] = (p.params["beta"] + c).astype(np.float32)  # one per feature
     else:
         return False
     return True
@@ -64,13 +66,21 @@ def _broadcasts(a: tuple[int, ...], b: tuple[int, ...], shape: tuple[int, ...]) 
         return False
 
 
+def _within(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """a broadcasts to b (b does not grow)."""
+    try:
+        return np.broadcast_shapes(a, b) == tuple(b)
+    except ValueError:
+        return False
+
+
 def _into_readers(graph: Graph, off: Node) -> bool:
     """W (x + c) + b = W x + (W c + b) in every reader, where all of them are linear layers."""
     readers = graph.consumers(off.output)
     if off.output in graph.outputs or not readers:
         return False
     x_shape = graph.shape(off.inputs[0])
-    shifts = [_bias_shift(r, off.params["value"], x_shape) for r in readers]
+    shifts = [bias_shift(r, off.params["value"], x_shape) for r in readers]
     if any(s is None for s in shifts):
         return False
     for reader, shift in zip(readers, shifts, strict=True):
@@ -78,7 +88,7 @@ def _into_readers(graph: Graph, off: Node) -> bool:
     return True
 
 
-def _bias_shift(reader: Node, c: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray | None:
+def bias_shift(reader: Node, c: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray | None:
     """W c for a linear `reader` of x + c (x of per-sample shape x_shape), in the shape its
     bias can take; None where the constant does not fold into it."""
     c = np.asarray(c, np.float64)
