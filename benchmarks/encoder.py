@@ -38,6 +38,14 @@ levels (theta / T apart), spread over every group of neurons (float mode, one gr
 a time: GELU -> FFN2 inputs 0.9854, LN -> FFN1 0.9808, LN -> QKV 0.9801, attention ->
 out-projection 0.9793, all spiking 0.9759).
 
+Then (2026-12-01) T-aware conversion got centred candidates (a bipolar neuron in front of
+dense layers codes x - c, c each feature's middle; spikeport/convert/tune.py) and quantize
+takes the mean error of the rounded weights out of those dense layers' biases: 1-bit at
+T = 16, 0.9762 -> 0.9790 (float mode 0.9759 -> 0.9805; centring without the correction
+0.9759 in integer mode: the rounded weights turned the centred spikes' constant part into an
+error), results/encoder.json. Convert took 1,787 s beside two other benchmarks (twice the
+candidates).
+
 Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test
 sentences except the first row's 32; ANN view vs onnxruntime: 1e-7):
 
