@@ -114,3 +114,10 @@ def test_a_per_feature_shift_folds_into_the_layernorm_before_it_alone():
         _relu("q", "s"),
     ]
     assert _folded(per_token, (3, 4), "q") == ["layernorm", "offset", "relu"]
+    shared = [
+        _layernorm("n", "x", 4),
+        _offset("s", "n", RNG.normal(size=4)),
+        _relu("q", "s"),
+        Node("a", "add", ["q", "n"], "a", {}, {}),
+    ]
+    assert _folded(shared, (3, 4), "a") == ["layernorm", "offset", "relu", "add"]

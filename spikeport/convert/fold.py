@@ -51,7 +51,9 @@ def _into_producer(graph: Graph, off: Node) -> bool:
         p.params["bias"] = (p.params["bias"] + per_channel).astype(np.float32)
     elif p.op == "offset" and _broadcasts(p.params["value"].shape, c.shape, shape):
         p.params["value"] = (p.params["value"] + c).astype(np.float32)
-    elif p.op == "layernorm" and _within(c.shape, p.params["beta"].shape):
+    elif p.op == "layernorm" and _broadcasts(
+        c.shape, p.params["beta"].shape, p.params["beta"].shape
+    ):
         p.params["beta"] = (p.params["beta"] + c).astype(np.float32)  # one per feature
     else:
         return False
@@ -62,14 +64,6 @@ def _broadcasts(a: tuple[int, ...], b: tuple[int, ...], shape: tuple[int, ...]) 
     """a + b broadcasts to a shape that itself broadcasts to `shape` (no wider)."""
     try:
         return np.broadcast_shapes(np.broadcast_shapes(a, b), shape) == tuple(shape)
-    except ValueError:
-        return False
-
-
-def _within(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    """a broadcasts to b (b does not grow)."""
-    try:
-        return np.broadcast_shapes(a, b) == tuple(b)
     except ValueError:
         return False
 

@@ -306,9 +306,13 @@ class _Run:
                     self.spiking[i][t] = None
             self.spiking[node.output] = outs
         for i in node.inputs:
-            self.left[i] -= 1
-            if self.left[i] == 0 and i not in self.graph.outputs:
-                del self.spiking[i], self.ann[i]
+            self.release(i)
+
+    def release(self, tensor: str) -> None:
+        """One reader of `tensor` is done with it: drop its values after the last one."""
+        self.left[tensor] -= 1
+        if self.left[tensor] == 0 and tensor not in self.graph.outputs:
+            del self.spiking[tensor], self.ann[tensor]
 
 
 def _samples(graph: Graph, x: Batch, T: int) -> Batch:
@@ -576,8 +580,9 @@ def ann_twins(tuned: Graph, snn: Graph) -> list[tuple[Node, Node]]:
 
 def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
     """The neuron reads x - centre through a new offset node (fold_offsets later moves it into
-    a dense layer's bias where one alone feeds x), and its readers' biases take W centre; the
-    recorded values move with it (the ANN's stay: the network computes the same function)."""
+    the bias, or LayerNorm beta, of the layer that alone feeds x), its readers' biases take
+    W centre (fold.bias_shift); the recorded values move with it (the ANN's stay: the network
+    computes the same function)."""
     src = node.inputs[0]
     name, tensor = f"{node.name}/centre", f"{src}/centred"
     graph.tensors[tensor] = TensorInfo(tensor, graph.shape(src))
@@ -592,6 +597,4 @@ def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
     run.spiking[tensor] = [c - centre for c in run.spiking[src]]
     run.ann[tensor] = run.ann[src]
     run.left[tensor] = 1
-    run.left[src] -= 1
-    if run.left[src] == 0 and src not in graph.outputs:
-        del run.spiking[src], run.ann[src]
+    run.release(src)  # the neuron reads the offset's output now

@@ -65,7 +65,7 @@ class _Ctx:
     scales: dict[str, np.ndarray]
     calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
-    _sums: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # per last-axis index
+    _sums: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # for `mean`
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS
     bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
     notes: list[str] = field(default_factory=list)  # what quantize left out, for the artifact
@@ -80,10 +80,15 @@ class _Ctx:
             from spikeport.sim import Simulator
 
             sim, peaks, sums = Simulator(self.graph, "ann"), {}, self._sums
+            averaged = {  # the tensors whose means _mean_error reads
+                n.inputs[0]
+                for n in self.graph.nodes
+                if n.op == "dense" and _bipolar_fed(self.graph, n.inputs[0])
+            }
 
             def see(name: str, v: np.ndarray) -> None:
                 peaks[name] = max(peaks.get(name, 0.0), float(np.abs(v).max(initial=0)))
-                if v.ndim > 1:  # batch first
+                if name in averaged:  # batch first, features last
                     total, count = sums.get(name, (0.0, 0))
                     part = v.reshape(-1, v.shape[-1]).sum(axis=0, dtype=np.float64)
                     sums[name] = (total + part, count + v.size // v.shape[-1])
@@ -96,8 +101,8 @@ class _Ctx:
         return self._peaks[tensor]
 
     def mean(self, tensor: str) -> np.ndarray:
-        """The mean of `tensor` per index of its last axis (a dense layer's input features),
-        over the same samples and pass as `peak`."""
+        """The mean of a dense layer's bipolar-fed input per feature (its last axis), over the
+        same samples and pass as `peak`."""
         self.peak(tensor)
         total, count = self._sums[tensor]
         return np.asarray(total) / max(count, 1)
