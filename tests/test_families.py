@@ -111,6 +111,11 @@ def test_eval_reports_fidelity_for_embedding_and_token_level_outputs(family_dir:
         rep = evaluate(q, load_data(calib, q.inputs), [2, 16], "int", str(path))
         first, last = rep["records"]
         assert "accuracy" not in first and "accuracy" not in rep["ann"]
+        if k == 0:  # a normalised embedding: its largest element names no class, so neither
+            # eval nor T-aware conversion's choice between candidates counts top-1 agreement
+            assert "agreement_with_ann" not in first
+            scores = q.meta["conversion"]["t_aware"]["candidates"].values()
+            assert all(s["agreement"] == 0 for s in scores)
         assert -1 <= first["cosine_to_ann"] <= last["cosine_to_ann"] <= 1
         assert last["relative_error_to_ann"] < first["relative_error_to_ann"]
         missed = check_requirements(rep, [Requirement.parse("16:cosine_to_ann=1.0")])

@@ -11,6 +11,7 @@ import pytest
 
 from spikeport.errors import FormatError
 from spikeport.ir import OPS, Graph, Node, ShapeMismatch, TensorInfo, check_graph, load, save
+from spikeport.ir.ops import class_scores
 from spikeport.quantize.quantize import HANDLERS
 from spikeport.quantize.ranges import BOUNDS
 from spikeport.sim.ops import KERNELS
@@ -39,6 +40,21 @@ def _dense_graph(w_shape=(3, 4)) -> Graph:
 def test_shape_rule_names_the_node():
     with pytest.raises(ShapeMismatch, match="node 'fc' \\(dense\\).*does not end in 5"):
         check_graph(_dense_graph((3, 5)))
+
+
+def test_class_scores_are_one_axis_outputs_of_anything_but_an_embedding_head():
+    """A dense layer's one-axis output is class scores; an L2-normalised (or pooled, or
+    LayerNorm, or tanh) one is an embedding, also through a reshape; a token-level output
+    (two axes) is neither."""
+    g = _dense_graph()
+    check_graph(g)  # fills in the shapes
+    assert class_scores(g, "y")
+    g.nodes.append(Node("norm", "l2norm", ["y"], "e", {"axis": -1}))
+    g.nodes.append(Node("flat", "reshape", ["e"], "f", {"shape": [3]}))
+    check_graph(g)
+    assert not class_scores(g, "e") and not class_scores(g, "f")
+    g.tensors["y"] = TensorInfo("y", (2, 3))
+    assert not class_scores(g, "y")
 
 
 def test_reading_a_tensor_before_it_is_written_is_refused():

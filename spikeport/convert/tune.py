@@ -49,7 +49,7 @@ from spikeport.batch import Batch, size, take
 from spikeport.convert.balance import threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets
 from spikeport.ir.graph import Graph, Node, TensorInfo
-from spikeport.ir.ops import ELEMENT_MOVES, spike_levels, static_tensors
+from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
 from spikeport.sim.ops import IFNeuron
 
 # Calibration samples the layer-wise search runs on, at most. 512 (all 500 of text_bert's
@@ -404,7 +404,7 @@ def _score(graph: Graph, x: Batch, T: int, reference: list[np.ndarray]) -> tuple
     relative error of the mean outputs at T): larger is closer."""
     outputs = _float_outputs(graph, x, T, "float")
     agreement = 0.0
-    if len(graph.shape(graph.outputs[0])) == 1 and reference[0].shape[-1] > 1:
+    if class_scores(graph, graph.outputs[0]) and reference[0].shape[-1] > 1:
         agreement = float(np.mean(outputs[0].argmax(-1) == reference[0].argmax(-1)))
     num = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outputs, reference, strict=True))
     den = sum(float(np.sum(r**2)) for r in reference)

@@ -19,6 +19,7 @@ from spikeport.data import Dataset
 from spikeport.errors import BadInput, CheckFailed
 from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.graph import Graph
+from spikeport.ir.ops import class_scores
 from spikeport.sim import simulate
 from spikeport.sim.simulator import mean_output
 
@@ -151,13 +152,13 @@ def evaluate(
     output: str | None = None,
 ) -> dict[str, object]:
     """The eval report (schema in docs/eval-json.md): one record per T. `output` names the
-    graph output scored (default: the first). Class scores (one axis per sample) get accuracy
+    graph output scored (default: the first). Class scores (ir.ops.class_scores) get accuracy
     (with labels) and agreement with the ANN; every output gets its fidelity to the ANN."""
     if not timesteps or min(timesteps) < 1:
         raise BadInput(f"-T needs positive timesteps, got {timesteps}")
     k = output_index(graph, output)
     name = graph.outputs[k]
-    classes = len(graph.shape(name)) == 1
+    classes = class_scores(graph, name)
     ann_out, ann_source = ann_reference(graph, data, onnx_path, tflite_path, k)
     res = simulate(graph, data.x, max(timesteps), mode, progress=progress)
     snn_out = mean_output(graph, res, mode, name)

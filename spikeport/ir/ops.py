@@ -72,6 +72,24 @@ def infer_shape(node: Node, in_shapes: list[Shape]) -> Shape:
 ELEMENT_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
 
 
+# Ops whose one-axis output is a feature vector, not class scores: sentence encoders end in a
+# masked mean over tokens and an L2 normalisation, BERT's pooler in tanh, a bare encoder in a
+# LayerNorm. Their largest element names no class.
+FEATURE_OUTPUTS = frozenset({"l2norm", "masked_mean", "layernorm", "tanh"})
+
+
+def class_scores(graph: Graph, tensor: str) -> bool:
+    """Whether a graph output holds class scores: one axis per sample, made (through element
+    moves) by anything but a FEATURE_OUTPUTS op. eval reports accuracy and agreement for
+    those only, and T-aware conversion scores its candidates by top-class agreement there."""
+    if len(graph.shape(tensor)) != 1:
+        return False
+    node = graph.producer(tensor)
+    while node is not None and node.op in ELEMENT_MOVES:
+        node = graph.producer(node.inputs[0])
+    return node is None or node.op not in FEATURE_OUTPUTS
+
+
 def static_tensors(graph: Graph) -> set[str]:
     """Tensors equal at every step: the graph inputs (direct encoding) through stateless ops.
     The simulator, the torch module and the C target compute them once, not every step."""
