@@ -105,6 +105,23 @@ def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
     assert acc[True] >= acc[False] + 0.01
 
 
+def test_the_pick_between_candidates_trusts_agreement_only_beyond_its_noise():
+    """T-aware conversion keeps the candidate of least error unless another agrees with the
+    ANN's top class on significantly more of the same samples (a paired count)."""
+    from spikeport.convert.tune import _pick
+
+    def agree(n: int, hits: int) -> np.ndarray:
+        return np.arange(n) < hits
+
+    # 15 of 16 against 13 of 16 (the zoo's DeiT): noise, the lower error wins
+    assert _pick({"a": (agree(16, 15), -0.38), "b": (agree(16, 13), -0.28)}) == "b"
+    # 95 of 100 against 80 of 100 on the same samples: real, agreement wins
+    assert _pick({"a": (agree(100, 95), -0.38), "b": (agree(100, 80), -0.28)}) == "a"
+    # not class scores (nothing agrees): the error alone
+    none = np.zeros(8, bool)
+    assert _pick({"a": (none, -0.5), "b": (none, -0.2), "c": (none, -0.3)}) == "b"
+
+
 def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
     """tune_thresholds(correct=True): each layer with a bias that no neuron's search moves and
     that is not an output (text_bert: Q, K, V projections, residual branches, LayerNorms) ends
