@@ -46,6 +46,11 @@ T = 16, 0.9762 -> 0.9790 (float mode 0.9759 -> 0.9805; centring without the corr
 error), results/encoder.json. Convert took 1,787 s beside two other benchmarks (twice the
 candidates).
 
+Then (2026-12-01) the choice between T-aware candidates stopped scoring the embedding's top-1
+"agreement" (ir.ops.class_scores: an L2-normalised output is no class scores), so the
+relative error alone decides: 1-bit at T = 16 still 0.9790, convert 373 s on an otherwise
+idle machine (results/encoder.json).
+
 Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test
 sentences except the first row's 32; ANN view vs onnxruntime: 1e-7):
 
