@@ -328,7 +328,7 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     The neuron-by-neuron search scores each neuron alone; the network as a whole decides
     between the searches for T, 2T and 4T steps (EXTRA_STEPS) and the percentile conversion:
     the candidate whose output at T steps is closest to the ANN on the calibration samples
-    (for class scores, agreement of the top class first, within its sampling error: _pick)
+    (for class scores, agreement of the top class first, beyond its paired noise: _pick)
     wins. A search for more steps than T keeps higher thresholds, which at T = 1 and 2
     sometimes carry the network better than the search for T itself (measured on digits CNNs:
     87.6 % -> 94.1 % at T = 1 on one, no change on most).
