@@ -78,15 +78,22 @@ ELEMENT_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
 FEATURE_OUTPUTS = frozenset({"l2norm", "masked_mean", "layernorm", "tanh"})
 
 
+def value_source(graph: Graph, tensor: str) -> Node | None:
+    """The node whose values `tensor` holds: its producer, looked through one-input element
+    moves; None for a graph input."""
+    node = graph.producer(tensor)
+    while node is not None and node.op in ELEMENT_MOVES and len(node.inputs) == 1:
+        node = graph.producer(node.inputs[0])
+    return node
+
+
 def class_scores(graph: Graph, tensor: str) -> bool:
     """Whether a graph output holds class scores: one axis per sample, made (through element
     moves) by anything but a FEATURE_OUTPUTS op. eval reports accuracy and agreement for
     those only, and T-aware conversion scores its candidates by top-class agreement there."""
     if len(graph.shape(tensor)) != 1:
         return False
-    node = graph.producer(tensor)
-    while node is not None and node.op in ELEMENT_MOVES:
-        node = graph.producer(node.inputs[0])
+    node = value_source(graph, tensor)
     return node is None or node.op not in FEATURE_OUTPUTS
 
 

@@ -33,7 +33,7 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import ELEMENT_MOVES, keeps_channels
+from spikeport.ir.ops import keeps_channels, value_source
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
@@ -268,9 +268,7 @@ def _mean_error(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> np
 
 def _bipolar_fed(graph: Graph, tensor: str) -> bool:
     """`tensor` holds a bipolar neuron's spikes, directly or through element moves."""
-    prod = graph.producer(tensor)
-    while prod is not None and prod.op in ELEMENT_MOVES and len(prod.inputs) == 1:
-        prod = graph.producer(prod.inputs[0])
+    prod = value_source(graph, tensor)
     return prod is not None and prod.op == "if" and bool(prod.attrs.get("bipolar"))
 
 
