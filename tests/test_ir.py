@@ -45,7 +45,7 @@ def test_shape_rule_names_the_node():
 def test_class_scores_are_one_axis_outputs_of_anything_but_an_embedding_head():
     """A dense layer's one-axis output is class scores; an L2-normalised (or pooled, or
     LayerNorm, or tanh) one is an embedding, also through a reshape; a token-level output
-    (two axes) is neither."""
+    (two axes) and a single logit are neither."""
     g = _dense_graph()
     check_graph(g)  # fills in the shapes
     assert class_scores(g, "y")
@@ -54,6 +54,8 @@ def test_class_scores_are_one_axis_outputs_of_anything_but_an_embedding_head():
     check_graph(g)
     assert not class_scores(g, "e") and not class_scores(g, "f")
     g.tensors["y"] = TensorInfo("y", (2, 3))
+    assert not class_scores(g, "y")
+    g.tensors["y"] = TensorInfo("y", (1,))  # a single logit: no top class to agree on
     assert not class_scores(g, "y")
 
 

@@ -415,7 +415,7 @@ def _score(graph: Graph, x: Batch, T: int, reference: list[np.ndarray]) -> tuple
     else all False; minus the relative error of the mean outputs at T): larger is closer."""
     outputs = _float_outputs(graph, x, T, "float")
     agree = np.zeros(len(reference[0]), bool)
-    if class_scores(graph, graph.outputs[0]) and reference[0].shape[-1] > 1:
+    if class_scores(graph, graph.outputs[0]):
         agree = outputs[0].argmax(-1) == reference[0].argmax(-1)
     num = sum(float(np.sum((o - r) ** 2)) for o, r in zip(outputs, reference, strict=True))
     den = sum(float(np.sum(r**2)) for r in reference)

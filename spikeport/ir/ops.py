@@ -88,10 +88,12 @@ def value_source(graph: Graph, tensor: str) -> Node | None:
 
 
 def class_scores(graph: Graph, tensor: str) -> bool:
-    """Whether a graph output holds class scores: one axis per sample, made (through element
+    """Whether a graph output holds class scores: one axis of more than one element per
+    sample (a single logit has no top class: its argmax is always 0), made (through element
     moves) by anything but a FEATURE_OUTPUTS op. eval reports accuracy and agreement for
     those only, and T-aware conversion scores its candidates by top-class agreement there."""
-    if len(graph.shape(tensor)) != 1:
+    shape = graph.shape(tensor)
+    if len(shape) != 1 or shape[0] < 2:
         return False
     node = value_source(graph, tensor)
     return node is None or node.op not in FEATURE_OUTPUTS
