@@ -1,6 +1,7 @@
 """ONNX -> Graph (stage "ann"): the one import path for every graph, CNN or transformer.
 
-1. spikeport.convert.onnx_load: check, batch axis fixed to 1, other dynamic axes from the data
+1. spikeport.convert.onnx_qdq: a QDQ-quantized model becomes the float network it quantizes.
+   spikeport.convert.onnx_load: check, batch axis fixed to 1, other dynamic axes from the data
    or --input-shape, onnxruntime's basic optimiser folds shapes and constants, shape inference.
 2. spikeport.convert.onnx_patterns: fuse what exporters spell in several nodes (erf GELU,
    decomposed LayerNorm, additive attention masks), each fusion checked.
@@ -36,6 +37,7 @@ from spikeport.convert.onnx_patterns import (
     fuse_tanh_gelu,
     plan_masks,
 )
+from spikeport.convert.onnx_qdq import dequantize
 from spikeport.errors import SpikeportError, UnsupportedOp
 from spikeport.fileio import existing_file, sha256_file
 from spikeport.ir.check import check_graph
@@ -129,7 +131,8 @@ def import_onnx(
     does not, `data_shapes` (a data file's per-sample shapes by key) fills dynamic axes."""
     p = existing_file(path, "ONNX model")
     original = load_checked(p)
-    model = canonicalise(original, input_shapes, data_shapes)
+    model, qdq_notes = dequantize(original)
+    model = canonicalise(model, input_shapes, data_shapes)
     model = fuse_decomposed_layernorm(fuse_tanh_gelu(fuse_erf_gelu(model)))
     model = fuse_l2norm(fuse_masked_mean(fuse_one_hot_matmul(model)))
     plan = plan_masks(model)
@@ -145,6 +148,7 @@ def import_onnx(
         input_info={i.name: i for i in model.graph.input},
         derived=plan.derived,
     )
+    ctx.notes.extend(qdq_notes)
     _count_uses(ctx, model)
     for n in model.graph.node:
         if n.name in plan.skip:

@@ -1,0 +1,164 @@
+"""QDQ models back to the float network they approximate, before onnx_load.canonicalise.
+
+onnxruntime.quantization's default format (QuantFormat.QDQ), and most int8 ONNX exports, keep
+float ops and wrap every tensor in QuantizeLinear -> DequantizeLinear. spikeport quantizes
+for itself (spikeport.quantize), so it imports the float network those pairs approximate:
+- DequantizeLinear of a constant (weights, int32 biases): its float value, (q - zero_point) *
+  scale per tensor, per axis or per block (onnx's own reference implementation computes it);
+- a QuantizeLinear -> DequantizeLinear pair on an activation: where its range starts at 0
+  (zero point at the integer type's lowest value) it is the ReLU the quantizer fused away
+  (onnxruntime drops a Conv's or MatMul's ReLU into the quantized range), imported as
+  Clip(0, top of the range) unless its input is already non-negative (a ReLU, a fused ReLU
+  before a MaxPool) or a graph input (whose calibrated range merely starts at 0: a neuron
+  there would add a layer the float network does not have); every other pair is the identity:
+  its rounding and its saturation outside the calibrated range are the int8 model's
+  approximation of the float one.
+The integer-operator format (QLinearConv, MatMulInteger, DynamicQuantizeLinear...) computes
+in integers with its own rescaling and is refused, naming the node and what to export instead.
+Every change is listed in the graph's import notes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
+
+from spikeport.convert.onnx_ctx import refuse
+
+# Integer-operator (QOperator) ops: integer arithmetic with their own rescaling, not a float
+# network wrapped in quantizers.
+INTEGER_OPERATORS = frozenset({
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+    "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
+    "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
+    "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+})  # fmt: skip
+# Ops through which a non-negative tensor stays non-negative (one data input).
+KEEPS_SIGN = frozenset({
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
+    "Transpose", "Squeeze", "Unsqueeze", "Identity", "Resize", "Slice", "Gather", "Pad",
+})  # fmt: skip
+NON_NEGATIVE = frozenset({"Relu", "Sigmoid", "Softmax"})
+
+
+def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """`model` with its QDQ pairs and dequantized constants replaced (module docstring), and
+    the notes saying what was replaced; a model without them is returned as it is."""
+    g = model.graph
+    ops = {n.op_type for n in g.node if n.domain in ("", "ai.onnx", "com.microsoft")}
+    for n in g.node:
+        if n.op_type in INTEGER_OPERATORS:
+            raise refuse(n, "an integer-operator (QOperator) quantized model: give spikeport the "
+                            "float model, or quantize it in QDQ format (onnxruntime.quantization "
+                            "QuantFormat.QDQ)")  # fmt: skip
+    if "DequantizeLinear" not in ops:
+        return model, []
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts.update(
+        (n.output[0], numpy_helper.to_array(n.attribute[0].t))
+        for n in g.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    )
+    producer = {o: n for n in g.node for o in n.output}
+    rename: dict[str, str] = {}
+    # tensors a range from 0 does not clip: non-negative ones, and the graph inputs through
+    # data moves (a range of theirs that starts at 0 says the data is non-negative)
+    non_negative = {i.name for i in g.input} - set(consts)
+    kept, folded, relus, identities = [], 0, 0, 0
+    for n in g.node:
+        n.input[:] = [rename.get(t, t) for t in n.input]
+        if n.op_type != "DequantizeLinear":
+            kept.append(n)
+            _track_sign(n, consts, non_negative)
+            continue
+        if n.input[0] in consts:
+            g.initializer.append(numpy_helper.from_array(_dequantized(n, consts), n.output[0]))
+            consts[n.output[0]] = numpy_helper.to_array(g.initializer[-1])
+            folded += 1
+            continue
+        q = producer.get(n.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            raise refuse(n, "dequantizes a computed integer tensor, not a constant or a "
+                            "QuantizeLinear's output: only QDQ-format models import")  # fmt: skip
+        lo, hi = _range(n, consts)
+        x = rename.get(q.input[0], q.input[0])
+        if lo == 0 and x not in non_negative:
+            clip = f"{n.name or n.output[0]}:relu"
+            bounds = [numpy_helper.from_array(np.asarray(v, np.float32), f"{clip}:{k}")
+                      for k, v in (("min", lo), ("max", hi))]  # fmt: skip
+            g.initializer.extend(bounds)
+            kept.append(helper.make_node("Clip", [x, bounds[0].name, bounds[1].name],
+                                         [n.output[0]], name=clip))  # fmt: skip
+            # (QDQ needs opset 13 for per-axis scales, 10 at least: Clip reads its bounds as
+            # inputs from opset 11, which onnxruntime.quantization requires)
+            non_negative.add(n.output[0])
+            relus += 1
+        else:
+            rename[n.output[0]] = x
+            identities += 1
+    _keep_output_names(g, kept, rename)
+    read = {t for n in kept for t in n.input}
+    kept = [n for n in kept if n.op_type != "QuantizeLinear" or n.output[0] in read]
+    del g.node[:]
+    g.node.extend(kept)
+    note = (
+        f"QDQ model imported as the float network it quantizes: {folded} dequantized constants "
+        f"folded, {relus} QuantizeLinear/DequantizeLinear pairs whose range starts at 0 "
+        f"imported as ReLUs capped at the range's top, {identities} as the identity"
+    )
+    return model, [note]
+
+
+def _dequantized(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> np.ndarray:
+    """A DequantizeLinear's float value on constant inputs, by onnx's reference op (per tensor,
+    per axis and per block alike)."""
+    a = {k.name: helper.get_attribute_value(k) for k in n.attribute}
+    args = [consts[t] for t in n.input if t]
+    if any(t and t not in consts for t in n.input[1:]):
+        raise refuse(n, "its scale or zero point is computed, not a constant")
+    y = DequantizeLinear_21.eval(*args, axis=a.get("axis", 1), block_size=a.get("block_size", 0))
+    return np.asarray(y, np.float32)
+
+
+def _range(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The float range a DequantizeLinear's integer type spans: (lowest - zp) * scale to
+    (highest - zp) * scale; one scale and zero point for the whole tensor."""
+    scale = consts.get(n.input[1])
+    zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+    if scale is None or zp is None:
+        raise refuse(n, "its scale or zero point is computed, not a constant")
+    if scale.size != 1 or zp.size != 1:
+        raise refuse(n, "quantizes an activation per axis; only one scale per activation maps "
+                        "to spikeport's thresholds")  # fmt: skip
+    try:
+        info = np.iinfo(zp.dtype)
+    except ValueError:
+        raise refuse(n, f"quantizes to {zp.dtype}, not an integer type") from None
+    s, z = float(scale.reshape(())), int(zp.reshape(()))
+    return (info.min - z) * s, (info.max - z) * s
+
+
+def _track_sign(n: onnx.NodeProto, consts: dict[str, np.ndarray], non_negative: set[str]) -> None:
+    """Record n's output as non-negative when it is: a ReLU, sigmoid or softmax, a Clip from 0
+    up, or a data move or pooling of a non-negative tensor."""
+    data = [t for t in n.input if t and t not in consts]
+    low = consts.get(n.input[1]) if n.op_type == "Clip" and len(n.input) > 1 else None
+    if (
+        n.op_type in NON_NEGATIVE
+        or (low is not None and low.size == 1 and float(low.reshape(())) >= 0)
+        or (n.op_type in KEEPS_SIGN and len(data) == 1 and data[0] in non_negative)
+    ):
+        non_negative.add(n.output[0])
+
+
+def _keep_output_names(g: onnx.GraphProto, kept: list[onnx.NodeProto], rename: dict) -> None:
+    """A graph output that was a dropped DequantizeLinear's keeps its name: an Identity of the
+    tensor that replaced it."""
+    for o in g.output:
+        if o.name in rename:
+            kept.append(helper.make_node("Identity", [rename[o.name]], [o.name],
+                                         name=f"{o.name}:identity"))  # fmt: skip

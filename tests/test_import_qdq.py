@@ -1,0 +1,128 @@
+"""QDQ-quantized ONNX models (onnxruntime.quantization's default format) import as the float
+network they quantize (spikeport.convert.onnx_qdq): the same IR as the float model's, the
+ReLUs the quantizer fused away restored, and a spiking network as accurate as the float
+model's; the integer-operator format is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from spikeport.cli.main import main
+from spikeport.convert import import_onnx
+from spikeport.errors import UnsupportedOp
+from spikeport.sim import simulate
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+FLOAT_CNN = EXAMPLES / "digits_cnn.onnx"
+CALIB, TEST = EXAMPLES / "digits_calib.npz", EXAMPLES / "digits_test.npz"
+# (format, activation type, per-channel weights): onnxruntime's two activation types, and the
+# integer-operator format spikeport refuses
+VARIANTS = {
+    "qdq_s8": (QuantFormat.QDQ, QuantType.QInt8, True),
+    "qdq_u8": (QuantFormat.QDQ, QuantType.QUInt8, False),
+    "qoperator": (QuantFormat.QOperator, QuantType.QUInt8, True),
+}
+
+
+class _Images(CalibrationDataReader):
+    def __init__(self, x: np.ndarray):
+        self.feeds = iter({"x": x[i : i + 1].astype(np.float32)} for i in range(len(x)))
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("qdq")
+    x = np.load(CALIB)["x"][:64]
+    paths = {}
+    for name, (fmt, act, per_channel) in VARIANTS.items():
+        paths[name] = out / f"{name}.onnx"
+        quantize_static(FLOAT_CNN, paths[name], _Images(x), quant_format=fmt,
+                        activation_type=act, weight_type=QuantType.QInt8,
+                        per_channel=per_channel)  # fmt: skip
+    return paths
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.mark.parametrize("name", ["qdq_s8", "qdq_u8"])
+def test_qdq_model_imports_as_the_float_network_it_quantizes(quantized, name):
+    """Same ops as the float model's import (no neuron where the float network has no ReLU,
+    the fused ReLUs back), weights within a rounding step of the float ones, and an ANN view
+    that agrees with onnxruntime on the int8 model."""
+    graph, ref = import_onnx(quantized[name]), import_onnx(FLOAT_CNN)
+    assert [n.op for n in graph.nodes] == [n.op for n in ref.nodes]
+    for a, b in zip(graph.nodes, ref.nodes, strict=True):
+        if "weight" in a.params:
+            step = np.abs(b.params["weight"]).max() / 127
+            assert np.abs(a.params["weight"] - b.params["weight"]).max() <= step
+    assert "2 QuantizeLinear/DequantizeLinear pairs whose range starts at 0" in " ".join(
+        graph.meta["source"]["import_notes"]
+    )
+    x = np.load(TEST)["x"][:200].astype(np.float32)
+    ann = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
+    int8 = _ort(quantized[name], x)
+    assert np.mean(ann.argmax(-1) == int8.argmax(-1)) >= 0.97
+    assert np.linalg.norm(ann - int8) / np.linalg.norm(int8) < 0.1
+
+
+def test_qdq_model_converts_as_well_as_the_float_one(quantized, tmp_path):
+    """convert -> quantize -> eval through the CLI, against onnxruntime on the int8 model: at
+    T = 8 within a point of the int8 ANN's accuracy."""
+    runner, snn, q = CliRunner(), tmp_path / "m.spk", tmp_path / "m.q.spk"
+    for args in (
+        ["convert", quantized["qdq_s8"], "--calib", CALIB, "-o", snn, "-T", "8"],
+        ["quantize", snn, "--calib", CALIB, "-o", q],
+        ["eval", q, "--data", TEST, "-T", "8", "--onnx", quantized["qdq_s8"],
+         "--json", tmp_path / "e.json"],
+    ):  # fmt: skip
+        res = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    (record,) = report["records"]
+    assert record["accuracy"] >= report["ann"]["accuracy"] - 0.01
+
+
+def test_integer_operator_format_is_refused_in_one_line(quantized, tmp_path):
+    out = tmp_path / "m.spk"
+    res = CliRunner().invoke(
+        main, ["convert", str(quantized["qoperator"]), "--calib", str(CALIB), "-o", str(out)]
+    )
+    assert res.exit_code == 2
+    (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert "QOperator" in line and "QDQ" in line and "node '" in line
+    assert not out.exists()
+
+
+def test_dequantizing_a_computed_integer_tensor_is_refused(tmp_path):
+    """An int8 graph input read through DequantizeLinear: no QuantizeLinear to pair it with."""
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")],
+        "g",
+        [helper.make_tensor_value_info("q", TensorProto.INT8, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.asarray(0.5, np.float32), "s")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(UnsupportedOp, match="node 'dq' \\(DequantizeLinear\\): dequantizes a"):
+        import_onnx(path)
