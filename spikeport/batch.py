@@ -37,10 +37,23 @@ def named(inputs: Sequence[TensorInfo], x: Batch) -> dict[str, np.ndarray]:
     return {inputs[0].name: x}
 
 
-def onnx_feeds(input_names: Sequence[str], x: Batch) -> dict[str, np.ndarray]:
-    """onnxruntime's feeds: a dict goes as it is (integer ids keep their type), a bare array
-    is the first input's, as float32."""
-    return x if isinstance(x, dict) else {input_names[0]: x.astype(np.float32)}
+# onnxruntime's input types, as numpy's
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}  # fmt: skip
+
+
+def onnx_feeds(session_inputs: Sequence, x: Batch) -> dict[str, np.ndarray]:
+    """onnxruntime's feeds for a session's inputs (its get_inputs()): a dict by name, a bare
+    array the first input's, each cast to the type the model declares (ids kept as int64 in
+    spikeport's data files are int32 in some models)."""
+    feeds = x if isinstance(x, dict) else {session_inputs[0].name: x}
+    types = {i.name: ORT_TYPES.get(i.type) for i in session_inputs}
+    return {
+        k: v if types.get(k) is None else v.astype(types[k], copy=False) for k, v in feeds.items()
+    }
 
 
 def is_integer(t: TensorInfo) -> bool:

@@ -471,4 +471,9 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
     "upsample_bilinear": _I("upsample_bilinear", lambda: _upsample("bilinear"), 17),
     "output_also_read": _I("output_also_read", TwoOutputs, 18, outputs=["hidden", "logits"]),
     "conv_transformer": _I("conv_transformer", ConvTransformer, 19),
+    # keyword spotting / sensor CNNs: Conv1d, BatchNorm1d, MaxPool1d, global average pooling
+    "signal_1d": _I("signal_1d", lambda: nn.Sequential(
+        nn.Conv1d(2, 8, 5, stride=2, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
+        nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+        nn.Linear(8, 4)), 20, shape=(2, 32)),
 }  # fmt: skip

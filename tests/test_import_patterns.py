@@ -318,3 +318,126 @@ def test_sentence_transformers_pooling_is_masked_mean_and_l2norm(tmp_path):
     graph = _check(path, feeds, {"input_ids": (7,), "attention_mask": (7,)})
     ops = [n.op for n in graph.nodes]
     assert "masked_mean" in ops and "l2norm" in ops, ops
+
+
+# -- spellings found by their values (onnx_patterns.fuse_layernorm_by_value, fuse_tanh_gelu) ----
+
+
+class JaxNorms(nn.Module):
+    """jax2tf's spellings (magika): LayerNorm as E[x^2] - E[x]^2 floored at 0 and a reciprocal
+    square root, over the last axis and over the tokens (gamma along the features); GELU's x^3
+    as products after a bias add; a softmax written out at the output."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.w, self.b = nn.Parameter(torch.rand(d) + 0.5), nn.Parameter(torch.randn(d))
+        self.out = nn.Linear(d, 3)
+
+    @staticmethod
+    def norm(x: torch.Tensor, axis: int, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        mean = x.sum(axis, keepdim=True) * (1 / x.shape[axis])
+        var = torch.clamp(
+            (x * x).sum(axis, keepdim=True) * (1 / x.shape[axis]) - mean * mean, min=0
+        )
+        return (x - mean) * (1 / torch.sqrt(var + 1e-6) * w) + b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        h = h * (0.5 * (1 + torch.tanh(0.7978845608 * (h + 0.044715 * (h * h * h)))))
+        h = self.norm(h, 1, self.w, self.b)  # over the tokens, gamma per feature
+        h = self.norm(h, 2, self.w, self.b)  # over the features
+        z = self.out(h[:, 0])
+        e = torch.exp(z - z.max(-1, keepdim=True).values)
+        return e / e.sum(-1, keepdim=True)
+
+
+class KerasNorm(nn.Module):
+    """Keras's LayerNorm through tf2onnx: x * inv + (beta - mean * inv), inv = gamma *
+    rsqrt(var + eps), then a softmax written out inside the network."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.w, self.b = nn.Parameter(torch.rand(d) + 0.5), nn.Parameter(torch.randn(d))
+        self.out = nn.Linear(d, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        mean = h.mean(-1, keepdim=True)
+        inv = torch.rsqrt(((h - mean) ** 2).mean(-1, keepdim=True) + 1e-3) * self.w
+        h = h * inv + (self.b - mean * inv)
+        e = torch.exp(h - h.max(-1, keepdim=True).values)
+        return self.out(e / e.sum(-1, keepdim=True))
+
+
+class RmsNorm(nn.Module):
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-6)
+
+
+@pytest.mark.parametrize("model, ops", [
+    (JaxNorms, ["dense", "gelu", "layernorm", "layernorm", "dense"]),
+    (KerasNorm, ["dense", "layernorm", "softmax", "dense"]),
+])  # fmt: skip
+def test_other_spellings_of_layernorm_softmax_and_gelu_are_found_by_value(tmp_path, model, ops):
+    """Each fused into one op (checked on random inputs of several scales when fused), the
+    network equal to onnxruntime; a softmax at the output is dropped (same argmax)."""
+    torch.manual_seed(0)
+    path = _export(model(), (torch.randn(2, 5, 6),), tmp_path / "m.onnx", ["x"])
+    x = np.random.default_rng(0).normal(size=(3, 5, 6)).astype(np.float32)
+    graph = import_onnx(path)
+    fused = [n.op for n in graph.nodes if n.op in {"dense", "gelu", "layernorm", "softmax"}]
+    assert fused == ops
+    assert not {"mul", "tanh", "reduce_mean", "reduce_sum"} & {n.op for n in graph.nodes}
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    ours = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][0]
+    if graph.meta["source"]["dropped_softmax"]:
+        e = np.exp(ours - ours.max(-1, keepdims=True))
+        ours = e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_a_norm_that_is_no_layernorm_is_not_fused(tmp_path):
+    """RMSNorm (no mean taken out) fits no LayerNorm: it stays as written and is refused by
+    name, not imported as something else."""
+    torch.manual_seed(0)
+    path = _export(RmsNorm(), (torch.randn(2, 5, 6),), tmp_path / "m.onnx", ["x"])
+    with pytest.raises(UnsupportedOp, match="\\(Sqrt\\): op is not in spikeport's vocabulary"):
+        import_onnx(path)
+
+
+class Signal(nn.Module):
+    """A 1-D signal (N, C, L): conv, the global max over L, a slice keeping every sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 4, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x[0:1_000_000_000]))
+        return self.fc(torch.amax(h, 2, keepdim=True)[..., 0])
+
+
+def test_global_max_of_a_signal_and_a_whole_batch_slice(tmp_path):
+    torch.manual_seed(0)
+    model = Signal()
+    path = tmp_path / "s.onnx"
+    torch.onnx.export(model.eval(), (torch.randn(2, 2, 9),), str(path), input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}}, dynamo=False)  # fmt: skip
+    import onnx
+
+    m = onnx.load(str(path))  # torch writes amax as ReduceMax: make it the GlobalMaxPool op
+    (red,) = [n for n in m.graph.node if n.op_type == "ReduceMax"]
+    red.op_type, red.input[1:] = "GlobalMaxPool", []
+    del red.attribute[:]
+    onnx.save(m, str(path))
+    x = np.random.default_rng(0).normal(size=(3, 2, 9)).astype(np.float32)
+    graph = _check(path, {"x": x})
+    assert "maxpool2d" in [n.op for n in graph.nodes]

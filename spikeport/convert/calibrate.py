@@ -32,7 +32,7 @@ def onnx_runner(path: str | os.PathLike[str]) -> Runner:
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                 )
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        out = sess.run(names, onnx_feeds([i.name for i in sess.get_inputs()], x))
+        out = sess.run(names, onnx_feeds(sess.get_inputs(), x))
         return dict(zip(names, out, strict=True))
 
     return run

@@ -32,9 +32,11 @@ from spikeport.convert.onnx_patterns import (
     fuse_decomposed_layernorm,
     fuse_erf_gelu,
     fuse_l2norm,
+    fuse_layernorm_by_value,
     fuse_masked_mean,
     fuse_one_hot_matmul,
     fuse_tanh_gelu,
+    lift_1d_windows,
     plan_masks,
 )
 from spikeport.convert.onnx_qdq import dequantize
@@ -134,6 +136,7 @@ def import_onnx(
     model, qdq_notes = dequantize(original)
     model = canonicalise(model, input_shapes, data_shapes)
     model = fuse_decomposed_layernorm(fuse_tanh_gelu(fuse_erf_gelu(model)))
+    model = lift_1d_windows(fuse_layernorm_by_value(model))
     model = fuse_l2norm(fuse_masked_mean(fuse_one_hot_matmul(model)))
     plan = plan_masks(model)
     inputs = _graph_inputs(model)

@@ -586,10 +586,11 @@ def _covered(hw: tuple[int, ...], kernel: list[int], win: dict, counted: list[in
 
 @importer("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(ctx: Ctx, n: onnx.NodeProto) -> None:
-    _, h, w = _image_input(ctx, n)
     op = "avgpool2d" if n.op_type == "GlobalAveragePool" else "maxpool2d"
+    x, out = n.input[0], n.output[0]
+    _, h, w = _image_input(ctx, n)
     a = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
-    ctx.emit(n, Node(n.name, op, [n.input[0]], n.output[0], a))
+    ctx.emit(n, Node(n.name, op, [x], out, a))
 
 
 @importer("MaxPool")
@@ -797,17 +798,25 @@ def _emit_slice(ctx: Ctx, n: onnx.NodeProto, out: str, name: str, spec: list[tup
     x = n.input[0]
     shape = ctx.shape(x)
     a: dict[str, list[int]] = {"axes": [], "starts": [], "ends": [], "steps": []}
+    big = np.iinfo(np.int64).max
     for axis, start, end, step in spec:
-        ax = ctx.axis(n, x, int(axis))
         if step == 0:
             raise refuse(n, "a step of 0 is not a slice")
-        big = np.iinfo(np.int64).max
+        if int(axis) % ctx.rank(x) == ctx.batch(x) and _whole_batch(start, end, step):
+            continue  # keeps every sample (jax2tf's strided slices name every axis)
+        ax = ctx.axis(n, x, int(axis))
         s, e, _ = slice(
             int(max(min(start, big), -big)), int(max(min(end, big), -big)), int(step)
         ).indices(shape[ax])
         for k, v in zip(a, (ax, s, e, int(step)), strict=True):
             a[k].append(v)
     ctx.emit(n, Node(name, "slice", [x], out, a))
+
+
+def _whole_batch(start: int, end: int, step: int) -> bool:
+    """Whether a slice of the batch axis keeps all of it at any batch size: forwards from the
+    first sample to an end no batch reaches (exporters write 1e9, 2^31 - 1 or 2^63 - 1)."""
+    return step == 1 and start in (0, -np.iinfo(np.int64).max - 1) and end >= 2**24
 
 
 @importer("Slice")

@@ -3,7 +3,9 @@ op) that says it, before the per-op importers run. Each fusion is checked, not a
 
 - `0.5 * x * (1 + erf(x / sqrt 2))` -> Gelu (older torch exports; onnxruntime's basic optimiser
   does not fuse it, its Gelu fusion lives in the contrib-op transformer optimiser).
-- ReduceMean/Sub/Pow/ReduceMean/[Add eps]/Sqrt/Div/[Mul gamma]/[Add beta] -> LayerNormalization.
+- ReduceMean/Sub/Pow/ReduceMean/[Add eps]/Sqrt/Div/[Mul gamma]/[Add beta] -> LayerNormalization,
+  and any other spelling of it (jax2tf's, Keras's) found by its data flow and checked by its
+  values on random inputs (`fuse_layernorm_by_value`).
 - attention_mask -> (Cast/Sub/Mul/Where/Expand/...) -> Add to the scores -> Softmax: the mask
   subgraph is run by onnxruntime on random 0/1 masks and must give 0 for kept keys and a large
   negative value for masked ones (`plan_masks`), then the Softmax becomes `masked_softmax`.
@@ -307,6 +309,243 @@ def _reduced_axis(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict) -> int |
     return axes[0] % len(shape)
 
 
+# -- LayerNorm in any other spelling, recognised by its values --------------------------------
+
+# Ops a LayerNorm's arithmetic is written in (jax2tf: E[x^2] - E[x]^2, a floor at 0, Rsqrt as
+# Sqrt and Reciprocal; Keras via tf2onnx: x * inv + (beta - mean * inv); broadcasts and casts).
+# A softmax written out (jax.nn.softmax: x - max, exp, sum, divide) uses ReduceMax and Exp too.
+NORM_OPS = frozenset({
+    "ReduceMean", "ReduceSum", "ReduceMax", "Sub", "Mul", "Add", "Div", "Pow", "Sqrt",
+    "Reciprocal", "Max", "Min", "Clip", "Exp", "Reshape", "Expand", "Squeeze", "Unsqueeze",
+    "Cast", "Neg", "Identity",
+})  # fmt: skip
+EPSILONS = [10.0**-k for k in range(2, 13)]  # Keras 1e-3, torch 1e-5, JAX 1e-6, BERT 1e-12
+NORM_MATCH = 1e-3  # largest error of the fitted LayerNorm, relative to the largest output
+
+
+def fuse_layernorm_by_value(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace any region that reads one tensor x (only through NORM_OPS and constants),
+    reduces it over one axis and computes gamma * (x - mean) / sqrt(var + eps) + beta there,
+    by one LayerNormalization (AxisLayerNorm for another axis than the last; then a Mul and an
+    Add where gamma and beta vary along another axis than the normalised one): the region is
+    found by its data flow (it starts at x's readers and nothing outside it reads anything
+    inside but its output), run by onnxruntime on random x, and gamma, beta and eps are fitted
+    to what it gives; it is fused only where the fit is exact to NORM_MATCH. Runs after
+    fuse_decomposed_layernorm (the usual spelling)."""
+    g = model.graph
+    consts = _consts(g)
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for red in [n for n in g.node if n.op_type in ("ReduceMean", "ReduceSum", "ReduceMax")]:
+        if red not in g.node:
+            continue  # inside a region fused already
+        x, shape = red.input[0], _shape_of(g, red.input[0])
+        axis = _reduced_axis(g, red, values)
+        if shape is None or axis is None or axis == 0:
+            continue
+        region = _region(g, x, consts)
+        for end in reversed(region):
+            nodes = _sealed(g, region, end, red)
+            if nodes is None or _shape_of(g, end.output[0]) != shape:
+                continue
+            probes = _probes(shape, axis)
+            try:
+                got = [_run_sub(model, [x], [end.output[0]], {x: p})[0] for p in probes]
+            except Exception:  # the region needs more than x: no function of x alone
+                continue
+            if _is_softmax(probes, got, axis):
+                _replace(g, nodes, [onnx.helper.make_node(
+                    "Softmax", [x], [end.output[0]], name=f"{nodes[0].name}_softmax", axis=axis
+                )])  # fmt: skip
+                break
+            fit = _fit_norm(probes, got, shape, axis)
+            if fit is not None:
+                _replace(
+                    g, nodes, _norm_nodes(g, nodes[0].name, x, end.output[0], shape, axis, *fit)
+                )
+                break
+    return model
+
+
+def _region(
+    g: onnx.GraphProto, x: str, consts: set[str], ops: frozenset[str] = NORM_OPS
+) -> list[onnx.NodeProto]:
+    """The nodes of `ops`, in order, computed from x and constants alone."""
+    inside, region = {x}, []
+    for n in g.node:
+        data = [t for t in n.input if t and t not in consts]
+        if n.op_type in ops and data and all(t in inside for t in data):
+            region.append(n)
+            inside.update(n.output)
+    return region
+
+
+def _sealed(g: onnx.GraphProto, region: list[onnx.NodeProto], end: onnx.NodeProto,
+            red: onnx.NodeProto) -> list[onnx.NodeProto] | None:  # fmt: skip
+    """The nodes of `region` that `end` depends on, if they include `red` and nothing outside
+    them reads any of their outputs but `end`'s; else None."""
+    producer = {o: n for n in region for o in n.output}
+    nodes, todo = {id(end): end}, [end]
+    while todo:
+        for t in todo.pop().input:
+            p = producer.get(t)
+            if p is not None and id(p) not in nodes:
+                nodes[id(p)] = p
+                todo.append(p)
+    if id(red) not in nodes:
+        return None
+    users = _users(g)
+    outputs = {o.name for o in g.output}
+    for n in nodes.values():
+        if n is end:
+            continue
+        if n.output[0] in outputs or any(id(u) not in nodes for u in users.get(n.output[0], [])):
+            return None
+    return [n for n in region if id(n) in nodes]
+
+
+def _probes(shape: list[int], axis: int) -> list[np.ndarray]:
+    """Random inputs of several scales (the small ones tell a LayerNorm's eps apart), each row
+    along `axis` with its own offset."""
+    rng = np.random.default_rng(0)
+    row = list(shape)
+    row[axis] = 1
+    return [
+        (scale * (rng.normal(0, 1, row) + rng.normal(0, 1, shape))).astype(np.float32)
+        for scale in (1e-3, 3e-3, 1e-2, 0.1, 1.0, 10.0)
+    ]
+
+
+def _is_softmax(probes: list[np.ndarray], got: list[np.ndarray], axis: int) -> bool:
+    for x, y in zip(probes, got, strict=True):
+        e = np.exp(x - x.max(axis, keepdims=True))
+        if y.shape != x.shape or not np.allclose(y, e / e.sum(axis, keepdims=True), atol=1e-5):
+            return False
+    return True
+
+
+def _fit_norm(probes: list[np.ndarray], got: list[np.ndarray], shape: list[int], axis: int):
+    """(gamma, beta, eps, along) with y = gamma * (x - mean) / sqrt(var + eps) + beta, mean
+    and var over `axis`, gamma and beta one per index of axis `along` (the normalised one, or
+    another), fitted on the probes; or None where no such fit is exact to NORM_MATCH."""
+    xs, got = np.stack(probes).astype(np.float64), np.stack(got).astype(np.float64)
+    centred = xs - xs.mean(axis + 1, keepdims=True)
+    var = (centred**2).mean(axis + 1, keepdims=True)
+    top = max(float(np.abs(got).max()), 1e-30)
+    best = None
+    for eps in EPSILONS:
+        ln = centred / np.sqrt(var + eps)
+        for along in [axis] + [a for a in range(1, len(shape)) if a != axis and shape[a] > 1]:
+            # per index of `along`: y = gamma ln + beta, least squares
+            lc, yc = (np.moveaxis(v, along + 1, -1).reshape(-1, shape[along]) for v in (ln, got))
+            lm, ym = lc.mean(0), yc.mean(0)
+            gamma = ((lc - lm) * (yc - ym)).sum(0) / np.maximum(((lc - lm) ** 2).sum(0), 1e-30)
+            beta = ym - gamma * lm
+            err = float(np.abs(gamma * lc + beta - yc).max()) / top
+            if best is None or err < best[0]:
+                best = (err, gamma, beta, eps, along)
+    if best is None or best[0] > NORM_MATCH:
+        return None
+    return best[1:]
+
+
+def _norm_nodes(g: onnx.GraphProto, name: str, x: str, y: str, shape: list[int], axis: int,
+                gamma: np.ndarray, beta: np.ndarray, eps: float,
+                along: int) -> list[onnx.NodeProto]:  # fmt: skip
+    """One LayerNormalization (AxisLayerNorm off the last axis); where gamma and beta vary
+    along another axis, a unit norm followed by Mul gamma and Add beta. Their constants go
+    into g."""
+    last = axis == len(shape) - 1
+    width = shape[axis]
+    names = [f"{y}:ln_gamma", f"{y}:ln_beta"]
+    if along == axis:
+        affine, normed = (gamma, beta), y
+    else:
+        affine, normed = (np.ones(width), np.zeros(width)), f"{y}:normed"
+    for key, v in zip(names, affine, strict=True):
+        g.initializer.append(onnx.numpy_helper.from_array(v.astype(np.float32), key))
+    made = [onnx.helper.make_node(
+        "LayerNormalization" if last else "AxisLayerNorm", [x, *names], [normed],
+        name=f"{name}_layernorm", axis=-1 if last else axis, epsilon=eps,
+        **({} if last else {"domain": SPIKEPORT_DOMAIN}),
+    )]  # fmt: skip
+    if along != axis:
+        column = [1] * len(shape)
+        column[along] = shape[along]
+        steps = (("Mul", gamma, normed, f"{y}:scaled"), ("Add", beta, f"{y}:scaled", y))
+        for op, v, inp, out in steps:
+            key = f"{y}:{op.lower()}_along"
+            g.initializer.append(
+                onnx.numpy_helper.from_array(v.reshape(column).astype(np.float32), key)
+            )
+            made.append(onnx.helper.make_node(op, [inp, key], [out], name=f"{name}_{op.lower()}"))
+    return made
+
+
+def _replace(g: onnx.GraphProto, nodes: list[onnx.NodeProto], made: list[onnx.NodeProto]) -> None:
+    at = list(g.node).index(nodes[0])
+    for dead in nodes:
+        g.node.remove(dead)
+    for k, node in enumerate(made):
+        g.node.insert(at + k, node)
+
+
+# -- 1-D signals ---------------------------------------------------------------------------------
+
+# Window ops that take a 1-D signal (N, C, L) as they take an image (N, C, H, W).
+WINDOW_OPS = frozenset({
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool",
+})  # fmt: skip
+# Their per-axis attributes, and what the added height axis gets in each.
+HEIGHT_ONE = {"kernel_shape": 1, "strides": 1, "dilations": 1, "output_padding": 0}
+
+
+def lift_1d_windows(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A window op on a 1-D signal (N, C, L) as the same op on the image (N, C, 1, L) between
+    an Unsqueeze and a Squeeze of that height axis (audio and text CNNs: Conv1d, MaxPool1d...),
+    so that one 2-D importer serves both; a kernel becomes (O, I, 1, k)."""
+    g = model.graph
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    nodes, lifted = [], 0
+    for n in g.node:
+        shape = _shape_of(g, n.input[0]) if n.op_type in WINDOW_OPS else None
+        weight = consts.get(n.input[1]) if n.op_type.startswith("Conv") else None
+        if shape is None or len(shape) != 3 or (n.op_type.startswith("Conv") and weight is None):
+            nodes.append(n)
+            continue
+        inputs = [f"{n.name}:image"] + list(n.input[1:])
+        if weight is not None:
+            inputs[1] = f"{n.name}:kernel_2d"
+            g.initializer.append(onnx.numpy_helper.from_array(weight[:, :, None, :], inputs[1]))
+        image = onnx.NodeProto()
+        image.CopyFrom(n)
+        image.input[:], image.output[0] = inputs, f"{n.name}:image_out"
+        for a in image.attribute:
+            if a.name in HEIGHT_ONE:
+                a.ints[:] = [HEIGHT_ONE[a.name], *a.ints]
+            elif a.name == "pads":
+                a.ints[:] = [0, a.ints[0], 0, a.ints[1]]
+        nodes += [_height(g, n, "Unsqueeze", n.input[0], inputs[0], opset), image,
+                  _height(g, n, "Squeeze", image.output[0], n.output[0], opset)]  # fmt: skip
+        lifted += 1
+    if not lifted:
+        return model
+    del g.node[:]
+    g.node.extend(nodes)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _height(
+    g: onnx.GraphProto, n: onnx.NodeProto, op: str, x: str, y: str, opset: int
+) -> onnx.NodeProto:
+    """Unsqueeze or Squeeze of axis 2, the added height (axes an input from opset 13)."""
+    name = f"{n.name}:{op.lower()}"
+    if opset < 13:
+        return onnx.helper.make_node(op, [x], [y], name=name, axes=[2])
+    g.initializer.append(onnx.numpy_helper.from_array(np.asarray([2], np.int64), f"{name}_axes"))
+    return onnx.helper.make_node(op, [x, f"{name}_axes"], [y], name=name)
+
+
 # -- sentence-embedding heads --------------------------------------------------------------------
 
 
@@ -494,45 +733,50 @@ TANH_GELU_OPS = frozenset({"Pow", "Mul", "Add", "Tanh", "Div"})
 
 
 def fuse_tanh_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The exported tanh GELU (Pow(x, 3), Mul, Add, Mul, Tanh, Add, Mul, Mul in any order) ->
-    Gelu(approximate="tanh"). Candidates are the nodes reachable from Pow(x, 3) that read only x,
-    constants and each other; the fusion is checked by running them on random x."""
+    """The exported tanh GELU (x^3 as Pow or as products, Mul, Add, Tanh, Add, Mul, Mul in any
+    order; torch's and jax2tf's alike) -> Gelu(approximate="tanh"). From each Tanh, x is the
+    one tensor its input is computed from through TANH_GELU_OPS; the candidate regions are
+    the nodes computed from x and constants alone that nothing outside reads (_region,
+    _sealed), and the fusion is checked by running one on random x."""
     g = model.graph
-    values = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
-    users = _users(g)
-    for pw in [n for n in g.node if n.op_type == "Pow"]:
-        e = values.get(pw.input[1])
-        if e is None or e.size != 1 or float(e.reshape(())) != 3.0:
-            continue
-        x = pw.input[0]
-        region, known, frontier = [pw], {x, pw.output[0]}, [pw.output[0], x]
-        while frontier and len(region) < 12:
-            t = frontier.pop()
-            for u in users.get(t, []):
-                inside = u.op_type in TANH_GELU_OPS and u not in region
-                if inside and all(i in known or i in values for i in u.input if i):
-                    region.append(u)
-                    known.update(u.output)
-                    frontier.extend(u.output)
-        outputs = {o.name for o in g.output}
-        sinks = [
-            n
-            for n in region
-            if n.output[0] in outputs or not all(u in region for u in users.get(n.output[0], []))
-        ]
-        if len(sinks) != 1 or not any(n.op_type == "Tanh" for n in region):
-            continue
-        out = sinks[0].output[0]
-        if not _is_tanh_gelu(model, x, out):
-            continue
-        fused = onnx.helper.make_node(
-            "Gelu", [x], [out], name=pw.name + "_gelu", approximate="tanh"
-        )
-        g.node.insert(list(g.node).index(sinks[0]), fused)
-        for n in region:
-            g.node.remove(n)
-        users = _users(g)
+    consts = _consts(g)
+    for tanh in [n for n in g.node if n.op_type == "Tanh"]:
+        for x in _cone(g, tanh, consts):
+            if tanh in g.node and _fuse_tanh_gelu_from(model, x, tanh, consts):
+                break
     return model
+
+
+def _fuse_tanh_gelu_from(
+    model: onnx.ModelProto, x: str, tanh: onnx.NodeProto, consts: set[str]
+) -> bool:
+    g = model.graph
+    region = _region(g, x, consts, TANH_GELU_OPS)
+    for end in reversed(region):
+        nodes = _sealed(g, region, end, tanh)
+        if nodes is not None and _is_tanh_gelu(model, x, end.output[0]):
+            name = tanh.name + "_gelu"
+            _replace(g, nodes, [onnx.helper.make_node(
+                "Gelu", [x], [end.output[0]], name=name, approximate="tanh"
+            )])  # fmt: skip
+            return True
+    return False
+
+
+def _cone(g: onnx.GraphProto, tanh: onnx.NodeProto, consts: set[str]) -> list[str]:
+    """The tensors the Tanh's input is computed from through TANH_GELU_OPS, nearest first
+    (x may itself come from such an op: a bias Add before the GELU)."""
+    producer = {o: n for n in g.node for o in n.output}
+    cone, todo = [], [tanh.input[0]]
+    while todo:
+        t = todo.pop(0)
+        if t in cone or t in consts or not t:
+            continue
+        cone.append(t)
+        p = producer.get(t)
+        if p is not None and p.op_type in TANH_GELU_OPS - {"Tanh"}:
+            todo.extend(p.input)
+    return cone[1:]  # the Tanh's own input is no GELU's x
 
 
 def _is_tanh_gelu(model: onnx.ModelProto, x: str, out: str) -> bool:
@@ -550,7 +794,7 @@ def _is_tanh_gelu(model: onnx.ModelProto, x: str, out: str) -> bool:
 
 
 def _shape_of(g: onnx.GraphProto, t: str) -> list[int] | None:
-    for v in list(g.value_info) + list(g.input):
+    for v in list(g.value_info) + list(g.input) + list(g.output):
         if v.name == t:
             return [d.dim_value for d in v.type.tensor_type.shape.dim]
     return None

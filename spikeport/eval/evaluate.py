@@ -69,10 +69,9 @@ def onnx_outputs(path: str | os.PathLike[str], x: Batch) -> list[np.ndarray]:
         quiet_session_options(),
         providers=["CPUExecutionProvider"],
     )
-    names = [i.name for i in sess.get_inputs()]
     step = 1 if all(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else REFERENCE_BATCH
     parts = [
-        sess.run(None, onnx_feeds(names, take(x, slice(s, s + step))))
+        sess.run(None, onnx_feeds(sess.get_inputs(), take(x, slice(s, s + step))))
         for s in range(0, size(x), step)
     ]
     return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
