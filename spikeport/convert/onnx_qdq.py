@@ -8,11 +8,12 @@ for itself (spikeport.quantize), so it imports the float network those pairs app
 - a QuantizeLinear -> DequantizeLinear pair on an activation: where its range starts at 0
   (zero point at the integer type's lowest value) it is the ReLU the quantizer fused away
   (onnxruntime drops a Conv's or MatMul's ReLU into the quantized range), imported as
-  Clip(0, top of the range) unless its input is already non-negative (a ReLU, a fused ReLU
-  before a MaxPool) or a graph input (whose calibrated range merely starts at 0: a neuron
-  there would add a layer the float network does not have); every other pair is the identity:
-  its rounding and its saturation outside the calibrated range are the int8 model's
-  approximation of the float one.
+  Clip(0, top of the range) where its input comes from a weight layer or an add of two
+  activations (RELU_BEFORE) and is not already non-negative; a range from 0 elsewhere is the
+  data's own (a graph input's pixels, 1 + erf(x) inside a GELU: a neuron there would add a
+  layer the float network does not have); every other pair is the identity: its rounding and
+  its saturation outside the calibrated range are the int8 model's approximation of the
+  float one.
 The integer-operator format (QLinearConv, MatMulInteger, DynamicQuantizeLinear...) computes
 in integers with its own rescaling and is refused, naming the node and what to export instead.
 Every change is listed in the graph's import notes.
@@ -41,6 +42,10 @@ KEEPS_SIGN = frozenset({
     "Transpose", "Squeeze", "Unsqueeze", "Identity", "Resize", "Slice", "Gather", "Pad",
 })  # fmt: skip
 NON_NEGATIVE = frozenset({"Relu", "Sigmoid", "Softmax"})
+# Ops after which onnxruntime's quantizer drops a ReLU into the range: weight layers, and adds
+# of two activations (residual joins). A range from 0 after anything else (1 + erf(x) inside
+# a GELU, a pooling of ReLU outputs) is the data's own.
+RELU_BEFORE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 
 
 def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -86,7 +91,7 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
                             "QuantizeLinear's output: only QDQ-format models import")  # fmt: skip
         lo, hi = _range(n, consts)
         x = rename.get(q.input[0], q.input[0])
-        if lo == 0 and x not in non_negative:
+        if lo == 0 and x not in non_negative and _linear(producer.get(q.input[0]), consts):
             clip = f"{n.name or n.output[0]}:relu"
             bounds = [numpy_helper.from_array(np.asarray(v, np.float32), f"{clip}:{k}")
                       for k, v in (("min", lo), ("max", hi))]  # fmt: skip
@@ -140,6 +145,15 @@ def _range(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> tuple[float, flo
         raise refuse(n, f"quantizes to {zp.dtype}, not an integer type") from None
     s, z = float(scale.reshape(())), int(zp.reshape(()))
     return (info.min - z) * s, (info.max - z) * s
+
+
+def _linear(n: onnx.NodeProto | None, consts: dict[str, np.ndarray]) -> bool:
+    """Whether a ReLU could have followed n (RELU_BEFORE, or an add of two activations)."""
+    if n is None:
+        return False
+    if n.op_type in ("Add", "Sub"):
+        return not any(t in consts for t in n.input)
+    return n.op_type in RELU_BEFORE
 
 
 def _track_sign(n: onnx.NodeProto, consts: dict[str, np.ndarray], non_negative: set[str]) -> None:
