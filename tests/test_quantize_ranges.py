@@ -453,3 +453,22 @@ def test_a_product_drops_the_fraction_bits_its_proof_needs(transformers):
     assert step <= int_limit(32) < 2 * step  # the fewest bits that prove
     assert node.attrs["out_shift"] == shift
     assert len(ctx.notes) == 1 and "more fraction bits" in ctx.notes[0]
+
+
+def test_an_overflow_refusal_says_which_max_T_fits(cases):
+    """quantize's refusal names the largest power-of-two --max-T the proof passes, and that
+    one does quantize (the next one up does not)."""
+    import dataclasses
+    import re
+
+    from spikeport.quantize import get_profile, quantize
+
+    case = cases["residual"]
+    calib = np.load(case.calib)["x"]
+    narrow = dataclasses.replace(get_profile("sim"), state_bits=20)
+    with pytest.raises(CapabilityExceeded, match=r"within 64 steps.*\(--max-T (\d+) fits\)") as e:
+        quantize(case.snn, calib, narrow, 64)
+    fits = int(re.search(r"--max-T (\d+) fits", str(e.value)).group(1))
+    quantize(case.snn, calib, narrow, fits)
+    with pytest.raises(CapabilityExceeded):
+        quantize(case.snn, calib, narrow, 2 * fits)

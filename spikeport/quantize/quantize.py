@@ -568,11 +568,35 @@ def quantize(
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
     if max_timesteps < 1:
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
+    try:
+        return _quantize_for(graph, calib_x, profile, max_timesteps)
+    except CapabilityExceeded as e:
+        if f"within {max_timesteps} steps" not in str(e):
+            raise
+        fits = _largest_fitting_T(graph, calib_x, profile, max_timesteps)
+        hint = f" (--max-T {fits} fits)" if fits else " (not even --max-T 1 fits)"
+        raise CapabilityExceeded(f"{e}{hint}") from None
+
+
+def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
     if profile.kind_profiles:
         from spikeport.quantize.choose import choose_kind
 
         return choose_kind(graph, calib_x, profile, max_timesteps)
     return quantize_kind(graph, calib_x, profile, max_timesteps)
+
+
+def _largest_fitting_T(graph: Graph, calib_x: Batch, profile: Profile, failed: int) -> int:
+    """The largest power of two below `failed` steps that the range proof passes (it only
+    gets easier with fewer steps), 0 if none: the overflow refusal says what would fit."""
+    T = 1 << (failed - 1).bit_length() - 1 if failed > 1 else 0
+    while T >= 1:
+        try:
+            _quantize_for(graph, calib_x, profile, T)
+            return T
+        except CapabilityExceeded:
+            T //= 2
+    return 0
 
 
 def quantize_kind(
