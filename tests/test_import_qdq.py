@@ -1,7 +1,7 @@
-"""QDQ-quantized ONNX models (onnxruntime.quantization's default format) import as the float
-network they quantize (spikeport.convert.onnx_qdq): the same IR as the float model's, the
-ReLUs the quantizer fused away restored, and a spiking network as accurate as the float
-model's; the integer-operator format is refused in one line."""
+"""Statically quantized ONNX models (onnxruntime.quantization's QDQ and integer-operator
+formats) import as the float network they quantize (spikeport.convert.onnx_qdq): the same IR
+as the float model's, the ReLUs the quantizer fused away restored, and a spiking network as
+accurate as the float model's; dynamic quantization is refused in one line."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FLOAT_CNN = EXAMPLES / "digits_cnn.onnx"
 CALIB, TEST = EXAMPLES / "digits_calib.npz", EXAMPLES / "digits_test.npz"
 # (format, activation type, per-channel weights): onnxruntime's two activation types, and the
-# integer-operator format spikeport refuses
+# integer-operator format (QLinearConv, QGemm, QLinearAveragePool on codes through a MaxPool)
 VARIANTS = {
     "qdq_s8": (QuantFormat.QDQ, QuantType.QInt8, True),
     "qdq_u8": (QuantFormat.QDQ, QuantType.QUInt8, False),
@@ -64,7 +64,7 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
 
 
-@pytest.mark.parametrize("name", ["qdq_s8", "qdq_u8"])
+@pytest.mark.parametrize("name", ["qdq_s8", "qdq_u8", "qoperator"])
 def test_qdq_model_imports_as_the_float_network_it_quantizes(quantized, name):
     """Same ops as the float model's import (no neuron where the float network has no ReLU,
     the fused ReLUs back), weights within a rounding step of the float ones, and an ANN view
@@ -102,14 +102,17 @@ def test_qdq_model_converts_as_well_as_the_float_one(quantized, tmp_path):
     assert record["accuracy"] >= report["ann"]["accuracy"] - 0.01
 
 
-def test_integer_operator_format_is_refused_in_one_line(quantized, tmp_path):
-    out = tmp_path / "m.spk"
-    res = CliRunner().invoke(
-        main, ["convert", str(quantized["qoperator"]), "--calib", str(CALIB), "-o", str(out)]
-    )
+def test_dynamic_quantization_is_refused_in_one_line(tmp_path):
+    """quantize_dynamic's activation scales are computed at run time: no float network to
+    read back with constants; the refusal names the node and what to give instead."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    model, out = tmp_path / "dyn.onnx", tmp_path / "m.spk"
+    quantize_dynamic(EXAMPLES / "digits_mlp.onnx", model, weight_type=QuantType.QInt8)
+    res = CliRunner().invoke(main, ["convert", str(model), "--calib", str(CALIB), "-o", str(out)])
     assert res.exit_code == 2
     (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
-    assert "QOperator" in line and "QDQ" in line and "node '" in line
+    assert "dynamically quantized" in line and "quantize_static" in line and "node '" in line
     assert not out.exists()
 
 

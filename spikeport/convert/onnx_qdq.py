@@ -1,4 +1,5 @@
-"""QDQ models back to the float network they approximate, before onnx_load.canonicalise.
+"""Statically quantized models back to the float network they approximate, before
+onnx_load.canonicalise.
 
 onnxruntime.quantization's default format (QuantFormat.QDQ), and most int8 ONNX exports, keep
 float ops and wrap every tensor in QuantizeLinear -> DequantizeLinear. spikeport quantizes
@@ -14,9 +15,12 @@ for itself (spikeport.quantize), so it imports the float network those pairs app
   layer the float network does not have); every other pair is the identity: its rounding and
   its saturation outside the calibrated range are the int8 model's approximation of the
   float one.
-The integer-operator format (QLinearConv, MatMulInteger, DynamicQuantizeLinear...) computes
-in integers with its own rescaling and is refused, naming the node and what to export instead.
-Every change is listed in the graph's import notes.
+The integer-operator format (QLinearConv, QGemm, QLinearAdd...) is first rewritten into QDQ
+form: each op as its float op between DequantizeLinear of its inputs and QuantizeLinear of its
+output, each move of codes (MaxPool, Reshape...) likewise with its input's scale. Dynamic
+quantization (DynamicQuantizeLinear, MatMulInteger) computes its scales at run time and is
+refused, naming the node and what to give instead. Every change is listed in the graph's
+import notes.
 """
 
 from __future__ import annotations
@@ -28,13 +32,33 @@ from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
 
 from spikeport.convert.onnx_ctx import refuse
 
-# Integer-operator (QOperator) ops: integer arithmetic with their own rescaling, not a float
-# network wrapped in quantizers.
-INTEGER_OPERATORS = frozenset({
-    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
-    "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
-    "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
-    "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+# The integer-operator (QOperator) format's ops, each the float op between its inputs'
+# dequantization and its output's quantization: (float op, per quantized input the indices of
+# (tensor, scale, zero point), the output's (scale, zero point) or None for a float output,
+# the index of an int32 bias whose scale is the first two inputs' product, or None).
+QLINEAR = {
+    "QLinearConv": ("Conv", [(0, 1, 2), (3, 4, 5)], (6, 7), 8),
+    "QLinearMatMul": ("MatMul", [(0, 1, 2), (3, 4, 5)], (6, 7), None),
+    "QLinearAdd": ("Add", [(0, 1, 2), (3, 4, 5)], (6, 7), None),
+    "QLinearMul": ("Mul", [(0, 1, 2), (3, 4, 5)], (6, 7), None),
+    "QLinearAveragePool": ("AveragePool", [(0, 1, 2)], (3, 4), None),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", [(0, 1, 2)], (3, 4), None),
+    "QLinearSigmoid": ("Sigmoid", [(0, 1, 2)], (3, 4), None),
+    "QLinearLeakyRelu": ("LeakyRelu", [(0, 1, 2)], (3, 4), None),
+    "QLinearSoftmax": ("Softmax", [(0, 1, 2)], (3, 4), None),
+    "QGemm": ("Gemm", [(0, 1, 2), (3, 4, 5)], (7, 8), 6),
+}
+# Ops that move or select a quantized tensor's codes as they are (its scale stays): run on
+# the dequantized values, then quantized again with the same scale.
+CODE_MOVES = frozenset({
+    "MaxPool", "GlobalMaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+    "Slice", "Gather", "Concat", "Split", "Resize", "Pad", "Identity", "DepthToSpace",
+    "SpaceToDepth",
+})  # fmt: skip
+# Dynamic quantization computes its activations' scales at run time: no constant to read.
+DYNAMIC = frozenset({
+    "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
 })  # fmt: skip
 # Ops through which a non-negative tensor stays non-negative (one data input).
 KEEPS_SIGN = frozenset({
@@ -54,11 +78,11 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     g = model.graph
     ops = {n.op_type for n in g.node if n.domain in ("", "ai.onnx", "com.microsoft")}
     for n in g.node:
-        if n.op_type in INTEGER_OPERATORS:
-            raise refuse(n, "an integer-operator (QOperator) quantized model: give spikeport the "
-                            "float model, or quantize it in QDQ format (onnxruntime.quantization "
-                            "QuantFormat.QDQ)")  # fmt: skip
-    if "DequantizeLinear" not in ops:
+        if n.op_type in DYNAMIC:
+            raise refuse(n, "a dynamically quantized model (its activation scales are computed "
+                            "at run time): give spikeport the float model, or a statically "
+                            "quantized one (onnxruntime.quantization.quantize_static)")  # fmt: skip
+    if "DequantizeLinear" not in ops and not ops & set(QLINEAR):
         return model, []
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
@@ -68,6 +92,7 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         for n in g.node
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
     )
+    expanded = _qoperators_as_qdq(g, consts)
     producer = {o: n for n in g.node for o in n.output}
     rename: dict[str, str] = {}
     # tensors a range from 0 does not clip: non-negative ones, and the graph inputs through
@@ -111,11 +136,104 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     del g.node[:]
     g.node.extend(kept)
     note = (
-        f"QDQ model imported as the float network it quantizes: {folded} dequantized constants "
+        (
+            f"{expanded} integer operators (QLinearConv, QGemm...) taken as their float ops "
+            "between DequantizeLinear and QuantizeLinear; "
+            if expanded
+            else ""
+        )
+        + f"QDQ model imported as the float network it quantizes: {folded} dequantized constants "
         f"folded, {relus} QuantizeLinear/DequantizeLinear pairs whose range starts at 0 "
         f"imported as ReLUs capped at the range's top, {identities} as the identity"
     )
     return model, [note]
+
+
+def _qoperators_as_qdq(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
+    """Rewrite each QLINEAR op as DequantizeLinear of its quantized inputs, the float op, and
+    QuantizeLinear of its output; each CODE_MOVES op on quantized codes likewise (the scale of
+    its first quantized input). Returns how many integer operators were rewritten."""
+    scales: dict[str, tuple[str, str]] = {}  # quantized tensor -> (scale, zero point) names
+    nodes, expanded = [], 0
+    for n in g.node:
+        if n.op_type == "QuantizeLinear":
+            scales[n.output[0]] = (n.input[1], n.input[2] if len(n.input) > 2 else "")
+            nodes.append(n)
+        elif n.op_type in QLINEAR:
+            nodes += _expand(g, n, consts, scales)
+            expanded += 1
+        elif n.op_type in CODE_MOVES and n.input and n.input[0] in scales:
+            coded = [k for k, t in enumerate(n.input) if t in scales]
+            nodes += _dequantize_around(g, n, coded, [scales[n.input[k]] for k in coded], scales)
+        else:
+            nodes.append(n)
+    if expanded:
+        del g.node[:]
+        g.node.extend(nodes)
+    return expanded
+
+
+def _expand(g: onnx.GraphProto, n: onnx.NodeProto, consts: dict[str, np.ndarray],
+            scales: dict[str, tuple[str, str]]) -> list[onnx.NodeProto]:  # fmt: skip
+    op, quantized, out, bias = QLINEAR[n.op_type]
+    a = {k.name: helper.get_attribute_value(k) for k in n.attribute}
+    if a.pop("channels_last", 0):
+        raise refuse(n, "channels-last integer operators are not supported")
+    a.pop("opset", None)  # QLinearSoftmax's: the Softmax written here is the current one
+    made, floats = [], []
+    for k, (t, s, z) in enumerate(quantized):
+        name = f"{n.name}:dq{k}"
+        axis = _weight_axis(n, k, consts.get(n.input[s]), consts.get(n.input[t]))
+        made.append(helper.make_node("DequantizeLinear", [n.input[t], n.input[s], n.input[z]],
+                                     [name], name=name, axis=axis))  # fmt: skip
+        floats.append(name)
+    if bias is not None and bias < len(n.input) and n.input[bias]:
+        b, s0, s1 = (consts.get(n.input[i]) for i in (bias, quantized[0][1], quantized[1][1]))
+        if b is None or s0 is None or s1 is None:
+            raise refuse(n, "its bias or scales are computed, not constants")
+        floats.append(f"{n.name}:bias")
+        g.initializer.append(numpy_helper.from_array(
+            (b.astype(np.float64) * s0 * s1).astype(np.float32), floats[-1]))  # fmt: skip
+    if out is None or out[0] >= len(n.input) or not n.input[out[0]]:
+        return made + [helper.make_node(op, floats, [n.output[0]], name=n.name, **a)]
+    y = f"{n.name}:float"
+    scale, zp = n.input[out[0]], n.input[out[1]] if out[1] < len(n.input) else ""
+    scales[n.output[0]] = (scale, zp)
+    quantize = helper.make_node("QuantizeLinear", [y, scale, zp], [n.output[0]], name=f"{n.name}:q")
+    return made + [helper.make_node(op, floats, [y], name=n.name, **a), quantize]
+
+
+def _weight_axis(n: onnx.NodeProto, k: int, scale: np.ndarray | None,
+                 q: np.ndarray | None) -> int:  # fmt: skip
+    """The axis a per-channel scale runs along: a Conv's output channels (0), a MatMul's
+    columns (the last axis), a Gemm's outputs (0 with transB, else 1)."""
+    if scale is None or scale.size == 1 or q is None:
+        return 1
+    if n.op_type == "QGemm":
+        transposed = any(a.name == "transB" and a.i for a in n.attribute)
+        return 0 if transposed else 1
+    return 0 if n.op_type == "QLinearConv" else q.ndim - 1
+
+
+def _dequantize_around(g: onnx.GraphProto, n: onnx.NodeProto, coded: list[int],
+                       params: list[tuple[str, str]],
+                       scales: dict[str, tuple[str, str]]) -> list[onnx.NodeProto]:  # fmt: skip
+    """n on the dequantized values of its quantized inputs, each output quantized again with
+    the first one's scale (a move of codes keeps it)."""
+    node = onnx.NodeProto()
+    node.CopyFrom(n)
+    before, after = [], []
+    for k, (scale, zp) in zip(coded, params, strict=True):
+        node.input[k] = f"{n.name}:dq{k}"
+        before.append(helper.make_node("DequantizeLinear", [n.input[k], scale, zp],
+                                       [node.input[k]], name=node.input[k]))  # fmt: skip
+    scale, zp = params[0]
+    for j, out in enumerate(n.output):
+        node.output[j] = f"{out}:float"
+        scales[out] = (scale, zp)
+        after.append(helper.make_node("QuantizeLinear", [node.output[j], scale, zp], [out],
+                                      name=f"{n.name}:q{j}"))  # fmt: skip
+    return before + [node] + after
 
 
 def _dequantized(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> np.ndarray:
