@@ -1,7 +1,8 @@
 """Statically quantized ONNX models (onnxruntime.quantization's QDQ and integer-operator
 formats) import as the float network they quantize (spikeport.convert.onnx_qdq): the same IR
 as the float model's, the ReLUs the quantizer fused away restored, and a spiking network as
-accurate as the float model's; dynamic quantization is refused in one line."""
+accurate as the float model's; dynamic quantization's matrix products too, and what of it
+cannot be read back is refused in one line."""
 
 from __future__ import annotations
 
@@ -102,13 +103,29 @@ def test_qdq_model_converts_as_well_as_the_float_one(quantized, tmp_path):
     assert record["accuracy"] >= report["ann"]["accuracy"] - 0.01
 
 
-def test_dynamic_quantization_is_refused_in_one_line(tmp_path):
-    """quantize_dynamic's activation scales are computed at run time: no float network to
-    read back with constants; the refusal names the node and what to give instead."""
+def test_dynamically_quantized_matmuls_import_as_float_ones(tmp_path):
+    """quantize_dynamic's MatMulInteger chains (DynamicQuantizeLinear, MatMulInteger, Cast,
+    Mul by the two scales) import as MatMuls with the dequantized weights: the float model's
+    ops, close to onnxruntime on the int8 model."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    model = tmp_path / "dyn.onnx"
+    quantize_dynamic(EXAMPLES / "digits_mlp.onnx", model, weight_type=QuantType.QInt8)
+    graph, ref = import_onnx(model), import_onnx(EXAMPLES / "digits_mlp.onnx")
+    assert [n.op for n in graph.nodes] == [n.op for n in ref.nodes]
+    x = np.load(TEST)["x"][:200].astype(np.float32)
+    ann = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
+    int8 = _ort(model, x)
+    assert np.mean(ann.argmax(-1) == int8.argmax(-1)) >= 0.97
+
+
+def test_dynamic_quantization_it_cannot_read_back_is_refused_in_one_line(tmp_path):
+    """quantize_dynamic's convolutions quantize their bias with the run-time scale: refused,
+    naming the node and what to give instead."""
     from onnxruntime.quantization import quantize_dynamic
 
     model, out = tmp_path / "dyn.onnx", tmp_path / "m.spk"
-    quantize_dynamic(EXAMPLES / "digits_mlp.onnx", model, weight_type=QuantType.QInt8)
+    quantize_dynamic(FLOAT_CNN, model, weight_type=QuantType.QInt8)
     res = CliRunner().invoke(main, ["convert", str(model), "--calib", str(CALIB), "-o", str(out)])
     assert res.exit_code == 2
     (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]

@@ -18,9 +18,11 @@ for itself (spikeport.quantize), so it imports the float network those pairs app
 The integer-operator format (QLinearConv, QGemm, QLinearAdd...) is first rewritten into QDQ
 form: each op as its float op between DequantizeLinear of its inputs and QuantizeLinear of its
 output, each move of codes (MaxPool, Reshape...) likewise with its input's scale. Dynamic
-quantization (DynamicQuantizeLinear, MatMulInteger) computes its scales at run time and is
-refused, naming the node and what to give instead. Every change is listed in the graph's
-import notes.
+quantization computes its activations' scales at run time: its matrix products
+(DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul by the scales) become MatMuls with the
+dequantized weights, a move of constant codes (an int8 embedding table's Gather) the same move
+of the dequantized constant; any other dynamic op (ConvInteger) is refused, naming the node
+and what to give instead. Every change is listed in the graph's import notes.
 """
 
 from __future__ import annotations
@@ -75,14 +77,8 @@ RELU_BEFORE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormal
 def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """`model` with its QDQ pairs and dequantized constants replaced (module docstring), and
     the notes saying what was replaced; a model without them is returned as it is."""
-    g = model.graph
-    ops = {n.op_type for n in g.node if n.domain in ("", "ai.onnx", "com.microsoft")}
-    for n in g.node:
-        if n.op_type in DYNAMIC:
-            raise refuse(n, "a dynamically quantized model (its activation scales are computed "
-                            "at run time): give spikeport the float model, or a statically "
-                            "quantized one (onnxruntime.quantization.quantize_static)")  # fmt: skip
-    if "DequantizeLinear" not in ops and not ops & set(QLINEAR):
+    ops = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx", "com.microsoft")}
+    if "DequantizeLinear" not in ops and not ops & (set(QLINEAR) | DYNAMIC):
         return model, []
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
@@ -92,6 +88,13 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         for n in g.node
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
     )
+    dynamic = _dynamic_as_float(g, consts)
+    for n in g.node:
+        if n.op_type in DYNAMIC:
+            raise refuse(n, "a dynamically quantized model whose pattern spikeport does not "
+                            "read back (its activation scales are computed at run time): give "
+                            "spikeport the float model, or a statically quantized one "
+                            "(onnxruntime.quantization.quantize_static)")  # fmt: skip
     expanded = _qoperators_as_qdq(g, consts)
     producer = {o: n for n in g.node for o in n.output}
     rename: dict[str, str] = {}
@@ -111,6 +114,21 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             folded += 1
             continue
         q = producer.get(n.input[0])
+        if q is not None and q.op_type in CODE_MOVES and q.input[0] in consts:
+            # a move of constant codes (quantize_dynamic's int8 embedding table, gathered by
+            # the ids): the same move of the dequantized constant
+            table = helper.make_node("DequantizeLinear", [q.input[0], *n.input[1:]],
+                                     [f"{n.name}:table"], name=n.name, axis=_axis(n))  # fmt: skip
+            g.initializer.append(
+                numpy_helper.from_array(_dequantized(table, consts), table.output[0])
+            )
+            consts[table.output[0]] = numpy_helper.to_array(g.initializer[-1])
+            moved = onnx.NodeProto()
+            moved.CopyFrom(q)
+            moved.input[0], moved.output[0], moved.name = table.output[0], n.output[0], n.name
+            kept.append(moved)
+            folded += 1
+            continue
         if q is None or q.op_type != "QuantizeLinear":
             raise refuse(n, "dequantizes a computed integer tensor, not a constant or a "
                             "QuantizeLinear's output: only QDQ-format models import")  # fmt: skip
@@ -131,12 +149,20 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
             rename[n.output[0]] = x
             identities += 1
     _keep_output_names(g, kept, rename)
-    read = {t for n in kept for t in n.input}
-    kept = [n for n in kept if n.op_type != "QuantizeLinear" or n.output[0] in read]
+    # quantizers, and moves of constant codes, that nothing reads any more
+    read = {t for n in kept for t in n.input} | {o.name for o in g.output}
+    droppable = CODE_MOVES | {"QuantizeLinear"}
+    kept = [n for n in kept if n.op_type not in droppable or set(n.output) & read]
     del g.node[:]
     g.node.extend(kept)
     note = (
         (
+            f"{dynamic} dynamically quantized MatMulIntegers taken as float MatMuls with their "
+            "dequantized weights; "
+            if dynamic
+            else ""
+        )
+        + (
             f"{expanded} integer operators (QLinearConv, QGemm...) taken as their float ops "
             "between DequantizeLinear and QuantizeLinear; "
             if expanded
@@ -147,6 +173,56 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
         f"imported as ReLUs capped at the range's top, {identities} as the identity"
     )
     return model, [note]
+
+
+def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
+    """Each dynamically quantized matrix product, DynamicQuantizeLinear(x) -> MatMulInteger(
+    x codes, W codes) -> Cast -> Mul(x scale * W scale) (onnxruntime's quantize_dynamic), as
+    MatMul(x, W) with W's dequantized values; the DynamicQuantizeLinear goes once nothing
+    reads it. Returns how many were rewritten; anything else dynamic stays (and is refused)."""
+    producer = {o: n for n in g.node for o in n.output}
+    users = _readers(g)
+    dead, done = set(), 0
+    for m in [n for n in g.node if n.op_type == "MatMulInteger"]:
+        d = producer.get(m.input[0])
+        cast = _only(users, m.output[0], "Cast")
+        mul = _only(users, cast.output[0], "Mul") if cast is not None else None
+        if d is None or d.op_type != "DynamicQuantizeLinear" or mul is None:
+            continue
+        scale = producer.get(next(t for t in mul.input if t != cast.output[0]))
+        w_scale = next((t for t in scale.input if t in consts), None) if scale else None
+        if m.input[1] not in consts or w_scale is None or d.output[1] not in scale.input:
+            continue
+        zp = consts.get(m.input[3]) if len(m.input) > 3 and m.input[3] else 0
+        w = (consts[m.input[1]].astype(np.float64) - zp) * consts[w_scale]
+        name = f"{m.name}:weight"
+        g.initializer.append(numpy_helper.from_array(w.astype(np.float32), name))
+        matmul = helper.make_node("MatMul", [d.input[0], name], [mul.output[0]], name=m.name)
+        g.node.insert(list(g.node).index(mul), matmul)
+        dead.update(id(n) for n in (m, cast, mul))
+        if len(users.get(scale.output[0], [])) == 1:
+            dead.add(id(scale))
+        done += 1
+    kept = [n for n in g.node if id(n) not in dead]
+    read = {t for n in kept for t in n.input} | {o.name for o in g.output}
+    kept = [n for n in kept if n.op_type != "DynamicQuantizeLinear" or set(n.output) & read]
+    del g.node[:]
+    g.node.extend(kept)
+    return done
+
+
+def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            users.setdefault(t, []).append(n)
+    return users
+
+
+def _only(users: dict, t: str, op: str) -> onnx.NodeProto | None:
+    """The one reader of t, if it is an `op`."""
+    u = users.get(t, [])
+    return u[0] if len(u) == 1 and u[0].op_type == op else None
 
 
 def _qoperators_as_qdq(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
@@ -234,6 +310,10 @@ def _dequantize_around(g: onnx.GraphProto, n: onnx.NodeProto, coded: list[int],
         after.append(helper.make_node("QuantizeLinear", [node.output[j], scale, zp], [out],
                                       name=f"{n.name}:q{j}"))  # fmt: skip
     return before + [node] + after
+
+
+def _axis(n: onnx.NodeProto) -> int:
+    return next((a.i for a in n.attribute if a.name == "axis"), 1)
 
 
 def _dequantized(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> np.ndarray:
