@@ -134,6 +134,15 @@ def _fix_dims(
             d.Clear()
 
 
+def readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """tensor -> the nodes that read it, in graph order."""
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    return users
+
+
 def merge_duplicates(g: onnx.GraphProto) -> None:
     """Common-subexpression elimination: a node with the same op, inputs and attributes as an
     earlier one is dropped and its outputs read from that one (some exporters write the mean of

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spikeport.convert.onnx_load import quiet_session_options
+from spikeport.convert.onnx_load import quiet_session_options, readers
 from spikeport.errors import UnsupportedOp
 
 
@@ -28,20 +28,11 @@ def _attrs(n: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
 
 
-def _users(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    """tensor -> the nodes that read it, in graph order."""
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for i in node.input:
-            users.setdefault(i, []).append(node)
-    return users
-
-
 def fuse_erf_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     """Replace the exported erf pattern 0.5 * x * (1 + erf(x / sqrt 2)) by one Gelu node."""
     g = model.graph
     consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
-    users = _users(g)
+    users = readers(g)
     producer = {o: node for node in g.node for o in node.output}
 
     def scalar(name: str) -> float | None:
@@ -113,15 +104,15 @@ def plan_masks(model: onnx.ModelProto) -> MaskPlan:
     ints = {i.name: i for i in _integer_inputs(g)}
     plan = MaskPlan()
     derived = plan.derived = _derived(g, consts, plan.skip)
-    users = _users(g)
+    users = readers(g)
     for n in g.node:
         if n.name in plan.skip or n.domain == SPIKEPORT_DOMAIN:
             continue
         masked = [i for i in n.input if i in derived]
         if n.op_type == "Add" and len(masked) == 1 and len(derived[masked[0]]) == 1:
             outputs = {o.name for o in g.output}
-            readers = users.get(n.output[0], [])
-            to_softmax = bool(readers) and all(u.op_type == "Softmax" for u in readers)
+            reading = users.get(n.output[0], [])
+            to_softmax = bool(reading) and all(u.op_type == "Softmax" for u in reading)
             if to_softmax and n.output[0] not in outputs:
                 (source,) = derived[masked[0]]
                 _check_key_mask(model, n, masked[0], ints[source])
@@ -243,7 +234,7 @@ def _along(v: np.ndarray, shape: list[int] | None, axis: int) -> np.ndarray | No
 
 def _layernorm_chain(g: onnx.GraphProto, rm: onnx.NodeProto, consts: dict[str, np.ndarray]):
     """(nodes, x, output, eps, gamma, beta) of the pattern starting at `rm`, or None."""
-    users = _users(g)
+    users = readers(g)
 
     def only(t: str, op: str) -> onnx.NodeProto | None:
         u = users.get(t, [])
@@ -393,7 +384,7 @@ def _sealed(g: onnx.GraphProto, region: list[onnx.NodeProto], end: onnx.NodeProt
                 todo.append(p)
     if id(red) not in nodes:
         return None
-    users = _users(g)
+    users = readers(g)
     outputs = {o.name for o in g.output}
     for n in nodes.values():
         if n is end:
@@ -585,7 +576,7 @@ def fuse_masked_mean(model: onnx.ModelProto) -> onnx.ModelProto:
     derived = _derived(g, consts, set())
     ints = {i.name: i for i in _integer_inputs(g)}
     producer = {o: n for n in g.node for o in n.output}
-    users = _users(g)
+    users = readers(g)
     for div in [n for n in g.node if n.op_type == "Div" and n.input[1] in derived]:
         red = producer.get(div.input[0])
         mul = producer.get(red.input[0]) if red is not None else None
@@ -682,7 +673,7 @@ def fuse_l2norm(model: onnx.ModelProto) -> onnx.ModelProto:
         )
         at = list(g.node).index(div)
         g.node.insert(at, fused)
-        users = _users(g)
+        users = readers(g)
         for dead in [div, *chain, node]:
             if dead is div or all(u in (div, *chain) for u in users.get(dead.output[0], [])):
                 g.node.remove(dead)

@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 from onnx.reference.ops.op_dequantize_linear import DequantizeLinear_21
 
 from spikeport.convert.onnx_ctx import refuse
+from spikeport.convert.onnx_load import readers
 
 # The integer-operator (QOperator) format's ops, each the float op between its inputs'
 # dequantization and its output's quantization: (float op, per quantized input the indices of
@@ -96,58 +97,56 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
                             "spikeport the float model, or a statically quantized one "
                             "(onnxruntime.quantization.quantize_static)")  # fmt: skip
     expanded = _qoperators_as_qdq(g, consts)
+    counts = _pairs_as_float(g, consts)
+    parts = [f"{dynamic} dynamically quantized MatMulIntegers taken as float MatMuls with their "
+             "dequantized weights"] if dynamic else []  # fmt: skip
+    if expanded:
+        parts.append(f"{expanded} integer operators (QLinearConv, QGemm...) taken as their "
+                     "float ops between DequantizeLinear and QuantizeLinear")  # fmt: skip
+    parts.append(
+        f"QDQ model imported as the float network it quantizes: {counts['folded']} dequantized "
+        f"constants folded, {counts['relu']} QuantizeLinear/DequantizeLinear pairs whose range "
+        f"starts at 0 imported as ReLUs capped at the range's top, {counts['identity']} as the "
+        "identity"
+    )
+    return model, ["; ".join(parts)]
+
+
+def _pairs_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> dict[str, int]:
+    """Every DequantizeLinear of g replaced (module docstring): of a constant, by its value;
+    of a move of constant codes, by the move of the dequantized constant; of a QuantizeLinear,
+    by a ReLU or by nothing. Returns how many of each ("folded", "relu", "identity")."""
     producer = {o: n for n in g.node for o in n.output}
     rename: dict[str, str] = {}
     # tensors a range from 0 does not clip: non-negative ones, and the graph inputs through
     # data moves (a range of theirs that starts at 0 says the data is non-negative)
     non_negative = {i.name for i in g.input} - set(consts)
-    kept, folded, relus, identities = [], 0, 0, 0
+    kept: list[onnx.NodeProto] = []
+    counts = dict.fromkeys(("folded", "relu", "identity"), 0)
     for n in g.node:
         n.input[:] = [rename.get(t, t) for t in n.input]
+        q = producer.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
         if n.op_type != "DequantizeLinear":
             kept.append(n)
             _track_sign(n, consts, non_negative)
-            continue
-        if n.input[0] in consts:
-            g.initializer.append(numpy_helper.from_array(_dequantized(n, consts), n.output[0]))
-            consts[n.output[0]] = numpy_helper.to_array(g.initializer[-1])
-            folded += 1
-            continue
-        q = producer.get(n.input[0])
-        if q is not None and q.op_type in CODE_MOVES and q.input[0] in consts:
-            # a move of constant codes (quantize_dynamic's int8 embedding table, gathered by
-            # the ids): the same move of the dequantized constant
-            table = helper.make_node("DequantizeLinear", [q.input[0], *n.input[1:]],
-                                     [f"{n.name}:table"], name=n.name, axis=_axis(n))  # fmt: skip
-            g.initializer.append(
-                numpy_helper.from_array(_dequantized(table, consts), table.output[0])
-            )
-            consts[table.output[0]] = numpy_helper.to_array(g.initializer[-1])
-            moved = onnx.NodeProto()
-            moved.CopyFrom(q)
-            moved.input[0], moved.output[0], moved.name = table.output[0], n.output[0], n.name
-            kept.append(moved)
-            folded += 1
-            continue
-        if q is None or q.op_type != "QuantizeLinear":
+        elif n.input[0] in consts:
+            _add_const(g, consts, n.output[0], _dequantized(n, consts))
+            counts["folded"] += 1
+        elif q is not None and q.op_type in CODE_MOVES and q.input[0] in consts:
+            kept.append(_moved_constant_codes(g, consts, n, q))
+            counts["folded"] += 1
+        elif q is None or q.op_type != "QuantizeLinear":
             raise refuse(n, "dequantizes a computed integer tensor, not a constant or a "
                             "QuantizeLinear's output: only QDQ-format models import")  # fmt: skip
-        lo, hi = _range(n, consts)
-        x = rename.get(q.input[0], q.input[0])
-        if lo == 0 and x not in non_negative and _linear(producer.get(q.input[0]), consts):
-            clip = f"{n.name or n.output[0]}:relu"
-            bounds = [numpy_helper.from_array(np.asarray(v, np.float32), f"{clip}:{k}")
-                      for k, v in (("min", lo), ("max", hi))]  # fmt: skip
-            g.initializer.extend(bounds)
-            kept.append(helper.make_node("Clip", [x, bounds[0].name, bounds[1].name],
-                                         [n.output[0]], name=clip))  # fmt: skip
-            # (QDQ needs opset 13 for per-axis scales, 10 at least: Clip reads its bounds as
-            # inputs from opset 11, which onnxruntime.quantization requires)
-            non_negative.add(n.output[0])
-            relus += 1
         else:
-            rename[n.output[0]] = x
-            identities += 1
+            x = rename.get(q.input[0], q.input[0])
+            relu = _fused_relu(g, consts, n, x, producer.get(q.input[0]), non_negative)
+            if relu is not None:
+                kept.append(relu)
+                non_negative.add(n.output[0])
+            else:
+                rename[n.output[0]] = x
+            counts["relu" if relu is not None else "identity"] += 1
     _keep_output_names(g, kept, rename)
     # quantizers, and moves of constant codes, that nothing reads any more
     read = {t for n in kept for t in n.input} | {o.name for o in g.output}
@@ -155,24 +154,46 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     kept = [n for n in kept if n.op_type not in droppable or set(n.output) & read]
     del g.node[:]
     g.node.extend(kept)
-    note = (
-        (
-            f"{dynamic} dynamically quantized MatMulIntegers taken as float MatMuls with their "
-            "dequantized weights; "
-            if dynamic
-            else ""
-        )
-        + (
-            f"{expanded} integer operators (QLinearConv, QGemm...) taken as their float ops "
-            "between DequantizeLinear and QuantizeLinear; "
-            if expanded
-            else ""
-        )
-        + f"QDQ model imported as the float network it quantizes: {folded} dequantized constants "
-        f"folded, {relus} QuantizeLinear/DequantizeLinear pairs whose range starts at 0 "
-        f"imported as ReLUs capped at the range's top, {identities} as the identity"
-    )
-    return model, [note]
+    return counts
+
+
+def _add_const(g: onnx.GraphProto, consts: dict[str, np.ndarray], name: str, v: np.ndarray) -> None:
+    g.initializer.append(numpy_helper.from_array(v, name))
+    consts[name] = v
+
+
+def _moved_constant_codes(g: onnx.GraphProto, consts: dict[str, np.ndarray],
+                          dq: onnx.NodeProto, move: onnx.NodeProto) -> onnx.NodeProto:  # fmt: skip
+    """DequantizeLinear(move(constant codes)) (quantize_dynamic's int8 embedding table,
+    gathered by the ids) as move(the dequantized constant)."""
+    table = helper.make_node("DequantizeLinear", [move.input[0], *dq.input[1:]],
+                             [f"{dq.name}:table"], name=dq.name, axis=_axis(dq))  # fmt: skip
+    _add_const(g, consts, table.output[0], _dequantized(table, consts))
+    moved = onnx.NodeProto()
+    moved.CopyFrom(move)
+    moved.input[0], moved.output[0], moved.name = table.output[0], dq.output[0], dq.name
+    return moved
+
+
+def _fused_relu(
+    g: onnx.GraphProto,
+    consts: dict[str, np.ndarray],
+    dq: onnx.NodeProto,
+    x: str,
+    before: onnx.NodeProto | None,
+    non_negative: set[str],
+) -> onnx.NodeProto | None:
+    """The Clip(x, 0, top) a QuantizeLinear/DequantizeLinear pair stands for where its range
+    starts at 0 after a layer a ReLU could have followed (RELU_BEFORE), else None."""
+    lo, hi = _range(dq, consts)
+    if lo != 0 or x in non_negative or not _linear(before, consts):
+        return None
+    clip = f"{dq.name or dq.output[0]}:relu"
+    for k, v in (("min", lo), ("max", hi)):
+        _add_const(g, consts, f"{clip}:{k}", np.asarray(v, np.float32))
+    # (QDQ needs opset 10 at least, 13 for per-axis scales: Clip reads its bounds as inputs
+    # from opset 11, which onnxruntime.quantization requires)
+    return helper.make_node("Clip", [x, f"{clip}:min", f"{clip}:max"], [dq.output[0]], name=clip)
 
 
 def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
@@ -181,7 +202,7 @@ def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
     MatMul(x, W) with W's dequantized values; the DynamicQuantizeLinear goes once nothing
     reads it. Returns how many were rewritten; anything else dynamic stays (and is refused)."""
     producer = {o: n for n in g.node for o in n.output}
-    users = _readers(g)
+    users = readers(g)
     dead, done = set(), 0
     for m in [n for n in g.node if n.op_type == "MatMulInteger"]:
         d = producer.get(m.input[0])
@@ -209,14 +230,6 @@ def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
     del g.node[:]
     g.node.extend(kept)
     return done
-
-
-def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    users: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for t in n.input:
-            users.setdefault(t, []).append(n)
-    return users
 
 
 def _only(users: dict, t: str, op: str) -> onnx.NodeProto | None:
