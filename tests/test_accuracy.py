@@ -75,7 +75,8 @@ def test_t_aware_conversion_is_deterministic_and_recorded():
 @pytest.mark.parametrize("bipolar", [False, True])
 @pytest.mark.parametrize("levels", [1, 3])
 def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar, levels):
-    """tune.rate_code scores thresholds; it must be the float IF neuron's own rate code."""
+    """tune.rate_code scores thresholds; it must be the float IF neuron's own rate code, to
+    the bit (its binary path is written apart, in place)."""
     from spikeport.convert.tune import rate_code
     from spikeport.sim.ops import IFNeuron
 
@@ -86,7 +87,7 @@ def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar, le
     neuron.reset(1)
     spiked = sum(neuron(c[None])[0] for c in currents)
     rates = rate_code(currents, theta, bipolar, levels)
-    np.testing.assert_allclose(rates, spiked / len(currents), atol=1e-12)
+    np.testing.assert_array_equal(rates, spiked / len(currents))
 
 
 def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
