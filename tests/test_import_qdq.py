@@ -103,33 +103,47 @@ def test_qdq_model_converts_as_well_as_the_float_one(quantized, tmp_path):
     assert record["accuracy"] >= report["ann"]["accuracy"] - 0.01
 
 
-def test_dynamically_quantized_matmuls_import_as_float_ones(tmp_path):
-    """quantize_dynamic's MatMulInteger chains (DynamicQuantizeLinear, MatMulInteger, Cast,
-    Mul by the two scales) import as MatMuls with the dequantized weights: the float model's
-    ops, close to onnxruntime on the int8 model."""
+@pytest.mark.parametrize("model", ["digits_mlp.onnx", "digits_cnn.onnx"])
+def test_dynamically_quantized_products_import_as_float_ones(tmp_path, model):
+    """quantize_dynamic's chains (DynamicQuantizeLinear, MatMulInteger or ConvInteger, Cast,
+    Mul by the two scales) import as MatMuls / Convs with the dequantized weights: the float
+    model's ops, close to onnxruntime on the int8 model."""
     from onnxruntime.quantization import quantize_dynamic
 
-    model = tmp_path / "dyn.onnx"
-    quantize_dynamic(EXAMPLES / "digits_mlp.onnx", model, weight_type=QuantType.QInt8)
-    graph, ref = import_onnx(model), import_onnx(EXAMPLES / "digits_mlp.onnx")
+    path = tmp_path / "dyn.onnx"
+    quantize_dynamic(EXAMPLES / model, path, weight_type=QuantType.QInt8)
+    graph, ref = import_onnx(path), import_onnx(EXAMPLES / model)
     assert [n.op for n in graph.nodes] == [n.op for n in ref.nodes]
     x = np.load(TEST)["x"][:200].astype(np.float32)
     ann = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
-    int8 = _ort(model, x)
+    int8 = _ort(path, x)
     assert np.mean(ann.argmax(-1) == int8.argmax(-1)) >= 0.97
 
 
 def test_dynamic_quantization_it_cannot_read_back_is_refused_in_one_line(tmp_path):
-    """quantize_dynamic's convolutions quantize their bias with the run-time scale: refused,
-    naming the node and what to give instead."""
-    from onnxruntime.quantization import quantize_dynamic
-
-    model, out = tmp_path / "dyn.onnx", tmp_path / "m.spk"
-    quantize_dynamic(FLOAT_CNN, model, weight_type=QuantType.QInt8)
-    res = CliRunner().invoke(main, ["convert", str(model), "--calib", str(CALIB), "-o", str(out)])
+    """A dynamically quantized product whose integer result is not rescaled by the two scales
+    (here: none at all) is no float product spikeport can read back: refused, naming the
+    node and what to give instead, nothing written."""
+    w = numpy_helper.from_array(np.ones((4, 3), np.int8), "w")
+    g = helper.make_graph(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dql"),
+            helper.make_node("MatMulInteger", ["q", "w", "z"], ["i"], name="mmi"),
+            helper.make_node("Cast", ["i"], ["y"], name="cast", to=TensorProto.FLOAT),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
+    path, out = tmp_path / "m.onnx", tmp_path / "m.spk"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.ones((4, 4), np.float32))
+    res = CliRunner().invoke(main, ["convert", str(path), "--calib", str(calib), "-o", str(out)])
     assert res.exit_code == 2
     (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
-    assert "dynamically quantized" in line and "quantize_static" in line and "node '" in line
+    assert "node 'dql'" in line and "dynamically quantized" in line and "quantize_static" in line
     assert not out.exists()
 
 

@@ -98,8 +98,8 @@ def dequantize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
                             "(onnxruntime.quantization.quantize_static)")  # fmt: skip
     expanded = _qoperators_as_qdq(g, consts)
     counts = _pairs_as_float(g, consts)
-    parts = [f"{dynamic} dynamically quantized MatMulIntegers taken as float MatMuls with their "
-             "dequantized weights"] if dynamic else []  # fmt: skip
+    parts = [f"{dynamic} dynamically quantized MatMulIntegers / ConvIntegers taken as float "
+             "MatMuls / Convs with their dequantized weights"] if dynamic else []  # fmt: skip
     if expanded:
         parts.append(f"{expanded} integer operators (QLinearConv, QGemm...) taken as their "
                      "float ops between DequantizeLinear and QuantizeLinear")  # fmt: skip
@@ -197,14 +197,16 @@ def _fused_relu(
 
 
 def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
-    """Each dynamically quantized matrix product, DynamicQuantizeLinear(x) -> MatMulInteger(
-    x codes, W codes) -> Cast -> Mul(x scale * W scale) (onnxruntime's quantize_dynamic), as
-    MatMul(x, W) with W's dequantized values; the DynamicQuantizeLinear goes once nothing
-    reads it. Returns how many were rewritten; anything else dynamic stays (and is refused)."""
+    """Each dynamically quantized product, DynamicQuantizeLinear(x) -> MatMulInteger or
+    ConvInteger(x codes, W codes) -> Cast -> Mul(x scale * W scale) (onnxruntime's
+    quantize_dynamic; the bias is a float Add after it), as MatMul or Conv of x and W's
+    dequantized values; the DynamicQuantizeLinear goes once nothing reads it. Returns how many
+    were rewritten; anything else dynamic stays (and is refused: older exports add an int32
+    bias, quantized with the run-time scale, before the Cast)."""
     producer = {o: n for n in g.node for o in n.output}
     users = readers(g)
     dead, done = set(), 0
-    for m in [n for n in g.node if n.op_type == "MatMulInteger"]:
+    for m in [n for n in g.node if n.op_type in ("MatMulInteger", "ConvInteger")]:
         d = producer.get(m.input[0])
         cast = _only(users, m.output[0], "Cast")
         mul = _only(users, cast.output[0], "Mul") if cast is not None else None
@@ -214,12 +216,17 @@ def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
         w_scale = next((t for t in scale.input if t in consts), None) if scale else None
         if m.input[1] not in consts or w_scale is None or d.output[1] not in scale.input:
             continue
-        zp = consts.get(m.input[3]) if len(m.input) > 3 and m.input[3] else 0
-        w = (consts[m.input[1]].astype(np.float64) - zp) * consts[w_scale]
+        q = consts[m.input[1]].astype(np.float64)
+        zp = consts.get(m.input[3]) if len(m.input) > 3 and m.input[3] else np.zeros(())
+        ws = consts[w_scale]
+        if m.op_type == "ConvInteger":  # per output channel: the kernel's first axis
+            zp, ws = (np.reshape(v, (-1,) + (1,) * (q.ndim - 1)) for v in (zp, ws))
         name = f"{m.name}:weight"
-        g.initializer.append(numpy_helper.from_array(w.astype(np.float32), name))
-        matmul = helper.make_node("MatMul", [d.input[0], name], [mul.output[0]], name=m.name)
-        g.node.insert(list(g.node).index(mul), matmul)
+        g.initializer.append(numpy_helper.from_array(((q - zp) * ws).astype(np.float32), name))
+        op = "MatMul" if m.op_type == "MatMulInteger" else "Conv"
+        attrs = {a.name: helper.get_attribute_value(a) for a in m.attribute}
+        product = helper.make_node(op, [d.input[0], name], [mul.output[0]], name=m.name, **attrs)
+        g.node.insert(list(g.node).index(mul), product)
         dead.update(id(n) for n in (m, cast, mul))
         if len(users.get(scale.output[0], [])) == 1:
             dead.add(id(scale))
