@@ -160,3 +160,35 @@ def test_dequantizing_a_computed_integer_tensor_is_refused(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(UnsupportedOp, match="node 'dq' \\(DequantizeLinear\\): dequantizes a"):
         import_onnx(path)
+
+
+def test_integer_operator_concat_imports_without_a_neuron_after_it(tmp_path):
+    """QLinearConcat of two ReLU branches (its range starts at 0 too, but a concat had no
+    ReLU to fuse): the float model's ops, no extra ReLU, close to the float model."""
+    import torch
+    from torch import nn
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(8 * 64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+            return self.fc(h.flatten(1))
+
+    torch.manual_seed(0)
+    float_path, int8_path = tmp_path / "cat.onnx", tmp_path / "cat_q.onnx"
+    torch.onnx.export(Branches().eval(), (torch.randn(2, 1, 8, 8),), str(float_path),
+                      input_names=["x"], dynamic_axes={"x": {0: "N"}}, dynamo=False)  # fmt: skip
+    quantize_static(float_path, int8_path, _Images(np.load(CALIB)["x"][:32]),
+                    quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)  # fmt: skip
+    assert "QLinearConcat" in {n.op_type for n in onnx.load(str(int8_path)).graph.node}
+    graph, ref = import_onnx(int8_path), import_onnx(float_path)
+    assert [n.op for n in graph.nodes] == [n.op for n in ref.nodes]
+    x = np.load(TEST)["x"][:100].astype(np.float32)
+    ours = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
+    exact = _ort(float_path, x)
+    assert np.linalg.norm(ours - exact) / np.linalg.norm(exact) < 0.05

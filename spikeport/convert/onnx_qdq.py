@@ -15,14 +15,15 @@ for itself (spikeport.quantize), so it imports the float network those pairs app
   layer the float network does not have); every other pair is the identity: its rounding and
   its saturation outside the calibrated range are the int8 model's approximation of the
   float one.
-The integer-operator format (QLinearConv, QGemm, QLinearAdd...) is first rewritten into QDQ
-form: each op as its float op between DequantizeLinear of its inputs and QuantizeLinear of its
-output, each move of codes (MaxPool, Reshape...) likewise with its input's scale. Dynamic
-quantization computes its activations' scales at run time: its matrix products
-(DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul by the scales) become MatMuls with the
-dequantized weights, a move of constant codes (an int8 embedding table's Gather) the same move
-of the dequantized constant; any other dynamic op (ConvInteger) is refused, naming the node
-and what to give instead. Every change is listed in the graph's import notes.
+The integer-operator format (QLinearConv, QGemm, QLinearAdd, QLinearConcat...) is first
+rewritten into QDQ form: each op as its float op between DequantizeLinear of its inputs and
+QuantizeLinear of its output, each move of codes (MaxPool, Reshape...) likewise with its
+input's scale. Dynamic quantization computes its activations' scales at run time: its
+products (DynamicQuantizeLinear -> MatMulInteger or ConvInteger -> Cast -> Mul by the scales)
+become MatMuls or Convs with the dequantized weights, a move of constant codes (an int8
+embedding table's Gather) the same move of the dequantized constant; any other dynamic
+pattern is refused, naming the node and what to give instead. Every change is listed in the
+graph's import notes.
 """
 
 from __future__ import annotations
@@ -258,6 +259,9 @@ def _qoperators_as_qdq(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int
         elif n.op_type in QLINEAR:
             nodes += _expand(g, n, consts, scales)
             expanded += 1
+        elif n.op_type == "QLinearConcat":
+            nodes += _expand_concat(n, scales)
+            expanded += 1
         elif n.op_type in CODE_MOVES and n.input and n.input[0] in scales:
             coded = [k for k, t in enumerate(n.input) if t in scales]
             nodes += _dequantize_around(g, n, coded, [scales[n.input[k]] for k in coded], scales)
@@ -297,6 +301,23 @@ def _expand(g: onnx.GraphProto, n: onnx.NodeProto, consts: dict[str, np.ndarray]
     scales[n.output[0]] = (scale, zp)
     quantize = helper.make_node("QuantizeLinear", [y, scale, zp], [n.output[0]], name=f"{n.name}:q")
     return made + [helper.make_node(op, floats, [y], name=n.name, **a), quantize]
+
+
+def _expand_concat(n: onnx.NodeProto, scales: dict[str, tuple[str, str]]) -> list[onnx.NodeProto]:
+    """QLinearConcat(Y scale, Y zero point, then (X, scale, zero point) per input) as
+    DequantizeLinear of each input, Concat, QuantizeLinear."""
+    made, floats = [], []
+    for k in range(2, len(n.input), 3):
+        floats.append(f"{n.name}:dq{k // 3}")
+        made.append(helper.make_node("DequantizeLinear", list(n.input[k : k + 3]), [floats[-1]],
+                                     name=floats[-1]))  # fmt: skip
+    axis = next(a.i for a in n.attribute if a.name == "axis")
+    scales[n.output[0]] = (n.input[0], n.input[1])
+    return made + [
+        helper.make_node("Concat", floats, [f"{n.name}:float"], name=n.name, axis=axis),
+        helper.make_node("QuantizeLinear", [f"{n.name}:float", n.input[0], n.input[1]],
+                         [n.output[0]], name=f"{n.name}:q"),
+    ]  # fmt: skip
 
 
 def _weight_axis(n: onnx.NodeProto, k: int, scale: np.ndarray | None,
