@@ -133,8 +133,8 @@ def _pairs_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> dict[s
         elif n.input[0] in consts:
             _add_const(g, consts, n.output[0], _dequantized(n, consts))
             counts["folded"] += 1
-        elif q is not None and q.op_type in CODE_MOVES and q.input[0] in consts:
-            kept.append(_moved_constant_codes(g, consts, n, q))
+        elif (chain := _moves_of_constant_codes(producer, n.input[0], consts)) is not None:
+            kept += _moved_constant_codes(g, consts, n, chain)
             counts["folded"] += 1
         elif q is None or q.op_type != "QuantizeLinear":
             raise refuse(n, "dequantizes a computed integer tensor, not a constant or a "
@@ -163,16 +163,37 @@ def _add_const(g: onnx.GraphProto, consts: dict[str, np.ndarray], name: str, v: 
     consts[name] = v
 
 
-def _moved_constant_codes(g: onnx.GraphProto, consts: dict[str, np.ndarray],
-                          dq: onnx.NodeProto, move: onnx.NodeProto) -> onnx.NodeProto:  # fmt: skip
-    """DequantizeLinear(move(constant codes)) (quantize_dynamic's int8 embedding table,
-    gathered by the ids) as move(the dequantized constant)."""
-    table = helper.make_node("DequantizeLinear", [move.input[0], *dq.input[1:]],
+def _moves_of_constant_codes(
+    producer: dict[str, onnx.NodeProto], t: str, consts: dict[str, np.ndarray]
+) -> list[onnx.NodeProto] | None:
+    """The CODE_MOVES nodes, from a constant outwards, that make t, if t is constant codes
+    moved (an int8 embedding table gathered by the ids, then transposed); else None."""
+    chain = []
+    while (p := producer.get(t)) is not None and p.op_type in CODE_MOVES:
+        chain.append(p)
+        t = p.input[0]
+        if t in consts:
+            return chain[::-1]
+    return None
+
+
+def _moved_constant_codes(
+    g: onnx.GraphProto,
+    consts: dict[str, np.ndarray],
+    dq: onnx.NodeProto,
+    chain: list[onnx.NodeProto],
+) -> list[onnx.NodeProto]:
+    """DequantizeLinear(moves(constant codes)) as the same moves of the dequantized constant."""
+    table = helper.make_node("DequantizeLinear", [chain[0].input[0], *dq.input[1:]],
                              [f"{dq.name}:table"], name=dq.name, axis=_axis(dq))  # fmt: skip
     _add_const(g, consts, table.output[0], _dequantized(table, consts))
-    moved = onnx.NodeProto()
-    moved.CopyFrom(move)
-    moved.input[0], moved.output[0], moved.name = table.output[0], dq.output[0], dq.name
+    moved, x = [], table.output[0]
+    for k, move in enumerate(chain):
+        node = onnx.NodeProto()
+        node.CopyFrom(move)
+        node.input[0], node.name = x, f"{move.name}:float"
+        node.output[0] = x = dq.output[0] if k == len(chain) - 1 else f"{move.output[0]}:float"
+        moved.append(node)
     return moved
 
 
