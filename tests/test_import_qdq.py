@@ -192,3 +192,35 @@ def test_integer_operator_concat_imports_without_a_neuron_after_it(tmp_path):
     ours = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
     exact = _ort(float_path, x)
     assert np.linalg.norm(ours - exact) / np.linalg.norm(exact) < 0.05
+
+
+def test_constant_codes_moved_and_read_twice_import_as_the_float_table(tmp_path):
+    """An int8 table gathered by the ids, transposed, and dequantized twice (quantize_dynamic's
+    embeddings and relative-attention tables; QOperator DistilBERT): each reader gets the
+    same moves of the dequantized table, equal to onnxruntime."""
+    table = np.arange(-12, 12, dtype=np.int8).reshape(6, 4)
+    inits = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.asarray(0.5, np.float32), "s"),
+        numpy_helper.from_array(np.asarray(1, np.int8), "z"),
+    ]
+    g = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
+            helper.make_node("Transpose", ["rows"], ["cols"], name="t", perm=[0, 2, 1]),
+            helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["a"], name="dq_a"),
+            helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["b"], name="dq_b"),
+            helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])],
+        inits,
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ids = np.array([[0, 5, 2], [3, 3, 1]], np.int64)
+    graph = import_onnx(path)
+    ours = simulate(graph, {"ids": ids}, 1, "ann").outputs[graph.outputs[0]][0]
+    ref = ort.InferenceSession(str(path)).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)

@@ -191,8 +191,9 @@ def _moved_constant_codes(
     for k, move in enumerate(chain):
         node = onnx.NodeProto()
         node.CopyFrom(move)
-        node.input[0], node.name = x, f"{move.name}:float"
-        node.output[0] = x = dq.output[0] if k == len(chain) - 1 else f"{move.output[0]}:float"
+        # named after the DequantizeLinear too: two of them may read the same moved codes
+        node.input[0], node.name = x, f"{dq.name}:{move.name}"
+        node.output[0] = x = dq.output[0] if k == len(chain) - 1 else f"{dq.name}:{move.output[0]}"
         moved.append(node)
     return moved
 
