@@ -32,6 +32,11 @@ class CapabilityExceeded(SpikeportError):
     """A graph does not fit a target profile: bits, fan-in, op, or proven overflow."""
 
 
+class OverflowWithinSteps(CapabilityExceeded):
+    """The range proof finds a value that can overflow within --max-T steps (fewer steps may
+    prove: quantize says which)."""
+
+
 class SimulationOverflow(SpikeportError):
     """The integer simulator saw a value leave its declared bit width."""
 

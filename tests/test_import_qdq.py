@@ -224,3 +224,23 @@ def test_constant_codes_moved_and_read_twice_import_as_the_float_table(tmp_path)
     ours = simulate(graph, {"ids": ids}, 1, "ann").outputs[graph.outputs[0]][0]
     ref = ort.InferenceSession(str(path)).run(None, {"ids": ids})[0]
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_a_constant_dequantized_with_a_computed_scale_is_refused_by_name(tmp_path):
+    """Int8 codes dequantized by a scale computed from the input: no constant to fold, one
+    line naming the node (it was a KeyError traceback)."""
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["x"], ["s"], name="peak", keepdims=0),
+            helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq"),
+            helper.make_node("Add", ["x", "w"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.ones(4, np.int8), "q")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(UnsupportedOp, match="node 'dq' \\(DequantizeLinear\\): its scale"):
+        import_onnx(path)

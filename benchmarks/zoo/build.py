@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -336,8 +336,7 @@ def build_qdq(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
             return next(self.feeds, None)
 
     float_model = out.with_name(out.stem + "_float.onnx")
-    build_timm(Spec(spec.name, "timm", spec.source, "timm+legacy", spec.arg, spec.inputs,
-                    spec.options), float_model, x)  # fmt: skip
+    build_timm(replace(spec, kind="timm", exporter="timm+legacy"), float_model, x)
     quantize_static(float_model, out, Images(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)  # fmt: skip
     float_model.unlink()

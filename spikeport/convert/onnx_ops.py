@@ -586,11 +586,10 @@ def _covered(hw: tuple[int, ...], kernel: list[int], win: dict, counted: list[in
 
 @importer("GlobalAveragePool", "GlobalMaxPool")
 def _global_pool(ctx: Ctx, n: onnx.NodeProto) -> None:
-    op = "avgpool2d" if n.op_type == "GlobalAveragePool" else "maxpool2d"
-    x, out = n.input[0], n.output[0]
     _, h, w = _image_input(ctx, n)
+    op = "avgpool2d" if n.op_type == "GlobalAveragePool" else "maxpool2d"
     a = {"kernel": [h, w], "strides": [1, 1], "pads": [0, 0, 0, 0]}
-    ctx.emit(n, Node(n.name, op, [x], out, a))
+    ctx.emit(n, Node(n.name, op, [n.input[0]], n.output[0], a))
 
 
 @importer("MaxPool")

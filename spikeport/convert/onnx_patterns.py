@@ -333,14 +333,14 @@ def fuse_layernorm_by_value(model: onnx.ModelProto) -> onnx.ModelProto:
         axis = _reduced_axis(g, red, values)
         if shape is None or axis is None or axis == 0:
             continue
-        region = _region(g, x, consts)
+        region, users, probes = _region(g, x, consts), readers(g), _probes(shape, axis)
         for end in reversed(region):
-            nodes = _sealed(g, region, end, red)
+            nodes = _sealed(g, users, region, end, red)
             if nodes is None or _shape_of(g, end.output[0]) != shape:
                 continue
-            probes = _probes(shape, axis)
             try:
-                got = [_run_sub(model, [x], [end.output[0]], {x: p})[0] for p in probes]
+                sess = _sub_session(model, [x], [end.output[0]])
+                got = [sess.run(None, {x: p})[0] for p in probes]
             except Exception:  # the region needs more than x: no function of x alone
                 continue
             if _is_softmax(probes, got, axis):
@@ -370,10 +370,11 @@ def _region(
     return region
 
 
-def _sealed(g: onnx.GraphProto, region: list[onnx.NodeProto], end: onnx.NodeProto,
+def _sealed(g: onnx.GraphProto, users: dict[str, list[onnx.NodeProto]],
+            region: list[onnx.NodeProto], end: onnx.NodeProto,
             red: onnx.NodeProto) -> list[onnx.NodeProto] | None:  # fmt: skip
     """The nodes of `region` that `end` depends on, if they include `red` and nothing outside
-    them reads any of their outputs but `end`'s; else None."""
+    them reads any of their outputs but `end`'s (`users`: readers(g)); else None."""
     producer = {o: n for n in region for o in n.output}
     nodes, todo = {id(end): end}, [end]
     while todo:
@@ -384,7 +385,6 @@ def _sealed(g: onnx.GraphProto, region: list[onnx.NodeProto], end: onnx.NodeProt
                 todo.append(p)
     if id(red) not in nodes:
         return None
-    users = readers(g)
     outputs = {o.name for o in g.output}
     for n in nodes.values():
         if n is end:
@@ -550,12 +550,18 @@ def _height(
 # -- sentence-embedding heads --------------------------------------------------------------------
 
 
-def _run_sub(model: onnx.ModelProto, inputs: list[str], outputs: list[str], feeds: dict):
+def _sub_session(
+    model: onnx.ModelProto, inputs: list[str], outputs: list[str]
+) -> ort.InferenceSession:
+    """An onnxruntime session of the part of `model` from `inputs` to `outputs`."""
     sub = onnx.utils.Extractor(model).extract_model(inputs, outputs)
-    sess = ort.InferenceSession(
+    return ort.InferenceSession(
         sub.SerializeToString(), quiet_session_options(), providers=["CPUExecutionProvider"]
     )
-    return sess.run(None, feeds)
+
+
+def _run_sub(model: onnx.ModelProto, inputs: list[str], outputs: list[str], feeds: dict):
+    return _sub_session(model, inputs, outputs).run(None, feeds)
 
 
 def _random_masks(mask: onnx.ValueInfoProto, rng: np.random.Generator) -> np.ndarray:
@@ -752,9 +758,9 @@ def _fuse_tanh_gelu_from(
     model: onnx.ModelProto, x: str, tanh: onnx.NodeProto, consts: set[str]
 ) -> bool:
     g = model.graph
-    region = _region(g, x, consts, TANH_GELU_OPS)
+    region, users = _region(g, x, consts, TANH_GELU_OPS), readers(g)
     for end in reversed(region):
-        nodes = _sealed(g, region, end, tanh)
+        nodes = _sealed(g, users, region, end, tanh)
         if nodes is not None and _is_tanh_gelu(model, x, end.output[0]):
             name = tanh.name + "_gelu"
             _replace(g, nodes, [onnx.helper.make_node(

@@ -184,8 +184,9 @@ def _moved_constant_codes(
     chain: list[onnx.NodeProto],
 ) -> list[onnx.NodeProto]:
     """DequantizeLinear(moves(constant codes)) as the same moves of the dequantized constant."""
-    table = helper.make_node("DequantizeLinear", [chain[0].input[0], *dq.input[1:]],
-                             [f"{dq.name}:table"], name=dq.name, axis=_axis(dq))  # fmt: skip
+    table = onnx.NodeProto()
+    table.CopyFrom(dq)  # its scale, zero point, axis and block size, on the constant codes
+    table.input[0], table.output[0] = chain[0].input[0], f"{dq.name}:table"
     _add_const(g, consts, table.output[0], _dequantized(table, consts))
     moved, x = [], table.output[0]
     for k, move in enumerate(chain):
@@ -235,7 +236,7 @@ def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
         mul = _only(users, cast.output[0], "Mul") if cast is not None else None
         if d is None or d.op_type != "DynamicQuantizeLinear" or mul is None:
             continue
-        scale = producer.get(next(t for t in mul.input if t != cast.output[0]))
+        scale = producer.get(next((t for t in mul.input if t != cast.output[0]), ""))
         w_scale = next((t for t in scale.input if t in consts), None) if scale else None
         if m.input[1] not in consts or w_scale is None or d.output[1] not in scale.input:
             continue
@@ -245,7 +246,7 @@ def _dynamic_as_float(g: onnx.GraphProto, consts: dict[str, np.ndarray]) -> int:
         if m.op_type == "ConvInteger":  # per output channel: the kernel's first axis
             zp, ws = (np.reshape(v, (-1,) + (1,) * (q.ndim - 1)) for v in (zp, ws))
         name = f"{m.name}:weight"
-        g.initializer.append(numpy_helper.from_array(((q - zp) * ws).astype(np.float32), name))
+        _add_const(g, consts, name, ((q - zp) * ws).astype(np.float32))
         op = "MatMul" if m.op_type == "MatMulInteger" else "Conv"
         attrs = {a.name: helper.get_attribute_value(a) for a in m.attribute}
         product = helper.make_node(op, [d.input[0], name], [mul.output[0]], name=m.name, **attrs)
@@ -305,7 +306,7 @@ def _expand(g: onnx.GraphProto, n: onnx.NodeProto, consts: dict[str, np.ndarray]
     made, floats = [], []
     for k, (t, s, z) in enumerate(quantized):
         name = f"{n.name}:dq{k}"
-        axis = _weight_axis(n, k, consts.get(n.input[s]), consts.get(n.input[t]))
+        axis = _weight_axis(n, consts.get(n.input[s]), consts.get(n.input[t]))
         made.append(helper.make_node("DequantizeLinear", [n.input[t], n.input[s], n.input[z]],
                                      [name], name=name, axis=axis))  # fmt: skip
         floats.append(name)
@@ -314,8 +315,7 @@ def _expand(g: onnx.GraphProto, n: onnx.NodeProto, consts: dict[str, np.ndarray]
         if b is None or s0 is None or s1 is None:
             raise refuse(n, "its bias or scales are computed, not constants")
         floats.append(f"{n.name}:bias")
-        g.initializer.append(numpy_helper.from_array(
-            (b.astype(np.float64) * s0 * s1).astype(np.float32), floats[-1]))  # fmt: skip
+        _add_const(g, consts, floats[-1], (b.astype(np.float64) * s0 * s1).astype(np.float32))
     if out is None or out[0] >= len(n.input) or not n.input[out[0]]:
         return made + [helper.make_node(op, floats, [n.output[0]], name=n.name, **a)]
     y = f"{n.name}:float"
@@ -342,8 +342,7 @@ def _expand_concat(n: onnx.NodeProto, scales: dict[str, tuple[str, str]]) -> lis
     ]  # fmt: skip
 
 
-def _weight_axis(n: onnx.NodeProto, k: int, scale: np.ndarray | None,
-                 q: np.ndarray | None) -> int:  # fmt: skip
+def _weight_axis(n: onnx.NodeProto, scale: np.ndarray | None, q: np.ndarray | None) -> int:
     """The axis a per-channel scale runs along: a Conv's output channels (0), a MatMul's
     columns (the last axis), a Gemm's outputs (0 with transB, else 1)."""
     if scale is None or scale.size == 1 or q is None:
@@ -375,17 +374,13 @@ def _dequantize_around(g: onnx.GraphProto, n: onnx.NodeProto, coded: list[int],
     return before + [node] + after
 
 
-def _axis(n: onnx.NodeProto) -> int:
-    return next((a.i for a in n.attribute if a.name == "axis"), 1)
-
-
 def _dequantized(n: onnx.NodeProto, consts: dict[str, np.ndarray]) -> np.ndarray:
     """A DequantizeLinear's float value on constant inputs, by onnx's reference op (per tensor,
     per axis and per block alike)."""
-    a = {k.name: helper.get_attribute_value(k) for k in n.attribute}
-    args = [consts[t] for t in n.input if t]
     if any(t and t not in consts for t in n.input[1:]):
         raise refuse(n, "its scale or zero point is computed, not a constant")
+    a = {k.name: helper.get_attribute_value(k) for k in n.attribute}
+    args = [consts[t] for t in n.input if t]
     y = DequantizeLinear_21.eval(*args, axis=a.get("axis", 1), block_size=a.get("block_size", 0))
     return np.asarray(y, np.float32)
 

@@ -109,8 +109,8 @@ def rate_code(
         return sum(neuron(current[None])[0] for current in currents) / len(currents)
     theta = np.asarray(theta, np.float64)
     v = np.broadcast_to(theta / 2, currents.shape[1:]).copy()
-    total, fired, below, spikes = (np.zeros(v.shape) for _ in range(4))
-    fired, below = fired.astype(bool), below.astype(bool)
+    total, spikes = np.zeros(v.shape), np.zeros(v.shape)
+    fired, below = np.zeros(v.shape, bool), np.zeros(v.shape, bool)
     for current in currents:
         v += current
         np.greater_equal(v, theta, out=fired)

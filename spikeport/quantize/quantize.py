@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from spikeport.batch import Batch, is_integer, named, size, take
-from spikeport.errors import BadInput, CapabilityExceeded
+from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import keeps_channels, value_source
@@ -570,12 +570,10 @@ def quantize(
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
     try:
         return _quantize_for(graph, calib_x, profile, max_timesteps)
-    except CapabilityExceeded as e:
-        if f"within {max_timesteps} steps" not in str(e):
-            raise
+    except OverflowWithinSteps as e:
         fits = _largest_fitting_T(graph, calib_x, profile, max_timesteps)
         hint = f" (--max-T {fits} fits)" if fits else " (not even --max-T 1 fits)"
-        raise CapabilityExceeded(f"{e}{hint}") from None
+        raise OverflowWithinSteps(f"{e}{hint}") from None
 
 
 def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
@@ -589,7 +587,7 @@ def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps:
 def _largest_fitting_T(graph: Graph, calib_x: Batch, profile: Profile, failed: int) -> int:
     """The largest power of two below `failed` steps that the range proof passes (it only
     gets easier with fewer steps), 0 if none: the overflow refusal says what would fit."""
-    T = 1 << (failed - 1).bit_length() - 1 if failed > 1 else 0
+    T = 1 << ((failed - 1).bit_length() - 1) if failed > 1 else 0
     while T >= 1:
         try:
             _quantize_for(graph, calib_x, profile, T)

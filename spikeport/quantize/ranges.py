@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spikeport.batch import is_integer
-from spikeport.errors import CapabilityExceeded
+from spikeport.errors import OverflowWithinSteps
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
@@ -243,7 +243,7 @@ def prove_ranges(
         worst = bounds[n.output].worst(n.output in graph.outputs)
         if worst > limit:
             extra = math.ceil(math.log2((worst + 1) / (limit + 1)))
-            raise CapabilityExceeded(
+            raise OverflowWithinSteps(
                 f"node '{n.name}' ({n.op}) can reach {worst:.0f} within {max_timesteps} steps, "
                 f"beyond the {limit} of {state_bits}-bit state{target} ({extra} bit"
                 f"{'s' if extra > 1 else ''} more); lower --max-T or the weight bits"

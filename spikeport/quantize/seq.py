@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from spikeport.errors import CapabilityExceeded
+from spikeport.errors import OverflowWithinSteps
 from spikeport.ir.graph import Node
 from spikeport.ir.seq_ops import picked, slicer
 from spikeport.quantize.quantize import _Ctx, handler
@@ -349,7 +349,7 @@ def _b_matmul(node: Node, b: list[np.ndarray], T: int, c: list[np.ndarray]) -> B
     peak = float(product_peak(b, c, weigh).max(initial=0))
     # S_A S_B before its division, int64 in every target: |S| <= c
     if float(np.matmul(c[0] * weigh, c[1]).max(initial=0)) * 2.0**F.MATMUL_FRAC_BITS >= 2.0**62:
-        raise CapabilityExceeded(
+        raise OverflowWithinSteps(
             f"node '{node.name}' (matmul): the product of its operands' running sums can pass "
             f"2^62 within {T} steps; lower --max-T or the operands' ranges"
         )
