@@ -60,6 +60,21 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+def _saved(tmp_path: Path, nodes: list, inputs: dict, outputs: dict, inits: dict) -> Path:
+    """A hand-written opset-17 graph as tmp_path/m.onnx: inputs and outputs {name: (elem type,
+    shape)}, initializers {name: array}."""
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(k, t, s) for k, (t, s) in inputs.items()],
+        [helper.make_tensor_value_info(k, t, s) for k, (t, s) in outputs.items()],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
@@ -124,20 +139,15 @@ def test_dynamic_quantization_it_cannot_read_back_is_refused_in_one_line(tmp_pat
     """A dynamically quantized product whose integer result is not rescaled by the two scales
     (here: none at all) is no float product spikeport can read back: refused, naming the
     node and what to give instead, nothing written."""
-    w = numpy_helper.from_array(np.ones((4, 3), np.int8), "w")
-    g = helper.make_graph(
-        [
-            helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dql"),
-            helper.make_node("MatMulInteger", ["q", "w", "z"], ["i"], name="mmi"),
-            helper.make_node("Cast", ["i"], ["y"], name="cast", to=TensorProto.FLOAT),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
-        [w],
-    )
-    path, out = tmp_path / "m.onnx", tmp_path / "m.spk"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dql"),
+        helper.make_node("MatMulInteger", ["q", "w", "z"], ["i"], name="mmi"),
+        helper.make_node("Cast", ["i"], ["y"], name="cast", to=TensorProto.FLOAT),
+    ]
+    w = {"w": np.ones((4, 3), np.int8)}
+    path = _saved(tmp_path, nodes, {"x": (TensorProto.FLOAT, ["N", 4])},
+                  {"y": (TensorProto.FLOAT, ["N", 3])}, w)  # fmt: skip
+    out = tmp_path / "m.spk"
     calib = tmp_path / "c.npz"
     np.savez(calib, x=np.ones((4, 4), np.float32))
     res = CliRunner().invoke(main, ["convert", str(path), "--calib", str(calib), "-o", str(out)])
@@ -149,15 +159,9 @@ def test_dynamic_quantization_it_cannot_read_back_is_refused_in_one_line(tmp_pat
 
 def test_dequantizing_a_computed_integer_tensor_is_refused(tmp_path):
     """An int8 graph input read through DequantizeLinear: no QuantizeLinear to pair it with."""
-    g = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")],
-        "g",
-        [helper.make_tensor_value_info("q", TensorProto.INT8, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.asarray(0.5, np.float32), "s")],
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = _saved(tmp_path, [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], name="dq")],
+                  {"q": (TensorProto.INT8, ["N", 4])}, {"y": (TensorProto.FLOAT, ["N", 4])},
+                  {"s": np.asarray(0.5, np.float32)})  # fmt: skip
     with pytest.raises(UnsupportedOp, match="node 'dq' \\(DequantizeLinear\\): dequantizes a"):
         import_onnx(path)
 
@@ -198,27 +202,20 @@ def test_constant_codes_moved_and_read_twice_import_as_the_float_table(tmp_path)
     """An int8 table gathered by the ids, transposed, and dequantized twice (quantize_dynamic's
     embeddings and relative-attention tables; QOperator DistilBERT): each reader gets the
     same moves of the dequantized table, equal to onnxruntime."""
-    table = np.arange(-12, 12, dtype=np.int8).reshape(6, 4)
-    inits = [
-        numpy_helper.from_array(table, "table"),
-        numpy_helper.from_array(np.asarray(0.5, np.float32), "s"),
-        numpy_helper.from_array(np.asarray(1, np.int8), "z"),
+    inits = {
+        "table": np.arange(-12, 12, dtype=np.int8).reshape(6, 4),
+        "s": np.asarray(0.5, np.float32),
+        "z": np.asarray(1, np.int8),
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
+        helper.make_node("Transpose", ["rows"], ["cols"], name="t", perm=[0, 2, 1]),
+        helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["a"], name="dq_a"),
+        helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["b"], name="dq_b"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
     ]
-    g = helper.make_graph(
-        [
-            helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
-            helper.make_node("Transpose", ["rows"], ["cols"], name="t", perm=[0, 2, 1]),
-            helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["a"], name="dq_a"),
-            helper.make_node("DequantizeLinear", ["cols", "s", "z"], ["b"], name="dq_b"),
-            helper.make_node("Add", ["a", "b"], ["y"], name="add"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])],
-        inits,
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path = _saved(tmp_path, nodes, {"ids": (TensorProto.INT64, ["N", 3])},
+                  {"y": (TensorProto.FLOAT, ["N", 4, 3])}, inits)  # fmt: skip
     ids = np.array([[0, 5, 2], [3, 3, 1]], np.int64)
     graph = import_onnx(path)
     ours = simulate(graph, {"ids": ids}, 1, "ann").outputs[graph.outputs[0]][0]
@@ -229,18 +226,12 @@ def test_constant_codes_moved_and_read_twice_import_as_the_float_table(tmp_path)
 def test_a_constant_dequantized_with_a_computed_scale_is_refused_by_name(tmp_path):
     """Int8 codes dequantized by a scale computed from the input: no constant to fold, one
     line naming the node (it was a KeyError traceback)."""
-    g = helper.make_graph(
-        [
-            helper.make_node("ReduceMax", ["x"], ["s"], name="peak", keepdims=0),
-            helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq"),
-            helper.make_node("Add", ["x", "w"], ["y"], name="add"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.ones(4, np.int8), "q")],
-    )
-    path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["s"], name="peak", keepdims=0),
+        helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq"),
+        helper.make_node("Add", ["x", "w"], ["y"], name="add"),
+    ]
+    path = _saved(tmp_path, nodes, {"x": (TensorProto.FLOAT, ["N", 4])},
+                  {"y": (TensorProto.FLOAT, ["N", 4])}, {"q": np.ones(4, np.int8)})  # fmt: skip
     with pytest.raises(UnsupportedOp, match="node 'dq' \\(DequantizeLinear\\): its scale"):
         import_onnx(path)
