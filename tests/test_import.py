@@ -193,3 +193,110 @@ def test_an_opset_newer_than_onnx_knows_is_one_line(tmp_path):
     onnx.save(model, path)
     with pytest.raises(BadInput, match="opset 99 is newer than this onnx"):
         import_onnx(path)
+
+
+def _const_i64(name, values):
+    return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+
+@pytest.mark.parametrize(
+    "mode, value", [("constant", 1.0), ("constant", -0.5), ("edge", 0.0), ("reflect", 0.0)]
+)
+def test_pads_of_any_constant_edge_and_reflect_match_onnxruntime(tmp_path, mode, value):
+    """A nonzero constant is zero padding plus that constant on the border (EfficientViT pads
+    with ones); edge and reflect are one gather per padded axis."""
+    pads = [0, 0, 1, 2, 0, 0, 2, 1]
+    g = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads", "value"], ["y"], name="pad", mode=mode)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 7, 8])],
+        [_const_i64("pads", pads), numpy_helper.from_array(np.float32(value), "value")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ops = {n.op for n in import_onnx(path).nodes}
+    assert ops == ({"gather"} if mode != "constant" else {"pad", "offset"})
+    _matches_onnxruntime(path, np.random.default_rng(1).normal(size=(3, 3, 4, 5)))
+
+
+def test_instance_norm_is_a_layernorm_of_each_channel_then_its_affine(tmp_path):
+    """InstanceNormalization (GroupNorm's export) normalises each channel over its positions:
+    a layernorm of the flattened positions, then the per-channel scale and bias."""
+    rng = np.random.default_rng(2)
+    path = _save(
+        tmp_path,
+        [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"], name="inorm")],
+        inits=[("s", rng.uniform(0.5, 2, 3)), ("b", rng.normal(size=3))],
+        inputs=(("x", ["N", 3, 4, 5]),),
+        out=("y", ["N", 3, 4, 5]),
+    )
+    assert "layernorm" in [n.op for n in import_onnx(path).nodes]
+    _matches_onnxruntime(path, rng.normal(size=(4, 3, 4, 5)) * 3 + 1)
+
+
+def test_groupnorm_of_one_group_as_torch_exports_it_matches_onnxruntime(tmp_path):
+    """Reshape (N, 1, -1) -> InstanceNormalization -> Reshape -> Mul -> Add: PoolFormer's and
+    MobileViTv2's GroupNorm(1), a norm over C, H and W."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Reshape", ["x", "groups"], ["g"], name="split"),
+        helper.make_node("InstanceNormalization", ["g", "one", "zero"], ["n"], name="inorm"),
+        helper.make_node("Reshape", ["n", "image"], ["r"], name="join"),
+        helper.make_node("Mul", ["r", "gamma"], ["m"], name="gamma"),
+        helper.make_node("Add", ["m", "beta"], ["y"], name="beta"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [
+            _const_i64("groups", [0, 1, -1]),
+            _const_i64("image", [0, 3, 4, 4]),
+            numpy_helper.from_array(np.ones(1, np.float32), "one"),
+            numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+            numpy_helper.from_array(rng.uniform(0.5, 2, (3, 1, 1)).astype(np.float32), "gamma"),
+            numpy_helper.from_array(rng.normal(size=(3, 1, 1)).astype(np.float32), "beta"),
+        ],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _matches_onnxruntime(path, rng.normal(size=(4, 3, 4, 4)))
+
+
+def test_expand_of_an_activation_repeats_it(tmp_path):
+    """ECA's attention weights: mean over positions, Expand back to the image, times x."""
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], name="mean", axes=[2, 3], keepdims=1),
+            helper.make_node("Expand", ["m", "shape"], ["e"], name="expand"),
+            helper.make_node("Mul", ["x", "e"], ["y"], name="gate"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [_const_i64("shape", [1, 3, 4, 4])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert "gather" in [n.op for n in import_onnx(path).nodes]
+    _matches_onnxruntime(path, np.random.default_rng(4).normal(size=(3, 3, 4, 4)))
+
+
+def test_a_gather_by_a_2d_index_and_a_concat_of_one_tensor_match_onnxruntime(tmp_path):
+    """A multi-axis constant index (dynamo's as_strided) is a gather by its flattened positions
+    and a reshape; a Concat of a list of one tensor (DenseNet) is that tensor."""
+    g = helper.make_graph(
+        [
+            helper.make_node("Gather", ["x", "idx"], ["g"], name="pick", axis=1),
+            helper.make_node("Concat", ["g"], ["y"], name="one", axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3])],
+        [numpy_helper.from_array(np.array([[0, 2, 5], [5, 1, 1]], np.int64), "idx")],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    _matches_onnxruntime(path, np.random.default_rng(5).normal(size=(3, 6)))

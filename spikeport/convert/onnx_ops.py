@@ -108,8 +108,39 @@ def _conv(ctx: Ctx, n: onnx.NodeProto) -> None:
         raise refuse(n, f"only 2-D convolution is supported, weight is {w.shape}")
     win = _window(ctx, n, list(w.shape[2:]))
     win["group"] = int(attrs(n).get("group", 1))
+    if _across_features(ctx, n, w, win):
+        return
     params = {"weight": w, "bias": b.astype(np.float32)}
     ctx.emit(n, Node(n.name, "conv2d", [n.input[0]], n.output[0], win, params))
+
+
+MAX_BANDED_WIDTH = 2048  # longest row a one-channel 1-D conv inside the net becomes a dense of
+
+
+def _across_features(ctx: Ctx, n: onnx.NodeProto, w: np.ndarray, win: dict) -> bool:
+    """A one-channel 1-D conv along a row of features inside the network (ECA's Conv1d across
+    a pooled image's channels) as a dense of its banded matrix over that row: the same linear
+    map, but each feature keeps its own scale (a conv needs one scale along its row, and the
+    channels of an image have one each). Emits it and returns True where it applies."""
+    x = n.input[0]
+    shape = ctx.shape(x)
+    if w.shape[:3] != (1, 1, 1) or win["group"] != 1 or ctx.producer(x) is None:
+        return False
+    if len(shape) != 3 or shape[:2] != (1, 1) or shape[2] > MAX_BANDED_WIDTH:
+        return False
+    width, (stride, dilation) = shape[2], (win["strides"][1], win["dilations"][1])
+    pad = win["pads"][1]  # ONNX order: top, left, bottom, right
+    out_len = (width + pad + win["pads"][3] - dilation * (w.shape[3] - 1) - 1) // stride + 1
+    band = np.zeros((out_len, width), np.float64)
+    for o in range(out_len):
+        for k, wk in enumerate(w[0, 0, 0]):
+            i = o * stride - pad + k * dilation
+            if 0 <= i < width:
+                band[o, i] += wk
+    b = ctx.optional_const(n, 2, "the bias")
+    bias = np.full(out_len, 0.0 if b is None else float(b.reshape(-1)[0]))
+    _dense(ctx, n, x, band, bias)
+    return True
 
 
 @importer("Gemm")
@@ -304,6 +335,20 @@ def _broadcast(ctx: Ctx, n: onnx.NodeProto, x: str, shape: tuple[int, ...], tag:
             ctx.emit(n, Node(out, "gather", [x], out, attrs), ctx.batch(x))
             x = out
     return x
+
+
+@importer("Expand")
+def _expand(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """An activation repeated to a larger shape (ECA's and MobileViTv2's attention weights,
+    expand_as before a product), by _broadcast's exact data movement."""
+    x = n.input[0]
+    if ctx.is_const(x):
+        raise refuse(n, "expanding a constant that onnxruntime did not fold")
+    full, b = ctx.onnx_shapes.get(n.output[0]), ctx.batch(x)
+    if full is None or b is None or len(full) != ctx.rank(x) or full[b] != 1:
+        raise refuse(n, f"expands {ctx.onnx_full(x)} to {full}: only the per-sample axes may grow")
+    y = _broadcast(ctx, n, x, tuple(d for j, d in enumerate(full) if j != b), "expand")
+    ctx.alias[n.output[0]] = y
 
 
 def _two_streams(ctx: Ctx, n: onnx.NodeProto, a: str, b: str) -> None:
@@ -522,6 +567,41 @@ def _layernorm(ctx: Ctx, n: onnx.NodeProto) -> None:
     _layernorm_node(ctx, n, n.input[0], n.output[0], n.name)
 
 
+@importer("InstanceNormalization")
+def _instance_norm(ctx: Ctx, n: onnx.NodeProto) -> None:
+    """Each channel normalised over its own positions: a LayerNorm of each channel's flattened
+    positions (gamma 1, beta 0), then the per-channel scale and bias. GroupNorm exports as
+    Reshape (N, G, -1) -> InstanceNormalization -> Reshape -> Mul -> Add (PoolFormer's and
+    MobileViTv2's GroupNorm(1), a LayerNorm over C, H and W)."""
+    x, out = n.input[0], n.output[0]
+    shape = ctx.shape(x)
+    if ctx.batch(x) != 0 or len(shape) < 2:
+        raise refuse(n, f"needs (batch, channels, positions...), got per-sample shape {shape}")
+    scale = ctx.const(n, 1, "scale").astype(np.float32).reshape(-1)
+    bias = ctx.const(n, 2, "B").astype(np.float32).reshape(-1)
+    width = int(np.prod(shape[1:]))
+    rows = x
+    if len(shape) > 2:
+        rows = f"{n.name}:rows"
+        ctx.emit(n, Node(rows, "reshape", [x], rows, {"shape": [shape[0], width]}))
+    column = (len(scale),) + (1,) * (len(shape) - 1)
+    steps = [("reshape", None)] if len(shape) > 2 else []
+    steps += [("scale", scale)] if np.any(scale != 1) else []
+    steps += [("shift", bias)] if np.any(bias != 0) else []
+    params = {"gamma": np.ones(width, np.float32), "beta": np.zeros(width, np.float32)}
+    eps = {"epsilon": float(attrs(n).get("epsilon", 1e-5))}
+    y = f"{n.name}:normed" if steps else out
+    ctx.emit(n, Node(y, "layernorm", [rows], y, eps, params))
+    for k, (step, c) in enumerate(steps):
+        x, last = y, k == len(steps) - 1
+        y = out if last else f"{n.name}:{step}"
+        name = n.name if last else y
+        if step == "reshape":
+            ctx.emit(n, Node(name, "reshape", [x], y, {"shape": list(shape)}))
+        else:
+            (_scale if step == "scale" else _shift)(ctx, n, x, c.reshape(column), y, name)
+
+
 def _layernorm_node(ctx: Ctx, n: onnx.NodeProto, x: str, out: str, name: str) -> None:
     gamma = ctx.const(n, 1, "scale").astype(np.float32).reshape(-1)
     beta = ctx.optional_const(n, 2, "bias")
@@ -680,6 +760,9 @@ def _transpose(ctx: Ctx, n: onnx.NodeProto) -> None:
 
 @importer("Concat")
 def _concat(ctx: Ctx, n: onnx.NodeProto) -> None:
+    if len(n.input) == 1:  # a list of one tensor (DenseNet's first layer of each block)
+        _passthrough(ctx, n)
+        return
     live = [i for i in n.input if not ctx.is_const(i)]
     ref = live[0]
     axis = ctx.axis(n, ref, int(attrs(n)["axis"]))
@@ -747,10 +830,15 @@ def _gather(ctx: Ctx, n: onnx.NodeProto) -> None:
             parts.append(part)
         ctx.emit(n, Node(n.name, "concat", parts, n.output[0], {"axis": axis}))
         return
-    if index.ndim != 1:
-        raise refuse(n, f"a gather by a {index.ndim}-D index is not supported")
-    spec = {"axis": axis, "indices": [int(i) for i in index]}
-    ctx.emit(n, Node(n.name, "gather", [data], n.output[0], spec))
+    spec = {"axis": axis, "indices": [int(i) for i in index.reshape(-1)]}
+    if index.ndim == 1:
+        ctx.emit(n, Node(n.name, "gather", [data], n.output[0], spec))
+        return
+    # A multi-axis index (dynamo's as_strided, unfold): a gather by its flattened positions,
+    # then the reshape that splits the gathered axis into the index's axes.
+    flat = f"{n.name}:flat"
+    ctx.emit(n, Node(flat, "gather", [data], flat, spec))
+    _reshape_to(ctx, n, flat, n.output[0], n.name)
 
 
 MAX_GATHER_RUNS = 16  # a gather by index becomes at most this many slices and a concat
@@ -865,8 +953,8 @@ def _pad(ctx: Ctx, n: onnx.NodeProto) -> None:
         if value is not None and value.size
         else float(a.get("value", 0.0))
     )
-    if mode != "constant" or value != 0.0:
-        raise refuse(n, f"only zero padding is supported, got mode={mode} value={value}")
+    if mode not in ("constant", "edge", "reflect"):
+        raise refuse(n, f"mode '{mode}' is not supported (constant, edge, reflect)")
     if ctx.optional_const(n, 3, "the axes") is not None:
         raise refuse(n, "Pad with an axes input is not supported")
     x = n.input[0]
@@ -877,7 +965,42 @@ def _pad(ctx: Ctx, n: onnx.NodeProto) -> None:
         raise refuse(n, "it pads the batch axis")
     keep = [i for i in range(rank) if i != b]
     per_sample = [pads[i] for i in keep] + [pads[rank + i] for i in keep]
-    ctx.emit(n, Node(n.name, "pad", [x], n.output[0], {"pads": per_sample}))
+    if mode != "constant":
+        _pad_by_gathers(ctx, n, x, per_sample, mode)
+        return
+    if value == 0.0:
+        ctx.emit(n, Node(n.name, "pad", [x], n.output[0], {"pads": per_sample}))
+        return
+    # Another constant (EfficientViT's linear attention pads its values with ones): zero
+    # padding, then that constant added on the padded cells only (both exact).
+    zeros = f"{n.name}:zeros"
+    ctx.emit(n, Node(zeros, "pad", [x], zeros, {"pads": per_sample}))
+    border = np.full(ctx.shape(zeros), value, np.float32)
+    inner = tuple(slice(p, p + d) for p, d in zip(per_sample, ctx.shape(x), strict=False))
+    border[inner] = 0.0
+    ctx.emit(n, Node(n.name, "offset", [zeros], n.output[0], {}, {"value": border}))
+
+
+def _pad_by_gathers(ctx: Ctx, n: onnx.NodeProto, x: str, pads: list[int], mode: str) -> None:
+    """Edge or reflect padding as one gather per padded axis: its index list is numpy's pad
+    of the axis's positions in that mode (data movement, exact everywhere)."""
+    rank = len(ctx.shape(x))
+    axes = [a for a in range(rank) if pads[a] or pads[rank + a]]
+    if not axes:
+        _passthrough(ctx, n)
+        return
+    for k, axis in enumerate(axes):
+        size = ctx.shape(x)[axis]
+        if mode == "reflect" and max(pads[axis], pads[rank + axis]) >= size:
+            raise refuse(
+                n, f"reflect padding of {pads[axis]}/{pads[rank + axis]} on an axis of {size}"
+            )
+        index = np.pad(np.arange(size), (pads[axis], pads[rank + axis]), mode=mode)
+        last = k == len(axes) - 1
+        y = n.output[0] if last else f"{n.name}:axis{axis}"
+        name = n.name if last else y
+        ctx.emit(n, Node(name, "gather", [x], y, {"axis": axis, "indices": index.tolist()}))
+        x = y
 
 
 @importer("Resize", "Upsample")
