@@ -342,6 +342,37 @@ class ConvTransformer(nn.Module):
         return self.head(torch.relu(self.proj(h)).mean((2, 3)))
 
 
+class MetaFormerBlock(nn.Module):
+    """PoolFormer's block: GroupNorm(1) (exported as InstanceNormalization between reshapes),
+    pooling minus its input as the token mixer (border windows exclude padding), a 1x1 MLP."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(1, c), nn.GroupNorm(1, c)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.mlp = nn.Sequential(nn.Conv2d(c, 2 * c, 1), nn.GELU(), nn.Conv2d(2 * c, c, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        x = x + self.pool(y) - y
+        return x + self.mlp(self.norm2(x))
+
+
+class EcaDense(nn.Module):
+    """A DenseNet layer's concat of a list of one tensor, reflection padding, and ECA's channel
+    attention (a Conv1d across the channels, expand_as before the product)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), nn.ReLU())
+        self.gate = nn.Conv1d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(torch.cat([x], 1))
+        w = torch.sigmoid(self.gate(h.mean((2, 3)).unsqueeze(1))).squeeze(1)
+        return h * w[:, :, None, None].expand_as(h)
+
+
 class Mean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -476,4 +507,7 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
         nn.Conv1d(2, 8, 5, stride=2, padding=2), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(2),
         nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
         nn.Linear(8, 4)), 20, shape=(2, 32)),
+    "poolformer": _I("poolformer", lambda: _cnn(
+        nn.Conv2d(4, 8, 2, 2), MetaFormerBlock(8), c=8), 21),
+    "eca_dense": _I("eca_dense", lambda: _cnn(EcaDense(4)), 22),
 }  # fmt: skip

@@ -150,7 +150,7 @@ def _div(ctx: _Ctx, node: Node) -> np.ndarray:
 
 
 CHANNEL_SCALE_BITS = 15  # a factor that varies inside a channel: integers of scale 2^-15
-CHANNEL_SCALE_FRAC = 8  # ... and its output keeps 8 bits below the input's step (the floor)
+CHANNEL_SCALE_FRAC = 8  # ... and its output keeps up to 8 bits below the input's step (the floor)
 
 
 @handler("channel_scale")
@@ -158,7 +158,9 @@ def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
     """|factor| goes into the output scale, unless that scale would vary inside a channel of
     an image (the border windows of an average pool that excludes padding): then the factor
     relative to the channel's largest is an integer multiplier `factor_q` / 2^shift, the output
-    finer than the input by 2^CHANNEL_SCALE_FRAC so that the floor costs little."""
+    finer than the input by up to 2^CHANNEL_SCALE_FRAC so that the floor costs little: fewer
+    where the input's steps are already fine (its calibrated peak over ~2^ADD_OUT_BITS steps;
+    PoolFormer's pooling of a GroupNorm output overflowed 32 bits with all 8)."""
     scale = ctx.scale_in(node) * np.abs(node.params["factor"].astype(np.float64))
     shape = ctx.shape_in(node)
     if len(shape) != 3 or channel_vector(scale, shape) is not None:
@@ -169,8 +171,9 @@ def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
     node.params["factor_q"] = (sign * round_to_int(full / top * 2**CHANNEL_SCALE_BITS)).astype(
         np.int32
     )
-    node.attrs["shift"] = CHANNEL_SCALE_BITS - CHANNEL_SCALE_FRAC
-    return top / 2**CHANNEL_SCALE_FRAC
+    frac = _frac(ctx, node, float(top.min()), CHANNEL_SCALE_FRAC, 0, ADD_OUT_BITS)
+    node.attrs["shift"] = CHANNEL_SCALE_BITS - frac
+    return top / 2**frac
 
 
 @handler("pad")

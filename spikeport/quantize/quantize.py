@@ -360,12 +360,17 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
         return fold_add(ctx, node)
     shape = ctx.graph.shape(node.output)
     ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
-    # Coarser if needed so that the coarsest input's multiplier fits the profile's bits, and
-    # so that the synapses that read the add (if any) provably fit the state bits.
+    # Coarser if needed so that the coarsest input's multiplier fits the profile's bits, that
+    # the add's own worst value fits the state bits, and the sums of it that pools take
+    # (inputs that nearly cancel: PoolFormer's pool(x) - x has a calibrated peak far below its
+    # inputs'), and that the synapses that read the add (if any) provably fit them.
     bits = min(ADD_MULT_BITS, ctx.profile.mult_bits)
     s_y = max(
         ctx.peak(node.output) / 2**ADD_OUT_BITS,
         max(float(s.max()) for s in ins) / int_limit(bits),
+        _worst_value(ctx, node, ins)
+        * _sum_gain(ctx, node)
+        / (0.9 * int_limit(ctx.profile.state_bits)),
         _synapse_scale(ctx, node, ins),
         1e-30,
     )
@@ -445,12 +450,7 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
         return 0.0
     T, lim = ctx.max_timesteps, int_limit(ctx.profile.weight_bits)
     limit = 0.9 * int_limit(ctx.profile.state_bits)  # margin for the rounding of w, b, theta
-    shape = ctx.graph.shape(node.output)
-    terms = [
-        np.broadcast_to(ctx.bounds[i].step * s, shape)
-        for i, s in zip(node.inputs, ins, strict=True)
-    ]
-    worst = float(sum(terms).max(initial=0))  # the add's worst |value| a step, real units
+    worst = _worst_value(ctx, node, ins)
     need = 0.0
     for u in readers:
         w = np.abs(u.params["weight"].astype(np.float64)).reshape(len(u.params["weight"]), -1)
@@ -468,13 +468,35 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
     floor = 2 ** (ctx.profile.input_bits - 1)
     if steps < floor:
         bits = math.ceil(math.log2(floor / steps))
-        raise ctx.refuse(
-            node,
-            f"read by the synapses of '{readers[0].name}', its output keeps {steps:.0f} integer "
-            f"steps over its calibrated range for T <= {T}, fewer than an input code's {floor}: "
-            f"{bits} more state bit{'s' if bits > 1 else ''} needed, or a lower --max-T",
+        raise OverflowWithinSteps(
+            f"node '{node.name}' ({node.op}): read by the synapses of '{readers[0].name}', its "
+            f"output keeps {steps:.0f} integer steps over its calibrated range for T <= {T}, "
+            f"fewer than an input code's {floor}: {bits} more state bit{'s' if bits > 1 else ''}"
+            " needed, or a lower --max-T"
         )
     return need
+
+
+def _sum_gain(ctx: _Ctx, node: Node) -> int:
+    """How many of the add's values its widest reader sums in integers (an average pool's
+    window, a mean's reduced axes: their 1 / count lives in the output scale), at least 1."""
+    shape, gain = ctx.graph.shape(node.output), 1
+    for u in ctx.graph.consumers(node.output):
+        if u.op == "avgpool2d":
+            gain = max(gain, int(np.prod(u.attrs["kernel"])))
+        elif u.op in ("reduce_mean", "reduce_sum"):
+            gain = max(gain, int(np.prod([shape[a] for a in u.attrs["axes"]])))
+    return gain
+
+
+def _worst_value(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
+    """The add's worst |value| at one step in real units, from its inputs' proven bounds."""
+    shape = ctx.graph.shape(node.output)
+    terms = [
+        np.broadcast_to(ctx.bounds[i].step * s, shape)
+        for i, s in zip(node.inputs, ins, strict=True)
+    ]
+    return float(sum(terms).max(initial=0))
 
 
 @handler("concat")
