@@ -130,6 +130,24 @@ SPECS: list[Spec] = [
     _timm("resnet18", dynamo=True),
     _timm("mobilenetv2_050", dynamo=True),
     _timm("vit_tiny_patch16_224", dynamo=True, img_size=64),
+    # --- more timm architectures (added 2026-12-01: DenseNet, ECA, GroupNorm, pads, as_strided) ---
+    *(_timm(a) for a in (
+        "densenet121", "dla34", "cspresnet50", "cspdarknet53", "rexnet_100", "res2net50_14w_8s",
+        "resnest14d", "skresnet18", "selecsls42b", "dpn68", "mobileone_s0", "repvgg_a0",
+        "hrnet_w18_small", "ese_vovnet19b_dw", "gernet_s", "semnasnet_050", "fbnetc_100",
+        "mixnet_s", "tf_efficientnet_lite0", "efficientnetv2_rw_t", "regnety_002",
+        "mobilevitv2_050", "fastvit_t8", "efficientvit_b0", "poolformer_s12", "nf_resnet26",
+        "xception41", "resnetv2_50", "seresnext26d_32x4d", "ecaresnet26t", "convnextv2_atto",
+    )),  # fmt: skip
+    *(_timm(a, img_size=64) for a in (
+        "mixer_s16_224", "resmlp_12_224", "levit_128s", "pit_ti_224", "xcit_nano_12_p16_224",
+        "coat_lite_tiny", "cait_xxs24_224", "deit_tiny_distilled_patch16_224",
+    )),  # fmt: skip
+    _timm("beit_base_patch16_224", img_size=64, depth=2),
+    _timm("swin_tiny_patch4_window7_224", img_size=64, window_size=4),
+    _timm("efficientnet_b0", dynamo=True),
+    _timm("convnext_atto", dynamo=True),
+    _timm("deit_tiny_patch16_224", dynamo=True, img_size=64),
     # --- transformers, tiny configs, torch.onnx legacy ---
     _hf("bert_seqcls", "BertForSequenceClassification", TEXT3),
     _hf("bert_model", "BertModel", TEXT3),  # outputs last_hidden_state + pooler_output
@@ -144,12 +162,30 @@ SPECS: list[Spec] = [
     _hf("deit_hf", "DeiTForImageClassification", PIXELS),
     _hf("convnext_hf", "ConvNextForImageClassification", PIXELS,
         patch_size=4, num_hidden_layers=4, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1]),
+    _hf("mobilebert_seqcls", "MobileBertForSequenceClassification", TEXT3, embedding_size=16,
+        intra_bottleneck_size=16, true_hidden_size=16),
+    _hf("squeezebert_seqcls", "SqueezeBertForSequenceClassification", TEXT3, embedding_size=32),
+    _hf("convbert_seqcls", "ConvBertForSequenceClassification", TEXT3, embedding_size=32),
+    _hf("deberta_seqcls", "DebertaV2ForSequenceClassification", TEXT3),
+    _hf("xlmr_seqcls", "XLMRobertaForSequenceClassification", TEXT2, pad_token_id=1),
+    _hf("camembert_seqcls", "CamembertForSequenceClassification", TEXT2, pad_token_id=1),
+    _hf("beit_hf", "BeitForImageClassification", PIXELS),
+    _hf("mobilevit_hf", "MobileViTForImageClassification", PIXELS),
+    _hf("resnet_hf", "ResNetForImageClassification", PIXELS,
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1]),
+    _hf("dinov2_hf", "Dinov2Model", PIXELS, patch_size=8),
+    _hf("poolformer_hf", "PoolFormerForImageClassification", PIXELS),
     # --- transformers tiny configs through optimum's exporter (.venv-zoo-optimum) ---
     _hf("bert_seqcls_optimum", "BertForSequenceClassification", TEXT3, "optimum"),
     _hf("distilbert_seqcls_optimum", "DistilBertForSequenceClassification", TEXT2, "optimum",
         dim=32, n_layers=2, n_heads=2, hidden_dim=64),
     _hf("bert_model_optimum", "BertModel", TEXT3, "optimum"),
     _hf("vit_optimum", "ViTForImageClassification", PIXELS, "optimum"),
+    _hf("roberta_seqcls_optimum", "RobertaForSequenceClassification", TEXT2, "optimum",
+        pad_token_id=1),
+    _hf("albert_seqcls_optimum", "AlbertForSequenceClassification", TEXT3, "optimum",
+        embedding_size=16),
+    _hf("deit_optimum", "DeiTForImageClassification", PIXELS, "optimum"),
     # --- pretrained models shipped inside PyPI wheels ---
     _shipped("rapidocr_det", "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx",
              _image_in((3, 64, 64), "image11")),
