@@ -64,7 +64,7 @@ class TFLiteWriter:
 
     tensors: list[fb.TensorT] = field(default_factory=list)
     buffers: list[fb.BufferT] = field(default_factory=lambda: [fb.BufferT()])
-    opcodes: dict[tuple[int, int], int] = field(default_factory=dict)
+    opcodes: dict[tuple[int, int, str], int] = field(default_factory=dict)
     operators: list[fb.OperatorT] = field(default_factory=list)
 
     def tensor(
@@ -95,9 +95,12 @@ class TFLiteWriter:
         outputs: list[int],
         options: Any = None,
         version: int = 1,
+        custom: str = "",
+        custom_options: bytes = b"",
     ) -> None:
-        """Append an operator; `options` is a *OptionsT object, its union type is derived."""
-        key = (code, version)
+        """Append an operator; `options` is a *OptionsT object, its union type is derived. A
+        custom op (code CUSTOM) is named by `custom` and gets `custom_options` as raw bytes."""
+        key = (code, version, custom)
         if key not in self.opcodes:
             self.opcodes[key] = len(self.opcodes)
         o = fb.OperatorT()
@@ -105,6 +108,8 @@ class TFLiteWriter:
         if options is not None:
             o.builtinOptionsType = getattr(fb.BuiltinOptions, type(options).__name__[:-1])
             o.builtinOptions = options
+        if custom_options:
+            o.customOptions = np.frombuffer(custom_options, np.uint8)
         self.operators.append(o)
 
     def finish(self, inputs: list[int], outputs: list[int]) -> bytes:
@@ -121,9 +126,10 @@ class TFLiteWriter:
         model.version, model.subgraphs, model.buffers = 3, [sub], self.buffers
         model.description = "spikeport examples/make_digits_tflite.py"
         model.operatorCodes = []
-        for code, version in self.opcodes:
+        for code, version, custom in self.opcodes:
             oc = fb.OperatorCodeT()
             oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
+            oc.customCode = custom or None
             model.operatorCodes.append(oc)
         builder = flatbuffers.Builder(1024)
         builder.Finish(model.Pack(builder), file_identifier=b"TFL3")

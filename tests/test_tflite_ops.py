@@ -644,3 +644,47 @@ def test_int8_new_ops_match_litert(tmp_path):
         ref = litert_outputs(path, x)[k]
         step = mk.asymmetric(*ranges["add"]).scale[0]
         assert np.abs(out[o][0] - ref).max() <= 3 * step, o  # measured: 0.4 and 2.0 steps
+
+
+def _mediapipe_transpose_conv_bias(x, w, b, padding: int, stride: tuple[int, int]):
+    """MediaPipe's Convolution2DTransposeBias as its Prepare and Eval compute it (NHWC x,
+    OHWI w): every input pixel scatters w into the output at in * s - P // 2 + f."""
+    n, h, wd, _ = x.shape
+    cout, kh, kw, _ = w.shape
+    sh, sw = stride
+    lost = [max(0, k - (i - 1) % s - 1) if padding == 1 else 0 for k, i, s in
+            ((kh, h, sh), (kw, wd, sw))]  # fmt: skip
+    out = np.broadcast_to(b, (n, sh * (h - 1) + kh - lost[0], sw * (wd - 1) + kw - lost[1], cout))
+    out = out.astype(np.float64).copy()
+    for iy in range(h):
+        for ix in range(wd):
+            for fy in range(kh):
+                for fx in range(kw):
+                    oy, ox = iy * sh - lost[0] // 2 + fy, ix * sw - lost[1] // 2 + fx
+                    if 0 <= oy < out.shape[1] and 0 <= ox < out.shape[2]:
+                        out[:, oy, ox] += x[:, iy, ix] @ w[:, fy, fx].T
+    return out
+
+
+@pytest.mark.parametrize(
+    "padding, stride, kernel, size",
+    [(1, (2, 2), (4, 4), (5, 6)), (1, (2, 2), (3, 3), (4, 4)), (2, (2, 1), (3, 2), (3, 5))],
+)
+def test_mediapipe_transpose_conv_bias_matches_its_kernel(tmp_path, padding, stride, kernel, size):
+    """The custom op of MediaPipe's selfie and hair segmentation models: raw options (padding,
+    stride_w, stride_h), inputs x, filter, bias; the ANN view equals its reference loop."""
+    wr = mk.TFLiteWriter()
+    h, wd = size
+    x = wr.tensor("x", [1, h, wd, 3])
+    w = _w(1, 2, *kernel, 3)
+    b = np.array([0.3, -0.2], np.float32)
+    ref = _mediapipe_transpose_conv_bias(np.zeros((1, h, wd, 3)), w, b, padding, stride)
+    y = wr.tensor("y", list(ref.shape))
+    opts = np.array([padding, stride[1], stride[0]], "<i4").tobytes()
+    wr.op(OP.CUSTOM, [x, _c(wr, "w", w), _c(wr, "b", b)], [y], custom="Convolution2DTransposeBias",
+          custom_options=opts)  # fmt: skip
+    g = import_tflite(_write(tmp_path, "tcb", wr.finish([x], [y])))
+    xs = _data((h, wd, 3), 4)
+    got = Simulator(g, "ann").run(xs.transpose(0, 3, 1, 2), 1).outputs[g.outputs[0]][0]
+    want = _mediapipe_transpose_conv_bias(xs, w, b, padding, stride)
+    np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)

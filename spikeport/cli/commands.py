@@ -156,7 +156,8 @@ def convert_cmd(
         dict(parse_layer_bits(s) for s in layer_bits),
         product_operands,
     )
-    for note in graph.meta["source"].get("import_notes", []):
+    source = graph.meta["source"]
+    for note in source.get("import_notes", []) + source.get("notes", []):  # ONNX's, TFLite's
         say(quiet, f"note: {note}")
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")

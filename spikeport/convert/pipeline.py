@@ -79,11 +79,11 @@ def convert(
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
-    if ann.meta["source"]["format"] == "tflite":
+    if ann.meta["source"]["format"] == "tflite" and not ann.meta["tflite"].get("own_kernels"):
         from spikeport.convert.litert import litert_runner
 
         runner = litert_runner(model, ann)
-    else:
+    else:  # ONNX, or a TFLite file with custom ops LiteRT cannot run (the import notes say so)
         runner = ir_runner(ann)
     if product_operands not in PRODUCT_OPERANDS:
         raise BadInput(f"--product-operands must be one of {PRODUCT_OPERANDS}")

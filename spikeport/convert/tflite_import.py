@@ -100,6 +100,7 @@ class _Op:
     inputs: list[int]  # tensor indices, -1 for an absent optional input
     outputs: list[int]
     opts: Any  # the builtin options object (schema object API) or None
+    custom_options: bytes = b""  # a custom op's raw options
 
     @property
     def node(self) -> str:
@@ -128,6 +129,7 @@ class _Ctx:
     consts: dict[int, np.ndarray] = field(default_factory=dict)  # folded constants (real)
     uses: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    own_kernels: list[str] = field(default_factory=list)  # custom ops LiteRT has no kernel for
     quant: dict[str, Any] = field(default_factory=dict)  # provenance: TFLite quantisation
     dropped_softmax: list[str] = field(default_factory=list)  # outputs whose SOFTMAX was dropped
 
@@ -925,27 +927,74 @@ def _depth_to_space(ctx: _Ctx, op: _Op) -> None:
 
 @importer("TRANSPOSE_CONV")
 def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
-    """Exactly, as sub-pixel convolution: output row u = q*s + r (phase r) sums x[q - m] *
-    W[r + s*m], an ordinary convolution of x with the taps of phase r, flipped. One conv2d
-    gives every phase as a channel group, ordered (r_h, r_w, c) like DEPTH_TO_SPACE's depth;
-    then the phases are interleaved (reshape, transpose, reshape) and the padding cropped
-    (slice). Inputs: output shape, filter (OHWI), x, optional bias."""
+    """Inputs: output shape, filter (OHWI), x, optional bias; TFLite pads as the forward
+    convolution from the output size back to the input size."""
     x = ctx.act(op, 2)
-    if ctx.layouts.get(x) != NHWC:
-        raise op.refuse(f"expects a 4-D NHWC input, '{ctx.tname(op.inputs[2])}' is not one")
     w = ctx.const(op, 1, "the filter").astype(np.float64)  # (Cout, kh, kw, Cin)
     out_shape = [int(v) for v in ctx.const(op, 0, "the output shape").reshape(-1)]
-    cin, h, wd = ctx.shape(x)
-    cout, k = w.shape[0], list(w.shape[1:3])
-    if w.ndim != 4 or w.shape[3] != cin or len(out_shape) != 4 or out_shape[3] != cout:
-        raise op.refuse(f"filter {list(w.shape)} / output {out_shape} do not fit input {cin}")
+    if len(out_shape) != 4 or w.ndim != 4 or out_shape[3] != w.shape[0]:
+        raise op.refuse(f"filter {list(w.shape)} does not fit output {out_shape}")
     st = [op.opt("strideH", 1) or 1, op.opt("strideW", 1) or 1]
     out = out_shape[1:3]
     pad = enum_names(ctx.fb.Padding).get(op.opt("padding"), "?")
     if pad not in ("SAME", "VALID"):
         raise op.refuse(f"padding {pad} is not supported")
-    # TFLite pads as the forward convolution from the output size back to the input size.
-    before = same_pads((out[0], out[1]), k, st, [1, 1])[:2] if pad == "SAME" else [0, 0]
+    before = (
+        same_pads((out[0], out[1]), list(w.shape[1:3]), st, [1, 1])[:2] if pad == "SAME" else [0, 0]
+    )
+    y = _sub_pixel_deconv(ctx, op, x, w, _bias(ctx, op, 3, w.shape[0]), st, before, out)
+    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+
+
+@importer("CUSTOM:Convolution2DTransposeBias")
+def _transpose_conv_bias(ctx: _Ctx, op: _Op) -> None:
+    """MediaPipe's transposed convolution with a bias (selfie and hair segmentation): inputs
+    x, filter (OHWI), bias; options the raw struct (padding, stride_w, stride_h) of int32s,
+    padding 1 = SAME, 2 = VALID. Its output is s (in - 1) + k - P, cropped by P // 2 before,
+    with P = max(0, k - (in - 1) % s - 1) for SAME and 0 for VALID (its Prepare and Eval)."""
+    if len(op.custom_options) < 12:
+        raise op.refuse(
+            f"options are {len(op.custom_options)} bytes, not (padding, stride_w, stride_h)"
+        )
+    padding, stride_w, stride_h = (int(v) for v in np.frombuffer(op.custom_options[:12], "<i4"))
+    if padding not in (1, 2) or min(stride_w, stride_h) < 1:
+        raise op.refuse(f"padding {padding} / strides {stride_w}x{stride_h} are not supported")
+    x = _nhwc_input(ctx, op)
+    w = ctx.const(op, 1, "the filter").astype(np.float64)
+    if w.ndim != 4:
+        raise op.refuse(f"filter {list(w.shape)} is not (out, kh, kw, in)")
+    st, k = [stride_h, stride_w], list(w.shape[1:3])
+    _, h, wd = ctx.shape(x)
+    lost = [
+        max(0, k[a] - (n - 1) % st[a] - 1) if padding == 1 else 0 for a, n in enumerate((h, wd))
+    ]
+    out = [st[a] * (n - 1) + k[a] - lost[a] for a, n in enumerate((h, wd))]
+    b = _bias(ctx, op, 2, w.shape[0])
+    y = _sub_pixel_deconv(ctx, op, x, w, b, st, [p // 2 for p in lost], out)
+    ctx.bind(op, y, NHWC)
+    ctx.own_kernels.append(op.name)
+    ctx.notes.append(
+        f"operator {op.index} ({op.name}): MediaPipe's kernel, which LiteRT lacks: spikeport's "
+        "ANN view of it (tested equal to MediaPipe's loop) is the float reference for "
+        "calibration; eval it without --tflite"
+    )
+
+
+def _sub_pixel_deconv(
+    ctx: _Ctx, op: _Op, x: str, w: np.ndarray, b: np.ndarray, st: list[int], before: list[int],
+    out: list[int],
+) -> str:  # fmt: skip
+    """A transposed convolution of x (NHWC) by w (Cout, kh, kw, Cin) plus b, cropped to `out`
+    from `before`, exactly, as sub-pixel convolution: output row u = q*s + r (phase r) sums
+    x[q - m] * W[r + s*m], an ordinary convolution of x with the taps of phase r, flipped.
+    One conv2d gives every phase as a channel group, ordered (r_h, r_w, c) like DEPTH_TO_SPACE's
+    depth; then the phases are interleaved (reshape, transpose, reshape) and cropped (slice)."""
+    if ctx.layouts.get(x) != NHWC:
+        raise op.refuse(f"expects a 4-D NHWC input, '{x}' is not one")
+    cin, h, wd = ctx.shape(x)
+    cout, k = w.shape[0], list(w.shape[1:3])
+    if w.shape[3] != cin:
+        raise op.refuse(f"filter {list(w.shape)} does not fit input channels {cin}")
     m = [-(-k[a] // st[a]) for a in (0, 1)]
     q = [h + m[0] - 1, wd + m[1] - 1]  # rows of each phase's convolution (pads m - 1 each side)
     if any(before[a] + out[a] > q[a] * st[a] for a in (0, 1)):
@@ -959,7 +1008,6 @@ def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
                     kw = rw + st[1] * (m[1] - 1 - jw)
                     if kh < k[0] and kw < k[1]:
                         sub[rh, rw, :, :, jh, jw] = w[:, kh, kw, :]
-    b = _bias(ctx, op, 3, cout)
     params = {
         "weight": sub.reshape(-1, cin, m[0], m[1]).astype(np.float32),
         "bias": np.tile(b, st[0] * st[1]).astype(np.float32),
@@ -980,8 +1028,7 @@ def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
         "ends": [before[0] + out[0], before[1] + out[1]],
         "steps": [1, 1],
     }
-    y = ctx.add(Node(op.node, "slice", [y], op.node, crop))
-    ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
+    return ctx.add(Node(op.node, "slice", [y], op.node, crop))
 
 
 @importer("SOFTMAX")
@@ -1036,7 +1083,8 @@ def _ops(fb: Any, model: Any, sub: Any) -> list[_Op]:
     for i, op in enumerate(sub.operators or []):
         ins = [int(t) for t in (op.inputs if op.inputs is not None else [])]
         outs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
-        out.append(_Op(i, _op_name(fb, model, op, names), ins, outs, op.builtinOptions))
+        custom = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
+        out.append(_Op(i, _op_name(fb, model, op, names), ins, outs, op.builtinOptions, custom))
     return out
 
 
@@ -1115,7 +1163,11 @@ def _graph(ctx: _Ctx, path: Any, inp: TensorInfo) -> Graph:
             # outputs whose final SOFTMAX was dropped: the source model's output is softmax(them)
             "dropped_softmax": ctx.dropped_softmax,
         },
-        "tflite": {"tensors": _tensor_map(ctx), "quantization": ctx.quant},
+        "tflite": {
+            "tensors": _tensor_map(ctx),
+            "quantization": ctx.quant,
+            "own_kernels": sorted(set(ctx.own_kernels)),
+        },
     }
     graph = Graph(inputs=[inp], nodes=ctx.nodes, outputs=out, meta=meta)
     return check_graph(graph)
