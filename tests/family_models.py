@@ -510,4 +510,8 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
     "poolformer": _I("poolformer", lambda: _cnn(
         nn.Conv2d(4, 8, 2, 2), MetaFormerBlock(8), c=8), 21),
     "eca_dense": _I("eca_dense", lambda: _cnn(EcaDense(4)), 22),
+    # MediaPipe's selfie segmentation: a squeeze-excite gate pools a linear-bottleneck sum
+    "se_on_residual": _I("se_on_residual", lambda: _cnn(
+        *conv_bn(4, 8, 3, 2), nn.ReLU(), InvertedResidual(8, 2, nn.Hardswish, None),
+        SqueezeExcite(8, nn.ReLU, nn.Hardsigmoid), c=8), 23),
 }  # fmt: skip

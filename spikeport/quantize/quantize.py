@@ -361,9 +361,9 @@ def _add(ctx: _Ctx, node: Node) -> np.ndarray:
     shape = ctx.graph.shape(node.output)
     ins = np.broadcast_arrays(*[compact(ctx.scales[i], shape) for i in node.inputs])
     # Coarser if needed so that the coarsest input's multiplier fits the profile's bits, that
-    # the add's own worst value fits the state bits, and the sums of it that pools take
-    # (inputs that nearly cancel: PoolFormer's pool(x) - x has a calibrated peak far below its
-    # inputs'), and that the synapses that read the add (if any) provably fit them.
+    # the add's own worst value fits the state bits, and so do the sums of it that pools and
+    # neurons take (inputs that nearly cancel: PoolFormer's pool(x) - x has a calibrated peak
+    # far below its inputs'), and that the synapses that read the add (if any) fit them.
     bits = min(ADD_MULT_BITS, ctx.profile.mult_bits)
     s_y = max(
         ctx.peak(node.output) / 2**ADD_OUT_BITS,
@@ -478,14 +478,20 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
 
 
 def _sum_gain(ctx: _Ctx, node: Node) -> int:
-    """How many of the add's values its widest reader sums in integers (an average pool's
-    window, a mean's reduced axes: their 1 / count lives in the output scale), at least 1."""
-    shape, gain = ctx.graph.shape(node.output), 1
+    """How far the add's widest reader multiplies its values, at least 1: an average pool's
+    window or a mean's reduced axes (summed in integers: their 1 / count lives in the output
+    scale), times --max-T where a neuron integrates the add or that sum (a squeeze-excite
+    gate's pooled residual in MediaPipe's selfie segmentation overflowed there)."""
+    shape, gain, T = ctx.graph.shape(node.output), 1, ctx.max_timesteps
     for u in ctx.graph.consumers(node.output):
+        g, integrates = 1, u.op == "if"
         if u.op == "avgpool2d":
-            gain = max(gain, int(np.prod(u.attrs["kernel"])))
+            g = int(np.prod(u.attrs["kernel"]))
         elif u.op in ("reduce_mean", "reduce_sum"):
-            gain = max(gain, int(np.prod([shape[a] for a in u.attrs["axes"]])))
+            g = int(np.prod([shape[a] for a in u.attrs["axes"]]))
+        if g > 1:
+            integrates = any(v.op == "if" for v in ctx.graph.consumers(u.output))
+        gain = max(gain, g * (T if integrates else 1))
     return gain
 
 
