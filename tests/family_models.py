@@ -373,6 +373,26 @@ class EcaDense(nn.Module):
         return h * w[:, :, None, None].expand_as(h)
 
 
+class SelectiveKernel(nn.Module):
+    """SKNet's attention over two branches (timm's SelectiveKernel): stacked, summed, pooled,
+    a softmax across the branches, then the branches' weighted sum over the stacked axis."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.paths = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d), nn.ReLU()) for d in (1, 2)
+        )
+        self.reduce, self.expand = nn.Conv2d(c, 4, 1), nn.Conv2d(4, 2 * c, 1)
+        self.c = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = torch.stack([p(x) for p in self.paths], dim=1)  # (N, 2, C, H, W)
+        s = paths.sum(1).mean((2, 3), keepdim=True)
+        a = self.expand(torch.relu(self.reduce(s)))
+        a = torch.softmax(a.reshape(-1, 2, self.c, 1, 1), dim=1)
+        return (paths * a).sum(1)
+
+
 class Mean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -514,4 +534,5 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
     "se_on_residual": _I("se_on_residual", lambda: _cnn(
         *conv_bn(4, 8, 3, 2), nn.ReLU(), InvertedResidual(8, 2, nn.Hardswish, None),
         SqueezeExcite(8, nn.ReLU, nn.Hardsigmoid), c=8), 23),
+    "selective_kernel": _I("selective_kernel", lambda: _cnn(SelectiveKernel(4)), 24),
 }  # fmt: skip

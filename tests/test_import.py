@@ -300,3 +300,21 @@ def test_a_gather_by_a_2d_index_and_a_concat_of_one_tensor_match_onnxruntime(tmp
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     _matches_onnxruntime(path, np.random.default_rng(5).normal(size=(3, 6)))
+
+
+@pytest.mark.parametrize("keep", [0, 1])
+def test_a_sum_over_a_short_axis_is_an_add_of_its_slices(tmp_path, keep):
+    """SKNet's branches, stacked then summed: an add of the slices (which brings branches of
+    different integer scales to one), equal to onnxruntime."""
+    path = _save(
+        tmp_path,
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="branches", keepdims=keep)],
+        inits=[],
+        inputs=(("x", ["N", 3, 4, 2]),),
+        out=("y", ["N", 1, 4, 2] if keep else ["N", 4, 2]),
+    )
+    model = onnx.load(path)
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    onnx.save(model, path)
+    assert "add" in [n.op for n in import_onnx(path).nodes]
+    _matches_onnxruntime(path, np.random.default_rng(6).normal(size=(3, 3, 4, 2)))

@@ -711,8 +711,40 @@ def _reduce(ctx: Ctx, n: onnx.NodeProto) -> None:
         if not keep:
             ctx.emit(n, Node(n.name, "reshape", [pooled], out, {"shape": [shape[0]]}))
         return
+    if n.op_type == "ReduceSum" and len(axes) == 1 and 1 < shape[axes[0]] <= MAX_SUMMED_SLICES:
+        _sum_of_slices(ctx, n, x, axes[0], keep)
+        return
     op = "reduce_mean" if n.op_type == "ReduceMean" else "reduce_sum"
     ctx.emit(n, Node(n.name, op, [x], out, {"axes": axes, "keepdims": keep}))
+
+
+MAX_SUMMED_SLICES = 4  # a sum over an axis this short is an add of its slices
+
+
+def _sum_of_slices(ctx: Ctx, n: onnx.NodeProto, x: str, axis: int, keep: int) -> None:
+    """A sum over a short axis (SKNet's and ResNeSt's branches, stacked then summed) as an add
+    of its slices: the branches may carry different scales in integer mode, which an add
+    brings to one and a reduce_sum cannot."""
+    parts = []
+    for k in range(ctx.shape(x)[axis]):
+        part = f"{n.name}:slice{k}"
+        ctx.emit(n, Node(part, "take", [x], part, {"axis": axis, "index": k}))
+        parts.append(part)
+    if not keep:
+        ctx.emit(n, Node(n.name, "add", parts, n.output[0]))
+        return
+    summed = f"{n.name}:sum"
+    ctx.emit(n, Node(summed, "add", parts, summed))
+    ctx.emit(
+        n,
+        Node(
+            n.name,
+            "reshape",
+            [summed],
+            n.output[0],
+            {"shape": list(ctx.shape(x)[:axis]) + [1] + list(ctx.shape(x)[axis + 1 :])},
+        ),
+    )
 
 
 # -- data movement ----------------------------------------------------------------------------
