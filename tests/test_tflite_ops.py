@@ -683,8 +683,13 @@ def test_mediapipe_transpose_conv_bias_matches_its_kernel(tmp_path, padding, str
     opts = np.array([padding, stride[1], stride[0]], "<i4").tobytes()
     wr.op(OP.CUSTOM, [x, _c(wr, "w", w), _c(wr, "b", b)], [y], custom="Convolution2DTransposeBias",
           custom_options=opts)  # fmt: skip
-    g = import_tflite(_write(tmp_path, "tcb", wr.finish([x], [y])))
+    path = _write(tmp_path, "tcb", wr.finish([x], [y]))
+    g = import_tflite(path)
+    assert g.meta["tflite"]["own_kernels"] == ["CUSTOM:Convolution2DTransposeBias"]
     xs = _data((h, wd, 3), 4)
     got = Simulator(g, "ann").run(xs.transpose(0, 3, 1, 2), 1).outputs[g.outputs[0]][0]
     want = _mediapipe_transpose_conv_bias(xs, w, b, padding, stride)
     np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    # LiteRT runs it in its XNNPACK delegate only: eval's reference falls back to that
+    (ref,) = litert_outputs(path, xs.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

@@ -23,8 +23,11 @@ from spikeport.fileio import existing_file
 from spikeport.ir.graph import Graph
 
 
-def interpreter(path: str | os.PathLike[str], preserve_all: bool = False) -> Any:
-    """A LiteRT interpreter for `path` (builtin kernels, one thread)."""
+def interpreter(
+    path: str | os.PathLike[str], preserve_all: bool = False, xnnpack: bool = False
+) -> Any:
+    """A LiteRT interpreter for `path` (builtin reference kernels, one thread; `xnnpack`: with
+    LiteRT's default XNNPACK delegate, which also runs MediaPipe's transposed convolution)."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
@@ -37,7 +40,9 @@ def interpreter(path: str | os.PathLike[str], preserve_all: bool = False) -> Any
                 model_path=str(p),
                 num_threads=1,
                 experimental_preserve_all_tensors=preserve_all,
-                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                experimental_op_resolver_type=OpResolverType.AUTO
+                if xnnpack
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
             )
         except (ValueError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -117,9 +122,18 @@ def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarr
     """Every output of the source .tflite run by LiteRT, in the model's order, dequantised,
     batch first, in the IR layout: a 4-D (NHWC) output comes back (N, C, H, W), as the
     importer makes every rank-4 tensor an image."""
-    interp = interpreter(path)
-    details = interp.get_output_details()
-    vals, got = run(interp, x, [int(d["index"]) for d in details])
+    try:
+        interp = interpreter(path)
+        details = interp.get_output_details()
+        vals, got = run(interp, x, [int(d["index"]) for d in details])
+    except BadInput as e:
+        if "custom op" not in str(e):
+            raise
+        # The builtin kernels lack it; the XNNPACK delegate has MediaPipe's transposed
+        # convolution (its outputs only: it keeps no intermediate tensors to calibrate on).
+        interp = interpreter(path, xnnpack=True)
+        details = interp.get_output_details()
+        vals, got = run(interp, x, [int(d["index"]) for d in details])
     outs = [_dequantize(v, d) for v, d in zip(vals, got, strict=True)]
     return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs]
 

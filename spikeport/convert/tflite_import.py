@@ -974,9 +974,9 @@ def _transpose_conv_bias(ctx: _Ctx, op: _Op) -> None:
     ctx.bind(op, y, NHWC)
     ctx.own_kernels.append(op.name)
     ctx.notes.append(
-        f"operator {op.index} ({op.name}): MediaPipe's kernel, which LiteRT lacks: spikeport's "
-        "ANN view of it (tested equal to MediaPipe's loop) is the float reference for "
-        "calibration; eval it without --tflite"
+        f"operator {op.index} ({op.name}): MediaPipe's kernel, which LiteRT runs only in its "
+        "XNNPACK delegate (no intermediate tensors): calibration reads spikeport's ANN view of "
+        "the graph (equal to LiteRT + XNNPACK at its outputs), eval --tflite LiteRT + XNNPACK"
     )
 
 
