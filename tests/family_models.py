@@ -393,6 +393,23 @@ class SelectiveKernel(nn.Module):
         return (paths * a).sum(1)
 
 
+class BlazeBlock(nn.Module):
+    """BlazeFace's / BlazePalm's block: depthwise 5x5, pointwise 1x1, plus the shortcut (max
+    pooled and zero-padded in channels when it downsamples), then a PReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cin, 5, stride, 2, groups=cin), nn.Conv2d(cin, cout, 1)
+        )
+        self.pool = nn.MaxPool2d(2) if stride > 1 else nn.Identity()
+        self.extra, self.act = cout - cin, nn.PReLU(cout, 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        short = nn.functional.pad(self.pool(x), (0, 0, 0, 0, 0, self.extra))
+        return self.act(self.body(x) + short)
+
+
 class Mean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -535,4 +552,5 @@ FAMILIES: dict[str, Callable[[Path], Fixture]] = {
         *conv_bn(4, 8, 3, 2), nn.ReLU(), InvertedResidual(8, 2, nn.Hardswish, None),
         SqueezeExcite(8, nn.ReLU, nn.Hardsigmoid), c=8), 23),
     "selective_kernel": _I("selective_kernel", lambda: _cnn(SelectiveKernel(4)), 24),
+    "blaze": _I("blaze", lambda: _cnn(BlazeBlock(4, 4, 1), BlazeBlock(4, 8, 2), c=8), 25),
 }  # fmt: skip

@@ -24,12 +24,12 @@ import numpy as np
 from spikeport.ir.ext_ops import pad_width, resize_matrices
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr, static_tensors
-from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler
+from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_factor
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import channel_vector, compact
 from spikeport.quantize.seq import _ec, _full, _q_max, _requant, reduced_scale
 from spikeport.sim import intfunc as F
-from spikeport.sim.arith import round_to_int
+from spikeport.sim.arith import int_limit, round_to_int
 
 RESIZE_BITS = 8  # linear resize weights as integers of scale 2^-8 per axis, at most
 DIV_FRAC_BITS = 16  # most fraction bits a quotient keeps
@@ -105,8 +105,17 @@ def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
     node.params["slope_q"] = c["mul"].astype(np.int32)
     node.attrs["slope_shift"] = c["shift"]
     unit = float(np.max(ctx.scale_in(node)))
-    node.attrs["frac"] = _frac(ctx, node, unit, PRELU_FRAC_BITS, bits=F.ACT_OUT_BITS)
-    return ctx.scale_in(node) / 2 ** node.attrs["frac"]
+    frac = _frac(ctx, node, unit, PRELU_FRAC_BITS, bits=F.ACT_OUT_BITS)
+    # Its readers sum G(t) to G(T) = f(S_T) 2^frac: no more fraction bits than the state bits
+    # hold (MediaPipe's palm detector: an add whose proven range is 10^4 times its calibrated
+    # peak, then a PReLU of slopes up to 1.8)
+    k = max(1.0, float(np.abs(node.params["slope"]).max()))
+    k *= max(1.0, summing_factor(ctx.graph.consumers(node.output)))
+    reach = k * float(ctx.bounds[node.inputs[0]].total.max(initial=0))
+    room = 0.9 * int_limit(ctx.profile.state_bits) / max(reach, 1.0)
+    frac = max(0, min(frac, math.floor(math.log2(room)))) if room >= 1 else 0
+    node.attrs["frac"] = frac
+    return ctx.scale_in(node) / 2**frac
 
 
 def _two_scales(ctx: _Ctx, node: Node) -> tuple[np.ndarray, np.ndarray]:

@@ -477,22 +477,36 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
     return need
 
 
-def _sum_gain(ctx: _Ctx, node: Node) -> int:
+def _sum_gain(ctx: _Ctx, node: Node) -> float:
     """How far the add's widest reader multiplies its values, at least 1: an average pool's
     window or a mean's reduced axes (summed in integers: their 1 / count lives in the output
-    scale), times --max-T where a neuron integrates the add or that sum (a squeeze-excite
-    gate's pooled residual in MediaPipe's selfie segmentation overflowed there)."""
-    shape, gain, T = ctx.graph.shape(node.output), 1, ctx.max_timesteps
+    scale), a PReLU's steepest slope; times --max-T (and the reader's SUMMING_READERS factor)
+    where a reader keeps running sums of the add or of that (a squeeze-excite gate pooling a
+    residual in MediaPipe's selfie segmenter overflowed there, and a PReLU then a max pool
+    after a residual in its palm detector)."""
+    shape, gain, T = ctx.graph.shape(node.output), 1.0, ctx.max_timesteps
     for u in ctx.graph.consumers(node.output):
-        g, integrates = 1, u.op == "if"
+        g = 1.0
         if u.op == "avgpool2d":
-            g = int(np.prod(u.attrs["kernel"]))
+            g = float(np.prod(u.attrs["kernel"]))
         elif u.op in ("reduce_mean", "reduce_sum"):
-            g = int(np.prod([shape[a] for a in u.attrs["axes"]]))
-        if g > 1:
-            integrates = any(v.op == "if" for v in ctx.graph.consumers(u.output))
-        gain = max(gain, g * (T if integrates else 1))
+            g = float(np.prod([shape[a] for a in u.attrs["axes"]]))
+        elif u.op == "prelu":  # a PReLU passes the add on, scaled by its steepest slope
+            g = max(1.0, float(np.abs(u.params["slope"]).max()))
+        f = max(summing_factor([u]), summing_factor(ctx.graph.consumers(u.output)))
+        gain = max(gain, g * (T * f if f else 1.0))
     return gain
+
+
+# Readers whose state is their input's running sum as it comes, and how far past T times the
+# input's step it can reach (a max pool's state: 2 T b, ranges._maxpool); the transformer
+# functions requantize their inputs first.
+SUMMING_READERS = {"if": 1.0, "prelu": 1.0, "maxpool2d": 2.0}
+
+
+def summing_factor(nodes: list[Node]) -> float:
+    """The largest SUMMING_READERS factor among `nodes`, 0 when none keeps running sums."""
+    return max((SUMMING_READERS.get(n.op, 0.0) for n in nodes), default=0.0)
 
 
 def _worst_value(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
