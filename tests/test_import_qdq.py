@@ -196,6 +196,15 @@ def test_integer_operator_concat_imports_without_a_neuron_after_it(tmp_path):
     ours = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
     exact = _ort(float_path, x)
     assert np.linalg.norm(ours - exact) / np.linalg.norm(exact) < 0.05
+    # without the axis its schema requires: one line naming the node (was a StopIteration)
+    model = onnx.load(str(int8_path))
+    cat = next(n for n in model.graph.node if n.op_type == "QLinearConcat")
+    cat.ClearField("attribute")
+    onnx.save(model, str(int8_path))
+    with pytest.raises(
+        UnsupportedOp, match=f"node '{cat.name}' \\(QLinearConcat\\): has no 'axis'"
+    ):
+        import_onnx(int8_path)
 
 
 def test_constant_codes_moved_and_read_twice_import_as_the_float_table(tmp_path):

@@ -333,7 +333,9 @@ def _expand_concat(n: onnx.NodeProto, scales: dict[str, tuple[str, str]]) -> lis
         floats.append(f"{n.name}:dq{k // 3}")
         made.append(helper.make_node("DequantizeLinear", list(n.input[k : k + 3]), [floats[-1]],
                                      name=floats[-1]))  # fmt: skip
-    axis = next(a.i for a in n.attribute if a.name == "axis")
+    axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+    if axis is None:  # required by the contrib op's schema
+        raise refuse(n, "has no 'axis' attribute")
     scales[n.output[0]] = (n.input[0], n.input[1])
     return made + [
         helper.make_node("Concat", floats, [f"{n.name}:float"], name=n.name, axis=axis),
