@@ -118,22 +118,22 @@ def _invoke(
     return [np.concatenate(v) for v in got], [details[i] for i in fetch]
 
 
+def _all_outputs(interp: Any, x: np.ndarray) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    return run(interp, x, [int(d["index"]) for d in interp.get_output_details()])
+
+
 def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
     """Every output of the source .tflite run by LiteRT, in the model's order, dequantised,
     batch first, in the IR layout: a 4-D (NHWC) output comes back (N, C, H, W), as the
     importer makes every rank-4 tensor an image."""
     try:
-        interp = interpreter(path)
-        details = interp.get_output_details()
-        vals, got = run(interp, x, [int(d["index"]) for d in details])
+        vals, got = _all_outputs(interpreter(path), x)
     except BadInput as e:
         if "custom op" not in str(e):
             raise
         # The builtin kernels lack it; the XNNPACK delegate has MediaPipe's transposed
         # convolution (its outputs only: it keeps no intermediate tensors to calibrate on).
-        interp = interpreter(path, xnnpack=True)
-        details = interp.get_output_details()
-        vals, got = run(interp, x, [int(d["index"]) for d in details])
+        vals, got = _all_outputs(interpreter(path, xnnpack=True), x)
     outs = [_dequantize(v, d) for v, d in zip(vals, got, strict=True)]
     return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs]
 

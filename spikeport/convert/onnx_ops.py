@@ -733,18 +733,10 @@ def _sum_of_slices(ctx: Ctx, n: onnx.NodeProto, x: str, axis: int, keep: int) ->
     if not keep:
         ctx.emit(n, Node(n.name, "add", parts, n.output[0]))
         return
-    summed = f"{n.name}:sum"
+    summed, kept = f"{n.name}:sum", list(ctx.shape(x))
+    kept[axis] = 1
     ctx.emit(n, Node(summed, "add", parts, summed))
-    ctx.emit(
-        n,
-        Node(
-            n.name,
-            "reshape",
-            [summed],
-            n.output[0],
-            {"shape": list(ctx.shape(x)[:axis]) + [1] + list(ctx.shape(x)[axis + 1 :])},
-        ),
-    )
+    ctx.emit(n, Node(n.name, "reshape", [summed], n.output[0], {"shape": kept}))
 
 
 # -- data movement ----------------------------------------------------------------------------

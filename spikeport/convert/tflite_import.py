@@ -930,6 +930,8 @@ def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
     """Inputs: output shape, filter (OHWI), x, optional bias; TFLite pads as the forward
     convolution from the output size back to the input size."""
     x = ctx.act(op, 2)
+    if ctx.layouts.get(x) != NHWC:
+        raise op.refuse(f"expects a 4-D NHWC input, '{ctx.tname(op.inputs[2])}' is not one")
     w = ctx.const(op, 1, "the filter").astype(np.float64)  # (Cout, kh, kw, Cin)
     out_shape = [int(v) for v in ctx.const(op, 0, "the output shape").reshape(-1)]
     if len(out_shape) != 4 or w.ndim != 4 or out_shape[3] != w.shape[0]:
@@ -939,9 +941,8 @@ def _transpose_conv(ctx: _Ctx, op: _Op) -> None:
     pad = enum_names(ctx.fb.Padding).get(op.opt("padding"), "?")
     if pad not in ("SAME", "VALID"):
         raise op.refuse(f"padding {pad} is not supported")
-    before = (
-        same_pads((out[0], out[1]), list(w.shape[1:3]), st, [1, 1])[:2] if pad == "SAME" else [0, 0]
-    )
+    k = list(w.shape[1:3])
+    before = same_pads((out[0], out[1]), k, st, [1, 1])[:2] if pad == "SAME" else [0, 0]
     y = _sub_pixel_deconv(ctx, op, x, w, _bias(ctx, op, 3, w.shape[0]), st, before, out)
     ctx.bind(op, ctx.activation(op, y, op.opt("fusedActivationFunction")), NHWC)
 
@@ -984,13 +985,12 @@ def _sub_pixel_deconv(
     ctx: _Ctx, op: _Op, x: str, w: np.ndarray, b: np.ndarray, st: list[int], before: list[int],
     out: list[int],
 ) -> str:  # fmt: skip
-    """A transposed convolution of x (NHWC) by w (Cout, kh, kw, Cin) plus b, cropped to `out`
-    from `before`, exactly, as sub-pixel convolution: output row u = q*s + r (phase r) sums
-    x[q - m] * W[r + s*m], an ordinary convolution of x with the taps of phase r, flipped.
-    One conv2d gives every phase as a channel group, ordered (r_h, r_w, c) like DEPTH_TO_SPACE's
-    depth; then the phases are interleaved (reshape, transpose, reshape) and cropped (slice)."""
-    if ctx.layouts.get(x) != NHWC:
-        raise op.refuse(f"expects a 4-D NHWC input, '{x}' is not one")
+    """A transposed convolution of x (NHWC, checked by the caller) by w (Cout, kh, kw, Cin)
+    plus b, cropped to `out` from `before`, exactly, as sub-pixel convolution: output row
+    u = q*s + r (phase r) sums x[q - m] * W[r + s*m], an ordinary convolution of x with the
+    taps of phase r, flipped. One conv2d gives every phase as a channel group, ordered (r_h,
+    r_w, c) like DEPTH_TO_SPACE's depth; then the phases are interleaved (reshape,
+    transpose, reshape) and cropped (slice)."""
     cin, h, wd = ctx.shape(x)
     cout, k = w.shape[0], list(w.shape[1:3])
     if w.shape[3] != cin:

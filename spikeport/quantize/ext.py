@@ -113,8 +113,7 @@ def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
     k *= max(1.0, summing_factor(ctx.graph.consumers(node.output)))
     reach = k * float(ctx.bounds[node.inputs[0]].total.max(initial=0))
     room = 0.9 * int_limit(ctx.profile.state_bits) / max(reach, 1.0)
-    frac = max(0, min(frac, math.floor(math.log2(room)))) if room >= 1 else 0
-    node.attrs["frac"] = frac
+    node.attrs["frac"] = frac = max(0, min(frac, math.floor(math.log2(room))))
     return ctx.scale_in(node) / 2**frac
 
 
