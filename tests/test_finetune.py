@@ -20,10 +20,10 @@ from conftest import EXAMPLES, per_index_products
 from spikeport.cli.main import main
 from spikeport.data import Dataset, load_data
 from spikeport.errors import BadInput, UnsupportedOp
-from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_layer
+from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_layer, teacher_logits
 from spikeport.finetune.distributed import pick_device
 from spikeport.finetune.surrogate import SURROGATES
-from spikeport.finetune.train import loss_fn
+from spikeport.finetune.train import loss_fn, match_loss
 from spikeport.ir import OPS, Node, load, save
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator, simulate
@@ -484,3 +484,98 @@ def test_torchrun_two_cpu_processes(cases, tmp_path):
     meta = load(out).meta["finetune"]
     assert meta["world_size"] == 2 and meta["ranks_agree"] is True
     assert meta["data"]["n"] == 96
+
+
+# --- outputs that are not class scores: the source model's outputs are the target -----------
+
+
+class DigitsEmbedder(torch.nn.Module):
+    """An embedding of the digits images (unit length, 16 features): no class scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.body(x), dim=1)
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory) -> tuple[Path, Path]:
+    """The embedder's ONNX file and its converted graph (T = 2, percentile thresholds)."""
+    from spikeport.convert import convert
+
+    torch.manual_seed(0)
+    where = tmp_path_factory.mktemp("embed")
+    onnx_path, spk = where / "embed.onnx", where / "embed.spk"
+    torch.onnx.export(
+        DigitsEmbedder().eval(), torch.zeros(1, 1, 8, 8), str(onnx_path), input_names=["x"],
+        output_names=["e"], dynamic_axes={"x": {0: "N"}}, dynamo=False,
+    )  # fmt: skip
+    save(convert(onnx_path, CALIB, timesteps=2, tune=False), spk)
+    return onnx_path, spk
+
+
+def _int_cosine(graph, onnx_path: Path, x: np.ndarray, T: int) -> float:
+    from spikeport.eval.evaluate import onnx_logits
+
+    q = quantize(graph, np.load(CALIB)["x"], get_profile("sim"))
+    got = simulate(q, x, T, "int").outputs[q.outputs[0]][-1] / T
+    want = onnx_logits(str(onnx_path), x)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    return float(cos.mean())
+
+
+def test_match_loss_is_zero_only_where_every_steps_mean_is_the_teachers():
+    teacher = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    steps = torch.arange(1, 4, dtype=torch.float32).reshape(3, 1, 1)
+    assert float(match_loss(teacher[None] * steps, teacher, "every_step")) < 1e-12
+    # right at the last step only: "final" does not mind, "every_step" does
+    late = torch.cat([torch.zeros(2, 5, 4), 3 * teacher[None]])
+    assert float(match_loss(late, teacher, "final")) < 1e-12
+    assert float(match_loss(late, teacher, "every_step")) > 0.5
+    # relative: a sample scaled by 10 and its teacher too gives the same loss
+    out = torch.randn(3, 5, 4)
+    assert torch.allclose(
+        match_loss(out, teacher, "final"), match_loss(10 * out, 10 * teacher, "final")
+    )
+
+
+def test_an_embedding_learns_its_source_outputs_without_labels(embedder):
+    """Seeded: 6 epochs at T = 2 matching the source's embeddings on unlabelled training
+    images take a quarter or more off the quantized network's held-out 1 - cosine to the
+    source at T = 2 (0.976 -> 0.985 when written)."""
+    onnx_path, spk = embedder
+    snn = load(spk)
+    train = Dataset(TRAIN, np.load(TRAIN)["x"][:512], None)
+    test_x = np.load(TEST)["x"]
+    teacher = teacher_logits(snn, train, onnx_path)
+    before = _int_cosine(snn, onnx_path, test_x, 2)
+    res = finetune(
+        snn, train, Settings(T=2, epochs=6, lr=3e-3, seed=0), quiet=True, teacher=teacher
+    )
+    after = _int_cosine(res.graph, onnx_path, test_x, 2)
+    assert res.graph.meta["finetune"]["objective"] == "match"
+    assert 1 - after < 0.75 * (1 - before), (before, after)
+
+
+def test_cli_fine_tunes_an_embedding_on_unlabelled_data(embedder, tmp_path):
+    onnx_path, spk = embedder
+    data = tmp_path / "unlabelled.npz"
+    np.savez(data, x=np.load(TRAIN)["x"][:128])
+    out = tmp_path / "ft.spk"
+    code, stdout, err = cli(
+        "finetune", spk, "--data", data, "--val", CALIB, "-T", "2", "--epochs", "2",
+        "--teacher", onnx_path, "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "val cosine to the source" in stdout, stdout
+    meta = load(out).meta["finetune"]
+    assert meta["objective"] == "match" and -1 <= meta["val"]["cosine"] <= 1
+    assert meta["val"]["cosine"] >= meta["val"]["cosine_before"]  # the best epoch is kept
+    # without the source model there is nothing to learn: one line, no output
+    code, _, err = cli("finetune", spk, "--data", data, "-o", tmp_path / "no.spk")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--teacher" in err, err
+    assert not (tmp_path / "no.spk").exists()

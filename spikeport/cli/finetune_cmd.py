@@ -60,7 +60,8 @@ from spikeport.sim.kinds import NEURON_KINDS
 @click.option(
     "--teacher",
     default=None,
-    help="The source model (.onnx, .tflite) MODEL was converted from: distil its logits.",
+    help="The source model (.onnx, .tflite) MODEL was converted from: distil its logits "
+    "(a model whose output is not class scores learns its outputs; labels not needed).",
 )
 @click.option(
     "--distill",
@@ -96,7 +97,9 @@ def finetune_cmd(
     output: str,
     quiet: bool,
 ) -> None:
-    """Fine-tune a converted MODEL (.spk, stage snn) through T timesteps on labelled DATA."""
+    """Fine-tune a converted MODEL (.spk, stage snn) through T timesteps on labelled DATA
+    (or, for an embedding or other output that is not class scores, on the source model's
+    outputs: --teacher)."""
     from spikeport.data import check_token_ids, load_data
     from spikeport.finetune import Settings, finetune_files
     from spikeport.finetune.distributed import end_worker
@@ -129,18 +132,18 @@ def finetune_cmd(
     graph = load(model)  # token ids are checked here until finetune_files checks them itself
     for path in (data, val) if val is not None else (data,):
         check_token_ids(graph, load_data(path, graph.inputs).x, path)
-    meta = finetune_files(
-        model, data, output, settings, val, device, quiet, kind, teacher if weight else None
-    )
+    meta = finetune_files(model, data, output, settings, val, device, quiet, kind, teacher)
     if meta is None:  # not rank 0: rank 0 reports
         end_worker()
         return
-    val_text = (
-        f", val accuracy {100 * meta['val']['accuracy_before']:.2f}% -> "
-        f"{100 * meta['val']['accuracy']:.2f}% (epoch {meta['val']['epoch']})"
-        if "val" in meta
-        else ""
-    )
+    val_text = ""
+    if "val" in meta:
+        v = meta["val"]
+        val_text = (
+            f", val cosine to the source {v['cosine_before']:.4f} -> {v['cosine']:.4f}"
+            if meta["objective"] == "match"
+            else f", val accuracy {100 * v['accuracy_before']:.2f}% -> {100 * v['accuracy']:.2f}%"
+        ) + f" (epoch {v['epoch']})"
     say(
         quiet,
         f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "

@@ -8,7 +8,7 @@ import numpy as np
 
 from spikeport.data import Dataset, load_data
 from spikeport.finetune.distributed import barrier, join, leave
-from spikeport.finetune.train import Settings, finetune
+from spikeport.finetune.train import Settings, finetune, objective
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
 from spikeport.sim.kinds import set_kind
@@ -16,8 +16,11 @@ from spikeport.sim.kinds import set_kind
 PathLike = str | os.PathLike[str]
 
 
-def _labelled(path: PathLike, graph: Graph) -> Dataset:
-    """Load a data file checked against the graph: input shape, labels in 0..classes-1."""
+def _training_data(path: PathLike, graph: Graph) -> Dataset:
+    """Load a data file checked against the graph: input shape, and for a classifier labels in
+    0..classes-1 (a network matching its source's outputs needs none)."""
+    if objective(graph) == "match":
+        return load_data(path, graph.inputs)
     n_classes = graph.shape(graph.outputs[0])[-1]
     return load_data(path, graph.inputs, labels=True, n_classes=n_classes)
 
@@ -53,19 +56,23 @@ def finetune_files(
     Every input is read and checked before any process group is joined or anything trained,
     so bad data is refused at once and no output file is written. `neuron_kind` (e.g. "lava")
     gives the neurons that kind before training, so training sees what the target runs.
-    `teacher`: the source model file (.onnx, .tflite), whose logits settings.distill weighs.
+    `teacher`: the source model file (.onnx, .tflite), whose logits settings.distill weighs,
+    or whose outputs a network without class scores learns (its validation too).
     """
     settings = settings or Settings()
     settings.check()
     graph = load(model)
     if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
         graph = set_kind(graph, neuron_kind)
-    train = _labelled(data, graph)
-    val_set = _labelled(val, graph) if val is not None else None
+    train = _training_data(data, graph)
+    val_set = _training_data(val, graph) if val is not None else None
     soft = teacher_logits(graph, train, teacher) if teacher is not None else None
+    val_soft = None
+    if teacher is not None and val_set is not None and objective(graph) == "match":
+        val_soft = teacher_logits(graph, val_set, teacher)
     world = join(device)
     try:
-        result = finetune(graph, train, settings, val_set, world, quiet, soft)
+        result = finetune(graph, train, settings, val_set, world, quiet, soft, val_soft)
         if soft is not None:
             result.graph.meta["finetune"]["teacher"] = os.path.basename(str(teacher))
         if world.leader:

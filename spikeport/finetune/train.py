@@ -6,6 +6,11 @@ thresholds); the exact spiking forward of the reference simulator is unrolled fo
 differentiated with a surrogate spike derivative; the loss is the cross-entropy of the running
 mean output after *every* step t = 1..T (a TET-style per-step loss, Deng et al. 2022), so the
 network also improves at every shorter run and the prediction is never worse for stopping early.
+
+A network whose output is not class scores (an embedding, token-level outputs, a detection
+head: ir.ops.class_scores) has no labels to learn; it learns to match the source model's
+outputs instead (objective "match"): the relative squared error of the same running means to
+the teacher's, which needs no labels, so unlabelled calibration-like data trains it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from spikeport.errors import BadInput
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
 from spikeport.finetune.module import DEFAULT_SURROGATE, SpikingNet
 from spikeport.ir.graph import Graph
+from spikeport.ir.ops import class_scores
 
 METHOD = (
     "hybrid conversion + surrogate-gradient BPTT (trainable thresholds, DIET-SNN style) "
@@ -50,7 +56,7 @@ class Settings:
     seed: int = 0
     surrogate: str = DEFAULT_SURROGATE
     loss: str = "every_step"  # or "final": the cross-entropy of the T-step output only
-    keep_best: bool = True  # with --val: keep the epoch with the best validation accuracy
+    keep_best: bool = True  # with --val: keep the epoch with the best validation score
     distill: float = 0.0  # weight of the distillation term (the source ANN's soft labels)
     temperature: float = 4.0  # of the distillation term's softmaxes
 
@@ -71,12 +77,39 @@ class Settings:
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
 
+def objective(graph: Graph) -> str:
+    """ "classify" (labels, cross-entropy) where the output holds class scores, else "match"
+    (the source model's outputs, relative squared error)."""
+    return "classify" if class_scores(graph, graph.outputs[0]) else "match"
+
+
 @dataclass
 class Result:
     """The fine-tuned graph and what happened on the way (one entry per epoch)."""
 
     graph: Graph
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def running_means(outputs: torch.Tensor, kind: str) -> torch.Tensor:
+    """(n, N, ...) the mean output after each step (kind "every_step", n = T) or after the
+    last one only ("final", n = 1), from the accumulated outputs (T, N, ...)."""
+    T = outputs.shape[0]
+    if kind == "final":
+        return (outputs[-1] / T)[None]
+    steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
+    return outputs / steps.reshape((T,) + (1,) * (outputs.ndim - 1))
+
+
+def match_loss(outputs: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    """Objective "match": the relative squared error |m - y|^2 / |y|^2 of each sample's
+    running-mean output m to the teacher's y, over the steps `kind` names. Relative, so that a
+    sample with small outputs weighs as much as one with large ones; for unit-length
+    embeddings it is 2 - 2 cos + (|m| - 1)^2-like, so it lifts the cosine eval reports."""
+    means = running_means(outputs, kind)
+    err = (means - teacher[None]).flatten(2).pow(2).sum(-1)
+    ref = teacher.flatten(1).pow(2).sum(-1).clamp_min(torch.finfo(teacher.dtype).tiny)
+    return (err / ref).mean()
 
 
 def loss_fn(
@@ -91,12 +124,7 @@ def loss_fn(
     With a `teacher` (the ANN's logits) a `distill` share of it is the KL divergence of the
     same means from the teacher's soft labels at `temperature` (Hinton et al. 2015), times
     temperature^2 so that its gradients keep their size."""
-    T = outputs.shape[0]
-    if kind == "final":
-        means = (outputs[-1] / T)[None]
-    else:
-        steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
-        means = outputs / steps.reshape((T,) + (1,) * (outputs.ndim - 1))
+    means = running_means(outputs, kind)
     n = len(means)
     ce = F.cross_entropy(means.flatten(0, 1), y.repeat(n))
     if teacher is None or distill == 0:
@@ -129,17 +157,29 @@ def _batches(indices: list[int], size: int) -> Iterator[list[int]]:
         yield indices[i : i + size]
 
 
-def accuracy(net: SpikingNet, data: Dataset, T: int, world: World, batch_size: int = 256) -> float:
-    """Float-mode accuracy at T of this network on `data`, sharded over ranks, summed exactly."""
-    x, y = _tensors(data.x), torch.from_numpy(data.y)
+def _validate(
+    net: SpikingNet,
+    data: Dataset,
+    T: int,
+    world: World,
+    teacher: torch.Tensor | None,
+    batch_size: int = 256,
+) -> float:
+    """The validation score at T in float mode, sharded over ranks and summed: accuracy, or
+    with a `teacher` (objective "match") the mean cosine of each sample's output to its."""
+    x = _tensors(data.x)
     mine = list(range(world.rank, len(data), world.size))
-    correct = 0
+    total = 0.0
     net.eval()
     with torch.no_grad():
         for idx in _batches(mine, batch_size):
-            out = net(_on(x, idx, world.device), T)[-1]
-            correct += int((out.argmax(-1).cpu() == y[idx]).sum())
-    hits, n = all_sum(world, [correct, len(mine)])
+            out = net(_on(x, idx, world.device), T)[-1].cpu()
+            if teacher is None:
+                total += int((out.argmax(-1) == torch.from_numpy(data.y)[idx]).sum())
+            else:
+                cos = F.cosine_similarity(out.flatten(1).double(), teacher[idx].flatten(1).double())
+                total += float(cos.sum())
+    hits, n = all_sum(world, [total, len(mine)])
     return hits / n
 
 
@@ -147,14 +187,17 @@ def _optimizer(net: SpikingNet, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(net.parameters(), lr=lr)
 
 
-def _check_data(graph: Graph, data: Dataset) -> None:
-    if data.y is None:
+def _check_data(graph: Graph, data: Dataset, teacher: np.ndarray | None) -> None:
+    out = graph.outputs[0]
+    if objective(graph) == "match":
+        if teacher is None or len(teacher) != len(data):
+            raise BadInput(
+                f"graph output '{out}' (shape {graph.shape(out)}) is not class scores: "
+                "fine-tuning matches the source model's outputs on the data "
+                "(finetune --teacher SOURCE)"
+            )
+    elif data.y is None:
         raise BadInput(f"{data.path}: key 'y' (labels) is missing; fine-tuning needs labels")
-    if len(graph.shape(graph.outputs[0])) != 1:
-        raise BadInput(
-            f"graph output '{graph.outputs[0]}' has shape {graph.shape(graph.outputs[0])}; "
-            "fine-tuning trains a classifier with one score per class"
-        )
 
 
 class _Trainer:
@@ -179,9 +222,11 @@ class _Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt, max(1, s.epochs * self.steps)
         )
-        self.x, self.y = _tensors(data.x), torch.from_numpy(data.y)
+        self.match = objective(graph) == "match"
+        self.x = _tensors(data.x)
+        self.y = None if self.match else torch.from_numpy(data.y)
         self.teacher = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
-        self.val_text = ""  # the last validation accuracy, kept on the progress bar
+        self.val_text = ""  # the last validation score, kept on the progress bar
 
     def epoch(self, e: int, bar: tqdm) -> float:
         """Train one epoch; returns the mean training loss over all ranks."""
@@ -189,11 +234,15 @@ class _Trainer:
         self.net.train()
         total, n = 0.0, 0
         for idx in _batches(list(self.sampler), self.local_batch):
-            xb, yb = _on(self.x, idx, self.world.device), self.y[idx].to(self.world.device)
+            xb = _on(self.x, idx, self.world.device)
+            yb = None if self.y is None else self.y[idx].to(self.world.device)
             self.opt.zero_grad(set_to_none=True)
             soft = None if self.teacher is None else self.teacher[idx].to(self.world.device)
             out = self.model(xb, self.s.T)
-            loss = loss_fn(out, yb, self.s.loss, soft, self.s.distill, self.s.temperature)
+            if self.match:
+                loss = match_loss(out, soft, self.s.loss)
+            else:
+                loss = loss_fn(out, yb, self.s.loss, soft, self.s.distill, self.s.temperature)
             loss.backward()
             self.opt.step()
             self.net.constrain()
@@ -213,33 +262,38 @@ def finetune(
     world: World | None = None,
     quiet: bool = False,
     teacher: np.ndarray | None = None,
+    val_teacher: np.ndarray | None = None,
 ) -> Result:
-    """Fine-tune the float spiking `graph` (stage "snn") on labelled `data` for T steps.
+    """Fine-tune the float spiking `graph` (stage "snn") on `data` for T steps.
 
     Returns a new graph (same nodes, new float weights, biases and thresholds) whose
-    meta["finetune"] records the settings, the data and the validation accuracy. With
-    settings.distill > 0, `teacher` holds the source model's logits on `data` (N, classes):
-    onnxruntime's or LiteRT's, not the graph's ANN view, whose biases the T-aware conversion
-    moved for its spikes.
+    meta["finetune"] records the settings, the data and the validation score. `teacher` holds
+    the source model's outputs on `data` (onnxruntime's or LiteRT's, not the graph's ANN view,
+    whose biases the T-aware conversion moved for its spikes): a classifier distils them with
+    weight settings.distill; any other output (objective "match") learns them, and
+    `val_teacher` (the same on `val`) scores the validation set by cosine.
     """
     s = settings or Settings()
     s.check()
-    if s.distill > 0 and (teacher is None or len(teacher) != len(data)):
+    match = objective(graph) == "match"
+    if s.distill > 0 and not match and (teacher is None or len(teacher) != len(data)):
         raise BadInput(
             "distillation needs the source model's logits on the training data "
             "(finetune --teacher SOURCE)"
         )
     world = world or World()
-    _check_data(graph, data)
+    _check_data(graph, data, teacher)
     if val is not None:
-        _check_data(graph, val)
-    tr = _Trainer(graph, data, s, world, teacher if s.distill > 0 else None)
+        _check_data(graph, val, val_teacher)
+    tr = _Trainer(graph, data, s, world, teacher if s.distill > 0 or match else None)
+    vt = torch.from_numpy(val_teacher) if match and val_teacher is not None else None
+    metric = "cosine" if match else "accuracy"
     history: list[dict[str, float]] = []
-    best: tuple[float, dict | None, int] = (-1.0, None, 0)  # (val accuracy, state, epoch)
+    best: tuple[float, dict | None, int] = (-math.inf, None, 0)  # (val score, state, epoch)
     if val is not None:
-        acc = accuracy(tr.net, val, s.T, world)
-        history.append({"epoch": 0, "val_accuracy": acc})
-        best = (acc, copy.deepcopy(tr.net.state_dict()), 0)
+        score = _validate(tr.net, val, s.T, world, vt)
+        history.append({"epoch": 0, f"val_{metric}": score})
+        best = (score, copy.deepcopy(tr.net.state_dict()), 0)
     bar = tqdm(
         total=s.epochs * tr.steps,
         desc=f"finetune T={s.T}",
@@ -252,17 +306,17 @@ def finetune(
         for e in range(1, s.epochs + 1):
             rec: dict[str, float] = {"epoch": e, "loss": tr.epoch(e, bar)}
             if val is not None:
-                rec["val_accuracy"] = acc = accuracy(tr.net, val, s.T, world)
-                tr.val_text = f", val {100 * acc:.2f}%"
+                rec[f"val_{metric}"] = score = _validate(tr.net, val, s.T, world, vt)
+                tr.val_text = f", val {100 * score:.2f}%" if not match else f", val cos {score:.4f}"
                 bar.set_postfix_str(f"loss {rec['loss']:.4f}{tr.val_text}")
-                if acc >= best[0] or not s.keep_best:
-                    best = (acc, copy.deepcopy(tr.net.state_dict()), e)
+                if score >= best[0] or not s.keep_best:
+                    best = (score, copy.deepcopy(tr.net.state_dict()), e)
             history.append(rec)
     if best[1] is not None:
         tr.net.load_state_dict(best[1])
     check_ranks_agree(world, tr.net)
     out = tr.net.cpu().to_graph()
-    out.meta["finetune"] = _provenance(s, data, val, history, best, world)
+    out.meta["finetune"] = _provenance(s, data, val, history, best, world, metric)
     out.meta["default_timesteps"] = s.T
     return Result(out, history)
 
@@ -274,9 +328,11 @@ def _provenance(
     history: list[dict[str, float]],
     best: tuple[float, dict | None, int],
     world: World,
+    metric: str,
 ) -> dict[str, object]:
     meta: dict[str, object] = {
         "method": METHOD,
+        "objective": "match" if metric == "cosine" else "classify",
         **asdict(s),
         "optimizer": "Adam, cosine learning-rate decay to 0",
         "data": data.provenance,
@@ -290,8 +346,8 @@ def _provenance(
     if val is not None:
         meta["val"] = {
             **val.provenance,
-            "accuracy_before": history[0]["val_accuracy"],
-            "accuracy": best[0],
+            f"{metric}_before": history[0][f"val_{metric}"],
+            metric: best[0],
             "epoch": best[2],
             "mode": f"float, T={s.T}",
         }
