@@ -111,6 +111,31 @@ def zoo_files(name: str = NAME) -> dict[str, Path]:
                                                 ("test", "_test.npz"))}  # fmt: skip
 
 
+@dataclasses.dataclass
+class Tuning:
+    """Fine-tuning after conversion (`spikeport finetune --teacher`, objective "match"): the
+    encoder learns its own ONNX embeddings on the zoo's unlabelled training sentences (the
+    calibration topics, none of the test ones), loss on the T-step mean only."""
+
+    epochs: int
+    lr: float = 2e-5
+    batch_size: int = 16
+
+
+def fine_tune(snn, files: dict[str, Path], T: int, tuning: Tuning, name: str = NAME):  # noqa: ANN001, ANN201
+    """The converted graph fine-tuned as `tuning` says, and what to record of it."""
+    from spikeport.data import load_data
+    from spikeport.finetune import Settings, finetune, teacher_logits
+
+    train = load_data(ZOO / f"{name}_train.npz", snn.inputs)
+    teacher = teacher_logits(snn, train, files["onnx"])
+    s = Settings(T=T, epochs=tuning.epochs, lr=tuning.lr, batch_size=tuning.batch_size,
+                 loss="final")  # fmt: skip
+    result = finetune(snn, train, s, teacher=teacher)
+    losses = [round(h["loss"], 5) for h in result.history]
+    return result.graph, {**dataclasses.asdict(tuning), "sentences": len(train), "losses": losses}
+
+
 def per_feature_input_thresholds(snn, model: Path, calib: Path, percentile: float) -> int:  # noqa: ANN001
     """Diagnostic (not spikeport's conversion): give each bipolar neuron that only feeds dense
     layers one threshold per feature, the `percentile` of |activation| over the calibration
@@ -143,11 +168,15 @@ def run(
     per_feature: float | None = None,
     weight_bits: int | None = None,
     spike_bits: int = 1,
+    tuning: Tuning | None = None,
+    snn_file: Path | None = None,
 ) -> dict:
     """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
     Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
     front of dense layers per-feature thresholds (per_feature_input_thresholds);
-    `weight_bits` overrides the sim profile's."""
+    `weight_bits` overrides the sim profile's. `tuning`: fine-tune after conversion;
+    `snn_file`: start from this converted graph (`spikeport convert -T T`) instead of
+    converting."""
     from spikeport.batch import take
     from spikeport.convert import convert
     from spikeport.data import load_data
@@ -170,7 +199,7 @@ def run(
         (e for e in json.loads(manifest.read_text()) if e["name"] == name), {}
     ) if manifest.exists() else {}  # fmt: skip
     if len(ts) > 1:  # `convert -T T` converts for T: one run of this function per T
-        runs = [run(n_test, [t], name, per_feature, weight_bits, spike_bits) for t in ts]
+        runs = [run(n_test, [t], name, per_feature, weight_bits, spike_bits, tuning) for t in ts]
         merged = dict(runs[0])
         for key in ("cosine_to_ann", "relative_error_to_ann"):
             merged[key] = {k: v for r in runs for k, v in r[key].items()}
@@ -178,8 +207,17 @@ def run(
         merged["bar"]["met"] = merged["cosine_to_ann"].get(BAR_T, 0.0) >= BAR
         return merged
     t0 = time.perf_counter()
-    snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits)
+    if snn_file is not None:
+        from spikeport.ir import load
+
+        snn = load(snn_file)
+    else:
+        snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits)
     t1 = time.perf_counter()
+    tuned = {}
+    if tuning is not None:
+        snn, tuned = fine_tune(snn, files, ts[0], tuning, name)
+    t1a = time.perf_counter()
     diagnostic = {}
     if per_feature is not None:  # its own calibration pass: not counted in any stage below
         k = per_feature_input_thresholds(snn, files["onnx"], files["calib"], per_feature)
@@ -208,15 +246,23 @@ def run(
         "test_sentences": n,
         "sequence_length": snn.shape("input_ids")[0] if "input_ids" in snn.inputs else None,
         "what": f"convert -T T --spike-bits {spike_bits} (T-aware, one conversion per T), "
-        "quantize --target sim, eval -T T integer mode; mean cosine of the sentence "
+        + ("finetune -T T --teacher (match), " if tuned else "")
+        + "quantize --target sim, eval -T T integer mode; mean cosine of the sentence "
         "embedding to onnxruntime's",
+        **({"converted": str(snn_file)} if snn_file is not None else {}),
+        **({"finetune": tuned} if tuned else {}),
         "spike_bits": spike_bits,
         **({"diagnostic": diagnostic} if diagnostic else {}),
         "timesteps": ts,
         "cosine_to_ann": cosine,
         "relative_error_to_ann": {r["T"]: r["relative_error_to_ann"] for r in rep["records"]},
         "bar": {"T": BAR_T, "cosine_to_ann": BAR, "met": cosine.get(BAR_T, 0.0) >= BAR},
-        "seconds": {"convert": t1 - t0, "quantize": t2 - t1b, "eval": t3 - t2},
+        "seconds": {
+            "convert": t1 - t0,
+            **({"finetune": t1a - t1} if tuned else {}),
+            "quantize": t2 - t1b,
+            "eval": t3 - t2,
+        },
     }
 
 
@@ -229,11 +275,21 @@ def main(argv: list[str] | None = None) -> None:
                     "neurons in front of dense layers")  # fmt: skip
     ap.add_argument("--weight-bits", type=int, help="diagnostic: the sim profile's weight bits")
     ap.add_argument("--spike-bits", type=int, default=1, help="graded spikes of b bits")
+    ap.add_argument("--finetune-epochs", type=int, metavar="E",
+                    help="fine-tune E epochs on the source's embeddings")  # fmt: skip
+    ap.add_argument("--finetune-lr", type=float, default=Tuning.lr)
+    ap.add_argument("--finetune-batch", type=int, default=Tuning.batch_size)
+    ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
     ap.add_argument("-o", type=Path, default=RESULTS / "encoder.json")
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    tuning = (
+        Tuning(a.finetune_epochs, a.finetune_lr, a.finetune_batch) if a.finetune_epochs else None
+    )
+    if a.snn is not None and len(a.T) != 1:
+        ap.error("--snn is one conversion: give one -T")
     data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits,
-               spike_bits=a.spike_bits)  # fmt: skip
+               spike_bits=a.spike_bits, tuning=tuning, snn_file=a.snn)  # fmt: skip
     if "skipped" in data:
         return
     doc = {

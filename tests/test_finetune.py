@@ -568,12 +568,13 @@ def test_cli_fine_tunes_an_embedding_on_unlabelled_data(embedder, tmp_path):
     out = tmp_path / "ft.spk"
     code, stdout, err = cli(
         "finetune", spk, "--data", data, "--val", CALIB, "-T", "2", "--epochs", "2",
-        "--teacher", onnx_path, "-o", out,
+        "--teacher", onnx_path, "--loss", "final", "-o", out,
     )  # fmt: skip
     assert code == 0, err
     assert "val cosine to the source" in stdout, stdout
     meta = load(out).meta["finetune"]
-    assert meta["objective"] == "match" and -1 <= meta["val"]["cosine"] <= 1
+    assert meta["objective"] == "match" and meta["loss"] == "final"
+    assert -1 <= meta["val"]["cosine"] <= 1
     assert meta["val"]["cosine"] >= meta["val"]["cosine_before"]  # the best epoch is kept
     # without the source model there is nothing to learn: one line, no output
     code, _, err = cli("finetune", spk, "--data", data, "-o", tmp_path / "no.spk")

@@ -501,19 +501,30 @@ def prose_sentences(text: str) -> list[str]:
     return out
 
 
-def sentence_splits(seed: int = 0) -> tuple[list[str], list[str]]:
-    """Calibration and test sentences from the Python documentation's topics (the stdlib's
-    pydoc_data.topics: offline, English prose). Held out by topic: every fourth topic (sorted
-    names) gives the test sentences, the others the calibration ones; a sentence found in both
-    is dropped from the test. SENT_CALIB and SENT_TEST drawn with `seed`."""
+def _topic_sentences() -> tuple[list[str], list[str]]:
+    """Every sentence of the calibration topics and of the test topics (every fourth topic,
+    sorted names); a sentence found in both stays on the calibration side only."""
     from pydoc_data.topics import topics
 
     calib: list[str] = []
     test: list[str] = []
     for i, key in enumerate(sorted(topics)):
         (test if i % 4 == 1 else calib).extend(prose_sentences(topics[key]))
-    calib = sorted(set(calib))
-    test = sorted(set(test) - set(calib))
+    return sorted(set(calib)), sorted(set(test) - set(calib))
+
+
+def training_sentences() -> list[str]:
+    """Unlabelled sentences for fine-tuning an encoder to its own embeddings (`finetune
+    --teacher`): every sentence of the calibration topics, none of the test topics."""
+    return _topic_sentences()[0]
+
+
+def sentence_splits(seed: int = 0) -> tuple[list[str], list[str]]:
+    """Calibration and test sentences from the Python documentation's topics (the stdlib's
+    pydoc_data.topics: offline, English prose). Held out by topic: every fourth topic (sorted
+    names) gives the test sentences, the others the calibration ones; a sentence found in both
+    is dropped from the test. SENT_CALIB and SENT_TEST drawn with `seed`."""
+    calib, test = _topic_sentences()
     rng = np.random.default_rng(seed)
     pick = [rng.permutation(len(calib))[:SENT_CALIB], rng.permutation(len(test))[:SENT_TEST]]
     if len(pick[0]) < SENT_CALIB or len(pick[1]) < SENT_TEST:
@@ -551,6 +562,17 @@ def sentence_inputs(spec: Spec) -> tuple[dict, dict, dict]:
         "truncated": truncated,
     }
     return calib, test, info
+
+
+def write_training_sentences(spec: Spec) -> Path:
+    """{name}_train.npz: training_sentences() tokenized as the calibration file is (no labels:
+    `finetune --teacher` learns the source model's embeddings)."""
+    package, rel = spec.arg.split("/", 1)
+    (seq,), _ = spec.inputs["input_ids"]
+    tokens = tokenize(_package_dir(package) / rel, training_sentences(), seq)
+    path = MODELS / f"{spec.name}_train.npz"
+    np.savez(path, **{data_keys(spec.inputs)[k]: v for k, v in tokens.items()})
+    return path
 
 
 def build_sentence(spec: Spec, out: Path, x: dict[str, np.ndarray]) -> None:
@@ -630,6 +652,7 @@ def build_one(spec: Spec, optimum_python: str) -> dict:
                 spec.inputs["input_ids"][0][0],
                 MODELS / f"{spec.name}_topics.npz",
             )
+            write_training_sentences(spec)
         names = data_keys(spec.inputs)
         try:
             y = labels(reference_first_output(model, test))

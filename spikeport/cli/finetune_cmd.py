@@ -43,6 +43,13 @@ from spikeport.sim.kinds import NEURON_KINDS
     show_default=True,
     help="Global batch size (split over torchrun processes).",
 )
+@click.option(
+    "--loss",
+    type=click.Choice(["every-step", "final"]),
+    default="every-step",
+    show_default=True,
+    help="Score the running-mean output after every step 1..T, or after step T only.",
+)
 @click.option("--val", default=None, help="Validation .npz (like --data): keeps the best epoch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -86,6 +93,7 @@ def finetune_cmd(
     epochs: int,
     lr: float,
     batch_size: int,
+    loss: str,
     val: str | None,
     device: str,
     seed: int,
@@ -115,6 +123,7 @@ def finetune_cmd(
         lr=lr,
         batch_size=batch_size,
         seed=seed,
+        loss=loss.replace("-", "_"),
         distill=weight,
         temperature=temperature,
     )
