@@ -580,3 +580,62 @@ def test_cli_fine_tunes_an_embedding_on_unlabelled_data(embedder, tmp_path):
     code, _, err = cli("finetune", spk, "--data", data, "-o", tmp_path / "no.spk")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--teacher" in err, err
     assert not (tmp_path / "no.spk").exists()
+
+
+# --- quantization-aware fine-tuning (--qat) --------------------------------------------------
+
+
+def _joined_ints(q, name: str) -> np.ndarray:
+    """The integer weights of node `name`, its outlier columns (quantize.outliers) put back."""
+    ints = q.node(name).params["weight_q"].astype(np.float64)
+    if name in q.meta["quantization"].get("outlier_inputs_split", []):
+        ints[:, q.node(f"{name}:outlier_inputs").attrs["indices"]] = q.node(
+            f"{name}:outliers"
+        ).params["weight_q"]
+    return ints
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "residual", "outlier_mlp"])
+def test_weight_grids_are_the_ones_quantize_rounds_to(cases, name):
+    """Every conv and dense weight rounded to its grid step is quantize's own integer (a
+    split layer's outlier columns: the side layer's)."""
+    from spikeport.finetune.grid import weight_steps
+
+    snn, calib = cases[name].snn, np.load(cases[name].calib)["x"]
+    steps, left = weight_steps(snn, calib, "sim")
+    q = cases[name].int  # quantized on the same data
+    weighted = [n for n in snn.nodes if n.op in ("dense", "conv2d")]
+    assert weighted and left == [] and set(steps) == {n.name for n in weighted}
+    for n in weighted:
+        ints = np.round(n.params["weight"] / steps[n.name])
+        assert np.array_equal(ints, _joined_ints(q, n.name)), n.name
+
+
+def test_on_grid_rounds_forward_and_passes_gradients_straight_through():
+    from spikeport.finetune.grid import on_grid
+
+    w = torch.tensor([0.26, -0.74, 0.1], requires_grad=True)
+    step = torch.tensor([0.5, 0.5, 0.25])
+    y = on_grid(w, step)
+    assert torch.equal(y.detach(), torch.tensor([0.5, -0.5, 0.0]))
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(w.grad, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_cli_qat_trains_on_the_targets_grid_and_refuses_an_unknown_target(cnn_spk, tmp_path):
+    small = tmp_path / "small.npz"
+    d = np.load(TRAIN)
+    np.savez(small, x=d["x"][:64], y=d["y"][:64])
+    out = tmp_path / "qat.spk"
+    code, _, err = cli(
+        "finetune", cnn_spk, "--data", small, "-T", "2", "--epochs", "1", "--qat", "sim",
+        "-o", out,
+    )  # fmt: skip
+    assert code == 0, err
+    meta = load(out).meta["finetune"]
+    assert meta["qat"] == "sim" and meta["float_weights"] == []
+    code, _, err = cli(
+        "finetune", cnn_spk, "--data", small, "--qat", "nosuch", "-o", tmp_path / "n.spk"
+    )
+    assert code == 2 and err.startswith("error:") and "nosuch" in err
+    assert not (tmp_path / "n.spk").exists()

@@ -84,6 +84,14 @@ from spikeport.sim.kinds import NEURON_KINDS
     show_default=True,
     help="Softmax temperature of distillation.",
 )
+@click.option(
+    "--qat",
+    "qat",
+    default=None,
+    metavar="TARGET",
+    help="Quantization-aware: train through the integer weights `quantize --target TARGET` "
+    "gives (rounded in the forward pass, straight-through gradient).",
+)
 @click.option("-o", "--output", "output", required=True, callback=output_file, help="Output .spk.")
 @QUIET
 def finetune_cmd(
@@ -102,6 +110,7 @@ def finetune_cmd(
     teacher: str | None,
     distill: float | None,
     temperature: float,
+    qat: str | None,
     output: str,
     quiet: bool,
 ) -> None:
@@ -126,12 +135,16 @@ def finetune_cmd(
         loss=loss.replace("-", "_"),
         distill=weight,
         temperature=temperature,
+        qat=qat,
     )
-    if target is not None:
+    if target is not None or qat is not None:
         from spikeport.quantize import get_profile
         from spikeport.targets import discover
 
         discover()  # target profiles register themselves
+        if qat is not None:
+            get_profile(qat)  # an unknown target is refused before anything runs
+    if target is not None:
         kinds = get_profile(target).kinds
         if kind is not None and kind not in kinds:
             raise click.BadParameter(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeport.errors import UnsupportedOp
+from spikeport.finetune.grid import on_grid
 from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import spike_levels
@@ -82,24 +83,29 @@ class Fn(Layer):
         return self.fn(*xs)
 
 
-class Dense(Layer):
-    """y = x W^T + b over the last axis (b (out,) or broadcastable to the output)."""
-
-    def __init__(self, node: Node):
-        super().__init__()
-        self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) + self.bias
-
-
 class _Weighted(Layer):
-    """A synapse with a trainable weight and bias and the node's attributes."""
+    """A synapse with a trainable weight and bias and the node's attributes. With a grid
+    (`on_weight_grid`, quantization-aware fine-tuning) the forward pass reads the weights
+    rounded to it."""
 
     def __init__(self, node: Node):
         super().__init__()
         self.weight, self.bias = as_param(node.params["weight"]), as_param(node.params["bias"])
         self.a = node.attrs
+        self.register_buffer("step", None)  # the weight grid's step, once on one
+
+    def on_weight_grid(self, step: np.ndarray) -> None:
+        self.step = torch.as_tensor(step, dtype=self.weight.dtype, device=self.weight.device)
+
+    def w(self) -> torch.Tensor:
+        return self.weight if self.step is None else on_grid(self.weight, self.step)
+
+
+class Dense(_Weighted):
+    """y = x W^T + b over the last axis (b (out,) or broadcastable to the output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.w()) + self.bias
 
 
 class Conv2d(_Weighted):
@@ -109,7 +115,7 @@ class Conv2d(_Weighted):
         a = self.a
         return F.conv2d(
             _pad(x, a["pads"]),
-            self.weight,
+            self.w(),
             self.bias,
             stride=a["strides"],
             dilation=a["dilations"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +88,13 @@ class SpikingNet(nn.Module):
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor], T: int) -> torch.Tensor:
         """(T, N, classes): the accumulated output after each step t = 1..T."""
         return self.run(x, T).outputs
+
+    def on_weight_grids(self, steps: dict[str, np.ndarray]) -> None:
+        """Read the weights of these nodes rounded to their grids ({node name: step}, from
+        spikeport.finetune.grid.weight_steps): quantization-aware fine-tuning."""
+        for node, lay in zip(self.graph.nodes, self.layers, strict=True):
+            if node.name in steps:
+                lay.on_weight_grid(steps[node.name])
 
     def constrain(self) -> None:
         """Keep every param valid (thresholds > 0) after an optimiser step."""

@@ -28,10 +28,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from spikeport import __version__
-from spikeport.batch import Batch
+from spikeport.batch import Batch, take
 from spikeport.data import Dataset
 from spikeport.errors import BadInput
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
+from spikeport.finetune.grid import weight_steps
 from spikeport.finetune.module import DEFAULT_SURROGATE, SpikingNet
 from spikeport.ir.graph import Graph
 from spikeport.ir.ops import class_scores
@@ -43,6 +44,9 @@ METHOD = (
 DEFAULT_EPOCHS = 20
 DEFAULT_LR = 1e-3
 DEFAULT_BATCH = 64
+# Training samples that quantize calibrates on to find the weight grids (qat): the grids
+# follow the weights and thresholds; the activation statistics only set scales elsewhere.
+QAT_CALIB = 256
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Settings:
     keep_best: bool = True  # with --val: keep the epoch with the best validation score
     distill: float = 0.0  # weight of the distillation term (the source ANN's soft labels)
     temperature: float = 4.0  # of the distillation term's softmaxes
+    qat: str | None = None  # a target: train through the integer weights it gets (grid.py)
 
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
@@ -208,7 +213,13 @@ class _Trainer:
     ):
         torch.manual_seed(s.seed)
         self.s, self.world, self.data = s, world, data
-        self.net = SpikingNet(graph, s.surrogate).to(world.device)
+        self.net = SpikingNet(graph, s.surrogate)
+        self.float_weights: list[str] = []  # weighted nodes that stay off any grid (qat)
+        if s.qat is not None:
+            calib = take(data.x, slice(0, QAT_CALIB))
+            steps, self.float_weights = weight_steps(graph, calib, s.qat)
+            self.net.on_weight_grids(steps)
+        self.net = self.net.to(world.device)
         self.model: torch.nn.Module = self.net
         if world.distributed:
             ids = [world.device.index] if world.device.type == "cuda" else None
@@ -317,6 +328,8 @@ def finetune(
     check_ranks_agree(world, tr.net)
     out = tr.net.cpu().to_graph()
     out.meta["finetune"] = _provenance(s, data, val, history, best, world, metric)
+    if s.qat is not None:
+        out.meta["finetune"]["float_weights"] = tr.float_weights
     out.meta["default_timesteps"] = s.T
     return Result(out, history)
 
