@@ -622,6 +622,16 @@ def test_on_grid_rounds_forward_and_passes_gradients_straight_through():
     assert torch.equal(w.grad, torch.tensor([1.0, 2.0, 3.0]))
 
 
+def test_a_layer_on_a_grid_exports_its_rounded_weights():
+    node = Node(
+        "d", "dense", ["x"], "y", {}, {"weight": np.array([[0.26, -0.74]]), "bias": np.zeros(1)}
+    )
+    lay = make_layer(node, (1,), SURROGATES["rectangle"])
+    assert np.allclose(lay.export()["weight"], [[0.26, -0.74]])
+    lay.on_weight_grid(np.full((1, 2), 0.5))
+    assert np.array_equal(lay.export()["weight"], np.array([[0.5, -0.5]], np.float32))
+
+
 def test_cli_qat_trains_on_the_targets_grid_and_refuses_an_unknown_target(cnn_spk, tmp_path):
     small = tmp_path / "small.npz"
     d = np.load(TRAIN)

@@ -100,6 +100,14 @@ class _Weighted(Layer):
     def w(self) -> torch.Tensor:
         return self.weight if self.step is None else on_grid(self.weight, self.step)
 
+    def export(self) -> dict[str, np.ndarray]:
+        """On a grid, the weights as trained: rounded to it. quantize then finds them on its
+        grid, so its correction of the rounded weights' mean error (quantize._mean_error)
+        does not undo what training already made of the rounding."""
+        out = super().export()
+        out["weight"] = self.w().detach().cpu().to(torch.float32).numpy()
+        return out
+
 
 class Dense(_Weighted):
     """y = x W^T + b over the last axis (b (out,) or broadcastable to the output)."""
