@@ -120,6 +120,7 @@ class Tuning:
     epochs: int
     lr: float = 2e-5
     batch_size: int = 16
+    qat: str | None = "sim"  # quantization-aware: through the weights quantize gives (grid.py)
 
 
 def fine_tune(snn, files: dict[str, Path], T: int, tuning: Tuning, name: str = NAME):  # noqa: ANN001, ANN201
@@ -130,7 +131,7 @@ def fine_tune(snn, files: dict[str, Path], T: int, tuning: Tuning, name: str = N
     train = load_data(ZOO / f"{name}_train.npz", snn.inputs)
     teacher = teacher_logits(snn, train, files["onnx"])
     s = Settings(T=T, epochs=tuning.epochs, lr=tuning.lr, batch_size=tuning.batch_size,
-                 loss="final")  # fmt: skip
+                 loss="final", qat=tuning.qat)  # fmt: skip
     result = finetune(snn, train, s, teacher=teacher)
     losses = [round(h["loss"], 5) for h in result.history]
     return result.graph, {**dataclasses.asdict(tuning), "sentences": len(train), "losses": losses}
@@ -214,7 +215,7 @@ def run(
     else:
         snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits)
     t1 = time.perf_counter()
-    tuned = {}
+    tuned, converted = {}, snn
     if tuning is not None:
         snn, tuned = fine_tune(snn, files, ts[0], tuning, name)
     t1a = time.perf_counter()
@@ -237,6 +238,9 @@ def run(
     )
     rep = evaluate(q, test, ts, "int", str(files["onnx"]))
     t3 = time.perf_counter()
+    if tuned:  # the conversion it started from, scored the same way beside it
+        base = evaluate(quantize(converted, calib.x, profile), test, ts, "int", str(files["onnx"]))
+        tuned["cosine_to_ann_before"] = {r["T"]: r["cosine_to_ann"] for r in base["records"]}
     cosine = {r["T"]: r["cosine_to_ann"] for r in rep["records"]}
     return {
         "model": name,
@@ -279,12 +283,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="fine-tune E epochs on the source's embeddings")  # fmt: skip
     ap.add_argument("--finetune-lr", type=float, default=Tuning.lr)
     ap.add_argument("--finetune-batch", type=int, default=Tuning.batch_size)
+    ap.add_argument("--finetune-qat", default=Tuning.qat, help="'' for a float fine-tune")
     ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
     ap.add_argument("-o", type=Path, default=RESULTS / "encoder.json")
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     tuning = (
-        Tuning(a.finetune_epochs, a.finetune_lr, a.finetune_batch) if a.finetune_epochs else None
+        Tuning(a.finetune_epochs, a.finetune_lr, a.finetune_batch, a.finetune_qat or None)
+        if a.finetune_epochs
+        else None
     )
     if a.snn is not None and len(a.T) != 1:
         ap.error("--snn is one conversion: give one -T")
