@@ -83,8 +83,8 @@ class Settings:
 
 
 def objective(graph: Graph) -> str:
-    """ "classify" (labels, cross-entropy) where the output holds class scores, else "match"
-    (the source model's outputs, relative squared error)."""
+    """What fine-tuning learns: labels where the output holds class scores ("classify",
+    cross-entropy), else the source model's outputs ("match", relative squared error)."""
     return "classify" if class_scores(graph, graph.outputs[0]) else "match"
 
 
@@ -109,8 +109,8 @@ def running_means(outputs: torch.Tensor, kind: str) -> torch.Tensor:
 def match_loss(outputs: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
     """Objective "match": the relative squared error |m - y|^2 / |y|^2 of each sample's
     running-mean output m to the teacher's y, over the steps `kind` names. Relative, so that a
-    sample with small outputs weighs as much as one with large ones; for unit-length
-    embeddings it is 2 - 2 cos + (|m| - 1)^2-like, so it lifts the cosine eval reports."""
+    sample with small outputs weighs as much as one with large ones. For a unit-length
+    teacher it is (|m| - 1)^2 + 2 |m| (1 - cos): it lifts the cosine eval reports."""
     means = running_means(outputs, kind)
     err = (means - teacher[None]).flatten(2).pow(2).sum(-1)
     ref = teacher.flatten(1).pow(2).sum(-1).clamp_min(torch.finfo(teacher.dtype).tiny)
