@@ -42,6 +42,14 @@ def int_accuracy(graph, x: np.ndarray, y: np.ndarray, T: int) -> float:
     return float((out.argmax(-1) == y).mean())
 
 
+def _train_subset(tmp_path: Path, n: int) -> Path:
+    """The first n labelled training images, as their own file."""
+    d = np.load(TRAIN)
+    path = tmp_path / "small.npz"
+    np.savez(path, x=d["x"][:n], y=d["y"][:n])
+    return path
+
+
 @pytest.fixture(scope="module")
 def train_set() -> Dataset:
     return load_data(TRAIN, labels=True, n_classes=10)
@@ -351,9 +359,7 @@ def test_same_seed_same_result(cases, train_set):
 
 
 def test_cli_fine_tunes_and_the_result_goes_on_through_quantize_and_eval(cnn_spk, tmp_path):
-    small = tmp_path / "small.npz"
-    d = np.load(TRAIN)
-    np.savez(small, x=d["x"][:128], y=d["y"][:128])
+    small = _train_subset(tmp_path, 128)
     out = tmp_path / "ft.spk"
     code, stdout, _ = cli(
         "finetune", cnn_spk, "--data", small, "-T", "2", "--epochs", "1", "--val", CALIB,
@@ -404,9 +410,7 @@ def test_bad_training_data_is_refused_with_one_line_and_no_output(cnn_spk, tmp_p
 
 
 def test_cli_distils_the_source_model_and_records_it(cnn_spk, tmp_path):
-    small = tmp_path / "small.npz"
-    d = np.load(TRAIN)
-    np.savez(small, x=d["x"][:64], y=d["y"][:64])
+    small = _train_subset(tmp_path, 64)
     out = tmp_path / "kd.spk"
     src = EXAMPLES / "digits_cnn.onnx"
     code, stdout, err = cli(
@@ -467,9 +471,7 @@ def test_torchrun_two_cpu_processes(cases, tmp_path):
     replicas are checked bit for bit before it does."""
     model = tmp_path / "mlp.spk"
     save(cases["digits_mlp"].snn, model)
-    small = tmp_path / "small.npz"
-    d = np.load(TRAIN)
-    np.savez(small, x=d["x"][:96], y=d["y"][:96])
+    small = _train_subset(tmp_path, 96)
     out = tmp_path / "ddp.spk"
     script = Path(sys.executable).parent / "spikeport"
     cmd = [
@@ -633,9 +635,7 @@ def test_a_layer_on_a_grid_exports_its_rounded_weights():
 
 
 def test_cli_qat_trains_on_the_targets_grid_and_refuses_an_unknown_target(cnn_spk, tmp_path):
-    small = tmp_path / "small.npz"
-    d = np.load(TRAIN)
-    np.savez(small, x=d["x"][:64], y=d["y"][:64])
+    small = _train_subset(tmp_path, 64)
     out = tmp_path / "qat.spk"
     code, _, err = cli(
         "finetune", cnn_spk, "--data", small, "-T", "2", "--epochs", "1", "--qat", "sim",

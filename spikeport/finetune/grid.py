@@ -23,7 +23,7 @@ import torch
 
 from spikeport.batch import Batch
 from spikeport.ir.graph import Graph, Node
-from spikeport.quantize.scales import channel_vector, feature_vector
+from spikeport.quantize.scales import channel_vector, feature_vector, input_channels
 
 GRIDDED = ("dense", "conv2d")
 ROUNDING_SLACK = 1e-6  # float64 division of values that were rounded from the same product
@@ -66,10 +66,9 @@ def _step(q: Graph, node: Node) -> np.ndarray | None:
         s_out = channel_vector(q.scales[node.output], y_shape)
         if s_in is None or s_out is None:
             return None
-        w = node.params["weight"]
-        og, cg = w.shape[0] // node.attrs["group"], w.shape[1]
-        cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]
-        step = (s_out[:, None] / s_in[cin])[:, :, None, None] * np.ones(w.shape[2:])
+        w_shape = node.params["weight"].shape
+        cin = input_channels(w_shape, node.attrs["group"])
+        step = (s_out[:, None] / s_in[cin])[:, :, None, None] * np.ones(w_shape[2:])
     w, w_q = node.params["weight"].astype(np.float64), node.params["weight_q"].astype(np.float64)
     if step.shape != w.shape or np.abs(w / step - w_q).max(initial=0) > 0.5 + ROUNDING_SLACK:
         return None

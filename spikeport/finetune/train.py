@@ -173,14 +173,15 @@ def _validate(
     """The validation score at T in float mode, sharded over ranks and summed: accuracy, or
     with a `teacher` (objective "match") the mean cosine of each sample's output to its."""
     x = _tensors(data.x)
+    y = None if teacher is not None else torch.from_numpy(data.y)
     mine = list(range(world.rank, len(data), world.size))
     total = 0.0
     net.eval()
     with torch.no_grad():
         for idx in _batches(mine, batch_size):
             out = net(_on(x, idx, world.device), T)[-1].cpu()
-            if teacher is None:
-                total += int((out.argmax(-1) == torch.from_numpy(data.y)[idx]).sum())
+            if y is not None:
+                total += int((out.argmax(-1) == y[idx]).sum())
             else:
                 cos = F.cosine_similarity(out.flatten(1).double(), teacher[idx].flatten(1).double())
                 total += float(cos.sum())

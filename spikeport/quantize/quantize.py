@@ -43,6 +43,7 @@ from spikeport.quantize.scales import (
     compact,
     compact_rows,
     feature_vector,
+    input_channels,
     read_requantized,
 )
 from spikeport.registry import registrar
@@ -286,9 +287,7 @@ def conv_weights(ctx: _Ctx, node: Node) -> np.ndarray:
     if s_x is None:
         raise ctx.refuse(node, "input scale varies inside a channel")
     w = node.params["weight"].astype(np.float64)
-    og, cg = w.shape[0] // node.attrs["group"], w.shape[1]
-    cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]  # (O, C/g)
-    return w * s_x[cin][:, :, None, None]
+    return w * s_x[input_channels(w.shape, node.attrs["group"])][:, :, None, None]
 
 
 @handler("dense")

@@ -51,6 +51,13 @@ def channel_vector(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | No
     return np.broadcast_to(s.reshape(-1) if len(shape) == 3 else s, (shape[0],)).copy()
 
 
+def input_channels(weight_shape: tuple[int, ...], group: int) -> np.ndarray:
+    """(O, C/g): the input channel each weight of a grouped conv (O, C/g, kh, kw) reads, so a
+    (C,) input scale indexed by it lines up with the weights."""
+    out, per_group = weight_shape[0], weight_shape[1]
+    return (np.arange(out)[:, None] // (out // group)) * per_group + np.arange(per_group)[None, :]
+
+
 def feature_vector(scale: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     """The scale along the last axis (the features a dense layer reads), or None if it varies
     along the other axes."""

@@ -28,6 +28,7 @@ import numpy as np
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS
+from spikeport.quantize.scales import input_channels
 
 # What the file records about the neuron, for consumers and people (NIR does not encode it).
 NEURON_METADATA = {
@@ -235,9 +236,7 @@ def _conv(b: NirBuilder, node: Node) -> list[Edge]:
     s_in = channel_sigma(node, ins[0].sigma)
     s_out = _weighted_out_sigma(b, node)
     so = channel_sigma(node, s_out)
-    og, cg = w.shape[0] // g, w.shape[1]
-    cin = (np.arange(w.shape[0])[:, None] // og) * cg + np.arange(cg)[None, :]
-    w = w * s_in[cin][:, :, None, None] / so[:, None, None, None]
+    w = w * s_in[input_channels(w.shape, g)][:, :, None, None] / so[:, None, None, None]
     conv = b.nir.Conv2d(
         input_shape=tuple(b.shape(node.inputs[0])[1:]),
         weight=w,
