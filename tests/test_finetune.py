@@ -22,6 +22,7 @@ from spikeport.data import Dataset, load_data
 from spikeport.errors import BadInput, UnsupportedOp
 from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_layer, teacher_logits
 from spikeport.finetune.distributed import pick_device
+from spikeport.finetune.memory import MARGIN, PARAM_COPIES, training_bytes
 from spikeport.finetune.surrogate import SURROGATES
 from spikeport.finetune.train import loss_fn, match_loss
 from spikeport.ir import OPS, Node, load, save
@@ -435,6 +436,27 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
     ):
         code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, *args, "-o", tmp_path / "x.spk")
         assert code == 2 and what in err and not (tmp_path / "x.spk").exists()
+
+
+def test_the_memory_bound_grows_with_batch_and_steps(cases, train_set):
+    net = SpikingNet(cases["digits_cnn"].snn)
+    probe = torch.from_numpy(train_set.x[:2])
+    (per_1, fixed), (per_4, _) = (training_bytes(net, probe, T) for T in (1, 4))
+    params = sum(p.numel() * p.element_size() for p in net.parameters())
+    assert fixed >= PARAM_COPIES * params and per_4 > 3 * per_1 > 0
+
+
+def test_a_batch_that_cannot_fit_is_refused_naming_one_that_does(cnn_spk, tmp_path, monkeypatch):
+    per_sample, fixed = training_bytes(
+        SpikingNet(load(cnn_spk)), torch.from_numpy(np.load(TRAIN)["x"][:2]), 4
+    )
+    free = MARGIN * (fixed + 10.5 * per_sample)  # room for a batch of 10, with the margin
+    monkeypatch.setattr("spikeport.finetune.memory.available_bytes", lambda device: free)
+    out = tmp_path / "ft.spk"
+    code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, "-T", "4", "--batch-size", "64",
+                       "-o", out, "-q")  # fmt: skip
+    assert code == 2 and "--batch-size 10 or less" in err and not out.exists()
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU")

@@ -33,6 +33,7 @@ from spikeport.data import Dataset
 from spikeport.errors import BadInput
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
 from spikeport.finetune.grid import weight_steps
+from spikeport.finetune.memory import check_fits
 from spikeport.finetune.module import DEFAULT_SURROGATE, SpikingNet
 from spikeport.ir.graph import Graph
 from spikeport.ir.ops import class_scores
@@ -221,11 +222,16 @@ class _Trainer:
             steps, self.float_weights = weight_steps(graph, calib, s.qat)
             self.net.on_weight_grids(steps)
         self.net = self.net.to(world.device)
+        self.x = _tensors(data.x)
+        self.local_batch = max(1, s.batch_size // world.size)
+        if len(data) >= 2:  # refuse a batch that cannot fit before any epoch runs
+            processes = world.size if world.device.type == "cpu" else 1
+            probe = _on(self.x, [0, 1], world.device)
+            check_fits(self.net, probe, s.T, self.local_batch, processes, world.device)
         self.model: torch.nn.Module = self.net
         if world.distributed:
             ids = [world.device.index] if world.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.net, device_ids=ids)
-        self.local_batch = max(1, s.batch_size // world.size)
         self.sampler = DistributedSampler(
             range(len(data)), num_replicas=world.size, rank=world.rank, seed=s.seed
         )
@@ -235,7 +241,6 @@ class _Trainer:
             self.opt, max(1, s.epochs * self.steps)
         )
         self.match = objective(graph) == "match"
-        self.x = _tensors(data.x)
         self.y = None if self.match else torch.from_numpy(data.y)
         self.teacher = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
         self.val_text = ""  # the last validation score, kept on the progress bar
