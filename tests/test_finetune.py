@@ -671,3 +671,23 @@ def test_cli_qat_trains_on_the_targets_grid_and_refuses_an_unknown_target(cnn_sp
     )
     assert code == 2 and err.startswith("error:") and "nosuch" in err
     assert not (tmp_path / "n.spk").exists()
+
+
+def test_cli_names_the_nodes_qat_left_in_float(cnn_spk, tmp_path, monkeypatch):
+    """A weighted node whose grid could not be read trains in float: the CLI says which."""
+    from spikeport.finetune import train
+    from spikeport.finetune.grid import weight_steps
+
+    def one_off_grid(graph, calib, target):
+        steps, _ = weight_steps(graph, calib, target)
+        name = sorted(steps)[0]
+        return {k: v for k, v in steps.items() if k != name}, [name]
+
+    monkeypatch.setattr(train, "weight_steps", one_off_grid)
+    out = tmp_path / "qat.spk"
+    code, text, err = cli("finetune", cnn_spk, "--data", _train_subset(tmp_path, 64), "-T", "2",
+                          "--epochs", "1", "--qat", "sim", "-o", out)  # fmt: skip
+    left = load(out).meta["finetune"]["float_weights"]
+    assert code == 0 and len(left) == 1
+    note = "note: --qat trained 1 weighted node(s) in float (no sim grid found for them): "
+    assert note + left[0] in text

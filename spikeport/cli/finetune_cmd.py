@@ -171,4 +171,10 @@ def finetune_cmd(
         f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "
         f"{meta['data']['n']} samples ({meta['world_size']} process(es), {device}){val_text}",
     )
+    if meta.get("float_weights"):  # --qat could not read these nodes' grids: say so, not silently
+        say(
+            quiet,
+            f"note: --qat trained {len(meta['float_weights'])} weighted node(s) in float (no "
+            f"{qat} grid found for them): {', '.join(meta['float_weights'])}",
+        )
     end_worker()
