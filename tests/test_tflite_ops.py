@@ -20,7 +20,12 @@ pytest.importorskip("ai_edge_litert")
 
 from spikeport.cli.main import main  # noqa: E402
 from spikeport.convert import convert  # noqa: E402
-from spikeport.convert.litert import litert_logits, litert_outputs, litert_runner  # noqa: E402
+from spikeport.convert.litert import (  # noqa: E402
+    litert_logits,
+    litert_outputs,
+    litert_reference,
+    litert_runner,
+)
 from spikeport.convert.tflite_import import import_tflite  # noqa: E402
 from spikeport.errors import UnsupportedOp  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
@@ -690,6 +695,7 @@ def test_mediapipe_transpose_conv_bias_matches_its_kernel(tmp_path, padding, str
     got = Simulator(g, "ann").run(xs.transpose(0, 3, 1, 2), 1).outputs[g.outputs[0]][0]
     want = _mediapipe_transpose_conv_bias(xs, w, b, padding, stride)
     np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
-    # LiteRT runs it in its XNNPACK delegate only: eval's reference falls back to that
-    (ref,) = litert_outputs(path, xs.transpose(0, 3, 1, 2))
+    # LiteRT runs it in its XNNPACK delegate only: eval's reference falls back to that, and says so
+    (ref,), kernels = litert_reference(path, xs.transpose(0, 3, 1, 2))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert kernels == "LiteRT (ai-edge-litert), XNNPACK delegate"

@@ -122,10 +122,17 @@ def _all_outputs(interp: Any, x: np.ndarray) -> tuple[list[np.ndarray], list[dic
     return run(interp, x, [int(d["index"]) for d in interp.get_output_details()])
 
 
-def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
+# What computed a reference, as eval reports it: the builtin kernels, or the XNNPACK delegate
+# where they lack a custom op (MediaPipe's transposed convolution).
+BUILTIN, DELEGATE = "LiteRT (ai-edge-litert)", "LiteRT (ai-edge-litert), XNNPACK delegate"
+
+
+def litert_reference(path: str | os.PathLike[str], x: np.ndarray) -> tuple[list[np.ndarray], str]:
     """Every output of the source .tflite run by LiteRT, in the model's order, dequantised,
-    batch first, in the IR layout: a 4-D (NHWC) output comes back (N, C, H, W), as the
-    importer makes every rank-4 tensor an image."""
+    batch first, in the IR layout (a 4-D (NHWC) output comes back (N, C, H, W), as the
+    importer makes every rank-4 tensor an image), and which kernels ran it (BUILTIN or
+    DELEGATE)."""
+    kernels = BUILTIN
     try:
         vals, got = _all_outputs(interpreter(path), x)
     except BadInput as e:
@@ -134,14 +141,23 @@ def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarr
         # The builtin kernels lack it; the XNNPACK delegate has MediaPipe's transposed
         # convolution (its outputs only: it keeps no intermediate tensors to calibrate on).
         vals, got = _all_outputs(interpreter(path, xnnpack=True), x)
+        kernels = DELEGATE
     outs = [_dequantize(v, d) for v, d in zip(vals, got, strict=True)]
-    return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs]
+    return [np.moveaxis(v, -1, 1) if v.ndim == 4 else v for v in outs], kernels
+
+
+def litert_outputs(path: str | os.PathLike[str], x: np.ndarray) -> list[np.ndarray]:
+    """litert_reference's outputs alone."""
+    return litert_reference(path, x)[0]
 
 
 def litert_logits(path: str | os.PathLike[str], x: np.ndarray, output: int = 0) -> np.ndarray:
     """The reference: output `output` (by position) of the source .tflite run by LiteRT, as
-    litert_outputs gives it (a (N, K) classifier output stays (N, K))."""
-    outs = litert_outputs(path, x)
+    litert_reference gives it (a (N, K) classifier output stays (N, K))."""
+    return nth_output(litert_outputs(path, x), output, path)
+
+
+def nth_output(outs: list[np.ndarray], output: int, path: str | os.PathLike[str]) -> np.ndarray:
     if not 0 <= output < len(outs):
         raise BadInput(f"{path}: output {output} asked, the model has {len(outs)}")
     return outs[output]
@@ -178,4 +194,12 @@ def litert_runner(path: str | os.PathLike[str], graph: Graph) -> Runner:
     return runner
 
 
-__all__ = ["interpreter", "litert_logits", "litert_outputs", "litert_runner", "run"]
+__all__ = [
+    "interpreter",
+    "litert_logits",
+    "litert_outputs",
+    "litert_reference",
+    "litert_runner",
+    "nth_output",
+    "run",
+]

@@ -115,9 +115,10 @@ def ann_reference(
     if want and sha256_file(existing_file(path, what)) != want:
         raise BadInput(f"{path}: not the model this graph was converted from (sha256 differs)")
     if tflite_path is not None:
-        from spikeport.convert.litert import litert_logits  # needs ai-edge-litert
+        from spikeport.convert.litert import litert_reference, nth_output  # ai-edge-litert
 
-        return litert_logits(tflite_path, data.x, output), "LiteRT (ai-edge-litert)"
+        outs, kernels = litert_reference(tflite_path, data.x)
+        return nth_output(outs, output, tflite_path), kernels
     return onnx_logits(path, data.x, output), "onnxruntime"
 
 
