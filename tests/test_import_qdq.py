@@ -92,7 +92,7 @@ def test_qdq_model_imports_as_the_float_network_it_quantizes(quantized, name):
             step = np.abs(b.params["weight"]).max() / 127
             assert np.abs(a.params["weight"] - b.params["weight"]).max() <= step
     assert "2 QuantizeLinear/DequantizeLinear pairs whose range starts at 0" in " ".join(
-        graph.meta["source"]["import_notes"]
+        graph.meta["source"]["notes"]
     )
     x = np.load(TEST)["x"][:200].astype(np.float32)
     ann = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]

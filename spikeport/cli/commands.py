@@ -157,7 +157,7 @@ def convert_cmd(
         product_operands,
     )
     source = graph.meta["source"]
-    for note in source.get("import_notes", []) + source.get("notes", []):  # ONNX's, TFLite's
+    for note in source.get("notes", []):  # what import did that the user should know
         say(quiet, f"note: {note}")
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")

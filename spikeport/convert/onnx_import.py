@@ -178,7 +178,7 @@ def import_onnx(
         ),
         "batch_fixed_at_one": batch_fixed_at_one(original),
         "outputs": [o.name for o in original.graph.output],
-        "import_notes": ctx.notes,
+        "notes": ctx.notes,
         # outputs whose final softmax was dropped: the source model's output is softmax(them)
         "dropped_softmax": ctx.dropped_softmax,
     }
