@@ -545,7 +545,8 @@ def training_sentences() -> list[str]:
     --teacher`): every sentence of the calibration topics and an even sample of TRAIN_DOCSTRINGS
     docstring sentences; none of the test topics' sentences."""
     calib, test = _topic_sentences()
-    docs = [s for s in docstring_sentences() if s not in set(test) | set(calib)]
+    seen = set(test) | set(calib)
+    docs = [s for s in docstring_sentences() if s not in seen]
     step = max(1, len(docs) // TRAIN_DOCSTRINGS)
     return calib + docs[::step][:TRAIN_DOCSTRINGS]
 

@@ -81,17 +81,17 @@ def available_bytes(device: torch.device) -> float | None:
     return free
 
 
-def check_fits(
+def check_memory(
     net: torch.nn.Module, probe: Probe, T: int, batch: int, processes: int, device: torch.device
-) -> float:
-    """The lower bound of a training step's memory at `batch` (per process, `processes` of them
-    on this machine's memory); BadInput, naming the batch that would fit, where it exceeds
-    what is available."""
+) -> None:
+    """BadInput, naming the batch that would fit, where the lower bound of a training step's
+    memory at `batch` (per process, `processes` of them on this machine's memory) exceeds what
+    is available."""
     per_sample, fixed = training_bytes(net, probe, T)
     need = fixed + per_sample * batch
     free = available_bytes(device)
     if free is None or need * processes <= free:
-        return need
+        return
     fits = math.floor((free / processes / MARGIN - fixed) / per_sample) if per_sample else 0
     hint = (
         f"--batch-size {fits} or less (a margin of {MARGIN:g} over the bound)"

@@ -33,7 +33,7 @@ from spikeport.data import Dataset
 from spikeport.errors import BadInput
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
 from spikeport.finetune.grid import weight_steps
-from spikeport.finetune.memory import check_fits
+from spikeport.finetune.memory import check_memory
 from spikeport.finetune.module import DEFAULT_SURROGATE, SpikingNet
 from spikeport.ir.graph import Graph
 from spikeport.ir.ops import class_scores
@@ -227,7 +227,7 @@ class _Trainer:
         if len(data) >= 2:  # refuse a batch that cannot fit before any epoch runs
             processes = world.size if world.device.type == "cpu" else 1
             probe = _on(self.x, [0, 1], world.device)
-            check_fits(self.net, probe, s.T, self.local_batch, processes, world.device)
+            check_memory(self.net, probe, s.T, self.local_batch, processes, world.device)
         self.model: torch.nn.Module = self.net
         if world.distributed:
             ids = [world.device.index] if world.device.type == "cuda" else None
