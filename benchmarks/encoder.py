@@ -171,6 +171,7 @@ def run(
     spike_bits: int = 1,
     tuning: Tuning | None = None,
     snn_file: Path | None = None,
+    save_tuned: Path | None = None,
 ) -> dict:
     """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
     Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
@@ -218,6 +219,11 @@ def run(
     tuned, converted = {}, snn
     if tuning is not None:
         snn, tuned = fine_tune(snn, files, ts[0], tuning, name)
+        if save_tuned is not None:  # to go on from, or to quantize and emit
+            from spikeport.ir import save
+
+            save(snn, save_tuned)
+            tuned["saved"] = str(save_tuned)
     t1a = time.perf_counter()
     diagnostic = {}
     if per_feature is not None:  # its own calibration pass: not counted in any stage below
@@ -285,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--finetune-batch", type=int, default=Tuning.batch_size)
     ap.add_argument("--finetune-qat", default=Tuning.qat, help="'' for a float fine-tune")
     ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
+    ap.add_argument("--save-finetuned", type=Path, metavar="SPK",
+                    help="write the fine-tuned graph (before quantize) here")  # fmt: skip
     ap.add_argument("-o", type=Path, default=RESULTS / "encoder.json")
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -296,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.snn is not None and len(a.T) != 1:
         ap.error("--snn is one conversion: give one -T")
     data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits,
-               spike_bits=a.spike_bits, tuning=tuning, snn_file=a.snn)  # fmt: skip
+               spike_bits=a.spike_bits, tuning=tuning, snn_file=a.snn,
+               save_tuned=a.save_finetuned)  # fmt: skip
     if "skipped" in data:
         return
     doc = {

@@ -472,3 +472,28 @@ def test_an_overflow_refusal_says_which_max_T_fits(cases):
     quantize(case.snn, calib, narrow, fits)
     with pytest.raises(CapabilityExceeded):
         quantize(case.snn, calib, narrow, 2 * fits)
+
+
+def test_the_default_max_T_proves_fewer_steps_where_64_overflow(cases):
+    """Without a --max-T, quantize proves the longest power of two that fits when 64 steps
+    overflow, and notes it; never fewer steps than the graph was converted for."""
+    import copy
+    import dataclasses
+
+    from spikeport.quantize import get_profile, quantize
+
+    case = cases["residual"]
+    calib = np.load(case.calib)["x"]
+    narrow = dataclasses.replace(get_profile("sim"), state_bits=20)
+    short = copy.deepcopy(case.snn)
+    short.meta["default_timesteps"] = 1  # converted for one step
+    q = quantize(short, calib, narrow)
+    fits = q.meta["quantization"]["max_timesteps"]
+    assert 1 <= fits < 64
+    with pytest.raises(CapabilityExceeded):
+        quantize(case.snn, calib, narrow, 2 * fits)
+    (note,) = [n for n in q.meta["quantization"]["notes"] if "not the default 64" in n]
+    assert f"T <= {fits}" in note and "within 64 steps" in note
+    short.meta["default_timesteps"] = 2 * fits  # converted for more steps than prove: refused
+    with pytest.raises(CapabilityExceeded, match=rf"\(--max-T {fits} fits\)"):
+        quantize(short, calib, narrow)

@@ -179,13 +179,16 @@ def convert_cmd(
     "--max-T",
     "max_t",
     type=TIMESTEPS,
-    default=DEFAULT_MAX_TIMESTEPS,
-    show_default=True,
-    help="Longest run the overflow proof must cover.",
+    default=None,
+    help=f"Longest run the overflow proof must cover [default: {DEFAULT_MAX_TIMESTEPS}, or "
+    "where that overflows the longest power of two that proves, down to the converted T, "
+    "with a note].",
 )
 @OUT
 @QUIET
-def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, quiet: bool) -> None:
+def quantize_cmd(
+    model: str, calib: str, target: str, max_t: int | None, output: str, quiet: bool
+) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
     refuse_overwrite((output,), (model, calib))
     graph = load(model)
@@ -194,11 +197,14 @@ def quantize_cmd(model: str, calib: str, target: str, max_t: int, output: str, q
     q = quantize(graph, data.x, get_profile(target), max_t)
     q.meta["quantization"]["calibration"] = data.provenance
     save(q, output)
-    peak = q.meta["quantization"]["proven_peak"]
+    quant = q.meta["quantization"]
+    for note in quant.get("notes", []):  # what quantize left out or shortened
+        say(quiet, f"note: {note}")
+    peak = quant["proven_peak"]
     say(
         quiet,
         f"{output}: target {target}, proven peak |value| {peak['value']} "
-        f"(node '{peak['node']}') for T <= {max_t}" + _kind_note(q.meta["quantization"]),
+        f"(node '{peak['node']}') for T <= {quant['max_timesteps']}" + _kind_note(quant),
     )
 
 

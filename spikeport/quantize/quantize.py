@@ -600,21 +600,38 @@ def _input_scales(graph: Graph, calib_x: Batch, bits: int) -> dict[str, np.ndarr
 
 
 def quantize(
-    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int = DEFAULT_MAX_TIMESTEPS
+    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int | None = None
 ) -> Graph:
-    """Return the integer graph of a float spiking graph, proven free of overflow. A target
-    that runs several neuron kinds gets the one that agrees most with the ANN on the
-    calibration data (spikeport.quantize.choose)."""
+    """Return the integer graph of a float spiking graph, proven free of overflow for
+    T <= `max_timesteps`. A target that runs several neuron kinds gets the one that agrees most
+    with the ANN on the calibration data (spikeport.quantize.choose).
+
+    `max_timesteps` None (the CLI's default): DEFAULT_MAX_TIMESTEPS steps, or where those
+    overflow, the longest power of two that proves and is at least the T the graph was
+    converted for; the artifact's notes say so. A given number is proven or refused."""
     if graph.stage not in ("snn", "int"):
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
-    if max_timesteps < 1:
+    if max_timesteps is not None and max_timesteps < 1:
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
+    asked = max_timesteps or DEFAULT_MAX_TIMESTEPS
     try:
-        return _quantize_for(graph, calib_x, profile, max_timesteps)
+        return _quantize_for(graph, calib_x, profile, asked)
     except OverflowWithinSteps as e:
-        fits = _largest_fitting_T(graph, calib_x, profile, max_timesteps)
+        fits = _largest_fitting_T(graph, calib_x, profile, asked)
+        least = int(graph.meta.get("default_timesteps", 1))
+        if max_timesteps is None and fits >= least:
+            return _shorter_proof(graph, calib_x, profile, fits, str(e))
         hint = f" (--max-T {fits} fits)" if fits else " (not even --max-T 1 fits)"
         raise OverflowWithinSteps(f"{e}{hint}") from None
+
+
+def _shorter_proof(graph: Graph, calib_x: Batch, profile: Profile, T: int, why: str) -> Graph:
+    """The graph quantized for T <= `T` steps, where the default's steps overflow (`why`): a
+    model converted for 8 steps need not be proven for 64, but the user hears of it."""
+    out = _quantize_for(graph, calib_x, profile, T)
+    note = f"proven free of overflow for T <= {T}, not the default {DEFAULT_MAX_TIMESTEPS}: {why}"
+    out.meta["quantization"].setdefault("notes", []).append(note)
+    return out
 
 
 def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
