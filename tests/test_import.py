@@ -186,6 +186,26 @@ def test_batchnorm_after_a_conv_that_onnxruntime_leaves_folds_into_it(tmp_path):
     _matches_onnxruntime(path, np.random.default_rng(1).normal(size=(2, 4, 3, 3)))
 
 
+@pytest.mark.parametrize("tokens", [5, 1])
+def test_batchnorm_over_flattened_tokens_folds_into_the_linear_before_it(tmp_path, tokens):
+    """LeViT's Linear + BatchNorm1d: MatMul, a Flatten of the tokens, BN (here with a zero
+    scale, as timm initialises it, or a pruned channel), a Reshape back. The BN folds into
+    the dense layer through the Flatten; no channel affine is left to refuse the zero."""
+    c = np.array([1.0, 0.0, 0.5, 3.0])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="linear"),
+        helper.make_node("Flatten", ["h"], ["f"], name="flat", axis=2),
+        helper.make_node("BatchNormalization", ["f", "g", "b", "m", "v"], ["n"], name="bn"),
+        helper.make_node("Constant", [], ["shape"], value=_const_i64("s", [-1, tokens, 4])),
+        helper.make_node("Reshape", ["n", "shape"], ["y"], name="back"),
+    ]
+    w = np.random.default_rng(0).normal(size=(6, 4))
+    inits = [("w", w), ("g", c), ("b", -c), ("m", c / 2), ("v", c + 1)]
+    path = _save(tmp_path, nodes, inits, (("x", ["N", tokens, 6]),), ("y", ["N", tokens, 4]))
+    assert {n.op for n in import_onnx(path).nodes} <= {"dense", "reshape"}
+    _matches_onnxruntime(path, np.random.default_rng(1).normal(size=(1, tokens, 6)))
+
+
 def test_an_opset_newer_than_onnx_knows_is_one_line(tmp_path):
     path = _save(tmp_path, [helper.make_node("Relu", ["x"], ["y"], name="act")])
     model = onnx.load(path)

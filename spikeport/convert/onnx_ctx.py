@@ -171,8 +171,17 @@ class Ctx:
         return self.uses.get(t, 0) == 1 and t not in self.graph_outputs
 
     def fold_target(self, t: str) -> Node | None:
-        """The Conv/Gemm that alone feeds `t`, if folding a per-channel affine into it is safe."""
+        """The Conv/Gemm that alone feeds `t`, if folding a per-channel affine into it is safe:
+        directly, or through a reshape that keeps every per-sample axis, or a dense layer's
+        feature axis (LeViT's Linear + BatchNorm1d exports a Flatten of the tokens between)."""
         p = self.producer(t)
+        if p is not None and p.op == "reshape" and self.single_use(p.output):
+            q = self.producer(p.inputs[0])
+            before, after = self.shape(p.inputs[0]), self.shape(p.output)
+            keeps = before == after or (
+                q is not None and q.op == "dense" and after[-1:] == before[-1:]
+            )
+            p = q if keeps else None
         ok = p is not None and p.op in FOLD_TARGETS and self.single_use(p.output)
         return p if ok else None
 

@@ -189,10 +189,11 @@ def _matmul(ctx: Ctx, n: onnx.NodeProto) -> None:
 # -- elementwise arithmetic -------------------------------------------------------------------
 
 
-def _per_channel(ctx: Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
-    """`c` (per-sample, broadcast against the target's output) as one value per output channel
-    of a Conv (C, 1, 1) / dense (..., O) layer, or None when it varies otherwise."""
-    out = ctx.shape(target.output)
+def _per_channel(ctx: Ctx, target: Node, x: str, c: np.ndarray) -> np.ndarray | None:
+    """`c` (per-sample, broadcast against `x`: the target's output, or a reshape of it that
+    keeps its channel axis) as one value per output channel of a Conv (C, 1, 1) / dense
+    (..., O) layer, or None when it varies otherwise."""
+    out = ctx.shape(x)
     try:
         full = np.broadcast_to(c, out)
     except ValueError:
@@ -208,7 +209,7 @@ def _per_channel(ctx: Ctx, target: Node, c: np.ndarray) -> np.ndarray | None:
 def _fold_scale(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
     """y = c * x with x the output of a Conv/Gemm alone: fold c into its weights and bias."""
     target = ctx.fold_target(x)
-    v = None if target is None else _per_channel(ctx, target, c)
+    v = None if target is None else _per_channel(ctx, target, x, c)
     if target is None or v is None:
         return False
     w = target.params["weight"]
@@ -220,7 +221,7 @@ def _fold_scale(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
     else:
         target.params["weight"] = (w * v.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
     target.params["bias"] = (target.params["bias"] * v).astype(np.float32)
-    ctx.rename_output(target, out)
+    ctx.rename_output(ctx.producer(x), out)  # the target, or the reshape after it
     return True
 
 
@@ -230,14 +231,14 @@ def _fold_shift(ctx: Ctx, x: str, c: np.ndarray, out: str) -> bool:
     target = ctx.fold_target(x)
     if target is None:
         return False
-    v = _per_channel(ctx, target, c)
+    v = _per_channel(ctx, target, x, c)
     if v is not None:
         target.params["bias"] = (target.params["bias"] + v).astype(np.float32)
-    elif target.op == "dense":
+    elif target.op == "dense" and ctx.producer(x) is target:  # c is shaped as the layer's
         target.params["bias"] = (target.params["bias"] + c).astype(np.float32)
     else:
         return False
-    ctx.rename_output(target, out)
+    ctx.rename_output(ctx.producer(x), out)
     return True
 
 
@@ -402,7 +403,7 @@ def _batchnorm(ctx: Ctx, n: onnx.NodeProto) -> None:
     c_scale = ctx.sample_const(scale.reshape(as_const), x)
     c_shift = ctx.sample_const(shift.reshape(as_const), x)
     target = ctx.fold_target(x)
-    shift_v = None if target is None else _per_channel(ctx, target, c_shift)
+    shift_v = None if target is None else _per_channel(ctx, target, x, c_shift)
     if shift_v is not None and _fold_scale(ctx, x, c_scale, out):  # the layer now writes out
         target.params["bias"] = (target.params["bias"] + shift_v).astype(np.float32)
         return
