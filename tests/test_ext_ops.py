@@ -562,6 +562,31 @@ def test_activation_steps_stay_within_their_proven_bound_on_hostile_inputs(label
     assert k.state_peak <= state
 
 
+@pytest.mark.parametrize("label", ["hardswish", "silu"])
+def test_a_gated_activation_drops_the_bits_its_proof_needs(label):
+    """Where the calibrated output scale would let the proven steps pass the state width,
+    quantize drops more bits of the function's result (and notes it) instead of refusing;
+    hostile inputs then stay within that width, steps and sums."""
+    import dataclasses
+
+    from spikeport.sim.arith import int_limit
+
+    case, T = CASES[label], 64
+    calib = case.inputs(64)["x"]
+    narrow = dataclasses.replace(get_profile("sim"), state_bits=16)
+    wide = quantize(case.graph(), calib, get_profile("sim"), max_timesteps=T)
+    q = quantize(case.graph(), calib, narrow, max_timesteps=T)
+    extra = q.node("y").attrs["int"]["drop"] - wide.node("y").attrs["int"]["drop"]
+    assert extra > 0
+    assert any(f"drops {extra} more bits" in n for n in q.meta["quantization"]["notes"])
+    node = q.node("y")
+    k = KERNELS[node.op](node, "int", case.shape)
+    k.reset(64)
+    outs = np.stack([k(x) for x in _hostile(T, 64, case.shape, 127)])
+    assert np.abs(outs).max() <= int_limit(16)
+    assert np.abs(np.cumsum(outs, axis=0)).max() <= int_limit(16)
+
+
 @pytest.mark.parametrize("T", [1, 4, 16, 64])
 @pytest.mark.parametrize("frac", [-20, -3, 0, 6])
 def test_product_steps_stay_within_their_proven_bound_on_hostile_inputs(T, frac):

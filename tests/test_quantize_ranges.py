@@ -497,3 +497,17 @@ def test_the_default_max_T_proves_fewer_steps_where_64_overflow(cases):
     short.meta["default_timesteps"] = 2 * fits  # converted for more steps than prove: refused
     with pytest.raises(CapabilityExceeded, match=rf"\(--max-T {fits} fits\)"):
         quantize(short, calib, narrow)
+
+
+def test_a_residual_read_by_an_ec_function_is_summed_over_T(transformers):
+    """LayerNorm (like every EC function) keeps its input's running sum: the add before it
+    sizes its output for T steps of it, as it does for a neuron."""
+    from spikeport.quantize.quantize import _sum_gain
+
+    graph = transformers[0]
+    add = next(
+        n for n in graph.nodes
+        if n.op == "add" and {u.op for u in graph.consumers(n.output)} <= {"layernorm", "add"}
+        and "layernorm" in {u.op for u in graph.consumers(n.output)}
+    )  # fmt: skip
+    assert _sum_gain(SimpleNamespace(graph=graph, max_timesteps=16), add) == 16

@@ -27,7 +27,7 @@ from spikeport.ir.ops import attr, static_tensors
 from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_factor
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import channel_vector, compact
-from spikeport.quantize.seq import _ec, _full, _q_max, _requant, reduced_scale
+from spikeport.quantize.seq import _ec, _full, _q_max, _requant, provable_shift, reduced_scale
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import int_limit, round_to_int
 
@@ -78,6 +78,7 @@ def _drop(ctx: _Ctx, node: Node, s: float) -> int:
 def _hardswish(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
     node.attrs["int"] = {**F.gate_consts(s, 1 / 6, 0.5), "drop": _drop(ctx, node, s)}
+    provable_shift(ctx, node, "drop")
     return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 
@@ -85,6 +86,7 @@ def _hardswish(ctx: _Ctx, node: Node) -> np.ndarray:
 def _silu(ctx: _Ctx, node: Node) -> np.ndarray:
     s = _act_in(ctx, node)
     node.attrs["int"] = {**F.silu_consts(s), "drop": _drop(ctx, node, s)}
+    provable_shift(ctx, node, "drop")
     return np.array(s * 2.0 ** node.attrs["int"]["drop"])
 
 

@@ -498,9 +498,12 @@ def _sum_gain(ctx: _Ctx, node: Node) -> float:
 
 
 # Readers whose state is their input's running sum as it comes, and how far past T times the
-# input's step it can reach (a max pool's state: 2 T b, ranges._maxpool); the transformer
-# functions requantize their inputs first.
-SUMMING_READERS = {"if": 1.0, "prelu": 1.0, "maxpool2d": 2.0}
+# input's step it can reach (a max pool's state: 2 T b, ranges._maxpool). The EC functions
+# keep their input's running sum S_t too (they requantize the mean S_t / t, not S_t): a
+# MobileViT's LayerNorm after a residual add overflowed there.
+EC_FUNCTIONS = ("layernorm", "softmax", "masked_softmax", "gelu", "tanh", "sigmoid",
+                "hardsigmoid", "hardswish", "silu", "l2norm")  # fmt: skip
+SUMMING_READERS = {"if": 1.0, "prelu": 1.0, "maxpool2d": 2.0} | dict.fromkeys(EC_FUNCTIONS, 1.0)
 
 
 def summing_factor(nodes: list[Node]) -> float:

@@ -12,10 +12,11 @@ import math
 import numpy as np
 
 from spikeport.errors import OverflowWithinSteps
-from spikeport.ir.graph import Node
+from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import ELEMENT_MOVES
 from spikeport.ir.seq_ops import picked, slicer
-from spikeport.quantize.quantize import _Ctx, handler
-from spikeport.quantize.ranges import bound
+from spikeport.quantize.quantize import _Ctx, handler, summing_factor
+from spikeport.quantize.ranges import BOUNDS, bound
 from spikeport.quantize.scales import compact
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import int_limit, round_to_int
@@ -117,6 +118,46 @@ def _gelu(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.array(consts["out_scale"])
 
 
+def readers_past_moves(graph: Graph, tensor: str) -> list[Node]:
+    """The nodes that read `tensor`'s values, through reshapes and other data movement."""
+    out = []
+    for u in graph.consumers(tensor):
+        out += readers_past_moves(graph, u.output) if u.op in ELEMENT_MOVES else [u]
+    return out
+
+
+MOST_SHIFT = 30  # an EC function's output drops at most this many bits for its proof
+
+
+def provable_shift(ctx: _Ctx, node: Node, key: str) -> None:
+    """Raise the bits an EC function's output drops (`node.attrs["int"][key]`: silu's and
+    hardswish's `drop`, LayerNorm's `out_shift`) until the proof bounds its steps by the state
+    width, and the sums of them a reader keeps (a neuron, a max pool) by 0.9 of it, as prelu's
+    fraction bits: the proven input range can be far beyond the calibrated one (random or
+    unusual weights: a MobileViT's SiLU needed 4 bits more at T = 64, the neuron after it 5).
+    A note says where that is more than the calibration asks."""
+    limit, T = int_limit(ctx.profile.state_bits), ctx.max_timesteps
+    steps, totals = ([getattr(ctx.bounds[i], k) for i in node.inputs] for k in ("step", "total"))
+    reader = summing_factor(readers_past_moves(ctx.graph, node.output))
+    if node.output in ctx.graph.outputs:  # its accumulator holds the sum of its steps
+        reader = max(reader, 1.0 / 0.9)
+    k = node.attrs["int"]
+    wanted = k[key]
+
+    def fits() -> bool:
+        step, _, total = BOUNDS[node.op](node, steps, T, totals)
+        return step.max() <= limit and reader * total.max() <= 0.9 * limit
+
+    while k[key] < MOST_SHIFT and not fits():
+        k[key] += 1
+    if k[key] > wanted:
+        ctx.notes.append(
+            f"node '{node.name}' ({node.op}) drops {k[key] - wanted} more bits than its "
+            f"calibrated range asks, so that its steps provably fit {ctx.profile.state_bits}-bit "
+            f"state for T <= {T}"
+        )
+
+
 @handler("layernorm")
 def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
     peak = max(ctx.peak(node.inputs[0]), 1e-12)
@@ -137,7 +178,8 @@ def _layernorm(ctx: _Ctx, node: Node) -> np.ndarray:
         "eps": int(math.floor(node.attrs["epsilon"] / in_scale**2)),
         "out_shift": shift,
     }
-    return np.array(fine * 2.0**shift)
+    provable_shift(ctx, node, "out_shift")
+    return np.array(fine * 2.0 ** node.attrs["int"]["out_shift"])
 
 
 @handler("matmul")
