@@ -572,8 +572,10 @@ def test_a_gated_activation_drops_the_bits_its_proof_needs(label):
     from spikeport.sim.arith import int_limit
 
     case, T = CASES[label], 64
-    calib = case.inputs(64)["x"]
-    narrow = dataclasses.replace(get_profile("sim"), state_bits=16)
+    calib = (np.random.default_rng(0).normal(0, 1, (64, *case.shape)) * case.spread).astype(
+        np.float32
+    )  # its own generator: the module's RNG state depends on the tests run before
+    narrow = dataclasses.replace(get_profile("sim"), state_bits=14)
     wide = quantize(case.graph(), calib, get_profile("sim"), max_timesteps=T)
     q = quantize(case.graph(), calib, narrow, max_timesteps=T)
     extra = q.node("y").attrs["int"]["drop"] - wide.node("y").attrs["int"]["drop"]
@@ -583,8 +585,8 @@ def test_a_gated_activation_drops_the_bits_its_proof_needs(label):
     k = KERNELS[node.op](node, "int", case.shape)
     k.reset(64)
     outs = np.stack([k(x) for x in _hostile(T, 64, case.shape, 127)])
-    assert np.abs(outs).max() <= int_limit(16)
-    assert np.abs(np.cumsum(outs, axis=0)).max() <= int_limit(16)
+    assert np.abs(outs).max() <= int_limit(14)
+    assert np.abs(np.cumsum(outs, axis=0)).max() <= int_limit(14)
 
 
 @pytest.mark.parametrize("T", [1, 4, 16, 64])
@@ -627,6 +629,29 @@ def test_bilinear_2x_upsample_keeps_two_weight_bits_per_axis_exactly():
     got = Simulator(q, "int").run(x * s_in, 1).outputs["y"][0] * s_out
     want = Simulator(g, "ann").run(x * s_in, 1).outputs["y"][0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_a_sum_kept_past_a_resize_counts_its_integer_gain():
+    """A PReLU's integers pass through a 2x bilinear resize (times 16) to a neuron that sums
+    them (MediaPipe's palm detector overflowed there by 4 bits): the reach is 16; through a
+    reshape alone 1; with no summing reader 0."""
+    from spikeport.quantize.quantize import summing_reach
+
+    theta = {"threshold": np.ones((3, 8, 6), np.float32)}
+    nodes = [
+        N("p", "prelu", ["x"], slope=np.array(0.5, np.float32)),
+        N("r", "resize", ["p"], {"mode": "linear", "out_shape": [3, 8, 6]}),
+        N("y", "if", ["r"], {"signed": False}, **theta),
+    ]
+    g = Case(nodes, (3, 4, 3), None).graph()
+    assert summing_reach(g, "p") == 16.0
+    assert summing_reach(g, "x") == 16.0  # the PReLU keeps its own sum too, slope below 1
+    assert summing_reach(g, "y") == 0.0
+    flat = [
+        N("f", "reshape", ["x"], {"shape": [36]}),
+        N("y", "if", ["f"], {}, threshold=np.ones(36, np.float32)),
+    ]
+    assert summing_reach(Case(flat, (3, 4, 3), None).graph(), "x") == 1.0
 
 
 @pytest.mark.parametrize("family", ["efficientnet", "mobilenetv3", "prelu_leakyrelu"])

@@ -24,7 +24,7 @@ import numpy as np
 from spikeport.ir.ext_ops import pad_width, resize_matrices
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr, static_tensors
-from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_factor
+from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_reach
 from spikeport.quantize.ranges import bound
 from spikeport.quantize.scales import channel_vector, compact
 from spikeport.quantize.seq import _ec, _full, _q_max, _requant, provable_shift, reduced_scale
@@ -112,7 +112,7 @@ def _prelu(ctx: _Ctx, node: Node) -> np.ndarray:
     # hold (MediaPipe's palm detector: an add whose proven range is 10^4 times its calibrated
     # peak, then a PReLU of slopes up to 1.8)
     k = max(1.0, float(np.abs(node.params["slope"]).max()))
-    k *= max(1.0, summing_factor(ctx.graph.consumers(node.output)))
+    k *= max(1.0, summing_reach(ctx.graph, node.output))
     reach = k * float(ctx.bounds[node.inputs[0]].total.max(initial=0))
     room = 0.9 * int_limit(ctx.profile.state_bits) / max(reach, 1.0)
     node.attrs["frac"] = frac = max(0, min(frac, math.floor(math.log2(room))))
@@ -218,6 +218,12 @@ def _resize(ctx: _Ctx, node: Node) -> np.ndarray:
     node.params["rows_q"] = integer_rows(mh, bh).astype(np.int32)
     node.params["cols_q"] = integer_rows(mw, bw).astype(np.int32)
     return s_c.reshape(-1, 1, 1) * 2.0 ** -(bh + bw)
+
+
+def resize_gain(node: Node, shape: tuple[int, ...]) -> float:
+    """How far a linear resize multiplies its input's integers: 2^(bits of both axes)."""
+    mh, mw = resize_matrices(node, shape)
+    return 2.0 ** (_exact_bits(mh) + _exact_bits(mw))
 
 
 def _exact_bits(m: np.ndarray) -> int:

@@ -33,7 +33,7 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import keeps_channels, value_source
+from spikeport.ir.ops import ELEMENT_MOVES, attr, keeps_channels, value_source
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
@@ -479,22 +479,47 @@ def _synapse_scale(ctx: _Ctx, node: Node, ins: list[np.ndarray]) -> float:
 def _sum_gain(ctx: _Ctx, node: Node) -> float:
     """How far the add's widest reader multiplies its values, at least 1: an average pool's
     window or a mean's reduced axes (summed in integers: their 1 / count lives in the output
-    scale), a PReLU's steepest slope; times --max-T (and the reader's SUMMING_READERS factor)
-    where a reader keeps running sums of the add or of that (a squeeze-excite gate pooling a
-    residual in MediaPipe's selfie segmenter overflowed there, and a PReLU then a max pool
-    after a residual in its palm detector)."""
+    scale), what an op passing them on multiplies them by (passing_gain); times --max-T (and
+    the readers' summing_reach) where a reader keeps running sums of the add or of that (a
+    squeeze-excite gate pooling a residual in MediaPipe's selfie segmenter overflowed there,
+    a PReLU then a max pool after a residual in its palm detector, and a PReLU then a 2x
+    bilinear resize then a neuron in the same)."""
     shape, gain, T = ctx.graph.shape(node.output), 1.0, ctx.max_timesteps
     for u in ctx.graph.consumers(node.output):
-        g = 1.0
+        g = passing_gain(ctx.graph, u) or 1.0
         if u.op == "avgpool2d":
             g = float(np.prod(u.attrs["kernel"]))
         elif u.op in ("reduce_mean", "reduce_sum"):
             g = float(np.prod([shape[a] for a in u.attrs["axes"]]))
-        elif u.op == "prelu":  # a PReLU passes the add on, scaled by its steepest slope
-            g = max(1.0, float(np.abs(u.params["slope"]).max()))
-        f = max(summing_factor([u]), summing_factor(ctx.graph.consumers(u.output)))
+        f = max(summing_factor([u]), summing_reach(ctx.graph, u.output))
         gain = max(gain, g * (T * f if f else 1.0))
     return gain
+
+
+def passing_gain(graph: Graph, node: Node) -> float:
+    """How far `node` multiplies its input's integers as it passes them on with no
+    requantization, 0 if it does not: data movement 1, a PReLU its steepest slope (at least
+    1), a linear resize 2^bits of its integer weights (each output row sums to 2^bits)."""
+    if node.op in ELEMENT_MOVES or (node.op == "resize" and attr(node, "mode") == "nearest"):
+        return 1.0
+    if node.op == "prelu":
+        return max(1.0, float(np.abs(node.params["slope"]).max()))
+    if node.op == "resize":
+        from spikeport.quantize.ext import resize_gain
+
+        return resize_gain(node, graph.shape(node.inputs[0]))
+    return 0.0
+
+
+def summing_reach(graph: Graph, tensor: str) -> float:
+    """The largest SUMMING_READERS factor of the readers of `tensor`, also past the ops that
+    pass its integers on (each multiplying by its passing_gain); 0 when none keeps running
+    sums. The caller multiplies by --max-T."""
+    reach = 0.0
+    for u in graph.consumers(tensor):
+        g = passing_gain(graph, u)
+        reach = max(reach, summing_factor([u]), g * summing_reach(graph, u.output) if g else 0.0)
+    return reach
 
 
 # Readers whose state is their input's running sum as it comes, and how far past T times the

@@ -12,10 +12,9 @@ import math
 import numpy as np
 
 from spikeport.errors import OverflowWithinSteps
-from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import ELEMENT_MOVES
+from spikeport.ir.graph import Node
 from spikeport.ir.seq_ops import picked, slicer
-from spikeport.quantize.quantize import _Ctx, handler, summing_factor
+from spikeport.quantize.quantize import _Ctx, handler, summing_reach
 from spikeport.quantize.ranges import BOUNDS, bound
 from spikeport.quantize.scales import compact
 from spikeport.sim import intfunc as F
@@ -118,14 +117,6 @@ def _gelu(ctx: _Ctx, node: Node) -> np.ndarray:
     return np.array(consts["out_scale"])
 
 
-def readers_past_moves(graph: Graph, tensor: str) -> list[Node]:
-    """The nodes that read `tensor`'s values, through reshapes and other data movement."""
-    out = []
-    for u in graph.consumers(tensor):
-        out += readers_past_moves(graph, u.output) if u.op in ELEMENT_MOVES else [u]
-    return out
-
-
 MOST_SHIFT = 30  # an EC function's output drops at most this many bits for its proof
 
 
@@ -138,7 +129,7 @@ def provable_shift(ctx: _Ctx, node: Node, key: str) -> None:
     A note says where that is more than the calibration asks."""
     limit, T = int_limit(ctx.profile.state_bits), ctx.max_timesteps
     steps, totals = ([getattr(ctx.bounds[i], k) for i in node.inputs] for k in ("step", "total"))
-    reader = summing_factor(readers_past_moves(ctx.graph, node.output))
+    reader = summing_reach(ctx.graph, node.output)
     if node.output in ctx.graph.outputs:  # its accumulator holds the sum of its steps
         reader = max(reader, 1.0 / 0.9)
     k = node.attrs["int"]
