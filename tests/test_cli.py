@@ -266,3 +266,24 @@ def test_usage_errors_are_one_line_exit_2_in_a_real_process(tmp_path, args):
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_without_max_T_proves_fewer_steps_and_says_so(monkeypatch, tmp_path):
+    """Where 64 steps overflow the state width, quantize without --max-T proves the longest
+    power of two that fits (here 16 in 22-bit state), prints a note and writes the file; with
+    --max-T 64 it refuses in one line and writes nothing."""
+    import dataclasses
+
+    import spikeport.cli.commands as commands
+
+    narrow = dataclasses.replace(commands.get_profile("sim"), state_bits=22)
+    monkeypatch.setattr(commands, "get_profile", lambda name: narrow)
+    assert cli("convert", CNN, "--calib", CALIB, "-o", tmp_path / "a.spk", "-q")[0] == 0
+    code, out, _ = cli("quantize", tmp_path / "a.spk", "--calib", CALIB, "-o", tmp_path / "q.spk")
+    assert code == 0 and (tmp_path / "q.spk").exists()
+    assert "note: proven free of overflow for T <= 16, not the default 64" in out
+    assert out.strip().endswith("for T <= 16")
+    code, _, err = cli("quantize", tmp_path / "a.spk", "--calib", CALIB, "--max-T", 64,
+                       "-o", tmp_path / "q64.spk")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "(--max-T 16 fits)" in err
+    assert not (tmp_path / "q64.spk").exists()
