@@ -94,7 +94,7 @@ def test_simulator_asserts_overflow_at_run_time(cases):
 def test_range_proof_refuses_narrow_state(cases):
     case = cases["digits_cnn"]
     with pytest.raises(CapabilityExceeded, match="node .node_.*can reach .* beyond the 2097151"):
-        quantize(case.snn, np.load(case.calib)["x"], Profile("narrow", state_bits=22))
+        quantize(case.snn, np.load(case.calib)["x"], Profile("narrow", state_bits=22), 64)
 
 
 def test_modes_need_the_right_stage(cases):
