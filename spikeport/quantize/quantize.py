@@ -645,21 +645,14 @@ def quantize(
     try:
         return _quantize_for(graph, calib_x, profile, asked)
     except OverflowWithinSteps as e:
-        fits = _largest_fitting_T(graph, calib_x, profile, asked)
-        least = int(graph.meta.get("default_timesteps", 1))
-        if max_timesteps is None and fits >= least:
-            return _shorter_proof(graph, calib_x, profile, fits, str(e))
+        fits, shorter = _largest_fitting_T(graph, calib_x, profile, asked)
+        if max_timesteps is None and fits >= int(graph.meta.get("default_timesteps", 1)):
+            # a model converted for 8 steps need not be proven for 64, but the user hears of it
+            note = f"proven free of overflow for T <= {fits}, not the default {asked}: {e}"
+            shorter.meta["quantization"].setdefault("notes", []).append(note)
+            return shorter
         hint = f" (--max-T {fits} fits)" if fits else " (not even --max-T 1 fits)"
         raise OverflowWithinSteps(f"{e}{hint}") from None
-
-
-def _shorter_proof(graph: Graph, calib_x: Batch, profile: Profile, T: int, why: str) -> Graph:
-    """The graph quantized for T <= `T` steps, where the default's steps overflow (`why`): a
-    model converted for 8 steps need not be proven for 64, but the user hears of it."""
-    out = _quantize_for(graph, calib_x, profile, T)
-    note = f"proven free of overflow for T <= {T}, not the default {DEFAULT_MAX_TIMESTEPS}: {why}"
-    out.meta["quantization"].setdefault("notes", []).append(note)
-    return out
 
 
 def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
@@ -670,17 +663,18 @@ def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps:
     return quantize_kind(graph, calib_x, profile, max_timesteps)
 
 
-def _largest_fitting_T(graph: Graph, calib_x: Batch, profile: Profile, failed: int) -> int:
+def _largest_fitting_T(
+    graph: Graph, calib_x: Batch, profile: Profile, failed: int
+) -> tuple[int, Graph | None]:
     """The largest power of two below `failed` steps that the range proof passes (it only
-    gets easier with fewer steps), 0 if none: the overflow refusal says what would fit."""
+    gets easier with fewer steps) and the graph quantized for it; 0 and None if none."""
     T = 1 << ((failed - 1).bit_length() - 1) if failed > 1 else 0
     while T >= 1:
         try:
-            _quantize_for(graph, calib_x, profile, T)
-            return T
+            return T, _quantize_for(graph, calib_x, profile, T)
         except CapabilityExceeded:
             T //= 2
-    return 0
+    return 0, None
 
 
 def quantize_kind(
