@@ -121,17 +121,25 @@ class Tuning:
     lr: float = 2e-5
     batch_size: int = 16
     qat: str | None = "sim"  # quantization-aware: through the weights quantize gives (grid.py)
+    warmup: float = 0.0  # share of the steps the learning rate rises over (Settings.warmup)
+    sentences: int | None = None  # the first this many training sentences (None: all)
 
 
 def fine_tune(snn, files: dict[str, Path], T: int, tuning: Tuning, name: str = NAME):  # noqa: ANN001, ANN201
     """The converted graph fine-tuned as `tuning` says, and what to record of it."""
+    from spikeport.batch import take
     from spikeport.data import load_data
     from spikeport.finetune import Settings, finetune, teacher_logits
 
     train = load_data(ZOO / f"{name}_train.npz", snn.inputs)
+    if tuning.sentences is not None:
+        keep = slice(0, tuning.sentences)
+        train = dataclasses.replace(
+            train, x=take(train.x, keep), y=None if train.y is None else train.y[keep]
+        )
     teacher = teacher_logits(snn, train, files["onnx"])
     s = Settings(T=T, epochs=tuning.epochs, lr=tuning.lr, batch_size=tuning.batch_size,
-                 loss="final", qat=tuning.qat)  # fmt: skip
+                 loss="final", qat=tuning.qat, warmup=tuning.warmup)  # fmt: skip
     result = finetune(snn, train, s, teacher=teacher)
     losses = [round(h["loss"], 5) for h in result.history]
     return result.graph, {**dataclasses.asdict(tuning), "sentences": len(train), "losses": losses}
@@ -290,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--finetune-lr", type=float, default=Tuning.lr)
     ap.add_argument("--finetune-batch", type=int, default=Tuning.batch_size)
     ap.add_argument("--finetune-qat", default=Tuning.qat, help="'' for a float fine-tune")
+    ap.add_argument("--finetune-warmup", type=float, default=Tuning.warmup)
+    ap.add_argument("--finetune-sentences", type=int, help="the first N training sentences")
     ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
     ap.add_argument("--save-finetuned", type=Path, metavar="SPK",
                     help="write the fine-tuned graph (before quantize) here")  # fmt: skip
@@ -297,7 +307,14 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     tuning = (
-        Tuning(a.finetune_epochs, a.finetune_lr, a.finetune_batch, a.finetune_qat or None)
+        Tuning(
+            a.finetune_epochs,
+            a.finetune_lr,
+            a.finetune_batch,
+            a.finetune_qat or None,
+            a.finetune_warmup,
+            a.finetune_sentences,
+        )  # fmt: skip
         if a.finetune_epochs
         else None
     )

@@ -24,7 +24,7 @@ from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_laye
 from spikeport.finetune.distributed import pick_device
 from spikeport.finetune.memory import MARGIN, PARAM_COPIES, training_bytes
 from spikeport.finetune.surrogate import SURROGATES
-from spikeport.finetune.train import loss_fn, match_loss
+from spikeport.finetune.train import _schedule, loss_fn, match_loss
 from spikeport.ir import OPS, Node, load, save
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator, simulate
@@ -429,6 +429,7 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
         (("-T", "0"), "-T"),
         (("--lr", "-1"), "--lr"),
         (("--epochs", "-2"), "--epochs"),
+        (("--warmup", "1"), "--warmup"),
         (("--distill", "0.5"), "--teacher"),  # a weight without a teacher
         (("--distill", "2", "--teacher", EXAMPLES / "digits_cnn.onnx"), "--distill"),
         (("--teacher", EXAMPLES / "digits_mlp.onnx"), "not the model"),  # sha256 differs
@@ -436,6 +437,22 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
     ):
         code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, *args, "-o", tmp_path / "x.spk")
         assert code == 2 and what in err and not (tmp_path / "x.spk").exists()
+
+
+def test_warmup_rises_linearly_then_decays_to_zero():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _schedule(opt, total=100, warmup=0.1)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(rates[:9], rates[1:10]))  # rising
+    assert all(a > b for a, b in zip(rates[10:-1], rates[11:]))  # then falling
+    assert rates[-1] < 1e-3
+    plain = _schedule(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 100, 0.0)
+    assert plain.get_last_lr()[0] == 1.0  # no warmup: the cosine decay from the full rate
 
 
 def test_the_memory_bound_grows_with_batch_and_steps(cases, train_set):

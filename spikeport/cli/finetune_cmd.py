@@ -37,6 +37,13 @@ from spikeport.sim.kinds import NEURON_KINDS
     help="Adam learning rate (cosine decay).",
 )
 @click.option(
+    "--warmup",
+    type=Finite(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the steps the learning rate rises linearly from 0 over, before its decay.",
+)
+@click.option(
     "--batch-size",
     type=positive_int(),
     default=64,
@@ -100,6 +107,7 @@ def finetune_cmd(
     timesteps: int,
     epochs: int,
     lr: float,
+    warmup: float,
     batch_size: int,
     loss: str,
     val: str | None,
@@ -130,6 +138,7 @@ def finetune_cmd(
         T=timesteps,
         epochs=epochs,
         lr=lr,
+        warmup=warmup,
         batch_size=batch_size,
         seed=seed,
         loss=loss.replace("-", "_"),

@@ -65,6 +65,11 @@ class Settings:
     distill: float = 0.0  # weight of the distillation term (the source ANN's soft labels)
     temperature: float = 4.0  # of the distillation term's softmaxes
     qat: str | None = None  # a target: train through the integer weights it gets (grid.py)
+    # Share of the training steps over which the learning rate rises linearly from 0 before
+    # its cosine decay: Adam's first updates, before its second-moment estimates settle, are
+    # what makes a pretrained transformer diverge at a rate it can otherwise take (BERT's
+    # fine-tuning recipe warms up over 10 %).
+    warmup: float = 0.0
 
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
@@ -79,6 +84,8 @@ class Settings:
             raise BadInput(f"--distill must be between 0 and 1, got {self.distill}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise BadInput(f"--temperature must be a positive number, got {self.temperature}")
+        if not 0 <= self.warmup < 1:
+            raise BadInput(f"--warmup must be at least 0 and below 1, got {self.warmup}")
         if self.loss not in ("every_step", "final"):
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
@@ -194,6 +201,21 @@ def _optimizer(net: SpikingNet, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(net.parameters(), lr=lr)
 
 
+def _schedule(
+    opt: torch.optim.Optimizer, total: int, warmup: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup over the first `warmup` share of the `total` steps, then cosine decay
+    to 0 over the rest (warmup 0: the cosine decay alone)."""
+    rise = int(round(warmup * total))
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return (step + 1) / rise
+        return 0.5 * (1 + math.cos(math.pi * (step - rise) / max(1, total - rise)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def _check_data(graph: Graph, data: Dataset, teacher: np.ndarray | None) -> None:
     out = graph.outputs[0]
     if objective(graph) == "match":
@@ -237,9 +259,7 @@ class _Trainer:
         )
         self.steps = math.ceil(len(self.sampler) / self.local_batch)
         self.opt = _optimizer(self.net, s.lr)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.opt, max(1, s.epochs * self.steps)
-        )
+        self.sched = _schedule(self.opt, max(1, s.epochs * self.steps), s.warmup)
         self.match = objective(graph) == "match"
         self.y = None if self.match else torch.from_numpy(data.y)
         self.teacher = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
@@ -353,7 +373,8 @@ def _provenance(
         "method": METHOD,
         "objective": "match" if metric == "cosine" else "classify",
         **asdict(s),
-        "optimizer": "Adam, cosine learning-rate decay to 0",
+        "optimizer": "Adam, cosine learning-rate decay to 0"
+        + (f" after a linear warmup over {s.warmup:.0%} of the steps" if s.warmup else ""),
         "data": data.provenance,
         "world_size": world.size,
         "ranks_agree": True,  # checked bit for bit before writing (trivially true on one)
