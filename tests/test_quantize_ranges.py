@@ -332,6 +332,54 @@ def test_two_convs_with_no_activation_between_get_a_neuron_and_prove(tmp_path):
     assert q.meta["quantization"]["max_timesteps"] == 64
 
 
+def test_a_static_patch_embedding_read_by_synapses_gets_a_neuron_and_proves(tmp_path):
+    """ResMLP's first block: patch-embedding conv, Affine (a per-channel scale and offset, not
+    foldable across the token transpose), token-mixing Linear, residual Add, Affine, MLP with
+    GELU. Up to the first GELU everything is computed once from the input (static), so no
+    neuron was put in front of the token mixing and it read the conv's raw accumulator (2 bits
+    past 32 at T = 1), nor in front of fc1 (the residual sum, static as well). A neuron ends a
+    static chain: both now get one, and 64 steps prove."""
+    import torch
+    from torch import nn
+
+    from spikeport.quantize import get_profile, quantize
+
+    class Affine(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.alpha, self.beta = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return self.alpha * x + self.beta
+
+    class Block(nn.Module):
+        def __init__(self, tokens: int, c: int):
+            super().__init__()
+            self.aff1, self.tokens, self.aff2 = Affine(c), nn.Linear(tokens, tokens), Affine(c)
+            self.mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            x = x + self.tokens(self.aff1(x).transpose(1, 2)).transpose(1, 2)
+            return x + self.mlp(self.aff2(x))
+
+    class ResMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block = nn.Conv2d(3, 32, 4, stride=4), Block(16, 32)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            x = self.stem(x).flatten(2).transpose(1, 2)  # (N, tokens, channels)
+            return self.head(self.block(x).mean(1))
+
+    torch.manual_seed(0)
+    snn, x = _convert_torch(ResMLP(), (3, 16, 16), tmp_path)
+    read = {i for n in snn.nodes if n.op == "dense" for i in n.inputs}
+    fed = [n for n in snn.nodes if n.op == "if" and n.attrs.get("bipolar") and n.output in read]
+    assert len(fed) >= 2  # token mixing (the stem's output) and fc1 (the residual sum)
+    assert quantize(snn, x, get_profile("sim")).meta["quantization"]["max_timesteps"] == 64
+
+
 def test_a_pixel_shuffle_after_neurons_keeps_one_scale_per_channel(tmp_path):
     """ReLU -> PixelShuffle -> conv (super-resolution and pose heads): the neurons before the
     shuffle get one threshold and their layer one weight scale, so every channel the conv

@@ -30,6 +30,10 @@ DEFAULT_INPUT_PERCENTILE = 99.0
 DATA_MOVEMENT = frozenset(
     {"reshape", "transpose", "take", "gather", "slice", "scale", "concat", "pad", "channel_scale"}
 )
+# Ops that pass a synaptic layer's integer currents on at their size (moved, rescaled in the
+# scale, or shifted by a constant: ResMLP's Affine between its patch embedding and its token
+# mixing), so that a synapse reading their output sums those currents as they are.
+CURRENT_PASSING = DATA_MOVEMENT | {"offset"}
 # What bipolar neurons may drive: every synaptic op of the registry, and the product of two
 # activations (matmul), whose operands are spike trains too.
 SPIKE_READERS = frozenset({name for name, spec in OPS.items() if spec.synaptic} | {"matmul"})
@@ -102,16 +106,19 @@ def tensor_kinds(graph: Graph) -> dict[str, str]:
     (a neuron's output, possibly moved or rescaled) or "analog". One pass in graph order."""
     kinds = {t.name: "static" for t in graph.inputs}
     for node in graph.nodes:
-        ins = {kinds[i] for i in node.inputs}
-        if node.op in ("if", "relu"):  # a ReLU becomes a neuron: the same answer before and after
-            kinds[node.output] = "spikes"
-        elif ins <= {"static"} and not OPS[node.op].stateful:
-            kinds[node.output] = "static"
-        elif node.op in DATA_MOVEMENT and ins == {"spikes"}:
-            kinds[node.output] = "spikes"
-        else:
-            kinds[node.output] = "analog"
+        kinds[node.output] = _output_kind(node, {kinds[i] for i in node.inputs})
     return kinds
+
+
+def _output_kind(node: Node, ins: set[str]) -> str:
+    """The kind of `node`'s output, given its inputs' kinds."""
+    if node.op in ("if", "relu"):  # a ReLU becomes a neuron: the same answer before and after
+        return "spikes"
+    if ins <= {"static"} and not OPS[node.op].stateful:
+        return "static"
+    if node.op in DATA_MOVEMENT and ins == {"spikes"}:
+        return "spikes"
+    return "analog"
 
 
 def has_ec_ops(graph: Graph) -> bool:
@@ -137,29 +144,37 @@ def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
     bipolar IF neuron in front, so those synaptic ops are driven by spikes:
     - in a graph with expectation-compensated operators, every analog input;
     - in any graph, the raw output of another synaptic layer (two convs with no activation
-      between them, as MobileNetV4's and HGNet's blocks have): a synapse summing another's
-      integer currents compounds their ranges, 2^7 a layer, past any state width.
+      between them, as MobileNetV4's and HGNet's blocks have), also a static one computed
+      once from the input, and also past ops that pass its currents on (CURRENT_PASSING): a
+      synapse summing another's integer currents compounds their ranges, 2^7 a layer, past
+      any state width.
     A ReLU CNN/MLP otherwise has none (its synapses read spikes, pools or adds of spikes).
     A product of two activations (matmul) is a reader only with `product_operands` "spikes"."""
-    kinds = tensor_kinds(graph)
     direct = _synapse_outputs(graph)
     everywhere = has_ec_ops(graph)
     readers = spike_readers(product_operands)
     found: list[str] = []
+    # kinds as they will be with the neurons in: a neuron ends a static chain (ResMLP's first
+    # block, static up to its first GELU, is analog past the neuron in front of its token
+    # mixing), so the tensors after it are analog for the rule "every analog input"
+    kinds = {t.name: "static" for t in graph.inputs}
     for n in graph.nodes:
+        ins = [kinds[t] for t in n.inputs]
         if n.op in readers:
-            for t in n.inputs:
-                wanted = kinds[t] == "analog" and (everywhere or t in direct)
-                if wanted and t not in found:
-                    found.append(t)
+            for i, t in enumerate(n.inputs):
+                if t in direct or (kinds[t] == "analog" and everywhere):
+                    found += [t] if t not in found else []
+                    ins[i] = "spikes"
+        kinds[n.output] = _output_kind(n, set(ins))
     return found
 
 
 def _synapse_outputs(graph: Graph) -> set[str]:
-    """Tensors that are a synaptic layer's output, possibly moved (reshaped, transposed...)."""
+    """Tensors that are a synaptic layer's output, possibly moved (reshaped, transposed...),
+    rescaled or offset (CURRENT_PASSING)."""
     out: set[str] = set()
     for n in graph.nodes:
-        if n.op in SPIKE_READERS or (n.op in DATA_MOVEMENT and all(i in out for i in n.inputs)):
+        if n.op in SPIKE_READERS or (n.op in CURRENT_PASSING and all(i in out for i in n.inputs)):
             out.add(n.output)
     return out
 

@@ -261,7 +261,7 @@ def _mean_error(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> np
     12-bit weights 0.9801), not centred 0.9762 -> 0.9765."""
     if node.op != "dense" or not _bipolar_fed(ctx.graph, node.inputs[0]) or ctx.calib_x is None:
         return 0.0
-    s_x = feature_vector(ctx.scale_in(node), ctx.shape_in(node))
+    s_x = dense_input_scale(ctx, node)
     mean_codes = ctx.mean(node.inputs[0]) / s_x
     w_q = node.params["weight_q"].astype(np.float64) * s_w[:, None]
     return (w_q - w_eff) @ mean_codes
@@ -273,12 +273,30 @@ def _bipolar_fed(graph: Graph, tensor: str) -> bool:
     return prod is not None and prod.op == "if" and bool(prod.attrs.get("bipolar"))
 
 
+# How far a dense layer's input scale may vary along the axes it does not weigh apart and
+# still count as one per feature (the mean): as far as a threshold of 64 integer steps rounds.
+NEAR_SCALE = 2.0**-7
+
+
+def dense_input_scale(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The scale of each input feature of a dense node. A neuron's spikes read after a
+    transpose (ResMLP's token mixing reads neurons over per-channel-scaled currents) carry
+    their threshold rounded to steps that vary along the non-feature axes: within NEAR_SCALE
+    of each other they count as their mean; further apart the node is refused."""
+    scale, shape = ctx.scale_in(node), ctx.shape_in(node)
+    s_x = feature_vector(scale, shape)
+    if s_x is None:
+        rows = np.broadcast_to(scale, shape).reshape(-1, shape[-1])
+        mean = rows.mean(axis=0)
+        if np.all(np.abs(rows / mean - 1) <= NEAR_SCALE):
+            return mean
+        raise ctx.refuse(node, "input scale varies along non-feature axes")
+    return s_x
+
+
 def dense_weights(ctx: _Ctx, node: Node) -> np.ndarray:
     """The real weights of a dense node with its input scale folded in, (out, in)."""
-    s_x = feature_vector(ctx.scale_in(node), ctx.shape_in(node))
-    if s_x is None:
-        raise ctx.refuse(node, "input scale varies along non-feature axes")
-    return node.params["weight"].astype(np.float64) * s_x[None, :]
+    return node.params["weight"].astype(np.float64) * dense_input_scale(ctx, node)[None, :]
 
 
 def conv_weights(ctx: _Ctx, node: Node) -> np.ndarray:
