@@ -448,8 +448,8 @@ def test_warmup_rises_linearly_then_decays_to_zero():
         opt.step()
         sched.step()
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(rates[:9], rates[1:10]))  # rising
-    assert all(a > b for a, b in zip(rates[10:-1], rates[11:]))  # then falling
+    assert all(a < b for a, b in zip(rates[:9], rates[1:10], strict=True))  # rising
+    assert all(a > b for a, b in zip(rates[10:-1], rates[11:], strict=True))  # then falling
     assert rates[-1] < 1e-3
     plain = _schedule(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 100, 0.0)
     assert plain.get_last_lr()[0] == 1.0  # no warmup: the cosine decay from the full rate
