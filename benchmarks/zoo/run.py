@@ -58,6 +58,7 @@ class Row:
     refusal: str = ""  # the first failing stage's `error:` line, TRACEBACK or TIMEOUT
     seconds: float = 0.0
     labels: int = 0  # distinct labels in the test file: 1 means agreement is trivially 100 %
+    measured: str = ""  # when this row was run (UTC): an --update run re-measures some rows
 
 
 def _env() -> dict[str, str]:
@@ -156,6 +157,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_model(entry: dict, budget: float, convert_flags: tuple[str, ...] = ()) -> Row:
     row = Row(entry["name"], entry["source"], entry["exporter"])
+    row.measured = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     with np.load(MODELS / entry["test"]) as z:
         row.labels = len(np.unique(z["y"]))
     started = time.time()
@@ -228,10 +230,17 @@ def _fmt(v: float | None, pct: bool = False) -> str:
 def write_results(rows: list[Row], unbuilt: list[dict], convert_flags: str = "") -> None:
     passed = sum(r.stage in ("quantize", "eval") for r in rows)
     total = len(rows) + len(unbuilt)
+    dates = sorted({r.measured for r in rows if r.measured})
+    when = (
+        f"Measured {dates[0]} UTC"
+        if len(dates) <= 1
+        else f"Measured from {dates[0]} to {dates[-1]} UTC ({len(dates)} runs: rows re-run with "
+        "`--only ... --update` after a change carry their own time in results.json)"
+    )
     lines = [
         "# Model zoo results",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} UTC by `make zoo` against this checkout's "
+        f"{when} by `make zoo` against this checkout's "
         f"spikeport (columns: benchmarks/zoo/README.md), `convert {convert_flags or '-T 4'}`.",
         "",
         f"**{passed} of {total} pass convert+quantize**; {sum(r.result == 'pass' for r in rows)} "
@@ -324,6 +333,10 @@ def main() -> None:
     with ThreadPoolExecutor(a.jobs) as pool:
         rows = list(pool.map(one, range(len(todo)), todo))
     unbuilt = [e for e in entries if "build_error" in e]
+    if a.only and not a.update:  # a partial run must not replace the full record
+        print(f"{sum(r.result == 'pass' for r in rows)} of {len(rows)} pass; results.json and "
+              "RESULTS.md left as they were (--update writes these rows into them)")  # fmt: skip
+        return
     if a.update:  # the other models' rows from the last full run, in manifest order
         rows, unbuilt = _updated(rows, flags)
     write_results(rows, unbuilt, " ".join(flags))
