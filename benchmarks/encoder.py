@@ -125,18 +125,24 @@ class Tuning:
     sentences: int | None = None  # the first this many training sentences (None: all)
 
 
+def first(data, n: int):  # noqa: ANN001, ANN201
+    """The first n samples of a spikeport Dataset (all where it has fewer)."""
+    from spikeport.batch import take
+
+    keep = slice(0, min(n, len(data)))
+    return dataclasses.replace(
+        data, x=take(data.x, keep), y=None if data.y is None else data.y[keep]
+    )
+
+
 def fine_tune(snn, files: dict[str, Path], T: int, tuning: Tuning, name: str = NAME):  # noqa: ANN001, ANN201
     """The converted graph fine-tuned as `tuning` says, and what to record of it."""
-    from spikeport.batch import take
     from spikeport.data import load_data
     from spikeport.finetune import Settings, finetune, teacher_logits
 
     train = load_data(ZOO / f"{name}_train.npz", snn.inputs)
     if tuning.sentences is not None:
-        keep = slice(0, tuning.sentences)
-        train = dataclasses.replace(
-            train, x=take(train.x, keep), y=None if train.y is None else train.y[keep]
-        )
+        train = first(train, tuning.sentences)
     teacher = teacher_logits(snn, train, files["onnx"])
     s = Settings(T=T, epochs=tuning.epochs, lr=tuning.lr, batch_size=tuning.batch_size,
                  loss="final", qat=tuning.qat, warmup=tuning.warmup)  # fmt: skip
@@ -187,7 +193,6 @@ def run(
     `weight_bits` overrides the sim profile's. `tuning`: fine-tune after conversion;
     `snn_file`: start from this converted graph (`spikeport convert -T T`) instead of
     converting."""
-    from spikeport.batch import take
     from spikeport.convert import convert
     from spikeport.data import load_data
     from spikeport.eval import evaluate
@@ -246,10 +251,7 @@ def run(
     q = quantize(snn, calib.x, profile)
     t2 = time.perf_counter()
     test = load_data(files["test"], snn.inputs)
-    n = min(n_test, len(test))
-    test = dataclasses.replace(
-        test, x=take(test.x, slice(0, n)), y=None if test.y is None else test.y[:n]
-    )
+    test = first(test, n_test)
     rep = evaluate(q, test, ts, "int", str(files["onnx"]))
     t3 = time.perf_counter()
     if tuned:  # the conversion it started from, scored the same way beside it
@@ -261,7 +263,7 @@ def run(
         "source": entry.get("source"),
         "data": entry.get("data"),
         "calibration_sentences": len(calib),
-        "test_sentences": n,
+        "test_sentences": len(test),
         "sequence_length": snn.shape("input_ids")[0] if "input_ids" in snn.inputs else None,
         "what": f"convert -T T --spike-bits {spike_bits} (T-aware, one conversion per T), "
         + ("finetune -T T --teacher (match), " if tuned else "")

@@ -163,7 +163,8 @@ def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
         if n.op in readers:
             for i, t in enumerate(n.inputs):
                 if t in direct or (kinds[t] == "analog" and everywhere):
-                    found += [t] if t not in found else []
+                    if t not in found:
+                        found.append(t)
                     ins[i] = "spikes"
         kinds[n.output] = _output_kind(n, set(ins))
     return found
