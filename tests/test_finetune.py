@@ -20,12 +20,22 @@ from conftest import EXAMPLES, per_index_products
 from spikeport.cli.main import main
 from spikeport.data import Dataset, load_data
 from spikeport.errors import BadInput, UnsupportedOp
-from spikeport.finetune import LAYERS, Settings, SpikingNet, finetune, make_layer, teacher_logits
+from spikeport.finetune import (
+    LAYERS,
+    Augment,
+    Settings,
+    SpikingNet,
+    finetune,
+    make_layer,
+    teacher_logits,
+    teacher_model,
+)
 from spikeport.finetune.distributed import pick_device
 from spikeport.finetune.memory import MARGIN, PARAM_COPIES, training_bytes
 from spikeport.finetune.surrogate import SURROGATES
 from spikeport.finetune.train import _schedule, loss_fn, match_loss
 from spikeport.ir import OPS, Node, load, save
+from spikeport.ir.graph import Graph, TensorInfo
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator, simulate
 
@@ -430,6 +440,8 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
         (("--lr", "-1"), "--lr"),
         (("--epochs", "-2"), "--epochs"),
         (("--warmup", "1"), "--warmup"),
+        (("--shift", "-1"), "--shift"),
+        (("--shift", "8"), "out of its frame"),  # the digits are 8x8
         (("--distill", "0.5"), "--teacher"),  # a weight without a teacher
         (("--distill", "2", "--teacher", EXAMPLES / "digits_cnn.onnx"), "--distill"),
         (("--teacher", EXAMPLES / "digits_mlp.onnx"), "not the model"),  # sha256 differs
@@ -437,6 +449,64 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
     ):
         code, _, err = cli("finetune", cnn_spk, "--data", TRAIN, *args, "-o", tmp_path / "x.spk")
         assert code == 2 and what in err and not (tmp_path / "x.spk").exists()
+
+
+def test_augmentation_moves_each_image_by_its_own_offset_and_mirrors_some():
+    """Every augmented image is its original translated by at most `shift` pixels per axis
+    (zeros moved in), mirrored or not; the draws differ between images and follow the seed."""
+    x = torch.arange(1, 4 * 2 * 5 * 6 + 1, dtype=torch.float32).reshape(4, 2, 5, 6)
+    x = x.repeat(16, 1, 1, 1)  # 64 images, so that every offset and flip is likely drawn
+    aug = Augment(shift=1, hflip=True)
+    out = aug(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, aug(x, torch.Generator().manual_seed(0)))
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    seen = set()
+    for i in range(len(x)):
+        found = [
+            (dy, dx, flip)
+            for dy in range(3)
+            for dx in range(3)
+            for flip in (False, True)
+            if torch.equal(
+                out[i],
+                (lambda m: m.flip(-1) if flip else m)(padded[i, :, dy : dy + 5, dx : dx + 6]),
+            )
+        ]
+        assert found, i
+        seen.update(found)
+    assert len(seen) >= 12  # most of the 18 draws occur among 64 images
+    assert torch.equal(Augment()(x, torch.Generator()), x)  # no augmentation: unchanged
+
+
+def test_augmentation_is_refused_where_there_is_no_image(cases):
+    features = Graph([TensorInfo("x", (16,))], [], ["x"])  # a feature vector, token ids alike
+    with pytest.raises(BadInput, match="one image input"):
+        Augment(shift=1).check(features)
+    Augment(shift=1, hflip=True).check(cases["digits_mlp"].snn)  # an MLP on (1, 8, 8) images
+
+
+def test_an_augmented_fine_tune_asks_the_teacher_for_the_augmented_images(cases, train_set):
+    """Distillation with --shift scores the network against the source model's outputs on the
+    images it sees (moved), not on the originals; fixed outputs are refused there."""
+    snn = cases["digits_cnn"].snn
+    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
+    source = teacher_model(snn, cases["digits_cnn"].onnx)
+    asked: list[np.ndarray] = []
+
+    def teacher(x):
+        asked.append(x)
+        return source(x)
+
+    settings = Settings(T=2, epochs=2, batch_size=32, shift=1, distill=1.0)
+    res = finetune(snn, small, settings, quiet=True, teacher=teacher)
+    assert len(asked) == 4 and all(a.shape == (32, 1, 8, 8) for a in asked)
+    originals = {small.x[i].tobytes() for i in range(len(small))}
+    moved = sum(a[i].tobytes() not in originals for a in asked for i in range(len(a)))
+    assert moved > 64, moved  # 8 in 9 draws move an image
+    meta = res.graph.meta["finetune"]
+    assert meta["shift"] == 1 and meta["hflip"] is False
+    with pytest.raises(BadInput, match="augmented images"):
+        finetune(snn, small, settings, quiet=True, teacher=source(small.x))
 
 
 def test_warmup_rises_linearly_then_decays_to_zero():

@@ -57,6 +57,17 @@ from spikeport.sim.kinds import NEURON_KINDS
     show_default=True,
     help="Score the running-mean output after every step 1..T, or after step T only.",
 )
+@click.option(
+    "--shift",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Augment: translate each training image by a random offset of up to this many pixels "
+    "per axis (zero fill), drawn anew every batch.",
+)
+@click.option(
+    "--hflip", is_flag=True, help="Augment: mirror each training image left-right at random."
+)
 @click.option("--val", default=None, help="Validation .npz (like --data): keeps the best epoch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -110,6 +121,8 @@ def finetune_cmd(
     warmup: float,
     batch_size: int,
     loss: str,
+    shift: int,
+    hflip: bool,
     val: str | None,
     device: str,
     seed: int,
@@ -145,6 +158,8 @@ def finetune_cmd(
         distill=weight,
         temperature=temperature,
         qat=qat,
+        shift=shift,
+        hflip=hflip,
     )
     if target is not None or qat is not None:
         from spikeport.quantize import get_profile
@@ -178,7 +193,8 @@ def finetune_cmd(
     say(
         quiet,
         f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "
-        f"{meta['data']['n']} samples ({meta['world_size']} process(es), {device}){val_text}",
+        f"{meta['data']['n']} samples{_augmented(shift, hflip)} ({meta['world_size']} "
+        f"process(es), {device}){val_text}",
     )
     if meta.get("float_weights"):  # --qat could not read these nodes' grids: say so, not silently
         say(
@@ -187,3 +203,9 @@ def finetune_cmd(
             f"{qat} grid found for them): {', '.join(meta['float_weights'])}",
         )
     end_worker()
+
+
+def _augmented(shift: int, hflip: bool) -> str:
+    """How the training images were augmented, for the closing line."""
+    parts = ([f"shifted by up to {shift} px"] if shift else []) + (["mirrored"] if hflip else [])
+    return f" ({' and '.join(parts)} at random)" if parts else ""

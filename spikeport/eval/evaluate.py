@@ -58,23 +58,32 @@ class Requirement:
 REFERENCE_BATCH = 256
 
 
-def onnx_outputs(path: str | os.PathLike[str], x: Batch) -> list[np.ndarray]:
-    """The float reference: every output of the source ONNX model run by onnxruntime (integer
-    inputs such as token ids keep their type). A file whose batch axis is fixed at 1 runs
-    sample by sample; others in batches."""
+def onnx_session(path: str | os.PathLike[str]) -> ort.InferenceSession:
+    """An onnxruntime session of the source ONNX model (CPU), made once per model: a fine-tune
+    that augments its data asks it for every batch."""
     from spikeport.convert.onnx_load import quiet_session_options
 
-    sess = ort.InferenceSession(
+    return ort.InferenceSession(
         str(existing_file(path, "ONNX model")),
         quiet_session_options(),
         providers=["CPUExecutionProvider"],
     )
+
+
+def session_outputs(sess: ort.InferenceSession, x: Batch) -> list[np.ndarray]:
+    """Every output of `sess` on `x` (integer inputs such as token ids keep their type). A
+    file whose batch axis is fixed at 1 runs sample by sample; others in batches."""
     step = 1 if all(i.shape and i.shape[0] == 1 for i in sess.get_inputs()) else REFERENCE_BATCH
     parts = [
         sess.run(None, onnx_feeds(sess.get_inputs(), take(x, slice(s, s + step))))
         for s in range(0, size(x), step)
     ]
     return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+
+def onnx_outputs(path: str | os.PathLike[str], x: Batch) -> list[np.ndarray]:
+    """The float reference: every output of the source ONNX model run by onnxruntime."""
+    return session_outputs(onnx_session(path), x)
 
 
 def onnx_logits(path: str | os.PathLike[str], x: Batch, output: int = 0) -> np.ndarray:
@@ -94,6 +103,17 @@ def output_index(graph: Graph, name: str | None) -> int:
     raise BadInput(f"--output '{name}': the model's outputs are {list(source or graph.outputs)}")
 
 
+def check_source(graph: Graph, path: str | os.PathLike[str]) -> str:
+    """`path` as a string, refused unless it is the file the graph was converted from (its
+    sha256 is in the graph's provenance)."""
+    path = str(path)
+    what = "TFLite model" if path.lower().endswith(".tflite") else "ONNX model"
+    want = graph.meta.get("source", {}).get("sha256")
+    if want and sha256_file(existing_file(path, what)) != want:
+        raise BadInput(f"{path}: not the model this graph was converted from (sha256 differs)")
+    return path
+
+
 def ann_reference(
     graph: Graph,
     data: Dataset,
@@ -110,10 +130,7 @@ def ann_reference(
         return _as_source(graph, name, values), "spikeport ann mode (ReLU view of this graph)"
     if onnx_path is not None and tflite_path is not None:
         raise BadInput("--onnx and --tflite both name a reference model; give one")
-    path, what = (onnx_path, "ONNX model") if onnx_path else (tflite_path, "TFLite model")
-    want = graph.meta.get("source", {}).get("sha256")
-    if want and sha256_file(existing_file(path, what)) != want:
-        raise BadInput(f"{path}: not the model this graph was converted from (sha256 differs)")
+    path = check_source(graph, str(onnx_path or tflite_path))
     if tflite_path is not None:
         from spikeport.convert.litert import litert_reference, nth_output  # ai-edge-litert
 

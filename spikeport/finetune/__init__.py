@@ -6,12 +6,14 @@ surrogate gradients through time; `finetune_files` is the file-level verb behind
 `spikeport finetune` and runs unchanged under torchrun (DistributedDataParallel).
 """
 
-from spikeport.finetune.api import finetune_files, teacher_logits
+from spikeport.finetune.api import finetune_files, teacher_logits, teacher_model
+from spikeport.finetune.augment import Augment
 from spikeport.finetune.layers import LAYERS, make_layer
 from spikeport.finetune.module import SpikingNet
 from spikeport.finetune.train import METHOD, Result, Settings, finetune
 
 __all__ = [
+    "Augment",
     "LAYERS",
     "METHOD",
     "Result",
@@ -20,5 +22,6 @@ __all__ = [
     "finetune",
     "finetune_files",
     "teacher_logits",
+    "teacher_model",
     "make_layer",
 ]

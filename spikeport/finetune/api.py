@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
+from spikeport.batch import Batch
 from spikeport.data import Dataset, load_data
+from spikeport.finetune.augment import Augment
 from spikeport.finetune.distributed import barrier, join, leave
-from spikeport.finetune.train import Settings, finetune, objective
+from spikeport.finetune.train import Settings, Teacher, finetune, objective
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
 from spikeport.sim.kinds import set_kind
@@ -25,19 +28,38 @@ def _training_data(path: PathLike, graph: Graph) -> Dataset:
     return load_data(path, graph.inputs, labels=True, n_classes=n_classes)
 
 
-def teacher_logits(graph: Graph, data: Dataset, source: PathLike) -> np.ndarray:
-    """The distillation teacher: the source model's logits on `data`, from onnxruntime (or
-    LiteRT for a .tflite) on the file the graph was converted from (its sha256 is checked).
-    A final softmax that import dropped is undone: the log of its probabilities is the logits
-    up to a constant, which a softmax ignores."""
-    from spikeport.eval.evaluate import ann_reference
+def teacher_model(graph: Graph, source: PathLike) -> Callable[[Batch], np.ndarray]:
+    """The distillation teacher as a function of a batch: the source model's logits from
+    onnxruntime (or LiteRT for a .tflite) on the file the graph was converted from (its sha256
+    is checked once, here; one onnxruntime session serves every batch). A final softmax that
+    import dropped is undone: the log of its probabilities is the logits up to a constant,
+    which a softmax ignores."""
+    from spikeport.eval.evaluate import check_source, onnx_session, session_outputs
 
-    path = str(source)
-    tflite = path.lower().endswith(".tflite")
-    out, _ = ann_reference(graph, data, None if tflite else path, path if tflite else None)
-    if graph.outputs[0] in graph.meta.get("source", {}).get("dropped_softmax", []):
-        out = np.log(np.maximum(out, np.finfo(np.float32).tiny))
-    return out
+    path = check_source(graph, source)
+    if path.lower().endswith(".tflite"):
+        from spikeport.convert.litert import litert_reference, nth_output  # ai-edge-litert
+
+        def run(x: Batch) -> np.ndarray:
+            return nth_output(litert_reference(path, x)[0], 0, path)
+    else:
+        sess = onnx_session(path)
+
+        def run(x: Batch) -> np.ndarray:
+            return session_outputs(sess, x)[0]
+
+    dropped = graph.outputs[0] in graph.meta.get("source", {}).get("dropped_softmax", [])
+
+    def teacher(x: Batch) -> np.ndarray:
+        out = run(x)
+        return np.log(np.maximum(out, np.finfo(np.float32).tiny)) if dropped else out
+
+    return teacher
+
+
+def teacher_logits(graph: Graph, data: Dataset, source: PathLike) -> np.ndarray:
+    """The teacher's outputs on every sample of `data` (teacher_model)."""
+    return teacher_model(graph, source)(data.x)
 
 
 def finetune_files(
@@ -64,9 +86,13 @@ def finetune_files(
     graph = load(model)
     if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
         graph = set_kind(graph, neuron_kind)
+    Augment(settings.shift, settings.hflip).check(graph)  # before any data is read
     train = _training_data(data, graph)
     val_set = _training_data(val, graph) if val is not None else None
-    soft = teacher_logits(graph, train, teacher) if teacher is not None else None
+    soft: Teacher | None = None
+    if teacher is not None:  # augmented images need the source model itself, batch by batch
+        augmented = bool(Augment(settings.shift, settings.hflip))
+        soft = teacher_model(graph, teacher) if augmented else teacher_logits(graph, train, teacher)
     val_soft = None
     if teacher is not None and val_set is not None and objective(graph) == "match":
         val_soft = teacher_logits(graph, val_set, teacher)

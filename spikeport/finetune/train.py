@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,6 +31,7 @@ from spikeport import __version__
 from spikeport.batch import Batch, take
 from spikeport.data import Dataset
 from spikeport.errors import BadInput
+from spikeport.finetune.augment import Augment
 from spikeport.finetune.distributed import World, all_sum, check_ranks_agree
 from spikeport.finetune.grid import weight_steps
 from spikeport.finetune.memory import check_memory
@@ -70,6 +71,8 @@ class Settings:
     # what makes a pretrained transformer diverge at a rate it can otherwise take (BERT's
     # fine-tuning recipe warms up over 10 %).
     warmup: float = 0.0
+    shift: int = 0  # augmentation: translate each image by up to this many pixels (augment.py)
+    hflip: bool = False  # augmentation: mirror each image left-right with probability 1/2
 
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
@@ -86,6 +89,8 @@ class Settings:
             raise BadInput(f"--temperature must be a positive number, got {self.temperature}")
         if not 0 <= self.warmup < 1:
             raise BadInput(f"--warmup must be at least 0 and below 1, got {self.warmup}")
+        if self.shift < 0:
+            raise BadInput(f"--shift must be 0 or more, got {self.shift}")
         if self.loss not in ("every_step", "final"):
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
@@ -216,10 +221,19 @@ def _schedule(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _check_data(graph: Graph, data: Dataset, teacher: np.ndarray | None) -> None:
+# The source model's outputs: fixed, one row per training sample, or a function of a batch
+# (api.teacher_model), which augmentation needs: it asks for the images as augmented.
+Teacher = np.ndarray | Callable[[Batch], np.ndarray]
+
+
+def _has_teacher(teacher: Teacher | None, data: Dataset) -> bool:
+    return callable(teacher) or (teacher is not None and len(teacher) == len(data))
+
+
+def _check_data(graph: Graph, data: Dataset, teacher: Teacher | None) -> None:
     out = graph.outputs[0]
     if objective(graph) == "match":
-        if teacher is None or len(teacher) != len(data):
+        if not _has_teacher(teacher, data):
             raise BadInput(
                 f"graph output '{out}' (shape {graph.shape(out)}) is not class scores: "
                 "fine-tuning matches the source model's outputs on the data "
@@ -233,7 +247,7 @@ class _Trainer:
     """One training run: the network (DDP-wrapped when distributed), optimiser and sampler."""
 
     def __init__(
-        self, graph: Graph, data: Dataset, s: Settings, world: World, teacher: np.ndarray | None
+        self, graph: Graph, data: Dataset, s: Settings, world: World, teacher: Teacher | None
     ):
         torch.manual_seed(s.seed)
         self.s, self.world, self.data = s, world, data
@@ -262,7 +276,18 @@ class _Trainer:
         self.sched = _schedule(self.opt, max(1, s.epochs * self.steps), s.warmup)
         self.match = objective(graph) == "match"
         self.y = None if self.match else torch.from_numpy(data.y)
-        self.teacher = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
+        self.augment = Augment(s.shift, s.hflip)
+        self.gen = torch.Generator().manual_seed(s.seed + 7919 * world.rank)  # per rank
+        if self.augment and teacher is not None and not callable(teacher):
+            raise BadInput(
+                "augmentation asks the teacher for the augmented images: pass the source "
+                "model (finetune.teacher_model), not its outputs on the data"
+            )
+        self.teacher = (
+            torch.from_numpy(teacher.astype(np.float32))
+            if isinstance(teacher, np.ndarray)
+            else teacher
+        )
         self.val_text = ""  # the last validation score, kept on the progress bar
 
     def epoch(self, e: int, bar: tqdm) -> float:
@@ -272,9 +297,11 @@ class _Trainer:
         total, n = 0.0, 0
         for idx in _batches(list(self.sampler), self.local_batch):
             xb = _on(self.x, idx, self.world.device)
+            if self.augment:
+                xb = self.augment(xb, self.gen)
             yb = None if self.y is None else self.y[idx].to(self.world.device)
             self.opt.zero_grad(set_to_none=True)
-            soft = None if self.teacher is None else self.teacher[idx].to(self.world.device)
+            soft = self._teacher(idx, xb)
             out = self.model(xb, self.s.T)
             if self.match:
                 loss = match_loss(out, soft, self.s.loss)
@@ -290,6 +317,17 @@ class _Trainer:
         loss_sum, count = all_sum(self.world, [total, n])
         return loss_sum / count
 
+    def _teacher(self, idx: list[int], xb: TensorBatch) -> torch.Tensor | None:
+        """The teacher's outputs for the batch: its rows of the fixed outputs, or the source
+        model run on the batch as the network sees it (augmented)."""
+        if self.teacher is None:
+            return None
+        if isinstance(self.teacher, torch.Tensor):
+            return self.teacher[idx].to(self.world.device)
+        x = {k: v.cpu().numpy() for k, v in xb.items()} if isinstance(xb, dict) else None
+        out = np.asarray(self.teacher(xb.cpu().numpy() if x is None else x), dtype=np.float32)
+        return torch.from_numpy(out).to(self.world.device)
+
 
 def finetune(
     graph: Graph,
@@ -298,7 +336,7 @@ def finetune(
     val: Dataset | None = None,
     world: World | None = None,
     quiet: bool = False,
-    teacher: np.ndarray | None = None,
+    teacher: Teacher | None = None,
     val_teacher: np.ndarray | None = None,
 ) -> Result:
     """Fine-tune the float spiking `graph` (stage "snn") on `data` for T steps.
@@ -306,14 +344,16 @@ def finetune(
     Returns a new graph (same nodes, new float weights, biases and thresholds) whose
     meta["finetune"] records the settings, the data and the validation score. `teacher` holds
     the source model's outputs on `data` (onnxruntime's or LiteRT's, not the graph's ANN view,
-    whose biases the T-aware conversion moved for its spikes): a classifier distils them with
-    weight settings.distill; any other output (objective "match") learns them, and
+    whose biases the T-aware conversion moved for its spikes), or the source model itself as
+    a function of a batch (api.teacher_model; augmentation needs it): a classifier distils
+    them with weight settings.distill; any other output (objective "match") learns them, and
     `val_teacher` (the same on `val`) scores the validation set by cosine.
     """
     s = settings or Settings()
     s.check()
     match = objective(graph) == "match"
-    if s.distill > 0 and not match and (teacher is None or len(teacher) != len(data)):
+    Augment(s.shift, s.hflip).check(graph)
+    if s.distill > 0 and not match and not _has_teacher(teacher, data):
         raise BadInput(
             "distillation needs the source model's logits on the training data "
             "(finetune --teacher SOURCE)"
