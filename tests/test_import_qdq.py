@@ -52,11 +52,15 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("qdq")
     x = np.load(CALIB)["x"][:64]
     paths = {}
+    # 7-bit weights (reduce_range): on x86 CPUs without VNNI, onnxruntime's u8 x s8 kernels add
+    # pairs of products in 16 bits (vpmaddubsw), which saturate with full 8-bit weights, so the
+    # int8 model's outputs would depend on the machine (onnxruntime's quantization docs give
+    # this remedy); with 7 bits no pair can saturate and onnxruntime computes what ONNX says
     for name, (fmt, act, per_channel) in VARIANTS.items():
         paths[name] = out / f"{name}.onnx"
         quantize_static(FLOAT_CNN, paths[name], _Images(x), quant_format=fmt,
                         activation_type=act, weight_type=QuantType.QInt8,
-                        per_channel=per_channel)  # fmt: skip
+                        per_channel=per_channel, reduce_range=True)  # fmt: skip
     return paths
 
 
@@ -89,7 +93,7 @@ def test_qdq_model_imports_as_the_float_network_it_quantizes(quantized, name):
     assert [n.op for n in graph.nodes] == [n.op for n in ref.nodes]
     for a, b in zip(graph.nodes, ref.nodes, strict=True):
         if "weight" in a.params:
-            step = np.abs(b.params["weight"]).max() / 127
+            step = np.abs(b.params["weight"]).max() / 63  # 7-bit weights
             assert np.abs(a.params["weight"] - b.params["weight"]).max() <= step
     assert "2 QuantizeLinear/DequantizeLinear pairs whose range starts at 0" in " ".join(
         graph.meta["source"]["notes"]
@@ -98,7 +102,7 @@ def test_qdq_model_imports_as_the_float_network_it_quantizes(quantized, name):
     ann = simulate(graph, {"x": x}, 1, "ann").outputs[graph.outputs[0]][0]
     int8 = _ort(quantized[name], x)
     assert np.mean(ann.argmax(-1) == int8.argmax(-1)) >= 0.97
-    assert np.linalg.norm(ann - int8) / np.linalg.norm(int8) < 0.1
+    assert np.linalg.norm(ann - int8) / np.linalg.norm(int8) < 0.03
 
 
 def test_qdq_model_converts_as_well_as_the_float_one(quantized, tmp_path):
