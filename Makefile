@@ -27,8 +27,10 @@ $(STAMP): $(BASE)
 demo: $(BASE)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
+# One worker per core, a test file per worker (its module fixtures built once), one thread
+# per worker: torch's and BLAS's own pools would oversubscribe the cores the workers share.
 test: $(STAMP) toolchain $(LAVA_STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 # Lava's fixed-point CPU model for `verify --target lava` and its tests, in a venv of its own:
 # lava-nc 0.10.0 declares Python < 3.11 and needs numpy < 2, so it cannot share .venv.
