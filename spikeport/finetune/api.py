@@ -9,7 +9,6 @@ import numpy as np
 
 from spikeport.batch import Batch
 from spikeport.data import Dataset, load_data
-from spikeport.finetune.augment import Augment
 from spikeport.finetune.distributed import barrier, join, leave
 from spikeport.finetune.train import Settings, Teacher, finetune, objective
 from spikeport.ir import load, save
@@ -86,13 +85,16 @@ def finetune_files(
     graph = load(model)
     if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
         graph = set_kind(graph, neuron_kind)
-    Augment(settings.shift, settings.hflip).check(graph)  # before any data is read
+    settings.augment.check(graph)  # before any data is read
     train = _training_data(data, graph)
     val_set = _training_data(val, graph) if val is not None else None
     soft: Teacher | None = None
     if teacher is not None:  # augmented images need the source model itself, batch by batch
-        augmented = bool(Augment(settings.shift, settings.hflip))
-        soft = teacher_model(graph, teacher) if augmented else teacher_logits(graph, train, teacher)
+        soft = (
+            teacher_model(graph, teacher)
+            if settings.augment
+            else teacher_logits(graph, train, teacher)
+        )
     val_soft = None
     if teacher is not None and val_set is not None and objective(graph) == "match":
         val_soft = teacher_logits(graph, val_set, teacher)

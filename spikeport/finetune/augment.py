@@ -31,12 +31,10 @@ class Augment:
         return self.shift > 0 or self.hflip
 
     def check(self, graph: Graph) -> None:
-        """Refuse what cannot be augmented: a graph without one image input, a negative
-        shift, or one that would move the whole image out."""
+        """Refuse what cannot be augmented: a graph without one image input, or a shift that
+        would move the whole image out (a negative one is Settings.check's to refuse)."""
         if not self:
             return
-        if self.shift < 0:
-            raise BadInput(f"--shift must be 0 or more, got {self.shift}")
         if len(graph.inputs) != 1 or len(graph.inputs[0].shape) != 3:
             shapes = ", ".join(f"'{i.name}' {tuple(i.shape)}" for i in graph.inputs)
             raise BadInput(

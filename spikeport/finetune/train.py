@@ -74,6 +74,10 @@ class Settings:
     shift: int = 0  # augmentation: translate each image by up to this many pixels (augment.py)
     hflip: bool = False  # augmentation: mirror each image left-right with probability 1/2
 
+    @property
+    def augment(self) -> Augment:
+        return Augment(self.shift, self.hflip)
+
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
             raise BadInput(f"-T must be between 1 and 1024, got {self.T}")
@@ -276,7 +280,7 @@ class _Trainer:
         self.sched = _schedule(self.opt, max(1, s.epochs * self.steps), s.warmup)
         self.match = objective(graph) == "match"
         self.y = None if self.match else torch.from_numpy(data.y)
-        self.augment = Augment(s.shift, s.hflip)
+        self.augment = s.augment
         self.gen = torch.Generator().manual_seed(s.seed + 7919 * world.rank)  # per rank
         if self.augment and teacher is not None and not callable(teacher):
             raise BadInput(
@@ -324,8 +328,12 @@ class _Trainer:
             return None
         if isinstance(self.teacher, torch.Tensor):
             return self.teacher[idx].to(self.world.device)
-        x = {k: v.cpu().numpy() for k, v in xb.items()} if isinstance(xb, dict) else None
-        out = np.asarray(self.teacher(xb.cpu().numpy() if x is None else x), dtype=np.float32)
+        x = (
+            {k: v.cpu().numpy() for k, v in xb.items()}
+            if isinstance(xb, dict)
+            else xb.cpu().numpy()
+        )
+        out = np.asarray(self.teacher(x), dtype=np.float32)
         return torch.from_numpy(out).to(self.world.device)
 
 
@@ -352,7 +360,7 @@ def finetune(
     s = settings or Settings()
     s.check()
     match = objective(graph) == "match"
-    Augment(s.shift, s.hflip).check(graph)
+    s.augment.check(graph)
     if s.distill > 0 and not match and not _has_teacher(teacher, data):
         raise BadInput(
             "distillation needs the source model's logits on the training data "
