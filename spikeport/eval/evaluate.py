@@ -114,6 +114,30 @@ def check_source(graph: Graph, path: str | os.PathLike[str]) -> str:
     return path
 
 
+def source_model(
+    graph: Graph, path: str | os.PathLike[str], output: int = 0, tflite: bool | None = None
+) -> Callable[[Batch], tuple[np.ndarray, str]]:
+    """The file the graph was converted from (its sha256 checked once, here) as a function of
+    a batch: its output `output` and what ran it, onnxruntime (one session for every batch)
+    or, for a .tflite (`tflite`; by default the file's extension), LiteRT's kernels."""
+    from spikeport.convert.litert import litert_reference, nth_output  # LiteRT on first use
+
+    path = check_source(graph, path)
+    if path.lower().endswith(".tflite") if tflite is None else tflite:
+
+        def run_litert(x: Batch) -> tuple[np.ndarray, str]:
+            outs, kernels = litert_reference(path, x)
+            return nth_output(outs, output, path), kernels
+
+        return run_litert
+    sess = onnx_session(path)
+
+    def run_onnx(x: Batch) -> tuple[np.ndarray, str]:
+        return nth_output(session_outputs(sess, x), output, path), "onnxruntime"
+
+    return run_onnx
+
+
 def ann_reference(
     graph: Graph,
     data: Dataset,
@@ -130,13 +154,8 @@ def ann_reference(
         return _as_source(graph, name, values), "spikeport ann mode (ReLU view of this graph)"
     if onnx_path is not None and tflite_path is not None:
         raise BadInput("--onnx and --tflite both name a reference model; give one")
-    path = check_source(graph, str(onnx_path or tflite_path))
-    if tflite_path is not None:
-        from spikeport.convert.litert import litert_reference, nth_output  # ai-edge-litert
-
-        outs, kernels = litert_reference(tflite_path, data.x)
-        return nth_output(outs, output, tflite_path), kernels
-    return onnx_logits(path, data.x, output), "onnxruntime"
+    path = str(onnx_path or tflite_path)
+    return source_model(graph, path, output, tflite=tflite_path is not None)(data.x)
 
 
 def _as_source(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:

@@ -33,24 +33,13 @@ def teacher_model(graph: Graph, source: PathLike) -> Callable[[Batch], np.ndarra
     is checked once, here; one onnxruntime session serves every batch). A final softmax that
     import dropped is undone: the log of its probabilities is the logits up to a constant,
     which a softmax ignores."""
-    from spikeport.eval.evaluate import check_source, onnx_session, session_outputs
+    from spikeport.eval.evaluate import source_model
 
-    path = check_source(graph, source)
-    if path.lower().endswith(".tflite"):
-        from spikeport.convert.litert import litert_reference, nth_output  # ai-edge-litert
-
-        def run(x: Batch) -> np.ndarray:
-            return nth_output(litert_reference(path, x)[0], 0, path)
-    else:
-        sess = onnx_session(path)
-
-        def run(x: Batch) -> np.ndarray:
-            return session_outputs(sess, x)[0]
-
+    run = source_model(graph, source)
     dropped = graph.outputs[0] in graph.meta.get("source", {}).get("dropped_softmax", [])
 
     def teacher(x: Batch) -> np.ndarray:
-        out = run(x)
+        out = run(x)[0]
         return np.log(np.maximum(out, np.finfo(np.float32).tiny)) if dropped else out
 
     return teacher
