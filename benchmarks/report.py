@@ -42,10 +42,16 @@ def provenance(doc: dict[str, Any]) -> str:
         )
     return (
         f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s "
-        f"({threads(doc)}), load average "
+        f"({threads(doc)}{cpu(doc)}), load average "
         f"{doc['load_average_at_start']:.1f} at its start; data: "
         f"[results/{name}.json](results/{name}.json).*"
     )
+
+
+def cpu(doc: dict[str, Any]) -> str:
+    """ ", on CPU": recorded since 2026-12-02 (ratios to the peer differ between CPUs)."""
+    model = doc["machine"].get("cpu")
+    return f", on {model}" if model else ""
 
 
 def threads(doc: dict[str, Any]) -> str:
