@@ -49,7 +49,8 @@ def provenance(doc: dict[str, Any]) -> str:
 
 
 def cpu(doc: dict[str, Any]) -> str:
-    """ ", on CPU": recorded since 2026-12-02 (ratios to the peer differ between CPUs)."""
+    """The CPU the run was on, as ", on MODEL (flags)"; empty for runs before 2026-12-02,
+    which did not record it (ratios to the peer differ between CPUs)."""
     model = doc["machine"].get("cpu")
     return f", on {model}" if model else ""
 

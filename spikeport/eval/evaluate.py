@@ -123,7 +123,8 @@ def source_model(
     from spikeport.convert.litert import litert_reference, nth_output  # LiteRT on first use
 
     path = check_source(graph, path)
-    if path.lower().endswith(".tflite") if tflite is None else tflite:
+    is_tflite = path.lower().endswith(".tflite") if tflite is None else tflite
+    if is_tflite:
 
         def run_litert(x: Batch) -> tuple[np.ndarray, str]:
             outs, kernels = litert_reference(path, x)
