@@ -49,10 +49,11 @@ def provenance(doc: dict[str, Any]) -> str:
 
 
 def cpu(doc: dict[str, Any]) -> str:
-    """The CPU the run was on, as ", on MODEL (flags)"; empty for runs before 2026-12-02,
-    which did not record it (ratios to the peer differ between CPUs)."""
-    model = doc["machine"].get("cpu")
-    return f", on {model}" if model else ""
+    """The CPU the run was on, as ", on MODEL (flags)", and how the simulator ran its neuron
+    loops (spikeport.sim.native); empty for runs before 2026-12-02, which did not record them
+    (ratios to the peer differ between CPUs)."""
+    model, loops = doc["machine"].get("cpu"), doc["machine"].get("simulator_loops")
+    return (f", on {model}" if model else "") + (f", simulator loops: {loops}" if loops else "")
 
 
 def threads(doc: dict[str, Any]) -> str:

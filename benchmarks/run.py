@@ -69,7 +69,7 @@ from spikeport.data import load_data  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
 from spikeport.finetune import Settings, finetune, teacher_model  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
-from spikeport.sim import Simulator  # noqa: E402
+from spikeport.sim import Simulator, native  # noqa: E402
 from spikeport.threads import default_threads, set_threads  # noqa: E402
 
 ROOT = HERE.parent
@@ -702,6 +702,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "blas_threads": 1,  # set_threads
+        "simulator_loops": native.status(),  # C kernels, or the torch loops and why
         "python": platform.python_version(),
         **{p: version(p) for p in pkgs},
     }

@@ -20,7 +20,7 @@ from spikeport.errors import SimulationOverflow
 from spikeport.ir import Node
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.quantize.ranges import NodeBounds
-from spikeport.sim import SimResult, Simulator, fast, fast_seq, layerwise, simulate
+from spikeport.sim import SimResult, Simulator, fast, fast_seq, layerwise, native, simulate
 from spikeport.sim import intfunc as F
 from spikeport.sim.int8 import Int8Synapse, int8_products_exact
 from spikeport.sim.ops import KERNELS, IFNeuron
@@ -200,6 +200,70 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
     if static:
         closed = fast.IntIF(node, (C,), bounds).static(current[0], T).y
         np.testing.assert_array_equal(closed, cum)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    bits=st.integers(1, 3),
+    kind=st.sampled_from(["unsigned", "signed", "bipolar"]),
+    T=st.integers(1, 9),
+    shape=st.sampled_from([(1, 3, 1, 1), (2, 3, 5, 7), (3, 33, 6, 6), (2, 1100), (5, 2, 3)]),
+    channels_last=st.booleans(),
+    wide=st.booleans(),
+    split=st.booleans(),
+)
+def test_native_neuron_equals_the_torch_loop(  # noqa: PLR0913
+    seed, bits, kind, T, shape, channels_last, wide, split
+):
+    """The fused C loop of IntIF (spikeport.sim.native) gives the torch loop's counts, events
+    and levels: every rule, float32 and float64 sums, contiguous and channels-last steps,
+    samples longer than a C block (1100 > 1024), and the elements split over threads."""
+    if not native.available():
+        pytest.skip(f"no native kernels here: {native.status()}")
+    rng = np.random.default_rng(seed)
+    K, sample = (1 << bits) - 1, shape[1:]
+    theta = rng.integers(1, 60, sample)
+    current = rng.integers(-3, 4, (T, *shape)) * rng.integers(0, 60, (T, *shape))
+    cum = torch.from_numpy(np.cumsum(current, axis=0).astype(np.float64))
+    if channels_last and len(shape) == 4:
+        cum = torch.stack([c.contiguous(memory_format=torch.channels_last) for c in cum])
+    node = Node("n", "if", ["i"], "o", {"signed": kind != "unsigned", "bipolar": kind == "bipolar",
+                "spike_bits": bits}, {"threshold_q": theta})  # fmt: skip
+    big = 2.0**30 if wide else 1e3  # float64 sums where the proof's bound passes float32's
+    bounds = {
+        "i": NodeBounds(np.full(sample, 200.0), np.full(sample, big), 0.0),
+        "o": NodeBounds(np.full(sample, float(K)), np.full(sample, float(T * K)), 0.0),
+    }
+    neuron = fast.IntIF(node, sample, bounds)
+    assert neuron.dt == (torch.float64 if wide else torch.float32)
+    c = cum.to(neuron.dt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if split else 1)
+    try:
+        with mock.patch.object(native, "MIN_SPLIT", 64 if split else native.MIN_SPLIT):
+            fused, fused_events = neuron._levels(c)
+        with mock.patch.object(native, "ENABLED", False):
+            loop, loop_events = neuron._levels(c)
+    finally:
+        torch.set_num_threads(threads)
+    assert fused.stride() == loop.stride()
+    np.testing.assert_array_equal(fused.numpy(), loop.numpy())
+    for a, b in zip(fused_events, loop_events, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_native_kernels_report_why_they_do_not_run(monkeypatch):
+    """Without a C compiler the torch loops run (same results), and status() says why."""
+    monkeypatch.setattr(native.shutil, "which", lambda _: None)
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and not native.available()
+        assert native.status() == "torch loops (no C compiler (cc) on PATH)"
+    finally:
+        native.library.cache_clear()
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert native.status() == "torch loops (switched off)"
 
 
 int8_call = Int8Synapse.__call__

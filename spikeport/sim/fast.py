@@ -37,6 +37,7 @@ from spikeport.ir.graph import Node
 from spikeport.ir.ops import spike_levels
 from spikeport.quantize.ranges import NodeBounds
 from spikeport.registry import registrar
+from spikeport.sim import native
 from spikeport.sim.arith import initial_potential
 from spikeport.sim.int8 import Int8Synapse
 from spikeport.sim.kernels import symmetric_pads
@@ -129,6 +130,17 @@ def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if sample.stride() == p.stride():
         return p
     return torch.empty_like(sample, dtype=p.dtype).copy_(p)
+
+
+def per_row(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample tensor p as step_rows(x) meets it: (S,) contiguous, repeated every S
+    elements of a row where x's samples lie one after another in memory (any dense layout
+    with the batch outermost), else (M,), the whole step."""
+    step = laid_out_like(p, x).expand(x.shape[1:]).permute(*[a - 1 for a in memory_order(x)])
+    rows = step.reshape(-1, p.numel())  # a view, stride (0, 1), where the layout allows it
+    if rows.stride() == (0, 1) or len(rows) == 1:
+        return rows[0].contiguous()
+    return rows.reshape(-1).contiguous()
 
 
 def running_sum_t(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -533,6 +545,8 @@ class IntIF:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring); and each step's events (nonzero counts) and levels (sum of |count|),
         taken while the step's counts are in cache."""
+        if native.available() and c.dtype in (torch.float32, torch.float64):
+            return self._native_levels(c)
         theta, v0 = laid_out_like(self.theta, c), laid_out_like(self.v0, c)
         n = torch.empty_like(c)
         prev = torch.zeros_like(c[0])
@@ -549,6 +563,19 @@ class IntIF:
                 d.clamp_(0, self.K)
             events[t], levels[t] = self._count(d)
             prev = d.add_(prev)
+        return n, (events, levels)
+
+    def _native_levels(self, c: torch.Tensor) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]:
+        """The same in one fused pass (spikeport.sim.native: csrc/if_levels.c), on each step's
+        elements in memory order, the counts out in c's layout."""
+        rows = step_rows(c)
+        if len(c) and rows.stride(1) != 1:  # not dense: a copy that is
+            c = torch.empty_like(c, memory_format=torch.contiguous_format).copy_(c)
+            rows = step_rows(c)
+        theta, v0 = (per_row(p, c) for p in (self.theta, self.v0))
+        rule = native.BIPOLAR if self.bipolar else native.SIGNED if self.signed else native.UNSIGNED
+        n = torch.empty_like(c)  # c's strides: its rows are rows' twins
+        events, levels = native.if_levels(rows, theta, v0, self.K, rule, step_rows(n))
         return n, (events, levels)
 
     def _count(self, d: torch.Tensor) -> tuple[int, int]:

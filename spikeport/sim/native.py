@@ -1,0 +1,161 @@
+"""Native kernels: the fast simulator's hottest elementwise loops, fused in C (csrc/).
+
+A loop over T steps of whole-tensor torch ops passes over memory several times a step (the
+IF neuron: seven). The C version makes one pass, block by block, with the same floating-point
+operations in the same type, so its results are the torch loop's bit for bit (tests/
+test_sim_fast.py checks both against the reference neuron). It is compiled on first use with
+the machine's C compiler (-O3 -march=native, no fast-math, no FMA contraction: FLAGS) into a
+per-user cache, keyed by the source, the flags, the compiler and the CPU, and loaded with
+ctypes. ctypes releases the GIL during a call, so the work splits over torch's thread count.
+
+Without a C compiler the torch loops run: the same results, slower. `status()` says which, and
+the benchmarks record it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.c"))
+# no fast-math and no FMA contraction: the torch loops' operations, each rounded as they are;
+# -fno-trapping-math only lets floor vectorise (a vector round), no value changes
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC"]
+# IF rules (csrc/if_levels.c)
+UNSIGNED, SIGNED, BIPOLAR = 0, 1, 2
+# below this many elements a step, one thread: a thread's start costs more than it saves
+MIN_SPLIT = 1 << 15
+
+ENABLED = True  # tests switch it off to run the torch loops
+_why_not = ""
+
+
+def _cpu() -> str:
+    """What -march=native compiles for: the CPU's model and feature flags (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "spikeport" / "native"
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built once per source, compiler and CPU; None where no C compiler
+    builds them (the reason in status())."""
+    global _why_not
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        _why_not = "no C compiler (cc) on PATH"
+        return None
+    key = hashlib.sha256()
+    for part in [*(p.read_bytes() for p in SOURCES), " ".join(FLAGS).encode()]:
+        key.update(part)
+    key.update(f"{os.path.realpath(cc)}\n{_cpu()}".encode())
+    lib = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+    try:
+        if not lib.exists():
+            _build(cc, lib)
+        return ctypes.CDLL(str(lib))
+    except (OSError, subprocess.CalledProcessError) as err:
+        _why_not = f"the C kernels did not build: {str(err).splitlines()[0]}"
+        return None
+
+
+def _build(cc: str, lib: Path) -> None:
+    """Compile into a temporary file beside `lib`, then rename: concurrent processes (pytest
+    workers) never load a half-written library."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *FLAGS, *map(str, SOURCES), "-o", tmp, "-lm"]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def status() -> str:
+    """'C kernels' where they run, else the torch loops and why."""
+    if ENABLED and library() is not None:
+        return "C kernels"
+    return "torch loops (" + ("switched off" if not ENABLED else _why_not) + ")"
+
+
+def available() -> bool:
+    return ENABLED and library() is not None
+
+
+_TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+_NAMES = {torch.float32: "if_levels_f32", torch.float64: "if_levels_f64"}
+
+
+def if_levels(
+    c: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, K: int, rule: int, n: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """csrc/if_levels.c on c (T, M) (each row dense, stride 1) with theta and v0 (S,) of its
+    type, S dividing M (repeated along a row): the counts into n (c's shape and strides), and
+    each step's events and levels (T,) returned. The M elements split over torch's threads."""
+    lib = library()
+    assert lib is not None and c.dtype in _NAMES and c.stride(1) == 1
+    assert theta.is_contiguous() and v0.is_contiguous() and theta.dtype == v0.dtype == c.dtype
+    assert theta.dim() == v0.dim() == 1 and len(theta) == len(v0) and c.shape[1] % len(theta) == 0
+    assert n.shape == c.shape and n.stride() == c.stride() and n.dtype == c.dtype
+    T, M = c.shape
+    fn = getattr(lib, _NAMES[c.dtype])
+    real = _TYPES[c.dtype]
+    parts = _split(M)
+    events, levels = np.zeros((len(parts), T), np.int64), np.zeros((len(parts), T), np.int64)
+
+    def run(j: int) -> None:
+        m0, m1 = parts[j]
+        fn(
+            ctypes.c_void_p(c.data_ptr()), ctypes.c_void_p(n.data_ptr()),
+            ctypes.c_int64(T), ctypes.c_int64(c.stride(0)), ctypes.c_int64(m0),
+            ctypes.c_int64(m1), ctypes.c_void_p(theta.data_ptr()),
+            ctypes.c_void_p(v0.data_ptr()), ctypes.c_int64(len(theta)), real(K), ctypes.c_int(rule),
+            events[j].ctypes.data_as(ctypes.c_void_p), levels[j].ctypes.data_as(ctypes.c_void_p),
+        )  # fmt: skip
+
+    _each(run, len(parts))
+    return events.sum(axis=0), levels.sum(axis=0)
+
+
+def _split(m: int) -> list[tuple[int, int]]:
+    """[0, m) in one range per torch thread (one where m is small), at multiples of 1024
+    (the kernels' block)."""
+    threads = max(1, min(torch.get_num_threads(), m // MIN_SPLIT))
+    size = -(-m // threads)
+    size = -(-size // 1024) * 1024
+    return [(a, min(a + size, m)) for a in range(0, m, size)] or [(0, 0)]
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="spikeport-native")
+
+
+def _each(run, count: int) -> None:  # noqa: ANN001
+    if count == 1:
+        run(0)
+        return
+    list(_pool(count).map(run, range(count)))
