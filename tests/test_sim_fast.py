@@ -328,7 +328,35 @@ def test_int8_synaptic_kernels_equal_the_reference(
             want = want + np.arange(T).reshape((T,) + (1,) * (want.ndim - 1)) * b
         np.testing.assert_array_equal(np.asarray(got, np.int64), want, err_msg=node.op)
         fits = peak <= 127 if nonneg else peak <= 63
-        assert spy.called == (fits and int8_products_exact()), "int8 where the bounds allow"
+        syn = Int8Synapse.of(node)
+        exact_here = syn is not None and all(syn.checked.values())  # oneDNN, on these shapes
+        assert spy.called == (fits and exact_here), "int8 where the bounds allow"
+
+
+def test_int8_synapses_refuse_shapes_where_onednn_is_wrong():
+    """Each synapse probes every input shape it meets (Int8Synapse.exact_on): a kernel that
+    gives other integers on a shape is not used for it, and a conv whose oneDNN kernel was
+    wrong on one machine (width-3 kernel, stride and dilation 2 along the width, one output
+    column) still equals the reference."""
+    if not int8_products_exact():
+        pytest.skip("no exact oneDNN int8 kernels here")
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (4, 4, 1, 3))
+    attrs = {"strides": [1, 2], "pads": [0, 0, 0, 0], "dilations": [1, 2], "group": 1}
+    params = {"weight": w * 1.0, "bias": np.zeros(4), "weight_q": w, "bias_q": np.zeros(4)}
+    node = Node("c", "conv2d", ["i"], "o", attrs, params)
+    syn = Int8Synapse.of(node)
+    assert syn is not None and syn.exact_on((4, 7, 9), 0)  # three output columns: exact
+    wrong = mock.patch.object(Int8Synapse, "_run", lambda self, x, zp: torch.zeros(1))
+    with wrong:
+        assert not syn.exact_on((4, 7, 8), 0) and syn.exact_on((4, 7, 9), 0)  # kept per shape
+    x = rng.integers(0, 2, (2, 3, 4, 7, 6)).astype(np.float32)  # one output column
+    reach = np.full((4, 7, 6), 1.0)
+    bounds = {"i": NodeBounds(reach, reach * 2, 0.0, True),
+              "o": NodeBounds(np.full(1, 1e5), np.full(1, 1e5), 0.0)}  # fmt: skip
+    got = fast.FAST_KERNELS["conv2d"](node, "int", (), bounds).run(x).y
+    ref = KERNELS["conv2d"](node, "int", ())
+    np.testing.assert_array_equal(got, np.stack([ref(x[t]) for t in range(2)]))
 
 
 def test_int8_synapses_are_reused_until_their_weights_change():

@@ -282,7 +282,7 @@ def _linear(
         w, b = params[dts[cumulative]]
         folded = _fold(x)
         zp = zero_point(x, folded, cumulative)
-        if zp is not None and int8 is not None:
+        if zp is not None and int8 is not None and int8.exact_on(folded.shape[1:], zp):
             y = int8(folded, zp).to(w.dtype)
         else:
             y = op(folded.to(w.dtype), w)
