@@ -266,6 +266,52 @@ def test_native_kernels_report_why_they_do_not_run(monkeypatch):
     assert native.status() == "torch loops (switched off)"
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 6),
+    inputs=st.integers(1, 3),
+    shift=st.sampled_from([0, 0, 1, 5, 13]),
+    cumulative=st.booleans(),
+    scale=st.sampled_from([1.0, 2.0**24, 2.0**40, 2.0**56]),  # float32 / int32 / f64 / int64
+    layouts=st.sampled_from(["nchw", "nhwc", "mixed"]),
+    doubles=st.lists(st.booleans(), min_size=3, max_size=3),
+)
+def test_add_kernel_equals_the_reference(  # noqa: PLR0913
+    seed, T, inputs, shift, cumulative, scale, layouts, doubles
+):
+    """The "int" add (floor(sum m_i x_i / 2^shift) a step) on per-step values and on running
+    sums, fused in C (spikeport.sim.native) and in torch's loop, in every exact type the
+    proof's bound picks, on inputs of float32 and float64 in one layout or mixed ones: the
+    reference kernel's integers."""
+    rng = np.random.default_rng(seed)
+    C, N, H, W = 3, 2, 4, 5
+    mult = rng.integers(-300, 300, (inputs, C, 1, 1))
+    node = Node("a", "add", [f"x{i}" for i in range(inputs)], "o", {"shift": shift},
+                {"mult_q": mult})  # fmt: skip
+    x = rng.integers(-40, 41, (inputs, T, N, C, H, W))
+    ref = KERNELS["add"](node, "int", ())
+    want = np.stack([ref(*x[:, t]) for t in range(T)])
+    given_ = np.cumsum(x, axis=1) if cumulative else x
+    reach = np.full((C, H, W), scale)
+    bounds = {f"x{i}": NodeBounds(reach, reach, 0.0) for i in range(inputs)}
+    bounds["o"] = NodeBounds(reach, reach, 0.0)
+    arrays = []
+    for i in range(inputs):
+        a = torch.from_numpy(given_[i].astype(np.float64 if doubles[i] else np.float32))
+        if layouts == "nhwc" or (layouts == "mixed" and i % 2):
+            a = torch.stack([s.contiguous(memory_format=torch.channels_last) for s in a])
+        arrays.append(a.numpy())
+    kern = fast.FAST_KERNELS["add"](node, "int", (C, H, W), bounds)
+    for enabled in (True, False):
+        with mock.patch.object(native, "ENABLED", enabled):
+            steps = kern.run(*arrays, cumulative=cumulative)
+        got = np.asarray(steps.y, np.int64)
+        if (steps.form or (fast.CUM if cumulative else fast.STEP)) == fast.CUM:
+            got = np.diff(got, axis=0, prepend=0)  # running sums out: their steps
+        np.testing.assert_array_equal(got, want, err_msg=f"C: {enabled}")
+
+
 int8_call = Int8Synapse.__call__
 
 

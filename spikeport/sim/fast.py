@@ -47,6 +47,7 @@ from spikeport.sim.ops import Shape
 # float32 is exact for integers below 2^24; half of it leaves room for IF's floor division
 # (floor(a / b) of integers is exact in floating point when |a| + b is below half the range).
 FLOAT32_SAFE = float(1 << 23)
+FLOATS = (torch.float32, torch.float64)
 Bounds = dict[str, NodeBounds]
 
 
@@ -407,7 +408,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     itself), so it takes running sums too and a residual block stays in running sums. With a
     shift it takes running sums where their weighted sum D_t = sum m_i S_i,t has an exact
     type: the step's sum is D_t - D_{t-1} (one difference, not one per input), floored, out
-    per step."""
+    per step (the C kernel, fused: out as running sums of those, what a neuron reads)."""
     if mode != "int":
         return None  # a plain sum: the reference kernel, folded
     m64 = [m.astype(np.float64) for m in node.params["mult_q"]]
@@ -431,9 +432,29 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
     full = [np.array(np.broadcast_to(m, shape)) for m in m64]  # a copy: writable
     mults = {dt: [torch.from_numpy(m).to(dt) for m in full] for dt in set(dts.values())}
 
+    def fused(ins: list[torch.Tensor], cumulative: bool) -> Steps | None:
+        """The same in one pass (spikeport.sim.native: csrc/weighted_add.c), in double: where
+        the proof bounds the sums below 2^53 and the inputs share one dense layout. Out in
+        the inputs' form, shift or not: a neuron after it reads running sums as they come."""
+        if not native.available() or bounds is None or dts[cumulative] == torch.int64:
+            return None
+        rows = [step_rows(x) for x in ins]
+        if any(x.dtype not in FLOATS or x.stride() != ins[0].stride() for x in ins) or (
+            len(ins[0]) and rows[0].stride(1) != 1
+        ):
+            return None
+        out = torch.empty_like(ins[0], dtype=outs[cumulative])
+        mults64 = [per_row(torch.from_numpy(m), ins[0]) for m in full]
+        native.weighted_add(rows, mults64, shift, cumulative, step_rows(out))
+        return Steps(out.numpy())
+
     def run(*xs: np.ndarray, cumulative: bool = False) -> Steps:
         """A step at a time into one output (a step's tensors stay in cache), in place."""
-        dt, ins = dts[cumulative], [_torch(x) for x in xs]
+        ins = [_torch(x) for x in xs]
+        done = fused(ins, cumulative)
+        if done is not None:
+            return done
+        dt = dts[cumulative]
         ms = [laid_out_like(m, ins[0]) for m in mults[dt]]
         out = torch.empty_like(ins[0], dtype=outs[cumulative and not shift])
         total = torch.empty_like(ins[0][0], dtype=dt)  # D_t
@@ -545,7 +566,7 @@ class IntIF:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring); and each step's events (nonzero counts) and levels (sum of |count|),
         taken while the step's counts are in cache."""
-        if native.available() and c.dtype in (torch.float32, torch.float64):
+        if native.available() and c.dtype in FLOATS:
             return self._native_levels(c)
         theta, v0 = laid_out_like(self.theta, c), laid_out_like(self.v0, c)
         n = torch.empty_like(c)

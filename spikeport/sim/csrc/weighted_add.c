@@ -1,0 +1,78 @@
+/* spikeport.sim.fast's "add" in "int" mode, one fused pass (spikeport.sim.native).
+
+   At every step t the weighted sum D_t = sum_i m_i x_i,t of its inputs, then
+       shift == 0:              D_t                          (either form: the add is linear)
+       shift > 0, per-step x:   y_t = floor(D_t / 2^shift)
+       shift > 0, running sums: y_t = floor((D_t - D_{t-1}) / 2^shift), out as running sums
+                                y_1 + ... + y_t (what a neuron after it reads)
+   in double, exact: the range proof bounds sum |m_i| |x_i| below 2^53 before this runs
+   (spikeport.sim.fast._add hands larger sums to its int64 torch loop), so every product, sum
+   and difference (and the outputs' running sums, which the proof bounds too) is an integer
+   double holds, and a multiplication by 2^-shift is exact.
+   The torch loop does the same sums in a narrower exact type: the same integers.
+
+   Layout as csrc/if_levels.c: T steps of `step` elements; inputs of float or double (kind 0
+   or 1), each in the same order; multipliers `period` doubles (a sample's), repeated; the
+   output float or double. A call covers elements [m0, m1) of every step, block by block. */
+
+#include <math.h>
+#include <stdint.h>
+
+enum { BLOCK = 1024 };
+
+static void weigh(double *restrict acc, const void *x, int is_double, const double *restrict m,
+                  int64_t len, int first) {
+    if (is_double) {
+        const double *restrict v = x;
+        if (first)
+            for (int64_t i = 0; i < len; i++) acc[i] = m[i] * v[i];
+        else
+            for (int64_t i = 0; i < len; i++) acc[i] += m[i] * v[i];
+    } else {
+        const float *restrict v = x;
+        if (first)
+            for (int64_t i = 0; i < len; i++) acc[i] = m[i] * (double)v[i];
+        else
+            for (int64_t i = 0; i < len; i++) acc[i] += m[i] * (double)v[i];
+    }
+}
+
+static void store(void *out, int is_double, const double *restrict y, int64_t len) {
+    if (is_double) {
+        double *restrict o = out;
+        for (int64_t i = 0; i < len; i++) o[i] = y[i];
+    } else {
+        float *restrict o = out;
+        for (int64_t i = 0; i < len; i++) o[i] = (float)y[i];
+    }
+}
+
+void weighted_add(int64_t T, int64_t step, int64_t m0, int64_t m1, int64_t inputs,
+                  const void *const *xs, const int32_t *x_double, const double *const *mults,
+                  int64_t period, int32_t shift, int32_t cumulative, void *out,
+                  int32_t out_double) {
+    double acc[BLOCK], prev[BLOCK], run[BLOCK];
+    const double scale = ldexp(1.0, -shift);
+    const int64_t xsize[2] = {sizeof(float), sizeof(double)};
+    for (int64_t b0 = m0, len; b0 < m1; b0 += len) {
+        int64_t off = b0 % period; /* a block never crosses a sample's end */
+        len = m1 - b0 < BLOCK ? m1 - b0 : BLOCK;
+        len = period - off < len ? period - off : len;
+        for (int64_t i = 0; i < len; i++) prev[i] = run[i] = 0;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t at = t * step + b0;
+            for (int64_t k = 0; k < inputs; k++)
+                weigh(acc, (const char *)xs[k] + at * xsize[x_double[k]], x_double[k],
+                      mults[k] + off, len, k == 0);
+            if (shift && cumulative)
+                for (int64_t i = 0; i < len; i++) {
+                    double d = acc[i] - prev[i];
+                    prev[i] = acc[i];
+                    acc[i] = run[i] += floor(d * scale);
+                }
+            else if (shift)
+                for (int64_t i = 0; i < len; i++) acc[i] = floor(acc[i] * scale);
+            store((char *)out + at * xsize[out_double], out_double, acc, len);
+        }
+    }
+}
