@@ -217,8 +217,9 @@ def test_native_neuron_equals_the_torch_loop(  # noqa: PLR0913
     seed, bits, kind, T, shape, channels_last, wide, split
 ):
     """The fused C loop of IntIF (spikeport.sim.native) gives the torch loop's counts, events
-    and levels: every rule, float32 and float64 sums, contiguous and channels-last steps,
-    samples longer than a C block (1100 > 1024), and the elements split over threads."""
+    and levels, and its readers' synaptic operations (fan-out over nonzero counts): every
+    rule, float32 and float64 sums, contiguous and channels-last steps, samples longer than a
+    C block (1100 > 1024), and the elements split over threads."""
     if not native.available():
         pytest.skip(f"no native kernels here: {native.status()}")
     rng = np.random.default_rng(seed)
@@ -242,15 +243,22 @@ def test_native_neuron_equals_the_torch_loop(  # noqa: PLR0913
     torch.set_num_threads(2 if split else 1)
     try:
         with mock.patch.object(native, "MIN_SPLIT", 64 if split else native.MIN_SPLIT):
-            fused, fused_events = neuron._levels(c)
+            fused, fused_events, _ = neuron._levels(c)
+            fanout = rng.integers(0, 1000, sample)
+            neuron.weigh_events_by(fanout)
+            _, _, sops = neuron._levels(c)
         with mock.patch.object(native, "ENABLED", False):
-            loop, loop_events = neuron._levels(c)
+            loop, loop_events, none = neuron._levels(c)
     finally:
         torch.set_num_threads(threads)
     assert fused.stride() == loop.stride()
     np.testing.assert_array_equal(fused.numpy(), loop.numpy())
     for a, b in zip(fused_events, loop_events, strict=True):
         np.testing.assert_array_equal(a, b)
+    counts = np.diff(loop.numpy(), axis=0, prepend=0)  # per step
+    want = ((counts != 0) * fanout).reshape(T, -1).sum(axis=1)
+    assert none is None
+    np.testing.assert_array_equal(sops, want)  # its readers' synaptic operations
 
 
 def test_native_kernels_report_why_they_do_not_run(monkeypatch):

@@ -63,6 +63,8 @@ class Steps:
            sums and gives per-step values)
     events: a neuron's (events, levels) per step (T,), counted as it ran, where y holds its
            running counts (what the runner would otherwise take from their differences)
+    sops:  a neuron's synaptic operations per step (T,), over every synaptic node reading it,
+           counted as it ran (FastKernel.weigh_events_by)
     """
 
     y: np.ndarray
@@ -70,6 +72,7 @@ class Steps:
     k: np.ndarray | None = None
     form: str | None = None
     events: tuple[np.ndarray, np.ndarray] | None = None
+    sops: np.ndarray | None = None
 
 
 STEP, CUM, ANY = "step", "cum", "any"
@@ -87,6 +90,9 @@ class FastKernel:
     takes: str = STEP
     dtype: torch.dtype = torch.float64
     static: Callable[[np.ndarray, int], Steps] | None = None
+    # a neuron that counts the synaptic operations of its readers as it runs: given the
+    # fan-out (per sample) of every synaptic node reading it
+    weigh_events_by: Callable[[np.ndarray], None] | None = None
 
 
 # maker(node, mode, per-sample output shape, the range proof's bounds in "int" mode)
@@ -396,7 +402,8 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
         # cost less than stepping the neuron with a state check every step (StepIF)
         assert bounds is not None
         cum = IntIF(node, shape, bounds)
-        return FastKernel(lambda current, cumulative=True: cum(current), CUM, cum.dt, cum.static)
+        run = lambda current, cumulative=True: cum(current)  # noqa: E731
+        return FastKernel(run, CUM, cum.dt, cum.static, cum.weigh_events_by)
     return FastKernel(StepIF(node, shape, None))
 
 
@@ -537,11 +544,17 @@ class IntIF:
         self.v0 = torch.from_numpy(initial_potential(theta).astype(np.float64)).to(self.dt)
         self.K = spike_levels(node)
         self.signed, self.bipolar = node.attrs["signed"], node.attrs.get("bipolar", False)
+        self.fanout: torch.Tensor | None = None  # weigh_events_by
+
+    def weigh_events_by(self, fanout: np.ndarray) -> None:
+        """Count the synaptic operations its spikes cause as it runs (the C loop only): the
+        fan-out of each neuron (per sample, int64) over every synaptic node reading it."""
+        self.fanout = torch.from_numpy(np.ascontiguousarray(fanout, np.int64))
 
     def __call__(self, current: np.ndarray) -> Steps:
         c = _torch(current).to(self.dt)  # running sums of the input current (see Layout above)
-        n, events = self._levels(c)
-        return Steps(n.numpy(), lambda: self._state(c, n), events=events)
+        n, events, sops = self._levels(c)
+        return Steps(n.numpy(), lambda: self._state(c, n), events=events, sops=sops)
 
     def static(self, current: np.ndarray, T: int) -> Steps:
         """The same for an input current I equal at every step (a first layer's): q_t =
@@ -562,7 +575,9 @@ class IntIF:
         n.div_(theta).floor_()  # in place: one tensor of T steps, no temporaries
         return Steps(n.numpy(), lambda: self._state(i[None] * t, n))
 
-    def _levels(self, c: torch.Tensor) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]:
+    def _levels(
+        self, c: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray], np.ndarray | None]:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring); and each step's events (nonzero counts) and levels (sum of |count|),
         taken while the step's counts are in cache."""
@@ -584,11 +599,14 @@ class IntIF:
                 d.clamp_(0, self.K)
             events[t], levels[t] = self._count(d)
             prev = d.add_(prev)
-        return n, (events, levels)
+        return n, (events, levels), None
 
-    def _native_levels(self, c: torch.Tensor) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray]]:
+    def _native_levels(
+        self, c: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray], np.ndarray | None]:
         """The same in one fused pass (spikeport.sim.native: csrc/if_levels.c), on each step's
-        elements in memory order, the counts out in c's layout."""
+        elements in memory order, the counts out in c's layout; and the synaptic operations
+        its spikes cause where weigh_events_by gave the fan-out."""
         rows = step_rows(c)
         if len(c) and rows.stride(1) != 1:  # not dense: a copy that is
             c = torch.empty_like(c, memory_format=torch.contiguous_format).copy_(c)
@@ -596,8 +614,9 @@ class IntIF:
         theta, v0 = (per_row(p, c) for p in (self.theta, self.v0))
         rule = native.BIPOLAR if self.bipolar else native.SIGNED if self.signed else native.UNSIGNED
         n = torch.empty_like(c)  # c's strides: its rows are rows' twins
-        events, levels = native.if_levels(rows, theta, v0, self.K, rule, step_rows(n))
-        return n, (events, levels)
+        fanout = per_row(self.fanout, c) if self.fanout is not None else None
+        events, levels, sops = native.if_levels(rows, theta, v0, self.K, rule, step_rows(n), fanout)
+        return n, (events, levels), sops
 
     def _count(self, d: torch.Tensor) -> tuple[int, int]:
         """One step's events (nonzero counts) and levels (sum of |count|): dot products (a

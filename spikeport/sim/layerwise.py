@@ -179,11 +179,15 @@ class _Counts:
         # per-step nonzero counts of each neuron output counted so far: a dense layer reading
         # one has that many inputs that fire, each with the same fan-out (no second pass)
         self.nonzero: dict[str, np.ndarray] = {}
+        # neuron outputs whose readers' synaptic operations the neuron counted as it ran
+        self.paid: set[str] = set()
 
     def synapses(self, name: str, v: Val, fanout: np.ndarray | int, binary: bool) -> None:
         """Nonzero inputs times fan-out at each step; a static input counts at step 1 only (the
         reference computes a static node once). Unsigned binary spikes held as running sums:
         the fan-out weighted sum of the counts, differenced over steps (no per-step copy)."""
+        if name in self.paid:
+            return
         if isinstance(fanout, int) and name in self.nonzero and v.form != STATIC:
             self.sops += self.nonzero[name] * fanout
         elif v.form == STATIC:
@@ -338,6 +342,9 @@ def _account(
             counts.events(steps.k, bits, K, binary)
         elif steps.events is not None:  # counted as it ran (IntIF)
             counts.nonzero[node.output] = counts.counted(*steps.events, bits)
+            if steps.sops is not None:  # and its readers' synaptic operations
+                counts.sops += steps.sops
+                counts.paid.add(node.output)
         elif out.form == CUM and binary:
             counts.nonzero[node.output] = counts.binary_events(out.x, bits)
         elif out.form == CUM:

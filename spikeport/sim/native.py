@@ -110,21 +110,30 @@ _NAMES = {torch.float32: "if_levels_f32", torch.float64: "if_levels_f64"}
 
 
 def if_levels(
-    c: torch.Tensor, theta: torch.Tensor, v0: torch.Tensor, K: int, rule: int, n: torch.Tensor
-) -> tuple[np.ndarray, np.ndarray]:
+    c: torch.Tensor,
+    theta: torch.Tensor,
+    v0: torch.Tensor,
+    K: int,
+    rule: int,
+    n: torch.Tensor,
+    fanout: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """csrc/if_levels.c on c (T, M) (each row dense, stride 1) with theta and v0 (S,) of its
     type, S dividing M (repeated along a row): the counts into n (c's shape and strides), and
-    each step's events and levels (T,) returned. The M elements split over torch's threads."""
+    each step's events and levels (T,) returned; with fanout (S,) int64, each step's synaptic
+    operations too (else None). The M elements split over torch's threads."""
     lib = library()
     assert lib is not None and c.dtype in _NAMES and c.stride(1) == 1
-    assert theta.is_contiguous() and v0.is_contiguous() and theta.dtype == v0.dtype == c.dtype
-    assert theta.dim() == v0.dim() == 1 and len(theta) == len(v0) and c.shape[1] % len(theta) == 0
     assert n.shape == c.shape and n.stride() == c.stride() and n.dtype == c.dtype
+    per_sample = [theta, v0] + ([fanout] if fanout is not None else [])
+    assert all(p.dim() == 1 and p.is_contiguous() and p.shape == theta.shape for p in per_sample)
+    assert theta.dtype == v0.dtype == c.dtype and c.shape[1] % len(theta) == 0
+    assert fanout is None or fanout.dtype == torch.int64
     T, M = c.shape
     fn = getattr(lib, _NAMES[c.dtype])
     real = _TYPES[c.dtype]
     parts = _split(M)
-    events, levels = np.zeros((len(parts), T), np.int64), np.zeros((len(parts), T), np.int64)
+    events, levels, sops = (np.zeros((len(parts), T), np.int64) for _ in range(3))
 
     def run(j: int) -> None:
         m0, m1 = parts[j]
@@ -134,10 +143,12 @@ def if_levels(
             ctypes.c_int64(m1), ctypes.c_void_p(theta.data_ptr()),
             ctypes.c_void_p(v0.data_ptr()), ctypes.c_int64(len(theta)), real(K), ctypes.c_int(rule),
             events[j].ctypes.data_as(ctypes.c_void_p), levels[j].ctypes.data_as(ctypes.c_void_p),
+            ctypes.c_void_p(fanout.data_ptr() if fanout is not None else None),
+            sops[j].ctypes.data_as(ctypes.c_void_p),
         )  # fmt: skip
 
     _each(run, len(parts))
-    return events.sum(axis=0), levels.sum(axis=0)
+    return events.sum(axis=0), levels.sum(axis=0), sops.sum(axis=0) if fanout is not None else None
 
 
 def weighted_add(

@@ -159,7 +159,19 @@ class Simulator:
             k = make(n, self.mode, self.graph.shape(n.output), self.bounds) if make else None
             if k is not None and (self.mode != "int" or self.bounds is not None):
                 out[n.name] = k
+                if k.weigh_events_by is not None:
+                    k.weigh_events_by(self._read_fanout(n.output))
         return out
+
+    def _read_fanout(self, tensor: str) -> np.ndarray:
+        """Each element's fan-out over every synaptic node reading `tensor` (as its first
+        input, which is what the synaptic operations count), per sample."""
+        shape = self.graph.shape(tensor)
+        total = np.zeros(shape, np.int64)
+        for n in self.graph.nodes:
+            if n.name in self.fanout and n.inputs[0] == tensor:
+                total += np.broadcast_to(self.fanout[n.name], shape).astype(np.int64)
+        return total
 
     def proven(self, tensor: str) -> bool:
         """The range proof bounds every value and state of `tensor`'s node within the limit."""
