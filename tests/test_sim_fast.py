@@ -198,8 +198,10 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
     np.testing.assert_array_equal(step, want)
     np.testing.assert_array_equal(np.diff(cum, axis=0, prepend=0), want)
     if static:
-        closed = fast.IntIF(node, (C,), bounds).static(current[0], T).y
-        np.testing.assert_array_equal(closed, cum)
+        for c_loop in (True, False):  # spikeport.sim.native's, and torch's closed form
+            with mock.patch.object(native, "ENABLED", c_loop):
+                closed = fast.IntIF(node, (C,), bounds).static(current[0], T).y
+            np.testing.assert_array_equal(closed, cum)
 
 
 @settings(max_examples=60, deadline=None)
@@ -255,6 +257,15 @@ def test_native_neuron_equals_the_torch_loop(  # noqa: PLR0913
     np.testing.assert_array_equal(fused.numpy(), loop.numpy())
     for a, b in zip(fused_events, loop_events, strict=True):
         np.testing.assert_array_equal(a, b)
+    # a current equal at every step (a first layer's), in the layout under test
+    first = c[0].numpy() if c.dtype == torch.float64 else c[0].double().numpy()
+    neuron.fanout = None
+    with mock.patch.object(native, "ENABLED", True):
+        ramp = neuron.static(first, T)
+    with mock.patch.object(native, "ENABLED", False):
+        closed = neuron.static(first, T)
+    np.testing.assert_array_equal(ramp.y, closed.y)
+    assert ramp.y.strides == closed.y.strides or T == 1
     counts = np.diff(loop.numpy(), axis=0, prepend=0)  # per step
     want = ((counts != 0) * fanout).reshape(T, -1).sum(axis=1)
     assert none is None

@@ -127,6 +127,14 @@ def step_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, *memory_order(x)).reshape(len(x), -1)
 
 
+def from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """step_rows undone: rows (T, M) as a (T, ...) view laid out like `like` (whose step axis
+    may have another length)."""
+    order = memory_order(like)
+    y = rows.reshape(len(rows), *[like.shape[d] for d in order])
+    return y.permute(0, *[1 + order.index(d) for d in range(1, like.dim())])
+
+
 def laid_out_like(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A per-sample tensor p (its shape x's trailing axes) in the memory order of x's samples:
     an elementwise pass over x with p is then one contiguous run per sample, where a p in
@@ -563,8 +571,11 @@ class IntIF:
         = -K for bipolar neurons and 0 otherwise (a signed neuron's count starts at 0 and
         cannot go below it). All T steps at once, no loop; the clamps act on I (below)."""
         i = _torch(current).to(self.dt)
-        theta, v0 = laid_out_like(self.theta, i), laid_out_like(self.v0, i)
         t = torch.arange(1, T + 1, dtype=self.dt).reshape((T,) + (1,) * i.dim())
+        if native.available() and i.dtype in FLOATS:  # the C loop on C_t = t I
+            n, events, sops = self._native_levels(i[None], T)
+            return Steps(n.numpy(), lambda: self._state(i[None] * t, n), events=events, sops=sops)
+        theta, v0 = laid_out_like(self.theta, i), laid_out_like(self.v0, i)
         # The clamps move to the current, once: with I in [lo theta, K theta] the count is
         # already in [lo t, K t] (0 <= v0 < theta), and at either end it is exactly lo t or K t.
         low = -self.K * theta if self.bipolar else torch.zeros_like(theta)
@@ -602,20 +613,25 @@ class IntIF:
         return n, (events, levels), None
 
     def _native_levels(
-        self, c: torch.Tensor
+        self, c: torch.Tensor, ramp: int = 0
     ) -> tuple[torch.Tensor, tuple[np.ndarray, np.ndarray], np.ndarray | None]:
         """The same in one fused pass (spikeport.sim.native: csrc/if_levels.c), on each step's
         elements in memory order, the counts out in c's layout; and the synaptic operations
-        its spikes cause where weigh_events_by gave the fan-out."""
+        its spikes cause where weigh_events_by gave the fan-out. With `ramp` = T, c is one
+        step of a current equal at every step, and the running sums are t c for T steps."""
         rows = step_rows(c)
-        if len(c) and rows.stride(1) != 1:  # not dense: a copy that is
+        if c.numel() and rows.stride(1) != 1:  # not dense: a copy that is
             c = torch.empty_like(c, memory_format=torch.contiguous_format).copy_(c)
             rows = step_rows(c)
         theta, v0 = (per_row(p, c) for p in (self.theta, self.v0))
         rule = native.BIPOLAR if self.bipolar else native.SIGNED if self.signed else native.UNSIGNED
-        n = torch.empty_like(c)  # c's strides: its rows are rows' twins
+        # in c's layout: its rows are rows' twins
+        n = from_rows(torch.empty((ramp, rows.shape[1]), dtype=c.dtype), c) if ramp else None
+        n = torch.empty_like(c) if n is None else n
         fanout = per_row(self.fanout, c) if self.fanout is not None else None
-        events, levels, sops = native.if_levels(rows, theta, v0, self.K, rule, step_rows(n), fanout)
+        events, levels, sops = native.if_levels(
+            rows, theta, v0, self.K, rule, step_rows(n), fanout, ramp=bool(ramp)
+        )
         return n, (events, levels), sops
 
     def _count(self, d: torch.Tensor) -> tuple[int, int]:

@@ -117,19 +117,22 @@ def if_levels(
     rule: int,
     n: torch.Tensor,
     fanout: torch.Tensor | None = None,
+    ramp: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """csrc/if_levels.c on c (T, M) (each row dense, stride 1) with theta and v0 (S,) of its
-    type, S dividing M (repeated along a row): the counts into n (c's shape and strides), and
-    each step's events and levels (T,) returned; with fanout (S,) int64, each step's synaptic
-    operations too (else None). The M elements split over torch's threads."""
+    """csrc/if_levels.c on running sums c (T, M) (each row dense, stride 1; with `ramp`, one
+    row I, the running sums t I) with theta and v0 (S,) of its type, S dividing M (repeated
+    along a row): the counts into n (T, M, c's strides), and each step's events and levels
+    (T,) returned; with fanout (S,) int64, each step's synaptic operations too (else None).
+    The M elements split over torch's threads."""
     lib = library()
     assert lib is not None and c.dtype in _NAMES and c.stride(1) == 1
-    assert n.shape == c.shape and n.stride() == c.stride() and n.dtype == c.dtype
+    assert n.shape[1] == c.shape[1] and n.stride(1) == 1 and n.dtype == c.dtype
+    assert ramp or (n.shape == c.shape and n.stride() == c.stride())
     per_sample = [theta, v0] + ([fanout] if fanout is not None else [])
     assert all(p.dim() == 1 and p.is_contiguous() and p.shape == theta.shape for p in per_sample)
     assert theta.dtype == v0.dtype == c.dtype and c.shape[1] % len(theta) == 0
     assert fanout is None or fanout.dtype == torch.int64
-    T, M = c.shape
+    T, M = n.shape
     fn = getattr(lib, _NAMES[c.dtype])
     real = _TYPES[c.dtype]
     parts = _split(M)
@@ -138,8 +141,8 @@ def if_levels(
     def run(j: int) -> None:
         m0, m1 = parts[j]
         fn(
-            ctypes.c_void_p(c.data_ptr()), ctypes.c_void_p(n.data_ptr()),
-            ctypes.c_int64(T), ctypes.c_int64(c.stride(0)), ctypes.c_int64(m0),
+            ctypes.c_void_p(c.data_ptr()), ctypes.c_int(ramp), ctypes.c_void_p(n.data_ptr()),
+            ctypes.c_int64(T), ctypes.c_int64(n.stride(0)), ctypes.c_int64(m0),
             ctypes.c_int64(m1), ctypes.c_void_p(theta.data_ptr()),
             ctypes.c_void_p(v0.data_ptr()), ctypes.c_int64(len(theta)), real(K), ctypes.c_int(rule),
             events[j].ctypes.data_as(ctypes.c_void_p), levels[j].ctypes.data_as(ctypes.c_void_p),
