@@ -294,15 +294,18 @@ def test_native_kernels_report_why_they_do_not_run(monkeypatch):
     cumulative=st.booleans(),
     scale=st.sampled_from([1.0, 2.0**24, 2.0**40, 2.0**56]),  # float32 / int32 / f64 / int64
     layouts=st.sampled_from(["nchw", "nhwc", "mixed"]),
-    doubles=st.lists(st.booleans(), min_size=3, max_size=3),
+    kinds=st.lists(
+        st.sampled_from(["float32", "float64", "int32", "int64"]), min_size=3, max_size=3
+    ),
 )
 def test_add_kernel_equals_the_reference(  # noqa: PLR0913
-    seed, T, inputs, shift, cumulative, scale, layouts, doubles
+    seed, T, inputs, shift, cumulative, scale, layouts, kinds
 ):
     """The "int" add (floor(sum m_i x_i / 2^shift) a step) on per-step values and on running
     sums, fused in C (spikeport.sim.native) and in torch's loop, in every exact type the
-    proof's bound picks, on inputs of float32 and float64 in one layout or mixed ones: the
-    reference kernel's integers."""
+    proof's bound picks, on inputs of float32, float64, int32 and int64 (the runner sums
+    per-step inputs in the add's type), in one layout or mixed ones: the reference kernel's
+    integers."""
     rng = np.random.default_rng(seed)
     C, N, H, W = 3, 2, 4, 5
     mult = rng.integers(-300, 300, (inputs, C, 1, 1))
@@ -317,7 +320,7 @@ def test_add_kernel_equals_the_reference(  # noqa: PLR0913
     bounds["o"] = NodeBounds(reach, reach, 0.0)
     arrays = []
     for i in range(inputs):
-        a = torch.from_numpy(given_[i].astype(np.float64 if doubles[i] else np.float32))
+        a = torch.from_numpy(given_[i].astype(kinds[i]))
         if layouts == "nhwc" or (layouts == "mixed" and i % 2):
             a = torch.stack([s.contiguous(memory_format=torch.channels_last) for s in a])
         arrays.append(a.numpy())

@@ -106,6 +106,8 @@ def available() -> bool:
 
 
 _TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+# csrc/weighted_add.c's input kinds
+ADD_KINDS = {torch.float32: 0, torch.float64: 1, torch.int32: 2, torch.int64: 3}
 _NAMES = {torch.float32: "if_levels_f32", torch.float64: "if_levels_f64"}
 
 
@@ -162,18 +164,17 @@ def weighted_add(
     out: torch.Tensor,
 ) -> None:
     """csrc/weighted_add.c: out (T, M) = floor(sum_i m_i x_i / 2^shift) a step, for x_i
-    (T, M) float or double with out's strides, and multipliers (S,) double, S dividing M; on
-    running sums (`cumulative`) their running sums (with a shift: of the floored steps'
-    differences). The caller has proved every sum below 2^53."""
+    (T, M) of ADD_KINDS' types with out's strides (out float or double), and multipliers
+    (S,) double, S dividing M; on running sums (`cumulative`) their running sums (with a
+    shift: of the floored steps' differences). The caller has proved every sum below 2^53."""
     lib = library()
     assert lib is not None and all(x.stride() == out.stride() for x in xs) and out.stride(1) == 1
     assert all(m.dtype == torch.float64 and m.is_contiguous() and m.shape == mults[0].shape
                for m in mults) and out.shape[1] % len(mults[0]) == 0  # fmt: skip
     T, M = out.shape
     k = len(xs)
-    double = {torch.float32: 0, torch.float64: 1}
     ptrs = (ctypes.c_void_p * k)(*(x.data_ptr() for x in xs))
-    kinds = (ctypes.c_int32 * k)(*(double[x.dtype] for x in xs))
+    kinds = (ctypes.c_int32 * k)(*(ADD_KINDS[x.dtype] for x in xs))
     ms = (ctypes.c_void_p * k)(*(m.data_ptr() for m in mults))
     parts = _split(M)
 
@@ -183,7 +184,7 @@ def weighted_add(
             ctypes.c_int64(T), ctypes.c_int64(out.stride(0)), ctypes.c_int64(m0),
             ctypes.c_int64(m1), ctypes.c_int64(k), ptrs, kinds, ms,
             ctypes.c_int64(len(mults[0])), ctypes.c_int32(shift), ctypes.c_int32(cumulative),
-            ctypes.c_void_p(out.data_ptr()), ctypes.c_int32(double[out.dtype]),
+            ctypes.c_void_p(out.data_ptr()), ctypes.c_int32(ADD_KINDS[out.dtype]),
         )  # fmt: skip
 
     _each(run, len(parts))

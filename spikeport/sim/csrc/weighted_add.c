@@ -11,8 +11,8 @@
    double holds, and a multiplication by 2^-shift is exact.
    The torch loop does the same sums in a narrower exact type: the same integers.
 
-   Layout as csrc/if_levels.c: T steps of `step` elements; inputs of float or double (kind 0
-   or 1), each in the same order; multipliers `period` doubles (a sample's), repeated; the
+   Layout as csrc/if_levels.c: T steps of `step` elements; inputs of float, double, int32 or
+   int64 (the kinds below), each in the same order; multipliers `period` doubles (a sample's), repeated; the
    output float or double. A call covers elements [m0, m1) of every step, block by block. */
 
 #include <math.h>
@@ -20,20 +20,25 @@
 
 enum { BLOCK = 1024 };
 
-static void weigh(double *restrict acc, const void *x, int is_double, const double *restrict m,
+/* acc (+)= m x over a block, for x of one of the kinds below: each a loop that vectorises */
+enum { FLOAT32 = 0, FLOAT64 = 1, INT32 = 2, INT64 = 3 };
+
+#define WEIGH(TYPE)                                                                        \
+    {                                                                                      \
+        const TYPE *restrict v = x;                                                        \
+        if (first)                                                                         \
+            for (int64_t i = 0; i < len; i++) acc[i] = m[i] * (double)v[i];                \
+        else                                                                               \
+            for (int64_t i = 0; i < len; i++) acc[i] += m[i] * (double)v[i];               \
+    }
+
+static void weigh(double *restrict acc, const void *x, int kind, const double *restrict m,
                   int64_t len, int first) {
-    if (is_double) {
-        const double *restrict v = x;
-        if (first)
-            for (int64_t i = 0; i < len; i++) acc[i] = m[i] * v[i];
-        else
-            for (int64_t i = 0; i < len; i++) acc[i] += m[i] * v[i];
-    } else {
-        const float *restrict v = x;
-        if (first)
-            for (int64_t i = 0; i < len; i++) acc[i] = m[i] * (double)v[i];
-        else
-            for (int64_t i = 0; i < len; i++) acc[i] += m[i] * (double)v[i];
+    switch (kind) {
+    case FLOAT32: WEIGH(float) break;
+    case FLOAT64: WEIGH(double) break;
+    case INT32: WEIGH(int32_t) break;
+    default: WEIGH(int64_t) break; /* |x| < 2^53: the proof's bound, so exact in double */
     }
 }
 
@@ -48,12 +53,12 @@ static void store(void *out, int is_double, const double *restrict y, int64_t le
 }
 
 void weighted_add(int64_t T, int64_t step, int64_t m0, int64_t m1, int64_t inputs,
-                  const void *const *xs, const int32_t *x_double, const double *const *mults,
+                  const void *const *xs, const int32_t *x_kind, const double *const *mults,
                   int64_t period, int32_t shift, int32_t cumulative, void *out,
                   int32_t out_double) {
     double acc[BLOCK], prev[BLOCK], run[BLOCK];
     const double scale = ldexp(1.0, -shift);
-    const int64_t xsize[2] = {sizeof(float), sizeof(double)};
+    const int64_t xsize[4] = {sizeof(float), sizeof(double), sizeof(int32_t), sizeof(int64_t)};
     for (int64_t b0 = m0, len; b0 < m1; b0 += len) {
         int64_t off = b0 % period; /* a block never crosses a sample's end */
         len = m1 - b0 < BLOCK ? m1 - b0 : BLOCK;
@@ -62,7 +67,7 @@ void weighted_add(int64_t T, int64_t step, int64_t m0, int64_t m1, int64_t input
         for (int64_t t = 0; t < T; t++) {
             int64_t at = t * step + b0;
             for (int64_t k = 0; k < inputs; k++)
-                weigh(acc, (const char *)xs[k] + at * xsize[x_double[k]], x_double[k],
+                weigh(acc, (const char *)xs[k] + at * xsize[x_kind[k]], x_kind[k],
                       mults[k] + off, len, k == 0);
             if (shift && cumulative)
                 for (int64_t i = 0; i < len; i++) {
