@@ -473,9 +473,11 @@ def _ec_node(op: str, rng: np.random.Generator, d: int) -> Node:
     T=st.integers(1, 5),
     op=st.sampled_from(["layernorm", "softmax", "masked_softmax", "gelu", "matmul"]),
     peak=st.sampled_from([1, 50, 1 << 12, 1 << 20, 1 << 30]),
+    split=st.booleans(),
 )
-def test_sequence_operator_kernels_equal_the_reference(seed, T, op, peak):
-    """The fast kernels of the expectation-compensated operators (spikeport.sim.fast_seq):
+def test_sequence_operator_kernels_equal_the_reference(seed, T, op, peak, split):
+    """The fast kernels of the expectation-compensated operators (spikeport.sim.fast_seq),
+    in C (spikeport.sim.native, its rows split over threads or not) and in torch's loop:
     the reference's G(t) on running sums from one spike to 2^30 (a layernorm's variance then
     leaves float64's exact range: those steps run the reference), masked rows with no key
     kept, per-index product multipliers."""
@@ -501,6 +503,19 @@ def test_sequence_operator_kernels_equal_the_reference(seed, T, op, peak):
     if kern is None:  # only where the proof leaves float64's exact range
         assert peak >= 1 << 20
         return
-    got = kern.run(*[s.astype(np.float64) for s in sums]).y
-    np.testing.assert_array_equal(np.asarray(got, np.int64), want)
-    np.testing.assert_array_equal(kern.run(*sums).y, got)  # int64 sums in
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if split else 1)
+    try:
+        for c_loops in (True, False):
+            with (
+                mock.patch.object(native, "ENABLED", c_loops),
+                mock.patch.object(native, "MIN_SPLIT", 6 if split else native.MIN_SPLIT),
+            ):
+                got = kern.run(*[s.astype(np.float64) for s in sums]).y
+                np.testing.assert_array_equal(np.asarray(got, np.int64), want, f"C: {c_loops}")
+                np.testing.assert_array_equal(kern.run(*sums).y, got)  # int64 sums in
+                if peak < 1 << 20:  # float32 sums in (exact below 2^24)
+                    f32 = [s.astype(np.float32) for s in sums]
+                    np.testing.assert_array_equal(kern.run(*f32).y, got)
+    finally:
+        torch.set_num_threads(threads)

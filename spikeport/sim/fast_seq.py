@@ -15,13 +15,14 @@ in float32 where the proof keeps their partial sums below 2^23 (FLOAT32_SAFE).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
 from spikeport.ir.graph import Node
 from spikeport.sim import intfunc as F
+from spikeport.sim import native
 from spikeport.sim.fast import (
     CUM,
     FLOAT32_SAFE,
@@ -62,13 +63,19 @@ def _t64(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(a, np.float64))
 
 
+def per_sample(p: np.ndarray, shape: Shape) -> torch.Tensor:
+    """p broadcast to a sample's shape, flat, float64: what the C kernels index."""
+    return _t64(np.ascontiguousarray(np.broadcast_to(p, shape), np.float64)).reshape(-1)
+
+
 class Requant:
     """m = floor(S_t * mul / (t * 2^shift)): the running mean at the function's input scale
     (intfunc.requant_mean), for sums bounded by `peak`; `top` bounds |m|."""
 
-    def __init__(self, node: Node, peak: float):
+    def __init__(self, node: Node, peak: float, shape: Shape):
         mul = node.params["requant_q"]
         self.mul, self.shift = _t64(mul), int(node.attrs["requant_shift"])
+        self.per_sample = per_sample(mul, shape)  # the C kernels' (csrc/seq_steps.c)
         self.exact = peak * float(np.abs(mul).max(initial=0)) < EXACT
         self.top = peak * float(np.abs(mul).max(initial=0)) / 2.0**self.shift
 
@@ -79,6 +86,9 @@ class Requant:
 
 # f(m, [the other inputs' running sums at step t]) -> f(m) or None; may overwrite m
 Function = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor | None]
+# the same over all steps in C (spikeport.sim.native.ec_steps): (S (T, ...), out) -> the steps
+# it left to the loop
+Fused = Callable[[torch.Tensor, torch.Tensor], list[int]]
 
 
 def out_type(bounds: Bounds, node: Node) -> torch.dtype:
@@ -89,18 +99,29 @@ def out_type(bounds: Bounds, node: Node) -> torch.dtype:
 
 
 def _stepwise(
-    f: Function, node: Node, shape: Shape, mean: Requant, out_dt: torch.dtype
+    f: Function,
+    node: Node,
+    shape: Shape,
+    mean: Requant,
+    out_dt: torch.dtype,
+    fused: Fused | None = None,
 ) -> FastKernel:
     """The kernel of a unary operator G(t) = t * f(m_t), m_t the requantized running mean of
     its first input (further inputs: static flags), a step at a time. Where f returns None (a
-    step whose values it cannot keep below 2^52), that step runs the reference's G(t)."""
+    step whose values it cannot keep below 2^52), that step runs the reference's G(t).
+    `fused`, where given, does all steps in C first (one input, contiguous), and the loop
+    only the steps it leaves."""
     reference = KERNELS[node.op](node, "int", shape).g  # type: ignore[attr-defined]
 
     def run(*sums: np.ndarray, cumulative: bool = True) -> Steps:
         xs = [_torch(s) for s in sums]
         out = torch.empty(xs[0].shape, dtype=out_dt)
         m = torch.empty_like(out[0], dtype=torch.float64)  # the mean: float64 (see Requant)
-        for t in range(1, len(out) + 1):
+        steps: Iterable[int] = range(1, len(out) + 1)
+        if fused is not None and len(xs) == 1 and native.available():
+            if xs[0].is_contiguous() and xs[0].dtype in native.ADD_KINDS:
+                steps = fused(xs[0], out)
+        for t in steps:
             y = f(mean(xs[0][t - 1], t, m), [x[t - 1] for x in xs[1:]])
             if y is None:
                 y = torch.from_numpy(reference([s[t - 1].astype(np.int64) for s in sums], t))
@@ -132,7 +153,7 @@ def _layernorm(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fa
     if mode != "int" or bounds is None:
         return None
     c, d = node.attrs.get("int", {}), shape[-1]
-    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    mean = Requant(node, _peak(bounds, node.inputs[0]), shape)
     gamma, beta = _t64(node.params["gamma_q"]), _t64(node.params["beta_q"])
     eps, out_shift = float(c.get("eps", 0)), int(c.get("out_shift", 0))
     norm = float(1 << F.LN_NORM_BITS)
@@ -153,12 +174,18 @@ def _layernorm(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> Fa
         q.mul_(norm).div_(_isqrt(var).clamp_(min=1)).floor_()  # normalised
         return torch.addcmul(beta, q, gamma, out=q).mul_(2.0**-out_shift).floor_()
 
-    return _stepwise(f, node, shape, mean, out_type(bounds, node))
+    gamma_s, beta_s = (per_sample(node.params[p], shape) for p in ("gamma_q", "beta_q"))
+
+    def fused(sums: torch.Tensor, out: torch.Tensor) -> list[int]:
+        return native.ec_steps("ec_layernorm", sums, out, mean.per_sample, mean.shift, d,
+                               d, gamma_s, beta_s, eps, norm, out_shift)  # fmt: skip
+
+    return _stepwise(f, node, shape, mean, out_type(bounds, node), fused)
 
 
 def _softmax_kernel(node: Node, bounds: Bounds, shape: Shape, masked: bool) -> FastKernel | None:
     c = node.attrs.get("int", {})
-    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    mean = Requant(node, _peak(bounds, node.inputs[0]), shape)
     table = torch.from_numpy(F.exp_table(c["ln2"], c["b"], c["c"]).astype(np.float64))
     last = float(len(table) - 1)
     sums = float(table[0]) * 2.0**16 * shape[-1]  # e <= table[0]: e * 2^15, the keys' sum of e
@@ -178,7 +205,12 @@ def _softmax_kernel(node: Node, bounds: Bounds, shape: Shape, masked: bool) -> F
         total = e.sum(-1, keepdim=True).clamp_(min=1)
         return e.mul_(one).div_(total).floor_()
 
-    return _stepwise(f, node, shape, mean, out_type(bounds, node))
+    def fused(sums: torch.Tensor, out: torch.Tensor) -> list[int]:
+        d = shape[-1]
+        return native.ec_steps("ec_softmax", sums, out, mean.per_sample, mean.shift, d,
+                               d, table, last, one)  # fmt: skip
+
+    return _stepwise(f, node, shape, mean, out_type(bounds, node), None if masked else fused)
 
 
 @fast_kernel("softmax")
@@ -196,7 +228,7 @@ def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
     c = node.attrs.get("int", {})
     if mode != "int" or bounds is None or "cubic" not in c:  # I-BERT's form: the reference's
         return None
-    mean = Requant(node, _peak(bounds, node.inputs[0]))
+    mean = Requant(node, _peak(bounds, node.inputs[0]), shape)
     gates = F.gelu_gates(c["a"], c["cubic"], c["clip"], c["ln2"], c["b"], c["c"])
     gates, clip, unshift = _t64(gates), float(c["clip"]), 2.0 ** -c["shift"]  # exact
     if not (mean.exact and _exact(bounds, node, mean.top * float(1 << F.GATE_BITS))):
@@ -206,7 +238,11 @@ def _gelu(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKer
         gate = _lookup(gates, q.clamp(-clip, clip).add_(clip))
         return q.mul_(gate).mul_(unshift).floor_()
 
-    return _stepwise(f, node, shape, mean, out_type(bounds, node))
+    def fused(sums: torch.Tensor, out: torch.Tensor) -> list[int]:
+        return native.ec_steps("ec_gelu", sums, out, mean.per_sample, mean.shift, 1,
+                               gates, clip, int(c["shift"]))  # fmt: skip
+
+    return _stepwise(f, node, shape, mean, out_type(bounds, node), fused)
 
 
 @fast_kernel("matmul")

@@ -190,12 +190,61 @@ def weighted_add(
     _each(run, len(parts))
 
 
-def _split(m: int) -> list[tuple[int, int]]:
-    """[0, m) in one range per torch thread (one where m is small), at multiples of 1024
-    (the kernels' block)."""
+def ec_steps(
+    name: str,
+    s: torch.Tensor,
+    out: torch.Tensor,
+    mul: torch.Tensor,
+    shift: int,
+    row: int,
+    *args: object,
+) -> list[int]:
+    """csrc/seq_steps.c's operator `name` (ec_gelu, ec_softmax, ec_layernorm) on the running
+    sums s (T, ...) into out (both contiguous), with the requantizing multipliers `mul` a
+    sample's worth of doubles, rows of `row` elements along the last axis, then the
+    operator's own arguments (`args`: ints as int64, floats as doubles, double tensors as
+    pointers; a sample's gamma and beta laid out as mul). Returns the steps (1-based) it
+    could not keep exact (layernorm's check), which it left unwritten."""
+    lib = library()
+    assert lib is not None and s.is_contiguous() and out.is_contiguous()
+    assert s.shape == out.shape and s.dtype in ADD_KINDS and out.dtype in _TYPES
+    tensors = [mul, *(a for a in args if isinstance(a, torch.Tensor))]
+    assert all(p.dtype == torch.float64 and p.is_contiguous() for p in tensors)
+    T, period = len(s), mul.numel()
+    step = s[0].numel() if T else 0
+    assert step % period == 0 and period % row == 0
+    parts = _split(step, row)
+    failed = np.zeros((len(parts), T), np.int32)
+    scratch = [torch.empty(max(row, 1024), dtype=torch.float64) for _ in parts]
+    fn = getattr(lib, name)
+    ptr = ctypes.c_void_p
+
+    def c_arg(a: object) -> object:
+        if isinstance(a, torch.Tensor):
+            return ptr(a.data_ptr())
+        return ctypes.c_double(a) if isinstance(a, float) else ctypes.c_int64(a)  # type: ignore[arg-type]
+
+    def run(j: int) -> None:
+        m0, m1 = parts[j]
+        head = [ptr(s.data_ptr()), ctypes.c_int(ADD_KINDS[s.dtype]), ptr(out.data_ptr()),
+                ctypes.c_int(ADD_KINDS[out.dtype]), ctypes.c_int64(T), ctypes.c_int64(step),
+                ctypes.c_int64(m0), ctypes.c_int64(m1), ptr(mul.data_ptr()),
+                ctypes.c_int64(period), ctypes.c_int32(shift)]  # fmt: skip
+        tail = [ptr(scratch[j].data_ptr())]
+        if name == "ec_layernorm":
+            tail.append(failed[j].ctypes.data_as(ptr))
+        fn(*head, *[c_arg(a) for a in args], *tail)
+
+    _each(run, len(parts))
+    return [t + 1 for t in np.flatnonzero(failed.any(axis=0))]
+
+
+def _split(m: int, unit: int = 1024) -> list[tuple[int, int]]:
+    """[0, m) in one range per torch thread (one where m is small), at multiples of `unit`
+    (the kernels' block, or a row)."""
     threads = max(1, min(torch.get_num_threads(), m // MIN_SPLIT))
     size = -(-m // threads)
-    size = -(-size // 1024) * 1024
+    size = -(-size // unit) * unit
     return [(a, min(a + size, m)) for a in range(0, m, size)] or [(0, 0)]
 
 
