@@ -51,9 +51,12 @@ def _cpu() -> str:
     return "\n".join(sorted(set(lines)))
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where the compiled kernels go: the user's cache, else (a read-only home) the
+    temporary directory."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "spikeport" / "native"
+    temp = Path(tempfile.gettempdir()) / f"spikeport-native-{os.getuid()}"
+    return [Path(base) / "spikeport" / "native", temp]
 
 
 @functools.cache
@@ -69,14 +72,18 @@ def library() -> ctypes.CDLL | None:
     for part in [*(p.read_bytes() for p in SOURCES), " ".join(FLAGS).encode()]:
         key.update(part)
     key.update(f"{os.path.realpath(cc)}\n{_cpu()}".encode())
-    lib = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
-    try:
-        if not lib.exists():
-            _build(cc, lib)
-        return ctypes.CDLL(str(lib))
-    except (OSError, subprocess.CalledProcessError) as err:
-        _why_not = f"the C kernels did not build: {str(err).splitlines()[0]}"
-        return None
+    for where in _cache_dirs():
+        lib = where / f"kernels-{key.hexdigest()[:16]}.so"
+        try:
+            if not lib.exists():
+                _build(cc, lib)
+            return ctypes.CDLL(str(lib))
+        except subprocess.CalledProcessError as err:
+            _why_not = f"the C kernels did not build: {(err.stderr or str(err)).splitlines()[0]}"
+            return None
+        except OSError as err:  # not writable: the next place
+            _why_not = f"the C kernels could not be written or loaded: {err}"
+    return None
 
 
 def _build(cc: str, lib: Path) -> None:
