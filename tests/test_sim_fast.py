@@ -215,7 +215,7 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
     wide=st.booleans(),
     split=st.booleans(),
 )
-def test_native_neuron_equals_the_torch_loop(  # noqa: PLR0913
+def test_native_neuron_equals_the_torch_loop(
     seed, bits, kind, T, shape, channels_last, wide, split
 ):
     """The fused C loop of IntIF (spikeport.sim.native) gives the torch loop's counts, events
@@ -298,9 +298,7 @@ def test_native_kernels_report_why_they_do_not_run(monkeypatch):
         st.sampled_from(["float32", "float64", "int32", "int64"]), min_size=3, max_size=3
     ),
 )
-def test_add_kernel_equals_the_reference(  # noqa: PLR0913
-    seed, T, inputs, shift, cumulative, scale, layouts, kinds
-):
+def test_add_kernel_equals_the_reference(seed, T, inputs, shift, cumulative, scale, layouts, kinds):
     """The "int" add (floor(sum m_i x_i / 2^shift) a step) on per-step values and on running
     sums, fused in C (spikeport.sim.native) and in torch's loop, in every exact type the
     proof's bound picks, on inputs of float32, float64, int32 and int64 (the runner sums

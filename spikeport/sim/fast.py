@@ -454,7 +454,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
         if not native.available() or bounds is None or dts[cumulative] == torch.int64:
             return None
         rows = [step_rows(x) for x in ins]
-        if any(x.dtype not in native.ADD_KINDS or x.stride() != ins[0].stride() for x in ins) or (
+        if any(x.dtype not in native.INPUT_KINDS or x.stride() != ins[0].stride() for x in ins) or (
             len(ins[0]) and rows[0].stride(1) != 1
         ):
             return None

@@ -1,9 +1,12 @@
-"""Native kernels: the fast simulator's hottest elementwise loops, fused in C (csrc/).
+"""Native kernels: the fast simulator's hottest elementwise loops, fused in C (csrc/): the IF
+neuron on running sums (if_levels.c, for fast.IntIF), the integer add (weighted_add.c, for
+fast's "add") and the expectation-compensated GELU, softmax and LayerNorm (seq_steps.c, for
+fast_seq).
 
 A loop over T steps of whole-tensor torch ops passes over memory several times a step (the
 IF neuron: seven). The C version makes one pass, block by block, with the same floating-point
 operations in the same type, so its results are the torch loop's bit for bit (tests/
-test_sim_fast.py checks both against the reference neuron). It is compiled on first use with
+test_sim_fast.py checks both against each other and the reference). It is compiled on first use with
 the machine's C compiler (-O3 -march=native, no fast-math, no FMA contraction: FLAGS) into a
 per-user cache, keyed by the source, the flags, the compiler and the CPU, and loaded with
 ctypes. ctypes releases the GIL during a call, so the work splits over torch's thread count.
@@ -113,8 +116,8 @@ def available() -> bool:
 
 
 _TYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
-# csrc/weighted_add.c's input kinds
-ADD_KINDS = {torch.float32: 0, torch.float64: 1, torch.int32: 2, torch.int64: 3}
+# the input types csrc/weighted_add.c and seq_steps.c read (their `kind`)
+INPUT_KINDS = {torch.float32: 0, torch.float64: 1, torch.int32: 2, torch.int64: 3}
 _NAMES = {torch.float32: "if_levels_f32", torch.float64: "if_levels_f64"}
 
 
@@ -171,7 +174,7 @@ def weighted_add(
     out: torch.Tensor,
 ) -> None:
     """csrc/weighted_add.c: out (T, M) = floor(sum_i m_i x_i / 2^shift) a step, for x_i
-    (T, M) of ADD_KINDS' types with out's strides (out float or double), and multipliers
+    (T, M) of INPUT_KINDS' types with out's strides (out float or double), and multipliers
     (S,) double, S dividing M; on running sums (`cumulative`) their running sums (with a
     shift: of the floored steps' differences). The caller has proved every sum below 2^53."""
     lib = library()
@@ -181,7 +184,7 @@ def weighted_add(
     T, M = out.shape
     k = len(xs)
     ptrs = (ctypes.c_void_p * k)(*(x.data_ptr() for x in xs))
-    kinds = (ctypes.c_int32 * k)(*(ADD_KINDS[x.dtype] for x in xs))
+    kinds = (ctypes.c_int32 * k)(*(INPUT_KINDS[x.dtype] for x in xs))
     ms = (ctypes.c_void_p * k)(*(m.data_ptr() for m in mults))
     parts = _split(M)
 
@@ -191,7 +194,7 @@ def weighted_add(
             ctypes.c_int64(T), ctypes.c_int64(out.stride(0)), ctypes.c_int64(m0),
             ctypes.c_int64(m1), ctypes.c_int64(k), ptrs, kinds, ms,
             ctypes.c_int64(len(mults[0])), ctypes.c_int32(shift), ctypes.c_int32(cumulative),
-            ctypes.c_void_p(out.data_ptr()), ctypes.c_int32(ADD_KINDS[out.dtype]),
+            ctypes.c_void_p(out.data_ptr()), ctypes.c_int32(INPUT_KINDS[out.dtype]),
         )  # fmt: skip
 
     _each(run, len(parts))
@@ -214,7 +217,7 @@ def ec_steps(
     could not keep exact (layernorm's check), which it left unwritten."""
     lib = library()
     assert lib is not None and s.is_contiguous() and out.is_contiguous()
-    assert s.shape == out.shape and s.dtype in ADD_KINDS and out.dtype in _TYPES
+    assert s.shape == out.shape and s.dtype in INPUT_KINDS and out.dtype in _TYPES
     tensors = [mul, *(a for a in args if isinstance(a, torch.Tensor))]
     assert all(p.dtype == torch.float64 and p.is_contiguous() for p in tensors)
     T, period = len(s), mul.numel()
@@ -233,8 +236,8 @@ def ec_steps(
 
     def run(j: int) -> None:
         m0, m1 = parts[j]
-        head = [ptr(s.data_ptr()), ctypes.c_int(ADD_KINDS[s.dtype]), ptr(out.data_ptr()),
-                ctypes.c_int(ADD_KINDS[out.dtype]), ctypes.c_int64(T), ctypes.c_int64(step),
+        head = [ptr(s.data_ptr()), ctypes.c_int(INPUT_KINDS[s.dtype]), ptr(out.data_ptr()),
+                ctypes.c_int(INPUT_KINDS[out.dtype]), ctypes.c_int64(T), ctypes.c_int64(step),
                 ctypes.c_int64(m0), ctypes.c_int64(m1), ptr(mul.data_ptr()),
                 ctypes.c_int64(period), ctypes.c_int32(shift)]  # fmt: skip
         tail = [ptr(scratch[j].data_ptr())]
