@@ -50,6 +50,14 @@ def test_int_mode_equals_reference_on_every_fixture(case, T):
     assert_same_run(ref, fast)
 
 
+def test_an_empty_batch_gives_the_references_empty_result(case):
+    """No samples: empty outputs and zero counts on both backends (the fast one ran no slice
+    and failed to join none)."""
+    ref, fast = _both(case.int, case.test_x[:0], 3, record=False)
+    assert_same_run(ref, fast)
+    assert all(v.shape[1] == 0 for v in fast.outputs.values()) and not fast.sops.any()
+
+
 def test_int_mode_equals_reference_on_products_of_per_index_operands():
     """The ViT with one threshold per feature on Q, K and V: its products weigh their
     contracted features by integer multipliers, on both backends alike."""

@@ -453,6 +453,8 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
         the inputs' form, shift or not: a neuron after it reads running sums as they come."""
         if not native.available() or bounds is None or dts[cumulative] == torch.int64:
             return None
+        if not ins[0].numel():
+            return None
         rows = [step_rows(x) for x in ins]
         if any(x.dtype not in native.INPUT_KINDS or x.stride() != ins[0].stride() for x in ins) or (
             len(ins[0]) and rows[0].stride(1) != 1
@@ -572,7 +574,7 @@ class IntIF:
         cannot go below it). All T steps at once, no loop; the clamps act on I (below)."""
         i = _torch(current).to(self.dt)
         t = torch.arange(1, T + 1, dtype=self.dt).reshape((T,) + (1,) * i.dim())
-        if native.available() and i.dtype in FLOATS:  # the C loop on C_t = t I
+        if native.available() and i.dtype in FLOATS and i.numel():  # the C loop on C_t = t I
             n, events, sops = self._native_levels(i[None], T)
             return Steps(n.numpy(), lambda: self._state(i[None] * t, n), events=events, sops=sops)
         theta, v0 = laid_out_like(self.theta, i), laid_out_like(self.v0, i)
@@ -592,7 +594,7 @@ class IntIF:
         """N_t = N_{t-1} + clamp(q_t - N_{t-1}, lo, K), in place in the output (lo: see the
         class docstring); and each step's events (nonzero counts) and levels (sum of |count|),
         taken while the step's counts are in cache."""
-        if native.available() and c.dtype in FLOATS:
+        if native.available() and c.dtype in FLOATS and c.numel():
             return self._native_levels(c)
         theta, v0 = laid_out_like(self.theta, c), laid_out_like(self.v0, c)
         n = torch.empty_like(c)

@@ -119,7 +119,7 @@ def _stepwise(
         m = torch.empty_like(out[0], dtype=torch.float64)  # the mean: float64 (see Requant)
         steps: Iterable[int] = range(1, len(out) + 1)
         if fused is not None and len(xs) == 1 and native.available():
-            if xs[0].is_contiguous() and xs[0].dtype in native.INPUT_KINDS:
+            if xs[0].is_contiguous() and xs[0].dtype in native.INPUT_KINDS and out.numel():
                 steps = fused(xs[0], out)
         for t in steps:
             y = f(mean(xs[0][t - 1], t, m), [x[t - 1] for x in xs[1:]])
