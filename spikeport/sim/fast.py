@@ -410,7 +410,10 @@ def _if(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKerne
         # cost less than stepping the neuron with a state check every step (StepIF)
         assert bounds is not None
         cum = IntIF(node, shape, bounds)
-        run = lambda current, cumulative=True: cum(current)  # noqa: E731
+
+        def run(current: np.ndarray, cumulative: bool = True) -> Steps:
+            return cum(current)
+
         return FastKernel(run, CUM, cum.dt, cum.static, cum.weigh_events_by)
     return FastKernel(StepIF(node, shape, None))
 
@@ -452,7 +455,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
         the proof bounds the sums below 2^53 and the inputs share one dense layout. Out in
         the inputs' form, shift or not: a neuron after it reads running sums as they come."""
         if not native.available() or bounds is None or dts[cumulative] == torch.int64:
-            return None
+            return None  # no C, no proof, or sums past 2^53
         if not ins[0].numel():
             return None
         rows = [step_rows(x) for x in ins]
