@@ -58,7 +58,8 @@ def _cache_dirs() -> list[Path]:
     """Where the compiled kernels go: the user's cache, else (a read-only home) the
     temporary directory."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    temp = Path(tempfile.gettempdir()) / f"spikeport-native-{os.getuid()}"
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()  # not on Windows
+    temp = Path(tempfile.gettempdir()) / f"spikeport-native-{user}"
     return [Path(base) / "spikeport" / "native", temp]
 
 
