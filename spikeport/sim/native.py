@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.c"))
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = sorted(CSRC.glob("*.c"))  # compiled together; the headers they include are hashed
+HASHED = sorted(CSRC.glob("*.[ch]"))
+BLOCK = 1024  # csrc/blocks.h's: threads split a step at multiples of it
 # no fast-math and no FMA contraction: the torch loops' operations, each rounded as they are;
 # -fno-trapping-math only lets floor vectorise (a vector round), no value changes
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC"]
@@ -44,14 +47,16 @@ ENABLED = True  # tests switch it off to run the torch loops
 _why_not = ""
 
 
-def _cpu() -> str:
-    """What -march=native compiles for: the CPU's model and feature flags (Linux)."""
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (Linux's /proc/cpuinfo; elsewhere the platform's
+    processor string and no flags): what -march=native compiles for."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor()
-    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+        return platform.processor(), frozenset()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor())  # fmt: skip
+    return name, frozenset(next((ln for ln in lines if ln.startswith("flags")), "").split()[2:])
 
 
 def _cache_dirs() -> list[Path]:
@@ -73,9 +78,10 @@ def library() -> ctypes.CDLL | None:
         _why_not = "no C compiler (cc) on PATH"
         return None
     key = hashlib.sha256()
-    for part in [*(p.read_bytes() for p in SOURCES), " ".join(FLAGS).encode()]:
+    name, flags = cpu_info()
+    for part in [*(p.read_bytes() for p in HASHED), " ".join(FLAGS).encode()]:
         key.update(part)
-    key.update(f"{os.path.realpath(cc)}\n{_cpu()}".encode())
+    key.update(f"{os.path.realpath(cc)}\n{name}\n{' '.join(sorted(flags))}".encode())
     for where in _cache_dirs():
         lib = where / f"kernels-{key.hexdigest()[:16]}.so"
         try:
@@ -226,7 +232,7 @@ def ec_steps(
     assert step % period == 0 and period % row == 0
     parts = _split(step, row)
     failed = np.zeros((len(parts), T), np.int32)
-    scratch = [torch.empty(max(row, 1024), dtype=torch.float64) for _ in parts]
+    scratch = [torch.empty(max(row, BLOCK), dtype=torch.float64) for _ in parts]
     fn = getattr(lib, name)
     ptr = ctypes.c_void_p
 
@@ -250,7 +256,7 @@ def ec_steps(
     return [t + 1 for t in np.flatnonzero(failed.any(axis=0))]
 
 
-def _split(m: int, unit: int = 1024) -> list[tuple[int, int]]:
+def _split(m: int, unit: int = BLOCK) -> list[tuple[int, int]]:
     """[0, m) in one range per torch thread (one where m is small), at multiples of `unit`
     (the kernels' block, or a row)."""
     threads = max(1, min(torch.get_num_threads(), m // MIN_SPLIT))

@@ -22,7 +22,9 @@
 #include <math.h>
 #include <stdint.h>
 
-enum { UNSIGNED = 0, SIGNED = 1, BIPOLAR = 2, BLOCK = 1024 };
+#include "blocks.h"
+
+enum { UNSIGNED = 0, SIGNED = 1, BIPOLAR = 2 };
 
 #define IF_LEVELS(NAME, REAL, FLOOR)                                                          \
     static inline void NAME##_rule(const REAL *c, int ramp, REAL *n, int64_t T, int64_t step, \
@@ -31,9 +33,8 @@ enum { UNSIGNED = 0, SIGNED = 1, BIPOLAR = 2, BLOCK = 1024 };
                                    int64_t *levels, const int64_t *fanout, int64_t *sops) {   \
         REAL prev[BLOCK];                                                                     \
         for (int64_t b0 = m0, len; b0 < m1; b0 += len) {                                      \
-            int64_t off = b0 % period; /* a block never crosses a sample's end */             \
-            len = m1 - b0 < BLOCK ? m1 - b0 : BLOCK;                                          \
-            len = period - off < len ? period - off : len;                                    \
+            int64_t off = b0 % period;                                                        \
+            len = block_len(b0, m1, period);                                                  \
             for (int64_t i = 0; i < len; i++) prev[i] = 0;                                    \
             const REAL *restrict th = theta + off, *restrict v = v0 + off;                    \
             const int64_t *restrict f = fanout ? fanout + off : 0;                            \

@@ -21,7 +21,7 @@
 #include <math.h>
 #include <stdint.h>
 
-enum { BLOCK = 1024 };
+#include "blocks.h"
 
 /* q[j] = floor(s[j] mul[j] / div), j < len: the requantized running mean, one loop per input
    type (each vectorises) */
@@ -60,9 +60,8 @@ void ec_gelu(const void *s, int s_kind, void *out, int out_kind, int64_t T, int6
     for (int64_t t = 1; t <= T; t++) {
         const double div = (double)t * ldexp(1.0, shift);
         for (int64_t b0 = m0, len; b0 < m1; b0 += len) {
-            const int64_t off = b0 % period; /* a block never crosses a sample's end */
-            len = m1 - b0 < BLOCK ? m1 - b0 : BLOCK;
-            len = period - off < len ? period - off : len;
+            const int64_t off = b0 % period;
+            len = block_len(b0, m1, period);
             const int64_t at = (t - 1) * step + b0;
             means(s, s_kind, at, mul + off, len, div, q);
             for (int64_t j = 0; j < len; j++) {

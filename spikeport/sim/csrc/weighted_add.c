@@ -18,7 +18,7 @@
 #include <math.h>
 #include <stdint.h>
 
-enum { BLOCK = 1024 };
+#include "blocks.h"
 
 /* acc (+)= m x over a block, for x of one of the kinds below: each a loop that vectorises */
 enum { FLOAT32 = 0, FLOAT64 = 1, INT32 = 2, INT64 = 3 };
@@ -60,9 +60,8 @@ void weighted_add(int64_t T, int64_t step, int64_t m0, int64_t m1, int64_t input
     const double scale = ldexp(1.0, -shift);
     const int64_t xsize[4] = {sizeof(float), sizeof(double), sizeof(int32_t), sizeof(int64_t)};
     for (int64_t b0 = m0, len; b0 < m1; b0 += len) {
-        int64_t off = b0 % period; /* a block never crosses a sample's end */
-        len = m1 - b0 < BLOCK ? m1 - b0 : BLOCK;
-        len = period - off < len ? period - off : len;
+        int64_t off = b0 % period;
+        len = block_len(b0, m1, period);
         for (int64_t i = 0; i < len; i++) prev[i] = run[i] = 0;
         for (int64_t t = 0; t < T; t++) {
             int64_t at = t * step + b0;
