@@ -160,14 +160,48 @@ def spike_inputs(graph: Graph, product_operands: str = "analog") -> list[str]:
     kinds = {t.name: "static" for t in graph.inputs}
     for n in graph.nodes:
         ins = [kinds[t] for t in n.inputs]
-        if n.op in readers:
+        pool = spiking_pool(graph, n, readers)
+        if n.op in readers or pool:
             for i, t in enumerate(n.inputs):
-                if t in direct or (kinds[t] == "analog" and everywhere):
+                if (t in direct and not pool) or (kinds[t] == "analog" and everywhere):
                     if t not in found:
                         found.append(t)
                     ins[i] = "spikes"
         kinds[n.output] = _output_kind(n, set(ins))
+        if _pools_spikes(n, ins):
+            kinds[n.output] = "pooled spikes"
     return found
+
+
+def _pools_spikes(node: Node, ins: list[str]) -> bool:
+    """Whether `node` averages spikes (or moves such averages): a synapse reads those counts
+    as a ReLU CNN's dense layer reads its global pooling, with no neuron in front (one would
+    round a squeeze-excitation gate's input, the mean of 64 positions' spikes, back to one
+    bit a step)."""
+    if node.op == "avgpool2d":
+        return ins == ["spikes"]
+    return node.op in DATA_MOVEMENT and set(ins) == {"pooled spikes"}
+
+
+def spiking_pool(graph: Graph, node: Node, readers: frozenset[str]) -> bool:
+    """Whether `node` is an average pooling that only synapses read (through moves): its
+    analog input gets the neuron instead of its output, so that they read the mean of the
+    window's spikes, finer than one neuron after the pooling would send (MobileNetV3's and
+    EfficientNet's heads: activation, global pooling, dense)."""
+    return node.op == "avgpool2d" and _only_synapses_read(graph, node.output, readers)
+
+
+def _only_synapses_read(graph: Graph, tensor: str, readers: frozenset[str]) -> bool:
+    users = graph.consumers(tensor)
+    return (
+        bool(users)
+        and tensor not in graph.outputs
+        and all(
+            u.op in readers
+            or (u.op in DATA_MOVEMENT and _only_synapses_read(graph, u.output, readers))
+            for u in users
+        )
+    )
 
 
 def _synapse_outputs(graph: Graph) -> set[str]:
@@ -205,7 +239,7 @@ def _insert_input_neurons(
                     )
                 )
                 made.add(t)
-        if n.op in readers:
+        if n.op in readers or spiking_pool(graph, n, readers):
             n.inputs = [f"{t}:spikes" if t in points else t for t in n.inputs]
         nodes.append(n)
     graph.nodes = nodes

@@ -48,7 +48,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.batch import Batch, size, take
-from spikeport.convert.balance import threshold_shape
+from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
@@ -206,15 +206,19 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
     return None
 
 
-def _layout(graph: Graph, node: Node, channels: int, per_index: bool = False) -> str:
+def _layout(graph: Graph, node: Node, channels: int, axis: int, per_index: bool = False) -> str:
     """ "channel": one threshold per channel; "layer": one for the tensor. Bipolar neurons
-    get one per feature where the next weights absorb it (dense, conv) or, with `per_index`
-    (product_axis found an axis), one per index of the axis that the products of two
-    activations they feed contract."""
+    get one per feature where the next weights absorb it (dense, conv; also through an
+    average pooling of an image's channels, `axis` 0, that only they read) or, with
+    `per_index` (product_axis found an axis), one per index of the axis that the products of
+    two activations they feed contract."""
     if node.params["threshold"].size == channels and channels > 1:
         return "channel"
     users = graph.consumers(node.output)
-    if node.attrs.get("bipolar") and all(u.op in WEIGHT_READERS for u in users):
+    pooled = axis in (0, -3) and len(graph.shape(node.output)) == 3
+    if node.attrs.get("bipolar") and all(
+        u.op in WEIGHT_READERS or (pooled and spiking_pool(graph, u, WEIGHT_READERS)) for u in users
+    ):
         return "channel"
     return "channel" if per_index else "layer"
 
@@ -540,7 +544,7 @@ def _tune_neuron(
     if not bipolar:
         target = np.maximum(target, 0)  # the ReLU's output; a cap is applied below
     old = node.params["threshold"]
-    layout = _layout(graph, node, channels, contracted is not None)
+    layout = _layout(graph, node, channels, axis, contracted is not None)
     if layout == "layer":
         currents, target = currents.reshape(len(currents), 1, -1), target.reshape(1, -1)
     start = np.broadcast_to(old.reshape(-1), (len(target),))
