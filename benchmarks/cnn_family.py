@@ -1,0 +1,214 @@
+"""Held-out CNN family: digits CNNs of kinds neither the examples nor benchmarks/nets.py make,
+trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
+
+    .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,resnet:2,...] [--sj]
+    # writes benchmarks/results/cnn_family.json and prints a markdown table
+
+Issue #16 checks its bars on networks the project has never seen; this is the project's own
+proxy for that, a family rather than one example, to decide conversion defaults on:
+- maxpool     conv-BN-ReLU, max pooling, twice; one dense layer
+- relu6       conv-BN-ReLU6, depthwise 3x3, pointwise 1x1, global average pooling, dense
+- relu_dw     the same with ReLU (MobileNetV1's block)
+- leaky       LeakyReLU(0.1) convs (one of stride 2) and a dense hidden layer
+- hswish_se   hardswish, depthwise conv, squeeze-excitation with a hardsigmoid gate,
+              global pooling (MobileNetV3's block)
+- silu_se     SiLU, a stride-2 conv, squeeze-excitation with a sigmoid gate (EfficientNet's)
+- resnet, cnn_bn   benchmarks/nets.py's architectures with other seeds
+Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam, cosine
+decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
+scored on digits_test (never trained on or calibrated with). `--sj` adds SpikingJelly's best
+recipe at each T where it converts the module (ReLU only). No download. 1 torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+EX = HERE.parent / "examples"
+sys.path.insert(0, str(EX))
+sys.path.insert(0, str(HERE))
+import nets  # noqa: E402
+from make_digits import accuracy, train  # noqa: E402
+
+from spikeport.convert import convert  # noqa: E402
+from spikeport.data import load_data  # noqa: E402
+from spikeport.eval import evaluate  # noqa: E402
+from spikeport.quantize import get_profile, quantize  # noqa: E402
+
+TS = [1, 2, 4, 8]
+EPOCHS = 60
+SPLITS = {s: EX / f"digits_{s}.npz" for s in ("train", "calib", "test")}
+DEFAULT_NETS = (
+    "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,"
+    "relu_dw:8,relu_dw:9,relu6:8,hswish_se:8,silu_se:8,resnet:2,resnet:3,resnet:4,cnn_bn:2"
+)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, gate: type[nn.Module]):
+        super().__init__()
+        self.f = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 4, 1), nn.ReLU(), nn.Conv2d(c // 4, c, 1),
+            gate(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.f(x)
+
+
+def _bn(cin: int, cout: int, act: type[nn.Module], k: int = 3, **kw: Any) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, **kw), nn.BatchNorm2d(cout), act()]
+
+
+def _head(c: int) -> list[nn.Module]:
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+
+
+def _depthwise(act: type[nn.Module]) -> nn.Module:
+    return nn.Sequential(
+        *_bn(1, 24, act), *_bn(24, 24, act, groups=24), *_bn(24, 48, act, k=1), *_head(48)
+    )
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "maxpool": lambda: nn.Sequential(
+        *_bn(1, 16, nn.ReLU),
+        nn.MaxPool2d(2),
+        *_bn(16, 32, nn.ReLU),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 4, 10),
+    ),  # fmt: skip
+    "relu6": lambda: _depthwise(nn.ReLU6),
+    "relu_dw": lambda: _depthwise(nn.ReLU),
+    "leaky": lambda: nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.LeakyReLU(0.1),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.LeakyReLU(0.1),
+        nn.Flatten(),
+        nn.Linear(32 * 16, 64),
+        nn.LeakyReLU(0.1),
+        nn.Linear(64, 10),
+    ),  # fmt: skip
+    "hswish_se": lambda: nn.Sequential(
+        *_bn(1, 16, nn.Hardswish),
+        *_bn(16, 16, nn.ReLU, groups=16),
+        SqueezeExcite(16, nn.Hardsigmoid),
+        *_bn(16, 32, nn.Hardswish, k=1),
+        *_head(32),
+    ),  # fmt: skip
+    "silu_se": lambda: nn.Sequential(
+        *_bn(1, 16, nn.SiLU),
+        *_bn(16, 32, nn.SiLU, stride=2),
+        SqueezeExcite(32, nn.Sigmoid),
+        *_bn(32, 32, nn.SiLU),
+        *_head(32),
+    ),  # fmt: skip
+    "resnet": nets.ResNet,
+    "cnn_bn": nets.CnnBn,
+}
+
+
+def make(arch: str, seed: int, out: Path) -> tuple[nn.Module, Path]:
+    """Train one network and export it to ONNX."""
+    data = np.load(SPLITS["train"])
+    torch.manual_seed(seed)
+    model = train(ARCHITECTURES[arch](), data["x"], data["y"], epochs=EPOCHS, seed=seed)
+    path = out / f"{arch}_{seed}.onnx"
+    torch.onnx.export(
+        model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["x"],
+        output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+        opset_version=17, dynamo=False,
+    )  # fmt: skip
+    return model, path
+
+
+def spikeport_row(path: Path) -> dict[int, float]:
+    """`convert -T T` -> `quantize --target sim` -> `eval -T T`, integer mode, each T."""
+    test = load_data(SPLITS["test"], labels=True)
+    x_calib = load_data(SPLITS["calib"]).x
+    row = {}
+    for t in TS:
+        graph = quantize(convert(path, SPLITS["calib"], timesteps=t), x_calib, get_profile("sim"))
+        row[t] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
+    return row
+
+
+def sj_row(model: nn.Module) -> dict[int, float] | None:
+    """SpikingJelly's best recipe at each T, or None where none converts the module."""
+    import peer_sj
+
+    if not peer_sj.available():
+        return None
+    test, x_calib = np.load(SPLITS["test"]), torch.from_numpy(np.load(SPLITS["calib"])["x"])
+    best: dict[int, float] = {}
+    for _, make_recipe in peer_sj.recipes(x_calib).values():
+        try:
+            snn, _ = peer_sj.convert(model, make_recipe())
+        except (ValueError, NotImplementedError):  # its recipes refuse ReLU6, SiLU, hardswish
+            return None
+        acc, _, _ = peer_sj.accuracy_vs_t(snn, test["x"], test["y"], TS)
+        best = {t: max(best.get(t, 0.0), a) for t, a in acc.items()}
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
+    ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
+    ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    test = np.load(SPLITS["test"])
+    rows = []
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.nets.split(","):
+            arch, seed = spec.split(":")
+            t0 = time.perf_counter()
+            model, path = make(arch, int(seed), Path(tmp))
+            row = {"net": spec, "ann": accuracy(model, test["x"], test["y"])}
+            row["spikeport"] = spikeport_row(path)
+            row["spikingjelly_best"] = sj_row(model) if args.sj else None
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(_line(row), flush=True)
+    doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
+           "epochs": EPOCHS, "T": TS, "rows": rows}  # fmt: skip
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(table(rows))
+
+
+def _line(row: dict[str, Any]) -> str:
+    acc = " / ".join(f"{100 * row['spikeport'][t]:.2f}" for t in TS)
+    return f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each net's ANN and integer-mode accuracy at each T (SpikingJelly beneath)."""
+    head = "| net | method | ANN | " + " | ".join(f"T={t}" for t in TS) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(TS)]
+    for r in rows:
+        methods = {"spikeport": r["spikeport"], "SpikingJelly best": r["spikingjelly_best"]}
+        for name, accs in methods.items():
+            if accs:
+                cells = " | ".join(f"{100 * accs[t]:.2f}" for t in TS)
+                lines.append(f"| {r['net']} | {name} | {100 * r['ann']:.2f} | {cells} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
