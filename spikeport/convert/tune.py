@@ -590,6 +590,8 @@ def _tune_neuron(
 # resnet18's cosine to the ANN at T = 8 from 0.994 to 0.988 and efficientnet_b0's from 0.584
 # to 0.545; with fewer than POOLED_VALUES windows a channel each position is scored.
 POOLED_VALUES = 128
+
+
 def _pooled_by(graph: Graph, node: Node, axis: int, samples: int) -> tuple[int, int] | None:
     """The window of the non-overlapping average pooling (global, or stride = kernel) that
     alone reads the neuron's image, if one does and `samples` give it at least POOLED_VALUES
