@@ -580,15 +580,16 @@ def _tune_neuron(
 
 
 # POOLED: scoring a neuron read by an average pooling after the pooling. Measured on 12 digits
-# CNNs (the benchmark's three, nine trained outside the project: depthwise + global average
+# CNNs (the benchmark's three, nine of benchmarks/cnn_family.py: depthwise + global average
 # pooling with ReLU and ReLU6, residual, BatchNorm + 2x2 pooling; seeds 1-9), integer mode,
 # test split, T-aware conversion for T = 1 / 2 / 4 / 8: mean change +5.1 / +0.9 / +0.5 / -0.1
 # points; the depthwise nets gained 3 to 21 points at T = 1 and 0.4 to 3.9 at T = 4, the
 # residual nets moved -1.3 to +1.7 at T = 1 (bench_resnet -1.3 at T = 1 and 2); at T = 8 none
 # lost more than 0.9 (5 images). It needs data: a global pooling leaves one value a channel per
 # sample, and on the zoo's timm models (16 calibration images) the pooled search lowered
-# resnet18's cosine to the ANN at T = 8 from 0.994 to 0.988 and efficientnet_b0's from 0.584
-# to 0.545; with fewer than POOLED_VALUES windows a channel each position is scored.
+# resnet18's cosine to the ANN at T = 8 from 0.994 to 0.988 and efficientnet_b0's from 0.616
+# to 0.545 (with balance.spiking_pool; 0.584 before either); with fewer than POOLED_VALUES
+# windows a channel each position is scored.
 POOLED_VALUES = 128
 
 
