@@ -382,11 +382,15 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     corrections = [False, True] if _corrected(snn) else [False]
     operands = [True, False] if _product_operands(snn) else [True]
     centring = [False, True] if any(_centrable(snn, n) for n in snn.nodes) else [False]
-    for t, correct, per_index, centre in itertools.product(steps, corrections, operands, centring):
+    pooling = [False, True] if _poolable(snn, axes, size(x)) else [False]
+    for t, correct, per_index, centre, pooled in itertools.product(
+        steps, corrections, operands, centring, pooling
+    ):
         name = f"T={t}" + (", bias corrected" if correct else "")
         name += "" if per_index else ", one threshold per product operand"
         name += ", centred" if centre else ""
-        tuned = tune_thresholds(snn, x, t, axes, correct, per_index, centre)
+        name += ", pooled" if pooled else ""
+        tuned = tune_thresholds(snn, x, t, axes, correct, per_index, centre, pooled)
         candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
@@ -469,6 +473,7 @@ def tune_thresholds(
     correct: bool = False,
     per_index_products: bool = True,
     centre: bool = False,
+    pooled: bool = False,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
@@ -476,14 +481,16 @@ def tune_thresholds(
     layers with a bias (_corrected). `per_index_products`: one threshold per index of the
     contracted axis for the bipolar neurons that feed products of two activations
     (product_axis), else one for each. `centre`: let bipolar neurons in front of dense layers
-    code x - c where that rounds closer (_centrable, _centre)."""
+    code x - c where that rounds closer (_centrable, _centre). `pooled`: score a neuron that
+    only an average pooling reads on its pooled rates (_pooled_by)."""
     out = copy.deepcopy(snn)
     run = _Run(out, x, T)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
     for node, original in zip(list(out.nodes), snn.nodes, strict=True):
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
-            _tune_neuron(out, run, node, axes.get(node.inputs[0], -1), per_index_products, centre)
+            axis = axes.get(node.inputs[0], -1)
+            _tune_neuron(out, run, node, axis, per_index_products, centre, pooled)
         run.step(node, original)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
@@ -521,7 +528,13 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
 
 
 def _tune_neuron(
-    graph: Graph, run: _Run, node: Node, axis: int, per_index_products: bool, centre: bool
+    graph: Graph,
+    run: _Run,
+    node: Node,
+    axis: int,
+    per_index_products: bool,
+    centre: bool,
+    pooled: bool = False,
 ) -> None:
     """Choose one neuron's thresholds and its feeding layer's bias shift; move the recorded
     currents by that shift."""
@@ -530,7 +543,7 @@ def _tune_neuron(
     axis = _absorbing_axis(graph, node, axis)
     contracted = product_axis(graph, node) if per_index_products else None
     axis = axis if contracted is None else contracted
-    kernel = _pooled_by(graph, node, axis, len(run.ann[src]))
+    kernel = _pooled_by(graph, node, axis, len(run.ann[src])) if pooled else None
     pool = None
     if kernel is not None:
         target, currents, pool = _pool_windows(run.ann[src], run.spiking[src], kernel)
@@ -579,18 +592,26 @@ def _tune_neuron(
         _centre(graph, run, node, threshold_shape(middles, len(graph.shape(src)), axis))
 
 
-# POOLED: scoring a neuron read by an average pooling after the pooling. Measured on 12 digits
-# CNNs (the benchmark's three, nine of benchmarks/cnn_family.py: depthwise + global average
-# pooling with ReLU and ReLU6, residual, BatchNorm + 2x2 pooling; seeds 1-9), integer mode,
-# test split, T-aware conversion for T = 1 / 2 / 4 / 8: mean change +5.1 / +0.9 / +0.5 / -0.1
-# points; the depthwise nets gained 3 to 21 points at T = 1 and 0.4 to 3.9 at T = 4, the
-# residual nets moved -1.3 to +1.7 at T = 1 (bench_resnet -1.3 at T = 1 and 2); at T = 8 none
-# lost more than 0.9 (5 images). It needs data: a global pooling leaves one value a channel per
-# sample, and on the zoo's timm models (16 calibration images) the pooled search lowered
-# resnet18's cosine to the ANN at T = 8 from 0.994 to 0.988 and efficientnet_b0's from 0.616
-# to 0.545 (with balance.spiking_pool; 0.584 before either); with fewer than POOLED_VALUES
-# windows a channel each position is scored.
+# POOLED: scoring a neuron read by an average pooling after the pooling. Always on, measured on
+# 12 digits CNNs (the benchmark's three, nine of benchmarks/cnn_family.py: depthwise + global
+# average pooling with ReLU and ReLU6, residual, BatchNorm + 2x2 pooling), integer mode, test
+# split, T-aware conversion for T = 1 / 2 / 4 / 8: mean change +5.1 / +0.9 / +0.5 / -0.1
+# points; the depthwise nets gained 3 to 21 points at T = 1 and 0.4 to 3.9 at T = 4, but one
+# lost 0.9 at T = 8 (its calibration error rose too: 0.164 -> 0.203), the residual nets moved
+# -1.3 to +1.7 at T = 1. So it is a candidate (t_aware), the calibration data decides. It
+# needs data: a global pooling leaves one value a channel per sample, and on the zoo's timm
+# models (16 calibration images) the pooled search lowered resnet18's cosine to the ANN at
+# T = 8 from 0.994 to 0.988; with fewer than POOLED_VALUES windows a channel it is not tried.
 POOLED_VALUES = 128
+
+
+def _poolable(graph: Graph, axes: dict[str, int], samples: int) -> bool:
+    """Whether a neuron of the graph would be scored after an average pooling (_pooled_by)."""
+    return any(
+        n.op == "if"
+        and _pooled_by(graph, n, _absorbing_axis(graph, n, axes.get(n.inputs[0], -1)), samples)
+        for n in graph.nodes
+    )
 
 
 def _pooled_by(graph: Graph, node: Node, axis: int, samples: int) -> tuple[int, int] | None:
