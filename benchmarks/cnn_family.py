@@ -136,32 +136,32 @@ def make(arch: str, seed: int, out: Path) -> tuple[nn.Module, Path]:
     return model, path
 
 
-def spikeport_row(path: Path) -> dict[int, float]:
+def spikeport_row(path: Path) -> dict[str, float]:
     """`convert -T T` -> `quantize --target sim` -> `eval -T T`, integer mode, each T."""
     test = load_data(SPLITS["test"], labels=True)
     x_calib = load_data(SPLITS["calib"]).x
-    row = {}
+    row: dict[str, float] = {}
     for t in TS:
         graph = quantize(convert(path, SPLITS["calib"], timesteps=t), x_calib, get_profile("sim"))
-        row[t] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
+        row[str(t)] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
     return row
 
 
-def sj_row(model: nn.Module) -> dict[int, float] | None:
+def sj_row(model: nn.Module) -> dict[str, float] | None:
     """SpikingJelly's best recipe at each T, or None where none converts the module."""
     import peer_sj
 
     if not peer_sj.available():
         return None
     test, x_calib = np.load(SPLITS["test"]), torch.from_numpy(np.load(SPLITS["calib"])["x"])
-    best: dict[int, float] = {}
+    best: dict[str, float] = {}
     for _, make_recipe in peer_sj.recipes(x_calib).values():
         try:
             snn, _ = peer_sj.convert(model, make_recipe())
         except (ValueError, NotImplementedError):  # its recipes refuse ReLU6, SiLU, hardswish
             return None
         acc, _, _ = peer_sj.accuracy_vs_t(snn, test["x"], test["y"], TS)
-        best = {t: max(best.get(t, 0.0), a) for t, a in acc.items()}
+        best = {str(t): max(best.get(str(t), 0.0), a) for t, a in acc.items()}
     return best
 
 
@@ -193,7 +193,7 @@ def main() -> None:
 
 
 def _line(row: dict[str, Any]) -> str:
-    acc = " / ".join(f"{100 * row['spikeport'][t]:.2f}" for t in TS)
+    acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in TS)
     return f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
 
 
@@ -205,7 +205,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         methods = {"spikeport": r["spikeport"], "SpikingJelly best": r["spikingjelly_best"]}
         for name, accs in methods.items():
             if accs:
-                cells = " | ".join(f"{100 * accs[t]:.2f}" for t in TS)
+                cells = " | ".join(f"{100 * accs[str(t)]:.2f}" for t in TS)
                 lines.append(f"| {r['net']} | {name} | {100 * r['ann']:.2f} | {cells} |")
     return "\n".join(lines)
 
