@@ -120,3 +120,23 @@ def test_eval_reports_fidelity_for_embedding_and_token_level_outputs(family_dir:
         assert last["relative_error_to_ann"] < first["relative_error_to_ann"]
         missed = check_requirements(rep, [Requirement.parse("16:cosine_to_ann=1.0")])
         assert missed and missed[0]["metric"] == "cosine_to_ann"
+
+
+def test_synapses_read_poolings_of_spikes_with_no_neuron_behind(family_dir: Path, tmp_path):
+    """MobileNetV3 (hardswish, squeeze-excitation, global pooling head), converted: every
+    average pooling that only synapses read pools spikes (a neuron's output in front of it),
+    and no neuron follows one, so its readers get the window's mean rate, not one bit a step
+    (balance.spiking_pool)."""
+    fx = FAMILIES["mobilenetv3"](family_dir)
+    snn = convert(fx.onnx, fx.save_calib(tmp_path / "calib.npz"), tune=False)
+    pools = [n for n in snn.nodes if n.op == "avgpool2d"]
+    assert len(pools) >= 2  # the gate's and the head's
+    for pool in pools:
+        assert snn.producer(pool.inputs[0]).op == "if", pool.name
+        later, todo = [], [pool.output]
+        while todo:
+            for user in snn.consumers(todo.pop()):
+                later.append(user.op)
+                if user.op in ("reshape", "transpose"):
+                    todo.append(user.output)
+        assert "if" not in later and later, (pool.name, later)
