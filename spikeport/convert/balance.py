@@ -220,13 +220,14 @@ def _insert_input_neurons(
     """A bipolar IF neuron (threshold: percentile of |activation|) before each such input."""
     points = set(spike_inputs(graph, product_operands))
     readers = spike_readers(product_operands)
-    pooled = {n.inputs[0] for n in graph.nodes if spiking_pool(graph, n, readers)}
     nodes: list[Node] = []
     made: set[str] = set()
     for n in graph.nodes:
         for t in n.inputs:
             if t in points and t not in made:
-                theta = _input_threshold(graph, stats[t], t, percentile, t in pooled)
+                theta = stats[t].percentile(percentile, False, absolute=True)
+                theta = np.where(theta > 0, theta, 1.0)  # a silent tensor still needs theta > 0
+                rank = len(graph.shape(t))
                 nodes.append(
                     Node(
                         f"{t}:neuron",
@@ -234,7 +235,7 @@ def _insert_input_neurons(
                         [t],
                         f"{t}:spikes",
                         {"signed": True, "bipolar": True, "cap": None},
-                        {"threshold": theta.astype(np.float32)},
+                        {"threshold": theta.reshape((1,) * rank).astype(np.float32)},
                     )
                 )
                 made.add(t)
@@ -242,22 +243,6 @@ def _insert_input_neurons(
             n.inputs = [f"{t}:spikes" if t in points else t for t in n.inputs]
         nodes.append(n)
     graph.nodes = nodes
-
-
-def _input_threshold(
-    graph: Graph, tails: Tails, tensor: str, percentile: float, pooled: bool
-) -> np.ndarray:
-    """An input neuron's threshold, shaped for its tensor: the percentile of |activation| over
-    the tensor, or per channel in front of a pooling of an image that only synapses read
-    (they absorb a scale per channel; one for the tensor coarsened the pooled means of
-    MobileNetV3's and EfficientNet's heads)."""
-    shape = graph.shape(tensor)
-    theta = tails.percentile(percentile, False, absolute=True).reshape((1,) * len(shape))
-    if pooled and len(shape) == 3:
-        each = tails.percentile(percentile, True, absolute=True)
-        if each.size == shape[0]:
-            theta = each.reshape(-1, 1, 1)
-    return np.where(theta > 0, theta, 1.0)  # a silent tensor still needs theta > 0
 
 
 def balance_thresholds(
