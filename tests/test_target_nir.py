@@ -129,6 +129,26 @@ def test_concat_maps_by_embedding(tmp_path):
     assert verify(g, tmp_path / "o", xs, T=8)["samples"] == INPUTS
 
 
+def test_depthwise_convolution_maps_as_a_full_kernel(tmp_path):
+    """A grouped (depthwise) convolution: nir types its input by the kernel's second axis
+    (one channel), so it goes out as the full kernel, zero between groups; the round trip
+    equals the simulator (it raised nir's type-inference ValueError, exit 3)."""
+    b = _Builder(7)
+    h = b.op("Relu", [b.conv("x", 2, 6, 3, 1)])
+    w = b.rng.normal(0, 0.5, (6, 1, 3, 3)).astype(np.float32)
+    d = b.op("Conv", [h, b.const(w), b.const(np.zeros(6, np.float32))], pads=[1] * 4,
+             kernel_shape=[3, 3], group=6)  # fmt: skip
+    g = b.op("GlobalAveragePool", [b.op("Relu", [d])])
+    out = b.gemm(b.op("Flatten", [g], axis=1), 6, 3)
+    onnx.save(b.model((2, 6, 6), out, 3), tmp_path / "m.onnx")
+    x = b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
+    emit(g, "nir", tmp_path / "o")
+    xs = np.random.default_rng(3).uniform(0, 1, (INPUTS, 2, 6, 6))
+    assert verify(g, tmp_path / "o", xs, T=8)["samples"] == INPUTS
+
+
 def _refused(graph, tmp_path, match):
     out = tmp_path / "never"
     with pytest.raises(CapabilityExceeded, match=match):

@@ -239,14 +239,28 @@ def _conv(b: NirBuilder, node: Node) -> list[Edge]:
     w = w * s_in[input_channels(w.shape, g)][:, :, None, None] / so[:, None, None, None]
     conv = b.nir.Conv2d(
         input_shape=tuple(b.shape(node.inputs[0])[1:]),
-        weight=w,
+        weight=_ungrouped(w, g),
         stride=tuple(a["strides"]),
         padding=_symmetric(node, a["pads"]),
         dilation=tuple(a["dilations"]),
-        groups=g,
+        groups=1,
         bias=np.asarray(node.params["bias"], np.float64) / so,
     )
     return [Edge(b.add_node(b.name(node), conv, ins), s_out)]
+
+
+def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped kernel (C_out, C_in / g, kh, kw) as the full kernel (C_out, C_in, kh, kw), zero
+    between groups: nir's shape inference ignores `groups` (a depthwise convolution's input
+    would be typed with one channel), and the same sums come out."""
+    if groups == 1:
+        return w
+    out, per_group = w.shape[:2]
+    full = np.zeros((out, per_group * groups, *w.shape[2:]), w.dtype)
+    for o in range(out):
+        g = o // (out // groups)
+        full[o, g * per_group : (g + 1) * per_group] = w[o]
+    return full
 
 
 def _avgpool(b: NirBuilder, node: Node) -> list[Edge]:
