@@ -255,11 +255,8 @@ def _ungrouped(w: np.ndarray, groups: int) -> np.ndarray:
     would be typed with one channel), and the same sums come out."""
     if groups == 1:
         return w
-    out, per_group = w.shape[:2]
-    full = np.zeros((out, per_group * groups, *w.shape[2:]), w.dtype)
-    for o in range(out):
-        g = o // (out // groups)
-        full[o, g * per_group : (g + 1) * per_group] = w[o]
+    full = np.zeros((w.shape[0], w.shape[1] * groups, *w.shape[2:]), w.dtype)
+    full[np.arange(w.shape[0])[:, None], input_channels(w.shape, groups)] = w
     return full
 
 
