@@ -171,16 +171,20 @@ def main() -> None:
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
+    specs = [spec.partition(":") for spec in args.nets.split(",")]
+    for arch, _, seed in specs:
+        if arch not in ARCHITECTURES or not seed.isdigit():
+            known = ", ".join(sorted(ARCHITECTURES))
+            ap.error(f"--nets: '{arch}:{seed}' is not arch:seed with arch one of {known}")
     torch.set_num_threads(1)
     test = np.load(SPLITS["test"])
     rows = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.nets.split(","):
-            arch, seed = spec.split(":")
+        for arch, _, seed in specs:
             t0 = time.perf_counter()
             model, path = make(arch, int(seed), Path(tmp))
-            row = {"net": spec, "ann": accuracy(model, test["x"], test["y"])}
+            row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
             row["spikeport"] = spikeport_row(path)
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
             row["seconds"] = time.perf_counter() - t0
