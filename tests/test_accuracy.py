@@ -255,6 +255,88 @@ def test_t_aware_conversion_centres_features_far_from_zero(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _hardswish_cnn(tmp_path):
+    """Conv, hardswish of features far from 0 (the conv's outputs + 2), read by a padded 3x3
+    conv and, after a second hardswish, by an unpadded 1x1 conv; global pooling, Gemm."""
+    from fixture_models import _Builder
+
+    b = _Builder(6)
+    two = b.const(np.float32(2.0))
+    h = b.op("HardSwish", [b.op("Add", [b.conv("x", 3, 8, 3, 1), two])])
+    h = b.op("HardSwish", [b.op("Add", [b.conv(h, 8, 8, 3, 1), two])])
+    h = b.op("Relu", [b.conv(h, 8, 8, 1, 0)])
+    out = b.gemm(b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1), 8, 4)
+    model = tmp_path / "hswish.onnx"
+    model.write_bytes(b.model((3, 6, 6), out, 4).SerializeToString())
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=b.rng.uniform(-1, 1, (64, 3, 6, 6)).astype(np.float32))
+    return model, calib
+
+
+def test_t_aware_conversion_centres_channels_that_convolutions_read(tmp_path):
+    """A bipolar neuron in front of convolutions codes x - c too, c per channel: the
+    convolutions' biases take W c, and a padded one an offset after it for its border
+    (fold.padded_conv_shift); at T = 4 the network is nearer the ANN than uncentred;
+    quantize and both backends run it."""
+    from spikeport.convert import convert, tune
+    from spikeport.convert.balance import channel_axes
+    from spikeport.convert.tune import tune_thresholds
+    from spikeport.quantize import get_profile, quantize
+    from spikeport.sim import Simulator
+    from spikeport.sim.simulator import BACKENDS
+
+    model, calib = _hardswish_cnn(tmp_path)
+    x = load_data(calib).x
+    snn = convert(model, calib, tune=False)
+    centred, plain = (
+        tune_thresholds(snn, x, 4, channel_axes(snn), centre=c) for c in (True, False)
+    )
+    names = [n.name for n in centred.nodes if n.op == "offset"]
+    assert sum(n.endswith("/centre") for n in names) == 2
+    assert sum(n.endswith("/border") for n in names) == 1  # the 1x1 conv takes all in its bias
+
+    def out(graph, mode: str, T: int):  # noqa: ANN001, ANN202
+        return simulate(graph, x, T, mode).outputs[graph.outputs[0]][-1] / T
+
+    def error(tuned) -> float:  # noqa: ANN001
+        """Of the pointwise conv's T-step mean output against the ANN's (ann_twins)."""
+        run = tune._Run(tuned, x, 4)
+        for node, original in tune.ann_twins(tuned, snn):
+            run.step(node, original)
+            if node.op == "conv2d" and node.params["weight"].shape[2:] == (1, 1):
+                mean, ann = sum(run.spiking[node.output]) / 4, run.ann[node.output]
+                return float(np.linalg.norm(mean - ann) / np.linalg.norm(ann))
+        raise AssertionError("no pointwise conv")
+
+    assert error(centred) < 0.7 * error(plain)
+    q = quantize(centred, x, get_profile("sim"))
+    ints = out(q, "int", 4) * q.scales[q.outputs[0]]
+    assert np.corrcoef(ints.ravel(), out(centred, "float", 4).ravel())[0, 1] > 0.99
+    runs = [Simulator(q, "int", b).run(x, 6) for b in BACKENDS]
+    for a, b in zip(runs[0].outputs.values(), runs[1].outputs.values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("pads,group", [([1, 1, 1, 1], 1), ([0, 2, 1, 0], 2), ([1, 0, 0, 1], 4)])
+def test_a_padded_convolution_of_x_minus_c_takes_c_back_in_its_bias_and_border(pads, group):
+    """conv(x - c) + b + W c + border = conv(x) + b, padding zeros in both, for any pads and
+    groups (fold.padded_conv_shift)."""
+    from spikeport.convert.fold import padded_conv_shift
+    from spikeport.ir.graph import Node
+    from spikeport.sim.kernels import conv2d
+
+    rng = np.random.default_rng(7)
+    w, b = rng.normal(size=(8, 4 // group, 3, 3)), rng.normal(size=8)
+    attrs = {"strides": [2, 1], "pads": pads, "dilations": [1, 1], "group": group}
+    conv = Node("c", "conv2d", ["x"], "y", attrs, {"weight": w, "bias": b})
+    x, c = rng.normal(size=(5, 4, 7, 6)), rng.normal(size=(4, 1, 1))
+    inner, border = padded_conv_shift(conv, c, (4, 7, 6))
+    geo = (attrs["strides"], pads, attrs["dilations"], group)
+    centred = conv2d(x - c, w, b + inner, *geo) + border
+    np.testing.assert_allclose(centred, conv2d(x, w, b, *geo), atol=1e-9)
+    assert np.any(border) and not np.any(border[:, 2:-2, 2:-2])  # only the border moves
+
+
 def test_the_search_scores_a_pooled_neuron_after_its_pooling():
     """A neuron that only an average pooling reads is scored on the pooled rates: at T = 1,
     activations spread evenly over [0, 1) in each window, a theta near 1 (about half the

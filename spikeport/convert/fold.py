@@ -94,12 +94,34 @@ def bias_shift(reader: Node, c: np.ndarray, x_shape: tuple[int, ...]) -> np.ndar
     if reader.op != "conv2d" or any(reader.attrs["pads"]):
         return None  # a padded border reads zeros, not x + c
     per_channel = _per_channel(c, x_shape[0])
-    if per_channel is None:
-        return None
-    w, g = reader.params["weight"].astype(np.float64), reader.attrs["group"]
+    return None if per_channel is None else _conv_shift(reader, per_channel)
+
+
+def _conv_shift(conv: Node, per_channel: np.ndarray) -> np.ndarray:
+    """W c of a convolution for a constant c per input channel, wherever no padding is read."""
+    w, g = conv.params["weight"].astype(np.float64), conv.attrs["group"]
     # output o of group k reads input channels k C/g .. (k + 1) C/g - 1
     per_group = w.reshape(g, len(w) // g, *w.shape[1:]) * per_channel.reshape(g, 1, -1, 1, 1)
     return per_group.sum(axis=(2, 3, 4)).reshape(-1)
+
+
+def padded_conv_shift(
+    conv: Node, c: np.ndarray, x_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A padded convolution of x + c (c one value per channel of the image x_shape) as its
+    output for x plus two parts: W c per output channel, for its bias, and the border's
+    remainder per output position (where the window reads padding, which stays zero and is not
+    x + c), for an offset after it; None where c is not one value per channel."""
+    from spikeport.sim.kernels import conv2d
+
+    per_channel = _per_channel(np.asarray(c, np.float64), x_shape[0])
+    if conv.op != "conv2d" or per_channel is None:
+        return None
+    a, w = conv.attrs, conv.params["weight"].astype(np.float64)
+    image = np.broadcast_to(per_channel.reshape(-1, 1, 1), x_shape)[None]
+    full = conv2d(image, w, np.zeros(len(w)), a["strides"], a["pads"], a["dilations"], a["group"])
+    inner = _conv_shift(conv, per_channel)
+    return inner, full[0] - inner.reshape(-1, 1, 1)
 
 
 def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:

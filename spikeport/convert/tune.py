@@ -16,12 +16,13 @@ chosen, so its input currents are what the spiking network will really feed it, 
   products of two activations (Q's and K's features, the attention probabilities' keys),
   which then weigh those indices by integer multipliers (quantize.seq._matmul), or one
   threshold each (a second candidate, below);
-- a bipolar neuron with one threshold per feature that only dense layers read may code
-  x - c instead of x, c the middle of each feature's range, where that rounds closer
-  (centring: its 2T + 1 levels then span the feature's range, not +-max |x|; the
-  search runs twice for such neurons): an offset node in front of it (folded into the
-  producer's bias or LayerNorm beta where that alone feeds it), W c added to its readers'
-  biases, so the ANN view computes the same function;
+- a bipolar neuron with one threshold per feature that only dense layers, or only
+  convolutions, read may code x - c instead of x, c the middle of each feature's (channel's)
+  range, where that rounds closer (centring: its 2T + 1 levels then span the feature's range,
+  not +-max |x|; the search runs twice for such neurons): an offset node in front of it
+  (folded into the producer's bias or LayerNorm beta where that alone feeds it), W c added to
+  its readers' biases, and after a padded convolution an offset for its border, where the
+  window reads padding and not x - c, so the ANN view computes the same function;
 - the bias of the layer that feeds the neuron alone (directly or through adds) moves by the
   shift, from a grid of fractions of theta / T, that minimises the same error jointly with
   theta (bias correction, Li et al. 2021, "A free lunch from ANN"; at T = 1 it also sets where
@@ -49,7 +50,7 @@ import numpy as np
 
 from spikeport.batch import Batch, size, take
 from spikeport.convert.balance import spiking_pool, threshold_shape
-from spikeport.convert.fold import bias_shift, fold_offsets
+from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
 from spikeport.sim.ops import IFNeuron
@@ -198,6 +199,8 @@ def _bias_owner(graph: Graph, tensor: str) -> Node | None:
         return None
     if prod.op in BIAS_OWNERS:
         return prod
+    if prod.op == "offset":  # (a centred convolution's border, _border_offset)
+        return _bias_owner(graph, prod.inputs[0])
     if prod.op == "add":
         for t in prod.inputs:
             owner = _bias_owner(graph, t)
@@ -306,6 +309,8 @@ class _Run:
         self.spiking = {k: [v] * T for k, v in given.items()}
         self.ann = dict(given)
         self.left = Counter(i for n in graph.nodes for i in n.inputs)
+        # nodes the search inserts (_border_offset), by the node after which they run
+        self.inserted: dict[str, list[Node]] = {}
 
     def step(self, node: Node, ann_node: Node) -> None:
         from spikeport.sim.ops import KERNELS
@@ -368,12 +373,14 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     and 5.4 points at T = 1 and 2, where the calibration data prefers one per operand too.
     Transformers' conversion takes twice as long.
 
-    Where bipolar neurons feed dense layers, each search runs twice again: with and without
-    centring (tune_thresholds' `centre`). Always on, it lifted the ViT at T = 1 / 2 / 4 / 8
-    from 75.6 / 93.9 / 96.5 / 97.4 to 88.5 / 95.2 / 97.6 / 98.0 and text_bert at T = 1 and 8
-    (74.1 -> 79.5, 96.7 -> 97.2), but cost text_bert 3.0 points at T = 2 and the counting
-    encoder 9.4 at T = 1 (integer mode, test splits): as a candidate, the calibration data
-    decides. Transformers' conversion takes twice as long again.
+    Where bipolar neurons feed dense layers or convolutions, each search runs twice again:
+    with and without centring (tune_thresholds' `centre`). Always on, it lifted the ViT at
+    T = 1 / 2 / 4 / 8 from 75.6 / 93.9 / 96.5 / 97.4 to 88.5 / 95.2 / 97.6 / 98.0 and
+    text_bert at T = 1 and 8 (74.1 -> 79.5, 96.7 -> 97.2), but cost text_bert 3.0 points at
+    T = 2 and the counting encoder 9.4 at T = 1 (integer mode, test splits): as a candidate,
+    the calibration data decides. Transformers' conversion takes twice as long again, and so
+    does that of CNNs with bipolar neurons in front of convolutions (hardswish, SiLU,
+    LeakyReLU, squeeze-excitation products; CENTRED_CONVS).
     """
     steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
@@ -381,7 +388,7 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     candidates = {"percentile": snn}
     corrections = [False, True] if _corrected(snn) else [False]
     operands = [True, False] if _product_operands(snn) else [True]
-    centring = [False, True] if any(_centrable(snn, n) for n in snn.nodes) else [False]
+    centring = [False, True] if _centring(snn, axes) else [False]
     pooling = [False, True] if _poolable(snn, axes, size(x)) else [False]
     for t, correct, per_index, centre, pooled in itertools.product(
         steps, corrections, operands, centring, pooling
@@ -481,9 +488,9 @@ def tune_thresholds(
     layers with a bias (_corrected). `per_index_products`: one threshold per index of the
     contracted axis for the bipolar neurons that feed products of two activations
     (product_axis), else one for each. `centre`: let bipolar neurons in front of dense layers
-    code x - c where that rounds closer (_centrable, _centre). `pooled`: score a neuron that
-    only an average pooling reads on its pooled rates (_pooled_by)."""
-    out = copy.deepcopy(snn)
+    or convolutions code x - c where that rounds closer (_centrable, _centre). `pooled`:
+    score a neuron that only an average pooling reads on its pooled rates (_pooled_by)."""
+    out, axes = copy.deepcopy(snn), dict(axes)  # (centring may add tensors: _border_offset)
     run = _Run(out, x, T)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
@@ -494,6 +501,9 @@ def tune_thresholds(
         run.step(node, original)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
+        for offset in run.inserted.pop(node.name, []):
+            run.step(offset, _zero_twin(offset))
+            axes[offset.output] = axes.get(offset.inputs[0], -1)
     return fold_offsets(out)  # a centre moves into the bias of a dense layer before it
 
 
@@ -674,18 +684,43 @@ def _middles(target: np.ndarray) -> np.ndarray:
 def _centrable(
     graph: Graph, node: Node, axis: int = -1, static: frozenset[str] | set[str] = frozenset()
 ) -> bool:
-    """A bipolar neuron with one threshold per feature (the last axis) that only dense layers
-    read, whose biases can take W c exactly, and with a per-step input (not a static one)."""
-    users = graph.consumers(node.output)
+    """A bipolar neuron with a per-step input (not a static one) and one threshold per feature
+    that only layers read whose biases can take W c: dense layers (the last axis), or
+    convolutions of an image's channels (axis 0; a padded one also takes an offset after it
+    for its border, so its output must not be the graph's)."""
+    users, rank = graph.consumers(node.output), len(graph.shape(node.inputs[0]))
+    dense = axis % rank == rank - 1 and all(u.op == "dense" for u in users)
+    conv = rank == 3 and axis % rank == 0 and all(u.op == "conv2d" for u in users)
     return (
         bool(node.attrs.get("bipolar"))
         and node.attrs.get("cap") is None
-        and axis % len(graph.shape(node.inputs[0])) == len(graph.shape(node.inputs[0])) - 1
         and bool(users)
-        and all(u.op == "dense" and "bias" in u.params for u in users)
+        and (dense or conv)
+        and all("bias" in u.params and u.output not in graph.outputs for u in users)
         and node.output not in graph.outputs
         and node.inputs[0] not in static
     )
+
+
+# CENTRED_CONVS: centring for the bipolar neurons that convolutions read (their activations,
+# hardswish's -0.375 up, SiLU's -0.28 up, a squeeze-excitation product's 0 up, use half the
+# 2T + 1 levels of +-max |x|). Measured on benchmarks/cnn_family.py's hardswish and SiLU
+# squeeze-excitation nets (four, integer mode, test split), T = 1 / 2 / 4 / 8, mean change
+# +12.3 / +4.8 / +3.2 / +0.1 points; see the README's held-out CNN family.
+def _centring(graph: Graph, axes: dict[str, int]) -> bool:
+    """Whether some neuron of `graph` could be centred (_centrable)."""
+    return any(
+        _centrable(graph, n, _absorbing_axis(graph, n, axes.get(n.inputs[0], -1)))
+        for n in graph.nodes
+        if n.op == "if"
+    )
+
+
+def _zero_twin(offset: Node) -> Node:
+    """The ANN view of an offset that centring inserted: it adds 0 (the network computes the
+    ANN's own function; only its spiking view is centred)."""
+    zero = {"value": np.zeros_like(offset.params["value"])}
+    return Node(offset.name, "offset", offset.inputs, offset.output, {}, zero)
 
 
 def ann_twins(tuned: Graph, snn: Graph) -> list[tuple[Node, Node]]:
@@ -693,11 +728,7 @@ def ann_twins(tuned: Graph, snn: Graph) -> list[tuple[Node, Node]]:
     kernel computes the ANN's value there (_Run.step): a centring offset's twin adds 0 (the
     network computes the ANN's own function; only its spiking view is centred)."""
     by_name = {n.name: n for n in snn.nodes}
-    return [
-        (n, by_name.get(n.name) or Node(n.name, "offset", n.inputs, n.output, {},
-                                        {"value": np.zeros_like(n.params["value"])}))
-        for n in tuned.nodes
-    ]  # fmt: skip
+    return [(n, by_name.get(n.name) or _zero_twin(n)) for n in tuned.nodes]
 
 
 def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
@@ -714,9 +745,28 @@ def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
     )
     node.inputs = [tensor]
     for user in graph.consumers(node.output):
-        shift = bias_shift(user, centre, graph.shape(src))
+        if user.op == "conv2d" and any(user.attrs["pads"]):
+            shift, border = padded_conv_shift(user, centre, graph.shape(src))
+            _border_offset(graph, run, user, border)
+        else:
+            shift = bias_shift(user, centre, graph.shape(src))
         user.params["bias"] = (user.params["bias"] + shift).astype(np.float32)
     run.spiking[tensor] = [c - centre for c in run.spiking[src]]
     run.ann[tensor] = run.ann[src]
     run.left[tensor] = 1
     run.release(src)  # the neuron reads the offset's output now
+
+
+def _border_offset(graph: Graph, run: _Run, conv: Node, border: np.ndarray) -> None:
+    """An offset after a padded convolution that reads a centred neuron: at the border its
+    window reads padding (zero, not x - c), so W c in its bias is too much there. The run
+    steps it right after the convolution (_Run.inserted)."""
+    out, tensor = conv.output, f"{conv.output}/border"
+    graph.tensors[tensor] = TensorInfo(tensor, graph.shape(out))
+    value = {"value": border.astype(np.float32)}
+    offset = Node(f"{conv.name}/border", "offset", [out], tensor, {}, value)
+    for reader in graph.consumers(out):
+        reader.inputs = [tensor if t == out else t for t in reader.inputs]
+    graph.nodes.insert(graph.nodes.index(conv) + 1, offset)
+    run.left[tensor], run.left[out] = run.left[out], 1
+    run.inserted.setdefault(conv.name, []).append(offset)
