@@ -13,6 +13,7 @@ Tasks ([CLS] then 5..15 tokens, padded to 16; disjoint splits of 6,000 / 500 / 1
 - count      how many times word A occurs (0..4): benchmarks/nets.py's task
 - majority   does word A occur more often than word B (counts 0..6, differing by 1 to 3)
 - difference count(A) - count(B), each 0..4 (9 classes: both counts exact)
+- sum        is the sum of the words' weights (-3..3 each) positive: a sum of 1 against -1
 - order      does the first A come before the first B (each occurs 1..3 times)
 - sentiment  examples/make_text.py's negated-polarity sum
 - digits     the examples' 8x8 digits (the ViT only)
@@ -62,7 +63,7 @@ SPLIT_SIZES = {"train": 6000, "calib": 500, "test": 1000}
 DEFAULT_NETS = (
     "count:pre_relu:2,majority:post_gelu:3,order:hf_bert:4,sentiment:hf_bert:5:dynamo,"
     "count:hf_bert:6,digits:vit:7,difference:pre_relu:8,difference:post_gelu:9,"
-    "difference:hf_bert:10"
+    "difference:hf_bert:10,sum:pre_relu:11,sum:post_gelu:12,sum:hf_bert:13"
 )
 CLS, MAX_LEN = make_text.CLS, make_text.MAX_LEN
 A, B = 2, 3
@@ -97,6 +98,15 @@ def difference(rng: np.random.Generator) -> tuple[list[int], int]:
     return _place(rng, {A: a, B: b}), a - b + 4
 
 
+def signed_sum(rng: np.random.Generator) -> tuple[list[int], int]:
+    """Words 4..10 weigh -3..3; is the sum of the 5..15 words positive (never zero)."""
+    while True:
+        tokens = rng.integers(4, 11, size=int(rng.integers(5, MAX_LEN))).tolist()
+        total = sum(t - 7 for t in tokens)
+        if total:
+            return [CLS, *tokens], int(total > 0)
+
+
 def order(rng: np.random.Generator) -> tuple[list[int], int]:
     tokens = _place(rng, {A: int(rng.integers(1, 4)), B: int(rng.integers(1, 4))})
     return tokens, int(tokens.index(A) < tokens.index(B))
@@ -113,6 +123,7 @@ TASKS: dict[str, tuple[Callable[[np.random.Generator], tuple[list[int], int]], i
     "majority": (majority, 16, 2, 12),
     "order": (order, 16, 2, 12),
     "difference": (difference, 16, 9, 20),
+    "sum": (signed_sum, 16, 2, 20),
     "sentiment": (make_text.sentence, make_text.VOCAB, 2, 40),
 }
 
