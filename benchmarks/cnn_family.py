@@ -1,7 +1,7 @@
 """Held-out CNN family: digits CNNs of kinds neither the examples nor benchmarks/nets.py make,
 trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
 
-    .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,resnet:2,...] [--sj]
+    .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,resnet:2,...] [--sj] [--finetune]
     # writes benchmarks/results/cnn_family.json and prints a markdown table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
@@ -17,7 +17,10 @@ proxy for that, a family rather than one example, to decide conversion defaults 
 Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam, cosine
 decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
 scored on digits_test (never trained on or calibrated with). `--sj` adds SpikingJelly's best
-recipe at each T where it converts the module (ReLU only). No download. 1 torch thread.
+recipe at each T where it converts the module (ReLU only). `--finetune` adds issue #16's
+fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
+`benchmarks/run.py`'s few-step section (distilled from the source model, `--shift 1`, 300
+epochs, lr 0.003), quantized and scored in integer mode. No download. 1 torch thread.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from make_digits import accuracy, train  # noqa: E402
 from spikeport.convert import convert  # noqa: E402
 from spikeport.data import load_data  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
+from spikeport.finetune import Settings, finetune, teacher_model  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
 
 TS = [1, 2, 4, 8]
@@ -147,6 +151,28 @@ def spikeport_row(path: Path) -> dict[str, float]:
     return row
 
 
+def finetuned_row(path: Path) -> dict[str, float]:
+    """`finetune -T 2` of the T-aware `convert -T 2` for each seed, integer accuracy at T = 2."""
+    import run
+
+    t = run.FEW_T
+    _, distill, shift, epochs = run.FEW_VARIANTS[-1]
+    snn = convert(path, SPLITS["calib"], timesteps=t)
+    train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
+    test = load_data(SPLITS["test"], labels=True)
+    x_calib = load_data(SPLITS["calib"]).x
+    teacher = teacher_model(snn, path)
+    row = {}
+    for seed in run.FEW_SEEDS:
+        settings = Settings(T=t, epochs=epochs, lr=run.FEW_LR, seed=seed, distill=distill,
+                            shift=shift)  # fmt: skip
+        tuned = finetune(snn, train_set, settings, quiet=True, teacher=teacher).graph
+        graph = quantize(tuned, x_calib, get_profile("sim"))
+        rec = evaluate(graph, test, [t], "int", str(path))["records"][0]
+        row[str(seed)] = rec["accuracy"]
+    return row
+
+
 def sj_row(model: nn.Module) -> dict[str, float] | None:
     """SpikingJelly's best recipe at each T, or None where none converts the module."""
     import peer_sj
@@ -169,6 +195,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
+    ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
     specs = [spec.partition(":") for spec in args.nets.split(",")]
@@ -187,6 +214,7 @@ def main() -> None:
             row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
             row["spikeport"] = spikeport_row(path)
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
+            row["finetuned_T2"] = finetuned_row(path) if args.finetune else None
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print(_line(row), flush=True)
@@ -198,7 +226,11 @@ def main() -> None:
 
 def _line(row: dict[str, Any]) -> str:
     acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in TS)
-    return f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
+    line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
+    if row.get("finetuned_T2"):
+        seeds = " / ".join(f"{100 * a:.2f}" for a in row["finetuned_T2"].values())
+        line += f"; fine-tuned T = 2, seeds 0 / 1 / 2: {seeds}"
+    return line
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -211,6 +243,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             if accs:
                 cells = " | ".join(f"{100 * accs[str(t)]:.2f}" for t in TS)
                 lines.append(f"| {r['net']} | {name} | {100 * r['ann']:.2f} | {cells} |")
+    tuned = [r for r in rows if r.get("finetuned_T2")]
+    if tuned:
+        lines += ["", "| net | ANN | fine-tuned T=2, seed 0 | seed 1 | seed 2 | ANN - worst |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in tuned:
+            accs = list(r["finetuned_T2"].values())
+            cells = " | ".join(f"{100 * a:.2f}" for a in accs)
+            gap = 100 * (r["ann"] - min(accs))
+            lines.append(f"| {r['net']} | {100 * r['ann']:.2f} | {cells} | {gap:.2f} |")
     return "\n".join(lines)
 
 
