@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,23 +171,31 @@ def count_sentence(rng: np.random.Generator) -> tuple[list[int], int]:
     return [CLS] + tokens, count
 
 
-def count_data() -> dict[str, dict[str, np.ndarray]]:
-    """Disjoint splits: a sentence drawn for calib or test that also occurs in train is
-    drawn again (short sentences of few words repeat otherwise)."""
-    rng = np.random.default_rng(0)
+def disjoint_splits(
+    sizes: dict[str, int],
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator], tuple[list[int], int]],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Splits of `sizes` sentences drawn by `draw`, in order: a sentence that also occurs in
+    an earlier split is drawn again (short sentences of few words repeat otherwise)."""
     seen: set[bytes] = set()
     data = {}
-    for name, n in COUNT_SPLITS.items():
-        d = make_split(n, rng, count_sentence)
+    for name, n in sizes.items():
+        d = make_split(n, rng, draw)
         keep = np.array([r.tobytes() not in seen for r in d["input_ids"]])
         while not keep.all():
-            more = make_split(int((~keep).sum()), rng, count_sentence)
+            more = make_split(int((~keep).sum()), rng, draw)
             for k in d:
                 d[k][~keep] = more[k]
             keep = np.array([r.tobytes() not in seen for r in d["input_ids"]])
         seen.update(r.tobytes() for r in d["input_ids"])
         data[name] = d
     return data
+
+
+def count_data() -> dict[str, dict[str, np.ndarray]]:
+    """The counting task's disjoint splits, drawn with seed 0."""
+    return disjoint_splits(COUNT_SPLITS, np.random.default_rng(0), count_sentence)
 
 
 class CountBert(nn.Module):

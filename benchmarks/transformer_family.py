@@ -51,6 +51,7 @@ EX = HERE.parent / "examples"
 sys.path.insert(0, str(EX))
 sys.path.insert(0, str(HERE))
 import make_text  # noqa: E402
+import nets  # noqa: E402
 from make_transformers import TinyViT  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
@@ -129,23 +130,8 @@ TASKS: dict[str, tuple[Callable[[np.random.Generator], tuple[list[int], int]], i
 
 
 def text_splits(task: str, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """Disjoint splits: a calib or test sentence that occurs in an earlier split is redrawn."""
-    draw = TASKS[task][0]
-    rng = np.random.default_rng(seed)
-    seen: set[bytes] = set()
-    splits = {}
-    for name, n in SPLIT_SIZES.items():
-        d = make_text.make_split(n, rng, draw)
-        while True:
-            fresh = np.array([r.tobytes() not in seen for r in d["input_ids"]])
-            if fresh.all():
-                break
-            more = make_text.make_split(int((~fresh).sum()), rng, draw)
-            for k in d:
-                d[k][~fresh] = more[k]
-        seen.update(r.tobytes() for r in d["input_ids"])
-        splits[name] = d
-    return splits
+    """Disjoint splits (nets.disjoint_splits) of the task, drawn with the net's seed."""
+    return nets.disjoint_splits(SPLIT_SIZES, np.random.default_rng(seed), TASKS[task][0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +249,6 @@ def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, 
         files[split] = out / f"{name}_{split}.npz"
         np.savez(files[split], **d)
     train = splits["train"]
-    torch.manual_seed(seed)
     _fit(model, tuple(torch.from_numpy(train[k]) for k in keys), torch.from_numpy(train["y"]),
          epochs, lr, seed)  # fmt: skip
     example = tuple(torch.from_numpy(train[k][:2]) for k in keys)
