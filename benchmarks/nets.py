@@ -216,21 +216,27 @@ class CountBert(nn.Module):
         return self.head(self.norm(h[:, 0]))
 
 
-def train_bert(model: nn.Module, data: dict[str, np.ndarray], epochs: int) -> nn.Module:
-    torch.manual_seed(SEED)
-    batch = 128
-    steps = (len(data["y"]) + batch - 1) // batch
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * steps)
-    ids, mask, y = (torch.from_numpy(data[k]) for k in ("input_ids", "attention_mask", "y"))
+def fit(model: nn.Module, inputs: tuple[torch.Tensor, ...], y: torch.Tensor, epochs: int,
+        lr: float = 3e-3, batch: int = 128, seed: int = SEED) -> nn.Module:  # fmt: skip
+    """AdamW (weight decay 0.01) under a one-cycle schedule, cross-entropy, shuffled batches
+    drawn from torch's generator seeded with `seed`: the benchmarks' transformer training."""
+    torch.manual_seed(seed)
+    steps = epochs * ((len(y) + batch - 1) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
     for _ in range(epochs):
         model.train()
         for idx in torch.randperm(len(y)).split(batch):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(ids[idx], mask[idx]), y[idx]).backward()
+            nn.functional.cross_entropy(model(*(t[idx] for t in inputs)), y[idx]).backward()
             opt.step()
             sched.step()
     return model.eval()
+
+
+def train_bert(model: nn.Module, data: dict[str, np.ndarray], epochs: int) -> nn.Module:
+    ids, mask, y = (torch.from_numpy(data[k]) for k in ("input_ids", "attention_mask", "y"))
+    return fit(model, (ids, mask), y, epochs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 here on generated tasks of small margins, converted T-aware for T = 1, 2, 4, 8 and scored in
 integer mode (1-bit spikes) against their ANN.
 
-    .venv/bin/python benchmarks/transformer_family.py [--nets count:pre_relu:2,...]
+    .venv/bin/python benchmarks/transformer_family.py [--nets count:pre_relu:2,...] [--jobs 2]
     # writes benchmarks/results/transformer_family.json and prints a markdown table
 
 Issue #16 checks its transformer bar (within 2 points of the ANN at T = 8) on "a transformer
@@ -35,10 +35,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -216,27 +218,10 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _fit(model: nn.Module, inputs: tuple[torch.Tensor, ...], y: torch.Tensor, epochs: int,
-         lr: float, seed: int) -> nn.Module:  # fmt: skip
-    torch.manual_seed(seed)
-    batch = 64
-    steps = epochs * ((len(y) + batch - 1) // batch)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(y)).split(batch):
-            opt.zero_grad()
-            logits = model(*(t[idx] for t in inputs))
-            nn.functional.cross_entropy(logits, y[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
-
-
 def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, Any]:
     """Train one network, write its splits and its ONNX export; its files and ANN accuracy."""
     name = f"{task}_{arch}_{seed}"
+    torch.manual_seed(seed)  # the initial weights: a spec makes the same net in any run
     if task == "digits":
         splits = {s: dict(np.load(EX / f"digits_{s}.npz")) for s in SPLIT_SIZES}
         keys, model, epochs, lr = ["x"], TinyViT(2, 48, 4, 3), 100, 2e-3
@@ -249,8 +234,8 @@ def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, 
         files[split] = out / f"{name}_{split}.npz"
         np.savez(files[split], **d)
     train = splits["train"]
-    _fit(model, tuple(torch.from_numpy(train[k]) for k in keys), torch.from_numpy(train["y"]),
-         epochs, lr, seed)  # fmt: skip
+    inputs = tuple(torch.from_numpy(train[k]) for k in keys)
+    nets.fit(model, inputs, torch.from_numpy(train["y"]), epochs, lr, batch=64, seed=seed)
     example = tuple(torch.from_numpy(train[k][:2]) for k in keys)
     with torch.enable_grad():  # nn.TransformerEncoderLayer's fused fast path does not export
         torch.onnx.export(
@@ -280,26 +265,38 @@ def spikeport_row(files: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def run_one(spec: tuple[str, str, int, bool]) -> dict[str, Any]:
+    """Make, convert and score one net (in its own temporary folder, on one torch thread)."""
+    task, arch, seed, dynamo = spec
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = make(task, arch, seed, dynamo, Path(tmp))
+        row = {"net": f"{task}:{arch}:{seed}" + (":dynamo" if dynamo else ""),
+               "ann": files["ann"], **spikeport_row(files)}  # fmt: skip
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    print(_line(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--nets", default=DEFAULT_NETS, help="task:arch:seed[:dynamo],... (%(default)s)"
     )
+    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
     ap.add_argument("--out", default=str(HERE / "results" / "transformer_family.json"))
     args = ap.parse_args()
     specs = [_spec(ap, s) for s in args.nets.split(",")]
-    torch.set_num_threads(1)
-    rows = []
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    with tempfile.TemporaryDirectory() as tmp:
-        for task, arch, seed, dynamo in specs:
-            t0 = time.perf_counter()
-            files = make(task, arch, seed, dynamo, Path(tmp))
-            row = {"net": f"{task}:{arch}:{seed}" + (":dynamo" if dynamo else ""),
-                   "ann": files["ann"], **spikeport_row(files)}  # fmt: skip
-            row["seconds"] = round(time.perf_counter() - t0, 1)
-            rows.append(row)
-            print(_line(row), flush=True)
+    if args.jobs == 1:
+        rows = [run_one(spec) for spec in specs]
+    else:  # each spec seeds its own net, so the rows do not depend on the order or the split
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            rows = list(pool.map(run_one, specs))
     doc = {"benchmark": "transformer_family", "command": " ".join(sys.argv), "started": started,
            "T": TS, "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
