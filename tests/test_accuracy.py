@@ -360,16 +360,19 @@ def test_the_search_scores_a_pooled_neuron_after_its_pooling():
         assert err < most if most else err > 0.04
 
 
-def test_t_aware_conversion_scores_neurons_before_global_pooling_after_it(tmp_path):
+def test_t_aware_conversion_scores_neurons_before_global_pooling_after_it(tmp_path, monkeypatch):
     """conv -> ReLU -> GlobalAveragePool -> Gemm: the neuron before the pooling is searched on
     its pooled rates (tune._pooled_by finds the window), so at T = 1 the pooled tensor the
     dense layer reads is closer to the ANN's than when each position is scored alone; `convert
-    -T` scores both as candidates."""
+    -T` scores both as candidates. (The weight refit is off for the comparison: it narrows
+    both errors, 0.032 -> 0.027 for the unpooled search, and is tested on its own.)"""
     from fixture_models import _Builder
 
     import spikeport.convert.tune as tune
-    from spikeport.convert import convert
+    from spikeport.convert import convert, refit
     from spikeport.convert.balance import channel_axes
+
+    monkeypatch.setattr(refit, "OPS", frozenset())
 
     b = _Builder(5)
     h = b.op("Relu", [b.conv("x", 2, 8, 3, 1)])

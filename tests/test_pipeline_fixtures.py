@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeport.convert import convert, import_onnx
+from spikeport.convert import convert, import_onnx, refit
 from spikeport.eval.evaluate import onnx_logits
 from spikeport.ir.graph import Graph
 from spikeport.quantize import get_profile, quantize
@@ -34,14 +34,20 @@ def percentile_int(case) -> Graph:  # noqa: ANN001
 
 def test_converted_graph_keeps_ann_view(case):
     """Neurons read as ReLU in "ann" mode: the percentile conversion changed no weight, and
-    the T-aware one (the case's) only thresholds and biases."""
+    the T-aware one (the case's) only thresholds, biases and the weights of the dense layers
+    and convolutions it refits (convert/refit.py), in their shapes and types."""
     snn = convert(case.onnx, case.calib, tune=False)
     ours = simulate(snn, case.test_x, 1, "ann").outputs[snn.outputs[0]][0]
     ref = onnx_logits(case.onnx, case.test_x)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     for tuned, plain in zip(case.snn.nodes, snn.nodes, strict=True):
         for key in set(plain.params) - {"threshold", "bias", "beta"}:
-            np.testing.assert_array_equal(tuned.params[key], plain.params[key])
+            if key == "weight" and plain.op in refit.OPS:
+                assert tuned.params[key].shape == plain.params[key].shape
+                assert tuned.params[key].dtype == plain.params[key].dtype
+                assert np.all(np.isfinite(tuned.params[key]))
+            else:
+                np.testing.assert_array_equal(tuned.params[key], plain.params[key])
 
 
 def test_spiking_output_converges_to_ann(case, percentile_int):

@@ -33,6 +33,10 @@ chosen, so its input currents are what the spiking network will really feed it, 
   against the ANN, per channel (the same paper's bias correction for the layers whose error
   no threshold sees: on text_bert at T = 8 it raised accuracy from 95.8 to 97.0 % on
   2,000 training sequences, float mode).
+- each dense layer and convolution that reads spikes has its weights and bias refitted, by
+  ridge least squares, to give the ANN's output from the spiking network's mean input rates
+  (refit.py; Li et al.'s weight calibration in closed form), where it has enough rows for
+  its weights: its neurons' search then runs on the refitted currents.
 Errors do not compound: the next layer sees the spikes this choice produces. Deterministic.
 Cost: one float simulation of T steps and one ANN run on TUNE_SAMPLES samples (fewer when a
 tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel; twice
@@ -49,6 +53,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.batch import Batch, size, take
+from spikeport.convert import refit
 from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
@@ -498,6 +503,8 @@ def tune_thresholds(
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
             axis = axes.get(node.inputs[0], -1)
             _tune_neuron(out, run, node, axis, per_index_products, centre, pooled)
+        if node.op in refit.OPS and node.inputs[0] not in run.static:
+            _refit(run, node, original)
         run.step(node, original)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
@@ -505,6 +512,26 @@ def tune_thresholds(
             run.step(offset, _zero_twin(offset))
             axes[offset.output] = axes.get(offset.inputs[0], -1)
     return fold_offsets(out)  # a centre moves into the bias of a dense layer before it
+
+
+def _refit(run: _Run, node: Node, ann_node: Node) -> None:
+    """Refit a dense layer's or convolution's weights to the spiking network's mean input
+    (refit.py): the target is the ANN's output, less the border offset that centring put
+    after a padded convolution (the spiking network adds it after this layer). A layer whose
+    weights are a quantized source's int8 codes (TFLite, meta.tflite.quantization) keeps them:
+    quantize recovers those codes exactly (docs/tflite.md)."""
+    from spikeport.sim.ops import KERNELS
+
+    codes = run.graph.meta.get("tflite", {}).get("quantization", {}).get("params", {})
+    if "weight" in codes.get(node.name, {}):
+        return
+    src = node.inputs[0]
+    k = KERNELS[node.op](ann_node, "ann", run.graph.shape(node.output))
+    k.reset(len(run.ann[src]))
+    target = k(run.ann[src])
+    for offset in run.inserted.get(node.name, []):
+        target = target - offset.params["value"]
+    refit.refit(node, sum(run.spiking[src]) / run.T, target)
 
 
 def _corrected(graph: Graph) -> set[str]:
