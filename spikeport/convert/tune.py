@@ -421,8 +421,8 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
 
 def _share_unchanged(tuned: Graph, base: Graph) -> Graph:
     """`tuned` with each parameter array equal to `base`'s replaced by `base`'s own: a
-    candidate then holds only the thresholds and biases its search moved (four full copies of
-    a 22M-parameter encoder's weights were 360 MB of convert's peak)."""
+    candidate then holds only the thresholds, biases and refitted weights its search moved
+    (four full copies of a 22M-parameter encoder's weights were 360 MB of convert's peak)."""
     by_name = {n.name: n for n in base.nodes}  # (tuned may have centring offsets besides)
     for a in tuned.nodes:
         b = by_name.get(a.name)
