@@ -222,14 +222,16 @@ def test_neuron_kernels_equal_the_reference_neuron(seed, bits, kind, T, static):
     channels_last=st.booleans(),
     wide=st.booleans(),
     split=st.booleans(),
+    sliced=st.booleans(),
 )
 def test_native_neuron_equals_the_torch_loop(
-    seed, bits, kind, T, shape, channels_last, wide, split
+    seed, bits, kind, T, shape, channels_last, wide, split, sliced
 ):
     """The fused C loop of IntIF (spikeport.sim.native) gives the torch loop's counts, events
     and levels, and its readers' synaptic operations (fan-out over nonzero counts): every
     rule, float32 and float64 sums, contiguous and channels-last steps, samples longer than a
-    C block (1100 > 1024), and the elements split over threads."""
+    C block (1100 > 1024), the elements split over threads, and sums that are a slice of a
+    longer batch (steps apart in memory: text_bert's int eval at T = 32 raised there)."""
     if not native.available():
         pytest.skip(f"no native kernels here: {native.status()}")
     rng = np.random.default_rng(seed)
@@ -239,6 +241,8 @@ def test_native_neuron_equals_the_torch_loop(
     cum = torch.from_numpy(np.cumsum(current, axis=0).astype(np.float64))
     if channels_last and len(shape) == 4:
         cum = torch.stack([c.contiguous(memory_format=torch.channels_last) for c in cum])
+    if sliced:  # the first samples of a batch twice as long: a view, its steps apart
+        cum = torch.cat([cum, cum], dim=1)[:, : shape[0]]
     node = Node("n", "if", ["i"], "o", {"signed": kind != "unsigned", "bipolar": kind == "bipolar",
                 "spike_bits": bits}, {"threshold_q": theta})  # fmt: skip
     big = 2.0**30 if wide else 1e3  # float64 sums where the proof's bound passes float32's
@@ -301,7 +305,7 @@ def test_native_kernels_report_why_they_do_not_run(monkeypatch):
     shift=st.sampled_from([0, 0, 1, 5, 13]),
     cumulative=st.booleans(),
     scale=st.sampled_from([1.0, 2.0**24, 2.0**40, 2.0**56]),  # float32 / int32 / f64 / int64
-    layouts=st.sampled_from(["nchw", "nhwc", "mixed"]),
+    layouts=st.sampled_from(["nchw", "nhwc", "mixed", "sliced"]),
     kinds=st.lists(
         st.sampled_from(["float32", "float64", "int32", "int64"]), min_size=3, max_size=3
     ),
@@ -310,8 +314,8 @@ def test_add_kernel_equals_the_reference(seed, T, inputs, shift, cumulative, sca
     """The "int" add (floor(sum m_i x_i / 2^shift) a step) on per-step values and on running
     sums, fused in C (spikeport.sim.native) and in torch's loop, in every exact type the
     proof's bound picks, on inputs of float32, float64, int32 and int64 (the runner sums
-    per-step inputs in the add's type), in one layout or mixed ones: the reference kernel's
-    integers."""
+    per-step inputs in the add's type), in one layout or mixed ones, or a slice of a longer
+    batch (its steps apart in memory): the reference kernel's integers."""
     rng = np.random.default_rng(seed)
     C, N, H, W = 3, 2, 4, 5
     mult = rng.integers(-300, 300, (inputs, C, 1, 1))
@@ -329,6 +333,8 @@ def test_add_kernel_equals_the_reference(seed, T, inputs, shift, cumulative, sca
         a = torch.from_numpy(given_[i].astype(kinds[i]))
         if layouts == "nhwc" or (layouts == "mixed" and i % 2):
             a = torch.stack([s.contiguous(memory_format=torch.channels_last) for s in a])
+        if layouts == "sliced":
+            a = torch.cat([a, a], dim=1)[:, :N]
         arrays.append(a.numpy())
     kern = fast.FAST_KERNELS["add"](node, "int", (C, H, W), bounds)
     for enabled in (True, False):

@@ -127,6 +127,13 @@ def step_rows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, *memory_order(x)).reshape(len(x), -1)
 
 
+def has_gaps(rows: torch.Tensor) -> bool:
+    """Whether a step_rows view (T, M) is not one dense block: a row's elements lie apart, or
+    its steps do (a slice of a longer batch). The C kernels write their output in the
+    layout of a fresh tensor like the input, which is dense."""
+    return rows.stride(1) != 1 or (len(rows) > 1 and rows.stride(0) != rows.shape[1])
+
+
 def from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """step_rows undone: rows (T, M) as a (T, ...) view laid out like `like` (whose step axis
     may have another length)."""
@@ -460,7 +467,7 @@ def _add(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKern
             return None
         rows = [step_rows(x) for x in ins]
         if any(x.dtype not in native.INPUT_KINDS or x.stride() != ins[0].stride() for x in ins) or (
-            len(ins[0]) and rows[0].stride(1) != 1
+            len(ins[0]) and has_gaps(rows[0])
         ):
             return None
         out = torch.empty_like(ins[0], dtype=outs[cumulative])
@@ -625,7 +632,7 @@ class IntIF:
         its spikes cause where weigh_events_by gave the fan-out. With `ramp` = T, c is one
         step of a current equal at every step, and the running sums are t c for T steps."""
         rows = step_rows(c)
-        if c.numel() and rows.stride(1) != 1:  # not dense: a copy that is
+        if c.numel() and has_gaps(rows):  # a copy that is dense, as the counts will be
             c = torch.empty_like(c, memory_format=torch.contiguous_format).copy_(c)
             rows = step_rows(c)
         theta, v0 = (per_row(p, c) for p in (self.theta, self.v0))
