@@ -40,7 +40,10 @@ def test_converted_graph_keeps_ann_view(case):
     ours = simulate(snn, case.test_x, 1, "ann").outputs[snn.outputs[0]][0]
     ref = onnx_logits(case.onnx, case.test_x)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    refitted = set(case.snn.meta["conversion"]["t_aware"]["refitted"])
     for tuned, plain in zip(case.snn.nodes, snn.nodes, strict=True):
+        same = np.array_equal(tuned.params.get("weight"), plain.params.get("weight"))
+        assert same != (tuned.name in refitted), tuned.name  # the record names those refitted
         for key in set(plain.params) - {"threshold", "bias", "beta"}:
             if key == "weight" and plain.op in refit.OPS:
                 assert tuned.params[key].shape == plain.params[key].shape

@@ -407,11 +407,20 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = _pick(scores)
+    base = {n.name: n for n in snn.nodes}
     record: dict[str, object] = {
         "T": T,
         "samples": size(x),
         "scored_samples": size(scored),
         "kept": kept,
+        # the layers whose weights the kept candidate refitted (refit.py)
+        "refitted": [
+            n.name
+            for n in candidates[kept].nodes
+            if n.op in refit.OPS
+            and n.name in base
+            and n.params["weight"] is not base[n.name].params["weight"]
+        ],
         "candidates": {
             k: {"agreement": float(a.mean()), "relative_error": -e} for k, (a, e) in scores.items()
         },
