@@ -65,18 +65,26 @@ def _outputs(node: Node, y: np.ndarray) -> torch.Tensor:
     return t.reshape(g, -1, o // g)
 
 
+def refittable(node: Node, samples: int, output_shape: tuple[int, ...]) -> bool:
+    """Whether `refit` would refit `node` from `samples` samples of its output's shape (one
+    sample's): a dense layer or convolution with one bias per output and at least
+    ROWS_PER_WEIGHT rows per weight of an output."""
+    w, bias = node.params.get("weight"), node.params.get("bias")
+    if node.op not in OPS or w is None or bias is None or bias.shape != (w.shape[0],):
+        return False
+    per_sample = int(np.prod(output_shape)) // w.shape[0]  # positions (tokens, pixels)
+    return samples * per_sample >= ROWS_PER_WEIGHT * (int(np.prod(w.shape[1:])) + 1)
+
+
 def refit(node: Node, rates: np.ndarray, target: np.ndarray) -> bool:
     """Refit `node`'s weight and bias in place so that `rates` (its input, the spiking
     network's mean over T steps, samples first) give `target` (the ANN's output for the same
-    samples). False where the layer is left alone: not a dense layer or convolution with one
-    bias per output, or too few rows for its weights (ROWS_PER_WEIGHT)."""
-    w, bias = node.params["weight"], node.params.get("bias")
-    if node.op not in OPS or bias is None or bias.shape != (w.shape[0],):
+    samples). False where the layer is left alone (refittable)."""
+    if not refittable(node, len(rates), target.shape[1:]):
         return False
-    per_sample = int(np.prod(target.shape[1:])) // w.shape[0]  # positions (tokens, pixels)
+    w, bias = node.params["weight"], node.params["bias"]
+    per_sample = int(np.prod(target.shape[1:])) // w.shape[0]
     inputs = int(np.prod(w.shape[1:])) + 1
-    if len(rates) * per_sample < ROWS_PER_WEIGHT * inputs:
-        return False
     g = _groups(node)
     gram = torch.zeros(g, inputs, inputs, dtype=torch.float64)
     cross = torch.zeros(g, inputs, w.shape[0] // g, dtype=torch.float64)

@@ -317,18 +317,23 @@ class _Run:
         # nodes the search inserts (_border_offset), by the node after which they run
         self.inserted: dict[str, list[Node]] = {}
 
-    def step(self, node: Node, ann_node: Node) -> None:
+    def ann_output(self, node: Node, ann_node: Node) -> np.ndarray:
+        """The ANN's value of `node`'s output: `ann_node` (its ANN twin, whose inputs may be
+        named otherwise) run on the ANN values of `node`'s inputs."""
         from spikeport.sim.ops import KERNELS
 
-        shape = self.graph.shape(node.output)
-        ann_k, snn_k = (
-            KERNELS[node.op](ann_node, "ann", shape),
-            KERNELS[node.op](node, "float", shape),
-        )
-        n = len(self.ann[node.inputs[0]]) if node.inputs else 1
-        ann_k.reset(n)
-        snn_k.reset(n)
-        self.ann[node.output] = ann_k(*[self.ann[i] for i in node.inputs])
+        k = KERNELS[node.op](ann_node, "ann", self.graph.shape(node.output))
+        k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
+        return k(*[self.ann[i] for i in node.inputs])
+
+    def step(self, node: Node, ann_node: Node, ann_output: np.ndarray | None = None) -> None:
+        """Run `node` on the spiking values and `ann_node` on the ANN's (unless its output is
+        given: _refit computed it already)."""
+        from spikeport.sim.ops import KERNELS
+
+        snn_k = KERNELS[node.op](node, "float", self.graph.shape(node.output))
+        snn_k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
+        self.ann[node.output] = self.ann_output(node, ann_node) if ann_output is None else ann_output
         if node.output in self.static:
             self.spiking[node.output] = [snn_k(*[self.spiking[i][0] for i in node.inputs])] * self.T
         else:
@@ -512,9 +517,10 @@ def tune_thresholds(
         if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
             axis = axes.get(node.inputs[0], -1)
             _tune_neuron(out, run, node, axis, per_index_products, centre, pooled)
+        ann_output = None
         if node.op in refit.OPS and node.inputs[0] not in run.static:
-            _refit(run, node, original)
-        run.step(node, original)
+            ann_output = _refit(run, node, original)
+        run.step(node, original, ann_output)
         if node.name in corrected:
             _correct_bias(run, node, axes.get(node.output, -1))
         for offset in run.inserted.pop(node.name, []):
@@ -523,24 +529,25 @@ def tune_thresholds(
     return fold_offsets(out)  # a centre moves into the bias of a dense layer before it
 
 
-def _refit(run: _Run, node: Node, ann_node: Node) -> None:
+def _refit(run: _Run, node: Node, ann_node: Node) -> np.ndarray | None:
     """Refit a dense layer's or convolution's weights to the spiking network's mean input
     (refit.py): the target is the ANN's output, less the border offset that centring put
     after a padded convolution (the spiking network adds it after this layer). A layer whose
     weights are a quantized source's int8 codes (TFLite, meta.tflite.quantization) keeps them:
-    quantize recovers those codes exactly (docs/tflite.md)."""
-    from spikeport.sim.ops import KERNELS
-
+    quantize recovers those codes exactly (docs/tflite.md). Returns the ANN output it
+    computed for the target (None where the layer is left alone), for _Run.step."""
     codes = run.graph.meta.get("tflite", {}).get("quantization", {}).get("params", {})
-    if "weight" in codes.get(node.name, {}):
-        return
     src = node.inputs[0]
-    k = KERNELS[node.op](ann_node, "ann", run.graph.shape(node.output))
-    k.reset(len(run.ann[src]))
-    target = k(run.ann[src])
+    if "weight" in codes.get(node.name, {}) or not refit.refittable(
+        node, len(run.ann[src]), run.graph.shape(node.output)
+    ):
+        return None
+    ann_output = run.ann_output(node, ann_node)
+    target = ann_output
     for offset in run.inserted.get(node.name, []):
         target = target - offset.params["value"]
     refit.refit(node, sum(run.spiking[src]) / run.T, target)
+    return ann_output
 
 
 def _corrected(graph: Graph) -> set[str]:
