@@ -333,7 +333,9 @@ class _Run:
 
         snn_k = KERNELS[node.op](node, "float", self.graph.shape(node.output))
         snn_k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
-        self.ann[node.output] = self.ann_output(node, ann_node) if ann_output is None else ann_output
+        if ann_output is None:
+            ann_output = self.ann_output(node, ann_node)
+        self.ann[node.output] = ann_output
         if node.output in self.static:
             self.spiking[node.output] = [snn_k(*[self.spiking[i][0] for i in node.inputs])] * self.T
         else:
