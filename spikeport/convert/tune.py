@@ -35,8 +35,9 @@ chosen, so its input currents are what the spiking network will really feed it, 
   2,000 training sequences, float mode).
 - each dense layer and convolution that reads spikes has its weights and bias refitted, by
   ridge least squares, to give the ANN's output from the spiking network's mean input rates
-  (refit.py; Li et al.'s weight calibration in closed form), where it has enough rows for
-  its weights: its neurons' search then runs on the refitted currents.
+  (refit.py; Li et al.'s weight calibration in closed form), where a fit on half the
+  samples predicts the other half better than the weights it has: its neurons' search then
+  runs on the refitted currents.
 Errors do not compound: the next layer sees the spikes this choice produces. Deterministic.
 Cost: one float simulation of T steps and one ANN run on TUNE_SAMPLES samples (fewer when a
 tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel; twice
