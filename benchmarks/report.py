@@ -81,10 +81,18 @@ def _remeasured_note(doc: dict[str, Any]) -> list[str]:
     runs = doc.get("remeasured") or []
     lines = []
     for k, later in enumerate(runs):
-        names = [m for m in later["models"] if not any(m in r["models"] for r in runs[k + 1 :])]
+        # a model a later run re-measured whole (not only some kinds of rows) is that run's
+        names = [
+            m
+            for m in later["models"]
+            if not any(m in r["models"] and "row_kinds" not in r for r in runs[k + 1 :])
+        ]
+        which = "every table of this section"
+        if "row_kinds" in later:
+            which = "its rows of kinds " + ", ".join(later["row_kinds"])
         if names:
             lines += [
-                f"*Rows of {', '.join(names)} (every table of this section) re-measured by a "
+                f"*Rows of {', '.join(names)} ({which}) re-measured by a "
                 f"later run: {provenance(later)[1:-1]}*",
                 "",
             ]
@@ -587,8 +595,19 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
         return doc
     models = dict(doc["models"])
     for later in runs:
-        models.update(later["models"])
+        for name, entry in later["models"].items():
+            if "row_kinds" in later and name in models:  # a run of some kinds of rows only
+                entry = {**models[name], "rows": _merged_rows(models[name]["rows"], entry["rows"])}
+            models[name] = entry
     return {**doc, "models": models, "remeasured": runs}
+
+
+def _merged_rows(rows: list[dict[str, Any]], later: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with each row of a method `later` measured again replaced in place (new ones
+    appended): the tables keep their order; the model's times stay the whole run's."""
+    by_method = {r["method"]: r for r in later}
+    merged = [by_method.pop(r["method"], r) for r in rows]
+    return merged + list(by_method.values())
 
 
 def write(results: Path = HERE / "results", out: Path = HERE) -> None:

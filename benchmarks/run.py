@@ -262,54 +262,49 @@ def sj_rows(name: str, net: Net, entry: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def accuracy(models: list[str]) -> dict[str, Any]:
-    sj = peer_sj.available()
-    if not sj:
+# the accuracy section's kinds of rows (run.py --rows): each run's rows of a kind replace an
+# earlier run's rows of that kind (report.with_remeasured)
+ROW_KINDS = ("percentile", "t_aware", "graded", "finetuned", "sj")
+
+
+def accuracy(models: list[str], kinds: tuple[str, ...] = ROW_KINDS) -> dict[str, Any]:
+    sj = "sj" in kinds and peer_sj.available()
+    if "sj" in kinds and not sj:
         log("SpikingJelly is not installed (benchmarks/install_spikingjelly.sh): no peer rows")
     out: dict[str, Any] = {}
     for name in models:
         net = NETS[name]
         t_model = time.perf_counter()
-        log(f"accuracy: {name}: spikeport convert --no-t-aware -> quantize -> eval (int)")
-        t0 = time.perf_counter()
-        plain = spikeport_convert(net.onnx, net.calib, tune=False)
-        convert_seconds = time.perf_counter() - t0
-        conv = int_eval(plain, net)
-        rows = [
-            {
-                "method": "spikeport_percentile",
-                "what": "convert --no-t-aware (percentile thresholds, one graph for every T), "
-                "integer mode",
-                "convert_seconds": convert_seconds,
-                **conv,
-            }
-        ]
-        row, snn = per_t_rows(name, net, T_AWARE_TS)
-        rows.append({"method": "spikeport", "what": "convert -T T (T-aware), integer mode", **row})
-        for bits in GRADED_BITS:
+        rows, ann, snn = [], None, None
+        if "percentile" in kinds:
+            log(f"accuracy: {name}: spikeport convert --no-t-aware -> quantize -> eval (int)")
+            t0 = time.perf_counter()
+            plain = spikeport_convert(net.onnx, net.calib, tune=False)
+            convert_seconds = time.perf_counter() - t0
+            conv = int_eval(plain, net)
+            ann = conv["ann"]
+            what = (
+                "convert --no-t-aware (percentile thresholds, one graph for every T), integer mode"
+            )
+            rows.append({"method": "spikeport_percentile", "what": what,
+                         "convert_seconds": convert_seconds, **conv})  # fmt: skip
+        if "t_aware" in kinds:
+            row, snn = per_t_rows(name, net, T_AWARE_TS)
+            ann = row["ann"]
+            rows.append(
+                {"method": "spikeport", "what": "convert -T T (T-aware), integer mode", **row}
+            )
+        for bits in GRADED_BITS if "graded" in kinds else []:
             ts = GRADED_TS[net.peer in ("vit", None)]
             row, _ = per_t_rows(name, net, ts, spike_bits=bits)
+            ann = row["ann"]
             what = f"convert -T T --spike-bits {bits} (T-aware, graded), integer mode"
             rows.append({"method": f"spikeport_b{bits}", "what": what, **row})
-        log(f"accuracy: {name}: spikeport finetune T={FT_T}, {net.ft_epochs} epochs")
-        train = load_data(net.train, snn.inputs, labels=True, n_classes=net.classes)
-        val = load_data(net.calib, snn.inputs, labels=True, n_classes=net.classes)
-        t0 = time.perf_counter()
-        settings = Settings(T=FT_T, epochs=net.ft_epochs, seed=FT_SEED)
-        res = finetune(snn, train, settings, val=val, quiet=True)
-        seconds = time.perf_counter() - t0
-        rows.append(
-            {
-                "method": "spikeport_finetuned",
-                "what": f"finetune -T {FT_T} (--epochs {net.ft_epochs}, --seed {FT_SEED}, "
-                "--val calib), integer mode",
-                "finetune_epochs": net.ft_epochs,
-                "finetune_seconds": seconds,
-                **int_eval(res.graph, net),
-            }
-        )
+        if "finetuned" in kinds:
+            rows.append(finetuned_row(name, net, snn))
+            ann = rows[-1]["ann"]
         entry: dict[str, Any] = {
-            "ann": conv["ann"],
+            "ann": ann,
             "source": str(net.onnx.relative_to(ROOT)),
             "splits": {k: getattr(net, k).name for k in ("calib", "train", "test")},
             "test_samples": len(np.load(net.test)["y"]),
@@ -324,7 +319,30 @@ def accuracy(models: list[str]) -> dict[str, Any]:
         "timesteps": TS,
         "convert_options": CONVERT_OPTIONS,
         "spikingjelly": peer_sj.version() if sj else None,
+        "row_kinds": list(kinds),
         "models": out,
+    }
+
+
+def finetuned_row(name: str, net: Net, snn: Any = None) -> dict[str, Any]:
+    """`finetune -T FT_T` from the T-aware conversion for FT_T (`snn`, converted here when
+    not given), evaluated in integer mode at every T."""
+    if snn is None:
+        snn = spikeport_convert(net.onnx, net.calib, timesteps=FT_T)
+    log(f"accuracy: {name}: spikeport finetune T={FT_T}, {net.ft_epochs} epochs")
+    train = load_data(net.train, snn.inputs, labels=True, n_classes=net.classes)
+    val = load_data(net.calib, snn.inputs, labels=True, n_classes=net.classes)
+    t0 = time.perf_counter()
+    settings = Settings(T=FT_T, epochs=net.ft_epochs, seed=FT_SEED)
+    res = finetune(snn, train, settings, val=val, quiet=True)
+    seconds = time.perf_counter() - t0
+    return {
+        "method": "spikeport_finetuned",
+        "what": f"finetune -T {FT_T} (--epochs {net.ft_epochs}, --seed {FT_SEED}, "
+        "--val calib), integer mode",
+        "finetune_epochs": net.ft_epochs,
+        "finetune_seconds": seconds,
+        **int_eval(res.graph, net),
     }
 
 
@@ -718,8 +736,19 @@ def main(argv: list[str] | None = None) -> None:
         help="torch's thread pool for every section, spikeport and SpikingJelly alike "
         "(numpy's BLAS: one thread); default: one per usable core",
     )
+    ap.add_argument(
+        "--rows",
+        help="accuracy section: comma-separated subset of the kinds of rows "
+        + ", ".join(ROW_KINDS)
+        + " (needs --models); each replaces the same kind in the full run's table",
+    )
     args = ap.parse_args(argv)
     models = args.models.split(",") if args.models else list(NETS)
+    kinds = tuple(args.rows.split(",")) if args.rows else ROW_KINDS
+    if unknown := [k for k in kinds if k not in ROW_KINDS]:
+        ap.error(f"--rows: unknown {', '.join(unknown)} (choose from {', '.join(ROW_KINDS)})")
+    if args.rows and not args.models:
+        ap.error("--rows needs --models: a full run measures every kind of row")
     if unknown := [m for m in models if m not in NETS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(NETS)})")
     set_threads(args.threads)  # one pool for spikeport and SpikingJelly alike
@@ -730,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
         else "benchmarks/run.py "
         + " ".join(f"--only {n}" for n in args.only or [])
         + (f" --models {args.models}" if args.models else "")
+        + (f" --rows {args.rows}" if args.rows else "")
     ).strip() + (f" --threads {args.threads}" if "--threads" in (argv or sys.argv) else "")
     results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
     results.mkdir(parents=True, exist_ok=True)
@@ -737,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
         t0 = time.perf_counter()
-        data = SECTIONS[name](models) if name == "accuracy" else SECTIONS[name]()
+        data = SECTIONS[name](models, kinds) if name == "accuracy" else SECTIONS[name]()
         doc = {
             "benchmark": name,
             "command": command,
