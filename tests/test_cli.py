@@ -208,6 +208,19 @@ def test_quantize_of_a_corrupt_artifact(tmp_path, quantized):
     _assert_refused(tmp_path, ["quantize", bad, "--calib", CALIB], "not a readable .spk")
 
 
+def test_eval_says_when_its_ann_reference_is_not_the_source(quantized):
+    """The digits CNN's T-aware conversion refits layers (convert/refit.py), so without
+    --onnx the ANN reference is a view with other weights than the source: eval says so in
+    one line and in the JSON's ann.note; with --onnx it does not."""
+    from spikeport.ir.artifact import load
+
+    assert load(quantized).meta["conversion"]["t_aware"]["refitted"]
+    code, out, _ = cli("eval", quantized, "--data", TEST, "-T", "2")
+    assert code == 0 and "note: the ANN reference is this graph's own ANN view" in out
+    code, out, _ = cli("eval", quantized, "--data", TEST, "-T", "2", "--onnx", CNN)
+    assert code == 0 and "own ANN view" not in out
+
+
 def test_eval_refuses_labels_out_of_range(tmp_path, quantized):
     d = np.load(TEST)
     np.savez(tmp_path / "t.npz", x=d["x"], y=d["y"] + 5)

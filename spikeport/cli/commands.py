@@ -293,6 +293,8 @@ def eval_cmd(
         report = evaluate(graph, ds, ts, mode, onnx_path, advance, tflite_path, scored)
     missed = check_requirements(report, reqs)
     say(quiet, markdown_table(report))
+    if note := report["ann"].get("note"):  # type: ignore[union-attr]
+        say(quiet, f"note: {note}")
     write_outputs(report, json_path, plot_path, title=f"{model} ({mode})")
     if missed:
         raise missed_message(missed)

@@ -139,6 +139,9 @@ def source_model(
     return run_onnx
 
 
+OWN_VIEW = "spikeport ann mode (ReLU view of this graph)"
+
+
 def ann_reference(
     graph: Graph,
     data: Dataset,
@@ -152,11 +155,23 @@ def ann_reference(
     if onnx_path is None and tflite_path is None:
         name = graph.outputs[output]
         values = simulate(graph, data.x, 1, "ann").outputs[name][0]
-        return _as_source(graph, name, values), "spikeport ann mode (ReLU view of this graph)"
+        return _as_source(graph, name, values), OWN_VIEW
     if onnx_path is not None and tflite_path is not None:
         raise BadInput("--onnx and --tflite both name a reference model; give one")
     path = str(onnx_path or tflite_path)
     return source_model(graph, path, output, tflite=tflite_path is not None)(data.x)
+
+
+def reference_note(graph: Graph, ann_source: str) -> str | None:
+    """Where the reference is the graph's own ANN view and T-aware conversion refitted
+    weights (convert/refit.py), a line saying that it is not the source model."""
+    refitted = graph.meta.get("conversion", {}).get("t_aware", {}).get("refitted", [])
+    if ann_source != OWN_VIEW or not refitted:
+        return None
+    return (
+        f"the ANN reference is this graph's own ANN view, whose conversion refitted the "
+        f"weights of {len(refitted)} layers, not the source model: --onnx or --tflite names it"
+    )
 
 
 def _as_source(graph: Graph, name: str, values: np.ndarray) -> np.ndarray:
@@ -223,6 +238,8 @@ def evaluate(
         record["synaptic_ops_per_inference"] = float(res.sops[:t].sum() / n)
         records.append(record)
     ann: dict[str, object] = {"source": ann_source}
+    if note := reference_note(graph, ann_source):
+        ann["note"] = note
     if labels is not None:
         ann["accuracy"] = float((ann_out.argmax(-1) == labels).mean())
     return {
