@@ -86,4 +86,3 @@ def test_refit_leaves_a_layer_with_too_few_rows(samples: int, tokens: int, input
     np.testing.assert_array_equal(node.params["weight"], w)
     x = np.concatenate([x, x[:1] + 1])
     assert refit.refit(node, x, x @ w.T * 2)
-
