@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/run.py            # every section
     .venv/bin/python benchmarks/run.py --only accuracy --only c_target
     .venv/bin/python benchmarks/run.py --only accuracy --models bench_cnn_bn,digits_mlp
+    .venv/bin/python benchmarks/run.py --only few_step --models bench_resnet
 
-`--models` runs a subset of the accuracy section's networks (NETS) and writes to
+`--models` runs a subset of the accuracy (and few_step) section's networks (NETS) and writes to
 benchmarks/work/results/ instead, so a quick look never overwrites the full run's files.
 The spikeport imported is this checkout's (its commit is recorded). CONVERT_OPTIONS holds the
 keyword options of `spikeport.convert.convert` for every section.
@@ -352,11 +353,12 @@ def finetuned_row(name: str, net: Net, snn: Any = None) -> dict[str, Any]:
     }
 
 
-def few_step() -> dict[str, Any]:
+def few_step(models: list[str] = FEW_NETS) -> dict[str, Any]:
     """Fine-tuning at FEW_T for every seed of FEW_SEEDS, from the T-aware conversion for FEW_T:
-    labels only, and distilling the source model; integer mode on the test split."""
+    labels only, and distilling the source model; integer mode on the test split. `models`
+    (run.py --models) picks some of FEW_NETS."""
     out: dict[str, Any] = {}
-    for name in FEW_NETS:
+    for name in [m for m in FEW_NETS if m in models]:
         net = NETS[name]
         snn = spikeport_convert(net.onnx, net.calib, timesteps=FEW_T)
         train = load_data(net.train, snn.inputs, labels=True, n_classes=net.classes)
@@ -731,7 +733,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", action="append", choices=list(SECTIONS), help="repeatable")
     ap.add_argument(
         "--models",
-        help="accuracy section: comma-separated subset of " + ", ".join(NETS) + "; the "
+        help="accuracy and few_step sections: comma-separated subset of "
+        + ", ".join(NETS)
+        + "; the "
         "results then go to benchmarks/work/results/ (JSON, RESULTS.md, plot), leaving the "
         "full run's files alone",
     )
@@ -757,6 +761,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--rows needs --models: a full run measures every kind of row")
     if unknown := [m for m in models if m not in NETS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(NETS)})")
+    if "few_step" in (args.only or []) and not set(models) & set(FEW_NETS):
+        ap.error(f"--only few_step --models: choose from {', '.join(FEW_NETS)}")
     set_threads(args.threads)  # one pool for spikeport and SpikingJelly alike
     names = args.only or list(SECTIONS)
     command = (
@@ -773,7 +779,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
         t0 = time.perf_counter()
-        data = SECTIONS[name](models, kinds) if name == "accuracy" else SECTIONS[name]()
+        if name == "accuracy":
+            data = accuracy(models, kinds)
+        elif name == "few_step":
+            data = few_step(models)
+        else:
+            data = SECTIONS[name]()
         doc = {
             "benchmark": name,
             "command": command,

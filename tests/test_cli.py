@@ -221,6 +221,24 @@ def test_eval_says_when_its_ann_reference_is_not_the_source(quantized):
     assert code == 0 and "own ANN view" not in out
 
 
+def test_reference_note_names_every_way_the_weights_left_the_source(quantized):
+    """A fine-tuned graph's own ANN view has trained weights: the note says so; a graph whose
+    weights are the source's gets no note, nor does a run given the source model."""
+    from spikeport.eval.evaluate import OWN_VIEW, reference_note
+    from spikeport.ir.artifact import load
+
+    graph = load(quantized)
+    assert "refitted the weights" in reference_note(graph, OWN_VIEW)
+    graph.meta["finetune"] = {"T": 2}
+    note = reference_note(graph, OWN_VIEW)
+    assert "refitted the weights" in note and "finetune trained" in note
+    graph.meta["conversion"]["t_aware"]["refitted"] = []
+    assert "refitted" not in reference_note(graph, OWN_VIEW)
+    assert reference_note(graph, str(CNN)) is None
+    del graph.meta["finetune"]
+    assert reference_note(graph, OWN_VIEW) is None
+
+
 def test_eval_refuses_labels_out_of_range(tmp_path, quantized):
     d = np.load(TEST)
     np.savez(tmp_path / "t.npz", x=d["x"], y=d["y"] + 5)

@@ -163,14 +163,19 @@ def ann_reference(
 
 
 def reference_note(graph: Graph, ann_source: str) -> str | None:
-    """Where the reference is the graph's own ANN view and T-aware conversion refitted
-    weights (convert/refit.py), a line saying that it is not the source model."""
+    """Where the reference is the graph's own ANN view and its weights are no longer the
+    source model's (T-aware conversion refitted some, convert/refit.py, or `finetune` trained
+    them), a line saying so."""
+    if ann_source != OWN_VIEW:
+        return None
     refitted = graph.meta.get("conversion", {}).get("t_aware", {}).get("refitted", [])
-    if ann_source != OWN_VIEW or not refitted:
+    changed = [f"whose conversion refitted the weights of {len(refitted)} layers"] * bool(refitted)
+    changed += ["whose weights finetune trained"] * ("finetune" in graph.meta)
+    if not changed:
         return None
     return (
-        f"the ANN reference is this graph's own ANN view, whose conversion refitted the "
-        f"weights of {len(refitted)} layers, not the source model: --onnx or --tflite names it"
+        f"the ANN reference is this graph's own ANN view, {' and '.join(changed)}, not the "
+        "source model: --onnx or --tflite names it"
     )
 
 
