@@ -163,6 +163,8 @@ def convert_cmd(
     n = sum(1 for node in graph.nodes if node.op == "if")
     tuned = graph.meta["conversion"].get("t_aware")
     how = f"T-aware for T={timesteps}, kept {tuned['kept']}" if tuned else "percentile only"
+    if copies := (tuned or {}).get("split_neurons"):  # convert/split.py
+        how += f", {sum(copies.values())} copies of outlier neurons in {len(copies)} layers"
     say(
         quiet,
         f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "

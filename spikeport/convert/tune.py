@@ -23,6 +23,11 @@ chosen, so its input currents are what the spiking network will really feed it, 
   (folded into the producer's bias or LayerNorm beta where that alone feeds it), W c added to
   its readers' biases, and after a padded convolution an offset for its border, where the
   window reads padding and not x - c, so the ANN view computes the same function;
+- a bipolar neuron layer with one threshold per feature that only dense layers read gives
+  its outlier features more than one neuron each, staggered so that their counts add up to
+  a finer code, each carrying its share of the feature's weights (split.py: where a feature's
+  range times its weight column holds more than SPLIT_FACTOR times the median feature's
+  rounding noise, at most MAX_SHARE more neurons), their thresholds searched again for that;
 - the bias of the layer that feeds the neuron alone (directly or through adds) moves by the
   shift, from a grid of fractions of theta / T, that minimises the same error jointly with
   theta (bias correction, Li et al. 2021, "A free lunch from ANN"; at T = 1 it also sets where
@@ -54,7 +59,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.batch import Batch, size, take
-from spikeport.convert import refit
+from spikeport.convert import refit, split
 from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
@@ -105,13 +110,19 @@ BIAS_OWNERS = {"dense": "bias", "conv2d": "bias", "conv_transpose2d": "bias", "l
 
 
 def rate_code(
-    currents: np.ndarray, theta: np.ndarray, bipolar: bool, levels: int = 1
+    currents: np.ndarray, theta: np.ndarray, bipolar: bool, levels: int = 1, copies: int = 1
 ) -> np.ndarray:
     """The T-step rate code, in real units (sum of counts * theta / T), of the float
     simulator's own IF neurons (reset by subtraction, v0 = theta / 2; bipolar, or unsigned)
     with `levels` levels a step and thresholds `theta` (C, 1), driven by `currents` (T, C, M).
     Binary neurons run the same float operations in place (the search's hot loop: 34 rate
-    codes a neuron); graded ones run ops.IFNeuron itself."""
+    codes a neuron); graded ones run ops.IFNeuron itself. `copies` k: the mean code of k
+    neurons per channel, staggered (split.py)."""
+    if copies > 1:
+        T = len(currents)
+        codes = [rate_code(currents + split.stagger(j, copies) * theta / T, theta, bipolar, levels)
+                 for j in range(copies)]  # fmt: skip
+        return sum(codes) / copies
     if levels != 1:
         neuron = IFNeuron(theta, False, False, currents.shape[1:], bipolar=bipolar, levels=levels)
         neuron.reset(1)
@@ -141,13 +152,15 @@ def search(
     shifts: bool,
     levels: int = 1,
     pool: Callable[[np.ndarray], np.ndarray] | None = None,
+    copies: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per channel (row of `target` (C, M); `currents` (T, C, M)), the threshold and the bias
     shift (zero unless `shifts`) whose rate code has the least error, and that error.
     Candidates: `start` and THETA_GRID times the channel's largest |activation| over
     `levels` (a graded neuron's full step carries levels * theta), then REFINE between the
     grid neighbours of each channel's best. With `pool` ((C, M) -> (C, M')), the error is
-    that of the pooled rates against the pooled activations."""
+    that of the pooled rates against the pooled activations; with `copies` k, that of k
+    staggered neurons a channel (split.py)."""
     T = len(currents)
     top = np.maximum(np.abs(target).max(axis=1), 1e-12) / levels
     pool = pool or (lambda r: r)
@@ -158,7 +171,7 @@ def search(
     def consider(theta: np.ndarray, shift: np.ndarray) -> None:
         nonlocal best_theta, best_shift, best_err
         moved = currents + shift[None, :, None] if np.any(shift) else currents
-        err = _error(pool(rate_code(moved, theta[:, None], bipolar, levels)), target)
+        err = _error(pool(rate_code(moved, theta[:, None], bipolar, levels, copies)), target)
         better = err < best_err
         best_theta, best_shift = (
             np.where(better, theta, best_theta),
@@ -429,6 +442,8 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
             and n.name in base
             and n.params["weight"] is not base[n.name].params["weight"]
         ],
+        # the neuron layers whose outlier features got copies (split.py): extra neurons
+        "split_neurons": split.split_neurons(candidates[kept]),
         "candidates": {
             k: {"agreement": float(a.mean()), "relative_error": -e} for k, (a, e) in scores.items()
         },
@@ -635,6 +650,22 @@ def _tune_neuron(
         if np.any(better):
             theta, shift = np.where(better, found[0], theta), np.where(better, found[1], shift)
             middles = np.where(better, mid, 0.0)
+    copies = None
+    if (
+        layout == "channel"
+        and axis in (-1, len(graph.shape(src)) - 1)
+        and split.splittable(graph, node)
+    ):
+        coded = target - (0.0 if middles is None else middles[:, None])
+        copies = split.neuron_copies(
+            np.abs(coded).max(axis=1) ** 2 * split.column_power(graph, node)
+        )
+        for k in np.unique(copies[copies > 1]):  # each group searched again for its k neurons
+            g = copies == k
+            mid = np.zeros(g.sum()) if middles is None else middles[g]
+            found = search(currents[:, g] - mid[None, :, None], target[g] - mid[:, None],
+                           theta[g], bipolar, shifts, levels, copies=int(k))  # fmt: skip
+            theta[g], shift[g] = found[0], found[1]
     if node.attrs.get("cap") is not None:
         theta = np.minimum(theta, node.attrs["cap"])
     theta_arr = threshold_shape(theta, len(graph.shape(src)), axis)
@@ -646,6 +677,21 @@ def _tune_neuron(
         run.spiking[src] = [c + moved for c in run.spiking[src]]
     if middles is not None:
         _centre(graph, run, node, threshold_shape(middles, len(graph.shape(src)), axis))
+    if copies is not None and copies.max() > 1:
+        _copy_neurons(graph, run, node, copies)
+
+
+def _copy_neurons(graph: Graph, run: _Run, node: Node, copies: np.ndarray) -> None:
+    """Give the neuron layer's features `copies` neurons each (split.insert_copies); the
+    recorded values follow (the ANN's stay: the network computes the same function)."""
+    src = node.inputs[0]
+    stagger = split.insert_copies(graph, node, copies, run.T)
+    gather = graph.producer(stagger.inputs[0])
+    index, value = gather.attrs["indices"], stagger.params["value"]
+    run.spiking[stagger.output] = [np.take(c, index, axis=-1) + value for c in run.spiking[src]]
+    run.ann[stagger.output] = run.ann[src]
+    run.left[stagger.output] = 1
+    run.release(src)  # the neuron reads the copies now
 
 
 # POOLED: scoring a neuron read by an average pooling after the pooling. Always on, measured on
@@ -765,18 +811,28 @@ def _centring(graph: Graph, axes: dict[str, int]) -> bool:
 
 
 def _zero_twin(offset: Node) -> Node:
-    """The ANN view of an offset that centring inserted: it adds 0 (the network computes the
-    ANN's own function; only its spiking view is centred)."""
-    zero = {"value": np.zeros_like(offset.params["value"])}
+    """The ANN view of an offset that centring (or split.insert_copies) inserted: it adds 0
+    (the network computes the ANN's own function; only its spiking view is centred)."""
+    zero = {"value": np.zeros((), np.float32)}  # (a scalar: the copies' offset is wider)
     return Node(offset.name, "offset", offset.inputs, offset.output, {}, zero)
 
 
 def ann_twins(tuned: Graph, snn: Graph) -> list[tuple[Node, Node]]:
     """Each node of `tuned` (tune_thresholds of `snn`) beside the node of `snn` whose "ann"
     kernel computes the ANN's value there (_Run.step): a centring offset's twin adds 0 (the
-    network computes the ANN's own function; only its spiking view is centred)."""
+    network computes the ANN's own function; only its spiking view is centred), the copies of
+    outlier neurons' (split.py) pass the ANN's values on as they are (_copy_neurons)."""
     by_name = {n.name: n for n in snn.nodes}
-    return [(n, by_name.get(n.name) or _zero_twin(n)) for n in tuned.nodes]
+
+    def twin(n: Node) -> Node:
+        if n.name in by_name:
+            return by_name[n.name]
+        if n.op == "gather" and split.inserted(n):  # the same op (_Run.step), as identity
+            every = list(range(tuned.shape(n.inputs[0])[-1]))
+            return Node(n.name, "gather", n.inputs, n.output, {**n.attrs, "indices": every})
+        return _zero_twin(n)
+
+    return [(n, twin(n)) for n in tuned.nodes]
 
 
 def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
