@@ -588,9 +588,11 @@ SECTIONS = {
 def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     """The accuracy run with the models later partial runs re-measured (results/
     accuracy_remeasured*.json: `run.py --only accuracy --models ...`, copied there; applied in
-    name order, the later file's rows winning) in place of its own rows; `remeasured` keeps
-    each run's provenance for the section's note."""
-    runs = [json.loads(p.read_text()) for p in sorted(results.glob("accuracy_remeasured*.json"))]
+    the order of their number, _2 after the unnumbered one and _10 after _9, the later file's
+    rows winning) in place of its own rows; `remeasured` keeps each run's provenance for the
+    section's note."""
+    files = sorted(results.glob("accuracy_remeasured*.json"), key=_run_number)
+    runs = [json.loads(p.read_text()) for p in files]
     if not runs:
         return doc
     models = dict(doc["models"])
@@ -600,6 +602,12 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
                 entry = {**models[name], "rows": _merged_rows(models[name]["rows"], entry["rows"])}
             models[name] = entry
     return {**doc, "models": models, "remeasured": runs}
+
+
+def _run_number(path: Path) -> int:
+    """accuracy_remeasured_N.json -> N; the first one, unnumbered, -> 1."""
+    tail = path.stem.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else 1
 
 
 def _merged_rows(rows: list[dict[str, Any]], later: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -164,7 +164,11 @@ def convert_cmd(
     tuned = graph.meta["conversion"].get("t_aware")
     how = f"T-aware for T={timesteps}, kept {tuned['kept']}" if tuned else "percentile only"
     if copies := (tuned or {}).get("split_neurons"):  # convert/split.py
-        how += f", {sum(copies.values())} copies of outlier neurons in {len(copies)} layers"
+        extra = sum(copies.values())
+        how += (
+            f", {extra} more neuron{'s' * (extra != 1)} for outlier features in {len(copies)} layer"
+        )
+        how += "s" * (len(copies) != 1)
     say(
         quiet,
         f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "
