@@ -778,6 +778,7 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     for name in names:
         load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
+        code = checkout()  # the commit the section starts from (a long one outlives commits)
         t0 = time.perf_counter()
         if name == "accuracy":
             data = accuracy(models, kinds)
@@ -793,7 +794,7 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": time.perf_counter() - t0,
             "load_average_at_start": load,
             "machine": machine(),
-            "spikeport": checkout(),
+            "spikeport": code,
             **data,
         }
         (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
