@@ -252,12 +252,16 @@ def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, 
 
 
 def spikeport_row(files: dict[str, Any]) -> dict[str, Any]:
-    """`convert -T T` -> `quantize --target sim` -> `eval -T T`, integer mode, each T."""
-    row: dict[str, Any] = {"accuracy": {}, "convert_s": {}}
+    """`convert -T T` -> `quantize --target sim` -> `eval -T T`, integer mode, each T; and the
+    neurons the outlier split added at each T."""
+    row: dict[str, Any] = {"accuracy": {}, "convert_s": {}, "extra_neurons": {}}
     for t in TS:
         t0 = time.perf_counter()
         snn = convert(files["onnx"], files["calib"], timesteps=t)
         row["convert_s"][str(t)] = round(time.perf_counter() - t0, 1)
+        # neurons the outlier split added (convert/split.py), over all layers
+        split = snn.meta["conversion"].get("t_aware", {}).get("split_neurons", {})
+        row["extra_neurons"][str(t)] = sum(split.values())
         graph = quantize(snn, load_data(files["calib"], snn.inputs).x, get_profile("sim"))
         test = load_data(files["test"], graph.inputs, labels=True)
         rec = evaluate(graph, test, [t], "int", str(files["onnx"]))["records"][0]
