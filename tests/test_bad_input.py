@@ -451,6 +451,18 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
         lambda f, w: ["convert", CNN, "--calib", CALIB, "-T", "0", "-o", w / "o.spk"],
         2,
     ),
+    "convert-extra-neurons-negative": (
+        lambda f, w: [
+            "convert", CNN, "--calib", CALIB, "--extra-neurons", "-1", "-o", w / "o.spk"
+        ],
+        2,
+    ),
+    "convert-extra-neurons-nan": (
+        lambda f, w: [
+            "convert", CNN, "--calib", CALIB, "--extra-neurons", "nan", "-o", w / "o.spk"
+        ],
+        2,
+    ),
     "convert-percentile-200": (
         lambda f, w: ["convert", CNN, "--calib", CALIB, "--percentile", "200", "-o", w / "o.spk"],
         2,

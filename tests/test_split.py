@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import pytest
 from test_target_c import needs_cc
 
 from spikeport.convert import split, tune
@@ -50,11 +49,22 @@ def test_no_outlier_no_copies_and_the_budget_holds():
     noise = np.ones(100)
     noise[[4, 9]] = 1e6
     copies = neuron_copies(noise)
-    assert copies[4] > 1 and copies[9] > 1 and copies.sum() - 100 <= split.MAX_SHARE * 100
+    assert copies[4] > 1 and copies[9] > 1 and copies.sum() - 100 <= split.EXTRA_NEURONS * 100
     assert (np.delete(copies, [4, 9]) == 1).all()
     one = np.ones(100)
-    one[0] = 50.0  # 50x the median: two copies bring it to 12.5x, under SPLIT_FACTOR (16)
+    one[0] = 50.0  # 50x the median: two copies bring it to 12.5x, under 1 / EXTRA_NEURONS (16)
     assert neuron_copies(one)[0] == 2
+    assert neuron_copies(noise, 0.0).max() == 1  # no budget, no copies
+
+
+def test_a_bigger_budget_also_splits_less_extreme_features():
+    noise = np.ones(100)
+    noise[:10] = 4.0  # 4x the median: under the default's 16x, over a share of 1's 1x
+    noise[[4, 9]] = 1e6
+    default, wide = neuron_copies(noise), neuron_copies(noise, 1.0)
+    assert (default[[0, 1, 2]] == 1).all() and (wide[:10] > 1).all()
+    assert default.sum() - 100 <= 6 and wide.sum() - 100 <= 100
+    assert wide.sum() > default.sum()
 
 
 def test_copies_keep_the_function_the_graph_computes():
@@ -68,15 +78,14 @@ def test_copies_keep_the_function_the_graph_computes():
     np.testing.assert_allclose(simulate(wide, x, 1, "ann").outputs["y"][0], ann, atol=1e-4)
 
 
-def _tuned(x: np.ndarray, monkeypatch: pytest.MonkeyPatch, split_factor: float) -> Graph:
+def _tuned(x: np.ndarray, extra_neurons: float = split.EXTRA_NEURONS) -> Graph:
     """T-aware conversion (tune.tune_thresholds) of _graph() for T steps."""
-    monkeypatch.setattr(split, "SPLIT_FACTOR", split_factor)
-    return tune_thresholds(_graph(), x, T, {})
+    return tune_thresholds(_graph(), x, T, {}, extra_neurons=extra_neurons)
 
 
-def test_conversion_copies_the_outlier_keeps_the_function_and_codes_it_finer(monkeypatch):
-    x, factor = _inputs(64), split.SPLIT_FACTOR
-    one, wide = _tuned(x, monkeypatch, np.inf), _tuned(x, monkeypatch, factor)
+def test_conversion_copies_the_outlier_keeps_the_function_and_codes_it_finer():
+    x = _inputs(64)
+    one, wide = _tuned(x, 0.0), _tuned(x)
     assert split_neurons(one) == {} and split_neurons(wide) == {"n": 4}  # the budget: 64 / 16
     assert len(wide.node("fc").params["weight"][0]) == FEATURES + 4
     ann = simulate(_graph(), x, 1, "ann").outputs["y"][0]
@@ -97,9 +106,34 @@ def test_conversion_copies_the_outlier_keeps_the_function_and_codes_it_finer(mon
 
 
 @needs_cc
-def test_copied_neurons_run_bit_exact_in_c(tmp_path, monkeypatch):
-    wide = _tuned(_inputs(64), monkeypatch, split.SPLIT_FACTOR)
+def test_copied_neurons_run_bit_exact_in_c(tmp_path):
+    wide = _tuned(_inputs(64))
     q = quantize(wide, _inputs(32), get_profile("c"), max_timesteps=T)
     assert {"gather", "offset"} <= {n.op for n in q.nodes}
     emit(q, "c", tmp_path / "c")
     verify(q, tmp_path / "c", _inputs(20), T=T)
+
+
+def test_convert_extra_neurons_sets_the_budget(tmp_path):
+    """`convert --extra-neurons` reaches the split: 0 makes no copies, a bigger share makes
+    some, within its budget (copies keep the function: the tests above)."""
+    import onnx
+    from click.testing import CliRunner
+    from fixture_models import bipolar_mlp
+
+    from spikeport.cli.main import main
+    from spikeport.ir import load
+
+    model, x = bipolar_mlp()  # a bipolar neuron layer of 20 features in front of a Gemm
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=x)
+    made = {}
+    for share in ("0", "2"):
+        out = tmp_path / f"{share}.spk"
+        args = ["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz")]
+        run = CliRunner().invoke(main, [*args, "-T", "4", "--extra-neurons", share, "-o", str(out)])
+        assert run.exit_code == 0, run.output
+        g = load(out)
+        assert g.meta["conversion"]["t_aware"]["extra_neurons"] == float(share)
+        made[share] = sum(split_neurons(g).values())
+    assert made["0"] == 0 and 0 < made["2"] <= 2 * 20

@@ -16,6 +16,7 @@ from spikeport.cli.main import (
 )
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE, PRODUCT_OPERANDS
+from spikeport.convert.split import EXTRA_NEURONS
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
@@ -120,6 +121,16 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     help="Transformers: what a product of two activations (Q K^T, P V) reads: its operands' "
     "running sums (analog, like LayerNorm and softmax) or a bipolar IF neuron's spikes.",
 )
+@click.option(
+    "--extra-neurons",
+    type=float,
+    default=EXTRA_NEURONS,
+    show_default=True,
+    metavar="SHARE",
+    help="T-aware: extra neurons, at most, as a share of each neuron layer's features, that "
+    "outlier features in front of dense layers get to code their values finer (1: up to "
+    "twice the neurons; 0: none).",
+)
 @OUT
 @QUIET
 def convert_cmd(
@@ -135,6 +146,7 @@ def convert_cmd(
     layer_bits: tuple[str, ...],
     tune: bool,
     product_operands: str,
+    extra_neurons: float,
     output: str,
     quiet: bool,
 ) -> None:
@@ -155,6 +167,7 @@ def convert_cmd(
         spike_bits,
         dict(parse_layer_bits(s) for s in layer_bits),
         product_operands,
+        extra_neurons,
     )
     source = graph.meta["source"]
     for note in source.get("notes", []):  # what import did that the user should know

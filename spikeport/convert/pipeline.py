@@ -18,6 +18,7 @@ from spikeport.convert.balance import (
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.fold import fold_offsets
 from spikeport.convert.onnx_import import import_onnx
+from spikeport.convert.split import EXTRA_NEURONS, MAX_COPIES
 from spikeport.convert.tune import t_aware
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
@@ -63,6 +64,7 @@ def convert(
     spike_bits: int = 1,
     layer_spike_bits: Mapping[str, int] | None = None,
     product_operands: str = "analog",
+    extra_neurons: float = EXTRA_NEURONS,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -70,12 +72,16 @@ def convert(
     by input name) fixes dynamic axes; by default the calibration data does. `spike_bits` b
     gives every neuron graded spikes of b bits (1: binary), `layer_spike_bits` per neuron by
     name (balance.grade_neurons). `product_operands` (balance.PRODUCT_OPERANDS): what the
-    products of two activations read, their operands' running sums or spikes."""
+    products of two activations read, their operands' running sums or spikes. `extra_neurons`:
+    T-aware conversion gives the outlier features of the neurons in front of dense layers up
+    to this share of a layer's features in extra neurons (split.py)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     for name, p in (("percentile", percentile), ("input percentile", input_percentile)):
         if not 0 < p <= 100:
             raise BadInput(f"{name} {p} is not in (0, 100]")
+    if not 0 <= extra_neurons <= MAX_COPIES - 1:
+        raise BadInput(f"--extra-neurons must be in [0, {MAX_COPIES - 1}], got {extra_neurons}")
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
@@ -94,7 +100,7 @@ def convert(
     )
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
-        snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann))
+        snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann), extra_neurons)
         snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps

@@ -26,8 +26,9 @@ chosen, so its input currents are what the spiking network will really feed it, 
 - a bipolar neuron layer with one threshold per feature that only dense layers read gives
   its outlier features more than one neuron each, staggered so that their counts add up to
   a finer code, each carrying its share of the feature's weights (split.py: where a feature's
-  range times its weight column holds more than SPLIT_FACTOR times the median feature's
-  rounding noise, at most MAX_SHARE more neurons), their thresholds searched again for that;
+  range times its weight column holds more than 1 / s times the median feature's rounding
+  noise, at most s times its features in more neurons, s `convert --extra-neurons`, 1 / 16
+  by default), their thresholds searched again for that;
 - the bias of the layer that feeds the neuron alone (directly or through adds) moves by the
   shift, from a grid of fractions of theta / T, that minimises the same error jointly with
   theta (bias correction, Li et al. 2021, "A free lunch from ANN"; at T = 1 it also sets where
@@ -319,10 +320,13 @@ class _Run:
     """The float spiking network and the ANN, node by node: `spiking[t]` holds each live
     tensor's T per-step values (one shared array when it is static), `ann[t]` its ANN value."""
 
-    def __init__(self, graph: Graph, x: Batch, T: int):
+    def __init__(
+        self, graph: Graph, x: Batch, T: int, extra_neurons: float = split.EXTRA_NEURONS
+    ):
         from spikeport.sim.simulator import encode_inputs
 
         self.graph, self.T = graph, T
+        self.extra_neurons = extra_neurons  # the outlier split's budget (split.neuron_copies)
         self.static = static_tensors(graph)
         given = encode_inputs(graph, x, "float")
         self.spiking = {k: [v] * T for k, v in given.items()}
@@ -381,8 +385,15 @@ def _samples(graph: Graph, x: Batch, T: int) -> Batch:
     return take(x, slice(int(max(8, min(TUNE_SAMPLES, fits)))))
 
 
-def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, dict[str, object]]:
+def t_aware(
+    snn: Graph,
+    x: Batch,
+    T: int,
+    axes: dict[str, int],
+    extra_neurons: float = split.EXTRA_NEURONS,
+) -> tuple[Graph, dict[str, object]]:
     """The float SNN converted for T (see the module docstring), and a record of the choice.
+    `extra_neurons`: the outlier split's budget, a share of each split layer's features.
 
     The neuron-by-neuron search scores each neuron alone; the network as a whole decides
     between the searches for T, 2T and 4T steps (EXTRA_STEPS) and the percentile conversion:
@@ -423,7 +434,9 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
         name += "" if per_index else ", one threshold per product operand"
         name += ", centred" if centre else ""
         name += ", pooled" if pooled else ""
-        tuned = tune_thresholds(snn, x, t, axes, correct, per_index, centre, pooled)
+        tuned = tune_thresholds(
+            snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons
+        )
         candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
@@ -442,6 +455,7 @@ def t_aware(snn: Graph, x: Batch, T: int, axes: dict[str, int]) -> tuple[Graph, 
             and n.name in base
             and n.params["weight"] is not base[n.name].params["weight"]
         ],
+        "extra_neurons": extra_neurons,  # the split's budget
         # the neuron layers whose outlier features got copies (split.py): extra neurons
         "split_neurons": split.split_neurons(candidates[kept]),
         "candidates": {
@@ -518,6 +532,7 @@ def tune_thresholds(
     per_index_products: bool = True,
     centre: bool = False,
     pooled: bool = False,
+    extra_neurons: float = split.EXTRA_NEURONS,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
@@ -526,9 +541,11 @@ def tune_thresholds(
     contracted axis for the bipolar neurons that feed products of two activations
     (product_axis), else one for each. `centre`: let bipolar neurons in front of dense layers
     or convolutions code x - c where that rounds closer (_centrable, _centre). `pooled`:
-    score a neuron that only an average pooling reads on its pooled rates (_pooled_by)."""
+    score a neuron that only an average pooling reads on its pooled rates (_pooled_by).
+    `extra_neurons`: at most this share of a layer's features in extra neurons for its
+    outlier features (split.neuron_copies)."""
     out, axes = copy.deepcopy(snn), dict(axes)  # (centring may add tensors: _border_offset)
-    run = _Run(out, x, T)
+    run = _Run(out, x, T, extra_neurons)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
     for node, original in zip(list(out.nodes), snn.nodes, strict=True):
@@ -658,7 +675,7 @@ def _tune_neuron(
     ):
         coded = target - (0.0 if middles is None else middles[:, None])
         copies = split.neuron_copies(
-            np.abs(coded).max(axis=1) ** 2 * split.column_power(graph, node)
+            np.abs(coded).max(axis=1) ** 2 * split.column_power(graph, node), run.extra_neurons
         )
         for k in np.unique(copies[copies > 1]):  # each group searched again for its k neurons
             g = copies == k
