@@ -186,13 +186,14 @@ def run(
     tuning: Tuning | None = None,
     snn_file: Path | None = None,
     save_tuned: Path | None = None,
+    extra_neurons: float | None = None,
 ) -> dict:
     """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
     Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
     front of dense layers per-feature thresholds (per_feature_input_thresholds);
     `weight_bits` overrides the sim profile's. `tuning`: fine-tune after conversion;
     `snn_file`: start from this converted graph (`spikeport convert -T T`) instead of
-    converting."""
+    converting; `extra_neurons`: convert's outlier-split budget (`convert --extra-neurons`)."""
     from spikeport.convert import convert
     from spikeport.data import load_data
     from spikeport.eval import evaluate
@@ -214,7 +215,11 @@ def run(
         (e for e in json.loads(manifest.read_text()) if e["name"] == name), {}
     ) if manifest.exists() else {}  # fmt: skip
     if len(ts) > 1:  # `convert -T T` converts for T: one run of this function per T
-        runs = [run(n_test, [t], name, per_feature, weight_bits, spike_bits, tuning) for t in ts]
+        runs = [
+            run(n_test, [t], name, per_feature, weight_bits, spike_bits, tuning,
+                extra_neurons=extra_neurons)  # fmt: skip
+            for t in ts
+        ]
         merged = dict(runs[0])
         for key in ("cosine_to_ann", "relative_error_to_ann"):
             merged[key] = {k: v for r in runs for k, v in r[key].items()}
@@ -227,7 +232,9 @@ def run(
 
         snn = load(snn_file)
     else:
-        snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits)
+        given = {} if extra_neurons is None else {"extra_neurons": extra_neurons}
+        snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits,
+                      **given)  # fmt: skip
     t1 = time.perf_counter()
     tuned, converted = {}, snn
     if tuning is not None:
@@ -258,6 +265,7 @@ def run(
         base = evaluate(quantize(converted, calib.x, profile), test, ts, "int", str(files["onnx"]))
         tuned["cosine_to_ann_before"] = {r["T"]: r["cosine_to_ann"] for r in base["records"]}
     cosine = {r["T"]: r["cosine_to_ann"] for r in rep["records"]}
+    aware = converted.meta["conversion"].get("t_aware", {})
     return {
         "model": name,
         "source": entry.get("source"),
@@ -272,6 +280,11 @@ def run(
         **({"converted": str(snn_file)} if snn_file is not None else {}),
         **({"finetune": tuned} if tuned else {}),
         "spike_bits": spike_bits,
+        # the outlier split of the conversion scored (convert --extra-neurons: its budget)
+        "extra_neurons": {
+            "budget": aware.get("extra_neurons"),
+            "made": sum(aware.get("split_neurons", {}).values()),
+        },
         **({"diagnostic": diagnostic} if diagnostic else {}),
         "timesteps": ts,
         "cosine_to_ann": cosine,
@@ -302,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--finetune-qat", default=Tuning.qat, help="'' for a float fine-tune")
     ap.add_argument("--finetune-warmup", type=float, default=Tuning.warmup)
     ap.add_argument("--finetune-sentences", type=int, help="the first N training sentences")
+    ap.add_argument("--extra-neurons", type=float, metavar="SHARE",
+                    help="convert --extra-neurons (default: convert's)")  # fmt: skip
     ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
     ap.add_argument("--save-finetuned", type=Path, metavar="SPK",
                     help="write the fine-tuned graph (before quantize) here")  # fmt: skip
@@ -324,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--snn is one conversion: give one -T")
     data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits,
                spike_bits=a.spike_bits, tuning=tuning, snn_file=a.snn,
-               save_tuned=a.save_finetuned)  # fmt: skip
+               save_tuned=a.save_finetuned, extra_neurons=a.extra_neurons)  # fmt: skip
     if "skipped" in data:
         return
     doc = {
