@@ -7,11 +7,15 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
+from fixture_models import bipolar_mlp
+from test_cli import cli
 from test_target_c import needs_cc
 
 from spikeport.convert import split, tune
 from spikeport.convert.split import insert_copies, neuron_copies, split_neurons
 from spikeport.convert.tune import tune_thresholds
+from spikeport.ir import load
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.quantize import get_profile, quantize
@@ -117,22 +121,15 @@ def test_copied_neurons_run_bit_exact_in_c(tmp_path):
 def test_convert_extra_neurons_sets_the_budget(tmp_path):
     """`convert --extra-neurons` reaches the split: 0 makes no copies, a bigger share makes
     some, within its budget (copies keep the function: the tests above)."""
-    import onnx
-    from click.testing import CliRunner
-    from fixture_models import bipolar_mlp
-
-    from spikeport.cli.main import main
-    from spikeport.ir import load
-
     model, x = bipolar_mlp()  # a bipolar neuron layer of 20 features in front of a Gemm
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=x)
     made = {}
     for share in ("0", "2"):
         out = tmp_path / f"{share}.spk"
-        args = ["convert", str(tmp_path / "m.onnx"), "--calib", str(tmp_path / "c.npz")]
-        run = CliRunner().invoke(main, [*args, "-T", "4", "--extra-neurons", share, "-o", str(out)])
-        assert run.exit_code == 0, run.output
+        code, stdout, _ = cli("convert", tmp_path / "m.onnx", "--calib", tmp_path / "c.npz",
+                              "-T", "4", "--extra-neurons", share, "-o", out)  # fmt: skip
+        assert code == 0, stdout
         g = load(out)
         assert g.meta["conversion"]["t_aware"]["extra_neurons"] == float(share)
         made[share] = sum(split_neurons(g).values())
