@@ -256,14 +256,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         code, out, err, exc = run_cli([str(a) for a in args])
         assert code == 0 and exc is None, (args, out, err, exc)
 
-    ok("convert", CNN, "--calib", CALIB, "-o", root / "cnn.spk", "-q")
+    # Percentile conversions (--no-t-aware): these files only need to be valid for the stages
+    # after convert; the T-aware search would add a minute to every run of this file.
+    ok("convert", CNN, "--calib", CALIB, "--no-t-aware", "-o", root / "cnn.spk", "-q")
     ok("quantize", root / "cnn.spk", "--calib", CALIB, "-o", root / "cnn_q.spk", "-q")
     ok("quantize", root / "cnn.spk", "--calib", CALIB, "--target", "c", "-o", root / "c.spk", "-q")
     ok("emit", root / "c.spk", "--target", "c", "-o", root / "cdir", "-q")
-    ok("convert", EX / "digits_mlp.onnx", "--calib", CALIB, "-o", root / "mlp.spk", "-q")
+    mlp = EX / "digits_mlp.onnx"
+    ok("convert", mlp, "--calib", CALIB, "--no-t-aware", "-o", root / "mlp.spk", "-q")
     ok("quantize", root / "mlp.spk", "--calib", CALIB, "--target", "c", "-o", root / "mq.spk", "-q")
     ok("emit", root / "mq.spk", "--target", "c", "-o", root / "mlp_cdir", "-q")
-    ok("convert", BERT, "--calib", TCALIB, "-o", root / "bert.spk", "-q")
+    ok("convert", BERT, "--calib", TCALIB, "--no-t-aware", "-o", root / "bert.spk", "-q")
     ok("quantize", root / "bert.spk", "--calib", TCALIB, "-o", root / "bert_q.spk", "-q")
     return Files(
         root,
