@@ -43,6 +43,7 @@ EX = HERE.parent / "examples"
 sys.path.insert(0, str(EX))
 sys.path.insert(0, str(HERE))
 import nets  # noqa: E402
+import provenance  # noqa: E402
 from make_digits import accuracy, train  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
@@ -219,7 +220,7 @@ def main() -> None:
             rows.append(row)
             print(_line(row), flush=True)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
-           "epochs": EPOCHS, "T": TS, "rows": rows}  # fmt: skip
+           "epochs": EPOCHS, "T": TS, **provenance.record(), "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(table(rows))
 

@@ -86,7 +86,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -342,11 +341,13 @@ def main(argv: list[str] | None = None) -> None:
                save_tuned=a.save_finetuned, extra_neurons=a.extra_neurons)  # fmt: skip
     if "skipped" in data:
         return
+    import provenance  # (benchmarks/, beside this script; imports torch)
+
     doc = {
         "benchmark": "encoder",
         "command": " ".join(["benchmarks/encoder.py", *(sys.argv[1:] if argv is None else argv)]),
         "started": started,
-        "cpus": os.cpu_count(),
+        **provenance.record(),
         **data,
     }
     a.o.parent.mkdir(parents=True, exist_ok=True)

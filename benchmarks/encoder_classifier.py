@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # numpy and torch share 2 cores: no oversubscription
 
 import numpy as np  # noqa: E402
+import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "zoo" / "work" / "models"
@@ -87,6 +88,7 @@ def run(timesteps: int, spike_bits: int) -> dict:
         "mean_cosine_to_ann": float(cosine.mean()),
         "bar": {"points": BAR_POINTS, "met": 100 * (acc_ann - acc_snn) <= BAR_POINTS},
         "seconds_convert_quantize_simulate": seconds,
+        **provenance.record(),
     }
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import provenance
 import torch
 
 from spikeport.convert import convert
@@ -132,12 +132,8 @@ def main() -> None:
         "epochs": EPOCHS,
         "timing": timing,
         "rows": rows,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "load_average_at_start": load,
-        },
+        **provenance.record(),
+        "load_average_at_start": load,
     }
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")
     print(markdown(rows, timing))

@@ -17,12 +17,11 @@ numbers here come from the reference simulator (Lava's CPU model runs ~0.1 s an 
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import provenance
 
 from spikeport.convert import convert
 from spikeport.data import load_data
@@ -100,7 +99,7 @@ def main() -> None:
         "benchmark": "lava_kinds",
         "layers": LAYERS,
         "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        **provenance.record(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(doc, indent=1) + "\n")

@@ -41,13 +41,11 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +59,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import c_kernels  # noqa: E402
 import nets as bench_nets  # noqa: E402
 import peer_sj  # noqa: E402
+import provenance  # noqa: E402
 import report  # noqa: E402
 from resnet import resnet18_onnx  # noqa: E402
 
@@ -72,7 +71,7 @@ from spikeport.eval import evaluate  # noqa: E402
 from spikeport.eval.evaluate import source_model  # noqa: E402
 from spikeport.finetune import Settings, finetune, teacher_model  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
-from spikeport.sim import Simulator, native  # noqa: E402
+from spikeport.sim import Simulator  # noqa: E402
 from spikeport.threads import default_threads, set_threads  # noqa: E402
 
 ROOT = HERE.parent
@@ -692,40 +691,9 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def checkout() -> dict[str, Any]:
-    """The spikeport this run imported: its folder and the checkout's commit."""
-    import spikeport
-
-    git = ["git", "-C", str(ROOT)]
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain", "spikeport"], capture_output=True)
-    return {
-        "path": str(Path(spikeport.__file__).parent),
-        "commit": head.stdout.strip() or None,
-        "spikeport_modified": bool(dirty.stdout.strip()),
-    }
-
-
-def cpu_model() -> str:
-    """The CPU's model name and whether it has AVX-512 and AMX: throughput ratios moved by a
-    third between two 2-core machines."""
-    name, flags = native.cpu_info()
-    extras = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags]
-    return f"{name} ({', '.join(extras) or 'no AVX2'})"
-
-
 def machine() -> dict[str, Any]:
-    pkgs = ("numpy", "torch", "onnxruntime")
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "blas_threads": 1,  # set_threads
-        "simulator_loops": native.status(),  # C kernels, or the torch loops and why
-        "python": platform.python_version(),
-        **{p: version(p) for p in pkgs},
-    }
+    """provenance.machine(), plus numpy's BLAS threads (set_threads pins them to 1)."""
+    return {**provenance.machine(), "blas_threads": 1}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -778,7 +746,7 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     for name in names:
         load, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M:%S")
-        code = checkout()  # the commit the section starts from (a long one outlives commits)
+        code = provenance.checkout()  # the commit the section starts at (a long one outlives some)
         t0 = time.perf_counter()
         if name == "accuracy":
             data = accuracy(models, kinds)

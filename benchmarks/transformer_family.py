@@ -54,6 +54,7 @@ sys.path.insert(0, str(EX))
 sys.path.insert(0, str(HERE))
 import make_text  # noqa: E402
 import nets  # noqa: E402
+import provenance  # noqa: E402
 from make_transformers import TinyViT  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
@@ -302,7 +303,7 @@ def main() -> None:
         with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
             rows = list(pool.map(run_one, specs))
     doc = {"benchmark": "transformer_family", "command": " ".join(sys.argv), "started": started,
-           "T": TS, "rows": rows}  # fmt: skip
+           "T": TS, **provenance.record(), "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(table(rows))
 
