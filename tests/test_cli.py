@@ -73,6 +73,7 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
     assert set(rep["records"][0]) == {
         "T",
         "accuracy",
+        "accuracy_interval",
         "agreement_with_ann",
         "cosine_to_ann",
         "relative_error_to_ann",
@@ -86,6 +87,10 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
     assert first["bits_per_event"] == 1.0 and "bits / event" not in out
     assert 0.9 < rep["records"][-1]["cosine_to_ann"] <= 1.0
     assert rep["ann"]["source"] == "onnxruntime" and rep["data"]["n"] == 540
+    for r in [*rep["records"], rep["ann"]]:  # the 95 % interval holds the accuracy ...
+        low, high = r["accuracy_interval"]
+        assert low < r["accuracy"] < high or r["accuracy"] == high == 1.0
+        assert 0.01 < high - low < 0.1  # ... and is as wide as 540 samples make it
     assert all(r["met"] for r in rep["requirements"])
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 8 |" in out
@@ -318,3 +323,17 @@ def test_quantize_without_max_T_proves_fewer_steps_and_says_so(monkeypatch, tmp_
                        "-o", tmp_path / "q64.spk")  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "(--max-T 16 fits)" in err
     assert not (tmp_path / "q64.spk").exists()
+
+
+def test_accuracy_interval_is_wilsons():
+    """Values of Wilson's formula, (p + z^2/2n +- z sqrt(p(1 - p)/n + z^2/4n^2)) / (1 + z^2/n):
+    it narrows with the samples, stays inside [0, 1] and does not collapse at 0 or 1."""
+    from spikeport.eval.evaluate import accuracy_interval
+
+    low, high = accuracy_interval(529, 540)
+    assert abs(low - 0.96390) < 1e-4 and abs(high - 0.98859) < 1e-4
+    assert accuracy_interval(0, 10)[0] == 0.0 and 0.27 < accuracy_interval(0, 10)[1] < 0.28
+    assert accuracy_interval(10, 10)[1] == 1.0 and 0.72 < accuracy_interval(10, 10)[0] < 0.73
+    small, big = accuracy_interval(45, 50), accuracy_interval(4500, 5000)
+    assert big[1] - big[0] < small[1] - small[0]
+    assert accuracy_interval(0, 0) == [0.0, 1.0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 from scipy.special import softmax
+from scipy.stats import binomtest
 
 from spikeport.batch import Batch, onnx_feeds, size, take
 from spikeport.data import Dataset
@@ -198,6 +199,18 @@ def fidelity(snn: np.ndarray, ann: np.ndarray) -> tuple[float, float]:
     return float(cos.mean()), float(rel.mean())
 
 
+def accuracy_interval(hits: int, n: int) -> list[float]:
+    """The 95 % Wilson score interval of an accuracy of `hits` out of `n` (scipy's binomtest):
+    how far the test set's size lets the figure move. A difference of one or two samples on a
+    few hundred lies well inside it, so a `--require` bar set closer than this to the
+    measured accuracy gates on the test set's noise (Brown, Cai and DasGupta 2001 recommend
+    Wilson's over the normal interval, which collapses at 0 and 1)."""
+    if n == 0:
+        return [0.0, 1.0]
+    ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def evaluate(
     graph: Graph,
     data: Dataset,
@@ -232,7 +245,9 @@ def evaluate(
         if classes:
             pred = snn_out[t - 1].argmax(-1)
             if labels is not None:
-                record["accuracy"] = float((pred == labels).mean())
+                hits = int((pred == labels).sum())
+                record["accuracy"] = hits / n
+                record["accuracy_interval"] = accuracy_interval(hits, n)
             record["agreement_with_ann"] = float((pred == ann_out.argmax(-1)).mean())
         cos, rel = fidelity(_as_source(graph, name, snn_out[t - 1]), ann_out)
         record["cosine_to_ann"], record["relative_error_to_ann"] = cos, rel
@@ -246,7 +261,8 @@ def evaluate(
     if note := reference_note(graph, ann_source):
         ann["note"] = note
     if labels is not None:
-        ann["accuracy"] = float((ann_out.argmax(-1) == labels).mean())
+        hits = int((ann_out.argmax(-1) == labels).sum())
+        ann["accuracy"], ann["accuracy_interval"] = hits / n, accuracy_interval(hits, n)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

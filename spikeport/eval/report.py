@@ -14,6 +14,7 @@ from spikeport.fileio import atomic_output, atomic_outputs
 
 COLUMNS = (  # (record field, header, format): a column shows when any record has the field
     ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy_interval", "95 % interval", "{0[0]:.4f} - {0[1]:.4f}"),
     ("agreement_with_ann", "agreement with ANN", "{:.4f}"),
     ("cosine_to_ann", "cosine to ANN", "{:.4f}"),
     ("relative_error_to_ann", "relative error", "{:.4f}"),
@@ -83,7 +84,7 @@ def write_outputs(
 
 
 def plot_png(report: dict[str, object], title: str = "") -> bytes:
-    """Accuracy vs T as PNG bytes."""
+    """Accuracy vs T (with its 95 % interval) as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,7 +99,12 @@ def plot_png(report: dict[str, object], title: str = "") -> bytes:
     )
     ys = [100 * r[key] for r in report["records"]]  # type: ignore[union-attr]
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(ts, ys, "o-", label=f"SNN ({report['mode']} mode)")
+    line = ax.plot(ts, ys, "o-", label=f"SNN ({report['mode']} mode)")[0]
+    if key == "accuracy":  # the test set's noise: its 95 % interval (accuracy_interval)
+        lo, hi = zip(*(r["accuracy_interval"] for r in report["records"]), strict=True)  # type: ignore[union-attr]
+        band = "95 % interval"
+        ax.fill_between(ts, [100 * v for v in lo], [100 * v for v in hi], color=line.get_color(),
+                        alpha=0.15, lw=0, label=band)  # fmt: skip
     if key == "accuracy" and "accuracy" in report["ann"]:  # type: ignore[operator]
         ax.axhline(100 * report["ann"]["accuracy"], color="gray", ls="--", label="ANN")  # type: ignore[index]
     for req in report.get("requirements", []):  # type: ignore[union-attr]
