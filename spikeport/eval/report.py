@@ -100,11 +100,11 @@ def plot_png(report: dict[str, object], title: str = "") -> bytes:
     ys = [100 * r[key] for r in report["records"]]  # type: ignore[union-attr]
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     line = ax.plot(ts, ys, "o-", label=f"SNN ({report['mode']} mode)")[0]
-    if key == "accuracy":  # the test set's noise: its 95 % interval (accuracy_interval)
-        lo, hi = zip(*(r["accuracy_interval"] for r in report["records"]), strict=True)  # type: ignore[union-attr]
-        band = "95 % interval"
+    bounds = [r.get("accuracy_interval") for r in report["records"]]  # type: ignore[union-attr]
+    if key == "accuracy" and all(bounds):  # the test set's noise (reports before it: none)
+        lo, hi = zip(*bounds, strict=True)
         ax.fill_between(ts, [100 * v for v in lo], [100 * v for v in hi], color=line.get_color(),
-                        alpha=0.15, lw=0, label=band)  # fmt: skip
+                        alpha=0.15, lw=0, label="95 % interval")  # fmt: skip
     if key == "accuracy" and "accuracy" in report["ann"]:  # type: ignore[operator]
         ax.axhline(100 * report["ann"]["accuracy"], color="gray", ls="--", label="ANN")  # type: ignore[index]
     for req in report.get("requirements", []):  # type: ignore[union-attr]
