@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 
+import spikeport
+from spikeport.sim import native
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def checkout() -> dict[str, Any]:
     """The spikeport the run imported: its folder and the checkout's commit."""
-    import spikeport
-
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run([*git, "status", "--porcelain", "spikeport"], capture_output=True)
@@ -35,8 +36,6 @@ def checkout() -> dict[str, Any]:
 def cpu_model() -> str:
     """The CPU's model name and whether it has AVX-512 and AMX: throughput ratios moved by a
     third between two 2-core machines."""
-    from spikeport.sim import native
-
     name, flags = native.cpu_info()
     extras = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags]
     return f"{name} ({', '.join(extras) or 'no AVX2'})"
@@ -51,8 +50,6 @@ def _version(package: str) -> str | None:
 
 def machine() -> dict[str, Any]:
     """The machine and the software the numbers were measured with (threads as set now)."""
-    from spikeport.sim import native
-
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
