@@ -87,9 +87,10 @@ def refittable(node: Node, samples: int, output_shape: tuple[int, ...]) -> bool:
 
 
 def _normal_equations(
-    node: Node, rates: np.ndarray, target: np.ndarray
+    node: Node, rates: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X^T X, X^T Y) per group, summed CHUNK_BYTES of design matrix at a time."""
+    """(X^T X, X^T Y) per group, summed CHUNK_BYTES of design matrix at a time, over the
+    rows `rows` (samples, positions) keeps (all where None)."""
     w = node.params["weight"]
     g, inputs = _groups(node), int(np.prod(w.shape[1:])) + 1
     per_sample = int(np.prod(target.shape[1:])) // w.shape[0]  # positions (tokens, pixels)
@@ -98,8 +99,12 @@ def _normal_equations(
     chunk = max(1, CHUNK_BYTES // (8 * per_sample * inputs * g))
     for start in range(0, len(rates), chunk):
         x = _design(node, rates[start : start + chunk])
+        y = _outputs(node, target[start : start + chunk])
+        if rows is not None:  # a left-out row adds nothing to either sum
+            keep = torch.as_tensor(rows[start : start + chunk].reshape(1, -1, 1), dtype=x.dtype)
+            x, y = x * keep, y * keep
         gram += x.transpose(1, 2) @ x
-        cross += x.transpose(1, 2) @ _outputs(node, target[start : start + chunk])
+        cross += x.transpose(1, 2) @ y
     return gram, cross
 
 
@@ -129,11 +134,15 @@ def _ridge(old: torch.Tensor, halves: list[tuple[torch.Tensor, torch.Tensor]]) -
     return None if best == len(RIDGES) else RIDGES[best]
 
 
-def refit(node: Node, rates: np.ndarray, target: np.ndarray) -> bool:
+def refit(
+    node: Node, rates: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None
+) -> bool:
     """Refit `node`'s weight and bias in place so that `rates` (its input, the spiking
     network's mean over T steps, samples first) give `target` (the ANN's output for the same
-    samples). False where the layer is left alone: not refittable, or no ridge predicts the
-    held-out half better than its current weights."""
+    samples). `rows`: for a dense layer, which of its rows (positions, samples first) to fit
+    on, a flag each (padding no output reads is left out: padding.py); all where None. False
+    where the layer is left alone: not refittable, or no ridge predicts the held-out half
+    better than its current weights."""
     if not refittable(node, len(rates), target.shape[1:]):
         return False
     w, bias = node.params["weight"], node.params["bias"]
@@ -142,7 +151,13 @@ def refit(node: Node, rates: np.ndarray, target: np.ndarray) -> bool:
         [torch.as_tensor(w, dtype=torch.float64).reshape(g, w.shape[0] // g, -1),
          torch.as_tensor(bias, dtype=torch.float64).reshape(g, -1, 1)], -1,
     ).transpose(1, 2)  # fmt: skip
-    halves = [_normal_equations(node, rates[k::2], target[k::2]) for k in (0, 1)]
+    per_sample = None if rows is None else rows.reshape(len(rates), -1)
+    halves = [
+        _normal_equations(
+            node, rates[k::2], target[k::2], None if per_sample is None else per_sample[k::2]
+        )
+        for k in (0, 1)
+    ]
     ridge = _ridge(old, halves)
     if ridge is None:
         return False

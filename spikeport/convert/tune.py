@@ -44,6 +44,9 @@ chosen, so its input currents are what the spiking network will really feed it, 
   (refit.py; Li et al.'s weight calibration in closed form), where a fit on half the
   samples predicts the other half better than the weights it has: its neurons' search then
   runs on the refitted currents.
+- in a text model whose outputs read no padding (a pooled or [CLS] output behind a masked
+  attention), the values at padded positions stay out of every fit above: thresholds, bias
+  shifts, bias corrections and refits see only what some output reads (padding.py).
 Errors do not compound: the next layer sees the spikes this choice produces. Deterministic.
 Cost: one float simulation of T steps and one ANN run on TUNE_SAMPLES samples (fewer when a
 tensor is large), plus the grid search on at most SEARCH_POSITIONS values per channel; twice
@@ -60,7 +63,7 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.batch import Batch, size, take
-from spikeport.convert import refit, split
+from spikeport.convert import padding, refit, split
 from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
@@ -325,7 +328,12 @@ class _Run:
     tensor's T per-step values (one shared array when it is static), `ann[t]` its ANN value."""
 
     def __init__(
-        self, graph: Graph, x: Batch, T: int, extra_neurons: float = split.EXTRA_NEURONS
+        self,
+        graph: Graph,
+        x: Batch,
+        T: int,
+        extra_neurons: float = split.EXTRA_NEURONS,
+        moved: Batch | None = None,
     ):
         from spikeport.sim.simulator import encode_inputs
 
@@ -335,18 +343,39 @@ class _Run:
         given = encode_inputs(graph, x, "float")
         self.spiking = {k: [v] * T for k, v in given.items()}
         self.ann = dict(given)
+        # the ANN on `moved` (padding.moved: x with its padding's token ids changed): where a
+        # value differs from self.ann's, it is padding's, and no output reads it (kept)
+        self.moved = None if moved is None else dict(encode_inputs(graph, moved, "float"))
         self.left = Counter(i for n in graph.nodes for i in n.inputs)
         # nodes the search inserts (_border_offset), by the node after which they run
         self.inserted: dict[str, list[Node]] = {}
 
-    def ann_output(self, node: Node, ann_node: Node) -> np.ndarray:
+    def ann_output(
+        self, node: Node, ann_node: Node, values: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """The ANN's value of `node`'s output: `ann_node` (its ANN twin, whose inputs may be
-        named otherwise) run on the ANN values of `node`'s inputs."""
+        named otherwise) run on the ANN values of `node`'s inputs (or on `values`')."""
         from spikeport.sim.ops import KERNELS
 
+        values = self.ann if values is None else values
         k = KERNELS[node.op](ann_node, "ann", self.graph.shape(node.output))
-        k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
-        return k(*[self.ann[i] for i in node.inputs])
+        k.reset(len(values[node.inputs[0]]) if node.inputs else 1)
+        return k(*[values[i] for i in node.inputs])
+
+    def alias(self, tensor: str, src: str) -> None:
+        """`tensor` has the ANN value of `src` (a node tune inserted that the ANN view skips)."""
+        self.ann[tensor] = self.ann[src]
+        if self.moved is not None:
+            self.moved[tensor] = self.moved[src]
+
+    def kept(self, tensor: str, axis: int) -> np.ndarray | None:
+        """Which positions of `tensor` (columns of _channels_first(value, axis)) some output
+        reads: those where some channel's ANN value did not move with the padding (see
+        padding.py); None where every position is kept."""
+        if self.moved is None:
+            return None
+        same = _channels_first(self.moved[tensor] == self.ann[tensor], axis).any(axis=0)
+        return None if same.all() else same
 
     def step(self, node: Node, ann_node: Node, ann_output: np.ndarray | None = None) -> None:
         """Run `node` on the spiking values and `ann_node` on the ANN's (unless its output is
@@ -358,6 +387,8 @@ class _Run:
         if ann_output is None:
             ann_output = self.ann_output(node, ann_node)
         self.ann[node.output] = ann_output
+        if self.moved is not None:
+            self.moved[node.output] = self.ann_output(node, ann_node, self.moved)
         if node.output in self.static:
             self.spiking[node.output] = [snn_k(*[self.spiking[i][0] for i in node.inputs])] * self.T
         else:
@@ -380,6 +411,8 @@ class _Run:
         self.left[tensor] -= 1
         if self.left[tensor] == 0 and tensor not in self.graph.outputs:
             del self.spiking[tensor], self.ann[tensor]
+            if self.moved is not None:
+                del self.moved[tensor]
 
 
 def _samples(graph: Graph, x: Batch, T: int) -> Batch:
@@ -426,6 +459,7 @@ def t_aware(
     steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
     x = _samples(snn, x, max(steps))
+    moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
     candidates = {"percentile": snn}
     corrections = [False, True] if _corrected(snn) else [False]
     operands = [True, False] if _product_operands(snn) else [True]
@@ -439,7 +473,7 @@ def t_aware(
         name += ", centred" if centre else ""
         name += ", pooled" if pooled else ""
         tuned = tune_thresholds(
-            snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons
+            snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons, moved
         )
         candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
@@ -449,6 +483,8 @@ def t_aware(
     record: dict[str, object] = {
         "T": T,
         "samples": size(x),
+        # whether padding that no output reads was left out of the fit (padding.py)
+        "padding_left_out": moved is not None,
         "scored_samples": size(scored),
         "kept": kept,
         # the layers whose weights the kept candidate refitted (refit.py)
@@ -537,6 +573,7 @@ def tune_thresholds(
     centre: bool = False,
     pooled: bool = False,
     extra_neurons: float = split.EXTRA_NEURONS,
+    moved: Batch | None = None,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
@@ -547,9 +584,10 @@ def tune_thresholds(
     or convolutions code x - c where that rounds closer (_centrable, _centre). `pooled`:
     score a neuron that only an average pooling reads on its pooled rates (_pooled_by).
     `extra_neurons`: at most this share of a layer's features in extra neurons for its
-    outlier features (split.neuron_copies)."""
+    outlier features (split.neuron_copies). `moved`: `x` with its padding's token ids
+    changed (padding.moved): the values that move with them stay out of every fit."""
     out, axes = copy.deepcopy(snn), dict(axes)  # (centring may add tensors: _border_offset)
-    run = _Run(out, x, T, extra_neurons)
+    run = _Run(out, x, T, extra_neurons, moved)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
     for node, original in zip(list(out.nodes), snn.nodes, strict=True):
@@ -585,7 +623,8 @@ def _refit(run: _Run, node: Node, ann_node: Node) -> np.ndarray | None:
     target = ann_output
     for offset in run.inserted.get(node.name, []):
         target = target - offset.params["value"]
-    refit.refit(node, sum(run.spiking[src]) / run.T, target)
+    rows = run.kept(src, -1) if node.op == "dense" else None  # a dense layer's rows: positions
+    refit.refit(node, sum(run.spiking[src]) / run.T, target, rows)
     return ann_output
 
 
@@ -611,7 +650,9 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
     key = BIAS_OWNERS[node.op]
     bias = node.params[key]
     mean = sum(run.spiking[node.output]) / run.T
-    err = _channels_first(mean - run.ann[node.output], axis).mean(axis=1)
+    err = _channels_first(mean - run.ann[node.output], axis)
+    kept = run.kept(node.output, axis)
+    err = (err if kept is None else err[:, kept]).mean(axis=1)
     if node.output in run.static or bias.shape != err.shape:
         return
     node.params[key] = (bias - err).astype(np.float32)
@@ -643,7 +684,9 @@ def _tune_neuron(
     else:
         target = _channels_first(run.ann[src], axis)
         channels, m = target.shape
-        pick = _positions(m, channels, run.T, features=axis == -1)
+        kept = run.kept(src, axis)  # padding no output reads stays out of the fit
+        cols = np.arange(m) if kept is None else np.flatnonzero(kept)
+        pick = cols[_positions(len(cols), channels, run.T, features=axis == -1)]
         currents = np.stack([_channels_first(c, axis)[:, pick] for c in run.spiking[src]])
         target = target[:, pick]
     if not bipolar:
@@ -710,7 +753,7 @@ def _copy_neurons(graph: Graph, run: _Run, node: Node, copies: np.ndarray) -> No
     gather = graph.producer(stagger.inputs[0])
     index, value = gather.attrs["indices"], stagger.params["value"]
     run.spiking[stagger.output] = [np.take(c, index, axis=-1) + value for c in run.spiking[src]]
-    run.ann[stagger.output] = run.ann[src]
+    run.alias(stagger.output, src)
     run.left[stagger.output] = 1
     run.release(src)  # the neuron reads the copies now
 
@@ -877,7 +920,7 @@ def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
             shift = bias_shift(user, centre, graph.shape(src))
         user.params["bias"] = (user.params["bias"] + shift).astype(np.float32)
     run.spiking[tensor] = [c - centre for c in run.spiking[src]]
-    run.ann[tensor] = run.ann[src]
+    run.alias(tensor, src)
     run.left[tensor] = 1
     run.release(src)  # the neuron reads the offset's output now
 
