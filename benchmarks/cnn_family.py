@@ -19,8 +19,9 @@ decay), is exported with the TorchScript exporter at opset 17, calibrated on dig
 scored on digits_test (never trained on or calibrated with). `--sj` adds SpikingJelly's best
 recipe at each T where it converts the module (ReLU only). `--finetune` adds issue #16's
 fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
-`benchmarks/run.py`'s few-step section (distilled from the source model, `--shift 1`, 300
-epochs, lr 0.003), quantized and scored in integer mode. No download. 1 torch thread.
+`benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr 0.003,
+`--shift 1` or the `--shift` given here), quantized and scored in integer mode. No download.
+1 torch thread.
 """
 
 from __future__ import annotations
@@ -152,12 +153,13 @@ def spikeport_row(path: Path) -> dict[str, float]:
     return row
 
 
-def finetuned_row(path: Path) -> dict[str, float]:
-    """`finetune -T 2` of the T-aware `convert -T 2` for each seed, integer accuracy at T = 2."""
+def finetuned_row(path: Path, shift: int) -> dict[str, float]:
+    """`finetune -T 2 [--shift K]` of the T-aware `convert -T 2` for each seed, integer
+    accuracy at T = 2."""
     import run
 
     t = run.FEW_T
-    _, distill, shift, epochs = run.FEW_VARIANTS[-1]
+    _, distill, _, epochs = run.FEW_VARIANTS[-1]
     snn = convert(path, SPLITS["calib"], timesteps=t)
     train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
     test = load_data(SPLITS["test"], labels=True)
@@ -197,6 +199,7 @@ def main() -> None:
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
+    ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
     specs = [spec.partition(":") for spec in args.nets.split(",")]
@@ -215,12 +218,13 @@ def main() -> None:
             row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
             row["spikeport"] = spikeport_row(path)
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
-            row["finetuned_T2"] = finetuned_row(path) if args.finetune else None
+            row["finetuned_T2"] = finetuned_row(path, args.shift) if args.finetune else None
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print(_line(row), flush=True)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
-           "epochs": EPOCHS, "T": TS, **provenance.record(), "rows": rows}  # fmt: skip
+           "epochs": EPOCHS, "T": TS, "finetune_shift": args.shift, **provenance.record(),
+           "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(table(rows))
 
