@@ -196,13 +196,24 @@ def spikeport_convert(onnx: Path, calib: Path, **options: Any) -> Any:
     return convert(onnx, calib, **{**CONVERT_OPTIONS, **options})
 
 
-def int_eval(graph: Any, net: Net, ts: list[int] = TS) -> dict[str, Any]:
-    """quantize --target sim, then eval in integer mode on the test split at every T of ts."""
+def int_eval(
+    graph: Any, net: Net, ts: list[int] = TS, calib_T: int | None = None
+) -> dict[str, Any]:
+    """quantize --target sim, then eval in integer mode on the test split at every T of ts;
+    with `calib_T`, also the same integer graph's accuracy at calib_T on the calibration split
+    (what a user without the test split can choose between runs on: report.py's "chosen"
+    row)."""
     q = quantize(graph, load_data(net.calib, graph.inputs).x, get_profile("sim"))
     test = load_data(net.test, graph.inputs, labels=True, n_classes=net.classes)
     rep = evaluate(q, test, ts, "int", str(net.onnx))
     recs = rep["records"]
+    extra: dict[str, Any] = {}
+    if calib_T is not None:
+        calib = load_data(net.calib, graph.inputs, labels=True, n_classes=net.classes)
+        rec = evaluate(q, calib, [calib_T], "int", str(net.onnx))["records"][0]
+        extra["calib_accuracy"] = rec["accuracy"]
     return {
+        **extra,
         "ann": rep["ann"]["accuracy"],
         "accuracy": {r["T"]: r["accuracy"] for r in recs},
         "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in recs},
@@ -361,14 +372,6 @@ def finetuned_row(name: str, net: Net, snn: Any = None) -> dict[str, Any]:
     }
 
 
-def calib_accuracy(graph: Any, net: Net) -> float:
-    """Integer-mode accuracy at FEW_T on the calibration split: what a user without the test
-    split can choose between fine-tuning recipes on (report.py's "chosen" row)."""
-    q = quantize(graph, load_data(net.calib, graph.inputs).x, get_profile("sim"))
-    calib = load_data(net.calib, graph.inputs, labels=True, n_classes=net.classes)
-    return evaluate(q, calib, [FEW_T], "int", str(net.onnx))["records"][0]["accuracy"]
-
-
 def few_step(models: list[str] = FEW_NETS) -> dict[str, Any]:
     """Fine-tuning at FEW_T for every seed of FEW_SEEDS, from the T-aware conversion for FEW_T:
     labels only, and distilling the source model; integer mode on the test split. `models`
@@ -392,9 +395,9 @@ def few_step(models: list[str] = FEW_NETS) -> dict[str, Any]:
                 res = finetune(snn, train, settings, quiet=True, teacher=teacher)
                 seconds = time.perf_counter() - t0
                 row = {"seed": seed, "variant": label, "distill": distill, "shift": shift,
-                       "epochs": epochs, "finetune_seconds": seconds,
-                       "calib_accuracy": calib_accuracy(res.graph, net)}  # fmt: skip
-                entry["rows"].append({**row, **int_eval(res.graph, net, [1, FEW_T, 4])})
+                       "epochs": epochs, "finetune_seconds": seconds}  # fmt: skip
+                scores = int_eval(res.graph, net, [1, FEW_T, 4], calib_T=FEW_T)
+                entry["rows"].append({**row, **scores})
         entry["ann"] = entry["conversion"]["ann"]
         out[name] = entry
     return {
