@@ -202,6 +202,8 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
+    if args.shift < 0:
+        ap.error(f"--shift must be 0 or more, got {args.shift}")
     specs = [spec.partition(":") for spec in args.nets.split(",")]
     for arch, _, seed in specs:
         if arch not in ARCHITECTURES or not seed.isdigit():
