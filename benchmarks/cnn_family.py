@@ -159,7 +159,7 @@ def finetuned_row(path: Path, shift: int) -> dict[str, float]:
     import run
 
     t = run.FEW_T
-    _, distill, _, epochs = run.FEW_VARIANTS[-1]
+    _, distill, _, epochs = run.FEW_LONG_SHIFTED  # the shift itself: --shift
     snn = convert(path, SPLITS["calib"], timesteps=t)
     train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
     test = load_data(SPLITS["test"], labels=True)
