@@ -205,15 +205,15 @@ def int_eval(
     with `calib_T`, also the same integer graph's accuracy at calib_T on the calibration split
     (what a user without the test split can choose between runs on: report.py's "chosen"
     row)."""
-    q = quantize(graph, load_data(net.calib, graph.inputs).x, get_profile("sim"))
+    scored = calib_T is not None  # the calibration labels are read only to score on them
+    calib = load_data(net.calib, graph.inputs, labels=scored, n_classes=net.classes)
+    q = quantize(graph, calib.x, get_profile("sim"))
     test = load_data(net.test, graph.inputs, labels=True, n_classes=net.classes)
     rep = evaluate(q, test, ts, "int", str(net.onnx))
     recs = rep["records"]
     extra: dict[str, Any] = {}
-    if calib_T is not None:
-        calib = load_data(net.calib, graph.inputs, labels=True, n_classes=net.classes)
-        rec = evaluate(q, calib, [calib_T], "int", str(net.onnx))["records"][0]
-        extra["calib_accuracy"] = rec["accuracy"]
+    if scored:  # accuracy needs the labels alone, not a second onnxruntime pass
+        extra["calib_accuracy"] = evaluate(q, calib, [calib_T], "int")["records"][0]["accuracy"]
     return {
         **extra,
         "ann": rep["ann"]["accuracy"],
