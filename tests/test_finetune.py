@@ -366,6 +366,18 @@ def test_same_seed_same_result(cases, train_set):
             assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
 
 
+
+def test_off_a_terminal_each_epoch_says_one_line_and_quiet_says_nothing(cases, train_set, capsys):
+    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
+    finetune(cases["digits_mlp"].snn, small, Settings(T=2, epochs=2), quiet=False)
+    lines = capsys.readouterr().err.splitlines()  # captured: not a terminal, so no bar
+    assert [line.split(", loss ")[0] for line in lines] == [
+        "finetune T=2: epoch 1/2",
+        "finetune T=2: epoch 2/2",
+    ]
+    finetune(cases["digits_mlp"].snn, small, Settings(T=2, epochs=1), quiet=True)
+    assert capsys.readouterr().err == ""
+
 # --- command line ----------------------------------------------------------------------------
 
 

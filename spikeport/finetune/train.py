@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -387,6 +389,7 @@ def finetune(
         leave=False,
         dynamic_ncols=True,
     )
+    started = time.perf_counter()
     with bar:
         for e in range(1, s.epochs + 1):
             rec: dict[str, float] = {"epoch": e, "loss": tr.epoch(e, bar)}
@@ -397,6 +400,8 @@ def finetune(
                 if score >= best[0] or not s.keep_best:
                     best = (score, copy.deepcopy(tr.net.state_dict()), e)
             history.append(rec)
+            if bar.disable and not quiet and world.leader:  # off a terminal: a line an epoch
+                _epoch_line(s, rec, tr.val_text, time.perf_counter() - started)
     if best[1] is not None:
         tr.net.load_state_dict(best[1])
     check_ranks_agree(world, tr.net)
@@ -406,6 +411,17 @@ def finetune(
         out.meta["finetune"]["float_weights"] = tr.float_weights
     out.meta["default_timesteps"] = s.T
     return Result(out, history)
+
+
+def _epoch_line(s: Settings, rec: dict[str, float], val_text: str, elapsed: float) -> None:
+    """One line on stderr per epoch where no progress bar shows (a log file, CI): a run of
+    hours otherwise says nothing until it ends."""
+    print(
+        f"finetune T={s.T}: epoch {rec['epoch']}/{s.epochs}, loss {rec['loss']:.4f}{val_text}, "
+        f"{elapsed:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _provenance(
