@@ -366,7 +366,6 @@ def test_same_seed_same_result(cases, train_set):
             assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
 
 
-
 def test_off_a_terminal_each_epoch_says_one_line_and_quiet_says_nothing(cases, train_set, capsys):
     small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
     finetune(cases["digits_mlp"].snn, small, Settings(T=2, epochs=2), quiet=False)
@@ -377,6 +376,7 @@ def test_off_a_terminal_each_epoch_says_one_line_and_quiet_says_nothing(cases, t
     ]
     finetune(cases["digits_mlp"].snn, small, Settings(T=2, epochs=1), quiet=True)
     assert capsys.readouterr().err == ""
+
 
 # --- command line ----------------------------------------------------------------------------
 
