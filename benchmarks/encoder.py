@@ -87,6 +87,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,6 +123,28 @@ class Tuning:
     qat: str | None = "sim"  # quantization-aware: through the weights quantize gives (grid.py)
     warmup: float = 0.0  # share of the steps the learning rate rises over (Settings.warmup)
     sentences: int | None = None  # the first this many training sentences (None: all)
+
+
+def calibration_sentences(name: str, n: int, folder: Path) -> tuple[Path, int]:
+    """A calibration file of n sentences for `convert --tune-samples n`: the zoo's calibration
+    sentences, then its training sentences spread evenly over the file (the calibration
+    topics and the docstrings; none of the test topics'), tokenized as both are. Returns the
+    file, written in `folder`, and how many of its sentences are distinct (the training file
+    repeats some calibration sentences)."""
+    import numpy as np
+
+    calib = np.load(ZOO / f"{name}_calib.npz")
+    train = np.load(ZOO / f"{name}_train.npz")
+    more = n - len(calib[calib.files[0]])
+    if more > 0:
+        pick = np.linspace(0, len(train[train.files[0]]) - 1, more).round().astype(int)
+        sentences = {k: np.concatenate([calib[k], train[k][pick]]) for k in calib.files}
+    else:
+        sentences = {k: calib[k][:n] for k in calib.files}
+    path = folder / f"{name}_calib{n}.npz"
+    np.savez(path, **sentences)
+    ids = sentences["input_ids"]
+    return path, len({row.tobytes() for row in ids})
 
 
 def first(data, n: int):  # noqa: ANN001, ANN201
@@ -186,13 +209,18 @@ def run(
     snn_file: Path | None = None,
     save_tuned: Path | None = None,
     extra_neurons: float | None = None,
+    calib_sentences: int | None = None,
+    save_converted: Path | None = None,
 ) -> dict:
     """convert -> quantize (sim) -> evaluate (int) on the zoo's encoder; times of each stage.
     Diagnostics, off by default: `per_feature` (a percentile) gives the bipolar neurons in
     front of dense layers per-feature thresholds (per_feature_input_thresholds);
     `weight_bits` overrides the sim profile's. `tuning`: fine-tune after conversion;
     `snn_file`: start from this converted graph (`spikeport convert -T T`) instead of
-    converting; `extra_neurons`: convert's outlier-split budget (`convert --extra-neurons`)."""
+    converting; `extra_neurons`: convert's outlier-split budget (`convert --extra-neurons`);
+    `calib_sentences` n: convert on n calibration sentences (calibration_sentences) with
+    `--tune-samples n`, quantize still on the zoo's calibration file as every row;
+    `save_converted`: write the conversion there (to fine-tune from with `snn_file`)."""
     from spikeport.convert import convert
     from spikeport.data import load_data
     from spikeport.eval import evaluate
@@ -214,11 +242,9 @@ def run(
         (e for e in json.loads(manifest.read_text()) if e["name"] == name), {}
     ) if manifest.exists() else {}  # fmt: skip
     if len(ts) > 1:  # `convert -T T` converts for T: one run of this function per T
-        runs = [
-            run(n_test, [t], name, per_feature, weight_bits, spike_bits, tuning,
-                extra_neurons=extra_neurons)  # fmt: skip
-            for t in ts
-        ]
+        runs = [run(n_test, [t], name, per_feature, weight_bits, spike_bits, tuning,
+                    extra_neurons=extra_neurons, calib_sentences=calib_sentences)
+                for t in ts]  # fmt: skip
         merged = dict(runs[0])
         for key in ("cosine_to_ann", "relative_error_to_ann"):
             merged[key] = {k: v for r in runs for k, v in r[key].items()}
@@ -226,14 +252,25 @@ def run(
         merged["bar"]["met"] = merged["cosine_to_ann"].get(BAR_T, 0.0) >= BAR
         return merged
     t0 = time.perf_counter()
+    searched = {}
     if snn_file is not None:
         from spikeport.ir import load
 
         snn = load(snn_file)
     else:
         given = {} if extra_neurons is None else {"extra_neurons": extra_neurons}
-        snn = convert(files["onnx"], files["calib"], timesteps=ts[0], spike_bits=spike_bits,
-                      **given)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            calib_file = files["calib"]
+            if calib_sentences is not None:
+                calib_file, distinct = calibration_sentences(name, calib_sentences, Path(tmp))
+                given["tune_samples"] = calib_sentences
+                searched = {"sentences": calib_sentences, "distinct": distinct}
+            snn = convert(files["onnx"], calib_file, timesteps=ts[0], spike_bits=spike_bits,
+                          **given)  # fmt: skip
+        if save_converted is not None:
+            from spikeport.ir import save
+
+            save(snn, save_converted)
     t1 = time.perf_counter()
     tuned, converted = {}, snn
     if tuning is not None:
@@ -277,6 +314,8 @@ def run(
         + "quantize --target sim, eval -T T integer mode; mean cosine of the sentence "
         "embedding to onnxruntime's",
         **({"converted": str(snn_file)} if snn_file is not None else {}),
+        # convert's calibration when not the zoo's file (calibration_sentences)
+        **({"convert_calibration": searched} if searched else {}),
         **({"finetune": tuned} if tuned else {}),
         "spike_bits": spike_bits,
         # the outlier split of the conversion scored (convert --extra-neurons: its budget)
@@ -316,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--finetune-sentences", type=int, help="the first N training sentences")
     ap.add_argument("--extra-neurons", type=float, metavar="SHARE",
                     help="convert --extra-neurons (default: convert's)")  # fmt: skip
+    ap.add_argument("--calib-sentences", type=int, metavar="N",
+                    help="convert on N sentences (the zoo's calibration sentences, then "
+                    "training ones) with --tune-samples N")  # fmt: skip
+    ap.add_argument("--save-converted", type=Path, metavar="SPK",
+                    help="write the conversion here (one T; to go on with --snn)")  # fmt: skip
     ap.add_argument("--snn", type=Path, help="start from this converted graph (one T)")
     ap.add_argument("--save-finetuned", type=Path, metavar="SPK",
                     help="write the fine-tuned graph (before quantize) here")  # fmt: skip
@@ -334,11 +378,14 @@ def main(argv: list[str] | None = None) -> None:
         if a.finetune_epochs
         else None
     )
-    if a.snn is not None and len(a.T) != 1:
-        ap.error("--snn is one conversion: give one -T")
+    if (a.snn is not None or a.save_converted is not None) and len(a.T) != 1:
+        ap.error("--snn and --save-converted are one conversion: give one -T")
+    if a.snn is not None and a.calib_sentences is not None:
+        ap.error("--calib-sentences is for converting; --snn is converted already")
     data = run(a.n_test, a.T, per_feature=a.per_feature, weight_bits=a.weight_bits,
                spike_bits=a.spike_bits, tuning=tuning, snn_file=a.snn,
-               save_tuned=a.save_finetuned, extra_neurons=a.extra_neurons)  # fmt: skip
+               save_tuned=a.save_finetuned, extra_neurons=a.extra_neurons,
+               calib_sentences=a.calib_sentences, save_converted=a.save_converted)  # fmt: skip
     if "skipped" in data:
         return
     import provenance  # (benchmarks/, beside this script; imports torch)

@@ -72,6 +72,41 @@ def test_t_aware_conversion_is_deterministic_and_recorded():
     assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), thresholds(base), strict=True))
 
 
+def test_tune_samples_sets_the_search_data_past_the_memory_budget(tmp_path, monkeypatch):
+    """By default the search keeps as many calibration samples as its memory budget allows
+    and convert says when it leaves some out; `--tune-samples N` runs it on the first N
+    whatever memory they take, and the choice follows the data it ran on."""
+    from click.testing import CliRunner
+
+    import spikeport.convert.tune as tune
+    from spikeport.cli.main import main
+    from spikeport.ir.artifact import load
+
+    model, calib = EXAMPLES / "digits_mlp.onnx", EXAMPLES / "digits_calib.npz"
+    n_calib = len(np.load(calib)["x"])
+
+    def convert_cli(name: str, *extra: str) -> tuple[str, dict, list[np.ndarray]]:
+        out = tmp_path / f"{name}.spk"
+        args = ["convert", str(model), "--calib", str(calib), "-T", "2", "-o", str(out), *extra]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        graph = load(out)
+        thresholds = [n.params["threshold"] for n in graph.nodes if n.op == "if"]
+        return res.output, graph.meta["conversion"]["t_aware"], thresholds
+
+    monkeypatch.setattr(tune, "MEMORY_BUDGET", 1)  # fits none: the floor of 8 samples
+    said, record, theta8 = convert_cli("budget")
+    assert (record["samples"], record["calibration_samples"]) == (8, n_calib)
+    assert f"searched on 8 of {n_calib} calibration samples" in said
+    said, record, theta40 = convert_cli("given", "--tune-samples", "40")
+    assert (record["samples"], record["calibration_samples"]) == (40, n_calib)
+    assert f"searched on 40 of {n_calib}" in said
+    assert any(not np.array_equal(a, b) for a, b in zip(theta8, theta40, strict=True))
+    monkeypatch.undo()  # the real budget holds all of the digits' calibration images
+    said, record, _ = convert_cli("default")
+    assert record["samples"] == n_calib and "searched on" not in said
+
+
 @pytest.mark.parametrize("bipolar", [False, True])
 @pytest.mark.parametrize("levels", [1, 3])
 def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar, levels):

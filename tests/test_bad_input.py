@@ -455,15 +455,24 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
         2,
     ),
     "convert-extra-neurons-negative": (
-        lambda f, w: [
-            "convert", CNN, "--calib", CALIB, "--extra-neurons", "-1", "-o", w / "o.spk"
-        ],
+        lambda f, w: ["convert", CNN, "--calib", CALIB, "--extra-neurons", "-1", "-o", w / "o.spk"],
         2,
     ),
     "convert-extra-neurons-nan": (
         lambda f, w: [
-            "convert", CNN, "--calib", CALIB, "--extra-neurons", "nan", "-o", w / "o.spk"
+            "convert",
+            CNN,
+            "--calib",
+            CALIB,
+            "--extra-neurons",
+            "nan",
+            "-o",
+            w / "o.spk",
         ],
+        2,
+    ),
+    "convert-tune-samples-0": (
+        lambda f, w: ["convert", CNN, "--calib", CALIB, "--tune-samples", "0", "-o", w / "o.spk"],
         2,
     ),
     "convert-percentile-200": (

@@ -131,6 +131,14 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     "outlier features in front of dense layers get to code their values finer (1: up to "
     "twice the neurons; 0: none).",
 )
+@click.option(
+    "--tune-samples",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="T-aware: run the search on the first N calibration samples, whatever memory "
+    "they take (default: as many as 448 MiB a tensor holds, at most 256; convert says "
+    "when it leaves samples out).",
+)
 @OUT
 @QUIET
 def convert_cmd(
@@ -147,6 +155,7 @@ def convert_cmd(
     tune: bool,
     product_operands: str,
     extra_neurons: float,
+    tune_samples: int | None,
     output: str,
     quiet: bool,
 ) -> None:
@@ -168,6 +177,7 @@ def convert_cmd(
         dict(parse_layer_bits(s) for s in layer_bits),
         product_operands,
         extra_neurons,
+        tune_samples,
     )
     source = graph.meta["source"]
     for note in source.get("notes", []):  # what import did that the user should know
@@ -182,6 +192,11 @@ def convert_cmd(
             f", {extra} more neuron{'s' * (extra != 1)} for outlier features in {len(copies)} layer"
         )
         how += "s" * (len(copies) != 1)
+    if tuned and tuned["samples"] < tuned["calibration_samples"]:
+        how += (
+            f", searched on {tuned['samples']} of {tuned['calibration_samples']} calibration "
+            "samples (the default limit; --tune-samples N for more)"
+        )
     say(
         quiet,
         f"{output}: {len(graph.nodes)} nodes, {n} neuron layers "

@@ -65,6 +65,7 @@ def convert(
     layer_spike_bits: Mapping[str, int] | None = None,
     product_operands: str = "analog",
     extra_neurons: float = EXTRA_NEURONS,
+    tune_samples: int | None = None,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -74,7 +75,9 @@ def convert(
     name (balance.grade_neurons). `product_operands` (balance.PRODUCT_OPERANDS): what the
     products of two activations read, their operands' running sums or spikes. `extra_neurons`:
     T-aware conversion gives the outlier features of the neurons in front of dense layers up
-    to this share of a layer's features in extra neurons (split.py)."""
+    to this share of a layer's features in extra neurons (split.py). `tune_samples`: the
+    calibration samples T-aware conversion runs on (default: as many as its memory budget
+    allows, tune.MEMORY_BUDGET)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     for name, p in (("percentile", percentile), ("input percentile", input_percentile)):
@@ -82,6 +85,8 @@ def convert(
             raise BadInput(f"{name} {p} is not in (0, 100]")
     if not 0 <= extra_neurons <= MAX_COPIES - 1:
         raise BadInput(f"--extra-neurons must be in [0, {MAX_COPIES - 1}], got {extra_neurons}")
+    if tune_samples is not None and tune_samples < 1:
+        raise BadInput(f"--tune-samples must be at least 1, got {tune_samples}")
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
@@ -100,7 +105,9 @@ def convert(
     )
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
-        snn, record = t_aware(snn, data.x, timesteps, channel_axes(ann), extra_neurons)
+        snn, record = t_aware(
+            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples
+        )
         snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps

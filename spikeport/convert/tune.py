@@ -81,6 +81,9 @@ TUNE_SAMPLES = 256
 # calibration sentences); 2^28 keeps 40 (1.57 GB) but its graded 4-bit cosine at T = 8 fell
 # from 0.9802 to 0.9708; 2^29 keeps 80 (2,005 MiB: issue #20's 2 GB only in binary units);
 # 448 MiB keeps 70, still all of the zoo's 64. Small networks keep TUNE_SAMPLES.
+# `convert --tune-samples N` lifts both limits for a user with the memory: all-MiniLM-L6-v2
+# at T = 16 on 256 calibration sentences (1.7 GiB a tensor, 5.5 GB peak, 28 min on 2 cores)
+# rose from 0.9839 to 0.9873 (cosine, 64 test sentences; README's encoder table).
 MEMORY_BUDGET = 448 << 20
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 # and in batches whose widest tensor over T steps holds at most this many bytes: the batches
@@ -415,11 +418,20 @@ class _Run:
                 del self.moved[tensor]
 
 
-def _samples(graph: Graph, x: Batch, T: int) -> Batch:
-    """As many calibration samples as TUNE_SAMPLES and the memory budget allow."""
+def tensor_bytes(graph: Graph, T: int) -> int:
+    """Bytes of the widest tensor over T + 1 steps, per calibration sample, as the search
+    holds it (float64)."""
     largest = max(int(np.prod(graph.shape(n.output))) for n in graph.nodes)
-    fits = MEMORY_BUDGET // max(1, largest * 8 * (T + 1))
-    return take(x, slice(int(max(8, min(TUNE_SAMPLES, fits)))))
+    return largest * 8 * (T + 1)
+
+
+def _samples(graph: Graph, x: Batch, T: int, wanted: int | None = None) -> Batch:
+    """The first `wanted` calibration samples, or by default as many as TUNE_SAMPLES and the
+    memory budget allow."""
+    if wanted is None:
+        fits = MEMORY_BUDGET // max(1, tensor_bytes(graph, T))
+        wanted = int(max(8, min(TUNE_SAMPLES, fits)))
+    return take(x, slice(wanted))
 
 
 def t_aware(
@@ -428,9 +440,12 @@ def t_aware(
     T: int,
     axes: dict[str, int],
     extra_neurons: float = split.EXTRA_NEURONS,
+    samples: int | None = None,
 ) -> tuple[Graph, dict[str, object]]:
     """The float SNN converted for T (see the module docstring), and a record of the choice.
     `extra_neurons`: the outlier split's budget, a share of each split layer's features.
+    `samples`: the calibration samples the search runs on (`convert --tune-samples`; default
+    _samples' memory budget), whatever memory they take.
 
     The neuron-by-neuron search scores each neuron alone; the network as a whole decides
     between the searches for T, 2T and 4T steps (EXTRA_STEPS) and the percentile conversion:
@@ -458,7 +473,8 @@ def t_aware(
     """
     steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
-    x = _samples(snn, x, max(steps))
+    given = size(x)
+    x = _samples(snn, x, max(steps), samples)
     moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
     candidates = {"percentile": snn}
     corrections = [False, True] if _corrected(snn) else [False]
@@ -483,6 +499,7 @@ def t_aware(
     record: dict[str, object] = {
         "T": T,
         "samples": size(x),
+        "calibration_samples": given,  # of which the search ran on `samples`
         # whether padding that no output reads was left out of the fit (padding.py)
         "padding_left_out": moved is not None,
         "scored_samples": size(scored),
