@@ -17,6 +17,7 @@ from spikeport.cli.main import (
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE, PRODUCT_OPERANDS
 from spikeport.convert.split import EXTRA_NEURONS
+from spikeport.convert.tune import MEMORY_BUDGET, TUNE_SAMPLES
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
@@ -136,8 +137,8 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     type=click.IntRange(min=1),
     metavar="N",
     help="T-aware: run the search on the first N calibration samples, whatever memory "
-    "they take (default: as many as 448 MiB a tensor holds, at most 256; convert says "
-    "when it leaves samples out).",
+    f"they take (default: as many as {MEMORY_BUDGET >> 20} MiB a tensor holds, at most "
+    f"{TUNE_SAMPLES}; convert says when it leaves samples out).",
 )
 @OUT
 @QUIET

@@ -418,18 +418,12 @@ class _Run:
                 del self.moved[tensor]
 
 
-def tensor_bytes(graph: Graph, T: int) -> int:
-    """Bytes of the widest tensor over T + 1 steps, per calibration sample, as the search
-    holds it (float64)."""
-    largest = max(int(np.prod(graph.shape(n.output))) for n in graph.nodes)
-    return largest * 8 * (T + 1)
-
-
 def _samples(graph: Graph, x: Batch, T: int, wanted: int | None = None) -> Batch:
     """The first `wanted` calibration samples, or by default as many as TUNE_SAMPLES and the
     memory budget allow."""
     if wanted is None:
-        fits = MEMORY_BUDGET // max(1, tensor_bytes(graph, T))
+        largest = max(int(np.prod(graph.shape(n.output))) for n in graph.nodes)
+        fits = MEMORY_BUDGET // max(1, largest * 8 * (T + 1))
         wanted = int(max(8, min(TUNE_SAMPLES, fits)))
     return take(x, slice(wanted))
 
