@@ -87,6 +87,14 @@ def convert(
         raise BadInput(f"--extra-neurons must be in [0, {MAX_COPIES - 1}], got {extra_neurons}")
     if tune_samples is not None and tune_samples < 1:
         raise BadInput(f"--tune-samples must be at least 1, got {tune_samples}")
+    if not tune:  # options of the search it turns off: refused, not silently dropped
+        given = [n for n, v in (("--extra-neurons", extra_neurons != EXTRA_NEURONS),
+                                ("--tune-samples", tune_samples is not None)) if v]  # fmt: skip
+        if given:
+            raise BadInput(
+                f"{' and '.join(given)} set{'s' * (len(given) == 1)} the T-aware search, "
+                "which --no-t-aware turns off"
+            )
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
