@@ -125,6 +125,38 @@ def test_the_searched_rate_code_is_what_the_float_simulator_computes(bipolar, le
     np.testing.assert_array_equal(rates, spiked / len(currents))
 
 
+@pytest.mark.parametrize("bipolar", [False, True])
+@pytest.mark.parametrize("split", [False, True])
+def test_the_rate_code_fused_in_c_is_the_numpy_loop_to_the_bit(bipolar, split):
+    """tune.rate_code's binary loop runs in C where native kernels build (the search's hot
+    loop); it must give the numpy loop's values bit for bit, whatever the threads' split,
+    with currents that land exactly on the threshold and float32 currents."""
+    from unittest import mock
+
+    from spikeport.convert.tune import rate_code
+    from spikeport.sim import native
+
+    if not native.available():
+        pytest.skip(f"no native kernels here: {native.status()}")
+    rng = np.random.default_rng(1)
+    theta = rng.uniform(0.5, 2.0, (7, 1))
+    currents = rng.normal(0.2, 1.0, (6, 7, 3001))
+    currents[:, :, :500] = np.round(currents[:, :, :500] * 4) / 4 * theta  # exact ties
+    threads = 2 if split else 1
+    for c in (currents, currents.astype(np.float32), currents[:, :, ::2]):
+        with mock.patch.object(native, "ENABLED", False):
+            expected = rate_code(c, theta, bipolar)
+        with (
+            mock.patch.object(native, "MIN_SPLIT", 64 if split else native.MIN_SPLIT),
+            mock.patch.object(native.torch, "get_num_threads", lambda: threads),
+            mock.patch.object(native, "rate_code", wraps=native.rate_code) as fused,
+        ):
+            got = rate_code(c, theta, bipolar)
+        assert fused.called
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype == expected.dtype == np.float64
+
+
 def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
     """The reason it is the default: at T = 2 the held-out accuracy of the digits CNN rises
     (measured 95.2 % -> 97.6 %, integer mode)."""

@@ -1,7 +1,7 @@
 """Native kernels: the fast simulator's hottest elementwise loops, fused in C (csrc/): the IF
 neuron on running sums (if_levels.c, for fast.IntIF), the integer add (weighted_add.c, for
 fast's "add") and the expectation-compensated GELU, softmax and LayerNorm (seq_steps.c, for
-fast_seq).
+fast_seq); and the T-aware search's rate code (rate_code.c, for convert.tune.rate_code).
 
 A loop over T steps of whole-tensor torch ops passes over memory several times a step (the
 IF neuron: seven). The C version makes one pass, block by block, with the same floating-point
@@ -254,6 +254,32 @@ def ec_steps(
 
     _each(run, len(parts))
     return [t + 1 for t in np.flatnonzero(failed.any(axis=0))]
+
+
+def rate_code(currents: np.ndarray, theta: np.ndarray, bipolar: bool) -> np.ndarray:
+    """csrc/rate_code.c: the mean output over T steps (C, M) of binary IF neurons with
+    thresholds `theta` (C,) driven by `currents` (T, C, M), both float64 and contiguous;
+    convert.tune.rate_code's numpy loop, bit for bit. The C * M elements split over torch's
+    threads."""
+    lib = library()
+    assert lib is not None and currents.ndim == 3 and currents.dtype == np.float64
+    assert currents.flags.c_contiguous and theta.shape == (currents.shape[1],)
+    assert theta.dtype == np.float64 and theta.flags.c_contiguous
+    T, C, M = currents.shape
+    out = np.empty((C, M))
+    parts = _split(C * M)
+    ptr = ctypes.c_void_p
+
+    def run(j: int) -> None:
+        m0, m1 = parts[j]
+        lib.rate_code_f64(
+            ptr(currents.ctypes.data), ptr(out.ctypes.data), ctypes.c_int64(T),
+            ctypes.c_int64(C * M), ctypes.c_int64(m0), ctypes.c_int64(m1),
+            ptr(theta.ctypes.data), ctypes.c_int64(M), ctypes.c_int(bipolar),
+        )  # fmt: skip
+
+    _each(run, len(parts))
+    return out
 
 
 def _split(m: int, unit: int = BLOCK) -> list[tuple[int, int]]:
