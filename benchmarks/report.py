@@ -458,8 +458,9 @@ def cost_md(doc: dict[str, Any]) -> list[str]:
         "",
         provenance(doc),
         "",
-        "Each stage runs in a fresh process (`benchmarks/stage.py`): `convert` (import, "
-        "calibration through onnxruntime, threshold balancing) and `quantize --target sim` "
+        "Each stage runs in a fresh process (`benchmarks/stage.py`): `convert` with its "
+        "defaults (import, calibration on the graph's ANN view, threshold balancing, and the "
+        "T-aware search for T = 4, the part that takes the time) and `quantize --target sim` "
         "(integers and the overflow proof for T <= 64). Peak memory is the process's peak "
         "resident set (VmHWM: numpy and onnxruntime's native memory included); in brackets "
         "the part above the process before the stage (imports, inputs, the loaded graph). "
