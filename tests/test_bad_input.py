@@ -475,34 +475,22 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
         lambda f, w: ["convert", CNN, "--calib", CALIB, "--tune-samples", "0", "-o", w / "o.spk"],
         2,
     ),
-    "convert-no-t-aware-tune-samples": (
-        lambda f, w: [
-            "convert",
-            CNN,
-            "--calib",
-            CALIB,
-            "--no-t-aware",
-            "--tune-samples",
-            "40",
-            "-o",
-            w / "o.spk",
-        ],
-        2,
-    ),
-    "convert-no-t-aware-extra-neurons": (
-        lambda f, w: [
-            "convert",
-            CNN,
-            "--calib",
-            CALIB,
-            "--no-t-aware",
-            "--extra-neurons",
-            "1",
-            "-o",
-            w / "o.spk",
-        ],
-        2,
-    ),
+    **{  # options of the T-aware search that --no-t-aware turns off
+        f"convert-no-t-aware{option[1:]}": (
+            lambda f, w, given=[option, value]: [
+                "convert",
+                CNN,
+                "--calib",
+                CALIB,
+                "--no-t-aware",
+                *given,
+                "-o",
+                w / "o.spk",
+            ],
+            2,
+        )
+        for option, value in (("--tune-samples", "40"), ("--extra-neurons", "1"))
+    },
     "convert-percentile-200": (
         lambda f, w: ["convert", CNN, "--calib", CALIB, "--percentile", "200", "-o", w / "o.spk"],
         2,
