@@ -9,12 +9,14 @@ from tqdm import tqdm
 
 
 @contextlib.contextmanager
-def progress(total: int, desc: str, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+def progress(
+    total: int, desc: str, quiet: bool = False, unit: str = "sample"
+) -> Iterator[Callable[[int], None]]:
     """Yield an `advance(n)` callback backed by a tqdm bar (disabled off a TTY or when quiet)."""
     bar = tqdm(
         total=total,
         desc=desc,
-        unit="sample",
+        unit=unit,
         disable=True if quiet else None,
         leave=False,
         dynamic_ncols=True,

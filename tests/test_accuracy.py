@@ -157,6 +157,32 @@ def test_the_rate_code_fused_in_c_is_the_numpy_loop_to_the_bit(bipolar, split):
         assert got.dtype == expected.dtype == np.float64
 
 
+def test_the_t_aware_search_reports_its_progress_to_the_end(monkeypatch):
+    """convert's progress bar counts each neuron layer of each candidate's search, and ends
+    full: the total it announces is the work it does (the digits CNN at T = 2: searches for
+    T = 2, 4 and 8, with and without the pooled scoring, over its neuron layers)."""
+    import contextlib
+
+    import spikeport.convert.tune as tune
+    from spikeport.convert import convert
+
+    bars: list[dict] = []
+
+    @contextlib.contextmanager
+    def recording(total: int, desc: str, quiet: bool = False, unit: str = "sample"):
+        bar = {"total": total, "done": 0, "desc": desc, "quiet": quiet, "unit": unit}
+        bars.append(bar)
+        yield lambda n: bar.__setitem__("done", bar["done"] + n)
+
+    monkeypatch.setattr(tune, "progress", recording)
+    snn = convert(EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz", timesteps=2)
+    (bar,) = bars
+    searches = len(snn.meta["conversion"]["t_aware"]["candidates"]) - 1  # (the percentile one)
+    layers = sum(n.op == "if" for n in snn.nodes)
+    assert bar["total"] == bar["done"] == searches * layers > 0
+    assert bar["unit"] == "layer" and not bar["quiet"] and f"{searches} candidates" in bar["desc"]
+
+
 def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set):
     """The reason it is the default: at T = 2 the held-out accuracy of the digits CNN rises
     (measured 95.2 % -> 97.6 %, integer mode)."""

@@ -179,6 +179,7 @@ def convert_cmd(
         product_operands,
         extra_neurons,
         tune_samples,
+        quiet,
     )
     source = graph.meta["source"]
     for note in source.get("notes", []):  # what import did that the user should know

@@ -66,6 +66,7 @@ def convert(
     product_operands: str = "analog",
     extra_neurons: float = EXTRA_NEURONS,
     tune_samples: int | None = None,
+    quiet: bool = False,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -77,7 +78,8 @@ def convert(
     T-aware conversion gives the outlier features of the neurons in front of dense layers up
     to this share of a layer's features in extra neurons (split.py). `tune_samples`: the
     calibration samples T-aware conversion runs on (default: as many as its memory budget
-    allows, tune.MEMORY_BUDGET)."""
+    allows, tune.MEMORY_BUDGET). `quiet`: no progress bar for the T-aware search (it shows
+    only on a terminal anyway)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
     for name, p in (("percentile", percentile), ("input percentile", input_percentile)):
@@ -114,7 +116,7 @@ def convert(
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         snn, record = t_aware(
-            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples
+            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples, quiet
         )
         snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance

@@ -68,6 +68,7 @@ from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
+from spikeport.progress import progress
 from spikeport.sim import native
 from spikeport.sim.ops import IFNeuron
 
@@ -449,11 +450,14 @@ def t_aware(
     axes: dict[str, int],
     extra_neurons: float = split.EXTRA_NEURONS,
     samples: int | None = None,
+    quiet: bool = False,
 ) -> tuple[Graph, dict[str, object]]:
     """The float SNN converted for T (see the module docstring), and a record of the choice.
     `extra_neurons`: the outlier split's budget, a share of each split layer's features.
     `samples`: the calibration samples the search runs on (`convert --tune-samples`; default
-    _samples' memory budget), whatever memory they take.
+    _samples' memory budget), whatever memory they take. A progress bar counts the neuron
+    layers searched over all candidates (on a terminal, unless `quiet`): a 22M-parameter
+    encoder's search takes minutes.
 
     The neuron-by-neuron search scores each neuron alone; the network as a whole decides
     between the searches for T, 2T and 4T steps (EXTRA_STEPS) and the percentile conversion:
@@ -489,17 +493,19 @@ def t_aware(
     operands = [True, False] if _product_operands(snn) else [True]
     centring = [False, True] if _centring(snn, axes) else [False]
     pooling = [False, True] if _poolable(snn, axes, size(x)) else [False]
-    for t, correct, per_index, centre, pooled in itertools.product(
-        steps, corrections, operands, centring, pooling
-    ):
-        name = f"T={t}" + (", bias corrected" if correct else "")
-        name += "" if per_index else ", one threshold per product operand"
-        name += ", centred" if centre else ""
-        name += ", pooled" if pooled else ""
-        tuned = tune_thresholds(
-            snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons, moved
-        )
-        candidates[name] = _share_unchanged(tuned, snn)
+    searches = list(itertools.product(steps, corrections, operands, centring, pooling))
+    layers = sum(map(_searched, snn.nodes))
+    desc = f"T-aware search, {len(searches)} candidates"
+    with progress(len(searches) * layers, desc, quiet, "layer") as advance:
+        for t, correct, per_index, centre, pooled in searches:
+            name = f"T={t}" + (", bias corrected" if correct else "")
+            name += "" if per_index else ", one threshold per product operand"
+            name += ", centred" if centre else ""
+            name += ", pooled" if pooled else ""
+            tuned = tune_thresholds(
+                snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons, moved, advance
+            )
+            candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
     kept = _pick(scores)
@@ -599,6 +605,7 @@ def tune_thresholds(
     pooled: bool = False,
     extra_neurons: float = split.EXTRA_NEURONS,
     moved: Batch | None = None,
+    advance: Callable[[int], None] = lambda n: None,
 ) -> Graph:
     """The float SNN with every neuron's threshold, and its feeding layer's bias, searched for
     T steps, neuron by neuron on the spiking network's own inputs. `axes`: each tensor's
@@ -610,15 +617,17 @@ def tune_thresholds(
     score a neuron that only an average pooling reads on its pooled rates (_pooled_by).
     `extra_neurons`: at most this share of a layer's features in extra neurons for its
     outlier features (split.neuron_copies). `moved`: `x` with its padding's token ids
-    changed (padding.moved): the values that move with them stay out of every fit."""
+    changed (padding.moved): the values that move with them stay out of every fit.
+    `advance(1)` after each neuron layer searched (convert's progress bar)."""
     out, axes = copy.deepcopy(snn), dict(axes)  # (centring may add tensors: _border_offset)
     run = _Run(out, x, T, extra_neurons, moved)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
     for node, original in zip(list(out.nodes), snn.nodes, strict=True):
-        if node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar")):
+        if _searched(node):
             axis = axes.get(node.inputs[0], -1)
             _tune_neuron(out, run, node, axis, per_index_products, centre, pooled)
+            advance(1)
         ann_output = None
         if node.op in refit.OPS and node.inputs[0] not in run.static:
             ann_output = _refit(run, node, original)
@@ -629,6 +638,12 @@ def tune_thresholds(
             run.step(offset, _zero_twin(offset))
             axes[offset.output] = axes.get(offset.inputs[0], -1)
     return fold_offsets(out)  # a centre moves into the bias of a dense layer before it
+
+
+def _searched(node: Node) -> bool:
+    """Whether tune_thresholds searches this node's threshold: every IF neuron but the signed
+    ones that are not bipolar, which keep their percentile thresholds."""
+    return node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar"))
 
 
 def _refit(run: _Run, node: Node, ann_node: Node) -> np.ndarray | None:
