@@ -477,7 +477,7 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
     ),
     **{  # options of the T-aware search that --no-t-aware turns off
         f"convert-no-t-aware{option[1:]}": (
-            lambda f, w, given=[option, value]: [
+            lambda f, w, given=(option, value): [
                 "convert",
                 CNN,
                 "--calib",

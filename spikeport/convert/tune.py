@@ -143,7 +143,7 @@ def rate_code(
         return sum(neuron(current[None])[0] for current in currents) / len(currents)
     theta = np.asarray(theta, np.float64)
     if native.available() and currents.ndim == 3 and theta.shape == (currents.shape[1], 1):
-        # the same loop fused in C, the same values (tests/test_tune.py checks both)
+        # the same loop fused in C, the same values (tests/test_accuracy.py checks both)
         currents = np.ascontiguousarray(currents, np.float64)
         return native.rate_code(currents, np.ascontiguousarray(theta[:, 0]), bipolar)
     v = np.broadcast_to(theta / 2, currents.shape[1:]).copy()
