@@ -86,3 +86,37 @@ def test_refit_leaves_a_layer_with_too_few_rows(samples: int, tokens: int, input
     np.testing.assert_array_equal(node.params["weight"], w)
     x = np.concatenate([x, x[:1] + 1])
     assert refit.refit(node, x, x @ w.T * 2)
+
+
+def _held_out(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    return float(np.sum((x @ w - y) ** 2))
+
+
+def test_cross_validation_picks_the_fit_that_predicts_the_other_half_best() -> None:
+    """_ridge against the definition, on explicit rows: for each ridge, fit on one half
+    (towards the current weights), score the squared error on the other, both ways round;
+    the current weights are the last candidate. Noise levels from none to far above the
+    signal make different candidates win, and _ridge must name the same one every time."""
+    rng = np.random.default_rng(4)
+    picks = set()
+    for noise in (0.0, 0.3, 1.0, 3.0, 10.0, 30.0):
+        x = [np.c_[rng.normal(size=(30, 6)), np.ones(30)] for _ in range(2)]
+        old = rng.normal(size=(7, 3))
+        y = [a @ (old + 0.2) + rng.normal(scale=noise, size=(30, 3)) for a in x]
+        errors = np.zeros(len(refit.RIDGES) + 1)
+        for (xa, ya), (xb, yb) in ((x[0], y[0]), (x[1], y[1])), ((x[1], y[1]), (x[0], y[0])):
+            gram = xa.T @ xa
+            lam = np.trace(gram) / len(gram)
+            for i, r in enumerate(refit.RIDGES):
+                fit = np.linalg.solve(gram + r * lam * np.eye(7), xa.T @ ya + r * lam * old)
+                errors[i] += _held_out(xb, yb, fit)
+            errors[-1] += _held_out(xb, yb, old)
+        best = int(np.argmin(errors))
+        want = None if best == len(refit.RIDGES) else refit.RIDGES[best]
+        halves = [
+            (torch.as_tensor(a.T @ a)[None], torch.as_tensor(a.T @ b)[None])
+            for a, b in zip(x, y, strict=True)
+        ]
+        assert refit._ridge(torch.as_tensor(old)[None], halves) == want, noise
+        picks.add(want)
+    assert len(picks) >= 2, picks  # the cases tell the candidates apart
