@@ -103,8 +103,9 @@ def test_cross_validation_picks_the_fit_that_predicts_the_other_half_best() -> N
         x = [np.c_[rng.normal(size=(30, 6)), np.ones(30)] for _ in range(2)]
         old = rng.normal(size=(7, 3))
         y = [a @ (old + 0.2) + rng.normal(scale=noise, size=(30, 3)) for a in x]
+        pairs = list(zip(x, y, strict=True))  # the two halves' rows and targets
         errors = np.zeros(len(refit.RIDGES) + 1)
-        for (xa, ya), (xb, yb) in ((x[0], y[0]), (x[1], y[1])), ((x[1], y[1]), (x[0], y[0])):
+        for (xa, ya), (xb, yb) in (pairs, pairs[::-1]):
             gram = xa.T @ xa
             lam = np.trace(gram) / len(gram)
             for i, r in enumerate(refit.RIDGES):
@@ -114,8 +115,7 @@ def test_cross_validation_picks_the_fit_that_predicts_the_other_half_best() -> N
         best = int(np.argmin(errors))
         want = None if best == len(refit.RIDGES) else refit.RIDGES[best]
         halves = [
-            (torch.as_tensor(a.T @ a)[None], torch.as_tensor(a.T @ b)[None])
-            for a, b in zip(x, y, strict=True)
+            (torch.as_tensor(a.T @ a)[None], torch.as_tensor(a.T @ b)[None]) for a, b in pairs
         ]
         assert refit._ridge(torch.as_tensor(old)[None], halves) == want, noise
         picks.add(want)
