@@ -744,6 +744,13 @@ def main(argv: list[str] | None = None) -> None:
         + ", ".join(ROW_KINDS)
         + " (needs --models); each replaces the same kind in the full run's table",
     )
+    ap.add_argument(
+        "--search",
+        choices=("full", "quick"),
+        default="full",
+        help="accuracy and few_step sections: convert's --search (needs --models: the full "
+        "run's table is the default search's)",
+    )
     args = ap.parse_args(argv)
     models = args.models.split(",") if args.models else list(NETS)
     kinds = tuple(args.rows.split(",")) if args.rows else ROW_KINDS
@@ -753,6 +760,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--rows needs --models: a full run measures every kind of row")
     if unknown := [m for m in models if m not in NETS]:
         ap.error(f"--models: unknown {', '.join(unknown)} (choose from {', '.join(NETS)})")
+    if args.search != "full" and not args.models:
+        ap.error("--search needs --models: the full run's table is the default search's")
+    if args.search != "full":
+        CONVERT_OPTIONS["search"] = args.search
     if "few_step" in (args.only or []) and not set(models) & set(FEW_NETS):
         ap.error(f"--only few_step --models: choose from {', '.join(FEW_NETS)}")
     set_threads(args.threads)  # one pool for spikeport and SpikingJelly alike
@@ -764,6 +775,7 @@ def main(argv: list[str] | None = None) -> None:
         + " ".join(f"--only {n}" for n in args.only or [])
         + (f" --models {args.models}" if args.models else "")
         + (f" --rows {args.rows}" if args.rows else "")
+        + (f" --search {args.search}" if args.search != "full" else "")
     ).strip() + (f" --threads {args.threads}" if "--threads" in (argv or sys.argv) else "")
     results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
     results.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,32 @@ def test_t_aware_conversion_is_deterministic_and_recorded():
     assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), thresholds(base), strict=True))
 
 
+def test_quick_search_runs_the_search_for_t_alone(monkeypatch):
+    """`convert --search quick`: one pass over the network, the search for T, beside the
+    percentile conversion; that candidate is the full search's own "T=2", to the bit (the
+    full search runs more candidates, it does not run this one otherwise)."""
+    import spikeport.convert.tune as tune
+    from spikeport.convert import convert
+
+    model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
+    passes = []
+    search = tune.tune_thresholds
+    monkeypatch.setattr(
+        tune, "tune_thresholds", lambda *a, **k: passes.append(1) or search(*a, **k)
+    )
+    monkeypatch.setattr(tune, "_pick", lambda scores: "T=2")  # compare the same candidate
+    quick = convert(model, calib, timesteps=2, search="quick")
+    record = quick.meta["conversion"]["t_aware"]
+    assert record["search"] == "quick" and set(record["candidates"]) == {"percentile", "T=2"}
+    assert len(passes) == 1
+    full = convert(model, calib, timesteps=2)
+    assert len(full.meta["conversion"]["t_aware"]["candidates"]) > 2 and len(passes) > 2
+    assert full.meta["conversion"]["t_aware"]["search"] == "full"
+    for a, b in zip(quick.nodes, full.nodes, strict=True):
+        assert a.params.keys() == b.params.keys()
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
 def test_tune_samples_sets_the_search_data_past_the_memory_budget(tmp_path, monkeypatch):
     """By default the search keeps as many calibration samples as its memory budget allows
     and convert says when it leaves some out; `--tune-samples N` runs it on the first N

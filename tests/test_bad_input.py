@@ -489,8 +489,16 @@ OPTION_CASES: dict[str, tuple[Args, int]] = {
             ],
             2,
         )
-        for option, value in (("--tune-samples", "40"), ("--extra-neurons", "1"))
+        for option, value in (
+            ("--tune-samples", "40"),
+            ("--extra-neurons", "1"),
+            ("--search", "quick"),
+        )
     },
+    "convert-search-unknown": (
+        lambda f, w: ["convert", CNN, "--calib", CALIB, "--search", "fast", "-o", w / "o.spk"],
+        2,
+    ),
     "convert-percentile-200": (
         lambda f, w: ["convert", CNN, "--calib", CALIB, "--percentile", "200", "-o", w / "o.spk"],
         2,

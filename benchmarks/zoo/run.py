@@ -12,7 +12,8 @@ T-aware conversion (the default, `--t-aware` here) searches every neuron's thres
 took 2 to 9 minutes a model on 2 shared cores (resnet10t 125 s, resnet18 246 s, resnet50
 526 s, all passing), which made the whole zoo several hours.
 
-    python benchmarks/zoo/run.py [--only NAME ... [--update]] [--budget 600] [--jobs 2] [--t-aware]
+    python benchmarks/zoo/run.py [--only NAME ... [--update]] [--budget 600] [--jobs 2]
+                                 [--t-aware [--search quick]]
 """
 
 from __future__ import annotations
@@ -308,6 +309,13 @@ def main() -> None:
         "minutes per model here) instead of --no-t-aware",
     )
     ap.add_argument(
+        "--search",
+        choices=("full", "quick"),
+        default="full",
+        help="with --t-aware: convert's --search (quick: the search for T alone, for the "
+        "models whose full search runs past the budget)",
+    )
+    ap.add_argument(
         "--update",
         action="store_true",
         help="with --only: replace those rows in results.json, keep the others",
@@ -320,7 +328,9 @@ def main() -> None:
     entries = [e for e in _manifest().values() if not a.only or e["name"] in a.only]
     todo = [e for e in entries if "build_error" not in e]
     end = time.time() + a.total
-    flags = () if a.t_aware else ("--no-t-aware",)
+    if a.search != "full" and not a.t_aware:
+        raise SystemExit("error: --search needs --t-aware (the zoo converts --no-t-aware)")
+    flags = ("--no-t-aware",) if not a.t_aware else ("--search", a.search) * (a.search != "full")
 
     def one(i: int, e: dict) -> Row:
         # a slow model may not eat the others' time: each later one keeps at least MIN_EACH

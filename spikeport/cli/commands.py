@@ -17,7 +17,7 @@ from spikeport.cli.main import (
 from spikeport.convert import DEFAULT_PERCENTILE, DEFAULT_TIMESTEPS, convert
 from spikeport.convert.balance import DEFAULT_INPUT_PERCENTILE, PRODUCT_OPERANDS
 from spikeport.convert.split import EXTRA_NEURONS
-from spikeport.convert.tune import MEMORY_BUDGET, TUNE_SAMPLES
+from spikeport.convert.tune import MEMORY_BUDGET, SEARCHES, TUNE_SAMPLES
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
@@ -140,6 +140,15 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     f"they take (default: as many as {MEMORY_BUDGET >> 20} MiB a tensor holds, at most "
     f"{TUNE_SAMPLES}; convert says when it leaves samples out).",
 )
+@click.option(
+    "--search",
+    type=click.Choice(SEARCHES),
+    default="full",
+    show_default=True,
+    help="T-aware: full: every candidate (searches for T, 2T and 4T steps, with and without "
+    "bias correction, centring and pooled scoring), the calibration data picks one; quick: "
+    "the search for T alone, for large models (README: conversion time).",
+)
 @OUT
 @QUIET
 def convert_cmd(
@@ -157,6 +166,7 @@ def convert_cmd(
     product_operands: str,
     extra_neurons: float,
     tune_samples: int | None,
+    search: str,
     output: str,
     quiet: bool,
 ) -> None:
@@ -180,6 +190,7 @@ def convert_cmd(
         extra_neurons,
         tune_samples,
         quiet,
+        search,
     )
     source = graph.meta["source"]
     for note in source.get("notes", []):  # what import did that the user should know
@@ -187,7 +198,10 @@ def convert_cmd(
     save(graph, output)
     n = sum(1 for node in graph.nodes if node.op == "if")
     tuned = graph.meta["conversion"].get("t_aware")
-    how = f"T-aware for T={timesteps}, kept {tuned['kept']}" if tuned else "percentile only"
+    how = "percentile only"
+    if tuned:
+        quick = " (quick search)" if tuned.get("search") == "quick" else ""
+        how = f"T-aware{quick} for T={timesteps}, kept {tuned['kept']}"
     if copies := (tuned or {}).get("split_neurons"):  # convert/split.py
         extra = sum(copies.values())
         how += (

@@ -19,7 +19,7 @@ from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.fold import fold_offsets
 from spikeport.convert.onnx_import import import_onnx
 from spikeport.convert.split import EXTRA_NEURONS, MAX_COPIES
-from spikeport.convert.tune import t_aware
+from spikeport.convert.tune import SEARCHES, t_aware
 from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz
@@ -67,6 +67,7 @@ def convert(
     extra_neurons: float = EXTRA_NEURONS,
     tune_samples: int | None = None,
     quiet: bool = False,
+    search: str = "full",
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -78,7 +79,9 @@ def convert(
     T-aware conversion gives the outlier features of the neurons in front of dense layers up
     to this share of a layer's features in extra neurons (split.py). `tune_samples`: the
     calibration samples T-aware conversion runs on (default: as many as its memory budget
-    allows, tune.MEMORY_BUDGET). `quiet`: no progress bar for the T-aware search (it shows
+    allows, tune.MEMORY_BUDGET). `search` (tune.SEARCHES): "full", every T-aware candidate, or
+    "quick", the search for T alone (a large image's conversion in a fraction of the time).
+    `quiet`: no progress bar for the T-aware search (it shows
     only on a terminal anyway)."""
     if timesteps < 1:
         raise BadInput(f"-T must be at least 1, got {timesteps}")
@@ -89,9 +92,12 @@ def convert(
         raise BadInput(f"--extra-neurons must be in [0, {MAX_COPIES - 1}], got {extra_neurons}")
     if tune_samples is not None and tune_samples < 1:
         raise BadInput(f"--tune-samples must be at least 1, got {tune_samples}")
+    if search not in SEARCHES:
+        raise BadInput(f"--search must be one of {SEARCHES}, got '{search}'")
     if not tune:  # options of the search it turns off: refused, not silently dropped
         given = [n for n, v in (("--extra-neurons", extra_neurons != EXTRA_NEURONS),
-                                ("--tune-samples", tune_samples is not None)) if v]  # fmt: skip
+                                ("--tune-samples", tune_samples is not None),
+                                ("--search", search != "full")) if v]  # fmt: skip
         if given:
             raise BadInput(
                 f"{' and '.join(given)} set{'s' * (len(given) == 1)} the T-aware search, "
@@ -116,7 +122,7 @@ def convert(
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         snn, record = t_aware(
-            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples, quiet
+            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples, quiet, search
         )
         snn.meta["conversion"]["t_aware"] = record
     snn.meta["calibration"] = data.provenance

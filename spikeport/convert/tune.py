@@ -98,6 +98,16 @@ SCORE_BYTES = 2**26
 # at T = 16 from 0.9823 to 0.9757 (64 test sentences, 2026-12-04): its pick on 64
 # calibration sentences did not carry over, at twice the conversion time.
 EXTRA_STEPS = {2: 16, 4: 8}
+# `convert --search`: "full" runs every candidate t_aware describes (the searches for T, 2T and
+# 4T steps, each with and without bias correction, centring, pooled scoring and per-index
+# thresholds where the graph has such neurons: up to 16 passes over the network), "quick" the
+# search for T alone (one pass; refit, bias shifts and the outlier split still run). The
+# candidates earn their time: on benchmarks/cnn_family.py's 15 nets (integer mode, test split,
+# 2026-12-05) quick changed accuracy by -4.6 / -0.8 / -0.6 / -0.3 points on average at T = 1 /
+# 2 / 4 / 8 (worst -14.6 / -4.3 / -3.3 / -2.2: relu6:7 at T = 1, hswish_se:8), for 3 to 12 times
+# less conversion time. So quick is the user's choice for models the full search is too slow
+# on (a 416x416 detector: README), not a default.
+SEARCHES = ("full", "quick")
 SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
 # and at most this many values over all channels and steps: the search's cost. 2^23 made
 # the search most of a ResNet-50's conversion (64x64, 16 samples: several minutes on one
@@ -451,13 +461,15 @@ def t_aware(
     extra_neurons: float = split.EXTRA_NEURONS,
     samples: int | None = None,
     quiet: bool = False,
+    search: str = "full",
 ) -> tuple[Graph, dict[str, object]]:
     """The float SNN converted for T (see the module docstring), and a record of the choice.
     `extra_neurons`: the outlier split's budget, a share of each split layer's features.
     `samples`: the calibration samples the search runs on (`convert --tune-samples`; default
     _samples' memory budget), whatever memory they take. A progress bar counts the neuron
     layers searched over all candidates (on a terminal, unless `quiet`): a 22M-parameter
-    encoder's search takes minutes.
+    encoder's search takes minutes. `search` (SEARCHES): "full", the candidates below;
+    "quick", the search for T alone beside the percentile conversion (QUICK).
 
     The neuron-by-neuron search scores each neuron alone; the network as a whole decides
     between the searches for T, 2T and 4T steps (EXTRA_STEPS) and the percentile conversion:
@@ -483,16 +495,19 @@ def t_aware(
     does that of CNNs with bipolar neurons in front of convolutions (hardswish, SiLU,
     LeakyReLU, squeeze-excitation products; CENTRED_CONVS).
     """
-    steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if k * T <= most})
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    full = search == "full"
+    steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if full and k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
     given = size(x)
     x = _samples(snn, x, max(steps), samples)
     moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
     candidates = {"percentile": snn}
-    corrections = [False, True] if _corrected(snn) else [False]
-    operands = [True, False] if _product_operands(snn) else [True]
-    centring = [False, True] if _centring(snn, axes) else [False]
-    pooling = [False, True] if _poolable(snn, axes, size(x)) else [False]
+    corrections = [False, True] if full and _corrected(snn) else [False]
+    operands = [True, False] if full and _product_operands(snn) else [True]
+    centring = [False, True] if full and _centring(snn, axes) else [False]
+    pooling = [False, True] if full and _poolable(snn, axes, size(x)) else [False]
     searches = list(itertools.product(steps, corrections, operands, centring, pooling))
     layers = sum(map(_searched, snn.nodes))
     desc = f"T-aware search, {len(searches)} candidates"
@@ -512,6 +527,7 @@ def t_aware(
     base = {n.name: n for n in snn.nodes}
     record: dict[str, object] = {
         "T": T,
+        "search": search,
         "samples": size(x),
         "calibration_samples": given,  # of which the search ran on `samples`
         # whether padding that no output reads was left out of the fit (padding.py)
