@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from spikeport.cli.main import (
@@ -31,6 +33,13 @@ discover()  # every target registers its quantize profile before --target lists 
 OUT = click.option(
     "-o", "--output", "output", required=True, callback=output_file, help="Output file."
 )
+
+
+def _choice(flag: str, choices: tuple[str, ...], default: str, help: str) -> Callable:
+    """A click option that takes one of `choices`, its default shown in --help."""
+    return click.option(
+        flag, type=click.Choice(choices), default=default, show_default=True, help=help
+    )
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -114,12 +123,11 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     help="Choose each neuron's threshold for -T on the SNN's own inputs, with a bias "
     "correction (README: T-aware conversion); --no-t-aware keeps the percentile thresholds.",
 )
-@click.option(
+@_choice(
     "--product-operands",
-    type=click.Choice(PRODUCT_OPERANDS),
-    default="analog",
-    show_default=True,
-    help="Transformers: what a product of two activations (Q K^T, P V) reads: its operands' "
+    PRODUCT_OPERANDS,
+    "analog",
+    "Transformers: what a product of two activations (Q K^T, P V) reads: its operands' "
     "running sums (analog, like LayerNorm and softmax) or a bipolar IF neuron's spikes.",
 )
 @click.option(
@@ -140,12 +148,11 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     f"they take (default: as many as {MEMORY_BUDGET >> 20} MiB a tensor holds, at most "
     f"{TUNE_SAMPLES}; convert says when it leaves samples out).",
 )
-@click.option(
+@_choice(
     "--search",
-    type=click.Choice(SEARCHES),
-    default="full",
-    show_default=True,
-    help="T-aware: full: every candidate (searches for T, 2T and 4T steps, with and without "
+    SEARCHES,
+    "full",
+    "T-aware: full: every candidate (searches for T, 2T and 4T steps, with and without "
     "bias correction, centring and pooled scoring), the calibration data picks one; quick: "
     "the search for T alone, for large models (README: conversion time).",
 )
