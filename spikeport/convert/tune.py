@@ -104,9 +104,9 @@ EXTRA_STEPS = {2: 16, 4: 8}
 # search for T alone (one pass; refit, bias shifts and the outlier split still run). The
 # candidates earn their time: on benchmarks/cnn_family.py's 15 nets (integer mode, test split,
 # 2026-12-05) quick changed accuracy by -4.6 / -0.8 / -0.6 / -0.3 points on average at T = 1 /
-# 2 / 4 / 8 (worst -14.6 / -4.3 / -3.3 / -2.2: relu6:7 at T = 1, hswish_se:7 and :8), for 2 to
-# 17 times less conversion time. So quick is the user's choice for models the full search is too slow
-# on (a 416x416 detector: README), not a default.
+# 2 / 4 / 8 (worst -14.6 / -4.3 / -3.3 / -2.2: relu6:7 at T = 1, hswish_se:7 and :8), for 2
+# to 17 times less conversion time. So quick is the user's choice for models the full search
+# is too slow on (a 416x416 detector: README), not a default.
 SEARCHES = ("full", "quick")
 SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
 # and at most this many values over all channels and steps: the search's cost. 2^23 made

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from spikeport.batch import Batch, is_integer, named, size, take
 from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import ELEMENT_MOVES, attr, keeps_channels, value_source
+from spikeport.ir.ops import ELEMENT_MOVES, attr, keeps_channels, spike_levels, value_source
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
@@ -50,12 +51,38 @@ from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.kinds import SDN, SDN_LEVEL_BITS, SDN_VTH_DIVISORS, kind_of, set_kind
 
+if TYPE_CHECKING:
+    from spikeport.sim import Simulator
+
 DEFAULT_MAX_TIMESTEPS = 64
 ADD_OUT_BITS = 16  # an add's output scale: its calibrated peak spans 2^16 integer steps
 ADD_MULT_BITS = 16  # the precision of an add's multipliers (wider only where _widening needs)
 FINE_MULT_BITS = 7  # what a widened add's finest multiplier carries
 INT64_SAFE = 2.0**62  # an add's sum of products, in int64 with a bit of headroom
 MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to the layer's largest
+
+
+def _clipped_view(graph: Graph) -> Simulator:
+    """The graph's ANN view with every IF neuron clipped to the range its rate can code
+    (+-theta times its levels; 0 up for an unsigned one): the values the spiking network can
+    carry. Unclipped, a T-aware graph's view drifts from the ANN where refitted weights meet
+    the ANN's own activations (README: weight refit)."""
+    from spikeport.sim import Simulator  # (spikeport.sim imports this package)
+    from spikeport.sim.ops import Stateless
+
+    sim = Simulator(graph, "ann")  # (its IF neurons run their reference kernels, wrapped here)
+
+    def clipped(node: Node, k: Callable) -> Callable:
+        if node.op != "if" or kind_of(node) == SDN:  # (SDN sends changes, not a rate)
+            return k
+        top = node.params["threshold"].astype(np.float64) * spike_levels(node)
+        low = -top if node.attrs.get("bipolar") or node.attrs.get("signed") else 0.0
+        return Stateless(lambda x: np.clip(k(x), low, top))
+
+    sim.kernels = [(n, clipped(n, k)) for n, k in sim.kernels]
+    return sim
+
+
 PEAK_SAMPLES, PEAK_BATCH = 256, 16  # calibrated peaks: this many samples, in batches of this
 
 
@@ -78,9 +105,7 @@ class _Ctx:
         observer sees every tensor and keeps none): recording every tensor of all
         PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
         if self._peaks is None:
-            from spikeport.sim import Simulator
-
-            sim, peaks, sums = Simulator(self.graph, "ann"), {}, self._sums
+            sim, peaks, sums = _clipped_view(self.graph), {}, self._sums
             averaged = {  # the tensors whose means _mean_error reads
                 n.inputs[0]
                 for n in self.graph.nodes
