@@ -66,6 +66,7 @@ from resnet import resnet18_onnx  # noqa: E402
 from spikeport.batch import take  # noqa: E402
 from spikeport.convert import convert  # noqa: E402
 from spikeport.convert.pipeline import import_model, sample_shapes  # noqa: E402
+from spikeport.convert.tune import SEARCHES  # noqa: E402
 from spikeport.data import load_data  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
 from spikeport.eval.evaluate import source_model  # noqa: E402
@@ -746,7 +747,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--search",
-        choices=("full", "quick"),
+        choices=SEARCHES,
         default="full",
         help="accuracy and few_step sections: convert's --search (needs --models: the full "
         "run's table is the default search's)",

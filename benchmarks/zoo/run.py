@@ -310,7 +310,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--search",
-        choices=("full", "quick"),
+        choices=("full", "quick"),  # spikeport.convert.tune.SEARCHES (this process stays light)
         default="full",
         help="with --t-aware: convert's --search (quick: the search for T alone, for the "
         "models whose full search runs past the budget)",
