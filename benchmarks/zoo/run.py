@@ -330,7 +330,9 @@ def main() -> None:
     end = time.time() + a.total
     if a.search != "full" and not a.t_aware:
         raise SystemExit("error: --search needs --t-aware (the zoo converts --no-t-aware)")
-    flags = ("--no-t-aware",) if not a.t_aware else ("--search", a.search) * (a.search != "full")
+    flags: tuple[str, ...] = () if a.t_aware else ("--no-t-aware",)
+    if a.search != "full":
+        flags = ("--search", a.search)
 
     def one(i: int, e: dict) -> Row:
         # a slow model may not eat the others' time: each later one keeps at least MIN_EACH

@@ -207,7 +207,7 @@ def convert_cmd(
     tuned = graph.meta["conversion"].get("t_aware")
     how = "percentile only"
     if tuned:
-        quick = " (quick search)" if tuned.get("search") == "quick" else ""
+        quick = " (quick search)" if tuned["search"] == "quick" else ""
         how = f"T-aware{quick} for T={timesteps}, kept {tuned['kept']}"
     if copies := (tuned or {}).get("split_neurons"):  # convert/split.py
         extra = sum(copies.values())
