@@ -133,22 +133,27 @@ BIAS_OWNERS = {"dense": "bias", "conv2d": "bias", "conv_transpose2d": "bias", "l
 
 
 def rate_code(
-    currents: np.ndarray, theta: np.ndarray, bipolar: bool, levels: int = 1, copies: int = 1
+    currents: np.ndarray,
+    theta: np.ndarray,
+    bipolar: bool,
+    levels: int = 1,
+    copies: int = 1,
+    signed: bool = False,
 ) -> np.ndarray:
     """The T-step rate code, in real units (sum of counts * theta / T), of the float
-    simulator's own IF neurons (reset by subtraction, v0 = theta / 2; bipolar, or unsigned)
-    with `levels` levels a step and thresholds `theta` (C, 1), driven by `currents` (T, C, M).
-    Binary neurons run the same float operations in place (the search's hot loop: 34 rate
-    codes a neuron), fused in C where native kernels build (native.rate_code, the same
-    values); graded ones run ops.IFNeuron itself. `copies` k: the mean code of k
-    neurons per channel, staggered (split.py)."""
+    simulator's own IF neurons (reset by subtraction, v0 = theta / 2; bipolar, signed or
+    unsigned) with `levels` levels a step and thresholds `theta` (C, 1), driven by `currents`
+    (T, C, M). Unsigned and bipolar binary neurons run the same float operations in place (the
+    search's hot loop: 34 rate codes a neuron), fused in C where native kernels build
+    (native.rate_code, the same values); graded and signed ones run ops.IFNeuron itself.
+    `copies` k: the mean code of k neurons per channel, staggered (split.py)."""
     if copies > 1:
         T = len(currents)
         codes = [rate_code(currents + split.stagger(j, copies) * theta / T, theta, bipolar, levels)
                  for j in range(copies)]  # fmt: skip
         return sum(codes) / copies
-    if levels != 1:
-        neuron = IFNeuron(theta, False, False, currents.shape[1:], bipolar=bipolar, levels=levels)
+    if levels != 1 or signed:
+        neuron = IFNeuron(theta, signed, False, currents.shape[1:], bipolar=bipolar, levels=levels)
         neuron.reset(1)
         return sum(neuron(current[None])[0] for current in currents) / len(currents)
     theta = np.asarray(theta, np.float64)
@@ -181,6 +186,7 @@ def search(
     levels: int = 1,
     pool: Callable[[np.ndarray], np.ndarray] | None = None,
     copies: int = 1,
+    signed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per channel (row of `target` (C, M); `currents` (T, C, M)), the threshold and the bias
     shift (zero unless `shifts`) whose rate code has the least error, and that error.
@@ -188,7 +194,8 @@ def search(
     `levels` (a graded neuron's full step carries levels * theta), then REFINE between the
     grid neighbours of each channel's best. With `pool` ((C, M) -> (C, M')), the error is
     that of the pooled rates against the pooled activations; with `copies` k, that of k
-    staggered neurons a channel (split.py)."""
+    staggered neurons a channel (split.py); `signed`: the signed variant's code (which may
+    take back a spike it fired, ops.IFNeuron)."""
     T = len(currents)
     # once here, not in each of the 34 rate codes (native.rate_code reads contiguous doubles)
     currents = np.ascontiguousarray(currents, np.float64)
@@ -201,7 +208,8 @@ def search(
     def consider(theta: np.ndarray, shift: np.ndarray) -> None:
         nonlocal best_theta, best_shift, best_err
         moved = currents + shift[None, :, None] if np.any(shift) else currents
-        err = _error(pool(rate_code(moved, theta[:, None], bipolar, levels, copies)), target)
+        rates = rate_code(moved, theta[:, None], bipolar, levels, copies, signed)
+        err = _error(pool(rates), target)
         better = err < best_err
         best_theta, best_shift = (
             np.where(better, theta, best_theta),
@@ -657,9 +665,8 @@ def tune_thresholds(
 
 
 def _searched(node: Node) -> bool:
-    """Whether tune_thresholds searches this node's threshold: every IF neuron but the signed
-    ones that are not bipolar, which keep their percentile thresholds."""
-    return node.op == "if" and not (node.attrs.get("signed") and not node.attrs.get("bipolar"))
+    """Whether tune_thresholds searches this node's threshold: every IF neuron."""
+    return node.op == "if"
 
 
 def _refit(run: _Run, node: Node, ann_node: Node) -> np.ndarray | None:
@@ -758,7 +765,9 @@ def _tune_neuron(
     shifts = owner is not None and (layout == "channel" or channels == 1)
     shifts = shifts and owner.params[BIAS_OWNERS[owner.op]].shape == (channels,)
     levels = spike_levels(node)
-    theta, shift, err = search(currents, target, start, bipolar, shifts, levels, pool)
+    signed = bool(node.attrs.get("signed")) and not bipolar
+    theta, shift, err = search(currents, target, start, bipolar, shifts, levels, pool,
+                               signed=signed)  # fmt: skip
     middles = None
     if centre and layout == "channel" and _centrable(graph, node, axis, run.static):
         # the search again on x - c, c the middle of each feature's range: where that rounds
