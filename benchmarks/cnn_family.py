@@ -2,6 +2,7 @@
 trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
+        [--signed]
     # writes benchmarks/results/cnn_family.json and prints a markdown table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
@@ -18,7 +19,8 @@ Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam,
 decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
 scored on digits_test (never trained on or calibrated with). `--sj` adds SpikingJelly's best
 recipe at each T where it converts the module (ReLU only). `--quick` adds the same rows
-converted with `convert --search quick` (README: conversion time). `--finetune` adds issue #16's
+converted with `convert --search quick` (README: conversion time), `--signed` with
+`convert --signed` (signed spikes: the C target's; README). `--finetune` adds issue #16's
 fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
 `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr 0.003,
 `--shift 1` or the `--shift` given here), quantized and scored in integer mode. No download.
@@ -143,15 +145,15 @@ def make(arch: str, seed: int, out: Path) -> tuple[nn.Module, Path]:
     return model, path
 
 
-def spikeport_row(path: Path, search: str = "full") -> dict[str, float]:
-    """`convert -T T [--search quick]` -> `quantize --target sim` -> `eval -T T`, integer
-    mode, each T; and "convert_seconds", the four conversions' time."""
+def spikeport_row(path: Path, search: str = "full", signed: bool = False) -> dict[str, float]:
+    """`convert -T T [--search quick] [--signed]` -> `quantize --target sim` -> `eval -T T`,
+    integer mode, each T; and "convert_seconds", the four conversions' time."""
     test = load_data(SPLITS["test"], labels=True)
     x_calib = load_data(SPLITS["calib"]).x
     row: dict[str, float] = {"convert_seconds": 0.0}
     for t in TS:
         t0 = time.perf_counter()
-        snn = convert(path, SPLITS["calib"], timesteps=t, search=search)
+        snn = convert(path, SPLITS["calib"], timesteps=t, search=search, signed=signed)
         row["convert_seconds"] += time.perf_counter() - t0
         graph = quantize(snn, x_calib, get_profile("sim"))
         row[str(t)] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
+    ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
@@ -226,6 +229,7 @@ def main() -> None:
             row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
             row["spikeport"] = spikeport_row(path)
             row["spikeport_quick"] = spikeport_row(path, "quick") if args.quick else None
+            row["spikeport_signed"] = spikeport_row(path, signed=True) if args.signed else None
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
             row["finetuned_T2"] = finetuned_row(path, args.shift) if args.finetune else None
             row["seconds"] = time.perf_counter() - t0
@@ -241,9 +245,9 @@ def main() -> None:
 def _line(row: dict[str, Any]) -> str:
     acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in TS)
     line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
-    if row.get("spikeport_quick"):
-        quick = " / ".join(f"{100 * row['spikeport_quick'][str(t)]:.2f}" for t in TS)
-        line += f"; --search quick: {quick}"
+    for key, flag in (("spikeport_quick", "--search quick"), ("spikeport_signed", "--signed")):
+        if row.get(key):
+            line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in TS)
     if row.get("finetuned_T2"):
         seeds = " / ".join(f"{100 * a:.2f}" for a in row["finetuned_T2"].values())
         line += f"; fine-tuned T = 2, seeds 0 / 1 / 2: {seeds}"
@@ -258,6 +262,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         methods = {
             "spikeport": r["spikeport"],
             "spikeport, `--search quick`": r.get("spikeport_quick"),
+            "spikeport, `--signed`": r.get("spikeport_signed"),
             "SpikingJelly best": r["spikingjelly_best"],
         }
         for name, accs in methods.items():
