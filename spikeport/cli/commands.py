@@ -86,7 +86,12 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     show_default=True,
     help="One threshold per channel or one per layer.",
 )
-@click.option("--signed", is_flag=True, help="Signed spikes (neurons may emit -1).")
+@click.option(
+    "--signed",
+    is_flag=True,
+    help="Signed spikes: a neuron may take a spike back (-1). Few-step accuracy up on deep "
+    "CNNs; the C target alone runs them.",
+)
 @click.option(
     "--input-percentile",
     type=PERCENTILE,
