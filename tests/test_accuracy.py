@@ -230,6 +230,29 @@ def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set, signed):
     assert all(not np.array_equal(a, b) for a, b in zip(*theta.values(), strict=True))
 
 
+def test_signed_conversion_for_one_step_is_the_unsigned_one_with_signed_neurons(test_set):
+    """At T = 1 a signed neuron never takes a spike back, so `convert -T 1 --signed` is the
+    unsigned conversion, parameter for parameter, with every (non-bipolar) neuron signed."""
+    from spikeport.convert import convert
+
+    model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
+    plain, signed = (convert(model, calib, timesteps=1, signed=s) for s in (False, True))
+    assert [n.name for n in plain.nodes] == [n.name for n in signed.nodes]
+    for a, b in zip(plain.nodes, signed.nodes, strict=True):
+        assert a.params.keys() == b.params.keys()
+        assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+        if a.op == "if":
+            assert not a.attrs["signed"] and b.attrs["signed"]
+    assert signed.meta["conversion"]["signed_spikes"] is True
+    records = (g.meta["conversion"]["t_aware"]["candidates"] for g in (plain, signed))
+    assert next(records) == next(records)  # the 2- and 4-step candidates too
+    x = test_set.x[:64]
+    np.testing.assert_array_equal(
+        simulate(plain, x, 1, "float").outputs[plain.outputs[0]],
+        simulate(signed, x, 1, "float").outputs[signed.outputs[0]],
+    )
+
+
 def test_the_pick_between_candidates_trusts_agreement_only_beyond_its_noise():
     """T-aware conversion keeps the candidate of least error unless another agrees with the
     ANN's top class on significantly more of the same samples (a paired count)."""

@@ -285,6 +285,16 @@ def balance_thresholds(
     return check_graph(out)
 
 
+def sign_neurons(graph: Graph) -> Graph:
+    """Make every IF neuron that is not bipolar the signed variant (`convert --signed`), in
+    place, and say so in the conversion record."""
+    for n in graph.nodes:
+        if n.op == "if" and not n.attrs.get("bipolar"):
+            n.attrs = {**n.attrs, "signed": True}
+    graph.meta["conversion"]["signed_spikes"] = True
+    return graph
+
+
 def grade_neurons(graph: Graph, spike_bits: int, layers: dict[str, int] | None = None) -> Graph:
     """Give every neuron `spike_bits` b (`layers`: per-node overrides by name), in place.
 

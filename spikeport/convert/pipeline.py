@@ -14,6 +14,7 @@ from spikeport.convert.balance import (
     balance_thresholds,
     channel_axes,
     grade_neurons,
+    sign_neurons,
 )
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.fold import fold_offsets
@@ -116,8 +117,13 @@ def convert(
         raise BadInput(f"--product-operands must be one of {PRODUCT_OPERANDS}")
     lowest = min(percentile, input_percentile)
     stats = collect(ann, runner, data.x, lowest, product_operands=product_operands)
+    # At one step a signed neuron is the unsigned one (it has fired nothing it could take
+    # back), so the search for T = 1 runs on unsigned neurons and they are signed after it.
+    # Searched signed, its 2- and 4-step candidates differed: on the held-out CNN family
+    # (benchmarks/cnn_family.py --signed) T = 1 lost 0.90 points on average, none gained.
+    signed_search = signed and not (tune and timesteps == 1)
     snn = balance_thresholds(
-        ann, stats, percentile, per_channel, signed, input_percentile, product_operands
+        ann, stats, percentile, per_channel, signed_search, input_percentile, product_operands
     )
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
@@ -125,6 +131,8 @@ def convert(
             snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples, quiet, search
         )
         snn.meta["conversion"]["t_aware"] = record
+    if signed and not signed_search:
+        sign_neurons(snn)
     snn.meta["calibration"] = data.provenance
     snn.meta["default_timesteps"] = timesteps
     snn.meta["spikeport_version"] = __version__
