@@ -149,8 +149,8 @@ def rate_code(
     `copies` k: the mean code of k neurons per channel, staggered (split.py)."""
     if copies > 1:
         T = len(currents)
-        codes = [rate_code(currents + split.stagger(j, copies) * theta / T, theta, bipolar, levels)
-                 for j in range(copies)]  # fmt: skip
+        codes = [rate_code(currents + split.stagger(j, copies) * theta / T, theta, bipolar, levels,
+                           signed=signed) for j in range(copies)]  # fmt: skip
         return sum(codes) / copies
     if levels != 1 or signed:
         neuron = IFNeuron(theta, signed, False, currents.shape[1:], bipolar=bipolar, levels=levels)

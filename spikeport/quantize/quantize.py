@@ -64,9 +64,10 @@ MIN_CHANNEL_SCALE = 2.0**-8  # smallest per-channel weight scale, relative to th
 
 def _clipped_view(graph: Graph) -> Simulator:
     """The graph's ANN view with every IF neuron clipped to the range its rate can code
-    (+-theta times its levels; 0 up for an unsigned one): the values the spiking network can
-    carry. Unclipped, a T-aware graph's view drifts from the ANN where refitted weights meet
-    the ANN's own activations (README: weight refit)."""
+    (+-theta times its levels for a bipolar one; 0 up for the others, whose count never goes
+    below 0, signed ones included): the values the spiking network can carry. Unclipped, a
+    T-aware graph's view drifts from the ANN where refitted weights meet the ANN's own
+    activations (README: weight refit)."""
     from spikeport.sim import Simulator  # (spikeport.sim imports this package)
     from spikeport.sim.ops import Stateless
 
@@ -76,7 +77,7 @@ def _clipped_view(graph: Graph) -> Simulator:
         if node.op != "if" or kind_of(node) == SDN:  # (SDN sends changes, not a rate)
             return k
         top = node.params["threshold"].astype(np.float64) * spike_levels(node)
-        low = -top if node.attrs.get("bipolar") or node.attrs.get("signed") else 0.0
+        low = -top if node.attrs.get("bipolar") else 0.0
         return Stateless(lambda x: np.clip(k(x), low, top))
 
     sim.kernels = [(n, clipped(n, k)) for n, k in sim.kernels]
