@@ -51,14 +51,18 @@ import provenance  # noqa: E402
 from make_digits import accuracy, train  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
-from spikeport.data import load_data  # noqa: E402
+from spikeport.data import Dataset, load_data  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
 from spikeport.finetune import Settings, finetune, teacher_model  # noqa: E402
+from spikeport.finetune.train import Teacher  # noqa: E402
+from spikeport.ir.graph import Graph  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
 
 TS = [1, 2, 4, 8]
 EPOCHS = 60
 SPLITS = {s: EX / f"digits_{s}.npz" for s in ("train", "calib", "test")}
+# the rows with one accuracy per fine-tuning seed, and what the tables call them
+PER_SEED = {"finetuned_T2": "fine-tuned T=2", "ceiling_T2": "rate-coded ANN of T=2"}
 DEFAULT_NETS = (
     "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,"
     "relu_dw:8,relu_dw:9,relu6:8,hswish_se:8,silu_se:8,resnet:2,resnet:3,resnet:4,cnn_bn:2"
@@ -160,27 +164,54 @@ def spikeport_row(path: Path, search: str = "full", signed: bool = False) -> dic
     return row
 
 
+def _recipe(seed: int, shift: int) -> Settings:
+    """benchmarks/run.py's few-step recipe at run.FEW_T for `seed`, with `--shift shift`."""
+    import run
+
+    _, distill, _, epochs = run.FEW_LONG_SHIFTED  # the shift itself: --shift
+    return Settings(T=run.FEW_T, epochs=epochs, lr=run.FEW_LR, seed=seed, distill=distill,
+                    shift=shift)  # fmt: skip
+
+
+def _few_step_start(path: Path) -> tuple[Graph, Dataset, Teacher]:
+    """The T-aware `convert -T 2` fine-tuning starts from, its training set and teacher."""
+    import run
+
+    snn = convert(path, SPLITS["calib"], timesteps=run.FEW_T)
+    train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
+    return snn, train_set, teacher_model(snn, path)
+
+
 def finetuned_row(path: Path, shift: int) -> dict[str, float]:
     """`finetune -T 2 [--shift K]` of the T-aware `convert -T 2` for each seed, integer
     accuracy at T = 2."""
     import run
 
-    t = run.FEW_T
-    _, distill, _, epochs = run.FEW_LONG_SHIFTED  # the shift itself: --shift
-    snn = convert(path, SPLITS["calib"], timesteps=t)
-    train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
+    snn, train_set, teacher = _few_step_start(path)
     test = load_data(SPLITS["test"], labels=True)
     x_calib = load_data(SPLITS["calib"]).x
-    teacher = teacher_model(snn, path)
     row = {}
     for seed in run.FEW_SEEDS:
-        settings = Settings(T=t, epochs=epochs, lr=run.FEW_LR, seed=seed, distill=distill,
-                            shift=shift)  # fmt: skip
-        tuned = finetune(snn, train_set, settings, quiet=True, teacher=teacher).graph
+        tuned = finetune(snn, train_set, _recipe(seed, shift), quiet=True, teacher=teacher).graph
         graph = quantize(tuned, x_calib, get_profile("sim"))
-        rec = evaluate(graph, test, [t], "int", str(path))["records"][0]
+        rec = evaluate(graph, test, [run.FEW_T], "int", str(path))["records"][0]
         row[str(seed)] = rec["accuracy"]
     return row
+
+
+def ceiling_row(path: Path, shift: int) -> dict[str, float]:
+    """The same start and recipe as finetuned_row, training the rate-coded ANN of T = 2
+    instead (rate_ceiling.py: the ceiling of a 2-step, 1-bit spiking net): its test
+    accuracy, float, for each seed."""
+    import rate_ceiling
+    import run
+
+    snn, train_set, teacher = _few_step_start(path)
+    test = load_data(SPLITS["test"], labels=True)
+    return {
+        str(seed): rate_ceiling.ceiling(snn, train_set, test, _recipe(seed, shift), teacher)
+        for seed in run.FEW_SEEDS
+    }
 
 
 def sj_row(model: nn.Module) -> dict[str, float] | None:
@@ -206,6 +237,7 @@ def main() -> None:
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
+    ap.add_argument("--ceiling", action="store_true", help="add T = 2's rate-coded ANN, 3 seeds")
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
@@ -232,6 +264,7 @@ def main() -> None:
             row["spikeport_signed"] = spikeport_row(path, signed=True) if args.signed else None
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
             row["finetuned_T2"] = finetuned_row(path, args.shift) if args.finetune else None
+            row["ceiling_T2"] = ceiling_row(path, args.shift) if args.ceiling else None
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print(_line(row), flush=True)
@@ -248,9 +281,10 @@ def _line(row: dict[str, Any]) -> str:
     for key, flag in (("spikeport_quick", "--search quick"), ("spikeport_signed", "--signed")):
         if row.get(key):
             line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in TS)
-    if row.get("finetuned_T2"):
-        seeds = " / ".join(f"{100 * a:.2f}" for a in row["finetuned_T2"].values())
-        line += f"; fine-tuned T = 2, seeds 0 / 1 / 2: {seeds}"
+    for key, what in PER_SEED.items():
+        if row.get(key):
+            seeds = " / ".join(f"{100 * a:.2f}" for a in row[key].values())
+            line += f"; {what}, seeds 0 / 1 / 2: {seeds}"
     return line
 
 
@@ -269,12 +303,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             if accs:
                 cells = " | ".join(f"{100 * accs[str(t)]:.2f}" for t in TS)
                 lines.append(f"| {r['net']} | {name} | {100 * r['ann']:.2f} | {cells} |")
-    tuned = [r for r in rows if r.get("finetuned_T2")]
-    if tuned:
-        lines += ["", "| net | ANN | fine-tuned T=2, seed 0 | seed 1 | seed 2 | ANN - worst |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for key, what in PER_SEED.items():
+        tuned = [r for r in rows if r.get(key)]
+        if tuned:
+            lines += ["", f"| net | ANN | {what}, seed 0 | seed 1 | seed 2 | ANN - worst |",
+                      "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in tuned:
-            accs = list(r["finetuned_T2"].values())
+            accs = list(r[key].values())
             cells = " | ".join(f"{100 * a:.2f}" for a in accs)
             gap = 100 * (r["ann"] - min(accs))
             lines.append(f"| {r['net']} | {100 * r['ann']:.2f} | {cells} | {gap:.2f} |")

@@ -271,6 +271,26 @@ def test_signed_neurons_take_spikes_back_like_the_simulator():
     assert steps == [1.0, -1.0, 0.0]
 
 
+@pytest.mark.parametrize("bipolar", [False, True])
+def test_the_rate_coded_ann_is_the_neurons_count_of_a_constant_input(bipolar, monkeypatch):
+    """benchmarks/rate_ceiling.py's ceiling for T-step fine-tuning: its one-step neuron gives
+    what the IF neuron counts in T steps of a constant current (the graph's neuron, times
+    theta / T), for currents across and beyond the range, exact halves included."""
+    monkeypatch.syspath_prepend(Path(__file__).parent.parent / "benchmarks")
+    from rate_ceiling import RateCodedIF
+
+    attrs = {"signed": False, "cap": None, "bipolar": bipolar}
+    node = Node("n", "if", ["x"], "y", attrs, {"threshold": np.full(1, 2.0)})
+    current = torch.linspace(-5, 5, 81, dtype=torch.float64)[:, None]  # steps of 1/8
+    for T in (1, 2, 4):
+        neuron = make_layer(node, (1,), SURROGATES["triangle"]).double()
+        neuron.reset()
+        counted = sum(neuron(current) for _ in range(T)) / T
+        coded = RateCodedIF(node, SURROGATES["triangle"], T).double()
+        assert torch.equal(coded(current), counted), T
+        assert (counted.min() < 0) == bipolar
+
+
 def test_an_op_without_a_layer_is_refused_naming_the_node():
     node = Node("the_odd_one", "frobnicate", ["x"], "y")
     with pytest.raises(UnsupportedOp, match="'the_odd_one' \\(frobnicate\\)"):

@@ -1,0 +1,80 @@
+"""The accuracy a T-step, 1-bit spiking network can reach at best: its rate-coded ANN.
+
+Fed a constant input x, an integrate-and-fire neuron (reset by subtraction, v0 = theta / 2)
+fires round(x T / theta) times in T steps, clipped to [0, T] ([-T, T] for a bipolar one): the
+quantization-clip-floor-shift activation of Bu et al. 2022 (QCFS), T + 1 levels. A spiking
+network at T steps computes that function wherever its neurons' inputs arrive evenly, and
+loses more where they do not (the unevenness error of the same paper), so this ANN, trained
+with the same recipe, is the ceiling fine-tuning at T is measured against: where it misses
+the source ANN by more than a bar, so will the spiking network.
+
+Used by `cnn_family.py --ceiling`. The ANN is the fine-tuning module itself (spikeport.finetune)
+at one step, with each IF neuron's layer swapped for RateCodedIF while `rate_coded` is active:
+the same graph, parameters, loss, optimiser and schedule as `finetune`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from spikeport.data import Dataset
+from spikeport.finetune import Settings, finetune, layers
+from spikeport.finetune.module import SpikingNet
+from spikeport.finetune.surrogate import Shape, spike
+from spikeport.finetune.train import Teacher
+from spikeport.ir.graph import Graph, Node
+
+
+class RateCodedIF(layers.IF):
+    """theta / T * clip(floor(x T / theta + 1/2), lo, T) in one step (lo = -T if bipolar, else
+    0), written as the graded neuron's sum of steps one threshold theta / T apart, each with
+    its surrogate gradient: the IF neuron's T-step count of a constant input."""
+
+    def __init__(self, node: Node, surrogate: Shape, steps: int):
+        super().__init__(node, surrogate)
+        self.steps = steps
+
+    def forward(self, current: torch.Tensor) -> torch.Tensor:
+        step = self.threshold / self.steps
+        v = step / 2 + current
+        s = sum(spike(v - j * step, step, self.surrogate) for j in range(1, self.steps + 1))
+        if self.bipolar:  # v < -(j - 1) step is "not (v >= -(j - 1) step)"
+            s = s - sum(1.0 - spike(v + j * step, step, self.surrogate) for j in range(self.steps))
+        return s * step
+
+
+@contextmanager
+def rate_coded(steps: int) -> Iterator[None]:
+    """While active, the fine-tuning module builds RateCodedIF(steps) for every IF node."""
+    kept = layers.LAYERS["if"]
+    layers.LAYERS["if"] = lambda node, shape, surrogate: RateCodedIF(node, surrogate, steps)
+    try:
+        yield
+    finally:
+        layers.LAYERS["if"] = kept
+
+
+def accuracy(graph: Graph, data: Dataset) -> float:
+    """Top-1 accuracy of the graph's module at one step (under rate_coded: the rate-coded ANN)."""
+    net = SpikingNet(graph).eval()
+    with torch.no_grad():
+        scores = net(torch.as_tensor(np.asarray(data.x, np.float32)), 1)[-1].numpy()
+    labels = np.asarray(data.y)
+    labels = labels.argmax(-1) if labels.ndim > 1 else labels
+    return float(np.mean(scores.argmax(-1) == labels))
+
+
+def ceiling(
+    snn: Graph, train: Dataset, test: Dataset, settings: Settings, teacher: Teacher
+) -> float:
+    """Test accuracy of `snn`'s rate-coded ANN at settings.T levels, trained with `settings`
+    (run at one step) from the converted parameters."""
+    one_step = replace(settings, T=1)
+    with rate_coded(settings.T):
+        tuned = finetune(snn, train, one_step, quiet=True, teacher=teacher).graph
+        return accuracy(tuned, test)
