@@ -2,7 +2,7 @@
 trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
-        [--signed]
+        [--signed] [--rate-coded]
     # writes benchmarks/results/cnn_family.json and prints a markdown table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
@@ -23,7 +23,11 @@ converted with `convert --search quick` (README: conversion time), `--signed` wi
 `convert --signed` (signed spikes: the C target's; README). `--finetune` adds issue #16's
 fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
 `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr 0.003,
-`--shift 1` or the `--shift` given here), quantized and scored in integer mode. No download.
+`--shift 1` or the `--shift` given here), quantized and scored in integer mode. `--rate-coded`
+adds, for the same seeds, the rate-coded ANN of T = 2 trained from the same conversion with the
+same recipe (rate_coded_ann.py: each neuron's 2-step count of a constant input, three levels;
+scored in float, not integer, mode): whether a fine-tuned miss is the levels' or the spikes'.
+No download.
 1 torch thread.
 """
 
@@ -62,7 +66,7 @@ TS = [1, 2, 4, 8]
 EPOCHS = 60
 SPLITS = {s: EX / f"digits_{s}.npz" for s in ("train", "calib", "test")}
 # the rows with one accuracy per fine-tuning seed, and what the tables call them
-PER_SEED = {"finetuned_T2": "fine-tuned T=2", "ceiling_T2": "rate-coded ANN of T=2"}
+PER_SEED = {"finetuned_T2": "fine-tuned T=2", "rate_coded_T2": "rate-coded ANN of T=2"}
 DEFAULT_NETS = (
     "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,"
     "relu_dw:8,relu_dw:9,relu6:8,hswish_se:8,silu_se:8,resnet:2,resnet:3,resnet:4,cnn_bn:2"
@@ -199,17 +203,19 @@ def finetuned_row(path: Path, shift: int) -> dict[str, float]:
     return row
 
 
-def ceiling_row(path: Path, shift: int) -> dict[str, float]:
+def rate_coded_row(path: Path, shift: int) -> dict[str, float]:
     """The same start and recipe as finetuned_row, training the rate-coded ANN of T = 2
-    instead (rate_ceiling.py: the ceiling of a 2-step, 1-bit spiking net): its test
-    accuracy, float, for each seed."""
-    import rate_ceiling
+    instead (rate_coded_ann.py: a 2-step, 1-bit network's levels without its spikes): its
+    test accuracy, float, for each seed."""
+    import rate_coded_ann
     import run
 
     snn, train_set, teacher = _few_step_start(path)
     test = load_data(SPLITS["test"], labels=True)
     return {
-        str(seed): rate_ceiling.ceiling(snn, train_set, test, _recipe(seed, shift), teacher)
+        str(seed): rate_coded_ann.trained_accuracy(
+            snn, train_set, test, _recipe(seed, shift), teacher
+        )
         for seed in run.FEW_SEEDS
     }
 
@@ -237,7 +243,7 @@ def main() -> None:
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
-    ap.add_argument("--ceiling", action="store_true", help="add T = 2's rate-coded ANN, 3 seeds")
+    ap.add_argument("--rate-coded", action="store_true", help="add T = 2's rate-coded ANN")
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
@@ -264,7 +270,7 @@ def main() -> None:
             row["spikeport_signed"] = spikeport_row(path, signed=True) if args.signed else None
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
             row["finetuned_T2"] = finetuned_row(path, args.shift) if args.finetune else None
-            row["ceiling_T2"] = ceiling_row(path, args.shift) if args.ceiling else None
+            row["rate_coded_T2"] = rate_coded_row(path, args.shift) if args.rate_coded else None
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print(_line(row), flush=True)

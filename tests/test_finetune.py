@@ -273,11 +273,11 @@ def test_signed_neurons_take_spikes_back_like_the_simulator():
 
 @pytest.mark.parametrize("bipolar", [False, True])
 def test_the_rate_coded_ann_is_the_neurons_count_of_a_constant_input(bipolar, monkeypatch):
-    """benchmarks/rate_ceiling.py's ceiling for T-step fine-tuning: its one-step neuron gives
+    """benchmarks/rate_coded_ann.py's reference for T-step fine-tuning: its one-step neuron gives
     what the IF neuron counts in T steps of a constant current (the graph's neuron, times
     theta / T), for currents across and beyond the range, exact halves included."""
     monkeypatch.syspath_prepend(Path(__file__).parent.parent / "benchmarks")
-    from rate_ceiling import RateCodedIF
+    from rate_coded_ann import RateCodedIF
 
     attrs = {"signed": False, "cap": None, "bipolar": bipolar}
     node = Node("n", "if", ["x"], "y", attrs, {"threshold": np.full(1, 2.0)})

@@ -1,16 +1,17 @@
-"""The accuracy a T-step, 1-bit spiking network can reach at best: its rate-coded ANN.
+"""The rate-coded ANN of a T-step, 1-bit spiking network: what its levels allow, without spikes.
 
 Fed a constant input x, an integrate-and-fire neuron (reset by subtraction, v0 = theta / 2)
 fires round(x T / theta) times in T steps, clipped to [0, T] ([-T, T] for a bipolar one): the
 quantization-clip-floor-shift activation of Bu et al. 2022 (QCFS), T + 1 levels. A spiking
-network at T steps computes that function wherever its neurons' inputs arrive evenly, and
-loses more where they do not (the unevenness error of the same paper), so this ANN, trained
-with the same recipe, is the ceiling fine-tuning at T is measured against: where it misses
-the source ANN by more than a bar, so will the spiking network.
+network at T steps computes that function where its neurons' inputs arrive evenly; elsewhere
+it differs (the same paper's unevenness error), for worse or, once trained, for better: its
+neurons' counts then also depend on when their inputs came. Trained with the same recipe from
+the same conversion, this ANN says whether fine-tuning at T misses a bar for lack of levels
+(it misses too) or for the spikes' timing (it does not).
 
-Used by `cnn_family.py --ceiling`. The ANN is the fine-tuning module itself (spikeport.finetune)
-at one step, with each IF neuron's layer swapped for RateCodedIF while `rate_coded` is active:
-the same graph, parameters, loss, optimiser and schedule as `finetune`.
+Used by `cnn_family.py --rate-coded`. The ANN is the fine-tuning module itself
+(spikeport.finetune) at one step, with each IF neuron's layer swapped for RateCodedIF while
+`rate_coded` is active: the same graph, parameters, loss, optimiser and schedule as `finetune`.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def accuracy(graph: Graph, data: Dataset) -> float:
     return float(np.mean(scores.argmax(-1) == labels))
 
 
-def ceiling(
+def trained_accuracy(
     snn: Graph, train: Dataset, test: Dataset, settings: Settings, teacher: Teacher
 ) -> float:
     """Test accuracy of `snn`'s rate-coded ANN at settings.T levels, trained with `settings`
