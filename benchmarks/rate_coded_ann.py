@@ -2,8 +2,8 @@
 
 Fed a constant input x, an integrate-and-fire neuron (reset by subtraction, v0 = theta / 2)
 fires round(x T / theta) times in T steps, clipped to [0, T] ([-T, T] for a bipolar one): the
-quantization-clip-floor-shift activation of Bu et al. 2022 (QCFS), T + 1 levels. A spiking
-network at T steps computes that function where its neurons' inputs arrive evenly; elsewhere
+quantization-clip-floor-shift activation of Bu et al. 2022 (QCFS), T + 1 levels (2T + 1 for a
+bipolar neuron). A spiking network at T steps computes that function where its neurons' inputs arrive evenly; elsewhere
 it differs (the same paper's unevenness error), for worse or, once trained, for better: its
 neurons' counts then also depend on when their inputs came. Trained with the same recipe from
 the same conversion, this ANN says whether fine-tuning at T misses a bar for lack of levels
@@ -38,13 +38,15 @@ class RateCodedIF(layers.IF):
 
     def __init__(self, node: Node, surrogate: Shape, steps: int):
         super().__init__(node, surrogate)
+        if self.levels > 1:
+            raise ValueError(f"node '{node.name}': the rate-coded ANN is of 1-bit neurons")
         self.steps = steps
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         step = self.threshold / self.steps
         v = step / 2 + current
         s = sum(spike(v - j * step, step, self.surrogate) for j in range(1, self.steps + 1))
-        if self.bipolar:  # v < -(j - 1) step is "not (v >= -(j - 1) step)"
+        if self.bipolar:  # v < -j step (j = 0 .. T - 1) is "not (v >= -j step)"
             s = s - sum(1.0 - spike(v + j * step, step, self.surrogate) for j in range(self.steps))
         return s * step
 
