@@ -3,11 +3,11 @@
 Fed a constant input x, an integrate-and-fire neuron (reset by subtraction, v0 = theta / 2)
 fires round(x T / theta) times in T steps, clipped to [0, T] ([-T, T] for a bipolar one): the
 quantization-clip-floor-shift activation of Bu et al. 2022 (QCFS), T + 1 levels (2T + 1 for a
-bipolar neuron). A spiking network at T steps computes that function where its neurons' inputs arrive evenly; elsewhere
-it differs (the same paper's unevenness error), for worse or, once trained, for better: its
-neurons' counts then also depend on when their inputs came. Trained with the same recipe from
-the same conversion, this ANN says whether fine-tuning at T misses a bar for lack of levels
-(it misses too) or for the spikes' timing (it does not).
+bipolar neuron). A spiking network at T steps computes that function where its neurons' inputs
+arrive evenly; elsewhere it differs (the same paper's unevenness error), for worse or, once
+trained, for better: its neurons' counts then also depend on when their inputs came. Trained
+with the same recipe from the same conversion, this ANN says whether fine-tuning at T misses a
+bar for lack of levels (it misses too) or for the spikes' timing (it does not).
 
 Used by `cnn_family.py --rate-coded`. The ANN is the fine-tuning module itself
 (spikeport.finetune) at one step, with each IF neuron's layer swapped for RateCodedIF while
