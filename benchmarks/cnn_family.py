@@ -177,7 +177,11 @@ def _recipe(seed: int, shift: int) -> Settings:
                     shift=shift)  # fmt: skip
 
 
-def _few_step_start(path: Path) -> tuple[Graph, Dataset, Teacher]:
+# what fine-tuning at T = 2 starts from: the T-aware conversion, its training set, the teacher
+Start = tuple[Graph, Dataset, Teacher]
+
+
+def few_step_start(path: Path) -> Start:
     """The T-aware `convert -T 2` fine-tuning starts from, its training set and teacher."""
     import run
 
@@ -186,12 +190,12 @@ def _few_step_start(path: Path) -> tuple[Graph, Dataset, Teacher]:
     return snn, train_set, teacher_model(snn, path)
 
 
-def finetuned_row(path: Path, shift: int) -> dict[str, float]:
-    """`finetune -T 2 [--shift K]` of the T-aware `convert -T 2` for each seed, integer
+def finetuned_row(path: Path, start: Start, shift: int) -> dict[str, float]:
+    """`finetune -T 2 [--shift K]` from `start` (few_step_start) for each seed, integer
     accuracy at T = 2."""
     import run
 
-    snn, train_set, teacher = _few_step_start(path)
+    snn, train_set, teacher = start
     test = load_data(SPLITS["test"], labels=True)
     x_calib = load_data(SPLITS["calib"]).x
     row = {}
@@ -203,21 +207,20 @@ def finetuned_row(path: Path, shift: int) -> dict[str, float]:
     return row
 
 
-def rate_coded_row(path: Path, shift: int) -> dict[str, float]:
+def rate_coded_row(start: Start, shift: int) -> dict[str, float]:
     """The same start and recipe as finetuned_row, training the rate-coded ANN of T = 2
     instead (rate_coded_ann.py: a 2-step, 1-bit network's levels without its spikes): its
     test accuracy, float, for each seed."""
     import rate_coded_ann
     import run
 
-    snn, train_set, teacher = _few_step_start(path)
-    test = load_data(SPLITS["test"], labels=True)
-    return {
-        str(seed): rate_coded_ann.trained_accuracy(
-            snn, train_set, test, _recipe(seed, shift), teacher
-        )
-        for seed in run.FEW_SEEDS
-    }
+    snn, train_set, teacher = start
+    test = np.load(SPLITS["test"])
+    row = {}
+    for seed in run.FEW_SEEDS:
+        scores = rate_coded_ann.trained(snn, train_set, _recipe(seed, shift), teacher)
+        row[str(seed)] = accuracy(scores, test["x"], test["y"])
+    return row
 
 
 def sj_row(model: nn.Module) -> dict[str, float] | None:
@@ -269,8 +272,10 @@ def main() -> None:
             row["spikeport_quick"] = spikeport_row(path, "quick") if args.quick else None
             row["spikeport_signed"] = spikeport_row(path, signed=True) if args.signed else None
             row["spikingjelly_best"] = sj_row(model) if args.sj else None
-            row["finetuned_T2"] = finetuned_row(path, args.shift) if args.finetune else None
-            row["rate_coded_T2"] = rate_coded_row(path, args.shift) if args.rate_coded else None
+            # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
+            start = few_step_start(path) if args.finetune or args.rate_coded else None
+            row["finetuned_T2"] = finetuned_row(path, start, args.shift) if args.finetune else None
+            row["rate_coded_T2"] = rate_coded_row(start, args.shift) if args.rate_coded else None
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
             print(_line(row), flush=True)

@@ -16,11 +16,10 @@ Used by `cnn_family.py --rate-coded`. The ANN is the fine-tuning module itself
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from spikeport.data import Dataset
@@ -62,22 +61,12 @@ def rate_coded(steps: int) -> Iterator[None]:
         layers.LAYERS["if"] = kept
 
 
-def accuracy(graph: Graph, data: Dataset) -> float:
-    """Top-1 accuracy of the graph's module at one step (under rate_coded: the rate-coded ANN)."""
-    net = SpikingNet(graph).eval()
-    with torch.no_grad():
-        scores = net(torch.as_tensor(np.asarray(data.x, np.float32)), 1)[-1].numpy()
-    labels = np.asarray(data.y)
-    labels = labels.argmax(-1) if labels.ndim > 1 else labels
-    return float(np.mean(scores.argmax(-1) == labels))
-
-
-def trained_accuracy(
-    snn: Graph, train: Dataset, test: Dataset, settings: Settings, teacher: Teacher
-) -> float:
-    """Test accuracy of `snn`'s rate-coded ANN at settings.T levels, trained with `settings`
-    (run at one step) from the converted parameters."""
-    one_step = replace(settings, T=1)
+def trained(
+    snn: Graph, train: Dataset, settings: Settings, teacher: Teacher
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`snn`'s rate-coded ANN of settings.T levels, trained with `settings` (run at one step)
+    from the converted parameters: its class scores as a function of an input batch."""
     with rate_coded(settings.T):
-        tuned = finetune(snn, train, one_step, quiet=True, teacher=teacher).graph
-        return accuracy(tuned, test)
+        tuned = finetune(snn, train, replace(settings, T=1), quiet=True, teacher=teacher).graph
+        net = SpikingNet(tuned).eval()  # (its layers are made here, while rate_coded holds)
+    return lambda x: net(x, 1)[-1]

@@ -11,6 +11,7 @@ The demo and tests use the committed files; nothing retrains at run time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,8 @@ def train(
     return model.eval()
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of `model` (a module, or any function of a batch giving class scores)."""
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
