@@ -14,6 +14,12 @@ proxy for that, a family rather than one example, to decide conversion defaults 
 - hswish_se   hardswish, depthwise conv, squeeze-excitation with a hardsigmoid gate,
               global pooling (MobileNetV3's block)
 - silu_se     SiLU, a stride-2 conv, squeeze-excitation with a sigmoid gate (EfficientNet's)
+- convnext    ConvNeXt's blocks: a 2x2 stride-2 stem, depthwise 5x5 conv, LayerNorm and a
+              GELU MLP on channels-last features, added to the residual stream
+- densenet    DenseNet's pre-activation BN-ReLU-conv layers, each concatenated to its input,
+              a 1x1 transition and average pooling
+- inception   GoogLeNet's blocks: 1x1, 1x1-3x3 and 3x3 max pool-1x1 branches, concatenated
+- gelu        conv-BN-GELU, one of stride 2, global average pooling
 - resnet, cnn_bn   benchmarks/nets.py's architectures with other seeds
 Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam, cosine
 decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
@@ -34,6 +40,7 @@ No download.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -51,6 +58,7 @@ EX = HERE.parent / "examples"
 sys.path.insert(0, str(EX))
 sys.path.insert(0, str(HERE))
 import nets  # noqa: E402
+import parallel  # noqa: E402
 import provenance  # noqa: E402
 from make_digits import accuracy, train  # noqa: E402
 
@@ -69,7 +77,8 @@ SPLITS = {s: EX / f"digits_{s}.npz" for s in ("train", "calib", "test")}
 PER_SEED = {"finetuned_T2": "fine-tuned T=2", "rate_coded_T2": "rate-coded ANN of T=2"}
 DEFAULT_NETS = (
     "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,"
-    "relu_dw:8,relu_dw:9,relu6:8,hswish_se:8,silu_se:8,resnet:2,resnet:3,resnet:4,cnn_bn:2"
+    "relu_dw:8,relu_dw:9,relu6:8,hswish_se:8,silu_se:8,resnet:2,resnet:3,resnet:4,cnn_bn:2,"
+    "convnext:7,densenet:7,inception:7,gelu:7"
 )
 
 
@@ -85,6 +94,46 @@ class SqueezeExcite(nn.Module):
         return x * self.f(x)
 
 
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: depthwise conv, LayerNorm and a GELU MLP over channels-last features
+    (Linear on NHWC, as timm writes it), added to the block's input: no activation in front
+    of the depthwise conv, which reads the residual stream."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 5, padding=2, groups=c)
+        mlp = [nn.LayerNorm(c), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c)]
+        self.mlp = nn.Sequential(*mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class DenseLayer(nn.Module):
+    """DenseNet's pre-activation layer, BN-ReLU-conv, its output concatenated to its input:
+    the BatchNorm reads a concat, so no convolution before it can absorb it."""
+
+    def __init__(self, c: int, growth: int):
+        super().__init__()
+        self.f = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, growth, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.f(x)], 1)
+
+
+class Inception(nn.Module):
+    """GoogLeNet's block: 1x1, 1x1-3x3 and 3x3 max pool (stride 1) -1x1 branches, concatenated."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.b1 = nn.Sequential(*_bn(c, 16, nn.ReLU, k=1))
+        self.b2 = nn.Sequential(*_bn(c, 8, nn.ReLU, k=1), *_bn(8, 16, nn.ReLU))
+        self.b3 = nn.Sequential(nn.MaxPool2d(3, 1, 1), *_bn(c, 8, nn.ReLU, k=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b1(x), self.b2(x), self.b3(x)], 1)
+
+
 def _bn(cin: int, cout: int, act: type[nn.Module], k: int = 3, **kw: Any) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, padding=k // 2, **kw), nn.BatchNorm2d(cout), act()]
 
@@ -97,6 +146,13 @@ def _depthwise(act: type[nn.Module]) -> nn.Module:
     return nn.Sequential(
         *_bn(1, 24, act), *_bn(24, 24, act, groups=24), *_bn(24, 48, act, k=1), *_head(48)
     )
+
+
+def _densenet() -> nn.Module:
+    block1 = [nn.Conv2d(1, 16, 3, padding=1), DenseLayer(16, 12), DenseLayer(28, 12)]
+    transition = [nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 24, 1), nn.AvgPool2d(2)]
+    block2 = [DenseLayer(24, 12), nn.BatchNorm2d(36), nn.ReLU(), *_head(36)]
+    return nn.Sequential(*block1, *transition, *block2)
 
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
@@ -133,6 +189,16 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
         SqueezeExcite(32, nn.Sigmoid),
         *_bn(32, 32, nn.SiLU),
         *_head(32),
+    ),  # fmt: skip
+    "convnext": lambda: nn.Sequential(
+        nn.Conv2d(1, 32, 2, stride=2), ConvNeXtBlock(32), ConvNeXtBlock(32), *_head(32)
+    ),  # fmt: skip
+    "densenet": _densenet,
+    "inception": lambda: nn.Sequential(
+        *_bn(1, 24, nn.ReLU), Inception(24), nn.MaxPool2d(2), Inception(40), *_head(40)
+    ),  # fmt: skip
+    "gelu": lambda: nn.Sequential(
+        *_bn(1, 16, nn.GELU), *_bn(16, 32, nn.GELU, stride=2), *_bn(32, 32, nn.GELU), *_head(32)
     ),  # fmt: skip
     "resnet": nets.ResNet,
     "cnn_bn": nets.CnnBn,
@@ -241,6 +307,36 @@ def sj_row(model: nn.Module) -> dict[str, float] | None:
     return best
 
 
+def run_one(
+    spec: tuple[str, str, str],
+    sj: bool,
+    finetune: bool,
+    rate_coded: bool,
+    quick: bool,
+    signed: bool,
+    shift: int,
+) -> dict[str, Any]:
+    """Train one net (`spec`: arch, ":", seed) and score the rows asked for, on one torch thread."""
+    arch, _, seed = spec
+    torch.set_num_threads(1)
+    test = np.load(SPLITS["test"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, path = make(arch, int(seed), Path(tmp))
+        row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
+        row["spikeport"] = spikeport_row(path)
+        row["spikeport_quick"] = spikeport_row(path, "quick") if quick else None
+        row["spikeport_signed"] = spikeport_row(path, signed=True) if signed else None
+        row["spikingjelly_best"] = sj_row(model) if sj else None
+        # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
+        start = few_step_start(path) if finetune or rate_coded else None
+        row["finetuned_T2"] = finetuned_row(path, start, shift) if finetune else None
+        row["rate_coded_T2"] = rate_coded_row(start, shift) if rate_coded else None
+    row["seconds"] = time.perf_counter() - t0
+    print(_line(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
@@ -250,39 +346,28 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
     if args.shift < 0:
         ap.error(f"--shift must be 0 or more, got {args.shift}")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     specs = [spec.partition(":") for spec in args.nets.split(",")]
     for arch, _, seed in specs:
         if arch not in ARCHITECTURES or not seed.isdigit():
             known = ", ".join(sorted(ARCHITECTURES))
             ap.error(f"--nets: '{arch}:{seed}' is not arch:seed with arch one of {known}")
-    torch.set_num_threads(1)
-    test = np.load(SPLITS["test"])
-    rows = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch, _, seed in specs:
-            t0 = time.perf_counter()
-            model, path = make(arch, int(seed), Path(tmp))
-            row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
-            row["spikeport"] = spikeport_row(path)
-            row["spikeport_quick"] = spikeport_row(path, "quick") if args.quick else None
-            row["spikeport_signed"] = spikeport_row(path, signed=True) if args.signed else None
-            row["spikingjelly_best"] = sj_row(model) if args.sj else None
-            # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
-            start = few_step_start(path) if args.finetune or args.rate_coded else None
-            row["finetuned_T2"] = finetuned_row(path, start, args.shift) if args.finetune else None
-            row["rate_coded_T2"] = rate_coded_row(start, args.shift) if args.rate_coded else None
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            print(_line(row), flush=True)
+    options = {
+        k: getattr(args, k) for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift")
+    }
+    rows = parallel.map_on_cores(functools.partial(run_one, **options), specs, args.jobs)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
            "epochs": EPOCHS, "T": TS, "finetune_shift": args.shift, **provenance.record(),
            "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
+    plot(rows, Path(args.out).with_suffix(".png"))
     print(table(rows))
 
 
@@ -329,3 +414,40 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+# the rows plot() draws, how, and the bar they are read against (issue #16: within 1 point at T = 8)
+PLOTTED = {
+    "spikeport": ("spikeport (default)", "o", "C0"),
+    "spikeport_signed": ("spikeport --signed (C target)", "^", "C2"),
+    "spikingjelly_best": ("SpikingJelly, best recipe", "x", "C3"),
+}
+BAR = -1.0
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Each net's accuracy minus its ANN's at each T, one marker per net and method, on a
+    symmetric-log axis (SpikingJelly's low-T gaps are tens of points, the bar is one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (key, (label, marker, colour)) in enumerate(PLOTTED.items()):
+        gaps = [(t, 100 * (r[key][str(t)] - r["ann"])) for r in rows if r.get(key) for t in TS]
+        if gaps:
+            x = [i + (k - 1) * 0.12 for i, _ in ((TS.index(t), g) for t, g in gaps)]
+            ax.scatter(x, [g for _, g in gaps], marker=marker, color=colour, label=label, alpha=0.7)
+    ax.axhline(BAR, color="grey", linestyle="--", linewidth=1, label="1 point under the ANN")
+    ax.set_yscale("symlog", linthresh=1)
+    ticks = [-90, -50, -20, -10, -5, -2, -1, 0, 1]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.set_ylim(-100, 2)
+    ax.set_xticks(range(len(TS)), [f"T = {t}" for t in TS])
+    ax.set_ylabel("accuracy - ANN (points, integer mode)")
+    ax.set_title(f"Held-out CNN family, {len(rows)} nets, test split")
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
