@@ -412,10 +412,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # the rows plot() draws, how, and the bar they are read against (issue #16: within 1 point at T = 8)
 PLOTTED = {
     "spikeport": ("spikeport (default)", "o", "C0"),
@@ -451,3 +447,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
