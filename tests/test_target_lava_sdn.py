@@ -22,6 +22,7 @@ from conftest import EXAMPLES, lava_with_a_changed_weight, unsigned_snn
 from fixture_models import FIXTURES, _Builder, concat_maxpool
 
 from spikeport.cli.main import main
+from spikeport.convert import convert
 from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.finetune import SpikingNet
 from spikeport.ir import load, save
@@ -336,6 +337,28 @@ def test_cli_quantize_refusal_is_one_line_exit_2(cases, tmp_path):
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert res.stderr.startswith("error: no neuron kind of target 'lava' runs this graph")
     assert not (tmp_path / "q.spk").exists()
+
+
+def test_a_network_no_kind_carries_is_refused_naming_the_silent_layer(tmp_path):
+    """bench_resnet (benchmarks/nets: two residual blocks) in kind "sdn": the proven range of
+    the first residual add sets the delta threshold of the neuron after it (4096 state units)
+    above what its input reaches on real digits, so it never sends and the network answers
+    one class (8.9 % agreement with the ANN, the ANN's commonest class 12.8 %). That graph is
+    proven free of overflow and computes nothing: quantize refuses it, naming the neuron,
+    where it used to write it and record the 8.9 %."""
+    spk = tmp_path / "resnet.spk"
+    onnx_file = EXAMPLES.parent / "benchmarks" / "nets" / "bench_resnet.onnx"
+    save(convert(onnx_file, EXAMPLES / "digits_calib.npz", tune=False), spk)
+    args = ["quantize", str(spk), "--calib", str(EXAMPLES / "digits_calib.npz"), "--target"]
+    res = CliRunner().invoke(main, [*args, "lava", "--max-T", "12", "-o", str(tmp_path / "q.spk")])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert res.stderr.startswith("error: no neuron kind of target 'lava' carries this network")
+    assert "no better than always answering" in res.stderr
+    assert res.stderr.rstrip().endswith("'/block1/relu_1/Relu'")
+    assert not (tmp_path / "q.spk").exists()
+    # the same network for the C target (subtractive IF, 32-bit state) carries the ANN
+    res = CliRunner().invoke(main, [*args, "c", "--max-T", "12", "-o", str(tmp_path / "c.spk")])
+    assert res.exit_code == 0 and (tmp_path / "c.spk").exists()
 
 
 # --- Lava's fixed-point run equals the simulator, bit for bit ----------------------------------

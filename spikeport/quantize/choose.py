@@ -17,10 +17,12 @@ import numpy as np
 from spikeport.batch import Batch, size, take
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph
+from spikeport.ir.ops import class_scores
 from spikeport.quantize.profiles import Profile
 from spikeport.sim.kinds import SDN, SDN_VTH_DIVISORS
 
 CHOICE_SAMPLES = 256  # calibration inputs the choice is measured on (the first ones)
+SILENT_SAMPLES = 8  # of which a refusal records every layer on, to name the silent one
 
 
 def _candidates(profile: Profile) -> list[tuple[Profile, int]]:
@@ -42,6 +44,40 @@ def _score(graph: Graph, x: Batch, ann: np.ndarray, T: int) -> dict[str, Any]:
         "agreement": float((pred == ann).mean()),
         "events": float(res.spikes.sum() / size(x)),
     }
+
+
+def _refuse_if_chance(
+    graph: Graph, q: Graph, x: Batch, ann: np.ndarray, agreement: float, target: str, T: int
+) -> None:
+    """Refuse where the best kind agrees with the ANN no better than always answering the
+    ANN's most common class would (within two binomial standard errors): such a graph is
+    proven free of overflow and computes nothing. Seen on residual CNNs in kind "sdn": the
+    proven range of an add sets the delta resolution of the neuron after it (quantize._sdn_if)
+    a thousand times coarser than its calibrated activations, and it never sends."""
+    chance = float(np.bincount(ann).max() / len(ann))
+    if agreement > chance + 2 * np.sqrt(chance * (1 - chance) / len(ann)):
+        return
+    silent = _first_silent_neuron(graph, q, take(x, slice(SILENT_SAMPLES)), T)
+    where = f"; the first neuron layer silent at every step where the ANN's is not: '{silent}'"
+    raise CapabilityExceeded(
+        f"no neuron kind of target '{target}' carries this network: the best agrees with the "
+        f"ANN's class on {100 * agreement:.1f} % of {len(ann)} calibration samples at T = {T}, "
+        f"no better than always answering its most common class ({100 * chance:.1f} %)"
+        + (where if silent else "")
+    )
+
+
+def _first_silent_neuron(graph: Graph, q: Graph, x: Batch, T: int) -> str | None:
+    """The first neuron of `q` (in node order) whose output is zero at every step on `x` where
+    the same node of the float `graph` has a nonzero ANN activation, or None."""
+    from spikeport.sim.simulator import Simulator
+
+    spikes = Simulator(q, "int").run(x, T, record=True).trace
+    ann = Simulator(graph, "ann").run(x, 1, record=True).trace
+    for node in q.nodes:
+        if node.op == "if" and not spikes[node.output].any() and ann[node.output].any():
+            return node.name
+    return None
 
 
 def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
@@ -78,6 +114,8 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
             f"no neuron kind of target '{profile.name}' runs this graph; " + "; ".join(sorted(whys))
         )
     out = best[1]
+    if class_scores(graph, graph.outputs[0]):
+        _refuse_if_chance(graph, out, x, ann, best[0][0], profile.name, max_timesteps)
     out.meta["quantization"]["kind_choice"] = {
         "measured": "agreement with the ANN's argmax on the calibration data, int mode",
         "T": max_timesteps,
