@@ -12,6 +12,7 @@ import time
 
 import h5py
 import numpy as np
+import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -185,6 +186,20 @@ def test_signed_neurons_are_refused(cases):
             get_profile("lava"),
             max_timesteps=MAX_T,
         )
+
+
+def test_bipolar_neurons_are_refused_without_blaming_signed(tmp_path):
+    """A bipolar neuron is conversion's (a Gemm straight into a Gemm), not --signed's: the
+    refusal says so and points to a target that runs it, not to an option the user never gave."""
+    from fixture_models import bipolar_mlp
+
+    model, x = bipolar_mlp()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=x)
+    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz", tune=False)
+    with pytest.raises(CapabilityExceeded, match="no signed spikes; it is bipolar") as refused:
+        quantize(snn, x, get_profile("lava"), max_timesteps=MAX_T)
+    assert "--signed" not in str(refused.value) and "--target c" in str(refused.value)
 
 
 def test_transformer_ops_are_refused_by_name(vit):

@@ -122,6 +122,19 @@ def graded_refusal(node: Node, profile: Profile) -> str:
     )
 
 
+def signed_fix(node: Node) -> str:
+    """What to do about a neuron with negative spikes on a target without them: `--signed`
+    made it, or conversion did (a bipolar neuron in front of a layer that reads signed values:
+    a residual stream, a LayerNorm, GELU, SiLU or hardswish output), which no option removes."""
+    if node.attrs.get("bipolar"):
+        return (
+            "it is bipolar: conversion put it in front of a layer that reads signed values "
+            "(a residual stream, LayerNorm, GELU, SiLU or hardswish), and no conversion "
+            "option removes it; run the network on --target c or sim"
+        )
+    return "convert without --signed"
+
+
 def check_capabilities(graph: Graph, profile: Profile) -> None:
     """Refuse, naming the node, anything the target cannot run."""
     profile = profile.for_graph(graph)
@@ -134,8 +147,7 @@ def check_capabilities(graph: Graph, profile: Profile) -> None:
             raise CapabilityExceeded(graded_refusal(n, profile))
         if n.op == "if" and n.attrs["signed"] and not profile.signed_spikes:
             raise CapabilityExceeded(
-                f"node '{n.name}': target '{profile.name}' has no signed "
-                "spikes; convert without --signed"
+                f"node '{n.name}': target '{profile.name}' has no signed spikes; {signed_fix(n)}"
             )
         if n.op in KIND_OPS and kind_of(n) != profile.neuron_kind:
             runs = " or ".join(f"'{k}'" for k in profile.kinds)

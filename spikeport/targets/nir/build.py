@@ -28,6 +28,7 @@ import numpy as np
 from spikeport.errors import CapabilityExceeded
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS
+from spikeport.quantize.profiles import signed_fix
 from spikeport.quantize.scales import input_channels
 
 # What the file records about the neuron, for consumers and people (NIR does not encode it).
@@ -332,7 +333,7 @@ def _embedder(b: NirBuilder, embed: np.ndarray, shape: tuple[int, ...]) -> Any:
 
 def _if(b: NirBuilder, node: Node) -> list[Edge]:
     if node.attrs["signed"]:
-        raise refuse(node, "NIR's IF has no negative spikes; convert without --signed")
+        raise refuse(node, f"NIR's IF has no negative spikes; {signed_fix(node)}")
     theta = b.theta(node)
     ins = b.unify(node, b.handles[node.inputs[0]], theta)
     ones = np.ones(theta.shape)
