@@ -44,9 +44,12 @@ SDN_STATE_BITS = 24
 # the residue. quantize --target lava tries each divisor and keeps the most accurate.
 SDN_VTH_DIVISORS = (256, 64, 16)
 # Messages are the state right-shifted by the layer's state_exp (Lava's SigmaDelta sends
-# s_out >> state_exp), chosen by quantize so that a layer's calibrated peak activation spans
-# about 2^SDN_LEVEL_BITS message units: fine enough for the ANN's accuracy, coarse enough that
-# the next layer's int8 weights times these levels stay within the 24-bit state.
+# s_out >> state_exp), chosen by quantize so that the layer's proven peak input spans at most
+# 2^SDN_LEVEL_BITS message units (quantize._sdn_if): coarse enough that the next layer's int8
+# weights times these levels provably stay within the 24-bit state, and fine enough for the
+# ANN's accuracy where the proven peak is near the calibrated one. After a residual add or a
+# concat it can be a thousand times higher, the neuron never sends, and quantize refuses the
+# graph (quantize.choose._refuse_if_chance).
 SDN_LEVEL_BITS = 10
 
 
