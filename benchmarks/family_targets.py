@@ -1,0 +1,128 @@
+"""Every target on the held-out CNN family: what runs where, bit for bit, and what is refused.
+
+    .venv/bin/python benchmarks/family_targets.py [--nets relu_dw:7,...] [--jobs 2]
+    # writes benchmarks/results/family_targets.json and prints a markdown table
+
+For each net of benchmarks/cnn_family.py (trained there, the same seeds): `convert -T 8`, then
+for each target `quantize --target X` (SpiNNaker2 `--max-T 15`, where its max pooling is
+exact), `emit`, and `verify -T 8` on the first VERIFY_INPUTS test images; and the quantized
+graph's integer accuracy at T = 8 on the whole test split (the reference simulator, which
+verify has just shown the target equals). A refusal is recorded with its stage and its one
+line. Lava's verify needs .venv-lava (`make lava-venv`, which `make test` runs).
+No download. 1 torch thread a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import cnn_family  # noqa: E402
+import parallel  # noqa: E402
+import provenance  # noqa: E402
+
+from spikeport.convert import convert  # noqa: E402
+from spikeport.data import load_data  # noqa: E402
+from spikeport.errors import SpikeportError  # noqa: E402
+from spikeport.eval import evaluate  # noqa: E402
+from spikeport.quantize import quantize  # noqa: E402
+from spikeport.targets import emit, get_target, verify  # noqa: E402
+
+T = 8
+TARGETS = {"c": None, "spinnaker2": 15, "nir": None, "lava": None}  # target: --max-T
+VERIFY_INPUTS = 20
+DEFAULT_NETS = (
+    "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,resnet:2,cnn_bn:2,"
+    "convnext:7,densenet:7,inception:7,gelu:7"
+)
+
+
+def target_cell(snn: Any, target: str, onnx_path: Path, out: Path) -> dict[str, Any]:
+    """quantize, emit and verify `snn` for `target`: the accuracy at T, or the refusal."""
+    splits = cnn_family.SPLITS
+    stage = "quantize"
+    try:
+        calib = load_data(splits["calib"]).x
+        graph = quantize(snn, calib, get_target(target).profile, TARGETS[target])
+        stage = "emit"
+        emit(graph, target, out / target)
+        stage = "verify"
+        verify(graph, out / target, load_data(splits["test"]).x[:VERIFY_INPUTS], T)
+    except SpikeportError as e:
+        return {"stage": stage, "refused": str(e)}
+    test = load_data(splits["test"], labels=True)
+    acc = evaluate(graph, test, [T], "int", str(onnx_path))["records"][0]["accuracy"]
+    return {"stage": "verified", "accuracy": acc}
+
+
+def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
+    """Train one family net, convert it for T and try every target."""
+    arch, _, seed = spec
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, path = cnn_family.make(arch, int(seed), Path(tmp))
+        test = np.load(cnn_family.SPLITS["test"])
+        row: dict[str, Any] = {"net": f"{arch}:{seed}"}
+        row["ann"] = cnn_family.accuracy(model, test["x"], test["y"])
+        snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
+        row["targets"] = {t: target_cell(snn, t, path, Path(tmp)) for t in TARGETS}
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    print(_line(row), flush=True)
+    return row
+
+
+def _cell(c: dict[str, Any]) -> str:
+    if "accuracy" in c:
+        return f"{100 * c['accuracy']:.2f}"
+    why = c["refused"].split(": ", 1)[-1] if c["refused"].startswith("node '") else c["refused"]
+    return f"refused at {c['stage']}: {why[:70]}" + ("..." if len(why) > 70 else "")
+
+
+def _line(row: dict[str, Any]) -> str:
+    cells = "; ".join(f"{t} {_cell(c)}" for t, c in row["targets"].items())
+    return f"{row['net']}: ANN {100 * row['ann']:.2f}; {cells} ({row['seconds']} s)"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each net's integer accuracy at T on each target (verified bit for bit on
+    VERIFY_INPUTS test images first), or why the target refused it."""
+    lines = [f"| net | ANN | {' | '.join(TARGETS)} |", "|---|---:|" + "---|" * len(TARGETS)]
+    for r in rows:
+        cells = " | ".join(_cell(r["targets"][t]) for t in TARGETS)
+        lines.append(f"| {r['net']} | {100 * r['ann']:.2f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
+    ap.add_argument("--out", default=str(HERE / "results" / "family_targets.json"))
+    args = ap.parse_args()
+    specs = [spec.partition(":") for spec in args.nets.split(",")]
+    for arch, _, seed in specs:
+        if arch not in cnn_family.ARCHITECTURES or not seed.isdigit():
+            ap.error(f"--nets: '{arch}:{seed}' is not arch:seed of benchmarks/cnn_family.py")
+    if args.jobs < 1:
+        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    rows = parallel.map_on_cores(run_one, specs, args.jobs)
+    doc = {"benchmark": "family_targets", "command": " ".join(sys.argv), "started": started,
+           "T": T, "verify_inputs": VERIFY_INPUTS, **provenance.record(), "rows": rows}  # fmt: skip
+    Path(args.out).write_text(json.dumps(doc, indent=1))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
