@@ -4,7 +4,8 @@ SDN_VTH_DIVISORS), run each on the calibration data for max_timesteps steps in t
 simulator, and keep the one whose predictions agree most with the ANN's (the calibration
 labels are not needed, and the ANN is what conversion approximates); ties go to fewer events.
 The scores of every candidate, and why any was refused, go into meta["quantization"]
-["kind_choice"].
+["kind_choice"]. Where even the best agrees no better than always answering the ANN's most
+common class, quantize refuses the graph, naming the first neuron that stays silent.
 """
 
 from __future__ import annotations
