@@ -62,7 +62,11 @@ def target_cell(snn: Any, target: str, onnx_path: Path, out: Path) -> dict[str, 
         return {"stage": stage, "refused": str(e)}
     test = load_data(splits["test"], labels=True)
     acc = evaluate(graph, test, [T], "int", str(onnx_path))["records"][0]["accuracy"]
-    return {"stage": "verified", "accuracy": acc}
+    return {
+        "stage": "verified",
+        "accuracy": acc,
+        "kind": graph.meta["quantization"].get("neuron_kind"),
+    }
 
 
 def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
@@ -84,7 +88,8 @@ def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
 
 def _cell(c: dict[str, Any]) -> str:
     if "accuracy" in c:
-        return f"{100 * c['accuracy']:.2f}"
+        kind = f" ({c['kind']})" if c.get("kind") not in (None, "subtract") else ""
+        return f"{100 * c['accuracy']:.2f}{kind}"
     why = c["refused"].split(": ", 1)[-1] if c["refused"].startswith("node '") else c["refused"]
     return f"refused at {c['stage']}: {why[:70]}" + ("..." if len(why) > 70 else "")
 

@@ -4,8 +4,8 @@ SDN_VTH_DIVISORS), run each on the calibration data for max_timesteps steps in t
 simulator, and keep the one whose predictions agree most with the ANN's (the calibration
 labels are not needed, and the ANN is what conversion approximates); ties go to fewer events.
 The scores of every candidate, and why any was refused, go into meta["quantization"]
-["kind_choice"]. Where even the best agrees no better than always answering the ANN's most
-common class, quantize refuses the graph, naming the first neuron that stays silent.
+["kind_choice"]. Where even the best answers one class for every sample (and the ANN does
+not), quantize refuses the graph, naming the first neuron that stays silent.
 """
 
 from __future__ import annotations
@@ -44,26 +44,28 @@ def _score(graph: Graph, x: Batch, ann: np.ndarray, T: int) -> dict[str, Any]:
     return {
         "agreement": float((pred == ann).mean()),
         "events": float(res.spikes.sum() / size(x)),
+        "classes_answered": int(len(np.unique(pred))),
     }
 
 
-def _refuse_if_chance(
-    graph: Graph, q: Graph, x: Batch, ann: np.ndarray, agreement: float, target: str, T: int
+def _refuse_if_constant(
+    graph: Graph, q: Graph, x: Batch, ann: np.ndarray, best: dict[str, Any], target: str, T: int
 ) -> None:
-    """Refuse where the best kind agrees with the ANN no better than always answering the
-    ANN's most common class would (within two binomial standard errors): such a graph is
-    proven free of overflow and computes nothing. Seen on residual CNNs in kind "sdn": the
-    proven range of an add sets the delta resolution of the neuron after it (quantize._sdn_if)
-    a thousand times coarser than its calibrated activations, and it never sends."""
-    chance = float(np.bincount(ann).max() / len(ann))
-    if agreement > chance + 2 * np.sqrt(chance * (1 - chance) / len(ann)):
+    """Refuse where the best kind answers one class for every calibration sample while the
+    ANN answers several: such a graph is proven free of overflow and computes nothing. Seen
+    on residual and depthwise CNNs in kind "sdn": the proven range of a neuron's input sets
+    its delta resolution (quantize._sdn_if), after an add up to a thousand times coarser than
+    its calibrated activations, and the neuron never sends, or sends so few levels that the
+    output is its bias alone. (Where the ANN itself answers one class, as random-weight test
+    networks may, nothing can be told.)"""
+    if best["classes_answered"] > 1 or len(np.unique(ann)) == 1:
         return
     silent = _first_silent_neuron(graph, q, take(x, slice(SILENT_SAMPLES)), T)
     where = f"; the first neuron layer silent at every step where the ANN's is not: '{silent}'"
     raise CapabilityExceeded(
-        f"no neuron kind of target '{target}' carries this network: the best agrees with the "
-        f"ANN's class on {100 * agreement:.1f} % of {len(ann)} calibration samples at T = {T}, "
-        f"no better than always answering its most common class ({100 * chance:.1f} %)"
+        f"no neuron kind of target '{target}' carries this network: the best answers one class "
+        f"for all {len(ann)} calibration samples at T = {T} (agreeing with the ANN on "
+        f"{100 * best['agreement']:.1f} %), where the ANN answers {len(np.unique(ann))}"
         + (where if silent else "")
     )
 
@@ -90,7 +92,7 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
     ann = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][-1]
     ann = ann.reshape(size(x), -1).argmax(-1)
     tried: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float], Graph] | None = None
+    best: tuple[tuple[float, float], Graph, dict[str, Any]] | None = None
     for p, divisor in _candidates(profile):
         entry: dict[str, Any] = {"kind": p.neuron_kind}
         if p.neuron_kind == SDN:
@@ -106,7 +108,7 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         tried.append(entry)
         key = (entry["agreement"], -entry["events"])
         if best is None or key > best[0]:
-            best = (key, q)
+            best = (key, q, entry)
     if best is None:  # every kind refused: say why each one did, on one line
         if len({c["refused"] for c in tried}) == 1:
             raise CapabilityExceeded(tried[0]["refused"])  # the same for every kind
@@ -116,7 +118,7 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         )
     out = best[1]
     if class_scores(graph, graph.outputs[0]):
-        _refuse_if_chance(graph, out, x, ann, best[0][0], profile.name, max_timesteps)
+        _refuse_if_constant(graph, out, x, ann, best[2], profile.name, max_timesteps)
     out.meta["quantization"]["kind_choice"] = {
         "measured": "agreement with the ANN's argmax on the calibration data, int mode",
         "T": max_timesteps,

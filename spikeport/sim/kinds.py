@@ -49,7 +49,7 @@ SDN_VTH_DIVISORS = (256, 64, 16)
 # weights times these levels provably stay within the 24-bit state, and fine enough for the
 # ANN's accuracy where the proven peak is near the calibrated one. After a residual add or a
 # concat it can be a thousand times higher, the neuron never sends, and quantize refuses the
-# graph (quantize.choose._refuse_if_chance).
+# graph (quantize.choose._refuse_if_constant).
 SDN_LEVEL_BITS = 10
 
 
