@@ -2,8 +2,8 @@
 trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
-        [--signed] [--rate-coded]
-    # writes benchmarks/results/cnn_family.json and prints a markdown table
+        [--signed] [--rate-coded] [--jobs 2]
+    # writes benchmarks/results/cnn_family.json, its plot cnn_family.png, and prints a table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
 proxy for that, a family rather than one example, to decide conversion defaults on:
