@@ -48,6 +48,11 @@ def _score(graph: Graph, x: Batch, ann: np.ndarray, T: int) -> dict[str, Any]:
     }
 
 
+def _rank(entry: dict[str, Any]) -> tuple[float, float]:
+    """More agreement first, then fewer events."""
+    return entry["agreement"], -entry["events"]
+
+
 def _refuse_if_constant(
     graph: Graph, q: Graph, x: Batch, ann: np.ndarray, best: dict[str, Any], target: str, T: int
 ) -> None:
@@ -58,14 +63,15 @@ def _refuse_if_constant(
     its calibrated activations, and the neuron never sends, or sends so few levels that the
     output is its bias alone. (Where the ANN itself answers one class, as random-weight test
     networks may, nothing can be told.)"""
-    if best["classes_answered"] > 1 or len(np.unique(ann)) == 1:
+    ann_classes = len(np.unique(ann))
+    if best["classes_answered"] > 1 or ann_classes == 1:
         return
     silent = _first_silent_neuron(graph, q, take(x, slice(SILENT_SAMPLES)), T)
     where = f"; the first neuron layer silent at every step where the ANN's is not: '{silent}'"
     raise CapabilityExceeded(
         f"no neuron kind of target '{target}' carries this network: the best answers one class "
         f"for all {len(ann)} calibration samples at T = {T} (agreeing with the ANN on "
-        f"{100 * best['agreement']:.1f} %), where the ANN answers {len(np.unique(ann))}"
+        f"{100 * best['agreement']:.1f} %), where the ANN answers {ann_classes}"
         + (where if silent else "")
     )
 
@@ -92,7 +98,7 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
     ann = simulate(graph, x, 1, "ann").outputs[graph.outputs[0]][-1]
     ann = ann.reshape(size(x), -1).argmax(-1)
     tried: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float], Graph, dict[str, Any]] | None = None
+    best: tuple[Graph, dict[str, Any]] | None = None
     for p, divisor in _candidates(profile):
         entry: dict[str, Any] = {"kind": p.neuron_kind}
         if p.neuron_kind == SDN:
@@ -106,9 +112,8 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
             continue
         entry.update(_score(q, x, ann, max_timesteps))
         tried.append(entry)
-        key = (entry["agreement"], -entry["events"])
-        if best is None or key > best[0]:
-            best = (key, q, entry)
+        if best is None or _rank(entry) > _rank(best[1]):
+            best = (q, entry)
     if best is None:  # every kind refused: say why each one did, on one line
         if len({c["refused"] for c in tried}) == 1:
             raise CapabilityExceeded(tried[0]["refused"])  # the same for every kind
@@ -116,9 +121,9 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         raise CapabilityExceeded(
             f"no neuron kind of target '{profile.name}' runs this graph; " + "; ".join(sorted(whys))
         )
-    out = best[1]
+    out = best[0]
     if class_scores(graph, graph.outputs[0]):
-        _refuse_if_constant(graph, out, x, ann, best[2], profile.name, max_timesteps)
+        _refuse_if_constant(graph, out, x, ann, best[1], profile.name, max_timesteps)
     out.meta["quantization"]["kind_choice"] = {
         "measured": "agreement with the ANN's argmax on the calibration data, int mode",
         "T": max_timesteps,
