@@ -337,6 +337,16 @@ def run_one(
     return row
 
 
+def net_specs(ap: argparse.ArgumentParser, nets: str) -> list[tuple[str, str, str]]:
+    """`--nets` "arch:seed,..." as (arch, ":", seed) triples, each checked (else ap.error)."""
+    specs = [spec.partition(":") for spec in nets.split(",")]
+    for arch, _, seed in specs:
+        if arch not in ARCHITECTURES or not seed.isdigit():
+            known = ", ".join(sorted(ARCHITECTURES))
+            ap.error(f"--nets: '{arch}:{seed}' is not arch:seed with arch one of {known}")
+    return specs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
@@ -346,18 +356,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
-    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
+    parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
     if args.shift < 0:
         ap.error(f"--shift must be 0 or more, got {args.shift}")
-    if args.jobs < 1:
-        ap.error(f"--jobs must be at least 1, got {args.jobs}")
-    specs = [spec.partition(":") for spec in args.nets.split(",")]
-    for arch, _, seed in specs:
-        if arch not in ARCHITECTURES or not seed.isdigit():
-            known = ", ".join(sorted(ARCHITECTURES))
-            ap.error(f"--nets: '{arch}:{seed}' is not arch:seed with arch one of {known}")
+    specs = net_specs(ap, args.nets)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     options = {
         k: getattr(args, k) for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift")

@@ -32,7 +32,7 @@ import parallel  # noqa: E402
 import provenance  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
-from spikeport.data import load_data  # noqa: E402
+from spikeport.data import Dataset, load_data  # noqa: E402
 from spikeport.errors import SpikeportError  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
 from spikeport.quantize import quantize  # noqa: E402
@@ -47,20 +47,20 @@ DEFAULT_NETS = (
 )
 
 
-def target_cell(snn: Any, target: str, onnx_path: Path, out: Path) -> dict[str, Any]:
-    """quantize, emit and verify `snn` for `target`: the accuracy at T, or the refusal."""
-    splits = cnn_family.SPLITS
+def target_cell(
+    snn: Any, target: str, onnx_path: Path, out: Path, calib: np.ndarray, test: Dataset
+) -> dict[str, Any]:
+    """quantize (on `calib`), emit and verify `snn` for `target`: the accuracy at T on `test`,
+    or the refusal."""
     stage = "quantize"
     try:
-        calib = load_data(splits["calib"]).x
         graph = quantize(snn, calib, get_target(target).profile, TARGETS[target])
         stage = "emit"
         emit(graph, target, out / target)
         stage = "verify"
-        verify(graph, out / target, load_data(splits["test"]).x[:VERIFY_INPUTS], T)
+        verify(graph, out / target, test.x[:VERIFY_INPUTS], T)
     except SpikeportError as e:
         return {"stage": stage, "refused": str(e)}
-    test = load_data(splits["test"], labels=True)
     acc = evaluate(graph, test, [T], "int", str(onnx_path))["records"][0]["accuracy"]
     return {
         "stage": "verified",
@@ -76,11 +76,12 @@ def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model, path = cnn_family.make(arch, int(seed), Path(tmp))
-        test = np.load(cnn_family.SPLITS["test"])
+        calib = load_data(cnn_family.SPLITS["calib"]).x
+        test = load_data(cnn_family.SPLITS["test"], labels=True)
         row: dict[str, Any] = {"net": f"{arch}:{seed}"}
-        row["ann"] = cnn_family.accuracy(model, test["x"], test["y"])
+        row["ann"] = cnn_family.accuracy(model, test.x, test.y)
         snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
-        row["targets"] = {t: target_cell(snn, t, path, Path(tmp)) for t in TARGETS}
+        row["targets"] = {t: target_cell(snn, t, path, Path(tmp), calib, test) for t in TARGETS}
     row["seconds"] = round(time.perf_counter() - t0, 1)
     print(_line(row), flush=True)
     return row
@@ -112,15 +113,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
-    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
+    parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "family_targets.json"))
     args = ap.parse_args()
-    specs = [spec.partition(":") for spec in args.nets.split(",")]
-    for arch, _, seed in specs:
-        if arch not in cnn_family.ARCHITECTURES or not seed.isdigit():
-            ap.error(f"--nets: '{arch}:{seed}' is not arch:seed of benchmarks/cnn_family.py")
-    if args.jobs < 1:
-        ap.error(f"--jobs must be at least 1, got {args.jobs}")
+    specs = cnn_family.net_specs(ap, args.nets)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = parallel.map_on_cores(run_one, specs, args.jobs)
     doc = {"benchmark": "family_targets", "command": " ".join(sys.argv), "started": started,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -16,3 +17,14 @@ def map_on_cores(fn: Callable[[Any], Any], items: Iterable[Any], jobs: int) -> l
         return [fn(item) for item in items]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, items))
+
+
+def add_jobs(ap: argparse.ArgumentParser) -> None:
+    """`--jobs N` (at least 1, default 1): nets run at once, one core each."""
+
+    def at_least_one(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+        return int(text)
+
+    ap.add_argument("--jobs", type=at_least_one, default=1, help="nets run at once, one core each")

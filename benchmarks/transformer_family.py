@@ -302,12 +302,10 @@ def main() -> None:
     ap.add_argument(
         "--nets", default=DEFAULT_NETS, help="task:arch:seed[:dynamo],... (%(default)s)"
     )
-    ap.add_argument("--jobs", type=int, default=1, help="nets run at once, one core each")
+    parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "transformer_family.json"))
     args = ap.parse_args()
     specs = [_spec(ap, s) for s in args.nets.split(",")]
-    if args.jobs < 1:
-        ap.error(f"--jobs must be at least 1, got {args.jobs}")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = parallel.map_on_cores(run_one, specs, args.jobs)
     doc = {"benchmark": "transformer_family", "command": " ".join(sys.argv), "started": started,
