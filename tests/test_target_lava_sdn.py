@@ -69,8 +69,23 @@ def _steps(n: SigmaDeltaNeuron, currents: list[int]) -> tuple[list[int], list[in
     for cur in currents:
         outs.append(int(n(np.array([[cur]]))[0, 0]))
         msgs.append(int(n.fired[0, 0]))
-        res.append(int(n.residue[0, 0]))
+        res.append(int(n.residue[0, 0, 0]))  # the residue of the one neuron of the value
     return outs, msgs, res
+
+
+def test_a_capped_sigma_delta_neuron_is_two_whose_levels_subtract():
+    """cap c: relu(I) and relu(I - c), each the rule above with its own residue; the level
+    is the first's minus the second's (min(relu(I), c) once both have sent), and the
+    messages are the two neurons' side by side (the Lava population's order)."""
+    n = SigmaDeltaNeuron(np.array([2]), integer=True, shape=(1,), cap=np.array([10]))
+    n.reset(1)
+    outs, msgs = [], []
+    for cur in [4, 15, 15, 12, 1, 30]:
+        outs.append(int(n(np.array([[cur]]))[0, 0]))
+        msgs.append(n.fired[0].tolist())
+    # acts (4, 0), (15, 5), (15, 5), (12, 2), (1, 0), (30, 20); deltas sent when |.| >= 2
+    assert msgs == [[4, 0], [11, 5], [0, 0], [-3, -3], [-11, -2], [29, 20]]
+    assert outs == [0, 4, 10, 10, 10, 1]  # min(relu(I), 10) one step late
 
 
 def test_sigma_delta_sends_the_change_once_it_reaches_vth_and_keeps_the_rest():
@@ -114,11 +129,16 @@ def test_set_kind_leaves_what_sigma_delta_cannot_run(cases):
         if a.op == "if":
             assert kind_of(a) == SDN
             np.testing.assert_allclose(a.params["threshold"] * 64, b.params["threshold"])
+            np.testing.assert_allclose(a.params["sdn_cap"], b.params["threshold"])
     graded = Node("n", "if", ["x"], "y", {"signed": False, "cap": None, "spike_bits": 2}, {})
-    capped = Node("m", "if", ["x"], "z", {"signed": False, "cap": 6.0}, {})
-    g.nodes += [graded, capped]
-    out = set_kind(g, SDN)
-    assert kind_of(out.nodes[-2]) == "subtract" and kind_of(out.nodes[-1]) == "subtract"
+    signed = Node("s", "if", ["x"], "u", {"signed": True, "cap": None}, {})
+    th = {"threshold": np.array([8.0], np.float32)}
+    capped = Node("m", "if", ["x"], "z", {"signed": False, "cap": 6.0}, th)
+    g.nodes += [graded, signed, capped]
+    out = set_kind(g, SDN, caps={"m": np.array([7.0])})
+    assert kind_of(out.nodes[-3]) == "subtract" and kind_of(out.nodes[-2]) == "subtract"
+    # a ReLU6 runs as a sigma-delta neuron capped at 6 (its calibrated peak 7 lies above)
+    assert kind_of(out.nodes[-1]) == SDN and out.nodes[-1].params["sdn_cap"].item() == 6.0
 
 
 # --- the simulator: modes, backends, the torch layer ------------------------------------------
@@ -302,13 +322,21 @@ def test_residual_and_concat_are_bit_exact_in_lava(lava_env, dag_models, name, t
     check_batch(g, tmp_path / name, random_inputs(g, 16, seed=3), MAX_T)
 
 
-def test_a_capped_relu_is_refused_naming_the_node_and_why(cases):
-    """concat_pool ends in Clip(0, 6): SigmaDelta has no cap, the LIF kind no concat."""
-    with pytest.raises(CapabilityExceeded) as e:
-        sdn_graph(cases["concat_pool"])
-    msg = str(e.value)
-    assert "lava: node 'concat_5': op 'concat' is not supported" in msg
-    assert "sdn: node 'clip_11'" in msg and "capped ReLU (cap 6.0)" in msg
+def test_a_capped_relu_runs_as_a_pair_bit_exact_in_lava(cases, lava_env, tmp_path):
+    """concat_pool ends in Clip(0, 6): the LIF kind has no concat, so the sigma-delta kind
+    carries it, the ReLU6 a sigma-delta neuron capped at 6 (two SigmaDelta neurons in Lava,
+    relu(I) - relu(I - 6)), and Lava runs it bit for bit."""
+    g = sdn_graph(cases["concat_pool"])
+    assert g.meta["quantization"]["neuron_kind"] == SDN
+    clip = next(n for n in g.nodes if n.name == "clip_11")
+    s = float(g.scales[clip.inputs[0]].max())  # one input scale: a dense's outputs
+    cap = clip.params["sdn_cap_q"].astype(np.float64) * s
+    assert cap.max() <= 6.0 * (1 + 2.0**-8) and cap.min() > 0
+    net = lava_target.plan.prepare(g)
+    pair = net.layer("clip_11")
+    assert pair.size == 2 * 16 and np.all(pair.offset[16:] == -clip.params["sdn_cap_q"].ravel())
+    emit(g, "lava", tmp_path / "cp")
+    check_batch(g, tmp_path / "cp", random_inputs(g, 16, seed=5), MAX_T)
 
 
 def test_a_graded_if_stays_refused_by_name(cases):
@@ -324,41 +352,61 @@ def test_an_overflowing_a_in_is_refused_naming_the_layer(emitted):
     _, g, _ = emitted["digits_mlp"]
     bad = copy.deepcopy(g)
     relu = next(n for n in bad.nodes if n.op == "if")
-    relu.attrs["state_exp"] = 0  # messages 2^9 times larger than quantize planned
+    # a delta threshold 2^12 times larger: the residues, so the messages, the same
+    relu.params["threshold_q"] = relu.params["threshold_q"] * 4096
     with pytest.raises(CapabilityExceeded, match="node 'node_relu_1' \\(synapses\\).*24-bit a_in"):
         lava_target.plan.prepare(bad)
 
 
 def test_cli_quantize_refusal_is_one_line_exit_2(cases, tmp_path):
+    """Graded neurons, which neither kind runs: one line naming the first, exit 2, no file."""
     spk = tmp_path / "cp.spk"
-    save(unsigned_snn(cases["concat_pool"]), spk)
-    args = ["quantize", str(spk), "--calib", str(cases["concat_pool"].calib), "--target", "lava"]
+    case = cases["concat_pool"]
+    save(convert(case.onnx, case.calib, signed=False, spike_bits=2), spk)
+    args = ["quantize", str(spk), "--calib", str(case.calib), "--target", "lava"]
     res = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "q.spk")])
-    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
-    assert res.stderr.startswith("error: no neuron kind of target 'lava' runs this graph")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert res.stderr.startswith("error: node 'relu_4' (if): spike_bits 2: target 'lava'")
     assert not (tmp_path / "q.spk").exists()
 
 
-def test_a_network_no_kind_carries_is_refused_naming_the_silent_layer(tmp_path):
-    """bench_resnet (benchmarks/nets: two residual blocks) in kind "sdn": the proven range of
-    the first residual add sets the delta threshold of the neuron after it (4096 state units)
-    above what its input reaches on real digits, so it never sends and the network answers
-    one class for every image (8.9 % agreement with the ANN). That graph is proven free of
-    overflow and computes nothing: quantize refuses it, naming the neuron, where it used to
-    write it and record the 8.9 %."""
+def test_a_residual_network_is_carried_by_capped_sigma_delta_neurons(tmp_path):
+    """bench_resnet (benchmarks/nets: two residual blocks) in kind "sdn": before the caps the
+    proven range of the first residual add set the delta threshold of the neuron after it
+    above what its input reaches on real digits, it never sent, and the network answered one
+    class (8.9 % agreement with the ANN; quantize refused it). Each neuron now capped at its
+    calibrated peak, the proof stays within a layer of the calibration, and Lava's kind "sdn"
+    agrees with the ANN; the same network on the C target too."""
     spk = tmp_path / "resnet.spk"
     onnx_file = EXAMPLES.parent / "benchmarks" / "nets" / "bench_resnet.onnx"
     save(convert(onnx_file, EXAMPLES / "digits_calib.npz", tune=False), spk)
     args = ["quantize", str(spk), "--calib", str(EXAMPLES / "digits_calib.npz"), "--target"]
     res = CliRunner().invoke(main, [*args, "lava", "--max-T", "12", "-o", str(tmp_path / "q.spk")])
+    assert res.exit_code == 0, res.output
+    q = load(tmp_path / "q.spk").meta["quantization"]
+    sdn = [c for c in q["kind_choice"]["candidates"] if c["kind"] == SDN and "agreement" in c]
+    assert q["neuron_kind"] == SDN and max(c["agreement"] for c in sdn) >= 0.98
+    res = CliRunner().invoke(main, [*args, "c", "--max-T", "12", "-o", str(tmp_path / "c.spk")])
+    assert res.exit_code == 0 and (tmp_path / "c.spk").exists()
+
+
+def test_a_network_no_kind_carries_is_refused_naming_the_silent_layer(cases, tmp_path):
+    """A graph of kind "sdn" (as `finetune --kind sdn` writes) whose first layer's delta
+    threshold lies far above anything its input reaches: that neuron never sends, the network
+    answers one class for every image, and the graph is proven free of overflow all the same.
+    quantize refuses it, naming the neuron, instead of writing it."""
+    g = set_kind(unsigned_snn(cases["digits_mlp"]), SDN)
+    first = next(n for n in g.nodes if n.op == "if")
+    first.params["threshold"] = first.params["threshold"] * 1e4
+    spk = tmp_path / "silent.spk"
+    save(g, spk)
+    args = ["quantize", str(spk), "--calib", str(EXAMPLES / "digits_calib.npz"), "--target"]
+    res = CliRunner().invoke(main, [*args, "lava", "--max-T", "12", "-o", str(tmp_path / "q.spk")])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
     assert res.stderr.startswith("error: no neuron kind of target 'lava' carries this network")
     assert "answers one class for all 180 calibration samples" in res.stderr
-    assert res.stderr.rstrip().endswith("'/block1/relu_1/Relu'")
+    assert res.stderr.rstrip().endswith(f"'{first.name}'")
     assert not (tmp_path / "q.spk").exists()
-    # the same network for the C target (subtractive IF, 32-bit state) carries the ANN
-    res = CliRunner().invoke(main, [*args, "c", "--max-T", "12", "-o", str(tmp_path / "c.spk")])
-    assert res.exit_code == 0 and (tmp_path / "c.spk").exists()
 
 
 # --- Lava's fixed-point run equals the simulator, bit for bit ----------------------------------

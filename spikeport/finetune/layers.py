@@ -267,24 +267,37 @@ class LavaMaxPool(Layer):
 class SigmaDeltaIF(IF):
     """Kind "sdn" (simulator: SigmaDeltaNeuron, float mode): act = relu(I), the change of act
     plus the residue is sent once |change| >= theta, and the output is the level sent up to
-    the previous step. The message threshold is a step with no useful gradient, so the
-    backward pass is straight-through: the level's gradient goes to the act it approximates
-    (the ANN's ReLU, one step earlier). The delta threshold is kept, not trained."""
+    the previous step; a capped neuron (param sdn_cap, c) is two such on I and I - c, its
+    level the first's minus the second's (min(relu(I), c)). The message threshold is a step
+    with no useful gradient, so the backward pass is straight-through: the level's gradient
+    goes to the activation it approximates (the ANN's clipped ReLU, one step earlier). The
+    delta threshold and the cap are kept, not trained."""
+
+    def __init__(self, node: Node, surrogate: Shape):
+        super().__init__(node, surrogate)
+        cap = node.params.get("sdn_cap")
+        self.capped = cap is not None
+        self.register_buffer(
+            "cap", torch.as_tensor(np.asarray(cap if self.capped else 0, np.float32))
+        )
 
     def reset(self) -> None:
         super().reset()
-        self.act: torch.Tensor | None = None
+        self.act: torch.Tensor | None = None  # the pair's acts, stacked
         self.residue: torch.Tensor | float = 0.0
         self.level: torch.Tensor | float = 0.0
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
-        prev_act = torch.zeros_like(current) if self.act is None else self.act
-        out = (self.level - prev_act.detach()) + prev_act  # forward: the level; backward: act
-        act = current.clamp(min=0)
+        offsets = [0.0, -self.cap] if self.capped else [0.0]
+        act = torch.stack([(current + off).clamp(min=0) for off in offsets])
+        prev = torch.zeros_like(act) if self.act is None else self.act
+        value = prev[0] if len(prev) == 1 else prev[0] - prev[1]  # the clipped ReLU
+        out = (self.level - value.detach()) + value  # forward: the level; backward: value
         with torch.no_grad():
-            delta = act - prev_act + self.residue
+            delta = act - prev + self.residue
             sent = torch.where(delta.abs() >= self.threshold, delta, torch.zeros_like(delta))
-            self.residue, self.level = delta - sent, self.level + sent
+            self.residue = delta - sent
+            self.level = self.level + (sent[0] if len(sent) == 1 else sent[0] - sent[1])
         self.act = act
         return out
 

@@ -51,6 +51,10 @@ class Profile:
     # Largest |per-step input current| a neuron accepts (None: only state_bits limits it);
     # quantize coarsens a layer's weight scale until its proven bound fits.
     max_current: int | None = None
+    # The width of a graph output's bias where the target holds it in a narrower register
+    # than bias_bits (Lava's sigma-delta output: SigmaDelta's 16-bit bias): quantize coarsens
+    # the output's weight scale until it fits.
+    output_bias_bits: int | None = None
     # One integer threshold per neuron layer (a population shares its threshold register):
     # quantize picks per-channel weight scales that make every channel's threshold the same.
     layer_threshold: bool = False

@@ -20,7 +20,7 @@ from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
-from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, holds_levels, kind_of
 
 # rule(node, per-step bounds of |inputs|, T, bounds of |inputs summed over t <= T steps|)
 #   -> (per-step output bound, peak of kept state[, bound of the output summed over steps])
@@ -144,12 +144,28 @@ def _sdn(node: Node, theta: np.ndarray, b: np.ndarray, T: int) -> tuple:
     floor(s / 2^e): with e = 0 the level received so far is always a past act (after a message
     residue = 0 and level = act; between messages it does not move), in [0, b]; with e > 0
     each message loses less than one unit to the floor, so the level lies in [-T, b / 2^e]
-    (at most T messages, each below its share s / 2^e)."""
+    (at most T messages, each below its share s / 2^e).
+    A capped neuron (param sdn_cap_q, c) is two of them, on I and on I - c; the sum of one's
+    messages is its act minus its residue, so the pair's level is clip(I, 0, c) minus the
+    difference of two residues, within (-2 theta, c + 2 theta), each floor again costing less
+    than a unit a step: whatever b is, the level is bounded by the cap (sdn_level_bound)."""
     e = node.attrs.get("state_exp", 0)
     state = float((b + np.maximum(theta, 1)).max(initial=0))
+    if "sdn_cap_q" in node.params:
+        return np.broadcast_to(sdn_level_bound(node, T), b.shape), state
     if e == 0:
         return b, state
     return np.maximum(np.floor(b / 2.0**e), float(T)), state
+
+
+def sdn_level_bound(node: Node, T: int) -> np.ndarray:
+    """|level| of a capped sigma-delta neuron (see _sdn), and of one step's change of it, the
+    messages its readers get at once: |Δlevel| = |Δclip - Δ(residue difference)| / 2^e plus
+    the two floors' unit, below (c + 4 theta) / 2^e + 1. The larger of the two bounds both."""
+    e = node.attrs.get("state_exp", 0)
+    cap = node.params["sdn_cap_q"].astype(np.float64)
+    theta = np.maximum(node.params["threshold_q"].astype(np.float64), 1)
+    return np.ceil((cap + 4 * theta) / 2.0**e) + (T if e else 0)
 
 
 @dataclass
@@ -207,8 +223,8 @@ def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> N
         total = T * res[0]
     if n.op == "if":
         nonneg = not (n.attrs.get("signed") or n.attrs.get("bipolar"))
-        if kind_of(n) == SDN:  # a shifted level may drift below 0 (see _sdn)
-            nonneg = n.attrs.get("state_exp", 0) == 0
+        if kind_of(n) == SDN:  # a shifted level, or a capped pair's, may go below 0 (_sdn)
+            nonneg = n.attrs.get("state_exp", 0) == 0 and "sdn_cap_q" not in n.params
     elif n.op == "scale":
         nonneg = nonneg and n.attrs["factor"] >= 0
     elif n.op == "channel_scale":
@@ -239,8 +255,9 @@ def prove_ranges(
     limit = int_limit(state_bits)
     peak: dict[str, object] = {"value": 0, "node": None}
     bounds = range_bounds(graph, max_timesteps)
+    sums = not holds_levels(graph)  # a level output is held as it is, not summed over steps
     for n in graph.nodes:
-        worst = bounds[n.output].worst(n.output in graph.outputs)
+        worst = bounds[n.output].worst(sums and n.output in graph.outputs)
         if worst > limit:
             extra = math.ceil(math.log2((worst + 1) / (limit + 1)))
             raise OverflowWithinSteps(

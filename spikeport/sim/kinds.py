@@ -20,11 +20,21 @@ DESIGN.md section 6, so graphs written before kinds existed run exactly as befor
               not spikes, so the synapses behind it compute W * level + b, exactly what Lava's
               sigma + bias holds. Max pooling (of levels) becomes SDN_POOL stages of sigma-delta
               neurons with theta 0 (max(a, b) = a + relu(b - a)), each costing a step.
+              Each neuron is capped at its balanced threshold (param `sdn_cap`), as the
+              spiking neuron is (one spike a step): min(relu(I), c) = relu(I) - relu(I - c),
+              two SigmaDelta neurons whose messages the next Dense subtracts. The cap is
+              what keeps the overflow proof from compounding: without it a layer's proven
+              level is the proof of every layer before it, a thousand times the calibrated
+              one after a few convolutions, and the proof's resolution leaves the neurons
+              silent; with it each layer's level is proven within its own cap.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+
+import numpy as np
 
 from spikeport.errors import BadInput
 from spikeport.ir.graph import Graph, Node
@@ -89,20 +99,24 @@ def why_not(node: Node, kind: str) -> str:
         return "signed spikes"
     if a.get("spike_bits", 1) > 1:
         return f"graded spikes (spike_bits {a['spike_bits']})"
-    if kind == SDN and a.get("cap") is not None:
-        return f"a capped ReLU (cap {a['cap']}): Lava's SigmaDelta has no cap"
     return ""
 
 
-def set_kind(graph: Graph, kind: str, vth_divisor: int = SDN_VTH_DIVISORS[1]) -> Graph:
+def set_kind(
+    graph: Graph,
+    kind: str,
+    vth_divisor: int = SDN_VTH_DIVISORS[1],
+    caps: Mapping[str, np.ndarray] | None = None,
+) -> Graph:
     """A copy of `graph` whose neurons and max pools of the default kind run `kind` instead.
 
     Nodes that already carry another kind, and signed, bipolar or graded neurons (the "lava"
-    and "sdn" kinds run unsigned neurons of one threshold only), and capped ReLUs (Lava's
-    SigmaDelta has no cap) for "sdn", are left as they are: the target's profile check refuses
-    them by name. For "lava" the float params are unchanged: the thresholds balanced for the
-    default kind are the starting point that fine-tuning improves on. For "sdn" a neuron's
-    threshold becomes its delta threshold, the balanced one / `vth_divisor`.
+    and "sdn" kinds run unsigned neurons of one threshold only), are left as they are: the
+    target's profile check refuses them by name. For "lava" the float params are unchanged:
+    the thresholds balanced for the default kind are the starting point that fine-tuning
+    improves on. For "sdn" a neuron's threshold becomes its delta threshold, the balanced one
+    / `vth_divisor`, and its cap `sdn_cap` is `caps[name]` (quantize: the calibrated peak of
+    its activation) or else the balanced threshold, lowered to a ReLU6's cap.
     """
     if kind not in NEURON_KINDS:
         raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
@@ -116,5 +130,11 @@ def set_kind(graph: Graph, kind: str, vth_divisor: int = SDN_VTH_DIVISORS[1]) ->
             continue
         n.attrs["kind"] = kind
         if kind == SDN and n.op == "if":
-            n.params["threshold"] = n.params["threshold"] / vth_divisor
+            theta = n.params["threshold"]
+            top = (caps or {}).get(n.name, theta)
+            clip = n.attrs.get("cap")
+            n.params["sdn_cap"] = (top if clip is None else np.minimum(top, clip)).astype(
+                np.float32
+            )
+            n.params["threshold"] = theta / vth_divisor
     return out

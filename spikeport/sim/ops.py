@@ -308,35 +308,53 @@ class SigmaDeltaNeuron(IFNeuron):
     PySigmaDeltaModelFixed.run_spk): act = max(I, 0); delta = act - act_prev + residue;
     s = delta where |delta| >= theta (not strict), else 0; residue = delta - s;
     act_prev = act; the message is m = s >> state_exp (floor: the bits shifted out are lost,
-    not kept in the residue). `fired` (and `k`) is this step's message m. The output is the
-    level the next layer's Dense has delivered: the sum of the messages up to the previous
-    step (zeros at step 1). The float mode runs the same with real numbers and no shift.
-    `v` holds delta, the widest state, for the range checks.
+    not kept in the residue). The output is the level the next layer's Dense has delivered:
+    the sum of the messages up to the previous step (zeros at step 1). The float mode runs
+    the same with real numbers and no shift.
+
+    With a `cap` c (per channel) the neuron is two SigmaDelta neurons with the rule above, one
+    on I and one on I - c, and the level is the first's minus the second's: Lava's pair
+    relu(I) - relu(I - c) = min(relu(I), c). `fired` (and `k`) is this step's messages, the
+    pair's side by side per sample ((N, 2 * size): the Lava population's order), `v` the
+    deltas, the widest state, for the range checks.
     """
 
-    def __init__(self, theta: np.ndarray, integer: bool, shape: Shape, state_exp: int = 0):
+    def __init__(
+        self,
+        theta: np.ndarray,
+        integer: bool,
+        shape: Shape,
+        state_exp: int = 0,
+        cap: np.ndarray | None = None,
+    ):
         super().__init__(theta, False, integer, shape)
         self.state_exp = state_exp if integer else 0
         dt = np.int64 if integer else np.float64
+        # the offsets of the neurons that carry one value: 0, and -cap for a capped one
+        self.offsets = [0] if cap is None else [0, -np.asarray(cap, dt)]
         self.act = self.residue = self.level = self.fired = np.zeros(0, dt)
 
     def reset(self, batch: int) -> None:
         super().reset(batch)
-        zero = np.zeros((batch,) + self.shape, np.int64 if self.integer else np.float64)
-        self.v, self.act, self.residue, self.level = zero, zero, zero, zero
-        self.fired = self.k = zero
+        dt = np.int64 if self.integer else np.float64
+        pair = np.zeros((len(self.offsets), batch) + self.shape, dt)
+        self.v, self.act, self.residue = pair, pair, pair
+        self.level = self.fired = self.k = np.zeros((batch,) + self.shape, dt)
 
     def __call__(self, current: np.ndarray) -> np.ndarray:
         out = self.level
-        act = np.maximum(current, 0)
+        act = np.stack([np.maximum(current + off, 0) for off in self.offsets])
         delta = act - self.act + self.residue
         sent = np.where(np.abs(delta) >= self.theta, delta, 0)
         self.residue, self.act, self.v = delta - sent, act, delta
         if self.state_exp:
             sent = np.right_shift(sent, self.state_exp)  # floor, as numpy's right_shift
-        self.level = self.level + sent
-        self.fired = self.k = sent
-        self.count = self.count + (sent != 0)
+        self.level = self.level + (sent[0] if len(sent) == 1 else sent[0] - sent[1])
+        n = len(current)
+        self.fired = self.k = (
+            sent[0] if len(sent) == 1 else np.concatenate([m.reshape(n, -1) for m in sent], axis=1)
+        )
+        self.count = self.count + (sent[0] != 0)
         return out
 
 
@@ -353,7 +371,8 @@ def _if(node: Node, mode: str, shape: Shape) -> Kernel:
         return LavaIFNeuron(_p(node, "threshold", mode), mode == "int", shape)
     if kind_of(node) == SDN:
         exp = node.attrs.get("state_exp", 0)
-        return SigmaDeltaNeuron(_p(node, "threshold", mode), mode == "int", shape, exp)
+        cap = _p(node, "sdn_cap", mode) if "sdn_cap" in node.params else None
+        return SigmaDeltaNeuron(_p(node, "threshold", mode), mode == "int", shape, exp, cap)
     return IFNeuron(
         _p(node, "threshold", mode),
         node.attrs["signed"],

@@ -93,7 +93,8 @@ def write(path: Path, net: Network, extra: dict[str, Any]) -> None:
             g.create_dataset("shape", data=np.array([la.size], np.int64))
             if la.src is not None:
                 g.create_dataset("weight", data=la.weight.astype(np.int8), **PACK)  # plan.check
-                g.create_dataset("bias", data=la.bias.astype(np.int32))
+            if la.src is not None or la.offset is not None:  # the population's own bias
+                g.create_dataset("bias", data=la.neuron_bias().astype(np.int32))
             if net.levels:
                 _sdn_neuron(g, la.vth, la.state_exp, la.role == "output")
                 _sdn_sources(g, net, la)

@@ -19,6 +19,7 @@ How each op maps (LAVA_OPS; anything else is refused by name before anything is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,19 +74,31 @@ class Layer:
     weight: np.ndarray
     src: str | None
     state_exp: int = 0  # kind "sdn": SigmaDelta's state_exp (messages are state >> it)
-    msg_peak: int = 1  # the largest |message| it sends (1: spikes), for the next a_in bound
+    # the largest |message| it sends (1: spikes), for the next a_in bound; kind "sdn": one
+    # for each value of the tensor it carries where they differ (a capped neuron's)
+    msg_peak: int | np.ndarray = 1
     a_in_peak: float = 0.0  # kind "sdn": the largest |graded input| it receives in a step
     # kind "sdn": more (source layer, weight) pairs, one graded Dense each, summed in a_in
     extra: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    # kind "sdn": each neuron's own offset on top of the synapses' bias (a capped neuron's
+    # second half: -cap); None: none
+    offset: np.ndarray | None = None
+
+    def neuron_bias(self) -> np.ndarray:
+        """The SigmaDelta's bias: the synapses' (the host adds its own to its input) plus the
+        neuron's offset."""
+        own = np.zeros(self.size, np.int64) if self.src is None else self.bias
+        return own if self.offset is None else own + self.offset
 
 
 @dataclass
 class Network:
     layers: list[Layer] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # spike tensor -> layer name
-    # tensor -> (its size, the layer's size): the tensor as a sum of the layer's outputs
-    # (kind "sdn" max pooling: a pair's two neurons); absent: the layer's outputs themselves
-    readout: dict[str, np.ndarray] = field(default_factory=dict)
+    # tensor -> W -> W', the weights over the tensor's values as weights over the layer's
+    # neurons (kind "sdn": a max pool's pairs and a capped neuron's two halves, whose outputs
+    # the reader sums); absent: the layer's outputs are the tensor's values
+    readout: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
     levels: bool = False  # kind "sdn": SigmaDelta layers carrying levels
 
     def layer(self, name: str) -> Layer:

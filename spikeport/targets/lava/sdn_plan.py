@@ -4,7 +4,10 @@ connections (num_message_bits 24), exact by construction.
 How each op maps (anything else is refused by name before anything is written):
   if         one SigmaDelta population, act_mode RELU, cum_error off, spike_exp 0, state_exp =
              the node's, vth = the layer's integer delta threshold, bias = the integer bias of
-             the synapses in front (Lava's sigma holds W * level, sigma + bias the current)
+             the synapses in front (Lava's sigma holds W * level, sigma + bias the current);
+             a capped neuron (sdn_cap_q, c) is two neurons of it reading the same synapses,
+             the second's bias lower by c, and its readers' weights are W for the first and
+             -W for the second: relu(I) - relu(I - c) = min(relu(I), c)
   dense, conv2d, avgpool2d, reshape
              folded into the graded Dense in front of the next population, as for kind "lava"
              (plan.affine: the integer kernels run on impulses)
@@ -23,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikeport.ir.graph import Graph, Node
-from spikeport.quantize.ranges import NodeBounds, range_bounds
+from spikeport.quantize.ranges import NodeBounds, range_bounds, sdn_level_bound
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
 from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds
@@ -54,9 +57,10 @@ def _inputs(
             out.append((None, w))
             continue
         src = net.layer(net.sources[leaf])
-        a_in += float(np.abs(w).sum(1).max(initial=0)) * src.msg_peak
+        peak = np.broadcast_to(np.asarray(src.msg_peak, np.float64), w.shape[1:])
+        a_in += float((np.abs(w) @ peak).max(initial=0))
         readout = net.readout.get(leaf)
-        out.append((src.name, w if readout is None else w @ readout))
+        out.append((src.name, w if readout is None else readout(w)))
     return out, b, a_in
 
 
@@ -75,8 +79,18 @@ def _neuron(net: Network, graph: Graph, node: Node, bounds: dict[str, NodeBounds
     inputs, b, a_in = _inputs(net, graph, node.inputs[0])
     vth = int(np.asarray(node.params["threshold_q"]).reshape(-1)[0])
     exp = int(node.attrs.get("state_exp", 0))
-    la = _layer(node.name, "sdn", inputs, b, vth, exp)
-    la.msg_peak = _message_peak(float(bounds[node.inputs[0]].step.max(initial=0)), vth, exp)
+    if "sdn_cap_q" in node.params:  # two neurons a value, on I and on I - cap
+        cap_q = np.broadcast_to(node.params["sdn_cap_q"], graph.shape(node.output))
+        inputs = [(src, np.vstack([w, w])) for src, w in inputs]
+        la = _layer(node.name, "sdn", inputs, np.concatenate([b, b]), vth, exp)
+        la.offset = np.concatenate([np.zeros(b.shape, np.int64), -cap_q.reshape(-1)])
+        steps = graph.meta["quantization"]["max_timesteps"]
+        bound = sdn_level_bound(node, steps)  # per value: a cap a channel
+        la.msg_peak = np.broadcast_to(bound, graph.shape(node.output)).reshape(-1)
+        net.readout[node.output] = lambda w: np.hstack([w, -w])
+    else:
+        la = _layer(node.name, "sdn", inputs, b, vth, exp)
+        la.msg_peak = _message_peak(float(bounds[node.inputs[0]].step.max(initial=0)), vth, exp)
     la.a_in_peak = a_in
     net.layers.append(la)
     net.sources[node.output] = node.name
@@ -133,7 +147,10 @@ def _maxpool(net: Network, graph: Graph, node: Node, bounds: dict[str, NodeBound
             nxt[i // len(rnd), i % len(rnd), list(neurons)] = 1
         coefs = [(la.name, nxt)]
     net.sources[node.output] = coefs[0][0]
-    net.readout[node.output] = coefs[0][1][:, 0, :]
+    # its readers see the pooled values, each in [0, its own bound] (per channel: caps)
+    net.layer(coefs[0][0]).msg_peak = bounds[node.output].step.reshape(-1)
+    pairs = coefs[0][1][:, 0, :]
+    net.readout[node.output] = lambda w: w @ pairs
 
 
 def build_sdn(graph: Graph) -> Network:
@@ -183,6 +200,7 @@ def check_sdn(net: Network) -> None:
     """Every number within SigmaDelta's and the graded Dense's registers."""
     lim = int_limit(cap.SDN_STATE_BITS)
     for la in net.layers:
+        _check_mantissa(la, "bias", la.neuron_bias(), cap.SDN_BIAS_BITS)
         if la.src is None:  # the host sends W x + b once; sigma keeps it
             peak = float((np.abs(la.weight).sum(1) * 127 + np.abs(la.bias)).max(initial=0))
             if peak > lim:
@@ -192,7 +210,6 @@ def check_sdn(net: Network) -> None:
             top = int(np.abs(w).max(initial=0))
             if top > int_limit(cap.WEIGHT_BITS):
                 raise refuse(la.name, "synapses", f"a composed weight reaches {top}, beyond 8 bits")
-        _check_mantissa(la, "bias", la.bias, cap.SDN_BIAS_BITS)
         if la.a_in_peak > lim:
             raise refuse(
                 la.name,
