@@ -44,24 +44,25 @@ def _inputs(
     net: Network, graph: Graph, sink: str
 ) -> tuple[list[tuple[str | None, np.ndarray]], np.ndarray, float]:
     """What feeds `sink`'s layer: [(source layer, or None for the host, W over its neurons)],
-    the bias, and the largest |graded input| of a step (|W| times each source's message
-    peak; through a readout, a max pool's pairs, whose two messages at a step sum to the change
-    of one pooled value, the bound is over the pooled values, not the neurons)."""
+    the bias, and the largest |graded input| of a step: per neuron of the sink, |W| times
+    each source's message peaks, summed over the sources (a concat's branches reach the same
+    neuron at once); through a readout (a max pool's pairs, a capped neuron's halves, whose
+    messages at a step sum to the change of one value) the bound is over the values."""
     ws, b = affine_many(graph, sink, set(net.sources) | {graph.input.name}, SDN_LINEAR)
     if graph.input.name in ws and len(ws) > 1:
         raise refuse(sink, "synapses", "reads the input and a layer; the host feeds one alone")
     out: list[tuple[str | None, np.ndarray]] = []
-    a_in = 0.0
+    a_in = np.zeros(len(b))
     for leaf, w in ws.items():
         if leaf == graph.input.name:
             out.append((None, w))
             continue
         src = net.layer(net.sources[leaf])
         peak = np.broadcast_to(np.asarray(src.msg_peak, np.float64), w.shape[1:])
-        a_in += float((np.abs(w) @ peak).max(initial=0))
+        a_in += np.abs(w) @ peak
         readout = net.readout.get(leaf)
         out.append((src.name, w if readout is None else readout(w)))
-    return out, b, a_in
+    return out, b, float(a_in.max(initial=0))
 
 
 def _layer(name: str, role: str, inputs: list, b: np.ndarray, vth: int, exp: int = 0) -> Layer:
