@@ -23,11 +23,13 @@ from fixture_models import FIXTURES, _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
+from spikeport.data import load_data
 from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.finetune import SpikingNet
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import get_profile, quantize
+from spikeport.quantize.quantize import activation_peaks
 from spikeport.quantize.ranges import prove_ranges
 from spikeport.sim import Simulator
 from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds, set_kind
@@ -441,6 +443,13 @@ def test_cli_finetune_for_the_sdn_kind(cases, tmp_path):
     assert res.exit_code == 0, res.output
     g = load(out)
     assert all(kind_of(n) == SDN for n in g.nodes if n.op in ("if", "maxpool2d"))
+    # capped where the ANN's activations reach on the training data, as quantize caps
+    train = load_data(EXAMPLES / "digits_train.npz", g.inputs).x
+    peaks = activation_peaks(unsigned_snn(cases["digits_mlp"]), train)
+    for n in (n for n in g.nodes if n.op == "if"):
+        np.testing.assert_allclose(n.params["sdn_cap"], peaks[n.name], rtol=1e-6)
+    q = quantize(g, np.load(EXAMPLES / "digits_calib.npz")["x"], get_profile("lava"), MAX_T)
+    assert q.meta["quantization"]["neuron_kind"] == SDN
     bad = [*base, "--target", "c", "--kind", "sdn", "-o", str(tmp_path / "x.spk")]
     res = CliRunner().invoke(main, bad)
     assert res.exit_code == 2 and "target 'c' runs subtract, not 'sdn'" in res.stderr

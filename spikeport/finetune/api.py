@@ -13,7 +13,8 @@ from spikeport.finetune.distributed import barrier, join, leave
 from spikeport.finetune.train import Settings, Teacher, finetune, objective
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
-from spikeport.sim.kinds import set_kind
+from spikeport.quantize.quantize import activation_peaks
+from spikeport.sim.kinds import SDN, check_kind, set_kind
 
 PathLike = str | os.PathLike[str]
 
@@ -72,10 +73,14 @@ def finetune_files(
     settings = settings or Settings()
     settings.check()
     graph = load(model)
-    if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
-        graph = set_kind(graph, neuron_kind)
-    settings.augment.check(graph)  # before any data is read
+    if neuron_kind is not None:  # before any data is read
+        check_kind(neuron_kind)
+    settings.augment.check(graph)
     train = _training_data(data, graph)
+    if neuron_kind is not None:  # train the network the target runs (spikeport.sim.kinds)
+        # a sigma-delta neuron is capped where the ANN's activations reach, as quantize does
+        caps = activation_peaks(graph, train.x) if neuron_kind == SDN else None
+        graph = set_kind(graph, neuron_kind, caps=caps)
     val_set = _training_data(val, graph) if val is not None else None
     soft: Teacher | None = None
     if teacher is not None:  # augmented images need the source model itself, batch by batch

@@ -20,9 +20,10 @@ DESIGN.md section 6, so graphs written before kinds existed run exactly as befor
               not spikes, so the synapses behind it compute W * level + b, exactly what Lava's
               sigma + bias holds. Max pooling (of levels) becomes SDN_POOL stages of sigma-delta
               neurons with theta 0 (max(a, b) = a + relu(b - a)), each costing a step.
-              Each neuron is capped at its balanced threshold (param `sdn_cap`), as the
-              spiking neuron is (one spike a step): min(relu(I), c) = relu(I) - relu(I - c),
-              two SigmaDelta neurons whose messages the next Dense subtracts. The cap is
+              Each neuron is capped (param `sdn_cap`) at its calibrated peak, as quantize
+              and finetune measure it (a ReLU6 at 6 where lower): min(relu(I), c) =
+              relu(I) - relu(I - c), two SigmaDelta neurons whose messages the next Dense
+              subtracts. The cap is
               what keeps the overflow proof from compounding: without it a layer's proven
               level is the proof of every layer before it, a thousand times the calibrated
               one after a few convolutions, and the proof's resolution leaves the neurons
@@ -102,6 +103,11 @@ def why_not(node: Node, kind: str) -> str:
     return ""
 
 
+def check_kind(kind: str) -> None:
+    if kind not in NEURON_KINDS:
+        raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
+
+
 def set_kind(
     graph: Graph,
     kind: str,
@@ -118,8 +124,7 @@ def set_kind(
     / `vth_divisor`, and its cap `sdn_cap` is `caps[name]` (quantize: the calibrated peak of
     its activation) or else the balanced threshold, lowered to a ReLU6's cap.
     """
-    if kind not in NEURON_KINDS:
-        raise BadInput(f"neuron kind '{kind}' is not one of {NEURON_KINDS}")
+    check_kind(kind)
     out = copy.deepcopy(graph)
     if kind == SUBTRACT:
         return out
