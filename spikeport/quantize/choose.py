@@ -58,11 +58,11 @@ def _refuse_if_constant(
 ) -> None:
     """Refuse where the best kind answers one class for every calibration sample while the
     ANN answers several: such a graph is proven free of overflow and computes nothing. Seen
-    on residual and depthwise CNNs in kind "sdn": the proven range of a neuron's input sets
-    its delta resolution (quantize._sdn_if), after an add up to a thousand times coarser than
-    its calibrated activations, and the neuron never sends, or sends so few levels that the
-    output is its bias alone. (Where the ANN itself answers one class, as random-weight test
-    networks may, nothing can be told.)"""
+    on residual and depthwise CNNs in kind "sdn" before its neurons were capped (kinds.py):
+    the proven range of a neuron's input set its delta resolution, after an add a thousand
+    times coarser than its calibrated activations, and the neuron never sent. A graph
+    fine-tuned for "sdn" with delta thresholds beyond its inputs still does it. (Where the
+    ANN itself answers one class, as random-weight test networks may, nothing can be told.)"""
     ann_classes = len(np.unique(ann))
     if best["classes_answered"] > 1 or ann_classes == 1:
         return
