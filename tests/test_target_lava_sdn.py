@@ -23,13 +23,13 @@ from fixture_models import FIXTURES, _Builder, concat_maxpool
 
 from spikeport.cli.main import main
 from spikeport.convert import convert
+from spikeport.convert.calibrate import activation_peaks
 from spikeport.data import load_data
 from spikeport.errors import CapabilityExceeded, CheckFailed
 from spikeport.finetune import SpikingNet
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import get_profile, quantize
-from spikeport.quantize.quantize import activation_peaks
 from spikeport.quantize.ranges import prove_ranges
 from spikeport.sim import Simulator
 from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds, set_kind

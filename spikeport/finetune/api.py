@@ -8,12 +8,12 @@ from collections.abc import Callable
 import numpy as np
 
 from spikeport.batch import Batch
+from spikeport.convert.calibrate import activation_peaks
 from spikeport.data import Dataset, load_data
 from spikeport.finetune.distributed import barrier, join, leave
 from spikeport.finetune.train import Settings, Teacher, finetune, objective
 from spikeport.ir import load, save
 from spikeport.ir.graph import Graph
-from spikeport.quantize.quantize import activation_peaks
 from spikeport.sim.kinds import SDN, check_kind, set_kind
 
 PathLike = str | os.PathLike[str]

@@ -99,12 +99,18 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
     ann = ann.reshape(size(x), -1).argmax(-1)
     tried: list[dict[str, Any]] = []
     best: tuple[Graph, dict[str, Any]] | None = None
-    for p, divisor in _candidates(profile):
+    candidates = _candidates(profile)
+    caps = None  # the sigma-delta caps, the same for every delta threshold: measured once
+    if any(p.neuron_kind == SDN for p, _ in candidates):
+        from spikeport.convert.calibrate import activation_peaks
+
+        caps = activation_peaks(graph, calib_x)
+    for p, divisor in candidates:
         entry: dict[str, Any] = {"kind": p.neuron_kind}
         if p.neuron_kind == SDN:
             entry["vth_divisor"] = divisor
         try:
-            q = quantize_kind(graph, calib_x, p, max_timesteps, divisor)
+            q = quantize_kind(graph, calib_x, p, max_timesteps, divisor, caps)
             if p.check is not None:  # the target's own limits (Lava: each step's a_in), now,
                 p.check(q)  # so that a kind that cannot hold the integer graph is not picked
         except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others

@@ -24,7 +24,7 @@ until its proven per-step current (and an output's T-step sum) fits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -751,44 +751,20 @@ def _largest_fitting_T(
     return 0, None
 
 
-def activation_peaks(graph: Graph, calib_x: Batch) -> dict[str, np.ndarray]:
-    """Each unsigned neuron's largest activation on the calibration data in the ANN view (per
-    channel where its threshold is): the cap of a sigma-delta neuron (set_kind), which has
-    levels enough for the whole range; the threshold T-aware conversion chose trades range
-    for resolution at few spikes, and as a cap it clipped digits_mlp's sigma-delta network
-    from 100 to 95 % agreement with the ANN (calibration split, T = 12)."""
-    from spikeport.sim import Simulator
-
-    neurons = {
-        n.inputs[0]: n
-        for n in graph.nodes
-        if n.op == "if" and not (n.attrs.get("signed") or n.attrs.get("bipolar"))
-    }
-    peaks: dict[str, np.ndarray] = {}
-
-    def observe(name: str, value: np.ndarray) -> None:
-        node = neurons.get(name)
-        if node is None:
-            return
-        th = node.params["threshold"]
-        aligned = (1,) * (value.ndim - 1 - th.ndim) + th.shape  # per sample, right-aligned
-        axes = (0, *(i + 1 for i, d in enumerate(aligned) if d == 1))
-        top = np.max(value, axis=axes, keepdims=True).reshape(th.shape)
-        peaks[node.name] = np.maximum(peaks.get(node.name, top), top)
-
-    Simulator(graph, "ann").run(calib_x, 1, observe=observe)
-    return {k: np.maximum(v, 0).astype(np.float32) for k, v in peaks.items()}
-
-
 def quantize_kind(
     graph: Graph,
     calib_x: Batch,
     profile: Profile,
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS,
     vth_divisor: int = SDN_VTH_DIVISORS[1],
+    caps: Mapping[str, np.ndarray] | None = None,
 ) -> Graph:
-    """quantize in the profile's own neuron kind (`vth_divisor`: kind "sdn"'s, see set_kind)."""
-    caps = activation_peaks(graph, calib_x) if profile.neuron_kind == SDN else None
+    """quantize in the profile's own neuron kind (`vth_divisor`, `caps`: kind "sdn"'s, see
+    set_kind; the caps are the calibrated peaks, measured here where not given)."""
+    if profile.neuron_kind == SDN and caps is None:
+        from spikeport.convert.calibrate import activation_peaks
+
+        caps = activation_peaks(graph, calib_x)
     out = set_kind(graph, profile.neuron_kind, vth_divisor, caps)  # a copy, in the kind
     join_outlier_inputs(out)  # quantized before: start from the layers as converted
     for n in out.nodes:

@@ -148,17 +148,17 @@ def _sdn(node: Node, theta: np.ndarray, b: np.ndarray, T: int) -> tuple:
     A capped neuron (param sdn_cap_q, c) is two of them, on I and on I - c; the sum of one's
     messages is its act minus its residue, so the pair's level is clip(I, 0, c) minus the
     difference of two residues, within (-2 theta, c + 2 theta), each floor again costing less
-    than a unit a step: whatever b is, the level is bounded by the cap (sdn_level_bound)."""
+    than a unit a step: whatever b is, the level is bounded by the cap (_sdn_level_bound)."""
     e = node.attrs.get("state_exp", 0)
     state = float((b + np.maximum(theta, 1)).max(initial=0))
     if "sdn_cap_q" in node.params:
-        return np.broadcast_to(sdn_level_bound(node, T), b.shape), state
+        return np.broadcast_to(_sdn_level_bound(node, T), b.shape), state
     if e == 0:
         return b, state
     return np.maximum(np.floor(b / 2.0**e), float(T)), state
 
 
-def sdn_level_bound(node: Node, T: int) -> np.ndarray:
+def _sdn_level_bound(node: Node, T: int) -> np.ndarray:
     """|level| of a capped sigma-delta neuron (see _sdn), and of one step's change of it, the
     messages its readers get at once: |Δlevel| = |Δclip - Δ(residue difference)| / 2^e plus
     the two floors' unit, below (c + 4 theta) / 2^e + 1. The larger of the two bounds both."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from spikeport.ir.graph import Graph, Node
-from spikeport.quantize.ranges import NodeBounds, range_bounds, sdn_level_bound
+from spikeport.quantize.ranges import NodeBounds, range_bounds
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import int_limit
 from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds
@@ -85,9 +85,8 @@ def _neuron(net: Network, graph: Graph, node: Node, bounds: dict[str, NodeBounds
         inputs = [(src, np.vstack([w, w])) for src, w in inputs]
         la = _layer(node.name, "sdn", inputs, np.concatenate([b, b]), vth, exp)
         la.offset = np.concatenate([np.zeros(b.shape, np.int64), -cap_q.reshape(-1)])
-        steps = graph.meta["quantization"]["max_timesteps"]
-        bound = sdn_level_bound(node, steps)  # per value: a cap a channel
-        la.msg_peak = np.broadcast_to(bound, graph.shape(node.output)).reshape(-1)
+        # the proof bounds the pair's level and its step's change alike, per value (ranges._sdn)
+        la.msg_peak = bounds[node.output].step.reshape(-1)
         net.readout[node.output] = lambda w: np.hstack([w, -w])
     else:
         la = _layer(node.name, "sdn", inputs, b, vth, exp)
