@@ -10,6 +10,8 @@ test_target_lava.py.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 import time
 
 import h5py
@@ -32,7 +34,15 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.quantize import get_profile, quantize
 from spikeport.quantize.ranges import prove_ranges
 from spikeport.sim import Simulator
-from spikeport.sim.kinds import SDN, kind_of, sdn_pool_rounds, set_kind
+from spikeport.sim.arith import int_limit
+from spikeport.sim.kinds import (
+    SDN,
+    SDN_LEVEL_BITS,
+    SDN_MAX_STATE_EXP,
+    kind_of,
+    sdn_pool_rounds,
+    set_kind,
+)
 from spikeport.sim.ops import KERNELS, SigmaDeltaNeuron, sdn_tournament
 from spikeport.targets import emit, verify
 from spikeport.targets import lava as lava_target
@@ -348,6 +358,50 @@ def test_a_graded_if_stays_refused_by_name(cases):
     g = convert(case.onnx, case.calib, signed=False, spike_bits=2)
     with pytest.raises(CapabilityExceeded, match=r"spike_bits 2: target 'lava' carries only"):
         quantize(g, np.load(case.calib)["x"], get_profile("lava"), MAX_T)
+
+
+def test_state_exp_stays_within_lavas_3_bits_where_the_cap_needs_more(emitted):
+    """Lava declares SigmaDelta's state_exp 3 bits: a layer whose cap spans more than 2^10
+    message units at state_exp 7 keeps 7 and sends finer levels (this MLP's second layer
+    needed 11 before the limit)."""
+    _, g, _ = emitted["digits_mlp"]
+    neurons = [n for n in g.nodes if n.op == "if"]
+    assert max(n.attrs["state_exp"] for n in neurons) == SDN_MAX_STATE_EXP == 7
+    wide = [n.params["sdn_cap_q"].max() >> n.attrs["state_exp"] for n in neurons]
+    assert max(wide) > 1 << SDN_LEVEL_BITS
+
+
+def test_a_state_exp_beyond_3_bits_is_refused_naming_the_layer(emitted):
+    _, g, _ = emitted["digits_mlp"]
+    bad = copy.deepcopy(g)
+    [n for n in bad.nodes if n.op == "if"][-1].attrs["state_exp"] = 8
+    with pytest.raises(CapabilityExceeded, match="'node_relu_1' \\(state_exp\\): 8 is beyond"):
+        lava_target.plan.prepare(bad)
+
+
+def _mantissa_peak(g: Graph) -> int:
+    """The widest bias or pair offset (bias - cap) mantissa of g's sigma-delta layers."""
+    peak = 0
+    for n in (n for n in g.nodes if n.op == "if"):
+        bias = g.producer(n.inputs[0]).params["bias_q"].astype(np.int64)
+        cap = np.broadcast_to(n.params["sdn_cap_q"], g.shape(n.output))[0]
+        mantissas = np.abs(np.concatenate([bias, bias - cap])) >> n.attrs["state_exp"]
+        peak = max(peak, int(mantissas.max()))
+    return peak
+
+
+def test_quantize_fits_bias_and_cap_mantissas_to_the_bias_register(cases, monkeypatch):
+    """A layer's bias, and its pair's offset bias - cap, are mantissas at its state_exp in
+    SigmaDelta's 16-bit bias register; where state_exp is held at its limit they can need
+    more. Here the limit is 4 and the register 15 bits, so that they do on this MLP (at 7 and
+    16 the 24-bit a_in fit keeps them within): quantize coarsens the weights in front."""
+    monkeypatch.setattr(sys.modules["spikeport.quantize.quantize"], "SDN_MAX_STATE_EXP", 4)
+    calib = np.load(cases["digits_mlp"].calib)["x"]
+    snn = unsigned_snn(cases["digits_mlp"])
+    narrow = dataclasses.replace(lava_target.SDN_PROFILE, neuron_bias_bits=15)
+    unbounded = dataclasses.replace(lava_target.SDN_PROFILE, neuron_bias_bits=None)
+    fitted = _mantissa_peak(quantize(snn, calib, narrow, MAX_T))
+    assert fitted <= int_limit(15) < _mantissa_peak(quantize(snn, calib, unbounded, MAX_T))
 
 
 def test_an_overflowing_a_in_is_refused_naming_the_layer(emitted):

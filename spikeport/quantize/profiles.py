@@ -51,10 +51,11 @@ class Profile:
     # Largest |per-step input current| a neuron accepts (None: only state_bits limits it);
     # quantize coarsens a layer's weight scale until its proven bound fits.
     max_current: int | None = None
-    # The width of a graph output's bias where the target holds it in a narrower register
-    # than bias_bits (Lava's sigma-delta output: SigmaDelta's 16-bit bias): quantize coarsens
-    # the output's weight scale until it fits.
-    output_bias_bits: int | None = None
+    # The width of a neuron's bias register where the target holds the bias of the synapses
+    # in front there, as a mantissa the neuron shifts left by its state_exp (Lava's
+    # SigmaDelta: 16 bits; a capped pair's second neuron also holds the cap): quantize
+    # coarsens the weight scale in front until it fits.
+    neuron_bias_bits: int | None = None
     # One integer threshold per neuron layer (a population shares its threshold register):
     # quantize picks per-channel weight scales that make every channel's threshold the same.
     layer_threshold: bool = False

@@ -52,6 +52,7 @@ from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.kinds import (
     SDN,
     SDN_LEVEL_BITS,
+    SDN_MAX_STATE_EXP,
     SDN_VTH_DIVISORS,
     holds_levels,
     kind_of,
@@ -227,7 +228,7 @@ def _fit_current(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> n
         axes = tuple(range(out.ndim - 1)) if node.op == "dense" else tuple(range(1, out.ndim))
         peak = np.broadcast_to(out.max(axis=axes), s_w.shape) if axes else out
         over = np.maximum(peak / limit, _threshold_over(ctx, node, s_w))
-        over = np.maximum(over, _output_bias_over(ctx, node, s_w))
+        over = np.maximum(over, _bias_over(ctx, node, s_w))
         if over.max(initial=0) <= 1:
             return s_w
         over = np.where(over > 1, over * 1.01, 1.0)  # a step past the limit: rounding
@@ -251,14 +252,30 @@ def _channel_thresholds(ctx: _Ctx, node: Node) -> np.ndarray:
     return th
 
 
-def _output_bias_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
-    """How far each channel's integer bias is above the profile's `output_bias_bits`, for a
-    graph output where the target has such a limit (0 elsewhere)."""
-    bits = ctx.profile.output_bias_bits
-    if bits is None or node.output not in ctx.graph.outputs:
-        return np.zeros_like(s_w)
-    over = np.abs(node.params["bias_q"].astype(np.float64)) / int_limit(bits)
-    return over.reshape(s_w.shape) if over.size == s_w.size else np.full_like(s_w, over.max())
+def _bias_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
+    """How far each channel's integer bias is above the profile's `neuron_bias_bits` (0 where
+    the profile has no such register): a graph output's bias as it is; in front of capped
+    sigma-delta neurons the mantissas of their bias and of the pair's offset (bias - cap),
+    at the state_exp _sdn_if will give the layer at these scales."""
+    bits = ctx.profile.neuron_bias_bits
+    none = np.zeros_like(s_w)
+    if bits is None:
+        return none
+    bias = np.abs(node.params["bias_q"].astype(np.float64)).reshape(-1)
+    bias = bias if bias.size == s_w.size else np.full_like(s_w, bias.max(initial=0))
+    if node.output in ctx.graph.outputs:
+        return bias / int_limit(bits)
+    users = ctx.graph.consumers(node.output)
+    if not users or any(kind_of(u) != SDN or "sdn_cap" not in u.params for u in users):
+        return none
+    axis = -1 if node.op == "dense" else 0
+    shape = ctx.graph.shape(node.output)
+    cap = np.zeros_like(s_w)
+    for user in users:
+        c = np.broadcast_to(user.params["sdn_cap"].astype(np.float64), shape)
+        cap = np.maximum(cap, np.moveaxis(c, axis, 0).reshape(len(cap), -1).max(1))
+    mantissa = (bias + cap / s_w) / 2.0 ** sdn_state_exp(float((cap / s_w).max(initial=1)))
+    return mantissa / int_limit(bits)
 
 
 def _threshold_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
@@ -639,7 +656,8 @@ def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
     """Kind "sdn": the neuron's state is in its input current's integer units; its messages
     are that right-shifted by `state_exp` e (Lava's SigmaDelta state_exp), chosen so that the
     layer's cap (`sdn_cap`, set_kind; without one its proven peak) spans at most
-    2^SDN_LEVEL_BITS message units: the output (a level) has the input's scale times 2^e.
+    2^SDN_LEVEL_BITS message units, but at most 7 (sdn_state_exp; a wider cap spans more
+    units): the output (a level) has the input's scale times 2^e.
     The cap in those units (`sdn_cap_q`) is a multiple of 2^e; the readers' weight scales
     then fit their per-step current to the cap's bound (_fit_current, ranges._sdn). Lava
     gives vth and bias as mantissas shifted left by e (16-bit bias), so both are multiples
@@ -654,7 +672,7 @@ def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
         peak = float(cap.max(initial=1))
     else:
         peak = float(ctx.bounds[node.inputs[0]].step.max(initial=1))  # proven, in state units
-    node.attrs["state_exp"] = e = max(0, math.ceil(math.log2(max(peak, 1.0))) - SDN_LEVEL_BITS)
+    node.attrs["state_exp"] = e = sdn_state_exp(peak)
     theta = np.broadcast_to(node.params["threshold"].astype(np.float64), shape)
     th = max(1, int(round_to_int(np.min(theta / s) / 2.0**e))) << e
     if th > int_limit(ctx.profile.state_bits):
@@ -666,6 +684,12 @@ def _sdn_if(ctx: _Ctx, node: Node) -> np.ndarray:
     if e:
         _round_biases(ctx, node.inputs[0], e)
     return compact(s * 2.0**e, shape)
+
+
+def sdn_state_exp(peak: float) -> int:
+    """The state_exp at which `peak` state units span at most 2^SDN_LEVEL_BITS message units,
+    but at most SDN_MAX_STATE_EXP (Lava's 3 bits: a wider peak spans more message units)."""
+    return min(max(0, math.ceil(math.log2(max(peak, 1.0))) - SDN_LEVEL_BITS), SDN_MAX_STATE_EXP)
 
 
 def _round_biases(ctx: _Ctx, tensor: str, e: int) -> None:

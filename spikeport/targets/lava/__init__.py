@@ -80,7 +80,7 @@ _SDN = dataclasses.replace(
     fold_add=True,  # an add is synapses into the next layer: shift 0, composed int8 weights
     state_bits=cap.SDN_STATE_BITS,
     max_current=cap.SDN_A_IN_LIMIT,
-    output_bias_bits=cap.SDN_BIAS_BITS,  # the output SigmaDelta's own bias, state_exp 0
+    neuron_bias_bits=cap.SDN_BIAS_BITS,  # SigmaDelta's bias (and a pair's cap), a mantissa
     layer_threshold=False,
 )
 PROFILE = dataclasses.replace(_LIF, kind_profiles=(_SDN,))

@@ -9,7 +9,7 @@ weightutils.py (clip_weights, truncate_weights); lava-dl netx/hdf5.py for the HD
 from __future__ import annotations
 
 from spikeport.sim.arith import int_limit
-from spikeport.sim.kinds import LAVA_V_LIMIT, SDN_STATE_BITS
+from spikeport.sim.kinds import LAVA_V_LIMIT, SDN_MAX_STATE_EXP, SDN_STATE_BITS
 
 # LIF, per step: u = trunc(u * (4096 - (du + 1)) / 4096) + (a_in << 6), wrapped to 24 bits;
 # v = trunc(v * (4096 - dv) / 4096) + u + (bias_mant << bias_exp), saturated to +-(2^23 - 1);
@@ -42,9 +42,11 @@ OUTPUT_VTH = VTH_MAX
 
 # SigmaDelta (lava/proc/sdn/models.py, PySigmaDeltaModelFixed): a_in, sigma, act, residue and
 # the graded s_out are declared int32 with precision 24, bias precision 16; vth has shape (1,)
-# (one per population). spike_exp = state_exp = 0: messages and state in the same units.
+# (one per population). spike_exp 0; state_exp (messages are s_out >> it; vth and bias are
+# mantissas shifted left by it) is declared precision 3: at most 7.
 # The graded Dense in front (num_message_bits > 0) computes weights.dot(s_in) on the values.
 assert SDN_STATE_BITS == 24
+assert SDN_MAX_STATE_EXP == (1 << 3) - 1
 SDN_A_IN_LIMIT = int_limit(SDN_STATE_BITS)
 SDN_BIAS_BITS = 16
 SDN_MESSAGE_BITS = 24  # the payload of one graded message (s_out precision 24)

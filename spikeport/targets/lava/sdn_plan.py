@@ -200,6 +200,8 @@ def check_sdn(net: Network) -> None:
     """Every number within SigmaDelta's and the graded Dense's registers."""
     lim = int_limit(cap.SDN_STATE_BITS)
     for la in net.layers:
+        if la.state_exp > cap.SDN_MAX_STATE_EXP:  # a graph quantized before the limit
+            raise refuse(la.name, "state_exp", f"{la.state_exp} is beyond Lava's 3 bits (0..7)")
         _check_mantissa(la, "bias", la.neuron_bias(), cap.SDN_BIAS_BITS)
         if la.src is None:  # the host sends W x + b once; sigma keeps it
             peak = float((np.abs(la.weight).sum(1) * 127 + np.abs(la.bias)).max(initial=0))
