@@ -14,6 +14,7 @@ import json
 import runpy
 import sys
 import textwrap
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -307,11 +308,14 @@ def _skip_concat():
     return b.model((16,), out, 3), b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
 
 
-def _wide_hidden():
-    """An on-chip layer with fan-in 2,000 (the first layer runs on the host and may be wider)."""
+def _wide(hidden: bool):
+    """A layer on the chip with fan-in 2,000 (the first layer runs on the host and may be
+    wider): the output, or with `hidden` a neuron layer in front of it."""
     b = _Builder(5)
     h = b.op("Relu", [b.gemm(b.op("Flatten", ["x"], axis=1), 16, 2000)])
-    out = b.gemm(h, 2000, 3)
+    if hidden:
+        h = b.op("Relu", [b.gemm(h, 2000, 4)])
+    out = b.gemm(h, 4 if hidden else 2000, 3)
     return b.model((16,), out, 3), b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
 
 
@@ -350,12 +354,41 @@ def test_weights_beyond_the_neuron_model_are_refused(tmp_path):
     assert not out.exists()
 
 
+def test_an_output_wider_than_a_neuron_is_spread_over_partial_accumulators(
+    tmp_path, standin, monkeypatch
+):
+    """2,000 synapses a neuron into the output: two accumulators of at most MAX_FANIN each,
+    the bias in the first; the chip model and the emitted script add them up, bit for bit."""
+    snn, x = _onnx_case(tmp_path, lambda: _wide(hidden=False))
+    g = quantize(snn, x, get_profile("spinnaker2"), max_timesteps=MAX_T)
+    emit(g, "spinnaker2", tmp_path / "o")
+    net = json.loads((tmp_path / "o" / "network.json").read_text())
+    assert net["output"]["parts"] == ["output", "output.part1"]
+    pops = {p["name"]: p for p in net["populations"]}
+    fanin = Counter(
+        (q["post"], c[1]) for q in net["projections"] for c in q["connections"] if q["post"] in pops
+    )
+    assert max(n for (post, _), n in fanin.items() if post.startswith("output")) == cap.MAX_FANIN
+    widest = Counter()
+    for (post, i), n in fanin.items():
+        widest[i] += n if post.startswith("output") else 0
+    assert max(widest.values()) > cap.MAX_FANIN  # (weights that round to 0 have no synapse)
+    assert not any(pops["output.part1"]["params"]["i_offset"])
+    check_batch(g, net, ChipModel(net), random_inputs(g, RANDOM_INPUTS, 3), 8)
+    x3 = random_inputs(g, 3, seed=5)
+    codes, _, ref_acc = reference(g, x3, 6)
+    np.savez(tmp_path / "codes.npz", x=codes.reshape(len(x3), -1))
+    argv = ["--eth-ip", "10.0.0.3", "--codes", str(tmp_path / "codes.npz"), "-T", "6"]
+    _run_script(tmp_path / "o", [*argv, "--out", str(tmp_path / "r.npz")], monkeypatch)
+    assert np.array_equal(np.load(tmp_path / "r.npz")["acc"], ref_acc.transpose(1, 0, 2))
+
+
 def test_fan_in_beyond_the_chip_is_refused_at_quantize_and_emit(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    snn, x = _onnx_case(work, _wide_hidden)
+    snn, x = _onnx_case(work, lambda: _wide(hidden=True))
     limit = cap.MAX_FANIN
-    why = f"fan-in \\d+ synapses per neuron into 'output' exceeds the SpiNNaker2 limit {limit}"
+    why = f"fan-in \\d+ synapses per neuron into 'relu_5' exceeds the SpiNNaker2 limit {limit}"
     with pytest.raises(CapabilityExceeded, match=f"node 'gemm_4' \\(synapses\\): {why}"):
         quantize(snn, x, get_profile("spinnaker2"), max_timesteps=8)
     # spinnaker2's ops: without `gather`, quantize keeps every layer whole (no outlier split)

@@ -154,5 +154,5 @@ def aligned(net: dict[str, Any], run: Run, T: int) -> tuple[dict[str, np.ndarray
         for p in net["probes"]
     }
     out = net["output"]
-    acc = run.v[out["population"]][out["depth"] : out["depth"] + T].astype(np.int64)
-    return spikes, acc
+    v = sum(run.v[name].astype(np.int64) for name in out.get("parts", [out["population"]]))
+    return spikes, v[out["depth"] : out["depth"] + T]

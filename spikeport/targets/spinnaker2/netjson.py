@@ -90,6 +90,8 @@ def to_json(net: Network) -> dict[str, Any]:
         ],
         "output": {
             "population": out.name,
+            # the host adds these populations' potentials up (prepare.split_output)
+            "parts": list(net.output_parts),
             "tensor": out.node,
             "depth": out.depth,
             "size": out.size,

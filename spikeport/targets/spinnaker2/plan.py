@@ -73,6 +73,9 @@ class Network:
     projections: list[Projection] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # spike tensor -> population
     output: str = "output"
+    # The output's populations: itself, and the partial accumulators the host adds to it
+    # where its neurons would have more synapses than one neuron holds (prepare.split_output).
+    output_parts: list[str] = field(default_factory=lambda: ["output"])
 
     def add(self, pop: Population) -> Population:
         self.populations[pop.name] = pop

@@ -2,13 +2,15 @@
 hold, before anything is written. After this, emit and the chip model run without checks.
 
 Checks: weight and delay range of each population's neuron model, synapses per neuron
-(MAX_FANIN), float32-exact parameters, PEs on one chip. Neurons whose negative bias would
+(MAX_FANIN; an output with more is spread over partial accumulators the host adds up),
+float32-exact parameters, PEs on one chip. Neurons whose negative bias would
 make them fire while they wait for their first spikes get that bias from a clock instead.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,6 +35,39 @@ def merge_projections(net: Network) -> None:
         Projection(pre, post, np.concatenate([p.conns for p in ps]).astype(np.int64), ps[0].layer)
         for (pre, post), ps in groups.items()
     ]
+
+
+def split_output(net: Network) -> None:
+    """Spread the output over partial accumulators of at most MAX_FANIN synapses a neuron,
+    which the host adds up (a global average pool folded into the output dense reads every
+    cell of every channel: 3,072 synapses a neuron on a 48-channel 8x8 map). Exact: the
+    output never fires, so its potential is the sum over steps of its synapses' currents,
+    and partial sums of them add up to it. The first part keeps the bias and host input."""
+    out = net.populations[net.output]
+    into = net.incoming(out.name)
+    if not into:
+        return
+    conns = np.concatenate([p.conns for p in into])
+    source = np.repeat(np.arange(len(into)), [len(p.conns) for p in into])
+    post = conns[:, 1].astype(np.int64)
+    order = np.argsort(post, kind="stable")
+    first = np.searchsorted(post[order], post[order])  # where each neuron's synapses start
+    part = np.empty(len(post), np.int64)
+    part[order] = (np.arange(len(post)) - first) // cap.MAX_FANIN
+    if part.max(initial=0) == 0:
+        return
+    net.projections = [p for p in net.projections if p.post != out.name]
+    net.output_parts = [out.name]
+    for k in range(int(part.max()) + 1):
+        name = out.name if k == 0 else f"{out.name}.part{k}"
+        if k:
+            zero = np.zeros(out.size, np.int64)
+            net.add(replace(out, name=name, v0=zero, i_offset=zero, input_conns=None))
+            net.output_parts.append(name)
+        for j, proj in enumerate(into):
+            mine = conns[(part == k) & (source == j)]
+            if len(mine):
+                net.projections.append(Projection(proj.pre, name, mine, proj.layer))
 
 
 def hardware_v_init(pop: Population) -> np.ndarray:
@@ -148,11 +183,32 @@ def cores_needed(net: Network, neurons_per_core: int = cap.NEURONS_PER_CORE) -> 
     return sum(-(-p.size // neurons_per_core) for p in net.populations.values())
 
 
+def _check_partial_sums(net: Network, max_t: int) -> None:
+    """Each partial accumulator holds a running sum of its own, which can pass the whole
+    output's proven bound where the parts cancel: it must stay float32-exact for max-T steps."""
+    for name in net.output_parts:
+        pop = net.populations[name]
+        step = np.abs(np.asarray(pop.i_offset, np.float64)) + input_current_bound(pop)
+        for p in net.incoming(name):
+            np.add.at(step, p.conns[:, 1].astype(np.int64), np.abs(p.conns[:, 2]))
+        peak = float((step * max_t + np.abs(np.asarray(pop.v0))).max(initial=0))
+        if peak > cap.FLOAT_EXACT:
+            raise refuse(
+                pop.layer,
+                "synapses",
+                f"the partial output '{name}' can reach {peak:.0f} within {max_t} steps, beyond "
+                f"the {cap.FLOAT_EXACT} that float32 holds exactly; quantize with a lower --max-T",
+            )
+
+
 def prepare(graph: Graph) -> Network:
     """The checked network of an integer graph (raises CapabilityExceeded naming the layer)."""
     net = build_network(graph, "int")
     add_clocks(net)
     merge_projections(net)
+    split_output(net)
+    if len(net.output_parts) > 1:
+        _check_partial_sums(net, int(graph.meta["quantization"]["max_timesteps"]))
     for pop in net.populations.values():
         _check_synapses(net, pop)
         _check_fanin(net, pop)
@@ -171,5 +227,6 @@ def check_structure(graph: Graph) -> None:
     input/spike mix, and synapses per neuron on the chip."""
     net = build_network(graph, "float")
     merge_projections(net)
+    split_output(net)
     for pop in net.populations.values():
         _check_fanin(net, pop)

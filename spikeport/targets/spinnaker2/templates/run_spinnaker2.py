@@ -7,7 +7,8 @@ Written by `spikeport emit --target spinnaker2`; reads network.json beside it.
 
 For every input it builds the network (the first layer's current depends on the input and is
 set as i_offset of the first populations: direct encoding), runs T + steps_ahead steps on
-hardware.SpiNNaker2Chip, reads the output population's potential (the output accumulator) at
+hardware.SpiNNaker2Chip, reads the output population's potential (the output accumulator; the
+sum of its parts where network.json lists partial accumulators) at
 the output depth + t - 1 for t = 1..T and writes results.npz: acc (N, T, outputs, int), pred (N,),
 and with --record-spikes the spikes of every neuron layer (N, T, size) aligned the same way.
 """
@@ -120,7 +121,8 @@ def run_one(hw, net: dict, codes: np.ndarray, T: int, npc: int, record_spikes: b
     steps = T + net["steps_ahead"]
     hw.run(network, steps)
     out = net["output"]
-    v = read_voltages(pops[out["population"]], out["size"], steps)
+    parts = out.get("parts", [out["population"]])  # partial accumulators: the host adds them
+    v = sum(np.rint(read_voltages(pops[name], out["size"], steps)) for name in parts)
     res = {"acc": np.rint(v[out["depth"] : out["depth"] + T]).astype(np.int64)}
     if record_spikes:
         for probe in net["probes"]:
