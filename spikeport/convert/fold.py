@@ -130,3 +130,86 @@ def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
     if c.size == 1:
         return np.full(channels, float(c.reshape(())))
     return c.reshape(-1) if c.shape == (channels, 1, 1) else None
+
+
+def fold_channel_scales(graph: Graph) -> Graph:
+    """Every `channel_scale` (a BatchNorm no layer alone produces: on a concat, an average
+    pool, or a convolution that others read too, as in DenseNet's and other pre-activation
+    blocks), with the `offset` right after it, moved into copies of the dense layers and
+    convolutions that produce its input, through channel concats and unpadded average pools:
+    a (W x + c) + b = (a W) x + (a c + b) per output channel, exact in float. For targets
+    with no per-channel multiply (SpiNNaker2, NIR, Lava), where a convolution's output is
+    synapses into each reader anyway, so a copy per reader costs the chip nothing. Scales
+    whose input comes from elsewhere (a neuron, an add, the graph input) stay."""
+    check_graph(graph)
+    for cs in [n for n in graph.nodes if n.op == "channel_scale"]:
+        _fold_channel_scale(graph, cs)
+        check_graph(graph)  # the copies' shapes, for the next scale's walk
+    return graph
+
+
+def _fold_channel_scale(graph: Graph, cs: Node) -> None:
+    shape = graph.shape(cs.output)
+    a = _per_channel(np.asarray(cs.params["factor"], np.float64), shape[0])
+    readers = graph.consumers(cs.output)
+    last, b = cs, np.zeros(shape[0])
+    if len(readers) == 1 and readers[0].op == "offset" and cs.output not in graph.outputs:
+        b_off = _per_channel(np.asarray(readers[0].params["value"], np.float64), shape[0])
+        if b_off is not None:
+            last, b = readers[0], b_off
+    if a is None or len(shape) != 3 or last.output in graph.outputs:
+        return
+    made: list[Node] = []
+    new = _scaled(graph, cs.inputs[0], a, b, made)
+    if new is None:
+        return
+    at = graph.nodes.index(cs)
+    graph.nodes[at:at] = made
+    for reader in graph.consumers(last.output):
+        reader.inputs = [new if t == last.output else t for t in reader.inputs]
+    for node in {cs.name: cs, last.name: last}.values():
+        graph.nodes.remove(node)
+    _drop_unread(graph)
+
+
+def _scaled(graph: Graph, t: str, a: np.ndarray, b: np.ndarray, made: list[Node]) -> str | None:
+    """A tensor computing a t + b (one a, b per channel of the image t), from new copies of
+    the layers that produce t (appended to `made` in order); None where t is not made of
+    convolutions, channel concats and unpadded average pools."""
+    p = graph.producer(t)
+    if p is None or t in graph.outputs:
+        return None
+    tag = f":scaled{sum(n.name.startswith(p.name + ':scaled') for n in graph.nodes + made)}"
+    if p.op == "conv2d":
+        w = p.params["weight"].astype(np.float64) * a.reshape(-1, 1, 1, 1)
+        bias = p.params["bias"].astype(np.float64) * a + b
+        params = {**p.params, "weight": w.astype(np.float32), "bias": bias.astype(np.float32)}
+        made.append(Node(p.name + tag, p.op, list(p.inputs), p.output + tag, dict(p.attrs), params))
+        return made[-1].output
+    if p.op == "avgpool2d" and not any(p.attrs["pads"]):  # the mean of a x + b: a mean + b
+        inner = _scaled(graph, p.inputs[0], a, b, made)
+        if inner is None:
+            return None
+    elif p.op == "concat" and p.attrs["axis"] % 3 == 0:
+        ends = np.cumsum([graph.shape(i)[0] for i in p.inputs])[:-1]
+        parts = [
+            _scaled(graph, i, ai, bi, made)
+            for i, ai, bi in zip(p.inputs, np.split(a, ends), np.split(b, ends), strict=True)
+        ]
+        if any(x is None for x in parts):
+            return None
+        inner = parts
+    else:
+        return None
+    inputs = inner if isinstance(inner, list) else [inner]
+    made.append(Node(p.name + tag, p.op, inputs, p.output + tag, dict(p.attrs), dict(p.params)))
+    return made[-1].output
+
+
+def _drop_unread(graph: Graph) -> None:
+    """Remove nodes nothing reads any more (the layers a fold copied, where it was their only
+    reader), latest first so that a chain goes as a whole."""
+    for node in reversed(list(graph.nodes)):
+        linear = node.op in ("conv2d", "avgpool2d", "concat")
+        if linear and node.output not in graph.outputs and not graph.consumers(node.output):
+            graph.nodes.remove(node)

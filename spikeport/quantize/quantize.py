@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from spikeport.batch import Batch, is_integer, named, size, take
+from spikeport.convert.fold import fold_channel_scales
 from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
@@ -694,7 +695,8 @@ def sdn_state_exp(peak: float) -> int:
 
 def _round_biases(ctx: _Ctx, tensor: str, e: int) -> None:
     """Round the biases that reach `tensor` unscaled (a dense / conv, or the owned synapses of
-    a shift-0 add with multiplier 1) to multiples of 2^e, and re-prove what they feed."""
+    a shift-0 add with multiplier 1, or those behind a concat or an unpadded average pool) to
+    multiples of 2^e, and re-prove what they feed."""
     prod = ctx.graph.producer(tensor)
     if prod is None:
         return
@@ -704,6 +706,9 @@ def _round_biases(ctx: _Ctx, tensor: str, e: int) -> None:
         for i, m in zip(prod.inputs, prod.params["mult_q"], strict=True):
             if np.all(m == 1):
                 _round_biases(ctx, i, e)
+    elif prod.op == "concat" or (prod.op == "avgpool2d" and not any(prod.attrs["pads"])):
+        for i in prod.inputs:  # each bias reaches the neuron unchanged through these
+            _round_biases(ctx, i, e)
     else:
         return
     ctx.bounds[prod.output] = node_bounds(prod, ctx.bounds, ctx.max_timesteps)
@@ -791,6 +796,8 @@ def quantize_kind(
         caps = activation_peaks(graph, calib_x)
     out = set_kind(graph, profile.neuron_kind, vth_divisor, caps)  # a copy, in the kind
     join_outlier_inputs(out)  # quantized before: start from the layers as converted
+    if "channel_scale" not in profile.ops:  # into copies of the layers in front, where it can
+        fold_channel_scales(out)
     for n in out.nodes:
         for k in [k for k in n.params if k.endswith("_q")]:
             del n.params[k]  # re-quantizing starts from the float params
