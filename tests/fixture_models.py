@@ -133,15 +133,16 @@ def concat_maxpool() -> tuple[onnx.ModelProto, np.ndarray]:
 
 def preact_dense() -> tuple[onnx.ModelProto, np.ndarray]:
     """Pre-activation blocks (DenseNet's): BatchNorm on a convolution that the concat reads
-    too, on the concat, and after an average pool, so no layer alone produces what they
-    normalize and conversion keeps them as channel_scale + offset. Not in FIXTURES: the
-    targets with no per-channel multiply test it (tests/test_fold_channel_scales.py)."""
+    too, on the concat (of spikes and two convolutions), and after an average pool, so no
+    layer alone produces what they normalize and conversion keeps them as channel_scale +
+    offset. Not in FIXTURES: the targets with no per-channel multiply test it
+    (tests/test_fold_channel_scales.py)."""
     b = _Builder(8)
     s = b.op("Relu", [b.conv("x", 2, 4, 3, 1)])
     a = b.conv(s, 4, 4, 3, 1)
     h = b.conv(b.op("Relu", [b.bn(a, 4)]), 4, 4, 1, 0)
-    c = b.op("Relu", [b.bn(b.op("Concat", [a, h], axis=1), 8)])
-    p = b.op("AveragePool", [b.conv(c, 8, 6, 1, 0)], kernel_shape=[2, 2], strides=[2, 2])
+    c = b.op("Relu", [b.bn(b.op("Concat", [s, a, h], axis=1), 12)])
+    p = b.op("AveragePool", [b.conv(c, 12, 6, 1, 0)], kernel_shape=[2, 2], strides=[2, 2])
     g = b.op("GlobalAveragePool", [b.op("Relu", [b.bn(p, 6)])])
     out = b.gemm(b.op("Flatten", [g], axis=1), 6, 3)
     return b.model((2, 8, 8), out, 3), b.rng.uniform(0, 1, (64, 2, 8, 8)).astype(np.float32)

@@ -139,8 +139,9 @@ def fold_channel_scales(graph: Graph) -> Graph:
     convolutions that produce its input, through channel concats and unpadded average pools:
     a (W x + c) + b = (a W) x + (a c + b) per output channel, exact in float. For targets
     with no per-channel multiply (SpiNNaker2, NIR, Lava), where a convolution's output is
-    synapses into each reader anyway, so a copy per reader costs the chip nothing. Scales
-    whose input comes from elsewhere (a neuron, an add, the graph input) stay."""
+    synapses into each reader anyway, so a copy per reader costs the chip nothing. Spikes
+    in the input (a DenseNet's concat holds its stem's pooled spikes) get a depthwise 1x1
+    convolution. Scales whose input comes from elsewhere (an add, the graph input) stay."""
     check_graph(graph)
     for cs in [n for n in graph.nodes if n.op == "channel_scale"]:
         _fold_channel_scale(graph, cs)
@@ -175,11 +176,19 @@ def _fold_channel_scale(graph: Graph, cs: Node) -> None:
 def _scaled(graph: Graph, t: str, a: np.ndarray, b: np.ndarray, made: list[Node]) -> str | None:
     """A tensor computing a t + b (one a, b per channel of the image t), from new copies of
     the layers that produce t (appended to `made` in order); None where t is not made of
-    convolutions, channel concats and unpadded average pools."""
+    convolutions, channel concats, unpadded average pools and spikes (of neurons or max
+    pools, read by a new depthwise 1x1 convolution: a synapse each, where a copy of a layer
+    in front would compose two layers' integer weights into one)."""
     p = graph.producer(t)
     if p is None or t in graph.outputs:
         return None
     tag = f":scaled{sum(n.name.startswith(p.name + ':scaled') for n in graph.nodes + made)}"
+    if p.op in ("if", "maxpool2d"):  # spikes: a depthwise 1x1 convolution reads them
+        w = a.reshape(-1, 1, 1, 1).astype(np.float32)
+        attrs = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": len(a)}
+        params = {"weight": w, "bias": b.astype(np.float32)}
+        made.append(Node(p.name + tag, "conv2d", [t], t + tag, attrs, params))
+        return made[-1].output
     if p.op == "conv2d":
         w = p.params["weight"].astype(np.float64) * a.reshape(-1, 1, 1, 1)
         bias = p.params["bias"].astype(np.float64) * a + b
