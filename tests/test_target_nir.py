@@ -247,6 +247,29 @@ def test_max_pooling_over_a_concat_of_spikes_maps(tmp_path):
     assert verify(g, tmp_path / "o", xs, T=12)["samples"] == INPUTS
 
 
+@pytest.mark.parametrize("concat", [False, True])
+def test_a_max_pool_of_a_max_pool_maps_as_one_over_the_union_of_windows(tmp_path, concat):
+    """GoogLeNet's pooled branch after a strided pool, on one IF layer's spikes or on a
+    concat of two (counts); the strided pool also feeds a convolution of its own."""
+    b = _Builder(10)
+    a = b.op("Relu", [b.conv("x", 2, 3, 3, 1)])
+    if concat:
+        a = b.op("Concat", [a, b.op("Relu", [b.conv("x", 2, 2, 1, 0)])], axis=1)
+    c = 5 if concat else 3
+    p = b.op("MaxPool", [a], kernel_shape=[2, 2], strides=[2, 2])
+    q = b.op("MaxPool", [p], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    side = b.op("Relu", [b.conv(p, c, 2, 1, 0)])
+    both = b.op("Concat", [b.op("Relu", [b.conv(q, c, 2, 1, 0)]), side], axis=1)
+    out = b.gemm(b.op("Flatten", [both], axis=1), 4 * 16, 3)
+    onnx.save(b.model((2, 8, 8), out, 3), tmp_path / "m.onnx")
+    x = b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=x)
+    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
+    emit(g, "nir", tmp_path / "o")
+    xs = np.random.default_rng(11).uniform(0, 1, (INPUTS, 2, 8, 8))
+    assert verify(g, tmp_path / "o", xs, T=12)["samples"] == INPUTS
+
+
 def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
     """A MaxPool right after a Conv pools currents, which no IF comparator can read."""
     b = _Builder(9)

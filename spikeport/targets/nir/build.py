@@ -354,6 +354,7 @@ def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
     from spikeport.targets.nir.maxpool import MaxPoolBuilder
     from spikeport.targets.nir.maxpool_graded import GradedMaxPool
 
+    node = _composite_pool(b, node) or node
     _symmetric(node, node.attrs["pads"])
     edges = b.unify(node, b.handles[node.inputs[0]], b.handles[node.inputs[0]][0].sigma)
     prod = b.graph.producer(node.inputs[0])
@@ -381,6 +382,35 @@ def _maxpool(b: NirBuilder, node: Node) -> list[Edge]:
         ]
     sigma = np.broadcast_to(unit[:, None, None], b.shape(node.output)).copy()
     return [Edge(out, sigma) for out in outs]
+
+
+def _composite_pool(b: NirBuilder, node: Node) -> Node | None:
+    """A max pool of a max pool of spikes or counts (GoogLeNet's pooled branch after a strided
+    pool) as one max pool of them over the union of the windows: the running
+    sums of the inner pool's output are the max of its input's running sums over its window
+    (expectation-compensated), so the outer pool's output, step by step, is the compensated
+    max of those running sums over every window it reaches; a padded cell, a sum of 0,
+    changes no max of counts >= 0. None where that is not one window of the layer's cells
+    (a stride wider than the window, or cells a floor left out at the far edge)."""
+    inner = b.graph.producer(node.inputs[0])
+    if inner is None or inner.op != "maxpool2d":
+        return None
+    src = b.graph.producer(inner.inputs[0])  # what one max pool takes: see _maxpool
+    if src is None or src.op not in ("if", "concat", "avgpool2d"):
+        return None
+    a1, a2 = inner.attrs, node.attrs
+    size = b.shape(inner.inputs[0])[1:]
+    kernel, strides, pads = [], [], [0, 0, 0, 0]
+    for ax in (0, 1):
+        k1, s1, k2, s2 = a1["kernel"][ax], a1["strides"][ax], a2["kernel"][ax], a2["strides"][ax]
+        lo, hi = a1["pads"][ax], a1["pads"][ax + 2]
+        if s1 > k1 or (size[ax] + lo + hi - k1) % s1:
+            return None
+        kernel.append(k1 + (k2 - 1) * s1)
+        strides.append(s1 * s2)
+        pads[ax], pads[ax + 2] = lo + a2["pads"][ax] * s1, hi + a2["pads"][ax + 2] * s1
+    attrs = {**a2, "kernel": kernel, "strides": strides, "pads": pads}
+    return Node(node.name, node.op, [inner.inputs[0]], node.output, attrs, dict(node.params))
 
 
 def _spike_counts(b: NirBuilder, tensor: str) -> tuple[np.ndarray | None, int]:
