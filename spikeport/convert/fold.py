@@ -135,8 +135,8 @@ def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
 def fold_channel_scales(graph: Graph) -> Graph:
     """Every `channel_scale` (a BatchNorm no layer alone produces: on a concat, an average
     pool, or a convolution that others read too, as in DenseNet's and other pre-activation
-    blocks), with the `offset` right after it, moved into copies of the dense layers and
-    convolutions that produce its input, through channel concats and unpadded average pools:
+    blocks), with the `offset` right after it, moved into copies of the convolutions that
+    produce its input, through channel concats and unpadded average pools:
     a (W x + c) + b = (a W) x + (a c + b) per output channel, exact in float. For targets
     with no per-channel multiply (SpiNNaker2, NIR, Lava), where a convolution's output is
     synapses into each reader anyway, so a copy per reader costs the chip nothing. Spikes
@@ -196,21 +196,15 @@ def _scaled(graph: Graph, t: str, a: np.ndarray, b: np.ndarray, made: list[Node]
         made.append(Node(p.name + tag, p.op, list(p.inputs), p.output + tag, dict(p.attrs), params))
         return made[-1].output
     if p.op == "avgpool2d" and not any(p.attrs["pads"]):  # the mean of a x + b: a mean + b
-        inner = _scaled(graph, p.inputs[0], a, b, made)
-        if inner is None:
-            return None
-    elif p.op == "concat" and p.attrs["axis"] % 3 == 0:
+        inputs = [_scaled(graph, p.inputs[0], a, b, made)]
+    elif p.op == "concat" and p.attrs["axis"] % 3 == 0:  # each input its channels' a and b
         ends = np.cumsum([graph.shape(i)[0] for i in p.inputs])[:-1]
-        parts = [
-            _scaled(graph, i, ai, bi, made)
-            for i, ai, bi in zip(p.inputs, np.split(a, ends), np.split(b, ends), strict=True)
-        ]
-        if any(x is None for x in parts):
-            return None
-        inner = parts
+        pieces = zip(p.inputs, np.split(a, ends), np.split(b, ends), strict=True)
+        inputs = [_scaled(graph, i, ai, bi, made) for i, ai, bi in pieces]
     else:
         return None
-    inputs = inner if isinstance(inner, list) else [inner]
+    if None in inputs:
+        return None
     made.append(Node(p.name + tag, p.op, inputs, p.output + tag, dict(p.attrs), dict(p.params)))
     return made[-1].output
 
