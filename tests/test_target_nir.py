@@ -140,13 +140,19 @@ def test_depthwise_convolution_maps_as_a_full_kernel(tmp_path):
              kernel_shape=[3, 3], group=6)  # fmt: skip
     g = b.op("GlobalAveragePool", [b.op("Relu", [d])])
     out = b.gemm(b.op("Flatten", [g], axis=1), 6, 3)
-    onnx.save(b.model((2, 6, 6), out, 3), tmp_path / "m.onnx")
-    x = b.rng.uniform(0, 1, (48, 2, 6, 6)).astype(np.float32)
+    _round_trip(b, out, (2, 6, 6), tmp_path, seed=3, T=8)
+
+
+def _round_trip(b: _Builder, out: str, shape: tuple[int, ...], tmp_path, seed: int, T: int):
+    """Convert b's model (3 outputs) on its own calibration draw, quantize for NIR, emit, and
+    verify it in snnTorch on INPUTS random inputs."""
+    onnx.save(b.model(shape, out, 3), tmp_path / "m.onnx")
+    x = b.rng.uniform(0, 1, (48, *shape)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
     g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
     emit(g, "nir", tmp_path / "o")
-    xs = np.random.default_rng(3).uniform(0, 1, (INPUTS, 2, 6, 6))
-    assert verify(g, tmp_path / "o", xs, T=8)["samples"] == INPUTS
+    xs = np.random.default_rng(seed).uniform(0, 1, (INPUTS, *shape))
+    assert verify(g, tmp_path / "o", xs, T=T)["samples"] == INPUTS
 
 
 def _refused(graph, tmp_path, match):
@@ -261,13 +267,7 @@ def test_a_max_pool_of_a_max_pool_maps_as_one_over_the_union_of_windows(tmp_path
     side = b.op("Relu", [b.conv(p, c, 2, 1, 0)])
     both = b.op("Concat", [b.op("Relu", [b.conv(q, c, 2, 1, 0)]), side], axis=1)
     out = b.gemm(b.op("Flatten", [both], axis=1), 4 * 16, 3)
-    onnx.save(b.model((2, 8, 8), out, 3), tmp_path / "m.onnx")
-    x = b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
-    np.savez(tmp_path / "c.npz", x=x)
-    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
-    emit(g, "nir", tmp_path / "o")
-    xs = np.random.default_rng(11).uniform(0, 1, (INPUTS, 2, 8, 8))
-    assert verify(g, tmp_path / "o", xs, T=12)["samples"] == INPUTS
+    _round_trip(b, out, (2, 8, 8), tmp_path, seed=11, T=12)
 
 
 def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
