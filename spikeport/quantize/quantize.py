@@ -244,13 +244,18 @@ def _fit_current(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> n
 
 def _channel_thresholds(ctx: _Ctx, node: Node) -> np.ndarray:
     """(O,) the largest real threshold of the neurons that each output channel feeds."""
+    return _readers_max(ctx, node, "threshold")
+
+
+def _readers_max(ctx: _Ctx, node: Node, key: str) -> np.ndarray:
+    """(O,) the largest |param `key`| of the nodes that read `node`, per output channel."""
     axis = -1 if node.op == "dense" else 0
     shape = ctx.graph.shape(node.output)
-    th = np.zeros(shape[axis])
+    top = np.zeros(shape[axis])
     for user in ctx.graph.consumers(node.output):
-        t = np.abs(np.broadcast_to(user.params["threshold"], shape).astype(np.float64))
-        th = np.maximum(th, np.moveaxis(t, axis, 0).reshape(len(th), -1).max(1))
-    return th
+        t = np.abs(np.broadcast_to(user.params[key], shape).astype(np.float64))
+        top = np.maximum(top, np.moveaxis(t, axis, 0).reshape(len(top), -1).max(1))
+    return top
 
 
 def _bias_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
@@ -269,12 +274,7 @@ def _bias_over(ctx: _Ctx, node: Node, s_w: np.ndarray) -> np.ndarray:
     users = ctx.graph.consumers(node.output)
     if not users or any(kind_of(u) != SDN or "sdn_cap" not in u.params for u in users):
         return none
-    axis = -1 if node.op == "dense" else 0
-    shape = ctx.graph.shape(node.output)
-    cap = np.zeros_like(s_w)
-    for user in users:
-        c = np.broadcast_to(user.params["sdn_cap"].astype(np.float64), shape)
-        cap = np.maximum(cap, np.moveaxis(c, axis, 0).reshape(len(cap), -1).max(1))
+    cap = _readers_max(ctx, node, "sdn_cap")
     mantissa = (bias + cap / s_w) / 2.0 ** sdn_state_exp(float((cap / s_w).max(initial=1)))
     return mantissa / int_limit(bits)
 

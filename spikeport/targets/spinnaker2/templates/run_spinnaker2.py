@@ -123,7 +123,7 @@ def run_one(hw, net: dict, codes: np.ndarray, T: int, npc: int, record_spikes: b
     out = net["output"]
     parts = out.get("parts", [out["population"]])  # partial accumulators: the host adds them
     v = sum(np.rint(read_voltages(pops[name], out["size"], steps)) for name in parts)
-    res = {"acc": np.rint(v[out["depth"] : out["depth"] + T]).astype(np.int64)}
+    res = {"acc": v[out["depth"] : out["depth"] + T].astype(np.int64)}  # rounded above
     if record_spikes:
         for probe in net["probes"]:
             s = read_spikes(pops[probe["population"]], probe["size"], steps)
