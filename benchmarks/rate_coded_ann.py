@@ -24,8 +24,9 @@ import torch
 
 from spikeport.data import Dataset
 from spikeport.finetune import Settings, finetune, layers
+from spikeport.finetune.layers import staircase
 from spikeport.finetune.module import SpikingNet
-from spikeport.finetune.surrogate import Shape, spike
+from spikeport.finetune.surrogate import Shape
 from spikeport.finetune.train import Teacher
 from spikeport.ir.graph import Graph, Node
 
@@ -43,11 +44,7 @@ class RateCodedIF(layers.IF):
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         step = self.threshold / self.steps
-        v = step / 2 + current
-        s = sum(spike(v - j * step, step, self.surrogate) for j in range(1, self.steps + 1))
-        if self.bipolar:  # v < -j step (j = 0 .. T - 1) is "not (v >= -j step)"
-            s = s - sum(1.0 - spike(v + j * step, step, self.surrogate) for j in range(self.steps))
-        return s * step
+        return staircase(step / 2 + current, step, self.steps, self.surrogate, self.bipolar) * step
 
 
 @contextmanager

@@ -169,6 +169,21 @@ class ECMaxPool(Layer):
         return out
 
 
+def staircase(
+    v: torch.Tensor, step: torch.Tensor, levels: int, surrogate: Shape, bipolar: bool = False
+) -> torch.Tensor:
+    """The count clamp(floor(v / step), lo, levels) (lo = -levels if bipolar, else 0) as a sum
+    of Heaviside steps one `step` apart, sum_j H(v - j step) (j = 1..levels), minus, if
+    bipolar, sum_j [v < -j step] (j = 0..levels - 1), each with its surrogate gradient."""
+    s = spike(v - step, step, surrogate)
+    for j in range(2, levels + 1):
+        s = s + spike(v - j * step, step, surrogate)
+    if bipolar:  # v < -j step is "not (v >= -j step)"
+        for j in range(levels):
+            s = s - (1.0 - spike(v + j * step, step, surrogate))
+    return s
+
+
 class IF(Layer):
     """Integrate-and-fire, reset by subtraction, v0 = theta / 2; returns spikes * theta.
 
@@ -199,14 +214,8 @@ class IF(Layer):
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         theta = self.threshold
         v = (theta / 2 if self.v is None else self.v) + current
-        s = spike(v - theta, theta, self.surrogate)
-        for j in range(2, self.levels + 1):
-            s = s + spike(v - j * theta, theta, self.surrogate)
-        if self.bipolar:  # v < 0 is "not (v >= 0)"
-            s = s - (1.0 - spike(v, theta, self.surrogate))
-            for j in range(1, self.levels):
-                s = s - (1.0 - spike(v + j * theta, theta, self.surrogate))
-        elif self.signed:
+        s = staircase(v, theta, self.levels, self.surrogate, self.bipolar)
+        if self.signed and not self.bipolar:
             count = torch.zeros_like(v) if self.count is None else self.count
             # v < 0 is "not (v >= 0)"; the count gate carries no gradient
             s = s - (1.0 - spike(v, theta, self.surrogate)) * (count > 0).to(v.dtype)
