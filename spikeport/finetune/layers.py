@@ -22,7 +22,7 @@ from spikeport.finetune.surrogate import Shape, spike
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
-from spikeport.sim.kinds import LAVA, SDN, kind_of, sdn_pool_rounds
+from spikeport.sim.kinds import LAVA, SDN, kind_of, pair_level, sdn_pool_rounds
 
 THRESHOLD_FLOOR = 1e-3  # a threshold never drops below this fraction of its converted value
 
@@ -300,13 +300,13 @@ class SigmaDeltaIF(IF):
         offsets = [0.0, -self.cap] if self.capped else [0.0]
         act = torch.stack([(current + off).clamp(min=0) for off in offsets])
         prev = torch.zeros_like(act) if self.act is None else self.act
-        value = prev[0] if len(prev) == 1 else prev[0] - prev[1]  # the clipped ReLU
+        value = pair_level(prev)  # the clipped ReLU
         out = (self.level - value.detach()) + value  # forward: the level; backward: value
         with torch.no_grad():
             delta = act - prev + self.residue
             sent = torch.where(delta.abs() >= self.threshold, delta, torch.zeros_like(delta))
             self.residue = delta - sent
-            self.level = self.level + (sent[0] if len(sent) == 1 else sent[0] - sent[1])
+            self.level = self.level + pair_level(sent)
         self.act = act
         return out
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,13 @@ SDN_LEVEL_BITS = 10
 # (before this limit state_exp reached 11 on the digits MLP; at 7 the digits examples and
 # the held-out family's ReLU nets on Lava score the same, relu_dw:7 one image more).
 SDN_MAX_STATE_EXP = 7
+
+
+def pair_level(x: Any) -> Any:
+    """A sigma-delta neuron's value from its stacked pair (x[0], x[1]): x[0] alone for one
+    neuron, x[0] - x[1] for a capped one (relu(I) - relu(I - c) = min(relu(I), c)); numpy
+    arrays or torch tensors."""
+    return x[0] if len(x) == 1 else x[0] - x[1]
 
 
 def sdn_pool_rounds(k: int) -> list[list[tuple[int, ...]]]:

@@ -21,7 +21,7 @@ from spikeport.ir.ops import attr, spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
 from spikeport.sim.arith import floor_shift, initial_potential
-from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of, sdn_pool_rounds
+from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, kind_of, pair_level, sdn_pool_rounds
 
 MODES = ("ann", "float", "int")
 
@@ -349,7 +349,7 @@ class SigmaDeltaNeuron(IFNeuron):
         self.residue, self.act, self.v = delta - sent, act, delta
         if self.state_exp:
             sent = np.right_shift(sent, self.state_exp)  # floor, as numpy's right_shift
-        self.level = self.level + (sent[0] if len(sent) == 1 else sent[0] - sent[1])
+        self.level = self.level + pair_level(sent)
         n = len(current)
         self.fired = self.k = (
             sent[0] if len(sent) == 1 else np.concatenate([m.reshape(n, -1) for m in sent], axis=1)
