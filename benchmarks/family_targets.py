@@ -9,6 +9,13 @@ exact), `emit`, and `verify -T 8` on the first VERIFY_INPUTS test images; and th
 graph's integer accuracy at T = 8 on the whole test split (the reference simulator, which
 verify has just shown the target equals). A refusal is recorded with its stage and its one
 line. Lava's verify needs .venv-lava (`make lava-venv`, which `make test` runs).
+
+    .venv/bin/python benchmarks/family_targets.py --transformers [--nets task:arch:seed,...]
+    # writes benchmarks/results/family_targets_transformers.json
+
+does the same for nets of benchmarks/transformer_family.py (its tasks, architectures and
+exporters; scored on their own test sentences, or digits for the ViT): which of them each
+target runs bit for bit, and what it refuses.
 No download. 1 torch thread a process.
 """
 
@@ -22,7 +29,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +36,9 @@ sys.path.insert(0, str(HERE))
 import cnn_family  # noqa: E402
 import parallel  # noqa: E402
 import provenance  # noqa: E402
+import transformer_family  # noqa: E402
 
+from spikeport.batch import Batch, take  # noqa: E402
 from spikeport.convert import convert  # noqa: E402
 from spikeport.data import Dataset, load_data  # noqa: E402
 from spikeport.errors import SpikeportError  # noqa: E402
@@ -45,10 +53,15 @@ DEFAULT_NETS = (
     "maxpool:7,relu6:7,relu_dw:7,leaky:7,hswish_se:7,silu_se:7,resnet:2,cnn_bn:2,"
     "convnext:7,densenet:7,inception:7,gelu:7"
 )
+# one net of each architecture and exporter of the transformer family
+DEFAULT_TRANSFORMERS = (
+    "count:pre_relu:2,majority:post_gelu:3,order:hf_bert:4,sentiment:hf_bert:5:dynamo,"
+    "digits:vit:7,noisy_sum:hf_bert:17"
+)
 
 
 def target_cell(
-    snn: Any, target: str, onnx_path: Path, out: Path, calib: np.ndarray, test: Dataset
+    snn: Any, target: str, onnx_path: Path, out: Path, calib: Batch, test: Dataset
 ) -> dict[str, Any]:
     """quantize (on `calib`), emit and verify `snn` for `target`: the accuracy at T on `test`,
     or the refusal."""
@@ -58,7 +71,7 @@ def target_cell(
         stage = "emit"
         emit(graph, target, out / target)
         stage = "verify"
-        verify(graph, out / target, test.x[:VERIFY_INPUTS], T)
+        verify(graph, out / target, take(test.x, slice(0, VERIFY_INPUTS)), T)
     except SpikeportError as e:
         return {"stage": stage, "refused": str(e)}
     acc = evaluate(graph, test, [T], "int", str(onnx_path))["records"][0]["accuracy"]
@@ -82,6 +95,25 @@ def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
         row["ann"] = cnn_family.accuracy(model, test.x, test.y)
         snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
         row["targets"] = {t: target_cell(snn, t, path, Path(tmp), calib, test) for t in TARGETS}
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    print(_line(row), flush=True)
+    return row
+
+
+def run_transformer(spec: tuple[str, str, int, bool]) -> dict[str, Any]:
+    """Train one transformer-family net, convert it for T and try every target."""
+    task, arch, seed, dynamo = spec
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        files = transformer_family.make(task, arch, seed, dynamo, Path(tmp))
+        row: dict[str, Any] = {"net": f"{task}:{arch}:{seed}" + (":dynamo" if dynamo else "")}
+        row["ann"] = files["ann"]
+        snn = convert(files["onnx"], files["calib"], timesteps=T, quiet=True)
+        calib = load_data(files["calib"], snn.inputs).x
+        test = load_data(files["test"], snn.inputs, labels=True)
+        cells = {t: target_cell(snn, t, files["onnx"], Path(tmp), calib, test) for t in TARGETS}
+        row["targets"] = cells
     row["seconds"] = round(time.perf_counter() - t0, 1)
     print(_line(row), flush=True)
     return row
@@ -112,13 +144,25 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
+    ap.add_argument(
+        "--transformers",
+        action="store_true",
+        help="the transformer family's nets (task:arch:seed[:dynamo]) instead of the CNNs",
+    )
+    ap.add_argument("--nets", help=f"arch:seed,... ({DEFAULT_NETS}; with --transformers "
+                    f"{DEFAULT_TRANSFORMERS})")  # fmt: skip
     parallel.add_jobs(ap)
-    ap.add_argument("--out", default=str(HERE / "results" / "family_targets.json"))
+    ap.add_argument("--out", help="(default: results/family_targets[_transformers].json)")
     args = ap.parse_args()
-    specs = cnn_family.net_specs(ap, args.nets)
+    if args.transformers:
+        nets, run, name = args.nets or DEFAULT_TRANSFORMERS, run_transformer, "_transformers"
+        specs: list[Any] = [transformer_family.net_spec(ap, s) for s in nets.split(",")]
+    else:
+        nets, run, name = args.nets or DEFAULT_NETS, run_one, ""
+        specs = cnn_family.net_specs(ap, nets)
+    args.out = args.out or str(HERE / "results" / f"family_targets{name}.json")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    rows = parallel.map_on_cores(run_one, specs, args.jobs)
+    rows = parallel.map_on_cores(run, specs, args.jobs)
     doc = {"benchmark": "family_targets", "command": " ".join(sys.argv), "started": started,
            "T": T, "verify_inputs": VERIFY_INPUTS, **provenance.record(), "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))

@@ -305,7 +305,7 @@ def main() -> None:
     parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "transformer_family.json"))
     args = ap.parse_args()
-    specs = [_spec(ap, s) for s in args.nets.split(",")]
+    specs = [net_spec(ap, s) for s in args.nets.split(",")]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = parallel.map_on_cores(run_one, specs, args.jobs)
     doc = {"benchmark": "transformer_family", "command": " ".join(sys.argv), "started": started,
@@ -314,7 +314,9 @@ def main() -> None:
     print(table(rows))
 
 
-def _spec(ap: argparse.ArgumentParser, spec: str) -> tuple[str, str, int, bool]:
+def net_spec(ap: argparse.ArgumentParser, spec: str) -> tuple[str, str, int, bool]:
+    """`--nets`: "task:arch:seed[:dynamo]" as (task, arch, seed, dynamo), checked (else
+    ap.error)."""
     parts = spec.split(":")
     ok = len(parts) in (3, 4) and parts[2].isdigit() and parts[3:] in ([], ["dynamo"])
     task, arch = (parts + ["", ""])[:2]
