@@ -205,16 +205,19 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def make(arch: str, seed: int, out: Path) -> tuple[nn.Module, Path]:
-    """Train one network and export it to ONNX."""
+def make(arch: str, seed: int, out: Path, dynamo: bool = False) -> tuple[nn.Module, Path]:
+    """Train one network and export it to ONNX: the TorchScript exporter at opset 17, or
+    with `dynamo` the dynamo exporter at opset 18."""
     data = np.load(SPLITS["train"])
     torch.manual_seed(seed)
     model = train(ARCHITECTURES[arch](), data["x"], data["y"], epochs=EPOCHS, seed=seed)
     path = out / f"{arch}_{seed}.onnx"
     torch.onnx.export(
         model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["x"],
-        output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-        opset_version=17, dynamo=False,
+        output_names=["logits"],
+        dynamic_axes=None if dynamo else {"x": {0: "n"}, "logits": {0: "n"}},
+        dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
+        opset_version=18 if dynamo else 17, dynamo=dynamo,
     )  # fmt: skip
     return model, path
 

@@ -22,6 +22,7 @@ No download. 1 torch thread a process.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -82,16 +83,17 @@ def target_cell(
     }
 
 
-def run_one(spec: tuple[str, str, str]) -> dict[str, Any]:
-    """Train one family net, convert it for T and try every target."""
+def run_one(spec: tuple[str, str, str], dynamo: bool = False) -> dict[str, Any]:
+    """Train one family net (exported by the dynamo exporter with `dynamo`), convert it for
+    T and try every target."""
     arch, _, seed = spec
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model, path = cnn_family.make(arch, int(seed), Path(tmp))
+        model, path = cnn_family.make(arch, int(seed), Path(tmp), dynamo)
         calib = load_data(cnn_family.SPLITS["calib"]).x
         test = load_data(cnn_family.SPLITS["test"], labels=True)
-        row: dict[str, Any] = {"net": f"{arch}:{seed}"}
+        row: dict[str, Any] = {"net": f"{arch}:{seed}" + (":dynamo" if dynamo else "")}
         row["ann"] = cnn_family.accuracy(model, test.x, test.y)
         snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
         row["targets"] = {t: target_cell(snn, t, path, Path(tmp), calib, test) for t in TARGETS}
@@ -149,16 +151,22 @@ def main() -> None:
         action="store_true",
         help="the transformer family's nets (task:arch:seed[:dynamo]) instead of the CNNs",
     )
+    ap.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="CNNs: export with the dynamo exporter (opset 18) instead of TorchScript",
+    )
     ap.add_argument("--nets", help=f"arch:seed,... ({DEFAULT_NETS}; with --transformers "
                     f"{DEFAULT_TRANSFORMERS})")  # fmt: skip
     parallel.add_jobs(ap)
-    ap.add_argument("--out", help="(default: results/family_targets[_transformers].json)")
+    ap.add_argument("--out", help="(default: results/family_targets[_transformers|_dynamo].json)")
     args = ap.parse_args()
     if args.transformers:
         nets, run, name = args.nets or DEFAULT_TRANSFORMERS, run_transformer, "_transformers"
         specs: list[Any] = [transformer_family.net_spec(ap, s) for s in nets.split(",")]
     else:
-        nets, run, name = args.nets or DEFAULT_NETS, run_one, ""
+        nets, name = args.nets or DEFAULT_NETS, "_dynamo" if args.dynamo else ""
+        run = functools.partial(run_one, dynamo=args.dynamo)
         specs = cnn_family.net_specs(ap, nets)
     args.out = args.out or str(HERE / "results" / f"family_targets{name}.json")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
