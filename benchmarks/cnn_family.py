@@ -212,13 +212,7 @@ def make(arch: str, seed: int, out: Path, dynamo: bool = False) -> tuple[nn.Modu
     torch.manual_seed(seed)
     model = train(ARCHITECTURES[arch](), data["x"], data["y"], epochs=EPOCHS, seed=seed)
     path = out / f"{arch}_{seed}.onnx"
-    torch.onnx.export(
-        model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["x"],
-        output_names=["logits"],
-        dynamic_axes=None if dynamo else {"x": {0: "n"}, "logits": {0: "n"}},
-        dynamic_shapes=({0: torch.export.Dim("n")},) if dynamo else None,
-        opset_version=18 if dynamo else 17, dynamo=dynamo,
-    )  # fmt: skip
+    nets.export(model, (torch.zeros(1, 1, 8, 8),), ["x"], path, dynamo)
     return model, path
 
 

@@ -93,13 +93,10 @@ def run_one(spec: tuple[str, str, str], dynamo: bool = False) -> dict[str, Any]:
         model, path = cnn_family.make(arch, int(seed), Path(tmp), dynamo)
         calib = load_data(cnn_family.SPLITS["calib"]).x
         test = load_data(cnn_family.SPLITS["test"], labels=True)
-        row: dict[str, Any] = {"net": f"{arch}:{seed}" + (":dynamo" if dynamo else "")}
-        row["ann"] = cnn_family.accuracy(model, test.x, test.y)
+        ann = cnn_family.accuracy(model, test.x, test.y)
         snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
-        row["targets"] = {t: target_cell(snn, t, path, Path(tmp), calib, test) for t in TARGETS}
-    row["seconds"] = round(time.perf_counter() - t0, 1)
-    print(_line(row), flush=True)
-    return row
+        row = _every_target(f"{arch}:{seed}", dynamo, ann, snn, path, Path(tmp), calib, test)
+    return _done(row, t0)
 
 
 def run_transformer(spec: tuple[str, str, int, bool]) -> dict[str, Any]:
@@ -109,13 +106,26 @@ def run_transformer(spec: tuple[str, str, int, bool]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         files = transformer_family.make(task, arch, seed, dynamo, Path(tmp))
-        row: dict[str, Any] = {"net": f"{task}:{arch}:{seed}" + (":dynamo" if dynamo else "")}
-        row["ann"] = files["ann"]
         snn = convert(files["onnx"], files["calib"], timesteps=T, quiet=True)
         calib = load_data(files["calib"], snn.inputs).x
         test = load_data(files["test"], snn.inputs, labels=True)
-        cells = {t: target_cell(snn, t, files["onnx"], Path(tmp), calib, test) for t in TARGETS}
-        row["targets"] = cells
+        net = f"{task}:{arch}:{seed}"
+        row = _every_target(net, dynamo, files["ann"], snn, files["onnx"], Path(tmp), calib, test)
+    return _done(row, t0)
+
+
+def _every_target(
+    net: str, dynamo: bool, ann: float, snn: Any, onnx_path: Path, out: Path, calib: Batch,
+    test: Dataset,
+) -> dict[str, Any]:  # fmt: skip
+    """A net's row: its name (":dynamo" when that exporter wrote it), ANN accuracy and
+    target_cell for every target."""
+    cells = {t: target_cell(snn, t, onnx_path, out, calib, test) for t in TARGETS}
+    return {"net": net + (":dynamo" if dynamo else ""), "ann": ann, "targets": cells}
+
+
+def _done(row: dict[str, Any], t0: float) -> dict[str, Any]:
+    """`row` with the seconds since `t0`, printed as one line."""
     row["seconds"] = round(time.perf_counter() - t0, 1)
     print(_line(row), flush=True)
     return row
@@ -161,6 +171,8 @@ def main() -> None:
     parallel.add_jobs(ap)
     ap.add_argument("--out", help="(default: results/family_targets[_transformers|_dynamo].json)")
     args = ap.parse_args()
+    if args.transformers and args.dynamo:
+        ap.error("--dynamo is for the CNNs: a transformer net names its exporter (:dynamo)")
     if args.transformers:
         nets, run, name = args.nets or DEFAULT_TRANSFORMERS, run_transformer, "_transformers"
         specs: list[Any] = [transformer_family.net_spec(ap, s) for s in nets.split(",")]

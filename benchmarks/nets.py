@@ -51,6 +51,7 @@ from make_text import CLS, MAX_LEN, make_split  # noqa: E402
 
 SEED = 1  # the examples train with seed 0
 OPSET = 17
+DYNAMO_OPSET = 18
 
 # ---------------------------------------------------------------------------------------------
 # digits networks
@@ -248,7 +249,16 @@ def accuracy(model: nn.Module, inputs: tuple[np.ndarray, ...], y: np.ndarray) ->
     return float((logits.argmax(-1).numpy() == y).mean())
 
 
-def export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path):
+def export(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    names: list[str],
+    path: Path,
+    dynamo: bool = False,
+) -> None:
+    """`model` to ONNX at `path`, inputs `names` and output "logits", the batch axis dynamic:
+    by the TorchScript exporter at OPSET, or with `dynamo` by the dynamo exporter at
+    DYNAMO_OPSET."""
     # With grad enabled and parameters that require it, nn.TransformerEncoderLayer takes its
     # plain path (its inference fast path is one fused op that the exporter cannot write).
     with torch.enable_grad():
@@ -258,9 +268,10 @@ def export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str]
             str(path),
             input_names=names,
             output_names=["logits"],
-            dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]},
-            opset_version=OPSET,
-            dynamo=False,
+            dynamic_axes=None if dynamo else {n: {0: "batch"} for n in [*names, "logits"]},
+            dynamic_shapes=({0: torch.export.Dim("batch")},) * len(names) if dynamo else None,
+            opset_version=DYNAMO_OPSET if dynamo else OPSET,
+            dynamo=dynamo,
         )
 
 

@@ -249,13 +249,7 @@ def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, 
     inputs = tuple(torch.from_numpy(train[k]) for k in keys)
     nets.fit(model, inputs, torch.from_numpy(train["y"]), epochs, lr, batch=64, seed=seed)
     example = tuple(torch.from_numpy(train[k][:2]) for k in keys)
-    with torch.enable_grad():  # nn.TransformerEncoderLayer's fused fast path does not export
-        torch.onnx.export(
-            model, example, str(files["onnx"]), input_names=keys, output_names=["logits"],
-            dynamic_axes=None if dynamo else {k: {0: "n"} for k in [*keys, "logits"]},
-            dynamic_shapes=({0: torch.export.Dim("n")},) * len(keys) if dynamo else None,
-            opset_version=18 if dynamo else 17, dynamo=dynamo,
-        )  # fmt: skip
+    nets.export(model, example, keys, files["onnx"], dynamo)
     test = splits["test"]
     with torch.no_grad():
         logits = model(*(torch.from_numpy(test[k]) for k in keys))
