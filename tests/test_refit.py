@@ -54,6 +54,44 @@ def test_refit_chunks_sum_to_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_allclose(chunked.params["weight"], whole.params["weight"], rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("group", "pads", "masked"),
+    [(1, [1, 1, 1, 1], False), (2, [0, 1, 2, 1], False), (1, None, True)],
+)
+def test_normal_equations_are_those_of_the_design_with_a_ones_column(
+    group: int, pads: list[int] | None, masked: bool
+) -> None:
+    """The bias's row and column of X^T X and its row of X^T Y, built from sums, equal those
+    of X with a column of ones appended (what the least squares solve for), for symmetric and
+    asymmetric padding, a grouped convolution, and a dense layer with left-out rows."""
+    rng = np.random.default_rng(2)
+    if pads is None:  # a dense layer over tokens
+        node = Node("d", "dense", ["x"], "y", {}, {"weight": rng.normal(size=(5, 7)),
+                                                     "bias": np.zeros(5)})  # fmt: skip
+        x, y = rng.normal(size=(6, 4, 7)), rng.normal(size=(6, 4, 5))
+        design = torch.as_tensor(x.reshape(1, -1, 7))
+    else:
+        node = _conv(rng.normal(size=(4, 4 // group, 3, 3)), np.zeros(4), group)
+        node.attrs["pads"] = pads
+        x = rng.normal(size=(3, 4, 5, 5))
+        top, left, bottom, right = pads
+        padded = torch.as_tensor(x)
+        padded = F.pad(padded, (left, right, top, bottom))
+        cols = F.unfold(padded, (3, 3))  # (N, C*9, L), channels of a group together
+        cols = cols.reshape(3, group, -1, cols.shape[-1]).permute(1, 0, 3, 2)
+        design = cols.reshape(group, -1, cols.shape[-1])
+        y = rng.normal(size=(3, 4) + tuple(padded.shape[2:] - np.array([2, 2])))
+    rows = rng.random(x.shape[:-1]) < 0.6 if masked else None
+    gram, cross = refit._normal_equations(node, x, y, rows)
+    ones = torch.cat([design, torch.ones(*design.shape[:2], 1, dtype=design.dtype)], -1)
+    target = refit._outputs(node, y)
+    if masked:
+        keep = torch.as_tensor(rows.reshape(1, -1, 1), dtype=ones.dtype)
+        ones, target = ones * keep, target * keep
+    torch.testing.assert_close(gram, ones.transpose(1, 2) @ ones)
+    torch.testing.assert_close(cross, ones.transpose(1, 2) @ target)
+
+
 def test_refit_keeps_weights_that_predict_held_out_samples_best() -> None:
     """Targets that are the layer's own output plus noise, from few samples: a fit on half
     of them predicts the other half worse than the current weights do, so the weights stay

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeport.ir.graph import Node
+from spikeport.sim.kernels import symmetric_pads
 
 OPS = frozenset({"dense", "conv2d"})
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # lambda / mean input power, the candidates cross-validated
@@ -49,20 +50,20 @@ def _groups(node: Node) -> int:
 
 
 def _design(node: Node, x: np.ndarray) -> torch.Tensor:
-    """The rows the layer's output is linear in, one block per group, with a trailing 1 for
-    the bias: (groups, rows, inputs per group + 1)."""
+    """The rows the layer's output is linear in, one block per group: (groups, rows, inputs
+    per group). The bias's input, a 1 in every row, is left implicit (_normal_equations)."""
     t = torch.as_tensor(x, dtype=torch.float64)
     if node.op == "dense":
-        rows = t.reshape(1, -1, t.shape[-1])
-    else:
-        a, (kh, kw) = node.attrs, node.params["weight"].shape[2:]
+        return t.reshape(1, -1, t.shape[-1])
+    a, (kh, kw) = node.attrs, node.params["weight"].shape[2:]
+    pads = symmetric_pads(a["pads"])  # symmetric: unfold pads, no padded copy
+    if pads is None:
         top, left, bottom, right = a["pads"]
-        cols = F.unfold(F.pad(t, (left, right, top, bottom)), (kh, kw),
-                        dilation=a["dilations"], stride=a["strides"])  # fmt: skip
-        g = _groups(node)
-        cols = cols.reshape(t.shape[0], g, -1, cols.shape[-1]).permute(1, 0, 3, 2)
-        rows = cols.reshape(g, -1, cols.shape[-1])
-    return torch.cat([rows, torch.ones(*rows.shape[:2], 1, dtype=rows.dtype)], -1)
+        t = F.pad(t, (left, right, top, bottom))
+    cols = F.unfold(t, (kh, kw), dilation=a["dilations"], padding=pads or 0, stride=a["strides"])
+    g = _groups(node)
+    cols = cols.reshape(t.shape[0], g, -1, cols.shape[-1]).permute(1, 0, 3, 2)
+    return cols.reshape(g, -1, cols.shape[-1])
 
 
 def _outputs(node: Node, y: np.ndarray) -> torch.Tensor:
@@ -89,8 +90,11 @@ def refittable(node: Node, samples: int, output_shape: tuple[int, ...]) -> bool:
 def _normal_equations(
     node: Node, rates: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(X^T X, X^T Y) per group, summed CHUNK_BYTES of design matrix at a time, over the
-    rows `rows` (samples, positions) keeps (all where None)."""
+    """(X^T X, X^T Y) per group, X with a trailing 1 a row for the bias (its row and
+    column of X^T X are X's column sums and the row count, its row of X^T Y is Y's column
+    sums: a copy of X with a column of ones was a tenth of a large CNN's conversion), summed
+    CHUNK_BYTES of design matrix at a time, over the rows `rows` (samples, positions) keeps
+    (all where None)."""
     w = node.params["weight"]
     g, inputs = _groups(node), int(np.prod(w.shape[1:])) + 1
     per_sample = int(np.prod(target.shape[1:])) // w.shape[0]  # positions (tokens, pixels)
@@ -100,11 +104,17 @@ def _normal_equations(
     for start in range(0, len(rates), chunk):
         x = _design(node, rates[start : start + chunk])
         y = _outputs(node, target[start : start + chunk])
+        count = x.shape[1]  # rows, each with its implicit 1
         if rows is not None:  # a left-out row adds nothing to either sum
             keep = torch.as_tensor(rows[start : start + chunk].reshape(1, -1, 1), dtype=x.dtype)
-            x, y = x * keep, y * keep
-        gram += x.transpose(1, 2) @ x
-        cross += x.transpose(1, 2) @ y
+            x, y, count = x * keep, y * keep, float(keep.sum())
+        xt = x.transpose(1, 2)
+        gram[:, :-1, :-1] += xt @ x
+        gram[:, -1, :-1] += x.sum(1)
+        gram[:, -1, -1] += count
+        cross[:, :-1] += xt @ y
+        cross[:, -1] += y.sum(1)
+    gram[:, :-1, -1] = gram[:, -1, :-1]  # symmetric
     return gram, cross
 
 

@@ -70,7 +70,8 @@ from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
 from spikeport.progress import progress
 from spikeport.sim import native
-from spikeport.sim.ops import IFNeuron
+from spikeport.sim.fast import FAST_KERNELS, FastKernel
+from spikeport.sim.ops import KERNELS, IFNeuron, Kernel
 
 # Calibration samples the layer-wise search runs on, at most. 512 (all 500 of text_bert's
 # sentences) raised text_bert at T = 8 from 95.5 to 96.1 % in float mode but not in integer
@@ -391,10 +392,8 @@ class _Run:
     ) -> np.ndarray:
         """The ANN's value of `node`'s output: `ann_node` (its ANN twin, whose inputs may be
         named otherwise) run on the ANN values of `node`'s inputs (or on `values`')."""
-        from spikeport.sim.ops import KERNELS
-
         values = self.ann if values is None else values
-        k = KERNELS[node.op](ann_node, "ann", self.graph.shape(node.output))
+        k = _kernel(ann_node, "ann", self.graph.shape(node.output))
         k.reset(len(values[node.inputs[0]]) if node.inputs else 1)
         return k(*[values[i] for i in node.inputs])
 
@@ -416,9 +415,7 @@ class _Run:
     def step(self, node: Node, ann_node: Node, ann_output: np.ndarray | None = None) -> None:
         """Run `node` on the spiking values and `ann_node` on the ANN's (unless its output is
         given: _refit computed it already)."""
-        from spikeport.sim.ops import KERNELS
-
-        snn_k = KERNELS[node.op](node, "float", self.graph.shape(node.output))
+        snn_k = _kernel(node, "float", self.graph.shape(node.output))
         snn_k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
         if ann_output is None:
             ann_output = self.ann_output(node, ann_node)
@@ -449,6 +446,32 @@ class _Run:
             del self.spiking[tensor], self.ann[tensor]
             if self.moved is not None:
                 del self.moved[tensor]
+
+
+class _OneStep:
+    """A fast kernel (spikeport.sim.fast) called like a reference one, on one step: the
+    search's convolutions and dense layers then run in torch (float64, all its threads), not
+    numpy with one BLAS thread (spikeport.threads): the zoo's mp_palm_detection_lite (192 x
+    192, 16 images) converts for T = 4 in 5.6 min (8.0 min of CPU time on 2 cores) where it
+    took 23 (22.5 of CPU time), to the same thresholds; the 8x8 digits nets and text_bert
+    in the same time as before. One step at a time, as the reference kernels ran, so the
+    memory _Run.step saves stays saved."""
+
+    def __init__(self, fast: FastKernel):
+        self.fast = fast
+
+    def reset(self, batch: int) -> None:
+        pass
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.fast.run(x[None]).y[0]
+
+
+def _kernel(node: Node, mode: str, shape: tuple[int, ...]) -> Kernel | _OneStep:
+    """`node`'s kernel in a float mode: the fast one where spikeport.sim.fast has one."""
+    maker = FAST_KERNELS.get(node.op) if node.op in refit.OPS else None
+    fast = maker(node, mode, shape, None) if maker is not None else None
+    return KERNELS[node.op](node, mode, shape) if fast is None else _OneStep(fast)
 
 
 def _samples(graph: Graph, x: Batch, T: int, wanted: int | None = None) -> Batch:

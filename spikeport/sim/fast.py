@@ -48,6 +48,8 @@ from spikeport.sim.ops import Shape
 # (floor(a / b) of integers is exact in floating point when |a| + b is below half the range).
 FLOAT32_SAFE = float(1 << 23)
 FLOATS = (torch.float32, torch.float64)
+# Bytes of unrolled windows a float64 convolution holds at once (_float64_linear)
+FLOAT64_PATCHES = 1 << 26
 Bounds = dict[str, NodeBounds]
 
 
@@ -272,11 +274,10 @@ def _linear(
     """A synaptic op: op(x folded (T*N, ...), weights) then the bias (along a sample's axis
     `channels`), in float32 where the proof allows it for the form it gets. Where the inputs
     it gets are small integers (running sums of a few steps of spikes, input codes), int8
-    products instead (spikeport.sim.int8): the same integers. The "float" and "ann" modes need
-    float64, where torch's convolution has no fast path: the reference kernel (numpy and
-    BLAS), folded over all T steps, is faster there."""
+    products instead (spikeport.sim.int8): the same integers. The "float" and "ann" modes run
+    float64 (_float64_linear)."""
     if mode != "int":
-        return None
+        return _float64_linear(node, mode, op, channels)
     dts = _dtypes(bounds, node, mode)
     params = {}
     for dt in set(dts.values()):
@@ -313,14 +314,41 @@ def _linear(
     return FastKernel(run, ANY if mode == "int" else STEP, dts[True])
 
 
+def _float64_linear(node: Node, mode: str, op: Callable, channels: int) -> FastKernel:
+    """The "float" / "ann" mode's synaptic op in torch's float64: the reference's sums in
+    another order (equal to rounding), on torch's threads where the reference's numpy BLAS
+    has one (spikeport.threads). A convolution with more than one input channel a group
+    runs on slices of the folded batch that unroll at most FLOAT64_PATCHES bytes of windows:
+    torch's float64 convolution unrolls its whole batch at once (2.3 GB for 128 images of
+    24 x 96 x 96 and a 3x3 kernel, and slower than slices)."""
+    w = _param_t(node, "weight", mode, torch.float64)
+    b = _param_t(node, "bias", mode, torch.float64)
+
+    def run(x: np.ndarray, cumulative: bool = False) -> Steps:
+        folded = _fold(x, torch.float64)
+        rows = len(folded)
+        if node.op == "conv2d" and w.shape[1] > 1 and folded.numel():
+            out = node.attrs["strides"][0] * node.attrs["strides"][1]
+            unrolled = w.shape[1] * w.shape[2] * w.shape[3] * folded[0, 0].numel() // out * 8
+            rows = max(1, FLOAT64_PATCHES // max(1, unrolled * node.attrs["group"]))
+        parts = [op(part, w) for part in folded.split(rows)] if rows < len(folded) else None
+        y = op(folded, w) if parts is None else torch.cat(parts)
+        return Steps(_with_bias(y, b, len(x), False, channels))
+
+    return FastKernel(run, STEP, torch.float64)
+
+
 @fast_kernel("conv2d")
 def _conv(node: Node, mode: str, shape: Shape, bounds: Bounds | None) -> FastKernel | None:
     a = node.attrs
 
     def conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
         pads = symmetric_pads(a["pads"])  # symmetric: the convolution pads, no padded copy
-        x = (x if pads else _pad(x, a["pads"])).contiguous(memory_format=torch.channels_last)
+        x = x if pads else _pad(x, a["pads"])
+        if mode != "int":  # float64 in NCHW: channels-last float64 ran 1.1-4x slower here
+            return F.conv2d(x, w, None, a["strides"], pads or 0, a["dilations"], a["group"])
+        # oneDNN runs channels-last (NHWC) convolutions about twice as fast as NCHW here
+        x = x.contiguous(memory_format=torch.channels_last)
         w = w.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(x, w, None, a["strides"], pads or 0, a["dilations"], a["group"])
         # channels-last out even where torch reads one input channel as NCHW: every tensor
