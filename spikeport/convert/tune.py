@@ -448,6 +448,12 @@ class _Run:
                 del self.moved[tensor]
 
 
+# The ops the search steps with their fast kernels (_OneStep): the synaptic ones, stateless in
+# every mode; the others there are neurons and running-sum forms that the search's own
+# per-step loop (_Run.step) does not need.
+STEPPED_FAST = frozenset({"dense", "conv2d"})
+
+
 class _OneStep:
     """A fast kernel (spikeport.sim.fast) called like a reference one, on one step: the
     search's convolutions and dense layers then run in torch (float64, all its threads), not
@@ -469,7 +475,7 @@ class _OneStep:
 
 def _kernel(node: Node, mode: str, shape: tuple[int, ...]) -> Kernel | _OneStep:
     """`node`'s kernel in a float mode: the fast one where spikeport.sim.fast has one."""
-    maker = FAST_KERNELS.get(node.op) if node.op in refit.OPS else None
+    maker = FAST_KERNELS.get(node.op) if node.op in STEPPED_FAST else None
     fast = maker(node, mode, shape, None) if maker is not None else None
     return KERNELS[node.op](node, mode, shape) if fast is None else _OneStep(fast)
 
