@@ -324,15 +324,18 @@ def _float64_linear(node: Node, mode: str, op: Callable, channels: int) -> FastK
     w = _param_t(node, "weight", mode, torch.float64)
     b = _param_t(node, "bias", mode, torch.float64)
 
+    def rows_at_once(folded: torch.Tensor) -> int:
+        if node.op != "conv2d" or w.shape[1] == 1 or not folded.numel():
+            return max(1, len(folded))  # a dense layer, a depthwise convolution: no unrolling
+        # windows x input channels a group x kernel, per sample, over the output's positions
+        windows = int(np.prod(w.shape[1:])) * folded.shape[2] * folded.shape[3]
+        unrolled = windows // int(np.prod(node.attrs["strides"])) * 8 * node.attrs["group"]
+        return max(1, FLOAT64_PATCHES // max(1, unrolled))
+
     def run(x: np.ndarray, cumulative: bool = False) -> Steps:
         folded = _fold(x, torch.float64)
-        rows = len(folded)
-        if node.op == "conv2d" and w.shape[1] > 1 and folded.numel():
-            out = node.attrs["strides"][0] * node.attrs["strides"][1]
-            unrolled = w.shape[1] * w.shape[2] * w.shape[3] * folded[0, 0].numel() // out * 8
-            rows = max(1, FLOAT64_PATCHES // max(1, unrolled * node.attrs["group"]))
-        parts = [op(part, w) for part in folded.split(rows)] if rows < len(folded) else None
-        y = op(folded, w) if parts is None else torch.cat(parts)
+        parts = [op(part, w) for part in folded.split(rows_at_once(folded))]
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
         return Steps(_with_bias(y, b, len(x), False, channels))
 
     return FastKernel(run, STEP, torch.float64)
