@@ -235,8 +235,8 @@ def _recipe(seed: int, shift: int) -> Settings:
     """benchmarks/run.py's few-step recipe at run.FEW_T for `seed`, with `--shift shift`."""
     import run
 
-    _, distill, _, epochs = run.FEW_LONG_SHIFTED  # the shift itself: --shift
-    return Settings(T=run.FEW_T, epochs=epochs, lr=run.FEW_LR, seed=seed, distill=distill,
+    v = run.FEW_LONG_SHIFTED  # the shift itself: --shift
+    return Settings(T=run.FEW_T, epochs=v.epochs, lr=run.FEW_LR, seed=seed, distill=v.distill,
                     shift=shift)  # fmt: skip
 
 

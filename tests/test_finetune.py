@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from conftest import EXAMPLES, per_index_products
 
@@ -474,6 +475,7 @@ def test_bad_settings_are_refused(cnn_spk, tmp_path):
         (("--warmup", "1"), "--warmup"),
         (("--shift", "-1"), "--shift"),
         (("--shift", "8"), "out of its frame"),  # the digits are 8x8
+        (("--mixup", "-0.2"), "--mixup"),
         (("--distill", "0.5"), "--teacher"),  # a weight without a teacher
         (("--distill", "2", "--teacher", EXAMPLES / "digits_cnn.onnx"), "--distill"),
         (("--teacher", EXAMPLES / "digits_mlp.onnx"), "not the model"),  # sha256 differs
@@ -537,6 +539,63 @@ def test_an_augmented_fine_tune_asks_the_teacher_for_the_augmented_images(cases,
     assert moved > 64, moved  # 8 in 9 draws move an image
     meta = res.graph.meta["finetune"]
     assert meta["shift"] == 1 and meta["hflip"] is False
+    with pytest.raises(BadInput, match="augmented images"):
+        finetune(snn, small, settings, quiet=True, teacher=source(small.x))
+
+
+def test_mixup_blends_each_sample_with_a_partner_and_every_input_alike():
+    """x' = lam x + (1 - lam) x[perm] per sample, lam in [0, 1] from Beta(alpha, alpha), the
+    same lam and partner for every input of a dict; the draws follow the generator."""
+    x = torch.randn(64, 1, 8, 8)
+    aug = Augment(mixup=0.2)
+    out, lam, perm = aug.mix(x, torch.Generator().manual_seed(0))
+    again, lam2, perm2 = aug.mix(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and torch.equal(lam, lam2) and torch.equal(perm, perm2)
+    assert sorted(perm.tolist()) == list(range(64)) and ((lam >= 0) & (lam <= 1)).all()
+    w = lam.float().reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(out, w * x + (1 - w) * x[perm])
+    # Beta(0.2, 0.2) puts most weight near 0 and 1, yet blends some samples by a fair share
+    assert ((lam > 0.1) & (lam < 0.9)).any() and ((lam < 0.1) | (lam > 0.9)).sum() > 32
+    pair = {"a": x, "b": 2 * x}
+    blended, lam3, perm3 = aug.mix(pair, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(blended["b"], 2 * blended["a"])
+    assert torch.equal(lam3, lam) and torch.equal(perm3, perm)
+    assert Augment(mixup=0.2) and not Augment(mixup=0.2).moves
+    assert torch.equal(Augment(mixup=0.2)(x, torch.Generator()), x)  # __call__ only moves
+
+
+def test_mixup_is_refused_on_token_ids(cases):
+    ids = Graph([TensorInfo("ids", (16,), "int64")], [], ["ids"])
+    with pytest.raises(BadInput, match="token ids"):
+        Augment(mixup=0.2).check(ids)
+    Augment(mixup=0.2).check(Graph([TensorInfo("x", (16,))], [], ["x"]))  # floats blend
+
+
+def test_mixup_blends_the_labels_and_asks_the_teacher_on_the_blends(cases, train_set):
+    """With mixup the cross-entropy reads class probabilities (each pair's labels blended as
+    its inputs are), and distillation asks the source model on the blended inputs."""
+    snn = cases["digits_cnn"].snn
+    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
+    source = teacher_model(snn, cases["digits_cnn"].onnx)
+    asked: list[np.ndarray] = []
+
+    def teacher(x):
+        asked.append(x)
+        return source(x)
+
+    settings = Settings(T=2, epochs=1, batch_size=64, mixup=0.2, distill=0.5, seed=3)
+    res = finetune(snn, small, settings, quiet=True, teacher=teacher)
+    assert res.graph.meta["finetune"]["mixup"] == 0.2
+    (got,) = asked  # one batch of 64
+    originals = {small.x[i].tobytes() for i in range(64)}
+    assert sum(got[i].tobytes() not in originals for i in range(64)) > 16  # blends, not originals
+    labels = torch.tensor([1, 3])
+    probs = F.one_hot(labels, 10).float() * 0.7 + F.one_hot(labels.flip(0), 10).float() * 0.3
+    out = torch.randn(2, 2, 10)  # (T, N, classes) accumulated outputs
+    soft = loss_fn(out, probs, "every_step")
+    parts = [loss_fn(out, y, "every_step") for y in (labels, labels.flip(0))]
+    mixed = 0.7 * parts[0] + 0.3 * parts[1]
+    torch.testing.assert_close(soft, mixed)  # cross-entropy is linear in its target
     with pytest.raises(BadInput, match="augmented images"):
         finetune(snn, small, settings, quiet=True, teacher=source(small.x))
 

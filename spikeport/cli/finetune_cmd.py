@@ -68,6 +68,15 @@ from spikeport.sim.kinds import NEURON_KINDS
 @click.option(
     "--hflip", is_flag=True, help="Augment: mirror each training image left-right at random."
 )
+@click.option(
+    "--mixup",
+    type=Finite(0),
+    default=0.0,
+    show_default=True,
+    metavar="ALPHA",
+    help="Augment: blend each training sample with another of its batch, the weight drawn from "
+    "Beta(ALPHA, ALPHA), its label and the teacher's outputs with it; 0: off (0.2: mild).",
+)
 @click.option("--val", default=None, help="Validation .npz (like --data): keeps the best epoch.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -123,6 +132,7 @@ def finetune_cmd(
     loss: str,
     shift: int,
     hflip: bool,
+    mixup: float,
     val: str | None,
     device: str,
     seed: int,
@@ -160,6 +170,7 @@ def finetune_cmd(
         qat=qat,
         shift=shift,
         hflip=hflip,
+        mixup=mixup,
     )
     if target is not None or qat is not None:
         from spikeport.quantize import get_profile
@@ -193,7 +204,7 @@ def finetune_cmd(
     say(
         quiet,
         f"{output}: fine-tuned at T={timesteps} for {epochs} epochs on "
-        f"{meta['data']['n']} samples{_augmented(shift, hflip)} ({meta['world_size']} "
+        f"{meta['data']['n']} samples{_augmented(shift, hflip, mixup)} ({meta['world_size']} "
         f"process(es), {device}){val_text}",
     )
     if meta.get("float_weights"):  # --qat could not read these nodes' grids: say so, not silently
@@ -205,7 +216,9 @@ def finetune_cmd(
     end_worker()
 
 
-def _augmented(shift: int, hflip: bool) -> str:
-    """How the training images were augmented, for the closing line."""
-    parts = ([f"shifted by up to {shift} px"] if shift else []) + (["mirrored"] if hflip else [])
-    return f" ({' and '.join(parts)} at random)" if parts else ""
+def _augmented(shift: int, hflip: bool, mixup: float) -> str:
+    """How the training samples were augmented, for the closing line."""
+    moves = ([f"shifted by up to {shift} px"] if shift else []) + (["mirrored"] if hflip else [])
+    parts = [f"{' and '.join(moves)} at random"] if moves else []
+    parts += [f"blended in pairs with mixup alpha {mixup:g}"] if mixup else []
+    return f" ({', '.join(parts)})" if parts else ""

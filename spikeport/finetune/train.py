@@ -75,10 +75,11 @@ class Settings:
     warmup: float = 0.0
     shift: int = 0  # augmentation: translate each image by up to this many pixels (augment.py)
     hflip: bool = False  # augmentation: mirror each image left-right with probability 1/2
+    mixup: float = 0.0  # augmentation: blend pairs of samples, weights ~ Beta(mixup, mixup)
 
     @property
     def augment(self) -> Augment:
-        return Augment(self.shift, self.hflip)
+        return Augment(self.shift, self.hflip, self.mixup)
 
     def check(self) -> None:
         if not 1 <= self.T <= 1024:
@@ -97,6 +98,8 @@ class Settings:
             raise BadInput(f"--warmup must be at least 0 and below 1, got {self.warmup}")
         if self.shift < 0:
             raise BadInput(f"--shift must be 0 or more, got {self.shift}")
+        if not (math.isfinite(self.mixup) and self.mixup >= 0):
+            raise BadInput(f"--mixup must be 0 or a positive number, got {self.mixup}")
         if self.loss not in ("every_step", "final"):
             raise BadInput(f"loss '{self.loss}' is not 'every_step' or 'final'")
 
@@ -144,13 +147,14 @@ def loss_fn(
     distill: float = 0.0,
     temperature: float = 4.0,
 ) -> torch.Tensor:
-    """Cross-entropy of the running-mean output (acc_t / t): every step's, or the last one's.
+    """Cross-entropy of the running-mean output (acc_t / t): every step's, or the last one's,
+    to labels `y` (N,) or to class probabilities (N, classes), as mixup blends them.
     With a `teacher` (the ANN's logits) a `distill` share of it is the KL divergence of the
     same means from the teacher's soft labels at `temperature` (Hinton et al. 2015), times
     temperature^2 so that its gradients keep their size."""
     means = running_means(outputs, kind)
     n = len(means)
-    ce = F.cross_entropy(means.flatten(0, 1), y.repeat(n))
+    ce = F.cross_entropy(means.flatten(0, 1), y.repeat(n, *([1] * (y.ndim - 1))))
     if teacher is None or distill == 0:
         return ce
     soft = F.softmax(teacher / temperature, dim=-1).repeat(n, 1)
@@ -282,6 +286,7 @@ class _Trainer:
         self.sched = _schedule(self.opt, max(1, s.epochs * self.steps), s.warmup)
         self.match = objective(graph) == "match"
         self.y = None if self.match else torch.from_numpy(data.y)
+        self.classes = graph.shape(graph.outputs[0])[-1]  # of the labels mixup blends
         self.augment = s.augment
         self.gen = torch.Generator().manual_seed(s.seed + 7919 * world.rank)  # per rank
         if self.augment and teacher is not None and not callable(teacher):
@@ -303,9 +308,8 @@ class _Trainer:
         total, n = 0.0, 0
         for idx in _batches(list(self.sampler), self.local_batch):
             xb = _on(self.x, idx, self.world.device)
-            if self.augment:
-                xb = self.augment(xb, self.gen)
             yb = None if self.y is None else self.y[idx].to(self.world.device)
+            xb, yb = self._augmented(xb, yb)
             self.opt.zero_grad(set_to_none=True)
             soft = self._teacher(idx, xb)
             out = self.model(xb, self.s.T)
@@ -322,6 +326,20 @@ class _Trainer:
             bar.set_postfix_str(f"loss {total / n:.4f}{self.val_text}", refresh=False)
         loss_sum, count = all_sum(self.world, [total, n])
         return loss_sum / count
+
+    def _augmented(
+        self, xb: TensorBatch, yb: torch.Tensor | None
+    ) -> tuple[TensorBatch, torch.Tensor | None]:
+        """The batch moved, mirrored and blended as the settings ask; blended labels become
+        class probabilities (lam of one sample's class, 1 - lam of its partner's)."""
+        xb = self.augment(xb, self.gen)
+        if self.augment.mixup > 0:
+            xb, lam, perm = self.augment.mix(xb, self.gen)
+            if yb is not None:
+                onehot = F.one_hot(yb, self.classes).float()
+                w = lam.to(onehot)[:, None]
+                yb = w * onehot + (1 - w) * onehot[perm.to(onehot.device)]
+        return xb, yb
 
     def _teacher(self, idx: list[int], xb: TensorBatch) -> torch.Tensor | None:
         """The teacher's outputs for the batch: its rows of the fixed outputs, or the source
