@@ -519,9 +519,9 @@ def test_augmentation_is_refused_where_there_is_no_image(cases):
     Augment(shift=1, hflip=True).check(cases["digits_mlp"].snn)  # an MLP on (1, 8, 8) images
 
 
-def test_an_augmented_fine_tune_asks_the_teacher_for_the_augmented_images(cases, train_set):
-    """Distillation with --shift scores the network against the source model's outputs on the
-    images it sees (moved), not on the originals; fixed outputs are refused there."""
+def _recording_teacher(cases, train_set):
+    """The digits CNN, 64 training images, its source model, and a teacher that records every
+    batch it is asked on (in the list returned last)."""
     snn = cases["digits_cnn"].snn
     small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
     source = teacher_model(snn, cases["digits_cnn"].onnx)
@@ -531,6 +531,13 @@ def test_an_augmented_fine_tune_asks_the_teacher_for_the_augmented_images(cases,
         asked.append(x)
         return source(x)
 
+    return snn, small, source, teacher, asked
+
+
+def test_an_augmented_fine_tune_asks_the_teacher_for_the_augmented_images(cases, train_set):
+    """Distillation with --shift scores the network against the source model's outputs on the
+    images it sees (moved), not on the originals; fixed outputs are refused there."""
+    snn, small, source, teacher, asked = _recording_teacher(cases, train_set)
     settings = Settings(T=2, epochs=2, batch_size=32, shift=1, distill=1.0)
     res = finetune(snn, small, settings, quiet=True, teacher=teacher)
     assert len(asked) == 4 and all(a.shape == (32, 1, 8, 8) for a in asked)
@@ -574,15 +581,7 @@ def test_mixup_is_refused_on_token_ids(cases):
 def test_mixup_blends_the_labels_and_asks_the_teacher_on_the_blends(cases, train_set):
     """With mixup the cross-entropy reads class probabilities (each pair's labels blended as
     its inputs are), and distillation asks the source model on the blended inputs."""
-    snn = cases["digits_cnn"].snn
-    small = Dataset(train_set.path, train_set.x[:64], train_set.y[:64])
-    source = teacher_model(snn, cases["digits_cnn"].onnx)
-    asked: list[np.ndarray] = []
-
-    def teacher(x):
-        asked.append(x)
-        return source(x)
-
+    snn, small, source, teacher, asked = _recording_teacher(cases, train_set)
     settings = Settings(T=2, epochs=1, batch_size=64, mixup=0.2, distill=0.5, seed=3)
     res = finetune(snn, small, settings, quiet=True, teacher=teacher)
     assert res.graph.meta["finetune"]["mixup"] == 0.2
