@@ -70,10 +70,12 @@ class Augment:
         if self.shift >= min(h, w):
             raise BadInput(f"--shift {self.shift} moves a {h}x{w} image out of its frame")
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A new batch (N, C, H, W): every sample moved and flipped by its own random draw."""
+    def __call__(self, x: Inputs, gen: torch.Generator) -> Inputs:
+        """A new batch (N, C, H, W): every sample moved and flipped by its own random draw
+        (the batch itself where nothing moves; check() refuses moves of other inputs)."""
         if not self.moves:
             return x
+        assert isinstance(x, torch.Tensor)  # one image input: check()
         n, _, h, w = x.shape
         k = self.shift
         if k:

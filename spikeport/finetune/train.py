@@ -336,7 +336,7 @@ class _Trainer:
         if self.augment.mixup > 0:
             xb, lam, perm = self.augment.mix(xb, self.gen)
             if yb is not None:
-                onehot = F.one_hot(yb, self.classes).float()
+                onehot = F.one_hot(yb.long(), self.classes).float()
                 w = lam.to(onehot)[:, None]
                 yb = w * onehot + (1 - w) * onehot[perm.to(onehot.device)]
         return xb, yb
