@@ -235,9 +235,7 @@ def _recipe(seed: int, shift: int) -> Settings:
     """benchmarks/run.py's few-step recipe at run.FEW_T for `seed`, with `--shift shift`."""
     import run
 
-    v = run.FEW_LONG_SHIFTED  # the shift itself: --shift
-    return Settings(T=run.FEW_T, epochs=v.epochs, lr=run.FEW_LR, seed=seed, distill=v.distill,
-                    shift=shift)  # fmt: skip
+    return run.FEW_LONG_SHIFTED._replace(shift=shift).settings(seed)  # the shift: --shift
 
 
 # what fine-tuning at T = 2 starts from: the T-aware conversion, its training set, the teacher

@@ -280,11 +280,11 @@ def few_step_md(doc: dict[str, Any]) -> list[str]:
         "on the training split. Augmented (`--shift 1`, where the loss names it): every "
         "training image moved by a new random offset of up to one pixel per axis each epoch "
         "(zero fill), the teacher asked on the moved images, and more epochs (column E). "
-        + (
-            "Blended (`--mixup 0.2`, where the loss names it): each training image mixed with "
-            "another of its batch, weights from Beta(0.2, 0.2), the teacher asked on the blend. "
-            if any(v.get("mixup") for v in doc.get("variants") or [])
-            else ""
+        + "".join(
+            f"Blended (`--mixup {a:g}`, where the loss names it): each training image mixed "
+            f"with another of its batch, weights from Beta({a:g}, {a:g}), the teacher asked on "
+            "the blend. "
+            for a in sorted({v["mixup"] for v in doc.get("variants") or [] if v.get("mixup")})
         )
         + (CHOSEN_NOTE if doc.get("chosen_between") else "")
         + "Gap: the ANN minus the worst seed.",

@@ -119,6 +119,13 @@ class Variant(NamedTuple):
     epochs: int
     mixup: float = 0.0
 
+    def settings(self, seed: int) -> Settings:
+        """`finetune -T FEW_T --lr FEW_LR` with this recipe and `seed`."""
+        return Settings(
+            T=FEW_T, epochs=self.epochs, lr=FEW_LR, seed=seed, distill=self.distill,
+            shift=self.shift, mixup=self.mixup,
+        )  # fmt: skip
+
 
 # The losses compared: --distill, --shift, --mixup and the epochs. The augmented run sees every
 # image moved by a new random offset of up to one pixel each epoch (`finetune --shift 1`), so
@@ -412,10 +419,7 @@ def few_step(
         for v in variants:
             for seed in FEW_SEEDS:
                 log(f"few_step: {name}: finetune -T {FEW_T} seed {seed}, {v.label}")
-                settings = Settings(
-                    T=FEW_T, epochs=v.epochs, lr=FEW_LR, seed=seed, distill=v.distill,
-                    shift=v.shift, mixup=v.mixup,
-                )  # fmt: skip
+                settings = v.settings(seed)
                 t0 = time.perf_counter()
                 teacher = source if settings.augment else logits
                 res = finetune(snn, train, settings, quiet=True, teacher=teacher)
