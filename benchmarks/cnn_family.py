@@ -29,10 +29,11 @@ converted with `convert --search quick` (README: conversion time), `--signed` wi
 `convert --signed` (signed spikes: the C target's; README). `--finetune` adds issue #16's
 fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
 `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr 0.003,
-`--shift 1` or the `--shift` given here), quantized and scored in integer mode. `--rate-coded`
-adds, for the same seeds, the rate-coded ANN of T = 2 trained from the same conversion with the
-same recipe (rate_coded_ann.py: each neuron's 2-step count of a constant input, three levels;
-scored in float, not integer, mode): whether a fine-tuned miss is the levels' or the spikes'.
+`--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and scored in
+integer mode. `--rate-coded` adds, for the same seeds, the rate-coded ANN of T = 2 trained from
+the same conversion with the same recipe (rate_coded_ann.py: each neuron's 2-step count of a
+constant input, three levels; scored in float, not integer, mode): whether a fine-tuned miss is
+the levels' or the spikes'.
 No download.
 1 torch thread.
 """
@@ -231,11 +232,12 @@ def spikeport_row(path: Path, search: str = "full", signed: bool = False) -> dic
     return row
 
 
-def _recipe(seed: int, shift: int) -> Settings:
-    """benchmarks/run.py's few-step recipe at run.FEW_T for `seed`, with `--shift shift`."""
+def _recipe(seed: int, shift: int, mixup: float = 0.0) -> Settings:
+    """benchmarks/run.py's few-step recipe at run.FEW_T for `seed`, with `--shift shift` and
+    `--mixup mixup`."""
     import run
 
-    return run.FEW_LONG_SHIFTED._replace(shift=shift).settings(seed)  # the shift: --shift
+    return run.FEW_LONG_SHIFTED._replace(shift=shift, mixup=mixup).settings(seed)
 
 
 # what fine-tuning at T = 2 starts from: the T-aware conversion, its training set, the teacher
@@ -251,9 +253,9 @@ def few_step_start(path: Path) -> Start:
     return snn, train_set, teacher_model(snn, path)
 
 
-def finetuned_row(path: Path, start: Start, shift: int) -> dict[str, float]:
-    """`finetune -T 2 [--shift K]` from `start` (few_step_start) for each seed, integer
-    accuracy at T = 2."""
+def finetuned_row(path: Path, start: Start, shift: int, mixup: float) -> dict[str, float]:
+    """`finetune -T 2 [--shift K] [--mixup A]` from `start` (few_step_start) for each seed,
+    integer accuracy at T = 2."""
     import run
 
     snn, train_set, teacher = start
@@ -261,14 +263,15 @@ def finetuned_row(path: Path, start: Start, shift: int) -> dict[str, float]:
     x_calib = load_data(SPLITS["calib"]).x
     row = {}
     for seed in run.FEW_SEEDS:
-        tuned = finetune(snn, train_set, _recipe(seed, shift), quiet=True, teacher=teacher).graph
+        recipe = _recipe(seed, shift, mixup)
+        tuned = finetune(snn, train_set, recipe, quiet=True, teacher=teacher).graph
         graph = quantize(tuned, x_calib, get_profile("sim"))
         rec = evaluate(graph, test, [run.FEW_T], "int", str(path))["records"][0]
         row[str(seed)] = rec["accuracy"]
     return row
 
 
-def rate_coded_row(start: Start, shift: int) -> dict[str, float]:
+def rate_coded_row(start: Start, shift: int, mixup: float) -> dict[str, float]:
     """The same start and recipe as finetuned_row, training the rate-coded ANN of T = 2
     instead (rate_coded_ann.py: a 2-step, 1-bit network's levels without its spikes): its
     test accuracy, float, for each seed."""
@@ -279,7 +282,7 @@ def rate_coded_row(start: Start, shift: int) -> dict[str, float]:
     test = np.load(SPLITS["test"])
     row = {}
     for seed in run.FEW_SEEDS:
-        scores = rate_coded_ann.trained(snn, train_set, _recipe(seed, shift), teacher)
+        scores = rate_coded_ann.trained(snn, train_set, _recipe(seed, shift, mixup), teacher)
         row[str(seed)] = accuracy(scores, test["x"], test["y"])
     return row
 
@@ -310,6 +313,7 @@ def run_one(
     quick: bool,
     signed: bool,
     shift: int,
+    mixup: float,
 ) -> dict[str, Any]:
     """Train one net (`spec`: arch, ":", seed) and score the rows asked for, on one torch thread."""
     arch, _, seed = spec
@@ -325,8 +329,8 @@ def run_one(
         row["spikingjelly_best"] = sj_row(model) if sj else None
         # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
         start = few_step_start(path) if finetune or rate_coded else None
-        row["finetuned_T2"] = finetuned_row(path, start, shift) if finetune else None
-        row["rate_coded_T2"] = rate_coded_row(start, shift) if rate_coded else None
+        row["finetuned_T2"] = finetuned_row(path, start, shift, mixup) if finetune else None
+        row["rate_coded_T2"] = rate_coded_row(start, shift, mixup) if rate_coded else None
     row["seconds"] = time.perf_counter() - t0
     print(_line(row), flush=True)
     return row
@@ -351,19 +355,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
+    ap.add_argument("--mixup", type=float, default=0.0, help="fine-tuning's --mixup (off)")
     parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
     if args.shift < 0:
         ap.error(f"--shift must be 0 or more, got {args.shift}")
+    if not args.mixup >= 0 or args.mixup == float("inf"):
+        ap.error(f"--mixup must be a finite alpha >= 0, got {args.mixup}")
     specs = net_specs(ap, args.nets)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     options = {
-        k: getattr(args, k) for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift")
+        k: getattr(args, k)
+        for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup")
     }
     rows = parallel.map_on_cores(functools.partial(run_one, **options), specs, args.jobs)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
-           "epochs": EPOCHS, "T": TS, "finetune_shift": args.shift, **provenance.record(),
+           "epochs": EPOCHS, "T": TS, "finetune_shift": args.shift, "finetune_mixup": args.mixup,
+           **provenance.record(),
            "rows": rows}  # fmt: skip
     Path(args.out).write_text(json.dumps(doc, indent=1))
     plot(rows, Path(args.out).with_suffix(".png"))
