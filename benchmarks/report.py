@@ -637,9 +637,11 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     accuracy_remeasured*.json: `run.py --only accuracy --models ...`, copied there; applied in
     the order of their number, _2 after the unnumbered one and _10 after _9, the later file's
     rows winning) in place of its own rows; `remeasured` keeps each run's provenance for the
-    section's note."""
+    section's note. A partial run that started before the full one is superseded by it: its
+    file stays (the README cites it) but no longer replaces the newer run's rows."""
     files = sorted(results.glob("accuracy_remeasured*.json"), key=_run_number)
     runs = [json.loads(p.read_text()) for p in files]
+    runs = [r for r in runs if r["started"] > doc["started"]]  # "%Y-%m-%d %H:%M:%S" sorts
     if not runs:
         return doc
     models = dict(doc["models"])
