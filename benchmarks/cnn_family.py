@@ -65,6 +65,7 @@ from make_digits import accuracy, train  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
 from spikeport.data import Dataset, load_data  # noqa: E402
+from spikeport.errors import BadInput  # noqa: E402
 from spikeport.eval import evaluate  # noqa: E402
 from spikeport.finetune import Settings, finetune, teacher_model  # noqa: E402
 from spikeport.finetune.train import Teacher  # noqa: E402
@@ -359,10 +360,10 @@ def main() -> None:
     parallel.add_jobs(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
     args = ap.parse_args()
-    if args.shift < 0:
-        ap.error(f"--shift must be 0 or more, got {args.shift}")
-    if not args.mixup >= 0 or args.mixup == float("inf"):
-        ap.error(f"--mixup must be a finite alpha >= 0, got {args.mixup}")
+    try:  # finetune's own checks of the two recipe options this script passes on
+        Settings(shift=args.shift, mixup=args.mixup).check()
+    except BadInput as e:
+        ap.error(str(e))
     specs = net_specs(ap, args.nets)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     options = {
