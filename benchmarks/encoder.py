@@ -204,6 +204,14 @@ def per_feature_input_thresholds(snn, model: Path, calib: Path, percentile: floa
     return changed
 
 
+def neurons_before_dense(snn) -> int:  # noqa: ANN001
+    """Features of the neuron layers the outlier split may widen (split.splittable: bipolar,
+    read by dense layers only), copies included: all-MiniLM-L6-v2 has 16,128 before any."""
+    from spikeport.convert.split import splittable
+
+    return sum(snn.shape(n.output)[-1] for n in snn.nodes if splittable(snn, n))
+
+
 def run(
     n_test: int = N_TEST,
     timesteps: list[int] | None = None,
@@ -308,6 +316,7 @@ def run(
         tuned["cosine_to_ann_before"] = {r["T"]: r["cosine_to_ann"] for r in base["records"]}
     cosine = {r["T"]: r["cosine_to_ann"] for r in rep["records"]}
     aware = converted.meta["conversion"].get("t_aware", {})
+    made = sum(aware.get("split_neurons", {}).values())
     return {
         "model": name,
         "source": entry.get("source"),
@@ -325,9 +334,11 @@ def run(
         **({"finetune": tuned} if tuned else {}),
         "spike_bits": spike_bits,
         # the outlier split of the conversion scored (convert --extra-neurons: its budget)
+        # features: the neurons in front of dense layers before the split (what it widens)
         "extra_neurons": {
             "budget": aware.get("extra_neurons"),
-            "made": sum(aware.get("split_neurons", {}).values()),
+            "made": made,
+            "features": neurons_before_dense(converted) - made,
         },
         **({"diagnostic": diagnostic} if diagnostic else {}),
         "timesteps": ts,

@@ -51,3 +51,34 @@ def test_a_full_run_supersedes_the_partial_runs_before_it(report: Any, tmp_path:
     (tmp_path / "accuracy_remeasured_3.json").unlink()
     assert _shown(report, full, tmp_path) == 0.8
     assert "remeasured" not in report.with_remeasured(full, tmp_path)
+
+
+def _encoder_row(label: str, cosine: float, before: float | None = None) -> dict[str, Any]:
+    """A row as benchmarks/encoder.py's run() writes it, after a JSON round trip."""
+    row: dict[str, Any] = {
+        "label": label,
+        "spike_bits": 1,
+        "test_sentences": 64,
+        "extra_neurons": {"budget": 0.0625, "made": 184, "features": 16128},
+        "cosine_to_ann": {"16": cosine},
+        "relative_error_to_ann": {"16": 0.175},
+        "bar": {"T": 16, "cosine_to_ann": 0.99, "met": cosine >= 0.99},
+        "seconds": {"convert": 750.2, "quantize": 11.0, "eval": 36.5},
+    }
+    if before is not None:
+        row["finetune"] = {"cosine_to_ann_before": {"16": before}}
+        row["seconds"]["finetune"] = 4395.6
+    return row
+
+
+def test_the_encoder_tables_state_the_bar_per_row(report: Any) -> None:
+    rows = [_encoder_row("default", 0.98440), _encoder_row("tuned", 0.99041, 0.98727)]
+    doc = {"benchmark": "encoder_fidelity", "started": "2026-12-06 07:47:50", "seconds": 1.0,
+           "command": "make bench", "load_average_at_start": 0.1,
+           "machine": {"torch_threads": 2}, "model": "all_minilm_l6_v2", "rows": rows}  # fmt: skip
+    rows = [line for line in report.encoder_fidelity_md(doc) if line.startswith("| ")][1:]
+    assert rows[0].startswith("| default | 184 (1 % of 16,128) | 0.9844 | 0.175 | no | 750 | - |")
+    assert rows[1].startswith("| tuned | 184 (1 % of 16,128) | 0.9904 (0.9873 before) |")
+    assert rows[1].endswith("| yes | 750 | 4396 |")
+    skipped = report.encoder_finetuned_md({"skipped": "zoo files missing"})
+    assert skipped[-1] == "Skipped: zoo files missing."
