@@ -509,7 +509,7 @@ def encoder_fidelity_md(doc: dict[str, Any]) -> list[str]:
     )
 
 
-def encoder_finetuned_md(doc: dict[str, Any]) -> list[str]:
+def encoder_fidelity_tuned_md(doc: dict[str, Any]) -> list[str]:
     return _encoder_md(
         doc,
         "## 3e. The same text encoder fine-tuned at T = 16",
@@ -691,7 +691,7 @@ SECTIONS = {
     "quantize_memory": quantize_memory_md,
     "encoder_memory": encoder_memory_md,
     "encoder_fidelity": encoder_fidelity_md,
-    "encoder_finetuned": encoder_finetuned_md,
+    "encoder_fidelity_tuned": encoder_fidelity_tuned_md,
     "c_target": c_target_md,
     "c_kernels": c_kernels_md,
 }

@@ -80,5 +80,5 @@ def test_the_encoder_tables_state_the_bar_per_row(report: Any) -> None:
     assert rows[0].startswith("| default | 184 (1 % of 16,128) | 0.9844 | 0.175 | no | 750 | - |")
     assert rows[1].startswith("| tuned | 184 (1 % of 16,128) | 0.9904 (0.9873 before) |")
     assert rows[1].endswith("| yes | 750 | 4396 |")
-    skipped = report.encoder_finetuned_md({"skipped": "zoo files missing"})
+    skipped = report.encoder_fidelity_tuned_md({"skipped": "zoo files missing"})
     assert skipped[-1] == "Skipped: zoo files missing."
