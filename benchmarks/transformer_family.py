@@ -18,14 +18,17 @@ Tasks ([CLS] then 5..15 tokens, padded to 16; disjoint splits of 6,000 / 500 / 1
              sentences (small margins in its logits, not only in its input)
 - order      does the first A come before the first B (each occurs 1..3 times)
 - sentiment  examples/make_text.py's negated-polarity sum
-- digits     the examples' 8x8 digits (the ViT only)
+- digits     the examples' 8x8 digits (the ViTs only)
 Architectures:
 - pre_relu   nn.TransformerEncoderLayer, pre-norm, ReLU, width 48, 4 heads, [CLS] head
 - post_gelu  nn.TransformerEncoderLayer, post-norm, GELU, width 32, 2 heads, 3 layers,
              masked mean pooling
 - hf_bert    written out as Hugging Face's BERT is: separate Q, K, V projections, the mask
              added as (1 - mask) * finfo.min, post-norm, GELU, a tanh pooler
+- hf_bert6   the same six layers deep, width 64 (deeper than any example: rate-coding errors
+             pass through twice as many neuron layers)
 - vit        examples/make_transformers.py's TinyViT, 3 layers of width 48 with 4 heads
+- vit6       the same, 6 layers of width 64
 Exported with the TorchScript exporter at opset 17, or with `:dynamo` the dynamo exporter
 (opset 18). Calibrated on the calib split, scored on test (never trained on or calibrated
 with). No download. 1 torch thread; 6 to 9 min a net on one core of this 2-core machine
@@ -224,7 +227,10 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
     "pre_relu": lambda v, c: TorchEncoder(v, c, 48, 4, 2, True, "relu", "cls"),
     "post_gelu": lambda v, c: TorchEncoder(v, c, 32, 2, 3, False, "gelu", "mean"),
     "hf_bert": lambda v, c: HfBert(v, c),
+    "hf_bert6": lambda v, c: HfBert(v, c, width=64, layers=6),
 }
+# The ViTs of the digits task: (width, heads, layers) of examples/make_transformers.py's TinyViT
+VITS = {"vit": (48, 4, 3), "vit6": (64, 4, 6)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ def make(task: str, arch: str, seed: int, dynamo: bool, out: Path) -> dict[str, 
     torch.manual_seed(seed)  # the initial weights: a spec makes the same net in any run
     if task == "digits":
         splits = {s: dict(np.load(EX / f"digits_{s}.npz")) for s in SPLIT_SIZES}
-        keys, model, epochs, lr = ["x"], TinyViT(2, 48, 4, 3), 100, 2e-3
+        keys, model, epochs, lr = ["x"], TinyViT(2, *VITS[arch]), 100, 2e-3
     else:
         splits = text_splits(task, seed)
         _, vocab, classes, epochs = TASKS[task]
@@ -314,11 +320,13 @@ def net_spec(ap: argparse.ArgumentParser, spec: str) -> tuple[str, str, int, boo
     parts = spec.split(":")
     ok = len(parts) in (3, 4) and parts[2].isdigit() and parts[3:] in ([], ["dynamo"])
     task, arch = (parts + ["", ""])[:2]
-    ok = ok and (task, arch) == ("digits", "vit") or ok and task in TASKS and arch in ARCHITECTURES
+    vit = task == "digits" and arch in VITS
+    ok = ok and (vit or task in TASKS and arch in ARCHITECTURES)
     if not ok:
         ap.error(
             f"--nets: '{spec}' is not task:arch:seed[:dynamo] with task one of "
-            f"{', '.join(TASKS)} and arch one of {', '.join(ARCHITECTURES)} (or digits:vit)"
+            f"{', '.join(TASKS)} and arch one of {', '.join(ARCHITECTURES)} (or digits with "
+            f"{' or '.join(VITS)})"
         )
     return task, arch, int(parts[2]), parts[3:] == ["dynamo"]
 
