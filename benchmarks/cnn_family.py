@@ -20,6 +20,10 @@ proxy for that, a family rather than one example, to decide conversion defaults 
               a 1x1 transition and average pooling
 - inception   GoogLeNet's blocks: 1x1, 1x1-3x3 and 3x3 max pool-1x1 branches, concatenated
 - gelu        conv-BN-GELU, one of stride 2, global average pooling
+- vgg         six conv-BN-ReLU layers in pairs, max pooling between, global average pooling
+              (deeper than any other here: six neuron layers in a row)
+- resnet_deep four of benchmarks/nets.py's residual blocks after a conv-BN-ReLU stem, twice
+              its ResNet's depth (nine convolutions)
 - resnet, cnn_bn   benchmarks/nets.py's architectures with other seeds
 Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam, cosine
 decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
@@ -157,6 +161,12 @@ def _densenet() -> nn.Module:
     return nn.Sequential(*block1, *transition, *block2)
 
 
+def _resnet_deep() -> nn.Module:
+    blocks = [nets.BasicBlock(16, 16), nets.BasicBlock(16, 16)]
+    blocks += [nets.BasicBlock(16, 32, stride=2), nets.BasicBlock(32, 32)]
+    return nn.Sequential(*_bn(1, 16, nn.ReLU), *blocks, *_head(32))
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "maxpool": lambda: nn.Sequential(
         *_bn(1, 16, nn.ReLU),
@@ -202,6 +212,18 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "gelu": lambda: nn.Sequential(
         *_bn(1, 16, nn.GELU), *_bn(16, 32, nn.GELU, stride=2), *_bn(32, 32, nn.GELU), *_head(32)
     ),  # fmt: skip
+    "vgg": lambda: nn.Sequential(
+        *_bn(1, 16, nn.ReLU),
+        *_bn(16, 16, nn.ReLU),
+        nn.MaxPool2d(2),
+        *_bn(16, 32, nn.ReLU),
+        *_bn(32, 32, nn.ReLU),
+        nn.MaxPool2d(2),
+        *_bn(32, 64, nn.ReLU),
+        *_bn(64, 64, nn.ReLU),
+        *_head(64),
+    ),  # fmt: skip
+    "resnet_deep": _resnet_deep,
     "resnet": nets.ResNet,
     "cnn_bn": nets.CnnBn,
 }
