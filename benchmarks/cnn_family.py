@@ -222,7 +222,7 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
         *_bn(32, 64, nn.ReLU),
         *_bn(64, 64, nn.ReLU),
         *_head(64),
-    ),  # fmt: skip
+    ),
     "resnet_deep": _resnet_deep,
     "resnet": nets.ResNet,
     "cnn_bn": nets.CnnBn,

@@ -641,7 +641,7 @@ def quantize_memory() -> dict[str, Any]:
     return {"rows": rows, "calibration": "N(0, 1) images 3x32x32, seed 0"}
 
 
-ENCODER = HERE / "zoo" / "work" / "models" / "all_minilm_l6_v2"  # made by `make zoo`
+ENCODER = encoder_bench.ZOO / encoder_bench.NAME  # made by `make zoo`
 ENCODER_SENTENCES = 200  # issue 20's bar: convert and quantize each under 2 GB with 200
 
 

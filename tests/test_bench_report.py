@@ -76,9 +76,9 @@ def test_the_encoder_tables_state_the_bar_per_row(report: Any) -> None:
     doc = {"benchmark": "encoder_fidelity", "started": "2026-12-06 07:47:50", "seconds": 1.0,
            "command": "make bench", "load_average_at_start": 0.1,
            "machine": {"torch_threads": 2}, "model": "all_minilm_l6_v2", "rows": rows}  # fmt: skip
-    rows = [line for line in report.encoder_fidelity_md(doc) if line.startswith("| ")][1:]
-    assert rows[0].startswith("| default | 184 (1 % of 16,128) | 0.9844 | 0.175 | no | 750 | - |")
-    assert rows[1].startswith("| tuned | 184 (1 % of 16,128) | 0.9904 (0.9873 before) |")
-    assert rows[1].endswith("| yes | 750 | 4396 |")
+    table = [line for line in report.encoder_fidelity_md(doc) if line.startswith("| ")][1:]
+    assert table[0].startswith("| default | 184 (1 % of 16,128) | 0.9844 | 0.175 | no | 750 | - |")
+    assert table[1].startswith("| tuned | 184 (1 % of 16,128) | 0.9904 (0.9873 before) |")
+    assert table[1].endswith("| yes | 750 | 4396 |")
     skipped = report.encoder_fidelity_tuned_md({"skipped": "zoo files missing"})
     assert skipped[-1] == "Skipped: zoo files missing."
