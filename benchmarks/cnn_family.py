@@ -6,7 +6,10 @@ trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in
     # writes benchmarks/results/cnn_family.json, its plot cnn_family.png, and prints a table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
-proxy for that, a family rather than one example, to decide conversion defaults on:
+proxy for that, a family rather than one example, to decide conversion defaults on. `--task
+shapes` trains the same architectures on 3x32x32 colour images instead (benchmarks/shapes.py:
+ten shapes on random colour gradients, 4,000 / 256 / 1,000 images), CIFAR's input size, which
+the 8x8 digits are far from:
 - maxpool     conv-BN-ReLU, max pooling, twice; one dense layer
 - relu6       conv-BN-ReLU6, depthwise 3x3, pointwise 1x1, global average pooling, dense
 - relu_dw     the same with ReLU (MobileNetV1's block)
@@ -24,20 +27,22 @@ proxy for that, a family rather than one example, to decide conversion defaults 
               (deeper than any other here: six neuron layers in a row)
 - resnet_deep four of benchmarks/nets.py's residual blocks after a conv-BN-ReLU stem, twice
               its ResNet's depth (nine convolutions)
-- resnet, cnn_bn   benchmarks/nets.py's architectures with other seeds
-Each trains for 60 epochs on examples/digits_train.npz (make_digits.train: Adam, cosine
-decay), is exported with the TorchScript exporter at opset 17, calibrated on digits_calib and
-scored on digits_test (never trained on or calibrated with). `--sj` adds SpikingJelly's best
-recipe at each T where it converts the module (ReLU only). `--quick` adds the same rows
-converted with `convert --search quick` (README: conversion time), `--signed` with
-`convert --signed` (signed spikes: the C target's; README). `--finetune` adds issue #16's
-fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe of
-`benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr 0.003,
-`--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and scored in
-integer mode. `--rate-coded` adds, for the same seeds, the rate-coded ANN of T = 2 trained from
-the same conversion with the same recipe (rate_coded_ann.py: each neuron's 2-step count of a
-constant input, three levels; scored in float, not integer, mode): whether a fine-tuned miss is
-the levels' or the spikes'.
+- resnet, cnn_bn   benchmarks/nets.py's architectures with other seeds (cnn_bn: digits only)
+- resnet18    benchmarks/nets.py's ResNet18, CIFAR's ResNet-18 at width 16 (17 convolutions;
+              the task's input)
+Each trains for 60 epochs on examples/digits_train.npz (30 on shapes; make_digits.train: Adam,
+cosine decay), is exported with the TorchScript exporter at opset 17, calibrated on the task's
+calibration split and scored on its test split (never trained on or calibrated with). `--sj`
+adds SpikingJelly's best recipe at each T where it converts the module (ReLU only). `--quick`
+adds the same rows converted with `convert --search quick` (README: conversion time),
+`--signed` with `convert --signed` (signed spikes: the C target's; README). `--finetune` adds
+issue #16's fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe
+of `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr
+0.003, `--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and
+scored in integer mode. `--rate-coded` adds, for the same seeds, the rate-coded ANN of T = 2
+trained from the same conversion with the same recipe (rate_coded_ann.py: each neuron's 2-step
+count of a constant input, three levels; scored in float, not integer, mode): whether a
+fine-tuned miss is the levels' or the spikes'.
 No download.
 1 torch thread.
 """
@@ -52,7 +57,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +70,7 @@ sys.path.insert(0, str(HERE))
 import nets  # noqa: E402
 import parallel  # noqa: E402
 import provenance  # noqa: E402
+import shapes  # noqa: E402
 from make_digits import accuracy, train  # noqa: E402
 
 from spikeport.convert import convert  # noqa: E402
@@ -77,8 +83,23 @@ from spikeport.ir.graph import Graph  # noqa: E402
 from spikeport.quantize import get_profile, quantize  # noqa: E402
 
 TS = [1, 2, 4, 8]
-EPOCHS = 60
 SPLITS = {s: EX / f"digits_{s}.npz" for s in ("train", "calib", "test")}
+
+
+class Task(NamedTuple):
+    """What the family trains on: its splits' files (drawn on first use), the images' channels
+    and side, and the ANN's training epochs."""
+
+    splits: Callable[[], dict[str, Path]]
+    channels: int
+    side: int
+    epochs: int
+
+
+TASKS = {
+    "digits": Task(lambda: SPLITS, 1, 8, 60),
+    "shapes": Task(shapes.paths, 3, 32, 30),
+}
 # the rows with one accuracy per fine-tuning seed, and what the tables call them
 PER_SEED = {"finetuned_T2": "fine-tuned T=2", "rate_coded_T2": "rate-coded ANN of T=2"}
 DEFAULT_NETS = (
@@ -148,72 +169,82 @@ def _head(c: int) -> list[nn.Module]:
     return [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
 
 
-def _depthwise(act: type[nn.Module]) -> nn.Module:
+def _depthwise(act: type[nn.Module], c: int) -> nn.Module:
     return nn.Sequential(
-        *_bn(1, 24, act), *_bn(24, 24, act, groups=24), *_bn(24, 48, act, k=1), *_head(48)
+        *_bn(c, 24, act), *_bn(24, 24, act, groups=24), *_bn(24, 48, act, k=1), *_head(48)
     )
 
 
-def _densenet() -> nn.Module:
-    block1 = [nn.Conv2d(1, 16, 3, padding=1), DenseLayer(16, 12), DenseLayer(28, 12)]
+def _densenet(c: int) -> nn.Module:
+    block1 = [nn.Conv2d(c, 16, 3, padding=1), DenseLayer(16, 12), DenseLayer(28, 12)]
     transition = [nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 24, 1), nn.AvgPool2d(2)]
     block2 = [DenseLayer(24, 12), nn.BatchNorm2d(36), nn.ReLU(), *_head(36)]
     return nn.Sequential(*block1, *transition, *block2)
 
 
-def _resnet_deep() -> nn.Module:
+def _resnet_deep(c: int) -> nn.Module:
     blocks = [nets.BasicBlock(16, 16), nets.BasicBlock(16, 16)]
     blocks += [nets.BasicBlock(16, 32, stride=2), nets.BasicBlock(32, 32)]
-    return nn.Sequential(*_bn(1, 16, nn.ReLU), *blocks, *_head(32))
+    return nn.Sequential(*_bn(c, 16, nn.ReLU), *blocks, *_head(32))
 
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
-    "maxpool": lambda: nn.Sequential(
-        *_bn(1, 16, nn.ReLU),
+def _digits_only(make: Callable[[], nn.Module]) -> Callable[[int, int], nn.Module]:
+    def build(c: int, side: int) -> nn.Module:
+        if (c, side) != (1, 8):
+            raise ValueError("reads 1x8x8 digits only")
+        return make()
+
+    return build
+
+
+# each architecture from its input's channels and side
+ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
+    "maxpool": lambda c, side: nn.Sequential(
+        *_bn(c, 16, nn.ReLU),
         nn.MaxPool2d(2),
         *_bn(16, 32, nn.ReLU),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(32 * 4, 10),
+        nn.Linear(32 * (side // 4) ** 2, 10),
     ),  # fmt: skip
-    "relu6": lambda: _depthwise(nn.ReLU6),
-    "relu_dw": lambda: _depthwise(nn.ReLU),
-    "leaky": lambda: nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
+    "relu6": lambda c, side: _depthwise(nn.ReLU6, c),
+    "relu_dw": lambda c, side: _depthwise(nn.ReLU, c),
+    "leaky": lambda c, side: nn.Sequential(
+        nn.Conv2d(c, 16, 3, padding=1),
         nn.LeakyReLU(0.1),
         nn.Conv2d(16, 32, 3, stride=2, padding=1),
         nn.LeakyReLU(0.1),
         nn.Flatten(),
-        nn.Linear(32 * 16, 64),
+        nn.Linear(32 * (side // 2) ** 2, 64),
         nn.LeakyReLU(0.1),
         nn.Linear(64, 10),
     ),  # fmt: skip
-    "hswish_se": lambda: nn.Sequential(
-        *_bn(1, 16, nn.Hardswish),
+    "hswish_se": lambda c, side: nn.Sequential(
+        *_bn(c, 16, nn.Hardswish),
         *_bn(16, 16, nn.ReLU, groups=16),
         SqueezeExcite(16, nn.Hardsigmoid),
         *_bn(16, 32, nn.Hardswish, k=1),
         *_head(32),
     ),  # fmt: skip
-    "silu_se": lambda: nn.Sequential(
-        *_bn(1, 16, nn.SiLU),
+    "silu_se": lambda c, side: nn.Sequential(
+        *_bn(c, 16, nn.SiLU),
         *_bn(16, 32, nn.SiLU, stride=2),
         SqueezeExcite(32, nn.Sigmoid),
         *_bn(32, 32, nn.SiLU),
         *_head(32),
     ),  # fmt: skip
-    "convnext": lambda: nn.Sequential(
-        nn.Conv2d(1, 32, 2, stride=2), ConvNeXtBlock(32), ConvNeXtBlock(32), *_head(32)
+    "convnext": lambda c, side: nn.Sequential(
+        nn.Conv2d(c, 32, 2, stride=2), ConvNeXtBlock(32), ConvNeXtBlock(32), *_head(32)
     ),  # fmt: skip
-    "densenet": _densenet,
-    "inception": lambda: nn.Sequential(
-        *_bn(1, 24, nn.ReLU), Inception(24), nn.MaxPool2d(2), Inception(40), *_head(40)
+    "densenet": lambda c, side: _densenet(c),
+    "inception": lambda c, side: nn.Sequential(
+        *_bn(c, 24, nn.ReLU), Inception(24), nn.MaxPool2d(2), Inception(40), *_head(40)
     ),  # fmt: skip
-    "gelu": lambda: nn.Sequential(
-        *_bn(1, 16, nn.GELU), *_bn(16, 32, nn.GELU, stride=2), *_bn(32, 32, nn.GELU), *_head(32)
+    "gelu": lambda c, side: nn.Sequential(
+        *_bn(c, 16, nn.GELU), *_bn(16, 32, nn.GELU, stride=2), *_bn(32, 32, nn.GELU), *_head(32)
     ),  # fmt: skip
-    "vgg": lambda: nn.Sequential(
-        *_bn(1, 16, nn.ReLU),
+    "vgg": lambda c, side: nn.Sequential(
+        *_bn(c, 16, nn.ReLU),
         *_bn(16, 16, nn.ReLU),
         nn.MaxPool2d(2),
         *_bn(16, 32, nn.ReLU),
@@ -223,32 +254,39 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
         *_bn(64, 64, nn.ReLU),
         *_head(64),
     ),
-    "resnet_deep": _resnet_deep,
-    "resnet": nets.ResNet,
-    "cnn_bn": nets.CnnBn,
+    "resnet_deep": lambda c, side: _resnet_deep(c),
+    "resnet": lambda c, side: nets.ResNet(c),
+    "cnn_bn": _digits_only(nets.CnnBn),
+    "resnet18": lambda c, side: nets.ResNet18(channels=c),
 }
 
 
-def make(arch: str, seed: int, out: Path, dynamo: bool = False) -> tuple[nn.Module, Path]:
-    """Train one network and export it to ONNX: the TorchScript exporter at opset 17, or
-    with `dynamo` the dynamo exporter at opset 18."""
-    data = np.load(SPLITS["train"])
+def make(
+    arch: str, seed: int, out: Path, dynamo: bool = False, task: str = "digits"
+) -> tuple[nn.Module, Path]:
+    """Train one network on `task` and export it to ONNX: the TorchScript exporter at opset
+    17, or with `dynamo` the dynamo exporter at opset 18."""
+    spec = TASKS[task]
+    data = np.load(spec.splits()["train"])
     torch.manual_seed(seed)
-    model = train(ARCHITECTURES[arch](), data["x"], data["y"], epochs=EPOCHS, seed=seed)
+    untrained = ARCHITECTURES[arch](spec.channels, spec.side)
+    model = train(untrained, data["x"], data["y"], epochs=spec.epochs, seed=seed)
     path = out / f"{arch}_{seed}.onnx"
-    nets.export(model, (torch.zeros(1, 1, 8, 8),), ["x"], path, dynamo)
+    nets.export(model, (torch.zeros(1, spec.channels, spec.side, spec.side),), ["x"], path, dynamo)
     return model, path
 
 
-def spikeport_row(path: Path, search: str = "full", signed: bool = False) -> dict[str, float]:
+def spikeport_row(
+    path: Path, splits: dict[str, Path], search: str = "full", signed: bool = False
+) -> dict[str, float]:
     """`convert -T T [--search quick] [--signed]` -> `quantize --target sim` -> `eval -T T`,
     integer mode, each T; and "convert_seconds", the four conversions' time."""
-    test = load_data(SPLITS["test"], labels=True)
-    x_calib = load_data(SPLITS["calib"]).x
+    test = load_data(splits["test"], labels=True)
+    x_calib = load_data(splits["calib"]).x
     row: dict[str, float] = {"convert_seconds": 0.0}
     for t in TS:
         t0 = time.perf_counter()
-        snn = convert(path, SPLITS["calib"], timesteps=t, search=search, signed=signed)
+        snn = convert(path, splits["calib"], timesteps=t, search=search, signed=signed)
         row["convert_seconds"] += time.perf_counter() - t0
         graph = quantize(snn, x_calib, get_profile("sim"))
         row[str(t)] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
@@ -267,23 +305,25 @@ def _recipe(seed: int, shift: int, mixup: float = 0.0) -> Settings:
 Start = tuple[Graph, Dataset, Teacher]
 
 
-def few_step_start(path: Path) -> Start:
+def few_step_start(path: Path, splits: dict[str, Path]) -> Start:
     """The T-aware `convert -T 2` fine-tuning starts from, its training set and teacher."""
     import run
 
-    snn = convert(path, SPLITS["calib"], timesteps=run.FEW_T)
-    train_set = load_data(SPLITS["train"], snn.inputs, labels=True)
+    snn = convert(path, splits["calib"], timesteps=run.FEW_T)
+    train_set = load_data(splits["train"], snn.inputs, labels=True)
     return snn, train_set, teacher_model(snn, path)
 
 
-def finetuned_row(path: Path, start: Start, shift: int, mixup: float) -> dict[str, float]:
+def finetuned_row(
+    path: Path, splits: dict[str, Path], start: Start, shift: int, mixup: float
+) -> dict[str, float]:
     """`finetune -T 2 [--shift K] [--mixup A]` from `start` (few_step_start) for each seed,
     integer accuracy at T = 2."""
     import run
 
     snn, train_set, teacher = start
-    test = load_data(SPLITS["test"], labels=True)
-    x_calib = load_data(SPLITS["calib"]).x
+    test = load_data(splits["test"], labels=True)
+    x_calib = load_data(splits["calib"]).x
     row = {}
     for seed in run.FEW_SEEDS:
         recipe = _recipe(seed, shift, mixup)
@@ -294,7 +334,9 @@ def finetuned_row(path: Path, start: Start, shift: int, mixup: float) -> dict[st
     return row
 
 
-def rate_coded_row(start: Start, shift: int, mixup: float) -> dict[str, float]:
+def rate_coded_row(
+    splits: dict[str, Path], start: Start, shift: int, mixup: float
+) -> dict[str, float]:
     """The same start and recipe as finetuned_row, training the rate-coded ANN of T = 2
     instead (rate_coded_ann.py: a 2-step, 1-bit network's levels without its spikes): its
     test accuracy, float, for each seed."""
@@ -302,7 +344,7 @@ def rate_coded_row(start: Start, shift: int, mixup: float) -> dict[str, float]:
     import run
 
     snn, train_set, teacher = start
-    test = np.load(SPLITS["test"])
+    test = np.load(splits["test"])
     row = {}
     for seed in run.FEW_SEEDS:
         scores = rate_coded_ann.trained(snn, train_set, _recipe(seed, shift, mixup), teacher)
@@ -310,13 +352,13 @@ def rate_coded_row(start: Start, shift: int, mixup: float) -> dict[str, float]:
     return row
 
 
-def sj_row(model: nn.Module) -> dict[str, float] | None:
+def sj_row(model: nn.Module, splits: dict[str, Path]) -> dict[str, float] | None:
     """SpikingJelly's best recipe at each T, or None where none converts the module."""
     import peer_sj
 
     if not peer_sj.available():
         return None
-    test, x_calib = np.load(SPLITS["test"]), torch.from_numpy(np.load(SPLITS["calib"])["x"])
+    test, x_calib = np.load(splits["test"]), torch.from_numpy(np.load(splits["calib"])["x"])
     best: dict[str, float] = {}
     for _, make_recipe in peer_sj.recipes(x_calib).values():
         try:
@@ -337,41 +379,53 @@ def run_one(
     signed: bool,
     shift: int,
     mixup: float,
+    task: str,
 ) -> dict[str, Any]:
-    """Train one net (`spec`: arch, ":", seed) and score the rows asked for, on one torch thread."""
+    """Train one net (`spec`: arch, ":", seed) on `task` and score the rows asked for, on one
+    torch thread."""
     arch, _, seed = spec
     torch.set_num_threads(1)
-    test = np.load(SPLITS["test"])
+    splits = TASKS[task].splits()
+    test = np.load(splits["test"])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        model, path = make(arch, int(seed), Path(tmp))
+        model, path = make(arch, int(seed), Path(tmp), task=task)
         row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
-        row["spikeport"] = spikeport_row(path)
-        row["spikeport_quick"] = spikeport_row(path, "quick") if quick else None
-        row["spikeport_signed"] = spikeport_row(path, signed=True) if signed else None
-        row["spikingjelly_best"] = sj_row(model) if sj else None
+        row["spikeport"] = spikeport_row(path, splits)
+        row["spikeport_quick"] = spikeport_row(path, splits, "quick") if quick else None
+        row["spikeport_signed"] = spikeport_row(path, splits, signed=True) if signed else None
+        row["spikingjelly_best"] = sj_row(model, splits) if sj else None
         # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
-        start = few_step_start(path) if finetune or rate_coded else None
-        row["finetuned_T2"] = finetuned_row(path, start, shift, mixup) if finetune else None
-        row["rate_coded_T2"] = rate_coded_row(start, shift, mixup) if rate_coded else None
+        start = few_step_start(path, splits) if finetune or rate_coded else None
+        row["finetuned_T2"] = finetuned_row(path, splits, start, shift, mixup) if finetune else None
+        row["rate_coded_T2"] = rate_coded_row(splits, start, shift, mixup) if rate_coded else None
     row["seconds"] = time.perf_counter() - t0
     print(_line(row), flush=True)
     return row
 
 
-def net_specs(ap: argparse.ArgumentParser, nets: str) -> list[tuple[str, str, str]]:
-    """`--nets` "arch:seed,..." as (arch, ":", seed) triples, each checked (else ap.error)."""
+def net_specs(
+    ap: argparse.ArgumentParser, nets: str, task: str = "digits"
+) -> list[tuple[str, str, str]]:
+    """`--nets` "arch:seed,..." as (arch, ":", seed) triples, each checked against the
+    architectures and `task`'s input (else ap.error)."""
     specs = [spec.partition(":") for spec in nets.split(",")]
+    spec = TASKS[task]
     for arch, _, seed in specs:
         if arch not in ARCHITECTURES or not seed.isdigit():
             known = ", ".join(sorted(ARCHITECTURES))
             ap.error(f"--nets: '{arch}:{seed}' is not arch:seed with arch one of {known}")
+        try:
+            ARCHITECTURES[arch](spec.channels, spec.side)
+        except ValueError as e:
+            ap.error(f"--nets: {arch} {e}, not --task {task}'s images")
     return specs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
+    ap.add_argument("--task", choices=sorted(TASKS), default="digits", help="(%(default)s)")
     ap.add_argument("--sj", action="store_true", help="add SpikingJelly's best recipe")
     ap.add_argument("--finetune", action="store_true", help="add fine-tuned T = 2, 3 seeds")
     ap.add_argument("--rate-coded", action="store_true", help="add T = 2's rate-coded ANN")
@@ -380,25 +434,29 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--mixup", type=float, default=0.0, help="fine-tuning's --mixup (off)")
     parallel.add_jobs(ap)
-    ap.add_argument("--out", default=str(HERE / "results" / "cnn_family.json"))
+    ap.add_argument("--out", help="results/cnn_family.json, or cnn_family_TASK.json")
     args = ap.parse_args()
+    suffix = "" if args.task == "digits" else f"_{args.task}"
+    out = Path(args.out or HERE / "results" / f"cnn_family{suffix}.json")
     try:  # finetune's own checks of the two recipe options this script passes on
         Settings(shift=args.shift, mixup=args.mixup).check()
     except BadInput as e:
         ap.error(str(e))
-    specs = net_specs(ap, args.nets)
+    specs = net_specs(ap, args.nets, args.task)
+    TASKS[args.task].splits()  # drawn once here, not by each job
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     options = {
         k: getattr(args, k)
-        for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup")
+        for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup", "task")
     }
     rows = parallel.map_on_cores(functools.partial(run_one, **options), specs, args.jobs)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
-           "epochs": EPOCHS, "T": TS, "finetune_shift": args.shift, "finetune_mixup": args.mixup,
+           "task": args.task, "epochs": TASKS[args.task].epochs, "T": TS,
+           "finetune_shift": args.shift, "finetune_mixup": args.mixup,
            **provenance.record(),
            "rows": rows}  # fmt: skip
-    Path(args.out).write_text(json.dumps(doc, indent=1))
-    plot(rows, Path(args.out).with_suffix(".png"))
+    out.write_text(json.dumps(doc, indent=1))
+    plot(rows, out.with_suffix(".png"))
     print(table(rows))
 
 

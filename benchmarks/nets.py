@@ -104,9 +104,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        )
         self.relu = nn.ReLU()
         self.block1 = BasicBlock(16, 16)
         self.block2 = BasicBlock(16, 32, stride=2)
@@ -123,9 +125,9 @@ class ResNet18(nn.Module):
     throughput table (its Conv/Gemm weights come from that ONNX file): CIFAR stem (a 3x3
     convolution and ReLU on 3x32x32), four stages of two basic blocks, width 16."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, channels: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU())
         blocks, cin = [], width
         for stage, mult in enumerate((1, 2, 4, 8)):
             for j in range(2):

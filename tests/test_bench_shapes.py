@@ -1,0 +1,58 @@
+"""benchmarks/shapes.py (the held-out CNN family's 3x32x32 task) and cnn_family's architectures
+on each task's input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    import cnn_family
+    import shapes
+
+    return shapes, cnn_family
+
+
+def test_splits_are_deterministic_balanced_and_distinct(bench: Any) -> None:
+    shapes, _ = bench
+    x, y = shapes.make_split(40, seed=5)
+    x2, y2 = shapes.make_split(40, seed=5)
+    assert x.shape == (40, 3, 32, 32) and x.dtype == np.float32 and y.dtype == np.int64
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert np.bincount(y, minlength=len(shapes.SHAPES)).tolist() == [4] * len(shapes.SHAPES)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    other, _ = shapes.make_split(40, seed=6)
+    assert not np.isclose(x[:, None], other[None]).all(axis=(2, 3, 4)).any()
+
+
+def test_every_shape_differs_from_the_others(bench: Any) -> None:
+    shapes, _ = bench
+    covers = [shapes._coverage(mask, 16.0, 16.0, 10.0) for mask in shapes.SHAPES.values()]
+    for i, a in enumerate(covers):
+        assert a.sum() > 20, list(shapes.SHAPES)[i]  # drawn at all
+        for b in covers[i + 1 :]:
+            assert abs(a - b).sum() > 10
+
+
+@pytest.mark.parametrize("task", ["digits", "shapes"])
+def test_architectures_read_each_task(bench: Any, task: str) -> None:
+    _, family = bench
+    spec = family.TASKS[task]
+    x = torch.zeros(2, spec.channels, spec.side, spec.side)
+    built = 0
+    for name, make in family.ARCHITECTURES.items():
+        try:
+            model = make(spec.channels, spec.side).eval()
+        except ValueError:
+            assert name == "cnn_bn" and task == "shapes"  # the one digits-only architecture
+            continue
+        assert model(x).shape == (2, 10), name
+        built += 1
+    assert built >= len(family.ARCHITECTURES) - 1
