@@ -8,7 +8,7 @@ chosen, so its input currents are what the spiking network will really feed it, 
   percentile threshold balancing gave) to minimise the mean squared error between the
   neuron's T-step rate code (count * theta / T, v0 = theta / 2) and the ANN activation: with
   few steps a lower theta trades clipping for resolution, with many a higher one costs little;
-  a neuron that only an average pooling reads is scored after the pooling (_pooled_by);
+  a neuron that only an average or max pooling reads is scored after the pooling (_pooled_by);
 - per channel where the layer already has per-channel thresholds, and per feature for the
   bipolar neurons in front of weight layers (dense, conv), whose scale the next weights absorb
   (transformers' few outlier features otherwise set one threshold for all: LLM.int8(),
@@ -667,7 +667,7 @@ def tune_thresholds(
     contracted axis for the bipolar neurons that feed products of two activations
     (product_axis), else one for each. `centre`: let bipolar neurons in front of dense layers
     or convolutions code x - c where that rounds closer (_centrable, _centre). `pooled`:
-    score a neuron that only an average pooling reads on its pooled rates (_pooled_by).
+    score a neuron that only an average or max pooling reads on its pooled rates (_pooled_by).
     `extra_neurons`: at most this share of a layer's features in extra neurons for its
     outlier features (split.neuron_copies). `moved`: `x` with its padding's token ids
     changed (padding.moved): the values that move with them stay out of every fit.
@@ -768,10 +768,10 @@ def _tune_neuron(
     axis = _absorbing_axis(graph, node, axis)
     contracted = product_axis(graph, node) if per_index_products else None
     axis = axis if contracted is None else contracted
-    kernel = _pooled_by(graph, node, axis, len(run.ann[src])) if pooled else None
+    pooling = _pooled_by(graph, node, axis, len(run.ann[src])) if pooled else None
     pool = None
-    if kernel is not None:
-        target, currents, pool = _pool_windows(run.ann[src], run.spiking[src], kernel)
+    if pooling is not None:
+        target, currents, pool = _pool_windows(run.ann[src], run.spiking[src], pooling)
         channels = len(target)
     else:
         target = _channels_first(run.ann[src], axis)
@@ -862,11 +862,18 @@ def _copy_neurons(graph: Graph, run: _Run, node: Node, copies: np.ndarray) -> No
 # needs data: a global pooling leaves one value a channel per sample, and on the zoo's timm
 # models (16 calibration images) the pooled search lowered resnet18's cosine to the ANN at
 # T = 8 from 0.994 to 0.988; with fewer than POOLED_VALUES windows a channel it is not tried.
+# Max pooling too (2026-12-06): a max passes on the window's largest rate, and a spurious spike
+# at a small activation wins it, so a per-position fit that trades such spikes for resolution
+# is wrong after the pool. On a 3x32x32 task (benchmarks/cnn_family.py --task shapes,
+# maxpool:50, ANN 91.5 %) the T-aware search had lost to the percentile conversion (56.9 /
+# 71.0 % at T = 2 / 4, SpikingJelly 60.0 / 81.2); scored after the pool, 80.8 / 87.0 (T = 1:
+# 55.9 -> 69.3). On digits: digits_cnn 93.15 / 97.59 / 98.70 / 99.07 -> 95.74 / 98.15 / 98.89
+# / 99.07 at T = 1 / 2 / 4 / 8, three family nets with 2x2 max pools moved by -6 to +6 images.
 POOLED_VALUES = 128
 
 
 def _poolable(graph: Graph, axes: dict[str, int], samples: int) -> bool:
-    """Whether a neuron of the graph would be scored after an average pooling (_pooled_by)."""
+    """Whether a neuron of the graph would be scored after a pooling (_pooled_by)."""
     return any(
         n.op == "if"
         and _pooled_by(graph, n, _absorbing_axis(graph, n, axes.get(n.inputs[0], -1)), samples)
@@ -874,14 +881,21 @@ def _poolable(graph: Graph, axes: dict[str, int], samples: int) -> bool:
     )
 
 
-def _pooled_by(graph: Graph, node: Node, axis: int, samples: int) -> tuple[int, int] | None:
-    """The window of the non-overlapping average pooling (global, or stride = kernel) that
-    alone reads the neuron's image, if one does and `samples` give it at least POOLED_VALUES
-    windows a channel. The layers after it see only each window's mean rate, where the
-    positions' rounding errors partly cancel and their clipping does not, so the search
-    scores the pooled rates against the pooled activations (POOLED)."""
+# how a pooling reads its window: the layers after it see only this of the window's rates
+POOL_REDUCERS: dict[str, Callable[..., np.ndarray]] = {"avgpool2d": np.mean, "maxpool2d": np.max}
+Pooling = tuple[str, int, int]  # (the pooling's op, kernel height, kernel width)
+
+
+def _pooled_by(graph: Graph, node: Node, axis: int, samples: int) -> Pooling | None:
+    """The non-overlapping average or max pooling (global, or stride = kernel) that alone
+    reads the neuron's image, if one does and `samples` give it at least POOLED_VALUES windows
+    a channel. The layers after it see only each window's mean rate, where the positions'
+    rounding errors partly cancel and their clipping does not, or its largest rate (the
+    simulator's max pooling passes on exactly the window's largest count), where a position's
+    spurious spikes win over the true maximum: so the search scores the pooled rates against
+    the pooled activations (POOLED)."""
     users = graph.consumers(node.output)
-    if len(users) != 1 or users[0].op != "avgpool2d" or node.output in graph.outputs:
+    if len(users) != 1 or users[0].op not in POOL_REDUCERS or node.output in graph.outputs:
         return None
     attrs, size = users[0].attrs, graph.shape(node.output)[1:]
     if axis not in (0, -3) or len(size) != 2 or any(attrs["pads"]):
@@ -893,23 +907,24 @@ def _pooled_by(graph: Graph, node: Node, axis: int, samples: int) -> tuple[int, 
     (kh, kw), (h, w) = attrs["kernel"], size
     if samples * (h // kh) * (w // kw) < POOLED_VALUES:
         return None
-    return kh, kw
+    return users[0].op, kh, kw
 
 
 def _pool_windows(
-    ann: np.ndarray, steps: list[np.ndarray], kernel: tuple[int, int]
+    ann: np.ndarray, steps: list[np.ndarray], pooling: Pooling
 ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Channels first, the ANN activations (C, M) and the T steps' currents (T, C, M) of whole
     pooling windows of whole samples (an even subsample of them, within SEARCH_VALUES), and
     the pooling of such rows, (C, M) -> (C, M / (kh kw)) (a row may also hold all channels)."""
     n, c, h, w = ann.shape
-    (kh, kw), hp, wp = kernel, h // kernel[0], w // kernel[1]
+    op, kh, kw = pooling
+    hp, wp, reduce = h // kh, w // kw, POOL_REDUCERS[op]
     keep = max(1, min(n, SEARCH_VALUES // max(1, c * len(steps) * hp * kh * wp * kw)))
     crop = (slice(None, None, -(-n // keep)), slice(None), slice(0, hp * kh), slice(0, wp * kw))
     kept = len(range(n)[crop[0]])
 
     def pool(rows: np.ndarray) -> np.ndarray:
-        windows = rows.reshape(-1, kept, hp, kh, wp, kw).mean(axis=(3, 5))
+        windows = reduce(rows.reshape(-1, kept, hp, kh, wp, kw), axis=(3, 5))
         return windows.reshape(len(rows), -1)
 
     currents = np.stack([_channels_first(step[crop], 0) for step in steps])
