@@ -566,3 +566,16 @@ def test_t_aware_conversion_scores_neurons_before_a_pooling_after_it(
     assert pooled_error(True) < 0.8 * pooled_error(False)
     record = convert(model, calib, timesteps=1).meta["conversion"]["t_aware"]
     assert {"T=1", "T=1, pooled"} <= set(record["candidates"])
+
+
+def test_the_search_subsample_reads_every_column_of_an_image():
+    """The search's even subsample of an image's positions (tune._positions) takes a stride
+    prime to the image width: a stride of 64 over 32x32 images read column 0 alone."""
+    from spikeport.convert.tune import _innermost, _positions
+
+    assert _innermost((24, 32, 32), 0) == 32 and _innermost((12, 64), -1) == 12
+    assert _innermost((64,), -1) == 1
+    m = 256 * 32 * 32
+    pick = np.arange(m)[_positions(m, 24, 8, False, width=32)]
+    assert len(np.unique(pick % 32)) == 32
+    assert len(np.unique(np.arange(m)[_positions(m, 24, 8, False)] % 32)) == 1  # the old way

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections import Counter
 from collections.abc import Callable
 
@@ -246,13 +247,27 @@ def _channels_first(a: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1)
 
 
-def _positions(m: int, channels: int, T: int, features: bool) -> slice:
+def _positions(m: int, channels: int, T: int, features: bool, width: int = 1) -> slice:
     """An even subsample of m positions: at most SEARCH_POSITIONS, and few enough that one
     rate code of all channels over T steps stays within SEARCH_VALUES values
-    (SEARCH_VALUES_FEATURES for the features of a sequence)."""
+    (SEARCH_VALUES_FEATURES for the features of a sequence). `width`: the length of the
+    positions' innermost axis (an image's width, a sequence's length); the stride is made
+    prime to it, else it aliases: a stride of 64 over 32x32 images took every position from
+    column 0, the border, and a 10-class net's search fitted its thresholds to the padding's
+    background (benchmarks/cnn_family.py --task shapes, relu_dw:50: 54.7 % at T = 8)."""
     budget = SEARCH_VALUES_FEATURES if features else SEARCH_VALUES
     most = max(64, min(SEARCH_POSITIONS, budget // (channels * T)))
-    return slice(None, None, max(1, -(-m // most)))
+    step = max(1, -(-m // most))
+    while step > 1 and math.gcd(step, width) > 1:
+        step += 1
+    return slice(None, None, step)
+
+
+def _innermost(shape: tuple[int, ...], axis: int) -> int:
+    """The length of the innermost axis of a per-sample `shape` other than its channel `axis`
+    (1 where none is left)."""
+    rest = [d for i, d in enumerate(shape) if i != axis % max(len(shape), 1)]
+    return rest[-1] if rest else 1
 
 
 def _bias_owner(graph: Graph, tensor: str) -> Node | None:
@@ -778,7 +793,8 @@ def _tune_neuron(
         channels, m = target.shape
         kept = run.kept(src, axis)  # padding no output reads stays out of the fit
         cols = np.arange(m) if kept is None else np.flatnonzero(kept)
-        pick = cols[_positions(len(cols), channels, run.T, features=axis == -1)]
+        width = _innermost(graph.shape(src), axis)
+        pick = cols[_positions(len(cols), channels, run.T, axis == -1, width)]
         currents = np.stack([_channels_first(c, axis)[:, pick] for c in run.spiking[src]])
         target = target[:, pick]
     if not bipolar:
