@@ -84,7 +84,11 @@ TUNE_SAMPLES = 256
 # there, T = 8 so 16 steps for the 2T search): 2^30 keeps 160 sentences (4.4 GB peak with 200
 # calibration sentences); 2^28 keeps 40 (1.57 GB) but its graded 4-bit cosine at T = 8 fell
 # from 0.9802 to 0.9708; 2^29 keeps 80 (2,005 MiB: issue #20's 2 GB only in binary units);
-# 448 MiB keeps 70, still all of the zoo's 64. Small networks keep TUNE_SAMPLES.
+# 448 MiB keeps 70, still all of the zoo's 64. Small networks keep TUNE_SAMPLES. Each search
+# gets the samples its own step count fits (t_aware): a 3x32x32 depthwise net at T = 8 (48
+# channels, benchmarks/cnn_family.py --task shapes, relu_dw:50) had searched T on the 70 that
+# the 16-step search fits, too few for the pooled candidate (POOLED_VALUES); on 132, 56.1 ->
+# 64.1 % at T = 8 (float mode, test split; ANN 78.4).
 # `convert --tune-samples N` lifts both limits for a user with the memory: all-MiniLM-L6-v2
 # at T = 16 on 256 calibration sentences (1.7 GiB a tensor, 5.5 GB peak, 28 min on 2 cores)
 # rose from 0.9839 to 0.9873 (cosine, 64 test sentences; README's encoder table).
@@ -553,7 +557,10 @@ def t_aware(
     steps = sorted({T} | {k * T for k, most in EXTRA_STEPS.items() if full and k * T <= most})
     scored = take(x, slice(SCORE_SAMPLES))
     given = size(x)
-    x = _samples(snn, x, max(steps), samples)
+    # each search on as many samples as the memory budget holds for its own step count (the
+    # first ones: the search for T keeps the most, the searches for more steps a prefix)
+    by_steps = {t: _samples(snn, x, t, samples) for t in steps}
+    x = by_steps[T]
     moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
     candidates = {"percentile": snn}
     corrections = [False, True] if full and _corrected(snn) else [False]
@@ -569,9 +576,10 @@ def t_aware(
             name += "" if per_index else ", one threshold per product operand"
             name += ", centred" if centre else ""
             name += ", pooled" if pooled else ""
-            tuned = tune_thresholds(
-                snn, x, t, axes, correct, per_index, centre, pooled, extra_neurons, moved, advance
-            )
+            n = size(by_steps[t])
+            moved_t = None if moved is None else take(moved, slice(n))
+            tuned = tune_thresholds(snn, by_steps[t], t, axes, correct, per_index, centre, pooled,
+                                    extra_neurons, moved_t, advance)  # fmt: skip
             candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
@@ -581,7 +589,8 @@ def t_aware(
         "T": T,
         "search": search,
         "samples": size(x),
-        "calibration_samples": given,  # of which the search ran on `samples`
+        "calibration_samples": given,  # of which the search for T ran on `samples`
+        "samples_per_steps": {str(t): size(v) for t, v in by_steps.items()},
         # whether padding that no output reads was left out of the fit (padding.py)
         "padding_left_out": moved is not None,
         "scored_samples": size(scored),
