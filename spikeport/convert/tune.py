@@ -562,6 +562,8 @@ def t_aware(
     by_steps = {t: _samples(snn, x, t, samples) for t in steps}
     x = by_steps[T]
     moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
+    moved_by_steps = {t: None if moved is None else take(moved, slice(size(v)))
+                      for t, v in by_steps.items()}  # fmt: skip
     candidates = {"percentile": snn}
     corrections = [False, True] if full and _corrected(snn) else [False]
     operands = [True, False] if full and _product_operands(snn) else [True]
@@ -576,10 +578,8 @@ def t_aware(
             name += "" if per_index else ", one threshold per product operand"
             name += ", centred" if centre else ""
             name += ", pooled" if pooled else ""
-            n = size(by_steps[t])
-            moved_t = None if moved is None else take(moved, slice(n))
             tuned = tune_thresholds(snn, by_steps[t], t, axes, correct, per_index, centre, pooled,
-                                    extra_neurons, moved_t, advance)  # fmt: skip
+                                    extra_neurons, moved_by_steps[t], advance)  # fmt: skip
             candidates[name] = _share_unchanged(tuned, snn)
     reference = _float_outputs(snn, scored, 1, "ann")
     scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
