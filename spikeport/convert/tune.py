@@ -256,9 +256,9 @@ def _positions(m: int, channels: int, T: int, features: bool, width: int = 1) ->
     rate code of all channels over T steps stays within SEARCH_VALUES values
     (SEARCH_VALUES_FEATURES for the features of a sequence). `width`: the length of the
     positions' innermost axis (an image's width, a sequence's length); the stride is made
-    prime to it, else it aliases: a stride of 64 over 32x32 images took every position from
-    column 0, the border, and a 10-class net's search fitted its thresholds to the padding's
-    background (benchmarks/cnn_family.py --task shapes, relu_dw:50: 54.7 % at T = 8)."""
+    prime to it, else it aliases: a stride of 64 over 32x32 images (256 of them) took every
+    position from column 0, the padded border (benchmarks/cnn_family.py --task shapes,
+    resnet:50 at T = 1 / 2 / 4: 63.6 / 80.8 / 89.5 % before, 97.0 / 99.0 / 99.8 after)."""
     budget = SEARCH_VALUES_FEATURES if features else SEARCH_VALUES
     most = max(64, min(SEARCH_POSITIONS, budget // (channels * T)))
     step = max(1, -(-m // most))
