@@ -579,3 +579,34 @@ def test_the_search_subsample_reads_every_column_of_an_image():
     pick = np.arange(m)[_positions(m, 24, 8, False, width=32)]
     assert len(np.unique(pick % 32)) == 32
     assert len(np.unique(np.arange(m)[_positions(m, 24, 8, False)] % 32)) == 1  # the old way
+
+
+@pytest.mark.parametrize("example", ["digits_cnn", "text_bert"])
+def test_the_search_records_float32_and_chooses_as_float64_would(monkeypatch, example):
+    """The search keeps its recorded steps in float32 (tune.STORED), half float64's memory, so
+    the budget holds twice the samples; the thresholds and biases it chooses are float64's to
+    float32's rounding (a spike is a float32 threshold; a current's rounding is far below the
+    grid's spacing)."""
+    from spikeport.batch import take
+    from spikeport.convert import convert, tune
+    from spikeport.convert.balance import channel_axes
+
+    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
+    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
+    x, axes = take(load_data(calib, snn.inputs).x, slice(48)), channel_axes(snn)
+    run = tune._Run(snn, x, 2)
+    node = next(n for n in snn.nodes if n.inputs and n.inputs[0] in run.spiking)
+    run.step(node, node)
+    assert all(s.dtype == np.float32 for s in run.spiking[node.output])
+    largest = max(int(np.prod(snn.shape(n.output))) for n in snn.nodes)
+    monkeypatch.setattr(tune, "MEMORY_BUDGET", largest * 4 * 3 * 20)  # 20 samples at T = 2
+    assert tune.size(tune._samples(snn, x, 2)) == 20
+    monkeypatch.undo()
+    chosen = {}
+    for stored in (np.float32, np.float64):
+        monkeypatch.setattr(tune, "STORED", stored)
+        tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True)
+        chosen[stored] = {(n.name, k): v for n in tuned.nodes for k, v in n.params.items()}
+    assert chosen[np.float32].keys() == chosen[np.float64].keys()
+    for key, value in chosen[np.float64].items():
+        np.testing.assert_allclose(chosen[np.float32][key], value, rtol=1e-4, err_msg=str(key))

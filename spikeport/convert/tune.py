@@ -379,6 +379,27 @@ def _contracted(graph: Graph, tensor: str, axis: int) -> bool:
     return True
 
 
+# The search records each live tensor's T steps in float32 (STORED), though its kernels compute in
+# float64: a spike is a float32 threshold, exact either way, and a current's rounding (2^-24 of
+# it) is far below the grid's spacing. It halves the search's memory, so the budget holds twice
+# the samples: a 3x32x32 inception net at T = 8 (benchmarks/cnn_family.py --task shapes,
+# inception:50, 40 channels at full resolution) searched 159 of its 256 calibration images in
+# float64 and scored 92.5 % against an ANN of 99.9 (96.3 at T = 4), too few images for the
+# classifier's refit too.
+STORED = np.float32
+
+
+def _stored(value: np.ndarray) -> np.ndarray:
+    """One step of a recorded tensor, as the search keeps it (STORED; token ids stay ints)."""
+    value = np.asarray(value)
+    return value.astype(STORED, copy=False) if value.dtype.kind == "f" else value
+
+
+def _mean(steps: list[np.ndarray]) -> np.ndarray:
+    """The mean over T recorded steps, summed in float64."""
+    return sum(np.asarray(c, np.float64) for c in steps) / len(steps)
+
+
 class _Run:
     """The float spiking network and the ANN, node by node: `spiking[t]` holds each live
     tensor's T per-step values (one shared array when it is static), `ann[t]` its ANN value."""
@@ -397,7 +418,7 @@ class _Run:
         self.extra_neurons = extra_neurons  # the outlier split's budget (split.neuron_copies)
         self.static = static_tensors(graph)
         given = encode_inputs(graph, x, "float")
-        self.spiking = {k: [v] * T for k, v in given.items()}
+        self.spiking = {k: [_stored(v)] * T for k, v in given.items()}
         self.ann = dict(given)
         # the ANN on `moved` (padding.moved: x with its padding's token ids changed): where a
         # value differs from self.ann's, it is padding's, and no output reads it (kept)
@@ -442,7 +463,8 @@ class _Run:
         if self.moved is not None:
             self.moved[node.output] = self.ann_output(node, ann_node, self.moved)
         if node.output in self.static:
-            self.spiking[node.output] = [snn_k(*[self.spiking[i][0] for i in node.inputs])] * self.T
+            value = _stored(snn_k(*[self.spiking[i][0] for i in node.inputs]))
+            self.spiking[node.output] = [value] * self.T
         else:
             # inputs this node reads last: each step is dropped once computed, so a wide layer
             # and its successor do not both hold all T steps (a 22M-parameter encoder's
@@ -451,7 +473,7 @@ class _Run:
             done = [i for i in node.inputs if self.left[i] == 1 and i not in kept]
             outs = []
             for t in range(self.T):
-                outs.append(snn_k(*[self.spiking[i][t] for i in node.inputs]))
+                outs.append(_stored(snn_k(*[self.spiking[i][t] for i in node.inputs])))
                 for i in done:
                     self.spiking[i][t] = None
             self.spiking[node.output] = outs
@@ -504,7 +526,7 @@ def _samples(graph: Graph, x: Batch, T: int, wanted: int | None = None) -> Batch
     memory budget allow."""
     if wanted is None:
         largest = max(int(np.prod(graph.shape(n.output))) for n in graph.nodes)
-        fits = MEMORY_BUDGET // max(1, largest * 8 * (T + 1))
+        fits = MEMORY_BUDGET // max(1, largest * np.dtype(STORED).itemsize * (T + 1))
         wanted = int(max(8, min(TUNE_SAMPLES, fits)))
     return take(x, slice(wanted))
 
@@ -740,7 +762,7 @@ def _refit(run: _Run, node: Node, ann_node: Node) -> np.ndarray | None:
     for offset in run.inserted.get(node.name, []):
         target = target - offset.params["value"]
     rows = run.kept(src, -1) if node.op == "dense" else None  # a dense layer's rows: positions
-    refit.refit(node, sum(run.spiking[src]) / run.T, target, rows)
+    refit.refit(node, _mean(run.spiking[src]), target, rows)
     return ann_output
 
 
@@ -765,7 +787,7 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
     the recorded values with it."""
     key = BIAS_OWNERS[node.op]
     bias = node.params[key]
-    mean = sum(run.spiking[node.output]) / run.T
+    mean = _mean(run.spiking[node.output])
     err = _channels_first(mean - run.ann[node.output], axis)
     kept = run.kept(node.output, axis)
     err = (err if kept is None else err[:, kept]).mean(axis=1)
@@ -773,7 +795,7 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
         return
     node.params[key] = (bias - err).astype(np.float32)
     moved = threshold_shape(err, len(run.graph.shape(node.output)), axis)
-    run.spiking[node.output] = [c - moved for c in run.spiking[node.output]]
+    run.spiking[node.output] = [_stored(c - moved) for c in run.spiking[node.output]]
 
 
 def _tune_neuron(
@@ -857,7 +879,7 @@ def _tune_neuron(
         key = BIAS_OWNERS[owner.op]
         owner.params[key] = (owner.params[key] + shift).astype(np.float32)
         moved = shift.reshape(theta_arr.shape) if theta_arr.size == channels else shift
-        run.spiking[src] = [c + moved for c in run.spiking[src]]
+        run.spiking[src] = [_stored(c + moved) for c in run.spiking[src]]
     if middles is not None:
         _centre(graph, run, node, threshold_shape(middles, len(graph.shape(src)), axis))
     if copies is not None and copies.max() > 1:
@@ -871,7 +893,8 @@ def _copy_neurons(graph: Graph, run: _Run, node: Node, copies: np.ndarray) -> No
     stagger = split.insert_copies(graph, node, copies, run.T)
     gather = graph.producer(stagger.inputs[0])
     index, value = gather.attrs["indices"], stagger.params["value"]
-    run.spiking[stagger.output] = [np.take(c, index, axis=-1) + value for c in run.spiking[src]]
+    steps = run.spiking[src]
+    run.spiking[stagger.output] = [_stored(np.take(c, index, axis=-1) + value) for c in steps]
     run.alias(stagger.output, src)
     run.left[stagger.output] = 1
     run.release(src)  # the neuron reads the copies now
@@ -1053,7 +1076,7 @@ def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
         else:
             shift = bias_shift(user, centre, graph.shape(src))
         user.params["bias"] = (user.params["bias"] + shift).astype(np.float32)
-    run.spiking[tensor] = [c - centre for c in run.spiking[src]]
+    run.spiking[tensor] = [_stored(c - centre) for c in run.spiking[src]]
     run.alias(tensor, src)
     run.left[tensor] = 1
     run.release(src)  # the neuron reads the offset's output now
