@@ -449,14 +449,18 @@ def main() -> None:
         k: getattr(args, k)
         for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup", "task")
     }
-    rows = parallel.map_on_cores(functools.partial(run_one, **options), specs, args.jobs)
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
            "task": args.task, "epochs": TASKS[args.task].epochs, "T": TS,
            "finetune_shift": args.shift, "finetune_mixup": args.mixup,
-           **provenance.record(),
-           "rows": rows}  # fmt: skip
-    out.write_text(json.dumps(doc, indent=1))
-    plot(rows, out.with_suffix(".png"))
+           **provenance.record()}  # fmt: skip
+
+    def write(rows: list[dict[str, Any]]) -> None:  # after each net: a stopped run keeps its rows
+        out.write_text(
+            json.dumps({**doc, "nets_done": f"{len(rows)} of {len(specs)}", "rows": rows}, indent=1)
+        )
+        plot(rows, out.with_suffix(".png"))
+
+    rows = parallel.map_on_cores(functools.partial(run_one, **options), specs, args.jobs, write)
     print(table(rows))
 
 

@@ -9,14 +9,27 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 
-def map_on_cores(fn: Callable[[Any], Any], items: Iterable[Any], jobs: int) -> list[Any]:
+def map_on_cores(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    jobs: int,
+    done: Callable[[list[Any]], None] = lambda rows: None,
+) -> list[Any]:
     """[fn(item) for item in items], `jobs` at once in spawned processes (fn and items must
     pickle: a module-level function, or a functools.partial of one). Each net seeds its own
-    training, so a row does not depend on which process ran it or in what order."""
+    training, so a row does not depend on which process ran it or in what order. `done(rows)`
+    after each row, in the items' order (so a long run stopped early keeps its rows)."""
+    rows: list[Any] = []
     if jobs == 1:
-        return [fn(item) for item in items]
+        for item in items:
+            rows.append(fn(item))
+            done(rows)
+        return rows
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, items))
+        for row in pool.map(fn, items):
+            rows.append(row)
+            done(rows)
+    return rows
 
 
 def add_jobs(ap: argparse.ArgumentParser) -> None:
