@@ -56,3 +56,13 @@ def test_architectures_read_each_task(bench: Any, task: str) -> None:
         assert model(x).shape == (2, 10), name
         built += 1
     assert built >= len(family.ARCHITECTURES) - 1
+
+
+def test_a_family_run_hands_over_its_rows_after_each_net(bench: Any) -> None:
+    """parallel.map_on_cores calls `done` with the rows so far after each item, in order, so
+    cnn_family writes its JSON after each net and a run stopped for time keeps its rows."""
+    import parallel
+
+    seen: list[list[int]] = []
+    rows = parallel.map_on_cores(abs, [-3, 1, -2], 1, lambda r: seen.append(list(r)))
+    assert rows == [3, 1, 2] and seen == [[3], [3, 1], [3, 1, 2]]
