@@ -388,13 +388,13 @@ def _contracted(graph: Graph, tensor: str, axis: int) -> bool:
     return True
 
 
-# The search records each live tensor's T steps in float32 (STORED), though its kernels compute in
-# float64: a spike is a float32 threshold, exact either way, and a current's rounding (2^-24 of
-# it) is far below the grid's spacing. It halves the search's memory, so the budget holds twice
-# the samples: a 3x32x32 inception net at T = 8 (benchmarks/cnn_family.py --task shapes,
-# inception:50, 40 channels at full resolution) searched 159 of its 256 calibration images in
-# float64 and scored 92.5 % against an ANN of 99.9 (96.3 at T = 4), too few images for the
-# classifier's refit too.
+# The search records each live tensor's T steps in float32 (STORED); its kernels compute in
+# float64. A spike is a float32 threshold, exact either way, and a current's rounding (2^-24
+# of it) is far below the grid's spacing. It halves the recorded steps' memory, so the budget
+# holds twice the samples: a 3x32x32 inception net at T = 8 (benchmarks/cnn_family.py --task
+# shapes, inception:50, 40 channels at full resolution) had searched 159 of its 256
+# calibration images in float64, too few also for the classifier's refit, and scored 92.5 %
+# against an ANN of 99.9 (96.3 at T = 4); on all 256, 99.4 % (integer mode, test split).
 STORED = np.float32
 
 
