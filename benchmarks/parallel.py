@@ -19,16 +19,18 @@ def map_on_cores(
     pickle: a module-level function, or a functools.partial of one). Each net seeds its own
     training, so a row does not depend on which process ran it or in what order. `done(rows)`
     after each row, in the items' order (so a long run stopped early keeps its rows)."""
-    rows: list[Any] = []
     if jobs == 1:
-        for item in items:
-            rows.append(fn(item))
-            done(rows)
-        return rows
+        return _collect(map(fn, items), done)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for row in pool.map(fn, items):
-            rows.append(row)
-            done(rows)
+        return _collect(pool.map(fn, items), done)
+
+
+def _collect(results: Iterable[Any], done: Callable[[list[Any]], None]) -> list[Any]:
+    """The results as a list, `done(rows so far)` after each one arrives."""
+    rows: list[Any] = []
+    for row in results:
+        rows.append(row)
+        done(rows)
     return rows
 
 

@@ -281,6 +281,7 @@ def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
     from spikeport.convert.tune import (
         _channels_first,
         _corrected,
+        _mean,
         _Run,
         ann_twins,
         tune_thresholds,
@@ -300,7 +301,7 @@ def test_bias_correction_zeroes_the_mean_error_of_the_layers_no_neuron_tunes():
     for node, original in ann_twins(tuned, snn):
         run.step(node, original)  # the ANN side keeps the original biases
         if node.name in layers and node.output not in run.static:
-            mean = sum(run.spiking[node.output]) / T
+            mean = _mean(run.spiking[node.output])
             err = _channels_first(mean - run.ann[node.output], axes.get(node.output, -1))
             scale = np.abs(run.ann[node.output]).mean()
             assert np.abs(err.mean(axis=1)).max() < 1e-4 * scale + 1e-5, node.name
@@ -451,7 +452,7 @@ def test_t_aware_conversion_centres_channels_that_convolutions_read(tmp_path):
         for node, original in tune.ann_twins(tuned, snn):
             run.step(node, original)
             if node.op == "conv2d" and node.params["weight"].shape[2:] == (1, 1):
-                mean, ann = sum(run.spiking[node.output]) / 4, run.ann[node.output]
+                mean, ann = tune._mean(run.spiking[node.output]), run.ann[node.output]
                 return float(np.linalg.norm(mean - ann) / np.linalg.norm(ann))
         raise AssertionError("no pointwise conv")
 
