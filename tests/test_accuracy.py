@@ -611,3 +611,92 @@ def test_the_search_records_float32_and_chooses_as_float64_would(monkeypatch, ex
     assert chosen[np.float32].keys() == chosen[np.float64].keys()
     for key, value in chosen[np.float64].items():
         np.testing.assert_allclose(chosen[np.float32][key], value, rtol=1e-4, err_msg=str(key))
+
+
+@pytest.mark.parametrize("example", ["digits_cnn", "text_bert"])
+def test_a_search_shares_the_weights_it_leaves_and_never_writes_into_them(example):
+    """tune_thresholds works on a copy whose parameter arrays are read-only views of the
+    graph's (a write into one would raise): the graph it was given is unchanged, and a weight
+    the search left is the same memory; the candidate t_aware keeps holds no read-only array
+    (later stages may write their own)."""
+    from spikeport.batch import take
+    from spikeport.convert import convert, tune
+    from spikeport.convert.balance import channel_axes
+
+    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
+    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
+    before = {(n.name, k): v.copy() for n in snn.nodes for k, v in n.params.items()}
+    x, axes = take(load_data(calib, snn.inputs).x, slice(48)), channel_axes(snn)
+    tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True, centre=True)
+    for n in snn.nodes:
+        for k, v in n.params.items():
+            np.testing.assert_array_equal(v, before[n.name, k], err_msg=f"{n.name} {k}")
+    base = {n.name: n for n in snn.nodes}
+    shared = [
+        k
+        for n in tuned.nodes
+        for k, v in n.params.items()
+        if n.name in base and np.shares_memory(v, base[n.name].params.get(k, np.empty(0)))
+    ]
+    assert "weight" in shared  # the search moved thresholds and biases, not every weight
+    kept, _ = tune.t_aware(snn, x, 2, axes, quiet=True, search="quick")
+    assert all(v.flags.writeable for n in kept.nodes for v in n.params.values())
+
+
+def test_a_recorded_tensor_is_mapped_one_step_at_a_time():
+    """_mapped: where the result replaces the tensor, or its caller is the tensor's last
+    reader, each step is dropped once used (the tensor is never held twice); with a reader
+    left, it stays; a static tensor's one shared array is mapped once."""
+    from types import SimpleNamespace
+
+    from spikeport.convert import tune
+
+    steps = [np.full(3, t, np.float64) for t in range(4)]
+    run = SimpleNamespace(
+        spiking={"a": list(steps), "s": [steps[0]] * 4},
+        left={"a": 2, "s": 1},
+        graph=SimpleNamespace(outputs=[]),
+    )
+    kept = tune._mapped(run, "a", lambda c: c + 1)
+    assert [float(c[0]) for c in kept] == [1, 2, 3, 4] and kept[0].dtype == tune.STORED
+    assert all(c is not None for c in run.spiking["a"])  # another reader still needs it
+    tune._mapped(run, "a", lambda c: c + 1, replaces=True)
+    assert run.spiking["a"] == [None] * 4
+    run.left["a"], run.spiking["a"] = 1, list(steps)
+    tune._mapped(run, "a", lambda c: c * 2)
+    assert run.spiking["a"] == [None] * 4  # its last reader: dropped as mapped
+    static = tune._mapped(run, "s", lambda c: c - 1)
+    assert all(c is static[0] for c in static) and float(static[0][0]) == -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda n: st.lists(
+            st.tuples(
+                st.lists(st.booleans(), min_size=n, max_size=n),
+                st.sampled_from([-0.1, -0.2, -0.3, -0.25]),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+)
+def test_dropping_dominated_candidates_never_changes_the_pick(found):
+    """t_aware drops, after each search, the candidates that another agrees with the ANN
+    beyond and with a smaller error (_undominated): the candidate _pick chooses from all
+    scores is always among those held (class scores: agreements of a few samples, errors
+    from a few values so that ties happen; an embedding: no agreement at all)."""
+    from spikeport.convert import tune
+
+    for embedding in (False, True):
+        held: dict[str, object] = {}
+        scores = {}
+        for i, (agree, err) in enumerate(found):
+            name = f"c{i}"
+            scores[name] = (np.array(agree) & (not embedding), err)
+            held[name] = object()
+            held = tune._undominated(held, scores)
+        assert tune._pick(scores) in held
+        if embedding:
+            assert len(held) == 1

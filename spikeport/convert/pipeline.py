@@ -25,6 +25,7 @@ from spikeport.data import check_token_ids, load_data
 from spikeport.errors import BadInput
 from spikeport.fileio import existing_file, read_npz
 from spikeport.ir.graph import Graph
+from spikeport.threads import release_freed_memory
 
 DEFAULT_TIMESTEPS = 4
 
@@ -107,6 +108,7 @@ def convert(
     ann = import_model(model, input_shapes, sample_shapes(calib))
     data = load_data(calib, ann.inputs)
     check_token_ids(ann, data.x, calib)  # before calibration indexes the tables with them
+    release_freed_memory()  # what reading the model took (onnxruntime's optimiser: 225 MiB)
     if ann.meta["source"]["format"] == "tflite" and not ann.meta["tflite"].get("own_kernels"):
         from spikeport.convert.litert import litert_runner
 
@@ -117,6 +119,8 @@ def convert(
         raise BadInput(f"--product-operands must be one of {PRODUCT_OPERANDS}")
     lowest = min(percentile, input_percentile)
     stats = collect(ann, runner, data.x, lowest, product_operands=product_operands)
+    del runner
+    release_freed_memory()
     # At one step a signed neuron is the unsigned one (it has fired nothing it could take
     # back), so the search for T = 1 runs on unsigned neurons and they are signed after it.
     # Searched signed, its 2- and 4-step candidates differed: on the held-out CNN family
@@ -127,8 +131,11 @@ def convert(
     )
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
+        axes = channel_axes(ann)
+        del ann, stats  # balance copied what the search needs (85 MiB of a 22M-weight encoder)
+        release_freed_memory()
         snn, record = t_aware(
-            snn, data.x, timesteps, channel_axes(ann), extra_neurons, tune_samples, quiet, search
+            snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search
         )
         snn.meta["conversion"]["t_aware"] = record
     if signed and not signed_search:

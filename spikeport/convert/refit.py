@@ -166,10 +166,10 @@ def refit(
         return False
     w, bias = node.params["weight"], node.params["bias"]
     g = _groups(node)
-    old = torch.cat(
-        [torch.as_tensor(w, dtype=torch.float64).reshape(g, w.shape[0] // g, -1),
-         torch.as_tensor(bias, dtype=torch.float64).reshape(g, -1, 1)], -1,
-    ).transpose(1, 2)  # fmt: skip
+    # float64 copies: the search's parameters are read-only views (tune._search_copy)
+    w64, b64 = (torch.from_numpy(np.array(p, np.float64)) for p in (w, bias))
+    old = torch.cat([w64.reshape(g, w.shape[0] // g, -1), b64.reshape(g, -1, 1)], -1)
+    old = old.transpose(1, 2)
     per_sample = None if rows is None else rows.reshape(len(rates), -1)
     halves = [
         _normal_equations(

@@ -73,6 +73,7 @@ from spikeport.progress import progress
 from spikeport.sim import native
 from spikeport.sim.fast import FAST_KERNELS, FastKernel
 from spikeport.sim.ops import KERNELS, IFNeuron, Kernel
+from spikeport.threads import release_freed_memory
 
 # Calibration samples the layer-wise search runs on, at most. 512 (all 500 of text_bert's
 # sentences) raised text_bert at T = 8 from 95.5 to 96.1 % in float mode but not in integer
@@ -404,6 +405,26 @@ def _stored(value: np.ndarray) -> np.ndarray:
     return value.astype(STORED, copy=False) if value.dtype.kind == "f" else value
 
 
+def _mapped(
+    run: _Run, src: str, f: Callable[[np.ndarray], np.ndarray], replaces: bool = False
+) -> list[np.ndarray]:
+    """f of each recorded step of `src`, one step at a time. Where the result `replaces`
+    src's steps, or the caller is src's last reader (it releases src next), each step of src
+    is dropped once used, so the tensor is not held twice (the shifted currents of
+    all-MiniLM-L6-v2's feed-forward neurons: 354 MiB a copy on 200 sentences at 9 steps). A
+    static tensor's one shared array is mapped once."""
+    steps = run.spiking[src]
+    if all(c is steps[0] for c in steps):
+        return [_stored(f(steps[0]))] * len(steps)
+    last = replaces or (run.left[src] == 1 and src not in run.graph.outputs)
+    out = []
+    for t in range(len(steps)):
+        out.append(_stored(f(steps[t])))
+        if last:
+            steps[t] = None
+    return out
+
+
 def _mean(steps: list[np.ndarray]) -> np.ndarray:
     """The mean over T recorded steps, summed in float64."""
     return sum(np.asarray(c, np.float64) for c in steps) / len(steps)
@@ -595,7 +616,9 @@ def t_aware(
     moved = padding.moved(snn, x)  # padding no output reads: left out of every fit
     moved_by_steps = {t: None if moved is None else take(moved, slice(size(v)))
                       for t, v in by_steps.items()}  # fmt: skip
+    reference = _float_outputs(snn, scored, 1, "ann")
     candidates = {"percentile": snn}
+    scores = {"percentile": _score(snn, scored, T, reference)}
     corrections = [False, True] if full and _corrected(snn) else [False]
     operands = [True, False] if full and _product_operands(snn) else [True]
     centring = [False, True] if full and _centring(snn, axes) else [False]
@@ -612,8 +635,9 @@ def t_aware(
             tuned = tune_thresholds(snn, by_steps[t], t, axes, correct, per_index, centre, pooled,
                                     extra_neurons, moved_by_steps[t], advance)  # fmt: skip
             candidates[name] = _share_unchanged(tuned, snn)
-    reference = _float_outputs(snn, scored, 1, "ann")
-    scores = {name: _score(g, scored, T, reference) for name, g in candidates.items()}
+            scores[name] = _score(tuned, scored, T, reference)
+            candidates = _undominated(candidates, scores)
+            release_freed_memory()  # the search's heap blocks, before the next one's
     kept = _pick(scores)
     base = {n.name: n for n in snn.nodes}
     record: dict[str, object] = {
@@ -655,7 +679,31 @@ def _share_unchanged(tuned: Graph, base: Graph) -> Graph:
             w = b.params.get(k) if b is not None and b.op == a.op else None
             if w is not None and v.shape == w.shape and v.dtype == w.dtype and np.array_equal(v, w):
                 a.params[k] = w
+            elif isinstance(v, np.ndarray) and not v.flags.writeable:  # _search_copy's view
+                a.params[k] = np.array(v)  # that moved to another node: the candidate's own
     return tuned
+
+
+def _undominated(
+    candidates: dict[str, Graph], scores: dict[str, tuple[np.ndarray, float]]
+) -> dict[str, Graph]:
+    """The candidates _pick could still choose, whatever others come: one is dropped where
+    another agrees with the ANN on every sample it agrees on, with a smaller error (or the
+    same scores, and came first: _pick's order). Such a one is tied with any best the dropped
+    one is tied with, and wins over it, so _pick's choice is the same. An embedding's
+    candidates agree on nothing, so one is held, not all: all-MiniLM-L6-v2's 16 searches kept
+    38 MiB of refitted weights and biases each, 600 MiB of convert's peak."""
+    names = list(candidates)
+
+    def beats(a: str, b: str) -> bool:
+        (agree_a, err_a), (agree_b, err_b) = scores[a], scores[b]
+        if np.any(agree_b & ~agree_a):
+            return False
+        if err_a == err_b and np.array_equal(agree_a, agree_b):
+            return names.index(a) < names.index(b)
+        return err_a > err_b
+
+    return {b: g for b, g in candidates.items() if not any(beats(a, b) for a in names if a != b)}
 
 
 def _pick(scores: dict[str, tuple[np.ndarray, float]]) -> str:
@@ -727,7 +775,7 @@ def tune_thresholds(
     outlier features (split.neuron_copies). `moved`: `x` with its padding's token ids
     changed (padding.moved): the values that move with them stay out of every fit.
     `advance(1)` after each neuron layer searched (convert's progress bar)."""
-    out, axes = copy.deepcopy(snn), dict(axes)  # (centring may add tensors: _border_offset)
+    out, axes = _search_copy(snn), dict(axes)  # (centring may add tensors: _border_offset)
     run = _Run(out, x, T, extra_neurons, moved)
     corrected = _corrected(out) if correct else set()
     # a snapshot: centring (_centre) inserts offset nodes into out.nodes as it goes
@@ -746,6 +794,21 @@ def tune_thresholds(
             run.step(offset, _zero_twin(offset))
             axes[offset.output] = axes.get(offset.inputs[0], -1)
     return fold_offsets(out)  # a centre moves into the bias of a dense layer before it
+
+
+def _search_copy(graph: Graph) -> Graph:
+    """A copy of `graph` for one search to change: its own nodes, attributes and tensors, but
+    its parameter arrays read-only views of graph's. The search replaces the arrays it changes
+    and never writes into one (a write would raise here), so each candidate holds only those,
+    not a copy of every weight (152 MiB of all-MiniLM-L6-v2's conversion, for each search)."""
+    memo: dict[int, object] = {}
+    for node in graph.nodes:
+        for value in node.params.values():
+            if isinstance(value, np.ndarray):
+                view = value.view()
+                view.flags.writeable = False
+                memo[id(value)] = view
+    return copy.deepcopy(graph, memo)
 
 
 def _searched(node: Node) -> bool:
@@ -804,7 +867,7 @@ def _correct_bias(run: _Run, node: Node, axis: int) -> None:
         return
     node.params[key] = (bias - err).astype(np.float32)
     moved = threshold_shape(err, len(run.graph.shape(node.output)), axis)
-    run.spiking[node.output] = [_stored(c - moved) for c in run.spiking[node.output]]
+    run.spiking[node.output] = _mapped(run, node.output, lambda c: c - moved, replaces=True)
 
 
 def _tune_neuron(
@@ -888,7 +951,7 @@ def _tune_neuron(
         key = BIAS_OWNERS[owner.op]
         owner.params[key] = (owner.params[key] + shift).astype(np.float32)
         moved = shift.reshape(theta_arr.shape) if theta_arr.size == channels else shift
-        run.spiking[src] = [_stored(c + moved) for c in run.spiking[src]]
+        run.spiking[src] = _mapped(run, src, lambda c: c + moved, replaces=True)
     if middles is not None:
         _centre(graph, run, node, threshold_shape(middles, len(graph.shape(src)), axis))
     if copies is not None and copies.max() > 1:
@@ -902,8 +965,7 @@ def _copy_neurons(graph: Graph, run: _Run, node: Node, copies: np.ndarray) -> No
     stagger = split.insert_copies(graph, node, copies, run.T)
     gather = graph.producer(stagger.inputs[0])
     index, value = gather.attrs["indices"], stagger.params["value"]
-    steps = run.spiking[src]
-    run.spiking[stagger.output] = [_stored(np.take(c, index, axis=-1) + value) for c in steps]
+    run.spiking[stagger.output] = _mapped(run, src, lambda c: np.take(c, index, axis=-1) + value)
     run.alias(stagger.output, src)
     run.left[stagger.output] = 1
     run.release(src)  # the neuron reads the copies now
@@ -1085,7 +1147,7 @@ def _centre(graph: Graph, run: _Run, node: Node, centre: np.ndarray) -> None:
         else:
             shift = bias_shift(user, centre, graph.shape(src))
         user.params["bias"] = (user.params["bias"] + shift).astype(np.float32)
-    run.spiking[tensor] = [_stored(c - centre) for c in run.spiking[src]]
+    run.spiking[tensor] = _mapped(run, src, lambda c: c - centre)
     run.alias(tensor, src)
     run.left[tensor] = 1
     run.release(src)  # the neuron reads the offset's output now
