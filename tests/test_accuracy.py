@@ -700,3 +700,26 @@ def test_dropping_dominated_candidates_never_changes_the_pick(found):
         assert tune._pick(scores) in held
         if embedding:
             assert len(held) == 1
+
+
+@pytest.mark.parametrize("example", ["digits_cnn", "text_bert"])
+def test_kernels_run_on_parts_of_the_samples_to_the_same_values(monkeypatch, example):
+    """The search runs each kernel other than the dense layers' and convolutions' on parts of
+    the samples (tune.STEP_PART_BYTES: their temporaries were most of a large encoder's
+    peak); they are elementwise or per sample, so every value it chooses is the same bit for
+    bit, whatever the parts."""
+    from spikeport.batch import take
+    from spikeport.convert import convert, tune
+    from spikeport.convert.balance import channel_axes
+
+    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
+    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
+    x, axes = take(load_data(calib, snn.inputs).x, slice(40)), channel_axes(snn)
+    chosen = []
+    for part_bytes in (tune.STEP_PART_BYTES, 3000):  # one part; parts of a few samples
+        monkeypatch.setattr(tune, "STEP_PART_BYTES", part_bytes)
+        tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True, centre=True)
+        chosen.append({(n.name, k): v for n in tuned.nodes for k, v in n.params.items()})
+    assert chosen[0].keys() == chosen[1].keys()
+    for key, value in chosen[0].items():
+        np.testing.assert_array_equal(chosen[1][key], value, err_msg=str(key))

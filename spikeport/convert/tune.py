@@ -463,9 +463,9 @@ class _Run:
         """The ANN's value of `node`'s output: `ann_node` (its ANN twin, whose inputs may be
         named otherwise) run on the ANN values of `node`'s inputs (or on `values`')."""
         values = self.ann if values is None else values
-        k = _kernel(ann_node, "ann", self.graph.shape(node.output))
-        k.reset(len(values[node.inputs[0]]) if node.inputs else 1)
-        return k(*[values[i] for i in node.inputs])
+        batch = len(values[node.inputs[0]]) if node.inputs else 1
+        kernel = _Parts(ann_node, "ann", self.graph.shape(node.output), batch)
+        return kernel([values[i] for i in node.inputs], stored=False)
 
     def alias(self, tensor: str, src: str) -> None:
         """`tensor` has the ANN value of `src` (a node tune inserted that the ANN view skips)."""
@@ -485,15 +485,15 @@ class _Run:
     def step(self, node: Node, ann_node: Node, ann_output: np.ndarray | None = None) -> None:
         """Run `node` on the spiking values and `ann_node` on the ANN's (unless its output is
         given: _refit computed it already)."""
-        snn_k = _kernel(node, "float", self.graph.shape(node.output))
-        snn_k.reset(len(self.ann[node.inputs[0]]) if node.inputs else 1)
+        batch = len(self.ann[node.inputs[0]]) if node.inputs else 1
+        snn_k = _Parts(node, "float", self.graph.shape(node.output), batch)
         if ann_output is None:
             ann_output = self.ann_output(node, ann_node)
         self.ann[node.output] = ann_output
         if self.moved is not None:
             self.moved[node.output] = self.ann_output(node, ann_node, self.moved)
         if node.output in self.static:
-            value = _stored(snn_k(*[self.spiking[i][0] for i in node.inputs]))
+            value = snn_k([self.spiking[i][0] for i in node.inputs])
             self.spiking[node.output] = [value] * self.T
         else:
             # inputs this node reads last: each step is dropped once computed, so a wide layer
@@ -503,7 +503,7 @@ class _Run:
             done = [i for i in node.inputs if self.left[i] == 1 and i not in kept]
             outs = []
             for t in range(self.T):
-                outs.append(_stored(snn_k(*[self.spiking[i][t] for i in node.inputs])))
+                outs.append(snn_k([self.spiking[i][t] for i in node.inputs]))
                 for i in done:
                     self.spiking[i][t] = None
             self.spiking[node.output] = outs
@@ -549,6 +549,44 @@ def _kernel(node: Node, mode: str, shape: tuple[int, ...]) -> Kernel | _OneStep:
     maker = FAST_KERNELS.get(node.op) if node.op in STEPPED_FAST else None
     fast = maker(node, mode, shape, None) if maker is not None else None
     return KERNELS[node.op](node, mode, shape) if fast is None else _OneStep(fast)
+
+
+# The kernels other than STEPPED_FAST's run on parts of the samples whose one-step float64
+# output is at most this many bytes; the kernels are elementwise or per sample, so the values
+# are the same. Their temporaries were most of the search's peak: all-MiniLM-L6-v2's GELU in
+# its running-sum form, on 140 sentences of 1536 features, holds its sums, its previous
+# output and about four temporaries of 55 MiB each at every step, beside 16 steps of input
+# and output. (A dense layer or convolution runs whole: its BLAS may sum in another order
+# for fewer rows, and its temporaries are its input and output.)
+STEP_PART_BYTES = 1 << 24
+
+
+class _Parts:
+    """A node's kernels, one per part of the batch (STEP_PART_BYTES), each reset for its part."""
+
+    def __init__(self, node: Node, mode: str, shape: tuple[int, ...], batch: int):
+        rows = max(1, STEP_PART_BYTES // (8 * max(1, math.prod(shape))))
+        rows = max(batch, 1) if node.op in STEPPED_FAST or not node.inputs else rows
+        self.batch, self.kernels = batch, []
+        for start in range(0, max(batch, 1), rows):
+            k = _kernel(node, mode, shape)
+            k.reset(min(rows, batch - start) if node.inputs else batch)
+            self.kernels.append((slice(start, start + rows), k))
+
+    def __call__(self, inputs: list[np.ndarray], stored: bool = True) -> np.ndarray:
+        """One step on `inputs` (each sliced where it has the batch's length), joined; as the
+        search records it (_stored) unless not `stored`."""
+        if len(self.kernels) == 1:
+            y = self.kernels[0][1](*inputs)
+            return _stored(y) if stored else y
+        out = None
+        for rows, k in self.kernels:
+            y = k(*[v[rows] if np.ndim(v) and len(v) == self.batch else v for v in inputs])
+            if out is None:
+                dtype = _stored(y[:0]).dtype if stored else y.dtype
+                out = np.empty((self.batch,) + y.shape[1:], dtype)
+            out[rows] = y  # (float64 -> float32: astype's rounding)
+        return out
 
 
 def _samples(graph: Graph, x: Batch, T: int, wanted: int | None = None) -> Batch:
@@ -774,7 +812,9 @@ def tune_thresholds(
     `extra_neurons`: at most this share of a layer's features in extra neurons for its
     outlier features (split.neuron_copies). `moved`: `x` with its padding's token ids
     changed (padding.moved): the values that move with them stay out of every fit.
-    `advance(1)` after each neuron layer searched (convert's progress bar)."""
+    `advance(1)` after each neuron layer searched (convert's progress bar). The parameters it
+    leaves are read-only views of snn's (_search_copy; t_aware's _share_unchanged gives the
+    kept candidate snn's own)."""
     out, axes = _search_copy(snn), dict(axes)  # (centring may add tensors: _border_offset)
     run = _Run(out, x, T, extra_neurons, moved)
     corrected = _corrected(out) if correct else set()
