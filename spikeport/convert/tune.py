@@ -91,14 +91,10 @@ TUNE_SAMPLES = 256
 # the 16-step search fits, too few for the pooled candidate (POOLED_VALUES); on 132, 56.1 ->
 # 64.1 % at T = 8 (float mode, test split; ANN 78.4).
 # Those counts were float64's; the search now records float32 (STORED), so a budget holds
-# twice the samples (448 MiB: 140 of those sentences at 16 steps, 200 at 9). Measured on that
-# encoder with 200 calibration sentences, `--search quick` at T = 8 (the search for T alone):
-# peak 2,234 MiB on 200 sentences in float32, 2,327 MiB on 132 in float64 (the code before);
-# neither is under issue #20's 2 GB (its 1,858 MiB, benchmarks/RESULTS.md 3c, is from
-# 2026-12-02, before the weight refit and several candidates). On 16 sentences it peaks at
-# 1,310 MiB (`--no-t-aware`: 934), so the search costs 5.0 MiB a sentence in float32 (8.8 in
-# float64: about 2.8 and 2.5 of its widest tensors' 9 steps) on top of 1.3 GB that does not
-# grow with them; under 2 GB at 448 MiB a tensor needs that 1.3 GB to shrink (open).
+# twice the samples (448 MiB: 140 of those sentences at 16 steps, 200 at 9). On that encoder
+# with 200 calibration sentences the default convert -T 8 peaks at 1,885 MiB (issue #20's
+# 2 GB; benchmarks/RESULTS.md 3c, 2026-12-06), most of it the widest tensor's steps, its ANN
+# values and the kernels' temporaries (_Parts: on parts of the samples).
 # `convert --tune-samples N` lifts both limits for a user with the memory: all-MiniLM-L6-v2
 # at T = 16 on 256 calibration sentences (1.7 GiB a tensor, 5.5 GB peak, 28 min on 2 cores)
 # rose from 0.9839 to 0.9873 (cosine, 64 test sentences; README's encoder table).
