@@ -582,19 +582,32 @@ def test_the_search_subsample_reads_every_column_of_an_image():
     assert len(np.unique(np.arange(m)[_positions(m, 24, 8, False)] % 32)) == 1  # the old way
 
 
+def _untuned(example: str, samples: int):
+    """`example` converted without the T-aware search, the first `samples` of its calibration
+    data and its channel axes: what tune_thresholds reads."""
+    from spikeport.batch import take
+    from spikeport.convert import convert
+    from spikeport.convert.balance import channel_axes
+
+    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
+    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
+    return snn, take(load_data(calib, snn.inputs).x, slice(samples)), channel_axes(snn)
+
+
+def _params(graph) -> dict:
+    """Every parameter array of `graph`, by (node, name)."""
+    return {(n.name, k): v for n in graph.nodes for k, v in n.params.items()}
+
+
 @pytest.mark.parametrize("example", ["digits_cnn", "text_bert"])
 def test_the_search_records_float32_and_chooses_as_float64_would(monkeypatch, example):
     """The search keeps its recorded steps in float32 (tune.STORED), half float64's memory, so
     the budget holds twice the samples; the thresholds and biases it chooses are float64's to
     float32's rounding (a spike is a float32 threshold; a current's rounding is far below the
     grid's spacing)."""
-    from spikeport.batch import take
-    from spikeport.convert import convert, tune
-    from spikeport.convert.balance import channel_axes
+    from spikeport.convert import tune
 
-    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
-    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
-    x, axes = take(load_data(calib, snn.inputs).x, slice(48)), channel_axes(snn)
+    snn, x, axes = _untuned(example, 48)
     run = tune._Run(snn, x, 2)
     node = next(n for n in snn.nodes if n.inputs and n.inputs[0] in run.spiking)
     run.step(node, node)
@@ -607,7 +620,7 @@ def test_the_search_records_float32_and_chooses_as_float64_would(monkeypatch, ex
     for stored in (np.float32, np.float64):
         monkeypatch.setattr(tune, "STORED", stored)
         tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True)
-        chosen[stored] = {(n.name, k): v for n in tuned.nodes for k, v in n.params.items()}
+        chosen[stored] = _params(tuned)
     assert chosen[np.float32].keys() == chosen[np.float64].keys()
     for key, value in chosen[np.float64].items():
         np.testing.assert_allclose(chosen[np.float32][key], value, rtol=1e-4, err_msg=str(key))
@@ -619,18 +632,13 @@ def test_a_search_shares_the_weights_it_leaves_and_never_writes_into_them(exampl
     graph's (a write into one would raise): the graph it was given is unchanged, and a weight
     the search left is the same memory; the candidate t_aware keeps holds no read-only array
     (later stages may write their own)."""
-    from spikeport.batch import take
-    from spikeport.convert import convert, tune
-    from spikeport.convert.balance import channel_axes
+    from spikeport.convert import tune
 
-    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
-    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
-    before = {(n.name, k): v.copy() for n in snn.nodes for k, v in n.params.items()}
-    x, axes = take(load_data(calib, snn.inputs).x, slice(48)), channel_axes(snn)
+    snn, x, axes = _untuned(example, 48)
+    before = {key: v.copy() for key, v in _params(snn).items()}
     tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True, centre=True)
-    for n in snn.nodes:
-        for k, v in n.params.items():
-            np.testing.assert_array_equal(v, before[n.name, k], err_msg=f"{n.name} {k}")
+    for key, v in _params(snn).items():
+        np.testing.assert_array_equal(v, before[key], err_msg=str(key))
     base = {n.name: n for n in snn.nodes}
     shared = [
         k
@@ -708,18 +716,14 @@ def test_kernels_run_on_parts_of_the_samples_to_the_same_values(monkeypatch, exa
     the samples (tune.STEP_PART_BYTES: their temporaries were most of a large encoder's
     peak); they are elementwise or per sample, so every value it chooses is the same bit for
     bit, whatever the parts."""
-    from spikeport.batch import take
-    from spikeport.convert import convert, tune
-    from spikeport.convert.balance import channel_axes
+    from spikeport.convert import tune
 
-    calib = EXAMPLES / ("text_calib.npz" if example == "text_bert" else "digits_calib.npz")
-    snn = convert(EXAMPLES / f"{example}.onnx", calib, tune=False)
-    x, axes = take(load_data(calib, snn.inputs).x, slice(40)), channel_axes(snn)
+    snn, x, axes = _untuned(example, 40)
     chosen = []
     for part_bytes in (tune.STEP_PART_BYTES, 3000):  # one part; parts of a few samples
         monkeypatch.setattr(tune, "STEP_PART_BYTES", part_bytes)
         tuned = tune.tune_thresholds(snn, x, 2, axes, correct=True, centre=True)
-        chosen.append({(n.name, k): v for n in tuned.nodes for k, v in n.params.items()})
+        chosen.append(_params(tuned))
     assert chosen[0].keys() == chosen[1].keys()
     for key, value in chosen[0].items():
         np.testing.assert_array_equal(chosen[1][key], value, err_msg=str(key))

@@ -119,8 +119,6 @@ def convert(
         raise BadInput(f"--product-operands must be one of {PRODUCT_OPERANDS}")
     lowest = min(percentile, input_percentile)
     stats = collect(ann, runner, data.x, lowest, product_operands=product_operands)
-    del runner
-    release_freed_memory()
     # At one step a signed neuron is the unsigned one (it has fired nothing it could take
     # back), so the search for T = 1 runs on unsigned neurons and they are signed after it.
     # Searched signed, its 2- and 4-step candidates differed: on the held-out CNN family
@@ -132,7 +130,9 @@ def convert(
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         axes = channel_axes(ann)
-        del ann, stats  # balance copied what the search needs (85 MiB of a 22M-weight encoder)
+        # balance copied what the search needs (85 MiB of a 22M-weight encoder); the freed
+        # heap of calibration goes back too (180 MiB there)
+        del ann, stats, runner
         release_freed_memory()
         snn, record = t_aware(
             snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search
