@@ -25,9 +25,10 @@ from spikeport.ir.ext_ops import pad_width, resize_matrices
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr, static_tensors
 from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_reach
-from spikeport.quantize.ranges import bound
+from spikeport.quantize.ranges import BOUNDS, bound
 from spikeport.quantize.scales import channel_vector, compact
 from spikeport.quantize.seq import _ec, _full, _q_max, _requant, provable_shift, reduced_scale
+from spikeport.quantize.uniform_inputs import PEAK_STEPS, PRECISION_BITS, SPREAD, is_uniform_input
 from spikeport.sim import intfunc as F
 from spikeport.sim.arith import int_limit, round_to_int
 
@@ -171,6 +172,8 @@ def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
     finer than the input by up to 2^CHANNEL_SCALE_FRAC so that the floor costs little: fewer
     where the input's steps are already fine (its calibrated peak over ~2^ADD_OUT_BITS steps;
     PoolFormer's pooling of a GroupNorm output overflowed 32 bits with all 8)."""
+    if is_uniform_input(node):
+        return _uniform_input(ctx, node)
     scale = ctx.scale_in(node) * np.abs(node.params["factor"].astype(np.float64))
     shape = ctx.shape_in(node)
     if len(shape) != 3 or channel_vector(scale, shape) is not None:
@@ -184,6 +187,44 @@ def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
     frac = _frac(ctx, node, float(top.min()), CHANNEL_SCALE_FRAC, 0, ADD_OUT_BITS)
     node.attrs["shift"] = CHANNEL_SCALE_BITS - frac
     return top / 2**frac
+
+
+def _uniform_input(ctx: _Ctx, node: Node) -> np.ndarray:
+    """One scale for every element (quantize/uniform_inputs.py): the input scale relative to
+    its largest is an integer multiplier `factor_q` / 2^shift, the output scale the largest
+    / 2^frac, frac the fewest bits that keep PRECISION_BITS of the finest element's step, and
+    no more than bring the calibrated peak to about 2^ADD_OUT_BITS steps. Input scales within
+    SPREAD of each other pass as they are (the node is dropped after the walk)."""
+    scale, shape = ctx.scale_in(node), ctx.shape_in(node)
+    top, low = float(np.max(scale)), float(np.min(scale))
+    if low <= 0 or top <= SPREAD * low:
+        return scale
+    ratio = compact(scale, shape) / top
+    finest = PRECISION_BITS + math.ceil(math.log2(top / low))
+    frac = min(finest, _frac(ctx, node, top, CHANNEL_SCALE_BITS, 0, ADD_OUT_BITS))
+    frac = min(frac, _uniform_room(ctx, node, ratio, top))
+    if ctx.peak(node.output) / top * 2**frac < 2**PEAK_STEPS:
+        return scale  # too coarse to gain: the node is dropped
+    node.params["factor_q"] = round_to_int(ratio * 2**CHANNEL_SCALE_BITS).astype(np.int32)
+    node.attrs["shift"] = CHANNEL_SCALE_BITS - frac
+    return np.array(top / 2**frac)
+
+
+def _uniform_room(ctx: _Ctx, node: Node, ratio: np.ndarray, top: float) -> int:
+    """The most fraction bits at which the reader's proven T-step sum (the graph output's
+    accumulator) still fits the state bits with a bit to spare: its integers grow as 2^frac.
+    Proven at frac 0 with the reader's weights as quantize will give them (one scale, on the
+    weights alone), the floor's + 1 on every step included."""
+    reader = ctx.graph.consumers(node.output)[0]
+    T, b = ctx.max_timesteps, ctx.bounds[node.inputs[0]]
+    steps, totals = np.floor(b.step * ratio) + 1, np.floor(b.total * ratio) + T
+    w = reader.params["weight"].astype(np.float64)
+    lim, peak_w = int_limit(ctx.profile.weight_bits), max(float(np.abs(w).max()), 1e-30)
+    trial = {"weight_q": np.round(w / peak_w * lim),
+             "bias_q": np.round(reader.params["bias"] / (peak_w * top / lim))}  # fmt: skip
+    probe = Node(reader.name, reader.op, reader.inputs, reader.output, reader.attrs, trial)
+    worst = float(np.max(BOUNDS[reader.op](probe, [steps], T, [totals])[2], initial=1))
+    return math.floor(math.log2(int_limit(ctx.profile.state_bits) / max(worst, 1))) - 1
 
 
 @handler("pad")

@@ -48,6 +48,11 @@ from spikeport.quantize.scales import (
     input_channels,
     read_requantized,
 )
+from spikeport.quantize.uniform_inputs import (
+    drop_identity,
+    insert_uniform_inputs,
+    remove_uniform_inputs,
+)
 from spikeport.registry import registrar
 from spikeport.sim.arith import int_limit, round_to_int
 from spikeport.sim.kinds import (
@@ -789,13 +794,32 @@ def quantize_kind(
     caps: Mapping[str, np.ndarray] | None = None,
 ) -> Graph:
     """quantize in the profile's own neuron kind (`vth_divisor`, `caps`: kind "sdn"'s, see
-    set_kind; the caps are the calibrated peaks, measured here where not given)."""
+    set_kind; the caps are the calibrated peaks, measured here where not given). The graph
+    outputs' weight layers read their input at one scale (uniform_inputs.py), unless its
+    larger integers overflow where the plain ones prove: then without."""
     if profile.neuron_kind == SDN and caps is None:
         from spikeport.convert.calibrate import activation_peaks
 
         caps = activation_peaks(graph, calib_x)
+    args = (graph, calib_x, profile, max_timesteps, vth_divisor, caps)
+    try:
+        return _quantize_kind(*args, uniform=True)
+    except OverflowWithinSteps:
+        return _quantize_kind(*args, uniform=False)
+
+
+def _quantize_kind(
+    graph: Graph,
+    calib_x: Batch,
+    profile: Profile,
+    max_timesteps: int,
+    vth_divisor: int,
+    caps: Mapping[str, np.ndarray] | None,
+    uniform: bool,
+) -> Graph:
     out = set_kind(graph, profile.neuron_kind, vth_divisor, caps)  # a copy, in the kind
     join_outlier_inputs(out)  # quantized before: start from the layers as converted
+    remove_uniform_inputs(out)
     if "channel_scale" not in profile.ops:  # into copies of the layers in front, where it can
         fold_channel_scales(out)
     for n in out.nodes:
@@ -803,6 +827,7 @@ def quantize_kind(
             del n.params[k]  # re-quantizing starts from the float params
     check_capabilities(out, profile)
     split = split_outlier_inputs(out, profile)
+    uniform_in = insert_uniform_inputs(out, profile) if uniform else []
     ctx = _Ctx(
         out,
         profile,
@@ -820,6 +845,9 @@ def quantize_kind(
                 if prod is not None and prod.op in ("dense", "conv2d"):
                     ctx.bounds[i] = node_bounds(prod, ctx.bounds, max_timesteps)
         ctx.bounds[n.output] = node_bounds(n, ctx.bounds, max_timesteps)
+    uniform_in = drop_identity(out, uniform_in)
+    for t in set(ctx.scales) - set(out.tensors):
+        ctx.scales.pop(t), ctx.bounds.pop(t, None)
     for o in out.outputs:
         # Class scores are compared as integers (argmax): one scale. Other outputs (boxes,
         # embeddings, maps) are read in real units by the simulator; a target's emitted code
@@ -849,6 +877,8 @@ def quantize_kind(
     check_graph(out)
     if split:  # recorded only where it happened: other artifacts unchanged
         out.meta["quantization"]["outlier_inputs_split"] = split
+    if uniform_in:  # recorded only where it happened: other artifacts unchanged
+        out.meta["quantization"]["uniform_inputs"] = uniform_in
     if ctx.notes:  # recorded only where something was left out: other artifacts unchanged
         out.meta["quantization"]["notes"] = ctx.notes
     out.meta["quantization"]["proven_peak"] = prove_ranges(out, max_timesteps)
