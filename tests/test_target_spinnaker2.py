@@ -343,7 +343,8 @@ def test_weights_beyond_the_neuron_model_are_refused(tmp_path):
     ):
         emit(g, "spinnaker2-8bit", out)
     assert not out.exists()
-    wide = quantize(snn, x, Profile("w12", weight_bits=12, state_bits=32), max_timesteps=8)
+    ops = get_profile("spinnaker2").ops  # its ops: no classifier multipliers (uniform_inputs)
+    wide = quantize(snn, x, Profile("w12", weight_bits=12, state_bits=32, ops=ops), max_timesteps=8)
     with pytest.raises(
         CapabilityExceeded,
         match="node 'gemm_4' \\(synapses\\): synapse weights "
