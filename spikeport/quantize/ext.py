@@ -192,9 +192,10 @@ def _channel_scale(ctx: _Ctx, node: Node) -> np.ndarray:
 def _uniform_input(ctx: _Ctx, node: Node) -> np.ndarray:
     """One scale for every element (quantize/uniform_inputs.py): the input scale relative to
     its largest is an integer multiplier `factor_q` / 2^shift, the output scale the largest
-    / 2^frac, frac the fewest bits that keep PRECISION_BITS of the finest element's step, and
-    no more than bring the calibrated peak to about 2^ADD_OUT_BITS steps. Input scales within
-    SPREAD of each other pass as they are (the node is dropped after the walk)."""
+    / 2^frac, with frac enough for PRECISION_BITS of the finest element's step but no more
+    than brings the calibrated peak to about 2^ADD_OUT_BITS steps, nor than the range proof
+    has room for (_uniform_room). Input scales within SPREAD of each other, or a peak below
+    2^PEAK_STEPS steps at that frac, pass as they are (the node is dropped after the walk)."""
     scale, shape = ctx.scale_in(node), ctx.shape_in(node)
     top, low = float(np.max(scale)), float(np.min(scale))
     if low <= 0 or top <= SPREAD * low:

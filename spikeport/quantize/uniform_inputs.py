@@ -71,7 +71,8 @@ def insert_uniform_inputs(graph: Graph, profile: Profile) -> list[str]:
 def _reads_spikes(graph: Graph, tensor: str) -> bool:
     """Whether `tensor` holds a neuron's spikes (through element moves and max pools): a spike
     multiplied to 2^7 or more steps would turn the layer's event-driven synapses (the C
-    target's) into multiplies, and on the digits MLP the finer weights changed no test image."""
+    target's) into multiplies, and on the digits MLP the finer weights gained one test image
+    of 540 (at T = 8; none at T = 1, 2, 4)."""
     node = value_source(graph, tensor)
     while node is not None and node.op == "maxpool2d":
         node = value_source(graph, node.inputs[0])
