@@ -39,16 +39,6 @@ from spikeport.quantize import get_profile  # noqa: E402
 from spikeport.quantize.quantize import quantize_kind  # noqa: E402
 from spikeport.threads import set_threads  # noqa: E402
 
-QUANTIZE = sys.modules["spikeport.quantize.quantize"]  # the package exports the function
-
-
-def _quantized(snn: Graph, x_calib, uniform: bool) -> Graph:
-    """quantize --target sim, with or without the multipliers (quantize_kind's own retry)."""
-    if uniform:
-        return quantize_kind(snn, x_calib, get_profile("sim"))
-    args = (QUANTIZE.DEFAULT_MAX_TIMESTEPS, QUANTIZE.SDN_VTH_DIVISORS[1], None)
-    return QUANTIZE._quantize_kind(snn, x_calib, get_profile("sim"), *args, uniform=False)
-
 
 def _accuracy(graph: Graph, test: Dataset, T: int, path: Path) -> float:
     return evaluate(graph, test, [T], "int", str(path))["records"][0]["accuracy"]
@@ -60,21 +50,24 @@ def ab_rows(spec: tuple[str, str, str], task: str) -> list[dict[str, object]]:
     set_threads(1)
     torch.set_num_threads(1)
     arch, _, seed = spec
-    with tempfile.TemporaryDirectory() as work:
-        _, path = cnn_family.make(arch, int(seed), Path(work), task=task)
-        return [_ab(path, arch, seed, task, T) for T in cnn_family.TS]
-
-
-def _ab(path: Path, arch: str, seed: str, task: str, T: int) -> dict[str, object]:
     splits = cnn_family.TASKS[task].splits()
     test, x_calib = load_data(splits["test"], labels=True), load_data(splits["calib"]).x
-    snn = convert(path, splits["calib"], timesteps=T)
-    with_them = _quantized(snn, x_calib, True)
-    layers = with_them.meta["quantization"].get("uniform_inputs", [])
-    on = _accuracy(with_them, test, T, path)
-    off = _accuracy(_quantized(snn, x_calib, False), test, T, path) if layers else on
-    print(f"{arch}:{seed} T={T}: {100 * on:.2f} / {100 * off:.2f}", flush=True)
-    return {"net": f"{arch}:{seed}", "T": T, "uniform": on, "plain": off, "layers": layers}
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        _, path = cnn_family.make(arch, int(seed), Path(work), task=task)
+        for T in cnn_family.TS:
+            snn = convert(path, splits["calib"], timesteps=T)
+            with_them = quantize_kind(snn, x_calib, get_profile("sim"))
+            layers = with_them.meta["quantization"].get("uniform_inputs", [])
+            on = _accuracy(with_them, test, T, path)
+            off = on
+            if layers:  # else both are the same graph
+                plain = quantize_kind(snn, x_calib, get_profile("sim"), uniform_inputs=False)
+                off = _accuracy(plain, test, T, path)
+            print(f"{arch}:{seed} T={T}: {100 * on:.2f} / {100 * off:.2f}", flush=True)
+            rows.append({"net": f"{arch}:{seed}", "T": T, "uniform": on, "plain": off,
+                         "layers": layers})  # fmt: skip
+    return rows
 
 
 def main() -> None:

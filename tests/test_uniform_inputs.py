@@ -12,12 +12,11 @@ import pytest
 from spikeport.ir.ops import value_source
 from spikeport.quantize import get_profile, quantize
 from spikeport.quantize import uniform_inputs as uniform
+from spikeport.quantize.quantize import quantize_kind
 from spikeport.sim import simulate
 from spikeport.targets import get_target
 
 T = 8
-QUANTIZE = sys.modules["spikeport.quantize.quantize"]  # the package exports the function
-VTH = QUANTIZE.SDN_VTH_DIVISORS[1]  # quantize_kind's default
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +30,9 @@ def _calib(case) -> np.ndarray:
     return np.load(case.calib)["x"]
 
 
-def _plain(case):
+def _plain(snn, calib):
     """The same graph quantized with the output layer reading its input as it is."""
-    return QUANTIZE._quantize_kind(
-        case.snn,
-        _calib(case),
-        get_profile("sim"),
-        64,
-        QUANTIZE.SDN_VTH_DIVISORS[1],
-        None,
-        uniform=False,
-    )
+    return quantize_kind(snn, calib, get_profile("sim"), uniform_inputs=False)
 
 
 def test_the_output_layer_reads_one_scale(gap):
@@ -86,7 +77,7 @@ def test_its_real_weights_are_finer(spread, gap):
     snn, name = spread
     calib = _calib(gap)
     q = quantize(snn, calib, get_profile("sim"))
-    plain = QUANTIZE._quantize_kind(snn, calib, get_profile("sim"), 64, VTH, None, uniform=False)
+    plain = _plain(snn, calib)
     w = snn.node(name).params["weight"].astype(np.float64)
     s_x = plain.scales[plain.node(name).inputs[0]].reshape(1, -1)
     p = plain.node(name)
@@ -103,7 +94,7 @@ def test_the_same_function_in_float(gap):
     x = gap.test_x[:32]
     out = gap.snn.outputs[0]
     a = simulate(gap.int, x, T, "float").outputs[out]
-    b = simulate(_plain(gap), x, T, "float").outputs[out]
+    b = simulate(_plain(gap.snn, _calib(gap)), x, T, "float").outputs[out]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * np.abs(a).max())
 
 
@@ -140,7 +131,7 @@ def test_no_room_in_the_proof_keeps_the_input_as_it_was(gap, monkeypatch):
     monkeypatch.setattr(ext, "_uniform_room", lambda *a: 40)  # as if the proof had room
     monkeypatch.setattr(ext, "PRECISION_BITS", 40)  # and 15 fraction bits were asked
     q = quantize(gap.snn, _calib(gap), get_profile("sim"))
-    plain = _plain(gap)
+    plain = _plain(gap.snn, _calib(gap))
     assert "uniform_inputs" not in q.meta["quantization"]
     assert q.meta["quantization"]["max_timesteps"] == plain.meta["quantization"]["max_timesteps"]
     assert [n.name for n in q.nodes] == [n.name for n in plain.nodes]

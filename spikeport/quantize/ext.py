@@ -24,8 +24,14 @@ import numpy as np
 from spikeport.ir.ext_ops import pad_width, resize_matrices
 from spikeport.ir.graph import Node
 from spikeport.ir.ops import attr, static_tensors
-from spikeport.quantize.quantize import ADD_OUT_BITS, _Ctx, handler, summing_reach
-from spikeport.quantize.ranges import BOUNDS, bound
+from spikeport.quantize.quantize import (
+    ADD_OUT_BITS,
+    _Ctx,
+    _store_weights,
+    handler,
+    summing_reach,
+)
+from spikeport.quantize.ranges import NodeBounds, bound, node_bounds
 from spikeport.quantize.scales import channel_vector, compact
 from spikeport.quantize.seq import _ec, _full, _q_max, _requant, provable_shift, reduced_scale
 from spikeport.quantize.uniform_inputs import PEAK_STEPS, PRECISION_BITS, SPREAD, is_uniform_input
@@ -214,17 +220,18 @@ def _uniform_input(ctx: _Ctx, node: Node) -> np.ndarray:
 def _uniform_room(ctx: _Ctx, node: Node, ratio: np.ndarray, top: float) -> int:
     """The most fraction bits at which the reader's proven T-step sum (the graph output's
     accumulator) still fits the state bits with a bit to spare: its integers grow as 2^frac.
-    Proven at frac 0 with the reader's weights as quantize will give them (one scale, on the
-    weights alone), the floor's + 1 on every step included."""
+    Proven at frac 0 (input scale `top`) with the reader's weights as quantize will store
+    them (one scale, on the weights alone), the floor's + 1 on every step included, and its
+    input taken as signed (no nonneg halving: a bit of margin)."""
     reader = ctx.graph.consumers(node.output)[0]
     T, b = ctx.max_timesteps, ctx.bounds[node.inputs[0]]
-    steps, totals = np.floor(b.step * ratio) + 1, np.floor(b.total * ratio) + T
-    w = reader.params["weight"].astype(np.float64)
-    lim, peak_w = int_limit(ctx.profile.weight_bits), max(float(np.abs(w).max()), 1e-30)
-    trial = {"weight_q": np.round(w / peak_w * lim),
-             "bias_q": np.round(reader.params["bias"] / (peak_w * top / lim))}  # fmt: skip
-    probe = Node(reader.name, reader.op, reader.inputs, reader.output, reader.attrs, trial)
-    worst = float(np.max(BOUNDS[reader.op](probe, [steps], T, [totals])[2], initial=1))
+    w_eff = reader.params["weight"].astype(np.float64) * top
+    probe = Node(reader.name, reader.op, reader.inputs, reader.output, reader.attrs,
+                 dict(reader.params))  # fmt: skip
+    s_w = max(float(np.abs(w_eff).max()), 1e-300) / int_limit(ctx.profile.weight_bits)
+    _store_weights(ctx, probe, w_eff, np.full(len(w_eff), s_w))
+    scaled = NodeBounds(np.floor(b.step * ratio) + 1, np.floor(b.total * ratio) + T, 0.0)
+    worst = node_bounds(probe, {node.output: scaled}, T).worst(True)
     return math.floor(math.log2(int_limit(ctx.profile.state_bits) / max(worst, 1))) - 1
 
 

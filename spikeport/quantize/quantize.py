@@ -792,20 +792,24 @@ def quantize_kind(
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS,
     vth_divisor: int = SDN_VTH_DIVISORS[1],
     caps: Mapping[str, np.ndarray] | None = None,
+    uniform_inputs: bool = True,
 ) -> Graph:
     """quantize in the profile's own neuron kind (`vth_divisor`, `caps`: kind "sdn"'s, see
-    set_kind; the caps are the calibrated peaks, measured here where not given). The graph
-    outputs' weight layers read their input at one scale (uniform_inputs.py), unless its
-    larger integers overflow where the plain ones prove: then without."""
+    set_kind; the caps are the calibrated peaks, measured here where not given). With
+    `uniform_inputs` the graph outputs' weight layers read their input at one scale
+    (uniform_inputs.py), unless its larger integers overflow where the plain ones prove:
+    then without."""
     if profile.neuron_kind == SDN and caps is None:
         from spikeport.convert.calibrate import activation_peaks
 
         caps = activation_peaks(graph, calib_x)
     args = (graph, calib_x, profile, max_timesteps, vth_divisor, caps)
-    try:
-        return _quantize_kind(*args, uniform=True)
-    except OverflowWithinSteps:
-        return _quantize_kind(*args, uniform=False)
+    if uniform_inputs:
+        try:
+            return _quantize_kind(*args, uniform=True)
+        except OverflowWithinSteps:
+            pass
+    return _quantize_kind(*args, uniform=False)
 
 
 def _quantize_kind(
@@ -846,8 +850,9 @@ def _quantize_kind(
                     ctx.bounds[i] = node_bounds(prod, ctx.bounds, max_timesteps)
         ctx.bounds[n.output] = node_bounds(n, ctx.bounds, max_timesteps)
     uniform_in = drop_identity(out, uniform_in)
-    for t in set(ctx.scales) - set(out.tensors):
-        ctx.scales.pop(t), ctx.bounds.pop(t, None)
+    for t in set(ctx.scales) - set(out.tensors):  # the dropped nodes' outputs
+        del ctx.scales[t]
+        ctx.bounds.pop(t, None)
     for o in out.outputs:
         # Class scores are compared as integers (argmax): one scale. Other outputs (boxes,
         # embeddings, maps) are read in real units by the simulator; a target's emitted code
