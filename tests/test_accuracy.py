@@ -727,3 +727,28 @@ def test_kernels_run_on_parts_of_the_samples_to_the_same_values(monkeypatch, exa
     assert chosen[0].keys() == chosen[1].keys()
     for key, value in chosen[0].items():
         np.testing.assert_array_equal(chosen[1][key], value, err_msg=str(key))
+
+
+def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_scored_ones():
+    """The search holds T steps of every tensor, so its memory budget sets its samples; an
+    output layer needs only its input's mean rates, so where the search's samples were too few
+    to refit it (refit.refittable), it is refitted after the search on the samples the
+    candidates are scored on: closer to the ANN there, every other parameter as it was. Where
+    the search could refit it, it is left to the search."""
+    import copy
+
+    from spikeport.convert import tune
+
+    snn, x, axes = _untuned("digits_vit", 180)
+    reference = tune._float_outputs(snn, x, 1, "ann")
+    head = next(n for n in snn.nodes if n.output in snn.outputs)
+    graph = copy.deepcopy(snn)
+    assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == []
+    assert all(np.array_equal(v, _params(snn)[k]) for k, v in _params(graph).items())
+    before = tune._score(graph, x, 2, reference)[1]
+    assert tune._refit_outputs(graph, x, 2, reference, searched=8) == [head.name]
+    assert tune._score(graph, x, 2, reference)[1] > before  # (minus the relative error)
+    moved = [k for k, v in _params(graph).items() if not np.array_equal(v, _params(snn)[k])]
+    assert {name for name, _ in moved} == {head.name}
+    _, record = tune.t_aware(snn, x, 2, axes, samples=8, quiet=True, search="quick")
+    assert record["samples"] == 8 and head.name in record["refitted"]
