@@ -55,7 +55,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -277,14 +277,18 @@ def make(
 
 
 def spikeport_row(
-    path: Path, splits: dict[str, Path], search: str = "full", signed: bool = False
+    path: Path,
+    splits: dict[str, Path],
+    search: str = "full",
+    signed: bool = False,
+    timesteps: Sequence[int] = TS,
 ) -> dict[str, float]:
     """`convert -T T [--search quick] [--signed]` -> `quantize --target sim` -> `eval -T T`,
-    integer mode, each T; and "convert_seconds", the four conversions' time."""
+    integer mode, each T of `timesteps`; and "convert_seconds", the conversions' time."""
     test = load_data(splits["test"], labels=True)
     x_calib = load_data(splits["calib"]).x
     row: dict[str, float] = {"convert_seconds": 0.0}
-    for t in TS:
+    for t in timesteps:
         t0 = time.perf_counter()
         snn = convert(path, splits["calib"], timesteps=t, search=search, signed=signed)
         row["convert_seconds"] += time.perf_counter() - t0
@@ -352,7 +356,9 @@ def rate_coded_row(
     return row
 
 
-def sj_row(model: nn.Module, splits: dict[str, Path]) -> dict[str, float] | None:
+def sj_row(
+    model: nn.Module, splits: dict[str, Path], timesteps: Sequence[int] = TS
+) -> dict[str, float] | None:
     """SpikingJelly's best recipe at each T, or None where none converts the module."""
     import peer_sj
 
@@ -365,7 +371,7 @@ def sj_row(model: nn.Module, splits: dict[str, Path]) -> dict[str, float] | None
             snn, _ = peer_sj.convert(model, make_recipe())
         except (ValueError, NotImplementedError):  # its recipes refuse ReLU6, SiLU, hardswish
             return None
-        acc, _, _ = peer_sj.accuracy_vs_t(snn, test["x"], test["y"], TS)
+        acc, _, _ = peer_sj.accuracy_vs_t(snn, test["x"], test["y"], list(timesteps))
         best = {str(t): max(best.get(str(t), 0.0), a) for t, a in acc.items()}
     return best
 
@@ -380,9 +386,10 @@ def run_one(
     shift: int,
     mixup: float,
     task: str,
+    timesteps: Sequence[int] = TS,
 ) -> dict[str, Any]:
-    """Train one net (`spec`: arch, ":", seed) on `task` and score the rows asked for, on one
-    torch thread."""
+    """Train one net (`spec`: arch, ":", seed) on `task` and score the rows asked for, at
+    each T of `timesteps` (the fine-tuned and rate-coded rows: T = 2), on one torch thread."""
     arch, _, seed = spec
     torch.set_num_threads(1)
     splits = TASKS[task].splits()
@@ -391,10 +398,11 @@ def run_one(
     with tempfile.TemporaryDirectory() as tmp:
         model, path = make(arch, int(seed), Path(tmp), task=task)
         row = {"net": f"{arch}:{seed}", "ann": accuracy(model, test["x"], test["y"])}
-        row["spikeport"] = spikeport_row(path, splits)
-        row["spikeport_quick"] = spikeport_row(path, splits, "quick") if quick else None
-        row["spikeport_signed"] = spikeport_row(path, splits, signed=True) if signed else None
-        row["spikingjelly_best"] = sj_row(model, splits) if sj else None
+        scored = functools.partial(spikeport_row, path, splits, timesteps=timesteps)
+        row["spikeport"] = scored()
+        row["spikeport_quick"] = scored("quick") if quick else None
+        row["spikeport_signed"] = scored(signed=True) if signed else None
+        row["spikingjelly_best"] = sj_row(model, splits, timesteps) if sj else None
         # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
         start = few_step_start(path, splits) if finetune or rate_coded else None
         row["finetuned_T2"] = finetuned_row(path, splits, start, shift, mixup) if finetune else None
@@ -402,6 +410,17 @@ def run_one(
     row["seconds"] = time.perf_counter() - t0
     print(_line(row), flush=True)
     return row
+
+
+def _timesteps(text: str) -> list[int]:
+    """`--timesteps` "1,2,4,8,16" as ints, each at least 1."""
+    try:
+        ts = [int(t) for t in text.split(",")]
+    except ValueError:
+        ts = []
+    if not ts or min(ts) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of T >= 1")
+    return ts
 
 
 def net_specs(
@@ -434,6 +453,8 @@ def main() -> None:
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--mixup", type=float, default=0.0, help="fine-tuning's --mixup (off)")
     parallel.add_jobs(ap)
+    ap.add_argument("--timesteps", type=_timesteps, default=TS,
+                    help="T's to convert for and score at, comma-separated (1,2,4,8)")  # fmt: skip
     ap.add_argument("--out", help="results/cnn_family.json, or cnn_family_TASK.json")
     args = ap.parse_args()
     suffix = "" if args.task == "digits" else f"_{args.task}"
@@ -449,8 +470,9 @@ def main() -> None:
         k: getattr(args, k)
         for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup", "task")
     }
+    options["timesteps"] = args.timesteps
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
-           "task": args.task, "epochs": TASKS[args.task].epochs, "T": TS,
+           "task": args.task, "epochs": TASKS[args.task].epochs, "T": args.timesteps,
            "finetune_shift": args.shift, "finetune_mixup": args.mixup,
            **provenance.record()}  # fmt: skip
 
@@ -464,12 +486,18 @@ def main() -> None:
     print(table(rows))
 
 
+def _steps(rows: list[dict[str, Any]]) -> list[int]:
+    """The T's the rows were scored at (`--timesteps`)."""
+    return [int(t) for t in rows[0]["spikeport"] if t.isdigit()] if rows else TS
+
+
 def _line(row: dict[str, Any]) -> str:
-    acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in TS)
-    line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = 1 / 2 / 4 / 8: {acc}"
+    ts = _steps([row])
+    acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in ts)
+    line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = {' / '.join(map(str, ts))}: {acc}"
     for key, flag in (("spikeport_quick", "--search quick"), ("spikeport_signed", "--signed")):
         if row.get(key):
-            line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in TS)
+            line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in ts)
     for key, what in PER_SEED.items():
         if row.get(key):
             seeds = " / ".join(f"{100 * a:.2f}" for a in row[key].values())
@@ -479,8 +507,9 @@ def _line(row: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: each net's ANN and integer-mode accuracy at each T (SpikingJelly beneath)."""
-    head = "| net | method | ANN | " + " | ".join(f"T={t}" for t in TS) + " |"
-    lines = [head, "|---|---|---:|" + "---:|" * len(TS)]
+    ts = _steps(rows)
+    head = "| net | method | ANN | " + " | ".join(f"T={t}" for t in ts) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(ts)]
     for r in rows:
         methods = {
             "spikeport": r["spikeport"],
@@ -490,7 +519,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         }
         for name, accs in methods.items():
             if accs:
-                cells = " | ".join(f"{100 * accs[str(t)]:.2f}" for t in TS)
+                cells = " | ".join(f"{100 * accs[str(t)]:.2f}" for t in ts)
                 lines.append(f"| {r['net']} | {name} | {100 * r['ann']:.2f} | {cells} |")
     for key, what in PER_SEED.items():
         tuned = [r for r in rows if r.get(key)]
@@ -522,18 +551,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    ts = _steps(rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for k, (key, (label, marker, colour)) in enumerate(PLOTTED.items()):
-        gaps = [(t, 100 * (r[key][str(t)] - r["ann"])) for r in rows if r.get(key) for t in TS]
+        gaps = [(t, 100 * (r[key][str(t)] - r["ann"])) for r in rows if r.get(key) for t in ts]
         if gaps:
-            x = [i + (k - 1) * 0.12 for i, _ in ((TS.index(t), g) for t, g in gaps)]
+            x = [i + (k - 1) * 0.12 for i, _ in ((ts.index(t), g) for t, g in gaps)]
             ax.scatter(x, [g for _, g in gaps], marker=marker, color=colour, label=label, alpha=0.7)
     ax.axhline(BAR, color="grey", linestyle="--", linewidth=1, label="1 point under the ANN")
     ax.set_yscale("symlog", linthresh=1)
     ticks = [-90, -50, -20, -10, -5, -2, -1, 0, 1]
     ax.set_yticks(ticks, [str(t) for t in ticks])
     ax.set_ylim(-100, 2)
-    ax.set_xticks(range(len(TS)), [f"T = {t}" for t in TS])
+    ax.set_xticks(range(len(ts)), [f"T = {t}" for t in ts])
     ax.set_ylabel("accuracy - ANN (points, integer mode)")
     ax.set_title(f"Held-out CNN family, {len(rows)} nets, test split")
     ax.legend(loc="upper left", fontsize=8, framealpha=0.9)

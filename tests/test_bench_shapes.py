@@ -66,3 +66,22 @@ def test_a_family_run_hands_over_its_rows_after_each_net(bench: Any) -> None:
     seen: list[list[int]] = []
     rows = parallel.map_on_cores(abs, [-3, 1, -2], 1, lambda r: seen.append(list(r)))
     assert rows == [3, 1, 2] and seen == [[3], [3, 1], [3, 1, 2]]
+
+
+def test_a_family_run_scores_the_timesteps_it_is_given(bench: Any, tmp_path: Path) -> None:
+    """`--timesteps 8,16` converts for and scores at those T: the table, the progress line and
+    the plot show those columns, and a T below 1 is refused."""
+    import argparse
+
+    _, family = bench
+    assert family._timesteps("8,16") == [8, 16]
+    for bad in ("0,2", "a", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            family._timesteps(bad)
+    row = {"net": "relu_dw:50", "ann": 0.784, "spikingjelly_best": None,
+           "spikeport": {"convert_seconds": 1.0, "8": 0.731, "16": 0.763}}  # fmt: skip
+    head = family.table([row]).splitlines()[0]
+    assert head.endswith("| T=8 | T=16 |") and "T=1 " not in head
+    assert "T = 8 / 16: 73.10 / 76.30" in family._line(row)
+    family.plot([row], tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
