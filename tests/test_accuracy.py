@@ -729,12 +729,15 @@ def test_kernels_run_on_parts_of_the_samples_to_the_same_values(monkeypatch, exa
         np.testing.assert_array_equal(chosen[1][key], value, err_msg=str(key))
 
 
-def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_scored_ones():
+def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_scored_ones(
+    monkeypatch,
+):
     """The search holds T steps of every tensor, so its memory budget sets its samples; an
     output layer needs only its input's mean rates, so where the search's samples were too few
     to refit it (refit.refittable), it is refitted after the search on the samples the
     candidates are scored on: closer to the ANN there, every other parameter as it was. Where
-    the search could refit it, it is left to the search."""
+    the search could refit it, it is left to the search, and where the budget holds too few of
+    its inputs' steps, it is left alone."""
     import copy
 
     from spikeport.convert import tune
@@ -744,6 +747,9 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     head = next(n for n in snn.nodes if n.output in snn.outputs)
     graph = copy.deepcopy(snn)
     assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == []
+    with monkeypatch.context() as m:  # 2 steps of 32 float64 inputs for 100 samples
+        m.setattr(tune, "MEMORY_BUDGET", 100 * 2 * 32 * 8)
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == []
     assert all(np.array_equal(v, _params(snn)[k]) for k, v in _params(graph).items())
     before = tune._score(graph, x, 2, reference)[1]
     assert tune._refit_outputs(graph, x, 2, reference, searched=8) == [head.name]

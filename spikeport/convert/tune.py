@@ -822,8 +822,10 @@ def _refit_outputs(
         and n.inputs[0] not in static_tensors(graph)
         and not refit.refittable(n, searched, graph.shape(n.output))
     ]
-    width = max((int(np.prod(graph.shape(n.inputs[0]))) for n in layers), default=1)
-    count = min(size(x), MEMORY_BUDGET // (8 * width))
+    # the samples whose inputs, as simulate returns them (float64, a running sum at each of T
+    # steps), fit the search's memory budget
+    width = sum(int(np.prod(graph.shape(t))) for t in {n.inputs[0] for n in layers})
+    count = min(size(x), MEMORY_BUDGET // (8 * max(width, 1) * T))
     layers = [n for n in layers if refit.refittable(n, count, graph.shape(n.output))]
     if not layers:
         return []
