@@ -1,8 +1,9 @@
 """Held-out CNN family: digits CNNs of kinds neither the examples nor benchmarks/nets.py make,
-trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 and scored in integer mode.
+trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 (`--timesteps`) and scored in
+integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
-        [--signed] [--rate-coded] [--jobs 2]
+        [--signed] [--rate-coded] [--timesteps 1,2,4,8] [--jobs 2]
     # writes benchmarks/results/cnn_family.json, its plot cnn_family.png, and prints a table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
