@@ -737,7 +737,7 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     to refit it (refit.refittable), it is refitted after the search on the samples the
     candidates are scored on: closer to the ANN there, every other parameter as it was. Where
     the search could refit it, it is left to the search, and where the budget holds too few of
-    its inputs' steps, it is left alone."""
+    its inputs' steps, or TUNE_SAMPLES are too few, it is left alone."""
     import copy
 
     from spikeport.convert import tune
@@ -749,6 +749,9 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == []
     with monkeypatch.context() as m:  # 2 steps of 32 float64 inputs for 100 samples
         m.setattr(tune, "MEMORY_BUDGET", 100 * 2 * 32 * 8)
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == []
+    with monkeypatch.context() as m:  # the samples the search would have had: no more
+        m.setattr(tune, "TUNE_SAMPLES", 100)
         assert tune._refit_outputs(graph, x, 2, reference, searched=8) == []
     assert all(np.array_equal(v, _params(snn)[k]) for k, v in _params(graph).items())
     before = tune._score(graph, x, 2, reference)[1]
