@@ -18,16 +18,17 @@ import torch
 import spikeport
 from spikeport.sim import native
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def checkout() -> dict[str, Any]:
-    """The spikeport the run imported: its folder and the checkout's commit."""
-    git = ["git", "-C", str(ROOT)]
+    """The spikeport the run imported: its folder and the commit of the checkout that holds
+    it (a run of these scripts against another worktree's package, by PYTHONPATH, records
+    that worktree's commit, not this one's)."""
+    folder = Path(spikeport.__file__).parent
+    git = ["git", "-C", str(folder)]
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "status", "--porcelain", "spikeport"], capture_output=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True)
     return {
-        "path": str(Path(spikeport.__file__).parent),
+        "path": str(folder),
         "commit": head.stdout.strip() or None,
         "spikeport_modified": bool(dirty.stdout.strip()),
     }
