@@ -45,8 +45,9 @@ chosen, so its input currents are what the spiking network will really feed it, 
   samples predicts the other half better than the weights it has: its neurons' search then
   runs on the refitted currents. An output layer the search's samples were too few to refit
   (its memory budget holds T steps of every tensor) is refitted after the search, on the
-  samples the candidates are scored on (_refit_outputs): a 48-channel net on 32x32 images
-  searched for T = 16 on 140 samples, too few for its classifier's 49 weights a class.
+  samples the candidates are scored on, up to TUNE_SAMPLES (_refit_outputs): a 48-channel
+  net on 32x32 images searched for T = 16 on 140 samples, too few for its classifier's 49
+  weights a class.
 - in a text model whose outputs read no padding (a pooled or [CLS] output behind a masked
   attention), the values at padded positions stay out of every fit above: thresholds, bias
   shifts, bias corrections and refits see only what some output reads (padding.py).
@@ -817,12 +818,13 @@ def _refit_outputs(
     training split), refitting the digits MLP's classifier on all of them, where the search
     ran on 256, moved it by -5 / -1 / +3 / -3 test images at T = 1 / 2 / 4 / 8 (the digits
     CNN's by -2 / +5 / 0 / +1): what more calibration samples do is the search's question."""
+    static = static_tensors(graph)
     layers = [
         n
         for n in graph.nodes
         if n.output in graph.outputs
         and not _source_codes(graph, n)
-        and n.inputs[0] not in static_tensors(graph)
+        and n.inputs[0] not in static
         and not refit.refittable(n, searched, graph.shape(n.output))
     ]
     # the samples the search would have run on but for its memory budget (TUNE_SAMPLES), whose
