@@ -74,6 +74,7 @@ import provenance  # noqa: E402
 import shapes  # noqa: E402
 from make_digits import accuracy, train  # noqa: E402
 
+from spikeport.cli.main import parse_timesteps  # noqa: E402
 from spikeport.convert import convert  # noqa: E402
 from spikeport.data import Dataset, load_data  # noqa: E402
 from spikeport.errors import BadInput  # noqa: E402
@@ -414,14 +415,11 @@ def run_one(
 
 
 def _timesteps(text: str) -> list[int]:
-    """`--timesteps` "1,2,4,8,16" as ints, each at least 1."""
+    """`--timesteps` "1,2,4,8,16" as the CLI's -T reads it, an argparse error where bad."""
     try:
-        ts = [int(t) for t in text.split(",")]
-    except ValueError:
-        ts = []
-    if not ts or min(ts) < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of T >= 1")
-    return ts
+        return parse_timesteps(text)
+    except BadInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def net_specs(

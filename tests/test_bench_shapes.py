@@ -70,7 +70,7 @@ def test_a_family_run_hands_over_its_rows_after_each_net(bench: Any) -> None:
 
 def test_a_family_run_scores_the_timesteps_it_is_given(bench: Any, tmp_path: Path) -> None:
     """`--timesteps 8,16` converts for and scores at those T: the table, the progress line and
-    the plot show those columns, and a T below 1 is refused."""
+    the plot show those columns, and a T below 1 is refused (the CLI's own -T parser)."""
     import argparse
 
     _, family = bench
