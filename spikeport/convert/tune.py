@@ -780,21 +780,14 @@ def _score(graph: Graph, x: Batch, T: int, reference: list[np.ndarray]) -> tuple
     return agree, -float(np.sqrt(num / max(den, 1e-30)))
 
 
-def _score_batch(graph: Graph, T: int) -> int:
-    """Samples a simulation of `graph` for T steps runs at once: its widest tensor's T steps
-    in SCORE_BYTES (the fast backend holds a layer's steps)."""
-    from spikeport.sim.simulator import DEFAULT_BATCH
+def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray]:
+    """Each output's mean over T steps ("float") or its ANN value ("ann", T = 1)."""
+    from spikeport.sim.simulator import DEFAULT_BATCH, simulate
 
     names = [t.name for t in graph.inputs] + [n.output for n in graph.nodes]
     widest = max(int(np.prod(graph.shape(t))) for t in names)
-    return int(np.clip(SCORE_BYTES // (8 * T * widest), 1, DEFAULT_BATCH))
-
-
-def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray]:
-    """Each output's mean over T steps ("float") or its ANN value ("ann", T = 1)."""
-    from spikeport.sim.simulator import simulate
-
-    res = simulate(graph, x, T, mode, batch_size=_score_batch(graph, T))
+    batch = int(np.clip(SCORE_BYTES // (8 * T * widest), 1, DEFAULT_BATCH))
+    res = simulate(graph, x, T, mode, batch_size=batch)
     return [res.outputs[o][-1] / T for o in graph.outputs]
 
 
