@@ -746,18 +746,25 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     reference = tune._float_outputs(snn, x, 1, "ann")
     head = next(n for n in snn.nodes if n.output in snn.outputs)
     graph = copy.deepcopy(snn)
-    assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == []
+    assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == {}
+    too_few = {head.name: "kept its weights: 100 samples are too few to refit it"}
     with monkeypatch.context() as m:  # 2 steps of 32 float64 inputs for 100 samples
         m.setattr(tune, "MEMORY_BUDGET", 100 * 2 * 32 * 8)
-        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == []
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == too_few
     with monkeypatch.context() as m:  # the samples the search would have had: no more
         m.setattr(tune, "TUNE_SAMPLES", 100)
-        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == []
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == too_few
     assert all(np.array_equal(v, _params(snn)[k]) for k, v in _params(graph).items())
+    with monkeypatch.context() as m:
+        m.setattr(tune.refit, "refit", lambda *args: False)
+        kept = {head.name: "kept its weights: the cross-validation preferred them"}
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == kept
     before = tune._score(graph, x, 2, reference)[1]
-    assert tune._refit_outputs(graph, x, 2, reference, searched=8) == [head.name]
+    done = {head.name: f"refitted on {len(x)} samples"}
+    assert tune._refit_outputs(graph, x, 2, reference, searched=8) == done
     assert tune._score(graph, x, 2, reference)[1] > before  # (minus the relative error)
     moved = [k for k, v in _params(graph).items() if not np.array_equal(v, _params(snn)[k])]
     assert {name for name, _ in moved} == {head.name}
     _, record = tune.t_aware(snn, x, 2, axes, samples=8, quiet=True, search="quick")
+    assert record["output_refit"] == done  # what became of it, in the record
     assert record["samples"] == 8 and head.name in record["refitted"]

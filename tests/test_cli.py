@@ -151,6 +151,22 @@ def _model_with(tmp_path: Path, op: str) -> Path:
     return path
 
 
+def test_convert_says_which_output_layer_kept_its_weights_and_why(tmp_path):
+    """T-aware conversion refits an output layer where the calibration samples suffice; where
+    they do not, convert says so (the record keeps it: conversion.t_aware.output_refit)."""
+    np.savez(tmp_path / "c8.npz", x=np.load(CALIB)["x"][:8])
+    out = tmp_path / "o.spk"
+    args = ("convert", CNN, "--calib", tmp_path / "c8.npz", "-T", "2", "--search", "quick")
+    code, stdout, err = cli(*args, "-o", out)
+    assert code == 0, err
+    assert "note: output layer" in stdout + err
+    assert "kept its weights: 8 samples are too few to refit it" in stdout + err
+    from spikeport.ir.artifact import load
+
+    record = load(out).meta["conversion"]["t_aware"]["output_refit"]
+    assert list(record.values()) == ["kept its weights: 8 samples are too few to refit it"]
+
+
 def test_unsupported_op_names_node_and_type(tmp_path):
     model = _model_with(tmp_path, "Sin")
     _assert_refused(

@@ -220,6 +220,9 @@ def convert_cmd(
             f", {extra} more neuron{'s' * (extra != 1)} for outlier features in {len(copies)} layer"
         )
         how += "s" * (len(copies) != 1)
+    for layer, outcome in (tuned or {}).get("output_refit", {}).items():  # tune._refit_outputs
+        if not outcome.startswith("refitted"):
+            say(quiet, f"note: output layer {layer} {outcome}")
     if tuned and tuned["samples"] < tuned["calibration_samples"]:
         how += (
             f", searched on {tuned['samples']} of {tuned['calibration_samples']} calibration "

@@ -662,6 +662,7 @@ def t_aware(
     operands = [True, False] if full and _product_operands(snn) else [True]
     centring = [False, True] if full and _centring(snn, axes) else [False]
     pooling = [False, True] if full and _poolable(snn, axes, size(x)) else [False]
+    outcomes: dict[str, dict[str, str]] = {}  # per candidate: _refit_outputs'
     searches = list(itertools.product(steps, corrections, operands, centring, pooling))
     layers = sum(map(_searched, snn.nodes))
     desc = f"T-aware search, {len(searches)} candidates"
@@ -673,8 +674,11 @@ def t_aware(
             name += ", pooled" if pooled else ""
             tuned = tune_thresholds(snn, by_steps[t], t, axes, correct, per_index, centre, pooled,
                                     extra_neurons, moved_by_steps[t], advance)  # fmt: skip
-            if moved is None:  # (a text model's padding: its output rows are not all read)
+            outcomes[name] = (
                 _refit_outputs(tuned, scored, T, reference, size(by_steps[t]))
+                if moved is None  # (a text model's padding: its output rows are not all read)
+                else dict.fromkeys(_unsearched_outputs(tuned, size(by_steps[t])), PADDED)
+            )
             candidates[name] = _share_unchanged(tuned, snn)
             scores[name] = _score(tuned, scored, T, reference)
             candidates = _undominated(candidates, scores)
@@ -699,6 +703,9 @@ def t_aware(
             and n.name in base
             and n.params["weight"] is not base[n.name].params["weight"]
         ],
+        # what became of each output layer the search's own samples were too few to refit
+        # (_refit_outputs): refitted on more samples, or kept and why
+        "output_refit": outcomes.get(kept, {}),
         "extra_neurons": extra_neurons,  # the split's budget
         # the neuron layers whose outlier features got copies (split.py): extra neurons
         "split_neurons": split.split_neurons(candidates[kept]),
@@ -791,14 +798,33 @@ def _float_outputs(graph: Graph, x: Batch, T: int, mode: str) -> list[np.ndarray
     return [res.outputs[o][-1] / T for o in graph.outputs]
 
 
+PADDED = "kept its weights: text padding is left out of every fit"  # padding.py
+
+
+def _unsearched_outputs(graph: Graph, searched: int) -> list[Node]:
+    """The output layers (a dense layer or convolution whose output is the graph's, reading
+    the network, with float weights) that the search's `searched` samples were too few to
+    refit (refit.refittable)."""
+    static = static_tensors(graph)
+    return [
+        n
+        for n in graph.nodes
+        if n.output in graph.outputs
+        and n.op in refit.OPS
+        and not _source_codes(graph, n)
+        and n.inputs[0] not in static
+        and not refit.refittable(n, searched, graph.shape(n.output))
+    ]
+
+
 def _refit_outputs(
     graph: Graph, x: Batch, T: int, reference: list[np.ndarray], searched: int
-) -> list[str]:
-    """Refit, in place, each output layer (a dense layer or convolution whose output is the
-    graph's) that the search's `searched` samples were too few for (refit.refittable), on the
-    first TUNE_SAMPLES of the scoring samples `x` instead, against their ANN outputs
-    `reference`; its input is the T-step mean of the float spiking network, run as the
-    scoring runs it (streamed steps). Returns the layers refitted.
+) -> dict[str, str]:
+    """Refit, in place, each output layer that the search's `searched` samples were too few
+    for (_unsearched_outputs), on the first TUNE_SAMPLES of the scoring samples `x` instead,
+    against their ANN outputs `reference`; its input is the T-step mean of the float spiking
+    network, run as the scoring runs it (streamed steps). Returns each such layer's outcome:
+    refitted, or kept and why (t_aware's record, `inspect`).
 
     Why: the search holds T steps of every live tensor for all its samples, so its memory
     budget sets how many it runs on (_samples), but no neuron follows an output layer, and
@@ -811,32 +837,33 @@ def _refit_outputs(
     training split), refitting the digits MLP's classifier on all of them, where the search
     ran on 256, moved it by -5 / -1 / +3 / -3 test images at T = 1 / 2 / 4 / 8 (the digits
     CNN's by -2 / +5 / 0 / +1): what more calibration samples do is the search's question."""
-    static = static_tensors(graph)
-    layers = [
-        n
-        for n in graph.nodes
-        if n.output in graph.outputs
-        and not _source_codes(graph, n)
-        and n.inputs[0] not in static
-        and not refit.refittable(n, searched, graph.shape(n.output))
-    ]
+    layers = _unsearched_outputs(graph, searched)
     # the samples the search would have run on but for its memory budget (TUNE_SAMPLES), whose
     # inputs, as simulate returns them (float64, a running sum at each of T steps), fit it
     width = sum(int(np.prod(graph.shape(t))) for t in {n.inputs[0] for n in layers})
     count = min(size(x), TUNE_SAMPLES, MEMORY_BUDGET // (8 * max(width, 1) * T))
-    layers = [n for n in layers if refit.refittable(n, count, graph.shape(n.output))]
+    outcomes = {
+        n.name: f"kept its weights: {count} samples are too few to refit it"
+        for n in layers
+        if not refit.refittable(n, count, graph.shape(n.output))
+    }
+    layers = [n for n in layers if n.name not in outcomes]
     if not layers:
-        return []
+        return outcomes
     # the network up to the layers' inputs, those its outputs
     wanted = sorted({n.inputs[0] for n in layers})
     last = max(i for i, n in enumerate(graph.nodes) if n.output in wanted)
     front = dataclasses.replace(graph, nodes=graph.nodes[: last + 1], outputs=wanted)
     rates = dict(zip(wanted, _float_outputs(front, take(x, slice(count)), T, "float"), strict=True))
-    return [
-        n.name
-        for n in layers
-        if refit.refit(n, rates[n.inputs[0]], reference[graph.outputs.index(n.output)][:count])
-    ]
+    for n in layers:
+        wanted_out = reference[graph.outputs.index(n.output)][:count]
+        refitted = refit.refit(n, rates[n.inputs[0]], wanted_out)
+        outcomes[n.name] = (
+            f"refitted on {count} samples"
+            if refitted
+            else "kept its weights: the cross-validation preferred them"
+        )
+    return outcomes
 
 
 def tune_thresholds(
