@@ -747,7 +747,10 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     head = next(n for n in snn.nodes if n.output in snn.outputs)
     graph = copy.deepcopy(snn)
     assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == {}
-    too_few = {head.name: "kept its weights: 100 samples are too few to refit it"}
+    needed = tune.refit.samples_needed(head, snn.shape(head.output))
+    too_few = {
+        head.name: f"kept its weights: 100 samples are too few to refit it (it needs {needed})"
+    }
     with monkeypatch.context() as m:  # 2 steps of 32 float64 inputs for 100 samples
         m.setattr(tune, "MEMORY_BUDGET", 100 * 2 * 32 * 8)
         assert tune._refit_outputs(graph, x, 2, reference, searched=8) == too_few

@@ -160,11 +160,12 @@ def test_convert_says_which_output_layer_kept_its_weights_and_why(tmp_path):
     code, stdout, err = cli(*args, "-o", out)
     assert code == 0, err
     assert "note: output layer" in stdout + err
-    assert "kept its weights: 8 samples are too few to refit it" in stdout + err
+    assert "kept its weights: 8 samples are too few to refit it (it needs " in stdout + err
     from spikeport.ir.artifact import load
 
     record = load(out).meta["conversion"]["t_aware"]["output_refit"]
-    assert list(record.values()) == ["kept its weights: 8 samples are too few to refit it"]
+    (outcome,) = record.values()
+    assert outcome.startswith("kept its weights: 8 samples are too few to refit it")
 
 
 def test_unsupported_op_names_node_and_type(tmp_path):

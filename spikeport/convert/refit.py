@@ -80,11 +80,18 @@ def refittable(node: Node, samples: int, output_shape: tuple[int, ...]) -> bool:
     """Whether `refit` may refit `node` from `samples` samples of `output_shape` (one
     sample's): a dense layer or convolution with one bias per output, enough samples for two
     halves and ROWS_PER_WEIGHT rows per weight of an output."""
+    needed = samples_needed(node, output_shape)
+    return needed is not None and samples >= needed
+
+
+def samples_needed(node: Node, output_shape: tuple[int, ...]) -> int | None:
+    """The fewest samples `refit` refits `node` from (refittable), None if it never does."""
     w, bias = node.params.get("weight"), node.params.get("bias")
     if node.op not in OPS or w is None or bias is None or bias.shape != (w.shape[0],):
-        return False
-    rows = samples * (int(np.prod(output_shape)) // w.shape[0])  # positions: tokens, pixels
-    return samples >= MIN_SAMPLES and rows >= ROWS_PER_WEIGHT * (int(np.prod(w.shape[1:])) + 1)
+        return None
+    positions = int(np.prod(output_shape)) // w.shape[0]  # tokens, pixels
+    rows = ROWS_PER_WEIGHT * (int(np.prod(w.shape[1:])) + 1)
+    return max(MIN_SAMPLES, -(-rows // positions))
 
 
 def _normal_equations(

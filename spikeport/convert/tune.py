@@ -844,6 +844,7 @@ def _refit_outputs(
     count = min(size(x), TUNE_SAMPLES, MEMORY_BUDGET // (8 * max(width, 1) * T))
     outcomes = {
         n.name: f"kept its weights: {count} samples are too few to refit it"
+        f" (it needs {refit.samples_needed(n, graph.shape(n.output)):,})"
         for n in layers
         if not refit.refittable(n, count, graph.shape(n.output))
     }
