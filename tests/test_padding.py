@@ -87,3 +87,18 @@ def test_padding_cannot_change_the_t_aware_fit(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     a, b = params(fx.calib, False), params(other, False)
     assert any(not np.array_equal(a[k], b[k]) for k in a if k in b)
+
+
+def test_an_output_layer_left_unrefitted_for_padding_is_named_in_the_record(
+    tmp_path: Path,
+) -> None:
+    """Where padding is left out of the fit, an output layer the search's samples were too
+    few to refit is not refitted afterwards either (the scored outputs read every position);
+    the record says so under its name."""
+    ann, fx = _family("bert_hf", tmp_path)
+    snn = convert(fx.onnx, fx.save_calib(tmp_path / "calib.npz"), timesteps=2, tune=False)
+    assert padding.moved(snn, fx.calib) is not None
+    _, record = tune.t_aware(snn, fx.calib, 2, channel_axes(snn), samples=4, quiet=True,
+                             search="quick")  # fmt: skip
+    heads = [n.name for n in snn.nodes if n.output in snn.outputs and n.op == "dense"]
+    assert heads and record["output_refit"] == dict.fromkeys(heads, tune.PADDED)

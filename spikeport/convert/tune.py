@@ -677,7 +677,7 @@ def t_aware(
             outcomes[name] = (
                 _refit_outputs(tuned, scored, T, reference, size(by_steps[t]))
                 if moved is None  # (a text model's padding: its output rows are not all read)
-                else dict.fromkeys(_unsearched_outputs(tuned, size(by_steps[t])), PADDED)
+                else {n.name: PADDED for n in _unsearched_outputs(tuned, size(by_steps[t]))}
             )
             candidates[name] = _share_unchanged(tuned, snn)
             scores[name] = _score(tuned, scored, T, reference)
