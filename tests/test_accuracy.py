@@ -746,25 +746,29 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     reference = tune._float_outputs(snn, x, 1, "ann")
     head = next(n for n in snn.nodes if n.output in snn.outputs)
     graph = copy.deepcopy(snn)
-    assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == {}
+    assert tune._refit_outputs(graph, x, 2, reference, searched=len(x)) == ({}, None)
     needed = tune.refit.samples_needed(head, snn.shape(head.output))
     too_few = {
         head.name: f"kept its weights: 100 samples are too few to refit it (it needs {needed})"
     }
     with monkeypatch.context() as m:  # 2 steps of 32 float64 inputs for 100 samples
         m.setattr(tune, "MEMORY_BUDGET", 100 * 2 * 32 * 8)
-        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == too_few
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == (too_few, None)
     with monkeypatch.context() as m:  # the samples the search would have had: no more
         m.setattr(tune, "TUNE_SAMPLES", 100)
-        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == too_few
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == (too_few, None)
     assert all(np.array_equal(v, _params(snn)[k]) for k, v in _params(graph).items())
     with monkeypatch.context() as m:
         m.setattr(tune.refit, "refit", lambda *args: False)
         kept = {head.name: "kept its weights: the cross-validation preferred them"}
-        assert tune._refit_outputs(graph, x, 2, reference, searched=8) == kept
+        assert tune._refit_outputs(graph, x, 2, reference, searched=8)[0] == kept
     before = tune._score(graph, x, 2, reference)[1]
     done = {head.name: f"refitted on {len(x)} samples"}
-    assert tune._refit_outputs(graph, x, 2, reference, searched=8) == done
+    outcomes, outputs = tune._refit_outputs(graph, x, 2, reference, searched=8)
+    assert outcomes == done
+    # the outputs it returns are the refitted graph's, as a whole simulation gives them
+    np.testing.assert_allclose(outputs[0], tune._float_outputs(graph, x, 2, "float")[0],
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
     assert tune._score(graph, x, 2, reference)[1] > before  # (minus the relative error)
     moved = [k for k, v in _params(graph).items() if not np.array_equal(v, _params(snn)[k])]
     assert {name for name, _ in moved} == {head.name}
