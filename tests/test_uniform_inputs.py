@@ -126,7 +126,8 @@ def test_targets_without_channel_scale_keep_the_layer_as_it_was(gap):
 
 def test_no_room_in_the_proof_keeps_the_input_as_it_was(gap, monkeypatch):
     """Where the larger integers would overflow the steps quantize proves, it quantizes again
-    without them: the same graph as without the rewrite, proven for as many steps."""
+    without them: the same graph as without the rewrite, proven for as many steps, with a
+    note that says why."""
     ext = sys.modules["spikeport.quantize.ext"]
     monkeypatch.setattr(ext, "_uniform_room", lambda *a: 40)  # as if the proof had room
     monkeypatch.setattr(ext, "PRECISION_BITS", 40)  # and 15 fraction bits were asked
@@ -135,3 +136,6 @@ def test_no_room_in_the_proof_keeps_the_input_as_it_was(gap, monkeypatch):
     assert "uniform_inputs" not in q.meta["quantization"]
     assert q.meta["quantization"]["max_timesteps"] == plain.meta["quantization"]["max_timesteps"]
     assert [n.name for n in q.nodes] == [n.name for n in plain.nodes]
+    # and says so: the artifact's notes, which `quantize` prints
+    (note,) = q.meta["quantization"]["notes"]
+    assert "would overflow within 64 steps" in note and "notes" not in plain.meta["quantization"]

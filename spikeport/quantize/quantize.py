@@ -808,7 +808,13 @@ def quantize_kind(
         try:
             return _quantize_kind(*args, uniform=True)
         except OverflowWithinSteps:
-            pass
+            plain = _quantize_kind(*args, uniform=False)
+            plain.meta["quantization"].setdefault("notes", []).append(
+                "the output layers read their inputs at each channel's scale: requantized "
+                f"to one scale (uniform_inputs) they would overflow within {max_timesteps} "
+                "steps, so their weights keep each channel's input scale folded in"
+            )
+            return plain
     return _quantize_kind(*args, uniform=False)
 
 
