@@ -15,6 +15,7 @@ from spikeport.quantize import Profile, quantize
 from spikeport.sim import Simulator
 from spikeport.sim.arith import quantize_input
 from spikeport.sim.ops import KERNELS, IFNeuron
+from spikeport.sim.simulator import encode_inputs
 
 
 def run_neuron(theta, inputs, signed=False, integer=True):
@@ -100,3 +101,28 @@ def test_range_proof_refuses_narrow_state(cases):
 def test_modes_need_the_right_stage(cases):
     with pytest.raises(BadInput, match="run `spikeport quantize` first"):
         Simulator(cases["digits_cnn"].snn, "int")
+
+
+def test_the_simulator_encodes_inputs_at_the_profiles_width(cases):
+    """quantize calibrates the input scale for the profile's input_bits; the simulator encodes
+    at that width too (it had encoded at 8 bits whatever the profile: a 16-bit profile's codes
+    clamped at 127, and a family net scored 10 % in integer mode)."""
+    import dataclasses
+
+    from conftest import EXAMPLES
+
+    from spikeport.data import load_data
+    from spikeport.eval import evaluate
+    from spikeport.quantize import get_profile
+
+    case = cases["digits_mlp"]
+    wide = dataclasses.replace(get_profile("sim"), input_bits=12)
+    q = quantize(case.snn, np.load(case.calib)["x"], wide, max_timesteps=8)
+    x = case.test_x[:4]
+    codes = encode_inputs(q, x)[q.inputs[0].name]
+    np.testing.assert_array_equal(codes, quantize_input(x, q.scales[q.inputs[0].name], 12))
+    assert np.abs(codes).max() > 127  # the wider codes are used
+    test = load_data(EXAMPLES / "digits_test.npz", labels=True)
+    wide_acc = evaluate(q, test, [4], "int", str(case.onnx))["records"][0]["accuracy"]
+    narrow_acc = evaluate(case.int, test, [4], "int", str(case.onnx))["records"][0]["accuracy"]
+    assert wide_acc >= narrow_acc - 0.02
