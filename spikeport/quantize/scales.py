@@ -13,21 +13,38 @@ from spikeport.ir.graph import Graph, Node
 # channel, an EC function's requant_q per element): a layer they read may have any scale per
 # output channel.
 REQUANT_READERS = frozenset(
-    {"add", "layernorm", "gelu", "tanh", "softmax", "masked_softmax", "sigmoid"}
+    {
+        "add",
+        "layernorm",
+        "gelu",
+        "tanh",
+        "softmax",
+        "masked_softmax",
+        "sigmoid",
+        "hardsigmoid",
+        "hardswish",
+        "silu",
+    }  # fmt: skip
 )
+# Ops whose output keeps each element's input scale (an offset adds a constant in its input's
+# units; a product's scale is its operands' scales multiplied element by element): a
+# per-channel scale passes through them to their readers, which decide.
+SCALE_CARRIERS = frozenset({"offset", "mul"})
 
 
 def read_requantized(
     graph: Graph, tensor: str, direct: Callable[[Node], bool] = lambda u: False
 ) -> bool:
     """Whether every reader of `tensor` requantizes it (REQUANT_READERS, through reshapes and
-    transposes; `direct` may accept other readers of `tensor` itself); a graph output is not."""
+    transposes; `direct` may accept other readers of `tensor` itself, and of what
+    SCALE_CARRIERS pass it to); a graph output is not."""
     users = graph.consumers(tensor)
     if not users or tensor in graph.outputs:
         return False
     return all(
         u.op in REQUANT_READERS
         or (u.op in ("reshape", "transpose") and read_requantized(graph, u.output))
+        or (u.op in SCALE_CARRIERS and read_requantized(graph, u.output, direct))
         or direct(u)
         for u in users
     )
