@@ -24,7 +24,7 @@ REQUANT_READERS = frozenset(
         "hardsigmoid",
         "hardswish",
         "silu",
-    }  # fmt: skip
+    }
 )
 # Ops whose output keeps each element's input scale (an offset adds a constant in its input's
 # units; a product's scale is its operands' scales multiplied element by element): a
