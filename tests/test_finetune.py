@@ -798,18 +798,25 @@ def _joined_ints(q, name: str) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "residual", "outlier_mlp"])
 def test_weight_grids_are_the_ones_quantize_rounds_to(cases, name):
-    """Every conv and dense weight rounded to its grid step is quantize's own integer (a
-    split layer's outlier columns: the side layer's)."""
+    """Every conv and dense weight rounded to its grid step is quantize's own integer rounded
+    to nearest (a split layer's outlier columns: the side layer's); weights put on that grid,
+    as --qat leaves them, keep those integers with --weight-rounding feedback too."""
     from spikeport.finetune.grid import weight_steps
 
     snn, calib = cases[name].snn, np.load(cases[name].calib)["x"]
     steps, left = weight_steps(snn, calib, "sim")
-    q = cases[name].int  # quantized on the same data
+    q = cases[name].int  # quantized on the same data, rounded to nearest
     weighted = [n for n in snn.nodes if n.op in ("dense", "conv2d")]
     assert weighted and left == [] and set(steps) == {n.name for n in weighted}
+    on_grid = copy.deepcopy(snn)
     for n in weighted:
         ints = np.round(n.params["weight"] / steps[n.name])
         assert np.array_equal(ints, _joined_ints(q, n.name)), n.name
+        on_grid.node(n.name).params["weight"] = (ints * steps[n.name]).astype(np.float32)
+    kept = quantize(on_grid, calib, get_profile("sim"), weight_rounding="feedback")
+    assert kept.meta["quantization"]["weight_rounding"] == "feedback"
+    for n in weighted:
+        assert np.array_equal(_joined_ints(kept, n.name), _joined_ints(q, n.name)), n.name
 
 
 def test_on_grid_rounds_forward_and_passes_gradients_straight_through():

@@ -26,6 +26,7 @@ from spikeport.ir import load, save
 from spikeport.ir.check import MAX_SPIKE_BITS
 from spikeport.progress import progress
 from spikeport.quantize import DEFAULT_MAX_TIMESTEPS, PROFILES, get_profile, quantize
+from spikeport.quantize.rounding import NEAREST, ROUNDINGS
 from spikeport.targets import discover
 
 discover()  # every target registers its quantize profile before --target lists them
@@ -249,17 +250,33 @@ def convert_cmd(
     "where that overflows the longest power of two that proves, down to the converted T, "
     "with a note].",
 )
+@click.option(
+    "--weight-rounding",
+    type=click.Choice(ROUNDINGS),
+    default=NEAREST,
+    show_default=True,
+    help="How each weight picks its integer: 'nearest' rounds every weight alone; 'feedback' "
+    "passes each input column's rounding error on to the columns after it, weighted by the "
+    "calibration inputs (GPTQ), so each layer's output errs less: worth a try where integer "
+    "mode trails float mode.",
+)
 @OUT
 @QUIET
 def quantize_cmd(
-    model: str, calib: str, target: str, max_t: int | None, output: str, quiet: bool
+    model: str,
+    calib: str,
+    target: str,
+    max_t: int | None,
+    weight_rounding: str,
+    output: str,
+    quiet: bool,
 ) -> None:
     """Quantize a converted MODEL to integers for a target, proving no overflow."""
     refuse_overwrite((output,), (model, calib))
     graph = load(model)
     data = load_data(calib, graph.inputs)
     check_token_ids(graph, data.x, calib)
-    q = quantize(graph, data.x, get_profile(target), max_t)
+    q = quantize(graph, data.x, get_profile(target), max_t, weight_rounding)
     q.meta["quantization"]["calibration"] = data.provenance
     save(q, output)
     quant = q.meta["quantization"]

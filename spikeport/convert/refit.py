@@ -94,6 +94,21 @@ def samples_needed(node: Node, output_shape: tuple[int, ...]) -> int | None:
     return max(MIN_SAMPLES, -(-rows // positions))
 
 
+def input_gram(node: Node, x: np.ndarray) -> torch.Tensor:
+    """X^T X per group, (groups, inputs per group, inputs per group), X the rows the layer is
+    linear in for its input `x` (samples first; no bias column), summed CHUNK_BYTES of rows at
+    a time. quantize weighs its rounding by it (quantize/rounding.py)."""
+    w = node.params["weight"]
+    g, cols = _groups(node), int(np.prod(w.shape[1:]))
+    gram = torch.zeros(g, cols, cols, dtype=torch.float64)
+    per_sample = max(1, int(np.prod(x.shape[1:])) * int(np.prod(w.shape[2:])))  # im2col size
+    chunk = max(1, CHUNK_BYTES // (8 * per_sample))
+    for start in range(0, len(x), chunk):
+        rows = _design(node, np.array(x[start : start + chunk], np.float64))  # (a writable copy)
+        gram += rows.transpose(1, 2) @ rows
+    return gram
+
+
 def _normal_equations(
     node: Node, rates: np.ndarray, target: np.ndarray, rows: np.ndarray | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,10 @@ def weight_steps(graph: Graph, calib_x: Batch, target: str) -> tuple[Steps, list
     for float spiking `graph` quantized for `target` on `calib_x`."""
     from spikeport.quantize import get_profile, quantize
 
-    q = quantize(graph, calib_x, get_profile(target))
+    # Rounded to nearest, so that each integer tells its weight's step (--weight-rounding
+    # feedback moves some a step further; a weight trained on the grid has no error to pass
+    # on, so quantize keeps its integer either way).
+    q = quantize(graph, calib_x, get_profile(target), weight_rounding="nearest")
     steps: Steps = {}
     for node in q.nodes:
         if node.op in GRIDDED and "weight_q" in node.params:

@@ -89,8 +89,11 @@ def _first_silent_neuron(graph: Graph, q: Graph, x: Batch, T: int) -> str | None
     return None
 
 
-def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
-    """The quantized graph of the best-agreeing kind (see the module docstring)."""
+def choose_kind(
+    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int, weight_rounding: str
+) -> Graph:
+    """The quantized graph of the best-agreeing kind (see the module docstring);
+    `weight_rounding` as quantize's."""
     from spikeport.quantize.quantize import quantize_kind
     from spikeport.sim import simulate
 
@@ -110,7 +113,9 @@ def choose_kind(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: i
         if p.neuron_kind == SDN:
             entry["vth_divisor"] = divisor
         try:
-            q = quantize_kind(graph, calib_x, p, max_timesteps, divisor, caps)
+            q = quantize_kind(
+                graph, calib_x, p, max_timesteps, divisor, caps, weight_rounding=weight_rounding
+            )
             if p.check is not None:  # the target's own limits (Lava: each step's a_in), now,
                 p.check(q)  # so that a kind that cannot hold the integer graph is not picked
         except CapabilityExceeded as e:  # this kind cannot hold the graph: try the others

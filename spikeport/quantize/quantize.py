@@ -36,6 +36,7 @@ from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import ELEMENT_MOVES, attr, keeps_channels, spike_levels, value_source
+from spikeport.quantize import rounding
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
 from spikeport.quantize.profiles import Profile, check_capabilities
@@ -109,6 +110,8 @@ class _Ctx:
     calib_x: Batch | None = None
     _peaks: dict[str, float] | None = None
     _sums: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # for `mean`
+    _grams: dict[tuple, np.ndarray] = field(default_factory=dict)  # for `integer_gram`
+    weight_rounding: str = rounding.NEAREST  # rounding.ROUNDINGS
     max_timesteps: int = DEFAULT_MAX_TIMESTEPS
     bounds: dict[str, NodeBounds] = field(default_factory=dict)  # proven, of quantized nodes
     notes: list[str] = field(default_factory=list)  # what quantize left out, for the artifact
@@ -120,7 +123,10 @@ class _Ctx:
         observer sees every tensor and keeps none): recording every tensor of all
         PEAK_SAMPLES at once took GBs on a MobileNetV2 at 64x64 (issue 20)."""
         if self._peaks is None:
+            from spikeport.convert.refit import input_gram  # (it imports spikeport.sim)
+
             sim, peaks, sums = _clipped_view(self.graph), {}, self._sums
+            weighed = self._weighed_layers()
             averaged = {  # the tensors whose means _mean_error reads
                 n.inputs[0]
                 for n in self.graph.nodes
@@ -133,6 +139,9 @@ class _Ctx:
                     total, count = sums.get(name, (0.0, 0))
                     part = v.reshape(-1, v.shape[-1]).sum(axis=0, dtype=np.float64)
                     sums[name] = (total + part, count + v.size // v.shape[-1])
+                for key, layer in weighed.get(name, []):
+                    gram = input_gram(layer, v).numpy()
+                    self._grams[key] = self._grams[key] + gram if key in self._grams else gram
 
             n = min(size(self.calib_x), PEAK_SAMPLES)
             for start in range(0, n, PEAK_BATCH):
@@ -140,6 +149,43 @@ class _Ctx:
                 sim.run(part, 1, observe=see)
             self._peaks = peaks
         return self._peaks[tensor]
+
+    def _weighed_layers(self) -> dict[str, list[tuple[tuple, Node]]]:
+        """input tensor -> [(Gram key, a layer that reads it)]: the layers whose rounding
+        `peak`'s pass weighs (rounding.weighed_layers), none unless they round with feedback."""
+        if self.calib_x is None or self.weight_rounding != rounding.FEEDBACK:
+            return {}
+        layers, left = rounding.weighed_layers(self.graph)
+        if left:
+            self.notes.append(
+                f"{left} weight layers rounded to nearest: the second moments of their inputs "
+                f"would take more than the {rounding.GRAM_BYTES >> 20} MiB that weighted "
+                "rounding keeps"
+            )
+        by_input: dict[str, list[tuple[tuple, Node]]] = {}
+        for key, layer in layers.items():
+            by_input.setdefault(layer.inputs[0], []).append((key, layer))
+        return by_input
+
+    def integer_gram(self, node: Node) -> np.ndarray | None:
+        """The second moments of `node`'s integer inputs, (groups, cols, cols), over the same
+        samples and pass as `peak`; None where that pass did not weigh them, or where the
+        input's scale is not known yet (ext.py's _uniform_room probes a layer before its
+        input's)."""
+        if node.op not in rounding.OPS or node.inputs[0] not in self.scales:
+            return None
+        if self.weight_rounding != rounding.FEEDBACK or self.calib_x is None:
+            return None
+        self.peak(node.inputs[0])
+        gram = self._grams.get(rounding.gram_key(node))
+        if gram is None:
+            return None
+        if node.op == "dense":
+            scale = dense_input_scale(self, node)
+        else:
+            kernel = np.prod(node.params["weight"].shape[2:])
+            scale = np.repeat(conv_input_scale(self, node), kernel)
+        return rounding.integer_gram(gram, scale)
 
     def mean(self, tensor: str) -> np.ndarray:
         """The mean of a dense layer's bipolar-fed input per feature (its last axis), over the
@@ -308,7 +354,13 @@ def _uniform_threshold_scales(ctx: _Ctx, node: Node, absmax: np.ndarray) -> np.n
 def _store_weights(ctx: _Ctx, node: Node, w_eff: np.ndarray, s_w: np.ndarray) -> None:
     lim = int_limit(ctx.profile.weight_bits)
     shape = (-1,) + (1,) * (w_eff.ndim - 1)
-    node.params["weight_q"] = np.clip(round_to_int(w_eff / s_w.reshape(shape)), -lim, lim).astype(
+    steps = w_eff / s_w.reshape(shape)
+    gram = ctx.integer_gram(node)
+    if gram is None:
+        w_q = np.clip(round_to_int(steps), -lim, lim)
+    else:
+        w_q = rounding.round_with_feedback(steps.reshape(len(steps), -1), gram, lim)
+    node.params["weight_q"] = w_q.reshape(steps.shape).astype(
         np.int8 if ctx.profile.weight_bits <= 8 else np.int32
     )
     bias = node.params["bias"] - _mean_error(ctx, node, w_eff, s_w)
@@ -367,12 +419,18 @@ def dense_weights(ctx: _Ctx, node: Node) -> np.ndarray:
     return node.params["weight"].astype(np.float64) * dense_input_scale(ctx, node)[None, :]
 
 
-def conv_weights(ctx: _Ctx, node: Node) -> np.ndarray:
-    """The real weights of a conv2d node with its input scale folded in, (O, C/g, kh, kw)."""
+def conv_input_scale(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The scale of each input channel of a conv2d node, (C,)."""
     s_x = channel_vector(ctx.scale_in(node), ctx.shape_in(node))
     if s_x is None:
         raise ctx.refuse(node, "input scale varies inside a channel")
+    return s_x
+
+
+def conv_weights(ctx: _Ctx, node: Node) -> np.ndarray:
+    """The real weights of a conv2d node with its input scale folded in, (O, C/g, kh, kw)."""
     w = node.params["weight"].astype(np.float64)
+    s_x = conv_input_scale(ctx, node)
     return w * s_x[input_channels(w.shape, node.attrs["group"])][:, :, None, None]
 
 
@@ -736,7 +794,11 @@ def _input_scales(graph: Graph, calib_x: Batch, bits: int) -> dict[str, np.ndarr
 
 
 def quantize(
-    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int | None = None
+    graph: Graph,
+    calib_x: Batch,
+    profile: Profile,
+    max_timesteps: int | None = None,
+    weight_rounding: str = rounding.NEAREST,
 ) -> Graph:
     """Return the integer graph of a float spiking graph, proven free of overflow for
     T <= `max_timesteps`. A target that runs several neuron kinds gets the one that agrees most
@@ -744,16 +806,21 @@ def quantize(
 
     `max_timesteps` None (the CLI's default): DEFAULT_MAX_TIMESTEPS steps, or where those
     overflow, the longest power of two that proves and is at least the T the graph was
-    converted for; the artifact's notes say so. A given number is proven or refused."""
+    converted for; the artifact's notes say so. A given number is proven or refused.
+    `weight_rounding`: rounding.ROUNDINGS, how each weight picks its integer."""
     if graph.stage not in ("snn", "int"):
         raise BadInput(f"quantize needs a converted graph (stage 'snn'), got '{graph.stage}'")
     if max_timesteps is not None and max_timesteps < 1:
         raise BadInput(f"--max-T must be at least 1, got {max_timesteps}")
+    if weight_rounding not in rounding.ROUNDINGS:
+        raise BadInput(
+            f"unknown weight rounding '{weight_rounding}'; known: {', '.join(rounding.ROUNDINGS)}"
+        )
     asked = max_timesteps or DEFAULT_MAX_TIMESTEPS
     try:
-        return _quantize_for(graph, calib_x, profile, asked)
+        return _quantize_for(graph, calib_x, profile, asked, weight_rounding)
     except OverflowWithinSteps as e:
-        fits, shorter = _largest_fitting_T(graph, calib_x, profile, asked)
+        fits, shorter = _largest_fitting_T(graph, calib_x, profile, asked, weight_rounding)
         if max_timesteps is None and fits >= int(graph.meta.get("default_timesteps", 1)):
             # a model converted for 8 steps need not be proven for 64, but the user hears of it
             note = f"proven free of overflow for T <= {fits}, not the default {asked}: {e}"
@@ -763,23 +830,25 @@ def quantize(
         raise OverflowWithinSteps(f"{e}{hint}") from None
 
 
-def _quantize_for(graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int) -> Graph:
+def _quantize_for(
+    graph: Graph, calib_x: Batch, profile: Profile, max_timesteps: int, weight_rounding: str
+) -> Graph:
     if profile.kind_profiles:
         from spikeport.quantize.choose import choose_kind
 
-        return choose_kind(graph, calib_x, profile, max_timesteps)
-    return quantize_kind(graph, calib_x, profile, max_timesteps)
+        return choose_kind(graph, calib_x, profile, max_timesteps, weight_rounding)
+    return quantize_kind(graph, calib_x, profile, max_timesteps, weight_rounding=weight_rounding)
 
 
 def _largest_fitting_T(
-    graph: Graph, calib_x: Batch, profile: Profile, failed: int
+    graph: Graph, calib_x: Batch, profile: Profile, failed: int, weight_rounding: str
 ) -> tuple[int, Graph | None]:
     """The largest power of two below `failed` steps that the range proof passes (it only
     gets easier with fewer steps) and the graph quantized for it; 0 and None if none."""
     T = 1 << ((failed - 1).bit_length() - 1) if failed > 1 else 0
     while T >= 1:
         try:
-            return T, _quantize_for(graph, calib_x, profile, T)
+            return T, _quantize_for(graph, calib_x, profile, T, weight_rounding)
         except CapabilityExceeded:
             T //= 2
     return 0, None
@@ -793,17 +862,18 @@ def quantize_kind(
     vth_divisor: int = SDN_VTH_DIVISORS[1],
     caps: Mapping[str, np.ndarray] | None = None,
     uniform_inputs: bool = True,
+    weight_rounding: str = rounding.NEAREST,
 ) -> Graph:
     """quantize in the profile's own neuron kind (`vth_divisor`, `caps`: kind "sdn"'s, see
     set_kind; the caps are the calibrated peaks, measured here where not given). With
     `uniform_inputs` the graph outputs' weight layers read their input at one scale
     (uniform_inputs.py), unless its larger integers overflow where the plain ones prove:
-    then without."""
+    then without. `weight_rounding`: as quantize's."""
     if profile.neuron_kind == SDN and caps is None:
         from spikeport.convert.calibrate import activation_peaks
 
         caps = activation_peaks(graph, calib_x)
-    args = (graph, calib_x, profile, max_timesteps, vth_divisor, caps)
+    args = (graph, calib_x, profile, max_timesteps, vth_divisor, caps, weight_rounding)
     if uniform_inputs:
         try:
             return _quantize_kind(*args, uniform=True)
@@ -825,6 +895,7 @@ def _quantize_kind(
     max_timesteps: int,
     vth_divisor: int,
     caps: Mapping[str, np.ndarray] | None,
+    weight_rounding: str,
     uniform: bool,
 ) -> Graph:
     out = set_kind(graph, profile.neuron_kind, vth_divisor, caps)  # a copy, in the kind
@@ -844,6 +915,7 @@ def _quantize_kind(
         _input_scales(out, calib_x, profile.input_bits),
         calib_x,
         max_timesteps=max_timesteps,
+        weight_rounding=weight_rounding,
     )
     # The range proof runs along: a handler may size its scale from its inputs' proven bounds.
     ctx.bounds = input_bounds(out, max_timesteps, profile.input_bits)
@@ -878,6 +950,7 @@ def _quantize_kind(
         "state_bits": profile.state_bits,
         "mult_bits": profile.mult_bits,
         "input_bits": profile.input_bits,
+        "weight_rounding": weight_rounding,
         "max_timesteps": max_timesteps,
         "input_rounding": "floor(x / scale + 1/2), clamped",
     }
