@@ -176,6 +176,19 @@ def test_quantized_weights_fold_the_input_scale_per_output_channel(up_net):
     np.testing.assert_allclose(back, n.params["weight"], atol=0.51 * s_y.max() / s_x.min())
 
 
+def test_feedback_rounding_names_the_transposed_convolutions_it_rounds_to_nearest(up_net):
+    """--weight-rounding feedback weighs dense and conv2d layers; a transposed convolution
+    keeps its nearest integers, and the artifact's notes say which."""
+    snn, q, _ = up_net
+    calib = np.random.default_rng(2).normal(size=(32, 3, 8, 8)).astype(np.float32)
+    fed = quantize(snn, calib, get_profile("sim"), 16, weight_rounding="feedback")
+    ups = [n.name for n in q.nodes if n.op == "conv_transpose2d"]
+    (note,) = [n for n in fed.meta["quantization"]["notes"] if "rounded to nearest" in n]
+    assert all(name in note for name in ups), note
+    for name in ups:
+        assert np.array_equal(fed.node(name).params["weight_q"], q.node(name).params["weight_q"])
+
+
 def test_range_proof_holds_on_random_inputs(up_net):
     """Every step's |value| stays within the bound rule's, from the proven input bound; the
     summed bound holds for the T-step sums."""

@@ -155,13 +155,8 @@ class _Ctx:
         `peak`'s pass weighs (rounding.weighed_layers), none unless they round with feedback."""
         if self.calib_x is None or self.weight_rounding != rounding.FEEDBACK:
             return {}
-        layers, left = rounding.weighed_layers(self.graph)
-        if left:
-            self.notes.append(
-                f"{left} weight layers rounded to nearest: the second moments of their inputs "
-                f"would take more than the {rounding.GRAM_BYTES >> 20} MiB that weighted "
-                "rounding keeps"
-            )
+        layers, why_not = rounding.weighed_layers(self.graph)
+        self.notes.extend(why_not)
         by_input: dict[str, list[tuple[tuple, Node]]] = {}
         for key, layer in layers.items():
             by_input.setdefault(layer.inputs[0], []).append((key, layer))

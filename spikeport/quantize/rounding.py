@@ -42,7 +42,7 @@ OPS = frozenset({"dense", "conv2d"})  # layers whose input rows design() lays ou
 def gram_key(node: Node) -> tuple:
     """A layer's input tensor and what fixes its input rows: layers that share both share
     one Gram matrix (a transformer's Q, K and V projections)."""
-    if node.op == "dense":
+    if node.op != "conv2d":
         return (node.inputs[0], node.op)
     a = node.attrs
     shape = tuple(node.params["weight"].shape[1:])
@@ -50,20 +50,30 @@ def gram_key(node: Node) -> tuple:
             tuple(a["pads"]), tuple(a["dilations"]))  # fmt: skip
 
 
-def weighed_layers(graph: Graph) -> tuple[dict[tuple, Node], int]:
-    """({Gram key: a layer that reads it}, how many layers were left out): the dense and
-    conv2d layers in graph order while their Gram matrices fit GRAM_BYTES."""
+def weighed_layers(graph: Graph) -> tuple[dict[tuple, Node], list[str]]:
+    """({Gram key: a layer that reads it}, why the other weight layers round to nearest): the
+    dense and conv2d layers in graph order while their Gram matrices fit GRAM_BYTES."""
     chosen: dict[tuple, Node] = {}
-    room, left = GRAM_BYTES, 0
+    room, over, other = GRAM_BYTES, 0, []
     for n in graph.nodes:
-        if n.op not in OPS or "weight" not in n.params or gram_key(n) in chosen:
+        if "weight" not in n.params or gram_key(n) in chosen:
             continue
-        if gram_bytes(n) > room:
-            left += 1
-            continue
-        chosen[gram_key(n)] = n
-        room -= gram_bytes(n)
-    return chosen, left
+        if n.op not in OPS:
+            other.append(n.name)  # a transposed convolution's rows are not laid out here
+        elif gram_bytes(n) > room:
+            over += 1
+        else:
+            chosen[gram_key(n)] = n
+            room -= gram_bytes(n)
+    why = []
+    if over:
+        why.append(f"{over} weight layers rounded to nearest: the second moments of their "
+                   f"inputs would take more than the {GRAM_BYTES >> 20} MiB that weighted "
+                   "rounding keeps")  # fmt: skip
+    if other:
+        why.append(f"weights rounded to nearest in {', '.join(other)}: weighted rounding "
+                   f"takes {' and '.join(sorted(OPS))} layers only")  # fmt: skip
+    return chosen, why
 
 
 def gram_bytes(node: Node) -> int:
