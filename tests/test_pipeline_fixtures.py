@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spikeport.convert import convert, import_onnx, refit
+from spikeport.convert import convert, import_onnx
 from spikeport.eval.evaluate import onnx_logits
 from spikeport.ir.graph import Graph
+from spikeport.ir.ops import ROW_LAYERS
 from spikeport.quantize import get_profile, quantize
 from spikeport.sim import Simulator, mean_output, simulate
 
@@ -45,7 +46,7 @@ def test_converted_graph_keeps_ann_view(case):
         same = np.array_equal(tuned.params.get("weight"), plain.params.get("weight"))
         assert same != (tuned.name in refitted), tuned.name  # the record names those refitted
         for key in set(plain.params) - {"threshold", "bias", "beta"}:
-            if key == "weight" and plain.op in refit.OPS:
+            if key == "weight" and plain.op in ROW_LAYERS:
                 assert tuned.params[key].shape == plain.params[key].shape
                 assert tuned.params[key].dtype == plain.params[key].dtype
                 assert np.all(np.isfinite(tuned.params[key]))

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from spikeport.cli.main import main
 from spikeport.errors import BadInput
 from spikeport.ir import load, save
+from spikeport.ir.ops import ROW_LAYERS
 from spikeport.quantize import get_profile, quantize, rounding
 
 
@@ -69,7 +70,7 @@ def _weights(graph) -> dict[str, np.ndarray]:  # noqa: ANN001
     return {
         n.name: n.params["weight_q"].astype(np.int64)
         for n in graph.nodes
-        if n.op in rounding.OPS and "weight_q" in n.params
+        if n.op in ROW_LAYERS and "weight_q" in n.params
     }
 
 

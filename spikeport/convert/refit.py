@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from spikeport.ir.graph import Node
+from spikeport.ir.ops import ROW_LAYERS
 from spikeport.sim.kernels import symmetric_pads
 
-OPS = frozenset({"dense", "conv2d"})
 RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # lambda / mean input power, the candidates cross-validated
 MIN_SAMPLES = 4  # two per half
 ROWS_PER_WEIGHT = 4  # rows per weight of an output, at least (see the module docstring)
@@ -87,7 +87,7 @@ def refittable(node: Node, samples: int, output_shape: tuple[int, ...]) -> bool:
 def samples_needed(node: Node, output_shape: tuple[int, ...]) -> int | None:
     """The fewest samples `refit` refits `node` from (refittable), None if it never does."""
     w, bias = node.params.get("weight"), node.params.get("bias")
-    if node.op not in OPS or w is None or bias is None or bias.shape != (w.shape[0],):
+    if node.op not in ROW_LAYERS or w is None or bias is None or bias.shape != (w.shape[0],):
         return None
     positions = int(np.prod(output_shape)) // w.shape[0]  # tokens, pixels
     rows = ROWS_PER_WEIGHT * (int(np.prod(w.shape[1:])) + 1)

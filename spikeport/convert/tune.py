@@ -73,7 +73,13 @@ from spikeport.convert import padding, refit, split
 from spikeport.convert.balance import spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
-from spikeport.ir.ops import ELEMENT_MOVES, class_scores, spike_levels, static_tensors
+from spikeport.ir.ops import (
+    ELEMENT_MOVES,
+    ROW_LAYERS,
+    class_scores,
+    spike_levels,
+    static_tensors,
+)
 from spikeport.progress import progress
 from spikeport.sim import native
 from spikeport.sim.fast import FAST_KERNELS, FastKernel
@@ -702,7 +708,7 @@ def t_aware(
         "refitted": [
             n.name
             for n in candidates[kept].nodes
-            if n.op in refit.OPS
+            if n.op in ROW_LAYERS
             and n.name in base
             and n.params["weight"] is not base[n.name].params["weight"]
         ],
@@ -822,7 +828,7 @@ def _unsearched_outputs(graph: Graph, searched: int) -> list[Node]:
         n
         for n in graph.nodes
         if n.output in graph.outputs
-        and n.op in refit.OPS
+        and n.op in ROW_LAYERS
         and not _source_codes(graph, n)
         and n.inputs[0] not in static
         and not refit.refittable(n, searched, graph.shape(n.output))
@@ -931,7 +937,7 @@ def tune_thresholds(
             _tune_neuron(out, run, node, axis, per_index_products, centre, pooled)
             advance(1)
         ann_output = None
-        if node.op in refit.OPS and node.inputs[0] not in run.static:
+        if node.op in ROW_LAYERS and node.inputs[0] not in run.static:
             ann_output = _refit(run, node, original)
         run.step(node, original, ann_output)
         if node.name in corrected:

@@ -78,6 +78,12 @@ ELEMENT_MOVES = frozenset({"reshape", "transpose", "slice", "take", "gather"})
 FEATURE_OUTPUTS = frozenset({"l2norm", "masked_mean", "layernorm", "tanh"})
 
 
+# Weight layers whose output is a matrix product of rows laid out from their input (a dense
+# layer's features, a convolution's im2col patches: convert/refit.py's design matrix): what
+# T-aware conversion refits and what quantize's error-feedback rounding weighs.
+ROW_LAYERS = frozenset({"dense", "conv2d"})
+
+
 def value_source(graph: Graph, tensor: str) -> Node | None:
     """The node whose values `tensor` holds: its producer, looked through one-input element
     moves; None for a graph input."""

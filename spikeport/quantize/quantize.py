@@ -35,7 +35,14 @@ from spikeport.convert.fold import fold_channel_scales
 from spikeport.errors import BadInput, CapabilityExceeded, OverflowWithinSteps
 from spikeport.ir.check import check_graph
 from spikeport.ir.graph import Graph, Node
-from spikeport.ir.ops import ELEMENT_MOVES, attr, keeps_channels, spike_levels, value_source
+from spikeport.ir.ops import (
+    ELEMENT_MOVES,
+    ROW_LAYERS,
+    attr,
+    keeps_channels,
+    spike_levels,
+    value_source,
+)
 from spikeport.quantize import rounding
 from spikeport.quantize.activity import calibration_activity
 from spikeport.quantize.outliers import join_outlier_inputs, split_outlier_inputs
@@ -167,7 +174,7 @@ class _Ctx:
         samples and pass as `peak`; None where that pass did not weigh them, or where the
         input's scale is not known yet (ext.py's _uniform_room probes a layer before its
         input's)."""
-        if node.op not in rounding.OPS or node.inputs[0] not in self.scales:
+        if node.op not in ROW_LAYERS or node.inputs[0] not in self.scales:
             return None
         if self.weight_rounding != rounding.FEEDBACK or self.calib_x is None:
             return None

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from spikeport.ir.graph import Graph, Node
+from spikeport.ir.ops import ROW_LAYERS
 
 FEEDBACK, NEAREST = "feedback", "nearest"
 ROUNDINGS = (FEEDBACK, NEAREST)  # quantize's weight_rounding (`quantize --weight-rounding`)
 DAMPING = 0.01  # added to G's diagonal, times its mean: GPTQ's default, for a G of rank < cols
 GRAM_BYTES = 1 << 28  # the Gram matrices one quantize keeps, at most (float64, in graph order)
-OPS = frozenset({"dense", "conv2d"})  # layers whose input rows design() lays out
 
 
 def gram_key(node: Node) -> tuple:
@@ -58,7 +58,7 @@ def weighed_layers(graph: Graph) -> tuple[dict[tuple, Node], list[str]]:
     for n in graph.nodes:
         if "weight" not in n.params or gram_key(n) in chosen:
             continue
-        if n.op not in OPS:
+        if n.op not in ROW_LAYERS:
             other.append(n.name)  # a transposed convolution's rows are not laid out here
         elif gram_bytes(n) > room:
             over += 1
@@ -72,7 +72,7 @@ def weighed_layers(graph: Graph) -> tuple[dict[tuple, Node], list[str]]:
                    "rounding keeps")  # fmt: skip
     if other:
         why.append(f"weights rounded to nearest in {', '.join(other)}: weighted rounding "
-                   f"takes {' and '.join(sorted(OPS))} layers only")  # fmt: skip
+                   f"takes {' and '.join(sorted(ROW_LAYERS))} layers only")  # fmt: skip
     return chosen, why
 
 
