@@ -19,11 +19,14 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from conftest import cli_emit_verify, unsigned_snn
 from fixture_models import _Builder, concat_maxpool
 
+from spikeport.cli.main import main
 from spikeport.convert import convert
 from spikeport.errors import CapabilityExceeded, CheckFailed
+from spikeport.ir import save
 from spikeport.ir.ops import OPS
 from spikeport.quantize import Profile, get_profile, quantize
 from spikeport.targets import emit, verify
@@ -536,3 +539,31 @@ def test_cli_says_the_model_is_not_the_hardware(emitted, tmp_path):
     emit_out, verify_out = cli_emit_verify(g, "spinnaker2", tmp_path, case.calib, 16, T=4)
     assert "not against the hardware" in emit_out
     assert "not the hardware" in verify_out
+
+
+# what an emitted folder keeps of the artifact itself: a copy, and its hash in the manifest
+COPIES_OF_THE_ARTIFACT = {"model.spk", "spikeport-target.json"}
+
+
+@pytest.mark.parametrize("target", ["c", "spinnaker2"])
+def test_an_artifact_without_input_bits_emits_as_one_of_8_bits(cases, tmp_path, target):
+    """The artifact's check leaves meta quantization.input_bits optional; every reader then
+    takes the simulator's 8 bits (sim.arith.input_bits): emit writes the same files (but the
+    artifact's copy and hash) as for a graph that records 8, where it raised a KeyError (exit
+    3) before."""
+    graph = s2_graph(cases["digits_mlp"], "c" if target == "c" else "spinnaker2")
+    assert graph.meta["quantization"]["input_bits"] == 8
+    trees = {}
+    for name in ("recorded", "missing"):
+        if name == "missing":
+            del graph.meta["quantization"]["input_bits"]
+        spk, out = tmp_path / f"{name}.spk", tmp_path / name
+        save(graph, spk)
+        res = CliRunner().invoke(main, ["emit", str(spk), "--target", target, "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        trees[name] = {
+            p.relative_to(out): p.read_bytes()
+            for p in out.rglob("*")
+            if p.is_file() and p.name not in COPIES_OF_THE_ARTIFACT
+        }
+    assert trees["recorded"] and trees["missing"] == trees["recorded"]

@@ -19,7 +19,7 @@ from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import spike_levels
 from spikeport.registry import registrar
 from spikeport.sim import kernels as K
-from spikeport.sim.arith import int_limit
+from spikeport.sim.arith import input_bits, int_limit
 from spikeport.sim.kinds import LAVA, LAVA_V_LIMIT, SDN, holds_levels, kind_of
 
 # rule(node, per-step bounds of |inputs|, T, bounds of |inputs summed over t <= T steps|)
@@ -240,7 +240,7 @@ def node_bounds(n: Node, bounds: dict[str, NodeBounds], max_timesteps: int) -> N
 
 def range_bounds(graph: Graph, max_timesteps: int) -> dict[str, NodeBounds]:
     """Bounds of every node's output for T <= max_timesteps, in graph order (inputs first)."""
-    out = input_bounds(graph, max_timesteps, graph.meta["quantization"]["input_bits"])
+    out = input_bounds(graph, max_timesteps, input_bits(graph))
     for n in graph.nodes:
         out[n.output] = node_bounds(n, out, max_timesteps)
     return out

@@ -5,9 +5,21 @@ Every target copies these rules; nothing else in spikeport rounds at run time.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:
+    from spikeport.ir.graph import Graph
+
 INPUT_BITS = 8
+
+
+def input_bits(graph: Graph) -> int:
+    """The width an integer graph's inputs are encoded at: meta quantization.input_bits, which
+    the artifact's check leaves optional (not every profile records every width), else
+    INPUT_BITS. Every reader asks here, so the simulator and the targets encode alike."""
+    return int(graph.meta.get("quantization", {}).get("input_bits", INPUT_BITS))
 
 
 def int_limit(bits: int) -> int:

@@ -17,7 +17,7 @@ from spikeport.errors import BadInput, SimulationOverflow
 from spikeport.ir.graph import Graph, Node
 from spikeport.ir.ops import OPS, spike_levels, static_tensors
 from spikeport.quantize.ranges import range_bounds
-from spikeport.sim.arith import INPUT_BITS, int_limit, quantize_input
+from spikeport.sim.arith import input_bits, int_limit, quantize_input
 from spikeport.sim.fast import FAST_KERNELS, FastKernel
 from spikeport.sim.kernels import conv_fanout, conv_transpose_fanout
 from spikeport.sim.kinds import SDN, SDN_STATE_BITS, holds_levels, kind_of
@@ -99,7 +99,7 @@ def encode_inputs(graph: Graph, x: Batch, mode: str = "int") -> dict[str, np.nda
         if is_integer(t):
             values[t.name] = np.asarray(v, np.int64)
         elif mode == "int":  # at the profile's input width, which quantize calibrated for
-            bits = graph.meta.get("quantization", {}).get("input_bits", INPUT_BITS)
+            bits = input_bits(graph)
             values[t.name] = quantize_input(v, graph.scales[t.name], bits)
         else:
             values[t.name] = np.asarray(v, np.float64)

@@ -10,7 +10,7 @@ from spikeport.batch import Batch, is_integer, size, take
 from spikeport.errors import CheckFailed
 from spikeport.ir.graph import Graph
 from spikeport.sim import Simulator
-from spikeport.sim.arith import int_limit
+from spikeport.sim.arith import input_bits, int_limit
 
 
 def check_in_batches(
@@ -35,7 +35,7 @@ def random_inputs(graph: Graph, n: int, seed: int = 0) -> Batch:
     ids uniform over the rows of the embedding that reads them; other integer inputs (masks)
     random 0/1 flags. One array for a single-input graph, else {input name: array}."""
     rng = np.random.default_rng(seed)
-    lim = int_limit(graph.meta["quantization"]["input_bits"])
+    lim = int_limit(input_bits(graph))
     out: dict[str, np.ndarray] = {}
     for t in graph.inputs:
         if is_integer(t):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spikeport.sim.arith import input_bits
 from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2.plan import Network, Population
 from spikeport.targets.spinnaker2.prepare import hardware_v_init
@@ -75,7 +76,7 @@ def to_json(net: Network) -> dict[str, Any]:
             "shape": list(g.input.shape),
             "size": int(np.prod(g.input.shape)),
             "scale": float(np.asarray(g.scales[g.input.name]).reshape(-1)[0]),
-            "bits": g.meta["quantization"]["input_bits"],
+            "bits": input_bits(g),
             "encoding": "q = clamp(floor(x / scale + 1/2), -127, 127)",
         },
         "populations": [_population(p) for p in net.populations.values()],
