@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spikeport.sim.arith import input_bits
+from spikeport.sim.arith import input_bits, int_limit
 from spikeport.targets.spinnaker2 import capabilities as cap
 from spikeport.targets.spinnaker2.plan import Network, Population
 from spikeport.targets.spinnaker2.prepare import hardware_v_init
@@ -57,6 +57,7 @@ def _population(pop: Population) -> dict[str, Any]:
 def to_json(net: Network) -> dict[str, Any]:
     g = net.graph
     out = net.populations[net.output]
+    lim = int_limit(input_bits(g))
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -77,7 +78,7 @@ def to_json(net: Network) -> dict[str, Any]:
             "size": int(np.prod(g.input.shape)),
             "scale": float(np.asarray(g.scales[g.input.name]).reshape(-1)[0]),
             "bits": input_bits(g),
-            "encoding": "q = clamp(floor(x / scale + 1/2), -127, 127)",
+            "encoding": f"q = clamp(floor(x / scale + 1/2), -{lim}, {lim})",
         },
         "populations": [_population(p) for p in net.populations.values()],
         "projections": [
