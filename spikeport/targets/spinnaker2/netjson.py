@@ -57,7 +57,8 @@ def _population(pop: Population) -> dict[str, Any]:
 def to_json(net: Network) -> dict[str, Any]:
     g = net.graph
     out = net.populations[net.output]
-    lim = int_limit(input_bits(g))
+    bits = input_bits(g)
+    lim = int_limit(bits)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -77,7 +78,7 @@ def to_json(net: Network) -> dict[str, Any]:
             "shape": list(g.input.shape),
             "size": int(np.prod(g.input.shape)),
             "scale": float(np.asarray(g.scales[g.input.name]).reshape(-1)[0]),
-            "bits": input_bits(g),
+            "bits": bits,
             "encoding": f"q = clamp(floor(x / scale + 1/2), -{lim}, {lim})",
         },
         "populations": [_population(p) for p in net.populations.values()],
