@@ -88,10 +88,11 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     help="One threshold per channel or one per layer.",
 )
 @click.option(
-    "--signed",
-    is_flag=True,
-    help="Signed spikes: a neuron may take a spike back (-1). Few-step accuracy up on deep "
-    "CNNs; the C target alone runs them.",
+    "--signed/--unsigned",
+    default=None,
+    help="Signed spikes: a neuron may take a spike back (-1); the C target alone runs them. "
+    "Default: at T > 1 the T-aware search tries them as a candidate and the calibration data "
+    "decides; --unsigned for Lava, SpiNNaker2 and NIR.",
 )
 @click.option(
     "--input-percentile",
@@ -170,7 +171,7 @@ def convert_cmd(
     timesteps: int,
     percentile: float,
     per_channel: bool,
-    signed: bool,
+    signed: bool | None,
     input_percentile: float,
     input_shapes: tuple[str, ...],
     spike_bits: int,

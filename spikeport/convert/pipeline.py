@@ -58,7 +58,7 @@ def convert(
     calib: str | os.PathLike[str],
     percentile: float = DEFAULT_PERCENTILE,
     per_channel: bool = True,
-    signed: bool = False,
+    signed: bool | None = None,
     timesteps: int = DEFAULT_TIMESTEPS,
     input_percentile: float = DEFAULT_INPUT_PERCENTILE,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -83,6 +83,10 @@ def convert(
     calibration samples T-aware conversion runs on (default: as many as its memory budget
     allows, tune.MEMORY_BUDGET). `search` (tune.SEARCHES): "full", every T-aware candidate, or
     "quick", the search for T alone (a large image's conversion in a fraction of the time).
+    `signed`: True gives every neuron that is not bipolar signed spikes (it may take a spike
+    back; only the C target runs them), False none; None (the default) lets T-aware
+    conversion at T > 1 with the full search try the signed twin of its chosen search as one
+    more candidate (tune.t_aware's `signed_twin`), else it is False.
     `quiet`: no progress bar for the T-aware search (it shows
     only on a terminal anyway)."""
     if timesteps < 1:
@@ -123,7 +127,7 @@ def convert(
     # back), so the search for T = 1 runs on unsigned neurons and they are signed after it.
     # Searched signed, its 2- and 4-step candidates differed: on the held-out CNN family
     # (benchmarks/cnn_family.py --signed) T = 1 lost 0.90 points on average, none gained.
-    signed_search = signed and not (tune and timesteps == 1)
+    signed_search = bool(signed) and not (tune and timesteps == 1)
     snn = balance_thresholds(
         ann, stats, percentile, per_channel, signed_search, input_percentile, product_operands
     )
@@ -135,7 +139,8 @@ def convert(
         del ann, stats, runner
         release_freed_memory()
         snn, record = t_aware(
-            snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search
+            snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search,
+            signed_twin=signed is None,
         )
         snn.meta["conversion"]["t_aware"] = record
     if signed and not signed_search:

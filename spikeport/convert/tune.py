@@ -70,7 +70,7 @@ import numpy as np
 
 from spikeport.batch import Batch, size, take
 from spikeport.convert import padding, refit, split
-from spikeport.convert.balance import spiking_pool, threshold_shape
+from spikeport.convert.balance import sign_neurons, spiking_pool, threshold_shape
 from spikeport.convert.fold import bias_shift, fold_offsets, padded_conv_shift
 from spikeport.ir.graph import Graph, Node, TensorInfo
 from spikeport.ir.ops import (
@@ -615,6 +615,7 @@ def t_aware(
     samples: int | None = None,
     quiet: bool = False,
     search: str = "full",
+    signed_twin: bool = False,
 ) -> tuple[Graph, dict[str, object]]:
     """The float SNN converted for T (see the module docstring), and a record of the choice.
     `extra_neurons`: the outlier split's budget, a share of each split layer's features.
@@ -647,6 +648,11 @@ def t_aware(
     the calibration data decides. Transformers' conversion takes twice as long again, and so
     does that of CNNs with bipolar neurons in front of convolutions (hardswish, SiLU,
     LeakyReLU, squeeze-excitation products; CENTRED_CONVS).
+
+    With `signed_twin` (T > 1, the full search, `convert` without --signed or --unsigned),
+    the chosen search runs once more with its unsigned neurons signed (they may take a spike
+    back: DESIGN's signed variant), and the calibration data decides between the two as
+    between the others (_signed_twin).
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
@@ -669,29 +675,38 @@ def t_aware(
     centring = [False, True] if full and _centring(snn, axes) else [False]
     pooling = [False, True] if full and _poolable(snn, axes, size(x)) else [False]
     outcomes: dict[str, dict[str, str]] = {}  # per candidate: _refit_outputs'
-    searches = list(itertools.product(steps, corrections, operands, centring, pooling))
+    searches = {
+        _candidate_name(*s): s
+        for s in itertools.product(steps, corrections, operands, centring, pooling)
+    }
+    twin = signed_twin and T > 1 and full and _signable(snn)
     layers = sum(map(_searched, snn.nodes))
-    desc = f"T-aware search, {len(searches)} candidates"
-    with progress(len(searches) * layers, desc, quiet, "layer") as advance:
-        for t, correct, per_index, centre, pooled in searches:
-            name = f"T={t}" + (", bias corrected" if correct else "")
-            name += "" if per_index else ", one threshold per product operand"
-            name += ", centred" if centre else ""
-            name += ", pooled" if pooled else ""
-            tuned = tune_thresholds(snn, by_steps[t], t, axes, correct, per_index, centre, pooled,
-                                    extra_neurons, moved_by_steps[t], advance)  # fmt: skip
-            outputs = None  # the candidate's outputs on `scored`, where the refit made them
-            if moved is None:  # (a text model's padding: its output rows are not all read)
-                outcomes[name], outputs = _refit_outputs(
-                    tuned, scored, T, reference, size(by_steps[t])
-                )
-            else:
-                unrefitted = _unsearched_outputs(tuned, size(by_steps[t]))
-                outcomes[name] = {n.name: PADDED for n in unrefitted}
-            candidates[name] = _share_unchanged(tuned, snn)
-            scores[name] = _score(tuned, scored, T, reference, outputs)
-            candidates = _undominated(candidates, scores)
-            release_freed_memory()  # the search's heap blocks, before the next one's
+    desc = f"T-aware search, {len(searches) + twin} candidates"
+
+    def try_candidate(name: str, graph: Graph, advance: Callable[[int], None]) -> None:
+        t, correct, per_index, centre, pooled = searches[name.removesuffix(SIGNED)]
+        tuned = tune_thresholds(graph, by_steps[t], t, axes, correct, per_index, centre, pooled,
+                                extra_neurons, moved_by_steps[t], advance)  # fmt: skip
+        outputs = None  # the candidate's outputs on `scored`, where the refit made them
+        if moved is None:  # (a text model's padding: its output rows are not all read)
+            outcomes[name], outputs = _refit_outputs(tuned, scored, T, reference, size(by_steps[t]))
+        else:
+            unrefitted = _unsearched_outputs(tuned, size(by_steps[t]))
+            outcomes[name] = {n.name: PADDED for n in unrefitted}
+        candidates[name] = _share_unchanged(tuned, snn)
+        scores[name] = _score(tuned, scored, T, reference, outputs)
+        for dropped in set(candidates) - set(_undominated(candidates, scores)):
+            del candidates[dropped]  # (in place: the closure shares the dict)
+        release_freed_memory()  # the search's heap blocks, before the next one's
+
+    with progress((len(searches) + twin) * layers, desc, quiet, "layer") as advance:
+        for name in searches:
+            try_candidate(name, snn, advance)
+        kept = _pick(scores)
+        if twin and kept != "percentile":
+            try_candidate(kept + SIGNED, sign_neurons(_search_copy(snn)), advance)
+        elif twin:  # the percentile conversion won: no search to sign
+            advance(layers)
     kept = _pick(scores)
     base = {n.name: n for n in snn.nodes}
     record: dict[str, object] = {
@@ -723,6 +738,32 @@ def t_aware(
         },
     }
     return candidates[kept], record
+
+
+# The signed twin of the chosen search (t_aware's `signed_twin`): its candidate's name suffix.
+# Signed neurons take back a spike that later inputs turn out not to warrant (the overshoot
+# an unsigned neuron keeps). On 32x32 colour images (benchmarks/cnn_family.py --task shapes,
+# 2026-12-07, integer mode, test split, T = 8) `convert --signed` lifted relu_dw:50 from
+# 72.9 to 77.8 % (ANN 78.1), maxpool:50 from 89.5 to 90.7 (91.0), maxpool:52 from 88.6 to
+# 90.0 (90.5); on the 8x8 digits it moves a net by a few images either way (bench_cnn_bn
+# 98.89 / 99.44 / 99.26 -> 98.33 / 98.70 / 99.44 at T = 2 / 4 / 8, bench_resnet 97.22 /
+# 98.89 / 99.81 -> 97.78 / 99.44 / 99.63). So it is a candidate: the calibration decides.
+SIGNED = ", signed"
+
+
+def _candidate_name(t: int, correct: bool, per_index: bool, centre: bool, pooled: bool) -> str:
+    """A search's name in the record: its step count, then what it does besides."""
+    name = f"T={t}" + (", bias corrected" if correct else "")
+    name += "" if per_index else ", one threshold per product operand"
+    name += ", centred" if centre else ""
+    return name + (", pooled" if pooled else "")
+
+
+def _signable(graph: Graph) -> bool:
+    """Whether signing would change a neuron: an IF neuron neither signed nor bipolar."""
+    return any(
+        n.op == "if" and not n.attrs["signed"] and not n.attrs.get("bipolar") for n in graph.nodes
+    )
 
 
 def _share_unchanged(tuned: Graph, base: Graph) -> Graph:

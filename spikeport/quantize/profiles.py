@@ -129,7 +129,7 @@ def graded_refusal(node: Node, profile: Profile) -> str:
 
 def signed_fix(node: Node) -> str:
     """What to do about a neuron with negative spikes on a target without them: `--signed`
-    made it, or conversion did (a bipolar neuron in front of a layer that reads signed values:
+    or the T-aware search's signed candidate made it, or conversion did (a bipolar neuron in front of a layer that reads signed values:
     a residual stream, a LayerNorm, GELU, SiLU or hardswish output), which no option removes."""
     if node.attrs.get("bipolar"):
         return (
@@ -137,7 +137,7 @@ def signed_fix(node: Node) -> str:
             "(a residual stream, LayerNorm, GELU, SiLU or hardswish), and no conversion "
             "option removes it; run the network on --target c or sim"
         )
-    return "convert without --signed"
+    return "convert with --unsigned"
 
 
 def check_capabilities(graph: Graph, profile: Profile) -> None:
