@@ -3,7 +3,7 @@ trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 (`--timesteps
 integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
-        [--signed] [--rate-coded] [--timesteps 1,2,4,8] [--jobs 2]
+        [--signed] [--unsigned] [--rate-coded] [--timesteps 1,2,4,8] [--jobs 2]
     # writes benchmarks/results/cnn_family.json, its plot cnn_family.png, and prints a table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
@@ -36,7 +36,8 @@ cosine decay), is exported with the TorchScript exporter at opset 17, calibrated
 calibration split and scored on its test split (never trained on or calibrated with). `--sj`
 adds SpikingJelly's best recipe at each T where it converts the module (ReLU only). `--quick`
 adds the same rows converted with `convert --search quick` (README: conversion time),
-`--signed` with `convert --signed` (signed spikes: the C target's; README). `--finetune` adds
+`--signed` with `convert --signed` (signed spikes: the C target's; README), `--unsigned` with
+`convert --unsigned` (the default tries signed spikes as a candidate at T > 1). `--finetune` adds
 issue #16's fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe
 of `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr
 0.003, `--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and
@@ -282,7 +283,7 @@ def spikeport_row(
     path: Path,
     splits: dict[str, Path],
     search: str = "full",
-    signed: bool = False,
+    signed: bool | None = None,
     timesteps: Sequence[int] = TS,
 ) -> dict[str, float]:
     """`convert -T T [--search quick] [--signed]` -> `quantize --target sim` -> `eval -T T`,
@@ -385,6 +386,7 @@ def run_one(
     rate_coded: bool,
     quick: bool,
     signed: bool,
+    unsigned: bool,
     shift: int,
     mixup: float,
     task: str,
@@ -404,6 +406,7 @@ def run_one(
         row["spikeport"] = scored()
         row["spikeport_quick"] = scored("quick") if quick else None
         row["spikeport_signed"] = scored(signed=True) if signed else None
+        row["spikeport_unsigned"] = scored(signed=False) if unsigned else None
         row["spikingjelly_best"] = sj_row(model, splits, timesteps) if sj else None
         # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
         start = few_step_start(path, splits) if finetune or rate_coded else None
@@ -440,6 +443,20 @@ def net_specs(
     return specs
 
 
+# run_one's keyword options, as main's flags name them
+RUN_OPTIONS = (
+    "sj",
+    "finetune",
+    "rate_coded",
+    "quick",
+    "signed",
+    "unsigned",
+    "shift",
+    "mixup",
+    "task",
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nets", default=DEFAULT_NETS, help="arch:seed,... (%(default)s)")
@@ -449,6 +466,7 @@ def main() -> None:
     ap.add_argument("--rate-coded", action="store_true", help="add T = 2's rate-coded ANN")
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
+    ap.add_argument("--unsigned", action="store_true", help="add `convert --unsigned`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--mixup", type=float, default=0.0, help="fine-tuning's --mixup (off)")
     parallel.add_jobs(ap)
@@ -465,10 +483,7 @@ def main() -> None:
     specs = net_specs(ap, args.nets, args.task)
     TASKS[args.task].splits()  # drawn once here, not by each job
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    options = {
-        k: getattr(args, k)
-        for k in ("sj", "finetune", "rate_coded", "quick", "signed", "shift", "mixup", "task")
-    }
+    options = {k: getattr(args, k) for k in RUN_OPTIONS}
     options["timesteps"] = args.timesteps
     doc = {"benchmark": "cnn_family", "command": " ".join(sys.argv), "started": started,
            "task": args.task, "epochs": TASKS[args.task].epochs, "T": args.timesteps,
@@ -494,7 +509,11 @@ def _line(row: dict[str, Any]) -> str:
     ts = _steps([row])
     acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in ts)
     line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = {' / '.join(map(str, ts))}: {acc}"
-    for key, flag in (("spikeport_quick", "--search quick"), ("spikeport_signed", "--signed")):
+    for key, flag in (
+        ("spikeport_quick", "--search quick"),
+        ("spikeport_signed", "--signed"),
+        ("spikeport_unsigned", "--unsigned"),
+    ):
         if row.get(key):
             line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in ts)
     for key, what in PER_SEED.items():
@@ -514,6 +533,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             "spikeport": r["spikeport"],
             "spikeport, `--search quick`": r.get("spikeport_quick"),
             "spikeport, `--signed`": r.get("spikeport_signed"),
+            "spikeport, `--unsigned`": r.get("spikeport_unsigned"),
             "SpikingJelly best": r["spikingjelly_best"],
         }
         for name, accs in methods.items():
@@ -537,6 +557,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 PLOTTED = {
     "spikeport": ("spikeport (default)", "o", "C0"),
     "spikeport_signed": ("spikeport --signed (C target)", "^", "C2"),
+    "spikeport_unsigned": ("spikeport --unsigned", "v", "C4"),
     "spikingjelly_best": ("SpikingJelly, best recipe", "x", "C3"),
 }
 BAR = -1.0

@@ -94,7 +94,9 @@ def run_one(spec: tuple[str, str, str], dynamo: bool = False) -> dict[str, Any]:
         calib = load_data(cnn_family.SPLITS["calib"]).x
         test = load_data(cnn_family.SPLITS["test"], labels=True)
         ann = cnn_family.accuracy(model, test.x, test.y)
-        snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True)
+        # unsigned: one conversion for every target, and Lava, SpiNNaker2 and NIR have no
+        # signed spikes (the default may keep the search's signed candidate)
+        snn = convert(path, cnn_family.SPLITS["calib"], timesteps=T, quiet=True, signed=False)
         row = _every_target(f"{arch}:{seed}", dynamo, ann, snn, path, Path(tmp), calib, test)
     return _done(row, t0)
 
@@ -106,7 +108,7 @@ def run_transformer(spec: tuple[str, str, int, bool]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         files = transformer_family.make(task, arch, seed, dynamo, Path(tmp))
-        snn = convert(files["onnx"], files["calib"], timesteps=T, quiet=True)
+        snn = convert(files["onnx"], files["calib"], timesteps=T, quiet=True, signed=False)
         calib = load_data(files["calib"], snn.inputs).x
         test = load_data(files["test"], snn.inputs, labels=True)
         net = f"{task}:{arch}:{seed}"

@@ -66,7 +66,9 @@ def test_t_aware_conversion_is_deterministic_and_recorded():
     assert "t_aware" not in base.meta["conversion"]
     a, b = (convert(model, calib, timesteps=2) for _ in range(2))
     record = a.meta["conversion"]["t_aware"]
-    assert record["T"] == 2 and set(record["candidates"]) == {"percentile", "T=2", "T=4", "T=8"}
+    searches = {"percentile", "T=2", "T=4", "T=8"}
+    (twin,) = set(record["candidates"]) - searches  # the signed twin of the chosen search
+    assert record["T"] == 2 and twin.removesuffix(", signed") in searches - {"percentile"}
     assert record["kept"] != "percentile"
     assert all(np.array_equal(x, y) for x, y in zip(thresholds(a), thresholds(b), strict=True))
     assert any(not np.allclose(x, y) for x, y in zip(thresholds(a), thresholds(base), strict=True))
@@ -776,3 +778,29 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
     _, record = tune.t_aware(snn, x, 2, axes, samples=8, quiet=True, search="quick")
     assert record["output_refit"] == done  # what became of it, in the record
     assert record["samples"] == 8 and head.name in record["refitted"]
+
+
+def test_the_default_conversion_tries_the_signed_twin_of_its_chosen_search():
+    """At T > 1, without --signed or --unsigned, the T-aware search runs its chosen search
+    once more on signed neurons and keeps whichever the calibration data prefers: the
+    unsigned conversion's candidates plus that one; at T = 1 (nothing to take back) and with
+    --unsigned, no twin."""
+    from spikeport.convert import convert
+
+    model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
+    plain, auto = (convert(model, calib, timesteps=2, signed=s) for s in (False, None))
+    unsigned, chosen = (g.meta["conversion"]["t_aware"] for g in (plain, auto))
+    twin = unsigned["kept"] + ", signed"
+    assert not any(k.endswith(", signed") for k in unsigned["candidates"])
+    assert set(chosen["candidates"]) == set(unsigned["candidates"]) | {twin}
+    for name, score in unsigned["candidates"].items():  # deterministic: the same scores
+        assert chosen["candidates"][name] == score
+    is_signed = chosen["kept"] == twin
+    assert chosen["kept"] in (twin, unsigned["kept"])
+    neurons = [n for n in auto.nodes if n.op == "if"]
+    assert all(n.attrs["signed"] == is_signed for n in neurons)
+    assert auto.meta["conversion"]["signed_spikes"] is is_signed
+    one_step = convert(model, calib, timesteps=1)
+    one_step_candidates = one_step.meta["conversion"]["t_aware"]["candidates"]
+    assert not any(k.endswith(", signed") for k in one_step_candidates)
+    assert not any(n.attrs["signed"] for n in one_step.nodes if n.op == "if")

@@ -27,7 +27,7 @@ def preact(tmp_path_factory):
     model, x = preact_dense()
     onnx.save(model, root / "m.onnx")
     np.savez(root / "c.npz", x=x)
-    return convert(root / "m.onnx", root / "c.npz", timesteps=8, quiet=True), x
+    return convert(root / "m.onnx", root / "c.npz", timesteps=8, quiet=True, signed=False), x
 
 
 def test_conversion_keeps_the_unfoldable_batchnorms_as_channel_scales(preact):

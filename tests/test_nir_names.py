@@ -26,7 +26,7 @@ EXPORTER_NAMES = ["/0/Conv", "input", "/0/Relu", "conv.weight", "1x", "output", 
 
 @pytest.fixture(scope="module")
 def renamed(tmp_path_factory):
-    snn = convert(EX / "digits_cnn.onnx", EX / "digits_calib.npz")
+    snn = convert(EX / "digits_cnn.onnx", EX / "digits_calib.npz", signed=False)
     for node, name in zip(snn.nodes, EXPORTER_NAMES, strict=False):
         node.name = name
     g = quantize(snn, np.load(EX / "digits_calib.npz")["x"], get_profile("nir"))

@@ -179,7 +179,7 @@ def test_unsupported_ops_are_refused_by_name_at_quantize(cases, name, why):
 
 
 def test_signed_neurons_are_refused(cases):
-    with pytest.raises(CapabilityExceeded, match="has no signed spikes; convert without"):
+    with pytest.raises(CapabilityExceeded, match="has no signed spikes; convert with --unsigned"):
         quantize(
             cases["wide_mlp"].snn,
             np.load(cases["wide_mlp"].calib)["x"],

@@ -118,7 +118,7 @@ def _skip_concat(tmp_path):
     onnx.save(b.model((16,), out, 3), tmp_path / "m.onnx")
     x = b.rng.uniform(0, 1, (48, 16)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
-    return convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x
+    return convert(tmp_path / "m.onnx", tmp_path / "c.npz", signed=False), x
 
 
 def test_concat_maps_by_embedding(tmp_path):
@@ -149,7 +149,8 @@ def _round_trip(b: _Builder, out: str, shape: tuple[int, ...], tmp_path, seed: i
     onnx.save(b.model(shape, out, 3), tmp_path / "m.onnx")
     x = b.rng.uniform(0, 1, (48, *shape)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
-    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
+    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz", signed=False)
+    g = quantize(snn, x, get_profile("nir"))
     emit(g, "nir", tmp_path / "o")
     xs = np.random.default_rng(seed).uniform(0, 1, (INPUTS, *shape))
     assert verify(g, tmp_path / "o", xs, T=T)["samples"] == INPUTS
@@ -247,7 +248,8 @@ def test_max_pooling_over_a_concat_of_spikes_maps(tmp_path):
     onnx.save(concat_maxpool()[0], tmp_path / "m.onnx")
     x = concat_maxpool()[1]
     np.savez(tmp_path / "c.npz", x=x)
-    g = quantize(convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x, get_profile("nir"))
+    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz", signed=False)
+    g = quantize(snn, x, get_profile("nir"))
     emit(g, "nir", tmp_path / "o")
     xs = np.random.default_rng(7).uniform(0, 1, (INPUTS, 2, 8, 8))
     assert verify(g, tmp_path / "o", xs, T=12)["samples"] == INPUTS
@@ -278,7 +280,7 @@ def test_max_pooling_of_currents_is_refused_by_name(tmp_path):
     onnx.save(b.model((2, 8, 8), out, 3), tmp_path / "m.onnx")
     x = b.rng.uniform(0, 1, (48, 2, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "c.npz", x=x)
-    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz")
+    snn = convert(tmp_path / "m.onnx", tmp_path / "c.npz", signed=False)
     with pytest.raises(
         CapabilityExceeded,
         match="node 'maxpool_2' \\(maxpool2d\\): its input is the output of 'conv_1' "

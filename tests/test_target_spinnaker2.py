@@ -299,7 +299,7 @@ def _onnx_case(tmp_path, builder):
     model, x = builder()
     onnx.save(model, tmp_path / "m.onnx")
     np.savez(tmp_path / "c.npz", x=x)
-    return convert(tmp_path / "m.onnx", tmp_path / "c.npz"), x
+    return convert(tmp_path / "m.onnx", tmp_path / "c.npz", signed=False), x
 
 
 def _skip_concat():

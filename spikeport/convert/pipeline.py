@@ -138,9 +138,9 @@ def convert(
         # heap of calibration goes back too (180 MiB there)
         del ann, stats, runner
         release_freed_memory()
+        twin = signed is None  # neither --signed nor --unsigned: the calibration decides
         snn, record = t_aware(
-            snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search,
-            signed_twin=signed is None,
+            snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search, twin
         )
         snn.meta["conversion"]["t_aware"] = record
     if signed and not signed_search:

@@ -129,8 +129,9 @@ def graded_refusal(node: Node, profile: Profile) -> str:
 
 def signed_fix(node: Node) -> str:
     """What to do about a neuron with negative spikes on a target without them: `--signed`
-    or the T-aware search's signed candidate made it, or conversion did (a bipolar neuron in front of a layer that reads signed values:
-    a residual stream, a LayerNorm, GELU, SiLU or hardswish output), which no option removes."""
+    or the T-aware search's signed candidate made it, or conversion did (a bipolar neuron in
+    front of a layer that reads signed values: a residual stream, a LayerNorm, GELU, SiLU or
+    hardswish output), which no option removes."""
     if node.attrs.get("bipolar"):
         return (
             "it is bipolar: conversion put it in front of a layer that reads signed values "
