@@ -781,7 +781,7 @@ def test_an_output_layer_the_search_had_too_few_samples_for_is_refitted_on_the_s
 
 
 def test_the_default_conversion_tries_the_signed_twin_of_its_chosen_search():
-    """At T > 1, without --signed or --unsigned, the T-aware search runs its chosen search
+    """At T > 1, binary, without --signed or --unsigned, the T-aware search runs its chosen search
     once more on signed neurons and keeps whichever the calibration data prefers: the
     unsigned conversion's candidates plus that one; at T = 1 (nothing to take back) and with
     --unsigned, no twin."""
@@ -800,7 +800,11 @@ def test_the_default_conversion_tries_the_signed_twin_of_its_chosen_search():
     neurons = [n for n in auto.nodes if n.op == "if"]
     assert all(n.attrs["signed"] == is_signed for n in neurons)
     assert auto.meta["conversion"]["signed_spikes"] is is_signed
-    one_step = convert(model, calib, timesteps=1)
-    one_step_candidates = one_step.meta["conversion"]["t_aware"]["candidates"]
-    assert not any(k.endswith(", signed") for k in one_step_candidates)
-    assert not any(n.attrs["signed"] for n in one_step.nodes if n.op == "if")
+    # nor for graded neurons: signed, they would send a sign bit beyond --spike-bits
+    for untwinned in (
+        convert(model, calib, timesteps=1),
+        convert(model, calib, timesteps=2, spike_bits=2),
+    ):
+        candidates = untwinned.meta["conversion"]["t_aware"]["candidates"]
+        assert not any(k.endswith(", signed") for k in candidates)
+        assert not any(n.attrs["signed"] for n in untwinned.nodes if n.op == "if")

@@ -91,8 +91,8 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     "--signed/--unsigned",
     default=None,
     help="Signed spikes: a neuron may take a spike back (-1); the C target alone runs them. "
-    "Default: at T > 1 the T-aware search tries them as a candidate and the calibration data "
-    "decides; --unsigned for Lava, SpiNNaker2 and NIR.",
+    "Default: at T > 1 with binary spikes the T-aware search tries them as a candidate and the "
+    "calibration data decides; --unsigned for Lava, SpiNNaker2 and NIR.",
 )
 @click.option(
     "--input-percentile",

@@ -85,8 +85,8 @@ def convert(
     "quick", the search for T alone (a large image's conversion in a fraction of the time).
     `signed`: True gives every neuron that is not bipolar signed spikes (it may take a spike
     back; only the C target runs them), False none; None (the default) lets T-aware
-    conversion at T > 1 with the full search try the signed twin of its chosen search as one
-    more candidate (tune.t_aware's `signed_twin`), else it is False.
+    conversion at T > 1 with the full search and binary neurons try the signed twin of its
+    chosen search as one more candidate (tune.t_aware's `signed_twin`), else it is False.
     `quiet`: no progress bar for the T-aware search (it shows
     only on a terminal anyway)."""
     if timesteps < 1:
@@ -138,7 +138,9 @@ def convert(
         # heap of calibration goes back too (180 MiB there)
         del ann, stats, runner
         release_freed_memory()
-        twin = signed is None  # neither --signed nor --unsigned: the calibration decides
+        # neither --signed nor --unsigned: the calibration decides, for binary neurons only (a
+        # graded neuron signed would send a sign bit beyond the --spike-bits the user chose)
+        twin = signed is None and not any(n.attrs.get("spike_bits", 1) > 1 for n in snn.nodes)
         snn, record = t_aware(
             snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search, twin
         )
