@@ -234,11 +234,12 @@ def test_t_aware_conversion_beats_the_percentile_at_two_steps(test_set, signed):
 
 def test_signed_conversion_for_one_step_is_the_unsigned_one_with_signed_neurons(test_set):
     """At T = 1 a signed neuron never takes a spike back, so `convert -T 1 --signed` is the
-    unsigned conversion, parameter for parameter, with every (non-bipolar) neuron signed."""
+    unsigned conversion, parameter for parameter, with every (non-bipolar) neuron signed; and
+    the default tries no signed twin there (its candidates are the same)."""
     from spikeport.convert import convert
 
     model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
-    plain, signed = (convert(model, calib, timesteps=1, signed=s) for s in (False, True))
+    plain, signed = (convert(model, calib, timesteps=1, signed=s) for s in (None, True))
     assert [n.name for n in plain.nodes] == [n.name for n in signed.nodes]
     for a, b in zip(plain.nodes, signed.nodes, strict=True):
         assert a.params.keys() == b.params.keys()
@@ -800,11 +801,9 @@ def test_the_default_conversion_tries_the_signed_twin_of_its_chosen_search():
     neurons = [n for n in auto.nodes if n.op == "if"]
     assert all(n.attrs["signed"] == is_signed for n in neurons)
     assert auto.meta["conversion"]["signed_spikes"] is is_signed
-    # nor for graded neurons: signed, they would send a sign bit beyond --spike-bits
-    for untwinned in (
-        convert(model, calib, timesteps=1),
-        convert(model, calib, timesteps=2, spike_bits=2),
-    ):
-        candidates = untwinned.meta["conversion"]["t_aware"]["candidates"]
-        assert not any(k.endswith(", signed") for k in candidates)
-        assert not any(n.attrs["signed"] for n in untwinned.nodes if n.op == "if")
+    # nor for graded neurons: signed, they would send a sign bit beyond --spike-bits (T = 1:
+    # test_signed_conversion_for_one_step_is_the_unsigned_one_with_signed_neurons)
+    graded = convert(model, calib, timesteps=2, spike_bits=2)
+    candidates = graded.meta["conversion"]["t_aware"]["candidates"]
+    assert not any(k.endswith(", signed") for k in candidates)
+    assert not any(n.attrs["signed"] for n in graded.nodes if n.op == "if")
