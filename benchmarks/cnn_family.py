@@ -505,15 +505,19 @@ def _steps(rows: list[dict[str, Any]]) -> list[int]:
     return [int(t) for t in rows[0]["spikeport"] if t.isdigit()] if rows else TS
 
 
+# the rows of one convert option each (run_one), by key: the option
+OPTION_ROWS = {
+    "spikeport_quick": "--search quick",
+    "spikeport_signed": "--signed",
+    "spikeport_unsigned": "--unsigned",
+}
+
+
 def _line(row: dict[str, Any]) -> str:
     ts = _steps([row])
     acc = " / ".join(f"{100 * row['spikeport'][str(t)]:.2f}" for t in ts)
     line = f"{row['net']}: ANN {100 * row['ann']:.2f}, T = {' / '.join(map(str, ts))}: {acc}"
-    for key, flag in (
-        ("spikeport_quick", "--search quick"),
-        ("spikeport_signed", "--signed"),
-        ("spikeport_unsigned", "--unsigned"),
-    ):
+    for key, flag in OPTION_ROWS.items():
         if row.get(key):
             line += f"; {flag}: " + " / ".join(f"{100 * row[key][str(t)]:.2f}" for t in ts)
     for key, what in PER_SEED.items():
@@ -531,9 +535,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         methods = {
             "spikeport": r["spikeport"],
-            "spikeport, `--search quick`": r.get("spikeport_quick"),
-            "spikeport, `--signed`": r.get("spikeport_signed"),
-            "spikeport, `--unsigned`": r.get("spikeport_unsigned"),
+            **{f"spikeport, `{flag}`": r.get(key) for key, flag in OPTION_ROWS.items()},
             "SpikingJelly best": r["spikingjelly_best"],
         }
         for name, accs in methods.items():

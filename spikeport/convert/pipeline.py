@@ -138,9 +138,7 @@ def convert(
         # heap of calibration goes back too (180 MiB there)
         del ann, stats, runner
         release_freed_memory()
-        # neither --signed nor --unsigned: the calibration decides, for binary neurons only (a
-        # graded neuron signed would send a sign bit beyond the --spike-bits the user chose)
-        twin = signed is None and not any(n.attrs.get("spike_bits", 1) > 1 for n in snn.nodes)
+        twin = signed is None  # neither --signed nor --unsigned: the calibration decides
         snn, record = t_aware(
             snn, data.x, timesteps, axes, extra_neurons, tune_samples, quiet, search, twin
         )

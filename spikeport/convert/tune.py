@@ -649,10 +649,10 @@ def t_aware(
     does that of CNNs with bipolar neurons in front of convolutions (hardswish, SiLU,
     LeakyReLU, squeeze-excitation products; CENTRED_CONVS).
 
-    With `signed_twin` (T > 1, the full search, `convert` without --signed or --unsigned),
-    the chosen search runs once more with its unsigned neurons signed (they may take a spike
-    back: DESIGN's signed variant), and the calibration data decides between the two as
-    between the others (_signed_twin).
+    With `signed_twin` (`convert` without --signed or --unsigned; T > 1, the full search and
+    binary neurons: _signable), the chosen search runs once more with its unsigned neurons
+    signed (they may take a spike back: DESIGN's signed variant), and the calibration data
+    decides between the two as between the others (SIGNED).
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
@@ -702,9 +702,9 @@ def t_aware(
     with progress((len(searches) + twin) * layers, desc, quiet, "layer") as advance:
         for name in searches:
             try_candidate(name, snn, advance)
-        kept = _pick(scores)
-        if twin and kept != "percentile":
-            try_candidate(kept + SIGNED, sign_neurons(_search_copy(snn)), advance)
+        chosen = _pick(scores)
+        if twin and chosen != "percentile":
+            try_candidate(chosen + SIGNED, sign_neurons(_search_copy(snn)), advance)
         elif twin:  # the percentile conversion won: no search to sign
             advance(layers)
     kept = _pick(scores)
@@ -760,10 +760,12 @@ def _candidate_name(t: int, correct: bool, per_index: bool, centre: bool, pooled
 
 
 def _signable(graph: Graph) -> bool:
-    """Whether signing would change a neuron: an IF neuron neither signed nor bipolar."""
-    return any(
-        n.op == "if" and not n.attrs["signed"] and not n.attrs.get("bipolar") for n in graph.nodes
-    )
+    """Whether the signed twin applies: some IF neuron neither signed nor bipolar, and none
+    graded (signed, a graded neuron would send a sign bit beyond the --spike-bits chosen)."""
+    neurons = [n for n in graph.nodes if n.op == "if"]
+    if any(n.attrs.get("spike_bits", 1) > 1 for n in neurons):
+        return False
+    return any(not n.attrs["signed"] and not n.attrs.get("bipolar") for n in neurons)
 
 
 def _share_unchanged(tuned: Graph, base: Graph) -> Graph:
