@@ -24,6 +24,22 @@ from spikeport.quantize import get_profile, quantize
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker on a core of its own, with every process it starts. Lava's
+    runtime runs each network in several processes that wait on one another busily: left to
+    the scheduler they took both cores and halved the other worker's speed (its
+    test_quantize_ranges: 75 s alone, 152 s beside one Lava test); pinned to one core the
+    Lava test itself ran faster too (19 s against 25 s). So do onnxruntime's and torch's
+    pools, which size themselves by the usable cores."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", len(cpus) + 1))
+    if workers <= len(cpus):
+        os.sched_setaffinity(0, {cpus[int(worker[2:])]})
+
+
 @dataclass
 class Case:
     """A model with its files and its converted (snn) and quantized (int) graphs."""
