@@ -40,11 +40,12 @@ def provenance(doc: dict[str, Any]) -> str:
         how += f" at spikeport commit {sp['commit'][:10]}" + (
             " (spikeport/ modified)" if sp.get("spikeport_modified") else ""
         )
+    data = doc.get("data_file", f"{name}.json")  # a re-measured run's own file (with_remeasured)
     return (
         f"*Command: {how}; run started {doc['started']}, {doc['seconds']:.0f} s "
         f"({threads(doc)}{cpu(doc)}), load average "
         f"{doc['load_average_at_start']:.1f} at its start; data: "
-        f"[results/{name}.json](results/{name}.json).*"
+        f"[results/{data}](results/{data}).*"
     )
 
 
@@ -705,7 +706,7 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     section's note. A partial run that started before the full one is superseded by it: its
     file stays (the README cites it) but no longer replaces the newer run's rows."""
     files = sorted(results.glob("accuracy_remeasured*.json"), key=_run_number)
-    runs = [json.loads(p.read_text()) for p in files]
+    runs = [{**json.loads(p.read_text()), "data_file": p.name} for p in files]
     runs = [r for r in runs if r["started"] > doc["started"]]  # "%Y-%m-%d %H:%M:%S" sorts
     if not runs:
         return doc

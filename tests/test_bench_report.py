@@ -38,6 +38,17 @@ def test_a_later_partial_run_replaces_the_full_runs_rows(report: Any, tmp_path: 
     assert _shown(report, _run("2026-12-04 09:00:00", 0.8), tmp_path) == 0.9
 
 
+def test_a_partial_runs_note_names_its_own_data_file(report: Any, tmp_path: Path) -> None:
+    """The note had named results/accuracy.json, the full run's file, for every partial run."""
+    later = _run("2026-12-05 10:00:00", 0.9, ["t_aware"])
+    later.update(benchmark="accuracy", command="benchmarks/run.py --only accuracy", seconds=1.0,
+                 load_average_at_start=0.5, machine={"torch_threads": 1})  # fmt: skip
+    (tmp_path / "accuracy_remeasured_7.json").write_text(json.dumps(later))
+    merged = report.with_remeasured(_run("2026-12-04 09:00:00", 0.8), tmp_path)
+    note = "".join(report._remeasured_note(merged))
+    assert "data: [results/accuracy_remeasured_7.json](results/accuracy_remeasured_7.json)" in note
+
+
 def test_a_full_run_supersedes_the_partial_runs_before_it(report: Any, tmp_path: Path) -> None:
     """The partial runs had kept overriding a newer full run of every row (2026-12-06)."""
     (tmp_path / "accuracy_remeasured_2.json").write_text(
