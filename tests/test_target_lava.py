@@ -8,6 +8,9 @@ run Lava must not report this target as verified.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import h5py
@@ -346,3 +349,19 @@ def test_cli_finetune_for_lava_trains_the_lava_kind(cases, tmp_path):
     assert q.meta["quantization"]["neuron_kind"] == LAVA
     res = CliRunner().invoke(main, ["inspect", str(out)])
     assert "if (lava)" in res.output
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_lavas_runtime_starts_on_one_core_and_the_caller_gets_its_cores_back():
+    """Lava's processes wait on one another busily: run_lava starts them on the caller's core
+    (lava_target._on_one_core) and the caller's own affinity is as before after."""
+    before = os.sched_getaffinity(0)
+    with lava_target._on_one_core():
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    assert child.stdout.strip() == "1"
+    assert os.sched_getaffinity(0) == before
