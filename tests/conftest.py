@@ -3,6 +3,7 @@ imported, converted and quantized once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
         return
     cpus = sorted(os.sched_getaffinity(0))
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", len(cpus) + 1))
-    if workers <= len(cpus):
-        os.sched_setaffinity(0, {cpus[int(worker[2:])]})
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and int(workers) <= len(cpus):  # more workers than cores: left to the scheduler
+        with contextlib.suppress(OSError):  # a sandbox that forbids it: only speed is lost
+            os.sched_setaffinity(0, {cpus[int(worker[2:])]})
 
 
 @dataclass

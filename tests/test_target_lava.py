@@ -365,3 +365,18 @@ def test_lavas_runtime_starts_on_one_core_and_the_caller_gets_its_cores_back():
         )
     assert child.stdout.strip() == "1"
     assert os.sched_getaffinity(0) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_lava_runs_unpinned_where_the_affinity_cannot_be_set(monkeypatch):
+    """A sandbox that forbids sched_setaffinity costs Lava its speed, not its run."""
+
+    def forbidden(pid: int, cpus: set[int]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    before = os.sched_getaffinity(0)
+    monkeypatch.setattr(os, "sched_setaffinity", forbidden)
+    ran = []
+    with lava_target._on_one_core():
+        ran.append(True)
+    assert ran == [True] and os.sched_getaffinity(0) == before
