@@ -285,11 +285,37 @@ def few_step_md(doc: dict[str, Any]) -> list[str]:
             f"Blended (`--mixup {a:g}`, where the loss names it): each training image mixed "
             f"with another of its batch, weights from Beta({a:g}, {a:g}), the teacher asked on "
             "the blend. "
-            for a in sorted({v["mixup"] for v in doc.get("variants") or [] if v.get("mixup")})
+            for a in sorted(
+                {
+                    v["mixup"]
+                    for run in [doc, *(doc.get("later_runs") or [])]
+                    for v in run.get("variants") or []
+                    if v.get("mixup")
+                }
+            )
         )
         + (CHOSEN_NOTE if doc.get("chosen_between") else "")
         + "Gap: the ANN minus the worst seed.",
         "",
+        *_few_step_table(doc),
+    ]
+    for later in doc.get("later_runs") or []:
+        lines += ["", f"### Re-measured later: {_few_step_labels(later)}", "", provenance(later)]
+        lines += ["", *_few_step_table(later)]
+    return lines
+
+
+def _few_step_labels(doc: dict[str, Any]) -> str:
+    """'MODELS, RECIPES' of a partial few-step run, for its table's heading."""
+    recipes = "; ".join(v["label"] for v in doc.get("variants") or [])
+    return f"{', '.join(doc['models'])} ({recipes})"
+
+
+def _few_step_table(doc: dict[str, Any]) -> list[str]:
+    """The few-step run's table: a row per model and recipe, a column per seed."""
+    T = str(doc["T"])  # JSON keys: the accuracies are by str(T)
+    seeds = sorted({r["seed"] for m in doc["models"].values() for r in m["rows"]})
+    lines = [
         f"| model | ANN | conversion T={T} | loss | E | "
         + " | ".join(f"seed {k}" for k in seeds)
         + " | gap (worst) | fine-tuning time per seed (s) |",
@@ -719,6 +745,22 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     return {**doc, "models": models, "remeasured": runs}
 
 
+def with_later_few_step(doc: dict[str, Any], results: Path) -> dict[str, Any]:
+    """The few-step run with the partial runs started after it (results/few_step_*.json:
+    `run.py --only few_step --models ... --variants ...`, copied there under a name of their
+    own) as `later_runs`, oldest first. Each is shown as its own table, not merged into the
+    full run's: a later run starts from the conversion of its day, so its rows and the full
+    run's need not share a starting point."""
+    runs = [
+        {**json.loads(p.read_text()), "data_file": p.name} for p in results.glob("few_step_*.json")
+    ]
+    later = sorted(
+        (r for r in runs if r["started"] > doc["started"]),
+        key=lambda r: (r["started"], r["data_file"]),
+    )
+    return {**doc, "later_runs": later} if later else doc
+
+
 def _run_number(path: Path) -> int:
     """accuracy_remeasured_N.json -> N; the first one, unnumbered, -> 1."""
     tail = path.stem.rpartition("_")[2]
@@ -741,6 +783,8 @@ def write(results: Path = HERE / "results", out: Path = HERE) -> None:
     }
     if "accuracy" in docs:
         docs["accuracy"] = with_remeasured(docs["accuracy"], results)
+    if "few_step" in docs:
+        docs["few_step"] = with_later_few_step(docs["few_step"], results)
     lines = [
         "# Benchmark results",
         "",

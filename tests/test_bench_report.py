@@ -1,5 +1,5 @@
-"""benchmarks/report.py: which accuracy rows RESULTS.md shows when partial re-measurements
-(results/accuracy_remeasured*.json) sit beside a full run."""
+"""benchmarks/report.py: which accuracy and few-step rows RESULTS.md shows when partial
+re-measurements (results/accuracy_remeasured*.json, few_step_*.json) sit beside a full run."""
 
 from __future__ import annotations
 
@@ -62,6 +62,44 @@ def test_a_full_run_supersedes_the_partial_runs_before_it(report: Any, tmp_path:
     (tmp_path / "accuracy_remeasured_3.json").unlink()
     assert _shown(report, full, tmp_path) == 0.8
     assert "remeasured" not in report.with_remeasured(full, tmp_path)
+
+
+def _few_step_run(started: str, seed_scores: list[float], label: str) -> dict[str, Any]:
+    """A few-step run as benchmarks/run.py writes it: one model, one recipe."""
+    rows = [
+        {
+            "seed": k,
+            "variant": label,
+            "distill": 1.0,
+            "accuracy": {"2": a},
+            "finetune_seconds": 10.0,
+        }
+        for k, a in enumerate(seed_scores)
+    ]
+    net = {"ann": 0.99, "conversion": {"accuracy": {"2": 0.9}}, "rows": rows}
+    return {
+        "benchmark": "few_step", "command": "benchmarks/run.py --only few_step", "started": started,
+        "seconds": 1.0, "load_average_at_start": 0.5, "machine": {"torch_threads": 1}, "T": 2,
+        "epochs": 100, "temperature": 4.0, "finetune_command": "finetune -T 2",
+        "variants": [{"label": label, "epochs": 300, "mixup": 0.0}], "models": {"net": net},
+    }  # fmt: skip
+
+
+def test_later_few_step_runs_get_tables_of_their_own(report: Any, tmp_path: Path) -> None:
+    """Partial few-step runs (results/few_step_*.json) had no place in RESULTS.md: section 1b
+    showed the full run alone, however old. A run started before the full one is left out."""
+    full = _few_step_run("2026-12-03 13:00:00", [0.98, 0.98, 0.98], "distilled")
+    (tmp_path / "few_step_new.json").write_text(
+        json.dumps(_few_step_run("2026-12-07 16:00:00", [0.97, 0.99, 0.99], "mixup"))
+    )
+    (tmp_path / "few_step_old.json").write_text(
+        json.dumps(_few_step_run("2026-12-01 16:00:00", [0.5, 0.5, 0.5], "stale"))
+    )
+    text = "\n".join(report.few_step_md(report.with_later_few_step(full, tmp_path)))
+    assert "### Re-measured later: net (mixup)" in text
+    assert "[results/few_step_new.json](results/few_step_new.json)" in text
+    assert "| net | 99.00 | 90.00 | mixup | 300 | 97.00 | 99.00 | 99.00 | 2.00 | 10 |" in text
+    assert "stale" not in text
 
 
 def _encoder_row(label: str, cosine: float, before: float | None = None) -> dict[str, Any]:
