@@ -19,6 +19,7 @@ from spikeport.convert.balance import (
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.fold import fold_offsets
 from spikeport.convert.onnx_import import import_onnx
+from spikeport.convert.pool_currents import moved_behind_pools
 from spikeport.convert.split import EXTRA_NEURONS, MAX_COPIES
 from spikeport.convert.tune import SEARCHES, t_aware
 from spikeport.data import check_token_ids, load_data
@@ -70,6 +71,7 @@ def convert(
     tune_samples: int | None = None,
     quiet: bool = False,
     search: str = "full",
+    pool_currents: bool = False,
 ) -> Graph:
     """Import, calibrate on `calib` and balance thresholds. ONNX graphs calibrate on their own
     ANN view (tested equal to onnxruntime; it exposes tensors that exist only in the IR, such
@@ -87,6 +89,9 @@ def convert(
     back; only the C target runs them), False none; None (the default) lets T-aware
     conversion at T > 1 with the full search and binary neurons try the signed twin of its
     chosen search as one more candidate (tune.t_aware's `signed_twin`), else it is False.
+    `pool_currents`: move each neuron a max pool alone reads behind it, so that the pool
+    takes the max of currents (pool_currents.py; before the T-aware search, which sets the
+    moved neurons' thresholds; the C target and the simulator run it).
     `quiet`: no progress bar for the T-aware search (it shows
     only on a terminal anyway)."""
     if timesteps < 1:
@@ -103,7 +108,8 @@ def convert(
     if not tune:  # options of the search it turns off: refused, not silently dropped
         given = [n for n, v in (("--extra-neurons", extra_neurons != EXTRA_NEURONS),
                                 ("--tune-samples", tune_samples is not None),
-                                ("--search", search != "full")) if v]  # fmt: skip
+                                ("--search", search != "full"),
+                                ("--pool-currents", pool_currents)) if v]  # fmt: skip
         if given:
             raise BadInput(
                 f"{' and '.join(given)} set{'s' * (len(given) == 1)} the T-aware search, "
@@ -134,6 +140,9 @@ def convert(
     grade_neurons(snn, spike_bits, dict(layer_spike_bits or {}))
     if tune:
         axes = channel_axes(ann)
+        if pool_currents:
+            snn.meta["conversion"]["pooled_currents"] = moved_behind_pools(snn)
+            axes |= channel_axes(snn)  # the pools' new outputs: the currents they pool
         # balance copied what the search needs (85 MiB of a 22M-weight encoder); the freed
         # heap of calibration goes back too (180 MiB there)
         del ann, stats, runner
