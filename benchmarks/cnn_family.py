@@ -3,7 +3,7 @@ trained here (several seeds), converted T-aware for T = 1, 2, 4, 8 (`--timesteps
 integer mode.
 
     .venv/bin/python benchmarks/cnn_family.py [--nets relu_dw:7,...] [--sj] [--finetune] [--quick]
-        [--signed] [--unsigned] [--rate-coded] [--timesteps 1,2,4,8] [--jobs 2]
+        [--signed] [--unsigned] [--pool-currents] [--rate-coded] [--timesteps 1,2,4,8] [--jobs 2]
     # writes benchmarks/results/cnn_family.json, its plot cnn_family.png, and prints a table
 
 Issue #16 checks its bars on networks the project has never seen; this is the project's own
@@ -37,7 +37,9 @@ calibration split and scored on its test split (never trained on or calibrated w
 adds SpikingJelly's best recipe at each T where it converts the module (ReLU only). `--quick`
 adds the same rows converted with `convert --search quick` (README: conversion time),
 `--signed` with `convert --signed` (signed spikes: the C target's; README), `--unsigned` with
-`convert --unsigned` (the default tries signed spikes as a candidate at T > 1). `--finetune` adds
+`convert --unsigned` (the default tries signed spikes as a candidate at T > 1),
+`--pool-currents` with `convert --pool-currents` (max pools of currents: the C target's;
+README). `--finetune` adds
 issue #16's fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe
 of `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr
 0.003, `--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and
@@ -285,15 +287,18 @@ def spikeport_row(
     search: str = "full",
     signed: bool | None = None,
     timesteps: Sequence[int] = TS,
+    pool_currents: bool = False,
 ) -> dict[str, float]:
-    """`convert -T T [--search quick] [--signed]` -> `quantize --target sim` -> `eval -T T`,
+    """`convert -T T [--search quick] [--signed] [--pool-currents]` -> `quantize --target sim`
+    -> `eval -T T`,
     integer mode, each T of `timesteps`; and "convert_seconds", the conversions' time."""
     test = load_data(splits["test"], labels=True)
     x_calib = load_data(splits["calib"]).x
     row: dict[str, float] = {"convert_seconds": 0.0}
     for t in timesteps:
         t0 = time.perf_counter()
-        snn = convert(path, splits["calib"], timesteps=t, search=search, signed=signed)
+        snn = convert(path, splits["calib"], timesteps=t, search=search, signed=signed,
+                      pool_currents=pool_currents)  # fmt: skip
         row["convert_seconds"] += time.perf_counter() - t0
         graph = quantize(snn, x_calib, get_profile("sim"))
         row[str(t)] = evaluate(graph, test, [t], "int", str(path))["records"][0]["accuracy"]
@@ -387,6 +392,7 @@ def run_one(
     quick: bool,
     signed: bool,
     unsigned: bool,
+    pool_currents: bool,
     shift: int,
     mixup: float,
     task: str,
@@ -407,6 +413,7 @@ def run_one(
         row["spikeport_quick"] = scored("quick") if quick else None
         row["spikeport_signed"] = scored(signed=True) if signed else None
         row["spikeport_unsigned"] = scored(signed=False) if unsigned else None
+        row["spikeport_pool_currents"] = scored(pool_currents=True) if pool_currents else None
         row["spikingjelly_best"] = sj_row(model, splits, timesteps) if sj else None
         # one conversion for T = 2, one teacher, for the fine-tuned and rate-coded rows
         start = few_step_start(path, splits) if finetune or rate_coded else None
@@ -451,6 +458,7 @@ RUN_OPTIONS = (
     "quick",
     "signed",
     "unsigned",
+    "pool_currents",
     "shift",
     "mixup",
     "task",
@@ -467,6 +475,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="add `convert --search quick`")
     ap.add_argument("--signed", action="store_true", help="add `convert --signed`")
     ap.add_argument("--unsigned", action="store_true", help="add `convert --unsigned`")
+    ap.add_argument("--pool-currents", action="store_true", help="add `convert --pool-currents`")
     ap.add_argument("--shift", type=int, default=1, help="fine-tuning's --shift (%(default)s)")
     ap.add_argument("--mixup", type=float, default=0.0, help="fine-tuning's --mixup (off)")
     parallel.add_jobs(ap)
@@ -510,6 +519,7 @@ OPTION_ROWS = {
     "spikeport_quick": "--search quick",
     "spikeport_signed": "--signed",
     "spikeport_unsigned": "--unsigned",
+    "spikeport_pool_currents": "--pool-currents",
 }
 
 
@@ -560,6 +570,7 @@ PLOTTED = {
     "spikeport": ("spikeport (default)", "o", "C0"),
     "spikeport_signed": ("spikeport --signed (C target)", "^", "C2"),
     "spikeport_unsigned": ("spikeport --unsigned", "v", "C4"),
+    "spikeport_pool_currents": ("spikeport --pool-currents (C target)", "s", "C1"),
     "spikingjelly_best": ("SpikingJelly, best recipe", "x", "C3"),
 }
 BAR = -1.0
