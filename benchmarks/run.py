@@ -44,6 +44,7 @@ Wall-clock figures are from this machine in this run; nothing here is asserted i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -843,6 +844,14 @@ def main(argv: list[str] | None = None) -> None:
         help="accuracy and few_step sections: convert's --search (needs --models: the full "
         "run's table is the default search's)",
     )
+    ap.add_argument(
+        "--calib-split",
+        choices=("calib", "train"),
+        default="calib",
+        help="accuracy and few_step sections: calibrate spikeport and SpikingJelly alike on "
+        "each net's calibration split (default) or its training split (needs --models: the "
+        "full run's table is the calibration split's)",
+    )
     args = ap.parse_args(argv)
     models = args.models.split(",") if args.models else list(NETS)
     kinds = tuple(args.rows.split(",")) if args.rows else ROW_KINDS
@@ -862,6 +871,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--search needs --models: the full run's table is the default search's")
     if args.search != "full":
         CONVERT_OPTIONS["search"] = args.search
+    if args.calib_split != "calib" and not args.models:
+        ap.error("--calib-split needs --models: the full run's table is the calibration split's")
+    if args.calib_split == "train":  # every section reads NETS: one place to swap the split
+        NETS.update({k: dataclasses.replace(n, calib=n.train) for k, n in NETS.items()})
     if "few_step" in (args.only or []) and not set(models) & set(FEW_NETS):
         ap.error(f"--only few_step --models: choose from {', '.join(FEW_NETS)}")
     set_threads(args.threads)  # one pool for spikeport and SpikingJelly alike
@@ -875,6 +888,7 @@ def main(argv: list[str] | None = None) -> None:
         + (f" --rows {args.rows}" if args.rows else "")
         + (f" --variants {args.variants}" if args.variants else "")
         + (f" --search {args.search}" if args.search != "full" else "")
+        + (f" --calib-split {args.calib_split}" if args.calib_split != "calib" else "")
     ).strip() + (f" --threads {args.threads}" if "--threads" in (argv or sys.argv) else "")
     results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
     results.mkdir(parents=True, exist_ok=True)
