@@ -845,6 +845,12 @@ def main(argv: list[str] | None = None) -> None:
         "run's table is the default search's)",
     )
     ap.add_argument(
+        "--pool-currents",
+        action="store_true",
+        help="accuracy and few_step sections: convert --pool-currents (needs --models: the "
+        "full run's table is the default's)",
+    )
+    ap.add_argument(
         "--calib-split",
         choices=("calib", "train"),
         default="calib",
@@ -871,6 +877,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--search needs --models: the full run's table is the default search's")
     if args.search != "full":
         CONVERT_OPTIONS["search"] = args.search
+    if args.pool_currents and not args.models:
+        ap.error("--pool-currents needs --models: the full run's table is the default's")
+    if args.pool_currents:
+        CONVERT_OPTIONS["pool_currents"] = True
     if args.calib_split != "calib" and not args.models:
         ap.error("--calib-split needs --models: the full run's table is the calibration split's")
     if args.calib_split == "train":  # every section reads NETS: one place to swap the split
@@ -889,6 +899,7 @@ def main(argv: list[str] | None = None) -> None:
         + (f" --variants {args.variants}" if args.variants else "")
         + (f" --search {args.search}" if args.search != "full" else "")
         + (f" --calib-split {args.calib_split}" if args.calib_split != "calib" else "")
+        + (" --pool-currents" if args.pool_currents else "")
     ).strip() + (f" --threads {args.threads}" if "--threads" in (argv or sys.argv) else "")
     results, out = (WORK / "results", WORK / "results") if args.models else (RESULTS, HERE)
     results.mkdir(parents=True, exist_ok=True)
