@@ -203,13 +203,29 @@ class _Ctx:
         return self.graph.shape(node.inputs[i])
 
     def per_channel(self, node: Node) -> bool:
-        """Per-output-channel weight scales only where neurons absorb them into thresholds."""
+        """Per-output-channel weight scales only where neurons absorb them into thresholds,
+        directly or behind a max pool of the currents (which a positive per-channel scale
+        passes: the max of scaled values is the scaled max)."""
         users = self.graph.consumers(node.output)
         return (
             bool(users)
             and node.output not in self.graph.outputs
-            and all(self.per_channel_if(u) for u in users)
+            and all(self.per_channel_if(u) or self._pools_for_neurons(u) for u in users)
         )
+
+    def _pools_for_neurons(self, user: Node) -> bool:
+        """A max pool that only neurons absorbing per-channel scales read."""
+        if user.op != "maxpool2d" or user.output in self.graph.outputs:
+            return False
+        readers = self.graph.consumers(user.output)
+        return bool(readers) and all(self.per_channel_if(r) for r in readers)
+
+    def absorbing_neurons(self, node: Node) -> list[Node]:
+        """The nodes that read `node`'s output, or read it through a max pool (per_channel)."""
+        out = []
+        for user in self.graph.consumers(node.output):
+            out += self.graph.consumers(user.output) if self._pools_for_neurons(user) else [user]
+        return out
 
     def channel_weights(self, node: Node) -> bool:
         """Per-output-channel weight scales: where neurons absorb them (`per_channel`), or,
@@ -301,11 +317,12 @@ def _channel_thresholds(ctx: _Ctx, node: Node) -> np.ndarray:
 
 
 def _readers_max(ctx: _Ctx, node: Node, key: str) -> np.ndarray:
-    """(O,) the largest |param `key`| of the nodes that read `node`, per output channel."""
+    """(O,) the largest |param `key`| of the nodes that read `node` (through a max pool of its
+    currents too: absorbing_neurons), per output channel."""
     axis = -1 if node.op == "dense" else 0
-    shape = ctx.graph.shape(node.output)
-    top = np.zeros(shape[axis])
-    for user in ctx.graph.consumers(node.output):
+    top = np.zeros(ctx.graph.shape(node.output)[axis])
+    for user in ctx.absorbing_neurons(node):
+        shape = ctx.graph.shape(user.inputs[0])  # a max pool's output: the same channels
         t = np.abs(np.broadcast_to(user.params[key], shape).astype(np.float64))
         top = np.maximum(top, np.moveaxis(t, axis, 0).reshape(len(top), -1).max(1))
     return top
