@@ -2,18 +2,21 @@
 
 A ReLU and a max pool commute (max over a window of relu(x) is relu of the max: the ReLU is
 monotone), so `conv -> IF -> maxpool` has the ANN view of `conv -> maxpool -> IF`. Spiking,
-the two differ. In front, each of the window's neurons fires on its own, and the pool passes
-the largest count on: a spurious spike of a small activation wins it, so the pool's rate is
-biased up at few steps. Behind, the pool takes the expectation-compensated max of the
-window's running sums of current (sim's maxpool2d: its outputs sum to the max of the summed
-inputs), exact in the mean, and one neuron integrates it: a quarter of the neurons of a 2x2
-pool, and no max of noisy counts. SpikingJelly's channel-wise and local-threshold-balancing
-recipes pool currents so too (their `pre_spike_maxpool`; per-step maxima, not compensated).
+they can differ. In front, each of the window's neurons fires on its own, and the pool passes
+on the largest running count: where the inputs vary over the steps, a neuron of a smaller
+mean input that fired early can win it. Behind, the pool takes the expectation-compensated
+max of the window's running sums of current (sim's maxpool2d: its outputs sum to the max of
+the summed inputs), exact in the mean, and one neuron integrates it: a quarter of the neurons
+and events of a 2x2 pool. SpikingJelly's channel-wise and local-threshold-balancing recipes
+pool currents so too (their `pre_spike_maxpool`: their pool of spikes is a per-step OR).
 
 A target that pools spikes only (Lava, SpiNNaker2, NIR: comparator trees of spikes) cannot
 run a pool of currents and refuses it, naming the pool. So it is an option (`convert
---pool-currents`), not a default: measured (README, "Max pools of currents") it lifts every
-max-pooling digits CNN tried at T = 2 and costs some of them a few images at T = 4.
+--pool-currents`), not a default: measured (README, "Max pools of currents") it moves the
+max-pooling digits CNNs by a few images, mostly up at T = 1 and 2 and down at T = 4.
+
+Where the neuron's input is the same every step (a first layer reading a static image), the
+two orders count the same at equal thresholds: rounding a rate and taking the max commute.
 """
 
 from __future__ import annotations
