@@ -37,9 +37,8 @@ def movable(graph: Graph) -> list[Node]:
         if len(readers) != 1 or readers[0].op != "maxpool2d" or n.output in graph.outputs:
             continue
         th = n.params["threshold"]
-        if th.ndim == 3 and th.shape[1:] != (1, 1) or th.ndim > 3:
-            continue
-        out.append(n)
+        if th.size == 1 or th.ndim == 3 and th.shape[1:] == (1, 1):  # not one per position
+            out.append(n)
     return out
 
 
