@@ -24,7 +24,9 @@ from spikeport.sim import Simulator
 @pytest.fixture(scope="module")
 def moved(cases):
     """digits_cnn's float SNN with its first neuron moved behind the max pool that reads it."""
-    return pool_currents(copy.deepcopy(cases["digits_cnn"].snn))
+    graph = copy.deepcopy(cases["digits_cnn"].snn)
+    assert pool_currents(graph) == ["node_relu"]
+    return graph
 
 
 def test_the_neuron_moves_behind_the_pool_and_the_layers_after_read_the_same_tensor(cases, moved):

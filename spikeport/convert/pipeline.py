@@ -19,7 +19,7 @@ from spikeport.convert.balance import (
 from spikeport.convert.calibrate import collect, ir_runner
 from spikeport.convert.fold import fold_offsets
 from spikeport.convert.onnx_import import import_onnx
-from spikeport.convert.pool_currents import moved_behind_pools
+from spikeport.convert.pool_currents import pool_currents as move_neurons_behind_pools
 from spikeport.convert.split import EXTRA_NEURONS, MAX_COPIES
 from spikeport.convert.tune import SEARCHES, t_aware
 from spikeport.data import check_token_ids, load_data
@@ -141,7 +141,7 @@ def convert(
     if tune:
         axes = channel_axes(ann)
         if pool_currents:
-            snn.meta["conversion"]["pooled_currents"] = moved_behind_pools(snn)
+            snn.meta["conversion"]["pooled_currents"] = move_neurons_behind_pools(snn)
             axes |= channel_axes(snn)  # the pools' new outputs: the currents they pool
         # balance copied what the search needs (85 MiB of a 22M-weight encoder); the freed
         # heap of calibration goes back too (180 MiB there)

@@ -42,18 +42,13 @@ def movable(graph: Graph) -> list[Node]:
     return out
 
 
-def moved_behind_pools(graph: Graph) -> list[str]:
-    """pool_currents, in place; the names of the neurons it moved (the conversion record)."""
-    names = [n.name for n in movable(graph)]
-    pool_currents(graph)
-    return names
-
-
-def pool_currents(graph: Graph) -> Graph:
-    """Move every movable neuron behind the max pool that reads it, in place: the pool reads
-    the neuron's input currents and writes a new tensor, which the neuron reads; the neuron
-    writes the tensor the pool wrote, so the layers after it are unchanged."""
-    for neuron in movable(graph):
+def pool_currents(graph: Graph) -> list[str]:
+    """Move every movable neuron behind the max pool that reads it, in place, and name the
+    neurons moved (the conversion record): the pool reads the neuron's input currents and
+    writes a new tensor, which the neuron reads; the neuron writes the tensor the pool wrote,
+    so the layers after it are unchanged."""
+    moved = movable(graph)
+    for neuron in moved:
         pool = graph.consumers(neuron.output)[0]
         spikes, pooled = neuron.output, pool.output
         currents = f"{pooled}{SUFFIX}"
@@ -63,4 +58,4 @@ def pool_currents(graph: Graph) -> Graph:
         del graph.tensors[spikes]
         graph.nodes.remove(pool)
         graph.nodes.insert(graph.nodes.index(neuron), pool)
-    return graph
+    return [n.name for n in moved]
