@@ -7,6 +7,7 @@ the two files from the JSON alone. Every table states the command and the run it
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -731,9 +732,7 @@ def with_remeasured(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     rows winning) in place of its own rows; `remeasured` keeps each run's provenance for the
     section's note. A partial run that started before the full one is superseded by it: its
     file stays (the README cites it) but no longer replaces the newer run's rows."""
-    files = sorted(results.glob("accuracy_remeasured*.json"), key=_run_number)
-    runs = [{**json.loads(p.read_text()), "data_file": p.name} for p in files]
-    runs = [r for r in runs if r["started"] > doc["started"]]  # "%Y-%m-%d %H:%M:%S" sorts
+    runs = _runs_after(doc, sorted(results.glob("accuracy_remeasured*.json"), key=_run_number))
     if not runs:
         return doc
     models = dict(doc["models"])
@@ -751,14 +750,16 @@ def with_later_few_step(doc: dict[str, Any], results: Path) -> dict[str, Any]:
     own) as `later_runs`, oldest first. Each is shown as its own table, not merged into the
     full run's: a later run starts from the conversion of its day, so its rows and the full
     run's need not share a starting point."""
-    runs = [
-        {**json.loads(p.read_text()), "data_file": p.name} for p in results.glob("few_step_*.json")
-    ]
-    later = sorted(
-        (r for r in runs if r["started"] > doc["started"]),
-        key=lambda r: (r["started"], r["data_file"]),
-    )
+    later = _runs_after(doc, results.glob("few_step_*.json"))
+    later.sort(key=lambda r: (r["started"], r["data_file"]))
     return {**doc, "later_runs": later} if later else doc
+
+
+def _runs_after(doc: dict[str, Any], files: Iterable[Path]) -> list[dict[str, Any]]:
+    """The partial runs of `files` (in their order) that started after the full run `doc`,
+    each with its own file's name as `data_file` (provenance names it)."""
+    runs = [{**json.loads(p.read_text()), "data_file": p.name} for p in files]
+    return [r for r in runs if r["started"] > doc["started"]]  # "%Y-%m-%d %H:%M:%S" sorts
 
 
 def _run_number(path: Path) -> int:
