@@ -118,6 +118,7 @@ def test_convert_pool_currents_moves_the_neuron_and_says_so(tmp_path):
         main, [*args, "-T", "2", "--pool-currents", "--search", "quick", "-o", str(out)]
     )
     assert done.exit_code == 0, done.output
+    assert "1 neuron layer behind max pools" in done.output
     graph = load(out)
     assert graph.meta["conversion"]["pooled_currents"] == ["node_relu"]
     assert graph.node("node_relu").inputs[0].endswith(SUFFIX)
@@ -127,3 +128,20 @@ def test_convert_pool_currents_moves_the_neuron_and_says_so(tmp_path):
     assert refused.exit_code == 2
     assert refused.output.startswith("error: --pool-currents sets the T-aware search")
     assert not (tmp_path / "x.spk").exists()
+
+
+def test_pool_currents_says_so_where_no_neuron_moves(tmp_path):
+    """An MLP has no max pool: the option changes nothing, and convert says so, not silently."""
+    out = tmp_path / "mlp.spk"
+    args = [
+        "convert",
+        str(EXAMPLES / "digits_mlp.onnx"),
+        "--calib",
+        str(EXAMPLES / "digits_calib.npz"),
+    ]
+    done = CliRunner().invoke(
+        main, [*args, "-T", "2", "--pool-currents", "--search", "quick", "-o", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    assert "note: --pool-currents: no neuron layer is read by a max pool alone" in done.output
+    assert load(out).meta["conversion"]["pooled_currents"] == []

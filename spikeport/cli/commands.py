@@ -235,6 +235,11 @@ def convert_cmd(
     for layer, outcome in (tuned or {}).get("output_refit", {}).items():  # tune._refit_outputs
         if not outcome.startswith("refitted"):
             say(quiet, f"note: output layer {layer} {outcome}")
+    moved = graph.meta["conversion"].get("pooled_currents")  # --pool-currents: which moved
+    if moved is not None:
+        how += f", {len(moved)} neuron layer{'s' * (len(moved) != 1)} behind max pools"
+        if not moved:
+            say(quiet, "note: --pool-currents: no neuron layer is read by a max pool alone")
     if tuned and tuned["samples"] < tuned["calibration_samples"]:
         how += (
             f", searched on {tuned['samples']} of {tuned['calibration_samples']} calibration "
