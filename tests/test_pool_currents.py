@@ -5,11 +5,12 @@ the moved graph alike; the targets that pool spikes only refuse it, naming the p
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from conftest import EXAMPLES, cli_emit_verify
 
 from spikeport.cli.main import main
@@ -104,27 +105,26 @@ def test_targets_that_pool_spikes_only_refuse_a_pool_of_currents(moved, target):
         quantize(moved, calib_x, get_profile(target))
 
 
+def _convert(model: str, out: Path, *options: str) -> Result:
+    """`spikeport convert examples/MODEL.onnx --calib examples/digits_calib.npz OPTIONS -o OUT`."""
+    calib = str(EXAMPLES / "digits_calib.npz")
+    args = ["convert", str(EXAMPLES / f"{model}.onnx"), "--calib", calib, *options, "-o", str(out)]
+    return CliRunner().invoke(main, args)
+
+
+QUICK_POOLED = ("-T", "2", "--pool-currents", "--search", "quick")
+
+
 def test_convert_pool_currents_moves_the_neuron_and_says_so(tmp_path):
     """`convert --pool-currents` moves the neuron before the T-aware search sets its
     threshold, and records which; without the search there is nothing to set it: refused."""
-    out = tmp_path / "cnn.spk"
-    args = [
-        "convert",
-        str(EXAMPLES / "digits_cnn.onnx"),
-        "--calib",
-        str(EXAMPLES / "digits_calib.npz"),
-    ]
-    done = CliRunner().invoke(
-        main, [*args, "-T", "2", "--pool-currents", "--search", "quick", "-o", str(out)]
-    )
+    done = _convert("digits_cnn", tmp_path / "cnn.spk", *QUICK_POOLED)
     assert done.exit_code == 0, done.output
     assert "1 neuron layer behind max pools" in done.output
-    graph = load(out)
+    graph = load(tmp_path / "cnn.spk")
     assert graph.meta["conversion"]["pooled_currents"] == ["node_relu"]
     assert graph.node("node_relu").inputs[0].endswith(SUFFIX)
-    refused = CliRunner().invoke(
-        main, [*args, "--no-t-aware", "--pool-currents", "-o", str(tmp_path / "x.spk")]
-    )
+    refused = _convert("digits_cnn", tmp_path / "x.spk", "--no-t-aware", "--pool-currents")
     assert refused.exit_code == 2
     assert refused.output.startswith("error: --pool-currents sets the T-aware search")
     assert not (tmp_path / "x.spk").exists()
@@ -132,16 +132,7 @@ def test_convert_pool_currents_moves_the_neuron_and_says_so(tmp_path):
 
 def test_pool_currents_says_so_where_no_neuron_moves(tmp_path):
     """An MLP has no max pool: the option changes nothing, and convert says so, not silently."""
-    out = tmp_path / "mlp.spk"
-    args = [
-        "convert",
-        str(EXAMPLES / "digits_mlp.onnx"),
-        "--calib",
-        str(EXAMPLES / "digits_calib.npz"),
-    ]
-    done = CliRunner().invoke(
-        main, [*args, "-T", "2", "--pool-currents", "--search", "quick", "-o", str(out)]
-    )
+    done = _convert("digits_mlp", tmp_path / "mlp.spk", *QUICK_POOLED)
     assert done.exit_code == 0, done.output
     assert "note: --pool-currents: no neuron layer is read by a max pool alone" in done.output
-    assert load(out).meta["conversion"]["pooled_currents"] == []
+    assert load(tmp_path / "mlp.spk").meta["conversion"]["pooled_currents"] == []
