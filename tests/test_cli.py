@@ -74,6 +74,7 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
         "T",
         "accuracy",
         "accuracy_interval",
+        "paired_with_ann",
         "agreement_with_ann",
         "cosine_to_ann",
         "relative_error_to_ann",
@@ -91,6 +92,12 @@ def test_eval_writes_documented_json_and_plot(quantized, tmp_path):
         low, high = r["accuracy_interval"]
         assert low < r["accuracy"] < high or r["accuracy"] == high == 1.0
         assert 0.01 < high - low < 0.1  # ... and is as wide as 540 samples make it
+    for r in rep["records"]:  # the paired counts are the accuracies' difference, sample by sample
+        paired, n = r["paired_with_ann"], rep["data"]["n"]
+        diff = (paired["snn_only"] - paired["ann_only"]) / n
+        assert abs(r["accuracy"] - rep["ann"]["accuracy"] - diff) < 1e-12
+        assert 0 < paired["p_value"] <= 1
+    assert "ANN-only / SNN-only right (p)" in out
     assert all(r["met"] for r in rep["requirements"])
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 8 |" in out
@@ -354,3 +361,20 @@ def test_accuracy_interval_is_wilsons():
     small, big = accuracy_interval(45, 50), accuracy_interval(4500, 5000)
     assert big[1] - big[0] < small[1] - small[0]
     assert accuracy_interval(0, 0) == [0.0, 1.0]
+
+
+def test_paired_with_ann_is_the_exact_mcnemar_test():
+    """Only the samples the two networks disagree on count: 5 the ANN alone gets right
+    against 0 is p = 2 / 2^5; the samples both get right or both wrong change nothing."""
+    import numpy as np
+
+    from spikeport.eval.evaluate import paired_with_ann
+
+    ann = np.array([True] * 95 + [False] * 5)
+    snn = ann.copy()
+    snn[:5] = False
+    assert paired_with_ann(snn, ann) == {"ann_only": 5, "snn_only": 0, "p_value": 0.0625}
+    snn[95:97] = True  # two the ANN misses: 5 against 2
+    res = paired_with_ann(snn, ann)
+    assert (res["ann_only"], res["snn_only"]) == (5, 2) and abs(res["p_value"] - 0.453125) < 1e-9
+    assert paired_with_ann(ann, ann)["p_value"] == 1.0  # no disagreement: nothing to tell

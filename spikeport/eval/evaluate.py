@@ -211,6 +211,19 @@ def accuracy_interval(hits: int, n: int) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
+def paired_with_ann(snn_hits: np.ndarray, ann_hits: np.ndarray) -> dict[str, float]:
+    """The samples only the ANN classifies right (`ann_only`) and only the SNN does
+    (`snn_only`), and the two-sided p-value of the exact McNemar test that both are equally
+    likely (a binomial test of one count out of both): whether the test set tells the two
+    networks apart at all. The two accuracies' intervals overlap far more often than that,
+    because both networks see the same samples and get most of them equally right."""
+    ann_only = int((ann_hits & ~snn_hits).sum())
+    snn_only = int((snn_hits & ~ann_hits).sum())
+    both = ann_only + snn_only
+    p = binomtest(ann_only, both).pvalue if both else 1.0
+    return {"ann_only": ann_only, "snn_only": snn_only, "p_value": float(p)}
+
+
 def evaluate(
     graph: Graph,
     data: Dataset,
@@ -248,6 +261,8 @@ def evaluate(
                 hits = int((pred == labels).sum())
                 record["accuracy"] = hits / n
                 record["accuracy_interval"] = accuracy_interval(hits, n)
+                ann_hits = ann_out.argmax(-1) == labels
+                record["paired_with_ann"] = paired_with_ann(pred == labels, ann_hits)
             record["agreement_with_ann"] = float((pred == ann_out.argmax(-1)).mean())
         cos, rel = fidelity(_as_source(graph, name, snn_out[t - 1]), ann_out)
         record["cosine_to_ann"], record["relative_error_to_ann"] = cos, rel

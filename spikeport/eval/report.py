@@ -15,6 +15,11 @@ from spikeport.fileio import atomic_output, atomic_outputs
 COLUMNS = (  # (record field, header, format): a column shows when any record has the field
     ("accuracy", "accuracy", "{:.4f}"),
     ("accuracy_interval", "95 % interval", "{0[0]:.4f} - {0[1]:.4f}"),
+    (
+        "paired_with_ann",
+        "ANN-only / SNN-only right (p)",
+        "{0[ann_only]} / {0[snn_only]} ({0[p_value]:.2g})",
+    ),
     ("agreement_with_ann", "agreement with ANN", "{:.4f}"),
     ("cosine_to_ann", "cosine to ANN", "{:.4f}"),
     ("relative_error_to_ann", "relative error", "{:.4f}"),
