@@ -296,7 +296,9 @@ def few_step_md(doc: dict[str, Any]) -> list[str]:
             )
         )
         + (CHOSEN_NOTE if doc.get("chosen_between") else "")
-        + "Gap: the ANN minus the worst seed.",
+        + "Gap: the ANN minus the worst seed; in brackets, where the run recorded them, the "
+        "worst seed's test samples only the ANN and only the SNN classify right, and the "
+        "exact McNemar test's p-value that the two are equally accurate.",
         "",
         *_few_step_table(doc),
     ]
@@ -354,14 +356,24 @@ def _few_step_line(
     rows' mean)."""
     rows = sorted(rows, key=lambda r: r["seed"])
     accs = [r["accuracy"][T] for r in rows]
+    worst = min(rows, key=lambda r: r["accuracy"][T])
     if secs is None:
         secs = sum(r["finetune_seconds"] for r in rows) / max(1, len(rows))
     return (
         f"| {name} | {pct(m['ann'])} | {pct(m['conversion']['accuracy'][T])} | "
         f"{label} | {epochs} | "
         + " | ".join(pct(a) for a in accs)
-        + f" | {100 * (m['ann'] - min(accs)):.2f} | {secs:.0f} |"
+        + f" | {100 * (m['ann'] - min(accs)):.2f}{_paired(worst, T)} | {secs:.0f} |"
     )
+
+
+def _paired(row: dict[str, Any], T: str) -> str:
+    """' (b / c, p P)': of the worst seed, the test samples only the ANN and only the SNN
+    classify right and the exact McNemar p-value (runs before eval reported it: '')."""
+    paired = (row.get("paired_with_ann") or {}).get(T)
+    if paired is None:
+        return ""
+    return f" ({paired['ann_only']} / {paired['snn_only']}, p {paired['p_value']:.2g})"
 
 
 def _chosen_on_calib(rows: list[dict[str, Any]], between: list[str]) -> list[dict[str, Any]]:

@@ -255,6 +255,7 @@ def int_eval(
         "ann": rep["ann"]["accuracy"],
         "accuracy": {r["T"]: r["accuracy"] for r in recs},
         "agreement_with_ann": {r["T"]: r["agreement_with_ann"] for r in recs},
+        "paired_with_ann": {r["T"]: r["paired_with_ann"] for r in recs if "paired_with_ann" in r},
         "events_per_inference": {r["T"]: r["spikes_per_inference"] for r in recs},
         "synaptic_ops_per_inference": {r["T"]: r["synaptic_ops_per_inference"] for r in recs},
         "bits_per_event": {r["T"]: r.get("bits_per_event", 1) for r in recs},
