@@ -105,7 +105,8 @@ def test_later_few_step_runs_get_tables_of_their_own(report: Any, tmp_path: Path
 def test_few_step_gap_names_the_worst_seeds_paired_counts(report: Any) -> None:
     """Where eval recorded the paired comparison, the gap cell carries the worst seed's."""
     run = _few_step_run("2026-12-07 16:00:00", [0.97, 0.99, 0.98], "mixup")
-    for row, (b, p) in zip(run["models"]["net"]["rows"], [(12, 0.001), (2, 1.0), (7, 0.06)]):
+    pairs = [(12, 0.001), (2, 1.0), (7, 0.06)]
+    for row, (b, p) in zip(run["models"]["net"]["rows"], pairs, strict=True):
         row["paired_with_ann"] = {"2": {"ann_only": b, "snn_only": 1, "p_value": p}}
     text = "\n".join(report.few_step_md(run))
     assert "| 97.00 | 99.00 | 98.00 | 2.00 (12 / 1, p 0.001) | 10 |" in text
