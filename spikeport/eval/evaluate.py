@@ -252,18 +252,20 @@ def evaluate(
         )
     labels = data.y if classes else None
     n = len(data)
+    ann_pred = ann_out.argmax(-1) if classes else None  # the same at every T
+    ann_hits = ann_pred == labels if labels is not None else None
     records = []
     for t in sorted(set(timesteps)):
         record: dict[str, object] = {"T": t}
         if classes:
             pred = snn_out[t - 1].argmax(-1)
             if labels is not None:
-                hits = int((pred == labels).sum())
+                right = pred == labels
+                hits = int(right.sum())
                 record["accuracy"] = hits / n
                 record["accuracy_interval"] = accuracy_interval(hits, n)
-                ann_hits = ann_out.argmax(-1) == labels
-                record["paired_with_ann"] = paired_with_ann(pred == labels, ann_hits)
-            record["agreement_with_ann"] = float((pred == ann_out.argmax(-1)).mean())
+                record["paired_with_ann"] = paired_with_ann(right, ann_hits)
+            record["agreement_with_ann"] = float((pred == ann_pred).mean())
         cos, rel = fidelity(_as_source(graph, name, snn_out[t - 1]), ann_out)
         record["cosine_to_ann"], record["relative_error_to_ann"] = cos, rel
         record["spikes_per_inference"] = float(res.spikes[:t].sum() / n)
@@ -275,8 +277,8 @@ def evaluate(
     ann: dict[str, object] = {"source": ann_source}
     if note := reference_note(graph, ann_source):
         ann["note"] = note
-    if labels is not None:
-        hits = int((ann_out.argmax(-1) == labels).sum())
+    if ann_hits is not None:
+        hits = int(ann_hits.sum())
         ann["accuracy"], ann["accuracy_interval"] = hits / n, accuracy_interval(hits, n)
     return {
         "schema": SCHEMA,
