@@ -35,11 +35,12 @@ Each trains for 60 epochs on examples/digits_train.npz (30 on shapes; make_digit
 cosine decay), is exported with the TorchScript exporter at opset 17, calibrated on the task's
 calibration split and scored on its test split (never trained on or calibrated with). `--sj`
 adds SpikingJelly's best recipe at each T where it converts the module (ReLU only). `--quick`
-adds the same rows converted with `convert --search quick` (README: conversion time),
-`--signed` with `convert --signed` (signed spikes: the C target's; README), `--unsigned` with
+adds the same rows converted with `convert --search quick` (docs/conversion.md: conversion
+time), `--signed` with `convert --signed` (signed spikes: the C target's; docs/conversion.md),
+`--unsigned` with
 `convert --unsigned` (the default tries signed spikes as a candidate at T > 1),
 `--pool-currents` with `convert --pool-currents` (max pools of currents: the C target's;
-README). `--finetune` adds
+docs/conversion.md). `--finetune` adds
 issue #16's fine-tuned bar: each net fine-tuned at T = 2 for seeds 0, 1 and 2 with the recipe
 of `benchmarks/run.py`'s few-step section (distilled from the source model, 300 epochs, lr
 0.003, `--shift 1` or the `--shift` given here, and `--mixup` where given), quantized and

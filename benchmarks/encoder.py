@@ -54,7 +54,7 @@ idle machine (results/encoder.json).
 Then (2026-12-04) the search ran on 256 calibration sentences (`--calib-sentences 256`:
 convert --tune-samples 256; by default its memory budget keeps 70 at T = 16, here the 64 of
 the calibration file): 1-bit at T = 16, 0.9839 -> 0.9873 (64 test sentences), convert
-1,655 s and 5.5 GB peak; fine-tuned 2 epochs from it (`--snn`), 0.9904: README's encoder
+1,655 s and 5.5 GB peak; fine-tuned 2 epochs from it (`--snn`), 0.9904: docs/results.md's encoder
 table, results/encoder_calib256*.json.
 
 Measured 2026-11-29, before both (2 cores; mean cosine at T = 4 / 8 / 16 / 32; 16 test

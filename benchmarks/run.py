@@ -143,7 +143,7 @@ class Variant(NamedTuple):
 # The same 3x epochs without the shift: on the held-out CNN family (cnn_family.py --finetune
 # --shift 0) the narrow nets that underfit at T = 2 lose to the shift (relu_dw:7 96.67 / 96.30
 # / 96.48 % without it, 94.63 / 94.63 / 94.63 with, seeds 0-2, AMD EPYC, 2026-12-04), while
-# nets that learn the training split by heart gain or tie; README "Fine-tuning for few
+# nets that learn the training split by heart gain or tie; docs/finetune.md "Fine-tuning for few
 # timesteps" has the whole A/B.
 # Mixup (`--mixup 0.2`, the alpha of Zhang et al.'s ImageNet recipe; docs/finetune.md): the
 # teacher asked on blends of two training images, the "function matching" of Beyer et al.
@@ -684,11 +684,11 @@ def encoder_memory() -> dict[str, Any]:
 ENCODER_TEST_SENTENCES = 64  # every sentence of the zoo's test file (topics never calibrated on)
 # The 1-bit conversions of issue #16's text-encoder bar (mean cosine >= 0.99 at T = 16): the
 # default, and the outlier split's budget at 2 (more than twice the neurons in front of the
-# dense layers; README "Transformers"), both conversion only.
+# dense layers; docs/transformers.md), both conversion only.
 ENCODER_CONVERSIONS = {"default": None, "--extra-neurons 2": 2.0}
 # The fine-tuned row: the T-aware search on 256 calibration sentences (convert --tune-samples
 # 256), then `finetune --teacher` on the zoo's training sentences for two epochs at lr 3e-5
-# with a 10 % warmup (README's encoder table, the 0.9904 row's recipe).
+# with a 10 % warmup (docs/results.md's encoder runs, the 0.9904 row's recipe).
 ENCODER_TUNE_SENTENCES = 256
 ENCODER_TUNING = encoder_bench.Tuning(epochs=2, lr=3e-5, warmup=0.1)
 

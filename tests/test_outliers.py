@@ -71,8 +71,9 @@ def _real_weights(q, name: str) -> np.ndarray:
 def test_the_split_gives_the_other_columns_finer_weights(outlier_case, monkeypatch):
     """The real weights of the split layer's ordinary columns (scaled by their inputs' spike
     values) are closer to the float ones than with one layer: each row's scale is set by the
-    kept columns. (The end-to-end effect is measured on all-MiniLM-L6-v2, see the README; on
-    a network this small, float and integer spike timing differ more than the weights do.)"""
+    kept columns. (The end-to-end effect is measured on all-MiniLM-L6-v2, see
+    docs/transformers.md; on a network this small, float and integer spike timing differ more
+    than the weights do.)"""
     snn, q = outlier_case.snn, outlier_case.int
     monkeypatch.setattr(outlier_split, "OUTLIER_FACTOR", float("inf"))
     plain = quantize(snn, np.load(outlier_case.calib)["x"], get_profile("sim"))

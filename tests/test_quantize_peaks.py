@@ -27,7 +27,7 @@ def test_quantize_ranges_come_from_the_view_with_each_neuron_clipped_to_its_code
     code (+-theta times its levels, 0 up for ReLU's): a T-aware graph's refitted weights fit
     the spiking network's rates, and fed the ANN's unclipped activations instead their view
     drifted 10^5 times past the ANN on a real OCR model, and quantize's integers with it
-    (README: weight refit). Downstream, the clipped view is what the neurons feed."""
+    (docs/results.md: weight refit). Downstream, the clipped view is what the neurons feed."""
     model, calib = EXAMPLES / "digits_cnn.onnx", EXAMPLES / "digits_calib.npz"
     snn = convert(model, calib, timesteps=2, tune=False)
     neuron = next(n for n in snn.nodes if n.op == "if")

@@ -86,7 +86,8 @@ def test_text_integer_accuracy_close_to_ann(text_int):
     ann = rep["ann"]["accuracy"]
     acc = {r["T"]: r["accuracy"] for r in rep["records"]}
     assert ann > 0.95  # a bag of words is at chance on this task (see make_text.py)
-    # measured: ANN 97.9, T=8 95.3, T=4 84.5 (conversion only; README has fine-tuned numbers)
+    # measured: ANN 97.9, T=8 95.3, T=4 84.5 (conversion only; docs/transformers.md has
+    # fine-tuned numbers)
     assert acc[8] >= ann - 0.04
     assert acc[4] >= ann - 0.15
     # T-aware conversion for T = 4 (the default): measured 83.9 (calibration agreement with

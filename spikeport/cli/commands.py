@@ -128,7 +128,7 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     default=True,
     show_default=True,
     help="Choose each neuron's threshold for -T on the SNN's own inputs, with a bias "
-    "correction (README: T-aware conversion); --no-t-aware keeps the percentile thresholds.",
+    "correction (docs/conversion.md); --no-t-aware keeps the percentile thresholds.",
 )
 @_choice(
     "--product-operands",
@@ -161,14 +161,15 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     "full",
     "T-aware: full: every candidate (searches for T, 2T and 4T steps, with and without "
     "bias correction, centring and pooled scoring), the calibration data picks one; quick: "
-    "the search for T alone, for large models (README: conversion time).",
+    "the search for T alone, for large models (docs/conversion.md: conversion time).",
 )
 @click.option(
     "--pool-currents",
     is_flag=True,
     help="T-aware: move each neuron that only a max pool reads behind the pool, which then "
     "takes the max of currents: fewer neurons and events, accuracy within a few samples of the "
-    "default (README: up at T = 1 and 2, down at 4 on the nets measured); the C target and the "
+    "default (docs/conversion.md: up at T = 1 and 2, down at 4 on the nets measured); the C "
+    "target and the "
     "simulator run it, Lava, SpiNNaker2 and NIR do not.",
 )
 @OUT

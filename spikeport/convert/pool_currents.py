@@ -12,8 +12,8 @@ pool currents so too (their `pre_spike_maxpool`: their pool of spikes is a per-s
 
 A target that pools spikes only (Lava, SpiNNaker2, NIR: comparator trees of spikes) cannot
 run a pool of currents and refuses it, naming the pool. So it is an option (`convert
---pool-currents`), not a default: measured (README, "Max pools of currents") it moves the
-max-pooling digits CNNs by a few images, mostly up at T = 1 and 2 and down at T = 4.
+--pool-currents`), not a default: measured (docs/conversion.md, "Max pools of currents")
+it moves the max-pooling digits CNNs by a few images, mostly up at T = 1 and 2 and down at T = 4.
 
 Where the neuron's input is the same every step (a first layer reading a static image), the
 two orders count the same at equal thresholds: rounding a rate and taking the max commute.

@@ -34,7 +34,7 @@ every dense layer's input, thresholds at each feature's range): cosine to the AN
 without, 0.9907 with 0.6 % more neurons; doubling every neuron gives 0.992. Measured through
 conversion (1-bit, T = 16, 64 test sentences): 0.9791 -> 0.9823 in integer mode with 1.2 %
 more neurons, but 0.9838 -> 0.9831 in float mode: the gain there comes from quantization, not
-from the finer code (README, "Transformers"). A share of 1 (58 % more neurons in the 24
+from the finer code (docs/transformers.md). A share of 1 (58 % more neurons in the 24
 layers split, 9,416 of 16,128; 2026-12-03): 0.9862 integer, 0.9869 float; with 50 % more,
 0.9861. What is left there is not the rounding of those neurons.
 

@@ -108,7 +108,7 @@ TUNE_SAMPLES = 256
 # values and the kernels' temporaries (_Parts: on parts of the samples).
 # `convert --tune-samples N` lifts both limits for a user with the memory: all-MiniLM-L6-v2
 # at T = 16 on 256 calibration sentences (1.7 GiB a tensor, 5.5 GB peak, 28 min on 2 cores)
-# rose from 0.9839 to 0.9873 (cosine, 64 test sentences; README's encoder table).
+# rose from 0.9839 to 0.9873 (cosine, 64 test sentences; docs/results.md's encoder runs).
 MEMORY_BUDGET = 448 << 20
 SCORE_SAMPLES = 1024  # calibration samples the candidates are scored on, at most
 # and in batches whose widest tensor over T steps holds at most this many bytes: the batches
@@ -129,7 +129,7 @@ EXTRA_STEPS = {2: 16, 4: 8}
 # 2026-12-05) quick changed accuracy by -4.6 / -0.8 / -0.6 / -0.3 points on average at T = 1 /
 # 2 / 4 / 8 (worst -14.6 / -4.3 / -3.3 / -2.2: relu6:7 at T = 1, hswish_se:7 and :8), for 2
 # to 17 times less conversion time. So quick is the user's choice for models the full search
-# is too slow on (a 416x416 detector: README), not a default.
+# is too slow on (a 416x416 detector: docs/conversion.md), not a default.
 SEARCHES = ("full", "quick")
 SEARCH_POSITIONS = 4096  # values per channel the grid search scores, at most (evenly spaced)
 # and at most this many values over all channels and steps: the search's cost. 2^23 made
@@ -1293,7 +1293,7 @@ def _centrable(
 # squeeze-excitation nets (four, integer mode, test split), T = 1 / 2 / 4 / 8, mean change
 # +12.3 / +4.8 / +3.2 / +0.1 points; one of them lost 8 of 540 images at T = 8 and the
 # LeakyReLU net 2 at T = 2, 4, 8, where the calibration split preferred a centred candidate
-# (README, held-out CNN family). A candidate, as for dense layers: the calibration decides.
+# (docs/results.md, held-out CNN family). A candidate, as for dense layers: the calibration decides.
 def _centring(graph: Graph, axes: dict[str, int]) -> bool:
     """Whether some neuron of `graph` could be centred (_centrable)."""
     return any(

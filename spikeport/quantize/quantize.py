@@ -89,7 +89,7 @@ def _clipped_view(graph: Graph) -> Simulator:
     (+-theta times its levels for a bipolar one; 0 up for the others, whose count never goes
     below 0, signed ones included): the values the spiking network can carry. Unclipped, a
     T-aware graph's view drifts from the ANN where refitted weights meet the ANN's own
-    activations (README: weight refit)."""
+    activations (docs/results.md: weight refit)."""
     from spikeport.sim import Simulator  # (spikeport.sim imports this package)
     from spikeport.sim.ops import Stateless
 

@@ -18,8 +18,9 @@ It is an option (`quantize --weight-rounding feedback`), not the default: agains
 to nearest on the same conversions (integer mode, test split, 2026-12-07) it takes back most
 of what int8 weights cost where they cost much, the shapes task's maxpool:50 and maxpool:52
 at T = 8 (89.6 -> 90.2 and 87.7 -> 88.5 %; float mode 90.6 and 88.4, 12-bit weights 90.5
-and 88.3), but elsewhere it moves a net by a few test images either way (README, "Weights
-rounded with error feedback"): bench_resnet lost 2 / 5 / 4 / 1 images at T = 1 / 2 / 4 / 8.
+and 88.3), but elsewhere it moves a net by a few test images either way
+(docs/transformers.md, "Weights rounded with error feedback"): bench_resnet lost 2 / 5 / 4
+/ 1 images at T = 1 / 2 / 4 / 8.
 Weighing by the float spiking network's own T-step inputs instead of the ANN's did no better
 there (0 / 5 / 3 / 1 images lost) and took quantize of all-MiniLM-L6-v2 at T = 16 from 14 s
 to 4 min.
