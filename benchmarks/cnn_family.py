@@ -485,7 +485,7 @@ def main() -> None:
     ap.add_argument("--out", help="results/cnn_family.json, or cnn_family_TASK.json")
     args = ap.parse_args()
     suffix = "" if args.task == "digits" else f"_{args.task}"
-    out = Path(args.out or HERE / "results" / f"cnn_family{suffix}.json")
+    out = parallel.out_path(ap, args.out, HERE / "results" / f"cnn_family{suffix}.json")
     try:  # finetune's own checks of the two recipe options this script passes on
         Settings(shift=args.shift, mixup=args.mixup).check()
     except BadInput as e:

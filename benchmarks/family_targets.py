@@ -182,12 +182,12 @@ def main() -> None:
         nets, name = args.nets or DEFAULT_NETS, "_dynamo" if args.dynamo else ""
         run = functools.partial(run_one, dynamo=args.dynamo)
         specs = cnn_family.net_specs(ap, nets)
-    args.out = args.out or str(HERE / "results" / f"family_targets{name}.json")
+    out = parallel.out_path(ap, args.out, HERE / "results" / f"family_targets{name}.json")
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = parallel.map_on_cores(run, specs, args.jobs)
     doc = {"benchmark": "family_targets", "command": " ".join(sys.argv), "started": started,
            "T": T, "verify_inputs": VERIFY_INPUTS, **provenance.record(), "rows": rows}  # fmt: skip
-    Path(args.out).write_text(json.dumps(doc, indent=1))
+    out.write_text(json.dumps(doc, indent=1))
     print(table(rows))
 
 

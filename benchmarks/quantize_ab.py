@@ -98,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     specs = cnn_family.net_specs(ap, args.nets, args.task)
     name = f"{args.compare}_ab"
-    out = Path(args.out or HERE / "results" / f"{name}_{args.task}.json")
+    out = parallel.out_path(ap, args.out, HERE / "results" / f"{name}_{args.task}.json")
     doc = {"benchmark": name, "command": " ".join(sys.argv),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **provenance.record()}  # fmt: skip
     cnn_family.TASKS[args.task].splits()  # drawn once here, not by each job

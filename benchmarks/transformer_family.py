@@ -303,14 +303,15 @@ def main() -> None:
         "--nets", default=DEFAULT_NETS, help="task:arch:seed[:dynamo],... (%(default)s)"
     )
     parallel.add_jobs(ap)
-    ap.add_argument("--out", default=str(HERE / "results" / "transformer_family.json"))
+    ap.add_argument("--out", help="(default: results/transformer_family.json)")
     args = ap.parse_args()
+    out = parallel.out_path(ap, args.out, HERE / "results" / "transformer_family.json")
     specs = [net_spec(ap, s) for s in args.nets.split(",")]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = parallel.map_on_cores(run_one, specs, args.jobs)
     doc = {"benchmark": "transformer_family", "command": " ".join(sys.argv), "started": started,
            "T": TS, **provenance.record(), "rows": rows}  # fmt: skip
-    Path(args.out).write_text(json.dumps(doc, indent=1))
+    out.write_text(json.dumps(doc, indent=1))
     print(table(rows))
 
 

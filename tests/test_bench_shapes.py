@@ -68,6 +68,25 @@ def test_a_family_run_hands_over_its_rows_after_each_net(bench: Any) -> None:
     assert rows == [3, 1, 2] and seen == [[3], [3, 1], [3, 1, 2]]
 
 
+def test_a_family_runs_out_path_is_checked_before_any_net_trains(
+    bench: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out in a folder that does not exist, or naming a folder, is refused in one line (exit
+    2) before the hours of training, not when the first net's rows are written."""
+    import argparse
+
+    import parallel
+
+    ap = argparse.ArgumentParser(prog="cnn_family.py")
+    default = tmp_path / "default.json"
+    assert parallel.out_path(ap, None, default) == default
+    assert parallel.out_path(ap, str(tmp_path / "mine.json"), default) == tmp_path / "mine.json"
+    for bad, why in ((tmp_path / "missing" / "x.json", "does not exist"), (tmp_path, "a folder")):
+        with pytest.raises(SystemExit) as stop:
+            parallel.out_path(ap, str(bad), default)
+        assert stop.value.code == 2 and why in capsys.readouterr().err
+
+
 def test_a_family_run_scores_the_timesteps_it_is_given(bench: Any, tmp_path: Path) -> None:
     """`--timesteps 8,16` converts for and scores at those T: the table, the progress line and
     the plot show those columns, and a T below 1 is refused (the CLI's own -T parser)."""
