@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # numpy and torch share 2 cores: no oversubscription
 
 import numpy as np  # noqa: E402
+import parallel  # noqa: E402
 import provenance  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -98,8 +99,9 @@ def main() -> None:
     ap.add_argument("--spike-bits", type=int, default=4)
     ap.add_argument("-o", type=Path, default=None)
     a = ap.parse_args()
+    default = RESULTS / f"encoder_classifier_T{a.T}_b{a.spike_bits}.json"
+    path = parallel.out_path(ap, a.o, default, "-o")
     out = run(a.T, a.spike_bits)
-    path = a.o or RESULTS / f"encoder_classifier_T{a.T}_b{a.spike_bits}.json"
     if "skipped" not in out:
         path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

@@ -47,15 +47,17 @@ def add_jobs(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--jobs", type=at_least_one, default=1, help="nets run at once, one core each")
 
 
-def out_path(ap: argparse.ArgumentParser, given: str | None, default: Path) -> Path:
-    """`--out` (a relative path is the working directory's, as for any tool), or `default`;
+def out_path(
+    ap: argparse.ArgumentParser, given: str | Path | None, default: Path, flag: str = "--out"
+) -> Path:
+    """`--out` (`flag`; a relative path is the working directory's, as for any tool), or `default`;
     checked before any net trains, so that a run of hours does not end in a write that fails
     (ap.error: one line, exit 2)."""
     out = Path(given) if given else default
     if out.is_dir():
-        ap.error(f"--out {out} is a folder; give a file name")
+        ap.error(f"{flag} {out} is a folder; give a file name")
     if not out.parent.is_dir():
-        ap.error(f"--out {out}: folder {out.parent.resolve()} does not exist")
+        ap.error(f"{flag} {out}: folder {out.parent.resolve()} does not exist")
     if not os.access(out.parent, os.W_OK):
-        ap.error(f"--out {out}: folder {out.parent.resolve()} is not writable")
+        ap.error(f"{flag} {out}: folder {out.parent.resolve()} is not writable")
     return out
