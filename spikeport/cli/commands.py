@@ -169,8 +169,7 @@ def parse_layer_bits(text: str) -> tuple[str, int]:
     help="T-aware: move each neuron that only a max pool reads behind the pool, which then "
     "takes the max of currents: fewer neurons and events, accuracy within a few samples of the "
     "default (docs/conversion.md: up at T = 1 and 2, down at 4 on the nets measured); the C "
-    "target and the "
-    "simulator run it, Lava, SpiNNaker2 and NIR do not.",
+    "target and the simulator run it, Lava, SpiNNaker2 and NIR do not.",
 )
 @OUT
 @QUIET
