@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from spikeport.errors import BadInput
+from spikeport.fileio import check_output_file
 
 
 def map_on_cores(
@@ -52,12 +54,13 @@ def out_path(
 ) -> Path:
     """`--out` (`flag`; a relative path is the working directory's, as for any tool), or `default`;
     checked before any net trains, so that a run of hours does not end in a write that fails
-    (ap.error: one line, exit 2)."""
+    (ap.error: one line, exit 2). spikeport's own output check, plus an existing folder: these
+    scripts write with write_text, which creates none."""
     out = Path(given) if given else default
-    if out.is_dir():
-        ap.error(f"{flag} {out} is a folder; give a file name")
+    try:
+        check_output_file(out, flag)
+    except BadInput as e:
+        ap.error(str(e))
     if not out.parent.is_dir():
         ap.error(f"{flag} {out}: folder {out.parent.resolve()} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        ap.error(f"{flag} {out}: folder {out.parent.resolve()} is not writable")
     return out

@@ -81,7 +81,8 @@ def test_a_family_runs_out_path_is_checked_before_any_net_trains(
     default = tmp_path / "default.json"
     assert parallel.out_path(ap, None, default) == default
     assert parallel.out_path(ap, str(tmp_path / "mine.json"), default) == tmp_path / "mine.json"
-    for bad, why in ((tmp_path / "missing" / "x.json", "does not exist"), (tmp_path, "a folder")):
+    refused = ((tmp_path / "missing" / "x.json", "does not exist"), (tmp_path, "a directory"))
+    for bad, why in refused:
         with pytest.raises(SystemExit) as stop:
             parallel.out_path(ap, str(bad), default)
         assert stop.value.code == 2 and why in capsys.readouterr().err
